@@ -1,0 +1,4 @@
+//! Real implementations of the engine's ports on AWS, one file per service.
+//!
+//! Every call goes through [`retry`]: a per-account, per-API token bucket and jittered
+//! exponential backoff, so throttling never becomes a failed deploy.

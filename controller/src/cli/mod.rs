@@ -1,0 +1,35 @@
+//! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`.
+//!
+//! Owns argument parsing and rendering for people; the work is done by the library.
+
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A multi-account staged deployment controller for AWS.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
+    Validate {
+        /// The pipeline file.
+        #[arg(long = "config", default_value = "stages.toml")]
+        config_flag: PathBuf,
+        /// The pipeline file (positional form).
+        config: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
+    Schema {
+        /// Print the schema of accounts.toml instead.
+        #[arg(long)]
+        accounts: bool,
+    },
+}

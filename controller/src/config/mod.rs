@@ -1,0 +1,211 @@
+//! Configuration: `stages.toml` and `accounts/accounts.toml`, parsed and validated.
+//!
+//! [`load`] reads both files and returns the typed [`model::Config`] plus warnings, or every
+//! problem found, each located at `file:line:col` with the offending text and a fix.
+//! Guarantees: a `Config` exists only when both files are valid; unknown keys are errors.
+//! This module never touches the network, the store or AWS.
+
+pub mod diag;
+pub mod model;
+mod raw;
+mod validate;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+pub use diag::{Diagnostic, Severity};
+pub use model::*;
+
+use diag::{Locator, Seg};
+use validate::Ctx;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read at all (exit code 2 of `tollgate validate`).
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The files were read but are invalid; every problem is listed (exit code 1).
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(diags: &[Diagnostic]) -> String {
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let body: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    format!(
+        "{}\n{errors} error(s) in the configuration",
+        body.join("\n")
+    )
+}
+
+/// A valid configuration and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads and validates `stages.toml` (and the accounts file it names).
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = read(path)?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    load_str(path, &text, &base, &|p| read(p))
+}
+
+/// Validates text as if it were the file at `path`; `read_file` reads the accounts file.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    base: &Path,
+    read_file: &dyn Fn(&Path) -> Result<String, ConfigError>,
+) -> Result<Loaded, ConfigError> {
+    let mut diags = Vec::new();
+    let stages_loc = Locator::new(path, text);
+    let raw: Option<raw::RawStages> = parse(&stages_loc, text, &mut diags);
+    let accounts_rel = raw
+        .as_ref()
+        .and_then(|r| r.accounts.clone())
+        .unwrap_or_else(|| "accounts/accounts.toml".into());
+    let accounts_path = base.join(&accounts_rel);
+    let accounts_text = read_file(&accounts_path)?;
+    let accounts_loc = Locator::new(&accounts_path, &accounts_text);
+    let raw_accounts: Option<raw::RawAccountsFile> =
+        parse(&accounts_loc, &accounts_text, &mut diags);
+    let accounts = raw_accounts.map(|r| {
+        let mut cx = Ctx {
+            loc: &accounts_loc,
+            diags: &mut diags,
+        };
+        validate::accounts(r, &mut cx)
+    });
+    let (Some(raw), Some(accounts)) = (raw, accounts) else {
+        return Err(ConfigError::Invalid(diags));
+    };
+    let mut cx = Ctx {
+        loc: &stages_loc,
+        diags: &mut diags,
+    };
+    let controller = controller_settings(&raw.controller, &mut cx);
+    let pipelines = validate::pipelines(raw.pipelines, &accounts, base, &mut cx);
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(ConfigError::Invalid(diags));
+    }
+    let config = Config {
+        pipelines,
+        accounts,
+        controller,
+        source_file: path.to_path_buf(),
+    };
+    Ok(Loaded {
+        config,
+        warnings: diags,
+    })
+}
+
+fn controller_settings(raw: &raw::RawController, cx: &mut Ctx) -> ControllerSettings {
+    let public_url = raw
+        .public_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    if url::Url::parse(&public_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+        cx.error(
+            crate::cfg_path!["controller", "public_url"],
+            format!("`{public_url}` is not an http(s) URL"),
+            "write the address approvers use, e.g. `https://tollgate.example.com`",
+        );
+    }
+    if let Some(r) = &raw.config_repository {
+        if let Err(m) = values::repository(r) {
+            cx.error(
+                crate::cfg_path!["controller", "config_repository"],
+                m,
+                "write `owner/name`",
+            );
+        }
+    }
+    ControllerSettings {
+        public_url: public_url.trim_end_matches('/').to_string(),
+        config_repository: raw.config_repository.clone(),
+        config_branch: raw.config_branch.clone().unwrap_or_else(|| "main".into()),
+        config_path: raw
+            .config_path
+            .clone()
+            .unwrap_or_else(|| "stages.toml".into()),
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses TOML into `T`, reporting a syntax or type error and every unknown key.
+fn parse<T: DeserializeOwned>(loc: &Locator, text: &str, diags: &mut Vec<Diagnostic>) -> Option<T> {
+    let mut unknown: Vec<Vec<Seg>> = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let result = serde_ignored::deserialize(de, |path| unknown.push(segments(&path)));
+    for path in unknown {
+        let key = match path.last() {
+            Some(Seg::Key(k)) => k.clone(),
+            _ => String::from("?"),
+        };
+        diags.push(loc.at_key(
+            &path,
+            format!("unknown key `{key}`"),
+            "remove it or check its spelling (docs/configuration.md lists every key)",
+        ));
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let message = e.message().trim().to_string();
+            diags.push(loc.at_span(e.span(), message, "fix the TOML at this place"));
+            None
+        }
+    }
+}
+
+fn segments(path: &serde_ignored::Path) -> Vec<Seg> {
+    let mut out = Vec::new();
+    collect(path, &mut out);
+    out
+}
+
+fn collect(path: &serde_ignored::Path, out: &mut Vec<Seg>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            collect(parent, out);
+            out.push(Seg::Index(*index));
+        }
+        P::Map { parent, key } => {
+            collect(parent, out);
+            out.push(Seg::Key(key.clone()));
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            collect(parent, out)
+        }
+    }
+}
+
+/// The JSON Schema of stages.toml, for editor completion.
+pub fn stages_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(raw::RawStages)).unwrap_or_default()
+}
+
+/// The JSON Schema of accounts.toml.
+pub fn accounts_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(raw::RawAccountsFile)).unwrap_or_default()
+}

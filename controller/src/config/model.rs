@@ -1,0 +1,244 @@
+//! The validated configuration the rest of tollgate uses.
+//!
+//! Every value here has passed [`super::validate`]: account references resolve, durations,
+//! regions, ARNs, time zones and windows are parsed, paths exist. Nothing here can fail.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{NaiveDate, NaiveTime, Weekday};
+use chrono_tz::Tz;
+
+/// The whole configuration: pipelines plus the accounts they use.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pipelines: Vec<Pipeline>,
+    pub accounts: BTreeMap<String, Account>,
+    pub controller: ControllerSettings,
+    /// The stages.toml this came from.
+    pub source_file: PathBuf,
+}
+
+impl Config {
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.get(name)
+    }
+
+    /// Every SNS topic ARN a message may legitimately come from (alarm and approval topics).
+    pub fn known_topics(&self) -> Vec<String> {
+        let mut topics = Vec::new();
+        for p in &self.pipelines {
+            topics.extend(p.notifications.topic.clone());
+            topics.extend(p.alarm_topics.iter().cloned());
+            for s in &p.stages {
+                topics.extend(s.approval.as_ref().map(|a| a.topic.clone()));
+            }
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
+/// `[controller]`.
+#[derive(Debug, Clone)]
+pub struct ControllerSettings {
+    pub public_url: String,
+    pub config_repository: Option<String>,
+    pub config_branch: String,
+    pub config_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub source: Source,
+    pub artifact: Artifact,
+    pub tests: BTreeMap<String, TestDef>,
+    pub notifications: Notifications,
+    /// SNS topics whose CloudWatch alarm notifications this pipeline accepts.
+    pub alarm_topics: Vec<String>,
+    pub stages: Vec<Stage>,
+}
+
+impl Pipeline {
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn stage_index(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `owner/name`.
+    pub repository: String,
+    pub branch: String,
+    pub build_workflow: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub repository: String,
+    pub account: String,
+    pub region: String,
+    /// Tag template: `{sha}`, `{short_sha}`, `{branch}`.
+    pub tag: String,
+    pub wait: Duration,
+}
+
+impl Artifact {
+    /// The image tag a commit is built as.
+    pub fn tag_for(&self, sha: &str, branch: &str) -> String {
+        let short = &sha[..sha.len().min(12)];
+        self.tag
+            .replace("{sha}", sha)
+            .replace("{short_sha}", short)
+            .replace("{branch}", branch)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Notifications {
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestDef {
+    pub name: String,
+    pub timeout: Duration,
+    pub kind: TestKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum TestKind {
+    Command {
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        workdir: PathBuf,
+    },
+    Http {
+        suite: PathBuf,
+        base_url_output: String,
+    },
+    GithubChecks {
+        checks: Vec<String>,
+    },
+    GithubWorkflow {
+        workflow: String,
+        git_ref: Option<String>,
+        inputs: BTreeMap<String, String>,
+    },
+}
+
+impl TestKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TestKind::Command { .. } => "command",
+            TestKind::Http { .. } => "http",
+            TestKind::GithubChecks { .. } => "github-checks",
+            TestKind::GithubWorkflow { .. } => "github-workflow",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub deploy: Deploy,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+    pub bake: Duration,
+    pub alarms: Vec<String>,
+    pub min_alarm_evaluations: u32,
+    pub promote: Promote,
+    pub approval: Option<Approval>,
+    pub windows: Option<Windows>,
+}
+
+/// One place a stage deploys to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub account: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Deploy {
+    CloudFormation {
+        stack: String,
+        template: PathBuf,
+        parameters: BTreeMap<String, String>,
+        image_parameter: String,
+        capabilities: Vec<String>,
+        execution_role: Option<String>,
+    },
+    CodePipeline {
+        pipeline: String,
+        variable: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promote {
+    /// A per-stage tag in the build account's repository.
+    Retag,
+    /// A copy into the stage account's repository of the same name.
+    Copy,
+}
+
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub topic: String,
+    pub approvers: Vec<Approver>,
+    pub min_approvals: u32,
+    pub timeout: Duration,
+    pub allow_author: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    pub name: String,
+    pub email: String,
+    pub github: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Windows {
+    pub timezone: Tz,
+    pub allow: Vec<Window>,
+    pub blackouts: Vec<NaiveDate>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub days: Vec<Weekday>,
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub id: String,
+    pub role_arn: Option<String>,
+    pub external_id: Option<SecretRef>,
+    pub region: String,
+    pub controller: bool,
+    pub session_duration: Duration,
+}
+
+/// Where a secret comes from; the value itself is read only when needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}

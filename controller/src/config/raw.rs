@@ -1,0 +1,289 @@
+//! The configuration files exactly as written: serde structs over TOML.
+//!
+//! Everything that needs checking beyond "is it a string / number / table" stays a string
+//! here, so that [`super::validate`] can report every problem in one run, each located at
+//! `file:line:col`. Unknown keys are collected by `serde_ignored`, not rejected one by one.
+//! Nothing outside `config/` uses these types: the rest of tollgate sees [`super::model`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// `stages.toml`: one or more pipelines.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawStages {
+    /// Path of the accounts file, relative to this file. Default `accounts/accounts.toml`.
+    pub accounts: Option<String>,
+    /// Settings of the controller itself.
+    #[serde(default)]
+    pub controller: RawController,
+    /// The pipelines, in order.
+    #[serde(default)]
+    pub pipelines: Vec<RawPipeline>,
+}
+
+/// `[controller]`: settings of the controller process that belong with the pipeline.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawController {
+    /// The URL approvers and GitHub links use to reach the controller. Default `http://127.0.0.1:8080`.
+    pub public_url: Option<String>,
+    /// Follow this repository's `stages.toml` for self-update: `owner/repo`.
+    pub config_repository: Option<String>,
+    /// Branch of `config_repository` to follow. Default `main`.
+    pub config_branch: Option<String>,
+    /// Path of the file inside `config_repository`. Default `stages.toml`.
+    pub config_path: Option<String>,
+}
+
+/// `[[pipelines]]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// Unique name: letters, digits, `-` and `_`.
+    pub name: String,
+    pub source: RawSource,
+    pub artifact: RawArtifact,
+    /// Tests, defined once and referenced by name from stages.
+    #[serde(default)]
+    pub tests: BTreeMap<String, RawTest>,
+    #[serde(default)]
+    pub notifications: RawNotifications,
+    /// Ordered stages: the first is deployed first.
+    #[serde(default)]
+    pub stages: Vec<RawStage>,
+}
+
+/// `[pipelines.source]`: the GitHub repository whose commits are promoted.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawSource {
+    /// `owner/name`.
+    pub repository: String,
+    /// Branch whose pushes create releases. Default `main`.
+    pub branch: Option<String>,
+    /// Workflow file name (e.g. `build.yml`) whose successful run means the image exists.
+    pub build_workflow: Option<String>,
+}
+
+/// `[pipelines.artifact]`: where the container image is built.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawArtifact {
+    /// ECR repository name.
+    pub repository: String,
+    /// Account name (from accounts.toml) the image is built in.
+    pub account: String,
+    pub region: String,
+    /// Image tag for a commit; `{sha}`, `{short_sha}` and `{branch}` are replaced. Default `{sha}`.
+    pub tag: Option<String>,
+    /// How long to wait for the image to appear after the build. Default `15m`.
+    pub wait: Option<String>,
+}
+
+/// `[pipelines.notifications]`.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawNotifications {
+    /// SNS topic ARN for halts and rollbacks.
+    pub topic: Option<String>,
+    /// SNS topic ARNs the stages' CloudWatch alarms notify; only these reach `/webhooks/sns`.
+    #[serde(default)]
+    pub alarm_topics: Vec<String>,
+}
+
+/// `[pipelines.tests.NAME]`: one test; `kind` decides which other keys apply.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTest {
+    /// `command`, `http`, `github-checks` or `github-workflow`.
+    pub kind: String,
+    /// Longest the test may run. Default `15m`.
+    pub timeout: Option<String>,
+    /// command: the program and its arguments.
+    pub argv: Option<Vec<String>>,
+    /// command: extra environment variables.
+    pub env: Option<BTreeMap<String, String>>,
+    /// command: working directory, relative to stages.toml.
+    pub workdir: Option<String>,
+    /// http: smoke suite file, relative to stages.toml.
+    pub suite: Option<String>,
+    /// http: stack output holding the base URL. Default `ServiceUrl`.
+    pub base_url_output: Option<String>,
+    /// github-checks: names of check runs that must succeed on the commit.
+    pub checks: Option<Vec<String>>,
+    /// github-workflow: workflow file name to dispatch.
+    pub workflow: Option<String>,
+    /// github-workflow: git ref to run it on. Default the pipeline's branch.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// github-workflow: workflow_dispatch inputs.
+    pub inputs: Option<BTreeMap<String, String>>,
+}
+
+/// `[[pipelines.stages]]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawStage {
+    pub name: String,
+    /// Where the stage deploys: a second target is a later wave of the same stage.
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    pub deploy: RawDeploy,
+    /// Tests run before the deploy.
+    #[serde(default)]
+    pub before: Vec<String>,
+    /// Tests run after the deploy.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// How long to watch the alarms after the deploy. Default `0s`.
+    pub bake: Option<String>,
+    /// CloudWatch alarm names in the stage's account, watched during bake and checked before entry.
+    #[serde(default)]
+    pub alarms: Vec<String>,
+    /// Minimum number of alarm evaluations seen during bake. Default 1 when alarms are set.
+    pub min_alarm_evaluations: Option<u32>,
+    /// `retag` (default: a per-stage tag in the build account's repository) or `copy`.
+    pub promote: Option<String>,
+    pub approval: Option<RawApproval>,
+    pub windows: Option<RawWindows>,
+}
+
+/// One deploy target.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Account name from accounts.toml.
+    pub account: String,
+    /// Region. Default: the account's default region.
+    pub region: Option<String>,
+}
+
+/// `[pipelines.stages.deploy]`: `kind` decides which other keys apply.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawDeploy {
+    /// `cloudformation` or `codepipeline`.
+    pub kind: String,
+    /// cloudformation: stack name.
+    pub stack: Option<String>,
+    /// cloudformation: template file, relative to stages.toml.
+    pub template: Option<String>,
+    /// cloudformation: parameters.
+    pub parameters: Option<BTreeMap<String, String>>,
+    /// cloudformation: the parameter that receives `repository@sha256:…`.
+    pub image_parameter: Option<String>,
+    /// cloudformation: e.g. `CAPABILITY_IAM`.
+    pub capabilities: Option<Vec<String>>,
+    /// cloudformation: role CloudFormation uses to change the stack.
+    pub execution_role: Option<String>,
+    /// codepipeline: pipeline name in the stage account.
+    pub pipeline: Option<String>,
+    /// codepipeline: pipeline variable that receives the image.
+    pub variable: Option<String>,
+}
+
+/// `[pipelines.stages.approval]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawApproval {
+    /// SNS topic ARN the approval emails go to.
+    pub topic: String,
+    #[serde(default)]
+    pub approvers: Vec<RawApprover>,
+    /// Distinct approvals needed. Default 1.
+    pub min_approvals: Option<u32>,
+    /// How long the request stays open. Default `24h`.
+    pub timeout: Option<String>,
+    /// May the commit's author approve their own change? Default false.
+    pub allow_author: Option<bool>,
+}
+
+/// One approver.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawApprover {
+    pub name: String,
+    pub email: String,
+    /// GitHub login, used to recognise the commit's author.
+    pub github: Option<String>,
+}
+
+/// `[pipelines.stages.windows]`: when the stage may start deploying.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawWindows {
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// Allowed ranges.
+    #[serde(default)]
+    pub allow: Vec<RawWindow>,
+    /// Dates (`YYYY-MM-DD`) on which nothing starts.
+    #[serde(default)]
+    pub blackouts: Vec<String>,
+}
+
+/// One allowed range: on these days, from `start` to `end` (`HH:MM`, local time).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawWindow {
+    /// `mon` … `sun`.
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+}
+
+/// `accounts/accounts.toml`.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawAccountsFile {
+    #[serde(default)]
+    pub accounts: BTreeMap<String, RawAccount>,
+}
+
+/// `[accounts.NAME]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawAccount {
+    /// 12-digit AWS account id.
+    pub id: String,
+    /// Role to assume (not for the controller's own account).
+    pub role_arn: Option<String>,
+    /// Where the ExternalId comes from: `{ env = "VAR" }` or `{ file = "/path" }`.
+    pub external_id: Option<RawSecretRef>,
+    /// Default region of the account.
+    pub region: String,
+    /// True for the account the controller runs in: no AssumeRole.
+    #[serde(default)]
+    pub controller: bool,
+    /// Session length of assumed roles, 15m to 12h. Default `1h`.
+    pub session_duration: Option<String>,
+}
+
+/// A reference to a secret, never the secret itself.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawSecretRef {
+    Ref(RawSecretTable),
+    Literal(LiteralSecret),
+}
+
+/// A secret written literally: rejected by validation, and its text is dropped at once.
+#[derive(Debug, JsonSchema)]
+pub struct LiteralSecret;
+
+impl<'de> Deserialize<'de> for LiteralSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|_| LiteralSecret)
+    }
+}
+
+/// `{ env = "VAR" }` or `{ file = "/path" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawSecretTable {
+    pub env: Option<String>,
+    pub file: Option<String>,
+}

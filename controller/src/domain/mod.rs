@@ -1,0 +1,18 @@
+//! The pure state machine of a release's promotion.
+//!
+//! Owns: the domain types ([`types`]), the actions the engine executes ([`action`]), the
+//! planner ([`plan::plan`]) and deployment windows ([`window`]).
+//! Must never: do I/O, read the clock, spawn tasks, or know about AWS, GitHub or SQL. The
+//! engine feeds it snapshots and the current time; the tests drive it directly.
+
+pub mod action;
+pub mod plan;
+pub mod types;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+pub use action::*;
+pub use plan::{Plan, plan};
+pub use types::*;

@@ -1,0 +1,877 @@
+//! `plan(pipeline, snapshot, now)`: the whole promotion logic as a pure function.
+//!
+//! Guarantees: no I/O, no clock of its own, deterministic. Each call looks at the current
+//! facts and returns what to do next; calling it again with the same facts returns the same
+//! actions, so the executor can crash and resume anywhere. At most one status change per run
+//! per call: the engine applies them and plans again until nothing changes.
+//!
+//! The invariants (each is a property test in `tests.rs`):
+//! 1. A stage deploys a release only after the previous stage succeeded with that release.
+//! 2. A stage with `approval` deploys only with enough recorded approvals for that release.
+//! 3. At most one deploy or rollback in flight per stage.
+//! 4. A newer release supersedes older ones that have not started deploying in a stage.
+//! 5. A release rolled back anywhere is never promoted again automatically.
+//! 6. Rollback targets the stage's last known-good release.
+//! 7. A paused pipeline or stage starts nothing new.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::action::{Action, Effect, EffectKind, NotifyEvent, Phase, ReportState};
+use super::types::*;
+use super::window;
+use crate::config::values::format_duration;
+use crate::config::{Pipeline, Stage};
+
+/// Re-check a stage's alarms this often while they block entry.
+pub const ALARM_RECHECK: Duration = Duration::from_secs(60);
+/// Poll the alarms during bake at most this often (the SNS push is the fast path).
+pub const BAKE_POLL: Duration = Duration::from_secs(10);
+
+/// What to do now, and when to look again if nothing else happens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// Plans one pipeline.
+pub fn plan(pipeline: &Pipeline, snap: &Snapshot, now: DateTime<Utc>) -> Plan {
+    let mut p = Planner {
+        cfg: pipeline,
+        snap,
+        now,
+        out: Plan::default(),
+        touched: HashSet::new(),
+    };
+    p.resolve_artifacts();
+    for (j, stage) in pipeline.stages.iter().enumerate() {
+        p.rollback_request(j, stage);
+        p.propagate_bad(j, stage);
+        p.supersede(j, stage);
+        p.stage_runs(j, stage);
+    }
+    p.side_reports();
+    p.out
+}
+
+struct Planner<'a> {
+    cfg: &'a Pipeline,
+    snap: &'a Snapshot,
+    now: DateTime<Utc>,
+    out: Plan,
+    /// Runs that already got a status change in this call.
+    touched: HashSet<(ReleaseId, String)>,
+}
+
+impl<'a> Planner<'a> {
+    // ----- output helpers -------------------------------------------------------------
+
+    fn transition(&mut self, run: &StageRun, to: RunStatus, reason: impl Into<String>) {
+        if !self.touched.insert((run.release, run.stage.clone())) {
+            return;
+        }
+        self.out.actions.push(Action::Transition {
+            release: run.release,
+            stage: run.stage.clone(),
+            to,
+            reason: reason.into(),
+        });
+    }
+
+    fn note(&mut self, run: &StageRun, reason: String) {
+        if run.reason != reason && !self.touched.contains(&(run.release, run.stage.clone())) {
+            self.out.actions.push(Action::Note {
+                release: run.release,
+                stage: run.stage.clone(),
+                reason,
+            });
+        }
+    }
+
+    fn wake(&mut self, at: DateTime<Utc>) {
+        let at = at.max(self.now);
+        self.out.wake_at = Some(self.out.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    fn effect(&self, run: &StageRun, kind: EffectKind) -> Effect {
+        Effect::new(&self.cfg.name, run.release, &run.stage, run.attempt, kind)
+    }
+
+    /// The record of an effect, starting it when it has none or is still pending.
+    fn ensure(&mut self, effect: Effect) -> Option<&'a EffectRecord> {
+        let rec = self.snap.effect(&effect.key);
+        if rec.is_none_or(|r| r.status == EffectStatus::Pending) {
+            self.out.actions.push(Action::Start(effect));
+        }
+        rec.filter(|r| r.status != EffectStatus::Pending)
+    }
+
+    fn is_touched(&self, run: &StageRun) -> bool {
+        self.touched.contains(&(run.release, run.stage.clone()))
+    }
+
+    fn runs_in(&self, stage: &str) -> Vec<StageRun> {
+        let mut runs: Vec<StageRun> = self
+            .snap
+            .runs
+            .iter()
+            .filter(|r| r.stage == stage)
+            .cloned()
+            .collect();
+        runs.sort_by_key(|r| r.release);
+        runs
+    }
+
+    fn release(&self, id: ReleaseId) -> Option<&Release> {
+        self.snap.releases.get(&id)
+    }
+
+    fn minutes(d: chrono::Duration) -> String {
+        format_duration(d.to_std().unwrap_or_default())
+    }
+
+    // ----- releases -------------------------------------------------------------------
+
+    fn resolve_artifacts(&mut self) {
+        let pending: Vec<&Release> = self
+            .snap
+            .releases
+            .values()
+            .filter(|r| r.digest.is_none() && r.failed.is_none())
+            .collect();
+        for r in pending {
+            let e = Effect::new(&self.cfg.name, r.id, "", 0, EffectKind::ResolveArtifact);
+            let key = e.key.clone();
+            let rec = self.snap.effect(&key);
+            match rec.map(|r| r.status) {
+                None | Some(EffectStatus::Pending) => self.out.actions.push(Action::Start(e)),
+                Some(EffectStatus::Failed) | Some(EffectStatus::Succeeded) => {
+                    let detail = rec.map(|r| r.detail.clone()).unwrap_or_default();
+                    self.out.actions.push(Action::FailRelease {
+                        release: r.id,
+                        reason: format!("artifact not resolved: {detail}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Is the release allowed to enter stage `j` at all (previous stage done with it)?
+    fn eligible(&self, j: usize, release: ReleaseId) -> bool {
+        let Some(r) = self.release(release) else {
+            return false;
+        };
+        if r.digest.is_none() || r.bad.is_some() || r.failed.is_some() {
+            return false;
+        }
+        j == 0
+            || self
+                .snap
+                .run(release, &self.cfg.stages[j - 1].name)
+                .is_some_and(|prev| prev.status == RunStatus::Succeeded)
+    }
+
+    // ----- stage-wide rules -------------------------------------------------------------
+
+    fn rollback_request(&mut self, _j: usize, stage: &Stage) {
+        let Some((request, who)) = self
+            .snap
+            .stage(&stage.name)
+            .and_then(|s| s.rollback_request.clone())
+        else {
+            return;
+        };
+        self.out.actions.push(Action::ConsumeRollbackRequest {
+            stage: stage.name.clone(),
+            request,
+        });
+        let runs = self.runs_in(&stage.name);
+        let reason = format!("manual rollback requested by {who}");
+        if let Some(run) = runs.iter().find(|r| r.status.changes_stage()) {
+            if run.status != RunStatus::RollingBack {
+                self.transition(run, RunStatus::RollingBack, reason);
+            }
+            return;
+        }
+        let current = self.snap.last_good(&stage.name);
+        if let Some(run) = runs
+            .iter()
+            .find(|r| Some(r.release) == current && r.status == RunStatus::Succeeded)
+        {
+            self.transition(run, RunStatus::RollingBack, reason);
+        }
+    }
+
+    /// A release rolled back in an earlier stage leaves the later stages that run it.
+    fn propagate_bad(&mut self, j: usize, stage: &Stage) {
+        let current = self
+            .snap
+            .stage(&stage.name)
+            .and_then(|s| s.history.last().copied());
+        for run in self.runs_in(&stage.name) {
+            let Some(bad) = self.release(run.release).and_then(|r| r.bad.clone()) else {
+                continue;
+            };
+            let origin = self.cfg.stage_index(&bad.stage).unwrap_or(usize::MAX);
+            if bad.stage == stage.name || j < origin {
+                continue;
+            }
+            let live = matches!(
+                run.status,
+                RunStatus::Deploying | RunStatus::Verifying | RunStatus::Baking
+            );
+            let current_good = run.status == RunStatus::Succeeded && current == Some(run.release);
+            if live || current_good {
+                self.transition(
+                    &run,
+                    RunStatus::RollingBack,
+                    format!("release was rolled back in {}: {}", bad.stage, bad.reason),
+                );
+            }
+        }
+    }
+
+    /// Invariant 4: the newest eligible release wins in each stage.
+    fn supersede(&mut self, j: usize, stage: &Stage) {
+        let runs = self.runs_in(&stage.name);
+        let newest = runs
+            .iter()
+            .filter(|r| {
+                (r.status.supersedable() && self.eligible(j, r.release))
+                    || r.status.changes_stage()
+                    || r.status == RunStatus::Succeeded
+            })
+            .map(|r| r.release)
+            .max();
+        let good = self.snap.last_good(&stage.name);
+        let Some(newest) = newest.max(good) else {
+            return;
+        };
+        for run in runs
+            .iter()
+            .filter(|r| r.status.supersedable() && r.release < newest)
+        {
+            if self.eligible(j, run.release) || run.status != RunStatus::Waiting {
+                self.transition(
+                    run,
+                    RunStatus::Superseded,
+                    format!("superseded by newer release {newest}"),
+                );
+            }
+        }
+    }
+
+    fn stage_runs(&mut self, j: usize, stage: &Stage) {
+        for run in self.runs_in(&stage.name) {
+            if self.is_touched(&run) {
+                continue;
+            }
+            match run.status {
+                RunStatus::Waiting => self.waiting(j, &run),
+                RunStatus::Queued => self.queued(j, stage, &run),
+                RunStatus::Checking => self.checking(j, stage, &run),
+                RunStatus::AwaitingApproval => self.awaiting_approval(j, stage, &run),
+                RunStatus::Deploying => self.deploying(stage, &run),
+                RunStatus::Verifying => self.verifying(stage, &run),
+                RunStatus::Baking => self.baking(stage, &run),
+                RunStatus::RollingBack => self.rolling_back(stage, &run),
+                _ => {}
+            }
+        }
+    }
+
+    // ----- one run ----------------------------------------------------------------------
+
+    /// A release that cannot continue leaves every stage it has not reached.
+    fn stopped(&mut self, run: &StageRun) -> bool {
+        let Some(r) = self.release(run.release) else {
+            return true;
+        };
+        let why = if let Some(bad) = &r.bad {
+            Some(format!(
+                "not promoted: rolled back in {} ({})",
+                bad.stage, bad.reason
+            ))
+        } else {
+            r.failed.as_ref().map(|f| format!("not promoted: {f}"))
+        };
+        match why {
+            Some(reason) => {
+                self.transition(run, RunStatus::Failed, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn waiting(&mut self, j: usize, run: &StageRun) {
+        if self.stopped(run) {
+            return;
+        }
+        if j > 0 {
+            let prev = &self.cfg.stages[j - 1].name;
+            if let Some(p) = self
+                .snap
+                .run(run.release, prev)
+                .filter(|p| p.status.is_terminal())
+            {
+                match p.status {
+                    RunStatus::Succeeded => {}
+                    RunStatus::Superseded => {
+                        self.transition(
+                            run,
+                            RunStatus::Superseded,
+                            format!("superseded in {prev}"),
+                        );
+                        return;
+                    }
+                    other => {
+                        self.transition(
+                            run,
+                            RunStatus::Failed,
+                            format!("not promoted: {other} in {prev}"),
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        if self.eligible(j, run.release) {
+            self.transition(run, RunStatus::Queued, "queued");
+        }
+    }
+
+    fn queued(&mut self, j: usize, stage: &Stage, run: &StageRun) {
+        if self.stopped(run) {
+            return;
+        }
+        if let Some(why) = self.paused(stage) {
+            self.note(run, why);
+            return;
+        }
+        let _ = j;
+        self.transition(run, RunStatus::Checking, "running pre-deploy checks");
+    }
+
+    fn paused(&self, stage: &Stage) -> Option<String> {
+        if let Some(p) = &self.snap.paused {
+            return Some(format!("pipeline paused: {p}"));
+        }
+        let s = self.snap.stage(&stage.name)?;
+        s.paused.as_ref().map(|p| format!("stage paused: {p}"))
+    }
+
+    fn checking(&mut self, j: usize, stage: &Stage, run: &StageRun) {
+        if self.stopped(run) {
+            return;
+        }
+        let alarms_clear = self.entry_alarms_clear(stage, run);
+        let Some(tests_ok) = self.tests(stage, run, Phase::Before) else {
+            return;
+        };
+        if !tests_ok {
+            return;
+        }
+        if !alarms_clear {
+            return;
+        }
+        match &stage.approval {
+            Some(a) => {
+                let n = a.min_approvals;
+                self.transition(
+                    run,
+                    RunStatus::AwaitingApproval,
+                    format!("awaiting {n} approval(s)"),
+                );
+            }
+            None => self.try_deploy(j, stage, run),
+        }
+    }
+
+    /// Before entry, a stage's alarms must not be in ALARM (unless the release overrides it).
+    fn entry_alarms_clear(&mut self, stage: &Stage, run: &StageRun) -> bool {
+        if stage.alarms.is_empty() {
+            return true;
+        }
+        let round = self.latest_round(run, |r| EffectKind::CheckAlarms { round: r });
+        let Some(rec) = self
+            .ensure(self.effect(run, EffectKind::CheckAlarms { round }))
+            .cloned()
+        else {
+            return false;
+        };
+        let firing = rec
+            .output
+            .get("in_alarm")
+            .filter(|a| !a.is_empty())
+            .cloned();
+        let problem = match (rec.status, firing) {
+            (EffectStatus::Failed, _) => format!("cannot read alarms: {}", rec.detail),
+            (_, Some(a)) => format!("alarm {a} is in ALARM"),
+            _ => return true,
+        };
+        if let Some(why) = self
+            .release(run.release)
+            .and_then(|r| r.alarm_override.clone())
+        {
+            if rec.status == EffectStatus::Succeeded {
+                self.note(run, format!("{problem}; entering anyway (override: {why})"));
+                return true;
+            }
+        }
+        let finished = rec.finished_at.unwrap_or(self.now);
+        let next = finished + chrono::Duration::from_std(ALARM_RECHECK).unwrap_or_default();
+        if next <= self.now {
+            self.ensure(self.effect(run, EffectKind::CheckAlarms { round: round + 1 }));
+        } else {
+            self.wake(next);
+        }
+        self.note(
+            run,
+            format!(
+                "waiting: {problem}; re-checking every {}",
+                format_duration(ALARM_RECHECK)
+            ),
+        );
+        false
+    }
+
+    /// The newest round of a repeated effect that has a record (0 when none has).
+    fn latest_round(&self, run: &StageRun, kind: impl Fn(u32) -> EffectKind) -> u32 {
+        let mut round = 0;
+        while self
+            .snap
+            .effect(&self.effect(run, kind(round + 1)).key)
+            .is_some()
+        {
+            round += 1;
+        }
+        round
+    }
+
+    /// Runs a phase's tests in parallel. `Some(true)` all passed, `Some(false)` one failed
+    /// (and the run was moved on), `None` still running.
+    fn tests(&mut self, stage: &Stage, run: &StageRun, phase: Phase) -> Option<bool> {
+        let names = match phase {
+            Phase::Before => &stage.before,
+            Phase::After => &stage.after,
+        };
+        let mut done = true;
+        for test in names {
+            let e = self.effect(
+                run,
+                EffectKind::RunTest {
+                    test: test.clone(),
+                    phase,
+                },
+            );
+            match self.ensure(e).cloned() {
+                None => done = false,
+                Some(rec) if rec.status == EffectStatus::Failed => {
+                    let why = format!("{} test `{test}` failed: {}", phase.as_str(), rec.detail);
+                    self.fail_or_roll_back(stage, run, phase, why);
+                    return Some(false);
+                }
+                Some(_) => {}
+            }
+        }
+        done.then_some(true)
+    }
+
+    fn fail_or_roll_back(&mut self, stage: &Stage, run: &StageRun, phase: Phase, why: String) {
+        if phase == Phase::Before {
+            self.transition(run, RunStatus::Failed, why);
+        } else {
+            self.roll_back_or_fail(stage, run, why);
+        }
+    }
+
+    fn roll_back_or_fail(&mut self, stage: &Stage, run: &StageRun, why: String) {
+        if self.rollback_target(stage, run).is_some() {
+            self.transition(run, RunStatus::RollingBack, why);
+        } else {
+            self.transition(
+                run,
+                RunStatus::Failed,
+                format!("{why}; no known-good release to return to"),
+            );
+        }
+    }
+
+    fn approvals(&self, stage: &Stage, run: &StageRun) -> (BTreeSet<String>, Option<String>) {
+        let mut approved = BTreeSet::new();
+        let mut rejected = None;
+        for a in self
+            .snap
+            .approvals
+            .iter()
+            .filter(|a| a.release == run.release && a.stage == stage.name)
+        {
+            match a.decision {
+                Decision::Approve => {
+                    approved.insert(a.approver.clone());
+                }
+                Decision::Reject => rejected = Some(a.approver.clone()),
+            }
+        }
+        (approved, rejected)
+    }
+
+    fn awaiting_approval(&mut self, j: usize, stage: &Stage, run: &StageRun) {
+        if self.stopped(run) {
+            return;
+        }
+        let Some(cfg) = &stage.approval else {
+            self.try_deploy(j, stage, run);
+            return;
+        };
+        let request = self
+            .ensure(self.effect(run, EffectKind::RequestApproval))
+            .cloned();
+        let (approved, rejected) = self.approvals(stage, run);
+        if let Some(who) = rejected {
+            self.transition(run, RunStatus::Rejected, format!("rejected by {who}"));
+            return;
+        }
+        if approved.len() as u32 >= cfg.min_approvals {
+            self.try_deploy(j, stage, run);
+            return;
+        }
+        let expires = run.since + chrono::Duration::from_std(cfg.timeout).unwrap_or_default();
+        if self.now >= expires {
+            self.transition(
+                run,
+                RunStatus::Expired,
+                format!(
+                    "approval request expired after {}",
+                    format_duration(cfg.timeout)
+                ),
+            );
+            return;
+        }
+        self.wake(expires);
+        let sent = match request {
+            Some(r) if r.status == EffectStatus::Failed => {
+                format!(" (request not sent: {})", r.detail)
+            }
+            _ => String::new(),
+        };
+        let left = Self::minutes(expires - self.now);
+        self.note(
+            run,
+            format!(
+                "awaiting approval: {} of {}, expires in {left}{sent}",
+                approved.len(),
+                cfg.min_approvals
+            ),
+        );
+    }
+
+    /// Starts the deploy if nothing forbids it now; otherwise says what it waits for.
+    fn try_deploy(&mut self, j: usize, stage: &Stage, run: &StageRun) {
+        if let Some(why) = self.deploy_blocker(j, stage, run) {
+            self.note(run, why);
+            return;
+        }
+        let waves = stage.targets.len();
+        self.transition(
+            run,
+            RunStatus::Deploying,
+            format!("deploying wave 1 of {waves}"),
+        );
+    }
+
+    fn deploy_blocker(&mut self, j: usize, stage: &Stage, run: &StageRun) -> Option<String> {
+        if let Some(why) = self.paused(stage) {
+            return Some(why);
+        }
+        // Invariant 1, checked again at the door.
+        if !self.eligible(j, run.release) {
+            return Some("waiting: the previous stage has not succeeded with this release".into());
+        }
+        // Invariant 2, checked again at the door.
+        if let Some(a) = &stage.approval {
+            if (self.approvals(stage, run).0.len() as u32) < a.min_approvals {
+                return Some("waiting for approval".into());
+            }
+        }
+        // Invariant 3.
+        if let Some(other) =
+            self.snap.runs.iter().find(|r| {
+                r.stage == stage.name && r.release != run.release && r.status.changes_stage()
+            })
+        {
+            return Some(format!(
+                "waiting for {} to finish ({})",
+                other.release, other.status
+            ));
+        }
+        let overridden = self
+            .release(run.release)
+            .is_some_and(|r| r.window_override.is_some());
+        match &stage.windows {
+            Some(w) if !overridden && !window::is_open(w, self.now) => {
+                let next = window::next_open(w, self.now);
+                if let Some(at) = next {
+                    self.wake(at);
+                }
+                Some(window::describe_wait(w, next))
+            }
+            _ => None,
+        }
+    }
+
+    fn deploying(&mut self, stage: &Stage, run: &StageRun) {
+        for wave in 0..stage.targets.len() {
+            let Some(rec) = self
+                .ensure(self.effect(run, EffectKind::Deploy { wave }))
+                .cloned()
+            else {
+                if wave > 0 {
+                    self.note(
+                        run,
+                        format!("deploying wave {} of {}", wave + 1, stage.targets.len()),
+                    );
+                }
+                return;
+            };
+            if rec.status == EffectStatus::Failed {
+                let t = &stage.targets[wave];
+                let why = format!(
+                    "deploy to {}/{} failed: {}",
+                    t.account, t.region, rec.detail
+                );
+                self.roll_back_or_fail(stage, run, why);
+                return;
+            }
+        }
+        self.transition(run, RunStatus::Verifying, "running post-deploy tests");
+    }
+
+    fn verifying(&mut self, stage: &Stage, run: &StageRun) {
+        if self.tests(stage, run, Phase::After) == Some(true) {
+            let until = self.now + chrono::Duration::from_std(stage.bake).unwrap_or_default();
+            self.transition(
+                run,
+                RunStatus::Baking,
+                format!("baking until {}", until.format("%Y-%m-%d %H:%M:%S UTC")),
+            );
+        }
+    }
+
+    fn baking(&mut self, stage: &Stage, run: &StageRun) {
+        if let Some(why) = self.alarm_fired(stage, run) {
+            self.transition(run, RunStatus::RollingBack, why);
+            return;
+        }
+        let bake_end = run.since + chrono::Duration::from_std(stage.bake).unwrap_or_default();
+        let evaluations = self.bake_polls(stage, run, bake_end);
+        if let Some(why) = evaluations.1 {
+            self.transition(run, RunStatus::RollingBack, why);
+            return;
+        }
+        let needed = if stage.alarms.is_empty() {
+            0
+        } else {
+            stage.min_alarm_evaluations
+        };
+        if self.now >= bake_end && evaluations.0 >= needed {
+            self.transition(run, RunStatus::Succeeded, "deployed and baked");
+            self.out.actions.push(Action::RecordGood {
+                stage: stage.name.clone(),
+                release: run.release,
+            });
+            return;
+        }
+        if self.now < bake_end {
+            self.wake(bake_end);
+        }
+        let state = if self.now >= bake_end {
+            format!(
+                "bake time over; waiting for alarm evaluations ({}/{needed})",
+                evaluations.0
+            )
+        } else {
+            format!("baking, {} left", Self::minutes(bake_end - self.now))
+        };
+        self.note(run, state);
+    }
+
+    /// An alarm notification for this stage since the bake began.
+    fn alarm_fired(&self, stage: &Stage, run: &StageRun) -> Option<String> {
+        self.snap
+            .alarms
+            .iter()
+            .filter(|a| a.stage == stage.name && a.firing && a.at >= run.since)
+            .filter(|a| stage.alarms.contains(&a.alarm))
+            .min_by_key(|a| a.at)
+            .map(|a| {
+                format!(
+                    "alarm {} fired at {}",
+                    a.alarm,
+                    a.at.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            })
+    }
+
+    /// Backstop polls during bake: (clean evaluations, reason to roll back).
+    fn bake_polls(
+        &mut self,
+        stage: &Stage,
+        run: &StageRun,
+        bake_end: DateTime<Utc>,
+    ) -> (u32, Option<String>) {
+        if stage.alarms.is_empty() {
+            return (0, None);
+        }
+        let latest = self.latest_round(run, |r| EffectKind::PollAlarms { round: r });
+        let mut clean = 0;
+        for round in 0..=latest {
+            let key = self.effect(run, EffectKind::PollAlarms { round }).key;
+            let Some(rec) = self.snap.effect(&key) else {
+                continue;
+            };
+            match rec.output.get("in_alarm").filter(|a| !a.is_empty()) {
+                Some(a) if rec.status == EffectStatus::Succeeded => {
+                    return (
+                        clean,
+                        Some(format!(
+                            "alarm {a} in ALARM (poll at {})",
+                            rec.finished_at.unwrap_or(self.now).format("%H:%M:%S UTC")
+                        )),
+                    );
+                }
+                _ if rec.status == EffectStatus::Succeeded => clean += 1,
+                _ => {}
+            }
+        }
+        let needed = stage.min_alarm_evaluations;
+        let last = self
+            .snap
+            .effect(
+                &self
+                    .effect(run, EffectKind::PollAlarms { round: latest })
+                    .key,
+            )
+            .cloned();
+        let want_more = self.now < bake_end || clean < needed;
+        match last {
+            None => {
+                self.ensure(self.effect(run, EffectKind::PollAlarms { round: 0 }));
+            }
+            Some(rec) if rec.status == EffectStatus::Pending => {
+                self.ensure(self.effect(run, EffectKind::PollAlarms { round: latest }));
+            }
+            Some(rec) if want_more => {
+                let next = rec.finished_at.unwrap_or(self.now)
+                    + chrono::Duration::from_std(BAKE_POLL).unwrap_or_default();
+                if next <= self.now {
+                    self.ensure(self.effect(run, EffectKind::PollAlarms { round: latest + 1 }));
+                } else {
+                    self.wake(next);
+                }
+            }
+            Some(_) => {}
+        }
+        (clean, None)
+    }
+
+    /// Invariant 6: the newest release the stage ran successfully, other than this one.
+    fn rollback_target(&self, stage: &Stage, run: &StageRun) -> Option<ReleaseId> {
+        let s = self.snap.stage(&stage.name)?;
+        s.history
+            .iter()
+            .rev()
+            .copied()
+            .find(|id| *id != run.release && self.release(*id).is_none_or(|r| r.bad.is_none()))
+    }
+
+    fn rolling_back(&mut self, stage: &Stage, run: &StageRun) {
+        let Some(target) = self.rollback_target(stage, run) else {
+            self.transition(
+                run,
+                RunStatus::Failed,
+                format!("{}; no known-good release to return to", run.reason),
+            );
+            return;
+        };
+        for wave in self.deployed_waves(stage, run) {
+            let e = self.effect(run, EffectKind::Rollback { wave, target });
+            let Some(rec) = self.ensure(e).cloned() else {
+                return;
+            };
+            if rec.status == EffectStatus::Failed {
+                let t = &stage.targets[wave];
+                let why = format!(
+                    "ROLLBACK FAILED for {}/{}: {}; stage paused until a person resumes it",
+                    t.account, t.region, rec.detail
+                );
+                self.transition(run, RunStatus::Failed, why.clone());
+                self.out.actions.push(Action::PauseStage {
+                    stage: stage.name.clone(),
+                    reason: why,
+                });
+                return;
+            }
+        }
+        self.transition(
+            run,
+            RunStatus::RolledBack,
+            format!("{}; restored {target}", run.reason),
+        );
+        if self.release(run.release).is_some_and(|r| r.bad.is_none()) {
+            self.out.actions.push(Action::MarkBad {
+                release: run.release,
+                stage: stage.name.clone(),
+                reason: run.reason.clone(),
+            });
+        }
+        self.out.actions.push(Action::RecordGood {
+            stage: stage.name.clone(),
+            release: target,
+        });
+    }
+
+    /// Waves this run touched (a deploy was at least attempted there).
+    fn deployed_waves(&self, stage: &Stage, run: &StageRun) -> Vec<usize> {
+        (0..stage.targets.len())
+            .filter(|wave| {
+                self.snap
+                    .effect(&self.effect(run, EffectKind::Deploy { wave: *wave }).key)
+                    .is_some()
+            })
+            .collect()
+    }
+
+    // ----- reporting ---------------------------------------------------------------------
+
+    /// GitHub deployment statuses and SNS notifications follow the runs' statuses.
+    fn side_reports(&mut self) {
+        let notify = self.cfg.notifications.topic.is_some();
+        for run in &self.snap.runs {
+            if self.is_touched(run) {
+                continue;
+            }
+            if let Some(state) = ReportState::for_status(run.status) {
+                self.ensure(self.effect(run, EffectKind::Report { state }));
+            }
+            let acted = self
+                .snap
+                .effects_of(run.release, &run.stage)
+                .any(|e| !e.key.contains("/report-"));
+            let event = match run.status {
+                RunStatus::RolledBack => Some(NotifyEvent::RolledBack),
+                RunStatus::Failed | RunStatus::Rejected | RunStatus::Expired if acted => {
+                    Some(NotifyEvent::Halted)
+                }
+                _ => None,
+            };
+            if let (true, Some(event)) = (notify, event) {
+                self.ensure(self.effect(run, EffectKind::Notify { event }));
+            }
+        }
+    }
+}

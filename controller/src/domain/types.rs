@@ -1,0 +1,310 @@
+//! The domain's data: releases, stage runs, their status, and the facts the planner reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+/// A release's id: assigned by the store in arrival order, so a larger id is a newer release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReleaseId(pub i64);
+
+impl fmt::Display for ReleaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// One candidate for one pipeline: a commit and, once resolved, its image digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub id: ReleaseId,
+    pub pipeline: String,
+    pub sha: String,
+    pub branch: String,
+    pub author_name: String,
+    pub author_email: String,
+    pub author_login: Option<String>,
+    pub message: String,
+    pub url: Option<String>,
+    /// `sha256:…`, once the artifact was resolved.
+    pub digest: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Set when the release was rolled back anywhere: it is never promoted again automatically.
+    pub bad: Option<BadMark>,
+    /// An explicit, logged override: may enter a stage while its alarms are in ALARM.
+    pub alarm_override: Option<String>,
+    /// An explicit, logged override: may deploy outside the stage's windows.
+    pub window_override: Option<String>,
+    /// Why the release could not be promoted at all (e.g. its image never appeared).
+    pub failed: Option<String>,
+}
+
+/// Where and why a release was marked bad.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadMark {
+    pub stage: String,
+    pub reason: String,
+}
+
+/// The life of one release in one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RunStatus {
+    Waiting,
+    Queued,
+    Checking,
+    AwaitingApproval,
+    Deploying,
+    Verifying,
+    Baking,
+    Succeeded,
+    Failed,
+    Rejected,
+    Expired,
+    Superseded,
+    RollingBack,
+    RolledBack,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 14] = [
+        RunStatus::Waiting,
+        RunStatus::Queued,
+        RunStatus::Checking,
+        RunStatus::AwaitingApproval,
+        RunStatus::Deploying,
+        RunStatus::Verifying,
+        RunStatus::Baking,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Rejected,
+        RunStatus::Expired,
+        RunStatus::Superseded,
+        RunStatus::RollingBack,
+        RunStatus::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Waiting => "waiting",
+            RunStatus::Queued => "queued",
+            RunStatus::Checking => "checking",
+            RunStatus::AwaitingApproval => "awaiting_approval",
+            RunStatus::Deploying => "deploying",
+            RunStatus::Verifying => "verifying",
+            RunStatus::Baking => "baking",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Rejected => "rejected",
+            RunStatus::Expired => "expired",
+            RunStatus::Superseded => "superseded",
+            RunStatus::RollingBack => "rolling_back",
+            RunStatus::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// No further transition happens on its own.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded
+                | RunStatus::Failed
+                | RunStatus::Rejected
+                | RunStatus::Expired
+                | RunStatus::Superseded
+                | RunStatus::RolledBack
+        )
+    }
+
+    /// The stage's live system is being changed by this run (invariant 3: at most one).
+    pub fn changes_stage(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Deploying
+                | RunStatus::Verifying
+                | RunStatus::Baking
+                | RunStatus::RollingBack
+        )
+    }
+
+    /// Has not started deploying: may still be superseded by a newer release.
+    pub fn supersedable(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Waiting
+                | RunStatus::Queued
+                | RunStatus::Checking
+                | RunStatus::AwaitingApproval
+        )
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One release in one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageRun {
+    pub release: ReleaseId,
+    pub stage: String,
+    pub status: RunStatus,
+    /// Why it is in this status, or what it waits for; shown by `tollgate status`.
+    pub reason: String,
+    pub attempt: u32,
+    pub since: DateTime<Utc>,
+}
+
+/// What became of an effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectStatus {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl EffectStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EffectStatus::Pending => "pending",
+            EffectStatus::Succeeded => "succeeded",
+            EffectStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(EffectStatus::Pending),
+            "succeeded" => Some(EffectStatus::Succeeded),
+            "failed" => Some(EffectStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The durable record of one side effect, by idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectRecord {
+    pub key: String,
+    pub release: ReleaseId,
+    /// Empty for release-level effects (artifact resolution).
+    pub stage: String,
+    pub status: EffectStatus,
+    /// Human-readable outcome: the failure reason, or a summary.
+    pub detail: String,
+    /// Named values the effect produced (stack outputs, alarms in ALARM, the digest).
+    pub output: BTreeMap<String, String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An approver's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "approve" => Some(Decision::Approve),
+            "reject" => Some(Decision::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// A recorded approval or rejection of one release in one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    pub release: ReleaseId,
+    pub stage: String,
+    pub approver: String,
+    pub decision: Decision,
+    pub at: DateTime<Utc>,
+}
+
+/// A CloudWatch alarm notification that reached the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmFact {
+    pub stage: String,
+    pub alarm: String,
+    /// True for ALARM, false for OK / INSUFFICIENT_DATA.
+    pub firing: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// A stage's durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StageState {
+    pub name: String,
+    pub paused: Option<String>,
+    /// Releases this stage ran successfully, oldest first (a rollback appends its target).
+    pub history: Vec<ReleaseId>,
+    /// A manual rollback asked for and not handled yet: (request id, who asked).
+    pub rollback_request: Option<(i64, String)>,
+}
+
+/// Everything `plan` needs to know about one pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub paused: Option<String>,
+    pub stages: Vec<StageState>,
+    /// Releases with something left to do, plus those named in stage histories; by id.
+    pub releases: BTreeMap<ReleaseId, Release>,
+    pub runs: Vec<StageRun>,
+    pub effects: Vec<EffectRecord>,
+    pub approvals: Vec<ApprovalRecord>,
+    pub alarms: Vec<AlarmFact>,
+}
+
+impl Snapshot {
+    pub fn run(&self, release: ReleaseId, stage: &str) -> Option<&StageRun> {
+        self.runs
+            .iter()
+            .find(|r| r.release == release && r.stage == stage)
+    }
+
+    pub fn effect(&self, key: &str) -> Option<&EffectRecord> {
+        self.effects.iter().find(|e| e.key == key)
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageState> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The release a stage runs now and trusts: the newest history entry not marked bad.
+    pub fn last_good(&self, stage: &str) -> Option<ReleaseId> {
+        self.stage(stage)?
+            .history
+            .iter()
+            .rev()
+            .copied()
+            .find(|id| self.releases.get(id).is_none_or(|r| r.bad.is_none()))
+    }
+
+    /// Effects of one run, in the order they were started.
+    pub fn effects_of<'a>(
+        &'a self,
+        release: ReleaseId,
+        stage: &'a str,
+    ) -> impl Iterator<Item = &'a EffectRecord> {
+        self.effects
+            .iter()
+            .filter(move |e| e.release == release && e.stage == stage)
+    }
+}

@@ -1,0 +1,3 @@
+//! GitHub: webhook intake (signature, payload parsing) and reporting back (Deployments, statuses).
+
+pub mod webhook;

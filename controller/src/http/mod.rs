@@ -1,0 +1,3 @@
+//! The HTTP surface (axum): webhooks, approvals, JSON API, health.
+
+pub mod sns_verify;

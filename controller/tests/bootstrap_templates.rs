@@ -1,0 +1,174 @@
+//! The bootstrap templates in `accounts/bootstrap/` are valid CloudFormation: cfn-lint (the
+//! real linter, pinned by `scripts/test`) finds nothing, and each one creates as a stack in a
+//! stage account emulated by moto, through the real AWS SDK's CloudFormation client.
+//! A missing tool fails the test: it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
+use tollgate::testing::moto::MotoServer;
+
+const STAGE_ACCOUNT: &str = "222222222222";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn templates() -> Vec<PathBuf> {
+    let dir = workspace_root().join("accounts/bootstrap");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    found.sort();
+    let names: Vec<_> = found
+        .iter()
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["deploy-role.yaml", "execution-role.yaml"],
+        "templates in {}",
+        dir.display()
+    );
+    found
+}
+
+fn cfn_lint() -> PathBuf {
+    let path = match std::env::var_os("TOLLGATE_CFN_LINT") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => workspace_root().join(".venv/bin/cfn-lint"),
+    };
+    assert!(
+        path.is_file(),
+        "cfn-lint not found at {}: run scripts/test once (it installs cfn-lint into .venv), or \
+         set TOLLGATE_CFN_LINT",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn cfn_lint_finds_nothing_in_the_bootstrap_templates() {
+    let output = Command::new(cfn_lint())
+        .args(templates())
+        .output()
+        .expect("running cfn-lint");
+    assert!(
+        output.status.success(),
+        "cfn-lint exited with {}:\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn parameters(pairs: &[(&str, &str)]) -> Vec<Parameter> {
+    let parameter = |(key, value): &(&str, &str)| {
+        Parameter::builder()
+            .parameter_key(*key)
+            .parameter_value(*value)
+            .build()
+    };
+    pairs.iter().map(parameter).collect()
+}
+
+/// Creates `template` as stack `name` and returns its outputs once it is CREATE_COMPLETE.
+async fn create_stack(
+    cfn: &aws_sdk_cloudformation::Client,
+    name: &str,
+    template: &str,
+    params: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let body = std::fs::read_to_string(workspace_root().join("accounts/bootstrap").join(template))
+        .unwrap();
+    cfn.create_stack()
+        .stack_name(name)
+        .template_body(body)
+        .set_parameters(Some(parameters(params)))
+        .capabilities(Capability::CapabilityNamedIam)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateStack {name} from {template}: {e:?}"));
+    let described = cfn.describe_stacks().stack_name(name).send().await.unwrap();
+    let stack = &described.stacks()[0];
+    assert_eq!(
+        stack.stack_status(),
+        Some(&StackStatus::CreateComplete),
+        "{name}: {:?}",
+        stack.stack_status_reason()
+    );
+    let output = |o: &aws_sdk_cloudformation::types::Output| {
+        (
+            o.output_key().unwrap().to_owned(),
+            o.output_value().unwrap().to_owned(),
+        )
+    };
+    stack.outputs().iter().map(output).collect()
+}
+
+#[tokio::test]
+async fn the_bootstrap_templates_create_in_a_stage_account() {
+    let moto = MotoServer::shared();
+    let config = moto.sdk_config_for_account(STAGE_ACCOUNT).await.unwrap();
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+
+    let execution = create_stack(
+        &cfn,
+        "tollgate-bootstrap-execution",
+        "execution-role.yaml",
+        &[("ResourceNamePrefix", "backend-")],
+    )
+    .await;
+    let execution_arn = format!("arn:aws:iam::{STAGE_ACCOUNT}:role/tollgate-cfn-execution");
+    assert!(
+        execution.contains(&("RoleArn".into(), execution_arn)),
+        "{execution:?}"
+    );
+
+    let common = [
+        (
+            "ControllerRoleArn",
+            "arn:aws:iam::111111111111:role/tollgate-controller",
+        ),
+        ("ExternalId", "0123456789abcdef0123456789abcdef"),
+        ("StackNamePrefix", "backend-"),
+        (
+            "ArtifactRepositoryArn",
+            "arn:aws:ecr:us-east-1:111111111111:repository/backend",
+        ),
+        ("AlarmNamePrefix", "backend-beta-"),
+        ("DeployRegions", "us-east-1,eu-west-1"),
+    ];
+    let deploy = create_stack(
+        &cfn,
+        "tollgate-bootstrap-deploy",
+        "deploy-role.yaml",
+        &common,
+    )
+    .await;
+    let deploy_arn = format!("arn:aws:iam::{STAGE_ACCOUNT}:role/tollgate-deploy");
+    assert!(
+        deploy.contains(&("RoleArn".into(), deploy_arn)),
+        "{deploy:?}"
+    );
+
+    let topic = format!("arn:aws:sns:us-east-1:{STAGE_ACCOUNT}:tollgate-approvals");
+    let with_topic = [
+        &common[..],
+        &[
+            ("ApprovalTopicArn", topic.as_str()),
+            ("RoleName", "tollgate-deploy-with-topic"),
+        ],
+    ]
+    .concat();
+    create_stack(
+        &cfn,
+        "tollgate-bootstrap-deploy-topic",
+        "deploy-role.yaml",
+        &with_topic,
+    )
+    .await;
+}
