@@ -36,6 +36,6 @@ mod vars;
 pub use duration::parse_duration;
 pub use error::{Location, RunError, SuiteError};
 pub use report::{CheckOutcome, LatencyStats, Report};
-pub use runner::{RunOptions, run};
+pub use runner::{MAX_BACKOFF, MAX_BODY_BYTES, RunOptions, run};
 pub use stats::percentile;
 pub use suite::{Check, Defaults, RequestBody, Suite};

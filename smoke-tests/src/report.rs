@@ -80,7 +80,7 @@ impl Report {
     }
 
     /// A report for a run that stopped before any request.
-    pub(crate) fn aborted(suite: &crate::Suite, base_url: &str, reason: RunError) -> Self {
+    pub(crate) fn not_started(suite: &crate::Suite, base_url: &str, reason: RunError) -> Self {
         Self {
             suite: suite.name.clone(),
             origin: suite.origin.clone(),

@@ -49,7 +49,7 @@ pub async fn run(suite: &Suite, options: &RunOptions) -> Report {
         prepare(suite, &options.base_url, &options.env).and_then(|checks| Ok((client()?, checks)));
     let (client, checks) = match ready {
         Ok(ready) => ready,
-        Err(reason) => return Report::aborted(suite, &options.base_url, reason),
+        Err(reason) => return Report::not_started(suite, &options.base_url, reason),
     };
     let mut outcomes = Vec::with_capacity(checks.len());
     for check in &checks {
@@ -180,7 +180,19 @@ fn describe(err: reqwest::Error, timeout: Duration) -> String {
             stats::format_duration(timeout)
         );
     }
+    if err.is_connect() {
+        return format!("cannot connect: {}", root_cause(&err));
+    }
     error_chain(&err)
+}
+
+/// The innermost cause of an error, usually the operating system's own words.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// An error and its causes on one line, without repeating the URL.

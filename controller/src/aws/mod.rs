@@ -2,3 +2,13 @@
 //!
 //! Every call goes through [`retry`]: a per-account, per-API token bucket and jittered
 //! exponential backoff, so throttling never becomes a failed deploy.
+
+pub mod cloudformation;
+pub mod cloudwatch;
+pub mod codepipeline;
+pub mod deployer;
+pub mod ecr;
+pub mod errors;
+pub mod retry;
+pub mod sns;
+pub mod sts;

@@ -111,9 +111,22 @@ impl Locator {
         self.diagnostic(span, Severity::Error, message, help)
     }
 
-    /// A diagnostic at a byte range reported by the TOML parser.
+    /// A diagnostic at a byte range reported by the TOML parser. The parser's message may span
+    /// several lines; they are joined. Its range is often one character or empty: then the
+    /// snippet quotes the whole line, unless that line sets an `external_id` (a secret may be
+    /// written there).
     pub fn at_span(&self, span: Option<Range<usize>>, message: String, help: &str) -> Diagnostic {
-        self.diagnostic(span, Severity::Error, message, help)
+        let message: Vec<&str> = message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut d = self.diagnostic(span, Severity::Error, message.join(": "), help);
+        let line = self.text.lines().nth(d.line - 1).unwrap_or("").trim();
+        if d.snippet.chars().count() <= 1 && !line.contains("external_id") {
+            d.snippet = truncate(line, 120);
+        }
+        d
     }
 
     fn diagnostic(
@@ -123,8 +136,8 @@ impl Locator {
         message: String,
         help: &str,
     ) -> Diagnostic {
-        let start = span.as_ref().map_or(0, |s| s.start.min(self.text.len()));
-        let end = span.map_or(start, |s| s.end.min(self.text.len()).max(start));
+        let start = floor_char(&self.text, span.as_ref().map_or(0, |s| s.start));
+        let end = floor_char(&self.text, span.map_or(start, |s| s.end)).max(start);
         let (line, col) = line_col(&self.text, start);
         let snippet = self.text[start..end]
             .lines()
@@ -189,13 +202,18 @@ fn item_span(item: &Item) -> Option<Range<usize>> {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// The largest character boundary in `text` at or before `offset`.
+fn floor_char(text: &str, offset: usize) -> usize {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &text[..offset];
+    offset
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..floor_char(text, offset)];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[line_start..].chars().count() + 1)

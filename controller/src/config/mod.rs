@@ -76,7 +76,12 @@ pub fn load_str(
         .and_then(|r| r.accounts.clone())
         .unwrap_or_else(|| "accounts/accounts.toml".into());
     let accounts_path = base.join(&accounts_rel);
-    let accounts_text = read_file(&accounts_path)?;
+    let accounts_text = match (read_file(&accounts_path), &raw) {
+        (Ok(text), _) => text,
+        // Without a parsed stages.toml the accounts path is a guess: report the syntax error.
+        (Err(_), None) => return Err(ConfigError::Invalid(diags)),
+        (Err(e), Some(_)) => return Err(e),
+    };
     let accounts_loc = Locator::new(&accounts_path, &accounts_text);
     let raw_accounts: Option<raw::RawAccountsFile> =
         parse(&accounts_loc, &accounts_text, &mut diags);

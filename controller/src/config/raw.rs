@@ -6,9 +6,11 @@
 //! Nothing outside `config/` uses these types: the rest of tollgate sees [`super::model`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// `stages.toml`: one or more pipelines.
 #[derive(Debug, Deserialize, JsonSchema, Default)]
@@ -252,6 +254,7 @@ pub struct RawAccount {
     /// Role to assume (not for the controller's own account).
     pub role_arn: Option<String>,
     /// Where the ExternalId comes from: `{ env = "VAR" }` or `{ file = "/path" }`.
+    #[schemars(with = "Option<RawSecretTable>")]
     pub external_id: Option<RawSecretRef>,
     /// Default region of the account.
     pub region: String,
@@ -262,28 +265,139 @@ pub struct RawAccount {
     pub session_duration: Option<String>,
 }
 
-/// A reference to a secret, never the secret itself.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
+/// A reference to a secret, never the secret itself. Anything but a table is a secret written
+/// literally: its text is dropped while parsing, so no later message can quote it.
+#[derive(Debug)]
 pub enum RawSecretRef {
     Ref(RawSecretTable),
     Literal(LiteralSecret),
 }
 
+/// The key under which the `toml` crate hands a date-time to serde.
+const TOML_DATETIME: &str = "$__toml_private_datetime";
+
+impl<'de> Deserialize<'de> for RawSecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecretRefVisitor)
+    }
+}
+
+struct SecretRefVisitor;
+
+impl<'de> Visitor<'de> for SecretRefVisitor {
+    type Value = RawSecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("`{ env = \"VAR\" }` or `{ file = \"/path\" }`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecretRef, A::Error> {
+        let mut table = RawSecretTable::default();
+        let mut literal = false;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "env" => table.env = Some(map.next_value()?),
+                "file" => table.file = Some(map.next_value()?),
+                TOML_DATETIME => {
+                    map.next_value::<LiteralSecret>()?;
+                    literal = true;
+                }
+                // Reported as an unknown key by the caller's `serde_ignored`.
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(if literal {
+            RawSecretRef::Literal(LiteralSecret)
+        } else {
+            RawSecretRef::Ref(table)
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawSecretRef, A::Error> {
+        Discard.visit_seq(seq)?;
+        Ok(RawSecretRef::Literal(LiteralSecret))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<RawSecretRef, E> {
+        Ok(RawSecretRef::Literal(LiteralSecret))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawSecretRef, E> {
+        Ok(RawSecretRef::Literal(LiteralSecret))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawSecretRef, E> {
+        Ok(RawSecretRef::Literal(LiteralSecret))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawSecretRef, E> {
+        Ok(RawSecretRef::Literal(LiteralSecret))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawSecretRef, E> {
+        Ok(RawSecretRef::Literal(LiteralSecret))
+    }
+}
+
 /// A secret written literally: rejected by validation, and its text is dropped at once.
-#[derive(Debug, JsonSchema)]
+#[derive(Debug)]
 pub struct LiteralSecret;
 
 impl<'de> Deserialize<'de> for LiteralSecret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(|_| LiteralSecret)
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Discard).map(|()| LiteralSecret)
+    }
+}
+
+/// Accepts any value and keeps nothing of it (unlike `IgnoredAny`, unseen by `serde_ignored`).
+struct Discard;
+
+impl<'de> Visitor<'de> for Discard {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<LiteralSecret, LiteralSecret>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<LiteralSecret>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 }
 
 /// `{ env = "VAR" }` or `{ file = "/path" }`.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct RawSecretTable {
+    /// Environment variable holding the ExternalId.
     pub env: Option<String>,
+    /// File holding the ExternalId.
     pub file: Option<String>,
 }

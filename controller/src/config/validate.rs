@@ -27,6 +27,12 @@ impl Ctx<'_> {
         self.diags.push(d);
     }
 
+    /// An error located at the key that ends `path` rather than at its value.
+    pub fn error_at_key(&mut self, path: Vec<Seg>, message: String, help: &str) {
+        let d = self.loc.at_key(&path, message, help);
+        self.diags.push(d);
+    }
+
     pub fn warn(&mut self, path: Vec<Seg>, message: String, help: &str) {
         let d = self.loc.at(&path, Severity::Warning, message, help);
         self.diags.push(d);
@@ -136,7 +142,7 @@ fn check_account_role(name: &str, a: &RawAccount, cx: &mut Ctx) {
         ),
         (Some(arn), false) => {
             if let Some(parsed) = cx.check(p("role_arn"), values::role_arn(arn), "use arn:aws:iam::ACCOUNT:role/NAME") {
-                if parsed.account != a.id {
+                if parsed.account != a.id && values::account_id(&a.id).is_ok() {
                     cx.error(
                         p("role_arn"),
                         format!("role ARN is in account {} but the account id is {}", parsed.account, a.id),
@@ -159,8 +165,9 @@ fn check_account_role(name: &str, a: &RawAccount, cx: &mut Ctx) {
 fn secret_ref(name: &str, r: Option<&RawSecretRef>, cx: &mut Ctx) -> Option<SecretRef> {
     let path = cfg_path!["accounts", name.to_string(), "external_id"];
     match r? {
+        // Located at the key: the value is the secret and must not be quoted.
         RawSecretRef::Literal(_) => {
-            cx.error(
+            cx.error_at_key(
                 path,
                 "the external id is written literally in the file".into(),
                 "never put the secret itself here: use `{ env = \"VAR\" }` or `{ file = \"/path\" }`",
@@ -365,7 +372,7 @@ fn test(i: usize, name: &str, t: &RawTest, base: &Path, cx: &mut Ctx) -> Option<
     };
     for key in present_test_keys(t) {
         if !allowed.contains(&key) {
-            cx.error(
+            cx.error_at_key(
                 p(key),
                 format!("`{key}` does not apply to a `{}` test", t.kind),
                 &format!("a `{}` test takes: {}", t.kind, allowed.join(", ")),
@@ -682,7 +689,7 @@ fn deploy(i: usize, j: usize, d: &RawDeploy, base: &Path, cx: &mut Ctx) -> Deplo
 fn reject_keys(cx: &mut Ctx, p: &dyn Fn(&str) -> Vec<Seg>, kind: &str, keys: &[(&str, bool)]) {
     for (key, present) in keys {
         if *present {
-            cx.error(
+            cx.error_at_key(
                 p(key),
                 format!("`{key}` does not apply to a `{kind}` deploy"),
                 "remove it, or change `kind`",

@@ -1,1 +1,356 @@
-//! engine
+//! The engine: a level-triggered reconciler over the durable store.
+//!
+//! Owns: the per-pipeline reconcile loop, dispatching effects to the ports, and the ingest
+//! API that the HTTP and CLI layers call ([`Engine::record_release`] and friends).
+//!
+//! Guarantees:
+//! - Events only record facts (one transaction, deduplicated by delivery id) and wake the
+//!   pipeline; all decisions come from [`crate::domain::plan`].
+//! - One pipeline is never reconciled concurrently with itself (one task per pipeline);
+//!   different pipelines run in parallel, and long effects run as their own tasks, so a
+//!   deploy in Beta never delays a rollback in Prod.
+//! - Before a side effect its intent is recorded under an idempotency key; after it, its
+//!   outcome. After a crash, a pending effect is performed again under the same key, which
+//!   the adapters make harmless.
+//!
+//! Caveats: an SNS email sent just before a crash may be sent again after restart (SNS has no
+//! idempotency token); GitHub statuses are idempotent by nature.
+
+pub mod clock;
+mod exec;
+pub mod fakes;
+pub mod messages;
+pub mod ports;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::config::{Config, Pipeline};
+use crate::domain::{plan, Action, Effect, ReleaseId};
+use crate::store::{Delivery, Ingested, NewAlarm, NewApproval, NewRelease, Store, StoreError};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use ports::*;
+
+/// The adapters the engine works through.
+#[derive(Clone)]
+pub struct Ports {
+    pub deployer: Arc<dyn Deployer>,
+    pub artifacts: Arc<dyn Artifacts>,
+    pub notifier: Arc<dyn Notifier>,
+    pub alarms: Arc<dyn Alarms>,
+    pub forge: Arc<dyn Forge>,
+    pub tests: Arc<dyn TestRunner>,
+    pub approvals: Arc<dyn ApprovalSender>,
+}
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unknown pipeline `{0}`")]
+    UnknownPipeline(String),
+    #[error("unknown stage `{stage}` in pipeline `{pipeline}`")]
+    UnknownStage { pipeline: String, stage: String },
+    #[error("the engine was stopped")]
+    Stopped,
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// Crash injection for tests: after `limit` steps every store write and port call fails,
+/// exactly as if the process had died at that point.
+#[derive(Debug)]
+pub struct Fuse {
+    steps: AtomicU64,
+    limit: u64,
+}
+
+impl Fuse {
+    pub fn new(limit: u64) -> Arc<Fuse> {
+        Arc::new(Fuse { steps: AtomicU64::new(0), limit })
+    }
+
+    /// Counts a step; false once the fuse has blown.
+    fn step(&self) -> bool {
+        self.steps.fetch_add(1, Ordering::SeqCst) < self.limit
+    }
+
+    pub fn blown(&self) -> bool {
+        self.steps.load(Ordering::SeqCst) > self.limit
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::SeqCst)
+    }
+}
+
+/// The reconciler and its ingest API. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: RwLock<Arc<Config>>,
+    ports: Ports,
+    clock: Arc<dyn Clock>,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    running: Mutex<HashSet<String>>,
+    fuse: Option<Arc<Fuse>>,
+}
+
+/// How many plan/apply rounds one reconcile may take before it stops and tries later.
+const MAX_ROUNDS: usize = 64;
+
+impl Engine {
+    pub fn new(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>) -> Engine {
+        Self::build(store, config, ports, clock, None)
+    }
+
+    /// An engine that "crashes" after `fuse` steps (tests only).
+    pub fn with_fuse(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>, fuse: Arc<Fuse>) -> Engine {
+        Self::build(store, config, ports, clock, Some(fuse))
+    }
+
+    fn build(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>, fuse: Option<Arc<Fuse>>) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                config: RwLock::new(Arc::new(config)),
+                ports,
+                clock,
+                wakers: Mutex::new(HashMap::new()),
+                running: Mutex::new(HashSet::new()),
+                fuse,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.inner.config.read().map(|c| c.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    /// Replaces the configuration (a validated one) and wakes every pipeline.
+    pub fn replace_config(&self, config: Config) {
+        match self.inner.config.write() {
+            Ok(mut c) => *c = Arc::new(config),
+            Err(e) => *e.into_inner() = Arc::new(config),
+        }
+        for p in self.config().pipelines.iter() {
+            self.wake(&p.name);
+        }
+    }
+
+    fn step(&self) -> EngineResult<()> {
+        match &self.inner.fuse {
+            Some(f) if !f.step() => Err(EngineError::Stopped),
+            _ => Ok(()),
+        }
+    }
+
+    fn waker(&self, pipeline: &str) -> Arc<Notify> {
+        let mut w = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(pipeline.to_string()).or_default().clone()
+    }
+
+    /// Asks the pipeline's reconciler to look again (never lost: a pending wake is kept).
+    pub fn wake(&self, pipeline: &str) {
+        self.waker(pipeline).notify_one();
+    }
+
+    fn pipeline(&self, name: &str) -> EngineResult<Pipeline> {
+        self.config().pipeline(name).cloned().ok_or_else(|| EngineError::UnknownPipeline(name.to_string()))
+    }
+
+    // ----- the loop ------------------------------------------------------------------------
+
+    /// Runs one reconciler task per pipeline until the returned handles are aborted.
+    pub fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.config()
+            .pipelines
+            .iter()
+            .map(|p| {
+                let engine = self.clone();
+                let name = p.name.clone();
+                tokio::spawn(async move { engine.pipeline_loop(&name).await })
+            })
+            .collect()
+    }
+
+    async fn pipeline_loop(&self, name: &str) {
+        let waker = self.waker(name);
+        loop {
+            let next = match self.reconcile(name).await {
+                Ok(next) => next,
+                Err(EngineError::Stopped) => return,
+                Err(e) => {
+                    tracing::error!(pipeline = name, error = %e, "reconcile failed; retrying in 5 s");
+                    Some(self.now() + chrono::Duration::seconds(5))
+                }
+            };
+            let sleep = next
+                .map(|at| (at - self.now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(300))
+                .min(Duration::from_secs(300));
+            tokio::select! {
+                _ = waker.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// One reconcile of one pipeline: plan and apply until nothing changes, start effects.
+    /// Returns when to look again if nothing wakes the pipeline before.
+    pub async fn reconcile(&self, name: &str) -> EngineResult<Option<DateTime<Utc>>> {
+        let pipeline = self.pipeline(name)?;
+        let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+        for _ in 0..MAX_ROUNDS {
+            let now = self.now();
+            let since = now - chrono::Duration::days(7);
+            let snap = self.inner.store.snapshot(name, &stages, since).await?;
+            let plan = plan(&pipeline, &snap, now);
+            let changes: Vec<Action> = plan.actions.iter().filter(|a| a.is_state_change()).cloned().collect();
+            for a in &plan.actions {
+                if let Action::Start(e) = a {
+                    self.start_effect(e.clone(), &snap).await?;
+                }
+            }
+            if changes.is_empty() {
+                return Ok(plan.wake_at);
+            }
+            self.step()?;
+            self.inner.store.apply(name, &changes, now).await?;
+        }
+        tracing::warn!(pipeline = name, "reconcile did not settle in {MAX_ROUNDS} rounds; continuing shortly");
+        Ok(Some(self.now() + chrono::Duration::seconds(1)))
+    }
+
+    /// Records the intent (if new) and runs the effect in its own task, unless it already runs.
+    async fn start_effect(&self, e: Effect, snap: &crate::domain::Snapshot) -> EngineResult<()> {
+        {
+            let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            if !running.insert(e.key.clone()) {
+                return Ok(());
+            }
+        }
+        let recorded = snap.effect(&e.key).is_some();
+        if !recorded {
+            if let Err(err) = self.begin(&e).await {
+                self.unmark(&e.key);
+                return Err(err);
+            }
+        }
+        let engine = self.clone();
+        let ctx = exec::Context::capture(self, &e, snap);
+        tokio::spawn(async move { engine.run_effect(e, ctx).await });
+        Ok(())
+    }
+
+    async fn begin(&self, e: &Effect) -> EngineResult<()> {
+        self.step()?;
+        self.inner.store.begin_effect(e, self.now()).await?;
+        Ok(())
+    }
+
+    fn unmark(&self, key: &str) {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    async fn run_effect(&self, e: Effect, ctx: exec::Context) {
+        let outcome = if self.step().is_err() {
+            None
+        } else {
+            Some(exec::perform(self, &e, &ctx).await)
+        };
+        let finished = match outcome {
+            Some(o) if self.step().is_ok() => self.inner.store.finish_effect(&e, &o, self.now()).await.is_ok(),
+            _ => false,
+        };
+        self.unmark(&e.key);
+        if finished {
+            self.wake(&e.pipeline);
+        }
+    }
+
+    pub(crate) fn ports(&self) -> &Ports {
+        &self.inner.ports
+    }
+
+    // ----- ingest API: facts from outside -----------------------------------------------------
+
+    /// A new release for a pipeline (from a push or a successful build).
+    pub async fn record_release(&self, r: &NewRelease, d: &Delivery) -> EngineResult<Ingested<ReleaseId>> {
+        let p = self.pipeline(&r.pipeline)?;
+        let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+        let out = self.inner.store.record_release(r, &stages, d, self.now()).await?;
+        self.wake(&r.pipeline);
+        Ok(out)
+    }
+
+    /// An approval or rejection (the caller has authenticated the approver).
+    pub async fn record_approval(&self, a: &NewApproval, d: &Delivery) -> EngineResult<Ingested<()>> {
+        self.check_stage(&a.pipeline, &a.stage)?;
+        let out = self.inner.store.record_approval(a, d, self.now()).await?;
+        self.wake(&a.pipeline);
+        Ok(out)
+    }
+
+    /// A CloudWatch alarm notification for a stage.
+    pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery) -> EngineResult<Ingested<()>> {
+        self.check_stage(&a.pipeline, &a.stage)?;
+        let out = self.inner.store.record_alarm(a, d, self.now()).await?;
+        self.wake(&a.pipeline);
+        Ok(out)
+    }
+
+    /// Pauses a pipeline (stage None) or a stage: nothing new starts there.
+    pub async fn pause(&self, pipeline: &str, stage: Option<&str>, reason: &str, actor: &str) -> EngineResult<()> {
+        self.set_paused(pipeline, stage, Some(reason), actor).await
+    }
+
+    /// Resumes a paused pipeline or stage.
+    pub async fn resume(&self, pipeline: &str, stage: Option<&str>, actor: &str) -> EngineResult<()> {
+        self.set_paused(pipeline, stage, None, actor).await
+    }
+
+    async fn set_paused(&self, pipeline: &str, stage: Option<&str>, reason: Option<&str>, actor: &str) -> EngineResult<()> {
+        match stage {
+            Some(s) => self.check_stage(pipeline, s)?,
+            None => drop(self.pipeline(pipeline)?),
+        }
+        self.inner.store.set_paused(pipeline, stage, reason, actor, self.now()).await?;
+        self.wake(pipeline);
+        Ok(())
+    }
+
+    /// Rolls a stage back to its previous known-good release.
+    pub async fn request_rollback(&self, pipeline: &str, stage: &str, actor: &str, d: &Delivery) -> EngineResult<Ingested<()>> {
+        self.check_stage(pipeline, stage)?;
+        let out = self.inner.store.request_rollback(pipeline, stage, actor, d, self.now()).await?;
+        self.wake(pipeline);
+        Ok(out)
+    }
+
+    fn check_stage(&self, pipeline: &str, stage: &str) -> EngineResult<()> {
+        let p = self.pipeline(pipeline)?;
+        if p.stage(stage).is_none() {
+            return Err(EngineError::UnknownStage { pipeline: pipeline.into(), stage: stage.into() });
+        }
+        Ok(())
+    }
+}

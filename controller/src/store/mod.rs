@@ -1,1 +1,519 @@
-//! store
+//! The durable store: SQLite through sqlx (embedded default), migrations embedded in the binary.
+//!
+//! Owns every SQL statement of tollgate. Guarantees: each ingest call and each `apply` is one
+//! transaction; incoming deliveries are deduplicated by (source, id); the event log is
+//! append-only (enforced by triggers); commits are durable (WAL, `synchronous = FULL`).
+//! Must never: decide what happens next (that is `domain::plan`), or store a secret.
+//! The engine sees only the methods here, so a PostgreSQL backend can be added behind them.
+
+mod rows;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::domain::*;
+pub use rows::*;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("state database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported state URL `{0}`: use sqlite://PATH")]
+    Url(String),
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a fact came from, for deduplication and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// `github`, `sns`, `api`, `cli`…
+    pub source: String,
+    /// The delivery's own id (X-GitHub-Delivery, SNS MessageId, request id).
+    pub id: String,
+}
+
+/// The outcome of recording a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested<T> {
+    Recorded(T),
+    /// The same delivery was recorded before: nothing changed.
+    Duplicate,
+}
+
+/// The durable store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating if absent) the database at `url` (`sqlite://PATH` or `sqlite::memory:`)
+    /// and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Store> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::Url(url.to_string()));
+        }
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|_| StoreError::Url(url.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let max = if url.contains(":memory:") { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Is the database reachable? (for `/readyz`)
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    // ----- ingest: facts from outside ---------------------------------------------------
+
+    /// Records a delivery id; false if it was seen before (the caller then changes nothing).
+    async fn first_delivery(tx: &mut sqlx::SqliteConnection, d: &Delivery, now: DateTime<Utc>) -> Result<bool> {
+        let r = sqlx::query("INSERT INTO deliveries (source, id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(&d.source)
+            .bind(&d.id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records only that a delivery arrived (for events that are acknowledged and ignored).
+    pub async fn record_delivery(&self, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = Self::first_delivery(&mut tx, d, now).await?;
+        tx.commit().await?;
+        Ok(if fresh { Ingested::Recorded(()) } else { Ingested::Duplicate })
+    }
+
+    /// Records a new release with a `waiting` run in every stage. A delivery seen before, or
+    /// a commit the pipeline already has, changes nothing.
+    pub async fn record_release(
+        &self,
+        r: &NewRelease,
+        stages: &[String],
+        d: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<Ingested<ReleaseId>> {
+        let mut tx = self.pool.begin().await?;
+        if !Self::first_delivery(&mut tx, d, now).await? {
+            return Ok(Ingested::Duplicate);
+        }
+        let exists = sqlx::query("SELECT id FROM releases WHERE pipeline = $1 AND sha = $2")
+            .bind(&r.pipeline)
+            .bind(&r.sha)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            tx.commit().await?;
+            return Ok(Ingested::Duplicate);
+        }
+        let id: i64 = sqlx::query(
+            "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+        )
+        .bind(&r.pipeline)
+        .bind(&r.sha)
+        .bind(&r.branch)
+        .bind(&r.author_name)
+        .bind(&r.author_email)
+        .bind(&r.author_login)
+        .bind(&r.message)
+        .bind(&r.url)
+        .bind(ms(now))
+        .bind(&r.alarm_override)
+        .bind(&r.window_override)
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        for stage in stages {
+            sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES ($1, $2, 'waiting', 'waiting for the previous stage', 1, $3)")
+                .bind(id)
+                .bind(stage)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let detail = format!("release r{id}: {} by {} — {}", short(&r.sha), r.author_name, first_line(&r.message));
+        log(&mut tx, &r.pipeline, now, &actor_of(d), "release", Some(id), None, &detail).await?;
+        tx.commit().await?;
+        Ok(Ingested::Recorded(ReleaseId(id)))
+    }
+
+    /// Records an approval or rejection (one per approver per release and stage).
+    pub async fn record_approval(&self, a: &NewApproval, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+        let mut tx = self.pool.begin().await?;
+        if !Self::first_delivery(&mut tx, d, now).await? {
+            return Ok(Ingested::Duplicate);
+        }
+        let r = sqlx::query(
+            "INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&a.pipeline)
+        .bind(a.release.0)
+        .bind(&a.stage)
+        .bind(&a.approver)
+        .bind(a.decision.as_str())
+        .bind(a.verified)
+        .bind(ms(now))
+        .bind(&a.actor)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            tx.commit().await?;
+            return Ok(Ingested::Duplicate);
+        }
+        let verified = if a.verified { "" } else { " (identity not verified)" };
+        let detail = format!("{} {}s{verified}; {}", a.approver, a.decision.as_str(), a.context);
+        log(&mut tx, &a.pipeline, now, &a.actor, "approval", Some(a.release.0), Some(&a.stage), &detail).await?;
+        tx.commit().await?;
+        Ok(Ingested::Recorded(()))
+    }
+
+    /// Records an alarm notification for a stage.
+    pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+        let mut tx = self.pool.begin().await?;
+        if !Self::first_delivery(&mut tx, d, now).await? {
+            return Ok(Ingested::Duplicate);
+        }
+        sqlx::query("INSERT INTO alarm_events (pipeline, stage, alarm, firing, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&a.pipeline)
+            .bind(&a.stage)
+            .bind(&a.alarm)
+            .bind(a.firing)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        let state = if a.firing { "ALARM" } else { "OK" };
+        let detail = format!("alarm {} is {state}: {}", a.alarm, a.reason);
+        log(&mut tx, &a.pipeline, now, &actor_of(d), "alarm", None, Some(&a.stage), &detail).await?;
+        tx.commit().await?;
+        Ok(Ingested::Recorded(()))
+    }
+
+    /// Pauses (`reason` Some) or resumes (None) a pipeline or one of its stages.
+    pub async fn set_paused(&self, pipeline: &str, stage: Option<&str>, reason: Option<&str>, actor: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        match stage {
+            Some(s) => {
+                sqlx::query("INSERT INTO stages (pipeline, stage, paused) VALUES ($1, $2, $3) ON CONFLICT (pipeline, stage) DO UPDATE SET paused = excluded.paused")
+                    .bind(pipeline)
+                    .bind(s)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            None => {
+                sqlx::query("INSERT INTO pipelines (pipeline, paused) VALUES ($1, $2) ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused")
+                    .bind(pipeline)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let what = stage.map_or_else(|| "pipeline".to_string(), |s| format!("stage {s}"));
+        let detail = match reason {
+            Some(r) => format!("{what} paused: {r}"),
+            None => format!("{what} resumed"),
+        };
+        log(&mut tx, pipeline, now, actor, if reason.is_some() { "pause" } else { "resume" }, None, stage, &detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Asks for a manual rollback of a stage to its previous known-good release.
+    pub async fn request_rollback(&self, pipeline: &str, stage: &str, actor: &str, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+        let mut tx = self.pool.begin().await?;
+        if !Self::first_delivery(&mut tx, d, now).await? {
+            return Ok(Ingested::Duplicate);
+        }
+        sqlx::query("INSERT INTO rollback_requests (pipeline, stage, actor, at) VALUES ($1, $2, $3, $4)")
+            .bind(pipeline)
+            .bind(stage)
+            .bind(actor)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        log(&mut tx, pipeline, now, actor, "rollback-request", None, Some(stage), &format!("manual rollback of {stage} requested")).await?;
+        tx.commit().await?;
+        Ok(Ingested::Recorded(()))
+    }
+
+    /// Appends a free-form entry to the event log.
+    pub async fn log_event(&self, pipeline: &str, actor: &str, kind: &str, release: Option<ReleaseId>, stage: Option<&str>, detail: &str, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        log(&mut tx, pipeline, now, actor, kind, release.map(|r| r.0), stage, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- the reconciler's side ---------------------------------------------------------
+
+    /// Everything `plan` needs about one pipeline.
+    pub async fn snapshot(&self, pipeline: &str, stages: &[String], since_alarms: DateTime<Utc>) -> Result<Snapshot> {
+        let mut conn = self.pool.acquire().await?;
+        rows::load_snapshot(&mut conn, pipeline, stages, since_alarms).await
+    }
+
+    /// Applies the planner's state changes in one transaction, logging each.
+    pub async fn apply(&self, pipeline: &str, actions: &[Action], now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for a in actions.iter().filter(|a| a.is_state_change()) {
+            rows::apply_one(&mut tx, pipeline, a, now).await?;
+            log(&mut tx, pipeline, now, "controller", action_kind(a), action_release(a), action_stage(a), &a.to_string()).await?;
+        }
+        rows::retire_finished(&mut tx, pipeline).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the intent to perform an effect; false if it was recorded before.
+    pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO effects (key, pipeline, release_id, stage, status, started_at) VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&e.key)
+        .bind(&e.pipeline)
+        .bind(e.release.0)
+        .bind(&e.stage)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Records an effect's outcome (once; a second outcome for the same key is ignored).
+    /// A resolved artifact's digest is stored on its release in the same transaction.
+    pub async fn finish_effect(&self, e: &Effect, outcome: &EffectOutcome, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let output = serde_json::to_string(&outcome.output).unwrap_or_else(|_| "{}".into());
+        let status = if outcome.ok { EffectStatus::Succeeded } else { EffectStatus::Failed };
+        let r = sqlx::query("UPDATE effects SET status = $1, detail = $2, output = $3, finished_at = $4 WHERE key = $5 AND status = 'pending'")
+            .bind(status.as_str())
+            .bind(&outcome.detail)
+            .bind(output)
+            .bind(ms(now))
+            .bind(&e.key)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Ok(());
+        }
+        if let (EffectKind::ResolveArtifact, Some(d)) = (&e.kind, outcome.output.get("digest")) {
+            if outcome.ok {
+                sqlx::query("UPDATE releases SET digest = $1 WHERE id = $2 AND digest IS NULL")
+                    .bind(d)
+                    .bind(e.release.0)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let stage = (!e.stage.is_empty()).then_some(e.stage.as_str());
+        let detail = format!("{} {}: {}", e.kind.key_part(), status.as_str(), outcome.detail);
+        log(&mut tx, &e.pipeline, now, "controller", "effect", Some(e.release.0), stage, &detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- reading for people ------------------------------------------------------------
+
+    /// The event log of a pipeline, oldest first (at most `limit`, the newest ones).
+    pub async fn events(&self, pipeline: &str, limit: i64) -> Result<Vec<EventRow>> {
+        rows::events(&self.pool, pipeline, limit).await
+    }
+
+    /// One release by id.
+    pub async fn release(&self, id: ReleaseId) -> Result<Option<Release>> {
+        rows::release(&self.pool, id).await
+    }
+
+    /// A pipeline's stage runs of its most recent releases (newest first).
+    pub async fn recent_runs(&self, pipeline: &str, releases: i64) -> Result<Vec<(Release, Vec<StageRun>)>> {
+        rows::recent_runs(&self.pool, pipeline, releases).await
+    }
+
+    /// The effect records of one run.
+    pub async fn effects_of(&self, release: ReleaseId, stage: &str) -> Result<Vec<EffectRecord>> {
+        rows::effects_of(&self.pool, release, stage).await
+    }
+
+    /// All effect records whose key starts with `prefix` (tests and the status page).
+    pub async fn effects_with_prefix(&self, prefix: &str) -> Result<Vec<EffectRecord>> {
+        rows::effects_with_prefix(&self.pool, prefix).await
+    }
+
+    /// Approvals recorded for a release in a stage.
+    pub async fn approvals_of(&self, release: ReleaseId, stage: &str) -> Result<Vec<ApprovalRecord>> {
+        rows::approvals_of(&self.pool, release, stage).await
+    }
+}
+
+/// A release as it arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRelease {
+    pub pipeline: String,
+    pub sha: String,
+    pub branch: String,
+    pub author_name: String,
+    pub author_email: String,
+    pub author_login: Option<String>,
+    pub message: String,
+    pub url: Option<String>,
+    pub alarm_override: Option<String>,
+    pub window_override: Option<String>,
+}
+
+/// An approval or rejection as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApproval {
+    pub pipeline: String,
+    pub release: ReleaseId,
+    pub stage: String,
+    pub approver: String,
+    pub decision: Decision,
+    /// False when the approver's identity was only claimed (shared link).
+    pub verified: bool,
+    /// Who acted: `approver:alice`, `api-key:ops-1`.
+    pub actor: String,
+    /// Source address, user agent and the like, for the audit log.
+    pub context: String,
+}
+
+/// An alarm notification as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAlarm {
+    pub pipeline: String,
+    pub stage: String,
+    pub alarm: String,
+    pub firing: bool,
+    pub reason: String,
+}
+
+/// What an effect produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectOutcome {
+    pub ok: bool,
+    pub detail: String,
+    pub output: BTreeMap<String, String>,
+}
+
+impl EffectOutcome {
+    pub fn success(detail: impl Into<String>) -> Self {
+        Self { ok: true, detail: detail.into(), output: BTreeMap::new() }
+    }
+
+    pub fn failure(detail: impl Into<String>) -> Self {
+        Self { ok: false, detail: detail.into(), output: BTreeMap::new() }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.output.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+fn actor_of(d: &Delivery) -> String {
+    format!("{}:{}", d.source, d.id)
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn log(
+    tx: &mut sqlx::SqliteConnection,
+    pipeline: &str,
+    at: DateTime<Utc>,
+    actor: &str,
+    kind: &str,
+    release: Option<i64>,
+    stage: Option<&str>,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (pipeline, at, actor, kind, release_id, stage, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(pipeline)
+        .bind(ms(at))
+        .bind(actor)
+        .bind(kind)
+        .bind(release)
+        .bind(stage)
+        .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+fn action_kind(a: &Action) -> &'static str {
+    match a {
+        Action::Transition { .. } => "transition",
+        Action::Note { .. } => "note",
+        Action::MarkBad { .. } => "mark-bad",
+        Action::FailRelease { .. } => "release-failed",
+        Action::RecordGood { .. } => "known-good",
+        Action::PauseStage { .. } => "pause",
+        Action::ConsumeRollbackRequest { .. } => "rollback-request-handled",
+        Action::Start(_) => "effect",
+    }
+}
+
+fn action_release(a: &Action) -> Option<i64> {
+    match a {
+        Action::Transition { release, .. }
+        | Action::Note { release, .. }
+        | Action::MarkBad { release, .. }
+        | Action::FailRelease { release, .. }
+        | Action::RecordGood { release, .. } => Some(release.0),
+        Action::Start(e) => Some(e.release.0),
+        _ => None,
+    }
+}
+
+fn action_stage(a: &Action) -> Option<&str> {
+    match a {
+        Action::Transition { stage, .. }
+        | Action::Note { stage, .. }
+        | Action::MarkBad { stage, .. }
+        | Action::RecordGood { stage, .. }
+        | Action::PauseStage { stage, .. }
+        | Action::ConsumeRollbackRequest { stage, .. } => Some(stage),
+        _ => None,
+    }
+}

@@ -3,3 +3,5 @@
 
 pub mod moto;
 pub mod sns;
+pub mod aws_stubs;
+pub mod github_fake;

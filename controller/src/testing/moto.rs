@@ -117,7 +117,10 @@ impl MotoServer {
 
     /// Starts a private server (blocking, up to about 30 s).
     pub fn start() -> Result<MotoServer> {
-        let binary = moto_binary()?;
+        Self::start_with(&moto_binary(std::env::var_os("TOLLGATE_MOTO_SERVER"))?)
+    }
+
+    fn start_with(binary: &Path) -> Result<MotoServer> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
@@ -125,7 +128,7 @@ impl MotoServer {
             .context("building the moto-api HTTP client")?;
         let mut last_error = anyhow!("no port tried");
         for _ in 0..PORT_ATTEMPTS {
-            match Self::start_on(&binary, free_port()?, http.clone())? {
+            match Self::start_on(binary, free_port()?, http.clone())? {
                 Ok(server) => return Ok(server),
                 Err(retryable) => last_error = retryable,
             }
@@ -186,7 +189,8 @@ impl MotoServer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let (_, recording) = raw_http(self.port, "GET", "/moto-api/recorder/download-recording")?;
+        let recording = raw_http(self.port, "GET", "/moto-api/recorder/download-recording");
+        let recording = recording.map(|(_, body)| body).unwrap_or_default();
         if recording != nonce {
             return Ok(Err(anyhow!(
                 "port {} answered for another server",
@@ -401,9 +405,9 @@ fn credential_key_id(authorization: &str) -> Option<String> {
     credential.split('/').next().map(str::to_owned)
 }
 
-/// `TOLLGATE_MOTO_SERVER`, else the workspace's `.venv/bin/moto_server`.
-fn moto_binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("TOLLGATE_MOTO_SERVER") {
+/// `TOLLGATE_MOTO_SERVER` (`configured`), else the workspace's `.venv/bin/moto_server`.
+fn moto_binary(configured: Option<std::ffi::OsString>) -> Result<PathBuf> {
+    let path = match configured {
         Some(path) if !path.is_empty() => PathBuf::from(path),
         _ => Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(".venv/bin/moto_server"),
     };
@@ -458,6 +462,22 @@ mod tests {
     /// Lines as moto 5.2.5 writes them (one query-protocol, one JSON-protocol request).
     const STS_LINE: &str = r#"{"headers": {"Host": "127.0.0.1:5000", "Content-Type": "application/x-www-form-urlencoded", "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20261123/us-east-1/sts/aws4_request, SignedHeaders=host, Signature=00", "Content-Length": "43"}, "method": "POST", "url": "http://127.0.0.1:5000/", "body": "QWN0aW9uPUdldENhbGxlcklkZW50aXR5JlZlcnNpb249MjAxMS0wNi0xNQ==", "body_encoded": true}"#;
     const ECR_LINE: &str = r#"{"headers": {"X-Amz-Target": "AmazonEC2ContainerRegistry_V20150921.DescribeRepositories"}, "method": "POST", "url": "http://127.0.0.1:5000/", "body": "e30=", "body_encoded": true}"#;
+
+    #[test]
+    fn a_missing_moto_server_says_how_to_install_it() {
+        let error = moto_binary(Some("/nonexistent/moto_server".into())).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("/nonexistent/moto_server"), "{message}");
+        assert!(message.contains("run scripts/test"), "{message}");
+    }
+
+    #[test]
+    fn a_server_that_exits_at_once_is_an_error_with_its_exit_status() {
+        let error = MotoServer::start_with(Path::new("/bin/false")).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("did not start in 3 tries"), "{message}");
+        assert!(message.contains("exited"), "{message}");
+    }
 
     #[test]
     fn a_query_protocol_request_is_named_by_its_action_field() {

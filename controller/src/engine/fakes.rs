@@ -1,0 +1,218 @@
+//! In-memory fakes of every port, for engine tests and benchmarks.
+//!
+//! Each fake behaves like an idempotent real system: a call repeated under the same
+//! idempotency key returns the first result and applies nothing again. Each counts calls
+//! and applications per key, so tests can prove "exactly once" after crashes.
+//! Outcomes can be scripted: fail a test, fail a deploy, put an alarm in ALARM, delay a deploy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::ports::*;
+use super::Ports;
+use crate::config::{Account, Artifact, TestDef};
+
+/// Calls and applications per idempotency key.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    pub calls: BTreeMap<String, u32>,
+    pub applied: BTreeMap<String, u32>,
+    /// Keys in the order they were first applied.
+    pub order: Vec<String>,
+}
+
+impl Ledger {
+    /// Counts a call; true if it is the first for this key (the effect applies).
+    fn call(&mut self, key: &str) -> bool {
+        *self.calls.entry(key.to_string()).or_default() += 1;
+        if self.applied.contains_key(key) {
+            return false;
+        }
+        self.applied.insert(key.to_string(), 1);
+        self.order.push(key.to_string());
+        true
+    }
+}
+
+/// Shared state of all fakes, for scripting and assertions.
+#[derive(Debug, Default)]
+pub struct FakeWorld {
+    pub ledger: Ledger,
+    /// Deploys applied: (stage, account/region, image URI).
+    pub deployed: Vec<(String, String, String)>,
+    pub rolled_back: Vec<(String, String, String)>,
+    pub published: Vec<Message>,
+    pub reports: Vec<DeploymentReport>,
+    pub approval_requests: Vec<ApprovalRequest>,
+    /// Tests named here fail (by test name, or `stage:test`).
+    pub failing_tests: BTreeSet<String>,
+    /// Deploys to these stages fail.
+    pub failing_deploys: BTreeSet<String>,
+    /// Alarms in ALARM now, by name.
+    pub firing: BTreeSet<String>,
+    /// Images that exist: tag → digest. A tag not here resolves to a digest made from it.
+    pub images: BTreeMap<String, String>,
+    /// Tags whose resolution fails (the image never appeared).
+    pub missing_images: BTreeSet<String>,
+    /// Make each deploy take this long.
+    pub deploy_delay: Duration,
+    /// Per-stage results of the runs' tests, for assertions.
+    pub test_runs: Vec<(String, String)>,
+}
+
+/// All fakes share one world.
+#[derive(Clone, Default)]
+pub struct Fakes {
+    pub world: Arc<Mutex<FakeWorld>>,
+}
+
+impl Fakes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ports, all backed by this world.
+    pub fn ports(&self) -> Ports {
+        let me = Arc::new(self.clone());
+        Ports {
+            deployer: me.clone(),
+            artifacts: me.clone(),
+            notifier: me.clone(),
+            alarms: me.clone(),
+            forge: me.clone(),
+            tests: me.clone(),
+            approvals: me,
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut FakeWorld) -> R) -> R {
+        let mut w = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut w)
+    }
+
+    /// A copy of the ledger.
+    pub fn ledger(&self) -> Ledger {
+        self.with(|w| w.ledger.clone())
+    }
+}
+
+/// A stable fake digest for a tag.
+pub fn fake_digest(tag: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(tag.as_bytes())))
+}
+
+#[async_trait]
+impl Deployer for Fakes {
+    async fn deploy(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        let delay = self.with(|w| w.deploy_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.with(|w| {
+            let first = w.ledger.call(&req.key);
+            if w.failing_deploys.contains(&req.stage) {
+                return Err(PortError::Failed(format!("resource Service failed to stabilize in {}", req.stage)));
+            }
+            if first {
+                let at = format!("{}/{}", req.target.account, req.target.region);
+                w.deployed.push((req.stage.clone(), at, req.image_uri.clone()));
+            }
+            let mut outputs = BTreeMap::new();
+            outputs.insert("ServiceUrl".to_string(), format!("https://{}.example.test", req.stage));
+            Ok(DeployResult { outputs, summary: format!("stack updated to {}", req.image_uri) })
+        })
+    }
+
+    async fn rollback(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        self.with(|w| {
+            if w.ledger.call(&req.key) {
+                let at = format!("{}/{}", req.target.account, req.target.region);
+                w.rolled_back.push((req.stage.clone(), at, req.image_uri.clone()));
+            }
+            Ok(DeployResult { outputs: BTreeMap::new(), summary: format!("stack returned to {}", req.image_uri) })
+        })
+    }
+}
+
+#[async_trait]
+impl Artifacts for Fakes {
+    async fn resolve(&self, _artifact: &Artifact, _account: &Account, tag: &str) -> PortResult<String> {
+        self.with(|w| {
+            if w.missing_images.contains(tag) {
+                return Err(PortError::NotFound(format!("image tag {tag} did not appear")));
+            }
+            Ok(w.images.get(tag).cloned().unwrap_or_else(|| fake_digest(tag)))
+        })
+    }
+
+    async fn promote(&self, req: &PromoteRequest) -> PortResult<String> {
+        Ok(format!(
+            "{}.dkr.ecr.{}.amazonaws.com/{}@{}",
+            req.build_account.id, req.artifact.region, req.artifact.repository, req.digest
+        ))
+    }
+}
+
+#[async_trait]
+impl Notifier for Fakes {
+    async fn publish(&self, msg: &Message) -> PortResult<String> {
+        self.with(|w| {
+            if w.ledger.call(&msg.key) {
+                w.published.push(msg.clone());
+            }
+            Ok(format!("msg-{}", w.published.len()))
+        })
+    }
+}
+
+#[async_trait]
+impl Alarms for Fakes {
+    async fn in_alarm(&self, _account: &Account, _region: &str, names: &[String]) -> PortResult<Vec<String>> {
+        self.with(|w| Ok(names.iter().filter(|n| w.firing.contains(*n)).cloned().collect()))
+    }
+}
+
+#[async_trait]
+impl Forge for Fakes {
+    async fn report(&self, r: &DeploymentReport) -> PortResult<()> {
+        self.with(|w| {
+            if w.ledger.call(&r.key) {
+                w.reports.push(r.clone());
+            }
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl TestRunner for Fakes {
+    async fn run(&self, test: &TestDef, ctx: &TestContext) -> PortResult<TestResult> {
+        self.with(|w| {
+            w.ledger.call(&ctx.key);
+            w.test_runs.push((ctx.stage.clone(), test.name.clone()));
+            let scoped = format!("{}:{}", ctx.stage, test.name);
+            let fails = w.failing_tests.contains(&test.name) || w.failing_tests.contains(&scoped);
+            Ok(TestResult {
+                passed: !fails,
+                summary: if fails { format!("{} failed: 1 of 12 checks failed", test.name) } else { format!("{} passed", test.name) },
+                output_tail: if fails { "assertion failed: GET /healthz returned 503".into() } else { String::new() },
+            })
+        })
+    }
+}
+
+#[async_trait]
+impl ApprovalSender for Fakes {
+    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize> {
+        self.with(|w| {
+            if w.ledger.call(&req.key) {
+                w.approval_requests.push(req.clone());
+            }
+            Ok(req.approvers.len().max(1))
+        })
+    }
+}

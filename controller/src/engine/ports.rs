@@ -1,0 +1,188 @@
+//! The ports: small traits the engine performs side effects through.
+//!
+//! Each has one real implementation (`aws/`, `github/`, `gates/`) and an in-memory fake
+//! ([`super::fakes`]) for engine tests. Every call carries the effect's idempotency key; a
+//! real adapter passes it on (CloudFormation `ClientRequestToken`, CodePipeline
+//! `clientRequestToken`) or dedupes on it, so a call repeated after a crash changes nothing twice.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::config::{Account, Approver, Artifact, Deploy, Promote, Target, TestDef};
+use crate::domain::{ReleaseId, ReportState};
+
+/// What went wrong in an adapter, in the few ways the engine branches on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// Throttling, 5xx, a timeout: trying again later may work.
+    #[error("temporary failure: {0}")]
+    Retryable(String),
+    /// Credentials or permissions refused the call.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// The thing asked for does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request itself is wrong (bad template, bad parameter).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The operation ran and failed (a stack that rolled back, a failed execution).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl PortError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, PortError::Retryable(_))
+    }
+}
+
+pub type PortResult<T> = Result<T, PortError>;
+
+/// Where and what to deploy.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    pub key: String,
+    pub pipeline: String,
+    pub stage: String,
+    pub release: ReleaseId,
+    pub target: Target,
+    pub account: Account,
+    pub deploy: Deploy,
+    /// `repository@sha256:…`: deploys always use the digest.
+    pub image_uri: String,
+    /// Names the release and stage, for CloudTrail: `tollgate-backend-r12-prod`.
+    pub session_name: String,
+}
+
+/// What a finished deploy reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployResult {
+    /// Stack outputs (or pipeline variables) handed to the stage's tests.
+    pub outputs: BTreeMap<String, String>,
+    pub summary: String,
+}
+
+#[async_trait]
+pub trait Deployer: Send + Sync {
+    /// Deploys `image_uri` to one target and waits until it is done.
+    async fn deploy(&self, req: &DeployRequest) -> PortResult<DeployResult>;
+    /// Returns the target to `req.image_uri`, the last known-good release, and waits.
+    async fn rollback(&self, req: &DeployRequest) -> PortResult<DeployResult>;
+}
+
+#[async_trait]
+pub trait Artifacts: Send + Sync {
+    /// The digest (`sha256:…`) of the image tagged `tag`, waiting (bounded) until it exists.
+    async fn resolve(&self, artifact: &Artifact, account: &Account, tag: &str) -> PortResult<String>;
+    /// Makes the image available to a stage target; returns the `repository@digest` URI to deploy.
+    async fn promote(&self, req: &PromoteRequest) -> PortResult<String>;
+}
+
+/// Promote one digest for one stage target.
+#[derive(Debug, Clone)]
+pub struct PromoteRequest {
+    pub artifact: Artifact,
+    pub build_account: Account,
+    pub digest: String,
+    pub stage: String,
+    pub target: Target,
+    pub target_account: Account,
+    pub mode: Promote,
+}
+
+/// A message for people, through SNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub key: String,
+    pub topic: String,
+    pub subject: String,
+    pub body: String,
+    /// Message attributes (e.g. `approver`, matched by subscription filter policies).
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Publishes; returns the message id.
+    async fn publish(&self, msg: &Message) -> PortResult<String>;
+}
+
+#[async_trait]
+pub trait Alarms: Send + Sync {
+    /// The names among `names` that are in ALARM now in that account and region.
+    async fn in_alarm(&self, account: &Account, region: &str, names: &[String]) -> PortResult<Vec<String>>;
+}
+
+/// A GitHub Deployment status for one release in one stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentReport {
+    pub key: String,
+    pub pipeline: String,
+    pub repository: String,
+    pub sha: String,
+    pub release: ReleaseId,
+    pub environment: String,
+    pub state: ReportState,
+    pub description: String,
+    pub log_url: String,
+}
+
+#[async_trait]
+pub trait Forge: Send + Sync {
+    async fn report(&self, r: &DeploymentReport) -> PortResult<()>;
+}
+
+/// What a test run is told about the stage and the release.
+#[derive(Debug, Clone, Default)]
+pub struct TestContext {
+    pub key: String,
+    pub pipeline: String,
+    pub stage: String,
+    pub release: ReleaseId,
+    pub repository: String,
+    pub branch: String,
+    pub sha: String,
+    pub digest: String,
+    pub image_uri: String,
+    pub account_id: String,
+    pub region: String,
+    /// Stack outputs of the stage's deploy (empty before the deploy).
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The outcome of one test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    pub passed: bool,
+    /// One line: what passed, or what failed and why.
+    pub summary: String,
+    /// The last lines of the test's output (bounded).
+    pub output_tail: String,
+}
+
+#[async_trait]
+pub trait TestRunner: Send + Sync {
+    async fn run(&self, test: &TestDef, ctx: &TestContext) -> PortResult<TestResult>;
+}
+
+/// An approval request to send for one release in one stage.
+#[derive(Debug, Clone)]
+pub struct ApprovalRequest {
+    pub key: String,
+    pub pipeline: String,
+    pub stage: String,
+    pub release: ReleaseId,
+    pub topic: String,
+    pub approvers: Vec<Approver>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The facts an approver reads: commit, digest, what passed, what is queued.
+    pub summary: String,
+}
+
+#[async_trait]
+pub trait ApprovalSender: Send + Sync {
+    /// Issues the links and sends them; returns how many messages were sent.
+    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize>;
+}

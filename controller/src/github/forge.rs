@@ -1,0 +1,1 @@
+//! Reporting back to GitHub (Deployments, commit statuses) and the GitHub-backed tests.

@@ -1,0 +1,1 @@
+//! Turning verified webhook events into releases.

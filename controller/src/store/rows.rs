@@ -1,0 +1,301 @@
+//! Row mapping and the larger queries of the store: snapshot loading and applying actions.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use super::{from_ms, ms, Result, StoreError};
+use crate::domain::*;
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub kind: String,
+    pub release: Option<i64>,
+    pub stage: Option<String>,
+    pub detail: String,
+}
+
+const RELEASE_COLUMNS: &str = "id, pipeline, sha, branch, author_name, author_email, author_login, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed";
+
+fn release_row(r: &SqliteRow) -> Release {
+    let bad = match (r.get::<Option<String>, _>("bad_stage"), r.get::<Option<String>, _>("bad_reason")) {
+        (Some(stage), reason) => Some(BadMark { stage, reason: reason.unwrap_or_default() }),
+        _ => None,
+    };
+    Release {
+        id: ReleaseId(r.get("id")),
+        pipeline: r.get("pipeline"),
+        sha: r.get("sha"),
+        branch: r.get("branch"),
+        author_name: r.get("author_name"),
+        author_email: r.get("author_email"),
+        author_login: r.get("author_login"),
+        message: r.get("message"),
+        url: r.get("url"),
+        digest: r.get("digest"),
+        created_at: from_ms(r.get("created_at")),
+        bad,
+        alarm_override: r.get("alarm_override"),
+        window_override: r.get("window_override"),
+        failed: r.get("failed"),
+    }
+}
+
+fn run_row(r: &SqliteRow) -> Result<StageRun> {
+    let status: String = r.get("status");
+    Ok(StageRun {
+        release: ReleaseId(r.get("release_id")),
+        stage: r.get("stage"),
+        status: RunStatus::parse(&status).ok_or(StoreError::Corrupt { table: "stage_runs", detail: format!("status `{status}`") })?,
+        reason: r.get("reason"),
+        attempt: r.get::<i64, _>("attempt") as u32,
+        since: from_ms(r.get("since")),
+    })
+}
+
+fn effect_row(r: &SqliteRow) -> Result<EffectRecord> {
+    let status: String = r.get("status");
+    let output: String = r.get("output");
+    Ok(EffectRecord {
+        key: r.get("key"),
+        release: ReleaseId(r.get("release_id")),
+        stage: r.get("stage"),
+        status: EffectStatus::parse(&status).ok_or(StoreError::Corrupt { table: "effects", detail: format!("status `{status}`") })?,
+        detail: r.get("detail"),
+        output: serde_json::from_str::<BTreeMap<String, String>>(&output).unwrap_or_default(),
+        started_at: from_ms(r.get("started_at")),
+        finished_at: r.get::<Option<i64>, _>("finished_at").map(from_ms),
+    })
+}
+
+fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
+    let d: String = r.get("decision");
+    Ok(ApprovalRecord {
+        release: ReleaseId(r.get("release_id")),
+        stage: r.get("stage"),
+        approver: r.get("approver"),
+        decision: Decision::parse(&d).ok_or(StoreError::Corrupt { table: "approvals", detail: format!("decision `{d}`") })?,
+        at: from_ms(r.get("at")),
+    })
+}
+
+pub(super) async fn load_snapshot(c: &mut SqliteConnection, pipeline: &str, stages: &[String], since_alarms: DateTime<Utc>) -> Result<Snapshot> {
+    let paused: Option<String> = sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
+        .bind(pipeline)
+        .fetch_optional(&mut *c)
+        .await?
+        .and_then(|r| r.get("paused"));
+    let mut snap = Snapshot { paused, ..Snapshot::default() };
+    for name in stages {
+        snap.stages.push(stage_state(c, pipeline, name).await?);
+    }
+    let sql = format!(
+        "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 AND (active = 1 OR id IN (SELECT release_id FROM stage_history WHERE pipeline = $1))"
+    );
+    for r in sqlx::query(&sql).bind(pipeline).fetch_all(&mut *c).await? {
+        let rel = release_row(&r);
+        snap.releases.insert(rel.id, rel);
+    }
+    let active = "SELECT id FROM releases WHERE pipeline = $1 AND active = 1";
+    for r in sqlx::query(&format!("SELECT * FROM stage_runs WHERE release_id IN ({active})")).bind(pipeline).fetch_all(&mut *c).await? {
+        snap.runs.push(run_row(&r)?);
+    }
+    for r in sqlx::query(&format!("SELECT * FROM effects WHERE release_id IN ({active})")).bind(pipeline).fetch_all(&mut *c).await? {
+        snap.effects.push(effect_row(&r)?);
+    }
+    for r in sqlx::query(&format!("SELECT * FROM approvals WHERE release_id IN ({active})")).bind(pipeline).fetch_all(&mut *c).await? {
+        snap.approvals.push(approval_row(&r)?);
+    }
+    for r in sqlx::query("SELECT stage, alarm, firing, at FROM alarm_events WHERE pipeline = $1 AND at >= $2 ORDER BY id")
+        .bind(pipeline)
+        .bind(ms(since_alarms))
+        .fetch_all(&mut *c)
+        .await?
+    {
+        snap.alarms.push(AlarmFact { stage: r.get("stage"), alarm: r.get("alarm"), firing: r.get("firing"), at: from_ms(r.get("at")) });
+    }
+    Ok(snap)
+}
+
+async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<StageState> {
+    let paused: Option<String> = sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
+        .bind(pipeline)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?
+        .and_then(|r| r.get("paused"));
+    let history = sqlx::query("SELECT release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id")
+        .bind(pipeline)
+        .bind(name)
+        .fetch_all(&mut *c)
+        .await?
+        .iter()
+        .map(|r| ReleaseId(r.get("release_id")))
+        .collect();
+    let rollback_request = sqlx::query("SELECT id, actor FROM rollback_requests WHERE pipeline = $1 AND stage = $2 AND handled_at IS NULL ORDER BY id LIMIT 1")
+        .bind(pipeline)
+        .bind(name)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| (r.get("id"), r.get("actor")));
+    Ok(StageState { name: name.to_string(), paused, history, rollback_request })
+}
+
+pub(super) async fn apply_one(tx: &mut SqliteConnection, pipeline: &str, a: &Action, now: DateTime<Utc>) -> Result<()> {
+    match a {
+        Action::Transition { release, stage, to, reason } => {
+            sqlx::query("UPDATE stage_runs SET status = $1, reason = $2, since = $3 WHERE release_id = $4 AND stage = $5")
+                .bind(to.as_str())
+                .bind(reason)
+                .bind(ms(now))
+                .bind(release.0)
+                .bind(stage)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::Note { release, stage, reason } => {
+            sqlx::query("UPDATE stage_runs SET reason = $1 WHERE release_id = $2 AND stage = $3")
+                .bind(reason)
+                .bind(release.0)
+                .bind(stage)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::MarkBad { release, stage, reason } => {
+            sqlx::query("UPDATE releases SET bad_stage = $1, bad_reason = $2 WHERE id = $3 AND bad_stage IS NULL")
+                .bind(stage)
+                .bind(reason)
+                .bind(release.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::FailRelease { release, reason } => {
+            sqlx::query("UPDATE releases SET failed = $1 WHERE id = $2 AND failed IS NULL")
+                .bind(reason)
+                .bind(release.0)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::RecordGood { stage, release } => {
+            sqlx::query("INSERT INTO stage_history (pipeline, stage, release_id, at) VALUES ($1, $2, $3, $4)")
+                .bind(pipeline)
+                .bind(stage)
+                .bind(release.0)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::PauseStage { stage, reason } => {
+            sqlx::query("INSERT INTO stages (pipeline, stage, paused) VALUES ($1, $2, $3) ON CONFLICT (pipeline, stage) DO UPDATE SET paused = excluded.paused")
+                .bind(pipeline)
+                .bind(stage)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::ConsumeRollbackRequest { request, .. } => {
+            sqlx::query("UPDATE rollback_requests SET handled_at = $1 WHERE id = $2")
+                .bind(ms(now))
+                .bind(request)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::Start(_) => {}
+    }
+    Ok(())
+}
+
+/// A release with nothing left to do leaves the working set (it stays in the history).
+pub(super) async fn retire_finished(tx: &mut SqliteConnection, pipeline: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE releases SET active = 0 WHERE pipeline = $1 AND active = 1
+           AND (digest IS NOT NULL OR failed IS NOT NULL)
+           AND NOT EXISTS (SELECT 1 FROM stage_runs r WHERE r.release_id = releases.id
+                 AND r.status NOT IN ('succeeded', 'failed', 'rejected', 'expired', 'superseded', 'rolled_back'))
+           AND NOT EXISTS (SELECT 1 FROM effects e WHERE e.release_id = releases.id AND e.status = 'pending')",
+    )
+    .bind(pipeline)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn events(pool: &SqlitePool, pipeline: &str, limit: i64) -> Result<Vec<EventRow>> {
+    let rows = sqlx::query("SELECT * FROM (SELECT * FROM events WHERE pipeline = $1 ORDER BY id DESC LIMIT $2) ORDER BY id")
+        .bind(pipeline)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| EventRow {
+            id: r.get("id"),
+            at: from_ms(r.get("at")),
+            actor: r.get("actor"),
+            kind: r.get("kind"),
+            release: r.get("release_id"),
+            stage: r.get("stage"),
+            detail: r.get("detail"),
+        })
+        .collect())
+}
+
+pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<Release>> {
+    let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1");
+    Ok(sqlx::query(&sql).bind(id.0).fetch_optional(pool).await?.map(|r| release_row(&r)))
+}
+
+pub(super) async fn recent_runs(pool: &SqlitePool, pipeline: &str, n: i64) -> Result<Vec<(Release, Vec<StageRun>)>> {
+    let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 ORDER BY id DESC LIMIT $2");
+    let mut out = Vec::new();
+    for r in sqlx::query(&sql).bind(pipeline).bind(n).fetch_all(pool).await? {
+        let rel = release_row(&r);
+        let runs = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1")
+            .bind(rel.id.0)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(run_row)
+            .collect::<Result<Vec<_>>>()?;
+        out.push((rel, runs));
+    }
+    Ok(out)
+}
+
+pub(super) async fn effects_of(pool: &SqlitePool, release: ReleaseId, stage: &str) -> Result<Vec<EffectRecord>> {
+    sqlx::query("SELECT * FROM effects WHERE release_id = $1 AND stage = $2 ORDER BY started_at, key")
+        .bind(release.0)
+        .bind(stage)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(effect_row)
+        .collect()
+}
+
+pub(super) async fn effects_with_prefix(pool: &SqlitePool, prefix: &str) -> Result<Vec<EffectRecord>> {
+    sqlx::query("SELECT * FROM effects WHERE substr(key, 1, length($1)) = $1 ORDER BY started_at, key")
+        .bind(prefix)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(effect_row)
+        .collect()
+}
+
+pub(super) async fn approvals_of(pool: &SqlitePool, release: ReleaseId, stage: &str) -> Result<Vec<ApprovalRecord>> {
+    sqlx::query("SELECT * FROM approvals WHERE release_id = $1 AND stage = $2 ORDER BY id")
+        .bind(release.0)
+        .bind(stage)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(approval_row)
+        .collect()
+}

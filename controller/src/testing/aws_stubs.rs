@@ -1,0 +1,1 @@
+//! Scripted stub servers speaking AWS wire protocols for what moto cannot produce.
