@@ -1,1 +1,240 @@
-//! sts
+//! Credentials per account: STS `AssumeRole` with ExternalId, cached until near expiry.
+//!
+//! Owns turning an [`Account`] into an [`SdkConfig`] for one region: the controller's own
+//! account uses the base config as is; every other account gets the credentials of its
+//! `role_arn`, assumed with the account's ExternalId and session duration.
+//!
+//! Must never log, store or put in an error the ExternalId or any credential.
+//!
+//! # Guarantees
+//! - One session per (account id, role): concurrent callers share one `AssumeRole`; the
+//!   session is reused until [`REFRESH_BEFORE`] its expiry.
+//! - Derived configs keep everything else of the base config (endpoint, HTTP client), and
+//!   have the SDK's own retries off: every call retries through [`Limiter`] instead.
+//!
+//! # Caveats
+//! - A cached session keeps the session name of the call that created it, so CloudTrail
+//!   names the first release and stage that used it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::retry::RetryConfig;
+use aws_config::{Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+use super::errors::{context, sdk};
+use super::retry::Limiter;
+use crate::config::{Account, SecretRef};
+use crate::engine::ports::{PortError, PortResult};
+use crate::secret::Secret;
+
+/// A session is renewed this long before it expires.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// The limiter key for calls made with the controller's own credentials.
+const CONTROLLER: &str = "controller";
+
+/// Hands out SDK configs per account; share one per controller (`Arc<Credentials>`).
+pub struct Credentials {
+    base: SdkConfig,
+    cache: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<Option<Session>>>>>,
+    limiter: Arc<Limiter>,
+}
+
+#[derive(Clone)]
+struct Session {
+    provider: SharedCredentialsProvider,
+    expires: SystemTime,
+}
+
+impl Session {
+    fn fresh(&self) -> bool {
+        SystemTime::now() + REFRESH_BEFORE < self.expires
+    }
+}
+
+impl Credentials {
+    /// `base`: the controller's own config (its credentials, and the endpoint in tests).
+    pub fn new(base: SdkConfig, limiter: Arc<Limiter>) -> Credentials {
+        Credentials {
+            base,
+            cache: Mutex::new(HashMap::new()),
+            limiter,
+        }
+    }
+
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
+    }
+
+    /// A config for `account` in `region`.
+    pub async fn config_for(
+        &self,
+        account: &Account,
+        region: &str,
+        session_name: &str,
+    ) -> PortResult<SdkConfig> {
+        if account.controller {
+            return Ok(self.derive(region, None));
+        }
+        let role = account.role_arn.as_deref().ok_or_else(|| {
+            PortError::Invalid(format!(
+                "account {} ({}) has no role_arn and is not the controller's account",
+                account.name, account.id
+            ))
+        })?;
+        let provider = self.session(account, role, session_name).await?;
+        Ok(self.derive(region, Some(provider)))
+    }
+
+    fn derive(&self, region: &str, provider: Option<SharedCredentialsProvider>) -> SdkConfig {
+        let mut builder = self.base.to_builder();
+        builder.set_region(Some(Region::new(region.to_string())));
+        builder.set_retry_config(Some(RetryConfig::disabled()));
+        if let Some(p) = provider {
+            builder.set_credentials_provider(Some(p));
+        }
+        builder.build()
+    }
+
+    /// The cached session, or a new one when there is none or it is about to expire.
+    async fn session(
+        &self,
+        account: &Account,
+        role: &str,
+        name: &str,
+    ) -> PortResult<SharedCredentialsProvider> {
+        let slot = self.slot(&account.id, role);
+        let mut cached = slot.lock().await;
+        if let Some(s) = cached.as_ref().filter(|s| s.fresh()) {
+            return Ok(s.provider.clone());
+        }
+        let what = format!(
+            "cannot assume {role} for account {} ({})",
+            account.name, account.id
+        );
+        let session = self
+            .assume(account, role, name)
+            .await
+            .map_err(|e| context(e, &what))?;
+        *cached = Some(session.clone());
+        Ok(session.provider)
+    }
+
+    fn slot(&self, account_id: &str, role: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (account_id.to_string(), role.to_string());
+        cache.entry(key).or_default().clone()
+    }
+
+    async fn assume(&self, account: &Account, role: &str, name: &str) -> PortResult<Session> {
+        let external_id = external_id(account.external_id.as_ref())?;
+        let seconds = account.session_duration.as_secs().clamp(900, 43_200) as i32;
+        let client = aws_sdk_sts::Client::new(&self.derive_base());
+        let name = session_name(name);
+        let out = self
+            .limiter
+            .call(CONTROLLER, "AssumeRole", || {
+                let request = client.assume_role().role_arn(role).role_session_name(&name);
+                let request =
+                    request.set_external_id(external_id.as_ref().map(|s| s.expose().to_string()));
+                sdk(request.duration_seconds(seconds).send())
+            })
+            .await?;
+        let c = out
+            .credentials()
+            .ok_or_else(|| PortError::Failed("AssumeRole returned no credentials".into()))?;
+        let fallback = SystemTime::now() + Duration::from_secs(seconds as u64);
+        let expires = SystemTime::try_from(*c.expiration()).unwrap_or(fallback);
+        let credentials = aws_credential_types::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            Some(expires),
+            "tollgate-assume-role",
+        );
+        let provider = SharedCredentialsProvider::new(credentials);
+        Ok(Session { provider, expires })
+    }
+
+    /// The base config with SDK retries off (and a region, in case the base has none).
+    fn derive_base(&self) -> SdkConfig {
+        let region = self
+            .base
+            .region()
+            .map_or("us-east-1".to_string(), |r| r.to_string());
+        self.derive(&region, None)
+    }
+}
+
+/// Reads the ExternalId; errors name the variable or file, never the value.
+fn external_id(source: Option<&SecretRef>) -> PortResult<Option<Secret>> {
+    let value = match source {
+        None => return Ok(None),
+        Some(SecretRef::Env(var)) => std::env::var(var).map_err(|_| {
+            PortError::Invalid(format!(
+                "the ExternalId environment variable {var} is not set"
+            ))
+        })?,
+        Some(SecretRef::File(path)) => std::fs::read_to_string(path).map_err(|e| {
+            PortError::Invalid(format!(
+                "cannot read the ExternalId file {}: {e}",
+                path.display()
+            ))
+        })?,
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        let from = match source {
+            Some(SecretRef::Env(var)) => format!("environment variable {var}"),
+            Some(SecretRef::File(path)) => format!("file {}", path.display()),
+            None => String::new(),
+        };
+        return Err(PortError::Invalid(format!(
+            "the ExternalId {from} is empty"
+        )));
+    }
+    Ok(Some(Secret::new(value)))
+}
+
+/// A valid `RoleSessionName`: `[\w+=,.@-]{2,64}`, other characters replaced by `-`.
+pub fn session_name(raw: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c);
+    let clean: String = raw
+        .chars()
+        .map(|c| if allowed(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    if clean.len() < 2 {
+        format!("tollgate-{clean}")
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_are_sanitised() {
+        assert_eq!(
+            session_name("tollgate-backend-r12-prod"),
+            "tollgate-backend-r12-prod"
+        );
+        assert_eq!(session_name("a b/c:d"), "a-b-c-d");
+        assert_eq!(session_name(""), "tollgate-");
+        assert_eq!(session_name("x"), "tollgate-x");
+        assert_eq!(session_name(&"é".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn a_missing_file_names_the_file_not_a_value() {
+        let err = external_id(Some(&SecretRef::File("/nonexistent/ext-id".into()))).unwrap_err();
+        assert!(
+            matches!(&err, PortError::Invalid(m) if m.contains("/nonexistent/ext-id")),
+            "{err}"
+        );
+    }
+}

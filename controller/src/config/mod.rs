@@ -174,10 +174,22 @@ fn parse<T: DeserializeOwned>(loc: &Locator, text: &str, diags: &mut Vec<Diagnos
     match result {
         Ok(v) => Some(v),
         Err(e) => {
-            let message = e.message().trim().to_string();
+            let message = match e.message().trim() {
+                "" => unexpected_char(text, e.span()),
+                m => m.to_string(),
+            };
             diags.push(loc.at_span(e.span(), message, "fix the TOML at this place"));
             None
         }
+    }
+}
+
+/// A message for a parser error that came without one (a control character in a comment).
+fn unexpected_char(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let c = span.and_then(|s| text.get(s.start..)?.chars().next());
+    match c {
+        Some(c) => format!("character U+{:04X} is not allowed here", u32::from(c)),
+        None => "invalid TOML".into(),
     }
 }
 

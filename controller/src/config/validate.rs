@@ -712,7 +712,13 @@ fn approval(i: usize, j: usize, a: &RawApproval, cx: &mut Ctx) -> Approval {
             "min_approvals is 0".into(),
             "at least one approval is needed; remove the approval table to deploy without one",
         );
-    } else if !a.approvers.is_empty() && min as usize > a.approvers.len() {
+    } else if a.approvers.is_empty() {
+        cx.error(
+            p("approvers"),
+            "the approval lists no approvers, so nobody could approve".into(),
+            "add `approvers = [{ name = \"alice\", email = \"alice@example.com\" }]`",
+        );
+    } else if min as usize > a.approvers.len() {
         cx.error(
             p("min_approvals"),
             format!(

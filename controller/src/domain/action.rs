@@ -60,6 +60,18 @@ impl ReportState {
         }
     }
 
+    pub fn parse(s: &str) -> Option<ReportState> {
+        [
+            ReportState::Queued,
+            ReportState::InProgress,
+            ReportState::Success,
+            ReportState::Failure,
+            ReportState::Inactive,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
     /// The status GitHub should show for a run in `status`; `None` before it is queued.
     pub fn for_status(status: RunStatus) -> Option<ReportState> {
         use RunStatus as S;
@@ -210,6 +222,12 @@ pub enum Action {
     PauseStage { stage: String, reason: String },
     /// A manual rollback request was acted upon.
     ConsumeRollbackRequest { stage: String, request: i64 },
+    /// The release has nothing left to do (every run ended, every report and notification
+    /// done): it leaves the working set and stays in the history.
+    Retire { release: ReleaseId },
+    /// A side effect recorded as pending that is no longer wanted (its run moved on while
+    /// the controller was down): record it as abandoned. Skipped if it is still running.
+    Abandon { key: String },
     /// Perform a side effect (or resume it after a crash) under its idempotency key.
     Start(Effect),
 }
@@ -246,6 +264,8 @@ impl fmt::Display for Action {
             Action::ConsumeRollbackRequest { stage, request } => {
                 write!(f, "{stage} rollback request {request} handled")
             }
+            Action::Retire { release } => write!(f, "{release} finished"),
+            Action::Abandon { key } => write!(f, "abandoned {key}"),
             Action::Start(e) => write!(f, "start {}", e.key),
         }
     }

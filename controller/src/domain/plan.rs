@@ -81,7 +81,13 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// Says what a run waits for. The last note of a call wins: two different notes for one
+    /// run in one call would overwrite each other on every call and never settle.
     fn note(&mut self, run: &StageRun, reason: String) {
+        self.out.actions.retain(|a| {
+            !matches!(a, Action::Note { release, stage, .. }
+                if *release == run.release && *stage == run.stage)
+        });
         if run.reason != reason && !self.touched.contains(&(run.release, run.stage.clone())) {
             self.out.actions.push(Action::Note {
                 release: run.release,
@@ -851,12 +857,25 @@ impl<'a> Planner<'a> {
     /// GitHub deployment statuses and SNS notifications follow the runs' statuses.
     fn side_reports(&mut self) {
         let notify = self.cfg.notifications.topic.is_some();
+        let mut unfinished: BTreeSet<ReleaseId> = BTreeSet::new();
         for run in &self.snap.runs {
+            if !run.status.is_terminal() {
+                unfinished.insert(run.release);
+            }
             if self.is_touched(run) {
+                unfinished.insert(run.release);
                 continue;
             }
-            if let Some(state) = ReportState::for_status(run.status) {
-                self.ensure(self.effect(run, EffectKind::Report { state }));
+            // A run that ended without ever leaving Waiting was never reported: GitHub
+            // hears nothing about a stage the release did not reach.
+            let reached = !run.status.is_terminal()
+                || self
+                    .snap
+                    .effects_of(run.release, &run.stage)
+                    .next()
+                    .is_some();
+            if !self.report(run, reached) {
+                unfinished.insert(run.release);
             }
             let acted = self
                 .snap
@@ -870,8 +889,102 @@ impl<'a> Planner<'a> {
                 _ => None,
             };
             if let (true, Some(event)) = (notify, event) {
-                self.ensure(self.effect(run, EffectKind::Notify { event }));
+                if self
+                    .ensure(self.effect(run, EffectKind::Notify { event }))
+                    .is_none()
+                {
+                    unfinished.insert(run.release);
+                }
             }
+        }
+        self.retire(&unfinished);
+        self.abandon_stale();
+    }
+
+    /// GitHub statuses in order: a report left pending by a crash is finished before the
+    /// current one is sent. True when the current status has been reported.
+    fn report(&mut self, run: &StageRun, reached: bool) -> bool {
+        let pending: Vec<ReportState> = self
+            .snap
+            .effects_of(run.release, &run.stage)
+            .filter(|e| e.status == EffectStatus::Pending)
+            .filter_map(|e| {
+                e.key
+                    .rsplit_once("/report-")
+                    .and_then(|(_, s)| ReportState::parse(s))
+            })
+            .collect();
+        if !pending.is_empty() {
+            for state in pending {
+                self.ensure(self.effect(run, EffectKind::Report { state }));
+            }
+            return false;
+        }
+        match ReportState::for_status(run.status).filter(|_| reached) {
+            Some(state) => self
+                .ensure(self.effect(run, EffectKind::Report { state }))
+                .is_some(),
+            None => true,
+        }
+    }
+
+    /// Pending effects this plan no longer asks for are closed, so none is left hanging.
+    /// (A run changing status in this plan is looked at again in the next round.)
+    fn abandon_stale(&mut self) {
+        let wanted: HashSet<String> = self
+            .out
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start(e) => Some(e.key.clone()),
+                _ => None,
+            })
+            .collect();
+        for e in &self.snap.effects {
+            let moving = self.touched.contains(&(e.release, e.stage.clone()));
+            if e.status == EffectStatus::Pending && !wanted.contains(&e.key) && !moving {
+                self.out
+                    .actions
+                    .push(Action::Abandon { key: e.key.clone() });
+            }
+        }
+    }
+
+    /// Releases with every run ended and every effect finished leave the working set.
+    fn retire(&mut self, unfinished: &BTreeSet<ReleaseId>) {
+        let pending: BTreeSet<ReleaseId> = self
+            .snap
+            .effects
+            .iter()
+            .filter(|e| e.status == EffectStatus::Pending)
+            .map(|e| e.release)
+            .collect();
+        let touched: BTreeSet<ReleaseId> = self.touched.iter().map(|(r, _)| *r).collect();
+        let started: BTreeSet<ReleaseId> = self
+            .out
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start(e) => Some(e.release),
+                _ => None,
+            })
+            .collect();
+        let done: Vec<ReleaseId> = self
+            .snap
+            .releases
+            .values()
+            .filter(|r| r.digest.is_some() || r.failed.is_some())
+            .filter(|r| self.snap.runs.iter().any(|run| run.release == r.id))
+            .map(|r| r.id)
+            .filter(|id| {
+                !unfinished.contains(id)
+                    && !pending.contains(id)
+                    && !touched.contains(id)
+                    && !started.contains(id)
+            })
+            .collect();
+        for release in done {
+            self.out.actions.push(Action::Retire { release });
         }
     }
 }

@@ -1,1 +1,7 @@
+//! The planner's tests: a small simulated engine ([`sim`]), one test per status transition,
+//! whole-promotion scenarios, property tests of the invariants, and deployment windows.
 
+mod properties;
+mod scenarios;
+mod sim;
+mod transitions;

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use super::Engine;
 use super::messages;
 use super::ports::*;
-use super::Engine;
 use crate::config::{Account, Pipeline, Stage};
+use crate::domain::Effect;
 use crate::domain::{EffectKind, EffectStatus, Release, ReleaseId, Snapshot, StageRun};
 use crate::store::EffectOutcome;
-use crate::domain::Effect;
 
 /// What an effect needs to know, copied from the snapshot it was planned from.
 pub(super) struct Context {
@@ -66,14 +66,23 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
     let stage = p.stage(&e.stage);
     let result = match (&e.kind, stage) {
         (EffectKind::ResolveArtifact, _) => resolve(engine, p, r, ctx).await,
-        (EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. }, Some(s)) => alarms(engine, s, ctx).await,
-        (EffectKind::RunTest { test, .. }, Some(s)) => run_test(engine, e, p, s, r, test, ctx).await,
+        (EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. }, Some(s)) => {
+            alarms(engine, s, ctx).await
+        }
+        (EffectKind::RunTest { test, .. }, Some(s)) => {
+            run_test(engine, e, p, s, r, test, ctx).await
+        }
         (EffectKind::RequestApproval, Some(s)) => approval(engine, e, p, s, r, ctx).await,
         (EffectKind::Deploy { wave }, Some(s)) => deploy(engine, e, p, s, r, *wave, ctx).await,
-        (EffectKind::Rollback { wave, target }, Some(s)) => rollback(engine, e, p, s, *wave, *target, ctx).await,
+        (EffectKind::Rollback { wave, target }, Some(s)) => {
+            rollback(engine, e, p, s, *wave, *target, ctx).await
+        }
         (EffectKind::Notify { event }, Some(s)) => notify(engine, e, p, s, r, *event, ctx).await,
         (EffectKind::Report { state }, Some(s)) => report(engine, e, p, s, r, *state, ctx).await,
-        (_, None) => Err(PortError::Invalid(format!("stage `{}` is no longer configured", e.stage))),
+        (_, None) => Err(PortError::Invalid(format!(
+            "stage `{}` is no longer configured",
+            e.stage
+        ))),
     };
     result.unwrap_or_else(|err| EffectOutcome::failure(err.to_string()))
 }
@@ -98,30 +107,62 @@ where
     op().await
 }
 
-async fn resolve(engine: &Engine, p: &Pipeline, r: &Release, ctx: &Context) -> PortResult<EffectOutcome> {
+async fn resolve(
+    engine: &Engine,
+    p: &Pipeline,
+    r: &Release,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
     let account = ctx.account(&p.artifact.account)?;
     let tag = p.artifact.tag_for(&r.sha, &r.branch);
     let digest = retrying(|| engine.ports().artifacts.resolve(&p.artifact, account, &tag)).await?;
-    Ok(EffectOutcome::success(format!("{}:{tag} is {digest}", p.artifact.repository)).with("digest", digest))
+    Ok(
+        EffectOutcome::success(format!("{}:{tag} is {digest}", p.artifact.repository))
+            .with("digest", digest),
+    )
 }
 
 async fn alarms(engine: &Engine, s: &Stage, ctx: &Context) -> PortResult<EffectOutcome> {
     let mut firing = Vec::new();
     for t in &s.targets {
         let account = ctx.account(&t.account)?;
-        let names = retrying(|| engine.ports().alarms.in_alarm(account, &t.region, &s.alarms)).await?;
+        let names = retrying(|| {
+            engine
+                .ports()
+                .alarms
+                .in_alarm(account, &t.region, &s.alarms)
+        })
+        .await?;
         firing.extend(names);
     }
     firing.sort();
     firing.dedup();
-    let detail = if firing.is_empty() { "no alarm in ALARM".to_string() } else { format!("in ALARM: {}", firing.join(", ")) };
+    let detail = if firing.is_empty() {
+        "no alarm in ALARM".to_string()
+    } else {
+        format!("in ALARM: {}", firing.join(", "))
+    };
     Ok(EffectOutcome::success(detail).with("in_alarm", firing.join(",")))
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn run_test(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Release, test: &str, ctx: &Context) -> PortResult<EffectOutcome> {
-    let def = p.tests.get(test).ok_or_else(|| PortError::Invalid(format!("test `{test}` is no longer configured")))?;
-    let target = s.targets.first().ok_or_else(|| PortError::Invalid("stage has no target".into()))?;
+async fn run_test(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    r: &Release,
+    test: &str,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
+    let def = p
+        .tests
+        .get(test)
+        .ok_or_else(|| PortError::Invalid(format!("test `{test}` is no longer configured")))?;
+    let target = s
+        .targets
+        .first()
+        .ok_or_else(|| PortError::Invalid("stage has no target".into()))?;
     let account = ctx.account(&target.account)?;
     let tc = TestContext {
         key: e.key.clone(),
@@ -138,15 +179,33 @@ async fn run_test(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Rele
         outputs: ctx.outputs.clone(),
     };
     let result = engine.ports().tests.run(def, &tc).await?;
-    let detail = if result.output_tail.is_empty() { result.summary.clone() } else { format!("{}\n{}", result.summary, result.output_tail) };
-    Ok(EffectOutcome { ok: result.passed, detail, output: BTreeMap::new() })
+    let detail = if result.output_tail.is_empty() {
+        result.summary.clone()
+    } else {
+        format!("{}\n{}", result.summary, result.output_tail)
+    };
+    Ok(EffectOutcome {
+        ok: result.passed,
+        detail,
+        output: BTreeMap::new(),
+    })
 }
 
-async fn approval(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Release, ctx: &Context) -> PortResult<EffectOutcome> {
+async fn approval(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    r: &Release,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
     let Some(cfg) = &s.approval else {
         return Err(PortError::Invalid("stage has no approval".into()));
     };
-    let since = ctx.run.as_ref().map_or_else(|| engine.now(), |run| run.since);
+    let since = ctx
+        .run
+        .as_ref()
+        .map_or_else(|| engine.now(), |run| run.since);
     let req = ApprovalRequest {
         key: e.key.clone(),
         pipeline: p.name.clone(),
@@ -158,12 +217,25 @@ async fn approval(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Rele
         summary: messages::release_facts(p, r, &ctx.history, &ctx.public_url),
     };
     let sent = retrying(|| engine.ports().approvals.send(&req)).await?;
-    Ok(EffectOutcome::success(format!("approval request sent ({sent} message(s))")))
+    Ok(EffectOutcome::success(format!(
+        "approval request sent ({sent} message(s))"
+    )))
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn deploy(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Release, wave: usize, ctx: &Context) -> PortResult<EffectOutcome> {
-    let digest = r.digest.clone().ok_or_else(|| PortError::Invalid("release has no digest".into()))?;
+async fn deploy(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    r: &Release,
+    wave: usize,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
+    let digest = r
+        .digest
+        .clone()
+        .ok_or_else(|| PortError::Invalid("release has no digest".into()))?;
     let req = deploy_request(engine, e, p, s, r.id, &digest, wave, ctx).await?;
     let result = retrying(|| engine.ports().deployer.deploy(&req)).await?;
     let mut out = EffectOutcome::success(result.summary).with("image_uri", req.image_uri.clone());
@@ -172,7 +244,15 @@ async fn deploy(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Releas
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn rollback(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, wave: usize, target: ReleaseId, ctx: &Context) -> PortResult<EffectOutcome> {
+async fn rollback(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    wave: usize,
+    target: ReleaseId,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
     let digest = ctx
         .releases
         .get(&target)
@@ -180,12 +260,27 @@ async fn rollback(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, wave: us
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
     let req = deploy_request(engine, e, p, s, target, &digest, wave, ctx).await?;
     let result = retrying(|| engine.ports().deployer.rollback(&req)).await?;
-    Ok(EffectOutcome::success(format!("restored {target} ({digest}): {}", result.summary)).with("image_uri", req.image_uri))
+    Ok(
+        EffectOutcome::success(format!("restored {target} ({digest}): {}", result.summary))
+            .with("image_uri", req.image_uri),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn deploy_request(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, release: ReleaseId, digest: &str, wave: usize, ctx: &Context) -> PortResult<DeployRequest> {
-    let target = s.targets.get(wave).ok_or_else(|| PortError::Invalid(format!("stage has no wave {wave}")))?;
+async fn deploy_request(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    release: ReleaseId,
+    digest: &str,
+    wave: usize,
+    ctx: &Context,
+) -> PortResult<DeployRequest> {
+    let target = s
+        .targets
+        .get(wave)
+        .ok_or_else(|| PortError::Invalid(format!("stage has no wave {wave}")))?;
     let account = ctx.account(&target.account)?.clone();
     let promote = PromoteRequest {
         artifact: p.artifact.clone(),
@@ -211,20 +306,51 @@ async fn deploy_request(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, re
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn notify(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Release, event: crate::domain::NotifyEvent, ctx: &Context) -> PortResult<EffectOutcome> {
+async fn notify(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    r: &Release,
+    event: crate::domain::NotifyEvent,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
     let Some(topic) = &p.notifications.topic else {
         return Ok(EffectOutcome::success("no notification topic configured"));
     };
-    let reason = ctx.run.as_ref().map(|run| run.reason.clone()).unwrap_or_default();
-    let (subject, body) = messages::notification(p, s, r, event, &reason, &ctx.history, &ctx.public_url);
-    let msg = Message { key: e.key.clone(), topic: topic.clone(), subject, body, attributes: BTreeMap::new() };
+    let reason = ctx
+        .run
+        .as_ref()
+        .map(|run| run.reason.clone())
+        .unwrap_or_default();
+    let (subject, body) =
+        messages::notification(p, s, r, event, &reason, &ctx.history, &ctx.public_url);
+    let msg = Message {
+        key: e.key.clone(),
+        topic: topic.clone(),
+        subject,
+        body,
+        attributes: BTreeMap::new(),
+    };
     let id = retrying(|| engine.ports().notifier.publish(&msg)).await?;
     Ok(EffectOutcome::success(format!("published message {id}")))
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn report(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Release, state: crate::domain::ReportState, ctx: &Context) -> PortResult<EffectOutcome> {
-    let description = ctx.run.as_ref().map(|run| run.reason.clone()).unwrap_or_default();
+async fn report(
+    engine: &Engine,
+    e: &Effect,
+    p: &Pipeline,
+    s: &Stage,
+    r: &Release,
+    state: crate::domain::ReportState,
+    ctx: &Context,
+) -> PortResult<EffectOutcome> {
+    let description = ctx
+        .run
+        .as_ref()
+        .map(|run| run.reason.clone())
+        .unwrap_or_default();
     let rep = DeploymentReport {
         key: e.key.clone(),
         pipeline: p.name.clone(),
@@ -234,8 +360,14 @@ async fn report(engine: &Engine, e: &Effect, p: &Pipeline, s: &Stage, r: &Releas
         environment: s.name.clone(),
         state,
         description,
-        log_url: format!("{}/ui/pipelines/{}/releases/{}", ctx.public_url, p.name, r.id.0),
+        log_url: format!(
+            "{}/ui/pipelines/{}/releases/{}",
+            ctx.public_url, p.name, r.id.0
+        ),
     };
     retrying(|| engine.ports().forge.report(&rep)).await?;
-    Ok(EffectOutcome::success(format!("reported {}", state.as_str())))
+    Ok(EffectOutcome::success(format!(
+        "reported {}",
+        state.as_str()
+    )))
 }

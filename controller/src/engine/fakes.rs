@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::ports::*;
 use super::Ports;
+use super::ports::*;
 use crate::config::{Account, Artifact, TestDef};
 
 /// Calls and applications per idempotency key.
@@ -115,15 +115,25 @@ impl Deployer for Fakes {
         self.with(|w| {
             let first = w.ledger.call(&req.key);
             if w.failing_deploys.contains(&req.stage) {
-                return Err(PortError::Failed(format!("resource Service failed to stabilize in {}", req.stage)));
+                return Err(PortError::Failed(format!(
+                    "resource Service failed to stabilize in {}",
+                    req.stage
+                )));
             }
             if first {
                 let at = format!("{}/{}", req.target.account, req.target.region);
-                w.deployed.push((req.stage.clone(), at, req.image_uri.clone()));
+                w.deployed
+                    .push((req.stage.clone(), at, req.image_uri.clone()));
             }
             let mut outputs = BTreeMap::new();
-            outputs.insert("ServiceUrl".to_string(), format!("https://{}.example.test", req.stage));
-            Ok(DeployResult { outputs, summary: format!("stack updated to {}", req.image_uri) })
+            outputs.insert(
+                "ServiceUrl".to_string(),
+                format!("https://{}.example.test", req.stage),
+            );
+            Ok(DeployResult {
+                outputs,
+                summary: format!("stack updated to {}", req.image_uri),
+            })
         })
     }
 
@@ -131,21 +141,35 @@ impl Deployer for Fakes {
         self.with(|w| {
             if w.ledger.call(&req.key) {
                 let at = format!("{}/{}", req.target.account, req.target.region);
-                w.rolled_back.push((req.stage.clone(), at, req.image_uri.clone()));
+                w.rolled_back
+                    .push((req.stage.clone(), at, req.image_uri.clone()));
             }
-            Ok(DeployResult { outputs: BTreeMap::new(), summary: format!("stack returned to {}", req.image_uri) })
+            Ok(DeployResult {
+                outputs: BTreeMap::new(),
+                summary: format!("stack returned to {}", req.image_uri),
+            })
         })
     }
 }
 
 #[async_trait]
 impl Artifacts for Fakes {
-    async fn resolve(&self, _artifact: &Artifact, _account: &Account, tag: &str) -> PortResult<String> {
+    async fn resolve(
+        &self,
+        _artifact: &Artifact,
+        _account: &Account,
+        tag: &str,
+    ) -> PortResult<String> {
         self.with(|w| {
             if w.missing_images.contains(tag) {
-                return Err(PortError::NotFound(format!("image tag {tag} did not appear")));
+                return Err(PortError::NotFound(format!(
+                    "image tag {tag} did not appear"
+                )));
             }
-            Ok(w.images.get(tag).cloned().unwrap_or_else(|| fake_digest(tag)))
+            Ok(w.images
+                .get(tag)
+                .cloned()
+                .unwrap_or_else(|| fake_digest(tag)))
         })
     }
 
@@ -171,8 +195,19 @@ impl Notifier for Fakes {
 
 #[async_trait]
 impl Alarms for Fakes {
-    async fn in_alarm(&self, _account: &Account, _region: &str, names: &[String]) -> PortResult<Vec<String>> {
-        self.with(|w| Ok(names.iter().filter(|n| w.firing.contains(*n)).cloned().collect()))
+    async fn in_alarm(
+        &self,
+        _account: &Account,
+        _region: &str,
+        names: &[String],
+    ) -> PortResult<Vec<String>> {
+        self.with(|w| {
+            Ok(names
+                .iter()
+                .filter(|n| w.firing.contains(*n))
+                .cloned()
+                .collect())
+        })
     }
 }
 
@@ -198,8 +233,16 @@ impl TestRunner for Fakes {
             let fails = w.failing_tests.contains(&test.name) || w.failing_tests.contains(&scoped);
             Ok(TestResult {
                 passed: !fails,
-                summary: if fails { format!("{} failed: 1 of 12 checks failed", test.name) } else { format!("{} passed", test.name) },
-                output_tail: if fails { "assertion failed: GET /healthz returned 503".into() } else { String::new() },
+                summary: if fails {
+                    format!("{} failed: 1 of 12 checks failed", test.name)
+                } else {
+                    format!("{} passed", test.name)
+                },
+                output_tail: if fails {
+                    "assertion failed: GET /healthz returned 503".into()
+                } else {
+                    String::new()
+                },
             })
         })
     }

@@ -23,17 +23,22 @@ pub fn progress(snap: &Snapshot, release: ReleaseId) -> String {
         .map(|r| format!("{} ({})", r.id, short(&r.sha)))
         .collect();
     if !queued.is_empty() {
-        lines.push(format!("  newer releases queued behind it: {}", queued.join(", ")));
+        lines.push(format!(
+            "  newer releases queued behind it: {}",
+            queued.join(", ")
+        ));
     }
     lines.join("\n")
 }
 
 /// The facts of a release: commit, author, message, image.
 pub fn release_facts(p: &Pipeline, r: &Release, progress: &str, public_url: &str) -> String {
-    let commit_url = r
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("https://github.com/{}/commit/{}", p.source.repository, r.sha));
+    let commit_url = r.url.clone().unwrap_or_else(|| {
+        format!(
+            "https://github.com/{}/commit/{}",
+            p.source.repository, r.sha
+        )
+    });
     format!(
         "Pipeline: {}\nRelease:  {} — {}/ui/pipelines/{}/releases/{}\nCommit:   {} on {} by {} <{}>\n          {}\n          {}\nImage:    {}@{}\n\nProgress so far:\n{}\n",
         p.name,
@@ -49,7 +54,11 @@ pub fn release_facts(p: &Pipeline, r: &Release, progress: &str, public_url: &str
         commit_url,
         p.artifact.repository,
         r.digest.as_deref().unwrap_or("(not resolved)"),
-        if progress.is_empty() { "  (nothing yet)" } else { progress },
+        if progress.is_empty() {
+            "  (nothing yet)"
+        } else {
+            progress
+        },
     )
 }
 
@@ -64,8 +73,19 @@ pub fn notification(
     public_url: &str,
 ) -> (String, String) {
     let subject = match event {
-        NotifyEvent::Halted => format!("[tollgate] {} {}: {} stopped in {}", p.name, r.id, short(&r.sha), s.name),
-        NotifyEvent::RolledBack => format!("[tollgate] {} {}: {} ROLLED BACK", p.name, s.name, short(&r.sha)),
+        NotifyEvent::Halted => format!(
+            "[tollgate] {} {}: {} stopped in {}",
+            p.name,
+            r.id,
+            short(&r.sha),
+            s.name
+        ),
+        NotifyEvent::RolledBack => format!(
+            "[tollgate] {} {}: {} ROLLED BACK",
+            p.name,
+            s.name,
+            short(&r.sha)
+        ),
     };
     let what = match event {
         NotifyEvent::Halted => format!("Release {} stopped in stage {}.", r.id, s.name),
@@ -92,6 +112,15 @@ fn first_line(s: &str) -> &str {
 
 /// SNS subjects must be under 100 characters, printable ASCII.
 fn truncate(s: &str, max: usize) -> String {
-    let clean: String = s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
     clean.chars().take(max).collect()
 }

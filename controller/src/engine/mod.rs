@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Pipeline};
-use crate::domain::{plan, Action, Effect, ReleaseId};
+use crate::domain::{Action, Effect, ReleaseId, plan};
 use crate::store::{Delivery, Ingested, NewAlarm, NewApproval, NewRelease, Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ports::*;
@@ -73,7 +73,10 @@ pub struct Fuse {
 
 impl Fuse {
     pub fn new(limit: u64) -> Arc<Fuse> {
-        Arc::new(Fuse { steps: AtomicU64::new(0), limit })
+        Arc::new(Fuse {
+            steps: AtomicU64::new(0),
+            limit,
+        })
     }
 
     /// Counts a step; false once the fuse has blown.
@@ -115,11 +118,23 @@ impl Engine {
     }
 
     /// An engine that "crashes" after `fuse` steps (tests only).
-    pub fn with_fuse(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>, fuse: Arc<Fuse>) -> Engine {
+    pub fn with_fuse(
+        store: Store,
+        config: Config,
+        ports: Ports,
+        clock: Arc<dyn Clock>,
+        fuse: Arc<Fuse>,
+    ) -> Engine {
         Self::build(store, config, ports, clock, Some(fuse))
     }
 
-    fn build(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>, fuse: Option<Arc<Fuse>>) -> Engine {
+    fn build(
+        store: Store,
+        config: Config,
+        ports: Ports,
+        clock: Arc<dyn Clock>,
+        fuse: Option<Arc<Fuse>>,
+    ) -> Engine {
         Engine {
             inner: Arc::new(Inner {
                 store,
@@ -138,7 +153,11 @@ impl Engine {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.inner.config.read().map(|c| c.clone()).unwrap_or_else(|e| e.into_inner().clone())
+        self.inner
+            .config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -174,7 +193,10 @@ impl Engine {
     }
 
     fn pipeline(&self, name: &str) -> EngineResult<Pipeline> {
-        self.config().pipeline(name).cloned().ok_or_else(|| EngineError::UnknownPipeline(name.to_string()))
+        self.config()
+            .pipeline(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownPipeline(name.to_string()))
     }
 
     // ----- the loop ------------------------------------------------------------------------
@@ -217,6 +239,9 @@ impl Engine {
     /// One reconcile of one pipeline: plan and apply until nothing changes, start effects.
     /// Returns when to look again if nothing wakes the pipeline before.
     pub async fn reconcile(&self, name: &str) -> EngineResult<Option<DateTime<Utc>>> {
+        if self.inner.fuse.as_ref().is_some_and(|f| f.blown()) {
+            return Err(EngineError::Stopped);
+        }
         let pipeline = self.pipeline(name)?;
         let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
         for _ in 0..MAX_ROUNDS {
@@ -224,7 +249,13 @@ impl Engine {
             let since = now - chrono::Duration::days(7);
             let snap = self.inner.store.snapshot(name, &stages, since).await?;
             let plan = plan(&pipeline, &snap, now);
-            let changes: Vec<Action> = plan.actions.iter().filter(|a| a.is_state_change()).cloned().collect();
+            let changes: Vec<Action> = plan
+                .actions
+                .iter()
+                .filter(|a| a.is_state_change())
+                .filter(|a| !matches!(a, Action::Abandon { key } if self.is_running(key)))
+                .cloned()
+                .collect();
             for a in &plan.actions {
                 if let Action::Start(e) = a {
                     self.start_effect(e.clone(), &snap).await?;
@@ -236,7 +267,10 @@ impl Engine {
             self.step()?;
             self.inner.store.apply(name, &changes, now).await?;
         }
-        tracing::warn!(pipeline = name, "reconcile did not settle in {MAX_ROUNDS} rounds; continuing shortly");
+        tracing::warn!(
+            pipeline = name,
+            "reconcile did not settle in {MAX_ROUNDS} rounds; continuing shortly"
+        );
         Ok(Some(self.now() + chrono::Duration::seconds(1)))
     }
 
@@ -268,7 +302,11 @@ impl Engine {
     }
 
     fn unmark(&self, key: &str) {
-        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     async fn run_effect(&self, e: Effect, ctx: exec::Context) {
@@ -278,13 +316,35 @@ impl Engine {
             Some(exec::perform(self, &e, &ctx).await)
         };
         let finished = match outcome {
-            Some(o) if self.step().is_ok() => self.inner.store.finish_effect(&e, &o, self.now()).await.is_ok(),
+            Some(o) if self.step().is_ok() => self
+                .inner
+                .store
+                .finish_effect(&e, &o, self.now())
+                .await
+                .is_ok(),
             _ => false,
         };
         self.unmark(&e.key);
         if finished {
             self.wake(&e.pipeline);
         }
+    }
+
+    fn is_running(&self, key: &str) -> bool {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    /// How many effects are running in this process now.
+    pub fn in_flight(&self) -> usize {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub(crate) fn ports(&self) -> &Ports {
@@ -294,16 +354,28 @@ impl Engine {
     // ----- ingest API: facts from outside -----------------------------------------------------
 
     /// A new release for a pipeline (from a push or a successful build).
-    pub async fn record_release(&self, r: &NewRelease, d: &Delivery) -> EngineResult<Ingested<ReleaseId>> {
+    pub async fn record_release(
+        &self,
+        r: &NewRelease,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<ReleaseId>> {
         let p = self.pipeline(&r.pipeline)?;
         let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
-        let out = self.inner.store.record_release(r, &stages, d, self.now()).await?;
+        let out = self
+            .inner
+            .store
+            .record_release(r, &stages, d, self.now())
+            .await?;
         self.wake(&r.pipeline);
         Ok(out)
     }
 
     /// An approval or rejection (the caller has authenticated the approver).
-    pub async fn record_approval(&self, a: &NewApproval, d: &Delivery) -> EngineResult<Ingested<()>> {
+    pub async fn record_approval(
+        &self,
+        a: &NewApproval,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<()>> {
         self.check_stage(&a.pipeline, &a.stage)?;
         let out = self.inner.store.record_approval(a, d, self.now()).await?;
         self.wake(&a.pipeline);
@@ -319,29 +391,59 @@ impl Engine {
     }
 
     /// Pauses a pipeline (stage None) or a stage: nothing new starts there.
-    pub async fn pause(&self, pipeline: &str, stage: Option<&str>, reason: &str, actor: &str) -> EngineResult<()> {
+    pub async fn pause(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        reason: &str,
+        actor: &str,
+    ) -> EngineResult<()> {
         self.set_paused(pipeline, stage, Some(reason), actor).await
     }
 
     /// Resumes a paused pipeline or stage.
-    pub async fn resume(&self, pipeline: &str, stage: Option<&str>, actor: &str) -> EngineResult<()> {
+    pub async fn resume(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        actor: &str,
+    ) -> EngineResult<()> {
         self.set_paused(pipeline, stage, None, actor).await
     }
 
-    async fn set_paused(&self, pipeline: &str, stage: Option<&str>, reason: Option<&str>, actor: &str) -> EngineResult<()> {
+    async fn set_paused(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> EngineResult<()> {
         match stage {
             Some(s) => self.check_stage(pipeline, s)?,
             None => drop(self.pipeline(pipeline)?),
         }
-        self.inner.store.set_paused(pipeline, stage, reason, actor, self.now()).await?;
+        self.inner
+            .store
+            .set_paused(pipeline, stage, reason, actor, self.now())
+            .await?;
         self.wake(pipeline);
         Ok(())
     }
 
     /// Rolls a stage back to its previous known-good release.
-    pub async fn request_rollback(&self, pipeline: &str, stage: &str, actor: &str, d: &Delivery) -> EngineResult<Ingested<()>> {
+    pub async fn request_rollback(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        actor: &str,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<()>> {
         self.check_stage(pipeline, stage)?;
-        let out = self.inner.store.request_rollback(pipeline, stage, actor, d, self.now()).await?;
+        let out = self
+            .inner
+            .store
+            .request_rollback(pipeline, stage, actor, d, self.now())
+            .await?;
         self.wake(pipeline);
         Ok(out)
     }
@@ -349,7 +451,10 @@ impl Engine {
     fn check_stage(&self, pipeline: &str, stage: &str) -> EngineResult<()> {
         let p = self.pipeline(pipeline)?;
         if p.stage(stage).is_none() {
-            return Err(EngineError::UnknownStage { pipeline: pipeline.into(), stage: stage.into() });
+            return Err(EngineError::UnknownStage {
+                pipeline: pipeline.into(),
+                stage: stage.into(),
+            });
         }
         Ok(())
     }

@@ -75,7 +75,12 @@ pub trait Deployer: Send + Sync {
 #[async_trait]
 pub trait Artifacts: Send + Sync {
     /// The digest (`sha256:…`) of the image tagged `tag`, waiting (bounded) until it exists.
-    async fn resolve(&self, artifact: &Artifact, account: &Account, tag: &str) -> PortResult<String>;
+    async fn resolve(
+        &self,
+        artifact: &Artifact,
+        account: &Account,
+        tag: &str,
+    ) -> PortResult<String>;
     /// Makes the image available to a stage target; returns the `repository@digest` URI to deploy.
     async fn promote(&self, req: &PromoteRequest) -> PortResult<String>;
 }
@@ -112,7 +117,12 @@ pub trait Notifier: Send + Sync {
 #[async_trait]
 pub trait Alarms: Send + Sync {
     /// The names among `names` that are in ALARM now in that account and region.
-    async fn in_alarm(&self, account: &Account, region: &str, names: &[String]) -> PortResult<Vec<String>>;
+    async fn in_alarm(
+        &self,
+        account: &Account,
+        region: &str,
+        names: &[String],
+    ) -> PortResult<Vec<String>>;
 }
 
 /// A GitHub Deployment status for one release in one stage.

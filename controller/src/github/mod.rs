@@ -1,5 +1,5 @@
 //! GitHub: webhook intake (signature, payload parsing) and reporting back (Deployments, statuses).
 
-pub mod webhook;
 pub mod forge;
 pub mod intake;
+pub mod webhook;

@@ -100,7 +100,11 @@ impl Store {
     // ----- ingest: facts from outside ---------------------------------------------------
 
     /// Records a delivery id; false if it was seen before (the caller then changes nothing).
-    async fn first_delivery(tx: &mut sqlx::SqliteConnection, d: &Delivery, now: DateTime<Utc>) -> Result<bool> {
+    async fn first_delivery(
+        tx: &mut sqlx::SqliteConnection,
+        d: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let r = sqlx::query("INSERT INTO deliveries (source, id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(&d.source)
             .bind(&d.id)
@@ -115,7 +119,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let fresh = Self::first_delivery(&mut tx, d, now).await?;
         tx.commit().await?;
-        Ok(if fresh { Ingested::Recorded(()) } else { Ingested::Duplicate })
+        Ok(if fresh {
+            Ingested::Recorded(())
+        } else {
+            Ingested::Duplicate
+        })
     }
 
     /// Records a new release with a `waiting` run in every stage. A delivery seen before, or
@@ -166,14 +174,34 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let detail = format!("release r{id}: {} by {} — {}", short(&r.sha), r.author_name, first_line(&r.message));
-        log(&mut tx, &r.pipeline, now, &actor_of(d), "release", Some(id), None, &detail).await?;
+        let detail = format!(
+            "release r{id}: {} by {} — {}",
+            short(&r.sha),
+            r.author_name,
+            first_line(&r.message)
+        );
+        log(
+            &mut tx,
+            &r.pipeline,
+            now,
+            &actor_of(d),
+            "release",
+            Some(id),
+            None,
+            &detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ingested::Recorded(ReleaseId(id)))
     }
 
     /// Records an approval or rejection (one per approver per release and stage).
-    pub async fn record_approval(&self, a: &NewApproval, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+    pub async fn record_approval(
+        &self,
+        a: &NewApproval,
+        d: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<Ingested<()>> {
         let mut tx = self.pool.begin().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
@@ -196,15 +224,39 @@ impl Store {
             tx.commit().await?;
             return Ok(Ingested::Duplicate);
         }
-        let verified = if a.verified { "" } else { " (identity not verified)" };
-        let detail = format!("{} {}s{verified}; {}", a.approver, a.decision.as_str(), a.context);
-        log(&mut tx, &a.pipeline, now, &a.actor, "approval", Some(a.release.0), Some(&a.stage), &detail).await?;
+        let verified = if a.verified {
+            ""
+        } else {
+            " (identity not verified)"
+        };
+        let detail = format!(
+            "{} {}s{verified}; {}",
+            a.approver,
+            a.decision.as_str(),
+            a.context
+        );
+        log(
+            &mut tx,
+            &a.pipeline,
+            now,
+            &a.actor,
+            "approval",
+            Some(a.release.0),
+            Some(&a.stage),
+            &detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ingested::Recorded(()))
     }
 
     /// Records an alarm notification for a stage.
-    pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+    pub async fn record_alarm(
+        &self,
+        a: &NewAlarm,
+        d: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<Ingested<()>> {
         let mut tx = self.pool.begin().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
@@ -219,13 +271,30 @@ impl Store {
             .await?;
         let state = if a.firing { "ALARM" } else { "OK" };
         let detail = format!("alarm {} is {state}: {}", a.alarm, a.reason);
-        log(&mut tx, &a.pipeline, now, &actor_of(d), "alarm", None, Some(&a.stage), &detail).await?;
+        log(
+            &mut tx,
+            &a.pipeline,
+            now,
+            &actor_of(d),
+            "alarm",
+            None,
+            Some(&a.stage),
+            &detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ingested::Recorded(()))
     }
 
     /// Pauses (`reason` Some) or resumes (None) a pipeline or one of its stages.
-    pub async fn set_paused(&self, pipeline: &str, stage: Option<&str>, reason: Option<&str>, actor: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn set_paused(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        reason: Option<&str>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         match stage {
             Some(s) => {
@@ -249,33 +318,87 @@ impl Store {
             Some(r) => format!("{what} paused: {r}"),
             None => format!("{what} resumed"),
         };
-        log(&mut tx, pipeline, now, actor, if reason.is_some() { "pause" } else { "resume" }, None, stage, &detail).await?;
+        log(
+            &mut tx,
+            pipeline,
+            now,
+            actor,
+            if reason.is_some() { "pause" } else { "resume" },
+            None,
+            stage,
+            &detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Asks for a manual rollback of a stage to its previous known-good release.
-    pub async fn request_rollback(&self, pipeline: &str, stage: &str, actor: &str, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+    pub async fn request_rollback(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        actor: &str,
+        d: &Delivery,
+        now: DateTime<Utc>,
+    ) -> Result<Ingested<()>> {
         let mut tx = self.pool.begin().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
-        sqlx::query("INSERT INTO rollback_requests (pipeline, stage, actor, at) VALUES ($1, $2, $3, $4)")
+        sqlx::query(
+            "INSERT INTO rollback_requests (pipeline, stage, actor, at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(pipeline)
+        .bind(stage)
+        .bind(actor)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await?;
+        // The stage's current release may have finished: bring it back into the working set.
+        sqlx::query("UPDATE releases SET active = 1 WHERE id = (SELECT release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id DESC LIMIT 1)")
             .bind(pipeline)
             .bind(stage)
-            .bind(actor)
-            .bind(ms(now))
             .execute(&mut *tx)
             .await?;
-        log(&mut tx, pipeline, now, actor, "rollback-request", None, Some(stage), &format!("manual rollback of {stage} requested")).await?;
+        log(
+            &mut tx,
+            pipeline,
+            now,
+            actor,
+            "rollback-request",
+            None,
+            Some(stage),
+            &format!("manual rollback of {stage} requested"),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ingested::Recorded(()))
     }
 
     /// Appends a free-form entry to the event log.
-    pub async fn log_event(&self, pipeline: &str, actor: &str, kind: &str, release: Option<ReleaseId>, stage: Option<&str>, detail: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn log_event(
+        &self,
+        pipeline: &str,
+        actor: &str,
+        kind: &str,
+        release: Option<ReleaseId>,
+        stage: Option<&str>,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        log(&mut tx, pipeline, now, actor, kind, release.map(|r| r.0), stage, detail).await?;
+        log(
+            &mut tx,
+            pipeline,
+            now,
+            actor,
+            kind,
+            release.map(|r| r.0),
+            stage,
+            detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -283,19 +406,38 @@ impl Store {
     // ----- the reconciler's side ---------------------------------------------------------
 
     /// Everything `plan` needs about one pipeline.
-    pub async fn snapshot(&self, pipeline: &str, stages: &[String], since_alarms: DateTime<Utc>) -> Result<Snapshot> {
+    pub async fn snapshot(
+        &self,
+        pipeline: &str,
+        stages: &[String],
+        since_alarms: DateTime<Utc>,
+    ) -> Result<Snapshot> {
         let mut conn = self.pool.acquire().await?;
         rows::load_snapshot(&mut conn, pipeline, stages, since_alarms).await
     }
 
     /// Applies the planner's state changes in one transaction, logging each.
-    pub async fn apply(&self, pipeline: &str, actions: &[Action], now: DateTime<Utc>) -> Result<()> {
+    pub async fn apply(
+        &self,
+        pipeline: &str,
+        actions: &[Action],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for a in actions.iter().filter(|a| a.is_state_change()) {
             rows::apply_one(&mut tx, pipeline, a, now).await?;
-            log(&mut tx, pipeline, now, "controller", action_kind(a), action_release(a), action_stage(a), &a.to_string()).await?;
+            log(
+                &mut tx,
+                pipeline,
+                now,
+                "controller",
+                action_kind(a),
+                action_release(a),
+                action_stage(a),
+                &a.to_string(),
+            )
+            .await?;
         }
-        rows::retire_finished(&mut tx, pipeline).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -317,10 +459,19 @@ impl Store {
 
     /// Records an effect's outcome (once; a second outcome for the same key is ignored).
     /// A resolved artifact's digest is stored on its release in the same transaction.
-    pub async fn finish_effect(&self, e: &Effect, outcome: &EffectOutcome, now: DateTime<Utc>) -> Result<()> {
+    pub async fn finish_effect(
+        &self,
+        e: &Effect,
+        outcome: &EffectOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let output = serde_json::to_string(&outcome.output).unwrap_or_else(|_| "{}".into());
-        let status = if outcome.ok { EffectStatus::Succeeded } else { EffectStatus::Failed };
+        let status = if outcome.ok {
+            EffectStatus::Succeeded
+        } else {
+            EffectStatus::Failed
+        };
         let r = sqlx::query("UPDATE effects SET status = $1, detail = $2, output = $3, finished_at = $4 WHERE key = $5 AND status = 'pending'")
             .bind(status.as_str())
             .bind(&outcome.detail)
@@ -342,8 +493,23 @@ impl Store {
             }
         }
         let stage = (!e.stage.is_empty()).then_some(e.stage.as_str());
-        let detail = format!("{} {}: {}", e.kind.key_part(), status.as_str(), outcome.detail);
-        log(&mut tx, &e.pipeline, now, "controller", "effect", Some(e.release.0), stage, &detail).await?;
+        let detail = format!(
+            "{} {}: {}",
+            e.kind.key_part(),
+            status.as_str(),
+            outcome.detail
+        );
+        log(
+            &mut tx,
+            &e.pipeline,
+            now,
+            "controller",
+            "effect",
+            Some(e.release.0),
+            stage,
+            &detail,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -361,7 +527,11 @@ impl Store {
     }
 
     /// A pipeline's stage runs of its most recent releases (newest first).
-    pub async fn recent_runs(&self, pipeline: &str, releases: i64) -> Result<Vec<(Release, Vec<StageRun>)>> {
+    pub async fn recent_runs(
+        &self,
+        pipeline: &str,
+        releases: i64,
+    ) -> Result<Vec<(Release, Vec<StageRun>)>> {
         rows::recent_runs(&self.pool, pipeline, releases).await
     }
 
@@ -376,7 +546,11 @@ impl Store {
     }
 
     /// Approvals recorded for a release in a stage.
-    pub async fn approvals_of(&self, release: ReleaseId, stage: &str) -> Result<Vec<ApprovalRecord>> {
+    pub async fn approvals_of(
+        &self,
+        release: ReleaseId,
+        stage: &str,
+    ) -> Result<Vec<ApprovalRecord>> {
         rows::approvals_of(&self.pool, release, stage).await
     }
 }
@@ -432,11 +606,19 @@ pub struct EffectOutcome {
 
 impl EffectOutcome {
     pub fn success(detail: impl Into<String>) -> Self {
-        Self { ok: true, detail: detail.into(), output: BTreeMap::new() }
+        Self {
+            ok: true,
+            detail: detail.into(),
+            output: BTreeMap::new(),
+        }
     }
 
     pub fn failure(detail: impl Into<String>) -> Self {
-        Self { ok: false, detail: detail.into(), output: BTreeMap::new() }
+        Self {
+            ok: false,
+            detail: detail.into(),
+            output: BTreeMap::new(),
+        }
     }
 
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -490,6 +672,8 @@ fn action_kind(a: &Action) -> &'static str {
         Action::RecordGood { .. } => "known-good",
         Action::PauseStage { .. } => "pause",
         Action::ConsumeRollbackRequest { .. } => "rollback-request-handled",
+        Action::Retire { .. } => "finished",
+        Action::Abandon { .. } => "abandoned",
         Action::Start(_) => "effect",
     }
 }
@@ -500,7 +684,8 @@ fn action_release(a: &Action) -> Option<i64> {
         | Action::Note { release, .. }
         | Action::MarkBad { release, .. }
         | Action::FailRelease { release, .. }
-        | Action::RecordGood { release, .. } => Some(release.0),
+        | Action::RecordGood { release, .. }
+        | Action::Retire { release } => Some(release.0),
         Action::Start(e) => Some(e.release.0),
         _ => None,
     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use super::{from_ms, ms, Result, StoreError};
+use super::{Result, StoreError, from_ms, ms};
 use crate::domain::*;
 
 /// One entry of the event log.
@@ -24,8 +24,14 @@ pub struct EventRow {
 const RELEASE_COLUMNS: &str = "id, pipeline, sha, branch, author_name, author_email, author_login, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed";
 
 fn release_row(r: &SqliteRow) -> Release {
-    let bad = match (r.get::<Option<String>, _>("bad_stage"), r.get::<Option<String>, _>("bad_reason")) {
-        (Some(stage), reason) => Some(BadMark { stage, reason: reason.unwrap_or_default() }),
+    let bad = match (
+        r.get::<Option<String>, _>("bad_stage"),
+        r.get::<Option<String>, _>("bad_reason"),
+    ) {
+        (Some(stage), reason) => Some(BadMark {
+            stage,
+            reason: reason.unwrap_or_default(),
+        }),
         _ => None,
     };
     Release {
@@ -52,7 +58,10 @@ fn run_row(r: &SqliteRow) -> Result<StageRun> {
     Ok(StageRun {
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
-        status: RunStatus::parse(&status).ok_or(StoreError::Corrupt { table: "stage_runs", detail: format!("status `{status}`") })?,
+        status: RunStatus::parse(&status).ok_or(StoreError::Corrupt {
+            table: "stage_runs",
+            detail: format!("status `{status}`"),
+        })?,
         reason: r.get("reason"),
         attempt: r.get::<i64, _>("attempt") as u32,
         since: from_ms(r.get("since")),
@@ -66,7 +75,10 @@ fn effect_row(r: &SqliteRow) -> Result<EffectRecord> {
         key: r.get("key"),
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
-        status: EffectStatus::parse(&status).ok_or(StoreError::Corrupt { table: "effects", detail: format!("status `{status}`") })?,
+        status: EffectStatus::parse(&status).ok_or(StoreError::Corrupt {
+            table: "effects",
+            detail: format!("status `{status}`"),
+        })?,
         detail: r.get("detail"),
         output: serde_json::from_str::<BTreeMap<String, String>>(&output).unwrap_or_default(),
         started_at: from_ms(r.get("started_at")),
@@ -80,18 +92,29 @@ fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
         approver: r.get("approver"),
-        decision: Decision::parse(&d).ok_or(StoreError::Corrupt { table: "approvals", detail: format!("decision `{d}`") })?,
+        decision: Decision::parse(&d).ok_or(StoreError::Corrupt {
+            table: "approvals",
+            detail: format!("decision `{d}`"),
+        })?,
         at: from_ms(r.get("at")),
     })
 }
 
-pub(super) async fn load_snapshot(c: &mut SqliteConnection, pipeline: &str, stages: &[String], since_alarms: DateTime<Utc>) -> Result<Snapshot> {
+pub(super) async fn load_snapshot(
+    c: &mut SqliteConnection,
+    pipeline: &str,
+    stages: &[String],
+    since_alarms: DateTime<Utc>,
+) -> Result<Snapshot> {
     let paused: Option<String> = sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
         .bind(pipeline)
         .fetch_optional(&mut *c)
         .await?
         .and_then(|r| r.get("paused"));
-    let mut snap = Snapshot { paused, ..Snapshot::default() };
+    let mut snap = Snapshot {
+        paused,
+        ..Snapshot::default()
+    };
     for name in stages {
         snap.stages.push(stage_state(c, pipeline, name).await?);
     }
@@ -103,13 +126,31 @@ pub(super) async fn load_snapshot(c: &mut SqliteConnection, pipeline: &str, stag
         snap.releases.insert(rel.id, rel);
     }
     let active = "SELECT id FROM releases WHERE pipeline = $1 AND active = 1";
-    for r in sqlx::query(&format!("SELECT * FROM stage_runs WHERE release_id IN ({active})")).bind(pipeline).fetch_all(&mut *c).await? {
+    for r in sqlx::query(&format!(
+        "SELECT * FROM stage_runs WHERE release_id IN ({active})"
+    ))
+    .bind(pipeline)
+    .fetch_all(&mut *c)
+    .await?
+    {
         snap.runs.push(run_row(&r)?);
     }
-    for r in sqlx::query(&format!("SELECT * FROM effects WHERE release_id IN ({active})")).bind(pipeline).fetch_all(&mut *c).await? {
+    for r in sqlx::query(&format!(
+        "SELECT * FROM effects WHERE release_id IN ({active})"
+    ))
+    .bind(pipeline)
+    .fetch_all(&mut *c)
+    .await?
+    {
         snap.effects.push(effect_row(&r)?);
     }
-    for r in sqlx::query(&format!("SELECT * FROM approvals WHERE release_id IN ({active})")).bind(pipeline).fetch_all(&mut *c).await? {
+    for r in sqlx::query(&format!(
+        "SELECT * FROM approvals WHERE release_id IN ({active})"
+    ))
+    .bind(pipeline)
+    .fetch_all(&mut *c)
+    .await?
+    {
         snap.approvals.push(approval_row(&r)?);
     }
     for r in sqlx::query("SELECT stage, alarm, firing, at FROM alarm_events WHERE pipeline = $1 AND at >= $2 ORDER BY id")
@@ -124,32 +165,50 @@ pub(super) async fn load_snapshot(c: &mut SqliteConnection, pipeline: &str, stag
 }
 
 async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<StageState> {
-    let paused: Option<String> = sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
-        .bind(pipeline)
-        .bind(name)
-        .fetch_optional(&mut *c)
-        .await?
-        .and_then(|r| r.get("paused"));
-    let history = sqlx::query("SELECT release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id")
-        .bind(pipeline)
-        .bind(name)
-        .fetch_all(&mut *c)
-        .await?
-        .iter()
-        .map(|r| ReleaseId(r.get("release_id")))
-        .collect();
+    let paused: Option<String> =
+        sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
+            .bind(pipeline)
+            .bind(name)
+            .fetch_optional(&mut *c)
+            .await?
+            .and_then(|r| r.get("paused"));
+    let history = sqlx::query(
+        "SELECT release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id",
+    )
+    .bind(pipeline)
+    .bind(name)
+    .fetch_all(&mut *c)
+    .await?
+    .iter()
+    .map(|r| ReleaseId(r.get("release_id")))
+    .collect();
     let rollback_request = sqlx::query("SELECT id, actor FROM rollback_requests WHERE pipeline = $1 AND stage = $2 AND handled_at IS NULL ORDER BY id LIMIT 1")
         .bind(pipeline)
         .bind(name)
         .fetch_optional(&mut *c)
         .await?
         .map(|r| (r.get("id"), r.get("actor")));
-    Ok(StageState { name: name.to_string(), paused, history, rollback_request })
+    Ok(StageState {
+        name: name.to_string(),
+        paused,
+        history,
+        rollback_request,
+    })
 }
 
-pub(super) async fn apply_one(tx: &mut SqliteConnection, pipeline: &str, a: &Action, now: DateTime<Utc>) -> Result<()> {
+pub(super) async fn apply_one(
+    tx: &mut SqliteConnection,
+    pipeline: &str,
+    a: &Action,
+    now: DateTime<Utc>,
+) -> Result<()> {
     match a {
-        Action::Transition { release, stage, to, reason } => {
+        Action::Transition {
+            release,
+            stage,
+            to,
+            reason,
+        } => {
             sqlx::query("UPDATE stage_runs SET status = $1, reason = $2, since = $3 WHERE release_id = $4 AND stage = $5")
                 .bind(to.as_str())
                 .bind(reason)
@@ -159,7 +218,11 @@ pub(super) async fn apply_one(tx: &mut SqliteConnection, pipeline: &str, a: &Act
                 .execute(&mut *tx)
                 .await?;
         }
-        Action::Note { release, stage, reason } => {
+        Action::Note {
+            release,
+            stage,
+            reason,
+        } => {
             sqlx::query("UPDATE stage_runs SET reason = $1 WHERE release_id = $2 AND stage = $3")
                 .bind(reason)
                 .bind(release.0)
@@ -167,7 +230,11 @@ pub(super) async fn apply_one(tx: &mut SqliteConnection, pipeline: &str, a: &Act
                 .execute(&mut *tx)
                 .await?;
         }
-        Action::MarkBad { release, stage, reason } => {
+        Action::MarkBad {
+            release,
+            stage,
+            reason,
+        } => {
             sqlx::query("UPDATE releases SET bad_stage = $1, bad_reason = $2 WHERE id = $3 AND bad_stage IS NULL")
                 .bind(stage)
                 .bind(reason)
@@ -206,23 +273,21 @@ pub(super) async fn apply_one(tx: &mut SqliteConnection, pipeline: &str, a: &Act
                 .execute(&mut *tx)
                 .await?;
         }
+        Action::Abandon { key } => {
+            sqlx::query("UPDATE effects SET status = 'failed', detail = 'abandoned: no longer needed', finished_at = $1 WHERE key = $2 AND status = 'pending'")
+                .bind(ms(now))
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Action::Retire { release } => {
+            sqlx::query("UPDATE releases SET active = 0 WHERE id = $1")
+                .bind(release.0)
+                .execute(&mut *tx)
+                .await?;
+        }
         Action::Start(_) => {}
     }
-    Ok(())
-}
-
-/// A release with nothing left to do leaves the working set (it stays in the history).
-pub(super) async fn retire_finished(tx: &mut SqliteConnection, pipeline: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE releases SET active = 0 WHERE pipeline = $1 AND active = 1
-           AND (digest IS NOT NULL OR failed IS NOT NULL)
-           AND NOT EXISTS (SELECT 1 FROM stage_runs r WHERE r.release_id = releases.id
-                 AND r.status NOT IN ('succeeded', 'failed', 'rejected', 'expired', 'superseded', 'rolled_back'))
-           AND NOT EXISTS (SELECT 1 FROM effects e WHERE e.release_id = releases.id AND e.status = 'pending')",
-    )
-    .bind(pipeline)
-    .execute(&mut *tx)
-    .await?;
     Ok(())
 }
 
@@ -248,13 +313,28 @@ pub(super) async fn events(pool: &SqlitePool, pipeline: &str, limit: i64) -> Res
 
 pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<Release>> {
     let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1");
-    Ok(sqlx::query(&sql).bind(id.0).fetch_optional(pool).await?.map(|r| release_row(&r)))
+    Ok(sqlx::query(&sql)
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| release_row(&r)))
 }
 
-pub(super) async fn recent_runs(pool: &SqlitePool, pipeline: &str, n: i64) -> Result<Vec<(Release, Vec<StageRun>)>> {
-    let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 ORDER BY id DESC LIMIT $2");
+pub(super) async fn recent_runs(
+    pool: &SqlitePool,
+    pipeline: &str,
+    n: i64,
+) -> Result<Vec<(Release, Vec<StageRun>)>> {
+    let sql = format!(
+        "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 ORDER BY id DESC LIMIT $2"
+    );
     let mut out = Vec::new();
-    for r in sqlx::query(&sql).bind(pipeline).bind(n).fetch_all(pool).await? {
+    for r in sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(n)
+        .fetch_all(pool)
+        .await?
+    {
         let rel = release_row(&r);
         let runs = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1")
             .bind(rel.id.0)
@@ -268,28 +348,43 @@ pub(super) async fn recent_runs(pool: &SqlitePool, pipeline: &str, n: i64) -> Re
     Ok(out)
 }
 
-pub(super) async fn effects_of(pool: &SqlitePool, release: ReleaseId, stage: &str) -> Result<Vec<EffectRecord>> {
-    sqlx::query("SELECT * FROM effects WHERE release_id = $1 AND stage = $2 ORDER BY started_at, key")
-        .bind(release.0)
-        .bind(stage)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(effect_row)
-        .collect()
+pub(super) async fn effects_of(
+    pool: &SqlitePool,
+    release: ReleaseId,
+    stage: &str,
+) -> Result<Vec<EffectRecord>> {
+    sqlx::query(
+        "SELECT * FROM effects WHERE release_id = $1 AND stage = $2 ORDER BY started_at, key",
+    )
+    .bind(release.0)
+    .bind(stage)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(effect_row)
+    .collect()
 }
 
-pub(super) async fn effects_with_prefix(pool: &SqlitePool, prefix: &str) -> Result<Vec<EffectRecord>> {
-    sqlx::query("SELECT * FROM effects WHERE substr(key, 1, length($1)) = $1 ORDER BY started_at, key")
-        .bind(prefix)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(effect_row)
-        .collect()
+pub(super) async fn effects_with_prefix(
+    pool: &SqlitePool,
+    prefix: &str,
+) -> Result<Vec<EffectRecord>> {
+    sqlx::query(
+        "SELECT * FROM effects WHERE substr(key, 1, length($1)) = $1 ORDER BY started_at, key",
+    )
+    .bind(prefix)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(effect_row)
+    .collect()
 }
 
-pub(super) async fn approvals_of(pool: &SqlitePool, release: ReleaseId, stage: &str) -> Result<Vec<ApprovalRecord>> {
+pub(super) async fn approvals_of(
+    pool: &SqlitePool,
+    release: ReleaseId,
+    stage: &str,
+) -> Result<Vec<ApprovalRecord>> {
     sqlx::query("SELECT * FROM approvals WHERE release_id = $1 AND stage = $2 ORDER BY id")
         .bind(release.0)
         .bind(stage)

@@ -1,1 +1,1089 @@
 //! A stateful fake of the GitHub REST API, served over HTTP on loopback (tests and demo).
+//!
+//! Owns: an in-memory model of the parts of GitHub tollgate talks to — Deployments and their
+//! statuses, commit statuses, check runs, workflow dispatches and runs, file contents — and an
+//! axum server on `127.0.0.1:0` that speaks GitHub's JSON for them. Tests drive the real
+//! [`crate::github::forge::GithubForge`] against it and read the model back through the
+//! accessors (`deployments()`, `statuses_of()`, `commit_statuses()`, …).
+//!
+//! Guarantees:
+//! - Request bodies are validated as GitHub does: a missing `ref`, an unknown `state`, a
+//!   description over 140 characters, an undeclared workflow input → 422 with GitHub's error
+//!   shape; unparseable JSON → 400; a wrong or missing token → 401.
+//! - Creating a Deployment without `required_contexts` while a commit status of its sha is not
+//!   `success` is refused with 409, as GitHub does (it checks every context by default).
+//! - A `success` deployment status marks the older deployments of the same environment
+//!   inactive (GitHub's `auto_inactive`).
+//! - Served under `/` and under `/api/v3` (GitHub Enterprise's prefix).
+//!
+//! Scripting: check runs are set by the test ([`GithubFake::set_check_run`]); a workflow
+//! dispatch creates a run whose visibility, duration (in polls) and conclusion follow the
+//! workflow's [`RunScript`]; [`GithubFake::fail_next`] answers the next requests with an error.
+//!
+//! Must never: be used by the controller at run time, or listen on anything but loopback.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// GitHub's limit on deployment and commit status descriptions.
+pub const DESCRIPTION_LIMIT: usize = 140;
+
+const DEPLOYMENT_STATES: &[&str] = &[
+    "error",
+    "failure",
+    "inactive",
+    "in_progress",
+    "queued",
+    "pending",
+    "success",
+];
+const COMMIT_STATES: &[&str] = &["error", "failure", "pending", "success"];
+const DOCS: &str = "https://docs.github.com/rest";
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+/// A Deployment as created through the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deployment {
+    pub id: u64,
+    pub repository: String,
+    pub sha: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub task: String,
+    pub environment: String,
+    pub description: Option<String>,
+    pub payload: Value,
+    pub auto_merge: bool,
+    /// `None` when the request left it out (GitHub then requires every context).
+    pub required_contexts: Option<Vec<String>>,
+    pub transient_environment: bool,
+    pub production_environment: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A status of a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploymentStatus {
+    pub id: u64,
+    pub deployment_id: u64,
+    pub state: String,
+    pub description: String,
+    pub log_url: Option<String>,
+    pub environment_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A commit status (`POST /repos/{owner}/{repo}/statuses/{sha}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommitStatus {
+    pub id: u64,
+    pub repository: String,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub description: Option<String>,
+    pub target_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A check run on a commit, as scripted by the test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckRun {
+    pub id: u64,
+    pub repository: String,
+    pub head_sha: String,
+    pub name: String,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    pub conclusion: Option<String>,
+}
+
+/// How runs created by dispatching a workflow behave.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunScript {
+    /// How many run listings of the workflow miss the run before it shows (GitHub creates
+    /// runs asynchronously after a dispatch).
+    pub hidden_for: u32,
+    /// How many reads of the run see it `in_progress` before it completes.
+    pub polls: u32,
+    /// The conclusion it completes with; `None`: it runs until [`GithubFake::complete_run`].
+    pub conclusion: Option<String>,
+}
+
+impl RunScript {
+    /// A run that shows at once and concludes `conclusion` after `polls` reads.
+    pub fn concludes(conclusion: &str, polls: u32) -> Self {
+        Self {
+            hidden_for: 0,
+            polls,
+            conclusion: Some(conclusion.to_owned()),
+        }
+    }
+}
+
+/// A workflow file that can be dispatched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workflow {
+    pub repository: String,
+    pub file: String,
+    /// The `workflow_dispatch` inputs it declares.
+    pub inputs: Vec<String>,
+    pub script: RunScript,
+}
+
+/// A `workflow_dispatch` request as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatch {
+    pub repository: String,
+    pub workflow: String,
+    pub git_ref: String,
+    pub inputs: BTreeMap<String, String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A workflow run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowRun {
+    pub id: u64,
+    pub repository: String,
+    pub workflow: String,
+    pub event: String,
+    pub head_branch: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub inputs: BTreeMap<String, String>,
+    hidden_for: u32,
+    polls_left: u32,
+    scripted: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    token: String,
+    next_id: u64,
+    deployments: Vec<Deployment>,
+    deployment_statuses: Vec<DeploymentStatus>,
+    commit_statuses: Vec<CommitStatus>,
+    check_runs: Vec<CheckRun>,
+    workflows: Vec<Workflow>,
+    dispatches: Vec<Dispatch>,
+    runs: Vec<WorkflowRun>,
+    files: BTreeMap<(String, String, String), String>,
+    failures: VecDeque<u16>,
+    requests: Vec<String>,
+}
+
+impl Model {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+type Shared = Arc<Mutex<Model>>;
+
+fn lock(state: &Shared) -> MutexGuard<'_, Model> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handle
+// ---------------------------------------------------------------------------------------------
+
+/// A running fake; the server stops when this is dropped.
+pub struct GithubFake {
+    url: String,
+    state: Shared,
+    task: JoinHandle<()>,
+}
+
+impl Drop for GithubFake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GithubFake {
+    /// Starts the fake on `127.0.0.1:0`, accepting `token` as the only credential.
+    pub async fn start(token: &str) -> std::io::Result<GithubFake> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let state: Shared = Arc::new(Mutex::new(Model {
+            token: token.to_owned(),
+            next_id: 1000,
+            ..Model::default()
+        }));
+        let app = app(state.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "GitHub fake stopped");
+            }
+        });
+        Ok(GithubFake {
+            url: format!("http://{addr}"),
+            state,
+            task,
+        })
+    }
+
+    /// The API's base URL (`http://127.0.0.1:PORT`); `<url>/api/v3` works too.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn model(&self) -> MutexGuard<'_, Model> {
+        lock(&self.state)
+    }
+
+    // ----- scripting ----------------------------------------------------------------------
+
+    /// Creates or updates the check run `name` on `sha`; returns its id.
+    pub fn set_check_run(
+        &self,
+        repo: &str,
+        sha: &str,
+        name: &str,
+        status: &str,
+        conclusion: Option<&str>,
+    ) -> u64 {
+        let mut m = self.model();
+        let found = m
+            .check_runs
+            .iter_mut()
+            .find(|c| c.repository == repo && c.head_sha == sha && c.name == name);
+        if let Some(run) = found {
+            run.status = status.to_owned();
+            run.conclusion = conclusion.map(str::to_owned);
+            return run.id;
+        }
+        let id = m.id();
+        m.check_runs.push(CheckRun {
+            id,
+            repository: repo.to_owned(),
+            head_sha: sha.to_owned(),
+            name: name.to_owned(),
+            status: status.to_owned(),
+            conclusion: conclusion.map(str::to_owned),
+        });
+        id
+    }
+
+    /// Declares a dispatchable workflow with its inputs and how its runs behave.
+    pub fn add_workflow(&self, repo: &str, file: &str, inputs: &[&str], script: RunScript) {
+        let mut m = self.model();
+        m.workflows
+            .retain(|w| !(w.repository == repo && w.file == file));
+        m.workflows.push(Workflow {
+            repository: repo.to_owned(),
+            file: file.to_owned(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            script,
+        });
+    }
+
+    /// Completes a run now with `conclusion`.
+    pub fn complete_run(&self, run_id: u64, conclusion: &str) {
+        if let Some(run) = self.model().runs.iter_mut().find(|r| r.id == run_id) {
+            run.status = "completed".into();
+            run.conclusion = Some(conclusion.to_owned());
+        }
+    }
+
+    /// Adds a run of `file` that tollgate did not dispatch (someone else's).
+    pub fn add_run(&self, repo: &str, file: &str, event: &str, branch: &str) -> u64 {
+        let mut m = self.model();
+        let id = m.id();
+        m.runs.push(WorkflowRun {
+            id,
+            repository: repo.to_owned(),
+            workflow: file.to_owned(),
+            event: event.to_owned(),
+            head_branch: branch.to_owned(),
+            status: "in_progress".into(),
+            conclusion: None,
+            created_at: Utc::now(),
+            inputs: BTreeMap::new(),
+            hidden_for: 0,
+            polls_left: u32::MAX,
+            scripted: None,
+        });
+        id
+    }
+
+    /// Makes `path` at `git_ref` (a sha or a branch) of `repo` hold `text`.
+    pub fn put_file(&self, repo: &str, git_ref: &str, path: &str, text: &str) {
+        let key = (repo.to_owned(), git_ref.to_owned(), path.to_owned());
+        self.model().files.insert(key, text.to_owned());
+    }
+
+    /// Answers the next `count` requests with HTTP `status` and a GitHub error body.
+    pub fn fail_next(&self, status: u16, count: u32) {
+        let mut m = self.model();
+        m.failures
+            .extend(std::iter::repeat_n(status, count as usize));
+    }
+
+    // ----- assertions ---------------------------------------------------------------------
+
+    /// Every deployment, oldest first.
+    pub fn deployments(&self) -> Vec<Deployment> {
+        self.model().deployments.clone()
+    }
+
+    /// The statuses of one deployment, oldest first.
+    pub fn statuses_of(&self, deployment_id: u64) -> Vec<DeploymentStatus> {
+        let m = self.model();
+        let of = m.deployment_statuses.iter();
+        of.filter(|s| s.deployment_id == deployment_id)
+            .cloned()
+            .collect()
+    }
+
+    /// The commit statuses of `sha`, oldest first.
+    pub fn commit_statuses(&self, sha: &str) -> Vec<CommitStatus> {
+        let m = self.model();
+        let all = m.commit_statuses.iter();
+        all.filter(|s| s.sha == sha).cloned().collect()
+    }
+
+    /// Every workflow dispatch received, oldest first.
+    pub fn dispatches(&self) -> Vec<Dispatch> {
+        self.model().dispatches.clone()
+    }
+
+    /// Every workflow run, oldest first.
+    pub fn runs(&self) -> Vec<WorkflowRun> {
+        self.model().runs.clone()
+    }
+
+    /// Every request received, as `METHOD /path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.model().requests.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+// ---------------------------------------------------------------------------------------------
+
+fn app(state: Shared) -> Router {
+    let api = api();
+    Router::new()
+        .merge(api.clone())
+        .nest("/api/v3", api)
+        .layer(middleware::from_fn_with_state(state.clone(), gatekeeper))
+        .with_state(state)
+}
+
+fn api() -> Router<Shared> {
+    let repo = "/repos/{owner}/{repo}";
+    Router::new()
+        .route(
+            &format!("{repo}/deployments"),
+            post(create_deployment).get(list_deployments),
+        )
+        .route(
+            &format!("{repo}/deployments/{{id}}/statuses"),
+            post(create_deployment_status).get(list_deployment_statuses),
+        )
+        .route(
+            &format!("{repo}/statuses/{{sha}}"),
+            post(create_commit_status),
+        )
+        .route(
+            &format!("{repo}/commits/{{sha}}/check-runs"),
+            get(list_check_runs),
+        )
+        .route(
+            &format!("{repo}/actions/workflows/{{workflow}}/dispatches"),
+            post(dispatch_workflow),
+        )
+        .route(
+            &format!("{repo}/actions/workflows/{{workflow}}/runs"),
+            get(list_runs),
+        )
+        .route(&format!("{repo}/actions/runs/{{id}}"), get(get_run))
+        .route(&format!("{repo}/contents/{{*path}}"), get(get_contents))
+}
+
+/// Logs the request, checks the token, and plays scripted failures.
+async fn gatekeeper(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let line = format!("{} {}", req.method(), req.uri());
+    let (token, failure) = {
+        let mut m = lock(&state);
+        m.requests.push(line);
+        (m.token.clone(), m.failures.pop_front())
+    };
+    if let Err(rejected) = authorize(req.headers(), &token) {
+        return rejected.into_response();
+    }
+    match failure {
+        Some(status) => scripted_failure(status).into_response(),
+        None => next.run(req).await,
+    }
+}
+
+fn authorize(headers: &HeaderMap, token: &str) -> Result<(), Reject> {
+    let value = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let Some(value) = value else {
+        return Err(Reject::new(
+            StatusCode::UNAUTHORIZED,
+            "Requires authentication",
+        ));
+    };
+    let given = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("token "));
+    match given {
+        Some(t) if t == token => Ok(()),
+        _ => Err(Reject::new(StatusCode::UNAUTHORIZED, "Bad credentials")),
+    }
+}
+
+fn scripted_failure(status: u16) -> Reject {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let message = match status {
+        401 => "Bad credentials",
+        403 => "Resource not accessible by integration",
+        404 => "Not Found",
+        422 => "Validation Failed",
+        429 => "API rate limit exceeded",
+        _ => "Server Error",
+    };
+    Reject::new(code, message)
+}
+
+/// An error answer in GitHub's shape.
+#[derive(Debug)]
+struct Reject {
+    status: StatusCode,
+    message: String,
+}
+
+impl Reject {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Not Found")
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        let body = json!({ "message": self.message, "documentation_url": DOCS });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type Answer = Result<Response, Reject>;
+
+fn created(body: Value) -> Answer {
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+fn ok(body: Value) -> Answer {
+    Ok(axum::Json(body).into_response())
+}
+
+fn full_name(owner: &str, repo: &str) -> String {
+    format!("{owner}/{repo}")
+}
+
+fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+// ----- request body validation -----------------------------------------------------------------
+
+/// A JSON object body, with GitHub's checks on its fields.
+struct Body(Map<String, Value>);
+
+impl Body {
+    fn parse(bytes: &[u8]) -> Result<Body, Reject> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|_| Reject::new(StatusCode::BAD_REQUEST, "Problems parsing JSON"))?;
+        match value {
+            Value::Object(map) => Ok(Body(map)),
+            _ => Err(Reject::new(
+                StatusCode::BAD_REQUEST,
+                "Problems parsing JSON",
+            )),
+        }
+    }
+
+    fn opt_str(&self, key: &str) -> Result<Option<String>, Reject> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Reject::invalid(format!("`{key}` is not a string"))),
+        }
+    }
+
+    fn req_str(&self, key: &str) -> Result<String, Reject> {
+        match self.opt_str(key)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(Reject::invalid(format!("\"{key}\" wasn't supplied."))),
+        }
+    }
+
+    fn opt_bool(&self, key: &str, default: bool) -> Result<bool, Reject> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(Reject::invalid(format!("`{key}` is not a boolean"))),
+        }
+    }
+
+    fn state(&self, allowed: &[&str]) -> Result<String, Reject> {
+        let state = self.req_str("state")?;
+        if allowed.contains(&state.as_str()) {
+            return Ok(state);
+        }
+        let list = allowed.join(", ");
+        Err(Reject::invalid(format!(
+            "state is not included in the list: `{state}` (one of {list})"
+        )))
+    }
+
+    fn description(&self) -> Result<Option<String>, Reject> {
+        let d = self.opt_str("description")?;
+        match d {
+            Some(s) if s.chars().count() > DESCRIPTION_LIMIT => Err(Reject::invalid(format!(
+                "description is too long (maximum is {DESCRIPTION_LIMIT} characters)"
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn contexts(&self) -> Result<Option<Vec<String>>, Reject> {
+        let Some(value) = self.0.get("required_contexts") else {
+            return Ok(None);
+        };
+        let list = value
+            .as_array()
+            .ok_or_else(|| Reject::invalid("`required_contexts` is not an array"))?;
+        let names = list.iter().map(|v| v.as_str().map(str::to_owned));
+        let names: Option<Vec<String>> = names.collect();
+        names
+            .map(Some)
+            .ok_or_else(|| Reject::invalid("`required_contexts` must list strings"))
+    }
+
+    fn payload(&self) -> Result<Value, Reject> {
+        match self.0.get("payload") {
+            None | Some(Value::Null) => Ok(json!({})),
+            Some(Value::Object(o)) => Ok(Value::Object(o.clone())),
+            Some(Value::String(s)) => serde_json::from_str(s)
+                .map_err(|_| Reject::invalid("`payload` is not a JSON object")),
+            Some(_) => Err(Reject::invalid("`payload` is not an object")),
+        }
+    }
+}
+
+// ----- deployments -----------------------------------------------------------------------------
+
+async fn create_deployment(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    let body = Body::parse(&body)?;
+    let repository = full_name(&owner, &repo);
+    let git_ref = body.req_str("ref")?;
+    let required_contexts = body.contexts()?;
+    let mut m = lock(&state);
+    if required_contexts.is_none() {
+        check_contexts(&m, &repository, &git_ref)?;
+    }
+    let id = m.id();
+    let environment = body.opt_str("environment")?.unwrap_or("production".into());
+    let deployment = Deployment {
+        id,
+        sha: git_ref.clone(),
+        task: body.opt_str("task")?.unwrap_or("deploy".into()),
+        production_environment: body
+            .opt_bool("production_environment", environment == "production")?,
+        environment,
+        description: body.description()?,
+        payload: body.payload()?,
+        auto_merge: body.opt_bool("auto_merge", true)?,
+        required_contexts,
+        transient_environment: body.opt_bool("transient_environment", false)?,
+        created_at: Utc::now(),
+        repository,
+        git_ref,
+    };
+    m.deployments.push(deployment.clone());
+    created(deployment_json(&deployment))
+}
+
+/// GitHub refuses a deployment whose commit has a non-successful status in any context,
+/// unless `required_contexts` says which ones count.
+fn check_contexts(m: &Model, repo: &str, sha: &str) -> Result<(), Reject> {
+    let mut latest: BTreeMap<&str, &str> = BTreeMap::new();
+    for s in m
+        .commit_statuses
+        .iter()
+        .filter(|s| s.repository == repo && s.sha == sha)
+    {
+        latest.insert(&s.context, &s.state);
+    }
+    match latest.iter().find(|(_, state)| **state != "success") {
+        Some((context, state)) => Err(Reject::new(
+            StatusCode::CONFLICT,
+            format!("Conflict: Commit status checks failed for {sha}: {context} is {state}."),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn deployment_json(d: &Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "node_id": format!("DE_{}", d.id),
+        "sha": d.sha,
+        "ref": d.git_ref,
+        "task": d.task,
+        "payload": d.payload,
+        "original_environment": d.environment,
+        "environment": d.environment,
+        "description": d.description,
+        "creator": { "login": "tollgate[bot]", "id": 1, "type": "Bot" },
+        "created_at": timestamp(d.created_at),
+        "updated_at": timestamp(d.created_at),
+        "statuses_url": format!("https://api.github.com/repos/{}/deployments/{}/statuses", d.repository, d.id),
+        "repository_url": format!("https://api.github.com/repos/{}", d.repository),
+        "transient_environment": d.transient_environment,
+        "production_environment": d.production_environment,
+    })
+}
+
+async fn list_deployments(
+    State(state): State<Shared>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let m = lock(&state);
+    let matches = |d: &&Deployment| {
+        d.repository == repository
+            && q.get("sha").is_none_or(|s| *s == d.sha)
+            && q.get("ref").is_none_or(|r| *r == d.git_ref)
+            && q.get("environment").is_none_or(|e| *e == d.environment)
+            && q.get("task").is_none_or(|t| *t == d.task)
+    };
+    let mut found: Vec<&Deployment> = m.deployments.iter().filter(matches).collect();
+    found.reverse();
+    let page: Vec<Value> = paginate(&found, &q)
+        .iter()
+        .map(|d| deployment_json(d))
+        .collect();
+    ok(Value::Array(page))
+}
+
+fn paginate<'a, T>(items: &'a [T], q: &BTreeMap<String, String>) -> &'a [T] {
+    let per_page = q
+        .get("per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page = q
+        .get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let start = ((page - 1) * per_page).min(items.len());
+    let end = (start + per_page).min(items.len());
+    &items[start..end]
+}
+
+async fn create_deployment_status(
+    State(state): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    body: Bytes,
+) -> Answer {
+    let body = Body::parse(&body)?;
+    let repository = full_name(&owner, &repo);
+    let mut m = lock(&state);
+    let deployment = m
+        .deployments
+        .iter()
+        .find(|d| d.id == id && d.repository == repository)
+        .cloned()
+        .ok_or_else(Reject::not_found)?;
+    let state_name = body.state(DEPLOYMENT_STATES)?;
+    let status = DeploymentStatus {
+        id: m.id(),
+        deployment_id: id,
+        state: state_name,
+        description: body.description()?.unwrap_or_default(),
+        log_url: body.opt_str("log_url")?.or(body.opt_str("target_url")?),
+        environment_url: body.opt_str("environment_url")?,
+        created_at: Utc::now(),
+    };
+    if status.state == "success" && body.opt_bool("auto_inactive", true)? {
+        deactivate_older(&mut m, &deployment);
+    }
+    m.deployment_statuses.push(status.clone());
+    created(status_json(&status, &deployment))
+}
+
+/// `auto_inactive`: older deployments of the same environment become inactive.
+fn deactivate_older(m: &mut Model, current: &Deployment) {
+    let older: Vec<u64> = m
+        .deployments
+        .iter()
+        .filter(|d| {
+            d.id != current.id
+                && d.repository == current.repository
+                && d.environment == current.environment
+                && !d.transient_environment
+        })
+        .map(|d| d.id)
+        .collect();
+    for id in older {
+        let last = m
+            .deployment_statuses
+            .iter()
+            .rev()
+            .find(|s| s.deployment_id == id);
+        if last.is_some_and(|s| s.state == "inactive") {
+            continue;
+        }
+        let status_id = m.id();
+        m.deployment_statuses.push(DeploymentStatus {
+            id: status_id,
+            deployment_id: id,
+            state: "inactive".into(),
+            description: String::new(),
+            log_url: None,
+            environment_url: None,
+            created_at: Utc::now(),
+        });
+    }
+}
+
+fn status_json(s: &DeploymentStatus, d: &Deployment) -> Value {
+    json!({
+        "id": s.id,
+        "node_id": format!("DES_{}", s.id),
+        "state": s.state,
+        "description": s.description,
+        "environment": d.environment,
+        "log_url": s.log_url.clone().unwrap_or_default(),
+        "target_url": s.log_url.clone().unwrap_or_default(),
+        "environment_url": s.environment_url.clone().unwrap_or_default(),
+        "created_at": timestamp(s.created_at),
+        "updated_at": timestamp(s.created_at),
+        "deployment_url": format!("https://api.github.com/repos/{}/deployments/{}", d.repository, d.id),
+    })
+}
+
+async fn list_deployment_statuses(
+    State(state): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let m = lock(&state);
+    let deployment = m
+        .deployments
+        .iter()
+        .find(|d| d.id == id && d.repository == repository)
+        .ok_or_else(Reject::not_found)?;
+    let mut statuses: Vec<&DeploymentStatus> = m
+        .deployment_statuses
+        .iter()
+        .filter(|s| s.deployment_id == id)
+        .collect();
+    statuses.reverse();
+    let page = paginate(&statuses, &q);
+    ok(page.iter().map(|s| status_json(s, deployment)).collect())
+}
+
+// ----- commit statuses -------------------------------------------------------------------------
+
+async fn create_commit_status(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Answer {
+    let body = Body::parse(&body)?;
+    if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Reject::invalid(format!("No commit found for SHA: {sha}")));
+    }
+    let mut m = lock(&state);
+    let status = CommitStatus {
+        id: m.id(),
+        repository: full_name(&owner, &repo),
+        sha,
+        state: body.state(COMMIT_STATES)?,
+        context: body.opt_str("context")?.unwrap_or("default".into()),
+        description: body.description()?,
+        target_url: body.opt_str("target_url")?,
+        created_at: Utc::now(),
+    };
+    m.commit_statuses.push(status.clone());
+    created(json!({
+        "id": status.id,
+        "state": status.state,
+        "context": status.context,
+        "description": status.description,
+        "target_url": status.target_url,
+        "created_at": timestamp(status.created_at),
+        "updated_at": timestamp(status.created_at),
+    }))
+}
+
+// ----- check runs ------------------------------------------------------------------------------
+
+async fn list_check_runs(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let m = lock(&state);
+    let runs: Vec<&CheckRun> = m
+        .check_runs
+        .iter()
+        .filter(|c| c.repository == repository && c.head_sha == sha)
+        .filter(|c| q.get("check_name").is_none_or(|n| *n == c.name))
+        .filter(|c| q.get("status").is_none_or(|s| *s == c.status))
+        .collect();
+    let page: Vec<Value> = paginate(&runs, &q)
+        .iter()
+        .map(|c| check_run_json(c))
+        .collect();
+    ok(json!({ "total_count": runs.len(), "check_runs": page }))
+}
+
+fn check_run_json(c: &CheckRun) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "head_sha": c.head_sha,
+        "status": c.status,
+        "conclusion": c.conclusion,
+        "html_url": format!("https://github.com/{}/runs/{}", c.repository, c.id),
+        "details_url": format!("https://github.com/{}/runs/{}", c.repository, c.id),
+    })
+}
+
+// ----- workflows -------------------------------------------------------------------------------
+
+async fn dispatch_workflow(
+    State(state): State<Shared>,
+    Path((owner, repo, file)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Answer {
+    let body = Body::parse(&body)?;
+    let repository = full_name(&owner, &repo);
+    let mut m = lock(&state);
+    let workflow = m
+        .workflows
+        .iter()
+        .find(|w| w.repository == repository && w.file == file)
+        .cloned()
+        .ok_or_else(Reject::not_found)?;
+    let git_ref = body.req_str("ref")?;
+    let inputs = dispatch_inputs(&body, &workflow)?;
+    let now = Utc::now();
+    m.dispatches.push(Dispatch {
+        repository: repository.clone(),
+        workflow: file.clone(),
+        git_ref: git_ref.clone(),
+        inputs: inputs.clone(),
+        at: now,
+    });
+    let id = m.id();
+    let script = workflow.script;
+    m.runs.push(WorkflowRun {
+        id,
+        repository,
+        workflow: file,
+        event: "workflow_dispatch".into(),
+        head_branch: git_ref,
+        status: "queued".into(),
+        conclusion: None,
+        created_at: now,
+        inputs,
+        hidden_for: script.hidden_for,
+        polls_left: script.polls,
+        scripted: script.conclusion,
+    });
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn dispatch_inputs(body: &Body, workflow: &Workflow) -> Result<BTreeMap<String, String>, Reject> {
+    let Some(given) = body.0.get("inputs").filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
+    let given = given
+        .as_object()
+        .ok_or_else(|| Reject::invalid("`inputs` is not an object"))?;
+    let declared: HashSet<&str> = workflow.inputs.iter().map(String::as_str).collect();
+    let unexpected: Vec<&str> = given
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !declared.contains(k))
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(Reject::invalid(format!(
+            "Unexpected inputs provided: {unexpected:?}"
+        )));
+    }
+    let mut inputs = BTreeMap::new();
+    for (k, v) in given {
+        let v = v
+            .as_str()
+            .ok_or_else(|| Reject::invalid(format!("input `{k}` is not a string")))?;
+        inputs.insert(k.clone(), v.to_owned());
+    }
+    Ok(inputs)
+}
+
+async fn list_runs(
+    State(state): State<Shared>,
+    Path((owner, repo, file)): Path<(String, String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let mut m = lock(&state);
+    if !m
+        .workflows
+        .iter()
+        .any(|w| w.repository == repository && w.file == file)
+    {
+        return Err(Reject::not_found());
+    }
+    let mut shown = Vec::new();
+    for run in m.runs.iter_mut().rev() {
+        if run.repository != repository || run.workflow != file {
+            continue;
+        }
+        if run.hidden_for > 0 {
+            run.hidden_for -= 1;
+            continue;
+        }
+        let wanted = q.get("event").is_none_or(|e| *e == run.event)
+            && q.get("branch").is_none_or(|b| *b == run.head_branch);
+        if wanted {
+            shown.push(run_json(run));
+        }
+    }
+    let total = shown.len();
+    let page = paginate(&shown, &q).to_vec();
+    ok(json!({ "total_count": total, "workflow_runs": page }))
+}
+
+async fn get_run(
+    State(state): State<Shared>,
+    Path((owner, repo, id)): Path<(String, String, u64)>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let mut m = lock(&state);
+    let run = m
+        .runs
+        .iter_mut()
+        .find(|r| r.id == id && r.repository == repository && r.hidden_for == 0)
+        .ok_or_else(Reject::not_found)?;
+    advance(run);
+    ok(run_json(run))
+}
+
+/// One read of a run: it runs for `polls` reads, then concludes as scripted.
+fn advance(run: &mut WorkflowRun) {
+    if run.status == "completed" {
+        return;
+    }
+    if run.polls_left > 0 || run.scripted.is_none() {
+        run.polls_left = run.polls_left.saturating_sub(1);
+        run.status = "in_progress".into();
+        return;
+    }
+    run.status = "completed".into();
+    run.conclusion = run.scripted.clone();
+}
+
+fn run_json(r: &WorkflowRun) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.workflow.trim_end_matches(".yml").trim_end_matches(".yaml"),
+        "path": format!(".github/workflows/{}", r.workflow),
+        "head_branch": r.head_branch,
+        "event": r.event,
+        "status": r.status,
+        "conclusion": r.conclusion,
+        "run_number": r.id,
+        "created_at": timestamp(r.created_at),
+        "updated_at": timestamp(r.created_at),
+        "html_url": format!("https://github.com/{}/actions/runs/{}", r.repository, r.id),
+    })
+}
+
+// ----- contents --------------------------------------------------------------------------------
+
+async fn get_contents(
+    State(state): State<Shared>,
+    Path((owner, repo, path)): Path<(String, String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let git_ref = q.get("ref").cloned().unwrap_or("main".into());
+    let m = lock(&state);
+    let text = m
+        .files
+        .get(&(repository.clone(), git_ref, path.clone()))
+        .ok_or_else(Reject::not_found)?;
+    ok(contents_json(&repository, &path, text))
+}
+
+/// GitHub's answer: base64 with a line break every 60 characters.
+fn contents_json(repository: &str, path: &str, text: &str) -> Value {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    let chunks: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).unwrap_or_default())
+        .collect();
+    let name = path.rsplit('/').next().unwrap_or(path);
+    json!({
+        "type": "file",
+        "encoding": "base64",
+        "size": text.len(),
+        "name": name,
+        "path": path,
+        "content": format!("{}\n", chunks.join("\n")),
+        "sha": format!("{:040x}", text.len()),
+        "html_url": format!("https://github.com/{repository}/blob/main/{path}"),
+    })
+}

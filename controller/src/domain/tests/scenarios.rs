@@ -1,0 +1,335 @@
+//! Whole promotions: the happy path, a failing test, a bad bake, supersede, idempotency.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::sim::*;
+use crate::config::Pipeline;
+use crate::domain::{
+    Action, BadMark, Effect, EffectKind, EffectStatus, Phase, ReleaseId, ReportState,
+    RunStatus as S, idempotency_key,
+};
+
+/// Tests, alarms, bakes and two waves where it matters; prod needs two of three approvals.
+fn rich_pipeline() -> Pipeline {
+    let mut cfg = three_stages();
+    let [beta, gamma, prod] = &mut cfg.stages[..] else {
+        unreachable!()
+    };
+    beta.before = vec!["unit".into()];
+    beta.after = vec!["smoke".into()];
+    beta.bake = secs(300);
+    beta.alarms = vec!["beta-5xx".into()];
+    beta.min_alarm_evaluations = 1;
+    gamma.after = vec!["smoke".into(), "load".into()];
+    gamma.bake = secs(600);
+    gamma.targets = vec![target("gamma", 0), target("gamma", 1)];
+    gamma.alarms = vec!["gamma-5xx".into()];
+    gamma.min_alarm_evaluations = 1;
+    prod.before = vec!["change-record".into()];
+    prod.after = vec!["smoke".into()];
+    prod.bake = secs(1800);
+    prod.targets = vec![target("prod", 0), target("prod", 1)];
+    prod.alarms = vec!["prod-5xx".into(), "prod-latency".into()];
+    prod.min_alarm_evaluations = 2;
+    prod.approval = Some(approval(2));
+    cfg
+}
+
+const STAGES: [&str; 3] = ["beta", "gamma", "prod"];
+
+fn deploys_of(sim: &Sim, release: ReleaseId, stage: &str) -> usize {
+    sim.started
+        .iter()
+        .filter(|e| e.release == release && e.stage == stage)
+        .filter(|e| matches!(e.kind, EffectKind::Deploy { .. }))
+        .count()
+}
+
+#[test]
+fn a_release_goes_beta_gamma_approval_prod_and_every_history_records_it() {
+    let mut sim = Sim::new(rich_pipeline());
+    sim.auto_approve = false;
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Succeeded);
+    assert_eq!(sim.status(r, "gamma"), S::Succeeded);
+    assert_eq!(sim.history("beta"), vec![r]);
+    assert_eq!(sim.history("gamma"), vec![r]);
+    assert_eq!(sim.history("prod"), Vec::<ReleaseId>::new());
+    assert_eq!(
+        deploys_of(&sim, r, "prod"),
+        0,
+        "nothing reaches prod unapproved"
+    );
+
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    sim.approve(r, "prod", "bo");
+    sim.drive_to(r, "prod", S::Succeeded);
+    sim.drive_to_rest();
+
+    for stage in STAGES {
+        assert_eq!(sim.status(r, stage), S::Succeeded);
+        assert_eq!(sim.reason(r, stage), "deployed and baked");
+        assert_eq!(sim.history(stage), vec![r]);
+        let success = sim.key(
+            r,
+            stage,
+            EffectKind::Report {
+                state: ReportState::Success,
+            },
+        );
+        assert!(sim.snap.effect(&success).is_some(), "{stage} reported");
+    }
+    assert_eq!(deploys_of(&sim, r, "beta"), 1);
+    assert_eq!(deploys_of(&sim, r, "gamma"), 2);
+    assert_eq!(deploys_of(&sim, r, "prod"), 2);
+    let order: Vec<&str> = sim
+        .started
+        .iter()
+        .filter(|e| matches!(e.kind, EffectKind::Deploy { .. }))
+        .map(|e| e.stage.as_str())
+        .collect();
+    assert_eq!(order, ["beta", "gamma", "gamma", "prod", "prod"]);
+
+    sim.auto_approve = true;
+    let r2 = sim.promote();
+    for stage in STAGES {
+        assert_eq!(sim.history(stage), vec![r, r2]);
+    }
+}
+
+#[test]
+fn a_failing_gamma_test_stops_the_release_before_prod() {
+    let mut cfg = rich_pipeline();
+    cfg.stages[1].before = vec!["integration".into()];
+    let mut sim = Sim::new(cfg);
+    let r = sim.new_release();
+    sim.drive_to(r, "gamma", S::Checking);
+    sim.settle();
+    let integration = sim.key(
+        r,
+        "gamma",
+        EffectKind::RunTest {
+            test: "integration".into(),
+            phase: Phase::Before,
+        },
+    );
+    sim.fail(&integration, "3 of 120 cases failed");
+    sim.drive_to_rest();
+
+    assert_eq!(sim.status(r, "beta"), S::Succeeded);
+    assert_eq!(sim.status(r, "gamma"), S::Failed);
+    assert_eq!(
+        sim.reason(r, "gamma"),
+        "before test `integration` failed: 3 of 120 cases failed"
+    );
+    assert_eq!(sim.status(r, "prod"), S::Failed);
+    assert_eq!(sim.reason(r, "prod"), "not promoted: failed in gamma");
+    assert_eq!(deploys_of(&sim, r, "gamma"), 0);
+    assert!(
+        sim.snap.effects.iter().all(|e| e.stage != "prod"),
+        "prod never hears of it"
+    );
+    assert_eq!(sim.history("beta"), vec![r]);
+    assert!(sim.history("gamma").is_empty() && sim.history("prod").is_empty());
+    assert!(
+        sim.release(r).bad.is_none(),
+        "it failed; it was never rolled back"
+    );
+}
+
+#[test]
+fn a_failing_gamma_smoke_test_rolls_gamma_back_and_prod_keeps_the_previous_release() {
+    let mut sim = Sim::new(rich_pipeline());
+    let r1 = sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "gamma", S::Verifying);
+    sim.settle();
+    let smoke = sim.key(
+        r2,
+        "gamma",
+        EffectKind::RunTest {
+            test: "smoke".into(),
+            phase: Phase::After,
+        },
+    );
+    sim.fail(&smoke, "GET /health: 503");
+    sim.drive_to_rest();
+
+    assert_eq!(sim.status(r2, "gamma"), S::RolledBack);
+    assert_eq!(sim.history("gamma"), vec![r1, r1]);
+    assert_eq!(sim.history("prod"), vec![r1]);
+    assert_eq!(sim.status(r2, "prod"), S::Failed);
+    assert!(
+        sim.reason(r2, "prod")
+            .starts_with("not promoted: rolled back in gamma")
+    );
+    assert_eq!(deploys_of(&sim, r2, "prod"), 0);
+}
+
+#[test]
+fn an_alarm_during_the_prod_bake_rolls_prod_back_to_the_previous_release() {
+    let mut sim = Sim::new(rich_pipeline());
+    let r1 = sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "prod", S::Baking);
+    sim.advance(secs(120));
+    sim.alarm("prod", "prod-latency", true);
+    let fired_at = sim.now.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    sim.settle();
+    assert_eq!(sim.status(r2, "prod"), S::RollingBack);
+    sim.drive_to_rest();
+
+    assert_eq!(sim.status(r2, "prod"), S::RolledBack);
+    let rollbacks: Vec<&Effect> = sim
+        .started
+        .iter()
+        .filter(|e| matches!(e.kind, EffectKind::Rollback { .. }))
+        .collect();
+    assert_eq!(rollbacks.len(), 2, "both prod waves go back");
+    for e in &rollbacks {
+        assert_eq!((e.release, e.stage.as_str()), (r2, "prod"));
+        assert!(matches!(e.kind, EffectKind::Rollback { target, .. } if target == r1));
+    }
+    assert_eq!(
+        sim.release(r2).bad,
+        Some(BadMark {
+            stage: "prod".into(),
+            reason: format!("alarm prod-latency fired at {fired_at}"),
+        })
+    );
+    assert_eq!(sim.history("prod"), vec![r1, r1]);
+    assert_eq!(sim.snap.last_good("prod"), Some(r1));
+    // Earlier stages keep running r2: only prod saw the alarm.
+    assert_eq!(sim.history("gamma"), vec![r1, r2]);
+    assert_eq!(sim.status(r2, "gamma"), S::Succeeded);
+
+    // A later release is unaffected and goes all the way; r2 never comes back.
+    sim.advance(secs(3600));
+    let r3 = sim.promote();
+    assert!(sim.release(r3).bad.is_none());
+    for stage in STAGES {
+        assert_eq!(sim.status(r3, stage), S::Succeeded);
+    }
+    assert_eq!(sim.history("prod"), vec![r1, r1, r3]);
+    assert_eq!(deploys_of(&sim, r2, "prod"), 2, "r2 was not deployed again");
+}
+
+#[test]
+fn a_newer_release_supersedes_an_older_one_waiting_for_approval() {
+    let mut sim = Sim::new(rich_pipeline());
+    sim.auto_approve = false;
+    let r1 = sim.new_release();
+    sim.drive_to(r1, "prod", S::AwaitingApproval);
+    sim.settle();
+    sim.approve(r1, "prod", "ana");
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "gamma", S::Succeeded);
+    sim.settle();
+    assert_eq!(sim.status(r1, "prod"), S::Superseded);
+    assert_eq!(sim.reason(r1, "prod"), "superseded by newer release r2");
+
+    // A stale click on the old request deploys nothing.
+    sim.approve(r1, "prod", "bo");
+    sim.settle();
+    assert_eq!(sim.status(r1, "prod"), S::Superseded);
+    assert_eq!(deploys_of(&sim, r1, "prod"), 0);
+
+    sim.drive_to(r2, "prod", S::AwaitingApproval);
+    sim.approve(r2, "prod", "bo");
+    sim.approve(r2, "prod", "cy");
+    sim.drive_to(r2, "prod", S::Succeeded);
+    assert_eq!(sim.history("prod"), vec![r2]);
+    let inactive = sim.key(
+        r1,
+        "prod",
+        EffectKind::Report {
+            state: ReportState::Inactive,
+        },
+    );
+    assert!(
+        sim.snap.effect(&inactive).is_some(),
+        "GitHub shows it inactive"
+    );
+}
+
+/// Settles, then checks that planning again without new facts changes and starts nothing new.
+fn settle_and_replan(sim: &mut Sim, seen: &mut BTreeMap<String, Effect>) {
+    sim.settle();
+    let p = sim.plan();
+    assert_eq!(p, sim.plan(), "planning is deterministic");
+    assert!(
+        !p.actions.iter().any(Action::is_state_change),
+        "{:?}",
+        p.actions
+    );
+    for a in &p.actions {
+        let Action::Start(e) = a else { continue };
+        assert!(
+            sim.is_pending(&e.key),
+            "re-planning started a new key {}",
+            e.key
+        );
+    }
+    for e in &sim.starts_emitted {
+        let prev = seen.entry(e.key.clone()).or_insert_with(|| e.clone());
+        assert_eq!(prev, e, "one key, two different effects");
+    }
+}
+
+#[test]
+fn every_effect_of_a_full_promotion_has_its_own_key_and_replanning_adds_none() {
+    let mut sim = Sim::new(rich_pipeline());
+    let mut seen = BTreeMap::new();
+    let r1 = sim.new_release();
+    let r2 = sim.new_release();
+    for _ in 0..1000 {
+        settle_and_replan(&mut sim, &mut seen);
+        let all_done = [r1, r2]
+            .iter()
+            .all(|r| STAGES.iter().all(|s| sim.status(*r, s).is_terminal()));
+        if all_done && sim.pending().is_empty() {
+            break;
+        }
+        if let Some(e) = sim.pending().first() {
+            let key = e.key.clone();
+            sim.succeed(&key);
+        } else if let Some(r) = [r1, r2]
+            .into_iter()
+            .find(|r| sim.status(*r, "prod") == S::AwaitingApproval)
+        {
+            sim.approve(r, "prod", "ana");
+            sim.approve(r, "prod", "cy");
+        } else {
+            sim.now = sim.last_plan.wake_at.expect("something to wait for");
+        }
+    }
+    // r1 was superseded by r2 in beta before it deployed; r2 went all the way.
+    for stage in STAGES {
+        assert_eq!(sim.status(r2, stage), S::Succeeded);
+    }
+
+    let keys: BTreeSet<&String> = sim.snap.effects.iter().map(|e| &e.key).collect();
+    assert_eq!(keys.len(), sim.snap.effects.len(), "one record per key");
+    let effects: BTreeSet<String> = seen.values().map(|e| format!("{e:?}")).collect();
+    assert_eq!(
+        effects.len(),
+        seen.len(),
+        "distinct effects have distinct keys"
+    );
+    for (key, e) in &seen {
+        let derived = idempotency_key(PIPELINE, e.release, &e.stage, e.attempt, &e.kind);
+        assert_eq!(key, &derived);
+        assert!(key.starts_with(&format!("{PIPELINE}/r{}/", e.release.0)));
+    }
+    assert!(
+        sim.snap
+            .effects
+            .iter()
+            .all(|e| e.status != EffectStatus::Pending)
+    );
+    assert_eq!(deploys_of(&sim, r2, "prod"), 2, "each wave deployed once");
+}

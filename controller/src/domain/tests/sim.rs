@@ -1,0 +1,671 @@
+//! A small in-memory engine for the planner's tests: it holds a snapshot, applies plan actions
+//! the way the real engine does, and lets a test script the outside world (releases, effect
+//! outcomes, approvals, alarms, pauses, rollback requests, the clock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+
+use crate::config::{
+    Approval, Approver, Artifact, Deploy, Notifications, Pipeline, Promote, Source, Stage, Target,
+    Window, Windows,
+};
+use crate::domain::{
+    Action, AlarmFact, ApprovalRecord, BadMark, Decision, Effect, EffectKind, EffectRecord,
+    EffectStatus, Plan, Release, ReleaseId, RunStatus, Snapshot, StageRun, StageState, plan,
+};
+
+pub const PIPELINE: &str = "shop";
+pub const APPROVERS: [&str; 3] = ["ana", "bo", "cy"];
+
+/// Monday 2 March 2026, 10:00 UTC (11:00 in Berlin): inside the Mon–Thu 09–16 window.
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap()
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A stage with one target, no tests, no alarms, no bake, no approval, no windows.
+pub fn stage(name: &str) -> Stage {
+    Stage {
+        name: name.to_string(),
+        targets: vec![target(name, 0)],
+        deploy: Deploy::CodePipeline {
+            pipeline: format!("{name}-deploy"),
+            variable: "IMAGE".into(),
+        },
+        before: vec![],
+        after: vec![],
+        bake: Duration::ZERO,
+        alarms: vec![],
+        min_alarm_evaluations: 0,
+        promote: Promote::Retag,
+        approval: None,
+        windows: None,
+    }
+}
+
+pub fn target(stage: &str, wave: usize) -> Target {
+    let regions = ["eu-west-1", "us-east-1", "ap-southeast-2"];
+    Target {
+        account: format!("acct-{stage}"),
+        region: regions[wave % regions.len()].to_string(),
+    }
+}
+
+/// An approval gate with three approvers and a four-hour timeout.
+pub fn approval(min: u32) -> Approval {
+    Approval {
+        topic: "arn:aws:sns:eu-west-1:111111111111:approvals".into(),
+        approvers: APPROVERS
+            .iter()
+            .map(|n| Approver {
+                name: (*n).to_string(),
+                email: format!("{n}@example.com"),
+                github: None,
+            })
+            .collect(),
+        min_approvals: min,
+        timeout: secs(4 * 3600),
+        allow_author: false,
+    }
+}
+
+/// Mon–Thu 09:00–16:00 in `tz`.
+pub fn office_hours(tz: Tz) -> Windows {
+    Windows {
+        timezone: tz,
+        allow: vec![Window {
+            days: vec![Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu],
+            start: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+            end: chrono::NaiveTime::from_hms_opt(16, 0, 0).unwrap(),
+        }],
+        blackouts: vec![],
+    }
+}
+
+pub fn pipeline(stages: Vec<Stage>) -> Pipeline {
+    Pipeline {
+        name: PIPELINE.into(),
+        source: Source {
+            repository: "acme/shop".into(),
+            branch: "main".into(),
+            build_workflow: None,
+        },
+        artifact: Artifact {
+            repository: "shop".into(),
+            account: "build".into(),
+            region: "eu-west-1".into(),
+            tag: "{sha}".into(),
+            wait: secs(600),
+        },
+        tests: BTreeMap::new(),
+        notifications: Notifications {
+            topic: Some("arn:aws:sns:eu-west-1:111111111111:tollgate".into()),
+        },
+        alarm_topics: vec![],
+        stages,
+    }
+}
+
+/// beta → gamma → prod, prod gated by one approval of three.
+pub fn three_stages() -> Pipeline {
+    let mut prod = stage("prod");
+    prod.approval = Some(approval(1));
+    pipeline(vec![stage("beta"), stage("gamma"), prod])
+}
+
+/// One plan and what applying it did.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub at: DateTime<Utc>,
+    pub before: Snapshot,
+    pub actions: Vec<Action>,
+    pub after: Snapshot,
+}
+
+pub struct Sim {
+    pub cfg: Pipeline,
+    /// The whole store; the planner sees [`Sim::view`] of it.
+    pub snap: Snapshot,
+    /// Releases that left the working set.
+    pub retired: BTreeSet<ReleaseId>,
+    pub now: DateTime<Utc>,
+    /// The plan of the last call that changed nothing (what the engine would sleep on).
+    pub last_plan: Plan,
+    /// Every effect started, in order, the first time its key was seen.
+    pub started: Vec<Effect>,
+    /// Every Start action the planner emitted (including resumes of pending effects).
+    pub starts_emitted: Vec<Effect>,
+    /// Give the approvals a run needs when `drive` finds nothing else to do.
+    pub auto_approve: bool,
+    next_release: i64,
+    next_request: i64,
+}
+
+impl Sim {
+    pub fn new(cfg: Pipeline) -> Self {
+        let stages = cfg
+            .stages
+            .iter()
+            .map(|s| StageState {
+                name: s.name.clone(),
+                ..StageState::default()
+            })
+            .collect();
+        Self {
+            cfg,
+            snap: Snapshot {
+                stages,
+                ..Snapshot::default()
+            },
+            retired: BTreeSet::new(),
+            now: t0(),
+            last_plan: Plan::default(),
+            started: vec![],
+            starts_emitted: vec![],
+            auto_approve: true,
+            next_release: 1,
+            next_request: 1,
+        }
+    }
+
+    // ----- the engine's side -----------------------------------------------------------------
+
+    pub fn plan(&self) -> Plan {
+        plan(&self.cfg, &self.view(), self.now)
+    }
+
+    /// What the store loads for the planner: active releases with their runs, effects and
+    /// approvals, plus the releases named in stage histories.
+    pub fn view(&self) -> Snapshot {
+        let mut v = self.snap.clone();
+        let live = |id: &ReleaseId| !self.retired.contains(id);
+        v.runs.retain(|r| live(&r.release));
+        v.effects.retain(|e| live(&e.release));
+        v.approvals.retain(|a| live(&a.release));
+        let named: BTreeSet<ReleaseId> = v.stages.iter().flat_map(|s| s.history.clone()).collect();
+        v.releases.retain(|id, _| live(id) || named.contains(id));
+        v
+    }
+
+    /// Applies a plan's actions the way the engine does: effects first, then state changes.
+    pub fn apply(&mut self, actions: &[Action]) {
+        for a in actions {
+            if let Action::Start(e) = a {
+                self.start(e);
+            }
+        }
+        for a in actions.iter().filter(|a| a.is_state_change()) {
+            self.apply_change(a);
+        }
+    }
+
+    fn start(&mut self, e: &Effect) {
+        self.starts_emitted.push(e.clone());
+        if self.snap.effect(&e.key).is_some() {
+            return;
+        }
+        self.started.push(e.clone());
+        self.snap.effects.push(EffectRecord {
+            key: e.key.clone(),
+            release: e.release,
+            stage: e.stage.clone(),
+            status: EffectStatus::Pending,
+            detail: String::new(),
+            output: BTreeMap::new(),
+            started_at: self.now,
+            finished_at: None,
+        });
+    }
+
+    fn apply_change(&mut self, a: &Action) {
+        let now = self.now;
+        match a {
+            Action::Transition {
+                release,
+                stage,
+                to,
+                reason,
+            } => {
+                let run = self.run_mut(*release, stage);
+                run.status = *to;
+                run.reason = reason.clone();
+                run.since = now;
+            }
+            Action::Note {
+                release,
+                stage,
+                reason,
+            } => self.run_mut(*release, stage).reason = reason.clone(),
+            Action::MarkBad {
+                release,
+                stage,
+                reason,
+            } => {
+                let r = self.release_mut(*release);
+                if r.bad.is_none() {
+                    r.bad = Some(BadMark {
+                        stage: stage.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            Action::FailRelease { release, reason } => {
+                self.release_mut(*release).failed = Some(reason.clone());
+            }
+            Action::RecordGood { stage, release } => self.stage_mut(stage).history.push(*release),
+            Action::PauseStage { stage, reason } => {
+                self.stage_mut(stage).paused = Some(reason.clone());
+            }
+            Action::ConsumeRollbackRequest { stage, request } => {
+                let s = self.stage_mut(stage);
+                if s.rollback_request
+                    .as_ref()
+                    .is_some_and(|(id, _)| id == request)
+                {
+                    s.rollback_request = None;
+                }
+            }
+            Action::Retire { release } => {
+                self.retired.insert(*release);
+            }
+            Action::Abandon { key } => {
+                if let Some(e) = self.snap.effects.iter_mut().find(|e| &e.key == key) {
+                    if e.status == EffectStatus::Pending {
+                        e.status = EffectStatus::Failed;
+                        e.detail = "abandoned".into();
+                        e.finished_at = Some(now);
+                    }
+                }
+            }
+            Action::Start(_) => {}
+        }
+    }
+
+    /// One plan applied; `None` when it changed nothing (the plan is kept in `last_plan`).
+    pub fn step(&mut self) -> Option<Step> {
+        let p = self.plan();
+        let before = self.snap.clone();
+        self.apply(&p.actions);
+        if !p.actions.iter().any(Action::is_state_change) {
+            self.last_plan = p;
+            return None;
+        }
+        Some(Step {
+            at: self.now,
+            before,
+            actions: p.actions,
+            after: self.snap.clone(),
+        })
+    }
+
+    /// Plans and applies until nothing changes; panics when that does not happen.
+    pub fn settle(&mut self) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for _ in 0..50 {
+            match self.step() {
+                Some(s) => steps.push(s),
+                None => return steps,
+            }
+        }
+        let tail: Vec<String> = steps
+            .iter()
+            .rev()
+            .take(4)
+            .flat_map(|s| s.actions.iter().map(ToString::to_string))
+            .collect();
+        panic!("plan did not converge in 50 rounds; last actions: {tail:#?}");
+    }
+
+    // ----- the outside world -----------------------------------------------------------------
+
+    /// A new release (newer than every earlier one), with a run waiting in every stage.
+    pub fn new_release(&mut self) -> ReleaseId {
+        let id = ReleaseId(self.next_release);
+        self.next_release += 1;
+        self.snap.releases.insert(
+            id,
+            Release {
+                id,
+                pipeline: PIPELINE.into(),
+                sha: format!("{:040x}", id.0),
+                branch: "main".into(),
+                author_name: "Dee Veloper".into(),
+                author_email: "dee@example.com".into(),
+                author_login: Some("dee".into()),
+                message: format!("change {}", id.0),
+                url: None,
+                digest: None,
+                created_at: self.now,
+                bad: None,
+                alarm_override: None,
+                window_override: None,
+                failed: None,
+            },
+        );
+        for s in &self.cfg.stages {
+            self.snap.runs.push(StageRun {
+                release: id,
+                stage: s.name.clone(),
+                status: RunStatus::Waiting,
+                reason: "waiting for the previous stage".into(),
+                attempt: 1,
+                since: self.now,
+            });
+        }
+        id
+    }
+
+    /// Finishes a pending effect. A resolved artifact gives the release its digest.
+    pub fn finish(
+        &mut self,
+        key: &str,
+        status: EffectStatus,
+        detail: &str,
+        output: BTreeMap<String, String>,
+    ) {
+        let now = self.now;
+        let rec = self
+            .snap
+            .effects
+            .iter_mut()
+            .find(|e| e.key == key)
+            .unwrap_or_else(|| panic!("no effect {key}"));
+        assert_eq!(rec.status, EffectStatus::Pending, "{key} already finished");
+        rec.status = status;
+        rec.detail = detail.to_string();
+        rec.output = output;
+        rec.finished_at = Some(now);
+        let (release, resolved) = (rec.release, key.ends_with("/resolve"));
+        if resolved && status == EffectStatus::Succeeded {
+            let digest = format!("sha256:{:064x}", release.0);
+            self.release_mut(release).digest = Some(digest);
+        }
+    }
+
+    pub fn succeed(&mut self, key: &str) {
+        self.finish(key, EffectStatus::Succeeded, "ok", BTreeMap::new());
+    }
+
+    pub fn fail(&mut self, key: &str, detail: &str) {
+        self.finish(key, EffectStatus::Failed, detail, BTreeMap::new());
+    }
+
+    /// A succeeded alarm read that found `alarm` in ALARM.
+    pub fn succeed_in_alarm(&mut self, key: &str, alarm: &str) {
+        let out = BTreeMap::from([("in_alarm".to_string(), alarm.to_string())]);
+        self.finish(key, EffectStatus::Succeeded, "read alarms", out);
+    }
+
+    pub fn pending(&self) -> Vec<EffectRecord> {
+        self.snap
+            .effects
+            .iter()
+            .filter(|e| e.status == EffectStatus::Pending)
+            .cloned()
+            .collect()
+    }
+
+    pub fn decide(&mut self, release: ReleaseId, stage: &str, approver: &str, d: Decision) {
+        self.snap.approvals.push(ApprovalRecord {
+            release,
+            stage: stage.into(),
+            approver: approver.into(),
+            decision: d,
+            at: self.now,
+        });
+    }
+
+    pub fn approve(&mut self, release: ReleaseId, stage: &str, approver: &str) {
+        self.decide(release, stage, approver, Decision::Approve);
+    }
+
+    pub fn reject(&mut self, release: ReleaseId, stage: &str, approver: &str) {
+        self.decide(release, stage, approver, Decision::Reject);
+    }
+
+    pub fn alarm(&mut self, stage: &str, alarm: &str, firing: bool) {
+        self.snap.alarms.push(AlarmFact {
+            stage: stage.into(),
+            alarm: alarm.into(),
+            firing,
+            at: self.now,
+        });
+    }
+
+    pub fn pause_pipeline(&mut self, why: &str) {
+        self.snap.paused = Some(why.into());
+    }
+
+    pub fn resume_pipeline(&mut self) {
+        self.snap.paused = None;
+    }
+
+    pub fn pause_stage(&mut self, stage: &str, why: &str) {
+        self.stage_mut(stage).paused = Some(why.into());
+    }
+
+    pub fn resume_stage(&mut self, stage: &str) {
+        self.stage_mut(stage).paused = None;
+    }
+
+    pub fn request_rollback(&mut self, stage: &str, who: &str) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.stage_mut(stage).rollback_request = Some((id, who.into()));
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        self.now += chrono::Duration::from_std(d).unwrap();
+    }
+
+    // ----- reading -----------------------------------------------------------------------------
+
+    pub fn run(&self, release: ReleaseId, stage: &str) -> &StageRun {
+        self.snap
+            .run(release, stage)
+            .unwrap_or_else(|| panic!("no run of {release} in {stage}"))
+    }
+
+    pub fn status(&self, release: ReleaseId, stage: &str) -> RunStatus {
+        self.run(release, stage).status
+    }
+
+    pub fn reason(&self, release: ReleaseId, stage: &str) -> String {
+        self.run(release, stage).reason.clone()
+    }
+
+    pub fn release(&self, id: ReleaseId) -> &Release {
+        &self.snap.releases[&id]
+    }
+
+    pub fn history(&self, stage: &str) -> Vec<ReleaseId> {
+        self.snap.stage(stage).unwrap().history.clone()
+    }
+
+    /// The idempotency key of a run's effect (attempt taken from the run).
+    pub fn key(&self, release: ReleaseId, stage: &str, kind: EffectKind) -> String {
+        let attempt = if stage.is_empty() {
+            0
+        } else {
+            self.run(release, stage).attempt
+        };
+        Effect::new(PIPELINE, release, stage, attempt, kind).key
+    }
+
+    pub fn resolve_key(&self, release: ReleaseId) -> String {
+        self.key(release, "", EffectKind::ResolveArtifact)
+    }
+
+    pub fn is_pending(&self, key: &str) -> bool {
+        self.snap
+            .effect(key)
+            .is_some_and(|e| e.status == EffectStatus::Pending)
+    }
+
+    // ----- driving -----------------------------------------------------------------------------
+
+    /// A new release whose artifact resolves; settled.
+    pub fn resolved_release(&mut self) -> ReleaseId {
+        let r = self.new_release();
+        self.settle();
+        let key = self.resolve_key(r);
+        self.succeed(&key);
+        r
+    }
+
+    /// Lets the world cooperate — every pending effect succeeds, approvals are given (when
+    /// `auto_approve`), the clock jumps to the next wake-up — one plan at a time, until `done`.
+    pub fn drive_until(&mut self, done: impl Fn(&Sim) -> bool) {
+        for _ in 0..2000 {
+            if done(self) {
+                return;
+            }
+            if self.step().is_some() {
+                continue;
+            }
+            if let Some(e) = self.pending().first() {
+                let key = e.key.clone();
+                self.succeed(&key);
+            } else if !self.give_approvals() {
+                match self.last_plan.wake_at {
+                    Some(at) if at > self.now => self.now = at,
+                    _ => panic!("stuck: nothing pending and nothing to wait for"),
+                }
+            }
+        }
+        panic!("drive_until did not finish");
+    }
+
+    fn give_approvals(&mut self) -> bool {
+        if !self.auto_approve {
+            return false;
+        }
+        let waiting: Vec<(ReleaseId, String, u32)> = self
+            .snap
+            .runs
+            .iter()
+            .filter(|r| r.status == RunStatus::AwaitingApproval)
+            .filter_map(|r| {
+                let a = self.cfg.stage(&r.stage)?.approval.as_ref()?;
+                Some((r.release, r.stage.clone(), a.min_approvals))
+            })
+            .filter(|(r, s, _)| {
+                !self
+                    .snap
+                    .approvals
+                    .iter()
+                    .any(|a| a.release == *r && a.stage == *s)
+            })
+            .collect();
+        for (r, s, min) in &waiting {
+            for who in APPROVERS.iter().take(*min as usize) {
+                self.approve(*r, s, who);
+            }
+        }
+        !waiting.is_empty()
+    }
+
+    pub fn drive_to(&mut self, release: ReleaseId, stage: &str, status: RunStatus) {
+        let stage = stage.to_string();
+        self.drive_until(move |s| s.status(release, &stage) == status);
+    }
+
+    /// Drives until nothing is left to do for any run.
+    pub fn drive_to_rest(&mut self) {
+        self.drive_until(|s| {
+            s.snap.runs.iter().all(|r| r.status.is_terminal())
+                && s.pending().is_empty()
+                && s.plan().actions.is_empty()
+        });
+    }
+
+    /// A new release promoted through every stage.
+    pub fn promote(&mut self) -> ReleaseId {
+        let r = self.new_release();
+        let last = self.cfg.stages.last().unwrap().name.clone();
+        self.drive_to(r, &last, RunStatus::Succeeded);
+        self.drive_to_rest();
+        r
+    }
+
+    // ----- internals -----------------------------------------------------------------------------
+
+    fn run_mut(&mut self, release: ReleaseId, stage: &str) -> &mut StageRun {
+        self.snap
+            .runs
+            .iter_mut()
+            .find(|r| r.release == release && r.stage == stage)
+            .unwrap_or_else(|| panic!("no run of {release} in {stage}"))
+    }
+
+    fn release_mut(&mut self, id: ReleaseId) -> &mut Release {
+        self.snap
+            .releases
+            .get_mut(&id)
+            .unwrap_or_else(|| panic!("no release {id}"))
+    }
+
+    fn stage_mut(&mut self, name: &str) -> &mut StageState {
+        self.snap
+            .stages
+            .iter_mut()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no stage {name}"))
+    }
+}
+
+/// The transitions of a plan, as (release, stage, to, reason).
+pub fn transitions(p: &Plan) -> Vec<(ReleaseId, String, RunStatus, String)> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Transition {
+                release,
+                stage,
+                to,
+                reason,
+            } => Some((*release, stage.clone(), *to, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The transition a plan makes for one run, if any: (to, reason).
+pub fn transition_of(p: &Plan, release: ReleaseId, stage: &str) -> Option<(RunStatus, String)> {
+    transitions(p)
+        .into_iter()
+        .find(|(r, s, _, _)| *r == release && s == stage)
+        .map(|(_, _, to, why)| (to, why))
+}
+
+/// The effects a plan starts.
+pub fn starts(p: &Plan) -> Vec<Effect> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The notes a plan writes for one run.
+pub fn notes_of(p: &Plan, release: ReleaseId, stage: &str) -> Vec<String> {
+    p.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Note {
+                release: r,
+                stage: s,
+                reason,
+            } if *r == release && s == stage => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}

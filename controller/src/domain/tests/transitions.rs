@@ -1,0 +1,844 @@
+//! One test per transition of a run's status: the plan that makes it, and what follows.
+
+use chrono::{TimeZone, Utc};
+
+use super::sim::*;
+use crate::domain::{Action, Effect, EffectKind, NotifyEvent, Phase, ReleaseId, RunStatus as S};
+
+fn test(name: &str, phase: Phase) -> EffectKind {
+    EffectKind::RunTest {
+        test: name.into(),
+        phase,
+    }
+}
+
+fn with_beta(f: impl FnOnce(&mut crate::config::Stage)) -> Sim {
+    let mut cfg = three_stages();
+    f(&mut cfg.stages[0]);
+    Sim::new(cfg)
+}
+
+/// A stage with an alarm, a ten-minute bake and one clean poll needed.
+fn baking_beta(sim_cfg: impl FnOnce(&mut crate::config::Stage)) -> Sim {
+    with_beta(|s| {
+        s.bake = secs(600);
+        s.alarms = vec!["beta-5xx".into()];
+        s.min_alarm_evaluations = 1;
+        sim_cfg(s);
+    })
+}
+
+/// r1 promoted everywhere, r2 baking in beta.
+fn second_release_baking(sim: &mut Sim) -> (ReleaseId, ReleaseId) {
+    let r1 = sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "beta", S::Baking);
+    (r1, r2)
+}
+
+// ----- Waiting ---------------------------------------------------------------------------------
+
+#[test]
+fn waiting_to_queued_once_the_artifact_is_resolved() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.settle();
+    let p = sim.plan();
+    assert!(transitions(&p).is_empty(), "{:?}", p.actions);
+    assert_eq!(
+        starts(&p),
+        vec![Effect::new(PIPELINE, r, "", 0, EffectKind::ResolveArtifact)]
+    );
+
+    let key = sim.resolve_key(r);
+    sim.succeed(&key);
+    let p = sim.plan();
+    assert_eq!(
+        transitions(&p),
+        vec![(r, "beta".into(), S::Queued, "queued".into())],
+        "only the first stage queues"
+    );
+}
+
+#[test]
+fn waiting_to_superseded_when_superseded_in_the_previous_stage() {
+    let mut sim = with_beta(|s| s.before = vec!["lint".into()]);
+    let r1 = sim.resolved_release();
+    sim.settle();
+    assert_eq!(sim.status(r1, "beta"), S::Checking);
+    let r2 = sim.resolved_release();
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r1, "beta"),
+        Some((S::Superseded, "superseded by newer release r2".into()))
+    );
+    sim.step();
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r1, "gamma"),
+        Some((S::Superseded, "superseded in beta".into()))
+    );
+    sim.settle();
+    assert_eq!(sim.status(r1, "prod"), S::Superseded);
+    assert_eq!(sim.status(r2, "beta"), S::Checking);
+}
+
+#[test]
+fn waiting_to_failed_when_the_previous_stage_failed() {
+    let mut sim = with_beta(|s| s.before = vec!["lint".into()]);
+    let r = sim.resolved_release();
+    sim.settle();
+    let lint = sim.key(r, "beta", test("lint", Phase::Before));
+    sim.fail(&lint, "exit status 1");
+    sim.step();
+    assert_eq!(sim.status(r, "beta"), S::Failed);
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r, "gamma"),
+        Some((S::Failed, "not promoted: failed in beta".into()))
+    );
+    sim.settle();
+    assert_eq!(sim.reason(r, "prod"), "not promoted: failed in gamma");
+}
+
+#[test]
+fn waiting_to_failed_when_the_artifact_never_appears() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.settle();
+    let key = sim.resolve_key(r);
+    sim.fail(&key, "no image shop:abc after 10m");
+    let p = sim.plan();
+    assert_eq!(
+        p.actions,
+        vec![Action::FailRelease {
+            release: r,
+            reason: "artifact not resolved: no image shop:abc after 10m".into()
+        }]
+    );
+    sim.settle();
+    for stage in ["beta", "gamma", "prod"] {
+        assert_eq!(sim.status(r, stage), S::Failed);
+        assert_eq!(
+            sim.reason(r, stage),
+            "not promoted: artifact not resolved: no image shop:abc after 10m"
+        );
+    }
+}
+
+#[test]
+fn waiting_to_failed_when_the_release_was_rolled_back_earlier() {
+    let mut sim = baking_beta(|_| {});
+    let (_, r2) = second_release_baking(&mut sim);
+    sim.alarm("beta", "beta-5xx", true);
+    sim.drive_to(r2, "beta", S::RolledBack);
+    let p = sim.plan();
+    let (to, why) = transition_of(&p, r2, "gamma").unwrap();
+    assert_eq!(to, S::Failed);
+    assert!(
+        why.starts_with("not promoted: rolled back in beta (alarm beta-5xx fired at "),
+        "{why}"
+    );
+}
+
+// ----- Queued --------------------------------------------------------------------------------
+
+#[test]
+fn queued_to_checking() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.resolved_release();
+    sim.step();
+    assert_eq!(sim.status(r, "beta"), S::Queued);
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r, "beta"),
+        Some((S::Checking, "running pre-deploy checks".into()))
+    );
+}
+
+#[test]
+fn queued_stays_queued_with_a_reason_while_paused() {
+    let mut sim = Sim::new(three_stages());
+    sim.pause_pipeline("release freeze");
+    let r = sim.resolved_release();
+    sim.step();
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r, "beta"), None);
+    assert_eq!(
+        notes_of(&p, r, "beta"),
+        vec!["pipeline paused: release freeze"]
+    );
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Queued);
+    assert_eq!(sim.reason(r, "beta"), "pipeline paused: release freeze");
+
+    sim.resume_pipeline();
+    sim.pause_stage("beta", "investigating INC-42");
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r, "beta"), None);
+    assert_eq!(
+        notes_of(&p, r, "beta"),
+        vec!["stage paused: investigating INC-42"]
+    );
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Queued);
+
+    sim.resume_stage("beta");
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r, "beta").map(|t| t.0), Some(S::Checking));
+}
+
+// ----- Checking ------------------------------------------------------------------------------
+
+#[test]
+fn checking_to_awaiting_approval_in_a_stage_with_approval() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::Checking);
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r, "prod"),
+        Some((S::AwaitingApproval, "awaiting 1 approval(s)".into()))
+    );
+    sim.step();
+    let p = sim.plan();
+    let request = Effect::new(PIPELINE, r, "prod", 1, EffectKind::RequestApproval);
+    assert!(starts(&p).contains(&request), "{:?}", p.actions);
+}
+
+#[test]
+fn checking_runs_the_before_tests_in_parallel_then_deploys() {
+    let mut sim = with_beta(|s| s.before = vec!["lint".into(), "unit".into()]);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Checking);
+    let p = sim.plan();
+    let lint = Effect::new(PIPELINE, r, "beta", 1, test("lint", Phase::Before));
+    let unit = Effect::new(PIPELINE, r, "beta", 1, test("unit", Phase::Before));
+    assert!(starts(&p).contains(&lint) && starts(&p).contains(&unit));
+    assert_eq!(transition_of(&p, r, "beta"), None);
+    sim.settle();
+
+    sim.succeed(&lint.key);
+    assert_eq!(transition_of(&sim.plan(), r, "beta"), None);
+    sim.succeed(&unit.key);
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Deploying, "deploying wave 1 of 1".into()))
+    );
+}
+
+#[test]
+fn checking_to_failed_when_a_before_test_fails() {
+    let mut sim = with_beta(|s| s.before = vec!["lint".into()]);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Checking);
+    sim.settle();
+    let lint = sim.key(r, "beta", test("lint", Phase::Before));
+    sim.fail(&lint, "exit status 1");
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Failed, "before test `lint` failed: exit status 1".into()))
+    );
+    sim.settle();
+    let deploy = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
+    assert!(sim.snap.effect(&deploy).is_none(), "never deployed");
+    let halted = sim.key(
+        r,
+        "beta",
+        EffectKind::Notify {
+            event: NotifyEvent::Halted,
+        },
+    );
+    assert!(sim.snap.effect(&halted).is_some(), "people are told");
+}
+
+#[test]
+fn checking_waits_while_an_entry_alarm_fires_and_rechecks_every_minute() {
+    let mut sim = with_beta(|s| s.alarms = vec!["beta-5xx".into()]);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Checking);
+    sim.settle();
+    let check0 = sim.key(r, "beta", EffectKind::CheckAlarms { round: 0 });
+    sim.succeed_in_alarm(&check0, "beta-5xx");
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Checking);
+    assert_eq!(
+        sim.reason(r, "beta"),
+        "waiting: alarm beta-5xx is in ALARM; re-checking every 1m"
+    );
+    assert_eq!(
+        sim.last_plan.wake_at,
+        Some(sim.now + chrono::Duration::seconds(60))
+    );
+
+    sim.advance(secs(60));
+    sim.settle();
+    let check1 = sim.key(r, "beta", EffectKind::CheckAlarms { round: 1 });
+    assert!(sim.is_pending(&check1));
+    sim.succeed(&check1);
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta").map(|t| t.0),
+        Some(S::Deploying)
+    );
+}
+
+#[test]
+fn checking_with_an_alarm_override_settles_while_the_deploy_is_blocked() {
+    let mut sim = with_beta(|s| {
+        s.alarms = vec!["beta-5xx".into()];
+        s.before = vec!["lint".into()];
+    });
+    let r = sim.new_release();
+    sim.snap.releases.get_mut(&r).unwrap().alarm_override = Some("hotfix INC-7".into());
+    sim.drive_to(r, "beta", S::Checking);
+    sim.settle();
+    sim.pause_stage("beta", "hold");
+    let check0 = sim.key(r, "beta", EffectKind::CheckAlarms { round: 0 });
+    let lint = sim.key(r, "beta", test("lint", Phase::Before));
+    sim.succeed_in_alarm(&check0, "beta-5xx");
+    sim.succeed(&lint);
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Checking);
+    assert_eq!(sim.reason(r, "beta"), "stage paused: hold");
+    sim.resume_stage("beta");
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Deploying);
+}
+
+// ----- AwaitingApproval ------------------------------------------------------------------------
+
+fn awaiting_prod(min: u32) -> (Sim, ReleaseId) {
+    let mut cfg = three_stages();
+    cfg.stages[2].approval = Some(approval(min));
+    let mut sim = Sim::new(cfg);
+    sim.auto_approve = false;
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.settle();
+    (sim, r)
+}
+
+#[test]
+fn awaiting_approval_to_deploying_with_enough_distinct_approvers() {
+    let (mut sim, r) = awaiting_prod(2);
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    assert_eq!(
+        sim.reason(r, "prod"),
+        "awaiting approval: 1 of 2, expires in 4h"
+    );
+    sim.approve(r, "prod", "ana");
+    assert_eq!(
+        transition_of(&sim.plan(), r, "prod"),
+        None,
+        "same person twice"
+    );
+    sim.approve(r, "gamma", "bo");
+    assert_eq!(transition_of(&sim.plan(), r, "prod"), None, "another stage");
+    sim.approve(r, "prod", "bo");
+    assert_eq!(
+        transition_of(&sim.plan(), r, "prod"),
+        Some((S::Deploying, "deploying wave 1 of 1".into()))
+    );
+}
+
+#[test]
+fn awaiting_approval_to_rejected() {
+    let (mut sim, r) = awaiting_prod(2);
+    sim.approve(r, "prod", "ana");
+    sim.reject(r, "prod", "cy");
+    assert_eq!(
+        transition_of(&sim.plan(), r, "prod"),
+        Some((S::Rejected, "rejected by cy".into()))
+    );
+    sim.settle();
+    let halted = sim.key(
+        r,
+        "prod",
+        EffectKind::Notify {
+            event: NotifyEvent::Halted,
+        },
+    );
+    assert!(sim.is_pending(&halted));
+}
+
+#[test]
+fn awaiting_approval_to_expired() {
+    let (mut sim, r) = awaiting_prod(1);
+    let since = sim.run(r, "prod").since;
+    let expires = since + chrono::Duration::hours(4);
+    assert_eq!(sim.last_plan.wake_at, Some(expires));
+    sim.now = expires - chrono::Duration::seconds(1);
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    assert_eq!(
+        sim.reason(r, "prod"),
+        "awaiting approval: 0 of 1, expires in 1s"
+    );
+    sim.now = expires;
+    assert_eq!(
+        transition_of(&sim.plan(), r, "prod"),
+        Some((S::Expired, "approval request expired after 4h".into()))
+    );
+}
+
+#[test]
+fn awaiting_approval_to_superseded_by_a_newer_release() {
+    let (mut sim, r1) = awaiting_prod(1);
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "gamma", S::Succeeded);
+    assert_eq!(sim.status(r1, "prod"), S::AwaitingApproval);
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r1, "prod"),
+        Some((S::Superseded, "superseded by newer release r2".into()))
+    );
+    assert_eq!(transition_of(&p, r2, "prod").map(|t| t.0), Some(S::Queued));
+}
+
+// ----- Deploying -------------------------------------------------------------------------------
+
+#[test]
+fn deploying_goes_wave_by_wave_then_verifies() {
+    let mut sim = with_beta(|s| s.targets = vec![target("beta", 0), target("beta", 1)]);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    let wave0 = Effect::new(PIPELINE, r, "beta", 1, EffectKind::Deploy { wave: 0 });
+    let wave1 = Effect::new(PIPELINE, r, "beta", 1, EffectKind::Deploy { wave: 1 });
+    let p = sim.plan();
+    assert!(starts(&p).contains(&wave0));
+    assert!(!starts(&p).contains(&wave1), "one wave at a time");
+    sim.settle();
+
+    sim.succeed(&wave0.key);
+    let p = sim.plan();
+    assert!(starts(&p).contains(&wave1));
+    assert_eq!(notes_of(&p, r, "beta"), vec!["deploying wave 2 of 2"]);
+    assert_eq!(transition_of(&p, r, "beta"), None);
+    sim.settle();
+
+    sim.succeed(&wave1.key);
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Verifying, "running post-deploy tests".into()))
+    );
+}
+
+#[test]
+fn deploying_to_rolling_back_when_a_wave_fails_and_a_known_good_exists() {
+    let mut sim = Sim::new(three_stages());
+    let r1 = sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "beta", S::Deploying);
+    sim.settle();
+    let deploy = sim.key(r2, "beta", EffectKind::Deploy { wave: 0 });
+    sim.fail(&deploy, "stack UPDATE_FAILED");
+    assert_eq!(
+        transition_of(&sim.plan(), r2, "beta"),
+        Some((
+            S::RollingBack,
+            "deploy to acct-beta/eu-west-1 failed: stack UPDATE_FAILED".into()
+        ))
+    );
+    sim.step();
+    let back = Effect::new(
+        PIPELINE,
+        r2,
+        "beta",
+        1,
+        EffectKind::Rollback {
+            wave: 0,
+            target: r1,
+        },
+    );
+    assert!(starts(&sim.plan()).contains(&back));
+}
+
+#[test]
+fn deploying_to_failed_when_there_is_no_known_good_release() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.settle();
+    let deploy = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
+    sim.fail(&deploy, "boom");
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((
+            S::Failed,
+            "deploy to acct-beta/eu-west-1 failed: boom; no known-good release to return to".into()
+        ))
+    );
+    sim.settle();
+    assert!(
+        !sim.started
+            .iter()
+            .any(|e| matches!(e.kind, EffectKind::Rollback { .. }))
+    );
+}
+
+// ----- Verifying -------------------------------------------------------------------------------
+
+#[test]
+fn verifying_to_baking_when_the_after_tests_pass() {
+    let mut sim = with_beta(|s| {
+        s.after = vec!["smoke".into()];
+        s.bake = secs(600);
+    });
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Verifying);
+    let smoke = Effect::new(PIPELINE, r, "beta", 1, test("smoke", Phase::After));
+    assert!(starts(&sim.plan()).contains(&smoke));
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Verifying);
+    sim.succeed(&smoke.key);
+    let until = sim.now + chrono::Duration::minutes(10);
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((
+            S::Baking,
+            format!("baking until {}", until.format("%Y-%m-%d %H:%M:%S UTC"))
+        ))
+    );
+}
+
+#[test]
+fn verifying_to_rolling_back_when_an_after_test_fails() {
+    let mut sim = with_beta(|s| s.after = vec!["smoke".into()]);
+    sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "beta", S::Verifying);
+    sim.settle();
+    let smoke = sim.key(r2, "beta", test("smoke", Phase::After));
+    sim.fail(&smoke, "GET /health: 503");
+    assert_eq!(
+        transition_of(&sim.plan(), r2, "beta"),
+        Some((
+            S::RollingBack,
+            "after test `smoke` failed: GET /health: 503".into()
+        ))
+    );
+}
+
+// ----- Baking ----------------------------------------------------------------------------------
+
+#[test]
+fn baking_to_succeeded_after_the_bake_time_and_a_clean_poll() {
+    let mut sim = baking_beta(|_| {});
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    let since = sim.run(r, "beta").since;
+    let poll0 = Effect::new(PIPELINE, r, "beta", 1, EffectKind::PollAlarms { round: 0 });
+    let p = sim.plan();
+    assert!(starts(&p).contains(&poll0));
+    assert_eq!(p.wake_at, Some(since + chrono::Duration::minutes(10)));
+    sim.settle();
+    assert_eq!(sim.reason(r, "beta"), "baking, 10m left");
+
+    sim.succeed(&poll0.key);
+    sim.advance(secs(599));
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Baking);
+    sim.advance(secs(1));
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r, "beta"),
+        Some((S::Succeeded, "deployed and baked".into()))
+    );
+    assert!(p.actions.contains(&Action::RecordGood {
+        stage: "beta".into(),
+        release: r
+    }));
+}
+
+#[test]
+fn baking_past_its_time_waits_for_enough_alarm_evaluations() {
+    let mut sim = baking_beta(|s| s.min_alarm_evaluations = 2);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    sim.settle();
+    let poll0 = sim.key(r, "beta", EffectKind::PollAlarms { round: 0 });
+    sim.succeed(&poll0);
+    sim.advance(secs(600));
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Baking);
+    assert_eq!(
+        sim.reason(r, "beta"),
+        "bake time over; waiting for alarm evaluations (1/2)"
+    );
+    let poll1 = sim.key(r, "beta", EffectKind::PollAlarms { round: 1 });
+    assert!(sim.is_pending(&poll1));
+    sim.succeed(&poll1);
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta").map(|t| t.0),
+        Some(S::Succeeded)
+    );
+}
+
+#[test]
+fn baking_polls_no_more_often_than_every_ten_seconds() {
+    let mut sim = baking_beta(|_| {});
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    sim.settle();
+    let poll0 = sim.key(r, "beta", EffectKind::PollAlarms { round: 0 });
+    sim.succeed(&poll0);
+    sim.settle();
+    assert_eq!(
+        sim.last_plan.wake_at,
+        Some(sim.now + chrono::Duration::seconds(10))
+    );
+    sim.advance(secs(9));
+    sim.settle();
+    let poll1 = sim.key(r, "beta", EffectKind::PollAlarms { round: 1 });
+    assert!(sim.snap.effect(&poll1).is_none());
+    sim.advance(secs(1));
+    sim.settle();
+    assert!(sim.is_pending(&poll1));
+}
+
+#[test]
+fn baking_to_rolling_back_on_an_alarm_notification() {
+    let mut sim = baking_beta(|_| {});
+    let (_, r2) = second_release_baking(&mut sim);
+    sim.alarm("beta", "some-other-alarm", true);
+    sim.alarm("beta", "beta-5xx", false);
+    sim.alarm("gamma", "beta-5xx", true);
+    assert_eq!(transition_of(&sim.plan(), r2, "beta"), None);
+    sim.advance(secs(30));
+    sim.alarm("beta", "beta-5xx", true);
+    let at = sim.now.format("%Y-%m-%d %H:%M:%S UTC");
+    assert_eq!(
+        transition_of(&sim.plan(), r2, "beta"),
+        Some((S::RollingBack, format!("alarm beta-5xx fired at {at}")))
+    );
+}
+
+#[test]
+fn baking_to_rolling_back_on_an_alarm_poll() {
+    let mut sim = baking_beta(|_| {});
+    let (_, r2) = second_release_baking(&mut sim);
+    sim.settle();
+    let poll0 = sim.key(r2, "beta", EffectKind::PollAlarms { round: 0 });
+    sim.succeed_in_alarm(&poll0, "beta-5xx");
+    let at = sim.now.format("%H:%M:%S UTC");
+    assert_eq!(
+        transition_of(&sim.plan(), r2, "beta"),
+        Some((
+            S::RollingBack,
+            format!("alarm beta-5xx in ALARM (poll at {at})")
+        ))
+    );
+}
+
+#[test]
+fn baking_to_rolling_back_on_a_manual_request() {
+    let mut sim = baking_beta(|_| {});
+    let (_, r2) = second_release_baking(&mut sim);
+    sim.request_rollback("beta", "ops@acme.test");
+    let p = sim.plan();
+    assert!(p.actions.contains(&Action::ConsumeRollbackRequest {
+        stage: "beta".into(),
+        request: 1
+    }));
+    assert_eq!(
+        transition_of(&p, r2, "beta"),
+        Some((
+            S::RollingBack,
+            "manual rollback requested by ops@acme.test".into()
+        ))
+    );
+}
+
+// ----- RollingBack -----------------------------------------------------------------------------
+
+#[test]
+fn rolling_back_to_rolled_back_marks_bad_and_restores_the_known_good() {
+    let mut sim = baking_beta(|_| {});
+    let (r1, r2) = second_release_baking(&mut sim);
+    sim.alarm("beta", "beta-5xx", true);
+    sim.settle();
+    assert_eq!(sim.status(r2, "beta"), S::RollingBack);
+    let back = sim.key(
+        r2,
+        "beta",
+        EffectKind::Rollback {
+            wave: 0,
+            target: r1,
+        },
+    );
+    assert!(sim.is_pending(&back));
+    sim.succeed(&back);
+    let p = sim.plan();
+    let (to, why) = transition_of(&p, r2, "beta").unwrap();
+    assert_eq!(to, S::RolledBack);
+    assert!(why.starts_with("alarm beta-5xx fired at ") && why.ends_with("; restored r1"));
+    assert!(p.actions.iter().any(|a| matches!(a,
+        Action::MarkBad { release, stage, .. } if *release == r2 && stage == "beta")));
+    assert!(p.actions.contains(&Action::RecordGood {
+        stage: "beta".into(),
+        release: r1
+    }));
+    sim.settle();
+    assert_eq!(
+        sim.history("beta"),
+        vec![r1, r1],
+        "r2 never succeeded in beta"
+    );
+    assert_eq!(sim.snap.last_good("beta"), Some(r1));
+    let told = sim.key(
+        r2,
+        "beta",
+        EffectKind::Notify {
+            event: NotifyEvent::RolledBack,
+        },
+    );
+    assert!(sim.is_pending(&told));
+}
+
+#[test]
+fn rolling_back_to_failed_pauses_the_stage_when_the_rollback_fails() {
+    let mut sim = baking_beta(|_| {});
+    let (r1, r2) = second_release_baking(&mut sim);
+    sim.request_rollback("beta", "ops");
+    sim.settle();
+    let back = sim.key(
+        r2,
+        "beta",
+        EffectKind::Rollback {
+            wave: 0,
+            target: r1,
+        },
+    );
+    sim.fail(&back, "stack UPDATE_ROLLBACK_FAILED");
+    let p = sim.plan();
+    let why = "ROLLBACK FAILED for acct-beta/eu-west-1: stack UPDATE_ROLLBACK_FAILED; \
+               stage paused until a person resumes it";
+    assert_eq!(transition_of(&p, r2, "beta"), Some((S::Failed, why.into())));
+    assert!(p.actions.contains(&Action::PauseStage {
+        stage: "beta".into(),
+        reason: why.into()
+    }));
+    sim.settle();
+
+    // Nothing new starts in the stage until a person resumes it.
+    let r3 = sim.resolved_release();
+    sim.settle();
+    assert_eq!(sim.status(r3, "beta"), S::Queued);
+    assert_eq!(sim.reason(r3, "beta"), format!("stage paused: {why}"));
+    sim.resume_stage("beta");
+    sim.settle();
+    assert_eq!(sim.status(r3, "beta"), S::Checking);
+    sim.drive_to(r3, "beta", S::Baking);
+}
+
+#[test]
+fn rolling_back_with_two_waves_returns_every_deployed_wave_in_order() {
+    let mut sim = baking_beta(|s| s.targets = vec![target("beta", 0), target("beta", 1)]);
+    let (r1, r2) = second_release_baking(&mut sim);
+    sim.request_rollback("beta", "ops");
+    sim.settle();
+    let back = |w| {
+        sim.key(
+            r2,
+            "beta",
+            EffectKind::Rollback {
+                wave: w,
+                target: r1,
+            },
+        )
+    };
+    let (back0, back1) = (back(0), back(1));
+    assert!(sim.is_pending(&back0));
+    assert!(sim.snap.effect(&back1).is_none(), "one wave at a time");
+    sim.succeed(&back0);
+    sim.settle();
+    assert!(sim.is_pending(&back1));
+    sim.succeed(&back1);
+    sim.settle();
+    assert_eq!(sim.status(r2, "beta"), S::RolledBack);
+}
+
+// ----- windows -----------------------------------------------------------------------------------
+
+fn prod_in_a_window() -> Sim {
+    let mut cfg = three_stages();
+    cfg.stages[2].windows = Some(office_hours(chrono_tz::Europe::Berlin));
+    let mut sim = Sim::new(cfg);
+    // Friday 6 March 2026, 11:00 in Berlin: outside Mon–Thu.
+    sim.now = Utc.with_ymd_and_hms(2026, 3, 6, 10, 0, 0).unwrap();
+    sim
+}
+
+#[test]
+fn a_closed_window_holds_the_deploy_and_wakes_at_the_next_opening() {
+    let mut sim = prod_in_a_window();
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.approve(r, "prod", "ana");
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r, "prod"), None);
+    assert_eq!(
+        notes_of(&p, r, "prod"),
+        vec!["outside deployment window until Mon 2026-03-09 09:00 Europe/Berlin"]
+    );
+    let monday_nine_berlin = Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap();
+    assert_eq!(p.wake_at, Some(monday_nine_berlin));
+    sim.settle();
+
+    sim.now = monday_nine_berlin - chrono::Duration::seconds(1);
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    sim.now = monday_nine_berlin;
+    assert_eq!(
+        transition_of(&sim.plan(), r, "prod").map(|t| t.0),
+        Some(S::Deploying)
+    );
+}
+
+#[test]
+fn a_window_override_deploys_outside_the_window() {
+    let mut sim = prod_in_a_window();
+    let r = sim.new_release();
+    sim.snap.releases.get_mut(&r).unwrap().window_override = Some("INC-9 hotfix".into());
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.approve(r, "prod", "ana");
+    assert_eq!(
+        transition_of(&sim.plan(), r, "prod").map(|t| t.0),
+        Some(S::Deploying)
+    );
+}
+
+// ----- side effects follow the statuses ----------------------------------------------------------
+
+#[test]
+fn reports_follow_the_run_and_skip_stages_never_reached() {
+    let mut sim = with_beta(|s| s.before = vec!["lint".into()]);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Checking);
+    sim.settle();
+    let lint = sim.key(r, "beta", test("lint", Phase::Before));
+    sim.fail(&lint, "exit status 1");
+    sim.settle();
+    let reported: Vec<(String, String)> = sim
+        .started
+        .iter()
+        .filter(|e| matches!(e.kind, EffectKind::Report { .. }))
+        .map(|e| (e.stage.clone(), e.kind.key_part()))
+        .collect();
+    assert_eq!(
+        reported,
+        vec![
+            ("beta".to_string(), "report-queued".to_string()),
+            ("beta".to_string(), "report-failure".to_string())
+        ],
+        "gamma and prod were never reached, so GitHub hears nothing about them"
+    );
+    assert!(
+        sim.snap
+            .effects
+            .iter()
+            .all(|e| e.stage != "gamma" && e.stage != "prod")
+    );
+}

@@ -1,0 +1,377 @@
+//! The engine end to end with in-memory fakes and a real SQLite file: promotions, gates,
+//! rollbacks, superseding, and crash safety.
+
+mod engine_support;
+
+use chrono::Duration;
+use engine_support::*;
+use tollgate::domain::{Decision, ReleaseId, RunStatus};
+use tollgate::engine::fakes::fake_digest;
+use tollgate::store::Ingested;
+
+async fn promote_fully(h: &Harness, engine: &tollgate::engine::Engine, n: u32) -> ReleaseId {
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(n), &delivery(&format!("push-{n}")))
+        .await
+        .unwrap()
+    else {
+        panic!("release {n} not recorded");
+    };
+    settle(engine).await.unwrap();
+    assert_eq!(
+        status(engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    engine
+        .record_approval(
+            &approval(id, "alice", Decision::Approve),
+            &delivery(&format!("appr-{n}")),
+        )
+        .await
+        .unwrap();
+    settle(engine).await.unwrap();
+    assert_eq!(status(engine, id, "prod").await, RunStatus::Baking);
+    h.clock.advance(Duration::minutes(11));
+    settle(engine).await.unwrap();
+    assert_eq!(status(engine, id, "prod").await, RunStatus::Succeeded);
+    id
+}
+
+#[tokio::test]
+async fn a_release_goes_beta_gamma_approval_prod() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let id = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap();
+    let Ingested::Recorded(id) = id else {
+        panic!("not recorded")
+    };
+    settle(&engine).await.unwrap();
+
+    assert_eq!(status(&engine, id, "beta").await, RunStatus::Succeeded);
+    assert_eq!(status(&engine, id, "gamma").await, RunStatus::Succeeded);
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::AwaitingApproval);
+    assert!(
+        prod.reason.contains("awaiting approval: 0 of 1"),
+        "{}",
+        prod.reason
+    );
+    let requests = h.fakes.with(|w| w.approval_requests.clone());
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].summary.contains(&sha(1)),
+        "the request names the commit"
+    );
+    assert!(
+        h.fakes
+            .with(|w| w.deployed.iter().all(|(stage, _, _)| stage != "prod")),
+        "nothing in prod before approval"
+    );
+
+    engine
+        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+    h.clock.advance(Duration::minutes(11));
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Succeeded);
+
+    let deployed = h.fakes.with(|w| w.deployed.clone());
+    let stages: Vec<&str> = deployed.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(
+        stages,
+        ["beta", "gamma", "prod", "prod"],
+        "two prod waves, in order"
+    );
+    let digest = fake_digest(&sha(1));
+    assert!(
+        deployed.iter().all(|(_, _, uri)| uri.ends_with(&digest)),
+        "every deploy uses the digest"
+    );
+    assert_eq!(deployed[3].1, "prod/us-east-1");
+    let reports = h.fakes.with(|w| w.reports.clone());
+    let prod_states: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.environment == "prod")
+        .map(|r| r.state.as_str())
+        .collect();
+    assert_eq!(prod_states, ["queued", "in_progress", "success"]);
+}
+
+#[tokio::test]
+async fn a_failing_gamma_test_stops_the_release_before_prod() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let first = promote_fully(&h, &engine, 1).await;
+    h.fakes
+        .with(|w| w.failing_tests.insert("gamma:smoke".into()));
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+
+    let gamma = run(&engine, id, "gamma").await;
+    assert_eq!(gamma.status, RunStatus::RolledBack, "{}", gamma.reason);
+    assert!(
+        gamma.reason.contains("after test `smoke` failed"),
+        "{}",
+        gamma.reason
+    );
+    assert!(
+        gamma.reason.contains("GET /healthz returned 503"),
+        "the failure shows the test's last output: {}",
+        gamma.reason
+    );
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Failed);
+    let prod_deploys = h.fakes.with(|w| {
+        w.deployed
+            .iter()
+            .filter(|(s, _, uri)| s == "prod" && uri.ends_with(&fake_digest(&sha(2))))
+            .count()
+    });
+    assert_eq!(prod_deploys, 0, "the bad release never reached prod");
+    let restored = h.fakes.with(|w| w.rolled_back.clone());
+    assert_eq!(restored.len(), 1);
+    assert!(
+        restored[0].2.ends_with(&fake_digest(&sha(1))),
+        "gamma restored to {first}"
+    );
+    let halts = h.fakes.with(|w| {
+        w.published
+            .iter()
+            .filter(|m| m.subject.contains("ROLLED BACK"))
+            .count()
+    });
+    assert_eq!(halts, 1, "one rollback notification");
+}
+
+#[tokio::test]
+async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let first = promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    engine
+        .record_approval(&approval(id, "bob", Decision::Approve), &delivery("a2"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+
+    h.clock.advance(Duration::minutes(2));
+    engine
+        .record_alarm(&alarm("prod", "prod-5xx"), &delivery("sns-1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::RolledBack);
+    assert!(
+        prod.reason.contains("alarm prod-5xx fired"),
+        "{}",
+        prod.reason
+    );
+    let restored = h.fakes.with(|w| w.rolled_back.clone());
+    assert_eq!(restored.len(), 2, "both prod waves restored");
+    assert!(
+        restored
+            .iter()
+            .all(|(s, _, uri)| s == "prod" && uri.ends_with(&fake_digest(&sha(1))))
+    );
+    let rel = engine.store().release(id).await.unwrap().unwrap();
+    assert_eq!(rel.bad.map(|b| b.stage), Some("prod".to_string()));
+    assert_eq!(
+        status(&engine, id, "gamma").await,
+        RunStatus::Succeeded,
+        "earlier stages untouched"
+    );
+
+    // The previous release is prod's known-good again: a third release rolls back to it too.
+    let Ingested::Recorded(third) = engine
+        .record_release(&release(3), &delivery("push-3"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    assert_eq!(
+        status(&engine, third, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    let _ = first;
+}
+
+#[tokio::test]
+async fn a_newer_release_supersedes_one_waiting_for_approval() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let Ingested::Recorded(old) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    assert_eq!(
+        status(&engine, old, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    let Ingested::Recorded(new) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+
+    let old_prod = run(&engine, old, "prod").await;
+    assert_eq!(old_prod.status, RunStatus::Superseded);
+    assert!(
+        old_prod.reason.contains(&new.to_string()),
+        "{}",
+        old_prod.reason
+    );
+    assert_eq!(
+        status(&engine, new, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    // A late approval of the stale release changes nothing.
+    engine
+        .record_approval(
+            &approval(old, "alice", Decision::Approve),
+            &delivery("late"),
+        )
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, old, "prod").await, RunStatus::Superseded);
+    assert!(
+        h.fakes
+            .with(|w| w.deployed.iter().all(|(s, _, _)| s != "prod"))
+    );
+}
+
+#[tokio::test]
+async fn a_rejection_ends_the_request_and_a_redelivered_push_is_ignored() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        engine
+            .record_release(&release(1), &delivery("push-1"))
+            .await
+            .unwrap(),
+        Ingested::Duplicate
+    );
+    assert_eq!(
+        engine
+            .record_release(&release(1), &delivery("push-1-again"))
+            .await
+            .unwrap(),
+        Ingested::Duplicate
+    );
+    settle(&engine).await.unwrap();
+    engine
+        .record_approval(&approval(id, "bob", Decision::Reject), &delivery("r1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::Rejected);
+    assert!(prod.reason.contains("rejected by bob"));
+    assert_eq!(
+        engine
+            .store()
+            .recent_runs("backend", 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "one release"
+    );
+}
+
+#[tokio::test]
+async fn a_paused_pipeline_starts_nothing_until_resumed() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    engine
+        .pause("backend", None, "incident 42", "cli:ops")
+        .await
+        .unwrap();
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    let beta = run(&engine, id, "beta").await;
+    assert_eq!(beta.status, RunStatus::Queued);
+    assert!(
+        beta.reason.contains("pipeline paused: incident 42"),
+        "{}",
+        beta.reason
+    );
+    assert!(h.fakes.with(|w| w.deployed.is_empty()));
+    engine.resume("backend", None, "cli:ops").await.unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(
+        status(&engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+}
+
+#[tokio::test]
+async fn a_manual_rollback_returns_the_stage_to_its_previous_release() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let second = promote_fully(&h, &engine, 2).await;
+    engine
+        .request_rollback("backend", "prod", "cli:ops", &delivery("rb-1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, second, "prod").await, RunStatus::RolledBack);
+    let restored = h.fakes.with(|w| w.rolled_back.clone());
+    assert!(
+        !restored.is_empty()
+            && restored
+                .iter()
+                .all(|(_, _, uri)| uri.ends_with(&fake_digest(&sha(1))))
+    );
+    let history = engine.store().events("backend", 500).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|e| e.actor == "cli:ops" && e.kind == "rollback-request")
+    );
+}
