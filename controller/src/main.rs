@@ -1,7 +1,11 @@
 //! The `tollgate` binary.
 
+use std::path::Path;
+
 use clap::Parser;
 use tollgate::cli::{Cli, Command};
+use tollgate::config;
+use tollgate::store::Store;
 
 fn main() {
     let cli = Cli::parse();
@@ -16,6 +20,69 @@ fn main() {
         Command::Schema { accounts } => {
             tollgate::cli::validate::schema(accounts, &mut std::io::stdout())
         }
+        Command::Status {
+            config,
+            state,
+            json,
+        } => block_on(status(&config, &state, json)),
+        Command::History {
+            pipeline,
+            state,
+            limit,
+            json,
+        } => block_on(history(&pipeline, &state, limit, json)),
     };
     std::process::exit(code);
+}
+
+fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            2
+        }
+    }
+}
+
+async fn open(state: &str) -> Option<Store> {
+    match Store::open(state).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+async fn status(config_path: &Path, state: &str, json: bool) -> i32 {
+    let loaded = match config::load(config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let Some(store) = open(state).await else { return 2 };
+    match tollgate::cli::status::collect(&store, &loaded.config).await {
+        Ok(rows) => {
+            let _ = tollgate::cli::status::render(&rows, json, &mut std::io::stdout());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+async fn history(pipeline: &str, state: &str, limit: i64, json: bool) -> i32 {
+    let Some(store) = open(state).await else { return 2 };
+    match tollgate::cli::status::history(&store, pipeline, limit, json, &mut std::io::stdout()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
 }

@@ -375,3 +375,37 @@ async fn a_manual_rollback_returns_the_stage_to_its_previous_release() {
             .any(|e| e.actor == "cli:ops" && e.kind == "rollback-request")
     );
 }
+
+#[tokio::test]
+async fn status_shows_known_good_in_flight_and_why_it_waits() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let first = promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(second) = engine.record_release(&release(2), &delivery("push-2")).await.unwrap() else { panic!() };
+    settle(&engine).await.unwrap();
+    engine.pause("backend", Some("gamma"), "freeze for the audit", "cli:ops").await.unwrap();
+
+    let rows = tollgate::cli::status::collect(engine.store(), &engine.config()).await.unwrap();
+    let prod = rows.iter().find(|r| r.stage == "prod").unwrap();
+    assert_eq!(prod.known_good.as_deref(), Some(format!("{first} ({})", &sha(1)[..12]).as_str()));
+    assert_eq!(prod.in_flight.as_deref(), Some(format!("{second} ({})", &sha(2)[..12]).as_str()));
+    assert_eq!(prod.status.as_deref(), Some("awaiting_approval"));
+    assert!(prod.reason.as_deref().unwrap().contains("expires in 24h"), "{prod:?}");
+    let gamma = rows.iter().find(|r| r.stage == "gamma").unwrap();
+    assert_eq!(gamma.paused.as_deref(), Some("stage: freeze for the audit"));
+
+    let mut table = Vec::new();
+    tollgate::cli::status::render(&rows, false, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.contains("awaiting approval: 0 of 1"), "{table}");
+    let mut json = Vec::new();
+    tollgate::cli::status::render(&rows, true, &mut json).unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(parsed.as_array().unwrap().len(), 3);
+
+    let mut log = Vec::new();
+    tollgate::cli::status::history(engine.store(), "backend", 1000, false, &mut log).await.unwrap();
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.contains("approver:alice"), "the approval and its actor are in the log");
+    assert!(log.contains("gamma paused: freeze for the audit"));
+}

@@ -2,6 +2,7 @@
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 
+pub mod status;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -25,6 +26,28 @@ pub enum Command {
         config_flag: PathBuf,
         /// The pipeline file (positional form).
         config: Option<PathBuf>,
+    },
+    /// Show each pipeline × stage: known-good release, the run in flight, and why it waits.
+    Status {
+        #[arg(long, default_value = "stages.toml")]
+        config: PathBuf,
+        /// The state database.
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a pipeline's event log (oldest first).
+    History {
+        pipeline: String,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+        /// How many of the newest events to show.
+        #[arg(long, default_value_t = 200)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
     Schema {

@@ -535,6 +535,21 @@ impl Store {
         rows::recent_runs(&self.pool, pipeline, releases).await
     }
 
+    /// The release a stage trusts now (its newest history entry not marked bad).
+    pub async fn last_good(&self, pipeline: &str, stage: &str) -> Result<Option<Release>> {
+        rows::last_good(&self.pool, pipeline, stage).await
+    }
+
+    /// The run in a stage that is past `waiting` and not finished, newest first.
+    pub async fn in_flight(&self, pipeline: &str, stage: &str) -> Result<Vec<(Release, StageRun)>> {
+        rows::in_flight(&self.pool, pipeline, stage).await
+    }
+
+    /// The pause reason of a pipeline and of one of its stages.
+    pub async fn paused(&self, pipeline: &str, stage: &str) -> Result<(Option<String>, Option<String>)> {
+        rows::paused(&self.pool, pipeline, stage).await
+    }
+
     /// The effect records of one run.
     pub async fn effects_of(&self, release: ReleaseId, stage: &str) -> Result<Vec<EffectRecord>> {
         rows::effects_of(&self.pool, release, stage).await

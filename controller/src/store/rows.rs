@@ -394,3 +394,57 @@ pub(super) async fn approvals_of(
         .map(approval_row)
         .collect()
 }
+
+pub(super) async fn last_good(pool: &SqlitePool, pipeline: &str, stage: &str) -> Result<Option<Release>> {
+    let cols = RELEASE_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT {cols} FROM stage_history h JOIN releases r ON r.id = h.release_id
+         WHERE h.pipeline = $1 AND h.stage = $2 AND r.bad_stage IS NULL ORDER BY h.id DESC LIMIT 1"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(stage)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| release_row(&r)))
+}
+
+pub(super) async fn in_flight(pool: &SqlitePool, pipeline: &str, stage: &str) -> Result<Vec<(Release, StageRun)>> {
+    let rows = sqlx::query(
+        "SELECT s.* FROM stage_runs s JOIN releases r ON r.id = s.release_id
+         WHERE r.pipeline = $1 AND s.stage = $2 AND r.active = 1
+           AND s.status NOT IN ('waiting', 'succeeded', 'failed', 'rejected', 'expired', 'superseded', 'rolled_back')
+         ORDER BY s.release_id DESC",
+    )
+    .bind(pipeline)
+    .bind(stage)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let run = run_row(&r)?;
+        if let Some(rel) = release(pool, run.release).await? {
+            out.push((rel, run));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn paused(pool: &SqlitePool, pipeline: &str, stage: &str) -> Result<(Option<String>, Option<String>)> {
+    let p: Option<String> = sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
+        .bind(pipeline)
+        .fetch_optional(pool)
+        .await?
+        .and_then(|r| r.get("paused"));
+    let s: Option<String> = sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
+        .bind(pipeline)
+        .bind(stage)
+        .fetch_optional(pool)
+        .await?
+        .and_then(|r| r.get("paused"));
+    Ok((p, s))
+}
