@@ -63,7 +63,9 @@ async fn status(config_path: &Path, state: &str, json: bool) -> i32 {
             return 2;
         }
     };
-    let Some(store) = open(state).await else { return 2 };
+    let Some(store) = open(state).await else {
+        return 2;
+    };
     match tollgate::cli::status::collect(&store, &loaded.config).await {
         Ok(rows) => {
             let _ = tollgate::cli::status::render(&rows, json, &mut std::io::stdout());
@@ -77,8 +79,12 @@ async fn status(config_path: &Path, state: &str, json: bool) -> i32 {
 }
 
 async fn history(pipeline: &str, state: &str, limit: i64, json: bool) -> i32 {
-    let Some(store) = open(state).await else { return 2 };
-    match tollgate::cli::status::history(&store, pipeline, limit, json, &mut std::io::stdout()).await {
+    let Some(store) = open(state).await else {
+        return 2;
+    };
+    match tollgate::cli::status::history(&store, pipeline, limit, json, &mut std::io::stdout())
+        .await
+    {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");

@@ -934,6 +934,35 @@ fn schema_of_accounts_toml() {
     }
 }
 
+/// Every property name anywhere in a JSON Schema.
+fn property_names(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            map.values().for_each(|x| property_names(x, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|x| property_names(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_key_is_documented() {
+    let docs = include_str!("../../docs/configuration.md");
+    let mut keys = Vec::new();
+    property_names(&config::stages_schema(), &mut keys);
+    property_names(&config::accounts_schema(), &mut keys);
+    assert!(keys.len() > 50, "{keys:?}");
+    for key in keys {
+        assert!(
+            docs.contains(&format!("| `{key}` |")),
+            "`{key}` has no row in docs/configuration.md"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // No input makes the loader panic
 

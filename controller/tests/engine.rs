@@ -381,16 +381,36 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     let h = Harness::new();
     let engine = h.engine(None).await;
     let first = promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(second) = engine.record_release(&release(2), &delivery("push-2")).await.unwrap() else { panic!() };
+    let Ingested::Recorded(second) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
     settle(&engine).await.unwrap();
-    engine.pause("backend", Some("gamma"), "freeze for the audit", "cli:ops").await.unwrap();
+    engine
+        .pause("backend", Some("gamma"), "freeze for the audit", "cli:ops")
+        .await
+        .unwrap();
 
-    let rows = tollgate::cli::status::collect(engine.store(), &engine.config()).await.unwrap();
+    let rows = tollgate::cli::status::collect(engine.store(), &engine.config())
+        .await
+        .unwrap();
     let prod = rows.iter().find(|r| r.stage == "prod").unwrap();
-    assert_eq!(prod.known_good.as_deref(), Some(format!("{first} ({})", &sha(1)[..12]).as_str()));
-    assert_eq!(prod.in_flight.as_deref(), Some(format!("{second} ({})", &sha(2)[..12]).as_str()));
+    assert_eq!(
+        prod.known_good.as_deref(),
+        Some(format!("{first} ({})", &sha(1)[..12]).as_str())
+    );
+    assert_eq!(
+        prod.in_flight.as_deref(),
+        Some(format!("{second} ({})", &sha(2)[..12]).as_str())
+    );
     assert_eq!(prod.status.as_deref(), Some("awaiting_approval"));
-    assert!(prod.reason.as_deref().unwrap().contains("expires in 24h"), "{prod:?}");
+    assert!(
+        prod.reason.as_deref().unwrap().contains("expires in 24h"),
+        "{prod:?}"
+    );
     let gamma = rows.iter().find(|r| r.stage == "gamma").unwrap();
     assert_eq!(gamma.paused.as_deref(), Some("stage: freeze for the audit"));
 
@@ -404,8 +424,13 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     assert_eq!(parsed.as_array().unwrap().len(), 3);
 
     let mut log = Vec::new();
-    tollgate::cli::status::history(engine.store(), "backend", 1000, false, &mut log).await.unwrap();
+    tollgate::cli::status::history(engine.store(), "backend", 1000, false, &mut log)
+        .await
+        .unwrap();
     let log = String::from_utf8(log).unwrap();
-    assert!(log.contains("approver:alice"), "the approval and its actor are in the log");
+    assert!(
+        log.contains("approver:alice"),
+        "the approval and its actor are in the log"
+    );
     assert!(log.contains("gamma paused: freeze for the audit"));
 }

@@ -1,1 +1,674 @@
-//! cloudformation
+//! Deploys and rolls back one CloudFormation stack through a change set.
+//!
+//! Owns the stack half of [`crate::engine::ports::Deployer`] for `Deploy::CloudFormation`:
+//! wait until the stack is not busy, create (or, after a crash, reuse) the change set named
+//! after the idempotency key, execute it with a `ClientRequestToken` derived from the same key,
+//! wait, and report the outputs or the first failing resource. Rollback is the same flow with
+//! the last known-good image, after cancelling an update in flight or finishing a failed
+//! rollback.
+//!
+//! Must never deploy twice under one key: the change set name, its `ClientToken` and the
+//! execute `ClientRequestToken` all come from the key, and an executed change set is not
+//! executed again.
+//!
+//! # Caveats
+//! - At most five alarms become rollback triggers (CloudFormation's limit); the controller
+//!   watches every alarm of the stage during the bake anyway.
+//! - Stacks in `ROLLBACK_COMPLETE` (a failed first creation) are not deleted automatically:
+//!   the deploy fails and says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aws_sdk_cloudformation::Client;
+use aws_sdk_cloudformation::types::{
+    Capability, ChangeSetType, Parameter, RollbackConfiguration, RollbackTrigger, Stack, StackEvent,
+};
+use sha2::{Digest, Sha256};
+
+use super::errors::{classify, context, has_code, sdk};
+use super::retry::{Limiter, PollSettings};
+use super::sts::Credentials;
+use crate::config::Deploy;
+use crate::engine::ports::{DeployRequest, DeployResult, PortError, PortResult};
+
+/// CloudFormation allows at most this many rollback triggers.
+const MAX_TRIGGERS: usize = 5;
+/// Largest template CloudFormation accepts inline (`TemplateBody`).
+const MAX_TEMPLATE_BODY: usize = 51_200;
+
+/// Deploys stacks; share one per controller.
+pub struct CloudFormationDeployer {
+    creds: Arc<Credentials>,
+    limiter: Arc<Limiter>,
+    poll: PollSettings,
+}
+
+/// What the stack should become, from the stage's `deploy` and the request.
+struct Spec {
+    template: String,
+    parameters: Vec<Parameter>,
+    capabilities: Vec<Capability>,
+    role: Option<String>,
+    rollback: RollbackConfiguration,
+}
+
+/// One stack in one account and region, with the names of this attempt.
+struct StackRef {
+    client: Client,
+    account: String,
+    name: String,
+    /// Change set name, `ClientToken` and `ClientRequestToken`, all from the idempotency key.
+    token: String,
+}
+
+/// Where a change set stands.
+enum ChangeSet {
+    /// Created and ready to execute.
+    Ready,
+    /// Empty: the stack already is what was asked for.
+    Empty,
+    /// Already executed (a repeat after a crash).
+    Executed,
+}
+
+impl CloudFormationDeployer {
+    pub fn new(creds: Arc<Credentials>, poll: PollSettings) -> CloudFormationDeployer {
+        let limiter = creds.limiter().clone();
+        CloudFormationDeployer {
+            creds,
+            limiter,
+            poll,
+        }
+    }
+
+    /// Deploys `req.image_uri`; `alarms` (names or ARNs) become rollback triggers.
+    pub async fn deploy_stack(
+        &self,
+        req: &DeployRequest,
+        alarms: &[String],
+    ) -> PortResult<DeployResult> {
+        let spec = spec(req, alarms).await?;
+        let stack = self.open(req).await?;
+        let current = self.settle(&stack, false).await?;
+        usable(&stack, current.as_ref(), false)?;
+        self.apply(&stack, &spec, current).await
+    }
+
+    /// Returns the stack to `req.image_uri` (the last known-good release).
+    pub async fn rollback_stack(
+        &self,
+        req: &DeployRequest,
+        alarms: &[String],
+    ) -> PortResult<DeployResult> {
+        let spec = spec(req, alarms).await?;
+        let stack = self.open(req).await?;
+        let current = self.unstick(&stack).await?;
+        usable(&stack, current.as_ref(), true)?;
+        self.apply(&stack, &spec, current).await
+    }
+
+    async fn open(&self, req: &DeployRequest) -> PortResult<StackRef> {
+        let Deploy::CloudFormation { stack, .. } = &req.deploy else {
+            return Err(PortError::Invalid("not a CloudFormation deploy".into()));
+        };
+        let config = self
+            .creds
+            .config_for(&req.account, &req.target.region, &req.session_name)
+            .await?;
+        Ok(StackRef {
+            client: Client::new(&config),
+            account: req.account.id.clone(),
+            name: stack.clone(),
+            token: request_token(&req.key),
+        })
+    }
+
+    /// Creates or reuses the change set, executes it unless empty, waits, reports.
+    async fn apply(
+        &self,
+        st: &StackRef,
+        spec: &Spec,
+        current: Option<Stack>,
+    ) -> PortResult<DeployResult> {
+        let create = current
+            .as_ref()
+            .is_none_or(|s| status(s) == "REVIEW_IN_PROGRESS");
+        let kind = if create {
+            ChangeSetType::Create
+        } else {
+            ChangeSetType::Update
+        };
+        match self.change_set(st, spec, kind).await? {
+            ChangeSet::Empty => return Ok(result(st, current.as_ref(), "no changes")),
+            ChangeSet::Ready => self.execute(st).await?,
+            ChangeSet::Executed => {}
+        }
+        let done = self.settle(st, true).await?;
+        let done =
+            done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
+        match status(&done) {
+            "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
+                Ok(result(st, Some(&done), "deployed"))
+            }
+            other => Err(PortError::Failed(format!(
+                "stack {} is {other}: {}",
+                st.name,
+                self.failure(st).await
+            ))),
+        }
+    }
+
+    async fn change_set(
+        &self,
+        st: &StackRef,
+        spec: &Spec,
+        kind: ChangeSetType,
+    ) -> PortResult<ChangeSet> {
+        match self.create_change_set(st, spec, kind).await {
+            Err(e) if no_changes(&e.to_string()) => return Ok(ChangeSet::Empty),
+            other => other?,
+        }
+        let found = self.poll.poll(|| self.change_set_state(st)).await?;
+        found.ok_or_else(|| {
+            PortError::Failed(format!(
+                "change set {} was not ready in {:?}",
+                st.token, self.poll.timeout
+            ))
+        })
+    }
+
+    /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused.
+    async fn create_change_set(
+        &self,
+        st: &StackRef,
+        spec: &Spec,
+        kind: ChangeSetType,
+    ) -> PortResult<()> {
+        self.limiter
+            .call(&st.account, "CreateChangeSet", || {
+                let request = st
+                    .client
+                    .create_change_set()
+                    .stack_name(&st.name)
+                    .change_set_name(&st.token)
+                    .client_token(&st.token)
+                    .change_set_type(kind.clone())
+                    .template_body(&spec.template)
+                    .set_parameters(Some(spec.parameters.clone()))
+                    .set_capabilities(Some(spec.capabilities.clone()))
+                    .set_role_arn(spec.role.clone())
+                    .rollback_configuration(spec.rollback.clone());
+                async move {
+                    match request.send().await {
+                        Err(e) if has_code(&e, "AlreadyExistsException") => Ok(()),
+                        other => other.map(drop).map_err(|e| classify(&e)),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// One look at the change set: `None` while it is still being made.
+    async fn change_set_state(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
+        let cs = self
+            .limiter
+            .call(&st.account, "DescribeChangeSet", || {
+                sdk(st
+                    .client
+                    .describe_change_set()
+                    .stack_name(&st.name)
+                    .change_set_name(&st.token)
+                    .send())
+            })
+            .await?;
+        let reason = cs.status_reason().unwrap_or_default();
+        let status = cs.status().map(|s| s.as_str()).unwrap_or_default();
+        let execution = cs
+            .execution_status()
+            .map(|s| s.as_str())
+            .unwrap_or_default();
+        match (status, execution) {
+            ("FAILED", _) if no_changes(reason) => self
+                .delete_change_set(st)
+                .await
+                .map(|()| Some(ChangeSet::Empty)),
+            ("FAILED", _) => Err(PortError::Invalid(format!(
+                "change set {} failed: {reason}",
+                st.token
+            ))),
+            ("CREATE_COMPLETE", "AVAILABLE") => Ok(Some(ChangeSet::Ready)),
+            ("CREATE_COMPLETE", "OBSOLETE") => self.obsolete(st).await,
+            ("CREATE_COMPLETE", "EXECUTE_IN_PROGRESS" | "EXECUTE_COMPLETE" | "EXECUTE_FAILED") => {
+                Ok(Some(ChangeSet::Executed))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The stack changed since the change set was made: delete it so a retry makes a new one.
+    async fn obsolete(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
+        self.delete_change_set(st).await?;
+        Err(PortError::Retryable(format!(
+            "change set {} was obsolete (the stack changed since); deleted it so the next try makes a new one",
+            st.token
+        )))
+    }
+
+    async fn delete_change_set(&self, st: &StackRef) -> PortResult<()> {
+        let deleted = self
+            .limiter
+            .call(&st.account, "DeleteChangeSet", || {
+                sdk(st
+                    .client
+                    .delete_change_set()
+                    .stack_name(&st.name)
+                    .change_set_name(&st.token)
+                    .send())
+            })
+            .await;
+        match deleted {
+            Ok(_) | Err(PortError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `ExecuteChangeSet`; a change set already executed (a race with a repeat) is fine.
+    async fn execute(&self, st: &StackRef) -> PortResult<()> {
+        self.limiter
+            .call(&st.account, "ExecuteChangeSet", || {
+                let request = st
+                    .client
+                    .execute_change_set()
+                    .stack_name(&st.name)
+                    .change_set_name(&st.token)
+                    .client_request_token(&st.token);
+                async move {
+                    match request.send().await {
+                        Err(e) if has_code(&e, "InvalidChangeSetStatus") => Ok(()),
+                        other => other.map(drop).map_err(|e| classify(&e)),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// The stack now (`None`: it does not exist).
+    async fn describe(&self, st: &StackRef) -> PortResult<Option<Stack>> {
+        let found = self
+            .limiter
+            .call(&st.account, "DescribeStacks", || {
+                sdk(st.client.describe_stacks().stack_name(&st.name).send())
+            })
+            .await;
+        match found {
+            Ok(out) => Ok(out.stacks().first().cloned()),
+            Err(PortError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stack once it is no longer busy. `executing`: a change set was just executed, so
+    /// `REVIEW_IN_PROGRESS` means "not started yet" rather than "waiting for a change set".
+    async fn settle(&self, st: &StackRef, executing: bool) -> PortResult<Option<Stack>> {
+        let first = if executing {
+            None
+        } else {
+            Some(self.describe(st).await?)
+        };
+        if let Some(now) = first.filter(|s| !s.as_ref().is_some_and(|s| busy(status(s), false))) {
+            return Ok(now);
+        }
+        let settled = self
+            .poll
+            .poll(|| async {
+                let now = self.describe(st).await?;
+                Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
+            })
+            .await?;
+        settled.ok_or_else(|| {
+            PortError::Failed(format!(
+                "stack {} was still busy after {:?}",
+                st.name, self.poll.timeout
+            ))
+        })
+    }
+
+    /// Before a rollback: cancel an update in flight, finish a failed rollback, then settle.
+    async fn unstick(&self, st: &StackRef) -> PortResult<Option<Stack>> {
+        let mut current = self.describe(st).await?;
+        if current
+            .as_ref()
+            .is_some_and(|s| status(s) == "UPDATE_IN_PROGRESS")
+        {
+            self.stack_action(st, "CancelUpdateStack").await?;
+        }
+        current = self.settle(st, false).await?;
+        if current
+            .as_ref()
+            .is_some_and(|s| status(s) == "UPDATE_ROLLBACK_FAILED")
+        {
+            self.stack_action(st, "ContinueUpdateRollback").await?;
+            current = self.settle(st, true).await?;
+        }
+        Ok(current)
+    }
+
+    /// `CancelUpdateStack` or `ContinueUpdateRollback`. A refusal because the stack already
+    /// moved on (`ValidationError` about its state) is not an error: the settle that follows
+    /// sees where it went.
+    async fn stack_action(&self, st: &StackRef, action: &'static str) -> PortResult<()> {
+        let token = format!(
+            "{}-{}",
+            truncate(&st.token, 100),
+            action.to_ascii_lowercase()
+        );
+        let done = self
+            .limiter
+            .call(&st.account, action, || {
+                let c = &st.client;
+                let name = &st.name;
+                let cancel = (action == "CancelUpdateStack")
+                    .then(|| c.cancel_update_stack().stack_name(name));
+                let resume = c
+                    .continue_update_rollback()
+                    .stack_name(name)
+                    .client_request_token(&token);
+                async move {
+                    match cancel {
+                        Some(request) => sdk(request.send()).await.map(drop),
+                        None => sdk(resume.send()).await.map(drop),
+                    }
+                }
+            })
+            .await;
+        tracing::info!(stack = %st.name, account = %st.account, action, ok = done.is_ok(), "unsticking stack");
+        match done {
+            Err(PortError::Invalid(_)) | Ok(()) => Ok(()),
+            Err(e) => Err(context(e, &format!("{action} on stack {}", st.name))),
+        }
+    }
+
+    /// The first resource that failed in this attempt and why, from the stack's events.
+    async fn failure(&self, st: &StackRef) -> String {
+        let events = self
+            .limiter
+            .call(&st.account, "DescribeStackEvents", || {
+                sdk(st
+                    .client
+                    .describe_stack_events()
+                    .stack_name(&st.name)
+                    .send())
+            })
+            .await;
+        match events {
+            Ok(out) => first_failure(out.stack_events(), &st.token)
+                .unwrap_or_else(|| "no failed resource in the stack events".to_string()),
+            Err(e) => format!("the stack events could not be read ({e})"),
+        }
+    }
+}
+
+/// The change set's inputs: template, parameters with the image, rollback triggers.
+async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
+    let Deploy::CloudFormation {
+        template,
+        parameters,
+        image_parameter,
+        capabilities,
+        execution_role,
+        ..
+    } = &req.deploy
+    else {
+        return Err(PortError::Invalid("not a CloudFormation deploy".into()));
+    };
+    let body = tokio::fs::read_to_string(template).await.map_err(|e| {
+        PortError::Invalid(format!(
+            "cannot read the template {}: {e}",
+            template.display()
+        ))
+    })?;
+    if body.len() > MAX_TEMPLATE_BODY {
+        return Err(PortError::Invalid(format!(
+            "template {} is {} bytes; CloudFormation takes at most {MAX_TEMPLATE_BODY} inline",
+            template.display(),
+            body.len()
+        )));
+    }
+    let mut values = parameters.clone();
+    values.insert(image_parameter.clone(), req.image_uri.clone());
+    Ok(Spec {
+        template: body,
+        parameters: values
+            .into_iter()
+            .map(|(k, v)| {
+                Parameter::builder()
+                    .parameter_key(k)
+                    .parameter_value(v)
+                    .build()
+            })
+            .collect(),
+        capabilities: capabilities
+            .iter()
+            .map(|c| Capability::from(c.as_str()))
+            .collect(),
+        role: execution_role.clone(),
+        rollback: rollback_configuration(req, alarms),
+    })
+}
+
+fn rollback_configuration(req: &DeployRequest, alarms: &[String]) -> RollbackConfiguration {
+    if alarms.len() > MAX_TRIGGERS {
+        tracing::warn!(stage = %req.stage, count = alarms.len(), "only the first {MAX_TRIGGERS} alarms become rollback triggers");
+    }
+    let triggers = alarms.iter().take(MAX_TRIGGERS).map(|name| {
+        let arn = alarm_arn(name, &req.target.region, &req.account.id);
+        RollbackTrigger::builder()
+            .arn(arn)
+            .r#type("AWS::CloudWatch::Alarm")
+            .build()
+    });
+    RollbackConfiguration::builder()
+        .set_rollback_triggers(Some(triggers.collect()))
+        .build()
+}
+
+/// `arn:aws:cloudwatch:REGION:ACCOUNT:alarm:NAME`; an ARN is kept as it is.
+pub fn alarm_arn(name: &str, region: &str, account: &str) -> String {
+    if name.starts_with("arn:") {
+        return name.to_string();
+    }
+    format!("arn:aws:cloudwatch:{region}:{account}:alarm:{name}")
+}
+
+/// A valid change set name and request token from an idempotency key: letters, digits and
+/// `-`, starting with a letter, at most 128 characters (a hash keeps long keys distinct).
+pub fn request_token(key: &str) -> String {
+    let clean: String = key
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let token = format!("tollgate-{clean}");
+    if token.len() <= 128 {
+        return token;
+    }
+    let hash = hex::encode(Sha256::digest(key.as_bytes()));
+    format!("{}-{}", truncate(&token, 111), &hash[..16])
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    &s[..s.len().min(max)]
+}
+
+/// Is the stack busy (wait before touching it)?
+fn busy(status: &str, executing: bool) -> bool {
+    match status {
+        "REVIEW_IN_PROGRESS" => executing,
+        s => s.ends_with("_IN_PROGRESS"),
+    }
+}
+
+/// Refuses stacks no change set can fix. `rollback`: `UPDATE_ROLLBACK_FAILED` was already
+/// handled (and is still failed).
+fn usable(st: &StackRef, current: Option<&Stack>, rollback: bool) -> PortResult<()> {
+    let Some(s) = current else { return Ok(()) };
+    let advice = match status(s) {
+        "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" => {
+            "its creation failed; delete the stack, then deploy again"
+        }
+        "DELETE_FAILED" => "its deletion failed; finish deleting it, then deploy again",
+        "UPDATE_ROLLBACK_FAILED" if rollback => {
+            "ContinueUpdateRollback did not finish; skip the stuck resources by hand"
+        }
+        "UPDATE_ROLLBACK_FAILED" => {
+            "its last rollback failed; roll the stage back, or continue the rollback by hand"
+        }
+        _ => return Ok(()),
+    };
+    Err(PortError::Failed(format!(
+        "stack {} is {}: {advice}",
+        st.name,
+        status(s)
+    )))
+}
+
+fn status(stack: &Stack) -> &str {
+    stack.stack_status().map(|s| s.as_str()).unwrap_or_default()
+}
+
+/// What CloudFormation says about an empty change set (moto: at create; AWS: as its reason).
+fn no_changes(message: &str) -> bool {
+    message.contains("No updates are to be performed") || message.contains("didn't contain changes")
+}
+
+fn result(st: &StackRef, stack: Option<&Stack>, what: &str) -> DeployResult {
+    let outputs: BTreeMap<String, String> = stack
+        .map(|s| s.outputs())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+        .collect();
+    let state = stack.map(status).unwrap_or("absent");
+    let summary = format!("stack {} in {}: {what} ({state})", st.name, st.account);
+    DeployResult { outputs, summary }
+}
+
+/// The earliest `*_FAILED` event of the attempt with `token` (events come newest first).
+/// Without any event carrying a token (moto), the attempt is the events since the latest
+/// "User Initiated" one.
+fn first_failure(events: &[StackEvent], token: &str) -> Option<String> {
+    let tokened = events.iter().any(|e| e.client_request_token().is_some());
+    let attempt: Vec<&StackEvent> = if tokened {
+        events
+            .iter()
+            .filter(|e| e.client_request_token() == Some(token))
+            .collect()
+    } else {
+        let end = events
+            .iter()
+            .position(|e| e.resource_status_reason() == Some("User Initiated"));
+        events[..end.map_or(events.len(), |i| i + 1)]
+            .iter()
+            .collect()
+    };
+    let failed = attempt.into_iter().rev().find(|e| {
+        e.resource_status()
+            .is_some_and(|s| s.as_str().ends_with("_FAILED"))
+    })?;
+    Some(format!(
+        "{} ({}) {}: {}",
+        failed.logical_resource_id().unwrap_or("?"),
+        failed.resource_type().unwrap_or("?"),
+        failed
+            .resource_status()
+            .map(|s| s.as_str())
+            .unwrap_or_default(),
+        failed.resource_status_reason().unwrap_or("no reason given")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_cloudformation::types::ResourceStatus;
+
+    fn event(id: &str, status: &str, reason: &str, token: Option<&str>) -> StackEvent {
+        StackEvent::builder()
+            .logical_resource_id(id)
+            .resource_type("AWS::ECS::Service")
+            .resource_status(ResourceStatus::from(status))
+            .resource_status_reason(reason)
+            .set_client_request_token(token.map(str::to_string))
+            .build()
+    }
+
+    #[test]
+    fn tokens_are_valid_names_and_distinct() {
+        assert_eq!(
+            request_token("backend/r12/prod/1/deploy-0"),
+            "tollgate-backend-r12-prod-1-deploy-0"
+        );
+        let long = "x".repeat(300);
+        let a = request_token(&long);
+        let b = request_token(&format!("{long}y"));
+        assert!(a.len() <= 128 && b.len() <= 128);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn alarm_names_become_arns() {
+        assert_eq!(
+            alarm_arn("api-5xx", "eu-west-1", "222222222222"),
+            "arn:aws:cloudwatch:eu-west-1:222222222222:alarm:api-5xx"
+        );
+        let arn = "arn:aws:cloudwatch:us-east-1:1:alarm:x";
+        assert_eq!(alarm_arn(arn, "eu-west-1", "2"), arn);
+    }
+
+    #[test]
+    fn the_earliest_failure_of_this_attempt_is_reported() {
+        let events = [
+            event(
+                "Stack",
+                "UPDATE_ROLLBACK_IN_PROGRESS",
+                "The following resource(s) failed",
+                Some("t2"),
+            ),
+            event(
+                "Other",
+                "UPDATE_FAILED",
+                "Resource update cancelled",
+                Some("t2"),
+            ),
+            event("Service", "UPDATE_FAILED", "Invalid image", Some("t2")),
+            event("Old", "UPDATE_FAILED", "an earlier attempt", Some("t1")),
+        ];
+        assert_eq!(
+            first_failure(&events, "t2").unwrap(),
+            "Service (AWS::ECS::Service) UPDATE_FAILED: Invalid image"
+        );
+        assert_eq!(first_failure(&events, "t3"), None);
+    }
+
+    #[test]
+    fn without_tokens_the_attempt_starts_at_user_initiated() {
+        let events = [
+            event("Service", "CREATE_FAILED", "bad", None),
+            event("Stack", "CREATE_IN_PROGRESS", "User Initiated", None),
+            event("Old", "UPDATE_FAILED", "older", None),
+        ];
+        assert_eq!(
+            first_failure(&events, "t").unwrap(),
+            "Service (AWS::ECS::Service) CREATE_FAILED: bad"
+        );
+    }
+
+    #[test]
+    fn busy_states() {
+        assert!(busy("UPDATE_IN_PROGRESS", false));
+        assert!(busy("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", false));
+        assert!(!busy("REVIEW_IN_PROGRESS", false));
+        assert!(busy("REVIEW_IN_PROGRESS", true));
+        assert!(!busy("UPDATE_ROLLBACK_FAILED", true));
+    }
+}

@@ -1,1 +1,559 @@
-//! codepipeline
+//! CodePipeline: a [`Deployer`] that starts the stage account's own pipeline with the image
+//! as a pipeline variable, waits for it, and rolls its deploy stage back with `RollbackStage`.
+//!
+//! Owns `StartPipelineExecution` (idempotent through `clientRequestToken`), the wait on
+//! `GetPipelineExecution` with backoff, the failure reason (the first failed action's summary,
+//! from `ListActionExecutions`), and finding the execution to roll back to.
+//!
+//! # Guarantees
+//! - The same idempotency key always sends the same `clientRequestToken`, so a deploy repeated
+//!   after a crash re-attaches to the execution it started instead of starting another.
+//! - A rollback whose `RollbackStage` already ran (the newest execution is a rollback to the
+//!   same target) waits on that execution instead of rolling back twice.
+//! - Rollback only ever targets a succeeded execution that deployed the requested image;
+//!   when there is none it fails rather than guess.
+//! - Every wait is bounded by [`Poll::timeout`].
+//!
+//! # Caveats
+//! - The pipeline must declare the variable named in `stages.toml` and use it in its deploy
+//!   stage; the stage rolled back is the one named with [`CodePipelineDeployer::with_deploy_stage`]
+//!   ([`DEFAULT_DEPLOY_STAGE`] by default).
+//! - Only the last [`MAX_EXECUTIONS`] executions are searched for a rollback target.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_codepipeline::Client;
+use aws_sdk_codepipeline::types::{
+    ActionExecutionDetail, ActionExecutionFilter, ActionExecutionStatus, ExecutionType,
+    PipelineExecution, PipelineExecutionStatus, PipelineExecutionSummary, PipelineVariable,
+};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::errors::{context, sdk};
+use super::retry::Limiter;
+use super::sts::Credentials;
+use crate::config::Deploy;
+use crate::engine::ports::{DeployRequest, DeployResult, Deployer, PortError, PortResult};
+
+/// The stage `RollbackStage` rolls back unless configured otherwise.
+pub const DEFAULT_DEPLOY_STAGE: &str = "Deploy";
+/// How many recent executions are searched for a rollback target.
+pub const MAX_EXECUTIONS: usize = 100;
+/// How many succeeded candidates are read (one `GetPipelineExecution` each) for their variables.
+const MAX_CANDIDATES: usize = 25;
+/// Bounds the action-execution pages read for a failure reason or output variables.
+const MAX_ACTION_PAGES: usize = 5;
+
+/// How an execution is waited for: the first check after `first`, then each wait doubled up
+/// to `max`, giving up after `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Poll {
+    pub first: Duration,
+    pub max: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Poll {
+    fn default() -> Self {
+        Poll {
+            first: Duration::from_secs(5),
+            max: Duration::from_secs(30),
+            timeout: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// Deploys through a CodePipeline in the stage account; share one per controller.
+pub struct CodePipelineDeployer {
+    creds: Arc<Credentials>,
+    limiter: Arc<Limiter>,
+    poll: Poll,
+    deploy_stage: String,
+    endpoint_url: Option<String>,
+}
+
+/// One pipeline in one account: what every call needs.
+struct Target<'a> {
+    client: Client,
+    account: &'a str,
+    pipeline: &'a str,
+    variable: &'a str,
+}
+
+impl CodePipelineDeployer {
+    /// Rolls back the stage named [`DEFAULT_DEPLOY_STAGE`].
+    pub fn new(creds: Arc<Credentials>, limiter: Arc<Limiter>, poll: Poll) -> CodePipelineDeployer {
+        CodePipelineDeployer {
+            creds,
+            limiter,
+            poll,
+            deploy_stage: DEFAULT_DEPLOY_STAGE.to_string(),
+            endpoint_url: None,
+        }
+    }
+
+    /// The pipeline stage `RollbackStage` rolls back.
+    pub fn with_deploy_stage(mut self, stage: impl Into<String>) -> CodePipelineDeployer {
+        self.deploy_stage = stage.into();
+        self
+    }
+
+    /// Sends CodePipeline calls here instead of the regional endpoint (a VPC endpoint, or a
+    /// loopback stub in tests); credentials still come from [`Credentials`].
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> CodePipelineDeployer {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    async fn target<'a>(&self, req: &'a DeployRequest) -> PortResult<Target<'a>> {
+        let Deploy::CodePipeline { pipeline, variable } = &req.deploy else {
+            return Err(PortError::Invalid(format!(
+                "stage `{}` does not deploy through CodePipeline",
+                req.stage
+            )));
+        };
+        let config = self
+            .creds
+            .config_for(&req.account, &req.target.region, &req.session_name)
+            .await?;
+        let mut builder = aws_sdk_codepipeline::config::Builder::from(&config);
+        if let Some(url) = &self.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        let client = Client::from_conf(builder.build());
+        Ok(Target {
+            client,
+            account: &req.account.id,
+            pipeline,
+            variable,
+        })
+    }
+
+    async fn start(&self, t: &Target<'_>, req: &DeployRequest) -> PortResult<String> {
+        let variable = PipelineVariable::builder()
+            .name(t.variable)
+            .value(&req.image_uri)
+            .build();
+        let variable = variable
+            .map_err(|_| PortError::Invalid("the pipeline variable is malformed".into()))?;
+        let token = request_token(&req.key);
+        let out = self
+            .limiter
+            .call(t.account, "StartPipelineExecution", || {
+                let request = t
+                    .client
+                    .start_pipeline_execution()
+                    .name(t.pipeline)
+                    .variables(variable.clone());
+                sdk(request.client_request_token(&token).send())
+            })
+            .await?;
+        let id = out.pipeline_execution_id().unwrap_or_default().to_string();
+        tracing::info!(pipeline = t.pipeline, execution = %id, key = %req.key, "pipeline execution started");
+        Ok(id)
+    }
+
+    /// Waits until execution `id` ends; its outcome, with the failure reason when it failed.
+    async fn wait(&self, t: &Target<'_>, id: &str) -> PortResult<DeployResult> {
+        let deadline = Instant::now() + self.poll.timeout;
+        let mut delay = self.poll.first;
+        loop {
+            tokio::time::sleep(delay).await;
+            let execution = self.execution(t, id).await?;
+            let status = execution
+                .status()
+                .cloned()
+                .unwrap_or(PipelineExecutionStatus::InProgress);
+            match status {
+                PipelineExecutionStatus::InProgress | PipelineExecutionStatus::Stopping => {}
+                PipelineExecutionStatus::Succeeded => return Ok(self.succeeded(t, id).await),
+                _ => return Err(PortError::Failed(self.failure(t, &execution).await)),
+            }
+            if Instant::now() + delay >= deadline {
+                let waited = self.poll.timeout;
+                return Err(PortError::Failed(format!(
+                    "pipeline `{}` execution {id} is still {status} after {waited:?}",
+                    t.pipeline
+                )));
+            }
+            delay = (delay * 2).min(self.poll.max);
+        }
+    }
+
+    async fn execution(&self, t: &Target<'_>, id: &str) -> PortResult<PipelineExecution> {
+        let out = self
+            .limiter
+            .call(t.account, "GetPipelineExecution", || {
+                let request = t.client.get_pipeline_execution().pipeline_name(t.pipeline);
+                sdk(request.pipeline_execution_id(id).send())
+            })
+            .await?;
+        out.pipeline_execution.ok_or_else(|| {
+            PortError::Failed(format!("GetPipelineExecution returned no execution {id}"))
+        })
+    }
+
+    /// The result of a succeeded execution: its id and its actions' output variables.
+    async fn succeeded(&self, t: &Target<'_>, id: &str) -> DeployResult {
+        let mut outputs = BTreeMap::new();
+        let actions = self.actions(t, id).await.unwrap_or_default();
+        for a in actions
+            .iter()
+            .filter(|a| a.status() == Some(&ActionExecutionStatus::Succeeded))
+        {
+            let vars = a
+                .output()
+                .and_then(|o| o.output_variables())
+                .into_iter()
+                .flatten();
+            outputs.extend(vars.map(|(k, v)| (k.clone(), v.clone())));
+        }
+        outputs.insert("pipeline_execution_id".to_string(), id.to_string());
+        let summary = format!("pipeline `{}` execution {id} succeeded", t.pipeline);
+        DeployResult { outputs, summary }
+    }
+
+    /// Why an execution ended without success, for people: its status, then the first failed
+    /// action's summary (or the execution's own status summary).
+    async fn failure(&self, t: &Target<'_>, execution: &PipelineExecution) -> String {
+        let id = execution.pipeline_execution_id().unwrap_or_default();
+        let status = execution.status().map_or("ended", |s| s.as_str());
+        let head = format!("pipeline `{}` execution {id} {status}", t.pipeline);
+        let actions = self.actions(t, id).await.unwrap_or_default();
+        let detail =
+            first_failure(&actions).or_else(|| execution.status_summary().map(str::to_string));
+        match detail {
+            Some(detail) => format!("{head}: {detail}"),
+            None => head,
+        }
+    }
+
+    /// The action executions of execution `id` (bounded: [`MAX_ACTION_PAGES`] pages).
+    async fn actions(&self, t: &Target<'_>, id: &str) -> PortResult<Vec<ActionExecutionDetail>> {
+        let filter = ActionExecutionFilter::builder()
+            .pipeline_execution_id(id)
+            .build();
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_ACTION_PAGES {
+            let page = self
+                .limiter
+                .call(t.account, "ListActionExecutions", || {
+                    let request = t
+                        .client
+                        .list_action_executions()
+                        .pipeline_name(t.pipeline)
+                        .filter(filter.clone());
+                    sdk(request.set_next_token(token.clone()).send())
+                })
+                .await?;
+            all.extend(page.action_execution_details().iter().cloned());
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The pipeline's recent executions, newest first (bounded: [`MAX_EXECUTIONS`]).
+    async fn history(&self, t: &Target<'_>) -> PortResult<Vec<PipelineExecutionSummary>> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        while all.len() < MAX_EXECUTIONS {
+            let page = self
+                .limiter
+                .call(t.account, "ListPipelineExecutions", || {
+                    let request = t
+                        .client
+                        .list_pipeline_executions()
+                        .pipeline_name(t.pipeline)
+                        .max_results(100);
+                    sdk(request.set_next_token(token.clone()).send())
+                })
+                .await?;
+            all.extend(page.pipeline_execution_summaries().iter().cloned());
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() || page.pipeline_execution_summaries().is_empty() {
+                break;
+            }
+        }
+        all.truncate(MAX_EXECUTIONS);
+        Ok(all)
+    }
+
+    /// The newest succeeded (non-rollback) execution that deployed `image`.
+    async fn rollback_target(
+        &self,
+        t: &Target<'_>,
+        history: &[PipelineExecutionSummary],
+        image: &str,
+    ) -> PortResult<String> {
+        let candidates = history
+            .iter()
+            .filter(|e| e.status() == Some(&PipelineExecutionStatus::Succeeded))
+            .filter(|e| e.execution_type() != Some(&ExecutionType::Rollback))
+            .filter_map(|e| e.pipeline_execution_id())
+            .take(MAX_CANDIDATES);
+        for id in candidates {
+            let execution = self.execution(t, id).await?;
+            if deployed(&execution, t.variable, image) {
+                return Ok(id.to_string());
+            }
+        }
+        Err(PortError::NotFound(format!(
+            "no succeeded execution of pipeline `{}` among the last {} deployed {image}; nothing to roll back to",
+            t.pipeline,
+            history.len()
+        )))
+    }
+
+    async fn rollback_stage(&self, t: &Target<'_>, to: &str) -> PortResult<String> {
+        let out = self
+            .limiter
+            .call(t.account, "RollbackStage", || {
+                let request = t
+                    .client
+                    .rollback_stage()
+                    .pipeline_name(t.pipeline)
+                    .stage_name(&self.deploy_stage);
+                sdk(request.target_pipeline_execution_id(to).send())
+            })
+            .await?;
+        let id = out.pipeline_execution_id().to_string();
+        tracing::info!(pipeline = t.pipeline, stage = %self.deploy_stage, to, execution = %id, "stage rollback started");
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl Deployer for CodePipelineDeployer {
+    async fn deploy(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        let what = format!(
+            "deploying {} to {} ({})",
+            req.image_uri, req.account.name, req.target.region
+        );
+        let t = self.target(req).await.map_err(|e| context(e, &what))?;
+        let id = self.start(&t, req).await.map_err(|e| context(e, &what))?;
+        self.wait(&t, &id).await
+    }
+
+    async fn rollback(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        let what = format!("rolling {} back to {}", req.account.name, req.image_uri);
+        let t = self.target(req).await.map_err(|e| context(e, &what))?;
+        let history = self.history(&t).await.map_err(|e| context(e, &what))?;
+        let to = self
+            .rollback_target(&t, &history, &req.image_uri)
+            .await
+            .map_err(|e| context(e, &what))?;
+        let id = match rollback_in_flight(&history, &to) {
+            Some(id) => id,
+            None => self
+                .rollback_stage(&t, &to)
+                .await
+                .map_err(|e| context(e, &what))?,
+        };
+        let mut result = self.wait(&t, &id).await?;
+        result.summary = format!(
+            "stage `{}` rolled back to execution {to}: {}",
+            self.deploy_stage, result.summary
+        );
+        Ok(result)
+    }
+}
+
+/// A `clientRequestToken` (`[a-zA-Z0-9-]{1,128}`) that is the same for the same key.
+fn request_token(key: &str) -> String {
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    format!("tollgate-{}", &digest[..48])
+}
+
+/// The newest execution, when it is a rollback to `target` that has not failed: a
+/// `RollbackStage` that already ran for this rollback.
+fn rollback_in_flight(history: &[PipelineExecutionSummary], target: &str) -> Option<String> {
+    let newest = history.first()?;
+    let to = newest
+        .rollback_metadata()
+        .and_then(|m| m.rollback_target_pipeline_execution_id());
+    let live = matches!(
+        newest.status(),
+        Some(
+            PipelineExecutionStatus::InProgress
+                | PipelineExecutionStatus::Stopping
+                | PipelineExecutionStatus::Succeeded
+        )
+    );
+    let rollback = newest.execution_type() == Some(&ExecutionType::Rollback);
+    (rollback && live && to == Some(target)).then(|| {
+        newest
+            .pipeline_execution_id()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// Whether `execution` ran with `variable` set to `image` (or another name for its digest).
+fn deployed(execution: &PipelineExecution, variable: &str, image: &str) -> bool {
+    let digest = |uri: &str| uri.rsplit_once('@').map(|(_, d)| d.to_string());
+    execution.variables().iter().any(|v| {
+        let value = v.resolved_value().unwrap_or_default();
+        v.name() == Some(variable)
+            && (value == image || (digest(value).is_some() && digest(value) == digest(image)))
+    })
+}
+
+/// `stage/action: summary` of the earliest failed action, if any failed.
+fn first_failure(actions: &[ActionExecutionDetail]) -> Option<String> {
+    let failed = actions
+        .iter()
+        .filter(|a| a.status() == Some(&ActionExecutionStatus::Failed))
+        .min_by_key(|a| a.start_time().map(|t| (t.secs(), t.subsec_nanos())))?;
+    let result = failed.output().and_then(|o| o.execution_result());
+    let summary = result
+        .and_then(|r| r.external_execution_summary())
+        .filter(|s| !s.is_empty());
+    let error = result
+        .and_then(|r| r.error_details())
+        .and_then(|e| e.message());
+    let detail = summary.or(error).unwrap_or("failed without a summary");
+    let stage = failed.stage_name().unwrap_or_default();
+    let action = failed.action_name().unwrap_or_default();
+    Some(format!("{stage}/{action}: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_codepipeline::types::{
+        ActionExecutionOutput, ActionExecutionResult, ErrorDetails, PipelineRollbackMetadata,
+        ResolvedPipelineVariable,
+    };
+    use aws_smithy_types::DateTime;
+
+    #[test]
+    fn request_tokens_are_stable_valid_and_distinct() {
+        let a = request_token("backend/r12/prod/deploy-0/1");
+        assert_eq!(a, request_token("backend/r12/prod/deploy-0/1"));
+        assert_ne!(a, request_token("backend/r12/prod/deploy-0/2"));
+        assert!(a.len() <= 128 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    fn action(
+        name: &str,
+        status: ActionExecutionStatus,
+        at: i64,
+        summary: Option<&str>,
+        error: Option<&str>,
+    ) -> ActionExecutionDetail {
+        let mut result = ActionExecutionResult::builder()
+            .set_external_execution_summary(summary.map(String::from));
+        if let Some(message) = error {
+            result = result.error_details(ErrorDetails::builder().message(message).build());
+        }
+        let output = ActionExecutionOutput::builder()
+            .execution_result(result.build())
+            .build();
+        ActionExecutionDetail::builder()
+            .stage_name("Deploy")
+            .action_name(name)
+            .status(status)
+            .start_time(DateTime::from_secs(at))
+            .output(output)
+            .build()
+    }
+
+    #[test]
+    fn the_earliest_failed_action_explains_the_failure() {
+        let actions = [
+            action(
+                "Later",
+                ActionExecutionStatus::Failed,
+                20,
+                Some("later"),
+                None,
+            ),
+            action(
+                "Source",
+                ActionExecutionStatus::Succeeded,
+                1,
+                Some("ok"),
+                None,
+            ),
+            action(
+                "Ecs",
+                ActionExecutionStatus::Failed,
+                10,
+                None,
+                Some("task failed health checks"),
+            ),
+        ];
+        assert_eq!(
+            first_failure(&actions).as_deref(),
+            Some("Deploy/Ecs: task failed health checks")
+        );
+        assert_eq!(first_failure(&actions[1..2]), None);
+    }
+
+    fn summary(
+        id: &str,
+        status: PipelineExecutionStatus,
+        rollback_to: Option<&str>,
+    ) -> PipelineExecutionSummary {
+        let kind = if rollback_to.is_some() {
+            ExecutionType::Rollback
+        } else {
+            ExecutionType::Standard
+        };
+        let meta = rollback_to.map(|t| {
+            PipelineRollbackMetadata::builder()
+                .rollback_target_pipeline_execution_id(t)
+                .build()
+        });
+        PipelineExecutionSummary::builder()
+            .pipeline_execution_id(id)
+            .status(status)
+            .execution_type(kind)
+            .set_rollback_metadata(meta)
+            .build()
+    }
+
+    #[test]
+    fn a_rollback_already_started_to_the_same_target_is_reused() {
+        let history = [
+            summary("r1", PipelineExecutionStatus::InProgress, Some("e1")),
+            summary("e2", PipelineExecutionStatus::Failed, None),
+        ];
+        assert_eq!(rollback_in_flight(&history, "e1").as_deref(), Some("r1"));
+        assert_eq!(rollback_in_flight(&history, "e0"), None);
+        let failed = [summary("r1", PipelineExecutionStatus::Failed, Some("e1"))];
+        assert_eq!(rollback_in_flight(&failed, "e1"), None);
+        assert_eq!(rollback_in_flight(&history[1..], "e1"), None);
+    }
+
+    #[test]
+    fn an_execution_deployed_an_image_by_uri_or_digest() {
+        let var = |v: &str| {
+            ResolvedPipelineVariable::builder()
+                .name("ImageUri")
+                .resolved_value(v)
+                .build()
+        };
+        let execution = PipelineExecution::builder()
+            .variables(var("1.dkr.ecr/app@sha256:aa"))
+            .build();
+        assert!(deployed(&execution, "ImageUri", "1.dkr.ecr/app@sha256:aa"));
+        assert!(deployed(&execution, "ImageUri", "2.dkr.ecr/app@sha256:aa"));
+        assert!(!deployed(&execution, "ImageUri", "1.dkr.ecr/app@sha256:bb"));
+        assert!(!deployed(&execution, "Other", "1.dkr.ecr/app@sha256:aa"));
+    }
+}

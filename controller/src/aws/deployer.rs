@@ -1,1 +1,79 @@
-//! deployer
+//! The real [`Deployer`]: routes each stage's `deploy` to CloudFormation or CodePipeline.
+//!
+//! Owns choosing the adapter and handing CloudFormation the stage's alarms, which become the
+//! change set's rollback triggers. The deploy request does not carry them, so [`AwsDeployer`]
+//! asks an [`AlarmLookup`] (pipeline, stage → alarm names) for them at every call: built from
+//! the live configuration with [`alarms_from_config`], a reload takes effect at the next deploy.
+//!
+//! Must never decide anything about the release: it deploys what it is asked to.
+
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+
+use super::cloudformation::CloudFormationDeployer;
+use super::codepipeline::CodePipelineDeployer;
+use crate::config::{Config, Deploy};
+use crate::engine::ports::{DeployRequest, DeployResult, Deployer, PortResult};
+
+/// (pipeline, stage) → the stage's alarm names (empty when unknown).
+pub type AlarmLookup = Arc<dyn Fn(&str, &str) -> Vec<String> + Send + Sync>;
+
+/// Deploys through CloudFormation or CodePipeline, as each stage says.
+pub struct AwsDeployer {
+    cloudformation: CloudFormationDeployer,
+    codepipeline: CodePipelineDeployer,
+    alarms: AlarmLookup,
+}
+
+impl AwsDeployer {
+    pub fn new(
+        cloudformation: CloudFormationDeployer,
+        codepipeline: CodePipelineDeployer,
+        alarms: AlarmLookup,
+    ) -> AwsDeployer {
+        AwsDeployer {
+            cloudformation,
+            codepipeline,
+            alarms,
+        }
+    }
+
+    fn alarms_of(&self, req: &DeployRequest) -> Vec<String> {
+        (self.alarms)(&req.pipeline, &req.stage)
+    }
+}
+
+/// Reads the stage's alarms from a configuration that may be replaced while running.
+pub fn alarms_from_config(config: Arc<RwLock<Arc<Config>>>) -> AlarmLookup {
+    Arc::new(move |pipeline: &str, stage: &str| {
+        let config = config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let stage = config.pipeline(pipeline).and_then(|p| p.stage(stage));
+        stage.map(|s| s.alarms.clone()).unwrap_or_default()
+    })
+}
+
+#[async_trait]
+impl Deployer for AwsDeployer {
+    async fn deploy(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        match &req.deploy {
+            Deploy::CloudFormation { .. } => {
+                self.cloudformation
+                    .deploy_stack(req, &self.alarms_of(req))
+                    .await
+            }
+            Deploy::CodePipeline { .. } => self.codepipeline.deploy(req).await,
+        }
+    }
+
+    async fn rollback(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        match &req.deploy {
+            Deploy::CloudFormation { .. } => {
+                self.cloudformation
+                    .rollback_stack(req, &self.alarms_of(req))
+                    .await
+            }
+            Deploy::CodePipeline { .. } => self.codepipeline.rollback(req).await,
+        }
+    }
+}

@@ -157,6 +157,62 @@ impl Limiter {
     }
 }
 
+/// How a waiter polls: first check after `initial`, the interval doubling up to `max`, giving up
+/// after `timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSettings {
+    pub initial: Duration,
+    pub max: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for PollSettings {
+    /// For real AWS: CloudFormation and CodePipeline take seconds to minutes.
+    fn default() -> Self {
+        PollSettings {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(15),
+            timeout: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl PollSettings {
+    /// For an emulator or a stub that answers at once.
+    pub fn fast() -> Self {
+        PollSettings {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        PollSettings { timeout, ..self }
+    }
+
+    /// Sleeps, then calls `check` until it returns `Some`; `Ok(None)` once `timeout` has passed.
+    pub async fn poll<T, F, Fut>(&self, mut check: F) -> Result<Option<T>, PortError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, PortError>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut delay = self.initial;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            if let Some(done) = check().await? {
+                return Ok(Some(done));
+            }
+            delay = (delay * 2).min(self.max);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -243,6 +299,30 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polling_backs_off_and_gives_up_at_the_timeout() {
+        let settings = PollSettings {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+            timeout: Duration::from_secs(20),
+        };
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let got: Option<()> = settings
+            .poll(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+        // 1, 2, 4, 4, 4, 4, then the last 1 s up to the deadline.
+        assert_eq!(calls.load(Ordering::SeqCst), 7);
+        let found = settings.poll(|| async { Ok(Some(7)) }).await.unwrap();
+        assert_eq!(found, Some(7));
     }
 
     #[test]

@@ -1,1 +1,468 @@
-//! sns
+//! SNS: the [`Notifier`] that tells people what happened (approval requests, halts,
+//! rollbacks), and the approvers' email subscriptions.
+//!
+//! Owns publishing to a topic in the topic's own account and region (both read from its ARN)
+//! with a subject, a plain-text body and String message attributes; and keeping exactly one
+//! `email` subscription per approver, filtered to the messages addressed to that approver.
+//!
+//! Must never log a message body or attribute value: approval messages carry approval links.
+//!
+//! # Guarantees
+//! - SNS has no idempotency token, so publishes are deduplicated here: within one process, a
+//!   key that was published once returns its first message id and publishes nothing again,
+//!   and concurrent publishes of one key publish once. (The engine records outcomes durably,
+//!   so a restart does not repeat a publish whose outcome was recorded.)
+//! - [`SnsNotifier::ensure_approver_subscriptions`] is idempotent: it lists the topic's
+//!   subscriptions first and subscribes only the approvers who are missing.
+//!
+//! # Caveats
+//! - The dedupe memory holds the last [`DEDUPE_CAPACITY`] keys; older ones are forgotten.
+//! - A topic in another account is published to with that account's credentials, so the
+//!   account must be configured; its topic policy is not consulted.
+//! - A new email subscription stays `PendingConfirmation` until the approver confirms it; its
+//!   filter policy is set when it is created, and corrected later only once it is confirmed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use aws_sdk_sns::Client;
+use aws_sdk_sns::types::MessageAttributeValue;
+use tokio::sync::OnceCell;
+
+use super::errors::{context, sdk};
+use super::retry::Limiter;
+use super::sts::Credentials;
+use crate::config::{Account, Approver};
+use crate::engine::ports::{Message, Notifier, PortError, PortResult};
+
+/// How many publish keys the dedupe memory keeps.
+pub const DEDUPE_CAPACITY: usize = 10_000;
+/// SNS's limits: a subject is at most 100 ASCII characters; a message at most 256 KiB.
+const SUBJECT_MAX: usize = 100;
+const BODY_MAX: usize = 256 * 1024 - 1024;
+/// Bounds the listing of a topic's subscriptions (100 per page).
+const MAX_PAGES: usize = 100;
+const SESSION_NAME: &str = "tollgate-notify";
+
+/// Publishes through SNS; share one per controller.
+pub struct SnsNotifier {
+    creds: Arc<Credentials>,
+    limiter: Arc<Limiter>,
+    controller_account: Account,
+    /// Other configured accounts, for topics outside the controller's account.
+    accounts: Vec<Account>,
+    sent: Mutex<Sent>,
+}
+
+/// Message ids by publish key, oldest key first in `order`.
+#[derive(Default)]
+struct Sent {
+    ids: HashMap<String, Arc<OnceCell<String>>>,
+    order: VecDeque<String>,
+}
+
+impl Sent {
+    /// The slot for `key`, made (and the oldest forgotten, when full) if there is none.
+    fn slot(&mut self, key: &str) -> Arc<OnceCell<String>> {
+        if let Some(slot) = self.ids.get(key) {
+            return slot.clone();
+        }
+        if self.order.len() >= DEDUPE_CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+        let slot = Arc::new(OnceCell::new());
+        self.ids.insert(key.to_string(), slot.clone());
+        self.order.push_back(key.to_string());
+        slot
+    }
+}
+
+/// The parts of `arn:<partition>:sns:<region>:<account>:<name>` we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopicArn {
+    region: String,
+    account: String,
+}
+
+impl TopicArn {
+    fn parse(arn: &str) -> PortResult<TopicArn> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        match parts.as_slice() {
+            ["arn", _, "sns", region, account, name]
+                if !region.is_empty() && account.len() == 12 && !name.is_empty() =>
+            {
+                Ok(TopicArn {
+                    region: region.to_string(),
+                    account: account.to_string(),
+                })
+            }
+            _ => Err(PortError::Invalid(format!(
+                "`{arn}` is not an SNS topic ARN"
+            ))),
+        }
+    }
+}
+
+/// One subscription of a topic, as listed.
+struct Subscription {
+    protocol: String,
+    endpoint: String,
+    arn: String,
+}
+
+impl Subscription {
+    /// `PendingConfirmation` (or deleted) subscriptions have no ARN yet.
+    fn confirmed(&self) -> bool {
+        self.arn.starts_with("arn:")
+    }
+}
+
+impl SnsNotifier {
+    pub fn new(
+        creds: Arc<Credentials>,
+        limiter: Arc<Limiter>,
+        controller_account: Account,
+    ) -> SnsNotifier {
+        SnsNotifier {
+            creds,
+            limiter,
+            controller_account,
+            accounts: Vec::new(),
+            sent: Mutex::new(Sent::default()),
+        }
+    }
+
+    /// The other configured accounts, whose credentials publish to topics they own.
+    pub fn with_accounts(mut self, accounts: impl IntoIterator<Item = Account>) -> SnsNotifier {
+        self.accounts = accounts.into_iter().collect();
+        self
+    }
+
+    /// Makes sure each approver has one `email` subscription to `topic` with the filter
+    /// policy `{"approver": ["<name>"]}`. Returns how many subscriptions were created or
+    /// had their filter policy corrected (0 when all were in place).
+    pub async fn ensure_approver_subscriptions(
+        &self,
+        topic: &str,
+        approvers: &[Approver],
+    ) -> PortResult<usize> {
+        let (client, account) = self.client(topic).await?;
+        let existing = self.subscriptions(&client, &account, topic).await?;
+        let mut changed = 0;
+        for approver in approvers {
+            let policy = filter_policy(&approver.name);
+            let found = existing.iter().find(|s| is_inbox_of(s, approver));
+            let did = match found {
+                Some(sub) => self.correct_policy(&client, &account, sub, &policy).await?,
+                None => {
+                    self.subscribe(&client, &account, topic, approver, &policy)
+                        .await?
+                }
+            };
+            changed += usize::from(did);
+        }
+        Ok(changed)
+    }
+
+    /// A client for the topic's account and region, and that account's id (for the limiter).
+    async fn client(&self, topic: &str) -> PortResult<(Client, String)> {
+        let arn = TopicArn::parse(topic)?;
+        let account = self.account_for(&arn)?;
+        let config = self
+            .creds
+            .config_for(account, &arn.region, SESSION_NAME)
+            .await?;
+        Ok((Client::new(&config), account.id.clone()))
+    }
+
+    fn account_for(&self, arn: &TopicArn) -> PortResult<&Account> {
+        if arn.account == self.controller_account.id {
+            return Ok(&self.controller_account);
+        }
+        self.accounts
+            .iter()
+            .find(|a| a.id == arn.account)
+            .ok_or_else(|| {
+                PortError::Invalid(format!(
+                    "the SNS topic is in account {}, which is not a configured account",
+                    arn.account
+                ))
+            })
+    }
+
+    async fn publish_once(&self, msg: &Message) -> PortResult<String> {
+        let (client, account) = self.client(&msg.topic).await?;
+        let attributes = message_attributes(msg)?;
+        let subject = subject(&msg.subject);
+        let body = body(&msg.body);
+        let out = self
+            .limiter
+            .call(&account, "Publish", || {
+                let request = client
+                    .publish()
+                    .topic_arn(&msg.topic)
+                    .subject(&subject)
+                    .message(&body);
+                sdk(request
+                    .set_message_attributes(Some(attributes.clone()))
+                    .send())
+            })
+            .await
+            .map_err(|e| context(e, &format!("publishing to {}", msg.topic)))?;
+        let id = out.message_id().unwrap_or_default().to_string();
+        tracing::info!(topic = %msg.topic, key = %msg.key, message_id = %id, "published");
+        Ok(id)
+    }
+
+    /// Every subscription of `topic` (bounded: [`MAX_PAGES`] pages).
+    async fn subscriptions(
+        &self,
+        client: &Client,
+        account: &str,
+        topic: &str,
+    ) -> PortResult<Vec<Subscription>> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .limiter
+                .call(account, "ListSubscriptionsByTopic", || {
+                    let request = client.list_subscriptions_by_topic().topic_arn(topic);
+                    sdk(request.set_next_token(token.clone()).send())
+                })
+                .await
+                .map_err(|e| context(e, &format!("listing the subscriptions of {topic}")))?;
+            all.extend(page.subscriptions().iter().map(|s| Subscription {
+                protocol: s.protocol().unwrap_or_default().to_string(),
+                endpoint: s.endpoint().unwrap_or_default().to_string(),
+                arn: s.subscription_arn().unwrap_or_default().to_string(),
+            }));
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(all);
+            }
+        }
+        Err(PortError::Failed(format!(
+            "{topic} has more than {MAX_PAGES} pages of subscriptions"
+        )))
+    }
+
+    /// Creates the approver's email subscription with its filter policy.
+    async fn subscribe(
+        &self,
+        client: &Client,
+        account: &str,
+        topic: &str,
+        approver: &Approver,
+        policy: &str,
+    ) -> PortResult<bool> {
+        self.limiter
+            .call(account, "Subscribe", || {
+                let request = client
+                    .subscribe()
+                    .topic_arn(topic)
+                    .protocol("email")
+                    .endpoint(&approver.email);
+                let request = request
+                    .attributes("FilterPolicy", policy)
+                    .return_subscription_arn(true);
+                sdk(request.send())
+            })
+            .await
+            .map_err(|e| {
+                context(
+                    e,
+                    &format!("subscribing approver {} to {topic}", approver.name),
+                )
+            })?;
+        tracing::info!(topic, approver = %approver.name, "subscribed approver");
+        Ok(true)
+    }
+
+    /// Sets the filter policy of a confirmed subscription when it is not `policy`.
+    async fn correct_policy(
+        &self,
+        client: &Client,
+        account: &str,
+        sub: &Subscription,
+        policy: &str,
+    ) -> PortResult<bool> {
+        if !sub.confirmed() {
+            return Ok(false);
+        }
+        let arn = sub.arn.as_str();
+        let attributes = self
+            .limiter
+            .call(account, "GetSubscriptionAttributes", || {
+                sdk(client
+                    .get_subscription_attributes()
+                    .subscription_arn(arn)
+                    .send())
+            })
+            .await
+            .map_err(|e| context(e, "reading an approver's subscription"))?;
+        let current = attributes.attributes().and_then(|a| a.get("FilterPolicy"));
+        if current.is_some_and(|c| same_json(c, policy)) {
+            return Ok(false);
+        }
+        self.limiter
+            .call(account, "SetSubscriptionAttributes", || {
+                let request = client.set_subscription_attributes().subscription_arn(arn);
+                sdk(request
+                    .attribute_name("FilterPolicy")
+                    .attribute_value(policy)
+                    .send())
+            })
+            .await
+            .map_err(|e| context(e, "setting an approver's filter policy"))?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl Notifier for SnsNotifier {
+    async fn publish(&self, msg: &Message) -> PortResult<String> {
+        let slot = self
+            .sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .slot(&msg.key);
+        slot.get_or_try_init(|| self.publish_once(msg))
+            .await
+            .cloned()
+    }
+}
+
+fn is_inbox_of(sub: &Subscription, approver: &Approver) -> bool {
+    sub.protocol == "email" && sub.endpoint.eq_ignore_ascii_case(&approver.email)
+}
+
+/// `{"approver":["<name>"]}`: only messages with that `approver` attribute reach the inbox.
+fn filter_policy(approver: &str) -> String {
+    serde_json::json!({ "approver": [approver] }).to_string()
+}
+
+fn same_json(a: &str, b: &str) -> bool {
+    let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
+    parse(a).is_some_and(|a| Some(a) == parse(b))
+}
+
+fn message_attributes(msg: &Message) -> PortResult<HashMap<String, MessageAttributeValue>> {
+    let mut attributes = HashMap::new();
+    for (name, value) in &msg.attributes {
+        let value = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build();
+        let value = value
+            .map_err(|_| PortError::Invalid(format!("message attribute `{name}` is malformed")))?;
+        attributes.insert(name.clone(), value);
+    }
+    Ok(attributes)
+}
+
+/// A subject SNS accepts: printable ASCII on one line, at most 100 characters.
+fn subject(raw: &str) -> String {
+    let clean: String = raw
+        .chars()
+        .map(|c| match c {
+            ' '..='~' => c,
+            c if c.is_whitespace() => ' ',
+            _ => '?',
+        })
+        .collect();
+    let clean = clean.trim();
+    if clean.len() <= SUBJECT_MAX {
+        return clean.to_string();
+    }
+    format!("{}...", &clean[..SUBJECT_MAX - 3])
+}
+
+/// The body, cut (on a character boundary) to what SNS accepts.
+fn body(raw: &str) -> String {
+    if raw.len() <= BODY_MAX {
+        return raw.to_string();
+    }
+    let mut end = BODY_MAX;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[truncated]", &raw[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_arns_give_region_and_account() {
+        let arn = TopicArn::parse("arn:aws:sns:eu-west-1:222222222222:approvals").unwrap();
+        assert_eq!(
+            arn,
+            TopicArn {
+                region: "eu-west-1".into(),
+                account: "222222222222".into()
+            }
+        );
+        for bad in [
+            "",
+            "arn:aws:sqs:eu-west-1:222222222222:q",
+            "arn:aws:sns:eu-west-1:22:t",
+            "arn:aws:sns::222222222222:t",
+        ] {
+            assert!(
+                matches!(TopicArn::parse(bad), Err(PortError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn subjects_are_one_line_of_ascii_within_the_limit() {
+        assert_eq!(
+            subject("Prod: r12 — approve?\nnow"),
+            "Prod: r12 ? approve? now"
+        );
+        let long = subject(&"x".repeat(300));
+        assert_eq!(long.len(), SUBJECT_MAX);
+        assert!(long.ends_with("..."));
+    }
+
+    #[test]
+    fn long_bodies_are_cut_on_a_character_boundary() {
+        let cut = body(&"é".repeat(BODY_MAX));
+        assert!(cut.len() <= BODY_MAX + 20 && cut.ends_with("[truncated]"));
+        assert_eq!(body("short"), "short");
+    }
+
+    #[test]
+    fn the_dedupe_memory_is_bounded_and_forgets_the_oldest() {
+        let mut sent = Sent::default();
+        let first = sent.slot("k0");
+        assert!(Arc::ptr_eq(&first, &sent.slot("k0")));
+        for i in 1..=DEDUPE_CAPACITY {
+            sent.slot(&format!("k{i}"));
+        }
+        assert_eq!(sent.ids.len(), DEDUPE_CAPACITY);
+        assert!(!sent.ids.contains_key("k0"));
+    }
+
+    #[test]
+    fn filter_policies_compare_as_json() {
+        assert_eq!(filter_policy("alice"), r#"{"approver":["alice"]}"#);
+        assert!(same_json(
+            r#"{ "approver": [ "alice" ] }"#,
+            &filter_policy("alice")
+        ));
+        assert!(!same_json(
+            r#"{"approver":["bob"]}"#,
+            &filter_policy("alice")
+        ));
+    }
+}

@@ -38,9 +38,12 @@ const CONTROLLER: &str = "controller";
 /// Hands out SDK configs per account; share one per controller (`Arc<Credentials>`).
 pub struct Credentials {
     base: SdkConfig,
-    cache: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<Option<Session>>>>>,
+    cache: Mutex<HashMap<(String, String), SessionSlot>>,
     limiter: Arc<Limiter>,
 }
+
+/// One cached session per (account, session purpose); the inner lock serialises refreshes.
+type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
 #[derive(Clone)]
 struct Session {

@@ -44,7 +44,9 @@ pub async fn collect(store: &Store, config: &Config) -> Result<Vec<StageStatus>,
                 in_flight: current.map(|(r, _)| label(r)),
                 status: current.map(|(_, run)| run.status.to_string()),
                 reason: current.map(|(_, run)| run.reason.clone()),
-                paused: pp.map(|p| format!("pipeline: {p}")).or(sp.map(|s| format!("stage: {s}"))),
+                paused: pp
+                    .map(|p| format!("pipeline: {p}"))
+                    .or(sp.map(|s| format!("stage: {s}"))),
             });
         }
     }
@@ -54,9 +56,17 @@ pub async fn collect(store: &Store, config: &Config) -> Result<Vec<StageStatus>,
 /// Prints the status table (or JSON).
 pub fn render(rows: &[StageStatus], json: bool, out: &mut dyn Write) -> std::io::Result<()> {
     if json {
-        return writeln!(out, "{}", serde_json::to_string_pretty(rows).unwrap_or_default());
+        return writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(rows).unwrap_or_default()
+        );
     }
-    writeln!(out, "{:<12} {:<8} {:<24} {:<24} {:<18} WHY", "PIPELINE", "STAGE", "KNOWN-GOOD", "IN FLIGHT", "STATUS")?;
+    writeln!(
+        out,
+        "{:<12} {:<8} {:<24} {:<24} {:<18} WHY",
+        "PIPELINE", "STAGE", "KNOWN-GOOD", "IN FLIGHT", "STATUS"
+    )?;
     for r in rows {
         let why = match (&r.paused, &r.reason) {
             (Some(p), Some(reason)) => format!("paused ({p}); {reason}"),
@@ -79,10 +89,20 @@ pub fn render(rows: &[StageStatus], json: bool, out: &mut dyn Write) -> std::io:
 }
 
 /// Prints a pipeline's event log.
-pub async fn history(store: &Store, pipeline: &str, limit: i64, json: bool, out: &mut dyn Write) -> Result<(), StoreError> {
+pub async fn history(
+    store: &Store,
+    pipeline: &str,
+    limit: i64,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), StoreError> {
     let events = store.events(pipeline, limit).await?;
     if json {
-        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&events).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&events).unwrap_or_default()
+        );
         return Ok(());
     }
     for e in events {

@@ -166,18 +166,67 @@ impl<'a> Planner<'a> {
     }
 
     /// Is the release allowed to enter stage `j` at all (previous stage done with it)?
+    /// Both as the snapshot has it and as this call leaves it: a run this call moves out of
+    /// Succeeded (a rollback starting) or a release it marks bad stops promotion at once.
     fn eligible(&self, j: usize, release: ReleaseId) -> bool {
         let Some(r) = self.release(release) else {
             return false;
         };
-        if r.digest.is_none() || r.bad.is_some() || r.failed.is_some() {
+        if r.digest.is_none() || self.bad_mark(release).is_some() || r.failed.is_some() {
             return false;
         }
-        j == 0
-            || self
-                .snap
-                .run(release, &self.cfg.stages[j - 1].name)
-                .is_some_and(|prev| prev.status == RunStatus::Succeeded)
+        if j == 0 {
+            return true;
+        }
+        let prev = &self.cfg.stages[j - 1].name;
+        self.snap
+            .run(release, prev)
+            .is_some_and(|p| p.status == RunStatus::Succeeded)
+            && self.status_after(release, prev) == Some(RunStatus::Succeeded)
+    }
+
+    /// A run's status once this call's transitions are applied.
+    fn status_after(&self, release: ReleaseId, stage: &str) -> Option<RunStatus> {
+        let moved = self.out.actions.iter().rev().find_map(|a| match a {
+            Action::Transition {
+                release: r,
+                stage: s,
+                to,
+                ..
+            } if *r == release && s == stage => Some(*to),
+            _ => None,
+        });
+        moved.or_else(|| self.snap.run(release, stage).map(|r| r.status))
+    }
+
+    /// Another run changing the stage (invariant 3), counting the runs this call moves.
+    fn in_flight_besides(&self, stage: &str, release: ReleaseId) -> Option<(ReleaseId, RunStatus)> {
+        self.snap.runs.iter().find_map(|r| {
+            let after = self.status_after(r.release, &r.stage)?;
+            let other = r.stage == stage && r.release != release;
+            let status = if r.status.changes_stage() {
+                r.status
+            } else {
+                after
+            };
+            (other && status.changes_stage()).then_some((r.release, status))
+        })
+    }
+
+    /// Where and why the release was marked bad, in the snapshot or by this call.
+    fn bad_mark(&self, release: ReleaseId) -> Option<BadMark> {
+        let now = self.out.actions.iter().find_map(|a| match a {
+            Action::MarkBad {
+                release: r,
+                stage,
+                reason,
+            } if *r == release => Some(BadMark {
+                stage: stage.clone(),
+                reason: reason.clone(),
+            }),
+            _ => None,
+        });
+        self.release(release).and_then(|r| r.bad.clone()).or(now)
     }
 
     // ----- stage-wide rules -------------------------------------------------------------
@@ -207,7 +256,15 @@ impl<'a> Planner<'a> {
             .iter()
             .find(|r| Some(r.release) == current && r.status == RunStatus::Succeeded)
         {
-            self.transition(run, RunStatus::RollingBack, reason);
+            // With nothing to return to, the release the stage runs stays as it is.
+            if self.rollback_target(stage, run).is_some() {
+                self.transition(run, RunStatus::RollingBack, reason);
+            } else {
+                self.note(
+                    run,
+                    format!("{reason} not done: no known-good release to return to"),
+                );
+            }
         }
     }
 
@@ -229,7 +286,10 @@ impl<'a> Planner<'a> {
                 run.status,
                 RunStatus::Deploying | RunStatus::Verifying | RunStatus::Baking
             );
-            let current_good = run.status == RunStatus::Succeeded && current == Some(run.release);
+            // A stage already changing (a rollback, say) is looked at again once it is done.
+            let current_good = run.status == RunStatus::Succeeded
+                && current == Some(run.release)
+                && self.in_flight_besides(&stage.name, run.release).is_none();
             if live || current_good {
                 self.transition(
                     &run,
@@ -256,17 +316,17 @@ impl<'a> Planner<'a> {
         let Some(newest) = newest.max(good) else {
             return;
         };
+        // Older runs go even while they wait for their artifact or the previous stage: once a
+        // newer release entered the stage, an older one deploying there would go backwards.
         for run in runs
             .iter()
             .filter(|r| r.status.supersedable() && r.release < newest)
         {
-            if self.eligible(j, run.release) || run.status != RunStatus::Waiting {
-                self.transition(
-                    run,
-                    RunStatus::Superseded,
-                    format!("superseded by newer release {newest}"),
-                );
-            }
+            self.transition(
+                run,
+                RunStatus::Superseded,
+                format!("superseded by newer release {newest}"),
+            );
         }
     }
 
@@ -296,7 +356,7 @@ impl<'a> Planner<'a> {
         let Some(r) = self.release(run.release) else {
             return true;
         };
-        let why = if let Some(bad) = &r.bad {
+        let why = if let Some(bad) = self.bad_mark(run.release) {
             Some(format!(
                 "not promoted: rolled back in {} ({})",
                 bad.stage, bad.reason
@@ -605,15 +665,8 @@ impl<'a> Planner<'a> {
             }
         }
         // Invariant 3.
-        if let Some(other) =
-            self.snap.runs.iter().find(|r| {
-                r.stage == stage.name && r.release != run.release && r.status.changes_stage()
-            })
-        {
-            return Some(format!(
-                "waiting for {} to finish ({})",
-                other.release, other.status
-            ));
+        if let Some((other, status)) = self.in_flight_besides(&stage.name, run.release) {
+            return Some(format!("waiting for {other} to finish ({status})"));
         }
         let overridden = self
             .release(run.release)
@@ -969,11 +1022,20 @@ impl<'a> Planner<'a> {
                 _ => None,
             })
             .collect();
+        // What a stage runs now stays: a manual rollback or a bad mark upstream needs its run.
+        let current: BTreeSet<ReleaseId> = self
+            .snap
+            .stages
+            .iter()
+            .flat_map(|s| [s.history.last().copied(), self.snap.last_good(&s.name)])
+            .flatten()
+            .collect();
         let done: Vec<ReleaseId> = self
             .snap
             .releases
             .values()
             .filter(|r| r.digest.is_some() || r.failed.is_some())
+            .filter(|r| !current.contains(&r.id))
             .filter(|r| self.snap.runs.iter().any(|run| run.release == r.id))
             .map(|r| r.id)
             .filter(|id| {

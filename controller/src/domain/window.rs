@@ -4,7 +4,7 @@
 //! daylight-saving changes; a local time that does not exist (spring forward) starts at the
 //! first instant after the gap. Blackout dates close the whole local day.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 
 use crate::config::Windows;
 
@@ -43,16 +43,18 @@ fn starts_on(w: &Windows, date: NaiveDate) -> Vec<DateTime<Utc>> {
         .collect()
 }
 
-/// Local wall-clock time → UTC; a time in a DST gap moves to the end of the gap.
+/// Local wall-clock time → UTC; a time in a DST gap moves to the end of the gap: the first
+/// whole local minute that exists (zones change offset on whole minutes).
 fn resolve(w: &Windows, local: NaiveDateTime) -> Option<DateTime<Utc>> {
-    let mut t = local;
-    for _ in 0..=4 {
-        if let Some(dt) = w.timezone.from_local_datetime(&t).earliest() {
-            return Some(dt.with_timezone(&Utc));
-        }
-        t += Duration::minutes(30);
+    let exists = |t: &NaiveDateTime| w.timezone.from_local_datetime(t).earliest();
+    if let Some(dt) = exists(&local) {
+        return Some(dt.with_timezone(&Utc));
     }
-    None
+    let minute = local.with_second(0)?.with_nanosecond(0)?;
+    (1..=26 * 60)
+        .map(|m| minute + Duration::minutes(m))
+        .find_map(|t| exists(&t))
+        .map(|dt| dt.with_timezone(&Utc))
 }
 
 /// "outside deployment window until Mon 09:00 Europe/Berlin".

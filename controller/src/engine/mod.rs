@@ -36,6 +36,14 @@ use crate::store::{Delivery, Ingested, NewAlarm, NewApproval, NewRelease, Store,
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ports::*;
 
+/// The configuration in force, replaceable while running (self-update, SIGHUP).
+pub type SharedConfig = Arc<RwLock<Arc<Config>>>;
+
+/// A new shared configuration cell.
+pub fn shared_config(config: Config) -> SharedConfig {
+    Arc::new(RwLock::new(Arc::new(config)))
+}
+
 /// The adapters the engine works through.
 #[derive(Clone)]
 pub struct Ports {
@@ -101,7 +109,7 @@ pub struct Engine {
 
 struct Inner {
     store: Store,
-    config: RwLock<Arc<Config>>,
+    config: SharedConfig,
     ports: Ports,
     clock: Arc<dyn Clock>,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
@@ -114,6 +122,16 @@ const MAX_ROUNDS: usize = 64;
 
 impl Engine {
     pub fn new(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>) -> Engine {
+        Self::build(store, shared_config(config), ports, clock, None)
+    }
+
+    /// An engine over a configuration cell the adapters share (so they see reloads too).
+    pub fn with_shared_config(
+        store: Store,
+        config: SharedConfig,
+        ports: Ports,
+        clock: Arc<dyn Clock>,
+    ) -> Engine {
         Self::build(store, config, ports, clock, None)
     }
 
@@ -125,12 +143,12 @@ impl Engine {
         clock: Arc<dyn Clock>,
         fuse: Arc<Fuse>,
     ) -> Engine {
-        Self::build(store, config, ports, clock, Some(fuse))
+        Self::build(store, shared_config(config), ports, clock, Some(fuse))
     }
 
     fn build(
         store: Store,
-        config: Config,
+        config: SharedConfig,
         ports: Ports,
         clock: Arc<dyn Clock>,
         fuse: Option<Arc<Fuse>>,
@@ -138,7 +156,7 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner {
                 store,
-                config: RwLock::new(Arc::new(config)),
+                config,
                 ports,
                 clock,
                 wakers: Mutex::new(HashMap::new()),

@@ -1,1 +1,492 @@
 //! Turning verified webhook events into releases.
+//!
+//! Owns the decision what a `push` or `workflow_run` means for each pipeline, and records it
+//! through the [`Engine`]'s ingest API. The HTTP layer verifies and parses first
+//! ([`super::webhook`]); this module never sees an unverified delivery.
+//!
+//! # Rules
+//! - A pipeline without `source.build_workflow` releases on a `push` to its branch of its
+//!   repository. Tags, branch deletions, other branches and other repositories are ignored.
+//! - A pipeline with a build workflow releases when that workflow (`build.yml`, matched
+//!   against the end of the run's `workflow_path`) `completed` with `success` on its branch.
+//!   A build that concluded otherwise is written to the pipeline's event log: nothing promoted.
+//! - A `workflow_run` whose head repository is a fork is never acted on, whatever it claims;
+//!   the refusal is written to the event log of the pipeline it targeted.
+//! - A push to `controller.config_repository` / `config_branch` touching `config_path` yields
+//!   [`Outcome::ConfigChanged`]; [`apply_config_change`] fetches, validates and applies it.
+//!
+//! # Guarantees
+//! - Each fact is recorded in one transaction, deduplicated by delivery: a delivery that
+//!   concerns several pipelines is recorded once per pipeline under `<delivery>#<pipeline>`,
+//!   a delivery that concerns none under its own id. A redelivery changes nothing.
+//! - Every ignored event gets a reason, logged and returned.
+//!
+//! # Caveats
+//! - GitHub lists at most 20 commits in a `push`; a config change buried in a larger push
+//!   is not seen until the next push touching the file (or a restart).
+//! - A build-failure or fork note is written after its delivery is recorded; a crash between
+//!   the two loses the note (never a release).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::forge::GithubForge;
+use super::webhook::{CommitInfo, GithubEvent, PushEvent, WorkflowRunEvent};
+use crate::config::{self, Config, ConfigError, Pipeline};
+use crate::domain::ReleaseId;
+use crate::engine::{Engine, EngineError, PortError};
+use crate::store::{Delivery, Ingested, NewRelease};
+
+/// What one delivery led to, per pipeline concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A `ping`.
+    Pong,
+    /// A new release was recorded.
+    Released {
+        pipeline: String,
+        release: ReleaseId,
+    },
+    /// Seen before (the delivery, or the commit in that pipeline): nothing changed.
+    Duplicate { pipeline: Option<String> },
+    /// Concerned the pipeline but promotes nothing (failed build, fork); in its event log.
+    NotPromoted { pipeline: String, reason: String },
+    /// Nothing to do, and why.
+    Ignored { reason: String },
+    /// The controller's own configuration file changed in this commit.
+    ConfigChanged { sha: String },
+}
+
+/// Everything a delivery led to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IntakeOutcome {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl IntakeOutcome {
+    /// The commit whose configuration should be loaded, if the delivery changed it.
+    pub fn config_change(&self) -> Option<&str> {
+        self.outcomes.iter().find_map(|o| match o {
+            Outcome::ConfigChanged { sha } => Some(sha.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The releases recorded.
+    pub fn releases(&self) -> Vec<(String, ReleaseId)> {
+        let released = self.outcomes.iter().filter_map(|o| match o {
+            Outcome::Released { pipeline, release } => Some((pipeline.clone(), *release)),
+            _ => None,
+        });
+        released.collect()
+    }
+
+    /// True when the delivery was acknowledged and nothing in it applied to tollgate.
+    pub fn is_ignored(&self) -> bool {
+        self.outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Ignored { .. }))
+    }
+
+    /// One line for the HTTP answer and the log.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self.outcomes.iter().map(describe).collect();
+        parts.join("; ")
+    }
+}
+
+fn describe(o: &Outcome) -> String {
+    match o {
+        Outcome::Pong => "pong".into(),
+        Outcome::Released { pipeline, release } => {
+            format!("{pipeline}: release {release} recorded")
+        }
+        Outcome::Duplicate { pipeline: Some(p) } => format!("{p}: already recorded"),
+        Outcome::Duplicate { pipeline: None } => "already recorded".into(),
+        Outcome::NotPromoted { pipeline, reason } => format!("{pipeline}: not promoted: {reason}"),
+        Outcome::Ignored { reason } => format!("ignored: {reason}"),
+        Outcome::ConfigChanged { sha } => format!("configuration changed in {sha}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions (pure)
+// ---------------------------------------------------------------------------------------------
+
+/// What an event means for one pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Not this pipeline's repository or workflow.
+    NotMine,
+    Release(Box<NewRelease>),
+    /// Note in the pipeline's event log why nothing is promoted.
+    Refuse(String),
+    /// Nothing to do for this pipeline, and why.
+    Skip(String),
+}
+
+fn same_repo(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// What a `push` means for `p`.
+pub fn decide_push(p: &Pipeline, push: &PushEvent) -> Decision {
+    if !same_repo(&push.repository, &p.source.repository) {
+        return Decision::NotMine;
+    }
+    let Some(branch) = push.branch.as_deref() else {
+        return Decision::Skip(format!("{} is not a branch", push.git_ref));
+    };
+    if push.deleted {
+        return Decision::Skip(format!("branch {branch} was deleted"));
+    }
+    if branch != p.source.branch {
+        return Decision::Skip(format!(
+            "push to {branch}, pipeline follows {}",
+            p.source.branch
+        ));
+    }
+    if let Some(w) = &p.source.build_workflow {
+        return Decision::Skip(format!("waiting for build workflow {w}"));
+    }
+    let url = push.compare_url.clone();
+    Decision::Release(new_release(
+        p,
+        &push.after,
+        push.head_commit.as_ref(),
+        &push.pusher,
+        url,
+    ))
+}
+
+/// Does `workflow_path` (`.github/workflows/build.yml`) name the workflow file `file`?
+pub fn is_workflow(workflow_path: &str, file: &str) -> bool {
+    let file = file.trim_start_matches("./");
+    workflow_path == file || workflow_path.ends_with(&format!("/{file}"))
+}
+
+/// What a `workflow_run` means for `p`.
+pub fn decide_run(p: &Pipeline, run: &WorkflowRunEvent) -> Decision {
+    let Some(build) = &p.source.build_workflow else {
+        return Decision::NotMine;
+    };
+    if !same_repo(&run.repository, &p.source.repository) || !is_workflow(&run.workflow_path, build)
+    {
+        return Decision::NotMine;
+    }
+    if run.from_fork {
+        return Decision::Refuse(format!(
+            "build run {} comes from the fork {}: never deployed",
+            run.run_url, run.head_repository
+        ));
+    }
+    if run.action != "completed" {
+        return Decision::Skip(format!("build run {} is {}", run.run_id, run.action));
+    }
+    let branch = run.head_branch.as_deref().unwrap_or("");
+    if branch != p.source.branch {
+        return Decision::Skip(format!(
+            "build on {branch}, pipeline follows {}",
+            p.source.branch
+        ));
+    }
+    match run.conclusion.as_deref() {
+        Some("success") => {
+            let url = Some(run.run_url.clone());
+            Decision::Release(new_release(
+                p,
+                &run.head_sha,
+                run.head_commit.as_ref(),
+                "",
+                url,
+            ))
+        }
+        other => Decision::Refuse(format!(
+            "build {build} concluded {} for {}: nothing promoted ({})",
+            other.unwrap_or("without a conclusion"),
+            short(&run.head_sha),
+            run.run_url
+        )),
+    }
+}
+
+fn new_release(
+    p: &Pipeline,
+    sha: &str,
+    commit: Option<&CommitInfo>,
+    pusher: &str,
+    url: Option<String>,
+) -> Box<NewRelease> {
+    let (name, email, login, message) = match commit {
+        Some(c) => (
+            c.author_name.clone(),
+            c.author_email.clone(),
+            c.author_login.clone(),
+            c.message.clone(),
+        ),
+        None => (pusher.to_owned(), String::new(), None, String::new()),
+    };
+    Box::new(NewRelease {
+        pipeline: p.name.clone(),
+        sha: sha.to_owned(),
+        branch: p.source.branch.clone(),
+        author_name: name,
+        author_email: email,
+        author_login: login,
+        message,
+        url,
+        alarm_override: None,
+        window_override: None,
+    })
+}
+
+/// Did this push change the controller's own configuration file?
+pub fn config_change(config: &Config, push: &PushEvent) -> Option<String> {
+    let c = &config.controller;
+    let repo = c.config_repository.as_deref()?;
+    let relevant = same_repo(&push.repository, repo)
+        && push.branch.as_deref() == Some(c.config_branch.as_str())
+        && !push.deleted
+        && push.changed_files.iter().any(|f| f == &c.config_path);
+    relevant.then(|| push.after.clone())
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording
+// ---------------------------------------------------------------------------------------------
+
+/// Records what a verified delivery means, and says what happened.
+pub async fn handle(
+    engine: &Engine,
+    delivery: &Delivery,
+    event: GithubEvent,
+) -> Result<IntakeOutcome, EngineError> {
+    let config = engine.config();
+    let decisions: Vec<(String, Decision)> = match &event {
+        GithubEvent::Ping => {
+            return Ok(IntakeOutcome {
+                outcomes: vec![Outcome::Pong],
+            });
+        }
+        GithubEvent::Ignored { event } => {
+            let reason = format!("`{event}` events are not used");
+            return ignore(engine, delivery, vec![reason]).await;
+        }
+        GithubEvent::Push(push) => each(&config, |p| decide_push(p, push)),
+        GithubEvent::WorkflowRun(run) => each(&config, |p| decide_run(p, run)),
+    };
+    let mut outcomes = Vec::new();
+    let mut skipped = Vec::new();
+    for (pipeline, decision) in decisions {
+        match decision {
+            Decision::NotMine => {}
+            Decision::Skip(reason) => skipped.push(format!("{pipeline}: {reason}")),
+            Decision::Release(r) => outcomes.push(release(engine, delivery, &r).await?),
+            Decision::Refuse(reason) => {
+                outcomes.push(refuse(engine, delivery, &pipeline, reason).await?)
+            }
+        }
+    }
+    if let GithubEvent::Push(push) = &event {
+        outcomes.extend(config_change(&config, push).map(|sha| Outcome::ConfigChanged { sha }));
+    }
+    if outcomes.is_empty() {
+        let reasons = if skipped.is_empty() {
+            vec![no_pipeline(&event)]
+        } else {
+            skipped
+        };
+        return ignore(engine, delivery, reasons).await;
+    }
+    Ok(IntakeOutcome { outcomes })
+}
+
+fn each(config: &Config, decide: impl Fn(&Pipeline) -> Decision) -> Vec<(String, Decision)> {
+    config
+        .pipelines
+        .iter()
+        .map(|p| (p.name.clone(), decide(p)))
+        .collect()
+}
+
+fn no_pipeline(event: &GithubEvent) -> String {
+    match event {
+        GithubEvent::Push(p) => format!("no pipeline follows {}", p.repository),
+        GithubEvent::WorkflowRun(r) => format!(
+            "no pipeline builds with {} in {}",
+            r.workflow_path, r.repository
+        ),
+        _ => "nothing to do".into(),
+    }
+}
+
+/// The delivery id under which a fact about one pipeline is deduplicated.
+pub fn pipeline_delivery(delivery: &Delivery, pipeline: &str) -> Delivery {
+    Delivery {
+        source: delivery.source.clone(),
+        id: format!("{}#{pipeline}", delivery.id),
+    }
+}
+
+async fn release(
+    engine: &Engine,
+    delivery: &Delivery,
+    r: &NewRelease,
+) -> Result<Outcome, EngineError> {
+    let d = pipeline_delivery(delivery, &r.pipeline);
+    let pipeline = r.pipeline.clone();
+    Ok(match engine.record_release(r, &d).await? {
+        Ingested::Recorded(release) => {
+            tracing::info!(delivery = %delivery.id, %pipeline, %release, sha = %r.sha, "release recorded");
+            Outcome::Released { pipeline, release }
+        }
+        Ingested::Duplicate => Outcome::Duplicate {
+            pipeline: Some(pipeline),
+        },
+    })
+}
+
+async fn refuse(
+    engine: &Engine,
+    delivery: &Delivery,
+    pipeline: &str,
+    reason: String,
+) -> Result<Outcome, EngineError> {
+    let d = pipeline_delivery(delivery, pipeline);
+    let store = engine.store();
+    if store.record_delivery(&d, engine.now()).await? == Ingested::Duplicate {
+        return Ok(Outcome::Duplicate {
+            pipeline: Some(pipeline.to_owned()),
+        });
+    }
+    tracing::warn!(delivery = %delivery.id, pipeline, %reason, "not promoted");
+    let actor = format!("{}:{}", delivery.source, delivery.id);
+    store
+        .log_event(pipeline, &actor, "not-promoted", &reason, engine.now())
+        .await?;
+    Ok(Outcome::NotPromoted {
+        pipeline: pipeline.to_owned(),
+        reason,
+    })
+}
+
+async fn ignore(
+    engine: &Engine,
+    delivery: &Delivery,
+    reasons: Vec<String>,
+) -> Result<IntakeOutcome, EngineError> {
+    for reason in &reasons {
+        tracing::info!(delivery = %delivery.id, %reason, "GitHub delivery ignored");
+    }
+    if engine
+        .store()
+        .record_delivery(delivery, engine.now())
+        .await?
+        == Ingested::Duplicate
+    {
+        return Ok(IntakeOutcome {
+            outcomes: vec![Outcome::Duplicate { pipeline: None }],
+        });
+    }
+    let outcomes = reasons
+        .into_iter()
+        .map(|reason| Outcome::Ignored { reason })
+        .collect();
+    Ok(IntakeOutcome { outcomes })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration self-update
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration file at `sha` of `repo`, via GitHub's contents API.
+pub async fn fetch_config(
+    forge: &GithubForge,
+    repo: &str,
+    sha: &str,
+    path: &str,
+) -> Result<String, PortError> {
+    forge.fetch_file(repo, sha, path).await
+}
+
+/// Validates `text` as `base_dir/<file_name>` (accounts and templates resolve from `base_dir`
+/// on this machine). An invalid file is refused with every validation message.
+pub fn try_reload(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, String> {
+    let source = base_dir.join(file_name);
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| ConfigError::Unreadable {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let loaded = config::load_str(&source, text, base_dir, &read).map_err(|e| e.to_string())?;
+    for w in &loaded.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    Ok(loaded.config)
+}
+
+/// Fetches the configuration at `sha`, validates it and, if valid, makes the engine and the
+/// forge use it. Either way the outcome is written to every pipeline's event log.
+pub async fn apply_config_change(
+    engine: &Engine,
+    forge: &GithubForge,
+    sha: &str,
+    base_dir: &Path,
+) -> Result<(), String> {
+    let current = engine.config();
+    let c = &current.controller;
+    let Some(repo) = c.config_repository.as_deref() else {
+        return Err("no controller.config_repository configured".into());
+    };
+    let loaded = match fetch_config(forge, repo, sha, &c.config_path).await {
+        Ok(text) => try_reload(&text, base_dir, &c.config_path),
+        Err(e) => Err(format!("cannot fetch {}: {e}", c.config_path)),
+    };
+    let detail = match &loaded {
+        Ok(_) => format!("configuration reloaded from {repo}@{}", short(sha)),
+        Err(why) => format!("configuration from {repo}@{} refused: {why}", short(sha)),
+    };
+    note_everywhere(engine, &current, &detail).await;
+    let config = loaded?;
+    forge.track_pipelines(&config);
+    engine.replace_config(config);
+    Ok(())
+}
+
+async fn note_everywhere(engine: &Engine, config: &Config, detail: &str) {
+    for p in &config.pipelines {
+        let logged = engine
+            .store()
+            .log_event(&p.name, "controller", "config", detail, engine.now())
+            .await;
+        if let Err(e) = logged {
+            tracing::error!(pipeline = %p.name, error = %e, "cannot write the event log");
+        }
+    }
+}
+
+/// Applies configuration changes as they arrive on `changes` (shas), one at a time, until
+/// the sender is dropped.
+pub fn spawn_config_reloader(
+    engine: Engine,
+    forge: Arc<GithubForge>,
+    base_dir: std::path::PathBuf,
+    mut changes: mpsc::Receiver<String>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(sha) = changes.recv().await {
+            match apply_config_change(&engine, &forge, &sha, &base_dir).await {
+                Ok(()) => tracing::info!(%sha, "configuration reloaded"),
+                Err(why) => tracing::error!(%sha, reason = %why, "configuration change refused"),
+            }
+        }
+    })
+}

@@ -1,1 +1,139 @@
 //! The axum application: routes, shared state, health.
+//!
+//! Owns: [`AppState`] (what every handler may use), [`router`] (the whole HTTP surface, one
+//! `Router` per area merged together) and [`serve`] (graceful shutdown on SIGINT/SIGTERM).
+//! Adding an area is one line in [`router`]: `.merge(crate::http::<area>::routes())`, where
+//! `routes()` returns a `Router<AppState>`.
+//!
+//! Guarantees: `/healthz` answers while the process runs; `/readyz` answers 200 only while the
+//! state database answers (within [`READY_TIMEOUT`]). Handlers only record facts and wake the
+//! reconciler, so every answer is fast.
+//! Must never: log request bodies or headers (they carry signatures, tokens and secrets).
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::engine::Engine;
+use crate::github::webhook::WebhookSecrets;
+
+/// How long `/readyz` waits for the state database.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// The GitHub webhook secrets accepted now (several during a rotation).
+    pub secrets: Arc<WebhookSecrets>,
+    /// Where a changed controller configuration (its commit sha) is announced; see
+    /// [`crate::github::intake::spawn_config_reloader`].
+    pub config_changes: Option<mpsc::Sender<String>>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, secrets: WebhookSecrets) -> AppState {
+        AppState {
+            engine,
+            secrets: Arc::new(secrets),
+            config_changes: None,
+        }
+    }
+
+    /// Announces configuration changes from GitHub pushes on `sender`.
+    pub fn with_config_changes(mut self, sender: mpsc::Sender<String>) -> AppState {
+        self.config_changes = Some(sender);
+        self
+    }
+
+    /// Passes a changed configuration's sha to the reloader without waiting.
+    pub fn announce_config_change(&self, sha: &str) {
+        let Some(tx) = &self.config_changes else {
+            tracing::warn!(%sha, "the configuration changed, but no reloader is running");
+            return;
+        };
+        if let Err(e) = tx.try_send(sha.to_owned()) {
+            tracing::warn!(%sha, error = %e, "configuration change not queued; it applies at the next change or restart");
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health_routes())
+        .merge(crate::http::github::routes())
+        .with_state(state)
+}
+
+/// `/healthz` and `/readyz`.
+pub fn health_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    let ping = tokio::time::timeout(READY_TIMEOUT, state.engine.store().ping()).await;
+    match ping {
+        Ok(true) => (StatusCode::OK, "ready"),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state database unreachable",
+        ),
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then finishes the requests in flight.
+pub async fn serve(listener: TcpListener, state: AppState) -> io::Result<()> {
+    serve_with_shutdown(listener, state, shutdown_signal()).await
+}
+
+/// Serves until `shutdown` completes, then finishes the requests in flight.
+pub async fn serve_with_shutdown(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP server listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => drop(s.recv().await),
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

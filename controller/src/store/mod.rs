@@ -6,6 +6,7 @@
 //! Must never: decide what happens next (that is `domain::plan`), or store a secret.
 //! The engine sees only the methods here, so a PostgreSQL backend can be added behind them.
 
+pub mod approvals;
 mod rows;
 
 use std::collections::BTreeMap;
@@ -376,29 +377,17 @@ impl Store {
         Ok(Ingested::Recorded(()))
     }
 
-    /// Appends a free-form entry to the event log.
+    /// Appends a free-form entry, about the pipeline as a whole, to the event log.
     pub async fn log_event(
         &self,
         pipeline: &str,
         actor: &str,
         kind: &str,
-        release: Option<ReleaseId>,
-        stage: Option<&str>,
         detail: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        log(
-            &mut tx,
-            pipeline,
-            now,
-            actor,
-            kind,
-            release.map(|r| r.0),
-            stage,
-            detail,
-        )
-        .await?;
+        log(&mut tx, pipeline, now, actor, kind, None, None, detail).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -546,7 +535,11 @@ impl Store {
     }
 
     /// The pause reason of a pipeline and of one of its stages.
-    pub async fn paused(&self, pipeline: &str, stage: &str) -> Result<(Option<String>, Option<String>)> {
+    pub async fn paused(
+        &self,
+        pipeline: &str,
+        stage: &str,
+    ) -> Result<(Option<String>, Option<String>)> {
         rows::paused(&self.pool, pipeline, stage).await
     }
 

@@ -395,7 +395,11 @@ pub(super) async fn approvals_of(
         .collect()
 }
 
-pub(super) async fn last_good(pool: &SqlitePool, pipeline: &str, stage: &str) -> Result<Option<Release>> {
+pub(super) async fn last_good(
+    pool: &SqlitePool,
+    pipeline: &str,
+    stage: &str,
+) -> Result<Option<Release>> {
     let cols = RELEASE_COLUMNS
         .split(", ")
         .map(|c| format!("r.{c}"))
@@ -413,7 +417,11 @@ pub(super) async fn last_good(pool: &SqlitePool, pipeline: &str, stage: &str) ->
         .map(|r| release_row(&r)))
 }
 
-pub(super) async fn in_flight(pool: &SqlitePool, pipeline: &str, stage: &str) -> Result<Vec<(Release, StageRun)>> {
+pub(super) async fn in_flight(
+    pool: &SqlitePool,
+    pipeline: &str,
+    stage: &str,
+) -> Result<Vec<(Release, StageRun)>> {
     let rows = sqlx::query(
         "SELECT s.* FROM stage_runs s JOIN releases r ON r.id = s.release_id
          WHERE r.pipeline = $1 AND s.stage = $2 AND r.active = 1
@@ -434,17 +442,22 @@ pub(super) async fn in_flight(pool: &SqlitePool, pipeline: &str, stage: &str) ->
     Ok(out)
 }
 
-pub(super) async fn paused(pool: &SqlitePool, pipeline: &str, stage: &str) -> Result<(Option<String>, Option<String>)> {
+pub(super) async fn paused(
+    pool: &SqlitePool,
+    pipeline: &str,
+    stage: &str,
+) -> Result<(Option<String>, Option<String>)> {
     let p: Option<String> = sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
         .bind(pipeline)
         .fetch_optional(pool)
         .await?
         .and_then(|r| r.get("paused"));
-    let s: Option<String> = sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
-        .bind(pipeline)
-        .bind(stage)
-        .fetch_optional(pool)
-        .await?
-        .and_then(|r| r.get("paused"));
+    let s: Option<String> =
+        sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
+            .bind(pipeline)
+            .bind(stage)
+            .fetch_optional(pool)
+            .await?
+            .and_then(|r| r.get("paused"));
     Ok((p, s))
 }

@@ -1,1 +1,1256 @@
 //! Scripted stub servers speaking AWS wire protocols for what moto cannot produce.
+
+pub mod cloudwatch {
+    //! A scripted CloudWatch alarm-state server (`DescribeAlarms`) on loopback.
+    //!
+    //! Covers two moto 5.2.5 gaps: the current AWS SDK for Rust calls CloudWatch over RPCv2
+    //! CBOR, which moto does not serve, and moto cannot be told to throttle.
+    //!
+    //! Speaks RPCv2 CBOR: `POST /service/GraniteServiceVersion20100801/operation/DescribeAlarms`
+    //! with `Content-Type: application/cbor`; answers with `smithy-protocol: rpc-v2-cbor` (the SDK
+    //! rejects a response without it), timestamps as CBOR tag 1 (epoch seconds), and errors as
+    //! HTTP 400 with a map holding `__type` and `message` plus CloudWatch's query-compatible
+    //! `x-amzn-query-error` header. It also answers the awsQuery form of the same call (`POST /`,
+    //! `Action=DescribeAlarms`), which SDK releases for older compilers still send, so one script
+    //! serves whichever the resolved SDK speaks.
+    //!
+    //! Tests set alarm states by name, make the next N calls throttle, and read back every call
+    //! with the access key and region of its SigV4 credential scope. Never used by the controller
+    //! at run time; binds 127.0.0.1 only.
+
+    use std::collections::BTreeMap;
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::{Arc, Mutex};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use anyhow::Context as _;
+    use aws_config::SdkConfig;
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use ciborium::Value;
+
+    const CBOR_PATH: &str = "/service/GraniteServiceVersion20100801/operation/{op}";
+    const ACCOUNT: &str = "123456789012";
+
+    /// One request the stub received.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Call {
+        /// `DescribeAlarms`, or whatever else was asked.
+        pub operation: String,
+        /// `cbor` or `query`.
+        pub protocol: &'static str,
+        /// From the SigV4 `Authorization` header: which credentials (account) signed it.
+        pub access_key_id: Option<String>,
+        /// The region of the SigV4 credential scope.
+        pub region: Option<String>,
+        pub alarm_names: Vec<String>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Alarm {
+        state: String,
+        since: f64,
+    }
+
+    #[derive(Debug, Default)]
+    struct Script {
+        alarms: BTreeMap<String, Alarm>,
+        throttles: u32,
+        calls: Vec<Call>,
+    }
+
+    type Shared = Arc<Mutex<Script>>;
+
+    /// What one call gets.
+    enum Reply {
+        Alarms(Vec<(String, Alarm)>),
+        Throttled,
+        UnknownOperation(String),
+    }
+
+    /// The running stub; stops when dropped.
+    #[derive(Debug)]
+    pub struct CloudWatchStub {
+        addr: SocketAddr,
+        script: Shared,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl CloudWatchStub {
+        /// Starts on a free loopback port, in the current tokio runtime.
+        pub async fn start() -> anyhow::Result<Self> {
+            let script = Shared::default();
+            let app = Router::new()
+                .route(CBOR_PATH, post(cbor_call))
+                .route("/", post(query_call))
+                .with_state(script.clone());
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("binding the CloudWatch stub")?;
+            let addr = listener.local_addr()?;
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Ok(Self {
+                addr,
+                script,
+                server,
+            })
+        }
+
+        /// `http://127.0.0.1:<port>`.
+        pub fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// `base` (credentials, region) with this stub as the endpoint.
+        pub fn sdk_config(&self, base: &SdkConfig) -> SdkConfig {
+            base.to_builder().endpoint_url(self.endpoint()).build()
+        }
+
+        /// Creates or changes an alarm: `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+        pub fn set_alarm(&self, name: &str, state: &str) {
+            let since = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            let alarm = Alarm {
+                state: state.to_owned(),
+                since,
+            };
+            self.lock().alarms.insert(name.to_owned(), alarm);
+        }
+
+        /// The next `times` calls fail with a throttling error.
+        pub fn throttle(&self, times: u32) {
+            self.lock().throttles = times;
+        }
+
+        /// Every call so far, oldest first.
+        pub fn calls(&self) -> Vec<Call> {
+            self.lock().calls.clone()
+        }
+
+        /// Calls so far per signing access key id (one key per emulated account).
+        pub fn calls_by_access_key(&self) -> BTreeMap<String, usize> {
+            let mut counts = BTreeMap::new();
+            for call in self.lock().calls.iter() {
+                let key = call.access_key_id.clone().unwrap_or_default();
+                *counts.entry(key).or_default() += 1;
+            }
+            counts
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
+            self.script.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    impl Drop for CloudWatchStub {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    /// Records the call and decides its reply from the script.
+    fn answer(script: &Shared, call: Call) -> Reply {
+        let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
+        script.calls.push(call.clone());
+        if call.operation != "DescribeAlarms" {
+            return Reply::UnknownOperation(call.operation);
+        }
+        if script.throttles > 0 {
+            script.throttles -= 1;
+            return Reply::Throttled;
+        }
+        let wanted = |name: &String| call.alarm_names.is_empty() || call.alarm_names.contains(name);
+        let found = script.alarms.iter().filter(|(name, _)| wanted(name));
+        Reply::Alarms(found.map(|(n, a)| (n.clone(), a.clone())).collect())
+    }
+
+    /// `AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/monitoring/aws4_request, …`
+    /// → (`AKID`, `us-east-1`).
+    fn signer(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let scope = auth
+            .and_then(|a| a.split_once("Credential="))
+            .map(|(_, c)| c);
+        let mut parts = scope.unwrap_or_default().split('/');
+        let key = parts.next().filter(|k| !k.is_empty()).map(str::to_owned);
+        let region = parts.nth(1).map(str::to_owned);
+        (key, region)
+    }
+
+    fn alarm_arn(region: Option<&str>, name: &str) -> String {
+        let region = region.unwrap_or("us-east-1");
+        format!("arn:aws:cloudwatch:{region}:{ACCOUNT}:alarm:{name}")
+    }
+
+    fn reason(state: &str) -> String {
+        format!("Threshold Crossed: scripted state {state}")
+    }
+
+    // ---- RPCv2 CBOR ----
+
+    async fn cbor_call(
+        State(script): State<Shared>,
+        Path(op): Path<String>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let protocol = headers.get("smithy-protocol").and_then(|v| v.to_str().ok());
+        if protocol != Some("rpc-v2-cbor") {
+            return cbor_error(
+                "ValidationError",
+                "smithy-protocol must be rpc-v2-cbor",
+                "Sender",
+            );
+        }
+        let names = match cbor_alarm_names(&body) {
+            Ok(names) => names,
+            Err(e) => return cbor_error("SerializationException", &e, "Sender"),
+        };
+        let (access_key_id, region) = signer(&headers);
+        let call = Call {
+            operation: op,
+            protocol: "cbor",
+            access_key_id,
+            region: region.clone(),
+            alarm_names: names,
+        };
+        match answer(&script, call) {
+            Reply::Alarms(alarms) => cbor_alarms(region.as_deref(), &alarms),
+            Reply::Throttled => cbor_error("ThrottlingException", "Rate exceeded", "Sender"),
+            Reply::UnknownOperation(op) => cbor_error(
+                "UnknownOperationException",
+                &format!("the stub does not serve {op}"),
+                "Sender",
+            ),
+        }
+    }
+
+    /// `AlarmNames` of a CBOR request body (an empty body is an empty input).
+    fn cbor_alarm_names(body: &[u8]) -> Result<Vec<String>, String> {
+        if body.is_empty() {
+            return Ok(Vec::new());
+        }
+        let value: Value = ciborium::from_reader(body).map_err(|e| format!("bad CBOR: {e}"))?;
+        let Value::Map(fields) = value else {
+            return Err("the request body is not a CBOR map".into());
+        };
+        let names = fields
+            .into_iter()
+            .find(|(k, _)| k.as_text() == Some("AlarmNames"));
+        let Some((_, Value::Array(items))) = names else {
+            return Ok(Vec::new());
+        };
+        Ok(items
+            .iter()
+            .filter_map(|v| v.as_text().map(str::to_owned))
+            .collect())
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.to_owned())
+    }
+
+    fn cbor_alarms(region: Option<&str>, alarms: &[(String, Alarm)]) -> Response {
+        let metric_alarms = alarms.iter().map(|(name, alarm)| {
+            let since = Value::Tag(1, Box::new(Value::Float(alarm.since)));
+            Value::Map(vec![
+                (text("AlarmName"), text(name)),
+                (text("AlarmArn"), text(&alarm_arn(region, name))),
+                (text("StateValue"), text(&alarm.state)),
+                (text("StateReason"), text(&reason(&alarm.state))),
+                (text("StateUpdatedTimestamp"), since),
+            ])
+        });
+        let body = Value::Map(vec![
+            (text("MetricAlarms"), Value::Array(metric_alarms.collect())),
+            (text("CompositeAlarms"), Value::Array(Vec::new())),
+        ]);
+        cbor_response(StatusCode::OK, &body, None)
+    }
+
+    /// An RPCv2 CBOR error: HTTP 400, `__type` and `message`, and the awsQuery code and fault
+    /// in `x-amzn-query-error` as CloudWatch (a query-compatible service) sends them.
+    fn cbor_error(code: &str, message: &str, fault: &str) -> Response {
+        let body = Value::Map(vec![
+            (
+                text("__type"),
+                text(&format!("com.amazonaws.cloudwatch#{code}")),
+            ),
+            (text("message"), text(message)),
+        ]);
+        let query_code = code.strip_suffix("Exception").unwrap_or(code);
+        let query_error = format!("{query_code};{fault}");
+        cbor_response(StatusCode::BAD_REQUEST, &body, Some(query_error))
+    }
+
+    fn cbor_response(status: StatusCode, body: &Value, query_error: Option<String>) -> Response {
+        let mut bytes = Vec::new();
+        if let Err(e) = ciborium::into_writer(body, &mut bytes) {
+            return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+        let mut response = (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/cbor"),
+                (
+                    header::HeaderName::from_static("smithy-protocol"),
+                    "rpc-v2-cbor",
+                ),
+            ],
+            bytes,
+        )
+            .into_response();
+        if let Some(value) = query_error.and_then(|v| v.parse().ok()) {
+            response.headers_mut().insert("x-amzn-query-error", value);
+        }
+        response
+    }
+
+    // ---- awsQuery ----
+
+    async fn query_call(State(script): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let names = form
+            .iter()
+            .filter(|(k, _)| k.starts_with("AlarmNames.member."));
+        let (access_key_id, region) = signer(&headers);
+        let call = Call {
+            operation: field("Action").unwrap_or_default(),
+            protocol: "query",
+            access_key_id,
+            region: region.clone(),
+            alarm_names: names.map(|(_, v)| v.clone()).collect(),
+        };
+        match answer(&script, call) {
+            Reply::Alarms(alarms) => {
+                xml_response(StatusCode::OK, query_alarms(region.as_deref(), &alarms))
+            }
+            Reply::Throttled => query_error("Throttling", "Rate exceeded"),
+            Reply::UnknownOperation(op) => {
+                query_error("InvalidAction", &format!("the stub does not serve {op}"))
+            }
+        }
+    }
+
+    fn query_alarms(region: Option<&str>, alarms: &[(String, Alarm)]) -> String {
+        let members: String = alarms
+            .iter()
+            .map(|(name, a)| query_member(region, name, a))
+            .collect();
+        format!(
+            "<DescribeAlarmsResponse xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\">\
+             <DescribeAlarmsResult><MetricAlarms>{members}</MetricAlarms><CompositeAlarms/>\
+             </DescribeAlarmsResult><ResponseMetadata><RequestId>stub</RequestId>\
+             </ResponseMetadata></DescribeAlarmsResponse>"
+        )
+    }
+
+    fn query_member(region: Option<&str>, name: &str, alarm: &Alarm) -> String {
+        let since = chrono::DateTime::from_timestamp(alarm.since as i64, 0).unwrap_or_default();
+        format!(
+            "<member><AlarmName>{}</AlarmName><AlarmArn>{}</AlarmArn><StateValue>{}</StateValue>\
+             <StateReason>{}</StateReason><StateUpdatedTimestamp>{}</StateUpdatedTimestamp></member>",
+            xml_escape(name),
+            xml_escape(&alarm_arn(region, name)),
+            xml_escape(&alarm.state),
+            xml_escape(&reason(&alarm.state)),
+            since.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        )
+    }
+
+    fn query_error(code: &str, message: &str) -> Response {
+        let body = format!(
+            "<ErrorResponse xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\"><Error>\
+             <Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error>\
+             <RequestId>stub</RequestId></ErrorResponse>",
+            xml_escape(message)
+        );
+        xml_response(StatusCode::BAD_REQUEST, body)
+    }
+
+    fn xml_response(status: StatusCode, body: String) -> Response {
+        (status, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
+    }
+
+    fn xml_escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    }
+}
+
+pub mod codepipeline {
+    //! A scripted CodePipeline server on loopback (JSON 1.1: `X-Amz-Target:
+    //! CodePipeline_20150709.<Op>`, `application/x-amz-json-1.1`).
+    //!
+    //! Covers moto 5.2.5 gaps: moto's executions succeed instantly (no `InProgress`, no failed
+    //! action to report), and `GetPipelineState` and `RollbackStage` are not implemented.
+    //!
+    //! Serves `StartPipelineExecution` (honouring `clientRequestToken` like AWS: the same token
+    //! returns the same execution id), `GetPipelineExecution`, `ListPipelineExecutions`,
+    //! `ListActionExecutions`, `GetPipelineState` and `RollbackStage`. Each new execution (a
+    //! start or a rollback) takes the next scripted [`Run`] for its pipeline, or succeeds at
+    //! once when none is scripted: it reports `InProgress` to that many `GetPipelineExecution`
+    //! calls, then its outcome. Every call is recorded. Never used by the controller at run
+    //! time; binds 127.0.0.1 only.
+
+    use std::collections::{BTreeMap, VecDeque};
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::{Arc, Mutex};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use anyhow::Context as _;
+    use aws_config::SdkConfig;
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+    use serde_json::{Value, json};
+
+    const TARGET_PREFIX: &str = "CodePipeline_20150709.";
+
+    /// How a scripted execution ends.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Outcome {
+        Succeeded,
+        /// The named action of the deploy stage fails with this summary.
+        Failed {
+            action: String,
+            summary: String,
+        },
+        /// A newer execution took its place.
+        Superseded,
+    }
+
+    /// One scripted execution: `InProgress` for `polls` status reads, then `outcome`.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Run {
+        pub polls: u32,
+        pub outcome: Outcome,
+    }
+
+    /// One request the stub received.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Call {
+        /// The part of `X-Amz-Target` after the dot, e.g. `StartPipelineExecution`.
+        pub operation: String,
+        /// From the SigV4 `Authorization` header: which credentials (account) signed it.
+        pub access_key_id: Option<String>,
+        pub body: Value,
+    }
+
+    /// A `RollbackStage` request.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Rollback {
+        pub pipeline: String,
+        pub stage: String,
+        pub target_execution_id: String,
+        /// The execution the rollback started.
+        pub execution_id: String,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Execution {
+        id: String,
+        token: Option<String>,
+        variables: Vec<(String, String)>,
+        run: Run,
+        /// `Some(target)` for a rollback execution.
+        rollback_of: Option<String>,
+        started: f64,
+    }
+
+    impl Execution {
+        fn status(&self) -> &'static str {
+            match (&self.run.outcome, self.run.polls) {
+                (_, 1..) => "InProgress",
+                (Outcome::Succeeded, 0) => "Succeeded",
+                (Outcome::Failed { .. }, 0) => "Failed",
+                (Outcome::Superseded, 0) => "Superseded",
+            }
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Pipeline {
+        stages: Vec<String>,
+        /// Oldest first.
+        executions: Vec<Execution>,
+        script: VecDeque<Run>,
+    }
+
+    #[derive(Debug, Default)]
+    struct World {
+        pipelines: BTreeMap<String, Pipeline>,
+        calls: Vec<Call>,
+        rollbacks: Vec<Rollback>,
+        throttles: u32,
+        next_id: u64,
+    }
+
+    type Shared = Arc<Mutex<World>>;
+
+    /// A JSON 1.1 error: code and message.
+    struct Fault(&'static str, String);
+
+    type Answer = Result<Value, Fault>;
+
+    /// The running stub; stops when dropped.
+    #[derive(Debug)]
+    pub struct CodePipelineStub {
+        addr: SocketAddr,
+        world: Shared,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl CodePipelineStub {
+        /// Starts on a free loopback port, in the current tokio runtime.
+        pub async fn start() -> anyhow::Result<Self> {
+            let world = Shared::default();
+            let app = Router::new()
+                .route("/", post(call))
+                .with_state(world.clone());
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("binding the CodePipeline stub")?;
+            let addr = listener.local_addr()?;
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Ok(Self {
+                addr,
+                world,
+                server,
+            })
+        }
+
+        /// `http://127.0.0.1:<port>`.
+        pub fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// `base` (credentials, region) with this stub as the endpoint.
+        pub fn sdk_config(&self, base: &SdkConfig) -> SdkConfig {
+            base.to_builder().endpoint_url(self.endpoint()).build()
+        }
+
+        /// Creates a pipeline with these stages (a pipeline not created here does not exist).
+        pub fn create_pipeline(&self, name: &str, stages: &[&str]) {
+            let stages = stages.iter().map(|s| s.to_string()).collect();
+            let pipeline = Pipeline {
+                stages,
+                ..Pipeline::default()
+            };
+            self.lock().pipelines.insert(name.to_owned(), pipeline);
+        }
+
+        /// Queues how the next new execution of `pipeline` behaves.
+        pub fn script(&self, pipeline: &str, run: Run) {
+            let mut world = self.lock();
+            let p = world.pipelines.entry(pipeline.to_owned()).or_default();
+            p.script.push_back(run);
+        }
+
+        /// The next `times` calls fail with `ThrottlingException`.
+        pub fn throttle(&self, times: u32) {
+            self.lock().throttles = times;
+        }
+
+        /// Every call so far, oldest first.
+        pub fn calls(&self) -> Vec<Call> {
+            self.lock().calls.clone()
+        }
+
+        /// How many calls of `operation` were made.
+        pub fn count(&self, operation: &str) -> usize {
+            self.lock()
+                .calls
+                .iter()
+                .filter(|c| c.operation == operation)
+                .count()
+        }
+
+        /// Every `RollbackStage` that started a rollback, oldest first.
+        pub fn rollbacks(&self) -> Vec<Rollback> {
+            self.lock().rollbacks.clone()
+        }
+
+        /// Execution ids of `pipeline`, oldest first.
+        pub fn execution_ids(&self, pipeline: &str) -> Vec<String> {
+            let world = self.lock();
+            let executions = world
+                .pipelines
+                .get(pipeline)
+                .map(|p| p.executions.as_slice());
+            executions
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.id.clone())
+                .collect()
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, World> {
+            self.world.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    impl Drop for CodePipelineStub {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    async fn call(State(world): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+        let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+        let operation = target
+            .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut world = world.lock().unwrap_or_else(|e| e.into_inner());
+        world.calls.push(Call {
+            operation: operation.to_owned(),
+            access_key_id: access_key_id(&headers),
+            body: body.clone(),
+        });
+        match dispatch(&mut world, operation, &body) {
+            Ok(value) => json_response(StatusCode::OK, &value),
+            Err(Fault(code, message)) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"__type": code, "message": message}),
+            ),
+        }
+    }
+
+    fn dispatch(world: &mut World, operation: &str, body: &Value) -> Answer {
+        if world.throttles > 0 {
+            world.throttles -= 1;
+            return Err(Fault("ThrottlingException", "Rate exceeded".into()));
+        }
+        match operation {
+            "StartPipelineExecution" => start_execution(world, body),
+            "GetPipelineExecution" => get_execution(world, body),
+            "ListPipelineExecutions" => list_executions(world, body),
+            "ListActionExecutions" => list_actions(world, body),
+            "GetPipelineState" => pipeline_state(world, body),
+            "RollbackStage" => rollback_stage(world, body),
+            other => Err(Fault(
+                "UnknownOperationException",
+                format!("the stub does not serve `{other}`"),
+            )),
+        }
+    }
+
+    fn access_key_id(headers: &HeaderMap) -> Option<String> {
+        let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (_, credential) = auth.split_once("Credential=")?;
+        credential.split('/').next().map(str::to_owned)
+    }
+
+    fn json_response(status: StatusCode, value: &Value) -> Response {
+        let content_type = [(header::CONTENT_TYPE, "application/x-amz-json-1.1")];
+        (status, content_type, value.to_string()).into_response()
+    }
+
+    fn field<'a>(body: &'a Value, name: &str) -> Result<&'a str, Fault> {
+        body.get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| Fault("ValidationException", format!("`{name}` is required")))
+    }
+
+    fn pipeline<'a>(world: &'a mut World, name: &str) -> Result<&'a mut Pipeline, Fault> {
+        let found = world
+            .pipelines
+            .get_mut(name)
+            .filter(|p| !p.stages.is_empty());
+        found.ok_or_else(|| {
+            Fault(
+                "PipelineNotFoundException",
+                format!("pipeline `{name}` does not exist"),
+            )
+        })
+    }
+
+    fn now() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    fn new_execution_id(world: &mut World) -> String {
+        world.next_id += 1;
+        format!("00000000-0000-4000-8000-{:012}", world.next_id)
+    }
+
+    fn start_execution(world: &mut World, body: &Value) -> Answer {
+        let name = field(body, "name")?.to_owned();
+        let token = body
+            .get("clientRequestToken")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let existing = pipeline(world, &name)?
+            .executions
+            .iter()
+            .find(|e| token.is_some() && e.token == token)
+            .map(|e| e.id.clone());
+        if let Some(id) = existing {
+            return Ok(json!({"pipelineExecutionId": id}));
+        }
+        let variables = body.get("variables").and_then(Value::as_array).map(|vars| {
+            let pair = |v: &Value| {
+                Some((
+                    v.get("name")?.as_str()?.to_owned(),
+                    v.get("value")?.as_str()?.to_owned(),
+                ))
+            };
+            vars.iter().filter_map(pair).collect()
+        });
+        let id = new_execution_id(world);
+        let p = pipeline(world, &name)?;
+        let run = p.script.pop_front().unwrap_or(Run {
+            polls: 0,
+            outcome: Outcome::Succeeded,
+        });
+        let execution = Execution {
+            id: id.clone(),
+            token,
+            variables: variables.unwrap_or_default(),
+            run,
+            rollback_of: None,
+            started: now(),
+        };
+        p.executions.push(execution);
+        Ok(json!({"pipelineExecutionId": id}))
+    }
+
+    fn execution<'a>(p: &'a mut Pipeline, id: &str) -> Result<&'a mut Execution, Fault> {
+        let found = p.executions.iter_mut().find(|e| e.id == id);
+        found.ok_or_else(|| {
+            Fault(
+                "PipelineExecutionNotFoundException",
+                format!("execution `{id}` does not exist"),
+            )
+        })
+    }
+
+    /// Reading the status is what moves an execution on.
+    fn get_execution(world: &mut World, body: &Value) -> Answer {
+        let p = pipeline(world, field(body, "pipelineName")?)?;
+        let name = field(body, "pipelineName")?;
+        let e = execution(p, field(body, "pipelineExecutionId")?)?;
+        let view = execution_view(name, e);
+        e.run.polls = e.run.polls.saturating_sub(1);
+        Ok(json!({"pipelineExecution": view}))
+    }
+
+    fn execution_view(pipeline: &str, e: &Execution) -> Value {
+        let variables: Vec<Value> = e
+            .variables
+            .iter()
+            .map(|(n, v)| json!({"name": n, "resolvedValue": v}))
+            .collect();
+        let mut view = json!({
+            "pipelineName": pipeline,
+            "pipelineVersion": 1,
+            "pipelineExecutionId": e.id,
+            "status": e.status(),
+            "variables": variables,
+            "executionMode": "SUPERSEDED",
+            "executionType": if e.rollback_of.is_some() { "ROLLBACK" } else { "STANDARD" },
+        });
+        if let Some(target) = &e.rollback_of {
+            view["rollbackMetadata"] = json!({"rollbackTargetPipelineExecutionId": target});
+        }
+        if let Outcome::Failed { action, .. } = &e.run.outcome {
+            if e.status() == "Failed" {
+                view["statusSummary"] = json!(format!("action `{action}` failed"));
+            }
+        }
+        view
+    }
+
+    fn list_executions(world: &mut World, body: &Value) -> Answer {
+        let p = pipeline(world, field(body, "pipelineName")?)?;
+        let summaries: Vec<Value> = p.executions.iter().rev().map(summary_view).collect();
+        Ok(json!({"pipelineExecutionSummaries": summaries}))
+    }
+
+    fn summary_view(e: &Execution) -> Value {
+        let rollback = e.rollback_of.is_some();
+        let mut view = json!({
+            "pipelineExecutionId": e.id,
+            "status": e.status(),
+            "startTime": e.started,
+            "lastUpdateTime": e.started,
+            "executionMode": "SUPERSEDED",
+            "executionType": if rollback { "ROLLBACK" } else { "STANDARD" },
+            "trigger": {"triggerType": if rollback { "ManualRollback" } else { "StartPipelineExecution" }},
+        });
+        if let Some(target) = &e.rollback_of {
+            view["rollbackMetadata"] = json!({"rollbackTargetPipelineExecutionId": target});
+        }
+        view
+    }
+
+    /// A source action that succeeded, then the deploy stage's action with the outcome.
+    fn list_actions(world: &mut World, body: &Value) -> Answer {
+        let name = field(body, "pipelineName")?.to_owned();
+        let p = pipeline(world, &name)?;
+        let id = body
+            .pointer("/filter/pipelineExecutionId")
+            .and_then(Value::as_str);
+        let stages = p.stages.clone();
+        let details: Vec<Value> = p
+            .executions
+            .iter()
+            .filter(|e| id.is_none_or(|id| id == e.id))
+            .flat_map(|e| action_views(&stages, e))
+            .collect();
+        Ok(json!({"actionExecutionDetails": details}))
+    }
+
+    fn action_views(stages: &[String], e: &Execution) -> Vec<Value> {
+        let first = stages.first().cloned().unwrap_or_default();
+        let last = stages.last().cloned().unwrap_or_default();
+        let source = action_view(e, &first, "Source", "Succeeded", "source fetched");
+        let (action, status, summary) = match (&e.run.outcome, e.status()) {
+            (Outcome::Failed { action, summary }, "Failed") => {
+                (action.as_str(), "Failed", summary.as_str())
+            }
+            (_, "InProgress") => ("Deploy", "InProgress", ""),
+            (_, status) => ("Deploy", status, "deployed"),
+        };
+        vec![action_view(e, &last, action, status, summary), source]
+    }
+
+    fn action_view(e: &Execution, stage: &str, action: &str, status: &str, summary: &str) -> Value {
+        let mut result = json!({"externalExecutionSummary": summary});
+        if status == "Failed" {
+            result["errorDetails"] = json!({"code": "JobFailed", "message": summary});
+        }
+        json!({
+            "pipelineExecutionId": e.id,
+            "actionExecutionId": format!("{}-{action}", e.id),
+            "stageName": stage,
+            "actionName": action,
+            "status": status,
+            "startTime": e.started,
+            "lastUpdateTime": e.started,
+            "output": {"executionResult": result},
+        })
+    }
+
+    fn pipeline_state(world: &mut World, body: &Value) -> Answer {
+        let name = field(body, "name")?.to_owned();
+        let p = pipeline(world, &name)?;
+        let latest = p.executions.last();
+        let stages: Vec<Value> = p
+            .stages
+            .iter()
+            .map(|s| {
+                let latest =
+                    latest.map(|e| json!({"pipelineExecutionId": e.id, "status": e.status()}));
+                json!({"stageName": s, "latestExecution": latest})
+            })
+            .collect();
+        Ok(json!({"pipelineName": name, "pipelineVersion": 1, "stageStates": stages}))
+    }
+
+    /// Like AWS: the target must be a succeeded execution of the same pipeline.
+    fn rollback_stage(world: &mut World, body: &Value) -> Answer {
+        let name = field(body, "pipelineName")?.to_owned();
+        let stage = field(body, "stageName")?.to_owned();
+        let target = field(body, "targetPipelineExecutionId")?.to_owned();
+        let id = new_execution_id(world);
+        let p = pipeline(world, &name)?;
+        if !p.stages.contains(&stage) {
+            return Err(Fault(
+                "StageNotFoundException",
+                format!("stage `{stage}` does not exist"),
+            ));
+        }
+        let target_execution = execution(p, &target)?;
+        if target_execution.status() != "Succeeded" {
+            let msg = format!("execution `{target}` did not succeed");
+            return Err(Fault("UnableToRollbackStageException", msg));
+        }
+        let variables = target_execution.variables.clone();
+        let run = p.script.pop_front().unwrap_or(Run {
+            polls: 0,
+            outcome: Outcome::Succeeded,
+        });
+        p.executions.push(Execution {
+            id: id.clone(),
+            token: None,
+            variables,
+            run,
+            rollback_of: Some(target.clone()),
+            started: now(),
+        });
+        let rollback = Rollback {
+            pipeline: name,
+            stage,
+            target_execution_id: target,
+            execution_id: id.clone(),
+        };
+        world.rollbacks.push(rollback);
+        Ok(json!({"pipelineExecutionId": id}))
+    }
+}
+
+pub mod cloudformation {
+    //! A scripted CloudFormation server (query protocol) on loopback.
+    //!
+    //! Covers these moto 5.2.5 gaps (each test says which one it uses):
+    //! - transitions are instant: no `*_IN_PROGRESS` to wait on;
+    //! - no `*ROLLBACK*` states, so no `UPDATE_ROLLBACK_FAILED` and no failure events;
+    //! - `CancelUpdateStack` and `ContinueUpdateRollback` are not implemented;
+    //! - moto cannot be told to throttle.
+    //!
+    //! Speaks what the AWS SDK sends: `POST /` with a form-encoded `Action=…` body, answered in
+    //! XML in the `http://cloudformation.amazonaws.com/doc/2010-05-15/` namespace, errors as
+    //! `ErrorResponse` with HTTP 400. Serves `DescribeStacks`, `CreateChangeSet`,
+    //! `DescribeChangeSet`, `DeleteChangeSet`, `ExecuteChangeSet`, `DescribeStackEvents`,
+    //! `CancelUpdateStack` and `ContinueUpdateRollback` for one stack. Never used by the
+    //! controller at run time; binds 127.0.0.1 only.
+
+    use std::collections::{BTreeMap, VecDeque};
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::{Arc, Mutex};
+
+    use anyhow::Context as _;
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::post;
+
+    const NS: &str = "http://cloudformation.amazonaws.com/doc/2010-05-15/";
+    const STACK_ID: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/stub/1";
+    /// In scripted events, replaced by the token of the last accepted `ExecuteChangeSet`.
+    pub const TOKEN: &str = "$TOKEN";
+
+    /// One scripted stack event (newest first in [`Script::events`]).
+    #[derive(Debug, Clone, Default)]
+    pub struct Event {
+        pub logical_id: String,
+        pub resource_type: String,
+        pub status: String,
+        pub reason: String,
+        /// [`TOKEN`] for "this attempt", another string for an earlier one.
+        pub token: String,
+    }
+
+    /// What the stack does.
+    #[derive(Debug, Clone, Default)]
+    pub struct Script {
+        /// `DescribeStacks` answers these in turn, the last one repeating; empty: no stack.
+        pub statuses: Vec<String>,
+        /// Once an action (e.g. `ExecuteChangeSet`) is accepted, the statuses become these.
+        pub after: Vec<(String, Vec<String>)>,
+        /// How many `Throttling` errors an action gets before it is answered.
+        pub throttle: Vec<(String, u32)>,
+        pub outputs: Vec<(String, String)>,
+        pub events: Vec<Event>,
+    }
+
+    /// One request received, throttled or not.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Call {
+        pub action: String,
+        pub throttled: bool,
+        pub form: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Default)]
+    struct World {
+        statuses: VecDeque<String>,
+        after: BTreeMap<String, Vec<String>>,
+        throttle: BTreeMap<String, u32>,
+        outputs: Vec<(String, String)>,
+        events: Vec<Event>,
+        /// Change set name → execution status.
+        change_sets: BTreeMap<String, String>,
+        token: String,
+        calls: Vec<Call>,
+    }
+
+    type Shared = Arc<Mutex<World>>;
+
+    /// The running stub; stops when dropped.
+    #[derive(Debug)]
+    pub struct CloudFormationStub {
+        addr: SocketAddr,
+        world: Shared,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl CloudFormationStub {
+        /// Starts on a free loopback port, in the current tokio runtime.
+        pub async fn start(script: Script) -> anyhow::Result<Self> {
+            let world = Shared::new(Mutex::new(World {
+                statuses: script.statuses.into(),
+                after: script.after.into_iter().collect(),
+                throttle: script.throttle.into_iter().collect(),
+                outputs: script.outputs,
+                events: script.events,
+                ..World::default()
+            }));
+            let app = Router::new()
+                .route("/", post(call))
+                .with_state(world.clone());
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("binding the CloudFormation stub")?;
+            let addr = listener.local_addr()?;
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Ok(Self {
+                addr,
+                world,
+                server,
+            })
+        }
+
+        /// `http://127.0.0.1:<port>`.
+        pub fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// Every request so far, oldest first.
+        pub fn calls(&self) -> Vec<Call> {
+            self.lock().calls.clone()
+        }
+
+        /// The actions answered (not throttled), oldest first.
+        pub fn accepted(&self) -> Vec<String> {
+            let calls = self.lock().calls.clone();
+            calls
+                .into_iter()
+                .filter(|c| !c.throttled)
+                .map(|c| c.action)
+                .collect()
+        }
+
+        /// How many `action` requests were answered (not throttled).
+        pub fn count(&self, action: &str) -> usize {
+            self.accepted().iter().filter(|a| *a == action).count()
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, World> {
+            self.world.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    impl Drop for CloudFormationStub {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    type Answer = Result<String, (&'static str, String)>;
+
+    async fn call(State(world): State<Shared>, body: Bytes) -> Response {
+        let form: BTreeMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let action = form.get("Action").cloned().unwrap_or_default();
+        let mut world = world.lock().unwrap_or_else(|e| e.into_inner());
+        let throttled = take_throttle(&mut world, &action);
+        world.calls.push(Call {
+            action: action.clone(),
+            throttled,
+            form: form.clone(),
+        });
+        if throttled {
+            return error("Throttling", "Rate exceeded");
+        }
+        match dispatch(&mut world, &action, &form) {
+            Ok(result) => ok(&action, &result),
+            Err((code, message)) => error(code, &message),
+        }
+    }
+
+    fn take_throttle(world: &mut World, action: &str) -> bool {
+        match world.throttle.get_mut(action) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn dispatch(world: &mut World, action: &str, form: &BTreeMap<String, String>) -> Answer {
+        let name = form.get("ChangeSetName").cloned().unwrap_or_default();
+        let answer = match action {
+            "DescribeStacks" => describe_stacks(world),
+            "CreateChangeSet" => create_change_set(world, &name),
+            "DescribeChangeSet" => describe_change_set(world, &name),
+            "DeleteChangeSet" => Ok(world
+                .change_sets
+                .remove(&name)
+                .map(|_| String::new())
+                .unwrap_or_default()),
+            "ExecuteChangeSet" => execute_change_set(world, &name, form),
+            "DescribeStackEvents" => Ok(events(world)),
+            "CancelUpdateStack" | "ContinueUpdateRollback" => Ok(String::new()),
+            other => Err(("InvalidAction", format!("the stub does not serve {other}"))),
+        }?;
+        if let Some(next) = world.after.get(action) {
+            world.statuses = next.clone().into();
+        }
+        Ok(answer)
+    }
+
+    fn current(world: &mut World) -> Option<String> {
+        if world.statuses.len() > 1 {
+            return world.statuses.pop_front();
+        }
+        world.statuses.front().cloned()
+    }
+
+    fn describe_stacks(world: &mut World) -> Answer {
+        let Some(status) = current(world) else {
+            return Err((
+                "ValidationError",
+                "Stack with id stub does not exist".into(),
+            ));
+        };
+        let outputs: String = world
+            .outputs
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "<member><OutputKey>{}</OutputKey><OutputValue>{}</OutputValue></member>",
+                    esc(k),
+                    esc(v)
+                )
+            })
+            .collect();
+        Ok(format!(
+            "<Stacks><member><StackName>stub</StackName><StackId>{STACK_ID}</StackId>\
+             <CreationTime>2026-01-01T00:00:00Z</CreationTime><StackStatus>{status}</StackStatus>\
+             <Outputs>{outputs}</Outputs></member></Stacks>"
+        ))
+    }
+
+    fn create_change_set(world: &mut World, name: &str) -> Answer {
+        if world.change_sets.contains_key(name) {
+            return Err((
+                "AlreadyExistsException",
+                format!("ChangeSet {name} already exists"),
+            ));
+        }
+        world
+            .change_sets
+            .insert(name.to_string(), "AVAILABLE".into());
+        Ok(format!(
+            "<Id>{STACK_ID}/changeSet/{}</Id><StackId>{STACK_ID}</StackId>",
+            esc(name)
+        ))
+    }
+
+    fn describe_change_set(world: &mut World, name: &str) -> Answer {
+        let Some(execution) = world.change_sets.get(name) else {
+            return Err((
+                "ChangeSetNotFound",
+                format!("ChangeSet [{name}] does not exist"),
+            ));
+        };
+        Ok(format!(
+            "<ChangeSetName>{}</ChangeSetName><StackName>stub</StackName><StackId>{STACK_ID}</StackId>\
+             <Status>CREATE_COMPLETE</Status><ExecutionStatus>{execution}</ExecutionStatus><Changes/>",
+            esc(name)
+        ))
+    }
+
+    fn execute_change_set(
+        world: &mut World,
+        name: &str,
+        form: &BTreeMap<String, String>,
+    ) -> Answer {
+        match world.change_sets.get(name).map(String::as_str) {
+            None => Err((
+                "ChangeSetNotFound",
+                format!("ChangeSet [{name}] does not exist"),
+            )),
+            Some("AVAILABLE") => {
+                world
+                    .change_sets
+                    .insert(name.to_string(), "EXECUTE_COMPLETE".into());
+                world.token = form.get("ClientRequestToken").cloned().unwrap_or_default();
+                Ok(String::new())
+            }
+            Some(_) => Err((
+                "InvalidChangeSetStatus",
+                format!("ChangeSet [{name}] was already executed"),
+            )),
+        }
+    }
+
+    fn events(world: &World) -> String {
+        let members: String = world
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let token = if e.token == TOKEN { world.token.as_str() } else { e.token.as_str() };
+                format!(
+                    "<member><StackId>{STACK_ID}</StackId><EventId>e{i}</EventId><StackName>stub</StackName>\
+                     <LogicalResourceId>{}</LogicalResourceId><ResourceType>{}</ResourceType>\
+                     <Timestamp>2026-01-01T00:00:00Z</Timestamp><ResourceStatus>{}</ResourceStatus>\
+                     <ResourceStatusReason>{}</ResourceStatusReason><ClientRequestToken>{}</ClientRequestToken></member>",
+                    esc(&e.logical_id),
+                    esc(&e.resource_type),
+                    esc(&e.status),
+                    esc(&e.reason),
+                    esc(token)
+                )
+            })
+            .collect();
+        format!("<StackEvents>{members}</StackEvents>")
+    }
+
+    fn ok(action: &str, result: &str) -> Response {
+        let body = format!(
+            "<{action}Response xmlns=\"{NS}\"><{action}Result>{result}</{action}Result>\
+             <ResponseMetadata><RequestId>stub</RequestId></ResponseMetadata></{action}Response>"
+        );
+        (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
+    }
+
+    fn error(code: &str, message: &str) -> Response {
+        let body = format!(
+            "<ErrorResponse xmlns=\"{NS}\"><Error><Type>Sender</Type><Code>{code}</Code>\
+             <Message>{}</Message></Error><RequestId>stub</RequestId></ErrorResponse>",
+            esc(message)
+        );
+        (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/xml")],
+            body,
+        )
+            .into_response()
+    }
+
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    }
+}

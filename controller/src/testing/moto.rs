@@ -264,6 +264,28 @@ impl MotoServer {
         self.moto_api(Method::POST, "reset").await.map(drop)
     }
 
+    /// Moto's whole in-memory state (`GET /moto-api/data.json`): every service's models, each
+    /// row carrying the `account_id` it belongs to.
+    pub async fn data(&self) -> Result<serde_json::Value> {
+        let text = self.moto_api(Method::GET, "data.json").await?;
+        serde_json::from_str(&text).context("moto's data.json is not JSON")
+    }
+
+    /// The value of the SSM parameter `name` in `account_id`, read from [`Self::data`].
+    pub async fn ssm_parameter(&self, account_id: &str, name: &str) -> Result<Option<String>> {
+        let data = self.data().await?;
+        let rows = data["ssm"]["Parameter"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(rows
+            .iter()
+            .filter(|p| p["account_id"] == account_id && p["name"] == name)
+            .filter_map(|p| Some((p["version"].as_u64()?, p["value"].as_str()?.to_owned())))
+            .max()
+            .map(|(_, value)| value))
+    }
+
     /// Starts recording requests (appending to what is already recorded).
     pub async fn recorder_start(&self) -> Result<()> {
         self.moto_api(Method::POST, "recorder/start-recording")

@@ -116,6 +116,12 @@ pub enum Ev {
     Rollback(usize),
     Advance(u64),
     Wake,
+    Crash,
+    /// Every running effect succeeds.
+    FinishAll,
+    /// The world cooperates once: effects succeed, or else approvals come, or else time
+    /// passes until the next wake-up.
+    Progress,
 }
 
 fn release() -> impl Strategy<Value = Ev> {
@@ -158,6 +164,9 @@ pub fn chaotic() -> impl Strategy<Value = Ev> {
         1 => (0usize..3).prop_map(Ev::Rollback),
         2 => advance(),
         2 => Just(Ev::Wake),
+        1 => Just(Ev::Crash),
+        2 => Just(Ev::FinishAll),
+        1 => Just(Ev::Progress),
     ]
 }
 
@@ -165,18 +174,28 @@ pub fn chaotic() -> impl Strategy<Value = Ev> {
 pub fn cooperative() -> impl Strategy<Value = Ev> {
     prop_oneof![
         2 => release(),
-        16 => finish(0.93, 0.03),
-        5 => decide(0.95),
+        10 => finish(0.93, 0.03),
+        6 => Just(Ev::FinishAll),
+        8 => Just(Ev::Progress),
+        6 => decide(0.95),
         1 => (0usize..3, prop::bool::weighted(0.9))
             .prop_map(|(stage, firing)| Ev::Alarm { stage, firing }),
         1 => (0usize..3).prop_map(Ev::Rollback),
-        1 => prop_oneof![Just(Ev::PausePipeline), Just(Ev::ResumePipeline)],
+        1 => prop_oneof![
+            1 => Just(Ev::PausePipeline),
+            2 => Just(Ev::ResumePipeline),
+            1 => (0usize..3).prop_map(Ev::PauseStage),
+            2 => (0usize..3).prop_map(Ev::ResumeStage),
+        ],
         1 => advance(),
         4 => Just(Ev::Wake),
+        1 => Just(Ev::Crash),
     ]
 }
 
 pub fn apply_event(sim: &mut Sim, ev: &Ev) {
+    // Outside events never arrive at the very same instant.
+    sim.advance(secs(1));
     match *ev {
         Ev::Release {
             alarm_override,
@@ -237,6 +256,13 @@ pub fn apply_event(sim: &mut Sim, ev: &Ev) {
         Ev::ResumeStage(i) => sim.resume_stage(STAGES[i]),
         Ev::Rollback(i) => sim.request_rollback(STAGES[i], "ops"),
         Ev::Advance(s) => sim.advance(secs(s)),
+        Ev::Crash => sim.crash(),
+        Ev::FinishAll => {
+            for e in sim.pending() {
+                sim.succeed(&e.key);
+            }
+        }
+        Ev::Progress => sim.progress(),
         Ev::Wake => {
             if let Some(at) = sim.last_plan.wake_at.filter(|at| *at > sim.now) {
                 sim.now = at;
@@ -296,8 +322,8 @@ impl Checker {
         }
     }
 
-    pub fn step(&mut self, step: &Step) -> Result<(), String> {
-        for a in &step.actions {
+    pub fn step(&mut self, step: &Step<'_>) -> Result<(), String> {
+        for a in step.actions {
             if let Action::Transition {
                 release, stage, to, ..
             } = a
@@ -308,7 +334,7 @@ impl Checker {
                 }
             }
         }
-        for a in &step.actions {
+        for a in step.actions {
             match a {
                 Action::Transition {
                     release, stage, to, ..
@@ -333,7 +359,7 @@ impl Checker {
         Ok(())
     }
 
-    fn transition(&self, step: &Step, r: ReleaseId, stage: &str, to: S) -> Result<(), String> {
+    fn transition(&self, step: &Step<'_>, r: ReleaseId, stage: &str, to: S) -> Result<(), String> {
         let (before, after) = (&step.before, &step.after);
         let from = before
             .run(r, stage)
@@ -400,7 +426,7 @@ impl Checker {
         Ok(())
     }
 
-    fn start(&mut self, step: &Step, e: &Effect) -> Result<(), String> {
+    fn start(&mut self, step: &Step<'_>, e: &Effect) -> Result<(), String> {
         let derived = idempotency_key(&e.pipeline, e.release, &e.stage, e.attempt, &e.kind);
         ensure!(
             e.key == derived,
@@ -414,7 +440,7 @@ impl Checker {
             e.key
         );
         if let EffectKind::Rollback { target, .. } = e.kind {
-            let want = last_known_good(&step.before, &e.stage, e.release);
+            let want = last_known_good(step.before, &e.stage, e.release);
             ensure!(
                 want == Some(target),
                 "invariant 6: {} {} rolls back to {target}, last known-good is {want:?}",
@@ -425,12 +451,18 @@ impl Checker {
         Ok(())
     }
 
-    /// After a settle: planning again is deterministic, changes nothing and starts no new key.
+    /// After a settle: planning again (now that the started effects are recorded) gives the
+    /// same plan, changes nothing and starts no new key.
     pub fn at_rest(&self, sim: &Sim) -> Result<(), String> {
         let p = sim.plan();
-        ensure!(p == sim.plan(), "plan is not deterministic");
         ensure!(
-            !p.actions.iter().any(Action::is_state_change),
+            p == sim.last_plan,
+            "planning again without new facts differs:\n{:?}\n{:?}",
+            sim.last_plan.actions,
+            p.actions
+        );
+        ensure!(
+            sim.changes(&p.actions).is_empty(),
             "settled, yet the plan still changes state: {:?}",
             p.actions
         );
@@ -451,17 +483,27 @@ impl Checker {
 }
 
 /// Runs one sequence of events, checking every applied plan; returns the simulator at the end.
-pub fn run_checked(k: &Knobs, events: &[Ev]) -> Result<Sim, String> {
+/// Each event says whether the engine reconciles right after it, or only after more facts
+/// arrived (as when several webhooks land while it is busy).
+pub fn run_checked(k: &Knobs, events: &[(Ev, bool)], seen: &mut Seen) -> Result<Sim, String> {
     let cfg = build(k);
     let mut checker = Checker::new(&cfg);
     let mut sim = Sim::new(cfg);
     sim.auto_approve = false;
-    for (i, ev) in events.iter().enumerate() {
+    for (i, (ev, reconcile)) in events.iter().enumerate() {
         apply_event(&mut sim, ev);
-        for step in sim.settle() {
-            checker
-                .step(&step)
-                .map_err(|e| format!("after event {i} ({ev:?}) at {}: {e}", step.at))?;
+        if !reconcile && i + 1 < events.len() {
+            continue;
+        }
+        let mut failed = None;
+        sim.settle_with(|step| {
+            seen.step(step);
+            if let (None, Err(e)) = (&failed, checker.step(step)) {
+                failed = Some(format!("after event {i} ({ev:?}) at {}: {e}", step.at));
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
         checker
             .at_rest(&sim)
@@ -476,9 +518,9 @@ proptest! {
     #[test]
     fn invariants_hold_whatever_the_world_does(
         k in knobs(),
-        events in prop::collection::vec(chaotic(), 1..60),
+        events in prop::collection::vec((chaotic(), prop::bool::weighted(0.75)), 1..60),
     ) {
-        if let Err(e) = run_checked(&k, &events) {
+        if let Err(e) = run_checked(&k, &events, &mut Seen::default()) {
             return Err(TestCaseError::fail(e));
         }
     }
@@ -486,9 +528,9 @@ proptest! {
     #[test]
     fn invariants_hold_when_releases_get_far(
         k in knobs(),
-        events in prop::collection::vec(cooperative(), 1..90),
+        events in prop::collection::vec((cooperative(), prop::bool::weighted(0.75)), 1..150),
     ) {
-        if let Err(e) = run_checked(&k, &events) {
+        if let Err(e) = run_checked(&k, &events, &mut Seen::default()) {
             return Err(TestCaseError::fail(e));
         }
     }
@@ -496,36 +538,87 @@ proptest! {
 
 // ----- the generators reach the interesting states ---------------------------------------------------
 
-#[derive(Debug, Default)]
-struct Seen {
+/// How often the random worlds reached the states worth checking.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    prod_deploys: usize,
     prod_succeeded: usize,
     rolled_back: usize,
     rollback_failed: usize,
+    manual_rollback: usize,
+    current_rolled_back: usize,
     superseded_awaiting: usize,
     expired: usize,
     rejected: usize,
     window_wait: usize,
-    manual_rollback: usize,
+    paused_wait: usize,
+    abandoned: usize,
 }
 
-fn tally(seen: &mut Seen, sim: &Sim) {
-    let runs = &sim.snap.runs;
-    let count = |f: &dyn Fn(&crate::domain::StageRun) -> bool| runs.iter().filter(|r| f(r)).count();
-    seen.prod_succeeded += count(&|r| r.stage == "prod" && r.status == S::Succeeded);
-    seen.rolled_back += count(&|r| r.status == S::RolledBack);
-    seen.rollback_failed += count(&|r| r.reason.starts_with("ROLLBACK FAILED"));
-    seen.superseded_awaiting += count(&|r| {
-        r.status == S::Superseded
-            && sim.started.iter().any(|e| {
-                e.release == r.release
-                    && e.stage == r.stage
-                    && e.kind == EffectKind::RequestApproval
-            })
-    });
-    seen.expired += count(&|r| r.status == S::Expired);
-    seen.rejected += count(&|r| r.status == S::Rejected);
-    seen.window_wait += count(&|r| r.reason.starts_with("outside deployment window"));
-    seen.manual_rollback += count(&|r| r.reason.contains("manual rollback requested"));
+impl Seen {
+    fn step(&mut self, step: &Step<'_>) {
+        for a in step.actions {
+            match a {
+                Action::Transition {
+                    release,
+                    stage,
+                    to,
+                    reason,
+                } => {
+                    let from = step.before.run(*release, stage).map(|r| r.status);
+                    let prod = stage == "prod";
+                    match to {
+                        S::Deploying if prod => self.prod_deploys += 1,
+                        S::Succeeded if prod => self.prod_succeeded += 1,
+                        S::RolledBack => self.rolled_back += 1,
+                        S::Failed if reason.starts_with("ROLLBACK FAILED") => {
+                            self.rollback_failed += 1
+                        }
+                        S::RollingBack if from == Some(S::Succeeded) => {
+                            self.current_rolled_back += 1
+                        }
+                        S::RollingBack if reason.starts_with("manual rollback") => {
+                            self.manual_rollback += 1
+                        }
+                        S::Superseded if from == Some(S::AwaitingApproval) => {
+                            self.superseded_awaiting += 1
+                        }
+                        S::Expired => self.expired += 1,
+                        S::Rejected => self.rejected += 1,
+                        _ => {}
+                    }
+                }
+                Action::Note { reason, .. } if reason.starts_with("outside deployment window") => {
+                    self.window_wait += 1
+                }
+                Action::Note { reason, .. } if reason.contains("paused: ") => self.paused_wait += 1,
+                Action::Abandon { key } => {
+                    let done = step.after.effect(key).map(|e| e.status);
+                    if done == Some(crate::domain::EffectStatus::Failed) {
+                        self.abandoned += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn all(&self) -> [usize; 12] {
+        [
+            self.current_rolled_back,
+            self.prod_deploys,
+            self.prod_succeeded,
+            self.rolled_back,
+            self.rollback_failed,
+            self.manual_rollback,
+            self.superseded_awaiting,
+            self.expired,
+            self.rejected,
+            self.window_wait,
+            self.paused_wait,
+            self.abandoned,
+        ]
+    }
 }
 
 /// The property tests above would prove little if their random worlds never reached prod,
@@ -535,22 +628,96 @@ fn the_random_worlds_reach_every_interesting_state() {
     let mut runner = TestRunner::deterministic();
     let mut seen = Seen::default();
     for strategy in [chaotic().boxed(), cooperative().boxed()] {
-        let world = (knobs(), prop::collection::vec(strategy, 60..90));
+        let world = (
+            knobs(),
+            prop::collection::vec((strategy, prop::bool::weighted(0.75)), 60..150),
+        );
         for _ in 0..150 {
             let (k, events) = world.new_tree(&mut runner).unwrap().current();
-            let sim = run_checked(&k, &events).unwrap();
-            tally(&mut seen, &sim);
+            run_checked(&k, &events, &mut seen).unwrap();
         }
     }
-    let counts = [
-        seen.prod_succeeded,
-        seen.rolled_back,
-        seen.rollback_failed,
-        seen.superseded_awaiting,
-        seen.expired,
-        seen.rejected,
-        seen.window_wait,
-        seen.manual_rollback,
+    eprintln!("{seen:?}");
+    assert!(seen.all().iter().all(|n| *n > 0), "{seen:?}");
+}
+
+#[test]
+fn zz_replay() {
+    let k = Knobs {
+        min_approvals: 1,
+        prod_window: false,
+        notify: false,
+        before: [false, true, false],
+        after: [false, true, false],
+        alarms: [false, false, true],
+        min_evaluations: [0, 0, 0],
+        bake: [0, 60, 60],
+        waves: [1, 2, 1],
+    };
+    let r = || Ev::Release {
+        alarm_override: false,
+        window_override: false,
+    };
+    let f = |pick, ok| Ev::Finish {
+        pick,
+        ok,
+        in_alarm: false,
+    };
+    let events = vec![
+        (r(), true),
+        (f(0, true), true),
+        (f(262498243858329278, true), false),
+        (r(), true),
+        (Ev::FinishAll, true),
+        (Ev::FinishAll, false),
+        (r(), true),
+        (Ev::FinishAll, true),
+        (Ev::FinishAll, false),
+        (f(0, false), true),
+        (Ev::Advance(61), false),
+        (r(), false),
+        (Ev::FinishAll, true),
+        (Ev::FinishAll, false),
+        (r(), true),
+        (Ev::PauseStage(0), false),
+        (Ev::FinishAll, true),
+        (Ev::FinishAll, true),
+        (Ev::Advance(61), true),
+        (Ev::Rollback(0), true),
+        (Ev::FinishAll, true),
+        (Ev::Rollback(0), true),
+        (Ev::FinishAll, false),
     ];
-    assert!(counts.iter().all(|n| *n > 0), "{seen:?}");
+    let cfg = build(&k);
+    let mut sim = Sim::new(cfg);
+    for (i, (ev, rec)) in events.iter().enumerate() {
+        apply_event(&mut sim, ev);
+        eprintln!("== event {i} {ev:?} reconcile={rec}");
+        if !rec && i + 1 < events.len() {
+            continue;
+        }
+        sim.settle_with(|s| {
+            for a in s.actions {
+                if !matches!(a, Action::Start(_)) {
+                    eprintln!("   {a}");
+                }
+            }
+        });
+        for r in &sim.snap.runs {
+            if r.stage != "prod" {
+                eprintln!(
+                    "      {} {} {} | {}",
+                    r.release, r.stage, r.status, r.reason
+                );
+            }
+        }
+        eprintln!(
+            "      hist {:?}",
+            sim.snap
+                .stages
+                .iter()
+                .map(|s| s.history.clone())
+                .collect::<Vec<_>>()
+        );
+    }
 }

@@ -81,7 +81,7 @@ fn a_release_goes_beta_gamma_approval_prod_and_every_history_records_it() {
                 state: ReportState::Success,
             },
         );
-        assert!(sim.snap.effect(&success).is_some(), "{stage} reported");
+        assert!(sim.effect(&success).is_some(), "{stage} reported");
     }
     assert_eq!(deploys_of(&sim, r, "beta"), 1);
     assert_eq!(deploys_of(&sim, r, "gamma"), 2);
@@ -130,7 +130,7 @@ fn a_failing_gamma_test_stops_the_release_before_prod() {
     assert_eq!(sim.reason(r, "prod"), "not promoted: failed in gamma");
     assert_eq!(deploys_of(&sim, r, "gamma"), 0);
     assert!(
-        sim.snap.effects.iter().all(|e| e.stage != "prod"),
+        sim.all_effects().all(|e| e.stage != "prod"),
         "prod never hears of it"
     );
     assert_eq!(sim.history("beta"), vec![r]);
@@ -250,10 +250,7 @@ fn a_newer_release_supersedes_an_older_one_waiting_for_approval() {
             state: ReportState::Inactive,
         },
     );
-    assert!(
-        sim.snap.effect(&inactive).is_some(),
-        "GitHub shows it inactive"
-    );
+    assert!(sim.effect(&inactive).is_some(), "GitHub shows it inactive");
 }
 
 /// Settles, then checks that planning again without new facts changes and starts nothing new.
@@ -261,11 +258,7 @@ fn settle_and_replan(sim: &mut Sim, seen: &mut BTreeMap<String, Effect>) {
     sim.settle();
     let p = sim.plan();
     assert_eq!(p, sim.plan(), "planning is deterministic");
-    assert!(
-        !p.actions.iter().any(Action::is_state_change),
-        "{:?}",
-        p.actions
-    );
+    assert!(sim.changes(&p.actions).is_empty(), "{:?}", p.actions);
     for a in &p.actions {
         let Action::Start(e) = a else { continue };
         assert!(
@@ -312,8 +305,8 @@ fn every_effect_of_a_full_promotion_has_its_own_key_and_replanning_adds_none() {
         assert_eq!(sim.status(r2, stage), S::Succeeded);
     }
 
-    let keys: BTreeSet<&String> = sim.snap.effects.iter().map(|e| &e.key).collect();
-    assert_eq!(keys.len(), sim.snap.effects.len(), "one record per key");
+    let keys: BTreeSet<&String> = sim.all_effects().map(|e| &e.key).collect();
+    assert_eq!(keys.len(), sim.all_effects().count(), "one record per key");
     let effects: BTreeSet<String> = seen.values().map(|e| format!("{e:?}")).collect();
     assert_eq!(
         effects.len(),
@@ -325,11 +318,6 @@ fn every_effect_of_a_full_promotion_has_its_own_key_and_replanning_adds_none() {
         assert_eq!(key, &derived);
         assert!(key.starts_with(&format!("{PIPELINE}/r{}/", e.release.0)));
     }
-    assert!(
-        sim.snap
-            .effects
-            .iter()
-            .all(|e| e.status != EffectStatus::Pending)
-    );
+    assert!(sim.all_effects().all(|e| e.status != EffectStatus::Pending));
     assert_eq!(deploys_of(&sim, r2, "prod"), 2, "each wave deployed once");
 }

@@ -120,20 +120,32 @@ pub fn three_stages() -> Pipeline {
 }
 
 /// One plan and what applying it did.
-#[derive(Debug, Clone)]
-pub struct Step {
+pub struct Step<'a> {
     pub at: DateTime<Utc>,
-    pub before: Snapshot,
-    pub actions: Vec<Action>,
-    pub after: Snapshot,
+    pub before: &'a Snapshot,
+    pub actions: &'a [Action],
+    pub after: &'a Snapshot,
+}
+
+/// What retired releases leave in the store, out of the planner's sight.
+#[derive(Debug, Default)]
+pub struct Archive {
+    pub releases: BTreeMap<ReleaseId, Release>,
+    pub runs: Vec<StageRun>,
+    pub effects: Vec<EffectRecord>,
+    pub approvals: Vec<ApprovalRecord>,
 }
 
 pub struct Sim {
     pub cfg: Pipeline,
-    /// The whole store; the planner sees [`Sim::view`] of it.
+    /// What the store loads for the planner: active releases with their runs, effects and
+    /// approvals, plus the releases named in stage histories.
     pub snap: Snapshot,
-    /// Releases that left the working set.
+    /// Releases that left the working set, and what they leave behind.
     pub retired: BTreeSet<ReleaseId>,
+    pub archive: Archive,
+    /// Effects running in the (simulated) process; a crash forgets them.
+    pub running: BTreeSet<String>,
     pub now: DateTime<Utc>,
     /// The plan of the last call that changed nothing (what the engine would sleep on).
     pub last_plan: Plan,
@@ -164,6 +176,8 @@ impl Sim {
                 ..Snapshot::default()
             },
             retired: BTreeSet::new(),
+            archive: Archive::default(),
+            running: BTreeSet::new(),
             now: t0(),
             last_plan: Plan::default(),
             started: vec![],
@@ -177,39 +191,62 @@ impl Sim {
     // ----- the engine's side -----------------------------------------------------------------
 
     pub fn plan(&self) -> Plan {
-        plan(&self.cfg, &self.view(), self.now)
+        plan(&self.cfg, &self.snap, self.now)
     }
 
-    /// What the store loads for the planner: active releases with their runs, effects and
-    /// approvals, plus the releases named in stage histories.
-    pub fn view(&self) -> Snapshot {
-        let mut v = self.snap.clone();
-        let live = |id: &ReleaseId| !self.retired.contains(id);
-        v.runs.retain(|r| live(&r.release));
-        v.effects.retain(|e| live(&e.release));
-        v.approvals.retain(|a| live(&a.release));
-        let named: BTreeSet<ReleaseId> = v.stages.iter().flat_map(|s| s.history.clone()).collect();
-        v.releases.retain(|id, _| live(id) || named.contains(id));
-        v
+    /// The release leaves the working set: the planner no longer sees its runs, effects and
+    /// approvals, nor the release itself unless a stage history names it.
+    fn retire(&mut self, id: ReleaseId) {
+        if !self.retired.insert(id) {
+            return;
+        }
+        let (snap, a) = (&mut self.snap, &mut self.archive);
+        a.runs.extend(take(&mut snap.runs, |r| r.release == id));
+        a.effects
+            .extend(take(&mut snap.effects, |e| e.release == id));
+        a.approvals
+            .extend(take(&mut snap.approvals, |x| x.release == id));
+        if !snap.stages.iter().any(|s| s.history.contains(&id)) {
+            if let Some(r) = snap.releases.remove(&id) {
+                a.releases.insert(id, r);
+            }
+        }
+    }
+
+    /// The state changes the engine applies: all but abandoning an effect that still runs.
+    pub fn changes(&self, actions: &[Action]) -> Vec<Action> {
+        actions
+            .iter()
+            .filter(|a| a.is_state_change())
+            .filter(|a| !matches!(a, Action::Abandon { key } if self.running.contains(key)))
+            .cloned()
+            .collect()
     }
 
     /// Applies a plan's actions the way the engine does: effects first, then state changes.
-    pub fn apply(&mut self, actions: &[Action]) {
+    /// Returns whether the store changed.
+    pub fn apply(&mut self, actions: &[Action]) -> bool {
+        let changes = self.changes(actions);
         for a in actions {
             if let Action::Start(e) = a {
                 self.start(e);
             }
         }
-        for a in actions.iter().filter(|a| a.is_state_change()) {
+        for a in &changes {
             self.apply_change(a);
         }
+        !changes.is_empty()
     }
 
     fn start(&mut self, e: &Effect) {
         self.starts_emitted.push(e.clone());
-        if self.snap.effect(&e.key).is_some() {
+        if let Some(rec) = self.snap.effect(&e.key) {
+            if rec.status == EffectStatus::Pending {
+                self.running.insert(e.key.clone());
+            }
             return;
         }
+        self.running.insert(e.key.clone());
         self.started.push(e.clone());
         self.snap.effects.push(EffectRecord {
             key: e.key.clone(),
@@ -258,7 +295,13 @@ impl Sim {
             Action::FailRelease { release, reason } => {
                 self.release_mut(*release).failed = Some(reason.clone());
             }
-            Action::RecordGood { stage, release } => self.stage_mut(stage).history.push(*release),
+            Action::RecordGood { stage, release } => {
+                self.stage_mut(stage).history.push(*release);
+                // A release named in a history is loaded even when retired.
+                if let Some(r) = self.archive.releases.remove(release) {
+                    self.snap.releases.insert(*release, r);
+                }
+            }
             Action::PauseStage { stage, reason } => {
                 self.stage_mut(stage).paused = Some(reason.clone());
             }
@@ -271,14 +314,12 @@ impl Sim {
                     s.rollback_request = None;
                 }
             }
-            Action::Retire { release } => {
-                self.retired.insert(*release);
-            }
+            Action::Retire { release } => self.retire(*release),
             Action::Abandon { key } => {
                 if let Some(e) = self.snap.effects.iter_mut().find(|e| &e.key == key) {
                     if e.status == EffectStatus::Pending {
                         e.status = EffectStatus::Failed;
-                        e.detail = "abandoned".into();
+                        e.detail = "abandoned: no longer needed".into();
                         e.finished_at = Some(now);
                     }
                 }
@@ -287,38 +328,44 @@ impl Sim {
         }
     }
 
-    /// One plan applied; `None` when it changed nothing (the plan is kept in `last_plan`).
-    pub fn step(&mut self) -> Option<Step> {
+    /// One plan applied; false when it changed nothing (the plan is kept in `last_plan`).
+    pub fn step(&mut self) -> bool {
+        self.step_with(|_| {})
+    }
+
+    fn step_with(&mut self, see: impl FnOnce(&Step<'_>)) -> bool {
         let p = self.plan();
         let before = self.snap.clone();
-        self.apply(&p.actions);
-        if !p.actions.iter().any(Action::is_state_change) {
+        if !self.apply(&p.actions) {
             self.last_plan = p;
-            return None;
+            return false;
         }
-        Some(Step {
+        see(&Step {
             at: self.now,
-            before,
-            actions: p.actions,
-            after: self.snap.clone(),
-        })
+            before: &before,
+            actions: &p.actions,
+            after: &self.snap,
+        });
+        true
     }
 
     /// Plans and applies until nothing changes; panics when that does not happen.
-    pub fn settle(&mut self) -> Vec<Step> {
-        let mut steps = Vec::new();
+    pub fn settle(&mut self) {
+        self.settle_with(|_| {});
+    }
+
+    /// [`Sim::settle`], showing every applied plan to `see`.
+    pub fn settle_with(&mut self, mut see: impl FnMut(&Step<'_>)) {
+        let mut tail = Vec::new();
         for _ in 0..50 {
-            match self.step() {
-                Some(s) => steps.push(s),
-                None => return steps,
+            let changed = self.step_with(|s| {
+                tail = s.actions.iter().map(ToString::to_string).collect();
+                see(s);
+            });
+            if !changed {
+                return;
             }
         }
-        let tail: Vec<String> = steps
-            .iter()
-            .rev()
-            .take(4)
-            .flat_map(|s| s.actions.iter().map(ToString::to_string))
-            .collect();
         panic!("plan did not converge in 50 rounds; last actions: {tail:#?}");
     }
 
@@ -381,6 +428,7 @@ impl Sim {
         rec.detail = detail.to_string();
         rec.output = output;
         rec.finished_at = Some(now);
+        self.running.remove(key);
         let (release, resolved) = (rec.release, key.ends_with("/resolve"));
         if resolved && status == EffectStatus::Succeeded {
             let digest = format!("sha256:{:064x}", release.0);
@@ -402,23 +450,29 @@ impl Sim {
         self.finish(key, EffectStatus::Succeeded, "read alarms", out);
     }
 
+    /// Effects running now, which the world may finish.
     pub fn pending(&self) -> Vec<EffectRecord> {
         self.snap
             .effects
             .iter()
-            .filter(|e| e.status == EffectStatus::Pending)
+            .filter(|e| e.status == EffectStatus::Pending && self.running.contains(&e.key))
             .cloned()
             .collect()
     }
 
     pub fn decide(&mut self, release: ReleaseId, stage: &str, approver: &str, d: Decision) {
-        self.snap.approvals.push(ApprovalRecord {
+        let a = ApprovalRecord {
             release,
             stage: stage.into(),
             approver: approver.into(),
             decision: d,
             at: self.now,
-        });
+        };
+        if self.retired.contains(&release) {
+            self.archive.approvals.push(a);
+        } else {
+            self.snap.approvals.push(a);
+        }
     }
 
     pub fn approve(&mut self, release: ReleaseId, stage: &str, approver: &str) {
@@ -460,16 +514,38 @@ impl Sim {
         self.stage_mut(stage).rollback_request = Some((id, who.into()));
     }
 
+    /// The controller restarts: nothing runs until a plan starts (resumes) it again.
+    pub fn crash(&mut self) {
+        self.running.clear();
+    }
+
     pub fn advance(&mut self, d: Duration) {
         self.now += chrono::Duration::from_std(d).unwrap();
     }
 
     // ----- reading -----------------------------------------------------------------------------
 
+    /// A run, live or retired.
     pub fn run(&self, release: ReleaseId, stage: &str) -> &StageRun {
         self.snap
             .run(release, stage)
+            .or_else(|| {
+                self.archive
+                    .runs
+                    .iter()
+                    .find(|r| r.release == release && r.stage == stage)
+            })
             .unwrap_or_else(|| panic!("no run of {release} in {stage}"))
+    }
+
+    /// Every effect record, live or retired.
+    pub fn all_effects(&self) -> impl Iterator<Item = &EffectRecord> {
+        self.snap.effects.iter().chain(&self.archive.effects)
+    }
+
+    /// An effect record, live or retired.
+    pub fn effect(&self, key: &str) -> Option<&EffectRecord> {
+        self.all_effects().find(|e| e.key == key)
     }
 
     pub fn status(&self, release: ReleaseId, stage: &str) -> RunStatus {
@@ -480,8 +556,13 @@ impl Sim {
         self.run(release, stage).reason.clone()
     }
 
+    /// A release, live or retired.
     pub fn release(&self, id: ReleaseId) -> &Release {
-        &self.snap.releases[&id]
+        self.snap
+            .releases
+            .get(&id)
+            .or_else(|| self.archive.releases.get(&id))
+            .unwrap_or_else(|| panic!("no release {id}"))
     }
 
     pub fn history(&self, stage: &str) -> Vec<ReleaseId> {
@@ -526,13 +607,13 @@ impl Sim {
             if done(self) {
                 return;
             }
-            if self.step().is_some() {
+            if self.step() {
                 continue;
             }
             if let Some(e) = self.pending().first() {
                 let key = e.key.clone();
                 self.succeed(&key);
-            } else if !self.give_approvals() {
+            } else if !(self.auto_approve && self.give_approvals()) {
                 match self.last_plan.wake_at {
                     Some(at) if at > self.now => self.now = at,
                     _ => panic!("stuck: nothing pending and nothing to wait for"),
@@ -542,33 +623,52 @@ impl Sim {
         panic!("drive_until did not finish");
     }
 
-    fn give_approvals(&mut self) -> bool {
-        if !self.auto_approve {
-            return false;
+    /// One cooperative move of the world: running effects succeed; if none runs, the
+    /// approvals a run waits for arrive; if none waits, the clock jumps to the next wake-up.
+    pub fn progress(&mut self) {
+        let pending = self.pending();
+        for e in &pending {
+            self.succeed(&e.key);
         }
-        let waiting: Vec<(ReleaseId, String, u32)> = self
+        if pending.is_empty() && !self.give_approvals() {
+            if let Some(at) = self.last_plan.wake_at.filter(|at| *at > self.now) {
+                self.now = at;
+            }
+        }
+    }
+
+    /// Approvals from approvers who have not decided yet, for every run still short of them.
+    fn give_approvals(&mut self) -> bool {
+        let mut gave = false;
+        let waiting: Vec<(ReleaseId, String)> = self
             .snap
             .runs
             .iter()
             .filter(|r| r.status == RunStatus::AwaitingApproval)
-            .filter_map(|r| {
-                let a = self.cfg.stage(&r.stage)?.approval.as_ref()?;
-                Some((r.release, r.stage.clone(), a.min_approvals))
-            })
-            .filter(|(r, s, _)| {
-                !self
-                    .snap
-                    .approvals
-                    .iter()
-                    .any(|a| a.release == *r && a.stage == *s)
-            })
+            .map(|r| (r.release, r.stage.clone()))
             .collect();
-        for (r, s, min) in &waiting {
-            for who in APPROVERS.iter().take(*min as usize) {
-                self.approve(*r, s, who);
+        for (r, s) in waiting {
+            let Some(a) = self.cfg.stage(&s).and_then(|st| st.approval.clone()) else {
+                continue;
+            };
+            let decided: BTreeSet<String> = self
+                .snap
+                .approvals
+                .iter()
+                .filter(|x| x.release == r && x.stage == s)
+                .map(|x| x.approver.clone())
+                .collect();
+            let mut missing = (a.min_approvals as usize).saturating_sub(decided.len());
+            for who in APPROVERS.iter().filter(|w| !decided.contains(**w)) {
+                if missing == 0 {
+                    break;
+                }
+                self.approve(r, &s, who);
+                missing -= 1;
+                gave = true;
             }
         }
-        !waiting.is_empty()
+        gave
     }
 
     pub fn drive_to(&mut self, release: ReleaseId, stage: &str, status: RunStatus) {
@@ -618,6 +718,13 @@ impl Sim {
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no stage {name}"))
     }
+}
+
+/// Removes and returns the elements matching `f`.
+fn take<T>(v: &mut Vec<T>, f: impl Fn(&T) -> bool) -> Vec<T> {
+    let (gone, kept) = std::mem::take(v).into_iter().partition(|x| f(x));
+    *v = kept;
+    gone
 }
 
 /// The transitions of a plan, as (release, stage, to, reason).

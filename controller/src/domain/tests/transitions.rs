@@ -3,7 +3,9 @@
 use chrono::{TimeZone, Utc};
 
 use super::sim::*;
-use crate::domain::{Action, Effect, EffectKind, NotifyEvent, Phase, ReleaseId, RunStatus as S};
+use crate::domain::{
+    Action, Effect, EffectKind, NotifyEvent, Phase, ReleaseId, ReportState, RunStatus as S,
+};
 
 fn test(name: &str, phase: Phase) -> EffectKind {
     EffectKind::RunTest {
@@ -131,8 +133,18 @@ fn waiting_to_failed_when_the_release_was_rolled_back_earlier() {
     let mut sim = baking_beta(|_| {});
     let (_, r2) = second_release_baking(&mut sim);
     sim.alarm("beta", "beta-5xx", true);
-    sim.drive_to(r2, "beta", S::RolledBack);
+    sim.settle();
+    let back = sim
+        .pending()
+        .into_iter()
+        .find(|e| e.key.contains("/rollback-"));
+    sim.succeed(&back.unwrap().key);
+    // The plan that marks r2 bad also stops it where it has not gone yet.
     let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r2, "beta").map(|t| t.0),
+        Some(S::RolledBack)
+    );
     let (to, why) = transition_of(&p, r2, "gamma").unwrap();
     assert_eq!(to, S::Failed);
     assert!(
@@ -241,7 +253,7 @@ fn checking_to_failed_when_a_before_test_fails() {
     );
     sim.settle();
     let deploy = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
-    assert!(sim.snap.effect(&deploy).is_none(), "never deployed");
+    assert!(sim.effect(&deploy).is_none(), "never deployed");
     let halted = sim.key(
         r,
         "beta",
@@ -249,7 +261,7 @@ fn checking_to_failed_when_a_before_test_fails() {
             event: NotifyEvent::Halted,
         },
     );
-    assert!(sim.snap.effect(&halted).is_some(), "people are told");
+    assert!(sim.effect(&halted).is_some(), "people are told");
 }
 
 #[test]
@@ -592,7 +604,7 @@ fn baking_polls_no_more_often_than_every_ten_seconds() {
     sim.advance(secs(9));
     sim.settle();
     let poll1 = sim.key(r, "beta", EffectKind::PollAlarms { round: 1 });
-    assert!(sim.snap.effect(&poll1).is_none());
+    assert!(sim.effect(&poll1).is_none());
     sim.advance(secs(1));
     sim.settle();
     assert!(sim.is_pending(&poll1));
@@ -751,7 +763,7 @@ fn rolling_back_with_two_waves_returns_every_deployed_wave_in_order() {
     };
     let (back0, back1) = (back(0), back(1));
     assert!(sim.is_pending(&back0));
-    assert!(sim.snap.effect(&back1).is_none(), "one wave at a time");
+    assert!(sim.effect(&back1).is_none(), "one wave at a time");
     sim.succeed(&back0);
     sim.settle();
     assert!(sim.is_pending(&back1));
@@ -821,6 +833,18 @@ fn reports_follow_the_run_and_skip_stages_never_reached() {
     let lint = sim.key(r, "beta", test("lint", Phase::Before));
     sim.fail(&lint, "exit status 1");
     sim.settle();
+    let failure = sim.key(
+        r,
+        "beta",
+        EffectKind::Report {
+            state: ReportState::Failure,
+        },
+    );
+    assert!(
+        sim.effect(&failure).is_none(),
+        "the queued status goes out first"
+    );
+    sim.drive_to_rest();
     let reported: Vec<(String, String)> = sim
         .started
         .iter()
@@ -836,9 +860,113 @@ fn reports_follow_the_run_and_skip_stages_never_reached() {
         "gamma and prod were never reached, so GitHub hears nothing about them"
     );
     assert!(
-        sim.snap
-            .effects
-            .iter()
+        sim.all_effects()
             .all(|e| e.stage != "gamma" && e.stage != "prod")
+    );
+}
+
+// ----- manual rollback of what a stage runs now ----------------------------------------------------
+
+#[test]
+fn succeeded_to_rolling_back_on_a_manual_request_for_the_current_release() {
+    let mut sim = Sim::new(three_stages());
+    let r1 = sim.promote();
+    let r2 = sim.promote();
+    sim.request_rollback("prod", "ops");
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r2, "prod"),
+        Some((S::RollingBack, "manual rollback requested by ops".into()))
+    );
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r2, "prod"), S::RolledBack);
+    assert_eq!(sim.history("prod"), vec![r1, r2, r1]);
+    assert_eq!(
+        sim.release(r2).bad.as_ref().map(|b| b.stage.as_str()),
+        Some("prod")
+    );
+    // Earlier stages keep r2; the later release r3 still goes everywhere.
+    assert_eq!(sim.status(r2, "gamma"), S::Succeeded);
+    let r3 = sim.promote();
+    assert_eq!(sim.history("prod"), vec![r1, r2, r1, r3]);
+}
+
+#[test]
+fn a_manual_request_with_nothing_to_return_to_leaves_the_current_release_alone() {
+    let mut sim = Sim::new(three_stages());
+    let r1 = sim.promote();
+    sim.request_rollback("prod", "ops");
+    let p = sim.plan();
+    assert!(p.actions.contains(&Action::ConsumeRollbackRequest {
+        stage: "prod".into(),
+        request: 1
+    }));
+    assert_eq!(transition_of(&p, r1, "prod"), None);
+    assert_eq!(
+        notes_of(&p, r1, "prod"),
+        vec!["manual rollback requested by ops not done: no known-good release to return to"]
+    );
+    sim.settle();
+    assert_eq!(sim.status(r1, "prod"), S::Succeeded);
+    assert_eq!(sim.history("prod"), vec![r1]);
+    assert!(sim.release(r1).bad.is_none());
+}
+
+#[test]
+fn a_manual_rollback_and_an_approved_deploy_never_run_at_once() {
+    let mut cfg = three_stages();
+    cfg.stages[2].approval = Some(approval(1));
+    let mut sim = Sim::new(cfg);
+    let r1 = sim.promote();
+    let r2 = sim.promote();
+    sim.auto_approve = false;
+    let r3 = sim.new_release();
+    sim.drive_to(r3, "prod", S::AwaitingApproval);
+    sim.settle();
+    // Both facts arrive before the next reconcile.
+    sim.approve(r3, "prod", "ana");
+    sim.request_rollback("prod", "ops");
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r2, "prod").map(|t| t.0),
+        Some(S::RollingBack)
+    );
+    assert_eq!(transition_of(&p, r3, "prod"), None);
+    assert_eq!(
+        notes_of(&p, r3, "prod"),
+        vec!["waiting for r2 to finish (rolling_back)"]
+    );
+    sim.drive_to(r3, "prod", S::Deploying);
+    assert_eq!(sim.status(r2, "prod"), S::RolledBack);
+    assert_eq!(sim.history("prod"), vec![r1, r2, r1]);
+}
+
+#[test]
+fn waiting_to_superseded_when_a_newer_release_entered_the_stage_first() {
+    let mut sim = with_beta(|s| s.before = vec!["lint".into()]);
+    let r1 = sim.new_release();
+    let r2 = sim.new_release();
+    sim.settle();
+    // r2's image appears first and r2 enters beta; r1's is still being resolved.
+    let resolve2 = sim.resolve_key(r2);
+    sim.succeed(&resolve2);
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r2, "beta").map(|t| t.0), Some(S::Queued));
+    assert_eq!(
+        transition_of(&p, r1, "beta"),
+        Some((S::Superseded, "superseded by newer release r2".into()))
+    );
+    sim.settle();
+    // r2 fails its checks; r1, older, must not deploy in its place.
+    let lint = sim.key(r2, "beta", test("lint", Phase::Before));
+    sim.fail(&lint, "exit status 1");
+    let resolve1 = sim.resolve_key(r1);
+    sim.succeed(&resolve1);
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r1, "beta"), S::Superseded);
+    assert!(
+        !sim.all_effects()
+            .any(|e| e.release == r1 && e.key.contains("/deploy-")),
+        "the older release never deploys after a newer one entered the stage"
     );
 }

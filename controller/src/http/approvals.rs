@@ -1,0 +1,1 @@
+//! `GET`/`POST /approvals/{token}`: the approval pages.

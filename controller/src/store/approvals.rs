@@ -1,0 +1,1 @@
+//! Approval tokens: stored hashed, single use, expiring.

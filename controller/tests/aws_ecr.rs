@@ -1,0 +1,268 @@
+//! `aws::ecr::EcrArtifacts` through the real AWS SDK for Rust against `moto_server`: a tag
+//! resolves to its digest in the build account (waiting, bounded, for it to appear), and a
+//! digest is promoted by retagging it in the build repository or copying its manifest into
+//! the stage account's repository.
+//!
+//! moto 5.2.5 computes digests from the layer digests, not the manifest bytes; the tests
+//! compare digests with what moto itself reports, never with a sha256 of the manifest.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_ecr::types::ImageIdentifier;
+use tollgate::aws::ecr::EcrArtifacts;
+use tollgate::aws::retry::{Limiter, PollSettings};
+use tollgate::aws::sts::Credentials;
+use tollgate::config::{Account, Artifact, Promote, SecretRef, Target};
+use tollgate::engine::ports::{Artifacts, PortError, PromoteRequest};
+use tollgate::testing::moto::{MotoServer, REGION};
+
+const BUILD: &str = "111111111111";
+const GAMMA: &str = "333333333333";
+
+fn account(name: &str, id: &str, dir: &Path) -> Account {
+    let file = dir.join(format!("{name}-external-id"));
+    std::fs::write(&file, format!("{name}-external-id")).unwrap();
+    Account {
+        name: name.into(),
+        id: id.into(),
+        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy")),
+        external_id: Some(SecretRef::File(file)),
+        region: REGION.into(),
+        controller: false,
+        session_duration: Duration::from_secs(3600),
+    }
+}
+
+fn artifact(repository: &str, wait: Duration) -> Artifact {
+    Artifact {
+        repository: repository.into(),
+        account: "build".into(),
+        region: REGION.into(),
+        tag: "{sha}".into(),
+        wait,
+    }
+}
+
+fn artifacts(moto: &MotoServer) -> EcrArtifacts {
+    let creds = Credentials::new(moto.sdk_config(), Arc::new(Limiter::default()));
+    EcrArtifacts::new(Arc::new(creds), PollSettings::fast())
+}
+
+fn manifest(layer: &str) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":7023,"digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":32654,"digest":"sha256:{layer}"}}]}}"#
+    )
+}
+
+/// Creates `repository` in the build account and pushes a manifest under `tag` (as CI would).
+async fn push(config: &SdkConfig, repository: &str, tag: &str) {
+    let ecr = aws_sdk_ecr::Client::new(config);
+    let created = ecr
+        .create_repository()
+        .repository_name(repository)
+        .send()
+        .await;
+    if let Err(e) = created {
+        assert_eq!(
+            aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e),
+            Some("RepositoryAlreadyExistsException")
+        );
+    }
+    let layer = format!("{:0>64}", hex_of(&format!("{repository}{tag}")));
+    ecr.put_image()
+        .repository_name(repository)
+        .image_manifest(manifest(&layer))
+        .image_tag(tag)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .chars()
+        .take(64)
+        .collect()
+}
+
+async fn digest_of(config: &SdkConfig, repository: &str, tag: &str) -> Option<String> {
+    let id = ImageIdentifier::builder().image_tag(tag).build();
+    let out = aws_sdk_ecr::Client::new(config)
+        .describe_images()
+        .repository_name(repository)
+        .image_ids(id)
+        .send()
+        .await;
+    out.ok()?
+        .image_details()
+        .first()?
+        .image_digest()
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_tag_resolves_to_its_digest_in_the_build_account() {
+    let moto = MotoServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    push(&build_cfg, "ecr-resolve", "abc123").await;
+    let build = account("build", BUILD, dir.path());
+
+    let digest = artifacts(moto)
+        .resolve(
+            &artifact("ecr-resolve", Duration::from_secs(5)),
+            &build,
+            "abc123",
+        )
+        .await
+        .unwrap();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(
+        Some(digest),
+        digest_of(&build_cfg, "ecr-resolve", "abc123").await
+    );
+}
+
+#[tokio::test]
+async fn resolve_waits_for_a_tag_that_appears_later() {
+    let moto = MotoServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    push(&build_cfg, "ecr-later", "first").await;
+    let pusher = {
+        let cfg = build_cfg.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            push(&cfg, "ecr-later", "second").await;
+        })
+    };
+    let build = account("build", BUILD, dir.path());
+    let digest = artifacts(moto)
+        .resolve(
+            &artifact("ecr-later", Duration::from_secs(10)),
+            &build,
+            "second",
+        )
+        .await
+        .unwrap();
+    pusher.await.unwrap();
+    assert_eq!(
+        Some(digest),
+        digest_of(&build_cfg, "ecr-later", "second").await
+    );
+}
+
+#[tokio::test]
+async fn a_tag_that_never_appears_is_not_found_after_the_wait() {
+    let moto = MotoServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    push(
+        &moto.sdk_config_for_account(BUILD).await.unwrap(),
+        "ecr-missing",
+        "present",
+    )
+    .await;
+    let build = account("build", BUILD, dir.path());
+    let wait = Duration::from_millis(400);
+
+    let started = Instant::now();
+    let err = artifacts(moto)
+        .resolve(&artifact("ecr-missing", wait), &build, "never")
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() >= wait);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    let PortError::NotFound(message) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.contains("ecr-missing:never") && message.contains(BUILD),
+        "{message}"
+    );
+}
+
+fn promote(
+    build: &Account,
+    target: &Account,
+    repository: &str,
+    digest: &str,
+    mode: Promote,
+) -> PromoteRequest {
+    PromoteRequest {
+        artifact: artifact(repository, Duration::from_secs(1)),
+        build_account: build.clone(),
+        digest: digest.into(),
+        stage: "prod".into(),
+        target: Target {
+            account: target.name.clone(),
+            region: REGION.into(),
+        },
+        target_account: target.clone(),
+        mode,
+    }
+}
+
+#[tokio::test]
+async fn retagging_is_idempotent_and_keeps_the_digest() {
+    let moto = MotoServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    push(&build_cfg, "ecr-retag", "abc").await;
+    let digest = digest_of(&build_cfg, "ecr-retag", "abc").await.unwrap();
+    let build = account("build", BUILD, dir.path());
+    let gamma = account("gamma", GAMMA, dir.path());
+    let ecr = artifacts(moto);
+    let req = promote(&build, &gamma, "ecr-retag", &digest, Promote::Retag);
+
+    let first = ecr.promote(&req).await.unwrap();
+    let again = ecr.promote(&req).await.unwrap();
+    assert_eq!(
+        first,
+        format!("{BUILD}.dkr.ecr.{REGION}.amazonaws.com/ecr-retag@{digest}")
+    );
+    assert_eq!(again, first);
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    assert_eq!(
+        digest_of(&build_cfg, "ecr-retag", &format!("prod-{}", &hex[..12])).await,
+        Some(digest)
+    );
+}
+
+#[tokio::test]
+async fn copying_creates_the_stage_repository_with_the_same_digest() {
+    let moto = MotoServer::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    let gamma_cfg = moto.sdk_config_for_account(GAMMA).await.unwrap();
+    push(&build_cfg, "ecr-copy", "abc").await;
+    let digest = digest_of(&build_cfg, "ecr-copy", "abc").await.unwrap();
+    let build = account("build", BUILD, dir.path());
+    let gamma = account("gamma", GAMMA, dir.path());
+    let ecr = artifacts(moto);
+    let req = promote(&build, &gamma, "ecr-copy", &digest, Promote::Copy);
+
+    let uri = ecr.promote(&req).await.unwrap();
+    assert_eq!(
+        uri,
+        format!("{GAMMA}.dkr.ecr.{REGION}.amazonaws.com/ecr-copy@{digest}")
+    );
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    assert_eq!(
+        digest_of(&gamma_cfg, "ecr-copy", &format!("prod-{}", &hex[..12])).await,
+        Some(digest)
+    );
+    assert_eq!(
+        ecr.promote(&req).await.unwrap(),
+        uri,
+        "a second copy changes nothing"
+    );
+}

@@ -1,0 +1,195 @@
+//! `aws::sts::Credentials` through the real AWS SDK against `moto_server`: AssumeRole lands in
+//! the account asked for, sessions are cached, the controller's own account assumes nothing,
+//! and ExternalId problems are clear errors that never show a value.
+//!
+//! moto does not check ExternalId (nor any IAM policy): these tests prove what is sent, not
+//! that AWS would accept it. The refusal test uses a wiremock STS on loopback for that reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate::aws::retry::Limiter;
+use tollgate::aws::sts::Credentials;
+use tollgate::config::{Account, SecretRef};
+use tollgate::engine::ports::PortError;
+use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
+use wiremock::matchers::{body_string_contains, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BETA: &str = "222222222222";
+const GAMMA: &str = "333333333333";
+
+fn account(name: &str, id: &str, external_id: Option<SecretRef>) -> Account {
+    Account {
+        name: name.into(),
+        id: id.into(),
+        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy")),
+        external_id,
+        region: REGION.into(),
+        controller: false,
+        session_duration: Duration::from_secs(3600),
+    }
+}
+
+fn controller_account() -> Account {
+    Account {
+        role_arn: None,
+        controller: true,
+        ..account("tools", DEFAULT_ACCOUNT_ID, None)
+    }
+}
+
+fn credentials(moto: &MotoServer) -> Credentials {
+    Credentials::new(moto.sdk_config(), Arc::new(Limiter::default()))
+}
+
+fn id_file(value: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), value).unwrap();
+    file
+}
+
+async fn identity(config: &aws_config::SdkConfig) -> (String, String) {
+    let out = aws_sdk_sts::Client::new(config)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    (
+        out.account().unwrap().to_owned(),
+        out.arn().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn each_account_gets_its_own_identity() {
+    let moto = MotoServer::shared();
+    let creds = credentials(moto);
+    let ext = id_file("beta-external-id");
+    let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
+    let gamma = account("gamma", GAMMA, Some(SecretRef::File(ext.path().into())));
+    let beta_cfg = creds
+        .config_for(&beta, "eu-west-1", "tollgate-backend-r1-beta")
+        .await
+        .unwrap();
+    let gamma_cfg = creds
+        .config_for(&gamma, REGION, "tollgate-backend-r1-gamma")
+        .await
+        .unwrap();
+
+    let (beta_id, beta_arn) = identity(&beta_cfg).await;
+    assert_eq!(beta_id, BETA);
+    assert!(
+        beta_arn.ends_with(":assumed-role/tollgate-deploy/tollgate-backend-r1-beta"),
+        "{beta_arn}"
+    );
+    assert_eq!(identity(&gamma_cfg).await.0, GAMMA);
+    assert_eq!(beta_cfg.region().unwrap().as_ref(), "eu-west-1");
+    assert_eq!(
+        beta_cfg.endpoint_url(),
+        Some(moto.endpoint().as_str()),
+        "the endpoint carries over"
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_cached_and_the_controller_account_assumes_nothing() {
+    let moto = MotoServer::start().unwrap(); // private: the recorder counts calls
+    let creds = credentials(&moto);
+    let ext = id_file("  gamma-external-id\n");
+    let gamma = account("gamma", GAMMA, Some(SecretRef::File(ext.path().into())));
+    moto.recorder_start().await.unwrap();
+
+    let first = creds
+        .config_for(&gamma, REGION, "tollgate r1 gamma")
+        .await
+        .unwrap();
+    let second = creds
+        .config_for(&gamma, REGION, "tollgate-r2-gamma")
+        .await
+        .unwrap();
+    let own = creds
+        .config_for(&controller_account(), REGION, "unused")
+        .await
+        .unwrap();
+    moto.recorder_stop().await.unwrap();
+
+    let requests = moto.recorded_requests().await.unwrap();
+    let assumes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("AssumeRole"))
+        .collect();
+    assert_eq!(assumes.len(), 1, "one AssumeRole for two config_for calls");
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(&assumes[0].body)
+        .into_owned()
+        .collect();
+    assert_eq!(form["ExternalId"], "gamma-external-id", "trimmed");
+    assert_eq!(form["RoleSessionName"], "tollgate-r1-gamma", "sanitised");
+    assert_eq!(form["DurationSeconds"], "3600");
+    assert_eq!(identity(&first).await.0, GAMMA);
+    assert_eq!(identity(&second).await, identity(&first).await);
+    assert_eq!(identity(&own).await.0, DEFAULT_ACCOUNT_ID);
+}
+
+#[tokio::test]
+async fn an_unset_external_id_variable_is_named_in_the_error() {
+    let creds = credentials(MotoServer::shared());
+    let var = "TOLLGATE_TEST_EXTERNAL_ID_THAT_IS_NEVER_SET";
+    let beta = account("beta", BETA, Some(SecretRef::Env(var.into())));
+    let err = creds.config_for(&beta, REGION, "s").await.unwrap_err();
+    assert!(
+        matches!(&err, PortError::Invalid(m) if m.contains(var) && m.contains("not set")),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("account beta (222222222222)"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_external_id_file_is_an_error_naming_the_file() {
+    let creds = credentials(MotoServer::shared());
+    let ext = id_file("\n");
+    let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
+    let err = creds.config_for(&beta, REGION, "s").await.unwrap_err();
+    assert!(
+        err.to_string().contains(&ext.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_assume_role_is_denied_and_says_what_was_refused() {
+    let sts = MockServer::start().await;
+    let refusal = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>AccessDenied</Code>
+  <Message>User: arn:aws:iam::123456789012:user/tollgate is not authorized to perform: sts:AssumeRole</Message></Error>
+  <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId>
+</ErrorResponse>"#;
+    Mock::given(method("POST"))
+        .and(body_string_contains("Action=AssumeRole"))
+        .respond_with(ResponseTemplate::new(403).set_body_raw(refusal, "text/xml"))
+        .expect(1)
+        .mount(&sts)
+        .await;
+    let base = MotoServer::shared()
+        .sdk_config()
+        .into_builder()
+        .endpoint_url(sts.uri())
+        .build();
+    let creds = Credentials::new(base, Arc::new(Limiter::default()));
+    let ext = id_file("beta-external-id");
+    let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
+
+    let err = creds.config_for(&beta, REGION, "s").await.unwrap_err();
+    let PortError::Denied(message) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        message.starts_with("cannot assume arn:aws:iam::222222222222:role/tollgate-deploy for account beta (222222222222): AccessDenied: User:"),
+        "{message}"
+    );
+    assert!(!message.contains("beta-external-id"));
+}

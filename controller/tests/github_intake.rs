@@ -1,0 +1,677 @@
+//! `POST /webhooks/github` end to end: GitHub's own example payloads (npm package
+//! `@octokit/webhooks-examples`, installed by `scripts/test`), rewritten to name the test
+//! pipelines' repositories, signed, and sent through the real router into a real engine and
+//! a real SQLite store. Also the configuration self-update against the GitHub fake.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+use tollgate::config::{self, Config, ConfigError};
+use tollgate::engine::fakes::Fakes;
+use tollgate::engine::{Engine, SystemClock};
+use tollgate::github::forge::GithubForge;
+use tollgate::github::intake;
+use tollgate::github::webhook::{WebhookSecrets, sign};
+use tollgate::http::server::{AppState, router};
+use tollgate::secret::Secret;
+use tollgate::store::Store;
+use tollgate::testing::github_fake::GithubFake;
+
+// ---------------------------------------------------------------------------------------------
+// GitHub's example payloads
+// ---------------------------------------------------------------------------------------------
+
+const EXAMPLES_ENV: &str = "TOLLGATE_WEBHOOK_EXAMPLES";
+const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+struct Examples {
+    ping: Vec<Value>,
+    push: Vec<Value>,
+    workflow_run: Vec<Value>,
+}
+
+static EXAMPLES: LazyLock<Examples> = LazyLock::new(load_examples);
+
+fn examples_dir() -> PathBuf {
+    match std::env::var_os(EXAMPLES_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(WORKSPACE).join(".cache/npm/node_modules/@octokit/webhooks-examples"),
+    }
+}
+
+/// The examples GitHub.com sends (`api.github.com/index.json` of the package).
+fn load_examples() -> Examples {
+    let file = examples_dir().join("api.github.com/index.json");
+    let text = std::fs::read(&file).unwrap_or_else(|e| {
+        panic!(
+            "GitHub webhook examples not found at {} ({e}): run scripts/test, which installs \
+             @octokit/webhooks-examples into .cache/npm and sets {EXAMPLES_ENV}",
+            file.display()
+        )
+    });
+    let index: Vec<Value> = serde_json::from_slice(&text).unwrap();
+    let of = |name: &str| -> Vec<Value> {
+        let event = index.iter().find(|e| e["name"] == name).unwrap();
+        event["examples"].as_array().unwrap().clone()
+    };
+    Examples {
+        ping: of("ping"),
+        push: of("push"),
+        workflow_run: of("workflow_run"),
+    }
+}
+
+fn find(examples: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let found = examples.iter().find(|e| pred(e));
+    found
+        .unwrap_or_else(|| panic!("no example {what} in the package"))
+        .clone()
+}
+
+/// A real push to a branch, moved to `repo` and `branch`.
+fn branch_push(repo: &str, branch: &str) -> Value {
+    let mut p = find(&EXAMPLES.push, "pushing a branch", |e| {
+        e["ref"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("refs/heads/"))
+            && !e["head_commit"].is_null()
+    });
+    p["repository"]["full_name"] = repo.into();
+    p["ref"] = format!("refs/heads/{branch}").into();
+    p
+}
+
+/// A real completed, successful run, moved to `repo`, the workflow `file` and `branch`.
+fn build_run(repo: &str, file: &str, branch: &str) -> Value {
+    let mut p = find(&EXAMPLES.workflow_run, "of a successful run", |e| {
+        e["action"] == "completed" && e["workflow_run"]["conclusion"] == "success"
+    });
+    let path = format!(".github/workflows/{file}");
+    p["repository"]["full_name"] = repo.into();
+    p["workflow_run"]["head_repository"]["full_name"] = repo.into();
+    p["workflow_run"]["head_branch"] = branch.into();
+    p["workflow_run"]["path"] = path.clone().into();
+    p["workflow"]["path"] = path.into();
+    p
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A controller with two pipelines
+// ---------------------------------------------------------------------------------------------
+
+const SECRET: &str = "webhook-secret";
+
+/// `backend` releases on push; `web` releases when its build workflow succeeds.
+const STAGES: &str = r#"
+[controller]
+public_url = "https://tollgate.test"
+config_repository = "acme/deploy-config"
+
+[[pipelines]]
+name = "backend"
+[pipelines.source]
+repository = "acme/backend"
+branch = "main"
+[pipelines.artifact]
+repository = "backend"
+account = "build"
+region = "eu-west-1"
+[[pipelines.stages]]
+name = "beta"
+targets = [{ account = "beta" }]
+[pipelines.stages.deploy]
+kind = "cloudformation"
+stack = "backend-beta"
+template = "service.yaml"
+image_parameter = "ImageUri"
+
+[[pipelines]]
+name = "web"
+[pipelines.source]
+repository = "acme/web"
+branch = "main"
+build_workflow = "build.yml"
+[pipelines.artifact]
+repository = "web"
+account = "build"
+region = "eu-west-1"
+[[pipelines.stages]]
+name = "beta"
+targets = [{ account = "beta" }]
+[pipelines.stages.deploy]
+kind = "cloudformation"
+stack = "web-beta"
+template = "service.yaml"
+image_parameter = "ImageUri"
+"#;
+
+const ACCOUNTS: &str = r#"
+[accounts.build]
+id = "111111111111"
+region = "eu-west-1"
+controller = true
+[accounts.beta]
+id = "222222222222"
+role_arn = "arn:aws:iam::222222222222:role/deploy"
+external_id = { env = "X_BETA" }
+region = "eu-west-1"
+"#;
+
+fn load_config(dir: &Path, stages: &str) -> Result<Config, ConfigError> {
+    let read = |_: &Path| -> Result<String, ConfigError> { Ok(ACCOUNTS.to_owned()) };
+    let loaded = config::load_str(&dir.join("stages.toml"), stages, dir, &read)?;
+    Ok(loaded.config)
+}
+
+struct Controller {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    app: axum::Router,
+    config_changes: mpsc::Receiver<String>,
+}
+
+async fn controller() -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("accounts")).unwrap();
+    std::fs::write(dir.path().join("accounts/accounts.toml"), ACCOUNTS).unwrap();
+    std::fs::write(dir.path().join("service.yaml"), "Resources: {}\n").unwrap();
+    let config = load_config(dir.path(), STAGES).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let engine = Engine::new(store, config, Fakes::new().ports(), Arc::new(SystemClock));
+    let secrets = WebhookSecrets::from_env_value(&format!("old-secret,{SECRET}")).unwrap();
+    let (tx, config_changes) = mpsc::channel(8);
+    let state = AppState::new(engine.clone(), secrets).with_config_changes(tx);
+    Controller {
+        dir,
+        engine,
+        app: router(state),
+        config_changes,
+    }
+}
+
+/// A delivery as GitHub sends it.
+struct Delivery<'a> {
+    event: Option<&'a str>,
+    id: Option<&'a str>,
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+impl<'a> Delivery<'a> {
+    fn signed(event: &'a str, id: &'a str, body: Vec<u8>) -> Self {
+        let signature = Some(sign(&Secret::new(SECRET), &body));
+        Delivery {
+            event: Some(event),
+            id: Some(id),
+            signature,
+            body,
+        }
+    }
+
+    fn of(event: &'a str, id: &'a str, payload: &Value) -> Self {
+        Self::signed(event, id, bytes(payload))
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    json: Value,
+}
+
+impl Controller {
+    async fn send(&self, d: Delivery<'_>) -> Answer {
+        let mut req = Request::post("/webhooks/github").header("content-type", "application/json");
+        let headers = [
+            ("x-github-event", d.event.map(str::to_owned)),
+            ("x-github-delivery", d.id.map(str::to_owned)),
+            ("x-hub-signature-256", d.signature),
+        ];
+        for (name, value) in headers {
+            if let Some(v) = value {
+                req = req.header(name, v);
+            }
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(d.body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+        Answer { status, json }
+    }
+
+    async fn releases(&self, pipeline: &str) -> Vec<tollgate::domain::Release> {
+        let runs = self.engine.store().recent_runs(pipeline, 50).await.unwrap();
+        runs.into_iter().map(|(r, _)| r).collect()
+    }
+
+    async fn deliveries(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(self.engine.store().pool())
+            .await
+            .unwrap()
+    }
+
+    async fn events(&self, pipeline: &str, kind: &str) -> Vec<String> {
+        let events = self.engine.store().events(pipeline, 100).await.unwrap();
+        events
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.detail)
+            .collect()
+    }
+}
+
+fn detail(a: &Answer) -> String {
+    a.json["detail"].as_str().unwrap_or_default().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Releases from pushes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_push_delivered_three_times_creates_exactly_one_release() {
+    let c = controller().await;
+    let push = branch_push("acme/backend", "main");
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let a = c.send(Delivery::of("push", "d-push-1", &push)).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.json);
+        results.push(a.json["result"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(results, ["recorded", "duplicate", "duplicate"]);
+
+    let releases = c.releases("backend").await;
+    assert_eq!(releases.len(), 1);
+    let r = &releases[0];
+    assert_eq!(r.sha, push["after"]);
+    assert_eq!(r.branch, "main");
+    assert_eq!(r.author_name, push["head_commit"]["author"]["name"]);
+    assert_eq!(r.author_email, push["head_commit"]["author"]["email"]);
+    assert_eq!(
+        r.author_login.as_deref(),
+        push["head_commit"]["author"]["username"].as_str()
+    );
+    assert_eq!(r.message, push["head_commit"]["message"]);
+    assert_eq!(r.url.as_deref(), push["compare"].as_str());
+    assert!(c.releases("web").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_same_commit_in_a_new_delivery_changes_nothing() {
+    let c = controller().await;
+    let push = branch_push("acme/backend", "main");
+    assert_eq!(
+        c.send(Delivery::of("push", "d-a", &push)).await.status,
+        StatusCode::OK
+    );
+    let again = c.send(Delivery::of("push", "d-b", &push)).await;
+    assert_eq!(
+        (again.status, again.json["result"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+    assert_eq!(c.releases("backend").await.len(), 1);
+}
+
+#[tokio::test]
+async fn pushes_that_are_not_releases_are_acknowledged_and_ignored() {
+    let c = controller().await;
+    let tag = find(&EXAMPLES.push, "creating a tag", |e| {
+        e["ref"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("refs/tags/"))
+            && e["created"] == true
+    });
+    let deletion = find(&EXAMPLES.push, "deleting a ref", |e| e["deleted"] == true);
+    let mut tag = tag.clone();
+    tag["repository"]["full_name"] = "acme/backend".into();
+    let mut deleted_branch = deletion.clone();
+    deleted_branch["repository"]["full_name"] = "acme/backend".into();
+    deleted_branch["ref"] = "refs/heads/main".into();
+    let unknown_repo = find(&EXAMPLES.push, "pushing a branch", |e| {
+        e["ref"] == "refs/heads/master"
+    });
+    let cases = [
+        (
+            "other branch",
+            branch_push("acme/backend", "feature/x"),
+            "push to feature/x",
+        ),
+        ("tag", tag, "is not a branch"),
+        ("deletion", deleted_branch, "was deleted"),
+        (
+            "unknown repository",
+            unknown_repo,
+            "no pipeline follows Codertocat/Hello-World",
+        ),
+        (
+            "pipeline with a build workflow",
+            branch_push("acme/web", "main"),
+            "waiting for build workflow build.yml",
+        ),
+    ];
+    for (i, (what, payload, reason)) in cases.iter().enumerate() {
+        let id = format!("d-ignored-{i}");
+        let a = c.send(Delivery::of("push", &id, payload)).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{what}: {:?}", a.json);
+        assert!(detail(&a).contains(reason), "{what}: {}", detail(&a));
+    }
+    assert!(c.releases("backend").await.is_empty());
+    assert!(c.releases("web").await.is_empty());
+    assert_eq!(
+        c.deliveries().await,
+        cases.len() as i64,
+        "each ignored delivery is recorded"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Releases from builds
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_successful_build_workflow_run_creates_the_release() {
+    let c = controller().await;
+    let run = build_run("acme/web", "build.yml", "main");
+    let a = c.send(Delivery::of("workflow_run", "d-run-1", &run)).await;
+    assert_eq!(
+        (a.status, a.json["result"].as_str()),
+        (StatusCode::OK, Some("recorded")),
+        "{:?}",
+        a.json
+    );
+    let again = c.send(Delivery::of("workflow_run", "d-run-1", &run)).await;
+    assert_eq!(again.json["result"], "duplicate");
+
+    let releases = c.releases("web").await;
+    assert_eq!(releases.len(), 1);
+    let r = &releases[0];
+    let wr = &run["workflow_run"];
+    assert_eq!(r.sha, wr["head_sha"]);
+    assert_eq!(r.author_name, wr["head_commit"]["author"]["name"]);
+    assert_eq!(r.message, wr["head_commit"]["message"]);
+    assert_eq!(r.url.as_deref(), wr["html_url"].as_str());
+    assert!(c.releases("backend").await.is_empty());
+}
+
+#[tokio::test]
+async fn other_workflows_unfinished_runs_and_other_branches_are_ignored() {
+    let c = controller().await;
+    let mut requested = build_run("acme/web", "build.yml", "main");
+    requested["action"] = "requested".into();
+    requested["workflow_run"]["status"] = "queued".into();
+    requested["workflow_run"]["conclusion"] = Value::Null;
+    let cases = [
+        (
+            "another workflow",
+            build_run("acme/web", "test.yml", "main"),
+        ),
+        (
+            "another branch",
+            build_run("acme/web", "build.yml", "feature/x"),
+        ),
+        ("not completed", requested),
+        (
+            "unknown repository",
+            build_run("acme/other", "build.yml", "main"),
+        ),
+    ];
+    for (i, (what, payload)) in cases.iter().enumerate() {
+        let id = format!("d-run-ignored-{i}");
+        let a = c.send(Delivery::of("workflow_run", &id, payload)).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{what}: {:?}", a.json);
+    }
+    assert!(c.releases("web").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_run_from_a_fork_is_never_acted_on() {
+    let c = controller().await;
+    let mut fork = find(&EXAMPLES.workflow_run, "from another repository", |e| {
+        e["repository"]["full_name"] != e["workflow_run"]["head_repository"]["full_name"]
+    });
+    fork["repository"]["full_name"] = "acme/web".into();
+    fork["workflow_run"]["head_repository"]["full_name"] = "mallory/web".into();
+    fork["workflow_run"]["head_branch"] = "main".into();
+    fork["workflow_run"]["conclusion"] = "success".into();
+    fork["workflow"]["path"] = ".github/workflows/build.yml".into();
+    let a = c.send(Delivery::of("workflow_run", "d-fork", &fork)).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.json);
+    assert!(c.releases("web").await.is_empty());
+    let notes = c.events("web", "not-promoted").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("fork mallory/web"), "{}", notes[0]);
+}
+
+#[tokio::test]
+async fn a_failed_build_is_written_to_the_event_log_once() {
+    let c = controller().await;
+    let mut run = build_run("acme/web", "build.yml", "main");
+    run["workflow_run"]["conclusion"] = "failure".into();
+    for _ in 0..2 {
+        let a = c.send(Delivery::of("workflow_run", "d-failed", &run)).await;
+        assert!(a.status.is_success(), "{:?}", a.json);
+    }
+    assert!(c.releases("web").await.is_empty());
+    let notes = c.events("web", "not-promoted").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains("build build.yml concluded failure"),
+        "{}",
+        notes[0]
+    );
+    assert!(notes[0].contains("nothing promoted"), "{}", notes[0]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The edge: signature, headers, size, JSON
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_wrong_or_missing_signature_is_refused_and_records_nothing() {
+    let c = controller().await;
+    let body = bytes(&branch_push("acme/backend", "main"));
+    let wrong = sign(&Secret::new("not-the-secret"), &body);
+    let cases = [
+        ("wrong secret", Some(wrong), "does not match"),
+        ("missing", None, "missing X-Hub-Signature-256"),
+        (
+            "sha1 only",
+            Some(format!("sha1={}", "a".repeat(40))),
+            "malformed",
+        ),
+    ];
+    for (what, signature, reason) in cases {
+        let d = Delivery {
+            event: Some("push"),
+            id: Some("d-unsigned"),
+            signature,
+            body: body.clone(),
+        };
+        let a = c.send(d).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{what}");
+        assert!(detail(&a).contains(reason), "{what}: {}", detail(&a));
+    }
+    assert!(c.releases("backend").await.is_empty());
+    assert_eq!(c.deliveries().await, 0);
+}
+
+#[tokio::test]
+async fn the_previous_secret_is_still_accepted_during_a_rotation() {
+    let c = controller().await;
+    let body = bytes(&branch_push("acme/backend", "main"));
+    let signature = Some(sign(&Secret::new("old-secret"), &body));
+    let d = Delivery {
+        event: Some("push"),
+        id: Some("d-rotated"),
+        signature,
+        body,
+    };
+    assert_eq!(c.send(d).await.status, StatusCode::OK);
+    assert_eq!(c.releases("backend").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_body_over_25_mib_is_refused_with_413() {
+    let c = controller().await;
+    let body = vec![b' '; 25 * 1024 * 1024 + 1];
+    let a = c.send(Delivery::signed("push", "d-huge", body)).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(c.deliveries().await, 0);
+}
+
+#[tokio::test]
+async fn missing_headers_and_malformed_json_are_bad_requests() {
+    let c = controller().await;
+    let body = bytes(&branch_push("acme/backend", "main"));
+    let mut no_event = Delivery::signed("push", "d-1", body.clone());
+    no_event.event = None;
+    let a = c.send(no_event).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(detail(&a).contains("X-GitHub-Event"));
+
+    let mut no_id = Delivery::signed("push", "d-1", body.clone());
+    no_id.id = None;
+    let a = c.send(no_id).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(detail(&a).contains("X-GitHub-Delivery"));
+
+    let a = c
+        .send(Delivery::signed("push", "d-1", b"{\"ref\": ".to_vec()))
+        .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(detail(&a).contains("not valid JSON"), "{}", detail(&a));
+
+    let mut incomplete = branch_push("acme/backend", "main");
+    incomplete.as_object_mut().unwrap().remove("after");
+    let a = c.send(Delivery::of("push", "d-2", &incomplete)).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(detail(&a), "`push` payload is missing `after`");
+    assert_eq!(c.deliveries().await, 0);
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_unused_events_are_accepted() {
+    let c = controller().await;
+    for (i, ping) in EXAMPLES.ping.iter().enumerate() {
+        let id = format!("d-ping-{i}");
+        let a = c.send(Delivery::of("ping", &id, ping)).await;
+        assert_eq!(
+            (a.status, a.json["result"].as_str()),
+            (StatusCode::OK, Some("pong"))
+        );
+    }
+    let a = c
+        .send(Delivery::signed(
+            "issues",
+            "d-issues",
+            b"{\"action\":\"opened\"}".to_vec(),
+        ))
+        .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert!(detail(&a).contains("`issues` events are not used"));
+    assert_eq!(c.deliveries().await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration self-update
+// ---------------------------------------------------------------------------------------------
+
+fn config_push(files: &[&str]) -> Value {
+    let mut p = branch_push("acme/deploy-config", "main");
+    p["commits"][0]["modified"] = files.iter().map(|f| Value::from(*f)).collect();
+    p["commits"][0]["added"] = Value::Array(vec![]);
+    p["commits"][0]["removed"] = Value::Array(vec![]);
+    p
+}
+
+#[tokio::test]
+async fn a_push_touching_the_config_file_announces_the_change() {
+    let mut c = controller().await;
+    let push = config_push(&["stages.toml"]);
+    let a = c.send(Delivery::of("push", "d-config", &push)).await;
+    assert_eq!(
+        (a.status, a.json["result"].as_str()),
+        (StatusCode::OK, Some("recorded")),
+        "{:?}",
+        a.json
+    );
+    assert_eq!(
+        c.config_changes.try_recv().ok().as_deref(),
+        push["after"].as_str()
+    );
+
+    let other = config_push(&["README.md"]);
+    let a = c.send(Delivery::of("push", "d-config-2", &other)).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert!(c.config_changes.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let good = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v2\"");
+    fake.put_file("acme/deploy-config", &"a".repeat(40), "stages.toml", &good);
+    fake.put_file(
+        "acme/deploy-config",
+        &"b".repeat(40),
+        "stages.toml",
+        "[[pipelines]]\nname = 1\n",
+    );
+
+    intake::apply_config_change(&c.engine, &forge, &"a".repeat(40), c.dir.path())
+        .await
+        .unwrap();
+    let stack = |cfg: &Config| match &cfg.pipeline("web").unwrap().stages[0].deploy {
+        tollgate::config::Deploy::CloudFormation { stack, .. } => stack.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(stack(&c.engine.config()), "web-beta-v2");
+
+    let err = intake::apply_config_change(&c.engine, &forge, &"b".repeat(40), c.dir.path())
+        .await
+        .unwrap_err();
+    assert!(err.contains("stages.toml"), "{err}");
+    assert_eq!(
+        stack(&c.engine.config()),
+        "web-beta-v2",
+        "an invalid file changes nothing"
+    );
+    let notes = c.events("web", "config").await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].starts_with("configuration reloaded from acme/deploy-config@aaaaaaaaaaaa"));
+    assert!(notes[1].contains("refused"), "{}", notes[1]);
+}
+
+#[tokio::test]
+async fn try_reload_refuses_an_invalid_file_with_the_validation_message() {
+    let c = controller().await;
+    let bad = STAGES.replace("account = \"beta\"", "account = \"nowhere\"");
+    let err = intake::try_reload(&bad, c.dir.path(), "stages.toml").unwrap_err();
+    assert!(err.contains("nowhere"), "{err}");
+    assert!(
+        err.contains("stages.toml:"),
+        "the message points at the file: {err}"
+    );
+    let ok = intake::try_reload(STAGES, c.dir.path(), "stages.toml").unwrap();
+    assert_eq!(ok.pipelines.len(), 2);
+}
