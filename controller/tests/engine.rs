@@ -197,6 +197,24 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
     );
     let rel = engine.store().release(id).await.unwrap().unwrap();
     assert_eq!(rel.bad.map(|b| b.stage), Some("prod".to_string()));
+    // The metric: alarm arrival to the deployer's first rollback call, per wave. The manual
+    // clock does not move while the engine works, so the figure is exactly 0 here.
+    let latencies: Vec<String> = engine
+        .store()
+        .events("backend", 500)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "rollback-latency")
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(
+        latencies,
+        [
+            "rollback of prod wave 1 to r1 called the deployer 0 ms after alarm prod-5xx arrived",
+            "rollback of prod wave 2 to r1 called the deployer 0 ms after alarm prod-5xx arrived",
+        ]
+    );
     assert_eq!(
         status(&engine, id, "gamma").await,
         RunStatus::Succeeded,
@@ -373,6 +391,10 @@ async fn a_manual_rollback_returns_the_stage_to_its_previous_release() {
         history
             .iter()
             .any(|e| e.actor == "cli:ops" && e.kind == "rollback-request")
+    );
+    assert!(
+        history.iter().all(|e| e.kind != "rollback-latency"),
+        "no alarm, no alarm-to-rollback figure"
     );
 }
 

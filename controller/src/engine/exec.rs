@@ -12,7 +12,9 @@ use super::messages;
 use super::ports::*;
 use crate::config::{Account, Pipeline, Stage};
 use crate::domain::Effect;
-use crate::domain::{EffectKind, EffectStatus, Release, ReleaseId, Snapshot, StageRun};
+use crate::domain::{
+    AlarmFact, EffectKind, EffectStatus, Release, ReleaseId, Snapshot, StageRun,
+};
 use crate::store::EffectOutcome;
 
 /// What an effect needs to know, copied from the snapshot it was planned from.
@@ -28,6 +30,8 @@ pub(super) struct Context {
     history: String,
     public_url: String,
     accounts: BTreeMap<String, Account>,
+    /// The alarm notification that sent this run into rollback, if one did.
+    trigger: Option<AlarmFact>,
 }
 
 impl Context {
@@ -48,6 +52,7 @@ impl Context {
             history: messages::progress(snap, e.release),
             public_url: config.controller.public_url.clone(),
             accounts: config.accounts.clone(),
+            trigger: trigger(e, snap),
         }
     }
 
@@ -56,6 +61,27 @@ impl Context {
             .get(name)
             .ok_or_else(|| PortError::Invalid(format!("account `{name}` is not configured")))
     }
+}
+
+/// The alarm fact a rollback answers: the run went into rollback naming it (the planner's
+/// reason is `alarm NAME fired at TIME`).
+fn trigger(e: &Effect, snap: &Snapshot) -> Option<AlarmFact> {
+    if !matches!(e.kind, EffectKind::Rollback { .. }) {
+        return None;
+    }
+    let run = snap.run(e.release, &e.stage)?;
+    snap.alarms
+        .iter()
+        .filter(|a| a.stage == e.stage && a.firing && a.at <= run.since)
+        .find(|a| {
+            run.reason
+                == format!(
+                    "alarm {} fired at {}",
+                    a.alarm,
+                    a.at.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+        })
+        .cloned()
 }
 
 /// Performs the effect; every error becomes a failed outcome with a readable reason.
@@ -259,11 +285,41 @@ async fn rollback(
         .and_then(|t| t.digest.clone())
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
     let req = deploy_request(engine, e, p, s, target, &digest, wave, ctx).await?;
+    let latency = ctx.trigger.as_ref().map(|t| {
+        let ms = (engine.now() - t.at).num_milliseconds().max(0);
+        let detail = format!(
+            "rollback of {} wave {} to {target} called the deployer {ms} ms after alarm {} arrived",
+            s.name,
+            wave + 1,
+            t.alarm
+        );
+        (ms, detail)
+    });
+    if let Some((_, detail)) = &latency {
+        tracing::info!(pipeline = %p.name, stage = %s.name, "{detail}");
+        let logged = engine
+            .store()
+            .log_event(
+                &p.name,
+                "controller",
+                "rollback-latency",
+                Some((e.release, s.name.as_str())),
+                detail,
+                engine.now(),
+            )
+            .await;
+        if let Err(err) = logged {
+            tracing::error!(error = %err, "cannot write the rollback latency to the event log");
+        }
+    }
     let result = retrying(|| engine.ports().deployer.rollback(&req)).await?;
-    Ok(
+    let mut outcome =
         EffectOutcome::success(format!("restored {target} ({digest}): {}", result.summary))
-            .with("image_uri", req.image_uri),
-    )
+            .with("image_uri", req.image_uri);
+    if let Some((ms, _)) = latency {
+        outcome = outcome.with("rollback_latency_ms", ms.to_string());
+    }
+    Ok(outcome)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -369,7 +369,7 @@ async fn refuse(
     tracing::warn!(delivery = %delivery.id, pipeline, %reason, "not promoted");
     let actor = format!("{}:{}", delivery.source, delivery.id);
     store
-        .log_event(pipeline, &actor, "not-promoted", &reason, engine.now())
+        .log_event(pipeline, &actor, "not-promoted", None, &reason, engine.now())
         .await?;
     Ok(Outcome::NotPromoted {
         pipeline: pipeline.to_owned(),
@@ -465,7 +465,7 @@ async fn note_everywhere(engine: &Engine, config: &Config, detail: &str) {
     for p in &config.pipelines {
         let logged = engine
             .store()
-            .log_event(&p.name, "controller", "config", detail, engine.now())
+            .log_event(&p.name, "controller", "config", None, detail, engine.now())
             .await;
         if let Err(e) = logged {
             tracing::error!(pipeline = %p.name, error = %e, "cannot write the event log");

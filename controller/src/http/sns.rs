@@ -451,7 +451,7 @@ async fn log_event(
     let (engine, actor) = (&state.engine, actor(msg));
     let logged = engine
         .store()
-        .log_event(pipeline, &actor, kind, detail, engine.now())
+        .log_event(pipeline, &actor, kind, None, detail, engine.now())
         .await;
     logged.map_err(Reply::store_failed)
 }

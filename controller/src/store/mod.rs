@@ -377,17 +377,20 @@ impl Store {
         Ok(Ingested::Recorded(()))
     }
 
-    /// Appends a free-form entry, about the pipeline as a whole, to the event log.
+    /// Appends a free-form entry to the event log, about the pipeline as a whole (`scope`
+    /// None) or about one release in one stage.
     pub async fn log_event(
         &self,
         pipeline: &str,
         actor: &str,
         kind: &str,
+        scope: Option<(ReleaseId, &str)>,
         detail: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        log(&mut tx, pipeline, now, actor, kind, None, None, detail).await?;
+        let (release, stage) = (scope.map(|(r, _)| r.0), scope.map(|(_, s)| s));
+        log(&mut tx, pipeline, now, actor, kind, release, stage, detail).await?;
         tx.commit().await?;
         Ok(())
     }
