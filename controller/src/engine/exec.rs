@@ -12,9 +12,7 @@ use super::messages;
 use super::ports::*;
 use crate::config::{Account, Pipeline, Stage};
 use crate::domain::Effect;
-use crate::domain::{
-    AlarmFact, EffectKind, EffectStatus, Release, ReleaseId, Snapshot, StageRun,
-};
+use crate::domain::{AlarmFact, EffectKind, EffectStatus, Release, ReleaseId, Snapshot, StageRun};
 use crate::store::EffectOutcome;
 
 /// What an effect needs to know, copied from the snapshot it was planned from.
