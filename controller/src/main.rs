@@ -10,6 +10,24 @@ use tollgate::store::Store;
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
+        Command::Serve {
+            config,
+            state,
+            listen,
+            sns_cert_cache,
+            cloudwatch_endpoint,
+            codepipeline_endpoint,
+        } => {
+            init_logging();
+            block_on(tollgate::cli::serve::run(tollgate::cli::serve::ServeArgs {
+                config,
+                state,
+                listen,
+                sns_cert_cache,
+                cloudwatch_endpoint,
+                codepipeline_endpoint,
+            }))
+        }
         Command::Validate {
             config_flag,
             config,
@@ -33,6 +51,20 @@ fn main() {
         } => block_on(history(&pipeline, &state, limit, json)),
     };
     std::process::exit(code);
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `TOLLGATE_LOG_FORMAT=json` for JSON lines.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("TOLLGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {

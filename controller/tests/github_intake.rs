@@ -660,6 +660,23 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(notes[0].starts_with("configuration reloaded from acme/deploy-config@aaaaaaaaaaaa"));
     assert!(notes[1].contains("refused"), "{}", notes[1]);
+
+    let reported = |sha: &str| {
+        let s = fake.commit_statuses(sha);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].context, "tollgate/config");
+        (
+            s[0].state.clone(),
+            s[0].description.clone().unwrap_or_default(),
+        )
+    };
+    assert_eq!(reported(&"a".repeat(40)).0, "success");
+    let (state, description) = reported(&"b".repeat(40));
+    assert_eq!(state, "failure");
+    assert!(
+        description.starts_with("refused: ") && description.contains("stages.toml"),
+        "the status carries the validation message: {description}"
+    );
 }
 
 #[tokio::test]

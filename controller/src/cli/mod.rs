@@ -2,9 +2,11 @@
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 
+pub mod serve;
 pub mod status;
 pub mod validate;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,28 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the controller: the reconcilers, the webhooks, the approval pages.
+    Serve {
+        /// The pipeline file.
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+        config: PathBuf,
+        /// The state database (created if absent).
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+        /// The address the HTTP server listens on.
+        #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// A directory of pre-fetched SNS signing certificates (for networks that cannot reach
+        /// sns.<region>.amazonaws.com); certificates are still verified.
+        #[arg(long, env = "TOLLGATE_SNS_CERT_CACHE")]
+        sns_cert_cache: Option<PathBuf>,
+        /// Send CloudWatch calls to this endpoint instead of AWS's (an emulator).
+        #[arg(long, env = "TOLLGATE_CLOUDWATCH_ENDPOINT")]
+        cloudwatch_endpoint: Option<String>,
+        /// Send CodePipeline calls to this endpoint instead of AWS's (an emulator).
+        #[arg(long, env = "TOLLGATE_CODEPIPELINE_ENDPOINT")]
+        codepipeline_endpoint: Option<String>,
+    },
     /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
     Validate {
         /// The pipeline file.

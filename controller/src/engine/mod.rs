@@ -114,6 +114,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     running: Mutex<HashSet<String>>,
+    /// Pipelines whose reconcile loop this process has started.
+    looping: Mutex<HashSet<String>>,
     fuse: Option<Arc<Fuse>>,
 }
 
@@ -161,6 +163,7 @@ impl Engine {
                 clock,
                 wakers: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashSet::new()),
+                looping: Mutex::new(HashSet::new()),
                 fuse,
             }),
         }
@@ -220,10 +223,15 @@ impl Engine {
     // ----- the loop ------------------------------------------------------------------------
 
     /// Runs one reconciler task per pipeline until the returned handles are aborted.
+    ///
+    /// Starts only the loops not already running, so calling it again after a configuration
+    /// reload starts the pipelines the reload added.
     pub fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut looping = self.inner.looping.lock().unwrap_or_else(|p| p.into_inner());
         self.config()
             .pipelines
             .iter()
+            .filter(|p| looping.insert(p.name.clone()))
             .map(|p| {
                 let engine = self.clone();
                 let name = p.name.clone();
@@ -238,6 +246,15 @@ impl Engine {
             let next = match self.reconcile(name).await {
                 Ok(next) => next,
                 Err(EngineError::Stopped) => return,
+                Err(EngineError::UnknownPipeline(_)) => {
+                    tracing::info!(pipeline = name, "no longer configured; its loop stops");
+                    self.inner
+                        .looping
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(name);
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(pipeline = name, error = %e, "reconcile failed; retrying in 5 s");
                     Some(self.now() + chrono::Duration::seconds(5))

@@ -492,6 +492,38 @@ impl GithubForge {
     }
 }
 
+impl GithubForge {
+    /// Reports on the configuration commit `sha` whether the controller took it: the
+    /// `tollgate/config` commit status, `success` or `failure` with the first validation
+    /// message (GitHub keeps 140 characters of a description).
+    pub async fn post_config_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        accepted: Result<(), &str>,
+    ) -> PortResult<()> {
+        let (state, description) = match accepted {
+            Ok(()) => ("success", "configuration applied".to_owned()),
+            Err(why) => ("failure", format!("refused: {}", first_message(why))),
+        };
+        let body = json!({
+            "state": state,
+            "context": "tollgate/config",
+            "description": truncate_description(&description),
+        });
+        let route = format!("{}/statuses/{}", repo_route(repo), esc(sha));
+        self.post(&route, &body).await.map(drop)
+    }
+}
+
+/// The first validation message of a refusal, without the file's location prefix lines.
+fn first_message(why: &str) -> &str {
+    why.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(why)
+}
+
 /// Is this deployment's payload ours for this pipeline and release?
 fn is_ours(payload: &Value, r: &DeploymentReport) -> bool {
     let payload = match payload {

@@ -369,7 +369,14 @@ async fn refuse(
     tracing::warn!(delivery = %delivery.id, pipeline, %reason, "not promoted");
     let actor = format!("{}:{}", delivery.source, delivery.id);
     store
-        .log_event(pipeline, &actor, "not-promoted", None, &reason, engine.now())
+        .log_event(
+            pipeline,
+            &actor,
+            "not-promoted",
+            None,
+            &reason,
+            engine.now(),
+        )
         .await?;
     Ok(Outcome::NotPromoted {
         pipeline: pipeline.to_owned(),
@@ -455,6 +462,12 @@ pub async fn apply_config_change(
         Err(why) => format!("configuration from {repo}@{} refused: {why}", short(sha)),
     };
     note_everywhere(engine, &current, &detail).await;
+    let reported = forge
+        .post_config_status(repo, sha, loaded.as_ref().map(drop).map_err(String::as_str))
+        .await;
+    if let Err(e) = reported {
+        tracing::warn!(%sha, error = %e, "cannot report the configuration outcome to GitHub");
+    }
     let config = loaded?;
     forge.track_pipelines(&config);
     engine.replace_config(config);

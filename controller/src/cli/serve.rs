@@ -1,0 +1,290 @@
+//! `tollgate serve`: the controller process — the reconcilers, the real adapters and the HTTP
+//! surface, over the state database.
+//!
+//! Fails fast at start-up, naming what is missing (a config error, an unreachable state
+//! database, no webhook secret). Secrets come only from the environment or files.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use async_trait::async_trait;
+
+use crate::aws::cloudformation::CloudFormationDeployer;
+use crate::aws::cloudwatch::CloudWatchAlarms;
+use crate::aws::codepipeline::{CodePipelineDeployer, Poll};
+use crate::aws::deployer::{AwsDeployer, alarms_from_config};
+use crate::aws::ecr::EcrArtifacts;
+use crate::aws::retry::{Limiter, PollSettings};
+use crate::aws::sns::SnsNotifier;
+use crate::aws::sts::Credentials;
+use crate::config::{self, Account, Config};
+use crate::engine::{
+    self, DeploymentReport, Engine, Forge, PortResult, Ports, SharedConfig, SystemClock, TestResult,
+};
+use crate::gates::GithubTests;
+use crate::gates::runner::StageTestRunner;
+use crate::github::forge::GithubForge;
+use crate::github::intake;
+use crate::github::webhook::WebhookSecrets;
+use crate::http;
+use crate::http::server::AppState;
+use crate::http::sns::SnsState;
+use crate::http::sns_verify::CertCache;
+use crate::store::Store;
+use tokio::sync::mpsc;
+
+/// What `serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    pub config: PathBuf,
+    pub state: String,
+    pub listen: SocketAddr,
+    /// Pre-seeded SNS signing certificates (a directory keyed by URL), for closed networks.
+    pub sns_cert_cache: Option<PathBuf>,
+    /// CloudWatch endpoint override (an emulator); the SDK's own AWS_ENDPOINT_URL covers the rest.
+    pub cloudwatch_endpoint: Option<String>,
+    /// CodePipeline endpoint override (an emulator).
+    pub codepipeline_endpoint: Option<String>,
+}
+
+/// Runs the controller until SIGINT/SIGTERM. Returns the process exit code.
+pub async fn run(args: ServeArgs) -> i32 {
+    match start(args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+async fn start(args: ServeArgs) -> Result<()> {
+    let loaded = config::load(&args.config).map_err(|e| anyhow!("{e}"))?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    let secrets = WebhookSecrets::from_env().context("GitHub webhook secret")?;
+    let store = Store::open(&args.state).await.context("state database")?;
+    let shared = engine::shared_config(config.clone());
+    let (ports, forge) = ports(&config, &shared, &store, &args).await?;
+    let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
+    let reconcilers = engine.spawn();
+
+    let mut state = AppState::new(engine.clone(), secrets);
+    let base_dir = config_dir(&args.config);
+    if let Some(forge) = &forge {
+        let (tx, rx) = mpsc::channel(16);
+        state = state.with_config_changes(tx);
+        intake::spawn_config_reloader(engine.clone(), forge.clone(), base_dir.clone(), rx);
+    }
+    spawn_sighup_reloader(engine.clone(), forge.clone(), args.config.clone());
+
+    let certs = CertCache::new(args.sns_cert_cache.clone())
+        .map_err(|e| anyhow!("SNS certificate cache: {e}"))?;
+    let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
+    let app = http::server::router(state)
+        .merge(http::sns::routes(sns))
+        /* PENDING-APPROVALS .merge(http::approvals::routes(engine.clone())) */;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        listen = %addr,
+        pipelines = config.pipelines.len(),
+        github = forge.is_some(),
+        "tollgate is serving"
+    );
+    println!("tollgate serving on http://{addr}");
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(http::server::shutdown_signal())
+    .await;
+    for r in reconcilers {
+        r.abort();
+    }
+    served.context("HTTP server")
+}
+
+/// The directory relative paths in the configuration resolve from.
+fn config_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// On SIGHUP, reloads the configuration file from disk. An invalid file is refused with its
+/// validation messages and the configuration in force stays.
+fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by restarting");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let detail = match reload(&engine, forge.as_deref(), &path) {
+                Ok(()) => format!("configuration reloaded from {} (SIGHUP)", path.display()),
+                Err(why) => format!("configuration from {} refused: {why}", path.display()),
+            };
+            tracing::info!("{detail}");
+            for p in &engine.config().pipelines {
+                let logged = engine
+                    .store()
+                    .log_event(
+                        &p.name,
+                        "signal:SIGHUP",
+                        "config",
+                        None,
+                        &detail,
+                        engine.now(),
+                    )
+                    .await;
+                if let Err(e) = logged {
+                    tracing::error!(error = %e, "cannot write the event log");
+                }
+            }
+        }
+    });
+}
+
+fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Result<(), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some(f) = forge {
+        f.track_pipelines(&loaded.config);
+    }
+    engine.replace_config(loaded.config);
+    engine.spawn();
+    Ok(())
+}
+
+fn controller_account(config: &Config) -> Result<Account> {
+    config
+        .accounts
+        .values()
+        .find(|a| a.controller)
+        .cloned()
+        .ok_or_else(|| anyhow!("no account in the accounts file has `controller = true`; mark the account tollgate runs in"))
+}
+
+/// The real adapters, and the GitHub forge when a token is configured.
+async fn ports(
+    config: &Config,
+    shared: &SharedConfig,
+    store: &Store,
+    args: &ServeArgs,
+) -> Result<(Ports, Option<Arc<GithubForge>>)> {
+    let own = controller_account(config)?;
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(own.region.clone()))
+        .load()
+        .await;
+    let limiter = Arc::new(Limiter::default());
+    let creds = Arc::new(Credentials::new(base, limiter.clone()));
+    let mut codepipeline =
+        CodePipelineDeployer::new(creds.clone(), limiter.clone(), Poll::default());
+    if let Some(url) = &args.codepipeline_endpoint {
+        codepipeline = codepipeline.with_endpoint_url(url.clone());
+    }
+    let deployer = AwsDeployer::new(
+        CloudFormationDeployer::new(creds.clone(), PollSettings::default()),
+        codepipeline,
+        alarms_from_config(shared.clone()),
+    );
+    let notifier = Arc::new(
+        SnsNotifier::new(creds.clone(), limiter.clone(), own)
+            .with_accounts(config.accounts.values().cloned()),
+    );
+    let mut alarms = CloudWatchAlarms::new(creds.clone(), limiter.clone());
+    if let Some(url) = &args.cloudwatch_endpoint {
+        alarms = alarms.with_endpoint_url(url.clone());
+    }
+    let forge = match GithubForge::from_env() {
+        Ok(f) => Some(Arc::new(f.with_pipelines(config))),
+        Err(e) => {
+            tracing::warn!(reason = %e, "GitHub reporting and GitHub-backed tests are off");
+            None
+        }
+    };
+    let github_tests = forge.clone().map(|f| f as Arc<dyn GithubTests>);
+    let forge_port: Arc<dyn Forge> = match &forge {
+        Some(f) => f.clone(),
+        None => Arc::new(NoForge),
+    };
+    // PENDING-APPROVALS: SnsApprovalSender::new(store.clone(), notifier.clone(), &config.controller.public_url).with_subscriptions(notifier.clone())
+    let _ = store;
+    let approvals = ApprovalsUnavailable;
+    let ports = Ports {
+        deployer: Arc::new(deployer),
+        artifacts: Arc::new(EcrArtifacts::new(creds, PollSettings::default())),
+        notifier,
+        alarms: Arc::new(alarms),
+        forge: forge_port,
+        tests: Arc::new(StageTestRunner::new(github_tests)),
+        approvals: Arc::new(approvals),
+    };
+    Ok((ports, forge))
+}
+
+/// GitHub reporting when no token is configured: nothing is sent.
+struct NoForge;
+
+#[async_trait]
+impl Forge for NoForge {
+    async fn report(&self, r: &DeploymentReport) -> PortResult<()> {
+        tracing::debug!(release = %r.release, stage = %r.environment, state = r.state.as_str(), "GitHub reporting is off");
+        Ok(())
+    }
+}
+
+/// How often GitHub is asked about check runs and workflow runs.
+const GITHUB_POLL: std::time::Duration = std::time::Duration::from_secs(15);
+
+#[async_trait]
+impl GithubTests for GithubForge {
+    async fn checks_gate(
+        &self,
+        repo: &str,
+        sha: &str,
+        names: &[String],
+        timeout: std::time::Duration,
+    ) -> PortResult<TestResult> {
+        GithubForge::checks_gate(self, repo, sha, names, timeout, GITHUB_POLL).await
+    }
+
+    async fn run_workflow(
+        &self,
+        repo: &str,
+        workflow: &str,
+        git_ref: &str,
+        inputs: &BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> PortResult<TestResult> {
+        GithubForge::run_workflow(self, repo, workflow, git_ref, inputs, timeout, GITHUB_POLL).await
+    }
+}
+
+/// PENDING-APPROVALS placeholder.
+struct ApprovalsUnavailable;
+
+#[async_trait]
+impl crate::engine::ports::ApprovalSender for ApprovalsUnavailable {
+    async fn send(&self, _req: &crate::engine::ports::ApprovalRequest) -> PortResult<usize> {
+        Err(crate::engine::ports::PortError::Failed(
+            "approval links are unavailable".into(),
+        ))
+    }
+}
