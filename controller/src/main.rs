@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use clap::Parser;
+use tollgate::cli::control::Control;
 use tollgate::cli::{Cli, Command};
 use tollgate::config;
 use tollgate::store::Store;
@@ -49,6 +50,33 @@ fn main() {
             limit,
             json,
         } => block_on(history(&pipeline, &state, limit, json)),
+        Command::Pause {
+            pipeline,
+            stage,
+            reason,
+            config,
+            state,
+        } => control(
+            &config,
+            &state,
+            Control::Pause {
+                pipeline,
+                stage,
+                reason,
+            },
+        ),
+        Command::Resume {
+            pipeline,
+            stage,
+            config,
+            state,
+        } => control(&config, &state, Control::Resume { pipeline, stage }),
+        Command::Rollback {
+            pipeline,
+            stage,
+            config,
+            state,
+        } => control(&config, &state, Control::Rollback { pipeline, stage }),
     };
     std::process::exit(code);
 }
@@ -65,6 +93,21 @@ fn init_logging() {
     } else {
         builder.init();
     }
+}
+
+fn control(config: &Path, state: &str, c: Control) -> i32 {
+    let actor = tollgate::cli::control::actor();
+    block_on(async {
+        tollgate::cli::control::run(
+            config,
+            state,
+            &c,
+            &actor,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .await
+    })
 }
 
 fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {

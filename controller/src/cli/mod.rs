@@ -1,7 +1,9 @@
-//! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`.
+//! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`, `pause`,
+//! `resume`, `rollback`.
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 
+pub mod control;
 pub mod serve;
 pub mod status;
 pub mod validate;
@@ -72,6 +74,39 @@ pub enum Command {
         limit: i64,
         #[arg(long)]
         json: bool,
+    },
+    /// Pause a pipeline, or one stage: nothing new starts there; runs in flight finish.
+    Pause {
+        pipeline: String,
+        /// Pause only this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Why (shown by `tollgate status` and kept in the event log).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+        config: PathBuf,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+    },
+    /// Resume a paused pipeline or stage.
+    Resume {
+        pipeline: String,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+        config: PathBuf,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+    },
+    /// Return a stage to its last known-good release; the release it runs is marked bad.
+    Rollback {
+        pipeline: String,
+        stage: String,
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+        config: PathBuf,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
     },
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
     Schema {

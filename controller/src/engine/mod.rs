@@ -119,6 +119,10 @@ struct Inner {
     fuse: Option<Arc<Fuse>>,
 }
 
+/// The longest a pipeline's loop sleeps without a wake-up: facts written to the state
+/// database by another process (`tollgate pause`, `rollback`) take effect within this.
+pub const IDLE_RESYNC: Duration = Duration::from_secs(5);
+
 /// How many plan/apply rounds one reconcile may take before it stops and tries later.
 const MAX_ROUNDS: usize = 64;
 
@@ -262,8 +266,8 @@ impl Engine {
             };
             let sleep = next
                 .map(|at| (at - self.now()).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(Duration::from_secs(300))
-                .min(Duration::from_secs(300));
+                .unwrap_or(IDLE_RESYNC)
+                .min(IDLE_RESYNC);
             tokio::select! {
                 _ = waker.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}

@@ -1,0 +1,183 @@
+//! `tollgate pause`, `resume` and `rollback`: an operator's hand on the line.
+//!
+//! Each command checks the pipeline and stage against the configuration, writes one fact to
+//! the state database in one transaction (with the operator as actor, in the event log), and
+//! returns. A running controller picks the fact up at its next reconcile, within
+//! [`crate::engine::IDLE_RESYNC`].
+//!
+//! Exit codes: 0 done (or already done), 1 refused (unknown pipeline or stage), 2 the
+//! configuration or the state database cannot be read.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::config::{self, Config};
+use crate::store::{Delivery, Ingested, Store};
+
+/// What an operator asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Pause {
+        pipeline: String,
+        stage: Option<String>,
+        reason: String,
+    },
+    Resume {
+        pipeline: String,
+        stage: Option<String>,
+    },
+    Rollback {
+        pipeline: String,
+        stage: String,
+    },
+}
+
+impl Control {
+    fn pipeline(&self) -> &str {
+        match self {
+            Control::Pause { pipeline, .. }
+            | Control::Resume { pipeline, .. }
+            | Control::Rollback { pipeline, .. } => pipeline,
+        }
+    }
+
+    fn stage(&self) -> Option<&str> {
+        match self {
+            Control::Pause { stage, .. } | Control::Resume { stage, .. } => stage.as_deref(),
+            Control::Rollback { stage, .. } => Some(stage),
+        }
+    }
+}
+
+/// The operator's identity for the event log: `cli:<login>`.
+pub fn actor() -> String {
+    let user = std::env::var("TOLLGATE_ACTOR")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+/// Runs one control command; returns the exit code.
+pub async fn run(
+    config_path: &Path,
+    state: &str,
+    control: &Control,
+    actor: &str,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let config = match config::load(config_path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            return 2;
+        }
+    };
+    if let Err(why) = check(&config, control) {
+        let _ = writeln!(err, "error: {why}");
+        return 1;
+    }
+    let store = match Store::open(state).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "error: state database: {e}");
+            return 2;
+        }
+    };
+    match apply(&store, control, actor).await {
+        Ok(said) => {
+            let _ = writeln!(out, "{said}");
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            2
+        }
+    }
+}
+
+fn check(config: &Config, control: &Control) -> Result<(), String> {
+    let name = control.pipeline();
+    let Some(p) = config.pipeline(name) else {
+        let known: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
+        return Err(format!(
+            "no pipeline `{name}` in the configuration (known: {})",
+            known.join(", ")
+        ));
+    };
+    if let Some(stage) = control.stage() {
+        if p.stage(stage).is_none() {
+            let known: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(format!(
+                "pipeline `{name}` has no stage `{stage}` (stages: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<String> {
+    let now = chrono::Utc::now();
+    let place = |pipeline: &str, stage: &Option<String>| match stage {
+        Some(s) => format!("stage {pipeline}/{s}"),
+        None => format!("pipeline {pipeline}"),
+    };
+    Ok(match control {
+        Control::Pause {
+            pipeline,
+            stage,
+            reason,
+        } => {
+            store
+                .set_paused(pipeline, stage.as_deref(), Some(reason), actor, now)
+                .await?;
+            format!(
+                "{} paused: nothing new starts there until `tollgate resume`",
+                place(pipeline, stage)
+            )
+        }
+        Control::Resume { pipeline, stage } => {
+            store
+                .set_paused(pipeline, stage.as_deref(), None, actor, now)
+                .await?;
+            format!("{} resumed", place(pipeline, stage))
+        }
+        Control::Rollback { pipeline, stage } => {
+            // The request is bound to what the stage runs now: the same command repeated
+            // before the controller acted is recognised and changes nothing more.
+            let good = store.last_good(pipeline, stage).await?.map(|r| r.id);
+            let flight = store.in_flight(pipeline, stage).await?;
+            let flight = flight
+                .iter()
+                .map(|(r, _)| r.id.to_string())
+                .collect::<Vec<_>>();
+            let id = format!(
+                "rollback/{pipeline}/{stage}/good-{}/in-flight-{}",
+                good.map(|r| r.to_string()).unwrap_or_else(|| "none".into()),
+                if flight.is_empty() {
+                    "none".into()
+                } else {
+                    flight.join("+")
+                }
+            );
+            let d = Delivery {
+                source: "cli".into(),
+                id,
+            };
+            match store
+                .request_rollback(pipeline, stage, actor, &d, now)
+                .await?
+            {
+                Ingested::Recorded(()) => format!(
+                    "rollback of {pipeline}/{stage} requested: the controller returns the stage \
+                     to its last known-good release"
+                ),
+                Ingested::Duplicate => format!(
+                    "rollback of {pipeline}/{stage} was already requested for what the stage \
+                     runs now; nothing more to do"
+                ),
+            }
+        }
+    })
+}
