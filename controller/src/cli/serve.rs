@@ -25,6 +25,7 @@ use crate::engine::{
     self, DeploymentReport, Engine, Forge, PortResult, Ports, SharedConfig, SystemClock, TestResult,
 };
 use crate::gates::GithubTests;
+use crate::gates::approval::SnsApprovalSender;
 use crate::gates::runner::StageTestRunner;
 use crate::github::forge::GithubForge;
 use crate::github::intake;
@@ -88,7 +89,7 @@ async fn start(args: ServeArgs) -> Result<()> {
     let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
     let app = http::server::router(state)
         .merge(http::sns::routes(sns))
-        /* PENDING-APPROVALS .merge(http::approvals::routes(engine.clone())) */;
+        .merge(http::approvals::routes(engine.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -224,9 +225,12 @@ async fn ports(
         Some(f) => f.clone(),
         None => Arc::new(NoForge),
     };
-    // PENDING-APPROVALS: SnsApprovalSender::new(store.clone(), notifier.clone(), &config.controller.public_url).with_subscriptions(notifier.clone())
-    let _ = store;
-    let approvals = ApprovalsUnavailable;
+    let approvals = SnsApprovalSender::new(
+        store.clone(),
+        notifier.clone(),
+        &config.controller.public_url,
+    )
+    .with_subscriptions(notifier.clone());
     let ports = Ports {
         deployer: Arc::new(deployer),
         artifacts: Arc::new(EcrArtifacts::new(creds, PollSettings::default())),
@@ -274,17 +278,5 @@ impl GithubTests for GithubForge {
         timeout: std::time::Duration,
     ) -> PortResult<TestResult> {
         GithubForge::run_workflow(self, repo, workflow, git_ref, inputs, timeout, GITHUB_POLL).await
-    }
-}
-
-/// PENDING-APPROVALS placeholder.
-struct ApprovalsUnavailable;
-
-#[async_trait]
-impl crate::engine::ports::ApprovalSender for ApprovalsUnavailable {
-    async fn send(&self, _req: &crate::engine::ports::ApprovalRequest) -> PortResult<usize> {
-        Err(crate::engine::ports::PortError::Failed(
-            "approval links are unavailable".into(),
-        ))
     }
 }

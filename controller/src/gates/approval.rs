@@ -1,1 +1,865 @@
 //! Approval requests: personal links by SNS email, tokens, and the rules for counting approvals.
+//!
+//! Owns the two halves of a human approval:
+//! - **Asking**: [`SnsApprovalSender`], the real [`ApprovalSender`]. For each approver listed
+//!   in the stage's `approval` it mints a token bound to that approver
+//!   ([`Store::issue_approval_token`]) and publishes one message to the stage's topic with the
+//!   message attribute `approver=<name>`, so that approver's subscription filter policy
+//!   (`{"approver":["<name>"]}`, kept by [`SnsNotifier::ensure_approver_subscriptions`]) routes
+//!   it to their inbox alone. With no listed approvers it publishes one shared link, and the
+//!   page asks for the approver's name (recorded, marked unverified).
+//! - **Deciding**: the rules every decision goes through, whether it comes from a link
+//!   ([`decide_by_link`], used by `POST /approvals/{token}`) or from a caller that
+//!   authenticated the approver itself ([`decide`], for the CLI and the dashboard). A decision
+//!   is refused when the request is no longer open (superseded by a newer release, rejected,
+//!   expired, or the stage moved on), when this approver (or this link) already decided, when
+//!   the commit's author approves their own change (unless `allow_author`), and when the
+//!   identity is not one of the stage's approvers. Only then is it recorded, through
+//!   [`Engine::record_approval`], which writes the approval and the event log in one
+//!   transaction and wakes the reconciler. Counting approvals (`min_approvals` distinct
+//!   approvers, one rejection ends the request) is the planner's.
+//!
+//! # Guarantees
+//! - Idempotent per request key: a send repeated under the same key (the engine retrying, or
+//!   performing the effect again after a crash) publishes nothing for an approver whose link
+//!   was already published, and mints a new link only for an approver whose link never went
+//!   out; that new link replaces the unsent one in the same transaction, so each approver has
+//!   at most one live link per request. A crash between SNS accepting a message and the
+//!   link being marked published means a second email with a new link; the first link then
+//!   answers "replaced by a newer email".
+//! - A link is used once: the decision is recorded under the link's own delivery id (derived
+//!   from the token's hash), which the store accepts once.
+//! - Nothing here changes state before every rule passed.
+//!
+//! # Caveats
+//! - The rules are checked just before the decision is recorded, not in its transaction: a
+//!   newer release that supersedes this one in between leaves an approval of a release that
+//!   will not deploy, which is harmless (the planner never deploys a superseded run).
+//!
+//! # Must never
+//! - log a token or a message body (it carries the link).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::aws::sns::SnsNotifier;
+use crate::config::{Approval, Approver};
+use crate::domain::{ApprovalRecord, Decision, Release, ReleaseId, RunStatus, StageRun};
+use crate::engine::ports::{
+    ApprovalRequest, ApprovalSender, Message, Notifier, PortError, PortResult,
+};
+use crate::engine::{Engine, EngineError, EngineResult};
+use crate::store::approvals::{Issued, NewToken, TokenRecord};
+use crate::store::{Delivery, Ingested, NewApproval, Store, StoreError};
+
+/// The message attribute the approvers' subscription filter policies match on.
+pub const APPROVER_ATTRIBUTE: &str = "approver";
+/// The `source` of decisions recorded through [`decide`].
+pub const API_DELIVERY_SOURCE: &str = "approval-api";
+/// The longest name accepted on a shared link's page.
+pub const MAX_NAME_CHARS: usize = 64;
+
+// ----- asking ----------------------------------------------------------------------------------
+
+/// Sends approval requests as SNS messages carrying one personal link per approver.
+pub struct SnsApprovalSender {
+    store: Store,
+    notifier: Arc<dyn Notifier>,
+    public_url: String,
+    subscriptions: Option<Arc<SnsNotifier>>,
+}
+
+/// Who one message is for: a listed approver, or everyone on the topic (a shared link).
+type Recipient<'a> = Option<&'a Approver>;
+
+impl SnsApprovalSender {
+    /// Links start with `public_url` (a trailing `/` is ignored).
+    pub fn new(store: Store, notifier: Arc<dyn Notifier>, public_url: &str) -> SnsApprovalSender {
+        SnsApprovalSender {
+            store,
+            notifier,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            subscriptions: None,
+        }
+    }
+
+    /// Before publishing, make sure each approver has their filtered email subscription.
+    pub fn with_subscriptions(mut self, subs: Arc<SnsNotifier>) -> SnsApprovalSender {
+        self.subscriptions = Some(subs);
+        self
+    }
+
+    /// Subscribes the approvers. Only a temporary failure stops the send: with a permanent
+    /// one (say, no permission to subscribe) the approvers already subscribed still get mail.
+    async fn ensure_subscriptions(&self, req: &ApprovalRequest) -> PortResult<()> {
+        let Some(subs) = &self.subscriptions else {
+            return Ok(());
+        };
+        if req.approvers.is_empty() {
+            return Ok(());
+        }
+        match subs
+            .ensure_approver_subscriptions(&req.topic, &req.approvers)
+            .await
+        {
+            Err(e) if e.is_retryable() => Err(e),
+            Err(e) => {
+                tracing::warn!(topic = %req.topic, error = %e, "approver subscriptions not checked; publishing anyway");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Mints (or finds already sent) the link of one recipient and publishes it.
+    async fn send_one(
+        &self,
+        req: &ApprovalRequest,
+        release: &Release,
+        to: Recipient<'_>,
+    ) -> PortResult<()> {
+        let new = NewToken {
+            request_key: req.key.clone(),
+            pipeline: req.pipeline.clone(),
+            release: req.release,
+            stage: req.stage.clone(),
+            approver: to.map(|a| a.name.clone()),
+            expires_at: req.expires_at,
+        };
+        let issued = self
+            .store
+            .issue_approval_token(&new, Utc::now())
+            .await
+            .map_err(store_error)?;
+        let Issued::New(issued) = issued else {
+            return Ok(());
+        };
+        let link = format!("{}/approvals/{}", self.public_url, issued.token.expose());
+        let msg = Message {
+            key: format!(
+                "{}/{}/{}",
+                req.key,
+                recipient_key(to),
+                &issued.record.hash[..16]
+            ),
+            topic: req.topic.clone(),
+            subject: subject(req, release),
+            body: body(req, release, to, &link),
+            attributes: to
+                .map(|a| BTreeMap::from([(APPROVER_ATTRIBUTE.to_string(), a.name.clone())]))
+                .unwrap_or_default(),
+        };
+        let id = self.notifier.publish(&msg).await?;
+        self.store
+            .mark_approval_token_published(&issued.record.hash, Utc::now())
+            .await
+            .map_err(store_error)?;
+        tracing::info!(key = %req.key, approver = recipient_key(to), message_id = %id, "approval link sent");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ApprovalSender for SnsApprovalSender {
+    /// Returns how many links are out for this request: those sent now and those an earlier
+    /// attempt under the same key already sent.
+    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize> {
+        let release = self
+            .store
+            .release(req.release)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| PortError::NotFound(format!("release {}", req.release)))?;
+        self.ensure_subscriptions(req).await?;
+        let recipients: Vec<Recipient> = if req.approvers.is_empty() {
+            vec![None]
+        } else {
+            req.approvers.iter().map(Some).collect()
+        };
+        for to in &recipients {
+            self.send_one(req, &release, *to).await?;
+        }
+        Ok(recipients.len())
+    }
+}
+
+fn store_error(e: StoreError) -> PortError {
+    PortError::Retryable(e.to_string())
+}
+
+fn recipient_key(to: Recipient<'_>) -> &str {
+    to.map_or("shared", |a| a.name.as_str())
+}
+
+fn subject(req: &ApprovalRequest, r: &Release) -> String {
+    format!(
+        "[tollgate] Approve {} {} for {}? {} by {}",
+        req.pipeline,
+        r.id,
+        req.stage,
+        short(&r.sha),
+        r.author_name
+    )
+}
+
+/// The plain-text message: what waits, the link, whose link it is and until when, then the
+/// facts the engine summarised (commit, image, what passed, what is queued).
+fn body(req: &ApprovalRequest, r: &Release, to: Recipient<'_>, link: &str) -> String {
+    let hello = to.map_or("Hello,".to_string(), |a| format!("Hello {},", a.name));
+    let whose = match to {
+        Some(a) => format!(
+            "This link is personal to {}: do not forward it. It can be used once.",
+            a.name
+        ),
+        None => "This link is shared by everyone on this list: the page asks for your name, which is recorded as given (unverified). It can be used once.".to_string(),
+    };
+    let facts = if req.summary.trim().is_empty() {
+        release_facts(r)
+    } else {
+        req.summary.clone()
+    };
+    format!(
+        "{hello}\n\n\
+         Release {} of pipeline {} is ready for stage {} and waits for approval.\n\
+         Commit {} by {}: {}\n\n\
+         Review it and approve or reject:\n  {link}\n\n\
+         Opening the link changes nothing: the page shows what will ship and asks you to confirm.\n\
+         {whose}\n\
+         The request expires at {}.\n\n\
+         {facts}",
+        r.id,
+        req.pipeline,
+        req.stage,
+        short(&r.sha),
+        r.author_name,
+        first_line(&r.message),
+        req.expires_at.format("%Y-%m-%d %H:%M UTC"),
+    )
+}
+
+/// The facts of a release, when the engine gave no summary.
+fn release_facts(r: &Release) -> String {
+    format!(
+        "Commit:  {} on {} by {} <{}>\n         {}\n{}Image:   {}\n",
+        r.sha,
+        r.branch,
+        r.author_name,
+        r.author_email,
+        first_line(&r.message),
+        r.url
+            .as_ref()
+            .map(|u| format!("         {u}\n"))
+            .unwrap_or_default(),
+        r.digest.as_deref().unwrap_or("(not resolved)"),
+    )
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+// ----- deciding ----------------------------------------------------------------------------
+
+/// Why a decision was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such release in this pipeline.
+    UnknownRelease,
+    /// The stage has no approval (any more), or the release never reached it.
+    NotRequested,
+    /// This link was used before.
+    Used {
+        at: DateTime<Utc>,
+        /// What the link's approver decided, when known.
+        decision: Option<ApprovalRecord>,
+    },
+    /// A later email carried a new link for the same request.
+    Replaced,
+    Expired {
+        at: DateTime<Utc>,
+    },
+    /// A newer release took the stage's place.
+    Superseded {
+        newer: Option<Box<Release>>,
+    },
+    Rejected {
+        by: String,
+        at: DateTime<Utc>,
+    },
+    /// The stage no longer waits for an approval of this release.
+    MovedOn {
+        status: RunStatus,
+        reason: String,
+    },
+    /// This approver already decided.
+    AlreadyDecided(ApprovalRecord),
+    /// The commit's author may not approve their own change.
+    OwnChange {
+        approver: String,
+    },
+    /// Not one of the stage's approvers.
+    NotAnApprover {
+        name: String,
+    },
+    /// A shared link needs a name.
+    BadName(String),
+}
+
+impl Refusal {
+    /// A short title for a page.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Refusal::UnknownRelease | Refusal::NotRequested => "No approval pending",
+            Refusal::Used { .. } => "Link already used",
+            Refusal::Replaced => "Link replaced",
+            Refusal::Expired { .. } => "Request expired",
+            Refusal::Superseded { .. } => "Superseded by a newer release",
+            Refusal::Rejected { .. } => "Already rejected",
+            Refusal::MovedOn { .. } => "No longer waiting for approval",
+            Refusal::AlreadyDecided(_) => "Already decided",
+            Refusal::OwnChange { .. } => "You cannot approve your own change",
+            Refusal::NotAnApprover { .. } => "Not an approver",
+            Refusal::BadName(_) => "Name needed",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        match self {
+            Refusal::UnknownRelease => write!(f, "there is no such release"),
+            Refusal::NotRequested => {
+                write!(
+                    f,
+                    "this stage is not waiting for an approval of this release"
+                )
+            }
+            Refusal::Used {
+                at,
+                decision: Some(d),
+            } => write!(
+                f,
+                "this link was already used: {} {}d at {}; nothing changed",
+                d.approver,
+                d.decision.as_str(),
+                time(&d.at.max(*at))
+            ),
+            Refusal::Used { at, decision: None } => write!(
+                f,
+                "this link was already used at {}; nothing changed",
+                time(at)
+            ),
+            Refusal::Replaced => write!(
+                f,
+                "this link was replaced by a newer email for the same request; use the link in that one"
+            ),
+            Refusal::Expired { at } => write!(
+                f,
+                "the approval request expired at {}; nothing changed",
+                time(at)
+            ),
+            Refusal::Superseded { newer: Some(n) } => write!(
+                f,
+                "a newer release, {} ({} by {}: {}), took this one's place in the stage; this request is closed",
+                n.id,
+                short(&n.sha),
+                n.author_name,
+                first_line(&n.message)
+            ),
+            Refusal::Superseded { newer: None } => write!(
+                f,
+                "a newer release took this one's place in the stage; this request is closed"
+            ),
+            Refusal::Rejected { by, at } => {
+                write!(
+                    f,
+                    "{by} rejected this release at {}; it will not deploy",
+                    time(at)
+                )
+            }
+            Refusal::MovedOn { status, reason } => write!(
+                f,
+                "the stage no longer waits for an approval of this release: it is {status} ({reason})"
+            ),
+            Refusal::AlreadyDecided(d) => write!(
+                f,
+                "{} already {}d this release at {}; a decision cannot be changed",
+                d.approver,
+                d.decision.as_str(),
+                time(&d.at)
+            ),
+            Refusal::OwnChange { approver } => write!(
+                f,
+                "{approver} is the author of this commit and may not approve it; ask another approver (rejecting is allowed)"
+            ),
+            Refusal::NotAnApprover { name } => {
+                write!(f, "{name} is not an approver of this stage")
+            }
+            Refusal::BadName(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// What became of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Recorded {
+        approver: String,
+        decision: Decision,
+        /// False for a name typed on a shared link's page.
+        verified: bool,
+    },
+    Refused(Refusal),
+}
+
+/// Everything the rules look at for one release in one stage, read at one moment.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub pipeline: String,
+    pub stage: String,
+    pub release: Release,
+    pub run: Option<StageRun>,
+    /// The stage's approval settings in the configuration in force.
+    pub approval: Option<Approval>,
+    /// Decisions recorded so far, oldest first.
+    pub decisions: Vec<ApprovalRecord>,
+    /// The newest release that entered the stage after this one.
+    pub newer: Option<Release>,
+    pub now: DateTime<Utc>,
+}
+
+impl Facts {
+    /// Reads the facts; `None` when the release is not one of the pipeline's.
+    pub async fn load(
+        engine: &Engine,
+        pipeline: &str,
+        release: ReleaseId,
+        stage: &str,
+    ) -> EngineResult<Option<Facts>> {
+        let store = engine.store();
+        let Some(rel) = store.release(release).await? else {
+            return Ok(None);
+        };
+        if rel.pipeline != pipeline {
+            return Ok(None);
+        }
+        let approval = engine
+            .config()
+            .pipeline(pipeline)
+            .and_then(|p| p.stage(stage))
+            .and_then(|s| s.approval.clone());
+        let run = store.stage_run(release, stage).await?;
+        let mut newer = store.newer_in_stage(pipeline, stage, release).await?;
+        if newer.is_none() && run.as_ref().map(|r| r.status) == Some(RunStatus::Superseded) {
+            newer = store.newest_release_after(pipeline, release).await?;
+        }
+        let newer = match newer {
+            Some(id) => store.release(id).await?,
+            None => None,
+        };
+        Ok(Some(Facts {
+            pipeline: pipeline.to_string(),
+            stage: stage.to_string(),
+            release: rel,
+            decisions: store.approvals_of(release, stage).await?,
+            run,
+            approval,
+            newer,
+            now: engine.now(),
+        }))
+    }
+
+    /// When the request expires (its run entered `awaiting_approval` plus the timeout).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        let (run, a) = (self.run.as_ref()?, self.approval.as_ref()?);
+        Some(run.since + chrono::Duration::from_std(a.timeout).ok()?)
+    }
+
+    /// Why no decision can be taken now; `None` while the request is open.
+    pub fn closed(&self) -> Option<Refusal> {
+        let (Some(run), Some(_)) = (&self.run, &self.approval) else {
+            return Some(Refusal::NotRequested);
+        };
+        if let Some(r) = self
+            .decisions
+            .iter()
+            .find(|d| d.decision == Decision::Reject)
+        {
+            return Some(Refusal::Rejected {
+                by: r.approver.clone(),
+                at: r.at,
+            });
+        }
+        let overtaken = run.status.supersedable() && self.newer.is_some();
+        if run.status == RunStatus::Superseded || overtaken {
+            return Some(Refusal::Superseded {
+                newer: self.newer.clone().map(Box::new),
+            });
+        }
+        match run.status {
+            RunStatus::Expired => return Some(Refusal::Expired { at: run.since }),
+            RunStatus::AwaitingApproval => {}
+            status => {
+                return Some(Refusal::MovedOn {
+                    status,
+                    reason: run.reason.clone(),
+                });
+            }
+        }
+        match self.expires_at() {
+            Some(at) if self.now >= at => Some(Refusal::Expired { at }),
+            _ => None,
+        }
+    }
+
+    /// Approvals so far (distinct approvers) and how many are needed.
+    pub fn tally(&self) -> (usize, u32) {
+        let approved = self
+            .decisions
+            .iter()
+            .filter(|d| d.decision == Decision::Approve)
+            .count();
+        (
+            approved,
+            self.approval.as_ref().map_or(0, |a| a.min_approvals),
+        )
+    }
+
+    /// The listed approver `identity` names: by name, GitHub login or email.
+    pub fn approver(&self, identity: &str) -> Option<&Approver> {
+        let listed = self.approval.as_ref()?.approvers.iter();
+        let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b.trim());
+        listed
+            .clone()
+            .find(|a| a.name == identity.trim())
+            .or_else(|| {
+                listed.clone().find(|a| {
+                    a.github.as_deref().is_some_and(|g| eq(g, identity)) || eq(&a.email, identity)
+                })
+            })
+    }
+
+    fn decision_of(&self, name: &str) -> Option<&ApprovalRecord> {
+        self.decisions.iter().find(|d| d.approver == name)
+    }
+
+    /// Is the person deciding the commit's author (by GitHub login or email)?
+    pub fn is_author(&self, d: &Decider) -> bool {
+        let r = &self.release;
+        let login = r.author_login.as_deref().unwrap_or("");
+        let same = |a: &str, b: &str| !a.is_empty() && a.trim().eq_ignore_ascii_case(b.trim());
+        let by_config = d.approver.as_ref().is_some_and(|a| {
+            a.github.as_deref().is_some_and(|g| same(g, login)) || same(&a.email, &r.author_email)
+        });
+        let by_name = same(&d.name, login)
+            || same(&d.name, &r.author_email)
+            || (!d.verified && same(&d.name, &r.author_name));
+        by_config || by_name
+    }
+
+    /// The rules about the person: one decision each, and no approving one's own change.
+    pub fn check_decider(&self, d: &Decider, decision: Decision) -> Option<Refusal> {
+        if let Some(prev) = self.decision_of(&d.name) {
+            return Some(Refusal::AlreadyDecided(prev.clone()));
+        }
+        let allow_author = self.approval.as_ref().is_some_and(|a| a.allow_author);
+        if decision == Decision::Approve && !allow_author && self.is_author(d) {
+            return Some(Refusal::OwnChange {
+                approver: d.name.clone(),
+            });
+        }
+        None
+    }
+}
+
+/// The person deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decider {
+    /// The name recorded: a listed approver's name, or the name typed on a shared link's page.
+    pub name: String,
+    /// False when the identity was only claimed (a shared link).
+    pub verified: bool,
+    /// The listed approver, when there is one.
+    pub approver: Option<Approver>,
+}
+
+/// Records `identity`'s decision on a release in a stage, for a caller that authenticated the
+/// approver itself (an API key, the CLI's user). `identity` is a listed approver's name, GitHub
+/// login or email (when the stage lists approvers); `actor` says who called (`api-key:ops-1`)
+/// and goes into the event log. The same rules as an approval link apply.
+pub async fn decide(
+    engine: &Engine,
+    pipeline: &str,
+    release: ReleaseId,
+    stage: &str,
+    identity: &str,
+    decision: Decision,
+    actor: &str,
+) -> EngineResult<Outcome> {
+    check_stage(engine, pipeline, stage)?;
+    let Some(facts) = Facts::load(engine, pipeline, release, stage).await? else {
+        return Ok(Outcome::Refused(Refusal::UnknownRelease));
+    };
+    if let Some(r) = facts.closed() {
+        return Ok(Outcome::Refused(r));
+    }
+    let decider = match identify(&facts, identity) {
+        Ok(d) => d,
+        Err(r) => return Ok(Outcome::Refused(r)),
+    };
+    if let Some(r) = facts.check_decider(&decider, decision) {
+        return Ok(Outcome::Refused(r));
+    }
+    let delivery = Delivery {
+        source: API_DELIVERY_SOURCE.into(),
+        id: format!("{pipeline}/{release}/{stage}/{}", decider.name),
+    };
+    let context = format!("decided through the API by {actor}");
+    record(
+        engine, &facts, &decider, decision, actor, &context, &delivery,
+    )
+    .await
+}
+
+fn check_stage(engine: &Engine, pipeline: &str, stage: &str) -> EngineResult<()> {
+    let config = engine.config();
+    let p = config
+        .pipeline(pipeline)
+        .ok_or_else(|| EngineError::UnknownPipeline(pipeline.into()))?;
+    match p.stage(stage) {
+        Some(_) => Ok(()),
+        None => Err(EngineError::UnknownStage {
+            pipeline: pipeline.into(),
+            stage: stage.into(),
+        }),
+    }
+}
+
+/// An authenticated identity: one of the listed approvers, or anyone when none are listed.
+fn identify(facts: &Facts, identity: &str) -> Result<Decider, Refusal> {
+    let listed = facts
+        .approval
+        .as_ref()
+        .is_some_and(|a| !a.approvers.is_empty());
+    match facts.approver(identity) {
+        Some(a) => Ok(Decider {
+            name: a.name.clone(),
+            verified: true,
+            approver: Some(a.clone()),
+        }),
+        None if !listed => Ok(Decider {
+            name: clean_name(identity)?,
+            verified: true,
+            approver: None,
+        }),
+        None => Err(Refusal::NotAnApprover {
+            name: identity.trim().chars().take(MAX_NAME_CHARS).collect(),
+        }),
+    }
+}
+
+/// A name typed by a person: trimmed, non-empty, printable, at most [`MAX_NAME_CHARS`].
+pub fn clean_name(raw: &str) -> Result<String, Refusal> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(Refusal::BadName(
+            "this link is shared: enter your name to decide".into(),
+        ));
+    }
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(Refusal::BadName(format!(
+            "a name is at most {MAX_NAME_CHARS} printable characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    engine: &Engine,
+    facts: &Facts,
+    d: &Decider,
+    decision: Decision,
+    actor: &str,
+    context: &str,
+    delivery: &Delivery,
+) -> EngineResult<Outcome> {
+    let a = NewApproval {
+        pipeline: facts.pipeline.clone(),
+        release: facts.release.id,
+        stage: facts.stage.clone(),
+        approver: d.name.clone(),
+        decision,
+        verified: d.verified,
+        actor: actor.to_string(),
+        context: context.to_string(),
+    };
+    match engine.record_approval(&a, delivery).await? {
+        Ingested::Recorded(()) => Ok(Outcome::Recorded {
+            approver: d.name.clone(),
+            decision,
+            verified: d.verified,
+        }),
+        Ingested::Duplicate => {
+            let store = engine.store();
+            let decisions = store.approvals_of(facts.release.id, &facts.stage).await?;
+            let prev = decisions.into_iter().find(|x| x.approver == d.name);
+            Ok(Outcome::Refused(match prev {
+                Some(p) => Refusal::AlreadyDecided(p),
+                None => Refusal::Used {
+                    at: engine.now(),
+                    decision: None,
+                },
+            }))
+        }
+    }
+}
+
+// ----- links -----------------------------------------------------------------------------------
+
+/// An approval link, looked up: its token record and the facts of its run.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub token: TokenRecord,
+    pub facts: Facts,
+}
+
+impl Link {
+    /// The link a token belongs to; `None` for a malformed or unknown token (or one whose
+    /// release is gone).
+    pub async fn open(engine: &Engine, token: &str) -> EngineResult<Option<Link>> {
+        let Some(t) = engine.store().approval_token(token).await? else {
+            return Ok(None);
+        };
+        let facts = Facts::load(engine, &t.pipeline, t.release, &t.stage).await?;
+        Ok(facts.map(|facts| Link { token: t, facts }))
+    }
+
+    /// The listed approver the link is bound to (`None` for a shared link, or an approver no
+    /// longer listed).
+    pub fn approver(&self) -> Option<&Approver> {
+        let name = self.token.approver.as_deref()?;
+        self.facts
+            .approval
+            .as_ref()?
+            .approvers
+            .iter()
+            .find(|a| a.name == name)
+    }
+
+    /// Why this link cannot be used now; `None` when it can.
+    pub fn refusal(&self) -> Option<Refusal> {
+        if let Some(at) = self.token.used_at {
+            let decision = self
+                .token
+                .approver
+                .as_deref()
+                .and_then(|n| self.facts.decision_of(n))
+                .cloned();
+            return Some(Refusal::Used { at, decision });
+        }
+        if self.token.replaced_at.is_some() {
+            return Some(Refusal::Replaced);
+        }
+        if let Some(r) = self.facts.closed() {
+            // The run's expiry time moved to when it was marked expired; the link's is exact.
+            return Some(match r {
+                Refusal::Expired { .. } => Refusal::Expired {
+                    at: self.token.expires_at,
+                },
+                r => r,
+            });
+        }
+        if self.token.is_expired(self.facts.now) {
+            return Some(Refusal::Expired {
+                at: self.token.expires_at,
+            });
+        }
+        let name = self.token.approver.as_deref()?;
+        if self.approver().is_none() {
+            return Some(Refusal::NotAnApprover { name: name.into() });
+        }
+        self.facts
+            .decision_of(name)
+            .map(|d| Refusal::AlreadyDecided(d.clone()))
+    }
+
+    /// The person deciding through this link: its approver, or the name typed on the page of a
+    /// shared link (unverified).
+    pub fn decider(&self, typed_name: Option<&str>) -> Result<Decider, Refusal> {
+        if let Some(name) = &self.token.approver {
+            return Ok(Decider {
+                name: name.clone(),
+                verified: true,
+                approver: self.approver().cloned(),
+            });
+        }
+        let name = clean_name(typed_name.unwrap_or(""))?;
+        Ok(Decider {
+            approver: self.facts.approver(&name).cloned(),
+            name,
+            verified: false,
+        })
+    }
+}
+
+/// Records a decision made on an approval link's page. `client` describes where it came from
+/// (source address, user agent) for the event log. The link is consumed by the recording.
+pub async fn decide_by_link(
+    engine: &Engine,
+    link: &Link,
+    typed_name: Option<&str>,
+    decision: Decision,
+    client: &str,
+) -> EngineResult<Outcome> {
+    if let Some(r) = link.refusal() {
+        return Ok(Outcome::Refused(r));
+    }
+    let decider = match link.decider(typed_name) {
+        Ok(d) => d,
+        Err(r) => return Ok(Outcome::Refused(r)),
+    };
+    if let Some(r) = link.facts.check_decider(&decider, decision) {
+        return Ok(Outcome::Refused(r));
+    }
+    let kind = if link.token.is_shared() {
+        "shared approval link, name as typed"
+    } else {
+        "personal approval link"
+    };
+    let actor = format!("approver:{}", decider.name);
+    let context = format!("{client}; {kind}");
+    let delivery = link.token.delivery();
+    let out = record(
+        engine,
+        &link.facts,
+        &decider,
+        decision,
+        &actor,
+        &context,
+        &delivery,
+    )
+    .await?;
+    if let Outcome::Refused(Refusal::Used { decision: None, .. }) = &out {
+        // The link was used concurrently: say when, from the store.
+        if let Some(t) = engine
+            .store()
+            .approval_token_by_hash(&link.token.hash)
+            .await?
+        {
+            if let Some(at) = t.used_at {
+                return Ok(Outcome::Refused(Refusal::Used { at, decision: None }));
+            }
+        }
+    }
+    Ok(out)
+}

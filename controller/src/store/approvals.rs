@@ -1,1 +1,383 @@
 //! Approval tokens: stored hashed, single use, expiring.
+//!
+//! Owns the `approval_tokens` table: minting the token carried by an approval link, finding a
+//! token again by its hash, and the facts the approval pages read about the run a token is for
+//! (its stage run, a newer release that took the stage, who rejected).
+//!
+//! # Guarantees
+//! - A token is [`TOKEN_BYTES`] bytes (256 bits) from the operating system's CSPRNG, written in
+//!   URL-safe base64. Only its SHA-256 is stored; the token itself is returned once, by
+//!   [`Store::issue_approval_token`], to be put in the message that carries it.
+//! - A token is bound to one pipeline, release and stage, and to one approver (or to nobody:
+//!   a shared link), and expires at the approval request's `expires_at`.
+//! - Single use: a token is consumed by recording the decision under its [`TokenRecord::delivery`]
+//!   (`Engine::record_approval` / [`Store::record_approval`]). That inserts the delivery in
+//!   the same transaction as the approval, and a delivery is recorded at most once, so of two
+//!   concurrent uses exactly one is recorded. [`TokenRecord::used_at`] reads that delivery back.
+//! - At most one live (not replaced) token per approval request and approver (a unique index).
+//!   [`Store::issue_approval_token`] mints a new one only when the live one was never marked
+//!   published, and then replaces it in the same transaction.
+//!
+//! # Must never
+//! - store, log or return (outside [`IssuedToken`]) a raw token.
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{Delivery, Result, Store, StoreError, from_ms, ms};
+use crate::domain::{ReleaseId, RunStatus, StageRun};
+use crate::secret::Secret;
+
+/// Random bytes in a token: 256 bits.
+pub const TOKEN_BYTES: usize = 32;
+/// Random bytes in a form's anti-CSRF value: 128 bits.
+const CSRF_BYTES: usize = 16;
+/// Length of a token as written in a link (unpadded URL-safe base64 of [`TOKEN_BYTES`]).
+pub const TOKEN_LEN: usize = 43;
+/// The `source` of the delivery that consumes a token.
+pub const DELIVERY_SOURCE: &str = "approval-link";
+
+/// Statuses in which a run has entered its stage (a newer one of these supersedes older runs).
+const ENTERED: &str = "'queued', 'checking', 'awaiting_approval', 'deploying', 'verifying', 'baking', 'succeeded', 'rolling_back', 'rolled_back'";
+
+/// A token to mint for one approval request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// The approval request's idempotency key.
+    pub request_key: String,
+    pub pipeline: String,
+    pub release: ReleaseId,
+    pub stage: String,
+    /// The approver the link is for; `None` for a shared link.
+    pub approver: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A stored token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    pub request_key: String,
+    pub pipeline: String,
+    pub release: ReleaseId,
+    pub stage: String,
+    /// `None` for a shared link.
+    pub approver: Option<String>,
+    /// The value the confirmation form must send back.
+    pub csrf: Secret,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+    /// Set when a later send replaced this link with a new one.
+    pub replaced_at: Option<DateTime<Utc>>,
+    /// When the token was used (its delivery was recorded).
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+impl TokenRecord {
+    /// The delivery under which a decision through this token is recorded: recording it
+    /// consumes the token.
+    pub fn delivery(&self) -> Delivery {
+        Delivery {
+            source: DELIVERY_SOURCE.into(),
+            id: self.hash.clone(),
+        }
+    }
+
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        now >= self.expires_at
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.approver.is_none()
+    }
+}
+
+/// A freshly minted token: the only place the raw token exists.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: Secret,
+    pub record: TokenRecord,
+}
+
+/// What [`Store::issue_approval_token`] did.
+#[derive(Debug, Clone)]
+pub enum Issued {
+    /// A new token (replacing a live one that was never published, if any).
+    New(IssuedToken),
+    /// The live token of this request and approver was already published: nothing minted.
+    AlreadyPublished(TokenRecord),
+}
+
+/// Hex SHA-256 of a token, as stored.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Could `token` be one of ours (length and alphabet)? Checked before anything is looked up.
+pub fn well_formed(token: &str) -> bool {
+    token.len() == TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `n` random bytes from the OS CSPRNG, in unpadded URL-safe base64.
+fn random(n: usize) -> String {
+    use base64::Engine as _;
+    let mut bytes = vec![0u8; n];
+    OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+const TOKEN_COLUMNS: &str = "t.token_hash, t.request_key, t.pipeline, t.release_id, t.stage, t.approver, t.csrf, t.created_at, t.expires_at, t.published_at, t.replaced_at, d.received_at AS used_at";
+
+fn token_query(filter: &str) -> String {
+    format!(
+        "SELECT {TOKEN_COLUMNS} FROM approval_tokens t
+         LEFT JOIN deliveries d ON d.source = '{DELIVERY_SOURCE}' AND d.id = t.token_hash
+         WHERE {filter}"
+    )
+}
+
+fn token_row(r: &SqliteRow) -> TokenRecord {
+    let opt = |c: &str| r.get::<Option<i64>, _>(c).map(from_ms);
+    TokenRecord {
+        hash: r.get("token_hash"),
+        request_key: r.get("request_key"),
+        pipeline: r.get("pipeline"),
+        release: ReleaseId(r.get("release_id")),
+        stage: r.get("stage"),
+        approver: r.get("approver"),
+        csrf: Secret::new(r.get::<String, _>("csrf")),
+        created_at: from_ms(r.get("created_at")),
+        expires_at: from_ms(r.get("expires_at")),
+        published_at: opt("published_at"),
+        replaced_at: opt("replaced_at"),
+        used_at: opt("used_at"),
+    }
+}
+
+impl Store {
+    /// Mints the token of one approval request for one approver (or the shared link), unless
+    /// the live one was already published. In one transaction: a live token never marked
+    /// published (a send that crashed or failed before publishing) is replaced by the new one.
+    pub async fn issue_approval_token(&self, t: &NewToken, now: DateTime<Utc>) -> Result<Issued> {
+        // IMMEDIATE: this transaction reads, then writes; a deferred one would fail with
+        // SQLITE_BUSY instead of waiting when another connection wrote in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(live) = live_token(&mut tx, &t.request_key, t.approver.as_deref()).await? {
+            if live.published_at.is_some() || live.used_at.is_some() {
+                tx.commit().await?;
+                return Ok(Issued::AlreadyPublished(live));
+            }
+            sqlx::query("UPDATE approval_tokens SET replaced_at = $1 WHERE token_hash = $2")
+                .bind(ms(now))
+                .bind(&live.hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let token = Secret::new(random(TOKEN_BYTES));
+        let record = TokenRecord {
+            hash: hash_token(token.expose()),
+            request_key: t.request_key.clone(),
+            pipeline: t.pipeline.clone(),
+            release: t.release,
+            stage: t.stage.clone(),
+            approver: t.approver.clone(),
+            csrf: Secret::new(random(CSRF_BYTES)),
+            created_at: now,
+            expires_at: t.expires_at,
+            published_at: None,
+            replaced_at: None,
+            used_at: None,
+        };
+        insert_token(&mut tx, &record).await?;
+        tx.commit().await?;
+        Ok(Issued::New(IssuedToken { token, record }))
+    }
+
+    /// Notes that the message carrying the token went out.
+    pub async fn mark_approval_token_published(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE approval_tokens SET published_at = $1 WHERE token_hash = $2 AND published_at IS NULL")
+            .bind(ms(now))
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The token a link carries, if it is well formed and known.
+    pub async fn approval_token(&self, token: &str) -> Result<Option<TokenRecord>> {
+        if !well_formed(token) {
+            return Ok(None);
+        }
+        self.approval_token_by_hash(&hash_token(token)).await
+    }
+
+    /// A token by its hash.
+    pub async fn approval_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        Ok(sqlx::query(&token_query("t.token_hash = $1"))
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| token_row(&r)))
+    }
+
+    /// Every token issued for a release in a stage, oldest first.
+    pub async fn approval_tokens_of(
+        &self,
+        release: ReleaseId,
+        stage: &str,
+    ) -> Result<Vec<TokenRecord>> {
+        let sql = format!(
+            "{} ORDER BY t.id",
+            token_query("t.release_id = $1 AND t.stage = $2")
+        );
+        Ok(sqlx::query(&sql)
+            .bind(release.0)
+            .bind(stage)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(token_row)
+            .collect())
+    }
+
+    /// The run of a release in a stage.
+    pub async fn stage_run(&self, release: ReleaseId, stage: &str) -> Result<Option<StageRun>> {
+        let row = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1 AND stage = $2")
+            .bind(release.0)
+            .bind(stage)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| stage_run_row(&r)).transpose()
+    }
+
+    /// Every run of a release, in stage order of creation.
+    pub async fn stage_runs_of(&self, release: ReleaseId) -> Result<Vec<StageRun>> {
+        sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1 ORDER BY rowid")
+            .bind(release.0)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(stage_run_row)
+            .collect()
+    }
+
+    /// The newest release after `release` that entered `stage` of `pipeline` (and so
+    /// superseded it there), if any.
+    pub async fn newer_in_stage(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        release: ReleaseId,
+    ) -> Result<Option<ReleaseId>> {
+        let sql = format!(
+            "SELECT r.id FROM stage_runs s JOIN releases r ON r.id = s.release_id
+             WHERE r.pipeline = $1 AND s.stage = $2 AND r.id > $3 AND s.status IN ({ENTERED})
+             ORDER BY r.id DESC LIMIT 1"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(pipeline)
+            .bind(stage)
+            .bind(release.0)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| ReleaseId(r.get(0))))
+    }
+
+    /// The newest release of `pipeline` after `release`, if any.
+    pub async fn newest_release_after(
+        &self,
+        pipeline: &str,
+        release: ReleaseId,
+    ) -> Result<Option<ReleaseId>> {
+        Ok(
+            sqlx::query("SELECT MAX(id) FROM releases WHERE pipeline = $1 AND id > $2")
+                .bind(pipeline)
+                .bind(release.0)
+                .fetch_one(&self.pool)
+                .await?
+                .get::<Option<i64>, _>(0)
+                .map(ReleaseId),
+        )
+    }
+}
+
+async fn live_token(
+    c: &mut SqliteConnection,
+    request_key: &str,
+    approver: Option<&str>,
+) -> Result<Option<TokenRecord>> {
+    let sql = token_query(
+        "t.request_key = $1 AND IFNULL(t.approver, '') = IFNULL($2, '') AND t.replaced_at IS NULL",
+    );
+    Ok(sqlx::query(&sql)
+        .bind(request_key)
+        .bind(approver)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| token_row(&r)))
+}
+
+async fn insert_token(c: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO approval_tokens (token_hash, request_key, pipeline, release_id, stage, approver, csrf, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&t.hash)
+    .bind(&t.request_key)
+    .bind(&t.pipeline)
+    .bind(t.release.0)
+    .bind(&t.stage)
+    .bind(&t.approver)
+    .bind(t.csrf.expose())
+    .bind(ms(t.created_at))
+    .bind(ms(t.expires_at))
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+fn stage_run_row(r: &SqliteRow) -> Result<StageRun> {
+    let status: String = r.get("status");
+    Ok(StageRun {
+        release: ReleaseId(r.get("release_id")),
+        stage: r.get("stage"),
+        status: RunStatus::parse(&status).ok_or(StoreError::Corrupt {
+            table: "stage_runs",
+            detail: format!("status `{status}`"),
+        })?,
+        reason: r.get("reason"),
+        attempt: r.get::<i64, _>("attempt") as u32,
+        since: from_ms(r.get("since")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_well_formed() {
+        let a = random(TOKEN_BYTES);
+        let b = random(TOKEN_BYTES);
+        assert_eq!(a.len(), TOKEN_LEN);
+        assert_ne!(a, b);
+        assert!(well_formed(&a));
+        assert!(!well_formed(&a[1..]));
+        assert!(!well_formed(&format!("{}=", &a[1..])));
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+}

@@ -245,3 +245,77 @@ fn the_wait_is_described_in_the_window_time_zone() {
         "outside deployment window until Mon 2026-11-02 09:00 America/New_York"
     );
 }
+
+/// Open exactly on `open` (inclusive) to `close` (exclusive), checked a second either side.
+fn assert_open_between(w: &Windows, open: DateTime<Utc>, close: DateTime<Utc>) {
+    let second = chrono::Duration::seconds(1);
+    assert!(!is_open(w, open - second), "before {open}");
+    assert!(is_open(w, open), "at {open}");
+    assert!(is_open(w, close - second), "just before {close}");
+    assert!(!is_open(w, close), "at {close}");
+}
+
+#[test]
+fn on_the_spring_forward_day_a_range_across_the_gap_is_open_on_both_sides_of_it() {
+    // 01:00–04:00 local is only two real hours on these Sundays.
+    let berlin = sundays(Berlin, (1, 0), (4, 0));
+    assert_open_between(
+        &berlin,
+        utc(2026, 3, 29, 0, 0, 0),
+        utc(2026, 3, 29, 2, 0, 0),
+    );
+    assert!(
+        is_open(&berlin, utc(2026, 3, 29, 0, 59, 59)),
+        "01:59:59 CET"
+    );
+    assert!(is_open(&berlin, utc(2026, 3, 29, 1, 0, 0)), "03:00 CEST");
+    assert_eq!(
+        next_open(&berlin, utc(2026, 3, 28, 12, 0, 0)),
+        Some(utc(2026, 3, 29, 0, 0, 0))
+    );
+
+    let new_york = sundays(New_York, (1, 0), (4, 0));
+    assert_open_between(
+        &new_york,
+        utc(2026, 3, 8, 6, 0, 0),
+        utc(2026, 3, 8, 8, 0, 0),
+    );
+    assert!(is_open(&new_york, utc(2026, 3, 8, 7, 0, 0)), "03:00 EDT");
+}
+
+#[test]
+fn on_the_fall_back_day_a_range_covering_the_repeated_hour_is_open_through_both() {
+    // 01:00–04:00 local is four real hours on these Sundays.
+    let berlin = sundays(Berlin, (1, 0), (4, 0));
+    assert_open_between(
+        &berlin,
+        utc(2026, 10, 24, 23, 0, 0),
+        utc(2026, 10, 25, 3, 0, 0),
+    );
+    assert!(is_open(&berlin, utc(2026, 10, 25, 0, 30, 0)), "02:30 CEST");
+    assert!(is_open(&berlin, utc(2026, 10, 25, 1, 30, 0)), "02:30 CET");
+
+    let new_york = sundays(New_York, (1, 0), (4, 0));
+    assert_open_between(
+        &new_york,
+        utc(2026, 11, 1, 5, 0, 0),
+        utc(2026, 11, 1, 9, 0, 0),
+    );
+    assert!(is_open(&new_york, utc(2026, 11, 1, 5, 30, 0)), "01:30 EDT");
+    assert!(is_open(&new_york, utc(2026, 11, 1, 6, 30, 0)), "01:30 EST");
+}
+
+#[test]
+fn a_new_york_window_starting_in_the_repeated_hour_opens_the_first_time() {
+    // 01:30 happens twice on 1 November: 05:30 UTC (EDT) and 06:30 UTC (EST).
+    let w = sundays(New_York, (1, 30), (5, 0));
+    assert_eq!(
+        next_open(&w, utc(2026, 10, 31, 12, 0, 0)),
+        Some(utc(2026, 11, 1, 5, 30, 0))
+    );
+    assert!(
+        !is_open(&w, utc(2026, 11, 1, 6, 0, 0)),
+        "01:00 EST, again before the start"
+    );
+    assert!(is_open(&w, utc(2026, 11, 1, 6, 30, 0)), "01:30 EST");
+}

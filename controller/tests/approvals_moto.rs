@@ -1,0 +1,290 @@
+//! [`SnsApprovalSender`] publishing through the real [`SnsNotifier`] (the AWS SDK for Rust)
+//! to a real `moto_server`.
+//!
+//! What the topic received is read back from moto's `GET /moto-api/data.json`: moto keeps every
+//! message published to a topic in the topic's `sent_notifications` (`[message id, message,
+//! subject, attributes, group]`) and every subscription, with its `FilterPolicy`, under
+//! `sns.Subscription`; it stores no per-inbox copy of an email. So each approver's inbox is
+//! also stood in for by an HTTP subscription with the same filter policy (moto honours filter
+//! policies for HTTP deliveries), served by this test on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use chrono::Utc;
+use serde_json::{Value, json};
+use tollgate::aws::retry::Limiter;
+use tollgate::aws::sns::SnsNotifier;
+use tollgate::aws::sts::Credentials;
+use tollgate::config::{Account, Approver};
+use tollgate::domain::ReleaseId;
+use tollgate::engine::ports::{ApprovalRequest, ApprovalSender};
+use tollgate::gates::approval::SnsApprovalSender;
+use tollgate::store::{Delivery, Ingested, NewRelease, Store};
+use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
+
+const PUBLIC_URL: &str = "https://tollgate.example";
+const APPROVERS: [&str; 3] = ["alice", "bob", "carol"];
+
+fn controller_account() -> Account {
+    Account {
+        name: "tools".into(),
+        id: DEFAULT_ACCOUNT_ID.into(),
+        role_arn: None,
+        external_id: None,
+        region: REGION.into(),
+        controller: true,
+        session_duration: Duration::from_secs(3600),
+    }
+}
+
+fn notifier(moto: &MotoServer) -> Arc<SnsNotifier> {
+    let limiter = Arc::new(Limiter::default());
+    let creds = Arc::new(Credentials::new(moto.sdk_config(), limiter.clone()));
+    Arc::new(SnsNotifier::new(creds, limiter, controller_account()))
+}
+
+fn approver(name: &str) -> Approver {
+    Approver {
+        name: name.into(),
+        email: format!("{name}@example.com"),
+        github: Some(name.into()),
+    }
+}
+
+async fn create_topic(moto: &MotoServer, name: &str) -> String {
+    let out = aws_sdk_sns::Client::new(&moto.sdk_config())
+        .create_topic()
+        .name(name)
+        .send()
+        .await
+        .unwrap();
+    out.topic_arn().unwrap().to_owned()
+}
+
+/// A store in a temporary directory holding release r1 of `backend`.
+async fn store_with_release() -> (tempfile::TempDir, Store, ReleaseId) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let release = NewRelease {
+        pipeline: "backend".into(),
+        sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        branch: "main".into(),
+        author_name: "Dana".into(),
+        author_email: "dana@example.com".into(),
+        author_login: Some("dana".into()),
+        message: "Speed up checkout".into(),
+        url: Some("https://github.com/acme/backend/commit/0123456789abcdef".into()),
+        ..NewRelease::default()
+    };
+    let d = Delivery {
+        source: "test".into(),
+        id: "push-1".into(),
+    };
+    let stages = ["beta".to_string(), "prod".to_string()];
+    let Ingested::Recorded(id) = store
+        .record_release(&release, &stages, &d, Utc::now())
+        .await
+        .unwrap()
+    else {
+        panic!("release not recorded");
+    };
+    (dir, store, id)
+}
+
+fn request(id: ReleaseId, topic: &str, approvers: Vec<Approver>) -> ApprovalRequest {
+    ApprovalRequest {
+        key: format!("backend/{id}/prod/a1/approval-request"),
+        pipeline: "backend".into(),
+        stage: "prod".into(),
+        release: id,
+        topic: topic.into(),
+        approvers,
+        expires_at: Utc::now() + chrono::Duration::hours(24),
+        summary: "Pipeline: backend\nImage:    backend@sha256:abc\n\nProgress so far:\n  beta: succeeded — baked\n".into(),
+    }
+}
+
+/// The messages `topic` received, as moto keeps them.
+async fn sent_notifications(moto: &MotoServer, topic: &str) -> Vec<Value> {
+    let data = moto.data().await.unwrap();
+    let topics = data["sns"]["Topic"].as_array().cloned().unwrap_or_default();
+    let found = topics.into_iter().find(|t| t["arn"] == topic).unwrap();
+    found["sent_notifications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The subscriptions of `topic`, as moto keeps them.
+async fn subscriptions(moto: &MotoServer, topic: &str) -> Vec<Value> {
+    let data = moto.data().await.unwrap();
+    let subs = data["sns"]["Subscription"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    subs.into_iter()
+        .filter(|s| s["topic_arn"] == topic)
+        .collect()
+}
+
+fn link_token(body: &str) -> String {
+    let prefix = format!("{PUBLIC_URL}/approvals/");
+    let at = body.find(&prefix).expect("a link") + prefix.len();
+    body[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+/// HTTP endpoints standing in for the approvers' inboxes: what each received.
+#[derive(Clone, Default)]
+struct Inboxes(Arc<Mutex<BTreeMap<String, Vec<String>>>>);
+
+impl Inboxes {
+    /// Serves `POST /inbox/{name}` on 127.0.0.1; returns the base URL.
+    async fn serve(&self) -> String {
+        async fn deliver(State(i): State<Inboxes>, Path(name): Path<String>, body: String) {
+            let msg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let text = msg["Message"].as_str().unwrap_or_default().to_string();
+            i.0.lock().unwrap().entry(name).or_default().push(text);
+        }
+        let app = Router::new()
+            .route("/inbox/{name}", post(deliver))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn of(&self, name: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+async fn subscribe_inbox(moto: &MotoServer, topic: &str, base: &str, name: &str) {
+    let policy = json!({ "approver": [name] }).to_string();
+    aws_sdk_sns::Client::new(&moto.sdk_config())
+        .subscribe()
+        .topic_arn(topic)
+        .protocol("http")
+        .endpoint(format!("{base}/inbox/{name}"))
+        .attributes("FilterPolicy", policy)
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn each_approver_gets_one_message_with_their_own_link() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-personal").await;
+    let inboxes = Inboxes::default();
+    let base = inboxes.serve().await;
+    for name in APPROVERS {
+        subscribe_inbox(moto, &topic, &base, name).await;
+    }
+    let (_dir, store, id) = store_with_release().await;
+    let sns = notifier(moto);
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone());
+    let req = request(id, &topic, APPROVERS.iter().map(|n| approver(n)).collect());
+
+    assert_eq!(sender.send(&req).await.unwrap(), 3);
+
+    // One email subscription per approver, filtered to their own messages.
+    let subs = subscriptions(moto, &topic).await;
+    for name in APPROVERS {
+        let email: Vec<&Value> = subs
+            .iter()
+            .filter(|s| s["protocol"] == "email" && s["endpoint"] == format!("{name}@example.com"))
+            .collect();
+        assert_eq!(email.len(), 1, "{name}: {subs:?}");
+        let policy: Value =
+            serde_json::from_str(email[0]["attributes"]["FilterPolicy"].as_str().unwrap()).unwrap();
+        assert_eq!(policy, json!({ "approver": [name] }));
+    }
+
+    // One message per approver, addressed by its attribute, each with its own link.
+    let sent = sent_notifications(moto, &topic).await;
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    let mut tokens = BTreeMap::new();
+    for msg in &sent {
+        let name = msg[3]["approver"]["Value"].as_str().unwrap().to_string();
+        assert_eq!(msg[3]["approver"]["Type"], "String");
+        let body = msg[1].as_str().unwrap();
+        let subject = msg[2].as_str().unwrap();
+        assert!(
+            subject.contains("Approve backend r1 for prod?"),
+            "{subject}"
+        );
+        for fact in [
+            format!("Hello {name},"),
+            "0123456789ab by Dana: Speed up checkout".to_string(),
+            format!("personal to {name}"),
+            "beta: succeeded".to_string(),
+            "sha256:abc".to_string(),
+        ] {
+            assert!(body.contains(&fact), "{fact:?} not in {body}");
+        }
+        let token = link_token(body);
+        let stored = store.approval_token(&token).await.unwrap().unwrap();
+        assert_eq!(stored.approver.as_deref(), Some(name.as_str()));
+        assert_eq!((stored.release, stored.stage.as_str()), (id, "prod"));
+        assert!(stored.published_at.is_some());
+        assert!(tokens.insert(name, token).is_none(), "one message each");
+    }
+    let distinct: std::collections::BTreeSet<&String> = tokens.values().collect();
+    assert_eq!(distinct.len(), 3, "each link is different");
+
+    // SNS routed each message to its approver's inbox alone.
+    for name in APPROVERS {
+        let got = inboxes.of(name);
+        assert_eq!(got.len(), 1, "{name} got {got:?}");
+        assert_eq!(link_token(&got[0]), tokens[name]);
+    }
+
+    // Sending again under the same key publishes nothing and subscribes nobody twice.
+    assert_eq!(sender.send(&req).await.unwrap(), 3);
+    assert_eq!(sent_notifications(moto, &topic).await.len(), 3);
+    assert_eq!(subscriptions(moto, &topic).await.len(), 6);
+}
+
+#[tokio::test]
+async fn with_no_listed_approvers_one_shared_message_goes_out() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-shared").await;
+    let (_dir, store, id) = store_with_release().await;
+    let sns = notifier(moto);
+    let sender =
+        SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL).with_subscriptions(sns);
+
+    assert_eq!(sender.send(&request(id, &topic, vec![])).await.unwrap(), 1);
+    let sent = sent_notifications(moto, &topic).await;
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0][3].as_object().is_none_or(|a| a.is_empty()));
+    let body = sent[0][1].as_str().unwrap();
+    assert!(body.contains("shared by everyone"));
+    let stored = store
+        .approval_token(&link_token(body))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stored.is_shared());
+    assert!(subscriptions(moto, &topic).await.is_empty());
+}
