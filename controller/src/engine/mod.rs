@@ -321,6 +321,20 @@ impl Engine {
                 return Ok(());
             }
         }
+        // The snapshot may predate this effect's finishing in another task of this process
+        // (it leaves `running` only after its outcome is stored): ask the store, so a finished
+        // effect is never performed again.
+        match self.inner.store.effect_finished(&e.key).await {
+            Ok(false) => {}
+            Ok(true) => {
+                self.unmark(&e.key);
+                return Ok(());
+            }
+            Err(err) => {
+                self.unmark(&e.key);
+                return Err(err.into());
+            }
+        }
         let recorded = snap.effect(&e.key).is_some();
         if !recorded {
             if let Err(err) = self.begin(&e).await {

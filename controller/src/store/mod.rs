@@ -551,6 +551,16 @@ impl Store {
         rows::effects_of(&self.pool, release, stage).await
     }
 
+    /// Whether the effect `key` has finished (succeeded or failed); false when pending or
+    /// never begun.
+    pub async fn effect_finished(&self, key: &str) -> Result<bool> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT status FROM effects WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some_and(|(status,)| status != EffectStatus::Pending.as_str()))
+    }
+
     /// All effect records whose key starts with `prefix` (tests and the status page).
     pub async fn effects_with_prefix(&self, prefix: &str) -> Result<Vec<EffectRecord>> {
         rows::effects_with_prefix(&self.pool, prefix).await
