@@ -72,6 +72,25 @@ impl ReportState {
         .find(|st| st.as_str() == s)
     }
 
+    /// The statuses GitHub is told, in order, to arrive at `self`: a Deployment always starts
+    /// `queued`; `in_progress` precedes `success`, and `failure` when the run had deployed.
+    pub fn path(self, deployed: bool) -> Vec<ReportState> {
+        use ReportState as R;
+        match self {
+            R::Queued => vec![R::Queued],
+            R::InProgress | R::Success => {
+                let mut p = vec![R::Queued, R::InProgress];
+                if self == R::Success {
+                    p.push(R::Success);
+                }
+                p
+            }
+            R::Failure if deployed => vec![R::Queued, R::InProgress, R::Failure],
+            R::Failure => vec![R::Queued, R::Failure],
+            R::Inactive => vec![R::Queued, R::Inactive],
+        }
+    }
+
     /// The status GitHub should show for a run in `status`; `None` before it is queued.
     pub fn for_status(status: RunStatus) -> Option<ReportState> {
         use RunStatus as S;

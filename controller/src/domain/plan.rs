@@ -911,7 +911,13 @@ impl<'a> Planner<'a> {
     fn side_reports(&mut self) {
         let notify = self.cfg.notifications.topic.is_some();
         let mut unfinished: BTreeSet<ReleaseId> = BTreeSet::new();
-        for run in &self.snap.runs {
+        // Reports go out stage by stage: a later stage's report waits while an earlier
+        // stage's is undelivered, so a retried old report never lands after a newer summary.
+        let order = |stage: &str| self.cfg.stages.iter().position(|s| s.name == stage);
+        let mut runs: Vec<&StageRun> = self.snap.runs.iter().collect();
+        runs.sort_by_key(|r| (r.release, order(&r.stage)));
+        let mut reporting: BTreeSet<ReleaseId> = BTreeSet::new();
+        for run in runs {
             if !run.status.is_terminal() {
                 unfinished.insert(run.release);
             }
@@ -927,8 +933,9 @@ impl<'a> Planner<'a> {
                     .effects_of(run.release, &run.stage)
                     .next()
                     .is_some();
-            if !self.report(run, reached) {
+            if reporting.contains(&run.release) || !self.report(run, reached) {
                 unfinished.insert(run.release);
+                reporting.insert(run.release);
             }
             let acted = self
                 .snap
@@ -973,12 +980,24 @@ impl<'a> Planner<'a> {
             }
             return false;
         }
-        match ReportState::for_status(run.status).filter(|_| reached) {
-            Some(state) => self
+        let Some(target) = ReportState::for_status(run.status).filter(|_| reached) else {
+            return true;
+        };
+        // Each status in order, the next only once the one before it was delivered, so GitHub
+        // sees `queued` even for a run that went Queued -> Deploying within one plan.
+        let deployed = self
+            .snap
+            .effects_of(run.release, &run.stage)
+            .any(|e| e.key.contains("/deploy-"));
+        for state in target.path(deployed) {
+            if self
                 .ensure(self.effect(run, EffectKind::Report { state }))
-                .is_some(),
-            None => true,
+                .is_none()
+            {
+                return false;
+            }
         }
+        true
     }
 
     /// Pending effects this plan no longer asks for are closed, so none is left hanging.
