@@ -55,7 +55,7 @@ pub enum Command {
     },
     /// Show each pipeline × stage: known-good release, the run in flight, and why it waits.
     Status {
-        #[arg(long, default_value = "stages.toml")]
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
         config: PathBuf,
         /// The state database.
         #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]

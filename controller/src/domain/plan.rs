@@ -135,8 +135,14 @@ impl<'a> Planner<'a> {
         self.snap.releases.get(&id)
     }
 
+    /// A time left, for people, in whole minutes (rounded up): reasons change at most once a
+    /// minute, so the event log gets no note per reconcile during a short wait.
     fn minutes(d: chrono::Duration) -> String {
-        format_duration(d.to_std().unwrap_or_default())
+        let secs = d.num_seconds().max(0) as u64 + u64::from(d.subsec_nanos() > 0);
+        if secs < 60 {
+            return "less than 1m".into();
+        }
+        format_duration(std::time::Duration::from_secs(secs.div_ceil(60) * 60))
     }
 
     // ----- releases -------------------------------------------------------------------

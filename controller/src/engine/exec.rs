@@ -70,7 +70,7 @@ fn trigger(e: &Effect, snap: &Snapshot) -> Option<AlarmFact> {
     let run = snap.run(e.release, &e.stage)?;
     snap.alarms
         .iter()
-        .filter(|a| a.stage == e.stage && a.firing && a.at <= run.since)
+        .filter(|a| a.stage == e.stage && a.firing)
         .find(|a| {
             run.reason
                 == format!(

@@ -284,9 +284,10 @@ impl Engine {
         let pipeline = self.pipeline(name)?;
         let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
         for _ in 0..MAX_ROUNDS {
-            let now = self.now();
-            let since = now - chrono::Duration::days(7);
+            let since = self.now() - chrono::Duration::days(7);
             let snap = self.inner.store.snapshot(name, &stages, since).await?;
+            // The clock is read after the snapshot, so no fact in it is newer than `now`.
+            let now = self.now();
             let plan = plan(&pipeline, &snap, now);
             let changes: Vec<Action> = plan
                 .actions

@@ -497,7 +497,11 @@ pub fn spawn_config_reloader(
     tokio::spawn(async move {
         while let Some(sha) = changes.recv().await {
             match apply_config_change(&engine, &forge, &sha, &base_dir).await {
-                Ok(()) => tracing::info!(%sha, "configuration reloaded"),
+                Ok(()) => {
+                    // Pipelines the new configuration adds get their reconcile loops.
+                    engine.spawn();
+                    tracing::info!(%sha, "configuration reloaded");
+                }
                 Err(why) => tracing::error!(%sha, reason = %why, "configuration change refused"),
             }
         }

@@ -5,3 +5,4 @@ pub mod aws_stubs;
 pub mod github_fake;
 pub mod moto;
 pub mod sns;
+pub mod world;

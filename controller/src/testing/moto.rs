@@ -271,19 +271,39 @@ impl MotoServer {
         serde_json::from_str(&text).context("moto's data.json is not JSON")
     }
 
-    /// The value of the SSM parameter `name` in `account_id`, read from [`Self::data`].
+    /// The value of the SSM parameter `name` in `account_id` (`None`: no such parameter), read
+    /// live through SSM's `GetParameter` (moto serves any account named by
+    /// `x-moto-account-id` and does not check signatures).
     pub async fn ssm_parameter(&self, account_id: &str, name: &str) -> Result<Option<String>> {
-        let data = self.data().await?;
-        let rows = data["ssm"]["Parameter"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        Ok(rows
-            .iter()
-            .filter(|p| p["account_id"] == account_id && p["name"] == name)
-            .filter_map(|p| Some((p["version"].as_u64()?, p["value"].as_str()?.to_owned())))
-            .max()
-            .map(|(_, value)| value))
+        let scope = format!("tollgate/20240101/{REGION}/ssm/aws4_request");
+        let response = self
+            .http
+            .post(format!("{}/", self.endpoint()))
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", "AmazonSSM.GetParameter")
+            .header("x-moto-account-id", account_id)
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=00"),
+            )
+            .body(serde_json::json!({ "Name": name }).to_string())
+            .send()
+            .await
+            .with_context(|| format!("GetParameter {name} in {account_id}"))?;
+        let status = response.status();
+        let body: serde_json::Value = response
+            .json()
+            .await
+            .with_context(|| format!("GetParameter {name} in {account_id}: not JSON"))?;
+        if status.is_success() {
+            return Ok(body["Parameter"]["Value"].as_str().map(str::to_owned));
+        }
+        match body["__type"].as_str() {
+            Some(t) if t.ends_with("ParameterNotFound") => Ok(None),
+            _ => Err(anyhow!(
+                "GetParameter {name} in {account_id}: {status} {body}"
+            )),
+        }
     }
 
     /// Starts recording requests (appending to what is already recorded).

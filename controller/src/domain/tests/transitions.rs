@@ -386,7 +386,7 @@ fn awaiting_approval_to_expired() {
     assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
     assert_eq!(
         sim.reason(r, "prod"),
-        "awaiting approval: 0 of 1, expires in 1s"
+        "awaiting approval: 0 of 1, expires in less than 1m"
     );
     sim.now = expires;
     assert_eq!(
