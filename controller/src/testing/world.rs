@@ -127,6 +127,8 @@ pub struct WorldBuilder {
     bakes: BTreeMap<String, Duration>,
     prod_approval: bool,
     stage_tests: bool,
+    /// Extra `command` tests run after a stage's deploy: (stage, test name, argv).
+    after_tests: Vec<(String, String, Vec<String>)>,
     dir: Option<PathBuf>,
 }
 
@@ -144,6 +146,7 @@ impl Default for WorldBuilder {
             bakes,
             prod_approval: true,
             stage_tests: true,
+            after_tests: Vec::new(),
             dir: None,
         }
     }
@@ -202,6 +205,13 @@ impl WorldBuilder {
     /// Whether stages run local `command` tests (`unit` before beta, `verify` after each deploy).
     pub fn stage_tests(mut self, on: bool) -> WorldBuilder {
         self.stage_tests = on;
+        self
+    }
+
+    /// Adds a `command` test `name` running `argv` after `stage`'s deploy (after `verify`).
+    pub fn after_test(mut self, stage: &str, name: &str, argv: Vec<String>) -> WorldBuilder {
+        self.after_tests
+            .push((stage.to_owned(), name.to_owned(), argv));
         self
     }
 
@@ -418,6 +428,37 @@ impl World {
         ssm_parameter(moto, &s.account_id, &s.parameter).await
     }
 
+    /// Creates every stage's stack once, as a platform team does before handing a service to
+    /// the pipeline, with the image parameter set to `placeholder`.
+    ///
+    /// Also covers a moto 5.2.5 gap: executing an UPDATE change set leaves the stack's recorded
+    /// parameters as they were at creation, so a later change set back to the creating
+    /// release's image is judged empty ("No updates are to be performed") and changes
+    /// nothing. With the stacks created here, every release's deploy and every rollback is an
+    /// update moto carries out.
+    pub async fn bootstrap_stacks(&self, moto: &MotoServer, placeholder: &str) -> Result<()> {
+        for s in &self.stages {
+            let config = moto.sdk_config_for_account(&s.account_id).await?;
+            aws_sdk_cloudformation::Client::new(&config)
+                .create_stack()
+                .stack_name(&s.stack)
+                .template_body(TEMPLATE)
+                .parameters(
+                    aws_sdk_cloudformation::types::Parameter::builder()
+                        .parameter_key(IMAGE_PARAMETER)
+                        .parameter_value(placeholder)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    let e = aws_smithy_types::error::display::DisplayErrorContext(e);
+                    anyhow!("CreateStack {} in {}: {e}", s.stack, s.account_id)
+                })?;
+        }
+        Ok(())
+    }
+
     /// Starts the CloudWatch CBOR stub (the moto gap: the SDK speaks RPCv2 CBOR to CloudWatch)
     /// in the current tokio runtime, with every stage's alarm defined and `OK`. Its
     /// [`CloudWatchStub::endpoint`] goes to `CloudWatchAlarms::with_endpoint_url` or
@@ -577,6 +618,13 @@ impl World {
             out.push_str(&test_toml("unit", UNIT_SCRIPT));
             out.push_str(&test_toml("verify", VERIFY_SCRIPT));
         }
+        for (_, name, argv) in &spec.after_tests {
+            let argv: Vec<String> = argv.iter().map(|a| q(a)).collect();
+            out.push_str(&format!(
+                "\n[pipelines.tests.{name}]\nkind = \"command\"\nargv = [{}]\ntimeout = \"30s\"\n",
+                argv.join(", ")
+            ));
+        }
         for (i, s) in self.stages.iter().enumerate() {
             out.push_str(&self.stage_toml(spec, i, s));
         }
@@ -584,10 +632,23 @@ impl World {
     }
 
     fn stage_toml(&self, spec: &WorldBuilder, index: usize, s: &WorldStage) -> String {
-        let (before, after) = match (spec.stage_tests, index) {
-            (false, _) => ("", ""),
-            (true, 0) => ("before = [\"unit\"]\n", "after = [\"verify\"]\n"),
-            (true, _) => ("", "after = [\"verify\"]\n"),
+        let mut after: Vec<String> = Vec::new();
+        let before = match (spec.stage_tests, index) {
+            (true, 0) => "before = [\"unit\"]\n",
+            _ => "",
+        };
+        if spec.stage_tests {
+            after.push(q("verify"));
+        }
+        for (stage, name, _) in &spec.after_tests {
+            if stage == &s.name {
+                after.push(q(name));
+            }
+        }
+        let after = if after.is_empty() {
+            String::new()
+        } else {
+            format!("after = [{}]\n", after.join(", "))
         };
         let mut out = format!(
             "\n[[pipelines.stages]]\nname = {}\ntargets = [{{ account = {}, region = {} }}]\n\

@@ -1,0 +1,854 @@
+//! The demo behind `scripts/demo`: tollgate promotes a release Beta → Gamma → Prod across three
+//! AWS accounts emulated by moto on 127.0.0.1, then rolls Prod back when a second release's
+//! alarm fires during its bake.
+//!
+//! Everything runs for real except AWS itself: the `tollgate serve` binary with its embedded
+//! SQLite state, the AWS SDK talking to `moto_server`, a signed GitHub `push` webhook, the
+//! approval email read from the emulator and answered by POST as a person would, and a signed
+//! SNS alarm notification. moto's CloudWatch alarms never fire and the current SDK speaks a
+//! protocol to CloudWatch moto does not serve, so the demo plays CloudWatch: a small stub
+//! answers the controller's alarm polls, and the demo signs the alarm's SNS notification with a
+//! certificate it placed in the controller's certificate cache.
+//!
+//! Exits 0 only if every step happened as narrated.
+//!
+//! ```text
+//! cargo run -p tollgate --example demo -- --tollgate target/debug/tollgate \
+//!     --smoke-tests target/debug/smoke-tests
+//! ```
+//! (`TOLLGATE_MOTO_SERVER` names the `moto_server` binary; `scripts/demo` sets it.)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::get;
+use tollgate::domain::{ReleaseId, RunStatus};
+use tollgate::github::webhook::sign;
+use tollgate::http::sns_verify::AlarmState;
+use tollgate::secret::Secret;
+use tollgate::store::Store;
+use tollgate::testing::moto::MotoServer;
+use tollgate::testing::sns::TestSigner;
+use tollgate::testing::world::{APPROVER, World};
+
+/// The longest any one wait may take before the demo gives up.
+const STEP_LIMIT: Duration = Duration::from_secs(60);
+const REPO: &str = "acme/backend";
+const FIRST_SHA: &str = "4f2a9c1e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39";
+const SECOND_SHA: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807";
+
+#[tokio::main]
+async fn main() {
+    let started = Instant::now();
+    match run().await {
+        Ok(()) => {
+            println!(
+                "\nDemo complete in {:.0} s: every step happened as narrated.",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(e) => {
+            eprintln!("\nDEMO FAILED: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+struct Args {
+    tollgate: PathBuf,
+    smoke_tests: PathBuf,
+}
+
+fn args() -> Result<Args> {
+    let mut tollgate = None;
+    let mut smoke_tests = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tollgate" => tollgate = it.next().map(PathBuf::from),
+            "--smoke-tests" => smoke_tests = it.next().map(PathBuf::from),
+            other => {
+                bail!("unknown argument {other}; usage: demo --tollgate PATH --smoke-tests PATH")
+            }
+        }
+    }
+    let need = |p: Option<PathBuf>, what: &str| -> Result<PathBuf> {
+        let p = p.ok_or_else(|| anyhow!("--{what} PATH is required"))?;
+        ensure!(p.is_file(), "{what} binary not found at {}", p.display());
+        Ok(std::fs::canonicalize(&p)?)
+    };
+    Ok(Args {
+        tollgate: need(tollgate, "tollgate")?,
+        smoke_tests: need(smoke_tests, "smoke-tests")?,
+    })
+}
+
+fn chapter(title: &str) {
+    println!("\n━━ {title}");
+}
+
+fn say(text: impl AsRef<str>) {
+    println!("   {}", text.as_ref());
+}
+
+async fn run() -> Result<()> {
+    let args = args()?;
+
+    chapter("Setting the scene: three AWS accounts in a local emulator");
+    let moto = std::sync::Arc::new(tokio::task::spawn_blocking(MotoServer::start).await??);
+    say(format!("moto_server is listening on {}", moto.endpoint()));
+    let port = free_port()?;
+    let public_url = format!("http://127.0.0.1:{port}");
+    let service = StageService::start(moto.clone()).await?;
+    let smoke_suite = repo_root().join("smoke-tests/demo.toml");
+    let smoke = |stage: &str| {
+        vec![
+            args.smoke_tests.display().to_string(),
+            "run".into(),
+            smoke_suite.display().to_string(),
+            "--base-url".into(),
+            format!("{}/{stage}", service.url),
+        ]
+    };
+    let world = World::builder()
+        .source(REPO)
+        .public_url(&public_url)
+        .bake("beta", Duration::from_secs(2))
+        .bake("gamma", Duration::from_secs(2))
+        .bake("prod", Duration::from_secs(6))
+        .after_test("beta", "integration", smoke("beta"))
+        .after_test("gamma", "smoke-gamma", smoke("gamma"))
+        .after_test("prod", "smoke-prod", smoke("prod"))
+        .build(&moto)
+        .await?;
+    service.set_world(&world);
+    world
+        .bootstrap_stacks(&moto, "bootstrap-placeholder")
+        .await?;
+    say("build account 123456789012 runs the controller and holds the ECR repository `backend`");
+    for s in world.stages() {
+        say(format!(
+            "{:<5} account {}: stack {}, alarm {} (topic {})",
+            s.name, s.account_id, s.stack, s.alarm, s.alarm_topic
+        ));
+    }
+    say("each stage's stack was created once by the platform team, before the pipeline runs it");
+    let first_digest = world.push_image(FIRST_SHA).await?;
+    say(format!(
+        "CI built commit {} and pushed backend:{} = {first_digest}",
+        short(FIRST_SHA),
+        FIRST_SHA
+    ));
+    let cloudwatch = world.start_cloudwatch_stub().await?;
+    let signer = TestSigner::new();
+    let certs = world.seed_sns_certificates(&signer)?;
+    say(format!(
+        "pipeline configuration: {}",
+        world.stages_path().display()
+    ));
+
+    chapter("Starting the controller: tollgate serve (embedded SQLite state)");
+    let state_path = world.dir().join("tollgate.db");
+    let state = format!("sqlite://{}", state_path.display());
+    let webhook_secret = random_secret();
+    let log_path = world.dir().join("tollgate.log");
+    let mut controller = Controller::start(
+        &args.tollgate,
+        &[
+            "serve",
+            "--config",
+            &world.stages_path().display().to_string(),
+            "--state",
+            &state,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sns-cert-cache",
+            &certs.display().to_string(),
+            "--cloudwatch-endpoint",
+            &cloudwatch.endpoint(),
+        ],
+        &moto.endpoint(),
+        &webhook_secret,
+        &log_path,
+    )?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .user_agent("Mozilla/5.0 (demo approver)")
+        .build()?;
+    wait_ready(&http, &public_url, &mut controller).await?;
+    say(format!(
+        "{public_url}/readyz answers: the state database is ready"
+    ));
+    say(format!("controller log: {}", log_path.display()));
+    let store = Store::open(&state).await?;
+    let mut story = Story::new(store.clone(), world.pipeline().to_owned());
+
+    chapter(&format!(
+        "Release 1: GitHub announces a push of {}",
+        short(FIRST_SHA)
+    ));
+    let r1 = deliver_push(
+        &http,
+        &public_url,
+        &webhook_secret,
+        FIRST_SHA,
+        "Add order history endpoint",
+        "gh-1",
+    )
+    .await?;
+    say(format!(
+        "POST /webhooks/github (signed, delivery gh-1) → {r1}"
+    ));
+    let again = deliver_push(
+        &http,
+        &public_url,
+        &webhook_secret,
+        FIRST_SHA,
+        "Add order history endpoint",
+        "gh-1",
+    )
+    .await?;
+    say(format!(
+        "GitHub redelivers gh-1 → {again}; nothing is recorded twice"
+    ));
+    let first = story.release_of(FIRST_SHA).await?;
+    story
+        .until(
+            first,
+            "prod",
+            |s| s == RunStatus::AwaitingApproval,
+            &mut controller,
+        )
+        .await?;
+
+    chapter("Prod needs an approval: the email, and a person acting on it");
+    approve(&http, &moto, &world, first, &mut story).await?;
+    story
+        .until(
+            first,
+            "prod",
+            |s| s == RunStatus::Succeeded,
+            &mut controller,
+        )
+        .await?;
+    for s in world.stages() {
+        let image = world
+            .deployed_image(&moto, &s.name)
+            .await?
+            .unwrap_or_default();
+        ensure!(
+            image.ends_with(&first_digest),
+            "{} runs {image}, not release 1",
+            s.name
+        );
+        say(format!("{:<5} ({}) runs {image}", s.name, s.account_id));
+    }
+
+    chapter(&format!(
+        "Release 2: {} — and an alarm during its Prod bake",
+        short(SECOND_SHA)
+    ));
+    let second_digest = world.push_image(SECOND_SHA).await?;
+    say(format!("CI pushed backend:{SECOND_SHA} = {second_digest}"));
+    let r2 = deliver_push(
+        &http,
+        &public_url,
+        &webhook_secret,
+        SECOND_SHA,
+        "Cache order history",
+        "gh-2",
+    )
+    .await?;
+    say(format!("POST /webhooks/github (delivery gh-2) → {r2}"));
+    let second = story.release_of(SECOND_SHA).await?;
+    story
+        .until(
+            second,
+            "prod",
+            |s| s == RunStatus::AwaitingApproval,
+            &mut controller,
+        )
+        .await?;
+    approve(&http, &moto, &world, second, &mut story).await?;
+    story
+        .until(second, "prod", |s| s == RunStatus::Baking, &mut controller)
+        .await?;
+    let prod = world.stage("prod")?;
+    say(format!(
+        "Prod is baking release 2; the error rate climbs and CloudWatch alarm {} goes to ALARM",
+        prod.alarm
+    ));
+    cloudwatch.set_alarm(&prod.alarm, "ALARM");
+    let notification = world.alarm_notification(&signer, "prod", AlarmState::Alarm)?;
+    let posted = Instant::now();
+    let answer = http
+        .post(format!("{public_url}/webhooks/sns"))
+        .header("x-amz-sns-message-type", "Notification")
+        .header("content-type", "text/plain; charset=UTF-8")
+        .body(notification)
+        .send()
+        .await?;
+    ensure!(
+        answer.status().is_success(),
+        "the SNS notification was refused: {}",
+        answer.status()
+    );
+    say(format!(
+        "SNS delivers the alarm to POST /webhooks/sns (signature verified) → {}",
+        answer.status()
+    ));
+    story
+        .until(
+            second,
+            "prod",
+            |s| s == RunStatus::RolledBack,
+            &mut controller,
+        )
+        .await?;
+    let wall = posted.elapsed();
+    let prod_image = world
+        .deployed_image(&moto, "prod")
+        .await?
+        .unwrap_or_default();
+    ensure!(
+        prod_image.ends_with(&first_digest),
+        "prod runs {prod_image} after the rollback"
+    );
+    let gamma_image = world
+        .deployed_image(&moto, "gamma")
+        .await?
+        .unwrap_or_default();
+    ensure!(
+        gamma_image.ends_with(&second_digest),
+        "gamma should keep release 2, runs {gamma_image}"
+    );
+    let release = store.release(second).await?.context("release 2 vanished")?;
+    let bad = release.bad.context("release 2 was not marked bad")?;
+    say(format!("prod runs release 1 again: {prod_image}"));
+    say(format!(
+        "gamma keeps release 2 (it was not the stage that alarmed): {gamma_image}"
+    ));
+    say(format!(
+        "release 2 is marked bad in {}: {}",
+        bad.stage, bad.reason
+    ));
+    for e in store.events(world.pipeline(), 1000).await? {
+        if e.kind == "rollback-latency" {
+            say(format!("measured: {}", e.detail));
+        }
+    }
+    say(format!(
+        "wall clock, SNS POST to rollback finished: {} ms",
+        wall.as_millis()
+    ));
+
+    chapter("tollgate status");
+    let status = Command::new(&args.tollgate)
+        .args(["status", "--config"])
+        .arg(world.stages_path())
+        .args(["--state", &state])
+        .output()?;
+    ensure!(
+        status.status.success(),
+        "tollgate status failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for line in String::from_utf8_lossy(&status.stdout).lines() {
+        say(line);
+    }
+    controller.stop()?;
+    say("the controller stopped cleanly on SIGTERM");
+    Ok(())
+}
+
+// ----- the controller process ---------------------------------------------------------------
+
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(
+        binary: &Path,
+        args: &[&str],
+        moto: &str,
+        webhook_secret: &str,
+        log: &Path,
+    ) -> Result<Controller> {
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(binary)
+            .args(args)
+            .env("AWS_ENDPOINT_URL", moto)
+            .env("AWS_ACCESS_KEY_ID", "demo")
+            .env("AWS_SECRET_ACCESS_KEY", "demo")
+            .env("AWS_REGION", tollgate::testing::world::REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", webhook_secret)
+            .env("RUST_LOG", "info")
+            .env_remove("TOLLGATE_GITHUB_TOKEN")
+            .env_remove("TOLLGATE_GITHUB_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Controller {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fails with the log's tail if the controller exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the controller exited ({status}):\n{}", tail.join("\n"));
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "the controller exited with {status}");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        bail!("the controller did not stop within 10 s of SIGTERM")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, c: &mut Controller) -> Result<()> {
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        c.check_alive()?;
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the controller was not ready within {STEP_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ----- GitHub -------------------------------------------------------------------------------
+
+/// Sends a `push` webhook as GitHub does: the JSON body, its HMAC-SHA256 signature, the event
+/// name and the delivery id. Returns the controller's answer (status and body).
+async fn deliver_push(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    sha: &str,
+    message: &str,
+    delivery: &str,
+) -> Result<String> {
+    let before = "0".repeat(40);
+    let body = serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": sha,
+        "created": false,
+        "deleted": false,
+        "forced": false,
+        "compare": format!("https://github.com/{REPO}/compare/{}...{}", &before[..12], &sha[..12]),
+        "repository": {
+            "id": 1296269,
+            "name": "backend",
+            "full_name": REPO,
+            "private": true,
+            "owner": { "login": "acme", "id": 1 },
+            "html_url": format!("https://github.com/{REPO}"),
+            "default_branch": "main"
+        },
+        "pusher": { "name": "carol", "email": "carol@example.com" },
+        "sender": { "login": "carol", "id": 3 },
+        "head_commit": {
+            "id": sha,
+            "tree_id": "0".repeat(40),
+            "distinct": true,
+            "message": message,
+            "timestamp": "2026-11-23T10:00:00Z",
+            "url": format!("https://github.com/{REPO}/commit/{sha}"),
+            "author": { "name": "Carol", "email": "carol@example.com", "username": "carol" },
+            "committer": { "name": "Carol", "email": "carol@example.com", "username": "carol" },
+            "added": [], "removed": [], "modified": ["src/orders.py"]
+        },
+        "commits": []
+    })
+    .to_string();
+    let signature = sign(&Secret::new(secret), body.as_bytes());
+    let r = http
+        .post(format!("{url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let text = r.text().await?;
+    ensure!(
+        status.is_success(),
+        "the push webhook was refused: {status} {text}"
+    );
+    Ok(format!("{status} {}", text.trim()))
+}
+
+// ----- the approval -------------------------------------------------------------------------
+
+/// Finds the approval email for `release` that SNS sent to the approver, opens the link as a
+/// browser (and as a mail scanner before it: nothing may change), and approves by POST.
+async fn approve(
+    http: &reqwest::Client,
+    moto: &MotoServer,
+    world: &World,
+    release: ReleaseId,
+    story: &mut Story,
+) -> Result<()> {
+    let (subject, body) = approval_email(moto, world, release).await?;
+    say(format!(
+        "SNS email to {APPROVER}@example.com — subject: {subject}"
+    ));
+    for line in body.lines().filter(|l| !l.trim().is_empty()).take(14) {
+        say(format!("  │ {line}"));
+    }
+    let link = body
+        .split_whitespace()
+        .find(|w| w.contains("/approvals/"))
+        .context("the approval email has no link")?
+        .to_owned();
+    say(format!("the approve link: {link}"));
+    let scanned = http.head(&link).send().await?.status();
+    let prefetch = http
+        .get(&link)
+        .header("sec-purpose", "prefetch")
+        .send()
+        .await?
+        .status();
+    say(format!(
+        "a mail scanner fetches the link first (HEAD → {scanned}, GET → {prefetch}): nothing changes"
+    ));
+    story.print_new().await?;
+    let page = http.get(&link).send().await?;
+    ensure!(
+        page.status().is_success(),
+        "the approval page answered {}",
+        page.status()
+    );
+    let html = page.text().await?;
+    let csrf = hidden_field(&html, "csrf").context("the approval page has no CSRF field")?;
+    say(format!("{APPROVER} opens the page: {}", page_title(&html)));
+    let form = [("csrf", csrf.as_str()), ("decision", "approve")];
+    let posted = http.post(&link).form(&form).send().await?;
+    let status = posted.status();
+    let html = posted.text().await?;
+    ensure!(
+        status.is_success(),
+        "approving answered {status}: {}",
+        page_title(&html)
+    );
+    say(format!(
+        "{APPROVER} clicks Approve (POST with the CSRF token) → {}",
+        page_title(&html)
+    ));
+    let again = http.post(&link).form(&form).send().await?;
+    let again_status = again.status();
+    let again_html = again.text().await?;
+    say(format!(
+        "the same link again → {again_status}: {}",
+        page_title(&again_html)
+    ));
+    Ok(())
+}
+
+/// The newest approval message published for `release` to the approver, from moto's record of
+/// what the topic sent (`/moto-api/data.json`): (subject, body).
+async fn approval_email(
+    moto: &MotoServer,
+    world: &World,
+    release: ReleaseId,
+) -> Result<(String, String)> {
+    let deadline = Instant::now() + STEP_LIMIT;
+    let topic = world.topics().approvals.clone();
+    let marker = format!("{release}");
+    loop {
+        let data = moto.data().await?;
+        let topics = data["sns"]["Topic"].as_array().cloned().unwrap_or_default();
+        let sent = topics
+            .iter()
+            .filter(|t| t["arn"] == topic.as_str())
+            .flat_map(|t| {
+                t["sent_notifications"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|n| {
+                let body = n[1].as_str()?.to_owned();
+                let subject = n[2].as_str().unwrap_or_default().to_owned();
+                let to = n[3]["approver"]["Value"]
+                    .as_str()
+                    .or(n[3]["approver"]["StringValue"].as_str());
+                (to == Some(APPROVER) && body.contains(&marker)).then_some((subject, body))
+            })
+            .next_back();
+        if let Some(found) = sent {
+            return Ok(found);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no approval email for {release} within {STEP_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn hidden_field(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\""))?;
+    let tag_start = html[..at].rfind('<')?;
+    let tag_end = at + html[at..].find('>')?;
+    let tag = &html[tag_start..tag_end];
+    let v = tag.find("value=\"")? + "value=\"".len();
+    let end = tag[v..].find('"')?;
+    Some(tag[v..v + end].to_owned())
+}
+
+fn page_title(html: &str) -> String {
+    let pick = |open: &str, close: &str| {
+        let a = html.find(open)? + open.len();
+        let b = html[a..].find(close)?;
+        Some(html[a..a + b].trim().to_owned())
+    };
+    pick("<h1>", "</h1>")
+        .or_else(|| pick("<title>", "</title>"))
+        .unwrap_or_else(|| "(no title)".into())
+}
+
+// ----- the story, from the event log --------------------------------------------------------
+
+/// Follows the controller's event log (the same SQLite file, read while it runs) and prints
+/// each new entry as a line of the story.
+struct Story {
+    store: Store,
+    pipeline: String,
+    seen: i64,
+}
+
+impl Story {
+    fn new(store: Store, pipeline: String) -> Story {
+        Story {
+            store,
+            pipeline,
+            seen: 0,
+        }
+    }
+
+    async fn print_new(&mut self) -> Result<()> {
+        for e in self.store.events(&self.pipeline, 10_000).await? {
+            if e.id <= self.seen {
+                continue;
+            }
+            self.seen = e.id;
+            let place = match (&e.release, &e.stage) {
+                (Some(r), Some(s)) => format!("r{r} {s}"),
+                (Some(r), None) => format!("r{r}"),
+                _ => String::new(),
+            };
+            say(format!(
+                "{}  {:<10} {:<16} {}",
+                e.at.format("%H:%M:%S%.3f"),
+                place,
+                e.kind,
+                one_line(&e.detail)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn release_of(&mut self, sha: &str) -> Result<ReleaseId> {
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            self.print_new().await?;
+            for (r, _) in self.store.recent_runs(&self.pipeline, 20).await? {
+                if r.sha == sha {
+                    return Ok(r.id);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no release for {sha} within {STEP_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn until(
+        &mut self,
+        release: ReleaseId,
+        stage: &str,
+        done: impl Fn(RunStatus) -> bool,
+        controller: &mut Controller,
+    ) -> Result<()> {
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            controller.check_alive()?;
+            self.print_new().await?;
+            let runs = self.store.recent_runs(&self.pipeline, 20).await?;
+            let run = runs
+                .iter()
+                .filter(|(r, _)| r.id == release)
+                .flat_map(|(_, runs)| runs.iter())
+                .find(|r| r.stage == stage);
+            if let Some(run) = run {
+                if done(run.status) {
+                    return Ok(());
+                }
+                if run.status.is_terminal() && !done(run.status) {
+                    bail!(
+                        "{release} in {stage} ended {:?}: {}",
+                        run.status,
+                        run.reason
+                    );
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{release} in {stage} did not get there within {STEP_LIMIT:?} (now {:?})",
+                run.map(|r| (r.status, r.reason.clone()))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let line = text.replace('\n', " ⏎ ");
+    if line.chars().count() > 140 {
+        let cut: String = line.chars().take(139).collect();
+        format!("{cut}…")
+    } else {
+        line
+    }
+}
+
+// ----- the stage service --------------------------------------------------------------------
+
+/// Plays the service each stage runs: `/<stage>/healthz` and `/<stage>/api/version`, which
+/// reports the image the stage's stack holds in the emulator — so the smoke tests pass only when
+/// the deploy really landed in that stage's account.
+struct StageService {
+    url: String,
+    world: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (String, String)>>>,
+}
+
+#[derive(Clone)]
+struct ServiceState {
+    moto: std::sync::Arc<MotoServer>,
+    stages: std::sync::Arc<std::sync::Mutex<BTreeMap<String, (String, String)>>>,
+}
+
+impl StageService {
+    async fn start(moto: std::sync::Arc<MotoServer>) -> Result<StageService> {
+        let stages = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let state = ServiceState {
+            moto,
+            stages: stages.clone(),
+        };
+        let app = Router::new()
+            .route("/{stage}/healthz", get(|| async { "ok" }))
+            .route("/{stage}/api/version", get(version))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(StageService { url, world: stages })
+    }
+
+    fn set_world(&self, world: &World) {
+        let mut m = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        for s in world.stages() {
+            m.insert(s.name.clone(), (s.account_id.clone(), s.parameter.clone()));
+        }
+    }
+}
+
+async fn version(
+    State(state): State<ServiceState>,
+    UrlPath(stage): UrlPath<String>,
+) -> Result<axum::Json<serde_json::Value>, (axum::http::StatusCode, String)> {
+    let not_found = || {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no stage {stage}"),
+        )
+    };
+    let (account, parameter) = state
+        .stages
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&stage)
+        .cloned()
+        .ok_or_else(not_found)?;
+    let image = state
+        .moto
+        .ssm_parameter(&account, &parameter)
+        .await
+        .map_err(|e| (axum::http::StatusCode::BAD_GATEWAY, e.to_string()))?;
+    Ok(axum::Json(
+        serde_json::json!({ "stage": stage, "image": image }),
+    ))
+}
+
+// ----- small things -------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..32)
+        .map(|_| format!("{:02x}", rng.r#gen::<u8>()))
+        .collect()
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12]
+}
