@@ -243,6 +243,16 @@ impl Rig {
     }
 
     /// Every row of every table that a decision could touch, as text.
+    /// [`Self::dump`] without the audit entries of refused clicks.
+    async fn dump_decisions(&self) -> String {
+        self.dump()
+            .await
+            .lines()
+            .filter(|l| !l.contains("| approval-refused |"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
     async fn dump(&self) -> String {
         let mut out = String::new();
         let tables = [
@@ -582,7 +592,26 @@ async fn a_wrong_or_missing_csrf_value_or_decision_is_refused_and_changes_nothin
         .await;
     assert_eq!(not_a_form.status, StatusCode::BAD_REQUEST);
 
-    assert_eq!(rig.dump().await, before);
+    assert_eq!(rig.dump_decisions().await, before, "no decision recorded");
+    // Each refused click with a form is in the event log, token-free, naming the link's owner.
+    let refused: Vec<String> = rig
+        .engine
+        .store()
+        .events("backend", 500)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "approval-refused")
+        .map(|e| format!("{}: {}", e.actor, e.detail))
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused.iter().all(|r| r.starts_with(
+            "approver:alice: alice's click refused: the form's CSRF value did not match; source"
+        )),
+        "{refused:?}"
+    );
+    assert!(refused.iter().all(|r| !r.contains(&token)));
     let ok = rig
         .post(&token, &[("csrf", &csrf), ("decision", "approve")])
         .await;

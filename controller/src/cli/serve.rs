@@ -89,7 +89,8 @@ async fn start(args: ServeArgs) -> Result<()> {
     let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
     let app = http::server::router(state)
         .merge(http::sns::routes(sns))
-        .merge(http::approvals::routes(engine.clone()));
+        .merge(http::approvals::routes(engine.clone()))
+        .merge(http::ui::routes(engine.clone()));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

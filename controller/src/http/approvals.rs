@@ -152,11 +152,19 @@ async fn submit(
         return page(StatusCode::BAD_REQUEST, "Form not understood", para(text));
     };
     if !csrf_matches(&link, form.csrf.as_deref()) {
+        refused_click(
+            &engine,
+            &link,
+            "the form's CSRF value did not match",
+            &client,
+        )
+        .await;
         let text = "This form is out of date or did not come from the approval page, so nothing \
                     was recorded. Open the link in your email again and choose there.";
         return page(StatusCode::FORBIDDEN, "Form not accepted", para(text));
     }
     if let Some(r) = link.refusal() {
+        refused_click(&engine, &link, &r.to_string(), &client).await;
         return refusal_page(&link, &r);
     }
     let decision = match form.decision.as_deref().and_then(Decision::parse) {
@@ -181,8 +189,34 @@ async fn submit(
             StatusCode::BAD_REQUEST,
             confirmation(&engine, &link, &token, Some(&r.to_string())).await,
         ),
-        Ok(Outcome::Refused(r)) => refusal_page(&link, &r),
+        Ok(Outcome::Refused(r)) => {
+            refused_click(&engine, &link, &r.to_string(), &client).await;
+            refusal_page(&link, &r)
+        }
         Err(e) => failure(&e),
+    }
+}
+
+/// Writes a refused POST to the event log (kind `approval-refused`): who the link belongs
+/// to, why nothing was recorded, and where the click came from. The token never appears.
+async fn refused_click(engine: &Engine, link: &Link, why: &str, client: &Client) {
+    let f = &link.facts;
+    let who = link.token.approver.as_deref().unwrap_or("shared link");
+    let actor = format!("approver:{who}");
+    let detail = format!("{who}'s click refused: {why}; {}", client.describe());
+    let logged = engine
+        .store()
+        .log_event(
+            &f.pipeline,
+            &actor,
+            "approval-refused",
+            Some((f.release.id, f.stage.as_str())),
+            &detail,
+            engine.now(),
+        )
+        .await;
+    if let Err(e) = logged {
+        tracing::error!(error = %e, "cannot write a refused approval click to the event log");
     }
 }
 
@@ -455,7 +489,7 @@ fn page(status: StatusCode, title: &str, body: String) -> Response {
     response
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:46em;padding:0 1em;line-height:1.4}\
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:46em;padding:0 1em;line-height:1.4}\
 th{text-align:left;vertical-align:top;padding-right:1em}pre{white-space:pre-wrap;margin:0}\
 .notice{background:#fff3cd;padding:.5em}button{font-size:1.1em;padding:.4em 1.2em;margin-right:1em}";
 

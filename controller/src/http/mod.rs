@@ -1,7 +1,8 @@
-//! The HTTP surface (axum): webhooks, approvals, JSON API, health.
+//! The HTTP surface (axum): webhooks, approval pages, the release page, health.
 
 pub mod approvals;
 pub mod github;
 pub mod server;
 pub mod sns;
 pub mod sns_verify;
+pub mod ui;

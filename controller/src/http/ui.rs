@@ -1,0 +1,141 @@
+//! `GET /ui/pipelines/{pipeline}/releases/{id}`: the page a release's notifications, approval
+//! emails and GitHub deployment statuses link to.
+//!
+//! Read-only: shows the release (commit, author, image digest, whether it was marked bad), each
+//! stage's run with its status and reason, and the release's entries in the event log. Every
+//! value is HTML-escaped; nothing secret is stored, so nothing secret can show.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::domain::ReleaseId;
+use crate::engine::Engine;
+use crate::http::approvals::{STYLE, esc};
+
+/// How many of the pipeline's newest events are searched for the release's entries.
+const EVENT_WINDOW: i64 = 5_000;
+
+pub fn routes(engine: Engine) -> Router {
+    Router::new()
+        .route("/ui/pipelines/{pipeline}/releases/{id}", get(release_page))
+        .with_state(engine)
+}
+
+async fn release_page(
+    State(engine): State<Engine>,
+    Path((pipeline, id)): Path<(String, String)>,
+) -> Response {
+    let Ok(id) = id.trim_start_matches('r').parse::<i64>() else {
+        return page(StatusCode::NOT_FOUND, "No such release", String::new());
+    };
+    match render(&engine, &pipeline, ReleaseId(id)).await {
+        Ok(Some(html)) => page(StatusCode::OK, &format!("{pipeline} r{id}"), html),
+        Ok(None) => page(
+            StatusCode::NOT_FOUND,
+            "No such release",
+            format!("<p>Pipeline {} has no release r{id}.</p>", esc(&pipeline)),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "release page failed");
+            page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "<p>The state database could not be read; try again in a minute.</p>".into(),
+            )
+        }
+    }
+}
+
+async fn render(
+    engine: &Engine,
+    pipeline: &str,
+    id: ReleaseId,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let store = engine.store();
+    let Some(r) = store.release(id).await?.filter(|r| r.pipeline == pipeline) else {
+        return Ok(None);
+    };
+    let mut html = String::new();
+    let commit = match &r.url {
+        Some(u) => format!("<a href=\"{}\">{}</a>", esc(u), esc(&r.sha)),
+        None => esc(&r.sha),
+    };
+    html.push_str(&format!(
+        "<p>Commit {commit} on {} by {} &lt;{}&gt;<br>{}</p>",
+        esc(&r.branch),
+        esc(&r.author_name),
+        esc(&r.author_email),
+        esc(&r.message)
+    ));
+    html.push_str(&format!(
+        "<p>Image: <code>{}</code></p>",
+        esc(r.digest.as_deref().unwrap_or("not resolved yet"))
+    ));
+    if let Some(bad) = &r.bad {
+        html.push_str(&format!(
+            "<p><strong>Marked bad in {}</strong>: {}. It is never promoted again \
+             automatically.</p>",
+            esc(&bad.stage),
+            esc(&bad.reason)
+        ));
+    }
+    if let Some(why) = &r.failed {
+        html.push_str(&format!(
+            "<p><strong>Not promoted</strong>: {}</p>",
+            esc(why)
+        ));
+    }
+    html.push_str(
+        "<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>since</th><th>why</th></tr>",
+    );
+    for run in store.stage_runs_of(id).await? {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&run.stage),
+            esc(run.status.as_str()),
+            run.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            esc(&run.reason)
+        ));
+    }
+    html.push_str("</table><h2>Event log</h2><table><tr><th>time</th><th>stage</th><th>kind</th><th>who</th><th>what</th></tr>");
+    for e in store
+        .events(pipeline, EVENT_WINDOW)
+        .await?
+        .into_iter()
+        .filter(|e| e.release == Some(id.0))
+    {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            e.at.format("%H:%M:%S%.3f"),
+            esc(e.stage.as_deref().unwrap_or("")),
+            esc(&e.kind),
+            esc(&e.actor),
+            esc(&e.detail)
+        ));
+    }
+    html.push_str("</table>");
+    Ok(Some(html))
+}
+
+fn page(status: StatusCode, title: &str, body: String) -> Response {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"robots\" content=\"noindex, nofollow\">\
+         <title>{t} · tollgate</title><style>{STYLE}</style></head>\
+         <body><main><h1>{t}</h1>{body}</main></body></html>\n",
+        t = esc(title)
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        html,
+    )
+        .into_response()
+}
