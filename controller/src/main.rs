@@ -77,6 +77,31 @@ fn main() {
             config,
             state,
         } => control(&config, &state, Control::Rollback { pipeline, stage }),
+        Command::Override {
+            pipeline,
+            release,
+            alarms,
+            window: _,
+            reason,
+            config,
+            state,
+        } => {
+            let which = if alarms {
+                tollgate::store::Override::Alarms
+            } else {
+                tollgate::store::Override::Window
+            };
+            control(
+                &config,
+                &state,
+                Control::Override {
+                    pipeline,
+                    release,
+                    which,
+                    reason,
+                },
+            )
+        }
     };
     std::process::exit(code);
 }

@@ -110,3 +110,83 @@ fn unknown_pipelines_and_stages_are_refused_and_change_nothing() {
         "a refused command does not even create the state database"
     );
 }
+
+#[tokio::test]
+async fn an_override_is_set_on_the_release_and_logged_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_url(dir.path());
+    let store = Store::open(&state).await.unwrap();
+    let new = tollgate::store::NewRelease {
+        pipeline: "svc".into(),
+        sha: "a".repeat(40),
+        branch: "main".into(),
+        ..Default::default()
+    };
+    let delivery = tollgate::store::Delivery {
+        source: "github".into(),
+        id: "d1".into(),
+    };
+    let tollgate::store::Ingested::Recorded(id) = store
+        .record_release(
+            &new,
+            &["beta".into(), "prod".into()],
+            &delivery,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("not recorded")
+    };
+
+    let o = tollgate(
+        &state,
+        &[
+            "override",
+            "svc",
+            "r1",
+            "--alarms",
+            "--reason",
+            "fixes the 5xx alarm",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(
+        text(&o)
+            .0
+            .contains("may enter stages whose alarms are in ALARM")
+    );
+    let r = store.release(id).await.unwrap().unwrap();
+    assert_eq!(r.alarm_override.as_deref(), Some("fixes the 5xx alarm"));
+    assert_eq!(r.window_override, None, "only the rule named is lifted");
+    let logged = store.events("svc", 100).await.unwrap();
+    assert!(
+        logged.iter().any(|e| e.kind == "override"
+            && e.actor == "cli:dana"
+            && e.detail.contains("fixes the 5xx alarm")),
+        "{logged:?}"
+    );
+
+    for (args, says) in [
+        (
+            vec!["override", "svc", "r7", "--window", "--reason", "x"],
+            "has no release r7",
+        ),
+        (
+            vec!["override", "svc", "seven", "--window", "--reason", "x"],
+            "is not a release",
+        ),
+        (
+            vec!["override", "svc", "r1", "--window", "--reason", " "],
+            "needs a reason",
+        ),
+    ] {
+        let o = tollgate(&state, &args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(text(&o).1.contains(says), "{args:?}: {:?}", text(&o));
+    }
+    let o = tollgate(&state, &["override", "svc", "r1", "--reason", "x"]);
+    assert_eq!(o.status.code(), Some(2), "clap: one of --alarms/--window");
+    let r = store.release(id).await.unwrap().unwrap();
+    assert_eq!(r.window_override, None, "refused commands change nothing");
+}

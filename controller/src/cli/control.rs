@@ -1,4 +1,4 @@
-//! `tollgate pause`, `resume` and `rollback`: an operator's hand on the line.
+//! `tollgate pause`, `resume`, `rollback` and `override`: an operator's hand on the line.
 //!
 //! Each command checks the pipeline and stage against the configuration, writes one fact to
 //! the state database in one transaction (with the operator as actor, in the event log), and
@@ -12,7 +12,8 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::{self, Config};
-use crate::store::{Delivery, Ingested, Store};
+use crate::domain::ReleaseId;
+use crate::store::{Delivery, Ingested, Override, Store};
 
 /// What an operator asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,13 @@ pub enum Control {
         pipeline: String,
         stage: String,
     },
+    /// Lift one rule for one release, with a reason kept in the event log.
+    Override {
+        pipeline: String,
+        release: String,
+        which: Override,
+        reason: String,
+    },
 }
 
 impl Control {
@@ -37,7 +45,8 @@ impl Control {
         match self {
             Control::Pause { pipeline, .. }
             | Control::Resume { pipeline, .. }
-            | Control::Rollback { pipeline, .. } => pipeline,
+            | Control::Rollback { pipeline, .. }
+            | Control::Override { pipeline, .. } => pipeline,
         }
     }
 
@@ -45,6 +54,7 @@ impl Control {
         match self {
             Control::Pause { stage, .. } | Control::Resume { stage, .. } => stage.as_deref(),
             Control::Rollback { stage, .. } => Some(stage),
+            Control::Override { .. } => None,
         }
     }
 }
@@ -84,6 +94,26 @@ pub async fn run(
             return 2;
         }
     };
+    if let Control::Override {
+        pipeline, release, ..
+    } = control
+    {
+        let refused = match parse_release(release) {
+            Err(e) => Some(e.to_string()),
+            Ok(id) => match store.release(id).await {
+                Ok(Some(r)) if &r.pipeline == pipeline => None,
+                Ok(_) => Some(format!("pipeline {pipeline} has no release {id}")),
+                Err(e) => {
+                    let _ = writeln!(err, "error: state database: {e}");
+                    return 2;
+                }
+            },
+        };
+        if let Some(why) = refused {
+            let _ = writeln!(err, "error: {why}");
+            return 1;
+        }
+    }
     match apply(&store, control, actor).await {
         Ok(said) => {
             let _ = writeln!(out, "{said}");
@@ -124,6 +154,27 @@ async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<
         None => format!("pipeline {pipeline}"),
     };
     Ok(match control {
+        Control::Override {
+            pipeline,
+            release,
+            which,
+            reason,
+        } => {
+            let id = parse_release(release)?;
+            anyhow::ensure!(
+                !reason.trim().is_empty(),
+                "an override needs a reason (--reason): it is kept in the event log"
+            );
+            let found = store
+                .set_override(pipeline, id, *which, reason.trim(), actor, now)
+                .await?;
+            anyhow::ensure!(found, "pipeline {pipeline} has no release {id}");
+            let what = match which {
+                Override::Alarms => "may enter stages whose alarms are in ALARM",
+                Override::Window => "may deploy outside deployment windows",
+            };
+            format!("{id} of {pipeline} {what} (logged: {reason})")
+        }
         Control::Pause {
             pipeline,
             stage,
@@ -180,4 +231,15 @@ async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<
             }
         }
     })
+}
+
+/// `r12` or `12`.
+fn parse_release(text: &str) -> anyhow::Result<ReleaseId> {
+    text.trim()
+        .trim_start_matches('r')
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(ReleaseId)
+        .ok_or_else(|| anyhow::anyhow!("`{text}` is not a release; write r12 or 12"))
 }

@@ -1,5 +1,5 @@
 //! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`, `pause`,
-//! `resume`, `rollback`.
+//! `resume`, `rollback`, `override`.
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 
@@ -103,6 +103,26 @@ pub enum Command {
     Rollback {
         pipeline: String,
         stage: String,
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+        config: PathBuf,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+    },
+    /// Let one release past an alarm already in ALARM (--alarms) or outside deployment windows
+    /// (--window): the fix for the very problem must be able to ship. Logged with the reason.
+    Override {
+        pipeline: String,
+        /// The release: r12 or 12.
+        release: String,
+        /// Enter stages even though their alarms are in ALARM.
+        #[arg(long, conflicts_with = "window", required_unless_present = "window")]
+        alarms: bool,
+        /// Deploy outside the stages' deployment windows.
+        #[arg(long)]
+        window: bool,
+        /// Why (kept in the event log).
+        #[arg(long)]
+        reason: String,
         #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
         config: PathBuf,
         #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]

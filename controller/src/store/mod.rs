@@ -377,6 +377,55 @@ impl Store {
         Ok(Ingested::Recorded(()))
     }
 
+    /// Sets an explicit override on a release, in one transaction with its event-log entry
+    /// (kind `override`): `Override::Alarms` lets it enter stages whose alarms are in ALARM,
+    /// `Override::Window` lets it deploy outside deployment windows. False when the release
+    /// is not one of `pipeline`'s. Setting it again replaces the reason.
+    pub async fn set_override(
+        &self,
+        pipeline: &str,
+        release: ReleaseId,
+        which: Override,
+        reason: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let column = match which {
+            Override::Alarms => "alarm_override",
+            Override::Window => "window_override",
+        };
+        let r = sqlx::query(&format!(
+            "UPDATE releases SET {column} = $1 WHERE id = $2 AND pipeline = $3"
+        ))
+        .bind(reason)
+        .bind(release.0)
+        .bind(pipeline)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let what = match which {
+            Override::Alarms => "may enter stages whose alarms are in ALARM",
+            Override::Window => "may deploy outside deployment windows",
+        };
+        let detail = format!("{release} {what}: {reason}");
+        log(
+            &mut tx,
+            pipeline,
+            now,
+            actor,
+            "override",
+            Some(release.0),
+            None,
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Appends a free-form entry to the event log, about the pipeline as a whole (`scope`
     /// None) or about one release in one stage.
     pub async fn log_event(
@@ -605,6 +654,15 @@ pub struct NewApproval {
     pub actor: String,
     /// Source address, user agent and the like, for the audit log.
     pub context: String,
+}
+
+/// Which rule an explicit override lifts for one release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Override {
+    /// Enter a stage even though one of its alarms is in ALARM (the fix for that alarm).
+    Alarms,
+    /// Deploy outside the stage's deployment windows.
+    Window,
 }
 
 /// An alarm notification as it arrives.
