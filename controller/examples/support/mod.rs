@@ -1,0 +1,328 @@
+//! What the example programs share: the `tollgate serve` child process, signed GitHub
+//! deliveries, and the story told from the controller's event log.
+//!
+//! Each program uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use tollgate::domain::{ReleaseId, RunStatus};
+use tollgate::github::webhook::sign;
+use tollgate::secret::Secret;
+use tollgate::store::Store;
+
+/// The longest any one wait may take before a program gives up.
+pub const STEP_LIMIT: Duration = Duration::from_secs(60);
+/// The GitHub repository the example pipeline follows.
+pub const REPO: &str = "acme/backend";
+
+/// Prints an indented line of the story.
+pub fn say(text: impl AsRef<str>) {
+    println!("   {}", text.as_ref());
+}
+
+// ----- the controller process ---------------------------------------------------------------
+
+pub struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    pub fn start(
+        binary: &Path,
+        args: &[&str],
+        moto: &str,
+        webhook_secret: &str,
+        log: &Path,
+    ) -> Result<Controller> {
+        let file = std::fs::File::create(log)?;
+        let child = Command::new(binary)
+            .args(args)
+            .env("AWS_ENDPOINT_URL", moto)
+            .env("AWS_ACCESS_KEY_ID", "demo")
+            .env("AWS_SECRET_ACCESS_KEY", "demo")
+            .env("AWS_REGION", tollgate::testing::world::REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", webhook_secret)
+            .env("RUST_LOG", "info")
+            .env_remove("TOLLGATE_GITHUB_TOKEN")
+            .env_remove("TOLLGATE_GITHUB_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Controller {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Fails with the log's tail if the controller exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the controller exited ({status}):\n{}", tail.join("\n"));
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "the controller exited with {status}");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        bail!("the controller did not stop within 10 s of SIGTERM")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub async fn wait_ready(http: &reqwest::Client, url: &str, c: &mut Controller) -> Result<()> {
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        c.check_alive()?;
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the controller was not ready within {STEP_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ----- GitHub -------------------------------------------------------------------------------
+
+/// Sends a `push` webhook as GitHub does: the JSON body, its HMAC-SHA256 signature, the event
+/// name and the delivery id. Returns the controller's answer (status and body).
+pub async fn deliver_push(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    sha: &str,
+    message: &str,
+    delivery: &str,
+) -> Result<String> {
+    let before = "0".repeat(40);
+    let body = serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": before,
+        "after": sha,
+        "created": false,
+        "deleted": false,
+        "forced": false,
+        "compare": format!("https://github.com/{REPO}/compare/{}...{}", &before[..12], &sha[..12]),
+        "repository": {
+            "id": 1296269,
+            "name": "backend",
+            "full_name": REPO,
+            "private": true,
+            "owner": { "login": "acme", "id": 1 },
+            "html_url": format!("https://github.com/{REPO}"),
+            "default_branch": "main"
+        },
+        "pusher": { "name": "carol", "email": "carol@example.com" },
+        "sender": { "login": "carol", "id": 3 },
+        "head_commit": {
+            "id": sha,
+            "tree_id": "0".repeat(40),
+            "distinct": true,
+            "message": message,
+            "timestamp": "2026-11-23T10:00:00Z",
+            "url": format!("https://github.com/{REPO}/commit/{sha}"),
+            "author": { "name": "Carol", "email": "carol@example.com", "username": "carol" },
+            "committer": { "name": "Carol", "email": "carol@example.com", "username": "carol" },
+            "added": [], "removed": [], "modified": ["src/orders.py"]
+        },
+        "commits": []
+    })
+    .to_string();
+    let signature = sign(&Secret::new(secret), body.as_bytes());
+    let r = http
+        .post(format!("{url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let text = r.text().await?;
+    ensure!(
+        status.is_success(),
+        "the push webhook was refused: {status} {text}"
+    );
+    Ok(format!("{status} {}", text.trim()))
+}
+
+// ----- the story, from the event log --------------------------------------------------------
+
+/// Follows the controller's event log (the same SQLite file, read while it runs) and prints
+/// each new entry as a line of the story.
+pub struct Story {
+    store: Store,
+    pipeline: String,
+    seen: i64,
+    /// Follow without printing (a benchmark's output is its figures).
+    quiet: bool,
+}
+
+impl Story {
+    pub fn new(store: Store, pipeline: String) -> Story {
+        Story {
+            store,
+            pipeline,
+            seen: 0,
+            quiet: false,
+        }
+    }
+
+    /// A story that only follows: nothing is printed.
+    pub fn quiet(store: Store, pipeline: String) -> Story {
+        Story {
+            quiet: true,
+            ..Story::new(store, pipeline)
+        }
+    }
+
+    pub async fn print_new(&mut self) -> Result<()> {
+        for e in self.store.events(&self.pipeline, 10_000).await? {
+            if e.id <= self.seen {
+                continue;
+            }
+            self.seen = e.id;
+            if self.quiet {
+                continue;
+            }
+            let place = match (&e.release, &e.stage) {
+                (Some(r), Some(s)) => format!("r{r} {s}"),
+                (Some(r), None) => format!("r{r}"),
+                _ => String::new(),
+            };
+            say(format!(
+                "{}  {:<10} {:<16} {}",
+                e.at.format("%H:%M:%S%.3f"),
+                place,
+                e.kind,
+                one_line(&e.detail)
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn release_of(&mut self, sha: &str) -> Result<ReleaseId> {
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            self.print_new().await?;
+            for (r, _) in self.store.recent_runs(&self.pipeline, 20).await? {
+                if r.sha == sha {
+                    return Ok(r.id);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no release for {sha} within {STEP_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn until(
+        &mut self,
+        release: ReleaseId,
+        stage: &str,
+        done: impl Fn(RunStatus) -> bool,
+        controller: &mut Controller,
+    ) -> Result<()> {
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            controller.check_alive()?;
+            self.print_new().await?;
+            let runs = self.store.recent_runs(&self.pipeline, 20).await?;
+            let run = runs
+                .iter()
+                .filter(|(r, _)| r.id == release)
+                .flat_map(|(_, runs)| runs.iter())
+                .find(|r| r.stage == stage);
+            if let Some(run) = run {
+                if done(run.status) {
+                    return Ok(());
+                }
+                if run.status.is_terminal() && !done(run.status) {
+                    bail!(
+                        "{release} in {stage} ended {:?}: {}",
+                        run.status,
+                        run.reason
+                    );
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{release} in {stage} did not get there within {STEP_LIMIT:?} (now {:?})",
+                run.map(|r| (r.status, r.reason.clone()))
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn one_line(text: &str) -> String {
+    let line = text.replace('\n', " ⏎ ");
+    if line.chars().count() > 140 {
+        let cut: String = line.chars().take(139).collect();
+        format!("{cut}…")
+    } else {
+        line
+    }
+}
+
+// ----- small things -------------------------------------------------------------------------
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+pub fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..32)
+        .map(|_| format!("{:02x}", rng.r#gen::<u8>()))
+        .collect()
+}
+
+pub fn short(sha: &str) -> &str {
+    &sha[..12]
+}
