@@ -51,6 +51,7 @@ fn command(argv: &[&str], workdir: &Path, timeout: Duration) -> TestDef {
         argv: argv.iter().map(|a| a.to_string()).collect(),
         env: BTreeMap::from([("MY_VAR".to_string(), "mine".to_string())]),
         workdir: workdir.to_path_buf(),
+        stage_credentials: false,
     };
     def(kind, timeout)
 }
@@ -477,4 +478,81 @@ async fn github_kinds_without_a_token_fail_clearly() {
         );
         assert!(result.summary.contains(test.kind.label()), "{result:?}");
     }
+}
+
+// ----- stage credentials -------------------------------------------------------------------
+
+fn with_stage_credentials(mut test: TestDef) -> TestDef {
+    if let TestKind::Command {
+        stage_credentials, ..
+    } = &mut test.kind
+    {
+        *stage_credentials = true;
+    }
+    test
+}
+
+/// On moto: the command gets the session tollgate assumes in the stage's account (moto's
+/// AssumeRole keys start `ASIA`), with a session token and the region — and the keys appear
+/// nowhere in the result.
+#[tokio::test]
+async fn a_command_with_stage_credentials_gets_the_stage_accounts_session() {
+    use tollgate::testing::world::{BETA_ACCOUNT, REGION, World};
+    let moto = tollgate::testing::moto::MotoServer::shared();
+    let world = World::builder().build(moto).await.unwrap();
+    let config = tollgate::engine::shared_config(world.config().unwrap());
+    let creds = Arc::new(tollgate::aws::sts::Credentials::new(
+        moto.sdk_config(),
+        Arc::new(tollgate::aws::retry::Limiter::default()),
+    ));
+    let runner = StageTestRunner::new(None).with_stage_credentials(creds, config);
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"case "$AWS_ACCESS_KEY_ID" in ASIA*) ;; *) echo "not a session key"; exit 1 ;; esac
+test -n "$AWS_SECRET_ACCESS_KEY" && test -n "$AWS_SESSION_TOKEN" || exit 2
+echo "session for $AWS_ACCOUNT_ID in $AWS_REGION/$AWS_DEFAULT_REGION"
+printf %s "$AWS_SECRET_ACCESS_KEY" > secret.txt"#;
+    let test = with_stage_credentials(command(&["sh", "-c", script], dir.path(), LIMIT));
+    let mut ctx = context(&[]);
+    ctx.account_id = BETA_ACCOUNT.into();
+    ctx.region = REGION.into();
+    let result = run_with(&runner, &test, &ctx).await;
+    assert!(result.passed, "{result:?}");
+    assert!(
+        result
+            .output_tail
+            .contains(&format!("session for {BETA_ACCOUNT} in {REGION}/{REGION}")),
+        "{result:?}"
+    );
+    let secret = std::fs::read_to_string(dir.path().join("secret.txt")).unwrap();
+    assert!(secret.len() > 10);
+    assert!(
+        !format!("{result:?}").contains(&secret),
+        "the key stays out of the result"
+    );
+
+    // Without the flag, nothing of AWS is passed on.
+    let plain = command(
+        &[
+            "sh",
+            "-c",
+            "test -z \"$AWS_ACCESS_KEY_ID$AWS_SESSION_TOKEN\"",
+        ],
+        dir.path(),
+        LIMIT,
+    );
+    assert!(run_with(&runner, &plain, &ctx).await.passed);
+}
+
+#[tokio::test]
+async fn stage_credentials_without_aws_or_for_an_unknown_account_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = with_stage_credentials(command(&["true"], dir.path(), LIMIT));
+    let result = run(&test, &context(&[])).await;
+    assert!(!result.passed);
+    assert!(
+        result
+            .summary
+            .contains("`stage_credentials` needs the controller's AWS credentials"),
+        "{result:?}"
+    );
 }

@@ -234,11 +234,14 @@ async fn ports(
     .with_subscriptions(notifier.clone());
     let ports = Ports {
         deployer: Arc::new(deployer),
-        artifacts: Arc::new(EcrArtifacts::new(creds, PollSettings::default())),
+        artifacts: Arc::new(EcrArtifacts::new(creds.clone(), PollSettings::default())),
         notifier,
         alarms: Arc::new(alarms),
         forge: forge_port,
-        tests: Arc::new(StageTestRunner::new(github_tests)),
+        tests: Arc::new(
+            StageTestRunner::new(github_tests)
+                .with_stage_credentials(creds.clone(), shared.clone()),
+        ),
         approvals: Arc::new(approvals),
     };
     Ok((ports, forge))

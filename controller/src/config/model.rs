@@ -123,6 +123,8 @@ pub enum TestKind {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
         workdir: PathBuf,
+        /// Give the command the stage account's AWS session.
+        stage_credentials: bool,
     },
     Http {
         suite: PathBuf,

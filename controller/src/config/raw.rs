@@ -110,6 +110,10 @@ pub struct RawTest {
     pub env: Option<BTreeMap<String, String>>,
     /// command: working directory, relative to stages.toml.
     pub workdir: Option<String>,
+    /// command: hand the command the stage account's session (the deploy role tollgate
+    /// assumes) as `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`. Default
+    /// false.
+    pub stage_credentials: Option<bool>,
     /// http: smoke suite file, relative to stages.toml.
     pub suite: Option<String>,
     /// http: stack output holding the base URL. Default `ServiceUrl`.

@@ -357,7 +357,7 @@ fn test(i: usize, name: &str, t: &RawTest, base: &Path, cx: &mut Ctx) -> Option<
     );
     let timeout = cx.duration(p("timeout"), t.timeout.as_deref(), DEFAULT_TEST_TIMEOUT);
     let allowed: &[&str] = match t.kind.as_str() {
-        "command" => &["argv", "env", "workdir"],
+        "command" => &["argv", "env", "workdir", "stage_credentials"],
         "http" => &["suite", "base_url_output"],
         "github-checks" => &["checks"],
         "github-workflow" => &["workflow", "ref", "inputs"],
@@ -392,6 +392,7 @@ fn present_test_keys(t: &RawTest) -> Vec<&'static str> {
         ("argv", t.argv.is_some()),
         ("env", t.env.is_some()),
         ("workdir", t.workdir.is_some()),
+        ("stage_credentials", t.stage_credentials.is_some()),
         ("suite", t.suite.is_some()),
         ("base_url_output", t.base_url_output.is_some()),
         ("checks", t.checks.is_some()),
@@ -434,6 +435,7 @@ fn test_kind(
                 argv,
                 env: t.env.clone().unwrap_or_default(),
                 workdir,
+                stage_credentials: t.stage_credentials.unwrap_or(false),
             }
         }
         "http" => {

@@ -36,7 +36,17 @@ pub const KEEP_BYTES: usize = 64 * 1024;
 /// to close.
 pub const REAP_GRACE: Duration = Duration::from_secs(5);
 /// Variables of the controller's own environment a command inherits.
-const PASS_THROUGH: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+/// (`AWS_ENDPOINT_URL` too: a controller pointed at an emulator points its tests there.)
+const PASS_THROUGH: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "AWS_ENDPOINT_URL",
+];
 
 /// One command test, ready to run.
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,9 @@
 //! - A test that cannot run is a failed result saying why; `Err` is returned only for what
 //!   [`GithubTests`] reports as an error (so the engine can tell a temporary failure apart).
 //!
+//! - A `command` test with `stage_credentials` gets the stage account's session in its
+//!   environment only; the keys never reach a summary, the output tail or the logs.
+//!
 //! # Must never
 //! - send a workflow input with an unresolved `${NAME}`: the test fails before dispatching.
 
@@ -17,11 +20,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_credential_types::provider::ProvideCredentials;
 use smoke_tests::{Report, RunOptions, Suite};
 
 use super::command::{self, CommandTest};
 use super::{GithubTests, failed, human, output_tail, passed, substitute, test_variables};
+use crate::aws::sts::Credentials;
 use crate::config::{TestDef, TestKind};
+use crate::engine::SharedConfig;
 use crate::engine::ports::{PortResult, TestContext, TestResult, TestRunner};
 
 /// Runs stage tests for real: local commands, smoke suites and, given a [`GithubTests`], the
@@ -29,13 +35,71 @@ use crate::engine::ports::{PortResult, TestContext, TestResult, TestRunner};
 #[derive(Clone)]
 pub struct StageTestRunner {
     github: Option<Arc<dyn GithubTests>>,
+    aws: Option<StageAws>,
+}
+
+/// Where a `command` test with `stage_credentials` gets its AWS session.
+#[derive(Clone)]
+struct StageAws {
+    creds: Arc<Credentials>,
+    config: SharedConfig,
 }
 
 impl StageTestRunner {
     /// Without `github`, `github-checks` and `github-workflow` tests fail, saying that no
     /// GitHub token is configured.
     pub fn new(github: Option<Arc<dyn GithubTests>>) -> Self {
-        Self { github }
+        Self { github, aws: None }
+    }
+
+    /// Lets `command` tests with `stage_credentials = true` have the stage account's
+    /// session (the role tollgate assumes there), found by account id in `config`.
+    pub fn with_stage_credentials(mut self, creds: Arc<Credentials>, config: SharedConfig) -> Self {
+        self.aws = Some(StageAws { creds, config });
+        self
+    }
+
+    /// The stage account's session as environment variables for a command.
+    async fn stage_session(&self, ctx: &TestContext) -> Result<BTreeMap<String, String>, String> {
+        let aws = self.aws.as_ref().ok_or(
+            "`stage_credentials` needs the controller's AWS credentials, which this runner \
+             was not given",
+        )?;
+        let config = aws.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let account = config
+            .accounts
+            .values()
+            .find(|a| a.id == ctx.account_id)
+            .ok_or_else(|| format!("account {} is not configured", ctx.account_id))?;
+        let session = format!(
+            "tollgate-{}-{}-{}-test",
+            ctx.pipeline, ctx.release, ctx.stage
+        );
+        let sdk = aws
+            .creds
+            .config_for(account, &ctx.region, &session)
+            .await
+            .map_err(|e| e.to_string())?;
+        let provider = sdk
+            .credentials_provider()
+            .ok_or("no credentials provider for the stage account")?;
+        let c = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("cannot get the stage account's session: {e}"))?;
+        let mut env = BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".to_owned(), c.access_key_id().to_owned()),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                c.secret_access_key().to_owned(),
+            ),
+            ("AWS_REGION".to_owned(), ctx.region.clone()),
+            ("AWS_DEFAULT_REGION".to_owned(), ctx.region.clone()),
+        ]);
+        if let Some(token) = c.session_token() {
+            env.insert("AWS_SESSION_TOKEN".to_owned(), token.to_owned());
+        }
+        Ok(env)
     }
 }
 
@@ -44,7 +108,22 @@ impl TestRunner for StageTestRunner {
     async fn run(&self, test: &TestDef, ctx: &TestContext) -> PortResult<TestResult> {
         let vars = test_variables(ctx);
         match &test.kind {
-            TestKind::Command { argv, env, workdir } => {
+            TestKind::Command {
+                argv,
+                env,
+                workdir,
+                stage_credentials,
+            } => {
+                let mut vars = vars;
+                if *stage_credentials {
+                    match self.stage_session(ctx).await {
+                        Ok(session) => vars.extend(session),
+                        Err(why) => {
+                            let summary = format!("test `{}` could not start: {why}", test.name);
+                            return Ok(failed(summary, String::new()));
+                        }
+                    }
+                }
                 let spec = CommandTest {
                     name: &test.name,
                     argv,
