@@ -252,6 +252,10 @@ struct NoForge;
 
 #[async_trait]
 impl Forge for NoForge {
+    fn enabled(&self) -> bool {
+        false
+    }
+
     async fn report(&self, r: &DeploymentReport) -> PortResult<()> {
         tracing::debug!(release = %r.release, stage = %r.environment, state = r.state.as_str(), "GitHub reporting is off");
         Ok(())

@@ -419,9 +419,16 @@ async fn report(
             ctx.public_url, p.name, r.id.0
         ),
     };
-    retrying(|| engine.ports().forge.report(&rep)).await?;
+    let forge = &engine.ports().forge;
+    if !forge.enabled() {
+        return Ok(EffectOutcome::success(format!(
+            "{} not reported: GitHub reporting is off (no token)",
+            state.as_str()
+        )));
+    }
+    retrying(|| forge.report(&rep)).await?;
     Ok(EffectOutcome::success(format!(
-        "reported {}",
+        "reported {} to GitHub",
         state.as_str()
     )))
 }

@@ -142,6 +142,11 @@ pub struct DeploymentReport {
 #[async_trait]
 pub trait Forge: Send + Sync {
     async fn report(&self, r: &DeploymentReport) -> PortResult<()>;
+
+    /// False when reports go nowhere (no GitHub token configured); the event log says so.
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// What a test run is told about the stage and the release.
