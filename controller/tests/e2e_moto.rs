@@ -20,7 +20,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_config::SdkConfig;
 use chrono::Utc;
 use tokio::task::JoinHandle;
@@ -35,10 +34,8 @@ use tollgate::aws::sts::Credentials;
 use tollgate::config::Config;
 use tollgate::domain::{Decision, ReleaseId, RunStatus, StageRun};
 use tollgate::engine::fakes::Fakes;
-use tollgate::engine::{
-    ApprovalRequest, ApprovalSender, Engine, Message, Notifier, PortResult, Ports, SharedConfig,
-    SystemClock, shared_config,
-};
+use tollgate::engine::{Engine, Ports, SharedConfig, SystemClock, shared_config};
+use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::gates::runner::StageTestRunner;
 use tollgate::http::sns::{PATH, SnsState, routes};
 use tollgate::http::sns_verify::{AlarmState, CertCache, fetch_client_builder};
@@ -93,7 +90,7 @@ impl Rig {
         let url = format!("sqlite://{}", state.path().join("state.db").display());
         let store = Store::open(&url).await.expect("SQLite store");
         let shared = shared_config(config.clone());
-        let ports = real_ports(&moto, &config, &shared, &stub);
+        let ports = real_ports(&moto, &store, &config, &shared, &stub);
         let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
         let reconcilers = engine.spawn();
         Rig {
@@ -179,9 +176,10 @@ impl Rig {
 }
 
 /// The adapters `tollgate serve` wires, pointed at moto and the CloudWatch stub. GitHub is
-/// out of scope here (an in-memory forge), and approval requests go out through SNS.
+/// out of scope here (an in-memory forge); approval links go out by SNS email as in serve.
 fn real_ports(
     moto: &MotoServer,
+    store: &Store,
     config: &Config,
     shared: &SharedConfig,
     stub: &CloudWatchStub,
@@ -204,33 +202,14 @@ fn real_ports(
         alarms: Arc::new(alarms),
         forge: Arc::new(Fakes::new()),
         tests: Arc::new(StageTestRunner::new(None)),
-        approvals: Arc::new(SnsApprovalRequests { notifier }),
-    }
-}
-
-/// Publishes one approval request per approver to the approval topic, addressed by the
-/// `approver` attribute (what the approvers' filtered subscriptions select on).
-struct SnsApprovalRequests {
-    notifier: Arc<SnsNotifier>,
-}
-
-#[async_trait]
-impl ApprovalSender for SnsApprovalRequests {
-    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize> {
-        for approver in &req.approvers {
-            let msg = Message {
-                key: format!("{}/{}", req.key, approver.name),
-                topic: req.topic.clone(),
-                subject: format!(
-                    "Approve {} {} for {}?",
-                    req.pipeline, req.release, req.stage
-                ),
-                body: req.summary.clone(),
-                attributes: BTreeMap::from([("approver".to_string(), approver.name.clone())]),
-            };
-            self.notifier.publish(&msg).await?;
-        }
-        Ok(req.approvers.len())
+        approvals: Arc::new(
+            SnsApprovalSender::new(
+                store.clone(),
+                notifier.clone(),
+                &config.controller.public_url,
+            )
+            .with_subscriptions(notifier),
+        ),
     }
 }
 
