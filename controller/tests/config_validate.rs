@@ -578,20 +578,31 @@ fn min_approvals_zero() {
     assert_at(&d, "stages.toml", 51, 17, "0", "min_approvals is 0");
 }
 
+/// No approvers listed: valid (one shared link, names unverified), with a warning saying so.
 #[test]
-fn approval_without_approvers() {
+fn approval_without_approvers_is_a_shared_link_warning() {
     let cut = STAGES.find("approvers = [").unwrap();
     let end = STAGES.find("]\n\n[pipelines.stages.windows]").unwrap() + 2;
     let s = format!("{}{}", &STAGES[..cut], &STAGES[end..]);
-    let d = one_error(&s, ACCOUNTS);
+    let loaded = load(&s, ACCOUNTS).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert_eq!(w.severity, Severity::Warning);
     assert_at(
-        &d,
+        w,
         "stages.toml",
         49,
         1,
         "[pipelines.stages.approval]",
-        "lists no approvers",
+        "lists no approvers: everyone subscribed to the topic gets one shared link",
     );
+    let prod = loaded
+        .config
+        .pipeline("svc")
+        .unwrap()
+        .stage("prod")
+        .unwrap();
+    assert!(prod.approval.as_ref().unwrap().approvers.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -715,10 +715,13 @@ fn approval(i: usize, j: usize, a: &RawApproval, cx: &mut Ctx) -> Approval {
             "at least one approval is needed; remove the approval table to deploy without one",
         );
     } else if a.approvers.is_empty() {
-        cx.error(
+        cx.warn(
             p("approvers"),
-            "the approval lists no approvers, so nobody could approve".into(),
-            "add `approvers = [{ name = \"alice\", email = \"alice@example.com\" }]`",
+            "the approval lists no approvers: everyone subscribed to the topic gets one shared \
+             link, and the names typed on its page are recorded as unverified"
+                .into(),
+            "list the approvers (`approvers = [{ name = \"alice\", email = \"alice@example.com\" }]`) \
+             for personal links",
         );
     } else if min as usize > a.approvers.len() {
         cx.error(
