@@ -1228,3 +1228,130 @@ async fn the_token_never_appears_in_errors() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A GitHub App instead of a token
+// ---------------------------------------------------------------------------------------------
+
+/// An RSA key pair as GitHub hands an App's private key out (PEM), and its public half.
+fn app_key() -> (String, String) {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+    let private = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+    let public = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    (private, public)
+}
+
+#[tokio::test]
+async fn a_github_app_installation_reports_with_a_token_it_obtains_once() {
+    bounded(async {
+        let fake = GithubFake::start("ghs_installation_token").await.unwrap();
+        let (private, public) = app_key();
+        fake.enable_app(4242, 77, &public);
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("app.pem");
+        std::fs::write(&key_file, &private).unwrap();
+        let vars = BTreeMap::from([
+            ("TOLLGATE_GITHUB_APP_ID", "4242".to_string()),
+            ("TOLLGATE_GITHUB_APP_INSTALLATION_ID", "77".to_string()),
+            (
+                "TOLLGATE_GITHUB_APP_KEY_FILE",
+                key_file.display().to_string(),
+            ),
+            ("TOLLGATE_GITHUB_API_URL", fake.url().to_string()),
+        ]);
+        let forge = GithubForge::from_vars(|k| vars.get(k).map(std::ffi::OsString::from)).unwrap();
+        for state in [
+            ReportState::Queued,
+            ReportState::InProgress,
+            ReportState::Success,
+        ] {
+            let sent = forge.report(&report(1, "beta", state)).await;
+            sent.unwrap_or_else(|e| panic!("{e}: {:?}", fake.requests()));
+        }
+        let deployments = fake.deployments();
+        assert_eq!(deployments.len(), 1, "{deployments:?}");
+        let states: Vec<String> = fake
+            .statuses_of(deployments[0].id)
+            .into_iter()
+            .map(|s| s.state)
+            .collect();
+        assert_eq!(states, ["queued", "in_progress", "success"]);
+        assert_eq!(
+            fake.installation_tokens_issued(),
+            1,
+            "the installation token is cached, not fetched per call"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_github_app_with_a_wrong_key_or_incomplete_settings_is_refused_clearly() {
+    bounded(async {
+        let fake = GithubFake::start("ghs_installation_token").await.unwrap();
+        let (_, public) = app_key();
+        let (other_private, _) = app_key();
+        fake.enable_app(4242, 77, &public);
+        let forge = GithubForge::new_app(
+            4242,
+            &Secret::new(other_private.clone()),
+            77,
+            fake.url(),
+            "app.pem",
+        )
+        .unwrap();
+        let err = forge
+            .report(&report(1, "beta", ReportState::Queued))
+            .await
+            .unwrap_err();
+        assert!(fake.deployments().is_empty(), "{err}");
+        assert_eq!(fake.installation_tokens_issued(), 0);
+        assert!(!err.to_string().contains("BEGIN PRIVATE KEY"), "{err}");
+
+        let setup = |pairs: &[(&str, &str)]| {
+            let vars: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            GithubForge::from_vars(|k| vars.get(k).map(std::ffi::OsString::from))
+                .unwrap_err()
+                .to_string()
+        };
+        let incomplete = setup(&[("TOLLGATE_GITHUB_APP_ID", "4242")]);
+        assert!(
+            incomplete.starts_with("a GitHub App needs all of")
+                && incomplete.contains("is not set"),
+            "{incomplete}"
+        );
+        let both = setup(&[
+            ("TOLLGATE_GITHUB_TOKEN", "ghp_x"),
+            ("TOLLGATE_GITHUB_APP_ID", "4242"),
+        ]);
+        assert!(both.contains("not both"), "{both}");
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("key.pem");
+        std::fs::write(&not_pem, "ghp_this_is_a_token_not_a_key").unwrap();
+        let path = not_pem.display().to_string();
+        let bad_key = setup(&[
+            ("TOLLGATE_GITHUB_APP_ID", "4242"),
+            ("TOLLGATE_GITHUB_APP_INSTALLATION_ID", "77"),
+            ("TOLLGATE_GITHUB_APP_KEY_FILE", &path),
+        ]);
+        assert!(bad_key.contains("not an RSA private key"), "{bad_key}");
+        assert!(!bad_key.contains("ghp_this_is"), "{bad_key}");
+        let zero = setup(&[
+            ("TOLLGATE_GITHUB_APP_ID", "0"),
+            ("TOLLGATE_GITHUB_APP_INSTALLATION_ID", "77"),
+            ("TOLLGATE_GITHUB_APP_KEY_FILE", &path),
+        ]);
+        assert!(
+            zero.contains("TOLLGATE_GITHUB_APP_ID must be a positive number"),
+            "{zero}"
+        );
+    })
+    .await;
+}

@@ -55,6 +55,13 @@ use crate::secret::Secret;
 pub const TOKEN_ENV: &str = "TOLLGATE_GITHUB_TOKEN";
 /// Environment variable naming a file holding the GitHub token.
 pub const TOKEN_FILE_ENV: &str = "TOLLGATE_GITHUB_TOKEN_FILE";
+/// Environment variable holding a GitHub App's id (with [`APP_KEY_FILE_ENV`] and
+/// [`APP_INSTALLATION_ENV`]: authenticate as that App's installation instead of a token).
+pub const APP_ID_ENV: &str = "TOLLGATE_GITHUB_APP_ID";
+/// Environment variable naming the file with the GitHub App's private key (PEM).
+pub const APP_KEY_FILE_ENV: &str = "TOLLGATE_GITHUB_APP_KEY_FILE";
+/// Environment variable holding the App's installation id (on the repositories' account).
+pub const APP_INSTALLATION_ENV: &str = "TOLLGATE_GITHUB_APP_INSTALLATION_ID";
 /// Environment variable overriding the API URL (GitHub Enterprise: `https://HOST/api/v3`).
 pub const API_URL_ENV: &str = "TOLLGATE_GITHUB_API_URL";
 /// github.com's API.
@@ -74,8 +81,20 @@ const PASSING: &[&str] = &["success", "neutral", "skipped"];
 /// Why the GitHub client could not be set up. Never contains the token.
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeSetupError {
-    #[error("set {TOKEN_ENV} or {TOKEN_FILE_ENV} (a GitHub token)")]
+    #[error(
+        "set {TOKEN_ENV} or {TOKEN_FILE_ENV} (a GitHub token), or {APP_ID_ENV}, {APP_KEY_FILE_ENV} and {APP_INSTALLATION_ENV} (a GitHub App)"
+    )]
     NotSet,
+    #[error("set either a GitHub token or a GitHub App, not both")]
+    TokenAndApp,
+    #[error(
+        "a GitHub App needs all of {APP_ID_ENV}, {APP_KEY_FILE_ENV} and {APP_INSTALLATION_ENV}; {missing} is not set"
+    )]
+    AppIncomplete { missing: &'static str },
+    #[error("{var} must be a positive number")]
+    AppNumber { var: &'static str },
+    #[error("{origin}: not an RSA private key in PEM format")]
+    AppKey { origin: String },
     #[error("set only one of {TOKEN_ENV} and {TOKEN_FILE_ENV}")]
     BothSet,
     #[error("{origin}: the GitHub token is empty")]
@@ -84,7 +103,7 @@ pub enum ForgeSetupError {
     BadCharacters { origin: String },
     #[error("{origin} is not valid UTF-8")]
     NotUnicode { origin: String },
-    #[error("cannot read GitHub token file {}: {source}", path.display())]
+    #[error("cannot read GitHub credential file {}: {source}", path.display())]
     Read {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -144,7 +163,48 @@ impl GithubForge {
         })
     }
 
-    /// Reads the token from [`TOKEN_ENV`] or [`TOKEN_FILE_ENV`] and the URL from
+    /// A client for the API at `api_url` authenticating as installation `installation` of the
+    /// GitHub App `app_id`, with the App's private key `key_pem`: octocrab signs a short JWT
+    /// with the key, exchanges it for an installation token and renews that before it expires.
+    pub fn new_app(
+        app_id: u64,
+        key_pem: &Secret,
+        installation: u64,
+        api_url: &str,
+        key_origin: &str,
+    ) -> Result<GithubForge, ForgeSetupError> {
+        let api_url = api_url.trim_end_matches('/').to_owned();
+        check_url(&api_url)?;
+        install_crypto_provider();
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(key_pem.expose().as_bytes()).map_err(|_| {
+                ForgeSetupError::AppKey {
+                    origin: key_origin.to_owned(),
+                }
+            })?;
+        let app = Octocrab::builder()
+            .app(octocrab::models::AppId(app_id), key)
+            .add_retry_config(RetryConfig::None)
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .base_uri(api_url.as_str())
+            .map_err(|e| url_error(&api_url, &e.to_string()))?
+            .build()
+            .map_err(|e| ForgeSetupError::Client(first_line(&e.to_string())))?;
+        let client = app
+            .installation(octocrab::models::InstallationId(installation))
+            .map_err(|e| ForgeSetupError::Client(first_line(&e.to_string())))?;
+        Ok(GithubForge {
+            client,
+            api_url,
+            last_stages: RwLock::default(),
+            deployments: tokio::sync::Mutex::default(),
+            reported: Mutex::default(),
+        })
+    }
+
+    /// Reads the token from [`TOKEN_ENV`] or [`TOKEN_FILE_ENV`] — or a GitHub App from
+    /// [`APP_ID_ENV`], [`APP_KEY_FILE_ENV`] and [`APP_INSTALLATION_ENV`] — and the URL from
     /// [`API_URL_ENV`] (default [`DEFAULT_API_URL`]).
     pub fn from_env() -> Result<GithubForge, ForgeSetupError> {
         Self::from_vars(|key| std::env::var_os(key))
@@ -154,17 +214,51 @@ impl GithubForge {
     pub fn from_vars(
         var: impl Fn(&str) -> Option<OsString>,
     ) -> Result<GithubForge, ForgeSetupError> {
-        let token = match (var(TOKEN_ENV), var(TOKEN_FILE_ENV)) {
-            (Some(_), Some(_)) => return Err(ForgeSetupError::BothSet),
-            (None, None) => return Err(ForgeSetupError::NotSet),
-            (Some(value), None) => Secret::new(unicode(value, TOKEN_ENV)?.trim()),
-            (None, Some(path)) => token_from_file(Path::new(&path))?,
-        };
         let url = match var(API_URL_ENV) {
             Some(v) => unicode(v, API_URL_ENV)?,
             None => DEFAULT_API_URL.to_owned(),
         };
+        let app_vars = [APP_ID_ENV, APP_KEY_FILE_ENV, APP_INSTALLATION_ENV];
+        let app_set = app_vars.iter().any(|v| var(v).is_some());
+        let token = match (var(TOKEN_ENV), var(TOKEN_FILE_ENV)) {
+            (Some(_), Some(_)) => return Err(ForgeSetupError::BothSet),
+            (Some(_), None) | (None, Some(_)) if app_set => {
+                return Err(ForgeSetupError::TokenAndApp);
+            }
+            (None, None) if app_set => return Self::app_from_vars(&var, &url),
+            (None, None) => return Err(ForgeSetupError::NotSet),
+            (Some(value), None) => Secret::new(unicode(value, TOKEN_ENV)?.trim()),
+            (None, Some(path)) => token_from_file(Path::new(&path))?,
+        };
         Self::new(&token, &url)
+    }
+
+    fn app_from_vars(
+        var: &impl Fn(&str) -> Option<OsString>,
+        url: &str,
+    ) -> Result<GithubForge, ForgeSetupError> {
+        let get = |name: &'static str| {
+            var(name)
+                .ok_or(ForgeSetupError::AppIncomplete { missing: name })
+                .and_then(|v| unicode(v, name))
+        };
+        let number = |name: &'static str| -> Result<u64, ForgeSetupError> {
+            get(name)?
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or(ForgeSetupError::AppNumber { var: name })
+        };
+        let app_id = number(APP_ID_ENV)?;
+        let installation = number(APP_INSTALLATION_ENV)?;
+        let path = std::path::PathBuf::from(get(APP_KEY_FILE_ENV)?);
+        let pem = std::fs::read_to_string(&path).map_err(|source| ForgeSetupError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        Self::new_app(app_id, &Secret::new(pem), installation, url, &origin)
     }
 
     /// The same forge, knowing the pipelines' stages (see [`GithubForge::track_pipelines`]).

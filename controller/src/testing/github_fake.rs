@@ -26,13 +26,13 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -190,6 +190,17 @@ struct Model {
     files: BTreeMap<(String, String, String), String>,
     failures: VecDeque<u16>,
     requests: Vec<String>,
+    app: Option<FakeApp>,
+}
+
+/// A GitHub App the fake knows: installation tokens (the fake's `token`) are issued for a JWT
+/// signed with the App's key.
+#[derive(Debug, Clone)]
+struct FakeApp {
+    app_id: u64,
+    installation: u64,
+    public_key_pem: String,
+    issued: u32,
 }
 
 impl Model {
@@ -243,6 +254,23 @@ impl GithubFake {
             state,
             task,
         })
+    }
+
+    /// Accepts GitHub App `app_id`: `POST /app/installations/{installation}/access_tokens`
+    /// with a JWT (RS256, `iss` = the App id) that `public_key_pem` verifies answers the
+    /// fake's token as the installation token, valid for an hour.
+    pub fn enable_app(&self, app_id: u64, installation: u64, public_key_pem: &str) {
+        self.model().app = Some(FakeApp {
+            app_id,
+            installation,
+            public_key_pem: public_key_pem.to_owned(),
+            issued: 0,
+        });
+    }
+
+    /// How many installation tokens were issued.
+    pub fn installation_tokens_issued(&self) -> u32 {
+        self.model().app.as_ref().map_or(0, |a| a.issued)
     }
 
     /// The API's base URL (`http://127.0.0.1:PORT`); `<url>/api/v3` works too.
@@ -433,6 +461,9 @@ async fn gatekeeper(State(state): State<Shared>, req: Request, next: Next) -> Re
         m.requests.push(line);
         (m.token.clone(), m.failures.pop_front())
     };
+    if let Some(installation) = access_token_request(&req) {
+        return issue_installation_token(&state, req.headers(), installation).into_response();
+    }
     if let Err(rejected) = authorize(req.headers(), &token) {
         return rejected.into_response();
     }
@@ -440,6 +471,68 @@ async fn gatekeeper(State(state): State<Shared>, req: Request, next: Next) -> Re
         Some(status) => scripted_failure(status).into_response(),
         None => next.run(req).await,
     }
+}
+
+/// `POST [/api/v3]/app/installations/{id}/access_tokens`: the installation id.
+fn access_token_request(req: &Request) -> Option<u64> {
+    if req.method() != axum::http::Method::POST {
+        return None;
+    }
+    let path = req.uri().path();
+    let path = path.strip_prefix("/api/v3").unwrap_or(path);
+    path.strip_prefix("/app/installations/")?
+        .strip_suffix("/access_tokens")?
+        .parse()
+        .ok()
+}
+
+fn issue_installation_token(
+    state: &Shared,
+    headers: &HeaderMap,
+    installation: u64,
+) -> Result<(StatusCode, Json<Value>), Reject> {
+    let mut m = lock(state);
+    let token = m.token.clone();
+    let Some(app) = m.app.as_mut() else {
+        return Err(Reject::new(StatusCode::NOT_FOUND, "Not Found"));
+    };
+    let bad = || {
+        Reject::new(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        )
+    };
+    let jwt = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(bad)?;
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(app.public_key_pem.as_bytes())
+        .map_err(|_| bad())?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // `iss` is the App id as a number, which the library does not count as the spec claim.
+    validation.set_required_spec_claims(&["exp"]);
+    let claims = jsonwebtoken::decode::<Value>(jwt, &key, &validation).map_err(|_| bad())?;
+    let iss = &claims.claims["iss"];
+    let iss_matches =
+        iss.as_u64() == Some(app.app_id) || iss.as_str() == Some(&app.app_id.to_string());
+    if !iss_matches {
+        return Err(bad());
+    }
+    if installation != app.installation {
+        return Err(Reject::new(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    app.issued += 1;
+    let expires = Utc::now() + chrono::Duration::hours(1);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token,
+            "expires_at": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "permissions": { "deployments": "write", "statuses": "write", "checks": "read", "actions": "write", "contents": "read" },
+            "repository_selection": "all"
+        })),
+    ))
 }
 
 fn authorize(headers: &HeaderMap, token: &str) -> Result<(), Reject> {
