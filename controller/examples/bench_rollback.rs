@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use support::{Controller, REPO, Story, deliver_push, free_port, random_secret, wait_ready};
+use support::{
+    Controller, REPO, Story, deliver_push, free_port, random_secret, serve_args, wait_ready,
+};
 use tollgate::domain::RunStatus;
 use tollgate::http::sns_verify::AlarmState;
 use tollgate::store::Store;
@@ -99,19 +101,7 @@ async fn run() -> Result<()> {
     let secret = random_secret();
     let mut controller = Controller::start(
         &tollgate,
-        &[
-            "serve",
-            "--config",
-            &world.stages_path().display().to_string(),
-            "--state",
-            &state,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--sns-cert-cache",
-            &certs.display().to_string(),
-            "--cloudwatch-endpoint",
-            &cloudwatch.endpoint(),
-        ],
+        &serve_args(&world, &state, port, &certs, &cloudwatch.endpoint()),
         &moto.endpoint(),
         &secret,
         &world.dir().join("tollgate.log"),
@@ -161,10 +151,10 @@ async fn run() -> Result<()> {
             .await?;
         let restored = posted.elapsed();
         let controller_ms = store
-            .events(world.pipeline(), 10_000)
+            .release_events(world.pipeline(), id)
             .await?
             .into_iter()
-            .filter(|e| e.kind == "rollback-latency" && e.release == Some(id.0))
+            .filter(|e| e.kind == "rollback-latency")
             .find_map(|e| {
                 let (before, _) = e.detail.split_once(" ms after")?;
                 before.rsplit(' ').next()?.parse::<i64>().ok()

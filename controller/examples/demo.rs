@@ -31,7 +31,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::routing::get;
 use support::{
     Controller, REPO, STEP_LIMIT, Story, deliver_push, free_port, random_secret, repo_root, say,
-    short, wait_ready,
+    serve_args, short, wait_ready,
 };
 use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::http::sns_verify::AlarmState;
@@ -156,19 +156,7 @@ async fn run() -> Result<()> {
     let log_path = world.dir().join("tollgate.log");
     let mut controller = Controller::start(
         &args.tollgate,
-        &[
-            "serve",
-            "--config",
-            &world.stages_path().display().to_string(),
-            "--state",
-            &state,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--sns-cert-cache",
-            &certs.display().to_string(),
-            "--cloudwatch-endpoint",
-            &cloudwatch.endpoint(),
-        ],
+        &serve_args(&world, &state, port, &certs, &cloudwatch.endpoint()),
         &moto.endpoint(),
         &webhook_secret,
         &log_path,
@@ -334,7 +322,7 @@ async fn run() -> Result<()> {
         "release 2 is marked bad in {}: {}",
         bad.stage, bad.reason
     ));
-    for e in store.events(world.pipeline(), 1000).await? {
+    for e in store.release_events(world.pipeline(), second).await? {
         if e.kind == "rollback-latency" {
             say(format!("measured: {}", e.detail));
         }

@@ -182,7 +182,7 @@ async fn an_override_is_set_on_the_release_and_logged_with_its_reason() {
         ),
     ] {
         let o = tollgate(&state, &args);
-        assert!(!o.status.success(), "{args:?}");
+        assert_eq!(o.status.code(), Some(1), "refused: {args:?}");
         assert!(text(&o).1.contains(says), "{args:?}: {:?}", text(&o));
     }
     let o = tollgate(&state, &["override", "svc", "r1", "--reason", "x"]);

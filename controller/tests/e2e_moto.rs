@@ -43,7 +43,7 @@ use tollgate::store::{Delivery, EventRow, Ingested, NewApproval, Store};
 use tollgate::testing::aws_stubs::cloudwatch::CloudWatchStub;
 use tollgate::testing::moto::{MotoServer, RecordedRequest};
 use tollgate::testing::sns::TestSigner;
-use tollgate::testing::world::{APPROVER, BUILD_ACCOUNT, World, WorldBuilder, ssm_parameter};
+use tollgate::testing::world::{APPROVER, BUILD_ACCOUNT, World, WorldBuilder};
 
 /// The longest any one test may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);
@@ -324,9 +324,7 @@ async fn assert_isolated(rig: &Rig, image: &str) {
                 "stack {} in account {account}",
                 s.stack
             );
-            let param = ssm_parameter(&rig.moto, account, &s.parameter)
-                .await
-                .unwrap();
+            let param = rig.moto.ssm_parameter(account, &s.parameter).await.unwrap();
             let expected = own.then(|| image.to_string());
             assert_eq!(param, expected, "{} in account {account}", s.parameter);
         }
@@ -568,15 +566,14 @@ async fn alarm_rollback() {
         event.detail
     );
     println!(
-        "wall clock: POST /webhooks/sns answered in {} ms; rollback called {to_call} ms after the POST; \
+        "wall clock: POST /webhooks/sns answered in {} ms; the rollback's first call returned within {to_call} ms of the POST; \
          prod rolled back (stack updated) {} ms after the POST",
         answered.as_millis(),
         rolled_back.as_millis()
     );
-    assert!(
-        measured >= 0 && to_call >= measured,
-        "{measured} ms vs {to_call} ms"
-    );
+    // The event is written once the first rollback call returned, after the POST was sent:
+    // its time bounds the measured figure from above.
+    assert!(to_call >= measured, "{measured} ms vs {to_call} ms");
     server.abort();
 }
 

@@ -234,7 +234,12 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
         status(&engine, third, "prod").await,
         RunStatus::AwaitingApproval
     );
-    let _ = first;
+    let good = engine.store().last_good("backend", "prod").await.unwrap();
+    assert_eq!(
+        good.map(|r| r.id),
+        Some(first),
+        "prod trusts release 1 again"
+    );
 }
 
 #[tokio::test]

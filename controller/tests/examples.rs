@@ -340,16 +340,18 @@ fn templates_under(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// cfn-lint from `TOLLGATE_CFN_LINT`, else the one `scripts/test` installs; `None` (skip) only
-/// when the variable is unset and that one is missing too.
-fn cfn_lint() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("TOLLGATE_CFN_LINT").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "TOLLGATE_CFN_LINT: no {}", path.display());
-        return Some(path);
-    }
-    let installed = workspace_root().join(".venv/bin/cfn-lint");
-    installed.is_file().then_some(installed)
+/// cfn-lint from `TOLLGATE_CFN_LINT`, else the one `scripts/test` installs; never skipped.
+fn cfn_lint() -> PathBuf {
+    let path = std::env::var_os("TOLLGATE_CFN_LINT")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/cfn-lint"));
+    assert!(
+        path.is_file(),
+        "cfn-lint not found at {} (scripts/test installs it)",
+        path.display()
+    );
+    path
 }
 
 #[test]
@@ -367,14 +369,7 @@ fn cfn_lint_finds_nothing_in_the_example_templates() {
             assert!(listed, "{} is not linted", template.display());
         }
     }
-    let Some(cfn_lint) = cfn_lint() else {
-        println!(
-            "skipped: TOLLGATE_CFN_LINT is unset and {} is missing (scripts/test installs it)",
-            workspace_root().join(".venv/bin/cfn-lint").display()
-        );
-        return;
-    };
-    let output = Command::new(cfn_lint)
+    let output = Command::new(cfn_lint())
         .args(&templates)
         .output()
         .expect("running cfn-lint");

@@ -555,4 +555,28 @@ async fn stage_credentials_without_aws_or_for_an_unknown_account_fail_clearly() 
             .contains("`stage_credentials` needs the controller's AWS credentials"),
         "{result:?}"
     );
+
+    let moto = tollgate::testing::moto::MotoServer::shared();
+    let world = tollgate::testing::world::World::builder()
+        .build(moto)
+        .await
+        .unwrap();
+    let creds = Arc::new(tollgate::aws::sts::Credentials::new(
+        moto.sdk_config(),
+        Arc::new(tollgate::aws::retry::Limiter::default()),
+    ));
+    let runner = StageTestRunner::new(None).with_stage_credentials(
+        creds,
+        tollgate::engine::shared_config(world.config().unwrap()),
+    );
+    let mut ctx = context(&[]);
+    ctx.account_id = "999999999999".into();
+    let unknown = run_with(&runner, &test, &ctx).await;
+    assert!(!unknown.passed);
+    assert!(
+        unknown
+            .summary
+            .contains("account 999999999999 is not configured"),
+        "{unknown:?}"
+    );
 }

@@ -13,6 +13,7 @@ use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::github::webhook::sign;
 use tollgate::secret::Secret;
 use tollgate::store::Store;
+use tollgate::testing::world::World;
 
 /// The longest any one wait may take before a program gives up.
 pub const STEP_LIMIT: Duration = Duration::from_secs(60);
@@ -34,7 +35,7 @@ pub struct Controller {
 impl Controller {
     pub fn start(
         binary: &Path,
-        args: &[&str],
+        args: &[String],
         moto: &str,
         webhook_secret: &str,
         log: &Path,
@@ -96,6 +97,32 @@ impl Drop for Controller {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates
+/// and the CloudWatch stub at `cloudwatch`.
+pub fn serve_args(
+    world: &World,
+    state: &str,
+    port: u16,
+    certs: &Path,
+    cloudwatch: &str,
+) -> Vec<String> {
+    [
+        "serve",
+        "--config",
+        &world.stages_path().display().to_string(),
+        "--state",
+        state,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--sns-cert-cache",
+        &certs.display().to_string(),
+        "--cloudwatch-endpoint",
+        cloudwatch,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 pub async fn wait_ready(http: &reqwest::Client, url: &str, c: &mut Controller) -> Result<()> {
@@ -211,14 +238,14 @@ impl Story {
     }
 
     pub async fn print_new(&mut self) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
         for e in self.store.events(&self.pipeline, 10_000).await? {
             if e.id <= self.seen {
                 continue;
             }
             self.seen = e.id;
-            if self.quiet {
-                continue;
-            }
             let place = match (&e.release, &e.stage) {
                 (Some(r), Some(s)) => format!("r{r} {s}"),
                 (Some(r), None) => format!("r{r}"),
@@ -263,13 +290,8 @@ impl Story {
         loop {
             controller.check_alive()?;
             self.print_new().await?;
-            let runs = self.store.recent_runs(&self.pipeline, 20).await?;
-            let run = runs
-                .iter()
-                .filter(|(r, _)| r.id == release)
-                .flat_map(|(_, runs)| runs.iter())
-                .find(|r| r.stage == stage);
-            if let Some(run) = run {
+            let run = self.store.stage_run(release, stage).await?;
+            if let Some(run) = &run {
                 if done(run.status) {
                     return Ok(());
                 }
@@ -284,7 +306,7 @@ impl Story {
             ensure!(
                 Instant::now() < deadline,
                 "{release} in {stage} did not get there within {STEP_LIMIT:?} (now {:?})",
-                run.map(|r| (r.status, r.reason.clone()))
+                run.map(|r| (r.status, r.reason))
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -324,5 +346,5 @@ pub fn random_secret() -> String {
 }
 
 pub fn short(sha: &str) -> &str {
-    &sha[..12]
+    tollgate::domain::short_sha(sha)
 }

@@ -78,10 +78,6 @@ impl Limiter {
         }
     }
 
-    pub fn settings(&self) -> &RetrySettings {
-        &self.settings
-    }
-
     /// Runs `op` under the (`account`, `api`) bucket, retrying temporary failures.
     pub async fn call<T, F, Fut>(
         &self,

@@ -42,7 +42,7 @@ pub struct Credentials {
     limiter: Arc<Limiter>,
 }
 
-/// One cached session per (account, session purpose); the inner lock serialises refreshes.
+/// One cached session per (account id, role); the inner lock serialises refreshes.
 type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
 #[derive(Clone)]

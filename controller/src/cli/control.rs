@@ -95,11 +95,17 @@ pub async fn run(
         }
     };
     if let Control::Override {
-        pipeline, release, ..
+        pipeline,
+        release,
+        reason,
+        ..
     } = control
     {
-        let refused = match parse_release(release) {
-            Err(e) => Some(e.to_string()),
+        let refused = match release.parse::<ReleaseId>() {
+            Err(e) => Some(e),
+            Ok(_) if reason.trim().is_empty() => {
+                Some("an override needs a reason (--reason): it is kept in the event log".into())
+            }
             Ok(id) => match store.release(id).await {
                 Ok(Some(r)) if &r.pipeline == pipeline => None,
                 Ok(_) => Some(format!("pipeline {pipeline} has no release {id}")),
@@ -160,19 +166,14 @@ async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<
             which,
             reason,
         } => {
-            let id = parse_release(release)?;
-            anyhow::ensure!(
-                !reason.trim().is_empty(),
-                "an override needs a reason (--reason): it is kept in the event log"
-            );
+            let id = release
+                .parse::<ReleaseId>()
+                .map_err(|e| anyhow::anyhow!(e))?;
             let found = store
                 .set_override(pipeline, id, *which, reason.trim(), actor, now)
                 .await?;
             anyhow::ensure!(found, "pipeline {pipeline} has no release {id}");
-            let what = match which {
-                Override::Alarms => "may enter stages whose alarms are in ALARM",
-                Override::Window => "may deploy outside deployment windows",
-            };
+            let what = which.lifts();
             format!("{id} of {pipeline} {what} (logged: {reason})")
         }
         Control::Pause {
@@ -231,15 +232,4 @@ async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<
             }
         }
     })
-}
-
-/// `r12` or `12`.
-fn parse_release(text: &str) -> anyhow::Result<ReleaseId> {
-    text.trim()
-        .trim_start_matches('r')
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .map(ReleaseId)
-        .ok_or_else(|| anyhow::anyhow!("`{text}` is not a release; write r12 or 12"))
 }

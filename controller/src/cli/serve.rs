@@ -4,7 +4,6 @@
 //! Fails fast at start-up, naming what is missing (a config error, an unreachable state
 //! database, no webhook secret). Secrets come only from the environment or files.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use crate::aws::sns::SnsNotifier;
 use crate::aws::sts::Credentials;
 use crate::config::{self, Account, Config};
 use crate::engine::{
-    self, DeploymentReport, Engine, Forge, PortResult, Ports, SharedConfig, SystemClock, TestResult,
+    self, DeploymentReport, Engine, Forge, PortResult, Ports, SharedConfig, SystemClock,
 };
 use crate::gates::GithubTests;
 use crate::gates::approval::SnsApprovalSender;
@@ -140,22 +139,7 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
                 Err(why) => format!("configuration from {} refused: {why}", path.display()),
             };
             tracing::info!("{detail}");
-            for p in &engine.config().pipelines {
-                let logged = engine
-                    .store()
-                    .log_event(
-                        &p.name,
-                        "signal:SIGHUP",
-                        "config",
-                        None,
-                        &detail,
-                        engine.now(),
-                    )
-                    .await;
-                if let Err(e) = logged {
-                    tracing::error!(error = %e, "cannot write the event log");
-                }
-            }
+            intake::note_config(&engine, &engine.config(), "signal:SIGHUP", &detail).await;
         }
     });
 }
@@ -169,7 +153,6 @@ fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Result<(
         f.track_pipelines(&loaded.config);
     }
     engine.replace_config(loaded.config);
-    engine.spawn();
     Ok(())
 }
 
@@ -259,32 +242,5 @@ impl Forge for NoForge {
     async fn report(&self, r: &DeploymentReport) -> PortResult<()> {
         tracing::debug!(release = %r.release, stage = %r.environment, state = r.state.as_str(), "GitHub reporting is off");
         Ok(())
-    }
-}
-
-/// How often GitHub is asked about check runs and workflow runs.
-const GITHUB_POLL: std::time::Duration = std::time::Duration::from_secs(15);
-
-#[async_trait]
-impl GithubTests for GithubForge {
-    async fn checks_gate(
-        &self,
-        repo: &str,
-        sha: &str,
-        names: &[String],
-        timeout: std::time::Duration,
-    ) -> PortResult<TestResult> {
-        GithubForge::checks_gate(self, repo, sha, names, timeout, GITHUB_POLL).await
-    }
-
-    async fn run_workflow(
-        &self,
-        repo: &str,
-        workflow: &str,
-        git_ref: &str,
-        inputs: &BTreeMap<String, String>,
-        timeout: std::time::Duration,
-    ) -> PortResult<TestResult> {
-        GithubForge::run_workflow(self, repo, workflow, git_ref, inputs, timeout, GITHUB_POLL).await
     }
 }

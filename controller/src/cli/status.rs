@@ -25,7 +25,7 @@ pub struct StageStatus {
 }
 
 fn label(r: &Release) -> String {
-    format!("{} ({})", r.id, &r.sha[..r.sha.len().min(12)])
+    format!("{} ({})", r.id, crate::domain::short_sha(&r.sha))
 }
 
 /// Collects the status of every stage of every pipeline.

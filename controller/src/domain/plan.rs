@@ -5,7 +5,7 @@
 //! actions, so the executor can crash and resume anywhere. At most one status change per run
 //! per call: the engine applies them and plans again until nothing changes.
 //!
-//! The invariants (each is a property test in `tests.rs`):
+//! The invariants (each is a property test in `tests/properties.rs`):
 //! 1. A stage deploys a release only after the previous stage succeeded with that release.
 //! 2. A stage with `approval` deploys only with enough recorded approvals for that release.
 //! 3. At most one deploy or rollback in flight per stage.
@@ -773,13 +773,7 @@ impl<'a> Planner<'a> {
             .filter(|a| a.stage == stage.name && a.firing && a.at >= run.since)
             .filter(|a| stage.alarms.contains(&a.alarm))
             .min_by_key(|a| a.at)
-            .map(|a| {
-                format!(
-                    "alarm {} fired at {}",
-                    a.alarm,
-                    a.at.format("%Y-%m-%d %H:%M:%S UTC")
-                )
-            })
+            .map(AlarmFact::fired_reason)
     }
 
     /// Backstop polls during bake: (clean evaluations, reason to roll back).
@@ -946,7 +940,7 @@ impl<'a> Planner<'a> {
             let acted = self
                 .snap
                 .effects_of(run.release, &run.stage)
-                .any(|e| !e.key.contains("/report-"));
+                .any(|e| !e.part().starts_with("report-"));
             let event = match run.status {
                 RunStatus::RolledBack => Some(NotifyEvent::RolledBack),
                 RunStatus::Failed | RunStatus::Rejected | RunStatus::Expired if acted => {
@@ -975,9 +969,9 @@ impl<'a> Planner<'a> {
             .effects_of(run.release, &run.stage)
             .filter(|e| e.status == EffectStatus::Pending)
             .filter_map(|e| {
-                e.key
-                    .rsplit_once("/report-")
-                    .and_then(|(_, s)| ReportState::parse(s))
+                e.part()
+                    .strip_prefix("report-")
+                    .and_then(ReportState::parse)
             })
             .collect();
         if !pending.is_empty() {
@@ -994,7 +988,7 @@ impl<'a> Planner<'a> {
         let deployed = self
             .snap
             .effects_of(run.release, &run.stage)
-            .any(|e| e.key.contains("/deploy-"));
+            .any(|e| e.part().starts_with("deploy-"));
         for state in target.path(deployed) {
             if self
                 .ensure(self.effect(run, EffectKind::Report { state }))

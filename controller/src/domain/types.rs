@@ -15,6 +15,27 @@ impl fmt::Display for ReleaseId {
     }
 }
 
+/// `r12` or `12`: what people type and what [`Display`](fmt::Display) prints.
+impl std::str::FromStr for ReleaseId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ReleaseId, String> {
+        let t = text.trim();
+        t.strip_prefix('r')
+            .unwrap_or(t)
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(ReleaseId)
+            .ok_or_else(|| format!("`{text}` is not a release; write r12 or 12"))
+    }
+}
+
+/// The first 12 characters of a commit sha, as people read it.
+pub fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
 /// One candidate for one pipeline: a commit and, once resolved, its image digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
@@ -204,6 +225,14 @@ pub struct EffectRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl EffectRecord {
+    /// What the effect was, from its key's last segment: `deploy-0`, `report-queued`, … (a
+    /// stage's name, which may contain the same words, is an earlier segment).
+    pub fn part(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or_default()
+    }
+}
+
 /// An approver's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -246,6 +275,18 @@ pub struct AlarmFact {
     /// True for ALARM, false for OK / INSUFFICIENT_DATA.
     pub firing: bool,
     pub at: DateTime<Utc>,
+}
+
+impl AlarmFact {
+    /// The reason a run rolled back by this alarm carries; the engine matches on it to find
+    /// the alarm a rollback answers (for the rollback-latency figure).
+    pub fn fired_reason(&self) -> String {
+        format!(
+            "alarm {} fired at {}",
+            self.alarm,
+            self.at.format("%Y-%m-%d %H:%M:%S UTC")
+        )
+    }
 }
 
 /// A stage's durable state.
@@ -306,5 +347,34 @@ impl Snapshot {
         self.effects
             .iter()
             .filter(move |e| e.release == release && e.stage == stage)
+    }
+}
+
+#[cfg(test)]
+mod effect_part_tests {
+    use super::*;
+
+    #[test]
+    fn the_part_is_the_last_key_segment_whatever_the_stage_is_called() {
+        let rec = |key: &str| EffectRecord {
+            key: key.into(),
+            release: ReleaseId(1),
+            stage: String::new(),
+            status: EffectStatus::Pending,
+            detail: String::new(),
+            output: BTreeMap::new(),
+            started_at: DateTime::<Utc>::UNIX_EPOCH,
+            finished_at: None,
+        };
+        assert_eq!(
+            rec("backend/r1/deploy-eu/a1/test-after-smoke").part(),
+            "test-after-smoke"
+        );
+        assert_eq!(rec("backend/r1/report-x/a1/deploy-0").part(), "deploy-0");
+        assert!(
+            !rec("backend/r1/deploy-eu/a1/notify-halted")
+                .part()
+                .starts_with("deploy-")
+        );
     }
 }

@@ -31,10 +31,6 @@ impl ManualClock {
         let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *t += by;
     }
-
-    pub fn set(&self, to: DateTime<Utc>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = to;
-    }
 }
 
 impl Clock for ManualClock {

@@ -37,7 +37,7 @@ impl Context {
         let config = engine.config();
         let mut outputs = BTreeMap::new();
         for rec in snap.effects_of(e.release, &e.stage) {
-            if rec.key.contains("/deploy-") && rec.status == EffectStatus::Succeeded {
+            if rec.part().starts_with("deploy-") && rec.status == EffectStatus::Succeeded {
                 outputs.extend(rec.output.clone());
             }
         }
@@ -61,8 +61,8 @@ impl Context {
     }
 }
 
-/// The alarm fact a rollback answers: the run went into rollback naming it (the planner's
-/// reason is `alarm NAME fired at TIME`).
+/// The alarm fact a rollback answers: the run went into rollback with its
+/// [`AlarmFact::fired_reason`].
 fn trigger(e: &Effect, snap: &Snapshot) -> Option<AlarmFact> {
     if !matches!(e.kind, EffectKind::Rollback { .. }) {
         return None;
@@ -71,14 +71,7 @@ fn trigger(e: &Effect, snap: &Snapshot) -> Option<AlarmFact> {
     snap.alarms
         .iter()
         .filter(|a| a.stage == e.stage && a.firing)
-        .find(|a| {
-            run.reason
-                == format!(
-                    "alarm {} fired at {}",
-                    a.alarm,
-                    a.at.format("%Y-%m-%d %H:%M:%S UTC")
-                )
-        })
+        .find(|a| run.reason == a.fired_reason())
         .cloned()
 }
 
@@ -111,7 +104,7 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
     result.unwrap_or_else(|err| EffectOutcome::failure(err.to_string()))
 }
 
-/// Retries temporary failures with exponential backoff (1 s … 30 s, about 2 minutes in all).
+/// Retries temporary failures with exponential backoff (1 s … 30 s, about 90 s in all).
 async fn retrying<T, F, Fut>(mut op: F) -> PortResult<T>
 where
     F: FnMut() -> Fut,
@@ -293,6 +286,8 @@ async fn rollback(
         );
         (ms, detail)
     });
+    let result = retrying(|| engine.ports().deployer.rollback(&req)).await;
+    // Written after the call, so the disk write is not on the path from alarm to rollback.
     if let Some((_, detail)) = &latency {
         tracing::info!(pipeline = %p.name, stage = %s.name, "{detail}");
         let logged = engine
@@ -310,7 +305,7 @@ async fn rollback(
             tracing::error!(error = %err, "cannot write the rollback latency to the event log");
         }
     }
-    let result = retrying(|| engine.ports().deployer.rollback(&req)).await?;
+    let result = result?;
     let mut outcome =
         EffectOutcome::success(format!("restored {target} ({digest}): {}", result.summary))
             .with("image_uri", req.image_uri);

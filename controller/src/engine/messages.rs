@@ -20,7 +20,7 @@ pub fn progress(snap: &Snapshot, release: ReleaseId) -> String {
         .releases
         .values()
         .filter(|r| r.id > release && r.bad.is_none() && r.failed.is_none())
-        .map(|r| format!("{} ({})", r.id, short(&r.sha)))
+        .map(|r| format!("{} ({})", r.id, crate::domain::short_sha(&r.sha)))
         .collect();
     if !queued.is_empty() {
         lines.push(format!(
@@ -77,14 +77,14 @@ pub fn notification(
             "[tollgate] {} {}: {} stopped in {}",
             p.name,
             r.id,
-            short(&r.sha),
+            crate::domain::short_sha(&r.sha),
             s.name
         ),
         NotifyEvent::RolledBack => format!(
             "[tollgate] {} {}: {} ROLLED BACK",
             p.name,
             s.name,
-            short(&r.sha)
+            crate::domain::short_sha(&r.sha)
         ),
     };
     let what = match event {
@@ -100,10 +100,6 @@ pub fn notification(
         p.name
     );
     (truncate(&subject, 99), body)
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 fn first_line(s: &str) -> &str {

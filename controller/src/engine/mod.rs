@@ -189,11 +189,21 @@ impl Engine {
         self.inner.clock.now()
     }
 
-    /// Replaces the configuration (a validated one) and wakes every pipeline.
+    /// Replaces the configuration (a validated one) and wakes every pipeline. Once
+    /// [`Engine::spawn`] has run, pipelines the new configuration adds get their loops too.
     pub fn replace_config(&self, config: Config) {
         match self.inner.config.write() {
             Ok(mut c) => *c = Arc::new(config),
             Err(e) => *e.into_inner() = Arc::new(config),
+        }
+        let spawned = !self
+            .inner
+            .looping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if spawned {
+            self.spawn();
         }
         for p in self.config().pipelines.iter() {
             self.wake(&p.name);
@@ -502,7 +512,8 @@ impl Engine {
         Ok(out)
     }
 
-    fn check_stage(&self, pipeline: &str, stage: &str) -> EngineResult<()> {
+    /// `UnknownPipeline` or `UnknownStage` unless the configuration in force has both.
+    pub(crate) fn check_stage(&self, pipeline: &str, stage: &str) -> EngineResult<()> {
         let p = self.pipeline(pipeline)?;
         if p.stage(stage).is_none() {
             return Err(EngineError::UnknownStage {

@@ -52,7 +52,7 @@ use crate::domain::{ApprovalRecord, Decision, Release, ReleaseId, RunStatus, Sta
 use crate::engine::ports::{
     ApprovalRequest, ApprovalSender, Message, Notifier, PortError, PortResult,
 };
-use crate::engine::{Engine, EngineError, EngineResult};
+use crate::engine::{Engine, EngineResult};
 use crate::store::approvals::{Issued, NewToken, TokenRecord};
 use crate::store::{Delivery, Ingested, NewApproval, Store, StoreError};
 
@@ -201,7 +201,7 @@ fn subject(req: &ApprovalRequest, r: &Release) -> String {
         req.pipeline,
         r.id,
         req.stage,
-        short(&r.sha),
+        crate::domain::short_sha(&r.sha),
         r.author_name
     )
 }
@@ -234,7 +234,7 @@ fn body(req: &ApprovalRequest, r: &Release, to: Recipient<'_>, link: &str) -> St
         r.id,
         req.pipeline,
         req.stage,
-        short(&r.sha),
+        crate::domain::short_sha(&r.sha),
         r.author_name,
         first_line(&r.message),
         req.expires_at.format("%Y-%m-%d %H:%M UTC"),
@@ -256,10 +256,6 @@ fn release_facts(r: &Release) -> String {
             .unwrap_or_default(),
         r.digest.as_deref().unwrap_or("(not resolved)"),
     )
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 fn first_line(s: &str) -> &str {
@@ -371,7 +367,7 @@ impl fmt::Display for Refusal {
                 f,
                 "a newer release, {} ({} by {}: {}), took this one's place in the stage; this request is closed",
                 n.id,
-                short(&n.sha),
+                crate::domain::short_sha(&n.sha),
                 n.author_name,
                 first_line(&n.message)
             ),
@@ -605,7 +601,7 @@ pub async fn decide(
     decision: Decision,
     actor: &str,
 ) -> EngineResult<Outcome> {
-    check_stage(engine, pipeline, stage)?;
+    engine.check_stage(pipeline, stage)?;
     let Some(facts) = Facts::load(engine, pipeline, release, stage).await? else {
         return Ok(Outcome::Refused(Refusal::UnknownRelease));
     };
@@ -628,20 +624,6 @@ pub async fn decide(
         engine, &facts, &decider, decision, actor, &context, &delivery,
     )
     .await
-}
-
-fn check_stage(engine: &Engine, pipeline: &str, stage: &str) -> EngineResult<()> {
-    let config = engine.config();
-    let p = config
-        .pipeline(pipeline)
-        .ok_or_else(|| EngineError::UnknownPipeline(pipeline.into()))?;
-    match p.stage(stage) {
-        Some(_) => Ok(()),
-        None => Err(EngineError::UnknownStage {
-            pipeline: pipeline.into(),
-            stage: stage.into(),
-        }),
-    }
 }
 
 /// An authenticated identity: one of the listed approvers, or anyone when none are listed.

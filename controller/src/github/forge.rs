@@ -1,7 +1,7 @@
 //! Reporting back to GitHub (Deployments, commit statuses) and the GitHub-backed tests.
 //!
 //! Owns every call tollgate makes to the GitHub REST API, through one octocrab client with
-//! token auth. [`GithubForge`] implements the engine's [`Forge`] port and adds the two test
+//! token or GitHub App (installation token) auth. [`GithubForge`] implements the engine's [`Forge`] port and adds the two test
 //! runners the gates use ([`GithubForge::checks_gate`], [`GithubForge::run_workflow`]) and the
 //! contents read behind config self-update ([`GithubForge::fetch_file`]).
 //!
@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::domain::ReportState;
 use crate::engine::ports::{DeploymentReport, Forge, PortError, PortResult, TestResult};
+use crate::gates::{GithubTests, failed, human, passed};
 use crate::secret::Secret;
 
 /// Environment variable holding the GitHub token.
@@ -278,11 +279,6 @@ impl GithubForge {
             Ok(mut m) => *m = map,
             Err(e) => *e.into_inner() = map,
         }
-    }
-
-    /// The API base URL in use.
-    pub fn api_url(&self) -> &str {
-        &self.api_url
     }
 
     fn last_stage(&self, pipeline: &str) -> Option<String> {
@@ -745,38 +741,6 @@ fn tolerate<T>(result: PortResult<T>) -> PortResult<Option<T>> {
     }
 }
 
-/// `1h2m3s`-style durations for messages.
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
-    let text = [(h, "h"), (m, "m"), (sec, "s")]
-        .iter()
-        .filter(|(v, _)| *v > 0)
-        .map(|(v, unit)| format!("{v}{unit}"))
-        .collect::<String>();
-    if text.is_empty() {
-        format!("{}ms", d.as_millis())
-    } else {
-        text
-    }
-}
-
-fn passed(summary: String, output_tail: String) -> TestResult {
-    TestResult {
-        passed: true,
-        summary,
-        output_tail,
-    }
-}
-
-fn failed(summary: String, output_tail: String) -> TestResult {
-    TestResult {
-        passed: false,
-        summary,
-        output_tail,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Check runs
 // ---------------------------------------------------------------------------------------------
@@ -1074,6 +1038,33 @@ fn run_result(file: &str, run: &RunInfo) -> TestResult {
         passed(summary, link)
     } else {
         failed(summary, link)
+    }
+}
+
+/// How often GitHub is asked about check runs and workflow runs.
+const GITHUB_POLL: std::time::Duration = std::time::Duration::from_secs(15);
+
+#[async_trait::async_trait]
+impl GithubTests for GithubForge {
+    async fn checks_gate(
+        &self,
+        repo: &str,
+        sha: &str,
+        names: &[String],
+        timeout: std::time::Duration,
+    ) -> PortResult<TestResult> {
+        GithubForge::checks_gate(self, repo, sha, names, timeout, GITHUB_POLL).await
+    }
+
+    async fn run_workflow(
+        &self,
+        repo: &str,
+        workflow: &str,
+        git_ref: &str,
+        inputs: &BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> PortResult<TestResult> {
+        GithubForge::run_workflow(self, repo, workflow, git_ref, inputs, timeout, GITHUB_POLL).await
     }
 }
 

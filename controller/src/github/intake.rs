@@ -37,7 +37,7 @@ use super::forge::GithubForge;
 use super::webhook::{CommitInfo, GithubEvent, PushEvent, WorkflowRunEvent};
 use crate::config::{self, Config, ConfigError, Pipeline};
 use crate::domain::ReleaseId;
-use crate::engine::{Engine, EngineError, PortError};
+use crate::engine::{Engine, EngineError};
 use crate::store::{Delivery, Ingested, NewRelease};
 
 /// What one delivery led to, per pipeline concerned.
@@ -73,22 +73,6 @@ impl IntakeOutcome {
             Outcome::ConfigChanged { sha } => Some(sha.as_str()),
             _ => None,
         })
-    }
-
-    /// The releases recorded.
-    pub fn releases(&self) -> Vec<(String, ReleaseId)> {
-        let released = self.outcomes.iter().filter_map(|o| match o {
-            Outcome::Released { pipeline, release } => Some((pipeline.clone(), *release)),
-            _ => None,
-        });
-        released.collect()
-    }
-
-    /// True when the delivery was acknowledged and nothing in it applied to tollgate.
-    pub fn is_ignored(&self) -> bool {
-        self.outcomes
-            .iter()
-            .all(|o| matches!(o, Outcome::Ignored { .. }))
     }
 
     /// One line for the HTTP answer and the log.
@@ -207,7 +191,7 @@ pub fn decide_run(p: &Pipeline, run: &WorkflowRunEvent) -> Decision {
         other => Decision::Refuse(format!(
             "build {build} concluded {} for {}: nothing promoted ({})",
             other.unwrap_or("without a conclusion"),
-            short(&run.head_sha),
+            crate::domain::short_sha(&run.head_sha),
             run.run_url
         )),
     }
@@ -252,10 +236,6 @@ pub fn config_change(config: &Config, push: &PushEvent) -> Option<String> {
         && !push.deleted
         && push.changed_files.iter().any(|f| f == &c.config_path);
     relevant.then(|| push.after.clone())
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,16 +393,6 @@ async fn ignore(
 // Configuration self-update
 // ---------------------------------------------------------------------------------------------
 
-/// The configuration file at `sha` of `repo`, via GitHub's contents API.
-pub async fn fetch_config(
-    forge: &GithubForge,
-    repo: &str,
-    sha: &str,
-    path: &str,
-) -> Result<String, PortError> {
-    forge.fetch_file(repo, sha, path).await
-}
-
 /// Validates `text` as `base_dir/<file_name>` (accounts and templates resolve from `base_dir`
 /// on this machine). An invalid file is refused with every validation message.
 pub fn try_reload(text: &str, base_dir: &Path, file_name: &str) -> Result<Config, String> {
@@ -453,15 +423,21 @@ pub async fn apply_config_change(
     let Some(repo) = c.config_repository.as_deref() else {
         return Err("no controller.config_repository configured".into());
     };
-    let loaded = match fetch_config(forge, repo, sha, &c.config_path).await {
+    let loaded = match forge.fetch_file(repo, sha, &c.config_path).await {
         Ok(text) => try_reload(&text, base_dir, &c.config_path),
         Err(e) => Err(format!("cannot fetch {}: {e}", c.config_path)),
     };
     let detail = match &loaded {
-        Ok(_) => format!("configuration reloaded from {repo}@{}", short(sha)),
-        Err(why) => format!("configuration from {repo}@{} refused: {why}", short(sha)),
+        Ok(_) => format!(
+            "configuration reloaded from {repo}@{}",
+            crate::domain::short_sha(sha)
+        ),
+        Err(why) => format!(
+            "configuration from {repo}@{} refused: {why}",
+            crate::domain::short_sha(sha)
+        ),
     };
-    note_everywhere(engine, &current, &detail).await;
+    note_config(engine, &current, "controller", &detail).await;
     let reported = forge
         .post_config_status(repo, sha, loaded.as_ref().map(drop).map_err(String::as_str))
         .await;
@@ -474,11 +450,13 @@ pub async fn apply_config_change(
     Ok(())
 }
 
-async fn note_everywhere(engine: &Engine, config: &Config, detail: &str) {
+/// Writes a configuration change (applied or refused) to the event log of every pipeline of
+/// `config`, as `actor`.
+pub async fn note_config(engine: &Engine, config: &Config, actor: &str, detail: &str) {
     for p in &config.pipelines {
         let logged = engine
             .store()
-            .log_event(&p.name, "controller", "config", None, detail, engine.now())
+            .log_event(&p.name, actor, "config", None, detail, engine.now())
             .await;
         if let Err(e) = logged {
             tracing::error!(pipeline = %p.name, error = %e, "cannot write the event log");
@@ -497,11 +475,7 @@ pub fn spawn_config_reloader(
     tokio::spawn(async move {
         while let Some(sha) = changes.recv().await {
             match apply_config_change(&engine, &forge, &sha, &base_dir).await {
-                Ok(()) => {
-                    // Pipelines the new configuration adds get their reconcile loops.
-                    engine.spawn();
-                    tracing::info!(%sha, "configuration reloaded");
-                }
+                Ok(()) => tracing::info!(%sha, "configuration reloaded"),
                 Err(why) => tracing::error!(%sha, reason = %why, "configuration change refused"),
             }
         }

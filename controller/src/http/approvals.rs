@@ -284,7 +284,7 @@ fn facts_table(engine: &Engine, link: &Link, runs: &[StageRun]) -> String {
     html
 }
 
-fn commit_html(engine: &Engine, r: &Release) -> String {
+pub(crate) fn commit_html(engine: &Engine, r: &Release) -> String {
     let url = r.url.clone().or_else(|| {
         let config = engine.config();
         let repo = &config.pipeline(&r.pipeline)?.source.repository;
@@ -368,7 +368,12 @@ async fn recorded_page(
 ) -> Response {
     let f = &link.facts;
     let r = &f.release;
-    let what = format!("{} {} ({})", f.pipeline, r.id, short(&r.sha));
+    let what = format!(
+        "{} {} ({})",
+        f.pipeline,
+        r.id,
+        crate::domain::short_sha(&r.sha)
+    );
     let (title, text) = match decision {
         Decision::Approve => {
             let approved = engine
@@ -422,7 +427,7 @@ fn refusal_page(link: &Link, r: &Refusal) -> Response {
         "{} {} ({}) in stage {}",
         f.pipeline,
         f.release.id,
-        short(&f.release.sha),
+        crate::domain::short_sha(&f.release.sha),
         f.stage
     );
     let html = format!(
@@ -456,7 +461,7 @@ fn with_status(status: StatusCode, mut r: Response) -> Response {
 }
 
 /// A whole page with the headers every approval page carries.
-fn page(status: StatusCode, title: &str, body: String) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, body: String) -> Response {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -489,7 +494,7 @@ fn page(status: StatusCode, title: &str, body: String) -> Response {
     response
 }
 
-pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:46em;padding:0 1em;line-height:1.4}\
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:46em;padding:0 1em;line-height:1.4}\
 th{text-align:left;vertical-align:top;padding-right:1em}pre{white-space:pre-wrap;margin:0}\
 .notice{background:#fff3cd;padding:.5em}button{font-size:1.1em;padding:.4em 1.2em;margin-right:1em}";
 
@@ -513,12 +518,8 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-fn time(t: DateTime<Utc>) -> String {
+pub(crate) fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 #[cfg(test)]

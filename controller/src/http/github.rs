@@ -1,8 +1,8 @@
 //! `POST /webhooks/github`.
 //!
 //! Owns the edge of GitHub intake: body cap, signature, headers, parsing; then hands the
-//! verified event to [`crate::github::intake::handle`], which records it in one store
-//! transaction and wakes the reconciler. Nothing slower happens before the answer.
+//! verified event to [`crate::github::intake::handle`], which records it (one store
+//! transaction per pipeline it concerns) and wakes the reconciler. Nothing slower happens before the answer.
 //!
 //! | case | answer |
 //! |---|---|

@@ -1,17 +1,14 @@
 //! The axum application: routes, shared state, health.
 //!
-//! Owns: [`AppState`] (what every handler may use), [`router`] (the whole HTTP surface, one
-//! `Router` per area merged together) and [`serve`] (graceful shutdown on SIGINT/SIGTERM).
-//! Adding an area is one line in [`router`]: `.merge(crate::http::<area>::routes())`, where
-//! `routes()` returns a `Router<AppState>`.
+//! Owns: [`AppState`] (what the GitHub and health handlers use), [`router`] (those routes) and
+//! [`shutdown_signal`] (SIGINT/SIGTERM). `tollgate serve` merges the other areas — SNS
+//! intake, approval pages, the release page — each a `Router` with its own state.
 //!
 //! Guarantees: `/healthz` answers while the process runs; `/readyz` answers 200 only while the
 //! state database answers (within [`READY_TIMEOUT`]). Handlers only record facts and wake the
 //! reconciler, so every answer is fast.
 //! Must never: log request bodies or headers (they carry signatures, tokens and secrets).
 
-use std::future::Future;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +16,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
@@ -94,24 +90,6 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
             "state database unreachable",
         ),
     }
-}
-
-/// Serves until SIGINT or SIGTERM, then finishes the requests in flight.
-pub async fn serve(listener: TcpListener, state: AppState) -> io::Result<()> {
-    serve_with_shutdown(listener, state, shutdown_signal()).await
-}
-
-/// Serves until `shutdown` completes, then finishes the requests in flight.
-pub async fn serve_with_shutdown(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP server listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -7,16 +7,13 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 
 use crate::domain::ReleaseId;
 use crate::engine::Engine;
-use crate::http::approvals::{STYLE, esc};
-
-/// How many of the pipeline's newest events are searched for the release's entries.
-const EVENT_WINDOW: i64 = 5_000;
+use crate::http::approvals::{commit_html, esc, page, time};
 
 pub fn routes(engine: Engine) -> Router {
     Router::new()
@@ -28,15 +25,15 @@ async fn release_page(
     State(engine): State<Engine>,
     Path((pipeline, id)): Path<(String, String)>,
 ) -> Response {
-    let Ok(id) = id.trim_start_matches('r').parse::<i64>() else {
+    let Ok(id) = id.parse::<ReleaseId>() else {
         return page(StatusCode::NOT_FOUND, "No such release", String::new());
     };
-    match render(&engine, &pipeline, ReleaseId(id)).await {
-        Ok(Some(html)) => page(StatusCode::OK, &format!("{pipeline} r{id}"), html),
+    match render(&engine, &pipeline, id).await {
+        Ok(Some(html)) => page(StatusCode::OK, &format!("{pipeline} {id}"), html),
         Ok(None) => page(
             StatusCode::NOT_FOUND,
             "No such release",
-            format!("<p>Pipeline {} has no release r{id}.</p>", esc(&pipeline)),
+            format!("<p>Pipeline {} has no release {id}.</p>", esc(&pipeline)),
         ),
         Err(e) => {
             tracing::error!(error = %e, "release page failed");
@@ -59,10 +56,7 @@ async fn render(
         return Ok(None);
     };
     let mut html = String::new();
-    let commit = match &r.url {
-        Some(u) => format!("<a href=\"{}\">{}</a>", esc(u), esc(&r.sha)),
-        None => esc(&r.sha),
-    };
+    let commit = commit_html(engine, &r);
     html.push_str(&format!(
         "<p>Commit {commit} on {} by {} &lt;{}&gt;<br>{}</p>",
         esc(&r.branch),
@@ -96,17 +90,12 @@ async fn render(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&run.stage),
             esc(run.status.as_str()),
-            run.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            time(run.since),
             esc(&run.reason)
         ));
     }
     html.push_str("</table><h2>Event log</h2><table><tr><th>time</th><th>stage</th><th>kind</th><th>who</th><th>what</th></tr>");
-    for e in store
-        .events(pipeline, EVENT_WINDOW)
-        .await?
-        .into_iter()
-        .filter(|e| e.release == Some(id.0))
-    {
+    for e in store.release_events(pipeline, id).await? {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             e.at.format("%H:%M:%S%.3f"),
@@ -118,24 +107,4 @@ async fn render(
     }
     html.push_str("</table>");
     Ok(Some(html))
-}
-
-fn page(status: StatusCode, title: &str, body: String) -> Response {
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"robots\" content=\"noindex, nofollow\">\
-         <title>{t} · tollgate</title><style>{STYLE}</style></head>\
-         <body><main><h1>{t}</h1>{body}</main></body></html>\n",
-        t = esc(title)
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        ],
-        html,
-    )
-        .into_response()
 }

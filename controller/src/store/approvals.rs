@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{Delivery, Result, Store, StoreError, from_ms, ms};
-use crate::domain::{ReleaseId, RunStatus, StageRun};
+use super::{Delivery, Result, Store, from_ms, ms};
+use crate::domain::{ReleaseId, StageRun};
 use crate::secret::Secret;
 
 /// Random bytes in a token: 256 bits.
@@ -233,26 +233,6 @@ impl Store {
             .map(|r| token_row(&r)))
     }
 
-    /// Every token issued for a release in a stage, oldest first.
-    pub async fn approval_tokens_of(
-        &self,
-        release: ReleaseId,
-        stage: &str,
-    ) -> Result<Vec<TokenRecord>> {
-        let sql = format!(
-            "{} ORDER BY t.id",
-            token_query("t.release_id = $1 AND t.stage = $2")
-        );
-        Ok(sqlx::query(&sql)
-            .bind(release.0)
-            .bind(stage)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(token_row)
-            .collect())
-    }
-
     /// The run of a release in a stage.
     pub async fn stage_run(&self, release: ReleaseId, stage: &str) -> Result<Option<StageRun>> {
         let row = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1 AND stage = $2")
@@ -260,7 +240,7 @@ impl Store {
             .bind(stage)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| stage_run_row(&r)).transpose()
+        row.map(|r| super::rows::run_row(&r)).transpose()
     }
 
     /// Every run of a release, in stage order of creation.
@@ -270,7 +250,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(stage_run_row)
+            .map(super::rows::run_row)
             .collect()
     }
 
@@ -347,21 +327,6 @@ async fn insert_token(c: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
     .execute(&mut *c)
     .await?;
     Ok(())
-}
-
-fn stage_run_row(r: &SqliteRow) -> Result<StageRun> {
-    let status: String = r.get("status");
-    Ok(StageRun {
-        release: ReleaseId(r.get("release_id")),
-        stage: r.get("stage"),
-        status: RunStatus::parse(&status).ok_or(StoreError::Corrupt {
-            table: "stage_runs",
-            detail: format!("status `{status}`"),
-        })?,
-        reason: r.get("reason"),
-        attempt: r.get::<i64, _>("attempt") as u32,
-        since: from_ms(r.get("since")),
-    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! transaction; incoming deliveries are deduplicated by (source, id); the event log is
 //! append-only (enforced by triggers); commits are durable (WAL, `synchronous = FULL`).
 //! Must never: decide what happens next (that is `domain::plan`), or store a secret.
-//! The engine sees only the methods here, so a PostgreSQL backend can be added behind them.
+//! The engine uses only the methods here (tests also read the pool directly), so a PostgreSQL
+//! backend can be added behind them.
 
 pub mod approvals;
 mod rows;
@@ -177,7 +178,7 @@ impl Store {
         }
         let detail = format!(
             "release r{id}: {} by {} — {}",
-            short(&r.sha),
+            crate::domain::short_sha(&r.sha),
             r.author_name,
             first_line(&r.message)
         );
@@ -406,11 +407,7 @@ impl Store {
         if r.rows_affected() == 0 {
             return Ok(false);
         }
-        let what = match which {
-            Override::Alarms => "may enter stages whose alarms are in ALARM",
-            Override::Window => "may deploy outside deployment windows",
-        };
-        let detail = format!("{release} {what}: {reason}");
+        let detail = format!("{release} {}: {reason}", which.lifts());
         log(
             &mut tx,
             pipeline,
@@ -562,6 +559,15 @@ impl Store {
         rows::events(&self.pool, pipeline, limit).await
     }
 
+    /// The event-log entries about one release, oldest first.
+    pub async fn release_events(
+        &self,
+        pipeline: &str,
+        release: ReleaseId,
+    ) -> Result<Vec<EventRow>> {
+        rows::release_events(&self.pool, pipeline, release).await
+    }
+
     /// One release by id.
     pub async fn release(&self, id: ReleaseId) -> Result<Option<Release>> {
         rows::release(&self.pool, id).await
@@ -665,6 +671,16 @@ pub enum Override {
     Window,
 }
 
+impl Override {
+    /// What the release may do once the override is set, for people.
+    pub fn lifts(self) -> &'static str {
+        match self {
+            Override::Alarms => "may enter stages whose alarms are in ALARM",
+            Override::Window => "may deploy outside deployment windows",
+        }
+    }
+}
+
 /// An alarm notification as it arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAlarm {
@@ -708,10 +724,6 @@ impl EffectOutcome {
 
 fn actor_of(d: &Delivery) -> String {
     format!("{}:{}", d.source, d.id)
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }
 
 fn first_line(s: &str) -> &str {

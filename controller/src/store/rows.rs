@@ -53,7 +53,7 @@ fn release_row(r: &SqliteRow) -> Release {
     }
 }
 
-fn run_row(r: &SqliteRow) -> Result<StageRun> {
+pub(super) fn run_row(r: &SqliteRow) -> Result<StageRun> {
     let status: String = r.get("status");
     Ok(StageRun {
         release: ReleaseId(r.get("release_id")),
@@ -297,18 +297,33 @@ pub(super) async fn events(pool: &SqlitePool, pipeline: &str, limit: i64) -> Res
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| EventRow {
-            id: r.get("id"),
-            at: from_ms(r.get("at")),
-            actor: r.get("actor"),
-            kind: r.get("kind"),
-            release: r.get("release_id"),
-            stage: r.get("stage"),
-            detail: r.get("detail"),
-        })
-        .collect())
+    Ok(rows.iter().map(event_row).collect())
+}
+
+pub(super) async fn release_events(
+    pool: &SqlitePool,
+    pipeline: &str,
+    release: ReleaseId,
+) -> Result<Vec<EventRow>> {
+    let rows =
+        sqlx::query("SELECT * FROM events WHERE pipeline = $1 AND release_id = $2 ORDER BY id")
+            .bind(pipeline)
+            .bind(release.0)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.iter().map(event_row).collect())
+}
+
+fn event_row(r: &SqliteRow) -> EventRow {
+    EventRow {
+        id: r.get("id"),
+        at: from_ms(r.get("at")),
+        actor: r.get("actor"),
+        kind: r.get("kind"),
+        release: r.get("release_id"),
+        stage: r.get("stage"),
+        detail: r.get("detail"),
+    }
 }
 
 pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<Release>> {

@@ -24,7 +24,6 @@ pub mod cloudwatch {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use anyhow::Context as _;
-    use aws_config::SdkConfig;
     use axum::Router;
     use axum::body::Bytes;
     use axum::extract::{Path, State};
@@ -105,11 +104,6 @@ pub mod cloudwatch {
         /// `http://127.0.0.1:<port>`.
         pub fn endpoint(&self) -> String {
             format!("http://{}", self.addr)
-        }
-
-        /// `base` (credentials, region) with this stub as the endpoint.
-        pub fn sdk_config(&self, base: &SdkConfig) -> SdkConfig {
-            base.to_builder().endpoint_url(self.endpoint()).build()
         }
 
         /// Creates or changes an alarm: `OK`, `ALARM` or `INSUFFICIENT_DATA`.
@@ -411,7 +405,6 @@ pub mod codepipeline {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     use anyhow::Context as _;
-    use aws_config::SdkConfig;
     use axum::Router;
     use axum::body::Bytes;
     use axum::extract::State;
@@ -540,11 +533,6 @@ pub mod codepipeline {
         /// `http://127.0.0.1:<port>`.
         pub fn endpoint(&self) -> String {
             format!("http://{}", self.addr)
-        }
-
-        /// `base` (credentials, region) with this stub as the endpoint.
-        pub fn sdk_config(&self, base: &SdkConfig) -> SdkConfig {
-            base.to_builder().endpoint_url(self.endpoint()).build()
         }
 
         /// Creates a pipeline with these stages (a pipeline not created here does not exist).

@@ -456,14 +456,14 @@ fn api() -> Router<Shared> {
 /// Logs the request, checks the token, and plays scripted failures.
 async fn gatekeeper(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let line = format!("{} {}", req.method(), req.uri());
-    let (token, failure) = {
-        let mut m = lock(&state);
-        m.requests.push(line);
-        (m.token.clone(), m.failures.pop_front())
-    };
+    lock(&state).requests.push(line);
     if let Some(installation) = access_token_request(&req) {
         return issue_installation_token(&state, req.headers(), installation).into_response();
     }
+    let (token, failure) = {
+        let mut m = lock(&state);
+        (m.token.clone(), m.failures.pop_front())
+    };
     if let Err(rejected) = authorize(req.headers(), &token) {
         return rejected.into_response();
     }

@@ -3,7 +3,8 @@
 //! Owns: starting moto (PyPI `moto[server]`, pinned and installed into `.venv` by
 //! `scripts/test`) on a free loopback port and stopping it; [`aws_config::SdkConfig`]s that point
 //! the real AWS SDK at it, including one per emulated account obtained through a real STS
-//! `AssumeRole`; and moto's own API (`/moto-api/`): reset and the request recorder.
+//! `AssumeRole`; moto's own API (`/moto-api/`): reset, the request recorder and `data.json`;
+//! and reading an SSM parameter of any emulated account ([`MotoServer::ssm_parameter`]).
 //!
 //! Must never be used by the controller at run time, pointed at anything but 127.0.0.1, or
 //! given real credentials.

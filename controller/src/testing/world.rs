@@ -37,7 +37,7 @@
 //! - moto 5.2.5 keeps a stack's parameters as they were at its creation when an UPDATE change
 //!   set is executed, so a change set back to exactly those parameters is refused as "No updates
 //!   are to be performed.": a rollback to the release that created a stack changes nothing on
-//!   moto. Scenarios that roll back create the stacks with an earlier release first.
+//!   moto. Scenarios that roll back create the stacks first with [`World::bootstrap_stacks`].
 //! - A [`World`] keeps an [`SdkConfig`] for the build account; like every config from
 //!   [`MotoServer`], use it from one tokio runtime.
 //! - The directory is removed when the world is dropped, unless it was given with
@@ -336,11 +336,6 @@ impl World {
         &self.pipeline
     }
 
-    /// The ECR repository in the build account.
-    pub fn repository(&self) -> &str {
-        &self.repository
-    }
-
     /// The SNS topics in the build account.
     pub fn topics(&self) -> &Topics {
         &self.topics
@@ -425,7 +420,7 @@ impl World {
     /// deployed). moto 5.2.5 reports no Outputs for stacks made through change sets.
     pub async fn deployed_image(&self, moto: &MotoServer, stage: &str) -> Result<Option<String>> {
         let s = self.stage(stage)?;
-        ssm_parameter(moto, &s.account_id, &s.parameter).await
+        moto.ssm_parameter(&s.account_id, &s.parameter).await
     }
 
     /// Creates every stage's stack once, as a platform team does before handing a service to
@@ -674,15 +669,6 @@ impl World {
         }
         out
     }
-}
-
-/// The value of an SSM parameter in an account of `moto`; see [`MotoServer::ssm_parameter`].
-pub async fn ssm_parameter(
-    moto: &MotoServer,
-    account_id: &str,
-    name: &str,
-) -> Result<Option<String>> {
-    moto.ssm_parameter(account_id, name).await
 }
 
 const MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";

@@ -1,0 +1,228 @@
+//! `aws::codepipeline::CodePipelineDeployer` through the real AWS SDK for Rust, against the
+//! scripted stub in `testing::aws_stubs::codepipeline` — moto 5.2.5 gaps: its executions
+//! succeed instantly (no `InProgress`, no failed action to report) and `RollbackStage` is not
+//! implemented. The controller's own account is used, so the stub sees CodePipeline calls only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use tollgate::aws::codepipeline::{CodePipelineDeployer, Poll};
+use tollgate::aws::retry::{Limiter, RetrySettings};
+use tollgate::aws::sts::Credentials;
+use tollgate::config::{Account, Deploy, Target};
+use tollgate::domain::ReleaseId;
+use tollgate::engine::ports::{DeployRequest, Deployer, PortError};
+use tollgate::testing::aws_stubs::codepipeline::{CodePipelineStub, Outcome, Run};
+
+const REGION: &str = "us-east-1";
+const PIPELINE: &str = "backend-beta";
+const OLD: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app@sha256:0000";
+const NEW: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app@sha256:1111";
+/// Every test is bounded.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn own_account() -> Account {
+    Account {
+        name: "tools".into(),
+        id: "123456789012".into(),
+        role_arn: None,
+        external_id: None,
+        region: REGION.into(),
+        controller: true,
+        session_duration: Duration::from_secs(3600),
+    }
+}
+
+fn request(key: &str, image: &str) -> DeployRequest {
+    let account = own_account();
+    DeployRequest {
+        key: key.into(),
+        pipeline: "backend".into(),
+        stage: "beta".into(),
+        release: ReleaseId(1),
+        target: Target {
+            account: account.name.clone(),
+            region: REGION.into(),
+        },
+        account,
+        deploy: Deploy::CodePipeline {
+            pipeline: PIPELINE.into(),
+            variable: "ImageUri".into(),
+        },
+        image_uri: image.into(),
+        session_name: "tollgate-backend-1-beta".into(),
+    }
+}
+
+async fn stub_deployer() -> (CodePipelineStub, CodePipelineDeployer) {
+    let stub = CodePipelineStub::start().await.unwrap();
+    stub.create_pipeline(PIPELINE, &["Source", "Deploy"]);
+    let credentials = aws_credential_types::Credentials::new("stub", "stub", None, None, "stub");
+    let base = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .build();
+    let limiter = Arc::new(Limiter::new(RetrySettings {
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(50),
+        ..RetrySettings::default()
+    }));
+    let fast = Poll {
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+        timeout: Duration::from_secs(10),
+    };
+    let deployer = CodePipelineDeployer::new(
+        Arc::new(Credentials::new(base, limiter.clone())),
+        limiter,
+        fast,
+    )
+    .with_endpoint_url(stub.endpoint());
+    (stub, deployer)
+}
+
+async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("the test finished in time")
+}
+
+#[tokio::test]
+async fn a_deploy_starts_the_pipeline_with_the_image_and_waits_for_it_once_per_key() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        stub.script(
+            PIPELINE,
+            Run {
+                polls: 3,
+                outcome: Outcome::Succeeded,
+            },
+        );
+        let req = request("backend/r1/beta/a1/deploy-0", NEW);
+        let done = cp.deploy(&req).await.unwrap();
+        assert!(done.summary.ends_with("succeeded"), "{}", done.summary);
+        let again = cp.deploy(&req).await.unwrap(); // as after a crash
+        assert!(again.summary.ends_with("succeeded"), "{}", again.summary);
+
+        assert_eq!(
+            stub.execution_ids(PIPELINE).len(),
+            1,
+            "one execution per key"
+        );
+        let starts: Vec<_> = stub
+            .calls()
+            .into_iter()
+            .filter(|c| c.operation == "StartPipelineExecution")
+            .collect();
+        assert_eq!(starts.len(), 2, "the repeat re-attached by its token");
+        assert_eq!(
+            starts[0].body["clientRequestToken"],
+            starts[1].body["clientRequestToken"]
+        );
+        assert_eq!(
+            starts[0].body["variables"],
+            serde_json::json!([{"name": "ImageUri", "value": NEW}])
+        );
+        assert!(
+            stub.count("GetPipelineExecution") >= 4,
+            "it waited through InProgress"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_execution_names_the_failing_action() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        stub.script(
+            PIPELINE,
+            Run {
+                polls: 1,
+                outcome: Outcome::Failed {
+                    action: "DeployService".into(),
+                    summary: "ECS service did not stabilize".into(),
+                },
+            },
+        );
+        let err = cp
+            .deploy(&request("backend/r1/beta/a1/deploy-0", NEW))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PortError::Failed(_)), "{err:?}");
+        assert!(
+            text.contains("DeployService") && text.contains("ECS service did not stabilize"),
+            "{text}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rollback_returns_the_deploy_stage_to_the_last_execution_of_that_image() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        cp.deploy(&request("backend/r1/beta/a1/deploy-0", OLD))
+            .await
+            .unwrap();
+        cp.deploy(&request("backend/r2/beta/a1/deploy-0", NEW))
+            .await
+            .unwrap();
+        let ids = stub.execution_ids(PIPELINE);
+        let rollback = request("backend/r2/beta/a1/rollback-0-to-1", OLD);
+        let done = cp.rollback(&rollback).await.unwrap();
+        assert!(
+            done.summary
+                .contains(&format!("rolled back to execution {}", ids[0])),
+            "{}",
+            done.summary
+        );
+        let again = cp.rollback(&rollback).await.unwrap(); // as after a crash
+        assert_eq!(again.summary, done.summary);
+        let rollbacks = stub.rollbacks();
+        assert_eq!(rollbacks.len(), 1, "RollbackStage ran once: {rollbacks:?}");
+        assert_eq!(rollbacks[0].stage, "Deploy");
+        assert_eq!(rollbacks[0].target_execution_id, ids[0]);
+
+        let nowhere = cp
+            .rollback(&request(
+                "backend/r3/beta/a1/rollback-0-to-9",
+                "app@sha256:9999",
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(nowhere, PortError::NotFound(_)), "{nowhere:?}");
+        assert!(nowhere.to_string().contains("nothing to roll back to"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_a_missing_pipeline_is_not_found() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        stub.throttle(3);
+        cp.deploy(&request("backend/r1/beta/a1/deploy-0", NEW))
+            .await
+            .unwrap();
+        assert_eq!(
+            stub.execution_ids(PIPELINE).len(),
+            1,
+            "no duplicate execution"
+        );
+
+        let mut req = request("backend/r2/beta/a1/deploy-0", NEW);
+        req.deploy = Deploy::CodePipeline {
+            pipeline: "absent".into(),
+            variable: "ImageUri".into(),
+        };
+        let err = cp.deploy(&req).await.unwrap_err();
+        assert!(matches!(err, PortError::NotFound(_)), "{err:?}");
+        assert!(err.to_string().contains("absent"), "{err}");
+    })
+    .await;
+}
