@@ -1,7 +1,7 @@
 //! The engine end to end with in-memory fakes and a real SQLite file: promotions, gates,
 //! rollbacks, superseding, and crash safety.
 
-mod engine_support;
+use crate::engine_support;
 
 use chrono::Duration;
 use engine_support::*;

@@ -9,7 +9,7 @@
 //! one rejection, a shared link, repeated sends, windows, the library API, and that tokens never
 //! reach the logs or the store.
 
-mod engine_support;
+use crate::engine_support;
 
 use std::io::Write;
 use std::net::SocketAddr;

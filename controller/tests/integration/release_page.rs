@@ -1,7 +1,7 @@
 //! `GET /ui/pipelines/{pipeline}/releases/{id}`, the page notifications and GitHub link to,
 //! over a real SQLite store after a promotion with the engine's fakes.
 
-mod engine_support;
+use crate::engine_support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

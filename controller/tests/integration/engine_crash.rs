@@ -4,7 +4,7 @@
 //! SQLite file with the same outside world. Every run must reach the same final state as
 //! an uninterrupted promotion, and every side effect must have happened exactly once.
 
-mod engine_support;
+use crate::engine_support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

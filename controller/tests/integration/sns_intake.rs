@@ -5,7 +5,7 @@
 //! Nothing leaves loopback: the certificate cache's client resolves every name to 127.0.0.1, and
 //! subscription confirmations go to a [`Confirmer`] that records the URL instead of fetching it.
 
-mod engine_support;
+use crate::engine_support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};

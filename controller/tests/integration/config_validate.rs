@@ -13,11 +13,11 @@ use proptest::prelude::*;
 use tollgate::config::{self, ConfigError, Diagnostic, Loaded, Severity};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config");
-const STAGES: &str = include_str!("fixtures/config/stages.toml");
-const ACCOUNTS: &str = include_str!("fixtures/config/accounts.toml");
+const STAGES: &str = include_str!("../fixtures/config/stages.toml");
+const ACCOUNTS: &str = include_str!("../fixtures/config/accounts.toml");
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-const EXAMPLE: &str = include_str!("../../stages.toml");
-const EXAMPLE_ACCOUNTS: &str = include_str!("../../accounts/accounts.toml");
+const EXAMPLE: &str = include_str!("../../../stages.toml");
+const EXAMPLE_ACCOUNTS: &str = include_str!("../../../accounts/accounts.toml");
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -961,7 +961,7 @@ fn property_names(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[test]
 fn every_key_is_documented() {
-    let docs = include_str!("../../docs/configuration.md");
+    let docs = include_str!("../../../docs/configuration.md");
     let mut keys = Vec::new();
     property_names(&config::stages_schema(), &mut keys);
     property_names(&config::accounts_schema(), &mut keys);
