@@ -118,8 +118,11 @@ pub enum EffectKind {
         test: String,
         phase: Phase,
     },
-    /// Publish the approval request (one message per approver).
-    RequestApproval,
+    /// Publish the approval request (one message per approver). A failed send is tried again
+    /// in a later `round`, which sends only what no earlier round got out.
+    RequestApproval {
+        round: u32,
+    },
     /// Deploy one wave (target) of the stage.
     Deploy {
         wave: usize,
@@ -148,7 +151,8 @@ impl EffectKind {
             EffectKind::ResolveArtifact => "resolve".into(),
             EffectKind::CheckAlarms { round } => format!("check-alarms-{round}"),
             EffectKind::RunTest { test, phase } => format!("test-{}-{test}", phase.as_str()),
-            EffectKind::RequestApproval => "approval-request".into(),
+            EffectKind::RequestApproval { round: 0 } => "approval-request".into(),
+            EffectKind::RequestApproval { round } => format!("approval-request-{round}"),
             EffectKind::Deploy { wave } => format!("deploy-{wave}"),
             EffectKind::Rollback { wave, target } => format!("rollback-{wave}-to-{}", target.0),
             EffectKind::PollAlarms { round } => format!("poll-alarms-{round}"),
@@ -221,11 +225,14 @@ pub enum Action {
         to: RunStatus,
         reason: String,
     },
-    /// Update what a run is waiting for, without changing its status.
+    /// Update what a run is waiting for, without changing its status. `logged` is false when
+    /// only a countdown in the reason moved ("expires in 3h" → "2h59m"): the run's reason is
+    /// kept current, but the event log gets no entry per minute of a long wait.
     Note {
         release: ReleaseId,
         stage: String,
         reason: String,
+        logged: bool,
     },
     /// The release was rolled back in `stage`: never promote it again automatically.
     MarkBad {
@@ -256,6 +263,11 @@ impl Action {
     pub fn is_state_change(&self) -> bool {
         !matches!(self, Action::Start(_))
     }
+
+    /// Written to the event log when applied.
+    pub fn is_logged(&self) -> bool {
+        !matches!(self, Action::Note { logged: false, .. })
+    }
 }
 
 impl fmt::Display for Action {
@@ -271,6 +283,7 @@ impl fmt::Display for Action {
                 release,
                 stage,
                 reason,
+                ..
             } => write!(f, "{release} {stage}: {reason}"),
             Action::MarkBad {
                 release,

@@ -29,6 +29,10 @@ use crate::config::{Pipeline, Stage};
 pub const ALARM_RECHECK: Duration = Duration::from_secs(60);
 /// Poll the alarms during bake at most this often (the SNS push is the fast path).
 pub const BAKE_POLL: Duration = Duration::from_secs(10);
+/// A failed approval request is sent again after this long, doubling each time up to
+/// `APPROVAL_RESEND_MAX`, for as long as the request has not expired.
+pub const APPROVAL_RESEND: Duration = Duration::from_secs(5 * 60);
+pub const APPROVAL_RESEND_MAX: Duration = Duration::from_secs(60 * 60);
 
 /// What to do now, and when to look again if nothing else happens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,6 +96,7 @@ impl<'a> Planner<'a> {
             self.out.actions.push(Action::Note {
                 release: run.release,
                 stage: run.stage.clone(),
+                logged: countdown_free(&run.reason) != countdown_free(&reason),
                 reason,
             });
         }
@@ -133,6 +138,13 @@ impl<'a> Planner<'a> {
 
     fn release(&self, id: ReleaseId) -> Option<&Release> {
         self.snap.releases.get(&id)
+    }
+
+    /// How long after failed send number `round` (from 0) the approval request goes again.
+    fn resend_after(round: u32) -> Duration {
+        APPROVAL_RESEND
+            .saturating_mul(1 << round.min(16))
+            .min(APPROVAL_RESEND_MAX)
     }
 
     /// A time left, for people, in whole minutes (rounded up): reasons change at most once a
@@ -600,8 +612,9 @@ impl<'a> Planner<'a> {
             self.try_deploy(j, stage, run);
             return;
         };
+        let round = self.latest_round(run, |round| EffectKind::RequestApproval { round });
         let request = self
-            .ensure(self.effect(run, EffectKind::RequestApproval))
+            .ensure(self.effect(run, EffectKind::RequestApproval { round }))
             .cloned();
         let (approved, rejected) = self.approvals(stage, run);
         if let Some(who) = rejected {
@@ -627,7 +640,20 @@ impl<'a> Planner<'a> {
         self.wake(expires);
         let sent = match request {
             Some(r) if r.status == EffectStatus::Failed => {
-                format!(" (request not sent: {})", r.detail)
+                let again = Self::resend_after(round);
+                let at = r.finished_at.unwrap_or(self.now)
+                    + chrono::Duration::from_std(again).unwrap_or_default();
+                if at <= self.now {
+                    self.ensure(self.effect(run, EffectKind::RequestApproval { round: round + 1 }));
+                    " (request not sent; sending again)".to_string()
+                } else {
+                    self.wake(at);
+                    format!(
+                        " (request not sent: {}; trying again in {})",
+                        r.detail,
+                        Self::minutes(at - self.now)
+                    )
+                }
             }
             _ => String::new(),
         };
@@ -1066,6 +1092,98 @@ impl<'a> Planner<'a> {
             .collect();
         for release in done {
             self.out.actions.push(Action::Retire { release });
+        }
+    }
+}
+
+/// A reason with its countdowns ("3h59m", "less than 1m") blanked: two reasons that differ
+/// only there say the same thing a minute apart.
+fn countdown_free(reason: &str) -> String {
+    let reason = reason.replace("less than 1m", "…");
+    reason
+        .split(' ')
+        .map(|word| {
+            let bare = word.trim_end_matches([',', ';', ')', '.']);
+            if is_duration(bare) {
+                format!("…{}", &word[bare.len()..])
+            } else {
+                word.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "2h", "59m", "1h30m", "45s": what `format_duration` writes.
+fn is_duration(word: &str) -> bool {
+    let mut digits = 0;
+    let mut units = 0;
+    for c in word.chars() {
+        match c {
+            '0'..='9' => digits += 1,
+            'h' | 'm' | 's' if digits > 0 => {
+                digits = 0;
+                units += 1;
+            }
+            _ => return false,
+        }
+    }
+    units > 0 && digits == 0
+}
+
+#[cfg(test)]
+mod countdown_tests {
+    use super::countdown_free;
+
+    #[test]
+    fn a_moving_countdown_is_the_same_reason() {
+        let same = [
+            (
+                "awaiting approval: 0 of 1, expires in 4m",
+                "awaiting approval: 0 of 1, expires in 3m",
+            ),
+            (
+                "awaiting approval: 0 of 1, expires in 1h",
+                "awaiting approval: 0 of 1, expires in 59m",
+            ),
+            (
+                "awaiting approval: 0 of 2, expires in 2m",
+                "awaiting approval: 0 of 2, expires in less than 1m",
+            ),
+            ("baking, 1h30m left", "baking, 1h29m left"),
+            (
+                "awaiting approval: 1 of 2, expires in 5m (request not sent: throttled)",
+                "awaiting approval: 1 of 2, expires in 4m (request not sent: throttled)",
+            ),
+        ];
+        for (a, b) in same {
+            assert_eq!(countdown_free(a), countdown_free(b), "{a} | {b}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_a_new_reason() {
+        let different = [
+            (
+                "awaiting approval: 0 of 2, expires in 4m",
+                "awaiting approval: 1 of 2, expires in 4m",
+            ),
+            (
+                "baking, 3m left",
+                "bake time over; waiting for alarm evaluations (1/3)",
+            ),
+            (
+                "bake time over; waiting for alarm evaluations (1/3)",
+                "bake time over; waiting for alarm evaluations (2/3)",
+            ),
+            (
+                "awaiting approval: 0 of 1, expires in 4m",
+                "awaiting approval: 0 of 1, expires in 4m (request not sent: throttled)",
+            ),
+            ("alarm api-5xx in ALARM", "alarm api-4xx in ALARM"),
+        ];
+        for (a, b) in different {
+            assert_ne!(countdown_free(a), countdown_free(b), "{a} | {b}");
         }
     }
 }

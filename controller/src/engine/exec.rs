@@ -89,7 +89,7 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
         (EffectKind::RunTest { test, .. }, Some(s)) => {
             run_test(engine, e, p, s, r, test, ctx).await
         }
-        (EffectKind::RequestApproval, Some(s)) => approval(engine, e, p, s, r, ctx).await,
+        (EffectKind::RequestApproval { .. }, Some(s)) => approval(engine, e, p, s, r, ctx).await,
         (EffectKind::Deploy { wave }, Some(s)) => deploy(engine, e, p, s, r, *wave, ctx).await,
         (EffectKind::Rollback { wave, target }, Some(s)) => {
             rollback(engine, e, p, s, *wave, *target, ctx).await
@@ -223,8 +223,17 @@ async fn approval(
         .run
         .as_ref()
         .map_or_else(|| engine.now(), |run| run.since);
+    // Every round of a request shares the first round's key: approvers whose link went out
+    // keep it, and a later round sends only what an earlier one did not.
+    let first = Effect::new(
+        &e.pipeline,
+        e.release,
+        &e.stage,
+        e.attempt,
+        EffectKind::RequestApproval { round: 0 },
+    );
     let req = ApprovalRequest {
-        key: e.key.clone(),
+        key: first.key,
         pipeline: p.name.clone(),
         stage: s.name.clone(),
         release: r.id,

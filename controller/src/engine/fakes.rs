@@ -51,6 +51,8 @@ pub struct FakeWorld {
     pub failing_tests: BTreeSet<String>,
     /// Deploys to these stages fail.
     pub failing_deploys: BTreeSet<String>,
+    /// Messages to these approvers (the message's `approver` attribute) are refused.
+    pub refused_approvers: BTreeSet<String>,
     /// Alarms in ALARM now, by name.
     pub firing: BTreeSet<String>,
     /// Images that exist: tag → digest. A tag not here resolves to a digest made from it.
@@ -185,6 +187,13 @@ impl Artifacts for Fakes {
 impl Notifier for Fakes {
     async fn publish(&self, msg: &Message) -> PortResult<String> {
         self.with(|w| {
+            if let Some(who) = msg.attributes.get("approver")
+                && w.refused_approvers.contains(who)
+            {
+                return Err(PortError::Denied(format!(
+                    "AuthorizationError: the topic refused the message to {who}"
+                )));
+            }
             if w.ledger.call(&msg.key) {
                 w.published.push(msg.clone());
             }

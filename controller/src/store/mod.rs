@@ -464,6 +464,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for a in actions.iter().filter(|a| a.is_state_change()) {
             rows::apply_one(&mut tx, pipeline, a, now).await?;
+            if !a.is_logged() {
+                continue;
+            }
             log(
                 &mut tx,
                 pipeline,

@@ -222,6 +222,7 @@ pub(super) async fn apply_one(
             release,
             stage,
             reason,
+            ..
         } => {
             sqlx::query("UPDATE stage_runs SET reason = $1 WHERE release_id = $2 AND stage = $3")
                 .bind(reason)

@@ -650,6 +650,107 @@ async fn an_expired_link_says_so_and_records_nothing() {
 }
 
 #[tokio::test]
+async fn a_day_long_wait_keeps_its_countdown_current_without_a_log_entry_per_minute() {
+    let rig = Rig::new(1, false).await;
+    let id = rig.awaiting(1).await;
+    let notes = || async {
+        let events = rig
+            .engine
+            .store()
+            .release_events("backend", id)
+            .await
+            .unwrap();
+        events
+            .into_iter()
+            .filter(|e| e.kind == "note" && e.stage.as_deref() == Some("prod"))
+            .map(|e| e.detail)
+            .collect::<Vec<_>>()
+    };
+    let at_start = notes().await;
+    assert!(
+        at_start
+            .last()
+            .is_some_and(|n| n.contains("expires in 24h")),
+        "{at_start:?}"
+    );
+
+    // Every 5 minutes for 23 h 50 min, as the engine's own resync would see it.
+    for _ in 0..286 {
+        rig.clock.advance(chrono::Duration::minutes(5));
+        rig.engine.reconcile("backend").await.unwrap();
+    }
+    let run = engine_support::run(&rig.engine, id, "prod").await;
+    assert_eq!(run.reason, "awaiting approval: 0 of 1, expires in 10m");
+    assert_eq!(notes().await, at_start, "a countdown step was logged");
+
+    // What changes in substance is logged: an approval, then the deploy.
+    let token = rig.token("alice", id);
+    assert_eq!(rig.decide(&token, "approve").await.status, StatusCode::OK);
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_failed_request_is_sent_again_later_to_those_it_did_not_reach() {
+    let rig = Rig::new(1, false).await;
+    rig.fakes.with(|w| w.refused_approvers.insert("bob".into()));
+    let id = rig.awaiting(1).await;
+    let sent_to = |who: &str| {
+        rig.messages()
+            .iter()
+            .filter(|m| m.attributes.get("approver").map(String::as_str) == Some(who))
+            .count()
+    };
+    assert_eq!(
+        (sent_to("alice"), sent_to("bob"), sent_to("carol")),
+        (1, 0, 0)
+    );
+    let run = engine_support::run(&rig.engine, id, "prod").await;
+    assert!(
+        run.reason
+            .contains("request not sent: access denied: AuthorizationError")
+            && run.reason.ends_with("trying again in 5m)"),
+        "{}",
+        run.reason
+    );
+    let alice = rig.token("alice", id);
+
+    // Five minutes on, bob is still refused: the next try waits twice as long.
+    rig.clock.advance(chrono::Duration::minutes(5));
+    settle(&rig.engine).await.unwrap();
+    let run = engine_support::run(&rig.engine, id, "prod").await;
+    assert!(
+        run.reason.ends_with("trying again in 10m)"),
+        "{}",
+        run.reason
+    );
+    rig.clock.advance(chrono::Duration::minutes(9));
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(sent_to("bob"), 0, "no try before the 10 minutes are up");
+
+    rig.fakes.with(|w| w.refused_approvers.clear());
+    rig.clock.advance(chrono::Duration::minutes(1));
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(
+        (sent_to("alice"), sent_to("bob"), sent_to("carol")),
+        (1, 1, 1),
+        "each approver has exactly one link"
+    );
+    let run = engine_support::run(&rig.engine, id, "prod").await;
+    assert_eq!(run.reason, "awaiting approval: 0 of 1, expires in 23h45m");
+    assert_eq!(
+        rig.token("alice", id),
+        alice,
+        "alice's first link still stands"
+    );
+
+    let answer = rig.decide(&rig.token("bob", id), "approve").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
+}
+
+#[tokio::test]
 async fn a_superseded_link_names_the_newer_release() {
     let rig = Rig::new(1, false).await;
     let old = rig.awaiting(1).await;

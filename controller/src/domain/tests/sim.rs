@@ -278,6 +278,7 @@ impl Sim {
                 release,
                 stage,
                 reason,
+                ..
             } => self.run_mut(*release, stage).reason = reason.clone(),
             Action::MarkBad {
                 release,
@@ -771,6 +772,7 @@ pub fn notes_of(p: &Plan, release: ReleaseId, stage: &str) -> Vec<String> {
                 release: r,
                 stage: s,
                 reason,
+                ..
             } if *r == release && s == stage => Some(reason.clone()),
             _ => None,
         })

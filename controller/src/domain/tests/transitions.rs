@@ -214,7 +214,13 @@ fn checking_to_awaiting_approval_in_a_stage_with_approval() {
     );
     sim.step();
     let p = sim.plan();
-    let request = Effect::new(PIPELINE, r, "prod", 1, EffectKind::RequestApproval);
+    let request = Effect::new(
+        PIPELINE,
+        r,
+        "prod",
+        1,
+        EffectKind::RequestApproval { round: 0 },
+    );
     assert!(starts(&p).contains(&request), "{:?}", p.actions);
 }
 
