@@ -26,7 +26,7 @@ use aws_sdk_cloudformation::types::{
 };
 use sha2::{Digest, Sha256};
 
-use super::errors::{classify, context, has_code, sdk};
+use super::errors::{context, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
@@ -199,12 +199,7 @@ impl CloudFormationDeployer {
                     .set_capabilities(Some(spec.capabilities.clone()))
                     .set_role_arn(spec.role.clone())
                     .rollback_configuration(spec.rollback.clone());
-                async move {
-                    match request.send().await {
-                        Err(e) if has_code(&e, "AlreadyExistsException") => Ok(()),
-                        other => other.map(drop).map_err(|e| classify(&e)),
-                    }
-                }
+                sdk_done_unless(request.send(), "AlreadyExistsException")
             })
             .await
     }
@@ -283,12 +278,7 @@ impl CloudFormationDeployer {
                     .stack_name(&st.name)
                     .change_set_name(&st.token)
                     .client_request_token(&st.token);
-                async move {
-                    match request.send().await {
-                        Err(e) if has_code(&e, "InvalidChangeSetStatus") => Ok(()),
-                        other => other.map(drop).map_err(|e| classify(&e)),
-                    }
-                }
+                sdk_done_unless(request.send(), "InvalidChangeSetStatus")
             })
             .await
     }

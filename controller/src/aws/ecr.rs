@@ -20,7 +20,7 @@ use std::time::Duration;
 use aws_sdk_ecr::Client;
 use aws_sdk_ecr::types::{Image, ImageIdentifier};
 
-use super::errors::{classify, has_code, sdk};
+use super::errors::{classify, has_code, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::{Account, Artifact, Promote};
@@ -158,12 +158,7 @@ impl EcrArtifacts {
                     .set_image_manifest_media_type(media_type.clone())
                     .image_tag(tag)
                     .image_digest(digest);
-                async move {
-                    match request.send().await {
-                        Err(e) if has_code(&e, "ImageAlreadyExistsException") => Ok(()),
-                        other => other.map(drop).map_err(|e| classify(&e)),
-                    }
-                }
+                sdk_done_unless(request.send(), "ImageAlreadyExistsException")
             })
             .await
     }
@@ -196,12 +191,7 @@ impl EcrArtifacts {
                     .create_repository()
                     .registry_id(&repo.account)
                     .repository_name(&repo.name);
-                async move {
-                    match request.send().await {
-                        Err(e) if has_code(&e, "RepositoryAlreadyExistsException") => Ok(()),
-                        other => other.map(drop).map_err(|e| classify(&e)),
-                    }
-                }
+                sdk_done_unless(request.send(), "RepositoryAlreadyExistsException")
             })
             .await
     }

@@ -112,6 +112,22 @@ where
     call.await.map_err(|e| classify(&e))
 }
 
+/// Sends a call whose error `done_code` means its work is already done (a retried create that
+/// the first try completed, say): that error counts as success.
+pub async fn sdk_done_unless<T, E, R>(
+    call: impl Future<Output = Result<T, SdkError<E, R>>>,
+    done_code: &str,
+) -> Result<(), PortError>
+where
+    E: ProvideErrorMetadata,
+    R: 'static,
+{
+    match call.await {
+        Err(e) if has_code(&e, done_code) => Ok(()),
+        other => other.map(drop).map_err(|e| classify(&e)),
+    }
+}
+
 /// Prefixes the message with what was being attempted, keeping the kind.
 pub fn context(err: PortError, what: &str) -> PortError {
     match err {

@@ -24,9 +24,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use super::reply::Reply;
 use super::server::AppState;
 use crate::github::intake::{self, IntakeOutcome, Outcome};
 use crate::github::webhook::{
@@ -45,35 +45,6 @@ pub fn routes() -> Router<AppState> {
         .route("/webhooks/github", post(webhook))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
-}
-
-/// An answer: status plus `{"result": …, "detail": …}`.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    result: &'static str,
-    detail: String,
-}
-
-impl Reply {
-    fn new(status: StatusCode, result: &'static str, detail: impl Into<String>) -> Reply {
-        Reply {
-            status,
-            result,
-            detail: detail.into(),
-        }
-    }
-
-    fn bad_request(detail: impl Into<String>) -> Reply {
-        Reply::new(StatusCode::BAD_REQUEST, "bad-request", detail)
-    }
-}
-
-impl IntoResponse for Reply {
-    fn into_response(self) -> Response {
-        let body = json!({ "result": self.result, "detail": self.detail });
-        (self.status, axum::Json(body)).into_response()
-    }
 }
 
 async fn webhook(

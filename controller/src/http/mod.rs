@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod github;
+mod reply;
 pub mod server;
 pub mod sns;
 pub mod sns_verify;

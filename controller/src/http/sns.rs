@@ -50,14 +50,14 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tower_http::limit::RequestBodyLimitLayer;
 use url::Url;
 
+use super::reply::Reply;
 use crate::config::{Config, Pipeline, Stage, Target};
 use crate::engine::Engine;
 use crate::http::sns_verify::{
@@ -78,8 +78,6 @@ const MAX_MESSAGE_ID: usize = 100;
 const MAX_REASON_CHARS: usize = 1024;
 /// Characters of an untrusted `TopicArn` quoted in an answer.
 const TOPIC_EXCERPT: usize = 256;
-/// Seconds SNS is asked to wait before retrying when a certificate could not be fetched.
-const RETRY_AFTER_SECS: &str = "30";
 
 /// Visits a verified, pinned `SubscribeURL`, which confirms the subscription.
 #[async_trait]
@@ -165,46 +163,11 @@ pub fn routes(state: SnsState) -> Router {
         .with_state(state)
 }
 
-/// An answer: status plus `{"result": …, "detail": …}`.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    result: &'static str,
-    detail: String,
-}
-
 impl Reply {
-    fn new(status: StatusCode, result: &'static str, detail: impl Into<String>) -> Reply {
-        Reply {
-            status,
-            result,
-            detail: detail.into(),
-        }
-    }
-
-    fn bad_request(detail: impl Into<String>) -> Reply {
-        Reply::new(StatusCode::BAD_REQUEST, "bad-request", detail)
-    }
-
-    fn forbidden(detail: impl Into<String>) -> Reply {
-        Reply::new(StatusCode::FORBIDDEN, "forbidden", detail)
-    }
-
     fn store_failed(error: impl std::fmt::Display) -> Reply {
         tracing::error!(error = %error, "cannot record SNS delivery");
         let detail = "could not record the delivery";
         Reply::new(StatusCode::INTERNAL_SERVER_ERROR, "error", detail)
-    }
-}
-
-impl IntoResponse for Reply {
-    fn into_response(self) -> Response {
-        let body = axum::Json(json!({ "result": self.result, "detail": self.detail }));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            let retry = [(header::RETRY_AFTER, RETRY_AFTER_SECS)];
-            return (self.status, retry, body).into_response();
-        }
-        (self.status, body).into_response()
     }
 }
 
