@@ -298,23 +298,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        match stage {
-            Some(s) => {
-                sqlx::query("INSERT INTO stages (pipeline, stage, paused) VALUES ($1, $2, $3) ON CONFLICT (pipeline, stage) DO UPDATE SET paused = excluded.paused")
-                    .bind(pipeline)
-                    .bind(s)
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            None => {
-                sqlx::query("INSERT INTO pipelines (pipeline, paused) VALUES ($1, $2) ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused")
-                    .bind(pipeline)
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        rows::set_pause(&mut tx, pipeline, stage, reason).await?;
         let what = stage.map_or_else(|| "pipeline".to_string(), |s| format!("stage {s}"));
         let detail = match reason {
             Some(r) => format!("{what} paused: {r}"),

@@ -106,11 +106,7 @@ pub(super) async fn load_snapshot(
     stages: &[String],
     since_alarms: DateTime<Utc>,
 ) -> Result<Snapshot> {
-    let paused: Option<String> = sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
-        .bind(pipeline)
-        .fetch_optional(&mut *c)
-        .await?
-        .and_then(|r| r.get("paused"));
+    let paused = pause_reason(c, pipeline, None).await?;
     let mut snap = Snapshot {
         paused,
         ..Snapshot::default()
@@ -165,13 +161,7 @@ pub(super) async fn load_snapshot(
 }
 
 async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<StageState> {
-    let paused: Option<String> =
-        sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
-            .bind(pipeline)
-            .bind(name)
-            .fetch_optional(&mut *c)
-            .await?
-            .and_then(|r| r.get("paused"));
+    let paused = pause_reason(c, pipeline, Some(name)).await?;
     let history = sqlx::query(
         "SELECT release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id",
     )
@@ -260,12 +250,7 @@ pub(super) async fn apply_one(
                 .await?;
         }
         Action::PauseStage { stage, reason } => {
-            sqlx::query("INSERT INTO stages (pipeline, stage, paused) VALUES ($1, $2, $3) ON CONFLICT (pipeline, stage) DO UPDATE SET paused = excluded.paused")
-                .bind(pipeline)
-                .bind(stage)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await?;
+            set_pause(tx, pipeline, Some(stage), Some(reason)).await?;
         }
         Action::ConsumeRollbackRequest { request, .. } => {
             sqlx::query("UPDATE rollback_requests SET handled_at = $1 WHERE id = $2")
@@ -463,17 +448,59 @@ pub(super) async fn paused(
     pipeline: &str,
     stage: &str,
 ) -> Result<(Option<String>, Option<String>)> {
-    let p: Option<String> = sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
-        .bind(pipeline)
-        .fetch_optional(pool)
-        .await?
-        .and_then(|r| r.get("paused"));
-    let s: Option<String> =
-        sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
-            .bind(pipeline)
-            .bind(stage)
-            .fetch_optional(pool)
-            .await?
-            .and_then(|r| r.get("paused"));
+    let mut c = pool.acquire().await?;
+    let p = pause_reason(&mut c, pipeline, None).await?;
+    let s = pause_reason(&mut c, pipeline, Some(stage)).await?;
     Ok((p, s))
+}
+
+/// Why a pipeline (`stage` None) or one of its stages is paused; None when it runs.
+pub(super) async fn pause_reason(
+    c: &mut SqliteConnection,
+    pipeline: &str,
+    stage: Option<&str>,
+) -> Result<Option<String>> {
+    let row = match stage {
+        Some(s) => {
+            sqlx::query("SELECT paused FROM stages WHERE pipeline = $1 AND stage = $2")
+                .bind(pipeline)
+                .bind(s)
+                .fetch_optional(&mut *c)
+                .await?
+        }
+        None => {
+            sqlx::query("SELECT paused FROM pipelines WHERE pipeline = $1")
+                .bind(pipeline)
+                .fetch_optional(&mut *c)
+                .await?
+        }
+    };
+    Ok(row.and_then(|r| r.get("paused")))
+}
+
+/// Pauses (`reason` Some) or resumes (None) a pipeline (`stage` None) or one of its stages.
+pub(super) async fn set_pause(
+    c: &mut SqliteConnection,
+    pipeline: &str,
+    stage: Option<&str>,
+    reason: Option<&str>,
+) -> Result<()> {
+    match stage {
+        Some(s) => {
+            sqlx::query("INSERT INTO stages (pipeline, stage, paused) VALUES ($1, $2, $3) ON CONFLICT (pipeline, stage) DO UPDATE SET paused = excluded.paused")
+                .bind(pipeline)
+                .bind(s)
+                .bind(reason)
+                .execute(&mut *c)
+                .await?;
+        }
+        None => {
+            sqlx::query("INSERT INTO pipelines (pipeline, paused) VALUES ($1, $2) ON CONFLICT (pipeline) DO UPDATE SET paused = excluded.paused")
+                .bind(pipeline)
+                .bind(reason)
+                .execute(&mut *c)
+                .await?;
+        }
+    }
+    Ok(())
 }
