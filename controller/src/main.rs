@@ -77,6 +77,12 @@ fn main() {
             config,
             state,
         } => control(&config, &state, Control::Rollback { pipeline, stage }),
+        Command::Retry {
+            pipeline,
+            release,
+            config,
+            state,
+        } => control(&config, &state, Control::Retry { pipeline, release }),
         Command::Override {
             pipeline,
             release,

@@ -1,12 +1,13 @@
-//! `tollgate pause`, `resume`, `rollback` and `override`: an operator's hand on the line.
+//! `tollgate pause`, `resume`, `rollback`, `retry` and `override`: an operator's hand on the
+//! line.
 //!
 //! Each command checks the pipeline and stage against the configuration, writes one fact to
 //! the state database in one transaction (with the operator as actor, in the event log), and
 //! returns. A running controller picks the fact up at its next reconcile, within
 //! [`crate::engine::IDLE_RESYNC`].
 //!
-//! Exit codes: 0 done (or already done), 1 refused (unknown pipeline or stage), 2 the
-//! configuration or the state database cannot be read.
+//! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
+//! state that does not allow it), 2 the configuration or the state database cannot be read.
 
 use std::io::Write;
 use std::path::Path;
@@ -31,6 +32,11 @@ pub enum Control {
         pipeline: String,
         stage: String,
     },
+    /// Send a release that stopped (failed or expired) through its stages again.
+    Retry {
+        pipeline: String,
+        release: String,
+    },
     /// Lift one rule for one release, with a reason kept in the event log.
     Override {
         pipeline: String,
@@ -46,6 +52,7 @@ impl Control {
             Control::Pause { pipeline, .. }
             | Control::Resume { pipeline, .. }
             | Control::Rollback { pipeline, .. }
+            | Control::Retry { pipeline, .. }
             | Control::Override { pipeline, .. } => pipeline,
         }
     }
@@ -54,7 +61,7 @@ impl Control {
         match self {
             Control::Pause { stage, .. } | Control::Resume { stage, .. } => stage.as_deref(),
             Control::Rollback { stage, .. } => Some(stage),
-            Control::Override { .. } => None,
+            Control::Override { .. } | Control::Retry { .. } => None,
         }
     }
 }
@@ -120,10 +127,14 @@ pub async fn run(
             return 1;
         }
     }
-    match apply(&store, control, actor).await {
-        Ok(said) => {
+    match apply(&store, &config, control, actor).await {
+        Ok(Ok(said)) => {
             let _ = writeln!(out, "{said}");
             0
+        }
+        Ok(Err(why)) => {
+            let _ = writeln!(err, "error: {why}");
+            1
         }
         Err(e) => {
             let _ = writeln!(err, "error: {e}");
@@ -153,13 +164,33 @@ fn check(config: &Config, control: &Control) -> Result<(), String> {
     Ok(())
 }
 
-async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<String> {
+/// Carries out a command: `Ok(Err(why))` when the state refuses it (nothing changed).
+async fn apply(
+    store: &Store,
+    config: &Config,
+    control: &Control,
+    actor: &str,
+) -> anyhow::Result<Result<String, String>> {
     let now = chrono::Utc::now();
     let place = |pipeline: &str, stage: &Option<String>| match stage {
         Some(s) => format!("stage {pipeline}/{s}"),
         None => format!("pipeline {pipeline}"),
     };
-    Ok(match control {
+    Ok(Ok(match control {
+        Control::Retry { pipeline, release } => {
+            let id = match release.parse::<ReleaseId>() {
+                Ok(id) => id,
+                Err(e) => return Ok(Err(e)),
+            };
+            let stages: Vec<String> = config
+                .pipeline(pipeline)
+                .map(|p| p.stages.iter().map(|s| s.name.clone()).collect())
+                .unwrap_or_default();
+            return Ok(store
+                .retry_release(pipeline, id, &stages, actor, now)
+                .await?
+                .map(|done| format!("{done}; the controller picks it up within 5 s")));
+        }
         Control::Override {
             pipeline,
             release,
@@ -231,5 +262,5 @@ async fn apply(store: &Store, control: &Control, actor: &str) -> anyhow::Result<
                 ),
             }
         }
-    })
+    }))
 }

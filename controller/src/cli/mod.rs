@@ -108,6 +108,18 @@ pub enum Command {
         #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
         state: String,
     },
+    /// Send a release that failed or whose approval expired through its stages again, from
+    /// the stage where it stopped (tests, approval and deploy all run anew). Refused for a
+    /// release that was rolled back, is still in flight, or that a newer release has passed.
+    Retry {
+        pipeline: String,
+        /// The release: r12 or 12.
+        release: String,
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+        config: PathBuf,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+    },
     /// Let one release past an alarm already in ALARM (--alarms) or outside deployment windows
     /// (--window): the fix for the very problem must be able to ship. Logged with the reason.
     Override {

@@ -407,6 +407,113 @@ impl Store {
         Ok(true)
     }
 
+    /// Sends a release that stopped (a run `failed` or `expired`) through its stages again from
+    /// the first stage where it stopped: that run and the later ones go back to `waiting` with
+    /// the next attempt, so every test, approval request, deploy and report runs under new
+    /// idempotency keys. `stages` is the pipeline's stage order. `Err` says why it is refused,
+    /// and nothing changes: a release rolled back somewhere (marked bad) or whose image never
+    /// appeared, a run still in flight, nothing stopped, or a newer release already in or past
+    /// the stage (retrying would be superseded or move the stage backwards).
+    pub async fn retry_release(
+        &self,
+        pipeline: &str,
+        release: ReleaseId,
+        stages: &[String],
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<String, String>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(r) = rows::release_in(&mut tx, pipeline, release).await? else {
+            return Ok(Err(format!("pipeline {pipeline} has no release {release}")));
+        };
+        if let Some(bad) = &r.bad {
+            return Ok(Err(format!(
+                "{release} was rolled back in {} ({}): it is never promoted again; push a fix",
+                bad.stage, bad.reason
+            )));
+        }
+        if let Some(failed) = &r.failed {
+            return Ok(Err(format!(
+                "{release} was never promoted ({failed}); push a new commit"
+            )));
+        }
+        let runs: Vec<(String, String)> =
+            sqlx::query_as("SELECT stage, status FROM stage_runs WHERE release_id = $1")
+                .bind(release.0)
+                .fetch_all(&mut *tx)
+                .await?;
+        let status_in = |stage: &str| {
+            runs.iter()
+                .find(|(s, _)| s == stage)
+                .map(|(_, st)| st.as_str())
+        };
+        if let Some((stage, status)) = runs.iter().find(|(_, st)| {
+            !matches!(
+                st.as_str(),
+                "succeeded" | "failed" | "expired" | "rejected" | "superseded" | "rolled_back"
+            )
+        }) {
+            return Ok(Err(format!(
+                "{release} is still {status} in {stage}: wait until it stops"
+            )));
+        }
+        let Some(from) = stages
+            .iter()
+            .position(|s| matches!(status_in(s), Some("failed" | "expired")))
+        else {
+            let last = stages
+                .iter()
+                .rev()
+                .find_map(|s| status_in(s).map(|st| format!("{st} in {s}")))
+                .unwrap_or_else(|| "not in any stage".into());
+            return Ok(Err(format!(
+                "{release} has no failed or expired run to retry (it is {last})"
+            )));
+        };
+        let stage = &stages[from];
+        let newer: Option<(i64, String)> = sqlx::query_as(
+            "SELECT r.id, s.status FROM stage_runs s JOIN releases r ON r.id = s.release_id WHERE r.pipeline = $1 AND r.id > $2 AND s.stage = $3 AND s.status NOT IN ('waiting', 'failed', 'expired', 'rejected', 'superseded') ORDER BY r.id LIMIT 1",
+        )
+        .bind(pipeline)
+        .bind(release.0)
+        .bind(stage)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, status)) = newer {
+            return Ok(Err(format!(
+                "r{id} is newer and is {status} in {stage}: retrying {release} would move {stage} backwards"
+            )));
+        }
+        let reason = format!("retry requested by {actor}");
+        for s in &stages[from..] {
+            sqlx::query("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2 WHERE release_id = $3 AND stage = $4 AND status IN ('failed', 'expired')")
+                .bind(&reason)
+                .bind(ms(now))
+                .bind(release.0)
+                .bind(s)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE releases SET active = 1 WHERE id = $1")
+            .bind(release.0)
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!("{release} sent again from {stage}");
+        log(
+            &mut tx,
+            pipeline,
+            now,
+            actor,
+            "retry",
+            Some(release.0),
+            Some(stage),
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(detail))
+    }
+
     /// Appends a free-form entry to the event log, about the pipeline as a whole (`scope`
     /// None) or about one release in one stage.
     pub async fn log_event(

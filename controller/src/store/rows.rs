@@ -321,6 +321,21 @@ pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<R
         .map(|r| release_row(&r)))
 }
 
+/// Release `id` if it is one of `pipeline`'s.
+pub(super) async fn release_in(
+    c: &mut SqliteConnection,
+    pipeline: &str,
+    id: ReleaseId,
+) -> Result<Option<Release>> {
+    let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1 AND pipeline = $2");
+    Ok(sqlx::query(&sql)
+        .bind(id.0)
+        .bind(pipeline)
+        .fetch_optional(&mut *c)
+        .await?
+        .map(|r| release_row(&r)))
+}
+
 pub(super) async fn recent_runs(
     pool: &SqlitePool,
     pipeline: &str,

@@ -751,6 +751,37 @@ async fn a_failed_request_is_sent_again_later_to_those_it_did_not_reach() {
 }
 
 #[tokio::test]
+async fn an_expired_request_retried_sends_new_links_and_the_old_ones_stay_dead() {
+    let rig = Rig::new(1, false).await;
+    let id = rig.awaiting(1).await;
+    let old = rig.token("alice", id);
+    rig.clock.advance(chrono::Duration::hours(24));
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Expired);
+
+    let stages = ["beta".to_string(), "prod".to_string()];
+    let done = rig
+        .engine
+        .store()
+        .retry_release("backend", id, &stages, "cli:dana", rig.engine.now())
+        .await
+        .unwrap();
+    assert_eq!(done.as_deref(), Ok("r1 sent again from prod"));
+    settle(&rig.engine).await.unwrap();
+    let run = engine_support::run(&rig.engine, id, "prod").await;
+    assert_eq!(run.status, RunStatus::AwaitingApproval);
+    assert_eq!(run.reason, "awaiting approval: 0 of 1, expires in 24h");
+
+    let new = rig.token("alice", id);
+    assert_ne!(new, old);
+    assert_eq!(rig.get(&old).await.status, StatusCode::GONE);
+    let answer = rig.decide(&new, "approve").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
+}
+
+#[tokio::test]
 async fn a_superseded_link_names_the_newer_release() {
     let rig = Rig::new(1, false).await;
     let old = rig.awaiting(1).await;

@@ -461,3 +461,146 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     );
     assert!(log.contains("gamma paused: freeze for the audit"));
 }
+
+/// `tollgate retry` through the real binary, on the engine's own state file.
+fn retry(h: &Harness, release: &str) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["retry", "backend", release, "--config"])
+        .arg(h.dir.path().join("stages.toml"))
+        .args(["--state", &h.db_url()])
+        .env("TOLLGATE_ACTOR", "dana")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_release_stopped_by_a_failed_test_is_retried_from_that_stage_once() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    h.fakes.with(|w| w.failing_tests.insert("beta:unit".into()));
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("not recorded")
+    };
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "beta").await, RunStatus::Failed);
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Failed);
+
+    let (code, _, err) = retry(&h, "r9");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("pipeline backend has no release r9"), "{err}");
+    let (code, _, err) = retry(&h, "seven");
+    assert_eq!(code, 1, "{err}");
+
+    h.fakes.with(|w| w.failing_tests.clear());
+    let (code, out, err) = retry(&h, "r1");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("r1 sent again from beta"), "{out}");
+    let (code, _, err) = retry(&h, "r1");
+    assert_eq!(code, 1, "a second retry before the first ran: {err}");
+    assert!(err.contains("r1 is still waiting in beta"), "{err}");
+
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "beta").await, RunStatus::Succeeded);
+    assert_eq!(status(&engine, id, "gamma").await, RunStatus::Succeeded);
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::AwaitingApproval);
+    assert_eq!(prod.attempt, 2);
+    let unit_runs = h.fakes.with(|w| {
+        w.test_runs
+            .iter()
+            .filter(|(stage, test)| stage == "beta" && test == "unit")
+            .count()
+    });
+    assert_eq!(unit_runs, 2, "the failed test ran again, once");
+    let beta_deploys = h
+        .fakes
+        .with(|w| w.deployed.iter().filter(|d| d.0 == "beta").count());
+    assert_eq!(beta_deploys, 1);
+    let events = engine.store().events("backend", 500).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "retry"
+            && e.actor == "cli:dana"
+            && e.stage.as_deref() == Some("beta")),
+        "{events:#?}"
+    );
+
+    let (code, _, err) = retry(&h, "r1");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("r1 is still awaiting_approval in prod"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_that_would_move_a_stage_backwards_or_revive_a_rolled_back_release_is_refused() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    h.fakes.with(|w| w.failing_tests.insert("beta:unit".into()));
+    engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    h.fakes.with(|w| w.failing_tests.clear());
+    let r2 = promote_fully(&h, &engine, 2).await;
+    let before = engine.store().events("backend", 1000).await.unwrap().len();
+
+    let (code, _, err) = retry(&h, "r1");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("r2 is newer and is succeeded in beta: retrying r1 would move beta backwards"),
+        "{err}"
+    );
+
+    // r3 bakes in prod, an alarm rolls it back: it is marked bad and stays so.
+    let r3 = promote_and_roll_back_in_prod(&h, &engine, 3).await;
+    assert_ne!(r2, r3);
+    let (code, _, err) = retry(&h, &r3.to_string());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("r3 was rolled back in prod"), "{err}");
+    let events = engine.store().events("backend", 1000).await.unwrap();
+    assert!(events.len() > before);
+    assert!(events.iter().all(|e| e.kind != "retry"), "nothing retried");
+}
+
+/// Release `n` reaches the prod bake, then an alarm rolls prod back.
+async fn promote_and_roll_back_in_prod(
+    h: &Harness,
+    engine: &tollgate::engine::Engine,
+    n: u32,
+) -> ReleaseId {
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(n), &delivery(&format!("push-{n}")))
+        .await
+        .unwrap()
+    else {
+        panic!("release {n} not recorded")
+    };
+    settle(engine).await.unwrap();
+    engine
+        .record_approval(
+            &approval(id, "bob", Decision::Approve),
+            &delivery(&format!("appr-{n}")),
+        )
+        .await
+        .unwrap();
+    settle(engine).await.unwrap();
+    h.clock.advance(Duration::minutes(2));
+    engine
+        .record_alarm(&alarm("prod", "prod-5xx"), &delivery(&format!("sns-{n}")))
+        .await
+        .unwrap();
+    settle(engine).await.unwrap();
+    assert_eq!(status(engine, id, "prod").await, RunStatus::RolledBack);
+    id
+}
