@@ -447,12 +447,10 @@ impl Store {
                 .find(|(s, _)| s == stage)
                 .map(|(_, st)| st.as_str())
         };
-        if let Some((stage, status)) = runs.iter().find(|(_, st)| {
-            !matches!(
-                st.as_str(),
-                "succeeded" | "failed" | "expired" | "rejected" | "superseded" | "rolled_back"
-            )
-        }) {
+        if let Some((stage, status)) = runs
+            .iter()
+            .find(|(_, st)| RunStatus::parse(st).is_some_and(|s| !s.is_terminal()))
+        {
             return Ok(Err(format!(
                 "{release} is still {status} in {stage}: wait until it stops"
             )));
