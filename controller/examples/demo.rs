@@ -320,7 +320,8 @@ async fn run() -> Result<()> {
     ));
     say(format!(
         "release 2 is marked bad in {}: {}",
-        bad.stage, bad.reason
+        bad.stage,
+        bad.reason.describe(chrono::Utc::now())
     ));
     for e in store.release_events(world.pipeline(), second).await? {
         if e.kind == "rollback-latency" {

@@ -93,9 +93,9 @@ fn main() {
             state,
         } => {
             let which = if alarms {
-                tollgate::store::Override::Alarms
+                tollgate::engine::Override::Alarms
             } else {
-                tollgate::store::Override::Window
+                tollgate::engine::Override::Window
             };
             control(
                 &config,
@@ -172,7 +172,8 @@ async fn status(config_path: &Path, state: &str, json: bool) -> i32 {
     let Some(store) = open(state).await else {
         return 2;
     };
-    match tollgate::cli::status::collect(&store, &loaded.config).await {
+    let now = tollgate::engine::Clock::now(&tollgate::engine::SystemClock);
+    match tollgate::cli::status::collect(&store, &loaded.config, now).await {
         Ok(rows) => {
             let _ = tollgate::cli::status::render(&rows, json, &mut std::io::stdout());
             0

@@ -299,7 +299,7 @@ impl Story {
                     bail!(
                         "{release} in {stage} ended {:?}: {}",
                         run.status,
-                        run.reason
+                        run.reason.describe(chrono::Utc::now())
                     );
                 }
             }

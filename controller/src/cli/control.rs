@@ -1,10 +1,11 @@
 //! `tollgate pause`, `resume`, `rollback`, `retry` and `override`: an operator's hand on the
 //! line.
 //!
-//! Each command checks the pipeline and stage against the configuration, writes one fact to
-//! the state database in one transaction (with the operator as actor, in the event log), and
-//! returns. A running controller picks the fact up at its next reconcile, within
-//! [`crate::engine::IDLE_RESYNC`].
+//! Each command checks the pipeline and stage against the configuration and records one fact
+//! through the engine's ingest API ([`Ingest`]: one transaction, the operator as actor in the
+//! event log), and returns. A running controller picks the fact up at its next reconcile,
+//! within [`crate::engine::IDLE_RESYNC`]; what it does with it (a retry refused, say) is in
+//! the event log.
 //!
 //! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
 //! state that does not allow it), 2 the configuration or the state database cannot be read.
@@ -12,9 +13,14 @@
 use std::io::Write;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use crate::config::{self, Config};
 use crate::domain::ReleaseId;
-use crate::store::{Delivery, Ingested, Override, Store};
+use crate::engine::{
+    Delivery, Ingest, Ingested, Override, RetryVerdict, SystemClock, shared_config,
+};
+use crate::store::Store;
 
 /// What an operator asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +107,8 @@ pub async fn run(
             return 2;
         }
     };
+    let ingest = Ingest::new(store, shared_config(config), Arc::new(SystemClock));
+    let store = ingest.reads();
     if let Control::Override {
         pipeline,
         release,
@@ -127,7 +135,7 @@ pub async fn run(
             return 1;
         }
     }
-    match apply(&store, &config, control, actor).await {
+    match apply(&ingest, control, actor).await {
         Ok(Ok(said)) => {
             let _ = writeln!(out, "{said}");
             0
@@ -166,30 +174,17 @@ fn check(config: &Config, control: &Control) -> Result<(), String> {
 
 /// Carries out a command: `Ok(Err(why))` when the state refuses it (nothing changed).
 async fn apply(
-    store: &Store,
-    config: &Config,
+    ingest: &Ingest,
     control: &Control,
     actor: &str,
 ) -> anyhow::Result<Result<String, String>> {
-    let now = chrono::Utc::now();
     let place = |pipeline: &str, stage: &Option<String>| match stage {
         Some(s) => format!("stage {pipeline}/{s}"),
         None => format!("pipeline {pipeline}"),
     };
     Ok(Ok(match control {
         Control::Retry { pipeline, release } => {
-            let id = match release.parse::<ReleaseId>() {
-                Ok(id) => id,
-                Err(e) => return Ok(Err(e)),
-            };
-            let stages: Vec<String> = config
-                .pipeline(pipeline)
-                .map(|p| p.stages.iter().map(|s| s.name.clone()).collect())
-                .unwrap_or_default();
-            return Ok(store
-                .retry_release(pipeline, id, &stages, actor, now)
-                .await?
-                .map(|done| format!("{done}; the controller picks it up within 5 s")));
+            return retry(ingest, pipeline, release, actor).await;
         }
         Control::Override {
             pipeline,
@@ -200,8 +195,8 @@ async fn apply(
             let id = release
                 .parse::<ReleaseId>()
                 .map_err(|e| anyhow::anyhow!(e))?;
-            let found = store
-                .set_override(pipeline, id, *which, reason.trim(), actor, now)
+            let found = ingest
+                .set_override(pipeline, id, *which, reason.trim(), actor)
                 .await?;
             anyhow::ensure!(found, "pipeline {pipeline} has no release {id}");
             let what = which.lifts();
@@ -212,8 +207,8 @@ async fn apply(
             stage,
             reason,
         } => {
-            store
-                .set_paused(pipeline, stage.as_deref(), Some(reason), actor, now)
+            ingest
+                .pause(pipeline, stage.as_deref(), reason, actor)
                 .await?;
             format!(
                 "{} paused: nothing new starts there until `tollgate resume`",
@@ -221,16 +216,15 @@ async fn apply(
             )
         }
         Control::Resume { pipeline, stage } => {
-            store
-                .set_paused(pipeline, stage.as_deref(), None, actor, now)
-                .await?;
+            ingest.resume(pipeline, stage.as_deref(), actor).await?;
             format!("{} resumed", place(pipeline, stage))
         }
         Control::Rollback { pipeline, stage } => {
             // The request is bound to what the stage runs now: the same command repeated
             // before the controller acted is recognised and changes nothing more.
-            let good = store.last_good(pipeline, stage).await?.map(|r| r.id);
-            let flight = store.in_flight(pipeline, stage).await?;
+            let reads = ingest.reads();
+            let good = reads.last_good(pipeline, stage).await?.map(|r| r.id);
+            let flight = reads.in_flight(pipeline, stage).await?;
             let flight = flight
                 .iter()
                 .map(|(r, _)| r.id.to_string())
@@ -248,10 +242,7 @@ async fn apply(
                 source: "cli".into(),
                 id,
             };
-            match store
-                .request_rollback(pipeline, stage, actor, &d, now)
-                .await?
-            {
+            match ingest.request_rollback(pipeline, stage, actor, &d).await? {
                 Ingested::Recorded(()) => format!(
                     "rollback of {pipeline}/{stage} requested: the controller returns the stage \
                      to its last known-good release"
@@ -263,4 +254,33 @@ async fn apply(
             }
         }
     }))
+}
+
+/// Records a retry request, bound to the release's current attempts (the same command
+/// repeated before the controller acted changes nothing more), and says what will happen.
+async fn retry(
+    ingest: &Ingest,
+    pipeline: &str,
+    release: &str,
+    actor: &str,
+) -> anyhow::Result<Result<String, String>> {
+    let id = match release.parse::<ReleaseId>() {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(e)),
+    };
+    let runs = ingest.reads().stage_runs_of(id).await?;
+    let attempt = runs.iter().map(|r| r.attempt).max().unwrap_or(0);
+    let d = Delivery {
+        source: "cli".into(),
+        id: format!("retry/{pipeline}/{id}/attempt-{attempt}"),
+    };
+    Ok(match ingest.request_retry(pipeline, id, actor, &d).await? {
+        RetryVerdict::From(stage) => Ok(format!(
+            "{id} sent again from {stage}; the controller picks it up within 5 s"
+        )),
+        RetryVerdict::Refused(why) => Err(why),
+        RetryVerdict::Duplicate => Ok(format!(
+            "retry of {id} was already requested; nothing more to do"
+        )),
+    })
 }

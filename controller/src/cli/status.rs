@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::domain::Release;
-use crate::store::{Store, StoreError};
+use chrono::{DateTime, Utc};
+
+use crate::store::{Reads, StoreError};
 
 /// One pipeline × stage.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -19,8 +21,10 @@ pub struct StageStatus {
     /// The release being worked on in the stage, if any.
     pub in_flight: Option<String>,
     pub status: Option<String>,
-    /// Why it waits, or what it is doing.
+    /// Why it waits, or what it is doing, for people.
     pub reason: Option<String>,
+    /// The same, as typed data with its deadlines (for scripts).
+    pub wait: Option<crate::domain::Reason>,
     pub paused: Option<String>,
 }
 
@@ -29,7 +33,11 @@ fn label(r: &Release) -> String {
 }
 
 /// Collects the status of every stage of every pipeline.
-pub async fn collect(store: &Store, config: &Config) -> Result<Vec<StageStatus>, StoreError> {
+pub async fn collect(
+    store: &Reads,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<Vec<StageStatus>, StoreError> {
     let mut out = Vec::new();
     for p in &config.pipelines {
         for s in &p.stages {
@@ -43,7 +51,8 @@ pub async fn collect(store: &Store, config: &Config) -> Result<Vec<StageStatus>,
                 known_good: good.as_ref().map(label),
                 in_flight: current.map(|(r, _)| label(r)),
                 status: current.map(|(_, run)| run.status.to_string()),
-                reason: current.map(|(_, run)| run.reason.clone()),
+                reason: current.map(|(_, run)| run.reason.describe(now)),
+                wait: current.map(|(_, run)| run.reason.clone()),
                 paused: pp
                     .map(|p| format!("pipeline: {p}"))
                     .or(sp.map(|s| format!("stage: {s}"))),
@@ -90,7 +99,7 @@ pub fn render(rows: &[StageStatus], json: bool, out: &mut dyn Write) -> std::io:
 
 /// Prints a pipeline's event log.
 pub async fn history(
-    store: &Store,
+    store: &Reads,
     pipeline: &str,
     limit: i64,
     json: bool,

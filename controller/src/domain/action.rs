@@ -1,12 +1,15 @@
 //! What the planner asks for: state changes the executor applies in one transaction, and
 //! side effects it performs through a port, each under a stable idempotency key.
 
-use std::fmt;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
+use super::reason::Reason;
 use super::types::{ReleaseId, RunStatus};
 
 /// Before or after the deploy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Phase {
     Before,
     After,
@@ -22,7 +25,8 @@ impl Phase {
 }
 
 /// What a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NotifyEvent {
     /// The release stopped: a test failed, approval was rejected or expired, a deploy failed.
     Halted,
@@ -40,7 +44,8 @@ impl NotifyEvent {
 }
 
 /// A GitHub Deployment status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReportState {
     Queued,
     InProgress,
@@ -106,7 +111,10 @@ impl ReportState {
 }
 
 /// The kind of a side effect, with what distinguishes one from another of the same run.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Stored with the effect: its tag in a checked column ([`EffectKind::tag`]), the whole value
+/// as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EffectKind {
     /// Resolve the commit's image tag to a digest (waits, bounded, for the image).
     ResolveArtifact,
@@ -145,7 +153,36 @@ pub enum EffectKind {
 }
 
 impl EffectKind {
-    /// Part of the idempotency key; stable across versions (it is stored).
+    /// Every tag, in the order of the variants (the store's CHECK constraint lists the same).
+    pub const TAGS: [&'static str; 9] = [
+        "resolve_artifact",
+        "check_alarms",
+        "run_test",
+        "request_approval",
+        "deploy",
+        "rollback",
+        "poll_alarms",
+        "notify",
+        "report",
+    ];
+
+    /// The variant's name, as stored in the effect's `kind` column.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            EffectKind::ResolveArtifact => "resolve_artifact",
+            EffectKind::CheckAlarms { .. } => "check_alarms",
+            EffectKind::RunTest { .. } => "run_test",
+            EffectKind::RequestApproval { .. } => "request_approval",
+            EffectKind::Deploy { .. } => "deploy",
+            EffectKind::Rollback { .. } => "rollback",
+            EffectKind::PollAlarms { .. } => "poll_alarms",
+            EffectKind::Notify { .. } => "notify",
+            EffectKind::Report { .. } => "report",
+        }
+    }
+
+    /// Part of the idempotency key; stable across versions (it is stored). Written, never
+    /// read back: the kind is stored as data beside the key.
     pub fn key_part(&self) -> String {
         match self {
             EffectKind::ResolveArtifact => "resolve".into(),
@@ -159,6 +196,11 @@ impl EffectKind {
             EffectKind::Notify { event } => format!("notify-{}", event.as_str()),
             EffectKind::Report { state } => format!("report-{}", state.as_str()),
         }
+    }
+
+    /// A deploy of one wave (not a rollback).
+    pub fn is_deploy(&self) -> bool {
+        matches!(self, EffectKind::Deploy { .. })
     }
 
     /// Effects whose failure must not change the release's course.
@@ -218,27 +260,28 @@ pub fn idempotency_key(
 /// One step the executor takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Move a run to a new status (the reason says why).
+    /// Move a run to a new status (the reason says why). `alarm` is the alarm event that
+    /// sends it into rollback, when one does.
     Transition {
         release: ReleaseId,
         stage: String,
         to: RunStatus,
-        reason: String,
+        reason: Reason,
+        alarm: Option<i64>,
     },
-    /// Update what a run is waiting for, without changing its status. `logged` is false when
-    /// only a countdown in the reason moved ("expires in 3h" → "2h59m"): the run's reason is
-    /// kept current, but the event log gets no entry per minute of a long wait.
+    /// Update what a run is waiting for, without changing its status. Planned only when the
+    /// reason's value changes: a deadline is part of the value, a countdown is not, so a long
+    /// wait writes no entry per minute.
     Note {
         release: ReleaseId,
         stage: String,
-        reason: String,
-        logged: bool,
+        reason: Reason,
     },
     /// The release was rolled back in `stage`: never promote it again automatically.
     MarkBad {
         release: ReleaseId,
         stage: String,
-        reason: String,
+        reason: Reason,
     },
     /// The release could not be promoted at all (e.g. its image never appeared).
     FailRelease { release: ReleaseId, reason: String },
@@ -248,6 +291,20 @@ pub enum Action {
     PauseStage { stage: String, reason: String },
     /// A manual rollback request was acted upon.
     ConsumeRollbackRequest { stage: String, request: i64 },
+    /// Send a stopped release through `stages` again (the stage where it stopped and those
+    /// after it): its failed or expired runs there go back to waiting under the next attempt.
+    Retry {
+        request: i64,
+        release: ReleaseId,
+        stages: Vec<String>,
+        by: String,
+    },
+    /// A retry request that cannot be carried out; nothing else changes.
+    RefuseRetry {
+        request: i64,
+        release: ReleaseId,
+        why: String,
+    },
     /// The release has nothing left to do (every run ended, every report and notification
     /// done): it leaves the working set and stays in the history.
     Retire { release: ReleaseId },
@@ -264,41 +321,47 @@ impl Action {
         !matches!(self, Action::Start(_))
     }
 
-    /// Written to the event log when applied.
-    pub fn is_logged(&self) -> bool {
-        !matches!(self, Action::Note { logged: false, .. })
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The event log's text for the action, with deadlines shown as time left from `now`.
+    pub fn describe(&self, now: DateTime<Utc>) -> String {
         match self {
             Action::Transition {
                 release,
                 stage,
                 to,
                 reason,
-            } => write!(f, "{release} {stage} → {to}: {reason}"),
+                ..
+            } => format!("{release} {stage} → {to}: {}", reason.describe(now)),
             Action::Note {
                 release,
                 stage,
                 reason,
-                ..
-            } => write!(f, "{release} {stage}: {reason}"),
+            } => format!("{release} {stage}: {}", reason.describe(now)),
             Action::MarkBad {
                 release,
                 stage,
                 reason,
-            } => write!(f, "{release} marked bad in {stage}: {reason}"),
-            Action::FailRelease { release, reason } => write!(f, "{release} failed: {reason}"),
-            Action::RecordGood { stage, release } => write!(f, "{stage} now runs {release}"),
-            Action::PauseStage { stage, reason } => write!(f, "{stage} paused: {reason}"),
+            } => format!("{release} marked bad in {stage}: {}", reason.describe(now)),
+            Action::FailRelease { release, reason } => format!("{release} failed: {reason}"),
+            Action::RecordGood { stage, release } => format!("{stage} now runs {release}"),
+            Action::PauseStage { stage, reason } => format!("{stage} paused: {reason}"),
             Action::ConsumeRollbackRequest { stage, request } => {
-                write!(f, "{stage} rollback request {request} handled")
+                format!("{stage} rollback request {request} handled")
             }
-            Action::Retire { release } => write!(f, "{release} finished"),
-            Action::Abandon { key } => write!(f, "abandoned {key}"),
-            Action::Start(e) => write!(f, "start {}", e.key),
+            Action::Retry {
+                release,
+                stages,
+                by,
+                ..
+            } => format!(
+                "{release} sent again from {} (retry requested by {by})",
+                stages.first().map_or("-", String::as_str)
+            ),
+            Action::RefuseRetry { release, why, .. } => {
+                format!("retry of {release} refused: {why}")
+            }
+            Action::Retire { release } => format!("{release} finished"),
+            Action::Abandon { key } => format!("abandoned {key}"),
+            Action::Start(e) => format!("start {}", e.key),
         }
     }
 }

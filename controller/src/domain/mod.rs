@@ -1,12 +1,15 @@
 //! The pure state machine of a release's promotion.
 //!
-//! Owns: the domain types ([`types`]), the actions the engine executes ([`action`]), the
-//! planner ([`plan::plan`]) and deployment windows ([`window`]).
+//! Owns: the domain types ([`types`]), why a run is where it is ([`reason`]), the actions the
+//! engine executes ([`action`]), the planner ([`plan::plan`]), the rules of `tollgate retry`
+//! ([`retry`]) and deployment windows ([`window`]).
 //! Must never: do I/O, read the clock, spawn tasks, or know about AWS, GitHub or SQL. The
 //! engine feeds it snapshots and the current time; the tests drive it directly.
 
 pub mod action;
 pub mod plan;
+pub mod reason;
+pub mod retry;
 pub mod types;
 pub mod window;
 
@@ -15,4 +18,5 @@ mod tests;
 
 pub use action::*;
 pub use plan::{Plan, plan};
+pub use reason::{AlarmProblem, Reason, RequestState};
 pub use types::*;

@@ -20,9 +20,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::action::{Action, Effect, EffectKind, NotifyEvent, Phase, ReportState};
+use super::reason::{AlarmProblem, Reason, RequestState};
+use super::retry::retry_from;
 use super::types::*;
 use super::window;
-use crate::config::values::format_duration;
 use crate::config::{Pipeline, Stage};
 
 /// Re-check a stage's alarms this often while they block entry.
@@ -50,6 +51,7 @@ pub fn plan(pipeline: &Pipeline, snap: &Snapshot, now: DateTime<Utc>) -> Plan {
         out: Plan::default(),
         touched: HashSet::new(),
     };
+    p.retry_requests();
     p.resolve_artifacts();
     for (j, stage) in pipeline.stages.iter().enumerate() {
         p.rollback_request(j, stage);
@@ -73,7 +75,12 @@ struct Planner<'a> {
 impl<'a> Planner<'a> {
     // ----- output helpers -------------------------------------------------------------
 
-    fn transition(&mut self, run: &StageRun, to: RunStatus, reason: impl Into<String>) {
+    fn transition(&mut self, run: &StageRun, to: RunStatus, reason: Reason) {
+        self.transition_by(run, to, reason, None);
+    }
+
+    /// A transition caused by the alarm event `alarm` (a rollback), recorded with the run.
+    fn transition_by(&mut self, run: &StageRun, to: RunStatus, reason: Reason, alarm: Option<i64>) {
         if !self.touched.insert((run.release, run.stage.clone())) {
             return;
         }
@@ -81,13 +88,14 @@ impl<'a> Planner<'a> {
             release: run.release,
             stage: run.stage.clone(),
             to,
-            reason: reason.into(),
+            reason,
+            alarm,
         });
     }
 
     /// Says what a run waits for. The last note of a call wins: two different notes for one
     /// run in one call would overwrite each other on every call and never settle.
-    fn note(&mut self, run: &StageRun, reason: String) {
+    fn note(&mut self, run: &StageRun, reason: Reason) {
         self.out.actions.retain(|a| {
             !matches!(a, Action::Note { release, stage, .. }
                 if *release == run.release && *stage == run.stage)
@@ -96,7 +104,6 @@ impl<'a> Planner<'a> {
             self.out.actions.push(Action::Note {
                 release: run.release,
                 stage: run.stage.clone(),
-                logged: countdown_free(&run.reason) != countdown_free(&reason),
                 reason,
             });
         }
@@ -147,17 +154,37 @@ impl<'a> Planner<'a> {
             .min(APPROVAL_RESEND_MAX)
     }
 
-    /// A time left, for people, in whole minutes (rounded up): reasons change at most once a
-    /// minute, so the event log gets no note per reconcile during a short wait.
-    fn minutes(d: chrono::Duration) -> String {
-        let secs = d.num_seconds().max(0) as u64 + u64::from(d.subsec_nanos() > 0);
-        if secs < 60 {
-            return "less than 1m".into();
-        }
-        format_duration(std::time::Duration::from_secs(secs.div_ceil(60) * 60))
-    }
-
     // ----- releases -------------------------------------------------------------------
+
+    /// Acts on `tollgate retry` requests: the release goes again from where it stopped, or
+    /// the request is refused with the reason; either way it is handled once.
+    fn retry_requests(&mut self) {
+        for req in &self.snap.retry_requests {
+            match retry_from(self.cfg, self.snap, req.release) {
+                Ok(from) => {
+                    let start = self.cfg.stage_index(&from).unwrap_or(0);
+                    let stages: Vec<String> = self.cfg.stages[start..]
+                        .iter()
+                        .map(|s| s.name.clone())
+                        .collect();
+                    for s in &stages {
+                        self.touched.insert((req.release, s.clone()));
+                    }
+                    self.out.actions.push(Action::Retry {
+                        request: req.id,
+                        release: req.release,
+                        stages,
+                        by: req.by.clone(),
+                    });
+                }
+                Err(why) => self.out.actions.push(Action::RefuseRetry {
+                    request: req.id,
+                    release: req.release,
+                    why,
+                }),
+            }
+        }
+    }
 
     fn resolve_artifacts(&mut self) {
         let pending: Vec<&Release> = self
@@ -250,7 +277,7 @@ impl<'a> Planner<'a> {
     // ----- stage-wide rules -------------------------------------------------------------
 
     fn rollback_request(&mut self, _j: usize, stage: &Stage) {
-        let Some((request, who)) = self
+        let Some(RollbackRequest { id: request, by }) = self
             .snap
             .stage(&stage.name)
             .and_then(|s| s.rollback_request.clone())
@@ -262,7 +289,7 @@ impl<'a> Planner<'a> {
             request,
         });
         let runs = self.runs_in(&stage.name);
-        let reason = format!("manual rollback requested by {who}");
+        let reason = Reason::ManualRollback { by: by.clone() };
         if let Some(run) = runs.iter().find(|r| r.status.changes_stage()) {
             if run.status != RunStatus::RollingBack {
                 self.transition(run, RunStatus::RollingBack, reason);
@@ -278,10 +305,7 @@ impl<'a> Planner<'a> {
             if self.rollback_target(stage, run).is_some() {
                 self.transition(run, RunStatus::RollingBack, reason);
             } else {
-                self.note(
-                    run,
-                    format!("{reason} not done: no known-good release to return to"),
-                );
+                self.note(run, Reason::ManualRollbackImpossible { by });
             }
         }
     }
@@ -312,7 +336,10 @@ impl<'a> Planner<'a> {
                 self.transition(
                     &run,
                     RunStatus::RollingBack,
-                    format!("release was rolled back in {}: {}", bad.stage, bad.reason),
+                    Reason::RolledBackUpstream {
+                        stage: bad.stage.clone(),
+                        cause: Box::new(bad.reason.clone()),
+                    },
                 );
             }
         }
@@ -343,7 +370,7 @@ impl<'a> Planner<'a> {
             self.transition(
                 run,
                 RunStatus::Superseded,
-                format!("superseded by newer release {newest}"),
+                Reason::SupersededBy { release: newest },
             );
         }
     }
@@ -375,12 +402,14 @@ impl<'a> Planner<'a> {
             return true;
         };
         let why = if let Some(bad) = self.bad_mark(run.release) {
-            Some(format!(
-                "not promoted: rolled back in {} ({})",
-                bad.stage, bad.reason
-            ))
+            Some(Reason::BadRelease {
+                stage: bad.stage,
+                cause: Box::new(bad.reason),
+            })
         } else {
-            r.failed.as_ref().map(|f| format!("not promoted: {f}"))
+            r.failed
+                .as_ref()
+                .map(|f| Reason::ReleaseFailed { why: f.clone() })
         };
         match why {
             Some(reason) => {
@@ -408,7 +437,9 @@ impl<'a> Planner<'a> {
                         self.transition(
                             run,
                             RunStatus::Superseded,
-                            format!("superseded in {prev}"),
+                            Reason::SupersededIn {
+                                stage: prev.clone(),
+                            },
                         );
                         return;
                     }
@@ -416,7 +447,10 @@ impl<'a> Planner<'a> {
                         self.transition(
                             run,
                             RunStatus::Failed,
-                            format!("not promoted: {other} in {prev}"),
+                            Reason::PreviousStageEnded {
+                                stage: prev.clone(),
+                                status: other,
+                            },
                         );
                         return;
                     }
@@ -424,7 +458,7 @@ impl<'a> Planner<'a> {
             }
         }
         if self.eligible(j, run.release) {
-            self.transition(run, RunStatus::Queued, "queued");
+            self.transition(run, RunStatus::Queued, Reason::Queued);
         }
     }
 
@@ -437,15 +471,17 @@ impl<'a> Planner<'a> {
             return;
         }
         let _ = j;
-        self.transition(run, RunStatus::Checking, "running pre-deploy checks");
+        self.transition(run, RunStatus::Checking, Reason::RunningChecks);
     }
 
-    fn paused(&self, stage: &Stage) -> Option<String> {
+    fn paused(&self, stage: &Stage) -> Option<Reason> {
         if let Some(p) = &self.snap.paused {
-            return Some(format!("pipeline paused: {p}"));
+            return Some(Reason::PipelinePaused { reason: p.clone() });
         }
         let s = self.snap.stage(&stage.name)?;
-        s.paused.as_ref().map(|p| format!("stage paused: {p}"))
+        s.paused
+            .as_ref()
+            .map(|p| Reason::StagePaused { reason: p.clone() })
     }
 
     fn checking(&mut self, j: usize, stage: &Stage, run: &StageRun) {
@@ -464,12 +500,14 @@ impl<'a> Planner<'a> {
         }
         match &stage.approval {
             Some(a) => {
-                let n = a.min_approvals;
-                self.transition(
-                    run,
-                    RunStatus::AwaitingApproval,
-                    format!("awaiting {n} approval(s)"),
-                );
+                let reason = Reason::AwaitingApproval {
+                    approved: 0,
+                    needed: a.min_approvals,
+                    expires_at: self.now
+                        + chrono::Duration::from_std(a.timeout).unwrap_or_default(),
+                    request: RequestState::Sending,
+                };
+                self.transition(run, RunStatus::AwaitingApproval, reason);
             }
             None => self.try_deploy(j, stage, run),
         }
@@ -487,14 +525,14 @@ impl<'a> Planner<'a> {
         else {
             return false;
         };
-        let firing = rec
-            .output
-            .get("in_alarm")
-            .filter(|a| !a.is_empty())
-            .cloned();
-        let problem = match (rec.status, firing) {
-            (EffectStatus::Failed, _) => format!("cannot read alarms: {}", rec.detail),
-            (_, Some(a)) => format!("alarm {a} is in ALARM"),
+        let firing = rec.output.in_alarm();
+        let problem = match rec.status {
+            EffectStatus::Failed => AlarmProblem::Unreadable {
+                detail: rec.detail.clone(),
+            },
+            _ if !firing.is_empty() => AlarmProblem::InAlarm {
+                alarms: firing.to_vec(),
+            },
             _ => return true,
         };
         if let Some(why) = self
@@ -502,23 +540,27 @@ impl<'a> Planner<'a> {
             .and_then(|r| r.alarm_override.clone())
         {
             if rec.status == EffectStatus::Succeeded {
-                self.note(run, format!("{problem}; entering anyway (override: {why})"));
+                let reason = Reason::AlarmOverride {
+                    problem,
+                    override_reason: why,
+                };
+                self.note(run, reason);
                 return true;
             }
         }
         let finished = rec.finished_at.unwrap_or(self.now);
-        let next = finished + chrono::Duration::from_std(ALARM_RECHECK).unwrap_or_default();
-        if next <= self.now {
+        let recheck_at = finished + chrono::Duration::from_std(ALARM_RECHECK).unwrap_or_default();
+        if recheck_at <= self.now {
             self.ensure(self.effect(run, EffectKind::CheckAlarms { round: round + 1 }));
         } else {
-            self.wake(next);
+            self.wake(recheck_at);
         }
         self.note(
             run,
-            format!(
-                "waiting: {problem}; re-checking every {}",
-                format_duration(ALARM_RECHECK)
-            ),
+            Reason::AlarmsBlockEntry {
+                problem,
+                recheck_at,
+            },
         );
         false
     }
@@ -555,7 +597,11 @@ impl<'a> Planner<'a> {
             match self.ensure(e).cloned() {
                 None => done = false,
                 Some(rec) if rec.status == EffectStatus::Failed => {
-                    let why = format!("{} test `{test}` failed: {}", phase.as_str(), rec.detail);
+                    let why = Reason::TestFailed {
+                        test: test.clone(),
+                        phase,
+                        detail: rec.detail.clone(),
+                    };
                     self.fail_or_roll_back(stage, run, phase, why);
                     return Some(false);
                 }
@@ -565,7 +611,7 @@ impl<'a> Planner<'a> {
         done.then_some(true)
     }
 
-    fn fail_or_roll_back(&mut self, stage: &Stage, run: &StageRun, phase: Phase, why: String) {
+    fn fail_or_roll_back(&mut self, stage: &Stage, run: &StageRun, phase: Phase, why: Reason) {
         if phase == Phase::Before {
             self.transition(run, RunStatus::Failed, why);
         } else {
@@ -573,15 +619,24 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn roll_back_or_fail(&mut self, stage: &Stage, run: &StageRun, why: String) {
+    fn roll_back_or_fail(&mut self, stage: &Stage, run: &StageRun, why: Reason) {
+        self.roll_back_or_fail_by(stage, run, why, None);
+    }
+
+    fn roll_back_or_fail_by(
+        &mut self,
+        stage: &Stage,
+        run: &StageRun,
+        why: Reason,
+        alarm: Option<i64>,
+    ) {
         if self.rollback_target(stage, run).is_some() {
-            self.transition(run, RunStatus::RollingBack, why);
+            self.transition_by(run, RunStatus::RollingBack, why, alarm);
         } else {
-            self.transition(
-                run,
-                RunStatus::Failed,
-                format!("{why}; no known-good release to return to"),
-            );
+            let reason = Reason::NoKnownGood {
+                cause: Box::new(why),
+            };
+            self.transition(run, RunStatus::Failed, reason);
         }
     }
 
@@ -618,7 +673,7 @@ impl<'a> Planner<'a> {
             .cloned();
         let (approved, rejected) = self.approvals(stage, run);
         if let Some(who) = rejected {
-            self.transition(run, RunStatus::Rejected, format!("rejected by {who}"));
+            self.transition(run, RunStatus::Rejected, Reason::Rejected { by: who });
             return;
         }
         if approved.len() as u32 >= cfg.min_approvals {
@@ -627,45 +682,38 @@ impl<'a> Planner<'a> {
         }
         let expires = run.since + chrono::Duration::from_std(cfg.timeout).unwrap_or_default();
         if self.now >= expires {
-            self.transition(
-                run,
-                RunStatus::Expired,
-                format!(
-                    "approval request expired after {}",
-                    format_duration(cfg.timeout)
-                ),
-            );
+            let reason = Reason::ApprovalExpired {
+                after_secs: cfg.timeout.as_secs(),
+            };
+            self.transition(run, RunStatus::Expired, reason);
             return;
         }
         self.wake(expires);
-        let sent = match request {
+        let request = match request {
             Some(r) if r.status == EffectStatus::Failed => {
                 let again = Self::resend_after(round);
                 let at = r.finished_at.unwrap_or(self.now)
                     + chrono::Duration::from_std(again).unwrap_or_default();
                 if at <= self.now {
                     self.ensure(self.effect(run, EffectKind::RequestApproval { round: round + 1 }));
-                    " (request not sent; sending again)".to_string()
+                    RequestState::Resending
                 } else {
                     self.wake(at);
-                    format!(
-                        " (request not sent: {}; trying again in {})",
-                        r.detail,
-                        Self::minutes(at - self.now)
-                    )
+                    RequestState::Failed {
+                        detail: r.detail.clone(),
+                        retry_at: at,
+                    }
                 }
             }
-            _ => String::new(),
+            _ => RequestState::Sending,
         };
-        let left = Self::minutes(expires - self.now);
-        self.note(
-            run,
-            format!(
-                "awaiting approval: {} of {}, expires in {left}{sent}",
-                approved.len(),
-                cfg.min_approvals
-            ),
-        );
+        let reason = Reason::AwaitingApproval {
+            approved: approved.len() as u32,
+            needed: cfg.min_approvals,
+            expires_at: expires,
+            request,
+        };
+        self.note(run, reason);
     }
 
     /// Starts the deploy if nothing forbids it now; otherwise says what it waits for.
@@ -678,27 +726,30 @@ impl<'a> Planner<'a> {
         self.transition(
             run,
             RunStatus::Deploying,
-            format!("deploying wave 1 of {waves}"),
+            Reason::Deploying { wave: 1, waves },
         );
     }
 
-    fn deploy_blocker(&mut self, j: usize, stage: &Stage, run: &StageRun) -> Option<String> {
+    fn deploy_blocker(&mut self, j: usize, stage: &Stage, run: &StageRun) -> Option<Reason> {
         if let Some(why) = self.paused(stage) {
             return Some(why);
         }
         // Invariant 1, checked again at the door.
         if !self.eligible(j, run.release) {
-            return Some("waiting: the previous stage has not succeeded with this release".into());
+            return Some(Reason::PreviousStageNotSucceeded);
         }
         // Invariant 2, checked again at the door.
         if let Some(a) = &stage.approval {
             if (self.approvals(stage, run).0.len() as u32) < a.min_approvals {
-                return Some("waiting for approval".into());
+                return Some(Reason::ApprovalMissing);
             }
         }
         // Invariant 3.
         if let Some((other, status)) = self.in_flight_besides(&stage.name, run.release) {
-            return Some(format!("waiting for {other} to finish ({status})"));
+            return Some(Reason::StageBusy {
+                release: other,
+                status,
+            });
         }
         let overridden = self
             .release(run.release)
@@ -709,7 +760,10 @@ impl<'a> Planner<'a> {
                 if let Some(at) = next {
                     self.wake(at);
                 }
-                Some(window::describe_wait(w, next))
+                Some(Reason::OutsideWindow {
+                    opens: next,
+                    timezone: w.timezone.name().to_string(),
+                })
             }
             _ => None,
         }
@@ -722,40 +776,42 @@ impl<'a> Planner<'a> {
                 .cloned()
             else {
                 if wave > 0 {
-                    self.note(
-                        run,
-                        format!("deploying wave {} of {}", wave + 1, stage.targets.len()),
-                    );
+                    let reason = Reason::Deploying {
+                        wave: wave + 1,
+                        waves: stage.targets.len(),
+                    };
+                    self.note(run, reason);
                 }
                 return;
             };
             if rec.status == EffectStatus::Failed {
                 let t = &stage.targets[wave];
-                let why = format!(
-                    "deploy to {}/{} failed: {}",
-                    t.account, t.region, rec.detail
-                );
+                let why = Reason::DeployFailed {
+                    account: t.account.clone(),
+                    region: t.region.clone(),
+                    detail: rec.detail.clone(),
+                };
                 self.roll_back_or_fail(stage, run, why);
                 return;
             }
         }
-        self.transition(run, RunStatus::Verifying, "running post-deploy tests");
+        self.transition(run, RunStatus::Verifying, Reason::Verifying);
     }
 
     fn verifying(&mut self, stage: &Stage, run: &StageRun) {
         if self.tests(stage, run, Phase::After) == Some(true) {
             let until = self.now + chrono::Duration::from_std(stage.bake).unwrap_or_default();
-            self.transition(
-                run,
-                RunStatus::Baking,
-                format!("baking until {}", until.format("%Y-%m-%d %H:%M:%S UTC")),
-            );
+            self.transition(run, RunStatus::Baking, Reason::Baking { until });
         }
     }
 
     fn baking(&mut self, stage: &Stage, run: &StageRun) {
-        if let Some(why) = self.alarm_fired(stage, run) {
-            self.transition(run, RunStatus::RollingBack, why);
+        if let Some(alarm) = self.alarm_fired(stage, run) {
+            let why = Reason::AlarmFired {
+                alarm: alarm.alarm.clone(),
+                at: alarm.at,
+            };
+            self.transition_by(run, RunStatus::RollingBack, why, Some(alarm.id));
             return;
         }
         let bake_end = run.since + chrono::Duration::from_std(stage.bake).unwrap_or_default();
@@ -770,7 +826,7 @@ impl<'a> Planner<'a> {
             stage.min_alarm_evaluations
         };
         if self.now >= bake_end && evaluations.0 >= needed {
-            self.transition(run, RunStatus::Succeeded, "deployed and baked");
+            self.transition(run, RunStatus::Succeeded, Reason::Succeeded);
             self.out.actions.push(Action::RecordGood {
                 stage: stage.name.clone(),
                 release: run.release,
@@ -781,25 +837,24 @@ impl<'a> Planner<'a> {
             self.wake(bake_end);
         }
         let state = if self.now >= bake_end {
-            format!(
-                "bake time over; waiting for alarm evaluations ({}/{needed})",
-                evaluations.0
-            )
+            Reason::AwaitingEvaluations {
+                clean: evaluations.0,
+                needed,
+            }
         } else {
-            format!("baking, {} left", Self::minutes(bake_end - self.now))
+            Reason::Baking { until: bake_end }
         };
         self.note(run, state);
     }
 
     /// An alarm notification for this stage since the bake began.
-    fn alarm_fired(&self, stage: &Stage, run: &StageRun) -> Option<String> {
+    fn alarm_fired(&self, stage: &Stage, run: &StageRun) -> Option<&'a AlarmFact> {
         self.snap
             .alarms
             .iter()
             .filter(|a| a.stage == stage.name && a.firing && a.at >= run.since)
             .filter(|a| stage.alarms.contains(&a.alarm))
             .min_by_key(|a| a.at)
-            .map(AlarmFact::fired_reason)
     }
 
     /// Backstop polls during bake: (clean evaluations, reason to roll back).
@@ -808,7 +863,7 @@ impl<'a> Planner<'a> {
         stage: &Stage,
         run: &StageRun,
         bake_end: DateTime<Utc>,
-    ) -> (u32, Option<String>) {
+    ) -> (u32, Option<Reason>) {
         if stage.alarms.is_empty() {
             return (0, None);
         }
@@ -819,15 +874,13 @@ impl<'a> Planner<'a> {
             let Some(rec) = self.snap.effect(&key) else {
                 continue;
             };
-            match rec.output.get("in_alarm").filter(|a| !a.is_empty()) {
-                Some(a) if rec.status == EffectStatus::Succeeded => {
-                    return (
-                        clean,
-                        Some(format!(
-                            "alarm {a} in ALARM (poll at {})",
-                            rec.finished_at.unwrap_or(self.now).format("%H:%M:%S UTC")
-                        )),
-                    );
+            match rec.output.in_alarm() {
+                a if !a.is_empty() && rec.status == EffectStatus::Succeeded => {
+                    let why = Reason::AlarmPolled {
+                        alarms: a.to_vec(),
+                        at: rec.finished_at.unwrap_or(self.now),
+                    };
+                    return (clean, Some(why));
                 }
                 _ if rec.status == EffectStatus::Succeeded => clean += 1,
                 _ => {}
@@ -876,11 +929,10 @@ impl<'a> Planner<'a> {
 
     fn rolling_back(&mut self, stage: &Stage, run: &StageRun) {
         let Some(target) = self.rollback_target(stage, run) else {
-            self.transition(
-                run,
-                RunStatus::Failed,
-                format!("{}; no known-good release to return to", run.reason),
-            );
+            let reason = Reason::NoKnownGood {
+                cause: Box::new(run.reason.clone()),
+            };
+            self.transition(run, RunStatus::Failed, reason);
             return;
         };
         for wave in self.deployed_waves(stage, run) {
@@ -890,23 +942,25 @@ impl<'a> Planner<'a> {
             };
             if rec.status == EffectStatus::Failed {
                 let t = &stage.targets[wave];
-                let why = format!(
-                    "ROLLBACK FAILED for {}/{}: {}; stage paused until a person resumes it",
-                    t.account, t.region, rec.detail
-                );
-                self.transition(run, RunStatus::Failed, why.clone());
+                let why = Reason::RollbackFailed {
+                    account: t.account.clone(),
+                    region: t.region.clone(),
+                    detail: rec.detail.clone(),
+                };
+                let pause = why.describe(self.now);
+                self.transition(run, RunStatus::Failed, why);
                 self.out.actions.push(Action::PauseStage {
                     stage: stage.name.clone(),
-                    reason: why,
+                    reason: pause,
                 });
                 return;
             }
         }
-        self.transition(
-            run,
-            RunStatus::RolledBack,
-            format!("{}; restored {target}", run.reason),
-        );
+        let reason = Reason::RolledBack {
+            cause: Box::new(run.reason.clone()),
+            restored: target,
+        };
+        self.transition(run, RunStatus::RolledBack, reason);
         if self.release(run.release).is_some_and(|r| r.bad.is_none()) {
             self.out.actions.push(Action::MarkBad {
                 release: run.release,
@@ -966,7 +1020,7 @@ impl<'a> Planner<'a> {
             let acted = self
                 .snap
                 .effects_of(run.release, &run.stage)
-                .any(|e| !e.part().starts_with("report-"));
+                .any(|e| !matches!(e.kind, EffectKind::Report { .. }));
             let event = match run.status {
                 RunStatus::RolledBack => Some(NotifyEvent::RolledBack),
                 RunStatus::Failed | RunStatus::Rejected | RunStatus::Expired if acted => {
@@ -994,10 +1048,9 @@ impl<'a> Planner<'a> {
             .snap
             .effects_of(run.release, &run.stage)
             .filter(|e| e.status == EffectStatus::Pending)
-            .filter_map(|e| {
-                e.part()
-                    .strip_prefix("report-")
-                    .and_then(ReportState::parse)
+            .filter_map(|e| match e.kind {
+                EffectKind::Report { state } => Some(state),
+                _ => None,
             })
             .collect();
         if !pending.is_empty() {
@@ -1014,7 +1067,7 @@ impl<'a> Planner<'a> {
         let deployed = self
             .snap
             .effects_of(run.release, &run.stage)
-            .any(|e| e.part().starts_with("deploy-"));
+            .any(|e| e.kind.is_deploy());
         for state in target.path(deployed) {
             if self
                 .ensure(self.effect(run, EffectKind::Report { state }))
@@ -1092,98 +1145,6 @@ impl<'a> Planner<'a> {
             .collect();
         for release in done {
             self.out.actions.push(Action::Retire { release });
-        }
-    }
-}
-
-/// A reason with its countdowns ("3h59m", "less than 1m") blanked: two reasons that differ
-/// only there say the same thing a minute apart.
-fn countdown_free(reason: &str) -> String {
-    let reason = reason.replace("less than 1m", "…");
-    reason
-        .split(' ')
-        .map(|word| {
-            let bare = word.trim_end_matches([',', ';', ')', '.']);
-            if is_duration(bare) {
-                format!("…{}", &word[bare.len()..])
-            } else {
-                word.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// "2h", "59m", "1h30m", "45s": what `format_duration` writes.
-fn is_duration(word: &str) -> bool {
-    let mut digits = 0;
-    let mut units = 0;
-    for c in word.chars() {
-        match c {
-            '0'..='9' => digits += 1,
-            'h' | 'm' | 's' if digits > 0 => {
-                digits = 0;
-                units += 1;
-            }
-            _ => return false,
-        }
-    }
-    units > 0 && digits == 0
-}
-
-#[cfg(test)]
-mod countdown_tests {
-    use super::countdown_free;
-
-    #[test]
-    fn a_moving_countdown_is_the_same_reason() {
-        let same = [
-            (
-                "awaiting approval: 0 of 1, expires in 4m",
-                "awaiting approval: 0 of 1, expires in 3m",
-            ),
-            (
-                "awaiting approval: 0 of 1, expires in 1h",
-                "awaiting approval: 0 of 1, expires in 59m",
-            ),
-            (
-                "awaiting approval: 0 of 2, expires in 2m",
-                "awaiting approval: 0 of 2, expires in less than 1m",
-            ),
-            ("baking, 1h30m left", "baking, 1h29m left"),
-            (
-                "awaiting approval: 1 of 2, expires in 5m (request not sent: throttled)",
-                "awaiting approval: 1 of 2, expires in 4m (request not sent: throttled)",
-            ),
-        ];
-        for (a, b) in same {
-            assert_eq!(countdown_free(a), countdown_free(b), "{a} | {b}");
-        }
-    }
-
-    #[test]
-    fn anything_else_is_a_new_reason() {
-        let different = [
-            (
-                "awaiting approval: 0 of 2, expires in 4m",
-                "awaiting approval: 1 of 2, expires in 4m",
-            ),
-            (
-                "baking, 3m left",
-                "bake time over; waiting for alarm evaluations (1/3)",
-            ),
-            (
-                "bake time over; waiting for alarm evaluations (1/3)",
-                "bake time over; waiting for alarm evaluations (2/3)",
-            ),
-            (
-                "awaiting approval: 0 of 1, expires in 4m",
-                "awaiting approval: 0 of 1, expires in 4m (request not sent: throttled)",
-            ),
-            ("alarm api-5xx in ALARM", "alarm api-4xx in ALARM"),
-        ];
-        for (a, b) in different {
-            assert_ne!(countdown_free(a), countdown_free(b), "{a} | {b}");
         }
     }
 }

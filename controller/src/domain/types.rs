@@ -1,12 +1,25 @@
-//! The domain's data: releases, stage runs, their status, and the facts the planner reads.
+//! The domain's data: releases, stage runs, their status, effect records and their typed
+//! outcomes, and the facts the planner reads ([`Snapshot`]).
+//!
+//! Owns the shape of every fact the planner decides on. Every fact is a typed field: an
+//! effect's kind is an [`EffectKind`], its outcome an [`EffectOutput`], a run's situation a
+//! [`Reason`], the alarm behind a rollback an alarm event id.
+//! Must never: recover a fact from a key, a reason's text or a joined string; do I/O.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::action::EffectKind;
+use super::reason::Reason;
 
 /// A release's id: assigned by the store in arrival order, so a larger id is a newer release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
 pub struct ReleaseId(pub i64);
 
 impl fmt::Display for ReleaseId {
@@ -65,11 +78,12 @@ pub struct Release {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadMark {
     pub stage: String,
-    pub reason: String,
+    pub reason: Reason,
 }
 
 /// The life of one release in one stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Waiting,
     Queued,
@@ -152,6 +166,40 @@ impl RunStatus {
         )
     }
 
+    /// Stopped without succeeding in a way `tollgate retry` can send again.
+    pub fn retryable(self) -> bool {
+        matches!(self, RunStatus::Failed | RunStatus::Expired)
+    }
+
+    /// Past `waiting` and not finished: what `tollgate status` shows as in flight.
+    pub fn in_flight(self) -> bool {
+        self != RunStatus::Waiting && !self.is_terminal()
+    }
+
+    /// A newer release's run in one of these has entered (or is entering) the stage, so an
+    /// older release sent there again would move the stage backwards.
+    pub fn entered(self) -> bool {
+        !matches!(
+            self,
+            RunStatus::Waiting
+                | RunStatus::Failed
+                | RunStatus::Expired
+                | RunStatus::Rejected
+                | RunStatus::Superseded
+        )
+    }
+
+    /// The statuses for which `pred` holds, as a SQL list (`'a', 'b'`) for the store's
+    /// queries: one definition of each set, here.
+    pub fn sql_set(pred: impl Fn(RunStatus) -> bool) -> String {
+        RunStatus::ALL
+            .into_iter()
+            .filter(|s| pred(*s))
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Has not started deploying: may still be superseded by a newer release.
     pub fn supersedable(self) -> bool {
         matches!(
@@ -177,9 +225,11 @@ pub struct StageRun {
     pub stage: String,
     pub status: RunStatus,
     /// Why it is in this status, or what it waits for; shown by `tollgate status`.
-    pub reason: String,
+    pub reason: Reason,
     pub attempt: u32,
     pub since: DateTime<Utc>,
+    /// The alarm event ([`AlarmFact::id`]) that sent the run into rollback, if one did.
+    pub rollback_alarm: Option<i64>,
 }
 
 /// What became of an effect.
@@ -216,20 +266,47 @@ pub struct EffectRecord {
     pub release: ReleaseId,
     /// Empty for release-level effects (artifact resolution).
     pub stage: String,
+    /// What the effect is (stored as its own typed column, never read from the key).
+    pub kind: EffectKind,
     pub status: EffectStatus,
     /// Human-readable outcome: the failure reason, or a summary.
     pub detail: String,
-    /// Named values the effect produced (stack outputs, alarms in ALARM, the digest).
-    pub output: BTreeMap<String, String>,
+    /// What the effect produced, typed by its kind.
+    pub output: EffectOutput,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl EffectRecord {
-    /// What the effect was, from its key's last segment: `deploy-0`, `report-queued`, … (a
-    /// stage's name, which may contain the same words, is an earlier segment).
-    pub fn part(&self) -> &str {
-        self.key.rsplit('/').next().unwrap_or_default()
+/// What a finished effect produced, one variant per kind of result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EffectOutput {
+    /// Nothing beyond its status and detail.
+    #[default]
+    None,
+    /// The artifact's image digest (`sha256:…`).
+    Resolved { digest: String },
+    /// The stage's alarms that were in ALARM when read (empty: none).
+    Alarms { in_alarm: Vec<String> },
+    /// A wave deployed: the image it runs and the stack's (or pipeline's) outputs.
+    Deployed {
+        image_uri: String,
+        outputs: BTreeMap<String, String>,
+    },
+    /// A wave restored, and how long after the triggering alarm the deployer was called.
+    RolledBack {
+        image_uri: String,
+        latency_ms: Option<i64>,
+    },
+}
+
+impl EffectOutput {
+    /// The alarms in ALARM, for an alarm read.
+    pub fn in_alarm(&self) -> &[String] {
+        match self {
+            EffectOutput::Alarms { in_alarm } => in_alarm,
+            _ => &[],
+        }
     }
 }
 
@@ -270,6 +347,8 @@ pub struct ApprovalRecord {
 /// A CloudWatch alarm notification that reached the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmFact {
+    /// The alarm event's id in the store; a rollback it causes records it.
+    pub id: i64,
     pub stage: String,
     pub alarm: String,
     /// True for ALARM, false for OK / INSUFFICIENT_DATA.
@@ -277,16 +356,20 @@ pub struct AlarmFact {
     pub at: DateTime<Utc>,
 }
 
-impl AlarmFact {
-    /// The reason a run rolled back by this alarm carries; the engine matches on it to find
-    /// the alarm a rollback answers (for the rollback-latency figure).
-    pub fn fired_reason(&self) -> String {
-        format!(
-            "alarm {} fired at {}",
-            self.alarm,
-            self.at.format("%Y-%m-%d %H:%M:%S UTC")
-        )
-    }
+/// A manual rollback asked for and not handled yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackRequest {
+    pub id: i64,
+    pub by: String,
+}
+
+/// A `tollgate retry` asked for and not handled yet: the planner either sends the release
+/// again or refuses, saying why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryRequest {
+    pub id: i64,
+    pub release: ReleaseId,
+    pub by: String,
 }
 
 /// A stage's durable state.
@@ -296,8 +379,8 @@ pub struct StageState {
     pub paused: Option<String>,
     /// Releases this stage ran successfully, oldest first (a rollback appends its target).
     pub history: Vec<ReleaseId>,
-    /// A manual rollback asked for and not handled yet: (request id, who asked).
-    pub rollback_request: Option<(i64, String)>,
+    /// A manual rollback asked for and not handled yet.
+    pub rollback_request: Option<RollbackRequest>,
 }
 
 /// Everything `plan` needs to know about one pipeline.
@@ -311,6 +394,8 @@ pub struct Snapshot {
     pub effects: Vec<EffectRecord>,
     pub approvals: Vec<ApprovalRecord>,
     pub alarms: Vec<AlarmFact>,
+    /// Retry requests not handled yet, oldest first.
+    pub retry_requests: Vec<RetryRequest>,
 }
 
 impl Snapshot {
@@ -347,34 +432,5 @@ impl Snapshot {
         self.effects
             .iter()
             .filter(move |e| e.release == release && e.stage == stage)
-    }
-}
-
-#[cfg(test)]
-mod effect_part_tests {
-    use super::*;
-
-    #[test]
-    fn the_part_is_the_last_key_segment_whatever_the_stage_is_called() {
-        let rec = |key: &str| EffectRecord {
-            key: key.into(),
-            release: ReleaseId(1),
-            stage: String::new(),
-            status: EffectStatus::Pending,
-            detail: String::new(),
-            output: BTreeMap::new(),
-            started_at: DateTime::<Utc>::UNIX_EPOCH,
-            finished_at: None,
-        };
-        assert_eq!(
-            rec("backend/r1/deploy-eu/a1/test-after-smoke").part(),
-            "test-after-smoke"
-        );
-        assert_eq!(rec("backend/r1/report-x/a1/deploy-0").part(), "deploy-0");
-        assert!(
-            !rec("backend/r1/deploy-eu/a1/notify-halted")
-                .part()
-                .starts_with("deploy-")
-        );
     }
 }

@@ -1,18 +1,19 @@
-//! Performs one effect through the ports and turns the result into a durable outcome.
+//! Performs one effect through the ports and turns the result into a durable, typed outcome.
 //!
 //! Never decides anything: what to do was planned; this only does it, with the idempotency
-//! key, and retries what the adapters call temporary.
+//! key. Retrying temporary failures is each adapter's job (one policy, in the adapters): an
+//! error that reaches here is final for this attempt and becomes a failed outcome.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::Duration;
 
-use super::Engine;
 use super::messages;
 use super::ports::*;
+use super::{Engine, Ports};
 use crate::config::{Account, Pipeline, Stage};
 use crate::domain::Effect;
-use crate::domain::{AlarmFact, EffectKind, EffectStatus, Release, ReleaseId, Snapshot, StageRun};
+use crate::domain::{
+    AlarmFact, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot, StageRun,
+};
 use crate::store::EffectOutcome;
 
 /// What an effect needs to know, copied from the snapshot it was planned from.
@@ -22,23 +23,35 @@ pub(super) struct Context {
     run: Option<StageRun>,
     /// Releases by id (for a rollback target's digest).
     releases: BTreeMap<ReleaseId, Release>,
-    /// Outputs of this run's deploys (stack outputs, the image URI).
+    /// What this run's deploys produced: the stack outputs, and the image they run.
     outputs: BTreeMap<String, String>,
+    image_uri: String,
     /// What already passed, for people (approval requests, notifications).
     history: String,
     public_url: String,
     accounts: BTreeMap<String, Account>,
     /// The alarm notification that sent this run into rollback, if one did.
     trigger: Option<AlarmFact>,
+    /// When the context was taken, to render reasons for people.
+    now: chrono::DateTime<chrono::Utc>,
 }
 
 impl Context {
     pub(super) fn capture(engine: &Engine, e: &Effect, snap: &Snapshot) -> Context {
         let config = engine.config();
         let mut outputs = BTreeMap::new();
+        let mut image_uri = String::new();
         for rec in snap.effects_of(e.release, &e.stage) {
-            if rec.part().starts_with("deploy-") && rec.status == EffectStatus::Succeeded {
-                outputs.extend(rec.output.clone());
+            if let (
+                EffectStatus::Succeeded,
+                EffectOutput::Deployed {
+                    image_uri: uri,
+                    outputs: o,
+                },
+            ) = (rec.status, &rec.output)
+            {
+                outputs.extend(o.clone());
+                image_uri = uri.clone();
             }
         }
         Context {
@@ -47,10 +60,12 @@ impl Context {
             run: snap.run(e.release, &e.stage).cloned(),
             releases: snap.releases.clone(),
             outputs,
-            history: messages::progress(snap, e.release),
+            image_uri,
+            history: messages::progress(snap, e.release, engine.now()),
             public_url: config.controller.public_url.clone(),
             accounts: config.accounts.clone(),
             trigger: trigger(e, snap),
+            now: engine.now(),
         }
     }
 
@@ -59,20 +74,38 @@ impl Context {
             .get(name)
             .ok_or_else(|| PortError::Invalid(format!("account `{name}` is not configured")))
     }
+
+    /// The run's reason, for people.
+    fn reason(&self) -> String {
+        self.run
+            .as_ref()
+            .map(|run| run.reason.describe(self.now))
+            .unwrap_or_default()
+    }
 }
 
-/// The alarm fact a rollback answers: the run went into rollback with its
-/// [`AlarmFact::fired_reason`].
+/// The alarm event a rollback answers: the one its run recorded when it went into rollback.
 fn trigger(e: &Effect, snap: &Snapshot) -> Option<AlarmFact> {
     if !matches!(e.kind, EffectKind::Rollback { .. }) {
         return None;
     }
-    let run = snap.run(e.release, &e.stage)?;
-    snap.alarms
-        .iter()
-        .filter(|a| a.stage == e.stage && a.firing)
-        .find(|a| run.reason == a.fired_reason())
-        .cloned()
+    let id = snap.run(e.release, &e.stage)?.rollback_alarm?;
+    snap.alarms.iter().find(|a| a.id == id).cloned()
+}
+
+/// One effect being performed: everything its steps read.
+struct Op<'a> {
+    engine: &'a Engine,
+    effect: &'a Effect,
+    pipeline: &'a Pipeline,
+    release: &'a Release,
+    ctx: &'a Context,
+}
+
+impl Op<'_> {
+    fn ports(&self) -> &Ports {
+        self.engine.ports()
+    }
 }
 
 /// Performs the effect; every error becomes a failed outcome with a readable reason.
@@ -80,22 +113,24 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
     let (Some(p), Some(r)) = (&ctx.pipeline, &ctx.release) else {
         return EffectOutcome::failure("the pipeline or release is no longer configured");
     };
-    let stage = p.stage(&e.stage);
-    let result = match (&e.kind, stage) {
-        (EffectKind::ResolveArtifact, _) => resolve(engine, p, r, ctx).await,
+    let op = Op {
+        engine,
+        effect: e,
+        pipeline: p,
+        release: r,
+        ctx,
+    };
+    let result = match (&e.kind, p.stage(&e.stage)) {
+        (EffectKind::ResolveArtifact, _) => resolve(&op).await,
         (EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. }, Some(s)) => {
-            alarms(engine, s, ctx).await
+            alarms(&op, s).await
         }
-        (EffectKind::RunTest { test, .. }, Some(s)) => {
-            run_test(engine, e, p, s, r, test, ctx).await
-        }
-        (EffectKind::RequestApproval { .. }, Some(s)) => approval(engine, e, p, s, r, ctx).await,
-        (EffectKind::Deploy { wave }, Some(s)) => deploy(engine, e, p, s, r, *wave, ctx).await,
-        (EffectKind::Rollback { wave, target }, Some(s)) => {
-            rollback(engine, e, p, s, *wave, *target, ctx).await
-        }
-        (EffectKind::Notify { event }, Some(s)) => notify(engine, e, p, s, r, *event, ctx).await,
-        (EffectKind::Report { state }, Some(s)) => report(engine, e, p, s, r, *state, ctx).await,
+        (EffectKind::RunTest { test, .. }, Some(s)) => run_test(&op, s, test).await,
+        (EffectKind::RequestApproval { .. }, Some(s)) => approval(&op, s).await,
+        (EffectKind::Deploy { wave }, Some(s)) => deploy(&op, s, *wave).await,
+        (EffectKind::Rollback { wave, target }, Some(s)) => rollback(&op, s, *wave, *target).await,
+        (EffectKind::Notify { event }, Some(s)) => notify(&op, s, *event).await,
+        (EffectKind::Report { state }, Some(s)) => report(&op, s, *state).await,
         (_, None) => Err(PortError::Invalid(format!(
             "stage `{}` is no longer configured",
             e.stage
@@ -104,52 +139,28 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
     result.unwrap_or_else(|err| EffectOutcome::failure(err.to_string()))
 }
 
-/// Retries temporary failures with exponential backoff (1 s … 30 s, about 90 s in all).
-async fn retrying<T, F, Fut>(mut op: F) -> PortResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = PortResult<T>>,
-{
-    let mut delay = Duration::from_secs(1);
-    for _ in 0..7 {
-        match op().await {
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "temporary failure; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-            other => return other,
-        }
-    }
-    op().await
-}
-
-async fn resolve(
-    engine: &Engine,
-    p: &Pipeline,
-    r: &Release,
-    ctx: &Context,
-) -> PortResult<EffectOutcome> {
-    let account = ctx.account(&p.artifact.account)?;
+async fn resolve(op: &Op<'_>) -> PortResult<EffectOutcome> {
+    let (p, r) = (op.pipeline, op.release);
+    let account = op.ctx.account(&p.artifact.account)?;
     let tag = p.artifact.tag_for(&r.sha, &r.branch);
-    let digest = retrying(|| engine.ports().artifacts.resolve(&p.artifact, account, &tag)).await?;
-    Ok(
-        EffectOutcome::success(format!("{}:{tag} is {digest}", p.artifact.repository))
-            .with("digest", digest),
-    )
+    let digest = op
+        .ports()
+        .artifacts
+        .resolve(&p.artifact, account, &tag)
+        .await?;
+    let detail = format!("{}:{tag} is {digest}", p.artifact.repository);
+    Ok(EffectOutcome::success(detail).with(EffectOutput::Resolved { digest }))
 }
 
-async fn alarms(engine: &Engine, s: &Stage, ctx: &Context) -> PortResult<EffectOutcome> {
+async fn alarms(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
     let mut firing = Vec::new();
     for t in &s.targets {
-        let account = ctx.account(&t.account)?;
-        let names = retrying(|| {
-            engine
-                .ports()
-                .alarms
-                .in_alarm(account, &t.region, &s.alarms)
-        })
-        .await?;
+        let account = op.ctx.account(&t.account)?;
+        let names = op
+            .ports()
+            .alarms
+            .in_alarm(account, &t.region, &s.alarms)
+            .await?;
         firing.extend(names);
     }
     firing.sort();
@@ -159,19 +170,11 @@ async fn alarms(engine: &Engine, s: &Stage, ctx: &Context) -> PortResult<EffectO
     } else {
         format!("in ALARM: {}", firing.join(", "))
     };
-    Ok(EffectOutcome::success(detail).with("in_alarm", firing.join(",")))
+    Ok(EffectOutcome::success(detail).with(EffectOutput::Alarms { in_alarm: firing }))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_test(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
-    s: &Stage,
-    r: &Release,
-    test: &str,
-    ctx: &Context,
-) -> PortResult<EffectOutcome> {
+async fn run_test(op: &Op<'_>, s: &Stage, test: &str) -> PortResult<EffectOutcome> {
+    let (p, r, ctx) = (op.pipeline, op.release, op.ctx);
     let def = p
         .tests
         .get(test)
@@ -182,7 +185,7 @@ async fn run_test(
         .ok_or_else(|| PortError::Invalid("stage has no target".into()))?;
     let account = ctx.account(&target.account)?;
     let tc = TestContext {
-        key: e.key.clone(),
+        key: op.effect.key.clone(),
         pipeline: p.name.clone(),
         stage: s.name.clone(),
         release: r.id,
@@ -190,12 +193,12 @@ async fn run_test(
         branch: r.branch.clone(),
         sha: r.sha.clone(),
         digest: r.digest.clone().unwrap_or_default(),
-        image_uri: ctx.outputs.get("image_uri").cloned().unwrap_or_default(),
+        image_uri: ctx.image_uri.clone(),
         account_id: account.id.clone(),
         region: target.region.clone(),
         outputs: ctx.outputs.clone(),
     };
-    let result = engine.ports().tests.run(def, &tc).await?;
+    let result = op.ports().tests.run(def, &tc).await?;
     let detail = if result.output_tail.is_empty() {
         result.summary.clone()
     } else {
@@ -204,25 +207,16 @@ async fn run_test(
     Ok(EffectOutcome {
         ok: result.passed,
         detail,
-        output: BTreeMap::new(),
+        output: EffectOutput::None,
     })
 }
 
-async fn approval(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
-    s: &Stage,
-    r: &Release,
-    ctx: &Context,
-) -> PortResult<EffectOutcome> {
+async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
+    let (e, p, r, ctx) = (op.effect, op.pipeline, op.release, op.ctx);
     let Some(cfg) = &s.approval else {
         return Err(PortError::Invalid("stage has no approval".into()));
     };
-    let since = ctx
-        .run
-        .as_ref()
-        .map_or_else(|| engine.now(), |run| run.since);
+    let since = ctx.run.as_ref().map_or(ctx.now, |run| run.since);
     // Every round of a request shares the first round's key: approvers whose link went out
     // keep it, and a later round sends only what an earlier one did not.
     let first = Effect::new(
@@ -242,50 +236,43 @@ async fn approval(
         expires_at: since + chrono::Duration::from_std(cfg.timeout).unwrap_or_default(),
         summary: messages::release_facts(p, r, &ctx.history, &ctx.public_url),
     };
-    let sent = retrying(|| engine.ports().approvals.send(&req)).await?;
+    let sent = op.ports().approvals.send(&req).await?;
     Ok(EffectOutcome::success(format!(
         "approval request sent ({sent} message(s))"
     )))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn deploy(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
-    s: &Stage,
-    r: &Release,
-    wave: usize,
-    ctx: &Context,
-) -> PortResult<EffectOutcome> {
+async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome> {
+    let r = op.release;
     let digest = r
         .digest
         .clone()
         .ok_or_else(|| PortError::Invalid("release has no digest".into()))?;
-    let req = deploy_request(engine, e, p, s, r.id, &digest, wave, ctx).await?;
-    let result = retrying(|| engine.ports().deployer.deploy(&req)).await?;
-    let mut out = EffectOutcome::success(result.summary).with("image_uri", req.image_uri.clone());
-    out.output.extend(result.outputs);
-    Ok(out)
+    let req = deploy_request(op, s, r.id, &digest, wave).await?;
+    let result = op.ports().deployer.deploy(&req).await?;
+    Ok(
+        EffectOutcome::success(result.summary).with(EffectOutput::Deployed {
+            image_uri: req.image_uri,
+            outputs: result.outputs,
+        }),
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn rollback(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
+    op: &Op<'_>,
     s: &Stage,
     wave: usize,
     target: ReleaseId,
-    ctx: &Context,
 ) -> PortResult<EffectOutcome> {
-    let digest = ctx
+    let (engine, p) = (op.engine, op.pipeline);
+    let digest = op
+        .ctx
         .releases
         .get(&target)
         .and_then(|t| t.digest.clone())
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
-    let req = deploy_request(engine, e, p, s, target, &digest, wave, ctx).await?;
-    let latency = ctx.trigger.as_ref().map(|t| {
+    let req = deploy_request(op, s, target, &digest, wave).await?;
+    let latency = op.ctx.trigger.as_ref().map(|t| {
         let ms = (engine.now() - t.at).num_milliseconds().max(0);
         let detail = format!(
             "rollback of {} wave {} to {target} called the deployer {ms} ms after alarm {} arrived",
@@ -295,46 +282,36 @@ async fn rollback(
         );
         (ms, detail)
     });
-    let result = retrying(|| engine.ports().deployer.rollback(&req)).await;
+    let result = op.ports().deployer.rollback(&req).await;
     // Written after the call, so the disk write is not on the path from alarm to rollback.
     if let Some((_, detail)) = &latency {
         tracing::info!(pipeline = %p.name, stage = %s.name, "{detail}");
+        let scope = Some((op.effect.release, s.name.as_str()));
         let logged = engine
-            .store()
-            .log_event(
-                &p.name,
-                "controller",
-                "rollback-latency",
-                Some((e.release, s.name.as_str())),
-                detail,
-                engine.now(),
-            )
+            .log_event(&p.name, "controller", "rollback-latency", scope, detail)
             .await;
         if let Err(err) = logged {
             tracing::error!(error = %err, "cannot write the rollback latency to the event log");
         }
     }
     let result = result?;
-    let mut outcome =
-        EffectOutcome::success(format!("restored {target} ({digest}): {}", result.summary))
-            .with("image_uri", req.image_uri);
-    if let Some((ms, _)) = latency {
-        outcome = outcome.with("rollback_latency_ms", ms.to_string());
-    }
-    Ok(outcome)
+    let detail = format!("restored {target} ({digest}): {}", result.summary);
+    Ok(
+        EffectOutcome::success(detail).with(EffectOutput::RolledBack {
+            image_uri: req.image_uri,
+            latency_ms: latency.map(|(ms, _)| ms),
+        }),
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn deploy_request(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
+    op: &Op<'_>,
     s: &Stage,
     release: ReleaseId,
     digest: &str,
     wave: usize,
-    ctx: &Context,
 ) -> PortResult<DeployRequest> {
+    let (p, ctx) = (op.pipeline, op.ctx);
     let target = s
         .targets
         .get(wave)
@@ -349,9 +326,9 @@ async fn deploy_request(
         target_account: account.clone(),
         mode: s.promote,
     };
-    let image_uri = retrying(|| engine.ports().artifacts.promote(&promote)).await?;
+    let image_uri = op.ports().artifacts.promote(&promote).await?;
     Ok(DeployRequest {
-        key: e.key.clone(),
+        key: op.effect.key.clone(),
         pipeline: p.name.clone(),
         stage: s.name.clone(),
         release,
@@ -363,74 +340,56 @@ async fn deploy_request(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn notify(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
+    op: &Op<'_>,
     s: &Stage,
-    r: &Release,
     event: crate::domain::NotifyEvent,
-    ctx: &Context,
 ) -> PortResult<EffectOutcome> {
+    let (p, r, ctx) = (op.pipeline, op.release, op.ctx);
     let Some(topic) = &p.notifications.topic else {
         return Ok(EffectOutcome::success("no notification topic configured"));
     };
-    let reason = ctx
-        .run
-        .as_ref()
-        .map(|run| run.reason.clone())
-        .unwrap_or_default();
     let (subject, body) =
-        messages::notification(p, s, r, event, &reason, &ctx.history, &ctx.public_url);
+        messages::notification(p, s, r, event, &ctx.reason(), &ctx.history, &ctx.public_url);
     let msg = Message {
-        key: e.key.clone(),
+        key: op.effect.key.clone(),
         topic: topic.clone(),
         subject,
         body,
         attributes: BTreeMap::new(),
     };
-    let id = retrying(|| engine.ports().notifier.publish(&msg)).await?;
+    let id = op.ports().notifier.publish(&msg).await?;
     Ok(EffectOutcome::success(format!("published message {id}")))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn report(
-    engine: &Engine,
-    e: &Effect,
-    p: &Pipeline,
+    op: &Op<'_>,
     s: &Stage,
-    r: &Release,
     state: crate::domain::ReportState,
-    ctx: &Context,
 ) -> PortResult<EffectOutcome> {
-    let description = ctx
-        .run
-        .as_ref()
-        .map(|run| run.reason.clone())
-        .unwrap_or_default();
+    let (p, r, ctx) = (op.pipeline, op.release, op.ctx);
     let rep = DeploymentReport {
-        key: e.key.clone(),
+        key: op.effect.key.clone(),
         pipeline: p.name.clone(),
         repository: p.source.repository.clone(),
         sha: r.sha.clone(),
         release: r.id,
         environment: s.name.clone(),
         state,
-        description,
+        description: ctx.reason(),
         log_url: format!(
             "{}/ui/pipelines/{}/releases/{}",
             ctx.public_url, p.name, r.id.0
         ),
     };
-    let forge = &engine.ports().forge;
+    let forge = &op.ports().forge;
     if !forge.enabled() {
         return Ok(EffectOutcome::success(format!(
             "{} not reported: GitHub reporting is off (no token)",
             state.as_str()
         )));
     }
-    retrying(|| forge.report(&rep)).await?;
+    forge.report(&rep).await?;
     Ok(EffectOutcome::success(format!(
         "reported {} to GitHub",
         state.as_str()

@@ -3,16 +3,19 @@
 //! Plain text a person can act on from a phone: what happened, to which commit and image,
 //! why, and where to look. Never includes a secret or a token.
 
+use chrono::{DateTime, Utc};
+
 use crate::config::{Pipeline, Stage};
 use crate::domain::{NotifyEvent, Release, ReleaseId, RunStatus, Snapshot};
 
 /// One line per stage: where this release stands ("beta: succeeded — deployed and baked").
-pub fn progress(snap: &Snapshot, release: ReleaseId) -> String {
+pub fn progress(snap: &Snapshot, release: ReleaseId, now: DateTime<Utc>) -> String {
     let mut lines = Vec::new();
     for s in &snap.stages {
         if let Some(run) = snap.run(release, &s.name) {
             if run.status != RunStatus::Waiting {
-                lines.push(format!("  {}: {} — {}", s.name, run.status, run.reason));
+                let why = run.reason.describe(now);
+                lines.push(format!("  {}: {} — {why}", s.name, run.status));
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The engine: a level-triggered reconciler over the durable store.
 //!
 //! Owns: the per-pipeline reconcile loop, dispatching effects to the ports, and the ingest
-//! API that the HTTP and CLI layers call ([`Engine::record_release`] and friends).
+//! API that the HTTP and CLI layers call ([`Ingest`]: [`Ingest::record_release`] and
+//! friends; an `Engine` dereferences to its `Ingest`). Nothing outside the engine writes the
+//! store: readers get its read-only face ([`Ingest::reads`]).
 //!
 //! Guarantees:
 //! - Events only record facts (one transaction, deduplicated by delivery id) and wake the
@@ -18,22 +20,26 @@
 
 pub mod clock;
 mod exec;
+pub mod facts;
 pub mod fakes;
+mod ingest;
 pub mod messages;
 pub mod ports;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
 
-use crate::config::{Config, Pipeline};
-use crate::domain::{Action, Effect, ReleaseId, plan};
-use crate::store::{Delivery, Ingested, NewAlarm, NewApproval, NewRelease, Store, StoreError};
+use crate::config::Config;
+use crate::domain::{Action, Effect, plan};
+use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use facts::*;
+pub use ingest::{Ingest, RetryVerdict};
 pub use ports::*;
 
 /// The configuration in force, replaceable while running (self-update, SIGHUP).
@@ -108,11 +114,8 @@ pub struct Engine {
 }
 
 struct Inner {
-    store: Store,
-    config: SharedConfig,
+    ingest: Ingest,
     ports: Ports,
-    clock: Arc<dyn Clock>,
-    wakers: Mutex<HashMap<String, Arc<Notify>>>,
     running: Mutex<HashSet<String>>,
     /// Pipelines whose reconcile loop this process has started.
     looping: Mutex<HashSet<String>>,
@@ -159,13 +162,11 @@ impl Engine {
         clock: Arc<dyn Clock>,
         fuse: Option<Arc<Fuse>>,
     ) -> Engine {
+        let ingest = Ingest::with_wakers(store, config, clock, Arc::default());
         Engine {
             inner: Arc::new(Inner {
-                store,
-                config,
+                ingest,
                 ports,
-                clock,
-                wakers: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashSet::new()),
                 looping: Mutex::new(HashSet::new()),
                 fuse,
@@ -173,26 +174,14 @@ impl Engine {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.inner
-            .config
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
+    fn store(&self) -> &Store {
+        self.inner.ingest.store()
     }
 
     /// Replaces the configuration (a validated one) and wakes every pipeline. Once
     /// [`Engine::spawn`] has run, pipelines the new configuration adds get their loops too.
     pub fn replace_config(&self, config: Config) {
-        match self.inner.config.write() {
+        match self.inner.ingest.config_cell().write() {
             Ok(mut c) => *c = Arc::new(config),
             Err(e) => *e.into_inner() = Arc::new(config),
         }
@@ -217,23 +206,6 @@ impl Engine {
         }
     }
 
-    fn waker(&self, pipeline: &str) -> Arc<Notify> {
-        let mut w = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        w.entry(pipeline.to_string()).or_default().clone()
-    }
-
-    /// Asks the pipeline's reconciler to look again (never lost: a pending wake is kept).
-    pub fn wake(&self, pipeline: &str) {
-        self.waker(pipeline).notify_one();
-    }
-
-    fn pipeline(&self, name: &str) -> EngineResult<Pipeline> {
-        self.config()
-            .pipeline(name)
-            .cloned()
-            .ok_or_else(|| EngineError::UnknownPipeline(name.to_string()))
-    }
-
     // ----- the loop ------------------------------------------------------------------------
 
     /// Runs one reconciler task per pipeline until the returned handles are aborted.
@@ -255,7 +227,7 @@ impl Engine {
     }
 
     async fn pipeline_loop(&self, name: &str) {
-        let waker = self.waker(name);
+        let waker = self.inner.ingest.wakers().get(name);
         loop {
             let next = match self.reconcile(name).await {
                 Ok(next) => next,
@@ -295,7 +267,7 @@ impl Engine {
         let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
         for _ in 0..MAX_ROUNDS {
             let since = self.now() - chrono::Duration::days(7);
-            let snap = self.inner.store.snapshot(name, &stages, since).await?;
+            let snap = self.store().snapshot(name, &stages, since).await?;
             // The clock is read after the snapshot, so no fact in it is newer than `now`.
             let now = self.now();
             let plan = plan(&pipeline, &snap, now);
@@ -315,7 +287,7 @@ impl Engine {
                 return Ok(plan.wake_at);
             }
             self.step()?;
-            self.inner.store.apply(name, &changes, now).await?;
+            self.store().apply(name, &changes, now).await?;
         }
         tracing::warn!(
             pipeline = name,
@@ -335,7 +307,7 @@ impl Engine {
         // The snapshot may predate this effect's finishing in another task of this process
         // (it leaves `running` only after its outcome is stored): ask the store, so a finished
         // effect is never performed again.
-        match self.inner.store.effect_finished(&e.key).await {
+        match self.store().effect_finished(&e.key).await {
             Ok(false) => {}
             Ok(true) => {
                 self.unmark(&e.key);
@@ -361,7 +333,7 @@ impl Engine {
 
     async fn begin(&self, e: &Effect) -> EngineResult<()> {
         self.step()?;
-        self.inner.store.begin_effect(e, self.now()).await?;
+        self.store().begin_effect(e, self.now()).await?;
         Ok(())
     }
 
@@ -380,12 +352,9 @@ impl Engine {
             Some(exec::perform(self, &e, &ctx).await)
         };
         let finished = match outcome {
-            Some(o) if self.step().is_ok() => self
-                .inner
-                .store
-                .finish_effect(&e, &o, self.now())
-                .await
-                .is_ok(),
+            Some(o) if self.step().is_ok() => {
+                self.store().finish_effect(&e, &o, self.now()).await.is_ok()
+            }
             _ => false,
         };
         self.unmark(&e.key);
@@ -414,113 +383,12 @@ impl Engine {
     pub(crate) fn ports(&self) -> &Ports {
         &self.inner.ports
     }
+}
 
-    // ----- ingest API: facts from outside -----------------------------------------------------
+impl Deref for Engine {
+    type Target = Ingest;
 
-    /// A new release for a pipeline (from a push or a successful build).
-    pub async fn record_release(
-        &self,
-        r: &NewRelease,
-        d: &Delivery,
-    ) -> EngineResult<Ingested<ReleaseId>> {
-        let p = self.pipeline(&r.pipeline)?;
-        let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
-        let out = self
-            .inner
-            .store
-            .record_release(r, &stages, d, self.now())
-            .await?;
-        self.wake(&r.pipeline);
-        Ok(out)
-    }
-
-    /// An approval or rejection (the caller has authenticated the approver).
-    pub async fn record_approval(
-        &self,
-        a: &NewApproval,
-        d: &Delivery,
-    ) -> EngineResult<Ingested<()>> {
-        self.check_stage(&a.pipeline, &a.stage)?;
-        let out = self.inner.store.record_approval(a, d, self.now()).await?;
-        self.wake(&a.pipeline);
-        Ok(out)
-    }
-
-    /// A CloudWatch alarm notification for a stage.
-    pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery) -> EngineResult<Ingested<()>> {
-        self.check_stage(&a.pipeline, &a.stage)?;
-        let out = self.inner.store.record_alarm(a, d, self.now()).await?;
-        self.wake(&a.pipeline);
-        Ok(out)
-    }
-
-    /// Pauses a pipeline (stage None) or a stage: nothing new starts there.
-    pub async fn pause(
-        &self,
-        pipeline: &str,
-        stage: Option<&str>,
-        reason: &str,
-        actor: &str,
-    ) -> EngineResult<()> {
-        self.set_paused(pipeline, stage, Some(reason), actor).await
-    }
-
-    /// Resumes a paused pipeline or stage.
-    pub async fn resume(
-        &self,
-        pipeline: &str,
-        stage: Option<&str>,
-        actor: &str,
-    ) -> EngineResult<()> {
-        self.set_paused(pipeline, stage, None, actor).await
-    }
-
-    async fn set_paused(
-        &self,
-        pipeline: &str,
-        stage: Option<&str>,
-        reason: Option<&str>,
-        actor: &str,
-    ) -> EngineResult<()> {
-        match stage {
-            Some(s) => self.check_stage(pipeline, s)?,
-            None => drop(self.pipeline(pipeline)?),
-        }
-        self.inner
-            .store
-            .set_paused(pipeline, stage, reason, actor, self.now())
-            .await?;
-        self.wake(pipeline);
-        Ok(())
-    }
-
-    /// Rolls a stage back to its previous known-good release.
-    pub async fn request_rollback(
-        &self,
-        pipeline: &str,
-        stage: &str,
-        actor: &str,
-        d: &Delivery,
-    ) -> EngineResult<Ingested<()>> {
-        self.check_stage(pipeline, stage)?;
-        let out = self
-            .inner
-            .store
-            .request_rollback(pipeline, stage, actor, d, self.now())
-            .await?;
-        self.wake(pipeline);
-        Ok(out)
-    }
-
-    /// `UnknownPipeline` or `UnknownStage` unless the configuration in force has both.
-    pub(crate) fn check_stage(&self, pipeline: &str, stage: &str) -> EngineResult<()> {
-        let p = self.pipeline(pipeline)?;
-        if p.stage(stage).is_none() {
-            return Err(EngineError::UnknownStage {
-                pipeline: pipeline.into(),
-                stage: stage.into(),
-            });
-        }
-        Ok(())
+    fn deref(&self) -> &Ingest {
+        &self.inner.ingest
     }
 }

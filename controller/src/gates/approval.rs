@@ -52,9 +52,10 @@ use crate::domain::{ApprovalRecord, Decision, Release, ReleaseId, RunStatus, Sta
 use crate::engine::ports::{
     ApprovalRequest, ApprovalSender, Message, Notifier, PortError, PortResult,
 };
+use crate::engine::{Delivery, Ingested, NewApproval};
 use crate::engine::{Engine, EngineResult};
 use crate::store::approvals::{Issued, NewToken, TokenRecord};
-use crate::store::{Delivery, Ingested, NewApproval, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The message attribute the approvers' subscription filter policies match on.
 pub const APPROVER_ATTRIBUTE: &str = "approver";
@@ -441,7 +442,7 @@ impl Facts {
         release: ReleaseId,
         stage: &str,
     ) -> EngineResult<Option<Facts>> {
-        let store = engine.store();
+        let store = engine.reads();
         let Some(rel) = store.release(release).await? else {
             return Ok(None);
         };
@@ -507,7 +508,7 @@ impl Facts {
             status => {
                 return Some(Refusal::MovedOn {
                     status,
-                    reason: run.reason.clone(),
+                    reason: run.reason.describe(self.now),
                 });
             }
         }
@@ -692,7 +693,7 @@ async fn record(
             verified: d.verified,
         }),
         Ingested::Duplicate => {
-            let store = engine.store();
+            let store = engine.reads();
             let decisions = store.approvals_of(facts.release.id, &facts.stage).await?;
             let prev = decisions.into_iter().find(|x| x.approver == d.name);
             Ok(Outcome::Refused(match prev {
@@ -719,7 +720,7 @@ impl Link {
     /// The link a token belongs to; `None` for a malformed or unknown token (or one whose
     /// release is gone).
     pub async fn open(engine: &Engine, token: &str) -> EngineResult<Option<Link>> {
-        let Some(t) = engine.store().approval_token(token).await? else {
+        let Some(t) = engine.reads().approval_token(token).await? else {
             return Ok(None);
         };
         let facts = Facts::load(engine, &t.pipeline, t.release, &t.stage).await?;
@@ -834,7 +835,7 @@ pub async fn decide_by_link(
     if let Outcome::Refused(Refusal::Used { decision: None, .. }) = &out {
         // The link was used concurrently: say when, from the store.
         if let Some(t) = engine
-            .store()
+            .reads()
             .approval_token_by_hash(&link.token.hash)
             .await?
         {

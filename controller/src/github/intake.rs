@@ -37,8 +37,9 @@ use super::forge::GithubForge;
 use super::webhook::{CommitInfo, GithubEvent, PushEvent, WorkflowRunEvent};
 use crate::config::{self, Config, ConfigError, Pipeline};
 use crate::domain::ReleaseId;
+use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
-use crate::store::{Delivery, Ingested, NewRelease};
+use crate::store::EventNote;
 
 /// What one delivery led to, per pipeline concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,25 +340,20 @@ async fn refuse(
     pipeline: &str,
     reason: String,
 ) -> Result<Outcome, EngineError> {
+    // The delivery's dedupe and its event-log entry are one transaction: a crash between them
+    // can neither lose the entry nor log it twice.
     let d = pipeline_delivery(delivery, pipeline);
-    let store = engine.store();
-    if store.record_delivery(&d, engine.now()).await? == Ingested::Duplicate {
+    let note = EventNote {
+        pipeline: pipeline.to_owned(),
+        kind: "not-promoted".into(),
+        detail: reason.clone(),
+    };
+    if engine.acknowledge(&d, Some(&note)).await? == Ingested::Duplicate {
         return Ok(Outcome::Duplicate {
             pipeline: Some(pipeline.to_owned()),
         });
     }
     tracing::warn!(delivery = %delivery.id, pipeline, %reason, "not promoted");
-    let actor = format!("{}:{}", delivery.source, delivery.id);
-    store
-        .log_event(
-            pipeline,
-            &actor,
-            "not-promoted",
-            None,
-            &reason,
-            engine.now(),
-        )
-        .await?;
     Ok(Outcome::NotPromoted {
         pipeline: pipeline.to_owned(),
         reason,
@@ -372,12 +368,7 @@ async fn ignore(
     for reason in &reasons {
         tracing::info!(delivery = %delivery.id, %reason, "GitHub delivery ignored");
     }
-    if engine
-        .store()
-        .record_delivery(delivery, engine.now())
-        .await?
-        == Ingested::Duplicate
-    {
+    if engine.acknowledge(delivery, None).await? == Ingested::Duplicate {
         return Ok(IntakeOutcome {
             outcomes: vec![Outcome::Duplicate { pipeline: None }],
         });
@@ -455,8 +446,7 @@ pub async fn apply_config_change(
 pub async fn note_config(engine: &Engine, config: &Config, actor: &str, detail: &str) {
     for p in &config.pipelines {
         let logged = engine
-            .store()
-            .log_event(&p.name, actor, "config", None, detail, engine.now())
+            .log_event(&p.name, actor, "config", None, detail)
             .await;
         if let Err(e) = logged {
             tracing::error!(pipeline = %p.name, error = %e, "cannot write the event log");

@@ -205,14 +205,12 @@ async fn refused_click(engine: &Engine, link: &Link, why: &str, client: &Client)
     let actor = format!("approver:{who}");
     let detail = format!("{who}'s click refused: {why}; {}", client.describe());
     let logged = engine
-        .store()
         .log_event(
             &f.pipeline,
             &actor,
             "approval-refused",
             Some((f.release.id, f.stage.as_str())),
             &detail,
-            engine.now(),
         )
         .await;
     if let Err(e) = logged {
@@ -230,7 +228,7 @@ fn csrf_matches(link: &Link, sent: Option<&str>) -> bool {
 async fn confirmation(engine: &Engine, link: &Link, token: &str, notice: Option<&str>) -> Response {
     let f = &link.facts;
     let r = &f.release;
-    let runs = engine.store().stage_runs_of(r.id).await.unwrap_or_default();
+    let runs = engine.reads().stage_runs_of(r.id).await.unwrap_or_default();
     let mut html = String::new();
     if let Some(n) = notice {
         let _ = write!(html, "<p class=\"notice\">{}</p>", esc(n));
@@ -264,7 +262,7 @@ fn facts_table(engine: &Engine, link: &Link, runs: &[StageRun]) -> String {
                 esc(r.digest.as_deref().unwrap_or("(not resolved)"))
             ),
         ),
-        ("Progress", progress_html(runs)),
+        ("Progress", progress_html(runs, engine.now())),
         ("Approvals", esc(&format!("{approved} of {needed} needed"))),
     ];
     let expires = f
@@ -309,7 +307,7 @@ fn author(r: &Release) -> String {
     format!("{} <{}>{login}", r.author_name, r.author_email)
 }
 
-fn progress_html(runs: &[StageRun]) -> String {
+fn progress_html(runs: &[StageRun], now: chrono::DateTime<chrono::Utc>) -> String {
     let started: Vec<&StageRun> = runs
         .iter()
         .filter(|r| r.status != RunStatus::Waiting)
@@ -319,7 +317,8 @@ fn progress_html(runs: &[StageRun]) -> String {
     }
     let mut html = String::from("<ul>");
     for run in started {
-        let line = format!("{}: {} — {}", run.stage, run.status, run.reason);
+        let why = run.reason.describe(now);
+        let line = format!("{}: {} — {why}", run.stage, run.status);
         let _ = write!(html, "<li>{}</li>", esc(&line));
     }
     html.push_str("</ul>");
@@ -377,7 +376,7 @@ async fn recorded_page(
     let (title, text) = match decision {
         Decision::Approve => {
             let approved = engine
-                .store()
+                .reads()
                 .approvals_of(r.id, &f.stage)
                 .await
                 .map(|all| {

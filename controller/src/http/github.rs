@@ -28,11 +28,11 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use super::reply::Reply;
 use super::server::AppState;
+use crate::engine::Delivery;
 use crate::github::intake::{self, IntakeOutcome, Outcome};
 use crate::github::webhook::{
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, parse_event, verify_signature,
 };
-use crate::store::Delivery;
 
 /// GitHub caps webhook payloads at 25 MiB.
 pub const BODY_LIMIT: usize = 25 * 1024 * 1024;

@@ -82,7 +82,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let ping = tokio::time::timeout(READY_TIMEOUT, state.engine.store().ping()).await;
+    let ping = tokio::time::timeout(READY_TIMEOUT, state.engine.reads().ping()).await;
     match ping {
         Ok(true) => (StatusCode::OK, "ready"),
         _ => (

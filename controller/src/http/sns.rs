@@ -60,11 +60,11 @@ use url::Url;
 use super::reply::Reply;
 use crate::config::{Config, Pipeline, Stage, Target};
 use crate::engine::Engine;
+use crate::engine::{Delivery, Ingested, NewAlarm};
 use crate::http::sns_verify::{
     AlarmNotification, AlarmState, CertCache, SnsMessage, SnsType, SnsVerifyError,
     confirmation_url, fetch_client_builder, parse_alarm, verify,
 };
-use crate::store::{Delivery, Ingested, NewAlarm};
 
 /// The route's path.
 pub const PATH: &str = "/webhooks/sns";
@@ -257,10 +257,7 @@ fn pinned_subscribe_url(msg: &SnsMessage) -> Result<Option<Url>, Reply> {
 /// Records the `MessageId`; false when it was seen before (then nothing else happens).
 async fn first_delivery(state: &SnsState, msg: &SnsMessage) -> Result<bool, Reply> {
     let (engine, delivery) = (&state.engine, message_delivery(msg));
-    let recorded = engine
-        .store()
-        .record_delivery(&delivery, engine.now())
-        .await;
+    let recorded = engine.acknowledge(&delivery, None).await;
     match recorded.map_err(Reply::store_failed)? {
         Ingested::Recorded(()) => Ok(true),
         Ingested::Duplicate => Ok(false),
@@ -412,10 +409,7 @@ async fn log_event(
     detail: &str,
 ) -> Result<(), Reply> {
     let (engine, actor) = (&state.engine, actor(msg));
-    let logged = engine
-        .store()
-        .log_event(pipeline, &actor, kind, None, detail, engine.now())
-        .await;
+    let logged = engine.log_event(pipeline, &actor, kind, None, detail).await;
     logged.map_err(Reply::store_failed)
 }
 

@@ -51,7 +51,8 @@ async fn render(
     pipeline: &str,
     id: ReleaseId,
 ) -> Result<Option<String>, crate::store::StoreError> {
-    let store = engine.store();
+    let store = engine.reads();
+    let now = engine.now();
     let Some(r) = store.release(id).await?.filter(|r| r.pipeline == pipeline) else {
         return Ok(None);
     };
@@ -73,7 +74,7 @@ async fn render(
             "<p><strong>Marked bad in {}</strong>: {}. It is never promoted again \
              automatically.</p>",
             esc(&bad.stage),
-            esc(&bad.reason)
+            esc(&bad.reason.describe(now))
         ));
     }
     if let Some(why) = &r.failed {
@@ -91,7 +92,7 @@ async fn render(
             esc(&run.stage),
             esc(run.status.as_str()),
             time(run.since),
-            esc(&run.reason)
+            esc(&run.reason.describe(now))
         ));
     }
     html.push_str("</table><h2>Event log</h2><table><tr><th>time</th><th>stage</th><th>kind</th><th>who</th><th>what</th></tr>");

@@ -28,8 +28,9 @@ use sha2::{Digest, Sha256};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{Delivery, Result, Store, from_ms, ms};
-use crate::domain::{ReleaseId, StageRun};
+use super::{Reads, Result, Store, from_ms, ms};
+use crate::domain::{ReleaseId, RunStatus, StageRun};
+use crate::engine::facts::Delivery;
 use crate::secret::Secret;
 
 /// Random bytes in a token: 256 bits.
@@ -40,9 +41,6 @@ const CSRF_BYTES: usize = 16;
 pub const TOKEN_LEN: usize = 43;
 /// The `source` of the delivery that consumes a token.
 pub const DELIVERY_SOURCE: &str = "approval-link";
-
-/// Statuses in which a run has entered its stage (a newer one of these supersedes older runs).
-const ENTERED: &str = "'queued', 'checking', 'awaiting_approval', 'deploying', 'verifying', 'baking', 'succeeded', 'rolling_back', 'rolled_back'";
 
 /// A token to mint for one approval request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +213,9 @@ impl Store {
             .await?;
         Ok(())
     }
+}
 
+impl Reads {
     /// The token a link carries, if it is well formed and known.
     pub async fn approval_token(&self, token: &str) -> Result<Option<TokenRecord>> {
         if !well_formed(token) {
@@ -262,9 +262,10 @@ impl Store {
         stage: &str,
         release: ReleaseId,
     ) -> Result<Option<ReleaseId>> {
+        let entered = RunStatus::sql_set(RunStatus::entered);
         let sql = format!(
             "SELECT r.id FROM stage_runs s JOIN releases r ON r.id = s.release_id
-             WHERE r.pipeline = $1 AND s.stage = $2 AND r.id > $3 AND s.status IN ({ENTERED})
+             WHERE r.pipeline = $1 AND s.stage = $2 AND r.id > $3 AND s.status IN ({entered})
              ORDER BY r.id DESC LIMIT 1"
         );
         Ok(sqlx::query(&sql)

@@ -1,16 +1,19 @@
 //! The durable store: SQLite through sqlx (embedded default), migrations embedded in the binary.
 //!
 //! Owns every SQL statement of tollgate. Guarantees: each ingest call and each `apply` is one
-//! transaction; incoming deliveries are deduplicated by (source, id); the event log is
-//! append-only (enforced by triggers); commits are durable (WAL, `synchronous = FULL`).
+//! transaction; incoming deliveries are deduplicated by (source, id) in the same transaction
+//! as the fact and its event-log entry; the event log is append-only (enforced by triggers);
+//! commits are durable (WAL, `synchronous = FULL`).
 //! Must never: decide what happens next (that is `domain::plan`), or store a secret.
-//! The engine uses only the methods here (tests also read the pool directly), so a PostgreSQL
-//! backend can be added behind them.
+//!
+//! Two faces: [`Store`] writes, and only the engine holds one (its ingest API is the one way
+//! a fact enters); [`Reads`] only reads, for pages, the CLI and tests. A `Store` dereferences
+//! to its `Reads`.
 
 pub mod approvals;
 mod rows;
 
-use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,6 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::domain::*;
+use crate::engine::facts::*;
 pub use rows::*;
 
 /// Errors of the store.
@@ -36,27 +40,32 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Where a fact came from, for deduplication and the audit log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// `github`, `sns`, `api`, `cli`…
-    pub source: String,
-    /// The delivery's own id (X-GitHub-Delivery, SNS MessageId, request id).
-    pub id: String,
-}
-
-/// The outcome of recording a fact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ingested<T> {
-    Recorded(T),
-    /// The same delivery was recorded before: nothing changed.
-    Duplicate,
-}
-
-/// The durable store.
+/// The durable store: every write of tollgate.
 #[derive(Clone, Debug)]
 pub struct Store {
+    reads: Reads,
+}
+
+/// The store's read-only face.
+#[derive(Clone, Debug)]
+pub struct Reads {
     pool: SqlitePool,
+}
+
+impl Deref for Store {
+    type Target = Reads;
+
+    fn deref(&self) -> &Reads {
+        &self.reads
+    }
+}
+
+/// An event-log entry that goes with an acknowledged delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNote {
+    pub pipeline: String,
+    pub kind: String,
+    pub detail: String,
 }
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
@@ -87,16 +96,14 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            reads: Reads { pool },
+        })
     }
 
-    /// Is the database reachable? (for `/readyz`)
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
-    }
-
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The read-only face of this store.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     // ----- ingest: facts from outside ---------------------------------------------------
@@ -116,10 +123,29 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Records only that a delivery arrived (for events that are acknowledged and ignored).
-    pub async fn record_delivery(&self, d: &Delivery, now: DateTime<Utc>) -> Result<Ingested<()>> {
+    /// Records that a delivery arrived (for events that are acknowledged and ignored, or
+    /// refused), with its event-log entry when `note` is given, in one transaction.
+    pub async fn record_delivery(
+        &self,
+        d: &Delivery,
+        note: Option<&EventNote>,
+        now: DateTime<Utc>,
+    ) -> Result<Ingested<()>> {
         let mut tx = self.pool.begin().await?;
         let fresh = Self::first_delivery(&mut tx, d, now).await?;
+        if let (true, Some(n)) = (fresh, note) {
+            log(
+                &mut tx,
+                &n.pipeline,
+                now,
+                &actor_of(d),
+                &n.kind,
+                None,
+                None,
+                &n.detail,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(if fresh {
             Ingested::Recorded(())
@@ -168,10 +194,12 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .get(0);
+        let reason = reason_json(&Reason::PreviousStage);
         for stage in stages {
-            sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES ($1, $2, 'waiting', 'waiting for the previous stage', 1, $3)")
+            sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES ($1, $2, 'waiting', $3, 1, $4)")
                 .bind(id)
                 .bind(stage)
+                .bind(&reason)
                 .bind(ms(now))
                 .execute(&mut *tx)
                 .await?;
@@ -407,109 +435,54 @@ impl Store {
         Ok(true)
     }
 
-    /// Sends a release that stopped (a run `failed` or `expired`) through its stages again from
-    /// the first stage where it stopped: that run and the later ones go back to `waiting` with
-    /// the next attempt, so every test, approval request, deploy and report runs under new
-    /// idempotency keys. `stages` is the pipeline's stage order. `Err` says why it is refused,
-    /// and nothing changes: a release rolled back somewhere (marked bad) or whose image never
-    /// appeared, a run still in flight, nothing stopped, or a newer release already in or past
-    /// the stage (retrying would be superseded or move the stage backwards).
-    pub async fn retry_release(
+    /// Records a `tollgate retry` request for a release of `pipeline`; the planner sends the
+    /// release again or refuses, and logs which. Brings the release back into the working set
+    /// so the planner sees it. `None` when the release is not one of the pipeline's.
+    pub async fn request_retry(
         &self,
         pipeline: &str,
         release: ReleaseId,
-        stages: &[String],
         actor: &str,
+        d: &Delivery,
         now: DateTime<Utc>,
-    ) -> Result<std::result::Result<String, String>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(r) = rows::release_in(&mut tx, pipeline, release).await? else {
-            return Ok(Err(format!("pipeline {pipeline} has no release {release}")));
-        };
-        if let Some(bad) = &r.bad {
-            return Ok(Err(format!(
-                "{release} was rolled back in {} ({}): it is never promoted again; push a fix",
-                bad.stage, bad.reason
-            )));
-        }
-        if let Some(failed) = &r.failed {
-            return Ok(Err(format!(
-                "{release} was never promoted ({failed}); push a new commit"
-            )));
-        }
-        let runs: Vec<(String, String)> =
-            sqlx::query_as("SELECT stage, status FROM stage_runs WHERE release_id = $1")
-                .bind(release.0)
-                .fetch_all(&mut *tx)
-                .await?;
-        let status_in = |stage: &str| {
-            runs.iter()
-                .find(|(s, _)| s == stage)
-                .map(|(_, st)| st.as_str())
-        };
-        if let Some((stage, status)) = runs
-            .iter()
-            .find(|(_, st)| RunStatus::parse(st).is_some_and(|s| !s.is_terminal()))
+    ) -> Result<Option<Ingested<()>>> {
+        let mut tx = self.pool.begin().await?;
+        if rows::release_in(&mut tx, pipeline, release)
+            .await?
+            .is_none()
         {
-            return Ok(Err(format!(
-                "{release} is still {status} in {stage}: wait until it stops"
-            )));
+            return Ok(None);
         }
-        let Some(from) = stages
-            .iter()
-            .position(|s| matches!(status_in(s), Some("failed" | "expired")))
-        else {
-            let last = stages
-                .iter()
-                .rev()
-                .find_map(|s| status_in(s).map(|st| format!("{st} in {s}")))
-                .unwrap_or_else(|| "not in any stage".into());
-            return Ok(Err(format!(
-                "{release} has no failed or expired run to retry (it is {last})"
-            )));
-        };
-        let stage = &stages[from];
-        let newer: Option<(i64, String)> = sqlx::query_as(
-            "SELECT r.id, s.status FROM stage_runs s JOIN releases r ON r.id = s.release_id WHERE r.pipeline = $1 AND r.id > $2 AND s.stage = $3 AND s.status NOT IN ('waiting', 'failed', 'expired', 'rejected', 'superseded') ORDER BY r.id LIMIT 1",
+        if !Self::first_delivery(&mut tx, d, now).await? {
+            return Ok(Some(Ingested::Duplicate));
+        }
+        sqlx::query(
+            "INSERT INTO retry_requests (pipeline, release_id, actor, at) VALUES ($1, $2, $3, $4)",
         )
         .bind(pipeline)
         .bind(release.0)
-        .bind(stage)
-        .fetch_optional(&mut *tx)
+        .bind(actor)
+        .bind(ms(now))
+        .execute(&mut *tx)
         .await?;
-        if let Some((id, status)) = newer {
-            return Ok(Err(format!(
-                "r{id} is newer and is {status} in {stage}: retrying {release} would move {stage} backwards"
-            )));
-        }
-        let reason = format!("retry requested by {actor}");
-        for s in &stages[from..] {
-            sqlx::query("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2 WHERE release_id = $3 AND stage = $4 AND status IN ('failed', 'expired')")
-                .bind(&reason)
-                .bind(ms(now))
-                .bind(release.0)
-                .bind(s)
-                .execute(&mut *tx)
-                .await?;
-        }
         sqlx::query("UPDATE releases SET active = 1 WHERE id = $1")
             .bind(release.0)
             .execute(&mut *tx)
             .await?;
-        let detail = format!("{release} sent again from {stage}");
+        let detail = format!("retry of {release} requested");
         log(
             &mut tx,
             pipeline,
             now,
             actor,
-            "retry",
+            "retry-request",
             Some(release.0),
-            Some(stage),
+            None,
             &detail,
         )
         .await?;
         tx.commit().await?;
-        Ok(Ok(detail))
+        Ok(Some(Ingested::Recorded(())))
     }
 
     /// Appends a free-form entry to the event log, about the pipeline as a whole (`scope`
@@ -553,9 +526,6 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for a in actions.iter().filter(|a| a.is_state_change()) {
             rows::apply_one(&mut tx, pipeline, a, now).await?;
-            if !a.is_logged() {
-                continue;
-            }
             log(
                 &mut tx,
                 pipeline,
@@ -564,7 +534,7 @@ impl Store {
                 action_kind(a),
                 action_release(a),
                 action_stage(a),
-                &a.to_string(),
+                &a.describe(now),
             )
             .await?;
         }
@@ -574,13 +544,16 @@ impl Store {
 
     /// Records the intent to perform an effect; false if it was recorded before.
     pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
+        let spec = serde_json::to_string(&e.kind).unwrap_or_default();
         let r = sqlx::query(
-            "INSERT INTO effects (key, pipeline, release_id, stage, status, started_at) VALUES ($1, $2, $3, $4, 'pending', $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO effects (key, pipeline, release_id, stage, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING",
         )
         .bind(&e.key)
         .bind(&e.pipeline)
         .bind(e.release.0)
         .bind(&e.stage)
+        .bind(e.kind.tag())
+        .bind(spec)
         .bind(ms(now))
         .execute(&self.pool)
         .await?;
@@ -596,7 +569,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let output = serde_json::to_string(&outcome.output).unwrap_or_else(|_| "{}".into());
+        let output =
+            serde_json::to_string(&outcome.output).unwrap_or_else(|_| r#"{"kind":"none"}"#.into());
         let status = if outcome.ok {
             EffectStatus::Succeeded
         } else {
@@ -613,7 +587,9 @@ impl Store {
         if r.rows_affected() == 0 {
             return Ok(());
         }
-        if let (EffectKind::ResolveArtifact, Some(d)) = (&e.kind, outcome.output.get("digest")) {
+        if let (EffectKind::ResolveArtifact, EffectOutput::Resolved { digest: d }) =
+            (&e.kind, &outcome.output)
+        {
             if outcome.ok {
                 sqlx::query("UPDATE releases SET digest = $1 WHERE id = $2 AND digest IS NULL")
                     .bind(d)
@@ -642,6 +618,18 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+impl Reads {
+    /// Is the database reachable? (for `/readyz`)
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// The connection pool, for tests that inspect rows directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     // ----- reading for people ------------------------------------------------------------
@@ -723,72 +711,12 @@ impl Store {
     }
 }
 
-/// A release as it arrives.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewRelease {
-    pub pipeline: String,
-    pub sha: String,
-    pub branch: String,
-    pub author_name: String,
-    pub author_email: String,
-    pub author_login: Option<String>,
-    pub message: String,
-    pub url: Option<String>,
-    pub alarm_override: Option<String>,
-    pub window_override: Option<String>,
-}
-
-/// An approval or rejection as it arrives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewApproval {
-    pub pipeline: String,
-    pub release: ReleaseId,
-    pub stage: String,
-    pub approver: String,
-    pub decision: Decision,
-    /// False when the approver's identity was only claimed (shared link).
-    pub verified: bool,
-    /// Who acted: `approver:alice`, `api-key:ops-1`.
-    pub actor: String,
-    /// Source address, user agent and the like, for the audit log.
-    pub context: String,
-}
-
-/// Which rule an explicit override lifts for one release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Override {
-    /// Enter a stage even though one of its alarms is in ALARM (the fix for that alarm).
-    Alarms,
-    /// Deploy outside the stage's deployment windows.
-    Window,
-}
-
-impl Override {
-    /// What the release may do once the override is set, for people.
-    pub fn lifts(self) -> &'static str {
-        match self {
-            Override::Alarms => "may enter stages whose alarms are in ALARM",
-            Override::Window => "may deploy outside deployment windows",
-        }
-    }
-}
-
-/// An alarm notification as it arrives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAlarm {
-    pub pipeline: String,
-    pub stage: String,
-    pub alarm: String,
-    pub firing: bool,
-    pub reason: String,
-}
-
 /// What an effect produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EffectOutcome {
     pub ok: bool,
     pub detail: String,
-    pub output: BTreeMap<String, String>,
+    pub output: EffectOutput,
 }
 
 impl EffectOutcome {
@@ -796,7 +724,7 @@ impl EffectOutcome {
         Self {
             ok: true,
             detail: detail.into(),
-            output: BTreeMap::new(),
+            output: EffectOutput::None,
         }
     }
 
@@ -804,12 +732,13 @@ impl EffectOutcome {
         Self {
             ok: false,
             detail: detail.into(),
-            output: BTreeMap::new(),
+            output: EffectOutput::None,
         }
     }
 
-    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.output.insert(key.to_string(), value.into());
+    /// The same outcome with what the effect produced.
+    pub fn with(mut self, output: EffectOutput) -> Self {
+        self.output = output;
         self
     }
 }
@@ -855,6 +784,8 @@ fn action_kind(a: &Action) -> &'static str {
         Action::RecordGood { .. } => "known-good",
         Action::PauseStage { .. } => "pause",
         Action::ConsumeRollbackRequest { .. } => "rollback-request-handled",
+        Action::Retry { .. } => "retry",
+        Action::RefuseRetry { .. } => "retry-refused",
         Action::Retire { .. } => "finished",
         Action::Abandon { .. } => "abandoned",
         Action::Start(_) => "effect",
@@ -868,6 +799,8 @@ fn action_release(a: &Action) -> Option<i64> {
         | Action::MarkBad { release, .. }
         | Action::FailRelease { release, .. }
         | Action::RecordGood { release, .. }
+        | Action::Retry { release, .. }
+        | Action::RefuseRetry { release, .. }
         | Action::Retire { release } => Some(release.0),
         Action::Start(e) => Some(e.release.0),
         _ => None,
@@ -882,6 +815,7 @@ fn action_stage(a: &Action) -> Option<&str> {
         | Action::RecordGood { stage, .. }
         | Action::PauseStage { stage, .. }
         | Action::ConsumeRollbackRequest { stage, .. } => Some(stage),
+        Action::Retry { stages, .. } => stages.first().map(String::as_str),
         _ => None,
     }
 }

@@ -1,6 +1,10 @@
-//! Row mapping and the larger queries of the store: snapshot loading and applying actions.
-
-use std::collections::BTreeMap;
+//! Row mapping and the larger queries of the store: loading a snapshot and applying the
+//! planner's actions.
+//!
+//! Owns the translation between rows and domain types: status and kind columns to their
+//! enums, typed JSON columns (reasons, effect kinds and outcomes) to their values. A row that
+//! does not decode is reported as [`StoreError::Corrupt`], never guessed at.
+//! Must never: decide anything, or read a fact out of a key or a text column.
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
@@ -30,7 +34,7 @@ fn release_row(r: &SqliteRow) -> Release {
     ) {
         (Some(stage), reason) => Some(BadMark {
             stage,
-            reason: reason.unwrap_or_default(),
+            reason: reason_of(reason.unwrap_or_default()),
         }),
         _ => None,
     };
@@ -53,6 +57,25 @@ fn release_row(r: &SqliteRow) -> Release {
     }
 }
 
+/// A reason column: typed JSON. Text that is not (written by hand into the database) is shown
+/// as it is and never read.
+fn reason_of(text: String) -> Reason {
+    serde_json::from_str(&text).unwrap_or(Reason::Recorded { text })
+}
+
+/// A typed JSON column.
+fn json_column<T: serde::de::DeserializeOwned>(
+    r: &SqliteRow,
+    table: &'static str,
+    column: &str,
+) -> Result<T> {
+    let text: String = r.get(column);
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: format!("{column} `{text}`: {e}"),
+    })
+}
+
 pub(super) fn run_row(r: &SqliteRow) -> Result<StageRun> {
     let status: String = r.get("status");
     Ok(StageRun {
@@ -62,28 +85,34 @@ pub(super) fn run_row(r: &SqliteRow) -> Result<StageRun> {
             table: "stage_runs",
             detail: format!("status `{status}`"),
         })?,
-        reason: r.get("reason"),
+        reason: reason_of(r.get("reason")),
         attempt: r.get::<i64, _>("attempt") as u32,
         since: from_ms(r.get("since")),
+        rollback_alarm: r.get("rollback_alarm"),
     })
 }
 
 fn effect_row(r: &SqliteRow) -> Result<EffectRecord> {
     let status: String = r.get("status");
-    let output: String = r.get("output");
     Ok(EffectRecord {
         key: r.get("key"),
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
+        kind: json_column(r, "effects", "spec")?,
         status: EffectStatus::parse(&status).ok_or(StoreError::Corrupt {
             table: "effects",
             detail: format!("status `{status}`"),
         })?,
         detail: r.get("detail"),
-        output: serde_json::from_str::<BTreeMap<String, String>>(&output).unwrap_or_default(),
+        output: json_column(r, "effects", "output")?,
         started_at: from_ms(r.get("started_at")),
         finished_at: r.get::<Option<i64>, _>("finished_at").map(from_ms),
     })
+}
+
+/// A reason as stored.
+pub(super) fn reason_json(reason: &Reason) -> String {
+    serde_json::to_string(reason).unwrap_or_else(|_| "{}".into())
 }
 
 fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
@@ -149,13 +178,30 @@ pub(super) async fn load_snapshot(
     {
         snap.approvals.push(approval_row(&r)?);
     }
-    for r in sqlx::query("SELECT stage, alarm, firing, at FROM alarm_events WHERE pipeline = $1 AND at >= $2 ORDER BY id")
+    for r in sqlx::query("SELECT id, stage, alarm, firing, at FROM alarm_events WHERE pipeline = $1 AND at >= $2 ORDER BY id")
         .bind(pipeline)
         .bind(ms(since_alarms))
         .fetch_all(&mut *c)
         .await?
     {
-        snap.alarms.push(AlarmFact { stage: r.get("stage"), alarm: r.get("alarm"), firing: r.get("firing"), at: from_ms(r.get("at")) });
+        snap.alarms.push(AlarmFact {
+            id: r.get("id"),
+            stage: r.get("stage"),
+            alarm: r.get("alarm"),
+            firing: r.get("firing"),
+            at: from_ms(r.get("at")),
+        });
+    }
+    for r in sqlx::query("SELECT id, release_id, actor FROM retry_requests WHERE pipeline = $1 AND handled_at IS NULL ORDER BY id")
+        .bind(pipeline)
+        .fetch_all(&mut *c)
+        .await?
+    {
+        snap.retry_requests.push(RetryRequest {
+            id: r.get("id"),
+            release: ReleaseId(r.get("release_id")),
+            by: r.get("actor"),
+        });
     }
     Ok(snap)
 }
@@ -177,7 +223,10 @@ async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Re
         .bind(name)
         .fetch_optional(&mut *c)
         .await?
-        .map(|r| (r.get("id"), r.get("actor")));
+        .map(|r| RollbackRequest {
+            id: r.get("id"),
+            by: r.get("actor"),
+        });
     Ok(StageState {
         name: name.to_string(),
         paused,
@@ -198,11 +247,14 @@ pub(super) async fn apply_one(
             stage,
             to,
             reason,
+            alarm,
         } => {
-            sqlx::query("UPDATE stage_runs SET status = $1, reason = $2, since = $3 WHERE release_id = $4 AND stage = $5")
+            // The alarm behind a rollback stays with the run until it goes again (retry).
+            sqlx::query("UPDATE stage_runs SET status = $1, reason = $2, since = $3, rollback_alarm = COALESCE($4, rollback_alarm) WHERE release_id = $5 AND stage = $6")
                 .bind(to.as_str())
-                .bind(reason)
+                .bind(reason_json(reason))
                 .bind(ms(now))
+                .bind(alarm)
                 .bind(release.0)
                 .bind(stage)
                 .execute(&mut *tx)
@@ -212,10 +264,9 @@ pub(super) async fn apply_one(
             release,
             stage,
             reason,
-            ..
         } => {
             sqlx::query("UPDATE stage_runs SET reason = $1 WHERE release_id = $2 AND stage = $3")
-                .bind(reason)
+                .bind(reason_json(reason))
                 .bind(release.0)
                 .bind(stage)
                 .execute(&mut *tx)
@@ -228,10 +279,21 @@ pub(super) async fn apply_one(
         } => {
             sqlx::query("UPDATE releases SET bad_stage = $1, bad_reason = $2 WHERE id = $3 AND bad_stage IS NULL")
                 .bind(stage)
-                .bind(reason)
+                .bind(reason_json(reason))
                 .bind(release.0)
                 .execute(&mut *tx)
                 .await?;
+        }
+        Action::Retry {
+            request,
+            release,
+            stages,
+            by,
+        } => {
+            retry(tx, *request, *release, stages, by, now).await?;
+        }
+        Action::RefuseRetry { request, .. } => {
+            handle_retry_request(tx, *request, now).await?;
         }
         Action::FailRelease { release, reason } => {
             sqlx::query("UPDATE releases SET failed = $1 WHERE id = $2 AND failed IS NULL")
@@ -274,6 +336,47 @@ pub(super) async fn apply_one(
         }
         Action::Start(_) => {}
     }
+    Ok(())
+}
+
+/// Sends `release` again in `stages`: its failed or expired runs there go back to waiting
+/// under the next attempt (new idempotency keys for everything they do).
+async fn retry(
+    tx: &mut SqliteConnection,
+    request: i64,
+    release: ReleaseId,
+    stages: &[String],
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let reason = reason_json(&Reason::RetryRequested { by: by.to_string() });
+    let retryable = RunStatus::sql_set(RunStatus::retryable);
+    for stage in stages {
+        sqlx::query(&format!("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2, rollback_alarm = NULL WHERE release_id = $3 AND stage = $4 AND status IN ({retryable})"))
+            .bind(&reason)
+            .bind(ms(now))
+            .bind(release.0)
+            .bind(stage)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE releases SET active = 1 WHERE id = $1")
+        .bind(release.0)
+        .execute(&mut *tx)
+        .await?;
+    handle_retry_request(tx, request, now).await
+}
+
+async fn handle_retry_request(
+    tx: &mut SqliteConnection,
+    request: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query("UPDATE retry_requests SET handled_at = $1 WHERE id = $2")
+        .bind(ms(now))
+        .bind(request)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -438,12 +541,12 @@ pub(super) async fn in_flight(
     pipeline: &str,
     stage: &str,
 ) -> Result<Vec<(Release, StageRun)>> {
-    let rows = sqlx::query(
+    let flying = RunStatus::sql_set(RunStatus::in_flight);
+    let rows = sqlx::query(&format!(
         "SELECT s.* FROM stage_runs s JOIN releases r ON r.id = s.release_id
-         WHERE r.pipeline = $1 AND s.stage = $2 AND r.active = 1
-           AND s.status NOT IN ('waiting', 'succeeded', 'failed', 'rejected', 'expired', 'superseded', 'rolled_back')
+         WHERE r.pipeline = $1 AND s.stage = $2 AND r.active = 1 AND s.status IN ({flying})
          ORDER BY s.release_id DESC",
-    )
+    ))
     .bind(pipeline)
     .bind(stage)
     .fetch_all(pool)

@@ -56,8 +56,8 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::config::{self, Config};
+use crate::engine::NewRelease;
 use crate::http::sns_verify::AlarmState;
-use crate::store::NewRelease;
 use crate::testing::aws_stubs::cloudwatch::CloudWatchStub;
 use crate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
 use crate::testing::sns::TestSigner;

@@ -23,8 +23,9 @@ use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Approver};
 use tollgate::domain::ReleaseId;
 use tollgate::engine::ports::{ApprovalRequest, ApprovalSender};
+use tollgate::engine::{Delivery, Ingested, NewRelease};
 use tollgate::gates::approval::SnsApprovalSender;
-use tollgate::store::{Delivery, Ingested, NewRelease, Store};
+use tollgate::store::Store;
 use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
 const PUBLIC_URL: &str = "https://tollgate.example";

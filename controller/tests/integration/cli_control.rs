@@ -116,17 +116,17 @@ async fn an_override_is_set_on_the_release_and_logged_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_url(dir.path());
     let store = Store::open(&state).await.unwrap();
-    let new = tollgate::store::NewRelease {
+    let new = tollgate::engine::NewRelease {
         pipeline: "svc".into(),
         sha: "a".repeat(40),
         branch: "main".into(),
         ..Default::default()
     };
-    let delivery = tollgate::store::Delivery {
+    let delivery = tollgate::engine::Delivery {
         source: "github".into(),
         id: "d1".into(),
     };
-    let tollgate::store::Ingested::Recorded(id) = store
+    let tollgate::engine::Ingested::Recorded(id) = store
         .record_release(
             &new,
             &["beta".into(), "prod".into()],

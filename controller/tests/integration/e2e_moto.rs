@@ -32,14 +32,15 @@ use tollgate::aws::retry::{Limiter, PollSettings};
 use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Config;
-use tollgate::domain::{Decision, ReleaseId, RunStatus, StageRun};
+use tollgate::domain::{AlarmProblem, Decision, Reason, ReleaseId, RunStatus, StageRun};
 use tollgate::engine::fakes::Fakes;
+use tollgate::engine::{Delivery, Ingested, NewApproval};
 use tollgate::engine::{Engine, Ports, SharedConfig, SystemClock, shared_config};
 use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::gates::runner::StageTestRunner;
 use tollgate::http::sns::{PATH, SnsState, routes};
 use tollgate::http::sns_verify::{AlarmState, CertCache, fetch_client_builder};
-use tollgate::store::{Delivery, EventRow, Ingested, NewApproval, Store};
+use tollgate::store::{EventRow, Store};
 use tollgate::testing::aws_stubs::cloudwatch::CloudWatchStub;
 use tollgate::testing::moto::{MotoServer, RecordedRequest};
 use tollgate::testing::sns::TestSigner;
@@ -167,7 +168,7 @@ impl Rig {
     async fn events(&self, kind: &str) -> Vec<EventRow> {
         let all = self
             .engine
-            .store()
+            .reads()
             .events(self.world.pipeline(), 10_000)
             .await;
         let all = all.expect("event log");
@@ -239,7 +240,7 @@ fn form_field(r: &RecordedRequest, name: &str) -> Option<String> {
 
 async fn run_of(engine: &Engine, id: ReleaseId, stage: &str) -> Option<StageRun> {
     let pipeline = engine.config().pipelines[0].name.clone();
-    let runs = engine.store().recent_runs(&pipeline, 50).await.ok()?;
+    let runs = engine.reads().recent_runs(&pipeline, 50).await.ok()?;
     let (_, runs) = runs.into_iter().find(|(r, _)| r.id == id)?;
     runs.into_iter().find(|r| r.stage == stage)
 }
@@ -262,7 +263,7 @@ async fn wait_run(
             }
             assert!(
                 !run.status.is_terminal(),
-                "{id} in {stage} ended {} ({}) while waiting for {what}",
+                "{id} in {stage} ended {} ({:?}) while waiting for {what}",
                 run.status.as_str(),
                 run.reason
             );
@@ -392,7 +393,11 @@ async fn promotion() {
 
     wait_status(&rig.engine, id, "gamma", RunStatus::Succeeded).await;
     let prod = wait_status(&rig.engine, id, "prod", RunStatus::AwaitingApproval).await;
-    assert!(prod.reason.contains("approval"), "{}", prod.reason);
+    assert!(
+        matches!(prod.reason, Reason::AwaitingApproval { .. }),
+        "{:?}",
+        prod.reason
+    );
     assert_eq!(
         rig.deployed("prod").await,
         None,
@@ -408,11 +413,16 @@ async fn promotion() {
     let recorded = rig.recorded().await;
     for stage in STAGES {
         let run = run_of(&rig.engine, id, stage).await.expect("run");
-        assert_eq!(run.status, RunStatus::Succeeded, "{stage}: {}", run.reason);
+        assert_eq!(
+            run.status,
+            RunStatus::Succeeded,
+            "{stage}: {:?}",
+            run.reason
+        );
     }
     let resolved = rig
         .engine
-        .store()
+        .reads()
         .release(id)
         .await
         .unwrap()
@@ -520,25 +530,29 @@ async fn alarm_rollback() {
 
     let prod = wait_status(&rig.engine, second, "prod", RunStatus::RolledBack).await;
     let rolled_back = posted.elapsed();
-    assert!(prod.reason.contains("backend-prod-5xx"), "{}", prod.reason);
+    assert!(
+        matches!(prod.reason.root(), Reason::AlarmFired { alarm, .. } if alarm == "backend-prod-5xx"),
+        "{:?}",
+        prod.reason
+    );
     assert_eq!(
         rig.deployed("prod").await.as_deref(),
         Some(old.as_str()),
         "prod runs the first release's digest again"
     );
-    let release = rig.engine.store().release(second).await.unwrap().unwrap();
+    let release = rig.engine.reads().release(second).await.unwrap().unwrap();
     let bad = release.bad.expect("the release is marked bad");
     assert_eq!(bad.stage, "prod", "{bad:?}");
     let last_good = rig
         .engine
-        .store()
+        .reads()
         .last_good("backend", "prod")
         .await
         .unwrap();
     assert_eq!(last_good.map(|r| r.id), Some(first));
 
     let gamma = run_of(&rig.engine, second, "gamma").await.unwrap();
-    assert_eq!(gamma.status, RunStatus::Succeeded, "{}", gamma.reason);
+    assert_eq!(gamma.status, RunStatus::Succeeded, "{:?}", gamma.reason);
     assert_eq!(
         rig.deployed("gamma").await.as_deref(),
         Some(new.as_str()),
@@ -552,7 +566,7 @@ async fn alarm_rollback() {
 
     let events = rig.events("rollback-latency").await;
     let Some(event) = events.first() else {
-        let log = rig.engine.store().events("backend", 500).await.unwrap();
+        let log = rig.engine.reads().events("backend", 500).await.unwrap();
         let log: Vec<String> = (log.iter())
             .filter(|e| e.kind != "note")
             .map(|e| format!("{} {} {}", e.at, e.kind, e.detail))
@@ -592,12 +606,16 @@ async fn alarm_before_entry() {
 
     let (id, _) = rig.release(&sha(1)).await;
     wait_status(&rig.engine, id, "gamma", RunStatus::Succeeded).await;
-    let wanted = format!("alarm {prod_alarm} is in ALARM");
+    let wanted = |r: &Reason| {
+        matches!(r, Reason::AlarmsBlockEntry { problem: AlarmProblem::InAlarm { alarms }, .. }
+            if alarms.contains(&prod_alarm))
+    };
     let prod = wait_run(&rig.engine, id, "prod", "the alarm wait", |r| {
-        r.reason.contains(&wanted)
+        wanted(&r.reason)
     })
     .await;
-    println!("prod waits: {} ({})", prod.reason, prod.status.as_str());
+    let why = prod.reason.describe(rig.engine.now());
+    println!("prod waits: {why} ({})", prod.status.as_str());
     assert!(
         matches!(prod.status, RunStatus::Queued | RunStatus::Checking),
         "{prod:?}"
@@ -605,14 +623,14 @@ async fn alarm_before_entry() {
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let still = run_of(&rig.engine, id, "prod").await.unwrap();
-    assert_eq!(still.status, prod.status, "{}", still.reason);
-    assert!(still.reason.contains(&wanted), "{}", still.reason);
+    assert_eq!(still.status, prod.status, "{:?}", still.reason);
+    assert!(wanted(&still.reason), "{:?}", still.reason);
     assert_eq!(rig.deployed("prod").await, None, "nothing deployed to prod");
     let executions = rig.executions().await;
     assert_eq!(executions.get("backend-prod"), None, "{executions:?}");
     let prod_config = account_config(&rig.moto, &rig.world.stage("prod").unwrap().account_id).await;
     assert!(!stack_exists(&prod_config, "backend-prod").await);
-    let effects = rig.engine.store().effects_of(id, "prod").await.unwrap();
+    let effects = rig.engine.reads().effects_of(id, "prod").await.unwrap();
     assert!(
         effects.iter().all(|e| !e.key.ends_with("approval-request")),
         "no approval is asked for while an alarm fires: {effects:?}"

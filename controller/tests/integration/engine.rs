@@ -5,9 +5,9 @@ use crate::engine_support;
 
 use chrono::Duration;
 use engine_support::*;
-use tollgate::domain::{Decision, ReleaseId, RunStatus};
+use tollgate::domain::{Decision, Phase, Reason, ReleaseId, RunStatus};
+use tollgate::engine::Ingested;
 use tollgate::engine::fakes::fake_digest;
-use tollgate::store::Ingested;
 
 async fn promote_fully(h: &Harness, engine: &tollgate::engine::Engine, n: u32) -> ReleaseId {
     let Ingested::Recorded(id) = engine
@@ -55,8 +55,15 @@ async fn a_release_goes_beta_gamma_approval_prod() {
     let prod = run(&engine, id, "prod").await;
     assert_eq!(prod.status, RunStatus::AwaitingApproval);
     assert!(
-        prod.reason.contains("awaiting approval: 0 of 1"),
-        "{}",
+        matches!(
+            prod.reason,
+            Reason::AwaitingApproval {
+                approved: 0,
+                needed: 1,
+                ..
+            }
+        ),
+        "{:?}",
         prod.reason
     );
     let requests = h.fakes.with(|w| w.approval_requests.clone());
@@ -120,15 +127,15 @@ async fn a_failing_gamma_test_stops_the_release_before_prod() {
     settle(&engine).await.unwrap();
 
     let gamma = run(&engine, id, "gamma").await;
-    assert_eq!(gamma.status, RunStatus::RolledBack, "{}", gamma.reason);
+    assert_eq!(gamma.status, RunStatus::RolledBack, "{:?}", gamma.reason);
     assert!(
-        gamma.reason.contains("after test `smoke` failed"),
-        "{}",
+        matches!(gamma.reason.root(), Reason::TestFailed { test, phase: Phase::After, .. } if test == "smoke"),
+        "{:?}",
         gamma.reason
     );
     assert!(
-        gamma.reason.contains("GET /healthz returned 503"),
-        "the failure shows the test's last output: {}",
+        matches!(gamma.reason.root(), Reason::TestFailed { detail, .. } if detail.contains("GET /healthz returned 503")),
+        "the failure shows the test's last output: {:?}",
         gamma.reason
     );
     assert_eq!(status(&engine, id, "prod").await, RunStatus::Failed);
@@ -184,9 +191,13 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
     let prod = run(&engine, id, "prod").await;
     assert_eq!(prod.status, RunStatus::RolledBack);
     assert!(
-        prod.reason.contains("alarm prod-5xx fired"),
-        "{}",
+        matches!(prod.reason.root(), Reason::AlarmFired { alarm, .. } if alarm == "prod-5xx"),
+        "{:?}",
         prod.reason
+    );
+    assert!(
+        prod.rollback_alarm.is_some(),
+        "the run records the alarm event"
     );
     let restored = h.fakes.with(|w| w.rolled_back.clone());
     assert_eq!(restored.len(), 2, "both prod waves restored");
@@ -195,12 +206,12 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
             .iter()
             .all(|(s, _, uri)| s == "prod" && uri.ends_with(&fake_digest(&sha(1))))
     );
-    let rel = engine.store().release(id).await.unwrap().unwrap();
+    let rel = engine.reads().release(id).await.unwrap().unwrap();
     assert_eq!(rel.bad.map(|b| b.stage), Some("prod".to_string()));
     // The metric: alarm arrival to the deployer's first rollback call, per wave. The manual
     // clock does not move while the engine works, so the figure is exactly 0 here.
     let latencies: Vec<String> = engine
-        .store()
+        .reads()
         .events("backend", 500)
         .await
         .unwrap()
@@ -234,7 +245,7 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
         status(&engine, third, "prod").await,
         RunStatus::AwaitingApproval
     );
-    let good = engine.store().last_good("backend", "prod").await.unwrap();
+    let good = engine.reads().last_good("backend", "prod").await.unwrap();
     assert_eq!(
         good.map(|r| r.id),
         Some(first),
@@ -269,11 +280,7 @@ async fn a_newer_release_supersedes_one_waiting_for_approval() {
 
     let old_prod = run(&engine, old, "prod").await;
     assert_eq!(old_prod.status, RunStatus::Superseded);
-    assert!(
-        old_prod.reason.contains(&new.to_string()),
-        "{}",
-        old_prod.reason
-    );
+    assert_eq!(old_prod.reason, Reason::SupersededBy { release: new });
     assert_eq!(
         status(&engine, new, "prod").await,
         RunStatus::AwaitingApproval
@@ -327,10 +334,10 @@ async fn a_rejection_ends_the_request_and_a_redelivered_push_is_ignored() {
     settle(&engine).await.unwrap();
     let prod = run(&engine, id, "prod").await;
     assert_eq!(prod.status, RunStatus::Rejected);
-    assert!(prod.reason.contains("rejected by bob"));
+    assert_eq!(prod.reason, Reason::Rejected { by: "bob".into() });
     assert_eq!(
         engine
-            .store()
+            .reads()
             .recent_runs("backend", 10)
             .await
             .unwrap()
@@ -358,10 +365,11 @@ async fn a_paused_pipeline_starts_nothing_until_resumed() {
     settle(&engine).await.unwrap();
     let beta = run(&engine, id, "beta").await;
     assert_eq!(beta.status, RunStatus::Queued);
-    assert!(
-        beta.reason.contains("pipeline paused: incident 42"),
-        "{}",
-        beta.reason
+    assert_eq!(
+        beta.reason,
+        Reason::PipelinePaused {
+            reason: "incident 42".into()
+        }
     );
     assert!(h.fakes.with(|w| w.deployed.is_empty()));
     engine.resume("backend", None, "cli:ops").await.unwrap();
@@ -391,7 +399,7 @@ async fn a_manual_rollback_returns_the_stage_to_its_previous_release() {
                 .iter()
                 .all(|(_, _, uri)| uri.ends_with(&fake_digest(&sha(1))))
     );
-    let history = engine.store().events("backend", 500).await.unwrap();
+    let history = engine.reads().events("backend", 500).await.unwrap();
     assert!(
         history
             .iter()
@@ -421,7 +429,7 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
         .await
         .unwrap();
 
-    let rows = tollgate::cli::status::collect(engine.store(), &engine.config())
+    let rows = tollgate::cli::status::collect(engine.reads(), &engine.config(), engine.now())
         .await
         .unwrap();
     let prod = rows.iter().find(|r| r.stage == "prod").unwrap();
@@ -451,7 +459,7 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     assert_eq!(parsed.as_array().unwrap().len(), 3);
 
     let mut log = Vec::new();
-    tollgate::cli::status::history(engine.store(), "backend", 1000, false, &mut log)
+    tollgate::cli::status::history(engine.reads(), "backend", 1000, false, &mut log)
         .await
         .unwrap();
     let log = String::from_utf8(log).unwrap();
@@ -504,9 +512,9 @@ async fn a_release_stopped_by_a_failed_test_is_retried_from_that_stage_once() {
     let (code, out, err) = retry(&h, "r1");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("r1 sent again from beta"), "{out}");
-    let (code, _, err) = retry(&h, "r1");
-    assert_eq!(code, 1, "a second retry before the first ran: {err}");
-    assert!(err.contains("r1 is still waiting in beta"), "{err}");
+    let (code, out, err) = retry(&h, "r1");
+    assert_eq!(code, 0, "a second retry before the first ran: {err}");
+    assert!(out.contains("retry of r1 was already requested"), "{out}");
 
     settle(&engine).await.unwrap();
     assert_eq!(status(&engine, id, "beta").await, RunStatus::Succeeded);
@@ -525,13 +533,17 @@ async fn a_release_stopped_by_a_failed_test_is_retried_from_that_stage_once() {
         .fakes
         .with(|w| w.deployed.iter().filter(|d| d.0 == "beta").count());
     assert_eq!(beta_deploys, 1);
-    let events = engine.store().events("backend", 500).await.unwrap();
+    let events = engine.reads().events("backend", 500).await.unwrap();
     assert!(
-        events.iter().any(|e| e.kind == "retry"
-            && e.actor == "cli:dana"
-            && e.stage.as_deref() == Some("beta")),
+        events
+            .iter()
+            .any(|e| e.kind == "retry-request" && e.actor == "cli:dana"),
         "{events:#?}"
     );
+    let retries: Vec<_> = events.iter().filter(|e| e.kind == "retry").collect();
+    assert_eq!(retries.len(), 1, "{events:#?}");
+    assert_eq!(retries[0].stage.as_deref(), Some("beta"));
+    assert!(retries[0].detail.contains("retry requested by cli:dana"));
 
     let (code, _, err) = retry(&h, "r1");
     assert_eq!(code, 1);
@@ -553,7 +565,7 @@ async fn a_retry_that_would_move_a_stage_backwards_or_revive_a_rolled_back_relea
     settle(&engine).await.unwrap();
     h.fakes.with(|w| w.failing_tests.clear());
     let r2 = promote_fully(&h, &engine, 2).await;
-    let before = engine.store().events("backend", 1000).await.unwrap().len();
+    let before = engine.reads().events("backend", 1000).await.unwrap().len();
 
     let (code, _, err) = retry(&h, "r1");
     assert_eq!(code, 1, "{err}");
@@ -568,7 +580,7 @@ async fn a_retry_that_would_move_a_stage_backwards_or_revive_a_rolled_back_relea
     let (code, _, err) = retry(&h, &r3.to_string());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("r3 was rolled back in prod"), "{err}");
-    let events = engine.store().events("backend", 1000).await.unwrap();
+    let events = engine.reads().events("backend", 1000).await.unwrap();
     assert!(events.len() > before);
     assert!(events.iter().all(|e| e.kind != "retry"), "nothing retried");
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use chrono::Duration;
 use engine_support::*;
 use tollgate::domain::{Decision, RunStatus};
+use tollgate::engine::Ingested;
 use tollgate::engine::{Engine, EngineError, Fuse};
-use tollgate::store::Ingested;
 
 /// Plays the outside world for one full promotion: a push, an approval, time passing.
 async fn drive(h: &Harness, engine: &Engine) -> Result<(), EngineError> {
@@ -22,7 +22,7 @@ async fn drive(h: &Harness, engine: &Engine) -> Result<(), EngineError> {
         .await?
     {
         Ingested::Recorded(id) => id,
-        Ingested::Duplicate => engine.store().recent_runs("backend", 1).await?[0].0.id,
+        Ingested::Duplicate => engine.reads().recent_runs("backend", 1).await?[0].0.id,
     };
     for _ in 0..20 {
         settle(engine).await?;
@@ -56,14 +56,14 @@ struct Outcome {
 }
 
 async fn outcome(h: &Harness, engine: &Engine) -> Outcome {
-    let runs = engine.store().recent_runs("backend", 5).await.unwrap();
+    let runs = engine.reads().recent_runs("backend", 5).await.unwrap();
     let statuses = runs[0]
         .1
         .iter()
         .map(|r| (r.stage.clone(), r.status))
         .collect();
     let pending = engine
-        .store()
+        .reads()
         .effects_with_prefix("backend/")
         .await
         .unwrap();

@@ -11,8 +11,9 @@ use chrono::{TimeZone, Utc};
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, RunStatus, StageRun};
 use tollgate::engine::fakes::Fakes;
+use tollgate::engine::{Delivery, NewAlarm, NewApproval, NewRelease};
 use tollgate::engine::{Engine, Fuse, ManualClock};
-use tollgate::store::{Delivery, NewAlarm, NewApproval, NewRelease, Store};
+use tollgate::store::Store;
 
 pub const STAGES: &str = r#"
 [controller]
@@ -180,9 +181,9 @@ pub async fn settle(engine: &Engine) -> Result<(), tollgate::engine::EngineError
         }
         engine.reconcile("backend").await?;
         if engine.in_flight() == 0 {
-            let a = engine.store().events("backend", 1).await.unwrap();
+            let a = engine.reads().events("backend", 1).await.unwrap();
             engine.reconcile("backend").await?;
-            let b = engine.store().events("backend", 1).await.unwrap();
+            let b = engine.reads().events("backend", 1).await.unwrap();
             if a == b && engine.in_flight() == 0 {
                 return Ok(());
             }
@@ -193,7 +194,7 @@ pub async fn settle(engine: &Engine) -> Result<(), tollgate::engine::EngineError
 
 /// The run of release `id` in `stage`.
 pub async fn run(engine: &Engine, id: ReleaseId, stage: &str) -> StageRun {
-    let runs = engine.store().recent_runs("backend", 50).await.unwrap();
+    let runs = engine.reads().recent_runs("backend", 50).await.unwrap();
     runs.into_iter()
         .find(|(r, _)| r.id == id)
         .and_then(|(_, runs)| runs.into_iter().find(|r| r.stage == stage))

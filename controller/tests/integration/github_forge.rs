@@ -24,12 +24,13 @@ use tower::ServiceExt;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, ReportState, RunStatus, StageRun};
 use tollgate::engine::fakes::Fakes;
+use tollgate::engine::{Delivery, NewApproval};
 use tollgate::engine::{DeploymentReport, Engine, Forge, PortError, SystemClock, TestResult};
 use tollgate::github::forge::GithubForge;
 use tollgate::github::webhook::{WebhookSecrets, sign};
 use tollgate::http::server::{AppState, router};
 use tollgate::secret::Secret;
-use tollgate::store::{Delivery, NewApproval, Store};
+use tollgate::store::Store;
 use tollgate::testing::github_fake::{Deployment, DeploymentStatus, GithubFake, RunScript};
 
 /// The longest any one test may take.
@@ -259,9 +260,9 @@ impl Controller {
             while self.engine.in_flight() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            let before = self.engine.store().events(PIPELINE, 1).await.unwrap();
+            let before = self.engine.reads().events(PIPELINE, 1).await.unwrap();
             self.engine.reconcile(PIPELINE).await.unwrap();
-            let after = self.engine.store().events(PIPELINE, 1).await.unwrap();
+            let after = self.engine.reads().events(PIPELINE, 1).await.unwrap();
             if before == after && self.engine.in_flight() == 0 {
                 return;
             }
@@ -283,7 +284,7 @@ impl Controller {
 
     /// Every release of the pipeline with its stage runs, oldest first.
     async fn releases(&self) -> Vec<(tollgate::domain::Release, Vec<StageRun>)> {
-        let mut all = self.engine.store().recent_runs(PIPELINE, 50).await.unwrap();
+        let mut all = self.engine.reads().recent_runs(PIPELINE, 50).await.unwrap();
         all.reverse();
         all
     }

@@ -257,19 +257,19 @@ impl Controller {
     }
 
     async fn releases(&self, pipeline: &str) -> Vec<tollgate::domain::Release> {
-        let runs = self.engine.store().recent_runs(pipeline, 50).await.unwrap();
+        let runs = self.engine.reads().recent_runs(pipeline, 50).await.unwrap();
         runs.into_iter().map(|(r, _)| r).collect()
     }
 
     async fn deliveries(&self) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
-            .fetch_one(self.engine.store().pool())
+            .fetch_one(self.engine.reads().pool())
             .await
             .unwrap()
     }
 
     async fn events(&self, pipeline: &str, kind: &str) -> Vec<String> {
-        let events = self.engine.store().events(pipeline, 100).await.unwrap();
+        let events = self.engine.reads().events(pipeline, 100).await.unwrap();
         events
             .into_iter()
             .filter(|e| e.kind == kind)

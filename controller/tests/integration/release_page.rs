@@ -8,7 +8,7 @@ use axum::http::{Request, StatusCode};
 use engine_support::*;
 use http_body_util::BodyExt;
 use tollgate::domain::{Decision, RunStatus};
-use tollgate::store::{Ingested, NewRelease};
+use tollgate::engine::{Ingested, NewRelease};
 use tower::ServiceExt;
 
 async fn get(app: &axum::Router, uri: &str) -> (StatusCode, String) {

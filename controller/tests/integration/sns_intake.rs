@@ -23,14 +23,15 @@ use url::Url;
 
 use engine_support::*;
 use tollgate::config::{self, Config};
-use tollgate::domain::{Decision, ReleaseId, RunStatus};
+use tollgate::domain::{Decision, Reason, ReleaseId, RunStatus};
+use tollgate::engine::Ingested;
 use tollgate::engine::fakes::fake_digest;
 use tollgate::engine::{Clock, Engine};
 use tollgate::http::sns::{BODY_LIMIT, Confirmer, PATH, SnsState, routes};
 use tollgate::http::sns_verify::{
     AlarmState, CertCache, SignatureVersion, SnsMessage, SnsType, fetch_client_builder,
 };
-use tollgate::store::{Ingested, Store};
+use tollgate::store::Store;
 use tollgate::testing::sns::{
     TestSigner, alarm_message, alarm_subject, body, unsigned_confirmation, unsigned_notification,
 };
@@ -177,7 +178,7 @@ impl Rig {
 
     async fn count(&self, sql: &str) -> i64 {
         let query = sqlx::query_scalar(sql);
-        query.fetch_one(self.engine.store().pool()).await.unwrap()
+        query.fetch_one(self.engine.reads().pool()).await.unwrap()
     }
 
     async fn alarm_rows(&self) -> i64 {
@@ -195,7 +196,7 @@ impl Rig {
     }
 
     async fn events_of_kind(&self, kind: &str) -> Vec<tollgate::store::EventRow> {
-        let all = self.engine.store().events("backend", 500).await.unwrap();
+        let all = self.engine.reads().events("backend", 500).await.unwrap();
         all.into_iter().filter(|e| e.kind == kind).collect()
     }
 
@@ -257,8 +258,12 @@ fn prod_alarm(signer: &TestSigner, version: SignatureVersion) -> SnsMessage {
 async fn assert_rolled_back(rig: &Rig, id: ReleaseId) {
     settle(&rig.engine).await.unwrap();
     let prod = run(&rig.engine, id, "prod").await;
-    assert_eq!(prod.status, RunStatus::RolledBack, "{}", prod.reason);
-    assert!(prod.reason.contains("alarm prod-5xx"), "{}", prod.reason);
+    assert_eq!(prod.status, RunStatus::RolledBack, "{:?}", prod.reason);
+    assert!(
+        matches!(prod.reason.root(), Reason::AlarmFired { alarm, .. } if alarm == "prod-5xx"),
+        "{:?}",
+        prod.reason
+    );
     let restored = rig.rolled_back();
     assert_eq!(
         restored.len(),
@@ -335,7 +340,7 @@ async fn alarm_post_to_first_rollback_call_latency() {
     loops.iter().for_each(|l| l.abort());
 
     let prefix = format!("backend/r{}/prod/", id.0);
-    let effects = rig.engine.store().effects_with_prefix(&prefix).await;
+    let effects = rig.engine.reads().effects_with_prefix(&prefix).await;
     let rollback = effects
         .unwrap()
         .into_iter()

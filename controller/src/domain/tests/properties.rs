@@ -10,7 +10,8 @@ use proptest::test_runner::TestRunner;
 use super::sim::*;
 use crate::config::Pipeline;
 use crate::domain::{
-    Action, Decision, Effect, EffectKind, ReleaseId, RunStatus as S, Snapshot, idempotency_key,
+    Action, Decision, Effect, EffectKind, Reason, ReleaseId, RunStatus as S, Snapshot,
+    idempotency_key,
 };
 
 const STAGES: [&str; 3] = ["beta", "gamma", "prod"];
@@ -564,6 +565,7 @@ impl Seen {
                     stage,
                     to,
                     reason,
+                    ..
                 } => {
                     let from = step.before.run(*release, stage).map(|r| r.status);
                     let prod = stage == "prod";
@@ -571,13 +573,13 @@ impl Seen {
                         S::Deploying if prod => self.prod_deploys += 1,
                         S::Succeeded if prod => self.prod_succeeded += 1,
                         S::RolledBack => self.rolled_back += 1,
-                        S::Failed if reason.starts_with("ROLLBACK FAILED") => {
+                        S::Failed if matches!(reason, Reason::RollbackFailed { .. }) => {
                             self.rollback_failed += 1
                         }
                         S::RollingBack if from == Some(S::Succeeded) => {
                             self.current_rolled_back += 1
                         }
-                        S::RollingBack if reason.starts_with("manual rollback") => {
+                        S::RollingBack if matches!(reason, Reason::ManualRollback { .. }) => {
                             self.manual_rollback += 1
                         }
                         S::Superseded if from == Some(S::AwaitingApproval) => {
@@ -588,10 +590,14 @@ impl Seen {
                         _ => {}
                     }
                 }
-                Action::Note { reason, .. } if reason.starts_with("outside deployment window") => {
-                    self.window_wait += 1
-                }
-                Action::Note { reason, .. } if reason.contains("paused: ") => self.paused_wait += 1,
+                Action::Note {
+                    reason: Reason::OutsideWindow { .. },
+                    ..
+                } => self.window_wait += 1,
+                Action::Note {
+                    reason: Reason::PipelinePaused { .. } | Reason::StagePaused { .. },
+                    ..
+                } => self.paused_wait += 1,
                 Action::Abandon { key } => {
                     let done = step.after.effect(key).map(|e| e.status);
                     if done == Some(crate::domain::EffectStatus::Failed) {
@@ -696,10 +702,11 @@ fn zz_replay() {
         if !rec && i + 1 < events.len() {
             continue;
         }
+        let now = sim.now;
         sim.settle_with(|s| {
             for a in s.actions {
                 if !matches!(a, Action::Start(_)) {
-                    eprintln!("   {a}");
+                    eprintln!("   {}", a.describe(now));
                 }
             }
         });
@@ -707,7 +714,10 @@ fn zz_replay() {
             if r.stage != "prod" {
                 eprintln!(
                     "      {} {} {} | {}",
-                    r.release, r.stage, r.status, r.reason
+                    r.release,
+                    r.stage,
+                    r.status,
+                    r.reason.describe(sim.now)
                 );
             }
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::sim::*;
 use crate::config::Pipeline;
 use crate::domain::{
-    Action, BadMark, Effect, EffectKind, EffectStatus, Phase, ReleaseId, ReportState,
+    Action, BadMark, Effect, EffectKind, EffectStatus, Phase, Reason, ReleaseId, ReportState,
     RunStatus as S, idempotency_key,
 };
 
@@ -72,7 +72,7 @@ fn a_release_goes_beta_gamma_approval_prod_and_every_history_records_it() {
 
     for stage in STAGES {
         assert_eq!(sim.status(r, stage), S::Succeeded);
-        assert_eq!(sim.reason(r, stage), "deployed and baked");
+        assert_eq!(sim.reason(r, stage), Reason::Succeeded);
         assert_eq!(sim.history(stage), vec![r]);
         let success = sim.key(
             r,
@@ -124,10 +124,20 @@ fn a_failing_gamma_test_stops_the_release_before_prod() {
     assert_eq!(sim.status(r, "gamma"), S::Failed);
     assert_eq!(
         sim.reason(r, "gamma"),
-        "before test `integration` failed: 3 of 120 cases failed"
+        Reason::TestFailed {
+            test: "integration".into(),
+            phase: Phase::Before,
+            detail: "3 of 120 cases failed".into()
+        }
     );
     assert_eq!(sim.status(r, "prod"), S::Failed);
-    assert_eq!(sim.reason(r, "prod"), "not promoted: failed in gamma");
+    assert_eq!(
+        sim.reason(r, "prod"),
+        Reason::PreviousStageEnded {
+            stage: "gamma".into(),
+            status: S::Failed
+        }
+    );
     assert_eq!(deploys_of(&sim, r, "gamma"), 0);
     assert!(
         sim.all_effects().all(|e| e.stage != "prod"),
@@ -164,8 +174,9 @@ fn a_failing_gamma_smoke_test_rolls_gamma_back_and_prod_keeps_the_previous_relea
     assert_eq!(sim.history("prod"), vec![r1]);
     assert_eq!(sim.status(r2, "prod"), S::Failed);
     assert!(
+        matches!(sim.reason(r2, "prod"), Reason::BadRelease { stage, .. } if stage == "gamma"),
+        "{:?}",
         sim.reason(r2, "prod")
-            .starts_with("not promoted: rolled back in gamma")
     );
     assert_eq!(deploys_of(&sim, r2, "prod"), 0);
 }
@@ -178,7 +189,7 @@ fn an_alarm_during_the_prod_bake_rolls_prod_back_to_the_previous_release() {
     sim.drive_to(r2, "prod", S::Baking);
     sim.advance(secs(120));
     sim.alarm("prod", "prod-latency", true);
-    let fired_at = sim.now.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let fired_at = sim.now;
     sim.settle();
     assert_eq!(sim.status(r2, "prod"), S::RollingBack);
     sim.drive_to_rest();
@@ -198,7 +209,10 @@ fn an_alarm_during_the_prod_bake_rolls_prod_back_to_the_previous_release() {
         sim.release(r2).bad,
         Some(BadMark {
             stage: "prod".into(),
-            reason: format!("alarm prod-latency fired at {fired_at}"),
+            reason: Reason::AlarmFired {
+                alarm: "prod-latency".into(),
+                at: fired_at
+            },
         })
     );
     assert_eq!(sim.history("prod"), vec![r1, r1]);
@@ -230,7 +244,7 @@ fn a_newer_release_supersedes_an_older_one_waiting_for_approval() {
     sim.drive_to(r2, "gamma", S::Succeeded);
     sim.settle();
     assert_eq!(sim.status(r1, "prod"), S::Superseded);
-    assert_eq!(sim.reason(r1, "prod"), "superseded by newer release r2");
+    assert_eq!(sim.reason(r1, "prod"), Reason::SupersededBy { release: r2 });
 
     // A stale click on the old request deploys nothing.
     sim.approve(r1, "prod", "bo");

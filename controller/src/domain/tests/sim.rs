@@ -13,8 +13,9 @@ use crate::config::{
     Window, Windows,
 };
 use crate::domain::{
-    Action, AlarmFact, ApprovalRecord, BadMark, Decision, Effect, EffectKind, EffectRecord,
-    EffectStatus, Plan, Release, ReleaseId, RunStatus, Snapshot, StageRun, StageState, plan,
+    Action, AlarmFact, ApprovalRecord, BadMark, Decision, Effect, EffectKind, EffectOutput,
+    EffectRecord, EffectStatus, Plan, Reason, Release, ReleaseId, RetryRequest, RollbackRequest,
+    RunStatus, Snapshot, StageRun, StageState, plan,
 };
 
 pub const PIPELINE: &str = "shop";
@@ -252,9 +253,10 @@ impl Sim {
             key: e.key.clone(),
             release: e.release,
             stage: e.stage.clone(),
+            kind: e.kind.clone(),
             status: EffectStatus::Pending,
             detail: String::new(),
-            output: BTreeMap::new(),
+            output: EffectOutput::None,
             started_at: self.now,
             finished_at: None,
         });
@@ -268,11 +270,15 @@ impl Sim {
                 stage,
                 to,
                 reason,
+                alarm,
             } => {
                 let run = self.run_mut(*release, stage);
                 run.status = *to;
                 run.reason = reason.clone();
                 run.since = now;
+                if alarm.is_some() {
+                    run.rollback_alarm = *alarm;
+                }
             }
             Action::Note {
                 release,
@@ -310,10 +316,31 @@ impl Sim {
                 let s = self.stage_mut(stage);
                 if s.rollback_request
                     .as_ref()
-                    .is_some_and(|(id, _)| id == request)
+                    .is_some_and(|r| r.id == *request)
                 {
                     s.rollback_request = None;
                 }
+            }
+            Action::Retry {
+                request,
+                release,
+                stages,
+                by,
+            } => {
+                for stage in stages {
+                    let run = self.run_mut(*release, stage);
+                    if run.status.retryable() {
+                        run.status = RunStatus::Waiting;
+                        run.reason = Reason::RetryRequested { by: by.clone() };
+                        run.attempt += 1;
+                        run.since = now;
+                        run.rollback_alarm = None;
+                    }
+                }
+                self.snap.retry_requests.retain(|r| r.id != *request);
+            }
+            Action::RefuseRetry { request, .. } => {
+                self.snap.retry_requests.retain(|r| r.id != *request);
             }
             Action::Retire { release } => self.retire(*release),
             Action::Abandon { key } => {
@@ -358,9 +385,10 @@ impl Sim {
     /// [`Sim::settle`], showing every applied plan to `see`.
     pub fn settle_with(&mut self, mut see: impl FnMut(&Step<'_>)) {
         let mut tail = Vec::new();
+        let now = self.now;
         for _ in 0..50 {
             let changed = self.step_with(|s| {
-                tail = s.actions.iter().map(ToString::to_string).collect();
+                tail = s.actions.iter().map(|a| a.describe(now)).collect();
                 see(s);
             });
             if !changed {
@@ -401,22 +429,17 @@ impl Sim {
                 release: id,
                 stage: s.name.clone(),
                 status: RunStatus::Waiting,
-                reason: "waiting for the previous stage".into(),
+                reason: Reason::PreviousStage,
                 attempt: 1,
                 since: self.now,
+                rollback_alarm: None,
             });
         }
         id
     }
 
     /// Finishes a pending effect. A resolved artifact gives the release its digest.
-    pub fn finish(
-        &mut self,
-        key: &str,
-        status: EffectStatus,
-        detail: &str,
-        output: BTreeMap<String, String>,
-    ) {
+    pub fn finish(&mut self, key: &str, status: EffectStatus, detail: &str, output: EffectOutput) {
         let now = self.now;
         let rec = self
             .snap
@@ -430,24 +453,44 @@ impl Sim {
         rec.output = output;
         rec.finished_at = Some(now);
         self.running.remove(key);
-        let (release, resolved) = (rec.release, key.ends_with("/resolve"));
-        if resolved && status == EffectStatus::Succeeded {
-            let digest = format!("sha256:{:064x}", release.0);
-            self.release_mut(release).digest = Some(digest);
+        if let (EffectStatus::Succeeded, EffectOutput::Resolved { digest }) = (status, &rec.output)
+        {
+            let (release, digest) = (rec.release, digest.clone());
+            let r = self.release_mut(release);
+            if r.digest.is_none() {
+                r.digest = Some(digest);
+            }
         }
     }
 
+    /// Finishes an effect successfully with what its kind produces (an artifact's digest, no
+    /// alarm in ALARM, a deployed image).
     pub fn succeed(&mut self, key: &str) {
-        self.finish(key, EffectStatus::Succeeded, "ok", BTreeMap::new());
+        let rec = self
+            .snap
+            .effect(key)
+            .unwrap_or_else(|| panic!("no effect {key}"));
+        let output = match &rec.kind {
+            EffectKind::ResolveArtifact => EffectOutput::Resolved {
+                digest: format!("sha256:{:064x}", rec.release.0),
+            },
+            EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. } => {
+                EffectOutput::Alarms { in_alarm: vec![] }
+            }
+            _ => EffectOutput::None,
+        };
+        self.finish(key, EffectStatus::Succeeded, "ok", output);
     }
 
     pub fn fail(&mut self, key: &str, detail: &str) {
-        self.finish(key, EffectStatus::Failed, detail, BTreeMap::new());
+        self.finish(key, EffectStatus::Failed, detail, EffectOutput::None);
     }
 
     /// A succeeded alarm read that found `alarm` in ALARM.
     pub fn succeed_in_alarm(&mut self, key: &str, alarm: &str) {
-        let out = BTreeMap::from([("in_alarm".to_string(), alarm.to_string())]);
+        let out = EffectOutput::Alarms {
+            in_alarm: vec![alarm.to_string()],
+        };
         self.finish(key, EffectStatus::Succeeded, "read alarms", out);
     }
 
@@ -485,7 +528,9 @@ impl Sim {
     }
 
     pub fn alarm(&mut self, stage: &str, alarm: &str, firing: bool) {
+        let id = self.snap.alarms.len() as i64 + 1;
         self.snap.alarms.push(AlarmFact {
+            id,
             stage: stage.into(),
             alarm: alarm.into(),
             firing,
@@ -512,7 +557,35 @@ impl Sim {
     pub fn request_rollback(&mut self, stage: &str, who: &str) {
         let id = self.next_request;
         self.next_request += 1;
-        self.stage_mut(stage).rollback_request = Some((id, who.into()));
+        self.stage_mut(stage).rollback_request = Some(RollbackRequest { id, by: who.into() });
+    }
+
+    /// `tollgate retry`: the request is recorded and the release is back in the working set.
+    pub fn request_retry(&mut self, release: ReleaseId, who: &str) {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.unretire(release);
+        self.snap.retry_requests.push(RetryRequest {
+            id,
+            release,
+            by: who.into(),
+        });
+    }
+
+    /// The release returns to the working set (the store sets it active again).
+    fn unretire(&mut self, id: ReleaseId) {
+        if !self.retired.remove(&id) {
+            return;
+        }
+        let (snap, a) = (&mut self.snap, &mut self.archive);
+        snap.runs.extend(take(&mut a.runs, |r| r.release == id));
+        snap.effects
+            .extend(take(&mut a.effects, |e| e.release == id));
+        snap.approvals
+            .extend(take(&mut a.approvals, |x| x.release == id));
+        if let Some(r) = a.releases.remove(&id) {
+            snap.releases.insert(id, r);
+        }
     }
 
     /// The controller restarts: nothing runs until a plan starts (resumes) it again.
@@ -553,7 +626,7 @@ impl Sim {
         self.run(release, stage).status
     }
 
-    pub fn reason(&self, release: ReleaseId, stage: &str) -> String {
+    pub fn reason(&self, release: ReleaseId, stage: &str) -> Reason {
         self.run(release, stage).reason.clone()
     }
 
@@ -729,7 +802,7 @@ fn take<T>(v: &mut Vec<T>, f: impl Fn(&T) -> bool) -> Vec<T> {
 }
 
 /// The transitions of a plan, as (release, stage, to, reason).
-pub fn transitions(p: &Plan) -> Vec<(ReleaseId, String, RunStatus, String)> {
+pub fn transitions(p: &Plan) -> Vec<(ReleaseId, String, RunStatus, Reason)> {
     p.actions
         .iter()
         .filter_map(|a| match a {
@@ -738,6 +811,7 @@ pub fn transitions(p: &Plan) -> Vec<(ReleaseId, String, RunStatus, String)> {
                 stage,
                 to,
                 reason,
+                ..
             } => Some((*release, stage.clone(), *to, reason.clone())),
             _ => None,
         })
@@ -745,7 +819,7 @@ pub fn transitions(p: &Plan) -> Vec<(ReleaseId, String, RunStatus, String)> {
 }
 
 /// The transition a plan makes for one run, if any: (to, reason).
-pub fn transition_of(p: &Plan, release: ReleaseId, stage: &str) -> Option<(RunStatus, String)> {
+pub fn transition_of(p: &Plan, release: ReleaseId, stage: &str) -> Option<(RunStatus, Reason)> {
     transitions(p)
         .into_iter()
         .find(|(r, s, _, _)| *r == release && s == stage)
@@ -764,7 +838,7 @@ pub fn starts(p: &Plan) -> Vec<Effect> {
 }
 
 /// The notes a plan writes for one run.
-pub fn notes_of(p: &Plan, release: ReleaseId, stage: &str) -> Vec<String> {
+pub fn notes_of(p: &Plan, release: ReleaseId, stage: &str) -> Vec<Reason> {
     p.actions
         .iter()
         .filter_map(|a| match a {

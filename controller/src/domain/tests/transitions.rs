@@ -4,7 +4,8 @@ use chrono::{TimeZone, Utc};
 
 use super::sim::*;
 use crate::domain::{
-    Action, Effect, EffectKind, NotifyEvent, Phase, ReleaseId, ReportState, RunStatus as S,
+    Action, AlarmProblem, Effect, EffectKind, NotifyEvent, Phase, Reason, ReleaseId, ReportState,
+    RequestState, RunStatus as S,
 };
 
 fn test(name: &str, phase: Phase) -> EffectKind {
@@ -57,7 +58,7 @@ fn waiting_to_queued_once_the_artifact_is_resolved() {
     let p = sim.plan();
     assert_eq!(
         transitions(&p),
-        vec![(r, "beta".into(), S::Queued, "queued".into())],
+        vec![(r, "beta".into(), S::Queued, Reason::Queued)],
         "only the first stage queues"
     );
 }
@@ -72,13 +73,18 @@ fn waiting_to_superseded_when_superseded_in_the_previous_stage() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r1, "beta"),
-        Some((S::Superseded, "superseded by newer release r2".into()))
+        Some((S::Superseded, Reason::SupersededBy { release: r2 }))
     );
     sim.step();
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r1, "gamma"),
-        Some((S::Superseded, "superseded in beta".into()))
+        Some((
+            S::Superseded,
+            Reason::SupersededIn {
+                stage: "beta".into()
+            }
+        ))
     );
     sim.settle();
     assert_eq!(sim.status(r1, "prod"), S::Superseded);
@@ -97,10 +103,22 @@ fn waiting_to_failed_when_the_previous_stage_failed() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r, "gamma"),
-        Some((S::Failed, "not promoted: failed in beta".into()))
+        Some((
+            S::Failed,
+            Reason::PreviousStageEnded {
+                stage: "beta".into(),
+                status: S::Failed
+            }
+        ))
     );
     sim.settle();
-    assert_eq!(sim.reason(r, "prod"), "not promoted: failed in gamma");
+    assert_eq!(
+        sim.reason(r, "prod"),
+        Reason::PreviousStageEnded {
+            stage: "gamma".into(),
+            status: S::Failed
+        }
+    );
 }
 
 #[test]
@@ -123,7 +141,9 @@ fn waiting_to_failed_when_the_artifact_never_appears() {
         assert_eq!(sim.status(r, stage), S::Failed);
         assert_eq!(
             sim.reason(r, stage),
-            "not promoted: artifact not resolved: no image shop:abc after 10m"
+            Reason::ReleaseFailed {
+                why: "artifact not resolved: no image shop:abc after 10m".into()
+            }
         );
     }
 }
@@ -148,8 +168,9 @@ fn waiting_to_failed_when_the_release_was_rolled_back_earlier() {
     let (to, why) = transition_of(&p, r2, "gamma").unwrap();
     assert_eq!(to, S::Failed);
     assert!(
-        why.starts_with("not promoted: rolled back in beta (alarm beta-5xx fired at "),
-        "{why}"
+        matches!(&why, Reason::BadRelease { stage, cause }
+            if stage == "beta" && matches!(**cause, Reason::AlarmFired { ref alarm, .. } if alarm == "beta-5xx")),
+        "{why:?}"
     );
 }
 
@@ -164,7 +185,7 @@ fn queued_to_checking() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r, "beta"),
-        Some((S::Checking, "running pre-deploy checks".into()))
+        Some((S::Checking, Reason::RunningChecks))
     );
 }
 
@@ -178,11 +199,18 @@ fn queued_stays_queued_with_a_reason_while_paused() {
     assert_eq!(transition_of(&p, r, "beta"), None);
     assert_eq!(
         notes_of(&p, r, "beta"),
-        vec!["pipeline paused: release freeze"]
+        vec![Reason::PipelinePaused {
+            reason: "release freeze".into()
+        }]
     );
     sim.settle();
     assert_eq!(sim.status(r, "beta"), S::Queued);
-    assert_eq!(sim.reason(r, "beta"), "pipeline paused: release freeze");
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::PipelinePaused {
+            reason: "release freeze".into()
+        }
+    );
 
     sim.resume_pipeline();
     sim.pause_stage("beta", "investigating INC-42");
@@ -190,7 +218,9 @@ fn queued_stays_queued_with_a_reason_while_paused() {
     assert_eq!(transition_of(&p, r, "beta"), None);
     assert_eq!(
         notes_of(&p, r, "beta"),
-        vec!["stage paused: investigating INC-42"]
+        vec![Reason::StagePaused {
+            reason: "investigating INC-42".into()
+        }]
     );
     sim.settle();
     assert_eq!(sim.status(r, "beta"), S::Queued);
@@ -210,7 +240,15 @@ fn checking_to_awaiting_approval_in_a_stage_with_approval() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r, "prod"),
-        Some((S::AwaitingApproval, "awaiting 1 approval(s)".into()))
+        Some((
+            S::AwaitingApproval,
+            Reason::AwaitingApproval {
+                approved: 0,
+                needed: 1,
+                expires_at: sim.now + chrono::Duration::hours(4),
+                request: RequestState::Sending
+            }
+        ))
     );
     sim.step();
     let p = sim.plan();
@@ -241,7 +279,7 @@ fn checking_runs_the_before_tests_in_parallel_then_deploys() {
     sim.succeed(&unit.key);
     assert_eq!(
         transition_of(&sim.plan(), r, "beta"),
-        Some((S::Deploying, "deploying wave 1 of 1".into()))
+        Some((S::Deploying, Reason::Deploying { wave: 1, waves: 1 }))
     );
 }
 
@@ -255,7 +293,14 @@ fn checking_to_failed_when_a_before_test_fails() {
     sim.fail(&lint, "exit status 1");
     assert_eq!(
         transition_of(&sim.plan(), r, "beta"),
-        Some((S::Failed, "before test `lint` failed: exit status 1".into()))
+        Some((
+            S::Failed,
+            Reason::TestFailed {
+                test: "lint".into(),
+                phase: Phase::Before,
+                detail: "exit status 1".into()
+            }
+        ))
     );
     sim.settle();
     let deploy = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
@@ -280,9 +325,14 @@ fn checking_waits_while_an_entry_alarm_fires_and_rechecks_every_minute() {
     sim.succeed_in_alarm(&check0, "beta-5xx");
     sim.settle();
     assert_eq!(sim.status(r, "beta"), S::Checking);
-    assert_eq!(
-        sim.reason(r, "beta"),
-        "waiting: alarm beta-5xx is in ALARM; re-checking every 1m"
+    assert!(
+        matches!(
+            sim.reason(r, "beta"),
+            Reason::AlarmsBlockEntry { problem: AlarmProblem::InAlarm { alarms }, recheck_at }
+                if alarms == ["beta-5xx"] && recheck_at == sim.now + chrono::Duration::minutes(1)
+        ),
+        "{:?}",
+        sim.reason(r, "beta")
     );
     assert_eq!(
         sim.last_plan.wake_at,
@@ -317,7 +367,12 @@ fn checking_with_an_alarm_override_settles_while_the_deploy_is_blocked() {
     sim.succeed(&lint);
     sim.settle();
     assert_eq!(sim.status(r, "beta"), S::Checking);
-    assert_eq!(sim.reason(r, "beta"), "stage paused: hold");
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::StagePaused {
+            reason: "hold".into()
+        }
+    );
     sim.resume_stage("beta");
     sim.settle();
     assert_eq!(sim.status(r, "beta"), S::Deploying);
@@ -342,8 +397,17 @@ fn awaiting_approval_to_deploying_with_enough_distinct_approvers() {
     sim.approve(r, "prod", "ana");
     sim.settle();
     assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
-    assert_eq!(
+    assert!(matches!(
         sim.reason(r, "prod"),
+        Reason::AwaitingApproval {
+            approved: 1,
+            needed: 2,
+            request: RequestState::Sending,
+            ..
+        }
+    ));
+    assert_eq!(
+        sim.reason(r, "prod").describe(sim.now),
         "awaiting approval: 1 of 2, expires in 4h"
     );
     sim.approve(r, "prod", "ana");
@@ -357,7 +421,7 @@ fn awaiting_approval_to_deploying_with_enough_distinct_approvers() {
     sim.approve(r, "prod", "bo");
     assert_eq!(
         transition_of(&sim.plan(), r, "prod"),
-        Some((S::Deploying, "deploying wave 1 of 1".into()))
+        Some((S::Deploying, Reason::Deploying { wave: 1, waves: 1 }))
     );
 }
 
@@ -368,7 +432,7 @@ fn awaiting_approval_to_rejected() {
     sim.reject(r, "prod", "cy");
     assert_eq!(
         transition_of(&sim.plan(), r, "prod"),
-        Some((S::Rejected, "rejected by cy".into()))
+        Some((S::Rejected, Reason::Rejected { by: "cy".into() }))
     );
     sim.settle();
     let halted = sim.key(
@@ -390,14 +454,23 @@ fn awaiting_approval_to_expired() {
     sim.now = expires - chrono::Duration::seconds(1);
     sim.settle();
     assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
-    assert_eq!(
+    assert!(matches!(
         sim.reason(r, "prod"),
+        Reason::AwaitingApproval { approved: 0, needed: 1, expires_at: at, .. } if at == expires
+    ));
+    assert_eq!(
+        sim.reason(r, "prod").describe(sim.now),
         "awaiting approval: 0 of 1, expires in less than 1m"
     );
     sim.now = expires;
     assert_eq!(
         transition_of(&sim.plan(), r, "prod"),
-        Some((S::Expired, "approval request expired after 4h".into()))
+        Some((
+            S::Expired,
+            Reason::ApprovalExpired {
+                after_secs: 4 * 3600
+            }
+        ))
     );
 }
 
@@ -410,7 +483,7 @@ fn awaiting_approval_to_superseded_by_a_newer_release() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r1, "prod"),
-        Some((S::Superseded, "superseded by newer release r2".into()))
+        Some((S::Superseded, Reason::SupersededBy { release: r2 }))
     );
     assert_eq!(transition_of(&p, r2, "prod").map(|t| t.0), Some(S::Queued));
 }
@@ -432,14 +505,17 @@ fn deploying_goes_wave_by_wave_then_verifies() {
     sim.succeed(&wave0.key);
     let p = sim.plan();
     assert!(starts(&p).contains(&wave1));
-    assert_eq!(notes_of(&p, r, "beta"), vec!["deploying wave 2 of 2"]);
+    assert_eq!(
+        notes_of(&p, r, "beta"),
+        vec![Reason::Deploying { wave: 2, waves: 2 }]
+    );
     assert_eq!(transition_of(&p, r, "beta"), None);
     sim.settle();
 
     sim.succeed(&wave1.key);
     assert_eq!(
         transition_of(&sim.plan(), r, "beta"),
-        Some((S::Verifying, "running post-deploy tests".into()))
+        Some((S::Verifying, Reason::Verifying))
     );
 }
 
@@ -456,7 +532,11 @@ fn deploying_to_rolling_back_when_a_wave_fails_and_a_known_good_exists() {
         transition_of(&sim.plan(), r2, "beta"),
         Some((
             S::RollingBack,
-            "deploy to acct-beta/eu-west-1 failed: stack UPDATE_FAILED".into()
+            Reason::DeployFailed {
+                account: "acct-beta".into(),
+                region: "eu-west-1".into(),
+                detail: "stack UPDATE_FAILED".into()
+            }
         ))
     );
     sim.step();
@@ -485,7 +565,13 @@ fn deploying_to_failed_when_there_is_no_known_good_release() {
         transition_of(&sim.plan(), r, "beta"),
         Some((
             S::Failed,
-            "deploy to acct-beta/eu-west-1 failed: boom; no known-good release to return to".into()
+            Reason::NoKnownGood {
+                cause: Box::new(Reason::DeployFailed {
+                    account: "acct-beta".into(),
+                    region: "eu-west-1".into(),
+                    detail: "boom".into()
+                })
+            }
         ))
     );
     sim.settle();
@@ -514,10 +600,7 @@ fn verifying_to_baking_when_the_after_tests_pass() {
     let until = sim.now + chrono::Duration::minutes(10);
     assert_eq!(
         transition_of(&sim.plan(), r, "beta"),
-        Some((
-            S::Baking,
-            format!("baking until {}", until.format("%Y-%m-%d %H:%M:%S UTC"))
-        ))
+        Some((S::Baking, Reason::Baking { until }))
     );
 }
 
@@ -534,7 +617,11 @@ fn verifying_to_rolling_back_when_an_after_test_fails() {
         transition_of(&sim.plan(), r2, "beta"),
         Some((
             S::RollingBack,
-            "after test `smoke` failed: GET /health: 503".into()
+            Reason::TestFailed {
+                test: "smoke".into(),
+                phase: Phase::After,
+                detail: "GET /health: 503".into()
+            }
         ))
     );
 }
@@ -552,7 +639,12 @@ fn baking_to_succeeded_after_the_bake_time_and_a_clean_poll() {
     assert!(starts(&p).contains(&poll0));
     assert_eq!(p.wake_at, Some(since + chrono::Duration::minutes(10)));
     sim.settle();
-    assert_eq!(sim.reason(r, "beta"), "baking, 10m left");
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::Baking {
+            until: since + chrono::Duration::minutes(10)
+        }
+    );
 
     sim.succeed(&poll0.key);
     sim.advance(secs(599));
@@ -562,7 +654,7 @@ fn baking_to_succeeded_after_the_bake_time_and_a_clean_poll() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r, "beta"),
-        Some((S::Succeeded, "deployed and baked".into()))
+        Some((S::Succeeded, Reason::Succeeded))
     );
     assert!(p.actions.contains(&Action::RecordGood {
         stage: "beta".into(),
@@ -583,7 +675,10 @@ fn baking_past_its_time_waits_for_enough_alarm_evaluations() {
     assert_eq!(sim.status(r, "beta"), S::Baking);
     assert_eq!(
         sim.reason(r, "beta"),
-        "bake time over; waiting for alarm evaluations (1/2)"
+        Reason::AwaitingEvaluations {
+            clean: 1,
+            needed: 2
+        }
     );
     let poll1 = sim.key(r, "beta", EffectKind::PollAlarms { round: 1 });
     assert!(sim.is_pending(&poll1));
@@ -626,10 +721,22 @@ fn baking_to_rolling_back_on_an_alarm_notification() {
     assert_eq!(transition_of(&sim.plan(), r2, "beta"), None);
     sim.advance(secs(30));
     sim.alarm("beta", "beta-5xx", true);
-    let at = sim.now.format("%Y-%m-%d %H:%M:%S UTC");
+    let at = sim.now;
     assert_eq!(
         transition_of(&sim.plan(), r2, "beta"),
-        Some((S::RollingBack, format!("alarm beta-5xx fired at {at}")))
+        Some((
+            S::RollingBack,
+            Reason::AlarmFired {
+                alarm: "beta-5xx".into(),
+                at
+            }
+        ))
+    );
+    let alarm = sim.snap.alarms.last().map(|a| a.id);
+    assert!(
+        sim.plan().actions.iter().any(|a| matches!(a,
+            Action::Transition { alarm: a, .. } if *a == alarm)),
+        "the rollback records the alarm event that caused it"
     );
 }
 
@@ -640,12 +747,15 @@ fn baking_to_rolling_back_on_an_alarm_poll() {
     sim.settle();
     let poll0 = sim.key(r2, "beta", EffectKind::PollAlarms { round: 0 });
     sim.succeed_in_alarm(&poll0, "beta-5xx");
-    let at = sim.now.format("%H:%M:%S UTC");
+    let at = sim.now;
     assert_eq!(
         transition_of(&sim.plan(), r2, "beta"),
         Some((
             S::RollingBack,
-            format!("alarm beta-5xx in ALARM (poll at {at})")
+            Reason::AlarmPolled {
+                alarms: vec!["beta-5xx".into()],
+                at
+            }
         ))
     );
 }
@@ -664,7 +774,9 @@ fn baking_to_rolling_back_on_a_manual_request() {
         transition_of(&p, r2, "beta"),
         Some((
             S::RollingBack,
-            "manual rollback requested by ops@acme.test".into()
+            Reason::ManualRollback {
+                by: "ops@acme.test".into()
+            }
         ))
     );
 }
@@ -691,7 +803,11 @@ fn rolling_back_to_rolled_back_marks_bad_and_restores_the_known_good() {
     let p = sim.plan();
     let (to, why) = transition_of(&p, r2, "beta").unwrap();
     assert_eq!(to, S::RolledBack);
-    assert!(why.starts_with("alarm beta-5xx fired at ") && why.ends_with("; restored r1"));
+    assert!(
+        matches!(&why, Reason::RolledBack { cause, restored }
+            if *restored == r1 && matches!(**cause, Reason::AlarmFired { .. })),
+        "{why:?}"
+    );
     assert!(p.actions.iter().any(|a| matches!(a,
         Action::MarkBad { release, stage, .. } if *release == r2 && stage == "beta")));
     assert!(p.actions.contains(&Action::RecordGood {
@@ -731,9 +847,14 @@ fn rolling_back_to_failed_pauses_the_stage_when_the_rollback_fails() {
     );
     sim.fail(&back, "stack UPDATE_ROLLBACK_FAILED");
     let p = sim.plan();
+    let failed = Reason::RollbackFailed {
+        account: "acct-beta".into(),
+        region: "eu-west-1".into(),
+        detail: "stack UPDATE_ROLLBACK_FAILED".into(),
+    };
     let why = "ROLLBACK FAILED for acct-beta/eu-west-1: stack UPDATE_ROLLBACK_FAILED; \
                stage paused until a person resumes it";
-    assert_eq!(transition_of(&p, r2, "beta"), Some((S::Failed, why.into())));
+    assert_eq!(transition_of(&p, r2, "beta"), Some((S::Failed, failed)));
     assert!(p.actions.contains(&Action::PauseStage {
         stage: "beta".into(),
         reason: why.into()
@@ -744,7 +865,10 @@ fn rolling_back_to_failed_pauses_the_stage_when_the_rollback_fails() {
     let r3 = sim.resolved_release();
     sim.settle();
     assert_eq!(sim.status(r3, "beta"), S::Queued);
-    assert_eq!(sim.reason(r3, "beta"), format!("stage paused: {why}"));
+    assert_eq!(
+        sim.reason(r3, "beta"),
+        Reason::StagePaused { reason: why.into() }
+    );
     sim.resume_stage("beta");
     sim.settle();
     assert_eq!(sim.status(r3, "beta"), S::Checking);
@@ -799,7 +923,10 @@ fn a_closed_window_holds_the_deploy_and_wakes_at_the_next_opening() {
     assert_eq!(transition_of(&p, r, "prod"), None);
     assert_eq!(
         notes_of(&p, r, "prod"),
-        vec!["outside deployment window until Mon 2026-03-09 09:00 Europe/Berlin"]
+        vec![Reason::OutsideWindow {
+            opens: Some(Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap()),
+            timezone: "Europe/Berlin".into()
+        }]
     );
     let monday_nine_berlin = Utc.with_ymd_and_hms(2026, 3, 9, 8, 0, 0).unwrap();
     assert_eq!(p.wake_at, Some(monday_nine_berlin));
@@ -882,7 +1009,7 @@ fn succeeded_to_rolling_back_on_a_manual_request_for_the_current_release() {
     let p = sim.plan();
     assert_eq!(
         transition_of(&p, r2, "prod"),
-        Some((S::RollingBack, "manual rollback requested by ops".into()))
+        Some((S::RollingBack, Reason::ManualRollback { by: "ops".into() }))
     );
     sim.drive_to_rest();
     assert_eq!(sim.status(r2, "prod"), S::RolledBack);
@@ -910,7 +1037,7 @@ fn a_manual_request_with_nothing_to_return_to_leaves_the_current_release_alone()
     assert_eq!(transition_of(&p, r1, "prod"), None);
     assert_eq!(
         notes_of(&p, r1, "prod"),
-        vec!["manual rollback requested by ops not done: no known-good release to return to"]
+        vec![Reason::ManualRollbackImpossible { by: "ops".into() }]
     );
     sim.settle();
     assert_eq!(sim.status(r1, "prod"), S::Succeeded);
@@ -940,7 +1067,10 @@ fn a_manual_rollback_and_an_approved_deploy_never_run_at_once() {
     assert_eq!(transition_of(&p, r3, "prod"), None);
     assert_eq!(
         notes_of(&p, r3, "prod"),
-        vec!["waiting for r2 to finish (rolling_back)"]
+        vec![Reason::StageBusy {
+            release: r2,
+            status: S::RollingBack
+        }]
     );
     sim.drive_to(r3, "prod", S::Deploying);
     assert_eq!(sim.status(r2, "prod"), S::RolledBack);
@@ -960,7 +1090,7 @@ fn waiting_to_superseded_when_a_newer_release_entered_the_stage_first() {
     assert_eq!(transition_of(&p, r2, "beta").map(|t| t.0), Some(S::Queued));
     assert_eq!(
         transition_of(&p, r1, "beta"),
-        Some((S::Superseded, "superseded by newer release r2".into()))
+        Some((S::Superseded, Reason::SupersededBy { release: r2 }))
     );
     sim.settle();
     // r2 fails its checks; r1, older, must not deploy in its place.
@@ -975,4 +1105,68 @@ fn waiting_to_superseded_when_a_newer_release_entered_the_stage_first() {
             .any(|e| e.release == r1 && e.key.contains("/deploy-")),
         "the older release never deploys after a newer one entered the stage"
     );
+}
+
+#[test]
+fn a_retried_release_goes_again_from_the_stage_where_it_failed_under_the_next_attempt() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.settle();
+    let deploy = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
+    sim.fail(&deploy, "boom");
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r, "beta"), S::Failed);
+    assert_eq!(sim.status(r, "gamma"), S::Failed);
+
+    sim.request_retry(r, "ops");
+    let p = sim.plan();
+    assert!(p.actions.contains(&Action::Retry {
+        request: 1,
+        release: r,
+        stages: vec!["beta".into(), "gamma".into(), "prod".into()],
+        by: "ops".into(),
+    }));
+    assert_eq!(
+        transition_of(&p, r, "beta"),
+        None,
+        "nothing else moves the run"
+    );
+    sim.step();
+    assert_eq!(sim.status(r, "beta"), S::Waiting);
+    assert_eq!(sim.run(r, "beta").attempt, 2);
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::RetryRequested { by: "ops".into() }
+    );
+    assert!(sim.snap.retry_requests.is_empty(), "handled once");
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.settle();
+    let again = Effect::new(PIPELINE, r, "beta", 2, EffectKind::Deploy { wave: 0 });
+    assert!(
+        sim.is_pending(&again.key),
+        "the deploy runs under a new key"
+    );
+}
+
+#[test]
+fn a_retry_of_a_release_still_in_flight_is_refused_and_changes_nothing() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.request_retry(r, "ops");
+    let p = sim.plan();
+    let refused = p.actions.iter().find_map(|a| match a {
+        Action::RefuseRetry { why, .. } => Some(why.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        refused.as_deref(),
+        Some("r1 is still deploying in beta: wait until it stops")
+    );
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Retry { .. })));
+    sim.step();
+    assert!(sim.snap.retry_requests.is_empty());
+    assert_eq!(sim.status(r, "beta"), S::Deploying);
+    assert_eq!(sim.run(r, "beta").attempt, 1);
 }

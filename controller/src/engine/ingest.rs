@@ -1,0 +1,295 @@
+//! The ingest API: the one way a fact enters the store.
+//!
+//! Owns recording facts from outside — releases, approvals, alarms, pauses, rollback and retry
+//! requests, overrides, acknowledged deliveries and audit entries — each in one transaction
+//! with its delivery's dedupe and its event-log entry, then waking the pipeline. The HTTP
+//! routes, the GitHub intake, the SNS intake and the CLI's control commands all come through
+//! here; the engine ([`super::Engine`]) dereferences to it.
+//!
+//! Must never: decide what happens next (a fact is recorded; the planner decides), perform a
+//! side effect, or accept a fact for a pipeline or stage the configuration in force lacks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use super::clock::Clock;
+use super::facts::*;
+use super::{EngineError, EngineResult, SharedConfig};
+use crate::config::{Config, Pipeline};
+use crate::domain::{ReleaseId, retry::retry_from};
+use crate::store::{EventNote, Reads, Store};
+
+/// The wake-up signal of each pipeline's reconcile loop.
+#[derive(Default)]
+pub(super) struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Wakers {
+    pub(super) fn get(&self, pipeline: &str) -> Arc<Notify> {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.entry(pipeline.to_string()).or_default().clone()
+    }
+}
+
+/// Records facts and wakes the pipelines they concern. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    store: Store,
+    config: SharedConfig,
+    clock: Arc<dyn Clock>,
+    wakers: Arc<Wakers>,
+}
+
+/// What became of a `tollgate retry` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryVerdict {
+    /// Recorded; as things stand the release goes again from this stage.
+    From(String),
+    /// Recorded, and as things stand it will be refused (and logged) for this reason.
+    Refused(String),
+    /// The same delivery was recorded before: nothing changed.
+    Duplicate,
+}
+
+impl Ingest {
+    /// An ingest API over `store` without a reconcile loop in this process (the CLI): a running
+    /// controller picks the facts up when it next looks.
+    pub fn new(store: Store, config: SharedConfig, clock: Arc<dyn Clock>) -> Ingest {
+        Self::with_wakers(store, config, clock, Arc::default())
+    }
+
+    pub(super) fn with_wakers(
+        store: Store,
+        config: SharedConfig,
+        clock: Arc<dyn Clock>,
+        wakers: Arc<Wakers>,
+    ) -> Ingest {
+        Ingest {
+            store,
+            config,
+            clock,
+            wakers,
+        }
+    }
+
+    pub(super) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(super) fn wakers(&self) -> &Arc<Wakers> {
+        &self.wakers
+    }
+
+    pub(super) fn config_cell(&self) -> &SharedConfig {
+        &self.config
+    }
+
+    /// The store's read-only face (pages, the CLI, tests).
+    pub fn reads(&self) -> &Reads {
+        self.store.reads()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Asks the pipeline's reconciler to look again (never lost: a pending wake is kept).
+    pub fn wake(&self, pipeline: &str) {
+        self.wakers.get(pipeline).notify_one();
+    }
+
+    pub(super) fn pipeline(&self, name: &str) -> EngineResult<Pipeline> {
+        self.config()
+            .pipeline(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownPipeline(name.to_string()))
+    }
+
+    /// `UnknownPipeline` or `UnknownStage` unless the configuration in force has both.
+    pub fn check_stage(&self, pipeline: &str, stage: &str) -> EngineResult<()> {
+        let p = self.pipeline(pipeline)?;
+        if p.stage(stage).is_none() {
+            return Err(EngineError::UnknownStage {
+                pipeline: pipeline.into(),
+                stage: stage.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A new release for a pipeline (from a push or a successful build).
+    pub async fn record_release(
+        &self,
+        r: &NewRelease,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<ReleaseId>> {
+        let p = self.pipeline(&r.pipeline)?;
+        let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+        let out = self.store.record_release(r, &stages, d, self.now()).await?;
+        self.wake(&r.pipeline);
+        Ok(out)
+    }
+
+    /// An approval or rejection (the caller has authenticated the approver).
+    pub async fn record_approval(
+        &self,
+        a: &NewApproval,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<()>> {
+        self.check_stage(&a.pipeline, &a.stage)?;
+        let out = self.store.record_approval(a, d, self.now()).await?;
+        self.wake(&a.pipeline);
+        Ok(out)
+    }
+
+    /// A CloudWatch alarm notification for a stage.
+    pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery) -> EngineResult<Ingested<()>> {
+        self.check_stage(&a.pipeline, &a.stage)?;
+        let out = self.store.record_alarm(a, d, self.now()).await?;
+        self.wake(&a.pipeline);
+        Ok(out)
+    }
+
+    /// A delivery that records no fact (ignored, or refused with `note` in the event log):
+    /// its dedupe and its event-log entry in one transaction.
+    pub async fn acknowledge(
+        &self,
+        d: &Delivery,
+        note: Option<&EventNote>,
+    ) -> EngineResult<Ingested<()>> {
+        Ok(self.store.record_delivery(d, note, self.now()).await?)
+    }
+
+    /// Appends an entry to a pipeline's event log, about the pipeline as a whole (`scope`
+    /// None) or about one release in one stage.
+    pub async fn log_event(
+        &self,
+        pipeline: &str,
+        actor: &str,
+        kind: &str,
+        scope: Option<(ReleaseId, &str)>,
+        detail: &str,
+    ) -> EngineResult<()> {
+        Ok(self
+            .store
+            .log_event(pipeline, actor, kind, scope, detail, self.now())
+            .await?)
+    }
+
+    /// Pauses a pipeline (stage None) or a stage: nothing new starts there.
+    pub async fn pause(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        reason: &str,
+        actor: &str,
+    ) -> EngineResult<()> {
+        self.set_paused(pipeline, stage, Some(reason), actor).await
+    }
+
+    /// Resumes a paused pipeline or stage.
+    pub async fn resume(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        actor: &str,
+    ) -> EngineResult<()> {
+        self.set_paused(pipeline, stage, None, actor).await
+    }
+
+    async fn set_paused(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        reason: Option<&str>,
+        actor: &str,
+    ) -> EngineResult<()> {
+        match stage {
+            Some(s) => self.check_stage(pipeline, s)?,
+            None => drop(self.pipeline(pipeline)?),
+        }
+        self.store
+            .set_paused(pipeline, stage, reason, actor, self.now())
+            .await?;
+        self.wake(pipeline);
+        Ok(())
+    }
+
+    /// Rolls a stage back to its previous known-good release.
+    pub async fn request_rollback(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        actor: &str,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<()>> {
+        self.check_stage(pipeline, stage)?;
+        let out = self
+            .store
+            .request_rollback(pipeline, stage, actor, d, self.now())
+            .await?;
+        self.wake(pipeline);
+        Ok(out)
+    }
+
+    /// Asks for a stopped release to go again. The planner decides (and logs) whether it
+    /// does; the verdict returned is the same rule applied to the state as it is now.
+    pub async fn request_retry(
+        &self,
+        pipeline: &str,
+        release: ReleaseId,
+        actor: &str,
+        d: &Delivery,
+    ) -> EngineResult<RetryVerdict> {
+        let p = self.pipeline(pipeline)?;
+        let recorded = self
+            .store
+            .request_retry(pipeline, release, actor, d, self.now())
+            .await?;
+        let Some(out) = recorded else {
+            return Ok(RetryVerdict::Refused(format!(
+                "pipeline {pipeline} has no release {release}"
+            )));
+        };
+        if out == Ingested::Duplicate {
+            return Ok(RetryVerdict::Duplicate);
+        }
+        self.wake(pipeline);
+        let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+        let since = self.now() - chrono::Duration::days(7);
+        let snap = self.store.snapshot(pipeline, &stages, since).await?;
+        Ok(match retry_from(&p, &snap, release) {
+            Ok(stage) => RetryVerdict::From(stage),
+            Err(why) => RetryVerdict::Refused(why),
+        })
+    }
+
+    /// Sets an explicit, logged override on a release. False when the release is not one of
+    /// `pipeline`'s.
+    pub async fn set_override(
+        &self,
+        pipeline: &str,
+        release: ReleaseId,
+        which: Override,
+        reason: &str,
+        actor: &str,
+    ) -> EngineResult<bool> {
+        drop(self.pipeline(pipeline)?);
+        let set = self
+            .store
+            .set_override(pipeline, release, which, reason, actor, self.now())
+            .await?;
+        self.wake(pipeline);
+        Ok(set)
+    }
+}
