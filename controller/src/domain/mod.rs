@@ -14,7 +14,7 @@ pub mod types;
 pub mod window;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use action::*;
 pub use plan::{Plan, plan};

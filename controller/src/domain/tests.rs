@@ -1,8 +1,8 @@
 //! The planner's tests: a small simulated engine ([`sim`]), one test per status transition,
 //! whole-promotion scenarios, property tests of the invariants, and deployment windows.
 
-mod properties;
+pub(crate) mod properties;
 mod scenarios;
-mod sim;
+pub(crate) mod sim;
 mod transitions;
 mod windows;

@@ -384,7 +384,7 @@ pub struct StageState {
 }
 
 /// Everything `plan` needs to know about one pipeline.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub paused: Option<String>,
     pub stages: Vec<StageState>,

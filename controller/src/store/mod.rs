@@ -11,6 +11,10 @@
 //! to its `Reads`.
 
 pub mod approvals;
+#[cfg(test)]
+mod migration_tests;
+#[cfg(test)]
+mod model_tests;
 mod rows;
 
 use std::ops::Deref;

@@ -128,6 +128,15 @@ pub struct Step<'a> {
     pub after: &'a Snapshot,
 }
 
+/// One plan as the engine applies it to the store.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub at: DateTime<Utc>,
+    /// Effects recorded as begun (pending) before the state changes.
+    pub begun: Vec<Effect>,
+    pub changes: Vec<Action>,
+}
+
 /// What retired releases leave in the store, out of the planner's sight.
 #[derive(Debug, Default)]
 pub struct Archive {
@@ -156,6 +165,9 @@ pub struct Sim {
     pub starts_emitted: Vec<Effect>,
     /// Give the approvals a run needs when `drive` finds nothing else to do.
     pub auto_approve: bool,
+    /// When set, every applied plan is written here as the engine would hand it to the store:
+    /// (time, effects begun, state changes).
+    pub journal: Option<Vec<Applied>>,
     next_release: i64,
     next_request: i64,
 }
@@ -184,6 +196,7 @@ impl Sim {
             started: vec![],
             starts_emitted: vec![],
             auto_approve: true,
+            journal: None,
             next_release: 1,
             next_request: 1,
         }
@@ -228,10 +241,21 @@ impl Sim {
     /// Returns whether the store changed.
     pub fn apply(&mut self, actions: &[Action]) -> bool {
         let changes = self.changes(actions);
+        let mut begun = Vec::new();
         for a in actions {
             if let Action::Start(e) = a {
+                if self.snap.effect(&e.key).is_none() {
+                    begun.push(e.clone());
+                }
                 self.start(e);
             }
+        }
+        if let Some(j) = &mut self.journal {
+            j.push(Applied {
+                at: self.now,
+                begun,
+                changes: changes.clone(),
+            });
         }
         for a in &changes {
             self.apply_change(a);
@@ -300,7 +324,10 @@ impl Sim {
                 }
             }
             Action::FailRelease { release, reason } => {
-                self.release_mut(*release).failed = Some(reason.clone());
+                let r = self.release_mut(*release);
+                if r.failed.is_none() {
+                    r.failed = Some(reason.clone());
+                }
             }
             Action::RecordGood { stage, release } => {
                 self.stage_mut(stage).history.push(*release);
