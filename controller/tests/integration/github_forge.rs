@@ -754,10 +754,10 @@ async fn a_restarted_controller_reuses_the_deployment_it_created_before() {
     .await;
 }
 
-/// The engine retries a report through GitHub's 5xx answers; each stage still gets one
-/// Deployment with its statuses in order.
+/// The forge retries a report through GitHub's 5xx answers while the engine promotes; each
+/// stage still gets one Deployment with its statuses in order.
 #[tokio::test]
-async fn the_engine_retries_reports_through_server_errors_without_duplicates() {
+async fn reports_ride_out_server_errors_without_duplicates() {
     bounded(async {
         let c = controller().await;
         c.github.fail_next(500, 2);
@@ -786,9 +786,9 @@ async fn the_engine_retries_reports_through_server_errors_without_duplicates() {
     .await;
 }
 
-/// The first call to GitHub (Beta's first report) fails once; the engine sends it again a
-/// second later, by which time the in-memory deploys have taken the release through Prod. The
-/// late Beta reports must not turn the finished promotion's commit status back to `pending`.
+/// The first call to GitHub (Beta's first report) fails once; the forge sends it again after
+/// its backoff, while the in-memory deploys take the release on towards Prod. A late Beta
+/// report must not turn the finished promotion's commit status back to `pending`.
 #[tokio::test]
 async fn a_report_delayed_by_a_retry_does_not_undo_the_final_commit_status() {
     bounded(async {
