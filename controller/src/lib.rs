@@ -6,6 +6,7 @@
 //! [`domain::plan`] what to do next and performing it through ports (see [`engine::ports`]).
 
 pub mod aws;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod domain;

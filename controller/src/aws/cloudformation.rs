@@ -70,6 +70,18 @@ enum ChangeSet {
     Empty,
     /// Already executed (a repeat after a crash).
     Executed,
+    /// Made against a stack that changed since; deleted, so a new one can be made.
+    Obsolete,
+}
+
+/// What is left to do once the change set is settled.
+enum Next {
+    /// Nothing: the stack (as last described) already is what was asked for.
+    Nothing(Option<Box<Stack>>),
+    /// Execute the change set, then wait.
+    Execute,
+    /// It was executed before (a repeat after a crash): only wait.
+    Wait,
 }
 
 impl CloudFormationDeployer {
@@ -131,18 +143,10 @@ impl CloudFormationDeployer {
         spec: &Spec,
         current: Option<Stack>,
     ) -> PortResult<DeployResult> {
-        let create = current
-            .as_ref()
-            .is_none_or(|s| status(s) == "REVIEW_IN_PROGRESS");
-        let kind = if create {
-            ChangeSetType::Create
-        } else {
-            ChangeSetType::Update
-        };
-        match self.change_set(st, spec, kind).await? {
-            ChangeSet::Empty => return Ok(result(st, current.as_ref(), "no changes")),
-            ChangeSet::Ready => self.execute(st).await?,
-            ChangeSet::Executed => {}
+        match self.prepare(st, spec, current).await? {
+            Next::Nothing(current) => return Ok(result(st, current.as_deref(), "no changes")),
+            Next::Execute => self.execute(st).await?,
+            Next::Wait => {}
         }
         let done = self.settle(st, true).await?;
         let done =
@@ -157,6 +161,42 @@ impl CloudFormationDeployer {
                 self.failure(st).await
             ))),
         }
+    }
+
+    /// A change set to execute (or none needed). One that went obsolete because the stack
+    /// changed meanwhile was deleted; a new one is made against the stack as it is now, after
+    /// a jittered backoff, a bounded number of times.
+    async fn prepare(
+        &self,
+        st: &StackRef,
+        spec: &Spec,
+        mut current: Option<Stack>,
+    ) -> PortResult<Next> {
+        let backoff = self.limiter.backoff();
+        for attempt in 1.. {
+            let create = current
+                .as_ref()
+                .is_none_or(|s| status(s) == "REVIEW_IN_PROGRESS");
+            let kind = if create {
+                ChangeSetType::Create
+            } else {
+                ChangeSetType::Update
+            };
+            match self.change_set(st, spec, kind).await? {
+                ChangeSet::Empty => return Ok(Next::Nothing(current.map(Box::new))),
+                ChangeSet::Ready => return Ok(Next::Execute),
+                ChangeSet::Executed => return Ok(Next::Wait),
+                ChangeSet::Obsolete if attempt < backoff.max_attempts => {
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    current = self.settle(st, false).await?;
+                }
+                ChangeSet::Obsolete => break,
+            }
+        }
+        Err(PortError::Retryable(format!(
+            "change set {} went obsolete {} times (the stack kept changing under it)",
+            st.token, backoff.max_attempts
+        )))
     }
 
     async fn change_set(
@@ -241,13 +281,11 @@ impl CloudFormationDeployer {
         }
     }
 
-    /// The stack changed since the change set was made: delete it so a retry makes a new one.
+    /// The stack changed since the change set was made: delete it so a new one can be made.
     async fn obsolete(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
         self.delete_change_set(st).await?;
-        Err(PortError::Retryable(format!(
-            "change set {} was obsolete (the stack changed since); deleted it so the next try makes a new one",
-            st.token
-        )))
+        tracing::info!(stack = %st.name, change_set = %st.token, "change set obsolete (the stack changed since); deleted it");
+        Ok(Some(ChangeSet::Obsolete))
     }
 
     async fn delete_change_set(&self, st: &StackRef) -> PortResult<()> {
@@ -301,14 +339,6 @@ impl CloudFormationDeployer {
     /// The stack once it is no longer busy. `executing`: a change set was just executed, so
     /// `REVIEW_IN_PROGRESS` means "not started yet" rather than "waiting for a change set".
     async fn settle(&self, st: &StackRef, executing: bool) -> PortResult<Option<Stack>> {
-        let first = if executing {
-            None
-        } else {
-            Some(self.describe(st).await?)
-        };
-        if let Some(now) = first.filter(|s| !s.as_ref().is_some_and(|s| busy(status(s), false))) {
-            return Ok(now);
-        }
         let settled = self
             .poll
             .poll(|| async {

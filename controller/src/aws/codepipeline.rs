@@ -31,10 +31,9 @@ use aws_sdk_codepipeline::types::{
     PipelineExecution, PipelineExecutionStatus, PipelineExecutionSummary, PipelineVariable,
 };
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
 
 use super::errors::{context, sdk};
-use super::retry::Limiter;
+use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
 use crate::engine::ports::{DeployRequest, DeployResult, Deployer, PortError, PortResult};
@@ -48,8 +47,8 @@ const MAX_CANDIDATES: usize = 25;
 /// Bounds the action-execution pages read for a failure reason or output variables.
 const MAX_ACTION_PAGES: usize = 5;
 
-/// How an execution is waited for: the first check after `first`, then each wait doubled up
-/// to `max`, giving up after `timeout`.
+/// How an execution is waited for: a look at once, the next after `first`, then each wait
+/// doubled up to `max`, giving up after `timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Poll {
     pub first: Duration,
@@ -63,6 +62,17 @@ impl Default for Poll {
             first: Duration::from_secs(5),
             max: Duration::from_secs(30),
             timeout: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl Poll {
+    /// The same schedule in the controller's one polling utility.
+    fn settings(&self) -> PollSettings {
+        PollSettings {
+            initial: self.first,
+            max: self.max,
+            timeout: self.timeout,
         }
     }
 }
@@ -159,28 +169,32 @@ impl CodePipelineDeployer {
 
     /// Waits until execution `id` ends; its outcome, with the failure reason when it failed.
     async fn wait(&self, t: &Target<'_>, id: &str) -> PortResult<DeployResult> {
-        let deadline = Instant::now() + self.poll.timeout;
-        let mut delay = self.poll.first;
-        loop {
-            tokio::time::sleep(delay).await;
-            let execution = self.execution(t, id).await?;
-            let status = execution
-                .status()
-                .cloned()
-                .unwrap_or(PipelineExecutionStatus::InProgress);
-            match status {
-                PipelineExecutionStatus::InProgress | PipelineExecutionStatus::Stopping => {}
-                PipelineExecutionStatus::Succeeded => return Ok(self.succeeded(t, id).await),
-                _ => return Err(PortError::Failed(self.failure(t, &execution).await)),
-            }
-            if Instant::now() + delay >= deadline {
-                let waited = self.poll.timeout;
-                return Err(PortError::Failed(format!(
-                    "pipeline `{}` execution {id} is still {status} after {waited:?}",
-                    t.pipeline
-                )));
-            }
-            delay = (delay * 2).min(self.poll.max);
+        let last = std::sync::Mutex::new(PipelineExecutionStatus::InProgress);
+        let ended = self
+            .poll
+            .settings()
+            .poll(|| async {
+                let execution = self.execution(t, id).await?;
+                let status = execution.status().cloned();
+                let status = status.unwrap_or(PipelineExecutionStatus::InProgress);
+                let running = matches!(
+                    status,
+                    PipelineExecutionStatus::InProgress | PipelineExecutionStatus::Stopping
+                );
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = status;
+                Ok((!running).then_some(execution))
+            })
+            .await?;
+        let Some(execution) = ended else {
+            let status = last.into_inner().unwrap_or_else(|e| e.into_inner());
+            return Err(PortError::Failed(format!(
+                "pipeline `{}` execution {id} is still {status} after {:?}",
+                t.pipeline, self.poll.timeout
+            )));
+        };
+        match execution.status() {
+            Some(PipelineExecutionStatus::Succeeded) => Ok(self.succeeded(t, id).await),
+            _ => Err(PortError::Failed(self.failure(t, &execution).await)),
         }
     }
 

@@ -213,9 +213,6 @@ impl Artifacts for EcrArtifacts {
                 "tollgate-resolve",
             )
             .await?;
-        if let Some(digest) = self.digest_of(&repo, tag).await? {
-            return Ok(digest);
-        }
         let waited = self
             .wait
             .with_timeout(artifact.wait)

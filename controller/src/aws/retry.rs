@@ -1,27 +1,71 @@
 //! Per-account, per-API rate limiting and retry for every AWS call.
 //!
-//! Owns one token bucket per (account, API name) and the retry loop: a call waits for a
-//! token, runs, and when it fails with [`PortError::Retryable`] (throttling, 5xx, timeouts)
-//! sleeps a full-jitter exponential backoff and tries again.
+//! Owns one token bucket per (account, API name) and runs every AWS call under it: a call
+//! waits for a token, runs, and when it fails with [`PortError::Retryable`] (throttling, 5xx,
+//! timeouts) is tried again under the controller's one retry policy ([`Backoff`]: full-jitter
+//! exponential backoff, bounded attempts), waiting for a token again before each attempt.
 //!
 //! # Guarantees
 //! - A throttled call never becomes a failure unless every attempt ([`RetrySettings::max_attempts`])
 //!   was throttled; the backoff of one call is bounded (base × 2ⁿ, capped, jittered).
 //! - Buckets are independent: one busy account or API never slows another.
+//! - This is the only retrying layer of an AWS call: the SDK's own retries are off for every
+//!   config handed out by [`super::sts::Credentials`], and nothing above the adapters retries.
 //!
 //! # Caveats
 //! - Time is tokio's, so tests can run it paused.
-//! - The SDK's own retries should be off for configs used through this (see
-//!   [`super::sts::Credentials`]), or attempts multiply.
+//! - Waiting for something in progress is not retrying: that is [`PollSettings::poll`].
+//!
+//! # Why not the SDK's retry modes
+//! The AWS SDK for Rust has two retry modes (`aws_config::retry::RetryConfig::standard()` and
+//! `::adaptive()`), read here from `aws-smithy-runtime` 1.9.4
+//! (`src/client/retries/strategy/standard.rs`, `token_bucket.rs`, `client_rate_limiter.rs`),
+//! `aws-runtime` 1.5.16 (`src/retries/classifiers.rs`), the generated `config.rs` of
+//! `aws-sdk-cloudformation` 1.83 (`default_retry_partition`) and the AWS SDKs' reference page
+//! "Retry behavior" (docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html).
+//! What they do, and why this module keeps its own bucket and loop:
+//! - **Partitioned by service and region, shared by the whole process.** Both the retry quota
+//!   and the adaptive client-side rate limiter live in process-wide static maps keyed by the
+//!   client's retry partition, by default `"<service>-<region>"` (`"cloudformation-us-east-1"`).
+//!   Every account tollgate deploys to would share one limiter per service and region, and
+//!   every API of a service would share it too. AWS throttles per account and per API, so a
+//!   throttled Prod `DescribeStacks` would slow Beta's `CreateChangeSet`. A custom
+//!   `RetryPartition` could be made per account, but still not per API, and a custom
+//!   partition is never shared between clients, which are built per call here.
+//! - **A retry quota that turns throttling into failures.** Standard and adaptive modes draw
+//!   every retry from a bucket of 500 tokens per partition (5 per throttled or 5xx retry, 10
+//!   per timeout, 1 back per success). Fifty concurrent promotions throttled together empty it
+//!   after about a hundred retries, and from then on a throttled call fails on its first
+//!   error. The design's "throttling never turns into a failed deploy" rules that out.
+//! - **Adaptive is reactive only.** Its rate limiter (CUBIC, wall-clock `SystemTime`) is off
+//!   until a throttling error has been seen in the partition and cannot be given a ceiling
+//!   beforehand; ours starts at a configured rate per account and API, so a burst of 50
+//!   promotions is smoothed before AWS has to refuse anything. AWS's page itself recommends
+//!   adaptive only for a client working against a single resource.
+//! - **A different idea of "temporary".** The SDK's throttling list (`THROTTLING_ERRORS`)
+//!   includes `LimitExceededException` and `TransactionInProgressException`. For
+//!   CloudFormation and ECR, `LimitExceededException` is a quota (too many stacks or
+//!   repositories) that no retry fixes; [`super::errors`] reports it as a failure at once.
+//! - **Covers SDK calls only.** Every operation of an SDK client does go through its retry
+//!   strategy, but the approval sender's store writes and the GitHub calls do not; one policy
+//!   ([`Backoff`]) covers all of them, so every adapter gives up after the same budget.
+//!
+//! What the SDK could have replaced is the backoff formula alone: its standard mode computes
+//! `rand(0..1) × min(max_backoff, initial_backoff × 2ⁿ)`, the same full jitter as
+//! [`Backoff::delay`]. That function is private to `aws-smithy-runtime`, and taking the loop
+//! from the SDK would bring the quota and the partitioning with it, so the few lines stay
+//! here, shared with GitHub. The SDK's classification of error codes is not public API
+//! either; [`super::errors`] keeps the table, with the SDK's throttling codes minus the quotas.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+pub use crate::backoff::PollSettings;
 use crate::engine::ports::PortError;
 
 /// How fast and how often calls are made and retried.
@@ -41,17 +85,29 @@ pub struct RetrySettings {
 
 impl Default for RetrySettings {
     fn default() -> Self {
+        let backoff = Backoff::default();
         RetrySettings {
             rate: 10.0,
             burst: 20.0,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(20),
-            max_attempts: 8,
+            base: backoff.base,
+            cap: backoff.cap,
+            max_attempts: backoff.max_attempts,
         }
     }
 }
 
-/// Token buckets plus the retry loop. Share one per controller (`Arc<Limiter>`).
+impl RetrySettings {
+    /// The retry half of the settings.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.base,
+            cap: self.cap,
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+/// Token buckets plus the retry policy. Share one per controller (`Arc<Limiter>`).
 #[derive(Debug)]
 pub struct Limiter {
     settings: RetrySettings,
@@ -78,7 +134,8 @@ impl Limiter {
         }
     }
 
-    /// Runs `op` under the (`account`, `api`) bucket, retrying temporary failures.
+    /// Runs `op` under the (`account`, `api`) bucket, retrying temporary failures. Each attempt
+    /// is built by `op`, then waits for a token before it is sent.
     pub async fn call<T, F, Fut>(
         &self,
         account: &str,
@@ -89,19 +146,17 @@ impl Limiter {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, PortError>>,
     {
-        let mut attempt = 0;
-        loop {
-            self.acquire(account, api).await;
-            attempt += 1;
-            match op().await {
-                Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
-                    let delay = self.backoff(attempt);
-                    tracing::warn!(account, api, attempt, error = %e, ?delay, "temporary AWS failure; retrying");
-                    tokio::time::sleep(delay).await;
+        let what = format!("AWS {api} in {account}");
+        self.settings
+            .backoff()
+            .retry(&what, || {
+                let attempt = op();
+                async move {
+                    self.acquire(account, api).await;
+                    attempt.await
                 }
-                other => return other,
-            }
-        }
+            })
+            .await
     }
 
     /// Waits until the bucket has a token and takes it.
@@ -130,82 +185,14 @@ impl Limiter {
         Some(Duration::from_secs_f64((1.0 - bucket.tokens) / s.rate))
     }
 
-    /// Full jitter: uniform in `[0, min(cap, base × 2^(attempt-1))]`.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        let millis = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(0..=millis))
-    }
-
-    fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        self.settings
-            .base
-            .saturating_mul(factor)
-            .min(self.settings.cap)
+    /// The controller's retry policy, for an adapter that must try a whole step again.
+    pub fn backoff(&self) -> Backoff {
+        self.settings.backoff()
     }
 
     /// The longest a call can spend sleeping between attempts (not counting rate limiting).
     pub fn max_backoff(&self) -> Duration {
-        (1..self.settings.max_attempts)
-            .map(|a| self.ceiling(a))
-            .sum()
-    }
-}
-
-/// How a waiter polls: first check after `initial`, the interval doubling up to `max`, giving up
-/// after `timeout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PollSettings {
-    pub initial: Duration,
-    pub max: Duration,
-    pub timeout: Duration,
-}
-
-impl Default for PollSettings {
-    /// For real AWS: CloudFormation and CodePipeline take seconds to minutes.
-    fn default() -> Self {
-        PollSettings {
-            initial: Duration::from_secs(2),
-            max: Duration::from_secs(15),
-            timeout: Duration::from_secs(60 * 60),
-        }
-    }
-}
-
-impl PollSettings {
-    /// For an emulator or a stub that answers at once.
-    pub fn fast() -> Self {
-        PollSettings {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-            timeout: Duration::from_secs(30),
-        }
-    }
-
-    pub fn with_timeout(self, timeout: Duration) -> Self {
-        PollSettings { timeout, ..self }
-    }
-
-    /// Sleeps, then calls `check` until it returns `Some`; `Ok(None)` once `timeout` has passed.
-    pub async fn poll<T, F, Fut>(&self, mut check: F) -> Result<Option<T>, PortError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Option<T>, PortError>>,
-    {
-        let deadline = Instant::now() + self.timeout;
-        let mut delay = self.initial;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            tokio::time::sleep(delay.min(deadline - now)).await;
-            if let Some(done) = check().await? {
-                return Ok(Some(done));
-            }
-            delay = (delay * 2).min(self.max);
-        }
+        self.settings.backoff().max_total()
     }
 }
 
@@ -295,39 +282,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(other.elapsed(), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn polling_backs_off_and_gives_up_at_the_timeout() {
-        let settings = PollSettings {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(4),
-            timeout: Duration::from_secs(20),
-        };
-        let calls = AtomicU32::new(0);
-        let start = Instant::now();
-        let got: Option<()> = settings
-            .poll(|| async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Ok(None)
-            })
-            .await
-            .unwrap();
-        assert_eq!(got, None);
-        assert_eq!(start.elapsed(), Duration::from_secs(20));
-        // 1, 2, 4, 4, 4, 4, then the last 1 s up to the deadline.
-        assert_eq!(calls.load(Ordering::SeqCst), 7);
-        let found = settings.poll(|| async { Ok(Some(7)) }).await.unwrap();
-        assert_eq!(found, Some(7));
-    }
-
-    #[test]
-    fn backoff_ceilings_double_up_to_the_cap() {
-        let limiter = Limiter::default();
-        assert_eq!(limiter.ceiling(1), Duration::from_millis(200));
-        assert_eq!(limiter.ceiling(2), Duration::from_millis(400));
-        assert_eq!(limiter.ceiling(8), Duration::from_secs(20));
-        assert_eq!(limiter.ceiling(40), Duration::from_secs(20));
-        assert!(limiter.backoff(3) <= Duration::from_millis(800));
     }
 }

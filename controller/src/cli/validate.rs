@@ -1,4 +1,20 @@
 //! `tollgate validate` and `tollgate schema`.
+//!
+//! Owns the two commands a platform engineer runs before committing `stages.toml`:
+//! `validate` loads the file (and the accounts it names) through [`crate::config::load`] and
+//! prints either a one-line summary and the warnings, or every error with its
+//! `file:line:col`; `schema` prints the JSON Schema of `stages.toml` or `accounts.toml` for
+//! editors.
+//!
+//! # Guarantees
+//! - The exit code says what happened: 0 valid, 1 invalid, 2 unreadable (missing file, no
+//!   permission), so CI can tell a bad change from a broken checkout.
+//! - Errors go to the error stream, the summary and the schema to the output stream.
+//!
+//! # Must never
+//! - touch the network, AWS, GitHub or the state database: validation is of the files alone
+//!   and is safe to run anywhere;
+//! - write any file.
 
 use std::io::Write;
 use std::path::Path;

@@ -20,7 +20,12 @@
 //!   approvers, one rejection ends the request) is the planner's.
 //!
 //! # Guarantees
-//! - Idempotent per request key: a send repeated under the same key (the engine retrying, or
+//! - Temporary failures are the adapters' to retry: the store reads and writes of a send are
+//!   retried here under the controller's one policy ([`Backoff`], set with
+//!   [`SnsApprovalSender::with_backoff`]), the publishes by the [`Notifier`] itself (SNS goes
+//!   through the AWS limiter), so no attempt is multiplied. `Retryable` is returned only once
+//!   a budget is spent.
+//! - Idempotent per request key: a send repeated under the same key (a retry, or the engine
 //!   performing the effect again after a crash) publishes nothing for an approver whose link
 //!   was already published, and mints a new link only for an approver whose link never went
 //!   out; that new link replaces the unsent one in the same transaction, so each approver has
@@ -30,6 +35,7 @@
 //! - A link is used once: the decision is recorded under the link's own delivery id (derived
 //!   from the token's hash), which the store accepts once.
 //! - Nothing here changes state before every rule passed.
+//! - Tokens are issued and marked published at the injected [`Clock`]'s time.
 //!
 //! # Caveats
 //! - The rules are checked just before the decision is recorded, not in its transaction: a
@@ -47,8 +53,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::aws::sns::SnsNotifier;
+use crate::backoff::Backoff;
 use crate::config::{Approval, Approver};
 use crate::domain::{ApprovalRecord, Decision, Release, ReleaseId, RunStatus, StageRun};
+use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::ports::{
     ApprovalRequest, ApprovalSender, Message, Notifier, PortError, PortResult,
 };
@@ -72,6 +80,8 @@ pub struct SnsApprovalSender {
     notifier: Arc<dyn Notifier>,
     public_url: String,
     subscriptions: Option<Arc<SnsNotifier>>,
+    backoff: Backoff,
+    clock: Arc<dyn Clock>,
 }
 
 /// Who one message is for: a listed approver, or everyone on the topic (a shared link).
@@ -85,7 +95,21 @@ impl SnsApprovalSender {
             notifier,
             public_url: public_url.trim_end_matches('/').to_string(),
             subscriptions: None,
+            backoff: Backoff::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Retries temporary store failures under `backoff` instead of the default policy.
+    pub fn with_backoff(mut self, backoff: Backoff) -> SnsApprovalSender {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Stamps tokens with `clock`'s time instead of the system clock's (use the engine's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> SnsApprovalSender {
+        self.clock = clock;
+        self
     }
 
     /// Before publishing, make sure each approver has their filtered email subscription.
@@ -132,10 +156,10 @@ impl SnsApprovalSender {
             expires_at: req.expires_at,
         };
         let issued = self
-            .store
-            .issue_approval_token(&new, Utc::now())
-            .await
-            .map_err(store_error)?;
+            .stored("issuing an approval token", || {
+                self.store.issue_approval_token(&new, self.clock.now())
+            })
+            .await?;
         let Issued::New(issued) = issued else {
             return Ok(());
         };
@@ -155,10 +179,12 @@ impl SnsApprovalSender {
                 .unwrap_or_default(),
         };
         let id = self.notifier.publish(&msg).await?;
-        self.store
-            .mark_approval_token_published(&issued.record.hash, Utc::now())
-            .await
-            .map_err(store_error)?;
+        let hash = &issued.record.hash;
+        self.stored("marking an approval link sent", || {
+            self.store
+                .mark_approval_token_published(hash, self.clock.now())
+        })
+        .await?;
         tracing::info!(key = %req.key, approver = recipient_key(to), message_id = %id, "approval link sent");
         Ok(())
     }
@@ -170,10 +196,8 @@ impl ApprovalSender for SnsApprovalSender {
     /// attempt under the same key already sent.
     async fn send(&self, req: &ApprovalRequest) -> PortResult<usize> {
         let release = self
-            .store
-            .release(req.release)
-            .await
-            .map_err(store_error)?
+            .stored("reading the release", || self.store.release(req.release))
+            .await?
             .ok_or_else(|| PortError::NotFound(format!("release {}", req.release)))?;
         self.ensure_subscriptions(req).await?;
         let recipients: Vec<Recipient> = if req.approvers.is_empty() {
@@ -188,8 +212,40 @@ impl ApprovalSender for SnsApprovalSender {
     }
 }
 
+impl SnsApprovalSender {
+    /// A store call, retried while the database is busy or unreachable.
+    async fn stored<T, F, Fut>(&self, what: &str, mut op: F) -> PortResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let attempt = || {
+            let call = op();
+            async move { call.await.map_err(store_error) }
+        };
+        self.backoff.retry(what, attempt).await
+    }
+}
+
+/// A store failure: temporary when the database was busy, locked or unreachable.
 fn store_error(e: StoreError) -> PortError {
-    PortError::Retryable(e.to_string())
+    let text = e.to_string();
+    match &e {
+        StoreError::Db(db) if transient(db) => PortError::Retryable(text),
+        _ => PortError::Failed(text),
+    }
+}
+
+fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
 }
 
 fn recipient_key(to: Recipient<'_>) -> &str {
@@ -845,4 +901,21 @@ pub async fn decide_by_link(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_busy_or_unreachable_database_is_temporary() {
+        assert!(store_error(StoreError::Db(sqlx::Error::PoolTimedOut)).is_retryable());
+        let corrupt = StoreError::Corrupt {
+            table: "approval_tokens",
+            detail: "bad hash".into(),
+        };
+        assert!(matches!(store_error(corrupt), PortError::Failed(_)));
+        let missing = StoreError::Db(sqlx::Error::RowNotFound);
+        assert!(matches!(store_error(missing), PortError::Failed(_)));
+    }
 }

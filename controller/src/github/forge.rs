@@ -12,9 +12,16 @@
 //! - A report whose idempotency key was already delivered by this process is not sent again.
 //! - HTTP failures map onto [`PortError`]: 401/403 → `Denied` (403 from a rate limit →
 //!   `Retryable`), 404 → `NotFound`, 422 and other 4xx → `Invalid`, 429/5xx and transport
-//!   failures → `Retryable`. The engine retries with backoff, so octocrab's own immediate
-//!   retries are switched off.
-//! - Every wait is bounded by its timeout; polling tolerates transient errors.
+//!   failures → `Retryable`.
+//! - Temporary failures are retried here, under the controller's one retry policy
+//!   ([`Backoff`], set with [`GithubForge::with_backoff`]); `Retryable` reaches the caller
+//!   only once that budget is spent. Reads are retried request by request; a report is
+//!   retried as a whole (look up, then create), so a create that GitHub carried out before
+//!   failing is found rather than made twice. octocrab's own retries are switched off, so
+//!   attempts never multiply.
+//! - Every wait is bounded by its timeout and polls on [`PollSettings`] (a look at once, then
+//!   one every poll interval); a look that still fails after its retries is a missed round.
+//! - Times compared with GitHub's (when a dispatch happened) come from the injected [`Clock`].
 //!
 //! # Must never
 //! - log, return or store the token: it lives in a [`Secret`] and goes only into octocrab's
@@ -22,6 +29,8 @@
 //!   message, nothing else.
 //!
 //! # Caveats
+//! - A workflow dispatch answered with a 5xx or a timeout is sent again; if GitHub had
+//!   started the run anyway, two runs exist and the earlier one is the one awaited.
 //! - GitHub returns no run id from a workflow dispatch. The run is found by listing the
 //!   workflow's `workflow_dispatch` runs on that ref created after the dispatch that were not
 //!   there before it; a dispatch by someone else at the same moment could be taken for ours.
@@ -32,7 +41,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::Path;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -46,8 +55,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::backoff::{Backoff, PollSettings};
 use crate::config::Config;
 use crate::domain::ReportState;
+use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::ports::{DeploymentReport, Forge, PortError, PortResult, TestResult};
 use crate::gates::{GithubTests, failed, human, passed};
 use crate::secret::Secret;
@@ -126,6 +137,9 @@ pub struct GithubForge {
     deployments: tokio::sync::Mutex<HashMap<DeploymentKey, u64>>,
     /// Idempotency keys of reports already delivered.
     reported: Mutex<HashSet<String>>,
+    /// How temporary failures are retried.
+    backoff: Backoff,
+    clock: Arc<dyn Clock>,
 }
 
 type DeploymentKey = (String, String, i64, String);
@@ -155,13 +169,7 @@ impl GithubForge {
             .map_err(|e| url_error(&api_url, &e.to_string()))?
             .build()
             .map_err(|e| ForgeSetupError::Client(first_line(&e.to_string())))?;
-        Ok(GithubForge {
-            client,
-            api_url,
-            last_stages: RwLock::default(),
-            deployments: tokio::sync::Mutex::default(),
-            reported: Mutex::default(),
-        })
+        Ok(GithubForge::with_client(client, api_url))
     }
 
     /// A client for the API at `api_url` authenticating as installation `installation` of the
@@ -195,13 +203,31 @@ impl GithubForge {
         let client = app
             .installation(octocrab::models::InstallationId(installation))
             .map_err(|e| ForgeSetupError::Client(first_line(&e.to_string())))?;
-        Ok(GithubForge {
+        Ok(GithubForge::with_client(client, api_url))
+    }
+
+    fn with_client(client: Octocrab, api_url: String) -> GithubForge {
+        GithubForge {
             client,
             api_url,
             last_stages: RwLock::default(),
             deployments: tokio::sync::Mutex::default(),
             reported: Mutex::default(),
-        })
+            backoff: Backoff::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Retries temporary failures under `backoff` instead of the default policy.
+    pub fn with_backoff(mut self, backoff: Backoff) -> GithubForge {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Reads the time from `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> GithubForge {
+        self.clock = clock;
+        self
     }
 
     /// Reads the token from [`TOKEN_ENV`] or [`TOKEN_FILE_ENV`] — or a GitHub App from
@@ -356,7 +382,7 @@ fn first_line(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 impl GithubForge {
-    /// Sends one request; a 2xx answer's JSON (`null` when empty), else the mapped error.
+    /// Sends one request once; a 2xx answer's JSON (`null` when empty), else the mapped error.
     async fn call(&self, method: Method, route: &str, body: Option<&Value>) -> PortResult<Value> {
         let what = format!("{method} {}", route.split('?').next().unwrap_or(route));
         let sent = match method {
@@ -382,11 +408,19 @@ impl GithubForge {
             .map_err(|e| PortError::Retryable(format!("{what}: unreadable answer: {e}")))
     }
 
+    /// A read, retried through temporary failures.
     async fn get<T: DeserializeOwned>(&self, route: &str) -> PortResult<T> {
+        let what = format!("GitHub GET {}", route.split('?').next().unwrap_or(route));
+        self.backoff.retry(&what, || self.get_once(route)).await
+    }
+
+    /// A read, tried once (for a step that is retried as a whole).
+    async fn get_once<T: DeserializeOwned>(&self, route: &str) -> PortResult<T> {
         let value = self.call(Method::GET, route, None).await?;
         decode(route, value)
     }
 
+    /// A write, tried once: the caller retries the step it belongs to.
     async fn post(&self, route: &str, body: &Value) -> PortResult<Value> {
         self.call(Method::POST, route, Some(body)).await
     }
@@ -466,6 +500,14 @@ impl Forge for GithubForge {
         if self.was_reported(&r.key) {
             return Ok(());
         }
+        let what = format!("GitHub report {} of {}", r.environment, r.pipeline);
+        self.backoff.retry(&what, || self.report_once(r)).await
+    }
+}
+
+impl GithubForge {
+    /// One try at a report: the deployment (found or created), its status, the commit status.
+    async fn report_once(&self, r: &DeploymentReport) -> PortResult<()> {
         let id = self.deployment_for(r).await?;
         self.post_deployment_status(id, r).await?;
         self.post_commit_status(r).await?;
@@ -520,7 +562,8 @@ impl GithubForge {
             esc(&r.environment)
         );
         for page in 1..=MAX_PAGES {
-            let found: Vec<DeploymentInfo> = self.get(&format!("{base}&page={page}")).await?;
+            let route = format!("{base}&page={page}");
+            let found: Vec<DeploymentInfo> = self.get_once(&route).await?;
             let ours = found
                 .iter()
                 .filter(|d| is_ours(&d.payload, r))
@@ -602,7 +645,9 @@ impl GithubForge {
             "description": truncate_description(&description),
         });
         let route = format!("{}/statuses/{}", repo_route(repo), esc(sha));
-        self.post(&route, &body).await.map(drop)
+        let what = format!("GitHub config status of {repo}");
+        let post = || async { self.post(&route, &body).await.map(drop) };
+        self.backoff.retry(&what, post).await
     }
 }
 
@@ -699,34 +744,11 @@ fn decode_contents(content: &str) -> Result<String, String> {
 // Polling
 // ---------------------------------------------------------------------------------------------
 
-/// A bounded wait: `poll` between rounds until `timeout` has passed.
-struct Poller {
-    deadline: Instant,
-    poll: Duration,
-    rounds_left: u64,
-}
-
-impl Poller {
-    fn new(timeout: Duration, poll: Duration) -> Poller {
-        let poll = poll.max(MIN_POLL);
-        let rounds = timeout.as_millis() / poll.as_millis() + 1;
-        Poller {
-            deadline: Instant::now() + timeout,
-            poll,
-            rounds_left: u64::try_from(rounds).unwrap_or(u64::MAX),
-        }
-    }
-
-    /// Sleeps until the next round; false once the time is up.
-    async fn wait(&mut self) -> bool {
-        let now = Instant::now();
-        if self.rounds_left == 0 || now >= self.deadline {
-            return false;
-        }
-        self.rounds_left -= 1;
-        tokio::time::sleep(self.poll.min(self.deadline - now)).await;
-        true
-    }
+/// The schedule of a GitHub wait: a look at once, then one every `poll` (at least
+/// [`MIN_POLL`]) until `deadline`.
+fn schedule(poll: Duration, deadline: Instant) -> PollSettings {
+    let left = deadline.saturating_duration_since(Instant::now());
+    PollSettings::every(poll.max(MIN_POLL), left)
 }
 
 /// While waiting, a transient failure is only a missed round.
@@ -734,7 +756,7 @@ fn tolerate<T>(result: PortResult<T>) -> PortResult<Option<T>> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(PortError::Retryable(why)) => {
-            tracing::warn!(reason = %why, "GitHub call failed; trying again at the next poll");
+            tracing::warn!(reason = %why, "GitHub call still failing after its retries; trying again at the next poll");
             Ok(None)
         }
         Err(e) => Err(e),
@@ -832,30 +854,34 @@ impl GithubForge {
         timeout: Duration,
         poll: Duration,
     ) -> PortResult<TestResult> {
-        let mut poller = Poller::new(timeout, poll);
-        let mut waiting: Vec<String> = names.iter().map(|n| format!("{n} (not started)")).collect();
-        loop {
-            if let Some(runs) = tolerate(self.check_runs(repo, sha).await)? {
-                match judge_checks(names, &runs) {
+        let waiting = Mutex::new(names.iter().map(|n| format!("{n} (not started)")).collect());
+        let verdict = schedule(poll, Instant::now() + timeout)
+            .poll(|| async {
+                let Some(runs) = tolerate(self.check_runs(repo, sha).await)? else {
+                    return Ok(None);
+                };
+                Ok(match judge_checks(names, &runs) {
                     ChecksVerdict::Passed => {
                         let summary = format!("checks passed: {}", names.join(", "));
-                        return Ok(passed(summary, describe_runs(names, &runs)));
+                        Some(passed(summary, describe_runs(names, &runs)))
                     }
-                    ChecksVerdict::Failed(why) => {
-                        return Ok(failed(why, describe_runs(names, &runs)));
+                    ChecksVerdict::Failed(why) => Some(failed(why, describe_runs(names, &runs))),
+                    ChecksVerdict::Pending(list) => {
+                        *waiting.lock().unwrap_or_else(|e| e.into_inner()) = list;
+                        None
                     }
-                    ChecksVerdict::Pending(list) => waiting = list,
-                }
-            }
-            if !poller.wait().await {
-                let summary = format!(
-                    "timed out after {} waiting for checks: {}",
-                    human(timeout),
-                    waiting.join(", ")
-                );
-                return Ok(failed(summary, waiting.join("\n")));
-            }
-        }
+                })
+            })
+            .await?;
+        Ok(verdict.unwrap_or_else(|| {
+            let waiting: Vec<String> = waiting.into_inner().unwrap_or_else(|e| e.into_inner());
+            let summary = format!(
+                "timed out after {} waiting for checks: {}",
+                human(timeout),
+                waiting.join(", ")
+            );
+            failed(summary, waiting.join("\n"))
+        }))
     }
 }
 
@@ -913,14 +939,14 @@ impl GithubForge {
         timeout: Duration,
         poll: Duration,
     ) -> PortResult<TestResult> {
-        let mut poller = Poller::new(timeout, poll);
+        let deadline = Instant::now() + timeout;
         let before: HashSet<u64> = self
             .dispatch_runs(repo, workflow_file)
             .await?
             .iter()
             .map(|r| r.id)
             .collect();
-        let dispatched_at = Utc::now();
+        let dispatched_at = self.clock.now();
         self.dispatch(repo, workflow_file, git_ref, inputs).await?;
         let branch = git_ref
             .strip_prefix("refs/heads/")
@@ -933,7 +959,7 @@ impl GithubForge {
                 branch,
                 &before,
                 dispatched_at,
-                &mut poller,
+                schedule(poll, deadline),
             )
             .await?;
         let Some(run) = found else {
@@ -943,7 +969,7 @@ impl GithubForge {
             );
             return Ok(failed(why, String::new()));
         };
-        self.await_run(repo, workflow_file, run, timeout, &mut poller)
+        self.await_run(repo, workflow_file, run, timeout, schedule(poll, deadline))
             .await
     }
 
@@ -970,7 +996,9 @@ impl GithubForge {
             esc(file)
         );
         let body = json!({ "ref": git_ref, "inputs": inputs });
-        self.post(&route, &body).await.map(drop)
+        let what = format!("GitHub dispatch of {file}");
+        let post = || async { self.post(&route, &body).await.map(drop) };
+        self.backoff.retry(&what, post).await
     }
 
     /// Polls the workflow's runs for one that was not there before the dispatch.
@@ -981,52 +1009,59 @@ impl GithubForge {
         branch: &str,
         before: &HashSet<u64>,
         dispatched_at: DateTime<Utc>,
-        poller: &mut Poller,
+        schedule: PollSettings,
     ) -> PortResult<Option<RunInfo>> {
-        loop {
-            if let Some(runs) = tolerate(self.dispatch_runs(repo, file).await)? {
+        schedule
+            .poll(|| async {
+                let Some(runs) = tolerate(self.dispatch_runs(repo, file).await)? else {
+                    return Ok(None);
+                };
                 let new = runs.into_iter().filter(|r| {
                     !before.contains(&r.id)
                         && r.created_at >= dispatched_at - CLOCK_SKEW
                         && r.head_branch.as_deref().is_none_or(|b| b == branch)
                 });
-                if let Some(run) = new.min_by_key(|r| r.id) {
-                    return Ok(Some(run));
-                }
-            }
-            if !poller.wait().await {
-                return Ok(None);
-            }
-        }
+                Ok(new.min_by_key(|r| r.id))
+            })
+            .await
     }
 
+    /// Polls run `run` until it completes; its result, or a failure once the time is up.
     async fn await_run(
         &self,
         repo: &str,
         file: &str,
-        mut run: RunInfo,
+        run: RunInfo,
         timeout: Duration,
-        poller: &mut Poller,
+        schedule: PollSettings,
     ) -> PortResult<TestResult> {
-        let route = format!("{}/actions/runs/{}", repo_route(repo), run.id);
-        loop {
-            if run.status == "completed" {
-                return Ok(run_result(file, &run));
-            }
-            if !poller.wait().await {
-                let link = run.html_url.clone().unwrap_or_default();
-                let why = format!(
-                    "workflow {file} run {} still {} after {}",
-                    run.id,
-                    run.status,
-                    human(timeout)
-                );
-                return Ok(failed(why, link));
-            }
-            if let Some(now) = tolerate(self.get::<RunInfo>(&route).await)? {
-                run = now;
-            }
+        if run.status == "completed" {
+            return Ok(run_result(file, &run));
         }
+        let route = format!("{}/actions/runs/{}", repo_route(repo), run.id);
+        let latest = Mutex::new(run);
+        let done = schedule
+            .poll(|| async {
+                let Some(now) = tolerate(self.get::<RunInfo>(&route).await)? else {
+                    return Ok(None);
+                };
+                let completed = now.status == "completed";
+                *latest.lock().unwrap_or_else(|e| e.into_inner()) = now.clone();
+                Ok(completed.then_some(now))
+            })
+            .await?;
+        if let Some(run) = done {
+            return Ok(run_result(file, &run));
+        }
+        let run = latest.into_inner().unwrap_or_else(|e| e.into_inner());
+        let link = run.html_url.clone().unwrap_or_default();
+        let why = format!(
+            "workflow {file} run {} still {} after {}",
+            run.id,
+            run.status,
+            human(timeout)
+        );
+        Ok(failed(why, link))
     }
 }
 

@@ -1,4 +1,14 @@
 //! The webhooks' answer: a status plus `{"result": …, "detail": …}`.
+//!
+//! Owns the one response shape the GitHub and SNS webhook routes share: an HTTP status, a
+//! short machine-readable `result` (`recorded`, `duplicate`, `bad-request`, …) and a
+//! `detail` for the person reading the sender's delivery log. A 503 also carries
+//! `Retry-After`, so a sender that retries (SNS) waits before trying again.
+//!
+//! # Must never
+//! - carry a secret, a signature, a token or a request body in `detail`: senders show it in
+//!   their delivery logs, which more people read than the controller's;
+//! - decide anything: the routes choose the status and the result, this only renders them.
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -130,12 +130,14 @@ impl Rig {
         let store = Store::open(&url).await.unwrap();
         let fakes = Fakes::new();
         let notifier: Arc<dyn Notifier> = Arc::new(fakes.clone());
-        let sender = Arc::new(SnsApprovalSender::new(store.clone(), notifier, PUBLIC_URL));
+        let clock = Arc::new(ManualClock::new(start_time()));
+        let sender = Arc::new(
+            SnsApprovalSender::new(store.clone(), notifier, PUBLIC_URL).with_clock(clock.clone()),
+        );
         let ports = Ports {
             approvals: sender.clone(),
             ..fakes.ports()
         };
-        let clock = Arc::new(ManualClock::new(start_time()));
         let engine = Engine::new(store.clone(), cfg, ports, clock.clone());
         let app = tollgate::http::approvals::routes(engine.clone());
         Rig {

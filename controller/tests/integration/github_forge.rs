@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use tollgate::backoff::Backoff;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, ReportState, RunStatus, StageRun};
 use tollgate::engine::fakes::Fakes;
@@ -191,11 +192,24 @@ fn config_in(dir: &Path) -> Config {
     config::load(&dir.join("stages.toml")).unwrap().config
 }
 
+/// The production retry policy's shape, with delays short enough for a test on real time.
+const QUICK: Backoff = Backoff {
+    base: Duration::from_millis(2),
+    cap: Duration::from_millis(20),
+    max_attempts: 4,
+};
+
 /// A forge for the fake that knows the pipeline's stages.
 fn forge_for(github: &GithubFake, config: &Config) -> GithubForge {
     GithubForge::new(&Secret::new(TOKEN), github.url())
         .unwrap()
+        .with_backoff(QUICK)
         .with_pipelines(config)
+}
+
+/// How many requests the fake saw whose line contains `part`.
+fn requests_to(fake: &GithubFake, part: &str) -> usize {
+    fake.requests().iter().filter(|r| r.contains(part)).count()
 }
 
 struct Controller {
@@ -605,23 +619,19 @@ async fn github() -> (GithubFake, GithubForge, tempfile::TempDir) {
 }
 
 #[tokio::test]
-async fn a_report_retried_after_server_errors_creates_one_deployment() {
+async fn a_report_rides_out_server_errors_and_creates_one_deployment() {
     bounded(async {
         let (fake, forge, _dir) = github().await;
         let queued = report(1, "beta", ReportState::Queued);
+        // The look-up fails twice; the forge tries again by itself.
         fake.fail_next(500, 2);
-        for _ in 0..2 {
-            let err = forge.report(&queued).await.unwrap_err();
-            assert!(err.is_retryable(), "{err}");
-            assert!(err.to_string().contains("HTTP 500"), "{err}");
-        }
         forge.report(&queued).await.unwrap();
         assert_eq!(fake.deployments().len(), 1);
+        assert_eq!(requests_to(&fake, "/deployments?"), 3);
 
-        // The deployment exists; the status post fails and is retried: one status each.
+        // The deployment exists; the status post fails once and is sent again: one status each.
         let running = report(1, "beta", ReportState::InProgress);
         fake.fail_next(502, 1);
-        assert!(forge.report(&running).await.unwrap_err().is_retryable());
         forge.report(&running).await.unwrap();
         forge.report(&running).await.unwrap();
         let d = &fake.deployments()[0];
@@ -632,6 +642,28 @@ async fn a_report_retried_after_server_errors_creates_one_deployment() {
             .collect();
         assert_eq!(states, ["queued", "in_progress"]);
         assert_eq!(fake.deployments().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_report_gives_up_as_temporary_once_its_retries_are_spent() {
+    bounded(async {
+        let (fake, forge, _dir) = github().await;
+        let queued = report(1, "beta", ReportState::Queued);
+        fake.fail_next(503, QUICK.max_attempts);
+        let err = forge.report(&queued).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("HTTP 503"), "{err}");
+        let tries = requests_to(&fake, "/deployments?");
+        assert_eq!(tries, QUICK.max_attempts as usize, "bounded: {tries} tries");
+        assert!(fake.deployments().is_empty());
+
+        // A refusal is not retried.
+        fake.fail_next(403, 1);
+        let err = forge.report(&queued).await.unwrap_err();
+        assert!(matches!(err, PortError::Denied(_)), "{err}");
+        assert_eq!(requests_to(&fake, "/deployments?"), tries + 1);
     })
     .await;
 }
@@ -666,16 +698,11 @@ async fn a_long_failure_reason_is_cut_to_githubs_limit() {
 }
 
 #[tokio::test]
-async fn a_rate_limited_report_is_retryable_and_lands_once() {
+async fn a_rate_limited_report_is_retried_and_lands_once() {
     bounded(async {
         let (fake, forge, _dir) = github().await;
         let queued = report(2, "gamma", ReportState::Queued);
         fake.fail_next(429, 1);
-        let err = forge.report(&queued).await.unwrap_err();
-        assert!(
-            matches!(&err, PortError::Retryable(m) if m.contains("rate limit")),
-            "{err}"
-        );
         forge.report(&queued).await.unwrap();
         forge.report(&queued).await.unwrap();
         let deployments = fake.deployments();
@@ -728,10 +755,10 @@ async fn a_restarted_controller_reuses_the_deployment_it_created_before() {
     .await;
 }
 
-/// The engine retries a report through GitHub's 5xx answers; each stage still gets one
-/// Deployment with its statuses in order.
+/// The forge retries a report through GitHub's 5xx answers while the engine promotes; each
+/// stage still gets one Deployment with its statuses in order.
 #[tokio::test]
-async fn the_engine_retries_reports_through_server_errors_without_duplicates() {
+async fn reports_ride_out_server_errors_without_duplicates() {
     bounded(async {
         let c = controller().await;
         c.github.fail_next(500, 2);
@@ -760,9 +787,9 @@ async fn the_engine_retries_reports_through_server_errors_without_duplicates() {
     .await;
 }
 
-/// The first call to GitHub (Beta's first report) fails once; the engine sends it again a
-/// second later, by which time the in-memory deploys have taken the release through Prod. The
-/// late Beta reports must not turn the finished promotion's commit status back to `pending`.
+/// The first call to GitHub (Beta's first report) fails once; the forge sends it again after
+/// its backoff, while the in-memory deploys take the release on towards Prod. A late Beta
+/// report must not turn the finished promotion's commit status back to `pending`.
 #[tokio::test]
 async fn a_report_delayed_by_a_retry_does_not_undo_the_final_commit_status() {
     bounded(async {
@@ -972,6 +999,27 @@ async fn run_workflow(forge: &GithubForge, timeout: Duration) -> Result<TestResu
     forge
         .run_workflow(REPO, WORKFLOW, "main", &inputs(), timeout, POLL)
         .await
+}
+
+/// GitHub answers the first two requests of a workflow test (the list of runs taken before
+/// the dispatch) with 502: the forge asks again by itself and the test runs once.
+#[tokio::test]
+async fn run_workflow_rides_out_server_errors_and_dispatches_once() {
+    bounded(async {
+        let (fake, forge, _dir) = github().await;
+        fake.add_workflow(
+            REPO,
+            WORKFLOW,
+            &["stage", "stage_url", "release"],
+            RunScript::concludes("success", 1),
+        );
+        fake.fail_next(502, 2);
+        let result = run_workflow(&forge, Duration::from_secs(10)).await.unwrap();
+        assert!(result.passed, "{result:?}");
+        assert_eq!(fake.dispatches().len(), 1);
+        assert_eq!(fake.runs().len(), 1);
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1187,9 +1235,10 @@ async fn the_token_never_appears_in_errors() {
         assert!(matches!(err, PortError::Denied(_)), "{err}");
         errors.push(format!("{err}"));
 
-        // Errors from the accepted token.
+        // Errors from the accepted token (a temporary one once the retries are spent).
         for status in [400, 401, 403, 404, 422, 429, 500, 503] {
-            fake.fail_next(status, 1);
+            let temporary = matches!(status, 429 | 500 | 503);
+            fake.fail_next(status, if temporary { QUICK.max_attempts } else { 1 });
             let err = forge
                 .report(&report(1, "beta", ReportState::Queued))
                 .await
