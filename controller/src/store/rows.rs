@@ -519,13 +519,8 @@ pub(super) async fn last_good(
     pipeline: &str,
     stage: &str,
 ) -> Result<Option<Release>> {
-    let cols = RELEASE_COLUMNS
-        .split(", ")
-        .map(|c| format!("r.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     let sql = format!(
-        "SELECT {cols} FROM stage_history h JOIN releases r ON r.id = h.release_id
+        "SELECT r.* FROM stage_history h JOIN releases r ON r.id = h.release_id
          WHERE h.pipeline = $1 AND h.stage = $2 AND r.bad_stage IS NULL ORDER BY h.id DESC LIMIT 1"
     );
     Ok(sqlx::query(&sql)
