@@ -15,4 +15,3 @@ pub mod github;
 pub mod http;
 pub mod secret;
 pub mod store;
-pub mod testing;

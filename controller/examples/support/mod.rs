@@ -13,7 +13,7 @@ use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::github::webhook::sign;
 use tollgate::secret::Secret;
 use tollgate::store::Store;
-use tollgate::testing::world::World;
+use tollgate_testkit::world::World;
 
 /// The longest any one wait may take before a program gives up.
 pub const STEP_LIMIT: Duration = Duration::from_secs(60);
@@ -46,7 +46,7 @@ impl Controller {
             .env("AWS_ENDPOINT_URL", moto)
             .env("AWS_ACCESS_KEY_ID", "demo")
             .env("AWS_SECRET_ACCESS_KEY", "demo")
-            .env("AWS_REGION", tollgate::testing::world::REGION)
+            .env("AWS_REGION", tollgate_testkit::world::REGION)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", webhook_secret)
             .env("RUST_LOG", "info")

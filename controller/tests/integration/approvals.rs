@@ -24,12 +24,12 @@ use http_body_util::BodyExt;
 use sqlx::Row;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, RunStatus};
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, Message, Notifier};
 use tollgate::engine::{Engine, ManualClock, Ports};
 use tollgate::gates::approval::{Outcome, Refusal, SnsApprovalSender, decide};
 use tollgate::store::approvals::NewToken;
 use tollgate::store::{Ingested, Store};
+use tollgate_testkit::fakes::Fakes;
 use tower::ServiceExt;
 
 const PUBLIC_URL: &str = "https://tollgate.test";

@@ -6,8 +6,8 @@ use crate::engine_support;
 use chrono::Duration;
 use engine_support::*;
 use tollgate::domain::{Decision, ReleaseId, RunStatus};
-use tollgate::engine::fakes::fake_digest;
 use tollgate::store::Ingested;
+use tollgate_testkit::fakes::fake_digest;
 
 async fn promote_fully(h: &Harness, engine: &tollgate::engine::Engine, n: u32) -> ReleaseId {
     let Ingested::Recorded(id) = engine

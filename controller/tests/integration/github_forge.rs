@@ -23,14 +23,14 @@ use tower::ServiceExt;
 
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, ReportState, RunStatus, StageRun};
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::{DeploymentReport, Engine, Forge, PortError, SystemClock, TestResult};
 use tollgate::github::forge::GithubForge;
 use tollgate::github::webhook::{WebhookSecrets, sign};
 use tollgate::http::server::{AppState, router};
 use tollgate::secret::Secret;
 use tollgate::store::{Delivery, NewApproval, Store};
-use tollgate::testing::github_fake::{Deployment, DeploymentStatus, GithubFake, RunScript};
+use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::github_fake::{Deployment, DeploymentStatus, GithubFake, RunScript};
 
 /// The longest any one test may take.
 const TEST_LIMIT: Duration = Duration::from_secs(60);

@@ -55,12 +55,12 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, Config};
-use crate::http::sns_verify::AlarmState;
-use crate::store::NewRelease;
-use crate::testing::aws_stubs::cloudwatch::CloudWatchStub;
-use crate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
-use crate::testing::sns::TestSigner;
+use crate::aws_stubs::cloudwatch::CloudWatchStub;
+use crate::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
+use crate::sns::TestSigner;
+use tollgate::config::{self, Config};
+use tollgate::http::sns_verify::AlarmState;
+use tollgate::store::NewRelease;
 
 /// The controller's own account, where images are built: moto's default account.
 pub const BUILD_ACCOUNT: &str = DEFAULT_ACCOUNT_ID;
@@ -71,7 +71,7 @@ pub const GAMMA_ACCOUNT: &str = "333333333333";
 /// The prod stage's account.
 pub const PROD_ACCOUNT: &str = "444444444444";
 /// The region of every account and target (the region moto's configs use).
-pub const REGION: &str = crate::testing::moto::REGION;
+pub const REGION: &str = crate::moto::REGION;
 /// The role tollgate assumes in each stage account.
 pub const DEPLOY_ROLE: &str = "tollgate-deploy";
 /// The image parameter of the template.
