@@ -10,7 +10,7 @@
 //!
 //! # Caveats
 //! - The current SDK speaks RPCv2 CBOR to CloudWatch; tests use the stub in
-//!   [`crate::testing::aws_stubs::cloudwatch`], reached through [`CloudWatchAlarms::with_endpoint_url`].
+//!   `tollgate_testkit::aws_stubs::cloudwatch`, reached through [`CloudWatchAlarms::with_endpoint_url`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
