@@ -101,8 +101,8 @@ async fn run() -> Result<()> {
     let secret = random_secret();
     let mut controller = Controller::start(
         &tollgate,
-        &serve_args(&world, &state, port, &certs, &cloudwatch.endpoint()),
-        &moto.endpoint(),
+        &serve_args(&world, &state, port, &certs),
+        &world.serve_env(&moto, &cloudwatch),
         &secret,
         &world.dir().join("tollgate.log"),
     )?;

@@ -156,8 +156,8 @@ async fn run() -> Result<()> {
     let log_path = world.dir().join("tollgate.log");
     let mut controller = Controller::start(
         &args.tollgate,
-        &serve_args(&world, &state, port, &certs, &cloudwatch.endpoint()),
-        &moto.endpoint(),
+        &serve_args(&world, &state, port, &certs),
+        &world.serve_env(&moto, &cloudwatch),
         &webhook_secret,
         &log_path,
     )?;

@@ -16,8 +16,6 @@ fn main() {
             state,
             listen,
             sns_cert_cache,
-            cloudwatch_endpoint,
-            codepipeline_endpoint,
         } => {
             init_logging();
             block_on(tollgate::cli::serve::run(tollgate::cli::serve::ServeArgs {
@@ -25,8 +23,6 @@ fn main() {
                 state,
                 listen,
                 sns_cert_cache,
-                cloudwatch_endpoint,
-                codepipeline_endpoint,
             }))
         }
         Command::Validate {

@@ -38,12 +38,6 @@ pub enum Command {
         /// sns.<region>.amazonaws.com); certificates are still verified.
         #[arg(long, env = "TOLLGATE_SNS_CERT_CACHE")]
         sns_cert_cache: Option<PathBuf>,
-        /// Send CloudWatch calls to this endpoint instead of AWS's (an emulator).
-        #[arg(long, env = "TOLLGATE_CLOUDWATCH_ENDPOINT")]
-        cloudwatch_endpoint: Option<String>,
-        /// Send CodePipeline calls to this endpoint instead of AWS's (an emulator).
-        #[arg(long, env = "TOLLGATE_CODEPIPELINE_ENDPOINT")]
-        codepipeline_endpoint: Option<String>,
     },
     /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
     Validate {

@@ -456,14 +456,35 @@ impl World {
 
     /// Starts the CloudWatch CBOR stub (the moto gap: the SDK speaks RPCv2 CBOR to CloudWatch)
     /// in the current tokio runtime, with every stage's alarm defined and `OK`. Its
-    /// [`CloudWatchStub::endpoint`] goes to `CloudWatchAlarms::with_endpoint_url` or
-    /// `tollgate serve --cloudwatch-endpoint`.
+    /// [`CloudWatchStub::endpoint`] goes to `CloudWatchAlarms::with_endpoint_url`, or to a
+    /// `tollgate serve` process through [`World::serve_env`].
     pub async fn start_cloudwatch_stub(&self) -> Result<CloudWatchStub> {
         let stub = CloudWatchStub::start().await?;
         for s in &self.stages {
             stub.set_alarm(&s.alarm, "OK");
         }
         Ok(stub)
+    }
+
+    /// The environment of a `tollgate serve` process over this world: every AWS call goes to
+    /// `moto` (`AWS_ENDPOINT_URL`) except CloudWatch's, which go to the CBOR stub
+    /// (`AWS_ENDPOINT_URL_CLOUDWATCH`: the AWS SDK prefers a service's own endpoint variable to
+    /// the global one), with static test credentials and the world's region.
+    pub fn serve_env(
+        &self,
+        moto: &MotoServer,
+        cloudwatch: &CloudWatchStub,
+    ) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", moto.endpoint()),
+            ("AWS_ENDPOINT_URL_CLOUDWATCH", cloudwatch.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .to_vec()
     }
 
     /// A signed SNS notification body, in AWS's format, saying that `stage`'s alarm changed to
