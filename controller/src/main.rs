@@ -4,7 +4,7 @@ use std::path::Path;
 
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command};
+use tollgate::cli::{Cli, Command, StateArgs};
 use tollgate::config;
 use tollgate::store::Store;
 
@@ -12,8 +12,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve {
-            config,
-            state,
+            files: StateArgs { config, state },
             listen,
             sns_cert_cache,
         } => {
@@ -35,11 +34,7 @@ fn main() {
         Command::Schema { accounts } => {
             tollgate::cli::validate::schema(accounts, &mut std::io::stdout())
         }
-        Command::Status {
-            config,
-            state,
-            json,
-        } => block_on(status(&config, &state, json)),
+        Command::Status { files, json } => block_on(status(&files.config, &files.state, json)),
         Command::History {
             pipeline,
             state,
@@ -50,11 +45,9 @@ fn main() {
             pipeline,
             stage,
             reason,
-            config,
-            state,
+            files,
         } => control(
-            &config,
-            &state,
+            &files,
             Control::Pause {
                 pipeline,
                 stage,
@@ -64,29 +57,25 @@ fn main() {
         Command::Resume {
             pipeline,
             stage,
-            config,
-            state,
-        } => control(&config, &state, Control::Resume { pipeline, stage }),
+            files,
+        } => control(&files, Control::Resume { pipeline, stage }),
         Command::Rollback {
             pipeline,
             stage,
-            config,
-            state,
-        } => control(&config, &state, Control::Rollback { pipeline, stage }),
+            files,
+        } => control(&files, Control::Rollback { pipeline, stage }),
         Command::Retry {
             pipeline,
             release,
-            config,
-            state,
-        } => control(&config, &state, Control::Retry { pipeline, release }),
+            files,
+        } => control(&files, Control::Retry { pipeline, release }),
         Command::Override {
             pipeline,
             release,
             alarms,
             window: _,
             reason,
-            config,
-            state,
+            files,
         } => {
             let which = if alarms {
                 tollgate::store::Override::Alarms
@@ -94,8 +83,7 @@ fn main() {
                 tollgate::store::Override::Window
             };
             control(
-                &config,
-                &state,
+                &files,
                 Control::Override {
                     pipeline,
                     release,
@@ -122,12 +110,12 @@ fn init_logging() {
     }
 }
 
-fn control(config: &Path, state: &str, c: Control) -> i32 {
+fn control(files: &StateArgs, c: Control) -> i32 {
     let actor = tollgate::cli::control::actor();
     block_on(async {
         tollgate::cli::control::run(
-            config,
-            state,
+            &files.config,
+            &files.state,
             &c,
             &actor,
             &mut std::io::stdout(),
