@@ -1,4 +1,20 @@
-//! The `tollgate` binary.
+//! The `tollgate` binary: the command line's entry point.
+//!
+//! Owns: parsing the arguments ([`tollgate::cli::Cli`]) and handing each command to the library
+//! function that carries it out (`tollgate::cli::{serve, validate, status, control}`); setting
+//! up logging for `serve`; the tokio runtime; and the process's exit code.
+//!
+//! Exit codes:
+//! - 0: done. `serve` stopped on SIGINT or SIGTERM; `validate` found the files valid; a control
+//!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done.
+//! - 1: refused. `validate` found the files invalid; a control command named an unknown
+//!   pipeline, stage or release, or the state does not allow it (nothing changed).
+//! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
+//!   database that cannot be opened, `serve` failing to start, or no runtime.
+//!
+//! Must never: decide anything about a pipeline or write to the state database itself (every
+//! command's work lives in the library, where it is tested); print a secret; end the process
+//! anywhere but at the end of [`main`], with the code the command returned.
 
 use std::path::Path;
 
