@@ -27,9 +27,9 @@ use support::{
 use tollgate::domain::RunStatus;
 use tollgate::http::sns_verify::AlarmState;
 use tollgate::store::Store;
-use tollgate::testing::moto::MotoServer;
-use tollgate::testing::sns::TestSigner;
-use tollgate::testing::world::World;
+use tollgate_testkit::moto::MotoServer;
+use tollgate_testkit::sns::TestSigner;
+use tollgate_testkit::world::World;
 
 const MAX_ROUNDS: usize = 20;
 const TARGET: Duration = Duration::from_secs(1);
@@ -101,8 +101,8 @@ async fn run() -> Result<()> {
     let secret = random_secret();
     let mut controller = Controller::start(
         &tollgate,
-        &serve_args(&world, &state, port, &certs, &cloudwatch.endpoint()),
-        &moto.endpoint(),
+        &serve_args(&world, &state, port, &certs),
+        &world.serve_env(&moto, &cloudwatch),
         &secret,
         &world.dir().join("tollgate.log"),
     )?;

@@ -36,9 +36,9 @@ use support::{
 use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::http::sns_verify::AlarmState;
 use tollgate::store::Store;
-use tollgate::testing::moto::MotoServer;
-use tollgate::testing::sns::TestSigner;
-use tollgate::testing::world::{APPROVER, World};
+use tollgate_testkit::moto::MotoServer;
+use tollgate_testkit::sns::TestSigner;
+use tollgate_testkit::world::{APPROVER, World};
 
 const FIRST_SHA: &str = "4f2a9c1e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39";
 const SECOND_SHA: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a291807";
@@ -156,8 +156,8 @@ async fn run() -> Result<()> {
     let log_path = world.dir().join("tollgate.log");
     let mut controller = Controller::start(
         &args.tollgate,
-        &serve_args(&world, &state, port, &certs, &cloudwatch.endpoint()),
-        &moto.endpoint(),
+        &serve_args(&world, &state, port, &certs),
+        &world.serve_env(&moto, &cloudwatch),
         &webhook_secret,
         &log_path,
     )?;

@@ -16,4 +16,3 @@ pub mod github;
 pub mod http;
 pub mod secret;
 pub mod store;
-pub mod testing;

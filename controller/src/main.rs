@@ -1,10 +1,26 @@
-//! The `tollgate` binary.
+//! The `tollgate` binary: the command line's entry point.
+//!
+//! Owns: parsing the arguments ([`tollgate::cli::Cli`]) and handing each command to the library
+//! function that carries it out (`tollgate::cli::{serve, validate, status, control}`); setting
+//! up logging for `serve`; the tokio runtime; and the process's exit code.
+//!
+//! Exit codes:
+//! - 0: done. `serve` stopped on SIGINT or SIGTERM; `validate` found the files valid; a control
+//!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done.
+//! - 1: refused. `validate` found the files invalid; a control command named an unknown
+//!   pipeline, stage or release, or the state does not allow it (nothing changed).
+//! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
+//!   database that cannot be opened, `serve` failing to start, or no runtime.
+//!
+//! Must never: decide anything about a pipeline or write to the state database itself (every
+//! command's work lives in the library, where it is tested); print a secret; end the process
+//! anywhere but at the end of [`main`], with the code the command returned.
 
 use std::path::Path;
 
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command};
+use tollgate::cli::{Cli, Command, StateArgs};
 use tollgate::config;
 use tollgate::store::Store;
 
@@ -12,12 +28,9 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve {
-            config,
-            state,
+            files: StateArgs { config, state },
             listen,
             sns_cert_cache,
-            cloudwatch_endpoint,
-            codepipeline_endpoint,
         } => {
             init_logging();
             block_on(tollgate::cli::serve::run(tollgate::cli::serve::ServeArgs {
@@ -25,8 +38,6 @@ fn main() {
                 state,
                 listen,
                 sns_cert_cache,
-                cloudwatch_endpoint,
-                codepipeline_endpoint,
             }))
         }
         Command::Validate {
@@ -39,11 +50,7 @@ fn main() {
         Command::Schema { accounts } => {
             tollgate::cli::validate::schema(accounts, &mut std::io::stdout())
         }
-        Command::Status {
-            config,
-            state,
-            json,
-        } => block_on(status(&config, &state, json)),
+        Command::Status { files, json } => block_on(status(&files.config, &files.state, json)),
         Command::History {
             pipeline,
             state,
@@ -54,11 +61,9 @@ fn main() {
             pipeline,
             stage,
             reason,
-            config,
-            state,
+            files,
         } => control(
-            &config,
-            &state,
+            &files,
             Control::Pause {
                 pipeline,
                 stage,
@@ -68,29 +73,25 @@ fn main() {
         Command::Resume {
             pipeline,
             stage,
-            config,
-            state,
-        } => control(&config, &state, Control::Resume { pipeline, stage }),
+            files,
+        } => control(&files, Control::Resume { pipeline, stage }),
         Command::Rollback {
             pipeline,
             stage,
-            config,
-            state,
-        } => control(&config, &state, Control::Rollback { pipeline, stage }),
+            files,
+        } => control(&files, Control::Rollback { pipeline, stage }),
         Command::Retry {
             pipeline,
             release,
-            config,
-            state,
-        } => control(&config, &state, Control::Retry { pipeline, release }),
+            files,
+        } => control(&files, Control::Retry { pipeline, release }),
         Command::Override {
             pipeline,
             release,
             alarms,
             window: _,
             reason,
-            config,
-            state,
+            files,
         } => {
             let which = if alarms {
                 tollgate::engine::Override::Alarms
@@ -98,8 +99,7 @@ fn main() {
                 tollgate::engine::Override::Window
             };
             control(
-                &config,
-                &state,
+                &files,
                 Control::Override {
                     pipeline,
                     release,
@@ -126,12 +126,12 @@ fn init_logging() {
     }
 }
 
-fn control(config: &Path, state: &str, c: Control) -> i32 {
+fn control(files: &StateArgs, c: Control) -> i32 {
     let actor = tollgate::cli::control::actor();
     block_on(async {
         tollgate::cli::control::run(
-            config,
-            state,
+            &files.config,
+            &files.state,
             &c,
             &actor,
             &mut std::io::stdout(),

@@ -13,7 +13,7 @@ use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::github::webhook::sign;
 use tollgate::secret::Secret;
 use tollgate::store::Store;
-use tollgate::testing::world::World;
+use tollgate_testkit::world::World;
 
 /// The longest any one wait may take before a program gives up.
 pub const STEP_LIMIT: Duration = Duration::from_secs(60);
@@ -33,21 +33,18 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// `env`: where the AWS calls go and with what credentials ([`World::serve_env`]).
     pub fn start(
         binary: &Path,
         args: &[String],
-        moto: &str,
+        env: &[(String, String)],
         webhook_secret: &str,
         log: &Path,
     ) -> Result<Controller> {
         let file = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .args(args)
-            .env("AWS_ENDPOINT_URL", moto)
-            .env("AWS_ACCESS_KEY_ID", "demo")
-            .env("AWS_SECRET_ACCESS_KEY", "demo")
-            .env("AWS_REGION", tollgate::testing::world::REGION)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", webhook_secret)
             .env("RUST_LOG", "info")
             .env_remove("TOLLGATE_GITHUB_TOKEN")
@@ -99,15 +96,9 @@ impl Drop for Controller {
     }
 }
 
-/// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates
-/// and the CloudWatch stub at `cloudwatch`.
-pub fn serve_args(
-    world: &World,
-    state: &str,
-    port: u16,
-    certs: &Path,
-    cloudwatch: &str,
-) -> Vec<String> {
+/// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates.
+/// The emulators' endpoints go in the environment ([`World::serve_env`]).
+pub fn serve_args(world: &World, state: &str, port: u16, certs: &Path) -> Vec<String> {
     [
         "serve",
         "--config",
@@ -118,8 +109,6 @@ pub fn serve_args(
         &format!("127.0.0.1:{port}"),
         "--sns-cert-cache",
         &certs.display().to_string(),
-        "--cloudwatch-endpoint",
-        cloudwatch,
     ]
     .map(str::to_owned)
     .to_vec()

@@ -10,7 +10,7 @@
 //!
 //! # Caveats
 //! - The current SDK speaks RPCv2 CBOR to CloudWatch; tests use the stub in
-//!   [`crate::testing::aws_stubs::cloudwatch`], reached through [`CloudWatchAlarms::with_endpoint_url`].
+//!   `tollgate_testkit::aws_stubs::cloudwatch`, reached through [`CloudWatchAlarms::with_endpoint_url`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,7 +48,8 @@ impl CloudWatchAlarms {
     }
 
     /// Sends CloudWatch calls here instead of the regional endpoint (a VPC endpoint, or a
-    /// loopback stub in tests); credentials still come from [`Credentials`].
+    /// loopback stub in tests); credentials still come from [`Credentials`]. Without it, the
+    /// SDK's own settings apply (`AWS_ENDPOINT_URL_CLOUDWATCH`, then `AWS_ENDPOINT_URL`).
     pub fn with_endpoint_url(mut self, url: impl Into<String>) -> CloudWatchAlarms {
         self.endpoint_url = Some(url.into());
         self

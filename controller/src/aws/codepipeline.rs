@@ -113,7 +113,8 @@ impl CodePipelineDeployer {
     }
 
     /// Sends CodePipeline calls here instead of the regional endpoint (a VPC endpoint, or a
-    /// loopback stub in tests); credentials still come from [`Credentials`].
+    /// loopback stub in tests); credentials still come from [`Credentials`]. Without it, the
+    /// SDK's own settings apply (`AWS_ENDPOINT_URL_CODEPIPELINE`, then `AWS_ENDPOINT_URL`).
     pub fn with_endpoint_url(mut self, url: impl Into<String>) -> CodePipelineDeployer {
         self.endpoint_url = Some(url.into());
         self

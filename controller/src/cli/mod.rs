@@ -11,7 +11,7 @@ pub mod validate;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// A multi-account staged deployment controller for AWS.
 #[derive(Debug, Parser)]
@@ -25,12 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller: the reconcilers, the webhooks, the approval pages.
     Serve {
-        /// The pipeline file.
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        /// The state database (created if absent).
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
         /// The address the HTTP server listens on.
         #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
@@ -38,12 +34,6 @@ pub enum Command {
         /// sns.<region>.amazonaws.com); certificates are still verified.
         #[arg(long, env = "TOLLGATE_SNS_CERT_CACHE")]
         sns_cert_cache: Option<PathBuf>,
-        /// Send CloudWatch calls to this endpoint instead of AWS's (an emulator).
-        #[arg(long, env = "TOLLGATE_CLOUDWATCH_ENDPOINT")]
-        cloudwatch_endpoint: Option<String>,
-        /// Send CodePipeline calls to this endpoint instead of AWS's (an emulator).
-        #[arg(long, env = "TOLLGATE_CODEPIPELINE_ENDPOINT")]
-        codepipeline_endpoint: Option<String>,
     },
     /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
     Validate {
@@ -55,11 +45,8 @@ pub enum Command {
     },
     /// Show each pipeline × stage: known-good release, the run in flight, and why it waits.
     Status {
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        /// The state database.
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -84,29 +71,23 @@ pub enum Command {
         /// Why (shown by `tollgate status` and kept in the event log).
         #[arg(long)]
         reason: String,
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
     },
     /// Resume a paused pipeline or stage.
     Resume {
         pipeline: String,
         #[arg(long)]
         stage: Option<String>,
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
     },
     /// Return a stage to its last known-good release; the release it runs is marked bad.
     Rollback {
         pipeline: String,
         stage: String,
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
     },
     /// Send a release that failed or whose approval expired through its stages again, from
     /// the stage where it stopped (tests, approval and deploy all run anew). Refused for a
@@ -115,10 +96,8 @@ pub enum Command {
         pipeline: String,
         /// The release: r12 or 12.
         release: String,
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
     },
     /// Let one release past an alarm already in ALARM (--alarms) or outside deployment windows
     /// (--window): the fix for the very problem must be able to ship. Logged with the reason.
@@ -135,10 +114,8 @@ pub enum Command {
         /// Why (kept in the event log).
         #[arg(long)]
         reason: String,
-        #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
-        config: PathBuf,
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
+        #[command(flatten)]
+        files: StateArgs,
     },
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
     Schema {
@@ -146,4 +123,61 @@ pub enum Command {
         #[arg(long)]
         accounts: bool,
     },
+}
+
+/// The pipeline file and the state database: what every command that reads or changes a
+/// pipeline's state takes.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// The pipeline file.
+    #[arg(long, env = "TOLLGATE_CONFIG", default_value = "stages.toml")]
+    pub config: PathBuf,
+    /// The state database (created if absent).
+    #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+    pub state: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_config_and_state_flags_reach_every_command_that_takes_them() {
+        let cases = [
+            vec!["serve"],
+            vec!["status"],
+            vec!["pause", "backend", "--reason", "why"],
+            vec!["resume", "backend"],
+            vec!["rollback", "backend", "beta"],
+            vec!["retry", "backend", "r1"],
+            vec!["override", "backend", "r1", "--alarms", "--reason", "why"],
+        ];
+        for case in cases {
+            let argv = ["tollgate"].into_iter().chain(case.iter().copied()).chain([
+                "--config",
+                "a/stages.toml",
+                "--state",
+                "sqlite://b.db",
+            ]);
+            let files = match Cli::try_parse_from(argv).unwrap().command {
+                Command::Serve { files, .. }
+                | Command::Status { files, .. }
+                | Command::Pause { files, .. }
+                | Command::Resume { files, .. }
+                | Command::Rollback { files, .. }
+                | Command::Retry { files, .. }
+                | Command::Override { files, .. } => files,
+                other => panic!("{case:?} parsed as {other:?}"),
+            };
+            assert_eq!(files.config, PathBuf::from("a/stages.toml"), "{case:?}");
+            assert_eq!(files.state, "sqlite://b.db", "{case:?}");
+        }
+    }
 }

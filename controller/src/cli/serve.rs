@@ -3,6 +3,10 @@
 //!
 //! Fails fast at start-up, naming what is missing (a config error, an unreachable state
 //! database, no webhook secret). Secrets come only from the environment or files.
+//!
+//! AWS endpoints are the AWS SDK's own settings: `AWS_ENDPOINT_URL` for every service, or a
+//! service's own (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL_CODEPIPELINE`, … or
+//! `endpoint_url` in a `[services]` section of the shared config file), which wins over it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,10 +48,6 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Pre-seeded SNS signing certificates (a directory keyed by URL), for closed networks.
     pub sns_cert_cache: Option<PathBuf>,
-    /// CloudWatch endpoint override (an emulator); the SDK's own AWS_ENDPOINT_URL covers the rest.
-    pub cloudwatch_endpoint: Option<String>,
-    /// CodePipeline endpoint override (an emulator).
-    pub codepipeline_endpoint: Option<String>,
 }
 
 /// Runs the controller until SIGINT/SIGTERM. Returns the process exit code.
@@ -70,7 +70,7 @@ async fn start(args: ServeArgs) -> Result<()> {
     let secrets = WebhookSecrets::from_env().context("GitHub webhook secret")?;
     let store = Store::open(&args.state).await.context("state database")?;
     let shared = engine::shared_config(config.clone());
-    let (ports, forge) = ports(&config, &shared, &store, &args).await?;
+    let (ports, forge) = ports(&config, &shared, &store).await?;
     let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
     let reconcilers = engine.spawn();
 
@@ -170,7 +170,6 @@ async fn ports(
     config: &Config,
     shared: &SharedConfig,
     store: &Store,
-    args: &ServeArgs,
 ) -> Result<(Ports, Option<Arc<GithubForge>>)> {
     let own = controller_account(config)?;
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -179,11 +178,7 @@ async fn ports(
         .await;
     let limiter = Arc::new(Limiter::default());
     let creds = Arc::new(Credentials::new(base, limiter.clone()));
-    let mut codepipeline =
-        CodePipelineDeployer::new(creds.clone(), limiter.clone(), Poll::default());
-    if let Some(url) = &args.codepipeline_endpoint {
-        codepipeline = codepipeline.with_endpoint_url(url.clone());
-    }
+    let codepipeline = CodePipelineDeployer::new(creds.clone(), limiter.clone(), Poll::default());
     let deployer = AwsDeployer::new(
         CloudFormationDeployer::new(creds.clone(), PollSettings::default()),
         codepipeline,
@@ -193,10 +188,7 @@ async fn ports(
         SnsNotifier::new(creds.clone(), limiter.clone(), own)
             .with_accounts(config.accounts.values().cloned()),
     );
-    let mut alarms = CloudWatchAlarms::new(creds.clone(), limiter.clone());
-    if let Some(url) = &args.cloudwatch_endpoint {
-        alarms = alarms.with_endpoint_url(url.clone());
-    }
+    let alarms = CloudWatchAlarms::new(creds.clone(), limiter.clone());
     let forge = match GithubForge::from_env() {
         Ok(f) => Some(Arc::new(f.with_pipelines(config))),
         Err(e) => {

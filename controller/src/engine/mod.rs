@@ -21,14 +21,12 @@
 pub mod clock;
 mod exec;
 pub mod facts;
-pub mod fakes;
 mod ingest;
 pub mod messages;
 pub mod ports;
 
 use std::collections::HashSet;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -77,34 +75,13 @@ pub enum EngineError {
 
 pub type EngineResult<T> = Result<T, EngineError>;
 
-/// Crash injection for tests: after `limit` steps every store write and port call fails,
-/// exactly as if the process had died at that point.
-#[derive(Debug)]
-pub struct Fuse {
-    steps: AtomicU64,
-    limit: u64,
-}
-
-impl Fuse {
-    pub fn new(limit: u64) -> Arc<Fuse> {
-        Arc::new(Fuse {
-            steps: AtomicU64::new(0),
-            limit,
-        })
-    }
-
-    /// Counts a step; false once the fuse has blown.
-    fn step(&self) -> bool {
-        self.steps.fetch_add(1, Ordering::SeqCst) < self.limit
-    }
-
-    pub fn blown(&self) -> bool {
-        self.steps.load(Ordering::SeqCst) > self.limit
-    }
-
-    pub fn steps(&self) -> u64 {
-        self.steps.load(Ordering::SeqCst)
-    }
+/// Crash injection for tests: once [`CrashPoint::step`] says no, every store write and port
+/// call fails, exactly as if the process had died at that point.
+pub trait CrashPoint: Send + Sync {
+    /// Counts a step; false once the process is to be considered dead.
+    fn step(&self) -> bool;
+    /// True once a step has been refused.
+    fn blown(&self) -> bool;
 }
 
 /// The reconciler and its ingest API. Cheap to clone.
@@ -119,7 +96,7 @@ struct Inner {
     running: Mutex<HashSet<String>>,
     /// Pipelines whose reconcile loop this process has started.
     looping: Mutex<HashSet<String>>,
-    fuse: Option<Arc<Fuse>>,
+    fuse: Option<Arc<dyn CrashPoint>>,
 }
 
 /// The longest a pipeline's loop sleeps without a wake-up: facts written to the state
@@ -150,7 +127,7 @@ impl Engine {
         config: Config,
         ports: Ports,
         clock: Arc<dyn Clock>,
-        fuse: Arc<Fuse>,
+        fuse: Arc<dyn CrashPoint>,
     ) -> Engine {
         Self::build(store, shared_config(config), ports, clock, Some(fuse))
     }
@@ -160,7 +137,7 @@ impl Engine {
         config: SharedConfig,
         ports: Ports,
         clock: Arc<dyn Clock>,
-        fuse: Option<Arc<Fuse>>,
+        fuse: Option<Arc<dyn CrashPoint>>,
     ) -> Engine {
         let ingest = Ingest::with_wakers(store, config, clock, Arc::default());
         Engine {

@@ -1,8 +1,8 @@
 //! The ports: small traits the engine performs side effects through.
 //!
 //! Each has one real implementation (`aws/`, `github/`, `gates/`) and an in-memory fake
-//! ([`super::fakes`]) for engine tests. Every call carries the effect's idempotency key; a
-//! real adapter passes it on (CloudFormation `ClientRequestToken`, CodePipeline
+//! (`tollgate_testkit::fakes`) for engine tests. Every call carries the effect's idempotency
+//! key; a real adapter passes it on (CloudFormation `ClientRequestToken`, CodePipeline
 //! `clientRequestToken`) or dedupes on it, so a call repeated after a crash changes nothing twice.
 
 use std::collections::BTreeMap;

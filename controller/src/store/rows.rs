@@ -519,11 +519,9 @@ pub(super) async fn last_good(
     pipeline: &str,
     stage: &str,
 ) -> Result<Option<Release>> {
-    let sql = format!(
-        "SELECT r.* FROM stage_history h JOIN releases r ON r.id = h.release_id
-         WHERE h.pipeline = $1 AND h.stage = $2 AND r.bad_stage IS NULL ORDER BY h.id DESC LIMIT 1"
-    );
-    Ok(sqlx::query(&sql)
+    let sql = "SELECT r.* FROM stage_history h JOIN releases r ON r.id = h.release_id
+         WHERE h.pipeline = $1 AND h.stage = $2 AND r.bad_stage IS NULL ORDER BY h.id DESC LIMIT 1";
+    Ok(sqlx::query(sql)
         .bind(pipeline)
         .bind(stage)
         .fetch_optional(pool)

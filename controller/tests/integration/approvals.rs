@@ -25,12 +25,12 @@ use sqlx::Row;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, Reason, ReleaseId, RequestState, RunStatus};
 use tollgate::engine::Ingested;
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, Message, Notifier};
 use tollgate::engine::{Engine, ManualClock, Ports};
 use tollgate::gates::approval::{Outcome, Refusal, SnsApprovalSender, decide};
 use tollgate::store::Store;
 use tollgate::store::approvals::NewToken;
+use tollgate_testkit::fakes::Fakes;
 use tower::ServiceExt;
 
 const PUBLIC_URL: &str = "https://tollgate.test";

@@ -26,7 +26,7 @@ use tollgate::engine::ports::{ApprovalRequest, ApprovalSender};
 use tollgate::engine::{Delivery, Ingested, NewRelease};
 use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::store::Store;
-use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
+use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
 const PUBLIC_URL: &str = "https://tollgate.example";
 const APPROVERS: [&str; 3] = ["alice", "bob", "carol"];

@@ -2,7 +2,7 @@
 //!
 //! Against `moto_server`: change sets create and update stacks in the assumed account only,
 //! an unchanged deploy is a success, and a deploy repeated under its key executes nothing
-//! twice. Against the scripted stub in `testing::aws_stubs::cloudformation` (each test names
+//! twice. Against the scripted stub in `tollgate_testkit::aws_stubs::cloudformation` (each test names
 //! the moto 5.2.5 gap it covers): waiting on `*_IN_PROGRESS`, `CancelUpdateStack`,
 //! `ContinueUpdateRollback`, failure events, and throttling.
 
@@ -19,8 +19,8 @@ use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Deploy, SecretRef, Target};
 use tollgate::domain::ReleaseId;
 use tollgate::engine::ports::{DeployRequest, PortError};
-use tollgate::testing::aws_stubs::cloudformation::{CloudFormationStub, Event, Script, TOKEN};
-use tollgate::testing::moto::{MotoServer, REGION};
+use tollgate_testkit::aws_stubs::cloudformation::{CloudFormationStub, Event, Script, TOKEN};
+use tollgate_testkit::moto::{MotoServer, REGION};
 
 const BETA: &str = "222222222222";
 const GAMMA: &str = "333333333333";

@@ -11,8 +11,8 @@ use tollgate::aws::retry::{Limiter, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Account;
 use tollgate::engine::ports::{Alarms, PortError};
-use tollgate::testing::aws_stubs::cloudwatch::CloudWatchStub;
-use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
+use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
+use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
 const BETA: &str = "222222222222";
 

@@ -1,5 +1,5 @@
 //! `aws::codepipeline::CodePipelineDeployer` through the real AWS SDK for Rust, against the
-//! scripted stub in `testing::aws_stubs::codepipeline` — moto 5.2.5 gaps: its executions
+//! scripted stub in `tollgate_testkit::aws_stubs::codepipeline` — moto 5.2.5 gaps: its executions
 //! succeed instantly (no `InProgress`, no failed action to report) and `RollbackStage` is not
 //! implemented. The controller's own account is used, so the stub sees CodePipeline calls only.
 
@@ -14,7 +14,7 @@ use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Deploy, Target};
 use tollgate::domain::ReleaseId;
 use tollgate::engine::ports::{DeployRequest, Deployer, PortError};
-use tollgate::testing::aws_stubs::codepipeline::{CodePipelineStub, Outcome, Run};
+use tollgate_testkit::aws_stubs::codepipeline::{CodePipelineStub, Outcome, Run};
 
 const REGION: &str = "us-east-1";
 const PIPELINE: &str = "backend-beta";

@@ -17,7 +17,7 @@ use tollgate::aws::retry::{Limiter, PollSettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Artifact, Promote, SecretRef, Target};
 use tollgate::engine::ports::{Artifacts, PortError, PromoteRequest};
-use tollgate::testing::moto::{MotoServer, REGION};
+use tollgate_testkit::moto::{MotoServer, REGION};
 
 const BUILD: &str = "111111111111";
 const GAMMA: &str = "333333333333";

@@ -16,7 +16,7 @@ use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Approver};
 use tollgate::engine::ports::{Message, Notifier, PortError};
-use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
+use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
 const BETA: &str = "222222222222";
 

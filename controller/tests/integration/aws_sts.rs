@@ -13,7 +13,7 @@ use tollgate::aws::retry::Limiter;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, SecretRef};
 use tollgate::engine::ports::PortError;
-use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
+use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

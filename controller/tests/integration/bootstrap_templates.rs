@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
-use tollgate::testing::moto::MotoServer;
+use tollgate_testkit::moto::MotoServer;
 
 const STAGE_ACCOUNT: &str = "222222222222";
 

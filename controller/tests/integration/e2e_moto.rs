@@ -1,7 +1,7 @@
 //! End to end on moto: the engine with its real adapters — STS credentials, the CloudFormation
 //! deployer, ECR promotion by digest, SNS notifications, CloudWatch alarm reads (through the
 //! CBOR stub, a moto gap) and `command` stage tests — over a SQLite file, promoting releases
-//! through a three-account world built by `tollgate::testing::world`.
+//! through a three-account world built by `tollgate_testkit::world`.
 //!
 //! - A release goes beta → gamma → (approval) → prod, each stage's stack in its own account
 //!   only, each running the image by digest, with one `ExecuteChangeSet` per stage.
@@ -33,7 +33,6 @@ use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Config;
 use tollgate::domain::{AlarmProblem, Decision, Reason, ReleaseId, RunStatus, StageRun};
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::{Delivery, Ingested, NewApproval};
 use tollgate::engine::{Engine, Ports, SharedConfig, SystemClock, shared_config};
 use tollgate::gates::approval::SnsApprovalSender;
@@ -41,10 +40,11 @@ use tollgate::gates::runner::StageTestRunner;
 use tollgate::http::sns::{PATH, SnsState, routes};
 use tollgate::http::sns_verify::{AlarmState, CertCache, fetch_client_builder};
 use tollgate::store::{EventRow, Store};
-use tollgate::testing::aws_stubs::cloudwatch::CloudWatchStub;
-use tollgate::testing::moto::{MotoServer, RecordedRequest};
-use tollgate::testing::sns::TestSigner;
-use tollgate::testing::world::{APPROVER, BUILD_ACCOUNT, World, WorldBuilder};
+use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
+use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::moto::{MotoServer, RecordedRequest};
+use tollgate_testkit::sns::TestSigner;
+use tollgate_testkit::world::{APPROVER, BUILD_ACCOUNT, World, WorldBuilder};
 
 /// The longest any one test may take.
 const TEST_TIMEOUT: Duration = Duration::from_secs(150);

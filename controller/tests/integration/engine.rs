@@ -7,7 +7,7 @@ use chrono::Duration;
 use engine_support::*;
 use tollgate::domain::{Decision, Phase, Reason, ReleaseId, RunStatus};
 use tollgate::engine::Ingested;
-use tollgate::engine::fakes::fake_digest;
+use tollgate_testkit::fakes::fake_digest;
 
 async fn promote_fully(h: &Harness, engine: &tollgate::engine::Engine, n: u32) -> ReleaseId {
     let Ingested::Recorded(id) = engine

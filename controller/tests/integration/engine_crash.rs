@@ -13,7 +13,8 @@ use chrono::Duration;
 use engine_support::*;
 use tollgate::domain::{Decision, RunStatus};
 use tollgate::engine::Ingested;
-use tollgate::engine::{Engine, EngineError, Fuse};
+use tollgate::engine::{Engine, EngineError};
+use tollgate_testkit::fuse::Fuse;
 
 /// Plays the outside world for one full promotion: a push, an approval, time passing.
 async fn drive(h: &Harness, engine: &Engine) -> Result<(), EngineError> {

@@ -10,10 +10,11 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, RunStatus, StageRun};
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::{Delivery, NewAlarm, NewApproval, NewRelease};
-use tollgate::engine::{Engine, Fuse, ManualClock};
+use tollgate::engine::{Engine, ManualClock};
 use tollgate::store::Store;
+use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::fuse::Fuse;
 
 pub const STAGES: &str = r#"
 [controller]

@@ -44,7 +44,7 @@ use tollgate::config::{Account, Config, Deploy, Pipeline, SecretRef, Stage, Targ
 use tollgate::domain::ReleaseId;
 use tollgate::engine::ports::{DeployRequest, TestContext};
 use tollgate::gates::{substitute, test_variables};
-use tollgate::testing::moto::MotoServer;
+use tollgate_testkit::moto::MotoServer;
 
 /// The examples, each a directory of `docs/examples` with a `stages.toml`.
 const EXAMPLES: [&str; 3] = ["ecs-fastapi-react", "nextjs-fastapi", "serverless-api"];

@@ -497,8 +497,8 @@ fn with_stage_credentials(mut test: TestDef) -> TestDef {
 /// nowhere in the result.
 #[tokio::test]
 async fn a_command_with_stage_credentials_gets_the_stage_accounts_session() {
-    use tollgate::testing::world::{BETA_ACCOUNT, REGION, World};
-    let moto = tollgate::testing::moto::MotoServer::shared();
+    use tollgate_testkit::world::{BETA_ACCOUNT, REGION, World};
+    let moto = tollgate_testkit::moto::MotoServer::shared();
     let world = World::builder().build(moto).await.unwrap();
     let config = tollgate::engine::shared_config(world.config().unwrap());
     let creds = Arc::new(tollgate::aws::sts::Credentials::new(
@@ -556,8 +556,8 @@ async fn stage_credentials_without_aws_or_for_an_unknown_account_fail_clearly() 
         "{result:?}"
     );
 
-    let moto = tollgate::testing::moto::MotoServer::shared();
-    let world = tollgate::testing::world::World::builder()
+    let moto = tollgate_testkit::moto::MotoServer::shared();
+    let world = tollgate_testkit::world::World::builder()
         .build(moto)
         .await
         .unwrap();

@@ -24,7 +24,6 @@ use tower::ServiceExt;
 use tollgate::backoff::Backoff;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, ReportState, RunStatus, StageRun};
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::{Delivery, NewApproval};
 use tollgate::engine::{DeploymentReport, Engine, Forge, PortError, SystemClock, TestResult};
 use tollgate::github::forge::GithubForge;
@@ -32,7 +31,8 @@ use tollgate::github::webhook::{WebhookSecrets, sign};
 use tollgate::http::server::{AppState, router};
 use tollgate::secret::Secret;
 use tollgate::store::Store;
-use tollgate::testing::github_fake::{Deployment, DeploymentStatus, GithubFake, RunScript};
+use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::github_fake::{Deployment, DeploymentStatus, GithubFake, RunScript};
 
 /// The longest any one test may take.
 const TEST_LIMIT: Duration = Duration::from_secs(60);

@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use tollgate::config::{self, Config, ConfigError};
-use tollgate::engine::fakes::Fakes;
 use tollgate::engine::{Engine, SystemClock};
 use tollgate::github::forge::GithubForge;
 use tollgate::github::intake;
@@ -22,7 +21,8 @@ use tollgate::github::webhook::{WebhookSecrets, sign};
 use tollgate::http::server::{AppState, router};
 use tollgate::secret::Secret;
 use tollgate::store::Store;
-use tollgate::testing::github_fake::GithubFake;
+use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::github_fake::GithubFake;
 
 // ---------------------------------------------------------------------------------------------
 // GitHub's example payloads

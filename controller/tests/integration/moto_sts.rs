@@ -4,7 +4,7 @@
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use tollgate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
+use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
 
 const BETA: &str = "222222222222";
 const GAMMA: &str = "333333333333";

@@ -25,14 +25,14 @@ use engine_support::*;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, Reason, ReleaseId, RunStatus};
 use tollgate::engine::Ingested;
-use tollgate::engine::fakes::fake_digest;
 use tollgate::engine::{Clock, Engine};
 use tollgate::http::sns::{BODY_LIMIT, Confirmer, PATH, SnsState, routes};
 use tollgate::http::sns_verify::{
     AlarmState, CertCache, SignatureVersion, SnsMessage, SnsType, fetch_client_builder,
 };
 use tollgate::store::Store;
-use tollgate::testing::sns::{
+use tollgate_testkit::fakes::fake_digest;
+use tollgate_testkit::sns::{
     TestSigner, alarm_message, alarm_subject, body, unsigned_confirmation, unsigned_notification,
 };
 

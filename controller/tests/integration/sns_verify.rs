@@ -13,7 +13,7 @@ use tollgate::http::sns_verify::{
     SnsVerifyError, cache_file_name, check_cert_url, confirmation_url, fetch_client_builder,
     parse_alarm, signed_fields, string_to_sign, verify, verify_at,
 };
-use tollgate::testing::sns::{
+use tollgate_testkit::sns::{
     TestSigner, alarm_subject, body, unsigned_confirmation, unsigned_notification,
 };
 use url::Url;
@@ -588,7 +588,7 @@ async fn publish_via_moto(
 /// deliveries without a subject verify. If moto fixes that, the last assertion says so.
 #[tokio::test]
 async fn moto_deliveries_verify_once_its_certificate_is_seeded() {
-    let moto = tollgate::testing::moto::MotoServer::shared();
+    let moto = tollgate_testkit::moto::MotoServer::shared();
     let sns = aws_sdk_sns::Client::new(&moto.sdk_config());
     let (endpoint, mut deliveries) = delivery_receiver().await;
     let topic = sns
@@ -612,13 +612,13 @@ async fn moto_deliveries_verify_once_its_certificate_is_seeded() {
         "{unseeded:?}"
     );
     let seeded =
-        tollgate::testing::sns::fetch_moto_cert(&moto_url, &plain.signing_cert_url, dir.path());
+        tollgate_testkit::sns::fetch_moto_cert(&moto_url, &plain.signing_cert_url, dir.path());
     seeded.await.unwrap();
     verify(&plain, &cache).await.unwrap();
 
     let titled = publish_via_moto(&sns, &topic_arn, Some("hello"), &mut deliveries).await;
     let seeded =
-        tollgate::testing::sns::fetch_moto_cert(&moto_url, &titled.signing_cert_url, dir.path());
+        tollgate_testkit::sns::fetch_moto_cert(&moto_url, &titled.signing_cert_url, dir.path());
     seeded.await.unwrap();
     let quirk = verify(&titled, &cache).await.unwrap_err();
     assert!(matches!(quirk, SnsVerifyError::BadSignature), "{quirk:?}");

@@ -3,7 +3,7 @@
 //! Owns [`TestSigner`]: an RSA-2048 key and a self-signed certificate named like an SNS
 //! signing certificate, bodies laid out byte for byte as SNS posts them, CloudWatch alarm
 //! messages as CloudWatch publishes them, and the helpers that put the certificate where
-//! [`CertCache`](crate::http::sns_verify::CertCache) looks for it. It must never be used by the
+//! [`CertCache`](tollgate::http::sns_verify::CertCache) looks for it. It must never be used by the
 //! controller at run time, and nothing here turns verification off: the verifier accepts these
 //! messages only because the certificate was pre-seeded into its directory.
 //!
@@ -43,7 +43,7 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::time::{Time, Validity};
 
-use crate::http::sns_verify::{
+use tollgate::http::sns_verify::{
     AlarmState, SignatureVersion, SnsMessage, SnsMessageAttribute, SnsType, SnsVerifyError,
     cache_file_name, check_cert_url, string_to_sign,
 };
@@ -166,7 +166,7 @@ pub fn region_display_name(region: &str) -> &str {
 }
 
 fn topic_region_or_default(topic_arn: &str) -> &str {
-    crate::http::sns_verify::topic_region(topic_arn).unwrap_or("us-east-1")
+    tollgate::http::sns_verify::topic_region(topic_arn).unwrap_or("us-east-1")
 }
 
 impl TestSigner {
@@ -539,10 +539,7 @@ pub async fn fetch_moto_cert(
             "Authorization",
             format!("AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=00"),
         )
-        .header(
-            "x-moto-account-id",
-            crate::testing::moto::DEFAULT_ACCOUNT_ID,
-        )
+        .header("x-moto-account-id", crate::moto::DEFAULT_ACCOUNT_ID)
         .send()
         .await?;
     ensure!(

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::Ports;
-use super::ports::*;
-use crate::config::{Account, Artifact, TestDef};
+use tollgate::config::{Account, Artifact, TestDef};
+use tollgate::engine::Ports;
+use tollgate::engine::ports::*;
 
 /// Calls and applications per idempotency key.
 #[derive(Debug, Default, Clone)]

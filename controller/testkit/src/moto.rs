@@ -452,7 +452,7 @@ fn credential_key_id(authorization: &str) -> Option<String> {
 fn moto_binary(configured: Option<std::ffi::OsString>) -> Result<PathBuf> {
     let path = match configured {
         Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(".venv/bin/moto_server"),
+        _ => Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(".venv/bin/moto_server"),
     };
     ensure!(
         path.is_file(),

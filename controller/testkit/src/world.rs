@@ -55,12 +55,12 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::config::{self, Config};
-use crate::engine::NewRelease;
-use crate::http::sns_verify::AlarmState;
-use crate::testing::aws_stubs::cloudwatch::CloudWatchStub;
-use crate::testing::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
-use crate::testing::sns::TestSigner;
+use crate::aws_stubs::cloudwatch::CloudWatchStub;
+use crate::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
+use crate::sns::TestSigner;
+use tollgate::config::{self, Config};
+use tollgate::engine::NewRelease;
+use tollgate::http::sns_verify::AlarmState;
 
 /// The controller's own account, where images are built: moto's default account.
 pub const BUILD_ACCOUNT: &str = DEFAULT_ACCOUNT_ID;
@@ -71,7 +71,7 @@ pub const GAMMA_ACCOUNT: &str = "333333333333";
 /// The prod stage's account.
 pub const PROD_ACCOUNT: &str = "444444444444";
 /// The region of every account and target (the region moto's configs use).
-pub const REGION: &str = crate::testing::moto::REGION;
+pub const REGION: &str = crate::moto::REGION;
 /// The role tollgate assumes in each stage account.
 pub const DEPLOY_ROLE: &str = "tollgate-deploy";
 /// The image parameter of the template.
@@ -456,14 +456,35 @@ impl World {
 
     /// Starts the CloudWatch CBOR stub (the moto gap: the SDK speaks RPCv2 CBOR to CloudWatch)
     /// in the current tokio runtime, with every stage's alarm defined and `OK`. Its
-    /// [`CloudWatchStub::endpoint`] goes to `CloudWatchAlarms::with_endpoint_url` or
-    /// `tollgate serve --cloudwatch-endpoint`.
+    /// [`CloudWatchStub::endpoint`] goes to `CloudWatchAlarms::with_endpoint_url`, or to a
+    /// `tollgate serve` process through [`World::serve_env`].
     pub async fn start_cloudwatch_stub(&self) -> Result<CloudWatchStub> {
         let stub = CloudWatchStub::start().await?;
         for s in &self.stages {
             stub.set_alarm(&s.alarm, "OK");
         }
         Ok(stub)
+    }
+
+    /// The environment of a `tollgate serve` process over this world: every AWS call goes to
+    /// `moto` (`AWS_ENDPOINT_URL`) except CloudWatch's, which go to the CBOR stub
+    /// (`AWS_ENDPOINT_URL_CLOUDWATCH`: the AWS SDK prefers a service's own endpoint variable to
+    /// the global one), with static test credentials and the world's region.
+    pub fn serve_env(
+        &self,
+        moto: &MotoServer,
+        cloudwatch: &CloudWatchStub,
+    ) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", moto.endpoint()),
+            ("AWS_ENDPOINT_URL_CLOUDWATCH", cloudwatch.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .to_vec()
     }
 
     /// A signed SNS notification body, in AWS's format, saying that `stage`'s alarm changed to

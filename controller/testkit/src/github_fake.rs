@@ -3,7 +3,7 @@
 //! Owns: an in-memory model of the parts of GitHub tollgate talks to — Deployments and their
 //! statuses, commit statuses, check runs, workflow dispatches and runs, file contents — and an
 //! axum server on `127.0.0.1:0` that speaks GitHub's JSON for them. Tests drive the real
-//! [`crate::github::forge::GithubForge`] against it and read the model back through the
+//! [`tollgate::github::forge::GithubForge`] against it and read the model back through the
 //! accessors (`deployments()`, `statuses_of()`, `commit_statuses()`, …).
 //!
 //! Guarantees:
