@@ -30,7 +30,7 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::config::Config;
 use crate::domain::{Action, Effect, plan};
@@ -245,8 +245,10 @@ impl Engine {
         for _ in 0..MAX_ROUNDS {
             let since = self.now() - chrono::Duration::days(7);
             let snap = self.store().snapshot(name, &stages, since).await?;
-            // The clock is read after the snapshot, so no fact in it is newer than `now`.
-            let now = self.now();
+            // The clock is read after the snapshot, so no fact in it is newer than `now`; at
+            // the store's precision (ms), so a deadline planned from `now` is the same value
+            // when planned again from a time the store kept.
+            let now = self.now().trunc_subsecs(3);
             let plan = plan(&pipeline, &snap, now);
             let changes: Vec<Action> = plan
                 .actions
