@@ -130,7 +130,7 @@ impl CloudFormationDeployer {
             .await?;
         Ok(StackRef {
             client: Client::new(&config),
-            account: req.account.id.clone(),
+            account: req.account.id.to_string(),
             name: stack.clone(),
             token: request_token(&req.key),
         })

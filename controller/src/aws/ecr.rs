@@ -80,7 +80,7 @@ impl EcrArtifacts {
         let config = self.creds.config_for(account, region, session).await?;
         Ok(Repo {
             client: Client::new(&config),
-            account: account.id.clone(),
+            account: account.id.to_string(),
             region: region.to_string(),
             name: name.to_string(),
         })

@@ -175,7 +175,7 @@ impl SnsNotifier {
             .creds
             .config_for(account, &arn.region, SESSION_NAME)
             .await?;
-        Ok((Client::new(&config), account.id.clone()))
+        Ok((Client::new(&config), account.id.to_string()))
     }
 
     fn account_for(&self, arn: &TopicArn) -> PortResult<&Account> {

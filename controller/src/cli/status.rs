@@ -46,8 +46,8 @@ pub async fn collect(
             let (pp, sp) = store.paused(&p.name, &s.name).await?;
             let current = flight.first();
             out.push(StageStatus {
-                pipeline: p.name.clone(),
-                stage: s.name.clone(),
+                pipeline: p.name.to_string(),
+                stage: s.name.to_string(),
                 known_good: good.as_ref().map(label),
                 in_flight: current.map(|(r, _)| label(r)),
                 status: current.map(|(_, run)| run.status.to_string()),

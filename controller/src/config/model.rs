@@ -3,6 +3,7 @@
 //! Every value here has passed [`super::validate`]: account references resolve, durations,
 //! regions, ARNs, time zones and windows are parsed, paths exist. Nothing here can fail.
 
+use crate::domain::names::{AccountId, Arn, PipelineName, StageName};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,7 +57,7 @@ pub struct ControllerSettings {
 
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    pub name: String,
+    pub name: PipelineName,
     pub source: Source,
     pub artifact: Artifact,
     pub tests: BTreeMap<String, TestDef>,
@@ -153,7 +154,7 @@ impl TestKind {
 
 #[derive(Debug, Clone)]
 pub struct Stage {
-    pub name: String,
+    pub name: StageName,
     pub targets: Vec<Target>,
     pub deploy: Deploy,
     pub before: Vec<String>,
@@ -230,8 +231,8 @@ pub struct Window {
 #[derive(Debug, Clone)]
 pub struct Account {
     pub name: String,
-    pub id: String,
-    pub role_arn: Option<String>,
+    pub id: AccountId,
+    pub role_arn: Option<Arn>,
     pub external_id: Option<SecretRef>,
     pub region: String,
     pub controller: bool,

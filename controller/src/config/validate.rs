@@ -12,6 +12,7 @@ use super::model::*;
 use super::raw::*;
 use super::values;
 use crate::cfg_path;
+use crate::domain::names::Arn;
 
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -108,8 +109,8 @@ pub(crate) fn accounts(raw: RawAccountsFile, cx: &mut Ctx) -> BTreeMap<String, A
             name.clone(),
             Account {
                 name,
-                id: a.id,
-                role_arn: a.role_arn,
+                id: a.id.into(),
+                role_arn: a.role_arn.map(Arn::from),
                 external_id,
                 region: a.region,
                 controller: a.controller,
@@ -290,7 +291,7 @@ fn pipeline(
     }
     warn_unguarded_approvals(i, &stages, cx);
     Pipeline {
-        name: p.name,
+        name: p.name.into(),
         source: Source {
             repository: p.source.repository,
             branch: p.source.branch.unwrap_or_else(|| "main".into()),
@@ -541,7 +542,7 @@ fn stage(
         }
     };
     Stage {
-        name: s.name.clone(),
+        name: s.name.clone().into(),
         targets,
         deploy: deploy(i, j, &s.deploy, base, cx),
         before: s.before.clone(),

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::names::*;
 use super::reason::Reason;
 use super::types::{ReleaseId, RunStatus};
 
@@ -212,11 +213,11 @@ impl EffectKind {
 /// A side effect to perform, under its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Effect {
-    pub key: String,
-    pub pipeline: String,
+    pub key: EffectKey,
+    pub pipeline: PipelineName,
     pub release: ReleaseId,
     /// Empty for release-level effects.
-    pub stage: String,
+    pub stage: StageName,
     pub attempt: u32,
     pub kind: EffectKind,
 }
@@ -232,9 +233,9 @@ impl Effect {
         let key = idempotency_key(pipeline, release, stage, attempt, &kind);
         Self {
             key,
-            pipeline: pipeline.to_string(),
+            pipeline: pipeline.into(),
             release,
-            stage: stage.to_string(),
+            stage: stage.into(),
             attempt,
             kind,
         }
@@ -248,13 +249,13 @@ pub fn idempotency_key(
     stage: &str,
     attempt: u32,
     kind: &EffectKind,
-) -> String {
+) -> EffectKey {
     let stage = if stage.is_empty() { "-" } else { stage };
-    format!(
+    EffectKey::new(format!(
         "{pipeline}/r{}/{stage}/a{attempt}/{}",
         release.0,
         kind.key_part()
-    )
+    ))
 }
 
 /// One step the executor takes.
@@ -264,7 +265,7 @@ pub enum Action {
     /// sends it into rollback, when one does.
     Transition {
         release: ReleaseId,
-        stage: String,
+        stage: StageName,
         to: RunStatus,
         reason: Reason,
         alarm: Option<i64>,
@@ -274,29 +275,32 @@ pub enum Action {
     /// wait writes no entry per minute.
     Note {
         release: ReleaseId,
-        stage: String,
+        stage: StageName,
         reason: Reason,
     },
     /// The release was rolled back in `stage`: never promote it again automatically.
     MarkBad {
         release: ReleaseId,
-        stage: String,
+        stage: StageName,
         reason: Reason,
     },
     /// The release could not be promoted at all (e.g. its image never appeared).
     FailRelease { release: ReleaseId, reason: String },
     /// The stage now runs `release` and trusts it.
-    RecordGood { stage: String, release: ReleaseId },
+    RecordGood {
+        stage: StageName,
+        release: ReleaseId,
+    },
     /// Stop starting anything in the stage until a person resumes it.
-    PauseStage { stage: String, reason: String },
+    PauseStage { stage: StageName, reason: String },
     /// A manual rollback request was acted upon.
-    ConsumeRollbackRequest { stage: String, request: i64 },
+    ConsumeRollbackRequest { stage: StageName, request: i64 },
     /// Send a stopped release through `stages` again (the stage where it stopped and those
     /// after it): its failed or expired runs there go back to waiting under the next attempt.
     Retry {
         request: i64,
         release: ReleaseId,
-        stages: Vec<String>,
+        stages: Vec<StageName>,
         by: String,
     },
     /// A retry request that cannot be carried out; nothing else changes.
@@ -310,7 +314,7 @@ pub enum Action {
     Retire { release: ReleaseId },
     /// A side effect recorded as pending that is no longer wanted (its run moved on while
     /// the controller was down): record it as abandoned. Skipped if it is still running.
-    Abandon { key: String },
+    Abandon { key: EffectKey },
     /// Perform a side effect (or resume it after a crash) under its idempotency key.
     Start(Effect),
 }
@@ -354,7 +358,7 @@ impl Action {
                 ..
             } => format!(
                 "{release} sent again from {} (retry requested by {by})",
-                stages.first().map_or("-", String::as_str)
+                stages.first().map_or("-", StageName::as_str)
             ),
             Action::RefuseRetry { release, why, .. } => {
                 format!("retry of {release} refused: {why}")

@@ -7,6 +7,7 @@
 //! engine feeds it snapshots and the current time; the tests drive it directly.
 
 pub mod action;
+pub mod names;
 pub mod plan;
 pub mod reason;
 pub mod retry;
@@ -17,6 +18,7 @@ pub mod window;
 pub(crate) mod tests;
 
 pub use action::*;
+pub use names::*;
 pub use plan::{Plan, plan};
 pub use reason::{AlarmProblem, Reason, RequestState};
 pub use types::*;

@@ -20,6 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::action::{Action, Effect, EffectKind, NotifyEvent, Phase, ReportState};
+use super::names::{EffectKey, StageName};
 use super::reason::{AlarmProblem, Reason, RequestState};
 use super::retry::retry_from;
 use super::types::*;
@@ -69,7 +70,7 @@ struct Planner<'a> {
     now: DateTime<Utc>,
     out: Plan,
     /// Runs that already got a status change in this call.
-    touched: HashSet<(ReleaseId, String)>,
+    touched: HashSet<(ReleaseId, StageName)>,
 }
 
 impl<'a> Planner<'a> {
@@ -163,7 +164,7 @@ impl<'a> Planner<'a> {
             match retry_from(self.cfg, self.snap, req.release) {
                 Ok(from) => {
                     let start = self.cfg.stage_index(&from).unwrap_or(0);
-                    let stages: Vec<String> = self.cfg.stages[start..]
+                    let stages: Vec<StageName> = self.cfg.stages[start..]
                         .iter()
                         .map(|s| s.name.clone())
                         .collect();
@@ -1082,7 +1083,7 @@ impl<'a> Planner<'a> {
     /// Pending effects this plan no longer asks for are closed, so none is left hanging.
     /// (A run changing status in this plan is looked at again in the next round.)
     fn abandon_stale(&mut self) {
-        let wanted: HashSet<String> = self
+        let wanted: HashSet<EffectKey> = self
             .out
             .actions
             .iter()

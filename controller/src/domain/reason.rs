@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::action::Phase;
+use super::names::StageName;
 use super::types::{ReleaseId, RunStatus};
 use crate::config::values::format_duration;
 
@@ -152,7 +153,7 @@ pub enum Reason {
     },
     /// The release was rolled back in an earlier stage.
     RolledBackUpstream {
-        stage: String,
+        stage: StageName,
         cause: Box<Reason>,
     },
     // ----- how a run ended ---------------------------------------------------------------
@@ -179,11 +180,11 @@ pub enum Reason {
         release: ReleaseId,
     },
     SupersededIn {
-        stage: String,
+        stage: StageName,
     },
     /// Rolled back in `stage`: never promoted again automatically.
     BadRelease {
-        stage: String,
+        stage: StageName,
         cause: Box<Reason>,
     },
     /// The release could not be promoted at all.
@@ -192,7 +193,7 @@ pub enum Reason {
     },
     /// The previous stage ended without succeeding.
     PreviousStageEnded {
-        stage: String,
+        stage: StageName,
         status: RunStatus,
     },
     /// A reason an earlier version of tollgate recorded as text (kept to be shown, never read).

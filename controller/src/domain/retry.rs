@@ -69,5 +69,5 @@ pub fn retry_from(cfg: &Pipeline, snap: &Snapshot, release: ReleaseId) -> Result
             "{why}: retrying {release} would move {stage} backwards"
         ));
     }
-    Ok(stage.clone())
+    Ok(stage.to_string())
 }

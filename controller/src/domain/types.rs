@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::action::EffectKind;
+use super::names::*;
 use super::reason::Reason;
 
 /// A release's id: assigned by the store in arrival order, so a larger id is a newer release.
@@ -53,8 +54,8 @@ pub fn short_sha(sha: &str) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
     pub id: ReleaseId,
-    pub pipeline: String,
-    pub sha: String,
+    pub pipeline: PipelineName,
+    pub sha: CommitSha,
     pub branch: String,
     pub author_name: String,
     pub author_email: String,
@@ -62,7 +63,7 @@ pub struct Release {
     pub message: String,
     pub url: Option<String>,
     /// `sha256:…`, once the artifact was resolved.
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     pub created_at: DateTime<Utc>,
     /// Set when the release was rolled back anywhere: it is never promoted again automatically.
     pub bad: Option<BadMark>,
@@ -77,7 +78,7 @@ pub struct Release {
 /// Where and why a release was marked bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadMark {
-    pub stage: String,
+    pub stage: StageName,
     pub reason: Reason,
 }
 
@@ -222,7 +223,7 @@ impl fmt::Display for RunStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StageRun {
     pub release: ReleaseId,
-    pub stage: String,
+    pub stage: StageName,
     pub status: RunStatus,
     /// Why it is in this status, or what it waits for; shown by `tollgate status`.
     pub reason: Reason,
@@ -262,10 +263,10 @@ impl EffectStatus {
 /// The durable record of one side effect, by idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EffectRecord {
-    pub key: String,
+    pub key: EffectKey,
     pub release: ReleaseId,
     /// Empty for release-level effects (artifact resolution).
-    pub stage: String,
+    pub stage: StageName,
     /// What the effect is (stored as its own typed column, never read from the key).
     pub kind: EffectKind,
     pub status: EffectStatus,
@@ -285,7 +286,7 @@ pub enum EffectOutput {
     #[default]
     None,
     /// The artifact's image digest (`sha256:…`).
-    Resolved { digest: String },
+    Resolved { digest: Digest },
     /// The stage's alarms that were in ALARM when read (empty: none).
     Alarms { in_alarm: Vec<String> },
     /// A wave deployed: the image it runs and the stack's (or pipeline's) outputs.
@@ -338,7 +339,7 @@ impl Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRecord {
     pub release: ReleaseId,
-    pub stage: String,
+    pub stage: StageName,
     pub approver: String,
     pub decision: Decision,
     pub at: DateTime<Utc>,
@@ -349,7 +350,7 @@ pub struct ApprovalRecord {
 pub struct AlarmFact {
     /// The alarm event's id in the store; a rollback it causes records it.
     pub id: i64,
-    pub stage: String,
+    pub stage: StageName,
     pub alarm: String,
     /// True for ALARM, false for OK / INSUFFICIENT_DATA.
     pub firing: bool,
@@ -375,7 +376,7 @@ pub struct RetryRequest {
 /// A stage's durable state.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StageState {
-    pub name: String,
+    pub name: StageName,
     pub paused: Option<String>,
     /// Releases this stage ran successfully, oldest first (a rollback appends its target).
     pub history: Vec<ReleaseId>,

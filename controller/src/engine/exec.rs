@@ -149,7 +149,9 @@ async fn resolve(op: &Op<'_>) -> PortResult<EffectOutcome> {
         .resolve(&p.artifact, account, &tag)
         .await?;
     let detail = format!("{}:{tag} is {digest}", p.artifact.repository);
-    Ok(EffectOutcome::success(detail).with(EffectOutput::Resolved { digest }))
+    Ok(EffectOutcome::success(detail).with(EffectOutput::Resolved {
+        digest: digest.into(),
+    }))
 }
 
 async fn alarms(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
@@ -185,16 +187,16 @@ async fn run_test(op: &Op<'_>, s: &Stage, test: &str) -> PortResult<EffectOutcom
         .ok_or_else(|| PortError::Invalid("stage has no target".into()))?;
     let account = ctx.account(&target.account)?;
     let tc = TestContext {
-        key: op.effect.key.clone(),
-        pipeline: p.name.clone(),
-        stage: s.name.clone(),
+        key: op.effect.key.to_string(),
+        pipeline: p.name.to_string(),
+        stage: s.name.to_string(),
         release: r.id,
         repository: p.source.repository.clone(),
         branch: r.branch.clone(),
-        sha: r.sha.clone(),
-        digest: r.digest.clone().unwrap_or_default(),
+        sha: r.sha.to_string(),
+        digest: r.digest.as_deref().unwrap_or_default().to_string(),
         image_uri: ctx.image_uri.clone(),
-        account_id: account.id.clone(),
+        account_id: account.id.to_string(),
         region: target.region.clone(),
         outputs: ctx.outputs.clone(),
     };
@@ -227,9 +229,9 @@ async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
         EffectKind::RequestApproval { round: 0 },
     );
     let req = ApprovalRequest {
-        key: first.key,
-        pipeline: p.name.clone(),
-        stage: s.name.clone(),
+        key: first.key.to_string(),
+        pipeline: p.name.to_string(),
+        stage: s.name.to_string(),
         release: r.id,
         topic: cfg.topic.clone(),
         approvers: cfg.approvers.clone(),
@@ -321,16 +323,16 @@ async fn deploy_request(
         artifact: p.artifact.clone(),
         build_account: ctx.account(&p.artifact.account)?.clone(),
         digest: digest.to_string(),
-        stage: s.name.clone(),
+        stage: s.name.to_string(),
         target: target.clone(),
         target_account: account.clone(),
         mode: s.promote,
     };
     let image_uri = op.ports().artifacts.promote(&promote).await?;
     Ok(DeployRequest {
-        key: op.effect.key.clone(),
-        pipeline: p.name.clone(),
-        stage: s.name.clone(),
+        key: op.effect.key.to_string(),
+        pipeline: p.name.to_string(),
+        stage: s.name.to_string(),
         release,
         target: target.clone(),
         account,
@@ -352,7 +354,7 @@ async fn notify(
     let (subject, body) =
         messages::notification(p, s, r, event, &ctx.reason(), &ctx.history, &ctx.public_url);
     let msg = Message {
-        key: op.effect.key.clone(),
+        key: op.effect.key.to_string(),
         topic: topic.clone(),
         subject,
         body,
@@ -369,12 +371,12 @@ async fn report(
 ) -> PortResult<EffectOutcome> {
     let (p, r, ctx) = (op.pipeline, op.release, op.ctx);
     let rep = DeploymentReport {
-        key: op.effect.key.clone(),
-        pipeline: p.name.clone(),
+        key: op.effect.key.to_string(),
+        pipeline: p.name.to_string(),
         repository: p.source.repository.clone(),
-        sha: r.sha.clone(),
+        sha: r.sha.to_string(),
         release: r.id,
-        environment: s.name.clone(),
+        environment: s.name.to_string(),
         state,
         description: ctx.reason(),
         log_url: format!(

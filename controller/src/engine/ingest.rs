@@ -19,7 +19,7 @@ use super::clock::Clock;
 use super::facts::*;
 use super::{EngineError, EngineResult, SharedConfig};
 use crate::config::{Config, Pipeline};
-use crate::domain::{ReleaseId, retry::retry_from};
+use crate::domain::{ReleaseId, StageName, retry::retry_from};
 use crate::store::{EventNote, Reads, Store};
 
 /// The wake-up signal of each pipeline's reconcile loop.
@@ -134,7 +134,7 @@ impl Ingest {
         d: &Delivery,
     ) -> EngineResult<Ingested<ReleaseId>> {
         let p = self.pipeline(&r.pipeline)?;
-        let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+        let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
         let out = self.store.record_release(r, &stages, d, self.now()).await?;
         self.wake(&r.pipeline);
         Ok(out)
@@ -265,7 +265,7 @@ impl Ingest {
             return Ok(RetryVerdict::Duplicate);
         }
         self.wake(pipeline);
-        let stages: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+        let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
         let since = self.now() - chrono::Duration::days(7);
         let snap = self.store.snapshot(pipeline, &stages, since).await?;
         Ok(match retry_from(&p, &snap, release) {

@@ -33,7 +33,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::config::Config;
-use crate::domain::{Action, Effect, plan};
+use crate::domain::{Action, Effect, StageName, plan};
 use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use facts::*;
@@ -194,7 +194,7 @@ impl Engine {
         self.config()
             .pipelines
             .iter()
-            .filter(|p| looping.insert(p.name.clone()))
+            .filter(|p| looping.insert(p.name.to_string()))
             .map(|p| {
                 let engine = self.clone();
                 let name = p.name.clone();
@@ -241,7 +241,7 @@ impl Engine {
             return Err(EngineError::Stopped);
         }
         let pipeline = self.pipeline(name)?;
-        let stages: Vec<String> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
+        let stages: Vec<StageName> = pipeline.stages.iter().map(|s| s.name.clone()).collect();
         for _ in 0..MAX_ROUNDS {
             let since = self.now() - chrono::Duration::days(7);
             let snap = self.store().snapshot(name, &stages, since).await?;
@@ -279,7 +279,7 @@ impl Engine {
     async fn start_effect(&self, e: Effect, snap: &crate::domain::Snapshot) -> EngineResult<()> {
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(e.key.clone()) {
+            if !running.insert(e.key.to_string()) {
                 return Ok(());
             }
         }

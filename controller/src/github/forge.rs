@@ -298,7 +298,7 @@ impl GithubForge {
     pub fn track_pipelines(&self, config: &Config) {
         let last = config.pipelines.iter().filter_map(|p| {
             let stage = p.stages.last()?;
-            Some((p.name.clone(), stage.name.clone()))
+            Some((p.name.to_string(), stage.name.to_string()))
         });
         let map: HashMap<String, String> = last.collect();
         match self.last_stages.write() {

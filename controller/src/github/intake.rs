@@ -215,7 +215,7 @@ fn new_release(
         None => (pusher.to_owned(), String::new(), None, String::new()),
     };
     Box::new(NewRelease {
-        pipeline: p.name.clone(),
+        pipeline: p.name.to_string(),
         sha: sha.to_owned(),
         branch: p.source.branch.clone(),
         author_name: name,
@@ -293,7 +293,7 @@ fn each(config: &Config, decide: impl Fn(&Pipeline) -> Decision) -> Vec<(String,
     config
         .pipelines
         .iter()
-        .map(|p| (p.name.clone(), decide(p)))
+        .map(|p| (p.name.to_string(), decide(p)))
         .collect()
 }
 

@@ -291,8 +291,8 @@ pub fn watchers(config: &Config, topic: &str, alarm: &AlarmNotification) -> Vec<
     for pipeline in config.pipelines.iter().filter(listens) {
         let watching = pipeline.stages.iter().filter(|s| watches(config, s, alarm));
         out.extend(watching.map(|s| Watcher {
-            pipeline: pipeline.name.clone(),
-            stage: s.name.clone(),
+            pipeline: pipeline.name.to_string(),
+            stage: s.name.to_string(),
         }));
     }
     out
@@ -425,7 +425,7 @@ fn pipelines_naming(config: &Config, topic: &str) -> Vec<String> {
                 .any(|s| s.approval.as_ref().is_some_and(|a| a.topic == topic))
     };
     let naming = config.pipelines.iter().filter(|p| names(p));
-    naming.map(|p| p.name.clone()).collect()
+    naming.map(|p| p.name.to_string()).collect()
 }
 
 async fn log_for_topic(state: &SnsState, msg: &SnsMessage, detail: &str) -> Result<(), Reply> {

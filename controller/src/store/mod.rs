@@ -15,6 +15,7 @@ pub mod approvals;
 mod migration_tests;
 #[cfg(test)]
 mod model_tests;
+mod names;
 mod rows;
 
 use std::ops::Deref;
@@ -163,7 +164,7 @@ impl Store {
     pub async fn record_release(
         &self,
         r: &NewRelease,
-        stages: &[String],
+        stages: &[StageName],
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<ReleaseId>> {
@@ -513,7 +514,7 @@ impl Store {
     pub async fn snapshot(
         &self,
         pipeline: &str,
-        stages: &[String],
+        stages: &[StageName],
         since_alarms: DateTime<Utc>,
     ) -> Result<Snapshot> {
         let mut conn = self.pool.acquire().await?;
@@ -819,7 +820,7 @@ fn action_stage(a: &Action) -> Option<&str> {
         | Action::RecordGood { stage, .. }
         | Action::PauseStage { stage, .. }
         | Action::ConsumeRollbackRequest { stage, .. } => Some(stage),
-        Action::Retry { stages, .. } => stages.first().map(String::as_str),
+        Action::Retry { stages, .. } => stages.first().map(StageName::as_str),
         _ => None,
     }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 
 use super::{Store, ms, rows};
+use crate::domain::StageName;
 use crate::domain::tests::properties::{Ev, apply_event, build, chaotic, knobs};
 use crate::domain::tests::sim::{Applied, PIPELINE, Sim};
 use crate::domain::*;
@@ -209,7 +210,7 @@ async fn replay(
         }
         store.apply(PIPELINE, &step.changes, step.at).await?;
     }
-    let stages: Vec<String> = sim.cfg.stages.iter().map(|s| s.name.clone()).collect();
+    let stages: Vec<StageName> = sim.cfg.stages.iter().map(|s| s.name.clone()).collect();
     let since = DateTime::<Utc>::UNIX_EPOCH;
     let got = normal(store.snapshot(PIPELINE, &stages, since).await?);
     let want = normal(sim.snap.clone());

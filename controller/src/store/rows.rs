@@ -33,7 +33,7 @@ fn release_row(r: &SqliteRow) -> Release {
         r.get::<Option<String>, _>("bad_reason"),
     ) {
         (Some(stage), reason) => Some(BadMark {
-            stage,
+            stage: stage.into(),
             reason: reason_of(reason.unwrap_or_default()),
         }),
         _ => None,
@@ -132,7 +132,7 @@ fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
 pub(super) async fn load_snapshot(
     c: &mut SqliteConnection,
     pipeline: &str,
-    stages: &[String],
+    stages: &[StageName],
     since_alarms: DateTime<Utc>,
 ) -> Result<Snapshot> {
     let paused = pause_reason(c, pipeline, None).await?;
@@ -228,7 +228,7 @@ async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Re
             by: r.get("actor"),
         });
     Ok(StageState {
-        name: name.to_string(),
+        name: name.to_string().into(),
         paused,
         history,
         rollback_request,
@@ -345,7 +345,7 @@ async fn retry(
     tx: &mut SqliteConnection,
     request: i64,
     release: ReleaseId,
-    stages: &[String],
+    stages: &[StageName],
     by: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {

@@ -87,7 +87,7 @@ async fn store_with_release() -> (tempfile::TempDir, Store, ReleaseId) {
         source: "test".into(),
         id: "push-1".into(),
     };
-    let stages = ["beta".to_string(), "prod".to_string()];
+    let stages = ["beta".into(), "prod".into()];
     let Ingested::Recorded(id) = store
         .record_release(&release, &stages, &d, Utc::now())
         .await

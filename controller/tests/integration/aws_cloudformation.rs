@@ -76,7 +76,7 @@ fn account(name: &str, id: &str, external_id: SecretRef) -> Account {
     Account {
         name: name.into(),
         id: id.into(),
-        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy")),
+        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy").into()),
         external_id: Some(external_id),
         region: REGION.into(),
         controller: false,

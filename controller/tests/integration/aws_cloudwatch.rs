@@ -20,7 +20,7 @@ fn account(name: &str, id: &str) -> Account {
     Account {
         name: name.into(),
         id: id.into(),
-        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy")),
+        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy").into()),
         external_id: None,
         region: REGION.into(),
         controller: false,

@@ -28,7 +28,7 @@ fn account(name: &str, id: &str, dir: &Path) -> Account {
     Account {
         name: name.into(),
         id: id.into(),
-        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy")),
+        role_arn: Some(format!("arn:aws:iam::{id}:role/tollgate-deploy").into()),
         external_id: Some(SecretRef::File(file)),
         region: REGION.into(),
         controller: false,

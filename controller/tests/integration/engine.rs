@@ -207,7 +207,7 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
             .all(|(s, _, uri)| s == "prod" && uri.ends_with(&fake_digest(&sha(1))))
     );
     let rel = engine.reads().release(id).await.unwrap().unwrap();
-    assert_eq!(rel.bad.map(|b| b.stage), Some("prod".to_string()));
+    assert_eq!(rel.bad.map(|b| b.stage), Some("prod".into()));
     // The metric: alarm arrival to the deployer's first rollback call, per wave. The manual
     // clock does not move while the engine works, so the figure is exactly 0 here.
     let latencies: Vec<String> = engine

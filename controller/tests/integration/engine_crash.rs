@@ -61,7 +61,7 @@ async fn outcome(h: &Harness, engine: &Engine) -> Outcome {
     let statuses = runs[0]
         .1
         .iter()
-        .map(|r| (r.stage.clone(), r.status))
+        .map(|r| (r.stage.to_string(), r.status))
         .collect();
     let pending = engine
         .reads()

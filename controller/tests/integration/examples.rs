@@ -252,8 +252,8 @@ fn stage_variables(
     let outputs = outputs.iter().map(|o| (o.clone(), "x".to_string()));
     let ctx = TestContext {
         key: "k".into(),
-        pipeline: pipeline.name.clone(),
-        stage: stage.name.clone(),
+        pipeline: pipeline.name.to_string(),
+        stage: stage.name.to_string(),
         release: ReleaseId(1),
         repository: pipeline.source.repository.clone(),
         branch: pipeline.source.branch.clone(),
@@ -591,7 +591,11 @@ impl Emulated {
     /// The certificate for `domain` in moto's ACM of `account` and `region`, made once.
     async fn certificate(&self, account: &Account, region: &str, domain: &str) -> String {
         let mut made = self.certificates.lock().await;
-        let key = (account.id.clone(), region.to_string(), domain.to_string());
+        let key = (
+            account.id.to_string(),
+            region.to_string(),
+            domain.to_string(),
+        );
         if let Some(arn) = made.get(&key) {
             return arn.clone();
         }

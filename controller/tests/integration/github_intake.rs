@@ -301,7 +301,7 @@ async fn a_push_delivered_three_times_creates_exactly_one_release() {
     let releases = c.releases("backend").await;
     assert_eq!(releases.len(), 1);
     let r = &releases[0];
-    assert_eq!(r.sha, push["after"]);
+    assert_eq!(r.sha.as_str(), push["after"]);
     assert_eq!(r.branch, "main");
     assert_eq!(r.author_name, push["head_commit"]["author"]["name"]);
     assert_eq!(r.author_email, push["head_commit"]["author"]["email"]);
@@ -404,7 +404,7 @@ async fn a_successful_build_workflow_run_creates_the_release() {
     assert_eq!(releases.len(), 1);
     let r = &releases[0];
     let wr = &run["workflow_run"];
-    assert_eq!(r.sha, wr["head_sha"]);
+    assert_eq!(r.sha.as_str(), wr["head_sha"]);
     assert_eq!(r.author_name, wr["head_commit"]["author"]["name"]);
     assert_eq!(r.message, wr["head_commit"]["message"]);
     assert_eq!(r.url.as_deref(), wr["html_url"].as_str());

@@ -228,7 +228,7 @@ pub fn apply_event(sim: &mut Sim, ev: &Ev) {
             }
         }
         Ev::Decide { pick, who, approve } => {
-            let waiting: Vec<(ReleaseId, String)> = sim
+            let waiting: Vec<(ReleaseId, crate::domain::StageName)> = sim
                 .snap
                 .runs
                 .iter()
@@ -333,7 +333,7 @@ impl Checker {
             } = a
             {
                 if *to == S::Queued {
-                    let max = self.queued.entry(stage.clone()).or_insert(*release);
+                    let max = self.queued.entry(stage.to_string()).or_insert(*release);
                     *max = (*max).max(*release);
                 }
             }
@@ -437,7 +437,10 @@ impl Checker {
             "key {} is not derived from its effect",
             e.key
         );
-        let first = self.keys.entry(e.key.clone()).or_insert_with(|| e.clone());
+        let first = self
+            .keys
+            .entry(e.key.to_string())
+            .or_insert_with(|| e.clone());
         ensure!(
             first == e,
             "key {} names two effects: {first:?} and {e:?}",

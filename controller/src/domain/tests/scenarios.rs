@@ -282,7 +282,7 @@ fn settle_and_replan(sim: &mut Sim, seen: &mut BTreeMap<String, Effect>) {
         );
     }
     for e in &sim.starts_emitted {
-        let prev = seen.entry(e.key.clone()).or_insert_with(|| e.clone());
+        let prev = seen.entry(e.key.to_string()).or_insert_with(|| e.clone());
         assert_eq!(prev, e, "one key, two different effects");
     }
 }
@@ -319,7 +319,7 @@ fn every_effect_of_a_full_promotion_has_its_own_key_and_replanning_adds_none() {
         assert_eq!(sim.status(r2, stage), S::Succeeded);
     }
 
-    let keys: BTreeSet<&String> = sim.all_effects().map(|e| &e.key).collect();
+    let keys: BTreeSet<&crate::domain::EffectKey> = sim.all_effects().map(|e| &e.key).collect();
     assert_eq!(keys.len(), sim.all_effects().count(), "one record per key");
     let effects: BTreeSet<String> = seen.values().map(|e| format!("{e:?}")).collect();
     assert_eq!(

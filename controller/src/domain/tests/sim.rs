@@ -15,7 +15,7 @@ use crate::config::{
 use crate::domain::{
     Action, AlarmFact, ApprovalRecord, BadMark, Decision, Effect, EffectKind, EffectOutput,
     EffectRecord, EffectStatus, Plan, Reason, Release, ReleaseId, RetryRequest, RollbackRequest,
-    RunStatus, Snapshot, StageRun, StageState, plan,
+    RunStatus, Snapshot, StageName, StageRun, StageState, plan,
 };
 
 pub const PIPELINE: &str = "shop";
@@ -33,7 +33,7 @@ pub fn secs(n: u64) -> Duration {
 /// A stage with one target, no tests, no alarms, no bake, no approval, no windows.
 pub fn stage(name: &str) -> Stage {
     Stage {
-        name: name.to_string(),
+        name: name.to_string().into(),
         targets: vec![target(name, 0)],
         deploy: Deploy::CodePipeline {
             pipeline: format!("{name}-deploy"),
@@ -232,7 +232,9 @@ impl Sim {
         actions
             .iter()
             .filter(|a| a.is_state_change())
-            .filter(|a| !matches!(a, Action::Abandon { key } if self.running.contains(key)))
+            .filter(
+                |a| !matches!(a, Action::Abandon { key } if self.running.contains(key.as_str())),
+            )
             .cloned()
             .collect()
     }
@@ -267,11 +269,11 @@ impl Sim {
         self.starts_emitted.push(e.clone());
         if let Some(rec) = self.snap.effect(&e.key) {
             if rec.status == EffectStatus::Pending {
-                self.running.insert(e.key.clone());
+                self.running.insert(e.key.to_string());
             }
             return;
         }
-        self.running.insert(e.key.clone());
+        self.running.insert(e.key.to_string());
         self.started.push(e.clone());
         self.snap.effects.push(EffectRecord {
             key: e.key.clone(),
@@ -436,7 +438,7 @@ impl Sim {
             Release {
                 id,
                 pipeline: PIPELINE.into(),
-                sha: format!("{:040x}", id.0),
+                sha: format!("{:040x}", id.0).into(),
                 branch: "main".into(),
                 author_name: "Dee Veloper".into(),
                 author_email: "dee@example.com".into(),
@@ -499,7 +501,7 @@ impl Sim {
             .unwrap_or_else(|| panic!("no effect {key}"));
         let output = match &rec.kind {
             EffectKind::ResolveArtifact => EffectOutput::Resolved {
-                digest: format!("sha256:{:064x}", rec.release.0),
+                digest: format!("sha256:{:064x}", rec.release.0).into(),
             },
             EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. } => {
                 EffectOutput::Alarms { in_alarm: vec![] }
@@ -526,7 +528,7 @@ impl Sim {
         self.snap
             .effects
             .iter()
-            .filter(|e| e.status == EffectStatus::Pending && self.running.contains(&e.key))
+            .filter(|e| e.status == EffectStatus::Pending && self.running.contains(e.key.as_str()))
             .cloned()
             .collect()
     }
@@ -677,7 +679,9 @@ impl Sim {
         } else {
             self.run(release, stage).attempt
         };
-        Effect::new(PIPELINE, release, stage, attempt, kind).key
+        Effect::new(PIPELINE, release, stage, attempt, kind)
+            .key
+            .to_string()
     }
 
     pub fn resolve_key(&self, release: ReleaseId) -> String {
@@ -741,7 +745,7 @@ impl Sim {
     /// Approvals from approvers who have not decided yet, for every run still short of them.
     fn give_approvals(&mut self) -> bool {
         let mut gave = false;
-        let waiting: Vec<(ReleaseId, String)> = self
+        let waiting: Vec<(ReleaseId, StageName)> = self
             .snap
             .runs
             .iter()
@@ -829,7 +833,7 @@ fn take<T>(v: &mut Vec<T>, f: impl Fn(&T) -> bool) -> Vec<T> {
 }
 
 /// The transitions of a plan, as (release, stage, to, reason).
-pub fn transitions(p: &Plan) -> Vec<(ReleaseId, String, RunStatus, Reason)> {
+pub fn transitions(p: &Plan) -> Vec<(ReleaseId, StageName, RunStatus, Reason)> {
     p.actions
         .iter()
         .filter_map(|a| match a {

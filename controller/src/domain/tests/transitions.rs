@@ -982,7 +982,7 @@ fn reports_follow_the_run_and_skip_stages_never_reached() {
         .started
         .iter()
         .filter(|e| matches!(e.kind, EffectKind::Report { .. }))
-        .map(|e| (e.stage.clone(), e.kind.key_part()))
+        .map(|e| (e.stage.to_string(), e.kind.key_part()))
         .collect();
     assert_eq!(
         reported,
