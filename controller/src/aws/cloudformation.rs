@@ -30,6 +30,7 @@ use super::errors::{context, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
+use crate::domain::Arn;
 use crate::engine::ports::{DeployRequest, DeployResult, PortError, PortResult};
 
 /// CloudFormation allows at most this many rollback triggers.
@@ -472,7 +473,7 @@ async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
             .iter()
             .map(|c| Capability::from(c.as_str()))
             .collect(),
-        role: execution_role.clone(),
+        role: execution_role.as_ref().map(Arn::to_string),
         rollback: rollback_configuration(req, alarms),
     })
 }

@@ -34,10 +34,10 @@ impl Config {
     pub fn known_topics(&self) -> Vec<String> {
         let mut topics = Vec::new();
         for p in &self.pipelines {
-            topics.extend(p.notifications.topic.clone());
-            topics.extend(p.alarm_topics.iter().cloned());
+            topics.extend(p.notifications.topic.as_ref().map(Arn::to_string));
+            topics.extend(p.alarm_topics.iter().map(Arn::to_string));
             for s in &p.stages {
-                topics.extend(s.approval.as_ref().map(|a| a.topic.clone()));
+                topics.extend(s.approval.as_ref().map(|a| a.topic.to_string()));
             }
         }
         topics.sort();
@@ -63,7 +63,7 @@ pub struct Pipeline {
     pub tests: BTreeMap<String, TestDef>,
     pub notifications: Notifications,
     /// SNS topics whose CloudWatch alarm notifications this pipeline accepts.
-    pub alarm_topics: Vec<String>,
+    pub alarm_topics: Vec<Arn>,
     pub stages: Vec<Stage>,
 }
 
@@ -108,7 +108,7 @@ impl Artifact {
 
 #[derive(Debug, Clone, Default)]
 pub struct Notifications {
-    pub topic: Option<String>,
+    pub topic: Option<Arn>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,7 +182,7 @@ pub enum Deploy {
         parameters: BTreeMap<String, String>,
         image_parameter: String,
         capabilities: Vec<String>,
-        execution_role: Option<String>,
+        execution_role: Option<Arn>,
     },
     CodePipeline {
         pipeline: String,
@@ -200,7 +200,7 @@ pub enum Promote {
 
 #[derive(Debug, Clone)]
 pub struct Approval {
-    pub topic: String,
+    pub topic: Arn,
     pub approvers: Vec<Approver>,
     pub min_approvals: u32,
     pub timeout: Duration,

@@ -252,7 +252,7 @@ fn pipeline(
         .filter_map(|(name, t)| test(i, name, t, base, cx).map(|d| (name.clone(), d)))
         .collect();
     let notifications = Notifications {
-        topic: p.notifications.topic.clone(),
+        topic: p.notifications.topic.clone().map(Arn::from),
     };
     if let Some(t) = &p.notifications.topic {
         cx.check(
@@ -300,7 +300,12 @@ fn pipeline(
         artifact,
         tests,
         notifications,
-        alarm_topics: p.notifications.alarm_topics,
+        alarm_topics: p
+            .notifications
+            .alarm_topics
+            .into_iter()
+            .map(Arn::from)
+            .collect(),
         stages,
     }
 }
@@ -657,7 +662,7 @@ fn deploy(i: usize, j: usize, d: &RawDeploy, base: &Path, cx: &mut Ctx) -> Deplo
                 parameters,
                 image_parameter,
                 capabilities: d.capabilities.clone().unwrap_or_default(),
-                execution_role: d.execution_role.clone(),
+                execution_role: d.execution_role.clone().map(Arn::from),
             }
         }
         "codepipeline" => {
@@ -759,7 +764,7 @@ fn approval(i: usize, j: usize, a: &RawApproval, cx: &mut Ctx) -> Approval {
         }
     }
     Approval {
-        topic: a.topic.clone(),
+        topic: a.topic.clone().into(),
         approvers: a
             .approvers
             .iter()

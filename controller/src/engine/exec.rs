@@ -233,7 +233,7 @@ async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
         pipeline: p.name.to_string(),
         stage: s.name.to_string(),
         release: r.id,
-        topic: cfg.topic.clone(),
+        topic: cfg.topic.to_string(),
         approvers: cfg.approvers.clone(),
         expires_at: since + chrono::Duration::from_std(cfg.timeout).unwrap_or_default(),
         summary: messages::release_facts(p, r, &ctx.history, &ctx.public_url),
@@ -355,7 +355,7 @@ async fn notify(
         messages::notification(p, s, r, event, &ctx.reason(), &ctx.history, &ctx.public_url);
     let msg = Message {
         key: op.effect.key.to_string(),
-        topic: topic.clone(),
+        topic: topic.to_string(),
         subject,
         body,
         attributes: BTreeMap::new(),
