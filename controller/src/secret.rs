@@ -1,4 +1,9 @@
 //! Secrets: a wrapper that never prints its contents.
+//!
+//! Owns [`Secret`]: webhook secrets, tokens, API keys and approval tokens are held in one from
+//! the moment they are read. Must never: implement `Debug`, `Display` or `Serialize` in a way
+//! that shows the value; code that needs the bytes asks for them with `expose()` at the point
+//! of use (an HMAC, a header), and nowhere else.
 
 use std::fmt;
 

@@ -1,4 +1,9 @@
 //! Time, injectable: the engine never reads the system clock directly.
+//!
+//! Owns [`Clock`] and its two implementations: [`SystemClock`] for the controller and
+//! [`ManualClock`] that tests move by hand. Every component that needs the time (the engine,
+//! the approval sender, the GitHub forge) is given one. Must never: be read around, by
+//! calling `Utc::now()` elsewhere in the controller's code.
 
 use std::sync::Mutex;
 

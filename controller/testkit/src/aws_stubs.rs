@@ -1,4 +1,10 @@
 //! Scripted stub servers speaking AWS wire protocols for what moto cannot produce.
+//!
+//! Owns the stand-ins for moto's documented gaps (CloudWatch over RPCv2 CBOR, CloudFormation
+//! and CodePipeline behaviour moto does not model). Each stub follows the service's documented
+//! rules, not only its wire format, and says in a comment which gap it covers. Must never: be
+//! linked into the controller's binary (this crate is a dev-dependency), or listen beyond
+//! loopback.
 
 pub mod cloudwatch {
     //! A scripted CloudWatch alarm-state server (`DescribeAlarms`) on loopback.
