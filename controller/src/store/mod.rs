@@ -470,10 +470,7 @@ impl Store {
         .bind(ms(now))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE releases SET active = 1 WHERE id = $1")
-            .bind(release.0)
-            .execute(&mut *tx)
-            .await?;
+        rows::activate(&mut tx, release).await?;
         let detail = format!("retry of {release} requested");
         log(
             &mut tx,

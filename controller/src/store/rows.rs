@@ -360,11 +360,17 @@ async fn retry(
             .execute(&mut *tx)
             .await?;
     }
+    activate(tx, release).await?;
+    handle_retry_request(tx, request, now).await
+}
+
+/// Brings a release back into the working set (the planner sees it again).
+pub(super) async fn activate(tx: &mut SqliteConnection, release: ReleaseId) -> Result<()> {
     sqlx::query("UPDATE releases SET active = 1 WHERE id = $1")
         .bind(release.0)
         .execute(&mut *tx)
         .await?;
-    handle_retry_request(tx, request, now).await
+    Ok(())
 }
 
 async fn handle_retry_request(
