@@ -29,6 +29,9 @@ use crate::config::{Pipeline, Stage};
 
 /// Re-check a stage's alarms this often while they block entry.
 pub const ALARM_RECHECK: Duration = Duration::from_secs(60);
+/// The alarm gate in front of a deploy (and of each further wave) trusts a clean read of the
+/// stage's alarms at most this old; an older one is read again first.
+pub const ALARM_GATE_FRESH: Duration = Duration::from_secs(10);
 /// Poll the alarms during bake at most this often (the SNS push is the fast path).
 pub const BAKE_POLL: Duration = Duration::from_secs(10);
 /// A failed approval request is sent again after this long, doubling each time up to
@@ -516,6 +519,13 @@ impl<'a> Planner<'a> {
 
     /// Before entry, a stage's alarms must not be in ALARM (unless the release overrides it).
     fn entry_alarms_clear(&mut self, stage: &Stage, run: &StageRun) -> bool {
+        self.alarms_clear(stage, run, None)
+    }
+
+    /// The alarm gate: the stage's alarms are not in ALARM (unless the release overrides it),
+    /// by a read at most `fresh` old when given — the gate in front of a deploy is checked at
+    /// that moment, not when the release entered the stage days before.
+    fn alarms_clear(&mut self, stage: &Stage, run: &StageRun, fresh: Option<Duration>) -> bool {
         if stage.alarms.is_empty() {
             return true;
         }
@@ -534,7 +544,16 @@ impl<'a> Planner<'a> {
             _ if !firing.is_empty() => AlarmProblem::InAlarm {
                 alarms: firing.to_vec(),
             },
-            _ => return true,
+            _ => {
+                let read = rec.finished_at.unwrap_or(self.now);
+                let stale = fresh.is_some_and(|f| {
+                    read + chrono::Duration::from_std(f).unwrap_or_default() < self.now
+                });
+                if stale {
+                    self.ensure(self.effect(run, EffectKind::CheckAlarms { round: round + 1 }));
+                }
+                return !stale;
+            }
         };
         if let Some(why) = self
             .release(run.release)
@@ -723,6 +742,9 @@ impl<'a> Planner<'a> {
             self.note(run, why);
             return;
         }
+        if !self.alarms_clear(stage, run, Some(ALARM_GATE_FRESH)) {
+            return;
+        }
         let waves = stage.targets.len();
         self.transition(
             run,
@@ -772,10 +794,12 @@ impl<'a> Planner<'a> {
 
     fn deploying(&mut self, stage: &Stage, run: &StageRun) {
         for wave in 0..stage.targets.len() {
-            let Some(rec) = self
-                .ensure(self.effect(run, EffectKind::Deploy { wave }))
-                .cloned()
-            else {
+            let deploy = self.effect(run, EffectKind::Deploy { wave });
+            let next_wave = wave > 0 && self.snap.effect(&deploy.key).is_none();
+            if next_wave && !self.alarms_clear(stage, run, Some(ALARM_GATE_FRESH)) {
+                return;
+            }
+            let Some(rec) = self.ensure(deploy).cloned() else {
                 if wave > 0 {
                     let reason = Reason::Deploying {
                         wave: wave + 1,

@@ -1170,3 +1170,75 @@ fn a_retry_of_a_release_still_in_flight_is_refused_and_changes_nothing() {
     assert_eq!(sim.status(r, "beta"), S::Deploying);
     assert_eq!(sim.run(r, "beta").attempt, 1);
 }
+
+#[test]
+fn the_alarm_gate_is_read_again_right_before_the_deploy_not_when_the_release_entered() {
+    let mut cfg = three_stages();
+    cfg.stages[2].alarms = vec!["prod-5xx".into()];
+    cfg.stages[2].approval = Some(approval(1));
+    let mut sim = Sim::new(cfg);
+    sim.auto_approve = false;
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.settle();
+    // The approver acts three hours later; meanwhile the prod alarm went off.
+    sim.advance(secs(3 * 3600));
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(
+        sim.status(r, "prod"),
+        S::AwaitingApproval,
+        "no deploy on a read of the alarms three hours old"
+    );
+    let check = sim.key(r, "prod", EffectKind::CheckAlarms { round: 1 });
+    assert!(sim.is_pending(&check), "the alarms are read again first");
+    sim.succeed_in_alarm(&check, "prod-5xx");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    assert!(
+        matches!(sim.reason(r, "prod"), Reason::AlarmsBlockEntry { problem: AlarmProblem::InAlarm { ref alarms }, .. } if alarms == &["prod-5xx"]),
+        "{:?}",
+        sim.reason(r, "prod")
+    );
+    let deploy = sim.key(r, "prod", EffectKind::Deploy { wave: 0 });
+    assert!(
+        sim.effect(&deploy).is_none(),
+        "nothing deployed into the incident"
+    );
+
+    // A minute later the alarm has cleared: the deploy starts.
+    sim.advance(secs(61));
+    sim.settle();
+    let again = sim.key(r, "prod", EffectKind::CheckAlarms { round: 2 });
+    sim.succeed(&again);
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Deploying);
+    assert!(sim.is_pending(&deploy));
+}
+
+#[test]
+fn each_further_wave_passes_the_alarm_gate_first() {
+    let mut sim = with_beta(|s| {
+        s.alarms = vec!["beta-5xx".into()];
+        s.targets = vec![target("beta", 0), target("beta", 1)];
+    });
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.settle();
+    let wave0 = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
+    sim.advance(secs(120));
+    sim.succeed(&wave0);
+    sim.settle();
+    let wave1 = sim.key(r, "beta", EffectKind::Deploy { wave: 1 });
+    assert!(
+        sim.effect(&wave1).is_none(),
+        "the second wave waits for a fresh read"
+    );
+    let check = sim.key(r, "beta", EffectKind::CheckAlarms { round: 1 });
+    sim.succeed_in_alarm(&check, "beta-5xx");
+    sim.settle();
+    assert!(
+        sim.effect(&wave1).is_none(),
+        "no second wave while the alarm fires"
+    );
+}
