@@ -5,11 +5,18 @@
 //! after the idempotency key, execute it with a `ClientRequestToken` derived from the same key,
 //! wait, and report the outputs or the first failing resource. Rollback is the same flow with
 //! the last known-good image, after cancelling an update in flight or finishing a failed
-//! rollback.
+//! rollback, and with no rollback triggers.
 //!
 //! Must never deploy twice under one key: the change set name, its `ClientToken` and the
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
+//!
+//! # Guarantees
+//! - A rollback's change set carries an empty list of rollback triggers. CloudFormation rolls
+//!   an operation back when a trigger's alarm is in `ALARM` during it, and keeps a stack's
+//!   triggers for later operations unless a change set names new ones (an empty list removes
+//!   them): with the stage's alarms as triggers, the alarm that caused the rollback would undo
+//!   it and leave the bad release running.
 //!
 //! # Caveats
 //! - At most five alarms become rollback triggers (CloudFormation's limit); the controller
@@ -108,13 +115,10 @@ impl CloudFormationDeployer {
         self.apply(&stack, &spec, current).await
     }
 
-    /// Returns the stack to `req.image_uri` (the last known-good release).
-    pub async fn rollback_stack(
-        &self,
-        req: &DeployRequest,
-        alarms: &[String],
-    ) -> PortResult<DeployResult> {
-        let spec = spec(req, alarms).await?;
+    /// Returns the stack to `req.image_uri` (the last known-good release), with no rollback
+    /// triggers (an empty list, which also removes the ones the stack kept).
+    pub async fn rollback_stack(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        let spec = spec(req, &[]).await?;
         let stack = self.open(req).await?;
         let current = self.unstick(&stack).await?;
         usable(&stack, current.as_ref(), true)?;
@@ -478,6 +482,8 @@ async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
     })
 }
 
+/// The triggers, always as a list: without one CloudFormation reuses the triggers the stack
+/// kept from its last operation, and an empty list is what removes them.
 fn rollback_configuration(req: &DeployRequest, alarms: &[String]) -> RollbackConfiguration {
     if alarms.len() > MAX_TRIGGERS {
         tracing::warn!(stage = %req.stage, count = alarms.len(), "only the first {MAX_TRIGGERS} alarms become rollback triggers");
@@ -574,7 +580,8 @@ fn result(st: &StackRef, stack: Option<&Stack>, what: &str) -> DeployResult {
     DeployResult { outputs, summary }
 }
 
-/// The earliest `*_FAILED` event of the attempt with `token` (events come newest first).
+/// The earliest `*_FAILED` event of the attempt with `token` (events come newest first), or
+/// else the reason the stack itself gave for rolling back (a rollback trigger's alarm).
 /// Without any event carrying a token (moto), the attempt is the events since the latest
 /// "User Initiated" one.
 fn first_failure(events: &[StackEvent], token: &str) -> Option<String> {
@@ -592,10 +599,13 @@ fn first_failure(events: &[StackEvent], token: &str) -> Option<String> {
             .iter()
             .collect()
     };
-    let failed = attempt.into_iter().rev().find(|e| {
-        e.resource_status()
-            .is_some_and(|s| s.as_str().ends_with("_FAILED"))
-    })?;
+    let earliest = |end: &str| {
+        attempt.iter().rev().copied().find(|e| {
+            e.resource_status()
+                .is_some_and(|s| s.as_str().ends_with(end))
+        })
+    };
+    let failed = earliest("_FAILED").or_else(|| earliest("ROLLBACK_IN_PROGRESS"))?;
     Some(format!(
         "{} ({}) {}: {}",
         failed.logical_resource_id().unwrap_or("?"),
@@ -681,6 +691,24 @@ mod tests {
         assert_eq!(
             first_failure(&events, "t").unwrap(),
             "Service (AWS::ECS::Service) CREATE_FAILED: bad"
+        );
+    }
+
+    #[test]
+    fn without_a_failed_resource_the_stacks_rollback_reason_is_reported() {
+        let events = [
+            event("Stack", "UPDATE_ROLLBACK_COMPLETE", "", Some("t")),
+            event(
+                "Stack",
+                "UPDATE_ROLLBACK_IN_PROGRESS",
+                "alarm api-5xx",
+                Some("t"),
+            ),
+            event("Service", "UPDATE_COMPLETE", "", Some("t")),
+        ];
+        assert_eq!(
+            first_failure(&events, "t").unwrap(),
+            "Stack (AWS::ECS::Service) UPDATE_ROLLBACK_IN_PROGRESS: alarm api-5xx"
         );
     }
 

@@ -5,6 +5,13 @@
 //! asks an [`AlarmLookup`] (pipeline, stage → alarm names) for them at every call: built from
 //! the live configuration with [`alarms_from_config`], a reload takes effect at the next deploy.
 //!
+//! # Guarantees
+//! - A rollback carries no rollback triggers (see [`CloudFormationDeployer::rollback_stack`]).
+//! - A deploy under an alarm override (`tollgate override --alarms`) leaves out the triggers
+//!   whose alarms are in `ALARM` when it starts, read through the [`Alarms`] port, and its
+//!   summary names them: CloudFormation would otherwise roll the overriding deploy back at
+//!   once. The other alarms stay triggers.
+//!
 //! Must never decide anything about the release: it deploys what it is asked to.
 
 use std::sync::{Arc, RwLock};
@@ -14,7 +21,7 @@ use async_trait::async_trait;
 use super::cloudformation::CloudFormationDeployer;
 use super::codepipeline::CodePipelineDeployer;
 use crate::config::{Config, Deploy};
-use crate::engine::ports::{DeployRequest, DeployResult, Deployer, PortResult};
+use crate::engine::ports::{Alarms, DeployRequest, DeployResult, Deployer, PortResult};
 
 /// (pipeline, stage) → the stage's alarm names (empty when unknown).
 pub type AlarmLookup = Arc<dyn Fn(&str, &str) -> Vec<String> + Send + Sync>;
@@ -24,6 +31,8 @@ pub struct AwsDeployer {
     cloudformation: CloudFormationDeployer,
     codepipeline: CodePipelineDeployer,
     alarms: AlarmLookup,
+    /// Alarm states, for a deploy under an alarm override.
+    states: Arc<dyn Alarms>,
 }
 
 impl AwsDeployer {
@@ -31,16 +40,41 @@ impl AwsDeployer {
         cloudformation: CloudFormationDeployer,
         codepipeline: CodePipelineDeployer,
         alarms: AlarmLookup,
+        states: Arc<dyn Alarms>,
     ) -> AwsDeployer {
         AwsDeployer {
             cloudformation,
             codepipeline,
             alarms,
+            states,
         }
     }
 
     fn alarms_of(&self, req: &DeployRequest) -> Vec<String> {
         (self.alarms)(&req.pipeline, &req.stage)
+    }
+
+    /// The stage's alarms as triggers, less those in ALARM now when the release overrides them.
+    async fn deploy_stack(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        let mut triggers = self.alarms_of(req);
+        let firing = if req.alarm_override {
+            let region = &req.target.region;
+            self.states
+                .in_alarm(&req.account, region, &triggers)
+                .await?
+        } else {
+            Vec::new()
+        };
+        triggers.retain(|a| !firing.contains(a));
+        let mut result = self.cloudformation.deploy_stack(req, &triggers).await?;
+        if !firing.is_empty() {
+            result.summary = format!(
+                "{}; alarm override: left out the rollback triggers in ALARM: {}",
+                result.summary,
+                firing.join(", ")
+            );
+        }
+        Ok(result)
     }
 }
 
@@ -57,22 +91,14 @@ pub fn alarms_from_config(config: Arc<RwLock<Arc<Config>>>) -> AlarmLookup {
 impl Deployer for AwsDeployer {
     async fn deploy(&self, req: &DeployRequest) -> PortResult<DeployResult> {
         match &req.deploy {
-            Deploy::CloudFormation { .. } => {
-                self.cloudformation
-                    .deploy_stack(req, &self.alarms_of(req))
-                    .await
-            }
+            Deploy::CloudFormation { .. } => self.deploy_stack(req).await,
             Deploy::CodePipeline { .. } => self.codepipeline.deploy(req).await,
         }
     }
 
     async fn rollback(&self, req: &DeployRequest) -> PortResult<DeployResult> {
         match &req.deploy {
-            Deploy::CloudFormation { .. } => {
-                self.cloudformation
-                    .rollback_stack(req, &self.alarms_of(req))
-                    .await
-            }
+            Deploy::CloudFormation { .. } => self.cloudformation.rollback_stack(req).await,
             Deploy::CodePipeline { .. } => self.codepipeline.rollback(req).await,
         }
     }

@@ -179,16 +179,17 @@ async fn ports(
     let limiter = Arc::new(Limiter::default());
     let creds = Arc::new(Credentials::new(base, limiter.clone()));
     let codepipeline = CodePipelineDeployer::new(creds.clone(), limiter.clone(), Poll::default());
+    let alarms = Arc::new(CloudWatchAlarms::new(creds.clone(), limiter.clone()));
     let deployer = AwsDeployer::new(
         CloudFormationDeployer::new(creds.clone(), PollSettings::default()),
         codepipeline,
         alarms_from_config(shared.clone()),
+        alarms.clone(),
     );
     let notifier = Arc::new(
         SnsNotifier::new(creds.clone(), limiter.clone(), own)
             .with_accounts(config.accounts.values().cloned()),
     );
-    let alarms = CloudWatchAlarms::new(creds.clone(), limiter.clone());
     let forge = match GithubForge::from_env() {
         Ok(f) => Some(Arc::new(f.with_pipelines(config))),
         Err(e) => {
@@ -211,7 +212,7 @@ async fn ports(
         deployer: Arc::new(deployer),
         artifacts: Arc::new(EcrArtifacts::new(creds.clone(), PollSettings::default())),
         notifier,
-        alarms: Arc::new(alarms),
+        alarms,
         forge: forge_port,
         tests: Arc::new(
             StageTestRunner::new(github_tests)

@@ -339,6 +339,8 @@ async fn deploy_request(
         deploy: s.deploy.clone(),
         image_uri,
         session_name: format!("tollgate-{}-{release}-{}", p.name, s.name),
+        alarm_override: matches!(op.effect.kind, EffectKind::Deploy { .. })
+            && op.release.alarm_override.is_some(),
     })
 }
 

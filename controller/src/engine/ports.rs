@@ -54,6 +54,8 @@ pub struct DeployRequest {
     pub image_uri: String,
     /// Names the release and stage, for CloudTrail: `tollgate-backend-r12-prod`.
     pub session_name: String,
+    /// A deploy of a release that overrides the alarm gate; always false for a rollback.
+    pub alarm_override: bool,
 }
 
 /// What a finished deploy reports.

@@ -124,6 +124,12 @@ pub mod cloudwatch {
             self.lock().alarms.insert(name.to_owned(), alarm);
         }
 
+        /// A handle on this stub's alarm states, for another stub in the same test to read
+        /// (the CloudFormation stub's rollback triggers); it sees every later `set_alarm`.
+        pub fn states(&self) -> AlarmStates {
+            AlarmStates(self.script.clone())
+        }
+
         /// The next `times` calls fail with a throttling error.
         pub fn throttle(&self, times: u32) {
             self.lock().throttles = times;
@@ -146,6 +152,18 @@ pub mod cloudwatch {
 
         fn lock(&self) -> std::sync::MutexGuard<'_, Script> {
             self.script.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    /// Read-only view of a [`CloudWatchStub`]'s alarms, shared with it.
+    #[derive(Debug, Clone)]
+    pub struct AlarmStates(Shared);
+
+    impl AlarmStates {
+        /// `OK`, `ALARM` or `INSUFFICIENT_DATA`; `None` for an alarm that does not exist.
+        pub fn state(&self, name: &str) -> Option<String> {
+            let script = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            script.alarms.get(name).map(|a| a.state.clone())
         }
     }
 
@@ -911,7 +929,21 @@ pub mod cloudformation {
     //! - transitions are instant: no `*_IN_PROGRESS` to wait on;
     //! - no `*ROLLBACK*` states, so no `UPDATE_ROLLBACK_FAILED` and no failure events;
     //! - `CancelUpdateStack` and `ContinueUpdateRollback` are not implemented;
-    //! - moto cannot be told to throttle.
+    //! - moto cannot be told to throttle;
+    //! - moto accepts a `RollbackConfiguration` and ignores it.
+    //!
+    //! Rollback triggers follow what AWS documents in "Roll back your CloudFormation stack on
+    //! alarm breach with rollback triggers"
+    //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/using-cfn-rollback-triggers.html>)
+    //! and the `RollbackConfiguration` / `RollbackTrigger` API reference: if a trigger's alarm is
+    //! in `ALARM` during the operation, CloudFormation rolls the whole operation back (an update
+    //! ends in `UPDATE_ROLLBACK_COMPLETE`, the stack keeping its previous parameters); a trigger
+    //! whose alarm does not exist fails and rolls back the operation too; the stack keeps the
+    //! triggers of its last operation, a change set without `RollbackTriggers` reuses them and an
+    //! empty list removes them. Alarm states come from a [`CloudWatchStub`](super::cloudwatch)
+    //! through [`Script::alarms`], read when the change set is executed and at every
+    //! `DescribeStacks` until the operation completes. Not modelled: `MonitoringTimeInMinutes`
+    //! (the controller sends none, so the monitoring period is AWS's default of 0).
     //!
     //! Speaks what the AWS SDK sends: `POST /` with a form-encoded `Action=…` body, answered in
     //! XML in the `http://cloudformation.amazonaws.com/doc/2010-05-15/` namespace, errors as
@@ -931,6 +963,8 @@ pub mod cloudformation {
     use axum::http::{StatusCode, header};
     use axum::response::{IntoResponse, Response};
     use axum::routing::post;
+
+    use super::cloudwatch::AlarmStates;
 
     const NS: &str = "http://cloudformation.amazonaws.com/doc/2010-05-15/";
     const STACK_ID: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/stub/1";
@@ -959,6 +993,12 @@ pub mod cloudformation {
         pub throttle: Vec<(String, u32)>,
         pub outputs: Vec<(String, String)>,
         pub events: Vec<Event>,
+        /// The stack's parameters from its last operation (answered by `DescribeStacks`).
+        pub parameters: Vec<(String, String)>,
+        /// Rollback trigger ARNs saved on the stack by its last operation.
+        pub triggers: Vec<String>,
+        /// Where trigger alarms are looked up; `None`: triggers are kept but never fire.
+        pub alarms: Option<AlarmStates>,
     }
 
     /// One request received, throttled or not.
@@ -976,10 +1016,32 @@ pub mod cloudformation {
         throttle: BTreeMap<String, u32>,
         outputs: Vec<(String, String)>,
         events: Vec<Event>,
-        /// Change set name → execution status.
-        change_sets: BTreeMap<String, String>,
+        parameters: BTreeMap<String, String>,
+        triggers: Vec<String>,
+        alarms: Option<AlarmStates>,
+        change_sets: BTreeMap<String, ChangeSet>,
+        /// The executed change set, watched until the stack reaches a final state.
+        operation: Option<Operation>,
         token: String,
         calls: Vec<Call>,
+    }
+
+    /// What a change set asks for.
+    #[derive(Debug)]
+    struct ChangeSet {
+        execution: String,
+        create: bool,
+        parameters: BTreeMap<String, String>,
+        /// `None`: the request named no triggers (the stack's saved ones apply).
+        triggers: Option<Vec<String>>,
+    }
+
+    /// An executed change set in flight.
+    #[derive(Debug)]
+    struct Operation {
+        create: bool,
+        parameters: BTreeMap<String, String>,
+        triggers: Vec<String>,
     }
 
     type Shared = Arc<Mutex<World>>;
@@ -1001,6 +1063,9 @@ pub mod cloudformation {
                 throttle: script.throttle.into_iter().collect(),
                 outputs: script.outputs,
                 events: script.events,
+                parameters: script.parameters.into_iter().collect(),
+                triggers: script.triggers,
+                alarms: script.alarms,
                 ..World::default()
             }));
             let app = Router::new()
@@ -1092,13 +1157,12 @@ pub mod cloudformation {
         let name = form.get("ChangeSetName").cloned().unwrap_or_default();
         let answer = match action {
             "DescribeStacks" => describe_stacks(world),
-            "CreateChangeSet" => create_change_set(world, &name),
+            "CreateChangeSet" => create_change_set(world, &name, form),
             "DescribeChangeSet" => describe_change_set(world, &name),
-            "DeleteChangeSet" => Ok(world
-                .change_sets
-                .remove(&name)
-                .map(|_| String::new())
-                .unwrap_or_default()),
+            "DeleteChangeSet" => {
+                world.change_sets.remove(&name);
+                Ok(String::new())
+            }
             "ExecuteChangeSet" => execute_change_set(world, &name, form),
             "DescribeStackEvents" => Ok(events(world)),
             "CancelUpdateStack" | "ContinueUpdateRollback" => Ok(String::new()),
@@ -1106,8 +1170,77 @@ pub mod cloudformation {
         }?;
         if let Some(next) = world.after.get(action) {
             world.statuses = next.clone().into();
+        } else if action == "ExecuteChangeSet" {
+            world.statuses = progress(world.operation.as_ref()).into();
+        }
+        if action == "ExecuteChangeSet" {
+            watch(world);
         }
         Ok(answer)
+    }
+
+    /// Unscripted, an executed change set is in progress for one look, then complete.
+    fn progress(op: Option<&Operation>) -> Vec<String> {
+        let verb = if op.is_some_and(|o| o.create) {
+            "CREATE"
+        } else {
+            "UPDATE"
+        };
+        vec![format!("{verb}_IN_PROGRESS"), format!("{verb}_COMPLETE")]
+    }
+
+    /// Rolls the operation in flight back if one of its triggers' alarms is in `ALARM` or does
+    /// not exist, as AWS documents (see the module doc): the parameters and triggers the stack
+    /// had stay, and a stack event says which trigger fired.
+    fn watch(world: &mut World) {
+        let (Some(op), Some(alarms)) = (&world.operation, &world.alarms) else {
+            return;
+        };
+        let fired = op.triggers.iter().find_map(|arn| {
+            let name = arn.rsplit_once(":alarm:").map_or(arn.as_str(), |(_, n)| n);
+            match alarms.state(name).as_deref() {
+                Some("ALARM") => Some(format!("Rollback trigger {arn} is in ALARM state")),
+                None => Some(format!("Rollback trigger {arn} does not exist")),
+                Some(_) => None,
+            }
+        });
+        let Some(reason) = fired else { return };
+        let (rolling, done) = if op.create {
+            ("ROLLBACK_IN_PROGRESS", "ROLLBACK_COMPLETE")
+        } else {
+            ("UPDATE_ROLLBACK_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE")
+        };
+        let event = Event {
+            logical_id: "stub".into(),
+            resource_type: "AWS::CloudFormation::Stack".into(),
+            status: rolling.into(),
+            reason,
+            token: TOKEN.into(),
+        };
+        world.events.insert(0, event);
+        world.statuses = [rolling, done].map(String::from).into();
+        world.operation = None;
+    }
+
+    /// Once the operation reached a final state: a success keeps what it asked for.
+    fn finish(world: &mut World, status: &str) {
+        if status.ends_with("_IN_PROGRESS") {
+            return;
+        }
+        let Some(op) = world.operation.take() else {
+            return;
+        };
+        if status.ends_with("_COMPLETE") && !status.contains("ROLLBACK") {
+            world.parameters = op.parameters;
+            world.triggers = op.triggers;
+        }
+    }
+
+    /// `{prefix}.member.N.{field}` for N = 1, 2, … as long as there is one.
+    fn members(form: &BTreeMap<String, String>, prefix: &str, field: &str) -> Vec<String> {
+        (1..)
+            .map_while(|n| form.get(&format!("{prefix}.member.{n}.{field}")).cloned())
+            .collect()
     }
 
     fn current(world: &mut World) -> Option<String> {
@@ -1118,12 +1251,25 @@ pub mod cloudformation {
     }
 
     fn describe_stacks(world: &mut World) -> Answer {
+        watch(world);
         let Some(status) = current(world) else {
             return Err((
                 "ValidationError",
                 "Stack with id stub does not exist".into(),
             ));
         };
+        finish(world, &status);
+        let parameters: String = world
+            .parameters
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "<member><ParameterKey>{}</ParameterKey><ParameterValue>{}</ParameterValue></member>",
+                    esc(k),
+                    esc(v)
+                )
+            })
+            .collect();
         let outputs: String = world
             .outputs
             .iter()
@@ -1138,20 +1284,29 @@ pub mod cloudformation {
         Ok(format!(
             "<Stacks><member><StackName>stub</StackName><StackId>{STACK_ID}</StackId>\
              <CreationTime>2026-01-01T00:00:00Z</CreationTime><StackStatus>{status}</StackStatus>\
-             <Outputs>{outputs}</Outputs></member></Stacks>"
+             <Parameters>{parameters}</Parameters><Outputs>{outputs}</Outputs></member></Stacks>"
         ))
     }
 
-    fn create_change_set(world: &mut World, name: &str) -> Answer {
+    fn create_change_set(world: &mut World, name: &str, form: &BTreeMap<String, String>) -> Answer {
         if world.change_sets.contains_key(name) {
             return Err((
                 "AlreadyExistsException",
                 format!("ChangeSet {name} already exists"),
             ));
         }
-        world
-            .change_sets
-            .insert(name.to_string(), "AVAILABLE".into());
+        let keys = members(form, "Parameters", "ParameterKey");
+        let values = members(form, "Parameters", "ParameterValue");
+        let list = "RollbackConfiguration.RollbackTriggers";
+        let arns = members(form, list, "Arn");
+        let named = form.contains_key(list) || !arns.is_empty();
+        let change_set = ChangeSet {
+            execution: "AVAILABLE".into(),
+            create: form.get("ChangeSetType").map(String::as_str) == Some("CREATE"),
+            parameters: keys.into_iter().zip(values).collect(),
+            triggers: named.then_some(arns),
+        };
+        world.change_sets.insert(name.to_string(), change_set);
         Ok(format!(
             "<Id>{STACK_ID}/changeSet/{}</Id><StackId>{STACK_ID}</StackId>",
             esc(name)
@@ -1159,7 +1314,7 @@ pub mod cloudformation {
     }
 
     fn describe_change_set(world: &mut World, name: &str) -> Answer {
-        let Some(execution) = world.change_sets.get(name) else {
+        let Some(execution) = world.change_sets.get(name).map(|c| &c.execution) else {
             return Err((
                 "ChangeSetNotFound",
                 format!("ChangeSet [{name}] does not exist"),
@@ -1177,15 +1332,20 @@ pub mod cloudformation {
         name: &str,
         form: &BTreeMap<String, String>,
     ) -> Answer {
-        match world.change_sets.get(name).map(String::as_str) {
+        match world.change_sets.get_mut(name) {
             None => Err((
                 "ChangeSetNotFound",
                 format!("ChangeSet [{name}] does not exist"),
             )),
-            Some("AVAILABLE") => {
-                world
-                    .change_sets
-                    .insert(name.to_string(), "EXECUTE_COMPLETE".into());
+            Some(cs) if cs.execution == "AVAILABLE" => {
+                cs.execution = "EXECUTE_COMPLETE".into();
+                let triggers = cs.triggers.clone();
+                let operation = Operation {
+                    create: cs.create,
+                    parameters: cs.parameters.clone(),
+                    triggers: triggers.unwrap_or_else(|| world.triggers.clone()),
+                };
+                world.operation = Some(operation);
                 world.token = form.get("ClientRequestToken").cloned().unwrap_or_default();
                 Ok(String::new())
             }

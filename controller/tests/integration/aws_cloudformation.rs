@@ -4,7 +4,9 @@
 //! an unchanged deploy is a success, and a deploy repeated under its key executes nothing
 //! twice. Against the scripted stub in `tollgate_testkit::aws_stubs::cloudformation` (each test names
 //! the moto 5.2.5 gap it covers): waiting on `*_IN_PROGRESS`, `CancelUpdateStack`,
-//! `ContinueUpdateRollback`, failure events, and throttling.
+//! `ContinueUpdateRollback`, failure events, throttling, and rollback triggers that fire (through
+//! `aws::deployer::AwsDeployer`, the deployer `tollgate serve` wires, with the stub's triggers
+//! reading the alarms of the CloudWatch stub in `tollgate_testkit::aws_stubs::cloudwatch`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,13 +15,17 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
-use tollgate::aws::cloudformation::CloudFormationDeployer;
+use tollgate::aws::cloudformation::{CloudFormationDeployer, alarm_arn};
+use tollgate::aws::cloudwatch::CloudWatchAlarms;
+use tollgate::aws::codepipeline::{CodePipelineDeployer, Poll};
+use tollgate::aws::deployer::AwsDeployer;
 use tollgate::aws::retry::{Limiter, PollSettings, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Deploy, SecretRef, Target};
 use tollgate::domain::ReleaseId;
-use tollgate::engine::ports::{DeployRequest, PortError};
+use tollgate::engine::ports::{DeployRequest, Deployer, PortError};
 use tollgate_testkit::aws_stubs::cloudformation::{CloudFormationStub, Event, Script, TOKEN};
+use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
 use tollgate_testkit::moto::{MotoServer, REGION};
 
 const BETA: &str = "222222222222";
@@ -98,6 +104,7 @@ fn request(key: &str, account: &Account, deploy: &Deploy, image: &str) -> Deploy
         deploy: deploy.clone(),
         image_uri: image.into(),
         session_name: "tollgate-backend-1-beta".into(),
+        alarm_override: false,
     }
 }
 
@@ -289,14 +296,17 @@ fn own_account() -> Account {
     }
 }
 
-async fn stub_deployer(script: Script) -> (CloudFormationStub, CloudFormationDeployer) {
-    let stub = CloudFormationStub::start(script).await.unwrap();
-    let fast = RetrySettings {
+fn fast_retries() -> Limiter {
+    Limiter::new(RetrySettings {
         base: Duration::from_millis(5),
         cap: Duration::from_millis(50),
         ..RetrySettings::default()
-    };
-    let cfn = deployer(stub_config(&stub), Limiter::new(fast));
+    })
+}
+
+async fn stub_deployer(script: Script) -> (CloudFormationStub, CloudFormationDeployer) {
+    let stub = CloudFormationStub::start(script).await.unwrap();
+    let cfn = deployer(stub_config(&stub), fast_retries());
     (stub, cfn)
 }
 
@@ -374,7 +384,7 @@ async fn a_rollback_cancels_an_update_in_flight_first() {
     .await;
     let f = fixture("stub");
     let done = cfn
-        .rollback_stack(&request("k/rollback", &own_account(), &f.deploy, OLD), &[])
+        .rollback_stack(&request("k/rollback", &own_account(), &f.deploy, OLD))
         .await
         .unwrap();
     assert_eq!(done.outputs["ImageUri"], OLD);
@@ -417,7 +427,7 @@ async fn a_rollback_continues_a_failed_rollback_first() {
     })
     .await;
     let f = fixture("stub");
-    cfn.rollback_stack(&request("k/rollback", &own_account(), &f.deploy, OLD), &[])
+    cfn.rollback_stack(&request("k/rollback", &own_account(), &f.deploy, OLD))
         .await
         .unwrap();
 
@@ -526,4 +536,167 @@ async fn throttling_is_retried_and_never_deploys_twice() {
         .filter(|c| c.action == "ExecuteChangeSet")
         .count();
     assert_eq!(executes, 1, "the stub saw exactly one ExecuteChangeSet");
+}
+
+// ---- rollback triggers (moto gap: RollbackConfiguration is accepted and ignored) ----
+
+const ALARMS: [&str; 3] = ["api-5xx", "latency-p99", "queue-depth"];
+
+/// `AwsDeployer` against the CloudFormation stub, whose rollback triggers read the alarms of a
+/// CloudWatch stub that the deployer also reads (for an alarm override).
+struct Triggered {
+    cfn: CloudFormationStub,
+    cloudwatch: CloudWatchStub,
+    deployer: AwsDeployer,
+}
+
+/// The stage's alarms are [`ALARMS`], those in `firing` in ALARM and the others OK; the stack
+/// runs `image` and kept the stage's alarms as triggers from its last deploy.
+async fn triggered(image: &str, firing: &[&str]) -> Triggered {
+    let cloudwatch = CloudWatchStub::start().await.unwrap();
+    for name in ALARMS {
+        let state = if firing.contains(&name) {
+            "ALARM"
+        } else {
+            "OK"
+        };
+        cloudwatch.set_alarm(name, state);
+    }
+    let own = own_account();
+    let script = Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        parameters: vec![
+            ("Env".into(), "beta".into()),
+            ("ImageUri".into(), image.into()),
+        ],
+        triggers: ALARMS.map(|a| alarm_arn(a, REGION, &own.id)).to_vec(),
+        alarms: Some(cloudwatch.states()),
+        ..Script::default()
+    };
+    let cfn = CloudFormationStub::start(script).await.unwrap();
+    let limiter = Arc::new(fast_retries());
+    let creds = Arc::new(Credentials::new(stub_config(&cfn), limiter.clone()));
+    let states = CloudWatchAlarms::new(creds.clone(), limiter.clone())
+        .with_endpoint_url(cloudwatch.endpoint());
+    let deployer = AwsDeployer::new(
+        CloudFormationDeployer::new(creds.clone(), PollSettings::fast()),
+        CodePipelineDeployer::new(creds, limiter, Poll::default()),
+        Arc::new(|_: &str, _: &str| strings(&ALARMS)),
+        Arc::new(states),
+    );
+    Triggered {
+        cfn,
+        cloudwatch,
+        deployer,
+    }
+}
+
+impl Triggered {
+    /// The stack's status and parameters, read through the SDK.
+    async fn stack(&self) -> (String, BTreeMap<String, String>) {
+        let out = aws_sdk_cloudformation::Client::new(&stub_config(&self.cfn))
+            .describe_stacks()
+            .stack_name("stub")
+            .send()
+            .await
+            .unwrap();
+        let stack = &out.stacks()[0];
+        let parameters = stack.parameters().iter().map(|p| {
+            let key = p.parameter_key().unwrap_or_default().to_string();
+            (key, p.parameter_value().unwrap_or_default().to_string())
+        });
+        let status = stack.stack_status().unwrap().as_str().to_string();
+        (status, parameters.collect())
+    }
+
+    /// The alarm names the one `CreateChangeSet` listed as rollback triggers; `None` when it
+    /// named no list at all (the stack would keep its old triggers).
+    fn triggers_sent(&self) -> Option<Vec<String>> {
+        let calls = self.cfn.calls();
+        let creates: Vec<_> = calls
+            .iter()
+            .filter(|c| c.action == "CreateChangeSet")
+            .collect();
+        assert_eq!(creates.len(), 1, "{calls:?}");
+        let form = &creates[0].form;
+        let list = "RollbackConfiguration.RollbackTriggers";
+        let arns: Vec<String> = (1..)
+            .map_while(|n| form.get(&format!("{list}.member.{n}.Arn")))
+            .map(|arn| arn.rsplit(':').next().unwrap().to_string())
+            .collect();
+        (form.contains_key(list) || !arns.is_empty()).then_some(arns)
+    }
+}
+
+/// The alarm that sends a stage into rollback is still in ALARM while the rollback runs: the
+/// rollback must not list it (or keep the stack's earlier triggers), or CloudFormation would
+/// roll the rollback back and leave the bad release running.
+#[tokio::test]
+async fn a_rollback_while_the_alarm_fires_restores_the_known_good_image() {
+    let t = triggered(NEW, &["api-5xx"]).await;
+    let f = fixture("stub");
+    let req = request("k/rollback", &own_account(), &f.deploy, OLD);
+
+    let done = t.deployer.rollback(&req).await;
+    let (status, parameters) = t.stack().await;
+    assert_eq!(status, "UPDATE_COMPLETE", "{done:?}");
+    assert_eq!(parameters["ImageUri"], OLD);
+    assert!(done.unwrap().summary.contains("deployed"));
+    assert_eq!(t.triggers_sent(), Some(vec![]), "an empty list clears them");
+    assert_eq!(t.cfn.count("ExecuteChangeSet"), 1);
+}
+
+/// `tollgate override --alarms`: the deploy goes ahead while `api-5xx` fires, watched by the
+/// other alarms only, and says which trigger it left out.
+#[tokio::test]
+async fn a_deploy_under_an_alarm_override_leaves_out_the_firing_trigger_and_says_so() {
+    let t = triggered(OLD, &["api-5xx"]).await;
+    let f = fixture("stub");
+    let mut req = request("k/override", &own_account(), &f.deploy, NEW);
+    req.alarm_override = true;
+
+    let done = t.deployer.deploy(&req).await.unwrap();
+    let (status, parameters) = t.stack().await;
+    assert_eq!(status, "UPDATE_COMPLETE");
+    assert_eq!(parameters["ImageUri"], NEW);
+    assert_eq!(
+        t.triggers_sent(),
+        Some(strings(&["latency-p99", "queue-depth"]))
+    );
+    assert!(
+        done.summary
+            .ends_with("alarm override: left out the rollback triggers in ALARM: api-5xx"),
+        "{}",
+        done.summary
+    );
+    let asked = t.cloudwatch.calls();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].alarm_names, strings(&ALARMS));
+}
+
+/// Without an override, the stage's alarms are triggers: one in ALARM makes CloudFormation
+/// roll the update back, and the deploy fails with the reason the stack gave.
+#[tokio::test]
+async fn a_deploy_while_a_trigger_alarm_fires_is_rolled_back_and_fails() {
+    let t = triggered(OLD, &["api-5xx"]).await;
+    let f = fixture("stub");
+    let req = request("k/plain", &own_account(), &f.deploy, NEW);
+
+    let err = t.deployer.deploy(&req).await.unwrap_err();
+    let (status, parameters) = t.stack().await;
+    assert_eq!(status, "UPDATE_ROLLBACK_COMPLETE");
+    assert_eq!(parameters["ImageUri"], OLD, "the update was undone");
+    assert_eq!(t.triggers_sent(), Some(strings(&ALARMS)));
+    let PortError::Failed(reason) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        reason.starts_with("stack stub is UPDATE_ROLLBACK_COMPLETE: ")
+            && reason.contains("api-5xx"),
+        "{reason}"
+    );
+    assert!(
+        t.cloudwatch.calls().is_empty(),
+        "no override, no alarm read"
+    );
 }

@@ -188,19 +188,21 @@ fn real_ports(
     let own = config.account("build").expect("build account").clone();
     let limiter = Arc::new(Limiter::default());
     let creds = Arc::new(Credentials::new(moto.sdk_config(), limiter.clone()));
+    let alarms = CloudWatchAlarms::new(creds.clone(), limiter.clone());
+    let alarms = Arc::new(alarms.with_endpoint_url(stub.endpoint()));
     let deployer = AwsDeployer::new(
         CloudFormationDeployer::new(creds.clone(), PollSettings::fast()),
         CodePipelineDeployer::new(creds.clone(), limiter.clone(), Poll::default()),
         alarms_from_config(shared.clone()),
+        alarms.clone(),
     );
-    let notifier = SnsNotifier::new(creds.clone(), limiter.clone(), own);
+    let notifier = SnsNotifier::new(creds.clone(), limiter, own);
     let notifier = Arc::new(notifier.with_accounts(config.accounts.values().cloned()));
-    let alarms = CloudWatchAlarms::new(creds.clone(), limiter).with_endpoint_url(stub.endpoint());
     Ports {
         deployer: Arc::new(deployer),
         artifacts: Arc::new(EcrArtifacts::new(creds, PollSettings::fast())),
         notifier: notifier.clone(),
-        alarms: Arc::new(alarms),
+        alarms,
         forge: Arc::new(Fakes::new()),
         tests: Arc::new(StageTestRunner::new(None)),
         approvals: Arc::new(

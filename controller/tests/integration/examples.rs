@@ -490,6 +490,7 @@ impl Emulated {
             deploy: deploy.clone(),
             image_uri: image.into(),
             session_name: session_name(&format!("tollgate-{}-{n}", self.name)),
+            alarm_override: false,
         };
         let done = self.deployer.deploy_stack(&request, &[]).await;
         done.unwrap_or_else(|e| {
