@@ -1,7 +1,8 @@
 -- Facts as typed data.
 -- 1. An effect's kind is stored beside its key: `kind` is the variant (a closed set, checked),
---    `spec` the whole kind as JSON (`{"kind":"deploy","wave":0}`). `output` becomes a typed
---    JSON outcome (`{"kind":"deployed","image_uri":"…","outputs":{…}}`).
+--    `spec` the whole kind as JSON (`{"kind":"deploy","wave":0}`), `attempt` the run's attempt
+--    it belongs to. `output` becomes a typed JSON outcome
+--    (`{"kind":"deployed","image_uri":"…","outputs":{…}}`).
 -- 2. A run's reason is a typed JSON value; a rollback records the alarm event that caused it.
 -- 3. `tollgate retry` records a request that the planner acts on, like a manual rollback.
 --
@@ -13,6 +14,8 @@ CREATE TABLE effects_typed (
     pipeline    TEXT    NOT NULL,
     release_id  INTEGER NOT NULL REFERENCES releases (id),
     stage       TEXT    NOT NULL,
+    -- The run's attempt the effect belongs to (0 for release-level effects).
+    attempt     INTEGER NOT NULL,
     kind        TEXT    NOT NULL CHECK (kind IN ('resolve_artifact', 'check_alarms', 'run_test',
         'request_approval', 'deploy', 'rollback', 'poll_alarms', 'notify', 'report')),
     spec        TEXT    NOT NULL CHECK (json_valid(spec) AND json_extract(spec, '$.kind') = kind),
@@ -57,9 +60,10 @@ WITH split AS (
         END AS spec
     FROM parts p
 )
-INSERT INTO effects_typed (key, pipeline, release_id, stage, kind, spec, status, detail, output,
-                           started_at, finished_at)
-SELECT key, pipeline, release_id, stage, json_extract(spec, '$.kind'), spec, status, detail,
+INSERT INTO effects_typed (key, pipeline, release_id, stage, attempt, kind, spec, status, detail,
+                           output, started_at, finished_at)
+SELECT key, pipeline, release_id, stage, CAST(substr(rest, 1, instr(rest, '/') - 1) AS INTEGER),
+    json_extract(spec, '$.kind'), spec, status, detail,
     CASE
         WHEN status <> 'succeeded' THEN '{"kind":"none"}'
         WHEN json_extract(spec, '$.kind') = 'resolve_artifact'

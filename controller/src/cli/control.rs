@@ -268,11 +268,11 @@ async fn retry(
         Ok(id) => id,
         Err(e) => return Ok(Err(e)),
     };
-    let runs = ingest.reads().stage_runs_of(id).await?;
-    let attempt = runs.iter().map(|r| r.attempt).max().unwrap_or(0);
+    // Each command is its own request; one still waiting for the controller makes a repeat
+    // a duplicate (the store checks), and a refused one can be asked again later.
     let d = Delivery {
         source: "cli".into(),
-        id: format!("retry/{pipeline}/{id}/attempt-{attempt}"),
+        id: format!("retry/{pipeline}/{id}/{}", ingest.now().timestamp_millis()),
     };
     Ok(match ingest.request_retry(pipeline, id, actor, &d).await? {
         RetryVerdict::From(stage) => Ok(format!(

@@ -579,7 +579,7 @@ impl<'a> Planner<'a> {
             run,
             Reason::AlarmsBlockEntry {
                 problem,
-                recheck_at,
+                every_secs: ALARM_RECHECK.as_secs(),
             },
         );
         false
@@ -1032,19 +1032,14 @@ impl<'a> Planner<'a> {
             }
             // A run that ended without ever leaving Waiting was never reported: GitHub
             // hears nothing about a stage the release did not reach.
-            let reached = !run.status.is_terminal()
-                || self
-                    .snap
-                    .effects_of(run.release, &run.stage)
-                    .next()
-                    .is_some();
+            let reached = !run.status.is_terminal() || self.snap.effects_of(run).next().is_some();
             if reporting.contains(&run.release) || !self.report(run, reached) {
                 unfinished.insert(run.release);
                 reporting.insert(run.release);
             }
             let acted = self
                 .snap
-                .effects_of(run.release, &run.stage)
+                .effects_of(run)
                 .any(|e| !matches!(e.kind, EffectKind::Report { .. }));
             let event = match run.status {
                 RunStatus::RolledBack => Some(NotifyEvent::RolledBack),
@@ -1071,7 +1066,7 @@ impl<'a> Planner<'a> {
     fn report(&mut self, run: &StageRun, reached: bool) -> bool {
         let pending: Vec<ReportState> = self
             .snap
-            .effects_of(run.release, &run.stage)
+            .effects_of(run)
             .filter(|e| e.status == EffectStatus::Pending)
             .filter_map(|e| match e.kind {
                 EffectKind::Report { state } => Some(state),
@@ -1089,10 +1084,7 @@ impl<'a> Planner<'a> {
         };
         // Each status in order, the next only once the one before it was delivered, so GitHub
         // sees `queued` even for a run that went Queued -> Deploying within one plan.
-        let deployed = self
-            .snap
-            .effects_of(run.release, &run.stage)
-            .any(|e| e.kind.is_deploy());
+        let deployed = self.snap.effects_of(run).any(|e| e.kind.is_deploy());
         for state in target.path(deployed) {
             if self
                 .ensure(self.effect(run, EffectKind::Report { state }))

@@ -76,10 +76,12 @@ pub enum Reason {
         reason: String,
     },
     RunningChecks,
-    /// The stage's alarms keep the release out; read again at `recheck_at`.
+    /// The stage's alarms keep the release out; they are read again every `every_secs`
+    /// (the next read is a wake-up, not part of the reason, so a long incident writes no
+    /// entry per read).
     AlarmsBlockEntry {
         problem: AlarmProblem,
-        recheck_at: DateTime<Utc>,
+        every_secs: u64,
     },
     /// Enters although its alarms fire, under an explicit override.
     AlarmOverride {
@@ -226,10 +228,10 @@ impl Reason {
             R::RunningChecks => "running pre-deploy checks".into(),
             R::AlarmsBlockEntry {
                 problem,
-                recheck_at,
+                every_secs,
             } => format!(
-                "waiting: {problem}; checking again in {}",
-                minutes_left(*recheck_at, now)
+                "waiting: {problem}; checking again every {}",
+                format_duration(Duration::from_secs(*every_secs))
             ),
             R::AlarmOverride {
                 problem,

@@ -4,7 +4,7 @@
 //! engine to tell the person who asked what will happen. Must never: change anything (the
 //! planner turns the verdict into an action), or read anything but the snapshot.
 
-use super::types::{ReleaseId, Snapshot};
+use super::types::{ReleaseId, RunStatus, Snapshot};
 use crate::config::Pipeline;
 
 /// The stage a retry of `release` starts from, or why it is refused. A release goes again
@@ -37,7 +37,9 @@ pub fn retry_from(cfg: &Pipeline, snap: &Snapshot, release: ReleaseId) -> Result
             run.status, run.stage
         ));
     }
-    let Some(from) = runs.iter().find(|run| run.status.retryable()) else {
+    // The first stage where it did not succeed is where it stopped: a failure or an expired
+    // approval there goes again; a rejection or a superseded run is final.
+    let Some(from) = runs.iter().find(|run| run.status != RunStatus::Succeeded) else {
         let last = runs
             .last()
             .map(|run| format!("{} in {}", run.status, run.stage))
@@ -46,6 +48,12 @@ pub fn retry_from(cfg: &Pipeline, snap: &Snapshot, release: ReleaseId) -> Result
             "{release} has no failed or expired run to retry (it is {last})"
         ));
     };
+    if !from.status.retryable() {
+        return Err(format!(
+            "{release} was {} in {}: that is not retried; push a new commit",
+            from.status, from.stage
+        ));
+    }
     let stage = &from.stage;
     let newer_run = snap
         .runs

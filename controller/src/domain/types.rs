@@ -269,6 +269,8 @@ pub struct EffectRecord {
     pub stage: StageName,
     /// What the effect is (stored as its own typed column, never read from the key).
     pub kind: EffectKind,
+    /// The run's attempt it belongs to (0 for release-level effects).
+    pub attempt: u32,
     pub status: EffectStatus,
     /// Human-readable outcome: the failure reason, or a summary.
     pub detail: String,
@@ -424,14 +426,11 @@ impl Snapshot {
             .find(|id| self.releases.get(id).is_none_or(|r| r.bad.is_none()))
     }
 
-    /// Effects of one run, in the order they were started.
-    pub fn effects_of<'a>(
-        &'a self,
-        release: ReleaseId,
-        stage: &'a str,
-    ) -> impl Iterator<Item = &'a EffectRecord> {
-        self.effects
-            .iter()
-            .filter(move |e| e.release == release && e.stage == stage)
+    /// Effects of one run in its current attempt, in the order they were started (what an
+    /// earlier attempt did is not this run's).
+    pub fn effects_of<'a>(&'a self, run: &'a StageRun) -> impl Iterator<Item = &'a EffectRecord> {
+        self.effects.iter().filter(move |e| {
+            e.release == run.release && e.stage == run.stage && e.attempt == run.attempt
+        })
     }
 }

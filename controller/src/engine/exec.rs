@@ -41,7 +41,8 @@ impl Context {
         let config = engine.config();
         let mut outputs = BTreeMap::new();
         let mut image_uri = String::new();
-        for rec in snap.effects_of(e.release, &e.stage) {
+        let run = snap.run(e.release, &e.stage);
+        for rec in run.iter().flat_map(|run| snap.effects_of(run)) {
             if let (
                 EffectStatus::Succeeded,
                 EffectOutput::Deployed {

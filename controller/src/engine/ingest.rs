@@ -264,12 +264,14 @@ impl Ingest {
         if out == Ingested::Duplicate {
             return Ok(RetryVerdict::Duplicate);
         }
-        self.wake(pipeline);
+        // The verdict is read before the pipeline is woken, so it sees the state the planner
+        // will decide on, not the retry already applied.
         let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
         let since = self.now() - chrono::Duration::days(7);
         let snap = self.store.snapshot(pipeline, &stages, since).await?;
+        self.wake(pipeline);
         Ok(match retry_from(&p, &snap, release) {
-            Ok(stage) => RetryVerdict::From(stage),
+            Ok(stage) => RetryVerdict::From(stage.to_string()),
             Err(why) => RetryVerdict::Refused(why),
         })
     }

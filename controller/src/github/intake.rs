@@ -24,8 +24,8 @@
 //! # Caveats
 //! - GitHub lists at most 20 commits in a `push`; a config change buried in a larger push
 //!   is not seen until the next push touching the file (or a restart).
-//! - A build-failure or fork note is written after its delivery is recorded; a crash between
-//!   the two loses the note (never a release).
+//! - A build-failure or fork note is written in the same transaction as its delivery's
+//!   dedupe, so a crash can neither lose it nor write it twice.
 
 use std::path::Path;
 use std::sync::Arc;

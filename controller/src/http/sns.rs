@@ -188,9 +188,13 @@ async fn receive(
     check_topic(&state.engine.config(), &msg)?;
     authenticate(state, &msg).await?;
     let subscribe_url = pinned_subscribe_url(&msg)?;
+    // An alarm notification is deduplicated with its fact, per stage, in the same transaction
+    // (a crash between a dedupe and the fact would lose the alarm on redelivery).
+    if msg.message_type == SnsType::Notification {
+        return notification(state, &msg, arrived).await;
+    }
     if !first_delivery(state, &msg).await? {
-        let detail = format!("message {} was received before", msg.message_id);
-        return Ok(Reply::new(StatusCode::OK, "duplicate", detail));
+        return Ok(duplicate(&msg));
     }
     match (msg.message_type, subscribe_url) {
         (SnsType::Notification, _) => notification(state, &msg, arrived).await,
@@ -321,8 +325,12 @@ async fn notification(
     if found.is_empty() {
         return Ok(unwatched(msg, &alarm));
     }
+    let mut fresh = false;
     for watcher in &found {
-        record_alarm(state, msg, &alarm, watcher).await?;
+        fresh |= record_alarm(state, msg, &alarm, watcher).await?;
+    }
+    if !fresh {
+        return Ok(duplicate(msg));
     }
     log_arrival(state, msg, &alarm, &found, arrived).await?;
     let stages: Vec<String> = found
@@ -352,7 +360,7 @@ async fn record_alarm(
     msg: &SnsMessage,
     alarm: &AlarmNotification,
     watcher: &Watcher,
-) -> Result<(), Reply> {
+) -> Result<bool, Reply> {
     let fact = NewAlarm {
         pipeline: watcher.pipeline.clone(),
         stage: watcher.stage.clone(),
@@ -369,7 +377,13 @@ async fn record_alarm(
         id: format!("{}/{}/{}", msg.message_id, watcher.pipeline, watcher.stage),
     };
     let recorded = state.engine.record_alarm(&fact, &delivery).await;
-    recorded.map(drop).map_err(Reply::store_failed)
+    let recorded = recorded.map_err(Reply::store_failed)?;
+    Ok(matches!(recorded, Ingested::Recorded(())))
+}
+
+fn duplicate(msg: &SnsMessage) -> Reply {
+    let detail = format!("message {} was received before", msg.message_id);
+    Reply::new(StatusCode::OK, "duplicate", detail)
 }
 
 /// One `sns-alarm` event per pipeline, with the arrival time and the stages it went to.

@@ -125,6 +125,16 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
         assert_eq!((kind, output), (want_kind, want_output), "{key}");
     }
 
+    let attempts: Vec<u32> = ["/resolve", "/poll-alarms-3", "/rollback-0-to-7"]
+        .iter()
+        .map(|k| by_key(k).attempt)
+        .collect();
+    assert_eq!(
+        attempts,
+        vec![0, 2, 1],
+        "each effect keeps its run's attempt"
+    );
+
     let runs = store.stage_runs_of(ReleaseId(1)).await.unwrap();
     let baking = runs.iter().find(|r| r.stage == "beta").unwrap();
     assert_eq!(

@@ -461,6 +461,18 @@ impl Store {
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Some(Ingested::Duplicate));
         }
+        // One request at a time per release: the same command repeated before the controller
+        // acted is the same request.
+        let pending = sqlx::query(
+            "SELECT 1 FROM retry_requests WHERE release_id = $1 AND handled_at IS NULL",
+        )
+        .bind(release.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if pending.is_some() {
+            tx.commit().await?;
+            return Ok(Some(Ingested::Duplicate));
+        }
         sqlx::query(
             "INSERT INTO retry_requests (pipeline, release_id, actor, at) VALUES ($1, $2, $3, $4)",
         )
@@ -548,12 +560,13 @@ impl Store {
     pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
         let spec = serde_json::to_string(&e.kind).unwrap_or_default();
         let r = sqlx::query(
-            "INSERT INTO effects (key, pipeline, release_id, stage, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT DO NOTHING",
+            "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
         )
         .bind(&e.key)
         .bind(&e.pipeline)
         .bind(e.release.0)
         .bind(&e.stage)
+        .bind(i64::from(e.attempt))
         .bind(e.kind.tag())
         .bind(spec)
         .bind(ms(now))

@@ -99,6 +99,7 @@ fn effect_row(r: &SqliteRow) -> Result<EffectRecord> {
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
         kind: json_column(r, "effects", "spec")?,
+        attempt: r.get::<i64, _>("attempt") as u32,
         status: EffectStatus::parse(&status).ok_or(StoreError::Corrupt {
             table: "effects",
             detail: format!("status `{status}`"),

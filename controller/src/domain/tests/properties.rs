@@ -115,6 +115,8 @@ pub enum Ev {
     PauseStage(usize),
     ResumeStage(usize),
     Rollback(usize),
+    /// `tollgate retry` of one of the releases (any: most are refused).
+    Retry(usize),
     Advance(u64),
     Wake,
     Crash,
@@ -163,6 +165,7 @@ pub fn chaotic() -> impl Strategy<Value = Ev> {
         1 => (0usize..3).prop_map(Ev::PauseStage),
         2 => (0usize..3).prop_map(Ev::ResumeStage),
         1 => (0usize..3).prop_map(Ev::Rollback),
+        1 => any::<usize>().prop_map(Ev::Retry),
         2 => advance(),
         2 => Just(Ev::Wake),
         1 => Just(Ev::Crash),
@@ -259,6 +262,21 @@ pub fn apply_event(sim: &mut Sim, ev: &Ev) {
         Ev::PauseStage(i) => sim.pause_stage(STAGES[i], "hold"),
         Ev::ResumeStage(i) => sim.resume_stage(STAGES[i]),
         Ev::Rollback(i) => sim.request_rollback(STAGES[i], "ops"),
+        Ev::Retry(pick) => {
+            let ids: Vec<ReleaseId> = sim
+                .snap
+                .releases
+                .keys()
+                .chain(sim.archive.releases.keys())
+                .copied()
+                .collect();
+            if !ids.is_empty() {
+                let r = ids[pick % ids.len()];
+                if !sim.snap.retry_requests.iter().any(|q| q.release == r) {
+                    sim.request_retry(r, "ops");
+                }
+            }
+        }
         Ev::Advance(s) => sim.advance(secs(s)),
         Ev::Crash => sim.crash(),
         Ev::FinishAll => {

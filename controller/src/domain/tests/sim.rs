@@ -280,6 +280,7 @@ impl Sim {
             release: e.release,
             stage: e.stage.clone(),
             kind: e.kind.clone(),
+            attempt: e.attempt,
             status: EffectStatus::Pending,
             detail: String::new(),
             output: EffectOutput::None,

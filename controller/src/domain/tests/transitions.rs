@@ -328,8 +328,8 @@ fn checking_waits_while_an_entry_alarm_fires_and_rechecks_every_minute() {
     assert!(
         matches!(
             sim.reason(r, "beta"),
-            Reason::AlarmsBlockEntry { problem: AlarmProblem::InAlarm { alarms }, recheck_at }
-                if alarms == ["beta-5xx"] && recheck_at == sim.now + chrono::Duration::minutes(1)
+            Reason::AlarmsBlockEntry { problem: AlarmProblem::InAlarm { alarms }, every_secs: 60 }
+                if alarms == ["beta-5xx"]
         ),
         "{:?}",
         sim.reason(r, "beta")
@@ -1240,5 +1240,22 @@ fn each_further_wave_passes_the_alarm_gate_first() {
     assert!(
         sim.effect(&wave1).is_none(),
         "no second wave while the alarm fires"
+    );
+}
+
+#[test]
+fn a_rejected_release_is_not_retried_even_where_a_later_stage_failed_with_it() {
+    let (mut sim, r) = awaiting_prod(1);
+    sim.reject(r, "prod", "cy");
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r, "prod"), S::Rejected);
+    sim.request_retry(r, "ops");
+    let refused = sim.plan().actions.iter().find_map(|a| match a {
+        Action::RefuseRetry { why, .. } => Some(why.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        refused.as_deref(),
+        Some("r1 was rejected in prod: that is not retried; push a new commit")
     );
 }
