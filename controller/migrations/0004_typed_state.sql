@@ -98,6 +98,11 @@ UPDATE stage_runs SET reason = json_object('kind', 'recorded', 'text', reason)
 UPDATE releases SET bad_reason = json_object('kind', 'recorded', 'text', bad_reason)
     WHERE bad_reason IS NOT NULL AND NOT json_valid(bad_reason);
 ALTER TABLE stage_runs ADD COLUMN rollback_alarm INTEGER REFERENCES alarm_events (id);
+-- When the run started deploying: its alarm watch window runs from here to the end of its bake.
+ALTER TABLE stage_runs ADD COLUMN deploy_started INTEGER;
+-- When the alarm's state changed (CloudWatch's StateChangeTime), as opposed to when the
+-- notification arrived (`at`); NULL for rows from before this version (read as `at`).
+ALTER TABLE alarm_events ADD COLUMN changed_at INTEGER;
 
 CREATE TABLE retry_requests (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -389,9 +389,12 @@ impl<'a> Planner<'a> {
                 RunStatus::Queued => self.queued(j, stage, &run),
                 RunStatus::Checking => self.checking(j, stage, &run),
                 RunStatus::AwaitingApproval => self.awaiting_approval(j, stage, &run),
+                RunStatus::Deploying | RunStatus::Verifying | RunStatus::Baking
+                    if self.alarm_rolls_back(stage, &run) => {}
                 RunStatus::Deploying => self.deploying(stage, &run),
                 RunStatus::Verifying => self.verifying(stage, &run),
                 RunStatus::Baking => self.baking(stage, &run),
+                RunStatus::Succeeded => self.late_alarm(stage, &run),
                 RunStatus::RollingBack => self.rolling_back(stage, &run),
                 _ => {}
             }
@@ -831,14 +834,6 @@ impl<'a> Planner<'a> {
     }
 
     fn baking(&mut self, stage: &Stage, run: &StageRun) {
-        if let Some(alarm) = self.alarm_fired(stage, run) {
-            let why = Reason::AlarmFired {
-                alarm: alarm.alarm.clone(),
-                at: alarm.at,
-            };
-            self.transition_by(run, RunStatus::RollingBack, why, Some(alarm.id));
-            return;
-        }
         let bake_end = run.since + chrono::Duration::from_std(stage.bake).unwrap_or_default();
         let evaluations = self.bake_polls(stage, run, bake_end);
         if let Some(why) = evaluations.1 {
@@ -872,14 +867,68 @@ impl<'a> Planner<'a> {
         self.note(run, state);
     }
 
-    /// An alarm notification for this stage since the bake began.
-    fn alarm_fired(&self, stage: &Stage, run: &StageRun) -> Option<&'a AlarmFact> {
+    /// Invariant 10: the first alarm notification for this stage whose state change falls in
+    /// the run's watch window — from the start of its deploy to `until` (the end of its bake;
+    /// open while it is still deploying, verifying or baking). When it arrived does not
+    /// matter: a late delivery of a change inside the window counts, a replay of an old one
+    /// does not.
+    fn alarm_in_window(
+        &self,
+        stage: &Stage,
+        run: &StageRun,
+        until: Option<DateTime<Utc>>,
+    ) -> Option<&'a AlarmFact> {
+        let from = run.deploy_started?;
         self.snap
             .alarms
             .iter()
-            .filter(|a| a.stage == stage.name && a.firing && a.at >= run.since)
-            .filter(|a| stage.alarms.contains(&a.alarm))
-            .min_by_key(|a| a.at)
+            .filter(|a| a.stage == stage.name && a.firing && stage.alarms.contains(&a.alarm))
+            .filter(|a| a.changed_at >= from && until.is_none_or(|u| a.changed_at <= u))
+            .min_by_key(|a| a.changed_at)
+    }
+
+    fn alarm_reason(alarm: &AlarmFact) -> Reason {
+        Reason::AlarmFired {
+            alarm: alarm.alarm.clone(),
+            at: alarm.changed_at,
+        }
+    }
+
+    /// A run being deployed, verified or baked rolls back on an alarm in its window.
+    fn alarm_rolls_back(&mut self, stage: &Stage, run: &StageRun) -> bool {
+        let Some(alarm) = self.alarm_in_window(stage, run, None) else {
+            return false;
+        };
+        let why = Self::alarm_reason(alarm);
+        self.roll_back_or_fail_by(stage, run, why, Some(alarm.id));
+        true
+    }
+
+    /// A notification that arrived after the run succeeded, of an alarm whose state changed
+    /// inside its window (SNS delivered it late): the stage rolls back if it still runs this
+    /// release, and the release is stopped wherever it has got to.
+    fn late_alarm(&mut self, stage: &Stage, run: &StageRun) {
+        let Some(alarm) = self
+            .alarm_in_window(stage, run, Some(run.since))
+            .filter(|a| a.at > run.since)
+        else {
+            return;
+        };
+        let why = Self::alarm_reason(alarm);
+        let current = self
+            .snap
+            .stage(&stage.name)
+            .and_then(|s| s.history.last().copied());
+        let free = self.in_flight_besides(&stage.name, run.release).is_none();
+        if current == Some(run.release) && free && self.rollback_target(stage, run).is_some() {
+            self.transition_by(run, RunStatus::RollingBack, why, Some(alarm.id));
+        } else if self.bad_mark(run.release).is_none() {
+            self.out.actions.push(Action::MarkBad {
+                release: run.release,
+                stage: stage.name.clone(),
+                reason: why,
+            });
+        }
     }
 
     /// Backstop polls during bake: (clean evaluations, reason to roll back).

@@ -231,6 +231,8 @@ pub struct StageRun {
     pub since: DateTime<Utc>,
     /// The alarm event ([`AlarmFact::id`]) that sent the run into rollback, if one did.
     pub rollback_alarm: Option<i64>,
+    /// When the run started deploying in this attempt: its alarm watch window opens here.
+    pub deploy_started: Option<DateTime<Utc>>,
 }
 
 /// What became of an effect.
@@ -356,7 +358,11 @@ pub struct AlarmFact {
     pub alarm: String,
     /// True for ALARM, false for OK / INSUFFICIENT_DATA.
     pub firing: bool,
+    /// When the notification arrived.
     pub at: DateTime<Utc>,
+    /// When the alarm's state changed (CloudWatch's `StateChangeTime`): what decides whether
+    /// it falls inside a run's watch window.
+    pub changed_at: DateTime<Utc>,
 }
 
 /// A manual rollback asked for and not handled yet.

@@ -82,4 +82,6 @@ pub struct NewAlarm {
     pub alarm: String,
     pub firing: bool,
     pub reason: String,
+    /// CloudWatch's `StateChangeTime`; `None` when the message had none (arrival time then).
+    pub changed_at: Option<chrono::DateTime<chrono::Utc>>,
 }

@@ -371,6 +371,7 @@ async fn record_alarm(
             .chars()
             .take(MAX_REASON_CHARS)
             .collect(),
+        changed_at: alarm.state_changed_at(),
     };
     let delivery = Delivery {
         source: DELIVERY_SOURCE.into(),
@@ -402,11 +403,12 @@ async fn log_arrival(
             .map(|w| w.stage.as_str())
             .collect();
         let detail = format!(
-            "alarm {} is {} in {}/{}; SNS message received_at={} for stages {}",
+            "alarm {} is {} in {}/{}; state changed at {}; SNS message received_at={} for stages {}",
             alarm.alarm_name,
             alarm.new_state_value.as_str(),
             alarm.aws_account_id,
             alarm.region_code(),
+            alarm.state_change_time,
             arrived.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
             stages.join(", ")
         );

@@ -296,12 +296,13 @@ impl Store {
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
-        sqlx::query("INSERT INTO alarm_events (pipeline, stage, alarm, firing, at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO alarm_events (pipeline, stage, alarm, firing, at, changed_at) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(&a.pipeline)
             .bind(&a.stage)
             .bind(&a.alarm)
             .bind(a.firing)
             .bind(ms(now))
+            .bind(a.changed_at.map(ms))
             .execute(&mut *tx)
             .await?;
         let state = if a.firing { "ALARM" } else { "OK" };

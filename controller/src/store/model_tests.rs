@@ -81,8 +81,8 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
     let mut tx = store.pool.begin().await?;
     let c = &mut *tx;
     for a in &b.snap.alarms {
-        sqlx::query("INSERT INTO alarm_events (id, pipeline, stage, alarm, firing, at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(a.id).bind(PIPELINE).bind(&a.stage).bind(&a.alarm).bind(a.firing).bind(ms(a.at))
+        sqlx::query("INSERT INTO alarm_events (id, pipeline, stage, alarm, firing, at, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(a.id).bind(PIPELINE).bind(&a.stage).bind(&a.alarm).bind(a.firing).bind(ms(a.at)).bind(ms(a.changed_at))
             .execute(&mut *c).await?;
     }
     let retired = b.retired.iter().map(|(r, ..)| (r, false));
@@ -102,10 +102,10 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
         .iter()
         .chain(b.retired.iter().flat_map(|x| &x.1));
     for run in runs {
-        sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since, rollback_alarm) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since, rollback_alarm, deploy_started) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(run.release.0).bind(&run.stage).bind(run.status.as_str())
             .bind(rows::reason_json(&run.reason)).bind(i64::from(run.attempt)).bind(ms(run.since))
-            .bind(run.rollback_alarm)
+            .bind(run.rollback_alarm).bind(run.deploy_started.map(ms))
             .execute(&mut *c).await?;
     }
     let effects = b

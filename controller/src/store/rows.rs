@@ -89,6 +89,7 @@ pub(super) fn run_row(r: &SqliteRow) -> Result<StageRun> {
         attempt: r.get::<i64, _>("attempt") as u32,
         since: from_ms(r.get("since")),
         rollback_alarm: r.get("rollback_alarm"),
+        deploy_started: r.get::<Option<i64>, _>("deploy_started").map(from_ms),
     })
 }
 
@@ -179,7 +180,7 @@ pub(super) async fn load_snapshot(
     {
         snap.approvals.push(approval_row(&r)?);
     }
-    for r in sqlx::query("SELECT id, stage, alarm, firing, at FROM alarm_events WHERE pipeline = $1 AND at >= $2 ORDER BY id")
+    for r in sqlx::query("SELECT id, stage, alarm, firing, at, COALESCE(changed_at, at) AS changed_at FROM alarm_events WHERE pipeline = $1 AND at >= $2 ORDER BY id")
         .bind(pipeline)
         .bind(ms(since_alarms))
         .fetch_all(&mut *c)
@@ -191,6 +192,7 @@ pub(super) async fn load_snapshot(
             alarm: r.get("alarm"),
             firing: r.get("firing"),
             at: from_ms(r.get("at")),
+            changed_at: from_ms(r.get("changed_at")),
         });
     }
     for r in sqlx::query("SELECT id, release_id, actor FROM retry_requests WHERE pipeline = $1 AND handled_at IS NULL ORDER BY id")
@@ -250,8 +252,9 @@ pub(super) async fn apply_one(
             reason,
             alarm,
         } => {
-            // The alarm behind a rollback stays with the run until it goes again (retry).
-            sqlx::query("UPDATE stage_runs SET status = $1, reason = $2, since = $3, rollback_alarm = COALESCE($4, rollback_alarm) WHERE release_id = $5 AND stage = $6")
+            // The alarm behind a rollback stays with the run until it goes again (retry); the
+            // watch window opens when the run starts deploying.
+            sqlx::query("UPDATE stage_runs SET status = $1, reason = $2, since = $3, rollback_alarm = COALESCE($4, rollback_alarm), deploy_started = CASE WHEN $1 = 'deploying' THEN $3 ELSE deploy_started END WHERE release_id = $5 AND stage = $6")
                 .bind(to.as_str())
                 .bind(reason_json(reason))
                 .bind(ms(now))
@@ -353,7 +356,7 @@ async fn retry(
     let reason = reason_json(&Reason::RetryRequested { by: by.to_string() });
     let retryable = RunStatus::sql_set(RunStatus::retryable);
     for stage in stages {
-        sqlx::query(&format!("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2, rollback_alarm = NULL WHERE release_id = $3 AND stage = $4 AND status IN ({retryable})"))
+        sqlx::query(&format!("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2, rollback_alarm = NULL, deploy_started = NULL WHERE release_id = $3 AND stage = $4 AND status IN ({retryable})"))
             .bind(&reason)
             .bind(ms(now))
             .bind(release.0)

@@ -270,6 +270,24 @@ impl TestSigner {
         let subject = alarm_subject(alarm_name, region, new_state);
         self.notification(topic_arn, Some(&subject), &message)
     }
+
+    /// [`TestSigner::alarm_notification`] for a state change at `changed_at` (a late delivery,
+    /// or an old message replayed now), signed now.
+    pub fn alarm_notification_at(
+        &self,
+        topic_arn: &str,
+        alarm_name: &str,
+        account: &str,
+        region: &str,
+        new_state: AlarmState,
+        changed_at: chrono::DateTime<chrono::Utc>,
+    ) -> String {
+        let message = alarm_message_at(
+            topic_arn, alarm_name, account, region, new_state, changed_at,
+        );
+        let subject = alarm_subject(alarm_name, region, new_state);
+        self.notification(topic_arn, Some(&subject), &message)
+    }
 }
 
 fn timestamp() -> String {
@@ -487,6 +505,18 @@ pub fn alarm_message(
     new_state: AlarmState,
 ) -> String {
     let now = chrono::Utc::now();
+    alarm_message_at(topic_arn, alarm_name, account, region, new_state, now)
+}
+
+/// [`alarm_message`] for a state change at `now`.
+pub fn alarm_message_at(
+    topic_arn: &str,
+    alarm_name: &str,
+    account: &str,
+    region: &str,
+    new_state: AlarmState,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
     let partition = if region.starts_with("cn-") {
         "aws-cn"
     } else if region.starts_with("us-gov-") {

@@ -226,5 +226,6 @@ pub fn alarm(stage: &str, name: &str) -> NewAlarm {
         alarm: name.into(),
         firing: true,
         reason: "Threshold Crossed".into(),
+        changed_at: None,
     }
 }

@@ -140,7 +140,10 @@ impl Answer {
 impl Rig {
     async fn new() -> Rig {
         let harness = Harness::new();
-        let clock = Arc::new(ShiftedClock::default());
+        // The controller's clock starts an hour behind the wall clock: the alarm messages
+        // carry the wall clock's time as their StateChangeTime, which must fall inside the
+        // watch window of a deploy the test has moved forward in time.
+        let clock = Arc::new(ShiftedClock(Mutex::new(-chrono::Duration::hours(1))));
         let store = Store::open(&harness.db_url()).await.unwrap();
         let cfg = load_config(harness.dir.path());
         let engine = Engine::new(store, cfg, harness.fakes.ports(), clock.clone());
@@ -274,6 +277,36 @@ async fn assert_rolled_back(rig: &Rig, id: ReleaseId) {
         stage == "prod" && uri.ends_with(&fake_digest(&sha(1)))
     };
     assert!(restored.iter().all(to_first), "{restored:?}");
+}
+
+#[tokio::test]
+async fn an_old_signed_alarm_replayed_during_the_prod_bake_changes_nothing() {
+    let rig = Rig::new().await;
+    let id = rig.prod_baking().await;
+    // A genuine notification from yesterday, validly signed, delivered again today.
+    let yesterday = rig.clock.now() - chrono::Duration::days(1);
+    let state = AlarmState::Alarm;
+    let body = rig.signer.alarm_notification_at(
+        ALARM_TOPIC,
+        PROD_ALARM,
+        PROD_ACCOUNT,
+        REGION,
+        state,
+        yesterday,
+    );
+    let answer = rig.post(body).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Baking);
+    assert!(rig.rolled_back().is_empty(), "nothing rolled back");
+    let arrival = &rig.events_of_kind("sns-alarm").await[0].detail;
+    assert!(
+        arrival.contains(&format!(
+            "state changed at {}",
+            yesterday.format("%Y-%m-%d")
+        )),
+        "{arrival}"
+    );
 }
 
 #[tokio::test]

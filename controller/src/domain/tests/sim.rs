@@ -306,6 +306,9 @@ impl Sim {
                 if alarm.is_some() {
                     run.rollback_alarm = *alarm;
                 }
+                if *to == RunStatus::Deploying {
+                    run.deploy_started = Some(now);
+                }
             }
             Action::Note {
                 release,
@@ -365,6 +368,7 @@ impl Sim {
                         run.attempt += 1;
                         run.since = now;
                         run.rollback_alarm = None;
+                        run.deploy_started = None;
                     }
                 }
                 self.snap.retry_requests.retain(|r| r.id != *request);
@@ -463,6 +467,7 @@ impl Sim {
                 attempt: 1,
                 since: self.now,
                 rollback_alarm: None,
+                deploy_started: None,
             });
         }
         id
@@ -558,6 +563,18 @@ impl Sim {
     }
 
     pub fn alarm(&mut self, stage: &str, alarm: &str, firing: bool) {
+        self.alarm_changed_at(stage, alarm, firing, self.now);
+    }
+
+    /// An alarm notification arriving now about a state change at `changed_at` (a late or a
+    /// replayed delivery when that is earlier).
+    pub fn alarm_changed_at(
+        &mut self,
+        stage: &str,
+        alarm: &str,
+        firing: bool,
+        changed_at: DateTime<Utc>,
+    ) {
         let id = self.snap.alarms.len() as i64 + 1;
         self.snap.alarms.push(AlarmFact {
             id,
@@ -565,6 +582,7 @@ impl Sim {
             alarm: alarm.into(),
             firing,
             at: self.now,
+            changed_at,
         });
     }
 

@@ -1259,3 +1259,72 @@ fn a_rejected_release_is_not_retried_even_where_a_later_stage_failed_with_it() {
         Some("r1 was rejected in prod: that is not retried; push a new commit")
     );
 }
+
+// ----- the alarm watch window (deploy start → bake end) ----------------------------------------------
+
+#[test]
+fn an_alarm_during_the_post_deploy_tests_rolls_the_stage_back() {
+    let mut sim = baking_beta(|s| s.after = vec!["smoke".into()]);
+    let r1 = sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "beta", S::Verifying);
+    sim.settle();
+    sim.advance(secs(5));
+    sim.alarm("beta", "beta-5xx", true);
+    let (to, why) = transition_of(&sim.plan(), r2, "beta").unwrap();
+    assert_eq!(to, S::RollingBack);
+    assert!(matches!(why, Reason::AlarmFired { ref alarm, .. } if alarm == "beta-5xx"));
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r2, "beta"), S::RolledBack);
+    assert_eq!(sim.snap.last_good("beta"), Some(r1));
+}
+
+#[test]
+fn a_late_delivery_of_an_alarm_inside_the_window_rolls_back_a_stage_that_already_succeeded() {
+    let mut sim = baking_beta(|_| {});
+    let (r1, r2) = second_release_baking(&mut sim);
+    let fired = sim.now + chrono::Duration::seconds(30);
+    sim.advance(secs(601));
+    sim.settle();
+    let polls: Vec<String> = sim.pending().iter().map(|e| e.key.to_string()).collect();
+    for k in polls {
+        sim.succeed(&k);
+    }
+    sim.drive_to(r2, "beta", S::Succeeded);
+    sim.settle();
+    // SNS delivers, an hour later, the alarm that went off 30 s into the bake.
+    sim.advance(secs(3600));
+    sim.alarm_changed_at("beta", "beta-5xx", true, fired);
+    let (to, why) = transition_of(&sim.plan(), r2, "beta").unwrap();
+    assert_eq!(to, S::RollingBack);
+    assert_eq!(
+        why,
+        Reason::AlarmFired {
+            alarm: "beta-5xx".into(),
+            at: fired
+        }
+    );
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r2, "beta"), S::RolledBack);
+    assert_eq!(sim.snap.last_good("beta"), Some(r1));
+    assert!(
+        sim.release(r2).bad.is_some(),
+        "r2 is stopped wherever it got to"
+    );
+}
+
+#[test]
+fn a_replayed_old_alarm_outside_every_watch_window_changes_nothing() {
+    let mut sim = baking_beta(|_| {});
+    let before_everything = sim.now - chrono::Duration::days(1);
+    let (_r1, r2) = second_release_baking(&mut sim);
+    sim.advance(secs(30));
+    sim.alarm_changed_at("beta", "beta-5xx", true, before_everything);
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r2, "beta"), None, "{:?}", p.actions);
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| matches!(a, Action::MarkBad { .. }))
+    );
+}
