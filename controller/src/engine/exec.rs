@@ -354,8 +354,19 @@ async fn notify(
     let Some(topic) = &p.notifications.topic else {
         return Ok(EffectOutcome::success("no notification topic configured"));
     };
-    let (subject, body) =
-        messages::notification(p, s, r, event, &ctx.reason(), &ctx.history, &ctx.public_url);
+    let Some(run) = &ctx.run else {
+        return Err(PortError::Invalid("the run is gone".into()));
+    };
+    let (subject, body) = messages::notification(&messages::Notice {
+        pipeline: p,
+        stage: s,
+        release: r,
+        event,
+        reason: &run.reason,
+        progress: &ctx.history,
+        public_url: &ctx.public_url,
+        now: ctx.now,
+    });
     let msg = Message {
         key: op.effect.key.to_string(),
         topic: topic.to_string(),

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::{Pipeline, Stage};
-use crate::domain::{NotifyEvent, Release, ReleaseId, RunStatus, Snapshot};
+use crate::domain::{NotifyEvent, Reason, Release, ReleaseId, RunStatus, Snapshot};
 
 /// One line per stage: where this release stands ("beta: succeeded — deployed and baked").
 pub fn progress(snap: &Snapshot, release: ReleaseId, now: DateTime<Utc>) -> String {
@@ -65,44 +65,89 @@ pub fn release_facts(p: &Pipeline, r: &Release, progress: &str, public_url: &str
     )
 }
 
-/// Subject and body of a halt or rollback notification.
-pub fn notification(
-    p: &Pipeline,
-    s: &Stage,
-    r: &Release,
-    event: NotifyEvent,
-    reason: &str,
-    progress: &str,
-    public_url: &str,
-) -> (String, String) {
-    let subject = match event {
+/// What a halt or rollback notification is about.
+pub struct Notice<'a> {
+    pub pipeline: &'a Pipeline,
+    pub stage: &'a Stage,
+    pub release: &'a Release,
+    pub event: NotifyEvent,
+    /// Why the run ended where it did.
+    pub reason: &'a Reason,
+    /// What already passed, for people.
+    pub progress: &'a str,
+    pub public_url: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// Subject and body of a halt or rollback notification: what happened, where, why, and what
+/// the operator can do next.
+pub fn notification(n: &Notice<'_>) -> (String, String) {
+    let (p, s, r) = (n.pipeline, n.stage, n.release);
+    let sha = crate::domain::short_sha(&r.sha);
+    let subject = match n.event {
         NotifyEvent::Halted => format!(
-            "[tollgate] {} {}: {} stopped in {}",
-            p.name,
-            r.id,
-            crate::domain::short_sha(&r.sha),
-            s.name
+            "[tollgate] {} {}: {sha} stopped in {}",
+            p.name, r.id, s.name
         ),
-        NotifyEvent::RolledBack => format!(
-            "[tollgate] {} {}: {} ROLLED BACK",
-            p.name,
-            s.name,
-            crate::domain::short_sha(&r.sha)
-        ),
+        NotifyEvent::RolledBack => format!("[tollgate] {} {}: {sha} ROLLED BACK", p.name, s.name),
     };
-    let what = match event {
+    let what = match n.event {
         NotifyEvent::Halted => format!("Release {} stopped in stage {}.", r.id, s.name),
         NotifyEvent::RolledBack => format!(
             "Stage {} was rolled back: release {} was removed and the stage's last known-good release restored.",
             s.name, r.id
         ),
     };
+    let targets: Vec<String> = s
+        .targets
+        .iter()
+        .map(|t| format!("{}/{}", t.account, t.region))
+        .collect();
+    let next: String = next_steps(n)
+        .iter()
+        .map(|step| format!("  - {step}\n"))
+        .collect();
     let body = format!(
-        "{what}\n\nWhy: {reason}\n\n{}\nTo see the event log: tollgate history {}\n",
-        release_facts(p, r, progress, public_url),
+        "{what}\n\nWhere: pipeline {}, stage {} ({})\nWhy: {}\n\nWhat you can do:\n{next}\n{}\nTo see the event log: tollgate history {}\n",
+        p.name,
+        s.name,
+        targets.join(", "),
+        n.reason.describe(n.now),
+        release_facts(p, r, n.progress, n.public_url),
         p.name
     );
     (truncate(&subject, 99), body)
+}
+
+/// The operator's options after a halt or rollback, as commands to run.
+fn next_steps(n: &Notice<'_>) -> Vec<String> {
+    let (p, s, r) = (&n.pipeline.name, &n.stage.name, n.release.id);
+    let retry = format!("`tollgate retry {p} {r}` sends it again from {s} once the cause is fixed");
+    let fix = "push a fix: the new commit goes through the stages as usual".to_string();
+    let override_alarms = format!(
+        "if this release is the fix for a firing alarm: `tollgate override {p} {r} --alarms --reason \"…\"` lets it past the alarm gate"
+    );
+    match (n.event, n.reason.root()) {
+        (NotifyEvent::RolledBack, _) => vec![
+            format!("{r} is marked bad and is never promoted again automatically; {fix}"),
+            format!("`tollgate status` shows what {s} runs now"),
+        ],
+        (_, Reason::RollbackFailed { .. }) => vec![
+            format!("{s} is PAUSED: nothing new starts there until a person resumes it"),
+            "bring the stack back to a stable state (docs/operations.md, \"A stuck stack\")".into(),
+            format!("then `tollgate resume {p} --stage {s}`"),
+        ],
+        (_, Reason::Rejected { by }) => vec![format!(
+            "{by} rejected it: a rejection is not retried; {fix}"
+        )],
+        (_, Reason::ApprovalExpired { .. }) => vec![format!(
+            "nobody approved in time: `tollgate retry {p} {r}` asks the approvers again"
+        )],
+        (_, Reason::AlarmFired { .. } | Reason::AlarmPolled { .. }) => {
+            vec![fix, override_alarms]
+        }
+        _ => vec![retry, fix, override_alarms],
+    }
 }
 
 fn first_line(s: &str) -> &str {

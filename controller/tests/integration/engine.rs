@@ -152,13 +152,38 @@ async fn a_failing_gamma_test_stops_the_release_before_prod() {
         restored[0].2.ends_with(&fake_digest(&sha(1))),
         "gamma restored to {first}"
     );
-    let halts = h.fakes.with(|w| {
+    let rollbacks: Vec<_> = h.fakes.with(|w| {
         w.published
             .iter()
             .filter(|m| m.subject.contains("ROLLED BACK"))
-            .count()
+            .cloned()
+            .collect()
     });
-    assert_eq!(halts, 1, "one rollback notification");
+    assert_eq!(rollbacks.len(), 1, "one rollback notification");
+    let body = &rollbacks[0].body;
+    for wanted in [
+        "Stage gamma was rolled back",
+        "Where: pipeline backend, stage gamma",
+        "Why: after test `smoke` failed",
+        "What you can do:",
+        &format!("{id} is marked bad and is never promoted again automatically; push a fix"),
+        "tollgate history backend",
+    ] {
+        assert!(body.contains(wanted), "missing {wanted:?} in:\n{body}");
+    }
+    // GitHub hears the same: the stage's deployment ends in failure.
+    let gamma: Vec<String> = h.fakes.with(|w| {
+        w.reports
+            .iter()
+            .filter(|r| r.environment == "gamma" && r.release == id)
+            .map(|r| r.state.as_str().to_string())
+            .collect()
+    });
+    assert_eq!(
+        gamma.last().map(String::as_str),
+        Some("failure"),
+        "{gamma:?}"
+    );
 }
 
 #[tokio::test]
@@ -501,6 +526,26 @@ async fn a_release_stopped_by_a_failed_test_is_retried_from_that_stage_once() {
     settle(&engine).await.unwrap();
     assert_eq!(status(&engine, id, "beta").await, RunStatus::Failed);
     assert_eq!(status(&engine, id, "prod").await, RunStatus::Failed);
+    let halts: Vec<_> = h.fakes.with(|w| {
+        w.published
+            .iter()
+            .filter(|m| m.subject.contains("stopped in beta"))
+            .cloned()
+            .collect()
+    });
+    assert_eq!(
+        halts.len(),
+        1,
+        "one halt notification, for the stage where it stopped"
+    );
+    let body = &halts[0].body;
+    for wanted in [
+        "Release r1 stopped in stage beta.",
+        "Why: before test `unit` failed",
+        "`tollgate retry backend r1` sends it again from beta once the cause is fixed",
+    ] {
+        assert!(body.contains(wanted), "missing {wanted:?} in:\n{body}");
+    }
 
     let (code, _, err) = retry(&h, "r9");
     assert_eq!(code, 1, "{err}");
