@@ -9,6 +9,9 @@
 //!
 //! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
 //! state that does not allow it), 2 the configuration or the state database cannot be read.
+//!
+//! Must never: write the state database except through the ingest API, or decide what the
+//! controller does with a fact (that is the planner's, at its next reconcile).
 
 use std::io::Write;
 use std::path::Path;

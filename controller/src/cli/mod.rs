@@ -2,6 +2,8 @@
 //! `resume`, `rollback`, `override`.
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
+//! Must never: hold a rule of the controller (commands parse and render; the library decides),
+//! or print a secret it was given through a flag or the environment.
 
 pub mod control;
 pub mod serve;

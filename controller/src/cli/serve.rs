@@ -7,6 +7,9 @@
 //! AWS endpoints are the AWS SDK's own settings: `AWS_ENDPOINT_URL` for every service, or a
 //! service's own (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL_CODEPIPELINE`, … or
 //! `endpoint_url` in a `[services]` section of the shared config file), which wins over it.
+//!
+//! Must never: start with a configuration or a secret it could not read (it exits with the
+//! reason instead), or log a secret.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,9 @@
 //! `tollgate status` and `tollgate history`: the state of every pipeline × stage, for people
 //! (a table) and for scripts (`--json`).
+//!
+//! Owns reading the state for people and rendering it; reasons are rendered from their typed
+//! value here, at the edge, with the time left counted from now. Must never: write the state
+//! database (it uses the store's read-only face).
 
 use std::io::Write;
 

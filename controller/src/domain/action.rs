@@ -1,5 +1,9 @@
 //! What the planner asks for: state changes the executor applies in one transaction, and
 //! side effects it performs through a port, each under a stable idempotency key.
+//!
+//! Owns [`Action`], [`Effect`] and [`EffectKind`], and the idempotency key derived from an
+//! effect's place and kind. Must never: be read back from a key (the key is written once; the
+//! kind is stored beside it as data), or do I/O.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -3,6 +3,9 @@
 //! Times are local to the window's IANA time zone, so a 09:00 start stays 09:00 across
 //! daylight-saving changes; a local time that does not exist (spring forward) starts at the
 //! first instant after the gap. Blackout dates close the whole local day.
+//!
+//! Must never: read the clock (the planner passes `now`) or open a window that the
+//! configuration does not list.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 

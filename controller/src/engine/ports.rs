@@ -4,6 +4,9 @@
 //! (`tollgate_testkit::fakes`) for engine tests. Every call carries the effect's idempotency
 //! key; a real adapter passes it on (CloudFormation `ClientRequestToken`, CodePipeline
 //! `clientRequestToken`) or dedupes on it, so a call repeated after a crash changes nothing twice.
+//!
+//! Must never: carry a decision (a port does what it is asked, once per key) or a secret in a
+//! request a fake or a log could show.
 
 use std::collections::BTreeMap;
 

@@ -4,6 +4,8 @@
 //! Read-only: shows the release (commit, author, image digest, whether it was marked bad), each
 //! stage's run with its status and reason, and the release's entries in the event log. Every
 //! value is HTML-escaped; nothing secret is stored, so nothing secret can show.
+//!
+//! Must never: change state (a GET is safe) or render a value unescaped.
 
 use axum::Router;
 use axum::extract::{Path, State};

@@ -4,6 +4,9 @@
 //! idempotency key returns the first result and applies nothing again. Each counts calls
 //! and applications per key, so tests can prove "exactly once" after crashes.
 //! Outcomes can be scripted: fail a test, fail a deploy, put an alarm in ALARM, delay a deploy.
+//!
+//! Must never: be used by the controller's binary (this crate is a dev-dependency only), or
+//! succeed where the real system it stands for would refuse without saying so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

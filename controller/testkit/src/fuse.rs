@@ -1,6 +1,8 @@
 //! Crash injection for engine tests: a [`Fuse`] handed to [`tollgate::engine::Engine::with_fuse`]
 //! lets a fixed number of steps through, then fails every store write and port call, exactly as
 //! if the process had died at that point.
+//!
+//! Must never: let a step through once it has blown (a restart gets a new engine).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
