@@ -15,7 +15,7 @@
 //!   expired, or the stage moved on), when this approver (or this link) already decided, when
 //!   the commit's author approves their own change (unless `allow_author`), and when the
 //!   identity is not one of the stage's approvers. Only then is it recorded, through
-//!   [`Engine::record_approval`], which writes the approval and the event log in one
+//!   [`crate::engine::Ingest::record_approval`], which writes the approval and the event log in one
 //!   transaction and wakes the reconciler. Counting approvals (`min_approvals` distinct
 //!   approvers, one rejection ends the request) is the planner's.
 //!

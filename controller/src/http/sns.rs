@@ -3,7 +3,7 @@
 //!
 //! Owns the edge of SNS intake: body cap, parsing, the topic allow-list, signature verification
 //! ([`crate::http::sns_verify`]), deduplication on `MessageId`, and turning an alarm into one
-//! fact per stage that watches it ([`Engine::record_alarm`]). The rollback is the reconciler's,
+//! fact per stage that watches it ([`crate::engine::Ingest::record_alarm`]). The rollback is the reconciler's,
 //! woken by that fact; nothing slow happens before the answer to a notification.
 //!
 //! | case | answer |

@@ -11,7 +11,7 @@
 //! - A token is bound to one pipeline, release and stage, and to one approver (or to nobody:
 //!   a shared link), and expires at the approval request's `expires_at`.
 //! - Single use: a token is consumed by recording the decision under its [`TokenRecord::delivery`]
-//!   (`Engine::record_approval` / [`Store::record_approval`]). That inserts the delivery in
+//!   (`Ingest::record_approval` / [`Store::record_approval`]). That inserts the delivery in
 //!   the same transaction as the approval, and a delivery is recorded at most once, so of two
 //!   concurrent uses exactly one is recorded. [`TokenRecord::used_at`] reads that delivery back.
 //! - At most one live (not replaced) token per approval request and approver (a unique index).
