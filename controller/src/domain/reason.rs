@@ -218,8 +218,17 @@ impl Reason {
 
     /// Text for people, with deadlines shown as time left from `now`.
     pub fn describe(&self, now: DateTime<Utc>) -> String {
+        self.describe_wait(now)
+            .or_else(|| self.describe_change(now))
+            .or_else(|| self.describe_cause(now))
+            .or_else(|| self.describe_end(now))
+            .unwrap_or_default()
+    }
+
+    /// Waiting to enter, or to deploy.
+    fn describe_wait(&self, now: DateTime<Utc>) -> Option<String> {
         use Reason as R;
-        match self {
+        Some(match self {
             R::PreviousStage => "waiting for the previous stage".into(),
             R::RetryRequested { by } => format!("retry requested by {by}"),
             R::Queued => "queued".into(),
@@ -275,6 +284,14 @@ impl Reason {
                 }
                 None => "outside deployment window; no window opens within a year".into(),
             },
+            _ => return None,
+        })
+    }
+
+    /// Changing the stage.
+    fn describe_change(&self, now: DateTime<Utc>) -> Option<String> {
+        use Reason as R;
+        Some(match self {
             R::Deploying { wave, waves } => format!("deploying wave {wave} of {waves}"),
             R::Verifying => "running post-deploy tests".into(),
             R::Baking { until } => format!("baking, {} left", minutes_left(*until, now)),
@@ -282,6 +299,14 @@ impl Reason {
                 format!("bake time over; waiting for alarm evaluations ({clean}/{needed})")
             }
             R::Succeeded => "deployed and baked".into(),
+            _ => return None,
+        })
+    }
+
+    /// Why a run rolls back.
+    fn describe_cause(&self, now: DateTime<Utc>) -> Option<String> {
+        use Reason as R;
+        Some(match self {
             R::ManualRollback { by } => format!("manual rollback requested by {by}"),
             R::ManualRollbackImpossible { by } => format!(
                 "manual rollback requested by {by} not done: no known-good release to return to"
@@ -306,6 +331,14 @@ impl Reason {
                 "release was rolled back in {stage}: {}",
                 cause.describe(now)
             ),
+            _ => return None,
+        })
+    }
+
+    /// How a run ended.
+    fn describe_end(&self, now: DateTime<Utc>) -> Option<String> {
+        use Reason as R;
+        Some(match self {
             R::NoKnownGood { cause } => format!(
                 "{}; no known-good release to return to",
                 cause.describe(now)
@@ -336,7 +369,8 @@ impl Reason {
                 format!("not promoted: {status} in {stage}")
             }
             R::Recorded { text } => text.clone(),
-        }
+            _ => return None,
+        })
     }
 }
 
