@@ -12,12 +12,14 @@
 //!   same target) waits on that execution instead of rolling back twice.
 //! - Rollback only ever targets a succeeded execution that deployed the requested image;
 //!   when there is none it fails rather than guess.
+//! - A deploy first checks (`GetPipelineState`) that the pipeline has the configured
+//!   `rollback_stage`, and fails without starting the pipeline when it has not: a wrong stage
+//!   name is found at the first deploy, not by the `RollbackStage` of an incident.
 //! - Every wait is bounded by [`Poll::timeout`].
 //!
 //! # Caveats
 //! - The pipeline must declare the variable named in `stages.toml` and use it in its deploy
-//!   stage; the stage rolled back is the one named with [`CodePipelineDeployer::with_deploy_stage`]
-//!   ([`DEFAULT_DEPLOY_STAGE`] by default).
+//!   stage; the stage rolled back is the deploy's `rollback_stage` from `stages.toml`.
 //! - Only the last [`MAX_EXECUTIONS`] executions are searched for a rollback target.
 
 use std::collections::BTreeMap;
@@ -38,8 +40,6 @@ use super::sts::Credentials;
 use crate::config::Deploy;
 use crate::engine::ports::{DeployRequest, DeployResult, Deployer, PortError, PortResult};
 
-/// The stage `RollbackStage` rolls back unless configured otherwise.
-pub const DEFAULT_DEPLOY_STAGE: &str = "Deploy";
 /// How many recent executions are searched for a rollback target.
 pub const MAX_EXECUTIONS: usize = 100;
 /// How many succeeded candidates are read (one `GetPipelineExecution` each) for their variables.
@@ -82,7 +82,6 @@ pub struct CodePipelineDeployer {
     creds: Arc<Credentials>,
     limiter: Arc<Limiter>,
     poll: Poll,
-    deploy_stage: String,
     endpoint_url: Option<String>,
 }
 
@@ -92,24 +91,20 @@ struct Target<'a> {
     account: &'a str,
     pipeline: &'a str,
     variable: &'a str,
+    /// The pipeline stage `RollbackStage` rolls back.
+    rollback_stage: &'a str,
 }
 
 impl CodePipelineDeployer {
-    /// Rolls back the stage named [`DEFAULT_DEPLOY_STAGE`].
+    /// A deployer for every CodePipeline stage; each request names its pipeline, variable and
+    /// rollback stage.
     pub fn new(creds: Arc<Credentials>, limiter: Arc<Limiter>, poll: Poll) -> CodePipelineDeployer {
         CodePipelineDeployer {
             creds,
             limiter,
             poll,
-            deploy_stage: DEFAULT_DEPLOY_STAGE.to_string(),
             endpoint_url: None,
         }
-    }
-
-    /// The pipeline stage `RollbackStage` rolls back.
-    pub fn with_deploy_stage(mut self, stage: impl Into<String>) -> CodePipelineDeployer {
-        self.deploy_stage = stage.into();
-        self
     }
 
     /// Sends CodePipeline calls here instead of the regional endpoint (a VPC endpoint, or a
@@ -121,7 +116,12 @@ impl CodePipelineDeployer {
     }
 
     async fn target<'a>(&self, req: &'a DeployRequest) -> PortResult<Target<'a>> {
-        let Deploy::CodePipeline { pipeline, variable } = &req.deploy else {
+        let Deploy::CodePipeline {
+            pipeline,
+            variable,
+            rollback_stage,
+        } = &req.deploy
+        else {
             return Err(PortError::Invalid(format!(
                 "stage `{}` does not deploy through CodePipeline",
                 req.stage
@@ -141,7 +141,33 @@ impl CodePipelineDeployer {
             account: &req.account.id,
             pipeline,
             variable,
+            rollback_stage,
         })
+    }
+
+    /// `Invalid` unless the pipeline has a stage named [`Target::rollback_stage`].
+    async fn check_rollback_stage(&self, t: &Target<'_>) -> PortResult<()> {
+        let out = self
+            .limiter
+            .call(t.account, "GetPipelineState", || {
+                sdk(t.client.get_pipeline_state().name(t.pipeline).send())
+            })
+            .await?;
+        let stages: Vec<&str> = out
+            .stage_states()
+            .iter()
+            .filter_map(|s| s.stage_name())
+            .collect();
+        if stages.contains(&t.rollback_stage) {
+            return Ok(());
+        }
+        Err(PortError::Invalid(format!(
+            "pipeline `{}` has no stage `{}` to roll back (its stages: {}); set `rollback_stage` \
+             in stages.toml to the stage that deploys the image",
+            t.pipeline,
+            t.rollback_stage,
+            stages.join(", ")
+        )))
     }
 
     async fn start(&self, t: &Target<'_>, req: &DeployRequest) -> PortResult<String> {
@@ -341,12 +367,12 @@ impl CodePipelineDeployer {
                     .client
                     .rollback_stage()
                     .pipeline_name(t.pipeline)
-                    .stage_name(&self.deploy_stage);
+                    .stage_name(t.rollback_stage);
                 sdk(request.target_pipeline_execution_id(to).send())
             })
             .await?;
         let id = out.pipeline_execution_id().to_string();
-        tracing::info!(pipeline = t.pipeline, stage = %self.deploy_stage, to, execution = %id, "stage rollback started");
+        tracing::info!(pipeline = t.pipeline, stage = t.rollback_stage, to, execution = %id, "stage rollback started");
         Ok(id)
     }
 }
@@ -359,6 +385,9 @@ impl Deployer for CodePipelineDeployer {
             req.image_uri, req.account.name, req.target.region
         );
         let t = self.target(req).await.map_err(|e| context(e, &what))?;
+        self.check_rollback_stage(&t)
+            .await
+            .map_err(|e| context(e, &what))?;
         let id = self.start(&t, req).await.map_err(|e| context(e, &what))?;
         self.wait(&t, &id).await
     }
@@ -380,8 +409,8 @@ impl Deployer for CodePipelineDeployer {
         };
         let mut result = self.wait(&t, &id).await?;
         result.summary = format!(
-            "stage `{}` rolled back to execution {to}: {}",
-            self.deploy_stage, result.summary
+            "stage `{}` of pipeline `{}` rolled back to execution {to}: {}",
+            t.rollback_stage, t.pipeline, result.summary
         );
         Ok(result)
     }

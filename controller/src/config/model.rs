@@ -187,6 +187,8 @@ pub enum Deploy {
     CodePipeline {
         pipeline: String,
         variable: String,
+        /// The stage of `pipeline` that `RollbackStage` rolls back.
+        rollback_stage: String,
     },
 }
 

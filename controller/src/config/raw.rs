@@ -189,6 +189,10 @@ pub struct RawDeploy {
     pub pipeline: Option<String>,
     /// codepipeline: pipeline variable that receives the image.
     pub variable: Option<String>,
+    /// codepipeline: the stage of that pipeline a rollback rolls back with `RollbackStage`
+    /// (required; the stage that deploys the image).
+    #[schemars(length(min = 1, max = 100), pattern(r"^[A-Za-z0-9.@\-_]+$"))]
+    pub rollback_stage: Option<String>,
 }
 
 /// `[pipelines.stages.approval]`.

@@ -633,6 +633,7 @@ fn deploy(i: usize, j: usize, d: &RawDeploy, base: &Path, cx: &mut Ctx) -> Deplo
                 &[
                     ("pipeline", d.pipeline.is_some()),
                     ("variable", d.variable.is_some()),
+                    ("rollback_stage", d.rollback_stage.is_some()),
                 ],
             );
             let template = need(cx, &d.template, "template", "cloudformation");
@@ -675,9 +676,20 @@ fn deploy(i: usize, j: usize, d: &RawDeploy, base: &Path, cx: &mut Ctx) -> Deplo
                 ("execution_role", d.execution_role.is_some()),
             ];
             reject_keys(cx, &p, "codepipeline", &cfn_keys);
+            // Required, with no default: a guessed stage name would only be found wrong by the
+            // `RollbackStage` of a live incident (`StageNotFoundException`).
+            let rollback_stage = need(cx, &d.rollback_stage, "rollback_stage", "codepipeline");
+            if d.rollback_stage.is_some() {
+                cx.check(
+                    p("rollback_stage"),
+                    values::pipeline_stage(&rollback_stage),
+                    "name the stage of the pipeline that deploys the image, as in its definition",
+                );
+            }
             Deploy::CodePipeline {
                 pipeline: need(cx, &d.pipeline, "pipeline", "codepipeline"),
                 variable: need(cx, &d.variable, "variable", "codepipeline"),
+                rollback_stage,
             }
         }
         other => {
@@ -689,6 +701,7 @@ fn deploy(i: usize, j: usize, d: &RawDeploy, base: &Path, cx: &mut Ctx) -> Deplo
             Deploy::CodePipeline {
                 pipeline: String::new(),
                 variable: String::new(),
+                rollback_stage: String::new(),
             }
         }
     }

@@ -165,6 +165,23 @@ pub fn name(text: &str) -> Result<(), String> {
     }
 }
 
+/// A CodePipeline stage name, as the API takes it: 1-100 of letters, digits, `.`, `@`, `-`, `_`
+/// (`StageName` in the CodePipeline API reference, e.g. `RollbackStage`'s `stageName`).
+pub fn pipeline_stage(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 100
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '@' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{text}` is not a valid CodePipeline stage name (1-100 letters, digits, `.`, `@`, `-` or `_`)"
+        ))
+    }
+}
+
 /// `owner/name` of a GitHub repository.
 pub fn repository(text: &str) -> Result<(), String> {
     let valid = |p: &str| {

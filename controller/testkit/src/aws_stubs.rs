@@ -559,7 +559,8 @@ pub mod codepipeline {
             format!("http://{}", self.addr)
         }
 
-        /// Creates a pipeline with these stages (a pipeline not created here does not exist).
+        /// Creates a pipeline with these stages, the first its source stage (a pipeline not
+        /// created here does not exist).
         pub fn create_pipeline(&self, name: &str, stages: &[&str]) {
             let stages = stages.iter().map(|s| s.to_string()).collect();
             let pipeline = Pipeline {
@@ -880,11 +881,27 @@ pub mod codepipeline {
         Ok(json!({"pipelineName": name, "pipelineVersion": 1, "stageStates": stages}))
     }
 
-    /// Like AWS: the target must be a succeeded execution of the same pipeline.
+    /// Follows the `RollbackStage` API reference
+    /// (<https://docs.aws.amazon.com/codepipeline/latest/APIReference/API_RollbackStage.html>):
+    /// `stageName` is 1-100 of `[A-Za-z0-9.@\-_]` (else `ValidationException`) and must be a
+    /// stage of the pipeline (else `StageNotFoundException`); and "Configuring stage rollback"
+    /// (<https://docs.aws.amazon.com/codepipeline/latest/userguide/stage-rollback.html>): a
+    /// source stage (here the first) cannot be rolled back, and the target must be a succeeded
+    /// execution of the same pipeline (else `UnableToRollbackStageException`).
     fn rollback_stage(world: &mut World, body: &Value) -> Answer {
         let name = field(body, "pipelineName")?.to_owned();
         let stage = field(body, "stageName")?.to_owned();
         let target = field(body, "targetPipelineExecutionId")?.to_owned();
+        let valid = (1..=100).contains(&stage.len())
+            && (stage.chars()).all(|c| c.is_ascii_alphanumeric() || ".@-_".contains(c));
+        if !valid {
+            return Err(Fault(
+                "ValidationException",
+                format!(
+                    "1 validation error detected: Value '{stage}' at 'stageName' failed to satisfy constraint: Member must satisfy regular expression pattern: [A-Za-z0-9.@\\-_]+"
+                ),
+            ));
+        }
         let id = new_execution_id(world);
         let p = pipeline(world, &name)?;
         if !p.stages.contains(&stage) {
@@ -892,6 +909,10 @@ pub mod codepipeline {
                 "StageNotFoundException",
                 format!("stage `{stage}` does not exist"),
             ));
+        }
+        if p.stages.first() == Some(&stage) {
+            let msg = format!("stage `{stage}` is a source stage and cannot be rolled back");
+            return Err(Fault("UnableToRollbackStageException", msg));
         }
         let target_execution = execution(p, &target)?;
         if target_execution.status() != "Succeeded" {

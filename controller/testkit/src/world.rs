@@ -129,6 +129,8 @@ pub struct WorldBuilder {
     stage_tests: bool,
     /// Extra `command` tests run after a stage's deploy: (stage, test name, argv).
     after_tests: Vec<(String, String, Vec<String>)>,
+    /// Stages deployed through CodePipeline instead: stage → (pipeline, rollback stage).
+    codepipelines: BTreeMap<String, (String, String)>,
     dir: Option<PathBuf>,
 }
 
@@ -147,6 +149,7 @@ impl Default for WorldBuilder {
             prod_approval: true,
             stage_tests: true,
             after_tests: Vec::new(),
+            codepipelines: BTreeMap::new(),
             dir: None,
         }
     }
@@ -212,6 +215,22 @@ impl WorldBuilder {
     pub fn after_test(mut self, stage: &str, name: &str, argv: Vec<String>) -> WorldBuilder {
         self.after_tests
             .push((stage.to_owned(), name.to_owned(), argv));
+        self
+    }
+
+    /// Deploys `stage` through the CodePipeline `pipeline` in its account (variable
+    /// [`IMAGE_PARAMETER`], `RollbackStage` on `rollback_stage`) instead of CloudFormation.
+    /// moto 5.2.5 does not serve what the deployer needs (`GetPipelineState`, `RollbackStage`,
+    /// executions that take time): point the deployer at
+    /// [`crate::aws_stubs::codepipeline::CodePipelineStub`] and create the pipeline there.
+    pub fn codepipeline(
+        mut self,
+        stage: &str,
+        pipeline: &str,
+        rollback_stage: &str,
+    ) -> WorldBuilder {
+        let deploy = (pipeline.to_owned(), rollback_stage.to_owned());
+        self.codepipelines.insert(stage.to_owned(), deploy);
         self
     }
 
@@ -668,17 +687,27 @@ impl World {
         };
         let mut out = format!(
             "\n[[pipelines.stages]]\nname = {}\ntargets = [{{ account = {}, region = {} }}]\n\
-             {before}{after}bake = \"{}ms\"\nalarms = [{}]\n\n\
-             [pipelines.stages.deploy]\nkind = \"cloudformation\"\nstack = {}\n\
-             template = \"service.json\"\nimage_parameter = {}\n",
+             {before}{after}bake = \"{}ms\"\nalarms = [{}]\n\n[pipelines.stages.deploy]\n",
             q(&s.name),
             q(&s.name),
             q(REGION),
             s.bake.as_millis(),
             q(&s.alarm),
-            q(&s.stack),
-            q(IMAGE_PARAMETER),
         );
+        match spec.codepipelines.get(&s.name) {
+            Some((pipeline, rollback_stage)) => out.push_str(&format!(
+                "kind = \"codepipeline\"\npipeline = {}\nvariable = {}\nrollback_stage = {}\n",
+                q(pipeline),
+                q(IMAGE_PARAMETER),
+                q(rollback_stage),
+            )),
+            None => out.push_str(&format!(
+                "kind = \"cloudformation\"\nstack = {}\ntemplate = \"service.json\"\n\
+                 image_parameter = {}\n",
+                q(&s.stack),
+                q(IMAGE_PARAMETER),
+            )),
+        }
         if spec.prod_approval && s.name == "prod" {
             out.push_str(&format!(
                 "\n[pipelines.stages.approval]\ntopic = {}\ntimeout = \"1h\"\n\

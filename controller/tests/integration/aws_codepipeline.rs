@@ -18,6 +18,10 @@ use tollgate_testkit::aws_stubs::codepipeline::{CodePipelineStub, Outcome, Run};
 
 const REGION: &str = "us-east-1";
 const PIPELINE: &str = "backend-beta";
+/// The pipeline's stages: not named `Deploy`, so nothing can fall back on a default name.
+const STAGES: [&str; 3] = ["Source", "Build", "DeployToBeta"];
+/// The stage `RollbackStage` targets, from the deploy's `rollback_stage`.
+const ROLLBACK_STAGE: &str = "DeployToBeta";
 const OLD: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app@sha256:0000";
 const NEW: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/app@sha256:1111";
 /// Every test is bounded.
@@ -47,19 +51,24 @@ fn request(key: &str, image: &str) -> DeployRequest {
             region: REGION.into(),
         },
         account,
-        deploy: Deploy::CodePipeline {
-            pipeline: PIPELINE.into(),
-            variable: "ImageUri".into(),
-        },
+        deploy: codepipeline(PIPELINE, ROLLBACK_STAGE),
         image_uri: image.into(),
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
     }
 }
 
+fn codepipeline(pipeline: &str, rollback_stage: &str) -> Deploy {
+    Deploy::CodePipeline {
+        pipeline: pipeline.into(),
+        variable: "ImageUri".into(),
+        rollback_stage: rollback_stage.into(),
+    }
+}
+
 async fn stub_deployer() -> (CodePipelineStub, CodePipelineDeployer) {
     let stub = CodePipelineStub::start().await.unwrap();
-    stub.create_pipeline(PIPELINE, &["Source", "Deploy"]);
+    stub.create_pipeline(PIPELINE, &STAGES);
     let credentials = aws_credential_types::Credentials::new("stub", "stub", None, None, "stub");
     let base = SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -186,8 +195,24 @@ async fn a_rollback_returns_the_deploy_stage_to_the_last_execution_of_that_image
         assert_eq!(again.summary, done.summary);
         let rollbacks = stub.rollbacks();
         assert_eq!(rollbacks.len(), 1, "RollbackStage ran once: {rollbacks:?}");
-        assert_eq!(rollbacks[0].stage, "Deploy");
+        assert_eq!(rollbacks[0].stage, ROLLBACK_STAGE);
         assert_eq!(rollbacks[0].target_execution_id, ids[0]);
+        let calls: Vec<_> = stub
+            .calls()
+            .into_iter()
+            .filter(|c| c.operation == "RollbackStage")
+            .collect();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(
+            calls[0].body,
+            serde_json::json!({
+                "pipelineName": PIPELINE,
+                "stageName": ROLLBACK_STAGE,
+                "targetPipelineExecutionId": ids[0],
+            }),
+            "RollbackStage named exactly the configured stage"
+        );
+        assert!(done.summary.contains(ROLLBACK_STAGE), "{}", done.summary);
 
         let nowhere = cp
             .rollback(&request(
@@ -217,13 +242,67 @@ async fn throttling_is_retried_and_a_missing_pipeline_is_not_found() {
         );
 
         let mut req = request("backend/r2/beta/a1/deploy-0", NEW);
-        req.deploy = Deploy::CodePipeline {
-            pipeline: "absent".into(),
-            variable: "ImageUri".into(),
-        };
+        req.deploy = codepipeline("absent", ROLLBACK_STAGE);
         let err = cp.deploy(&req).await.unwrap_err();
         assert!(matches!(err, PortError::NotFound(_)), "{err:?}");
         assert!(err.to_string().contains("absent"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deploy_to_a_pipeline_without_the_rollback_stage_fails_before_it_starts() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        let mut req = request("backend/r1/beta/a1/deploy-0", NEW);
+        req.deploy = codepipeline(PIPELINE, "Deploy");
+        let err = cp.deploy(&req).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PortError::Invalid(_)), "{err:?}");
+        assert!(
+            text.contains("no stage `Deploy`")
+                && text.contains("Source, Build, DeployToBeta")
+                && text.contains("rollback_stage"),
+            "{text}"
+        );
+        assert_eq!(stub.count("StartPipelineExecution"), 0, "nothing started");
+        assert!(stub.execution_ids(PIPELINE).is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rollback_of_a_stage_the_pipeline_does_not_have_is_refused_like_aws_does() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        cp.deploy(&request("backend/r1/beta/a1/deploy-0", OLD))
+            .await
+            .unwrap();
+        cp.deploy(&request("backend/r2/beta/a1/deploy-0", NEW))
+            .await
+            .unwrap();
+        // The pipeline changed under a running release (a stage renamed since its deploy).
+        for (stage, code) in [
+            ("Deploy", "StageNotFoundException"),
+            ("Source", "UnableToRollbackStageException"),
+        ] {
+            let mut rollback = request("backend/r2/beta/a1/rollback-0-to-1", OLD);
+            rollback.deploy = codepipeline(PIPELINE, stage);
+            let err = cp.rollback(&rollback).await.unwrap_err();
+            assert!(!err.is_retryable(), "{err:?}");
+            assert!(err.to_string().contains(code), "{err}");
+        }
+        assert!(stub.rollbacks().is_empty(), "{:?}", stub.rollbacks());
+        let asked: Vec<_> = stub
+            .calls()
+            .into_iter()
+            .filter(|c| c.operation == "RollbackStage")
+            .map(|c| c.body["stageName"].clone())
+            .collect();
+        assert_eq!(
+            asked,
+            [serde_json::json!("Deploy"), serde_json::json!("Source")]
+        );
     })
     .await;
 }

@@ -280,7 +280,7 @@ fn duplicate_pipeline_name() {
 name = "svc"
 source = { repository = "acme/other" }
 artifact = { repository = "other", account = "build", region = "eu-west-1" }
-stages = [{ name = "one", targets = [{ account = "beta" }], deploy = { kind = "codepipeline", pipeline = "p", variable = "v" } }]
+stages = [{ name = "one", targets = [{ account = "beta" }], deploy = { kind = "codepipeline", pipeline = "p", variable = "v", rollback_stage = "Deploy" } }]
 "#;
     let d = one_error(&format!("{STAGES}{second}"), ACCOUNTS);
     assert_at(
@@ -690,6 +690,103 @@ fn key_that_does_not_apply_to_the_deploy_kind() {
     );
 }
 
+/// The fixture with beta deployed through CodePipeline; `rollback` is the line after
+/// `variable` (line 36), or nothing.
+fn codepipeline_beta(rollback: &str) -> String {
+    stages_with(
+        "kind = \"cloudformation\"\nstack = \"svc-beta\"\ntemplate = \"service.yaml\"\nimage_parameter = \"ImageUri\"\n\n[[pipelines.stages]]\nname = \"prod\"",
+        &format!(
+            "kind = \"codepipeline\"\npipeline = \"svc-beta\"\nvariable = \"ImageUri\"\n{rollback}\n[[pipelines.stages]]\nname = \"prod\""
+        ),
+    )
+}
+
+#[test]
+fn codepipeline_deploy_names_its_rollback_stage() {
+    let s = codepipeline_beta("rollback_stage = \"Deploy-Beta.eu@1_x\"\n");
+    let loaded = load(&s, ACCOUNTS).unwrap_or_else(|e| panic!("{e}"));
+    let beta = &loaded.config.pipelines[0].stages[0];
+    match &beta.deploy {
+        tollgate::config::Deploy::CodePipeline {
+            pipeline,
+            variable,
+            rollback_stage,
+        } => {
+            assert_eq!(
+                (
+                    pipeline.as_str(),
+                    variable.as_str(),
+                    rollback_stage.as_str()
+                ),
+                ("svc-beta", "ImageUri", "Deploy-Beta.eu@1_x")
+            );
+        }
+        other => panic!("expected a CodePipeline deploy, got {other:?}"),
+    }
+}
+
+#[test]
+fn codepipeline_deploy_without_rollback_stage() {
+    let d = one_error(&codepipeline_beta(""), ACCOUNTS);
+    assert_at(
+        &d,
+        "stages.toml",
+        33,
+        8,
+        "\"codepipeline\"",
+        "a `codepipeline` deploy needs `rollback_stage`",
+    );
+    assert!(d.help.contains("rollback_stage = "), "{d}");
+}
+
+#[test]
+fn codepipeline_rollback_stage_empty_or_not_a_stage_name() {
+    let long = "D".repeat(101);
+    for bad in [
+        "",
+        "Deploy Beta",
+        "Deploy/Beta",
+        "Déploiement",
+        long.as_str(),
+    ] {
+        let s = codepipeline_beta(&format!("rollback_stage = \"{bad}\"\n"));
+        let d = one_error(&s, ACCOUNTS);
+        assert_at(
+            &d,
+            "stages.toml",
+            36,
+            18,
+            &format!("\"{bad}\""),
+            "is not a valid CodePipeline stage name",
+        );
+        assert!(d.help.contains("stage of the pipeline"), "{d}");
+    }
+}
+
+#[test]
+fn codepipeline_rollback_stage_of_the_wrong_type() {
+    let d = one_error(&codepipeline_beta("rollback_stage = 1\n"), ACCOUNTS);
+    assert_eq!((d.line, d.col), (36, 18), "{d}");
+    assert!(d.message.contains("invalid type"), "{d}");
+}
+
+#[test]
+fn rollback_stage_does_not_apply_to_cloudformation() {
+    let s = stages_with(
+        "stack = \"svc-beta\"",
+        "stack = \"svc-beta\"\nrollback_stage = \"Deploy\"",
+    );
+    let d = one_error(&s, ACCOUNTS);
+    assert_at(
+        &d,
+        "stages.toml",
+        35,
+        1,
+        "rollback_stage",
+        "`rollback_stage` does not apply to a `cloudformation` deploy",
+    );
+}
+
 #[test]
 fn missing_required_key() {
     let s = stages_with(
@@ -923,12 +1020,16 @@ fn schema_of_stages_toml() {
     assert!(s["properties"]["pipelines"].is_object(), "{s:#}");
     assert!(s["properties"]["accounts"].is_object(), "{s:#}");
     assert_eq!(s["additionalProperties"], serde_json::json!(false));
+    let deploy = &s["$defs"]["RawDeploy"]["properties"]["rollback_stage"];
+    assert_eq!(deploy["maxLength"], 100, "{deploy:#}");
+    assert_eq!(deploy["pattern"], "^[A-Za-z0-9.@\\-_]+$", "{deploy:#}");
     let text = s.to_string();
     for key in [
         "min_approvals",
         "blackouts",
         "base_url_output",
         "image_parameter",
+        "rollback_stage",
     ] {
         assert!(text.contains(key), "{key} missing from the schema");
     }

@@ -38,6 +38,7 @@ pub fn stage(name: &str) -> Stage {
         deploy: Deploy::CodePipeline {
             pipeline: format!("{name}-deploy"),
             variable: "IMAGE".into(),
+            rollback_stage: "Deploy".into(),
         },
         before: vec![],
         after: vec![],
