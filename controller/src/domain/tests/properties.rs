@@ -437,9 +437,19 @@ impl Checker {
             );
         }
         if let Some(newer) = self.queued.get(stage).filter(|q| **q > r) {
-            return Err(format!(
-                "invariant 4: {r} deploys to {stage} after newer {newer} was queued there"
-            ));
+            // `tollgate retry` may send an older release again into a stage a newer one was
+            // queued in, once that newer one left it without deploying there (it failed,
+            // expired, was rejected or superseded) or was marked bad.
+            let attempt = before.run(r, stage).map_or(1, |x| x.attempt);
+            let newer_out = before
+                .run(*newer, stage)
+                .is_none_or(|x| !x.status.entered())
+                || before.releases.get(newer).is_some_and(|x| x.bad.is_some());
+            if attempt == 1 || !newer_out {
+                return Err(format!(
+                    "invariant 4: {r} deploys to {stage} after newer {newer} was queued there"
+                ));
+            }
         }
         ensure!(
             !paused(before, stage),
