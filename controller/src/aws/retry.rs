@@ -12,6 +12,12 @@
 //! - This is the only retrying layer of an AWS call: the SDK's own retries are off for every
 //!   config handed out by [`super::sts::Credentials`], and nothing above the adapters retries.
 //!
+//! - No attempt waits for ever: every SDK config handed out by [`super::sts::Credentials`]
+//!   carries [`CallTimeouts`] (connect, read, per attempt, per operation). A call that connects
+//!   and never answers ends in a timeout, which [`super::errors`] reports as `Retryable`, so it
+//!   is abandoned and tried again here, with the same request (and so the same idempotency
+//!   token or change-set name).
+//!
 //! # Caveats
 //! - Time is tokio's, so tests can run it paused.
 //! - Waiting for something in progress is not retrying: that is [`PollSettings::poll`].
@@ -81,6 +87,52 @@ pub struct RetrySettings {
     pub cap: Duration,
     /// Attempts in all, the first included.
     pub max_attempts: u32,
+    /// How long one attempt may take before it is abandoned (and retried).
+    pub timeouts: CallTimeouts,
+}
+
+/// The SDK's timeouts for every AWS call (`aws_config::timeout::TimeoutConfig`).
+///
+/// CloudFormation and CodePipeline waits are polling loops of short describe calls
+/// ([`PollSettings`]), never one long call, so every single call is expected to answer within
+/// seconds; one that does not is abandoned and retried under [`Backoff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTimeouts {
+    /// Establishing the TCP and TLS connection.
+    pub connect: Duration,
+    /// From sending the request to the first byte of its response.
+    pub read: Duration,
+    /// One attempt: request sent to response read, connection included.
+    pub attempt: Duration,
+    /// The whole SDK operation, credentials and signing included. The SDK's own retries are
+    /// off, so this bounds one attempt plus its set-up; [`Limiter`] bounds the attempts.
+    pub operation: Duration,
+}
+
+impl Default for CallTimeouts {
+    /// Connect 3 s, read 20 s, attempt 30 s, operation 40 s: AWS's control-plane APIs answer
+    /// in well under a second, and the largest request tollgate sends (a `CreateChangeSet`
+    /// with a 51 200-byte template body) in a few.
+    fn default() -> Self {
+        CallTimeouts {
+            connect: Duration::from_secs(3),
+            read: Duration::from_secs(20),
+            attempt: Duration::from_secs(30),
+            operation: Duration::from_secs(40),
+        }
+    }
+}
+
+impl CallTimeouts {
+    /// The same timeouts in the SDK's terms.
+    pub fn sdk(&self) -> aws_config::timeout::TimeoutConfig {
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .read_timeout(self.read)
+            .operation_attempt_timeout(self.attempt)
+            .operation_timeout(self.operation)
+            .build()
+    }
 }
 
 impl Default for RetrySettings {
@@ -92,6 +144,7 @@ impl Default for RetrySettings {
             base: backoff.base,
             cap: backoff.cap,
             max_attempts: backoff.max_attempts,
+            timeouts: CallTimeouts::default(),
         }
     }
 }
@@ -183,6 +236,11 @@ impl Limiter {
             return None;
         }
         Some(Duration::from_secs_f64((1.0 - bucket.tokens) / s.rate))
+    }
+
+    /// The settings this limiter was made with.
+    pub fn settings(&self) -> &RetrySettings {
+        &self.settings
     }
 
     /// The controller's retry policy, for an adapter that must try a whole step again.

@@ -11,6 +11,8 @@
 //!   session is reused until [`REFRESH_BEFORE`] its expiry.
 //! - Derived configs keep everything else of the base config (endpoint, HTTP client), and
 //!   have the SDK's own retries off: every call retries through [`Limiter`] instead.
+//! - Every derived config carries the limiter's [`super::retry::CallTimeouts`] (connect, read,
+//!   attempt, operation), so no AWS call made through one can wait for ever.
 //!
 //! # Caveats
 //! - A cached session keeps the session name of the call that created it, so CloudTrail
@@ -95,6 +97,7 @@ impl Credentials {
         let mut builder = self.base.to_builder();
         builder.set_region(Some(Region::new(region.to_string())));
         builder.set_retry_config(Some(RetryConfig::disabled()));
+        builder.set_timeout_config(Some(self.limiter.settings().timeouts.sdk()));
         if let Some(p) = provider {
             builder.set_credentials_provider(Some(p));
         }
@@ -161,7 +164,8 @@ impl Credentials {
         Ok(Session { provider, expires })
     }
 
-    /// The base config with SDK retries off (and a region, in case the base has none).
+    /// The base config with SDK retries off, the timeouts on (and a region, in case the base
+    /// has none).
     fn derive_base(&self) -> SdkConfig {
         let region = self
             .base

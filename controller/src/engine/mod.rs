@@ -14,6 +14,10 @@
 //! - Before a side effect its intent is recorded under an idempotency key; after it, its
 //!   outcome. After a crash, a pending effect is performed again under the same key, which
 //!   the adapters make harmless.
+//! - No effect holds its stage for ever: one that runs past the effect deadline
+//!   ([`Engine::set_effect_deadline`], by default [`default_effect_deadline`]) is cancelled,
+//!   its record left pending, and it is started again under the same key, as after a crash.
+//!   The cancelled attempt records nothing, so its outcome can never be recorded twice.
 //!
 //! Caveats: an SNS email sent just before a crash may be sent again after restart (SNS has no
 //! idempotency token); GitHub statuses are idempotent by nature.
@@ -27,11 +31,13 @@ pub mod ports;
 
 use std::collections::HashSet;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use crate::backoff::PollSettings;
 use crate::config::Config;
 use crate::domain::{Action, Effect, StageName, plan};
 use crate::store::{Store, StoreError};
@@ -97,11 +103,22 @@ struct Inner {
     /// Pipelines whose reconcile loop this process has started.
     looping: Mutex<HashSet<String>>,
     fuse: Option<Arc<dyn CrashPoint>>,
+    /// The effect deadline, in milliseconds.
+    effect_deadline: AtomicU64,
 }
 
 /// The longest a pipeline's loop sleeps without a wake-up: facts written to the state
 /// database by another process (`tollgate pause`, `rollback`) take effect within this.
 pub const IDLE_RESYNC: Duration = Duration::from_secs(5);
+
+/// How long one attempt at an effect may run by default: three times the production poll
+/// timeout (3 h). A legitimate slow deploy promotes its image, then waits for its change set
+/// and for its stack update, each wait bounded by the poll timeout; every AWS call in it is
+/// bounded by the call timeouts ([`crate::aws::retry::CallTimeouts`]). So only something
+/// stuck outside the AWS calls ever reaches this deadline.
+pub fn default_effect_deadline() -> Duration {
+    PollSettings::default().timeout.saturating_mul(3)
+}
 
 /// How many plan/apply rounds one reconcile may take before it stops and tries later.
 const MAX_ROUNDS: usize = 64;
@@ -147,8 +164,20 @@ impl Engine {
                 running: Mutex::new(HashSet::new()),
                 looping: Mutex::new(HashSet::new()),
                 fuse,
+                effect_deadline: AtomicU64::new(millis(default_effect_deadline())),
             }),
         }
+    }
+
+    /// Sets how long one attempt at an effect may run before it is cancelled and performed
+    /// again under the same key (for every effect started from now on).
+    pub fn set_effect_deadline(&self, deadline: Duration) {
+        let ms = millis(deadline).max(1);
+        self.inner.effect_deadline.store(ms, Ordering::Relaxed);
+    }
+
+    fn effect_deadline(&self) -> Duration {
+        Duration::from_millis(self.inner.effect_deadline.load(Ordering::Relaxed))
     }
 
     fn store(&self) -> &Store {
@@ -328,7 +357,12 @@ impl Engine {
         let outcome = if self.step().is_err() {
             None
         } else {
-            Some(exec::perform(self, &e, &ctx).await)
+            let deadline = self.effect_deadline();
+            let attempt = tokio::time::timeout(deadline, exec::perform(self, &e, &ctx)).await;
+            let Ok(outcome) = attempt else {
+                return self.overran(&e, deadline).await;
+            };
+            Some(outcome)
         };
         let finished = match outcome {
             Some(o) if self.step().is_ok() => {
@@ -340,6 +374,26 @@ impl Engine {
         if finished {
             self.wake(&e.pipeline);
         }
+    }
+
+    /// An attempt ran past its deadline and was cancelled: its record stays pending, and the
+    /// wake has the reconciler start it again under the same key, from a fresh snapshot.
+    async fn overran(&self, e: &Effect, deadline: Duration) {
+        let detail = format!(
+            "{} ran past its {} s deadline; cancelled, to be performed again under the same key",
+            e.key,
+            deadline.as_secs_f64()
+        );
+        tracing::warn!(pipeline = %e.pipeline, "{detail}");
+        let scope = Some((e.release, e.stage.as_str()));
+        let logged = self
+            .log_event(&e.pipeline, "controller", "effect-deadline", scope, &detail)
+            .await;
+        if let Err(err) = logged {
+            tracing::error!(error = %err, "cannot write the effect deadline to the event log");
+        }
+        self.unmark(&e.key);
+        self.wake(&e.pipeline);
     }
 
     fn is_running(&self, key: &str) -> bool {
@@ -362,6 +416,10 @@ impl Engine {
     pub(crate) fn ports(&self) -> &Ports {
         &self.inner.ports
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Deref for Engine {

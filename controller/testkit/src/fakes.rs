@@ -3,7 +3,8 @@
 //! Each fake behaves like an idempotent real system: a call repeated under the same
 //! idempotency key returns the first result and applies nothing again. Each counts calls
 //! and applications per key, so tests can prove "exactly once" after crashes.
-//! Outcomes can be scripted: fail a test, fail a deploy, put an alarm in ALARM, delay a deploy.
+//! Outcomes can be scripted: fail a test, fail a deploy, put an alarm in ALARM, delay a deploy,
+//! hang a deploy.
 //!
 //! Must never: be used by the controller's binary (this crate is a dev-dependency only), or
 //! succeed where the real system it stands for would refuse without saying so.
@@ -64,6 +65,10 @@ pub struct FakeWorld {
     pub missing_images: BTreeSet<String>,
     /// Make each deploy take this long.
     pub deploy_delay: Duration,
+    /// The next this many deploy calls never answer, as over a connection that hangs; they
+    /// are counted in `hung_deploys` and apply nothing.
+    pub hanging_deploys: u32,
+    pub hung_deploys: u32,
     /// Per-stage results of the runs' tests, for assertions.
     pub test_runs: Vec<(String, String)>,
 }
@@ -113,6 +118,17 @@ pub fn fake_digest(tag: &str) -> String {
 #[async_trait]
 impl Deployer for Fakes {
     async fn deploy(&self, req: &DeployRequest) -> PortResult<DeployResult> {
+        let hang = self.with(|w| {
+            let hang = w.hanging_deploys > 0;
+            if hang {
+                w.hanging_deploys -= 1;
+                w.hung_deploys += 1;
+            }
+            hang
+        });
+        if hang {
+            std::future::pending::<()>().await;
+        }
         let delay = self.with(|w| w.deploy_delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

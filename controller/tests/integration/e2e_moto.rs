@@ -9,6 +9,9 @@
 //!   reaches the real `POST /webhooks/sns` route signed as SNS signs it; the measured latency
 //!   is printed.
 //! - An alarm already in ALARM keeps a release out of prod, with that reason.
+//! - With the AWS endpoint behind a proxy whose first connection is accepted and never
+//!   answered (`tollgate_testkit::hang`), the hung call times out, is retried, and the stage
+//!   completes with one `ExecuteChangeSet`.
 //!
 //! Each test runs its own moto server (the recorder counts its calls) and is bounded in time.
 //! Nothing leaves 127.0.0.1: moto, the stub and the route listen on loopback, and the SNS
@@ -28,7 +31,7 @@ use tollgate::aws::cloudwatch::CloudWatchAlarms;
 use tollgate::aws::codepipeline::{CodePipelineDeployer, Poll};
 use tollgate::aws::deployer::{AwsDeployer, alarms_from_config};
 use tollgate::aws::ecr::EcrArtifacts;
-use tollgate::aws::retry::{Limiter, PollSettings};
+use tollgate::aws::retry::{CallTimeouts, Limiter, PollSettings, RetrySettings};
 use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Config;
@@ -42,6 +45,7 @@ use tollgate::http::sns_verify::{AlarmState, CertCache, fetch_client_builder};
 use tollgate::store::{EventRow, Store};
 use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
 use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::hang::HangProxy;
 use tollgate_testkit::moto::{MotoServer, RecordedRequest};
 use tollgate_testkit::sns::TestSigner;
 use tollgate_testkit::world::{APPROVER, BUILD_ACCOUNT, World, WorldBuilder};
@@ -63,6 +67,8 @@ struct Rig {
     stub: CloudWatchStub,
     engine: Engine,
     reconcilers: Vec<JoinHandle<()>>,
+    /// In front of moto when the rig was started with hanging connections.
+    proxy: Option<HangProxy>,
     _state: tempfile::TempDir,
 }
 
@@ -75,6 +81,16 @@ impl Drop for Rig {
 impl Rig {
     /// Starts a private moto server (its recorder on), builds the world, starts the engine.
     async fn start(builder: WorldBuilder) -> Rig {
+        Self::start_with(builder, None).await
+    }
+
+    /// As [`Rig::start`], but the adapters reach moto through a [`HangProxy`] whose first
+    /// `hang_first` connections are never answered, with short call timeouts.
+    async fn start_hanging(builder: WorldBuilder, hang_first: usize) -> Rig {
+        Self::start_with(builder, Some(hang_first)).await
+    }
+
+    async fn start_with(builder: WorldBuilder, hang_first: Option<usize>) -> Rig {
         let moto = tokio::task::spawn_blocking(MotoServer::start)
             .await
             .expect("moto start task")
@@ -91,7 +107,19 @@ impl Rig {
         let url = format!("sqlite://{}", state.path().join("state.db").display());
         let store = Store::open(&url).await.expect("SQLite store");
         let shared = shared_config(config.clone());
-        let ports = real_ports(&moto, &store, &config, &shared, &stub);
+        let (base, limiter, proxy) = match hang_first {
+            None => (moto.sdk_config(), Limiter::default(), None),
+            Some(n) => {
+                let upstream = moto.endpoint()["http://".len()..]
+                    .parse()
+                    .expect("moto address");
+                let proxy = HangProxy::start(upstream, n).await.expect("hang proxy");
+                let mut base = moto.sdk_config().to_builder();
+                base.set_endpoint_url(Some(proxy.endpoint()));
+                (base.build(), Limiter::new(short_timeouts()), Some(proxy))
+            }
+        };
+        let ports = real_ports(base, Arc::new(limiter), &store, &config, &shared, &stub);
         let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
         let reconcilers = engine.spawn();
         Rig {
@@ -100,6 +128,7 @@ impl Rig {
             stub,
             engine,
             reconcilers,
+            proxy,
             _state: state,
         }
     }
@@ -179,15 +208,15 @@ impl Rig {
 /// The adapters `tollgate serve` wires, pointed at moto and the CloudWatch stub. GitHub is
 /// out of scope here (an in-memory forge); approval links go out by SNS email as in serve.
 fn real_ports(
-    moto: &MotoServer,
+    base: SdkConfig,
+    limiter: Arc<Limiter>,
     store: &Store,
     config: &Config,
     shared: &SharedConfig,
     stub: &CloudWatchStub,
 ) -> Ports {
     let own = config.account("build").expect("build account").clone();
-    let limiter = Arc::new(Limiter::default());
-    let creds = Arc::new(Credentials::new(moto.sdk_config(), limiter.clone()));
+    let creds = Arc::new(Credentials::new(base, limiter.clone()));
     let alarms = CloudWatchAlarms::new(creds.clone(), limiter.clone());
     let alarms = Arc::new(alarms.with_endpoint_url(stub.endpoint()));
     let deployer = AwsDeployer::new(
@@ -213,6 +242,19 @@ fn real_ports(
             )
             .with_subscriptions(notifier),
         ),
+    }
+}
+
+/// Call timeouts short enough for a test (the production defaults wait 20 s for a first byte).
+fn short_timeouts() -> RetrySettings {
+    RetrySettings {
+        timeouts: CallTimeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+            attempt: Duration::from_millis(1500),
+            operation: Duration::from_secs(2),
+        },
+        ..RetrySettings::default()
     }
 }
 
@@ -379,6 +421,27 @@ fn latency_ms(detail: &str) -> Option<i64> {
 // ---------------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_that_never_answers_delays_the_stage_but_deploys_once() {
+    tokio::time::timeout(TEST_TIMEOUT, hung_connection())
+        .await
+        .expect("the stage finished in time");
+}
+
+async fn hung_connection() {
+    let world = World::builder()
+        .bake_all(Duration::from_millis(200))
+        .prod_approval(true);
+    let rig = Rig::start_hanging(world, 1).await;
+    let (id, _) = rig.release(&sha(1)).await;
+    wait_status(&rig.engine, id, "beta", RunStatus::Succeeded).await;
+    let proxy = rig.proxy.as_ref().expect("proxy");
+    assert_eq!(proxy.hung(), 1, "the first connection was left unanswered");
+    let beta = &rig.world.stage("beta").expect("beta").stack;
+    let executions = rig.executions().await;
+    assert_eq!(executions.get(beta), Some(&1), "{executions:?}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_is_promoted_beta_gamma_prod_each_in_its_own_account() {

@@ -22,6 +22,7 @@ mod github_forge;
 mod github_intake;
 mod github_webhook;
 mod moto_sts;
+mod nohang;
 mod release_page;
 mod sns_intake;
 mod sns_verify;
