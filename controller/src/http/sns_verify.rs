@@ -597,11 +597,6 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
     Ok(body)
 }
 
-/// Verifies a delivery now: see [`verify_at`].
-pub async fn verify(msg: &SnsMessage, cache: &CertCache) -> Result<()> {
-    verify_at(msg, cache, SystemTime::now()).await
-}
-
 /// Verifies a delivery as of `now`: version, certificate URL, signature encoding and signed
 /// fields are checked before any certificate is looked up, then the certificate's validity
 /// period and the signature.

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use tollgate::http::sns_verify::{
     AlarmState, CertCache, SignatureVersion, SnsMessage, SnsMessageAttribute, SnsType,
     SnsVerifyError, cache_file_name, check_cert_url, confirmation_url, fetch_client_builder,
-    parse_alarm, signed_fields, string_to_sign, verify, verify_at,
+    parse_alarm, signed_fields, string_to_sign, verify_at,
 };
 use tollgate_testkit::sns::{
     TestSigner, alarm_subject, body, unsigned_confirmation, unsigned_notification,
@@ -85,7 +85,7 @@ async fn valid_v1_and_v2_messages_verify_after_a_round_trip_through_the_body() {
     for msg in all_valid(&f) {
         let parsed = reparse(&msg);
         assert_eq!(parsed, msg);
-        let outcome = verify(&parsed, &f.cache).await;
+        let outcome = verify_at(&parsed, &f.cache, SystemTime::now()).await;
         assert!(
             outcome.is_ok(),
             "{:?} v{}: {outcome:?}",
@@ -193,13 +193,19 @@ async fn certificate_urls_off_the_sns_host_are_rejected_even_when_cached() {
         seed_under(&f, &url);
         let mut msg = genuine.clone();
         msg.signing_cert_url = url.clone();
-        let err = verify(&msg, &f.cache).await.unwrap_err();
+        let err = verify_at(&msg, &f.cache, SystemTime::now())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, SnsVerifyError::BadCertUrl(_)),
             "{url}: {err:?}"
         );
     }
-    assert!(verify(&genuine, &f.cache).await.is_ok());
+    assert!(
+        verify_at(&genuine, &f.cache, SystemTime::now())
+            .await
+            .is_ok()
+    );
 }
 
 fn tampered_notifications(msg: &SnsMessage) -> Vec<(&'static str, SnsMessage)> {
@@ -280,7 +286,7 @@ async fn tampering_with_any_signed_field_breaks_the_signature() {
             .into_iter()
             .chain(tampered_confirmations(&conf));
         for (field, msg) in cases {
-            let Err(err) = verify(&reparse(&msg), &f.cache).await else {
+            let Err(err) = verify_at(&reparse(&msg), &f.cache, SystemTime::now()).await else {
                 panic!("{field} v{version:?}: a tampered message verified");
             };
             assert!(
@@ -301,7 +307,11 @@ async fn unsigned_fields_do_not_affect_verification() {
         value: "mallory".into(),
     };
     msg.message_attributes.insert("approver".into(), attr);
-    assert!(verify(&reparse(&msg), &f.cache).await.is_ok());
+    assert!(
+        verify_at(&reparse(&msg), &f.cache, SystemTime::now())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -313,7 +323,9 @@ async fn a_signature_checked_under_the_other_version_fails() {
             confirmation(&f, SnsType::SubscriptionConfirmation, signed),
         ] {
             msg.signature_version = claimed.into();
-            let err = verify(&msg, &f.cache).await.unwrap_err();
+            let err = verify_at(&msg, &f.cache, SystemTime::now())
+                .await
+                .unwrap_err();
             assert!(
                 matches!(err, SnsVerifyError::BadSignature),
                 "{signed:?}->{claimed}: {err:?}"
@@ -328,7 +340,9 @@ async fn other_signature_versions_are_unsupported() {
     for claimed in ["", "0", "3", "1 ", "v2", "SHA256"] {
         let mut msg = notification(&f, None, SignatureVersion::V2);
         msg.signature_version = claimed.into();
-        let err = verify(&reparse(&msg), &f.cache).await.unwrap_err();
+        let err = verify_at(&reparse(&msg), &f.cache, SystemTime::now())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, SnsVerifyError::UnsupportedVersion(_)),
             "{claimed:?}: {err:?}"
@@ -348,7 +362,9 @@ async fn bad_signature_encodings_are_told_apart_from_wrong_signatures() {
     for (signature, bad_encoding) in cases {
         let mut msg = notification(&f, None, SignatureVersion::V1);
         msg.signature = signature.into();
-        let err = verify(&msg, &f.cache).await.unwrap_err();
+        let err = verify_at(&msg, &f.cache, SystemTime::now())
+            .await
+            .unwrap_err();
         let expected = if bad_encoding {
             matches!(err, SnsVerifyError::BadSignatureEncoding)
         } else {
@@ -393,7 +409,9 @@ async fn a_certificate_neither_cached_nor_reachable_is_a_fetch_error_quickly() {
     let cache = CertCache::with_client(Some(empty.path().to_path_buf()), loopback_client());
     let msg = notification(&f, None, SignatureVersion::V2);
     let started = Instant::now();
-    let err = verify(&msg, &cache).await.unwrap_err();
+    let err = verify_at(&msg, &cache, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, SnsVerifyError::CertFetch(_)), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -401,7 +419,9 @@ async fn a_certificate_neither_cached_nor_reachable_is_a_fetch_error_quickly() {
         started.elapsed()
     );
     let no_dir = CertCache::with_client(None, loopback_client());
-    let err = verify(&msg, &no_dir).await.unwrap_err();
+    let err = verify_at(&msg, &no_dir, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, SnsVerifyError::CertFetch(_)), "{err:?}");
 }
 
@@ -441,7 +461,9 @@ async fn a_garbage_seeded_certificate_is_unusable() {
         &msg,
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     );
-    let err = verify(&msg, &f.cache).await.unwrap_err();
+    let err = verify_at(&msg, &f.cache, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, SnsVerifyError::BadCert(_)), "{err:?}");
 }
 
@@ -449,9 +471,9 @@ async fn a_garbage_seeded_certificate_is_unusable() {
 async fn a_certificate_once_loaded_is_served_from_memory() {
     let f = fixture();
     let msg = notification(&f, None, SignatureVersion::V1);
-    verify(&msg, &f.cache).await.unwrap();
+    verify_at(&msg, &f.cache, SystemTime::now()).await.unwrap();
     overwrite_seeded(f.dir.path(), &msg, "gone");
-    assert!(verify(&msg, &f.cache).await.is_ok());
+    assert!(verify_at(&msg, &f.cache, SystemTime::now()).await.is_ok());
 }
 
 #[test]
@@ -529,7 +551,7 @@ async fn generated_alarm_notifications_verify_and_parse() {
         AlarmState::Alarm,
     );
     let msg = SnsMessage::parse(text.as_bytes()).unwrap();
-    verify(&msg, &f.cache).await.unwrap();
+    verify_at(&msg, &f.cache, SystemTime::now()).await.unwrap();
     assert_eq!(
         msg.subject.as_deref(),
         Some("ALARM: \"beta-5xx\" in US East (N. Virginia)")
@@ -606,7 +628,9 @@ async fn moto_deliveries_verify_once_its_certificate_is_seeded() {
 
     let plain = publish_via_moto(&sns, &topic_arn, None, &mut deliveries).await;
     assert_eq!(plain.signature_version, "2");
-    let unseeded = verify(&plain, &cache).await.unwrap_err();
+    let unseeded = verify_at(&plain, &cache, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(
         matches!(unseeded, SnsVerifyError::CertFetch(_)),
         "{unseeded:?}"
@@ -614,12 +638,14 @@ async fn moto_deliveries_verify_once_its_certificate_is_seeded() {
     let seeded =
         tollgate_testkit::sns::fetch_moto_cert(&moto_url, &plain.signing_cert_url, dir.path());
     seeded.await.unwrap();
-    verify(&plain, &cache).await.unwrap();
+    verify_at(&plain, &cache, SystemTime::now()).await.unwrap();
 
     let titled = publish_via_moto(&sns, &topic_arn, Some("hello"), &mut deliveries).await;
     let seeded =
         tollgate_testkit::sns::fetch_moto_cert(&moto_url, &titled.signing_cert_url, dir.path());
     seeded.await.unwrap();
-    let quirk = verify(&titled, &cache).await.unwrap_err();
+    let quirk = verify_at(&titled, &cache, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(quirk, SnsVerifyError::BadSignature), "{quirk:?}");
 }
