@@ -153,13 +153,6 @@ name!(
     Arn
 );
 
-impl CommitSha {
-    /// The first 12 characters, as people read it.
-    pub fn short(&self) -> &str {
-        super::short_sha(&self.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,3 +157,27 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
             .await;
     assert!(forged.is_err(), "the kind column must agree with the spec");
 }
+
+#[tokio::test]
+async fn the_kind_column_admits_exactly_the_kinds_the_code_has() {
+    let store = Store::open("sqlite::memory:").await.unwrap();
+    sqlx::query("INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, message, created_at) VALUES (1, 'shop', 'abc', 'main', 'A', 'a@x', 'm', 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let insert = |tag: &str| {
+        let spec = format!(r#"{{"kind":"{tag}"}}"#);
+        let sql = format!(
+            "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ('k-{tag}', 'shop', 1, '', 0, '{tag}', '{spec}', 'pending', 0)"
+        );
+        let pool = store.pool().clone();
+        async move { sqlx::query(&sql).execute(&pool).await }
+    };
+    for tag in EffectKind::TAGS {
+        assert!(insert(tag).await.is_ok(), "{tag} refused by the schema");
+    }
+    assert!(
+        insert("reboot").await.is_err(),
+        "an unknown kind is refused"
+    );
+}
