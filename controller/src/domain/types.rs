@@ -235,6 +235,15 @@ pub struct StageRun {
     pub deploy_started: Option<DateTime<Utc>>,
 }
 
+impl StageRun {
+    /// Whether an alarm state change at `at` falls inside this run's watch window: from the
+    /// start of its deploy until it ended (or still open while it deploys, verifies or bakes).
+    pub fn watches(&self, at: DateTime<Utc>) -> bool {
+        self.deploy_started.is_some_and(|from| from <= at)
+            && (!self.status.is_terminal() || at <= self.since)
+    }
+}
+
 /// What became of an effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EffectStatus {

@@ -22,6 +22,10 @@ use crate::config::{Config, Pipeline};
 use crate::domain::{ReleaseId, StageName, retry::retry_from};
 use crate::store::{EventNote, Reads, Store};
 
+/// How many of a pipeline's newest releases are searched for a run watching an alarm's state
+/// change: any run whose window is still open, or closed recently, is among them.
+const WATCHED_RELEASES: i64 = 50;
+
 /// The wake-up signal of each pipeline's reconcile loop.
 #[derive(Default)]
 pub(super) struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
@@ -153,11 +157,30 @@ impl Ingest {
     }
 
     /// A CloudWatch alarm notification for a stage.
+    ///
+    /// A change to ALARM whose state change falls in no watch window of the stage (no deploy,
+    /// post-deploy test or bake of it was running then: a replay, or a change from long ago) is
+    /// recorded as `alarm-ignored`: it changes nothing, and the log says so.
     pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery) -> EngineResult<Ingested<()>> {
         self.check_stage(&a.pipeline, &a.stage)?;
-        let out = self.store.record_alarm(a, d, self.now()).await?;
+        let now = self.now();
+        let watched = !a.firing || self.watched(a, now).await?;
+        let out = self.store.record_alarm(a, d, now, watched).await?;
         self.wake(&a.pipeline);
         Ok(out)
+    }
+
+    /// Whether some run of the alarm's stage was watching when its state changed.
+    async fn watched(&self, a: &NewAlarm, now: DateTime<Utc>) -> EngineResult<bool> {
+        let at = a.changed_at.unwrap_or(now);
+        let recent = self
+            .store
+            .recent_runs(&a.pipeline, WATCHED_RELEASES)
+            .await?;
+        Ok(recent
+            .iter()
+            .flat_map(|(_, runs)| runs)
+            .any(|r| r.stage == a.stage.as_str() && r.watches(at)))
     }
 
     /// A delivery that records no fact (ignored, or refused with `note` in the event log):

@@ -286,11 +286,15 @@ impl Store {
     }
 
     /// Records an alarm notification for a stage.
+    ///
+    /// `watched` false: the change fell in no watch window of the stage; it is logged as
+    /// `alarm-ignored` (the fact is kept all the same, for the record).
     pub async fn record_alarm(
         &self,
         a: &NewAlarm,
         d: &Delivery,
         now: DateTime<Utc>,
+        watched: bool,
     ) -> Result<Ingested<()>> {
         let mut tx = self.pool.begin().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
@@ -306,13 +310,26 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let state = if a.firing { "ALARM" } else { "OK" };
-        let detail = format!("alarm {} is {state}: {}", a.alarm, a.reason);
+        let (kind, detail) = if watched {
+            (
+                "alarm",
+                format!("alarm {} is {state}: {}", a.alarm, a.reason),
+            )
+        } else {
+            let at = a.changed_at.unwrap_or(now).format("%Y-%m-%d %H:%M:%S UTC");
+            let detail = format!(
+                "alarm {} went to {state} at {at}, outside every watch window of {} \
+                 (nothing of it was deploying, being tested or baking then): nothing changes",
+                a.alarm, a.stage
+            );
+            ("alarm-ignored", detail)
+        };
         log(
             &mut tx,
             &a.pipeline,
             now,
             &actor_of(d),
-            "alarm",
+            kind,
             None,
             Some(&a.stage),
             &detail,

@@ -126,6 +126,8 @@ pub struct WorldBuilder {
     public_url: String,
     bakes: BTreeMap<String, Duration>,
     prod_approval: bool,
+    /// How long prod's approval request stays open.
+    approval_timeout: Duration,
     stage_tests: bool,
     /// Extra `command` tests run after a stage's deploy: (stage, test name, argv).
     after_tests: Vec<(String, String, Vec<String>)>,
@@ -147,6 +149,7 @@ impl Default for WorldBuilder {
             public_url: "http://127.0.0.1:8080".into(),
             bakes,
             prod_approval: true,
+            approval_timeout: Duration::from_secs(3600),
             stage_tests: true,
             after_tests: Vec::new(),
             codepipelines: BTreeMap::new(),
@@ -202,6 +205,12 @@ impl WorldBuilder {
     /// Whether prod asks [`APPROVER`] for approval.
     pub fn prod_approval(mut self, on: bool) -> WorldBuilder {
         self.prod_approval = on;
+        self
+    }
+
+    /// How long prod's approval request stays open (1 h unless set).
+    pub fn approval_timeout(mut self, timeout: Duration) -> WorldBuilder {
+        self.approval_timeout = timeout;
         self
     }
 
@@ -710,9 +719,10 @@ impl World {
         }
         if spec.prod_approval && s.name == "prod" {
             out.push_str(&format!(
-                "\n[pipelines.stages.approval]\ntopic = {}\ntimeout = \"1h\"\n\
+                "\n[pipelines.stages.approval]\ntopic = {}\ntimeout = \"{}s\"\n\
                  approvers = [{{ name = {}, email = \"{APPROVER}@example.com\", github = {} }}]\n",
                 q(&self.topics.approvals),
+                spec.approval_timeout.as_secs(),
                 q(APPROVER),
                 q(APPROVER),
             ));

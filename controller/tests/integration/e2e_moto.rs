@@ -36,8 +36,8 @@ use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Config;
 use tollgate::domain::{AlarmProblem, Decision, Reason, ReleaseId, RunStatus, StageRun};
+use tollgate::engine::{Clock, Engine, Ports, SharedConfig, SystemClock, shared_config};
 use tollgate::engine::{Delivery, Ingested, NewApproval};
-use tollgate::engine::{Engine, Ports, SharedConfig, SystemClock, shared_config};
 use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::gates::runner::StageTestRunner;
 use tollgate::http::sns::{PATH, SnsState, routes};
@@ -51,9 +51,9 @@ use tollgate_testkit::sns::TestSigner;
 use tollgate_testkit::world::{APPROVER, BUILD_ACCOUNT, World, WorldBuilder};
 
 /// The longest any one test may take.
-const TEST_TIMEOUT: Duration = Duration::from_secs(150);
+pub(crate) const TEST_TIMEOUT: Duration = Duration::from_secs(150);
 /// The longest one stage may take to reach a status.
-const STAGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const STAGE_TIMEOUT: Duration = Duration::from_secs(60);
 const STAGES: [&str; 3] = ["beta", "gamma", "prod"];
 
 // ---------------------------------------------------------------------------------------------
@@ -61,11 +61,11 @@ const STAGES: [&str; 3] = ["beta", "gamma", "prod"];
 // ---------------------------------------------------------------------------------------------
 
 /// One moto server, its world, the CloudWatch stub and a running engine.
-struct Rig {
-    moto: MotoServer,
-    world: World,
-    stub: CloudWatchStub,
-    engine: Engine,
+pub(crate) struct Rig {
+    pub(crate) moto: MotoServer,
+    pub(crate) world: World,
+    pub(crate) stub: CloudWatchStub,
+    pub(crate) engine: Engine,
     reconcilers: Vec<JoinHandle<()>>,
     /// In front of moto when the rig was started with hanging connections.
     proxy: Option<HangProxy>,
@@ -80,17 +80,26 @@ impl Drop for Rig {
 
 impl Rig {
     /// Starts a private moto server (its recorder on), builds the world, starts the engine.
-    async fn start(builder: WorldBuilder) -> Rig {
-        Self::start_with(builder, None).await
+    pub(crate) async fn start(builder: WorldBuilder) -> Rig {
+        Self::start_with(builder, None, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Rig::start`], with the engine reading time from `clock`.
+    pub(crate) async fn start_clocked(builder: WorldBuilder, clock: Arc<dyn Clock>) -> Rig {
+        Self::start_with(builder, None, clock).await
     }
 
     /// As [`Rig::start`], but the adapters reach moto through a [`HangProxy`] whose first
     /// `hang_first` connections are never answered, with short call timeouts.
     async fn start_hanging(builder: WorldBuilder, hang_first: usize) -> Rig {
-        Self::start_with(builder, Some(hang_first)).await
+        Self::start_with(builder, Some(hang_first), Arc::new(SystemClock)).await
     }
 
-    async fn start_with(builder: WorldBuilder, hang_first: Option<usize>) -> Rig {
+    async fn start_with(
+        builder: WorldBuilder,
+        hang_first: Option<usize>,
+        clock: Arc<dyn Clock>,
+    ) -> Rig {
         let moto = tokio::task::spawn_blocking(MotoServer::start)
             .await
             .expect("moto start task")
@@ -120,7 +129,7 @@ impl Rig {
             }
         };
         let ports = real_ports(base, Arc::new(limiter), &store, &config, &shared, &stub);
-        let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
+        let engine = Engine::with_shared_config(store, shared, ports, clock);
         let reconcilers = engine.spawn();
         Rig {
             moto,
@@ -134,7 +143,7 @@ impl Rig {
     }
 
     /// Pushes an image for `sha` and records a release of it; returns its id and digest.
-    async fn release(&self, sha: &str) -> (ReleaseId, String) {
+    pub(crate) async fn release(&self, sha: &str) -> (ReleaseId, String) {
         let digest = self.world.push_image(sha).await.expect("image pushed");
         let release = self.world.release(sha, &format!("change {}", &sha[..8]));
         let delivery = delivery(&format!("push-{sha}"));
@@ -145,7 +154,7 @@ impl Rig {
         }
     }
 
-    async fn approve(&self, id: ReleaseId) {
+    pub(crate) async fn approve(&self, id: ReleaseId) {
         let approval = NewApproval {
             pipeline: self.world.pipeline().into(),
             release: id,
@@ -162,7 +171,7 @@ impl Rig {
     }
 
     /// Promotes a release through every stage (approving prod); returns once prod succeeded.
-    async fn promote(&self, sha: &str) -> (ReleaseId, String) {
+    pub(crate) async fn promote(&self, sha: &str) -> (ReleaseId, String) {
         let (id, digest) = self.release(sha).await;
         wait_status(&self.engine, id, "gamma", RunStatus::Succeeded).await;
         wait_status(&self.engine, id, "prod", RunStatus::AwaitingApproval).await;
@@ -171,7 +180,7 @@ impl Rig {
         (id, digest)
     }
 
-    async fn deployed(&self, stage: &str) -> Option<String> {
+    pub(crate) async fn deployed(&self, stage: &str) -> Option<String> {
         self.world
             .deployed_image(&self.moto, stage)
             .await
@@ -183,7 +192,7 @@ impl Rig {
     }
 
     /// `ExecuteChangeSet` calls per stack name.
-    async fn executions(&self) -> BTreeMap<String, usize> {
+    pub(crate) async fn executions(&self) -> BTreeMap<String, usize> {
         let mut per_stack = BTreeMap::new();
         for r in self.recorded().await {
             if r.action.as_deref() == Some("ExecuteChangeSet") {
@@ -194,7 +203,7 @@ impl Rig {
         per_stack
     }
 
-    async fn events(&self, kind: &str) -> Vec<EventRow> {
+    pub(crate) async fn events(&self, kind: &str) -> Vec<EventRow> {
         let all = self
             .engine
             .reads()
@@ -265,7 +274,7 @@ fn delivery(id: &str) -> Delivery {
     }
 }
 
-fn sha(n: u32) -> String {
+pub(crate) fn sha(n: u32) -> String {
     format!("{n:08x}{}", "c0ffee".repeat(6))
         .chars()
         .take(40)
@@ -282,7 +291,7 @@ fn form_field(r: &RecordedRequest, name: &str) -> Option<String> {
 // Waiting on the store
 // ---------------------------------------------------------------------------------------------
 
-async fn run_of(engine: &Engine, id: ReleaseId, stage: &str) -> Option<StageRun> {
+pub(crate) async fn run_of(engine: &Engine, id: ReleaseId, stage: &str) -> Option<StageRun> {
     let pipeline = engine.config().pipelines[0].name.clone();
     let runs = engine.reads().recent_runs(&pipeline, 50).await.ok()?;
     let (_, runs) = runs.into_iter().find(|(r, _)| r.id == id)?;
@@ -291,7 +300,7 @@ async fn run_of(engine: &Engine, id: ReleaseId, stage: &str) -> Option<StageRun>
 
 /// Waits until the run matches `done`; panics with the run's last state when it ends another
 /// way or [`STAGE_TIMEOUT`] passes.
-async fn wait_run(
+pub(crate) async fn wait_run(
     engine: &Engine,
     id: ReleaseId,
     stage: &str,
@@ -318,7 +327,12 @@ async fn wait_run(
     panic!("{id} in {stage}: no {what} within {STAGE_TIMEOUT:?}; last: {last:?}");
 }
 
-async fn wait_status(engine: &Engine, id: ReleaseId, stage: &str, status: RunStatus) -> StageRun {
+pub(crate) async fn wait_status(
+    engine: &Engine,
+    id: ReleaseId,
+    stage: &str,
+    status: RunStatus,
+) -> StageRun {
     wait_run(engine, id, stage, status.as_str(), |r| r.status == status).await
 }
 
@@ -327,7 +341,7 @@ async fn wait_status(engine: &Engine, id: ReleaseId, stage: &str, status: RunSta
 // ---------------------------------------------------------------------------------------------
 
 /// The config of `account` (the build account uses moto's default credentials).
-async fn account_config(moto: &MotoServer, account: &str) -> SdkConfig {
+pub(crate) async fn account_config(moto: &MotoServer, account: &str) -> SdkConfig {
     if account == BUILD_ACCOUNT {
         return moto.sdk_config();
     }
@@ -335,7 +349,7 @@ async fn account_config(moto: &MotoServer, account: &str) -> SdkConfig {
     assumed.expect("AssumeRole on moto")
 }
 
-async fn stack_exists(config: &SdkConfig, stack: &str) -> bool {
+pub(crate) async fn stack_exists(config: &SdkConfig, stack: &str) -> bool {
     let found = aws_sdk_cloudformation::Client::new(config)
         .describe_stacks()
         .stack_name(stack)
@@ -392,7 +406,7 @@ impl reqwest::dns::Resolve for LoopbackOnly {
 }
 
 /// `POST /webhooks/sns` served on 127.0.0.1 with a certificate cache pre-seeded from `certs`.
-async fn serve_sns(engine: &Engine, certs: &Path) -> (SocketAddr, JoinHandle<()>) {
+pub(crate) async fn serve_sns(engine: &Engine, certs: &Path) -> (SocketAddr, JoinHandle<()>) {
     let client = fetch_client_builder()
         .no_proxy()
         .dns_resolver(Arc::new(LoopbackOnly))

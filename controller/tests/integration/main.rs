@@ -11,6 +11,7 @@ mod aws_sts;
 mod bootstrap_templates;
 mod cli_control;
 mod config_validate;
+mod e2e_alarms;
 mod e2e_moto;
 mod engine;
 mod engine_codepipeline;
