@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use support::{
     Controller, REPO, Story, deliver_push, free_port, random_secret, serve_args, wait_ready,
 };
-use tollgate::domain::RunStatus;
+use tollgate::domain::{EffectOutput, RunStatus};
 use tollgate::http::sns_verify::AlarmState;
 use tollgate::store::Store;
 use tollgate_testkit::moto::MotoServer;
@@ -151,15 +151,14 @@ async fn run() -> Result<()> {
             .await?;
         let restored = posted.elapsed();
         let controller_ms = store
-            .release_events(world.pipeline(), id)
+            .effects_of(id, "prod")
             .await?
             .into_iter()
-            .filter(|e| e.kind == "rollback-latency")
-            .find_map(|e| {
-                let (before, _) = e.detail.split_once(" ms after")?;
-                before.rsplit(' ').next()?.parse::<i64>().ok()
+            .find_map(|e| match e.output {
+                EffectOutput::RolledBack { latency_ms, .. } => latency_ms,
+                _ => None,
             })
-            .context("no rollback-latency event for the round")?;
+            .context("no rollback with a measured latency in the round")?;
         println!(
             "round {n}: rollback call {controller_ms} ms after the alarm arrived; SNS route answered in {} ms; stack restored {} ms after the POST",
             answered.as_millis(),
@@ -185,9 +184,10 @@ async fn run() -> Result<()> {
         v.sort_unstable();
         let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
         format!(
-            "p50 {} ms, p95 {} ms, max {} ms",
+            "p50 {} ms, p95 {} ms, p99 {} ms, max {} ms",
             pick(0.5),
             pick(0.95),
+            pick(0.99),
             v[v.len() - 1]
         )
     };

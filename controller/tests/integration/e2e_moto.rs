@@ -35,7 +35,9 @@ use tollgate::aws::retry::{CallTimeouts, Limiter, PollSettings, RetrySettings};
 use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Config;
-use tollgate::domain::{AlarmProblem, Decision, Reason, ReleaseId, RunStatus, StageRun};
+use tollgate::domain::{
+    AlarmProblem, Decision, EffectOutput, Reason, ReleaseId, RunStatus, StageRun,
+};
 use tollgate::engine::{Clock, Engine, Ports, SharedConfig, SystemClock, shared_config};
 use tollgate::engine::{Delivery, Ingested, NewApproval};
 use tollgate::gates::approval::SnsApprovalSender;
@@ -426,12 +428,6 @@ pub(crate) async fn serve_sns(engine: &Engine, certs: &Path) -> (SocketAddr, Joi
     (addr, server)
 }
 
-/// `M` out of "… called the deployer M ms after alarm …".
-fn latency_ms(detail: &str) -> Option<i64> {
-    let (before, _) = detail.split_once(" ms after alarm ")?;
-    before.rsplit(' ').next()?.parse().ok()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------------
@@ -652,7 +648,14 @@ async fn alarm_rollback() {
             .collect();
         panic!("no rollback-latency event; the log:\n{}", log.join("\n"));
     };
-    let measured = latency_ms(&event.detail).expect("a latency in the event");
+    let effects = rig.engine.reads().effects_of(second, "prod").await.unwrap();
+    let measured = effects
+        .iter()
+        .find_map(|e| match e.output {
+            EffectOutput::RolledBack { latency_ms, .. } => latency_ms,
+            _ => None,
+        })
+        .expect("the rollback's measured latency");
     let to_call = (event.at - posted_at).num_milliseconds();
     println!(
         "rollback latency (event log): {measured} ms: {}",
