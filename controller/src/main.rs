@@ -173,7 +173,14 @@ async fn status(config_path: &Path, state: &str, json: bool) -> i32 {
         return 2;
     };
     let now = tollgate::engine::Clock::now(&tollgate::engine::SystemClock);
-    match tollgate::cli::status::collect(&store, &loaded.config, now).await {
+    let (config, in_force) =
+        tollgate::github::intake::config_in_force(store.reads(), loaded.config).await;
+    if !json {
+        let source =
+            in_force.unwrap_or_else(|| format!("configuration file {}", config_path.display()));
+        println!("{source}\n");
+    }
+    match tollgate::cli::status::collect(&store, &config, now).await {
         Ok(rows) => {
             let _ = tollgate::cli::status::render(&rows, json, &mut std::io::stdout());
             0

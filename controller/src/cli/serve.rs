@@ -69,13 +69,19 @@ async fn start(args: ServeArgs) -> Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let config = loaded.config;
     let secrets = WebhookSecrets::from_env().context("GitHub webhook secret")?;
     let store = Store::open(&args.state).await.context("state database")?;
+    let (config, in_force) = intake::config_in_force(store.reads(), loaded.config).await;
+    if let Some(note) = &in_force {
+        tracing::warn!("{note}");
+    }
     let shared = engine::shared_config(config.clone());
     let (ports, forge) = ports(&config, &shared, &store).await?;
     let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
     let reconcilers = engine.spawn();
+    if let Some(note) = &in_force {
+        intake::note_config(&engine, &engine.config(), "controller", note).await;
+    }
 
     let mut state = AppState::new(engine.clone(), secrets);
     let base_dir = config_dir(&args.config);
@@ -137,9 +143,23 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let detail = match reload(&engine, forge.as_deref(), &path) {
-                Ok(()) => format!("configuration reloaded from {} (SIGHUP)", path.display()),
-                Err(why) => format!("configuration from {} refused: {why}", path.display()),
+            let applied = engine.reads().applied_config().await;
+            let managed = applied.ok().flatten().filter(|a| {
+                engine.config().controller.config_repository.as_deref() == Some(&a.repository)
+            });
+            let detail = if let Some(a) = managed {
+                format!(
+                    "SIGHUP: the configuration in force is {}@{}, applied from the configuration repository; \
+                     the file {} is not read (push a commit to change the configuration)",
+                    a.repository,
+                    a.sha,
+                    path.display()
+                )
+            } else {
+                match reload(&engine, forge.as_deref(), &path) {
+                    Ok(()) => format!("configuration reloaded from {} (SIGHUP)", path.display()),
+                    Err(why) => format!("configuration from {} refused: {why}", path.display()),
+                }
             };
             tracing::info!("{detail}");
             intake::note_config(&engine, &engine.config(), "signal:SIGHUP", &detail).await;

@@ -116,6 +116,41 @@ pub fn load_str(
     })
 }
 
+/// The files a configuration text names, relative to its own directory: the accounts file,
+/// every CloudFormation template and every smoke-test suite. A path that is absolute or climbs
+/// out of the configuration's directory (`..`) is refused: the configuration's files are read
+/// from one tree (a commit of the configuration repository), never from elsewhere.
+pub fn referenced_files(text: &str) -> Result<Vec<String>, String> {
+    let raw: raw::RawStages =
+        toml::from_str(text).map_err(|e| format!("not a valid configuration: {}", e.message()))?;
+    let mut names = vec![
+        raw.accounts
+            .clone()
+            .unwrap_or_else(|| "accounts/accounts.toml".into()),
+    ];
+    for p in &raw.pipelines {
+        names.extend(p.tests.values().filter_map(|t| t.suite.clone()));
+        names.extend(p.stages.iter().filter_map(|s| s.deploy.template.clone()));
+    }
+    names.sort();
+    names.dedup();
+    for name in &names {
+        let path = Path::new(name);
+        let inside = path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if !inside || name.is_empty() {
+            return Err(format!(
+                "`{name}` is outside the configuration's directory; name files relative to it, without `..`"
+            ));
+        }
+    }
+    Ok(names)
+}
+
 fn controller_settings(raw: &raw::RawController, cx: &mut Ctx) -> ControllerSettings {
     let public_url = raw
         .public_url
@@ -225,4 +260,66 @@ pub fn stages_schema() -> serde_json::Value {
 /// The JSON Schema of accounts.toml.
 pub fn accounts_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(raw::RawAccountsFile)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod referenced_tests {
+    use super::referenced_files;
+
+    const STAGES: &str = r#"
+accounts = "accts/accounts.toml"
+
+[[pipelines]]
+name = "web"
+source = { repository = "acme/web" }
+artifact = { repository = "web", account = "build", region = "us-east-1" }
+tests.smoke = { kind = "http", suite = "smoke-tests/web.toml" }
+
+[[pipelines.stages]]
+name = "beta"
+targets = [{ account = "beta" }]
+deploy = { kind = "cloudformation", stack = "web-beta", template = "templates/web.yaml", image_parameter = "Image" }
+
+[[pipelines.stages]]
+name = "prod"
+targets = [{ account = "prod" }]
+deploy = { kind = "cloudformation", stack = "web-prod", template = "templates/web.yaml", image_parameter = "Image" }
+"#;
+
+    #[test]
+    fn lists_the_accounts_file_templates_and_suites_once() {
+        let files = referenced_files(STAGES).unwrap();
+        assert_eq!(
+            files,
+            [
+                "accts/accounts.toml",
+                "smoke-tests/web.toml",
+                "templates/web.yaml"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_default_accounts_file_is_listed() {
+        let files = referenced_files("").unwrap();
+        assert_eq!(files, ["accounts/accounts.toml"]);
+    }
+
+    #[test]
+    fn paths_leaving_the_configuration_directory_are_refused() {
+        for bad in ["../secrets.toml", "/etc/passwd", "a/../../b"] {
+            let text = format!("accounts = \"{bad}\"\n");
+            let err = referenced_files(&text).unwrap_err();
+            assert!(
+                err.contains("outside the configuration's directory"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_toml_is_refused() {
+        let err = referenced_files("[[pipelines]\n").unwrap_err();
+        assert!(err.contains("not a valid configuration"), "{err}");
+    }
 }

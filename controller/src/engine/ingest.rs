@@ -20,7 +20,7 @@ use super::facts::*;
 use super::{EngineError, EngineResult, SharedConfig};
 use crate::config::{Config, Pipeline};
 use crate::domain::{ReleaseId, StageName, retry::retry_from};
-use crate::store::{EventNote, Reads, Store};
+use crate::store::{AppliedConfig, EventNote, Reads, Store};
 
 /// How many of a pipeline's newest releases are searched for a run watching an alarm's state
 /// change: any run whose window is still open, or closed recently, is among them.
@@ -181,6 +181,11 @@ impl Ingest {
             .iter()
             .flat_map(|(_, runs)| runs)
             .any(|r| r.stage == a.stage.as_str() && r.watches(at)))
+    }
+
+    /// Records the configuration applied from a commit of the configuration repository.
+    pub async fn record_applied_config(&self, applied: &AppliedConfig) -> EngineResult<()> {
+        Ok(self.store.record_applied_config(applied).await?)
     }
 
     /// A delivery that records no fact (ignored, or refused with `note` in the event log):

@@ -729,6 +729,36 @@ impl GithubForge {
     }
 }
 
+/// Where one commit stands in a repository's history relative to another (the compare API's
+/// `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ancestry {
+    /// The same commit.
+    Identical,
+    /// The head descends from the base.
+    Ahead,
+    /// The base descends from the head: the head is older.
+    Behind,
+    /// Neither descends from the other.
+    Diverged,
+}
+
+#[derive(Deserialize)]
+struct Comparison {
+    status: Ancestry,
+}
+
+impl GithubForge {
+    /// Where `head` stands relative to `base` in `repo`'s history
+    /// (`GET /repos/{owner}/{repo}/compare/{base}...{head}`).
+    pub async fn compare(&self, repo: &str, base: &str, head: &str) -> PortResult<Ancestry> {
+        let route = format!("{}/compare/{}...{}", repo_route(repo), esc(base), esc(head));
+        let comparison: Comparison = self.get(&route).await?;
+        Ok(comparison.status)
+    }
+}
+
 fn decode_contents(content: &str) -> Result<String, String> {
     let compact: String = content
         .chars()

@@ -27,19 +27,20 @@
 //! - A build-failure or fork note is written in the same transaction as its delivery's
 //!   dedupe, so a crash can neither lose it nor write it twice.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::forge::GithubForge;
+use super::forge::{Ancestry, GithubForge};
 use super::webhook::{CommitInfo, GithubEvent, PushEvent, WorkflowRunEvent};
 use crate::config::{self, Config, ConfigError, Pipeline};
 use crate::domain::ReleaseId;
 use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
-use crate::store::EventNote;
+use crate::store::{AppliedConfig, EventNote};
 
 /// What one delivery led to, per pipeline concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,8 +276,18 @@ pub async fn handle(
             }
         }
     }
-    if let GithubEvent::Push(push) = &event {
-        outcomes.extend(config_change(&config, push).map(|sha| Outcome::ConfigChanged { sha }));
+    if let GithubEvent::Push(push) = &event
+        && let Some(sha) = config_change(&config, push)
+    {
+        // Deduplicated by delivery like every fact: a redelivered push announces nothing.
+        let d = Delivery {
+            source: delivery.source.clone(),
+            id: format!("{}/config", delivery.id),
+        };
+        outcomes.push(match engine.acknowledge(&d, None).await? {
+            Ingested::Recorded(()) => Outcome::ConfigChanged { sha },
+            Ingested::Duplicate => Outcome::Duplicate { pipeline: None },
+        });
     }
     if outcomes.is_empty() {
         let reasons = if skipped.is_empty() {
@@ -401,32 +412,78 @@ pub fn try_reload(text: &str, base_dir: &Path, file_name: &str) -> Result<Config
     Ok(loaded.config)
 }
 
-/// Fetches the configuration at `sha`, validates it and, if valid, makes the engine and the
-/// forge use it. Either way the outcome is written to every pipeline's event log.
+/// Fetches the configuration at `sha` with every file it names (accounts, templates, smoke
+/// suites) at that same commit, validates it and, if valid, makes the engine and the forge use
+/// it and records it in the state store. Either way the outcome is written to every pipeline's
+/// event log.
+///
+/// Never goes backwards: once a commit has been applied, a commit that does not descend from
+/// it (an older push redelivered or replayed, a build of a diverged branch) is refused, and so
+/// is one whose ancestry cannot be checked. The applied commit itself again changes nothing.
 pub async fn apply_config_change(
     engine: &Engine,
     forge: &GithubForge,
     sha: &str,
-    base_dir: &Path,
+    _base_dir: &Path,
 ) -> Result<(), String> {
     let current = engine.config();
     let c = &current.controller;
     let Some(repo) = c.config_repository.as_deref() else {
         return Err("no controller.config_repository configured".into());
     };
-    let loaded = match forge.fetch_file(repo, sha, &c.config_path).await {
-        Ok(text) => try_reload(&text, base_dir, &c.config_path),
-        Err(e) => Err(format!("cannot fetch {}: {e}", c.config_path)),
+    let short = crate::domain::short_sha(sha);
+    let applied = engine
+        .reads()
+        .applied_config()
+        .await
+        .map_err(|e| format!("cannot read the applied configuration: {e}"))?;
+    if let Some(before) = applied.as_ref().filter(|a| a.repository == repo) {
+        let was = crate::domain::short_sha(&before.sha);
+        let why = match forge.compare(repo, &before.sha, sha).await {
+            Ok(Ancestry::Ahead) => None,
+            Ok(Ancestry::Identical) => {
+                tracing::info!(%sha, "configuration commit already applied");
+                return Ok(());
+            }
+            Ok(Ancestry::Behind) => Some(format!(
+                "it is older than the applied {repo}@{was} (the applied commit descends from it)"
+            )),
+            Ok(Ancestry::Diverged) => Some(format!(
+                "it does not descend from the applied {repo}@{was} (the histories diverged)"
+            )),
+            Err(e) => Some(format!(
+                "cannot tell whether it descends from the applied {repo}@{was}: {e}"
+            )),
+        };
+        if let Some(why) = why {
+            let detail = format!("configuration from {repo}@{short} refused: {why}");
+            note_config(engine, &current, "controller", &detail).await;
+            return Err(why);
+        }
+    }
+    let loaded = match fetch_config(forge, repo, sha, &c.config_path).await {
+        Ok(files) => {
+            let applied = AppliedConfig {
+                repository: repo.to_owned(),
+                sha: sha.into(),
+                path: c.config_path.clone(),
+                files,
+                applied_at: engine.now(),
+            };
+            load_applied(&applied).map(|config| (config, applied))
+        }
+        Err(why) => Err(why),
+    };
+    let loaded = match loaded {
+        Ok((config, applied)) => match engine.record_applied_config(&applied).await {
+            Ok(()) => Ok(config),
+            Err(e) => Err(format!("cannot record it in the state database: {e}")),
+        },
+        Err(why) => Err(why),
     };
     let detail = match &loaded {
-        Ok(_) => format!(
-            "configuration reloaded from {repo}@{}",
-            crate::domain::short_sha(sha)
-        ),
-        Err(why) => format!(
-            "configuration from {repo}@{} refused: {why}",
-            crate::domain::short_sha(sha)
-        ),
+        Ok(_) => format!("configuration reloaded from {repo}@{short}"),
+        Err(why) => format!("configuration from {repo}@{short} refused: {why}"),
     };
     note_config(engine, &current, "controller", &detail).await;
     let reported = forge
@@ -439,6 +496,110 @@ pub async fn apply_config_change(
     forge.track_pipelines(&config);
     engine.replace_config(config);
     Ok(())
+}
+
+/// The configuration file at `sha` and every file it names, read at that same commit, by
+/// repository path.
+async fn fetch_config(
+    forge: &GithubForge,
+    repo: &str,
+    sha: &str,
+    config_path: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let text = forge
+        .fetch_file(repo, sha, config_path)
+        .await
+        .map_err(|e| format!("cannot fetch {config_path}: {e}"))?;
+    let dir = Path::new(config_path).parent().unwrap_or(Path::new(""));
+    let mut files = BTreeMap::new();
+    let names = config::referenced_files(&text).map_err(|why| format!("{config_path}: {why}"))?;
+    for name in names {
+        let path: std::path::PathBuf = dir
+            .join(&name)
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        let path = path.to_string_lossy().into_owned();
+        let body = forge
+            .fetch_file(repo, sha, &path)
+            .await
+            .map_err(|e| format!("cannot fetch {path}, named by {config_path}: {e}"))?;
+        files.insert(path, body);
+    }
+    files.insert(config_path.to_owned(), text);
+    Ok(files)
+}
+
+/// The configuration to run with, and what to log about it: the one applied from the
+/// configuration repository when one was and that repository is still configured (a restart
+/// or SIGHUP never goes back to the file on disk), else `from_disk`.
+pub async fn config_in_force(
+    reads: &crate::store::Reads,
+    from_disk: Config,
+) -> (Config, Option<String>) {
+    let applied = match reads.applied_config().await {
+        Ok(Some(a)) => a,
+        Ok(None) => return (from_disk, None),
+        Err(e) => {
+            let note =
+                format!("cannot read the applied configuration ({e}); running the file on disk");
+            return (from_disk, Some(note));
+        }
+    };
+    let repo = applied.repository.as_str();
+    let at = format!("{repo}@{}", applied.sha);
+    if from_disk.controller.config_repository.as_deref() != Some(repo) {
+        let note = format!(
+            "the configuration applied from {at} is not used: the file on disk no longer names {repo} as the configuration repository"
+        );
+        return (from_disk, Some(note));
+    }
+    match load_applied(&applied) {
+        Ok(config) => {
+            let note = format!(
+                "configuration from {at} (applied {}) in force; the file on disk is not read",
+                applied.applied_at.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            (config, Some(note))
+        }
+        Err(why) => {
+            let note = format!(
+                "the configuration applied from {at} no longer validates ({why}); running the file on disk"
+            );
+            (from_disk, Some(note))
+        }
+    }
+}
+
+/// Validates an applied configuration from its own files: they are written under a directory
+/// of their commit in the system's temporary directory (templates and suites are read from
+/// there when deploying and testing), and loaded from there.
+pub fn load_applied(applied: &AppliedConfig) -> Result<Config, String> {
+    let root = std::env::temp_dir().join(format!(
+        "tollgate-config-{}-{}",
+        applied.repository.replace('/', "_"),
+        applied.sha
+    ));
+    for (path, text) in &applied.files {
+        let name = Path::new(path);
+        let inside = name
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !inside {
+            return Err(format!("`{path}` is not a path inside the repository"));
+        }
+        let file = root.join(name);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot write {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    }
+    let loaded = config::load(&root.join(&applied.path)).map_err(|e| e.to_string())?;
+    for w in &loaded.warnings {
+        tracing::warn!(warning = %w, "configuration warning");
+    }
+    Ok(loaded.config)
 }
 
 /// Writes a configuration change (applied or refused) to the event log of every pipeline of

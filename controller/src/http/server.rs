@@ -81,15 +81,26 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let ping = tokio::time::timeout(READY_TIMEOUT, state.engine.reads().ping()).await;
-    match ping {
-        Ok(true) => (StatusCode::OK, "ready"),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "state database unreachable",
-        ),
+/// `ready`, and where the configuration in force comes from: `configuration OWNER/NAME@SHA`
+/// when applied from the configuration repository, else `configuration file PATH`.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    let reads = state.engine.reads();
+    let ping = tokio::time::timeout(READY_TIMEOUT, reads.ping()).await;
+    if !matches!(ping, Ok(true)) {
+        let down = "state database unreachable".to_owned();
+        return (StatusCode::SERVICE_UNAVAILABLE, down);
     }
+    let config = state.engine.config();
+    let applied = tokio::time::timeout(READY_TIMEOUT, reads.applied_config()).await;
+    let source = match applied {
+        Ok(Ok(Some(a)))
+            if config.controller.config_repository.as_deref() == Some(&a.repository) =>
+        {
+            format!("configuration {}@{}", a.repository, a.sha)
+        }
+        _ => format!("configuration file {}", config.source_file.display()),
+    };
+    (StatusCode::OK, format!("ready\n{source}\n"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

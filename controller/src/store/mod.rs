@@ -10,6 +10,7 @@
 //! a fact enters); [`Reads`] only reads, for pages, the CLI and tests. A `Store` dereferences
 //! to its `Reads`.
 
+pub mod applied;
 pub mod approvals;
 #[cfg(test)]
 mod migration_tests;
@@ -28,6 +29,7 @@ use sqlx::{Row, SqlitePool};
 
 use crate::domain::*;
 use crate::engine::facts::*;
+pub use applied::AppliedConfig;
 pub use rows::*;
 
 /// Errors of the store.

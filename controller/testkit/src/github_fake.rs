@@ -22,7 +22,7 @@
 //!
 //! Must never: be used by the controller at run time, or listen on anything but loopback.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -188,6 +188,8 @@ struct Model {
     dispatches: Vec<Dispatch>,
     runs: Vec<WorkflowRun>,
     files: BTreeMap<(String, String, String), String>,
+    /// (repository, commit) → its parents: the history the compare API answers from.
+    commits: BTreeMap<(String, String), Vec<String>>,
     failures: VecDeque<u16>,
     requests: Vec<String>,
     app: Option<FakeApp>,
@@ -363,6 +365,13 @@ impl GithubFake {
         self.model().files.insert(key, text.to_owned());
     }
 
+    /// Adds commit `sha` with its `parents` to `repo`'s history (for the compare API).
+    pub fn add_commit(&self, repo: &str, sha: &str, parents: &[&str]) {
+        let parents = parents.iter().map(|p| (*p).to_owned()).collect();
+        let mut m = self.model();
+        m.commits.insert((repo.to_owned(), sha.to_owned()), parents);
+    }
+
     /// Answers the next `count` requests with HTTP `status` and a GitHub error body.
     pub fn fail_next(&self, status: u16, count: u32) {
         let mut m = self.model();
@@ -451,6 +460,10 @@ fn api() -> Router<Shared> {
         )
         .route(&format!("{repo}/actions/runs/{{id}}"), get(get_run))
         .route(&format!("{repo}/contents/{{*path}}"), get(get_contents))
+        .route(
+            &format!("{repo}/compare/{{basehead}}"),
+            get(compare_commits),
+        )
 }
 
 /// Logs the request, checks the token, and plays scripted failures.
@@ -1141,6 +1154,57 @@ fn run_json(r: &WorkflowRun) -> Value {
         "updated_at": timestamp(r.created_at),
         "html_url": format!("https://github.com/{}/actions/runs/{}", r.repository, r.id),
     })
+}
+
+// ----- compare ---------------------------------------------------------------------------------
+
+/// `GET /repos/{owner}/{repo}/compare/{base}...{head}`: as GitHub documents it
+/// (https://docs.github.com/en/rest/commits/commits#compare-two-commits), `status` is
+/// `identical`, `ahead` (head descends from base), `behind` (base descends from head) or
+/// `diverged`, with `ahead_by` / `behind_by` counting the commits on each side; an unknown
+/// commit is a 404. Answered from the history given with [`GithubFake::add_commit`].
+async fn compare_commits(
+    State(state): State<Shared>,
+    Path((owner, repo, basehead)): Path<(String, String, String)>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let (base, head) = basehead
+        .split_once("...")
+        .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "Not Found"))?;
+    let m = lock(&state);
+    let ancestors = |sha: &str| -> Option<BTreeSet<String>> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![sha.to_owned()];
+        m.commits.get(&(repository.clone(), sha.to_owned()))?;
+        while let Some(c) = todo.pop() {
+            if !seen.insert(c.clone()) {
+                continue;
+            }
+            if let Some(parents) = m.commits.get(&(repository.clone(), c)) {
+                todo.extend(parents.iter().cloned());
+            }
+        }
+        Some(seen)
+    };
+    let of_base = ancestors(base).ok_or_else(Reject::not_found)?;
+    let of_head = ancestors(head).ok_or_else(Reject::not_found)?;
+    let ahead_by = of_head.difference(&of_base).count();
+    let behind_by = of_base.difference(&of_head).count();
+    let status = match (ahead_by, behind_by) {
+        (0, 0) => "identical",
+        (_, 0) => "ahead",
+        (0, _) => "behind",
+        _ => "diverged",
+    };
+    ok(json!({
+        "status": status,
+        "ahead_by": ahead_by,
+        "behind_by": behind_by,
+        "total_commits": ahead_by,
+        "base_commit": { "sha": base },
+        "commits": [],
+        "files": [],
+    }))
 }
 
 // ----- contents --------------------------------------------------------------------------------

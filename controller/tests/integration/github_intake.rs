@@ -630,7 +630,8 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
     let fake = GithubFake::start("gh-token").await.unwrap();
     let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
     let good = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v2\"");
-    fake.put_file("acme/deploy-config", &"a".repeat(40), "stages.toml", &good);
+    put_config(&fake, &"a".repeat(40), &good, &[]);
+    fake.add_commit("acme/deploy-config", &"b".repeat(40), &[&"a".repeat(40)]);
     fake.put_file(
         "acme/deploy-config",
         &"b".repeat(40),
@@ -691,4 +692,185 @@ async fn try_reload_refuses_an_invalid_file_with_the_validation_message() {
     );
     let ok = intake::try_reload(STAGES, c.dir.path(), "stages.toml").unwrap();
     assert_eq!(ok.pipelines.len(), 2);
+}
+
+/// Puts a configuration commit `sha` (child of `parents`) into the fake: `stages` with the
+/// accounts file and the template it names.
+fn put_config(fake: &GithubFake, sha: &str, stages: &str, parents: &[&str]) {
+    let repo = "acme/deploy-config";
+    fake.add_commit(repo, sha, parents);
+    fake.put_file(repo, sha, "stages.toml", stages);
+    fake.put_file(repo, sha, "accounts/accounts.toml", ACCOUNTS);
+    let template = format!("Resources: {{}}\n# template at {sha}\n");
+    fake.put_file(repo, sha, "service.yaml", &template);
+}
+
+fn web_stack(config: &Config) -> String {
+    match &config.pipeline("web").unwrap().stages[0].deploy {
+        tollgate::config::Deploy::CloudFormation { stack, .. } => stack.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn commit(n: u8) -> String {
+    format!("{n:x}").repeat(40)
+}
+
+#[tokio::test]
+async fn a_config_commit_that_does_not_descend_from_the_applied_one_is_refused() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let version = |v: &str| STAGES.replace("stack = \"web-beta\"", &format!("stack = \"web-{v}\""));
+    // 1 ← 2 ← 3, and 4 branching off 1.
+    put_config(&fake, &commit(1), &version("one"), &[]);
+    put_config(&fake, &commit(2), &version("two"), &[&commit(1)]);
+    put_config(&fake, &commit(3), &version("three"), &[&commit(2)]);
+    put_config(&fake, &commit(4), &version("four"), &[&commit(1)]);
+
+    intake::apply_config_change(&c.engine, &forge, &commit(2), c.dir.path())
+        .await
+        .unwrap();
+    assert_eq!(web_stack(&c.engine.config()), "web-two");
+
+    // An older push arriving late (or replayed) is refused; so is a diverged one.
+    let older = intake::apply_config_change(&c.engine, &forge, &commit(1), c.dir.path()).await;
+    assert!(
+        older
+            .as_ref()
+            .unwrap_err()
+            .contains("older than the applied"),
+        "{older:?}"
+    );
+    let diverged = intake::apply_config_change(&c.engine, &forge, &commit(4), c.dir.path()).await;
+    assert!(
+        diverged.as_ref().unwrap_err().contains("diverged"),
+        "{diverged:?}"
+    );
+    assert_eq!(
+        web_stack(&c.engine.config()),
+        "web-two",
+        "nothing went backwards"
+    );
+    let applied = c.engine.reads().applied_config().await.unwrap().unwrap();
+    assert_eq!(applied.sha, commit(2).as_str());
+    assert!(
+        fake.commit_statuses(&commit(1)).is_empty(),
+        "a refused old commit is not fetched or reported"
+    );
+
+    // The applied commit again changes nothing; a descendant applies.
+    intake::apply_config_change(&c.engine, &forge, &commit(2), c.dir.path())
+        .await
+        .unwrap();
+    intake::apply_config_change(&c.engine, &forge, &commit(3), c.dir.path())
+        .await
+        .unwrap();
+    assert_eq!(web_stack(&c.engine.config()), "web-three");
+    let notes = c.events("web", "config").await;
+    assert_eq!(notes.len(), 4, "{notes:?}");
+    assert!(
+        notes.iter().filter(|n| n.contains("refused")).count() == 2,
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_config_commit_is_applied_with_the_files_of_that_commit() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    put_config(&fake, &commit(5), STAGES, &[]);
+    intake::apply_config_change(&c.engine, &forge, &commit(5), c.dir.path())
+        .await
+        .unwrap();
+    let config = c.engine.config();
+    let template = match &config.pipeline("web").unwrap().stages[0].deploy {
+        tollgate::config::Deploy::CloudFormation { template, .. } => template.clone(),
+        other => panic!("{other:?}"),
+    };
+    let text = std::fs::read_to_string(&template).unwrap();
+    assert!(
+        text.contains(&format!("template at {}", commit(5))),
+        "the template is the commit's, not the one on disk: {}: {text}",
+        template.display()
+    );
+    let on_disk = std::fs::read_to_string(c.dir.path().join("service.yaml")).unwrap();
+    assert_ne!(text, on_disk);
+
+    // A file the commit lacks refuses the whole change.
+    fake.add_commit("acme/deploy-config", &commit(6), &[&commit(5)]);
+    let renamed = STAGES.replace("template = \"service.yaml\"", "template = \"missing.yaml\"");
+    fake.put_file("acme/deploy-config", &commit(6), "stages.toml", &renamed);
+    fake.put_file(
+        "acme/deploy-config",
+        &commit(6),
+        "accounts/accounts.toml",
+        ACCOUNTS,
+    );
+    let err = intake::apply_config_change(&c.engine, &forge, &commit(6), c.dir.path())
+        .await
+        .unwrap_err();
+    assert!(err.contains("missing.yaml"), "{err}");
+    let applied = c.engine.reads().applied_config().await.unwrap().unwrap();
+    assert_eq!(applied.sha, commit(5).as_str());
+
+    // A restart keeps the applied configuration, not the file on disk.
+    let disk = load_config(c.dir.path(), STAGES).unwrap();
+    let wanted = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v5\"");
+    fake.add_commit("acme/deploy-config", &commit(7), &[&commit(5)]);
+    put_config(&fake, &commit(7), &wanted, &[&commit(5)]);
+    intake::apply_config_change(&c.engine, &forge, &commit(7), c.dir.path())
+        .await
+        .unwrap();
+    let (in_force, note) = intake::config_in_force(c.engine.reads(), disk.clone()).await;
+    assert_eq!(web_stack(&in_force), "web-beta-v5");
+    let note = note.unwrap();
+    assert!(
+        note.contains(&format!("acme/deploy-config@{}", commit(7))),
+        "{note}"
+    );
+    // With self-update turned off in the file on disk, the file wins, and says so.
+    let off = load_config(
+        c.dir.path(),
+        &STAGES.replace("config_repository = \"acme/deploy-config\"\n", ""),
+    )
+    .unwrap();
+    let (in_force, note) = intake::config_in_force(c.engine.reads(), off).await;
+    assert_eq!(web_stack(&in_force), "web-beta");
+    assert!(note.unwrap().contains("not used"));
+
+    // /readyz names the applied commit.
+    let response = c
+        .app
+        .clone()
+        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains(&format!("configuration acme/deploy-config@{}", commit(7))),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_config_push_announces_nothing() {
+    let mut c = controller().await;
+    let push = config_push(&["stages.toml"]);
+    let first = c.send(Delivery::of("push", "d-config-again", &push)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.json);
+    assert!(c.config_changes.try_recv().is_ok());
+    let again = c.send(Delivery::of("push", "d-config-again", &push)).await;
+    assert_eq!(
+        again.json["result"].as_str(),
+        Some("duplicate"),
+        "{:?}",
+        again.json
+    );
+    assert!(c.config_changes.try_recv().is_err(), "announced once");
 }
