@@ -87,7 +87,7 @@ async fn start(args: ServeArgs) -> Result<()> {
     let base_dir = config_dir(&args.config);
     if let Some(forge) = &forge {
         let (tx, rx) = mpsc::channel(16);
-        state = state.with_config_changes(tx);
+        state = state.with_config_changes(tx).with_forge(forge.clone());
         intake::spawn_config_reloader(engine.clone(), forge.clone(), base_dir.clone(), rx);
     }
     spawn_sighup_reloader(engine.clone(), forge.clone(), args.config.clone());

@@ -20,7 +20,7 @@ use super::facts::*;
 use super::{EngineError, EngineResult, SharedConfig};
 use crate::config::{Config, Pipeline};
 use crate::domain::{ReleaseId, StageName, retry::retry_from};
-use crate::store::{AppliedConfig, EventNote, Reads, Store};
+use crate::store::{AppliedConfig, EventNote, PushLink, Reads, Store};
 
 /// How many of a pipeline's newest releases are searched for a run watching an alarm's state
 /// change: any run whose window is still open, or closed recently, is among them.
@@ -142,6 +142,31 @@ impl Ingest {
         let out = self.store.record_release(r, &stages, d, self.now()).await?;
         self.wake(&r.pipeline);
         Ok(out)
+    }
+
+    /// [`Ingest::record_release`], only while the pipeline's newest release is still `newest`:
+    /// `None` when another was recorded meanwhile (decide again).
+    pub async fn record_release_after(
+        &self,
+        r: &NewRelease,
+        d: &Delivery,
+        newest: Option<ReleaseId>,
+    ) -> EngineResult<Option<Ingested<ReleaseId>>> {
+        let p = self.pipeline(&r.pipeline)?;
+        let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
+        let now = self.now();
+        let out = (self.store)
+            .record_release_after(r, &stages, d, now, Some(newest))
+            .await?;
+        if out.is_some() {
+            self.wake(&r.pipeline);
+        }
+        Ok(out)
+    }
+
+    /// Records a push's `before → after` link of its branch's history.
+    pub async fn record_push(&self, push: &PushLink) -> EngineResult<()> {
+        Ok(self.store.record_push(push, self.now()).await?)
     }
 
     /// An approval or rejection (the caller has authenticated the approver).

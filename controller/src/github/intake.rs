@@ -40,7 +40,7 @@ use crate::config::{self, Config, ConfigError, Pipeline};
 use crate::domain::ReleaseId;
 use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
-use crate::store::{AppliedConfig, EventNote};
+use crate::store::{AppliedConfig, EventNote, PushLink};
 
 /// What one delivery led to, per pipeline concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,12 +245,19 @@ pub fn config_change(config: &Config, push: &PushEvent) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 
 /// Records what a verified delivery means, and says what happened.
+///
+/// `forge`, when GitHub access is configured, answers whether a build's commit is newer than
+/// the pipeline's newest release when the pushes received cannot tell (see [`order`]).
 pub async fn handle(
     engine: &Engine,
+    forge: Option<&GithubForge>,
     delivery: &Delivery,
     event: GithubEvent,
 ) -> Result<IntakeOutcome, EngineError> {
     let config = engine.config();
+    if let GithubEvent::Push(push) = &event {
+        record_push(engine, &config, push).await?;
+    }
     let decisions: Vec<(String, Decision)> = match &event {
         GithubEvent::Ping => {
             return Ok(IntakeOutcome {
@@ -270,7 +277,7 @@ pub async fn handle(
         match decision {
             Decision::NotMine => {}
             Decision::Skip(reason) => skipped.push(format!("{pipeline}: {reason}")),
-            Decision::Release(r) => outcomes.push(release(engine, delivery, &r).await?),
+            Decision::Release(r) => outcomes.push(release(engine, forge, delivery, &r).await?),
             Decision::Refuse(reason) => {
                 outcomes.push(refuse(engine, delivery, &pipeline, reason).await?)
             }
@@ -327,14 +334,44 @@ pub fn pipeline_delivery(delivery: &Delivery, pipeline: &str) -> Delivery {
     }
 }
 
+/// Records a release if its commit is newer, by the branch's history, than the pipeline's
+/// newest release; a build of an older commit (finishing last, or re-run) is refused as stale.
 async fn release(
     engine: &Engine,
+    forge: Option<&GithubForge>,
     delivery: &Delivery,
     r: &NewRelease,
 ) -> Result<Outcome, EngineError> {
     let d = pipeline_delivery(delivery, &r.pipeline);
     let pipeline = r.pipeline.clone();
-    Ok(match engine.record_release(r, &d).await? {
+    let repo = engine
+        .config()
+        .pipeline(&r.pipeline)
+        .map(|p| p.source.repository.clone())
+        .unwrap_or_default();
+    let mut recorded = None;
+    for _ in 0..RACE_RETRIES {
+        let newest = engine.reads().newest_release(&r.pipeline).await?;
+        if let Some(n) = newest.as_ref().filter(|n| n.sha != r.sha.as_str()) {
+            match order(engine, forge, &repo, r, n).await {
+                Order::Newer => {}
+                Order::Older(why) => return refuse(engine, delivery, &pipeline, why).await,
+                Order::Unknown(why) => {
+                    tracing::warn!(%pipeline, sha = %r.sha, newest = %n.sha, %why, "release order unknown; taken as newer by arrival");
+                }
+            }
+        }
+        let newest = newest.map(|n| n.id);
+        if let Some(out) = engine.record_release_after(r, &d, newest).await? {
+            recorded = Some(out);
+            break;
+        }
+    }
+    let recorded = match recorded {
+        Some(out) => out,
+        None => engine.record_release(r, &d).await?,
+    };
+    Ok(match recorded {
         Ingested::Recorded(release) => {
             tracing::info!(delivery = %delivery.id, %pipeline, %release, sha = %r.sha, "release recorded");
             Outcome::Released { pipeline, release }
@@ -343,6 +380,89 @@ async fn release(
             pipeline: Some(pipeline),
         },
     })
+}
+
+/// How often a release is decided again when another was recorded meanwhile.
+const RACE_RETRIES: usize = 3;
+
+/// The longest the webhook answer waits for GitHub's compare API.
+const COMPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Where a build's commit stands relative to the pipeline's newest release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Order {
+    /// It descends from the newest release's commit.
+    Newer,
+    /// The newest release's commit descends from it: stale, with the reason.
+    Older(String),
+    /// Nothing tells (no pushes linking them, no GitHub access, or the histories diverged).
+    Unknown(String),
+}
+
+/// Decides [`Order`] from the pushes received for the branch (`before → after` links), and,
+/// when they cannot tell, from GitHub's compare API.
+pub async fn order(
+    engine: &Engine,
+    forge: Option<&GithubForge>,
+    repo: &str,
+    r: &NewRelease,
+    newest: &crate::domain::Release,
+) -> Order {
+    let reads = engine.reads();
+    let (new, old) = (r.sha.as_str(), newest.sha.as_str());
+    let stale = || {
+        format!(
+            "stale: commit {} is older than {} ({}), received before it on {}; a build of an older commit is not promoted",
+            crate::domain::short_sha(new),
+            newest.id,
+            crate::domain::short_sha(old),
+            r.branch
+        )
+    };
+    if let Ok(Some(true)) = reads.push_descends(repo, &r.branch, new, old).await {
+        return Order::Newer;
+    }
+    if let Ok(Some(true)) = reads.push_descends(repo, &r.branch, old, new).await {
+        return Order::Older(stale());
+    }
+    let Some(forge) = forge else {
+        return Order::Unknown("the pushes received do not link the two commits".into());
+    };
+    match tokio::time::timeout(COMPARE_TIMEOUT, forge.compare(repo, old, new)).await {
+        Ok(Ok(Ancestry::Ahead)) => Order::Newer,
+        Ok(Ok(Ancestry::Behind | Ancestry::Identical)) => Order::Older(stale()),
+        Ok(Ok(Ancestry::Diverged)) => {
+            Order::Unknown("the histories diverged (a force push?)".into())
+        }
+        Ok(Err(e)) => Order::Unknown(format!("GitHub compare failed: {e}")),
+        Err(_) => Order::Unknown("GitHub compare did not answer in time".into()),
+    }
+}
+
+/// Keeps the `before → after` link of a push to a branch some pipeline builds from.
+async fn record_push(
+    engine: &Engine,
+    config: &Config,
+    push: &PushEvent,
+) -> Result<(), EngineError> {
+    let Some(branch) = push.branch.as_deref() else {
+        return Ok(());
+    };
+    let tracked = config
+        .pipelines
+        .iter()
+        .any(|p| same_repo(&push.repository, &p.source.repository));
+    if !tracked || push.deleted {
+        return Ok(());
+    }
+    let link = PushLink {
+        repository: push.repository.clone(),
+        branch: branch.to_owned(),
+        before: push.before.clone(),
+        after: push.after.clone(),
+        forced: push.forced,
+    };
+    engine.record_push(&link).await
 }
 
 async fn refuse(

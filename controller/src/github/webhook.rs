@@ -259,8 +259,12 @@ pub struct PushEvent {
     pub branch: Option<String>,
     pub deleted: bool,
     pub created: bool,
+    /// The sha the ref pointed at before the push (all zeros when created).
+    pub before: String,
     /// The sha the ref now points at (all zeros when deleted).
     pub after: String,
+    /// A force push: `after` need not descend from `before`.
+    pub forced: bool,
     pub head_commit: Option<CommitInfo>,
     pub compare_url: Option<String>,
     /// Who pushed (git name).
@@ -350,7 +354,9 @@ fn parse_push(body: &[u8]) -> Result<PushEvent, ParseError> {
         git_ref: git_ref.to_owned(),
         deleted: root.bool("deleted")?,
         created: root.bool("created")?,
+        before: root.sha("before")?,
         after: root.sha("after")?,
+        forced: root.bool("forced")?,
         head_commit: root.opt_obj("head_commit")?.map(push_commit).transpose()?,
         compare_url: root.opt_str("compare")?.map(str::to_owned),
         pusher: root.obj("pusher")?.str("name")?.to_owned(),

@@ -72,7 +72,7 @@ async fn receive(
         .ok_or_else(|| Reply::bad_request("missing X-GitHub-Event header"))?;
     let delivery = delivery(headers)?;
     let parsed = parse_event(event, &body).map_err(|e| Reply::bad_request(e.to_string()))?;
-    let outcome = intake::handle(&state.engine, &delivery, parsed)
+    let outcome = intake::handle(&state.engine, state.forge.as_deref(), &delivery, parsed)
         .await
         .map_err(|e| {
             tracing::error!(delivery = %delivery.id, error = %e, "cannot record GitHub delivery");

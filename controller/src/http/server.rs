@@ -19,6 +19,7 @@ use axum::routing::get;
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
+use crate::github::forge::GithubForge;
 use crate::github::webhook::WebhookSecrets;
 
 /// How long `/readyz` waits for the state database.
@@ -33,6 +34,8 @@ pub struct AppState {
     /// Where a changed controller configuration (its commit sha) is announced; see
     /// [`crate::github::intake::spawn_config_reloader`].
     pub config_changes: Option<mpsc::Sender<String>>,
+    /// GitHub access, when configured: decides the order of builds the pushes cannot.
+    pub forge: Option<Arc<GithubForge>>,
 }
 
 impl AppState {
@@ -41,12 +44,19 @@ impl AppState {
             engine,
             secrets: Arc::new(secrets),
             config_changes: None,
+            forge: None,
         }
     }
 
     /// Announces configuration changes from GitHub pushes on `sender`.
     pub fn with_config_changes(mut self, sender: mpsc::Sender<String>) -> AppState {
         self.config_changes = Some(sender);
+        self
+    }
+
+    /// Asks GitHub (compare API) for the order of builds when the pushes cannot tell.
+    pub fn with_forge(mut self, forge: Arc<GithubForge>) -> AppState {
+        self.forge = Some(forge);
         self
     }
 

@@ -12,6 +12,7 @@
 
 pub mod applied;
 pub mod approvals;
+pub mod history;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use sqlx::{Row, SqlitePool};
 use crate::domain::*;
 use crate::engine::facts::*;
 pub use applied::AppliedConfig;
+pub use history::PushLink;
 pub use rows::*;
 
 /// Errors of the store.
@@ -170,9 +172,35 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<ReleaseId>> {
+        let recorded = self.record_release_after(r, stages, d, now, None).await?;
+        Ok(recorded.unwrap_or(Ingested::Duplicate))
+    }
+
+    /// [`Store::record_release`], only while the pipeline's newest release is still `newest`
+    /// (`Some(None)`: it has none) when `newest` is given: `None` (nothing recorded, the
+    /// delivery not consumed) when another release was recorded meanwhile.
+    pub async fn record_release_after(
+        &self,
+        r: &NewRelease,
+        stages: &[StageName],
+        d: &Delivery,
+        now: DateTime<Utc>,
+        newest: Option<Option<ReleaseId>>,
+    ) -> Result<Option<Ingested<ReleaseId>>> {
         let mut tx = self.pool.begin().await?;
+        if let Some(expected) = newest {
+            let current: Option<i64> =
+                sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")
+                    .bind(&r.pipeline)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get(0);
+            if current != expected.map(|id| id.0) {
+                return Ok(None);
+            }
+        }
         if !Self::first_delivery(&mut tx, d, now).await? {
-            return Ok(Ingested::Duplicate);
+            return Ok(Some(Ingested::Duplicate));
         }
         let exists = sqlx::query("SELECT id FROM releases WHERE pipeline = $1 AND sha = $2")
             .bind(&r.pipeline)
@@ -181,7 +209,7 @@ impl Store {
             .await?;
         if exists.is_some() {
             tx.commit().await?;
-            return Ok(Ingested::Duplicate);
+            return Ok(Some(Ingested::Duplicate));
         }
         let id: i64 = sqlx::query(
             "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override)
@@ -229,7 +257,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Ingested::Recorded(ReleaseId(id)))
+        Ok(Some(Ingested::Recorded(ReleaseId(id))))
     }
 
     /// Records an approval or rejection (one per approver per release and stage).

@@ -182,6 +182,11 @@ struct Controller {
 }
 
 async fn controller() -> Controller {
+    controller_with(None).await
+}
+
+/// A controller that asks `forge` (GitHub's compare API) when the pushes cannot order builds.
+async fn controller_with(forge: Option<Arc<GithubForge>>) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("accounts")).unwrap();
     std::fs::write(dir.path().join("accounts/accounts.toml"), ACCOUNTS).unwrap();
@@ -192,7 +197,10 @@ async fn controller() -> Controller {
     let engine = Engine::new(store, config, Fakes::new().ports(), Arc::new(SystemClock));
     let secrets = WebhookSecrets::from_env_value(&format!("old-secret,{SECRET}")).unwrap();
     let (tx, config_changes) = mpsc::channel(8);
-    let state = AppState::new(engine.clone(), secrets).with_config_changes(tx);
+    let mut state = AppState::new(engine.clone(), secrets).with_config_changes(tx);
+    if let Some(forge) = forge {
+        state = state.with_forge(forge);
+    }
     Controller {
         dir,
         engine,
@@ -873,4 +881,141 @@ async fn a_redelivered_config_push_announces_nothing() {
         again.json
     );
     assert!(c.config_changes.try_recv().is_err(), "announced once");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Newest by history, not by arrival
+// ---------------------------------------------------------------------------------------------
+
+const NO_COMMIT: &str = "0000000000000000000000000000000000000000";
+
+/// A push to `repo`'s main moving it from `before` to `after`.
+fn push_from(repo: &str, before: &str, after: &str) -> Value {
+    let mut p = branch_push(repo, "main");
+    p["before"] = before.into();
+    p["after"] = after.into();
+    p["forced"] = false.into();
+    p["created"] = (before == NO_COMMIT).into();
+    p["head_commit"]["id"] = after.into();
+    p
+}
+
+/// A successful build of `sha` on acme/web's main.
+fn build_of(sha: &str) -> Value {
+    let mut run = build_run("acme/web", "build.yml", "main");
+    run["workflow_run"]["head_sha"] = sha.into();
+    run["workflow_run"]["head_commit"]["id"] = sha.into();
+    run
+}
+
+async fn stale_notes(c: &Controller, pipeline: &str) -> Vec<String> {
+    let notes = c.events(pipeline, "not-promoted").await;
+    notes.into_iter().filter(|n| n.contains("stale")).collect()
+}
+
+#[tokio::test]
+async fn builds_finishing_out_of_order_release_only_the_newer_commit_by_the_pushes() {
+    let c = controller().await;
+    let (a, b) = (commit(0xa), commit(0xb));
+    for (n, (before, after)) in [(NO_COMMIT, a.as_str()), (a.as_str(), b.as_str())]
+        .into_iter()
+        .enumerate()
+    {
+        let push = push_from("acme/web", before, after);
+        let answer = c
+            .send(Delivery::of("push", &format!("d-push-{n}"), &push))
+            .await;
+        assert!(answer.status.is_success(), "{:?}", answer.json);
+    }
+    // The build of the newer commit finishes first, the older one last.
+    let newer = c
+        .send(Delivery::of("workflow_run", "d-build-b", &build_of(&b)))
+        .await;
+    assert_eq!(newer.json["result"], "recorded", "{:?}", newer.json);
+    let older = c
+        .send(Delivery::of("workflow_run", "d-build-a", &build_of(&a)))
+        .await;
+    assert_eq!(older.status, StatusCode::ACCEPTED, "{:?}", older.json);
+    assert!(detail(&older).contains("stale"), "{}", detail(&older));
+
+    let shas: Vec<String> = c
+        .releases("web")
+        .await
+        .iter()
+        .map(|r| r.sha.to_string())
+        .collect();
+    assert_eq!(shas, [b.clone()], "only the newer commit is a release");
+    let notes = stale_notes(&c, "web").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    // A re-run of the old build later is stale again, and recorded nothing.
+    let rerun = c
+        .send(Delivery::of(
+            "workflow_run",
+            "d-build-a-rerun",
+            &build_of(&a),
+        ))
+        .await;
+    assert!(detail(&rerun).contains("stale"), "{}", detail(&rerun));
+    assert_eq!(c.releases("web").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_late_push_of_an_older_commit_is_stale() {
+    let c = controller().await;
+    let (a, b) = (commit(0xa), commit(0xb));
+    // The push of B (whose parent is A) arrives before the push of A.
+    let pb = c
+        .send(Delivery::of(
+            "push",
+            "d-b",
+            &push_from("acme/backend", &a, &b),
+        ))
+        .await;
+    assert_eq!(pb.json["result"], "recorded", "{:?}", pb.json);
+    let pa = c
+        .send(Delivery::of(
+            "push",
+            "d-a",
+            &push_from("acme/backend", NO_COMMIT, &a),
+        ))
+        .await;
+    assert!(detail(&pa).contains("stale"), "{}", detail(&pa));
+    let shas: Vec<String> = c
+        .releases("backend")
+        .await
+        .iter()
+        .map(|r| r.sha.to_string())
+        .collect();
+    assert_eq!(shas, [b]);
+}
+
+#[tokio::test]
+async fn without_pushes_the_compare_api_orders_the_builds() {
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let c = controller_with(Some(Arc::new(forge))).await;
+    let (a, b, x) = (commit(0xa), commit(0xb), commit(0xc));
+    fake.add_commit("acme/web", &a, &[]);
+    fake.add_commit("acme/web", &b, &[&a]);
+    fake.add_commit("acme/web", &x, &[]);
+
+    let newer = c
+        .send(Delivery::of("workflow_run", "d-b", &build_of(&b)))
+        .await;
+    assert_eq!(newer.json["result"], "recorded", "{:?}", newer.json);
+    let older = c
+        .send(Delivery::of("workflow_run", "d-a", &build_of(&a)))
+        .await;
+    assert!(detail(&older).contains("stale"), "{}", detail(&older));
+    assert!(
+        fake.requests().iter().any(|r| r.contains("/compare/")),
+        "GitHub was asked: {:?}",
+        fake.requests()
+    );
+    // A commit on a diverged history cannot be ordered: it is taken by arrival, as before.
+    let diverged = c
+        .send(Delivery::of("workflow_run", "d-x", &build_of(&x)))
+        .await;
+    assert_eq!(diverged.json["result"], "recorded", "{:?}", diverged.json);
+    assert_eq!(c.releases("web").await.len(), 2);
 }

@@ -1,0 +1,90 @@
+//! What the controller knows of a branch's history without GitHub: the `before → after` links
+//! of the pushes it received. Used to tell whether a build's commit is newer than the releases
+//! already recorded when the compare API cannot be asked.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use super::{Reads, Result, Store, ms};
+use crate::domain::Release;
+
+/// The all-zero sha GitHub gives as `before` when a push creates the branch.
+const NO_COMMIT: &str = "0000000000000000000000000000000000000000";
+
+/// How many pushes back a history walk may go.
+const MAX_WALK: usize = 10_000;
+
+/// A push to a branch: its head moved from `before` to `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushLink {
+    pub repository: String,
+    pub branch: String,
+    pub before: String,
+    pub after: String,
+    pub forced: bool,
+}
+
+impl Store {
+    /// Records a push's link (a redelivery changes nothing).
+    pub async fn record_push(&self, push: &PushLink, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pushes (repository, branch, before, after, forced, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(push.repository.to_ascii_lowercase())
+        .bind(&push.branch)
+        .bind(&push.before)
+        .bind(&push.after)
+        .bind(push.forced)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Reads {
+    /// Whether `ancestor` is `head` or comes before it on `branch`, following the pushes
+    /// received from `head` back: `Some(true)` when the chain reaches it without a force push
+    /// in between, `Some(false)` when the chain goes back to the branch's creation without
+    /// meeting it, `None` when a link is missing or a force push breaks the chain (unknown).
+    pub async fn push_descends(
+        &self,
+        repository: &str,
+        branch: &str,
+        head: &str,
+        ancestor: &str,
+    ) -> Result<Option<bool>> {
+        let mut at = head.to_owned();
+        for _ in 0..MAX_WALK {
+            if at == ancestor {
+                return Ok(Some(true));
+            }
+            if at == NO_COMMIT {
+                return Ok(Some(false));
+            }
+            let link = sqlx::query(
+                "SELECT before, forced FROM pushes WHERE repository = $1 AND branch = $2 AND after = $3",
+            )
+            .bind(repository.to_ascii_lowercase())
+            .bind(branch)
+            .bind(&at)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(link) = link else {
+                return Ok(None);
+            };
+            if link.get::<bool, _>("forced") {
+                return Ok(None);
+            }
+            at = link.get("before");
+        }
+        Ok(None)
+    }
+
+    /// The pipeline's newest release (the last recorded).
+    pub async fn newest_release(&self, pipeline: &str) -> Result<Option<Release>> {
+        let newest = self.recent_runs(pipeline, 1).await?;
+        Ok(newest.into_iter().next().map(|(r, _)| r))
+    }
+}
