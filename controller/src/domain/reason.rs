@@ -172,6 +172,15 @@ pub enum Reason {
         region: String,
         detail: String,
     },
+    /// Read back after a deploy (or a rollback, `rollback`), the target does not run what was
+    /// asked: someone else changed it, or the update never ran. The stage is paused.
+    Drift {
+        account: String,
+        region: String,
+        expected: String,
+        found: String,
+        rollback: bool,
+    },
     Rejected {
         by: String,
     },
@@ -352,6 +361,23 @@ impl Reason {
                 detail,
             } => format!(
                 "ROLLBACK FAILED for {account}/{region}: {detail}; stage paused until a person resumes it"
+            ),
+            R::Drift {
+                account,
+                region,
+                expected,
+                found,
+                rollback,
+            } => format!(
+                "DRIFT in {account}/{region}: the {} asked for {expected}, but the target runs {}; \
+                 someone else changed it or the update never ran; stage paused until a person \
+                 checks it and resumes",
+                if *rollback { "rollback" } else { "deploy" },
+                if found.is_empty() {
+                    "nothing readable"
+                } else {
+                    found
+                }
             ),
             R::Rejected { by } => format!("rejected by {by}"),
             R::ApprovalExpired { after_secs } => format!(

@@ -55,6 +55,7 @@ fn request(key: &str, image: &str) -> DeployRequest {
         image_uri: image.into(),
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
+        restore: None,
     }
 }
 
