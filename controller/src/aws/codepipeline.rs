@@ -228,7 +228,7 @@ impl CodePipelineDeployer {
         };
         match execution.status() {
             Some(PipelineExecutionStatus::Succeeded) => {
-                read_back(t, &execution, expected)?;
+                read_back(t.pipeline, &execution, expected)?;
                 let mut result = self.succeeded(t, id).await;
                 result.applied = Some(Applied {
                     spec: AppliedSpec::CodePipeline {
@@ -511,7 +511,7 @@ fn ran_with(execution: &PipelineExecution, vars: &BTreeMap<String, String>) -> b
 
 /// `Drift` unless the execution, read back, ran with the `expected` variables.
 fn read_back(
-    t: &Target<'_>,
+    pipeline: &str,
     execution: &PipelineExecution,
     expected: &BTreeMap<String, String>,
 ) -> PortResult<()> {
@@ -526,7 +526,7 @@ fn read_back(
     };
     let found = show(&ran, &mut expected.keys());
     let expected = show(expected, &mut expected.keys());
-    tracing::error!(pipeline = t.pipeline, %expected, %found, "drift: the execution did not run with the requested variables");
+    tracing::error!(pipeline, %expected, %found, "drift: the execution did not run with the requested variables");
     Err(PortError::Drift { expected, found })
 }
 
@@ -656,6 +656,41 @@ mod tests {
         let failed = [summary("r1", PipelineExecutionStatus::Failed, Some("e1"))];
         assert_eq!(rollback_in_flight(&failed, "e1"), None);
         assert_eq!(rollback_in_flight(&history[1..], "e1"), None);
+    }
+
+    #[test]
+    fn an_execution_that_ran_other_variables_is_drift() {
+        let var = |n: &str, v: &str| {
+            ResolvedPipelineVariable::builder()
+                .name(n)
+                .resolved_value(v)
+                .build()
+        };
+        let execution = PipelineExecution::builder()
+            .variables(var("ImageUri", "1.dkr.ecr/app@sha256:aa"))
+            .variables(var("Tier", "one"))
+            .build();
+        let want = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ours = want(&[("ImageUri", "1.dkr.ecr/app@sha256:aa")]);
+        assert_eq!(read_back("p", &execution, &ours), Ok(()));
+        let theirs = want(&[("ImageUri", "1.dkr.ecr/app@sha256:bb"), ("Tier", "one")]);
+        assert_eq!(
+            read_back("p", &execution, &theirs),
+            Err(PortError::Drift {
+                expected: "ImageUri=1.dkr.ecr/app@sha256:bb, Tier=one".into(),
+                found: "ImageUri=1.dkr.ecr/app@sha256:aa, Tier=one".into(),
+            })
+        );
+        let unset = want(&[("Other", "x")]);
+        assert!(matches!(
+            read_back("p", &execution, &unset),
+            Err(PortError::Drift { found, .. }) if found == "Other=(unset)"
+        ));
     }
 
     #[test]
