@@ -3,15 +3,23 @@
 //! Owns the stack half of [`crate::engine::ports::Deployer`] for `Deploy::CloudFormation`:
 //! wait until the stack is not busy, create (or, after a crash, reuse) the change set named
 //! after the idempotency key, execute it with a `ClientRequestToken` derived from the same key,
-//! wait, and report the outputs or the first failing resource. Rollback is the same flow with
-//! the last known-good image, after cancelling an update in flight or finishing a failed
-//! rollback, and with no rollback triggers.
+//! wait, read the stack back, and report the outputs and exactly what was applied (template,
+//! parameters, capabilities, role), or the first failing resource. Rollback is the same flow
+//! with the recorded spec of the last known-good deploy (or, for a deploy recorded before specs
+//! were kept, today's configuration with its image), after cancelling an update in flight or
+//! finishing a failed rollback, and with no rollback triggers.
 //!
 //! Must never deploy twice under one key: the change set name, its `ClientToken` and the
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
 //!
 //! # Guarantees
+//! - "Deployed" means the stack, read back (`DescribeStacks` parameters), runs the requested
+//!   image. `ExecuteChangeSet` refused with `InvalidChangeSetStatus` is not taken as success:
+//!   CloudFormation also returns it for an obsolete change set or while someone else's update
+//!   runs (API_ExecuteChangeSet). A stack that runs another image is `PortError::Drift`; one
+//!   that runs ours after the refusal is our own change set that already ran (a lost reply or a
+//!   repeat after a crash) and a success.
 //! - A rollback's change set carries an empty list of rollback triggers. CloudFormation rolls
 //!   an operation back when a trigger's alarm is in `ALARM` during it, and keeps a stack's
 //!   triggers for later operations unless a change set names new ones (an empty list removes
@@ -193,25 +201,27 @@ impl CloudFormationDeployer {
         spec: &Spec,
         current: Option<Stack>,
     ) -> PortResult<DeployResult> {
-        let mut what = "deployed";
-        match self.prepare(st, spec, current).await? {
+        let refused = match self.prepare(st, spec, current).await? {
             Next::Nothing(current) => {
                 read_back(st, spec, current.as_deref())?;
                 return Ok(result(st, spec, current.as_deref(), "no changes"));
             }
-            Next::Execute if !self.execute(st).await? => {
-                what = "deployed (ExecuteChangeSet was refused with InvalidChangeSetStatus; the \
-                         stack, read back, runs the requested image: this change set had already run)";
-            }
-            Next::Execute | Next::Wait => {}
-        }
+            Next::Execute => !self.execute(st).await?,
+            Next::Wait => false,
+        };
         let done = self.settle(st, true).await?;
         let done =
             done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
-        if what != "deployed" {
-            // Refused: it may never have run (obsolete, someone else's update). Read first.
+        if refused {
+            // It may never have run (obsolete, someone else's update): read back first.
             read_back(st, spec, Some(&done))?;
         }
+        let what = if refused {
+            "deployed (ExecuteChangeSet was refused with InvalidChangeSetStatus; the stack, read \
+             back, runs the requested image: this change set had already run)"
+        } else {
+            "deployed"
+        };
         match status(&done) {
             "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
                 read_back(st, spec, Some(&done))?;

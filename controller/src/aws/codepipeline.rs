@@ -10,8 +10,11 @@
 //!   after a crash re-attaches to the execution it started instead of starting another.
 //! - A rollback whose `RollbackStage` already ran (the newest execution is a rollback to the
 //!   same target) waits on that execution instead of rolling back twice.
-//! - Rollback only ever targets a succeeded execution that deployed the requested image;
+//! - Rollback only ever targets a succeeded execution that ran the known-good deploy's recorded
+//!   variables (or, for a deploy recorded before they were kept, deployed the requested image);
 //!   when there is none it fails rather than guess.
+//! - "Deployed" means the execution, read back (`GetPipelineExecution` variables), ran with the
+//!   requested variables; otherwise `PortError::Drift`, after a deploy and after a rollback.
 //! - A deploy first checks (`GetPipelineState`) that the pipeline has the configured
 //!   `rollback_stage`, and fails without starting the pipeline when it has not: a wrong stage
 //!   name is found at the first deploy, not by the `RollbackStage` of an incident.

@@ -266,7 +266,7 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
     let req = deploy_request(op, s, r.id, &digest, wave).await?;
     let result = op.ports().deployer.deploy(&req).await?;
     let applied = match result.applied {
-        Some(a) => Some(keep_applied(op, a).await?),
+        Some(a) => keep_applied(op, a).await,
         None => None,
     };
     Ok(
@@ -278,15 +278,18 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
     )
 }
 
-/// Stores the template body (once, by its sha256) so the typed record can name it.
-async fn keep_applied(op: &Op<'_>, a: Applied) -> PortResult<AppliedSpec> {
+/// Stores the template body (once, by its sha256) so the typed record can name it. The deploy
+/// happened either way: when the body cannot be stored, the spec is not recorded (a rollback to
+/// this release then falls back to the current configuration, and says so).
+async fn keep_applied(op: &Op<'_>, a: Applied) -> Option<AppliedSpec> {
     if let (Some(sha), Some(body)) = (a.spec.template_sha256(), &a.template_body) {
         let stored = op.engine.store().put_template(sha, body, op.engine.now());
-        stored
-            .await
-            .map_err(|e| PortError::Retryable(format!("cannot store the template: {e}")))?;
+        if let Err(e) = stored.await {
+            tracing::error!(key = %op.effect.key, error = %e, "cannot store the deployed template; its spec is not recorded");
+            return None;
+        }
     }
-    Ok(a.spec)
+    Some(a.spec)
 }
 
 /// Exactly what the target release's deploy applied to this wave, with its template body;
