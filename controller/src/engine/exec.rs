@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::messages;
 use super::ports::*;
 use super::{Engine, Ports};
-use crate::config::{Account, Pipeline, Stage};
+use crate::config::{Account, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
 use crate::domain::{
     AlarmFact, AppliedSpec, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot,
@@ -311,6 +311,20 @@ async fn known_good(
     else {
         return Ok(None);
     };
+    let same_kind = matches!(
+        (&spec, &s.deploy),
+        (
+            AppliedSpec::CloudFormation { .. },
+            Deploy::CloudFormation { .. }
+        ) | (
+            AppliedSpec::CodePipeline { .. },
+            Deploy::CodePipeline { .. }
+        )
+    );
+    if !same_kind {
+        // The stage changed how it deploys since: the record cannot be applied as it is.
+        return Ok(None);
+    }
     let template_body = match spec.template_sha256() {
         Some(sha) => Some(
             reads
@@ -374,8 +388,9 @@ async fn rollback(
         "its recorded spec".to_string()
     } else {
         let note = format!(
-            "{target} was deployed to {} wave {} before deploys recorded what they applied: \
-             restored its image with the stage's current configuration",
+            "{target} has no applicable recorded spec for {} wave {} (deployed before deploys \
+             recorded what they applied, or the stage changed how it deploys since): restored \
+             its image with the stage's current configuration",
             s.name,
             wave + 1
         );
@@ -387,8 +402,7 @@ async fn rollback(
         if let Err(err) = logged {
             tracing::error!(error = %err, "cannot write the rollback fallback to the event log");
         }
-        "its image with the current configuration (no recorded spec: deployed before it was kept)"
-            .to_string()
+        "its image with the current configuration (no applicable recorded spec)".to_string()
     };
     let detail = format!(
         "restored {target} ({digest}) from {how}: {}",

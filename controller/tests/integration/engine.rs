@@ -764,7 +764,7 @@ async fn a_rollback_to_a_deploy_recorded_without_its_spec_falls_back_and_says_so
         .find(|e| matches!(e.kind, tollgate::domain::EffectKind::Rollback { .. }))
         .unwrap();
     assert!(
-        rollback.detail.contains("no recorded spec"),
+        rollback.detail.contains("no applicable recorded spec"),
         "{}",
         rollback.detail
     );
@@ -775,9 +775,9 @@ async fn a_rollback_to_a_deploy_recorded_without_its_spec_falls_back_and_says_so
         .collect();
     assert_eq!(fallback.len(), 1, "{fallback:?}");
     assert!(
-        fallback[0]
-            .detail
-            .contains(&format!("{first} was deployed to gamma wave 1 before")),
+        fallback[0].detail.contains(&format!(
+            "{first} has no applicable recorded spec for gamma wave 1"
+        )),
         "{}",
         fallback[0].detail
     );
