@@ -212,10 +212,8 @@ impl CloudFormationDeployer {
         let done = self.settle(st, true).await?;
         let done =
             done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
-        if refused {
-            // It may never have run (obsolete, someone else's update): read back first.
-            read_back(st, spec, Some(&done))?;
-        }
+        // Refused, it may never have run (obsolete, someone else's update): only the read-back
+        // below tells; a stack that rolled back is a failure either way.
         let what = if refused {
             "deployed (ExecuteChangeSet was refused with InvalidChangeSetStatus; the stack, read \
              back, runs the requested image: this change set had already run)"
