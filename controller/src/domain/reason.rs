@@ -441,6 +441,40 @@ mod tests {
     }
 
     #[test]
+    fn drift_names_both_images_and_what_it_did_to_the_stage() {
+        let r = Reason::Drift {
+            account: "prod".into(),
+            region: "eu-west-1".into(),
+            expected: "repo@sha256:aa".into(),
+            found: "repo@sha256:bb".into(),
+            rollback: true,
+        };
+        let now = at("2026-01-01T10:00:00Z");
+        assert_eq!(
+            r.describe(now),
+            "DRIFT in prod/eu-west-1: the rollback asked for repo@sha256:aa, but the target runs \
+             repo@sha256:bb; someone else changed it or the update never ran; stage paused until \
+             a person checks it and resumes"
+        );
+        let unread = Reason::Drift {
+            account: "prod".into(),
+            region: "eu-west-1".into(),
+            expected: "repo@sha256:aa".into(),
+            found: String::new(),
+            rollback: false,
+        };
+        assert!(
+            unread.describe(now).contains(
+                "the deploy asked for repo@sha256:aa, but the target runs nothing readable"
+            ),
+            "{}",
+            unread.describe(now)
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Reason>(&text).unwrap(), r);
+    }
+
+    #[test]
     fn a_reason_round_trips_through_json() {
         let r = Reason::RolledBack {
             cause: Box::new(Reason::AlarmFired {
