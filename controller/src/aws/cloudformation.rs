@@ -3,15 +3,23 @@
 //! Owns the stack half of [`crate::engine::ports::Deployer`] for `Deploy::CloudFormation`:
 //! wait until the stack is not busy, create (or, after a crash, reuse) the change set named
 //! after the idempotency key, execute it with a `ClientRequestToken` derived from the same key,
-//! wait, and report the outputs or the first failing resource. Rollback is the same flow with
-//! the last known-good image, after cancelling an update in flight or finishing a failed
-//! rollback, and with no rollback triggers.
+//! wait, read the stack back, and report the outputs and exactly what was applied (template,
+//! parameters, capabilities, role), or the first failing resource. Rollback is the same flow
+//! with the recorded spec of the last known-good deploy (or, for a deploy recorded before specs
+//! were kept, today's configuration with its image), after cancelling an update in flight or
+//! finishing a failed rollback, and with no rollback triggers.
 //!
 //! Must never deploy twice under one key: the change set name, its `ClientToken` and the
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
 //!
 //! # Guarantees
+//! - "Deployed" means the stack, read back (`DescribeStacks` parameters), runs the requested
+//!   image. `ExecuteChangeSet` refused with `InvalidChangeSetStatus` is not taken as success:
+//!   CloudFormation also returns it for an obsolete change set or while someone else's update
+//!   runs (API_ExecuteChangeSet). A stack that runs another image is `PortError::Drift`; one
+//!   that runs ours after the refusal is our own change set that already ran (a lost reply or a
+//!   repeat after a crash) and a success.
 //! - A rollback's change set carries an empty list of rollback triggers. CloudFormation rolls
 //!   an operation back when a trigger's alarm is in `ALARM` during it, and keeps a stack's
 //!   triggers for later operations unless a change set names new ones (an empty list removes
@@ -33,12 +41,12 @@ use aws_sdk_cloudformation::types::{
 };
 use sha2::{Digest, Sha256};
 
-use super::errors::{context, sdk, sdk_done_unless};
+use super::errors::{classify, context, has_code, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
-use crate::domain::Arn;
-use crate::engine::ports::{DeployRequest, DeployResult, PortError, PortResult};
+use crate::domain::{AppliedSpec, Arn};
+use crate::engine::ports::{Applied, DeployRequest, DeployResult, PortError, PortResult};
 
 /// CloudFormation allows at most this many rollback triggers.
 const MAX_TRIGGERS: usize = 5;
@@ -52,13 +60,56 @@ pub struct CloudFormationDeployer {
     poll: PollSettings,
 }
 
-/// What the stack should become, from the stage's `deploy` and the request.
+/// What the stack should become: from the stage's `deploy` and the request, or for a
+/// rollback exactly what the known-good release's deploy applied.
 struct Spec {
     template: String,
-    parameters: Vec<Parameter>,
-    capabilities: Vec<Capability>,
+    parameters: BTreeMap<String, String>,
+    /// The parameter holding the image: what is read back to confirm the stack runs it.
+    image_parameter: String,
+    capabilities: Vec<String>,
     role: Option<String>,
     rollback: RollbackConfiguration,
+    /// The recorded spec was used (false: today's configuration with the image).
+    restored: bool,
+}
+
+impl Spec {
+    fn image(&self) -> &str {
+        self.parameters
+            .get(&self.image_parameter)
+            .map_or("", String::as_str)
+    }
+
+    fn sdk_parameters(&self) -> Vec<Parameter> {
+        let param = |(k, v): (&String, &String)| {
+            Parameter::builder()
+                .parameter_key(k)
+                .parameter_value(v)
+                .build()
+        };
+        self.parameters.iter().map(param).collect()
+    }
+
+    /// The record a rollback to this deploy applies again.
+    fn applied(&self, stack: &str) -> Applied {
+        Applied {
+            spec: AppliedSpec::CloudFormation {
+                stack: stack.to_string(),
+                template_sha256: template_sha256(&self.template),
+                parameters: self.parameters.clone(),
+                image_parameter: self.image_parameter.clone(),
+                capabilities: self.capabilities.clone(),
+                execution_role: self.role.clone(),
+            },
+            template_body: Some(self.template.clone()),
+        }
+    }
+}
+
+/// The hex sha256 of a template body: its key in the store.
+pub fn template_sha256(body: &str) -> String {
+    hex::encode(Sha256::digest(body.as_bytes()))
 }
 
 /// One stack in one account and region, with the names of this attempt.
@@ -115,7 +166,8 @@ impl CloudFormationDeployer {
         self.apply(&stack, &spec, current).await
     }
 
-    /// Returns the stack to `req.image_uri` (the last known-good release), with no rollback
+    /// Returns the stack to the last known-good release: exactly what its deploy applied
+    /// (`req.restore`), or else the stage's configuration with `req.image_uri`; with no rollback
     /// triggers (an empty list, which also removes the ones the stack kept).
     pub async fn rollback_stack(&self, req: &DeployRequest) -> PortResult<DeployResult> {
         let spec = spec(req, &[]).await?;
@@ -141,24 +193,37 @@ impl CloudFormationDeployer {
         })
     }
 
-    /// Creates or reuses the change set, executes it unless empty, waits, reports.
+    /// Creates or reuses the change set, executes it unless empty, waits, reads the stack
+    /// back and reports. Success only when the stack, read back, runs the requested image.
     async fn apply(
         &self,
         st: &StackRef,
         spec: &Spec,
         current: Option<Stack>,
     ) -> PortResult<DeployResult> {
-        match self.prepare(st, spec, current).await? {
-            Next::Nothing(current) => return Ok(result(st, current.as_deref(), "no changes")),
-            Next::Execute => self.execute(st).await?,
-            Next::Wait => {}
-        }
+        let refused = match self.prepare(st, spec, current).await? {
+            Next::Nothing(current) => {
+                read_back(st, spec, current.as_deref())?;
+                return Ok(result(st, spec, current.as_deref(), "no changes"));
+            }
+            Next::Execute => !self.execute(st).await?,
+            Next::Wait => false,
+        };
         let done = self.settle(st, true).await?;
         let done =
             done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
+        // Refused, it may never have run (obsolete, someone else's update): only the read-back
+        // below tells; a stack that rolled back is a failure either way.
+        let what = if refused {
+            "deployed (ExecuteChangeSet was refused with InvalidChangeSetStatus; the stack, read \
+             back, runs the requested image: this change set had already run)"
+        } else {
+            "deployed"
+        };
         match status(&done) {
             "CREATE_COMPLETE" | "UPDATE_COMPLETE" | "IMPORT_COMPLETE" => {
-                Ok(result(st, Some(&done), "deployed"))
+                read_back(st, spec, Some(&done))?;
+                Ok(result(st, spec, Some(&done), what))
             }
             other => Err(PortError::Failed(format!(
                 "stack {} is {other}: {}",
@@ -240,8 +305,13 @@ impl CloudFormationDeployer {
                     .client_token(&st.token)
                     .change_set_type(kind.clone())
                     .template_body(&spec.template)
-                    .set_parameters(Some(spec.parameters.clone()))
-                    .set_capabilities(Some(spec.capabilities.clone()))
+                    .set_parameters(Some(spec.sdk_parameters()))
+                    .set_capabilities(Some(
+                        spec.capabilities
+                            .iter()
+                            .map(|c| Capability::from(c.as_str()))
+                            .collect(),
+                    ))
                     .set_role_arn(spec.role.clone())
                     .rollback_configuration(spec.rollback.clone());
                 sdk_done_unless(request.send(), "AlreadyExistsException")
@@ -311,9 +381,13 @@ impl CloudFormationDeployer {
         }
     }
 
-    /// `ExecuteChangeSet`; a change set already executed (a race with a repeat) is fine.
-    async fn execute(&self, st: &StackRef) -> PortResult<()> {
-        self.limiter
+    /// `ExecuteChangeSet`: true when accepted. False when refused with
+    /// `InvalidChangeSetStatus`, which CloudFormation returns for a change set already executed
+    /// (a repeat of ours) but also for an obsolete one or while someone else's update is in
+    /// progress (API_ExecuteChangeSet): the caller reads the stack back before believing it.
+    async fn execute(&self, st: &StackRef) -> PortResult<bool> {
+        let accepted = self
+            .limiter
             .call(&st.account, "ExecuteChangeSet", || {
                 let request = st
                     .client
@@ -321,9 +395,19 @@ impl CloudFormationDeployer {
                     .stack_name(&st.name)
                     .change_set_name(&st.token)
                     .client_request_token(&st.token);
-                sdk_done_unless(request.send(), "InvalidChangeSetStatus")
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(true),
+                        Err(e) if has_code(&e, "InvalidChangeSetStatus") => Ok(false),
+                        Err(e) => Err(classify(&e)),
+                    }
+                }
             })
-            .await
+            .await?;
+        if !accepted {
+            tracing::warn!(stack = %st.name, change_set = %st.token, "ExecuteChangeSet refused (InvalidChangeSetStatus); reading the stack back");
+        }
+        Ok(accepted)
     }
 
     /// The stack now (`None`: it does not exist).
@@ -434,8 +518,31 @@ impl CloudFormationDeployer {
     }
 }
 
-/// The change set's inputs: template, parameters with the image, rollback triggers.
+/// The change set's inputs: the recorded spec of a rollback's target, or else the stage's
+/// template and parameters with the image; and the rollback triggers.
 async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
+    if let Some(Applied {
+        spec:
+            AppliedSpec::CloudFormation {
+                parameters,
+                image_parameter,
+                capabilities,
+                execution_role,
+                ..
+            },
+        template_body: Some(body),
+    }) = &req.restore
+    {
+        return Ok(Spec {
+            template: body.clone(),
+            parameters: parameters.clone(),
+            image_parameter: image_parameter.clone(),
+            capabilities: capabilities.clone(),
+            role: execution_role.clone(),
+            rollback: rollback_configuration(req, alarms),
+            restored: true,
+        });
+    }
     let Deploy::CloudFormation {
         template,
         parameters,
@@ -464,21 +571,12 @@ async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
     values.insert(image_parameter.clone(), req.image_uri.clone());
     Ok(Spec {
         template: body,
-        parameters: values
-            .into_iter()
-            .map(|(k, v)| {
-                Parameter::builder()
-                    .parameter_key(k)
-                    .parameter_value(v)
-                    .build()
-            })
-            .collect(),
-        capabilities: capabilities
-            .iter()
-            .map(|c| Capability::from(c.as_str()))
-            .collect(),
+        parameters: values,
+        image_parameter: image_parameter.clone(),
+        capabilities: capabilities.clone(),
         role: execution_role.as_ref().map(Arn::to_string),
         rollback: rollback_configuration(req, alarms),
+        restored: false,
     })
 }
 
@@ -568,7 +666,26 @@ fn no_changes(message: &str) -> bool {
     message.contains("No updates are to be performed") || message.contains("didn't contain changes")
 }
 
-fn result(st: &StackRef, stack: Option<&Stack>, what: &str) -> DeployResult {
+/// `Drift` unless the stack's image parameter, read back, is the one asked for.
+fn read_back(st: &StackRef, spec: &Spec, stack: Option<&Stack>) -> PortResult<()> {
+    let found = stack
+        .map(|s| s.parameters())
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.parameter_key() == Some(spec.image_parameter.as_str()))
+        .and_then(|p| p.parameter_value())
+        .unwrap_or_default();
+    if found == spec.image() {
+        return Ok(());
+    }
+    tracing::error!(stack = %st.name, account = %st.account, expected = spec.image(), found, "drift: the stack does not run the requested image");
+    Err(PortError::Drift {
+        expected: spec.image().to_string(),
+        found: found.to_string(),
+    })
+}
+
+fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> DeployResult {
     let outputs: BTreeMap<String, String> = stack
         .map(|s| s.outputs())
         .unwrap_or_default()
@@ -576,8 +693,20 @@ fn result(st: &StackRef, stack: Option<&Stack>, what: &str) -> DeployResult {
         .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
         .collect();
     let state = stack.map(status).unwrap_or("absent");
-    let summary = format!("stack {} in {}: {what} ({state})", st.name, st.account);
-    DeployResult { outputs, summary }
+    let from = if spec.restored {
+        "; applied the recorded template and parameters of the known-good deploy"
+    } else {
+        ""
+    };
+    let summary = format!(
+        "stack {} in {}: {what} ({state}){from}",
+        st.name, st.account
+    );
+    DeployResult {
+        outputs,
+        summary,
+        applied: Some(spec.applied(&st.name)),
+    }
 }
 
 /// The earliest `*_FAILED` event of the attempt with `token` (events come newest first), or

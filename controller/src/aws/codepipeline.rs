@@ -10,8 +10,11 @@
 //!   after a crash re-attaches to the execution it started instead of starting another.
 //! - A rollback whose `RollbackStage` already ran (the newest execution is a rollback to the
 //!   same target) waits on that execution instead of rolling back twice.
-//! - Rollback only ever targets a succeeded execution that deployed the requested image;
+//! - Rollback only ever targets a succeeded execution that ran the known-good deploy's recorded
+//!   variables (or, for a deploy recorded before they were kept, deployed the requested image);
 //!   when there is none it fails rather than guess.
+//! - "Deployed" means the execution, read back (`GetPipelineExecution` variables), ran with the
+//!   requested variables; otherwise `PortError::Drift`, after a deploy and after a rollback.
 //! - A deploy first checks (`GetPipelineState`) that the pipeline has the configured
 //!   `rollback_stage`, and fails without starting the pipeline when it has not: a wrong stage
 //!   name is found at the first deploy, not by the `RollbackStage` of an incident.
@@ -38,7 +41,8 @@ use super::errors::{context, sdk};
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
-use crate::engine::ports::{DeployRequest, DeployResult, Deployer, PortError, PortResult};
+use crate::domain::AppliedSpec;
+use crate::engine::ports::{Applied, DeployRequest, DeployResult, Deployer, PortError, PortResult};
 
 /// How many recent executions are searched for a rollback target.
 pub const MAX_EXECUTIONS: usize = 100;
@@ -195,7 +199,13 @@ impl CodePipelineDeployer {
     }
 
     /// Waits until execution `id` ends; its outcome, with the failure reason when it failed.
-    async fn wait(&self, t: &Target<'_>, id: &str) -> PortResult<DeployResult> {
+    /// A succeeded execution whose variables, read back, are not `expected` is `Drift`.
+    async fn wait(
+        &self,
+        t: &Target<'_>,
+        id: &str,
+        expected: &BTreeMap<String, String>,
+    ) -> PortResult<DeployResult> {
         let last = std::sync::Mutex::new(PipelineExecutionStatus::InProgress);
         let ended = self
             .poll
@@ -220,7 +230,18 @@ impl CodePipelineDeployer {
             )));
         };
         match execution.status() {
-            Some(PipelineExecutionStatus::Succeeded) => Ok(self.succeeded(t, id).await),
+            Some(PipelineExecutionStatus::Succeeded) => {
+                read_back(t.pipeline, &execution, expected)?;
+                let mut result = self.succeeded(t, id).await;
+                result.applied = Some(Applied {
+                    spec: AppliedSpec::CodePipeline {
+                        pipeline: t.pipeline.to_string(),
+                        variables: expected.clone(),
+                    },
+                    template_body: None,
+                });
+                Ok(result)
+            }
             _ => Err(PortError::Failed(self.failure(t, &execution).await)),
         }
     }
@@ -255,7 +276,11 @@ impl CodePipelineDeployer {
         }
         outputs.insert("pipeline_execution_id".to_string(), id.to_string());
         let summary = format!("pipeline `{}` execution {id} succeeded", t.pipeline);
-        DeployResult { outputs, summary }
+        DeployResult {
+            outputs,
+            summary,
+            applied: None,
+        }
     }
 
     /// Why an execution ended without success, for people: its status, then the first failed
@@ -333,13 +358,15 @@ impl CodePipelineDeployer {
         Ok(all)
     }
 
-    /// The newest succeeded (non-rollback) execution that deployed `image`.
+    /// The newest succeeded (non-rollback) execution that ran with the `recorded` variables
+    /// (the known-good deploy's), or else that deployed `image`; with the variables it ran.
     async fn rollback_target(
         &self,
         t: &Target<'_>,
         history: &[PipelineExecutionSummary],
         image: &str,
-    ) -> PortResult<String> {
+        recorded: Option<&BTreeMap<String, String>>,
+    ) -> PortResult<(String, BTreeMap<String, String>)> {
         let candidates = history
             .iter()
             .filter(|e| e.status() == Some(&PipelineExecutionStatus::Succeeded))
@@ -348,8 +375,15 @@ impl CodePipelineDeployer {
             .take(MAX_CANDIDATES);
         for id in candidates {
             let execution = self.execution(t, id).await?;
-            if deployed(&execution, t.variable, image) {
-                return Ok(id.to_string());
+            let found = match recorded {
+                Some(vars) => ran_with(&execution, vars),
+                None => deployed(&execution, t.variable, image),
+            };
+            if found {
+                let vars = variables(&execution);
+                let wanted = |k: &String| recorded.map_or(k == t.variable, |r| r.contains_key(k));
+                let kept = vars.into_iter().filter(|(k, _)| wanted(k)).collect();
+                return Ok((id.to_string(), kept));
             }
         }
         Err(PortError::NotFound(format!(
@@ -389,15 +423,23 @@ impl Deployer for CodePipelineDeployer {
             .await
             .map_err(|e| context(e, &what))?;
         let id = self.start(&t, req).await.map_err(|e| context(e, &what))?;
-        self.wait(&t, &id).await
+        let expected = BTreeMap::from([(t.variable.to_string(), req.image_uri.clone())]);
+        self.wait(&t, &id, &expected).await
     }
 
     async fn rollback(&self, req: &DeployRequest) -> PortResult<DeployResult> {
         let what = format!("rolling {} back to {}", req.account.name, req.image_uri);
         let t = self.target(req).await.map_err(|e| context(e, &what))?;
         let history = self.history(&t).await.map_err(|e| context(e, &what))?;
-        let to = self
-            .rollback_target(&t, &history, &req.image_uri)
+        let recorded = match &req.restore {
+            Some(Applied {
+                spec: AppliedSpec::CodePipeline { variables, .. },
+                ..
+            }) => Some(variables),
+            _ => None,
+        };
+        let (to, expected) = self
+            .rollback_target(&t, &history, &req.image_uri, recorded)
             .await
             .map_err(|e| context(e, &what))?;
         let id = match rollback_in_flight(&history, &to) {
@@ -407,7 +449,7 @@ impl Deployer for CodePipelineDeployer {
                 .await
                 .map_err(|e| context(e, &what))?,
         };
-        let mut result = self.wait(&t, &id).await?;
+        let mut result = self.wait(&t, &id, &expected).await?;
         result.summary = format!(
             "stage `{}` of pipeline `{}` rolled back to execution {to}: {}",
             t.rollback_stage, t.pipeline, result.summary
@@ -454,6 +496,41 @@ fn deployed(execution: &PipelineExecution, variable: &str, image: &str) -> bool 
         v.name() == Some(variable)
             && (value == image || (digest(value).is_some() && digest(value) == digest(image)))
     })
+}
+
+/// The variables an execution ran with, by name.
+fn variables(execution: &PipelineExecution) -> BTreeMap<String, String> {
+    let pair = |v: &aws_sdk_codepipeline::types::ResolvedPipelineVariable| {
+        Some((v.name()?.to_string(), v.resolved_value()?.to_string()))
+    };
+    execution.variables().iter().filter_map(pair).collect()
+}
+
+/// Whether `execution` ran with every one of `vars` exactly.
+fn ran_with(execution: &PipelineExecution, vars: &BTreeMap<String, String>) -> bool {
+    let ran = variables(execution);
+    vars.iter().all(|(k, v)| ran.get(k) == Some(v))
+}
+
+/// `Drift` unless the execution, read back, ran with the `expected` variables.
+fn read_back(
+    pipeline: &str,
+    execution: &PipelineExecution,
+    expected: &BTreeMap<String, String>,
+) -> PortResult<()> {
+    if ran_with(execution, expected) {
+        return Ok(());
+    }
+    let ran = variables(execution);
+    let show = |m: &BTreeMap<String, String>, keys: &mut dyn Iterator<Item = &String>| {
+        keys.map(|k| format!("{k}={}", m.get(k).map_or("(unset)", String::as_str)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let found = show(&ran, &mut expected.keys());
+    let expected = show(expected, &mut expected.keys());
+    tracing::error!(pipeline, %expected, %found, "drift: the execution did not run with the requested variables");
+    Err(PortError::Drift { expected, found })
 }
 
 /// `stage/action: summary` of the earliest failed action, if any failed.
@@ -582,6 +659,41 @@ mod tests {
         let failed = [summary("r1", PipelineExecutionStatus::Failed, Some("e1"))];
         assert_eq!(rollback_in_flight(&failed, "e1"), None);
         assert_eq!(rollback_in_flight(&history[1..], "e1"), None);
+    }
+
+    #[test]
+    fn an_execution_that_ran_other_variables_is_drift() {
+        let var = |n: &str, v: &str| {
+            ResolvedPipelineVariable::builder()
+                .name(n)
+                .resolved_value(v)
+                .build()
+        };
+        let execution = PipelineExecution::builder()
+            .variables(var("ImageUri", "1.dkr.ecr/app@sha256:aa"))
+            .variables(var("Tier", "one"))
+            .build();
+        let want = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ours = want(&[("ImageUri", "1.dkr.ecr/app@sha256:aa")]);
+        assert_eq!(read_back("p", &execution, &ours), Ok(()));
+        let theirs = want(&[("ImageUri", "1.dkr.ecr/app@sha256:bb"), ("Tier", "one")]);
+        assert_eq!(
+            read_back("p", &execution, &theirs),
+            Err(PortError::Drift {
+                expected: "ImageUri=1.dkr.ecr/app@sha256:bb, Tier=one".into(),
+                found: "ImageUri=1.dkr.ecr/app@sha256:aa, Tier=one".into(),
+            })
+        );
+        let unset = want(&[("Other", "x")]);
+        assert!(matches!(
+            read_back("p", &execution, &unset),
+            Err(PortError::Drift { found, .. }) if found == "Other=(unset)"
+        ));
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub fn context(err: PortError, what: &str) -> PortError {
         PortError::NotFound(m) => PortError::NotFound(format!("{what}: {m}")),
         PortError::Invalid(m) => PortError::Invalid(format!("{what}: {m}")),
         PortError::Failed(m) => PortError::Failed(format!("{what}: {m}")),
+        drift @ PortError::Drift { .. } => drift,
     }
 }
 

@@ -814,6 +814,10 @@ impl<'a> Planner<'a> {
             };
             if rec.status == EffectStatus::Failed {
                 let t = &stage.targets[wave];
+                if let Some(drift) = drift(t, &rec, false) {
+                    self.halt(stage, run, drift);
+                    return;
+                }
                 let why = Reason::DeployFailed {
                     account: t.account.clone(),
                     region: t.region.clone(),
@@ -1016,17 +1020,12 @@ impl<'a> Planner<'a> {
             };
             if rec.status == EffectStatus::Failed {
                 let t = &stage.targets[wave];
-                let why = Reason::RollbackFailed {
+                let why = drift(t, &rec, true).unwrap_or_else(|| Reason::RollbackFailed {
                     account: t.account.clone(),
                     region: t.region.clone(),
                     detail: rec.detail.clone(),
-                };
-                let pause = why.describe(self.now);
-                self.transition(run, RunStatus::Failed, why);
-                self.out.actions.push(Action::PauseStage {
-                    stage: stage.name.clone(),
-                    reason: pause,
                 });
+                self.halt(stage, run, why);
                 return;
             }
         }
@@ -1045,6 +1044,16 @@ impl<'a> Planner<'a> {
         self.out.actions.push(Action::RecordGood {
             stage: stage.name.clone(),
             release: target,
+        });
+    }
+
+    /// The run fails with `why` and the stage is paused until a person resumes it.
+    fn halt(&mut self, stage: &Stage, run: &StageRun, why: Reason) {
+        let pause = why.describe(self.now);
+        self.transition(run, RunStatus::Failed, why);
+        self.out.actions.push(Action::PauseStage {
+            stage: stage.name.clone(),
+            reason: pause,
         });
     }
 
@@ -1213,4 +1222,19 @@ impl<'a> Planner<'a> {
             self.out.actions.push(Action::Retire { release });
         }
     }
+}
+
+/// A deploy or rollback whose target, read back, runs something else: drift, not a failure
+/// to roll back from (rolling back would overwrite what someone else put there).
+fn drift(t: &crate::config::Target, rec: &EffectRecord, rollback: bool) -> Option<Reason> {
+    let EffectOutput::Drift { expected, found } = &rec.output else {
+        return None;
+    };
+    Some(Reason::Drift {
+        account: t.account.clone(),
+        region: t.region.clone(),
+        expected: expected.clone(),
+        found: found.clone(),
+        rollback,
+    })
 }

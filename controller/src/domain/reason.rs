@@ -172,6 +172,15 @@ pub enum Reason {
         region: String,
         detail: String,
     },
+    /// Read back after a deploy (or a rollback, `rollback`), the target does not run what was
+    /// asked: someone else changed it, or the update never ran. The stage is paused.
+    Drift {
+        account: String,
+        region: String,
+        expected: String,
+        found: String,
+        rollback: bool,
+    },
     Rejected {
         by: String,
     },
@@ -353,6 +362,23 @@ impl Reason {
             } => format!(
                 "ROLLBACK FAILED for {account}/{region}: {detail}; stage paused until a person resumes it"
             ),
+            R::Drift {
+                account,
+                region,
+                expected,
+                found,
+                rollback,
+            } => format!(
+                "DRIFT in {account}/{region}: the {} asked for {expected}, but the target runs {}; \
+                 someone else changed it or the update never ran; stage paused until a person \
+                 checks it and resumes",
+                if *rollback { "rollback" } else { "deploy" },
+                if found.is_empty() {
+                    "nothing readable"
+                } else {
+                    found
+                }
+            ),
             R::Rejected { by } => format!("rejected by {by}"),
             R::ApprovalExpired { after_secs } => format!(
                 "approval request expired after {}",
@@ -412,6 +438,40 @@ mod tests {
             r.describe(at("2026-01-01T09:59:30Z")),
             "awaiting approval: 0 of 1, expires in less than 1m"
         );
+    }
+
+    #[test]
+    fn drift_names_both_images_and_what_it_did_to_the_stage() {
+        let r = Reason::Drift {
+            account: "prod".into(),
+            region: "eu-west-1".into(),
+            expected: "repo@sha256:aa".into(),
+            found: "repo@sha256:bb".into(),
+            rollback: true,
+        };
+        let now = at("2026-01-01T10:00:00Z");
+        assert_eq!(
+            r.describe(now),
+            "DRIFT in prod/eu-west-1: the rollback asked for repo@sha256:aa, but the target runs \
+             repo@sha256:bb; someone else changed it or the update never ran; stage paused until \
+             a person checks it and resumes"
+        );
+        let unread = Reason::Drift {
+            account: "prod".into(),
+            region: "eu-west-1".into(),
+            expected: "repo@sha256:aa".into(),
+            found: String::new(),
+            rollback: false,
+        };
+        assert!(
+            unread.describe(now).contains(
+                "the deploy asked for repo@sha256:aa, but the target runs nothing readable"
+            ),
+            "{}",
+            unread.describe(now)
+        );
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Reason>(&text).unwrap(), r);
     }
 
     #[test]

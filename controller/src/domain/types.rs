@@ -302,16 +302,58 @@ pub enum EffectOutput {
     Resolved { digest: Digest },
     /// The stage's alarms that were in ALARM when read (empty: none).
     Alarms { in_alarm: Vec<String> },
-    /// A wave deployed: the image it runs and the stack's (or pipeline's) outputs.
+    /// A wave deployed: the image it runs, the stack's (or pipeline's) outputs, and exactly
+    /// what was applied (`None` in deploys recorded before it was kept: a rollback to such a
+    /// release redeploys today's configuration with its image, and says so).
     Deployed {
         image_uri: String,
         outputs: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        applied: Option<AppliedSpec>,
     },
     /// A wave restored, and how long after the triggering alarm the deployer was called.
     RolledBack {
         image_uri: String,
         latency_ms: Option<i64>,
     },
+    /// A deploy or rollback whose target, read back afterwards, does not run what was asked
+    /// (someone else's update, or an update that never ran): never a success.
+    Drift { expected: String, found: String },
+}
+
+/// What a deploy applied to its target, recorded so a rollback to the release applies exactly
+/// it again (not today's configuration with the old image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AppliedSpec {
+    /// A change set's inputs. The template body is stored once, under its sha256 (hex), in the
+    /// store's template table.
+    CloudFormation {
+        stack: String,
+        template_sha256: String,
+        /// Every parameter sent, the image parameter included.
+        parameters: BTreeMap<String, String>,
+        image_parameter: String,
+        capabilities: Vec<String>,
+        execution_role: Option<String>,
+    },
+    /// The pipeline variables an execution was started with.
+    CodePipeline {
+        pipeline: String,
+        variables: BTreeMap<String, String>,
+    },
+}
+
+impl AppliedSpec {
+    /// The CloudFormation template's sha256, when there is one.
+    pub fn template_sha256(&self) -> Option<&str> {
+        match self {
+            AppliedSpec::CloudFormation {
+                template_sha256, ..
+            } => Some(template_sha256),
+            AppliedSpec::CodePipeline { .. } => None,
+        }
+    }
 }
 
 impl EffectOutput {

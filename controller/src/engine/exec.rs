@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use super::messages;
 use super::ports::*;
 use super::{Engine, Ports};
-use crate::config::{Account, Pipeline, Stage};
+use crate::config::{Account, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
 use crate::domain::{
-    AlarmFact, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot, StageRun,
+    AlarmFact, AppliedSpec, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot,
+    StageRun,
 };
 use crate::store::EffectOutcome;
 
@@ -48,6 +49,7 @@ impl Context {
                 EffectOutput::Deployed {
                     image_uri: uri,
                     outputs: o,
+                    ..
                 },
             ) = (rec.status, &rec.output)
             {
@@ -137,7 +139,17 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
             e.stage
         ))),
     };
-    result.unwrap_or_else(|err| EffectOutcome::failure(err.to_string()))
+    result.unwrap_or_else(|err| match err {
+        PortError::Drift { expected, found } => {
+            let detail = PortError::Drift {
+                expected: expected.clone(),
+                found: found.clone(),
+            };
+            EffectOutcome::failure(format!("drift: {detail}"))
+                .with(EffectOutput::Drift { expected, found })
+        }
+        err => EffectOutcome::failure(err.to_string()),
+    })
 }
 
 async fn resolve(op: &Op<'_>) -> PortResult<EffectOutcome> {
@@ -253,12 +265,84 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
         .ok_or_else(|| PortError::Invalid("release has no digest".into()))?;
     let req = deploy_request(op, s, r.id, &digest, wave).await?;
     let result = op.ports().deployer.deploy(&req).await?;
+    let applied = match result.applied {
+        Some(a) => keep_applied(op, a).await,
+        None => None,
+    };
     Ok(
         EffectOutcome::success(result.summary).with(EffectOutput::Deployed {
             image_uri: req.image_uri,
             outputs: result.outputs,
+            applied,
         }),
     )
+}
+
+/// Stores the template body (once, by its sha256) so the typed record can name it. The deploy
+/// happened either way: when the body cannot be stored, the spec is not recorded (a rollback to
+/// this release then falls back to the current configuration, and says so).
+async fn keep_applied(op: &Op<'_>, a: Applied) -> Option<AppliedSpec> {
+    if let (Some(sha), Some(body)) = (a.spec.template_sha256(), &a.template_body) {
+        let stored = op.engine.store().put_template(sha, body, op.engine.now());
+        if let Err(e) = stored.await {
+            tracing::error!(key = %op.effect.key, error = %e, "cannot store the deployed template; its spec is not recorded");
+            return None;
+        }
+    }
+    Some(a.spec)
+}
+
+/// Exactly what the target release's deploy applied to this wave, with its template body;
+/// `None` when it was deployed before that was recorded.
+async fn known_good(
+    op: &Op<'_>,
+    s: &Stage,
+    target: ReleaseId,
+    wave: usize,
+) -> PortResult<Option<Applied>> {
+    let reads = op.engine.store().reads();
+    let unreadable = |e: crate::store::StoreError| {
+        PortError::Retryable(format!("cannot read the known-good deploy: {e}"))
+    };
+    let Some(spec) = reads
+        .applied(target, &s.name, wave)
+        .await
+        .map_err(unreadable)?
+    else {
+        return Ok(None);
+    };
+    let same_kind = matches!(
+        (&spec, &s.deploy),
+        (
+            AppliedSpec::CloudFormation { .. },
+            Deploy::CloudFormation { .. }
+        ) | (
+            AppliedSpec::CodePipeline { .. },
+            Deploy::CodePipeline { .. }
+        )
+    );
+    if !same_kind {
+        // The stage changed how it deploys since: the record cannot be applied as it is.
+        return Ok(None);
+    }
+    let template_body = match spec.template_sha256() {
+        Some(sha) => Some(
+            reads
+                .template(sha)
+                .await
+                .map_err(unreadable)?
+                .ok_or_else(|| {
+                    PortError::Invalid(format!(
+                        "the template {sha} of {target}'s deploy is missing from the store"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    Ok(Some(Applied {
+        spec,
+        template_body,
+    }))
 }
 
 async fn rollback(
@@ -274,7 +358,9 @@ async fn rollback(
         .get(&target)
         .and_then(|t| t.digest.clone())
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
-    let req = deploy_request(op, s, target, &digest, wave).await?;
+    let mut req = deploy_request(op, s, target, &digest, wave).await?;
+    req.restore = known_good(op, s, target, wave).await?;
+    let exact = req.restore.is_some();
     let latency = op.ctx.trigger.as_ref().map(|t| {
         let ms = (engine.now() - t.at).num_milliseconds().max(0);
         let detail = format!(
@@ -298,7 +384,30 @@ async fn rollback(
         }
     }
     let result = result?;
-    let detail = format!("restored {target} ({digest}): {}", result.summary);
+    let how = if exact {
+        "its recorded spec".to_string()
+    } else {
+        let note = format!(
+            "{target} has no applicable recorded spec for {} wave {} (deployed before deploys \
+             recorded what they applied, or the stage changed how it deploys since): restored \
+             its image with the stage's current configuration",
+            s.name,
+            wave + 1
+        );
+        tracing::warn!(pipeline = %p.name, stage = %s.name, "{note}");
+        let scope = Some((op.effect.release, s.name.as_str()));
+        let logged = engine
+            .log_event(&p.name, "controller", "rollback-fallback", scope, &note)
+            .await;
+        if let Err(err) = logged {
+            tracing::error!(error = %err, "cannot write the rollback fallback to the event log");
+        }
+        "its image with the current configuration (no applicable recorded spec)".to_string()
+    };
+    let detail = format!(
+        "restored {target} ({digest}) from {how}: {}",
+        result.summary
+    );
     Ok(
         EffectOutcome::success(detail).with(EffectOutput::RolledBack {
             image_uri: req.image_uri,
@@ -342,6 +451,7 @@ async fn deploy_request(
         session_name: format!("tollgate-{}-{release}-{}", p.name, s.name),
         alarm_override: matches!(op.effect.kind, EffectKind::Deploy { .. })
             && op.release.alarm_override.is_some(),
+        restore: None,
     })
 }
 

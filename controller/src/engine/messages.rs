@@ -137,6 +137,11 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
             "bring the stack back to a stable state (docs/operations.md, \"A stuck stack\")".into(),
             format!("then `tollgate resume {p} --stage {s}`"),
         ],
+        (_, Reason::Drift { .. }) => vec![
+            format!("{s} is PAUSED: nothing new starts there until a person resumes it"),
+            "find out who changed the target (CloudTrail, the stack's events) and decide what it should run (docs/operations.md, \"Drift\")".into(),
+            format!("then `tollgate resume {p} --stage {s}`, or `tollgate retry {p} {r}` to deploy this release again"),
+        ],
         (_, Reason::Rejected { by }) => vec![format!(
             "{by} rejected it: a rejection is not retried; {fix}"
         )],

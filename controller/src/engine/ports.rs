@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::config::{Account, Approver, Artifact, Deploy, Promote, Target, TestDef};
-use crate::domain::{ReleaseId, ReportState};
+use crate::domain::{AppliedSpec, ReleaseId, ReportState};
 
 /// What went wrong in an adapter, in the few ways the engine branches on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +33,10 @@ pub enum PortError {
     /// The operation ran and failed (a stack that rolled back, a failed execution).
     #[error("{0}")]
     Failed(String),
+    /// Read back afterwards, the target does not run what was asked (someone else's update,
+    /// or an update that never ran): never counted as success.
+    #[error("the target runs {found}, not the requested {expected}")]
+    Drift { expected: String, found: String },
 }
 
 impl PortError {
@@ -59,6 +63,18 @@ pub struct DeployRequest {
     pub session_name: String,
     /// A deploy of a release that overrides the alarm gate; always false for a rollback.
     pub alarm_override: bool,
+    /// For a rollback: exactly what the known-good release's deploy applied, to apply again.
+    /// `None` for a deploy, and for a release deployed before this was recorded (the stage's
+    /// current configuration with `image_uri` is used then).
+    pub restore: Option<Applied>,
+}
+
+/// What a deploy applied: the typed record and, for CloudFormation, the template body (stored
+/// once under its sha256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub spec: AppliedSpec,
+    pub template_body: Option<String>,
 }
 
 /// What a finished deploy reports.
@@ -67,6 +83,8 @@ pub struct DeployResult {
     /// Stack outputs (or pipeline variables) handed to the stage's tests.
     pub outputs: BTreeMap<String, String>,
     pub summary: String,
+    /// Exactly what was applied (what a rollback to this release applies again).
+    pub applied: Option<Applied>,
 }
 
 #[async_trait]

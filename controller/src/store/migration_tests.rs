@@ -78,6 +78,7 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
             EffectOutput::Deployed {
                 image_uri: "repo@sha256:1".into(),
                 outputs,
+                applied: None,
             },
         ),
         (

@@ -14,6 +14,8 @@ pub mod applied;
 pub mod approvals;
 pub mod history;
 #[cfg(test)]
+mod known_good_tests;
+#[cfg(test)]
 mod migration_tests;
 #[cfg(test)]
 mod model_tests;
@@ -45,6 +47,8 @@ pub enum StoreError {
     Url(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    #[error("refused: {0}")]
+    Invalid(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -684,7 +688,58 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Stores a template body under its sha256 (hex), once: the same body stored again
+    /// changes nothing. Refuses a `sha256` that is not the body's.
+    pub async fn put_template(&self, sha256: &str, body: &str, now: DateTime<Utc>) -> Result<()> {
+        use sha2::Digest as _;
+        let actual = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+        if actual != sha256 {
+            return Err(StoreError::Invalid(format!(
+                "template sha256 {sha256} does not match its body ({actual})"
+            )));
+        }
+        sqlx::query("INSERT INTO templates (sha256, body, stored_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(sha256)
+            .bind(body)
+            .bind(ms(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
 impl Reads {
+    /// A template body stored by [`Store::put_template`], by its sha256.
+    pub async fn template(&self, sha256: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT body FROM templates WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(body,)| body))
+    }
+
+    /// What the newest succeeded deploy of `release` to `stage`'s wave `wave` applied (`None`:
+    /// never deployed there, or deployed before the applied spec was recorded).
+    pub async fn applied(
+        &self,
+        release: ReleaseId,
+        stage: &str,
+        wave: usize,
+    ) -> Result<Option<crate::domain::AppliedSpec>> {
+        let effects = self.effects_of(release, stage).await?;
+        Ok(effects
+            .into_iter()
+            .rev()
+            .filter(|e| e.status == EffectStatus::Succeeded)
+            .filter(|e| matches!(e.kind, EffectKind::Deploy { wave: w } if w == wave))
+            .find_map(|e| match e.output {
+                EffectOutput::Deployed { applied, .. } => Some(applied),
+                _ => None,
+            })
+            .flatten())
+    }
+
     /// Is the database reachable? (for `/readyz`)
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

@@ -966,6 +966,17 @@ pub mod cloudformation {
     //! `DescribeStacks` until the operation completes. Not modelled: `MonitoringTimeInMinutes`
     //! (the controller sends none, so the monitoring period is AWS's default of 0).
     //!
+    //! `ExecuteChangeSet` follows its API reference
+    //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_ExecuteChangeSet.html>):
+    //! a change set that cannot be used to update the stack — already executed, or `OBSOLETE`
+    //! because the stack changed after it was made — is refused with `InvalidChangeSetStatus`
+    //! (HTTP 400). [`Script::foreign_update`] models someone else's update landing just before
+    //! our `ExecuteChangeSet`: the stack takes its parameters and every change set not executed
+    //! yet becomes `OBSOLETE`, as "Update your stack with change sets" in the user guide
+    //! describes (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/using-cfn-updating-stacks-changesets.html>).
+    //! [`Script::lost_replies`] models a request that took effect but whose answer never came
+    //! back (HTTP 500): the SDK's retry meets the state the first request left.
+    //!
     //! Speaks what the AWS SDK sends: `POST /` with a form-encoded `Action=…` body, answered in
     //! XML in the `http://cloudformation.amazonaws.com/doc/2010-05-15/` namespace, errors as
     //! `ErrorResponse` with HTTP 400. Serves `DescribeStacks`, `CreateChangeSet`,
@@ -1020,6 +1031,11 @@ pub mod cloudformation {
         pub triggers: Vec<String>,
         /// Where trigger alarms are looked up; `None`: triggers are kept but never fire.
         pub alarms: Option<AlarmStates>,
+        /// Someone else's update, applied just before the next `ExecuteChangeSet` is handled:
+        /// the stack's parameters become these and unexecuted change sets become `OBSOLETE`.
+        pub foreign_update: Option<Vec<(String, String)>>,
+        /// Actions that take effect once but answer HTTP 500 `InternalFailure` (a lost reply).
+        pub lost_replies: Vec<String>,
     }
 
     /// One request received, throttled or not.
@@ -1040,6 +1056,10 @@ pub mod cloudformation {
         parameters: BTreeMap<String, String>,
         triggers: Vec<String>,
         alarms: Option<AlarmStates>,
+        foreign_update: Option<Vec<(String, String)>>,
+        lost_replies: Vec<String>,
+        /// How many `ExecuteChangeSet` requests took effect.
+        executed: usize,
         change_sets: BTreeMap<String, ChangeSet>,
         /// The executed change set, watched until the stack reaches a final state.
         operation: Option<Operation>,
@@ -1087,6 +1107,8 @@ pub mod cloudformation {
                 parameters: script.parameters.into_iter().collect(),
                 triggers: script.triggers,
                 alarms: script.alarms,
+                foreign_update: script.foreign_update,
+                lost_replies: script.lost_replies,
                 ..World::default()
             }));
             let app = Router::new()
@@ -1131,6 +1153,16 @@ pub mod cloudformation {
             self.accepted().iter().filter(|a| *a == action).count()
         }
 
+        /// How many `ExecuteChangeSet` requests took effect (ran a change set).
+        pub fn executed(&self) -> usize {
+            self.lock().executed
+        }
+
+        /// The stack's parameters now.
+        pub fn parameters(&self) -> BTreeMap<String, String> {
+            self.lock().parameters.clone()
+        }
+
         fn lock(&self) -> std::sync::MutexGuard<'_, World> {
             self.world.lock().unwrap_or_else(|e| e.into_inner())
         }
@@ -1158,9 +1190,38 @@ pub mod cloudformation {
         if throttled {
             return error("Throttling", "Rate exceeded");
         }
-        match dispatch(&mut world, &action, &form) {
+        if action == "ExecuteChangeSet" {
+            if let Some(parameters) = world.foreign_update.take() {
+                foreign_update(&mut world, parameters);
+            }
+        }
+        let answer = dispatch(&mut world, &action, &form);
+        let lost = answer
+            .is_ok()
+            .then(|| world.lost_replies.iter().position(|a| *a == action));
+        if let Some(i) = lost.flatten() {
+            world.lost_replies.remove(i);
+            let body = format!(
+                "<ErrorResponse xmlns=\"{NS}\"><Error><Type>Receiver</Type><Code>InternalFailure</Code>\
+                 <Message>the reply was lost</Message></Error><RequestId>stub</RequestId></ErrorResponse>"
+            );
+            let xml = [(header::CONTENT_TYPE, "text/xml")];
+            return (StatusCode::INTERNAL_SERVER_ERROR, xml, body).into_response();
+        }
+        match answer {
             Ok(result) => ok(&action, &result),
             Err((code, message)) => error(code, &message),
+        }
+    }
+
+    /// Someone else's update completed: the stack runs their parameters, and change sets made
+    /// before it can no longer be executed.
+    fn foreign_update(world: &mut World, parameters: Vec<(String, String)>) {
+        world.parameters = parameters.into_iter().collect();
+        for cs in world.change_sets.values_mut() {
+            if cs.execution == "AVAILABLE" {
+                cs.execution = "OBSOLETE".into();
+            }
         }
     }
 
@@ -1368,11 +1429,15 @@ pub mod cloudformation {
                 };
                 world.operation = Some(operation);
                 world.token = form.get("ClientRequestToken").cloned().unwrap_or_default();
+                world.executed += 1;
                 Ok(String::new())
             }
-            Some(_) => Err((
+            Some(cs) => Err((
                 "InvalidChangeSetStatus",
-                format!("ChangeSet [{name}] was already executed"),
+                format!(
+                    "ChangeSet [{name}] cannot be executed in its current execution status of [{}]",
+                    cs.execution
+                ),
             )),
         }
     }

@@ -55,6 +55,9 @@ pub struct FakeWorld {
     pub failing_tests: BTreeSet<String>,
     /// Deploys to these stages fail.
     pub failing_deploys: BTreeSet<String>,
+    /// Stage → the image someone else left there: a deploy to it reads back that image
+    /// (`PortError::Drift`), as the CloudFormation deployer does after an update it did not make.
+    pub drifting_deploys: BTreeMap<String, String>,
     /// Messages to these approvers (the message's `approver` attribute) are refused.
     pub refused_approvers: BTreeSet<String>,
     /// Alarms in ALARM now, by name.
@@ -141,6 +144,12 @@ impl Deployer for Fakes {
                     req.stage
                 )));
             }
+            if let Some(found) = w.drifting_deploys.get(&req.stage) {
+                return Err(PortError::Drift {
+                    expected: req.image_uri.clone(),
+                    found: found.clone(),
+                });
+            }
             if first {
                 let at = format!("{}/{}", req.target.account, req.target.region);
                 w.deployed
@@ -154,6 +163,7 @@ impl Deployer for Fakes {
             Ok(DeployResult {
                 outputs,
                 summary: format!("stack updated to {}", req.image_uri),
+                applied: None,
             })
         })
     }
@@ -168,6 +178,7 @@ impl Deployer for Fakes {
             Ok(DeployResult {
                 outputs: BTreeMap::new(),
                 summary: format!("stack returned to {}", req.image_uri),
+                applied: None,
             })
         })
     }

@@ -105,6 +105,7 @@ fn request(key: &str, account: &Account, deploy: &Deploy, image: &str) -> Deploy
         image_uri: image.into(),
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
+        restore: None,
     }
 }
 
@@ -699,4 +700,152 @@ async fn a_deploy_while_a_trigger_alarm_fires_is_rolled_back_and_fails() {
         t.cloudwatch.calls().is_empty(),
         "no override, no alarm read"
     );
+}
+
+// ---- "deployed" is read back (moto gap: moto never refuses ExecuteChangeSet with
+// InvalidChangeSetStatus, has no concurrent updates and never loses a reply) ----
+
+const THEIRS: &str = "222222222222.dkr.ecr.us-east-1.amazonaws.com/app@sha256:9999";
+
+/// A stack that runs `image` with `Env=beta`, and the stub's other behaviours from `script`.
+async fn running(image: &str, script: Script) -> (CloudFormationStub, CloudFormationDeployer) {
+    stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        parameters: vec![
+            ("Env".into(), "beta".into()),
+            ("ImageUri".into(), image.into()),
+        ],
+        ..script
+    })
+    .await
+}
+
+/// Someone else's update lands between our change set and its execution: CloudFormation
+/// refuses the now obsolete change set with `InvalidChangeSetStatus`. The stack runs their
+/// image, so this is drift, not a deploy.
+#[tokio::test]
+async fn an_update_someone_else_made_first_is_drift_not_success() {
+    let theirs = vec![
+        ("Env".to_string(), "beta".to_string()),
+        ("ImageUri".to_string(), THEIRS.to_string()),
+    ];
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            foreign_update: Some(theirs),
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    let req = request("k/foreign", &own_account(), &f.deploy, NEW);
+
+    let err = cfn.deploy_stack(&req, &[]).await.unwrap_err();
+    assert_eq!(
+        err,
+        PortError::Drift {
+            expected: NEW.into(),
+            found: THEIRS.into()
+        }
+    );
+    assert_eq!(stub.count("ExecuteChangeSet"), 1, "{:?}", stub.accepted());
+    assert_eq!(stub.executed(), 0, "our change set never ran");
+    assert_eq!(stub.parameters()["ImageUri"], THEIRS, "their update stands");
+
+    // A rollback meeting the same is drift too, never a restored stage.
+    let (_stub, cfn) = running(
+        NEW,
+        Script {
+            foreign_update: Some(vec![("ImageUri".into(), THEIRS.into())]),
+            ..Script::default()
+        },
+    )
+    .await;
+    let back = request("k/foreign-rollback", &own_account(), &f.deploy, OLD);
+    let err = cfn.rollback_stack(&back).await.unwrap_err();
+    assert!(
+        matches!(&err, PortError::Drift { expected, found } if expected == OLD && found == THEIRS),
+        "{err:?}"
+    );
+}
+
+/// Our `ExecuteChangeSet` ran but its reply was lost; the SDK's retry is refused with
+/// `InvalidChangeSetStatus` (already executed). The stack, read back, runs our image: it is
+/// our own update, and a success with exactly one execution that took effect.
+#[tokio::test]
+async fn our_own_change_set_executed_before_a_lost_reply_is_recognised_as_ours() {
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            lost_replies: strings(&["ExecuteChangeSet"]),
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    let req = request("k/lost-reply", &own_account(), &f.deploy, NEW);
+
+    let done = cfn.deploy_stack(&req, &[]).await.unwrap();
+    assert_eq!(stub.count("ExecuteChangeSet"), 2, "{:?}", stub.accepted());
+    assert_eq!(stub.executed(), 1, "one execution took effect");
+    assert_eq!(stub.parameters()["ImageUri"], NEW);
+    assert!(
+        done.summary.contains("InvalidChangeSetStatus") && done.summary.contains("UPDATE_COMPLETE"),
+        "{}",
+        done.summary
+    );
+
+    // The whole deploy repeated under its key (after a crash): no second execution.
+    let again = cfn.deploy_stack(&req, &[]).await.unwrap();
+    assert_eq!(stub.executed(), 1);
+    assert_eq!(stub.count("ExecuteChangeSet"), 2, "{:?}", stub.accepted());
+    assert!(again.summary.contains("deployed"), "{}", again.summary);
+}
+
+/// A rollback with the recorded spec of the known-good deploy sends exactly that template,
+/// those parameters, capabilities and role, whatever the stage's configuration says today.
+#[tokio::test]
+async fn a_rollback_applies_the_recorded_spec_not_todays_configuration() {
+    use tollgate::domain::AppliedSpec;
+    use tollgate::engine::ports::Applied;
+    let (stub, cfn) = running(NEW, Script::default()).await;
+    let f = fixture("stub"); // today's configuration: Env=beta, CAPABILITY_IAM, no role
+    let recorded_body = TEMPLATE.replace("\"Default\": \"none\"", "\"Default\": \"old\"");
+    let mut back = request("k/exact", &own_account(), &f.deploy, OLD);
+    back.restore = Some(Applied {
+        spec: AppliedSpec::CloudFormation {
+            stack: "stub".into(),
+            template_sha256: tollgate::aws::cloudformation::template_sha256(&recorded_body),
+            parameters: BTreeMap::from([
+                ("Env".to_string(), "then".to_string()),
+                ("ImageUri".to_string(), OLD.to_string()),
+            ]),
+            image_parameter: "ImageUri".into(),
+            capabilities: vec!["CAPABILITY_NAMED_IAM".into()],
+            execution_role: Some("arn:aws:iam::123456789012:role/cfn-exec".into()),
+        },
+        template_body: Some(recorded_body.clone()),
+    });
+
+    let done = cfn.rollback_stack(&back).await.unwrap();
+    assert!(
+        done.summary.contains("recorded template"),
+        "{}",
+        done.summary
+    );
+    let calls = stub.calls();
+    let create = calls
+        .iter()
+        .find(|c| c.action == "CreateChangeSet")
+        .unwrap();
+    assert_eq!(create.form["TemplateBody"], recorded_body);
+    assert_eq!(create.form["Parameters.member.1.ParameterKey"], "Env");
+    assert_eq!(create.form["Parameters.member.1.ParameterValue"], "then");
+    assert_eq!(create.form["Capabilities.member.1"], "CAPABILITY_NAMED_IAM");
+    assert_eq!(
+        create.form["RoleARN"],
+        "arn:aws:iam::123456789012:role/cfn-exec"
+    );
+    assert_eq!(stub.parameters()["Env"], "then");
+    assert_eq!(stub.parameters()["ImageUri"], OLD);
 }

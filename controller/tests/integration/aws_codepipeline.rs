@@ -55,6 +55,7 @@ fn request(key: &str, image: &str) -> DeployRequest {
         image_uri: image.into(),
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
+        restore: None,
     }
 }
 
@@ -303,6 +304,53 @@ async fn a_rollback_of_a_stage_the_pipeline_does_not_have_is_refused_like_aws_do
             asked,
             [serde_json::json!("Deploy"), serde_json::json!("Source")]
         );
+    })
+    .await;
+}
+
+/// A deploy records the variables it started the pipeline with; a rollback with that record
+/// returns the stage to the execution that ran exactly those variables, not to a newer one
+/// that ran the same digest under another repository.
+#[tokio::test]
+async fn a_rollback_with_the_recorded_variables_targets_the_execution_that_ran_exactly_them() {
+    use tollgate::domain::AppliedSpec;
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        let first = cp
+            .deploy(&request("backend/r1/beta/a1/deploy-0", OLD))
+            .await
+            .unwrap();
+        let recorded = first
+            .applied
+            .clone()
+            .expect("the deploy records what it applied");
+        assert_eq!(
+            recorded.spec,
+            AppliedSpec::CodePipeline {
+                pipeline: PIPELINE.into(),
+                variables: [("ImageUri".to_string(), OLD.to_string())].into(),
+            }
+        );
+        let same_digest = OLD.replace("123456789012.dkr.ecr", "999999999999.dkr.ecr");
+        cp.deploy(&request("backend/r2/beta/a1/deploy-0", &same_digest))
+            .await
+            .unwrap();
+        cp.deploy(&request("backend/r3/beta/a1/deploy-0", NEW))
+            .await
+            .unwrap();
+        let ids = stub.execution_ids(PIPELINE);
+
+        let mut rollback = request("backend/r3/beta/a1/rollback-0-to-1", OLD);
+        rollback.restore = Some(recorded.clone());
+        let done = cp.rollback(&rollback).await.unwrap();
+        let rollbacks = stub.rollbacks();
+        assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+        assert_eq!(
+            rollbacks[0].target_execution_id, ids[0],
+            "the execution with exactly the recorded variables, not {}",
+            ids[1]
+        );
+        assert_eq!(done.applied.map(|a| a.spec), Some(recorded.spec));
     })
     .await;
 }

@@ -723,3 +723,172 @@ async fn alarm_before_entry() {
         "prod's alarm was read from CloudWatch: {asked:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_restores_the_known_good_template_and_parameters_not_todays_config() {
+    tokio::time::timeout(TEST_TIMEOUT, exact_restore())
+        .await
+        .expect("the rollback finished in time");
+}
+
+/// Beta's template, with a marker in its description, and a `Tier` parameter.
+fn tiered_template(marker: &str) -> String {
+    format!(
+        r#"{{
+  "AWSTemplateFormatVersion": "2010-09-09",
+  "Description": "{marker}",
+  "Parameters": {{
+    "ImageUri": {{"Type": "String"}},
+    "Tier": {{"Type": "String", "Default": "none"}}
+  }},
+  "Resources": {{
+    "Image": {{
+      "Type": "AWS::SSM::Parameter",
+      "Properties": {{"Name": {{"Fn::Sub": "/${{AWS::StackName}}/image"}}, "Type": "String", "Value": {{"Ref": "ImageUri"}}}}
+    }},
+    "Tier": {{
+      "Type": "AWS::SSM::Parameter",
+      "Properties": {{"Name": {{"Fn::Sub": "/${{AWS::StackName}}/tier"}}, "Type": "String", "Value": {{"Ref": "Tier"}}}}
+    }}
+  }}
+}}"#
+    )
+}
+
+/// The world's configuration with beta deploying `template` with `Tier = tier`, baking `bake`.
+fn beta_config(rig: &Rig, original: &str, template: &str, tier: &str, bake: &str) -> Config {
+    let beta = &rig.world.stage("beta").expect("beta").stack;
+    let from = format!("stack = \"{beta}\"\ntemplate = \"service.json\"\n");
+    assert!(original.contains(&from), "{original}");
+    let to = format!(
+        "stack = \"{beta}\"\ntemplate = \"{template}\"\nparameters = {{ Tier = \"{tier}\" }}\n"
+    );
+    let text = original.replacen(&from, &to, 1).replacen(
+        "bake = \"300ms\"",
+        &format!("bake = \"{bake}\""),
+        1,
+    );
+    std::fs::write(rig.world.stages_path(), text).expect("stages.toml written");
+    let loaded = tollgate::config::load(&rig.world.stages_path());
+    loaded.expect("the changed stages.toml is valid").config
+}
+
+/// The beta stack as moto holds it: its template body and parameters.
+async fn beta_stack(rig: &Rig) -> (String, BTreeMap<String, String>) {
+    let beta = rig.world.stage("beta").expect("beta");
+    let config = account_config(&rig.moto, &beta.account_id).await;
+    let client = aws_sdk_cloudformation::Client::new(&config);
+    let template = client.get_template().stack_name(&beta.stack).send().await;
+    let body = template
+        .expect("GetTemplate")
+        .template_body()
+        .unwrap_or_default()
+        .to_string();
+    let described = client
+        .describe_stacks()
+        .stack_name(&beta.stack)
+        .send()
+        .await;
+    let described = described.expect("DescribeStacks");
+    let parameters = described.stacks()[0].parameters().iter().map(|p| {
+        let key = p.parameter_key().unwrap_or_default().to_string();
+        (key, p.parameter_value().unwrap_or_default().to_string())
+    });
+    (body, parameters.collect())
+}
+
+/// Release 1 deploys beta with template A and `Tier = one`; the configuration then changes to
+/// template B with `Tier = two`; release 2 deploys that and is rolled back by an alarm. The
+/// stack, read back from moto, holds release 1's template and parameters again.
+async fn exact_restore() {
+    let world = World::builder()
+        .bake_all(Duration::from_millis(300))
+        .stage_tests(false);
+    let rig = Rig::start(world).await;
+    rig.world
+        .bootstrap_stacks(&rig.moto, "placeholder")
+        .await
+        .expect("stacks created");
+    let original = std::fs::read_to_string(rig.world.stages_path()).expect("stages.toml");
+    let dir = rig.world.dir();
+    std::fs::write(
+        dir.join("service-a.json"),
+        tiered_template("release one template"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("service-b.json"),
+        tiered_template("release two template"),
+    )
+    .unwrap();
+    rig.engine.replace_config(beta_config(
+        &rig,
+        &original,
+        "service-a.json",
+        "one",
+        "300ms",
+    ));
+
+    let (first, first_digest) = rig.release(&sha(1)).await;
+    wait_status(&rig.engine, first, "beta", RunStatus::Succeeded).await;
+    let old = rig.world.image_uri(&first_digest);
+    let (body, parameters) = beta_stack(&rig).await;
+    assert!(body.contains("release one template"), "{body}");
+    assert_eq!(parameters.get("Tier").map(String::as_str), Some("one"));
+
+    rig.engine.replace_config(beta_config(
+        &rig,
+        &original,
+        "service-b.json",
+        "two",
+        "120s",
+    ));
+    let (second, second_digest) = rig.release(&sha(2)).await;
+    wait_status(&rig.engine, second, "beta", RunStatus::Baking).await;
+    let new = rig.world.image_uri(&second_digest);
+    let (body, parameters) = beta_stack(&rig).await;
+    assert!(body.contains("release two template"), "{body}");
+    assert_eq!(parameters.get("Tier").map(String::as_str), Some("two"));
+    assert_eq!(parameters.get("ImageUri"), Some(&new));
+
+    let alarm = rig.world.stage("beta").expect("beta").alarm.clone();
+    rig.stub.set_alarm(&alarm, "ALARM");
+    let fired = tollgate::engine::NewAlarm {
+        pipeline: rig.world.pipeline().into(),
+        stage: "beta".into(),
+        alarm: alarm.clone(),
+        firing: true,
+        reason: "Threshold Crossed".into(),
+        changed_at: Some(Utc::now()),
+    };
+    let recorded = rig
+        .engine
+        .record_alarm(&fired, &delivery("alarm-beta"))
+        .await;
+    recorded.expect("alarm recorded");
+    let beta = wait_status(&rig.engine, second, "beta", RunStatus::RolledBack).await;
+    assert!(
+        matches!(beta.reason.root(), Reason::AlarmFired { alarm: a, .. } if *a == alarm),
+        "{:?}",
+        beta.reason
+    );
+
+    let (body, parameters) = beta_stack(&rig).await;
+    assert!(
+        body.contains("release one template") && !body.contains("release two template"),
+        "beta runs release 1's template again: {body}"
+    );
+    assert_eq!(parameters.get("Tier").map(String::as_str), Some("one"));
+    assert_eq!(parameters.get("ImageUri"), Some(&old));
+    let effects = rig.engine.reads().effects_of(second, "beta").await.unwrap();
+    let restored = effects
+        .iter()
+        .find(|e| matches!(e.kind, tollgate::domain::EffectKind::Rollback { .. }))
+        .expect("a rollback effect");
+    assert!(
+        restored.detail.contains("from its recorded spec"),
+        "{}",
+        restored.detail
+    );
+    assert!(rig.events("rollback-fallback").await.is_empty());
+}

@@ -661,3 +661,124 @@ async fn promote_and_roll_back_in_prod(
     assert_eq!(status(engine, id, "prod").await, RunStatus::RolledBack);
     id
 }
+
+/// Someone else's update left another image in gamma: the deploy reads it back as drift. The
+/// run fails with that reason, gamma is paused, nothing is rolled back over their change, and
+/// the release goes no further.
+#[tokio::test]
+async fn a_deploy_that_reads_back_another_image_halts_the_stage_as_drift() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let theirs = "444444444444.dkr.ecr.eu-west-1.amazonaws.com/backend@sha256:feed";
+    h.fakes
+        .with(|w| w.drifting_deploys.insert("gamma".into(), theirs.into()));
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+
+    assert_eq!(status(&engine, id, "beta").await, RunStatus::Succeeded);
+    let gamma = run(&engine, id, "gamma").await;
+    assert_eq!(gamma.status, RunStatus::Failed, "{:?}", gamma.reason);
+    let Reason::Drift {
+        expected,
+        found,
+        rollback: false,
+        ..
+    } = &gamma.reason
+    else {
+        panic!("{:?}", gamma.reason)
+    };
+    assert!(expected.ends_with(&fake_digest(&sha(2))), "{expected}");
+    assert_eq!(found, theirs);
+    let said = gamma.reason.describe(engine.now());
+    assert!(
+        said.starts_with("DRIFT in gamma/eu-west-1: the deploy asked for ")
+            && said.contains(theirs)
+            && said.contains("stage paused"),
+        "{said}"
+    );
+    let (_, paused) = engine.reads().paused("backend", "gamma").await.unwrap();
+    assert!(
+        paused.is_some_and(|p| p.contains("DRIFT")),
+        "gamma is paused"
+    );
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Failed);
+    assert!(
+        h.fakes.with(|w| w.rolled_back.is_empty()),
+        "nothing is rolled back over someone else's change"
+    );
+    let to_prod = h.fakes.with(|w| {
+        w.deployed
+            .iter()
+            .filter(|(s, _, uri)| s == "prod" && uri.ends_with(&fake_digest(&sha(2))))
+            .count()
+    });
+    assert_eq!(to_prod, 0, "not promoted onward");
+    let halted: Vec<String> = h.fakes.with(|w| {
+        w.published
+            .iter()
+            .filter(|m| m.body.contains("DRIFT"))
+            .map(|m| m.body.clone())
+            .collect()
+    });
+    assert_eq!(halted.len(), 1, "one notification says so");
+    assert!(
+        halted[0].contains("tollgate resume backend --stage gamma"),
+        "{}",
+        halted[0]
+    );
+}
+
+/// A known-good release whose deploy was recorded before deploys kept what they applied (the
+/// fake deployer reports no applied spec, as the rows of that version hold none) still rolls
+/// back: with its image and the stage's current configuration, and the rollback says so.
+#[tokio::test]
+async fn a_rollback_to_a_deploy_recorded_without_its_spec_falls_back_and_says_so() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let first = promote_fully(&h, &engine, 1).await;
+    h.fakes
+        .with(|w| w.failing_tests.insert("gamma:smoke".into()));
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+
+    assert_eq!(status(&engine, id, "gamma").await, RunStatus::RolledBack);
+    let restored = h.fakes.with(|w| w.rolled_back.clone());
+    assert_eq!(restored.len(), 1);
+    assert!(restored[0].2.ends_with(&fake_digest(&sha(1))));
+    let effects = engine.reads().effects_of(id, "gamma").await.unwrap();
+    let rollback = effects
+        .iter()
+        .find(|e| matches!(e.kind, tollgate::domain::EffectKind::Rollback { .. }))
+        .unwrap();
+    assert!(
+        rollback.detail.contains("no applicable recorded spec"),
+        "{}",
+        rollback.detail
+    );
+    let log = engine.reads().events("backend", 1000).await.unwrap();
+    let fallback: Vec<_> = log
+        .iter()
+        .filter(|e| e.kind == "rollback-fallback")
+        .collect();
+    assert_eq!(fallback.len(), 1, "{fallback:?}");
+    assert!(
+        fallback[0].detail.contains(&format!(
+            "{first} has no applicable recorded spec for gamma wave 1"
+        )),
+        "{}",
+        fallback[0].detail
+    );
+}

@@ -187,6 +187,25 @@ async fn promote_and_roll_back() {
     assert_eq!(last_good.map(|r| r.id), Some(first));
     let release = engine.reads().release(second).await.unwrap().unwrap();
     assert_eq!(release.bad.expect("marked bad").stage, "prod");
+    // Release 1's deploy recorded the variables it started the pipeline with, and the rollback
+    // applied exactly that record.
+    let prod_effects = engine.reads().effects_of(second, "prod").await.unwrap();
+    let restored = (prod_effects.iter())
+        .find(|e| matches!(e.kind, tollgate::domain::EffectKind::Rollback { .. }))
+        .expect("a rollback effect");
+    assert!(
+        restored.detail.contains("from its recorded spec"),
+        "{}",
+        restored.detail
+    );
+    let recorded = engine.reads().applied(first, "prod", 0).await.unwrap();
+    assert_eq!(
+        recorded,
+        Some(tollgate::domain::AppliedSpec::CodePipeline {
+            pipeline: PIPELINE.into(),
+            variables: [(IMAGE_PARAMETER.to_string(), old.clone())].into(),
+        })
+    );
     // gamma (CloudFormation, on moto) keeps release 2: only prod was rolled back.
     let gamma = world.deployed_image(&moto, "gamma").await.expect("moto");
     assert_eq!(gamma.as_deref(), Some(new.as_str()));

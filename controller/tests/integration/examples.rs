@@ -491,6 +491,7 @@ impl Emulated {
             image_uri: image.into(),
             session_name: session_name(&format!("tollgate-{}-{n}", self.name)),
             alarm_override: false,
+            restore: None,
         };
         let done = self.deployer.deploy_stack(&request, &[]).await;
         done.unwrap_or_else(|e| {

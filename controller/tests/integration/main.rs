@@ -16,6 +16,7 @@ mod e2e_moto;
 mod engine;
 mod engine_codepipeline;
 mod engine_crash;
+mod engine_drift;
 mod engine_support;
 mod examples;
 mod gates_runner;

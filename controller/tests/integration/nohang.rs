@@ -94,6 +94,7 @@ fn request(account: &Account, template: std::path::PathBuf) -> DeployRequest {
         image_uri: IMAGE.into(),
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
+        restore: None,
     }
 }
 

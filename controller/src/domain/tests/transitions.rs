@@ -4,8 +4,8 @@ use chrono::{TimeZone, Utc};
 
 use super::sim::*;
 use crate::domain::{
-    Action, AlarmProblem, Effect, EffectKind, NotifyEvent, Phase, Reason, ReleaseId, ReportState,
-    RequestState, RunStatus as S,
+    Action, AlarmProblem, Effect, EffectKind, EffectOutput, EffectStatus, NotifyEvent, Phase,
+    Reason, ReleaseId, ReportState, RequestState, RunStatus as S,
 };
 
 fn test(name: &str, phase: Phase) -> EffectKind {
@@ -551,6 +551,78 @@ fn deploying_to_rolling_back_when_a_wave_fails_and_a_known_good_exists() {
         },
     );
     assert!(starts(&sim.plan()).contains(&back));
+}
+
+#[test]
+fn deploying_to_failed_and_the_stage_paused_when_the_target_reads_back_as_drift() {
+    let mut sim = Sim::new(three_stages());
+    sim.promote();
+    let r2 = sim.new_release();
+    sim.drive_to(r2, "beta", S::Deploying);
+    sim.settle();
+    let deploy = sim.key(r2, "beta", EffectKind::Deploy { wave: 0 });
+    let drift = EffectOutput::Drift {
+        expected: "repo@sha256:2".into(),
+        found: "repo@sha256:ff".into(),
+    };
+    sim.finish(&deploy, EffectStatus::Failed, "drift", drift);
+    let p = sim.plan();
+    let why = Reason::Drift {
+        account: "acct-beta".into(),
+        region: "eu-west-1".into(),
+        expected: "repo@sha256:2".into(),
+        found: "repo@sha256:ff".into(),
+        rollback: false,
+    };
+    let said = why.describe(sim.now);
+    assert_eq!(transition_of(&p, r2, "beta"), Some((S::Failed, why)));
+    assert!(p.actions.contains(&Action::PauseStage {
+        stage: "beta".into(),
+        reason: said
+    }));
+    assert!(
+        !starts(&p)
+            .iter()
+            .any(|e| matches!(e.kind, EffectKind::Rollback { .. })),
+        "nothing is rolled back over someone else's change"
+    );
+    sim.settle();
+    assert_eq!(sim.status(r2, "gamma"), S::Failed, "not promoted onward");
+}
+
+#[test]
+fn rolling_back_to_failed_as_drift_when_the_restored_target_reads_back_otherwise() {
+    let mut sim = baking_beta(|_| {});
+    let (r1, r2) = second_release_baking(&mut sim);
+    sim.request_rollback("beta", "ops");
+    sim.settle();
+    let back = sim.key(
+        r2,
+        "beta",
+        EffectKind::Rollback {
+            wave: 0,
+            target: r1,
+        },
+    );
+    let drift = EffectOutput::Drift {
+        expected: "repo@sha256:1".into(),
+        found: "repo@sha256:ff".into(),
+    };
+    sim.finish(&back, EffectStatus::Failed, "drift", drift);
+    let p = sim.plan();
+    assert!(
+        matches!(
+            transition_of(&p, r2, "beta"),
+            Some((S::Failed, Reason::Drift { rollback: true, .. }))
+        ),
+        "{:?}",
+        transition_of(&p, r2, "beta")
+    );
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::PauseStage { stage, .. } if stage == "beta"))
+    );
 }
 
 #[test]
