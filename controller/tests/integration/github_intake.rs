@@ -944,7 +944,11 @@ async fn builds_finishing_out_of_order_release_only_the_newer_commit_by_the_push
         .iter()
         .map(|r| r.sha.to_string())
         .collect();
-    assert_eq!(shas, std::slice::from_ref(&b), "only the newer commit is a release");
+    assert_eq!(
+        shas,
+        std::slice::from_ref(&b),
+        "only the newer commit is a release"
+    );
     let notes = stale_notes(&c, "web").await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     // A re-run of the old build later is stale again, and recorded nothing.
