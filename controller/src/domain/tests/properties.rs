@@ -73,7 +73,7 @@ pub fn build(k: &Knobs) -> Pipeline {
         }
         if k.alarms[i] {
             s.alarms = vec![format!("{}-5xx", s.name)];
-            s.min_alarm_evaluations = k.min_evaluations[i];
+            s.min_datapoints = k.min_evaluations[i];
         }
         s.bake = secs(k.bake[i]);
         s.targets = (0..k.waves[i]).map(|w| target(&s.name, w)).collect();
