@@ -13,6 +13,7 @@ mod cli_control;
 mod config_validate;
 mod e2e_moto;
 mod engine;
+mod engine_bake_data;
 mod engine_codepipeline;
 mod engine_crash;
 mod engine_support;
