@@ -171,6 +171,9 @@ pub struct Sim {
     /// When set, every applied plan is written here as the engine would hand it to the store:
     /// (time, effects begun, state changes).
     pub journal: Option<Vec<Applied>>,
+    /// Stages whose service gets no traffic: their bake reads find every alarm in
+    /// INSUFFICIENT_DATA with no data points.
+    pub quiet: BTreeSet<String>,
     next_release: i64,
     next_request: i64,
 }
@@ -196,6 +199,7 @@ impl Sim {
             running: BTreeSet::new(),
             now: t0(),
             last_plan: Plan::default(),
+            quiet: BTreeSet::new(),
             started: vec![],
             starts_emitted: vec![],
             auto_approve: true,
@@ -516,6 +520,13 @@ impl Sim {
                 in_alarm: vec![],
                 readings: vec![],
             },
+            EffectKind::PollAlarms { .. } if self.quiet.contains(rec.stage.as_str()) => {
+                EffectOutput::alarms(self.readings(
+                    &rec.stage,
+                    0,
+                    Some(AlarmState::InsufficientData),
+                ))
+            }
             EffectKind::PollAlarms { round } => {
                 EffectOutput::alarms(self.readings(&rec.stage, *round + 1, None))
             }
