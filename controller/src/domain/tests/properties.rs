@@ -26,7 +26,7 @@ pub struct Knobs {
     before: [bool; 3],
     after: [bool; 3],
     alarms: [bool; 3],
-    min_evaluations: [u32; 3],
+    min_datapoints: [u32; 3],
     bake: [u64; 3],
     waves: [usize; 3],
     /// The stage's service gets no traffic: its bake reads find its alarms in
@@ -81,7 +81,7 @@ pub fn knobs() -> impl Strategy<Value = Knobs> {
                     before,
                     after,
                     alarms,
-                    min_evaluations: ev,
+                    min_datapoints: ev,
                     bake,
                     waves,
                 }
@@ -100,7 +100,7 @@ pub fn build(k: &Knobs) -> Pipeline {
         }
         if k.alarms[i] {
             s.alarms = vec![format!("{}-5xx", s.name)];
-            s.min_datapoints = k.min_evaluations[i];
+            s.min_datapoints = k.min_datapoints[i];
             s.insufficient_data = k.insufficient_data[i];
         }
         s.bake = secs(k.bake[i]);
