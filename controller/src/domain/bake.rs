@@ -50,3 +50,33 @@ fn alarm_gap(stage: &Stage, alarm: &str, readings: &[AlarmReading]) -> Option<Da
         needed,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{AlarmReading, AlarmState, EffectOutput};
+
+    #[test]
+    fn a_bake_read_is_stored_typed_and_an_older_read_still_decodes() {
+        let read = EffectOutput::alarms(vec![
+            AlarmReading {
+                alarm: "api-5xx".into(),
+                state: AlarmState::InsufficientData,
+                datapoints: Some(2),
+            },
+            AlarmReading {
+                alarm: "api-health".into(),
+                state: AlarmState::Alarm,
+                datapoints: None,
+            },
+        ]);
+        let text = serde_json::to_string(&read).unwrap();
+        assert!(text.contains(r#""state":"INSUFFICIENT_DATA""#), "{text}");
+        assert_eq!(serde_json::from_str::<EffectOutput>(&text).unwrap(), read);
+        assert_eq!(read.in_alarm(), ["api-health".to_string()]);
+
+        let older = r#"{"kind":"alarms","in_alarm":["api-5xx"]}"#;
+        let older: EffectOutput = serde_json::from_str(older).unwrap();
+        assert_eq!(older.in_alarm(), ["api-5xx".to_string()]);
+        assert!(older.readings().is_empty());
+    }
+}
