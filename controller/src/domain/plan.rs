@@ -38,6 +38,10 @@ pub const BAKE_POLL: Duration = Duration::from_secs(10);
 /// A verdict on a bake for lack of data waits this long past its deadline for a read taken
 /// after it, then is given on the latest read there is.
 pub const BAKE_VERDICT_GRACE: Duration = Duration::from_secs(60);
+/// A failed approval request is sent again after this long, doubling each time up to
+/// `APPROVAL_RESEND_MAX`, for as long as the request has not expired.
+pub const APPROVAL_RESEND: Duration = Duration::from_secs(5 * 60);
+pub const APPROVAL_RESEND_MAX: Duration = Duration::from_secs(60 * 60);
 
 fn grace() -> chrono::Duration {
     chrono::Duration::from_std(BAKE_VERDICT_GRACE).unwrap_or_default()
@@ -53,10 +57,6 @@ struct BakeReads<'a> {
     /// The latest successful read.
     last_read: Option<&'a EffectRecord>,
 }
-/// A failed approval request is sent again after this long, doubling each time up to
-/// `APPROVAL_RESEND_MAX`, for as long as the request has not expired.
-pub const APPROVAL_RESEND: Duration = Duration::from_secs(5 * 60);
-pub const APPROVAL_RESEND_MAX: Duration = Duration::from_secs(60 * 60);
 
 /// What to do now, and when to look again if nothing else happens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -906,7 +906,9 @@ impl<'a> Planner<'a> {
         } else {
             // Polls go on every BAKE_POLL, each waking the planner, until a verdict.
             self.schedule_poll(stage, run, &reads);
-            self.wake(gives_up);
+            if gives_up > self.now {
+                self.wake(gives_up);
+            }
             self.note(
                 run,
                 Reason::AwaitingData {

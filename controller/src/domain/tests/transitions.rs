@@ -888,6 +888,13 @@ fn alarms_never_read_fail_the_bake_whatever_insufficient_data_says() {
         {
             sim.fail(&poll.key, "AccessDenied: cloudwatch:DescribeAlarms");
         }
+        sim.settle();
+        let wake = sim.last_plan.wake_at;
+        assert!(
+            wake.is_none_or(|w| w > sim.now),
+            "waiting never asks to be woken at once (a busy loop): {wake:?} at {}",
+            sim.now
+        );
         sim.advance(secs(10));
         sim.settle();
     }
