@@ -1,12 +1,21 @@
 //! CloudWatch: the pull side of the [`Alarms`] port (the backstop to SNS alarm pushes).
 //!
 //! Owns asking `DescribeAlarms` which of a stage's alarms are in `ALARM` in the stage's
-//! account and region, at most 100 names per call, metric and composite alarms alike.
+//! account and region, at most 100 names per call, metric and composite alarms alike; and,
+//! for a bake, counting with `GetMetricData` the data points each alarm's metric has had
+//! since the deploy finished: the metric the alarm watches (`Namespace`, `MetricName`,
+//! `Dimensions`, `Period`, `Statistic` or `ExtendedStatistic`, `Unit`), or the alarm's own
+//! metric-math queries (`Metrics`, counting the one it returns).
 //!
 //! # Guarantees
 //! - An alarm name that does not exist is an error ([`PortError::NotFound`] naming it), never
 //!   "all clear": a typo in `stages.toml` must not let a bad release bake unwatched.
-//! - No names, no call.
+//! - No names, no call; no data window, no `GetMetricData`.
+//! - Only data points stamped at or after the window's start count: CloudWatch rounds a
+//!   request's `StartTime` down, so the period the deploy finished in (old code's data) may
+//!   come back, and is left out.
+//! - One read makes one `DescribeAlarms` per 100 names and one `GetMetricData` per 500
+//!   single-metric alarms plus one per metric-math alarm (its query ids are its own).
 //!
 //! # Caveats
 //! - The current SDK speaks RPCv2 CBOR to CloudWatch; tests use the stub in
@@ -17,16 +26,23 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::Client;
-use aws_sdk_cloudwatch::types::{AlarmType, StateValue};
+use aws_sdk_cloudwatch::primitives::DateTime as AwsTime;
+use aws_sdk_cloudwatch::types::{
+    AlarmType, Metric, MetricAlarm, MetricDataQuery, MetricStat, ScanBy, StateValue, StatusCode,
+};
+use chrono::{DateTime, Utc};
 
 use super::errors::{context, sdk};
 use super::retry::Limiter;
 use super::sts::Credentials;
 use crate::config::Account;
-use crate::engine::ports::{Alarms, PortError, PortResult};
+use crate::domain::{AlarmReading, AlarmState};
+use crate::engine::ports::{Alarms, DataWindow, PortError, PortResult};
 
 /// `DescribeAlarms` takes at most 100 names and returns at most 100 records per page.
 const NAMES_PER_CALL: usize = 100;
+/// `GetMetricData` takes at most 500 queries per call.
+const QUERIES_PER_CALL: usize = 500;
 /// Bounds the pages read for one chunk of names (each type pages separately).
 const MAX_PAGES: usize = 10;
 const SESSION_NAME: &str = "tollgate-alarms";
@@ -64,13 +80,13 @@ impl CloudWatchAlarms {
         Ok(Client::from_conf(builder.build()))
     }
 
-    /// The state of each alarm among `names` that exists.
+    /// Each alarm among `names` that exists: its state and what it watches.
     async fn states(
         &self,
         client: &Client,
         account: &str,
         names: &[String],
-    ) -> PortResult<BTreeMap<String, StateValue>> {
+    ) -> PortResult<BTreeMap<String, Watched>> {
         let mut states = BTreeMap::new();
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -90,18 +106,22 @@ impl CloudWatchAlarms {
                 })
                 .await?;
             for a in page.metric_alarms() {
-                states.extend(
-                    a.alarm_name()
-                        .zip(a.state_value())
-                        .map(|(n, s)| (n.to_string(), s.clone())),
-                );
+                if let (Some(n), Some(s)) = (a.alarm_name(), a.state_value()) {
+                    let watched = Watched {
+                        state: s.clone(),
+                        metric: watched_metric(a),
+                    };
+                    states.insert(n.to_string(), watched);
+                }
             }
             for a in page.composite_alarms() {
-                states.extend(
-                    a.alarm_name()
-                        .zip(a.state_value())
-                        .map(|(n, s)| (n.to_string(), s.clone())),
-                );
+                if let (Some(n), Some(s)) = (a.alarm_name(), a.state_value()) {
+                    let watched = Watched {
+                        state: s.clone(),
+                        metric: None,
+                    };
+                    states.insert(n.to_string(), watched);
+                }
             }
             token = page
                 .next_token()
@@ -115,6 +135,171 @@ impl CloudWatchAlarms {
             "DescribeAlarms returned more than {MAX_PAGES} pages"
         )))
     }
+
+    /// Every alarm among `names` that exists, read in chunks of 100 names.
+    async fn describe(
+        &self,
+        client: &Client,
+        account: &Account,
+        names: &[String],
+    ) -> PortResult<BTreeMap<String, Watched>> {
+        let mut states = BTreeMap::new();
+        for chunk in names.chunks(NAMES_PER_CALL) {
+            states.extend(self.states(client, &account.id, chunk).await?);
+        }
+        Ok(states)
+    }
+
+    /// Data points per alarm in `window`, for the alarms that watch a metric.
+    async fn count(
+        &self,
+        client: &Client,
+        account: &str,
+        watched: &BTreeMap<String, Watched>,
+        window: (DateTime<Utc>, DateTime<Utc>),
+    ) -> PortResult<BTreeMap<String, u32>> {
+        let mut counts = BTreeMap::new();
+        let mut single: Vec<(String, MetricDataQuery)> = Vec::new();
+        for (name, w) in watched {
+            match &w.metric {
+                Some(Watch::Single(stat)) => {
+                    let id = format!("a{}", single.len());
+                    let q = MetricDataQuery::builder()
+                        .id(&id)
+                        .metric_stat(stat.clone())
+                        .return_data(true)
+                        .build();
+                    single.push((name.clone(), q));
+                }
+                Some(Watch::Math(queries)) => {
+                    let returned = returned_id(queries);
+                    let found = self.datapoints(client, account, queries, window).await?;
+                    let n = returned.and_then(|id| found.get(&id)).copied().unwrap_or(0);
+                    counts.insert(name.clone(), n);
+                }
+                None => {}
+            }
+        }
+        for chunk in single.chunks(QUERIES_PER_CALL) {
+            let queries: Vec<MetricDataQuery> = chunk.iter().map(|(_, q)| q.clone()).collect();
+            let found = self.datapoints(client, account, &queries, window).await?;
+            for (name, q) in chunk {
+                let n = q.id().and_then(|id| found.get(id)).copied().unwrap_or(0);
+                counts.insert(name.clone(), n);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// One `GetMetricData` request, all its pages: data points at or after the window's start,
+    /// per query id.
+    async fn datapoints(
+        &self,
+        client: &Client,
+        account: &str,
+        queries: &[MetricDataQuery],
+        (from, until): (DateTime<Utc>, DateTime<Utc>),
+    ) -> PortResult<BTreeMap<String, u32>> {
+        let from_ms = from.timestamp_millis();
+        // EndTime must be after StartTime (a `ValidationError` otherwise).
+        let until_ms = until.timestamp_millis().max(from_ms + 1000);
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .limiter
+                .call(account, "GetMetricData", || {
+                    sdk(client
+                        .get_metric_data()
+                        .set_metric_data_queries(Some(queries.to_vec()))
+                        .start_time(AwsTime::from_millis(from_ms))
+                        .end_time(AwsTime::from_millis(until_ms))
+                        .scan_by(ScanBy::TimestampAscending)
+                        .set_next_token(token.clone())
+                        .send())
+                })
+                .await?;
+            for r in page.metric_data_results() {
+                if let Some(StatusCode::InternalError | StatusCode::Forbidden) = r.status_code() {
+                    let why = r
+                        .messages()
+                        .iter()
+                        .filter_map(|m| m.value())
+                        .collect::<Vec<_>>();
+                    return Err(PortError::Failed(format!(
+                        "GetMetricData could not read query {}: {}",
+                        r.id().unwrap_or_default(),
+                        why.join("; ")
+                    )));
+                }
+                let since = r
+                    .timestamps()
+                    .iter()
+                    .filter(|t| t.to_millis().is_ok_and(|ms| ms >= from_ms))
+                    .count();
+                let id = r.id().unwrap_or_default().to_string();
+                let n = counts.entry(id).or_default();
+                *n = n.saturating_add(u32::try_from(since).unwrap_or(u32::MAX));
+            }
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(counts);
+            }
+        }
+        Err(PortError::Failed(format!(
+            "GetMetricData returned more than {MAX_PAGES} pages"
+        )))
+    }
+}
+
+/// An alarm as `DescribeAlarms` describes it: its state, and the metric it watches.
+#[derive(Debug, Clone)]
+struct Watched {
+    state: StateValue,
+    /// `None` for a composite alarm (it watches other alarms, not a metric).
+    metric: Option<Watch>,
+}
+
+#[derive(Debug, Clone)]
+enum Watch {
+    /// One metric with one statistic over one period.
+    Single(MetricStat),
+    /// A metric-math alarm's own queries.
+    Math(Vec<MetricDataQuery>),
+}
+
+/// What a metric alarm watches, as `GetMetricData` asks for it.
+fn watched_metric(a: &MetricAlarm) -> Option<Watch> {
+    if !a.metrics().is_empty() {
+        return Some(Watch::Math(a.metrics().to_vec()));
+    }
+    let stat = a
+        .statistic()
+        .map(|s| s.as_str().to_string())
+        .or_else(|| a.extended_statistic().map(str::to_string))?;
+    let metric = Metric::builder()
+        .set_namespace(a.namespace().map(str::to_string))
+        .set_metric_name(a.metric_name().map(str::to_string))
+        .set_dimensions(Some(a.dimensions().to_vec()))
+        .build();
+    let stat = MetricStat::builder()
+        .metric(metric)
+        .set_period(a.period())
+        .stat(stat)
+        .set_unit(a.unit().cloned())
+        .build();
+    Some(Watch::Single(stat))
+}
+
+/// The id of the query whose result the alarm evaluates (`ReturnData` true; the one query
+/// when there is only one).
+fn returned_id(queries: &[MetricDataQuery]) -> Option<String> {
+    let returned = queries.iter().find(|q| q.return_data() == Some(true));
+    let only = (queries.len() == 1).then(|| &queries[0]);
+    returned.or(only).and_then(|q| q.id()).map(str::to_string)
 }
 
 #[async_trait]
@@ -136,16 +321,77 @@ impl Alarms for CloudWatchAlarms {
             .client(account, region)
             .await
             .map_err(|e| context(e, &what))?;
-        let mut states = BTreeMap::new();
-        for chunk in names.chunks(NAMES_PER_CALL) {
-            let found = self
-                .states(&client, &account.id, chunk)
-                .await
-                .map_err(|e| context(e, &what))?;
-            states.extend(found);
-        }
+        let watched = self
+            .describe(&client, account, names)
+            .await
+            .map_err(|e| context(e, &what))?;
+        let states: BTreeMap<String, StateValue> =
+            watched.into_iter().map(|(n, w)| (n, w.state)).collect();
         firing(names, &states).map_err(|e| context(e, &what))
     }
+
+    async fn read(
+        &self,
+        account: &Account,
+        region: &str,
+        names: &[String],
+        window: Option<DataWindow>,
+    ) -> PortResult<Vec<AlarmReading>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = format!(
+            "reading alarms and their data points in account {} ({}) {region}",
+            account.name, account.id
+        );
+        let client = self
+            .client(account, region)
+            .await
+            .map_err(|e| context(e, &what))?;
+        let watched = self
+            .describe(&client, account, names)
+            .await
+            .map_err(|e| context(e, &what))?;
+        let states: BTreeMap<String, StateValue> = watched
+            .iter()
+            .map(|(n, w)| (n.clone(), w.state.clone()))
+            .collect();
+        firing(names, &states).map_err(|e| context(e, &what))?;
+        let counts = match window {
+            Some(w) => self
+                .count(&client, &account.id, &watched, (w.from, w.until))
+                .await
+                .map_err(|e| context(e, &what))?,
+            None => BTreeMap::new(),
+        };
+        Ok(readings(names, &states, &counts))
+    }
+}
+
+/// One reading per name asked, in order, once each.
+fn readings(
+    names: &[String],
+    states: &BTreeMap<String, StateValue>,
+    counts: &BTreeMap<String, u32>,
+) -> Vec<AlarmReading> {
+    let mut out: Vec<AlarmReading> = Vec::new();
+    for name in names {
+        if out.iter().any(|r| &r.alarm == name) {
+            continue;
+        }
+        let state = match states.get(name) {
+            Some(StateValue::Ok) => AlarmState::Ok,
+            Some(StateValue::Alarm) => AlarmState::Alarm,
+            // INSUFFICIENT_DATA, and any state this SDK does not know: not clean.
+            _ => AlarmState::InsufficientData,
+        };
+        out.push(AlarmReading {
+            alarm: name.clone(),
+            state,
+            datapoints: counts.get(name).copied(),
+        });
+    }
+    out
 }
 
 /// The names in `ALARM`, in the order asked, once each; an error naming every missing alarm.

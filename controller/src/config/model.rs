@@ -161,10 +161,46 @@ pub struct Stage {
     pub after: Vec<String>,
     pub bake: Duration,
     pub alarms: Vec<String>,
-    pub min_alarm_evaluations: u32,
+    /// Data points each alarm's metric must have had since the deploy finished.
+    pub min_datapoints: u32,
+    /// What an alarm in `INSUFFICIENT_DATA` means to the bake.
+    pub insufficient_data: InsufficientData,
+    /// How long past the bake time the stage waits for missing data.
+    pub bake_max_wait: Duration,
     pub promote: Promote,
     pub approval: Option<Approval>,
     pub windows: Option<Windows>,
+}
+
+/// What an alarm in `INSUFFICIENT_DATA`, or a metric short of data points, means to a bake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InsufficientData {
+    /// Not clean: the stage waits for data, up to `bake_max_wait` past the bake time, and
+    /// then fails.
+    #[default]
+    Wait,
+    /// Not clean: an alarm in `INSUFFICIENT_DATA` once the bake time is over fails the stage
+    /// at once; missing data points are waited for up to `bake_max_wait`, then fail it.
+    Fail,
+    /// Clean: an alarm in `INSUFFICIENT_DATA` counts as `OK`; missing data points are waited
+    /// for up to `bake_max_wait`, then the stage succeeds without them.
+    Pass,
+}
+
+impl InsufficientData {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InsufficientData::Wait => "wait",
+            InsufficientData::Fail => "fail",
+            InsufficientData::Pass => "pass",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<InsufficientData> {
+        [Self::Wait, Self::Fail, Self::Pass]
+            .into_iter()
+            .find(|v| v.as_str() == text)
+    }
 }
 
 /// One place a stage deploys to.

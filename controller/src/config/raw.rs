@@ -149,8 +149,18 @@ pub struct RawStage {
     /// CloudWatch alarm names in the stage's account, watched during bake and checked before entry.
     #[serde(default)]
     pub alarms: Vec<String>,
-    /// Minimum number of alarm evaluations seen during bake. Default 1 when alarms are set.
-    pub min_alarm_evaluations: Option<u32>,
+    /// Data points each alarm's metric must have had since the deploy finished before the
+    /// bake passes. Default 3 when alarms are set, 0 without alarms.
+    pub min_datapoints: Option<u32>,
+    /// What an alarm in `INSUFFICIENT_DATA` means to the bake: `wait` (default), `fail` or
+    /// `pass`.
+    pub insufficient_data: Option<String>,
+    /// How long past the bake time the stage waits for missing data before treating it per
+    /// `insufficient_data`. Default `1h`.
+    pub bake_max_wait: Option<String>,
+    /// Replaced by `min_datapoints`; kept only to explain the change.
+    #[schemars(skip)]
+    pub min_alarm_evaluations: Option<toml::Value>,
     /// `retag` (default: a per-stage tag in the build account's repository) or `copy`.
     pub promote: Option<String>,
     pub approval: Option<RawApproval>,

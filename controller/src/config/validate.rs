@@ -15,6 +15,14 @@ use crate::cfg_path;
 use crate::domain::names::Arn;
 
 const DEFAULT_TEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Data points each alarm's metric needs since the deploy finished, when a stage has alarms
+/// and does not say: three, the evaluation periods of a typical CloudWatch alarm.
+pub const DEFAULT_MIN_DATAPOINTS: u32 = 3;
+/// The most data points a stage may ask for (a week of one-minute data points).
+pub const MAX_MIN_DATAPOINTS: u32 = 7 * 24 * 60;
+/// How long past the bake time a stage waits for missing data, by default and at most.
+pub const DEFAULT_BAKE_MAX_WAIT: Duration = Duration::from_secs(3600);
+pub const MAX_BAKE_MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Collects diagnostics for one file.
 pub(crate) struct Ctx<'a> {
@@ -554,13 +562,87 @@ fn stage(
         after: s.after.clone(),
         bake,
         alarms: s.alarms.clone(),
-        min_alarm_evaluations: s
-            .min_alarm_evaluations
-            .unwrap_or(u32::from(!s.alarms.is_empty())),
+        min_datapoints: min_datapoints(s, &p, cx),
+        insufficient_data: insufficient_data(s, &p, cx),
+        bake_max_wait: bake_max_wait(s, &p, cx),
         promote,
         approval: s.approval.as_ref().map(|a| approval(i, j, a, cx)),
         windows: s.windows.as_ref().and_then(|w| windows(i, j, w, cx)),
     }
+}
+
+/// `min_datapoints`: a count only a stage with alarms can ask for, within bounds.
+fn min_datapoints(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> u32 {
+    if s.min_alarm_evaluations.is_some() {
+        cx.error_at_key(
+            p("min_alarm_evaluations"),
+            "`min_alarm_evaluations` is no longer read: the bake counts the alarms' data points, \
+             not the controller's polls"
+                .into(),
+            "write `min_datapoints = N`: the data points each alarm's metric must have had since \
+             the deploy finished",
+        );
+    }
+    let default = if s.alarms.is_empty() {
+        0
+    } else {
+        DEFAULT_MIN_DATAPOINTS
+    };
+    let Some(n) = s.min_datapoints else {
+        return default;
+    };
+    if n > 0 && s.alarms.is_empty() {
+        cx.error(
+            p("min_datapoints"),
+            format!("min_datapoints is {n} but the stage has no alarms"),
+            "data points are counted on the metrics of the stage's `alarms`; add alarms or \
+             remove min_datapoints",
+        );
+        return 0;
+    }
+    if n > MAX_MIN_DATAPOINTS {
+        cx.error(
+            p("min_datapoints"),
+            format!("min_datapoints is {n}, more than {MAX_MIN_DATAPOINTS}"),
+            "a week of one-minute data points is the most a bake may ask for",
+        );
+        return default;
+    }
+    n
+}
+
+/// `insufficient_data`: `wait`, `fail` or `pass`.
+fn insufficient_data(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> InsufficientData {
+    let Some(text) = s.insufficient_data.as_deref() else {
+        return InsufficientData::default();
+    };
+    cx.check(
+        p("insufficient_data"),
+        InsufficientData::parse(text).ok_or_else(|| format!("unknown insufficient_data `{text}`")),
+        "use `wait`, `fail` or `pass`",
+    )
+    .unwrap_or_default()
+}
+
+/// `bake_max_wait`: a duration up to a week.
+fn bake_max_wait(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> Duration {
+    let wait = cx.duration(
+        p("bake_max_wait"),
+        s.bake_max_wait.as_deref(),
+        DEFAULT_BAKE_MAX_WAIT,
+    );
+    if wait > MAX_BAKE_MAX_WAIT {
+        cx.error(
+            p("bake_max_wait"),
+            format!(
+                "bake_max_wait is {}, more than 7d",
+                values::format_duration(wait)
+            ),
+            "a stage waiting longer for data holds every later release; use at most `7d`",
+        );
+        return DEFAULT_BAKE_MAX_WAIT;
+    }
+    wait
 }
 
 fn targets(

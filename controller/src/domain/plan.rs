@@ -20,12 +20,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::action::{Action, Effect, EffectKind, NotifyEvent, Phase, ReportState};
+use super::bake;
 use super::names::{EffectKey, StageName};
-use super::reason::{AlarmProblem, Reason, RequestState};
+use super::reason::{AlarmProblem, DataGap, Reason, RequestState};
 use super::retry::retry_from;
 use super::types::*;
 use super::window;
-use crate::config::{Pipeline, Stage};
+use crate::config::{InsufficientData, Pipeline, Stage};
 
 /// Re-check a stage's alarms this often while they block entry.
 pub const ALARM_RECHECK: Duration = Duration::from_secs(60);
@@ -34,10 +35,28 @@ pub const ALARM_RECHECK: Duration = Duration::from_secs(60);
 pub const ALARM_GATE_FRESH: Duration = Duration::from_secs(10);
 /// Poll the alarms during bake at most this often (the SNS push is the fast path).
 pub const BAKE_POLL: Duration = Duration::from_secs(10);
+/// A verdict on a bake for lack of data waits this long past its deadline for a read taken
+/// after it, then is given on the latest read there is.
+pub const BAKE_VERDICT_GRACE: Duration = Duration::from_secs(60);
 /// A failed approval request is sent again after this long, doubling each time up to
 /// `APPROVAL_RESEND_MAX`, for as long as the request has not expired.
 pub const APPROVAL_RESEND: Duration = Duration::from_secs(5 * 60);
 pub const APPROVAL_RESEND_MAX: Duration = Duration::from_secs(60 * 60);
+
+fn grace() -> chrono::Duration {
+    chrono::Duration::from_std(BAKE_VERDICT_GRACE).unwrap_or_default()
+}
+
+/// A bake's alarm polls, as the snapshot has them.
+#[derive(Default)]
+struct BakeReads<'a> {
+    /// The highest round started.
+    latest: u32,
+    /// The record of the latest round (pending, failed or succeeded).
+    last: Option<&'a EffectRecord>,
+    /// The latest successful read.
+    last_read: Option<&'a EffectRecord>,
+}
 
 /// What to do now, and when to look again if nothing else happens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -837,38 +856,87 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Bake: the time is over and each alarm's metric has had `min_datapoints` data points
+    /// since the deploy finished, none in ALARM (see [`super::bake`] for what is missing);
+    /// short of data, the stage waits up to `bake_max_wait` past the bake time and is then
+    /// judged by `insufficient_data`.
     fn baking(&mut self, stage: &Stage, run: &StageRun) {
         let bake_end = run.since + chrono::Duration::from_std(stage.bake).unwrap_or_default();
-        let evaluations = self.bake_polls(stage, run, bake_end);
-        if let Some(why) = evaluations.1 {
-            self.transition(run, RunStatus::RollingBack, why);
-            return;
-        }
-        let needed = if stage.alarms.is_empty() {
-            0
-        } else {
-            stage.min_alarm_evaluations
+        let reads = match self.bake_reads(stage, run) {
+            Ok(reads) => reads,
+            Err(why) => {
+                self.transition(run, RunStatus::RollingBack, why);
+                return;
+            }
         };
-        if self.now >= bake_end && evaluations.0 >= needed {
-            self.transition(run, RunStatus::Succeeded, Reason::Succeeded);
-            self.out.actions.push(Action::RecordGood {
-                stage: stage.name.clone(),
-                release: run.release,
-            });
+        let last = reads.last_read.map(|r| r.output.readings());
+        let gap = bake::gap(stage, last);
+        if self.now < bake_end {
+            self.schedule_poll(stage, run, &reads);
+            self.wake(bake_end);
+            self.note(run, Reason::Baking { until: bake_end });
             return;
         }
-        if self.now < bake_end {
-            self.wake(bake_end);
-        }
-        let state = if self.now >= bake_end {
-            Reason::AwaitingEvaluations {
-                clean: evaluations.0,
-                needed,
+        let Some(gap) = gap else {
+            self.bake_passed(stage, run);
+            return;
+        };
+        let since = self.snap.deploy_finished(run).unwrap_or(run.since);
+        let gives_up =
+            bake_end + chrono::Duration::from_std(stage.bake_max_wait).unwrap_or_default();
+        let read_at = reads.last_read.and_then(|r| r.finished_at);
+        let fail_now = stage.insufficient_data == InsufficientData::Fail
+            && matches!(gap, DataGap::InsufficientData { .. })
+            && self.judged_after(read_at, bake_end);
+        if fail_now {
+            let why = Reason::NotEnoughData {
+                gap,
+                since,
+                waited_secs: 0,
+            };
+            self.transition(run, RunStatus::Failed, why);
+        } else if self.judged_after(read_at, gives_up) {
+            if stage.insufficient_data == InsufficientData::Pass && gap != DataGap::Unread {
+                self.bake_passed(stage, run);
+            } else {
+                let waited_secs = stage.bake_max_wait.as_secs();
+                let why = Reason::NotEnoughData {
+                    gap,
+                    since,
+                    waited_secs,
+                };
+                self.transition(run, RunStatus::Failed, why);
             }
         } else {
-            Reason::Baking { until: bake_end }
-        };
-        self.note(run, state);
+            // Polls go on every BAKE_POLL, each waking the planner, until a verdict.
+            self.schedule_poll(stage, run, &reads);
+            if gives_up > self.now {
+                self.wake(gives_up);
+            }
+            self.note(
+                run,
+                Reason::AwaitingData {
+                    gap,
+                    since,
+                    gives_up,
+                },
+            );
+        }
+    }
+
+    /// A verdict on the bake at `deadline` waits for a read that finished after it (the next
+    /// poll comes within [`BAKE_POLL`]), or for [`BAKE_VERDICT_GRACE`] when reads fail.
+    fn judged_after(&self, read_at: Option<DateTime<Utc>>, deadline: DateTime<Utc>) -> bool {
+        self.now >= deadline
+            && (read_at.is_some_and(|t| t >= deadline) || self.now >= deadline + grace())
+    }
+
+    fn bake_passed(&mut self, stage: &Stage, run: &StageRun) {
+        self.transition(run, RunStatus::Succeeded, Reason::Succeeded);
+        self.out.actions.push(Action::RecordGood {
+            stage: stage.name.clone(),
+            release: run.release,
+        });
     }
 
     /// Invariant 10: the first alarm notification for this stage whose state change falls in
@@ -935,53 +1003,49 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Backstop polls during bake: (clean evaluations, reason to roll back).
-    fn bake_polls(
-        &mut self,
-        stage: &Stage,
-        run: &StageRun,
-        bake_end: DateTime<Utc>,
-    ) -> (u32, Option<Reason>) {
+    /// The bake's alarm polls so far: the reason to roll back when one found an alarm in
+    /// ALARM, else the latest successful read and the latest round.
+    fn bake_reads(&self, stage: &Stage, run: &StageRun) -> Result<BakeReads<'a>, Reason> {
+        let mut reads = BakeReads::default();
         if stage.alarms.is_empty() {
-            return (0, None);
+            return Ok(reads);
         }
-        let latest = self.latest_round(run, |r| EffectKind::PollAlarms { round: r });
-        let mut clean = 0;
-        for round in 0..=latest {
+        reads.latest = self.latest_round(run, |r| EffectKind::PollAlarms { round: r });
+        for round in 0..=reads.latest {
             let key = self.effect(run, EffectKind::PollAlarms { round }).key;
             let Some(rec) = self.snap.effect(&key) else {
                 continue;
             };
-            match rec.output.in_alarm() {
-                a if !a.is_empty() && rec.status == EffectStatus::Succeeded => {
-                    let why = Reason::AlarmPolled {
-                        alarms: a.to_vec(),
-                        at: rec.finished_at.unwrap_or(self.now),
-                    };
-                    return (clean, Some(why));
-                }
-                _ if rec.status == EffectStatus::Succeeded => clean += 1,
-                _ => {}
+            reads.last = Some(rec);
+            if rec.status != EffectStatus::Succeeded {
+                continue;
             }
+            let firing = rec.output.in_alarm();
+            if !firing.is_empty() {
+                return Err(Reason::AlarmPolled {
+                    alarms: firing.to_vec(),
+                    at: rec.finished_at.unwrap_or(self.now),
+                });
+            }
+            reads.last_read = Some(rec);
         }
-        let needed = stage.min_alarm_evaluations;
-        let last = self
-            .snap
-            .effect(
-                &self
-                    .effect(run, EffectKind::PollAlarms { round: latest })
-                    .key,
-            )
-            .cloned();
-        let want_more = self.now < bake_end || clean < needed;
-        match last {
+        Ok(reads)
+    }
+
+    /// Starts the next alarm poll, at most one per [`BAKE_POLL`].
+    fn schedule_poll(&mut self, stage: &Stage, run: &StageRun, reads: &BakeReads<'a>) {
+        if stage.alarms.is_empty() {
+            return;
+        }
+        let latest = reads.latest;
+        match reads.last {
             None => {
                 self.ensure(self.effect(run, EffectKind::PollAlarms { round: 0 }));
             }
             Some(rec) if rec.status == EffectStatus::Pending => {
                 self.ensure(self.effect(run, EffectKind::PollAlarms { round: latest }));
             }
-            Some(rec) if want_more => {
+            Some(rec) => {
                 let next = rec.finished_at.unwrap_or(self.now)
                     + chrono::Duration::from_std(BAKE_POLL).unwrap_or_default();
                 if next <= self.now {
@@ -990,9 +1054,7 @@ impl<'a> Planner<'a> {
                     self.wake(next);
                 }
             }
-            Some(_) => {}
         }
-        (clean, None)
     }
 
     /// Invariant 6: the newest release the stage ran successfully, other than this one.

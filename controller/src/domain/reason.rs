@@ -42,6 +42,42 @@ impl fmt::Display for AlarmProblem {
     }
 }
 
+/// What a bake lacks before it can pass: the first alarm, in the stage's order, short of data.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataGap {
+    /// The alarm's metric has had `have` of the `needed` data points since the deploy finished.
+    Datapoints {
+        alarm: String,
+        have: u32,
+        needed: u32,
+    },
+    /// The alarm is in `INSUFFICIENT_DATA`.
+    InsufficientData { alarm: String },
+    /// No read of the alarms during this bake has succeeded yet.
+    Unread,
+}
+
+impl DataGap {
+    /// `alarm X has 2 of 5 data points since 12:01 UTC`.
+    fn describe(&self, since: DateTime<Utc>) -> String {
+        match self {
+            DataGap::Datapoints {
+                alarm,
+                have,
+                needed,
+            } => format!(
+                "alarm {alarm} has {have} of {needed} data points since {}",
+                since.format("%H:%M UTC")
+            ),
+            DataGap::InsufficientData { alarm } => {
+                format!("alarm {alarm} is in INSUFFICIENT_DATA")
+            }
+            DataGap::Unread => "the alarms have not been read yet".into(),
+        }
+    }
+}
+
 /// Where an approval request's messages stand.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -119,10 +155,12 @@ pub enum Reason {
     Baking {
         until: DateTime<Utc>,
     },
-    /// Bake time is over; the alarms have had `clean` of `needed` clean evaluations.
-    AwaitingEvaluations {
-        clean: u32,
-        needed: u32,
+    /// Bake time is over and the alarms lack data (`gap`) counted from `since` (when the
+    /// deploy finished); the stage waits until `gives_up`.
+    AwaitingData {
+        gap: DataGap,
+        since: DateTime<Utc>,
+        gives_up: DateTime<Utc>,
     },
     Succeeded,
     // ----- why a run rolls back -----------------------------------------------------------
@@ -180,6 +218,13 @@ pub enum Reason {
         expected: String,
         found: String,
         rollback: bool,
+    },
+    /// The bake ended without the data it needs: at once (`insufficient_data = "fail"` and an
+    /// alarm in `INSUFFICIENT_DATA`), or after waiting `waited_secs` past the bake time.
+    NotEnoughData {
+        gap: DataGap,
+        since: DateTime<Utc>,
+        waited_secs: u64,
     },
     Rejected {
         by: String,
@@ -304,9 +349,15 @@ impl Reason {
             R::Deploying { wave, waves } => format!("deploying wave {wave} of {waves}"),
             R::Verifying => "running post-deploy tests".into(),
             R::Baking { until } => format!("baking, {} left", minutes_left(*until, now)),
-            R::AwaitingEvaluations { clean, needed } => {
-                format!("bake time over; waiting for alarm evaluations ({clean}/{needed})")
-            }
+            R::AwaitingData {
+                gap,
+                since,
+                gives_up,
+            } => format!(
+                "baking: waiting for data: {}; giving up in {}",
+                gap.describe(*since),
+                minutes_left(*gives_up, now)
+            ),
             R::Succeeded => "deployed and baked".into(),
             _ => return None,
         })
@@ -378,6 +429,20 @@ impl Reason {
                 } else {
                     found
                 }
+            ),
+            R::NotEnoughData {
+                gap,
+                since,
+                waited_secs: 0,
+            } => format!("bake failed: {}", gap.describe(*since)),
+            R::NotEnoughData {
+                gap,
+                since,
+                waited_secs,
+            } => format!(
+                "bake failed: {} after waiting {} past the bake time",
+                gap.describe(*since),
+                format_duration(Duration::from_secs(*waited_secs))
             ),
             R::Rejected { by } => format!("rejected by {by}"),
             R::ApprovalExpired { after_secs } => format!(
@@ -469,6 +534,35 @@ mod tests {
             ),
             "{}",
             unread.describe(now)
+        );
+    }
+
+    #[test]
+    fn waiting_for_data_names_the_alarm_its_count_and_since_when() {
+        let r = Reason::AwaitingData {
+            gap: DataGap::Datapoints {
+                alarm: "api-5xx".into(),
+                have: 2,
+                needed: 5,
+            },
+            since: at("2026-01-01T12:01:30Z"),
+            gives_up: at("2026-01-01T13:15:00Z"),
+        };
+        assert_eq!(
+            r.describe(at("2026-01-01T12:15:00Z")),
+            "baking: waiting for data: alarm api-5xx has 2 of 5 data points since 12:01 UTC; \
+             giving up in 1h"
+        );
+        let failed = Reason::NotEnoughData {
+            gap: DataGap::InsufficientData {
+                alarm: "api-5xx".into(),
+            },
+            since: at("2026-01-01T12:01:30Z"),
+            waited_secs: 0,
+        };
+        assert_eq!(
+            failed.describe(at("2026-01-01T12:15:00Z")),
+            "bake failed: alarm api-5xx is in INSUFFICIENT_DATA"
         );
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Reason>(&text).unwrap(), r);

@@ -300,8 +300,14 @@ pub enum EffectOutput {
     None,
     /// The artifact's image digest (`sha256:…`).
     Resolved { digest: Digest },
-    /// The stage's alarms that were in ALARM when read (empty: none).
-    Alarms { in_alarm: Vec<String> },
+    /// The stage's alarms that were in ALARM when read (empty: none) and, for a read during
+    /// bake, each alarm's state and data points (empty for an entry check, and in outcomes
+    /// recorded before data points were counted).
+    Alarms {
+        in_alarm: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        readings: Vec<AlarmReading>,
+    },
     /// A wave deployed: the image it runs, the stack's (or pipeline's) outputs, and exactly
     /// what was applied (`None` in deploys recorded before it was kept: a rollback to such a
     /// release redeploys today's configuration with its image, and says so).
@@ -360,9 +366,70 @@ impl EffectOutput {
     /// The alarms in ALARM, for an alarm read.
     pub fn in_alarm(&self) -> &[String] {
         match self {
-            EffectOutput::Alarms { in_alarm } => in_alarm,
+            EffectOutput::Alarms { in_alarm, .. } => in_alarm,
             _ => &[],
         }
+    }
+
+    /// Each alarm's state and data points, for an alarm read during bake.
+    pub fn readings(&self) -> &[AlarmReading] {
+        match self {
+            EffectOutput::Alarms { readings, .. } => readings,
+            _ => &[],
+        }
+    }
+
+    /// An alarm read from its readings: the names in ALARM, and the readings.
+    pub fn alarms(readings: Vec<AlarmReading>) -> EffectOutput {
+        let mut in_alarm: Vec<String> = readings
+            .iter()
+            .filter(|r| r.state == AlarmState::Alarm)
+            .map(|r| r.alarm.clone())
+            .collect();
+        in_alarm.sort();
+        in_alarm.dedup();
+        EffectOutput::Alarms { in_alarm, readings }
+    }
+}
+
+/// A CloudWatch alarm's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AlarmState {
+    Ok,
+    Alarm,
+    InsufficientData,
+}
+
+impl AlarmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Ok => "OK",
+            AlarmState::Alarm => "ALARM",
+            AlarmState::InsufficientData => "INSUFFICIENT_DATA",
+        }
+    }
+}
+
+/// One alarm as read during bake, in one target (account and region).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmReading {
+    pub alarm: String,
+    pub state: AlarmState,
+    /// Data points of the alarm's metric (or of its metric-math expression) since the deploy
+    /// finished; `None` when none were counted (a composite alarm has no metric of its own,
+    /// and a stage that asks for no data points is not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapoints: Option<u32>,
+}
+
+impl Snapshot {
+    /// When the run's deploy finished in its current attempt: the last of its waves.
+    pub fn deploy_finished(&self, run: &StageRun) -> Option<DateTime<Utc>> {
+        self.effects_of(run)
+            .filter(|e| e.kind.is_deploy() && e.status == EffectStatus::Succeeded)
+            .filter_map(|e| e.finished_at)
+            .max()
     }
 }
 

@@ -33,6 +33,8 @@ pub(super) struct Context {
     accounts: BTreeMap<String, Account>,
     /// The alarm notification that sent this run into rollback, if one did.
     trigger: Option<AlarmFact>,
+    /// When the run's deploy finished: a bake counts data points from here.
+    deploy_finished: Option<chrono::DateTime<chrono::Utc>>,
     /// When the context was taken, to render reasons for people.
     now: chrono::DateTime<chrono::Utc>,
 }
@@ -68,6 +70,7 @@ impl Context {
             public_url: config.controller.public_url.clone(),
             accounts: config.accounts.clone(),
             trigger: trigger(e, snap),
+            deploy_finished: run.and_then(|run| snap.deploy_finished(run)),
             now: engine.now(),
         }
     }
@@ -125,9 +128,8 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
     };
     let result = match (&e.kind, p.stage(&e.stage)) {
         (EffectKind::ResolveArtifact, _) => resolve(&op).await,
-        (EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. }, Some(s)) => {
-            alarms(&op, s).await
-        }
+        (EffectKind::CheckAlarms { .. }, Some(s)) => alarms(&op, s).await,
+        (EffectKind::PollAlarms { .. }, Some(s)) => bake_read(&op, s).await,
         (EffectKind::RunTest { test, .. }, Some(s)) => run_test(&op, s, test).await,
         (EffectKind::RequestApproval { .. }, Some(s)) => approval(&op, s).await,
         (EffectKind::Deploy { wave }, Some(s)) => deploy(&op, s, *wave).await,
@@ -185,7 +187,43 @@ async fn alarms(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
     } else {
         format!("in ALARM: {}", firing.join(", "))
     };
-    Ok(EffectOutcome::success(detail).with(EffectOutput::Alarms { in_alarm: firing }))
+    let output = EffectOutput::Alarms {
+        in_alarm: firing,
+        readings: Vec::new(),
+    };
+    Ok(EffectOutcome::success(detail).with(output))
+}
+
+/// A bake's poll: every alarm's state in every target and, when the stage asks for data
+/// points, each metric's data points since the deploy finished.
+async fn bake_read(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
+    let run = op.ctx.run.as_ref();
+    let window = (s.min_datapoints > 0).then(|| {
+        let started = run.map(|r| r.since).unwrap_or(op.ctx.now);
+        DataWindow {
+            from: op.ctx.deploy_finished.unwrap_or(started),
+            until: op.ctx.now,
+        }
+    });
+    let mut readings = Vec::new();
+    for t in &s.targets {
+        let account = op.ctx.account(&t.account)?;
+        let read = op
+            .ports()
+            .alarms
+            .read(account, &t.region, &s.alarms, window)
+            .await?;
+        readings.extend(read);
+    }
+    let detail = readings
+        .iter()
+        .map(|r| match r.datapoints {
+            Some(n) => format!("{} {} ({n} data points)", r.alarm, r.state.as_str()),
+            None => format!("{} {}", r.alarm, r.state.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(EffectOutcome::success(detail).with(EffectOutput::alarms(readings)))
 }
 
 async fn run_test(op: &Op<'_>, s: &Stage, test: &str) -> PortResult<EffectOutcome> {

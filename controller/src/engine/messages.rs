@@ -148,6 +148,18 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
         (_, Reason::ApprovalExpired { .. }) => vec![format!(
             "nobody approved in time: `tollgate retry {p} {r}` asks the approvers again"
         )],
+        (_, Reason::NotEnoughData { .. }) => vec![
+            format!(
+                "{s} keeps running {r} but does not count it as known-good: no alarm found it bad, \
+                 and the alarms had too little data to find it good"
+            ),
+            "check that the service gets traffic and publishes the alarms' metrics \
+             (docs/operations.md); a stage that is always this quiet needs a lower \
+             `min_datapoints` or `insufficient_data = \"pass\"`"
+                .into(),
+            retry,
+            fix,
+        ],
         (_, Reason::AlarmFired { .. } | Reason::AlarmPolled { .. }) => {
             vec![fix, override_alarms]
         }

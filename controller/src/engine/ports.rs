@@ -11,9 +11,10 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::config::{Account, Approver, Artifact, Deploy, Promote, Target, TestDef};
-use crate::domain::{AppliedSpec, ReleaseId, ReportState};
+use crate::domain::{AlarmReading, AppliedSpec, ReleaseId, ReportState};
 
 /// What went wrong in an adapter, in the few ways the engine branches on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,6 +147,26 @@ pub trait Alarms: Send + Sync {
         region: &str,
         names: &[String],
     ) -> PortResult<Vec<String>>;
+
+    /// Each alarm among `names` in that account and region, in the order asked: its state
+    /// and, when `window` is given, the data points its metric (or metric-math expression) has
+    /// had in it (`None` for a composite alarm). An alarm that does not exist is an error,
+    /// never a reading.
+    async fn read(
+        &self,
+        account: &Account,
+        region: &str,
+        names: &[String],
+        window: Option<DataWindow>,
+    ) -> PortResult<Vec<AlarmReading>>;
+}
+
+/// The time range a bake read counts data points in: from when the deploy finished until
+/// the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataWindow {
+    pub from: DateTime<Utc>,
+    pub until: DateTime<Utc>,
 }
 
 /// A GitHub Deployment status for one release in one stage.

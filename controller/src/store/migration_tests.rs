@@ -83,13 +83,18 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
         ),
         (
             EffectKind::PollAlarms { round: 3 },
+            // Written before bake reads counted data points: no readings.
             EffectOutput::Alarms {
                 in_alarm: vec!["api-5xx".into(), "api-4xx".into()],
+                readings: vec![],
             },
         ),
         (
             EffectKind::CheckAlarms { round: 0 },
-            EffectOutput::Alarms { in_alarm: vec![] },
+            EffectOutput::Alarms {
+                in_alarm: vec![],
+                readings: vec![],
+            },
         ),
         (
             EffectKind::Rollback {

@@ -7,18 +7,38 @@
 //! loopback.
 
 pub mod cloudwatch {
-    //! A scripted CloudWatch alarm-state server (`DescribeAlarms`) on loopback.
+    //! A scripted CloudWatch server on loopback: alarm states (`DescribeAlarms`) and metric
+    //! data (`GetMetricData`).
     //!
     //! Covers two moto 5.2.5 gaps: the current AWS SDK for Rust calls CloudWatch over RPCv2
     //! CBOR, which moto does not serve, and moto cannot be told to throttle.
+    //!
+    //! `DescribeAlarms` describes each metric alarm with what it watches (`Namespace`,
+    //! `MetricName`, `Dimensions`, `Period`, `Statistic` or `ExtendedStatistic`), or with its
+    //! `Metrics` for a metric-math alarm. `GetMetricData` follows the API reference
+    //! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_GetMetricData.html>):
+    //! 1 to 500 queries, each `Id` unique and starting with a lowercase letter, each query
+    //! either a `MetricStat` or an `Expression`; `EndTime` after `StartTime` (else
+    //! `ValidationError`); `StartTime` inclusive and `EndTime` exclusive; a `Period` of 1, 5,
+    //! 10, 30 or a multiple of 60; the start rounded down as documented for recent data (to a
+    //! whole minute for periods of 60 s or more, to the period's division of a minute below);
+    //! one data point per period that has samples, stamped with the period's start and
+    //! aggregated with the query's statistic (`SampleCount`, `Sum`, `Average`, `Minimum`,
+    //! `Maximum`, `pNN`); only queries with `ReturnData` (default true) answered;
+    //! `TimestampDescending` unless `ScanBy` says `TimestampAscending`. Not modelled: paging
+    //! (`MaxDatapoints`, `NextToken`: every data point comes in one page), data retention, and
+    //! metric math beyond an id alone or two ids joined by `+ - * /` (computed at the
+    //! timestamps both have; anything else is a `ValidationError` naming the stub's limit).
     //!
     //! Speaks RPCv2 CBOR: `POST /service/GraniteServiceVersion20100801/operation/DescribeAlarms`
     //! with `Content-Type: application/cbor`; answers with `smithy-protocol: rpc-v2-cbor` (the SDK
     //! rejects a response without it), timestamps as CBOR tag 1 (epoch seconds), and errors as
     //! HTTP 400 with a map holding `__type` and `message` plus CloudWatch's query-compatible
-    //! `x-amzn-query-error` header. It also answers the awsQuery form of the same call (`POST /`,
-    //! `Action=DescribeAlarms`), which SDK releases for older compilers still send, so one script
-    //! serves whichever the resolved SDK speaks.
+    //! `x-amzn-query-error` header. It also answers the awsQuery form of the same calls (`POST
+    //! /`, `Action=DescribeAlarms` or `Action=GetMetricData`, answered in XML), which SDK
+    //! releases for older compilers still send, so one script serves whichever the resolved SDK
+    //! speaks: a query request is read into the value its CBOR form would carry, and the same
+    //! output value is written as CBOR or XML.
     //!
     //! Tests set alarm states by name, make the next N calls throttle, and read back every call
     //! with the access key and region of its SigV4 credential scope. Never used by the controller
@@ -53,17 +73,75 @@ pub mod cloudwatch {
         /// The region of the SigV4 credential scope.
         pub region: Option<String>,
         pub alarm_names: Vec<String>,
+        /// `GetMetricData`: the query ids, and `StartTime` in epoch milliseconds.
+        pub query_ids: Vec<String>,
+        pub start_ms: Option<i64>,
+    }
+
+    /// A metric, one statistic of it, over one period: what a metric alarm watches.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MetricSpec {
+        pub namespace: String,
+        pub name: String,
+        pub dimensions: Vec<(String, String)>,
+        /// Seconds.
+        pub period: i64,
+        /// `Sum`, `Average`, `SampleCount`, `Minimum`, `Maximum` or `pNN`.
+        pub stat: String,
+    }
+
+    impl MetricSpec {
+        /// `Sum` over 60 s of `Tollgate/Stub` `name`, no dimensions.
+        pub fn sum(name: &str) -> MetricSpec {
+            MetricSpec {
+                namespace: "Tollgate/Stub".into(),
+                name: name.into(),
+                dimensions: Vec::new(),
+                period: 60,
+                stat: "Sum".into(),
+            }
+        }
+
+        fn key(&self) -> MetricKey {
+            let mut dims = self.dimensions.clone();
+            dims.sort();
+            (self.namespace.clone(), self.name.clone(), dims)
+        }
+    }
+
+    /// One query of a metric-math alarm: a metric, or an expression over other ids.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MathQuery {
+        pub id: String,
+        pub metric: Option<MetricSpec>,
+        pub expression: Option<String>,
+        pub return_data: bool,
+    }
+
+    /// What an alarm watches.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Watches {
+        Metric(MetricSpec),
+        Math(Vec<MathQuery>),
+        /// A composite alarm: other alarms, no metric.
+        Alarms,
     }
 
     #[derive(Debug, Clone)]
     struct Alarm {
         state: String,
         since: f64,
+        watches: Watches,
     }
+
+    /// (namespace, metric name, dimensions).
+    type MetricKey = (String, String, Vec<(String, String)>);
 
     #[derive(Debug, Default)]
     struct Script {
         alarms: BTreeMap<String, Alarm>,
+        /// Raw samples per metric: (epoch seconds, value).
+        samples: BTreeMap<MetricKey, Vec<(f64, f64)>>,
         throttles: u32,
         calls: Vec<Call>,
     }
@@ -73,6 +151,8 @@ pub mod cloudwatch {
     /// What one call gets.
     enum Reply {
         Alarms(Vec<(String, Alarm)>),
+        Data(Value),
+        Invalid(String),
         Throttled,
         UnknownOperation(String),
     }
@@ -112,16 +192,44 @@ pub mod cloudwatch {
             format!("http://{}", self.addr)
         }
 
-        /// Creates or changes an alarm: `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+        /// Creates or changes an alarm: `OK`, `ALARM` or `INSUFFICIENT_DATA`. A new alarm
+        /// watches [`MetricSpec::sum`] of its own name; an existing one keeps what it watches.
         pub fn set_alarm(&self, name: &str, state: &str) {
-            let since = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
+            let watches = self
+                .lock()
+                .alarms
+                .get(name)
+                .map(|a| a.watches.clone())
+                .unwrap_or_else(|| Watches::Metric(MetricSpec::sum(name)));
+            self.set_alarm_watching(name, state, watches);
+        }
+
+        /// Creates or changes an alarm watching `watches`.
+        pub fn set_alarm_watching(&self, name: &str, state: &str, watches: Watches) {
             let alarm = Alarm {
                 state: state.to_owned(),
-                since,
+                since: epoch_now(),
+                watches,
             };
             self.lock().alarms.insert(name.to_owned(), alarm);
+        }
+
+        /// Records raw samples of a metric: (epoch seconds, value), as `PutMetricData` would.
+        pub fn put_samples(&self, metric: &MetricSpec, samples: &[(f64, f64)]) {
+            let mut script = self.lock();
+            let series = script.samples.entry(metric.key()).or_default();
+            series.extend_from_slice(samples);
+        }
+
+        /// Records one sample of value 1 on the metric alarm `alarm` watches, at each of
+        /// `times` (epoch seconds).
+        pub fn put_alarm_samples(&self, alarm: &str, times: &[f64]) {
+            let watched = self.lock().alarms.get(alarm).map(|a| a.watches.clone());
+            let Some(Watches::Metric(metric)) = watched else {
+                panic!("alarm {alarm} watches no single metric");
+            };
+            let samples: Vec<(f64, f64)> = times.iter().map(|t| (*t, 1.0)).collect();
+            self.put_samples(&metric, &samples);
         }
 
         /// A handle on this stub's alarm states, for another stub in the same test to read
@@ -173,16 +281,30 @@ pub mod cloudwatch {
         }
     }
 
-    /// Records the call and decides its reply from the script.
-    fn answer(script: &Shared, call: Call) -> Reply {
+    fn epoch_now() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// Records the call and decides its reply from the script; `body` is a CBOR request's.
+    fn answer(script: &Shared, call: Call, body: Option<&Value>) -> Reply {
         let mut script = script.lock().unwrap_or_else(|e| e.into_inner());
         script.calls.push(call.clone());
-        if call.operation != "DescribeAlarms" {
+        if !matches!(call.operation.as_str(), "DescribeAlarms" | "GetMetricData")
+            || (call.operation == "GetMetricData" && body.is_none())
+        {
             return Reply::UnknownOperation(call.operation);
         }
         if script.throttles > 0 {
             script.throttles -= 1;
             return Reply::Throttled;
+        }
+        if let Some(body) = body.filter(|_| call.operation == "GetMetricData") {
+            return match metric_data::answer(&script.samples, body) {
+                Ok(v) => Reply::Data(v),
+                Err(e) => Reply::Invalid(e),
+            };
         }
         let wanted = |name: &String| call.alarm_names.is_empty() || call.alarm_names.contains(name);
         let found = script.alarms.iter().filter(|(name, _)| wanted(name));
@@ -229,8 +351,8 @@ pub mod cloudwatch {
                 "Sender",
             );
         }
-        let names = match cbor_alarm_names(&body) {
-            Ok(names) => names,
+        let input = match cbor_input(&body) {
+            Ok(input) => input,
             Err(e) => return cbor_error("SerializationException", &e, "Sender"),
         };
         let (access_key_id, region) = signer(&headers);
@@ -239,10 +361,16 @@ pub mod cloudwatch {
             protocol: "cbor",
             access_key_id,
             region: region.clone(),
-            alarm_names: names,
+            alarm_names: texts(field(&input, "AlarmNames")),
+            query_ids: metric_data::query_ids(&input),
+            start_ms: field(&input, "StartTime")
+                .and_then(metric_data::epoch)
+                .map(|t| (t * 1000.0).round() as i64),
         };
-        match answer(&script, call) {
+        match answer(&script, call, Some(&input)) {
             Reply::Alarms(alarms) => cbor_alarms(region.as_deref(), &alarms),
+            Reply::Data(v) => cbor_response(StatusCode::OK, &v, None),
+            Reply::Invalid(e) => cbor_error("ValidationError", &e, "Sender"),
             Reply::Throttled => cbor_error("ThrottlingException", "Rate exceeded", "Sender"),
             Reply::UnknownOperation(op) => cbor_error(
                 "UnknownOperationException",
@@ -252,47 +380,132 @@ pub mod cloudwatch {
         }
     }
 
-    /// `AlarmNames` of a CBOR request body (an empty body is an empty input).
-    fn cbor_alarm_names(body: &[u8]) -> Result<Vec<String>, String> {
+    /// A CBOR request body as a map (an empty body is an empty input).
+    fn cbor_input(body: &[u8]) -> Result<Value, String> {
         if body.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Value::Map(Vec::new()));
         }
         let value: Value = ciborium::from_reader(body).map_err(|e| format!("bad CBOR: {e}"))?;
-        let Value::Map(fields) = value else {
-            return Err("the request body is not a CBOR map".into());
-        };
-        let names = fields
-            .into_iter()
-            .find(|(k, _)| k.as_text() == Some("AlarmNames"));
-        let Some((_, Value::Array(items))) = names else {
-            return Ok(Vec::new());
-        };
-        Ok(items
+        match value {
+            Value::Map(_) => Ok(value),
+            _ => Err("the request body is not a CBOR map".into()),
+        }
+    }
+
+    /// The member `name` of a CBOR map.
+    fn field<'a>(map: &'a Value, name: &str) -> Option<&'a Value> {
+        map.as_map()?
             .iter()
-            .filter_map(|v| v.as_text().map(str::to_owned))
-            .collect())
+            .find(|(k, _)| k.as_text() == Some(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The strings of a CBOR array (none when absent).
+    fn texts(v: Option<&Value>) -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|v| v.as_text().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn text(s: &str) -> Value {
         Value::Text(s.to_owned())
     }
 
+    /// The statistics `Statistic` names; anything else (`p99`) is an `ExtendedStatistic`.
+    const STATISTICS: [&str; 5] = ["SampleCount", "Average", "Sum", "Minimum", "Maximum"];
+
+    fn cbor_metric(m: &MetricSpec) -> Value {
+        let dims = m
+            .dimensions
+            .iter()
+            .map(|(n, v)| Value::Map(vec![(text("Name"), text(n)), (text("Value"), text(v))]));
+        Value::Map(vec![
+            (text("Namespace"), text(&m.namespace)),
+            (text("MetricName"), text(&m.name)),
+            (text("Dimensions"), Value::Array(dims.collect())),
+        ])
+    }
+
+    /// What a metric alarm watches, as `DescribeAlarms` describes it.
+    fn cbor_watches(m: &Watches) -> Vec<(Value, Value)> {
+        match m {
+            Watches::Metric(m) => {
+                let mut fields = match cbor_metric(m) {
+                    Value::Map(f) => f,
+                    _ => Vec::new(),
+                };
+                let stat_key = if STATISTICS.contains(&m.stat.as_str()) {
+                    "Statistic"
+                } else {
+                    "ExtendedStatistic"
+                };
+                fields.push((text(stat_key), text(&m.stat)));
+                fields.push((text("Period"), Value::Integer(m.period.into())));
+                fields
+            }
+            Watches::Math(queries) => {
+                let queries = queries.iter().map(|q| {
+                    let mut f = vec![(text("Id"), text(&q.id))];
+                    if let Some(m) = &q.metric {
+                        let stat = Value::Map(vec![
+                            (text("Metric"), cbor_metric(m)),
+                            (text("Period"), Value::Integer(m.period.into())),
+                            (text("Stat"), text(&m.stat)),
+                        ]);
+                        f.push((text("MetricStat"), stat));
+                    }
+                    if let Some(e) = &q.expression {
+                        f.push((text("Expression"), text(e)));
+                    }
+                    f.push((text("ReturnData"), Value::Bool(q.return_data)));
+                    Value::Map(f)
+                });
+                vec![(text("Metrics"), Value::Array(queries.collect()))]
+            }
+            Watches::Alarms => Vec::new(),
+        }
+    }
+
     fn cbor_alarms(region: Option<&str>, alarms: &[(String, Alarm)]) -> Response {
-        let metric_alarms = alarms.iter().map(|(name, alarm)| {
+        cbor_response(StatusCode::OK, &alarms_value(region, alarms), None)
+    }
+
+    /// The `DescribeAlarms` output, in either protocol's shape.
+    fn alarms_value(region: Option<&str>, alarms: &[(String, Alarm)]) -> Value {
+        let one = |name: &String, alarm: &Alarm| {
             let since = Value::Tag(1, Box::new(Value::Float(alarm.since)));
-            Value::Map(vec![
+            let mut fields = vec![
                 (text("AlarmName"), text(name)),
                 (text("AlarmArn"), text(&alarm_arn(region, name))),
                 (text("StateValue"), text(&alarm.state)),
                 (text("StateReason"), text(&reason(&alarm.state))),
                 (text("StateUpdatedTimestamp"), since),
-            ])
-        });
-        let body = Value::Map(vec![
+            ];
+            if alarm.watches != Watches::Alarms {
+                fields.extend(cbor_watches(&alarm.watches));
+                fields.push((text("EvaluationPeriods"), Value::Integer(1.into())));
+                fields.push((text("Threshold"), Value::Float(0.0)));
+                fields.push((text("ComparisonOperator"), text("GreaterThanThreshold")));
+            }
+            Value::Map(fields)
+        };
+        let (composite, metric): (Vec<_>, Vec<_>) = alarms
+            .iter()
+            .partition(|(_, a)| a.watches == Watches::Alarms);
+        let metric_alarms = metric.iter().map(|(n, a)| one(n, a));
+        let composite_alarms = composite.iter().map(|(n, a)| one(n, a));
+        Value::Map(vec![
             (text("MetricAlarms"), Value::Array(metric_alarms.collect())),
-            (text("CompositeAlarms"), Value::Array(Vec::new())),
-        ]);
-        cbor_response(StatusCode::OK, &body, None)
+            (
+                text("CompositeAlarms"),
+                Value::Array(composite_alarms.collect()),
+            ),
+        ])
     }
 
     /// An RPCv2 CBOR error: HTTP 400, `__type` and `message`, and the awsQuery code and fault
@@ -337,22 +550,34 @@ pub mod cloudwatch {
 
     async fn query_call(State(script): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
         let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
-        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let names = form
+        let action = form
             .iter()
-            .filter(|(k, _)| k.starts_with("AlarmNames.member."));
+            .find(|(k, _)| k == "Action")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let input = match query_input(&form) {
+            Ok(input) => input,
+            Err(e) => return query_error("ValidationError", &e),
+        };
         let (access_key_id, region) = signer(&headers);
         let call = Call {
-            operation: field("Action").unwrap_or_default(),
+            operation: action.clone(),
             protocol: "query",
             access_key_id,
             region: region.clone(),
-            alarm_names: names.map(|(_, v)| v.clone()).collect(),
+            alarm_names: texts(field(&input, "AlarmNames")),
+            query_ids: metric_data::query_ids(&input),
+            start_ms: field(&input, "StartTime")
+                .and_then(metric_data::epoch)
+                .map(|t| (t * 1000.0).round() as i64),
         };
-        match answer(&script, call) {
+        match answer(&script, call, Some(&input)) {
             Reply::Alarms(alarms) => {
-                xml_response(StatusCode::OK, query_alarms(region.as_deref(), &alarms))
+                let result = alarms_value(region.as_deref(), &alarms);
+                xml_response(StatusCode::OK, query_result("DescribeAlarms", &result))
             }
+            Reply::Data(v) => xml_response(StatusCode::OK, query_result("GetMetricData", &v)),
+            Reply::Invalid(e) => query_error("ValidationError", &e),
             Reply::Throttled => query_error("Throttling", "Rate exceeded"),
             Reply::UnknownOperation(op) => {
                 query_error("InvalidAction", &format!("the stub does not serve {op}"))
@@ -360,30 +585,130 @@ pub mod cloudwatch {
         }
     }
 
-    fn query_alarms(region: Option<&str>, alarms: &[(String, Alarm)]) -> String {
-        let members: String = alarms
-            .iter()
-            .map(|(name, a)| query_member(region, name, a))
-            .collect();
+    /// An awsQuery request as the CBOR input the same call would carry: `A.member.N.B` become
+    /// arrays of maps; `Period` and `MaxDatapoints` integers, `ReturnData` booleans,
+    /// `StartTime` and `EndTime` timestamps (tag 1).
+    fn query_input(form: &[(String, String)]) -> Result<Value, String> {
+        let mut root = Node::Map(BTreeMap::new());
+        for (key, value) in form.iter().filter(|(k, _)| k != "Action" && k != "Version") {
+            let parts: Vec<&str> = key.split('.').collect();
+            insert(
+                &mut root,
+                &parts,
+                leaf(parts.last().copied().unwrap_or_default(), value)?,
+            );
+        }
+        Ok(root.into_value())
+    }
+
+    enum Node {
+        Leaf(Value),
+        Map(BTreeMap<String, Node>),
+        List(BTreeMap<usize, Node>),
+    }
+
+    impl Node {
+        fn into_value(self) -> Value {
+            match self {
+                Node::Leaf(v) => v,
+                Node::Map(m) => Value::Map(
+                    m.into_iter()
+                        .map(|(k, n)| (text(&k), n.into_value()))
+                        .collect(),
+                ),
+                Node::List(l) => Value::Array(l.into_values().map(Node::into_value).collect()),
+            }
+        }
+    }
+
+    fn insert(node: &mut Node, path: &[&str], value: Value) {
+        match (node, path) {
+            (Node::Map(m), [key]) => {
+                m.insert((*key).to_owned(), Node::Leaf(value));
+            }
+            (Node::Map(m), [key, "member", rest @ ..]) if !rest.is_empty() => {
+                let list = m
+                    .entry((*key).to_owned())
+                    .or_insert_with(|| Node::List(BTreeMap::new()));
+                insert(list, rest, value);
+            }
+            (Node::Map(m), [key, rest @ ..]) => {
+                let child = m
+                    .entry((*key).to_owned())
+                    .or_insert_with(|| Node::Map(BTreeMap::new()));
+                insert(child, rest, value);
+            }
+            (Node::List(l), [index, rest @ ..]) => {
+                let i = index.parse().unwrap_or(0);
+                if rest.is_empty() {
+                    l.insert(i, Node::Leaf(value));
+                } else {
+                    let child = l.entry(i).or_insert_with(|| Node::Map(BTreeMap::new()));
+                    insert(child, rest, value);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn leaf(key: &str, value: &str) -> Result<Value, String> {
+        Ok(match key {
+            "Period" | "MaxDatapoints" => Value::Integer(
+                value
+                    .parse::<i64>()
+                    .map_err(|_| format!("{key} `{value}` is not an integer"))?
+                    .into(),
+            ),
+            "ReturnData" => Value::Bool(value == "true"),
+            "StartTime" | "EndTime" => {
+                let t = chrono::DateTime::parse_from_rfc3339(value)
+                    .map_err(|_| format!("{key} `{value}` is not a timestamp"))?;
+                Value::Tag(
+                    1,
+                    Box::new(Value::Float(t.timestamp_millis() as f64 / 1000.0)),
+                )
+            }
+            _ => text(value),
+        })
+    }
+
+    /// `<ActionResponse><ActionResult>…</ActionResult>…</ActionResponse>` from an output value.
+    fn query_result(action: &str, result: &Value) -> String {
         format!(
-            "<DescribeAlarmsResponse xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\">\
-             <DescribeAlarmsResult><MetricAlarms>{members}</MetricAlarms><CompositeAlarms/>\
-             </DescribeAlarmsResult><ResponseMetadata><RequestId>stub</RequestId>\
-             </ResponseMetadata></DescribeAlarmsResponse>"
+            "<{action}Response xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\">\
+             <{action}Result>{}</{action}Result><ResponseMetadata><RequestId>stub</RequestId>\
+             </ResponseMetadata></{action}Response>",
+            xml_fields(result)
         )
     }
 
-    fn query_member(region: Option<&str>, name: &str, alarm: &Alarm) -> String {
-        let since = chrono::DateTime::from_timestamp(alarm.since as i64, 0).unwrap_or_default();
-        format!(
-            "<member><AlarmName>{}</AlarmName><AlarmArn>{}</AlarmArn><StateValue>{}</StateValue>\
-             <StateReason>{}</StateReason><StateUpdatedTimestamp>{}</StateUpdatedTimestamp></member>",
-            xml_escape(name),
-            xml_escape(&alarm_arn(region, name)),
-            xml_escape(&alarm.state),
-            xml_escape(&reason(&alarm.state)),
-            since.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
-        )
+    /// A value as awsQuery XML: map members as elements, list items as `<member>`,
+    /// timestamps in ISO 8601.
+    fn xml_fields(v: &Value) -> String {
+        match v {
+            Value::Map(fields) => fields
+                .iter()
+                .map(|(k, v)| {
+                    let k = k.as_text().unwrap_or_default();
+                    format!("<{k}>{}</{k}>", xml_fields(v))
+                })
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| format!("<member>{}</member>", xml_fields(v)))
+                .collect(),
+            Value::Text(t) => xml_escape(t),
+            Value::Integer(i) => i128::from(*i).to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Tag(1, t) => {
+                let secs = metric_data::epoch(&Value::Tag(1, t.clone())).unwrap_or_default();
+                let at = chrono::DateTime::from_timestamp_millis((secs * 1000.0).round() as i64)
+                    .unwrap_or_default();
+                at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+            }
+            _ => String::new(),
+        }
     }
 
     fn query_error(code: &str, message: &str) -> Response {
@@ -405,6 +730,281 @@ pub mod cloudwatch {
             .replace('<', "&lt;")
             .replace('>', "&gt;")
             .replace('"', "&quot;")
+    }
+
+    /// `GetMetricData` as the API reference describes it (see the module doc).
+    mod metric_data {
+        use std::collections::BTreeMap;
+
+        use ciborium::Value;
+
+        use super::{MetricKey, field, text};
+
+        const MAX_QUERIES: usize = 500;
+
+        type Series = Vec<(f64, f64)>;
+
+        struct Query {
+            id: String,
+            label: Option<String>,
+            source: Source,
+            return_data: bool,
+        }
+
+        enum Source {
+            Stat {
+                key: MetricKey,
+                period: i64,
+                stat: String,
+            },
+            Expression(String),
+        }
+
+        /// A CBOR timestamp (tag 1, epoch seconds as an integer or a float).
+        pub(super) fn epoch(v: &Value) -> Option<f64> {
+            let v = match v {
+                Value::Tag(1, inner) => inner.as_ref(),
+                other => other,
+            };
+            match v {
+                Value::Float(f) => Some(*f),
+                Value::Integer(i) => Some(i128::from(*i) as f64),
+                _ => None,
+            }
+        }
+
+        pub(super) fn query_ids(input: &Value) -> Vec<String> {
+            let Some(items) = field(input, "MetricDataQueries").and_then(Value::as_array) else {
+                return Vec::new();
+            };
+            items
+                .iter()
+                .filter_map(|q| field(q, "Id").and_then(Value::as_text).map(str::to_owned))
+                .collect()
+        }
+
+        /// The response to one request, or the `ValidationError` message.
+        pub(super) fn answer(
+            samples: &BTreeMap<MetricKey, Series>,
+            input: &Value,
+        ) -> Result<Value, String> {
+            let queries = parse_queries(input)?;
+            let start = field(input, "StartTime")
+                .and_then(epoch)
+                .ok_or("The parameter StartTime is required.")?;
+            let end = field(input, "EndTime")
+                .and_then(epoch)
+                .ok_or("The parameter EndTime is required.")?;
+            if end <= start {
+                return Err("The parameter EndTime must be greater than StartTime.".into());
+            }
+            let ascending =
+                field(input, "ScanBy").and_then(Value::as_text) == Some("TimestampAscending");
+            let mut series: BTreeMap<String, Series> = BTreeMap::new();
+            for q in &queries {
+                if let Source::Stat { key, period, stat } = &q.source {
+                    let points = aggregate(samples.get(key), start, end, *period, stat)?;
+                    series.insert(q.id.clone(), points);
+                }
+            }
+            for q in &queries {
+                if let Source::Expression(e) = &q.source {
+                    let points = evaluate(e, &series)?;
+                    series.insert(q.id.clone(), points);
+                }
+            }
+            let results = queries.iter().filter(|q| q.return_data).map(|q| {
+                let mut points = series.get(&q.id).cloned().unwrap_or_default();
+                if !ascending {
+                    points.reverse();
+                }
+                let stamps = points
+                    .iter()
+                    .map(|(t, _)| Value::Tag(1, Box::new(Value::Float(*t))));
+                let values = points.iter().map(|(_, v)| Value::Float(*v));
+                Value::Map(vec![
+                    (text("Id"), text(&q.id)),
+                    (text("Label"), text(q.label.as_deref().unwrap_or(&q.id))),
+                    (text("Timestamps"), Value::Array(stamps.collect())),
+                    (text("Values"), Value::Array(values.collect())),
+                    (text("StatusCode"), text("Complete")),
+                ])
+            });
+            Ok(Value::Map(vec![
+                (text("MetricDataResults"), Value::Array(results.collect())),
+                (text("Messages"), Value::Array(Vec::new())),
+            ]))
+        }
+
+        fn parse_queries(input: &Value) -> Result<Vec<Query>, String> {
+            let items = field(input, "MetricDataQueries")
+                .and_then(Value::as_array)
+                .ok_or("The parameter MetricDataQueries is required.")?;
+            if items.is_empty() || items.len() > MAX_QUERIES {
+                return Err(format!(
+                    "MetricDataQueries must hold 1 to {MAX_QUERIES} queries, not {}.",
+                    items.len()
+                ));
+            }
+            let mut out: Vec<Query> = Vec::new();
+            for q in items {
+                let id = field(q, "Id")
+                    .and_then(Value::as_text)
+                    .ok_or("Every MetricDataQuery needs an Id.")?
+                    .to_owned();
+                let valid = id.starts_with(|c: char| c.is_ascii_lowercase())
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(format!(
+                        "Invalid id `{id}`: it must start with a lowercase letter and hold only \
+                         letters, digits and underscores."
+                    ));
+                }
+                if out.iter().any(|o| o.id == id) {
+                    return Err(format!("The value {id} for the field Id must be unique."));
+                }
+                let expression = field(q, "Expression").and_then(Value::as_text);
+                let source = match (field(q, "MetricStat"), expression) {
+                    (Some(stat), None) => metric_stat(stat)?,
+                    (None, Some(e)) => Source::Expression(e.to_owned()),
+                    _ => {
+                        return Err(format!(
+                            "Query {id} must have exactly one of MetricStat and Expression."
+                        ));
+                    }
+                };
+                out.push(Query {
+                    id,
+                    label: field(q, "Label")
+                        .and_then(Value::as_text)
+                        .map(str::to_owned),
+                    source,
+                    return_data: !matches!(field(q, "ReturnData"), Some(Value::Bool(false))),
+                });
+            }
+            Ok(out)
+        }
+
+        fn metric_stat(s: &Value) -> Result<Source, String> {
+            let m = field(s, "Metric").ok_or("The parameter MetricStat.Metric is required.")?;
+            let part = |k: &str| {
+                field(m, k)
+                    .and_then(Value::as_text)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let mut dims: Vec<(String, String)> = field(m, "Dimensions")
+                .and_then(Value::as_array)
+                .map(|ds| {
+                    ds.iter()
+                        .filter_map(|d| {
+                            let name = field(d, "Name")?.as_text()?.to_owned();
+                            Some((name, field(d, "Value")?.as_text()?.to_owned()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            dims.sort();
+            let period = field(s, "Period")
+                .and_then(Value::as_integer)
+                .map(i128::from)
+                .ok_or("The parameter MetricStat.Period is required.")?;
+            let period = i64::try_from(period).unwrap_or(0);
+            if !(matches!(period, 1 | 5 | 10 | 30) || (period >= 60 && period % 60 == 0)) {
+                return Err(format!(
+                    "The parameter MetricStat.Period must be 1, 5, 10, 30 or a multiple of 60, \
+                     not {period}."
+                ));
+            }
+            let stat = field(s, "Stat")
+                .and_then(Value::as_text)
+                .ok_or("The parameter MetricStat.Stat is required.")?
+                .to_owned();
+            Ok(Source::Stat {
+                key: (part("Namespace"), part("MetricName"), dims),
+                period,
+                stat,
+            })
+        }
+
+        /// One data point per period with samples, from the rounded start until `end`.
+        fn aggregate(
+            samples: Option<&Series>,
+            start: f64,
+            end: f64,
+            period: i64,
+            stat: &str,
+        ) -> Result<Series, String> {
+            let p = period as f64;
+            let round = if period >= 60 { 60.0 } else { p };
+            let first = (start / round).floor() * round;
+            let mut buckets: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+            for (t, v) in samples.into_iter().flatten() {
+                if *t < first || *t >= end {
+                    continue;
+                }
+                let bucket = first + ((t - first) / p).floor() * p;
+                buckets
+                    .entry((bucket * 1000.0) as i64)
+                    .or_default()
+                    .push(*v);
+            }
+            buckets
+                .into_iter()
+                .map(|(ms, mut values)| Ok((ms as f64 / 1000.0, statistic(stat, &mut values)?)))
+                .collect()
+        }
+
+        fn statistic(stat: &str, values: &mut [f64]) -> Result<f64, String> {
+            let n = values.len() as f64;
+            let sum: f64 = values.iter().sum();
+            Ok(match stat {
+                "SampleCount" => n,
+                "Sum" => sum,
+                "Average" => sum / n,
+                "Minimum" => values.iter().copied().fold(f64::INFINITY, f64::min),
+                "Maximum" => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                p if p.starts_with('p') => {
+                    let q: f64 = p[1..]
+                        .parse()
+                        .map_err(|_| format!("`{p}` is not a statistic."))?;
+                    values.sort_by(f64::total_cmp);
+                    let rank = ((q / 100.0) * n).ceil().max(1.0) as usize;
+                    values[rank.min(values.len()) - 1]
+                }
+                other => return Err(format!("`{other}` is not a statistic.")),
+            })
+        }
+
+        /// `id`, or `id OP id` with OP one of `+ - * /`, at the timestamps both have.
+        fn evaluate(expr: &str, series: &BTreeMap<String, Series>) -> Result<Series, String> {
+            let get = |id: &str| {
+                series
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| format!("Unknown id `{id}` in the expression `{expr}`."))
+            };
+            let parts: Vec<&str> = expr.split_whitespace().collect();
+            let (a, op, b) = match parts.as_slice() {
+                [id] => return get(id),
+                [a, op, b] => (get(a)?, *op, get(b)?),
+                _ => {
+                    return Err(format!(
+                        "The stub evaluates only `id` or `id OP id`, not `{expr}`."
+                    ));
+                }
+            };
+            let f: fn(f64, f64) -> f64 = match op {
+                "+" => |x, y| x + y,
+                "-" => |x, y| x - y,
+                "*" => |x, y| x * y,
+                "/" => |x, y| x / y,
+                _ => return Err(format!("The stub does not evaluate `{op}` in `{expr}`.")),
+            };
+            Ok(a.iter()
+                .filter_map(|(t, x)| b.iter().find(|(u, _)| u == t).map(|(_, y)| (*t, f(*x, *y))))
+                .collect())
+        }
     }
 }
 

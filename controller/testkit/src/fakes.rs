@@ -14,10 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use tollgate::config::{Account, Artifact, TestDef};
+use tollgate::domain::{AlarmReading, AlarmState};
 use tollgate::engine::Ports;
 use tollgate::engine::ports::*;
+
+/// Data points a busy service's metric has, for an alarm a test did not script.
+pub const BUSY_DATAPOINTS: u32 = 1000;
 
 /// Calls and applications per idempotency key.
 #[derive(Debug, Default, Clone)]
@@ -62,6 +67,13 @@ pub struct FakeWorld {
     pub refused_approvers: BTreeSet<String>,
     /// Alarms in ALARM now, by name.
     pub firing: BTreeSet<String>,
+    /// Alarms in INSUFFICIENT_DATA now, by name (an alarm in `firing` is in ALARM instead).
+    pub insufficient: BTreeSet<String>,
+    /// Data points each alarm's metric has had since the time a bake read asks from; an alarm
+    /// not listed belongs to a busy service and has [`BUSY_DATAPOINTS`].
+    pub datapoints: BTreeMap<String, u32>,
+    /// Every bake read: (alarm names, the time data points were counted from).
+    pub bake_reads: Vec<(Vec<String>, Option<DateTime<Utc>>)>,
     /// Images that exist: tag → digest. A tag not here resolves to a digest made from it.
     pub images: BTreeMap<String, String>,
     /// Tags whose resolution fails (the image never appeared).
@@ -246,6 +258,31 @@ impl Alarms for Fakes {
                 .filter(|n| w.firing.contains(*n))
                 .cloned()
                 .collect())
+        })
+    }
+
+    async fn read(
+        &self,
+        _account: &Account,
+        _region: &str,
+        names: &[String],
+        window: Option<DataWindow>,
+    ) -> PortResult<Vec<AlarmReading>> {
+        let since = window.map(|w| w.from);
+        self.with(|w| {
+            w.bake_reads.push((names.to_vec(), since));
+            let reading = |name: &String| AlarmReading {
+                alarm: name.clone(),
+                state: if w.firing.contains(name) {
+                    AlarmState::Alarm
+                } else if w.insufficient.contains(name) {
+                    AlarmState::InsufficientData
+                } else {
+                    AlarmState::Ok
+                },
+                datapoints: since.map(|_| *w.datapoints.get(name).unwrap_or(&BUSY_DATAPOINTS)),
+            };
+            Ok(names.iter().map(reading).collect())
         })
     }
 }

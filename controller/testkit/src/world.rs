@@ -55,7 +55,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::aws_stubs::cloudwatch::CloudWatchStub;
+use crate::aws_stubs::cloudwatch::{CloudWatchStub, MetricSpec, Watches};
 use crate::moto::{DEFAULT_ACCOUNT_ID, MotoServer};
 use crate::sns::TestSigner;
 use tollgate::config::{self, Config};
@@ -133,6 +133,8 @@ pub struct WorldBuilder {
     after_tests: Vec<(String, String, Vec<String>)>,
     /// Stages deployed through CodePipeline instead: stage → (pipeline, rollback stage).
     codepipelines: BTreeMap<String, (String, String)>,
+    /// Every stage's `min_datapoints`.
+    min_datapoints: u32,
     dir: Option<PathBuf>,
 }
 
@@ -153,6 +155,7 @@ impl Default for WorldBuilder {
             stage_tests: true,
             after_tests: Vec::new(),
             codepipelines: BTreeMap::new(),
+            min_datapoints: 0,
             dir: None,
         }
     }
@@ -199,6 +202,14 @@ impl WorldBuilder {
     /// The same bake time for every stage.
     pub fn bake_all(mut self, bake: Duration) -> WorldBuilder {
         self.bakes.values_mut().for_each(|b| *b = bake);
+        self
+    }
+
+    /// Every stage's `min_datapoints`. Default 0: the emulated services get no traffic, so
+    /// their alarms' metrics have no data points unless a test puts samples on them
+    /// ([`World::alarm_metric`]).
+    pub fn min_datapoints(mut self, n: u32) -> WorldBuilder {
+        self.min_datapoints = n;
         self
     }
 
@@ -489,9 +500,19 @@ impl World {
     pub async fn start_cloudwatch_stub(&self) -> Result<CloudWatchStub> {
         let stub = CloudWatchStub::start().await?;
         for s in &self.stages {
-            stub.set_alarm(&s.alarm, "OK");
+            stub.set_alarm_watching(&s.alarm, "OK", Watches::Metric(Self::alarm_metric(s)));
         }
         Ok(stub)
+    }
+
+    /// What `stage`'s alarm watches in the CloudWatch stub: the `Sum` of a high-resolution
+    /// metric named after the alarm over 10 s, the shortest period an alarm may have (so a
+    /// data point counts soon after a deploy). Put samples on it to make the service busy.
+    pub fn alarm_metric(stage: &WorldStage) -> MetricSpec {
+        MetricSpec {
+            period: 10,
+            ..MetricSpec::sum(&stage.alarm)
+        }
     }
 
     /// The environment of a `tollgate serve` process over this world: every AWS call goes to
@@ -696,12 +717,14 @@ impl World {
         };
         let mut out = format!(
             "\n[[pipelines.stages]]\nname = {}\ntargets = [{{ account = {}, region = {} }}]\n\
-             {before}{after}bake = \"{}ms\"\nalarms = [{}]\n\n[pipelines.stages.deploy]\n",
+             {before}{after}bake = \"{}ms\"\nalarms = [{}]\nmin_datapoints = {}\n\n\
+             [pipelines.stages.deploy]\n",
             q(&s.name),
             q(&s.name),
             q(REGION),
             s.bake.as_millis(),
             q(&s.alarm),
+            spec.min_datapoints,
         );
         match spec.codepipelines.get(&s.name) {
             Some((pipeline, rollback_stage)) => out.push_str(&format!(

@@ -1,7 +1,8 @@
 //! `aws::cloudwatch::CloudWatchAlarms` through the real AWS SDK for Rust against the scripted
 //! CloudWatch stub (moto gap: moto does not serve CloudWatch over RPCv2 CBOR, and cannot
 //! throttle). Credentials come from `aws::sts::Credentials` with a real STS on `moto_server`,
-//! so a stage account's calls are signed with that account's assumed credentials.
+//! so a stage account's calls are signed with that account's assumed credentials. Bake reads
+//! count data points with `GetMetricData` on what each alarm watches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use tollgate::aws::cloudwatch::CloudWatchAlarms;
 use tollgate::aws::retry::{Limiter, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Account;
-use tollgate::engine::ports::{Alarms, PortError};
-use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
+use tollgate::domain::{AlarmReading, AlarmState};
+use tollgate::engine::ports::{Alarms, DataWindow, PortError};
+use tollgate_testkit::aws_stubs::cloudwatch::{CloudWatchStub, MathQuery, MetricSpec, Watches};
 use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
 const BETA: &str = "222222222222";
@@ -173,4 +175,190 @@ async fn each_account_is_asked_with_its_own_credentials_in_the_stage_region() {
         .map(|c| c.region.clone().unwrap_or_default())
         .collect();
     assert_eq!(regions, ["eu-west-1", "eu-west-1", REGION]);
+}
+
+// ----- bake reads: states and data points (DescribeAlarms + GetMetricData) -----------------
+
+/// A minute-aligned epoch second ten minutes ago, and that instant plus `secs`.
+fn ago_aligned() -> (f64, impl Fn(f64) -> chrono::DateTime<chrono::Utc>) {
+    let now = chrono::Utc::now().timestamp();
+    let m0 = (now - 600) / 60 * 60;
+    let at = |secs: f64| chrono::DateTime::from_timestamp_millis((secs * 1000.0) as i64).unwrap();
+    (m0 as f64, at)
+}
+
+fn reading(alarm: &str, state: AlarmState, datapoints: Option<u32>) -> AlarmReading {
+    AlarmReading {
+        alarm: alarm.into(),
+        state,
+        datapoints,
+    }
+}
+
+#[tokio::test]
+async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
+    let (stub, alarms) = setup().await;
+    let (m0, at) = ago_aligned();
+    // The deploy finished half a minute into m0: the period starting at m0 holds old code's
+    // data, and CloudWatch hands it back (StartTime is rounded down), but it does not count.
+    let since = m0 + 30.0;
+    stub.set_alarm("api-5xx", "OK");
+    stub.put_alarm_samples(
+        "api-5xx",
+        &[m0 + 10.0, m0 + 70.0, m0 + 75.0, m0 + 130.0, m0 + 190.0],
+    );
+    let latency = MetricSpec {
+        namespace: "AWS/ApplicationELB".into(),
+        name: "TargetResponseTime".into(),
+        dimensions: vec![
+            ("TargetGroup".into(), "tg/api".into()),
+            ("LoadBalancer".into(), "app/api".into()),
+        ],
+        period: 60,
+        stat: "p99".into(),
+    };
+    stub.set_alarm_watching("api-latency", "OK", Watches::Metric(latency.clone()));
+    stub.put_samples(
+        &latency,
+        &[(m0 + 61.0, 0.2), (m0 + 62.0, 0.9), (m0 + 250.0, 0.3)],
+    );
+    stub.set_alarm("queue-depth", "INSUFFICIENT_DATA");
+    stub.set_alarm_watching("service-health", "OK", Watches::Alarms);
+
+    let asked = names(&["api-5xx", "api-latency", "queue-depth", "service-health"]);
+    let window = DataWindow {
+        from: at(since),
+        until: chrono::Utc::now(),
+    };
+    let read = alarms
+        .read(&controller_account(), REGION, &asked, Some(window))
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        vec![
+            reading("api-5xx", AlarmState::Ok, Some(3)),
+            reading("api-latency", AlarmState::Ok, Some(2)),
+            reading("queue-depth", AlarmState::InsufficientData, Some(0)),
+            reading("service-health", AlarmState::Ok, None),
+        ]
+    );
+    let calls = stub.calls();
+    let ops: Vec<&str> = calls.iter().map(|c| c.operation.as_str()).collect();
+    assert_eq!(
+        ops,
+        ["DescribeAlarms", "GetMetricData"],
+        "one query per metric alarm, one call"
+    );
+    assert_eq!(calls[1].query_ids.len(), 3, "{:?}", calls[1]);
+    assert_eq!(calls[1].start_ms, Some((since * 1000.0) as i64));
+}
+
+#[tokio::test]
+async fn a_metric_math_alarm_counts_the_expression_it_evaluates() {
+    let (stub, alarms) = setup().await;
+    let (m0, at) = ago_aligned();
+    let errors = MetricSpec::sum("Errors");
+    let requests = MetricSpec::sum("Requests");
+    let queries = vec![
+        MathQuery {
+            id: "e".into(),
+            metric: Some(errors.clone()),
+            expression: None,
+            return_data: false,
+        },
+        MathQuery {
+            id: "r".into(),
+            metric: Some(requests.clone()),
+            expression: None,
+            return_data: false,
+        },
+        MathQuery {
+            id: "rate".into(),
+            metric: None,
+            expression: Some("e / r".into()),
+            return_data: true,
+        },
+    ];
+    stub.set_alarm_watching("error-rate", "OK", Watches::Math(queries));
+    stub.set_alarm("api-5xx", "OK");
+    stub.put_alarm_samples("api-5xx", &[m0 + 5.0]);
+    // Requests in three periods, errors (0 when none) reported in two of them.
+    stub.put_samples(
+        &requests,
+        &[(m0 + 1.0, 5.0), (m0 + 61.0, 7.0), (m0 + 121.0, 4.0)],
+    );
+    stub.put_samples(&errors, &[(m0 + 2.0, 0.0), (m0 + 62.0, 1.0)]);
+
+    let window = DataWindow {
+        from: at(m0),
+        until: chrono::Utc::now(),
+    };
+    let read = alarms
+        .read(
+            &controller_account(),
+            REGION,
+            &names(&["error-rate", "api-5xx"]),
+            Some(window),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        vec![
+            reading("error-rate", AlarmState::Ok, Some(2)),
+            reading("api-5xx", AlarmState::Ok, Some(1)),
+        ]
+    );
+    let metric_calls: Vec<Vec<String>> = stub
+        .calls()
+        .iter()
+        .filter(|c| c.operation == "GetMetricData")
+        .map(|c| c.query_ids.clone())
+        .collect();
+    assert_eq!(
+        metric_calls,
+        [names(&["e", "r", "rate"]), names(&["a0"])],
+        "the alarm's own queries go in a call of their own"
+    );
+}
+
+#[tokio::test]
+async fn a_bake_read_without_a_window_reads_states_only() {
+    let (stub, alarms) = setup().await;
+    stub.set_alarm("api-5xx", "ALARM");
+    let read = alarms
+        .read(&controller_account(), REGION, &names(&["api-5xx"]), None)
+        .await
+        .unwrap();
+    assert_eq!(read, vec![reading("api-5xx", AlarmState::Alarm, None)]);
+    let ops: Vec<String> = stub.calls().into_iter().map(|c| c.operation).collect();
+    assert_eq!(ops, ["DescribeAlarms"]);
+}
+
+#[tokio::test]
+async fn a_bake_read_of_an_alarm_that_does_not_exist_is_not_found() {
+    let (stub, alarms) = setup().await;
+    stub.set_alarm("api-5xx", "OK");
+    let window = DataWindow {
+        from: chrono::Utc::now() - chrono::Duration::minutes(5),
+        until: chrono::Utc::now(),
+    };
+    let err = alarms
+        .read(
+            &controller_account(),
+            REGION,
+            &names(&["api-5xx", "api-5xxx"]),
+            Some(window),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, PortError::NotFound(m) if m.contains("`api-5xxx`")),
+        "{err}"
+    );
+    assert!(
+        stub.calls().iter().all(|c| c.operation != "GetMetricData"),
+        "no data is read for a stage whose alarms are wrong"
+    );
 }

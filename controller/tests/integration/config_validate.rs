@@ -1228,3 +1228,94 @@ proptest! {
         prop_assert!(!rendered.contains(&secret), "{}", rendered);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bake data points
+
+/// The fixture with beta watching `beta-5xx` and `extra` (lines from 32 on) after its bake.
+fn beta_with_alarm(extra: &str) -> String {
+    stages_with(
+        "bake = \"10m\"",
+        &format!("bake = \"10m\"\nalarms = [\"beta-5xx\"]\n{extra}"),
+    )
+}
+
+#[test]
+fn bake_data_defaults_depend_on_alarms() {
+    let loaded = load(&beta_with_alarm(""), ACCOUNTS).unwrap_or_else(|e| panic!("{e}"));
+    let stages = &loaded.config.pipelines[0].stages;
+    assert_eq!(stages[0].min_datapoints, 3, "a stage with alarms");
+    assert_eq!(stages[0].insufficient_data, config::InsufficientData::Wait);
+    assert_eq!(
+        stages[0].bake_max_wait,
+        std::time::Duration::from_secs(3600)
+    );
+    assert_eq!(stages[1].min_datapoints, 0, "a stage without alarms");
+
+    let set = "min_datapoints = 10\ninsufficient_data = \"pass\"\nbake_max_wait = \"20m\"";
+    let loaded = load(&beta_with_alarm(set), ACCOUNTS).unwrap_or_else(|e| panic!("{e}"));
+    let beta = &loaded.config.pipelines[0].stages[0];
+    assert_eq!(beta.min_datapoints, 10);
+    assert_eq!(beta.insufficient_data, config::InsufficientData::Pass);
+    assert_eq!(beta.bake_max_wait, std::time::Duration::from_secs(1200));
+}
+
+#[test]
+fn unknown_insufficient_data_policy() {
+    let d = one_error(&beta_with_alarm("insufficient_data = \"ignore\""), ACCOUNTS);
+    assert_at(
+        &d,
+        "stages.toml",
+        32,
+        21,
+        "\"ignore\"",
+        "unknown insufficient_data `ignore`",
+    );
+    assert!(d.help.contains("`wait`, `fail` or `pass`"), "{d}");
+}
+
+#[test]
+fn min_datapoints_without_alarms() {
+    let d = one_error(
+        &stages_with("bake = \"10m\"", "bake = \"10m\"\nmin_datapoints = 5"),
+        ACCOUNTS,
+    );
+    assert_at(
+        &d,
+        "stages.toml",
+        31,
+        18,
+        "5",
+        "min_datapoints is 5 but the stage has no alarms",
+    );
+}
+
+#[test]
+fn min_datapoints_out_of_bounds() {
+    let d = one_error(&beta_with_alarm("min_datapoints = 20000"), ACCOUNTS);
+    assert_at(&d, "stages.toml", 32, 18, "20000", "more than 10080");
+    let d = one_error(&beta_with_alarm("min_datapoints = -1"), ACCOUNTS);
+    assert_at(&d, "stages.toml", 32, 18, "-1", "invalid value");
+}
+
+#[test]
+fn bake_max_wait_bad_or_too_long() {
+    let d = one_error(&beta_with_alarm("bake_max_wait = \"soon\""), ACCOUNTS);
+    assert_at(&d, "stages.toml", 32, 17, "\"soon\"", "is not a duration");
+    let d = one_error(&beta_with_alarm("bake_max_wait = \"8d\""), ACCOUNTS);
+    assert_at(&d, "stages.toml", 32, 17, "\"8d\"", "more than 7d");
+}
+
+#[test]
+fn min_alarm_evaluations_is_refused_and_points_to_min_datapoints() {
+    let d = one_error(&beta_with_alarm("min_alarm_evaluations = 2"), ACCOUNTS);
+    assert_at(
+        &d,
+        "stages.toml",
+        32,
+        1,
+        "min_alarm_evaluations",
+        "no longer read",
+    );
+    assert!(d.help.contains("min_datapoints"), "{d}");
+}

@@ -5,7 +5,7 @@ use crate::engine_support;
 
 use chrono::Duration;
 use engine_support::*;
-use tollgate::domain::{Decision, Phase, Reason, ReleaseId, RunStatus};
+use tollgate::domain::{DataGap, Decision, Phase, Reason, ReleaseId, RunStatus};
 use tollgate::engine::Ingested;
 use tollgate_testkit::fakes::fake_digest;
 
@@ -780,5 +780,85 @@ async fn a_rollback_to_a_deploy_recorded_without_its_spec_falls_back_and_says_so
         )),
         "{}",
         fallback[0].detail
+    );
+}
+
+#[tokio::test]
+async fn a_quiet_beta_keeps_baking_for_data_then_halts_and_says_why() {
+    let h = Harness::new();
+    h.fakes.with(|w| w.datapoints.insert("beta-5xx".into(), 1));
+    let engine = h.engine(None).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("not recorded")
+    };
+    settle(&engine).await.unwrap();
+    let beta = run(&engine, id, "beta").await;
+    assert_eq!(beta.status, RunStatus::Baking, "{:?}", beta.reason);
+    assert!(
+        matches!(
+            &beta.reason,
+            Reason::AwaitingData {
+                gap: DataGap::Datapoints {
+                    have: 1,
+                    needed: 3,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{:?}",
+        beta.reason
+    );
+    assert_eq!(status(&engine, id, "gamma").await, RunStatus::Waiting);
+    let reads = h.fakes.with(|w| w.bake_reads.clone());
+    assert!(
+        reads
+            .iter()
+            .all(|(names, since)| names == &["beta-5xx".to_string()] && since.is_some()),
+        "every bake read counts data points from the deploy's end: {reads:?}"
+    );
+
+    // An hour past the bake time (bake_max_wait's default), still one data point short.
+    h.clock.advance(Duration::minutes(61));
+    settle(&engine).await.unwrap();
+    h.clock.advance(Duration::seconds(10));
+    settle(&engine).await.unwrap();
+    let beta = run(&engine, id, "beta").await;
+    assert_eq!(beta.status, RunStatus::Failed, "{:?}", beta.reason);
+    assert!(
+        matches!(
+            &beta.reason,
+            Reason::NotEnoughData {
+                waited_secs: 3600,
+                ..
+            }
+        ),
+        "{:?}",
+        beta.reason
+    );
+    assert_eq!(status(&engine, id, "gamma").await, RunStatus::Failed);
+    let published = h.fakes.with(|w| w.published.clone());
+    let halt = published
+        .iter()
+        .find(|m| m.subject.contains("stopped in beta"))
+        .expect("the halt is announced");
+    assert!(
+        halt.body
+            .contains("bake failed: alarm beta-5xx has 1 of 3 data points since"),
+        "{}",
+        halt.body
+    );
+    assert!(
+        halt.body.contains("does not count it as known-good"),
+        "{}",
+        halt.body
+    );
+    assert!(
+        h.fakes.with(|w| w.rolled_back.is_empty()),
+        "nothing to undo"
     );
 }

@@ -14,6 +14,7 @@ mod config_validate;
 mod e2e_alarms;
 mod e2e_moto;
 mod engine;
+mod engine_bake_data;
 mod engine_codepipeline;
 mod engine_crash;
 mod engine_drift;

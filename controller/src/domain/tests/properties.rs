@@ -8,7 +8,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
 use super::sim::*;
-use crate::config::Pipeline;
+use crate::config::{InsufficientData, Pipeline};
 use crate::domain::{
     Action, Decision, Effect, EffectKind, Reason, ReleaseId, RunStatus as S, Snapshot,
     idempotency_key,
@@ -26,9 +26,21 @@ pub struct Knobs {
     before: [bool; 3],
     after: [bool; 3],
     alarms: [bool; 3],
-    min_evaluations: [u32; 3],
+    min_datapoints: [u32; 3],
     bake: [u64; 3],
     waves: [usize; 3],
+    /// The stage's service gets no traffic: its bake reads find its alarms in
+    /// INSUFFICIENT_DATA with no data points.
+    quiet: [bool; 3],
+    insufficient_data: [InsufficientData; 3],
+}
+
+fn policy() -> impl Strategy<Value = InsufficientData> {
+    prop::sample::select(vec![
+        InsufficientData::Wait,
+        InsufficientData::Fail,
+        InsufficientData::Pass,
+    ])
 }
 
 pub fn knobs() -> impl Strategy<Value = Knobs> {
@@ -44,17 +56,32 @@ pub fn knobs() -> impl Strategy<Value = Knobs> {
             ],
             [1usize..=2, 1usize..=2, 1usize..=2],
         ),
+        (
+            [
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.2),
+            ],
+            [policy(), policy(), policy()],
+        ),
     )
         .prop_map(
-            |((min_approvals, prod_window, notify), (before, after, alarms), (ev, bake, waves))| {
+            |(
+                (min_approvals, prod_window, notify),
+                (before, after, alarms),
+                (ev, bake, waves),
+                (quiet, insufficient_data),
+            )| {
                 Knobs {
+                    quiet,
+                    insufficient_data,
                     min_approvals,
                     prod_window,
                     notify,
                     before,
                     after,
                     alarms,
-                    min_evaluations: ev,
+                    min_datapoints: ev,
                     bake,
                     waves,
                 }
@@ -73,7 +100,8 @@ pub fn build(k: &Knobs) -> Pipeline {
         }
         if k.alarms[i] {
             s.alarms = vec![format!("{}-5xx", s.name)];
-            s.min_alarm_evaluations = k.min_evaluations[i];
+            s.min_datapoints = k.min_datapoints[i];
+            s.insufficient_data = k.insufficient_data[i];
         }
         s.bake = secs(k.bake[i]);
         s.targets = (0..k.waves[i]).map(|w| target(&s.name, w)).collect();
@@ -525,6 +553,11 @@ pub fn run_checked(k: &Knobs, events: &[(Ev, bool)], seen: &mut Seen) -> Result<
     let mut checker = Checker::new(&cfg);
     let mut sim = Sim::new(cfg);
     sim.auto_approve = false;
+    for (i, name) in STAGES.iter().enumerate() {
+        if k.quiet[i] {
+            sim.quiet.insert((*name).to_string());
+        }
+    }
     for (i, (ev, reconcile)) in events.iter().enumerate() {
         apply_event(&mut sim, ev);
         if !reconcile && i + 1 < events.len() {
@@ -588,6 +621,7 @@ pub struct Seen {
     window_wait: usize,
     paused_wait: usize,
     abandoned: usize,
+    bake_without_data: usize,
 }
 
 impl Seen {
@@ -609,6 +643,9 @@ impl Seen {
                         S::RolledBack => self.rolled_back += 1,
                         S::Failed if matches!(reason, Reason::RollbackFailed { .. }) => {
                             self.rollback_failed += 1
+                        }
+                        S::Failed if matches!(reason, Reason::NotEnoughData { .. }) => {
+                            self.bake_without_data += 1
                         }
                         S::RollingBack if from == Some(S::Succeeded) => {
                             self.current_rolled_back += 1
@@ -643,7 +680,7 @@ impl Seen {
         }
     }
 
-    fn all(&self) -> [usize; 12] {
+    fn all(&self) -> [usize; 13] {
         [
             self.current_rolled_back,
             self.prod_deploys,
@@ -657,6 +694,7 @@ impl Seen {
             self.window_wait,
             self.paused_wait,
             self.abandoned,
+            self.bake_without_data,
         ]
     }
 }

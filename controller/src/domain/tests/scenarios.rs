@@ -19,18 +19,18 @@ fn rich_pipeline() -> Pipeline {
     beta.after = vec!["smoke".into()];
     beta.bake = secs(300);
     beta.alarms = vec!["beta-5xx".into()];
-    beta.min_alarm_evaluations = 1;
+    beta.min_datapoints = 1;
     gamma.after = vec!["smoke".into(), "load".into()];
     gamma.bake = secs(600);
     gamma.targets = vec![target("gamma", 0), target("gamma", 1)];
     gamma.alarms = vec!["gamma-5xx".into()];
-    gamma.min_alarm_evaluations = 1;
+    gamma.min_datapoints = 1;
     prod.before = vec!["change-record".into()];
     prod.after = vec!["smoke".into()];
     prod.bake = secs(1800);
     prod.targets = vec![target("prod", 0), target("prod", 1)];
     prod.alarms = vec!["prod-5xx".into(), "prod-latency".into()];
-    prod.min_alarm_evaluations = 2;
+    prod.min_datapoints = 2;
     prod.approval = Some(approval(2));
     cfg
 }

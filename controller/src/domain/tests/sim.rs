@@ -9,13 +9,13 @@ use chrono::{DateTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
 use crate::config::{
-    Approval, Approver, Artifact, Deploy, Notifications, Pipeline, Promote, Source, Stage, Target,
-    Window, Windows,
+    Approval, Approver, Artifact, Deploy, InsufficientData, Notifications, Pipeline, Promote,
+    Source, Stage, Target, Window, Windows,
 };
 use crate::domain::{
-    Action, AlarmFact, ApprovalRecord, BadMark, Decision, Effect, EffectKind, EffectOutput,
-    EffectRecord, EffectStatus, Plan, Reason, Release, ReleaseId, RetryRequest, RollbackRequest,
-    RunStatus, Snapshot, StageName, StageRun, StageState, plan,
+    Action, AlarmFact, AlarmReading, AlarmState, ApprovalRecord, BadMark, Decision, Effect,
+    EffectKind, EffectOutput, EffectRecord, EffectStatus, Plan, Reason, Release, ReleaseId,
+    RetryRequest, RollbackRequest, RunStatus, Snapshot, StageName, StageRun, StageState, plan,
 };
 
 pub const PIPELINE: &str = "shop";
@@ -44,7 +44,9 @@ pub fn stage(name: &str) -> Stage {
         after: vec![],
         bake: Duration::ZERO,
         alarms: vec![],
-        min_alarm_evaluations: 0,
+        min_datapoints: 0,
+        insufficient_data: InsufficientData::Wait,
+        bake_max_wait: secs(3600),
         promote: Promote::Retag,
         approval: None,
         windows: None,
@@ -169,6 +171,9 @@ pub struct Sim {
     /// When set, every applied plan is written here as the engine would hand it to the store:
     /// (time, effects begun, state changes).
     pub journal: Option<Vec<Applied>>,
+    /// Stages whose service gets no traffic: their bake reads find every alarm in
+    /// INSUFFICIENT_DATA with no data points.
+    pub quiet: BTreeSet<String>,
     next_release: i64,
     next_request: i64,
 }
@@ -194,6 +199,7 @@ impl Sim {
             running: BTreeSet::new(),
             now: t0(),
             last_plan: Plan::default(),
+            quiet: BTreeSet::new(),
             started: vec![],
             starts_emitted: vec![],
             auto_approve: true,
@@ -510,8 +516,19 @@ impl Sim {
             EffectKind::ResolveArtifact => EffectOutput::Resolved {
                 digest: format!("sha256:{:064x}", rec.release.0).into(),
             },
-            EffectKind::CheckAlarms { .. } | EffectKind::PollAlarms { .. } => {
-                EffectOutput::Alarms { in_alarm: vec![] }
+            EffectKind::CheckAlarms { .. } => EffectOutput::Alarms {
+                in_alarm: vec![],
+                readings: vec![],
+            },
+            EffectKind::PollAlarms { .. } if self.quiet.contains(rec.stage.as_str()) => {
+                EffectOutput::alarms(self.readings(
+                    &rec.stage,
+                    0,
+                    Some(AlarmState::InsufficientData),
+                ))
+            }
+            EffectKind::PollAlarms { round } => {
+                EffectOutput::alarms(self.readings(&rec.stage, *round + 1, None))
             }
             _ => EffectOutput::None,
         };
@@ -524,9 +541,48 @@ impl Sim {
 
     /// A succeeded alarm read that found `alarm` in ALARM.
     pub fn succeed_in_alarm(&mut self, key: &str, alarm: &str) {
+        let stage = self
+            .effect(key)
+            .map(|e| e.stage.clone())
+            .unwrap_or_default();
+        let mut readings = self.readings(&stage, 1, None);
+        readings.push(AlarmReading {
+            alarm: alarm.to_string(),
+            state: AlarmState::Alarm,
+            datapoints: Some(1),
+        });
         let out = EffectOutput::Alarms {
             in_alarm: vec![alarm.to_string()],
+            readings,
         };
+        self.finish(key, EffectStatus::Succeeded, "read alarms", out);
+    }
+
+    /// A bake read of `stage`'s alarms in each of its targets: `state` (default OK) and
+    /// `datapoints` each.
+    pub fn readings(
+        &self,
+        stage: &str,
+        datapoints: u32,
+        state: Option<AlarmState>,
+    ) -> Vec<AlarmReading> {
+        let Some(s) = self.cfg.stage(stage) else {
+            return vec![];
+        };
+        let one = |alarm: &String| AlarmReading {
+            alarm: alarm.clone(),
+            state: state.unwrap_or(AlarmState::Ok),
+            datapoints: Some(datapoints),
+        };
+        s.targets
+            .iter()
+            .flat_map(|_| s.alarms.iter().map(one))
+            .collect()
+    }
+
+    /// A succeeded bake read with these readings.
+    pub fn succeed_with(&mut self, key: &str, readings: Vec<AlarmReading>) {
+        let out = EffectOutput::alarms(readings);
         self.finish(key, EffectStatus::Succeeded, "read alarms", out);
     }
 

@@ -1,11 +1,12 @@
 //! One test per transition of a run's status: the plan that makes it, and what follows.
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 
 use super::sim::*;
+use crate::config::InsufficientData;
 use crate::domain::{
-    Action, AlarmProblem, Effect, EffectKind, EffectOutput, EffectStatus, NotifyEvent, Phase,
-    Reason, ReleaseId, ReportState, RequestState, RunStatus as S,
+    Action, AlarmProblem, AlarmState, DataGap, Effect, EffectKind, EffectOutput, EffectStatus,
+    NotifyEvent, Phase, Reason, ReleaseId, ReportState, RequestState, RunStatus as S,
 };
 
 fn test(name: &str, phase: Phase) -> EffectKind {
@@ -26,7 +27,7 @@ fn baking_beta(sim_cfg: impl FnOnce(&mut crate::config::Stage)) -> Sim {
     with_beta(|s| {
         s.bake = secs(600);
         s.alarms = vec!["beta-5xx".into()];
-        s.min_alarm_evaluations = 1;
+        s.min_datapoints = 1;
         sim_cfg(s);
     })
 }
@@ -734,30 +735,264 @@ fn baking_to_succeeded_after_the_bake_time_and_a_clean_poll() {
     }));
 }
 
-#[test]
-fn baking_past_its_time_waits_for_enough_alarm_evaluations() {
-    let mut sim = baking_beta(|s| s.min_alarm_evaluations = 2);
+/// Beta baking r1 with `min_datapoints` 5 and `insufficient_data` as given: (sim, release,
+/// when the deploy finished, when the bake time ends).
+fn baking_for_data(policy: InsufficientData) -> (Sim, ReleaseId, DateTime<Utc>, DateTime<Utc>) {
+    let mut sim = baking_beta(|s| {
+        s.min_datapoints = 5;
+        s.insufficient_data = policy;
+    });
     let r = sim.new_release();
     sim.drive_to(r, "beta", S::Baking);
     sim.settle();
-    let poll0 = sim.key(r, "beta", EffectKind::PollAlarms { round: 0 });
-    sim.succeed(&poll0);
+    let deploy = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
+    let deployed = sim.effect(&deploy).and_then(|e| e.finished_at).unwrap();
+    let bake_end = sim.run(r, "beta").since + chrono::Duration::minutes(10);
+    (sim, r, deployed, bake_end)
+}
+
+/// Finishes the pending bake poll of `r` in beta with one reading of `beta-5xx`.
+fn read_beta(sim: &mut Sim, r: ReleaseId, state: AlarmState, datapoints: u32) {
+    let poll = sim
+        .pending()
+        .into_iter()
+        .find(|e| e.release == r && matches!(e.kind, EffectKind::PollAlarms { .. }))
+        .expect("a bake poll is running");
+    let readings = sim.readings("beta", datapoints, Some(state));
+    sim.succeed_with(&poll.key, readings);
+}
+
+#[test]
+fn bake_time_over_with_too_few_data_points_waits_and_says_for_what() {
+    let (mut sim, r, deployed, bake_end) = baking_for_data(InsufficientData::Wait);
+    read_beta(&mut sim, r, AlarmState::Ok, 1);
     sim.advance(secs(600));
     sim.settle();
+    read_beta(&mut sim, r, AlarmState::Ok, 2);
+    sim.settle();
     assert_eq!(sim.status(r, "beta"), S::Baking);
+    let gives_up = bake_end + chrono::Duration::hours(1);
     assert_eq!(
         sim.reason(r, "beta"),
-        Reason::AwaitingEvaluations {
-            clean: 1,
-            needed: 2
+        Reason::AwaitingData {
+            gap: DataGap::Datapoints {
+                alarm: "beta-5xx".into(),
+                have: 2,
+                needed: 5
+            },
+            since: deployed,
+            gives_up,
         }
     );
-    let poll1 = sim.key(r, "beta", EffectKind::PollAlarms { round: 1 });
-    assert!(sim.is_pending(&poll1));
-    sim.succeed(&poll1);
+    assert!(
+        sim.reason(r, "beta")
+            .describe(sim.now)
+            .starts_with("baking: waiting for data: alarm beta-5xx has 2 of 5 data points since"),
+        "{}",
+        sim.reason(r, "beta").describe(sim.now)
+    );
+    assert!(sim.history("beta").is_empty(), "not known-good yet");
+
+    sim.advance(secs(10));
+    sim.settle();
+    read_beta(&mut sim, r, AlarmState::Ok, 5);
+    let p = sim.plan();
     assert_eq!(
-        transition_of(&sim.plan(), r, "beta").map(|t| t.0),
-        Some(S::Succeeded)
+        transition_of(&p, r, "beta"),
+        Some((S::Succeeded, Reason::Succeeded))
+    );
+    assert!(p.actions.contains(&Action::RecordGood {
+        stage: "beta".into(),
+        release: r
+    }));
+}
+
+#[test]
+fn enough_data_points_by_the_end_of_the_bake_succeed_at_once() {
+    let (mut sim, r, _, _) = baking_for_data(InsufficientData::Wait);
+    read_beta(&mut sim, r, AlarmState::Ok, 9);
+    sim.advance(secs(599));
+    sim.settle();
+    assert_eq!(
+        sim.status(r, "beta"),
+        S::Baking,
+        "the bake time is not over"
+    );
+    sim.advance(secs(1));
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Succeeded, Reason::Succeeded))
+    );
+}
+
+#[test]
+fn insufficient_data_with_wait_waits_then_fails_after_bake_max_wait() {
+    let (mut sim, r, deployed, bake_end) = baking_for_data(InsufficientData::Wait);
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 0);
+    sim.advance(secs(600));
+    sim.settle();
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 0);
+    sim.settle();
+    let gap = DataGap::InsufficientData {
+        alarm: "beta-5xx".into(),
+    };
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::AwaitingData {
+            gap: gap.clone(),
+            since: deployed,
+            gives_up: bake_end + chrono::Duration::hours(1),
+        }
+    );
+    // An hour of polls, one every ten seconds, all still without data.
+    for _ in 0..360 {
+        sim.advance(secs(10));
+        sim.settle();
+        if sim.status(r, "beta") != S::Baking {
+            break;
+        }
+        read_beta(&mut sim, r, AlarmState::InsufficientData, 0);
+        sim.settle();
+    }
+    assert_eq!(sim.status(r, "beta"), S::Failed);
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::NotEnoughData {
+            gap,
+            since: deployed,
+            waited_secs: 3600
+        }
+    );
+    let polls = sim
+        .all_effects()
+        .filter(|e| e.release == r && matches!(e.kind, EffectKind::PollAlarms { .. }))
+        .count();
+    assert!(
+        polls <= 60 + 360 + 2,
+        "one poll per ten seconds at most: {polls}"
+    );
+    let notify = sim.key(
+        r,
+        "beta",
+        EffectKind::Notify {
+            event: NotifyEvent::Halted,
+        },
+    );
+    assert!(sim.effect(&notify).is_some(), "the halt is announced");
+    assert!(sim.history("beta").is_empty());
+}
+
+#[test]
+fn insufficient_data_with_fail_fails_once_the_bake_time_is_over() {
+    let (mut sim, r, deployed, _) = baking_for_data(InsufficientData::Fail);
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 9);
+    sim.advance(secs(300));
+    sim.settle();
+    assert_eq!(
+        sim.status(r, "beta"),
+        S::Baking,
+        "during the bake time it only waits"
+    );
+    sim.advance(secs(300));
+    sim.settle();
+    assert_eq!(
+        sim.status(r, "beta"),
+        S::Baking,
+        "judged on a read taken after the bake time"
+    );
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 9);
+    let why = Reason::NotEnoughData {
+        gap: DataGap::InsufficientData {
+            alarm: "beta-5xx".into(),
+        },
+        since: deployed,
+        waited_secs: 0,
+    };
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Failed, why))
+    );
+}
+
+#[test]
+fn insufficient_data_with_pass_counts_as_clean() {
+    let (mut sim, r, _, _) = baking_for_data(InsufficientData::Pass);
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 5);
+    sim.advance(secs(600));
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Succeeded, Reason::Succeeded))
+    );
+}
+
+#[test]
+fn missing_data_points_with_pass_wait_for_bake_max_wait_then_succeed() {
+    let (mut sim, r, _, bake_end) = baking_for_data(InsufficientData::Pass);
+    read_beta(&mut sim, r, AlarmState::Ok, 1);
+    sim.advance(secs(600));
+    sim.settle();
+    read_beta(&mut sim, r, AlarmState::Ok, 1);
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Baking);
+    assert!(matches!(sim.reason(r, "beta"), Reason::AwaitingData { .. }));
+    sim.advance(secs(3600));
+    assert!(sim.now >= bake_end + chrono::Duration::hours(1));
+    sim.settle();
+    read_beta(&mut sim, r, AlarmState::Ok, 1);
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Succeeded, Reason::Succeeded))
+    );
+}
+
+#[test]
+fn alarms_never_read_fail_the_bake_whatever_insufficient_data_says() {
+    let (mut sim, r, _, _) = baking_for_data(InsufficientData::Pass);
+    // The bake time, an hour's wait and the minute's grace for a read after it.
+    for _ in 0..500 {
+        if sim.status(r, "beta") != S::Baking {
+            break;
+        }
+        if let Some(poll) = sim
+            .pending()
+            .into_iter()
+            .find(|e| matches!(e.kind, EffectKind::PollAlarms { .. }))
+        {
+            sim.fail(&poll.key, "AccessDenied: cloudwatch:DescribeAlarms");
+        }
+        sim.settle();
+        let wake = sim.last_plan.wake_at;
+        assert!(
+            wake.is_none_or(|w| w > sim.now),
+            "waiting never asks to be woken at once (a busy loop): {wake:?} at {}",
+            sim.now
+        );
+        sim.advance(secs(10));
+        sim.settle();
+    }
+    assert_eq!(sim.status(r, "beta"), S::Failed);
+    assert!(
+        matches!(
+            sim.reason(r, "beta"),
+            Reason::NotEnoughData {
+                gap: DataGap::Unread,
+                ..
+            }
+        ),
+        "{:?}",
+        sim.reason(r, "beta")
+    );
+}
+
+#[test]
+fn a_bake_with_no_alarms_needs_no_data_and_reads_nothing() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.promote();
+    assert_eq!(sim.status(r, "prod"), S::Succeeded);
+    assert!(
+        sim.all_effects()
+            .all(|e| !matches!(e.kind, EffectKind::PollAlarms { .. })),
+        "no alarm, no poll"
     );
 }
 
