@@ -1,12 +1,13 @@
 //! The pure state machine of a release's promotion.
 //!
 //! Owns: the domain types ([`types`]), why a run is where it is ([`reason`]), the actions the
-//! engine executes ([`action`]), the planner ([`plan::plan`]), the rules of `tollgate retry`
+//! engine executes ([`action`]), the planner ([`plan::plan`]), who brought a change and which approvals count ([`approval`]), the rules of `tollgate retry`
 //! ([`retry`]) and deployment windows ([`window`]).
 //! Must never: do I/O, read the clock, spawn tasks, or know about AWS, GitHub or SQL. The
 //! engine feeds it snapshots and the current time; the tests drive it directly.
 
 pub mod action;
+pub mod approval;
 pub mod names;
 pub mod plan;
 pub mod reason;
@@ -18,6 +19,7 @@ pub mod window;
 pub(crate) mod tests;
 
 pub use action::*;
+pub use approval::{Contributor, ContributorRole, ExposedSubscription, Exposure};
 pub use names::*;
 pub use plan::{Plan, plan};
 pub use reason::{AlarmProblem, Reason, RequestState};

@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use super::forge::GithubForge;
 use super::webhook::{CommitInfo, GithubEvent, PushEvent, WorkflowRunEvent};
 use crate::config::{self, Config, ConfigError, Pipeline};
-use crate::domain::ReleaseId;
+use crate::domain::{Contributor, ReleaseId};
 use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
 use crate::store::EventNote;
@@ -144,6 +144,7 @@ pub fn decide_push(p: &Pipeline, push: &PushEvent) -> Decision {
         push.head_commit.as_ref(),
         &push.pusher,
         url,
+        &push.contributors,
     ))
 }
 
@@ -187,6 +188,7 @@ pub fn decide_run(p: &Pipeline, run: &WorkflowRunEvent) -> Decision {
                 run.head_commit.as_ref(),
                 "",
                 url,
+                &run.contributors,
             ))
         }
         other => Decision::Refuse(format!(
@@ -204,6 +206,7 @@ fn new_release(
     commit: Option<&CommitInfo>,
     pusher: &str,
     url: Option<String>,
+    contributors: &[Contributor],
 ) -> Box<NewRelease> {
     let (name, email, login, message) = match commit {
         Some(c) => (
@@ -221,6 +224,7 @@ fn new_release(
         author_name: name,
         author_email: email,
         author_login: login,
+        contributors: contributors.to_vec(),
         message,
         url,
         alarm_override: None,

@@ -26,6 +26,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::domain::approval::contributor_set;
 use crate::domain::*;
 use crate::engine::facts::*;
 pub use rows::*;
@@ -182,8 +183,8 @@ impl Store {
             return Ok(Ingested::Duplicate);
         }
         let id: i64 = sqlx::query(
-            "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override, contributors)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         )
         .bind(&r.pipeline)
         .bind(&r.sha)
@@ -196,6 +197,7 @@ impl Store {
         .bind(ms(now))
         .bind(&r.alarm_override)
         .bind(&r.window_override)
+        .bind(rows::contributors_json(&r.all_contributors()))
         .fetch_one(&mut *tx)
         .await?
         .get(0);
@@ -242,8 +244,8 @@ impl Store {
             return Ok(Ingested::Duplicate);
         }
         let r = sqlx::query(
-            "INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor, attempt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(&a.pipeline)
         .bind(a.release.0)
@@ -253,6 +255,7 @@ impl Store {
         .bind(a.verified)
         .bind(ms(now))
         .bind(&a.actor)
+        .bind(i64::from(a.attempt))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
@@ -265,9 +268,10 @@ impl Store {
             " (identity not verified)"
         };
         let detail = format!(
-            "{} {}s{verified}; {}",
+            "{} {}s{verified} (attempt {}); {}",
             a.approver,
             a.decision.as_str(),
+            a.attempt,
             a.context
         );
         log(
@@ -283,6 +287,32 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Ingested::Recorded(()))
+    }
+
+    /// Adds the authors and mergers of the commit's pull requests to a release's contributors
+    /// and notes that they were looked up. Returns the release as it is now.
+    pub async fn add_pull_contributors(
+        &self,
+        release: ReleaseId,
+        people: &[Contributor],
+    ) -> Result<Option<Release>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(row) = sqlx::query("SELECT contributors FROM releases WHERE id = $1")
+            .bind(release.0)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let known = rows::contributors_of(&row.get::<String, _>(0))?;
+        let all = contributor_set(known.into_iter().chain(people.iter().cloned()));
+        sqlx::query("UPDATE releases SET contributors = $1, pulls_checked = 1 WHERE id = $2")
+            .bind(rows::contributors_json(&all))
+            .bind(release.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows::release(&self.pool, release).await
     }
 
     /// Records an alarm notification for a stage.

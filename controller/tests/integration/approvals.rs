@@ -25,7 +25,7 @@ use sqlx::Row;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, Reason, ReleaseId, RequestState, RunStatus};
 use tollgate::engine::Ingested;
-use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, Message, Notifier};
+use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, Message, Notifier, SendOutcome};
 use tollgate::engine::{Engine, ManualClock, Ports};
 use tollgate::gates::approval::{Outcome, Refusal, SnsApprovalSender, decide};
 use tollgate::store::Store;
@@ -1058,8 +1058,10 @@ fn request_for(id: ReleaseId, key: &str) -> ApprovalRequest {
     ApprovalRequest {
         key: key.into(),
         pipeline: "backend".into(),
+        repository: "acme/backend".into(),
         stage: "prod".into(),
         release: id,
+        attempt: if key.contains("/a2/") { 2 } else { 1 },
         topic: APPROVAL_TOPIC.into(),
         approvers: vec![approver("alice"), approver("bob")],
         expires_at: start_time() + chrono::Duration::hours(24),
@@ -1078,7 +1080,7 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
 
     // The engine performing the effect again (after a crash) sends nothing more.
     let again = rig.sender.send(&request_for(id, key)).await.unwrap();
-    assert_eq!(again, 2, "both links are out");
+    assert_eq!(again, SendOutcome::Sent(2), "both links are out");
     assert_eq!(rig.messages().len(), 3);
     assert_eq!(rig.count("SELECT COUNT(*) FROM approval_tokens").await, 3);
 
@@ -1089,6 +1091,7 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
         pipeline: "backend".into(),
         release: id,
         stage: "prod".into(),
+        attempt: 2,
         approver: Some("alice".into()),
         expires_at: start_time() + chrono::Duration::hours(24),
     };
@@ -1100,8 +1103,15 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
     else {
         panic!("a fresh token was expected");
     };
-    assert_eq!(rig.sender.send(&request_for(id, other)).await.unwrap(), 2);
-    assert_eq!(rig.sender.send(&request_for(id, other)).await.unwrap(), 2);
+    let sent = SendOutcome::Sent(2);
+    assert_eq!(
+        rig.sender.send(&request_for(id, other)).await.unwrap(),
+        sent
+    );
+    assert_eq!(
+        rig.sender.send(&request_for(id, other)).await.unwrap(),
+        sent
+    );
     assert_eq!(rig.messages().len(), 5, "one more per approver, once");
     let live = rig
         .count(&format!(

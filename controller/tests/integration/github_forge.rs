@@ -317,6 +317,7 @@ impl Controller {
             pipeline: PIPELINE.into(),
             release,
             stage: "prod".into(),
+            attempt: 1,
             approver: "alice".into(),
             decision: Decision::Approve,
             verified: true,
