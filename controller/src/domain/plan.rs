@@ -729,7 +729,17 @@ impl<'a> Planner<'a> {
                     self.wake(at);
                     match &r.output {
                         EffectOutput::ApprovalWithheld { exposed } => {
-                            self.withheld_notice(run);
+                            // Announced once the run's reason names the subscriptions.
+                            let noted = matches!(
+                                &run.reason,
+                                Reason::AwaitingApproval {
+                                    request: RequestState::Withheld { .. },
+                                    ..
+                                }
+                            );
+                            if noted {
+                                self.withheld_notice(run);
+                            }
                             RequestState::Withheld {
                                 exposed: exposed.clone(),
                                 retry_at: at,

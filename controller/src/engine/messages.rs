@@ -141,7 +141,7 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
                 "give each subscription on {s}'s approval topic the filter policy {{\"approver\":[\"<name>\"]}} of one listed approver, or remove it"
             ),
             "the request is checked and sent again on its own once the topic is safe".into(),
-            format!("`tollgate status {p}` shows which subscriptions are in the way"),
+            "`tollgate status` shows which subscriptions are in the way".into(),
         ],
         (NotifyEvent::RolledBack, _) => vec![
             format!("{r} is marked bad and is never promoted again automatically; {fix}"),
