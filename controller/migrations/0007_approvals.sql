@@ -41,3 +41,12 @@ DROP TABLE approvals;
 ALTER TABLE approvals_by_attempt RENAME TO approvals;
 
 ALTER TABLE approval_tokens ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1 CHECK (attempt >= 1);
+
+-- The people a `push` names, kept for a pipeline that releases on its build workflow instead:
+-- the release made later from the `workflow_run` of the same commit adds them to its
+-- contributors (and a push arriving after that release adds them at once).
+CREATE TABLE push_contributors (
+    sha          TEXT    NOT NULL PRIMARY KEY,
+    contributors TEXT    NOT NULL CHECK (json_valid(contributors) AND json_type(contributors) = 'array'),
+    at           INTEGER NOT NULL
+);

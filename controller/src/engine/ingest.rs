@@ -162,6 +162,18 @@ impl Ingest {
         Ok(self.store.add_pull_contributors(release, people).await?)
     }
 
+    /// The people a `push` of `sha` names, kept for the release its build makes later.
+    pub async fn record_push_contributors(
+        &self,
+        sha: &str,
+        people: &[Contributor],
+    ) -> EngineResult<()> {
+        Ok(self
+            .store
+            .record_push_contributors(sha, people, self.now())
+            .await?)
+    }
+
     /// A CloudWatch alarm notification for a stage.
     pub async fn record_alarm(&self, a: &NewAlarm, d: &Delivery) -> EngineResult<Ingested<()>> {
         self.check_stage(&a.pipeline, &a.stage)?;
