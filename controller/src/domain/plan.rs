@@ -13,6 +13,8 @@
 //! 5. A release rolled back anywhere is never promoted again automatically.
 //! 6. Rollback targets the stage's last known-good release.
 //! 7. A paused pipeline or stage starts nothing new.
+//! 9. An approval counts only for the attempt it was given in, from a currently listed
+//!    approver who did not bring the change ([`super::approval::counts`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;

@@ -1,5 +1,7 @@
-//! Property tests: random pipelines and random sequences of outside events, with the seven
-//! invariants of the design checked after every plan the simulated engine applies.
+//! Property tests: random pipelines and random sequences of outside events, with the
+//! invariants of the design checked after every plan the simulated engine applies (invariant 9
+//! with invariant 2: releases are sometimes brought by one of the approvers, who may approve
+//! anyway, and retries start new attempts).
 
 use std::collections::{BTreeMap, BTreeSet};
 
