@@ -34,6 +34,7 @@ use super::errors::{context, sdk};
 use super::retry::Limiter;
 use super::sts::Credentials;
 use crate::config::{Account, Approver};
+use crate::domain::{ExposedSubscription, Exposure};
 use crate::engine::ports::{Message, Notifier, PortError, PortResult};
 
 /// How many publish keys the dedupe memory keeps.
@@ -165,6 +166,57 @@ impl SnsNotifier {
             changed += usize::from(did);
         }
         Ok(changed)
+    }
+
+    /// The confirmed subscriptions of `topic` that would receive a message meant for one
+    /// approver: every one whose filter policy is not `{"approver": ["<name>"]}` for exactly
+    /// one of `approvers` (on the message attributes). A subscription still pending
+    /// confirmation receives nothing and is not counted. Any failure to list or read the
+    /// subscriptions is an error: the caller then publishes nothing.
+    pub async fn exposed_subscriptions(
+        &self,
+        topic: &str,
+        approvers: &[Approver],
+    ) -> PortResult<Vec<ExposedSubscription>> {
+        let (client, account) = self.client(topic).await?;
+        let mut exposed = Vec::new();
+        for sub in self.subscriptions(&client, &account, topic).await? {
+            if !sub.confirmed() {
+                continue;
+            }
+            let (policy, scope) = self.filter_of(&client, &account, &sub.arn).await?;
+            if let Some(exposure) = exposure(policy, scope, approvers) {
+                exposed.push(ExposedSubscription {
+                    arn: sub.arn,
+                    protocol: sub.protocol,
+                    endpoint: sub.endpoint,
+                    exposure,
+                });
+            }
+        }
+        Ok(exposed)
+    }
+
+    /// A subscription's `FilterPolicy` and `FilterPolicyScope` attributes.
+    async fn filter_of(
+        &self,
+        client: &Client,
+        account: &str,
+        arn: &str,
+    ) -> PortResult<(Option<String>, Option<String>)> {
+        let out = self
+            .limiter
+            .call(account, "GetSubscriptionAttributes", || {
+                sdk(client
+                    .get_subscription_attributes()
+                    .subscription_arn(arn)
+                    .send())
+            })
+            .await
+            .map_err(|e| context(e, &format!("reading subscription {arn}")))?;
+        let attrs = out.attributes();
+        let get = |k: &str| attrs.and_then(|a| a.get(k)).cloned();
+        Ok((get("FilterPolicy"), get("FilterPolicyScope")))
     }
 
     /// A client for the topic's account and region, and that account's id (for the limiter).
@@ -339,14 +391,46 @@ impl Notifier for SnsNotifier {
     }
 }
 
+/// Why a subscription with this filter policy (and scope) would receive links meant for
+/// others; `None` when it selects exactly one listed approver by the message attribute.
+/// (SNS: a subscription without a filter policy receives every message; a policy's scope is
+/// `MessageAttributes` unless `FilterPolicyScope` says `MessageBody`.
+/// <https://docs.aws.amazon.com/sns/latest/dg/sns-message-filtering.html>)
+fn exposure(
+    policy: Option<String>,
+    scope: Option<String>,
+    approvers: &[Approver],
+) -> Option<Exposure> {
+    let Some(policy) = policy.filter(|p| !p.trim().is_empty()) else {
+        return Some(Exposure::Unfiltered);
+    };
+    if scope.as_deref() == Some("MessageBody") {
+        return Some(Exposure::BodyScoped { policy });
+    }
+    let one = serde_json::from_str::<serde_json::Value>(&policy)
+        .ok()
+        .and_then(|v| {
+            let map = v.as_object()?.clone();
+            let values = map.get(APPROVER_KEY)?.as_array()?.clone();
+            (map.len() == 1 && values.len() == 1).then(|| values[0].as_str().map(str::to_string))?
+        });
+    match one {
+        Some(name) if approvers.iter().any(|a| a.name == name) => None,
+        _ => Some(Exposure::NotOneApprover { policy }),
+    }
+}
+
 fn is_inbox_of(sub: &Subscription, approver: &Approver) -> bool {
     sub.protocol == "email" && sub.endpoint.eq_ignore_ascii_case(&approver.email)
 }
 
 /// `{"approver":["<name>"]}`: only messages with that `approver` attribute reach the inbox.
 fn filter_policy(approver: &str) -> String {
-    serde_json::json!({ "approver": [approver] }).to_string()
+    serde_json::json!({ APPROVER_KEY: [approver] }).to_string()
 }
+
+/// The message attribute approval messages carry (the gate's `APPROVER_ATTRIBUTE`).
+const APPROVER_KEY: &str = "approver";
 
 fn same_json(a: &str, b: &str) -> bool {
     let parse = |s: &str| serde_json::from_str::<serde_json::Value>(s).ok();
@@ -451,6 +535,49 @@ mod tests {
         }
         assert_eq!(sent.ids.len(), DEDUPE_CAPACITY);
         assert!(!sent.ids.contains_key("k0"));
+    }
+
+    fn approver(name: &str) -> Approver {
+        Approver {
+            name: name.into(),
+            email: format!("{name}@example.com"),
+            github: None,
+        }
+    }
+
+    #[test]
+    fn only_a_policy_for_exactly_one_listed_approver_keeps_links_personal() {
+        let listed = [approver("alice"), approver("bob")];
+        let judge = |p: Option<&str>, scope: Option<&str>| {
+            exposure(p.map(Into::into), scope.map(Into::into), &listed)
+        };
+        assert_eq!(judge(Some(r#"{"approver":["alice"]}"#), None), None);
+        assert_eq!(
+            judge(Some(r#"{"approver":["bob"]}"#), Some("MessageAttributes")),
+            None
+        );
+        assert_eq!(judge(None, None), Some(Exposure::Unfiltered));
+        assert_eq!(judge(Some("  "), None), Some(Exposure::Unfiltered));
+        for leaky in [
+            r#"{"approver":["alice","bob"]}"#,
+            r#"{"approver":["carol"]}"#,
+            r#"{"approver":[{"exists":true}]}"#,
+            r#"{"approver":["alice"],"team":["x"]}"#,
+            r#"{"team":["x"]}"#,
+            "not json",
+        ] {
+            assert_eq!(
+                judge(Some(leaky), None),
+                Some(Exposure::NotOneApprover {
+                    policy: leaky.into()
+                }),
+                "{leaky}"
+            );
+        }
+        assert!(matches!(
+            judge(Some(r#"{"approver":["alice"]}"#), Some("MessageBody")),
+            Some(Exposure::BodyScoped { .. })
+        ));
     }
 
     #[test]

@@ -230,7 +230,8 @@ async fn ports(
         notifier.clone(),
         &config.controller.public_url,
     )
-    .with_subscriptions(notifier.clone());
+    .with_subscriptions(notifier.clone())
+    .with_forge(forge_port.clone());
     let ports = Ports {
         deployer: Arc::new(deployer),
         artifacts: Arc::new(EcrArtifacts::new(creds.clone(), PollSettings::default())),

@@ -37,6 +37,9 @@ pub enum NotifyEvent {
     Halted,
     /// The stage was rolled back to its last known-good release.
     RolledBack,
+    /// An approval request was not sent: a subscription on the approval topic would have
+    /// received every approver's personal link.
+    ApprovalWithheld,
 }
 
 impl NotifyEvent {
@@ -44,6 +47,7 @@ impl NotifyEvent {
         match self {
             NotifyEvent::Halted => "halted",
             NotifyEvent::RolledBack => "rolled-back",
+            NotifyEvent::ApprovalWithheld => "approval-withheld",
         }
     }
 }

@@ -13,6 +13,8 @@
 //! 5. A release rolled back anywhere is never promoted again automatically.
 //! 6. Rollback targets the stage's last known-good release.
 //! 7. A paused pipeline or stage starts nothing new.
+//! 9. An approval counts only for the attempt it was given in, from a currently listed
+//!    approver who did not bring the change ([`super::approval::counts`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::action::{Action, Effect, EffectKind, NotifyEvent, Phase, ReportState};
+use super::approval;
 use super::bake;
 use super::names::{EffectKey, StageName};
 use super::reason::{AlarmProblem, DataGap, Reason, RequestState};
@@ -682,20 +685,24 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Invariant 9: the approvers whose approval counts for this run's attempt, and who
+    /// rejected it in this attempt.
     fn approvals(&self, stage: &Stage, run: &StageRun) -> (BTreeSet<String>, Option<String>) {
         let mut approved = BTreeSet::new();
         let mut rejected = None;
+        let (Some(cfg), Some(release)) = (&stage.approval, self.release(run.release)) else {
+            return (approved, rejected);
+        };
         for a in self
             .snap
             .approvals
             .iter()
             .filter(|a| a.release == run.release && a.stage == stage.name)
         {
-            match a.decision {
-                Decision::Approve => {
-                    approved.insert(a.approver.clone());
-                }
-                Decision::Reject => rejected = Some(a.approver.clone()),
+            if approval::rejects(run.attempt, a) {
+                rejected = Some(a.approver.clone());
+            } else if approval::counts(cfg, release, run.attempt, a) {
+                approved.insert(a.approver.clone());
             }
         }
         (approved, rejected)
@@ -741,9 +748,28 @@ impl<'a> Planner<'a> {
                     RequestState::Resending
                 } else {
                     self.wake(at);
-                    RequestState::Failed {
-                        detail: r.detail.clone(),
-                        retry_at: at,
+                    match &r.output {
+                        EffectOutput::ApprovalWithheld { exposed } => {
+                            // Announced once the run's reason names the subscriptions.
+                            let noted = matches!(
+                                &run.reason,
+                                Reason::AwaitingApproval {
+                                    request: RequestState::Withheld { .. },
+                                    ..
+                                }
+                            );
+                            if noted {
+                                self.withheld_notice(run);
+                            }
+                            RequestState::Withheld {
+                                exposed: exposed.clone(),
+                                retry_at: at,
+                            }
+                        }
+                        _ => RequestState::Failed {
+                            detail: r.detail.clone(),
+                            retry_at: at,
+                        },
                     }
                 }
             }
@@ -756,6 +782,14 @@ impl<'a> Planner<'a> {
             request,
         };
         self.note(run, reason);
+    }
+
+    /// A withheld approval request is announced on the notification topic, once per attempt.
+    fn withheld_notice(&mut self, run: &StageRun) {
+        if self.cfg.notifications.topic.is_some() {
+            let event = NotifyEvent::ApprovalWithheld;
+            self.ensure(self.effect(run, EffectKind::Notify { event }));
+        }
     }
 
     /// Starts the deploy if nothing forbids it now; otherwise says what it waits for.

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::action::Phase;
+use super::approval::{ExposedSubscription, describe_exposed};
 use super::names::StageName;
 use super::types::{ReleaseId, RunStatus};
 use crate::config::values::format_duration;
@@ -91,6 +92,12 @@ pub enum RequestState {
     },
     /// The last send failed and it is being sent again now.
     Resending,
+    /// Nothing was sent: these subscriptions on the approval topic would have received every
+    /// approver's personal link. Checked again at `retry_at`.
+    Withheld {
+        exposed: Vec<ExposedSubscription>,
+        retry_at: DateTime<Utc>,
+    },
 }
 
 /// Why a run is where it is. Rendered for people by [`Reason::describe`].
@@ -311,6 +318,11 @@ impl Reason {
                     RequestState::Resending => " (request not sent; sending again)".into(),
                     RequestState::Failed { detail, retry_at } => format!(
                         " (request not sent: {detail}; trying again in {})",
+                        minutes_left(*retry_at, now)
+                    ),
+                    RequestState::Withheld { exposed, retry_at } => format!(
+                        " (request not sent: {}; checking again in {})",
+                        describe_exposed(exposed),
                         minutes_left(*retry_at, now)
                     ),
                 };

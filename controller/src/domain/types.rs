@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::action::EffectKind;
+use super::approval::{Contributor, ExposedSubscription};
 use super::names::*;
 use super::reason::Reason;
 
@@ -60,6 +61,12 @@ pub struct Release {
     pub author_name: String,
     pub author_email: String,
     pub author_login: Option<String>,
+    /// Everyone who brought the change, with their role (the head commit's author among
+    /// them); none of them may approve it (invariant 9).
+    pub contributors: Vec<Contributor>,
+    /// The pull requests of the commit were looked up on GitHub (their authors and mergers
+    /// are among `contributors`).
+    pub pulls_checked: bool,
     pub message: String,
     pub url: Option<String>,
     /// `sha256:…`, once the artifact was resolved.
@@ -325,6 +332,9 @@ pub enum EffectOutput {
     /// A deploy or rollback whose target, read back afterwards, does not run what was asked
     /// (someone else's update, or an update that never ran): never a success.
     Drift { expected: String, found: String },
+    /// An approval request not sent: these subscriptions would have received every
+    /// approver's personal link.
+    ApprovalWithheld { exposed: Vec<ExposedSubscription> },
 }
 
 /// What a deploy applied to its target, recorded so a rollback to the release applies exactly
@@ -462,7 +472,11 @@ impl Decision {
 pub struct ApprovalRecord {
     pub release: ReleaseId,
     pub stage: StageName,
+    /// The run's attempt the decision was given in: it counts for that attempt only.
+    pub attempt: u32,
     pub approver: String,
+    /// False for a name typed on a shared link.
+    pub verified: bool,
     pub decision: Decision,
     pub at: DateTime<Utc>,
 }

@@ -11,6 +11,7 @@ use super::ports::*;
 use super::{Engine, Ports};
 use crate::config::{Account, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
+use crate::domain::approval::describe_exposed;
 use crate::domain::{
     AlarmFact, AppliedSpec, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot,
     StageRun,
@@ -282,17 +283,22 @@ async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
     let req = ApprovalRequest {
         key: first.key.to_string(),
         pipeline: p.name.to_string(),
+        repository: p.source.repository.clone(),
         stage: s.name.to_string(),
         release: r.id,
+        attempt: e.attempt,
         topic: cfg.topic.to_string(),
         approvers: cfg.approvers.clone(),
         expires_at: since + chrono::Duration::from_std(cfg.timeout).unwrap_or_default(),
         summary: messages::release_facts(p, r, &ctx.history, &ctx.public_url),
     };
-    let sent = op.ports().approvals.send(&req).await?;
-    Ok(EffectOutcome::success(format!(
-        "approval request sent ({sent} message(s))"
-    )))
+    match op.ports().approvals.send(&req).await? {
+        SendOutcome::Sent(sent) => Ok(EffectOutcome::success(format!(
+            "approval request sent ({sent} message(s))"
+        ))),
+        SendOutcome::Withheld(exposed) => Ok(EffectOutcome::failure(describe_exposed(&exposed))
+            .with(EffectOutput::ApprovalWithheld { exposed })),
+    }
 }
 
 async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome> {

@@ -5,7 +5,8 @@
 //! approval token is checked before a fact is made), or be written to the store except through
 //! the ingest API.
 
-use crate::domain::{Decision, ReleaseId};
+use crate::domain::approval::contributor_set;
+use crate::domain::{Contributor, ContributorRole, Decision, ReleaseId};
 
 /// Where a fact came from, for deduplication and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,10 +34,27 @@ pub struct NewRelease {
     pub author_name: String,
     pub author_email: String,
     pub author_login: Option<String>,
+    /// Everyone else the payload names as having brought the change (committer, pusher,
+    /// sender, commit authors, workflow actors); the head commit's author is added from the
+    /// fields above.
+    pub contributors: Vec<Contributor>,
     pub message: String,
     pub url: Option<String>,
     pub alarm_override: Option<String>,
     pub window_override: Option<String>,
+}
+
+impl NewRelease {
+    /// The set stored with the release: the head commit's author and everyone in
+    /// `contributors`.
+    pub fn all_contributors(&self) -> Vec<Contributor> {
+        let author = Contributor::new(
+            ContributorRole::Author,
+            self.author_login.as_deref(),
+            Some(&self.author_email),
+        );
+        contributor_set(author.into_iter().chain(self.contributors.iter().cloned()))
+    }
 }
 
 /// An approval or rejection as it arrives.
@@ -47,6 +65,8 @@ pub struct NewApproval {
     pub stage: String,
     pub approver: String,
     pub decision: Decision,
+    /// The run's attempt the decision is given in.
+    pub attempt: u32,
     /// False when the approver's identity was only claimed (shared link).
     pub verified: bool,
     /// Who acted: `approver:alice`, `api-key:ops-1`.

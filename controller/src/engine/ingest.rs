@@ -19,7 +19,7 @@ use super::clock::Clock;
 use super::facts::*;
 use super::{EngineError, EngineResult, SharedConfig};
 use crate::config::{Config, Pipeline};
-use crate::domain::{ReleaseId, StageName, retry::retry_from};
+use crate::domain::{Contributor, Release, ReleaseId, StageName, retry::retry_from};
 use crate::store::{AppliedConfig, EventNote, PushLink, Reads, Store};
 
 /// How many of a pipeline's newest releases are searched for a run watching an alarm's state
@@ -179,6 +179,28 @@ impl Ingest {
         let out = self.store.record_approval(a, d, self.now()).await?;
         self.wake(&a.pipeline);
         Ok(out)
+    }
+
+    /// Adds the authors and mergers of a release's pull requests to its contributors (they
+    /// were looked up on GitHub); returns the release as it is now.
+    pub async fn record_pull_contributors(
+        &self,
+        release: ReleaseId,
+        people: &[Contributor],
+    ) -> EngineResult<Option<Release>> {
+        Ok(self.store.add_pull_contributors(release, people).await?)
+    }
+
+    /// The people a `push` of `sha` names, kept for the release its build makes later.
+    pub async fn record_push_contributors(
+        &self,
+        sha: &str,
+        people: &[Contributor],
+    ) -> EngineResult<()> {
+        Ok(self
+            .store
+            .record_push_contributors(sha, people, self.now())
+            .await?)
     }
 
     /// A CloudWatch alarm notification for a stage.

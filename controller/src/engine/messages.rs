@@ -90,12 +90,20 @@ pub fn notification(n: &Notice<'_>) -> (String, String) {
             p.name, r.id, s.name
         ),
         NotifyEvent::RolledBack => format!("[tollgate] {} {}: {sha} ROLLED BACK", p.name, s.name),
+        NotifyEvent::ApprovalWithheld => format!(
+            "[tollgate] {} {}: approval request for {} NOT SENT",
+            p.name, r.id, s.name
+        ),
     };
     let what = match n.event {
         NotifyEvent::Halted => format!("Release {} stopped in stage {}.", r.id, s.name),
         NotifyEvent::RolledBack => format!(
             "Stage {} was rolled back: release {} was removed and the stage's last known-good release restored.",
             s.name, r.id
+        ),
+        NotifyEvent::ApprovalWithheld => format!(
+            "The approval request of release {} for stage {} was not sent: a subscription on the approval topic would have received every approver's personal link.",
+            r.id, s.name
         ),
     };
     let targets: Vec<String> = s
@@ -128,6 +136,13 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
         "if this release is the fix for a firing alarm: `tollgate override {p} {r} --alarms --reason \"…\"` lets it past the alarm gate"
     );
     match (n.event, n.reason.root()) {
+        (NotifyEvent::ApprovalWithheld, _) => vec![
+            format!(
+                "give each subscription on {s}'s approval topic the filter policy {{\"approver\":[\"<name>\"]}} of one listed approver, or remove it"
+            ),
+            "the request is checked and sent again on its own once the topic is safe".into(),
+            "`tollgate status` shows which subscriptions are in the way".into(),
+        ],
         (NotifyEvent::RolledBack, _) => vec![
             format!("{r} is marked bad and is never promoted again automatically; {fix}"),
             format!("`tollgate status` shows what {s} runs now"),

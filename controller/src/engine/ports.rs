@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::{Account, Approver, Artifact, Deploy, Promote, Target, TestDef};
-use crate::domain::{AlarmReading, AppliedSpec, ReleaseId, ReportState};
+use crate::domain::{
+    AlarmReading, AppliedSpec, Contributor, ExposedSubscription, ReleaseId, ReportState,
+};
 
 /// What went wrong in an adapter, in the few ways the engine branches on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +193,17 @@ pub trait Forge: Send + Sync {
     fn enabled(&self) -> bool {
         true
     }
+
+    /// The authors and mergers of the pull requests `sha` of `repository` belongs to;
+    /// `None` when GitHub is not configured (nobody to ask).
+    async fn pull_request_people(
+        &self,
+        repository: &str,
+        sha: &str,
+    ) -> PortResult<Option<Vec<Contributor>>> {
+        let _ = (repository, sha);
+        Ok(None)
+    }
 }
 
 /// What a test run is told about the stage and the release.
@@ -231,8 +244,12 @@ pub trait TestRunner: Send + Sync {
 pub struct ApprovalRequest {
     pub key: String,
     pub pipeline: String,
+    /// `owner/name` of the pipeline's repository (its pull requests are looked up).
+    pub repository: String,
     pub stage: String,
     pub release: ReleaseId,
+    /// The run's attempt: links and decisions belong to it.
+    pub attempt: u32,
     pub topic: String,
     pub approvers: Vec<Approver>,
     pub expires_at: chrono::DateTime<chrono::Utc>,
@@ -240,8 +257,18 @@ pub struct ApprovalRequest {
     pub summary: String,
 }
 
+/// What became of an approval request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// This many messages are out for the request.
+    Sent(usize),
+    /// Nothing was sent: these subscriptions would have received every approver's
+    /// personal link.
+    Withheld(Vec<ExposedSubscription>),
+}
+
 #[async_trait]
 pub trait ApprovalSender: Send + Sync {
-    /// Issues the links and sends them; returns how many messages were sent.
-    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize>;
+    /// Issues the links and sends them, or withholds them all.
+    async fn send(&self, req: &ApprovalRequest) -> PortResult<SendOutcome>;
 }

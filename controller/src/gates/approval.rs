@@ -55,10 +55,14 @@ use chrono::{DateTime, Utc};
 use crate::aws::sns::SnsNotifier;
 use crate::backoff::Backoff;
 use crate::config::{Approval, Approver};
-use crate::domain::{ApprovalRecord, Decision, Release, ReleaseId, RunStatus, StageRun};
+use crate::domain::approval::{self as rules, Identity};
+use crate::domain::{
+    ApprovalRecord, ContributorRole, Decision, ExposedSubscription, Release, ReleaseId, RunStatus,
+    StageRun,
+};
 use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::ports::{
-    ApprovalRequest, ApprovalSender, Message, Notifier, PortError, PortResult,
+    ApprovalRequest, ApprovalSender, Forge, Message, Notifier, PortError, PortResult, SendOutcome,
 };
 use crate::engine::{Delivery, Ingested, NewApproval};
 use crate::engine::{Engine, EngineResult};
@@ -80,6 +84,7 @@ pub struct SnsApprovalSender {
     notifier: Arc<dyn Notifier>,
     public_url: String,
     subscriptions: Option<Arc<SnsNotifier>>,
+    forge: Option<Arc<dyn Forge>>,
     backoff: Backoff,
     clock: Arc<dyn Clock>,
 }
@@ -95,6 +100,7 @@ impl SnsApprovalSender {
             notifier,
             public_url: public_url.trim_end_matches('/').to_string(),
             subscriptions: None,
+            forge: None,
             backoff: Backoff::default(),
             clock: Arc::new(SystemClock),
         }
@@ -118,26 +124,29 @@ impl SnsApprovalSender {
         self
     }
 
-    /// Subscribes the approvers. Only a temporary failure stops the send: with a permanent
-    /// one (say, no permission to subscribe) the approvers already subscribed still get mail.
-    async fn ensure_subscriptions(&self, req: &ApprovalRequest) -> PortResult<()> {
+    /// Before sending, looks up the authors and mergers of the commit's pull requests on
+    /// GitHub (when configured) so that none of them can approve.
+    pub fn with_forge(mut self, forge: Arc<dyn Forge>) -> SnsApprovalSender {
+        self.forge = Some(forge);
+        self
+    }
+
+    /// Subscribes the approvers, then checks that every confirmed subscription on the topic
+    /// is one listed approver's: personal links go out only then. Any failure to manage or
+    /// list the subscriptions stops the send (nothing is published).
+    async fn check_subscriptions(
+        &self,
+        req: &ApprovalRequest,
+    ) -> PortResult<Vec<ExposedSubscription>> {
         let Some(subs) = &self.subscriptions else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         if req.approvers.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        match subs
-            .ensure_approver_subscriptions(&req.topic, &req.approvers)
-            .await
-        {
-            Err(e) if e.is_retryable() => Err(e),
-            Err(e) => {
-                tracing::warn!(topic = %req.topic, error = %e, "approver subscriptions not checked; publishing anyway");
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-        }
+        subs.ensure_approver_subscriptions(&req.topic, &req.approvers)
+            .await?;
+        subs.exposed_subscriptions(&req.topic, &req.approvers).await
     }
 
     /// Mints (or finds already sent) the link of one recipient and publishes it.
@@ -152,6 +161,7 @@ impl SnsApprovalSender {
             pipeline: req.pipeline.clone(),
             release: req.release,
             stage: req.stage.clone(),
+            attempt: req.attempt,
             approver: to.map(|a| a.name.clone()),
             expires_at: req.expires_at,
         };
@@ -194,12 +204,17 @@ impl SnsApprovalSender {
 impl ApprovalSender for SnsApprovalSender {
     /// Returns how many links are out for this request: those sent now and those an earlier
     /// attempt under the same key already sent.
-    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize> {
+    async fn send(&self, req: &ApprovalRequest) -> PortResult<SendOutcome> {
         let release = self
             .stored("reading the release", || self.store.release(req.release))
             .await?
             .ok_or_else(|| PortError::NotFound(format!("release {}", req.release)))?;
-        self.ensure_subscriptions(req).await?;
+        let release = self.with_pull_people(req, release).await?;
+        let exposed = self.check_subscriptions(req).await?;
+        if !exposed.is_empty() {
+            tracing::warn!(key = %req.key, topic = %req.topic, exposed = exposed.len(), "approval links withheld: the topic has subscriptions that would receive every link");
+            return Ok(SendOutcome::Withheld(exposed));
+        }
         let recipients: Vec<Recipient> = if req.approvers.is_empty() {
             vec![None]
         } else {
@@ -208,11 +223,31 @@ impl ApprovalSender for SnsApprovalSender {
         for to in &recipients {
             self.send_one(req, &release, *to).await?;
         }
-        Ok(recipients.len())
+        Ok(SendOutcome::Sent(recipients.len()))
     }
 }
 
 impl SnsApprovalSender {
+    /// The release with its pull requests' authors and mergers, looked up once.
+    async fn with_pull_people(&self, req: &ApprovalRequest, r: Release) -> PortResult<Release> {
+        let Some(forge) = &self.forge else {
+            return Ok(r);
+        };
+        if r.pulls_checked {
+            return Ok(r);
+        }
+        let Some(people) = forge.pull_request_people(&req.repository, &r.sha).await? else {
+            return Ok(r);
+        };
+        let id = r.id;
+        let updated = self
+            .stored("recording pull request people", || {
+                self.store.add_pull_contributors(id, &people)
+            })
+            .await?;
+        Ok(updated.unwrap_or(r))
+    }
+
     /// A store call, retried while the database is busy or unreachable.
     async fn stored<T, F, Fut>(&self, what: &str, mut op: F) -> PortResult<T>
     where
@@ -354,9 +389,23 @@ pub enum Refusal {
     },
     /// This approver already decided.
     AlreadyDecided(ApprovalRecord),
-    /// The commit's author may not approve their own change.
+    /// Someone who brought the change may not approve it.
     OwnChange {
         approver: String,
+        role: ContributorRole,
+    },
+    /// The link was sent for an earlier attempt of this run; a newer email asked again.
+    EarlierAttempt {
+        link: u32,
+        current: u32,
+    },
+    /// A shared link cannot decide for a listed approver (or once the stage lists approvers).
+    SharedLinkNotForListed {
+        name: Option<String>,
+    },
+    /// Who brought the change could not be read from GitHub; nothing was recorded.
+    ContributorsUnknown {
+        detail: String,
     },
     /// Not one of the stage's approvers.
     NotAnApprover {
@@ -378,7 +427,10 @@ impl Refusal {
             Refusal::Rejected { .. } => "Already rejected",
             Refusal::MovedOn { .. } => "No longer waiting for approval",
             Refusal::AlreadyDecided(_) => "Already decided",
-            Refusal::OwnChange { .. } => "You cannot approve your own change",
+            Refusal::OwnChange { .. } => "You cannot approve a change you brought",
+            Refusal::EarlierAttempt { .. } => "Link for an earlier attempt",
+            Refusal::SharedLinkNotForListed { .. } => "Use your personal link",
+            Refusal::ContributorsUnknown { .. } => "Cannot check who brought this change",
             Refusal::NotAnApprover { .. } => "Not an approver",
             Refusal::BadName(_) => "Name needed",
         }
@@ -450,9 +502,26 @@ impl fmt::Display for Refusal {
                 d.decision.as_str(),
                 time(&d.at)
             ),
-            Refusal::OwnChange { approver } => write!(
+            Refusal::OwnChange { approver, role } => write!(
                 f,
-                "{approver} is the author of this commit and may not approve it; ask another approver (rejecting is allowed)"
+                "{approver} may not approve this change: {} ({role}); ask another approver (rejecting is allowed)",
+                role.to_you()
+            ),
+            Refusal::EarlierAttempt { link, current } => write!(
+                f,
+                "this link was sent for attempt {link}; the release was sent again (attempt {current}) and a new email asked again: use the link in that one"
+            ),
+            Refusal::SharedLinkNotForListed { name: Some(name) } => write!(
+                f,
+                "{name} is a listed approver and decides only through their personal link, not a shared one"
+            ),
+            Refusal::SharedLinkNotForListed { name: None } => write!(
+                f,
+                "this stage now lists its approvers: a shared link no longer decides; the approvers use their personal links"
+            ),
+            Refusal::ContributorsUnknown { detail } => write!(
+                f,
+                "who brought this change could not be read from GitHub ({detail}); try again shortly"
             ),
             Refusal::NotAnApprover { name } => {
                 write!(f, "{name} is not an approver of this stage")
@@ -483,7 +552,7 @@ pub struct Facts {
     pub run: Option<StageRun>,
     /// The stage's approval settings in the configuration in force.
     pub approval: Option<Approval>,
-    /// Decisions recorded so far, oldest first.
+    /// Decisions recorded in the run's current attempt, oldest first.
     pub decisions: Vec<ApprovalRecord>,
     /// The newest release that entered the stage after this one.
     pub newer: Option<Release>,
@@ -511,6 +580,13 @@ impl Facts {
             .and_then(|p| p.stage(stage))
             .and_then(|s| s.approval.clone());
         let run = store.stage_run(release, stage).await?;
+        let attempt = run.as_ref().map_or(1, |r| r.attempt);
+        let decisions = store
+            .approvals_of(release, stage)
+            .await?
+            .into_iter()
+            .filter(|d| d.attempt == attempt)
+            .collect();
         let mut newer = store.newer_in_stage(pipeline, stage, release).await?;
         if newer.is_none() && run.as_ref().map(|r| r.status) == Some(RunStatus::Superseded) {
             newer = store.newest_release_after(pipeline, release).await?;
@@ -523,7 +599,7 @@ impl Facts {
             pipeline: pipeline.to_string(),
             stage: stage.to_string(),
             release: rel,
-            decisions: store.approvals_of(release, stage).await?,
+            decisions,
             run,
             approval,
             newer,
@@ -574,17 +650,24 @@ impl Facts {
         }
     }
 
-    /// Approvals so far (distinct approvers) and how many are needed.
+    /// The run's current attempt (1 before the release reached the stage).
+    pub fn attempt(&self) -> u32 {
+        self.run.as_ref().map_or(1, |r| r.attempt)
+    }
+
+    /// Approvals that count now (invariant 9: this attempt, listed approvers, none who
+    /// brought the change) and how many are needed.
     pub fn tally(&self) -> (usize, u32) {
+        let Some(a) = &self.approval else {
+            return (0, 0);
+        };
+        let attempt = self.attempt();
         let approved = self
             .decisions
             .iter()
-            .filter(|d| d.decision == Decision::Approve)
+            .filter(|d| rules::counts(a, &self.release, attempt, d))
             .count();
-        (
-            approved,
-            self.approval.as_ref().map_or(0, |a| a.min_approvals),
-        )
+        (approved, a.min_approvals)
     }
 
     /// The listed approver `identity` names: by name, GitHub login or email.
@@ -605,18 +688,12 @@ impl Facts {
         self.decisions.iter().find(|d| d.approver == name)
     }
 
-    /// Is the person deciding the commit's author (by GitHub login or email)?
-    pub fn is_author(&self, d: &Decider) -> bool {
-        let r = &self.release;
-        let login = r.author_login.as_deref().unwrap_or("");
-        let same = |a: &str, b: &str| !a.is_empty() && a.trim().eq_ignore_ascii_case(b.trim());
-        let by_config = d.approver.as_ref().is_some_and(|a| {
-            a.github.as_deref().is_some_and(|g| same(g, login)) || same(&a.email, &r.author_email)
-        });
-        let by_name = same(&d.name, login)
-            || same(&d.name, &r.author_email)
-            || (!d.verified && same(&d.name, &r.author_name));
-        by_config || by_name
+    /// How the person deciding brought the change, if they did (by GitHub login or email).
+    pub fn brought_by(&self, d: &Decider) -> Option<ContributorRole> {
+        self.release.brought_by(Identity {
+            approver: d.approver.as_ref(),
+            name: &d.name,
+        })
     }
 
     /// The rules about the person: one decision each, and no approving one's own change.
@@ -625,10 +702,13 @@ impl Facts {
             return Some(Refusal::AlreadyDecided(prev.clone()));
         }
         let allow_author = self.approval.as_ref().is_some_and(|a| a.allow_author);
-        if decision == Decision::Approve && !allow_author && self.is_author(d) {
-            return Some(Refusal::OwnChange {
-                approver: d.name.clone(),
-            });
+        if decision == Decision::Approve && !allow_author {
+            if let Some(role) = self.brought_by(d) {
+                return Some(Refusal::OwnChange {
+                    approver: d.name.clone(),
+                    role,
+                });
+            }
         }
         None
     }
@@ -659,7 +739,7 @@ pub async fn decide(
     actor: &str,
 ) -> EngineResult<Outcome> {
     engine.check_stage(pipeline, stage)?;
-    let Some(facts) = Facts::load(engine, pipeline, release, stage).await? else {
+    let Some(mut facts) = Facts::load(engine, pipeline, release, stage).await? else {
         return Ok(Outcome::Refused(Refusal::UnknownRelease));
     };
     if let Some(r) = facts.closed() {
@@ -669,18 +749,62 @@ pub async fn decide(
         Ok(d) => d,
         Err(r) => return Ok(Outcome::Refused(r)),
     };
+    if let Some(r) = pull_people(engine, &mut facts, decision).await? {
+        return Ok(Outcome::Refused(r));
+    }
     if let Some(r) = facts.check_decider(&decider, decision) {
         return Ok(Outcome::Refused(r));
     }
     let delivery = Delivery {
         source: API_DELIVERY_SOURCE.into(),
-        id: format!("{pipeline}/{release}/{stage}/{}", decider.name),
+        id: format!(
+            "{pipeline}/{release}/{stage}/a{}/{}",
+            facts.attempt(),
+            decider.name
+        ),
     };
     let context = format!("decided through the API by {actor}");
     record(
         engine, &facts, &decider, decision, actor, &context, &delivery,
     )
     .await
+}
+
+/// Before an approval is recorded, the authors and mergers of the commit's pull requests are
+/// looked up on GitHub if that was not done yet (the approval request does it first). A
+/// lookup that fails refuses the approval: it is never recorded unchecked.
+async fn pull_people(
+    engine: &Engine,
+    facts: &mut Facts,
+    decision: Decision,
+) -> EngineResult<Option<Refusal>> {
+    let forge = engine.ports().forge.clone();
+    if decision != Decision::Approve || facts.release.pulls_checked || !forge.enabled() {
+        return Ok(None);
+    }
+    let config = engine.config();
+    let Some(repo) = config
+        .pipeline(&facts.pipeline)
+        .map(|p| p.source.repository.clone())
+    else {
+        return Ok(None);
+    };
+    let people = match forge.pull_request_people(&repo, &facts.release.sha).await {
+        Ok(Some(people)) => people,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Ok(Some(Refusal::ContributorsUnknown {
+                detail: e.to_string(),
+            }));
+        }
+    };
+    if let Some(r) = engine
+        .record_pull_contributors(facts.release.id, &people)
+        .await?
+    {
+        facts.release = r;
+    }
+    Ok(None)
 }
 
 /// An authenticated identity: one of the listed approvers, or anyone when none are listed.
@@ -736,6 +860,7 @@ async fn record(
         pipeline: facts.pipeline.clone(),
         release: facts.release.id,
         stage: facts.stage.clone(),
+        attempt: facts.attempt(),
         approver: d.name.clone(),
         decision,
         verified: d.verified,
@@ -809,6 +934,21 @@ impl Link {
         if self.token.replaced_at.is_some() {
             return Some(Refusal::Replaced);
         }
+        let current = self.facts.attempt();
+        if self.token.attempt != current && self.facts.closed().is_none() {
+            return Some(Refusal::EarlierAttempt {
+                link: self.token.attempt,
+                current,
+            });
+        }
+        let listed = self
+            .facts
+            .approval
+            .as_ref()
+            .is_some_and(|a| !a.approvers.is_empty());
+        if self.token.is_shared() && listed {
+            return Some(Refusal::SharedLinkNotForListed { name: None });
+        }
         if let Some(r) = self.facts.closed() {
             // The run's expiry time moved to when it was marked expired; the link's is exact.
             return Some(match r {
@@ -843,8 +983,11 @@ impl Link {
             });
         }
         let name = clean_name(typed_name.unwrap_or(""))?;
+        if self.facts.approver(&name).is_some() {
+            return Err(Refusal::SharedLinkNotForListed { name: Some(name) });
+        }
         Ok(Decider {
-            approver: self.facts.approver(&name).cloned(),
+            approver: None,
             name,
             verified: false,
         })
@@ -867,7 +1010,11 @@ pub async fn decide_by_link(
         Ok(d) => d,
         Err(r) => return Ok(Outcome::Refused(r)),
     };
-    if let Some(r) = link.facts.check_decider(&decider, decision) {
+    let mut facts = link.facts.clone();
+    if let Some(r) = pull_people(engine, &mut facts, decision).await? {
+        return Ok(Outcome::Refused(r));
+    }
+    if let Some(r) = facts.check_decider(&decider, decision) {
         return Ok(Outcome::Refused(r));
     }
     let kind = if link.token.is_shared() {
@@ -879,13 +1026,7 @@ pub async fn decide_by_link(
     let context = format!("{client}; {kind}");
     let delivery = link.token.delivery();
     let out = record(
-        engine,
-        &link.facts,
-        &decider,
-        decision,
-        &actor,
-        &context,
-        &delivery,
+        engine, &facts, &decider, decision, &actor, &context, &delivery,
     )
     .await?;
     if let Outcome::Refused(Refusal::Used { decision: None, .. }) = &out {

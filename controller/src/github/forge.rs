@@ -57,7 +57,8 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, PollSettings};
 use crate::config::Config;
-use crate::domain::ReportState;
+use crate::domain::approval::contributor_set;
+use crate::domain::{Contributor, ReportState};
 use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::ports::{DeploymentReport, Forge, PortError, PortResult, TestResult};
 use crate::gates::{GithubTests, failed, human, passed};
@@ -502,6 +503,78 @@ impl Forge for GithubForge {
         }
         let what = format!("GitHub report {} of {}", r.environment, r.pipeline);
         self.backoff.retry(&what, || self.report_once(r)).await
+    }
+
+    /// `GET /repos/{owner}/{repo}/commits/{sha}/pulls` lists the pull requests the commit
+    /// belongs to (their authors); the list omits who merged, so each merged one is read
+    /// with `GET /repos/{owner}/{repo}/pulls/{number}` for `merged_by`.
+    async fn pull_request_people(
+        &self,
+        repository: &str,
+        sha: &str,
+    ) -> PortResult<Option<Vec<Contributor>>> {
+        let base = format!(
+            "{}/commits/{}/pulls?per_page=100",
+            repo_route(repository),
+            esc(sha)
+        );
+        let mut people = Vec::new();
+        for page in 1..=MAX_PAGES {
+            let pulls: Vec<PullInfo> = self.get(&format!("{base}&page={page}")).await?;
+            let last = pulls.len() < 100;
+            for pr in pulls {
+                people.extend(self.people_of(repository, pr).await?);
+            }
+            if last {
+                break;
+            }
+        }
+        Ok(Some(contributor_set(people)))
+    }
+}
+
+/// A pull request as the commit's list and the pull request itself give it.
+#[derive(Debug, Deserialize)]
+struct PullInfo {
+    number: u64,
+    #[serde(default)]
+    user: Option<UserInfo>,
+    #[serde(default)]
+    merged_at: Option<String>,
+    #[serde(default)]
+    merged_by: Option<UserInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserInfo {
+    login: String,
+}
+
+impl GithubForge {
+    /// The author of a pull request and, once merged, who merged it.
+    async fn people_of(&self, repository: &str, pr: PullInfo) -> PortResult<Vec<Contributor>> {
+        use crate::domain::ContributorRole as R;
+        let author = pr.user.as_ref().map(|u| u.login.as_str());
+        let mut people: Vec<Contributor> = Contributor::new(R::PullRequestAuthor, author, None)
+            .into_iter()
+            .collect();
+        let merger = match (pr.merged_by, pr.merged_at) {
+            (Some(by), _) => Some(by),
+            (None, Some(_)) => {
+                let route = format!("{}/pulls/{}", repo_route(repository), pr.number);
+                let full: PullInfo = self.get(&route).await?;
+                full.merged_by
+            }
+            (None, None) => None,
+        };
+        if let Some(by) = merger {
+            people.extend(Contributor::new(
+                R::PullRequestMerger,
+                Some(&by.login),
+                None,
+            ));
+        }
+        Ok(people)
     }
 }
 

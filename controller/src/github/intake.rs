@@ -12,6 +12,10 @@
 //!   A build that concluded otherwise is written to the pipeline's event log: nothing promoted.
 //! - A `workflow_run` whose head repository is a fork is never acted on, whatever it claims;
 //!   the refusal is written to the event log of the pipeline it targeted.
+//! - Every release stores who brought it (the payload's pusher, sender, committers, commit
+//!   authors, workflow actors). A push to the branch of a pipeline that releases on its build
+//!   workflow keeps the people it names for the release that build makes (a `workflow_run`
+//!   does not name them), before the delivery is acknowledged.
 //! - A push to `controller.config_repository` / `config_branch` touching `config_path` yields
 //!   [`Outcome::ConfigChanged`]; [`apply_config_change`] fetches, validates and applies it.
 //!
@@ -37,7 +41,7 @@ use tokio::task::JoinHandle;
 use super::forge::{Ancestry, GithubForge};
 use super::webhook::{CommitInfo, GithubEvent, PushEvent, WorkflowRunEvent};
 use crate::config::{self, Config, ConfigError, Pipeline};
-use crate::domain::ReleaseId;
+use crate::domain::{Contributor, ContributorRole, ReleaseId};
 use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
 use crate::store::{AppliedConfig, EventNote, PushLink};
@@ -145,6 +149,7 @@ pub fn decide_push(p: &Pipeline, push: &PushEvent) -> Decision {
         push.head_commit.as_ref(),
         &push.pusher,
         url,
+        &push.contributors,
     ))
 }
 
@@ -188,6 +193,7 @@ pub fn decide_run(p: &Pipeline, run: &WorkflowRunEvent) -> Decision {
                 run.head_commit.as_ref(),
                 "",
                 url,
+                &run.contributors,
             ))
         }
         other => Decision::Refuse(format!(
@@ -205,6 +211,7 @@ fn new_release(
     commit: Option<&CommitInfo>,
     pusher: &str,
     url: Option<String>,
+    contributors: &[Contributor],
 ) -> Box<NewRelease> {
     let (name, email, login, message) = match commit {
         Some(c) => (
@@ -222,6 +229,7 @@ fn new_release(
         author_name: name,
         author_email: email,
         author_login: login,
+        contributors: contributors.to_vec(),
         message,
         url,
         alarm_override: None,
@@ -271,6 +279,9 @@ pub async fn handle(
         GithubEvent::Push(push) => each(&config, |p| decide_push(p, push)),
         GithubEvent::WorkflowRun(run) => each(&config, |p| decide_run(p, run)),
     };
+    if let GithubEvent::Push(push) = &event {
+        keep_push_people(engine, &config, push).await?;
+    }
     let mut outcomes = Vec::new();
     let mut skipped = Vec::new();
     for (pipeline, decision) in decisions {
@@ -305,6 +316,36 @@ pub async fn handle(
         return ignore(engine, delivery, reasons).await;
     }
     Ok(IntakeOutcome { outcomes })
+}
+
+/// A push to the branch of a pipeline that releases on its build workflow: the people it names
+/// are kept for the release the build makes (a `workflow_run` does not name the pusher or the
+/// other commits' authors). Kept before the delivery is acknowledged.
+async fn keep_push_people(
+    engine: &Engine,
+    config: &Config,
+    push: &PushEvent,
+) -> Result<(), EngineError> {
+    let built = config.pipelines.iter().any(|p| {
+        p.source.build_workflow.is_some()
+            && same_repo(&push.repository, &p.source.repository)
+            && push.branch.as_deref() == Some(p.source.branch.as_str())
+    });
+    if !built || push.deleted {
+        return Ok(());
+    }
+    let author = push.head_commit.as_ref().and_then(|c| {
+        Contributor::new(
+            ContributorRole::Author,
+            c.author_login.as_deref(),
+            Some(&c.author_email),
+        )
+    });
+    let people: Vec<Contributor> = author
+        .into_iter()
+        .chain(push.contributors.iter().cloned())
+        .collect();
+    engine.record_push_contributors(&push.after, &people).await
 }
 
 fn each(config: &Config, decide: impl Fn(&Pipeline) -> Decision) -> Vec<(String, Decision)> {

@@ -34,6 +34,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
+use crate::domain::approval::contributor_set;
+use crate::domain::{Contributor, ContributorRole};
 use crate::secret::Secret;
 
 /// Header carrying the HMAC-SHA256 of the body (`sha256=<64 hex digits>`).
@@ -271,6 +273,10 @@ pub struct PushEvent {
     pub pusher: String,
     /// Union of added, modified and removed paths over the listed commits, sorted.
     pub changed_files: Vec<String>,
+    /// Everyone the payload names as having brought the change besides the head commit's
+    /// author: its committer, the pusher, the sender, and the author and committer of every
+    /// listed commit.
+    pub contributors: Vec<Contributor>,
 }
 
 /// A `workflow_run`: a GitHub Actions run was requested, started or completed.
@@ -294,6 +300,9 @@ pub struct WorkflowRunEvent {
     /// The commit comes from another repository (a fork): never trust it to deploy.
     pub from_fork: bool,
     pub head_commit: Option<CommitInfo>,
+    /// Everyone the payload names as having brought the change besides the head commit's
+    /// author: its committer, the run's actor and triggering actor, and the sender.
+    pub contributors: Vec<Contributor>,
 }
 
 /// A commit as described in a payload.
@@ -361,7 +370,77 @@ fn parse_push(body: &[u8]) -> Result<PushEvent, ParseError> {
         compare_url: root.opt_str("compare")?.map(str::to_owned),
         pusher: root.obj("pusher")?.str("name")?.to_owned(),
         changed_files: changed_files(&root)?,
+        contributors: push_contributors(&root)?,
     })
+}
+
+/// A person in a payload (`{"name", "email", "username"}` or `{"login"}`), in `role`.
+fn person(
+    o: Option<Obj<'_>>,
+    role: ContributorRole,
+    login_key: &str,
+) -> Result<Option<Contributor>, ParseError> {
+    let Some(o) = o else {
+        return Ok(None);
+    };
+    Ok(Contributor::new(
+        role,
+        o.opt_str(login_key)?,
+        o.opt_str("email")?,
+    ))
+}
+
+/// The pusher, the sender, the head commit's committer, and the author and committer of
+/// every listed commit.
+fn push_contributors(root: &Obj<'_>) -> Result<Vec<Contributor>, ParseError> {
+    use ContributorRole as R;
+    let mut all = vec![
+        person(root.opt_obj("pusher")?, R::Pusher, "name")?,
+        person(root.opt_obj("sender")?, R::Sender, "login")?,
+    ];
+    if let Some(head) = root.opt_obj("head_commit")? {
+        all.push(person(
+            head.opt_obj("committer")?,
+            R::Committer,
+            "username",
+        )?);
+    }
+    for commit in root.opt_array("commits")? {
+        let commit = commit.into_obj()?;
+        all.push(person(
+            commit.opt_obj("author")?,
+            R::CommitAuthor,
+            "username",
+        )?);
+        all.push(person(
+            commit.opt_obj("committer")?,
+            R::CommitCommitter,
+            "username",
+        )?);
+    }
+    Ok(contributor_set(all.into_iter().flatten()))
+}
+
+/// The head commit's committer, the run's actor and triggering actor, and the sender.
+fn run_contributors(root: &Obj<'_>, run: &Obj<'_>) -> Result<Vec<Contributor>, ParseError> {
+    use ContributorRole as R;
+    let mut all = vec![
+        person(run.opt_obj("actor")?, R::WorkflowActor, "login")?,
+        person(
+            run.opt_obj("triggering_actor")?,
+            R::TriggeringActor,
+            "login",
+        )?,
+        person(root.opt_obj("sender")?, R::Sender, "login")?,
+    ];
+    if let Some(head) = run.opt_obj("head_commit")? {
+        all.push(person(
+            head.opt_obj("committer")?,
+            R::Committer,
+            "username",
+        )?);
+    }
+    Ok(contributor_set(all.into_iter().flatten()))
 }
 
 fn push_commit(commit: Obj<'_>) -> Result<CommitInfo, ParseError> {
@@ -411,6 +490,7 @@ fn parse_workflow_run(body: &[u8]) -> Result<WorkflowRunEvent, ParseError> {
         head_sha: run.sha("head_sha")?,
         head_commit: run_commit(&run, &head_repo)?,
         head_repository,
+        contributors: run_contributors(&root, &run)?,
     })
 }
 

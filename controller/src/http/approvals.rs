@@ -329,7 +329,7 @@ fn form(link: &Link, token: &str) -> String {
     let f = &link.facts;
     let allow_author = f.approval.as_ref().is_some_and(|a| a.allow_author);
     let own = match (&link.token.approver, link.decider(None)) {
-        (Some(_), Ok(d)) if !allow_author && f.is_author(&d) => Some(d),
+        (Some(_), Ok(d)) if !allow_author => f.brought_by(&d).map(|role| (d, role)),
         _ => None,
     };
     let mut html = format!(
@@ -345,8 +345,12 @@ fn form(link: &Link, token: &str) -> String {
     }
     html.push_str("<p>");
     match own {
-        Some(d) => {
-            let text = Refusal::OwnChange { approver: d.name }.to_string();
+        Some((d, role)) => {
+            let text = Refusal::OwnChange {
+                approver: d.name,
+                role,
+            }
+            .to_string();
             let _ = write!(html, "{} ", esc(&text));
         }
         None => html.push_str(
@@ -375,17 +379,14 @@ async fn recorded_page(
     );
     let (title, text) = match decision {
         Decision::Approve => {
-            let approved = engine
-                .reads()
-                .approvals_of(r.id, &f.stage)
-                .await
-                .map(|all| {
-                    all.iter()
-                        .filter(|a| a.decision == Decision::Approve)
-                        .count()
-                })
-                .unwrap_or(0);
-            let needed = f.tally().1;
+            let mut now = f.clone();
+            if let Ok(all) = engine.reads().approvals_of(r.id, &f.stage).await {
+                now.decisions = all
+                    .into_iter()
+                    .filter(|a| a.attempt == f.attempt())
+                    .collect();
+            }
+            let (approved, needed) = now.tally();
             (
                 "Approved",
                 format!(
@@ -419,7 +420,11 @@ fn refusal_page(link: &Link, r: &Refusal) -> Response {
         | Refusal::AlreadyDecided(_)
         | Refusal::Rejected { .. }
         | Refusal::MovedOn { .. } => StatusCode::CONFLICT,
-        Refusal::OwnChange { .. } | Refusal::NotAnApprover { .. } => StatusCode::FORBIDDEN,
+        Refusal::OwnChange { .. }
+        | Refusal::NotAnApprover { .. }
+        | Refusal::SharedLinkNotForListed { .. } => StatusCode::FORBIDDEN,
+        Refusal::EarlierAttempt { .. } => StatusCode::GONE,
+        Refusal::ContributorsUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Refusal::BadName(_) => StatusCode::BAD_REQUEST,
     };
     let about = format!(

@@ -50,6 +50,8 @@ pub struct NewToken {
     pub pipeline: String,
     pub release: ReleaseId,
     pub stage: String,
+    /// The run's attempt the request belongs to.
+    pub attempt: u32,
     /// The approver the link is for; `None` for a shared link.
     pub approver: Option<String>,
     pub expires_at: DateTime<Utc>,
@@ -64,6 +66,8 @@ pub struct TokenRecord {
     pub pipeline: String,
     pub release: ReleaseId,
     pub stage: String,
+    /// The run's attempt the link was issued for: it decides nothing in another attempt.
+    pub attempt: u32,
     /// `None` for a shared link.
     pub approver: Option<String>,
     /// The value the confirmation form must send back.
@@ -133,7 +137,7 @@ fn random(n: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-const TOKEN_COLUMNS: &str = "t.token_hash, t.request_key, t.pipeline, t.release_id, t.stage, t.approver, t.csrf, t.created_at, t.expires_at, t.published_at, t.replaced_at, d.received_at AS used_at";
+const TOKEN_COLUMNS: &str = "t.token_hash, t.request_key, t.pipeline, t.release_id, t.stage, t.attempt, t.approver, t.csrf, t.created_at, t.expires_at, t.published_at, t.replaced_at, d.received_at AS used_at";
 
 fn token_query(filter: &str) -> String {
     format!(
@@ -151,6 +155,7 @@ fn token_row(r: &SqliteRow) -> TokenRecord {
         pipeline: r.get("pipeline"),
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
+        attempt: r.get::<i64, _>("attempt") as u32,
         approver: r.get("approver"),
         csrf: Secret::new(r.get::<String, _>("csrf")),
         created_at: from_ms(r.get("created_at")),
@@ -187,6 +192,7 @@ impl Store {
             pipeline: t.pipeline.clone(),
             release: t.release,
             stage: t.stage.clone(),
+            attempt: t.attempt,
             approver: t.approver.clone(),
             csrf: Secret::new(random(CSRF_BYTES)),
             created_at: now,
@@ -313,8 +319,8 @@ async fn live_token(
 
 async fn insert_token(c: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
     sqlx::query(
-        "INSERT INTO approval_tokens (token_hash, request_key, pipeline, release_id, stage, approver, csrf, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO approval_tokens (token_hash, request_key, pipeline, release_id, stage, approver, csrf, created_at, expires_at, attempt)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&t.hash)
     .bind(&t.request_key)
@@ -325,6 +331,7 @@ async fn insert_token(c: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
     .bind(t.csrf.expose())
     .bind(ms(t.created_at))
     .bind(ms(t.expires_at))
+    .bind(i64::from(t.attempt))
     .execute(&mut *c)
     .await?;
     Ok(())

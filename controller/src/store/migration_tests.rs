@@ -187,3 +187,53 @@ async fn the_kind_column_admits_exactly_the_kinds_the_code_has() {
         "an unknown kind is refused"
     );
 }
+
+/// A database at migration 4 (before approvals had an attempt) with a release and an approval.
+async fn before_attempts(path: &std::path::Path) {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut c = opts.connect().await.unwrap();
+    let mut m = sqlx::migrate!("./migrations");
+    m.migrations = Cow::Owned(
+        m.migrations
+            .iter()
+            .filter(|x| x.version <= 4)
+            .cloned()
+            .collect(),
+    );
+    m.run(&mut c).await.unwrap();
+    let rows = [
+        "INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, author_login, message, created_at) VALUES (1, 'shop', 'abc', 'main', 'Carol', 'carol@example.com', 'carol', 'm', 0)",
+        "INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, message, created_at) VALUES (2, 'shop', 'def', 'main', 'Nobody', '', 'm', 0)",
+        "INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES (1, 'prod', 'awaiting_approval', '{\"kind\":\"queued\"}', 2, 0)",
+        "INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor) VALUES ('shop', 1, 'prod', 'alice', 'approve', 1, 0, 'approver:alice')",
+    ];
+    for sql in rows {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn approvals_from_before_attempts_belong_to_attempt_one_and_authors_become_contributors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    before_attempts(&path).await;
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let approvals = store.approvals_of(ReleaseId(1), "prod").await.unwrap();
+    assert_eq!(approvals.len(), 1);
+    assert_eq!((approvals[0].attempt, approvals[0].verified), (1, true));
+    let r = store.release(ReleaseId(1)).await.unwrap().unwrap();
+    let author = Contributor::new(
+        ContributorRole::Author,
+        Some("carol"),
+        Some("carol@example.com"),
+    );
+    assert_eq!(r.contributors, author.into_iter().collect::<Vec<_>>());
+    assert!(!r.pulls_checked);
+    let nobody = store.release(ReleaseId(2)).await.unwrap().unwrap();
+    assert!(nobody.contributors.is_empty(), "{:?}", nobody.contributors);
+}

@@ -30,6 +30,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::domain::approval::contributor_set;
 use crate::domain::*;
 use crate::engine::facts::*;
 pub use applied::AppliedConfig;
@@ -216,8 +217,8 @@ impl Store {
             return Ok(Some(Ingested::Duplicate));
         }
         let id: i64 = sqlx::query(
-            "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override, contributors)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         )
         .bind(&r.pipeline)
         .bind(&r.sha)
@@ -230,9 +231,19 @@ impl Store {
         .bind(ms(now))
         .bind(&r.alarm_override)
         .bind(&r.window_override)
+        .bind(rows::contributors_json(&r.all_contributors()))
         .fetch_one(&mut *tx)
         .await?
         .get(0);
+        let pushed = pushed_people(&mut tx, &r.sha).await?;
+        if !pushed.is_empty() {
+            let all = contributor_set(r.all_contributors().into_iter().chain(pushed));
+            sqlx::query("UPDATE releases SET contributors = $1 WHERE id = $2")
+                .bind(rows::contributors_json(&all))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let reason = reason_json(&Reason::PreviousStage);
         for stage in stages {
             sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES ($1, $2, 'waiting', $3, 1, $4)")
@@ -264,7 +275,8 @@ impl Store {
         Ok(Some(Ingested::Recorded(ReleaseId(id))))
     }
 
-    /// Records an approval or rejection (one per approver per release and stage).
+    /// Records an approval or rejection (one per approver per release, stage and attempt),
+    /// only while the run is at that attempt.
     pub async fn record_approval(
         &self,
         a: &NewApproval,
@@ -275,9 +287,21 @@ impl Store {
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
+        // A decision belongs to the run's attempt it was given in: one given as a retry moved
+        // the run to its next attempt records nothing (and leaves its link unused).
+        let current: Option<i64> =
+            sqlx::query("SELECT attempt FROM stage_runs WHERE release_id = $1 AND stage = $2")
+                .bind(a.release.0)
+                .bind(&a.stage)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get(0));
+        if current != Some(i64::from(a.attempt)) {
+            return Ok(Ingested::Duplicate);
+        }
         let r = sqlx::query(
-            "INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor, attempt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(&a.pipeline)
         .bind(a.release.0)
@@ -287,6 +311,7 @@ impl Store {
         .bind(a.verified)
         .bind(ms(now))
         .bind(&a.actor)
+        .bind(i64::from(a.attempt))
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
@@ -299,9 +324,10 @@ impl Store {
             " (identity not verified)"
         };
         let detail = format!(
-            "{} {}s{verified}; {}",
+            "{} {}s{verified} (attempt {}); {}",
             a.approver,
             a.decision.as_str(),
+            a.attempt,
             a.context
         );
         log(
@@ -317,6 +343,70 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Ingested::Recorded(()))
+    }
+
+    /// Keeps the people a `push` of `sha` names, for the release a build of that commit makes
+    /// later; a release of `sha` that exists already gets them at once. Idempotent.
+    pub async fn record_push_contributors(
+        &self,
+        sha: &str,
+        people: &[Contributor],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let all = contributor_set(
+            pushed_people(&mut tx, sha)
+                .await?
+                .into_iter()
+                .chain(people.iter().cloned()),
+        );
+        sqlx::query("INSERT INTO push_contributors (sha, contributors, at) VALUES ($1, $2, $3) ON CONFLICT (sha) DO UPDATE SET contributors = excluded.contributors")
+            .bind(sha)
+            .bind(rows::contributors_json(&all))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        let existing = sqlx::query("SELECT id, contributors FROM releases WHERE sha = $1")
+            .bind(sha)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in existing {
+            let known = rows::contributors_of(&row.get::<String, _>(1))?;
+            let merged = contributor_set(known.into_iter().chain(all.iter().cloned()));
+            sqlx::query("UPDATE releases SET contributors = $1 WHERE id = $2")
+                .bind(rows::contributors_json(&merged))
+                .bind(row.get::<i64, _>(0))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds the authors and mergers of the commit's pull requests to a release's contributors
+    /// and notes that they were looked up. Returns the release as it is now.
+    pub async fn add_pull_contributors(
+        &self,
+        release: ReleaseId,
+        people: &[Contributor],
+    ) -> Result<Option<Release>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(row) = sqlx::query("SELECT contributors FROM releases WHERE id = $1")
+            .bind(release.0)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let known = rows::contributors_of(&row.get::<String, _>(0))?;
+        let all = contributor_set(known.into_iter().chain(people.iter().cloned()));
+        sqlx::query("UPDATE releases SET contributors = $1, pulls_checked = 1 WHERE id = $2")
+            .bind(rows::contributors_json(&all))
+            .bind(release.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows::release(&self.pool, release).await
     }
 
     /// Records an alarm notification for a stage.
@@ -858,6 +948,18 @@ impl EffectOutcome {
     pub fn with(mut self, output: EffectOutput) -> Self {
         self.output = output;
         self
+    }
+}
+
+/// The people pushes of `sha` named (kept by [`Store::record_push_contributors`]).
+async fn pushed_people(c: &mut sqlx::SqliteConnection, sha: &str) -> Result<Vec<Contributor>> {
+    let row = sqlx::query("SELECT contributors FROM push_contributors WHERE sha = $1")
+        .bind(sha)
+        .fetch_optional(&mut *c)
+        .await?;
+    match row {
+        Some(r) => rows::contributors_of(&r.get::<String, _>(0)),
+        None => Ok(Vec::new()),
     }
 }
 

@@ -127,9 +127,9 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
         .iter()
         .chain(b.retired.iter().flat_map(|x| &x.3));
     for a in approvals {
-        sqlx::query("INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor) VALUES ($1, $2, $3, $4, $5, 1, $6, 'test')")
+        sqlx::query("INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor, attempt) VALUES ($1, $2, $3, $4, $5, $6, $7, 'test', $8)")
             .bind(PIPELINE).bind(a.release.0).bind(&a.stage).bind(&a.approver)
-            .bind(a.decision.as_str()).bind(ms(a.at))
+            .bind(a.decision.as_str()).bind(a.verified).bind(ms(a.at)).bind(i64::from(a.attempt))
             .execute(&mut *c).await?;
     }
     if let Some(why) = &b.snap.paused {
@@ -149,12 +149,13 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
 
 async fn insert_release(c: &mut sqlx::SqliteConnection, r: &Release, active: bool) -> Result<()> {
     let bad = r.bad.as_ref();
-    sqlx::query("INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, author_login, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed, active) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)")
+    sqlx::query("INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, author_login, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed, active, contributors, pulls_checked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)")
         .bind(r.id.0).bind(&r.pipeline).bind(&r.sha).bind(&r.branch).bind(&r.author_name)
         .bind(&r.author_email).bind(&r.author_login).bind(&r.message).bind(&r.url).bind(&r.digest)
         .bind(ms(r.created_at)).bind(bad.map(|b| b.stage.clone()))
         .bind(bad.map(|b| rows::reason_json(&b.reason))).bind(&r.alarm_override)
         .bind(&r.window_override).bind(&r.failed).bind(active)
+        .bind(rows::contributors_json(&r.contributors)).bind(r.pulls_checked)
         .execute(&mut *c).await?;
     Ok(())
 }
@@ -187,7 +188,12 @@ fn normal(mut s: Snapshot) -> Snapshot {
         .sort_by(|a, b| (a.release, &a.stage).cmp(&(b.release, &b.stage)));
     s.effects.sort_by(|a, b| a.key.cmp(&b.key));
     s.approvals.sort_by(|a, b| {
-        (a.release, &a.stage, &a.approver).cmp(&(b.release, &b.stage, &b.approver))
+        (a.release, &a.stage, a.attempt, &a.approver).cmp(&(
+            b.release,
+            &b.stage,
+            b.attempt,
+            &b.approver,
+        ))
     });
     s.alarms.sort_by_key(|a| a.id);
     s.retry_requests.sort_by_key(|r| r.id);

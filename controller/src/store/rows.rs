@@ -25,9 +25,22 @@ pub struct EventRow {
     pub detail: String,
 }
 
-const RELEASE_COLUMNS: &str = "id, pipeline, sha, branch, author_name, author_email, author_login, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed";
+const RELEASE_COLUMNS: &str = "id, pipeline, sha, branch, author_name, author_email, author_login, contributors, pulls_checked, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed";
 
-fn release_row(r: &SqliteRow) -> Release {
+/// The contributors column: typed JSON written by [`contributors_json`]. A value that is not
+/// (written by hand into the database) makes the release unreadable rather than approvable.
+pub(super) fn contributors_of(text: &str) -> Result<Vec<Contributor>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        table: "releases",
+        detail: format!("contributors: {e}"),
+    })
+}
+
+pub(super) fn contributors_json(people: &[Contributor]) -> String {
+    serde_json::to_string(people).unwrap_or_else(|_| "[]".into())
+}
+
+fn release_row(r: &SqliteRow) -> Result<Release> {
     let bad = match (
         r.get::<Option<String>, _>("bad_stage"),
         r.get::<Option<String>, _>("bad_reason"),
@@ -38,7 +51,7 @@ fn release_row(r: &SqliteRow) -> Release {
         }),
         _ => None,
     };
-    Release {
+    Ok(Release {
         id: ReleaseId(r.get("id")),
         pipeline: r.get("pipeline"),
         sha: r.get("sha"),
@@ -46,6 +59,8 @@ fn release_row(r: &SqliteRow) -> Release {
         author_name: r.get("author_name"),
         author_email: r.get("author_email"),
         author_login: r.get("author_login"),
+        contributors: contributors_of(&r.get::<String, _>("contributors"))?,
+        pulls_checked: r.get::<i64, _>("pulls_checked") != 0,
         message: r.get("message"),
         url: r.get("url"),
         digest: r.get("digest"),
@@ -54,7 +69,7 @@ fn release_row(r: &SqliteRow) -> Release {
         alarm_override: r.get("alarm_override"),
         window_override: r.get("window_override"),
         failed: r.get("failed"),
-    }
+    })
 }
 
 /// A reason column: typed JSON. Text that is not (written by hand into the database) is shown
@@ -122,7 +137,9 @@ fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
     Ok(ApprovalRecord {
         release: ReleaseId(r.get("release_id")),
         stage: r.get("stage"),
+        attempt: r.get::<i64, _>("attempt") as u32,
         approver: r.get("approver"),
+        verified: r.get::<i64, _>("verified") != 0,
         decision: Decision::parse(&d).ok_or(StoreError::Corrupt {
             table: "approvals",
             detail: format!("decision `{d}`"),
@@ -149,7 +166,7 @@ pub(super) async fn load_snapshot(
         "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 AND (active = 1 OR id IN (SELECT release_id FROM stage_history WHERE pipeline = $1))"
     );
     for r in sqlx::query(&sql).bind(pipeline).fetch_all(&mut *c).await? {
-        let rel = release_row(&r);
+        let rel = release_row(&r)?;
         snap.releases.insert(rel.id, rel);
     }
     let active = "SELECT id FROM releases WHERE pipeline = $1 AND active = 1";
@@ -427,11 +444,12 @@ fn event_row(r: &SqliteRow) -> EventRow {
 
 pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<Release>> {
     let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1");
-    Ok(sqlx::query(&sql)
+    sqlx::query(&sql)
         .bind(id.0)
         .fetch_optional(pool)
         .await?
-        .map(|r| release_row(&r)))
+        .map(|r| release_row(&r))
+        .transpose()
 }
 
 /// Release `id` if it is one of `pipeline`'s.
@@ -441,12 +459,13 @@ pub(super) async fn release_in(
     id: ReleaseId,
 ) -> Result<Option<Release>> {
     let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1 AND pipeline = $2");
-    Ok(sqlx::query(&sql)
+    sqlx::query(&sql)
         .bind(id.0)
         .bind(pipeline)
         .fetch_optional(&mut *c)
         .await?
-        .map(|r| release_row(&r)))
+        .map(|r| release_row(&r))
+        .transpose()
 }
 
 pub(super) async fn recent_runs(
@@ -464,7 +483,7 @@ pub(super) async fn recent_runs(
         .fetch_all(pool)
         .await?
     {
-        let rel = release_row(&r);
+        let rel = release_row(&r)?;
         let runs = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1")
             .bind(rel.id.0)
             .fetch_all(pool)
@@ -531,12 +550,13 @@ pub(super) async fn last_good(
 ) -> Result<Option<Release>> {
     let sql = "SELECT r.* FROM stage_history h JOIN releases r ON r.id = h.release_id
          WHERE h.pipeline = $1 AND h.stage = $2 AND r.bad_stage IS NULL ORDER BY h.id DESC LIMIT 1";
-    Ok(sqlx::query(sql)
+    sqlx::query(sql)
         .bind(pipeline)
         .bind(stage)
         .fetch_optional(pool)
         .await?
-        .map(|r| release_row(&r)))
+        .map(|r| release_row(&r))
+        .transpose()
 }
 
 pub(super) async fn in_flight(

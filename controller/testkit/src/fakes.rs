@@ -326,12 +326,12 @@ impl TestRunner for Fakes {
 
 #[async_trait]
 impl ApprovalSender for Fakes {
-    async fn send(&self, req: &ApprovalRequest) -> PortResult<usize> {
+    async fn send(&self, req: &ApprovalRequest) -> PortResult<SendOutcome> {
         self.with(|w| {
             if w.ledger.call(&req.key) {
                 w.approval_requests.push(req.clone());
             }
-            Ok(req.approvers.len().max(1))
+            Ok(SendOutcome::Sent(req.approvers.len().max(1)))
         })
     }
 }

@@ -104,6 +104,19 @@ pub struct CommitStatus {
     pub created_at: DateTime<Utc>,
 }
 
+/// A pull request, as scripted by the test: opened by `author` with `commits`, and once
+/// merged, by whom and into which merge commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequest {
+    pub number: u64,
+    pub repository: String,
+    pub author: String,
+    pub commits: Vec<String>,
+    pub merged_by: Option<String>,
+    pub merged_at: Option<DateTime<Utc>>,
+    pub merge_commit_sha: Option<String>,
+}
+
 /// A check run on a commit, as scripted by the test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckRun {
@@ -190,6 +203,7 @@ struct Model {
     files: BTreeMap<(String, String, String), String>,
     /// (repository, commit) → its parents: the history the compare API answers from.
     commits: BTreeMap<(String, String), Vec<String>>,
+    pulls: Vec<PullRequest>,
     failures: VecDeque<u16>,
     requests: Vec<String>,
     app: Option<FakeApp>,
@@ -372,6 +386,36 @@ impl GithubFake {
         m.commits.insert((repo.to_owned(), sha.to_owned()), parents);
     }
 
+    /// Opens pull request of `author` in `repo` with `commits`; returns its number.
+    pub fn open_pull(&self, repo: &str, author: &str, commits: &[&str]) -> u64 {
+        let mut m = self.model();
+        let number = m.pulls.iter().filter(|p| p.repository == repo).count() as u64 + 1;
+        m.pulls.push(PullRequest {
+            number,
+            repository: repo.to_owned(),
+            author: author.to_owned(),
+            commits: commits.iter().map(|c| c.to_string()).collect(),
+            merged_by: None,
+            merged_at: None,
+            merge_commit_sha: None,
+        });
+        number
+    }
+
+    /// `merger` merges pull request `number` of `repo` into the merge commit `merge_sha`.
+    pub fn merge_pull(&self, repo: &str, number: u64, merger: &str, merge_sha: &str) {
+        let mut m = self.model();
+        if let Some(pr) = m
+            .pulls
+            .iter_mut()
+            .find(|p| p.repository == repo && p.number == number)
+        {
+            pr.merged_by = Some(merger.to_owned());
+            pr.merged_at = Some(Utc::now());
+            pr.merge_commit_sha = Some(merge_sha.to_owned());
+        }
+    }
+
     /// Answers the next `count` requests with HTTP `status` and a GitHub error body.
     pub fn fail_next(&self, status: u16, count: u32) {
         let mut m = self.model();
@@ -464,6 +508,8 @@ fn api() -> Router<Shared> {
             &format!("{repo}/compare/{{basehead}}"),
             get(compare_commits),
         )
+        .route(&format!("{repo}/commits/{{sha}}/pulls"), get(commit_pulls))
+        .route(&format!("{repo}/pulls/{{number}}"), get(get_pull))
 }
 
 /// Logs the request, checks the token, and plays scripted failures.
@@ -1002,6 +1048,68 @@ fn check_run_json(c: &CheckRun) -> Value {
         "html_url": format!("https://github.com/{}/runs/{}", c.repository, c.id),
         "details_url": format!("https://github.com/{}/runs/{}", c.repository, c.id),
     })
+}
+
+// ----- pull requests ---------------------------------------------------------------------------
+
+/// `GET /repos/{owner}/{repo}/commits/{sha}/pulls`: the pull requests the commit belongs to
+/// (one of its commits, or its merge commit). As GitHub's list, the items are "simple" pull
+/// requests: `user` and `merged_at`, no `merged_by`.
+/// <https://docs.github.com/en/rest/commits/commits#list-pull-requests-associated-with-a-commit>
+async fn commit_pulls(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let m = lock(&state);
+    let pulls: Vec<&PullRequest> = m
+        .pulls
+        .iter()
+        .filter(|p| p.repository == repository)
+        .filter(|p| p.commits.contains(&sha) || p.merge_commit_sha.as_deref() == Some(&sha))
+        .collect();
+    let page: Vec<Value> = paginate(&pulls, &q)
+        .iter()
+        .map(|p| pull_json(p, false))
+        .collect();
+    ok(Value::Array(page))
+}
+
+/// `GET /repos/{owner}/{repo}/pulls/{number}`: the full pull request, `merged_by` included.
+/// <https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request>
+async fn get_pull(
+    State(state): State<Shared>,
+    Path((owner, repo, number)): Path<(String, String, String)>,
+) -> Answer {
+    let repository = full_name(&owner, &repo);
+    let number: u64 = number.parse().map_err(|_| Reject::not_found())?;
+    let m = lock(&state);
+    let pr = m
+        .pulls
+        .iter()
+        .find(|p| p.repository == repository && p.number == number)
+        .ok_or_else(Reject::not_found)?;
+    ok(pull_json(pr, true))
+}
+
+fn pull_json(p: &PullRequest, full: bool) -> Value {
+    let mut v = json!({
+        "number": p.number,
+        "state": if p.merged_at.is_some() { "closed" } else { "open" },
+        "user": { "login": p.author },
+        "merged_at": p.merged_at.map(timestamp),
+        "merge_commit_sha": p.merge_commit_sha,
+        "html_url": format!("https://github.com/{}/pull/{}", p.repository, p.number),
+    });
+    if full {
+        v["merged"] = json!(p.merged_at.is_some());
+        v["merged_by"] = match &p.merged_by {
+            Some(login) => json!({ "login": login }),
+            None => Value::Null,
+        };
+    }
+    v
 }
 
 // ----- workflows -------------------------------------------------------------------------------

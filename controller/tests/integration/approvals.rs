@@ -25,7 +25,7 @@ use sqlx::Row;
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, Reason, ReleaseId, RequestState, RunStatus};
 use tollgate::engine::Ingested;
-use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, Message, Notifier};
+use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, Message, Notifier, SendOutcome};
 use tollgate::engine::{Engine, ManualClock, Ports};
 use tollgate::gates::approval::{Outcome, Refusal, SnsApprovalSender, decide};
 use tollgate::store::Store;
@@ -847,14 +847,19 @@ async fn the_author_may_reject_but_not_approve_their_own_change() {
         "no approve button"
     );
     assert!(page.body.contains("value=\"reject\""));
-    assert!(page.body.contains("carol is the author of this commit"));
+    assert!(
+        page.body
+            .contains("carol may not approve this change: you wrote this commit (author)"),
+        "{}",
+        page.body
+    );
 
     let csrf = csrf_of(&page.body);
     let approve = rig
         .post(&token, &[("csrf", &csrf), ("decision", "approve")])
         .await;
     assert_eq!(approve.status, StatusCode::FORBIDDEN);
-    assert!(approve.body.contains("may not approve it"));
+    assert!(approve.body.contains("may not approve this change"));
     assert!(rig.approval_events().await.is_empty());
 
     let reject = rig
@@ -987,6 +992,138 @@ end = "16:00"
     ));
 }
 
+// ----- who brought the change, who is listed -------------------------------------------------
+
+#[tokio::test]
+async fn nobody_who_brought_the_change_may_approve_it_by_login_or_email_in_any_case() {
+    use tollgate::domain::{Contributor, ContributorRole as R};
+    let rig = Rig::new(1, false).await;
+    let mut r = release(1);
+    // alice pushed it (by login, in another case), bob committed it (by email).
+    r.contributors = vec![
+        Contributor::new(R::Pusher, Some("ALICE"), None).unwrap(),
+        Contributor::new(R::Committer, None, Some("Bob@Example.com")).unwrap(),
+    ];
+    let id = rig.release_with(1, r).await;
+    let alice = rig.decide(&rig.token("alice", id), "approve").await;
+    assert_eq!(alice.status, StatusCode::FORBIDDEN);
+    assert!(
+        alice.body.contains("you pushed this change"),
+        "{}",
+        alice.body
+    );
+    let bob = rig.decide(&rig.token("bob", id), "approve").await;
+    assert_eq!(bob.status, StatusCode::FORBIDDEN);
+    assert!(
+        bob.body.contains("you committed this commit"),
+        "{}",
+        bob.body
+    );
+    assert!(rig.approval_events().await.is_empty());
+    // The API applies the same rule.
+    let api = decide(
+        &rig.engine,
+        "backend",
+        id,
+        "prod",
+        "alice",
+        Decision::Approve,
+        "api-key:ops",
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            api,
+            Outcome::Refused(Refusal::OwnChange {
+                role: R::Pusher,
+                ..
+            })
+        ),
+        "{api:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_from_an_approver_dropped_from_the_list_stops_counting() {
+    let rig = Rig::new(2, false).await;
+    let id = rig.awaiting(1).await;
+    let first = rig.decide(&rig.token("alice", id), "approve").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    // The configuration is reloaded without alice (and with one approval needed).
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = load(dir.path(), &stages(1, false, ""));
+    let prod = cfg.pipelines[0]
+        .stages
+        .iter_mut()
+        .find(|s| s.name == "prod");
+    let approval = prod.unwrap().approval.as_mut().unwrap();
+    approval.approvers.retain(|a| a.name != "alice");
+    rig.engine.replace_config(cfg);
+    settle(&rig.engine).await.unwrap();
+    let run = engine_support::run(&rig.engine, id, "prod").await;
+    assert_eq!(run.status, RunStatus::AwaitingApproval, "{:?}", run.reason);
+    assert!(
+        matches!(
+            run.reason,
+            Reason::AwaitingApproval {
+                approved: 0,
+                needed: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        run.reason
+    );
+    let bob = rig.decide(&rig.token("bob", id), "approve").await;
+    assert_eq!(bob.status, StatusCode::OK, "{}", bob.body);
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_shared_link_never_decides_for_a_listed_approver() {
+    let rig = Rig::with_config(|dir| {
+        let mut cfg = load(dir, &stages(1, false, ""));
+        let prod = cfg.pipelines[0]
+            .stages
+            .iter_mut()
+            .find(|s| s.name == "prod");
+        prod.unwrap().approval.as_mut().unwrap().approvers.clear();
+        cfg
+    })
+    .await;
+    let id = rig.awaiting(1).await;
+    let token = link_token(&rig.messages()[0].body);
+    let csrf = csrf_of(&rig.get(&token).await.body);
+    // Approvers are listed now: the shared link no longer decides, whatever name is typed.
+    let dir = tempfile::tempdir().unwrap();
+    rig.engine
+        .replace_config(load(dir.path(), &stages(1, false, "")));
+    let page = rig.get(&token).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("personal links"), "{}", page.body);
+    for name in ["alice", "Dave"] {
+        let answer = rig
+            .post(
+                &token,
+                &[("csrf", &csrf), ("decision", "approve"), ("name", name)],
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{name}: {}",
+            answer.body
+        );
+    }
+    assert!(rig.approval_events().await.is_empty());
+    assert_eq!(
+        status(&rig.engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+}
+
 // ----- shared links, repeated sends ------------------------------------------------------------
 
 #[tokio::test]
@@ -1058,8 +1195,10 @@ fn request_for(id: ReleaseId, key: &str) -> ApprovalRequest {
     ApprovalRequest {
         key: key.into(),
         pipeline: "backend".into(),
+        repository: "acme/backend".into(),
         stage: "prod".into(),
         release: id,
+        attempt: if key.contains("/a2/") { 2 } else { 1 },
         topic: APPROVAL_TOPIC.into(),
         approvers: vec![approver("alice"), approver("bob")],
         expires_at: start_time() + chrono::Duration::hours(24),
@@ -1078,7 +1217,7 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
 
     // The engine performing the effect again (after a crash) sends nothing more.
     let again = rig.sender.send(&request_for(id, key)).await.unwrap();
-    assert_eq!(again, 2, "both links are out");
+    assert_eq!(again, SendOutcome::Sent(2), "both links are out");
     assert_eq!(rig.messages().len(), 3);
     assert_eq!(rig.count("SELECT COUNT(*) FROM approval_tokens").await, 3);
 
@@ -1089,6 +1228,7 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
         pipeline: "backend".into(),
         release: id,
         stage: "prod".into(),
+        attempt: 2,
         approver: Some("alice".into()),
         expires_at: start_time() + chrono::Duration::hours(24),
     };
@@ -1100,8 +1240,15 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
     else {
         panic!("a fresh token was expected");
     };
-    assert_eq!(rig.sender.send(&request_for(id, other)).await.unwrap(), 2);
-    assert_eq!(rig.sender.send(&request_for(id, other)).await.unwrap(), 2);
+    let sent = SendOutcome::Sent(2);
+    assert_eq!(
+        rig.sender.send(&request_for(id, other)).await.unwrap(),
+        sent
+    );
+    assert_eq!(
+        rig.sender.send(&request_for(id, other)).await.unwrap(),
+        sent
+    );
     assert_eq!(rig.messages().len(), 5, "one more per approver, once");
     let live = rig
         .count(&format!(

@@ -22,7 +22,7 @@ use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Approver};
 use tollgate::domain::ReleaseId;
-use tollgate::engine::ports::{ApprovalRequest, ApprovalSender};
+use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, SendOutcome};
 use tollgate::engine::{Delivery, Ingested, NewRelease};
 use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::store::Store;
@@ -102,8 +102,10 @@ fn request(id: ReleaseId, topic: &str, approvers: Vec<Approver>) -> ApprovalRequ
     ApprovalRequest {
         key: format!("backend/{id}/prod/a1/approval-request"),
         pipeline: "backend".into(),
+        repository: "acme/backend".into(),
         stage: "prod".into(),
         release: id,
+        attempt: 1,
         topic: topic.into(),
         approvers,
         expires_at: Utc::now() + chrono::Duration::hours(24),
@@ -204,7 +206,7 @@ async fn each_approver_gets_one_message_with_their_own_link() {
         .with_subscriptions(sns.clone());
     let req = request(id, &topic, APPROVERS.iter().map(|n| approver(n)).collect());
 
-    assert_eq!(sender.send(&req).await.unwrap(), 3);
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(3));
 
     // One email subscription per approver, filtered to their own messages.
     let subs = subscriptions(moto, &topic).await;
@@ -259,7 +261,7 @@ async fn each_approver_gets_one_message_with_their_own_link() {
     }
 
     // Sending again under the same key publishes nothing and subscribes nobody twice.
-    assert_eq!(sender.send(&req).await.unwrap(), 3);
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(3));
     assert_eq!(sent_notifications(moto, &topic).await.len(), 3);
     assert_eq!(subscriptions(moto, &topic).await.len(), 6);
 }
@@ -275,7 +277,10 @@ async fn with_no_listed_approvers_one_shared_message_goes_out() {
     let sender =
         SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL).with_subscriptions(sns);
 
-    assert_eq!(sender.send(&request(id, &topic, vec![])).await.unwrap(), 1);
+    assert_eq!(
+        sender.send(&request(id, &topic, vec![])).await.unwrap(),
+        SendOutcome::Sent(1)
+    );
     let sent = sent_notifications(moto, &topic).await;
     assert_eq!(sent.len(), 1);
     assert!(sent[0][3].as_object().is_none_or(|a| a.is_empty()));

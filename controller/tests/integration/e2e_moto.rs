@@ -161,6 +161,7 @@ impl Rig {
             pipeline: self.world.pipeline().into(),
             release: id,
             stage: "prod".into(),
+            attempt: 1,
             approver: APPROVER.into(),
             decision: Decision::Approve,
             verified: true,

@@ -211,6 +211,7 @@ pub fn approval(id: ReleaseId, who: &str, decision: Decision) -> NewApproval {
         pipeline: "backend".into(),
         release: id,
         stage: "prod".into(),
+        attempt: 1,
         approver: who.into(),
         decision,
         verified: true,

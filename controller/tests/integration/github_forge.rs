@@ -317,6 +317,7 @@ impl Controller {
             pipeline: PIPELINE.into(),
             release,
             stage: "prod".into(),
+            attempt: 1,
             approver: "alice".into(),
             decision: Decision::Approve,
             verified: true,
@@ -1399,6 +1400,44 @@ async fn a_github_app_with_a_wrong_key_or_incomplete_settings_is_refused_clearly
             zero.contains("TOLLGATE_GITHUB_APP_ID must be a positive number"),
             "{zero}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_people_of_a_commits_pull_requests_are_their_authors_and_mergers() {
+    use tollgate::domain::{Contributor, ContributorRole as R};
+    bounded(async {
+        let (fake, forge, _dir) = github().await;
+        let (work, merge) = (sha(41), sha(42));
+        let pr = fake.open_pull(REPO, "Pat-Author", &[&work]);
+        let other = fake.open_pull(REPO, "someone", &[&sha(43)]);
+        let people = |sha: String| {
+            let forge = &forge;
+            async move { forge.pull_request_people(REPO, &sha).await.unwrap() }
+        };
+        let author = Contributor::new(R::PullRequestAuthor, Some("Pat-Author"), None).unwrap();
+        assert_eq!(people(work.clone()).await, Some(vec![author.clone()]));
+        assert_eq!(people(merge.clone()).await, Some(vec![]), "not merged yet");
+
+        fake.merge_pull(REPO, pr, "Mo-Merger", &merge);
+        fake.merge_pull(REPO, other, "nobody-relevant", &sha(44));
+        let merger = Contributor::new(R::PullRequestMerger, Some("Mo-Merger"), None).unwrap();
+        // The merge commit belongs to the pull request: its author and who merged it.
+        assert_eq!(
+            people(merge.clone()).await,
+            Some(vec![author.clone(), merger.clone()])
+        );
+        // `merged_by` is read from the pull request itself (the commit's list leaves it out).
+        assert!(
+            fake.requests()
+                .iter()
+                .any(|r| r.ends_with(&format!("/pulls/{pr}")))
+        );
+
+        // A temporary failure is ridden out; the answer is the same.
+        fake.fail_next(502, 1);
+        assert_eq!(people(work).await, Some(vec![author, merger]));
     })
     .await;
 }

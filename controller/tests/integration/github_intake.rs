@@ -1023,3 +1023,36 @@ async fn without_pushes_the_compare_api_orders_the_builds() {
     assert_eq!(diverged.json["result"], "recorded", "{:?}", diverged.json);
     assert_eq!(c.releases("web").await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_release_built_by_a_workflow_knows_who_pushed_its_commit() {
+    use tollgate::domain::ContributorRole as R;
+    let c = controller().await;
+    let run = build_run("acme/web", "build.yml", "main");
+    let sha = run["workflow_run"]["head_sha"].as_str().unwrap().to_owned();
+    // The push of that commit comes first (it starts the build); its pusher is dana.
+    let mut push = branch_push("acme/web", "main");
+    push["after"] = sha.clone().into();
+    push["pusher"] = serde_json::json!({ "name": "dana", "email": "dana@example.com" });
+    let a = c.send(Delivery::of("push", "d-push-web", &push)).await;
+    assert!(a.status.is_success(), "{:?}", a.json);
+    assert!(
+        c.releases("web").await.is_empty(),
+        "the build makes the release"
+    );
+
+    let a = c
+        .send(Delivery::of("workflow_run", "d-run-web", &run))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json);
+    let releases = c.releases("web").await;
+    let people = &releases[0].contributors;
+    let has = |role: R, login: &str| {
+        people
+            .iter()
+            .any(|p| p.role == role && p.login.as_deref() == Some(login))
+    };
+    assert!(has(R::Pusher, "dana"), "{people:?}");
+    let actor = run["workflow_run"]["actor"]["login"].as_str().unwrap();
+    assert!(has(R::WorkflowActor, actor), "{people:?}");
+}

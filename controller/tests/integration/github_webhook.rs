@@ -513,3 +513,61 @@ proptest! {
         }
     }
 }
+
+/// The payload's people in each role, as (role, login, email) read from the example itself.
+fn people(c: &[tollgate::domain::Contributor]) -> Vec<(String, Option<String>, Option<String>)> {
+    c.iter()
+        .map(|c| (c.role.to_string(), c.login.clone(), c.email.clone()))
+        .collect()
+}
+
+#[test]
+fn a_push_names_everyone_who_brought_it() {
+    let example = find(&FIXTURES.push, "pushing a branch", |e| {
+        e.str("/ref").is_some_and(|r| r.starts_with("refs/heads/"))
+    });
+    let push = parse_push(example);
+    let found = people(&push.contributors);
+    let s = |p: &str| example.str(p).map(str::to_owned);
+    for (role, login, email) in [
+        ("pusher", s("/pusher/name"), s("/pusher/email")),
+        ("sender", s("/sender/login"), None),
+        (
+            "committer",
+            s("/head_commit/committer/username"),
+            s("/head_commit/committer/email"),
+        ),
+        (
+            "commit author",
+            s("/commits/0/author/username"),
+            s("/commits/0/author/email"),
+        ),
+    ] {
+        assert!(
+            found.contains(&(role.to_owned(), login.clone(), email.clone())),
+            "{role} {login:?} {email:?} in {found:?}"
+        );
+    }
+}
+
+#[test]
+fn a_build_run_names_its_actor_and_triggering_actor() {
+    let example = find(&FIXTURES.workflow_run, "of a successful run", |e| {
+        e.str("/workflow_run/conclusion") == Some("success")
+    });
+    let run = parse_run(example);
+    let found = people(&run.contributors);
+    let s = |p: &str| example.str(p).map(str::to_owned);
+    let actor = (
+        "workflow actor".to_owned(),
+        s("/workflow_run/actor/login"),
+        None,
+    );
+    assert!(actor.1.is_some() && found.contains(&actor), "{found:?}");
+    if let Some(t) = s("/workflow_run/triggering_actor/login") {
+        let triggering = ("triggering actor".to_owned(), Some(t), None);
+        assert!(found.contains(&triggering), "{found:?}");
+    }
+    let sender = ("sender".to_owned(), s("/sender/login"), None);
+    assert!(found.contains(&sender), "{found:?}");
+}

@@ -2,6 +2,7 @@
 
 mod approvals;
 mod approvals_moto;
+mod approvals_serve;
 mod aws_cloudformation;
 mod aws_cloudwatch;
 mod aws_codepipeline;

@@ -1,5 +1,7 @@
-//! Property tests: random pipelines and random sequences of outside events, with the seven
-//! invariants of the design checked after every plan the simulated engine applies.
+//! Property tests: random pipelines and random sequences of outside events, with the
+//! invariants of the design checked after every plan the simulated engine applies (invariant 9
+//! with invariant 2: releases are sometimes brought by one of the approvers, who may approve
+//! anyway, and retries start new attempts).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,10 +10,10 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 
 use super::sim::*;
-use crate::config::{InsufficientData, Pipeline};
+use crate::config::{Approval, InsufficientData, Pipeline};
 use crate::domain::{
-    Action, Decision, Effect, EffectKind, Reason, ReleaseId, RunStatus as S, Snapshot,
-    idempotency_key,
+    Action, Contributor, ContributorRole, Decision, Effect, EffectKind, Reason, ReleaseId,
+    RunStatus as S, Snapshot, idempotency_key,
 };
 
 const STAGES: [&str; 3] = ["beta", "gamma", "prod"];
@@ -123,6 +125,8 @@ pub enum Ev {
     Release {
         alarm_override: bool,
         window_override: bool,
+        /// One of the approvers brought the change (merged its pull request, say).
+        brought_by: Option<usize>,
     },
     Finish {
         pick: usize,
@@ -156,10 +160,16 @@ pub enum Ev {
 }
 
 fn release() -> impl Strategy<Value = Ev> {
-    (prop::bool::weighted(0.1), prop::bool::weighted(0.1)).prop_map(|(a, w)| Ev::Release {
-        alarm_override: a,
-        window_override: w,
-    })
+    (
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.1),
+        prop::option::weighted(0.3, 0usize..3),
+    )
+        .prop_map(|(a, w, b)| Ev::Release {
+            alarm_override: a,
+            window_override: w,
+            brought_by: b,
+        })
 }
 
 fn finish(p_ok: f64, p_alarm: f64) -> impl Strategy<Value = Ev> {
@@ -232,11 +242,20 @@ pub fn apply_event(sim: &mut Sim, ev: &Ev) {
         Ev::Release {
             alarm_override,
             window_override,
+            brought_by,
         } => {
             let r = sim.new_release();
             let rel = sim.snap.releases.get_mut(&r).unwrap();
             rel.alarm_override = alarm_override.then(|| "override".into());
             rel.window_override = window_override.then(|| "override".into());
+            if let Some(who) = brought_by {
+                // Recorded by login in a different case: people are compared without it.
+                rel.contributors.push(Contributor {
+                    role: ContributorRole::PullRequestMerger,
+                    login: None,
+                    email: Some(format!("{}@EXAMPLE.com", APPROVERS[who].to_uppercase())),
+                });
+            }
         }
         Ev::Finish { pick, ok, in_alarm } => {
             let pending = sim.pending();
@@ -338,10 +357,26 @@ fn last_known_good(snap: &Snapshot, stage: &str, not: ReleaseId) -> Option<Relea
         .find(|id| *id != not && snap.releases.get(id).is_none_or(|r| r.bad.is_none()))
 }
 
-fn distinct_approvals(snap: &Snapshot, release: ReleaseId, stage: &str) -> usize {
+/// Invariant 9, stated on its own: distinct approvers who approved this run's current
+/// attempt, are listed, and did not bring the change (by email, whatever its case).
+fn distinct_approvals(snap: &Snapshot, cfg: &Approval, release: ReleaseId, stage: &str) -> usize {
+    let attempt = snap.run(release, stage).map_or(1, |r| r.attempt);
+    let brought = |who: &str| {
+        let listed = cfg.approvers.iter().find(|a| a.name == who);
+        let rel = snap.releases.get(&release);
+        match (listed, rel) {
+            (Some(a), Some(r)) => r.contributors.iter().any(|c| {
+                c.email
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(&a.email))
+            }),
+            _ => true,
+        }
+    };
     snap.approvals
         .iter()
         .filter(|a| a.release == release && a.stage == stage && a.decision == Decision::Approve)
+        .filter(|a| a.attempt == attempt && !brought(&a.approver))
         .map(|a| a.approver.as_str())
         .collect::<BTreeSet<_>>()
         .len()
@@ -457,10 +492,10 @@ impl Checker {
             );
         }
         if let Some(a) = &self.cfg.stages[k].approval {
-            let n = distinct_approvals(before, r, stage);
+            let n = distinct_approvals(before, a, r, stage);
             ensure!(
                 n >= a.min_approvals as usize,
-                "invariant 2: {r} deploys to {stage} with {n} of {} approvals",
+                "invariants 2 and 9: {r} deploys to {stage} with {n} of {} approvals from this attempt by listed approvers who did not bring the change",
                 a.min_approvals
             );
         }

@@ -13,9 +13,10 @@ use crate::config::{
     Source, Stage, Target, Window, Windows,
 };
 use crate::domain::{
-    Action, AlarmFact, AlarmReading, AlarmState, ApprovalRecord, BadMark, Decision, Effect,
-    EffectKind, EffectOutput, EffectRecord, EffectStatus, Plan, Reason, Release, ReleaseId,
-    RetryRequest, RollbackRequest, RunStatus, Snapshot, StageName, StageRun, StageState, plan,
+    Action, AlarmFact, AlarmReading, AlarmState, ApprovalRecord, BadMark, Contributor,
+    ContributorRole, Decision, Effect, EffectKind, EffectOutput, EffectRecord, EffectStatus, Plan,
+    Reason, Release, ReleaseId, RetryRequest, RollbackRequest, RunStatus, Snapshot, StageName,
+    StageRun, StageState, plan,
 };
 
 pub const PIPELINE: &str = "shop";
@@ -455,6 +456,12 @@ impl Sim {
                 author_name: "Dee Veloper".into(),
                 author_email: "dee@example.com".into(),
                 author_login: Some("dee".into()),
+                contributors: vec![Contributor {
+                    role: ContributorRole::Author,
+                    login: Some("dee".into()),
+                    email: Some("dee@example.com".into()),
+                }],
+                pulls_checked: false,
                 message: format!("change {}", id.0),
                 url: None,
                 digest: None,
@@ -596,11 +603,26 @@ impl Sim {
             .collect()
     }
 
+    /// The run's current attempt (a decision is recorded against it).
+    pub fn attempt_of(&self, release: ReleaseId, stage: &str) -> u32 {
+        self.snap
+            .run(release, stage)
+            .or_else(|| {
+                self.archive
+                    .runs
+                    .iter()
+                    .find(|r| r.release == release && r.stage == stage)
+            })
+            .map_or(1, |r| r.attempt)
+    }
+
     pub fn decide(&mut self, release: ReleaseId, stage: &str, approver: &str, d: Decision) {
         let a = ApprovalRecord {
             release,
             stage: stage.into(),
+            attempt: self.attempt_of(release, stage),
             approver: approver.into(),
+            verified: true,
             decision: d,
             at: self.now,
         };
@@ -832,15 +854,28 @@ impl Sim {
             let Some(a) = self.cfg.stage(&s).and_then(|st| st.approval.clone()) else {
                 continue;
             };
+            let attempt = self.attempt_of(r, &s);
             let decided: BTreeSet<String> = self
                 .snap
                 .approvals
                 .iter()
-                .filter(|x| x.release == r && x.stage == s)
+                .filter(|x| x.release == r && x.stage == s && x.attempt == attempt)
                 .map(|x| x.approver.clone())
                 .collect();
+            let brought = |who: &str| {
+                self.snap.releases.get(&r).is_some_and(|rel| {
+                    rel.contributors
+                        .iter()
+                        .any(|c| c.email.as_deref() == Some(&format!("{who}@example.com")))
+                })
+            };
             let mut missing = (a.min_approvals as usize).saturating_sub(decided.len());
-            for who in APPROVERS.iter().filter(|w| !decided.contains(**w)) {
+            let eligible: Vec<&str> = APPROVERS
+                .iter()
+                .copied()
+                .filter(|w| !decided.contains(*w) && !brought(w))
+                .collect();
+            for who in eligible {
                 if missing == 0 {
                     break;
                 }

@@ -1635,3 +1635,88 @@ fn a_replayed_old_alarm_outside_every_watch_window_changes_nothing() {
             .any(|a| matches!(a, Action::MarkBad { .. }))
     );
 }
+
+// ----- invariant 9: which approvals count ------------------------------------------------------
+
+#[test]
+fn an_approval_by_someone_who_brought_the_change_does_not_count() {
+    use crate::domain::{Contributor, ContributorRole};
+    let (mut sim, r) = awaiting_prod(1);
+    // ana merged the pull request (recorded by email, in another case).
+    let merger = Contributor::new(
+        ContributorRole::PullRequestMerger,
+        None,
+        Some("ANA@example.com"),
+    );
+    sim.snap
+        .releases
+        .get_mut(&r)
+        .unwrap()
+        .contributors
+        .extend(merger);
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    assert!(
+        matches!(
+            sim.reason(r, "prod"),
+            Reason::AwaitingApproval { approved: 0, .. }
+        ),
+        "{:?}",
+        sim.reason(r, "prod")
+    );
+    sim.approve(r, "prod", "bo");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Deploying);
+}
+
+#[test]
+fn approvals_of_an_earlier_attempt_do_not_count_after_a_retry() {
+    let (mut sim, r) = awaiting_prod(1);
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Deploying);
+    let deploy = sim.key(r, "prod", EffectKind::Deploy { wave: 0 });
+    sim.fail(&deploy, "stack update failed");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Failed);
+
+    sim.request_retry(r, "dana");
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.settle();
+    assert_eq!(sim.run(r, "prod").attempt, 2);
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval, "asks again");
+    let request = sim.key(r, "prod", EffectKind::RequestApproval { round: 0 });
+    assert!(
+        sim.effect(&request).is_some(),
+        "a new request for attempt 2"
+    );
+    // ana approves again, in this attempt: now it counts.
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Deploying);
+}
+
+#[test]
+fn an_approver_no_longer_listed_or_unverified_does_not_count() {
+    let (mut sim, r) = awaiting_prod(1);
+    sim.approve(r, "prod", "ana");
+    // A name typed on a shared link that happens to be a listed approver's.
+    sim.snap.approvals.last_mut().unwrap().verified = false;
+    sim.approve(r, "prod", "zed");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    // bo approves, then is dropped from the list by a reload.
+    sim.cfg.stages[2]
+        .approval
+        .as_mut()
+        .unwrap()
+        .approvers
+        .retain(|a| a.name != "bo");
+    sim.approve(r, "prod", "bo");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+    sim.approve(r, "prod", "cy");
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Deploying);
+}

@@ -1,0 +1,247 @@
+//! Who brought a change, and which approvals count (invariant 9).
+//!
+//! Owns the rule shared by the planner (counting approvals before a deploy) and the approval
+//! gate (refusing a decision before it is recorded): an approval counts only for the attempt
+//! it was given in, from an approver listed now, who did not bring the change — the head
+//! commit's author or committer, the pusher or sender of the push, the author or committer of
+//! any commit in the push, the workflow run's actor or triggering actor, or the author or
+//! merger of a pull request the commit belongs to. People are compared by GitHub login and by
+//! email, both without regard to case.
+//!
+//! Also owns the typed account of an approval request that was withheld because a
+//! subscription on the approval topic would have received every approver's personal link.
+//!
+//! Must never: do I/O, or match people by anything but login and email (a display name is
+//! only compared for a name typed on a shared link, which is unverified anyway).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{ApprovalRecord, Decision, Release};
+use crate::config::{Approval, Approver};
+
+/// The part a person had in bringing a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContributorRole {
+    /// The head commit's git author.
+    Author,
+    /// The head commit's git committer.
+    Committer,
+    /// Who pushed the commits (`push.pusher`).
+    Pusher,
+    /// The account whose action sent the webhook (`sender`).
+    Sender,
+    /// The author of another commit in the push.
+    CommitAuthor,
+    /// The committer of another commit in the push.
+    CommitCommitter,
+    /// The account the build run belongs to (`workflow_run.actor`).
+    WorkflowActor,
+    /// The account that started (or re-ran) the build run (`workflow_run.triggering_actor`).
+    TriggeringActor,
+    /// The author of a pull request the commit belongs to.
+    PullRequestAuthor,
+    /// Who merged a pull request the commit belongs to.
+    PullRequestMerger,
+}
+
+impl ContributorRole {
+    /// What the person did, said to them: "you merged this change".
+    pub fn to_you(self) -> &'static str {
+        match self {
+            ContributorRole::Author => "you wrote this commit",
+            ContributorRole::Committer => "you committed this commit",
+            ContributorRole::Pusher => "you pushed this change",
+            ContributorRole::Sender => "your action sent this change to tollgate",
+            ContributorRole::CommitAuthor => "you wrote a commit in this change",
+            ContributorRole::CommitCommitter => "you committed a commit in this change",
+            ContributorRole::WorkflowActor => "the build of this change ran as you",
+            ContributorRole::TriggeringActor => "you started the build of this change",
+            ContributorRole::PullRequestAuthor => "you opened the pull request of this change",
+            ContributorRole::PullRequestMerger => "you merged this change",
+        }
+    }
+}
+
+impl fmt::Display for ContributorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ContributorRole::Author => "author",
+            ContributorRole::Committer => "committer",
+            ContributorRole::Pusher => "pusher",
+            ContributorRole::Sender => "sender",
+            ContributorRole::CommitAuthor => "commit author",
+            ContributorRole::CommitCommitter => "commit committer",
+            ContributorRole::WorkflowActor => "workflow actor",
+            ContributorRole::TriggeringActor => "triggering actor",
+            ContributorRole::PullRequestAuthor => "pull request author",
+            ContributorRole::PullRequestMerger => "pull request merger",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One person who brought a change, in one role: a GitHub login, an email, or both.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Contributor {
+    pub role: ContributorRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl Contributor {
+    /// A contributor from what a payload gives; blank values are left out, and `None` when
+    /// nothing identifies the person.
+    pub fn new(role: ContributorRole, login: Option<&str>, email: Option<&str>) -> Option<Self> {
+        let clean = |s: Option<&str>| {
+            s.map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let (login, email) = (clean(login), clean(email));
+        (login.is_some() || email.is_some()).then_some(Contributor { role, login, email })
+    }
+
+    /// Is this the person with `login` or `email` (either may be absent)?
+    pub fn is(&self, login: Option<&str>, email: Option<&str>) -> bool {
+        let same = |a: &Option<String>, b: Option<&str>| match (a, b.map(str::trim)) {
+            (Some(a), Some(b)) if !b.is_empty() => a.eq_ignore_ascii_case(b),
+            _ => false,
+        };
+        same(&self.login, login) || same(&self.email, email)
+    }
+}
+
+/// Sorted, without repeats: the set a release stores.
+pub fn contributor_set(people: impl IntoIterator<Item = Contributor>) -> Vec<Contributor> {
+    let mut all: Vec<Contributor> = people.into_iter().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// The person deciding, as far as the rules know them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// A listed approver (their configured login and email are what count), or `None`.
+    pub approver: Option<&'a Approver>,
+    /// The name recorded: the listed approver's name or what was typed on a shared link.
+    pub name: &'a str,
+}
+
+impl Release {
+    /// The first role in which the person brought this change, if they did. A listed
+    /// approver is compared by their configured GitHub login and email; a name typed on a
+    /// shared link (unverified) by login, email and the head commit's author name.
+    pub fn brought_by(&self, who: Identity<'_>) -> Option<ContributorRole> {
+        let found = match who.approver {
+            Some(a) => self
+                .contributors
+                .iter()
+                .find(|c| c.is(a.github.as_deref(), Some(&a.email))),
+            None => self
+                .contributors
+                .iter()
+                .find(|c| c.is(Some(who.name), Some(who.name))),
+        };
+        if let Some(c) = found {
+            return Some(c.role);
+        }
+        let typed_author = who.approver.is_none()
+            && !self.author_name.trim().is_empty()
+            && self
+                .author_name
+                .trim()
+                .eq_ignore_ascii_case(who.name.trim());
+        typed_author.then_some(ContributorRole::Author)
+    }
+}
+
+/// The listed approver recorded under `name` (approvals are recorded by approver name).
+pub fn listed<'a>(approval: &'a Approval, name: &str) -> Option<&'a Approver> {
+    approval.approvers.iter().find(|a| a.name == name)
+}
+
+/// Invariant 9: does this recorded approval count for the run's attempt `attempt` now?
+/// Only approvals count here (a rejection is read by [`rejects`]).
+pub fn counts(approval: &Approval, release: &Release, attempt: u32, a: &ApprovalRecord) -> bool {
+    if a.decision != Decision::Approve || a.attempt != attempt || a.release != release.id {
+        return false;
+    }
+    let who = if approval.approvers.is_empty() {
+        Identity {
+            approver: None,
+            name: &a.approver,
+        }
+    } else {
+        // Approvers dropped from the list no longer count; nor does a listed approver's name
+        // typed on a shared link.
+        match listed(approval, &a.approver) {
+            Some(ap) if a.verified => Identity {
+                approver: Some(ap),
+                name: &a.approver,
+            },
+            _ => return false,
+        }
+    };
+    approval.allow_author || release.brought_by(who).is_none()
+}
+
+/// Is this a rejection that ends the run's attempt `attempt`?
+pub fn rejects(attempt: u32, a: &ApprovalRecord) -> bool {
+    a.decision == Decision::Reject && a.attempt == attempt
+}
+
+/// Why a subscription on an approval topic would leak personal links.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Exposure {
+    /// No filter policy: it receives every message on the topic.
+    Unfiltered,
+    /// A filter policy that does not select exactly one listed approver.
+    NotOneApprover { policy: String },
+    /// A filter policy scoped to the message body, which carries no approver attribute.
+    BodyScoped { policy: String },
+}
+
+/// A confirmed subscription that would receive approval links meant for others.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExposedSubscription {
+    pub arn: String,
+    pub protocol: String,
+    pub endpoint: String,
+    pub exposure: Exposure,
+}
+
+impl fmt::Display for ExposedSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let why = match &self.exposure {
+            Exposure::Unfiltered => "has no filter policy".to_string(),
+            Exposure::NotOneApprover { policy } => {
+                format!("has the filter policy {policy}, which is not one listed approver's")
+            }
+            Exposure::BodyScoped { policy } => {
+                format!("filters on the message body ({policy}), not on the approver attribute")
+            }
+        };
+        write!(
+            f,
+            "subscription {} ({} {}) {why}",
+            self.arn, self.protocol, self.endpoint
+        )
+    }
+}
+
+/// One sentence naming every exposed subscription.
+pub fn describe_exposed(subs: &[ExposedSubscription]) -> String {
+    let each: Vec<String> = subs.iter().map(ToString::to_string).collect();
+    format!(
+        "personal approval links withheld: {} and would receive every approver's link; \
+         give it a filter policy {{\"approver\":[\"<name>\"]}} for one listed approver, or remove it",
+        each.join("; ")
+    )
+}

@@ -1,0 +1,535 @@
+//! Who may approve, through the real `tollgate serve` process: a signed `push` webhook starts a
+//! release on a three-account moto world, the GitHub API is the stateful fake (pull requests
+//! included), the approval email is read from what moto's approval topic received, and the
+//! approver answers on the real approval pages over HTTP.
+//!
+//! - A merge commit whose pull request alice opened: alice may not approve it, and the page
+//!   says she opened its pull request.
+//! - A push by alice of carol's commit: alice may not approve it ("you pushed this change").
+//! - Prod approved, then its post-deploy test fails; `tollgate retry` asks again with a new
+//!   email, and the first approval does not count.
+//! - An unfiltered subscription on the approval topic: nothing is sent, and `tollgate status`
+//!   names the subscription.
+//!
+//! Nothing leaves 127.0.0.1: moto, the CloudWatch stub, the GitHub fake and the controller
+//! listen on loopback.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tollgate::domain::{ReleaseId, RunStatus, StageRun};
+use tollgate::github::webhook::sign;
+use tollgate::secret::Secret;
+use tollgate::store::Store;
+use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
+use tollgate_testkit::github_fake::GithubFake;
+use tollgate_testkit::moto::MotoServer;
+use tollgate_testkit::world::{APPROVER, World, WorldBuilder};
+
+const SECRET: &str = "webhook-secret-for-approvals";
+const TOKEN: &str = "ghp_approvalsServeTestToken0123456789";
+const REPO: &str = "acme/backend";
+/// The longest one wait may take.
+const LIMIT: Duration = Duration::from_secs(90);
+
+struct Serve {
+    moto: MotoServer,
+    world: World,
+    _stub: CloudWatchStub,
+    github: GithubFake,
+    child: Child,
+    url: String,
+    state: String,
+    store: Store,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// The world, `before` (say, an extra subscription) run on moto, then `tollgate serve`.
+    async fn start<F, Fut>(builder: WorldBuilder, before: F) -> Serve
+    where
+        F: FnOnce(aws_sdk_sns::Client, String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let moto = tokio::task::spawn_blocking(MotoServer::start)
+            .await
+            .unwrap()
+            .expect("moto_server starts");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let world = builder
+            .source(REPO)
+            .public_url(url.clone())
+            .dir(dir.path().join("world"))
+            .build(&moto)
+            .await
+            .expect("world set up");
+        let stub = world
+            .start_cloudwatch_stub()
+            .await
+            .expect("CloudWatch stub");
+        let sns = aws_sdk_sns::Client::new(&moto.sdk_config());
+        before(sns, world.topics().approvals.clone()).await;
+        let github = GithubFake::start(TOKEN).await.unwrap();
+        let state = format!("sqlite://{}", dir.path().join("state.db").display());
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--config"])
+            .arg(world.stages_path())
+            .args(["--state", &state, "--listen", &format!("127.0.0.1:{port}")])
+            .envs(world.serve_env(&moto, &stub))
+            .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET)
+            .env("TOLLGATE_GITHUB_TOKEN", TOKEN)
+            .env("TOLLGATE_GITHUB_API_URL", github.url())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("tollgate serve starts");
+        let http = reqwest::Client::new();
+        let mut child = child;
+        let log_path = dir.path().join("serve.log");
+        wait_ready(&mut child, &http, &url, &log_path).await;
+        // Opened once the controller migrated it.
+        let store = Store::open(&state).await.expect("state database");
+        Serve {
+            moto,
+            world,
+            _stub: stub,
+            github,
+            child,
+            url,
+            state,
+            store,
+            http,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Pushes the image of `sha` and delivers a signed `push` of it: `author` wrote the head
+    /// commit, `pusher` pushed it.
+    async fn push(&self, sha: &str, author: &str, pusher: &str) {
+        self.world.push_image(sha).await.expect("image pushed");
+        let person = |login: &str| json!({ "name": login, "email": format!("{login}@example.com"), "username": login });
+        let body = json!({
+            "ref": "refs/heads/main",
+            "before": "0".repeat(40),
+            "after": sha,
+            "created": false,
+            "deleted": false,
+            "compare": format!("https://github.com/{REPO}/compare/x...y"),
+            "repository": { "full_name": REPO, "name": "backend", "owner": { "login": "acme" } },
+            "pusher": { "name": pusher, "email": format!("{pusher}@example.com") },
+            "sender": { "login": pusher },
+            "head_commit": {
+                "id": sha,
+                "message": "Merge the orders change",
+                "url": format!("https://github.com/{REPO}/commit/{sha}"),
+                "author": person(author),
+                "committer": person(author),
+                "added": [], "removed": [], "modified": ["src/orders.py"]
+            },
+            "commits": []
+        })
+        .to_string();
+        let r = self
+            .http
+            .post(format!("{}/webhooks/github", self.url))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", format!("push-{sha}"))
+            .header(
+                "x-hub-signature-256",
+                sign(&Secret::new(SECRET), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "push refused: {}", r.status());
+    }
+
+    async fn run(&self, sha: &str, stage: &str) -> Option<(ReleaseId, StageRun)> {
+        let runs = self
+            .store
+            .reads()
+            .recent_runs(self.world.pipeline(), 20)
+            .await
+            .ok()?;
+        let (r, runs) = runs.into_iter().find(|(r, _)| r.sha == sha)?;
+        Some((r.id, runs.into_iter().find(|x| x.stage == stage)?))
+    }
+
+    /// Waits until `sha`'s run in `stage` satisfies `done`.
+    async fn wait(
+        &self,
+        sha: &str,
+        stage: &str,
+        what: &str,
+        done: impl Fn(&StageRun) -> bool,
+    ) -> (ReleaseId, StageRun) {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let found = self.run(sha, stage).await;
+            if let Some((id, run)) = found.clone().filter(|(_, r)| done(r)) {
+                return (id, run);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stage}: no {what}; last {found:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Approval messages on the approval topic: (approver attribute, body), oldest first.
+    async fn approval_mail(&self) -> Vec<(Option<String>, String)> {
+        let data = self.moto.data().await.unwrap();
+        let topic = &self.world.topics().approvals;
+        let topics = data["sns"]["Topic"].as_array().cloned().unwrap_or_default();
+        let Some(t) = topics.into_iter().find(|t| t["arn"] == topic.as_str()) else {
+            return Vec::new();
+        };
+        let sent = t["sent_notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        sent.iter()
+            .map(|n| {
+                let who = n[3]["approver"]["Value"].as_str().map(str::to_owned);
+                (who, n[1].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+
+    /// Messages on the notification topic (subject, body).
+    async fn notifications(&self) -> Vec<(String, String)> {
+        let data = self.moto.data().await.unwrap();
+        let topic = &self.world.topics().notifications;
+        let topics = data["sns"]["Topic"].as_array().cloned().unwrap_or_default();
+        let Some(t) = topics.into_iter().find(|t| t["arn"] == topic.as_str()) else {
+            return Vec::new();
+        };
+        let sent = t["sent_notifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        sent.iter()
+            .map(|n| {
+                let text = |i: usize| n[i].as_str().unwrap_or_default().to_owned();
+                (text(2), text(1))
+            })
+            .collect()
+    }
+
+    /// Waits for the `n`th approval email to alice and returns its link's token.
+    async fn nth_link(&self, n: usize) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let mail: Vec<String> = self
+                .approval_mail()
+                .await
+                .into_iter()
+                .filter(|(who, _)| who.as_deref() == Some(APPROVER))
+                .map(|(_, body)| body)
+                .collect();
+            if let Some(body) = mail.get(n - 1) {
+                return token_in(body, &self.url);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no email {n} to {APPROVER}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Opens the link, then answers `decision` with the page's form: (status, page).
+    async fn decide(&self, token: &str, decision: &str) -> (u16, String, String) {
+        let link = format!("{}/approvals/{token}", self.url);
+        let page = self
+            .http
+            .get(&link)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = field(&page, "csrf");
+        let r = self
+            .http
+            .post(&link)
+            .form(&[("csrf", csrf.as_str()), ("decision", decision)])
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, page, r.text().await.unwrap())
+    }
+
+    /// `tollgate <args> --config … --state …` through the real binary.
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--config")
+            .arg(self.world.stages_path())
+            .args(["--state", &self.state])
+            .env("TOLLGATE_ACTOR", "dana")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
+async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str, log: &std::path::Path) {
+    let deadline = Instant::now() + LIMIT;
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("tollgate serve exited ({status}):\n{}", log());
+        }
+        let ready = http.get(format!("{url}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not ready:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn sha(n: u32) -> String {
+    format!("{n:08x}{}", "a11ce".repeat(7))
+        .chars()
+        .take(40)
+        .collect()
+}
+
+fn token_in(body: &str, url: &str) -> String {
+    let prefix = format!("{url}/approvals/");
+    let at = body.find(&prefix).expect("a link in the email") + prefix.len();
+    body[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+/// The value of the hidden input `name` on a page (empty when there is none).
+fn field(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    page.find(&marker)
+        .map(|at| {
+            page[at + marker.len()..]
+                .chars()
+                .take_while(|c| *c != '"')
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn quick() -> WorldBuilder {
+    WorldBuilder::new()
+        .stage_tests(false)
+        .bake_all(Duration::ZERO)
+}
+
+async fn nothing_more(_: aws_sdk_sns::Client, _: String) {}
+
+#[tokio::test]
+async fn the_author_of_the_merged_pull_request_cannot_approve_the_merge_commit() {
+    let s = Serve::start(quick(), nothing_more).await;
+    let (work, merge) = (sha(1), sha(2));
+    let pr = s.github.open_pull(REPO, APPROVER, &[&work]);
+    s.github.merge_pull(REPO, pr, "bob", &merge);
+    // bob merged alice's pull request: the merge commit is bob's, pushed by bob.
+    s.push(&merge, "bob", "bob").await;
+    s.wait(&merge, "prod", "approval", |r| {
+        r.status == RunStatus::AwaitingApproval
+    })
+    .await;
+    let token = s.nth_link(1).await;
+
+    let (status, page, answer) = s.decide(&token, "approve").await;
+    assert!(
+        page.contains("you opened the pull request of this change"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("value=\"approve\""),
+        "no approve button: {page}"
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("you opened the pull request of this change"),
+        "{answer}"
+    );
+    assert!(answer.contains("Nothing was recorded"), "{answer}");
+    let (id, run) = s.run(&merge, "prod").await.unwrap();
+    assert_eq!(run.status, RunStatus::AwaitingApproval);
+    assert!(
+        s.store
+            .reads()
+            .approvals_of(id, "prod")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.github
+            .requests()
+            .iter()
+            .any(|r| r.contains(&format!("/commits/{merge}/pulls"))),
+        "the pull requests of the commit were looked up"
+    );
+}
+
+#[tokio::test]
+async fn a_pusher_who_is_not_the_commits_author_cannot_approve_it() {
+    let s = Serve::start(quick(), nothing_more).await;
+    let commit = sha(3);
+    s.push(&commit, "carol", APPROVER).await;
+    s.wait(&commit, "prod", "approval", |r| {
+        r.status == RunStatus::AwaitingApproval
+    })
+    .await;
+    let token = s.nth_link(1).await;
+    let (status, page, answer) = s.decide(&token, "approve").await;
+    assert!(page.contains("you pushed this change"), "{page}");
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("you pushed this change"), "{answer}");
+    let (_, run) = s.run(&commit, "prod").await.unwrap();
+    assert_eq!(run.status, RunStatus::AwaitingApproval);
+}
+
+#[tokio::test]
+async fn a_retry_after_an_approved_prod_failed_asks_again_and_the_old_approval_does_not_count() {
+    let builder = quick().after_test("prod", "smoke", vec!["false".into()]);
+    let s = Serve::start(builder, nothing_more).await;
+    let commit = sha(0);
+    s.push(&commit, "carol", "carol").await;
+    s.wait(&commit, "prod", "approval", |r| {
+        r.status == RunStatus::AwaitingApproval
+    })
+    .await;
+    let first = s.nth_link(1).await;
+    let (status, _, answer) = s.decide(&first, "approve").await;
+    assert_eq!(status, 200, "{answer}");
+    let (id, failed) = s
+        .wait(&commit, "prod", "failure", |r| {
+            r.status == RunStatus::Failed
+        })
+        .await;
+    assert_eq!(failed.attempt, 1);
+
+    let (ok, out) = s.cli(&["retry", s.world.pipeline(), &id.to_string()]);
+    assert!(ok, "{out}");
+    let (_, again) = s
+        .wait(&commit, "prod", "a new approval request", |r| {
+            r.status == RunStatus::AwaitingApproval && r.attempt == 2
+        })
+        .await;
+    // A new email with a new link; the first approval is kept but does not count.
+    let second = s.nth_link(2).await;
+    assert_ne!(second, first);
+    let recorded = s.store.reads().approvals_of(id, "prod").await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].attempt, 1);
+    let (ok, status_text) = s.cli(&["status"]);
+    assert!(ok, "{status_text}");
+    assert!(
+        status_text.contains("awaiting approval: 0 of 1"),
+        "{status_text}"
+    );
+    assert_eq!(again.attempt, 2);
+    // The first link belongs to attempt 1: it decides nothing now.
+    let (status, _, answer) = s.decide(&first, "approve").await;
+    assert!(status >= 400, "{answer}");
+    assert_eq!(
+        s.run(&commit, "prod").await.unwrap().1.status,
+        RunStatus::AwaitingApproval
+    );
+}
+
+#[tokio::test]
+async fn an_unfiltered_subscription_on_the_approval_topic_withholds_every_link() {
+    let list = |sns: aws_sdk_sns::Client, topic: String| async move {
+        sns.subscribe()
+            .topic_arn(topic)
+            .protocol("email")
+            .endpoint("release-team@example.com")
+            .send()
+            .await
+            .expect("subscribed a mailing list without a filter policy");
+    };
+    let s = Serve::start(quick(), list).await;
+    let commit = sha(4);
+    s.push(&commit, "carol", "carol").await;
+    let (_, run) = s
+        .wait(&commit, "prod", "a withheld request", |r| {
+            format!("{:?}", r.reason).contains("Withheld")
+        })
+        .await;
+    assert_eq!(run.status, RunStatus::AwaitingApproval);
+    assert!(
+        s.approval_mail().await.is_empty(),
+        "nothing was published to the approval topic"
+    );
+
+    let (ok, status_text) = s.cli(&["status"]);
+    assert!(ok, "{status_text}");
+    assert!(
+        status_text.contains("release-team@example.com"),
+        "{status_text}"
+    );
+    assert!(
+        status_text.contains("has no filter policy"),
+        "{status_text}"
+    );
+    let history = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["history", s.world.pipeline(), "--state", &s.state])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.contains("personal approval links withheld"),
+        "{history}"
+    );
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let sent = s.notifications().await;
+        if sent.iter().any(|(subject, body)| {
+            subject.contains("NOT SENT") && body.contains("release-team@example.com")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no notification: {sent:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
