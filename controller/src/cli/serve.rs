@@ -88,6 +88,11 @@ async fn start(args: ServeArgs) -> Result<()> {
 
     let certs = CertCache::new(args.sns_cert_cache.clone())
         .map_err(|e| anyhow!("SNS certificate cache: {e}"))?;
+    let sns_settings = &config.controller.sns;
+    let certs = certs.with_limits(
+        sns_settings.cert_failure_ttl,
+        sns_settings.cert_fetches_per_minute,
+    );
     let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
     let app = http::server::router(state)
         .merge(http::sns::routes(sns))
