@@ -12,6 +12,7 @@ mod bootstrap_templates;
 mod cli_control;
 mod config_validate;
 mod e2e_moto;
+mod edge_serve;
 mod engine;
 mod engine_codepipeline;
 mod engine_crash;
