@@ -48,11 +48,21 @@ const REGION: &str = "eu-west-1";
 // Set-up
 // ---------------------------------------------------------------------------------------------
 
-/// The engine tests' configuration, with prod's alarms arriving on [`ALARM_TOPIC`].
+const PUBLIC_URL_LINE: &str = r#"public_url = "https://tollgate.test""#;
+
+/// The engine tests' configuration, with prod's alarms arriving on [`ALARM_TOPIC`]. The rig's
+/// clock runs about an hour behind the wall clock (see [`Rig::new`]) while the messages carry
+/// the wall clock's `Timestamp`, so the accepted clock skew is widened to 90 minutes.
 fn stages_toml() -> String {
     let with_topic = format!("{TOPIC_LINE}\nalarm_topics = [\"{ALARM_TOPIC}\"]");
-    let toml = STAGES.replace(TOPIC_LINE, &with_topic);
-    assert_ne!(toml, STAGES, "the notifications table moved");
+    let with_skew = format!("{PUBLIC_URL_LINE}\n\n[controller.sns]\nclock_skew = \"90m\"\n");
+    let toml = STAGES
+        .replace(TOPIC_LINE, &with_topic)
+        .replace(PUBLIC_URL_LINE, &with_skew);
+    assert!(
+        toml.contains("alarm_topics") && toml.contains("clock_skew"),
+        "the tables moved"
+    );
     toml
 }
 
@@ -565,7 +575,7 @@ async fn refusals_say_why() {
     let detail = rig.post(mixed.clone()).await.json["detail"].to_string();
     assert!(detail.contains("signature does not match"), "{detail}");
     let mut stale = prod_alarm(&rig.signer, SignatureVersion::V2);
-    stale.timestamp = (Utc::now() - chrono::Duration::hours(2))
+    stale.timestamp = (Utc::now() - chrono::Duration::hours(3))
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string();
     let stale = rig.signer.signed(stale, SignatureVersion::V2);
