@@ -138,15 +138,16 @@ impl Edge {
 async fn timed(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => refusal(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            format!(
+        Err(_) => Refusal {
+            status: StatusCode::REQUEST_TIMEOUT,
+            result: "timeout",
+            detail: format!(
                 "the request took longer than {}",
                 crate::config::values::format_duration(limit)
             ),
-            None,
-        ),
+            retry_after: None,
+        }
+        .into_response(),
     }
 }
 
@@ -157,7 +158,7 @@ async fn guarded(State(guard): State<Guard>, request: Request, next: Next) -> Re
             drop(permits);
             response
         }
-        Err(refused) => refused,
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -167,7 +168,7 @@ struct Permits {
     _body: Option<OwnedSemaphorePermit>,
 }
 
-fn admit(guard: &Guard, request: &Request) -> Result<Permits, Response> {
+fn admit(guard: &Guard, request: &Request) -> Result<Permits, Refusal> {
     if guard.exposure != Exposure::Open {
         rate_limit(guard, request)?;
     }
@@ -191,7 +192,7 @@ fn admit(guard: &Guard, request: &Request) -> Result<Permits, Response> {
     })
 }
 
-fn rate_limit(guard: &Guard, request: &Request) -> Result<(), Response> {
+fn rate_limit(guard: &Guard, request: &Request) -> Result<(), Refusal> {
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
         return Ok(());
     };
@@ -202,12 +203,12 @@ fn rate_limit(guard: &Guard, request: &Request) -> Result<(), Response> {
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     tracing::warn!(route = guard.route, source = %peer.ip(), "rate limit reached; request refused");
-    Err(refusal(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate-limited",
-        format!("too many requests to {} from this address", guard.route),
-        Some(secs.max(1)),
-    ))
+    Err(Refusal {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        result: "rate-limited",
+        detail: format!("too many requests to {} from this address", guard.route),
+        retry_after: Some(secs.max(1)),
+    })
 }
 
 /// Reserves the body's bytes (declared length, or the whole cap) from the shared budget.
@@ -215,22 +216,22 @@ fn reserve_body(
     guard: &Guard,
     request: &Request,
     cap: usize,
-) -> Result<OwnedSemaphorePermit, Response> {
+) -> Result<OwnedSemaphorePermit, Refusal> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > cap as u64) {
-        return Err(refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "rejected",
-            format!(
+        return Err(Refusal {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            result: "rejected",
+            detail: format!(
                 "the body is larger than the {cap} bytes {} accepts",
                 guard.route
             ),
-            None,
-        ));
+            retry_after: None,
+        });
     }
     let bytes = declared.map_or(cap as u64, |n| n.max(1));
     let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
@@ -245,25 +246,35 @@ fn reserve_body(
     })
 }
 
-fn busy(detail: String) -> Response {
-    refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "busy",
+fn busy(detail: String) -> Refusal {
+    Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        result: "busy",
         detail,
-        Some(BUSY_RETRY_SECS),
-    )
+        retry_after: Some(BUSY_RETRY_SECS),
+    }
 }
 
-/// The webhooks' answer shape (`{"result", "detail"}`), with `Retry-After` when given.
-fn refusal(status: StatusCode, result: &str, detail: String, retry_after: Option<u64>) -> Response {
-    let body = axum::Json(json!({ "result": result, "detail": detail }));
-    let mut response = (status, body).into_response();
-    if let Some(secs) = retry_after {
+/// A guard's refusal, answered in the webhooks' shape (`{"result", "detail"}`), with
+/// `Retry-After` when given.
+struct Refusal {
+    status: StatusCode,
+    result: &'static str,
+    detail: String,
+    retry_after: Option<u64>,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = axum::Json(json!({ "result": self.result, "detail": self.detail }));
+        let mut response = (self.status, body).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    response
 }
 
 // ----- the server loop ----------------------------------------------------------------------
