@@ -208,6 +208,63 @@ fn count(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ConfigError, load_str};
+    use std::path::{Path, PathBuf};
+
+    /// The fixture configuration with `extra` after its first line, as `load_str` sees it.
+    fn load_with(extra: &str) -> Result<crate::config::Loaded, ConfigError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+        let text = std::fs::read_to_string(dir.join("stages.toml")).unwrap();
+        let text = text.replacen(
+            "accounts = \"accounts.toml\"",
+            &format!("accounts = \"accounts.toml\"\n{extra}"),
+            1,
+        );
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Unreadable {
+                path: p.into(),
+                source,
+            })
+        };
+        load_str(&dir.join("stages.toml"), &text, &dir, &read)
+    }
+
+    #[test]
+    fn http_and_sns_settings_have_defaults_and_are_checked() {
+        let loaded = load_with("").unwrap().config.controller;
+        assert_eq!(loaded.http, HttpSettings::default());
+        assert_eq!(loaded.sns, SnsSettings::default());
+
+        let set = "[controller.http]\nheader_read_timeout = \"5s\"\nmax_unauthenticated_body_mib = 100\n[controller.sns]\nrequire_signature_v2 = true\nmax_message_age = \"15m\"";
+        let loaded = load_with(set).unwrap().config.controller;
+        assert_eq!(loaded.http.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(
+            loaded.http.max_unauthenticated_body_bytes,
+            100 * 1024 * 1024
+        );
+        assert!(loaded.sns.require_signature_v2);
+        assert_eq!(loaded.sns.max_message_age, Duration::from_secs(900));
+
+        let bad = "[controller.http]\nheader_read_timeout = \"0s\"\nmax_unauthenticated_body_mib = 10\nrate_limit_burst = 0\n[controller.sns]\nclock_skew = \"soon\"";
+        let Err(ConfigError::Invalid(diags)) = load_with(bad) else {
+            panic!("accepted");
+        };
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for key in [
+            "header_read_timeout",
+            "max_unauthenticated_body_mib",
+            "rate_limit_burst",
+        ] {
+            assert!(text.contains(key), "{key} not named:\n{text}");
+        }
+        assert!(text.contains("25 MiB"), "{text}");
+        // A malformed duration is located at its line (9: `clock_skew`) with the text quoted.
+        assert!(
+            text.contains("stages.toml:9:") && text.contains("`soon` is not a duration"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn public_url_must_be_https_unless_loopback() {

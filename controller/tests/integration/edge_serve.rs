@@ -354,3 +354,29 @@ async fn edge_serve_one_address_over_its_rate_is_answered_429_with_retry_after()
         .await;
     assert_eq!(sns.unwrap().status(), 400);
 }
+
+#[tokio::test]
+async fn edge_serve_shutdown_does_not_wait_for_a_slow_client_beyond_the_grace() {
+    let mut served = Served::start("shutdown_grace = \"1s\"\nrequest_timeout = \"10m\"");
+    // A request in flight that never finishes its body.
+    let (slow, answer) = large_body(&served.addr, 1024, Duration::from_millis(500)).await;
+    assert!(
+        answer.is_none(),
+        "the slow request is in flight: {answer:?}"
+    );
+    let pid = nix::unistd::Pid::from_raw(served.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + BOUND;
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop(slow);
+    let status = status.expect("tollgate serve still running after SIGTERM");
+    assert!(status.success(), "{status}");
+}
