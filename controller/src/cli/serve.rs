@@ -2,7 +2,11 @@
 //! surface, over the state database.
 //!
 //! Fails fast at start-up, naming what is missing (a config error, an unreachable state
-//! database, no webhook secret). Secrets come only from the environment or files.
+//! database, no webhook secret or one shorter than 32 bytes). Secrets come only from the
+//! environment or files.
+//!
+//! Serves through [`http::edge::serve`]: every route sits behind the guards its exposure calls
+//! for ([`http::edge::Exposure`]) under `[controller.http]`'s timeouts and limits.
 //!
 //! AWS endpoints are the AWS SDK's own settings: `AWS_ENDPOINT_URL` for every service, or a
 //! service's own (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL_CODEPIPELINE`, … or
