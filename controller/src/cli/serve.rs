@@ -2,7 +2,11 @@
 //! surface, over the state database.
 //!
 //! Fails fast at start-up, naming what is missing (a config error, an unreachable state
-//! database, no webhook secret). Secrets come only from the environment or files.
+//! database, no webhook secret or one shorter than 32 bytes). Secrets come only from the
+//! environment or files.
+//!
+//! Serves through [`http::edge::serve`]: every route sits behind the guards its exposure calls
+//! for ([`http::edge::Exposure`]) under `[controller.http]`'s timeouts and limits.
 //!
 //! AWS endpoints are the AWS SDK's own settings: `AWS_ENDPOINT_URL` for every service, or a
 //! service's own (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL_CODEPIPELINE`, … or
@@ -17,6 +21,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use async_trait::async_trait;
+use axum::Router;
 
 use crate::aws::cloudformation::CloudFormationDeployer;
 use crate::aws::cloudwatch::CloudWatchAlarms;
@@ -37,6 +42,7 @@ use crate::github::forge::GithubForge;
 use crate::github::intake;
 use crate::github::webhook::WebhookSecrets;
 use crate::http;
+use crate::http::edge::Edge;
 use crate::http::server::AppState;
 use crate::http::sns::SnsState;
 use crate::http::sns_verify::CertCache;
@@ -94,11 +100,14 @@ async fn start(args: ServeArgs) -> Result<()> {
 
     let certs = CertCache::new(args.sns_cert_cache.clone())
         .map_err(|e| anyhow!("SNS certificate cache: {e}"))?;
+    let sns_settings = &config.controller.sns;
+    let certs = certs.with_limits(
+        sns_settings.cert_failure_ttl,
+        sns_settings.cert_fetches_per_minute,
+    );
     let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
-    let app = http::server::router(state)
-        .merge(http::sns::routes(sns))
-        .merge(http::approvals::routes(engine.clone()))
-        .merge(http::ui::routes(engine.clone()));
+    let edge = Edge::new(&config.controller.http);
+    let app = guarded_routes(&edge, state, sns, &engine);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -110,16 +119,38 @@ async fn start(args: ServeArgs) -> Result<()> {
         "tollgate is serving"
     );
     println!("tollgate serving on http://{addr}");
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(http::server::shutdown_signal())
-    .await;
+    let served = http::edge::serve(listener, app, &edge, http::server::shutdown_signal()).await;
     for r in reconcilers {
         r.abort();
     }
     served.context("HTTP server")
+}
+
+/// Every route, each behind the guards its exposure calls for, under the request timeout.
+fn guarded_routes(edge: &Edge, state: AppState, sns: SnsState, engine: &Engine) -> Router {
+    use http::edge::Exposure::{Open, RateLimited, UnauthenticatedBody};
+    let github = UnauthenticatedBody {
+        cap: http::github::BODY_LIMIT,
+    };
+    let sns_body = UnauthenticatedBody {
+        cap: http::sns::BODY_LIMIT,
+    };
+    let health = http::server::health_routes().with_state(state.clone());
+    let app = Router::new()
+        .merge(edge.guard("health", Open, health))
+        .merge(edge.guard(
+            "/webhooks/github",
+            github,
+            http::github::routes().with_state(state),
+        ))
+        .merge(edge.guard("/webhooks/sns", sns_body, http::sns::routes(sns)))
+        .merge(edge.guard(
+            "/approvals",
+            RateLimited,
+            http::approvals::routes(engine.clone()),
+        ))
+        .merge(edge.guard("/ui", Open, http::ui::routes(engine.clone())));
+    edge.with_request_timeout(app)
 }
 
 /// The directory relative paths in the configuration resolve from.

@@ -5,6 +5,7 @@
 //! Guarantees: a `Config` exists only when both files are valid; unknown keys are errors.
 //! This module never touches the network, the store or AWS.
 
+mod controller;
 pub mod diag;
 pub mod model;
 mod raw;
@@ -99,7 +100,7 @@ pub fn load_str(
         loc: &stages_loc,
         diags: &mut diags,
     };
-    let controller = controller_settings(&raw.controller, &mut cx);
+    let controller = controller::settings(&raw.controller, &mut cx);
     let pipelines = validate::pipelines(raw.pipelines, &accounts, base, &mut cx);
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(ConfigError::Invalid(diags));
@@ -149,38 +150,6 @@ pub fn referenced_files(text: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(names)
-}
-
-fn controller_settings(raw: &raw::RawController, cx: &mut Ctx) -> ControllerSettings {
-    let public_url = raw
-        .public_url
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    if url::Url::parse(&public_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
-        cx.error(
-            crate::cfg_path!["controller", "public_url"],
-            format!("`{public_url}` is not an http(s) URL"),
-            "write the address approvers use, e.g. `https://tollgate.example.com`",
-        );
-    }
-    if let Some(r) = &raw.config_repository {
-        if let Err(m) = values::repository(r) {
-            cx.error(
-                crate::cfg_path!["controller", "config_repository"],
-                m,
-                "write `owner/name`",
-            );
-        }
-    }
-    ControllerSettings {
-        public_url: public_url.trim_end_matches('/').to_string(),
-        config_repository: raw.config_repository.clone(),
-        config_branch: raw.config_branch.clone().unwrap_or_else(|| "main".into()),
-        config_path: raw
-            .config_path
-            .clone()
-            .unwrap_or_else(|| "stages.toml".into()),
-    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -53,6 +53,61 @@ pub struct ControllerSettings {
     pub config_repository: Option<String>,
     pub config_branch: String,
     pub config_path: String,
+    pub http: HttpSettings,
+    pub sns: SnsSettings,
+}
+
+/// `[controller.http]`: the HTTP edge's timeouts and limits (applied at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// Per route.
+    pub max_concurrent_requests: u32,
+    /// Across all requests, in bytes.
+    pub max_unauthenticated_body_bytes: u32,
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_burst: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            max_concurrent_requests: 64,
+            max_unauthenticated_body_bytes: 64 * 1024 * 1024,
+            rate_limit_per_minute: 300,
+            rate_limit_burst: 60,
+        }
+    }
+}
+
+/// `[controller.sns]`: what SNS messages are accepted (applied on every request, so a reload
+/// changes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnsSettings {
+    pub max_message_age: Duration,
+    pub clock_skew: Duration,
+    pub require_signature_v2: bool,
+    pub cert_failure_ttl: Duration,
+    pub cert_fetches_per_minute: u32,
+}
+
+impl Default for SnsSettings {
+    fn default() -> Self {
+        SnsSettings {
+            max_message_age: Duration::from_secs(3600),
+            clock_skew: Duration::from_secs(300),
+            require_signature_v2: false,
+            cert_failure_ttl: Duration::from_secs(300),
+            cert_fetches_per_minute: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

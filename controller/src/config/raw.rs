@@ -38,6 +38,52 @@ pub struct RawController {
     pub config_branch: Option<String>,
     /// Path of the file inside `config_repository`. Default `stages.toml`.
     pub config_path: Option<String>,
+    /// `[controller.http]`: timeouts and limits of the HTTP server (read at start).
+    #[serde(default)]
+    pub http: RawHttp,
+    /// `[controller.sns]`: what SNS messages are accepted.
+    #[serde(default)]
+    pub sns: RawSns,
+}
+
+/// `[controller.http]`: the HTTP edge's timeouts and limits. Every key has a default.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Time a client has to send a whole request head. Default `10s`.
+    pub header_read_timeout: Option<String>,
+    /// Time a request may take, body and answer included. Default `30s`.
+    pub request_timeout: Option<String>,
+    /// A keep-alive connection with no request for this long is closed. Default `60s`.
+    pub idle_timeout: Option<String>,
+    /// On SIGTERM, time given to requests in flight before the process exits. Default `10s`.
+    pub shutdown_grace: Option<String>,
+    /// Requests handled at once per route; more are answered 503. Default 64.
+    pub max_concurrent_requests: Option<i64>,
+    /// MiB of request bodies held at once, across all requests, before they are authenticated
+    /// (webhooks); more are answered 503. At least 25 (GitHub's largest delivery). Default 64.
+    pub max_unauthenticated_body_mib: Option<i64>,
+    /// Requests per minute per source address on the webhook and approval routes. Default 300.
+    pub rate_limit_per_minute: Option<i64>,
+    /// Requests a source address may send at once above that rate. Default 60.
+    pub rate_limit_burst: Option<i64>,
+}
+
+/// `[controller.sns]`: what SNS messages are accepted. Every key has a default.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawSns {
+    /// A message whose `Timestamp` is older than this is refused. Default `1h`.
+    pub max_message_age: Option<String>,
+    /// How far in the future a `Timestamp` may be (clock skew). Default `5m`.
+    pub clock_skew: Option<String>,
+    /// Refuse `SignatureVersion` 1 (SHA1withRSA). Default false.
+    pub require_signature_v2: Option<bool>,
+    /// A signing certificate that could not be fetched is not fetched again for this long.
+    /// Default `5m`.
+    pub cert_failure_ttl: Option<String>,
+    /// Signing-certificate fetches allowed per minute, all URLs together. Default 10.
+    pub cert_fetches_per_minute: Option<i64>,
 }
 
 /// `[[pipelines]]`.

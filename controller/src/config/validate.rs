@@ -58,7 +58,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(&mut self, path: Vec<Seg>, text: Option<&str>, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        path: Vec<Seg>,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         match text {
             None => default,
             Some(t) => self

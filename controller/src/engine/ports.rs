@@ -123,8 +123,9 @@ pub struct PromoteRequest {
     pub mode: Promote,
 }
 
-/// A message for people, through SNS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message for people, through SNS. Its `Debug` leaves the body out: an approval request's
+/// body carries the approval link, whose token is a credential.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Message {
     pub key: String,
     pub topic: String,
@@ -132,6 +133,19 @@ pub struct Message {
     pub body: String,
     /// Message attributes (e.g. `approver`, matched by subscription filter policies).
     pub attributes: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = format!("[redacted, {} bytes]", self.body.len());
+        f.debug_struct("Message")
+            .field("key", &self.key)
+            .field("topic", &self.topic)
+            .field("subject", &self.subject)
+            .field("body", &format_args!("{body}"))
+            .field("attributes", &self.attributes)
+            .finish()
+    }
 }
 
 #[async_trait]
@@ -271,4 +285,30 @@ pub enum SendOutcome {
 pub trait ApprovalSender: Send + Sync {
     /// Issues the links and sends them, or withholds them all.
     async fn send(&self, req: &ApprovalRequest) -> PortResult<SendOutcome>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_debug_print_never_shows_its_body() {
+        let token = "tok_5f0e2a9c1d7b4e3f";
+        let msg = Message {
+            key: "approval:r1:prod:1".into(),
+            topic: "arn:aws:sns:eu-west-1:111111111111:approvals".into(),
+            subject: "Approve backend r1 for prod".into(),
+            body: format!("Approve or reject: https://tollgate.example.com/approvals/{token}\n"),
+            attributes: BTreeMap::from([("approver".into(), "alice".into())]),
+        };
+        for shown in [format!("{msg:?}"), format!("{msg:#?}")] {
+            assert!(!shown.contains(token), "{shown}");
+            assert!(!shown.contains("/approvals/"), "{shown}");
+            assert!(shown.contains("redacted"), "{shown}");
+            assert!(
+                shown.contains("approval:r1:prod:1"),
+                "the key still identifies it: {shown}"
+            );
+        }
+    }
 }

@@ -50,6 +50,9 @@ pub const SECRET_ENV: &str = "TOLLGATE_GITHUB_WEBHOOK_SECRET";
 /// Environment variable naming a file holding the secrets, one per line.
 pub const SECRET_FILE_ENV: &str = "TOLLGATE_GITHUB_WEBHOOK_SECRET_FILE";
 
+/// The shortest webhook secret accepted, in bytes (a guessable secret makes HMAC worthless).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 const SIGNATURE_PREFIX: &str = "sha256=";
 const DIGEST_HEX_LEN: usize = 64;
 
@@ -76,6 +79,14 @@ pub enum SecretsError {
     NoSecrets { origin: String },
     #[error("{origin}: webhook secret #{position} is empty")]
     EmptyEntry { origin: String, position: usize },
+    #[error(
+        "{origin}: webhook secret #{position} is {length} bytes; at least {MIN_SECRET_BYTES} are required (generate one with `openssl rand -hex 32`)"
+    )]
+    TooShort {
+        origin: String,
+        position: usize,
+        length: usize,
+    },
     #[error("cannot read webhook secrets file {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -84,15 +95,26 @@ pub enum SecretsError {
 }
 
 impl WebhookSecrets {
-    /// Accepts `secrets` if there is at least one and none is empty.
+    /// Accepts `secrets` if there is at least one, none is empty and each has at least
+    /// [`MIN_SECRET_BYTES`] bytes.
     pub fn new(secrets: Vec<Secret>, origin: &str) -> Result<Self, SecretsError> {
         if secrets.is_empty() {
             return Err(SecretsError::NoSecrets {
                 origin: origin.to_owned(),
             });
         }
-        match secrets.iter().position(|s| s.expose().is_empty()) {
-            Some(i) => Err(empty_entry(origin, i)),
+        if let Some(i) = secrets.iter().position(|s| s.expose().is_empty()) {
+            return Err(empty_entry(origin, i));
+        }
+        let short = secrets
+            .iter()
+            .position(|s| s.expose().len() < MIN_SECRET_BYTES);
+        match short {
+            Some(i) => Err(SecretsError::TooShort {
+                origin: origin.to_owned(),
+                position: i + 1,
+                length: secrets[i].expose().len(),
+            }),
             None => Ok(Self(secrets)),
         }
     }
@@ -688,13 +710,18 @@ fn shown(path: &str) -> String {
 mod tests {
     use super::*;
 
+    const A: &str = "first-secret-0123456789abcdef0123456789";
+    const B: &str = "second-secret-0123456789abcdef012345678";
+    const HUNTER: &str = "hunter2-hunter2-hunter2-hunter2-hunter2";
+
     fn secrets(list: &[&str]) -> WebhookSecrets {
         WebhookSecrets::new(list.iter().map(|s| Secret::new(*s)).collect(), "test").unwrap()
     }
 
     #[test]
     fn github_documented_vector_verifies() {
-        let s = secrets(&["It's a Secret to Everybody"]);
+        // GitHub's documented example secret is shorter than tollgate accepts; built directly.
+        let s = WebhookSecrets(vec![Secret::new("It's a Secret to Everybody")]);
         let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(verify_signature(&s, Some(header), b"Hello, World!"), Ok(()));
         assert_eq!(
@@ -705,7 +732,7 @@ mod tests {
 
     #[test]
     fn header_shape_errors_are_distinct() {
-        let s = secrets(&["k"]);
+        let s = secrets(&[A]);
         let verify = |h: &str| verify_signature(&s, Some(h), b"x");
         let zeros = "0".repeat(64);
         assert_eq!(
@@ -732,19 +759,23 @@ mod tests {
 
     #[test]
     fn errors_never_show_the_secret_or_the_expected_mac() {
-        let s = secrets(&["hunter2"]);
-        let expected = sign(&Secret::new("hunter2"), b"body");
+        let s = secrets(&[HUNTER]);
+        let expected = sign(&Secret::new(HUNTER), b"body");
         let err = verify_signature(&s, Some(&format!("sha256={}", "0".repeat(64))), b"body");
         let shown = format!("{err:?} {} {s:?}", err.unwrap_err());
         assert!(!shown.contains("hunter2"));
+        let short = WebhookSecrets::from_env_value("hunter2")
+            .unwrap_err()
+            .to_string();
+        assert!(!short.contains("hunter2"), "{short}");
         assert!(!shown.contains(&expected[SIGNATURE_PREFIX.len()..]));
     }
 
     #[test]
     fn env_value_is_split_trimmed_and_checked() {
-        let s = WebhookSecrets::from_env_value(" a , b ").unwrap();
-        assert_eq!(s, secrets(&["a", "b"]));
-        let err = WebhookSecrets::from_env_value("a,,b").unwrap_err();
+        let s = WebhookSecrets::from_env_value(&format!(" {A} , {B} ")).unwrap();
+        assert_eq!(s, secrets(&[A, B]));
+        let err = WebhookSecrets::from_env_value(&format!("{A},,{B}")).unwrap_err();
         assert!(
             matches!(err, SecretsError::EmptyEntry { position: 2, .. }),
             "{err}"
@@ -757,9 +788,9 @@ mod tests {
     fn file_has_one_secret_per_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secrets");
-        std::fs::write(&path, "old-secret\r\n  new-secret \n\n").unwrap();
+        std::fs::write(&path, format!("{A}\r\n  {B} \n\n")).unwrap();
         let s = WebhookSecrets::from_file(&path).unwrap();
-        assert_eq!(s, secrets(&["old-secret", "new-secret"]));
+        assert_eq!(s, secrets(&[A, B]));
         std::fs::write(&path, "\n \n").unwrap();
         let err = WebhookSecrets::from_file(&path).unwrap_err();
         assert!(matches!(err, SecretsError::NoSecrets { .. }), "{err}");
@@ -773,7 +804,9 @@ mod tests {
         assert!(none.to_string().contains(SECRET_ENV), "{none}");
         let both = WebhookSecrets::from_vars(|_| Some("x".into())).unwrap_err();
         assert!(matches!(both, SecretsError::BothSet));
-        let env = WebhookSecrets::from_vars(|k| (k == SECRET_ENV).then(|| "a,b".into()));
+        let both_secrets = format!("{A},{B}");
+        let env =
+            WebhookSecrets::from_vars(|k| (k == SECRET_ENV).then(|| both_secrets.clone().into()));
         assert_eq!(env.unwrap().len(), 2);
     }
 
@@ -781,10 +814,31 @@ mod tests {
     fn from_vars_reads_the_file_variable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        std::fs::write(&path, "one\n").unwrap();
+        std::fs::write(&path, format!("{A}\n")).unwrap();
         let file = path.clone().into_os_string();
         let s = WebhookSecrets::from_vars(|k| (k == SECRET_FILE_ENV).then(|| file.clone()));
-        assert_eq!(s.unwrap(), secrets(&["one"]));
+        assert_eq!(s.unwrap(), secrets(&[A]));
+    }
+
+    #[test]
+    fn secrets_shorter_than_32_bytes_are_refused_by_position() {
+        let short = "s".repeat(MIN_SECRET_BYTES - 1);
+        let err = WebhookSecrets::from_env_value(&format!("{A},{short}")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SecretsError::TooShort {
+                    position: 2,
+                    length: 31,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("at least 32"), "{message}");
+        assert!(!message.contains(&short), "{message}");
+        assert!(WebhookSecrets::from_env_value(&"s".repeat(MIN_SECRET_BYTES)).is_ok());
     }
 
     #[test]

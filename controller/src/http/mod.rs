@@ -4,7 +4,9 @@
 //! its answers into responses: [`github`] (`POST /webhooks/github`), [`sns`] and
 //! [`sns_verify`] (`POST /webhooks/sns`, with the full SNS signature check), [`approvals`]
 //! (`GET`/`POST /approvals/{token}`), [`ui`] (the release page) and [`server`] (health,
-//! readiness, the router, shutdown). `reply` is the webhooks' shared answer shape.
+//! readiness, the router, shutdown). `reply` is the webhooks' shared answer shape. [`edge`] is
+//! the server loop and the guards in front of every route (timeouts, concurrency, body budget,
+//! rate limits).
 //!
 //! # Guarantees
 //! - Every input is verified at the edge (HMAC, SNS signature, token) before anything is
@@ -19,6 +21,7 @@
 //! - put a secret, a token or a signature it expected into a response or a log line.
 
 pub mod approvals;
+pub mod edge;
 pub mod github;
 mod reply;
 pub mod server;

@@ -2,7 +2,8 @@
 //!
 //! Owns: [`AppState`] (what the GitHub and health handlers use), [`router`] (those routes) and
 //! [`shutdown_signal`] (SIGINT/SIGTERM). `tollgate serve` merges the other areas — SNS
-//! intake, approval pages, the release page — each a `Router` with its own state.
+//! intake, approval pages, the release page — each a `Router` with its own state, and puts each
+//! behind the guards of [`crate::http::edge`].
 //!
 //! Guarantees: `/healthz` answers while the process runs; `/readyz` answers 200 only while the
 //! state database answers (within [`READY_TIMEOUT`]). Handlers only record facts and wake the

@@ -10,10 +10,12 @@
 //! |---|---|
 //! | body over [`BODY_LIMIT`] | 413 |
 //! | not an SNS message, unknown `Type`, malformed `MessageId`, a required field missing | 400 |
-//! | `TopicArn` not in the configuration ([`Config::known_topics`]) | 403, nothing recorded |
-//! | version, certificate URL or signature wrong | 403, nothing recorded |
+//! | `Timestamp` older than `[controller.sns] max_message_age` (1 h) or further ahead than `clock_skew` (5 min), by the engine's clock | 403, nothing recorded or fetched |
+//! | SignatureVersion 1 while `require_signature_v2` is set | 403, nothing recorded or fetched |
+//! | version or certificate URL wrong, certificate expired | 403, nothing recorded |
+//! | signature wrong, or `TopicArn` not in the configuration ([`Config::known_topics`]) | 403, one answer for both (a sender cannot probe which topics are configured), nothing recorded |
 //! | `SubscribeURL` not on the topic's own SNS host | 403, nothing recorded or fetched |
-//! | signing certificate could not be fetched | 503 (SNS retries), nothing recorded |
+//! | signing certificate could not be fetched, failed to within `cert_failure_ttl`, or the fetch budget (`cert_fetches_per_minute`) is spent | 503 (SNS retries), nothing recorded |
 //! | a `MessageId` seen before | 200, nothing changes |
 //! | an alarm recorded for at least one stage | 200 |
 //! | an alarm no stage watches, or a notification that is not an alarm | 202, delivery recorded |
@@ -27,7 +29,10 @@
 //!
 //! # Guarantees
 //! - Nothing is recorded, and nothing is fetched but the signing certificate from its pinned
-//!   URL, before the topic is allowed and the signature verified.
+//!   URL, before the message is found fresh, its signature verified and its topic allowed.
+//! - A stale message is refused before any certificate is looked up; certificate fetches are
+//!   bounded per minute and a failed one is not repeated within its TTL
+//!   ([`CertCache::with_limits`]).
 //! - A `SubscribeURL` is fetched only through a [`Confirmer`], only once per `MessageId`, and
 //!   only after [`confirmation_url`] pinned it to `https://sns.<topic region>.amazonaws.com/`.
 //! - Each pipeline that receives an alarm gets an `sns-alarm` event whose detail carries
@@ -62,8 +67,8 @@ use crate::config::{Config, Pipeline, Stage, Target};
 use crate::engine::Engine;
 use crate::engine::{Delivery, Ingested, NewAlarm};
 use crate::http::sns_verify::{
-    AlarmNotification, AlarmState, CertCache, SnsMessage, SnsType, SnsVerifyError,
-    confirmation_url, fetch_client_builder, parse_alarm, verify_at,
+    AlarmNotification, AlarmState, CertCache, Freshness, SnsMessage, SnsType, SnsVerifyError,
+    confirmation_url, fetch_client_builder, parse_alarm, verify_delivery,
 };
 
 /// The route's path.
@@ -185,8 +190,8 @@ async fn receive(
 ) -> Result<Reply, Reply> {
     let body = body.map_err(|r| Reply::new(r.status(), "rejected", r.body_text()))?;
     let msg = parse(&body)?;
+    authenticate(state, &msg, arrived).await?;
     check_topic(&state.engine.config(), &msg)?;
-    authenticate(state, &msg).await?;
     let subscribe_url = pinned_subscribe_url(&msg)?;
     // An alarm notification is deduplicated with its fact, per stage, in the same transaction
     // (a crash between a dedupe and the fact would lose the alarm on redelivery).
@@ -219,21 +224,29 @@ fn parse(body: &[u8]) -> Result<SnsMessage, Reply> {
     Ok(msg)
 }
 
+/// An unknown topic gets exactly the answer a bad signature gets ([`not_verified`]), so a
+/// sender cannot learn which topics are configured.
 fn check_topic(config: &Config, msg: &SnsMessage) -> Result<(), Reply> {
     if config.known_topics().contains(&msg.topic_arn) {
         return Ok(());
     }
     let topic: String = msg.topic_arn.chars().take(TOPIC_EXCERPT).collect();
     tracing::warn!(topic = %topic.escape_debug(), message = %msg.message_id, "SNS delivery from a topic not in the configuration refused");
-    Err(Reply::forbidden(format!(
-        "TopicArn {topic:?} is not a topic this controller accepts"
-    )))
+    Err(not_verified())
 }
 
-async fn authenticate(state: &SnsState, msg: &SnsMessage) -> Result<(), Reply> {
-    // Certificate validity is judged by the controller's clock, like every other time.
-    let now = std::time::SystemTime::from(state.engine.now());
-    let Err(e) = verify_at(msg, &state.certs, now).await else {
+/// The one answer for a signature that does not verify and for a topic not configured.
+fn not_verified() -> Reply {
+    Reply::forbidden(
+        "signature does not match the message, or the topic is not one this controller accepts",
+    )
+}
+
+/// Freshness and signature, as of `now` (the controller's clock, which also judges the
+/// certificate's validity).
+async fn authenticate(state: &SnsState, msg: &SnsMessage, now: DateTime<Utc>) -> Result<(), Reply> {
+    let rules = Freshness::from(&state.engine.config().controller.sns);
+    let Err(e) = verify_delivery(msg, &state.certs, now, &rules).await else {
         return Ok(());
     };
     tracing::warn!(reason = %e, message = %msg.message_id, topic = %msg.topic_arn, "SNS delivery failed verification");
@@ -243,7 +256,10 @@ async fn authenticate(state: &SnsState, msg: &SnsMessage) -> Result<(), Reply> {
             "unavailable",
             format!("{e}; try again later"),
         ),
-        SnsVerifyError::MissingField(_) => Reply::bad_request(e.to_string()),
+        SnsVerifyError::MissingField(_) | SnsVerifyError::BadTimestamp => {
+            Reply::bad_request(e.to_string())
+        }
+        SnsVerifyError::BadSignature => not_verified(),
         _ => Reply::forbidden(e.to_string()),
     })
 }

@@ -12,6 +12,10 @@
 //!   `"2"`) signature, over exactly the fields AWS documents for the message's `Type`, made by the
 //!   key of a certificate that is valid at that moment and that came from a pinned HTTPS URL (or
 //!   from the operator's pre-seeded directory, under that URL's name).
+//! - [`verify_delivery`] also refuses a message whose `Timestamp` is older than the accepted
+//!   age or too far in the future ([`check_fresh`]), before any certificate is looked up.
+//! - [`CertCache`] fetches at most a set number of certificates per minute and does not fetch
+//!   again, within a TTL, a URL whose fetch failed.
 //! - There is no switch that turns verification off. Tests and the demo supply certificates only
 //!   by pre-seeding the directory ([`cache_file_name`] is the naming rule).
 //! - Error messages say what was wrong and quote at most a short, escaped excerpt of the input.
@@ -30,10 +34,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -55,6 +60,8 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Certificates kept in memory; SNS uses a handful, so the map is simply cleared when full.
 const MAX_MEMORY_CERTS: usize = 64;
+/// Failed certificate URLs remembered; the map is cleared when full.
+const MAX_REMEMBERED_FAILURES: usize = 1024;
 /// Characters of untrusted input an error message may quote.
 const EXCERPT_CHARS: usize = 40;
 const JSON_ERROR_CHARS: usize = 160;
@@ -89,6 +96,18 @@ pub enum SnsVerifyError {
     BadSignature,
     #[error("Message is not a CloudWatch alarm notification: {0}")]
     BadAlarm(String),
+    #[error("Timestamp is not an RFC 3339 time")]
+    BadTimestamp,
+    #[error("message is stale: its Timestamp is {age} old, more than the {limit} accepted")]
+    Stale { age: String, limit: String },
+    #[error(
+        "message Timestamp is {ahead} in the future, more than the {limit} of clock skew accepted"
+    )]
+    FromTheFuture { ahead: String, limit: String },
+    #[error(
+        "SignatureVersion 1 (SHA1withRSA) is refused: this controller requires SignatureVersion 2"
+    )]
+    VersionRefused,
 }
 
 type Result<T, E = SnsVerifyError> = std::result::Result<T, E>;
@@ -482,9 +501,21 @@ impl SigningCert {
 /// Signing certificates by URL: memory, then the pre-seeded directory (if any), then HTTPS.
 pub struct CertCache {
     memory: Mutex<HashMap<String, Arc<SigningCert>>>,
+    /// URLs whose fetch failed, and when: not fetched again before [`CertCache::failure_ttl`].
+    failures: Mutex<HashMap<String, Instant>>,
+    failure_ttl: Duration,
+    /// Fetches allowed per minute, all URLs together.
+    fetches: DirectRateLimiter,
     seed_dir: Option<PathBuf>,
     client: reqwest::Client,
 }
+
+type DirectRateLimiter = governor::DefaultDirectRateLimiter;
+
+/// How long a failed certificate fetch is remembered (see [`CertCache::with_limits`]).
+pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(300);
+/// Certificate fetches per minute (see [`CertCache::with_limits`]).
+pub const DEFAULT_FETCHES_PER_MINUTE: u32 = 10;
 
 impl fmt::Debug for CertCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -507,13 +538,31 @@ impl CertCache {
     pub fn with_client(seed_dir: Option<PathBuf>, client: reqwest::Client) -> Self {
         Self {
             memory: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            failure_ttl: DEFAULT_FAILURE_TTL,
+            fetches: fetch_limiter(DEFAULT_FETCHES_PER_MINUTE),
             seed_dir,
             client,
         }
     }
 
+    /// Remembers a failed fetch for `failure_ttl` (the URL is not fetched again before then)
+    /// and allows at most `fetches_per_minute` fetches, all URLs together: an unauthenticated
+    /// sender cannot make the controller fetch certificates in a loop.
+    pub fn with_limits(mut self, failure_ttl: Duration, fetches_per_minute: u32) -> Self {
+        self.failure_ttl = failure_ttl;
+        self.fetches = fetch_limiter(fetches_per_minute);
+        self
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<SigningCert>>> {
         self.memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn failed(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.failures
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -525,7 +574,7 @@ impl CertCache {
         }
         let pem = match self.read_seeded(url).await? {
             Some(pem) => pem,
-            None => self.fetch(url).await?,
+            None => self.fetch_bounded(url).await?,
         };
         let cert = Arc::new(SigningCert::from_pem(&pem)?);
         let mut memory = self.lock();
@@ -551,6 +600,44 @@ impl CertCache {
         }
     }
 
+    /// Fetches unless the URL failed within the TTL or the per-minute budget is spent; a
+    /// failure (fetch or parse) is remembered.
+    async fn fetch_bounded(&self, url: &Url) -> Result<Vec<u8>> {
+        self.check_recent_failure(url)?;
+        if self.fetches.check().is_err() {
+            return Err(SnsVerifyError::CertFetch(
+                "too many certificate fetches in the last minute".into(),
+            ));
+        }
+        let fetched = self.fetch(url).await;
+        let fetched = fetched.and_then(|pem| SigningCert::from_pem(&pem).map(|_| pem));
+        if fetched.is_err() {
+            self.remember_failure(url);
+        }
+        fetched
+    }
+
+    fn check_recent_failure(&self, url: &Url) -> Result<()> {
+        let mut failed = self.failed();
+        let ttl = self.failure_ttl;
+        failed.retain(|_, at| at.elapsed() < ttl);
+        if failed.contains_key(url.as_str()) {
+            return Err(SnsVerifyError::CertFetch(format!(
+                "it failed less than {} ago and is not fetched again before then",
+                crate::config::values::format_duration(ttl)
+            )));
+        }
+        Ok(())
+    }
+
+    fn remember_failure(&self, url: &Url) {
+        let mut failed = self.failed();
+        if failed.len() >= MAX_REMEMBERED_FAILURES {
+            failed.clear();
+        }
+        failed.insert(url.as_str().to_owned(), Instant::now());
+    }
+
     async fn fetch(&self, url: &Url) -> Result<Vec<u8>> {
         let response = self.client.get(url.clone()).send().await;
         let response = response.map_err(fetch_error)?;
@@ -563,6 +650,11 @@ impl CertCache {
         }
         read_capped(response, MAX_CERT_BYTES).await
     }
+}
+
+fn fetch_limiter(per_minute: u32) -> DirectRateLimiter {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_minute(per_minute))
 }
 
 fn too_large() -> SnsVerifyError {
@@ -609,6 +701,70 @@ pub async fn verify_at(msg: &SnsMessage, cache: &CertCache, now: SystemTime) -> 
     let cert = cache.get(&url).await?;
     cert.check_validity(now)?;
     cert.verify(version, signed.as_bytes(), &signature)
+}
+
+/// What [`verify_delivery`] accepts beyond a valid signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// A `Timestamp` older than this is stale.
+    pub max_age: Duration,
+    /// A `Timestamp` at most this far ahead of `now` is accepted (clock skew).
+    pub skew: Duration,
+    /// SignatureVersion 1 is refused.
+    pub require_v2: bool,
+}
+
+impl From<&crate::config::SnsSettings> for Freshness {
+    fn from(s: &crate::config::SnsSettings) -> Self {
+        Freshness {
+            max_age: s.max_message_age,
+            skew: s.clock_skew,
+            require_v2: s.require_signature_v2,
+        }
+    }
+}
+
+/// Refuses a message whose `Timestamp` is older than `max_age` or further than `skew` ahead
+/// of `now`, or (with `require_v2`) signed with SignatureVersion 1. Checked before any
+/// certificate is looked up; a message that passes must still pass [`verify_at`].
+pub fn check_fresh(
+    msg: &SnsMessage,
+    now: chrono::DateTime<chrono::Utc>,
+    rules: &Freshness,
+) -> Result<()> {
+    if rules.require_v2
+        && msg.signature_version.parse::<SignatureVersion>()? == SignatureVersion::V1
+    {
+        return Err(SnsVerifyError::VersionRefused);
+    }
+    let sent = chrono::DateTime::parse_from_rfc3339(&msg.timestamp)
+        .map_err(|_| SnsVerifyError::BadTimestamp)?
+        .with_timezone(&chrono::Utc);
+    let human = |d: Duration| crate::config::values::format_duration(d);
+    let age = (now - sent).to_std();
+    let ahead = (sent - now).to_std();
+    match (age, ahead) {
+        (Ok(age), _) if age > rules.max_age => Err(SnsVerifyError::Stale {
+            age: human(Duration::from_secs(age.as_secs())),
+            limit: human(rules.max_age),
+        }),
+        (_, Ok(ahead)) if ahead > rules.skew => Err(SnsVerifyError::FromTheFuture {
+            ahead: human(Duration::from_secs(ahead.as_secs())),
+            limit: human(rules.skew),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// [`check_fresh`], then [`verify_at`], both as of `now` (the controller's clock).
+pub async fn verify_delivery(
+    msg: &SnsMessage,
+    cache: &CertCache,
+    now: chrono::DateTime<chrono::Utc>,
+    rules: &Freshness,
+) -> Result<()> {
+    check_fresh(msg, now, rules)?;
+    verify_at(msg, cache, SystemTime::from(now)).await
 }
 
 /// A CloudWatch alarm state.
@@ -861,6 +1017,127 @@ mod tests {
         let small = axum::http::Response::new(vec![b'A'; 10]);
         let body = read_capped(reqwest::Response::from(small), MAX_CERT_BYTES).await;
         assert_eq!(body.unwrap().len(), 10);
+    }
+
+    fn message_at(timestamp: &str, version: &str) -> SnsMessage {
+        SnsMessage {
+            message_type: SnsType::Notification,
+            message_id: "m-1".into(),
+            topic_arn: "arn:aws:sns:us-east-1:123456789012:t".into(),
+            subject: None,
+            message: "hello".into(),
+            timestamp: timestamp.into(),
+            token: None,
+            subscribe_url: None,
+            unsubscribe_url: None,
+            signature_version: version.into(),
+            signature: String::new(),
+            signing_cert_url: CERT.into(),
+            message_attributes: BTreeMap::new(),
+        }
+    }
+
+    fn rules(require_v2: bool) -> Freshness {
+        let defaults = crate::config::SnsSettings::default();
+        Freshness {
+            require_v2,
+            ..Freshness::from(&defaults)
+        }
+    }
+
+    #[test]
+    fn stale_and_future_messages_are_refused_by_the_given_clock() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let at = |t: &str| check_fresh(&message_at(t, "1"), now, &rules(false));
+        assert!(at("2026-06-01T11:00:00.000Z").is_ok(), "exactly 1 h old");
+        assert!(at("2026-06-01T12:05:00.000Z").is_ok(), "5 min ahead");
+        let stale = at("2026-06-01T10:00:00.000Z").unwrap_err();
+        assert!(matches!(stale, SnsVerifyError::Stale { .. }), "{stale}");
+        assert!(stale.to_string().contains("2h old"), "{stale}");
+        let future = at("2026-06-01T12:05:01.000Z").unwrap_err();
+        assert!(
+            matches!(future, SnsVerifyError::FromTheFuture { .. }),
+            "{future}"
+        );
+        assert!(matches!(at("yesterday"), Err(SnsVerifyError::BadTimestamp)));
+    }
+
+    #[test]
+    fn signature_version_1_is_refused_only_when_version_2_is_required() {
+        let now = chrono::Utc::now();
+        let stamp = now.to_rfc3339();
+        let v1 = message_at(&stamp, "1");
+        assert!(check_fresh(&v1, now, &rules(false)).is_ok());
+        let refused = check_fresh(&v1, now, &rules(true));
+        assert!(matches!(refused, Err(SnsVerifyError::VersionRefused)));
+        assert!(check_fresh(&message_at(&stamp, "2"), now, &rules(true)).is_ok());
+    }
+
+    /// A loopback listener standing in for the SNS host: it counts connections and closes them
+    /// (so every fetch fails), and a client that sends every SNS host there.
+    async fn counting_peer() -> (Arc<std::sync::atomic::AtomicUsize>, reqwest::Client) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&count);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let mut builder = fetch_client_builder();
+        for region in ["us-east-1", "us-west-2", "eu-west-1"] {
+            builder = builder.resolve(&format!("sns.{region}.amazonaws.com"), addr);
+        }
+        (count, builder.build().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_failed_certificate_fetch_is_not_repeated_within_its_ttl() {
+        use std::sync::atomic::Ordering;
+        let (connections, client) = counting_peer().await;
+        let cache = CertCache::with_client(None, client).with_limits(Duration::from_secs(300), 100);
+        let url = check_cert_url(CERT).unwrap();
+        for _ in 0..5 {
+            let err = cache
+                .get(&url)
+                .await
+                .err()
+                .expect("the peer closes every connection");
+            assert!(matches!(err, SnsVerifyError::CertFetch(_)), "{err}");
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "fetched once, then remembered"
+        );
+        let again = cache.get(&url).await.err().unwrap().to_string();
+        assert!(again.contains("not fetched again"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn certificate_fetches_are_bounded_per_minute() {
+        use std::sync::atomic::Ordering;
+        let (connections, client) = counting_peer().await;
+        let cache = CertCache::with_client(None, client).with_limits(Duration::from_secs(300), 2);
+        let urls = ["us-east-1", "us-west-2", "eu-west-1"].map(|region| {
+            let raw =
+                format!("https://sns.{region}.amazonaws.com/SimpleNotificationService-abc.pem");
+            check_cert_url(&raw).unwrap()
+        });
+        let mut answers = Vec::new();
+        for url in &urls {
+            answers.push(cache.get(url).await.err().unwrap().to_string());
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "{answers:?}");
+        assert!(
+            answers[2].contains("too many certificate fetches"),
+            "{answers:?}"
+        );
     }
 
     #[test]

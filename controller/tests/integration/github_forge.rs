@@ -38,7 +38,7 @@ use tollgate_testkit::github_fake::{Deployment, DeploymentStatus, GithubFake, Ru
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// The token the fake accepts. Distinctive, so a leak is easy to spot.
 const TOKEN: &str = "ghp_tollgateTestToken0123456789abcdefXYZ";
-const WEBHOOK_SECRET: &str = "webhook-secret";
+const WEBHOOK_SECRET: &str = "webhook-secret-0123456789abcdef0123456789";
 const PIPELINE: &str = "backend";
 const REPO: &str = "acme/backend";
 const PUBLIC_URL: &str = "https://tollgate.test";

@@ -110,7 +110,7 @@ fn bytes(v: &Value) -> Vec<u8> {
 // A controller with two pipelines
 // ---------------------------------------------------------------------------------------------
 
-const SECRET: &str = "webhook-secret";
+const SECRET: &str = "webhook-secret-0123456789abcdef0123456789";
 
 /// `backend` releases on push; `web` releases when its build workflow succeeds.
 const STAGES: &str = r#"
@@ -195,7 +195,9 @@ async fn controller_with(forge: Option<Arc<GithubForge>>) -> Controller {
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
     let store = Store::open(&url).await.unwrap();
     let engine = Engine::new(store, config, Fakes::new().ports(), Arc::new(SystemClock));
-    let secrets = WebhookSecrets::from_env_value(&format!("old-secret,{SECRET}")).unwrap();
+    let secrets =
+        WebhookSecrets::from_env_value(&format!("old-secret-0123456789abcdef0123456789,{SECRET}"))
+            .unwrap();
     let (tx, config_changes) = mpsc::channel(8);
     let mut state = AppState::new(engine.clone(), secrets).with_config_changes(tx);
     if let Some(forge) = forge {
@@ -525,7 +527,10 @@ async fn a_wrong_or_missing_signature_is_refused_and_records_nothing() {
 async fn the_previous_secret_is_still_accepted_during_a_rotation() {
     let c = controller().await;
     let body = bytes(&branch_push("acme/backend", "main"));
-    let signature = Some(sign(&Secret::new("old-secret"), &body));
+    let signature = Some(sign(
+        &Secret::new("old-secret-0123456789abcdef0123456789"),
+        &body,
+    ));
     let d = Delivery {
         event: Some("push"),
         id: Some("d-rotated"),

@@ -339,18 +339,24 @@ fn secrets(list: &[&str]) -> WebhookSecrets {
 fn github_documented_test_vector() {
     // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
     let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-    let secrets = secrets(&["It's a Secret to Everybody"]);
-    assert_eq!(
-        verify_signature(&secrets, Some(header), b"Hello, World!"),
-        Ok(())
-    );
+    let documented = "It's a Secret to Everybody";
+    assert_eq!(sign(&Secret::new(documented), b"Hello, World!"), header);
+    // The documented secret is 26 bytes: tollgate refuses to run with a secret that short.
+    let refused = WebhookSecrets::from_env_value(documented).unwrap_err();
+    assert!(refused.to_string().contains("at least 32"), "{refused}");
 }
 
 #[test]
 fn rotation_accepts_either_secret_and_nothing_else() {
     let body = FIXTURES.push[0].body();
-    let accepted = secrets(&["old-secret", "new-secret"]);
-    for key in ["old-secret", "new-secret"] {
+    let accepted = secrets(&[
+        "old-secret-0123456789abcdef0123456789",
+        "new-secret-0123456789abcdef0123456789",
+    ]);
+    for key in [
+        "old-secret-0123456789abcdef0123456789",
+        "new-secret-0123456789abcdef0123456789",
+    ] {
         let header = sign(&Secret::new(key), &body);
         assert_eq!(
             verify_signature(&accepted, Some(&header), &body),
@@ -358,16 +364,22 @@ fn rotation_accepts_either_secret_and_nothing_else() {
             "{key}"
         );
     }
-    let header = sign(&Secret::new("another-secret"), &body);
+    let header = sign(
+        &Secret::new("another-secret-0123456789abcdef01234567"),
+        &body,
+    );
     let result = verify_signature(&accepted, Some(&header), &body);
     assert_eq!(result, Err(SignatureError::Mismatch));
 }
 
 #[test]
 fn each_bad_signature_gets_its_own_error() {
-    let accepted = secrets(&["s3cret"]);
+    let accepted = secrets(&["s3cret-s3cret-s3cret-s3cret-s3cret-s3cret"]);
     let body = FIXTURES.workflow_run[0].body();
-    let good = sign(&Secret::new("s3cret"), &body);
+    let good = sign(
+        &Secret::new("s3cret-s3cret-s3cret-s3cret-s3cret-s3cret"),
+        &body,
+    );
     let digest = &good["sha256=".len()..];
     let check = |header: Option<&str>, body: &[u8]| verify_signature(&accepted, header, body);
 
@@ -484,7 +496,7 @@ proptest! {
         hex_digest in "[0-9a-fA-F]{0,70}",
         body in proptest::collection::vec(any::<u8>(), 0..256),
     ) {
-        let accepted = secrets(&["a", "b"]);
+        let accepted = secrets(&[&"a".repeat(32), &"b".repeat(32)]);
         let _ = verify_signature(&accepted, header.as_deref(), &body);
         let header = format!("sha256={hex_digest}");
         prop_assert!(verify_signature(&accepted, Some(&header), &body).is_err());

@@ -14,6 +14,7 @@ mod cli_control;
 mod config_validate;
 mod e2e_alarms;
 mod e2e_moto;
+mod edge_serve;
 mod engine;
 mod engine_bake_data;
 mod engine_codepipeline;

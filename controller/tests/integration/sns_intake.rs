@@ -48,11 +48,21 @@ const REGION: &str = "eu-west-1";
 // Set-up
 // ---------------------------------------------------------------------------------------------
 
-/// The engine tests' configuration, with prod's alarms arriving on [`ALARM_TOPIC`].
+const PUBLIC_URL_LINE: &str = r#"public_url = "https://tollgate.test""#;
+
+/// The engine tests' configuration, with prod's alarms arriving on [`ALARM_TOPIC`]. The rig's
+/// clock runs about an hour behind the wall clock (see [`Rig::new`]) while the messages carry
+/// the wall clock's `Timestamp`, so the accepted clock skew is widened to 90 minutes.
 fn stages_toml() -> String {
     let with_topic = format!("{TOPIC_LINE}\nalarm_topics = [\"{ALARM_TOPIC}\"]");
-    let toml = STAGES.replace(TOPIC_LINE, &with_topic);
-    assert_ne!(toml, STAGES, "the notifications table moved");
+    let with_skew = format!("{PUBLIC_URL_LINE}\n\n[controller.sns]\nclock_skew = \"90m\"\n");
+    let toml = STAGES
+        .replace(TOPIC_LINE, &with_topic)
+        .replace(PUBLIC_URL_LINE, &with_skew);
+    assert!(
+        toml.contains("alarm_topics") && toml.contains("clock_skew"),
+        "the tables moved"
+    );
     toml
 }
 
@@ -538,22 +548,44 @@ async fn every_refused_delivery_changes_nothing() {
     assert!(rig.confirmer.urls().is_empty());
 }
 
+/// A sender cannot tell a topic the controller does not accept from a bad signature: the
+/// answers are the same, status and body.
+#[tokio::test]
+async fn an_unknown_topic_is_answered_exactly_as_a_bad_signature() {
+    let rig = Rig::new().await;
+    let (_, unknown_topic) = topic_case(&rig.signer);
+    let unknown = rig.post(unknown_topic).await;
+    let mixed = &version_cases(&rig.signer)[0].1;
+    let forged = rig.post(mixed.clone()).await;
+    assert_eq!(unknown.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (unknown.status, &unknown.json),
+        (forged.status, &forged.json)
+    );
+    assert_eq!(rig.sns_deliveries().await, 0);
+}
+
 #[tokio::test]
 async fn refusals_say_why() {
     let rig = Rig::new().await;
-    let (_, unknown_topic) = topic_case(&rig.signer);
-    let answer = rig.post(unknown_topic).await;
-    let detail = answer.json["detail"].as_str().unwrap();
-    assert!(
-        detail.contains("not a topic this controller accepts"),
-        "{detail}"
-    );
     let evil = &cert_url_cases(&rig.signer)[2].1;
     let detail = rig.post(evil.clone()).await.json["detail"].to_string();
     assert!(detail.contains("SigningCertURL rejected"), "{detail}");
     let mixed = &version_cases(&rig.signer)[0].1;
     let detail = rig.post(mixed.clone()).await.json["detail"].to_string();
     assert!(detail.contains("signature does not match"), "{detail}");
+    let mut stale = prod_alarm(&rig.signer, SignatureVersion::V2);
+    stale.timestamp = (Utc::now() - chrono::Duration::hours(3))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let stale = rig.signer.signed(stale, SignatureVersion::V2);
+    let answer = rig.post(body(&stale)).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    let detail = answer.json["detail"].to_string();
+    assert!(
+        detail.contains("stale") && detail.contains("1h"),
+        "{detail}"
+    );
     let (_, unknown_type, _) = &malformed_cases(&rig.signer)[0];
     let detail = rig.post(unknown_type.clone()).await.json["detail"].to_string();
     assert!(detail.contains("unknown SNS message Type"), "{detail}");

@@ -1,0 +1,293 @@
+//! `[controller]`, `[controller.http]` and `[controller.sns]`: the controller's own settings.
+//!
+//! Checks them and fills in the defaults ([`HttpSettings::default`], [`SnsSettings::default`]).
+//! Every problem is a located diagnostic naming the key; nothing here reads the network.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::model::{ControllerSettings, HttpSettings, SnsSettings};
+use super::raw::{RawController, RawHttp, RawSns};
+use super::validate::Ctx;
+use super::values;
+use crate::cfg_path;
+
+/// The smallest body budget: GitHub's largest delivery (25 MiB) must fit.
+const MIN_BODY_MIB: i64 = 25;
+/// The largest body budget (the budget is counted in a `u32` of bytes).
+const MAX_BODY_MIB: i64 = 4095;
+
+pub(crate) fn settings(raw: &RawController, cx: &mut Ctx) -> ControllerSettings {
+    let public_url = raw
+        .public_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    if let Err((message, help)) = check_public_url(&public_url) {
+        cx.error(cfg_path!["controller", "public_url"], message, help);
+    }
+    if let Some(r) = &raw.config_repository {
+        if let Err(m) = values::repository(r) {
+            cx.error(
+                cfg_path!["controller", "config_repository"],
+                m,
+                "write `owner/name`",
+            );
+        }
+    }
+    ControllerSettings {
+        public_url: public_url.trim_end_matches('/').to_string(),
+        config_repository: raw.config_repository.clone(),
+        config_branch: raw.config_branch.clone().unwrap_or_else(|| "main".into()),
+        config_path: raw
+            .config_path
+            .clone()
+            .unwrap_or_else(|| "stages.toml".into()),
+        http: http(&raw.http, cx),
+        sns: sns(&raw.sns, cx),
+    }
+}
+
+/// `public_url` is an http(s) URL, and https unless its host is a loopback address: approval
+/// links carry tokens.
+fn check_public_url(url: &str) -> Result<(), (String, &'static str)> {
+    let parsed = url::Url::parse(url);
+    let Ok(parsed) = parsed.as_ref().map_err(|_| ()) else {
+        return Err((
+            format!("`{url}` is not an http(s) URL"),
+            "write the address approvers use, e.g. `https://tollgate.example.com`",
+        ));
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if parsed.host().is_some_and(|h| is_loopback(&h)) => Ok(()),
+        "http" => Err((
+            format!(
+                "`{url}` is plain http: approval links carry tokens and must travel over https"
+            ),
+            "use an https URL (http is accepted only for a loopback host such as 127.0.0.1 or localhost)",
+        )),
+        _ => Err((
+            format!("`{url}` is not an http(s) URL"),
+            "write the address approvers use, e.g. `https://tollgate.example.com`",
+        )),
+    }
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),
+        url::Host::Ipv6(ip) => IpAddr::V6(*ip).is_loopback(),
+    }
+}
+
+fn http(raw: &RawHttp, cx: &mut Ctx) -> HttpSettings {
+    let d = HttpSettings::default();
+    let mut duration = |key: &str, text: &Option<String>, default: Duration| {
+        positive_duration(cx, &["http", key], text.as_deref(), default)
+    };
+    let header_read_timeout = duration(
+        "header_read_timeout",
+        &raw.header_read_timeout,
+        d.header_read_timeout,
+    );
+    let request_timeout = duration("request_timeout", &raw.request_timeout, d.request_timeout);
+    let idle_timeout = duration("idle_timeout", &raw.idle_timeout, d.idle_timeout);
+    let shutdown_grace = duration("shutdown_grace", &raw.shutdown_grace, d.shutdown_grace);
+    let default_mib = i64::from(d.max_unauthenticated_body_bytes / (1024 * 1024));
+    let body_mib = count(
+        cx,
+        &["http", "max_unauthenticated_body_mib"],
+        raw.max_unauthenticated_body_mib,
+        (MIN_BODY_MIB, MAX_BODY_MIB),
+        default_mib,
+        "GitHub's largest delivery is 25 MiB, so at least 25; at most 4095",
+    );
+    HttpSettings {
+        header_read_timeout,
+        request_timeout,
+        idle_timeout,
+        shutdown_grace,
+        max_concurrent_requests: count(
+            cx,
+            &["http", "max_concurrent_requests"],
+            raw.max_concurrent_requests,
+            (1, 100_000),
+            d.max_concurrent_requests.into(),
+            "a number of requests from 1 to 100000",
+        ),
+        max_unauthenticated_body_bytes: body_mib * 1024 * 1024,
+        rate_limit_per_minute: count(
+            cx,
+            &["http", "rate_limit_per_minute"],
+            raw.rate_limit_per_minute,
+            (1, 1_000_000),
+            d.rate_limit_per_minute.into(),
+            "a number of requests per minute from 1 to 1000000",
+        ),
+        rate_limit_burst: count(
+            cx,
+            &["http", "rate_limit_burst"],
+            raw.rate_limit_burst,
+            (1, 1_000_000),
+            d.rate_limit_burst.into(),
+            "a number of requests from 1 to 1000000",
+        ),
+    }
+}
+
+fn sns(raw: &RawSns, cx: &mut Ctx) -> SnsSettings {
+    let d = SnsSettings::default();
+    let mut duration = |key: &str, text: &Option<String>, default: Duration| {
+        positive_duration(cx, &["sns", key], text.as_deref(), default)
+    };
+    let max_message_age = duration("max_message_age", &raw.max_message_age, d.max_message_age);
+    let clock_skew = duration("clock_skew", &raw.clock_skew, d.clock_skew);
+    let cert_failure_ttl = duration(
+        "cert_failure_ttl",
+        &raw.cert_failure_ttl,
+        d.cert_failure_ttl,
+    );
+    SnsSettings {
+        max_message_age,
+        clock_skew,
+        require_signature_v2: raw.require_signature_v2.unwrap_or(d.require_signature_v2),
+        cert_failure_ttl,
+        cert_fetches_per_minute: count(
+            cx,
+            &["sns", "cert_fetches_per_minute"],
+            raw.cert_fetches_per_minute,
+            (1, 10_000),
+            d.cert_fetches_per_minute.into(),
+            "a number of fetches per minute from 1 to 10000",
+        ),
+    }
+}
+
+/// A duration above zero under `[controller.<table>]`.
+fn positive_duration(
+    cx: &mut Ctx,
+    key: &[&str; 2],
+    text: Option<&str>,
+    default: Duration,
+) -> Duration {
+    let path = || cfg_path!["controller", key[0], key[1]];
+    let value = cx.duration(path(), text, default);
+    if value.is_zero() {
+        cx.error(
+            path(),
+            format!("`{}` must be longer than zero", key[1]),
+            "write it like `30s`, `10m` or `1h30m`",
+        );
+        return default;
+    }
+    value
+}
+
+/// An integer in `range` under `[controller.<table>]`.
+fn count(
+    cx: &mut Ctx,
+    key: &[&str; 2],
+    value: Option<i64>,
+    (low, high): (i64, i64),
+    default: i64,
+    help: &str,
+) -> u32 {
+    let value = value.unwrap_or(default);
+    if (low..=high).contains(&value) {
+        return u32::try_from(value).unwrap_or(u32::MAX);
+    }
+    cx.error(
+        cfg_path!["controller", key[0], key[1]],
+        format!("`{}` is {value}, outside {low}..={high}", key[1]),
+        help,
+    );
+    u32::try_from(default).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigError, load_str};
+    use std::path::{Path, PathBuf};
+
+    /// The fixture configuration with `extra` after its first line, as `load_str` sees it.
+    fn load_with(extra: &str) -> Result<crate::config::Loaded, ConfigError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+        let text = std::fs::read_to_string(dir.join("stages.toml")).unwrap();
+        let text = text.replacen(
+            "accounts = \"accounts.toml\"",
+            &format!("accounts = \"accounts.toml\"\n{extra}"),
+            1,
+        );
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Unreadable {
+                path: p.into(),
+                source,
+            })
+        };
+        load_str(&dir.join("stages.toml"), &text, &dir, &read)
+    }
+
+    #[test]
+    fn http_and_sns_settings_have_defaults_and_are_checked() {
+        let loaded = load_with("").unwrap().config.controller;
+        assert_eq!(loaded.http, HttpSettings::default());
+        assert_eq!(loaded.sns, SnsSettings::default());
+
+        let set = "[controller.http]\nheader_read_timeout = \"5s\"\nmax_unauthenticated_body_mib = 100\n[controller.sns]\nrequire_signature_v2 = true\nmax_message_age = \"15m\"";
+        let loaded = load_with(set).unwrap().config.controller;
+        assert_eq!(loaded.http.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(
+            loaded.http.max_unauthenticated_body_bytes,
+            100 * 1024 * 1024
+        );
+        assert!(loaded.sns.require_signature_v2);
+        assert_eq!(loaded.sns.max_message_age, Duration::from_secs(900));
+
+        let bad = "[controller.http]\nheader_read_timeout = \"0s\"\nmax_unauthenticated_body_mib = 10\nrate_limit_burst = 0\n[controller.sns]\nclock_skew = \"soon\"";
+        let Err(ConfigError::Invalid(diags)) = load_with(bad) else {
+            panic!("accepted");
+        };
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for key in [
+            "header_read_timeout",
+            "max_unauthenticated_body_mib",
+            "rate_limit_burst",
+        ] {
+            assert!(text.contains(key), "{key} not named:\n{text}");
+        }
+        assert!(text.contains("25 MiB"), "{text}");
+        // A malformed duration is located at its line (9: `clock_skew`) with the text quoted.
+        assert!(
+            text.contains("stages.toml:9:") && text.contains("`soon` is not a duration"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn public_url_must_be_https_unless_loopback() {
+        for ok in [
+            "https://tollgate.example.com",
+            "http://127.0.0.1:8080",
+            "http://127.1.2.3",
+            "http://[::1]:9000/",
+            "http://localhost:8080",
+        ] {
+            assert!(check_public_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://tollgate.example.com",
+            "http://10.0.0.1:8080",
+            "http://localhost.example.com",
+            "ftp://tollgate.example.com",
+            "tollgate.example.com",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+        let (message, help) = check_public_url("http://tollgate.example.com").unwrap_err();
+        assert!(message.contains("https"), "{message}");
+        assert!(help.contains("loopback"), "{help}");
+    }
+}
