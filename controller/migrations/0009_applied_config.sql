@@ -4,7 +4,7 @@
 CREATE TABLE applied_config (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     repository TEXT NOT NULL,
-    sha TEXT NOT NULL CHECK (length(sha) = 40),
+    sha TEXT NOT NULL CHECK (length(sha) IN (40, 64)),
     path TEXT NOT NULL,
     -- JSON object: repository path -> text, every file the configuration read
     files TEXT NOT NULL CHECK (json_valid(files) AND json_type(files) = 'object'),

@@ -387,7 +387,8 @@ fn parse_push(body: &[u8]) -> Result<PushEvent, ParseError> {
         created: root.bool("created")?,
         before: root.sha("before")?,
         after: root.sha("after")?,
-        forced: root.bool("forced")?,
+        // GitHub always sends it; without it the push cannot vouch for `before`.
+        forced: root.opt_bool("forced")?.unwrap_or(true),
         head_commit: root.opt_obj("head_commit")?.map(push_commit).transpose()?,
         compare_url: root.opt_str("compare")?.map(str::to_owned),
         pusher: root.obj("pusher")?.str("name")?.to_owned(),
@@ -620,6 +621,12 @@ impl<'a> Obj<'a> {
 
     fn opt_str(&self, key: &str) -> Result<Option<&'a str>, ParseError> {
         self.opt(key).map(|n| n.as_str()).transpose()
+    }
+
+    fn opt_bool(&self, key: &str) -> Result<Option<bool>, ParseError> {
+        self.opt(key)
+            .map(|n| n.value.as_bool().ok_or_else(|| n.invalid("a boolean")))
+            .transpose()
     }
 
     fn bool(&self, key: &str) -> Result<bool, ParseError> {

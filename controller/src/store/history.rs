@@ -8,9 +8,6 @@ use sqlx::Row;
 use super::{Reads, Result, Store, ms};
 use crate::domain::Release;
 
-/// The all-zero sha GitHub gives as `before` when a push creates the branch.
-const NO_COMMIT: &str = "0000000000000000000000000000000000000000";
-
 /// How many pushes back a history walk may go.
 const MAX_WALK: usize = 10_000;
 
@@ -60,7 +57,8 @@ impl Reads {
             if at == ancestor {
                 return Ok(Some(true));
             }
-            if at == NO_COMMIT {
+            // GitHub gives an all-zero `before` when the push created the branch.
+            if at.bytes().all(|b| b == b'0') {
                 return Ok(Some(false));
             }
             let link = sqlx::query(

@@ -27,7 +27,7 @@ use tollgate_testkit::github_fake::GithubFake;
 use tollgate_testkit::moto::MotoServer;
 use tollgate_testkit::world::{APPROVER, World, WorldBuilder};
 
-const SECRET: &str = "webhook-secret-for-approvals";
+const SECRET: &str = "webhook-secret-for-approvals-through-serve";
 const TOKEN: &str = "ghp_approvalsServeTestToken0123456789";
 const REPO: &str = "acme/backend";
 /// The longest one wait may take.
