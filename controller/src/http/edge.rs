@@ -2,8 +2,8 @@
 //! of each route.
 //!
 //! Owns [`serve`] (accepting connections, HTTP/1.1 over hyper, per-connection timeouts and a
-//! bounded graceful shutdown) and [`Edge`] (per-route guards: concurrency, the shared budget of
-//! unauthenticated body bytes, per-source-address rate limits, the request timeout). Settings
+//! bounded graceful shutdown) and [`Edge`] (per-route guards: concurrency, each webhook route's budget
+//! of unauthenticated body bytes, per-source-address rate limits, the request timeout). Settings
 //! come from `[controller.http]` ([`HttpSettings`]) and apply from start to exit.
 //!
 //! | what | limit | answer |
@@ -13,14 +13,15 @@
 //! | a request (body, handler and answer) longer than `request_timeout` | per request | 408 |
 //! | more than `max_concurrent_requests` on one route | per route | 503 with `Retry-After` |
 //! | a declared body over the route's cap | per request | 413, body not read |
-//! | unauthenticated bodies over `max_unauthenticated_body_mib` in flight | all requests | 503 with `Retry-After`, body not read |
+//! | unauthenticated bodies over the route's budget in flight (`max_unauthenticated_body_mib`, at most the route's cap × `max_concurrent_requests`) | per route | 503 with `Retry-After`, body not read |
 //! | more than `rate_limit_per_minute` (burst `rate_limit_burst`) from one address | per route and source address | 429 with `Retry-After` |
 //!
 //! # Guarantees
-//! - A webhook body is counted against the shared budget *before* it is read: by its
+//! - A webhook body is counted against its route's budget *before* it is read: by its
 //!   `Content-Length`, or by the route's whole cap when the length is not declared. So at most
-//!   `max_unauthenticated_body_mib` of unauthenticated bodies are ever held at once, however many
-//!   clients send.
+//!   `max_unauthenticated_body_mib` per webhook route (GitHub 64 MiB, SNS 16 MiB with the
+//!   defaults) of unauthenticated bodies are ever held at once, however many clients send, and
+//!   a flood on the GitHub route never spends the budget SNS alarms arrive through.
 //! - Refusals (413, 429, 503) are answered at once, without reading the body.
 //! - On shutdown, no new connection is accepted; requests in flight get `shutdown_grace`, then
 //!   the server returns even if a client is still sending.
@@ -68,7 +69,6 @@ const BUSY_RETRY_SECS: u64 = 1;
 #[derive(Clone)]
 pub struct Edge {
     settings: HttpSettings,
-    body_budget: Arc<Semaphore>,
     limiter: Arc<KeyedLimiter>,
 }
 
@@ -89,6 +89,10 @@ struct Guard {
     route: &'static str,
     exposure: Exposure,
     concurrency: Arc<Semaphore>,
+    /// The route's own budget of unauthenticated body bytes: a flood of large bodies on one
+    /// webhook route cannot starve another (SNS alarms keep arriving while GitHub's route is
+    /// full).
+    body_budget: Option<Arc<Semaphore>>,
     edge: Edge,
 }
 
@@ -99,9 +103,6 @@ impl Edge {
         let quota = governor::Quota::per_minute(per_minute).allow_burst(burst);
         Edge {
             settings: settings.clone(),
-            body_budget: Arc::new(Semaphore::new(
-                settings.max_unauthenticated_body_bytes as usize,
-            )),
             limiter: Arc::new(governor::RateLimiter::keyed(quota)),
         }
     }
@@ -117,6 +118,16 @@ impl Edge {
             route,
             exposure,
             concurrency: Arc::new(Semaphore::new(limit)),
+            body_budget: match exposure {
+                // At most the configured budget, and never more than the route's requests
+                // in flight could hold.
+                Exposure::UnauthenticatedBody { cap } => {
+                    let configured = self.settings.max_unauthenticated_body_bytes as usize;
+                    let bytes = configured.min(cap.saturating_mul(limit.max(1))).max(cap);
+                    Some(Arc::new(Semaphore::new(bytes)))
+                }
+                _ => None,
+            },
             edge: self.clone(),
         };
         router.route_layer(middleware::from_fn_with_state(guard, guarded))
@@ -211,7 +222,7 @@ fn rate_limit(guard: &Guard, request: &Request) -> Result<(), Refusal> {
     })
 }
 
-/// Reserves the body's bytes (declared length, or the whole cap) from the shared budget.
+/// Reserves the body's bytes (declared length, or the whole cap) from the route's budget.
 fn reserve_body(
     guard: &Guard,
     request: &Request,
@@ -235,7 +246,9 @@ fn reserve_body(
     }
     let bytes = declared.map_or(cap as u64, |n| n.max(1));
     let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-    let budget = guard.edge.body_budget.clone();
+    let Some(budget) = guard.body_budget.clone() else {
+        return Err(busy("no body budget for this route".into()));
+    };
     budget.try_acquire_many_owned(bytes).map_err(|_| {
         tracing::warn!(
             route = guard.route,

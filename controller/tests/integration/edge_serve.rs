@@ -286,6 +286,16 @@ async fn edge_serve_unauthenticated_bodies_beyond_the_budget_are_refused_at_once
         healthy(&served).await,
         "the server answers while bodies are held"
     );
+    // The GitHub route's budget is spent; an SNS alarm still gets through (its route has a
+    // budget of its own).
+    let alarm = prod_alarm_at(&served.signer, chrono::Utc::now());
+    let answer = reqwest::Client::new()
+        .post(served.url("/webhooks/sns"))
+        .body(alarm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
 
     drop(holders);
     drop(answers);
