@@ -185,7 +185,7 @@ impl SnsNotifier {
                 continue;
             }
             let (policy, scope) = self.filter_of(&client, &account, &sub.arn).await?;
-            if let Some(exposure) = exposure(policy, scope, approvers) {
+            if let Some(exposure) = exposure(policy, scope, approvers, &sub) {
                 exposed.push(ExposedSubscription {
                     arn: sub.arn,
                     protocol: sub.protocol,
@@ -396,10 +396,15 @@ impl Notifier for SnsNotifier {
 /// (SNS: a subscription without a filter policy receives every message; a policy's scope is
 /// `MessageAttributes` unless `FilterPolicyScope` says `MessageBody`.
 /// <https://docs.aws.amazon.com/sns/latest/dg/sns-message-filtering.html>)
+///
+/// A policy for one approver on a subscription that is not that approver's own email address
+/// (an HTTP endpoint, a queue, another address) is an exposure too: whoever reads it gets the
+/// approver's link, and several such subscriptions would give one person every approval.
 fn exposure(
     policy: Option<String>,
     scope: Option<String>,
     approvers: &[Approver],
+    sub: &Subscription,
 ) -> Option<Exposure> {
     let Some(policy) = policy.filter(|p| !p.trim().is_empty()) else {
         return Some(Exposure::Unfiltered);
@@ -414,9 +419,12 @@ fn exposure(
             let values = map.get(APPROVER_KEY)?.as_array()?.clone();
             (map.len() == 1 && values.len() == 1).then(|| values[0].as_str().map(str::to_string))?
         });
-    match one {
-        Some(name) if approvers.iter().any(|a| a.name == name) => None,
-        _ => Some(Exposure::NotOneApprover { policy }),
+    match one.and_then(|name| approvers.iter().find(|a| a.name == name)) {
+        Some(a) if is_inbox_of(sub, a) => None,
+        Some(a) => Some(Exposure::NotTheirInbox {
+            approver: a.name.clone(),
+        }),
+        None => Some(Exposure::NotOneApprover { policy }),
     }
 }
 
@@ -548,14 +556,47 @@ mod tests {
     #[test]
     fn only_a_policy_for_exactly_one_listed_approver_keeps_links_personal() {
         let listed = [approver("alice"), approver("bob")];
+        let inbox = |protocol: &str, endpoint: &str| Subscription {
+            arn: "arn:aws:sns:eu-west-1:111111111111:approvals:1".into(),
+            protocol: protocol.into(),
+            endpoint: endpoint.into(),
+        };
+        let alice = inbox("email", "Alice@Example.com");
         let judge = |p: Option<&str>, scope: Option<&str>| {
-            exposure(p.map(Into::into), scope.map(Into::into), &listed)
+            exposure(p.map(Into::into), scope.map(Into::into), &listed, &alice)
         };
         assert_eq!(judge(Some(r#"{"approver":["alice"]}"#), None), None);
+        let bob = inbox("email", "bob@example.com");
         assert_eq!(
-            judge(Some(r#"{"approver":["bob"]}"#), Some("MessageAttributes")),
+            exposure(
+                Some(r#"{"approver":["bob"]}"#.into()),
+                Some("MessageAttributes".into()),
+                &listed,
+                &bob
+            ),
             None
         );
+        // Filtered to one approver, delivered elsewhere: alice's link would reach its reader.
+        for elsewhere in [
+            inbox("http", "https://hooks.example.com/alice"),
+            inbox("email", "team@example.com"),
+            inbox("email", "bob@example.com"),
+        ] {
+            assert_eq!(
+                exposure(
+                    Some(r#"{"approver":["alice"]}"#.into()),
+                    None,
+                    &listed,
+                    &elsewhere
+                ),
+                Some(Exposure::NotTheirInbox {
+                    approver: "alice".into()
+                }),
+                "{} {}",
+                elsewhere.protocol,
+                elsewhere.endpoint
+            );
+        }
         assert_eq!(judge(None, None), Some(Exposure::Unfiltered));
         assert_eq!(judge(Some("  "), None), Some(Exposure::Unfiltered));
         for leaky in [

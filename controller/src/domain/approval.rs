@@ -206,6 +206,9 @@ pub enum Exposure {
     NotOneApprover { policy: String },
     /// A filter policy scoped to the message body, which carries no approver attribute.
     BodyScoped { policy: String },
+    /// Filtered to one approver, but delivering somewhere other than that approver's own email
+    /// address (an HTTP endpoint, a queue, another address): whoever reads it gets their link.
+    NotTheirInbox { approver: String },
 }
 
 /// A confirmed subscription that would receive approval links meant for others.
@@ -226,6 +229,9 @@ impl fmt::Display for ExposedSubscription {
             }
             Exposure::BodyScoped { policy } => {
                 format!("filters on the message body ({policy}), not on the approver attribute")
+            }
+            Exposure::NotTheirInbox { approver } => {
+                format!("receives {approver}'s links but is not {approver}'s own email address")
             }
         };
         write!(

@@ -195,11 +195,6 @@ async fn each_approver_gets_one_message_with_their_own_link() {
         .await
         .unwrap();
     let topic = create_topic(moto, "tollgate-approvals-personal").await;
-    let inboxes = Inboxes::default();
-    let base = inboxes.serve().await;
-    for name in APPROVERS {
-        subscribe_inbox(moto, &topic, &base, name).await;
-    }
     let (_dir, store, id) = store_with_release().await;
     let sns = notifier(moto);
     let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
@@ -253,17 +248,50 @@ async fn each_approver_gets_one_message_with_their_own_link() {
     let distinct: std::collections::BTreeSet<&String> = tokens.values().collect();
     assert_eq!(distinct.len(), 3, "each link is different");
 
-    // SNS routed each message to its approver's inbox alone.
-    for name in APPROVERS {
-        let got = inboxes.of(name);
-        assert_eq!(got.len(), 1, "{name} got {got:?}");
-        assert_eq!(link_token(&got[0]), tokens[name]);
-    }
-
     // Sending again under the same key publishes nothing and subscribes nobody twice.
     assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(3));
     assert_eq!(sent_notifications(moto, &topic).await.len(), 3);
-    assert_eq!(subscriptions(moto, &topic).await.len(), 6);
+    assert_eq!(subscriptions(moto, &topic).await.len(), 3);
+}
+
+/// An HTTP endpoint filtered to one approver would hand that approver's link to whoever runs
+/// it (and one such endpoint per approver, every link): nothing is published, and the reason
+/// names the subscription.
+#[tokio::test]
+async fn a_subscription_filtered_to_an_approver_but_not_their_inbox_withholds_every_link() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-not-their-inbox").await;
+    let inboxes = Inboxes::default();
+    let base = inboxes.serve().await;
+    subscribe_inbox(moto, &topic, &base, APPROVERS[0]).await;
+    let (_dir, store, id) = store_with_release().await;
+    let sns = notifier(moto);
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone());
+    let req = request(id, &topic, APPROVERS.iter().map(|n| approver(n)).collect());
+
+    let SendOutcome::Withheld(exposed) = sender.send(&req).await.unwrap() else {
+        panic!("links were published")
+    };
+    assert_eq!(exposed.len(), 1, "{exposed:?}");
+    assert_eq!(exposed[0].protocol, "http");
+    assert!(
+        exposed[0]
+            .endpoint
+            .ends_with(&format!("/inbox/{}", APPROVERS[0]))
+    );
+    let said = exposed[0].to_string();
+    assert!(
+        said.contains("is not") && said.contains("own email address"),
+        "{said}"
+    );
+    assert!(
+        sent_notifications(moto, &topic).await.is_empty(),
+        "nothing published"
+    );
+    assert!(inboxes.of(APPROVERS[0]).is_empty());
 }
 
 #[tokio::test]
