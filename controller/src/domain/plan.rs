@@ -930,17 +930,16 @@ impl<'a> Planner<'a> {
             };
             self.transition(run, RunStatus::Failed, why);
         } else if self.judged_after(read_at, gives_up) {
-            if stage.insufficient_data == InsufficientData::Pass && gap != DataGap::Unread {
-                self.bake_passed(stage, run);
-            } else {
-                let waited_secs = stage.bake_max_wait.as_secs();
-                let why = Reason::NotEnoughData {
-                    gap,
-                    since,
-                    waited_secs,
-                };
-                self.transition(run, RunStatus::Failed, why);
-            }
+            // Too few data points fail the bake whatever `insufficient_data` says: that policy
+            // only decides about alarms in INSUFFICIENT_DATA (which `pass` counts as clean), and
+            // a quiet service must not pass a bake by having no traffic.
+            let waited_secs = stage.bake_max_wait.as_secs();
+            let why = Reason::NotEnoughData {
+                gap,
+                since,
+                waited_secs,
+            };
+            self.transition(run, RunStatus::Failed, why);
         } else {
             // Polls go on every BAKE_POLL, each waking the planner, until a verdict.
             self.schedule_poll(stage, run, &reads);

@@ -926,7 +926,7 @@ fn insufficient_data_with_pass_counts_as_clean() {
 }
 
 #[test]
-fn missing_data_points_with_pass_wait_for_bake_max_wait_then_succeed() {
+fn missing_data_points_with_pass_wait_for_bake_max_wait_then_fail() {
     let (mut sim, r, _, bake_end) = baking_for_data(InsufficientData::Pass);
     read_beta(&mut sim, r, AlarmState::Ok, 1);
     sim.advance(secs(600));
@@ -939,6 +939,34 @@ fn missing_data_points_with_pass_wait_for_bake_max_wait_then_succeed() {
     assert!(sim.now >= bake_end + chrono::Duration::hours(1));
     sim.settle();
     read_beta(&mut sim, r, AlarmState::Ok, 1);
+    // `pass` is about alarms in INSUFFICIENT_DATA; a quiet service never passes its bake.
+    let failed = transition_of(&sim.plan(), r, "beta");
+    assert!(
+        matches!(
+            &failed,
+            Some((
+                S::Failed,
+                Reason::NotEnoughData {
+                    gap: DataGap::Datapoints {
+                        have: 1,
+                        needed: 5,
+                        ..
+                    },
+                    waited_secs: 3600,
+                    ..
+                }
+            ))
+        ),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn an_alarm_in_insufficient_data_with_pass_counts_as_clean_once_it_has_its_data_points() {
+    let (mut sim, r, _, _) = baking_for_data(InsufficientData::Pass);
+    sim.advance(secs(600));
+    sim.settle();
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 5);
     assert_eq!(
         transition_of(&sim.plan(), r, "beta"),
         Some((S::Succeeded, Reason::Succeeded))
