@@ -973,7 +973,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Invariant 10: the first alarm notification for this stage whose state change falls in
-    /// the run's watch window — from the start of its deploy to `until` (the end of its bake;
+    /// the run's watch window — from the gate read that let its deploy start
+    /// ([`StageRun::watch_from`]) to `until` (the end of its bake;
     /// open while it is still deploying, verifying or baking). When it arrived does not
     /// matter: a late delivery of a change inside the window counts, a replay of an old one
     /// does not.
@@ -983,7 +984,7 @@ impl<'a> Planner<'a> {
         run: &StageRun,
         until: Option<DateTime<Utc>>,
     ) -> Option<&'a AlarmFact> {
-        let from = run.deploy_started?;
+        let from = run.watch_from()?;
         self.snap
             .alarms
             .iter()

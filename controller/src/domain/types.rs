@@ -243,10 +243,19 @@ pub struct StageRun {
 }
 
 impl StageRun {
+    /// Where this run's alarm watch window opens: at the alarm gate's read that let its deploy
+    /// start, which may be up to [`super::plan::ALARM_GATE_FRESH`] before the deploy — a change
+    /// after that read was not seen by the gate, so the run watches for it.
+    pub fn watch_from(&self) -> Option<DateTime<Utc>> {
+        let lead = chrono::Duration::from_std(super::plan::ALARM_GATE_FRESH).unwrap_or_default();
+        self.deploy_started.map(|started| started - lead)
+    }
+
     /// Whether an alarm state change at `at` falls inside this run's watch window: from the
-    /// start of its deploy until it ended (or still open while it deploys, verifies or bakes).
+    /// gate read before its deploy until it ended (or still open while it deploys, verifies or
+    /// bakes).
     pub fn watches(&self, at: DateTime<Utc>) -> bool {
-        self.deploy_started.is_some_and(|from| from <= at)
+        self.watch_from().is_some_and(|from| from <= at)
             && (!self.status.is_terminal() || at <= self.since)
     }
 }
