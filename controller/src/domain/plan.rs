@@ -417,6 +417,11 @@ impl<'a> Planner<'a> {
                 RunStatus::Verifying => self.verifying(stage, &run),
                 RunStatus::Baking => self.baking(stage, &run),
                 RunStatus::Succeeded => self.late_alarm(stage, &run),
+                // A bake that ended for lack of data leaves the release running in the stage:
+                // a late alarm of its window still acts on it.
+                RunStatus::Failed if matches!(run.reason, Reason::NotEnoughData { .. }) => {
+                    self.late_alarm(stage, &run)
+                }
                 RunStatus::RollingBack => self.rolling_back(stage, &run),
                 _ => {}
             }

@@ -1748,3 +1748,41 @@ fn an_approver_no_longer_listed_or_unverified_does_not_count() {
     sim.settle();
     assert_eq!(sim.status(r, "prod"), S::Deploying);
 }
+
+#[test]
+fn a_late_alarm_inside_the_window_of_a_bake_that_failed_for_lack_of_data_still_acts() {
+    let (mut sim, r, _, bake_end) = baking_for_data(InsufficientData::Wait);
+    let fired = sim.now + chrono::Duration::seconds(30);
+    for _ in 0..500 {
+        if sim.status(r, "beta") != S::Baking {
+            break;
+        }
+        if let Some(poll) = sim
+            .pending()
+            .into_iter()
+            .find(|e| matches!(e.kind, EffectKind::PollAlarms { .. }))
+        {
+            let readings = sim.readings("beta", 1, Some(AlarmState::Ok));
+            sim.succeed_with(&poll.key, readings);
+        }
+        sim.settle();
+        sim.advance(secs(60));
+    }
+    assert_eq!(sim.status(r, "beta"), S::Failed);
+    assert!(matches!(
+        sim.reason(r, "beta"),
+        Reason::NotEnoughData { .. }
+    ));
+    assert!(sim.now > bake_end);
+    // SNS delivers now an alarm that went off 30 s into the bake: the release it found is
+    // still running in beta, so it is stopped (no earlier release to restore here).
+    sim.alarm_changed_at("beta", "beta-5xx", true, fired);
+    let p = sim.plan();
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| matches!(a, Action::MarkBad { release, .. } if *release == r)),
+        "{:?}",
+        p.actions
+    );
+}
