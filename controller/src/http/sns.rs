@@ -190,8 +190,11 @@ async fn receive(
 ) -> Result<Reply, Reply> {
     let body = body.map_err(|r| Reply::new(r.status(), "rejected", r.body_text()))?;
     let msg = parse(&body)?;
-    authenticate(state, &msg, arrived).await?;
+    // The topic first: a message naming a topic not configured never makes the controller
+    // fetch a certificate (so made-up messages cannot spend the bounded fetches real alarms
+    // need), and it gets exactly the answer of a bad signature.
     check_topic(&state.engine.config(), &msg)?;
+    authenticate(state, &msg, arrived).await?;
     let subscribe_url = pinned_subscribe_url(&msg)?;
     // An alarm notification is deduplicated with its fact, per stage, in the same transaction
     // (a crash between a dedupe and the fact would lose the alarm on redelivery).
