@@ -150,15 +150,22 @@ async fn run() -> Result<()> {
             .until(id, "prod", |s| s == RunStatus::RolledBack, &mut controller)
             .await?;
         let restored = posted.elapsed();
-        let controller_ms = store
-            .effects_of(id, "prod")
-            .await?
-            .into_iter()
+        let effects = store.effects_of(id, "prod").await?;
+        let controller_ms = effects
+            .iter()
             .find_map(|e| match e.output {
                 EffectOutput::RolledBack { latency_ms, .. } => latency_ms,
                 _ => None,
             })
-            .context("no rollback with a measured latency in the round")?;
+            .with_context(|| {
+                let seen: Vec<String> = effects
+                    .iter()
+                    .map(|e| format!("{} {:?} {:?}: {}", e.key, e.status, e.output, e.detail))
+                    .collect();
+                format!(
+                    "no rollback with a measured latency in the round; prod's effects: {seen:#?}"
+                )
+            })?;
         println!(
             "round {n}: rollback call {controller_ms} ms after the alarm arrived; SNS route answered in {} ms; stack restored {} ms after the POST",
             answered.as_millis(),

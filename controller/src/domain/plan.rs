@@ -989,12 +989,25 @@ impl<'a> Planner<'a> {
         run: &StageRun,
         until: Option<DateTime<Utc>>,
     ) -> Option<&'a AlarmFact> {
-        let from = run.watch_from()?;
-        self.snap
-            .alarms
+        let (from, started) = (run.watch_from()?, run.deploy_started?);
+        let alarms = &self.snap.alarms;
+        // A change to ALARM before the deploy started that a later change to OK cleared, also
+        // before the deploy started, is what the gate's read may have seen cleared: not this
+        // run's alarm.
+        let cleared_before_start = |a: &AlarmFact| {
+            alarms.iter().any(|b| {
+                b.stage == a.stage
+                    && b.alarm == a.alarm
+                    && !b.firing
+                    && b.changed_at > a.changed_at
+                    && b.changed_at <= started
+            })
+        };
+        alarms
             .iter()
             .filter(|a| a.stage == stage.name && a.firing && stage.alarms.contains(&a.alarm))
             .filter(|a| a.changed_at >= from && until.is_none_or(|u| a.changed_at <= u))
+            .filter(|a| a.changed_at >= started || !cleared_before_start(a))
             .min_by_key(|a| a.changed_at)
     }
 

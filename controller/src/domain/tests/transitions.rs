@@ -1786,3 +1786,27 @@ fn a_late_alarm_inside_the_window_of_a_bake_that_failed_for_lack_of_data_still_a
         p.actions
     );
 }
+
+#[test]
+fn an_alarm_between_the_gate_read_and_the_deploy_start_is_watched_unless_it_cleared_before() {
+    let mut sim = baking_beta(|_| {});
+    let (_r1, r2) = second_release_baking(&mut sim);
+    let started = sim.run(r2, "beta").deploy_started.expect("deploy started");
+    let before = |s: i64| started - chrono::Duration::seconds(s);
+    // Fired and cleared again before the deploy started: what the gate's read saw.
+    sim.alarm_changed_at("beta", "beta-5xx", true, before(8));
+    sim.alarm_changed_at("beta", "beta-5xx", false, before(6));
+    let p = sim.plan();
+    assert_eq!(transition_of(&p, r2, "beta"), None, "{:?}", p.actions);
+    // Fired after the gate's read (at most 10 s before the deploy) and never cleared: watched.
+    sim.alarm_changed_at("beta", "beta-5xx", true, before(3));
+    let (to, why) = transition_of(&sim.plan(), r2, "beta").expect("a transition");
+    assert_eq!(to, S::RollingBack);
+    assert_eq!(
+        why,
+        Reason::AlarmFired {
+            alarm: "beta-5xx".into(),
+            at: before(3)
+        }
+    );
+}
