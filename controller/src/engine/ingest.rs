@@ -22,10 +22,6 @@ use crate::config::{Config, Pipeline};
 use crate::domain::{Contributor, Release, ReleaseId, StageName, retry::retry_from};
 use crate::store::{AppliedConfig, EventNote, PushLink, Reads, Store};
 
-/// How many of a pipeline's newest releases are searched for a run watching an alarm's state
-/// change: any run whose window is still open, or closed recently, is among them.
-const WATCHED_RELEASES: i64 = 50;
-
 /// The wake-up signal of each pipeline's reconcile loop.
 #[derive(Default)]
 pub(super) struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
@@ -220,14 +216,12 @@ impl Ingest {
     /// Whether some run of the alarm's stage was watching when its state changed.
     async fn watched(&self, a: &NewAlarm, now: DateTime<Utc>) -> EngineResult<bool> {
         let at = a.changed_at.unwrap_or(now);
-        let recent = self
+        let lead =
+            chrono::Duration::from_std(crate::domain::plan::ALARM_GATE_FRESH).unwrap_or_default();
+        Ok(self
             .store
-            .recent_runs(&a.pipeline, WATCHED_RELEASES)
-            .await?;
-        Ok(recent
-            .iter()
-            .flat_map(|(_, runs)| runs)
-            .any(|r| r.stage == a.stage.as_str() && r.watches(at)))
+            .stage_watched(&a.pipeline, &a.stage, at, lead)
+            .await?)
     }
 
     /// Records the configuration applied from a commit of the configuration repository.

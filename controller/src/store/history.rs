@@ -7,6 +7,7 @@ use sqlx::Row;
 
 use super::{Reads, Result, Store, ms};
 use crate::domain::Release;
+use crate::domain::RunStatus;
 
 /// How many pushes back a history walk may go.
 const MAX_WALK: usize = 10_000;
@@ -78,6 +79,33 @@ impl Reads {
             at = link.get("before");
         }
         Ok(None)
+    }
+
+    /// Whether some run of `stage` watched for alarms at `at`: its window opened (the gate
+    /// read, `lead` before its deploy started) at or before `at`, and it had not ended by then
+    /// ([`crate::domain::StageRun::watches`], as one query).
+    pub async fn stage_watched(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        at: DateTime<Utc>,
+        lead: chrono::Duration,
+    ) -> Result<bool> {
+        let open = RunStatus::sql_set(|s| !s.is_terminal());
+        let query = format!(
+            "SELECT EXISTS (SELECT 1 FROM stage_runs sr JOIN releases r ON r.id = sr.release_id \
+             WHERE r.pipeline = $1 AND sr.stage = $2 AND sr.deploy_started IS NOT NULL \
+             AND sr.deploy_started - $3 <= $4 AND (sr.status IN ({open}) OR $4 <= sr.since))"
+        );
+        let watched: bool = sqlx::query(&query)
+            .bind(pipeline)
+            .bind(stage)
+            .bind(lead.num_milliseconds())
+            .bind(ms(at))
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        Ok(watched)
     }
 
     /// The pipeline's newest release (the last recorded).
