@@ -9,6 +9,10 @@
 //!   rolled back, the release promoted no further.
 //! - Beta's `ExecuteChangeSet` took effect but its reply was lost: the retry is refused, the
 //!   stack runs our image, and beta succeeds with one execution that took effect.
+//! - Rollback triggers, as CloudFormation applies them (an operation is rolled back when a
+//!   trigger alarm is in ALARM during it; the stub reads the CloudWatch stub's states): beta's
+//!   alarm fires after release 2 deployed there, and the rollback to release 1 completes —
+//!   it carries no triggers, so the firing alarm cannot undo it.
 
 use std::sync::Arc;
 
@@ -16,16 +20,18 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tollgate::aws::cloudformation::CloudFormationDeployer;
+use tollgate::aws::cloudwatch::CloudWatchAlarms;
 use tollgate::aws::codepipeline::{CodePipelineDeployer, Poll};
 use tollgate::aws::deployer::AwsDeployer;
 use tollgate::aws::retry::{Limiter, PollSettings, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config;
 use tollgate::domain::{Reason, ReleaseId, RunStatus};
-use tollgate::engine::ports::{DeployRequest, DeployResult, Deployer, PortResult};
+use tollgate::engine::ports::{Alarms, DeployRequest, DeployResult, Deployer, PortResult};
 use tollgate::engine::{Engine, Ingested, Ports};
 use tollgate::store::Store;
 use tollgate_testkit::aws_stubs::cloudformation::{CloudFormationStub, Script};
+use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
 use tollgate_testkit::fakes::{Fakes, fake_digest};
 
 use crate::engine_support::*;
@@ -59,6 +65,16 @@ impl Deployer for BetaOnStub {
 /// The harness's pipeline with beta in the controller's own account (no AssumeRole: the stub
 /// serves CloudFormation only), the stack running [`PLACEHOLDER`] and behaving as `script` says.
 async fn engine_on_stub(h: &Harness, script: Script) -> (Engine, CloudFormationStub) {
+    engine_on_stub_with(h, script, None).await
+}
+
+/// [`engine_on_stub`], with beta's alarms (`beta-5xx`) handed to the deployer as rollback
+/// triggers and their states read from `cloudwatch` when given.
+async fn engine_on_stub_with(
+    h: &Harness,
+    script: Script,
+    cloudwatch: Option<&CloudWatchStub>,
+) -> (Engine, CloudFormationStub) {
     let stub = CloudFormationStub::start(Script {
         statuses: vec!["UPDATE_COMPLETE".into()],
         parameters: vec![("ImageUri".into(), PLACEHOLDER.into())],
@@ -89,11 +105,32 @@ async fn engine_on_stub(h: &Harness, script: Script) -> (Engine, CloudFormationS
         ..RetrySettings::default()
     }));
     let creds = Arc::new(Credentials::new(base, limiter.clone()));
+    let (lookup, states): (tollgate::aws::deployer::AlarmLookup, Arc<dyn Alarms>) = match cloudwatch
+    {
+        Some(cw) => {
+            let states = CloudWatchAlarms::new(creds.clone(), limiter.clone())
+                .with_endpoint_url(cw.endpoint());
+            (
+                Arc::new(|_: &str, stage: &str| {
+                    if stage == "beta" {
+                        vec!["beta-5xx".to_string()]
+                    } else {
+                        Vec::new()
+                    }
+                }),
+                Arc::new(states),
+            )
+        }
+        None => (
+            Arc::new(|_: &str, _: &str| Vec::new()),
+            Arc::new(h.fakes.clone()),
+        ),
+    };
     let real = AwsDeployer::new(
         CloudFormationDeployer::new(creds.clone(), PollSettings::fast()),
         CodePipelineDeployer::new(creds, limiter, Poll::default()),
-        Arc::new(|_: &str, _: &str| Vec::new()),
-        Arc::new(h.fakes.clone()),
+        lookup,
+        states,
     );
     let ports = Ports {
         deployer: Arc::new(BetaOnStub {
@@ -173,4 +210,96 @@ async fn our_own_change_set_whose_reply_was_lost_succeeds_once_and_the_release_m
         RunStatus::Succeeded,
         "promoted onward"
     );
+}
+
+#[tokio::test]
+async fn a_rollback_while_beta_alarm_fires_completes_because_it_carries_no_triggers() {
+    let h = Harness::new();
+    let cloudwatch = CloudWatchStub::start().await.unwrap();
+    cloudwatch.set_alarm("beta-5xx", "OK");
+    let script = Script {
+        alarms: Some(cloudwatch.states()),
+        ..Script::default()
+    };
+    let (engine, stub) = engine_on_stub_with(&h, script, Some(&cloudwatch)).await;
+    let first = first_release(&engine).await;
+    assert_eq!(status(&engine, first, "beta").await, RunStatus::Succeeded);
+    let recorded = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await;
+    let Ingested::Recorded(second) = recorded.unwrap() else {
+        panic!("release 2 not recorded")
+    };
+    settle(&engine).await.unwrap();
+    let beta = run(&engine, second, "beta").await;
+    assert_eq!(beta.status, RunStatus::Succeeded, "{:?}", beta.reason);
+    assert!(stub.parameters()["ImageUri"].ends_with(&fake_digest(&sha(2))));
+    let sent = |n: usize| {
+        let calls = stub.calls();
+        let creates: Vec<_> = calls
+            .iter()
+            .filter(|c| c.action == "CreateChangeSet")
+            .collect();
+        let form = &creates[n].form;
+        (1..)
+            .map_while(|i| {
+                form.get(&format!(
+                    "RollbackConfiguration.RollbackTriggers.member.{i}.Arn"
+                ))
+            })
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
+        sent(1).len(),
+        1,
+        "release 2's deploy is watched by beta-5xx"
+    );
+
+    // beta-5xx goes to ALARM during release 2's watch window: it stays in ALARM while the
+    // rollback runs, so a rollback that carried it as a trigger would be undone.
+    cloudwatch.set_alarm("beta-5xx", "ALARM");
+    h.fakes.with(|w| w.firing.insert("beta-5xx".into()));
+    // The notification arrives a minute after beta succeeded (a late delivery).
+    h.clock.advance(chrono::Duration::minutes(1));
+    let mut fired = alarm("beta", "beta-5xx");
+    fired.changed_at = beta.deploy_started;
+    engine
+        .record_alarm(&fired, &delivery("sns-beta"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+
+    let beta = run(&engine, second, "beta").await;
+    let others = (
+        status(&engine, second, "gamma").await,
+        status(&engine, second, "prod").await,
+        engine.reads().release(second).await.unwrap().unwrap().bad,
+        engine
+            .reads()
+            .events("backend", 500)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind.contains("alarm") || e.detail.contains("beta"))
+            .map(|e| format!("{} {} {}", e.at, e.kind, e.detail))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        beta.status,
+        RunStatus::RolledBack,
+        "{:?} {others:#?}",
+        beta.reason
+    );
+    assert!(
+        stub.parameters()["ImageUri"].ends_with(&fake_digest(&sha(1))),
+        "release 1 runs again: {:?}",
+        stub.parameters()
+    );
+    assert_eq!(
+        sent(2),
+        Vec::<String>::new(),
+        "the rollback carries no triggers"
+    );
+    let _ = first;
 }
