@@ -8,8 +8,17 @@
 //!   own temporary failures (the AWS adapters through [`crate::aws::retry::Limiter`], which
 //!   adds rate limiting in front of each attempt).
 //! - [`PollSettings`]: something is still in progress (a stack updating, a pipeline running,
-//!   a workflow run queued). The waiter looks at once, then after `initial`, the interval
-//!   doubling up to `max`, until `timeout` has passed.
+//!   a workflow run queued). The waiter looks at once, then after `initial`, each interval the
+//!   next step of the 1-2-5 series (0.1 s, 0.2 s, 0.5 s, 1 s, 2 s, 5 s, 10 s, …) up to `max`,
+//!   until `timeout` has passed.
+//!
+//! # The production schedule ([`PollSettings::default`])
+//! Looks at 0 s, then 0.1, 0.2, 0.5, 1, 2, 5, 10 s apart, then every 15 s: at 0, 0.1, 0.3,
+//! 0.8, 1.8, 3.8, 8.8, 18.8, 33.8, 48.8 s, … An operation that is already over (the emulator,
+//! an empty update) is seen at the first look; one that takes a few seconds is seen within
+//! about half its duration; a long one within 15 s of finishing. A change set ready after
+//! 20 s costs 9 looks; a 3-minute stack update about 19 (8 in the first 19 s, then one per
+//! 15 s).
 //!
 //! # Guarantees
 //! - Bounded: a retried call sleeps at most [`Backoff::max_total`] in all; a poll returns once
@@ -94,8 +103,8 @@ impl Backoff {
     }
 }
 
-/// How a waiter polls: a look at once, the next after `initial`, each interval doubled up to
-/// `max`, giving up once `timeout` has passed.
+/// How a waiter polls: a look at once, the next after `initial`, each interval the next step
+/// of the 1-2-5 series up to `max`, giving up once `timeout` has passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollSettings {
     pub initial: Duration,
@@ -104,10 +113,12 @@ pub struct PollSettings {
 }
 
 impl Default for PollSettings {
-    /// For real AWS: CloudFormation and CodePipeline take seconds to minutes.
+    /// For real AWS, where an operation takes from nothing to minutes: short intervals first
+    /// (0.1 s, 0.2 s, 0.5 s, …), so a quick one is seen at once, growing to 15 s, so a long one
+    /// costs about four looks a minute (see the module's schedule).
     fn default() -> Self {
         PollSettings {
-            initial: Duration::from_secs(2),
+            initial: Duration::from_millis(100),
             max: Duration::from_secs(15),
             timeout: Duration::from_secs(60 * 60),
         }
@@ -155,8 +166,26 @@ impl PollSettings {
                 return Ok(None);
             }
             tokio::time::sleep(delay.min(deadline - now)).await;
-            delay = (delay * 2).min(self.max.max(self.initial));
+            delay = next_step(delay).min(self.max.max(self.initial));
         }
+    }
+}
+
+/// The next interval after `delay`: the smallest value of the 1-2-5 series (1, 2, 5, 10, 20,
+/// 50, … ms) larger than it.
+fn next_step(delay: Duration) -> Duration {
+    let mut decade = Duration::from_millis(1);
+    loop {
+        for step in [1, 2, 5] {
+            let candidate = decade.saturating_mul(step);
+            if candidate > delay {
+                return candidate;
+            }
+        }
+        if decade >= Duration::from_secs(86_400) {
+            return delay.saturating_mul(2);
+        }
+        decade = decade.saturating_mul(10);
     }
 }
 
@@ -185,8 +214,46 @@ mod tests {
             .unwrap();
         assert_eq!(got, None);
         assert_eq!(start.elapsed(), Duration::from_secs(20));
-        // At once, then 1, 2, 4, 4, 4 s apart, and a last look at the deadline.
+        // At once, then 1, 2, 4 (5 capped at the max), 4, 4 s apart, and a last look at the
+        // deadline.
         assert_eq!(*looks.lock().unwrap(), [0, 1, 3, 7, 11, 15, 19, 20]);
+    }
+
+    /// The production schedule: quick looks first, then one every 15 s, so a 3-minute stack
+    /// update is seen within 15 s of finishing at the cost of about 19 looks.
+    #[tokio::test(start_paused = true)]
+    async fn the_default_schedule_looks_quickly_first_then_every_fifteen_seconds() {
+        let start = Instant::now();
+        let looks = Mutex::new(Vec::new());
+        let done_at = Duration::from_secs(180);
+        let seen = PollSettings::default()
+            .poll(|| async {
+                looks.lock().unwrap().push(start.elapsed().as_millis());
+                Ok((start.elapsed() >= done_at).then_some(()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(()));
+        let looks = looks.into_inner().unwrap();
+        assert_eq!(
+            looks[..10],
+            [
+                0, 100, 300, 800, 1_800, 3_800, 8_800, 18_800, 33_800, 48_800
+            ]
+        );
+        assert_eq!(looks.len(), 19);
+        assert!(start.elapsed() - done_at <= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn steps_follow_the_one_two_five_series() {
+        let ms = Duration::from_millis;
+        assert_eq!(next_step(ms(10)), ms(20));
+        assert_eq!(next_step(ms(100)), ms(200));
+        assert_eq!(next_step(ms(200)), ms(500));
+        assert_eq!(next_step(ms(500)), ms(1_000));
+        assert_eq!(next_step(ms(3_000)), ms(5_000));
+        assert_eq!(next_step(Duration::ZERO), ms(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,6 +60,11 @@ impl Controller {
         })
     }
 
+    /// The controller's process id (to read its CPU time from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Fails with the log's tail if the controller exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -4,7 +4,7 @@
 //! Each command checks the pipeline and stage against the configuration and records one fact
 //! through the engine's ingest API ([`Ingest`]: one transaction, the operator as actor in the
 //! event log), and returns. A running controller picks the fact up at its next reconcile,
-//! within [`crate::engine::IDLE_RESYNC`]; what it does with it (a retry refused, say) is in
+//! within [`crate::engine::FACT_WATCH`]; what it does with it (a retry refused, say) is in
 //! the event log.
 //!
 //! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
@@ -279,7 +279,7 @@ async fn retry(
     };
     Ok(match ingest.request_retry(pipeline, id, actor, &d).await? {
         RetryVerdict::From(stage) => Ok(format!(
-            "{id} sent again from {stage}; the controller picks it up within 5 s"
+            "{id} sent again from {stage}; the controller picks it up within a second"
         )),
         RetryVerdict::Refused(why) => Err(why),
         RetryVerdict::Duplicate => Ok(format!(

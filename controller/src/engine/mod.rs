@@ -31,7 +31,7 @@ pub mod ports;
 
 use std::collections::HashSet;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -103,13 +103,24 @@ struct Inner {
     /// Pipelines whose reconcile loop this process has started.
     looping: Mutex<HashSet<String>>,
     fuse: Option<Arc<dyn CrashPoint>>,
+    /// The watch for facts from other processes runs ([`Engine::spawn`] starts it once).
+    watching: AtomicBool,
     /// The effect deadline, in milliseconds.
     effect_deadline: AtomicU64,
 }
 
-/// The longest a pipeline's loop sleeps without a wake-up: facts written to the state
-/// database by another process (`tollgate pause`, `rollback`) take effect within this.
-pub const IDLE_RESYNC: Duration = Duration::from_secs(5);
+/// How often the event log is checked for facts another process wrote into the state
+/// database (`tollgate pause`, `rollback`, `retry`, `override`): they take effect within this.
+/// One query for the whole controller, reading only entries newer than the last seen, whatever
+/// the number of pipelines.
+pub const FACT_WATCH: Duration = Duration::from_secs(1);
+
+/// The longest a pipeline's loop sleeps towards one of its own deadlines (a bake end, an
+/// approval expiry, a window opening, an alarm poll) before it looks again. Deadlines are
+/// wall-clock times while the loop sleeps on the monotonic clock, which stands still while the
+/// machine is suspended and does not follow a step of the system clock: this bounds how late
+/// such a deadline can be met. A pipeline with nothing due sleeps until it is woken.
+pub const DEADLINE_RECHECK: Duration = Duration::from_secs(60);
 
 /// How long one attempt at an effect may run by default: three times the production poll
 /// timeout (3 h). A legitimate slow deploy promotes its image, then waits for its change set
@@ -164,6 +175,7 @@ impl Engine {
                 running: Mutex::new(HashSet::new()),
                 looping: Mutex::new(HashSet::new()),
                 fuse,
+                watching: AtomicBool::new(false),
                 effect_deadline: AtomicU64::new(millis(default_effect_deadline())),
             }),
         }
@@ -214,13 +226,20 @@ impl Engine {
 
     // ----- the loop ------------------------------------------------------------------------
 
-    /// Runs one reconciler task per pipeline until the returned handles are aborted.
+    /// Runs one reconciler task per pipeline, and the watch for facts written by other
+    /// processes ([`FACT_WATCH`]), until the returned handles are aborted.
     ///
     /// Starts only the loops not already running, so calling it again after a configuration
     /// reload starts the pipelines the reload added.
     pub fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut looping = self.inner.looping.lock().unwrap_or_else(|p| p.into_inner());
-        self.config()
+        let first = !self.inner.watching.swap(true, Ordering::Relaxed);
+        let watch = first.then(|| {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.watch_facts().await })
+        });
+        let loops: Vec<_> = self
+            .config()
             .pipelines
             .iter()
             .filter(|p| looping.insert(p.name.to_string()))
@@ -229,7 +248,30 @@ impl Engine {
                 let name = p.name.clone();
                 tokio::spawn(async move { engine.pipeline_loop(&name).await })
             })
-            .collect()
+            .collect();
+        loops.into_iter().chain(watch).collect()
+    }
+
+    /// Wakes the pipelines that another process recorded a fact for: every fact comes with its
+    /// event-log entry in the same transaction, so new entries not written by this controller's
+    /// reconciler name exactly the pipelines to look at again.
+    async fn watch_facts(&self) {
+        let mut seen = None;
+        loop {
+            if self.inner.fuse.as_ref().is_some_and(|f| f.blown()) {
+                return;
+            }
+            match self.store().facts_after(seen).await {
+                Ok((last, pipelines)) => {
+                    seen = Some(last);
+                    for p in pipelines {
+                        self.wake(&p);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the event log for new facts"),
+            }
+            tokio::time::sleep(FACT_WATCH).await;
+        }
     }
 
     async fn pipeline_loop(&self, name: &str) {
@@ -252,13 +294,15 @@ impl Engine {
                     Some(self.now() + chrono::Duration::seconds(5))
                 }
             };
-            let sleep = next
-                .map(|at| (at - self.now()).to_std().unwrap_or(Duration::ZERO))
-                .unwrap_or(IDLE_RESYNC)
-                .min(IDLE_RESYNC);
+            let Some(at) = next else {
+                // Nothing due: only a new fact, an effect's end or a reload changes anything.
+                waker.notified().await;
+                continue;
+            };
+            let sleep = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = waker.notified() => {}
-                _ = tokio::time::sleep(sleep) => {}
+                _ = tokio::time::sleep(sleep.min(DEADLINE_RECHECK)) => {}
             }
         }
     }
@@ -364,16 +408,18 @@ impl Engine {
             };
             Some(outcome)
         };
-        let finished = match outcome {
-            Some(o) if self.step().is_ok() => {
-                self.store().finish_effect(&e, &o, self.now()).await.is_ok()
+        if let Some(o) = outcome {
+            if self.step().is_ok() {
+                if let Err(err) = self.store().finish_effect(&e, &o, self.now()).await {
+                    tracing::error!(key = %e.key, error = %err, "cannot record the effect's outcome; it stays pending and is performed again under its key");
+                }
             }
-            _ => false,
-        };
-        self.unmark(&e.key);
-        if finished {
-            self.wake(&e.pipeline);
         }
+        self.unmark(&e.key);
+        // Recorded or not, the pipeline looks again: at its outcome, or at the effect still
+        // pending (performed again under the same key, as after a crash). A loop whose
+        // process "crashed" (the test fuse) stops at that look.
+        self.wake(&e.pipeline);
     }
 
     /// An attempt ran past its deadline and was cancelled: its record stays pending, and the

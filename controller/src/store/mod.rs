@@ -668,8 +668,13 @@ impl Store {
         stages: &[StageName],
         since_alarms: DateTime<Utc>,
     ) -> Result<Snapshot> {
-        let mut conn = self.pool.acquire().await?;
-        rows::load_snapshot(&mut conn, pipeline, stages, since_alarms).await
+        // One read transaction: every query sees the same state. Read one by one, an effect
+        // finishing in between (its outcome and the release's digest written together) could
+        // be seen half: the outcome without the digest, and the release failed for it.
+        let mut tx = self.pool.begin().await?;
+        let snap = rows::load_snapshot(&mut tx, pipeline, stages, since_alarms).await?;
+        tx.rollback().await?;
+        Ok(snap)
     }
 
     /// Applies the planner's state changes in one transaction, logging each.
@@ -828,6 +833,27 @@ impl Reads {
                 _ => None,
             })
             .flatten())
+    }
+
+    /// Where the watch for facts from other processes stands: the newest event-log id, and the
+    /// pipelines named by entries after `after` that the reconciler did not write itself (actor
+    /// `controller`; its own loops already know). `None`: only the newest id, where watching
+    /// starts. Reads only the new entries (by primary key), whatever the log's size.
+    pub async fn facts_after(&self, after: Option<i64>) -> Result<(i64, Vec<String>)> {
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        let Some(after) = after.filter(|a| *a < last) else {
+            return Ok((last, Vec::new()));
+        };
+        let pipelines = sqlx::query_scalar(
+            "SELECT DISTINCT pipeline FROM events WHERE id > $1 AND id <= $2 AND actor <> 'controller'",
+        )
+        .bind(after)
+        .bind(last)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((last, pipelines))
     }
 
     /// Is the database reachable? (for `/readyz`)

@@ -21,6 +21,7 @@ mod engine_codepipeline;
 mod engine_crash;
 mod engine_drift;
 mod engine_support;
+mod engine_wake;
 mod examples;
 mod gates_runner;
 mod github_forge;
