@@ -302,6 +302,36 @@ fn returned_id(queries: &[MetricDataQuery]) -> Option<String> {
     returned.or(only).and_then(|q| q.id()).map(str::to_string)
 }
 
+impl CloudWatchAlarms {
+    /// The client for `account` in `region`, what `DescribeAlarms` says of `names`, and their
+    /// states; errors carry `what`.
+    async fn described(
+        &self,
+        account: &Account,
+        region: &str,
+        names: &[String],
+        what: &str,
+    ) -> PortResult<(
+        Client,
+        BTreeMap<String, Watched>,
+        BTreeMap<String, StateValue>,
+    )> {
+        let client = self
+            .client(account, region)
+            .await
+            .map_err(|e| context(e, what))?;
+        let watched = self
+            .describe(&client, account, names)
+            .await
+            .map_err(|e| context(e, what))?;
+        let states = watched
+            .iter()
+            .map(|(n, w)| (n.clone(), w.state.clone()))
+            .collect();
+        Ok((client, watched, states))
+    }
+}
+
 #[async_trait]
 impl Alarms for CloudWatchAlarms {
     async fn in_alarm(
@@ -317,16 +347,7 @@ impl Alarms for CloudWatchAlarms {
             "reading alarms in account {} ({}) {region}",
             account.name, account.id
         );
-        let client = self
-            .client(account, region)
-            .await
-            .map_err(|e| context(e, &what))?;
-        let watched = self
-            .describe(&client, account, names)
-            .await
-            .map_err(|e| context(e, &what))?;
-        let states: BTreeMap<String, StateValue> =
-            watched.into_iter().map(|(n, w)| (n, w.state)).collect();
+        let (_, _, states) = self.described(account, region, names, &what).await?;
         firing(names, &states).map_err(|e| context(e, &what))
     }
 
@@ -344,18 +365,7 @@ impl Alarms for CloudWatchAlarms {
             "reading alarms and their data points in account {} ({}) {region}",
             account.name, account.id
         );
-        let client = self
-            .client(account, region)
-            .await
-            .map_err(|e| context(e, &what))?;
-        let watched = self
-            .describe(&client, account, names)
-            .await
-            .map_err(|e| context(e, &what))?;
-        let states: BTreeMap<String, StateValue> = watched
-            .iter()
-            .map(|(n, w)| (n.clone(), w.state.clone()))
-            .collect();
+        let (client, watched, states) = self.described(account, region, names, &what).await?;
         firing(names, &states).map_err(|e| context(e, &what))?;
         let counts = match window {
             Some(w) => self

@@ -84,21 +84,31 @@ async fn rig_with_sns(
     (rig, signer, addr, server)
 }
 
-/// Waits until `id` in `stage` reaches a terminal status (any), and returns the run.
-async fn wait_settled(rig: &Rig, id: ReleaseId, stage: &str) -> tollgate::domain::StageRun {
+/// Waits until `id`'s run in `stage` satisfies `done`, through any status on the way.
+async fn wait_until(
+    rig: &Rig,
+    id: ReleaseId,
+    stage: &str,
+    what: &str,
+    done: impl Fn(&tollgate::domain::StageRun) -> bool,
+) -> tollgate::domain::StageRun {
     let deadline = std::time::Instant::now() + STAGE_TIMEOUT;
     loop {
-        if let Some(run) = run_of(&rig.engine, id, stage).await
-            && run.status.is_terminal()
-        {
-            return run;
+        let run = run_of(&rig.engine, id, stage).await;
+        if let Some(run) = run.as_ref().filter(|r| done(r)) {
+            return run.clone();
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{id} in {stage} did not settle"
+            "{id} in {stage}: not {what} in time; last {run:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until `id` in `stage` reaches a terminal status (any), and returns the run.
+async fn wait_settled(rig: &Rig, id: ReleaseId, stage: &str) -> tollgate::domain::StageRun {
+    wait_until(rig, id, stage, "settled", |r| r.status.is_terminal()).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,7 +278,10 @@ async fn late_delivery() {
     let answer = post_sns(addr, alarm_at(&rig, &signer, "beta", changed_at)).await;
     assert_eq!(answer["result"], "recorded", "{answer}");
 
-    let beta = wait_settled_to(&rig, bad, "beta", RunStatus::RolledBack).await;
+    let beta = wait_until(&rig, bad, "beta", "rolled back", |r| {
+        r.status == RunStatus::RolledBack
+    })
+    .await;
     assert!(
         matches!(beta.reason.root(), Reason::AlarmFired { .. }),
         "{:?}",
@@ -307,30 +320,6 @@ async fn late_delivery() {
         gamma.reason.describe(rig.engine.now())
     );
     server.abort();
-}
-
-/// Waits until `id` in `stage` is `status`, through any non-terminal status on the way.
-async fn wait_settled_to(
-    rig: &Rig,
-    id: ReleaseId,
-    stage: &str,
-    status: RunStatus,
-) -> tollgate::domain::StageRun {
-    let deadline = std::time::Instant::now() + STAGE_TIMEOUT;
-    loop {
-        let run = run_of(&rig.engine, id, stage).await;
-        if let Some(run) = &run
-            && run.status == status
-        {
-            return run.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{id} in {stage}: not {} in time; last {run:?}",
-            status.as_str()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
