@@ -133,7 +133,40 @@ fn http(raw: &RawHttp, cx: &mut Ctx) -> HttpSettings {
             d.rate_limit_burst.into(),
             "a number of requests from 1 to 1000000",
         ),
+        trusted_proxies: trusted_proxies(raw.trusted_proxies.as_deref().unwrap_or(&[]), cx),
     }
+}
+
+/// `trusted_proxies`: each an IP address or a CIDR block (`10.0.0.0/8`, `fd00::/8`).
+fn trusted_proxies(raw: &[String], cx: &mut Ctx) -> Vec<(IpAddr, u8)> {
+    let mut out = Vec::new();
+    for text in raw {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text.as_str(), None),
+        };
+        let parsed = addr.trim().parse::<IpAddr>().ok().and_then(|ip| {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            match len {
+                None => Some((ip, max)),
+                Some(l) => l
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|l| *l <= max)
+                    .map(|l| (ip, l)),
+            }
+        });
+        match parsed {
+            Some(block) => out.push(block),
+            None => cx.error(
+                crate::cfg_path!["controller", "http", "trusted_proxies"],
+                format!("`{text}` is not an IP address or a CIDR block"),
+                "write addresses such as `10.0.0.5`, or blocks such as `10.0.0.0/8` or `fd00::/8`",
+            ),
+        }
+    }
+    out
 }
 
 fn sns(raw: &RawSns, cx: &mut Ctx) -> SnsSettings {
@@ -207,6 +240,32 @@ fn count(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidr_blocks() {
+        let ok =
+            "[controller.http]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"fd00::/8\"]";
+        let http = load_with(ok).unwrap().config.controller.http;
+        assert_eq!(http.trusted_proxies.len(), 3);
+        assert!(http.is_trusted_proxy("10.200.3.4".parse().unwrap()));
+        assert!(http.is_trusted_proxy("192.0.2.7".parse().unwrap()));
+        assert!(!http.is_trusted_proxy("192.0.2.8".parse().unwrap()));
+        assert!(http.is_trusted_proxy("fd12::1".parse().unwrap()));
+        assert!(!http.is_trusted_proxy("11.0.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "proxy.internal", "10.0.0/8", "::/129"] {
+            let text = format!("[controller.http]\ntrusted_proxies = [\"{bad}\"]");
+            let Err(ConfigError::Invalid(diags)) = load_with(&text) else {
+                panic!("{bad} accepted");
+            };
+            let err: Vec<String> = diags.iter().map(ToString::to_string).collect();
+            let err = err.join("\n");
+            assert!(
+                err.contains(&format!("`{bad}` is not an IP address or a CIDR block")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     use super::*;
     use crate::config::{ConfigError, load_str};
     use std::path::{Path, PathBuf};

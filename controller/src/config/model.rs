@@ -70,6 +70,37 @@ pub struct HttpSettings {
     pub max_unauthenticated_body_bytes: u32,
     pub rate_limit_per_minute: u32,
     pub rate_limit_burst: u32,
+    /// The reverse proxies whose `X-Forwarded-For` names the client (address, prefix length).
+    pub trusted_proxies: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl HttpSettings {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|(net, len)| in_block(ip, *net, *len))
+    }
+}
+
+/// Whether `ip` lies in the block `net`/`len` (the same address family only).
+pub fn in_block(ip: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr::{V4, V6};
+    match (ip, net) {
+        (V4(a), V4(b)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (V6(a), V6(b)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
 }
 
 impl Default for HttpSettings {
@@ -83,6 +114,7 @@ impl Default for HttpSettings {
             max_unauthenticated_body_bytes: 64 * 1024 * 1024,
             rate_limit_per_minute: 300,
             rate_limit_burst: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -67,6 +67,11 @@ pub struct RawHttp {
     pub rate_limit_per_minute: Option<i64>,
     /// Requests a source address may send at once above that rate. Default 60.
     pub rate_limit_burst: Option<i64>,
+    /// Addresses or CIDR blocks of the reverse proxies in front of the controller. A request
+    /// from one of them is rate-limited by the client address it appends to
+    /// `X-Forwarded-For` (the rightmost address that is not a trusted proxy). Default: none
+    /// (the TCP peer is the source; the header is never read).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[controller.sns]`: what SNS messages are accepted. Every key has a default.

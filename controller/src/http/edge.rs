@@ -27,8 +27,9 @@
 //!   the server returns even if a client is still sending.
 //!
 //! # Assumptions
-//! - The source address is the TCP peer. Behind a proxy or load balancer every request comes
-//!   from the proxy's address; `X-Forwarded-For` is not trusted (anyone can write it).
+//! - The source address is the TCP peer, unless the peer is one of `trusted_proxies`: then it
+//!   is the rightmost `X-Forwarded-For` address that is not a trusted proxy. Without
+//!   `trusted_proxies` the header is never read (anyone can write it).
 //!
 //! # Must never
 //! - log a request's body, headers or URL (approval URLs carry tokens).
@@ -207,19 +208,45 @@ fn rate_limit(guard: &Guard, request: &Request) -> Result<(), Refusal> {
     let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() else {
         return Ok(());
     };
+    let source = source_address(&guard.edge.settings, peer.ip(), request.headers());
     let limiter = &guard.edge.limiter;
-    let Err(not_until) = limiter.check_key(&(guard.route, peer.ip())) else {
+    let Err(not_until) = limiter.check_key(&(guard.route, source)) else {
         return Ok(());
     };
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    tracing::warn!(route = guard.route, source = %peer.ip(), "rate limit reached; request refused");
+    tracing::warn!(route = guard.route, %source, "rate limit reached; request refused");
     Err(Refusal {
         status: StatusCode::TOO_MANY_REQUESTS,
         result: "rate-limited",
         detail: format!("too many requests to {} from this address", guard.route),
         retry_after: Some(secs.max(1)),
     })
+}
+
+/// The address a request is rate-limited by: the TCP peer, unless the peer is a trusted proxy;
+/// then the rightmost `X-Forwarded-For` address that is not a trusted proxy (each proxy appends
+/// the address it received the request from, so addresses left of that one are the client's
+/// own claims). A header that cannot be read leaves the peer.
+fn source_address(settings: &HttpSettings, peer: IpAddr, headers: &header::HeaderMap) -> IpAddr {
+    if !settings.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let mut hops: Vec<Option<IpAddr>> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return peer;
+        };
+        hops.extend(text.split(',').map(|a| a.trim().parse::<IpAddr>().ok()));
+    }
+    for hop in hops.into_iter().rev() {
+        match hop {
+            Some(ip) if settings.is_trusted_proxy(ip) => continue,
+            Some(ip) => return ip,
+            None => return peer,
+        }
+    }
+    peer
 }
 
 /// Reserves the body's bytes (declared length, or the whole cap) from the route's budget.
@@ -538,5 +565,72 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    fn settings(proxies: &[(&str, u8)]) -> HttpSettings {
+        HttpSettings {
+            trusted_proxies: proxies
+                .iter()
+                .map(|(ip, len)| (ip.parse().unwrap(), *len))
+                .collect(),
+            ..HttpSettings::default()
+        }
+    }
+
+    fn forwarded(values: &[&str]) -> header::HeaderMap {
+        let mut headers = header::HeaderMap::new();
+        for v in values {
+            headers.append("x-forwarded-for", v.parse().unwrap());
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_header_is_never_read() {
+        let s = settings(&[]);
+        let h = forwarded(&["203.0.113.9"]);
+        assert_eq!(source_address(&s, ip("10.0.0.5"), &h), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_rightmost_untrusted_hop_is_the_source() {
+        let s = settings(&[("10.0.0.0", 8), ("fd00::", 8)]);
+        // The client claims 1.2.3.4; the edge proxy saw 203.0.113.9; an inner proxy 10.1.1.1.
+        let h = forwarded(&["1.2.3.4, 203.0.113.9", "10.1.1.1"]);
+        assert_eq!(source_address(&s, ip("10.0.0.5"), &h), ip("203.0.113.9"));
+        let v6 = forwarded(&["2001:db8::7, fd00::1"]);
+        assert_eq!(source_address(&s, ip("fd00::2"), &v6), ip("2001:db8::7"));
+    }
+
+    #[test]
+    fn a_peer_that_is_not_a_trusted_proxy_cannot_choose_its_address() {
+        let s = settings(&[("10.0.0.0", 8)]);
+        let h = forwarded(&["203.0.113.9"]);
+        assert_eq!(
+            source_address(&s, ip("198.51.100.1"), &h),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_header_leaves_the_peer() {
+        let s = settings(&[("10.0.0.0", 8)]);
+        let peer = ip("10.0.0.5");
+        assert_eq!(source_address(&s, peer, &forwarded(&[])), peer);
+        assert_eq!(source_address(&s, peer, &forwarded(&["not-an-ip"])), peer);
+        assert_eq!(
+            source_address(&s, peer, &forwarded(&["10.2.2.2"])),
+            peer,
+            "only proxies"
+        );
     }
 }
