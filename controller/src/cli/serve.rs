@@ -90,11 +90,10 @@ async fn start(args: ServeArgs) -> Result<()> {
     }
 
     let mut state = AppState::new(engine.clone(), secrets);
-    let base_dir = config_dir(&args.config);
     if let Some(forge) = &forge {
         let (tx, rx) = mpsc::channel(16);
         state = state.with_config_changes(tx).with_forge(forge.clone());
-        intake::spawn_config_reloader(engine.clone(), forge.clone(), base_dir.clone(), rx);
+        intake::spawn_config_reloader(engine.clone(), forge.clone(), rx);
     }
     spawn_sighup_reloader(engine.clone(), forge.clone(), args.config.clone());
 
@@ -151,14 +150,6 @@ fn guarded_routes(edge: &Edge, state: AppState, sns: SnsState, engine: &Engine) 
         ))
         .merge(edge.guard("/ui", Open, http::ui::routes(engine.clone())));
     edge.with_request_timeout(app)
-}
-
-/// The directory relative paths in the configuration resolve from.
-fn config_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 /// On SIGHUP, reloads the configuration file from disk. An invalid file is refused with its

@@ -250,14 +250,6 @@ impl StageRun {
         let lead = chrono::Duration::from_std(super::plan::ALARM_GATE_FRESH).unwrap_or_default();
         self.deploy_started.map(|started| started - lead)
     }
-
-    /// Whether an alarm state change at `at` falls inside this run's watch window: from the
-    /// gate read before its deploy until it ended (or still open while it deploys, verifies or
-    /// bakes).
-    pub fn watches(&self, at: DateTime<Utc>) -> bool {
-        self.watch_from().is_some_and(|from| from <= at)
-            && (!self.status.is_terminal() || at <= self.since)
-    }
 }
 
 /// What became of an effect.

@@ -585,7 +585,6 @@ pub async fn apply_config_change(
     engine: &Engine,
     forge: &GithubForge,
     sha: &str,
-    _base_dir: &Path,
 ) -> Result<(), String> {
     let current = engine.config();
     let c = &current.controller;
@@ -781,12 +780,11 @@ pub async fn note_config(engine: &Engine, config: &Config, actor: &str, detail: 
 pub fn spawn_config_reloader(
     engine: Engine,
     forge: Arc<GithubForge>,
-    base_dir: std::path::PathBuf,
     mut changes: mpsc::Receiver<String>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(sha) = changes.recv().await {
-            match apply_config_change(&engine, &forge, &sha, &base_dir).await {
+            match apply_config_change(&engine, &forge, &sha).await {
                 Ok(()) => tracing::info!(%sha, "configuration reloaded"),
                 Err(why) => tracing::error!(%sha, reason = %why, "configuration change refused"),
             }

@@ -83,7 +83,7 @@ impl Reads {
 
     /// Whether some run of `stage` watched for alarms at `at`: its window opened (the gate
     /// read, `lead` before its deploy started) at or before `at`, and it had not ended by then
-    /// ([`crate::domain::StageRun::watches`], as one query).
+    /// (the window of [`crate::domain::StageRun::watch_from`] until the run ended, as one query).
     pub async fn stage_watched(
         &self,
         pipeline: &str,
@@ -110,7 +110,14 @@ impl Reads {
 
     /// The pipeline's newest release (the last recorded).
     pub async fn newest_release(&self, pipeline: &str) -> Result<Option<Release>> {
-        let newest = self.recent_runs(pipeline, 1).await?;
-        Ok(newest.into_iter().next().map(|(r, _)| r))
+        let newest: Option<i64> = sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")
+            .bind(pipeline)
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+        match newest {
+            Some(id) => self.release(crate::domain::ReleaseId(id)).await,
+            None => Ok(None),
+        }
     }
 }

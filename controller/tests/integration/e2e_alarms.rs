@@ -84,6 +84,17 @@ async fn rig_with_sns(
     (rig, signer, addr, server)
 }
 
+/// Promotes two releases everywhere and returns the second's digest: the last good release a
+/// rollback restores. (moto gap, see `e2e_moto`: a rollback to the parameters a stack was
+/// created with changes nothing, so the stacks are created by the first release.)
+async fn last_good_of_two(rig: &Rig) -> String {
+    let (first, _) = rig.release(&sha(1)).await;
+    wait_status(&rig.engine, first, "prod", RunStatus::Succeeded).await;
+    let (good, digest) = rig.release(&sha(2)).await;
+    wait_status(&rig.engine, good, "prod", RunStatus::Succeeded).await;
+    digest
+}
+
 /// Waits until `id`'s run in `stage` satisfies `done`, through any status on the way.
 async fn wait_until(
     rig: &Rig,
@@ -194,12 +205,7 @@ async fn alarm_during_tests() {
         .after_test("beta", "held", held_while(&hold));
     let (rig, signer, addr, server) = rig_with_sns(world).await;
 
-    // moto gap (see e2e_moto): a rollback to the parameters a stack was created with changes
-    // nothing, so beta's last good release is the second one.
-    let (first, _) = rig.release(&sha(1)).await;
-    wait_status(&rig.engine, first, "prod", RunStatus::Succeeded).await;
-    let (good, good_digest) = rig.release(&sha(2)).await;
-    wait_status(&rig.engine, good, "prod", RunStatus::Succeeded).await;
+    let good_digest = last_good_of_two(&rig).await;
 
     std::fs::write(&hold, "").unwrap();
     let (bad, bad_digest) = rig.release(&sha(3)).await;
@@ -259,10 +265,7 @@ async fn late_delivery() {
         .after_test("gamma", "held", held_while(&hold));
     let (rig, signer, addr, server) = rig_with_sns(world).await;
 
-    let (first, _) = rig.release(&sha(1)).await;
-    wait_status(&rig.engine, first, "prod", RunStatus::Succeeded).await;
-    let (good, good_digest) = rig.release(&sha(2)).await;
-    wait_status(&rig.engine, good, "prod", RunStatus::Succeeded).await;
+    let good_digest = last_good_of_two(&rig).await;
 
     // The third release passes beta and is held in gamma's post-deploy tests.
     std::fs::write(&hold, "").unwrap();

@@ -652,7 +652,7 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
         "[[pipelines]]\nname = 1\n",
     );
 
-    intake::apply_config_change(&c.engine, &forge, &"a".repeat(40), c.dir.path())
+    intake::apply_config_change(&c.engine, &forge, &"a".repeat(40))
         .await
         .unwrap();
     let stack = |cfg: &Config| match &cfg.pipeline("web").unwrap().stages[0].deploy {
@@ -661,7 +661,7 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
     };
     assert_eq!(stack(&c.engine.config()), "web-beta-v2");
 
-    let err = intake::apply_config_change(&c.engine, &forge, &"b".repeat(40), c.dir.path())
+    let err = intake::apply_config_change(&c.engine, &forge, &"b".repeat(40))
         .await
         .unwrap_err();
     assert!(err.contains("stages.toml"), "{err}");
@@ -741,13 +741,13 @@ async fn a_config_commit_that_does_not_descend_from_the_applied_one_is_refused()
     put_config(&fake, &commit(3), &version("three"), &[&commit(2)]);
     put_config(&fake, &commit(4), &version("four"), &[&commit(1)]);
 
-    intake::apply_config_change(&c.engine, &forge, &commit(2), c.dir.path())
+    intake::apply_config_change(&c.engine, &forge, &commit(2))
         .await
         .unwrap();
     assert_eq!(web_stack(&c.engine.config()), "web-two");
 
     // An older push arriving late (or replayed) is refused; so is a diverged one.
-    let older = intake::apply_config_change(&c.engine, &forge, &commit(1), c.dir.path()).await;
+    let older = intake::apply_config_change(&c.engine, &forge, &commit(1)).await;
     assert!(
         older
             .as_ref()
@@ -755,7 +755,7 @@ async fn a_config_commit_that_does_not_descend_from_the_applied_one_is_refused()
             .contains("older than the applied"),
         "{older:?}"
     );
-    let diverged = intake::apply_config_change(&c.engine, &forge, &commit(4), c.dir.path()).await;
+    let diverged = intake::apply_config_change(&c.engine, &forge, &commit(4)).await;
     assert!(
         diverged.as_ref().unwrap_err().contains("diverged"),
         "{diverged:?}"
@@ -773,10 +773,10 @@ async fn a_config_commit_that_does_not_descend_from_the_applied_one_is_refused()
     );
 
     // The applied commit again changes nothing; a descendant applies.
-    intake::apply_config_change(&c.engine, &forge, &commit(2), c.dir.path())
+    intake::apply_config_change(&c.engine, &forge, &commit(2))
         .await
         .unwrap();
-    intake::apply_config_change(&c.engine, &forge, &commit(3), c.dir.path())
+    intake::apply_config_change(&c.engine, &forge, &commit(3))
         .await
         .unwrap();
     assert_eq!(web_stack(&c.engine.config()), "web-three");
@@ -794,7 +794,7 @@ async fn a_config_commit_is_applied_with_the_files_of_that_commit() {
     let fake = GithubFake::start("gh-token").await.unwrap();
     let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
     put_config(&fake, &commit(5), STAGES, &[]);
-    intake::apply_config_change(&c.engine, &forge, &commit(5), c.dir.path())
+    intake::apply_config_change(&c.engine, &forge, &commit(5))
         .await
         .unwrap();
     let config = c.engine.config();
@@ -821,7 +821,7 @@ async fn a_config_commit_is_applied_with_the_files_of_that_commit() {
         "accounts/accounts.toml",
         ACCOUNTS,
     );
-    let err = intake::apply_config_change(&c.engine, &forge, &commit(6), c.dir.path())
+    let err = intake::apply_config_change(&c.engine, &forge, &commit(6))
         .await
         .unwrap_err();
     assert!(err.contains("missing.yaml"), "{err}");
@@ -833,7 +833,7 @@ async fn a_config_commit_is_applied_with_the_files_of_that_commit() {
     let wanted = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v5\"");
     fake.add_commit("acme/deploy-config", &commit(7), &[&commit(5)]);
     put_config(&fake, &commit(7), &wanted, &[&commit(5)]);
-    intake::apply_config_change(&c.engine, &forge, &commit(7), c.dir.path())
+    intake::apply_config_change(&c.engine, &forge, &commit(7))
         .await
         .unwrap();
     let (in_force, note) = intake::config_in_force(c.engine.reads(), disk.clone()).await;
