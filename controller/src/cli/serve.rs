@@ -47,6 +47,7 @@ use crate::http::server::AppState;
 use crate::http::sns::SnsState;
 use crate::http::sns_verify::CertCache;
 use crate::store::Store;
+use crate::store::lock::{Holder, ServeLock};
 use tokio::sync::mpsc;
 
 /// What `serve` needs to start.
@@ -76,6 +77,8 @@ async fn start(args: ServeArgs) -> Result<()> {
         tracing::warn!("{w}");
     }
     let secrets = WebhookSecrets::from_env().context("GitHub webhook secret")?;
+    // Held until serve returns: a second controller on this state is refused before it opens it.
+    let mut lock = ServeLock::acquire(&args.state, Holder::this_process())?;
     let store = Store::open(&args.state).await.context("state database")?;
     let (config, in_force) = intake::config_in_force(store.reads(), loaded.config).await;
     if let Some(note) = &in_force {
@@ -111,6 +114,10 @@ async fn start(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if let Some(lock) = &mut lock {
+        lock.listening(addr)
+            .with_context(|| format!("cannot write {}", lock.path().display()))?;
+    }
     tracing::info!(
         listen = %addr,
         pipelines = config.pipelines.len(),

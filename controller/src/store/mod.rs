@@ -15,6 +15,7 @@ pub mod approvals;
 pub mod history;
 #[cfg(test)]
 mod known_good_tests;
+pub mod lock;
 #[cfg(test)]
 mod migration_tests;
 #[cfg(test)]

@@ -48,28 +48,7 @@ impl Served {
             .seed_cache_dir_for(&dir.path().join("certs"), "eu-west-1")
             .unwrap();
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("serve")
-            .arg("--config")
-            .arg(dir.path().join("stages.toml"))
-            .arg("--state")
-            .arg(format!(
-                "sqlite://{}",
-                dir.path().join("state.db").display()
-            ))
-            .args(["--listen", "127.0.0.1:0", "--sns-cert-cache"])
-            .arg(dir.path().join("certs"))
-            .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET)
-            .env_remove("TOLLGATE_GITHUB_WEBHOOK_SECRET_FILE")
-            .env_remove("TOLLGATE_GITHUB_TOKEN")
-            .env_remove("TOLLGATE_GITHUB_TOKEN_FILE")
-            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .envs([("X_BETA", "x"), ("X_GAMMA", "x"), ("X_PROD", "x")])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+        let mut child = serve_command(dir.path())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -113,6 +92,31 @@ impl Drop for Served {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `tollgate serve` over the configuration and state in `dir`, on a free loopback port.
+fn serve_command(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("stages.toml"))
+        .arg("--state")
+        .arg(format!("sqlite://{}", dir.join("state.db").display()))
+        .args(["--listen", "127.0.0.1:0", "--sns-cert-cache"])
+        .arg(dir.join("certs"))
+        .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET)
+        .env_remove("TOLLGATE_GITHUB_WEBHOOK_SECRET_FILE")
+        .env_remove("TOLLGATE_GITHUB_TOKEN")
+        .env_remove("TOLLGATE_GITHUB_TOKEN_FILE")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs([("X_BETA", "x"), ("X_GAMMA", "x"), ("X_PROD", "x")])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    command
 }
 
 fn stages_toml(http: &str) -> String {
@@ -389,4 +393,60 @@ async fn edge_serve_shutdown_does_not_wait_for_a_slow_client_beyond_the_grace() 
     drop(slow);
     let status = status.expect("tollgate serve still running after SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn edge_serve_a_second_controller_on_the_same_sqlite_state_is_refused() {
+    let served = Served::start("");
+    let before = served.footprint().await;
+    let second = serve_command(served.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: the refusal comes before anything is opened; a second controller that started
+    // instead would never exit by itself.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(second.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(BOUND)
+        .expect("the second serve did not exit")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let first_pid = served.child.id();
+    assert!(
+        stderr.contains("another tollgate serve is running")
+            && stderr.contains(&format!("pid {first_pid}"))
+            && stderr.contains(&format!("listening on {}", served.addr)),
+        "the refusal names the running controller: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("tollgate serving on"),
+        "the second one never served"
+    );
+    assert!(healthy(&served).await, "the first one still serves");
+    assert_eq!(served.footprint().await, before, "nothing recorded");
+}
+
+#[tokio::test]
+async fn edge_serve_a_killed_controller_leaves_no_lock_behind() {
+    let mut served = Served::start("");
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+    let log = std::fs::File::create(served.dir.path().join("serve-2.log")).unwrap();
+    let mut next = serve_command(served.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let addr = serving_address(&mut next, &served.dir);
+    served.child = next;
+    served.addr = addr;
+    assert!(
+        healthy(&served).await,
+        "the next controller starts after a kill -9"
+    );
 }
