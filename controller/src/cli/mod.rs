@@ -23,6 +23,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `serve` writes its log lines (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line: timestamp, level, message, fields, and the enclosing spans.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// The format asked for, or text when stderr is a terminal and JSON otherwise.
+    pub fn or_default(asked: Option<LogFormat>) -> LogFormat {
+        use std::io::IsTerminal;
+        asked.unwrap_or(if std::io::stderr().is_terminal() {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller: the reconcilers, the webhooks, the approval pages.
@@ -36,6 +57,14 @@ pub enum Command {
         /// sns.<region>.amazonaws.com); certificates are still verified.
         #[arg(long, env = "TOLLGATE_SNS_CERT_CACHE")]
         sns_cert_cache: Option<PathBuf>,
+        /// Serve Prometheus metrics at `GET /metrics` on this address (for example
+        /// 127.0.0.1:9090); off when not given.
+        #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+        /// Log lines as JSON objects or as text; by default text when stderr is a terminal,
+        /// JSON otherwise.
+        #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
     Validate {

@@ -57,6 +57,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Pre-seeded SNS signing certificates (a directory keyed by URL), for closed networks.
     pub sns_cert_cache: Option<PathBuf>,
+    /// Where `GET /metrics` is served; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the controller until SIGINT/SIGTERM. Returns the process exit code.
@@ -118,11 +120,33 @@ async fn start(args: ServeArgs) -> Result<()> {
         "tollgate is serving"
     );
     println!("tollgate serving on http://{addr}");
+    let metrics = match args.metrics_listen {
+        Some(at) => Some(serve_metrics(at, &edge).await?),
+        None => None,
+    };
     let served = http::edge::serve(listener, app, &edge, http::server::shutdown_signal()).await;
-    for r in reconcilers {
+    for r in reconcilers.into_iter().chain(metrics) {
         r.abort();
     }
     served.context("HTTP server")
+}
+
+/// Serves `GET /metrics` on its own address, under the same edge settings, until aborted.
+async fn serve_metrics(at: SocketAddr, edge: &Edge) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {at}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "serving metrics");
+    println!("tollgate metrics on http://{addr}/metrics");
+    let app = edge.with_request_timeout(http::metrics::routes());
+    let edge = edge.clone();
+    Ok(tokio::spawn(async move {
+        let forever = std::future::pending::<()>();
+        if let Err(e) = http::edge::serve(listener, app, &edge, forever).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    }))
 }
 
 /// Every route, each behind the guards its exposure calls for, under the request timeout.
