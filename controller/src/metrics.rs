@@ -3,7 +3,7 @@
 //!
 //! Owns the series and the few helpers that feed them from typed facts: the engine's run
 //! transitions and effects ([`Metrics::run_transition`], [`Metrics::effect_finished`]), the
-//! releases leaving the working set ([`release_outcome`]), webhook answers, every AWS SDK
+//! outcome each release reaches ([`release_outcome`]), webhook answers, every AWS SDK
 //! attempt ([`crate::aws::observe::CallMetrics`]), GitHub calls and the reconcile loop.
 //! The HTTP route that serves them is [`crate::http::metrics`].
 //!
@@ -43,7 +43,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::config::Pipeline;
-use crate::domain::{Release, ReleaseId, RunStatus, StageRun};
+use crate::domain::{ReleaseId, RunStatus, StageRun};
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -169,7 +169,9 @@ pub struct Metrics {
     pub aws_calls: Family<AwsLabels, Counter>,
     pub aws_retries: Family<OperationLabels, Counter>,
     pub github_calls: Family<GithubLabels, Counter>,
-    pub github_rate_remaining: Gauge,
+    /// Unlabelled, and absent until GitHub first answered with the header (a zero would
+    /// read as "exhausted").
+    github_rate_remaining: Family<[(&'static str, &'static str); 0], Gauge>,
     pub reconcile_lag: Histograms<PipelineLabels>,
     /// When each in-flight run left `waiting` (this process saw it), by pipeline, release and
     /// stage: the start of its run-duration observation. Bounded by the runs in flight.
@@ -211,7 +213,7 @@ impl Metrics {
             aws_calls: Family::default(),
             aws_retries: Family::default(),
             github_calls: Family::default(),
-            github_rate_remaining: Gauge::default(),
+            github_rate_remaining: Family::default(),
             reconcile_lag: histograms(LAG_BUCKETS),
             run_started: Mutex::default(),
             pending_since: Mutex::default(),
@@ -224,12 +226,12 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "releases",
-            "Releases that left the working set, by pipeline and outcome (succeeded, rolled_back, failed, rejected, expired, superseded, stopped)",
+            "Releases that reached an outcome, by pipeline and outcome (succeeded: its last stage succeeded; else the final status of its first run that did not succeed: rolled_back, failed, rejected, expired, superseded)",
             self.releases.clone(),
         );
         r.register(
             "stage_run_duration_seconds",
-            "Stage runs from leaving waiting to their final status, by pipeline, stage and final status",
+            "Stage runs from leaving waiting to their final status (a succeeded run rolled back later: from its rollback's start), by pipeline, stage and final status",
             self.stage_runs.clone(),
         );
         r.register(
@@ -289,8 +291,9 @@ impl Metrics {
         );
     }
 
-    /// A run moved from `from` to `to` at `now`: a run leaving `waiting` starts its
-    /// observation, a run reaching a final status ends it.
+    /// `run` moves to `to` at `now`: a run leaving `waiting` starts its observation, a run
+    /// reaching a final status ends it. A run that leaves a final status (a succeeded run that
+    /// a late alarm rolls back) is observed again from that moment to its next final status.
     pub fn run_transition(
         &self,
         pipeline: &str,
@@ -300,8 +303,11 @@ impl Metrics {
     ) {
         let key = (pipeline.to_string(), run.release, run.stage.to_string());
         let mut started = self.run_started.lock().unwrap_or_else(|e| e.into_inner());
-        if run.status == RunStatus::Waiting && to != RunStatus::Waiting {
-            started.entry(key.clone()).or_insert(now);
+        // Leaving `waiting` starts a run; leaving a final status (a succeeded run rolled back
+        // by a late alarm, a retried one) starts a new observation of what follows.
+        let starts = run.status == RunStatus::Waiting || run.status.is_terminal();
+        if starts && !to.is_terminal() && to != RunStatus::Waiting {
+            started.insert(key.clone(), now);
         }
         if !to.is_terminal() {
             return;
@@ -339,8 +345,8 @@ impl Metrics {
             .observe(seconds(latency));
     }
 
-    /// A release left the working set with `outcome` ([`release_outcome`]).
-    pub fn release_retired(&self, pipeline: &str, outcome: &'static str) {
+    /// A release reached `outcome` ([`release_outcome`]).
+    pub fn release_outcome(&self, pipeline: &str, outcome: &'static str) {
         let labels = ReleaseLabels {
             pipeline: pipeline.to_string(),
             outcome,
@@ -379,6 +385,11 @@ impl Metrics {
         }
     }
 
+    /// GitHub's latest `x-ratelimit-remaining`.
+    pub fn github_rate_remaining(&self, remaining: i64) {
+        self.github_rate_remaining.get_or_create(&[]).set(remaining);
+    }
+
     /// A webhook delivery was answered with `result` (the answer's machine-readable result).
     pub fn webhook(&self, source: WebhookSource, result: &'static str) {
         let labels = WebhookLabels {
@@ -399,30 +410,35 @@ impl Metrics {
     }
 }
 
-/// What became of a release that leaves the working set, from its typed record and runs: rolled
-/// back anywhere, failed before any stage, succeeded in the pipeline's last stage, or else the
-/// final status of its first run (in stage order) that did not succeed.
-pub fn release_outcome(pipeline: &Pipeline, release: &Release, runs: &[StageRun]) -> &'static str {
-    if release.bad.is_some() {
-        return "rolled_back";
+/// The outcome a release reaches when its run in `stage` moves to `to`, if this is the move
+/// that decides it: its run in the pipeline's last stage succeeding (`succeeded`), or the first
+/// of its runs to end without succeeding (`rolled_back`, `failed`, `rejected`, `expired`,
+/// `superseded`). `runs` are the release's runs before the move. A release that is sent again
+/// (`tollgate retry`) counts again when it reaches its next outcome.
+pub fn release_outcome(
+    pipeline: &Pipeline,
+    runs: &[StageRun],
+    release: ReleaseId,
+    stage: &str,
+    to: RunStatus,
+) -> Option<&'static str> {
+    let last = pipeline.stages.last().is_some_and(|s| s.name == stage);
+    if to == RunStatus::Succeeded {
+        return last.then_some("succeeded");
     }
-    if release.failed.is_some() {
-        return "failed";
-    }
-    let run_in = |stage: &str| {
-        runs.iter()
-            .find(|r| r.release == release.id && r.stage == stage)
-    };
-    let last = pipeline.stages.last().and_then(|s| run_in(&s.name));
-    if last.is_some_and(|r| r.status == RunStatus::Succeeded) {
-        return "succeeded";
-    }
-    pipeline
-        .stages
-        .iter()
-        .filter_map(|s| run_in(&s.name))
-        .find(|r| r.status.is_terminal() && r.status != RunStatus::Succeeded)
-        .map_or("stopped", |r| r.status.as_str())
+    (to.is_terminal() && !stopped(runs, release)).then(|| to.as_str())
+}
+
+/// A release that could not be promoted at all: `failed`, unless one of its runs had already
+/// decided its outcome.
+pub fn release_failed(runs: &[StageRun], release: ReleaseId) -> Option<&'static str> {
+    (!stopped(runs, release)).then_some("failed")
+}
+
+/// One of the release's runs ended without succeeding.
+fn stopped(runs: &[StageRun], release: ReleaseId) -> bool {
+    runs.iter()
+        .any(|r| r.release == release && r.status.is_terminal() && r.status != RunStatus::Succeeded)
 }
 
 fn seconds(d: chrono::Duration) -> f64 {

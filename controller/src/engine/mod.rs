@@ -490,31 +490,36 @@ impl Engine {
     }
 }
 
-/// Feeds the metrics from the changes just applied: run transitions (run durations) and
-/// releases leaving the working set (their outcome, from the snapshot's typed runs).
+/// Feeds the metrics from the changes just applied: run transitions (run durations) and the
+/// outcomes releases reached, judged from the snapshot's typed runs before the changes.
 fn observe_changes(
     pipeline: &crate::config::Pipeline,
     snap: &crate::domain::Snapshot,
     changes: &[Action],
     now: DateTime<Utc>,
 ) {
+    use crate::metrics::{release_failed, release_outcome};
     let m = crate::metrics::global();
+    let mut decided = HashSet::new();
     for change in changes {
-        match change {
+        let outcome = match change {
             Action::Transition {
                 release, stage, to, ..
             } => {
                 if let Some(run) = snap.run(*release, stage) {
                     m.run_transition(&pipeline.name, run, *to, now);
                 }
+                release_outcome(pipeline, &snap.runs, *release, stage, *to).map(|o| (*release, o))
             }
-            Action::Retire { release } => {
-                if let Some(r) = snap.releases.get(release) {
-                    let outcome = crate::metrics::release_outcome(pipeline, r, &snap.runs);
-                    m.release_retired(&pipeline.name, outcome);
-                }
+            Action::FailRelease { release, .. } => {
+                release_failed(&snap.runs, *release).map(|o| (*release, o))
             }
-            _ => {}
+            _ => None,
+        };
+        // One outcome per release per batch: two of its runs may end in the same round.
+        if let Some((release, outcome)) = outcome.filter(|(r, _)| decided.insert(*r)) {
+            tracing::debug!(release = release.0, outcome, "release outcome");
+            m.release_outcome(&pipeline.name, outcome);
         }
     }
 }

@@ -456,7 +456,7 @@ fn observe_answer(method: &Method, status: StatusCode, limited: bool, headers: &
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok());
     if let Some(n) = remaining {
-        crate::metrics::global().github_rate_remaining.set(n);
+        crate::metrics::global().github_rate_remaining(n);
     }
 }
 
