@@ -36,7 +36,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 pub(crate) struct Serve {
     pub(crate) moto: MotoServer,
     pub(crate) world: World,
-    _stub: CloudWatchStub,
+    pub(crate) stub: CloudWatchStub,
     github: GithubFake,
     child: Child,
     pub(crate) url: String,
@@ -124,7 +124,7 @@ impl Serve {
         Serve {
             moto,
             world,
-            _stub: stub,
+            stub,
             github,
             child,
             url,

@@ -9,7 +9,8 @@
 //!   (`prometheus_client.parser` from PyPI's `prometheus-client`, run by `TOLLGATE_PYTHON`, else
 //!   the workspace's `.venv/bin/python` that `scripts/test` installs it into), after two
 //!   promotions and a rollback caused by a signed SNS alarm: the counters match what happened,
-//!   and `ExecuteChangeSet` attempts equal what moto's recorder saw.
+//!   `ExecuteChangeSet` attempts equal what moto's recorder saw, and two throttled CloudWatch
+//!   reads (the stub's throttling) show as two `throttled` attempts and two retries.
 //!
 //! Loopback only; every wait is bounded.
 
@@ -140,6 +141,8 @@ async fn metrics_after_two_promotions_and_an_alarm_rollback_count_what_happened(
     let pipeline = s.world.pipeline().to_owned();
     let p = pipeline.as_str();
 
+    // CloudWatch throttles the first two alarm reads (beta's gate): retried, counted.
+    s.stub.throttle(2);
     // Two releases promoted everywhere (the stacks are made by the first: see `e2e_moto`).
     for (n, commit) in [sha(31), sha(32)].iter().enumerate() {
         s.push(commit, "carol", "carol").await;
@@ -305,6 +308,21 @@ async fn metrics_after_two_promotions_and_an_alarm_rollback_count_what_happened(
         );
         assert!(n > 0.0, "no {op} counted");
     }
+    let alarm_reads = |outcome| {
+        let labels = [
+            ("service", "CloudWatch"),
+            ("operation", "DescribeAlarms"),
+            ("outcome", outcome),
+        ];
+        count("tollgate_aws_calls_total", &labels)
+    };
+    assert_eq!(alarm_reads("throttled"), 2.0);
+    assert!(alarm_reads("success") > 0.0);
+    let retries = count(
+        "tollgate_aws_retries_total",
+        &[("operation", "DescribeAlarms")],
+    );
+    assert_eq!(retries, 2.0);
     assert!(count("tollgate_reconcile_lag_seconds_count", &[("pipeline", p)]) > 0.0);
     assert!(count("tollgate_github_calls_total", &[("outcome", "success")]) > 0.0);
 }
