@@ -444,3 +444,94 @@ fn stopped(runs: &[StageRun], release: ReleaseId) -> bool {
 fn seconds(d: chrono::Duration) -> f64 {
     d.to_std().map_or(0.0, |d| d.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Reason;
+    use crate::domain::tests::sim::{t0, three_stages};
+
+    fn run(release: i64, stage: &str, status: RunStatus) -> StageRun {
+        StageRun {
+            release: ReleaseId(release),
+            stage: stage.into(),
+            status,
+            reason: Reason::PreviousStage,
+            attempt: 1,
+            since: t0(),
+            rollback_alarm: None,
+            deploy_started: None,
+        }
+    }
+
+    #[test]
+    fn a_release_succeeds_in_the_last_stage_only() {
+        let p = three_stages();
+        let last = p.stages.last().unwrap().name.to_string();
+        let first = p.stages[0].name.to_string();
+        let r = ReleaseId(1);
+        let ok = RunStatus::Succeeded;
+        assert_eq!(release_outcome(&p, &[], r, &first, ok), None);
+        assert_eq!(release_outcome(&p, &[], r, &last, ok), Some("succeeded"));
+        let going = RunStatus::Deploying;
+        assert_eq!(release_outcome(&p, &[], r, &last, going), None);
+    }
+
+    #[test]
+    fn the_first_run_that_ends_without_succeeding_decides_and_later_ones_do_not() {
+        let p = three_stages();
+        let (first, second) = (p.stages[0].name.to_string(), p.stages[1].name.to_string());
+        let r = ReleaseId(7);
+        let before = [run(7, &first, RunStatus::Succeeded)];
+        let rolled = release_outcome(&p, &before, r, &first, RunStatus::RolledBack);
+        assert_eq!(rolled, Some("rolled_back"));
+        let after = [
+            run(7, &first, RunStatus::RolledBack),
+            run(7, &second, RunStatus::Verifying),
+        ];
+        assert_eq!(
+            release_outcome(&p, &after, r, &second, RunStatus::Failed),
+            None
+        );
+        assert_eq!(release_failed(&after, r), None);
+        // Another release's stopped run does not decide this one's.
+        assert_eq!(
+            release_outcome(&p, &after, ReleaseId(8), &second, RunStatus::Superseded),
+            Some("superseded")
+        );
+        assert_eq!(release_failed(&[], r), Some("failed"));
+    }
+
+    #[test]
+    fn a_run_is_observed_from_leaving_waiting_to_its_final_status_and_again_after_a_late_rollback()
+    {
+        let m = Metrics::new();
+        let at = |s: i64| t0() + chrono::Duration::seconds(s);
+        let mut r = run(3, "beta", RunStatus::Waiting);
+        m.run_transition("shop", &r, RunStatus::Queued, at(10));
+        r.status = RunStatus::Queued;
+        m.run_transition("shop", &r, RunStatus::Deploying, at(20));
+        r.status = RunStatus::Deploying;
+        m.run_transition("shop", &r, RunStatus::Succeeded, at(70));
+        r.status = RunStatus::Succeeded;
+        m.run_transition("shop", &r, RunStatus::RollingBack, at(100));
+        r.status = RunStatus::RollingBack;
+        m.run_transition("shop", &r, RunStatus::RolledBack, at(130));
+        let text = {
+            let mut s = String::new();
+            prometheus_client::encoding::text::encode(&mut s, &m.registry).unwrap();
+            s
+        };
+        let labels = |status| format!("{{pipeline=\"shop\",stage=\"beta\",status=\"{status}\"}}");
+        let sum = |status| format!("tollgate_stage_run_duration_seconds_sum{} ", labels(status));
+        assert!(
+            text.contains(&format!("{}60.0\n", sum("succeeded"))),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{}30.0\n", sum("rolled_back"))),
+            "{text}"
+        );
+        assert!(m.run_started.lock().unwrap().is_empty(), "nothing kept");
+    }
+}
