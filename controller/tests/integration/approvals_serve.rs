@@ -37,7 +37,7 @@ pub(crate) struct Serve {
     pub(crate) moto: MotoServer,
     pub(crate) world: World,
     pub(crate) stub: CloudWatchStub,
-    github: GithubFake,
+    pub(crate) github: GithubFake,
     child: Child,
     pub(crate) url: String,
     state: String,

@@ -325,6 +325,14 @@ async fn metrics_after_two_promotions_and_an_alarm_rollback_count_what_happened(
     assert_eq!(retries, 2.0);
     assert!(count("tollgate_reconcile_lag_seconds_count", &[("pipeline", p)]) > 0.0);
     assert!(count("tollgate_github_calls_total", &[("outcome", "success")]) > 0.0);
+    // The gauge holds the latest answer's header; the fake counts down with every request.
+    let remaining = count("tollgate_github_rate_limit_remaining", &[]);
+    let limit = f64::from(tollgate_testkit::github_fake::RATE_LIMIT);
+    assert!(remaining < limit, "{remaining}");
+    assert!(
+        remaining >= f64::from(s.github.rate_remaining()),
+        "{remaining}"
+    );
 }
 
 /// A `command` test that passes once `hold` no longer exists.
