@@ -63,9 +63,8 @@ impl Serve {
         Serve::start_with(builder, before, |_| Vec::new()).await
     }
 
-    /// [`Serve::start`], with more arguments for `tollgate serve` made from the world. Moto's
-    /// recorder is on from before the controller starts; stderr goes to `serve.log`, stdout
-    /// to `serve.out`.
+    /// [`Serve::start`], with more arguments for `tollgate serve` made from the world; stderr
+    /// goes to `serve.log`, stdout to `serve.out`.
     pub(crate) async fn start_with<F, Fut>(
         builder: WorldBuilder,
         before: F,
@@ -99,7 +98,6 @@ impl Serve {
         let state = format!("sqlite://{}", dir.path().join("state.db").display());
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
         let out = std::fs::File::create(dir.path().join("serve.out")).unwrap();
-        moto.recorder_start().await.expect("recorder on");
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["serve", "--config"])
             .arg(world.stages_path())

@@ -137,6 +137,8 @@ async fn metrics_after_two_promotions_and_an_alarm_rollback_count_what_happened(
         ]
     };
     let s = Serve::start_with(builder, nothing_more, args).await;
+    // Before the first release: every ExecuteChangeSet is recorded.
+    s.moto.recorder_start().await.expect("recorder on");
     let m = Scraper::new(&s, metrics_port);
     let pipeline = s.world.pipeline().to_owned();
     let p = pipeline.as_str();
