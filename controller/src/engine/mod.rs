@@ -19,6 +19,11 @@
 //!   its record left pending, and it is started again under the same key, as after a crash.
 //!   The cancelled attempt records nothing, so its outcome can never be recorded twice.
 //!
+//! Observability: each reconcile runs in a `reconcile` span (pipeline) and each effect in an
+//! `effect` span (pipeline, stage, release, effect key, kind), so every log line written on their
+//! behalf, adapters included, names them; run transitions, release outcomes, deploy and rollback
+//! durations and the reconcile lag feed [`crate::metrics`] from the typed changes applied.
+//!
 //! Caveats: an SNS email sent just before a crash may be sent again after restart (SNS has no
 //! idempotency token); GitHub statuses are idempotent by nature.
 

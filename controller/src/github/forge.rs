@@ -445,8 +445,8 @@ fn transport(what: &str, e: &octocrab::Error) -> PortError {
 fn observe_answer(method: &Method, status: StatusCode, limited: bool, headers: &HeaderMap) {
     let outcome = match status.as_u16() {
         _ if status.is_success() => "success",
-        403 | 429 if limited => "rate_limited",
         429 => "rate_limited",
+        403 if limited => "rate_limited",
         s if s >= 500 => "server_error",
         _ => "client_error",
     };
