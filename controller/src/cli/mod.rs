@@ -170,6 +170,34 @@ pub struct StateArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serve_takes_a_metrics_address_and_a_log_format_and_refuses_others() {
+        let argv = [
+            "tollgate",
+            "serve",
+            "--metrics-listen",
+            "127.0.0.1:9090",
+            "--log-format",
+            "json",
+        ];
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve {
+                metrics_listen,
+                log_format,
+                ..
+            } => {
+                assert_eq!(metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+                assert_eq!(log_format, Some(LogFormat::Json));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_format = ["tollgate", "serve", "--log-format", "xml"];
+        let err = Cli::try_parse_from(bad_format).unwrap_err().to_string();
+        assert!(err.contains("json") && err.contains("text"), "{err}");
+        let bad_address = ["tollgate", "serve", "--metrics-listen", "localhost"];
+        assert!(Cli::try_parse_from(bad_address).is_err());
+    }
+
     use clap::CommandFactory;
 
     use super::*;

@@ -78,6 +78,16 @@ async fn start(args: ServeArgs) -> Result<()> {
         tracing::warn!("{w}");
     }
     let secrets = WebhookSecrets::from_env().context("GitHub webhook secret")?;
+    // Bound before anything starts, so an address in use stops the start-up, not a running
+    // controller.
+    let metrics_listener = match args.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {at}"))?,
+        ),
+        None => None,
+    };
     let store = Store::open(&args.state).await.context("state database")?;
     let (config, in_force) = intake::config_in_force(store.reads(), loaded.config).await;
     if let Some(note) = &in_force {
@@ -120,8 +130,8 @@ async fn start(args: ServeArgs) -> Result<()> {
         "tollgate is serving"
     );
     println!("tollgate serving on http://{addr}");
-    let metrics = match args.metrics_listen {
-        Some(at) => Some(serve_metrics(at, &edge).await?),
+    let metrics = match metrics_listener {
+        Some(listener) => Some(serve_metrics(listener, &edge)?),
         None => None,
     };
     let served = http::edge::serve(listener, app, &edge, http::server::shutdown_signal()).await;
@@ -131,11 +141,11 @@ async fn start(args: ServeArgs) -> Result<()> {
     served.context("HTTP server")
 }
 
-/// Serves `GET /metrics` on its own address, under the same edge settings, until aborted.
-async fn serve_metrics(at: SocketAddr, edge: &Edge) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(at)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {at}"))?;
+/// Serves `GET /metrics` on its own listener, under the same edge settings, until aborted.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    edge: &Edge,
+) -> Result<tokio::task::JoinHandle<()>> {
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "serving metrics");
     println!("tollgate metrics on http://{addr}/metrics");

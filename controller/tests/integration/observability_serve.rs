@@ -452,3 +452,43 @@ fn python() -> PathBuf {
     );
     path
 }
+
+// ----- a metrics address in use --------------------------------------------------------------
+
+#[test]
+fn a_metrics_address_in_use_stops_the_start_before_anything_is_opened() {
+    use crate::engine_support::ACCOUNTS;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("accounts")).unwrap();
+    std::fs::write(dir.path().join("accounts/accounts.toml"), ACCOUNTS).unwrap();
+    std::fs::write(dir.path().join("service.yaml"), "Resources: {}\n").unwrap();
+    let stages = crate::edge_serve::stages_toml("");
+    std::fs::write(dir.path().join("stages.toml"), stages).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let state = dir.path().join("state.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("stages.toml"))
+        .arg("--state")
+        .arg(format!("sqlite://{}", state.display()))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &addr])
+        .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET)
+        .env_remove("TOLLGATE_GITHUB_WEBHOOK_SECRET_FILE")
+        .env_remove("TOLLGATE_GITHUB_TOKEN")
+        .env_remove("TOLLGATE_GITHUB_TOKEN_FILE")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .envs([("X_BETA", "x"), ("X_GAMMA", "x"), ("X_PROD", "x")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for metrics on {addr}")),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "the state database was not created");
+    drop(taken);
+}
