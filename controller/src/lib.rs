@@ -18,5 +18,6 @@ pub mod engine;
 pub mod gates;
 pub mod github;
 pub mod http;
+pub mod metrics;
 pub mod secret;
 pub mod store;

@@ -2,7 +2,7 @@
 //!
 //! Owns: parsing the arguments ([`tollgate::cli::Cli`]) and handing each command to the library
 //! function that carries it out (`tollgate::cli::{serve, validate, status, control}`); setting
-//! up logging for `serve`; the tokio runtime; and the process's exit code.
+//! up logging for `serve` (`--log-format json|text`); the tokio runtime; and the process's exit code.
 //!
 //! Exit codes:
 //! - 0: done. `serve` stopped on SIGINT or SIGTERM; `validate` found the files valid; a control
@@ -20,7 +20,7 @@ use std::path::Path;
 
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command, StateArgs};
+use tollgate::cli::{Cli, Command, LogFormat, StateArgs};
 use tollgate::config;
 use tollgate::store::Store;
 
@@ -31,13 +31,16 @@ fn main() {
             files: StateArgs { config, state },
             listen,
             sns_cert_cache,
+            metrics_listen,
+            log_format,
         } => {
-            init_logging();
+            init_logging(LogFormat::or_default(log_format));
             block_on(tollgate::cli::serve::run(tollgate::cli::serve::ServeArgs {
                 config,
                 state,
                 listen,
                 sns_cert_cache,
+                metrics_listen,
             }))
         }
         Command::Validate {
@@ -112,17 +115,22 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`), `TOLLGATE_LOG_FORMAT=json` for JSON lines.
-fn init_logging() {
+/// Logs to stderr; `RUST_LOG` filters (default `info`). JSON lines carry the fields of the
+/// enclosing span (`span`: a pipeline's reconcile, an effect, an HTTP request) and of every
+/// span around it (`spans`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("TOLLGATE_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        LogFormat::Text => builder.init(),
     }
 }
 

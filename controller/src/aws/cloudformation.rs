@@ -42,6 +42,7 @@ use aws_sdk_cloudformation::types::{
 use sha2::{Digest, Sha256};
 
 use super::errors::{classify, context, has_code, sdk, sdk_done_unless};
+use super::observe::CallMetrics;
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
@@ -185,8 +186,9 @@ impl CloudFormationDeployer {
             .creds
             .config_for(&req.account, &req.target.region, &req.session_name)
             .await?;
+        let conf = aws_sdk_cloudformation::config::Builder::from(&config).interceptor(CallMetrics);
         Ok(StackRef {
-            client: Client::new(&config),
+            client: Client::from_conf(conf.build()),
             account: req.account.id.to_string(),
             name: stack.clone(),
             token: request_token(&req.key),

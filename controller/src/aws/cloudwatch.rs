@@ -33,6 +33,7 @@ use aws_sdk_cloudwatch::types::{
 use chrono::{DateTime, Utc};
 
 use super::errors::{context, sdk};
+use super::observe::CallMetrics;
 use super::retry::Limiter;
 use super::sts::Credentials;
 use crate::config::Account;
@@ -73,7 +74,8 @@ impl CloudWatchAlarms {
 
     async fn client(&self, account: &Account, region: &str) -> PortResult<Client> {
         let config = self.creds.config_for(account, region, SESSION_NAME).await?;
-        let mut builder = aws_sdk_cloudwatch::config::Builder::from(&config);
+        let mut builder =
+            aws_sdk_cloudwatch::config::Builder::from(&config).interceptor(CallMetrics);
         if let Some(url) = &self.endpoint_url {
             builder = builder.endpoint_url(url);
         }

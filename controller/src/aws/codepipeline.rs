@@ -38,6 +38,7 @@ use aws_sdk_codepipeline::types::{
 use sha2::{Digest, Sha256};
 
 use super::errors::{context, sdk};
+use super::observe::CallMetrics;
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::Deploy;
@@ -138,7 +139,8 @@ impl CodePipelineDeployer {
             .creds
             .config_for(&req.account, &req.target.region, &req.session_name)
             .await?;
-        let mut builder = aws_sdk_codepipeline::config::Builder::from(&config);
+        let mut builder =
+            aws_sdk_codepipeline::config::Builder::from(&config).interceptor(CallMetrics);
         if let Some(url) = &self.endpoint_url {
             builder = builder.endpoint_url(url);
         }

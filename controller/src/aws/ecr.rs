@@ -21,6 +21,7 @@ use aws_sdk_ecr::Client;
 use aws_sdk_ecr::types::{Image, ImageIdentifier};
 
 use super::errors::{classify, has_code, sdk, sdk_done_unless};
+use super::observe::CallMetrics;
 use super::retry::{Limiter, PollSettings};
 use super::sts::Credentials;
 use crate::config::{Account, Artifact, Promote};
@@ -78,8 +79,9 @@ impl EcrArtifacts {
         session: &str,
     ) -> PortResult<Repo> {
         let config = self.creds.config_for(account, region, session).await?;
+        let conf = aws_sdk_ecr::config::Builder::from(&config).interceptor(CallMetrics);
         Ok(Repo {
-            client: Client::new(&config),
+            client: Client::from_conf(conf.build()),
             account: account.id.to_string(),
             region: region.to_string(),
             name: name.to_string(),

@@ -145,10 +145,13 @@ pub fn has_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>, code: &str) ->
     err.code() == Some(code)
 }
 
-fn is_retryable(code: &str, status: Option<u16>) -> bool {
+/// `code` is one of AWS's "slow down" error codes.
+pub fn is_throttling(code: &str) -> bool {
     THROTTLING.contains(&code)
-        || SERVER_FAULT.contains(&code)
-        || matches!(status, Some(429 | 500..=599))
+}
+
+fn is_retryable(code: &str, status: Option<u16>) -> bool {
+    is_throttling(code) || SERVER_FAULT.contains(&code) || matches!(status, Some(429 | 500..=599))
 }
 
 fn describe(code: &str, message: &str, status: Option<u16>) -> String {

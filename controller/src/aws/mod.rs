@@ -9,6 +9,7 @@ pub mod codepipeline;
 pub mod deployer;
 pub mod ecr;
 pub mod errors;
+pub mod observe;
 pub mod retry;
 pub mod sns;
 pub mod sts;

@@ -200,9 +200,17 @@ impl Limiter {
         Fut: Future<Output = Result<T, PortError>>,
     {
         let what = format!("AWS {api} in {account}");
+        let attempts = std::sync::atomic::AtomicU32::new(0);
         self.settings
             .backoff()
             .retry(&what, || {
+                if attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+                    let labels = crate::metrics::OperationLabels { operation: api };
+                    crate::metrics::global()
+                        .aws_retries
+                        .get_or_create(&labels)
+                        .inc();
+                }
                 let attempt = op();
                 async move {
                     self.acquire(account, api).await;

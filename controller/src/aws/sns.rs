@@ -31,6 +31,7 @@ use aws_sdk_sns::types::MessageAttributeValue;
 use tokio::sync::OnceCell;
 
 use super::errors::{context, sdk};
+use super::observe::CallMetrics;
 use super::retry::Limiter;
 use super::sts::Credentials;
 use crate::config::{Account, Approver};
@@ -227,7 +228,8 @@ impl SnsNotifier {
             .creds
             .config_for(account, &arn.region, SESSION_NAME)
             .await?;
-        Ok((Client::new(&config), account.id.to_string()))
+        let conf = aws_sdk_sns::config::Builder::from(&config).interceptor(CallMetrics);
+        Ok((Client::from_conf(conf.build()), account.id.to_string()))
     }
 
     fn account_for(&self, arn: &TopicArn) -> PortResult<&Account> {

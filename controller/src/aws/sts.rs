@@ -27,6 +27,7 @@ use aws_config::{Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 
 use super::errors::{context, sdk};
+use super::observe::CallMetrics;
 use super::retry::Limiter;
 use crate::config::{Account, SecretRef};
 use crate::engine::ports::{PortError, PortResult};
@@ -137,7 +138,8 @@ impl Credentials {
     async fn assume(&self, account: &Account, role: &str, name: &str) -> PortResult<Session> {
         let external_id = external_id(account.external_id.as_ref())?;
         let seconds = account.session_duration.as_secs().clamp(900, 43_200) as i32;
-        let client = aws_sdk_sts::Client::new(&self.derive_base());
+        let conf = aws_sdk_sts::config::Builder::from(&self.derive_base()).interceptor(CallMetrics);
+        let client = aws_sdk_sts::Client::from_conf(conf.build());
         let name = session_name(name);
         let out = self
             .limiter

@@ -23,6 +23,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How `serve` writes its log lines (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line: timestamp, level, message, fields, and the enclosing spans.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    /// The format asked for, or text when stderr is a terminal and JSON otherwise.
+    pub fn or_default(asked: Option<LogFormat>) -> LogFormat {
+        use std::io::IsTerminal;
+        asked.unwrap_or(if std::io::stderr().is_terminal() {
+            LogFormat::Text
+        } else {
+            LogFormat::Json
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller: the reconcilers, the webhooks, the approval pages.
@@ -36,6 +57,14 @@ pub enum Command {
         /// sns.<region>.amazonaws.com); certificates are still verified.
         #[arg(long, env = "TOLLGATE_SNS_CERT_CACHE")]
         sns_cert_cache: Option<PathBuf>,
+        /// Serve Prometheus metrics at `GET /metrics` on this address (for example
+        /// 127.0.0.1:9090); off when not given.
+        #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
+        /// Log lines as JSON objects or as text; by default text when stderr is a terminal,
+        /// JSON otherwise.
+        #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
+        log_format: Option<LogFormat>,
     },
     /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
     Validate {
@@ -141,6 +170,34 @@ pub struct StateArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serve_takes_a_metrics_address_and_a_log_format_and_refuses_others() {
+        let argv = [
+            "tollgate",
+            "serve",
+            "--metrics-listen",
+            "127.0.0.1:9090",
+            "--log-format",
+            "json",
+        ];
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve {
+                metrics_listen,
+                log_format,
+                ..
+            } => {
+                assert_eq!(metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+                assert_eq!(log_format, Some(LogFormat::Json));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_format = ["tollgate", "serve", "--log-format", "xml"];
+        let err = Cli::try_parse_from(bad_format).unwrap_err().to_string();
+        assert!(err.contains("json") && err.contains("text"), "{err}");
+        let bad_address = ["tollgate", "serve", "--metrics-listen", "localhost"];
+        assert!(Cli::try_parse_from(bad_address).is_err());
+    }
+
     use clap::CommandFactory;
 
     use super::*;

@@ -58,6 +58,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Pre-seeded SNS signing certificates (a directory keyed by URL), for closed networks.
     pub sns_cert_cache: Option<PathBuf>,
+    /// Where `GET /metrics` is served; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs the controller until SIGINT/SIGTERM. Returns the process exit code.
@@ -79,6 +81,16 @@ async fn start(args: ServeArgs) -> Result<()> {
     let secrets = WebhookSecrets::from_env().context("GitHub webhook secret")?;
     // Held until serve returns: a second controller on this state is refused before it opens it.
     let mut lock = ServeLock::acquire(&args.state, Holder::this_process())?;
+    // Bound before anything starts, so an address in use stops the start-up, not a running
+    // controller.
+    let metrics_listener = match args.metrics_listen {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {at}"))?,
+        ),
+        None => None,
+    };
     let store = Store::open(&args.state).await.context("state database")?;
     let (config, in_force) = intake::config_in_force(store.reads(), loaded.config).await;
     if let Some(note) = &in_force {
@@ -125,11 +137,33 @@ async fn start(args: ServeArgs) -> Result<()> {
         "tollgate is serving"
     );
     println!("tollgate serving on http://{addr}");
+    let metrics = match metrics_listener {
+        Some(listener) => Some(serve_metrics(listener, &edge)?),
+        None => None,
+    };
     let served = http::edge::serve(listener, app, &edge, http::server::shutdown_signal()).await;
-    for r in reconcilers {
+    for r in reconcilers.into_iter().chain(metrics) {
         r.abort();
     }
     served.context("HTTP server")
+}
+
+/// Serves `GET /metrics` on its own listener, under the same edge settings, until aborted.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    edge: &Edge,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, "serving metrics");
+    println!("tollgate metrics on http://{addr}/metrics");
+    let app = edge.with_request_timeout(http::metrics::routes());
+    let edge = edge.clone();
+    Ok(tokio::spawn(async move {
+        let forever = std::future::pending::<()>();
+        if let Err(e) = http::edge::serve(listener, app, &edge, forever).await {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    }))
 }
 
 /// Every route, each behind the guards its exposure calls for, under the request timeout.

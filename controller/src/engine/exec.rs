@@ -417,7 +417,9 @@ async fn rollback(
     });
     let result = op.ports().deployer.rollback(&req).await;
     // Written after the call, so the disk write is not on the path from alarm to rollback.
-    if let Some((_, detail)) = &latency {
+    if let Some((ms, detail)) = &latency {
+        let took = chrono::Duration::milliseconds(*ms);
+        crate::metrics::global().alarm_to_rollback(&p.name, &s.name, took);
         tracing::info!(pipeline = %p.name, stage = %s.name, "{detail}");
         let scope = Some((op.effect.release, s.name.as_str()));
         let logged = engine

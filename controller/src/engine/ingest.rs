@@ -24,12 +24,40 @@ use crate::store::{AppliedConfig, EventNote, PushLink, Reads, Store};
 
 /// The wake-up signal of each pipeline's reconcile loop.
 #[derive(Default)]
-pub(super) struct Wakers(Mutex<HashMap<String, Arc<Notify>>>);
+pub(super) struct Wakers(Mutex<HashMap<String, Arc<Waker>>>);
 
 impl Wakers {
-    pub(super) fn get(&self, pipeline: &str) -> Arc<Notify> {
+    pub(super) fn get(&self, pipeline: &str) -> Arc<Waker> {
         let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
         w.entry(pipeline.to_string()).or_default().clone()
+    }
+}
+
+/// One pipeline's wake-up signal, and when the earliest wake-up not yet answered by a
+/// reconcile was given (the start of the reconcile lag, [`crate::metrics`]).
+#[derive(Default)]
+pub(super) struct Waker {
+    notify: Notify,
+    since: Mutex<Option<std::time::Instant>>,
+}
+
+impl Waker {
+    fn wake(&self) {
+        self.since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(std::time::Instant::now);
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next wake-up.
+    pub(super) async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The earliest wake-up not answered yet, which the reconcile starting now answers.
+    pub(super) fn take(&self) -> Option<std::time::Instant> {
+        self.since.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -105,7 +133,7 @@ impl Ingest {
 
     /// Asks the pipeline's reconciler to look again (never lost: a pending wake is kept).
     pub fn wake(&self, pipeline: &str) {
-        self.wakers.get(pipeline).notify_one();
+        self.wakers.get(pipeline).wake();
     }
 
     pub(super) fn pipeline(&self, name: &str) -> EngineResult<Pipeline> {

@@ -19,6 +19,11 @@
 //!   its record left pending, and it is started again under the same key, as after a crash.
 //!   The cancelled attempt records nothing, so its outcome can never be recorded twice.
 //!
+//! Observability: each reconcile runs in a `reconcile` span (pipeline) and each effect in an
+//! `effect` span (pipeline, stage, release, effect key, kind), so every log line written on their
+//! behalf, adapters included, names them; run transitions, release outcomes, deploy and rollback
+//! durations and the reconcile lag feed [`crate::metrics`] from the typed changes applied.
+//!
 //! Caveats: an SNS email sent just before a crash may be sent again after restart (SNS has no
 //! idempotency token); GitHub statuses are idempotent by nature.
 
@@ -36,6 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use tracing::Instrument;
 
 use crate::backoff::PollSettings;
 use crate::config::Config;
@@ -276,8 +282,15 @@ impl Engine {
 
     async fn pipeline_loop(&self, name: &str) {
         let waker = self.inner.ingest.wakers().get(name);
+        let mut woke = std::time::Instant::now();
         loop {
-            let next = match self.reconcile(name).await {
+            // The lag runs from the earliest wake-up this reconcile answers (a fact recorded,
+            // an effect finished), or from the loop's own waking (a deadline).
+            let since = waker.take().map_or(woke, |w| w.min(woke));
+            let span = tracing::info_span!("reconcile", pipeline = name);
+            let reconciled = self.reconcile(name).instrument(span).await;
+            crate::metrics::global().reconciled(name, since.elapsed());
+            let next = match reconciled {
                 Ok(next) => next,
                 Err(EngineError::Stopped) => return,
                 Err(EngineError::UnknownPipeline(_)) => {
@@ -297,6 +310,7 @@ impl Engine {
             let Some(at) = next else {
                 // Nothing due: only a new fact, an effect's end or a reload changes anything.
                 waker.notified().await;
+                woke = std::time::Instant::now();
                 continue;
             };
             let sleep = (at - self.now()).to_std().unwrap_or(Duration::ZERO);
@@ -304,6 +318,7 @@ impl Engine {
                 _ = waker.notified() => {}
                 _ = tokio::time::sleep(sleep.min(DEADLINE_RECHECK)) => {}
             }
+            woke = std::time::Instant::now();
         }
     }
 
@@ -323,6 +338,7 @@ impl Engine {
             // when planned again from a time the store kept.
             let now = self.now().trunc_subsecs(3);
             let plan = plan(&pipeline, &snap, now);
+            crate::metrics::global().approvals(&pipeline, &snap.runs);
             let changes: Vec<Action> = plan
                 .actions
                 .iter()
@@ -340,6 +356,7 @@ impl Engine {
             }
             self.step()?;
             self.store().apply(name, &changes, now).await?;
+            observe_changes(&pipeline, &snap, &changes, now);
         }
         tracing::warn!(
             pipeline = name,
@@ -379,7 +396,17 @@ impl Engine {
         }
         let engine = self.clone();
         let ctx = exec::Context::capture(self, &e, snap);
-        tokio::spawn(async move { engine.run_effect(e, ctx).await });
+        // Its own span, not the reconcile's: the effect outlives the reconcile that started it.
+        let span = tracing::info_span!(
+            parent: None,
+            "effect",
+            pipeline = %e.pipeline,
+            stage = %e.stage,
+            release = e.release.0,
+            effect_key = %e.key,
+            kind = e.kind.tag(),
+        );
+        tokio::spawn(async move { engine.run_effect(e, ctx).await }.instrument(span));
         Ok(())
     }
 
@@ -402,10 +429,14 @@ impl Engine {
             None
         } else {
             let deadline = self.effect_deadline();
+            tracing::info!("effect started");
+            let started = std::time::Instant::now();
             let attempt = tokio::time::timeout(deadline, exec::perform(self, &e, &ctx)).await;
             let Ok(outcome) = attempt else {
                 return self.overran(&e, deadline).await;
             };
+            tracing::info!(ok = outcome.ok, "effect finished");
+            observe_effect(&e, outcome.ok, started.elapsed());
             Some(outcome)
         };
         if let Some(o) = outcome {
@@ -462,6 +493,55 @@ impl Engine {
     pub(crate) fn ports(&self) -> &Ports {
         &self.inner.ports
     }
+}
+
+/// Feeds the metrics from the changes just applied: run transitions (run durations) and the
+/// outcomes releases reached, judged from the snapshot's typed runs before the changes.
+fn observe_changes(
+    pipeline: &crate::config::Pipeline,
+    snap: &crate::domain::Snapshot,
+    changes: &[Action],
+    now: DateTime<Utc>,
+) {
+    use crate::metrics::{release_failed, release_outcome};
+    let m = crate::metrics::global();
+    let mut decided = HashSet::new();
+    for change in changes {
+        let outcome = match change {
+            Action::Transition {
+                release, stage, to, ..
+            } => {
+                if let Some(run) = snap.run(*release, stage) {
+                    m.run_transition(&pipeline.name, run, *to, now);
+                }
+                release_outcome(pipeline, &snap.runs, *release, stage, *to).map(|o| (*release, o))
+            }
+            Action::FailRelease { release, .. } => {
+                release_failed(&snap.runs, *release).map(|o| (*release, o))
+            }
+            _ => None,
+        };
+        // One outcome per release per batch: two of its runs may end in the same round.
+        if let Some((release, outcome)) = outcome.filter(|(r, _)| decided.insert(*r)) {
+            tracing::debug!(release = release.0, outcome, "release outcome");
+            m.release_outcome(&pipeline.name, outcome);
+        }
+    }
+}
+
+/// A deploy's or rollback's duration and result.
+fn observe_effect(e: &Effect, ok: bool, took: Duration) {
+    let rollback = match e.kind {
+        crate::domain::EffectKind::Deploy { .. } => false,
+        crate::domain::EffectKind::Rollback { .. } => true,
+        _ => return,
+    };
+    let labels = crate::metrics::EffectLabels {
+        pipeline: e.pipeline.to_string(),
+        stage: e.stage.to_string(),
+        result: if ok { "succeeded" } else { "failed" },
+    };
+    crate::metrics::global().effect_finished(rollback, labels, took);
 }
 
 fn millis(d: Duration) -> u64 {

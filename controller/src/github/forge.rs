@@ -391,9 +391,13 @@ impl GithubForge {
             Method::PATCH => self.client._patch(route, body).await,
             _ => self.client._get(route).await,
         };
-        let response = sent.map_err(|e| transport(&what, &e))?;
+        let response = sent.map_err(|e| {
+            count_call(&method, "transport_error");
+            transport(&what, &e)
+        })?;
         let status = response.status();
         let limited = rate_limited(response.headers());
+        observe_answer(&method, status, limited, response.headers());
         let text = self
             .client
             .body_to_string(response)
@@ -435,6 +439,38 @@ fn decode<T: DeserializeOwned>(route: &str, value: Value) -> PortResult<T> {
 
 fn transport(what: &str, e: &octocrab::Error) -> PortError {
     PortError::Retryable(format!("{what}: {}", first_line(&e.to_string())))
+}
+
+/// Counts one answered request and keeps GitHub's remaining rate limit.
+fn observe_answer(method: &Method, status: StatusCode, limited: bool, headers: &HeaderMap) {
+    let outcome = match status.as_u16() {
+        _ if status.is_success() => "success",
+        429 => "rate_limited",
+        403 if limited => "rate_limited",
+        s if s >= 500 => "server_error",
+        _ => "client_error",
+    };
+    count_call(method, outcome);
+    let remaining = headers
+        .get("x-ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    if let Some(n) = remaining {
+        crate::metrics::global().github_rate_remaining(n);
+    }
+}
+
+fn count_call(method: &Method, outcome: &'static str) {
+    let method = match *method {
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        _ => "GET",
+    };
+    let labels = crate::metrics::GithubLabels { method, outcome };
+    crate::metrics::global()
+        .github_calls
+        .get_or_create(&labels)
+        .inc();
 }
 
 /// GitHub's primary and secondary rate limits answer 403 (or 429) with these headers.

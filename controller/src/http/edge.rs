@@ -134,10 +134,12 @@ impl Edge {
         router.route_layer(middleware::from_fn_with_state(guard, guarded))
     }
 
-    /// `app` with every request bounded by `request_timeout` (408 past it).
+    /// `app` with every request bounded by `request_timeout` (408 past it), and given a
+    /// request id ([`with_request_id`]).
     pub fn with_request_timeout(&self, app: Router) -> Router {
         let limit = self.settings.request_timeout;
-        app.layer(middleware::from_fn_with_state(limit, timed))
+        let app = app.layer(middleware::from_fn_with_state(limit, timed));
+        with_request_id(app)
     }
 
     /// Drops rate-limiter entries of addresses that are back to a full allowance.
@@ -145,6 +147,40 @@ impl Edge {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
+}
+
+/// The response header that carries a request's id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// `app` with a fresh id for every request: every log line written while it is handled
+/// carries it (the `request` span, with the method and the guarded route's name, never the
+/// URL), and the answer returns it as `X-Request-Id`. An id sent by the client is not used:
+/// anyone can write that header.
+pub fn with_request_id(app: Router) -> Router {
+    app.layer(middleware::from_fn(request_id))
+}
+
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %request.method(),
+        route = tracing::field::Empty,
+    );
+    let mut response = tracing::Instrument::instrument(
+        async move {
+            let response = next.run(request).await;
+            tracing::info!(status = response.status().as_u16(), "answered");
+            response
+        },
+        span,
+    )
+    .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 async fn timed(State(limit): State<Duration>, request: Request, next: Next) -> Response {
@@ -164,6 +200,7 @@ async fn timed(State(limit): State<Duration>, request: Request, next: Next) -> R
 }
 
 async fn guarded(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    tracing::Span::current().record("route", guard.route);
     match admit(&guard, &request) {
         Ok(permits) => {
             let response = next.run(request).await;

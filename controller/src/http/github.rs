@@ -33,6 +33,7 @@ use crate::github::intake::{self, IntakeOutcome, Outcome};
 use crate::github::webhook::{
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, parse_event, verify_signature,
 };
+use crate::metrics::WebhookSource;
 
 /// GitHub caps webhook payloads at 25 MiB.
 pub const BODY_LIMIT: usize = 25 * 1024 * 1024;
@@ -53,7 +54,7 @@ async fn webhook(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match receive(&state, &headers, body).await {
-        Ok(reply) | Err(reply) => reply.into_response(),
+        Ok(reply) | Err(reply) => reply.counted(WebhookSource::Github).into_response(),
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod approvals;
 pub mod edge;
 pub mod github;
+pub mod metrics;
 mod reply;
 pub mod server;
 pub mod sns;

@@ -41,6 +41,12 @@ impl Reply {
     pub fn forbidden(detail: impl Into<String>) -> Reply {
         Reply::new(StatusCode::FORBIDDEN, "forbidden", detail)
     }
+
+    /// Counts the delivery in `tollgate_webhook_deliveries_total` under its result.
+    pub fn counted(self, source: crate::metrics::WebhookSource) -> Reply {
+        crate::metrics::global().webhook(source, self.result);
+        self
+    }
 }
 
 impl IntoResponse for Reply {

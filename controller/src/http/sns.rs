@@ -70,6 +70,7 @@ use crate::http::sns_verify::{
     AlarmNotification, AlarmState, CertCache, Freshness, SnsMessage, SnsType, SnsVerifyError,
     confirmation_url, fetch_client_builder, parse_alarm, verify_delivery,
 };
+use crate::metrics::WebhookSource;
 
 /// The route's path.
 pub const PATH: &str = "/webhooks/sns";
@@ -179,7 +180,7 @@ impl Reply {
 async fn webhook(State(state): State<SnsState>, body: Result<Bytes, BytesRejection>) -> Response {
     let arrived = state.engine.now();
     match receive(&state, body, arrived).await {
-        Ok(reply) | Err(reply) => reply.into_response(),
+        Ok(reply) | Err(reply) => reply.counted(WebhookSource::Sns).into_response(),
     }
 }
 

@@ -15,6 +15,8 @@
 //! - A `success` deployment status marks the older deployments of the same environment
 //!   inactive (GitHub's `auto_inactive`).
 //! - Served under `/` and under `/api/v3` (GitHub Enterprise's prefix).
+//! - Every answer to an authenticated request carries GitHub's rate-limit headers, counting
+//!   down from [`RATE_LIMIT`] (the limit itself is never enforced).
 //!
 //! Scripting: check runs are set by the test ([`GithubFake::set_check_run`]); a workflow
 //! dispatch creates a run whose visibility, duration (in polls) and conclusion follow the
@@ -206,6 +208,8 @@ struct Model {
     pulls: Vec<PullRequest>,
     failures: VecDeque<u16>,
     requests: Vec<String>,
+    /// Authenticated requests answered (the rate limit's `x-ratelimit-used`).
+    rate_used: u32,
     app: Option<FakeApp>,
 }
 
@@ -250,6 +254,11 @@ impl Drop for GithubFake {
 }
 
 impl GithubFake {
+    /// The `x-ratelimit-remaining` of the latest answer to an authenticated request.
+    pub fn rate_remaining(&self) -> u32 {
+        RATE_LIMIT.saturating_sub(lock(&self.state).rate_used)
+    }
+
     /// Starts the fake on `127.0.0.1:0`, accepting `token` as the only credential.
     pub async fn start(token: &str) -> std::io::Result<GithubFake> {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -526,9 +535,39 @@ async fn gatekeeper(State(state): State<Shared>, req: Request, next: Next) -> Re
     if let Err(rejected) = authorize(req.headers(), &token) {
         return rejected.into_response();
     }
-    match failure {
+    let used = {
+        let mut m = lock(&state);
+        m.rate_used += 1;
+        m.rate_used
+    };
+    let mut response = match failure {
         Some(status) => scripted_failure(status).into_response(),
         None => next.run(req).await,
+    };
+    rate_limit_headers(response.headers_mut(), used);
+    response
+}
+
+/// GitHub's primary rate limit for a token: 5,000 requests an hour.
+pub const RATE_LIMIT: u32 = 5000;
+
+/// The headers GitHub puts on every answer to an authenticated request ("Rate limits for the
+/// REST API", docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api:
+/// `x-ratelimit-limit`, `-remaining`, `-used`, `-reset` in epoch seconds, `-resource`).
+fn rate_limit_headers(headers: &mut HeaderMap, used: u32) {
+    let reset = (Utc::now() + chrono::Duration::hours(1)).timestamp();
+    let remaining = RATE_LIMIT.saturating_sub(used);
+    let values = [
+        ("x-ratelimit-limit", RATE_LIMIT.to_string()),
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-used", used.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+        ("x-ratelimit-resource", "core".to_string()),
+    ];
+    for (name, value) in values {
+        if let Ok(v) = value.parse() {
+            headers.insert(name, v);
+        }
     }
 }
 

@@ -27,22 +27,22 @@ use tollgate_testkit::github_fake::GithubFake;
 use tollgate_testkit::moto::MotoServer;
 use tollgate_testkit::world::{APPROVER, World, WorldBuilder};
 
-const SECRET: &str = "webhook-secret-for-approvals-through-serve";
-const TOKEN: &str = "ghp_approvalsServeTestToken0123456789";
+pub(crate) const SECRET: &str = "webhook-secret-for-approvals-through-serve";
+pub(crate) const TOKEN: &str = "ghp_approvalsServeTestToken0123456789";
 const REPO: &str = "acme/backend";
 /// The longest one wait may take.
 const LIMIT: Duration = Duration::from_secs(90);
 
-struct Serve {
-    moto: MotoServer,
-    world: World,
-    _stub: CloudWatchStub,
-    github: GithubFake,
+pub(crate) struct Serve {
+    pub(crate) moto: MotoServer,
+    pub(crate) world: World,
+    pub(crate) stub: CloudWatchStub,
+    pub(crate) github: GithubFake,
     child: Child,
-    url: String,
+    pub(crate) url: String,
     state: String,
-    store: Store,
-    http: reqwest::Client,
+    pub(crate) store: Store,
+    pub(crate) http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -56,6 +56,20 @@ impl Drop for Serve {
 impl Serve {
     /// The world, `before` (say, an extra subscription) run on moto, then `tollgate serve`.
     async fn start<F, Fut>(builder: WorldBuilder, before: F) -> Serve
+    where
+        F: FnOnce(aws_sdk_sns::Client, String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        Serve::start_with(builder, before, |_| Vec::new()).await
+    }
+
+    /// [`Serve::start`], with more arguments for `tollgate serve` made from the world; stderr
+    /// goes to `serve.log`, stdout to `serve.out`.
+    pub(crate) async fn start_with<F, Fut>(
+        builder: WorldBuilder,
+        before: F,
+        args: impl FnOnce(&World) -> Vec<String>,
+    ) -> Serve
     where
         F: FnOnce(aws_sdk_sns::Client, String) -> Fut,
         Fut: std::future::Future<Output = ()>,
@@ -83,17 +97,19 @@ impl Serve {
         let github = GithubFake::start(TOKEN).await.unwrap();
         let state = format!("sqlite://{}", dir.path().join("state.db").display());
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let out = std::fs::File::create(dir.path().join("serve.out")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["serve", "--config"])
             .arg(world.stages_path())
             .args(["--state", &state, "--listen", &format!("127.0.0.1:{port}")])
+            .args(args(&world))
             .envs(world.serve_env(&moto, &stub))
             .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET)
             .env("TOLLGATE_GITHUB_TOKEN", TOKEN)
             .env("TOLLGATE_GITHUB_API_URL", github.url())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .expect("tollgate serve starts");
@@ -106,7 +122,7 @@ impl Serve {
         Serve {
             moto,
             world,
-            _stub: stub,
+            stub,
             github,
             child,
             url,
@@ -117,13 +133,18 @@ impl Serve {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// What the controller printed on stdout.
+    pub(crate) fn stdout(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("serve.out")).unwrap_or_default()
     }
 
     /// Pushes the image of `sha` and delivers a signed `push` of it: `author` wrote the head
     /// commit, `pusher` pushed it.
-    async fn push(&self, sha: &str, author: &str, pusher: &str) {
+    pub(crate) async fn push(&self, sha: &str, author: &str, pusher: &str) {
         self.world.push_image(sha).await.expect("image pushed");
         let person = |login: &str| json!({ "name": login, "email": format!("{login}@example.com"), "username": login });
         let body = json!({
@@ -176,7 +197,7 @@ impl Serve {
     }
 
     /// Waits until `sha`'s run in `stage` satisfies `done`.
-    async fn wait(
+    pub(crate) async fn wait(
         &self,
         sha: &str,
         stage: &str,
@@ -199,7 +220,7 @@ impl Serve {
     }
 
     /// Approval messages on the approval topic: (approver attribute, body), oldest first.
-    async fn approval_mail(&self) -> Vec<(Option<String>, String)> {
+    pub(crate) async fn approval_mail(&self) -> Vec<(Option<String>, String)> {
         let data = self.moto.data().await.unwrap();
         let topic = &self.world.topics().approvals;
         let topics = data["sns"]["Topic"].as_array().cloned().unwrap_or_default();
@@ -239,7 +260,7 @@ impl Serve {
     }
 
     /// Waits for the `n`th approval email to alice and returns its link's token.
-    async fn nth_link(&self, n: usize) -> String {
+    pub(crate) async fn nth_link(&self, n: usize) -> String {
         let deadline = Instant::now() + LIMIT;
         loop {
             let mail: Vec<String> = self
@@ -262,7 +283,7 @@ impl Serve {
     }
 
     /// Opens the link, then answers `decision` with the page's form: (status, page).
-    async fn decide(&self, token: &str, decision: &str) -> (u16, String, String) {
+    pub(crate) async fn decide(&self, token: &str, decision: &str) -> (u16, String, String) {
         let link = format!("{}/approvals/{token}", self.url);
         let page = self
             .http
@@ -320,12 +341,12 @@ async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str, log: &
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
-fn sha(n: u32) -> String {
+pub(crate) fn sha(n: u32) -> String {
     format!("{n:08x}{}", "a11ce".repeat(7))
         .chars()
         .take(40)
@@ -354,13 +375,13 @@ fn field(page: &str, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn quick() -> WorldBuilder {
+pub(crate) fn quick() -> WorldBuilder {
     WorldBuilder::new()
         .stage_tests(false)
         .bake_all(Duration::ZERO)
 }
 
-async fn nothing_more(_: aws_sdk_sns::Client, _: String) {}
+pub(crate) async fn nothing_more(_: aws_sdk_sns::Client, _: String) {}
 
 #[tokio::test]
 async fn the_author_of_the_merged_pull_request_cannot_approve_the_merge_commit() {

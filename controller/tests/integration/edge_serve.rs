@@ -119,7 +119,7 @@ fn serve_command(dir: &std::path::Path) -> Command {
     command
 }
 
-fn stages_toml(http: &str) -> String {
+pub(crate) fn stages_toml(http: &str) -> String {
     let with_topic = format!("{TOPIC_LINE}\nalarm_topics = [\"{ALARM_TOPIC}\"]");
     let with_http = format!("{PUBLIC_URL_LINE}\n\n[controller.http]\n{http}\n");
     let toml = STAGES

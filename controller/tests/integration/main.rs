@@ -29,6 +29,7 @@ mod github_intake;
 mod github_webhook;
 mod moto_sts;
 mod nohang;
+mod observability_serve;
 mod release_page;
 mod sns_intake;
 mod sns_verify;
