@@ -13,5 +13,6 @@ pub mod fuse;
 pub mod github_fake;
 pub mod hang;
 pub mod moto;
+pub mod serve;
 pub mod sns;
 pub mod world;

@@ -23,6 +23,7 @@ mod engine_drift;
 mod engine_support;
 mod engine_wake;
 mod examples;
+mod examples_e2e;
 mod gates_runner;
 mod github_forge;
 mod github_intake;
