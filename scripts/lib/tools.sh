@@ -75,3 +75,24 @@ ensure_python_tools() {
       "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION"
   fi
 }
+
+AWSCLI_VERSION="1.46.2"
+
+# ensure_aws_cli DIR: the AWS CLI (awscli==$AWSCLI_VERSION) in its own virtual environment DIR
+# (its botocore pin differs from moto's): the example pipelines' command tests run it against
+# moto. The tests find it at .cache/awscli/bin/aws or through TOLLGATE_AWS_CLI.
+ensure_aws_cli() {
+  local dir="$1"
+  heading "AWS CLI: awscli==$AWSCLI_VERSION"
+  if [[ -x "$dir/bin/aws" ]] && "$dir/bin/python" - "$AWSCLI_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+sys.exit(0 if version("awscli") == sys.argv[1] else 1)
+PY
+  then
+    echo "already installed"
+    return 0
+  fi
+  python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION"
+}
