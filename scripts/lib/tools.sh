@@ -96,3 +96,23 @@ PY
   python3 -m venv "$dir"
   "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION"
 }
+
+# ensure_webhook_examples PREFIX VERSION: GitHub's example webhook payloads
+# (@octokit/webhooks-examples@VERSION) under PREFIX/node_modules.
+ensure_webhook_examples() {
+  local prefix="$1" version="$2"
+  local dir="$prefix/node_modules/@octokit/webhooks-examples"
+  ensure_cmd npm nodejs npm
+  heading "webhook payloads: @octokit/webhooks-examples@$version"
+  local installed=""
+  if [[ -f "$dir/package.json" ]]; then
+    installed="$(node -p "require(process.argv[1]).version" "$dir/package.json")"
+  fi
+  if [[ "$installed" == "$version" ]]; then
+    echo "already installed"
+  else
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
+      --save-exact "@octokit/webhooks-examples@$version"
+  fi
+}

@@ -590,6 +590,11 @@ impl Harness {
         self.config.pipeline(name).expect("pipeline")
     }
 
+    /// A line of the story (`scripts/demo --example NAME` shows it; a test run captures it).
+    fn say(&self, p: &Pipeline, text: impl AsRef<str>) {
+        println!("   {:<11} {}", p.name.to_string(), text.as_ref());
+    }
+
     fn fail(&self, what: String) -> ! {
         panic!(
             "{}: {what}\n--- serve log (tail)\n{}",
@@ -673,6 +678,11 @@ impl Harness {
         if !status.is_success() {
             self.fail(format!("{event} of {sha} refused: {status} {text}"));
         }
+        let short = &sha[..12];
+        self.say(
+            p,
+            format!("GitHub: {event} of {short} on {branch} (signed) → {status} {text}"),
+        );
     }
 
     // ----- the store ------------------------------------------------------------------------
@@ -753,8 +763,13 @@ impl Harness {
         let page = page.text().await.unwrap();
         let csrf = hidden(&page, "csrf");
         let form = [("csrf", csrf.as_str()), ("decision", "approve")];
+        self.say(p, format!("approval email to {approver}: {link}"));
         let r = self.http.post(&link).form(&form).send().await.unwrap();
         let status = r.status();
+        self.say(
+            p,
+            format!("{approver} opens the link and approves → {status}"),
+        );
         assert!(
             status.is_success(),
             "{}: approving {release}: {status}",
@@ -893,6 +908,17 @@ impl Harness {
             assert!(made.image.contains("@sha256:"), "{}", made.image);
         }
         self.assert_one_deploy_each(p, before, &p.stages).await;
+        for stage in &p.stages {
+            let account = &self.config.accounts[&stage.targets[0].account].id;
+            self.say(
+                p,
+                format!(
+                    "{:<5} ({account}) runs {}",
+                    stage.name.to_string(),
+                    made.image
+                ),
+            );
+        }
     }
 
     /// Release `made` reaches Prod, approved; an alarm during Prod's bake rolls Prod back to
@@ -918,6 +944,13 @@ impl Harness {
             r.deploy_started.is_some() && watched.contains(&r.status)
         })
         .await;
+        self.say(
+            p,
+            format!(
+                "prod: alarm {} goes to ALARM; SNS delivers it, signed",
+                prod.alarms[0]
+            ),
+        );
         self.alarm(p, prod).await;
         let (_, run) = self
             .wait(p, &made.sha, &prod_name, "rollback", |r| {
@@ -925,12 +958,8 @@ impl Harness {
             })
             .await;
         self.stub.set_alarm(&prod.alarms[0], "OK");
-        println!(
-            "{}: {} rolled back in prod: {}",
-            p.name,
-            made.sha,
-            run.reason.describe(chrono::Utc::now())
-        );
+        let why = run.reason.describe(chrono::Utc::now());
+        self.say(p, format!("prod rolled back: {why}"));
         let prod_image = self.deployed(prod).await;
         assert_eq!(
             prod_image.as_deref(),
@@ -1033,7 +1062,7 @@ fn sha_of(p: &Pipeline, n: u32) -> String {
         .to_string()
         .bytes()
         .fold(0u32, |a, b| a.wrapping_mul(31) ^ u32::from(b));
-    format!("{seed:08x}{n:08x}{}", "c0ffee".repeat(5))[..40].to_owned()
+    format!("{n:04x}{seed:08x}{}", "c0ffee".repeat(5))[..40].to_owned()
 }
 
 /// The image the stacks are created with, before any release.
