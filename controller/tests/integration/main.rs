@@ -12,6 +12,7 @@ mod aws_sts;
 mod bootstrap_templates;
 mod cli_control;
 mod config_validate;
+mod docs_commands;
 mod e2e_alarms;
 mod e2e_moto;
 mod edge_serve;
