@@ -6,10 +6,13 @@
 //! `@octokit/webhooks-examples`) → Beta → Gamma → Prod with its configured tests (GitHub checks
 //! and workflows answered by the GitHub fake; `command` tests and smoke suites run for real, the
 //! suites against a loopback HTTP server that plays the service and reports the commit the
-//! stage's stack runs), Prod approved through the link of the approval email moto's SNS
-//! recorded; then a second release, rolled back by a signed SNS alarm during its Prod bake
-//! where the pipeline's Prod stage has alarms. moto's request recorder shows exactly one
-//! `ExecuteChangeSet` per stage per release.
+//! stage's stack runs), Prod approved through the link of the approval email (the message
+//! tollgate published to the approval topic for that approver, read from moto's request
+//! recording), then a second release, rolled back by a signed SNS alarm during its Prod bake
+//! where the pipeline's Prod stage has alarms. moto's request recording shows exactly one
+//! `ExecuteChangeSet` per stage per release. The controller runs with its production settings
+//! (no test-speed poll schedules); only the examples' set-up (`examples.rs`) deploys with
+//! `PollSettings::fast`, as it did before.
 //!
 //! # What the copy of the example changes, and why
 //! The example is copied to a temporary directory; its `stages.toml` and `accounts.toml` are
@@ -27,15 +30,16 @@
 //! - `bake` → 500 ms (5 s in Prod), `min_datapoints` → 0, and `bake_max_wait` / `windows`
 //!   removed: the examples bake for up to an hour, want data points from a service with traffic
 //!   (3 per alarm by default, 30 in serverless-api's Prod) and deploy Prod only in office hours;
-//!   the test runs in seconds at any hour, and nothing sends the emulated alarms data. Windows and data points have their own
-//!   tests (`engine_bake_data.rs`, the window unit tests).
+//!   the test runs in seconds at any hour, and nothing sends the emulated alarms data. Windows
+//!   and data points have their own tests (`engine_bake_data.rs`, the window unit tests).
 //! - an ExternalId `file` → a file in the copy (`/run/secrets/…` does not exist here); those
 //!   read from the environment are set in `tollgate serve`'s environment.
 //!
 //! `command` tests run the examples' scripts unchanged with the real AWS CLI
 //! (`TOLLGATE_AWS_CLI`, or `.cache/awscli/bin/aws` as `scripts/test` installs it) pointed at
-//! moto by `AWS_ENDPOINT_URL`, with a `~/.aws/config` holding the profiles the READMEs describe:
-//! each assumes a role in its stage's account (moto's STS) from the controller's credentials.
+//! moto by `AWS_ENDPOINT_URL` (through [`moto_front`], which corrects one status word moto
+//! gets wrong), with a `~/.aws/config` holding the profiles the READMEs describe: each assumes
+//! a role in its stage's account (moto's STS) from the controller's credentials.
 //!
 //! The controller runs with credentials of the example's controller account (an `AssumeRole`
 //! into it on moto), so "the controller's own account" means what it means in the example.
@@ -453,7 +457,7 @@ impl Harness {
             let config = moto.sdk_config_for_account(account.id.as_ref()).await;
             configs.insert(account.name.clone(), config.unwrap());
         }
-        let mut distributions = BTreeMap::new();
+        let distributions = distributions(moto, &ex.config, &configs).await;
         let mut stages_doc: toml_edit::DocumentMut =
             read(&copy.join("stages.toml")).parse().unwrap();
         stages_doc["controller"]["public_url"] = toml_edit::value(&public_url);
@@ -474,10 +478,8 @@ impl Harness {
                 let config = in_region(&configs[&target.account], &target.region);
                 let mut outputs = vec![("ServiceUrl", format!("{}/{stack}", service.url))];
                 let original = &stage_template(stage);
-                if crate::examples::outputs(&read(original)).contains(&"DistributionId".into()) {
-                    let id = create_distribution(moto, &config, &target.region, stack).await;
-                    distributions.insert(stack.clone(), id.clone());
-                    outputs.push(("DistributionId", id));
+                if let Some(id) = distributions.get(stack) {
+                    outputs.push(("DistributionId", id.clone()));
                 }
                 let file = format!("templates/moto/{stack}.yaml");
                 let text = moto_template(original, &outputs);
@@ -1153,6 +1155,30 @@ async fn create_distribution(
         .as_str()
         .expect("a distribution id")
         .to_owned()
+}
+
+/// One CloudFront distribution (through moto's CloudFront API) per stack whose template has a
+/// `DistributionId` output, made at the same time: stack → distribution id.
+async fn distributions(
+    moto: &'static MotoServer,
+    config: &Config,
+    configs: &BTreeMap<String, SdkConfig>,
+) -> BTreeMap<String, String> {
+    let mut made = tokio::task::JoinSet::new();
+    for stage in config.pipelines.iter().flat_map(|p| &p.stages) {
+        let outputs = crate::examples::outputs(&read(&stage_template(stage)));
+        if !outputs.iter().any(|o| o == "DistributionId") {
+            continue;
+        }
+        let target = &stage.targets[0];
+        let (stack, region) = (stack_of(stage), target.region.clone());
+        let account = in_region(&configs[&target.account], &region);
+        made.spawn(async move {
+            let id = create_distribution(moto, &account, &region, &stack).await;
+            (stack, id)
+        });
+    }
+    made.join_all().await.into_iter().collect()
 }
 
 /// Creates the stage's stack once from its moto template, with the stage's parameters and
