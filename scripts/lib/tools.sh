@@ -80,3 +80,44 @@ ensure_python_tools() {
       "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
   fi
 }
+
+AWSCLI_VERSION="1.46.2"
+
+# ensure_aws_cli DIR: the AWS CLI (awscli==$AWSCLI_VERSION) in its own virtual environment DIR
+# (its botocore pin differs from moto's): the example pipelines' command tests run it against
+# moto. The tests find it at .cache/awscli/bin/aws or through TOLLGATE_AWS_CLI.
+ensure_aws_cli() {
+  local dir="$1"
+  heading "AWS CLI: awscli==$AWSCLI_VERSION"
+  if [[ -x "$dir/bin/aws" ]] && "$dir/bin/python" - "$AWSCLI_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+sys.exit(0 if version("awscli") == sys.argv[1] else 1)
+PY
+  then
+    echo "already installed"
+    return 0
+  fi
+  python3 -m venv "$dir"
+  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION"
+}
+
+# ensure_webhook_examples PREFIX VERSION: GitHub's example webhook payloads
+# (@octokit/webhooks-examples@VERSION) under PREFIX/node_modules.
+ensure_webhook_examples() {
+  local prefix="$1" version="$2"
+  local dir="$prefix/node_modules/@octokit/webhooks-examples"
+  ensure_cmd npm nodejs npm
+  heading "webhook payloads: @octokit/webhooks-examples@$version"
+  local installed=""
+  if [[ -f "$dir/package.json" ]]; then
+    installed="$(node -p "require(process.argv[1]).version" "$dir/package.json")"
+  fi
+  if [[ "$installed" == "$version" ]]; then
+    echo "already installed"
+  else
+    mkdir -p "$prefix"
+    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error \
+      --save-exact "@octokit/webhooks-examples@$version"
+  fi
+}

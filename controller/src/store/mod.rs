@@ -193,7 +193,10 @@ impl Store {
         now: DateTime<Utc>,
         newest: Option<Option<ReleaseId>>,
     ) -> Result<Option<Ingested<ReleaseId>>> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: this transaction reads, then writes. A deferred one would fail with
+        // "database is locked" (no busy wait) when another connection wrote in between, e.g.
+        // the reconciler of another pipeline while this webhook is recorded.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(expected) = newest {
             let current: Option<i64> =
                 sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")

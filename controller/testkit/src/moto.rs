@@ -335,10 +335,16 @@ impl MotoServer {
             .moto_api(Method::GET, "recorder/download-recording")
             .await?;
         let mut requests = Vec::new();
+        // moto writes a record and its newline separately, so records of requests served at
+        // the same time can share a line: read each line as a stream of JSON values.
         for line in recording.lines().filter(|line| !line.trim().is_empty()) {
-            let request = RecordedRequest::from_recording_line(line)?;
-            if !request.path.starts_with("/moto-api/") {
-                requests.push(request);
+            let values = serde_json::Deserializer::from_str(line).into_iter::<serde_json::Value>();
+            for value in values {
+                let value = value.with_context(|| format!("a moto recording line: {line}"))?;
+                let request = RecordedRequest::from_recording_line(&value.to_string())?;
+                if !request.path.starts_with("/moto-api/") {
+                    requests.push(request);
+                }
             }
         }
         Ok(requests)

@@ -411,48 +411,12 @@ impl World {
     /// Pushes an image for commit `sha`, tagged with the sha (as CI would), and returns its
     /// digest (`sha256:…`). Pushing the same sha again returns the same digest.
     pub async fn push_image(&self, sha: &str) -> Result<String> {
-        let ecr = aws_sdk_ecr::Client::new(&self.build_config);
-        let pushed = ecr
-            .put_image()
-            .repository_name(&self.repository)
-            .image_manifest(manifest(sha))
-            .image_manifest_media_type(MANIFEST_TYPE)
-            .image_tag(sha)
-            .send()
-            .await;
-        match pushed {
-            Ok(out) => out
-                .image()
-                .and_then(|i| i.image_id())
-                .and_then(|id| id.image_digest())
-                .map(str::to_owned)
-                .ok_or_else(|| anyhow!("PutImage for {sha} returned no digest")),
-            Err(e) if e.code() == Some("ImageAlreadyExistsException") => self.digest_of(sha).await,
-            Err(e) => Err(anyhow!(
-                "PutImage {}:{sha}: {}",
-                self.repository,
-                aws_smithy_types::error::display::DisplayErrorContext(e)
-            )),
-        }
+        put_image(&self.build_config, &self.repository, sha).await
     }
 
     /// The digest the tag `sha` points at in the build repository.
     pub async fn digest_of(&self, sha: &str) -> Result<String> {
-        let id = ImageIdentifier::builder().image_tag(sha).build();
-        let out = aws_sdk_ecr::Client::new(&self.build_config)
-            .describe_images()
-            .repository_name(&self.repository)
-            .image_ids(id)
-            .send()
-            .await
-            .map_err(|e| {
-                let e = aws_smithy_types::error::display::DisplayErrorContext(e);
-                anyhow!("DescribeImages {}:{sha}: {e}", self.repository)
-            })?;
-        let digest = out.image_details().first().and_then(|d| d.image_digest());
-        digest
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow!("no image {}:{sha}", self.repository))
+        image_digest(&self.build_config, &self.repository, sha).await
     }
 
     /// The image a stage runs now, read from its SSM parameter in its account (`None`: not
@@ -777,7 +741,56 @@ fn manifest(sha: &str) -> String {
     .to_string()
 }
 
-async fn create_topic(config: &SdkConfig, name: &str) -> Result<String> {
+/// Pushes an image for commit `sha` into `repository` of the account `config` signs in to,
+/// tagged with the sha (as CI would), and returns its digest (`sha256:…`). Pushing the same sha
+/// again returns the same digest.
+pub async fn put_image(config: &SdkConfig, repository: &str, sha: &str) -> Result<String> {
+    let pushed = aws_sdk_ecr::Client::new(config)
+        .put_image()
+        .repository_name(repository)
+        .image_manifest(manifest(sha))
+        .image_manifest_media_type(MANIFEST_TYPE)
+        .image_tag(sha)
+        .send()
+        .await;
+    match pushed {
+        Ok(out) => out
+            .image()
+            .and_then(|i| i.image_id())
+            .and_then(|id| id.image_digest())
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("PutImage for {sha} returned no digest")),
+        Err(e) if e.code() == Some("ImageAlreadyExistsException") => {
+            image_digest(config, repository, sha).await
+        }
+        Err(e) => Err(anyhow!(
+            "PutImage {repository}:{sha}: {}",
+            aws_smithy_types::error::display::DisplayErrorContext(e)
+        )),
+    }
+}
+
+/// The digest the tag `sha` points at in `repository`.
+pub async fn image_digest(config: &SdkConfig, repository: &str, sha: &str) -> Result<String> {
+    let id = ImageIdentifier::builder().image_tag(sha).build();
+    let out = aws_sdk_ecr::Client::new(config)
+        .describe_images()
+        .repository_name(repository)
+        .image_ids(id)
+        .send()
+        .await
+        .map_err(|e| {
+            let e = aws_smithy_types::error::display::DisplayErrorContext(e);
+            anyhow!("DescribeImages {repository}:{sha}: {e}")
+        })?;
+    let digest = out.image_details().first().and_then(|d| d.image_digest());
+    digest
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("no image {repository}:{sha}"))
+}
+
+/// Creates (or finds) the SNS topic `name` in the account and region of `config`; returns its ARN.
+pub async fn create_topic(config: &SdkConfig, name: &str) -> Result<String> {
     let out = aws_sdk_sns::Client::new(config)
         .create_topic()
         .name(name)

@@ -14,7 +14,7 @@
 //! Nothing leaves 127.0.0.1: moto, the CloudWatch stub, the GitHub fake and the controller
 //! listen on loopback.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -25,6 +25,7 @@ use tollgate::store::Store;
 use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
 use tollgate_testkit::github_fake::GithubFake;
 use tollgate_testkit::moto::MotoServer;
+use tollgate_testkit::serve::{ServeProcess, ServeSpec, free_port};
 use tollgate_testkit::world::{APPROVER, World, WorldBuilder};
 
 pub(crate) const SECRET: &str = "webhook-secret-for-approvals-through-serve";
@@ -38,19 +39,12 @@ pub(crate) struct Serve {
     pub(crate) world: World,
     pub(crate) stub: CloudWatchStub,
     pub(crate) github: GithubFake,
-    child: Child,
+    serve: ServeProcess,
     pub(crate) url: String,
     state: String,
     pub(crate) store: Store,
     pub(crate) http: reqwest::Client,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Serve {
@@ -79,7 +73,7 @@ impl Serve {
             .unwrap()
             .expect("moto_server starts");
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = free_port().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let world = builder
             .source(REPO)
@@ -96,27 +90,29 @@ impl Serve {
         before(sns, world.topics().approvals.clone()).await;
         let github = GithubFake::start(TOKEN).await.unwrap();
         let state = format!("sqlite://{}", dir.path().join("state.db").display());
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let out = std::fs::File::create(dir.path().join("serve.out")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["serve", "--config"])
-            .arg(world.stages_path())
-            .args(["--state", &state, "--listen", &format!("127.0.0.1:{port}")])
-            .args(args(&world))
-            .envs(world.serve_env(&moto, &stub))
-            .env("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET)
-            .env("TOLLGATE_GITHUB_TOKEN", TOKEN)
-            .env("TOLLGATE_GITHUB_API_URL", github.url())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(log)
-            .spawn()
-            .expect("tollgate serve starts");
+        let mut env = world.serve_env(&moto, &stub);
+        env.extend(
+            [
+                ("TOLLGATE_GITHUB_WEBHOOK_SECRET", SECRET),
+                ("TOLLGATE_GITHUB_TOKEN", TOKEN),
+                ("TOLLGATE_GITHUB_API_URL", github.url()),
+                ("RUST_LOG", "info"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let spec = ServeSpec {
+            binary: env!("CARGO_BIN_EXE_tollgate").into(),
+            config: world.stages_path(),
+            state: state.clone(),
+            port,
+            certs: None,
+            env,
+            args: args(&world),
+            log: dir.path().join("serve.log"),
+            stdout: Some(dir.path().join("serve.out")),
+        };
+        let serve = ServeProcess::start(&spec).await.expect("tollgate serve");
         let http = reqwest::Client::new();
-        let mut child = child;
-        let log_path = dir.path().join("serve.log");
-        wait_ready(&mut child, &http, &url, &log_path).await;
         // Opened once the controller migrated it.
         let store = Store::open(&state).await.expect("state database");
         Serve {
@@ -124,7 +120,7 @@ impl Serve {
             world,
             stub,
             github,
-            child,
+            serve,
             url,
             state,
             store,
@@ -134,7 +130,7 @@ impl Serve {
     }
 
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("serve.log")).unwrap_or_default()
+        self.serve.log()
     }
 
     /// What the controller printed on stdout.
@@ -323,27 +319,6 @@ impl Serve {
         );
         (out.status.success(), text)
     }
-}
-
-async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str, log: &std::path::Path) {
-    let deadline = Instant::now() + LIMIT;
-    let log = || std::fs::read_to_string(log).unwrap_or_default();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("tollgate serve exited ({status}):\n{}", log());
-        }
-        let ready = http.get(format!("{url}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready:\n{}", log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub(crate) fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 pub(crate) fn sha(n: u32) -> String {

@@ -47,7 +47,7 @@ use tollgate::gates::{substitute, test_variables};
 use tollgate_testkit::moto::MotoServer;
 
 /// The examples, each a directory of `docs/examples` with a `stages.toml`.
-const EXAMPLES: [&str; 3] = ["ecs-fastapi-react", "nextjs-fastapi", "serverless-api"];
+pub(crate) const EXAMPLES: [&str; 3] = ["ecs-fastapi-react", "nextjs-fastapi", "serverless-api"];
 
 /// Resource types the examples use that moto 5.2.5 does not create through CloudFormation.
 const MOTO_UNSUPPORTED: &[&str] = &[
@@ -69,17 +69,18 @@ const MOTO_UNSUPPORTED: &[&str] = &[
 /// - orders-api.yaml's ApiInvokePermission grants API Gateway the `live` alias
 ///   (AWS::Lambda::Alias); moto resolves the unsupported alias to nothing and then fails the
 ///   whole change set on the permission's missing FunctionName.
-const MOTO_LEFT_OUT: &[(&str, &[&str])] = &[("orders-api.yaml", &["ApiInvokePermission"])];
+pub(crate) const MOTO_LEFT_OUT: &[(&str, &[&str])] =
+    &[("orders-api.yaml", &["ApiInvokePermission"])];
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn examples_dir() -> PathBuf {
+pub(crate) fn examples_dir() -> PathBuf {
     workspace_root().join("docs/examples")
 }
 
-fn load(example: &str) -> Config {
+pub(crate) fn load(example: &str) -> Config {
     let path = examples_dir().join(example).join("stages.toml");
     let loaded =
         tollgate::config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -88,7 +89,7 @@ fn load(example: &str) -> Config {
     loaded.config
 }
 
-fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -157,13 +158,13 @@ fn resources(template: &str) -> Vec<Resource> {
     resources
 }
 
-fn outputs(template: &str) -> Vec<String> {
+pub(crate) fn outputs(template: &str) -> Vec<String> {
     let names = section(template, "Outputs").into_iter();
     names.map(|(name, _)| name.to_string()).collect()
 }
 
 /// `template` without the resources `drop`, which nothing else may name.
-fn without_resources(template: &str, drop: &[&str]) -> String {
+pub(crate) fn without_resources(template: &str, drop: &[&str]) -> String {
     let mut out = String::new();
     let (mut in_resources, mut dropping) = (false, false);
     for line in template.lines() {
@@ -177,8 +178,35 @@ fn without_resources(template: &str, drop: &[&str]) -> String {
             out.push('\n');
         }
     }
+    // Only what follows the resources' header can name one (a description may mention it).
+    let body = &out[out.find("\nResources:").unwrap_or(0)..];
     for id in drop {
-        assert!(!names(&out, id), "{id} is still named in the template");
+        assert!(!names(body, id), "{id} is still named in the template");
+    }
+    out
+}
+
+/// `template` with its `Outputs` section replaced by `outputs` (name, literal value), in
+/// order; no other line changes.
+pub(crate) fn with_outputs(template: &str, outputs: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in template.lines() {
+        if let Some(top) = top_level(line) {
+            skipping = top == "Outputs:";
+            if skipping {
+                out.push_str("Outputs:\n");
+                for (name, value) in outputs {
+                    let value = serde_json::Value::String(value.clone());
+                    out.push_str(&format!("  {name}:\n    Value: {value}\n"));
+                }
+                continue;
+            }
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
     }
     out
 }
@@ -405,12 +433,12 @@ struct Placed<'a> {
 }
 
 /// One example's accounts on moto, and the deployer the controller would use with them.
-struct Emulated {
-    moto: &'static MotoServer,
-    name: &'static str,
-    config: Config,
+pub(crate) struct Emulated {
+    pub(crate) moto: &'static MotoServer,
+    pub(crate) name: &'static str,
+    pub(crate) config: Config,
     /// The example's accounts, with their ExternalIds in files.
-    accounts: BTreeMap<String, Account>,
+    pub(crate) accounts: BTreeMap<String, Account>,
     deployer: CloudFormationDeployer,
     /// ExternalIds and template copies.
     scratch: tempfile::TempDir,
@@ -423,7 +451,11 @@ struct Emulated {
 
 impl Emulated {
     async fn start(name: &'static str) -> Emulated {
-        let moto = MotoServer::shared();
+        Emulated::start_on(MotoServer::shared(), name).await
+    }
+
+    /// The example on `moto` (a server of its own, for a test that reads its recording).
+    pub(crate) async fn start_on(moto: &'static MotoServer, name: &'static str) -> Emulated {
         let config = load(name);
         let scratch = tempfile::tempdir().unwrap();
         let mut accounts = config.accounts.clone();
@@ -591,7 +623,12 @@ impl Emulated {
     }
 
     /// The certificate for `domain` in moto's ACM of `account` and `region`, made once.
-    async fn certificate(&self, account: &Account, region: &str, domain: &str) -> String {
+    pub(crate) async fn certificate(
+        &self,
+        account: &Account,
+        region: &str,
+        domain: &str,
+    ) -> String {
         let mut made = self.certificates.lock().await;
         let key = (
             account.id.to_string(),
@@ -608,7 +645,7 @@ impl Emulated {
     }
 
     /// The stage's deploy, as moto can run it (see the module documentation).
-    async fn for_moto(&self, stage: &Stage, target: &Target) -> Deploy {
+    pub(crate) async fn for_moto(&self, stage: &Stage, target: &Target) -> Deploy {
         let mut deploy = stage.deploy.clone();
         let Deploy::CloudFormation {
             template,
@@ -687,7 +724,7 @@ impl Emulated {
         self.check_isolation().await;
     }
 
-    fn id(&self, account: &str) -> &str {
+    pub(crate) fn id(&self, account: &str) -> &str {
         &self.accounts[account].id
     }
 }
@@ -789,65 +826,49 @@ async fn networks(ex: &Emulated) {
     }
 }
 
-#[tokio::test]
-async fn ecs_fastapi_react_deploys_into_its_own_accounts_on_moto() {
-    let ex = Emulated::start("ecs-fastapi-react").await;
-    let ids = [
-        ("GammaAccountId", ex.id("gamma")),
-        ("ProdAccountId", ex.id("prod")),
-    ];
+/// What the example's README deploys by hand before its pipelines run, in every account it
+/// names: the repositories, the network and (nextjs-fastapi) the shared platform.
+pub(crate) async fn prerequisites(ex: &Emulated) {
+    let ids = |names: &[&'static str]| -> Vec<(String, String)> {
+        let ids = names
+            .iter()
+            .map(|n| (format!("{}AccountId", capitalised(n)), ex.id(n).to_owned()));
+        ids.collect()
+    };
+    let (account, stack, others): (&str, &str, &[&'static str]) = match ex.name {
+        "ecs-fastapi-react" => ("beta", "shop-ecr", &["gamma", "prod"]),
+        "serverless-api" => ("tools", "orders-api-ecr", &["beta", "gamma", "prod"]),
+        "nextjs-fastapi" => ("tools", "portal-ecr", &["beta", "gamma", "prod"]),
+        other => panic!("no prerequisites known for {other}"),
+    };
+    let ids = ids(others);
+    let ids: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     ex.prerequisite(
-        "beta",
-        "shop-ecr",
+        account,
+        stack,
         "templates/ecr.yaml",
         ("GitHubBranch", "main"),
         &ids,
         &["CreateProvider"],
     )
     .await;
-    networks(&ex).await;
-    ex.promote_everything().await;
+    if ex.name != "serverless-api" {
+        networks(ex).await;
+    }
+    if ex.name == "nextjs-fastapi" {
+        platforms(ex).await;
+    }
 }
 
-#[tokio::test]
-async fn serverless_api_deploys_into_its_own_accounts_on_moto() {
-    let ex = Emulated::start("serverless-api").await;
-    let ids = [
-        ("BetaAccountId", ex.id("beta")),
-        ("GammaAccountId", ex.id("gamma")),
-        ("ProdAccountId", ex.id("prod")),
-    ];
-    ex.prerequisite(
-        "tools",
-        "orders-api-ecr",
-        "templates/ecr.yaml",
-        ("GitHubBranch", "main"),
-        &ids,
-        &["CreateProvider"],
-    )
-    .await;
-    ex.promote_everything().await;
+fn capitalised(name: &str) -> String {
+    let mut chars = name.chars();
+    let first = chars.next().map(|c| c.to_ascii_uppercase());
+    first.into_iter().chain(chars).collect()
 }
 
-#[tokio::test]
-async fn nextjs_fastapi_deploys_into_its_own_accounts_on_moto() {
-    let ex = Emulated::start("nextjs-fastapi").await;
-    let ids = [
-        ("BetaAccountId", ex.id("beta")),
-        ("GammaAccountId", ex.id("gamma")),
-        ("ProdAccountId", ex.id("prod")),
-    ];
-    ex.prerequisite(
-        "tools",
-        "portal-ecr",
-        "templates/ecr.yaml",
-        ("GitHubBranch", "main"),
-        &ids,
-        &["CreateProvider"],
-    )
-    .await;
-    networks(&ex).await;
-    // The shared cluster and load balancer, for the host name both services answer on.
+/// nextjs-fastapi: the shared cluster and load balancer of each stage, for the host name both
+/// services answer on.
+async fn platforms(ex: &Emulated) {
     let api = ex.config.pipeline("portal-api").unwrap();
     for stage in &api.stages {
         let Deploy::CloudFormation { parameters, .. } = &stage.deploy else {
@@ -872,6 +893,26 @@ async fn nextjs_fastapi_deploys_into_its_own_accounts_on_moto() {
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn ecs_fastapi_react_deploys_into_its_own_accounts_on_moto() {
+    let ex = Emulated::start("ecs-fastapi-react").await;
+    prerequisites(&ex).await;
+    ex.promote_everything().await;
+}
+
+#[tokio::test]
+async fn serverless_api_deploys_into_its_own_accounts_on_moto() {
+    let ex = Emulated::start("serverless-api").await;
+    prerequisites(&ex).await;
+    ex.promote_everything().await;
+}
+
+#[tokio::test]
+async fn nextjs_fastapi_deploys_into_its_own_accounts_on_moto() {
+    let ex = Emulated::start("nextjs-fastapi").await;
+    prerequisites(&ex).await;
     ex.promote_everything().await;
 }
 

@@ -26,7 +26,8 @@ use tollgate::http::sns_verify::AlarmState;
 use tollgate_testkit::sns::TestSigner;
 use tollgate_testkit::world::REGION;
 
-use crate::approvals_serve::{SECRET, Serve, TOKEN, free_port, nothing_more, quick, sha};
+use crate::approvals_serve::{SECRET, Serve, TOKEN, nothing_more, quick, sha};
+use tollgate_testkit::serve::free_port;
 
 /// The longest one wait for a metric may take.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -125,7 +126,7 @@ async fn metrics_after_two_promotions_and_an_alarm_rollback_count_what_happened(
     let dir = tempfile::tempdir().unwrap();
     let hold = dir.path().join("hold-gamma");
     let signer = TestSigner::new();
-    let metrics_port = free_port();
+    let metrics_port = free_port().unwrap();
     let builder = quick().after_test("gamma", "held", held_while(&hold));
     let args = |world: &tollgate_testkit::world::World| {
         let certs = world.seed_sns_certificates(&signer).expect("certs");
