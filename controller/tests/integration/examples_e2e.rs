@@ -756,7 +756,7 @@ impl Harness {
         let approval = prod.approval.as_ref().expect("prod approval");
         let approver = &approval.approvers[0].name;
         let topic = approval.topic.to_string();
-        let body = self.approval_email(&topic, approver, release).await;
+        let body = self.approval_email(p, &topic, approver, release).await;
         let prefix = format!("{}/approvals/", self.serve.url());
         let at = body.find(&prefix).expect("a link in the email") + prefix.len();
         let token: String = (body[at..].chars())
@@ -787,14 +787,18 @@ impl Harness {
     /// Read from moto's request recording: moto's `/moto-api/data.json` (where approvals_serve
     /// reads what a topic sent) fails once an account holds a Lambda function (it tries to reach
     /// Docker), and serverless-api and shop-web deploy one.
-    async fn approval_email(&self, topic: &str, approver: &str, release: ReleaseId) -> String {
+    async fn approval_email(
+        &self,
+        p: &Pipeline,
+        topic: &str,
+        approver: &str,
+        release: ReleaseId,
+    ) -> String {
         let deadline = Instant::now() + LIMIT;
-        let marker = release.to_string();
-        // `r1` but not `r12`.
-        let names = |body: &str| {
-            (body.match_indices(&marker))
-                .any(|(at, m)| !body[at + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
-        };
+        // The body's own sentence (gates::approval): names exactly this release of this
+        // pipeline, whatever a random link token may spell.
+        let sentence = format!("Release {release} of pipeline {} is ready", p.name);
+        let names = |body: &str| body.contains(&sentence);
         loop {
             let published = self.published(topic).await;
             let mine = (published.iter().rev())
