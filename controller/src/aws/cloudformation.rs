@@ -33,7 +33,8 @@
 //!   the deploy fails and says so.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::types::{
@@ -41,11 +42,15 @@ use aws_sdk_cloudformation::types::{
 };
 use sha2::{Digest, Sha256};
 
+use tokio::sync::Notify;
+
 use super::errors::{classify, context, has_code, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
+use super::stack_waiters::StackWaiters;
 use super::sts::Credentials;
+use crate::backoff::{Expected, Waited};
 use crate::config::Deploy;
-use crate::domain::{AppliedSpec, Arn};
+use crate::domain::{AppliedSpec, Arn, StackHistory, StackKey, StackTiming};
 use crate::engine::ports::{Applied, DeployRequest, DeployResult, PortError, PortResult};
 
 /// CloudFormation allows at most this many rollback triggers.
@@ -58,6 +63,8 @@ pub struct CloudFormationDeployer {
     creds: Arc<Credentials>,
     limiter: Arc<Limiter>,
     poll: PollSettings,
+    /// Where stack notifications find the waits in flight.
+    waiters: Arc<StackWaiters>,
 }
 
 /// What the stack should become: from the stage's `deploy` and the request, or for a
@@ -119,6 +126,33 @@ struct StackRef {
     name: String,
     /// Change set name, `ClientToken` and `ClientRequestToken`, all from the idempotency key.
     token: String,
+    key: StackKey,
+    /// How long this stack's recent change sets and updates took.
+    history: StackHistory,
+    /// The account's stack-events topic, sent as `NotificationARNs`.
+    topic: Option<String>,
+    /// What this attempt measured.
+    measured: Mutex<Measured>,
+}
+
+/// How long this attempt's change set and update took, at least (see [`Waited`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Measured {
+    change_set: Option<Duration>,
+    update: Option<Duration>,
+}
+
+impl StackRef {
+    fn measured(&self) -> std::sync::MutexGuard<'_, Measured> {
+        self.measured.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What to keep for the next deploy of this stack (`None`: nothing was waited on).
+    fn timing(&self) -> Option<StackTiming> {
+        let m = *self.measured();
+        let any = m.change_set.is_some() || m.update.is_some();
+        any.then(|| StackTiming::new(self.key.clone(), m.change_set, m.update))
+    }
 }
 
 /// Where a change set stands.
@@ -150,7 +184,14 @@ impl CloudFormationDeployer {
             creds,
             limiter,
             poll,
+            waiters: StackWaiters::new(),
         }
+    }
+
+    /// The same deployer, registering its waits in `waiters` (the SNS intake's registry, so
+    /// stack notifications wake them).
+    pub fn with_waiters(self, waiters: Arc<StackWaiters>) -> CloudFormationDeployer {
+        CloudFormationDeployer { waiters, ..self }
     }
 
     /// Deploys `req.image_uri`; `alarms` (names or ARNs) become rollback triggers.
@@ -185,11 +226,21 @@ impl CloudFormationDeployer {
             .creds
             .config_for(&req.account, &req.target.region, &req.session_name)
             .await?;
+        let key = StackKey {
+            account: req.account.id.to_string(),
+            region: req.target.region.clone(),
+            stack: stack.clone(),
+        };
+        let topic = req.account.stack_events_topic_for(&req.target.region);
         Ok(StackRef {
             client: Client::new(&config),
             account: req.account.id.to_string(),
             name: stack.clone(),
             token: request_token(&req.key),
+            key,
+            history: req.history.clone(),
+            topic: topic.map(Arn::to_string),
+            measured: Mutex::default(),
         })
     }
 
@@ -201,6 +252,9 @@ impl CloudFormationDeployer {
         spec: &Spec,
         current: Option<Stack>,
     ) -> PortResult<DeployResult> {
+        // Registered before the execute, so a notification of an update that ends at once
+        // still finds the waiter.
+        let registration = self.waiters.register(st.key.clone());
         let refused = match self.prepare(st, spec, current).await? {
             Next::Nothing(current) => {
                 read_back(st, spec, current.as_deref())?;
@@ -209,7 +263,13 @@ impl CloudFormationDeployer {
             Next::Execute => !self.execute(st).await?,
             Next::Wait => false,
         };
-        let done = self.settle(st, true).await?;
+        let expected = Expected::from_past(&st.history.update);
+        let waited = self
+            .wait_stack(st, true, expected, Some(registration.notify()))
+            .await?;
+        drop(registration);
+        st.measured().update = Some(waited.lasted);
+        let done = waited.value;
         let done =
             done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
         // Refused, it may never have run (obsolete, someone else's update): only the read-back
@@ -279,13 +339,19 @@ impl CloudFormationDeployer {
             Err(e) if no_changes(&e.to_string()) => return Ok(ChangeSet::Empty),
             other => other?,
         }
-        let found = self.poll.poll(|| self.change_set_state(st)).await?;
-        found.ok_or_else(|| {
+        let expected = Expected::from_past(&st.history.change_set);
+        let found = self
+            .poll
+            .poll_expecting(expected, None, || self.change_set_state(st))
+            .await?;
+        let found = found.ok_or_else(|| {
             PortError::Failed(format!(
                 "change set {} was not ready in {:?}",
                 st.token, self.poll.timeout
             ))
-        })
+        })?;
+        st.measured().change_set = Some(found.lasted);
+        Ok(found.value)
     }
 
     /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused.
@@ -313,6 +379,7 @@ impl CloudFormationDeployer {
                             .collect(),
                     ))
                     .set_role_arn(spec.role.clone())
+                    .set_notification_arns(st.topic.clone().map(|t| vec![t]))
                     .rollback_configuration(spec.rollback.clone());
                 sdk_done_unless(request.send(), "AlreadyExistsException")
             })
@@ -428,9 +495,22 @@ impl CloudFormationDeployer {
     /// The stack once it is no longer busy. `executing`: a change set was just executed, so
     /// `REVIEW_IN_PROGRESS` means "not started yet" rather than "waiting for a change set".
     async fn settle(&self, st: &StackRef, executing: bool) -> PortResult<Option<Stack>> {
+        let waited = self.wait_stack(st, executing, None, None).await?;
+        Ok(waited.value)
+    }
+
+    /// [`Self::settle`] on a schedule shaped by `expected` and woken early by `wake`; also
+    /// says how long the stack was busy at least.
+    async fn wait_stack(
+        &self,
+        st: &StackRef,
+        executing: bool,
+        expected: Option<Expected>,
+        wake: Option<&Notify>,
+    ) -> PortResult<Waited<Option<Stack>>> {
         let settled = self
             .poll
-            .poll(|| async {
+            .poll_expecting(expected, wake, || async {
                 let now = self.describe(st).await?;
                 Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
             })
@@ -706,6 +786,7 @@ fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> Depl
         outputs,
         summary,
         applied: Some(spec.applied(&st.name)),
+        timing: st.timing(),
     }
 }
 

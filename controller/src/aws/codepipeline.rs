@@ -283,6 +283,7 @@ impl CodePipelineDeployer {
             outputs,
             summary,
             applied: None,
+            timing: None,
         }
     }
 

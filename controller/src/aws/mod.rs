@@ -11,4 +11,5 @@ pub mod ecr;
 pub mod errors;
 pub mod retry;
 pub mod sns;
+pub mod stack_waiters;
 pub mod sts;

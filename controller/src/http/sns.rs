@@ -63,6 +63,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use url::Url;
 
 use super::reply::Reply;
+use super::stack_events::{self, StackWaiters};
 use crate::config::{Config, Pipeline, Stage, Target};
 use crate::engine::Engine;
 use crate::engine::{Delivery, Ingested, NewAlarm};
@@ -139,6 +140,8 @@ pub struct SnsState {
     pub engine: Engine,
     pub certs: Arc<CertCache>,
     pub confirmer: Arc<dyn Confirmer>,
+    /// The stack waits a stack notification wakes.
+    pub waiters: Arc<StackWaiters>,
 }
 
 impl SnsState {
@@ -149,7 +152,14 @@ impl SnsState {
             engine,
             certs,
             confirmer,
+            waiters: StackWaiters::new(),
         })
+    }
+
+    /// Wakes the stack waits of this registry (the CloudFormation deployer's).
+    pub fn with_waiters(mut self, waiters: Arc<StackWaiters>) -> SnsState {
+        self.waiters = waiters;
+        self
     }
 
     /// Replaces the confirmer (tests record the URLs instead of fetching them).
@@ -338,6 +348,9 @@ async fn notification(
     msg: &SnsMessage,
     arrived: DateTime<Utc>,
 ) -> Result<Reply, Reply> {
+    if stack_events::is_stack_events_topic(&state.engine.config(), &msg.topic_arn) {
+        return Ok(stack_events::notification(state, msg));
+    }
     let alarm = match parse_alarm(&msg.message) {
         Ok(alarm) => alarm,
         Err(e) => return Ok(Reply::new(StatusCode::ACCEPTED, "ignored", e.to_string())),

@@ -176,6 +176,7 @@ impl Deployer for Fakes {
                 outputs,
                 summary: format!("stack updated to {}", req.image_uri),
                 applied: None,
+                timing: None,
             })
         })
     }
@@ -191,6 +192,7 @@ impl Deployer for Fakes {
                 outputs: BTreeMap::new(),
                 summary: format!("stack returned to {}", req.image_uri),
                 applied: None,
+                timing: None,
             })
         })
     }

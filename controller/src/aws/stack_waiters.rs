@@ -1,0 +1,129 @@
+//! The waiters of stack operations in flight, by stack, so a push can wake them.
+//!
+//! Owns an in-process registry: the CloudFormation adapter registers for a stack before it
+//! executes a change set and unregisters (by dropping its [`Registration`]) when its wait
+//! ends; the SNS intake calls [`StackWaiters::wake`] when a verified stack event from a
+//! configured stack-events topic says the stack reached a state a waiter waits for.
+//!
+//! # Guarantees
+//! - A wake-up is only that: the waiter looks (`DescribeStacks`) at once and believes only
+//!   what it reads there. Polling goes on as the backstop, so a lost or missing notification
+//!   costs time, never correctness.
+//! - A wake-up that arrives between two looks is not lost ([`Notify::notify_one`] keeps it for
+//!   the next sleep).
+//!
+//! Must never: block, or hold its lock across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::domain::StackKey;
+
+/// The waiters of each stack: an id (to unregister) and what wakes it.
+type ByStack = HashMap<StackKey, Vec<(u64, Arc<Notify>)>>;
+
+/// Waiters by stack; share one per controller.
+#[derive(Debug, Default)]
+pub struct StackWaiters {
+    waiting: Mutex<ByStack>,
+    next: AtomicU64,
+}
+
+/// One waiter's place in the registry; dropping it unregisters.
+#[derive(Debug)]
+pub struct Registration {
+    waiters: Arc<StackWaiters>,
+    stack: StackKey,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Registration {
+    /// Notified by [`StackWaiters::wake`] for this stack.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut waiting = self.waiters.lock();
+        if let Some(list) = waiting.get_mut(&self.stack) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                waiting.remove(&self.stack);
+            }
+        }
+    }
+}
+
+impl StackWaiters {
+    pub fn new() -> Arc<StackWaiters> {
+        Arc::new(StackWaiters::default())
+    }
+
+    /// Registers a waiter for `stack`.
+    pub fn register(self: &Arc<Self>, stack: StackKey) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        let entry = (id, notify.clone());
+        self.lock().entry(stack.clone()).or_default().push(entry);
+        Registration {
+            waiters: self.clone(),
+            stack,
+            id,
+            notify,
+        }
+    }
+
+    /// Wakes every waiter of `stack`; how many there were.
+    pub fn wake(&self, stack: &StackKey) -> usize {
+        let waiting = self.lock();
+        let list = waiting.get(stack).map(Vec::as_slice).unwrap_or_default();
+        for (_, notify) in list {
+            notify.notify_one();
+        }
+        list.len()
+    }
+
+    /// How many waiters `stack` has now.
+    pub fn waiting(&self, stack: &StackKey) -> usize {
+        self.lock().get(stack).map_or(0, Vec::len)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByStack> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(stack: &str) -> StackKey {
+        StackKey {
+            account: "222222222222".into(),
+            region: "us-east-1".into(),
+            stack: stack.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wake_reaches_only_the_waiters_of_that_stack_and_ends_with_them() {
+        let waiters = StackWaiters::new();
+        let app = waiters.register(key("app"));
+        let other = waiters.register(key("other"));
+        assert_eq!(waiters.wake(&key("app")), 1);
+        // The wake-up was kept for the next wait, even though nobody was waiting yet.
+        app.notify().notified().await;
+        assert_eq!(waiters.wake(&key("nobody")), 0);
+        drop(app);
+        assert_eq!(waiters.waiting(&key("app")), 0);
+        assert_eq!(waiters.wake(&key("app")), 0);
+        assert_eq!(waiters.waiting(&key("other")), 1);
+        drop(other);
+    }
+}
