@@ -32,3 +32,4 @@ mod nohang;
 mod release_page;
 mod sns_intake;
 mod sns_verify;
+mod stack_notifications;
