@@ -32,6 +32,7 @@
 //! - read the system clock: delays use tokio's time, so tests run it paused.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -161,12 +162,13 @@ impl PollSettings {
     }
 
     /// Like [`PollSettings::poll`], with the schedule shaped by what the same operation took
-    /// before (`expected`, see [`Expected`]) and a look at once each time `wake` is notified.
+    /// before (`expected`, see [`Expected`]) and by a push (see [`Push`]): a look at once each
+    /// time it wakes the waiter, and only backstop looks once it is known to arrive.
     /// Returns the value and how long the operation lasted at least (see [`Waited`]).
     pub async fn poll_expecting<T, F, Fut>(
         &self,
         expected: Option<Expected>,
-        wake: Option<&Notify>,
+        push: Option<Push<'_>>,
         mut check: F,
     ) -> Result<Option<Waited<T>>, PortError>
     where
@@ -190,8 +192,9 @@ impl PollSettings {
             if now >= deadline {
                 return Ok(None);
             }
-            let delay = schedule.next(now - start).min(deadline - now);
-            if pause(delay, wake).await == Woken::Yes {
+            let heard = push.as_ref().is_some_and(Push::heard);
+            let delay = schedule.next(now - start, heard).min(deadline - now);
+            if pause(delay, push.as_ref().map(|p| p.wake)).await == Woken::Yes {
                 // The push says it moved: it is at least this old when it is found done.
                 busy_at = start.elapsed();
             }
@@ -221,6 +224,24 @@ pub struct Expected {
     pub shortest: Duration,
     pub longest: Duration,
 }
+
+/// A push that can end a wait early: `wake` is notified when the operation may have ended;
+/// `heard` turns true once a push about this operation arrived (so pushes do arrive).
+#[derive(Debug, Clone, Copy)]
+pub struct Push<'a> {
+    pub wake: &'a Notify,
+    pub heard: &'a AtomicBool,
+}
+
+impl Push<'_> {
+    fn heard(&self) -> bool {
+        self.heard.load(Ordering::Acquire)
+    }
+}
+
+/// Once pushes are known to arrive, the looks that stay are a backstop for a lost one: one
+/// this often, or (with history) none before well past the longest past duration.
+pub const BACKSTOP: Duration = Duration::from_secs(60);
 
 /// How long before the shortest past duration the dense looks start.
 pub const LEAD: Duration = Duration::from_secs(1);
@@ -268,8 +289,14 @@ impl Schedule {
         }
     }
 
-    /// How long to sleep after a look at `elapsed` into the wait.
-    fn next(&mut self, elapsed: Duration) -> Duration {
+    /// How long to sleep after a look at `elapsed` into the wait; `heard`: pushes arrive.
+    fn next(&mut self, elapsed: Duration, heard: bool) -> Duration {
+        if heard {
+            return match self.expected {
+                Some(e) if elapsed + BACKSTOP < e.dense_until() => e.dense_until() - elapsed,
+                _ => BACKSTOP,
+            };
+        }
         if let Some(e) = self.expected {
             if elapsed + DENSE < e.dense_from() {
                 return e.dense_from() - elapsed;
@@ -449,36 +476,71 @@ mod tests {
         assert_eq!(waited.lasted, Duration::from_millis(800));
     }
 
-    /// A wake-up (a stack notification) makes the waiter look at once instead of at its next
-    /// scheduled look, and the wait's measured duration is the moment of the wake-up.
-    #[tokio::test(start_paused = true)]
-    async fn a_wake_up_makes_the_waiter_look_at_once() {
+    /// The looks of a wait ended at `ends` (ms) by a push that wakes the waiter, or never
+    /// (`None`, a lost push: the operation is simply over then), with `heard` set from the
+    /// start or not, and what the wait measured.
+    async fn pushed(
+        expected: Option<Expected>,
+        heard: bool,
+        ends: u64,
+        woken: bool,
+    ) -> (Vec<u128>, Duration) {
         let start = Instant::now();
         let wake = std::sync::Arc::new(Notify::new());
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(AtomicBool::new(false));
         let (w, d) = (wake.clone(), done.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(172_500)).await;
+            tokio::time::sleep(Duration::from_millis(ends)).await;
             d.store(true, Ordering::SeqCst);
-            w.notify_one();
+            if woken {
+                w.notify_one();
+            }
         });
+        let heard = AtomicBool::new(heard);
+        let push = Push {
+            wake: &wake,
+            heard: &heard,
+        };
         let looks = Mutex::new(Vec::new());
         let waited = PollSettings::default()
-            .poll_expecting(None, Some(&wake), || async {
+            .poll_expecting(expected, Some(push), || async {
                 looks.lock().unwrap().push(start.elapsed().as_millis());
                 Ok(done.load(Ordering::SeqCst).then_some(()))
             })
             .await
             .unwrap()
             .unwrap();
-        let looks = looks.into_inner().unwrap();
+        (looks.into_inner().unwrap(), waited.lasted)
+    }
+
+    /// A wake-up (a stack notification) makes the waiter look at once instead of at its next
+    /// scheduled look, and the wait's measured duration is the moment of the wake-up.
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_makes_the_waiter_look_at_once() {
+        let (looks, lasted) = pushed(None, false, 172_500, true).await;
         assert_eq!(*looks.last().unwrap(), 172_500);
         assert_eq!(
             looks[looks.len() - 2],
             168_800,
             "the last scheduled look before it"
         );
-        assert_eq!(waited.lasted, Duration::from_millis(172_500));
+        assert_eq!(lasted, Duration::from_millis(172_500));
+    }
+
+    /// Once pushes are known to arrive, only backstop looks stay: one a minute, or with history
+    /// none before well past the longest past duration. A 3-minute update then costs the
+    /// look at once and the one the push brings; a lost push is still seen by a backstop look.
+    #[tokio::test(start_paused = true)]
+    async fn once_pushes_arrive_only_backstop_looks_stay() {
+        let (looks, _) = pushed(None, true, 172_500, true).await;
+        assert_eq!(looks, [0, 60_000, 120_000, 172_500]);
+        let expected = Expected::from_past(&[secs(180)]);
+        let (looks, lasted) = pushed(expected, true, 180_300, true).await;
+        assert_eq!(looks, [0, 180_300]);
+        assert_eq!(lasted, Duration::from_millis(180_300));
+        // 180 s + a quarter + 5 s.
+        let (looks, _) = pushed(expected, true, 190_000, false).await;
+        assert_eq!(looks, [0, 230_000]);
     }
 
     #[test]

@@ -42,13 +42,11 @@ use aws_sdk_cloudformation::types::{
 };
 use sha2::{Digest, Sha256};
 
-use tokio::sync::Notify;
-
 use super::errors::{classify, context, has_code, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
 use super::stack_waiters::StackWaiters;
 use super::sts::Credentials;
-use crate::backoff::{Expected, Waited};
+use crate::backoff::{Expected, Push, Waited};
 use crate::config::Deploy;
 use crate::domain::{AppliedSpec, Arn, StackHistory, StackKey, StackTiming};
 use crate::engine::ports::{Applied, DeployRequest, DeployResult, PortError, PortResult};
@@ -265,7 +263,7 @@ impl CloudFormationDeployer {
         };
         let expected = Expected::from_past(&st.history.update);
         let waited = self
-            .wait_stack(st, true, expected, Some(registration.notify()))
+            .wait_stack(st, true, expected, Some(registration.push()))
             .await?;
         drop(registration);
         st.measured().update = Some(waited.lasted);
@@ -499,18 +497,18 @@ impl CloudFormationDeployer {
         Ok(waited.value)
     }
 
-    /// [`Self::settle`] on a schedule shaped by `expected` and woken early by `wake`; also
+    /// [`Self::settle`] on a schedule shaped by `expected` and by `push`; also
     /// says how long the stack was busy at least.
     async fn wait_stack(
         &self,
         st: &StackRef,
         executing: bool,
         expected: Option<Expected>,
-        wake: Option<&Notify>,
+        push: Option<Push<'_>>,
     ) -> PortResult<Waited<Option<Stack>>> {
         let settled = self
             .poll
-            .poll_expecting(expected, wake, || async {
+            .poll_expecting(expected, push, || async {
                 let now = self.describe(st).await?;
                 Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
             })

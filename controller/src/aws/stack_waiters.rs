@@ -2,8 +2,10 @@
 //!
 //! Owns an in-process registry: the CloudFormation adapter registers for a stack before it
 //! executes a change set and unregisters (by dropping its [`Registration`]) when its wait
-//! ends; the SNS intake calls [`StackWaiters::wake`] when a verified stack event from a
-//! configured stack-events topic says the stack reached a state a waiter waits for.
+//! ends; the SNS intake calls [`StackWaiters::hear`] for every verified stack event of the
+//! stack from a configured stack-events topic (so the waiter knows pushes arrive and keeps
+//! only backstop looks), and [`StackWaiters::wake`] when the event says the stack reached a
+//! state a waiter waits for.
 //!
 //! # Guarantees
 //! - A wake-up is only that: the waiter looks (`DescribeStacks`) at once and believes only
@@ -15,15 +17,24 @@
 //! Must never: block, or hold its lock across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::backoff::Push;
 use crate::domain::StackKey;
 
-/// The waiters of each stack: an id (to unregister) and what wakes it.
-type ByStack = HashMap<StackKey, Vec<(u64, Arc<Notify>)>>;
+/// One waiter's signals: woken (the stack may have ended its operation) and heard (a push
+/// about the stack arrived).
+#[derive(Debug, Default)]
+struct Signals {
+    wake: Notify,
+    heard: AtomicBool,
+}
+
+/// The waiters of each stack: an id (to unregister) and its signals.
+type ByStack = HashMap<StackKey, Vec<(u64, Arc<Signals>)>>;
 
 /// Waiters by stack; share one per controller.
 #[derive(Debug, Default)]
@@ -38,13 +49,26 @@ pub struct Registration {
     waiters: Arc<StackWaiters>,
     stack: StackKey,
     id: u64,
-    notify: Arc<Notify>,
+    signals: Arc<Signals>,
 }
 
 impl Registration {
     /// Notified by [`StackWaiters::wake`] for this stack.
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        &self.signals.wake
+    }
+
+    /// Has a push about this stack arrived since the registration?
+    pub fn heard(&self) -> bool {
+        self.signals.heard.load(Ordering::Acquire)
+    }
+
+    /// The push a poll waits on ([`crate::backoff::PollSettings::poll_expecting`]).
+    pub fn push(&self) -> Push<'_> {
+        Push {
+            wake: &self.signals.wake,
+            heard: &self.signals.heard,
+        }
     }
 }
 
@@ -68,23 +92,35 @@ impl StackWaiters {
     /// Registers a waiter for `stack`.
     pub fn register(self: &Arc<Self>, stack: StackKey) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::new());
-        let entry = (id, notify.clone());
+        let signals = Arc::new(Signals::default());
+        let entry = (id, signals.clone());
         self.lock().entry(stack.clone()).or_default().push(entry);
         Registration {
             waiters: self.clone(),
             stack,
             id,
-            notify,
+            signals,
         }
     }
 
-    /// Wakes every waiter of `stack`; how many there were.
+    /// Tells every waiter of `stack` that pushes about it arrive; how many there were.
+    pub fn hear(&self, stack: &StackKey) -> usize {
+        self.each(stack, |s| s.heard.store(true, Ordering::Release))
+    }
+
+    /// Wakes every waiter of `stack` (which also hears it); how many there were.
     pub fn wake(&self, stack: &StackKey) -> usize {
+        self.each(stack, |s| {
+            s.heard.store(true, Ordering::Release);
+            s.wake.notify_one();
+        })
+    }
+
+    fn each(&self, stack: &StackKey, f: impl Fn(&Signals)) -> usize {
         let waiting = self.lock();
         let list = waiting.get(stack).map(Vec::as_slice).unwrap_or_default();
-        for (_, notify) in list {
-            notify.notify_one();
+        for (_, signals) in list {
+            f(signals);
         }
         list.len()
     }
@@ -116,6 +152,8 @@ mod tests {
         let waiters = StackWaiters::new();
         let app = waiters.register(key("app"));
         let other = waiters.register(key("other"));
+        assert_eq!(waiters.hear(&key("app")), 1);
+        assert!(app.heard() && !other.heard());
         assert_eq!(waiters.wake(&key("app")), 1);
         // The wake-up was kept for the next wait, even though nobody was waiting yet.
         app.notify().notified().await;

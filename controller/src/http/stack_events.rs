@@ -13,7 +13,7 @@
 //! |---|---|
 //! | not a stack event (a field missing, a line not `Key='value'`, a `StackId` that is not a stack ARN or names another stack) | 202 `ignored`, logged, nothing woken |
 //! | a stack in another account or region than the topic's account and region | 202 `ignored`, logged, nothing woken |
-//! | an event of a resource, or of the stack still in progress | 202 `ignored`, nothing woken |
+//! | an event of a resource, or of the stack still in progress | 202 `heard` when the stack has a waiter (it now knows pushes arrive and keeps only backstop looks), else 202 `ignored`; nothing woken |
 //! | the stack's own event in a final state, with no waiter | 202 `ignored` |
 //! | the same with a waiter | 200 `woken` |
 //!
@@ -152,10 +152,15 @@ pub(super) fn notification(state: &SnsState, msg: &SnsMessage) -> Reply {
         ));
     }
     if !event.ends_an_operation() {
-        return ignored(format!(
+        let detail = format!(
             "{} {} of stack {} ends no operation",
             event.logical_resource_id, event.resource_status, event.stack.stack
-        ));
+        );
+        if state.waiters.hear(&event.stack) > 0 {
+            // Pushes about the stack arrive: its waiter keeps only backstop looks.
+            return Reply::new(StatusCode::ACCEPTED, "heard", detail);
+        }
+        return ignored(detail);
     }
     let woken = state.waiters.wake(&event.stack);
     tracing::info!(message = %id, stack = %event.stack.stack, account = %event.stack.account, status = %event.resource_status, woken, "stack notification");

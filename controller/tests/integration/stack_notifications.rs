@@ -318,9 +318,11 @@ async fn notifications_that_are_not_this_stacks_end_wake_nothing_and_record_noth
     let gamma = "arn:aws:cloudformation:eu-west-1:333333333333:stack/app/7d1e5a20";
     let foreign = stack_event(gamma, "app", "UPDATE_COMPLETE");
     assert_eq!(intake.post(TOPIC, &foreign).await, (202, "ignored".into()));
-    // The stack still in progress.
+    // The stack still in progress: heard (pushes arrive), not woken.
     let started = stack_event(STACK_ID, "app", "UPDATE_IN_PROGRESS");
-    assert_eq!(intake.post(TOPIC, &started).await, (202, "ignored".into()));
+    assert!(!waiter.heard());
+    assert_eq!(intake.post(TOPIC, &started).await, (202, "heard".into()));
+    assert!(waiter.heard());
     // A stack nobody waits on.
     let elsewhere = "arn:aws:cloudformation:eu-west-1:444444444444:stack/web/9a8b";
     let unwatched = stack_event(elsewhere, "web", "UPDATE_COMPLETE");
