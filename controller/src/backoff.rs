@@ -20,6 +20,15 @@
 //! 20 s costs 9 looks; a 3-minute stack update about 19 (8 in the first 19 s, then one per
 //! 15 s).
 //!
+//! # With history and pushes ([`PollSettings::poll_expecting`])
+//! Given how long the same operation took before ([`Expected`], from the store's recent
+//! timings of a stack), a waiter still looks at once, then sleeps until [`LEAD`] before the
+//! shortest, looks every [`DENSE`] until well past the longest, then backs off as above: a
+//! 3-minute update that took 3 minutes before is seen within about a second, in three or four
+//! looks. Given a [`Push`] (stack notifications), it looks at once whenever the push wakes it,
+//! and once a push about the operation has arrived it keeps only [`BACKSTOP`] looks. Each wait
+//! reports how long the operation lasted at least ([`Waited`]), the next one's history.
+//!
 //! # Guarantees
 //! - Bounded: a retried call sleeps at most [`Backoff::max_total`] in all; a poll returns once
 //!   its timeout has passed (the last look happens at the deadline).

@@ -13,6 +13,12 @@
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
 //!
+//! Waits are shaped by the stack's recent timings (`DeployRequest::history`), and the adapter
+//! reports what this attempt measured (`DeployResult::timing`) for the store to keep: it
+//! never reads or writes the store itself. With the account's `stack_events_topic` (in the
+//! stack's region), change sets name it in `NotificationARNs` and the update's wait registers
+//! in the [`StackWaiters`] the SNS intake wakes.
+//!
 //! # Guarantees
 //! - "Deployed" means the stack, read back (`DescribeStacks` parameters), runs the requested
 //!   image. `ExecuteChangeSet` refused with `InvalidChangeSetStatus` is not taken as success:

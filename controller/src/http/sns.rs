@@ -19,6 +19,7 @@
 //! | a `MessageId` seen before | 200, nothing changes |
 //! | an alarm recorded for at least one stage | 200 |
 //! | an alarm no stage watches, or a notification that is not an alarm | 202, delivery recorded |
+//! | a notification on an account's `stack_events_topic` | see [`super::stack_events`]: 200 `woken`, or 202; nothing recorded |
 //! | `SubscriptionConfirmation` confirmed | 200, `SubscribeURL` fetched once, logged |
 //! | the confirmation fetch failed | 502, logged |
 //! | `UnsubscribeConfirmation` | 200, logged |
