@@ -16,8 +16,10 @@
 //! How each figure is taken:
 //! - **completion seen after**: from the moment the stub switched the stack to
 //!   `UPDATE_COMPLETE` to the moment the deployer returned (the read-back included).
-//! - **describe calls per stage**: `DescribeChangeSet` + `DescribeStacks` the stub answered
-//!   for that deploy (the look before the change set, the waits, the read-back).
+//! - **describe calls per stage**: `DescribeChangeSet` + `DescribeStacks` +
+//!   `DescribeStackEvents` the stub answered for that deploy (the look before the change set,
+//!   the waits, the read-back, and the one read of the stack's events that measures an update
+//!   seen on a long back-off step).
 //! - **DescribeStacks in the update wait**: those after `ExecuteChangeSet`.
 //!
 //! ```text
@@ -284,7 +286,7 @@ struct Sample {
 
 fn describes(calls: &[String]) -> usize {
     let count = |a: &str| calls.iter().filter(|c| *c == a).count();
-    count("DescribeChangeSet") + count("DescribeStacks")
+    count("DescribeChangeSet") + count("DescribeStacks") + count("DescribeStackEvents")
 }
 
 async fn deploy(

@@ -194,6 +194,7 @@ impl PollSettings {
                 return Ok(Some(Waited {
                     value,
                     lasted: busy_at,
+                    seen: looked,
                 }));
             }
             busy_at = looked;
@@ -214,11 +215,20 @@ impl PollSettings {
 /// What a poll found and how long the operation lasted at least: until the last look that
 /// still saw it in progress, or until the wake-up that announced its end (0 when the first
 /// look found it done). Never more than it really took, so a schedule built on it looks
-/// early rather than late.
+/// early rather than late. `seen`: when the look that found it done started (it ended
+/// between `lasted` and `seen`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waited<T> {
     pub value: T,
     pub lasted: Duration,
+    pub seen: Duration,
+}
+
+impl<T> Waited<T> {
+    /// How far apart the last two looks were: how uncertain `lasted` is.
+    pub fn uncertainty(&self) -> Duration {
+        self.seen.saturating_sub(self.lasted)
+    }
 }
 
 /// How long an operation took the last times it ran on the same target (a stack's change

@@ -52,7 +52,7 @@ use super::errors::{classify, context, has_code, sdk, sdk_done_unless};
 use super::retry::{Limiter, PollSettings};
 use super::stack_waiters::StackWaiters;
 use super::sts::Credentials;
-use crate::backoff::{Expected, Push, Waited};
+use crate::backoff::{DENSE, Expected, Push, Waited};
 use crate::config::Deploy;
 use crate::domain::{AppliedSpec, Arn, StackHistory, StackKey, StackTiming};
 use crate::engine::ports::{Applied, DeployRequest, DeployResult, PortError, PortResult};
@@ -272,7 +272,14 @@ impl CloudFormationDeployer {
             .wait_stack(st, true, expected, Some(registration.push()))
             .await?;
         drop(registration);
-        st.measured().update = Some(waited.lasted);
+        let mut lasted = waited.lasted;
+        if waited.uncertainty() > DENSE * 2 {
+            // Seen on a long back-off step: the stack's own events say exactly how long it took.
+            let took = self.operation_took(st).await;
+            let plausible = |d: &Duration| *d + DENSE >= waited.lasted && *d <= waited.seen + DENSE;
+            lasted = took.filter(plausible).unwrap_or(lasted);
+        }
+        st.measured().update = Some(lasted);
         let done = waited.value;
         let done =
             done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
@@ -582,6 +589,23 @@ impl CloudFormationDeployer {
         }
     }
 
+    /// How long this attempt's operation took by the stack's own events (see
+    /// [`operation_span`]); `None` when they cannot be read or are not all there.
+    async fn operation_took(&self, st: &StackRef) -> Option<Duration> {
+        let events = self
+            .limiter
+            .call(&st.account, "DescribeStackEvents", || {
+                sdk(st
+                    .client
+                    .describe_stack_events()
+                    .stack_name(&st.name)
+                    .send())
+            })
+            .await
+            .ok()?;
+        operation_span(events.stack_events(), &st.name, &st.token)
+    }
+
     /// The first resource that failed in this attempt and why, from the stack's events.
     async fn failure(&self, st: &StackRef) -> String {
         let events = self
@@ -794,6 +818,29 @@ fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> Depl
     }
 }
 
+/// From the "User Initiated" `*_IN_PROGRESS` event of the stack `name` itself under `token`
+/// (its operation's start) to its last event that is not in progress; `None` without both
+/// (the start may be past the first page of a busy stack's events).
+fn operation_span(events: &[StackEvent], name: &str, token: &str) -> Option<Duration> {
+    let ms = |e: &&StackEvent| e.timestamp().and_then(|t| t.to_millis().ok());
+    let own: Vec<&StackEvent> = events
+        .iter()
+        .filter(|e| e.client_request_token() == Some(token))
+        .filter(|e| e.logical_resource_id() == Some(name))
+        .filter(|e| e.resource_type() == Some("AWS::CloudFormation::Stack"))
+        .collect();
+    let progress = |e: &&&StackEvent| {
+        e.resource_status()
+            .is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS"))
+    };
+    let started =
+        |e: &&&StackEvent| progress(e) && e.resource_status_reason() == Some("User Initiated");
+    let start = own.iter().filter(started).filter_map(ms).min()?;
+    let end = own.iter().filter(|e| !progress(e)).filter_map(ms).max()?;
+    let span = u64::try_from(end - start).ok()?;
+    Some(Duration::from_millis(span))
+}
+
 /// The earliest `*_FAILED` event of the attempt with `token` (events come newest first), or
 /// else the reason the stack itself gave for rolling back (a rollback trigger's alarm).
 /// Without any event carrying a token (moto), the attempt is the events since the latest
@@ -924,6 +971,42 @@ mod tests {
             first_failure(&events, "t").unwrap(),
             "Stack (AWS::ECS::Service) UPDATE_ROLLBACK_IN_PROGRESS: alarm api-5xx"
         );
+    }
+
+    #[test]
+    fn an_operation_lasts_from_its_first_event_to_its_end_by_the_stack_itself() {
+        let at = |ms: i64| aws_sdk_cloudformation::primitives::DateTime::from_millis(ms);
+        let stack = |status: &str, ms: i64, token: &str| {
+            let reason = if status.ends_with("CLEANUP_IN_PROGRESS") {
+                ""
+            } else {
+                "User Initiated"
+            };
+            StackEvent::builder()
+                .logical_resource_id("app")
+                .resource_type("AWS::CloudFormation::Stack")
+                .resource_status(ResourceStatus::from(status))
+                .resource_status_reason(reason)
+                .client_request_token(token)
+                .timestamp(at(ms))
+                .build()
+        };
+        let events = [
+            stack("UPDATE_COMPLETE", 181_500, "t2"),
+            stack("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", 181_000, "t2"),
+            event("Service", "UPDATE_COMPLETE", "", Some("t2")),
+            stack("UPDATE_IN_PROGRESS", 1_000, "t2"),
+            stack("UPDATE_COMPLETE", 500, "t1"),
+            stack("UPDATE_IN_PROGRESS", 0, "t1"),
+        ];
+        let span = operation_span(&events, "app", "t2");
+        assert_eq!(span, Some(Duration::from_millis(180_500)));
+        assert_eq!(
+            operation_span(&events, "app", "t1"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(operation_span(&events, "app", "t3"), None);
+        assert_eq!(operation_span(&events[..3], "app", "t2"), None, "no start");
     }
 
     #[test]

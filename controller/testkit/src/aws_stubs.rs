@@ -1587,7 +1587,10 @@ pub mod cloudformation {
     //! `CREATE_IN_PROGRESS`) from `ExecuteChangeSet` until that long after it, then
     //! `UPDATE_COMPLETE` (`CREATE_COMPLETE`)
     //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html>,
-    //! "Stack status codes"). [`CloudFormationStub::complete_now`] ends the update early.
+    //! "Stack status codes"). [`CloudFormationStub::complete_now`] ends the update early. A
+    //! timed update's start and end are the stack's own events (`LogicalResourceId` the stack
+    //! name, `AWS::CloudFormation::Stack`, the execute's `ClientRequestToken`, the time they
+    //! happened), listed newest first by `DescribeStackEvents`.
     //!
     //! Stack notifications: a change set's `NotificationARNs` are kept by the stack when it is
     //! executed (CreateChangeSet, `NotificationARNs`:
@@ -1639,6 +1642,8 @@ pub mod cloudformation {
         pub reason: String,
         /// [`TOKEN`] for "this attempt", another string for an earlier one.
         pub token: String,
+        /// When it happened (`None`: a fixed time in the past).
+        pub at: Option<chrono::DateTime<chrono::Utc>>,
     }
 
     /// What the stack does.
@@ -1914,6 +1919,7 @@ pub mod cloudformation {
         let create = world.operation.as_ref().is_some_and(|o| o.create);
         let verb = if create { "CREATE" } else { "UPDATE" };
         world.statuses = [format!("{verb}_IN_PROGRESS")].into();
+        record_event(world, &format!("{verb}_IN_PROGRESS"), "User Initiated");
         let started = event_posts(world, &format!("{verb}_IN_PROGRESS"), "User Initiated");
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -1939,9 +1945,30 @@ pub mod cloudformation {
             world.statuses = [done.to_string()].into();
             finish(&mut world, done);
             world.completed_at = Some(Instant::now());
+            record_event(&mut world, done, "");
             event_posts(&world, done, "")
         };
         post_all(&shared, posts).await;
+    }
+
+    /// The stack's own event, now, under the token of the operation in flight (newest first,
+    /// as `DescribeStackEvents` lists them).
+    fn record_event(world: &mut World, status: &str, reason: &str) {
+        let name = world
+            .stack_id
+            .split('/')
+            .nth(1)
+            .unwrap_or("stub")
+            .to_string();
+        let event = Event {
+            logical_id: name,
+            resource_type: "AWS::CloudFormation::Stack".into(),
+            status: status.into(),
+            reason: reason.into(),
+            token: world.token.clone(),
+            at: Some(chrono::Utc::now()),
+        };
+        world.events.insert(0, event);
     }
 
     /// The SNS deliveries of one stack event, one per notification topic (none without a
@@ -2083,6 +2110,7 @@ pub mod cloudformation {
             status: rolling.into(),
             reason,
             token: TOKEN.into(),
+            at: None,
         };
         world.events.insert(0, event);
         world.statuses = [rolling, done].map(String::from).into();
@@ -2258,10 +2286,13 @@ pub mod cloudformation {
             .enumerate()
             .map(|(i, e)| {
                 let token = if e.token == TOKEN { world.token.as_str() } else { e.token.as_str() };
+                let at = e.at.map_or("2026-01-01T00:00:00Z".to_string(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+                });
                 format!(
                     "<member><StackId>{STACK_ID}</StackId><EventId>e{i}</EventId><StackName>stub</StackName>\
                      <LogicalResourceId>{}</LogicalResourceId><ResourceType>{}</ResourceType>\
-                     <Timestamp>2026-01-01T00:00:00Z</Timestamp><ResourceStatus>{}</ResourceStatus>\
+                     <Timestamp>{at}</Timestamp><ResourceStatus>{}</ResourceStatus>\
                      <ResourceStatusReason>{}</ResourceStatusReason><ClientRequestToken>{}</ClientRequestToken></member>",
                     esc(&e.logical_id),
                     esc(&e.resource_type),

@@ -454,6 +454,7 @@ async fn a_failed_update_reports_the_first_failing_resource_of_this_attempt() {
         status: status.into(),
         reason: reason.into(),
         token: token.into(),
+        at: None,
     };
     let (_stub, cfn) = stub_deployer(Script {
         statuses: strings(&["UPDATE_COMPLETE"]),
