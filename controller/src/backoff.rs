@@ -202,11 +202,20 @@ impl PollSettings {
             if now >= deadline {
                 return Ok(None);
             }
-            let heard = push.as_ref().is_some_and(Push::heard);
-            let delay = schedule.next(now - start, heard).min(deadline - now);
-            if pause(delay, push.as_ref().map(|p| p.wake)).await == Woken::Yes {
-                // The push says it moved: it is at least this old when it is found done.
-                busy_at = start.elapsed();
+            loop {
+                let heard = push.as_ref().is_some_and(Push::heard);
+                let now = Instant::now();
+                let delay = schedule.next(now - start, heard).min(deadline - now);
+                match pause(delay, push.as_ref(), heard).await {
+                    Woken::Yes => {
+                        // The push says it moved: it is at least this old when found done.
+                        busy_at = start.elapsed();
+                        break;
+                    }
+                    Woken::No => break,
+                    // Pushes arrive: plan the sleep again, with backstop looks only.
+                    Woken::Heard => {}
+                }
             }
         }
     }
@@ -245,11 +254,13 @@ pub struct Expected {
 }
 
 /// A push that can end a wait early: `wake` is notified when the operation may have ended;
-/// `heard` turns true once a push about this operation arrived (so pushes do arrive).
+/// `heard` turns true once a push about this operation arrived (so pushes do arrive), and
+/// `heard_changed` is notified when it does.
 #[derive(Debug, Clone, Copy)]
 pub struct Push<'a> {
     pub wake: &'a Notify,
     pub heard: &'a AtomicBool,
+    pub heard_changed: &'a Notify,
 }
 
 impl Push<'_> {
@@ -334,17 +345,21 @@ impl Schedule {
 enum Woken {
     Yes,
     No,
+    /// Pushes were found to arrive (the sleep was planned without knowing it).
+    Heard,
 }
 
-/// Sleeps for `delay`, or less when `wake` is notified.
-async fn pause(delay: Duration, wake: Option<&Notify>) -> Woken {
-    let Some(wake) = wake else {
+/// Sleeps for `delay`, or less when the push wakes the waiter or, if the sleep was planned
+/// before pushes were `heard`, when they are.
+async fn pause(delay: Duration, push: Option<&Push<'_>>, heard: bool) -> Woken {
+    let Some(push) = push else {
         tokio::time::sleep(delay).await;
         return Woken::No;
     };
     tokio::select! {
         () = tokio::time::sleep(delay) => Woken::No,
-        () = wake.notified() => Woken::Yes,
+        () = push.wake.notified() => Woken::Yes,
+        () = push.heard_changed.notified(), if !heard => Woken::Heard,
     }
 }
 
@@ -516,9 +531,11 @@ mod tests {
             }
         });
         let heard = AtomicBool::new(heard);
+        let heard_changed = Notify::new();
         let push = Push {
             wake: &wake,
             heard: &heard,
+            heard_changed: &heard_changed,
         };
         let looks = Mutex::new(Vec::new());
         let waited = PollSettings::default()
@@ -560,6 +577,44 @@ mod tests {
         // 180 s + a quarter + 5 s.
         let (looks, _) = pushed(expected, true, 190_000, false).await;
         assert_eq!(looks, [0, 230_000]);
+    }
+
+    /// Pushes found to arrive during a sleep planned without them (the stack's first event
+    /// comes just after the execute): the sleep is planned again, with backstop looks only.
+    #[tokio::test(start_paused = true)]
+    async fn pushes_heard_during_a_sleep_plan_it_again() {
+        use std::sync::Arc;
+        let start = Instant::now();
+        let (wake, heard, changed) = (
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Notify::new()),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let (w, h, c, d) = (wake.clone(), heard.clone(), changed.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            h.store(true, Ordering::SeqCst);
+            c.notify_one();
+            tokio::time::sleep(Duration::from_millis(179_800)).await;
+            d.store(true, Ordering::SeqCst);
+            w.notify_one();
+        });
+        let push = Push {
+            wake: &wake,
+            heard: &heard,
+            heard_changed: &changed,
+        };
+        let looks = Mutex::new(Vec::new());
+        PollSettings::default()
+            .poll_expecting(Expected::from_past(&[secs(180)]), Some(push), || async {
+                looks.lock().unwrap().push(start.elapsed().as_millis());
+                Ok(done.load(Ordering::SeqCst).then_some(()))
+            })
+            .await
+            .unwrap();
+        // Without the new plan: 0, 179, 180, then the wake-up at 180.3 s.
+        assert_eq!(looks.into_inner().unwrap(), [0, 180_300]);
     }
 
     #[test]

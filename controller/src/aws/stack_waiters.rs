@@ -31,6 +31,15 @@ use crate::domain::StackKey;
 struct Signals {
     wake: Notify,
     heard: AtomicBool,
+    heard_changed: Notify,
+}
+
+impl Signals {
+    fn hear(&self) {
+        if !self.heard.swap(true, Ordering::AcqRel) {
+            self.heard_changed.notify_one();
+        }
+    }
 }
 
 /// The waiters of each stack: an id (to unregister) and its signals.
@@ -68,6 +77,7 @@ impl Registration {
         Push {
             wake: &self.signals.wake,
             heard: &self.signals.heard,
+            heard_changed: &self.signals.heard_changed,
         }
     }
 }
@@ -105,13 +115,13 @@ impl StackWaiters {
 
     /// Tells every waiter of `stack` that pushes about it arrive; how many there were.
     pub fn hear(&self, stack: &StackKey) -> usize {
-        self.each(stack, |s| s.heard.store(true, Ordering::Release))
+        self.each(stack, Signals::hear)
     }
 
     /// Wakes every waiter of `stack` (which also hears it); how many there were.
     pub fn wake(&self, stack: &StackKey) -> usize {
         self.each(stack, |s| {
-            s.heard.store(true, Ordering::Release);
+            s.hear();
             s.wake.notify_one();
         })
     }
