@@ -270,7 +270,8 @@ impl Push<'_> {
 }
 
 /// Once pushes are known to arrive, the looks that stay are a backstop for a lost one: one
-/// this often, or (with history) none before well past the longest past duration.
+/// this often (or at the schedule's `max`, if longer), or (with history) none before well
+/// past the longest past duration.
 pub const BACKSTOP: Duration = Duration::from_secs(60);
 
 /// How long before the shortest past duration the dense looks start.
@@ -322,9 +323,10 @@ impl Schedule {
     /// How long to sleep after a look at `elapsed` into the wait; `heard`: pushes arrive.
     fn next(&mut self, elapsed: Duration, heard: bool) -> Duration {
         if heard {
+            let backstop = BACKSTOP.max(self.cap);
             return match self.expected {
-                Some(e) if elapsed + BACKSTOP < e.dense_until() => e.dense_until() - elapsed,
-                _ => BACKSTOP,
+                Some(e) if elapsed + backstop < e.dense_until() => e.dense_until() - elapsed,
+                _ => backstop,
             };
         }
         if let Some(e) = self.expected {
