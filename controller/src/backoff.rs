@@ -20,6 +20,15 @@
 //! 20 s costs 9 looks; a 3-minute stack update about 19 (8 in the first 19 s, then one per
 //! 15 s).
 //!
+//! # With history and pushes ([`PollSettings::poll_expecting`])
+//! Given how long the same operation took before ([`Expected`], from the store's recent
+//! timings of a stack), a waiter still looks at once, then sleeps until [`LEAD`] before the
+//! shortest, looks every [`DENSE`] until well past the longest, then backs off as above: a
+//! 3-minute update that took 3 minutes before is seen within about a second, in three or four
+//! looks. Given a [`Push`] (stack notifications), it looks at once whenever the push wakes it,
+//! and once a push about the operation has arrived it keeps only [`BACKSTOP`] looks. Each wait
+//! reports how long the operation lasted at least ([`Waited`]), the next one's history.
+//!
 //! # Guarantees
 //! - Bounded: a retried call sleeps at most [`Backoff::max_total`] in all; a poll returns once
 //!   its timeout has passed (the last look happens at the deadline).
@@ -32,9 +41,11 @@
 //! - read the system clock: delays use tokio's time, so tests run it paused.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::engine::ports::PortError;
@@ -150,24 +161,207 @@ impl PollSettings {
 
     /// Calls `check` at once and then on the schedule until it returns `Some`; `Ok(None)` once
     /// `timeout` has passed. An error from `check` ends the wait.
-    pub async fn poll<T, F, Fut>(&self, mut check: F) -> Result<Option<T>, PortError>
+    pub async fn poll<T, F, Fut>(&self, check: F) -> Result<Option<T>, PortError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Option<T>, PortError>>,
     {
-        let deadline = Instant::now() + self.timeout;
-        let mut delay = self.initial.max(Duration::from_millis(1));
+        let waited = self.poll_expecting(None, None, check).await?;
+        Ok(waited.map(|w| w.value))
+    }
+
+    /// Like [`PollSettings::poll`], with the schedule shaped by what the same operation took
+    /// before (`expected`, see [`Expected`]) and by a push (see [`Push`]): a look at once each
+    /// time it wakes the waiter, and only backstop looks once it is known to arrive.
+    /// Returns the value and how long the operation lasted at least (see [`Waited`]).
+    pub async fn poll_expecting<T, F, Fut>(
+        &self,
+        expected: Option<Expected>,
+        push: Option<Push<'_>>,
+        mut check: F,
+    ) -> Result<Option<Waited<T>>, PortError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Option<T>, PortError>>,
+    {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let mut schedule = Schedule::new(*self, expected);
+        let mut busy_at = Duration::ZERO;
         loop {
-            if let Some(done) = check().await? {
-                return Ok(Some(done));
+            let looked = start.elapsed();
+            if let Some(value) = check().await? {
+                return Ok(Some(Waited {
+                    value,
+                    lasted: busy_at,
+                    seen: looked,
+                }));
             }
+            busy_at = looked;
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(delay.min(deadline - now)).await;
-            delay = next_step(delay).min(self.max.max(self.initial));
+            loop {
+                let heard = push.as_ref().is_some_and(Push::heard);
+                let now = Instant::now();
+                let delay = schedule.next(now - start, heard).min(deadline - now);
+                match pause(delay, push.as_ref(), heard).await {
+                    Woken::Yes => {
+                        // The push says it moved: it is at least this old when found done.
+                        busy_at = start.elapsed();
+                        break;
+                    }
+                    Woken::No => break,
+                    // Pushes arrive: plan the sleep again, with backstop looks only.
+                    Woken::Heard => {}
+                }
+            }
         }
+    }
+}
+
+/// What a poll found and how long the operation lasted at least: until the last look that
+/// still saw it in progress, or until the wake-up that announced its end (0 when the first
+/// look found it done). Never more than it really took, so a schedule built on it looks
+/// early rather than late. `seen`: when the look that found it done started (it ended
+/// between `lasted` and `seen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waited<T> {
+    pub value: T,
+    pub lasted: Duration,
+    pub seen: Duration,
+}
+
+impl<T> Waited<T> {
+    /// How far apart the last two looks were: how uncertain `lasted` is.
+    pub fn uncertainty(&self) -> Duration {
+        self.seen.saturating_sub(self.lasted)
+    }
+}
+
+/// How long an operation took the last times it ran on the same target (a stack's change
+/// set, a stack's update): the shortest and the longest.
+///
+/// With it, a waiter still looks at once, then sleeps until [`LEAD`] before the shortest,
+/// looks every [`DENSE`] until well past the longest (a quarter of it plus 5 s), and then
+/// backs off from [`DENSE`] as [`PollSettings`] does, up to its `max`. An operation that took
+/// under 2 × [`DENSE`] keeps the plain schedule, whose first intervals are shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    pub shortest: Duration,
+    pub longest: Duration,
+}
+
+/// A push that can end a wait early: `wake` is notified when the operation may have ended;
+/// `heard` turns true once a push about this operation arrived (so pushes do arrive), and
+/// `heard_changed` is notified when it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Push<'a> {
+    pub wake: &'a Notify,
+    pub heard: &'a AtomicBool,
+    pub heard_changed: &'a Notify,
+}
+
+impl Push<'_> {
+    fn heard(&self) -> bool {
+        self.heard.load(Ordering::Acquire)
+    }
+}
+
+/// Once pushes are known to arrive, the looks that stay are a backstop for a lost one: one
+/// this often (or at the schedule's `max`, if longer), or (with history) none before well
+/// past the longest past duration.
+pub const BACKSTOP: Duration = Duration::from_secs(60);
+
+/// How long before the shortest past duration the dense looks start.
+pub const LEAD: Duration = Duration::from_secs(1);
+/// The interval of the dense looks: completion is seen within it (plus one call).
+pub const DENSE: Duration = Duration::from_secs(1);
+
+impl Expected {
+    /// From past durations; `None` without any, or when they were all too short to plan
+    /// around.
+    pub fn from_past(past: &[Duration]) -> Option<Expected> {
+        let shortest = *past.iter().min()?;
+        let longest = *past.iter().max()?;
+        (longest >= DENSE * 2).then_some(Expected { shortest, longest })
+    }
+
+    /// When the dense looks start, after the start of the wait.
+    fn dense_from(&self) -> Duration {
+        self.shortest.saturating_sub(LEAD)
+    }
+
+    /// When they stop: well past the longest.
+    fn dense_until(&self) -> Duration {
+        self.longest + self.longest / 4 + Duration::from_secs(5)
+    }
+}
+
+/// The intervals of one wait.
+struct Schedule {
+    expected: Option<Expected>,
+    /// The next back-off interval.
+    delay: Duration,
+    cap: Duration,
+}
+
+impl Schedule {
+    fn new(settings: PollSettings, expected: Option<Expected>) -> Schedule {
+        let delay = match expected {
+            Some(_) => DENSE,
+            None => settings.initial.max(Duration::from_millis(1)),
+        };
+        Schedule {
+            expected,
+            delay,
+            cap: settings.max.max(settings.initial),
+        }
+    }
+
+    /// How long to sleep after a look at `elapsed` into the wait; `heard`: pushes arrive.
+    fn next(&mut self, elapsed: Duration, heard: bool) -> Duration {
+        if heard {
+            let backstop = BACKSTOP.max(self.cap);
+            return match self.expected {
+                Some(e) if elapsed + backstop < e.dense_until() => e.dense_until() - elapsed,
+                _ => backstop,
+            };
+        }
+        if let Some(e) = self.expected {
+            if elapsed + DENSE < e.dense_from() {
+                return e.dense_from() - elapsed;
+            }
+            if elapsed < e.dense_until() {
+                return DENSE;
+            }
+        }
+        let delay = self.delay;
+        self.delay = next_step(delay).min(self.cap);
+        delay
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    Yes,
+    No,
+    /// Pushes were found to arrive (the sleep was planned without knowing it).
+    Heard,
+}
+
+/// Sleeps for `delay`, or less when the push wakes the waiter or, if the sleep was planned
+/// before pushes were `heard`, when they are.
+async fn pause(delay: Duration, push: Option<&Push<'_>>, heard: bool) -> Woken {
+    let Some(push) = push else {
+        tokio::time::sleep(delay).await;
+        return Woken::No;
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Woken::No,
+        () = push.wake.notified() => Woken::Yes,
+        () = push.heard_changed.notified(), if !heard => Woken::Heard,
     }
 }
 
@@ -243,6 +437,186 @@ mod tests {
         );
         assert_eq!(looks.len(), 19);
         assert!(start.elapsed() - done_at <= Duration::from_secs(15));
+    }
+
+    /// The looks (ms into the wait) of a poll with `expected`, for an operation that ends
+    /// `done_at` into it, and what the poll returned.
+    async fn looks_with(expected: Option<Expected>, done_at: Duration) -> (Vec<u128>, Waited<()>) {
+        let start = Instant::now();
+        let looks = Mutex::new(Vec::new());
+        let waited = PollSettings::default()
+            .poll_expecting(expected, None, || async {
+                looks.lock().unwrap().push(start.elapsed().as_millis());
+                Ok((start.elapsed() >= done_at).then_some(()))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        (looks.into_inner().unwrap(), waited)
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    /// A change set that was ready after 20 s before: a look at once, then from 19 s every
+    /// second, so it is seen within a second at the cost of three looks.
+    #[tokio::test(start_paused = true)]
+    async fn with_history_the_waiter_sleeps_until_just_before_the_shortest_past_duration() {
+        let expected = Expected::from_past(&[secs(20), secs(22)]);
+        let (looks, waited) = looks_with(expected, Duration::from_millis(20_300)).await;
+        assert_eq!(looks, [0, 19_000, 20_000, 21_000]);
+        assert_eq!(waited.lasted, secs(20));
+
+        // A 3-minute update seen within a second of finishing, in four looks (the plain
+        // schedule takes 19 and sees it up to 15 s late).
+        let expected = Expected::from_past(&[secs(180)]);
+        let (looks, waited) = looks_with(expected, Duration::from_millis(180_400)).await;
+        assert_eq!(looks, [0, 179_000, 180_000, 181_000]);
+        assert_eq!(waited.lasted, secs(180));
+    }
+
+    /// Something already over (the emulator, an empty update) is still seen at the first look.
+    #[tokio::test(start_paused = true)]
+    async fn with_history_the_first_look_is_still_at_once() {
+        let expected = Expected::from_past(&[secs(180)]);
+        let (looks, waited) = looks_with(expected, Duration::ZERO).await;
+        assert_eq!(looks, [0]);
+        assert_eq!(waited.lasted, Duration::ZERO);
+    }
+
+    /// Running well past the longest past duration (a quarter of it plus 5 s), the waiter
+    /// falls back to the back-off, from 1 s up to the 15 s cap.
+    #[tokio::test(start_paused = true)]
+    async fn past_the_longest_duration_the_waiter_backs_off_again() {
+        let expected = Expected::from_past(&[secs(20)]);
+        let (looks, _) = looks_with(expected, secs(120)).await;
+        let dense: Vec<u128> = (19..=30).map(|s| s * 1_000).collect();
+        assert_eq!(looks[1..13], dense[..]);
+        assert_eq!(
+            looks[13..],
+            [
+                31_000, 33_000, 38_000, 48_000, 63_000, 78_000, 93_000, 108_000, 123_000
+            ]
+        );
+    }
+
+    /// Past durations too short to plan around keep the plain schedule.
+    #[tokio::test(start_paused = true)]
+    async fn short_past_durations_keep_the_plain_schedule() {
+        assert_eq!(Expected::from_past(&[]), None);
+        let short = [Duration::from_millis(300), Duration::from_millis(1_500)];
+        assert_eq!(Expected::from_past(&short), None);
+        let (looks, waited) = looks_with(None, Duration::from_millis(1_000)).await;
+        assert_eq!(looks, [0, 100, 300, 800, 1_800]);
+        assert_eq!(waited.lasted, Duration::from_millis(800));
+    }
+
+    /// The looks of a wait ended at `ends` (ms) by a push that wakes the waiter, or never
+    /// (`None`, a lost push: the operation is simply over then), with `heard` set from the
+    /// start or not, and what the wait measured.
+    async fn pushed(
+        expected: Option<Expected>,
+        heard: bool,
+        ends: u64,
+        woken: bool,
+    ) -> (Vec<u128>, Duration) {
+        let start = Instant::now();
+        let wake = std::sync::Arc::new(Notify::new());
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let (w, d) = (wake.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ends)).await;
+            d.store(true, Ordering::SeqCst);
+            if woken {
+                w.notify_one();
+            }
+        });
+        let heard = AtomicBool::new(heard);
+        let heard_changed = Notify::new();
+        let push = Push {
+            wake: &wake,
+            heard: &heard,
+            heard_changed: &heard_changed,
+        };
+        let looks = Mutex::new(Vec::new());
+        let waited = PollSettings::default()
+            .poll_expecting(expected, Some(push), || async {
+                looks.lock().unwrap().push(start.elapsed().as_millis());
+                Ok(done.load(Ordering::SeqCst).then_some(()))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        (looks.into_inner().unwrap(), waited.lasted)
+    }
+
+    /// A wake-up (a stack notification) makes the waiter look at once instead of at its next
+    /// scheduled look, and the wait's measured duration is the moment of the wake-up.
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_makes_the_waiter_look_at_once() {
+        let (looks, lasted) = pushed(None, false, 172_500, true).await;
+        assert_eq!(*looks.last().unwrap(), 172_500);
+        assert_eq!(
+            looks[looks.len() - 2],
+            168_800,
+            "the last scheduled look before it"
+        );
+        assert_eq!(lasted, Duration::from_millis(172_500));
+    }
+
+    /// Once pushes are known to arrive, only backstop looks stay: one a minute, or with history
+    /// none before well past the longest past duration. A 3-minute update then costs the
+    /// look at once and the one the push brings; a lost push is still seen by a backstop look.
+    #[tokio::test(start_paused = true)]
+    async fn once_pushes_arrive_only_backstop_looks_stay() {
+        let (looks, _) = pushed(None, true, 172_500, true).await;
+        assert_eq!(looks, [0, 60_000, 120_000, 172_500]);
+        let expected = Expected::from_past(&[secs(180)]);
+        let (looks, lasted) = pushed(expected, true, 180_300, true).await;
+        assert_eq!(looks, [0, 180_300]);
+        assert_eq!(lasted, Duration::from_millis(180_300));
+        // 180 s + a quarter + 5 s.
+        let (looks, _) = pushed(expected, true, 190_000, false).await;
+        assert_eq!(looks, [0, 230_000]);
+    }
+
+    /// Pushes found to arrive during a sleep planned without them (the stack's first event
+    /// comes just after the execute): the sleep is planned again, with backstop looks only.
+    #[tokio::test(start_paused = true)]
+    async fn pushes_heard_during_a_sleep_plan_it_again() {
+        use std::sync::Arc;
+        let start = Instant::now();
+        let (wake, heard, changed) = (
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Notify::new()),
+        );
+        let done = Arc::new(AtomicBool::new(false));
+        let (w, h, c, d) = (wake.clone(), heard.clone(), changed.clone(), done.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            h.store(true, Ordering::SeqCst);
+            c.notify_one();
+            tokio::time::sleep(Duration::from_millis(179_800)).await;
+            d.store(true, Ordering::SeqCst);
+            w.notify_one();
+        });
+        let push = Push {
+            wake: &wake,
+            heard: &heard,
+            heard_changed: &changed,
+        };
+        let looks = Mutex::new(Vec::new());
+        PollSettings::default()
+            .poll_expecting(Expected::from_past(&[secs(180)]), Some(push), || async {
+                looks.lock().unwrap().push(start.elapsed().as_millis());
+                Ok(done.load(Ordering::SeqCst).then_some(()))
+            })
+            .await
+            .unwrap();
+        // Without the new plan: 0, 179, 180, then the wake-up at 180.3 s.
+        assert_eq!(looks.into_inner().unwrap(), [0, 180_300]);
     }
 
     #[test]

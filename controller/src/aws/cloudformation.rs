@@ -13,6 +13,12 @@
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
 //!
+//! Waits are shaped by the stack's recent timings (`DeployRequest::history`), and the adapter
+//! reports what this attempt measured (`DeployResult::timing`) for the store to keep: it
+//! never reads or writes the store itself. With the account's `stack_events_topic` (in the
+//! stack's region), change sets name it in `NotificationARNs` and the update's wait registers
+//! in the [`StackWaiters`] the SNS intake wakes.
+//!
 //! # Guarantees
 //! - "Deployed" means the stack, read back (`DescribeStacks` parameters), runs the requested
 //!   image. `ExecuteChangeSet` refused with `InvalidChangeSetStatus` is not taken as success:
@@ -33,7 +39,8 @@
 //!   the deploy fails and says so.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_cloudformation::Client;
 use aws_sdk_cloudformation::types::{
@@ -44,9 +51,11 @@ use sha2::{Digest, Sha256};
 use super::errors::{classify, context, has_code, sdk, sdk_done_unless};
 use super::observe::CallMetrics;
 use super::retry::{Limiter, PollSettings};
+use super::stack_waiters::StackWaiters;
 use super::sts::Credentials;
+use crate::backoff::{DENSE, Expected, Push, Waited};
 use crate::config::Deploy;
-use crate::domain::{AppliedSpec, Arn};
+use crate::domain::{AppliedSpec, Arn, StackHistory, StackKey, StackTiming};
 use crate::engine::ports::{Applied, DeployRequest, DeployResult, PortError, PortResult};
 
 /// CloudFormation allows at most this many rollback triggers.
@@ -59,6 +68,8 @@ pub struct CloudFormationDeployer {
     creds: Arc<Credentials>,
     limiter: Arc<Limiter>,
     poll: PollSettings,
+    /// Where stack notifications find the waits in flight.
+    waiters: Arc<StackWaiters>,
 }
 
 /// What the stack should become: from the stage's `deploy` and the request, or for a
@@ -120,6 +131,33 @@ struct StackRef {
     name: String,
     /// Change set name, `ClientToken` and `ClientRequestToken`, all from the idempotency key.
     token: String,
+    key: StackKey,
+    /// How long this stack's recent change sets and updates took.
+    history: StackHistory,
+    /// The account's stack-events topic, sent as `NotificationARNs`.
+    topic: Option<String>,
+    /// What this attempt measured.
+    measured: Mutex<Measured>,
+}
+
+/// How long this attempt's change set and update took, at least (see [`Waited`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Measured {
+    change_set: Option<Duration>,
+    update: Option<Duration>,
+}
+
+impl StackRef {
+    fn measured(&self) -> std::sync::MutexGuard<'_, Measured> {
+        self.measured.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What to keep for the next deploy of this stack (`None`: nothing was waited on).
+    fn timing(&self) -> Option<StackTiming> {
+        let m = *self.measured();
+        let any = m.change_set.is_some() || m.update.is_some();
+        any.then(|| StackTiming::new(self.key.clone(), m.change_set, m.update))
+    }
 }
 
 /// Where a change set stands.
@@ -151,7 +189,14 @@ impl CloudFormationDeployer {
             creds,
             limiter,
             poll,
+            waiters: StackWaiters::new(),
         }
+    }
+
+    /// The same deployer, registering its waits in `waiters` (the SNS intake's registry, so
+    /// stack notifications wake them).
+    pub fn with_waiters(self, waiters: Arc<StackWaiters>) -> CloudFormationDeployer {
+        CloudFormationDeployer { waiters, ..self }
     }
 
     /// Deploys `req.image_uri`; `alarms` (names or ARNs) become rollback triggers.
@@ -187,11 +232,21 @@ impl CloudFormationDeployer {
             .config_for(&req.account, &req.target.region, &req.session_name)
             .await?;
         let conf = aws_sdk_cloudformation::config::Builder::from(&config).interceptor(CallMetrics);
+        let key = StackKey {
+            account: req.account.id.to_string(),
+            region: req.target.region.clone(),
+            stack: stack.clone(),
+        };
+        let topic = req.account.stack_events_topic_for(&req.target.region);
         Ok(StackRef {
             client: Client::from_conf(conf.build()),
             account: req.account.id.to_string(),
             name: stack.clone(),
             token: request_token(&req.key),
+            key,
+            history: req.history.clone(),
+            topic: topic.map(Arn::to_string),
+            measured: Mutex::default(),
         })
     }
 
@@ -203,6 +258,9 @@ impl CloudFormationDeployer {
         spec: &Spec,
         current: Option<Stack>,
     ) -> PortResult<DeployResult> {
+        // Registered before the execute, so a notification of an update that ends at once
+        // still finds the waiter.
+        let registration = self.waiters.register(st.key.clone());
         let refused = match self.prepare(st, spec, current).await? {
             Next::Nothing(current) => {
                 read_back(st, spec, current.as_deref())?;
@@ -211,7 +269,20 @@ impl CloudFormationDeployer {
             Next::Execute => !self.execute(st).await?,
             Next::Wait => false,
         };
-        let done = self.settle(st, true).await?;
+        let expected = Expected::from_past(&st.history.update);
+        let waited = self
+            .wait_stack(st, true, expected, Some(registration.push()))
+            .await?;
+        drop(registration);
+        let mut lasted = waited.lasted;
+        if waited.uncertainty() > DENSE * 2 {
+            // Seen on a long back-off step: the stack's own events say exactly how long it took.
+            let took = self.operation_took(st).await;
+            let plausible = |d: &Duration| *d + DENSE >= waited.lasted && *d <= waited.seen + DENSE;
+            lasted = took.filter(plausible).unwrap_or(lasted);
+        }
+        st.measured().update = Some(lasted);
+        let done = waited.value;
         let done =
             done.ok_or_else(|| PortError::Failed(format!("stack {} disappeared", st.name)))?;
         // Refused, it may never have run (obsolete, someone else's update): only the read-back
@@ -281,13 +352,19 @@ impl CloudFormationDeployer {
             Err(e) if no_changes(&e.to_string()) => return Ok(ChangeSet::Empty),
             other => other?,
         }
-        let found = self.poll.poll(|| self.change_set_state(st)).await?;
-        found.ok_or_else(|| {
+        let expected = Expected::from_past(&st.history.change_set);
+        let found = self
+            .poll
+            .poll_expecting(expected, None, || self.change_set_state(st))
+            .await?;
+        let found = found.ok_or_else(|| {
             PortError::Failed(format!(
                 "change set {} was not ready in {:?}",
                 st.token, self.poll.timeout
             ))
-        })
+        })?;
+        st.measured().change_set = Some(found.lasted);
+        Ok(found.value)
     }
 
     /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused.
@@ -315,6 +392,7 @@ impl CloudFormationDeployer {
                             .collect(),
                     ))
                     .set_role_arn(spec.role.clone())
+                    .set_notification_arns(st.topic.clone().map(|t| vec![t]))
                     .rollback_configuration(spec.rollback.clone());
                 sdk_done_unless(request.send(), "AlreadyExistsException")
             })
@@ -430,9 +508,22 @@ impl CloudFormationDeployer {
     /// The stack once it is no longer busy. `executing`: a change set was just executed, so
     /// `REVIEW_IN_PROGRESS` means "not started yet" rather than "waiting for a change set".
     async fn settle(&self, st: &StackRef, executing: bool) -> PortResult<Option<Stack>> {
+        let waited = self.wait_stack(st, executing, None, None).await?;
+        Ok(waited.value)
+    }
+
+    /// [`Self::settle`] on a schedule shaped by `expected` and by `push`; also
+    /// says how long the stack was busy at least.
+    async fn wait_stack(
+        &self,
+        st: &StackRef,
+        executing: bool,
+        expected: Option<Expected>,
+        push: Option<Push<'_>>,
+    ) -> PortResult<Waited<Option<Stack>>> {
         let settled = self
             .poll
-            .poll(|| async {
+            .poll_expecting(expected, push, || async {
                 let now = self.describe(st).await?;
                 Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
             })
@@ -498,6 +589,23 @@ impl CloudFormationDeployer {
             Err(PortError::Invalid(_)) | Ok(()) => Ok(()),
             Err(e) => Err(context(e, &format!("{action} on stack {}", st.name))),
         }
+    }
+
+    /// How long this attempt's operation took by the stack's own events (see
+    /// [`operation_span`]); `None` when they cannot be read or are not all there.
+    async fn operation_took(&self, st: &StackRef) -> Option<Duration> {
+        let events = self
+            .limiter
+            .call(&st.account, "DescribeStackEvents", || {
+                sdk(st
+                    .client
+                    .describe_stack_events()
+                    .stack_name(&st.name)
+                    .send())
+            })
+            .await
+            .ok()?;
+        operation_span(events.stack_events(), &st.name, &st.token)
     }
 
     /// The first resource that failed in this attempt and why, from the stack's events.
@@ -708,7 +816,31 @@ fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> Depl
         outputs,
         summary,
         applied: Some(spec.applied(&st.name)),
+        timing: st.timing(),
     }
+}
+
+/// From the "User Initiated" `*_IN_PROGRESS` event of the stack `name` itself under `token`
+/// (its operation's start) to its last event that is not in progress; `None` without both
+/// (the start may be past the first page of a busy stack's events).
+fn operation_span(events: &[StackEvent], name: &str, token: &str) -> Option<Duration> {
+    let ms = |e: &&StackEvent| e.timestamp().and_then(|t| t.to_millis().ok());
+    let own: Vec<&StackEvent> = events
+        .iter()
+        .filter(|e| e.client_request_token() == Some(token))
+        .filter(|e| e.logical_resource_id() == Some(name))
+        .filter(|e| e.resource_type() == Some("AWS::CloudFormation::Stack"))
+        .collect();
+    let progress = |e: &&&StackEvent| {
+        e.resource_status()
+            .is_some_and(|s| s.as_str().ends_with("_IN_PROGRESS"))
+    };
+    let started =
+        |e: &&&StackEvent| progress(e) && e.resource_status_reason() == Some("User Initiated");
+    let start = own.iter().filter(started).filter_map(ms).min()?;
+    let end = own.iter().filter(|e| !progress(e)).filter_map(ms).max()?;
+    let span = u64::try_from(end - start).ok()?;
+    Some(Duration::from_millis(span))
 }
 
 /// The earliest `*_FAILED` event of the attempt with `token` (events come newest first), or
@@ -841,6 +973,42 @@ mod tests {
             first_failure(&events, "t").unwrap(),
             "Stack (AWS::ECS::Service) UPDATE_ROLLBACK_IN_PROGRESS: alarm api-5xx"
         );
+    }
+
+    #[test]
+    fn an_operation_lasts_from_its_first_event_to_its_end_by_the_stack_itself() {
+        let at = |ms: i64| aws_sdk_cloudformation::primitives::DateTime::from_millis(ms);
+        let stack = |status: &str, ms: i64, token: &str| {
+            let reason = if status.ends_with("CLEANUP_IN_PROGRESS") {
+                ""
+            } else {
+                "User Initiated"
+            };
+            StackEvent::builder()
+                .logical_resource_id("app")
+                .resource_type("AWS::CloudFormation::Stack")
+                .resource_status(ResourceStatus::from(status))
+                .resource_status_reason(reason)
+                .client_request_token(token)
+                .timestamp(at(ms))
+                .build()
+        };
+        let events = [
+            stack("UPDATE_COMPLETE", 181_500, "t2"),
+            stack("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS", 181_000, "t2"),
+            event("Service", "UPDATE_COMPLETE", "", Some("t2")),
+            stack("UPDATE_IN_PROGRESS", 1_000, "t2"),
+            stack("UPDATE_COMPLETE", 500, "t1"),
+            stack("UPDATE_IN_PROGRESS", 0, "t1"),
+        ];
+        let span = operation_span(&events, "app", "t2");
+        assert_eq!(span, Some(Duration::from_millis(180_500)));
+        assert_eq!(
+            operation_span(&events, "app", "t1"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(operation_span(&events, "app", "t3"), None);
+        assert_eq!(operation_span(&events[..3], "app", "t2"), None, "no start");
     }
 
     #[test]

@@ -285,6 +285,7 @@ impl CodePipelineDeployer {
             outputs,
             summary,
             applied: None,
+            timing: None,
         }
     }
 

@@ -12,4 +12,5 @@ pub mod errors;
 pub mod observe;
 pub mod retry;
 pub mod sns;
+pub mod stack_waiters;
 pub mod sts;

@@ -30,6 +30,7 @@ use crate::aws::deployer::{AwsDeployer, alarms_from_config};
 use crate::aws::ecr::EcrArtifacts;
 use crate::aws::retry::{Limiter, PollSettings};
 use crate::aws::sns::SnsNotifier;
+use crate::aws::stack_waiters::StackWaiters;
 use crate::aws::sts::Credentials;
 use crate::config::{self, Account, Config};
 use crate::engine::{
@@ -97,7 +98,8 @@ async fn start(args: ServeArgs) -> Result<()> {
         tracing::warn!("{note}");
     }
     let shared = engine::shared_config(config.clone());
-    let (ports, forge) = ports(&config, &shared, &store).await?;
+    let waiters = StackWaiters::new();
+    let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
     let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
     let reconcilers = engine.spawn();
     if let Some(note) = &in_force {
@@ -119,7 +121,9 @@ async fn start(args: ServeArgs) -> Result<()> {
         sns_settings.cert_failure_ttl,
         sns_settings.cert_fetches_per_minute,
     );
-    let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
+    let sns = SnsState::new(engine.clone(), Arc::new(certs))
+        .context("SNS intake")?
+        .with_waiters(waiters);
     let edge = Edge::new(&config.controller.http);
     let app = guarded_routes(&edge, state, sns, &engine);
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -256,6 +260,7 @@ async fn ports(
     config: &Config,
     shared: &SharedConfig,
     store: &Store,
+    waiters: Arc<StackWaiters>,
 ) -> Result<(Ports, Option<Arc<GithubForge>>)> {
     let own = controller_account(config)?;
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -267,7 +272,7 @@ async fn ports(
     let codepipeline = CodePipelineDeployer::new(creds.clone(), limiter.clone(), Poll::default());
     let alarms = Arc::new(CloudWatchAlarms::new(creds.clone(), limiter.clone()));
     let deployer = AwsDeployer::new(
-        CloudFormationDeployer::new(creds.clone(), PollSettings::default()),
+        CloudFormationDeployer::new(creds.clone(), PollSettings::default()).with_waiters(waiters),
         codepipeline,
         alarms_from_config(shared.clone()),
         alarms.clone(),

@@ -33,6 +33,11 @@ impl Config {
     /// Every SNS topic ARN a message may legitimately come from (alarm and approval topics).
     pub fn known_topics(&self) -> Vec<String> {
         let mut topics = Vec::new();
+        let stack_events = self
+            .accounts
+            .values()
+            .filter_map(|a| a.stack_events_topic.as_ref());
+        topics.extend(stack_events.map(Arn::to_string));
         for p in &self.pipelines {
             topics.extend(p.notifications.topic.as_ref().map(Arn::to_string));
             topics.extend(p.alarm_topics.iter().map(Arn::to_string));
@@ -362,6 +367,18 @@ pub struct Account {
     pub region: String,
     pub controller: bool,
     pub session_duration: Duration,
+    /// SNS topic CloudFormation publishes this account's stack events to (`NotificationARNs`
+    /// of the stacks deployed in its region).
+    pub stack_events_topic: Option<Arn>,
+}
+
+impl Account {
+    /// The stack-events topic to name in a deploy to `region` (the topic's region only).
+    pub fn stack_events_topic_for(&self, region: &str) -> Option<&Arn> {
+        let topic = self.stack_events_topic.as_ref()?;
+        let in_region = crate::config::values::topic_arn(topic).is_ok_and(|a| a.region == region);
+        in_region.then_some(topic)
+    }
 }
 
 /// Where a secret comes from; the value itself is read only when needed.

@@ -332,6 +332,11 @@ pub struct RawAccount {
     pub controller: bool,
     /// Session length of assumed roles, 15m to 12h. Default `1h`.
     pub session_duration: Option<String>,
+    /// SNS topic in this account that CloudFormation publishes the events of the stacks
+    /// tollgate deploys here to (`NotificationARNs`), subscribed to `/webhooks/sns`: a
+    /// stack's completion then wakes its waiter at once. Stacks in other regions than the
+    /// topic's are deployed without it.
+    pub stack_events_topic: Option<String>,
 }
 
 /// A reference to a secret, never the secret itself. Anything but a table is a secret written

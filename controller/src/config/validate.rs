@@ -117,6 +117,7 @@ pub(crate) fn accounts(raw: RawAccountsFile, cx: &mut Ctx) -> BTreeMap<String, A
                 "AWS accepts 900 s to 12 h (1 h when roles are chained)",
             );
         }
+        check_stack_events_topic(&name, &a, cx);
         let external_id = secret_ref(&name, a.external_id.as_ref(), cx);
         out.insert(
             name.clone(),
@@ -128,6 +129,7 @@ pub(crate) fn accounts(raw: RawAccountsFile, cx: &mut Ctx) -> BTreeMap<String, A
                 region: a.region,
                 controller: a.controller,
                 session_duration,
+                stack_events_topic: a.stack_events_topic.map(Arn::from),
             },
         );
     }
@@ -139,6 +141,32 @@ pub(crate) fn accounts(raw: RawAccountsFile, cx: &mut Ctx) -> BTreeMap<String, A
         );
     }
     out
+}
+
+/// A topic ARN in the account itself: CloudFormation publishes the stack events of an account
+/// to a topic the stack names, and tollgate names only the account's own.
+fn check_stack_events_topic(name: &str, a: &RawAccount, cx: &mut Ctx) {
+    let Some(topic) = &a.stack_events_topic else {
+        return;
+    };
+    let p = cfg_path!["accounts", name.to_string(), "stack_events_topic"];
+    let Some(arn) = cx.check(
+        p.clone(),
+        values::topic_arn(topic),
+        "use arn:aws:sns:REGION:ACCOUNT:NAME",
+    ) else {
+        return;
+    };
+    if arn.account != a.id {
+        cx.error(
+            p,
+            format!(
+                "the stack events topic is in account {}, not in account `{name}` ({})",
+                arn.account, a.id
+            ),
+            "name a topic in this account (the bootstrap template makes one)",
+        );
+    }
 }
 
 fn check_account_role(name: &str, a: &RawAccount, cx: &mut Ctx) {

@@ -13,6 +13,7 @@ pub mod names;
 pub mod plan;
 pub mod reason;
 pub mod retry;
+pub mod timing;
 pub mod types;
 pub mod window;
 
@@ -24,4 +25,5 @@ pub use approval::{Contributor, ContributorRole, ExposedSubscription, Exposure};
 pub use names::*;
 pub use plan::{Plan, plan};
 pub use reason::{AlarmProblem, DataGap, Reason, RequestState};
+pub use timing::{STACK_TIMINGS_KEPT, StackHistory, StackKey, StackTiming};
 pub use types::*;

@@ -324,11 +324,17 @@ pub enum EffectOutput {
         outputs: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         applied: Option<AppliedSpec>,
+        /// How long the stack's change set and update took (CloudFormation only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timing: Option<super::StackTiming>,
     },
     /// A wave restored, and how long after the triggering alarm the deployer was called.
     RolledBack {
         image_uri: String,
         latency_ms: Option<i64>,
+        /// How long the stack's change set and update took (CloudFormation only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timing: Option<super::StackTiming>,
     },
     /// A deploy or rollback whose target, read back afterwards, does not run what was asked
     /// (someone else's update, or an update that never ran): never a success.

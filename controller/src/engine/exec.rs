@@ -14,7 +14,7 @@ use crate::domain::Effect;
 use crate::domain::approval::describe_exposed;
 use crate::domain::{
     AlarmFact, AppliedSpec, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot,
-    StageRun,
+    StackHistory, StackKey, StageRun,
 };
 use crate::store::EffectOutcome;
 
@@ -318,6 +318,7 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
             image_uri: req.image_uri,
             outputs: result.outputs,
             applied,
+            timing: result.timing,
         }),
     )
 }
@@ -458,6 +459,7 @@ async fn rollback(
         EffectOutcome::success(detail).with(EffectOutput::RolledBack {
             image_uri: req.image_uri,
             latency_ms: latency.map(|(ms, _)| ms),
+            timing: result.timing,
         }),
     )
 }
@@ -485,6 +487,7 @@ async fn deploy_request(
         mode: s.promote,
     };
     let image_uri = op.ports().artifacts.promote(&promote).await?;
+    let history = stack_history(op, &s.deploy, &account, &target.region).await;
     Ok(DeployRequest {
         key: op.effect.key.to_string(),
         pipeline: p.name.to_string(),
@@ -498,7 +501,33 @@ async fn deploy_request(
         alarm_override: matches!(op.effect.kind, EffectKind::Deploy { .. })
             && op.release.alarm_override.is_some(),
         restore: None,
+        history,
     })
+}
+
+/// The recent timings of the stack a CloudFormation deploy targets (empty for CodePipeline,
+/// and when they cannot be read: the waits then follow the plain schedule).
+async fn stack_history(
+    op: &Op<'_>,
+    deploy: &Deploy,
+    account: &Account,
+    region: &str,
+) -> StackHistory {
+    let Deploy::CloudFormation { stack, .. } = deploy else {
+        return StackHistory::default();
+    };
+    let key = StackKey {
+        account: account.id.to_string(),
+        region: region.to_string(),
+        stack: stack.clone(),
+    };
+    match op.engine.store().reads().stack_history(&key).await {
+        Ok(history) => history,
+        Err(e) => {
+            tracing::warn!(stack = %key.stack, error = %e, "cannot read the stack's past timings; waiting on the plain schedule");
+            StackHistory::default()
+        }
+    }
 }
 
 async fn notify(

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use crate::config::{Account, Approver, Artifact, Deploy, Promote, Target, TestDef};
 use crate::domain::{
     AlarmReading, AppliedSpec, Contributor, ExposedSubscription, ReleaseId, ReportState,
+    StackHistory, StackTiming,
 };
 
 /// What went wrong in an adapter, in the few ways the engine branches on.
@@ -70,6 +71,9 @@ pub struct DeployRequest {
     /// `None` for a deploy, and for a release deployed before this was recorded (the stage's
     /// current configuration with `image_uri` is used then).
     pub restore: Option<Applied>,
+    /// How long this stack's recent deploys took (CloudFormation; empty otherwise or when
+    /// none is kept): the waits are shaped by it.
+    pub history: StackHistory,
 }
 
 /// What a deploy applied: the typed record and, for CloudFormation, the template body (stored
@@ -88,6 +92,8 @@ pub struct DeployResult {
     pub summary: String,
     /// Exactly what was applied (what a rollback to this release applies again).
     pub applied: Option<Applied>,
+    /// How long the stack's change set and update took (CloudFormation), to be kept.
+    pub timing: Option<StackTiming>,
 }
 
 #[async_trait]

@@ -28,4 +28,5 @@ mod reply;
 pub mod server;
 pub mod sns;
 pub mod sns_verify;
+pub mod stack_events;
 pub mod ui;

@@ -19,6 +19,7 @@
 //! | a `MessageId` seen before | 200, nothing changes |
 //! | an alarm recorded for at least one stage | 200 |
 //! | an alarm no stage watches, or a notification that is not an alarm | 202, delivery recorded |
+//! | a notification on an account's `stack_events_topic` | see [`super::stack_events`]: 200 `woken`, or 202; nothing recorded |
 //! | `SubscriptionConfirmation` confirmed | 200, `SubscribeURL` fetched once, logged |
 //! | the confirmation fetch failed | 502, logged |
 //! | `UnsubscribeConfirmation` | 200, logged |
@@ -63,6 +64,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use url::Url;
 
 use super::reply::Reply;
+use super::stack_events::{self, StackWaiters};
 use crate::config::{Config, Pipeline, Stage, Target};
 use crate::engine::Engine;
 use crate::engine::{Delivery, Ingested, NewAlarm};
@@ -140,6 +142,8 @@ pub struct SnsState {
     pub engine: Engine,
     pub certs: Arc<CertCache>,
     pub confirmer: Arc<dyn Confirmer>,
+    /// The stack waits a stack notification wakes.
+    pub waiters: Arc<StackWaiters>,
 }
 
 impl SnsState {
@@ -150,7 +154,14 @@ impl SnsState {
             engine,
             certs,
             confirmer,
+            waiters: StackWaiters::new(),
         })
+    }
+
+    /// Wakes the stack waits of this registry (the CloudFormation deployer's).
+    pub fn with_waiters(mut self, waiters: Arc<StackWaiters>) -> SnsState {
+        self.waiters = waiters;
+        self
     }
 
     /// Replaces the confirmer (tests record the URLs instead of fetching them).
@@ -339,6 +350,9 @@ async fn notification(
     msg: &SnsMessage,
     arrived: DateTime<Utc>,
 ) -> Result<Reply, Reply> {
+    if stack_events::is_stack_events_topic(&state.engine.config(), &msg.topic_arn) {
+        return Ok(stack_events::notification(state, msg));
+    }
     let alarm = match parse_alarm(&msg.message) {
         Ok(alarm) => alarm,
         Err(e) => return Ok(Reply::new(StatusCode::ACCEPTED, "ignored", e.to_string())),

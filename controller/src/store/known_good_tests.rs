@@ -53,6 +53,7 @@ async fn deployed(store: &Store, release: i64, attempt: u32, applied: Option<App
         image_uri: format!("repo@sha256:{release}"),
         outputs: BTreeMap::new(),
         applied,
+        timing: None,
     };
     let outcome = EffectOutcome::success("deployed").with(output);
     store.finish_effect(&e, &outcome, Utc::now()).await.unwrap();

@@ -79,6 +79,7 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
                 image_uri: "repo@sha256:1".into(),
                 outputs,
                 applied: None,
+                timing: None,
             },
         ),
         (
@@ -104,6 +105,7 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
             EffectOutput::RolledBack {
                 image_uri: "repo@sha256:7".into(),
                 latency_ms: Some(41),
+                timing: None,
             },
         ),
         (

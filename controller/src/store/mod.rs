@@ -22,6 +22,7 @@ mod migration_tests;
 mod model_tests;
 mod names;
 mod rows;
+mod timings;
 
 use std::ops::Deref;
 use std::str::FromStr;
@@ -763,6 +764,15 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        if let EffectOutput::Deployed {
+            timing: Some(t), ..
+        }
+        | EffectOutput::RolledBack {
+            timing: Some(t), ..
+        } = &outcome.output
+        {
+            timings::record(&mut tx, &e.key, t, now).await?;
         }
         let stage = (!e.stage.is_empty()).then_some(e.stage.as_str());
         let detail = format!(

@@ -1577,6 +1577,34 @@ pub mod cloudformation {
     //! [`Script::lost_replies`] models a request that took effect but whose answer never came
     //! back (HTTP 500): the SDK's retry meets the state the first request left.
     //!
+    //! Timed operations (moto's are instant) follow the API reference and the user guide's
+    //! stack status codes: with [`Script::change_set_takes`], `DescribeChangeSet` reports
+    //! `CREATE_PENDING` with `ExecutionStatus` `UNAVAILABLE` until that long after
+    //! `CreateChangeSet`, then `CREATE_COMPLETE`/`AVAILABLE`, and `ExecuteChangeSet` before then
+    //! is refused with `InvalidChangeSetStatus`
+    //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_DescribeChangeSet.html>);
+    //! with [`Script::update_takes`], `DescribeStacks` reports `UPDATE_IN_PROGRESS` (or
+    //! `CREATE_IN_PROGRESS`) from `ExecuteChangeSet` until that long after it, then
+    //! `UPDATE_COMPLETE` (`CREATE_COMPLETE`)
+    //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html>,
+    //! "Stack status codes"). [`CloudFormationStub::complete_now`] ends the update early. A
+    //! timed update's start and end are the stack's own events (`LogicalResourceId` the stack
+    //! name, `AWS::CloudFormation::Stack`, the execute's `ClientRequestToken`, the time they
+    //! happened), listed newest first by `DescribeStackEvents`.
+    //!
+    //! Stack notifications: a change set's `NotificationARNs` are kept by the stack when it is
+    //! executed (CreateChangeSet, `NotificationARNs`:
+    //! <https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_CreateChangeSet.html>),
+    //! and with [`Script::notifications`] each stack event of a timed update (the stack's
+    //! `*_IN_PROGRESS` when it starts, its `*_COMPLETE` when it ends) is published to every
+    //! one of them as SNS would deliver it to an HTTPS subscription: a `Notification` signed by
+    //! the testkit's [`TestSigner`], subject `AWS CloudFormation Notification`, whose message
+    //! is the lines `Key='value'` CloudFormation writes (`StackId`, `Timestamp`, `EventId`,
+    //! `LogicalResourceId`, `Namespace`, `PhysicalResourceId`, `ResourceProperties`,
+    //! `ResourceStatus`, `ResourceStatusReason`, `ResourceType`, `StackName`,
+    //! `ClientRequestToken`; "Setting AWS CloudFormation stack options", Notification options:
+    //! <https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cfn-console-add-tags.html>).
+    //!
     //! Speaks what the AWS SDK sends: `POST /` with a form-encoded `Action=…` body, answered in
     //! XML in the `http://cloudformation.amazonaws.com/doc/2010-05-15/` namespace, errors as
     //! `ErrorResponse` with HTTP 400. Serves `DescribeStacks`, `CreateChangeSet`,
@@ -1587,6 +1615,7 @@ pub mod cloudformation {
     use std::collections::{BTreeMap, VecDeque};
     use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use anyhow::Context as _;
     use axum::Router;
@@ -1597,6 +1626,7 @@ pub mod cloudformation {
     use axum::routing::post;
 
     use super::cloudwatch::AlarmStates;
+    use crate::sns::TestSigner;
 
     const NS: &str = "http://cloudformation.amazonaws.com/doc/2010-05-15/";
     const STACK_ID: &str = "arn:aws:cloudformation:us-east-1:123456789012:stack/stub/1";
@@ -1612,6 +1642,8 @@ pub mod cloudformation {
         pub reason: String,
         /// [`TOKEN`] for "this attempt", another string for an earlier one.
         pub token: String,
+        /// When it happened (`None`: a fixed time in the past).
+        pub at: Option<chrono::DateTime<chrono::Utc>>,
     }
 
     /// What the stack does.
@@ -1636,6 +1668,31 @@ pub mod cloudformation {
         pub foreign_update: Option<Vec<(String, String)>>,
         /// Actions that take effect once but answer HTTP 500 `InternalFailure` (a lost reply).
         pub lost_replies: Vec<String>,
+        /// How long a change set takes to become ready (`None`: at once).
+        pub change_set_takes: Option<Duration>,
+        /// How long an executed change set takes to complete (`None`: the scripted statuses).
+        pub update_takes: Option<Duration>,
+        /// Where the stack events of timed updates are posted, when the stack has
+        /// notification ARNs.
+        pub notifications: Option<Notifications>,
+        /// The stack's id (default: a fixed stack `stub` in account 123456789012, us-east-1).
+        pub stack_id: Option<String>,
+    }
+
+    /// An HTTPS subscription of the stack's notification topics: the endpoint SNS posts to
+    /// and the signer standing in for SNS's.
+    #[derive(Debug, Clone)]
+    pub struct Notifications {
+        pub endpoint: String,
+        pub signer: Arc<TestSigner>,
+    }
+
+    /// One stack notification posted, and the answer it got (0: none, the post failed).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Published {
+        pub topic: String,
+        pub status: String,
+        pub answer: u16,
     }
 
     /// One request received, throttled or not.
@@ -1665,6 +1722,17 @@ pub mod cloudformation {
         operation: Option<Operation>,
         token: String,
         calls: Vec<Call>,
+        change_set_takes: Option<Duration>,
+        update_takes: Option<Duration>,
+        notifications: Option<Notifications>,
+        stack_id: String,
+        /// The topics the stack publishes its events to (from its last executed change set).
+        notification_arns: Vec<String>,
+        /// Counts executed operations, so a timer ends only its own.
+        operations: u64,
+        /// When the last timed update completed.
+        completed_at: Option<Instant>,
+        published: Vec<Published>,
     }
 
     /// What a change set asks for.
@@ -1675,6 +1743,10 @@ pub mod cloudformation {
         parameters: BTreeMap<String, String>,
         /// `None`: the request named no triggers (the stack's saved ones apply).
         triggers: Option<Vec<String>>,
+        /// When it is ready to execute (`None`: at once).
+        ready_at: Option<Instant>,
+        /// `NotificationARNs` of the request (empty: the stack keeps its own).
+        notification_arns: Vec<String>,
     }
 
     /// An executed change set in flight.
@@ -1709,6 +1781,10 @@ pub mod cloudformation {
                 alarms: script.alarms,
                 foreign_update: script.foreign_update,
                 lost_replies: script.lost_replies,
+                change_set_takes: script.change_set_takes,
+                update_takes: script.update_takes,
+                notifications: script.notifications,
+                stack_id: script.stack_id.unwrap_or_else(|| STACK_ID.to_string()),
                 ..World::default()
             }));
             let app = Router::new()
@@ -1763,6 +1839,22 @@ pub mod cloudformation {
             self.lock().parameters.clone()
         }
 
+        /// When the last timed update completed (`None`: none did yet).
+        pub fn completed_at(&self) -> Option<Instant> {
+            self.lock().completed_at
+        }
+
+        /// The stack notifications posted so far, oldest first.
+        pub fn published(&self) -> Vec<Published> {
+            self.lock().published.clone()
+        }
+
+        /// Ends the timed update in flight now (and publishes its completion).
+        pub async fn complete_now(&self) {
+            let operation = self.lock().operations;
+            complete(self.world.clone(), operation).await;
+        }
+
         fn lock(&self) -> std::sync::MutexGuard<'_, World> {
             self.world.lock().unwrap_or_else(|e| e.into_inner())
         }
@@ -1776,11 +1868,11 @@ pub mod cloudformation {
 
     type Answer = Result<String, (&'static str, String)>;
 
-    async fn call(State(world): State<Shared>, body: Bytes) -> Response {
+    async fn call(State(shared): State<Shared>, body: Bytes) -> Response {
         let form: BTreeMap<String, String> =
             url::form_urlencoded::parse(&body).into_owned().collect();
         let action = form.get("Action").cloned().unwrap_or_default();
-        let mut world = world.lock().unwrap_or_else(|e| e.into_inner());
+        let mut world = shared.lock().unwrap_or_else(|e| e.into_inner());
         let throttled = take_throttle(&mut world, &action);
         world.calls.push(Call {
             action: action.clone(),
@@ -1796,6 +1888,11 @@ pub mod cloudformation {
             }
         }
         let answer = dispatch(&mut world, &action, &form);
+        if action == "ExecuteChangeSet" && answer.is_ok() {
+            if let Some(takes) = world.update_takes {
+                start_timed(&shared, &mut world, takes);
+            }
+        }
         let lost = answer
             .is_ok()
             .then(|| world.lost_replies.iter().position(|a| *a == action));
@@ -1811,6 +1908,121 @@ pub mod cloudformation {
         match answer {
             Ok(result) => ok(&action, &result),
             Err((code, message)) => error(code, &message),
+        }
+    }
+
+    /// A timed update starts: in progress until `takes` has passed (or
+    /// [`CloudFormationStub::complete_now`]), its start published.
+    fn start_timed(shared: &Shared, world: &mut World, takes: Duration) {
+        world.operations += 1;
+        let operation = world.operations;
+        let create = world.operation.as_ref().is_some_and(|o| o.create);
+        let verb = if create { "CREATE" } else { "UPDATE" };
+        world.statuses = [format!("{verb}_IN_PROGRESS")].into();
+        record_event(world, &format!("{verb}_IN_PROGRESS"), "User Initiated");
+        let started = event_posts(world, &format!("{verb}_IN_PROGRESS"), "User Initiated");
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            post_all(&shared, started).await;
+            tokio::time::sleep(takes).await;
+            complete(shared, operation).await;
+        });
+    }
+
+    /// Ends timed update `operation` if it is still the one in flight.
+    async fn complete(shared: Shared, operation: u64) {
+        let posts = {
+            let mut world = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if world.operation.is_none() || world.operations != operation {
+                return;
+            }
+            let create = world.operation.as_ref().is_some_and(|o| o.create);
+            let done = if create {
+                "CREATE_COMPLETE"
+            } else {
+                "UPDATE_COMPLETE"
+            };
+            world.statuses = [done.to_string()].into();
+            finish(&mut world, done);
+            world.completed_at = Some(Instant::now());
+            record_event(&mut world, done, "");
+            event_posts(&world, done, "")
+        };
+        post_all(&shared, posts).await;
+    }
+
+    /// The stack's own event, now, under the token of the operation in flight (newest first,
+    /// as `DescribeStackEvents` lists them).
+    fn record_event(world: &mut World, status: &str, reason: &str) {
+        let name = world
+            .stack_id
+            .split('/')
+            .nth(1)
+            .unwrap_or("stub")
+            .to_string();
+        let event = Event {
+            logical_id: name,
+            resource_type: "AWS::CloudFormation::Stack".into(),
+            status: status.into(),
+            reason: reason.into(),
+            token: world.token.clone(),
+            at: Some(chrono::Utc::now()),
+        };
+        world.events.insert(0, event);
+    }
+
+    /// The SNS deliveries of one stack event, one per notification topic (none without a
+    /// subscription or topics): (topic, status, body).
+    fn event_posts(world: &World, status: &str, reason: &str) -> Vec<(String, String, String)> {
+        let Some(n) = &world.notifications else {
+            return Vec::new();
+        };
+        let name = world.stack_id.split('/').nth(1).unwrap_or("stub");
+        let account = world.stack_id.split(':').nth(4).unwrap_or_default();
+        let message = format!(
+            "StackId='{id}'\nTimestamp='{at}'\nEventId='{event}'\nLogicalResourceId='{name}'\n\
+             Namespace='{account}'\nPhysicalResourceId='{id}'\nPrincipalId='AIDAEXAMPLE'\n\
+             ResourceProperties='null'\nResourceStatus='{status}'\nResourceStatusReason='{reason}'\n\
+             ResourceType='AWS::CloudFormation::Stack'\nStackName='{name}'\nClientRequestToken='{token}'\n",
+            id = world.stack_id,
+            at = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            event = format_args!("{}-{status}", world.operations),
+            token = world.token,
+        );
+        let subject = Some("AWS CloudFormation Notification");
+        world
+            .notification_arns
+            .iter()
+            .map(|topic| {
+                let body = n.signer.notification(topic, subject, &message);
+                (topic.clone(), status.to_string(), body)
+            })
+            .collect()
+    }
+
+    /// Posts each delivery to the subscription's endpoint and records the answer.
+    async fn post_all(shared: &Shared, posts: Vec<(String, String, String)>) {
+        let endpoint = {
+            let world = shared.lock().unwrap_or_else(|e| e.into_inner());
+            world.notifications.as_ref().map(|n| n.endpoint.clone())
+        };
+        let Some(endpoint) = endpoint else { return };
+        let client = reqwest::Client::new();
+        for (topic, status, body) in posts {
+            let sent = client
+                .post(&endpoint)
+                .header("content-type", "text/plain; charset=UTF-8")
+                .header("x-amz-sns-message-type", "Notification")
+                .body(body)
+                .send()
+                .await;
+            let answer = sent.map_or(0, |r| r.status().as_u16());
+            let mut world = shared.lock().unwrap_or_else(|e| e.into_inner());
+            world.published.push(Published {
+                topic,
+                status,
+                answer,
+            });
         }
     }
 
@@ -1898,6 +2110,7 @@ pub mod cloudformation {
             status: rolling.into(),
             reason,
             token: TOKEN.into(),
+            at: None,
         };
         world.events.insert(0, event);
         world.statuses = [rolling, done].map(String::from).into();
@@ -1982,11 +2195,16 @@ pub mod cloudformation {
         let list = "RollbackConfiguration.RollbackTriggers";
         let arns = members(form, list, "Arn");
         let named = form.contains_key(list) || !arns.is_empty();
+        let notification_arns = (1..)
+            .map_while(|n| form.get(&format!("NotificationARNs.member.{n}")).cloned())
+            .collect();
         let change_set = ChangeSet {
             execution: "AVAILABLE".into(),
             create: form.get("ChangeSetType").map(String::as_str) == Some("CREATE"),
             parameters: keys.into_iter().zip(values).collect(),
             triggers: named.then_some(arns),
+            ready_at: world.change_set_takes.map(|t| Instant::now() + t),
+            notification_arns,
         };
         world.change_sets.insert(name.to_string(), change_set);
         Ok(format!(
@@ -1995,16 +2213,26 @@ pub mod cloudformation {
         ))
     }
 
+    /// A change set still being made (`CREATE_PENDING`, not executable).
+    fn pending(cs: &ChangeSet) -> bool {
+        cs.ready_at.is_some_and(|at| Instant::now() < at)
+    }
+
     fn describe_change_set(world: &mut World, name: &str) -> Answer {
-        let Some(execution) = world.change_sets.get(name).map(|c| &c.execution) else {
+        let Some(cs) = world.change_sets.get(name) else {
             return Err((
                 "ChangeSetNotFound",
                 format!("ChangeSet [{name}] does not exist"),
             ));
         };
+        let (status, execution) = if pending(cs) {
+            ("CREATE_PENDING", "UNAVAILABLE")
+        } else {
+            ("CREATE_COMPLETE", cs.execution.as_str())
+        };
         Ok(format!(
             "<ChangeSetName>{}</ChangeSetName><StackName>stub</StackName><StackId>{STACK_ID}</StackId>\
-             <Status>CREATE_COMPLETE</Status><ExecutionStatus>{execution}</ExecutionStatus><Changes/>",
+             <Status>{status}</Status><ExecutionStatus>{execution}</ExecutionStatus><Changes/>",
             esc(name)
         ))
     }
@@ -2019,8 +2247,17 @@ pub mod cloudformation {
                 "ChangeSetNotFound",
                 format!("ChangeSet [{name}] does not exist"),
             )),
+            Some(cs) if pending(cs) => Err((
+                "InvalidChangeSetStatus",
+                format!(
+                    "ChangeSet [{name}] cannot be executed in its current status of [CREATE_PENDING]"
+                ),
+            )),
             Some(cs) if cs.execution == "AVAILABLE" => {
                 cs.execution = "EXECUTE_COMPLETE".into();
+                if !cs.notification_arns.is_empty() {
+                    world.notification_arns = cs.notification_arns.clone();
+                }
                 let triggers = cs.triggers.clone();
                 let operation = Operation {
                     create: cs.create,
@@ -2049,10 +2286,13 @@ pub mod cloudformation {
             .enumerate()
             .map(|(i, e)| {
                 let token = if e.token == TOKEN { world.token.as_str() } else { e.token.as_str() };
+                let at = e.at.map_or("2026-01-01T00:00:00Z".to_string(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+                });
                 format!(
                     "<member><StackId>{STACK_ID}</StackId><EventId>e{i}</EventId><StackName>stub</StackName>\
                      <LogicalResourceId>{}</LogicalResourceId><ResourceType>{}</ResourceType>\
-                     <Timestamp>2026-01-01T00:00:00Z</Timestamp><ResourceStatus>{}</ResourceStatus>\
+                     <Timestamp>{at}</Timestamp><ResourceStatus>{}</ResourceStatus>\
                      <ResourceStatusReason>{}</ResourceStatusReason><ClientRequestToken>{}</ClientRequestToken></member>",
                     esc(&e.logical_id),
                     esc(&e.resource_type),

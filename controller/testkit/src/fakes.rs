@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use tollgate::config::{Account, Artifact, TestDef};
-use tollgate::domain::{AlarmReading, AlarmState};
+use tollgate::config::{Account, Artifact, Deploy, TestDef};
+use tollgate::domain::{AlarmReading, AlarmState, StackHistory, StackKey, StackTiming};
 use tollgate::engine::Ports;
 use tollgate::engine::ports::*;
 
@@ -86,6 +86,11 @@ pub struct FakeWorld {
     pub hung_deploys: u32,
     /// Per-stage results of the runs' tests, for assertions.
     pub test_runs: Vec<(String, String)>,
+    /// Each CloudFormation deploy reports that its stack's change set took this long to be
+    /// ready and its update this long, as the real deployer measures them (`None`: nothing).
+    pub deploy_timings: Option<(Duration, Duration)>,
+    /// The stack history each deploy request carried: (stage, history).
+    pub histories: Vec<(String, StackHistory)>,
 }
 
 /// All fakes share one world.
@@ -150,6 +155,7 @@ impl Deployer for Fakes {
         }
         self.with(|w| {
             let first = w.ledger.call(&req.key);
+            w.histories.push((req.stage.clone(), req.history.clone()));
             if w.failing_deploys.contains(&req.stage) {
                 return Err(PortError::Failed(format!(
                     "resource Service failed to stabilize in {}",
@@ -176,6 +182,7 @@ impl Deployer for Fakes {
                 outputs,
                 summary: format!("stack updated to {}", req.image_uri),
                 applied: None,
+                timing: timing(req, w.deploy_timings),
             })
         })
     }
@@ -191,6 +198,7 @@ impl Deployer for Fakes {
                 outputs: BTreeMap::new(),
                 summary: format!("stack returned to {}", req.image_uri),
                 applied: None,
+                timing: None,
             })
         })
     }
@@ -334,4 +342,19 @@ impl ApprovalSender for Fakes {
             Ok(SendOutcome::Sent(req.approvers.len().max(1)))
         })
     }
+}
+
+/// What the real CloudFormation deployer would report for `req`, given how long its change
+/// set and update took.
+fn timing(req: &DeployRequest, took: Option<(Duration, Duration)>) -> Option<StackTiming> {
+    let Deploy::CloudFormation { stack, .. } = &req.deploy else {
+        return None;
+    };
+    let (change_set, update) = took?;
+    let key = StackKey {
+        account: req.account.id.to_string(),
+        region: req.target.region.clone(),
+        stack: stack.clone(),
+    };
+    Some(StackTiming::new(key, Some(change_set), Some(update)))
 }

@@ -40,6 +40,7 @@ fn controller_account() -> Account {
         region: REGION.into(),
         controller: true,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 

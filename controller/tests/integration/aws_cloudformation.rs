@@ -87,6 +87,7 @@ fn account(name: &str, id: &str, external_id: SecretRef) -> Account {
         region: REGION.into(),
         controller: false,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 
@@ -106,6 +107,7 @@ fn request(key: &str, account: &Account, deploy: &Deploy, image: &str) -> Deploy
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
         restore: None,
+        history: Default::default(),
     }
 }
 
@@ -294,6 +296,7 @@ fn own_account() -> Account {
         region: REGION.into(),
         controller: true,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 
@@ -451,6 +454,7 @@ async fn a_failed_update_reports_the_first_failing_resource_of_this_attempt() {
         status: status.into(),
         reason: reason.into(),
         token: token.into(),
+        at: None,
     };
     let (_stub, cfn) = stub_deployer(Script {
         statuses: strings(&["UPDATE_COMPLETE"]),

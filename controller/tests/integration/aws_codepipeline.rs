@@ -36,6 +36,7 @@ fn own_account() -> Account {
         region: REGION.into(),
         controller: true,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 
@@ -56,6 +57,7 @@ fn request(key: &str, image: &str) -> DeployRequest {
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
         restore: None,
+        history: Default::default(),
     }
 }
 

@@ -33,6 +33,7 @@ fn account(name: &str, id: &str, dir: &Path) -> Account {
         region: REGION.into(),
         controller: false,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 

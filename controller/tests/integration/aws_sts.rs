@@ -29,6 +29,7 @@ fn account(name: &str, id: &str, external_id: Option<SecretRef>) -> Account {
         region: REGION.into(),
         controller: false,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 

@@ -172,4 +172,37 @@ async fn the_bootstrap_templates_create_in_a_stage_account() {
         resources(&cfn, stack).await,
         ["ApprovalTopicPolicy", "DeployRole"]
     );
+
+    // With the controller's URL, the stack-events topic and its HTTPS subscription too.
+    params.pop();
+    params.pop();
+    params.push(("ControllerUrl", "https://tollgate.example.com"));
+    params.push(("RoleName", "tollgate-deploy-with-stack-events"));
+    let stack = "tollgate-bootstrap-deploy-stack-events";
+    let outputs = create_stack(&cfn, stack, "deploy-role.yaml", &params).await;
+    let topic = format!("arn:aws:sns:us-east-1:{STAGE_ACCOUNT}:backend-stack-events");
+    assert!(
+        outputs.contains(&("StackEventsTopicArn".into(), topic.clone())),
+        "{outputs:?}"
+    );
+    assert_eq!(
+        resources(&cfn, stack).await,
+        ["DeployRole", "StackEventsTopic"]
+    );
+    let sns = aws_sdk_sns::Client::new(&config);
+    let subscriptions = sns
+        .list_subscriptions_by_topic()
+        .topic_arn(&topic)
+        .send()
+        .await
+        .unwrap();
+    let endpoints: Vec<(&str, &str)> = subscriptions
+        .subscriptions()
+        .iter()
+        .map(|s| (s.protocol().unwrap(), s.endpoint().unwrap()))
+        .collect();
+    assert_eq!(
+        endpoints,
+        [("https", "https://tollgate.example.com/webhooks/sns")]
+    );
 }

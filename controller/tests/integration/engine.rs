@@ -862,3 +862,40 @@ async fn a_quiet_beta_keeps_baking_for_data_then_halts_and_says_why() {
         "nothing to undo"
     );
 }
+
+/// What a deploy measured of its stack is kept with its outcome and handed to the next deploy
+/// of the same stack (and only of that stack), so its waits fit the stack.
+#[tokio::test]
+async fn a_stacks_measured_timings_reach_its_next_deploy() {
+    use std::time::Duration as Std;
+    use tollgate::domain::StackHistory;
+
+    let h = Harness::new();
+    let took = (Std::from_secs(20), Std::from_secs(180));
+    h.fakes.with(|w| w.deploy_timings = Some(took));
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    promote_fully(&h, &engine, 2).await;
+
+    let histories = h.fakes.with(|w| w.histories.clone());
+    let of = |stage: &str| -> Vec<StackHistory> {
+        let mine = histories.iter().filter(|(s, _)| s == stage);
+        mine.map(|(_, history)| history.clone()).collect()
+    };
+    let kept = StackHistory {
+        change_set: vec![took.0],
+        update: vec![took.1],
+    };
+    assert_eq!(of("beta"), [StackHistory::default(), kept.clone()]);
+    assert_eq!(of("gamma"), [StackHistory::default(), kept.clone()]);
+    // Prod deploys one stack per region, each with its own history.
+    assert_eq!(
+        of("prod"),
+        [
+            StackHistory::default(),
+            StackHistory::default(),
+            kept.clone(),
+            kept
+        ]
+    );
+}

@@ -524,6 +524,7 @@ impl Emulated {
             session_name: session_name(&format!("tollgate-{}-{n}", self.name)),
             alarm_override: false,
             restore: None,
+            history: Default::default(),
         };
         let done = self.deployer.deploy_stack(&request, &[]).await;
         done.unwrap_or_else(|e| {

@@ -35,3 +35,4 @@ mod observability_serve;
 mod release_page;
 mod sns_intake;
 mod sns_verify;
+mod stack_notifications;

@@ -69,6 +69,7 @@ fn controller_account() -> Account {
         region: REGION.into(),
         controller: true,
         session_duration: Duration::from_secs(3600),
+        stack_events_topic: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn request(account: &Account, template: std::path::PathBuf) -> DeployRequest {
         session_name: "tollgate-backend-1-beta".into(),
         alarm_override: false,
         restore: None,
+        history: Default::default(),
     }
 }
 
