@@ -19,6 +19,8 @@ mod known_good_tests;
 mod migration_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod scale_tests;
 mod names;
 mod rows;
 
@@ -120,6 +122,15 @@ impl Store {
         &self.reads
     }
 
+    /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at the start, waiting
+    /// for another writer up to the busy timeout. A deferred transaction that reads before it
+    /// writes cannot wait: when another connection wrote meanwhile, SQLite refuses its first
+    /// write at once with `SQLITE_BUSY` ("database is locked", whatever the busy timeout), so
+    /// concurrent deliveries were answered 500.
+    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     // ----- ingest: facts from outside ---------------------------------------------------
 
     /// Records a delivery id; false if it was seen before (the caller then changes nothing).
@@ -145,7 +156,7 @@ impl Store {
         note: Option<&EventNote>,
         now: DateTime<Utc>,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let fresh = Self::first_delivery(&mut tx, d, now).await?;
         if let (true, Some(n)) = (fresh, note) {
             log(
@@ -192,7 +203,7 @@ impl Store {
         now: DateTime<Utc>,
         newest: Option<Option<ReleaseId>>,
     ) -> Result<Option<Ingested<ReleaseId>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if let Some(expected) = newest {
             let current: Option<i64> =
                 sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")
@@ -283,7 +294,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
@@ -420,7 +431,7 @@ impl Store {
         now: DateTime<Utc>,
         watched: bool,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
@@ -472,7 +483,7 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         rows::set_pause(&mut tx, pipeline, stage, reason).await?;
         let what = stage.map_or_else(|| "pipeline".to_string(), |s| format!("stage {s}"));
         let detail = match reason {
@@ -503,7 +514,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
@@ -550,7 +561,7 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let column = match which {
             Override::Alarms => "alarm_override",
             Override::Window => "window_override",
@@ -593,7 +604,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Option<Ingested<()>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if rows::release_in(&mut tx, pipeline, release)
             .await?
             .is_none()
@@ -652,7 +663,7 @@ impl Store {
         detail: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let (release, stage) = (scope.map(|(r, _)| r.0), scope.map(|(_, s)| s));
         log(&mut tx, pipeline, now, actor, kind, release, stage, detail).await?;
         tx.commit().await?;
@@ -684,7 +695,7 @@ impl Store {
         actions: &[Action],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for a in actions.iter().filter(|a| a.is_state_change()) {
             rows::apply_one(&mut tx, pipeline, a, now).await?;
             log(
@@ -730,7 +741,7 @@ impl Store {
         outcome: &EffectOutcome,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let output =
             serde_json::to_string(&outcome.output).unwrap_or_else(|_| r#"{"kind":"none"}"#.into());
         let status = if outcome.ok {
