@@ -64,7 +64,10 @@ fn args() -> Result<Args> {
         (1..=5000).contains(&out.pipelines),
         "--pipelines must be 1..=5000"
     );
-    ensure!((1..=300).contains(&out.seconds), "--seconds must be 1..=300");
+    ensure!(
+        (1..=300).contains(&out.seconds),
+        "--seconds must be 1..=300"
+    );
     ensure!(
         out.tollgate.is_file(),
         "--tollgate PATH is required (the tollgate binary)"
@@ -122,10 +125,7 @@ async fn run() -> Result<()> {
         "| CPU | {percent:.2} % of a core ({cpu:.0} ms) | ≤ {CPU_TARGET_PERCENT:.0} % | {} |",
         verdict(percent <= CPU_TARGET_PERCENT)
     );
-    println!(
-        "| AWS calls | {calls} | 0 | {} |",
-        verdict(calls == 0)
-    );
+    println!("| AWS calls | {calls} | 0 | {} |", verdict(calls == 0));
     println!(
         "| RSS at the end (peak since start) | {rss:.1} MiB ({hwm:.1} MiB) | ≤ {RSS_TARGET_MIB:.0} MiB | {} |",
         verdict(rss <= RSS_TARGET_MIB && hwm <= RSS_TARGET_MIB)

@@ -111,7 +111,9 @@ async fn run() -> Result<()> {
         .pool_max_idle_per_host(0)
         .build()?;
     support::wait_ready(&http, &url, &mut controller).await?;
-    println!("tollgate serve over {CONCURRENT} pipelines; {rounds} rounds of {CONCURRENT} concurrent signed push deliveries");
+    println!(
+        "tollgate serve over {CONCURRENT} pipelines; {rounds} rounds of {CONCURRENT} concurrent signed push deliveries"
+    );
     let mut latencies = Vec::new();
     let mut refused: std::collections::BTreeMap<u16, usize> = Default::default();
     for round in 1..=rounds {
@@ -148,7 +150,10 @@ async fn run() -> Result<()> {
         support::print_log_errors(&dir.path().join("tollgate.log"), 5);
     }
     let p99 = pick(&latencies, 0.99);
-    println!("\n| figure ({} deliveries, {CONCURRENT} at once) | p50 | p95 | p99 | target | result |", latencies.len());
+    println!(
+        "\n| figure ({} deliveries, {CONCURRENT} at once) | p50 | p95 | p99 | target | result |",
+        latencies.len()
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| webhook received → durable 2xx | {:.1} ms | {:.1} ms | {p99:.1} ms | p99 ≤ {} ms | {} |",

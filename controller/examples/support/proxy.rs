@@ -120,7 +120,10 @@ impl Proxy {
     }
 
     /// A proxy that answers a share of the calls itself ([`Faults`]).
-    pub async fn start_with(target: String, faults: Option<Arc<Faults>>) -> Result<(Proxy, String)> {
+    pub async fn start_with(
+        target: String,
+        faults: Option<Arc<Faults>>,
+    ) -> Result<(Proxy, String)> {
         let proxy = Proxy {
             target,
             http: reqwest::Client::builder()

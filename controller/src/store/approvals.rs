@@ -212,11 +212,13 @@ impl Store {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE approval_tokens SET published_at = $1 WHERE token_hash = $2 AND published_at IS NULL")
             .bind(ms(now))
             .bind(hash)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -19,10 +19,11 @@ mod known_good_tests;
 mod migration_tests;
 #[cfg(test)]
 mod model_tests;
-#[cfg(test)]
-mod scale_tests;
 mod names;
 mod rows;
+#[cfg(test)]
+mod scale_tests;
+mod writer;
 
 use std::ops::Deref;
 use std::str::FromStr;
@@ -52,6 +53,8 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("refused: {0}")]
     Invalid(String),
+    #[error("state database: the write was not committed: {0}")]
+    Commit(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -66,6 +69,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 pub struct Reads {
     pool: SqlitePool,
+    writer: writer::Writer,
 }
 
 impl Deref for Store {
@@ -106,29 +110,23 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // The writer takes one connection out of the pool for good ([`writer`]); sqlx shares an
+        // in-memory database between its connections.
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        let writer = writer::Writer::new(&pool).await?;
         Ok(Store {
-            reads: Reads { pool },
+            reads: Reads { pool, writer },
         })
     }
 
     /// The read-only face of this store.
     pub fn reads(&self) -> &Reads {
         &self.reads
-    }
-
-    /// A write transaction. `BEGIN IMMEDIATE` takes SQLite's write lock at the start, waiting
-    /// for another writer up to the busy timeout. A deferred transaction that reads before it
-    /// writes cannot wait: when another connection wrote meanwhile, SQLite refuses its first
-    /// write at once with `SQLITE_BUSY` ("database is locked", whatever the busy timeout), so
-    /// concurrent deliveries were answered 500.
-    async fn write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     // ----- ingest: facts from outside ---------------------------------------------------
@@ -717,6 +715,7 @@ impl Store {
     /// Records the intent to perform an effect; false if it was recorded before.
     pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
         let spec = serde_json::to_string(&e.kind).unwrap_or_default();
+        let mut tx = self.write().await?;
         let r = sqlx::query(
             "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
         )
@@ -728,8 +727,9 @@ impl Store {
         .bind(e.kind.tag())
         .bind(spec)
         .bind(ms(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -805,13 +805,24 @@ impl Store {
                 "template sha256 {sha256} does not match its body ({actual})"
             )));
         }
+        let mut tx = self.write().await?;
         sqlx::query("INSERT INTO templates (sha256, body, stored_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(sha256)
             .bind(body)
             .bind(ms(now))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
+    }
+}
+
+impl Reads {
+    /// A write transaction: one unit of the store's writer ([`writer`]), committed in a group
+    /// with the units of other writers waiting at the same time. Use it as the connection
+    /// (`&mut *tx`), then `tx.commit().await?`: it returns once the write is durable.
+    async fn write(&self) -> Result<writer::WriteTx> {
+        self.writer.begin().await
     }
 }
 

@@ -55,7 +55,89 @@ async fn concurrent_deliveries_are_all_recorded() {
     assert_eq!(recorded, 200);
     let mut releases = 0;
     for p in 0..20 {
-        releases += store.recent_runs(&format!("svc-{p}"), 100).await.unwrap().len();
+        releases += store
+            .recent_runs(&format!("svc-{p}"), 100)
+            .await
+            .unwrap()
+            .len();
     }
     assert_eq!(releases, 200, "every recorded delivery made its release");
+}
+
+/// Records releases `from..=to` of `svc` in beta, each run there successfully and retired,
+/// as the engine records them.
+async fn ran_in_beta(store: &Store, from: usize, to: usize) -> Vec<crate::domain::ReleaseId> {
+    use crate::domain::Action;
+    let stages: Vec<StageName> = ["beta"].map(StageName::from).to_vec();
+    let mut ids = Vec::new();
+    for n in from..=to {
+        let d = Delivery {
+            source: "github".into(),
+            id: format!("d-{n}"),
+        };
+        let id = match store
+            .record_release(&new_release("svc", n), &stages, &d, Utc::now())
+            .await
+            .unwrap()
+        {
+            Ingested::Recorded(id) => id,
+            Ingested::Duplicate => panic!("release {n} taken for a duplicate"),
+        };
+        let done = [
+            Action::RecordGood {
+                stage: "beta".into(),
+                release: id,
+            },
+            Action::Retire { release: id },
+        ];
+        store.apply("svc", &done, Utc::now()).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+/// The planner's snapshot does not grow with the releases a stage ran: after 60 and after 240
+/// releases it holds as many history entries and releases. What the planner needs from the
+/// history is still there: with the 60 newest releases all marked bad, the stage's last
+/// known-good is the newest good one further back, and the rollback target past it too.
+#[tokio::test]
+async fn snapshot_stays_the_same_size_as_releases_accumulate() {
+    use crate::domain::{Action, Reason};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let stages: Vec<StageName> = ["beta"].map(StageName::from).to_vec();
+    let since = Utc::now() - chrono::Duration::days(7);
+    let ids = ran_in_beta(&store, 1, 60).await;
+    let small = store.snapshot("svc", &stages, since).await.unwrap();
+    let more = ran_in_beta(&store, 61, 240).await;
+    let large = store.snapshot("svc", &stages, since).await.unwrap();
+    let history = |s: &crate::domain::Snapshot| s.stage("beta").unwrap().history.clone();
+    assert_eq!(history(&small).len(), history(&large).len());
+    assert_eq!(small.releases.len(), large.releases.len());
+    assert_eq!(
+        history(&large).last(),
+        more.last(),
+        "the newest entry is kept"
+    );
+
+    // The 60 newest releases turn out bad: the known-good ones are further back than the
+    // newest entries kept.
+    let bad: Vec<Action> = more[more.len() - 60..]
+        .iter()
+        .map(|id| Action::MarkBad {
+            release: *id,
+            stage: "beta".into(),
+            reason: Reason::Queued,
+        })
+        .collect();
+    store.apply("svc", &bad, Utc::now()).await.unwrap();
+    let snap = store.snapshot("svc", &stages, since).await.unwrap();
+    let newest_good = more[more.len() - 61];
+    assert_eq!(snap.last_good("beta"), Some(newest_good));
+    let h = history(&snap);
+    assert!(
+        h.contains(&more[more.len() - 62]),
+        "the good release before the last known-good (a rollback target) is kept"
+    );
+    assert!(!h.contains(&ids[0]), "old entries are left out");
 }
