@@ -3,7 +3,8 @@
 //! Owns every SQL statement of tollgate. Guarantees: each ingest call and each `apply` is one
 //! transaction; incoming deliveries are deduplicated by (source, id) in the same transaction
 //! as the fact and its event-log entry; the event log is append-only (enforced by triggers);
-//! commits are durable (WAL, `synchronous = FULL`).
+//! commits are durable (WAL, `synchronous = FULL`); writes are committed in groups by one
+//! writer ([`writer`]), each returning only once its group is committed.
 //! Must never: decide what happens next (that is `domain::plan`), or store a secret.
 //!
 //! Two faces: [`Store`] writes, and only the engine holds one (its ingest API is the one way
