@@ -11,7 +11,8 @@
 //! At 100, 1,000 and 10,000 releases it prints the database's size (after a WAL checkpoint),
 //! the bytes per release and per event-log entry (from SQLite's `dbstat` table), and the size
 //! of the snapshot the planner loads for each reconcile ([`Store::snapshot`]): its rows and
-//! the length of its debug rendering.
+//! the length of its debug rendering; and, for comparison, the rows it would hold if it still
+//! read every stage's whole history (as it did before the history was bounded).
 //!
 //! The file lives in /dev/shm when there is one (the figures are sizes, not times; there the
 //! run takes minutes instead of many more).
@@ -187,6 +188,8 @@ struct Sizes {
     events_bytes: Option<i64>,
     snapshot_rows: usize,
     snapshot_bytes: usize,
+    /// The rows the snapshot held when it read every stage's whole history (before the bound).
+    unbounded_rows: usize,
 }
 
 fn rows(s: &Snapshot) -> usize {
@@ -228,7 +231,14 @@ async fn sizes(store: &Store, engine: &Engine, releases: usize) -> Result<Sizes>
     let stages: Vec<StageName> = ["beta", "gamma", "prod"].map(StageName::from).to_vec();
     let since = engine.now() - chrono::Duration::days(7);
     let snap = store.snapshot("backend", &stages, since).await?;
+    let bounded = snap.stages.iter().map(|s| s.history.len()).sum::<usize>() + snap.releases.len();
+    let full: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM stage_history WHERE pipeline = 'backend') + (SELECT count(*) FROM releases WHERE pipeline = 'backend' AND (active = 1 OR id IN (SELECT release_id FROM stage_history WHERE pipeline = 'backend')))",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(Sizes {
+        unbounded_rows: rows(&snap) - bounded + usize::try_from(full)?,
         releases,
         db_bytes: pages * page,
         events,
@@ -293,13 +303,14 @@ fn report(table: &[Sizes]) {
             format!("{:.0}", b as f64 / s.events as f64)
         });
         println!(
-            "| {} | {:.1} MiB | {:.0} | {} | {per_event} | {} / {} |",
+            "| {} | {:.1} MiB | {:.0} | {} | {per_event} | {} / {} | {} |",
             s.releases,
             s.db_bytes as f64 / 1048576.0,
             s.db_bytes as f64 / s.releases as f64,
             s.events,
             s.snapshot_rows,
-            s.snapshot_bytes
+            s.snapshot_bytes,
+            s.unbounded_rows
         );
     }
     if let (Some(first), Some(last)) = (table.first(), table.last()) {
