@@ -169,13 +169,12 @@ async fn promote(engine: &Engine, clock: &ManualClock, n: usize) -> Result<()> {
             Some(s) if s.is_terminal() => bail!("release {n} ended {s:?} in prod"),
             _ => {}
         }
-        if engine.in_flight() == 0 {
-            if let Some(at) = next {
-                let now = engine.now();
-                if at > now {
-                    clock.advance(at - now);
-                }
-            }
+        // Nothing running: the next thing due is a deadline (the bake's end); move time there.
+        let now = engine.now();
+        if let (0, Some(at)) = (engine.in_flight(), next)
+            && at > now
+        {
+            clock.advance(at - now);
         }
     }
     bail!("release {n} did not reach prod in 200 reconciles")

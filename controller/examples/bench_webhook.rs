@@ -76,7 +76,7 @@ async fn one(
     round: usize,
     i: usize,
 ) -> Result<(Duration, u16)> {
-    let sha = format!("{:08x}{:032x}", round, i);
+    let sha = format!("{round:08x}{i:032x}");
     let body = push_body(&fleet::repository(i), &sha, "bench");
     let delivery = format!("bench-webhook-{round}-{i}");
     let start = Instant::now();
