@@ -33,14 +33,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use support::measure::{cpu_ms, pick, tick_ms, verdict};
+use support::proxy::{Proxy, union};
 use support::{Controller, REPO, STEP_LIMIT, deliver_push, free_port, random_secret, serve_args};
 use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::store::Store;
@@ -96,177 +93,6 @@ fn args() -> Result<(PathBuf, usize)> {
         tollgate.display()
     );
     Ok((std::fs::canonicalize(tollgate)?, rounds))
-}
-
-// ----- the timing proxy ---------------------------------------------------------------------
-
-/// One call seen by a proxy: its operation and when it was in flight.
-#[derive(Clone)]
-struct Call {
-    action: String,
-    start: Instant,
-    end: Instant,
-}
-
-#[derive(Clone)]
-struct Proxy {
-    target: String,
-    http: reqwest::Client,
-    calls: Arc<Mutex<Vec<Call>>>,
-}
-
-impl Proxy {
-    /// Starts a proxy on 127.0.0.1 in front of `target`; returns it and its URL.
-    async fn start(target: String) -> Result<(Proxy, String)> {
-        let proxy = Proxy {
-            target,
-            http: reqwest::Client::builder().no_proxy().build()?,
-            calls: Arc::default(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let app = axum::Router::new()
-            .fallback(forward)
-            .with_state(proxy.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok((proxy, url))
-    }
-
-    /// The calls that started in `[from, to]`.
-    fn calls_between(&self, from: Instant, to: Instant) -> Vec<Call> {
-        let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
-        calls
-            .iter()
-            .filter(|c| c.start >= from && c.start <= to)
-            .cloned()
-            .collect()
-    }
-}
-
-const HOP_BY_HOP: [&str; 4] = ["host", "content-length", "connection", "transfer-encoding"];
-
-async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
-    let start = Instant::now();
-    let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
-        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
-    };
-    let action = action_of(&parts.uri, &parts.headers, &body);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut outbound = proxy
-        .http
-        .request(parts.method.clone(), format!("{}{path}", proxy.target));
-    for (k, v) in &parts.headers {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            outbound = outbound.header(k, v);
-        }
-    }
-    let answer = match outbound.body(body).send().await {
-        Ok(a) => a,
-        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
-    let status = answer.status();
-    let mut headers = HeaderMap::new();
-    for (k, v) in answer.headers() {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            headers.insert(k, v.clone());
-        }
-    }
-    let bytes = answer.bytes().await.unwrap_or_default();
-    let end = Instant::now();
-    proxy
-        .calls
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Call { action, start, end });
-    (status, headers, bytes).into_response()
-}
-
-/// The operation: `Action=` of a query-protocol form, the JSON protocol's `X-Amz-Target`, or
-/// the RPCv2 CBOR path's `/operation/<Op>`.
-fn action_of(uri: &axum::http::Uri, headers: &HeaderMap, body: &Bytes) -> String {
-    let form = url::form_urlencoded::parse(body)
-        .chain(url::form_urlencoded::parse(
-            uri.query().unwrap_or_default().as_bytes(),
-        ))
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v.into_owned());
-    let target = || {
-        headers
-            .get("x-amz-target")
-            .and_then(|t| t.to_str().ok())
-            .and_then(|t| t.rsplit('.').next())
-            .map(str::to_owned)
-    };
-    let cbor = || {
-        uri.path()
-            .split_once("/operation/")
-            .map(|(_, op)| op.to_owned())
-    };
-    form.or_else(target)
-        .or_else(cbor)
-        .unwrap_or_else(|| format!("{} {}", "other", uri.path()))
-}
-
-/// The time covered by at least one call, clipped to `[from, to]`.
-fn union(calls: &[Call], from: Instant, to: Instant) -> Duration {
-    let mut spans: Vec<(Instant, Instant)> = calls
-        .iter()
-        .map(|c| (c.start.max(from), c.end.min(to)))
-        .filter(|(s, e)| s < e)
-        .collect();
-    spans.sort();
-    let mut total = Duration::ZERO;
-    let mut current: Option<(Instant, Instant)> = None;
-    for (s, e) in spans {
-        current = match current {
-            Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
-            Some((cs, ce)) => {
-                total += ce - cs;
-                Some((s, e))
-            }
-            None => Some((s, e)),
-        };
-    }
-    if let Some((cs, ce)) = current {
-        total += ce - cs;
-    }
-    total
-}
-
-// ----- the controller's CPU -----------------------------------------------------------------
-
-/// `utime + stime` of `pid`, in milliseconds.
-fn cpu_ms(pid: u32, tick_ms: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after its `)` are fixed.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("unexpected /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state): utime is field 14, stime field 15.
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i - 3)
-            .context("short /proc/<pid>/stat")?
-            .parse::<f64>()?)
-    };
-    Ok((ticks(14)? + ticks(15)?) * tick_ms)
-}
-
-/// Milliseconds per clock tick (`getconf CLK_TCK`, 100 on Linux unless configured otherwise).
-fn tick_ms() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|hz| *hz > 0.0)
-        .map_or(10.0, |hz| 1000.0 / hz)
 }
 
 // ----- one promotion ------------------------------------------------------------------------
@@ -378,16 +204,6 @@ impl Bench {
 }
 
 // ----- the report ---------------------------------------------------------------------------
-
-fn pick<T: Copy + PartialOrd>(values: &[T], q: f64) -> T {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[((v.len() as f64 - 1.0) * q).round() as usize]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "FAIL" }
-}
 
 fn report(rounds: &[Round]) {
     let secs = |d: Duration| d.as_secs_f64();

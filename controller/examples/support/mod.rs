@@ -4,6 +4,10 @@
 //! Each program uses part of it.
 #![allow(dead_code)]
 
+pub mod fleet;
+pub mod measure;
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,18 +108,45 @@ impl Drop for Controller {
 /// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates.
 /// The emulators' endpoints go in the environment ([`World::serve_env`]).
 pub fn serve_args(world: &World, state: &str, port: u16, certs: &Path) -> Vec<String> {
-    [
+    serve_config_args(&world.stages_path(), state, port, Some(certs))
+}
+
+/// `tollgate serve --config <stages>` on `127.0.0.1:port`.
+pub fn serve_config_args(
+    stages: &Path,
+    state: &str,
+    port: u16,
+    certs: Option<&Path>,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
         "serve",
         "--config",
-        &world.stages_path().display().to_string(),
+        &stages.display().to_string(),
         "--state",
         state,
         "--listen",
         &format!("127.0.0.1:{port}"),
-        "--sns-cert-cache",
-        &certs.display().to_string(),
     ]
     .map(str::to_owned)
+    .to_vec();
+    if let Some(certs) = certs {
+        args.push("--sns-cert-cache".into());
+        args.push(certs.display().to_string());
+    }
+    args
+}
+
+/// The environment of a `tollgate serve` whose AWS calls all go to `endpoint` (moto, or a
+/// proxy in front of it), with static test credentials and moto's default region.
+pub fn aws_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .to_vec()
 }
 
@@ -148,22 +179,59 @@ pub async fn deliver_push(
     message: &str,
     delivery: &str,
 ) -> Result<String> {
+    let body = push_body(REPO, sha, message);
+    let (status, text) = deliver(http, url, secret, "push", delivery, body).await?;
+    ensure!(
+        status.is_success(),
+        "the push webhook was refused: {status} {text}"
+    );
+    Ok(format!("{status} {}", text.trim()))
+}
+
+/// Sends one signed GitHub delivery of `event` to `POST /webhooks/github`; returns the
+/// answer's status and body.
+pub async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    event: &str,
+    delivery: &str,
+    body: String,
+) -> Result<(reqwest::StatusCode, String)> {
+    let signature = sign(&Secret::new(secret), body.as_bytes());
+    let r = http
+        .post(format!("{url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    Ok((status, r.text().await?))
+}
+
+/// The body of a `push` of commit `sha` to `main` of `repo` (`owner/name`), in GitHub's shape.
+pub fn push_body(repo: &str, sha: &str, message: &str) -> String {
     let before = "0".repeat(40);
-    let body = serde_json::json!({
+    let name = repo.rsplit('/').next().unwrap_or(repo);
+    let owner = repo.split('/').next().unwrap_or(repo);
+    serde_json::json!({
         "ref": "refs/heads/main",
         "before": before,
         "after": sha,
         "created": false,
         "deleted": false,
         "forced": false,
-        "compare": format!("https://github.com/{REPO}/compare/{}...{}", &before[..12], &sha[..12]),
+        "compare": format!("https://github.com/{repo}/compare/{}...{}", &before[..12], &sha[..12]),
         "repository": {
             "id": 1296269,
-            "name": "backend",
-            "full_name": REPO,
+            "name": name,
+            "full_name": repo,
             "private": true,
-            "owner": { "login": "acme", "id": 1 },
-            "html_url": format!("https://github.com/{REPO}"),
+            "owner": { "login": owner, "id": 1 },
+            "html_url": format!("https://github.com/{repo}"),
             "default_branch": "main"
         },
         "pusher": { "name": "carol", "email": "carol@example.com" },
@@ -174,31 +242,14 @@ pub async fn deliver_push(
             "distinct": true,
             "message": message,
             "timestamp": "2026-11-23T10:00:00Z",
-            "url": format!("https://github.com/{REPO}/commit/{sha}"),
+            "url": format!("https://github.com/{repo}/commit/{sha}"),
             "author": { "name": "Carol", "email": "carol@example.com", "username": "carol" },
             "committer": { "name": "Carol", "email": "carol@example.com", "username": "carol" },
             "added": [], "removed": [], "modified": ["src/orders.py"]
         },
         "commits": []
     })
-    .to_string();
-    let signature = sign(&Secret::new(secret), body.as_bytes());
-    let r = http
-        .post(format!("{url}/webhooks/github"))
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", signature)
-        .body(body)
-        .send()
-        .await?;
-    let status = r.status();
-    let text = r.text().await?;
-    ensure!(
-        status.is_success(),
-        "the push webhook was refused: {status} {text}"
-    );
-    Ok(format!("{status} {}", text.trim()))
+    .to_string()
 }
 
 // ----- the story, from the event log --------------------------------------------------------
@@ -315,6 +366,36 @@ pub fn one_line(text: &str) -> String {
     } else {
         line
     }
+}
+
+/// Prints up to `n` distinct ERROR lines of a controller's log (timestamps left out).
+pub fn print_log_errors(log: &Path, n: usize) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.contains("ERROR")) {
+        let plain = strip_ansi(line);
+        // What went wrong, without the timestamp and the ids that differ line to line.
+        let what = plain
+            .split_once("error=")
+            .map_or(plain.as_str(), |(_, e)| e)
+            .to_owned();
+        if seen.len() < n && seen.insert(what.clone()) {
+            say(what);
+        }
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 // ----- small things -------------------------------------------------------------------------

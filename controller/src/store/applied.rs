@@ -30,6 +30,7 @@ impl Store {
             table: "applied_config",
             detail: format!("files: {e}"),
         })?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO applied_config (id, repository, sha, path, files, applied_at) \
              VALUES (1, $1, $2, $3, $4, $5) \
@@ -41,8 +42,9 @@ impl Store {
         .bind(&applied.path)
         .bind(files)
         .bind(ms(applied.applied_at))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

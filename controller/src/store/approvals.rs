@@ -171,9 +171,7 @@ impl Store {
     /// the live one was already published. In one transaction: a live token never marked
     /// published (a send that crashed or failed before publishing) is replaced by the new one.
     pub async fn issue_approval_token(&self, t: &NewToken, now: DateTime<Utc>) -> Result<Issued> {
-        // IMMEDIATE: this transaction reads, then writes; a deferred one would fail with
-        // SQLITE_BUSY instead of waiting when another connection wrote in between.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if let Some(live) = live_token(&mut tx, &t.request_key, t.approver.as_deref()).await? {
             if live.published_at.is_some() || live.used_at.is_some() {
                 tx.commit().await?;
@@ -212,11 +210,13 @@ impl Store {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE approval_tokens SET published_at = $1 WHERE token_hash = $2 AND published_at IS NULL")
             .bind(ms(now))
             .bind(hash)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

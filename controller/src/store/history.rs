@@ -25,6 +25,7 @@ pub struct PushLink {
 impl Store {
     /// Records a push's link (a redelivery changes nothing).
     pub async fn record_push(&self, push: &PushLink, now: DateTime<Utc>) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO pushes (repository, branch, before, after, forced, received_at) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -35,8 +36,9 @@ impl Store {
         .bind(&push.after)
         .bind(push.forced)
         .bind(ms(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! Owns every SQL statement of tollgate. Guarantees: each ingest call and each `apply` is one
 //! transaction; incoming deliveries are deduplicated by (source, id) in the same transaction
 //! as the fact and its event-log entry; the event log is append-only (enforced by triggers);
-//! commits are durable (WAL, `synchronous = FULL`).
+//! commits are durable (WAL, `synchronous = FULL`); writes are committed in groups by one
+//! writer ([`writer`]), each returning only once its group is committed.
 //! Must never: decide what happens next (that is `domain::plan`), or store a secret.
 //!
 //! Two faces: [`Store`] writes, and only the engine holds one (its ingest API is the one way
@@ -22,7 +23,10 @@ mod migration_tests;
 mod model_tests;
 mod names;
 mod rows;
+#[cfg(test)]
+mod scale_tests;
 mod timings;
+mod writer;
 
 use std::ops::Deref;
 use std::str::FromStr;
@@ -52,6 +56,8 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("refused: {0}")]
     Invalid(String),
+    #[error("state database: the write was not committed: {0}")]
+    Commit(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -66,6 +72,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 pub struct Reads {
     pool: SqlitePool,
+    writer: writer::Writer,
 }
 
 impl Deref for Store {
@@ -106,14 +113,17 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // The writer takes one connection out of the pool for good ([`writer`]); sqlx shares an
+        // in-memory database between its connections.
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        let writer = writer::Writer::new(&pool).await?;
         Ok(Store {
-            reads: Reads { pool },
+            reads: Reads { pool, writer },
         })
     }
 
@@ -147,7 +157,7 @@ impl Store {
         note: Option<&EventNote>,
         now: DateTime<Utc>,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let fresh = Self::first_delivery(&mut tx, d, now).await?;
         if let (true, Some(n)) = (fresh, note) {
             log(
@@ -194,10 +204,7 @@ impl Store {
         now: DateTime<Utc>,
         newest: Option<Option<ReleaseId>>,
     ) -> Result<Option<Ingested<ReleaseId>>> {
-        // IMMEDIATE: this transaction reads, then writes. A deferred one would fail with
-        // "database is locked" (no busy wait) when another connection wrote in between, e.g.
-        // the reconciler of another pipeline while this webhook is recorded.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if let Some(expected) = newest {
             let current: Option<i64> =
                 sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")
@@ -288,7 +295,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
@@ -358,7 +365,7 @@ impl Store {
         people: &[Contributor],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let all = contributor_set(
             pushed_people(&mut tx, sha)
                 .await?
@@ -395,7 +402,7 @@ impl Store {
         release: ReleaseId,
         people: &[Contributor],
     ) -> Result<Option<Release>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let Some(row) = sqlx::query("SELECT contributors FROM releases WHERE id = $1")
             .bind(release.0)
             .fetch_optional(&mut *tx)
@@ -425,7 +432,7 @@ impl Store {
         now: DateTime<Utc>,
         watched: bool,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
@@ -477,7 +484,7 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         rows::set_pause(&mut tx, pipeline, stage, reason).await?;
         let what = stage.map_or_else(|| "pipeline".to_string(), |s| format!("stage {s}"));
         let detail = match reason {
@@ -508,7 +515,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<()>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if !Self::first_delivery(&mut tx, d, now).await? {
             return Ok(Ingested::Duplicate);
         }
@@ -555,7 +562,7 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let column = match which {
             Override::Alarms => "alarm_override",
             Override::Window => "window_override",
@@ -598,7 +605,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Option<Ingested<()>>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if rows::release_in(&mut tx, pipeline, release)
             .await?
             .is_none()
@@ -657,7 +664,7 @@ impl Store {
         detail: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let (release, stage) = (scope.map(|(r, _)| r.0), scope.map(|(_, s)| s));
         log(&mut tx, pipeline, now, actor, kind, release, stage, detail).await?;
         tx.commit().await?;
@@ -689,7 +696,7 @@ impl Store {
         actions: &[Action],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for a in actions.iter().filter(|a| a.is_state_change()) {
             rows::apply_one(&mut tx, pipeline, a, now).await?;
             log(
@@ -711,6 +718,7 @@ impl Store {
     /// Records the intent to perform an effect; false if it was recorded before.
     pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
         let spec = serde_json::to_string(&e.kind).unwrap_or_default();
+        let mut tx = self.write().await?;
         let r = sqlx::query(
             "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
         )
@@ -722,8 +730,9 @@ impl Store {
         .bind(e.kind.tag())
         .bind(spec)
         .bind(ms(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -735,7 +744,7 @@ impl Store {
         outcome: &EffectOutcome,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let output =
             serde_json::to_string(&outcome.output).unwrap_or_else(|_| r#"{"kind":"none"}"#.into());
         let status = if outcome.ok {
@@ -808,13 +817,24 @@ impl Store {
                 "template sha256 {sha256} does not match its body ({actual})"
             )));
         }
+        let mut tx = self.write().await?;
         sqlx::query("INSERT INTO templates (sha256, body, stored_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(sha256)
             .bind(body)
             .bind(ms(now))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
+    }
+}
+
+impl Reads {
+    /// A write transaction: one unit of the store's writer ([`writer`]), committed in a group
+    /// with the units of other writers waiting at the same time. Use it as the connection
+    /// (`&mut *tx`), then `tx.commit().await?`: it returns once the write is durable.
+    async fn write(&self) -> Result<writer::WriteTx> {
+        self.writer.begin().await
     }
 }
 

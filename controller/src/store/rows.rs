@@ -6,6 +6,8 @@
 //! does not decode is reported as [`StoreError::Corrupt`], never guessed at.
 //! Must never: decide anything, or read a fact out of a key or a text column.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -162,10 +164,21 @@ pub(super) async fn load_snapshot(
     for name in stages {
         snap.stages.push(stage_state(c, pipeline, name).await?);
     }
+    let named: BTreeSet<i64> = snap
+        .stages
+        .iter()
+        .flat_map(|s| s.history.iter().map(|id| id.0))
+        .collect();
+    let named = serde_json::to_string(&named).unwrap_or_else(|_| "[]".into());
     let sql = format!(
-        "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 AND (active = 1 OR id IN (SELECT release_id FROM stage_history WHERE pipeline = $1))"
+        "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 AND (active = 1 OR id IN (SELECT value FROM json_each($2)))"
     );
-    for r in sqlx::query(&sql).bind(pipeline).fetch_all(&mut *c).await? {
+    for r in sqlx::query(&sql)
+        .bind(pipeline)
+        .bind(named)
+        .fetch_all(&mut *c)
+        .await?
+    {
         let rel = release_row(&r)?;
         snap.releases.insert(rel.id, rel);
     }
@@ -226,18 +239,57 @@ pub(super) async fn load_snapshot(
     Ok(snap)
 }
 
+/// How many of a stage's newest history entries the planner sees.
+pub(super) const HISTORY_KEPT: i64 = 50;
+
+/// The part of a stage's history the planner needs, oldest first: the newest
+/// [`HISTORY_KEPT`] entries, plus the newest entries of the two newest releases not marked bad
+/// (the stage's last known-good and the rollback target when that one is the run rolling
+/// back), however far back they are. The snapshot then stays the same size however many
+/// releases the stage ran.
+///
+/// Caveat: a retry is refused when the stage ran a newer release ([`crate::domain::retry`]);
+/// an entry older than the newest [`HISTORY_KEPT`] is not seen by that check, which only
+/// matters if the stage went back below the retried release 50 times since.
+async fn recent_history(
+    c: &mut SqliteConnection,
+    pipeline: &str,
+    stage: &str,
+) -> Result<Vec<ReleaseId>> {
+    let mut entries: BTreeMap<i64, i64> = BTreeMap::new();
+    for r in sqlx::query("SELECT id, release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id DESC LIMIT $3")
+        .bind(pipeline)
+        .bind(stage)
+        .bind(HISTORY_KEPT)
+        .fetch_all(&mut *c)
+        .await?
+    {
+        entries.insert(r.get("id"), r.get("release_id"));
+    }
+    // Walks back from the newest entry and stops at the first match (bad releases are rare).
+    let good = "SELECT h.id, h.release_id FROM stage_history h JOIN releases r ON r.id = h.release_id \
+                WHERE h.pipeline = $1 AND h.stage = $2 AND r.bad_stage IS NULL AND h.release_id <> $3 \
+                ORDER BY h.id DESC LIMIT 1";
+    let mut skip = 0;
+    for _ in 0..2 {
+        let Some(r) = sqlx::query(good)
+            .bind(pipeline)
+            .bind(stage)
+            .bind(skip)
+            .fetch_optional(&mut *c)
+            .await?
+        else {
+            break;
+        };
+        skip = r.get("release_id");
+        entries.insert(r.get("id"), skip);
+    }
+    Ok(entries.into_values().map(ReleaseId).collect())
+}
+
 async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<StageState> {
     let paused = pause_reason(c, pipeline, Some(name)).await?;
-    let history = sqlx::query(
-        "SELECT release_id FROM stage_history WHERE pipeline = $1 AND stage = $2 ORDER BY id",
-    )
-    .bind(pipeline)
-    .bind(name)
-    .fetch_all(&mut *c)
-    .await?
-    .iter()
-    .map(|r| ReleaseId(r.get("release_id")))
-    .collect();
+    let history = recent_history(c, pipeline, name).await?;
     let rollback_request = sqlx::query("SELECT id, actor FROM rollback_requests WHERE pipeline = $1 AND stage = $2 AND handled_at IS NULL ORDER BY id LIMIT 1")
         .bind(pipeline)
         .bind(name)
