@@ -20,7 +20,7 @@ use std::path::Path;
 
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command, StateArgs};
+use tollgate::cli::{Cli, Command, KeysCommand, StateArgs};
 use tollgate::config;
 use tollgate::store::Store;
 
@@ -108,6 +108,7 @@ fn main() {
                 },
             )
         }
+        Command::Keys { command } => block_on(keys(command)),
     };
     std::process::exit(code);
 }
@@ -204,5 +205,29 @@ async fn history(pipeline: &str, state: &str, limit: i64, json: bool) -> i32 {
             eprintln!("error: {e}");
             2
         }
+    }
+}
+
+async fn keys(command: KeysCommand) -> i32 {
+    use tollgate::cli::keys;
+    let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+    match command {
+        KeysCommand::Create {
+            name,
+            role,
+            approver,
+            expires,
+            files,
+        } => {
+            let c = keys::Create {
+                name,
+                role,
+                approver,
+                expires,
+            };
+            keys::create(&files.config, &files.state, &c, out, err).await
+        }
+        KeysCommand::List { state, json } => keys::list(&state, json, out, err).await,
+        KeysCommand::Revoke { name, state } => keys::revoke(&state, &name, out, err).await,
     }
 }

@@ -6,6 +6,7 @@
 //! or print a secret it was given through a flag or the environment.
 
 pub mod control;
+pub mod keys;
 pub mod serve;
 pub mod status;
 pub mod validate;
@@ -119,11 +120,52 @@ pub enum Command {
         #[command(flatten)]
         files: StateArgs,
     },
+    /// Manage the API keys of /api/v1 (directly in the state database, on the controller's host).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
     Schema {
         /// Print the schema of accounts.toml instead.
         #[arg(long)]
         accounts: bool,
+    },
+}
+
+/// `tollgate keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once (stdout) and only its hash is stored.
+    Create {
+        /// A name for the key (letters, digits, `.`, `_`, `-`); the event log names it.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), operator (pause, resume, rollback, retry, promote), approver
+        /// (approve or reject as --approver), admin (everything an operator may, and override).
+        #[arg(long)]
+        role: String,
+        /// The approver (as listed in stages.toml) an approver key decides as.
+        #[arg(long)]
+        approver: Option<String>,
+        /// How long the key works, e.g. `90d` (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        files: StateArgs,
+    },
+    /// List the keys (never the keys themselves).
+    List {
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it stops working at once.
+    Revoke {
+        name: String,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
     },
 }
 
@@ -160,6 +202,7 @@ mod tests {
             vec!["rollback", "backend", "beta"],
             vec!["retry", "backend", "r1"],
             vec!["override", "backend", "r1", "--alarms", "--reason", "why"],
+            vec!["keys", "create", "--name", "k", "--role", "viewer"],
         ];
         for case in cases {
             let argv = ["tollgate"].into_iter().chain(case.iter().copied()).chain([
@@ -175,7 +218,10 @@ mod tests {
                 | Command::Resume { files, .. }
                 | Command::Rollback { files, .. }
                 | Command::Retry { files, .. }
-                | Command::Override { files, .. } => files,
+                | Command::Override { files, .. }
+                | Command::Keys {
+                    command: KeysCommand::Create { files, .. },
+                } => files,
                 other => panic!("{case:?} parsed as {other:?}"),
             };
             assert_eq!(files.config, PathBuf::from("a/stages.toml"), "{case:?}");

@@ -13,6 +13,7 @@
 pub mod applied;
 pub mod approvals;
 pub mod history;
+pub mod keys;
 #[cfg(test)]
 mod known_good_tests;
 #[cfg(test)]
