@@ -109,6 +109,10 @@ fn main() {
             )
         }
         Command::Keys { command } => block_on(keys(command)),
+        Command::Openapi => {
+            print!("{}", tollgate::http::api::openapi::document());
+            0
+        }
     };
     std::process::exit(code);
 }

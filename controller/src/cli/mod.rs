@@ -125,6 +125,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print the OpenAPI 3.1 document of /api/v1 (as `tollgate serve` serves it).
+    Openapi,
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
     Schema {
         /// Print the schema of accounts.toml instead.

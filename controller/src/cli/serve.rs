@@ -106,7 +106,9 @@ async fn start(args: ServeArgs) -> Result<()> {
     );
     let sns = SnsState::new(engine.clone(), Arc::new(certs)).context("SNS intake")?;
     let edge = Edge::new(&config.controller.http);
-    let app = guarded_routes(&edge, state, sns, &engine);
+    let api = http::api::ApiState::new(engine.clone(), forge.clone(), &config.controller.http);
+    let sweeper = http::api::auth::spawn_sweeper(api.limits.clone());
+    let app = guarded_routes(&edge, state, sns, &engine, api);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -119,6 +121,7 @@ async fn start(args: ServeArgs) -> Result<()> {
     );
     println!("tollgate serving on http://{addr}");
     let served = http::edge::serve(listener, app, &edge, http::server::shutdown_signal()).await;
+    sweeper.abort();
     for r in reconcilers {
         r.abort();
     }
@@ -126,7 +129,13 @@ async fn start(args: ServeArgs) -> Result<()> {
 }
 
 /// Every route, each behind the guards its exposure calls for, under the request timeout.
-fn guarded_routes(edge: &Edge, state: AppState, sns: SnsState, engine: &Engine) -> Router {
+fn guarded_routes(
+    edge: &Edge,
+    state: AppState,
+    sns: SnsState,
+    engine: &Engine,
+    api: http::api::ApiState,
+) -> Router {
     use http::edge::Exposure::{Open, RateLimited, UnauthenticatedBody};
     let github = UnauthenticatedBody {
         cap: http::github::BODY_LIMIT,
@@ -148,7 +157,9 @@ fn guarded_routes(edge: &Edge, state: AppState, sns: SnsState, engine: &Engine) 
             RateLimited,
             http::approvals::routes(engine.clone()),
         ))
-        .merge(edge.guard("/ui", Open, http::ui::routes(engine.clone())));
+        .merge(edge.guard("/ui", Open, http::ui::routes(engine.clone())))
+        // The API limits rates itself: per key and per source address ([controller.api]).
+        .merge(edge.guard("/api/v1", Open, http::api::routes(api)));
     edge.with_request_timeout(app)
 }
 

@@ -12,6 +12,7 @@
 
 pub mod applied;
 pub mod approvals;
+pub mod browse;
 pub mod history;
 pub mod keys;
 #[cfg(test)]
