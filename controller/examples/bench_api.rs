@@ -84,11 +84,9 @@ approvers = [{ name = "bob", email = "bob@example.com" }]
 
 fn tollgate_binary() -> Result<PathBuf> {
     let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--tollgate" => return Ok(it.next().context("--tollgate needs a path")?.into()),
-            other => bail!("unknown argument {other}"),
-        }
+    if let Some(flag) = it.next() {
+        ensure!(flag == "--tollgate", "unknown argument {flag}");
+        return Ok(it.next().context("--tollgate needs a path")?.into());
     }
     let exe = std::env::current_exe()?;
     exe.parent()
@@ -136,7 +134,10 @@ async fn prepare(dir: &Path) -> Result<()> {
             if run.is_some_and(|r| r.status == RunStatus::AwaitingApproval) {
                 break;
             }
-            ensure!(Instant::now() < deadline, "{pipeline} never reached prod's approval");
+            ensure!(
+                Instant::now() < deadline,
+                "{pipeline} never reached prod's approval"
+            );
         }
     }
     Ok(())
@@ -155,7 +156,11 @@ fn make_key(tollgate: &Path, dir: &Path, name: &str, role: &[&str]) -> Result<St
         .arg("--state")
         .arg(state_url(dir))
         .output()?;
-    ensure!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "keys create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
@@ -171,7 +176,12 @@ async fn main() -> Result<()> {
     println!("preparing {PIPELINES} pipelines, each with a release at prod's approval…");
     prepare(dir.path()).await?;
     let viewer = make_key(&tollgate, dir.path(), "bench-viewer", &["viewer"])?;
-    let approver = make_key(&tollgate, dir.path(), "bench-bob", &["approver", "--approver", "bob"])?;
+    let approver = make_key(
+        &tollgate,
+        dir.path(),
+        "bench-bob",
+        &["approver", "--approver", "bob"],
+    )?;
     let port = support::free_port()?;
     let args: Vec<String> = vec![
         "serve".into(),
@@ -203,14 +213,25 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
-        let (http, url, key) = (http.clone(), format!("{base}/api/v1/pipelines"), viewer.clone());
+        let (http, url, key) = (
+            http.clone(),
+            format!("{base}/api/v1/pipelines"),
+            viewer.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while started.elapsed() < READ_FOR {
                 let r = http.get(&url).bearer_auth(&key).send().await?;
-                ensure!(r.status() == 200, "GET /api/v1/pipelines answered {}", r.status());
+                ensure!(
+                    r.status() == 200,
+                    "GET /api/v1/pipelines answered {}",
+                    r.status()
+                );
                 let body: serde_json::Value = r.json().await?;
-                ensure!(body.as_array().map(Vec::len) == Some(PIPELINES), "not {PIPELINES} pipelines");
+                ensure!(
+                    body.as_array().map(Vec::len) == Some(PIPELINES),
+                    "not {PIPELINES} pipelines"
+                );
                 n += 1;
             }
             Ok(n)
@@ -229,11 +250,19 @@ async fn main() -> Result<()> {
     // Approvals: one per pipeline, one after another.
     let mut took = Vec::with_capacity(PIPELINES);
     for n in 0..PIPELINES {
-        let url = format!("{base}/api/v1/pipelines/svc-{n}/releases/r{}/stages/prod/approve", n + 1);
+        let url = format!(
+            "{base}/api/v1/pipelines/svc-{n}/releases/r{}/stages/prod/approve",
+            n + 1
+        );
         let t = Instant::now();
         let r = http.post(&url).bearer_auth(&approver).send().await?;
         took.push(t.elapsed());
-        ensure!(r.status() == 200, "approve svc-{n}: {} {}", r.status(), r.text().await?);
+        ensure!(
+            r.status() == 200,
+            "approve svc-{n}: {} {}",
+            r.status(),
+            r.text().await?
+        );
     }
     took.sort();
     println!(

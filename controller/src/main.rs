@@ -109,6 +109,16 @@ fn main() {
             )
         }
         Command::Keys { command } => block_on(keys(command)),
+        Command::Approve { decision } => remote(decision_request(decision, true)),
+        Command::Reject { decision } => remote(decision_request(decision, false)),
+        Command::Promote {
+            pipeline,
+            sha,
+            server,
+        } => remote((
+            server.server,
+            tollgate::cli::remote::Remote::Promote { pipeline, sha },
+        )),
         Command::Openapi => {
             print!("{}", tollgate::http::api::openapi::document());
             0
@@ -234,4 +244,32 @@ async fn keys(command: KeysCommand) -> i32 {
         KeysCommand::List { state, json } => keys::list(&state, json, out, err).await,
         KeysCommand::Revoke { name, state } => keys::revoke(&state, &name, out, err).await,
     }
+}
+
+fn decision_request(
+    d: tollgate::cli::DecisionArgs,
+    approve: bool,
+) -> (String, tollgate::cli::remote::Remote) {
+    let r = tollgate::cli::remote::Remote::Decide {
+        pipeline: d.pipeline,
+        release: d.release,
+        stage: d.stage,
+        approve,
+        comment: d.comment,
+    };
+    (d.server.server, r)
+}
+
+fn remote((server, r): (String, tollgate::cli::remote::Remote)) -> i32 {
+    let key = std::env::var("TOLLGATE_API_KEY").ok();
+    block_on(async {
+        tollgate::cli::remote::run(
+            &server,
+            key.as_deref(),
+            &r,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .await
+    })
 }

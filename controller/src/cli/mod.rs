@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod keys;
+pub mod remote;
 pub mod serve;
 pub mod status;
 pub mod validate;
@@ -125,6 +126,27 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Approve a release in a stage, through a running controller's API (as the approver the
+    /// key in TOLLGATE_API_KEY is bound to).
+    Approve {
+        #[command(flatten)]
+        decision: DecisionArgs,
+    },
+    /// Reject a release in a stage, through a running controller's API.
+    Reject {
+        #[command(flatten)]
+        decision: DecisionArgs,
+    },
+    /// Start a release of a commit on the pipeline's branch by hand (a hotfix without waiting
+    /// for a webhook), through a running controller's API; the commit's image must exist.
+    Promote {
+        pipeline: String,
+        /// The full commit sha.
+        #[arg(long)]
+        sha: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Print the OpenAPI 3.1 document of /api/v1 (as `tollgate serve` serves it).
     Openapi,
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
@@ -133,6 +155,29 @@ pub enum Command {
         #[arg(long)]
         accounts: bool,
     },
+}
+
+/// Where the API is; the key comes from `TOLLGATE_API_KEY` only.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The controller's URL, e.g. https://tollgate.example.com.
+    #[arg(long, env = "TOLLGATE_SERVER")]
+    pub server: String,
+}
+
+/// `tollgate approve|reject PIPELINE RELEASE --stage STAGE [--comment TEXT]`.
+#[derive(Debug, Clone, Args)]
+pub struct DecisionArgs {
+    pub pipeline: String,
+    /// The release: r12 or 12.
+    pub release: String,
+    #[arg(long)]
+    pub stage: String,
+    /// Kept in the event log with the decision.
+    #[arg(long)]
+    pub comment: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// `tollgate keys …`.

@@ -271,18 +271,19 @@ impl Ingest {
         idempotency_key: &str,
         answer: Option<(u16, &str)>,
     ) -> EngineResult<()> {
-        Ok(match answer {
+        match answer {
             Some((status, body)) => {
                 self.store
                     .complete_idempotency(key_name, idempotency_key, status, body)
-                    .await?
+                    .await?;
             }
             None => {
                 self.store
                     .release_idempotency(key_name, idempotency_key)
-                    .await?
+                    .await?;
             }
-        })
+        }
+        Ok(())
     }
 
     /// Pauses a pipeline (stage None) or a stage: nothing new starts there.

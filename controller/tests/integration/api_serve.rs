@@ -47,6 +47,11 @@ fn keys(served_state: &str, config: &PathBuf, args: &[&str]) -> (i32, String, St
     if args.first() == Some(&"create") {
         cmd.arg("--config").arg(config);
     }
+    outcome(cmd)
+}
+
+/// Runs `cmd`: (exit code, stdout, stderr).
+fn outcome(mut cmd: Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -763,4 +768,71 @@ async fn api_serve_the_served_openapi_document_is_the_committed_one_and_valid() 
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("OK"), "{said}");
+}
+
+/// `tollgate approve|reject|promote` with `TOLLGATE_SERVER` and `TOLLGATE_API_KEY`.
+fn remote(served: &Served, key: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(args)
+        .env("TOLLGATE_SERVER", served.url(""))
+        .env_remove("TOLLGATE_API_KEY");
+    if let Some(k) = key {
+        cmd.env("TOLLGATE_API_KEY", k);
+    }
+    outcome(cmd)
+}
+
+#[tokio::test]
+async fn api_serve_the_command_line_decides_and_promotes_through_the_api() {
+    let dir = two_releases_at_prod_approval().await;
+    let served = Served::launch(dir, &stages(ROOMY));
+    let bob = key(&served, "bob-key", "approver", &["--approver", "bob"]);
+    let ops = key(&served, "ops", "operator", &[]);
+    let (code, _, err) = remote(
+        &served,
+        None,
+        &["approve", "backend", "r2", "--stage", "prod"],
+    );
+    assert_eq!(code, 2, "no key: {err}");
+    assert!(err.contains("TOLLGATE_API_KEY"), "{err}");
+    let (code, _, err) = remote(
+        &served,
+        Some(&bob),
+        &["approve", "backend", "r1", "--stage", "prod"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: Superseded by a newer release: "),
+        "{err}"
+    );
+    let (code, _, err) = remote(
+        &served,
+        Some(&ops),
+        &["approve", "backend", "r2", "--stage", "prod"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Not allowed for this key"), "{err}");
+    let args = [
+        "approve",
+        "backend",
+        "r2",
+        "--stage",
+        "prod",
+        "--comment",
+        "ship it",
+    ];
+    let (code, out, err) = remote(&served, Some(&bob), &args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "bob approved r2 in prod (comment: ship it)");
+    assert_eq!(
+        served
+            .count("SELECT COUNT(*) FROM approvals WHERE approver = 'bob'")
+            .await,
+        1
+    );
+    let (code, _, err) = remote(&served, Some(&ops), &["promote", "backend", "--sha", "abc"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a full 40-character commit sha"), "{err}");
+    let releases = served.count("SELECT COUNT(*) FROM releases").await;
+    assert_eq!(releases, 2, "a refused promote records nothing");
 }

@@ -173,25 +173,31 @@ fn source(limits: &Limits, request: &Request) -> Option<IpAddr> {
     ))
 }
 
-/// Rate limits by source address only (the OpenAPI document).
-pub async fn address_only(State(api): State<ApiState>, request: Request, next: Next) -> Response {
+/// Gives the request an id and charges its source address's bucket: the id, the address and
+/// the bucket's state, or the answer (429, or 500 without a peer address).
+fn admit_address(
+    api: &ApiState,
+    request: &Request,
+) -> Result<(String, IpAddr, Budget), Box<Response>> {
     let id = request_id();
-    let Some(addr) = source(&api.limits, &request) else {
-        return finish(
-            Problem::internal("no peer address").into_response(),
-            &id,
-            None,
-        );
+    let Some(addr) = source(&api.limits, request) else {
+        let failed = Problem::internal("no peer address").into_response();
+        return Err(Box::new(finish(failed, &id, None)));
     };
     let budget = Limits::charge(&api.limits.by_address, &addr);
     if budget.retry_after.is_some() {
-        return finish(
-            too_many(budget, "this address").into_response(),
-            &id,
-            Some(budget),
-        );
+        let refused = too_many(budget, "this address").into_response();
+        return Err(Box::new(finish(refused, &id, Some(budget))));
     }
-    finish(next.run(request).await, &id, Some(budget))
+    Ok((id, addr, budget))
+}
+
+/// Rate limits by source address only (the OpenAPI document).
+pub async fn address_only(State(api): State<ApiState>, request: Request, next: Next) -> Response {
+    match admit_address(&api, &request) {
+        Ok((id, _, budget)) => finish(next.run(request).await, &id, Some(budget)),
+        Err(refused) => *refused,
+    }
 }
 
 /// Authenticates and rate-limits a request; see the module's table.
@@ -200,29 +206,15 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let id = request_id();
-    let Some(addr) = source(&api.limits, &request) else {
-        return finish(
-            Problem::internal("no peer address").into_response(),
-            &id,
-            None,
-        );
+    let (id, addr, by_address) = match admit_address(&api, &request) {
+        Ok(admitted) => admitted,
+        Err(refused) => return *refused,
     };
-    let by_address = Limits::charge(&api.limits.by_address, &addr);
-    if by_address.retry_after.is_some() {
-        let refused = too_many(by_address, "this address");
-        return finish(refused.into_response(), &id, Some(by_address));
-    }
     let key = match identify(&api, request.headers()).await {
         Ok(key) => key,
         Err(p) => return finish(p.into_response(), &id, Some(by_address)),
     };
     let by_key = Limits::charge(&api.limits.by_key, &key.name);
-    let tighter = if by_key.remaining <= by_address.remaining {
-        by_key
-    } else {
-        by_address
-    };
     if by_key.retry_after.is_some() {
         return finish(
             too_many(by_key, "this key").into_response(),
@@ -230,6 +222,11 @@ pub async fn authenticate(
             Some(by_key),
         );
     }
+    let tighter = if by_key.remaining <= by_address.remaining {
+        by_key
+    } else {
+        by_address
+    };
     request.extensions_mut().insert(Caller {
         key,
         source: addr,
