@@ -572,6 +572,20 @@ async fn api_serve_approval_obeys_the_links_rules() {
     .await;
     let prod = &p.body["stages"][2]["current"];
     assert_eq!(prod["release"]["id"], "r2", "{}", p.body);
+    assert_eq!(
+        p.body["stages"][0]["known_good"]["id"], "r2",
+        "beta trusts r2"
+    );
+    assert_eq!(
+        p.body["stages"][2]["known_good"],
+        Value::Null,
+        "prod trusts nothing yet"
+    );
+    let all = call(&served, "GET", "/api/v1/pipelines", Some(&bob), None, None).await;
+    assert_eq!(
+        all.body[0], p.body,
+        "the list and the single pipeline agree"
+    );
     assert_eq!(prod["run"]["status"], "awaiting_approval");
     assert_eq!(prod["run"]["wait"]["kind"], "awaiting_approval");
     assert_eq!(prod["run"]["deadline"], prod["run"]["wait"]["expires_at"]);

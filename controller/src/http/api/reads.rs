@@ -9,8 +9,7 @@ use super::problem::{Kind, Problem};
 use super::views::*;
 use crate::config::Pipeline;
 use crate::domain::ReleaseId;
-use crate::store::Reads;
-use crate::store::browse::{EventFilter, ReleaseFilter};
+use crate::store::browse::{EventFilter, Overview, ReleaseFilter};
 
 /// Releases read per batch while filtering by status.
 const SCAN_BATCH: i64 = 200;
@@ -29,11 +28,18 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
     responses((status = 200, description = "Every pipeline, in the configuration's order", body = Vec<PipelineView>)))]
 pub async fn pipelines(State(api): State<ApiState>) -> Answer<Vec<PipelineView>> {
     let config = api.engine.config();
-    let mut out = Vec::with_capacity(config.pipelines.len());
-    for p in &config.pipelines {
-        out.push(pipeline_view(api.engine.reads(), p, api.engine.now()).await?);
-    }
-    Ok(Json(out))
+    let overview = api
+        .engine
+        .reads()
+        .overview()
+        .await
+        .map_err(Problem::internal)?;
+    let now = api.engine.now();
+    let views = config
+        .pipelines
+        .iter()
+        .map(|p| pipeline_view(&overview, p, now));
+    Ok(Json(views.collect()))
 }
 
 /// One pipeline with its stages.
@@ -46,47 +52,34 @@ pub async fn pipeline(
 ) -> Answer<PipelineView> {
     let config = api.engine.config();
     let p = api.pipeline(&config, &name)?;
-    Ok(Json(
-        pipeline_view(api.engine.reads(), p, api.engine.now()).await?,
-    ))
+    let overview = api
+        .engine
+        .reads()
+        .overview()
+        .await
+        .map_err(Problem::internal)?;
+    Ok(Json(pipeline_view(&overview, p, api.engine.now())))
 }
 
-async fn pipeline_view(
-    reads: &Reads,
-    p: &Pipeline,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<PipelineView, Problem> {
-    let mut stages = Vec::with_capacity(p.stages.len());
-    let mut pipeline_paused = None;
-    for s in &p.stages {
-        let good = reads
-            .last_good(&p.name, &s.name)
-            .await
-            .map_err(Problem::internal)?;
-        let flight = reads
-            .in_flight(&p.name, &s.name)
-            .await
-            .map_err(Problem::internal)?;
-        let (pp, sp) = reads
-            .paused(&p.name, &s.name)
-            .await
-            .map_err(Problem::internal)?;
-        pipeline_paused = pp;
-        stages.push(StageView {
+fn pipeline_view(o: &Overview, p: &Pipeline, now: chrono::DateTime<chrono::Utc>) -> PipelineView {
+    let stages = p.stages.iter().map(|s| {
+        let key = (p.name.to_string(), s.name.to_string());
+        let flight = o.in_flight.get(&key).and_then(|f| f.first());
+        StageView {
             name: s.name.to_string(),
-            paused: sp,
-            known_good: good.as_ref().map(ReleaseRef::of),
-            current: flight.first().map(|(r, run)| StageRelease {
+            paused: o.stage_paused.get(&key).cloned(),
+            known_good: o.known_good.get(&key).map(ReleaseRef::of),
+            current: flight.map(|(r, run)| StageRelease {
                 release: ReleaseRef::of(r),
                 run: RunView::of(run, now),
             }),
-        });
-    }
-    Ok(PipelineView {
+        }
+    });
+    PipelineView {
         name: p.name.to_string(),
-        paused: pipeline_paused,
-        stages,
-    })
+        paused: o.pipeline_paused.get(p.name.as_str()).cloned(),
+        stages: stages.collect(),
+    }
 }
 
 /// Releases, newest first, filtered and paginated.
