@@ -6,11 +6,14 @@
 //!
 //! Exit codes:
 //! - 0: done. `serve` stopped on SIGINT or SIGTERM; `validate` found the files valid; a control
-//!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done.
+//!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done;
+//!   `keys` did what was asked; the API accepted `approve`, `reject` or `promote`.
 //! - 1: refused. `validate` found the files invalid; a control command named an unknown
-//!   pipeline, stage or release, or the state does not allow it (nothing changed).
+//!   pipeline, stage or release, or the state does not allow it (nothing changed); `keys`
+//!   refused a name, role or approver; the API refused `approve`, `reject` or `promote` (4xx).
 //! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
-//!   database that cannot be opened, `serve` failing to start, or no runtime.
+//!   database that cannot be opened, `serve` failing to start, no runtime; for the API's
+//!   commands no `TOLLGATE_API_KEY`, an unreachable server or a 5xx.
 //!
 //! Must never: decide anything about a pipeline or write to the state database itself (every
 //! command's work lives in the library, where it is tested); print a secret; end the process

@@ -84,6 +84,13 @@ impl Call {
     fn problem_type(&self) -> &str {
         self.body["type"].as_str().unwrap_or_default()
     }
+
+    /// Asserts the answer is the problem `slug` with `status`.
+    fn is_problem(&self, status: u16, slug: &str) {
+        let expected = (status, format!("urn:tollgate:problem:{slug}"));
+        let got = (self.status.as_u16(), self.problem_type().to_owned());
+        assert_eq!(got, expected, "{}", self.body);
+    }
 }
 
 async fn call(
@@ -367,10 +374,7 @@ async fn api_serve_every_route_answers_401_and_403_by_key_and_role() {
         None,
     )
     .await;
-    assert_eq!(
-        (c.status.as_u16(), c.problem_type()),
-        (404, "urn:tollgate:problem:not-found")
-    );
+    c.is_problem(404, "not-found");
 }
 
 #[tokio::test]
@@ -495,10 +499,7 @@ async fn api_serve_idempotent_posts_answer_once_and_change_nothing_on_repeat() {
         Some("k-1"),
     )
     .await;
-    assert_eq!(
-        (other.status.as_u16(), other.problem_type()),
-        (422, "urn:tollgate:problem:idempotency-key-reused")
-    );
+    other.is_problem(422, "idempotency-key-reused");
     // Without the header every POST runs.
     let p1 = call(&served, "POST", path, Some(&op), Some(pause.clone()), None).await;
     assert_eq!(p1.status, 200);
@@ -599,12 +600,7 @@ async fn api_serve_approval_obeys_the_links_rules() {
         None,
     )
     .await;
-    assert_eq!(
-        (stale.status.as_u16(), stale.problem_type()),
-        (409, "urn:tollgate:problem:superseded"),
-        "{}",
-        stale.body
-    );
+    stale.is_problem(409, "superseded");
     let own = call(
         &served,
         "POST",
@@ -614,12 +610,7 @@ async fn api_serve_approval_obeys_the_links_rules() {
         None,
     )
     .await;
-    assert_eq!(
-        (own.status.as_u16(), own.problem_type()),
-        (403, "urn:tollgate:problem:own-change"),
-        "{}",
-        own.body
-    );
+    own.is_problem(403, "own-change");
     let proxy = call(
         &served,
         "POST",
@@ -629,10 +620,7 @@ async fn api_serve_approval_obeys_the_links_rules() {
         None,
     )
     .await;
-    assert_eq!(
-        (proxy.status.as_u16(), proxy.problem_type()),
-        (403, "urn:tollgate:problem:forbidden")
-    );
+    proxy.is_problem(403, "forbidden");
     assert_eq!(
         served.count("SELECT COUNT(*) FROM approvals").await,
         0,

@@ -90,10 +90,7 @@ pub async fn releases(
     q: Result<Query<ReleaseQuery>, QueryRejection>,
 ) -> Answer<ReleasePage> {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(Problem::new(Kind::InvalidRequest, "`limit` is 1 to 100"));
-    }
+    let limit = limit(q.limit, 20, 100)?;
     if let Some(sha) = &q.sha {
         if sha.len() < 4 || sha.len() > 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Problem::new(
@@ -200,10 +197,7 @@ pub async fn events(
     q: Result<Query<EventQuery>, QueryRejection>,
 ) -> Answer<EventPage> {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::new(Kind::InvalidRequest, "`limit` is 1 to 1000"));
-    }
+    let limit = limit(q.limit, 100, 1000)?;
     let release = q.release.as_deref().map(release_id).transpose()?;
     let filter = EventFilter {
         pipeline: q.pipeline,
@@ -296,6 +290,16 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
             .collect(),
         validation,
     }))
+}
+
+/// A page size: `given` within 1..=`max`, `default` when absent, or a 400.
+fn limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, Problem> {
+    let limit = given.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        let why = format!("`limit` is 1 to {max}");
+        return Err(Problem::new(Kind::InvalidRequest, why));
+    }
+    Ok(limit)
 }
 
 /// `r12` or `12`, or a 400.
