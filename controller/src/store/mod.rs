@@ -194,7 +194,9 @@ impl Store {
         now: DateTime<Utc>,
         newest: Option<Option<ReleaseId>>,
     ) -> Result<Option<Ingested<ReleaseId>>> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: this transaction reads, then writes; a deferred one fails with
+        // SQLITE_BUSY at once (no busy wait) when the reconciler wrote in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(expected) = newest {
             let current: Option<i64> =
                 sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")
