@@ -6,11 +6,14 @@
 //!
 //! Exit codes:
 //! - 0: done. `serve` stopped on SIGINT or SIGTERM; `validate` found the files valid; a control
-//!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done.
+//!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done;
+//!   `keys` did what was asked; the API accepted `approve`, `reject` or `promote`.
 //! - 1: refused. `validate` found the files invalid; a control command named an unknown
-//!   pipeline, stage or release, or the state does not allow it (nothing changed).
+//!   pipeline, stage or release, or the state does not allow it (nothing changed); `keys`
+//!   refused a name, role or approver; the API refused `approve`, `reject` or `promote` (4xx).
 //! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
-//!   database that cannot be opened, `serve` failing to start, or no runtime.
+//!   database that cannot be opened, `serve` failing to start, no runtime; for the API's
+//!   commands no `TOLLGATE_API_KEY`, an unreachable server or a 5xx.
 //!
 //! Must never: decide anything about a pipeline or write to the state database itself (every
 //! command's work lives in the library, where it is tested); print a secret; end the process
@@ -20,7 +23,7 @@ use std::path::Path;
 
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command, LogFormat, StateArgs};
+use tollgate::cli::{Cli, Command, KeysCommand, LogFormat, StateArgs};
 use tollgate::config;
 use tollgate::store::Store;
 
@@ -110,6 +113,21 @@ fn main() {
                     reason,
                 },
             )
+        }
+        Command::Keys { command } => block_on(keys(command)),
+        Command::Approve { decision } => remote(decision_request(decision, true)),
+        Command::Reject { decision } => remote(decision_request(decision, false)),
+        Command::Promote {
+            pipeline,
+            sha,
+            server,
+        } => remote((
+            server.server,
+            tollgate::cli::remote::Remote::Promote { pipeline, sha },
+        )),
+        Command::Openapi => {
+            print!("{}", tollgate::http::api::openapi::document());
+            0
         }
     };
     std::process::exit(code);
@@ -213,4 +231,56 @@ async fn history(pipeline: &str, state: &str, limit: i64, json: bool) -> i32 {
             2
         }
     }
+}
+
+async fn keys(command: KeysCommand) -> i32 {
+    use tollgate::cli::keys;
+    let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+    match command {
+        KeysCommand::Create {
+            name,
+            role,
+            approver,
+            expires,
+            files,
+        } => {
+            let c = keys::Create {
+                name,
+                role,
+                approver,
+                expires,
+            };
+            keys::create(&files.config, &files.state, &c, out, err).await
+        }
+        KeysCommand::List { state, json } => keys::list(&state, json, out, err).await,
+        KeysCommand::Revoke { name, state } => keys::revoke(&state, &name, out, err).await,
+    }
+}
+
+fn decision_request(
+    d: tollgate::cli::DecisionArgs,
+    approve: bool,
+) -> (String, tollgate::cli::remote::Remote) {
+    let r = tollgate::cli::remote::Remote::Decide {
+        pipeline: d.pipeline,
+        release: d.release,
+        stage: d.stage,
+        approve,
+        comment: d.comment,
+    };
+    (d.server.server, r)
+}
+
+fn remote((server, r): (String, tollgate::cli::remote::Remote)) -> i32 {
+    let key = std::env::var("TOLLGATE_API_KEY").ok();
+    block_on(async {
+        tollgate::cli::remote::run(
+            &server,
+            key.as_deref(),
+            &r,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+        .await
+    })
 }

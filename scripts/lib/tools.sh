@@ -5,6 +5,8 @@ MOTO_VERSION="5.2.5"
 CFN_LINT_VERSION="1.58.0"
 # The Prometheus exposition parser the metrics tests read /metrics with.
 PROMETHEUS_CLIENT_VERSION="0.26.0"
+# The OpenAPI validator the API tests check the served document with.
+OPENAPI_VALIDATOR_VERSION="0.9.0"
 
 heading() { printf '\n==> %s\n' "$*"; }
 
@@ -44,23 +46,25 @@ ensure_cmd() {
 python_tools_current() {
   local venv="$1"
   [[ -x "$venv/bin/moto_server" && -x "$venv/bin/cfn-lint" ]] || return 1
-  "$venv/bin/python" - "$MOTO_VERSION" "$CFN_LINT_VERSION" "$PROMETHEUS_CLIENT_VERSION" <<'PY' 2>/dev/null
+  [[ -x "$venv/bin/openapi-spec-validator" ]] || return 1
+  "$venv/bin/python" - "$MOTO_VERSION" "$CFN_LINT_VERSION" "$PROMETHEUS_CLIENT_VERSION" "$OPENAPI_VALIDATOR_VERSION" <<'PY' 2>/dev/null
 import sys
 from importlib.metadata import version
-want_moto, want_lint, want_prom = sys.argv[1], sys.argv[2], sys.argv[3]
+want_moto, want_lint, want_prom, want_oas = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 ok = version("moto") == want_moto and version("cfn-lint") == want_lint
 ok = ok and version("prometheus-client") == want_prom
+ok = ok and version("openapi-spec-validator") == want_oas
 # moto's [server] extra: the HTTP front end needs flask and flask-cors.
 version("flask"), version("flask-cors")
 sys.exit(0 if ok else 1)
 PY
 }
 
-# ensure_python_tools VENV: moto[server], cfn-lint and prometheus-client at the pinned versions
-# in VENV.
+# ensure_python_tools VENV: moto[server], cfn-lint, prometheus-client and
+# openapi-spec-validator at the pinned versions in VENV.
 ensure_python_tools() {
   local venv="$1"
-  heading "python tools: moto[server]==$MOTO_VERSION, cfn-lint==$CFN_LINT_VERSION, prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+  heading "python tools: moto[server]==$MOTO_VERSION, cfn-lint==$CFN_LINT_VERSION, prometheus-client==$PROMETHEUS_CLIENT_VERSION, openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
   ensure_cmd python3 python3 python3-venv
   if [[ ! -x "$venv/bin/python" ]]; then
     if ! python3 -m venv "$venv"; then
@@ -77,7 +81,8 @@ ensure_python_tools() {
   else
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
       "moto[server]==$MOTO_VERSION" "cfn-lint==$CFN_LINT_VERSION" \
-      "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+      "prometheus-client==$PROMETHEUS_CLIENT_VERSION" \
+      "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
   fi
 }
 

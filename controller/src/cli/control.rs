@@ -10,6 +10,8 @@
 //! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
 //! state that does not allow it), 2 the configuration or the state database cannot be read.
 //!
+//! [`carry_out`] is shared with the API (`/api/v1`), which records the same facts.
+//!
 //! Must never: write the state database except through the ingest API, or decide what the
 //! controller does with a fact (that is the planner's, at its next reconcile).
 
@@ -111,34 +113,7 @@ pub async fn run(
         }
     };
     let ingest = Ingest::new(store, shared_config(config), Arc::new(SystemClock));
-    let store = ingest.reads();
-    if let Control::Override {
-        pipeline,
-        release,
-        reason,
-        ..
-    } = control
-    {
-        let refused = match release.parse::<ReleaseId>() {
-            Err(e) => Some(e),
-            Ok(_) if reason.trim().is_empty() => {
-                Some("an override needs a reason (--reason): it is kept in the event log".into())
-            }
-            Ok(id) => match store.release(id).await {
-                Ok(Some(r)) if &r.pipeline == pipeline => None,
-                Ok(_) => Some(format!("pipeline {pipeline} has no release {id}")),
-                Err(e) => {
-                    let _ = writeln!(err, "error: state database: {e}");
-                    return 2;
-                }
-            },
-        };
-        if let Some(why) = refused {
-            let _ = writeln!(err, "error: {why}");
-            return 1;
-        }
-    }
-    match apply(&ingest, control, actor).await {
+    match carry_out(&ingest, control, actor, CLI_SOURCE).await {
         Ok(Ok(said)) => {
             let _ = writeln!(out, "{said}");
             0
@@ -154,7 +129,51 @@ pub async fn run(
     }
 }
 
-fn check(config: &Config, control: &Control) -> Result<(), String> {
+/// The delivery source of the requests the command line records.
+pub const CLI_SOURCE: &str = "cli";
+
+/// Carries out a command whose pipeline and stage were checked ([`check`]) through `ingest`,
+/// for `actor`; `source` names where requests came from (`cli`, `api`) for deduplication.
+/// `Ok(Err(why))` when it is refused (nothing changed); `Err` when the store failed.
+/// The command line and the API both act through here.
+pub async fn carry_out(
+    ingest: &Ingest,
+    control: &Control,
+    actor: &str,
+    source: &str,
+) -> anyhow::Result<Result<String, String>> {
+    if let Some(why) = override_refusal(ingest, control).await? {
+        return Ok(Err(why));
+    }
+    apply(ingest, control, actor, source).await
+}
+
+/// Why an override cannot be recorded: a malformed release, no reason, or a release of
+/// another pipeline.
+async fn override_refusal(ingest: &Ingest, control: &Control) -> anyhow::Result<Option<String>> {
+    let Control::Override {
+        pipeline,
+        release,
+        reason,
+        ..
+    } = control
+    else {
+        return Ok(None);
+    };
+    Ok(match release.parse::<ReleaseId>() {
+        Err(e) => Some(e),
+        Ok(_) if reason.trim().is_empty() => {
+            Some("an override needs a reason (--reason): it is kept in the event log".into())
+        }
+        Ok(id) => match ingest.reads().release(id).await? {
+            Some(r) if &r.pipeline == pipeline => None,
+            _ => Some(format!("pipeline {pipeline} has no release {id}")),
+        },
+    })
+}
+
+/// The pipeline and stage a command names exist in `config`; else why not.
+pub fn check(config: &Config, control: &Control) -> Result<(), String> {
     let name = control.pipeline();
     let Some(p) = config.pipeline(name) else {
         let known: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
@@ -180,6 +199,7 @@ async fn apply(
     ingest: &Ingest,
     control: &Control,
     actor: &str,
+    source: &str,
 ) -> anyhow::Result<Result<String, String>> {
     let place = |pipeline: &str, stage: &Option<String>| match stage {
         Some(s) => format!("stage {pipeline}/{s}"),
@@ -187,7 +207,7 @@ async fn apply(
     };
     Ok(Ok(match control {
         Control::Retry { pipeline, release } => {
-            return retry(ingest, pipeline, release, actor).await;
+            return retry(ingest, pipeline, release, actor, source).await;
         }
         Control::Override {
             pipeline,
@@ -242,7 +262,7 @@ async fn apply(
                 }
             );
             let d = Delivery {
-                source: "cli".into(),
+                source: source.into(),
                 id,
             };
             match ingest.request_rollback(pipeline, stage, actor, &d).await? {
@@ -266,6 +286,7 @@ async fn retry(
     pipeline: &str,
     release: &str,
     actor: &str,
+    source: &str,
 ) -> anyhow::Result<Result<String, String>> {
     let id = match release.parse::<ReleaseId>() {
         Ok(id) => id,
@@ -274,7 +295,7 @@ async fn retry(
     // Each command is its own request; one still waiting for the controller makes a repeat
     // a duplicate (the store checks), and a refused one can be asked again later.
     let d = Delivery {
-        source: "cli".into(),
+        source: source.into(),
         id: format!("retry/{pipeline}/{id}/{}", ingest.now().timestamp_millis()),
     };
     Ok(match ingest.request_retry(pipeline, id, actor, &d).await? {

@@ -1,11 +1,14 @@
 //! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`, `pause`,
-//! `resume`, `rollback`, `override`.
+//! `resume`, `rollback`, `override`, `keys`, `openapi`, and `approve`, `reject`, `promote`
+//! against a running controller's API ([`remote`]).
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 //! Must never: hold a rule of the controller (commands parse and render; the library decides),
 //! or print a secret it was given through a flag or the environment.
 
 pub mod control;
+pub mod keys;
+pub mod remote;
 pub mod serve;
 pub mod status;
 pub mod validate;
@@ -148,11 +151,98 @@ pub enum Command {
         #[command(flatten)]
         files: StateArgs,
     },
+    /// Manage the API keys of /api/v1 (directly in the state database, on the controller's host).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Approve a release in a stage, through a running controller's API (as the approver the
+    /// key in TOLLGATE_API_KEY is bound to).
+    Approve {
+        #[command(flatten)]
+        decision: DecisionArgs,
+    },
+    /// Reject a release in a stage, through a running controller's API.
+    Reject {
+        #[command(flatten)]
+        decision: DecisionArgs,
+    },
+    /// Start a release of a commit on the pipeline's branch by hand (a hotfix without waiting
+    /// for a webhook), through a running controller's API; the commit's image must exist.
+    Promote {
+        pipeline: String,
+        /// The full commit sha.
+        #[arg(long)]
+        sha: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Print the OpenAPI 3.1 document of /api/v1 (as `tollgate serve` serves it).
+    Openapi,
     /// Print the JSON Schema of stages.toml (or accounts.toml) for editor completion.
     Schema {
         /// Print the schema of accounts.toml instead.
         #[arg(long)]
         accounts: bool,
+    },
+}
+
+/// Where the API is; the key comes from `TOLLGATE_API_KEY` only.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The controller's URL, e.g. https://tollgate.example.com.
+    #[arg(long, env = "TOLLGATE_SERVER")]
+    pub server: String,
+}
+
+/// `tollgate approve|reject PIPELINE RELEASE --stage STAGE [--comment TEXT]`.
+#[derive(Debug, Clone, Args)]
+pub struct DecisionArgs {
+    pub pipeline: String,
+    /// The release: r12 or 12.
+    pub release: String,
+    #[arg(long)]
+    pub stage: String,
+    /// Kept in the event log with the decision.
+    #[arg(long)]
+    pub comment: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `tollgate keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once (stdout) and only its hash is stored.
+    Create {
+        /// A name for the key (letters, digits, `.`, `_`, `-`); the event log names it.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), operator (pause, resume, rollback, retry, promote), approver
+        /// (approve or reject as --approver), admin (everything an operator may, and override).
+        #[arg(long)]
+        role: String,
+        /// The approver (as listed in stages.toml) an approver key decides as.
+        #[arg(long)]
+        approver: Option<String>,
+        /// How long the key works, e.g. `90d` (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+        #[command(flatten)]
+        files: StateArgs,
+    },
+    /// List the keys (never the keys themselves).
+    List {
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it stops working at once.
+    Revoke {
+        name: String,
+        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
+        state: String,
     },
 }
 
@@ -217,6 +307,7 @@ mod tests {
             vec!["rollback", "backend", "beta"],
             vec!["retry", "backend", "r1"],
             vec!["override", "backend", "r1", "--alarms", "--reason", "why"],
+            vec!["keys", "create", "--name", "k", "--role", "viewer"],
         ];
         for case in cases {
             let argv = ["tollgate"].into_iter().chain(case.iter().copied()).chain([
@@ -232,7 +323,10 @@ mod tests {
                 | Command::Resume { files, .. }
                 | Command::Rollback { files, .. }
                 | Command::Retry { files, .. }
-                | Command::Override { files, .. } => files,
+                | Command::Override { files, .. }
+                | Command::Keys {
+                    command: KeysCommand::Create { files, .. },
+                } => files,
                 other => panic!("{case:?} parsed as {other:?}"),
             };
             assert_eq!(files.config, PathBuf::from("a/stages.toml"), "{case:?}");

@@ -125,7 +125,9 @@ async fn start(args: ServeArgs) -> Result<()> {
         .context("SNS intake")?
         .with_waiters(waiters);
     let edge = Edge::new(&config.controller.http);
-    let app = guarded_routes(&edge, state, sns, &engine);
+    let api = http::api::ApiState::new(engine.clone(), forge.clone(), &config.controller.http);
+    let sweeper = http::api::auth::spawn_sweeper(api.limits.clone());
+    let app = guarded_routes(&edge, state, sns, &engine, api);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -146,6 +148,7 @@ async fn start(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let served = http::edge::serve(listener, app, &edge, http::server::shutdown_signal()).await;
+    sweeper.abort();
     for r in reconcilers.into_iter().chain(metrics) {
         r.abort();
     }
@@ -171,7 +174,13 @@ fn serve_metrics(
 }
 
 /// Every route, each behind the guards its exposure calls for, under the request timeout.
-fn guarded_routes(edge: &Edge, state: AppState, sns: SnsState, engine: &Engine) -> Router {
+fn guarded_routes(
+    edge: &Edge,
+    state: AppState,
+    sns: SnsState,
+    engine: &Engine,
+    api: http::api::ApiState,
+) -> Router {
     use http::edge::Exposure::{Open, RateLimited, UnauthenticatedBody};
     let github = UnauthenticatedBody {
         cap: http::github::BODY_LIMIT,
@@ -193,7 +202,9 @@ fn guarded_routes(edge: &Edge, state: AppState, sns: SnsState, engine: &Engine) 
             RateLimited,
             http::approvals::routes(engine.clone()),
         ))
-        .merge(edge.guard("/ui", Open, http::ui::routes(engine.clone())));
+        .merge(edge.guard("/ui", Open, http::ui::routes(engine.clone())))
+        // The API limits rates itself: per key and per source address ([controller.api]).
+        .merge(edge.guard("/api/v1", Open, http::api::routes(api)));
     edge.with_request_timeout(app)
 }
 

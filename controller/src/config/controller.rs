@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::model::{ControllerSettings, HttpSettings, SnsSettings};
-use super::raw::{RawController, RawHttp, RawSns};
+use super::model::{ApiSettings, ControllerSettings, HttpSettings, SnsSettings};
+use super::raw::{RawApi, RawController, RawHttp, RawSns};
 use super::validate::Ctx;
 use super::values;
 use crate::cfg_path;
@@ -44,6 +44,40 @@ pub(crate) fn settings(raw: &RawController, cx: &mut Ctx) -> ControllerSettings 
             .unwrap_or_else(|| "stages.toml".into()),
         http: http(&raw.http, cx),
         sns: sns(&raw.sns, cx),
+        api: api(&raw.api, cx),
+    }
+}
+
+fn api(raw: &RawApi, cx: &mut Ctx) -> ApiSettings {
+    let d = ApiSettings::default();
+    let mut rate = |key: &str, value: Option<i64>, default: u32| {
+        let help = "a number of requests from 1 to 1000000";
+        count(
+            cx,
+            &["api", key],
+            value,
+            (1, 1_000_000),
+            default.into(),
+            help,
+        )
+    };
+    ApiSettings {
+        per_key_per_minute: rate(
+            "per_key_per_minute",
+            raw.per_key_per_minute,
+            d.per_key_per_minute,
+        ),
+        per_key_burst: rate("per_key_burst", raw.per_key_burst, d.per_key_burst),
+        per_address_per_minute: rate(
+            "per_address_per_minute",
+            raw.per_address_per_minute,
+            d.per_address_per_minute,
+        ),
+        per_address_burst: rate(
+            "per_address_burst",
+            raw.per_address_burst,
+            d.per_address_burst,
+        ),
     }
 }
 
@@ -293,6 +327,20 @@ mod tests {
         let loaded = load_with("").unwrap().config.controller;
         assert_eq!(loaded.http, HttpSettings::default());
         assert_eq!(loaded.sns, SnsSettings::default());
+        assert_eq!(loaded.api, ApiSettings::default());
+        let set = "[controller.api]\nper_key_per_minute = 30\nper_address_burst = 5";
+        let api = load_with(set).unwrap().config.controller.api;
+        assert_eq!((api.per_key_per_minute, api.per_address_burst), (30, 5));
+        assert_eq!(api.per_key_burst, ApiSettings::default().per_key_burst);
+        let Err(ConfigError::Invalid(diags)) = load_with("[controller.api]\nper_key_burst = 0")
+        else {
+            panic!("a zero burst accepted");
+        };
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.to_string().contains("per_key_burst"))
+        );
 
         let set = "[controller.http]\nheader_read_timeout = \"5s\"\nmax_unauthenticated_body_mib = 100\n[controller.sns]\nrequire_signature_v2 = true\nmax_message_age = \"15m\"";
         let loaded = load_with(set).unwrap().config.controller;

@@ -60,6 +60,27 @@ pub struct ControllerSettings {
     pub config_path: String,
     pub http: HttpSettings,
     pub sns: SnsSettings,
+    pub api: ApiSettings,
+}
+
+/// `[controller.api]`: the rate limits of `/api/v1` (applied at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiSettings {
+    pub per_key_per_minute: u32,
+    pub per_key_burst: u32,
+    pub per_address_per_minute: u32,
+    pub per_address_burst: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            per_key_per_minute: 600,
+            per_key_burst: 60,
+            per_address_per_minute: 1200,
+            per_address_burst: 120,
+        }
+    }
 }
 
 /// `[controller.http]`: the HTTP edge's timeouts and limits (applied at start).

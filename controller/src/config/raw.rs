@@ -44,6 +44,24 @@ pub struct RawController {
     /// `[controller.sns]`: what SNS messages are accepted.
     #[serde(default)]
     pub sns: RawSns,
+    /// `[controller.api]`: the rate limits of `/api/v1`.
+    #[serde(default)]
+    pub api: RawApi,
+}
+
+/// `[controller.api]`: token buckets of `/api/v1`, per API key and per source address. Every
+/// key has a default.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawApi {
+    /// Requests one API key may make per minute (the bucket's refill rate). Default 600.
+    pub per_key_per_minute: Option<i64>,
+    /// Requests one API key may make at once (the bucket's size). Default 60.
+    pub per_key_burst: Option<i64>,
+    /// Requests one source address may make per minute, whatever key it uses. Default 1200.
+    pub per_address_per_minute: Option<i64>,
+    /// Requests one source address may make at once. Default 120.
+    pub per_address_burst: Option<i64>,
 }
 
 /// `[controller.http]`: the HTTP edge's timeouts and limits. Every key has a default.

@@ -277,6 +277,19 @@ impl Reason {
         }
     }
 
+    /// The moment the wait this reason names ends by itself, if it has one: an approval
+    /// request's expiry, the end of a bake, when waiting for alarm data gives up, when the
+    /// next deployment window opens.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Reason::AwaitingApproval { expires_at, .. } => Some(*expires_at),
+            Reason::Baking { until } => Some(*until),
+            Reason::AwaitingData { gives_up, .. } => Some(*gives_up),
+            Reason::OutsideWindow { opens, .. } => *opens,
+            _ => None,
+        }
+    }
+
     /// Text for people, with deadlines shown as time left from `now`.
     pub fn describe(&self, now: DateTime<Utc>) -> String {
         self.describe_wait(now)

@@ -283,6 +283,37 @@ impl Ingest {
             .await?)
     }
 
+    /// Claims an `Idempotency-Key` of an API request (see [`crate::store::keys`]).
+    pub async fn claim_idempotency(
+        &self,
+        req: &crate::store::keys::IdempotentRequest<'_>,
+    ) -> EngineResult<crate::store::keys::Claim> {
+        Ok(self.store.claim_idempotency(req, self.now()).await?)
+    }
+
+    /// Keeps the first answer of a claimed API request; `None` drops the claim (the request
+    /// failed without an answer worth repeating, and may run again).
+    pub async fn finish_idempotency(
+        &self,
+        key_name: &str,
+        idempotency_key: &str,
+        answer: Option<(u16, &str)>,
+    ) -> EngineResult<()> {
+        match answer {
+            Some((status, body)) => {
+                self.store
+                    .complete_idempotency(key_name, idempotency_key, status, body)
+                    .await?;
+            }
+            None => {
+                self.store
+                    .release_idempotency(key_name, idempotency_key)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Pauses a pipeline (stage None) or a stage: nothing new starts there.
     pub async fn pause(
         &self,

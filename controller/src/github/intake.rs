@@ -423,6 +423,25 @@ async fn release(
     })
 }
 
+/// Records a release of `sha` asked for by hand (`POST …/promote`), by the same path as a
+/// push: the commit must be newer on the branch than the pipeline's newest release (a stale one
+/// is refused), and the same commit twice is a duplicate. `who` is the person asking (kept as
+/// the release's author until GitHub says more). The image is checked by the caller.
+pub async fn promote(
+    engine: &Engine,
+    forge: Option<&GithubForge>,
+    p: &Pipeline,
+    sha: &str,
+    who: &str,
+) -> Result<Outcome, EngineError> {
+    let r = new_release(p, sha, None, who, None, &[]);
+    let delivery = Delivery {
+        source: "api".into(),
+        id: format!("promote/{sha}"),
+    };
+    release(engine, forge, &delivery, &r).await
+}
+
 /// How often a release is decided again when another was recorded meanwhile.
 const RACE_RETRIES: usize = 3;
 

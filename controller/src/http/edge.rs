@@ -265,7 +265,11 @@ fn rate_limit(guard: &Guard, request: &Request) -> Result<(), Refusal> {
 /// then the rightmost `X-Forwarded-For` address that is not a trusted proxy (each proxy appends
 /// the address it received the request from, so addresses left of that one are the client's
 /// own claims). A header that cannot be read leaves the peer.
-fn source_address(settings: &HttpSettings, peer: IpAddr, headers: &header::HeaderMap) -> IpAddr {
+pub(crate) fn source_address(
+    settings: &HttpSettings,
+    peer: IpAddr,
+    headers: &header::HeaderMap,
+) -> IpAddr {
     if !settings.is_trusted_proxy(peer) {
         return peer;
     }

@@ -20,6 +20,7 @@
 //! - change state on a `GET` (mail scanners follow links);
 //! - put a secret, a token or a signature it expected into a response or a log line.
 
+pub mod api;
 pub mod approvals;
 pub mod edge;
 pub mod github;

@@ -130,7 +130,7 @@ pub fn well_formed(token: &str) -> bool {
 }
 
 /// `n` random bytes from the OS CSPRNG, in unpadded URL-safe base64.
-fn random(n: usize) -> String {
+pub(super) fn random(n: usize) -> String {
     use base64::Engine as _;
     let mut bytes = vec![0u8; n];
     OsRng.fill_bytes(&mut bytes);

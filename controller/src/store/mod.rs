@@ -13,7 +13,9 @@
 
 pub mod applied;
 pub mod approvals;
+pub mod browse;
 pub mod history;
+pub mod keys;
 #[cfg(test)]
 mod known_good_tests;
 pub mod lock;

@@ -27,7 +27,7 @@ pub struct EventRow {
     pub detail: String,
 }
 
-const RELEASE_COLUMNS: &str = "id, pipeline, sha, branch, author_name, author_email, author_login, contributors, pulls_checked, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed";
+pub(super) const RELEASE_COLUMNS: &str = "id, pipeline, sha, branch, author_name, author_email, author_login, contributors, pulls_checked, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed";
 
 /// The contributors column: typed JSON written by [`contributors_json`]. A value that is not
 /// (written by hand into the database) makes the release unreadable rather than approvable.
@@ -42,7 +42,7 @@ pub(super) fn contributors_json(people: &[Contributor]) -> String {
     serde_json::to_string(people).unwrap_or_else(|_| "[]".into())
 }
 
-fn release_row(r: &SqliteRow) -> Result<Release> {
+pub(super) fn release_row(r: &SqliteRow) -> Result<Release> {
     let bad = match (
         r.get::<Option<String>, _>("bad_stage"),
         r.get::<Option<String>, _>("bad_reason"),
@@ -482,7 +482,7 @@ pub(super) async fn release_events(
     Ok(rows.iter().map(event_row).collect())
 }
 
-fn event_row(r: &SqliteRow) -> EventRow {
+pub(super) fn event_row(r: &SqliteRow) -> EventRow {
     EventRow {
         id: r.get("id"),
         at: from_ms(r.get("at")),

@@ -529,3 +529,80 @@ async fn an_unfiltered_subscription_on_the_approval_topic_withholds_every_link()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `POST /api/v1/pipelines/{p}/promote` on the moto world: a commit whose image is in ECR
+/// becomes a release that goes through the stages like a pushed one; a commit without an image
+/// is refused (422) and records nothing; viewers may not promote (403).
+#[tokio::test]
+async fn api_promote_starts_a_release_only_for_a_commit_whose_image_exists() {
+    let s = Serve::start(quick(), nothing_more).await;
+    let make_key = |name: &str, role: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["keys", "create", "--name", name, "--role", role, "--config"])
+            .arg(s.world.stages_path())
+            .args(["--state", &s.state])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (ops, viewer) = (make_key("ops", "operator"), make_key("dash", "viewer"));
+    let url = format!("{}/api/v1/pipelines/{}/promote", s.url, s.world.pipeline());
+    let promote = |key: String, sha: String| {
+        let (http, url) = (s.http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({ "sha": sha }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (missing, built) = (sha(7), sha(8));
+    let (status, body) = promote(ops.clone(), missing.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["type"], "urn:tollgate:problem:image-not-found");
+    assert!(s.run(&missing, "beta").await.is_none(), "nothing recorded");
+
+    s.world.push_image(&built).await.expect("image pushed");
+    let (status, body) = promote(viewer, built.clone()).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (403, Some("urn:tollgate:problem:forbidden"))
+    );
+    let (status, body) = promote(ops.clone(), built.clone()).await;
+    assert_eq!(status, 200, "{body}\n{}", s.log());
+    let id = body["release"].as_str().unwrap().to_owned();
+    let (_, beta) = s
+        .wait(&built, "beta", "success", |r| {
+            r.status == RunStatus::Succeeded
+        })
+        .await;
+    assert_eq!(beta.attempt, 1);
+    // Asked again while the controller is promoting it (its reconciler writing): the same
+    // commit changes nothing.
+    let (status, body) = promote(ops, built.clone()).await;
+    assert_eq!(status, 200, "{body}\n{}", s.log());
+    assert_eq!(
+        body["release"],
+        serde_json::Value::Null,
+        "the same commit again: {body}"
+    );
+    let r = s
+        .store
+        .reads()
+        .release(id.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.sha, built);
+    assert!(r.digest.is_some(), "the image was resolved to its digest");
+}

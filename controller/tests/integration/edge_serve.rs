@@ -26,24 +26,29 @@ const SECRET: &str = "edge-test-secret-0123456789abcdef0123456789";
 const BOUND: Duration = Duration::from_secs(30);
 const MIB: usize = 1024 * 1024;
 
-/// A running `tollgate serve`, killed on drop.
-struct Served {
+/// A running `tollgate serve`, killed on drop. Shared with the API tests (`api_serve`).
+pub(crate) struct Served {
     child: Child,
-    addr: String,
-    dir: TempDir,
+    pub(crate) addr: String,
+    pub(crate) dir: TempDir,
     signer: TestSigner,
 }
 
 impl Served {
     /// Starts the binary with `http` as the body of `[controller.http]`.
     fn start(http: &str) -> Served {
-        let dir = tempfile::tempdir().unwrap();
+        Served::launch(tempfile::tempdir().unwrap(), &stages_toml(http))
+    }
+
+    /// Starts the binary in `dir` (whose `state.db` may hold state already) with `stages` as
+    /// its pipeline file, the engine tests' accounts and pre-seeded SNS certificates.
+    pub(crate) fn launch(dir: TempDir, stages: &str) -> Served {
         let signer = TestSigner::new();
         std::fs::create_dir_all(dir.path().join("accounts")).unwrap();
         std::fs::create_dir_all(dir.path().join("certs")).unwrap();
         std::fs::write(dir.path().join("accounts/accounts.toml"), ACCOUNTS).unwrap();
         std::fs::write(dir.path().join("service.yaml"), "Resources: {}\n").unwrap();
-        std::fs::write(dir.path().join("stages.toml"), stages_toml(http)).unwrap();
+        std::fs::write(dir.path().join("stages.toml"), stages).unwrap();
         signer
             .seed_cache_dir_for(&dir.path().join("certs"), "eu-west-1")
             .unwrap();
@@ -62,11 +67,21 @@ impl Served {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The state database's URL.
+    pub(crate) fn state(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("state.db").display())
+    }
+
+    /// The binary's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn count(&self, sql: &str) -> i64 {
+    pub(crate) async fn count(&self, sql: &str) -> i64 {
         let url = format!(
             "sqlite://{}?mode=ro",
             self.dir.path().join("state.db").display()
