@@ -16,8 +16,16 @@
 //!   commit, its statements are rolled back to its savepoint; the other units are unaffected.
 //! - Units apply in the order they took the writer; each sees the units before it.
 //!
+//! - Any doubt about the connection's transaction state poisons the group: a step that changes
+//!   it (`BEGIN`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `COMMIT`) that failed, or whose caller
+//!   was cancelled before it finished (sqlx still runs a statement once it was sent), marks the
+//!   connection `dirty`; the next holder rolls the whole transaction back and fails every unit
+//!   of the group. A unit is never told `Ok` for work that was rolled back, nor committed half.
+//!
 //! # Caveats
-//! - A failed `COMMIT` fails every unit of its group (none of them is durable).
+//! - A failed `COMMIT`, or a poisoned group, fails every unit of it (none of them is durable).
+//! - A caller that stops waiting in [`WriteTx::commit`] after its unit was released does not
+//!   learn the outcome: the unit commits, or fails, with its group.
 //! - Reads on other connections see a unit only once its group committed.
 //! - Other processes (the CLI) write through SQLite's own locking, waiting for the group in
 //!   progress up to the busy timeout.
@@ -40,6 +48,9 @@ struct State {
     group: Option<watch::Sender<Outcome>>,
     /// A unit ended without committing: rolled back before the connection is used again.
     abandoned: bool,
+    /// A step that changes the transaction state did not finish (failed, or its caller was
+    /// cancelled): the state is unknown, so the group is rolled back before anything else.
+    dirty: bool,
 }
 
 struct Shared {
@@ -79,6 +90,7 @@ impl Writer {
                 conn,
                 group: None,
                 abandoned: false,
+                dirty: false,
             })),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -93,18 +105,25 @@ impl Writer {
     /// Starts a unit: waits for the writer, joins (or opens) the shared transaction.
     pub(super) async fn begin(&self) -> Result<WriteTx> {
         let mut state = self.shared.state.clone().lock_owned().await;
-        undo_abandoned(&mut state).await?;
+        settle(&mut state).await;
         if state.group.is_none() {
-            sqlx::query("BEGIN IMMEDIATE")
+            state.dirty = true;
+            if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
                 .execute(&mut state.conn)
-                .await?;
+                .await
+            {
+                poison(&mut state, &e.to_string()).await;
+                return Err(e.into());
+            }
             state.group = Some(watch::channel(None).0);
+            state.dirty = false;
         }
+        state.dirty = true;
         if let Err(e) = sqlx::query("SAVEPOINT unit").execute(&mut state.conn).await {
-            // Nothing of this unit to undo; the group stays for the committer.
-            self.shared.wake.notify_one();
+            poison(&mut state, &e.to_string()).await;
             return Err(e.into());
         }
+        state.dirty = false;
         Ok(WriteTx {
             state: Some(state),
             shared: self.shared.clone(),
@@ -112,15 +131,42 @@ impl Writer {
     }
 }
 
-/// Rolls back a unit that ended without committing.
-async fn undo_abandoned(state: &mut State) -> Result<()> {
-    if std::mem::take(&mut state.abandoned) {
-        sqlx::query("ROLLBACK TO unit")
-            .execute(&mut state.conn)
-            .await?;
-        sqlx::query("RELEASE unit").execute(&mut state.conn).await?;
+/// Brings the connection back to a known state before it is used: undoes an abandoned unit,
+/// or, when that fails or the state is unknown, rolls the whole group back.
+async fn settle(state: &mut State) {
+    if state.abandoned && !state.dirty {
+        state.dirty = true;
+        let undone = async {
+            sqlx::query("ROLLBACK TO unit")
+                .execute(&mut state.conn)
+                .await?;
+            sqlx::query("RELEASE unit").execute(&mut state.conn).await
+        }
+        .await;
+        match undone {
+            Ok(_) => {
+                state.abandoned = false;
+                state.dirty = false;
+            }
+            Err(e) => return poison(state, &format!("undoing an abandoned write: {e}")).await,
+        }
     }
-    Ok(())
+    if state.dirty {
+        poison(state, "a write was interrupted").await;
+    }
+}
+
+/// Rolls back whatever transaction the connection has open and fails its group's units. The
+/// `ROLLBACK`'s own error is ignored: it fails only when no transaction is open, which is the
+/// state wanted.
+async fn poison(state: &mut State, why: &str) {
+    state.dirty = true;
+    let _ = sqlx::query("ROLLBACK").execute(&mut state.conn).await;
+    if let Some(group) = state.group.take() {
+        group.send_replace(Some(Err(format!("rolled back: {why}"))));
+    }
+    state.abandoned = false;
+    state.dirty = false;
 }
 
 /// Commits each group once the units queued before the committer have joined it.
@@ -128,20 +174,18 @@ async fn commit_groups(shared: Arc<Shared>) {
     loop {
         shared.wake.notified().await;
         let mut state = shared.state.lock().await;
-        let undone = undo_abandoned(&mut state).await;
-        if let Some(group) = state.group.take() {
-            let committed = match undone {
-                Ok(()) => sqlx::query("COMMIT")
-                    .execute(&mut state.conn)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if committed.is_err() {
-                let _ = sqlx::query("ROLLBACK").execute(&mut state.conn).await;
+        settle(&mut state).await;
+        if state.group.is_some() {
+            state.dirty = true;
+            match sqlx::query("COMMIT").execute(&mut state.conn).await {
+                Ok(_) => {
+                    state.dirty = false;
+                    if let Some(group) = state.group.take() {
+                        group.send_replace(Some(Ok(())));
+                    }
+                }
+                Err(e) => poison(&mut state, &e.to_string()).await,
             }
-            group.send_replace(Some(committed));
         }
         drop(state);
         if shared.closed.load(Ordering::Acquire) {
@@ -163,11 +207,12 @@ impl WriteTx {
             .state
             .take()
             .ok_or(StoreError::Commit("unit already ended".into()))?;
+        state.dirty = true;
         if let Err(e) = sqlx::query("RELEASE unit").execute(&mut state.conn).await {
-            state.abandoned = true;
-            self.shared.wake.notify_one();
+            poison(&mut state, &e.to_string()).await;
             return Err(e.into());
         }
+        state.dirty = false;
         let mut done = match &state.group {
             Some(group) => group.subscribe(),
             None => return Err(StoreError::Commit("no transaction open".into())),
@@ -208,5 +253,118 @@ impl Deref for WriteTx {
 impl DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         &mut self.state.as_mut().expect("an open unit").conn
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    use super::*;
+
+    async fn pool(dir: &std::path::Path) -> SqlitePool {
+        let url = format!("sqlite://{}", dir.join("w.db").display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(3)
+            .connect_with(opts)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (v INTEGER NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool
+    }
+
+    async fn values(pool: &SqlitePool) -> Vec<i64> {
+        sqlx::query_scalar("SELECT v FROM t ORDER BY v")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn insert(writer: &Writer, v: i64) -> Result<()> {
+        let mut tx = writer.begin().await?;
+        sqlx::query("INSERT INTO t (v) VALUES ($1)")
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    #[tokio::test]
+    async fn a_unit_dropped_before_its_commit_leaves_nothing_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path()).await;
+        let writer = Writer::new(&pool).await.unwrap();
+        insert(&writer, 1).await.unwrap();
+        {
+            let mut tx = writer.begin().await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES (2)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Dropped: an error path that returned before commit.
+        }
+        insert(&writer, 3).await.unwrap();
+        assert_eq!(values(&pool).await, vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_begin_cancelled_while_waiting_for_the_database_does_not_stop_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path()).await;
+        let writer = Writer::new(&pool).await.unwrap();
+        // Another process holds SQLite's write lock (as the CLI does while it records a fact).
+        let mut other = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        // A request gives up while the writer's BEGIN waits for that lock; sqlx still runs the
+        // BEGIN once the lock is free, so the connection opens a transaction nobody owns.
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), writer.begin()).await;
+        assert!(gave_up.is_err(), "the begin was still waiting");
+        sqlx::query("INSERT INTO t (v) VALUES (10)")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        sqlx::query("COMMIT").execute(&mut *other).await.unwrap();
+        drop(other);
+        insert(&writer, 11).await.unwrap();
+        insert(&writer, 12).await.unwrap();
+        assert_eq!(values(&pool).await, vec![10, 11, 12]);
+    }
+
+    #[tokio::test]
+    async fn a_commit_cancelled_while_releasing_never_reports_rolled_back_work_as_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path()).await;
+        let writer = Writer::new(&pool).await.unwrap();
+        for round in 0..20 {
+            let mut tx = writer.begin().await.unwrap();
+            sqlx::query("INSERT INTO t (v) VALUES ($1)")
+                .bind(round)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Cancelled at whatever point the first poll reached.
+            let _ = tokio::time::timeout(Duration::ZERO, tx.commit()).await;
+            // Every write after it is told the truth: Ok means it is in the database.
+            let later = 1000 + round;
+            if insert(&writer, later).await.is_ok() {
+                assert!(values(&pool).await.contains(&later), "round {round}");
+            }
+        }
+        insert(&writer, 5000).await.unwrap();
+        assert!(values(&pool).await.contains(&5000));
     }
 }
