@@ -6,7 +6,8 @@
 //! rollback. It prints, per round and as percentiles: the controller's own figure (the
 //! `rollback-latency` event: alarm arrival to the deployer's first rollback call), the SNS
 //! route's answer time, and the wall-clock time from the POST to the rollback being finished.
-//! The target is a rollback call within 1 s of the alarm's arrival.
+//! The target (the design's): the first rollback call within 250 ms of the alarm's arrival at
+//! the 99th percentile.
 //!
 //! ```text
 //! cargo build -p tollgate --bin tollgate --example bench_rollback
@@ -32,7 +33,7 @@ use tollgate_testkit::sns::TestSigner;
 use tollgate_testkit::world::World;
 
 const MAX_ROUNDS: usize = 20;
-const TARGET: Duration = Duration::from_secs(1);
+const TARGET: Duration = Duration::from_millis(250);
 
 #[tokio::main]
 async fn main() {
@@ -202,7 +203,13 @@ async fn run() -> Result<()> {
         .iter()
         .map(|r| r.controller_ms.max(0) as u128)
         .collect();
-    let worst = calls.iter().copied().max().unwrap_or_default();
+    let p99 = {
+        let mut v = calls.clone();
+        v.sort_unstable();
+        v.get(((v.len().max(1) - 1) as f64 * 0.99).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "\nalarm arrival → first rollback call ({} rounds): {}",
         results.len(),
@@ -217,12 +224,12 @@ async fn run() -> Result<()> {
         ms(results.iter().map(|r| r.restored.as_millis()).collect())
     );
     println!(
-        "target: rollback call within {} ms of the alarm — {}",
+        "target: p99 ≤ {} ms from the alarm's arrival to the first rollback call — {}",
         TARGET.as_millis(),
-        if worst < TARGET.as_millis() {
-            "met in every round"
+        if p99 <= TARGET.as_millis() {
+            "PASS"
         } else {
-            "MISSED"
+            "FAIL"
         }
     );
     Ok(())
