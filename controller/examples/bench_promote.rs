@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use support::measure::{cpu_ms, pick, tick_ms, verdict};
 use support::proxy::{Proxy, union};
 use support::{Controller, REPO, STEP_LIMIT, deliver_push, free_port, random_secret, serve_args};
@@ -68,31 +68,7 @@ async fn main() {
 }
 
 fn args() -> Result<(PathBuf, usize)> {
-    let (mut tollgate, mut rounds) = (None, 10);
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--tollgate" => tollgate = it.next().map(PathBuf::from),
-            "--rounds" => {
-                let n = it.next().context("--rounds N")?;
-                rounds = n.parse().with_context(|| format!("--rounds {n}"))?;
-            }
-            other => {
-                bail!("unknown argument {other}; usage: bench_promote --tollgate PATH [--rounds N]")
-            }
-        }
-    }
-    ensure!(
-        (1..=MAX_ROUNDS).contains(&rounds),
-        "--rounds must be 1..={MAX_ROUNDS}"
-    );
-    let tollgate = tollgate.ok_or_else(|| anyhow!("--tollgate PATH is required"))?;
-    ensure!(
-        tollgate.is_file(),
-        "no tollgate binary at {}",
-        tollgate.display()
-    );
-    Ok((std::fs::canonicalize(tollgate)?, rounds))
+    support::binary_and_rounds("bench_promote", 10, MAX_ROUNDS)
 }
 
 // ----- one promotion ------------------------------------------------------------------------

@@ -407,6 +407,33 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// `--tollgate PATH [--rounds N]` from the command line: the binary (made absolute) and the
+/// number of rounds (`default` when not given, at most `max`). `program` names the usage.
+pub fn binary_and_rounds(program: &str, default: usize, max: usize) -> Result<(PathBuf, usize)> {
+    let (mut tollgate, mut rounds) = (None, default);
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tollgate" => tollgate = it.next().map(PathBuf::from),
+            "--rounds" => {
+                let n = it.next().context("--rounds N")?;
+                rounds = n.parse().with_context(|| format!("--rounds {n}"))?;
+            }
+            other => {
+                bail!("unknown argument {other}; usage: {program} --tollgate PATH [--rounds N]")
+            }
+        }
+    }
+    ensure!((1..=max).contains(&rounds), "--rounds must be 1..={max}");
+    let tollgate = tollgate.ok_or_else(|| anyhow::anyhow!("--tollgate PATH is required"))?;
+    ensure!(
+        tollgate.is_file(),
+        "no tollgate binary at {}",
+        tollgate.display()
+    );
+    Ok((std::fs::canonicalize(tollgate)?, rounds))
+}
+
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
