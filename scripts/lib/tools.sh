@@ -126,3 +126,60 @@ ensure_webhook_examples() {
       --save-exact "@octokit/webhooks-examples@$version"
   fi
 }
+
+# postgres_bindir: prints the directory of PostgreSQL's server programs (initdb, pg_ctl),
+# installing Debian's `postgresql` package when none is found; fails when it cannot.
+postgres_bindir() {
+  local dir
+  for dir in "$(pg_config --bindir 2>/dev/null || true)" /usr/lib/postgresql/*/bin; do
+    if [[ -n "$dir" && -x "$dir/initdb" && -x "$dir/pg_ctl" ]]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  apt_install postgresql >&2 || {
+    echo "error: PostgreSQL's server is required: install Debian's 'postgresql' package" >&2
+    return 1
+  }
+  for dir in /usr/lib/postgresql/*/bin; do
+    [[ -x "$dir/initdb" ]] && { echo "$dir"; return 0; }
+  done
+  return 1
+}
+
+# start_test_postgres DIR: starts a throwaway PostgreSQL cluster in DIR (created) on a free
+# loopback port, as an unprivileged user when run as root (PostgreSQL refuses root), with the
+# superuser `tollgate` and no password (trust, loopback only). Prints the server's URL
+# (postgres://tollgate@127.0.0.1:PORT/). Stop it with stop_test_postgres DIR.
+start_test_postgres() {
+  local dir="$1" bin port run=()
+  bin="$(postgres_bindir)" || return 1
+  mkdir -p "$dir"
+  if [[ "$(id -u)" == 0 ]]; then
+    local user=postgres
+    id "$user" >/dev/null 2>&1 || user=nobody
+    chown "$user" "$dir"
+    run=(runuser -u "$user" --)
+  fi
+  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "${run[@]}" "$bin/initdb" -D "$dir/data" -U tollgate --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 || {
+    cat "$dir/initdb.log" >&2
+    return 1
+  }
+  "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    >/dev/null || {
+    cat "$dir/server.log" >&2
+    return 1
+  }
+  echo "$bin" >"$dir/bindir"
+  echo "postgres://tollgate@127.0.0.1:$port/"
+}
+
+# stop_test_postgres DIR: stops the cluster start_test_postgres started there (if running).
+stop_test_postgres() {
+  local dir="$1" run=()
+  [[ -f "$dir/bindir" ]] || return 0
+  [[ "$(id -u)" == 0 ]] && run=(runuser -u "$(stat -c %U "$dir")" --)
+  "${run[@]}" "$(cat "$dir/bindir")/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+}

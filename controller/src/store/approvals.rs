@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 
 use super::{Reads, Result, Store, from_ms, ms};
 use crate::domain::{ReleaseId, RunStatus, StageRun};
@@ -147,7 +147,7 @@ fn token_query(filter: &str) -> String {
     )
 }
 
-fn token_row(r: &SqliteRow) -> TokenRecord {
+fn token_row(r: &AnyRow) -> TokenRecord {
     let opt = |c: &str| r.get::<Option<i64>, _>(c).map(from_ms);
     TokenRecord {
         hash: r.get("token_hash"),
@@ -302,12 +302,12 @@ impl Reads {
 }
 
 async fn live_token(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     request_key: &str,
     approver: Option<&str>,
 ) -> Result<Option<TokenRecord>> {
     let sql = token_query(
-        "t.request_key = $1 AND IFNULL(t.approver, '') = IFNULL($2, '') AND t.replaced_at IS NULL",
+        "t.request_key = $1 AND COALESCE(t.approver, '') = COALESCE($2, '') AND t.replaced_at IS NULL",
     );
     Ok(sqlx::query(&sql)
         .bind(request_key)
@@ -317,7 +317,7 @@ async fn live_token(
         .map(|r| token_row(&r)))
 }
 
-async fn insert_token(c: &mut SqliteConnection, t: &TokenRecord) -> Result<()> {
+async fn insert_token(c: &mut AnyConnection, t: &TokenRecord) -> Result<()> {
     sqlx::query(
         "INSERT INTO approval_tokens (token_hash, request_key, pipeline, release_id, stage, approver, csrf, created_at, expires_at, attempt)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",

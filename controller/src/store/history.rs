@@ -34,7 +34,7 @@ impl Store {
         .bind(&push.branch)
         .bind(&push.before)
         .bind(&push.after)
-        .bind(push.forced)
+        .bind(i64::from(push.forced))
         .bind(ms(now))
         .execute(&mut *tx)
         .await?;
@@ -75,7 +75,7 @@ impl Reads {
             let Some(link) = link else {
                 return Ok(None);
             };
-            if link.get::<bool, _>("forced") {
+            if link.get::<i64, _>("forced") != 0 {
                 return Ok(None);
             }
             at = link.get("before");
@@ -95,11 +95,12 @@ impl Reads {
     ) -> Result<bool> {
         let open = RunStatus::sql_set(|s| !s.is_terminal());
         let query = format!(
-            "SELECT EXISTS (SELECT 1 FROM stage_runs sr JOIN releases r ON r.id = sr.release_id \
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM stage_runs sr JOIN releases r ON r.id = sr.release_id \
              WHERE r.pipeline = $1 AND sr.stage = $2 AND sr.deploy_started IS NOT NULL \
-             AND sr.deploy_started - $3 <= $4 AND (sr.status IN ({open}) OR $4 <= sr.since))"
+             AND sr.deploy_started - $3 <= $4 AND (sr.status IN ({open}) OR $4 <= sr.since)) \
+             THEN 1 ELSE 0 END"
         );
-        let watched: bool = sqlx::query(&query)
+        let watched: i64 = sqlx::query(&query)
             .bind(pipeline)
             .bind(stage)
             .bind(lead.num_milliseconds())
@@ -107,7 +108,7 @@ impl Reads {
             .fetch_one(&self.pool)
             .await?
             .get(0);
-        Ok(watched)
+        Ok(watched != 0)
     }
 
     /// The pipeline's newest release (the last recorded).

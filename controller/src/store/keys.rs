@@ -17,7 +17,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::approvals::{hash_token, random};
 use super::{Reads, Result, Store, StoreError, from_ms, ms};
@@ -136,7 +136,7 @@ pub fn check_key_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-fn key_row(r: &SqliteRow) -> Result<ApiKey> {
+fn key_row(r: &AnyRow) -> Result<ApiKey> {
     let role: String = r.get("role");
     let opt = |c: &str| r.get::<Option<i64>, _>(c).map(from_ms);
     Ok(ApiKey {
@@ -363,7 +363,7 @@ mod tests {
     }
 
     async fn store(dir: &tempfile::TempDir) -> Store {
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let url = tollgate_testkit::state::url(dir.path());
         Store::open(&url).await.unwrap()
     }
 

@@ -14,7 +14,7 @@ fn sha(body: &str) -> String {
 }
 
 async fn store(dir: &tempfile::TempDir) -> Store {
-    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let url = tollgate_testkit::state::url(dir.path());
     Store::open(&url).await.unwrap()
 }
 

@@ -31,12 +31,11 @@ mod timings;
 mod writer;
 
 use std::ops::Deref;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
 
 use crate::domain::approval::contributor_set;
 use crate::domain::*;
@@ -52,7 +51,7 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("state database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported state URL `{0}`: use sqlite://PATH")]
+    #[error("unsupported state URL `{0}`: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     Url(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
@@ -60,6 +59,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("state database: the write was not committed: {0}")]
     Commit(String),
+    #[error("state database {0}: cannot connect: {1}")]
+    Connect(String, String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -73,9 +74,71 @@ pub struct Store {
 /// The store's read-only face.
 #[derive(Clone, Debug)]
 pub struct Reads {
-    pool: SqlitePool,
+    pool: AnyPool,
     writer: writer::Writer,
+    backend: Backend,
 }
+
+/// The database engine holding the state: SQLite (embedded, one controller) or PostgreSQL
+/// (several controllers, one of them leading). The SQL is the same for both except where
+/// [`Backend`] is matched on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The engine a state URL names: `sqlite:…` or `postgres://…` (`postgresql://…`).
+    pub fn of_url(url: &str) -> Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::Url(redact_url(url)))
+        }
+    }
+}
+
+/// A state URL fit for an error message or a log line: a PostgreSQL URL's password is
+/// replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        Err(_) if url.contains('@') => "(a URL that does not parse)".to_string(),
+        Err(_) => url.to_string(),
+    }
+}
+
+/// The SQLite URL with `mode=rwc` (create the file if absent) unless it names a mode. An
+/// in-memory database gets a name of its own, shared by the pool's connections (each is
+/// opened from the URL).
+fn sqlite_create_url(url: &str) -> String {
+    static MEMORY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if url.contains(":memory:") {
+        let n = MEMORY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "sqlite:file:tollgate-memory-{}-{n}?mode=memory&cache=shared",
+            std::process::id()
+        )
+    } else if url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// Every SQLite connection's settings: WAL, durable commits, foreign keys, and a busy
+/// timeout for other processes' writes (the CLI's).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+    PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 
 impl Deref for Store {
     type Target = Reads;
@@ -105,27 +168,46 @@ impl Store {
     /// Opens (creating if absent) the database at `url` (`sqlite://PATH` or `sqlite::memory:`)
     /// and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Store> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::Url(url.to_string()));
+        let backend = Backend::of_url(url)?;
+        sqlx::any::install_default_drivers();
+        let pool = match backend {
+            Backend::Sqlite => {
+                // The writer takes one connection out of the pool for good ([`writer`]); sqlx
+                // shares an in-memory database between its connections.
+                let max = if url.contains(":memory:") { 1 } else { 4 };
+                AnyPoolOptions::new()
+                    .max_connections(max)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(conn, SQLITE_PRAGMAS).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_create_url(url))
+                    .await
+                    .map_err(|e| match e {
+                        sqlx::Error::Configuration(_) => StoreError::Url(url.to_string()),
+                        e => e.into(),
+                    })?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|e| StoreError::Connect(redact_url(url), e.to_string()))?,
+        };
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations-postgres").run(&pool).await?,
         }
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|_| StoreError::Url(url.to_string()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        // The writer takes one connection out of the pool for good ([`writer`]); sqlx shares an
-        // in-memory database between its connections.
-        let max = if url.contains(":memory:") { 1 } else { 4 };
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        let writer = writer::Writer::new(&pool).await?;
+        let writer = writer::Writer::new(&pool, backend).await?;
         Ok(Store {
-            reads: Reads { pool, writer },
+            reads: Reads {
+                pool,
+                writer,
+                backend,
+            },
         })
     }
 
@@ -138,7 +220,7 @@ impl Store {
 
     /// Records a delivery id; false if it was seen before (the caller then changes nothing).
     async fn first_delivery(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut sqlx::AnyConnection,
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -322,7 +404,7 @@ impl Store {
         .bind(&a.stage)
         .bind(&a.approver)
         .bind(a.decision.as_str())
-        .bind(a.verified)
+        .bind(i64::from(a.verified))
         .bind(ms(now))
         .bind(&a.actor)
         .bind(i64::from(a.attempt))
@@ -442,7 +524,7 @@ impl Store {
             .bind(&a.pipeline)
             .bind(&a.stage)
             .bind(&a.alarm)
-            .bind(a.firing)
+            .bind(i64::from(a.firing))
             .bind(ms(now))
             .bind(a.changed_at.map(ms))
             .execute(&mut *tx)
@@ -892,13 +974,18 @@ impl Reads {
         Ok((last, pipelines))
     }
 
+    /// The engine holding the state.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Is the database reachable? (for `/readyz`)
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
     /// The connection pool, for tests that inspect rows directly.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
@@ -1013,8 +1100,44 @@ impl EffectOutcome {
     }
 }
 
+/// The tables whose ids the database assigns.
+pub(crate) const ID_TABLES: [&str; 10] = [
+    "releases",
+    "alarm_events",
+    "stage_history",
+    "rollback_requests",
+    "events",
+    "approval_tokens",
+    "retry_requests",
+    "approvals",
+    "stack_timings",
+    "stage_runs",
+];
+
+/// After rows were written with explicit ids (a copy, a test's seed): the ids the database
+/// assigns next follow the highest present. SQLite does so by itself (AUTOINCREMENT); a
+/// PostgreSQL identity is moved on here.
+pub(crate) async fn follow_explicit_ids(
+    c: &mut sqlx::AnyConnection,
+    backend: Backend,
+) -> Result<()> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    for table in ID_TABLES {
+        let column = if table == "stage_runs" { "rowid" } else { "id" };
+        sqlx::query(&format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
+             COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
+        ))
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The people pushes of `sha` named (kept by [`Store::record_push_contributors`]).
-async fn pushed_people(c: &mut sqlx::SqliteConnection, sha: &str) -> Result<Vec<Contributor>> {
+async fn pushed_people(c: &mut sqlx::AnyConnection, sha: &str) -> Result<Vec<Contributor>> {
     let row = sqlx::query("SELECT contributors FROM push_contributors WHERE sha = $1")
         .bind(sha)
         .fetch_optional(&mut *c)
@@ -1035,7 +1158,7 @@ fn first_line(s: &str) -> &str {
 
 #[allow(clippy::too_many_arguments)]
 async fn log(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     pipeline: &str,
     at: DateTime<Utc>,
     actor: &str,

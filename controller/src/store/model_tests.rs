@@ -82,7 +82,7 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
     let c = &mut *tx;
     for a in &b.snap.alarms {
         sqlx::query("INSERT INTO alarm_events (id, pipeline, stage, alarm, firing, at, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(a.id).bind(PIPELINE).bind(&a.stage).bind(&a.alarm).bind(a.firing).bind(ms(a.at)).bind(ms(a.changed_at))
+            .bind(a.id).bind(PIPELINE).bind(&a.stage).bind(&a.alarm).bind(i64::from(a.firing)).bind(ms(a.at)).bind(ms(a.changed_at))
             .execute(&mut *c).await?;
     }
     let retired = b.retired.iter().map(|(r, ..)| (r, false));
@@ -129,7 +129,7 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
     for a in approvals {
         sqlx::query("INSERT INTO approvals (pipeline, release_id, stage, approver, decision, verified, at, actor, attempt) VALUES ($1, $2, $3, $4, $5, $6, $7, 'test', $8)")
             .bind(PIPELINE).bind(a.release.0).bind(&a.stage).bind(&a.approver)
-            .bind(a.decision.as_str()).bind(a.verified).bind(ms(a.at)).bind(i64::from(a.attempt))
+            .bind(a.decision.as_str()).bind(i64::from(a.verified)).bind(ms(a.at)).bind(i64::from(a.attempt))
             .execute(&mut *c).await?;
     }
     if let Some(why) = &b.snap.paused {
@@ -143,24 +143,34 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
             .bind(r.id).bind(PIPELINE).bind(r.release.0).bind(&r.by)
             .execute(&mut *c).await?;
     }
+    super::follow_explicit_ids(c, store.backend).await?;
     tx.commit().await?;
     Ok(())
 }
 
-async fn insert_release(c: &mut sqlx::SqliteConnection, r: &Release, active: bool) -> Result<()> {
+/// The store for these tests: one in memory, or a fresh PostgreSQL database when the tests
+/// run against PostgreSQL.
+fn test_url() -> String {
+    match tollgate_testkit::state::postgres_server() {
+        Some(server) => tollgate_testkit::state::fresh_postgres_database(&server),
+        None => "sqlite::memory:".into(),
+    }
+}
+
+async fn insert_release(c: &mut sqlx::AnyConnection, r: &Release, active: bool) -> Result<()> {
     let bad = r.bad.as_ref();
     sqlx::query("INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, author_login, message, url, digest, created_at, bad_stage, bad_reason, alarm_override, window_override, failed, active, contributors, pulls_checked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)")
         .bind(r.id.0).bind(&r.pipeline).bind(&r.sha).bind(&r.branch).bind(&r.author_name)
         .bind(&r.author_email).bind(&r.author_login).bind(&r.message).bind(&r.url).bind(&r.digest)
         .bind(ms(r.created_at)).bind(bad.map(|b| b.stage.clone()))
         .bind(bad.map(|b| rows::reason_json(&b.reason))).bind(&r.alarm_override)
-        .bind(&r.window_override).bind(&r.failed).bind(active)
-        .bind(rows::contributors_json(&r.contributors)).bind(r.pulls_checked)
+        .bind(&r.window_override).bind(&r.failed).bind(i64::from(active))
+        .bind(rows::contributors_json(&r.contributors)).bind(i64::from(r.pulls_checked))
         .execute(&mut *c).await?;
     Ok(())
 }
 
-async fn seed_stage(c: &mut sqlx::SqliteConnection, s: &StageState) -> Result<()> {
+async fn seed_stage(c: &mut sqlx::AnyConnection, s: &StageState) -> Result<()> {
     if let Some(why) = &s.paused {
         rows::set_pause(c, PIPELINE, Some(&s.name), Some(why)).await?;
     }
@@ -250,7 +260,7 @@ fn shared() -> &'static (tokio::runtime::Runtime, Store) {
             .enable_all()
             .build()
             .unwrap();
-        let store = rt.block_on(Store::open("sqlite::memory:")).unwrap();
+        let store = rt.block_on(Store::open(&test_url())).unwrap();
         (rt, store)
     })
 }
@@ -312,7 +322,7 @@ fn the_comparison_sees_a_difference_when_there_is_one() {
         .enable_all()
         .build()
         .unwrap();
-    let store = rt.block_on(Store::open("sqlite::memory:")).unwrap();
+    let store = rt.block_on(Store::open(&test_url())).unwrap();
     let mut sim = Sim::new(crate::domain::tests::sim::three_stages());
     let r = sim.new_release();
     sim.settle();

@@ -2,37 +2,37 @@
 //!
 //! Owns only these conversions, so the domain's newtypes know nothing of SQL.
 
+use sqlx::any::{AnyTypeInfo, AnyValueRef};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::sqlite::{SqliteArgumentValue, SqliteTypeInfo, SqliteValueRef};
-use sqlx::{Decode, Encode, Sqlite, Type};
+use sqlx::{Any, Decode, Encode, Type};
 
 use crate::domain::names::*;
 
 macro_rules! sql_text {
     ($($t:ty),* $(,)?) => {$(
-        impl Type<Sqlite> for $t {
-            fn type_info() -> SqliteTypeInfo {
-                <String as Type<Sqlite>>::type_info()
+        impl Type<Any> for $t {
+            fn type_info() -> AnyTypeInfo {
+                <String as Type<Any>>::type_info()
             }
 
-            fn compatible(ty: &SqliteTypeInfo) -> bool {
-                <String as Type<Sqlite>>::compatible(ty)
+            fn compatible(ty: &AnyTypeInfo) -> bool {
+                <String as Type<Any>>::compatible(ty)
             }
         }
 
-        impl<'q> Encode<'q, Sqlite> for $t {
+        impl<'q> Encode<'q, Any> for $t {
             fn encode_by_ref(
                 &self,
-                buf: &mut Vec<SqliteArgumentValue<'q>>,
+                buf: &mut <Any as sqlx::Database>::ArgumentBuffer<'q>,
             ) -> Result<IsNull, BoxDynError> {
-                <String as Encode<'q, Sqlite>>::encode_by_ref(&self.as_str().to_owned(), buf)
+                <String as Encode<'q, Any>>::encode(self.as_str().to_owned(), buf)
             }
         }
 
-        impl<'r> Decode<'r, Sqlite> for $t {
-            fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-                Ok(<$t>::new(<String as Decode<'r, Sqlite>>::decode(value)?))
+        impl<'r> Decode<'r, Any> for $t {
+            fn decode(value: AnyValueRef<'r>) -> Result<Self, BoxDynError> {
+                Ok(<$t>::new(<String as Decode<'r, Any>>::decode(value)?))
             }
         }
     )*};

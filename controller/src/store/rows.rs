@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{Result, StoreError, from_ms, ms};
 use crate::domain::*;
@@ -42,7 +42,7 @@ pub(super) fn contributors_json(people: &[Contributor]) -> String {
     serde_json::to_string(people).unwrap_or_else(|_| "[]".into())
 }
 
-pub(super) fn release_row(r: &SqliteRow) -> Result<Release> {
+pub(super) fn release_row(r: &AnyRow) -> Result<Release> {
     let bad = match (
         r.get::<Option<String>, _>("bad_stage"),
         r.get::<Option<String>, _>("bad_reason"),
@@ -82,7 +82,7 @@ fn reason_of(text: String) -> Reason {
 
 /// A typed JSON column.
 fn json_column<T: serde::de::DeserializeOwned>(
-    r: &SqliteRow,
+    r: &AnyRow,
     table: &'static str,
     column: &str,
 ) -> Result<T> {
@@ -93,7 +93,7 @@ fn json_column<T: serde::de::DeserializeOwned>(
     })
 }
 
-pub(super) fn run_row(r: &SqliteRow) -> Result<StageRun> {
+pub(super) fn run_row(r: &AnyRow) -> Result<StageRun> {
     let status: String = r.get("status");
     Ok(StageRun {
         release: ReleaseId(r.get("release_id")),
@@ -110,7 +110,7 @@ pub(super) fn run_row(r: &SqliteRow) -> Result<StageRun> {
     })
 }
 
-fn effect_row(r: &SqliteRow) -> Result<EffectRecord> {
+fn effect_row(r: &AnyRow) -> Result<EffectRecord> {
     let status: String = r.get("status");
     Ok(EffectRecord {
         key: r.get("key"),
@@ -134,7 +134,7 @@ pub(super) fn reason_json(reason: &Reason) -> String {
     serde_json::to_string(reason).unwrap_or_else(|_| "{}".into())
 }
 
-fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
+fn approval_row(r: &AnyRow) -> Result<ApprovalRecord> {
     let d: String = r.get("decision");
     Ok(ApprovalRecord {
         release: ReleaseId(r.get("release_id")),
@@ -151,7 +151,7 @@ fn approval_row(r: &SqliteRow) -> Result<ApprovalRecord> {
 }
 
 pub(super) async fn load_snapshot(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     pipeline: &str,
     stages: &[StageName],
     since_alarms: DateTime<Utc>,
@@ -169,16 +169,22 @@ pub(super) async fn load_snapshot(
         .iter()
         .flat_map(|s| s.history.iter().map(|id| id.0))
         .collect();
-    let named = serde_json::to_string(&named).unwrap_or_else(|_| "[]".into());
+    // The releases named by a stage's history, one placeholder each (at most a few hundred:
+    // the history read is bounded).
+    let named_in = if named.is_empty() {
+        String::new()
+    } else {
+        let marks: Vec<String> = (0..named.len()).map(|i| format!("${}", i + 2)).collect();
+        format!(" OR id IN ({})", marks.join(", "))
+    };
     let sql = format!(
-        "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 AND (active = 1 OR id IN (SELECT value FROM json_each($2)))"
+        "SELECT {RELEASE_COLUMNS} FROM releases WHERE pipeline = $1 AND (active = 1{named_in})"
     );
-    for r in sqlx::query(&sql)
-        .bind(pipeline)
-        .bind(named)
-        .fetch_all(&mut *c)
-        .await?
-    {
+    let mut query = sqlx::query(&sql).bind(pipeline);
+    for id in &named {
+        query = query.bind(*id);
+    }
+    for r in query.fetch_all(&mut *c).await? {
         let rel = release_row(&r)?;
         snap.releases.insert(rel.id, rel);
     }
@@ -220,7 +226,7 @@ pub(super) async fn load_snapshot(
             id: r.get("id"),
             stage: r.get("stage"),
             alarm: r.get("alarm"),
-            firing: r.get("firing"),
+            firing: r.get::<i64, _>("firing") != 0,
             at: from_ms(r.get("at")),
             changed_at: from_ms(r.get("changed_at")),
         });
@@ -252,7 +258,7 @@ pub(super) const HISTORY_KEPT: i64 = 50;
 /// an entry older than the newest [`HISTORY_KEPT`] is not seen by that check, which only
 /// matters if the stage went back below the retried release 50 times since.
 async fn recent_history(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     pipeline: &str,
     stage: &str,
 ) -> Result<Vec<ReleaseId>> {
@@ -287,7 +293,7 @@ async fn recent_history(
     Ok(entries.into_values().map(ReleaseId).collect())
 }
 
-async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Result<StageState> {
+async fn stage_state(c: &mut AnyConnection, pipeline: &str, name: &str) -> Result<StageState> {
     let paused = pause_reason(c, pipeline, Some(name)).await?;
     let history = recent_history(c, pipeline, name).await?;
     let rollback_request = sqlx::query("SELECT id, actor FROM rollback_requests WHERE pipeline = $1 AND stage = $2 AND handled_at IS NULL ORDER BY id LIMIT 1")
@@ -308,7 +314,7 @@ async fn stage_state(c: &mut SqliteConnection, pipeline: &str, name: &str) -> Re
 }
 
 pub(super) async fn apply_one(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     pipeline: &str,
     a: &Action,
     now: DateTime<Utc>,
@@ -415,7 +421,7 @@ pub(super) async fn apply_one(
 /// Sends `release` again in `stages`: its failed or expired runs there go back to waiting
 /// under the next attempt (new idempotency keys for everything they do).
 async fn retry(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     request: i64,
     release: ReleaseId,
     stages: &[StageName],
@@ -438,7 +444,7 @@ async fn retry(
 }
 
 /// Brings a release back into the working set (the planner sees it again).
-pub(super) async fn activate(tx: &mut SqliteConnection, release: ReleaseId) -> Result<()> {
+pub(super) async fn activate(tx: &mut AnyConnection, release: ReleaseId) -> Result<()> {
     sqlx::query("UPDATE releases SET active = 1 WHERE id = $1")
         .bind(release.0)
         .execute(&mut *tx)
@@ -447,7 +453,7 @@ pub(super) async fn activate(tx: &mut SqliteConnection, release: ReleaseId) -> R
 }
 
 async fn handle_retry_request(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     request: i64,
     now: DateTime<Utc>,
 ) -> Result<()> {
@@ -459,8 +465,8 @@ async fn handle_retry_request(
     Ok(())
 }
 
-pub(super) async fn events(pool: &SqlitePool, pipeline: &str, limit: i64) -> Result<Vec<EventRow>> {
-    let rows = sqlx::query("SELECT * FROM (SELECT * FROM events WHERE pipeline = $1 ORDER BY id DESC LIMIT $2) ORDER BY id")
+pub(super) async fn events(pool: &AnyPool, pipeline: &str, limit: i64) -> Result<Vec<EventRow>> {
+    let rows = sqlx::query("SELECT * FROM (SELECT * FROM events WHERE pipeline = $1 ORDER BY id DESC LIMIT $2) AS newest ORDER BY id")
         .bind(pipeline)
         .bind(limit)
         .fetch_all(pool)
@@ -469,7 +475,7 @@ pub(super) async fn events(pool: &SqlitePool, pipeline: &str, limit: i64) -> Res
 }
 
 pub(super) async fn release_events(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     pipeline: &str,
     release: ReleaseId,
 ) -> Result<Vec<EventRow>> {
@@ -482,7 +488,7 @@ pub(super) async fn release_events(
     Ok(rows.iter().map(event_row).collect())
 }
 
-pub(super) fn event_row(r: &SqliteRow) -> EventRow {
+pub(super) fn event_row(r: &AnyRow) -> EventRow {
     EventRow {
         id: r.get("id"),
         at: from_ms(r.get("at")),
@@ -494,7 +500,7 @@ pub(super) fn event_row(r: &SqliteRow) -> EventRow {
     }
 }
 
-pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<Release>> {
+pub(super) async fn release(pool: &AnyPool, id: ReleaseId) -> Result<Option<Release>> {
     let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE id = $1");
     sqlx::query(&sql)
         .bind(id.0)
@@ -506,7 +512,7 @@ pub(super) async fn release(pool: &SqlitePool, id: ReleaseId) -> Result<Option<R
 
 /// Release `id` if it is one of `pipeline`'s.
 pub(super) async fn release_in(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     pipeline: &str,
     id: ReleaseId,
 ) -> Result<Option<Release>> {
@@ -521,7 +527,7 @@ pub(super) async fn release_in(
 }
 
 pub(super) async fn recent_runs(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     pipeline: &str,
     n: i64,
 ) -> Result<Vec<(Release, Vec<StageRun>)>> {
@@ -549,7 +555,7 @@ pub(super) async fn recent_runs(
 }
 
 pub(super) async fn effects_of(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     release: ReleaseId,
     stage: &str,
 ) -> Result<Vec<EffectRecord>> {
@@ -565,10 +571,7 @@ pub(super) async fn effects_of(
     .collect()
 }
 
-pub(super) async fn effects_with_prefix(
-    pool: &SqlitePool,
-    prefix: &str,
-) -> Result<Vec<EffectRecord>> {
+pub(super) async fn effects_with_prefix(pool: &AnyPool, prefix: &str) -> Result<Vec<EffectRecord>> {
     sqlx::query(
         "SELECT * FROM effects WHERE substr(key, 1, length($1)) = $1 ORDER BY started_at, key",
     )
@@ -581,7 +584,7 @@ pub(super) async fn effects_with_prefix(
 }
 
 pub(super) async fn approvals_of(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     release: ReleaseId,
     stage: &str,
 ) -> Result<Vec<ApprovalRecord>> {
@@ -596,7 +599,7 @@ pub(super) async fn approvals_of(
 }
 
 pub(super) async fn last_good(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     pipeline: &str,
     stage: &str,
 ) -> Result<Option<Release>> {
@@ -612,7 +615,7 @@ pub(super) async fn last_good(
 }
 
 pub(super) async fn in_flight(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     pipeline: &str,
     stage: &str,
 ) -> Result<Vec<(Release, StageRun)>> {
@@ -637,7 +640,7 @@ pub(super) async fn in_flight(
 }
 
 pub(super) async fn paused(
-    pool: &SqlitePool,
+    pool: &AnyPool,
     pipeline: &str,
     stage: &str,
 ) -> Result<(Option<String>, Option<String>)> {
@@ -649,7 +652,7 @@ pub(super) async fn paused(
 
 /// Why a pipeline (`stage` None) or one of its stages is paused; None when it runs.
 pub(super) async fn pause_reason(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     pipeline: &str,
     stage: Option<&str>,
 ) -> Result<Option<String>> {
@@ -673,7 +676,7 @@ pub(super) async fn pause_reason(
 
 /// Pauses (`reason` Some) or resumes (None) a pipeline (`stage` None) or one of its stages.
 pub(super) async fn set_pause(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     pipeline: &str,
     stage: Option<&str>,
     reason: Option<&str>,

@@ -7,7 +7,7 @@ use crate::domain::StageName;
 use crate::engine::facts::{Delivery, Ingested, NewRelease};
 
 async fn store(dir: &tempfile::TempDir) -> Store {
-    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let url = tollgate_testkit::state::url(dir.path());
     Store::open(&url).await.unwrap()
 }
 

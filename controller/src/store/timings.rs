@@ -16,7 +16,7 @@ use crate::domain::{STACK_TIMINGS_KEPT, StackHistory, StackKey, StackTiming};
 /// Records `timing` for the effect `key`, and forgets the stack's oldest rows beyond the
 /// kept number.
 pub(super) async fn record(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut sqlx::AnyConnection,
     key: &str,
     timing: &StackTiming,
     now: DateTime<Utc>,
@@ -116,7 +116,7 @@ mod tests {
     #[tokio::test]
     async fn a_stacks_last_timings_are_kept_with_the_outcome_and_read_back_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let url = tollgate_testkit::state::url(dir.path());
         let store = Store::open(&url).await.unwrap();
         sqlx::query("INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, message, created_at) VALUES (1, 'shop', 'abc', 'main', 'A', 'a@x', 'm', 0)")
             .execute(store.pool())

@@ -34,16 +34,33 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
 
-use super::{Result, StoreError};
+use super::{Backend, Result, StoreError};
+
+/// The PostgreSQL advisory lock every controller's writer holds for its group's transaction:
+/// writes are serialised across controllers as SQLite serialises them across processes, so a
+/// unit's reads and checks see every write committed before it (no lost update between two
+/// controllers recording facts at once).
+/// The key is "tollgate" in ASCII (0x746f6c6c67617465).
+const PG_WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(8390043843661231205)";
+
+/// The statements opening a group's transaction.
+fn begin_sql(backend: Backend) -> &'static [&'static str] {
+    match backend {
+        // IMMEDIATE: take SQLite's write lock now, so no statement of the group can be
+        // refused it later (deferred transactions that read first are refused at once).
+        Backend::Sqlite => &["BEGIN IMMEDIATE"],
+        Backend::Postgres => &["BEGIN", PG_WRITE_LOCK],
+    }
+}
 
 /// A group's end: `None` while open, then whether its commit succeeded.
 type Outcome = Option<std::result::Result<(), String>>;
 
 struct State {
-    conn: SqliteConnection,
+    conn: AnyConnection,
     /// The open shared transaction, if any.
     group: Option<watch::Sender<Outcome>>,
     /// A unit ended without committing: rolled back before the connection is used again.
@@ -55,6 +72,7 @@ struct State {
 
 struct Shared {
     state: Arc<Mutex<State>>,
+    begin: &'static [&'static str],
     wake: Notify,
     closed: AtomicBool,
 }
@@ -83,7 +101,7 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Takes one connection out of `pool` for writing and starts the committer.
-    pub(super) async fn new(pool: &SqlitePool) -> Result<Writer> {
+    pub(super) async fn new(pool: &AnyPool, backend: Backend) -> Result<Writer> {
         let conn = pool.acquire().await?.detach();
         let shared = Arc::new(Shared {
             state: Arc::new(Mutex::new(State {
@@ -92,6 +110,7 @@ impl Writer {
                 abandoned: false,
                 dirty: false,
             })),
+            begin: begin_sql(backend),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
         });
@@ -108,10 +127,14 @@ impl Writer {
         settle(&mut state).await;
         if state.group.is_none() {
             state.dirty = true;
-            if let Err(e) = sqlx::query("BEGIN IMMEDIATE")
-                .execute(&mut state.conn)
-                .await
-            {
+            let mut opened = Ok(());
+            for step in self.shared.begin {
+                opened = sqlx::query(step).execute(&mut state.conn).await.map(drop);
+                if opened.is_err() {
+                    break;
+                }
+            }
+            if let Err(e) = opened {
                 poison(&mut state, &e.to_string()).await;
                 return Err(e.into());
             }
@@ -242,39 +265,44 @@ impl Drop for WriteTx {
 }
 
 impl Deref for WriteTx {
-    type Target = SqliteConnection;
+    type Target = AnyConnection;
 
-    fn deref(&self) -> &SqliteConnection {
+    fn deref(&self) -> &AnyConnection {
         // Present until `commit` or drop, which consume the unit.
         &self.state.as_ref().expect("an open unit").conn
     }
 }
 
 impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
         &mut self.state.as_mut().expect("an open unit").conn
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
     use std::time::Duration;
 
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use sqlx::any::AnyPoolOptions;
 
     use super::*;
 
-    async fn pool(dir: &std::path::Path) -> SqlitePool {
-        let url = format!("sqlite://{}", dir.join("w.db").display());
-        let opts = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+    async fn pool(dir: &std::path::Path) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("w.db").display());
+        let pool = AnyPoolOptions::new()
             .max_connections(3)
-            .connect_with(opts)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(
+                        conn,
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await
             .unwrap();
         sqlx::query("CREATE TABLE t (v INTEGER NOT NULL)")
@@ -284,7 +312,7 @@ mod tests {
         pool
     }
 
-    async fn values(pool: &SqlitePool) -> Vec<i64> {
+    async fn values(pool: &AnyPool) -> Vec<i64> {
         sqlx::query_scalar("SELECT v FROM t ORDER BY v")
             .fetch_all(pool)
             .await
@@ -304,7 +332,7 @@ mod tests {
     async fn a_unit_dropped_before_its_commit_leaves_nothing_and_the_others_commit() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path()).await;
-        let writer = Writer::new(&pool).await.unwrap();
+        let writer = Writer::new(&pool, Backend::Sqlite).await.unwrap();
         insert(&writer, 1).await.unwrap();
         {
             let mut tx = writer.begin().await.unwrap();
@@ -322,7 +350,7 @@ mod tests {
     async fn a_begin_cancelled_while_waiting_for_the_database_does_not_stop_later_writes() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path()).await;
-        let writer = Writer::new(&pool).await.unwrap();
+        let writer = Writer::new(&pool, Backend::Sqlite).await.unwrap();
         // Another process holds SQLite's write lock (as the CLI does while it records a fact).
         let mut other = pool.acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE")
@@ -348,7 +376,7 @@ mod tests {
     async fn a_commit_cancelled_while_releasing_never_reports_rolled_back_work_as_durable() {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path()).await;
-        let writer = Writer::new(&pool).await.unwrap();
+        let writer = Writer::new(&pool, Backend::Sqlite).await.unwrap();
         for round in 0..20 {
             let mut tx = writer.begin().await.unwrap();
             sqlx::query("INSERT INTO t (v) VALUES ($1)")

@@ -16,4 +16,5 @@ pub mod hang;
 pub mod moto;
 pub mod serve;
 pub mod sns;
+pub mod state;
 pub mod world;
