@@ -36,6 +36,7 @@ fn main() {
             sns_cert_cache,
             metrics_listen,
             log_format,
+            lease_ttl,
         } => {
             init_logging(LogFormat::or_default(log_format));
             block_on(tollgate::cli::serve::run(tollgate::cli::serve::ServeArgs {
@@ -44,6 +45,7 @@ fn main() {
                 listen,
                 sns_cert_cache,
                 metrics_listen,
+                lease_ttl,
             }))
         }
         Command::Validate {

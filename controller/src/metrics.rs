@@ -179,6 +179,10 @@ pub struct Metrics {
     /// The oldest pending approval per (pipeline, stage) (`None`: none pending), for the age
     /// gauge at scrape time.
     pending_since: Mutex<HashMap<StageLabels, Option<DateTime<Utc>>>>,
+    /// 1 while this controller may reconcile and perform effects (sole, or leading), else 0.
+    leader: Gauge,
+    /// The leader lease's epoch as this controller last saw it (absent when sole).
+    leader_epoch: Family<[(&'static str, &'static str); 0], Gauge>,
 }
 
 /// The process's metrics.
@@ -217,6 +221,8 @@ impl Metrics {
             reconcile_lag: histograms(LAG_BUCKETS),
             run_started: Mutex::default(),
             pending_since: Mutex::default(),
+            leader: Gauge::default(),
+            leader_epoch: Family::default(),
         };
         m.register();
         m
@@ -289,6 +295,33 @@ impl Metrics {
             "From a pipeline's wake-up (a fact recorded, an effect finished, a deadline) to its reconcile finishing, by pipeline",
             self.reconcile_lag.clone(),
         );
+        r.register(
+            "leader",
+            "1 while this controller reconciles and performs effects (the only controller on its state, or the holder of the leader lease), 0 while another leads",
+            self.leader.clone(),
+        );
+        r.register(
+            "leader_epoch",
+            "The leader lease's epoch as this controller last saw it (one more at every change of leader; absent on a SQLite state)",
+            self.leader_epoch.clone(),
+        );
+        self.leader.set(1);
+    }
+
+    /// This controller's standing after a lease claim.
+    pub fn leadership(&self, standing: &crate::engine::Standing) {
+        use crate::engine::Standing;
+        let (acts, epoch) = match standing {
+            Standing::Sole => (true, None),
+            Standing::Leading { epoch, until } => {
+                (std::time::Instant::now() < *until, Some(*epoch))
+            }
+            Standing::Following { epoch, .. } => (false, *epoch),
+        };
+        self.leader.set(i64::from(acts));
+        if let Some(e) = epoch {
+            self.leader_epoch.get_or_create(&[]).set(e);
+        }
     }
 
     /// `run` moves to `to` at `now`: a run leaving `waiting` starts its observation, a run

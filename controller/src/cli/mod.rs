@@ -68,6 +68,11 @@ pub enum Command {
         /// JSON otherwise.
         #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum)]
         log_format: Option<LogFormat>,
+        /// With a PostgreSQL state shared by several controllers: how long the leader lease
+        /// lasts (renewed every fifth of it). Another controller takes over within this and a
+        /// fifth of it after the leader stops. Ignored on SQLite (one controller).
+        #[arg(long, env = "TOLLGATE_LEASE_TTL", default_value = "10s", value_parser = lease_ttl)]
+        lease_ttl: std::time::Duration,
     },
     /// Check stages.toml and the accounts file; exit 0 valid, 1 invalid, 2 unreadable.
     Validate {
@@ -256,6 +261,15 @@ pub struct StateArgs {
     /// The state database (created if absent).
     #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
     pub state: String,
+}
+
+/// A lease length: a duration such as `10s` or `1m`, from 1 s to 10 min.
+fn lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let d = crate::config::values::duration(text)?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(600) {
+        return Err(format!("{text}: a lease lasts from 1s to 10m"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use crate::aws::sns::SnsNotifier;
 use crate::aws::stack_waiters::StackWaiters;
 use crate::aws::sts::Credentials;
 use crate::config::{self, Account, Config};
+use crate::engine::Leadership;
 use crate::engine::{
     self, DeploymentReport, Engine, Forge, PortResult, Ports, SharedConfig, SystemClock,
 };
@@ -47,8 +48,8 @@ use crate::http::edge::Edge;
 use crate::http::server::AppState;
 use crate::http::sns::SnsState;
 use crate::http::sns_verify::CertCache;
-use crate::store::Store;
 use crate::store::lock::{Holder, ServeLock};
+use crate::store::{Backend, Store};
 use tokio::sync::mpsc;
 
 /// What `serve` needs to start.
@@ -61,6 +62,8 @@ pub struct ServeArgs {
     pub sns_cert_cache: Option<PathBuf>,
     /// Where `GET /metrics` is served; off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// The leader lease's length, on a PostgreSQL state ([`crate::engine::leader`]).
+    pub lease_ttl: std::time::Duration,
 }
 
 /// Runs the controller until SIGINT/SIGTERM. Returns the process exit code.
@@ -100,7 +103,11 @@ async fn start(args: ServeArgs) -> Result<()> {
     let shared = engine::shared_config(config.clone());
     let waiters = StackWaiters::new();
     let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
-    let engine = Engine::with_shared_config(store, shared, ports, Arc::new(SystemClock));
+    let leadership = match store.backend() {
+        Backend::Sqlite => Leadership::sole(),
+        Backend::Postgres => Leadership::elected(lease_holder(), args.lease_ttl),
+    };
+    let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
     let reconcilers = engine.spawn();
     if let Some(note) = &in_force {
         intake::note_config(&engine, &engine.config(), "controller", note).await;
@@ -152,6 +159,8 @@ async fn start(args: ServeArgs) -> Result<()> {
     for r in reconcilers.into_iter().chain(metrics) {
         r.abort();
     }
+    // Stopped on purpose: hand the lead over at once rather than when the lease runs out.
+    engine.step_down().await;
     served.context("HTTP server")
 }
 
@@ -339,4 +348,23 @@ impl Forge for NoForge {
         tracing::debug!(release = %r.release, stage = %r.environment, state = r.state.as_str(), "GitHub reporting is off");
         Ok(())
     }
+}
+
+/// This controller's name in the leader lease: host, process id and a random suffix (a
+/// restarted controller is a new holder, even with the same process id).
+fn lease_holder() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "controller".to_string());
+    format!(
+        "{host}/{}/{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }

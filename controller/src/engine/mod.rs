@@ -31,6 +31,7 @@ pub mod clock;
 mod exec;
 pub mod facts;
 mod ingest;
+pub mod leader;
 pub mod messages;
 pub mod ports;
 
@@ -50,6 +51,7 @@ use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use facts::*;
 pub use ingest::{Ingest, RetryVerdict};
+pub use leader::{Leadership, Standing};
 pub use ports::*;
 
 /// The configuration in force, replaceable while running (self-update, SIGHUP).
@@ -113,6 +115,8 @@ struct Inner {
     watching: AtomicBool,
     /// The effect deadline, in milliseconds.
     effect_deadline: AtomicU64,
+    /// Whether this controller may reconcile and perform effects ([`leader`]).
+    leadership: Leadership,
 }
 
 /// How often the event log is checked for facts another process wrote into the state
@@ -142,7 +146,14 @@ const MAX_ROUNDS: usize = 64;
 
 impl Engine {
     pub fn new(store: Store, config: Config, ports: Ports, clock: Arc<dyn Clock>) -> Engine {
-        Self::build(store, shared_config(config), ports, clock, None)
+        Self::build(
+            store,
+            shared_config(config),
+            ports,
+            clock,
+            None,
+            Leadership::sole(),
+        )
     }
 
     /// An engine over a configuration cell the adapters share (so they see reloads too).
@@ -152,7 +163,24 @@ impl Engine {
         ports: Ports,
         clock: Arc<dyn Clock>,
     ) -> Engine {
-        Self::build(store, config, ports, clock, None)
+        Self::build(store, config, ports, clock, None, Leadership::sole())
+    }
+
+    /// An engine that is one of several controllers on one state: it reconciles and performs
+    /// effects only while it holds the leader lease ([`Engine::spawn`] claims it), and its
+    /// reconciler's writes are fenced by the lease.
+    pub fn elected(
+        store: Store,
+        config: SharedConfig,
+        ports: Ports,
+        clock: Arc<dyn Clock>,
+        leadership: Leadership,
+    ) -> Engine {
+        let store = match leadership.fence() {
+            Some(fence) => store.fenced(fence),
+            None => store,
+        };
+        Self::build(store, config, ports, clock, None, leadership)
     }
 
     /// An engine that "crashes" after `fuse` steps (tests only).
@@ -163,7 +191,8 @@ impl Engine {
         clock: Arc<dyn Clock>,
         fuse: Arc<dyn CrashPoint>,
     ) -> Engine {
-        Self::build(store, shared_config(config), ports, clock, Some(fuse))
+        let sole = Leadership::sole();
+        Self::build(store, shared_config(config), ports, clock, Some(fuse), sole)
     }
 
     fn build(
@@ -172,6 +201,7 @@ impl Engine {
         ports: Ports,
         clock: Arc<dyn Clock>,
         fuse: Option<Arc<dyn CrashPoint>>,
+        leadership: Leadership,
     ) -> Engine {
         let ingest = Ingest::with_wakers(store, config, clock, Arc::default());
         Engine {
@@ -183,6 +213,7 @@ impl Engine {
                 fuse,
                 watching: AtomicBool::new(false),
                 effect_deadline: AtomicU64::new(millis(default_effect_deadline())),
+                leadership,
             }),
         }
     }
@@ -244,6 +275,10 @@ impl Engine {
             let engine = self.clone();
             tokio::spawn(async move { engine.watch_facts().await })
         });
+        let lease = (first && self.inner.leadership.is_elected()).then(|| {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.hold_lease().await })
+        });
         let loops: Vec<_> = self
             .config()
             .pipelines
@@ -255,7 +290,65 @@ impl Engine {
                 tokio::spawn(async move { engine.pipeline_loop(&name).await })
             })
             .collect();
-        loops.into_iter().chain(watch).collect()
+        loops.into_iter().chain(watch).chain(lease).collect()
+    }
+
+    /// Gives the leader lease up, if this controller holds it (it is stopping): another takes
+    /// over at its next claim instead of when the lease runs out.
+    pub async fn step_down(&self) {
+        let l = &self.inner.leadership;
+        if let Standing::Leading { epoch, .. } = l.standing() {
+            if let Some(fence) = l.fence() {
+                fence.clear();
+            }
+            match self
+                .store()
+                .release_lease(l.holder(), epoch, self.now())
+                .await
+            {
+                Ok(()) => tracing::info!(epoch, "leader lease released"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release the leader lease; it runs out")
+                }
+            }
+        }
+    }
+
+    /// This controller's standing: sole, leading or following.
+    pub fn leadership(&self) -> &Leadership {
+        &self.inner.leadership
+    }
+
+    /// Claims the leader lease every fifth of its length: renews it while leading, takes it
+    /// over once it expired. On becoming the leader every pipeline is woken, so effects the
+    /// previous leader left pending are taken up at once.
+    async fn hold_lease(&self) {
+        let l = &self.inner.leadership;
+        loop {
+            let started = std::time::Instant::now();
+            match self
+                .store()
+                .claim_lease(l.holder(), l.ttl(), self.now())
+                .await
+            {
+                Ok(claim) => {
+                    if l.record(&claim, started) {
+                        if let crate::store::lease::Claim::Held { epoch, .. } = claim {
+                            tracing::info!(holder = l.holder(), epoch, "this controller leads");
+                        }
+                        for p in self.config().pipelines.iter() {
+                            self.wake(&p.name);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim the leader lease");
+                    l.claim_failed();
+                }
+            }
+            crate::metrics::global().leadership(&l.standing());
+            tokio::time::sleep(l.claim_every()).await;
+        }
     }
 
     /// Wakes the pipelines that another process recorded a fact for: every fact comes with its
@@ -284,6 +377,10 @@ impl Engine {
         let waker = self.inner.ingest.wakers().get(name);
         let mut woke = std::time::Instant::now();
         loop {
+            if !self.inner.leadership.may_act() {
+                self.inner.leadership.until_may_act().await;
+                woke = std::time::Instant::now();
+            }
             // The lag runs from the earliest wake-up this reconcile answers (a fact recorded,
             // an effect finished), or from the loop's own waking (a deadline).
             let since = waker.take().map_or(woke, |w| w.min(woke));
@@ -367,6 +464,9 @@ impl Engine {
 
     /// Records the intent (if new) and runs the effect in its own task, unless it already runs.
     async fn start_effect(&self, e: Effect, snap: &crate::domain::Snapshot) -> EngineResult<()> {
+        if !self.inner.leadership.may_act() {
+            return Ok(());
+        }
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if !running.insert(e.key.to_string()) {
@@ -425,7 +525,9 @@ impl Engine {
     }
 
     async fn run_effect(&self, e: Effect, ctx: exec::Context) {
-        let outcome = if self.step().is_err() {
+        // A controller that lost the lead since the effect was started (paused past its lease)
+        // performs nothing: the record stays pending for the leader.
+        let outcome = if self.step().is_err() || !self.inner.leadership.may_act() {
             None
         } else {
             let deadline = self.effect_deadline();

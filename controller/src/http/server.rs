@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::sync::mpsc;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Standing};
 use crate::github::forge::GithubForge;
 use crate::github::webhook::WebhookSecrets;
 
@@ -111,7 +111,16 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         }
         _ => format!("configuration file {}", config.source_file.display()),
     };
-    (StatusCode::OK, format!("ready\n{source}\n"))
+    let lead = match state.engine.leadership().standing() {
+        Standing::Sole => String::new(),
+        Standing::Leading { epoch, .. } => format!("leader: this controller (epoch {epoch})\n"),
+        Standing::Following {
+            leader: Some(l),
+            epoch: Some(e),
+        } => format!("follower: {l} leads (epoch {e})\n"),
+        Standing::Following { .. } => "follower: no leader known yet\n".to_string(),
+    };
+    (StatusCode::OK, format!("ready\n{source}\n{lead}"))
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

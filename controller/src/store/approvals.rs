@@ -171,7 +171,7 @@ impl Store {
     /// the live one was already published. In one transaction: a live token never marked
     /// published (a send that crashed or failed before publishing) is replaced by the new one.
     pub async fn issue_approval_token(&self, t: &NewToken, now: DateTime<Utc>) -> Result<Issued> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_fenced().await?;
         if let Some(live) = live_token(&mut tx, &t.request_key, t.approver.as_deref()).await? {
             if live.published_at.is_some() || live.used_at.is_some() {
                 tx.commit().await?;
@@ -210,7 +210,7 @@ impl Store {
         hash: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_fenced().await?;
         sqlx::query("UPDATE approval_tokens SET published_at = $1 WHERE token_hash = $2 AND published_at IS NULL")
             .bind(ms(now))
             .bind(hash)

@@ -56,13 +56,13 @@ pub struct PipelineEvent {
 impl Reads {
     /// Every stage's known-good release, runs in flight and pause reasons.
     pub async fn overview(&self) -> Result<Overview> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_tx().await?;
         let mut out = Overview::default();
         let good = sqlx::query(
             "SELECT * FROM (SELECT h.pipeline AS h_pipeline, h.stage AS h_stage, r.*, \
              ROW_NUMBER() OVER (PARTITION BY h.pipeline, h.stage ORDER BY h.id DESC) AS n \
              FROM stage_history h JOIN releases r ON r.id = h.release_id \
-             WHERE r.bad_stage IS NULL) WHERE n = 1",
+             WHERE r.bad_stage IS NULL) AS good WHERE n = 1",
         )
         .fetch_all(&mut *tx)
         .await?;

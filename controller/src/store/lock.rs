@@ -160,8 +160,12 @@ impl ServeLock {
     }
 }
 
-/// The file of a SQLite state URL; `None` for an in-memory one.
+/// The file of a SQLite state URL; `None` for an in-memory one, and for a PostgreSQL state
+/// (where several controllers share the state, one leading: [`super::lease`]).
 fn database_file(url: &str) -> Result<Option<PathBuf>, LockError> {
+    if matches!(super::Backend::of_url(url), Ok(super::Backend::Postgres)) {
+        return Ok(None);
+    }
     if !url.starts_with("sqlite:") {
         return Err(LockError::Url(url.to_string()));
     }

@@ -18,6 +18,7 @@ pub mod history;
 pub mod keys;
 #[cfg(test)]
 mod known_good_tests;
+pub mod lease;
 pub mod lock;
 #[cfg(test)]
 mod migration_tests;
@@ -59,6 +60,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("state database: the write was not committed: {0}")]
     Commit(String),
+    #[error("refused: this controller no longer leads: {0}")]
+    Fenced(String),
     #[error("state database {0}: cannot connect: {1}")]
     Connect(String, String),
 }
@@ -77,6 +80,8 @@ pub struct Reads {
     pool: AnyPool,
     writer: writer::Writer,
     backend: Backend,
+    /// Set on the reconciler's store of a controller that may lose the lead ([`lease`]).
+    fence: Option<lease::Fence>,
 }
 
 /// The database engine holding the state: SQLite (embedded, one controller) or PostgreSQL
@@ -207,6 +212,7 @@ impl Store {
                 pool,
                 writer,
                 backend,
+                fence: None,
             },
         })
     }
@@ -767,7 +773,7 @@ impl Store {
         // One read transaction: every query sees the same state. Read one by one, an effect
         // finishing in between (its outcome and the release's digest written together) could
         // be seen half: the outcome without the digest, and the release failed for it.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.read_tx().await?;
         let snap = rows::load_snapshot(&mut tx, pipeline, stages, since_alarms).await?;
         tx.rollback().await?;
         Ok(snap)
@@ -780,7 +786,7 @@ impl Store {
         actions: &[Action],
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_fenced().await?;
         for a in actions.iter().filter(|a| a.is_state_change()) {
             rows::apply_one(&mut tx, pipeline, a, now).await?;
             log(
@@ -802,7 +808,7 @@ impl Store {
     /// Records the intent to perform an effect; false if it was recorded before.
     pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
         let spec = serde_json::to_string(&e.kind).unwrap_or_default();
-        let mut tx = self.write().await?;
+        let mut tx = self.write_fenced().await?;
         let r = sqlx::query(
             "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
         )
@@ -828,7 +834,7 @@ impl Store {
         outcome: &EffectOutcome,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
+        let mut tx = self.write_fenced().await?;
         let output =
             serde_json::to_string(&outcome.output).unwrap_or_else(|_| r#"{"kind":"none"}"#.into());
         let status = if outcome.ok {
@@ -901,7 +907,7 @@ impl Store {
                 "template sha256 {sha256} does not match its body ({actual})"
             )));
         }
-        let mut tx = self.write().await?;
+        let mut tx = self.write_fenced().await?;
         sqlx::query("INSERT INTO templates (sha256, body, stored_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(sha256)
             .bind(body)
@@ -919,6 +925,19 @@ impl Reads {
     /// (`&mut *tx`), then `tx.commit().await?`: it returns once the write is durable.
     async fn write(&self) -> Result<writer::WriteTx> {
         self.writer.begin().await
+    }
+
+    /// A read transaction whose queries all see one state. SQLite's transactions do; a
+    /// PostgreSQL transaction must ask for it (its default gives each statement a snapshot of
+    /// its own).
+    async fn read_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 }
 
