@@ -18,14 +18,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tollgate::domain::{Decision, RunStatus};
-use tollgate::engine::{Ingested, ManualClock};
-use tollgate_testkit::fakes::Fakes;
+use tollgate::engine::Ingested;
 
 use crate::edge_serve::Served;
 use crate::engine_support::{Harness, STAGES, delivery, release, settle, status};
@@ -518,11 +516,7 @@ async fn api_serve_idempotent_posts_answer_once_and_change_nothing_on_repeat() {
 /// Release 1 (by carol) reaches Prod's approval, then release 2 (by alice) supersedes it
 /// there; both on the engine with fakes, over `dir`'s state file at the real time.
 async fn two_releases_at_prod_approval() -> tempfile::TempDir {
-    let h = Harness {
-        dir: tempfile::tempdir().unwrap(),
-        fakes: Fakes::new(),
-        clock: Arc::new(ManualClock::new(chrono::Utc::now())),
-    };
+    let h = Harness::sqlite_at(chrono::Utc::now());
     let engine = h.engine(None).await;
     let mut by_alice = release(2);
     by_alice.author_name = "Alice".into();

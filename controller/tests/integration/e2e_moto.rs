@@ -115,8 +115,8 @@ impl Rig {
         moto.recorder_clear().await.expect("recorder cleared");
         let config = world.config().expect("the world's stages.toml is valid");
         let state = tempfile::tempdir().expect("state dir");
-        let url = format!("sqlite://{}", state.path().join("state.db").display());
-        let store = Store::open(&url).await.expect("SQLite store");
+        let url = tollgate_testkit::state::url(state.path());
+        let store = Store::open(&url).await.expect("state store");
         let shared = shared_config(config.clone());
         let (base, limiter, proxy) = match hang_first {
             None => (moto.sdk_config(), Limiter::default(), None),

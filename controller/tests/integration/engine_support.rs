@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use tollgate::config::{self, Config};
 use tollgate::domain::{Decision, ReleaseId, RunStatus, StageRun};
 use tollgate::engine::{Delivery, NewAlarm, NewApproval, NewRelease};
@@ -122,19 +122,37 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub fakes: Fakes,
     pub clock: Arc<ManualClock>,
+    /// SQLite in `dir`, or a PostgreSQL database of its own (TOLLGATE_TEST_POSTGRES).
+    state: String,
 }
 
 impl Harness {
     pub fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tollgate_testkit::state::url(dir.path());
         Harness {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             fakes: Fakes::new(),
             clock: Arc::new(ManualClock::new(start_time())),
+            state,
+        }
+    }
+
+    /// A harness on a SQLite file in `dir` (`dir/state.db`) whatever the engine under test,
+    /// its clock at `start`: for tests that hand that file to a `tollgate` process.
+    pub fn sqlite_at(start: DateTime<Utc>) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let state = format!("sqlite://{}", dir.path().join("state.db").display());
+        Harness {
+            dir,
+            fakes: Fakes::new(),
+            clock: Arc::new(ManualClock::new(start)),
+            state,
         }
     }
 
     pub fn db_url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("state.db").display())
+        self.state.clone()
     }
 
     pub async fn engine(&self, fuse: Option<Arc<Fuse>>) -> Engine {
