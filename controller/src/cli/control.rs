@@ -38,6 +38,8 @@ pub enum Control {
     Resume {
         pipeline: String,
         stage: Option<String>,
+        /// Why, when given (the API requires one and keeps it in the event log with the call).
+        reason: Option<String>,
     },
     Rollback {
         pipeline: String,
@@ -238,9 +240,16 @@ async fn apply(
                 place(pipeline, stage)
             )
         }
-        Control::Resume { pipeline, stage } => {
+        Control::Resume {
+            pipeline,
+            stage,
+            reason,
+        } => {
             ingest.resume(pipeline, stage.as_deref(), actor).await?;
-            format!("{} resumed", place(pipeline, stage))
+            match reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+                Some(why) => format!("{} resumed (reason: {why})", place(pipeline, stage)),
+                None => format!("{} resumed", place(pipeline, stage)),
+            }
         }
         Control::Rollback { pipeline, stage } => {
             // The request is bound to what the stage runs now: the same command repeated
