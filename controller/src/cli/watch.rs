@@ -10,7 +10,7 @@
 //!
 //! A server that does not answer, or answers 5xx, is reported and asked again at the next
 //! tick (a controller restarting does not end the watch); a refusal (4xx: a revoked key, say)
-//! ends it with exit code 1.
+//! ends it with exit code 1. Stdout closed (`| head`) ends it with 0.
 //!
 //! Must never: write anything but to stdout and stderr.
 
@@ -52,8 +52,8 @@ pub async fn run(source: &Source, tty: bool, out: &mut dyn Write, err: &mut dyn 
             Err(f @ Failure::Refused(_)) => return f.report(err),
             Err(Failure::CannotRun(m)) => Some(m),
         };
-        if tty {
-            let _ = frame(latest.as_ref(), problem.as_deref(), now, out);
+        let written = if tty {
+            frame(latest.as_ref(), problem.as_deref(), now, out)
         } else {
             if problem.is_some() && problem != trouble {
                 let _ = writeln!(
@@ -62,14 +62,29 @@ pub async fn run(source: &Source, tty: bool, out: &mut dyn Write, err: &mut dyn 
                     problem.as_deref().unwrap_or_default()
                 );
             }
-            if let Some(s) = latest.as_ref().filter(|s| changed(shown.as_ref(), s)) {
-                let _ = block(s, now, out);
-                shown = latest.clone();
+            match latest.as_ref().filter(|s| changed(shown.as_ref(), s)) {
+                Some(s) => {
+                    let w = block(s, now, out);
+                    shown = latest.clone();
+                    w
+                }
+                None => Ok(()),
             }
-        }
+        };
         trouble = problem;
-        let _ = out.flush();
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            return stopped_writing(&e, err);
+        }
     }
+}
+
+/// Stdout closed (`| head`): done (0). Another write failure: could not run (2).
+fn stopped_writing(e: &std::io::Error, err: &mut dyn Write) -> i32 {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        return 0;
+    }
+    let _ = writeln!(err, "error: cannot write the status: {e}");
+    2
 }
 
 /// Whether `next` differs from what was `shown` in what it says (the typed state), not in
