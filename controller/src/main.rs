@@ -229,7 +229,10 @@ async fn status(files: &StateArgs, remote: RemoteArgs, json: bool, watch: bool) 
     let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
     let source = match client(&remote) {
         Err(code) => return code,
-        Ok(Some(c)) => Source::Remote(c),
+        Ok(Some(c)) => match Source::remote(c).await {
+            Ok(s) => s,
+            Err(f) => return f.report(err),
+        },
         Ok(None) => match Source::local(&files.config, &files.state).await {
             Ok(s) => s,
             Err(f) => return f.report(err),

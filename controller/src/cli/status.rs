@@ -98,8 +98,8 @@ pub enum Source {
         config: Box<Config>,
         source: String,
     },
-    /// A controller's API.
-    Remote(Client),
+    /// A controller's API, with where its configuration came from when the command started.
+    Remote { client: Client, source: String },
 }
 
 impl Source {
@@ -120,6 +120,16 @@ impl Source {
         })
     }
 
+    /// `client`'s controller; asks once where its configuration comes from (`GET
+    /// /api/v1/config`, which validates the source again, so not at every watch tick).
+    pub async fn remote(client: Client) -> Result<Source, Failure> {
+        let config: ConfigView = client.get("/api/v1/config").await?;
+        Ok(Source::Remote {
+            client,
+            source: source_line(&config),
+        })
+    }
+
     /// The state now.
     pub async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, Failure> {
         match self {
@@ -136,11 +146,10 @@ impl Source {
                     rows,
                 })
             }
-            Source::Remote(client) => {
+            Source::Remote { client, source } => {
                 let views: Vec<PipelineView> = client.get("/api/v1/pipelines").await?;
-                let config: ConfigView = client.get("/api/v1/config").await?;
                 Ok(Snapshot {
-                    source: source_line(&config),
+                    source: source.clone(),
                     rows: rows(&views, now),
                 })
             }

@@ -7,13 +7,16 @@
 //!   direct mode prints, and exit 1 on a refusal with the problem's title and detail, 2 with no
 //!   key or no server. The key never appears in any output.
 //! - `status --watch` with stdout not a terminal, local and remote: a plain block at start,
-//!   one more only when the state changed, no escape code, exit 0 on Ctrl-C (SIGINT).
+//!   one more only when the state changed, no escape code, exit 0 on Ctrl-C (SIGINT); and on
+//!   a pseudo-terminal (`script`): redrawn in place every second, the approval's countdown
+//!   moving, exit 0 on Ctrl-C typed into the terminal.
 //! - Refused calls (401, 403, 429) to mutating routes are counted in
 //!   `tollgate_api_refused_total{route,status}`, read with the Prometheus project's parser from
 //!   `GET /metrics` on the API port, which needs a valid key (401 without).
 //!
 //! AWS is never reached (a closed loopback port); every wait is bounded.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -426,4 +429,79 @@ async fn api_remote_refused_calls_are_counted_and_metrics_on_the_api_port_need_a
         7.0,
         "reads are not counted"
     );
+}
+
+/// `tollgate status --watch` on a terminal: run under `script` (util-linux), which gives it a
+/// pseudo-terminal; Ctrl-C is the byte 0x03 typed into that terminal.
+#[tokio::test]
+async fn api_remote_status_watch_on_a_terminal_redraws_in_place_with_a_live_countdown() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = two_releases_at_prod_approval().await;
+    let served = Served::launch(dir, &stages(ROOMY));
+    let view = key(&served, "dash", "viewer", &[]);
+    let watch = format!("{} status --watch", env!("CARGO_BIN_EXE_tollgate"));
+    let mut child = Command::new("script")
+        .args(["-qfec", &watch, "/dev/null"])
+        .env("TOLLGATE_SERVER", served.url(""))
+        .env("TOLLGATE_API_KEY", &view)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().unwrap();
+    let into = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    let deadline = Instant::now() + BOUND;
+    // Four frames: three whole ones, each between two clears.
+    while screen.lock().unwrap().matches(CLEAR).count() < 4 {
+        assert!(Instant::now() < deadline, "{:?}", screen.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.stdin.as_mut().unwrap().write_all(b"\x03").unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "Ctrl-C ends the watch with 0");
+    let screen = screen.lock().unwrap().clone();
+    assert!(screen.starts_with(CLEAR), "{screen:?}");
+    let frames: Vec<&str> = screen.split(CLEAR).skip(1).take(3).collect();
+    let countdowns: BTreeSet<&str> = frames
+        .iter()
+        .map(|f| {
+            let prod = f
+                .lines()
+                .find(|l| l.starts_with("backend      prod"))
+                .unwrap();
+            assert!(
+                prod.contains("awaiting approval: 0 of 1, expires in "),
+                "{prod}"
+            );
+            let at = prod.rfind('(').unwrap();
+            assert!(prod.ends_with("left)"), "{prod}");
+            &prod[at..]
+        })
+        .collect();
+    assert!(countdowns.len() >= 2, "the countdown moves: {countdowns:?}");
+    assert!(!screen.contains(&view));
 }
