@@ -240,6 +240,13 @@ fn routes() -> Vec<(
         ("GET", "/api/v1/events?pipeline=backend", None, None),
         ("GET", "/api/v1/config", None, None),
         (
+            "GET",
+            "/api/v1/pipelines/backend/history?limit=5",
+            None,
+            None,
+        ),
+        ("GET", "/metrics", None, None),
+        (
             "POST",
             "/api/v1/pipelines/backend/releases/r999/stages/prod/approve",
             Some(json!({})),
