@@ -326,6 +326,61 @@ mod tests {
         assert_eq!(body, Some(json!({"which": "window", "reason": "hotfix"})));
     }
 
+    /// A loopback server that answers every request with `status` and `body`, as a problem.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_4xx_is_refused_and_a_5xx_or_no_server_cannot_run_each_with_the_problem() {
+        let problem = r#"{"title":"Temporarily unavailable","detail":"GitHub did not answer"}"#;
+        let url = answering("503 Service Unavailable", problem).await;
+        let c = Client::new(&url, Some("tg_k")).unwrap();
+        let f = c
+            .post("/api/v1/pipelines/p/promote", None)
+            .await
+            .unwrap_err();
+        let said = "error: Temporarily unavailable: GitHub did not answer";
+        assert_eq!(f, Failure::CannotRun(said.into()));
+        let problem = r#"{"title":"Not found","detail":"there is no pipeline `p`"}"#;
+        let url = answering("404 Not Found", problem).await;
+        let c = Client::new(&url, Some("tg_k")).unwrap();
+        let f = c.get::<Value>("/api/v1/pipelines/p").await.unwrap_err();
+        let said = "error: Not found: there is no pipeline `p`";
+        assert_eq!((f.code(), f.message()), (1, said));
+        let url = answering("502 Bad Gateway", "<html>proxy</html>").await;
+        let c = Client::new(&url, Some("tg_k")).unwrap();
+        let f = c.get::<Value>("/api/v1/pipelines").await.unwrap_err();
+        assert_eq!(f.code(), 2);
+        assert!(f.message().contains("answered 502 Bad Gateway"), "{f:?}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let c = Client::new(&url, Some("tg_k")).unwrap();
+        let f = c.get::<Value>("/api/v1/pipelines").await.unwrap_err();
+        assert_eq!(f.code(), 2);
+        assert!(
+            f.message()
+                .starts_with("error: cannot reach http://127.0.0.1:"),
+            "{f:?}"
+        );
+        assert!(!f.message().contains("tg_k"));
+    }
+
     #[test]
     fn no_key_cannot_run_and_says_where_the_key_comes_from() {
         for key in [None, Some("")] {
