@@ -1,7 +1,8 @@
 //! The `tollgate` binary: the command line's entry point.
 //!
 //! Owns: parsing the arguments ([`tollgate::cli::Cli`]) and handing each command to the library
-//! function that carries it out (`tollgate::cli::{serve, validate, status, control}`); setting
+//! function that carries it out (`tollgate::cli::{serve, validate, status, watch, control,
+//! remote}`; `remote` when `--server`/`TOLLGATE_SERVER` is given); setting
 //! up logging for `serve` (`--log-format json|text`); the tokio runtime; and the process's exit code.
 //!
 //! Exit codes:

@@ -10,7 +10,9 @@
 //! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
 //! state that does not allow it), 2 the configuration or the state database cannot be read.
 //!
-//! [`carry_out`] is shared with the API (`/api/v1`), which records the same facts.
+//! [`carry_out`] is shared with the API (`/api/v1`), which records the same facts. With
+//! `--server` the same [`Control`] is sent to the API instead ([`crate::cli::remote`]), whose
+//! answer carries what [`carry_out`] said, so both ways print the same.
 //!
 //! Must never: write the state database except through the ingest API, or decide what the
 //! controller does with a fact (that is the planner's, at its next reconcile).
