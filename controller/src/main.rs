@@ -1,31 +1,31 @@
 //! The `tollgate` binary: the command line's entry point.
 //!
 //! Owns: parsing the arguments ([`tollgate::cli::Cli`]) and handing each command to the library
-//! function that carries it out (`tollgate::cli::{serve, validate, status, control}`); setting
+//! function that carries it out (`tollgate::cli::{serve, validate, status, watch, control,
+//! remote}`; `remote` when `--server`/`TOLLGATE_SERVER` is given); setting
 //! up logging for `serve` (`--log-format json|text`); the tokio runtime; and the process's exit code.
 //!
 //! Exit codes:
 //! - 0: done. `serve` stopped on SIGINT or SIGTERM; `validate` found the files valid; a control
 //!   command (`pause`, `resume`, `rollback`, `retry`, `override`) was done or already done;
-//!   `keys` did what was asked; the API accepted `approve`, `reject` or `promote`.
+//!   `keys` did what was asked; the API accepted `approve`, `reject` or `promote`; `status`
+//!   and `history` printed; `status --watch` was stopped with Ctrl-C.
 //! - 1: refused. `validate` found the files invalid; a control command named an unknown
 //!   pipeline, stage or release, or the state does not allow it (nothing changed); `keys`
-//!   refused a name, role or approver; the API refused `approve`, `reject` or `promote` (4xx).
+//!   refused a name, role or approver; with `--server`, the API refused the call (4xx: the
+//!   problem's title and detail are printed).
 //! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
-//!   database that cannot be opened, `serve` failing to start, no runtime; for the API's
-//!   commands no `TOLLGATE_API_KEY`, an unreachable server or a 5xx.
+//!   database that cannot be opened, `serve` failing to start, no runtime; with `--server`
+//!   (and for `approve`, `reject`, `promote`), no `TOLLGATE_API_KEY`, an unreachable server
+//!   or a 5xx.
 //!
 //! Must never: decide anything about a pipeline or write to the state database itself (every
 //! command's work lives in the library, where it is tested); print a secret; end the process
 //! anywhere but at the end of [`main`], with the code the command returned.
 
-use std::path::Path;
-
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command, KeysCommand, LogFormat, StateArgs};
-use tollgate::config;
-use tollgate::store::Store;
+use tollgate::cli::{Cli, Command, KeysCommand, LogFormat, RemoteArgs, StateArgs};
 
 fn main() {
     let cli = Cli::parse();
@@ -58,20 +58,36 @@ fn main() {
         Command::Schema { accounts } => {
             tollgate::cli::validate::schema(accounts, &mut std::io::stdout())
         }
-        Command::Status { files, json } => block_on(status(&files.config, &files.state, json)),
+        Command::Status {
+            files,
+            json,
+            watch,
+            remote,
+        } => block_on(status(&files, remote, json, watch)),
         Command::History {
             pipeline,
             state,
             limit,
             json,
-        } => block_on(history(&pipeline, &state, limit, json)),
+            remote,
+        } => block_on(async {
+            let client = match client(&remote) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+            let what = (pipeline.as_str(), limit, json);
+            tollgate::cli::status::run_history(client.as_ref(), &state, what, out, err).await
+        }),
         Command::Pause {
             pipeline,
             stage,
             reason,
             files,
+            remote,
         } => control(
             &files,
+            &remote,
             Control::Pause {
                 pipeline,
                 stage,
@@ -81,18 +97,30 @@ fn main() {
         Command::Resume {
             pipeline,
             stage,
+            reason,
             files,
-        } => control(&files, Control::Resume { pipeline, stage }),
+            remote,
+        } => control(
+            &files,
+            &remote,
+            Control::Resume {
+                pipeline,
+                stage,
+                reason,
+            },
+        ),
         Command::Rollback {
             pipeline,
             stage,
             files,
-        } => control(&files, Control::Rollback { pipeline, stage }),
+            remote,
+        } => control(&files, &remote, Control::Rollback { pipeline, stage }),
         Command::Retry {
             pipeline,
             release,
             files,
-        } => control(&files, Control::Retry { pipeline, release }),
+            remote,
+        } => control(&files, &remote, Control::Retry { pipeline, release }),
         Command::Override {
             pipeline,
             release,
@@ -100,6 +128,7 @@ fn main() {
             window: _,
             reason,
             files,
+            remote,
         } => {
             let which = if alarms {
                 tollgate::engine::Override::Alarms
@@ -108,6 +137,7 @@ fn main() {
             };
             control(
                 &files,
+                &remote,
                 Control::Override {
                     pipeline,
                     release,
@@ -154,7 +184,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn control(files: &StateArgs, c: Control) -> i32 {
+/// A control command: through the API with `--server`, else on the state database.
+fn control(files: &StateArgs, remote: &RemoteArgs, c: Control) -> i32 {
+    if let Some(server) = &remote.server {
+        return self::remote((server.clone(), tollgate::cli::remote::Remote::Control(c)));
+    }
     let actor = tollgate::cli::control::actor();
     block_on(async {
         tollgate::cli::control::run(
@@ -169,6 +203,18 @@ fn control(files: &StateArgs, c: Control) -> i32 {
     })
 }
 
+/// The API client when `--server` is given (`Ok(None)` without it), or the exit code of why
+/// there is none (reported).
+fn client(remote: &RemoteArgs) -> Result<Option<tollgate::cli::remote::Client>, i32> {
+    let Some(server) = &remote.server else {
+        return Ok(None);
+    };
+    let key = std::env::var("TOLLGATE_API_KEY").ok();
+    tollgate::cli::remote::Client::new(server, key.as_deref())
+        .map(Some)
+        .map_err(|f| f.report(&mut std::io::stderr()))
+}
+
 fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(f),
@@ -179,60 +225,27 @@ fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
     }
 }
 
-async fn open(state: &str) -> Option<Store> {
-    match Store::open(state).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("error: {e}");
-            None
-        }
-    }
-}
-
-async fn status(config_path: &Path, state: &str, json: bool) -> i32 {
-    let loaded = match config::load(config_path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return 2;
-        }
+/// `tollgate status [--json | --watch]`, through the API or on the state database.
+async fn status(files: &StateArgs, remote: RemoteArgs, json: bool, watch: bool) -> i32 {
+    use std::io::IsTerminal;
+    use tollgate::cli::status::Source;
+    let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
+    let source = match client(&remote) {
+        Err(code) => return code,
+        Ok(Some(c)) => match Source::remote(c).await {
+            Ok(s) => s,
+            Err(f) => return f.report(err),
+        },
+        Ok(None) => match Source::local(&files.config, &files.state).await {
+            Ok(s) => s,
+            Err(f) => return f.report(err),
+        },
     };
-    let Some(store) = open(state).await else {
-        return 2;
-    };
-    let now = tollgate::engine::Clock::now(&tollgate::engine::SystemClock);
-    let (config, in_force) =
-        tollgate::github::intake::config_in_force(store.reads(), loaded.config).await;
-    if !json {
-        let source =
-            in_force.unwrap_or_else(|| format!("configuration file {}", config_path.display()));
-        println!("{source}\n");
+    if watch {
+        let tty = std::io::stdout().is_terminal();
+        return tollgate::cli::watch::run(&source, tty, out, err).await;
     }
-    match tollgate::cli::status::collect(&store, &config, now).await {
-        Ok(rows) => {
-            let _ = tollgate::cli::status::render(&rows, json, &mut std::io::stdout());
-            0
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            2
-        }
-    }
-}
-
-async fn history(pipeline: &str, state: &str, limit: i64, json: bool) -> i32 {
-    let Some(store) = open(state).await else {
-        return 2;
-    };
-    match tollgate::cli::status::history(&store, pipeline, limit, json, &mut std::io::stdout())
-        .await
-    {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e}");
-            2
-        }
-    }
+    tollgate::cli::status::run(&source, json, out, err).await
 }
 
 async fn keys(command: KeysCommand) -> i32 {

@@ -4,7 +4,8 @@
 //! Owns the series and the few helpers that feed them from typed facts: the engine's run
 //! transitions and effects ([`Metrics::run_transition`], [`Metrics::effect_finished`]), the
 //! outcome each release reaches ([`release_outcome`]), webhook answers, every AWS SDK
-//! attempt ([`crate::aws::observe::CallMetrics`]), GitHub calls and the reconcile loop.
+//! attempt ([`crate::aws::observe::CallMetrics`]), GitHub calls, the reconcile loop and the
+//! API's refused calls.
 //! The HTTP route that serves them is [`crate::http::metrics`].
 //!
 //! # Why `prometheus-client`
@@ -104,6 +105,13 @@ pub struct GithubLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The route's template, e.g. `/api/v1/pipelines/{pipeline}/pause`.
+    pub route: String,
+    pub status: &'static str,
+}
+
 /// Where a webhook delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookSource {
@@ -173,6 +181,7 @@ pub struct Metrics {
     /// read as "exhausted").
     github_rate_remaining: Family<[(&'static str, &'static str); 0], Gauge>,
     pub reconcile_lag: Histograms<PipelineLabels>,
+    pub api_refused: Family<RefusedLabels, Counter>,
     /// When each in-flight run left `waiting` (this process saw it), by pipeline, release and
     /// stage: the start of its run-duration observation. Bounded by the runs in flight.
     run_started: Mutex<HashMap<(String, ReleaseId, String), DateTime<Utc>>>,
@@ -219,6 +228,7 @@ impl Metrics {
             github_calls: Family::default(),
             github_rate_remaining: Family::default(),
             reconcile_lag: histograms(LAG_BUCKETS),
+            api_refused: Family::default(),
             run_started: Mutex::default(),
             pending_since: Mutex::default(),
             leader: Gauge::default(),
@@ -294,6 +304,11 @@ impl Metrics {
             "reconcile_lag_seconds",
             "From a pipeline's wake-up (a fact recorded, an effect finished, a deadline) to its reconcile finishing, by pipeline",
             self.reconcile_lag.clone(),
+        );
+        r.register(
+            "api_refused",
+            "Calls to the API's mutating routes refused before they acted: 401 (no valid key), 403 (a role that may not), 429 (rate limited), by route template and status",
+            self.api_refused.clone(),
         );
         r.register(
             "leader",
@@ -430,6 +445,22 @@ impl Metrics {
             result,
         };
         self.webhooks.get_or_create(&labels).inc();
+    }
+
+    /// A mutating API call to `route` (its template) was answered `status`: counted when it
+    /// is a refusal (401, 403, 429).
+    pub fn api_refused(&self, route: &str, status: axum::http::StatusCode) {
+        let status = match status.as_u16() {
+            401 => "401",
+            403 => "403",
+            429 => "429",
+            _ => return,
+        };
+        let labels = RefusedLabels {
+            route: route.to_owned(),
+            status,
+        };
+        self.api_refused.get_or_create(&labels).inc();
     }
 
     /// One pipeline reconcile finished `lag` after the wake-up it answered.

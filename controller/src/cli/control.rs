@@ -10,7 +10,9 @@
 //! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
 //! state that does not allow it), 2 the configuration or the state database cannot be read.
 //!
-//! [`carry_out`] is shared with the API (`/api/v1`), which records the same facts.
+//! [`carry_out`] is shared with the API (`/api/v1`), which records the same facts. With
+//! `--server` the same [`Control`] is sent to the API instead ([`crate::cli::remote`]), whose
+//! answer carries what [`carry_out`] said, so both ways print the same.
 //!
 //! Must never: write the state database except through the ingest API, or decide what the
 //! controller does with a fact (that is the planner's, at its next reconcile).
@@ -38,6 +40,8 @@ pub enum Control {
     Resume {
         pipeline: String,
         stage: Option<String>,
+        /// Why, when given (the API requires one and keeps it in the event log with the call).
+        reason: Option<String>,
     },
     Rollback {
         pipeline: String,
@@ -238,9 +242,16 @@ async fn apply(
                 place(pipeline, stage)
             )
         }
-        Control::Resume { pipeline, stage } => {
+        Control::Resume {
+            pipeline,
+            stage,
+            reason,
+        } => {
             ingest.resume(pipeline, stage.as_deref(), actor).await?;
-            format!("{} resumed", place(pipeline, stage))
+            match reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+                Some(why) => format!("{} resumed (reason: {why})", place(pipeline, stage)),
+                None => format!("{} resumed", place(pipeline, stage)),
+            }
         }
         Control::Rollback { pipeline, stage } => {
             // The request is bound to what the stage runs now: the same command repeated

@@ -1,6 +1,12 @@
 //! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`, `pause`,
-//! `resume`, `rollback`, `override`, `keys`, `openapi`, and `approve`, `reject`, `promote`
-//! against a running controller's API ([`remote`]).
+//! `resume`, `rollback`, `retry`, `override`, `keys`, `openapi`, and `approve`, `reject`,
+//! `promote`.
+//!
+//! `status`, `history`, `pause`, `resume`, `rollback`, `retry` and `override` talk to a
+//! running controller's API when given `--server URL` (or `TOLLGATE_SERVER`) — the normal
+//! way, with the key in `TOLLGATE_API_KEY` ([`remote`]) — and otherwise read and write the
+//! state database directly (on the controller's host: for bootstrapping keys and local use).
+//! `approve`, `reject` and `promote` only work through the API.
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 //! Must never: hold a rule of the controller (commands parse and render; the library decides),
@@ -12,6 +18,7 @@ pub mod remote;
 pub mod serve;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +96,13 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Keep the table up to date (every second) until Ctrl-C: redrawn in place with a
+        /// live countdown to each wait's deadline on a terminal; plain blocks, one per change,
+        /// otherwise.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print a pipeline's event log (oldest first).
     History {
@@ -100,6 +114,8 @@ pub enum Command {
         limit: i64,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Pause a pipeline, or one stage: nothing new starts there; runs in flight finish.
     Pause {
@@ -112,14 +128,21 @@ pub enum Command {
         reason: String,
         #[command(flatten)]
         files: StateArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Resume a paused pipeline or stage.
     Resume {
         pipeline: String,
         #[arg(long)]
         stage: Option<String>,
+        /// Why (required through the API, which keeps it in the event log with the call).
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         files: StateArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Return a stage to its last known-good release; the release it runs is marked bad.
     Rollback {
@@ -127,6 +150,8 @@ pub enum Command {
         stage: String,
         #[command(flatten)]
         files: StateArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Send a release that failed or whose approval expired through its stages again, from
     /// the stage where it stopped (tests, approval and deploy all run anew). Refused for a
@@ -137,6 +162,8 @@ pub enum Command {
         release: String,
         #[command(flatten)]
         files: StateArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Let one release past an alarm already in ALARM (--alarms) or outside deployment windows
     /// (--window): the fix for the very problem must be able to ship. Logged with the reason.
@@ -155,6 +182,8 @@ pub enum Command {
         reason: String,
         #[command(flatten)]
         files: StateArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Manage the API keys of /api/v1 (directly in the state database, on the controller's host).
     Keys {
@@ -198,6 +227,15 @@ pub struct ServerArgs {
     /// The controller's URL, e.g. https://tollgate.example.com.
     #[arg(long, env = "TOLLGATE_SERVER")]
     pub server: String,
+}
+
+/// Whether a command talks to a controller's API; the key comes from `TOLLGATE_API_KEY` only.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RemoteArgs {
+    /// The controller's URL, e.g. https://tollgate.example.com: talk to its API with the key
+    /// in TOLLGATE_API_KEY. Without it the command uses the state database (--state) directly.
+    #[arg(long, env = "TOLLGATE_SERVER")]
+    pub server: Option<String>,
 }
 
 /// `tollgate approve|reject PIPELINE RELEASE --stage STAGE [--comment TEXT]`.
@@ -305,6 +343,39 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn every_read_and_control_command_takes_a_server_and_watch_is_not_json() {
+        let cases = [
+            vec!["status"],
+            vec!["status", "--watch"],
+            vec!["history", "backend"],
+            vec!["pause", "backend", "--reason", "why"],
+            vec!["resume", "backend", "--reason", "why"],
+            vec!["rollback", "backend", "beta"],
+            vec!["retry", "backend", "r1"],
+            vec!["override", "backend", "r1", "--window", "--reason", "why"],
+        ];
+        for case in cases {
+            let argv = ["tollgate"].into_iter().chain(case.iter().copied());
+            let argv = argv.chain(["--server", "https://tollgate.test"]);
+            let remote = match Cli::try_parse_from(argv).unwrap().command {
+                Command::Status { remote, .. }
+                | Command::History { remote, .. }
+                | Command::Pause { remote, .. }
+                | Command::Resume { remote, .. }
+                | Command::Rollback { remote, .. }
+                | Command::Retry { remote, .. }
+                | Command::Override { remote, .. } => remote,
+                other => panic!("{case:?} parsed as {other:?}"),
+            };
+            assert_eq!(remote.server.as_deref(), Some("https://tollgate.test"));
+        }
+        let both = ["tollgate", "status", "--watch", "--json"];
+        assert!(Cli::try_parse_from(both).is_err());
+        let no_key_flag = ["tollgate", "status", "--api-key", "tg_x"];
+        assert!(Cli::try_parse_from(no_key_flag).is_err());
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {

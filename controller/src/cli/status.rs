@@ -1,22 +1,29 @@
 //! `tollgate status` and `tollgate history`: the state of every pipeline × stage, for people
-//! (a table) and for scripts (`--json`).
+//! (a table) and for scripts (`--json`), read from the state database or from a controller's
+//! API (`--server`).
 //!
-//! Owns reading the state for people and rendering it; reasons are rendered from their typed
-//! value here, at the edge, with the time left counted from now. Must never: write the state
-//! database (it uses the store's read-only face).
+//! Owns reading the state for people and rendering it. Both ways go through the API's views
+//! ([`PipelineView`], [`EventView`]): the direct mode builds them from the store as the API
+//! does, the remote mode receives them; one function turns them into rows ([`rows`]) and one
+//! renders them ([`render`], [`render_history`]), so both ways print the same. Reasons are
+//! rendered from their typed value here, at the edge, with the time left counted from now.
+//!
+//! Must never: write the state database (it uses the store's read-only face).
 
 use std::io::Write;
+use std::path::Path;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::cli::remote::{Client, Failure};
 use crate::config::Config;
-use crate::domain::Release;
-use chrono::{DateTime, Utc};
-
-use crate::store::{Reads, StoreError};
+use crate::http::api::reads::pipeline_view;
+use crate::http::api::views::{ConfigView, EventView, PipelineView, ReleaseRef};
+use crate::store::{Reads, Store, StoreError};
 
 /// One pipeline × stage.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct StageStatus {
     pub pipeline: String,
     pub stage: String,
@@ -32,38 +39,153 @@ pub struct StageStatus {
     pub paused: Option<String>,
 }
 
-fn label(r: &Release) -> String {
+fn label(r: &ReleaseRef) -> String {
     format!("{} ({})", r.id, crate::domain::short_sha(&r.sha))
 }
 
-/// Collects the status of every stage of every pipeline.
+/// The rows of `views`, reasons rendered as of `now`.
+pub fn rows(views: &[PipelineView], now: DateTime<Utc>) -> Vec<StageStatus> {
+    let mut out = Vec::new();
+    for p in views {
+        for s in &p.stages {
+            let current = s.current.as_ref();
+            out.push(StageStatus {
+                pipeline: p.name.clone(),
+                stage: s.name.clone(),
+                known_good: s.known_good.as_ref().map(label),
+                in_flight: current.map(|c| label(&c.release)),
+                status: current.map(|c| c.run.status.to_string()),
+                reason: current.map(|c| c.run.wait.describe(now)),
+                wait: current.map(|c| c.run.wait.clone()),
+                paused: p
+                    .paused
+                    .as_ref()
+                    .map(|r| format!("pipeline: {r}"))
+                    .or(s.paused.as_ref().map(|r| format!("stage: {r}"))),
+            });
+        }
+    }
+    out
+}
+
+/// Collects the status of every stage of every pipeline from the store.
 pub async fn collect(
     store: &Reads,
     config: &Config,
     now: DateTime<Utc>,
 ) -> Result<Vec<StageStatus>, StoreError> {
-    let mut out = Vec::new();
-    for p in &config.pipelines {
-        for s in &p.stages {
-            let good = store.last_good(&p.name, &s.name).await?;
-            let flight = store.in_flight(&p.name, &s.name).await?;
-            let (pp, sp) = store.paused(&p.name, &s.name).await?;
-            let current = flight.first();
-            out.push(StageStatus {
-                pipeline: p.name.to_string(),
-                stage: s.name.to_string(),
-                known_good: good.as_ref().map(label),
-                in_flight: current.map(|(r, _)| label(r)),
-                status: current.map(|(_, run)| run.status.to_string()),
-                reason: current.map(|(_, run)| run.reason.describe(now)),
-                wait: current.map(|(_, run)| run.reason.clone()),
-                paused: pp
-                    .map(|p| format!("pipeline: {p}"))
-                    .or(sp.map(|s| format!("stage: {s}"))),
-            });
+    let overview = store.overview().await?;
+    let views: Vec<PipelineView> = config
+        .pipelines
+        .iter()
+        .map(|p| pipeline_view(&overview, p, now))
+        .collect();
+    Ok(rows(&views, now))
+}
+
+/// What `status` shows at one moment: where the configuration comes from, and the rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub source: String,
+    pub rows: Vec<StageStatus>,
+}
+
+/// Where `status` reads from.
+pub enum Source {
+    /// The state database, with the configuration in force when the command started.
+    Local {
+        store: Store,
+        config: Box<Config>,
+        source: String,
+    },
+    /// A controller's API, with where its configuration came from when the command started.
+    Remote { client: Client, source: String },
+}
+
+impl Source {
+    /// The state database `state` with the configuration file `config_path` (or the one
+    /// applied from the configuration repository, when that is in force).
+    pub async fn local(config_path: &Path, state: &str) -> Result<Source, Failure> {
+        let loaded =
+            crate::config::load(config_path).map_err(|e| Failure::CannotRun(e.to_string()))?;
+        let store = open(state).await?;
+        let (config, in_force) =
+            crate::github::intake::config_in_force(store.reads(), loaded.config).await;
+        let source =
+            in_force.unwrap_or_else(|| format!("configuration file {}", config_path.display()));
+        Ok(Source::Local {
+            store,
+            config: Box::new(config),
+            source,
+        })
+    }
+
+    /// `client`'s controller; asks once where its configuration comes from (`GET
+    /// /api/v1/config`, which validates the source again, so not at every watch tick).
+    pub async fn remote(client: Client) -> Result<Source, Failure> {
+        let config: ConfigView = client.get("/api/v1/config").await?;
+        Ok(Source::Remote {
+            client,
+            source: source_line(&config),
+        })
+    }
+
+    /// The state now.
+    pub async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, Failure> {
+        match self {
+            Source::Local {
+                store,
+                config,
+                source,
+            } => {
+                let rows = collect(store, config, now)
+                    .await
+                    .map_err(|e| Failure::CannotRun(format!("error: {e}")))?;
+                Ok(Snapshot {
+                    source: source.clone(),
+                    rows,
+                })
+            }
+            Source::Remote { client, source } => {
+                let views: Vec<PipelineView> = client.get("/api/v1/pipelines").await?;
+                Ok(Snapshot {
+                    source: source.clone(),
+                    rows: rows(&views, now),
+                })
+            }
         }
     }
-    Ok(out)
+}
+
+/// Where a controller's configuration comes from, as the direct mode says it.
+fn source_line(c: &ConfigView) -> String {
+    match (&c.repository, &c.commit, c.applied_at) {
+        (Some(repo), Some(sha), Some(at)) => format!(
+            "configuration from {repo}@{sha} (applied {}) in force; the file on disk is not read",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        _ => format!("configuration file {}", c.file),
+    }
+}
+
+async fn open(state: &str) -> Result<Store, Failure> {
+    Store::open(state)
+        .await
+        .map_err(|e| Failure::CannotRun(format!("error: {e}")))
+}
+
+/// `tollgate status [--json]` once: the source line (not with `--json`) and the rows.
+pub async fn run(source: &Source, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    match source.snapshot(Utc::now()).await {
+        Ok(s) => {
+            if !json {
+                let _ = writeln!(out, "{}\n", s.source);
+            }
+            let _ = render(&s.rows, json, out);
+            0
+        }
+        Err(f) => f.report(err),
+    }
 }
 
 /// Prints the status table (or JSON).
@@ -75,16 +197,33 @@ pub fn render(rows: &[StageStatus], json: bool, out: &mut dyn Write) -> std::io:
             serde_json::to_string_pretty(rows).unwrap_or_default()
         );
     }
+    table(rows, None, out)
+}
+
+/// The status table; with `countdown_at`, each reason is rendered as of that moment and a
+/// stage whose wait has a deadline shows the time left to it ([`countdown`]).
+pub fn table(
+    rows: &[StageStatus],
+    countdown_at: Option<DateTime<Utc>>,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<12} {:<8} {:<24} {:<24} {:<18} WHY",
         "PIPELINE", "STAGE", "KNOWN-GOOD", "IN FLIGHT", "STATUS"
     )?;
     for r in rows {
-        let why = match (&r.paused, &r.reason) {
+        let reason = match (countdown_at, &r.wait) {
+            (Some(now), Some(wait)) => Some(match wait.deadline() {
+                Some(deadline) => format!("{} ({})", wait.describe(now), countdown(deadline, now)),
+                None => wait.describe(now),
+            }),
+            _ => r.reason.clone(),
+        };
+        let why = match (&r.paused, reason) {
             (Some(p), Some(reason)) => format!("paused ({p}); {reason}"),
             (Some(p), None) => format!("paused ({p})"),
-            (None, Some(reason)) => reason.clone(),
+            (None, Some(reason)) => reason,
             (None, None) => "idle".into(),
         };
         writeln!(
@@ -101,7 +240,37 @@ pub fn render(rows: &[StageStatus], json: bool, out: &mut dyn Write) -> std::io:
     Ok(())
 }
 
-/// Prints a pipeline's event log.
+/// The time left until `deadline`, to the second: `1d 02h 03m 04s left`, `3m 04s left`,
+/// `4s left`; `due now` once it has passed (the controller acts on it within a moment).
+pub fn countdown(deadline: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let left = (deadline - now).num_seconds();
+    if left <= 0 {
+        return "due now".into();
+    }
+    let (d, h, m, s) = (left / 86_400, left / 3_600 % 24, left / 60 % 60, left % 60);
+    let text = match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m {s:02}s"),
+        _ => format!("{d}d {h:02}h {m:02}m {s:02}s"),
+    };
+    format!("{text} left")
+}
+
+/// A pipeline's newest `limit` events, oldest first, from the store.
+pub async fn events(
+    store: &Reads,
+    pipeline: &str,
+    limit: i64,
+) -> Result<Vec<EventView>, StoreError> {
+    let rows = store.events(pipeline, limit).await?;
+    Ok(rows
+        .into_iter()
+        .map(|e| EventView::of(pipeline.to_owned(), e))
+        .collect())
+}
+
+/// Prints a pipeline's event log from the store.
 pub async fn history(
     store: &Reads,
     pipeline: &str,
@@ -109,28 +278,137 @@ pub async fn history(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), StoreError> {
-    let events = store.events(pipeline, limit).await?;
+    let events = events(store, pipeline, limit).await?;
+    let _ = render_history(&events, json, out);
+    Ok(())
+}
+
+/// `tollgate history PIPELINE [--limit N] [--json]` from the state database `state`, or from
+/// `client`'s controller when given.
+pub async fn run_history(
+    client: Option<&Client>,
+    state: &str,
+    (pipeline, limit, json): (&str, i64, bool),
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let events = match client {
+        Some(c) => {
+            let path = format!(
+                "/api/v1/pipelines/{}/history?limit={limit}",
+                urlencoding::encode(pipeline)
+            );
+            c.get::<Vec<EventView>>(&path).await
+        }
+        None => match open(state).await {
+            Ok(store) => events(&store, pipeline, limit)
+                .await
+                .map_err(|e| Failure::CannotRun(format!("error: {e}"))),
+            Err(f) => Err(f),
+        },
+    };
+    match events {
+        Ok(events) => {
+            let _ = render_history(&events, json, out);
+            0
+        }
+        Err(f) => f.report(err),
+    }
+}
+
+/// Prints events (oldest first) as lines, or as a JSON array.
+pub fn render_history(
+    events: &[EventView],
+    json: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     if json {
-        let _ = writeln!(
+        return writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&events).unwrap_or_default()
+            serde_json::to_string_pretty(events).unwrap_or_default()
         );
-        return Ok(());
     }
     for e in events {
-        let release = e.release.map(|r| format!("r{r}")).unwrap_or_default();
-        let stage = e.stage.unwrap_or_default();
-        let _ = writeln!(
+        writeln!(
             out,
             "{} {:<22} {:<16} {:<5} {:<6} {}",
             e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
             e.actor,
             e.kind,
-            release,
-            stage,
+            e.release.as_deref().unwrap_or_default(),
+            e.stage.as_deref().unwrap_or_default(),
             e.detail
-        );
+        )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Reason, RequestState};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_countdown_shows_the_time_left_to_the_second_and_due_once_passed() {
+        let deadline = at("2026-01-02T10:00:00Z");
+        let cases = [
+            ("2026-01-02T09:59:56Z", "4s left"),
+            ("2026-01-02T09:56:56Z", "3m 04s left"),
+            ("2026-01-02T07:56:56Z", "2h 03m 04s left"),
+            ("2025-12-31T07:56:56Z", "2d 02h 03m 04s left"),
+            ("2026-01-02T10:00:00Z", "due now"),
+            ("2026-01-02T10:00:07Z", "due now"),
+        ];
+        for (now, want) in cases {
+            assert_eq!(countdown(deadline, at(now)), want, "at {now}");
+        }
+    }
+
+    fn awaiting(expires_at: DateTime<Utc>) -> StageStatus {
+        StageStatus {
+            pipeline: "backend".into(),
+            stage: "prod".into(),
+            known_good: None,
+            in_flight: Some("r2 (abc)".into()),
+            status: Some("awaiting_approval".into()),
+            reason: Some("stale text".into()),
+            wait: Some(Reason::AwaitingApproval {
+                approved: 0,
+                needed: 1,
+                expires_at,
+                request: RequestState::Sending,
+            }),
+            paused: None,
+        }
+    }
+
+    #[test]
+    fn with_a_clock_the_table_renders_the_reason_then_and_counts_down_to_its_deadline() {
+        let row = awaiting(at("2026-01-02T10:00:00Z"));
+        let draw = |now: &str| {
+            let mut out = Vec::new();
+            table(std::slice::from_ref(&row), Some(at(now)), &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let early = draw("2026-01-02T08:59:30Z");
+        assert!(
+            early.contains("awaiting approval: 0 of 1, expires in 1h1m (1h 00m 30s left)"),
+            "{early}"
+        );
+        let later = draw("2026-01-02T09:59:59Z");
+        assert!(later.contains("(1s left)"), "{later}");
+        assert!(!later.contains("stale text"));
+        let mut plain = Vec::new();
+        table(std::slice::from_ref(&row), None, &mut plain).unwrap();
+        let plain = String::from_utf8(plain).unwrap();
+        assert!(
+            plain.contains("stale text") && !plain.contains("left)"),
+            "{plain}"
+        );
+    }
 }

@@ -31,7 +31,7 @@ use crate::engine_support::{Harness, STAGES, delivery, release, settle, status};
 const PUBLIC_URL_LINE: &str = r#"public_url = "https://tollgate.test""#;
 
 /// The engine tests' pipeline with `api` as the body of `[controller.api]`.
-fn stages(api: &str) -> String {
+pub(crate) fn stages(api: &str) -> String {
     let with_api = format!("{PUBLIC_URL_LINE}\n\n[controller.api]\n{api}\n");
     STAGES.replace(PUBLIC_URL_LINE, &with_api)
 }
@@ -49,7 +49,7 @@ fn keys(served_state: &str, config: &PathBuf, args: &[&str]) -> (i32, String, St
 }
 
 /// Runs `cmd`: (exit code, stdout, stderr).
-fn outcome(mut cmd: Command) -> (i32, String, String) {
+pub(crate) fn outcome(mut cmd: Command) -> (i32, String, String) {
     let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
@@ -59,7 +59,7 @@ fn outcome(mut cmd: Command) -> (i32, String, String) {
 }
 
 /// A key made with `tollgate keys create`.
-fn key(served: &Served, name: &str, role: &str, extra: &[&str]) -> String {
+pub(crate) fn key(served: &Served, name: &str, role: &str, extra: &[&str]) -> String {
     let config = served.dir.path().join("stages.toml");
     let mut args = vec!["create", "--name", name, "--role", role];
     args.extend_from_slice(extra);
@@ -68,10 +68,10 @@ fn key(served: &Served, name: &str, role: &str, extra: &[&str]) -> String {
     out.trim().to_owned()
 }
 
-struct Call {
-    status: StatusCode,
+pub(crate) struct Call {
+    pub(crate) status: StatusCode,
     headers: reqwest::header::HeaderMap,
-    body: Value,
+    pub(crate) body: Value,
 }
 
 impl Call {
@@ -84,14 +84,14 @@ impl Call {
     }
 
     /// Asserts the answer is the problem `slug` with `status`.
-    fn is_problem(&self, status: u16, slug: &str) {
+    pub(crate) fn is_problem(&self, status: u16, slug: &str) {
         let expected = (status, format!("urn:tollgate:problem:{slug}"));
         let got = (self.status.as_u16(), self.problem_type().to_owned());
         assert_eq!(got, expected, "{}", self.body);
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     served: &Served,
     method: &str,
     path: &str,
@@ -134,7 +134,7 @@ async fn call(
 }
 
 /// Generous limits: the matrix must never meet them.
-const ROOMY: &str = "per_key_burst = 10000\nper_key_per_minute = 100000\nper_address_burst = 10000\nper_address_per_minute = 100000";
+pub(crate) const ROOMY: &str = "per_key_burst = 10000\nper_key_per_minute = 100000\nper_address_burst = 10000\nper_address_per_minute = 100000";
 
 #[tokio::test]
 async fn api_serve_keys_are_printed_once_stored_hashed_and_revoked_at_once() {
@@ -237,6 +237,13 @@ fn routes() -> Vec<(
         ),
         ("GET", "/api/v1/events?pipeline=backend", None, None),
         ("GET", "/api/v1/config", None, None),
+        (
+            "GET",
+            "/api/v1/pipelines/backend/history?limit=5",
+            None,
+            None,
+        ),
+        ("GET", "/metrics", None, None),
         (
             "POST",
             "/api/v1/pipelines/backend/releases/r999/stages/prod/approve",
@@ -515,7 +522,7 @@ async fn api_serve_idempotent_posts_answer_once_and_change_nothing_on_repeat() {
 
 /// Release 1 (by carol) reaches Prod's approval, then release 2 (by alice) supersedes it
 /// there; both on the engine with fakes, over `dir`'s state file at the real time.
-async fn two_releases_at_prod_approval() -> tempfile::TempDir {
+pub(crate) async fn two_releases_at_prod_approval() -> tempfile::TempDir {
     let h = Harness::sqlite_at(chrono::Utc::now());
     let engine = h.engine(None).await;
     let mut by_alice = release(2);
@@ -767,7 +774,7 @@ async fn api_serve_the_served_openapi_document_is_the_committed_one_and_valid() 
 }
 
 /// `tollgate approve|reject|promote` with `TOLLGATE_SERVER` and `TOLLGATE_API_KEY`.
-fn remote(served: &Served, key: Option<&str>, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn remote(served: &Served, key: Option<&str>, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.args(args)
         .env("TOLLGATE_SERVER", served.url(""))

@@ -1,5 +1,6 @@
 //! The integration suite: one test binary, one module per area.
 
+mod api_remote;
 mod api_serve;
 mod approvals;
 mod approvals_moto;

@@ -379,7 +379,7 @@ impl Scraper {
 }
 
 /// One scrape as the Prometheus parser read it: (sample name, labels, value).
-struct Samples {
+pub(crate) struct Samples {
     samples: Vec<(String, BTreeMap<String, String>, f64)>,
     text: String,
 }
@@ -396,7 +396,7 @@ print(json.dumps(out))
 "#;
 
 impl Samples {
-    fn parse(text: &str) -> Samples {
+    pub(crate) fn parse(text: &str) -> Samples {
         let mut child = Command::new(python())
             .args(["-c", PARSE])
             .stdin(Stdio::piped())
@@ -424,7 +424,7 @@ impl Samples {
     }
 
     /// The sum of the samples named `name` whose labels include `labels`.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|(n, l, _)| {
@@ -440,7 +440,7 @@ impl Samples {
 
 /// `TOLLGATE_PYTHON`, else the workspace's `.venv/bin/python` (where `scripts/test` installs
 /// `prometheus-client`); never skipped.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let path = std::env::var_os("TOLLGATE_PYTHON").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
         PathBuf::from,

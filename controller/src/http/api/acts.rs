@@ -362,13 +362,10 @@ async fn pause_or_resume(
             Control::Resume {
                 pipeline: pipeline.clone(),
                 stage: b.stage,
+                reason: Some(b.reason.trim().into()),
             }
         };
-        let mut done = control(&api, &caller, c, None).await?;
-        if which == Act::Resume {
-            done.detail = format!("{} (reason: {})", done.detail, b.reason.trim());
-        }
-        Ok(done)
+        control(&api, &caller, c, None).await
     };
     act(&api, &caller, which, &pipeline, stage.as_deref(), work).await
 }

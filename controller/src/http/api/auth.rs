@@ -10,6 +10,10 @@
 //! | over the address's or the key's rate | 429 `rate-limited`, `Retry-After` |
 //! | no `Authorization: Bearer`, or a key that is unknown, revoked or expired | 401 `unauthorized`, `WWW-Authenticate: Bearer` |
 //!
+//! A POST refused with 401, 403 (by the route) or 429 is counted in
+//! `tollgate_api_refused_total{route,status}` (`route` is the route's template, so the label
+//! set is bounded).
+//!
 //! Buckets are `governor`'s (GCRA): `per_*_per_minute` refill, `per_*_burst` size, from
 //! `[controller.api]`.
 //!
@@ -200,12 +204,22 @@ pub async fn address_only(State(api): State<ApiState>, request: Request, next: N
     }
 }
 
-/// Authenticates and rate-limits a request; see the module's table.
-pub async fn authenticate(
-    State(api): State<ApiState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Authenticates and rate-limits a request (see the module's table), and counts a mutating
+/// call refused with 401, 403 or 429 in `tollgate_api_refused_total` by route and status.
+pub async fn authenticate(State(api): State<ApiState>, request: Request, next: Next) -> Response {
+    let mutating = request.method() == axum::http::Method::POST;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let response = admit(api, request, next).await;
+    if let (true, Some(route)) = (mutating, route) {
+        crate::metrics::global().api_refused(&route, response.status());
+    }
+    response
+}
+
+async fn admit(api: ApiState, mut request: Request, next: Next) -> Response {
     let (id, addr, by_address) = match admit_address(&api, &request) {
         Ok(admitted) => admitted,
         Err(refused) => return *refused,

@@ -6,7 +6,8 @@
 //!
 //! | route | who |
 //! |---|---|
-//! | `GET /api/v1/pipelines`, `/pipelines/{p}`, `/releases`, `/releases/{r}`, `/events`, `/config` | every role |
+//! | `GET /api/v1/pipelines`, `/pipelines/{p}`, `/pipelines/{p}/history`, `/releases`, `/releases/{r}`, `/events`, `/config` | every role |
+//! | `GET /metrics` (Prometheus, as on `--metrics-listen`) | every role |
 //! | `POST …/releases/{r}/stages/{s}/approve`, `…/reject` | approver (as its own approver) |
 //! | `POST /api/v1/pipelines/{p}/pause`, `…/resume`, `…/stages/{s}/rollback`, `…/releases/{r}/retry`, `…/promote` | operator, admin |
 //! | `POST …/releases/{r}/override` | admin |
@@ -100,7 +101,9 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/v1/releases", get(reads::releases))
         .route("/api/v1/releases/{release}", get(reads::release))
         .route("/api/v1/events", get(reads::events))
-        .route("/api/v1/config", get(reads::config));
+        .route("/api/v1/config", get(reads::config))
+        .route("/api/v1/pipelines/{pipeline}/history", get(reads::history))
+        .route("/metrics", get(reads::metrics));
     let p = "/api/v1/pipelines/{pipeline}";
     let acts = Router::new()
         .route(

@@ -21,6 +21,7 @@ use super::views::*;
     info(title = "tollgate", description = "The operators' API of tollgate: pipelines, releases, the event log, and the acts of approvers and operators. Authenticate with `Authorization: Bearer <key>` (keys are made with `tollgate keys create`)."),
     paths(
         reads::pipelines, reads::pipeline, reads::releases, reads::release, reads::events, reads::config,
+        reads::history, reads::metrics,
         acts::approve, acts::reject, acts::pause, acts::resume, acts::rollback, acts::retry,
         acts::override_rule, acts::promote
     ),

@@ -61,7 +61,13 @@ pub async fn pipeline(
     Ok(Json(pipeline_view(&overview, p, api.engine.now())))
 }
 
-fn pipeline_view(o: &Overview, p: &Pipeline, now: chrono::DateTime<chrono::Utc>) -> PipelineView {
+/// One pipeline's view from the store's overview, with reasons rendered as of `now` (also
+/// what `tollgate status` shows).
+pub fn pipeline_view(
+    o: &Overview,
+    p: &Pipeline,
+    now: chrono::DateTime<chrono::Utc>,
+) -> PipelineView {
     let stages = p.stages.iter().map(|s| {
         let key = (p.name.to_string(), s.name.to_string());
         let flight = o.in_flight.get(&key).and_then(|f| f.first());
@@ -219,18 +225,31 @@ pub async fn events(
         .filter(|_| page.len() as i64 == limit);
     let events = page
         .into_iter()
-        .map(|e| EventView {
-            id: e.event.id,
-            pipeline: e.pipeline,
-            at: e.event.at,
-            actor: e.event.actor,
-            kind: e.event.kind,
-            release: e.event.release.map(|r| ReleaseId(r).to_string()),
-            stage: e.event.stage,
-            detail: e.event.detail,
-        })
+        .map(|e| EventView::of(e.pipeline, e.event))
         .collect();
     Ok(Json(EventPage { events, next_after }))
+}
+
+/// A pipeline's newest events, oldest first: what `tollgate history` shows. A pipeline no
+/// longer in the configuration keeps its log, so any name is answered (an unknown one with
+/// an empty list).
+#[utoipa::path(get, path = "/api/v1/pipelines/{pipeline}/history", tag = "read",
+    params(("pipeline" = String, Path, description = "The pipeline's name"), HistoryQuery),
+    responses((status = 200, description = "The newest events, oldest first", body = Vec<EventView>)))]
+pub async fn history(
+    State(api): State<ApiState>,
+    Path(pipeline): Path<String>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Answer<Vec<EventView>> {
+    let limit = limit(query(q)?.limit, 200, 5_000)?;
+    let rows = api
+        .engine
+        .reads()
+        .events(&pipeline, limit)
+        .await
+        .map_err(Problem::internal)?;
+    let events = rows.into_iter().map(|e| EventView::of(pipeline.clone(), e));
+    Ok(Json(events.collect()))
 }
 
 /// The configuration in force, and whether its source validates now.
@@ -306,4 +325,12 @@ fn limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, Problem> {
 pub fn release_id(text: &str) -> Result<ReleaseId, Problem> {
     text.parse::<ReleaseId>()
         .map_err(|e| Problem::new(Kind::InvalidRequest, e))
+}
+
+/// The controller's Prometheus metrics (the text `--metrics-listen` serves), for any valid key.
+#[utoipa::path(get, path = "/metrics", tag = "read",
+    responses((status = 200, description = "The metrics in the OpenMetrics text format",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    crate::http::metrics::metrics().await
 }

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::domain::{ApprovalRecord, Reason, Release, RunStatus, StageRun};
 
 /// A release, by id and commit.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReleaseRef {
     /// `r12`.
     pub id: String,
@@ -27,7 +27,7 @@ impl ReleaseRef {
 }
 
 /// One release's run in one stage.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunView {
     pub stage: String,
     /// `waiting`, `queued`, `checking`, `awaiting_approval`, `deploying`, `verifying`,
@@ -62,14 +62,14 @@ impl RunView {
 }
 
 /// The release a stage works on now.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StageRelease {
     pub release: ReleaseRef,
     pub run: RunView,
 }
 
 /// One stage of a pipeline.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StageView {
     pub name: String,
     /// The stage's pause reason, when paused.
@@ -81,7 +81,7 @@ pub struct StageView {
 }
 
 /// A pipeline and its stages, in order.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PipelineView {
     pub name: String,
     /// The pipeline's pause reason, when paused.
@@ -217,7 +217,7 @@ pub struct ReleaseDetail {
 }
 
 /// An event-log entry.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub id: i64,
     pub pipeline: String,
@@ -230,6 +230,22 @@ pub struct EventView {
     pub detail: String,
 }
 
+impl EventView {
+    /// An entry of `pipeline`'s event log.
+    pub fn of(pipeline: String, e: crate::store::EventRow) -> EventView {
+        EventView {
+            id: e.id,
+            pipeline,
+            at: e.at,
+            actor: e.actor,
+            kind: e.kind,
+            release: e.release.map(|r| crate::domain::ReleaseId(r).to_string()),
+            stage: e.stage,
+            detail: e.detail,
+        }
+    }
+}
+
 /// A page of events, oldest first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EventPage {
@@ -239,7 +255,7 @@ pub struct EventPage {
 }
 
 /// The configuration in force and whether its source validates now.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConfigView {
     /// `file` or `repository`.
     pub source: String,
@@ -255,7 +271,7 @@ pub struct ConfigView {
 }
 
 /// The result of validating the configuration's source as it is now.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Validation {
     pub valid: bool,
     pub errors: Vec<String>,
@@ -301,6 +317,14 @@ pub struct EventQuery {
     pub release: Option<String>,
     pub stage: Option<String>,
     /// At most 1000; default 100.
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/pipelines/{pipeline}/history` parameters.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// How many of the newest events: at most 5000; default 200.
     pub limit: Option<i64>,
 }
 
