@@ -13,6 +13,7 @@ pub mod fakes;
 pub mod fuse;
 pub mod github_fake;
 pub mod hang;
+pub mod hold;
 pub mod moto;
 pub mod serve;
 pub mod sns;

@@ -39,9 +39,11 @@ pub(crate) struct Serve {
     pub(crate) world: World,
     pub(crate) stub: CloudWatchStub,
     pub(crate) github: GithubFake,
-    serve: ServeProcess,
+    pub(crate) serve: ServeProcess,
     pub(crate) url: String,
-    state: String,
+    pub(crate) state: String,
+    /// How `serve` was started (for a second controller on the same world and state).
+    pub(crate) spec: ServeSpec,
     pub(crate) store: Store,
     pub(crate) http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -68,6 +70,23 @@ impl Serve {
         F: FnOnce(aws_sdk_sns::Client, String) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        Serve::start_on(builder, before, args, None, |_, _| Vec::new()).await
+    }
+
+    /// [`Serve::start_with`] on `state` (`None`: a SQLite file of its own), with `env` made
+    /// from the started world and moto added to `serve`'s environment.
+    pub(crate) async fn start_on<F, Fut>(
+        builder: WorldBuilder,
+        before: F,
+        args: impl FnOnce(&World) -> Vec<String>,
+        state: Option<String>,
+        env: impl FnOnce(&World, &MotoServer) -> Vec<(String, String)>,
+    ) -> Serve
+    where
+        F: FnOnce(aws_sdk_sns::Client, String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let extra_env = env;
         let moto = tokio::task::spawn_blocking(MotoServer::start)
             .await
             .unwrap()
@@ -89,7 +108,8 @@ impl Serve {
         let sns = aws_sdk_sns::Client::new(&moto.sdk_config());
         before(sns, world.topics().approvals.clone()).await;
         let github = GithubFake::start(TOKEN).await.unwrap();
-        let state = format!("sqlite://{}", dir.path().join("state.db").display());
+        let state =
+            state.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("state.db").display()));
         let mut env = world.serve_env(&moto, &stub);
         env.extend(
             [
@@ -100,6 +120,7 @@ impl Serve {
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
+        env.extend(extra_env(&world, &moto));
         let spec = ServeSpec {
             binary: env!("CARGO_BIN_EXE_tollgate").into(),
             config: world.stages_path(),
@@ -123,6 +144,7 @@ impl Serve {
             serve,
             url,
             state,
+            spec,
             store,
             http,
             _dir: dir,

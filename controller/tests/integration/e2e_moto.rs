@@ -284,7 +284,7 @@ pub(crate) fn sha(n: u32) -> String {
         .collect()
 }
 
-fn form_field(r: &RecordedRequest, name: &str) -> Option<String> {
+pub(crate) fn form_field(r: &RecordedRequest, name: &str) -> Option<String> {
     url::form_urlencoded::parse(&r.body)
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())

@@ -31,6 +31,7 @@ mod gates_runner;
 mod github_forge;
 mod github_intake;
 mod github_webhook;
+mod ha_serve;
 mod moto_sts;
 mod nohang;
 mod observability_serve;
