@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::cli::remote::{Client, Failure};
 use crate::config::Config;
 use crate::http::api::reads::pipeline_view;
-use crate::http::api::views::{ConfigView, EventView, PipelineView, ReleaseRef};
+use crate::http::api::views::{ConfigView, EventView, LeaderView, PipelineView, ReleaseRef};
 use crate::store::{Reads, Store, StoreError};
 
 /// One pipeline × stage.
@@ -124,10 +124,11 @@ impl Source {
     /// /api/v1/config`, which validates the source again, so not at every watch tick).
     pub async fn remote(client: Client) -> Result<Source, Failure> {
         let config: ConfigView = client.get("/api/v1/config").await?;
-        Ok(Source::Remote {
-            client,
-            source: source_line(&config),
-        })
+        let mut source = source_line(&config);
+        if let Some(l) = &config.leader {
+            source = format!("{source}\n{}", l.line(Utc::now()));
+        }
+        Ok(Source::Remote { client, source })
     }
 
     /// The state now.
@@ -141,10 +142,16 @@ impl Source {
                 let rows = collect(store, config, now)
                     .await
                     .map_err(|e| Failure::CannotRun(format!("error: {e}")))?;
-                Ok(Snapshot {
-                    source: source.clone(),
-                    rows,
-                })
+                let lease = store
+                    .reads()
+                    .lease()
+                    .await
+                    .map_err(|e| Failure::CannotRun(format!("error: {e}")))?;
+                let source = match lease {
+                    Some(l) => format!("{source}\n{}", LeaderView::from(l).line(now)),
+                    None => source.clone(),
+                };
+                Ok(Snapshot { source, rows })
             }
             Source::Remote { client, source } => {
                 let views: Vec<PipelineView> = client.get("/api/v1/pipelines").await?;

@@ -325,7 +325,7 @@ impl Serve {
     }
 
     /// `tollgate <args> --config … --state …` through the real binary.
-    fn cli(&self, args: &[&str]) -> (bool, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(args)
             .arg("--config")

@@ -164,6 +164,13 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
         "{}",
         b.log()
     );
+    let (ok, shown) = serve.cli(&["status"]);
+    assert!(ok, "{shown}");
+    let b_holder = serve.store.reads().lease().await.unwrap().unwrap().holder;
+    assert!(
+        shown.contains(&format!("leader: {b_holder} (epoch 2; lease until")),
+        "{shown}"
+    );
 
     serve.url = b_url.clone();
     serve

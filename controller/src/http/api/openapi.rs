@@ -27,7 +27,7 @@ use super::views::*;
     ),
     components(schemas(Problem, PipelineView, StageView, StageRelease, RunView, ReleaseRef, ReleaseStatus,
         ReleaseView, ReleasePage, ReleaseRun, DecisionView, ReleaseDetail, EventView, EventPage,
-        ConfigView, Validation, Done, DecideBody, PauseBody, OverrideBody, OverrideWhich, PromoteBody, ReasonBody)),
+        ConfigView, LeaderView, Validation, Done, DecideBody, PauseBody, OverrideBody, OverrideWhich, PromoteBody, ReasonBody)),
     modifiers(&Common),
     security(("bearer" = [])),
     tags((name = "read", description = "Any valid key"), (name = "act", description = "Roles as documented per operation"))

@@ -297,6 +297,13 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
             "file"
         }
         .into(),
+        leader: api
+            .engine
+            .reads()
+            .lease()
+            .await
+            .map_err(Problem::internal)?
+            .map(LeaderView::from),
         file: config.source_file.display().to_string(),
         repository: applied.as_ref().map(|a| a.repository.clone()),
         commit: applied.as_ref().map(|a| a.sha.to_string()),

@@ -268,6 +268,48 @@ pub struct ConfigView {
     pub applied_at: Option<DateTime<Utc>>,
     pub pipelines: Vec<String>,
     pub validation: Validation,
+    /// The controller leading, when several share a PostgreSQL state (absent on SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderView>,
+}
+
+/// The holder of the leader lease: the controller that reconciles and performs effects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaderView {
+    /// `HOST/PID/XXXX`.
+    pub holder: String,
+    /// One more at every change of leader.
+    pub epoch: i64,
+    /// When the lease runs out unless renewed (every fifth of its length).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<crate::store::lease::Lease> for LeaderView {
+    fn from(l: crate::store::lease::Lease) -> LeaderView {
+        LeaderView {
+            holder: l.holder,
+            epoch: l.epoch,
+            expires_at: l.expires_at,
+        }
+    }
+}
+
+impl LeaderView {
+    /// The line `tollgate status` prints about it at `now`.
+    pub fn line(&self, now: DateTime<Utc>) -> String {
+        let until = self.expires_at.format("%Y-%m-%d %H:%M:%S UTC");
+        if self.expires_at > now {
+            format!(
+                "leader: {} (epoch {}; lease until {until})",
+                self.holder, self.epoch
+            )
+        } else {
+            format!(
+                "leader: none; the lease of {} (epoch {}) ran out at {until}",
+                self.holder, self.epoch
+            )
+        }
+    }
 }
 
 /// The result of validating the configuration's source as it is now.
