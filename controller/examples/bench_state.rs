@@ -1,12 +1,16 @@
 //! Benchmark: how the state grows with releases, and whether the planner's snapshot does.
 //!
 //! Runs the real engine (reconciler, planner, executor, store) in this process over a real
-//! SQLite file, with the in-memory fakes of the testkit as AWS and GitHub and a manual clock:
-//! one pipeline, beta → gamma → prod, a test before beta and after each deploy, a 10-minute
-//! bake in prod. Releases are recorded one after the other as deliveries are, and each is
-//! driven until Prod succeeded (the clock is moved past the bake), so the database holds what
-//! the engine writes: releases, runs, effects with their outcomes, the event log, the stage
-//! histories.
+//! SQLite file, with the in-memory fakes of the testkit as AWS and GitHub and a manual clock,
+//! on the engine tests' world ([`tollgate_testkit::engine_world`]): one pipeline, beta → gamma
+//! → prod (prod in two regions), a test before beta and after each deploy, an approval and a
+//! 10-minute bake in prod. Releases are recorded one after the other as deliveries are, and
+//! each is driven until Prod succeeded (approved by alice when it asks, the clock moved past
+//! the bake), so the database holds what the engine writes: releases, runs, approvals,
+//! effects with their outcomes, the event log, the stage histories. Every write goes through
+//! the store's writer as in `tollgate serve`; the benchmark only stops waiting for an effect as
+//! soon as it has ended (it yields instead of sleeping a timer tick). 10,000 releases took
+//! 59 minutes on the shared 2-core machine (docs/benchmarks.md).
 //!
 //! At 100, 1,000 and 10,000 releases it prints the database's size (after a WAL checkpoint),
 //! the bytes per release and per event-log entry (from SQLite's `dbstat` table), and the size
@@ -23,81 +27,20 @@
 //! ```
 //! Bounded: at most 10,000 releases; each release at most 200 reconciles.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use chrono::{TimeZone, Utc};
 use sqlx::Row;
-use tollgate::domain::{RunStatus, Snapshot, StageName};
-use tollgate::engine::{Delivery, Engine, ManualClock, NewRelease};
+use tollgate::domain::{Decision, RunStatus, Snapshot, StageName};
+use tollgate::engine::{Delivery, Engine, ManualClock};
 use tollgate::store::Store;
+use tollgate_testkit::engine_world::{approval, config_in, release, start_time};
 use tollgate_testkit::fakes::Fakes;
 
 const MAX_RELEASES: usize = 10_000;
 const CHECKPOINTS: [usize; 3] = [100, 1_000, 10_000];
-
-const STAGES: &str = r#"
-[controller]
-public_url = "https://tollgate.test"
-
-[[pipelines]]
-name = "backend"
-[pipelines.source]
-repository = "acme/backend"
-[pipelines.artifact]
-repository = "backend"
-account = "build"
-region = "eu-west-1"
-[pipelines.notifications]
-topic = "arn:aws:sns:eu-west-1:111111111111:tollgate"
-
-[pipelines.tests.unit]
-kind = "command"
-argv = ["true"]
-[pipelines.tests.smoke]
-kind = "command"
-argv = ["true"]
-
-[[pipelines.stages]]
-name = "beta"
-targets = [{ account = "build" }]
-before = ["unit"]
-after = ["smoke"]
-alarms = ["beta-5xx"]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "backend-beta"
-template = "service.yaml"
-image_parameter = "ImageUri"
-
-[[pipelines.stages]]
-name = "gamma"
-targets = [{ account = "build" }]
-after = ["smoke"]
-alarms = ["gamma-5xx"]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "backend-gamma"
-template = "service.yaml"
-image_parameter = "ImageUri"
-
-[[pipelines.stages]]
-name = "prod"
-targets = [{ account = "build" }]
-after = ["smoke"]
-bake = "10m"
-alarms = ["prod-5xx"]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "backend-prod"
-template = "service.yaml"
-image_parameter = "ImageUri"
-"#;
-
-const ACCOUNTS: &str =
-    "[accounts.build]\nid = \"111111111111\"\nregion = \"eu-west-1\"\ncontroller = true\n";
 
 #[tokio::main]
 async fn main() {
@@ -133,39 +76,46 @@ fn workdir() -> Result<tempfile::TempDir> {
     })
 }
 
-fn new_release(n: usize) -> NewRelease {
-    NewRelease {
-        pipeline: "backend".into(),
-        sha: format!("{n:040x}"),
-        branch: "main".into(),
-        author_name: "Carol".into(),
-        author_email: "carol@example.com".into(),
-        author_login: Some("carol".into()),
-        message: format!("change {n}: a one-line commit message of a usual length"),
-        ..NewRelease::default()
+/// Waits until no effect of the engine runs (bounded: 5 s).
+async fn effects_ended(engine: &Engine) -> Result<()> {
+    let began = Instant::now();
+    while engine.in_flight() > 0 {
+        ensure!(
+            began.elapsed() < Duration::from_secs(5),
+            "an effect ran for 5 s"
+        );
+        tokio::task::yield_now().await;
     }
+    Ok(())
 }
 
-/// Records release `n` and reconciles until Prod succeeded, moving the clock past the bake.
+/// Records release `n` and reconciles until Prod succeeded, approving it when Prod asks and
+/// moving the clock past the bake.
 async fn promote(engine: &Engine, clock: &ManualClock, n: usize) -> Result<()> {
     let d = Delivery {
         source: "github".into(),
         id: format!("delivery-{n}"),
     };
-    let id = match engine.record_release(&new_release(n), &d).await? {
+    let number = u32::try_from(n)?;
+    let id = match engine.record_release(&release(number), &d).await? {
         tollgate::engine::Ingested::Recorded(id) => id,
         tollgate::engine::Ingested::Duplicate => bail!("release {n} taken for a duplicate"),
     };
     for _ in 0..200 {
         let next = engine.reconcile("backend").await?;
-        let mut waited = 0;
-        while engine.in_flight() > 0 && waited < 5_000 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            waited += 1;
-        }
+        effects_ended(engine).await?;
         let run = engine.reads().stage_run(id, "prod").await?;
         match run.map(|r| r.status) {
             Some(RunStatus::Succeeded) => return Ok(()),
+            Some(RunStatus::AwaitingApproval) => {
+                let approved = approval(id, "alice", Decision::Approve);
+                let d = Delivery {
+                    source: "approval".into(),
+                    id: format!("approval-{n}"),
+                };
+                engine.record_approval(&approved, &d).await?;
+                continue;
+            }
             Some(s) if s.is_terminal() => bail!("release {n} ended {s:?} in prod"),
             _ => {}
         }
@@ -250,22 +200,11 @@ async fn sizes(store: &Store, engine: &Engine, releases: usize) -> Result<Sizes>
 async fn run() -> Result<()> {
     let releases = args()?;
     let dir = workdir()?;
-    std::fs::create_dir_all(dir.path().join("accounts"))?;
-    std::fs::write(dir.path().join("accounts/accounts.toml"), ACCOUNTS)?;
-    std::fs::write(dir.path().join("service.yaml"), "Resources: {}\n")?;
-    let stages_path: PathBuf = dir.path().join("stages.toml");
-    std::fs::write(&stages_path, STAGES)?;
-    let config = tollgate::config::load(&stages_path)
-        .map_err(|e| anyhow!("{e}"))?
-        .config;
+    let config = config_in(dir.path());
     let url = format!("sqlite://{}", dir.path().join("state.db").display());
     let store = Store::open(&url).await?;
     let fakes = Fakes::new();
-    let start = Utc
-        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-        .single()
-        .context("start time")?;
-    let clock = Arc::new(ManualClock::new(start));
+    let clock = Arc::new(ManualClock::new(start_time()));
     let engine = Engine::new(store.clone(), config, fakes.ports(), clock.clone());
     println!(
         "{releases} releases through the engine (fakes for AWS and GitHub) into {}",

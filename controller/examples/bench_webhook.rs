@@ -3,10 +3,16 @@
 //! Runs the real `tollgate serve` (production defaults) over 200 pipelines
 //! ([`support::fleet`]), with moto on 127.0.0.1 as AWS. Each round sends 200 signed GitHub
 //! `push` deliveries at the same moment, one per pipeline, to `POST /webhooks/github`, and
-//! times each from the start of its request to its 2xx answer (connection included). The
-//! answer is durable: the route answers only after the delivery and its release are committed
-//! to the SQLite file (WAL). After the rounds, the store is read back to check that every
-//! delivery answered 2xx made its release.
+//! times each from the moment its request is sent to its 2xx answer: "received → durable
+//! 2xx". Each push moves its pipeline's branch on from the previous round's commit, as
+//! GitHub's consecutive pushes do. The answer is durable: the route answers only after the
+//! delivery and its release are committed to the SQLite file (WAL). After the rounds, the
+//! store is read back to check that every delivery answered 2xx made its release.
+//!
+//! So that the figure is the controller's and not the client's, every request of a round is
+//! built and signed before the round starts, and sent over one of 200 keep-alive connections
+//! opened beforehand (GitHub keeps none between deliveries; the TCP connect on loopback is
+//! not the controller's work); the 200 tasks start together from a barrier.
 //!
 //! `[controller.http]` is set so that the edge admits all 200 at once (`max_concurrent_requests`
 //! 256, a rate limit of 100,000 a minute with a burst of 10,000): all deliveries come from
@@ -24,11 +30,15 @@
 mod support;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use support::measure::{pick, verdict};
-use support::{Controller, deliver, fleet, free_port, push_body, random_secret};
+use support::{Controller, fleet, free_port, push_body_after, random_secret};
+use tokio::sync::Barrier;
+use tollgate::github::webhook::sign;
+use tollgate::secret::Secret;
 use tollgate::store::Store;
 use tollgate_testkit::moto::MotoServer;
 
@@ -68,25 +78,77 @@ fn args() -> Result<(PathBuf, usize)> {
     Ok((std::fs::canonicalize(&tollgate)?, rounds))
 }
 
-/// One delivery: how long until its answer, and the answer's status.
-async fn one(
-    http: reqwest::Client,
-    url: String,
-    secret: String,
+/// The commit pushed to pipeline `i`'s branch in `round` (round 0: the branch's creation).
+fn sha(round: usize, i: usize) -> String {
+    if round == 0 {
+        return "0".repeat(40);
+    }
+    format!("{round:08x}{i:032x}")
+}
+
+/// Delivery `i` of `round`, built and signed: a push moving the branch on from the previous
+/// round's commit.
+fn request(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &Secret,
     round: usize,
     i: usize,
+) -> Result<reqwest::Request> {
+    let body = push_body_after(
+        &fleet::repository(i),
+        &sha(round - 1, i),
+        &sha(round, i),
+        "bench",
+    );
+    Ok(http
+        .post(format!("{url}/webhooks/github"))
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", format!("bench-webhook-{round}-{i}"))
+        .header("x-hub-signature-256", sign(secret, body.as_bytes()))
+        .body(body)
+        .build()?)
+}
+
+/// One delivery, sent when every task of the round is ready: how long until its answer, and
+/// the answer's status.
+async fn one(
+    http: reqwest::Client,
+    request: reqwest::Request,
+    ready: Arc<Barrier>,
 ) -> Result<(Duration, u16)> {
-    let sha = format!("{round:08x}{i:032x}");
-    let body = push_body(&fleet::repository(i), &sha, "bench");
-    let delivery = format!("bench-webhook-{round}-{i}");
+    ready.wait().await;
     let start = Instant::now();
-    let (status, _) = tokio::time::timeout(
-        REQUEST_LIMIT,
-        deliver(&http, &url, &secret, "push", &delivery, body),
-    )
+    let answer = tokio::time::timeout(REQUEST_LIMIT, async {
+        let r = http.execute(request).await?;
+        let status = r.status();
+        r.bytes().await?;
+        anyhow::Ok(status)
+    })
     .await
     .context("no answer within 30 s")??;
-    Ok((start.elapsed(), status.as_u16()))
+    Ok((start.elapsed(), answer.as_u16()))
+}
+
+/// Opens (or keeps) `CONCURRENT` keep-alive connections to the controller: as many
+/// `GET /healthz` at once.
+async fn warm(http: &reqwest::Client, url: &str) -> Result<()> {
+    let ready = Arc::new(Barrier::new(CONCURRENT));
+    let tasks: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let (http, url, ready) = (http.clone(), format!("{url}/healthz"), ready.clone());
+            tokio::spawn(async move {
+                ready.wait().await;
+                http.get(url).send().await?.bytes().await?;
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
 
 async fn run() -> Result<()> {
@@ -108,8 +170,12 @@ async fn run() -> Result<()> {
     )?;
     let http = reqwest::Client::builder()
         .no_proxy()
-        .pool_max_idle_per_host(0)
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(CONCURRENT)
+        .pool_idle_timeout(None)
         .build()?;
+    let signing = Secret::new(&secret);
     support::wait_ready(&http, &url, &mut controller).await?;
     println!(
         "tollgate serve over {CONCURRENT} pipelines; {rounds} rounds of {CONCURRENT} concurrent signed push deliveries"
@@ -117,9 +183,14 @@ async fn run() -> Result<()> {
     let mut latencies = Vec::new();
     let mut refused: std::collections::BTreeMap<u16, usize> = Default::default();
     for round in 1..=rounds {
-        let tasks: Vec<_> = (0..CONCURRENT)
-            .map(|i| tokio::spawn(one(http.clone(), url.clone(), secret.clone(), round, i)))
-            .collect();
+        warm(&http, &url).await?;
+        let ready = Arc::new(Barrier::new(CONCURRENT));
+        let tasks = (0..CONCURRENT)
+            .map(|i| {
+                let r = request(&http, &url, &signing, round, i)?;
+                Ok(tokio::spawn(one(http.clone(), r, ready.clone())))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut this = Vec::new();
         for t in tasks {
             let (took, status) = t.await??;

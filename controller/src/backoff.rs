@@ -270,9 +270,15 @@ impl Push<'_> {
 }
 
 /// Once pushes are known to arrive, the looks that stay are a backstop for a lost one: one
-/// this often (or at the schedule's `max`, if longer), or (with history) none before well
+/// this often (or at the schedule's `max`, if longer), and (with history) none before well
 /// past the longest past duration.
-pub const BACKSTOP: Duration = Duration::from_secs(60);
+///
+/// "Known to arrive" means a push about this very operation has been received (for a stack,
+/// one of its events since the execute): the channel is proven live, so the completion event
+/// is expected the same way and the backstop can be long. A 3-minute update then costs the
+/// look at once and the one the completion push brings; a lost completion push costs at most
+/// this long, and the poll's timeout still bounds the whole wait.
+pub const BACKSTOP: Duration = Duration::from_secs(300);
 
 /// How long before the shortest past duration the dense looks start.
 pub const LEAD: Duration = Duration::from_secs(1);
@@ -325,7 +331,7 @@ impl Schedule {
         if heard {
             let backstop = BACKSTOP.max(self.cap);
             return match self.expected {
-                Some(e) if elapsed + backstop < e.dense_until() => e.dense_until() - elapsed,
+                Some(e) if elapsed < e.dense_until() => e.dense_until() - elapsed,
                 _ => backstop,
             };
         }
@@ -565,13 +571,17 @@ mod tests {
         assert_eq!(lasted, Duration::from_millis(172_500));
     }
 
-    /// Once pushes are known to arrive, only backstop looks stay: one a minute, or with history
-    /// none before well past the longest past duration. A 3-minute update then costs the
-    /// look at once and the one the push brings; a lost push is still seen by a backstop look.
+    /// Once pushes are known to arrive, only backstop looks stay: one every five minutes, and
+    /// with history none before well past the longest past duration. A 3-minute update then
+    /// costs the look at once and the one the push brings, with or without history; a lost
+    /// push is still seen by a backstop look.
     #[tokio::test(start_paused = true)]
     async fn once_pushes_arrive_only_backstop_looks_stay() {
         let (looks, _) = pushed(None, true, 172_500, true).await;
-        assert_eq!(looks, [0, 60_000, 120_000, 172_500]);
+        assert_eq!(looks, [0, 172_500]);
+        // The completion push is lost: the backstop look sees it, five minutes in.
+        let (looks, _) = pushed(None, true, 172_500, false).await;
+        assert_eq!(looks, [0, 300_000]);
         let expected = Expected::from_past(&[secs(180)]);
         let (looks, lasted) = pushed(expected, true, 180_300, true).await;
         assert_eq!(looks, [0, 180_300]);

@@ -214,7 +214,11 @@ pub async fn deliver(
 
 /// The body of a `push` of commit `sha` to `main` of `repo` (`owner/name`), in GitHub's shape.
 pub fn push_body(repo: &str, sha: &str, message: &str) -> String {
-    let before = "0".repeat(40);
+    push_body_after(repo, &"0".repeat(40), sha, message)
+}
+
+/// [`push_body`] of a push that moved `main` from `before` to `sha`.
+pub fn push_body_after(repo: &str, before: &str, sha: &str, message: &str) -> String {
     let name = repo.rsplit('/').next().unwrap_or(repo);
     let owner = repo.split('/').next().unwrap_or(repo);
     serde_json::json!({

@@ -108,7 +108,11 @@ async fn start(args: ServeArgs) -> Result<()> {
         Backend::Postgres => Leadership::elected(lease_holder(), args.lease_ttl),
     };
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
-    let reconcilers = engine.spawn();
+    // The reconcilers and effects run on their own runtime, so the deploys a burst of
+    // webhooks starts never queue ahead of the next deliveries on the HTTP runtime.
+    let background =
+        crate::engine::runtime::Background::start().context("the reconcilers' runtime")?;
+    let reconcilers = engine.spawn_on(background.handle());
     if let Some(note) = &in_force {
         intake::note_config(&engine, &engine.config(), "controller", note).await;
     }

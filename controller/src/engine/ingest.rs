@@ -10,6 +10,7 @@
 //! side effect, or accept a fact for a pipeline or stage the configuration in force lacks.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -61,6 +62,48 @@ impl Waker {
     }
 }
 
+/// The webhook deliveries being received in this process, which the reconcile loops let finish
+/// before they start ([`Ingest::receiving`], [`Ingest::until_quiet`]).
+#[derive(Default)]
+pub(super) struct Receiving {
+    count: AtomicUsize,
+    quiet: Notify,
+}
+
+impl Receiving {
+    fn start(self: &Arc<Self>) -> ReceivingGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        ReceivingGuard(self.clone())
+    }
+
+    async fn until_quiet(&self, most: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + most;
+        loop {
+            let quiet = self.quiet.notified();
+            tokio::pin!(quiet);
+            quiet.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                () = quiet => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+}
+
+/// A delivery being received; dropping it ends that.
+pub struct ReceivingGuard(Arc<Receiving>);
+
+impl Drop for ReceivingGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.quiet.notify_waiters();
+        }
+    }
+}
+
 /// Records facts and wakes the pipelines they concern. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -68,6 +111,7 @@ pub struct Ingest {
     config: SharedConfig,
     clock: Arc<dyn Clock>,
     wakers: Arc<Wakers>,
+    receiving: Arc<Receiving>,
 }
 
 /// What became of a `tollgate retry` request.
@@ -99,7 +143,22 @@ impl Ingest {
             config,
             clock,
             wakers,
+            receiving: Arc::default(),
         }
+    }
+
+    /// Marks a webhook delivery as being received until the guard is dropped: the reconcile
+    /// loops of this process hold back (at most [`super::YIELD_TO_INTAKE`]) until none is, so
+    /// the deploys a burst of deliveries starts do not compete with the rest of the burst for
+    /// the CPU and the store's writer. Recording is never delayed: a fact is written and its
+    /// pipeline woken as before; only the reconcile that answers the wake-up waits.
+    pub fn receiving(&self) -> ReceivingGuard {
+        self.receiving.start()
+    }
+
+    /// Waits until no delivery is being received, or `most` has passed.
+    pub(super) async fn until_quiet(&self, most: std::time::Duration) {
+        self.receiving.until_quiet(most).await;
     }
 
     pub(super) fn store(&self) -> &Store {
@@ -169,18 +228,20 @@ impl Ingest {
     }
 
     /// [`Ingest::record_release`], only while the pipeline's newest release is still `newest`:
-    /// `None` when another was recorded meanwhile (decide again).
+    /// `None` when another was recorded meanwhile (decide again). `push`, the link of the push
+    /// that brought it, is recorded in the same write ([`Ingest::record_push`]).
     pub async fn record_release_after(
         &self,
         r: &NewRelease,
         d: &Delivery,
         newest: Option<ReleaseId>,
+        push: Option<&PushLink>,
     ) -> EngineResult<Option<Ingested<ReleaseId>>> {
         let p = self.pipeline(&r.pipeline)?;
         let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
         let now = self.now();
         let out = (self.store)
-            .record_release_after(r, &stages, d, now, Some(newest))
+            .record_release_after(r, &stages, d, now, Some(newest), push)
             .await?;
         if out.is_some() {
             self.wake(&r.pipeline);
@@ -421,5 +482,43 @@ impl Ingest {
             .await?;
         self.wake(pipeline);
         Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A reconcile woken during a burst of deliveries starts once the last of them is
+    /// answered, and never later than its bound while deliveries keep arriving.
+    #[tokio::test(start_paused = true)]
+    async fn a_woken_reconcile_waits_for_the_deliveries_being_received_within_its_bound() {
+        let receiving = Arc::new(Receiving::default());
+        let start = tokio::time::Instant::now();
+        receiving.until_quiet(Duration::from_millis(100)).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "nothing received: at once");
+
+        let (first, second) = (receiving.start(), receiving.start());
+        let r = receiving.clone();
+        let waiting = tokio::spawn(async move {
+            r.until_quiet(Duration::from_millis(100)).await;
+            start.elapsed()
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "one delivery is still being received"
+        );
+        drop(second);
+        assert_eq!(waiting.await.unwrap(), Duration::from_millis(30));
+
+        let _endless = receiving.start();
+        let bounded = tokio::time::Instant::now();
+        receiving.until_quiet(Duration::from_millis(100)).await;
+        assert_eq!(bounded.elapsed(), Duration::from_millis(100));
     }
 }

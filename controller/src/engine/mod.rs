@@ -34,6 +34,7 @@ mod ingest;
 pub mod leader;
 pub mod messages;
 pub mod ports;
+pub mod runtime;
 
 use std::collections::HashSet;
 use std::ops::Deref;
@@ -50,7 +51,7 @@ use crate::domain::{Action, Effect, StageName, plan};
 use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use facts::*;
-pub use ingest::{Ingest, RetryVerdict};
+pub use ingest::{Ingest, ReceivingGuard, RetryVerdict};
 pub use leader::{Leadership, Standing};
 pub use ports::*;
 
@@ -117,6 +118,9 @@ struct Inner {
     effect_deadline: AtomicU64,
     /// Whether this controller may reconcile and perform effects ([`leader`]).
     leadership: Leadership,
+    /// Where the loops and their effects run: the runtime given to [`Engine::spawn_on`], or
+    /// the caller's.
+    background: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// How often the event log is checked for facts another process wrote into the state
@@ -124,6 +128,11 @@ struct Inner {
 /// One query for the whole controller, reading only entries newer than the last seen, whatever
 /// the number of pipelines.
 pub const FACT_WATCH: Duration = Duration::from_secs(1);
+
+/// The longest a woken reconcile waits for the webhook deliveries being received to be
+/// answered ([`Ingest::receiving`]): a burst of deliveries is answered first, and its
+/// reconciles start together after it, never later than this after their wake-up.
+pub const YIELD_TO_INTAKE: Duration = Duration::from_millis(100);
 
 /// The longest a pipeline's loop sleeps towards one of its own deadlines (a bake end, an
 /// approval expiry, a window opening, an alarm poll) before it looks again. Deadlines are
@@ -214,6 +223,7 @@ impl Engine {
                 watching: AtomicBool::new(false),
                 effect_deadline: AtomicU64::new(millis(default_effect_deadline())),
                 leadership,
+                background: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -269,11 +279,34 @@ impl Engine {
     /// Starts only the loops not already running, so calling it again after a configuration
     /// reload starts the pipelines the reload added.
     pub fn spawn(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.spawn_loops()
+    }
+
+    /// [`Engine::spawn`] onto `runtime` (see [`runtime::Background`]): the loops, the effects
+    /// they start, and the loops a configuration reload adds later all run there.
+    pub fn spawn_on(&self, runtime: tokio::runtime::Handle) -> Vec<tokio::task::JoinHandle<()>> {
+        // The first runtime given stays (a second call spawns onto it too).
+        let _ = self.inner.background.set(runtime);
+        self.spawn_loops()
+    }
+
+    /// Runs a task of the engine on its runtime.
+    fn run_task<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.inner.background.get() {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
+    fn spawn_loops(&self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut looping = self.inner.looping.lock().unwrap_or_else(|p| p.into_inner());
         let first = !self.inner.watching.swap(true, Ordering::Relaxed);
         let watch = first.then(|| {
             let engine = self.clone();
-            tokio::spawn(async move { engine.watch_facts().await })
+            self.run_task(async move { engine.watch_facts().await })
         });
         let lease = (first && self.inner.leadership.is_elected()).then(|| {
             let engine = self.clone();
@@ -287,7 +320,7 @@ impl Engine {
             .map(|p| {
                 let engine = self.clone();
                 let name = p.name.clone();
-                tokio::spawn(async move { engine.pipeline_loop(&name).await })
+                self.run_task(async move { engine.pipeline_loop(&name).await })
             })
             .collect();
         loops.into_iter().chain(watch).chain(lease).collect()
@@ -384,6 +417,7 @@ impl Engine {
             // The lag runs from the earliest wake-up this reconcile answers (a fact recorded,
             // an effect finished), or from the loop's own waking (a deadline).
             let since = waker.take().map_or(woke, |w| w.min(woke));
+            self.inner.ingest.until_quiet(YIELD_TO_INTAKE).await;
             let span = tracing::info_span!("reconcile", pipeline = name);
             let reconciled = self.reconcile(name).instrument(span).await;
             crate::metrics::global().reconciled(name, since.elapsed());
@@ -506,7 +540,7 @@ impl Engine {
             effect_key = %e.key,
             kind = e.kind.tag(),
         );
-        tokio::spawn(async move { engine.run_effect(e, ctx).await }.instrument(span));
+        self.run_task(async move { engine.run_effect(e, ctx).await }.instrument(span));
         Ok(())
     }
 

@@ -263,9 +263,13 @@ pub async fn handle(
     event: GithubEvent,
 ) -> Result<IntakeOutcome, EngineError> {
     let config = engine.config();
-    if let GithubEvent::Push(push) = &event {
-        record_push(engine, &config, push).await?;
-    }
+    // A push's link is written in the same unit as the first release it makes (one durable
+    // write per delivery), or on its own when it makes none.
+    let link = match &event {
+        GithubEvent::Push(push) => push_link(&config, push),
+        _ => None,
+    };
+    let mut linked = false;
     let decisions: Vec<(String, Decision)> = match &event {
         GithubEvent::Ping => {
             return Ok(IntakeOutcome {
@@ -288,11 +292,19 @@ pub async fn handle(
         match decision {
             Decision::NotMine => {}
             Decision::Skip(reason) => skipped.push(format!("{pipeline}: {reason}")),
-            Decision::Release(r) => outcomes.push(release(engine, forge, delivery, &r).await?),
+            Decision::Release(r) => {
+                let pending = link.as_ref().filter(|_| !linked);
+                let (outcome, written) = release(engine, forge, delivery, &r, pending).await?;
+                linked |= written;
+                outcomes.push(outcome);
+            }
             Decision::Refuse(reason) => {
                 outcomes.push(refuse(engine, delivery, &pipeline, reason).await?)
             }
         }
+    }
+    if let Some(link) = link.as_ref().filter(|_| !linked) {
+        engine.record_push(link).await?;
     }
     if let GithubEvent::Push(push) = &event
         && let Some(sha) = config_change(&config, push)
@@ -377,12 +389,15 @@ pub fn pipeline_delivery(delivery: &Delivery, pipeline: &str) -> Delivery {
 
 /// Records a release if its commit is newer, by the branch's history, than the pipeline's
 /// newest release; a build of an older commit (finishing last, or re-run) is refused as stale.
+/// `push`, the link of the push being received (not written yet), counts in that history and
+/// is written with the release; the flag says whether it was.
 async fn release(
     engine: &Engine,
     forge: Option<&GithubForge>,
     delivery: &Delivery,
     r: &NewRelease,
-) -> Result<Outcome, EngineError> {
+    push: Option<&PushLink>,
+) -> Result<(Outcome, bool), EngineError> {
     let d = pipeline_delivery(delivery, &r.pipeline);
     let pipeline = r.pipeline.clone();
     let repo = engine
@@ -394,25 +409,27 @@ async fn release(
     for _ in 0..RACE_RETRIES {
         let newest = engine.reads().newest_release(&r.pipeline).await?;
         if let Some(n) = newest.as_ref().filter(|n| n.sha != r.sha.as_str()) {
-            match order(engine, forge, &repo, r, n).await {
+            match order(engine, forge, &repo, r, n, push).await {
                 Order::Newer => {}
-                Order::Older(why) => return refuse(engine, delivery, &pipeline, why).await,
+                Order::Older(why) => {
+                    return Ok((refuse(engine, delivery, &pipeline, why).await?, false));
+                }
                 Order::Unknown(why) => {
                     tracing::warn!(%pipeline, sha = %r.sha, newest = %n.sha, %why, "release order unknown; taken as newer by arrival");
                 }
             }
         }
         let newest = newest.map(|n| n.id);
-        if let Some(out) = engine.record_release_after(r, &d, newest).await? {
+        if let Some(out) = engine.record_release_after(r, &d, newest, push).await? {
             recorded = Some(out);
             break;
         }
     }
-    let recorded = match recorded {
-        Some(out) => out,
-        None => engine.record_release(r, &d).await?,
+    let (recorded, written) = match recorded {
+        Some(out) => (out, push.is_some()),
+        None => (engine.record_release(r, &d).await?, false),
     };
-    Ok(match recorded {
+    let outcome = match recorded {
         Ingested::Recorded(release) => {
             tracing::info!(delivery = %delivery.id, %pipeline, %release, sha = %r.sha, "release recorded");
             Outcome::Released { pipeline, release }
@@ -420,7 +437,8 @@ async fn release(
         Ingested::Duplicate => Outcome::Duplicate {
             pipeline: Some(pipeline),
         },
-    })
+    };
+    Ok((outcome, written))
 }
 
 /// Records a release of `sha` asked for by hand (`POST …/promote`), by the same path as a
@@ -439,7 +457,7 @@ pub async fn promote(
         source: "api".into(),
         id: format!("promote/{sha}"),
     };
-    release(engine, forge, &delivery, &r).await
+    Ok(release(engine, forge, &delivery, &r, None).await?.0)
 }
 
 /// How often a release is decided again when another was recorded meanwhile.
@@ -459,14 +477,16 @@ pub enum Order {
     Unknown(String),
 }
 
-/// Decides [`Order`] from the pushes received for the branch (`before → after` links), and,
-/// when they cannot tell, from GitHub's compare API.
+/// Decides [`Order`] from the pushes received for the branch (`before → after` links, with
+/// `pending`, the link of the push being received), and, when they cannot tell, from GitHub's
+/// compare API.
 pub async fn order(
     engine: &Engine,
     forge: Option<&GithubForge>,
     repo: &str,
     r: &NewRelease,
     newest: &crate::domain::Release,
+    pending: Option<&PushLink>,
 ) -> Order {
     let reads = engine.reads();
     let (new, old) = (r.sha.as_str(), newest.sha.as_str());
@@ -479,7 +499,14 @@ pub async fn order(
             r.branch
         )
     };
-    if let Ok(Some(true)) = reads.push_descends(repo, &r.branch, new, old).await {
+    // The pending link is the newest of the branch: it can only be the first step back from
+    // `new` (a walk from `old` meets `new` before it would need `new`'s own link).
+    let from = pending
+        .filter(|l| {
+            l.after == new && l.branch == r.branch && same_repo(&l.repository, repo) && !l.forced
+        })
+        .map_or(new, |l| l.before.as_str());
+    if let Ok(Some(true)) = reads.push_descends(repo, &r.branch, from, old).await {
         return Order::Newer;
     }
     if let Ok(Some(true)) = reads.push_descends(repo, &r.branch, old, new).await {
@@ -499,30 +526,20 @@ pub async fn order(
     }
 }
 
-/// Keeps the `before → after` link of a push to a branch some pipeline builds from.
-async fn record_push(
-    engine: &Engine,
-    config: &Config,
-    push: &PushEvent,
-) -> Result<(), EngineError> {
-    let Some(branch) = push.branch.as_deref() else {
-        return Ok(());
-    };
+/// The `before → after` link of a push to a branch some pipeline builds from, to keep.
+fn push_link(config: &Config, push: &PushEvent) -> Option<PushLink> {
+    let branch = push.branch.as_deref()?;
     let tracked = config
         .pipelines
         .iter()
         .any(|p| same_repo(&push.repository, &p.source.repository));
-    if !tracked || push.deleted {
-        return Ok(());
-    }
-    let link = PushLink {
+    (tracked && !push.deleted).then(|| PushLink {
         repository: push.repository.clone(),
         branch: branch.to_owned(),
         before: push.before.clone(),
         after: push.after.clone(),
         forced: push.forced,
-    };
-    engine.record_push(&link).await
+    })
 }
 
 async fn refuse(

@@ -73,6 +73,8 @@ async fn receive(
         .ok_or_else(|| Reply::bad_request("missing X-GitHub-Event header"))?;
     let delivery = delivery(headers)?;
     let parsed = parse_event(event, &body).map_err(|e| Reply::bad_request(e.to_string()))?;
+    // The reconciles this delivery (and the others arriving with it) wake wait for the answers.
+    let _receiving = state.engine.receiving();
     let outcome = intake::handle(&state.engine, state.forge.as_deref(), &delivery, parsed)
         .await
         .map_err(|e| {

@@ -26,21 +26,31 @@ impl Store {
     /// Records a push's link (a redelivery changes nothing).
     pub async fn record_push(&self, push: &PushLink, now: DateTime<Utc>) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO pushes (repository, branch, before, after, forced, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(push.repository.to_ascii_lowercase())
-        .bind(&push.branch)
-        .bind(&push.before)
-        .bind(&push.after)
-        .bind(i64::from(push.forced))
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await?;
+        insert_push(&mut tx, push, now).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Writes a push's link inside a write unit (a redelivery changes nothing).
+pub(super) async fn insert_push(
+    c: &mut sqlx::AnyConnection,
+    push: &PushLink,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO pushes (repository, branch, before, after, forced, received_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(push.repository.to_ascii_lowercase())
+    .bind(&push.branch)
+    .bind(&push.before)
+    .bind(&push.after)
+    .bind(i64::from(push.forced))
+    .bind(ms(now))
+    .execute(c)
+    .await?;
+    Ok(())
 }
 
 impl Reads {

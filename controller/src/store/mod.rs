@@ -279,13 +279,17 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Ingested<ReleaseId>> {
-        let recorded = self.record_release_after(r, stages, d, now, None).await?;
+        let recorded = self
+            .record_release_after(r, stages, d, now, None, None)
+            .await?;
         Ok(recorded.unwrap_or(Ingested::Duplicate))
     }
 
     /// [`Store::record_release`], only while the pipeline's newest release is still `newest`
     /// (`Some(None)`: it has none) when `newest` is given: `None` (nothing recorded, the
-    /// delivery not consumed) when another release was recorded meanwhile.
+    /// delivery not consumed) when another release was recorded meanwhile. `push`, the link of
+    /// the push that brought the release, is kept in the same unit (one durable write per
+    /// delivery), whether the release is new or a duplicate.
     pub async fn record_release_after(
         &self,
         r: &NewRelease,
@@ -293,6 +297,7 @@ impl Store {
         d: &Delivery,
         now: DateTime<Utc>,
         newest: Option<Option<ReleaseId>>,
+        push: Option<&PushLink>,
     ) -> Result<Option<Ingested<ReleaseId>>> {
         let mut tx = self.write().await?;
         if let Some(expected) = newest {
@@ -306,7 +311,11 @@ impl Store {
                 return Ok(None);
             }
         }
+        if let Some(push) = push {
+            history::insert_push(&mut tx, push, now).await?;
+        }
         if !Self::first_delivery(&mut tx, d, now).await? {
+            tx.commit().await?;
             return Ok(Some(Ingested::Duplicate));
         }
         let exists = sqlx::query("SELECT id FROM releases WHERE pipeline = $1 AND sha = $2")

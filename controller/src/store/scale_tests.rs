@@ -141,3 +141,71 @@ async fn snapshot_stays_the_same_size_as_releases_accumulate() {
     );
     assert!(!h.contains(&ids[0]), "old entries are left out");
 }
+
+/// A push's release and its `before → after` link are one write unit: refused because another
+/// release was recorded meanwhile, neither is kept (the intake decides again with both still
+/// unwritten); recorded, the link is there with the release, and a redelivery keeps it too.
+#[tokio::test]
+async fn a_release_and_its_push_link_are_written_together_or_not_at_all() {
+    use super::PushLink;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    let stages: Vec<StageName> = ["beta", "gamma", "prod"].map(StageName::from).to_vec();
+    let d = |id: &str| Delivery {
+        source: "github".into(),
+        id: id.into(),
+    };
+    let (first, second) = (new_release("svc", 1), new_release("svc", 2));
+    let link = PushLink {
+        repository: "acme/svc".into(),
+        branch: "main".into(),
+        before: first.sha.clone(),
+        after: second.sha.clone(),
+        forced: false,
+    };
+    let descends = || store.push_descends("acme/svc", "main", &second.sha, &first.sha);
+    let Ingested::Recorded(r1) = store
+        .record_release(&first, &stages, &d("a"), Utc::now())
+        .await
+        .unwrap()
+    else {
+        panic!("the first release was not recorded");
+    };
+    // Decided while the pipeline had no release: refused, and the link is not kept either.
+    let stale = store
+        .record_release_after(
+            &second,
+            &stages,
+            &d("b"),
+            Utc::now(),
+            Some(None),
+            Some(&link),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, None);
+    assert_eq!(
+        descends().await.unwrap(),
+        None,
+        "no link without its release"
+    );
+    let recorded = store
+        .record_release_after(
+            &second,
+            &stages,
+            &d("b"),
+            Utc::now(),
+            Some(Some(r1)),
+            Some(&link),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(recorded, Some(Ingested::Recorded(_))));
+    assert_eq!(descends().await.unwrap(), Some(true));
+    let again = store
+        .record_release_after(&second, &stages, &d("b"), Utc::now(), None, Some(&link))
+        .await
+        .unwrap();
+    assert_eq!(again, Some(Ingested::Duplicate));
+    assert_eq!(descends().await.unwrap(), Some(true));
+}

@@ -9,6 +9,7 @@
 
 pub mod aws_stubs;
 pub mod clock;
+pub mod engine_world;
 pub mod fakes;
 pub mod fuse;
 pub mod github_fake;

@@ -3,120 +3,20 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
-use tollgate::config::{self, Config};
-use tollgate::domain::{Decision, ReleaseId, RunStatus, StageRun};
-use tollgate::engine::{Delivery, NewAlarm, NewApproval, NewRelease};
+use chrono::{DateTime, Utc};
+use tollgate::domain::{ReleaseId, RunStatus, StageRun};
+use tollgate::engine::NewAlarm;
 use tollgate::engine::{Engine, ManualClock};
 use tollgate::store::Store;
 use tollgate_testkit::fakes::Fakes;
 use tollgate_testkit::fuse::Fuse;
 
-pub const STAGES: &str = r#"
-[controller]
-public_url = "https://tollgate.test"
-
-[[pipelines]]
-name = "backend"
-[pipelines.source]
-repository = "acme/backend"
-[pipelines.artifact]
-repository = "backend"
-account = "build"
-region = "eu-west-1"
-[pipelines.notifications]
-topic = "arn:aws:sns:eu-west-1:111111111111:tollgate"
-
-[pipelines.tests.unit]
-kind = "command"
-argv = ["true"]
-[pipelines.tests.integration]
-kind = "command"
-argv = ["true"]
-[pipelines.tests.smoke]
-kind = "command"
-argv = ["true"]
-
-[[pipelines.stages]]
-name = "beta"
-targets = [{ account = "beta" }]
-before = ["unit"]
-after = ["integration"]
-alarms = ["beta-5xx"]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "backend-beta"
-template = "service.yaml"
-image_parameter = "ImageUri"
-
-[[pipelines.stages]]
-name = "gamma"
-targets = [{ account = "gamma" }]
-after = ["smoke"]
-alarms = ["gamma-5xx"]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "backend-gamma"
-template = "service.yaml"
-image_parameter = "ImageUri"
-
-[[pipelines.stages]]
-name = "prod"
-targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]
-after = ["smoke"]
-bake = "10m"
-alarms = ["prod-5xx"]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "backend-prod"
-template = "service.yaml"
-image_parameter = "ImageUri"
-[pipelines.stages.approval]
-topic = "arn:aws:sns:eu-west-1:111111111111:approvals"
-approvers = [
-  { name = "alice", email = "alice@example.com", github = "alice" },
-  { name = "bob", email = "bob@example.com" },
-]
-"#;
-
-pub const ACCOUNTS: &str = r#"
-[accounts.build]
-id = "111111111111"
-region = "eu-west-1"
-controller = true
-[accounts.beta]
-id = "222222222222"
-role_arn = "arn:aws:iam::222222222222:role/deploy"
-external_id = { env = "X_BETA" }
-region = "eu-west-1"
-[accounts.gamma]
-id = "333333333333"
-role_arn = "arn:aws:iam::333333333333:role/deploy"
-external_id = { env = "X_GAMMA" }
-region = "eu-west-1"
-[accounts.prod]
-id = "444444444444"
-role_arn = "arn:aws:iam::444444444444:role/deploy"
-external_id = { env = "X_PROD" }
-region = "eu-west-1"
-"#;
-
-/// Writes the config files into `dir` and loads them.
-pub fn config_in(dir: &Path) -> Config {
-    std::fs::create_dir_all(dir.join("accounts")).unwrap();
-    std::fs::write(dir.join("accounts/accounts.toml"), ACCOUNTS).unwrap();
-    std::fs::write(dir.join("service.yaml"), "Resources: {}\n").unwrap();
-    std::fs::write(dir.join("stages.toml"), STAGES).unwrap();
-    config::load(&dir.join("stages.toml")).unwrap().config
-}
-
-pub fn start_time() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap()
-}
+pub use tollgate_testkit::engine_world::{
+    ACCOUNTS, STAGES, approval, config_in, delivery, release, sha, start_time,
+};
 
 pub struct Harness {
     pub dir: tempfile::TempDir,
@@ -165,30 +65,6 @@ impl Harness {
     }
 }
 
-pub fn sha(n: u32) -> String {
-    format!("{n:040x}")
-}
-
-pub fn release(n: u32) -> NewRelease {
-    NewRelease {
-        pipeline: "backend".into(),
-        sha: sha(n),
-        branch: "main".into(),
-        author_name: "Carol".into(),
-        author_email: "carol@example.com".into(),
-        author_login: Some("carol".into()),
-        message: format!("change {n}"),
-        ..NewRelease::default()
-    }
-}
-
-pub fn delivery(id: &str) -> Delivery {
-    Delivery {
-        source: "test".into(),
-        id: id.into(),
-    }
-}
-
 /// Reconciles until nothing changes and no effect is running (bounded).
 pub async fn settle(engine: &Engine) -> Result<(), tollgate::engine::EngineError> {
     for _ in 0..400 {
@@ -222,20 +98,6 @@ pub async fn run(engine: &Engine, id: ReleaseId, stage: &str) -> StageRun {
 
 pub async fn status(engine: &Engine, id: ReleaseId, stage: &str) -> RunStatus {
     run(engine, id, stage).await.status
-}
-
-pub fn approval(id: ReleaseId, who: &str, decision: Decision) -> NewApproval {
-    NewApproval {
-        pipeline: "backend".into(),
-        release: id,
-        stage: "prod".into(),
-        attempt: 1,
-        approver: who.into(),
-        decision,
-        verified: true,
-        actor: format!("approver:{who}"),
-        context: "test".into(),
-    }
 }
 
 pub fn alarm(stage: &str, name: &str) -> NewAlarm {
