@@ -237,8 +237,14 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // Several controllers may share a PostgreSQL state: the leader lease decides which acts.
+        assert!(
+            ServeLock::acquire("postgres://x", Holder::this_process())
+                .unwrap()
+                .is_none()
+        );
         assert!(matches!(
-            ServeLock::acquire("postgres://x", Holder::this_process()),
+            ServeLock::acquire("mysql://x", Holder::this_process()),
             Err(LockError::Url(_))
         ));
     }
