@@ -107,8 +107,15 @@ async fn start(args: ServeArgs) -> Result<()> {
         Backend::Sqlite => Leadership::sole(),
         Backend::Postgres => Leadership::elected(lease_holder(), args.lease_ttl),
     };
+    let pruning = store.clone();
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
-    let reconcilers = engine.spawn();
+    let mut reconcilers = engine.spawn();
+    let leads = engine.leadership().clone();
+    reconcilers.push(crate::store::retention::spawn_pruner(
+        pruning,
+        config.controller.retention.clone(),
+        move || leads.may_act(),
+    ));
     if let Some(note) = &in_force {
         intake::note_config(&engine, &engine.config(), "controller", note).await;
     }

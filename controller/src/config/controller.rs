@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::model::{ApiSettings, ControllerSettings, HttpSettings, SnsSettings};
-use super::raw::{RawApi, RawController, RawHttp, RawSns};
+use super::model::{ApiSettings, ControllerSettings, HttpSettings, RetentionSettings, SnsSettings};
+use super::raw::{RawApi, RawController, RawHttp, RawRetention, RawSns};
 use super::validate::Ctx;
 use super::values;
 use crate::cfg_path;
@@ -45,6 +45,38 @@ pub(crate) fn settings(raw: &RawController, cx: &mut Ctx) -> ControllerSettings 
         http: http(&raw.http, cx),
         sns: sns(&raw.sns, cx),
         api: api(&raw.api, cx),
+        retention: retention(&raw.retention, cx),
+    }
+}
+
+fn retention(raw: &RawRetention, cx: &mut Ctx) -> RetentionSettings {
+    let d = RetentionSettings::default();
+    let mut keep = |key: &str, text: Option<&str>, default: Duration| {
+        positive_duration(cx, &["retention", key], text, default)
+    };
+    let events = keep("events", raw.events.as_deref(), d.events);
+    let deliveries = keep("deliveries", raw.deliveries.as_deref(), d.deliveries);
+    let approval_tokens = keep(
+        "approval_tokens",
+        raw.approval_tokens.as_deref(),
+        d.approval_tokens,
+    );
+    let archive_dir = match raw.archive_dir.as_deref().map(str::trim) {
+        Some("") => {
+            cx.error(
+                cfg_path!["controller", "retention", "archive_dir"],
+                "`archive_dir` is empty".into(),
+                "name a directory, or leave the key out to prune without archiving",
+            );
+            None
+        }
+        other => other.map(std::path::PathBuf::from),
+    };
+    RetentionSettings {
+        events,
+        deliveries,
+        approval_tokens,
+        archive_dir,
     }
 }
 

@@ -162,7 +162,7 @@ impl ServeLock {
 
 /// The file of a SQLite state URL; `None` for an in-memory one, and for a PostgreSQL state
 /// (where several controllers share the state, one leading: [`super::lease`]).
-fn database_file(url: &str) -> Result<Option<PathBuf>, LockError> {
+pub(crate) fn database_file(url: &str) -> Result<Option<PathBuf>, LockError> {
     if matches!(super::Backend::of_url(url), Ok(super::Backend::Postgres)) {
         return Ok(None);
     }
