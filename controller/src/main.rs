@@ -131,6 +131,7 @@ fn main() {
             print!("{}", tollgate::http::api::openapi::document());
             0
         }
+        Command::State { command } => block_on(tollgate::cli::state::run(command)),
     };
     std::process::exit(code);
 }

@@ -10,6 +10,7 @@ pub mod control;
 pub mod keys;
 pub mod remote;
 pub mod serve;
+pub mod state;
 pub mod status;
 pub mod validate;
 
@@ -189,6 +190,11 @@ pub enum Command {
         /// Print the schema of accounts.toml instead.
         #[arg(long)]
         accounts: bool,
+    },
+    /// Work on a stopped controller's state database as a whole (`state copy`).
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
 }
 
