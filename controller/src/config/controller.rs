@@ -429,4 +429,32 @@ mod tests {
         assert!(message.contains("https"), "{message}");
         assert!(help.contains("loopback"), "{help}");
     }
+
+    #[test]
+    fn retention_has_defaults_and_refuses_zero_and_an_empty_archive_dir() {
+        let loaded = load_with("").unwrap().config.controller.retention;
+        assert_eq!(loaded, RetentionSettings::default());
+        assert_eq!(loaded.events, Duration::from_secs(90 * 86_400));
+        let set = "[controller.retention]\nevents = \"400d\"\narchive_dir = \"/var/lib/tollgate/archive\"";
+        let r = load_with(set).unwrap().config.controller.retention;
+        assert_eq!(r.events, Duration::from_secs(400 * 86_400));
+        assert_eq!(r.deliveries, RetentionSettings::default().deliveries);
+        assert_eq!(
+            r.archive_dir.as_deref(),
+            Some(Path::new("/var/lib/tollgate/archive"))
+        );
+        let bad = "[controller.retention]\ndeliveries = \"0d\"\narchive_dir = \" \"\napproval_tokens = \"soon\"";
+        let Err(ConfigError::Invalid(diags)) = load_with(bad) else {
+            panic!("bad retention accepted");
+        };
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for said in [
+            "`deliveries` must be longer than zero",
+            "`archive_dir` is empty",
+            "`soon` is not a duration",
+        ] {
+            assert!(text.contains(said), "{said}: {text}");
+        }
+    }
 }

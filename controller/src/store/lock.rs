@@ -237,8 +237,14 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        assert!(
+            ServeLock::acquire("postgres://x", Holder::this_process())
+                .unwrap()
+                .is_none(),
+            "a PostgreSQL state is shared under the leader lease, not a file lock"
+        );
         assert!(matches!(
-            ServeLock::acquire("postgres://x", Holder::this_process()),
+            ServeLock::acquire("mysql://x", Holder::this_process()),
             Err(LockError::Url(_))
         ));
     }
