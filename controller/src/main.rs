@@ -14,6 +14,8 @@
 //! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
 //!   database that cannot be opened, `serve` failing to start, no runtime; for the API's
 //!   commands no `TOLLGATE_API_KEY`, an unreachable server or a 5xx.
+//! - `state copy`: 0 copied and verified, 1 copied but a table does not match, 2 refused or
+//!   failed (see `tollgate::cli::state`).
 //!
 //! Must never: decide anything about a pipeline or write to the state database itself (every
 //! command's work lives in the library, where it is tested); print a secret; end the process

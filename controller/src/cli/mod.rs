@@ -1,6 +1,6 @@
 //! The `tollgate` command line: `serve`, `validate`, `schema`, `status`, `history`, `pause`,
 //! `resume`, `rollback`, `override`, `keys`, `openapi`, and `approve`, `reject`, `promote`
-//! against a running controller's API ([`remote`]).
+//! against a running controller's API ([`remote`]), and `state copy` ([`state`]).
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 //! Must never: hold a rule of the controller (commands parse and render; the library decides),
