@@ -18,6 +18,8 @@
 //!   database that cannot be opened, `serve` failing to start, no runtime; with `--server`
 //!   (and for `approve`, `reject`, `promote`), no `TOLLGATE_API_KEY`, an unreachable server
 //!   or a 5xx.
+//! - `state copy`: 0 copied and verified, 1 copied but a table does not match, 2 refused or
+//!   failed (see `tollgate::cli::state`).
 //!
 //! Must never: decide anything about a pipeline or write to the state database itself (every
 //! command's work lives in the library, where it is tested); print a secret; end the process
@@ -161,6 +163,7 @@ fn main() {
             print!("{}", tollgate::http::api::openapi::document());
             0
         }
+        Command::State { command } => block_on(tollgate::cli::state::run(command)),
     };
     std::process::exit(code);
 }

@@ -6,7 +6,8 @@
 //! running controller's API when given `--server URL` (or `TOLLGATE_SERVER`) — the normal
 //! way, with the key in `TOLLGATE_API_KEY` ([`remote`]) — and otherwise read and write the
 //! state database directly (on the controller's host: for bootstrapping keys and local use).
-//! `approve`, `reject` and `promote` only work through the API.
+//! `approve`, `reject` and `promote` only work through the API. `state copy` ([`state`])
+//! copies a stopped controller's state between databases.
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 //! Must never: hold a rule of the controller (commands parse and render; the library decides),
@@ -16,6 +17,7 @@ pub mod control;
 pub mod keys;
 pub mod remote;
 pub mod serve;
+pub mod state;
 pub mod status;
 pub mod validate;
 pub mod watch;
@@ -218,6 +220,11 @@ pub enum Command {
         /// Print the schema of accounts.toml instead.
         #[arg(long)]
         accounts: bool,
+    },
+    /// Work on a stopped controller's state database as a whole (`state copy`).
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
 }
 

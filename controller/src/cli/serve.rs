@@ -107,12 +107,19 @@ async fn start(args: ServeArgs) -> Result<()> {
         Backend::Sqlite => Leadership::sole(),
         Backend::Postgres => Leadership::elected(lease_holder(), args.lease_ttl),
     };
+    let pruning = store.clone();
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
     // The reconcilers and effects run on their own runtime, so the deploys a burst of
     // webhooks starts never queue ahead of the next deliveries on the HTTP runtime.
     let background =
         crate::engine::runtime::Background::start().context("the reconcilers' runtime")?;
-    let reconcilers = engine.spawn_on(background.handle());
+    let mut reconcilers = engine.spawn_on(background.handle());
+    let leads = engine.leadership().clone();
+    reconcilers.push(crate::store::retention::spawn_pruner(
+        pruning,
+        config.controller.retention.clone(),
+        move || leads.may_act(),
+    ));
     if let Some(note) = &in_force {
         intake::note_config(&engine, &engine.config(), "controller", note).await;
     }

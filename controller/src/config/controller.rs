@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::model::{ApiSettings, ControllerSettings, HttpSettings, SnsSettings};
-use super::raw::{RawApi, RawController, RawHttp, RawSns};
+use super::model::{ApiSettings, ControllerSettings, HttpSettings, RetentionSettings, SnsSettings};
+use super::raw::{RawApi, RawController, RawHttp, RawRetention, RawSns};
 use super::validate::Ctx;
 use super::values;
 use crate::cfg_path;
@@ -45,6 +45,38 @@ pub(crate) fn settings(raw: &RawController, cx: &mut Ctx) -> ControllerSettings 
         http: http(&raw.http, cx),
         sns: sns(&raw.sns, cx),
         api: api(&raw.api, cx),
+        retention: retention(&raw.retention, cx),
+    }
+}
+
+fn retention(raw: &RawRetention, cx: &mut Ctx) -> RetentionSettings {
+    let d = RetentionSettings::default();
+    let mut keep = |key: &str, text: Option<&str>, default: Duration| {
+        positive_duration(cx, &["retention", key], text, default)
+    };
+    let events = keep("events", raw.events.as_deref(), d.events);
+    let deliveries = keep("deliveries", raw.deliveries.as_deref(), d.deliveries);
+    let approval_tokens = keep(
+        "approval_tokens",
+        raw.approval_tokens.as_deref(),
+        d.approval_tokens,
+    );
+    let archive_dir = match raw.archive_dir.as_deref().map(str::trim) {
+        Some("") => {
+            cx.error(
+                cfg_path!["controller", "retention", "archive_dir"],
+                "`archive_dir` is empty".into(),
+                "name a directory, or leave the key out to prune without archiving",
+            );
+            None
+        }
+        other => other.map(std::path::PathBuf::from),
+    };
+    RetentionSettings {
+        events,
+        deliveries,
+        approval_tokens,
+        archive_dir,
     }
 }
 
@@ -396,5 +428,33 @@ mod tests {
         let (message, help) = check_public_url("http://tollgate.example.com").unwrap_err();
         assert!(message.contains("https"), "{message}");
         assert!(help.contains("loopback"), "{help}");
+    }
+
+    #[test]
+    fn retention_has_defaults_and_refuses_zero_and_an_empty_archive_dir() {
+        let loaded = load_with("").unwrap().config.controller.retention;
+        assert_eq!(loaded, RetentionSettings::default());
+        assert_eq!(loaded.events, Duration::from_secs(90 * 86_400));
+        let set = "[controller.retention]\nevents = \"400d\"\narchive_dir = \"/var/lib/tollgate/archive\"";
+        let r = load_with(set).unwrap().config.controller.retention;
+        assert_eq!(r.events, Duration::from_secs(400 * 86_400));
+        assert_eq!(r.deliveries, RetentionSettings::default().deliveries);
+        assert_eq!(
+            r.archive_dir.as_deref(),
+            Some(Path::new("/var/lib/tollgate/archive"))
+        );
+        let bad = "[controller.retention]\ndeliveries = \"0d\"\narchive_dir = \" \"\napproval_tokens = \"soon\"";
+        let Err(ConfigError::Invalid(diags)) = load_with(bad) else {
+            panic!("bad retention accepted");
+        };
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        let text = text.join("\n");
+        for said in [
+            "`deliveries` must be longer than zero",
+            "`archive_dir` is empty",
+            "`soon` is not a duration",
+        ] {
+            assert!(text.contains(said), "{said}: {text}");
+        }
     }
 }

@@ -61,6 +61,29 @@ pub struct ControllerSettings {
     pub http: HttpSettings,
     pub sns: SnsSettings,
     pub api: ApiSettings,
+    pub retention: RetentionSettings,
+}
+
+/// `[controller.retention]`: how long pruned kinds of rows are kept (applied at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    pub events: Duration,
+    pub deliveries: Duration,
+    pub approval_tokens: Duration,
+    /// Where pruned events are archived as JSON lines; `None`: not archived.
+    pub archive_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        RetentionSettings {
+            events: Duration::from_secs(90 * DAY),
+            deliveries: Duration::from_secs(30 * DAY),
+            approval_tokens: Duration::from_secs(30 * DAY),
+            archive_dir: None,
+        }
+    }
 }
 
 /// `[controller.api]`: the rate limits of `/api/v1` (applied at start).

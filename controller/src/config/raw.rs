@@ -47,6 +47,26 @@ pub struct RawController {
     /// `[controller.api]`: the rate limits of `/api/v1`.
     #[serde(default)]
     pub api: RawApi,
+    /// `[controller.retention]`: how long events, deliveries and approval links are kept.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// `[controller.retention]`: what the controller prunes, hourly. Every key has a default.
+#[derive(Debug, Deserialize, JsonSchema, Default)]
+#[schemars(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Event-log entries older than this are pruned (archived first when `archive_dir` is
+    /// set). Default `90d`.
+    pub events: Option<String>,
+    /// Delivery ids (webhook, SNS and API request deduplication) older than this are
+    /// forgotten. Default `30d`.
+    pub deliveries: Option<String>,
+    /// Approval links used, replaced or expired longer ago than this are deleted. Default `30d`.
+    pub approval_tokens: Option<String>,
+    /// A directory where each pruning writes the events it removes as JSON lines (one file
+    /// per run), fsynced before they are deleted. Default: none (events are not archived).
+    pub archive_dir: Option<String>,
 }
 
 /// `[controller.api]`: token buckets of `/api/v1`, per API key and per source address. Every

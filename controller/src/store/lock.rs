@@ -162,7 +162,7 @@ impl ServeLock {
 
 /// The file of a SQLite state URL; `None` for an in-memory one, and for a PostgreSQL state
 /// (where several controllers share the state, one leading: [`super::lease`]).
-fn database_file(url: &str) -> Result<Option<PathBuf>, LockError> {
+pub(crate) fn database_file(url: &str) -> Result<Option<PathBuf>, LockError> {
     if matches!(super::Backend::of_url(url), Ok(super::Backend::Postgres)) {
         return Ok(None);
     }
@@ -237,11 +237,11 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        // Several controllers may share a PostgreSQL state: the leader lease decides which acts.
         assert!(
             ServeLock::acquire("postgres://x", Holder::this_process())
                 .unwrap()
-                .is_none()
+                .is_none(),
+            "a PostgreSQL state is shared under the leader lease, not a file lock"
         );
         assert!(matches!(
             ServeLock::acquire("mysql://x", Holder::this_process()),

@@ -14,6 +14,7 @@
 pub mod applied;
 pub mod approvals;
 pub mod browse;
+pub mod copy;
 pub mod history;
 pub mod keys;
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod migration_tests;
 #[cfg(test)]
 mod model_tests;
 mod names;
+pub mod retention;
 mod rows;
 #[cfg(test)]
 mod scale_tests;

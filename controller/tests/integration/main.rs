@@ -39,3 +39,4 @@ mod release_page;
 mod sns_intake;
 mod sns_verify;
 mod stack_notifications;
+mod state_copy;
