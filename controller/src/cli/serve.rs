@@ -102,12 +102,18 @@ async fn start(args: ServeArgs) -> Result<()> {
     }
     let shared = engine::shared_config(config.clone());
     let waiters = StackWaiters::new();
-    let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
     let leadership = match store.backend() {
         Backend::Sqlite => Leadership::sole(),
         Backend::Postgres => Leadership::elected(lease_holder(), args.lease_ttl),
     };
     let pruning = store.clone();
+    // The ports write too (the approval sender issues and publishes links): they get the
+    // fenced store, as the reconciler does.
+    let store = match leadership.fence() {
+        Some(fence) => store.fenced(fence),
+        None => store,
+    };
+    let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
     // The reconcilers and effects run on their own runtime, so the deploys a burst of
     // webhooks starts never queue ahead of the next deliveries on the HTTP runtime.

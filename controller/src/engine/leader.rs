@@ -130,6 +130,17 @@ impl Leadership {
         }
     }
 
+    /// Completes once this controller may no longer act (never when sole): an effect running
+    /// when the lead is lost is dropped there, so it makes no further AWS call.
+    pub async fn lost(&self) {
+        if !self.is_elected() {
+            return std::future::pending().await;
+        }
+        while self.may_act() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Takes in a claim's outcome, `started` when the claim was sent. Returns true when this
     /// controller has just become the leader.
     pub fn record(&self, claim: &Claim, started: Instant) -> bool {

@@ -189,6 +189,7 @@ impl Engine {
             Some(fence) => store.fenced(fence),
             None => store,
         };
+        crate::metrics::global().leadership(&leadership.standing());
         Self::build(store, config, ports, clock, None, leadership)
     }
 
@@ -567,7 +568,17 @@ impl Engine {
             let deadline = self.effect_deadline();
             tracing::info!("effect started");
             let started = std::time::Instant::now();
-            let attempt = tokio::time::timeout(deadline, exec::perform(self, &e, &ctx)).await;
+            let attempt = tokio::select! {
+                // Checked first: a controller resumed after losing the lead stops here, before
+                // the effect's next call.
+                biased;
+                () = self.inner.leadership.lost() => {
+                    tracing::warn!("this controller lost the lead: the effect is left pending for the leader");
+                    self.unmark(&e.key);
+                    return;
+                }
+                attempt = tokio::time::timeout(deadline, exec::perform(self, &e, &ctx)) => attempt,
+            };
             let Ok(outcome) = attempt else {
                 return self.overran(&e, deadline).await;
             };

@@ -111,9 +111,17 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         }
         _ => format!("configuration file {}", config.source_file.display()),
     };
-    let lead = match state.engine.leadership().standing() {
+    let leadership = state.engine.leadership();
+    let lead = match leadership.standing() {
         Standing::Sole => String::new(),
-        Standing::Leading { epoch, .. } => format!("leader: this controller (epoch {epoch})\n"),
+        Standing::Leading { epoch, .. } if leadership.may_act() => {
+            format!("leader: this controller (epoch {epoch})\n")
+        }
+        Standing::Leading { epoch, .. } => {
+            format!(
+                "follower: the lease of this controller (epoch {epoch}) ran out before its renewal\n"
+            )
+        }
         Standing::Following {
             leader: Some(l),
             epoch: Some(e),

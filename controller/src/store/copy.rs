@@ -297,7 +297,8 @@ fn quote(column: &str) -> String {
 }
 
 /// A table's columns, sorted by name, with how they are read and written. SQLite's implicit
-/// `rowid` of `stage_runs` (the order its runs were created in) is a column as in PostgreSQL.
+/// `rowid` of `stage_runs` and `effects` (the order their rows were created in) is a column as
+/// in PostgreSQL.
 async fn columns(pool: &AnyPool, backend: Backend, table: &str) -> Result<Vec<(String, Kind)>> {
     let rows: Vec<(String, String)> = match backend {
         Backend::Sqlite => {
@@ -335,7 +336,9 @@ async fn columns(pool: &AnyPool, backend: Backend, table: &str) -> Result<Vec<(S
         };
         out.push((name, kind));
     }
-    if backend == Backend::Sqlite && table == "stage_runs" && !out.iter().any(|(n, _)| n == "rowid")
+    if backend == Backend::Sqlite
+        && matches!(table, "stage_runs" | "effects")
+        && !out.iter().any(|(n, _)| n == "rowid")
     {
         out.push(("rowid".into(), Kind::Integer));
     }

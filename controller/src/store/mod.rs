@@ -142,6 +142,13 @@ fn sqlite_create_url(url: &str) -> String {
     }
 }
 
+/// Every PostgreSQL session's settings: a controller stalled inside a write transaction (a
+/// paused process, a lost host) has its session ended after 5 s idle, which frees the
+/// writers' lock for the others; a write waits at most 5 s for a lock, then fails (and is
+/// retried by its caller) rather than queueing behind a stalled one.
+const POSTGRES_SESSION: &str =
+    "SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '5s';";
+
 /// Every SQLite connection's settings: WAL, durable commits, foreign keys, and a busy
 /// timeout for other processes' writes (the CLI's).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
@@ -200,6 +207,12 @@ impl Store {
             Backend::Postgres => AnyPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(conn, POSTGRES_SESSION).await?;
+                        Ok(())
+                    })
+                })
                 .connect(url)
                 .await
                 .map_err(|e| StoreError::Connect(redact_url(url), e.to_string()))?,
@@ -1131,7 +1144,7 @@ impl EffectOutcome {
 }
 
 /// The tables whose ids the database assigns.
-pub(crate) const ID_TABLES: [&str; 10] = [
+pub(crate) const ID_TABLES: [&str; 11] = [
     "releases",
     "alarm_events",
     "stage_history",
@@ -1142,6 +1155,7 @@ pub(crate) const ID_TABLES: [&str; 10] = [
     "approvals",
     "stack_timings",
     "stage_runs",
+    "effects",
 ];
 
 /// After rows were written with explicit ids (a copy, a test's seed): the ids the database
@@ -1155,7 +1169,11 @@ pub(crate) async fn follow_explicit_ids(
         return Ok(());
     }
     for table in ID_TABLES {
-        let column = if table == "stage_runs" { "rowid" } else { "id" };
+        let column = if matches!(table, "stage_runs" | "effects") {
+            "rowid"
+        } else {
+            "id"
+        };
         sqlx::query(&format!(
             "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
              COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"

@@ -190,7 +190,7 @@ pub(super) async fn load_snapshot(
     }
     let active = "SELECT id FROM releases WHERE pipeline = $1 AND active = 1";
     for r in sqlx::query(&format!(
-        "SELECT * FROM stage_runs WHERE release_id IN ({active})"
+        "SELECT * FROM stage_runs WHERE release_id IN ({active}) ORDER BY rowid"
     ))
     .bind(pipeline)
     .fetch_all(&mut *c)
@@ -199,7 +199,7 @@ pub(super) async fn load_snapshot(
         snap.runs.push(run_row(&r)?);
     }
     for r in sqlx::query(&format!(
-        "SELECT * FROM effects WHERE release_id IN ({active})"
+        "SELECT * FROM effects WHERE release_id IN ({active}) ORDER BY rowid"
     ))
     .bind(pipeline)
     .fetch_all(&mut *c)
@@ -208,7 +208,7 @@ pub(super) async fn load_snapshot(
         snap.effects.push(effect_row(&r)?);
     }
     for r in sqlx::query(&format!(
-        "SELECT * FROM approvals WHERE release_id IN ({active})"
+        "SELECT * FROM approvals WHERE release_id IN ({active}) ORDER BY id"
     ))
     .bind(pipeline)
     .fetch_all(&mut *c)
@@ -542,7 +542,7 @@ pub(super) async fn recent_runs(
         .await?
     {
         let rel = release_row(&r)?;
-        let runs = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1")
+        let runs = sqlx::query("SELECT * FROM stage_runs WHERE release_id = $1 ORDER BY rowid")
             .bind(rel.id.0)
             .fetch_all(pool)
             .await?

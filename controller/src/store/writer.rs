@@ -61,6 +61,9 @@ type Outcome = Option<std::result::Result<(), String>>;
 
 struct State {
     conn: AnyConnection,
+    /// Where a new connection comes from when this one is lost (a database restart, a
+    /// session ended by the server).
+    pool: AnyPool,
     /// The open shared transaction, if any.
     group: Option<watch::Sender<Outcome>>,
     /// A unit ended without committing: rolled back before the connection is used again.
@@ -106,6 +109,7 @@ impl Writer {
         let shared = Arc::new(Shared {
             state: Arc::new(Mutex::new(State {
                 conn,
+                pool: pool.clone(),
                 group: None,
                 abandoned: false,
                 dirty: false,
@@ -185,6 +189,16 @@ async fn settle(state: &mut State) {
 async fn poison(state: &mut State, why: &str) {
     state.dirty = true;
     let _ = sqlx::query("ROLLBACK").execute(&mut state.conn).await;
+    // A connection that no longer answers is replaced: the next write opens a new group on a
+    // new connection instead of failing for ever.
+    if sqlx::Connection::ping(&mut state.conn).await.is_err() {
+        match state.pool.acquire().await {
+            Ok(fresh) => state.conn = fresh.detach(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the state database's writer cannot reconnect yet")
+            }
+        }
+    }
     if let Some(group) = state.group.take() {
         group.send_replace(Some(Err(format!("rolled back: {why}"))));
     }

@@ -4,6 +4,9 @@
 //! outcome. A controller killed at that moment did something it has no record of finishing:
 //! the case its successor must not repeat.
 //!
+//! [`HoldProxy::release`] lets everything flow again, the held answer first: the caller hears
+//! back late, as from a process that was paused.
+//!
 //! Must never listen on, or forward to, anything but 127.0.0.1.
 //!
 //! # Guarantees
@@ -24,6 +27,22 @@ struct Shared {
     marker: Vec<u8>,
     armed: AtomicBool,
     held: AtomicBool,
+    released: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Returns at once unless a request is held; then when it is released.
+    async fn until_released(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.held.load(Ordering::SeqCst) {
+                return;
+            }
+            released.await;
+        }
+    }
 }
 
 /// The proxy; stopped when dropped.
@@ -46,6 +65,7 @@ impl HoldProxy {
             marker: marker.to_vec(),
             armed: AtomicBool::new(false),
             held: AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(HoldProxy { addr, shared, task })
@@ -72,6 +92,13 @@ impl HoldProxy {
     /// From now on, the next request carrying the marker is the one held.
     pub fn arm(&self) {
         self.shared.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets everything flow again (disarmed), the held answer first.
+    pub fn release(&self) {
+        self.shared.armed.store(false, Ordering::SeqCst);
+        self.shared.held.store(false, Ordering::SeqCst);
+        self.shared.released.notify_waiters();
     }
 
     /// Whether a request carrying the marker was forwarded and its answer is being held.
@@ -111,20 +138,21 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
-                if shared.held.load(Ordering::SeqCst) {
-                    return std::future::pending().await;
-                }
+                shared.until_released().await;
                 let chunk = &buf[..n];
                 let marked = shared.armed.load(Ordering::SeqCst)
                     && chunk
                         .windows(shared.marker.len())
                         .any(|w| w == shared.marker.as_slice());
+                if marked {
+                    // Before the request goes: its answer must not slip through.
+                    shared.held.store(true, Ordering::SeqCst);
+                }
                 if up_write.write_all(chunk).await.is_err() {
                     return;
                 }
                 if marked {
-                    shared.held.store(true, Ordering::SeqCst);
-                    return std::future::pending().await;
+                    shared.until_released().await;
                 }
             }
         }
@@ -136,9 +164,7 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if shared.held.load(Ordering::SeqCst) {
-                return std::future::pending().await;
-            }
+            shared.until_released().await;
             if client_write.write_all(&buf[..n]).await.is_err() {
                 return;
             }

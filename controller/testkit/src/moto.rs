@@ -336,10 +336,21 @@ impl MotoServer {
             .await?;
         let mut requests = Vec::new();
         // moto writes a record and its newline separately, so records of requests served at
-        // the same time can share a line: read each line as a stream of JSON values.
-        for line in recording.lines().filter(|line| !line.trim().is_empty()) {
+        // the same time can share a line: read each line as a stream of JSON values. The last
+        // record may still be being written while the recording is downloaded: a record cut
+        // short at the very end is a request in flight, left for the next read.
+        let lines: Vec<&str> = recording
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        for (i, line) in lines.iter().enumerate() {
             let values = serde_json::Deserializer::from_str(line).into_iter::<serde_json::Value>();
             for value in values {
+                if let Err(e) = &value {
+                    if e.is_eof() && i + 1 == lines.len() {
+                        break;
+                    }
+                }
                 let value = value.with_context(|| format!("a moto recording line: {line}"))?;
                 let request = RecordedRequest::from_recording_line(&value.to_string())?;
                 if !request.path.starts_with("/moto-api/") {

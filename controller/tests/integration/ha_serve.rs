@@ -157,13 +157,16 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
     .await;
     let takeover = killed.elapsed();
     println!("takeover after the leader's kill: {takeover:?} (lease {LEASE})");
-    assert!(
-        readyz(&http, &b_url)
-            .await
-            .contains("leader: this controller (epoch 2)"),
-        "{}",
-        b.log()
-    );
+    until(
+        "B's standing as the leader",
+        || b.log(),
+        async || {
+            readyz(&http, &b_url)
+                .await
+                .contains("leader: this controller (epoch 2)")
+        },
+    )
+    .await;
     let (ok, shown) = serve.cli(&["status"]);
     assert!(ok, "{shown}");
     let b_holder = serve.store.reads().lease().await.unwrap().unwrap().holder;
@@ -201,12 +204,18 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_resumed() {
     let Some(state) = postgres() else { return };
+    let proxy = HoldProxy::start(b"Action=ExecuteChangeSet").await.unwrap();
+    let cfn = proxy.endpoint();
     let mut serve = Serve::start_on(
         quick(),
         nothing_more,
         |_| vec!["--lease-ttl".into(), LEASE.into()],
         Some(state),
-        |_, _| Vec::new(),
+        |_, moto| {
+            let at = moto.endpoint()["http://".len()..].parse().unwrap();
+            proxy.set_upstream(at).unwrap();
+            vec![("AWS_ENDPOINT_URL_CLOUDFORMATION".into(), cfn.clone())]
+        },
     )
     .await;
     let http = reqwest::Client::new();
@@ -224,7 +233,16 @@ async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_res
     let b = standby(&serve, "b").await;
     let b_url = b.url().to_owned();
 
-    // A stops (as a process paused by the kernel, a long GC pause or a partition would).
+    // A is deploying Beta when it stops: moto executed the change set, A has not heard back.
+    proxy.arm();
+    let release = sha(2);
+    serve.push(&release, "carol", "carol").await;
+    until(
+        "Beta's ExecuteChangeSet held",
+        || serve.log(),
+        async || proxy.held(),
+    )
+    .await;
     let a_pid = serve.serve.pid().to_string();
     let signal = |sig: &str| {
         let ok = std::process::Command::new("kill")
@@ -234,6 +252,7 @@ async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_res
             .success();
         assert!(ok, "kill {sig} {a_pid}");
     };
+    // As a process paused by the kernel, a long stall or a partition would be.
     signal("-STOP");
     until(
         "a takeover",
@@ -245,18 +264,12 @@ async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_res
         },
     )
     .await;
-    // A release while A is stopped: B takes it to Prod's approval.
-    let release = sha(2);
-    serve.url = b_url.clone();
-    serve.push(&release, "carol", "carol").await;
-    // Approval links point at the world's public URL, A's.
-    serve.url = a_url.clone();
+    // B finishes Beta's deploy under the same key and takes the release to Prod's approval.
     serve
         .wait(&release, "prod", "approval request", |r| {
             r.status == RunStatus::AwaitingApproval
         })
         .await;
-    // B is idle once its approval email is out: nothing is pending.
     serve.nth_link(1).await;
     until(
         "B idle",
@@ -269,8 +282,10 @@ async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_res
     .await;
     let effects_before = serve.store.reads().effects_with_prefix("").await.unwrap();
     serve.moto.recorder_start().await.unwrap();
+
+    // A resumes believing it leads at epoch 1, and hears back about its change set at once.
+    proxy.release();
     signal("-CONT");
-    // A resumes believing it led at epoch 1: it must see it does not, and act on nothing.
     until(
         "A back as a follower",
         || serve.log(),
@@ -284,7 +299,14 @@ async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_res
         "nothing recorded after A resumed"
     );
     let calls = serve.moto.recorded_requests().await.unwrap();
-    assert!(calls.is_empty(), "no AWS call after A resumed: {calls:?}");
+    let actions: Vec<_> = calls.iter().map(|c| c.action.clone()).collect();
+    assert!(
+        calls.is_empty(),
+        "no AWS call after A resumed (its deploy must not go on): {actions:?}\n{}",
+        serve.log()
+    );
+    let per_stack = executions(&serve).await;
+    assert!(per_stack.is_empty(), "{per_stack:?}");
     assert_eq!(
         serve.store.reads().lease().await.unwrap().unwrap().epoch,
         2,

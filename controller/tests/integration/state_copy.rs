@@ -168,7 +168,8 @@ async fn a_destination_with_rows_is_refused_and_left_unchanged() {
 
 #[tokio::test]
 async fn a_source_held_by_a_running_serve_is_refused_before_anything_is_written() {
-    let h = Harness::new();
+    // The serve lock guards a SQLite state (a PostgreSQL one is guarded by the lease).
+    let h = Harness::sqlite_at(crate::engine_support::start_time());
     promoted(&h).await;
     let held = ServeLock::acquire(&h.db_url(), Holder::this_process())
         .unwrap()
