@@ -465,3 +465,75 @@ async fn edge_serve_a_killed_controller_leaves_no_lock_behind() {
         "the next controller starts after a kill -9"
     );
 }
+
+/// `serve` prunes what retention says is past keeping as soon as it starts: an event-log entry
+/// and a delivery of 100 days ago go, archived first as a JSON line; today's stay.
+#[tokio::test]
+async fn edge_serve_prunes_what_retention_says_is_old_at_start_and_archives_it_first() {
+    use tollgate::engine::Delivery;
+    use tollgate::store::{EventNote, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    {
+        let store = Store::open(&state).await.unwrap();
+        let now = chrono::Utc::now();
+        for (id, at) in [("old", now - chrono::Duration::days(100)), ("new", now)] {
+            let d = Delivery {
+                source: "github".into(),
+                id: format!("{id}-delivery"),
+            };
+            let note = EventNote {
+                pipeline: "backend".into(),
+                kind: "ignored".into(),
+                detail: format!("the {id} delivery"),
+            };
+            store.record_delivery(&d, Some(&note), at).await.unwrap();
+        }
+    }
+    let archive = dir.path().join("archive");
+    let retention = format!(
+        "\n[controller.retention]\narchive_dir = \"{}\"\n",
+        archive.display()
+    );
+    let stages =
+        stages_toml("").replacen("\n[[pipelines]]", &format!("{retention}\n[[pipelines]]"), 1);
+    let served = Served::launch(dir, &stages);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while served
+        .count("SELECT COUNT(*) FROM events WHERE detail = 'the old delivery'")
+        .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old entry was not pruned:\n{}",
+            served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        served
+            .count("SELECT COUNT(*) FROM events WHERE detail = 'the new delivery'")
+            .await,
+        1
+    );
+    assert_eq!(
+        served
+            .count("SELECT COUNT(*) FROM deliveries WHERE id = 'old-delivery'")
+            .await,
+        0
+    );
+    assert_eq!(
+        served
+            .count("SELECT COUNT(*) FROM deliveries WHERE id = 'new-delivery'")
+            .await,
+        1
+    );
+    let archived: String = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    assert!(archived.contains("the old delivery"), "{archived}");
+    assert!(!archived.contains("the new delivery"), "{archived}");
+}
