@@ -1,7 +1,7 @@
 -- tollgate state on PostgreSQL: the schema SQLite reaches after its migrations 0001 to 0012,
 -- in PostgreSQL's types. PostgreSQL state starts at this version (there are no earlier
 -- PostgreSQL rows to convert); later versions add a migration here and one in ../migrations
--- with the same number and effect. `store::migration_tests` compares the two schemas.
+-- with the same number and effect. `store::copy`'s tests compare the two schemas' columns.
 --
 -- Times are milliseconds since the Unix epoch (UTC), as BIGINT. Flags are 0/1 BIGINTs, as in
 -- SQLite, so that one SQL text and one row decoder serve both engines. JSON columns are TEXT

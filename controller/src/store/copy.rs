@@ -422,4 +422,26 @@ mod tests {
         known.sort();
         assert_eq!(schema, known);
     }
+
+    /// SQLite's schema after its migrations and PostgreSQL's after its own have the same
+    /// tables with the same columns, of the same kinds (needs TOLLGATE_TEST_POSTGRES).
+    #[tokio::test]
+    async fn both_backends_have_the_same_columns_in_every_table() {
+        let Some(server) = tollgate_testkit::state::postgres_server() else {
+            eprintln!("skipped: no PostgreSQL server (TOLLGATE_TEST_POSTGRES)");
+            return;
+        };
+        let sqlite = Store::open("sqlite::memory:").await.unwrap();
+        let url = tollgate_testkit::state::fresh_postgres_database(&server);
+        let postgres = Store::open(&url).await.unwrap();
+        for (table, _) in TABLES {
+            let a = columns(sqlite.pool(), Backend::Sqlite, table)
+                .await
+                .unwrap();
+            let b = columns(postgres.pool(), Backend::Postgres, table)
+                .await
+                .unwrap();
+            assert_eq!(a, b, "{table}");
+        }
+    }
 }
