@@ -108,17 +108,64 @@ impl Backend {
     }
 }
 
-/// A state URL fit for an error message or a log line: a PostgreSQL URL's password is
-/// replaced by `***`.
+/// A state URL fit for an error message or a log line: a PostgreSQL URL's password, in its
+/// user part or as a `password=` parameter, is replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let secret = |k: &str| k.eq_ignore_ascii_case("password");
+            if u.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            if u.as_str() == url {
+                url.to_string()
+            } else {
+                u.to_string()
+            }
         }
-        Ok(_) => url.to_string(),
-        Err(_) if url.contains('@') => "(a URL that does not parse)".to_string(),
+        Err(_) if url.contains('@') || url.contains("password") => {
+            "(a URL that does not parse)".to_string()
+        }
         Err(_) => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            redact_url("postgres://tg:s3cret@db.internal/tollgate"),
+            "postgres://tg:***@db.internal/tollgate"
+        );
+        let shown =
+            redact_url("postgres://tg@db.internal/tollgate?sslmode=require&password=s3cret");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("sslmode=require") && shown.contains("password=***"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("sqlite://tollgate.db"), "sqlite://tollgate.db");
+        assert_eq!(
+            redact_url("postgres://tg@db.internal/tollgate"),
+            "postgres://tg@db.internal/tollgate"
+        );
     }
 }
 
