@@ -60,6 +60,37 @@ async fn standby(serve: &Serve, name: &str) -> ServeProcess {
         .expect("second tollgate serve")
 }
 
+/// Controller A on `state`, leading (epoch 1), its CloudFormation calls through a
+/// [`HoldProxy`] that holds the next `ExecuteChangeSet` once armed.
+async fn leader_behind_a_hold(state: String) -> (Serve, HoldProxy) {
+    let proxy = HoldProxy::start(b"Action=ExecuteChangeSet").await.unwrap();
+    let cfn = proxy.endpoint();
+    let serve = Serve::start_on(
+        quick(),
+        nothing_more,
+        |_| vec!["--lease-ttl".into(), LEASE.into()],
+        Some(state),
+        |_, moto| {
+            let at = moto.endpoint()["http://".len()..].parse().unwrap();
+            proxy.set_upstream(at).unwrap();
+            vec![("AWS_ENDPOINT_URL_CLOUDFORMATION".into(), cfn.clone())]
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    until(
+        "leader A",
+        || serve.log(),
+        async || {
+            readyz(&http, &serve.url)
+                .await
+                .contains("leader: this controller (epoch 1)")
+        },
+    )
+    .await;
+    (serve, proxy)
+}
+
 /// `ExecuteChangeSet` calls moto received, per stack.
 async fn executions(serve: &Serve) -> BTreeMap<String, usize> {
     let mut per_stack = BTreeMap::new();
@@ -75,32 +106,9 @@ async fn executions(serve: &Serve) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done_twice() {
     let Some(state) = postgres() else { return };
-    let proxy = HoldProxy::start(b"Action=ExecuteChangeSet").await.unwrap();
-    let cfn = proxy.endpoint();
-    let mut serve = Serve::start_on(
-        quick(),
-        nothing_more,
-        |_| vec!["--lease-ttl".into(), LEASE.into()],
-        Some(state),
-        |_, moto| {
-            let at = moto.endpoint()["http://".len()..].parse().unwrap();
-            proxy.set_upstream(at).unwrap();
-            vec![("AWS_ENDPOINT_URL_CLOUDFORMATION".into(), cfn.clone())]
-        },
-    )
-    .await;
+    let (mut serve, proxy) = leader_behind_a_hold(state).await;
     let http = reqwest::Client::new();
     let a_url = serve.url.clone();
-    until(
-        "leader A",
-        || serve.log(),
-        async || {
-            readyz(&http, &a_url)
-                .await
-                .contains("leader: this controller (epoch 1)")
-        },
-    )
-    .await;
     let mut b = standby(&serve, "b").await;
     let b_url = b.url().to_owned();
     assert!(
@@ -204,32 +212,9 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_a_leader_paused_past_its_lease_records_and_performs_nothing_once_resumed() {
     let Some(state) = postgres() else { return };
-    let proxy = HoldProxy::start(b"Action=ExecuteChangeSet").await.unwrap();
-    let cfn = proxy.endpoint();
-    let mut serve = Serve::start_on(
-        quick(),
-        nothing_more,
-        |_| vec!["--lease-ttl".into(), LEASE.into()],
-        Some(state),
-        |_, moto| {
-            let at = moto.endpoint()["http://".len()..].parse().unwrap();
-            proxy.set_upstream(at).unwrap();
-            vec![("AWS_ENDPOINT_URL_CLOUDFORMATION".into(), cfn.clone())]
-        },
-    )
-    .await;
+    let (mut serve, proxy) = leader_behind_a_hold(state).await;
     let http = reqwest::Client::new();
     let a_url = serve.url.clone();
-    until(
-        "leader A",
-        || serve.log(),
-        async || {
-            readyz(&http, &a_url)
-                .await
-                .contains("leader: this controller (epoch 1)")
-        },
-    )
-    .await;
     let b = standby(&serve, "b").await;
     let b_url = b.url().to_owned();
 
