@@ -440,9 +440,13 @@ async fn api_remote_status_watch_on_a_terminal_redraws_in_place_with_a_live_coun
     let dir = two_releases_at_prod_approval().await;
     let served = Served::launch(dir, &stages(ROOMY));
     let view = key(&served, "dash", "viewer", &[]);
-    let watch = format!("{} status --watch", env!("CARGO_BIN_EXE_tollgate"));
+    // `script` runs the command through $SHELL; `exec` makes the watch itself the terminal's
+    // foreground process, so Ctrl-C reaches it and its exit code is the one seen (a shell
+    // left waiting in between would be interrupted too and exit 130).
+    let watch = format!("exec '{}' status --watch", env!("CARGO_BIN_EXE_tollgate"));
     let mut child = Command::new("script")
         .args(["-qfec", &watch, "/dev/null"])
+        .env("SHELL", "/bin/sh")
         .env("TOLLGATE_SERVER", served.url(""))
         .env("TOLLGATE_API_KEY", &view)
         .stdin(Stdio::piped())
