@@ -16,6 +16,7 @@ pub mod approvals;
 pub mod browse;
 pub mod copy;
 pub mod history;
+mod intake;
 pub mod keys;
 #[cfg(test)]
 mod known_good_tests;
@@ -84,6 +85,8 @@ pub struct Reads {
     backend: Backend,
     /// Set on the reconciler's store of a controller that may lose the lead ([`lease`]).
     fence: Option<lease::Fence>,
+    /// Release writes waiting to be recorded together ([`intake`]).
+    intake: intake::Batcher,
 }
 
 /// The database engine holding the state: SQLite (embedded, one controller) or PostgreSQL
@@ -275,6 +278,7 @@ impl Store {
                 writer,
                 backend,
                 fence: None,
+                intake: intake::Batcher::default(),
             },
         })
     }
@@ -352,7 +356,30 @@ impl Store {
     /// delivery not consumed) when another release was recorded meanwhile. `push`, the link of
     /// the push that brought the release, is kept in the same unit (one durable write per
     /// delivery), whether the release is new or a duplicate.
+    ///
+    /// Writes arriving together are recorded together ([`intake`]).
     pub async fn record_release_after(
+        &self,
+        r: &NewRelease,
+        stages: &[StageName],
+        d: &Delivery,
+        now: DateTime<Utc>,
+        newest: Option<Option<ReleaseId>>,
+        push: Option<&PushLink>,
+    ) -> Result<Option<Ingested<ReleaseId>>> {
+        self.record_release_batched(intake::ReleaseWrite {
+            r: r.clone(),
+            stages: stages.to_vec(),
+            d: d.clone(),
+            now,
+            newest,
+            push: push.cloned(),
+        })
+        .await
+    }
+
+    /// [`Store::record_release_after`] in a unit of its own.
+    async fn record_release_unit(
         &self,
         r: &NewRelease,
         stages: &[StageName],
