@@ -44,7 +44,7 @@ use crate::config::{self, Config, ConfigError, Pipeline};
 use crate::domain::{Contributor, ContributorRole, ReleaseId};
 use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
-use crate::store::{AppliedConfig, EventNote, PushLink};
+use crate::store::{AppliedConfig, EventNote, Newest, PushLink};
 
 /// What one delivery led to, per pipeline concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,8 +406,9 @@ async fn release(
         .map(|p| p.source.repository.clone())
         .unwrap_or_default();
     let mut recorded = None;
-    for _ in 0..RACE_RETRIES {
-        let newest = engine.reads().newest_release(&r.pipeline).await?;
+    for attempt in 0..RACE_RETRIES {
+        // What this controller knows first; the database after a refusal.
+        let newest = engine.reads().newest_of(&r.pipeline, attempt > 0).await?;
         if let Some(n) = newest.as_ref().filter(|n| n.sha != r.sha.as_str()) {
             match order(engine, forge, &repo, r, n, push).await {
                 Order::Newer => {}
@@ -485,7 +486,7 @@ pub async fn order(
     forge: Option<&GithubForge>,
     repo: &str,
     r: &NewRelease,
-    newest: &crate::domain::Release,
+    newest: &Newest,
     pending: Option<&PushLink>,
 ) -> Order {
     let reads = engine.reads();

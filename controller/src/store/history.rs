@@ -12,6 +12,13 @@ use crate::domain::RunStatus;
 /// How many pushes back a history walk may go.
 const MAX_WALK: usize = 10_000;
 
+/// A pipeline's newest release, as far as the intake needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Newest {
+    pub id: crate::domain::ReleaseId,
+    pub sha: String,
+}
+
 /// A push to a branch: its head moved from `before` to `after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushLink {
@@ -121,16 +128,28 @@ impl Reads {
         Ok(watched != 0)
     }
 
-    /// The pipeline's newest release (the last recorded).
-    pub async fn newest_release(&self, pipeline: &str) -> Result<Option<Release>> {
-        let newest: Option<i64> = sqlx::query("SELECT max(id) FROM releases WHERE pipeline = $1")
-            .bind(pipeline)
-            .fetch_one(&self.pool)
-            .await?
-            .get(0);
-        match newest {
-            Some(id) => self.release(crate::domain::ReleaseId(id)).await,
-            None => Ok(None),
+    /// The id and commit of `pipeline`'s newest release, as the intake checks a new one
+    /// against it: what this controller last recorded or read, unless `fresh` (then, or when
+    /// it knows none, read from the database). A stale answer is safe: a release's write checks
+    /// the newest release again in its own unit and refuses when it moved
+    /// ([`Store::record_release_after`]); the caller then asks again with `fresh`.
+    pub async fn newest_of(&self, pipeline: &str, fresh: bool) -> Result<Option<Newest>> {
+        if !fresh && let Some(known) = self.intake.newest(pipeline) {
+            return Ok(Some(known));
         }
+        let row = sqlx::query(
+            "SELECT id, sha FROM releases WHERE pipeline = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(pipeline)
+        .fetch_optional(&self.pool)
+        .await?;
+        let newest = row.map(|r| Newest {
+            id: crate::domain::ReleaseId(r.get(0)),
+            sha: r.get(1),
+        });
+        if let Some(n) = &newest {
+            self.intake.saw(pipeline, n);
+        }
+        Ok(newest)
     }
 }

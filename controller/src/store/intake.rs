@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use tokio::sync::oneshot;
 
-use super::history::PushLink;
+use super::history::{Newest, PushLink};
 use super::rows::{contributors_json, contributors_of, reason_json};
 use super::{Result, Store, StoreError, actor_of, first_line, ms};
 use crate::domain::approval::contributor_set;
@@ -55,6 +55,11 @@ pub(super) type Answer = Result<Option<Ingested<ReleaseId>>>;
 
 type Waiting = Vec<(ReleaseWrite, oneshot::Sender<Answer>)>;
 
+/// The newest release of each pipeline this controller recorded or read (by id: a later
+/// id always wins, so a read that raced a write cannot set it back).
+#[derive(Default)]
+struct Known(HashMap<String, Newest>);
+
 #[derive(Default)]
 struct Queue {
     waiting: Waiting,
@@ -66,6 +71,35 @@ struct Queue {
 #[derive(Clone, Default)]
 pub(super) struct Batcher {
     queue: Arc<Mutex<Queue>>,
+    known: Arc<Mutex<Known>>,
+}
+
+impl Batcher {
+    /// The newest release of `pipeline` this controller knows of.
+    pub(super) fn newest(&self, pipeline: &str) -> Option<Newest> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.0.get(pipeline).cloned()
+    }
+
+    /// Notes that `n` is (or was) a release of `pipeline`.
+    pub(super) fn saw(&self, pipeline: &str, n: &Newest) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        match known.0.get_mut(pipeline) {
+            Some(k) if k.id >= n.id => {}
+            Some(k) => *k = n.clone(),
+            None => {
+                known.0.insert(pipeline.to_string(), n.clone());
+            }
+        }
+    }
+
+    /// Notes the release `w` recorded, if it did.
+    fn recorded(&self, w: &ReleaseWrite, answer: Option<&Ingested<ReleaseId>>) {
+        if let Some(Ingested::Recorded(id)) = answer {
+            let sha = w.r.sha.clone();
+            self.saw(&w.r.pipeline, &Newest { id: *id, sha });
+        }
+    }
 }
 
 impl std::fmt::Debug for Batcher {
@@ -359,13 +393,21 @@ impl Store {
             }
         }
         tx.commit().await?;
+        for (w, answer) in ws.iter().zip(&answers) {
+            self.intake.recorded(w, answer.as_ref());
+        }
         Ok(answers)
     }
 
     /// One write in a unit of its own (the path a failed batch falls back to).
     async fn record_release_alone(&self, w: &ReleaseWrite) -> Answer {
-        self.record_release_unit(&w.r, &w.stages, &w.d, w.now, w.newest, w.push.as_ref())
-            .await
+        let answer = self
+            .record_release_unit(&w.r, &w.stages, &w.d, w.now, w.newest, w.push.as_ref())
+            .await;
+        if let Ok(done) = &answer {
+            self.intake.recorded(w, done.as_ref());
+        }
+        answer
     }
 }
 
@@ -572,6 +614,70 @@ mod tests {
         );
         assert_eq!(rows.iter().filter(|r| r.starts_with("run ")).count(), 9);
         assert_eq!(rows.iter().filter(|r| r.starts_with("push ")).count(), 2);
+    }
+
+    /// The newest release a controller knows is only a first guess: a release recorded by
+    /// another controller makes the write checked against it refuse, and a fresh read knows
+    /// the other one's release.
+    #[tokio::test]
+    async fn a_stale_newest_release_is_refused_by_the_write_and_a_fresh_read_corrects_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = tollgate_testkit::state::url(dir.path());
+        let (a, b) = (
+            Store::open(&url).await.unwrap(),
+            Store::open(&url).await.unwrap(),
+        );
+        let stages = STAGES.map(StageName::from).to_vec();
+        let record = |s: &Store, n: u32, newest: Option<Option<ReleaseId>>| {
+            let (s, w, stages) = (
+                s.clone(),
+                write("svc", n, &format!("d-{n}"), None, None),
+                stages.clone(),
+            );
+            async move {
+                s.record_release_after(&w.r, &stages, &w.d, w.now, newest, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let newest = |id: i64, n: u32| {
+            Some(Newest {
+                id: ReleaseId(id),
+                sha: sha(n),
+            })
+        };
+        assert_eq!(a.newest_of("svc", false).await.unwrap(), None);
+        assert_eq!(
+            record(&a, 1, Some(None)).await,
+            Some(Ingested::Recorded(ReleaseId(1)))
+        );
+        assert_eq!(a.newest_of("svc", false).await.unwrap(), newest(1, 1));
+        // Another controller records release 2: this one still believes release 1 is newest.
+        assert_eq!(
+            record(&b, 2, None).await,
+            Some(Ingested::Recorded(ReleaseId(2)))
+        );
+        assert_eq!(a.newest_of("svc", false).await.unwrap(), newest(1, 1));
+        assert_eq!(
+            record(&a, 3, Some(Some(ReleaseId(1)))).await,
+            None,
+            "refused: stale"
+        );
+        assert_eq!(a.newest_of("svc", true).await.unwrap(), newest(2, 2));
+        assert_eq!(a.newest_of("svc", false).await.unwrap(), newest(2, 2));
+        assert_eq!(
+            record(&a, 3, Some(Some(ReleaseId(2)))).await,
+            Some(Ingested::Recorded(ReleaseId(3)))
+        );
+        // A read that raced the write cannot set what is known back.
+        a.intake.saw(
+            "svc",
+            &Newest {
+                id: ReleaseId(2),
+                sha: sha(2),
+            },
+        );
+        assert_eq!(a.newest_of("svc", false).await.unwrap(), newest(3, 3));
     }
 
     /// A batch the database refuses is written again one write at a time: the write it

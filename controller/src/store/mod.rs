@@ -45,7 +45,7 @@ use crate::domain::approval::contributor_set;
 use crate::domain::*;
 use crate::engine::facts::*;
 pub use applied::AppliedConfig;
-pub use history::PushLink;
+pub use history::{Newest, PushLink};
 pub use rows::*;
 
 /// Errors of the store.
