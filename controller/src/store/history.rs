@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Reads, Result, Store, ms};
-use crate::domain::Release;
 use crate::domain::RunStatus;
 
 /// How many pushes back a history walk may go.
