@@ -35,9 +35,11 @@ use crate::domain::approval::contributor_set;
 use crate::domain::{Reason, ReleaseId, StageName};
 use crate::engine::facts::{Delivery, Ingested, NewRelease};
 
-/// The most writes recorded in one batch (keeps every statement well under both backends'
-/// limits on bound parameters).
-pub(super) const MOST: usize = 100;
+/// The most writes recorded in one batch, and the most stage runs their releases may have
+/// between them: each statement binds at most 12 values per write or 4 per run, well under
+/// both backends' limits (32,766 bound parameters in SQLite, 65,535 in PostgreSQL).
+pub(super) const MOST: usize = 1000;
+const MOST_RUNS: usize = 5000;
 
 /// One release to record, as [`Store::record_release_after`] takes it.
 #[derive(Debug, Clone)]
@@ -149,7 +151,17 @@ impl Store {
                     q.flushing = false;
                     return;
                 }
-                let n = q.waiting.len().min(MOST);
+                let mut runs = 0;
+                let n = q
+                    .waiting
+                    .iter()
+                    .take(MOST)
+                    .take_while(|(w, _)| {
+                        runs += w.stages.len();
+                        runs <= MOST_RUNS
+                    })
+                    .count()
+                    .max(1);
                 q.waiting.drain(..n).collect()
             };
             let (writes, answers): (Vec<ReleaseWrite>, Vec<_>) = batch.into_iter().unzip();
