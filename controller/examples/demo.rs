@@ -333,11 +333,28 @@ async fn run() -> Result<()> {
         wall.as_millis()
     ));
 
-    chapter("tollgate status");
-    let status = Command::new(&args.tollgate)
-        .args(["status", "--config"])
+    chapter("tollgate status, through the controller's API");
+    // The first key is made on the controller's host, in the state database; every other
+    // command goes through the API with it.
+    let made = Command::new(&args.tollgate)
+        .args([
+            "keys", "create", "--name", "demo", "--role", "viewer", "--config",
+        ])
         .arg(world.stages_path())
         .args(["--state", &state])
+        .output()?;
+    ensure!(
+        made.status.success(),
+        "tollgate keys create failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    say(
+        "tollgate keys create --name demo --role viewer: a viewer key, printed once, stored hashed",
+    );
+    let key = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let status = Command::new(&args.tollgate)
+        .args(["status", "--server", &public_url])
+        .env("TOLLGATE_API_KEY", &key)
         .output()?;
     ensure!(
         status.status.success(),

@@ -1,8 +1,8 @@
 //! The `tollgate` binary: the command line's entry point.
 //!
 //! Owns: parsing the arguments ([`tollgate::cli::Cli`]) and handing each command to the library
-//! function that carries it out (`tollgate::cli::{serve, validate, status, watch, control,
-//! remote}`; `remote` when `--server`/`TOLLGATE_SERVER` is given); setting
+//! function that carries it out (`tollgate::cli::{serve, validate, status, watch, keys, state,
+//! remote}`; every read and control command goes through `remote`, the API); setting
 //! up logging for `serve` (`--log-format json|text`); the tokio runtime; and the process's exit code.
 //!
 //! Exit codes:
@@ -12,12 +12,12 @@
 //!   and `history` printed; `status --watch` was stopped with Ctrl-C.
 //! - 1: refused. `validate` found the files invalid; a control command named an unknown
 //!   pipeline, stage or release, or the state does not allow it (nothing changed); `keys`
-//!   refused a name, role or approver; with `--server`, the API refused the call (4xx: the
-//!   problem's title and detail are printed).
-//! - 2: could not run. Bad arguments (clap's usage error), an unreadable configuration, a state
-//!   database that cannot be opened, `serve` failing to start, no runtime; with `--server`
-//!   (and for `approve`, `reject`, `promote`), no `TOLLGATE_API_KEY`, an unreachable server
-//!   or a 5xx.
+//!   refused a name, role or approver; the API refused the call (4xx: the problem's title and
+//!   detail are printed).
+//! - 2: could not run. Bad arguments (clap's usage error, which includes a read or control
+//!   command without `--server`/`TOLLGATE_SERVER`), an unreadable configuration, a state
+//!   database that cannot be opened, `serve` failing to start, no runtime; no
+//!   `TOLLGATE_API_KEY`, an unreachable server or a 5xx.
 //! - `state copy`: 0 copied and verified, 1 copied but a table does not match, 2 refused or
 //!   failed (see `tollgate::cli::state`).
 //!
@@ -27,7 +27,7 @@
 
 use clap::Parser;
 use tollgate::cli::control::Control;
-use tollgate::cli::{Cli, Command, KeysCommand, LogFormat, RemoteArgs, StateArgs};
+use tollgate::cli::{Cli, Command, KeysCommand, LogFormat, ServerArgs, StateArgs};
 
 fn main() {
     let cli = Cli::parse();
@@ -61,35 +61,31 @@ fn main() {
             tollgate::cli::validate::schema(accounts, &mut std::io::stdout())
         }
         Command::Status {
-            files,
             json,
             watch,
-            remote,
-        } => block_on(status(&files, remote, json, watch)),
+            server,
+        } => block_on(status(server, json, watch)),
         Command::History {
             pipeline,
-            state,
             limit,
             json,
-            remote,
+            server,
         } => block_on(async {
-            let client = match client(&remote) {
+            let client = match client(&server) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
             let what = (pipeline.as_str(), limit, json);
-            tollgate::cli::status::run_history(client.as_ref(), &state, what, out, err).await
+            tollgate::cli::status::run_history(&client, what, out, err).await
         }),
         Command::Pause {
             pipeline,
             stage,
             reason,
-            files,
-            remote,
+            server,
         } => control(
-            &files,
-            &remote,
+            server,
             Control::Pause {
                 pipeline,
                 stage,
@@ -100,37 +96,32 @@ fn main() {
             pipeline,
             stage,
             reason,
-            files,
-            remote,
+            server,
         } => control(
-            &files,
-            &remote,
+            server,
             Control::Resume {
                 pipeline,
                 stage,
-                reason,
+                reason: Some(reason),
             },
         ),
         Command::Rollback {
             pipeline,
             stage,
-            files,
-            remote,
-        } => control(&files, &remote, Control::Rollback { pipeline, stage }),
+            server,
+        } => control(server, Control::Rollback { pipeline, stage }),
         Command::Retry {
             pipeline,
             release,
-            files,
-            remote,
-        } => control(&files, &remote, Control::Retry { pipeline, release }),
+            server,
+        } => control(server, Control::Retry { pipeline, release }),
         Command::Override {
             pipeline,
             release,
             alarms,
             window: _,
             reason,
-            files,
-            remote,
+            server,
         } => {
             let which = if alarms {
                 tollgate::engine::Override::Alarms
@@ -138,8 +129,7 @@ fn main() {
                 tollgate::engine::Override::Window
             };
             control(
-                &files,
-                &remote,
+                server,
                 Control::Override {
                     pipeline,
                     release,
@@ -187,34 +177,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// A control command: through the API with `--server`, else on the state database.
-fn control(files: &StateArgs, remote: &RemoteArgs, c: Control) -> i32 {
-    if let Some(server) = &remote.server {
-        return self::remote((server.clone(), tollgate::cli::remote::Remote::Control(c)));
-    }
-    let actor = tollgate::cli::control::actor();
-    block_on(async {
-        tollgate::cli::control::run(
-            &files.config,
-            &files.state,
-            &c,
-            &actor,
-            &mut std::io::stdout(),
-            &mut std::io::stderr(),
-        )
-        .await
-    })
+/// A control command, through the API.
+fn control(server: ServerArgs, c: Control) -> i32 {
+    remote((server.server, tollgate::cli::remote::Remote::Control(c)))
 }
 
-/// The API client when `--server` is given (`Ok(None)` without it), or the exit code of why
+/// The API client for `server` with the key in `TOLLGATE_API_KEY`, or the exit code of why
 /// there is none (reported).
-fn client(remote: &RemoteArgs) -> Result<Option<tollgate::cli::remote::Client>, i32> {
-    let Some(server) = &remote.server else {
-        return Ok(None);
-    };
+fn client(server: &ServerArgs) -> Result<tollgate::cli::remote::Client, i32> {
     let key = std::env::var("TOLLGATE_API_KEY").ok();
-    tollgate::cli::remote::Client::new(server, key.as_deref())
-        .map(Some)
+    tollgate::cli::remote::Client::new(&server.server, key.as_deref())
         .map_err(|f| f.report(&mut std::io::stderr()))
 }
 
@@ -228,18 +200,14 @@ fn block_on(f: impl std::future::Future<Output = i32>) -> i32 {
     }
 }
 
-/// `tollgate status [--json | --watch]`, through the API or on the state database.
-async fn status(files: &StateArgs, remote: RemoteArgs, json: bool, watch: bool) -> i32 {
+/// `tollgate status [--json | --watch]`, through the API.
+async fn status(server: ServerArgs, json: bool, watch: bool) -> i32 {
     use std::io::IsTerminal;
     use tollgate::cli::status::Source;
     let (out, err) = (&mut std::io::stdout(), &mut std::io::stderr());
-    let source = match client(&remote) {
+    let source = match client(&server) {
         Err(code) => return code,
-        Ok(Some(c)) => match Source::remote(c).await {
-            Ok(s) => s,
-            Err(f) => return f.report(err),
-        },
-        Ok(None) => match Source::local(&files.config, &files.state).await {
+        Ok(c) => match Source::remote(c).await {
             Ok(s) => s,
             Err(f) => return f.report(err),
         },

@@ -1,33 +1,19 @@
 //! `tollgate pause`, `resume`, `rollback`, `retry` and `override`: an operator's hand on the
 //! line.
 //!
-//! Each command checks the pipeline and stage against the configuration and records one fact
-//! through the engine's ingest API ([`Ingest`]: one transaction, the operator as actor in the
-//! event log), and returns. A running controller picks the fact up at its next reconcile,
-//! within [`crate::engine::FACT_WATCH`]; what it does with it (a retry refused, say) is in
-//! the event log.
-//!
-//! Exit codes: 0 done (or already done), 1 refused (unknown pipeline, stage or release, or a
-//! state that does not allow it), 2 the configuration or the state database cannot be read.
-//!
-//! [`carry_out`] is shared with the API (`/api/v1`), which records the same facts. With
-//! `--server` the same [`Control`] is sent to the API instead ([`crate::cli::remote`]), whose
-//! answer carries what [`carry_out`] said, so both ways print the same.
+//! The command line sends a [`Control`] to a controller's API ([`crate::cli::remote`]); the
+//! API checks the pipeline and stage against the configuration in force ([`check`]) and
+//! records one fact through the engine's ingest API ([`carry_out`]: one transaction, the key
+//! as actor in the event log), and answers with what [`carry_out`] said, which the command
+//! prints. The reconciler picks the fact up at once; what it does with it (a retry refused,
+//! say) is in the event log.
 //!
 //! Must never: write the state database except through the ingest API, or decide what the
 //! controller does with a fact (that is the planner's, at its next reconcile).
 
-use std::io::Write;
-use std::path::Path;
-
-use std::sync::Arc;
-
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::domain::ReleaseId;
-use crate::engine::{
-    Delivery, Ingest, Ingested, Override, RetryVerdict, SystemClock, shared_config,
-};
-use crate::store::Store;
+use crate::engine::{Delivery, Ingest, Ingested, Override, RetryVerdict};
 
 /// What an operator asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,65 +67,10 @@ impl Control {
     }
 }
 
-/// The operator's identity for the event log: `cli:<login>`.
-pub fn actor() -> String {
-    let user = std::env::var("TOLLGATE_ACTOR")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("cli:{user}")
-}
-
-/// Runs one control command; returns the exit code.
-pub async fn run(
-    config_path: &Path,
-    state: &str,
-    control: &Control,
-    actor: &str,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> i32 {
-    let config = match config::load(config_path) {
-        Ok(l) => l.config,
-        Err(e) => {
-            let _ = writeln!(err, "{e}");
-            return 2;
-        }
-    };
-    if let Err(why) = check(&config, control) {
-        let _ = writeln!(err, "error: {why}");
-        return 1;
-    }
-    let store = match Store::open(state).await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = writeln!(err, "error: state database: {e}");
-            return 2;
-        }
-    };
-    let ingest = Ingest::new(store, shared_config(config), Arc::new(SystemClock));
-    match carry_out(&ingest, control, actor, CLI_SOURCE).await {
-        Ok(Ok(said)) => {
-            let _ = writeln!(out, "{said}");
-            0
-        }
-        Ok(Err(why)) => {
-            let _ = writeln!(err, "error: {why}");
-            1
-        }
-        Err(e) => {
-            let _ = writeln!(err, "error: {e}");
-            2
-        }
-    }
-}
-
-/// The delivery source of the requests the command line records.
-pub const CLI_SOURCE: &str = "cli";
-
 /// Carries out a command whose pipeline and stage were checked ([`check`]) through `ingest`,
 /// for `actor`; `source` names where requests came from (`cli`, `api`) for deduplication.
 /// `Ok(Err(why))` when it is refused (nothing changed); `Err` when the store failed.
-/// The command line and the API both act through here.
+/// The API acts through here.
 pub async fn carry_out(
     ingest: &Ingest,
     control: &Control,

@@ -2,12 +2,12 @@
 //! `resume`, `rollback`, `retry`, `override`, `keys`, `openapi`, and `approve`, `reject`,
 //! `promote`.
 //!
-//! `status`, `history`, `pause`, `resume`, `rollback`, `retry` and `override` talk to a
-//! running controller's API when given `--server URL` (or `TOLLGATE_SERVER`) — the normal
-//! way, with the key in `TOLLGATE_API_KEY` ([`remote`]) — and otherwise read and write the
-//! state database directly (on the controller's host: for bootstrapping keys and local use).
-//! `approve`, `reject` and `promote` only work through the API. `state copy` ([`state`])
-//! copies a stopped controller's state between databases.
+//! Every read and control command — `status`, `history`, `pause`, `resume`, `rollback`,
+//! `retry`, `override`, `approve`, `reject`, `promote` — talks to a running controller's API
+//! (`--server URL` or `TOLLGATE_SERVER`, with the key in `TOLLGATE_API_KEY`; [`remote`]), so
+//! every change is authenticated, rate limited and audited. Only `keys` opens the state
+//! database directly (to make the first key), and `state copy` ([`state`]) copies a stopped
+//! controller's state between databases.
 //!
 //! Owns argument parsing and rendering for people; the work is done by the library.
 //! Must never: hold a rule of the controller (commands parse and render; the library decides),
@@ -93,8 +93,6 @@ pub enum Command {
     },
     /// Show each pipeline × stage: known-good release, the run in flight, and why it waits.
     Status {
-        #[command(flatten)]
-        files: StateArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -104,20 +102,18 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         watch: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Print a pipeline's event log (oldest first).
     History {
         pipeline: String,
-        #[arg(long, env = "TOLLGATE_STATE", default_value = "sqlite://tollgate.db")]
-        state: String,
-        /// How many of the newest events to show.
+        /// How many of the newest events to show (at most 5000).
         #[arg(long, default_value_t = 200)]
         limit: i64,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Pause a pipeline, or one stage: nothing new starts there; runs in flight finish.
     Pause {
@@ -129,31 +125,25 @@ pub enum Command {
         #[arg(long)]
         reason: String,
         #[command(flatten)]
-        files: StateArgs,
-        #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Resume a paused pipeline or stage.
     Resume {
         pipeline: String,
         #[arg(long)]
         stage: Option<String>,
-        /// Why (required through the API, which keeps it in the event log with the call).
+        /// Why (kept in the event log with the call).
         #[arg(long)]
-        reason: Option<String>,
+        reason: String,
         #[command(flatten)]
-        files: StateArgs,
-        #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Return a stage to its last known-good release; the release it runs is marked bad.
     Rollback {
         pipeline: String,
         stage: String,
         #[command(flatten)]
-        files: StateArgs,
-        #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Send a release that failed or whose approval expired through its stages again, from
     /// the stage where it stopped (tests, approval and deploy all run anew). Refused for a
@@ -163,9 +153,7 @@ pub enum Command {
         /// The release: r12 or 12.
         release: String,
         #[command(flatten)]
-        files: StateArgs,
-        #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Let one release past an alarm already in ALARM (--alarms) or outside deployment windows
     /// (--window): the fix for the very problem must be able to ship. Logged with the reason.
@@ -183,9 +171,7 @@ pub enum Command {
         #[arg(long)]
         reason: String,
         #[command(flatten)]
-        files: StateArgs,
-        #[command(flatten)]
-        remote: RemoteArgs,
+        server: ServerArgs,
     },
     /// Manage the API keys of /api/v1 (directly in the state database, on the controller's host).
     Keys {
@@ -234,15 +220,6 @@ pub struct ServerArgs {
     /// The controller's URL, e.g. https://tollgate.example.com.
     #[arg(long, env = "TOLLGATE_SERVER")]
     pub server: String,
-}
-
-/// Whether a command talks to a controller's API; the key comes from `TOLLGATE_API_KEY` only.
-#[derive(Debug, Clone, Default, Args)]
-pub struct RemoteArgs {
-    /// The controller's URL, e.g. https://tollgate.example.com: talk to its API with the key
-    /// in TOLLGATE_API_KEY. Without it the command uses the state database (--state) directly.
-    #[arg(long, env = "TOLLGATE_SERVER")]
-    pub server: Option<String>,
 }
 
 /// `tollgate approve|reject PIPELINE RELEASE --stage STAGE [--comment TEXT]`.
@@ -352,7 +329,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_read_and_control_command_takes_a_server_and_watch_is_not_json() {
+    fn every_read_and_control_command_needs_a_server_and_watch_is_not_json() {
         let cases = [
             vec!["status"],
             vec!["status", "--watch"],
@@ -366,17 +343,31 @@ mod tests {
         for case in cases {
             let argv = ["tollgate"].into_iter().chain(case.iter().copied());
             let argv = argv.chain(["--server", "https://tollgate.test"]);
-            let remote = match Cli::try_parse_from(argv).unwrap().command {
-                Command::Status { remote, .. }
-                | Command::History { remote, .. }
-                | Command::Pause { remote, .. }
-                | Command::Resume { remote, .. }
-                | Command::Rollback { remote, .. }
-                | Command::Retry { remote, .. }
-                | Command::Override { remote, .. } => remote,
+            let server = match Cli::try_parse_from(argv).unwrap().command {
+                Command::Status { server, .. }
+                | Command::History { server, .. }
+                | Command::Pause { server, .. }
+                | Command::Resume { server, .. }
+                | Command::Rollback { server, .. }
+                | Command::Retry { server, .. }
+                | Command::Override { server, .. } => server,
                 other => panic!("{case:?} parsed as {other:?}"),
             };
-            assert_eq!(remote.server.as_deref(), Some("https://tollgate.test"));
+            assert_eq!(server.server, "https://tollgate.test");
+            // Without a server there is nothing to ask: a usage error (exit 2), and the state
+            // database is not a way around the API.
+            if std::env::var_os("TOLLGATE_SERVER").is_none() {
+                let bare = ["tollgate"].into_iter().chain(case.iter().copied());
+                let e = Cli::try_parse_from(bare).unwrap_err();
+                assert_eq!(e.exit_code(), 2, "{case:?}");
+                assert!(e.to_string().contains("--server"), "{case:?}: {e}");
+            }
+            let direct = ["tollgate"].into_iter().chain(case.iter().copied());
+            let direct = direct.chain(["--server", "https://t.test", "--state", "sqlite://x.db"]);
+            assert!(
+                Cli::try_parse_from(direct).is_err(),
+                "{case:?} took --state"
+            );
         }
         let both = ["tollgate", "status", "--watch", "--json"];
         assert!(Cli::try_parse_from(both).is_err());
@@ -393,12 +384,6 @@ mod tests {
     fn the_config_and_state_flags_reach_every_command_that_takes_them() {
         let cases = [
             vec!["serve"],
-            vec!["status"],
-            vec!["pause", "backend", "--reason", "why"],
-            vec!["resume", "backend"],
-            vec!["rollback", "backend", "beta"],
-            vec!["retry", "backend", "r1"],
-            vec!["override", "backend", "r1", "--alarms", "--reason", "why"],
             vec!["keys", "create", "--name", "k", "--role", "viewer"],
         ];
         for case in cases {
@@ -410,12 +395,6 @@ mod tests {
             ]);
             let files = match Cli::try_parse_from(argv).unwrap().command {
                 Command::Serve { files, .. }
-                | Command::Status { files, .. }
-                | Command::Pause { files, .. }
-                | Command::Resume { files, .. }
-                | Command::Rollback { files, .. }
-                | Command::Retry { files, .. }
-                | Command::Override { files, .. }
                 | Command::Keys {
                     command: KeysCommand::Create { files, .. },
                 } => files,

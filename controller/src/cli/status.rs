@@ -1,17 +1,16 @@
 //! `tollgate status` and `tollgate history`: the state of every pipeline × stage, for people
-//! (a table) and for scripts (`--json`), read from the state database or from a controller's
-//! API (`--server`).
+//! (a table) and for scripts (`--json`), read from a controller's API (`--server`).
 //!
-//! Owns reading the state for people and rendering it. Both ways go through the API's views
-//! ([`PipelineView`], [`EventView`]): the direct mode builds them from the store as the API
-//! does, the remote mode receives them; one function turns them into rows ([`rows`]) and one
-//! renders them ([`render`], [`render_history`]), so both ways print the same. Reasons are
-//! rendered from their typed value here, at the edge, with the time left counted from now.
+//! Owns reading the state for people and rendering it. Everything goes through the API's
+//! views ([`PipelineView`], [`EventView`]): the command receives them from the controller, and
+//! [`collect`]/[`events`] build the same views from a store (as the API does) for in-process
+//! callers; one function turns them into rows ([`rows`]) and one renders them ([`render`],
+//! [`render_history`]). Reasons are rendered from their typed value here, at the edge, with the
+//! time left counted from now.
 //!
 //! Must never: write the state database (it uses the store's read-only face).
 
 use std::io::Write;
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -19,8 +18,8 @@ use serde::Serialize;
 use crate::cli::remote::{Client, Failure};
 use crate::config::Config;
 use crate::http::api::reads::pipeline_view;
-use crate::http::api::views::{ConfigView, EventView, LeaderView, PipelineView, ReleaseRef};
-use crate::store::{Reads, Store, StoreError};
+use crate::http::api::views::{ConfigView, EventView, PipelineView, ReleaseRef};
+use crate::store::{Reads, StoreError};
 
 /// One pipeline × stage.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -90,36 +89,14 @@ pub struct Snapshot {
     pub rows: Vec<StageStatus>,
 }
 
-/// Where `status` reads from.
-pub enum Source {
-    /// The state database, with the configuration in force when the command started.
-    Local {
-        store: Store,
-        config: Box<Config>,
-        source: String,
-    },
-    /// A controller's API, with where its configuration came from when the command started.
-    Remote { client: Client, source: String },
+/// Where `status` reads from: a controller's API, with where its configuration came from
+/// when the command started.
+pub struct Source {
+    client: Client,
+    source: String,
 }
 
 impl Source {
-    /// The state database `state` with the configuration file `config_path` (or the one
-    /// applied from the configuration repository, when that is in force).
-    pub async fn local(config_path: &Path, state: &str) -> Result<Source, Failure> {
-        let loaded =
-            crate::config::load(config_path).map_err(|e| Failure::CannotRun(e.to_string()))?;
-        let store = open(state).await?;
-        let (config, in_force) =
-            crate::github::intake::config_in_force(store.reads(), loaded.config).await;
-        let source =
-            in_force.unwrap_or_else(|| format!("configuration file {}", config_path.display()));
-        Ok(Source::Local {
-            store,
-            config: Box::new(config),
-            source,
-        })
-    }
-
     /// `client`'s controller; asks once where its configuration comes from (`GET
     /// /api/v1/config`, which validates the source again, so not at every watch tick).
     pub async fn remote(client: Client) -> Result<Source, Failure> {
@@ -128,43 +105,20 @@ impl Source {
         if let Some(l) = &config.leader {
             source = format!("{source}\n{}", l.line(Utc::now()));
         }
-        Ok(Source::Remote { client, source })
+        Ok(Source { client, source })
     }
 
     /// The state now.
     pub async fn snapshot(&self, now: DateTime<Utc>) -> Result<Snapshot, Failure> {
-        match self {
-            Source::Local {
-                store,
-                config,
-                source,
-            } => {
-                let rows = collect(store, config, now)
-                    .await
-                    .map_err(|e| Failure::CannotRun(format!("error: {e}")))?;
-                let lease = store
-                    .reads()
-                    .lease()
-                    .await
-                    .map_err(|e| Failure::CannotRun(format!("error: {e}")))?;
-                let source = match lease {
-                    Some(l) => format!("{source}\n{}", LeaderView::from(l).line(now)),
-                    None => source.clone(),
-                };
-                Ok(Snapshot { source, rows })
-            }
-            Source::Remote { client, source } => {
-                let views: Vec<PipelineView> = client.get("/api/v1/pipelines").await?;
-                Ok(Snapshot {
-                    source: source.clone(),
-                    rows: rows(&views, now),
-                })
-            }
-        }
+        let views: Vec<PipelineView> = self.client.get("/api/v1/pipelines").await?;
+        Ok(Snapshot {
+            source: self.source.clone(),
+            rows: rows(&views, now),
+        })
     }
 }
 
-/// Where a controller's configuration comes from, as the direct mode says it.
+/// Where a controller's configuration comes from.
 fn source_line(c: &ConfigView) -> String {
     match (&c.repository, &c.commit, c.applied_at) {
         (Some(repo), Some(sha), Some(at)) => format!(
@@ -173,12 +127,6 @@ fn source_line(c: &ConfigView) -> String {
         ),
         _ => format!("configuration file {}", c.file),
     }
-}
-
-async fn open(state: &str) -> Result<Store, Failure> {
-    Store::open(state)
-        .await
-        .map_err(|e| Failure::CannotRun(format!("error: {e}")))
 }
 
 /// `tollgate status [--json]` once: the source line (not with `--json`) and the rows.
@@ -290,31 +238,18 @@ pub async fn history(
     Ok(())
 }
 
-/// `tollgate history PIPELINE [--limit N] [--json]` from the state database `state`, or from
-/// `client`'s controller when given.
+/// `tollgate history PIPELINE [--limit N] [--json]` from `client`'s controller.
 pub async fn run_history(
-    client: Option<&Client>,
-    state: &str,
+    client: &Client,
     (pipeline, limit, json): (&str, i64, bool),
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
-    let events = match client {
-        Some(c) => {
-            let path = format!(
-                "/api/v1/pipelines/{}/history?limit={limit}",
-                urlencoding::encode(pipeline)
-            );
-            c.get::<Vec<EventView>>(&path).await
-        }
-        None => match open(state).await {
-            Ok(store) => events(&store, pipeline, limit)
-                .await
-                .map_err(|e| Failure::CannotRun(format!("error: {e}"))),
-            Err(f) => Err(f),
-        },
-    };
-    match events {
+    let path = format!(
+        "/api/v1/pipelines/{}/history?limit={limit}",
+        urlencoding::encode(pipeline)
+    );
+    match client.get::<Vec<EventView>>(&path).await {
         Ok(events) => {
             let _ = render_history(&events, json, out);
             0

@@ -1,12 +1,14 @@
 //! The command line against a running controller, and the API's own metrics, through the real
 //! `tollgate serve` binary (as `api_serve` launches it) and the real `tollgate` commands.
 //!
-//! - `status`, `status --json`, `history`, `history --json` print exactly the same with
-//!   `--server` as on the state database; `pause`, `resume`, `rollback`, `retry` and
-//!   `override` act through the API with the key's name in the event log, print what the
-//!   direct mode prints, and exit 1 on a refusal with the problem's title and detail, 2 with no
-//!   key or no server. The key never appears in any output.
-//! - `status --watch` with stdout not a terminal, local and remote: a plain block at start,
+//! - `status`, `status --json`, `history`, `history --json` print exactly what the state
+//!   database holds (rendered in-process from it by the library's own views); `pause`,
+//!   `resume`, `rollback`, `retry` and `override` act through the API with the key's name in
+//!   the event log, and exit 1 on a refusal with the problem's title and detail, 2 with no
+//!   key, no server or an unreachable one. None of them opens the state database: given
+//!   `--state`, or no server, they refuse to run (2) and nothing changes. The key never appears
+//!   in any output.
+//! - `status --watch` with stdout not a terminal: a plain block at start,
 //!   one more only when the state changed, no escape code, exit 0 on Ctrl-C (SIGINT); and on
 //!   a pseudo-terminal (`script`): redrawn in place every second, the approval's countdown
 //!   moving, exit 0 on Ctrl-C typed into the terminal.
@@ -23,6 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tollgate::store::Store;
 
 use crate::api_serve::{ROOMY, call, key, outcome, remote, stages, two_releases_at_prod_approval};
 use crate::edge_serve::Served;
@@ -31,40 +34,74 @@ use crate::observability_serve::Samples;
 /// The longest any one wait here may take.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// `tollgate ARGS` on the served state database directly (no server, no key).
-fn local(served: &Served, args: &[&str], with_config: bool) -> (i32, String, String) {
+/// What the state database says for `args` (`status [--json]`, `history P [--limit N]
+/// [--json]`), rendered in-process by the library from the store, as the API builds its views.
+async fn from_store(served: &Served, args: &[&str]) -> String {
+    let store = Store::open(&served.state()).await.unwrap();
+    let mut out = Vec::new();
+    match args {
+        ["status", rest @ ..] => {
+            let path = served.dir.path().join("stages.toml");
+            let config = tollgate::config::load(&path).unwrap().config;
+            let now = chrono::Utc::now();
+            let rows = tollgate::cli::status::collect(store.reads(), &config, now)
+                .await
+                .unwrap();
+            tollgate::cli::status::render(&rows, rest == ["--json"], &mut out).unwrap();
+        }
+        ["history", pipeline, rest @ ..] => {
+            let limit = match rest {
+                ["--limit", n] => n.parse().unwrap(),
+                _ => 200,
+            };
+            let json = rest == ["--json"];
+            tollgate::cli::status::history(store.reads(), pipeline, limit, json, &mut out)
+                .await
+                .unwrap();
+        }
+        _ => panic!("no rendering of {args:?}"),
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Runs `args` through the API (as `key`) until it prints what the store holds (a reason's
+/// "expires in" may cross a minute between the two; three tries), and returns what it
+/// printed. `status`'s table comes after the line saying where the configuration comes from.
+async fn as_the_store_says(served: &Served, key: &str, args: &[&str]) -> String {
+    let mut last = None;
+    for _ in 0..3 {
+        let (code, shown, err) = remote(served, Some(key), args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let expected = from_store(served, args).await;
+        let body = match shown.split_once("\n\n") {
+            Some((source, table)) if args == ["status"] => {
+                assert!(source.starts_with("configuration file "), "{shown}");
+                table
+            }
+            _ => shown.as_str(),
+        };
+        if body == expected {
+            return shown;
+        }
+        last = Some((expected, shown));
+    }
+    let (expected, shown) = last.unwrap();
+    panic!("{args:?} differs:\n--- the store\n{expected}\n--- the API\n{shown}");
+}
+
+/// `tollgate ARGS` as an operator on the controller's host would try it without the API:
+/// with the state database named and no server.
+fn on_the_database(served: &Served, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     cmd.args(args)
         .args(["--state", &served.state()])
         .env_remove("TOLLGATE_SERVER")
-        .env_remove("TOLLGATE_API_KEY")
-        .env("TOLLGATE_ACTOR", "ops-on-host");
-    if with_config {
-        cmd.arg("--config")
-            .arg(served.dir.path().join("stages.toml"));
-    }
+        .env_remove("TOLLGATE_API_KEY");
     outcome(cmd)
 }
 
-/// Runs `args` locally and remotely (as `key`) until both print the same (a reason's
-/// "expires in" may cross a minute between the two runs; three tries), and returns it.
-fn same_both_ways(served: &Served, key: &str, args: &[&str], with_config: bool) -> String {
-    let mut last = None;
-    for _ in 0..3 {
-        let (lc, lout, lerr) = local(served, args, with_config);
-        let (rc, rout, rerr) = remote(served, Some(key), args);
-        assert_eq!((lc, rc), (0, 0), "{args:?}: local {lerr} / remote {rerr}");
-        if lout == rout {
-            return lout;
-        }
-        last = Some((lout, rout));
-    }
-    let (lout, rout) = last.unwrap();
-    panic!("{args:?} differs:\n--- local\n{lout}\n--- remote\n{rout}");
-}
-
 #[tokio::test]
-async fn api_remote_every_command_prints_what_the_direct_mode_prints_and_exits_as_documented() {
+async fn api_remote_every_command_prints_what_the_state_holds_and_exits_as_documented() {
     let dir = two_releases_at_prod_approval().await;
     let served = Served::launch(dir, &stages(ROOMY));
     let view = key(&served, "dash", "viewer", &[]);
@@ -73,23 +110,18 @@ async fn api_remote_every_command_prints_what_the_direct_mode_prints_and_exits_a
     let mut said = String::new();
 
     // Reads: the same table, the same JSON.
-    let table = same_both_ways(&served, &view, &["status"], true);
+    let table = as_the_store_says(&served, &view, &["status"]).await;
     assert!(
         table.starts_with("configuration file ") && table.contains("awaiting_approval"),
         "{table}"
     );
-    let json = same_both_ways(&served, &view, &["status", "--json"], true);
+    let json = as_the_store_says(&served, &view, &["status", "--json"]).await;
     let rows: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 3, "{json}");
     assert_eq!(rows[2]["wait"]["kind"], "awaiting_approval");
-    let log = same_both_ways(
-        &served,
-        &view,
-        &["history", "backend", "--limit", "5"],
-        false,
-    );
+    let log = as_the_store_says(&served, &view, &["history", "backend", "--limit", "5"]).await;
     assert_eq!(log.lines().count(), 5, "{log}");
-    let log_json = same_both_ways(&served, &view, &["history", "backend", "--json"], false);
+    let log_json = as_the_store_says(&served, &view, &["history", "backend", "--json"]).await;
     let events: Value = serde_json::from_str(&log_json).unwrap();
     assert!(events.as_array().unwrap().len() > 5);
     assert!(
@@ -117,18 +149,15 @@ async fn api_remote_every_command_prints_what_the_direct_mode_prints_and_exits_a
         .count("SELECT COUNT(*) FROM events WHERE actor = 'api-key:ops' AND detail = 'stage gamma paused: audit'")
         .await;
     assert_eq!(paused, 1);
-    let table = same_both_ways(&served, &view, &["status"], true);
+    let table = as_the_store_says(&served, &view, &["status"]).await;
     assert!(table.contains("paused (stage: audit)"), "{table}");
     let (code, _, err) = remote(
         &served,
         Some(&ops),
         &["resume", "backend", "--stage", "gamma"],
     );
-    assert_eq!(code, 1, "the API wants a reason: {err}");
-    assert!(
-        err.starts_with("error: Invalid request: resume needs a `reason`"),
-        "{err}"
-    );
+    assert_eq!(code, 2, "a resume needs a reason: {err}");
+    assert!(err.contains("--reason <REASON>"), "{err}");
     let args = [
         "resume",
         "backend",
@@ -209,6 +238,38 @@ async fn api_remote_every_command_prints_what_the_direct_mode_prints_and_exits_a
         "{err}"
     );
     said += &err;
+
+    // The state database is no way around the API: without a server nothing runs (2), with
+    // or without the database named, and nothing changes.
+    let before = served.count("SELECT COUNT(*) FROM events").await;
+    for args in [
+        vec!["status"],
+        vec!["history", "backend"],
+        vec!["pause", "backend", "--reason", "on the host"],
+        vec!["resume", "backend", "--reason", "on the host"],
+        vec!["rollback", "backend", "prod"],
+        vec!["retry", "backend", "r2"],
+        vec![
+            "override",
+            "backend",
+            "r2",
+            "--window",
+            "--reason",
+            "on the host",
+        ],
+    ] {
+        let (code, _, err) = on_the_database(&served, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("--state"), "{args:?}: {err}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(&args)
+            .env_remove("TOLLGATE_SERVER")
+            .env("TOLLGATE_API_KEY", &boss);
+        let (code, _, err) = outcome(cmd);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("--server <SERVER>"), "{args:?}: {err}");
+    }
+    assert_eq!(served.count("SELECT COUNT(*) FROM events").await, before);
 
     for k in [&view, &ops, &boss] {
         assert!(!said.contains(k.as_str()), "a key was printed");
@@ -313,12 +374,7 @@ async fn api_remote_status_watch_prints_a_plain_block_per_change_and_stops_on_ct
         ("TOLLGATE_SERVER", server.as_str()),
         ("TOLLGATE_API_KEY", view.as_str()),
     ];
-    let config = served.dir.path().join("stages.toml").display().to_string();
-    let local_args = ["--state".into(), served.state(), "--config".into(), config];
-    let mut watchers = [
-        Watcher::start(&[], &remote_env),
-        Watcher::start(&local_args, &[]),
-    ];
+    let mut watchers = [Watcher::start(&[], &remote_env)];
     for w in &mut watchers {
         w.until("the first block", |seen| every_stage(seen, "idle"));
     }

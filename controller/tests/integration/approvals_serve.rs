@@ -46,6 +46,8 @@ pub(crate) struct Serve {
     pub(crate) spec: ServeSpec,
     pub(crate) store: Store,
     pub(crate) http: reqwest::Client,
+    /// The admin key [`Serve::cli`] uses, made at its first call.
+    cli_key: std::sync::OnceLock<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -147,6 +149,7 @@ impl Serve {
             spec,
             store,
             http,
+            cli_key: std::sync::OnceLock::new(),
             _dir: dir,
         }
     }
@@ -324,14 +327,26 @@ impl Serve {
         (status, page, r.text().await.unwrap())
     }
 
-    /// `tollgate <args> --config … --state …` through the real binary.
+    /// `tollgate <args> --server …` through the real binary, with an admin key named `dana`
+    /// (made with `tollgate keys create` at the first call).
     pub(crate) fn cli(&self, args: &[&str]) -> (bool, String) {
+        let key = self.cli_key.get_or_init(|| {
+            let made = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+                .args([
+                    "keys", "create", "--name", "dana", "--role", "admin", "--config",
+                ])
+                .arg(self.world.stages_path())
+                .args(["--state", &self.state])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&made.stderr);
+            assert!(made.status.success(), "keys create: {err}");
+            String::from_utf8_lossy(&made.stdout).trim().to_owned()
+        });
         let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(args)
-            .arg("--config")
-            .arg(self.world.stages_path())
-            .args(["--state", &self.state])
-            .env("TOLLGATE_ACTOR", "dana")
+            .args(["--server", &self.url])
+            .env("TOLLGATE_API_KEY", key)
             .output()
             .unwrap();
         let text = format!(
@@ -530,11 +545,8 @@ async fn an_unfiltered_subscription_on_the_approval_topic_withholds_every_link()
         status_text.contains("has no filter policy"),
         "{status_text}"
     );
-    let history = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["history", s.world.pipeline(), "--state", &s.state])
-        .output()
-        .unwrap();
-    let history = String::from_utf8_lossy(&history.stdout);
+    let (ok, history) = s.cli(&["history", s.world.pipeline()]);
+    assert!(ok, "{history}");
     assert!(
         history.contains("personal approval links withheld"),
         "{history}"

@@ -1,51 +1,52 @@
-//! `tollgate pause`, `resume` and `rollback` through the real binary, on a real SQLite file.
+//! `pause`, `resume`, `rollback` and `override` as a controller carries them out for the API
+//! (and so for `tollgate pause … --server`): [`tollgate::cli::control::check`] against the
+//! configuration, then [`tollgate::cli::control::carry_out`] on a real SQLite file. The
+//! command line's side (the request, the exit codes, what is printed) is tested through the
+//! real binary and a running controller in `api_remote`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::sync::Arc;
 
+use tollgate::cli::control::{Control, carry_out, check};
+use tollgate::engine::{Ingest, Override, SystemClock, shared_config};
 use tollgate::store::Store;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/config");
 
-fn tollgate(state: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .args([
-            "--config",
-            &format!("{FIXTURES}/stages.toml"),
-            "--state",
-            state,
-        ])
-        .env("TOLLGATE_ACTOR", "dana")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+/// The actor the API records for a key named `dana`.
+const DANA: &str = "api-key:dana";
 
 fn state_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("state.db").display())
+}
+
+/// Checks `control` against the fixture configuration; carries it out on `state` when it
+/// passes. `Ok` is what the operator is told, `Err` why it is refused.
+async fn act(state: &str, control: Control) -> Result<String, String> {
+    let config = tollgate::config::load(Path::new(&format!("{FIXTURES}/stages.toml")))
+        .unwrap()
+        .config;
+    check(&config, &control)?;
+    let store = Store::open(state).await.unwrap();
+    let ingest = Ingest::new(store, shared_config(config), Arc::new(SystemClock));
+    carry_out(&ingest, &control, DANA, "api").await.unwrap()
 }
 
 #[tokio::test]
 async fn pause_and_resume_are_recorded_with_the_operator() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_url(dir.path());
-    let o = tollgate(
+    let said = act(
         &state,
-        &["pause", "svc", "--stage", "prod", "--reason", "incident 42"],
-    );
-    assert!(o.status.success(), "{:?}", text(&o));
-    assert!(
-        text(&o).0.contains("stage svc/prod paused"),
-        "{:?}",
-        text(&o)
-    );
+        Control::Pause {
+            pipeline: "svc".into(),
+            stage: Some("prod".into()),
+            reason: "incident 42".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(said.contains("stage svc/prod paused"), "{said}");
 
     let store = Store::open(&state).await.unwrap();
     let (pipeline, stage) = store.paused("svc", "prod").await.unwrap();
@@ -54,12 +55,16 @@ async fn pause_and_resume_are_recorded_with_the_operator() {
     let (_, beta) = store.paused("svc", "beta").await.unwrap();
     assert_eq!(beta, None, "only the named stage is paused");
 
-    let o = tollgate(&state, &["resume", "svc", "--stage", "prod"]);
-    assert!(o.status.success(), "{:?}", text(&o));
+    let resume = Control::Resume {
+        pipeline: "svc".into(),
+        stage: Some("prod".into()),
+        reason: Some("incident over".into()),
+    };
+    act(&state, resume).await.unwrap();
     assert_eq!(store.paused("svc", "prod").await.unwrap(), (None, None));
     let events = store.events("svc", 100).await.unwrap();
     assert!(
-        events.iter().filter(|e| e.actor == "cli:dana").count() >= 2,
+        events.iter().filter(|e| e.actor == DANA).count() >= 2,
         "{events:?}"
     );
 }
@@ -68,16 +73,14 @@ async fn pause_and_resume_are_recorded_with_the_operator() {
 async fn a_rollback_request_is_recorded_once_for_what_the_stage_runs() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_url(dir.path());
-    let first = tollgate(&state, &["rollback", "svc", "prod"]);
-    assert!(first.status.success(), "{:?}", text(&first));
-    assert!(text(&first).0.contains("requested"), "{:?}", text(&first));
-    let again = tollgate(&state, &["rollback", "svc", "prod"]);
-    assert!(again.status.success(), "{:?}", text(&again));
-    assert!(
-        text(&again).0.contains("already requested"),
-        "{:?}",
-        text(&again)
-    );
+    let rollback = || Control::Rollback {
+        pipeline: "svc".into(),
+        stage: "prod".into(),
+    };
+    let first = act(&state, rollback()).await.unwrap();
+    assert!(first.contains("requested"), "{first}");
+    let again = act(&state, rollback()).await.unwrap();
+    assert!(again.contains("already requested"), "{again}");
     let store = Store::open(&state).await.unwrap();
     let requests = store
         .events("svc", 100)
@@ -89,25 +92,37 @@ async fn a_rollback_request_is_recorded_once_for_what_the_stage_runs() {
     assert_eq!(requests, 1);
 }
 
-#[test]
-fn unknown_pipelines_and_stages_are_refused_and_change_nothing() {
+#[tokio::test]
+async fn unknown_pipelines_and_stages_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_url(dir.path());
-    let o = tollgate(&state, &["rollback", "svc", "qa"]);
-    assert_eq!(o.status.code(), Some(1));
+    let why = act(
+        &state,
+        Control::Rollback {
+            pipeline: "svc".into(),
+            stage: "qa".into(),
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(
-        text(&o)
-            .1
-            .contains("pipeline `svc` has no stage `qa` (stages: beta, prod)"),
-        "{:?}",
-        text(&o)
+        why.contains("pipeline `svc` has no stage `qa` (stages: beta, prod)"),
+        "{why}"
     );
-    let o = tollgate(&state, &["pause", "nope", "--reason", "x"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).1.contains("no pipeline `nope`"), "{:?}", text(&o));
+    let why = act(
+        &state,
+        Control::Pause {
+            pipeline: "nope".into(),
+            stage: None,
+            reason: "x".into(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(why.contains("no pipeline `nope`"), "{why}");
     assert!(
         !dir.path().join("state.db").exists(),
-        "a refused command does not even create the state database"
+        "a refused command does not even open the state database"
     );
 }
 
@@ -138,23 +153,19 @@ async fn an_override_is_set_on_the_release_and_logged_with_its_reason() {
     else {
         panic!("not recorded")
     };
+    let lift = |release: &str, which: Override, reason: &str| Control::Override {
+        pipeline: "svc".into(),
+        release: release.into(),
+        which,
+        reason: reason.into(),
+    };
 
-    let o = tollgate(
-        &state,
-        &[
-            "override",
-            "svc",
-            "r1",
-            "--alarms",
-            "--reason",
-            "fixes the 5xx alarm",
-        ],
-    );
-    assert!(o.status.success(), "{:?}", text(&o));
+    let said = act(&state, lift("r1", Override::Alarms, "fixes the 5xx alarm"))
+        .await
+        .unwrap();
     assert!(
-        text(&o)
-            .0
-            .contains("may enter stages whose alarms are in ALARM")
+        said.contains("may enter stages whose alarms are in ALARM"),
+        "{said}"
     );
     let r = store.release(id).await.unwrap().unwrap();
     assert_eq!(r.alarm_override.as_deref(), Some("fixes the 5xx alarm"));
@@ -162,31 +173,21 @@ async fn an_override_is_set_on_the_release_and_logged_with_its_reason() {
     let logged = store.events("svc", 100).await.unwrap();
     assert!(
         logged.iter().any(|e| e.kind == "override"
-            && e.actor == "cli:dana"
+            && e.actor == DANA
             && e.detail.contains("fixes the 5xx alarm")),
         "{logged:?}"
     );
 
-    for (args, says) in [
-        (
-            vec!["override", "svc", "r7", "--window", "--reason", "x"],
-            "has no release r7",
-        ),
-        (
-            vec!["override", "svc", "seven", "--window", "--reason", "x"],
-            "is not a release",
-        ),
-        (
-            vec!["override", "svc", "r1", "--window", "--reason", " "],
-            "needs a reason",
-        ),
+    for (release, reason, says) in [
+        ("r7", "x", "has no release r7"),
+        ("seven", "x", "is not a release"),
+        ("r1", " ", "needs a reason"),
     ] {
-        let o = tollgate(&state, &args);
-        assert_eq!(o.status.code(), Some(1), "refused: {args:?}");
-        assert!(text(&o).1.contains(says), "{args:?}: {:?}", text(&o));
+        let why = act(&state, lift(release, Override::Window, reason))
+            .await
+            .unwrap_err();
+        assert!(why.contains(says), "{release} {reason:?}: {why}");
     }
-    let o = tollgate(&state, &["override", "svc", "r1", "--reason", "x"]);
-    assert_eq!(o.status.code(), Some(2), "clap: one of --alarms/--window");
     let r = store.release(id).await.unwrap().unwrap();
     assert_eq!(r.window_override, None, "refused commands change nothing");
 }

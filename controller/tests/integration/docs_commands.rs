@@ -4,10 +4,12 @@
 //! Every fenced `sh` and `console` block is read; each command in it (continued lines joined,
 //! `# comments` dropped, `target/release/tollgate` run as the `tollgate` this test was built
 //! with) either runs here — in a copy of the repository's `stages.toml`, `accounts/` and the
-//! files they name, against a fresh state database — and must succeed, printing exactly the
-//! output the document shows where it shows one; or it is listed in [`NOT_HERE`] with the
-//! reason it cannot run here. A command that is neither fails the test, and so does a rule in
-//! [`NOT_HERE`] that no documented command uses any more.
+//! files they name, with `tollgate serve` running there on a fresh state database and the
+//! commands given its URL (`TOLLGATE_SERVER`) and an admin key made with `tollgate keys create`
+//! (`TOLLGATE_API_KEY`), as the documents' `export` lines set them — and must succeed,
+//! printing exactly the output the document shows where it shows one; or it is listed in
+//! [`NOT_HERE`] with the reason it cannot run here. A command that is neither fails the test,
+//! and so does a rule in [`NOT_HERE`] that no documented command uses any more.
 //!
 //! AWS is never called: `AWS_ENDPOINT_URL` is a closed loopback port.
 
@@ -44,7 +46,10 @@ const NOT_HERE: &[(&str, &str)] = &[
     ),
     ("aws ", "calls real AWS accounts"),
     ("openssl rand", "writes into /run/secrets"),
-    ("export ", "the environment of the long-running serve above"),
+    (
+        "export ",
+        "sets the environment; this test starts its serve with its own and gives every command the serve's URL and a key",
+    ),
     (
         "url=https://sns.",
         "fetches SNS's signing certificate from AWS",
@@ -60,7 +65,7 @@ const NOT_HERE: &[(&str, &str)] = &[
         "needs a failed or expired release r15 in the state",
     ),
     (
-        "tollgate status --config /etc/tollgate/",
+        "tollgate status --server https://tollgate.example.com",
         "shows a release in flight in an installed controller; `tollgate status` runs above",
     ),
 ];
@@ -140,6 +145,10 @@ fn commands(file: &str, fence: usize, lang: &str, lines: &[&str]) -> Vec<Documen
             _ => line,
         };
         let command = without_comment(command);
+        if command.is_empty() {
+            // A line that is only a comment.
+            continue;
+        }
         continued = command.ends_with('\\');
         let command = command.trim_end_matches('\\').trim();
         found.push(Documented {
@@ -180,8 +189,9 @@ fn pipeline_copy(dir: &Path) {
     }
 }
 
-/// Runs `command` with `sh` in `dir`, `tollgate` on the path: (success, stdout, stderr).
-fn run(dir: &Path, command: &str) -> (bool, String, String) {
+/// Runs `command` with `sh` in `dir`, `tollgate` on the path and `env` set: (success,
+/// stdout, stderr).
+fn run(dir: &Path, command: &str, env: &[(&str, &str)]) -> (bool, String, String) {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let tollgate = bin.join("tollgate");
@@ -205,16 +215,53 @@ fn run(dir: &Path, command: &str) -> (bool, String, String) {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("TOLLGATE_CONFIG")
         .env_remove("TOLLGATE_STATE")
+        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_API_KEY")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
-#[test]
-fn every_documented_command_that_can_run_here_runs_as_documented() {
+#[tokio::test]
+async fn every_documented_command_that_can_run_here_runs_as_documented() {
     let dir = tempfile::tempdir().unwrap();
     pipeline_copy(dir.path());
+    // The controller the commands talk to, as README.md starts it, and the key its `export`
+    // line makes.
+    let port = tollgate_testkit::serve::free_port().unwrap();
+    let closed = [
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        (
+            "TOLLGATE_GITHUB_WEBHOOK_SECRET",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ),
+    ];
+    let serve = tollgate_testkit::serve::ServeProcess::start(&tollgate_testkit::serve::ServeSpec {
+        binary: env!("CARGO_BIN_EXE_tollgate").into(),
+        config: dir.path().join("stages.toml"),
+        state: format!("sqlite://{}", dir.path().join("tollgate.db").display()),
+        port,
+        certs: None,
+        env: closed.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec(),
+        args: Vec::new(),
+        log: dir.path().join("serve.log"),
+        stdout: None,
+    })
+    .await
+    .expect("tollgate serve starts on the repository's stages.toml");
+    let made = "tollgate keys create --name docs-reader --role admin --state sqlite://tollgate.db";
+    let (ok, key, err) = run(dir.path(), made, &[]);
+    assert!(ok, "{made}: {err}");
+    let key = key.trim().to_owned();
+    let env = [
+        ("TOLLGATE_SERVER", serve.url()),
+        ("TOLLGATE_API_KEY", key.as_str()),
+    ];
     let mut used = BTreeSet::new();
     let mut ran = 0;
     for doc in documented() {
@@ -223,7 +270,7 @@ fn every_documented_command_that_can_run_here_runs_as_documented() {
             used.insert(*prefix);
             continue;
         }
-        let (ok, stdout, stderr) = run(dir.path(), &doc.command);
+        let (ok, stdout, stderr) = run(dir.path(), &doc.command, &env);
         println!("ran      {}: {}", doc.at, doc.command);
         assert!(
             ok,
@@ -256,6 +303,7 @@ stages.toml is valid
 ```sh
 aws sns subscribe \\
   --topic-arn arn   # the topic
+# only a comment
 tollgate status     # each stage
 echo '# not a comment'
 ```

@@ -495,20 +495,32 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     assert!(log.contains("gamma paused: freeze for the audit"));
 }
 
-/// `tollgate retry` through the real binary, on the engine's own state file.
-fn retry(h: &Harness, release: &str) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["retry", "backend", release, "--config"])
-        .arg(h.dir.path().join("stages.toml"))
-        .args(["--state", &h.db_url()])
-        .env("TOLLGATE_ACTOR", "dana")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `tollgate retry` as a controller's API carries it out (its own store on the engine's
+/// state, the system clock): (0, what the operator is told, "") or (1, "", why it is refused).
+async fn retry(
+    h: &Harness,
+    engine: &tollgate::engine::Engine,
+    release: &str,
+) -> (i32, String, String) {
+    let control = tollgate::cli::control::Control::Retry {
+        pipeline: "backend".into(),
+        release: release.into(),
+    };
+    let config = (*engine.config()).clone();
+    tollgate::cli::control::check(&config, &control).unwrap();
+    let store = tollgate::store::Store::open(&h.db_url()).await.unwrap();
+    let api = tollgate::engine::Ingest::new(
+        store,
+        tollgate::engine::shared_config(config),
+        std::sync::Arc::new(tollgate::engine::SystemClock),
+    );
+    match tollgate::cli::control::carry_out(&api, &control, "api-key:dana", "api")
+        .await
+        .unwrap()
+    {
+        Ok(said) => (0, said, String::new()),
+        Err(why) => (1, String::new(), why),
+    }
 }
 
 #[tokio::test]
@@ -547,17 +559,17 @@ async fn a_release_stopped_by_a_failed_test_is_retried_from_that_stage_once() {
         assert!(body.contains(wanted), "missing {wanted:?} in:\n{body}");
     }
 
-    let (code, _, err) = retry(&h, "r9");
+    let (code, _, err) = retry(&h, &engine, "r9").await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("pipeline backend has no release r9"), "{err}");
-    let (code, _, err) = retry(&h, "seven");
+    let (code, _, err) = retry(&h, &engine, "seven").await;
     assert_eq!(code, 1, "{err}");
 
     h.fakes.with(|w| w.failing_tests.clear());
-    let (code, out, err) = retry(&h, "r1");
+    let (code, out, err) = retry(&h, &engine, "r1").await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("r1 sent again from beta"), "{out}");
-    let (code, out, err) = retry(&h, "r1");
+    let (code, out, err) = retry(&h, &engine, "r1").await;
     assert_eq!(code, 0, "a second retry before the first ran: {err}");
     assert!(out.contains("retry of r1 was already requested"), "{out}");
 
@@ -582,15 +594,19 @@ async fn a_release_stopped_by_a_failed_test_is_retried_from_that_stage_once() {
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "retry-request" && e.actor == "cli:dana"),
+            .any(|e| e.kind == "retry-request" && e.actor == "api-key:dana"),
         "{events:#?}"
     );
     let retries: Vec<_> = events.iter().filter(|e| e.kind == "retry").collect();
     assert_eq!(retries.len(), 1, "{events:#?}");
     assert_eq!(retries[0].stage.as_deref(), Some("beta"));
-    assert!(retries[0].detail.contains("retry requested by cli:dana"));
+    assert!(
+        retries[0]
+            .detail
+            .contains("retry requested by api-key:dana")
+    );
 
-    let (code, _, err) = retry(&h, "r1");
+    let (code, _, err) = retry(&h, &engine, "r1").await;
     assert_eq!(code, 1);
     assert!(
         err.contains("r1 is still awaiting_approval in prod"),
@@ -612,7 +628,7 @@ async fn a_retry_that_would_move_a_stage_backwards_or_revive_a_rolled_back_relea
     let r2 = promote_fully(&h, &engine, 2).await;
     let before = engine.reads().events("backend", 1000).await.unwrap().len();
 
-    let (code, _, err) = retry(&h, "r1");
+    let (code, _, err) = retry(&h, &engine, "r1").await;
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("r2 is newer and is succeeded in beta: retrying r1 would move beta backwards"),
@@ -622,7 +638,7 @@ async fn a_retry_that_would_move_a_stage_backwards_or_revive_a_rolled_back_relea
     // r3 bakes in prod, an alarm rolls it back: it is marked bad and stays so.
     let r3 = promote_and_roll_back_in_prod(&h, &engine, 3).await;
     assert_ne!(r2, r3);
-    let (code, _, err) = retry(&h, &r3.to_string());
+    let (code, _, err) = retry(&h, &engine, &r3.to_string()).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("r3 was rolled back in prod"), "{err}");
     let events = engine.reads().events("backend", 1000).await.unwrap();

@@ -175,6 +175,8 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
         },
     )
     .await;
+    // The command line asks the controller still standing.
+    serve.url = b_url.clone();
     let (ok, shown) = serve.cli(&["status"]);
     assert!(ok, "{shown}");
     let b_holder = serve.store.reads().lease().await.unwrap().unwrap().holder;
@@ -183,7 +185,6 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
         "{shown}"
     );
 
-    serve.url = b_url.clone();
     serve
         .wait(&release, "prod", "success", |r| {
             r.status == RunStatus::Succeeded
