@@ -424,7 +424,8 @@ async fn rollback(
         tracing::info!(pipeline = %p.name, stage = %s.name, "{detail}");
         let scope = Some((op.effect.release, s.name.as_str()));
         let logged = engine
-            .log_event(&p.name, "controller", "rollback-latency", scope, detail)
+            .store()
+            .log_reconciler_event(&p.name, "rollback-latency", scope, detail, engine.now())
             .await;
         if let Err(err) = logged {
             tracing::error!(error = %err, "cannot write the rollback latency to the event log");
@@ -444,7 +445,8 @@ async fn rollback(
         tracing::warn!(pipeline = %p.name, stage = %s.name, "{note}");
         let scope = Some((op.effect.release, s.name.as_str()));
         let logged = engine
-            .log_event(&p.name, "controller", "rollback-fallback", scope, &note)
+            .store()
+            .log_reconciler_event(&p.name, "rollback-fallback", scope, &note, engine.now())
             .await;
         if let Err(err) = logged {
             tracing::error!(error = %err, "cannot write the rollback fallback to the event log");

@@ -611,7 +611,8 @@ impl Engine {
         tracing::warn!(pipeline = %e.pipeline, "{detail}");
         let scope = Some((e.release, e.stage.as_str()));
         let logged = self
-            .log_event(&e.pipeline, "controller", "effect-deadline", scope, &detail)
+            .store()
+            .log_reconciler_event(&e.pipeline, "effect-deadline", scope, &detail, self.now())
             .await;
         if let Err(err) = logged {
             tracing::error!(error = %err, "cannot write the effect deadline to the event log");

@@ -7,7 +7,8 @@
 //!
 //! Guarantees: a store given a [`Fence`] checks, in the same transaction, that the lease is
 //! still at the fence's holder and epoch before each write of the reconciler (plan changes,
-//! effect intents and outcomes, templates, approval links); otherwise the write is refused
+//! effect intents and outcomes, templates, approval links, and its own event-log entries,
+//! [`Store::log_reconciler_event`]); otherwise the write is refused
 //! with [`StoreError::Fenced`] and changes nothing. Writes are serialised across controllers
 //! (the writer's lock), so a successor's takeover committed before the check is always seen:
 //! a controller that was paused or partitioned past its lease records nothing afterwards.
@@ -214,6 +215,13 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::domain::{
+        Action, Effect, EffectKind, EffectStatus, Reason, ReleaseId, RunStatus, StageName,
+    };
+    use crate::engine::facts::{Delivery, Ingested, NewRelease};
+    use crate::store::EffectOutcome;
+    use crate::store::approvals::{Issued, NewToken};
+    use crate::store::copy::checksum_tables;
 
     fn at(s: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap() + chrono::Duration::seconds(s)
@@ -305,6 +313,209 @@ mod tests {
         ));
         // An unfenced store (a fact recorded by any controller) is not affected.
         s.put_template(&other_sha, other, at(14)).await.unwrap();
+    }
+
+    // ----- every fenced write, refused once the lease moved ---------------------------------
+
+    /// Controller `a` leads at epoch 1 and writes through its fenced store (the second
+    /// store); the first is unfenced, for reading back and for recording facts. `shop` has
+    /// release 1 with a waiting run in `beta`.
+    async fn leading(dir: &tempfile::TempDir) -> (Store, Store, ReleaseId) {
+        let s = store(dir).await;
+        s.claim_lease("a", TTL, at(0)).await.unwrap();
+        let fence = Fence::default();
+        fence.set("a", 1);
+        let a = s.clone().fenced(fence);
+        let release = NewRelease {
+            pipeline: "shop".into(),
+            sha: "a".repeat(40),
+            branch: "main".into(),
+            author_name: "A".into(),
+            author_email: "a@x".into(),
+            message: "m".into(),
+            ..NewRelease::default()
+        };
+        let d = Delivery {
+            source: "github".into(),
+            id: "push-1".into(),
+        };
+        let stages = [StageName::from("beta")];
+        let id = match s
+            .record_release(&release, &stages, &d, at(1))
+            .await
+            .unwrap()
+        {
+            Ingested::Recorded(id) => id,
+            Ingested::Duplicate => panic!("a fresh state has no release"),
+        };
+        (s, a, id)
+    }
+
+    /// `b` takes the lease over once `a`'s expired: epoch 2. `a` still believes it leads.
+    async fn taken_over(s: &Store) {
+        let claim = s.claim_lease("b", TTL, at(11)).await.unwrap();
+        assert!(matches!(claim, Claim::Held { epoch: 2, .. }), "{claim:?}");
+    }
+
+    /// `write` (a fenced write of `a` at epoch 1) is refused with [`StoreError::Fenced`] for
+    /// epoch 2, and every table of the state reads back as before.
+    async fn refused<T: std::fmt::Debug>(
+        s: &Store,
+        write: impl std::future::Future<Output = Result<T>>,
+    ) {
+        let before = checksum_tables(s.reads()).await.unwrap();
+        let r = write.await;
+        assert!(
+            matches!(r, Err(StoreError::Fenced(ref why)) if why.contains("epoch 2")),
+            "{r:?}"
+        );
+        assert_eq!(checksum_tables(s.reads()).await.unwrap(), before);
+    }
+
+    async fn count(s: &Store, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+    }
+
+    fn deploy(release: ReleaseId) -> Effect {
+        Effect::new("shop", release, "beta", 1, EffectKind::Deploy { wave: 0 })
+    }
+
+    fn token(release: ReleaseId) -> NewToken {
+        NewToken {
+            request_key: "shop/1/beta/1/approval".into(),
+            pipeline: "shop".into(),
+            release,
+            stage: "beta".into(),
+            attempt: 1,
+            approver: Some("ann".into()),
+            expires_at: at(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_plan_changes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, a, id) = leading(&dir).await;
+        let to = |status| Action::Transition {
+            release: id,
+            stage: "beta".into(),
+            to: status,
+            reason: Reason::Queued,
+            alarm: None,
+        };
+        a.apply("shop", &[to(RunStatus::Queued)], at(2))
+            .await
+            .unwrap();
+        let run = s.stage_run(id, "beta").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Queued);
+        let events = s.events("shop", 100).await.unwrap();
+        assert!(events.iter().any(|e| e.kind == "transition"));
+
+        taken_over(&s).await;
+        refused(&s, a.apply("shop", &[to(RunStatus::Deploying)], at(12))).await;
+        assert_eq!(s.stage_run(id, "beta").await.unwrap().unwrap(), run);
+        assert_eq!(s.events("shop", 100).await.unwrap(), events);
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_effect_intent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, a, id) = leading(&dir).await;
+        let e = deploy(id);
+
+        taken_over(&s).await;
+        refused(&s, a.begin_effect(&e, at(12))).await;
+        assert_eq!(s.effects_of(id, "beta").await.unwrap(), vec![]);
+        assert_eq!(count(&s, "effects").await, 0);
+        // The same intent through the new leader's store is recorded.
+        assert!(s.begin_effect(&e, at(13)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_effect_outcome_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, a, id) = leading(&dir).await;
+        let e = deploy(id);
+        assert!(a.begin_effect(&e, at(2)).await.unwrap());
+        let pending = s.effects_of(id, "beta").await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].status, EffectStatus::Pending);
+        let events = s.events("shop", 100).await.unwrap();
+
+        taken_over(&s).await;
+        let outcome = EffectOutcome::success("deployed");
+        refused(&s, a.finish_effect(&e, &outcome, at(12))).await;
+        assert_eq!(s.effects_of(id, "beta").await.unwrap(), pending);
+        assert!(!s.effect_finished(&e.key).await.unwrap());
+        assert_eq!(s.events("shop", 100).await.unwrap(), events);
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_approval_link_is_not_issued() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, a, id) = leading(&dir).await;
+
+        taken_over(&s).await;
+        refused(&s, a.issue_approval_token(&token(id), at(12))).await;
+        assert_eq!(count(&s, "approval_tokens").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_approval_link_is_not_marked_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, a, id) = leading(&dir).await;
+        let Issued::New(issued) = a.issue_approval_token(&token(id), at(2)).await.unwrap() else {
+            panic!("a fresh request has no published link");
+        };
+        let hash = issued.record.hash.clone();
+        let stored = s.approval_token_by_hash(&hash).await.unwrap().unwrap();
+        assert_eq!(stored.published_at, None);
+
+        taken_over(&s).await;
+        refused(&s, a.mark_approval_token_published(&hash, at(12))).await;
+        assert_eq!(
+            s.approval_token_by_hash(&hash).await.unwrap().unwrap(),
+            stored
+        );
+        assert_eq!(count(&s, "approval_tokens").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_event_log_entries_are_refused_and_facts_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, a, id) = leading(&dir).await;
+        let scope = Some((id, "beta"));
+        a.log_reconciler_event("shop", "rollback-latency", scope, "120 ms", at(2))
+            .await
+            .unwrap();
+        let events = s.events("shop", 100).await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.actor.as_str(), last.kind.as_str()),
+            ("controller", "rollback-latency")
+        );
+
+        taken_over(&s).await;
+        for kind in ["rollback-latency", "rollback-fallback", "effect-deadline"] {
+            refused(
+                &s,
+                a.log_reconciler_event("shop", kind, scope, "late", at(12)),
+            )
+            .await;
+        }
+        assert_eq!(s.events("shop", 100).await.unwrap(), events);
+
+        // A fact recorded through the same store (the API, a webhook) is not the
+        // reconciler's: any controller records it.
+        a.log_event("shop", "ops", "note", None, "a person's note", at(13))
+            .await
+            .unwrap();
+        let after = s.events("shop", 100).await.unwrap();
+        assert_eq!(after.len(), events.len() + 1);
+        assert_eq!(after.last().unwrap().kind, "note");
     }
 
     #[tokio::test]

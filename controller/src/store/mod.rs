@@ -842,7 +842,9 @@ impl Store {
     }
 
     /// Appends a free-form entry to the event log, about the pipeline as a whole (`scope`
-    /// None) or about one release in one stage.
+    /// None) or about one release in one stage. Not fenced: any controller records facts
+    /// (the API, webhooks, SNS), leader or not. The reconciler's own entries go through
+    /// [`Store::log_reconciler_event`].
     pub async fn log_event(
         &self,
         pipeline: &str,
@@ -860,6 +862,36 @@ impl Store {
     }
 
     // ----- the reconciler's side ---------------------------------------------------------
+
+    /// Appends an entry of the reconciler's own (actor `controller`: a rollback's latency or
+    /// fallback, an effect past its deadline) to the event log, as [`Store::log_event`] does,
+    /// but fenced like the reconciler's other writes ([`lease`]): on a store whose controller
+    /// no longer holds the lease at its epoch it is refused with [`StoreError::Fenced`] and
+    /// nothing is written.
+    pub async fn log_reconciler_event(
+        &self,
+        pipeline: &str,
+        kind: &str,
+        scope: Option<(ReleaseId, &str)>,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.write_fenced().await?;
+        let (release, stage) = (scope.map(|(r, _)| r.0), scope.map(|(_, s)| s));
+        log(
+            &mut tx,
+            pipeline,
+            now,
+            "controller",
+            kind,
+            release,
+            stage,
+            detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 
     /// Everything `plan` needs about one pipeline.
     pub async fn snapshot(

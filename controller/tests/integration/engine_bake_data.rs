@@ -114,8 +114,9 @@ async fn engine(
     state: &std::path::Path,
 ) -> Engine {
     let config = world.config().expect("the world's stages.toml is valid");
-    let url = format!("sqlite://{}", state.join("state.db").display());
-    let store = Store::open(&url).await.expect("SQLite store");
+    // SQLite in `state`, or PostgreSQL when TOLLGATE_TEST_POSTGRES names a server.
+    let url = tollgate_testkit::state::url(state);
+    let store = Store::open(&url).await.expect("state store");
     let shared = shared_config(config.clone());
     let own = config.account("build").expect("build account").clone();
     let limiter = Arc::new(Limiter::default());

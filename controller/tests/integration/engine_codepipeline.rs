@@ -71,8 +71,9 @@ async fn promote_and_roll_back() {
 
     let config = world.config().expect("the world's stages.toml is valid");
     let state = tempfile::tempdir().expect("state dir");
-    let url = format!("sqlite://{}", state.path().join("state.db").display());
-    let store = Store::open(&url).await.expect("SQLite store");
+    // SQLite in `state`, or PostgreSQL when TOLLGATE_TEST_POSTGRES names a server.
+    let url = tollgate_testkit::state::url(state.path());
+    let store = Store::open(&url).await.expect("state store");
     let shared = shared_config(config.clone());
 
     // The adapters `tollgate serve` wires, with CodePipeline and CloudWatch on their stubs.

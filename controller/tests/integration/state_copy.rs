@@ -1,7 +1,12 @@
-//! `tollgate state copy`: a promoted pipeline's state copied from SQLite into an empty
+//! `tollgate state copy`: a promoted pipeline's state, kept in SQLite, copied into an empty
 //! database (PostgreSQL when `TOLLGATE_TEST_POSTGRES` names a server, SQLite otherwise) reads
-//! the same; a destination with rows or a running source is refused; a tampered row is
-//! reported by the verification.
+//! the same, and copies back into SQLite; a destination with rows or a running source is
+//! refused; a tampered row is reported by the verification.
+//!
+//! The main test's source is SQLite whatever the engine under test: moving up from the
+//! embedded default is the direction operators take. The other tests' source and destination
+//! are the engine under test (PostgreSQL to PostgreSQL when one is configured), except where
+//! a test names its engine (the serve lock guards SQLite; the lease guards PostgreSQL).
 
 use chrono::{Duration, Utc};
 use tollgate::domain::{Decision, ReleaseId, RunStatus};
@@ -13,8 +18,8 @@ use tollgate::store::{Reads, Store};
 
 use crate::engine_support::*;
 
-/// A SQLite state after a release went beta → gamma → approval → prod, with an API key, a
-/// pause and an approval link: returns its URL and the promoted release.
+/// `h`'s state (at `h.db_url()`) after a release went beta → gamma → approval → prod, with
+/// API keys, a pause and an approval link: returns the promoted release.
 async fn promoted(h: &Harness) -> ReleaseId {
     let engine = h.engine(None).await;
     let Ingested::Recorded(id) = engine
@@ -88,12 +93,18 @@ fn destination(dir: &tempfile::TempDir) -> String {
     tollgate_testkit::state::url(dir.path())
 }
 
+/// SQLite → PostgreSQL (SQLite → SQLite without a server), then back into SQLite.
 #[tokio::test]
 async fn a_promoted_state_copies_into_an_empty_database_and_reads_the_same() {
-    let h = Harness::new();
+    // The source is SQLite always; the destination is the engine under test.
+    let h = Harness::sqlite_at(start_time());
+    assert!(h.db_url().starts_with("sqlite://"), "{}", h.db_url());
     let id = promoted(&h).await;
     let to_dir = tempfile::tempdir().unwrap();
     let to = destination(&to_dir);
+    if tollgate_testkit::state::postgres_server().is_some() {
+        assert!(to.starts_with("postgres://"), "{to}");
+    }
 
     let report = copy_state(&h.db_url(), &to, Utc::now()).await.unwrap();
     assert!(report.matches(), "{}", report.render());
