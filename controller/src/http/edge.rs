@@ -152,16 +152,52 @@ impl Edge {
 /// The response header that carries a request's id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// `app` with a fresh id for every request: every log line written while it is handled
-/// carries it (the `request` span, with the method and the guarded route's name, never the
-/// URL), and the answer returns it as `X-Request-Id`. An id sent by the client is not used:
-/// anyone can write that header.
+/// A request's id, as [`with_request_id`] made it: 32 hex digits. The request carries it as an
+/// extension, so a handler (the API's audit events) names the same id as the log lines and the
+/// `X-Request-Id` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// A fresh, random id.
+    pub fn new() -> RequestId {
+        RequestId(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    /// The id of `request` given by [`with_request_id`], if it went through it.
+    pub fn of<B>(request: &axum::http::Request<B>) -> Option<&RequestId> {
+        request.extensions().get::<RequestId>()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> RequestId {
+        RequestId::new()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `app` with a fresh id for every request ([`RequestId`], carried by the request as an
+/// extension): every log line written while it is handled carries it (the `request` span,
+/// with the method and the guarded route's name, never the URL), the handlers read it (the
+/// API's audit events name it), and the answer returns it as `X-Request-Id`. An id sent by the
+/// client is not used: anyone can write that header.
 pub fn with_request_id(app: Router) -> Router {
     app.layer(middleware::from_fn(request_id))
 }
 
-async fn request_id(request: Request, next: Next) -> Response {
-    let id = format!("{:032x}", rand::random::<u128>());
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = RequestId::new();
+    request.extensions_mut().insert(id.clone());
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -177,7 +213,7 @@ async fn request_id(request: Request, next: Next) -> Response {
         span,
     )
     .await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response

@@ -3,7 +3,10 @@
 //!
 //! - `keys create` prints a key once and stores only its hash; `keys revoke` ends it.
 //! - The 401/403 matrix: every route × every role, and missing, unknown, revoked and expired
-//!   keys; every 403 is in the event log.
+//!   keys; every 403 is in the event log. The matrix's routes are the OpenAPI document's, one
+//!   for one; the document itself needs no key.
+//! - One request id per request: the `X-Request-Id` answered is the id the log lines and the
+//!   `api-call` / `api-forbidden` events name.
 //! - The rate-limit headers count down per key and per address, a 429 carries `Retry-After`,
 //!   and the bucket is full again after `X-RateLimit-Reset` seconds.
 //! - Approval through the API obeys the approval link's rules: superseded → 409, the author
@@ -11,20 +14,26 @@
 //!   decision each (409).
 //! - `Idempotency-Key`: a repeat gets the first answer and changes nothing.
 //! - `/api/v1/openapi.json` equals `docs/openapi.json`, and passes openapi-spec-validator.
+//! - The command line against a server: approve, reject, and promote (refused for a bad sha;
+//!   a new release for a commit whose image is in ECR).
 //!
 //! The releases the approval test needs are brought to Prod's approval by the engine with
 //! in-memory fakes over the same state file, before the binary starts. AWS is never reached
-//! (the endpoint is a closed loopback port); nothing leaves 127.0.0.1.
+//! there (the endpoint is a closed loopback port); the command line's promote and reject run
+//! against a controller on moto (`approvals_serve`'s rig). Nothing leaves 127.0.0.1.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tollgate::domain::{Decision, RunStatus};
 use tollgate::engine::Ingested;
+use tollgate_testkit::world::APPROVER;
 
+use crate::approvals_serve::{Serve, nothing_more, quick, sha};
 use crate::edge_serve::Served;
 use crate::engine_support::{Harness, STAGES, delivery, release, settle, status};
 
@@ -77,6 +86,12 @@ pub(crate) struct Call {
 impl Call {
     fn header(&self, name: &str) -> Option<u64> {
         self.headers.get(name)?.to_str().ok()?.parse().ok()
+    }
+
+    /// The answer's `X-Request-Id`.
+    fn request_id(&self) -> String {
+        let id = self.headers.get("x-request-id").expect("X-Request-Id");
+        id.to_str().unwrap().to_owned()
     }
 
     fn problem_type(&self) -> &str {
@@ -235,6 +250,7 @@ fn routes() -> Vec<(
             None,
             None,
         ),
+        ("GET", "/api/v1/releases/r999", None, None),
         ("GET", "/api/v1/events?pipeline=backend", None, None),
         ("GET", "/api/v1/config", None, None),
         (
@@ -295,6 +311,44 @@ fn routes() -> Vec<(
     ]
 }
 
+/// The route template (as the OpenAPI document names it) that `method path` (its query left
+/// off) is a request to: the one whose segments match, `{…}` matching any.
+fn template_of<'t>(method: &str, path: &str, templates: &'t BTreeSet<(String, String)>) -> &'t str {
+    let path = path.split('?').next().unwrap();
+    let segments: Vec<&str> = path.split('/').collect();
+    let fits = |t: &str| {
+        let ts: Vec<&str> = t.split('/').collect();
+        ts.len() == segments.len()
+            && ts
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+    };
+    let found: Vec<&str> = templates
+        .iter()
+        .filter(|(m, t)| m == method && fits(t))
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert_eq!(found.len(), 1, "{method} {path}: {found:?}");
+    found[0]
+}
+
+/// The (method, path template) of every operation in the served OpenAPI document.
+async fn documented_routes(served: &Served) -> BTreeSet<(String, String)> {
+    let doc = reqwest::get(served.url("/api/v1/openapi.json"))
+        .await
+        .unwrap();
+    assert_eq!(doc.status(), 200, "the document needs no key");
+    let doc: Value = doc.json().await.unwrap();
+    let mut routes = BTreeSet::new();
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            routes.insert((method.to_ascii_uppercase(), path.clone()));
+        }
+    }
+    routes
+}
+
 /// Which acts each role may do.
 fn may(role: &str, act: &str) -> bool {
     match act {
@@ -322,6 +376,15 @@ async fn api_serve_every_route_answers_401_and_403_by_key_and_role() {
     let expired = key(&served, "short", "admin", &["--expires", "1s"]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let unknown = format!("tg_{}", "A".repeat(43));
+    // The matrix covers every route of the API (the OpenAPI document lists them all but
+    // itself, which anyone may read), each once.
+    let documented = documented_routes(&served).await;
+    let covered: BTreeSet<(String, String)> = routes()
+        .iter()
+        .map(|(m, p, _, _)| (m.to_string(), template_of(m, p, &documented).to_owned()))
+        .collect();
+    assert_eq!(covered, documented, "the matrix's routes are the API's");
+    assert_eq!(covered.len(), routes().len(), "each route once");
     let mut forbidden = 0;
     for (method, path, body, act) in routes() {
         for (presented, why) in [
@@ -380,6 +443,67 @@ async fn api_serve_every_route_answers_401_and_403_by_key_and_role() {
     )
     .await;
     c.is_problem(404, "not-found");
+}
+
+/// The request id an audit event's detail names (`…, request <32 hex digits>…`).
+fn request_named(detail: &str) -> &str {
+    let at = detail.find(", request ").expect("a request id") + ", request ".len();
+    let id = &detail[at..];
+    let end = id
+        .find(|c: char| !c.is_ascii_hexdigit())
+        .unwrap_or(id.len());
+    &id[..end]
+}
+
+/// The events of `kind` in backend's log, read through the API.
+async fn events_of(served: &Served, key: &str, kind: &str) -> Vec<Value> {
+    let path = format!("/api/v1/events?pipeline=backend&kind={kind}");
+    let page = call(served, "GET", &path, Some(key), None, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    page.body["events"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn api_serve_the_request_id_answered_is_the_one_in_the_log_and_the_audit_events() {
+    let served = Served::launch(tempfile::tempdir().unwrap(), &stages(ROOMY));
+    let op = key(&served, "o", "operator", &[]);
+    let viewer = key(&served, "v", "viewer", &[]);
+    let pause = json!({"stage": "beta", "reason": "request ids"});
+    let path = "/api/v1/pipelines/backend/pause";
+
+    let done = call(&served, "POST", path, Some(&op), Some(pause.clone()), None).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let done_id = done.request_id();
+    assert_eq!(done_id.len(), 32, "{done_id}");
+    let calls = events_of(&served, &viewer, "api-call").await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let detail = calls[0]["detail"].as_str().unwrap();
+    assert_eq!(request_named(detail), done_id, "{detail}");
+
+    let refused = call(&served, "POST", path, Some(&viewer), Some(pause), None).await;
+    refused.is_problem(403, "forbidden");
+    let refused_id = refused.request_id();
+    assert_ne!(refused_id, done_id, "one id per request");
+    let forbidden = events_of(&served, &viewer, "api-forbidden").await;
+    assert_eq!(forbidden.len(), 1, "{forbidden:?}");
+    let detail = forbidden[0]["detail"].as_str().unwrap();
+    assert_eq!(request_named(detail), refused_id, "{detail}");
+    let calls = events_of(&served, &viewer, "api-call").await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let detail = calls[1]["detail"].as_str().unwrap();
+    assert!(detail.contains(" 403 "), "{detail}");
+    assert_eq!(request_named(detail), refused_id, "{detail}");
+
+    // The log lines of both requests carry the same ids (the `request` span).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = served.log();
+        if log.contains(&done_id) && log.contains(&refused_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ids not in the log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -773,6 +897,42 @@ async fn api_serve_the_served_openapi_document_is_the_committed_one_and_valid() 
     assert!(said.contains("OK"), "{said}");
 }
 
+/// `tollgate <args> --server URL` with `TOLLGATE_API_KEY` (and no `TOLLGATE_SERVER`).
+fn at_server(url: &str, key: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(args)
+        .args(["--server", url])
+        .env_remove("TOLLGATE_SERVER")
+        .env("TOLLGATE_API_KEY", key);
+    outcome(cmd)
+}
+
+/// A key made with `tollgate keys create` on the configuration and state of `s`.
+pub(crate) fn key_on(s: &Serve, name: &str, role: &str, extra: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.args(["keys", "create", "--name", name, "--role", role])
+        .args(extra)
+        .arg("--config")
+        .arg(s.world.stages_path())
+        .args(["--state", &s.state]);
+    let (code, out, err) = outcome(cmd);
+    assert_eq!(code, 0, "keys create {name}: {err}");
+    out.trim().to_owned()
+}
+
+/// `GET url path` with `key`: the JSON answer (a 200).
+async fn read_at(s: &Serve, key: &str, path: &str) -> Value {
+    let r = s
+        .http
+        .get(format!("{}{path}", s.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
 /// `tollgate approve|reject|promote` with `TOLLGATE_SERVER` and `TOLLGATE_API_KEY`.
 pub(crate) fn remote(served: &Served, key: Option<&str>, args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -838,4 +998,63 @@ async fn api_serve_the_command_line_decides_and_promotes_through_the_api() {
     assert!(err.contains("a full 40-character commit sha"), "{err}");
     let releases = served.count("SELECT COUNT(*) FROM releases").await;
     assert_eq!(releases, 2, "a refused promote records nothing");
+    drop(served);
+
+    // On a controller whose AWS is moto: a commit whose image is in ECR is promoted from the
+    // command line, and an approver rejects it at Prod from the command line.
+    let s = Serve::start_with(quick(), nothing_more, |_| Vec::new()).await;
+    let pipeline = s.world.pipeline().to_owned();
+    let ops = key_on(&s, "ops", "operator", &[]);
+    let approver = key_on(&s, "approver-key", "approver", &["--approver", APPROVER]);
+    let listed = format!("/api/v1/releases?pipeline={pipeline}");
+    let before = read_at(&s, &ops, &listed).await;
+    assert_eq!(before["releases"], json!([]), "{before}");
+    let built = sha(21);
+    s.world.push_image(&built).await.expect("image pushed");
+    let (code, out, err) = at_server(&s.url, &ops, &["promote", &pipeline, "--sha", &built]);
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    let id = out.split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(
+        out.trim(),
+        format!("{id} of {pipeline} recorded for {built}; the controller promotes it")
+    );
+    let after = read_at(&s, &ops, &listed).await;
+    let new = after["releases"].as_array().unwrap();
+    assert_eq!(new.len(), 1, "{after}");
+    assert_eq!((&new[0]["id"], &new[0]["sha"]), (&json!(id), &json!(built)));
+
+    s.wait(&built, "prod", "approval request", |r| {
+        r.status == RunStatus::AwaitingApproval
+    })
+    .await;
+    let args = [
+        "reject",
+        &pipeline,
+        &id,
+        "--stage",
+        "prod",
+        "--comment",
+        "not today",
+    ];
+    let (code, out, err) = at_server(&s.url, &approver, &args);
+    assert_eq!(code, 0, "{err}\n{}", s.log());
+    assert_eq!(
+        out.trim(),
+        format!("{APPROVER} rejected {id} in prod (comment: not today)")
+    );
+    let (_, prod) = s
+        .wait(&built, "prod", "rejection", |r| {
+            r.status == RunStatus::Rejected
+        })
+        .await;
+    assert_eq!(prod.status, RunStatus::Rejected);
+    let detail = read_at(&s, &ops, &format!("/api/v1/releases/{id}")).await;
+    let runs = detail["runs"].as_array().unwrap();
+    let prod = runs.iter().find(|r| r["stage"] == "prod").unwrap();
+    assert_eq!(prod["status"], "rejected", "{detail}");
+    assert_eq!(prod["decisions"][0]["approver"], APPROVER, "{detail}");
+    assert_eq!(prod["decisions"][0]["decision"], "reject", "{detail}");
+    let (code, out, err) = at_server(&s.url, &approver, &args);
+    assert_eq!(code, 1, "one decision each: {out}");
+    assert!(err.starts_with("error: "), "{err}");
 }

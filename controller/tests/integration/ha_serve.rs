@@ -2,8 +2,9 @@
 //! records facts and waits. The leader is killed (SIGKILL) while Prod deploys — after moto
 //! executed Prod's change set, before the leader learned it had — and the other takes over and
 //! finishes: moto's request recorder shows exactly one `ExecuteChangeSet` per stage, and the
-//! approver got exactly one email. A leader paused (SIGSTOP) past its lease records and
-//! performs nothing once resumed.
+//! approver got exactly one email; each controller's `/metrics` says who leads
+//! (`tollgate_leader` 1 or 0) and at which epoch (`tollgate_leader_epoch`), before and after.
+//! A leader paused (SIGSTOP) past its lease records and performs nothing once resumed.
 //!
 //! Needs a PostgreSQL server (`TOLLGATE_TEST_POSTGRES`, which `scripts/test` starts); without
 //! one each test says so and passes without running. Nothing leaves 127.0.0.1.
@@ -16,8 +17,10 @@ use tollgate_testkit::hold::HoldProxy;
 use tollgate_testkit::serve::{ServeProcess, free_port};
 use tollgate_testkit::world::APPROVER;
 
+use crate::api_serve::key_on;
 use crate::approvals_serve::{Serve, nothing_more, quick, sha};
 use crate::e2e_moto::form_field;
+use crate::observability_serve::Samples;
 
 /// The lease in these tests; production's default is 10 s.
 const LEASE: &str = "3s";
@@ -44,6 +47,23 @@ async fn until(what: &str, log: impl Fn() -> String, mut ok: impl AsyncFnMut() -
         assert!(Instant::now() < deadline, "no {what}\n{}", log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// (`tollgate_leader`, `tollgate_leader_epoch`) as the controller at `url` serves them on its
+/// API port (`GET /metrics` with a viewer key), read with the Prometheus parser.
+async fn leader_metrics(http: &reqwest::Client, url: &str, key: &str) -> (f64, f64) {
+    let r = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(r.status(), 200, "GET {url}/metrics");
+    let m = Samples::parse(&r.text().await.unwrap());
+    (
+        m.get("tollgate_leader", &[]),
+        m.get("tollgate_leader_epoch", &[]),
+    )
 }
 
 /// A second controller on `serve`'s world and state, with moto as its only AWS endpoint.
@@ -146,6 +166,12 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
         .find(|e| e.stage == "prod" && matches!(e.kind, EffectKind::Deploy { .. }))
         .expect("Prod's deploy recorded");
     assert_eq!(prod_deploy.status, EffectStatus::Pending);
+    // Before the kill: A says it leads, at epoch 1; B that it does not.
+    let viewer = key_on(&serve, "scraper", "viewer", &[]);
+    let (a_leads, a_epoch) = leader_metrics(&http, &a_url, &viewer).await;
+    assert_eq!((a_leads, a_epoch), (1.0, 1.0), "A's /metrics");
+    let (b_leads, _) = leader_metrics(&http, &b_url, &viewer).await;
+    assert_eq!(b_leads, 0.0, "B's /metrics while A leads");
     let killed = Instant::now();
     serve.serve.kill();
     until(
@@ -177,6 +203,17 @@ async fn ha_the_leader_killed_while_prod_deploys_is_replaced_and_nothing_is_done
     .await;
     // The command line asks the controller still standing.
     serve.url = b_url.clone();
+    // B's /metrics: it leads now, at a higher epoch than A did.
+    until(
+        "B's /metrics saying it leads",
+        || b.log(),
+        async || leader_metrics(&http, &b_url, &viewer).await.0 == 1.0,
+    )
+    .await;
+    let (b_leads, b_epoch) = leader_metrics(&http, &b_url, &viewer).await;
+    assert_eq!(b_leads, 1.0);
+    assert!(b_epoch > a_epoch, "B's epoch {b_epoch}, A's was {a_epoch}");
+    assert_eq!(b_epoch, 2.0);
     let (ok, shown) = serve.cli(&["status"]);
     assert!(ok, "{shown}");
     let b_holder = serve.store.reads().lease().await.unwrap().unwrap().holder;

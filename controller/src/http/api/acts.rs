@@ -275,7 +275,11 @@ async fn decide_route(
                     .as_deref()
                     .map(str::trim)
                     .filter(|c| !c.is_empty());
-                let mut detail = format!("{approver} {}d {id} in {stage}", decision.as_str());
+                let done = match decision {
+                    Decision::Approve => "approved",
+                    Decision::Reject => "rejected",
+                };
+                let mut detail = format!("{approver} {done} {id} in {stage}");
                 if let Some(c) = comment {
                     detail.push_str(&format!(" (comment: {c})"));
                 }

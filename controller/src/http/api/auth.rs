@@ -1,9 +1,15 @@
 //! Who is calling `/api/v1`, and how often: bearer keys and token buckets.
 //!
-//! [`authenticate`] runs before every route but the OpenAPI document: it gives the request an
-//! id, charges the source address's bucket, then reads `Authorization: Bearer <key>`, finds
-//! the key by its hash and charges the key's bucket. Every answer carries `X-Request-Id` and
+//! [`authenticate`] runs before every route but the OpenAPI document: it charges the source
+//! address's bucket, then reads `Authorization: Bearer <key>`, finds the key by its hash and
+//! charges the key's bucket. Every answer carries `X-Request-Id` and
 //! `X-RateLimit-Limit`/`-Remaining`/`-Reset` (of the tighter bucket); a 429 also `Retry-After`.
+//!
+//! The request id is the one the HTTP edge gave the request ([`RequestId`], made once per
+//! request by [`crate::http::edge::with_request_id`]): the [`Caller`] carries it, so the audit
+//! events (`api-call`, `api-forbidden`) name the id the log lines and `X-Request-Id` show.
+//! Only a request that did not pass the edge (the API router served on its own) gets an id
+//! made here.
 //!
 //! | request | answer |
 //! |---|---|
@@ -32,11 +38,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
-use rand::RngCore;
 
 use super::ApiState;
 use super::problem::{Kind, Problem};
 use crate::config::{ApiSettings, HttpSettings};
+use crate::http::edge::RequestId;
 use crate::store::keys::{ApiKey, KeyState, Role};
 
 type Keyed<K> = governor::DefaultKeyedRateLimiter<K, StateInformationMiddleware>;
@@ -123,6 +129,7 @@ impl Limits {
 pub struct Caller {
     pub key: ApiKey,
     pub source: IpAddr,
+    /// The edge's id of the request: the one in `X-Request-Id` and in the request's log span.
     pub request_id: String,
 }
 
@@ -157,11 +164,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// A request's id: 16 random bytes in hex.
-fn request_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
+/// The request's id: the edge's ([`RequestId`]), or a fresh one if it did not pass the edge.
+fn request_id(request: &Request) -> String {
+    RequestId::of(request)
+        .cloned()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn source(limits: &Limits, request: &Request) -> Option<IpAddr> {
@@ -177,13 +185,13 @@ fn source(limits: &Limits, request: &Request) -> Option<IpAddr> {
     ))
 }
 
-/// Gives the request an id and charges its source address's bucket: the id, the address and
-/// the bucket's state, or the answer (429, or 500 without a peer address).
+/// Charges the request's source address's bucket: the request's id, the address and the
+/// bucket's state, or the answer (429, or 500 without a peer address).
 fn admit_address(
     api: &ApiState,
     request: &Request,
 ) -> Result<(String, IpAddr, Budget), Box<Response>> {
-    let id = request_id();
+    let id = request_id(request);
     let Some(addr) = source(&api.limits, request) else {
         let failed = Problem::internal("no peer address").into_response();
         return Err(Box::new(finish(failed, &id, None)));
@@ -296,7 +304,7 @@ fn too_many(b: Budget, whose: &str) -> Problem {
     p
 }
 
-/// Adds the request id and the rate-limit headers.
+/// Adds the request id (the same the edge answers with) and the rate-limit headers.
 fn finish(mut response: Response, id: &str, budget: Option<Budget>) -> Response {
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
