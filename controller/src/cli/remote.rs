@@ -1,12 +1,11 @@
 //! The command line against a running controller's API: `--server URL` (`TOLLGATE_SERVER`)
-//! with the key in `TOLLGATE_API_KEY`. `approve`, `reject` and `promote` only exist here;
-//! `status`, `history`, `pause`, `resume`, `rollback`, `retry` and `override` come here when
-//! a server is given (else they use the state database directly, on the controller's host).
+//! with the key in `TOLLGATE_API_KEY`: the only way `status`, `history`, `pause`, `resume`,
+//! `rollback`, `retry`, `override`, `approve`, `reject` and `promote` run.
 //!
 //! Owns the HTTP client ([`Client`]), the request of each act ([`Remote`]) and what a failed
-//! call means for the exit code ([`Failure`]). What is printed on success is the same as in
-//! the direct mode: acts print the detail the shared code ([`crate::cli::control::carry_out`])
-//! wrote, reads are rendered by [`crate::cli::status`] from the same views.
+//! call means for the exit code ([`Failure`]). On success, acts print the detail the API's
+//! shared code ([`crate::cli::control::carry_out`]) wrote; reads are rendered by
+//! [`crate::cli::status`] from the API's views.
 //!
 //! Exit codes: 0 done, 1 refused (the API answered 4xx: the problem's title and detail are
 //! printed), 2 could not run (no key, the server unreachable or failing).
@@ -173,8 +172,8 @@ pub enum Remote {
         pipeline: String,
         sha: String,
     },
-    /// `pause`, `resume`, `rollback`, `retry`, `override`: the same request the direct mode
-    /// carries out.
+    /// `pause`, `resume`, `rollback`, `retry`, `override`: the request the API carries out
+    /// with [`crate::cli::control::carry_out`].
     Control(Control),
 }
 

@@ -207,7 +207,6 @@ fn run(dir: &Path, command: &str, env: &[(&str, &str)]) -> (bool, String, String
         .args(["-c", command])
         .current_dir(dir)
         .env("PATH", path)
-        .env("TOLLGATE_ACTOR", "docs-reader")
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
