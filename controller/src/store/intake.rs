@@ -224,18 +224,24 @@ impl Store {
                 seen_deliveries.insert((source.to_string(), row.get(0)));
             }
         }
+        // Exactly the (pipeline, sha) pairs written, joined to the unique index: one probe
+        // each. (Two IN lists probe every pipeline with every sha, 40,000 probes for 200
+        // writes, 22 ms; a row-value IN over VALUES scans the whole table.)
         let mut seen_releases: HashSet<(String, String)> = HashSet::new();
+        let mut pairs: Vec<(&str, &str)> = ws
+            .iter()
+            .map(|w| (w.r.pipeline.as_str(), w.r.sha.as_str()))
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
         let sql = format!(
-            "SELECT pipeline, sha FROM releases WHERE pipeline IN ({}) AND sha IN ({})",
-            params(1, pipelines.len()),
-            params(1 + pipelines.len(), shas.len())
+            "WITH w (p, s) AS (VALUES {}) \
+             SELECT r.pipeline, r.sha FROM w JOIN releases r ON r.pipeline = w.p AND r.sha = w.s",
+            rows(pairs.len(), 2)
         );
         let mut q = sqlx::query(&sql);
-        for p in &pipelines {
-            q = q.bind(*p);
-        }
-        for s in &shas {
-            q = q.bind(*s);
+        for (p, s) in &pairs {
+            q = q.bind(*p).bind(*s);
         }
         for row in q.fetch_all(&mut *tx).await? {
             seen_releases.insert((row.get(0), row.get(1)));
