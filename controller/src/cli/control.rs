@@ -2,16 +2,16 @@
 //! line.
 //!
 //! The command line sends a [`Control`] to a controller's API ([`crate::cli::remote`]); the
-//! API checks the pipeline and stage against the configuration in force ([`check`]) and
-//! records one fact through the engine's ingest API ([`carry_out`]: one transaction, the key
-//! as actor in the event log), and answers with what [`carry_out`] said, which the command
-//! prints. The reconciler picks the fact up at once; what it does with it (a retry refused,
-//! say) is in the event log.
+//! API checks the pipeline and stage against the configuration in force (`http::api::acts`,
+//! a 404 naming the known stages) and records one fact through the engine's ingest API
+//! ([`carry_out`]: one transaction, the key as actor in the event log), and answers with what
+//! [`carry_out`] said, which the command prints. The leader's reconciler picks the fact up at
+//! once (a follower's within `engine::FACT_WATCH`); what it does with it (a retry refused, say)
+//! is in the event log.
 //!
 //! Must never: write the state database except through the ingest API, or decide what the
 //! controller does with a fact (that is the planner's, at its next reconcile).
 
-use crate::config::Config;
 use crate::domain::ReleaseId;
 use crate::engine::{Delivery, Ingest, Ingested, Override, RetryVerdict};
 
@@ -47,28 +47,8 @@ pub enum Control {
     },
 }
 
-impl Control {
-    fn pipeline(&self) -> &str {
-        match self {
-            Control::Pause { pipeline, .. }
-            | Control::Resume { pipeline, .. }
-            | Control::Rollback { pipeline, .. }
-            | Control::Retry { pipeline, .. }
-            | Control::Override { pipeline, .. } => pipeline,
-        }
-    }
-
-    fn stage(&self) -> Option<&str> {
-        match self {
-            Control::Pause { stage, .. } | Control::Resume { stage, .. } => stage.as_deref(),
-            Control::Rollback { stage, .. } => Some(stage),
-            Control::Override { .. } | Control::Retry { .. } => None,
-        }
-    }
-}
-
-/// Carries out a command whose pipeline and stage were checked ([`check`]) through `ingest`,
-/// for `actor`; `source` names where requests came from (`cli`, `api`) for deduplication.
+/// Carries out a command whose pipeline and stage were checked through `ingest`, for `actor`;
+/// `source` names where requests came from (`api`) for deduplication.
 /// `Ok(Err(why))` when it is refused (nothing changed); `Err` when the store failed.
 /// The API acts through here.
 pub async fn carry_out(
@@ -105,28 +85,6 @@ async fn override_refusal(ingest: &Ingest, control: &Control) -> anyhow::Result<
             _ => Some(format!("pipeline {pipeline} has no release {id}")),
         },
     })
-}
-
-/// The pipeline and stage a command names exist in `config`; else why not.
-pub fn check(config: &Config, control: &Control) -> Result<(), String> {
-    let name = control.pipeline();
-    let Some(p) = config.pipeline(name) else {
-        let known: Vec<&str> = config.pipelines.iter().map(|p| p.name.as_str()).collect();
-        return Err(format!(
-            "no pipeline `{name}` in the configuration (known: {})",
-            known.join(", ")
-        ));
-    };
-    if let Some(stage) = control.stage() {
-        if p.stage(stage).is_none() {
-            let known: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
-            return Err(format!(
-                "pipeline `{name}` has no stage `{stage}` (stages: {})",
-                known.join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Carries out a command: `Ok(Err(why))` when the state refuses it (nothing changed).

@@ -1,5 +1,4 @@
-//! `tollgate status --watch`: the status table kept up to date, from the state database or a
-//! controller's API.
+//! `tollgate status --watch`: the status table kept up to date, from a controller's API.
 //!
 //! Every [`TICK`] it reads the state again. On a terminal it clears the screen and redraws
 //! ([`frame`]): each stage's wait reason with a live countdown to the wait's deadline (the

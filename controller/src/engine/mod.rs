@@ -124,7 +124,8 @@ struct Inner {
 }
 
 /// How often the event log is checked for facts another process wrote into the state
-/// database (`tollgate pause`, `rollback`, `retry`, `override`): they take effect within this.
+/// database (a follower controller on a shared PostgreSQL state records the webhooks, alarms,
+/// approvals and API calls it receives): they take effect within this.
 /// One query for the whole controller, reading only entries newer than the last seen, whatever
 /// the number of pipelines.
 pub const FACT_WATCH: Duration = Duration::from_secs(1);

@@ -200,7 +200,7 @@ const POSTGRES_SESSION: &str =
     "SET idle_in_transaction_session_timeout = '5s'; SET lock_timeout = '5s';";
 
 /// Every SQLite connection's settings: WAL, durable commits, foreign keys, and a busy
-/// timeout for other processes' writes (the CLI's).
+/// timeout for other processes' writes (`tollgate keys`, `tollgate state copy`).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;";
 

@@ -27,7 +27,7 @@
 //! - A caller that stops waiting in [`WriteTx::commit`] after its unit was released does not
 //!   learn the outcome: the unit commits, or fails, with its group.
 //! - Reads on other connections see a unit only once its group committed.
-//! - Other processes (the CLI) write through SQLite's own locking, waiting for the group in
+//! - Other processes (`tollgate keys`) write through SQLite's own locking, waiting for the group in
 //!   progress up to the busy timeout.
 
 use std::ops::{Deref, DerefMut};
@@ -365,7 +365,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pool = pool(dir.path()).await;
         let writer = Writer::new(&pool, Backend::Sqlite).await.unwrap();
-        // Another process holds SQLite's write lock (as the CLI does while it records a fact).
+        // Another process holds SQLite's write lock (as `tollgate keys create` does while it
+        // records a key).
         let mut other = pool.acquire().await.unwrap();
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut *other)

@@ -215,6 +215,38 @@ async fn api_remote_every_command_prints_what_the_state_holds_and_exits_as_docum
     let (code, _, err) = remote(&served, Some(&ops), &["pause", "nope", "--reason", "x"]);
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "error: Not found: there is no pipeline `nope`");
+    let (code, _, err) = remote(&served, Some(&ops), &["rollback", "backend", "qa"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "error: Not found: pipeline `backend` has no stage `qa` (stages: beta, gamma, prod)"
+    );
+    // An override the state refuses changes nothing.
+    for (args, says) in [
+        (
+            ["override", "backend", "r7", "--window", "--reason", "x"],
+            "has no release r7",
+        ),
+        (
+            ["override", "backend", "seven", "--window", "--reason", "x"],
+            "is not a release",
+        ),
+        (
+            ["override", "backend", "r2", "--window", "--reason", " "],
+            "reason",
+        ),
+    ] {
+        let (code, out, err) = remote(&served, Some(&boss), &args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let windows = served
+        .count("SELECT COUNT(*) FROM releases WHERE window_override IS NOT NULL")
+        .await;
+    assert_eq!(windows, 0, "refused overrides change nothing");
     let (code, _, err) = remote(&served, None, &["status"]);
     assert_eq!(code, 2);
     assert!(err.contains("TOLLGATE_API_KEY"), "{err}");

@@ -774,12 +774,12 @@ async fn an_expired_request_retried_sends_new_links_and_the_old_ones_stay_dead()
     assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Expired);
 
     let asked = tollgate::engine::Delivery {
-        source: "cli".into(),
+        source: "api".into(),
         id: "retry-1".into(),
     };
     let verdict = rig
         .engine
-        .request_retry("backend", id, "cli:dana", &asked)
+        .request_retry("backend", id, "api-key:dana", &asked)
         .await
         .unwrap();
     assert_eq!(verdict, tollgate::engine::RetryVerdict::From("prod".into()));

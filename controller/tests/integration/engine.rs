@@ -377,7 +377,7 @@ async fn a_paused_pipeline_starts_nothing_until_resumed() {
     let h = Harness::new();
     let engine = h.engine(None).await;
     engine
-        .pause("backend", None, "incident 42", "cli:ops")
+        .pause("backend", None, "incident 42", "api-key:ops")
         .await
         .unwrap();
     let Ingested::Recorded(id) = engine
@@ -397,7 +397,7 @@ async fn a_paused_pipeline_starts_nothing_until_resumed() {
         }
     );
     assert!(h.fakes.with(|w| w.deployed.is_empty()));
-    engine.resume("backend", None, "cli:ops").await.unwrap();
+    engine.resume("backend", None, "api-key:ops").await.unwrap();
     settle(&engine).await.unwrap();
     assert_eq!(
         status(&engine, id, "prod").await,
@@ -412,7 +412,7 @@ async fn a_manual_rollback_returns_the_stage_to_its_previous_release() {
     promote_fully(&h, &engine, 1).await;
     let second = promote_fully(&h, &engine, 2).await;
     engine
-        .request_rollback("backend", "prod", "cli:ops", &delivery("rb-1"))
+        .request_rollback("backend", "prod", "api-key:ops", &delivery("rb-1"))
         .await
         .unwrap();
     settle(&engine).await.unwrap();
@@ -428,7 +428,7 @@ async fn a_manual_rollback_returns_the_stage_to_its_previous_release() {
     assert!(
         history
             .iter()
-            .any(|e| e.actor == "cli:ops" && e.kind == "rollback-request")
+            .any(|e| e.actor == "api-key:ops" && e.kind == "rollback-request")
     );
     assert!(
         history.iter().all(|e| e.kind != "rollback-latency"),
@@ -450,7 +450,12 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     };
     settle(&engine).await.unwrap();
     engine
-        .pause("backend", Some("gamma"), "freeze for the audit", "cli:ops")
+        .pause(
+            "backend",
+            Some("gamma"),
+            "freeze for the audit",
+            "api-key:ops",
+        )
         .await
         .unwrap();
 
@@ -507,7 +512,6 @@ async fn retry(
         release: release.into(),
     };
     let config = (*engine.config()).clone();
-    tollgate::cli::control::check(&config, &control).unwrap();
     let store = tollgate::store::Store::open(&h.db_url()).await.unwrap();
     let api = tollgate::engine::Ingest::new(
         store,

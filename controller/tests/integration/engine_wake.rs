@@ -1,6 +1,6 @@
 //! The reconcile loops run on facts, not on a timer: a fact recorded here wakes its pipeline,
 //! an effect's end wakes it again, and a fact another process writes into the same database
-//! (the CLI's way in) is picked up by the watch over the event log.
+//! (a follower controller's way in) is picked up by the watch over the event log.
 
 use std::time::{Duration, Instant};
 

@@ -109,10 +109,16 @@ where
 {
     let config = api.engine.config();
     let found = api.pipeline(&config, pipeline).and_then(|p| match stage {
-        Some(s) if p.stage(s).is_none() => Err(Problem::new(
-            Kind::NotFound,
-            format!("pipeline `{pipeline}` has no stage `{s}`"),
-        )),
+        Some(s) if p.stage(s).is_none() => {
+            let known: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+            Err(Problem::new(
+                Kind::NotFound,
+                format!(
+                    "pipeline `{pipeline}` has no stage `{s}` (stages: {})",
+                    known.join(", ")
+                ),
+            ))
+        }
         _ => Ok(()),
     });
     if let Err(p) = found {
