@@ -35,9 +35,16 @@ use crate::domain::approval::contributor_set;
 use crate::domain::{Reason, ReleaseId, StageName};
 use crate::engine::facts::{Delivery, Ingested, NewRelease};
 
+/// The most rows one statement of a batch reads or writes. SQLite looks a `$N` parameter up
+/// by a linear scan of the statement's parameter list, both when it prepares the statement and
+/// when sqlx binds it, so a statement's cost grows with the square of its parameters: a batch
+/// of 200 releases in one statement per table (2,400 parameters for their stage runs) spent
+/// most of its time there. Statements of at most this many rows keep it linear in the batch,
+/// and a full chunk's SQL text is the same every time (prepared once, then cached).
+const ROWS: usize = 32;
+
 /// The most writes recorded in one batch, and the most stage runs their releases may have
-/// between them: each statement binds at most 12 values per write or 4 per run, well under
-/// both backends' limits (32,766 bound parameters in SQLite, 65,535 in PostgreSQL).
+/// between them: what one writer unit holds (its statements take [`ROWS`] rows each).
 pub(super) const MOST: usize = 1000;
 const MOST_RUNS: usize = 5000;
 
@@ -194,16 +201,18 @@ impl Store {
 
         // What the database holds already.
         let mut newest: HashMap<String, i64> = HashMap::new();
-        let sql = format!(
-            "SELECT pipeline, max(id) FROM releases WHERE pipeline IN ({}) GROUP BY pipeline",
-            params(1, pipelines.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for p in &pipelines {
-            q = q.bind(*p);
-        }
-        for row in q.fetch_all(&mut *tx).await? {
-            newest.insert(row.get(0), row.get(1));
+        for part in pipelines.chunks(ROWS) {
+            let sql = format!(
+                "SELECT pipeline, max(id) FROM releases WHERE pipeline IN ({}) GROUP BY pipeline",
+                params(1, part.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for p in part {
+                q = q.bind(*p);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                newest.insert(row.get(0), row.get(1));
+            }
         }
         let mut seen_deliveries: HashSet<(String, String)> = HashSet::new();
         for source in distinct(ws.iter().map(|w| w.d.source.as_str())) {
@@ -212,16 +221,18 @@ impl Store {
                     .filter(|w| w.d.source == source)
                     .map(|w| w.d.id.as_str()),
             );
-            let sql = format!(
-                "SELECT id FROM deliveries WHERE source = $1 AND id IN ({})",
-                params(2, ids.len())
-            );
-            let mut q = sqlx::query(&sql).bind(source);
-            for id in &ids {
-                q = q.bind(*id);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                seen_deliveries.insert((source.to_string(), row.get(0)));
+            for part in ids.chunks(ROWS) {
+                let sql = format!(
+                    "SELECT id FROM deliveries WHERE source = $1 AND id IN ({})",
+                    params(2, part.len())
+                );
+                let mut q = sqlx::query(&sql).bind(source);
+                for id in part {
+                    q = q.bind(*id);
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    seen_deliveries.insert((source.to_string(), row.get(0)));
+                }
             }
         }
         // Exactly the (pipeline, sha) pairs written, joined to the unique index: one probe
@@ -234,29 +245,33 @@ impl Store {
             .collect();
         pairs.sort_unstable();
         pairs.dedup();
-        let sql = format!(
-            "WITH w (p, s) AS (VALUES {}) \
-             SELECT r.pipeline, r.sha FROM w JOIN releases r ON r.pipeline = w.p AND r.sha = w.s",
-            rows(pairs.len(), 2)
-        );
-        let mut q = sqlx::query(&sql);
-        for (p, s) in &pairs {
-            q = q.bind(*p).bind(*s);
-        }
-        for row in q.fetch_all(&mut *tx).await? {
-            seen_releases.insert((row.get(0), row.get(1)));
+        for part in pairs.chunks(ROWS) {
+            let sql = format!(
+                "WITH w (p, s) AS (VALUES {}) \
+                 SELECT r.pipeline, r.sha FROM w JOIN releases r ON r.pipeline = w.p AND r.sha = w.s",
+                rows(part.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (p, s) in part {
+                q = q.bind(*p).bind(*s);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                seen_releases.insert((row.get(0), row.get(1)));
+            }
         }
         let mut pushed: HashMap<String, String> = HashMap::new();
-        let sql = format!(
-            "SELECT sha, contributors FROM push_contributors WHERE sha IN ({})",
-            params(1, shas.len())
-        );
-        let mut q = sqlx::query(&sql);
-        for s in &shas {
-            q = q.bind(*s);
-        }
-        for row in q.fetch_all(&mut *tx).await? {
-            pushed.insert(row.get(0), row.get(1));
+        for part in shas.chunks(ROWS) {
+            let sql = format!(
+                "SELECT sha, contributors FROM push_contributors WHERE sha IN ({})",
+                params(1, part.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for s in part {
+                q = q.bind(*s);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                pushed.insert(row.get(0), row.get(1));
+            }
         }
 
         // Each write in turn, as the one-at-a-time path decides it.
@@ -292,14 +307,14 @@ impl Store {
             answers.push(Some(Ingested::Recorded(ReleaseId(0))));
         }
 
-        if !links.is_empty() {
+        for part in links.chunks(ROWS) {
             let sql = format!(
                 "INSERT INTO pushes (repository, branch, before, after, forced, received_at) \
                  VALUES {} ON CONFLICT DO NOTHING",
-                rows(links.len(), 6)
+                rows(part.len(), 6)
             );
             let mut q = sqlx::query(&sql);
-            for (push, now) in &links {
+            for (push, now) in part {
                 q = q
                     .bind(push.repository.to_ascii_lowercase())
                     .bind(&push.branch)
@@ -310,54 +325,56 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        if !deliveries.is_empty() {
+        for part in deliveries.chunks(ROWS) {
             let sql = format!(
                 "INSERT INTO deliveries (source, id, received_at) VALUES {}",
-                rows(deliveries.len(), 3)
+                rows(part.len(), 3)
             );
             let mut q = sqlx::query(&sql);
-            for w in &deliveries {
+            for w in part {
                 q = q.bind(&w.d.source).bind(&w.d.id).bind(ms(w.now));
             }
             q.execute(&mut *tx).await?;
         }
         let mut ids: HashMap<(String, String), i64> = HashMap::new();
         if !fresh.is_empty() {
-            let sql = format!(
-                "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override, contributors) \
-                 VALUES {} RETURNING id, pipeline, sha",
-                rows(fresh.len(), 12)
-            );
-            let mut q = sqlx::query(&sql);
-            for w in &fresh {
-                let r = &w.r;
-                let people = match pushed.get(&r.sha) {
-                    Some(json) => {
-                        let named = contributors_of(json)?;
-                        if named.is_empty() {
-                            r.all_contributors()
-                        } else {
-                            contributor_set(r.all_contributors().into_iter().chain(named))
+            for part in fresh.chunks(ROWS) {
+                let sql = format!(
+                    "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override, contributors) \
+                     VALUES {} RETURNING id, pipeline, sha",
+                    rows(part.len(), 12)
+                );
+                let mut q = sqlx::query(&sql);
+                for w in part {
+                    let r = &w.r;
+                    let people = match pushed.get(&r.sha) {
+                        Some(json) => {
+                            let named = contributors_of(json)?;
+                            if named.is_empty() {
+                                r.all_contributors()
+                            } else {
+                                contributor_set(r.all_contributors().into_iter().chain(named))
+                            }
                         }
-                    }
-                    None => r.all_contributors(),
-                };
-                q = q
-                    .bind(&r.pipeline)
-                    .bind(&r.sha)
-                    .bind(&r.branch)
-                    .bind(&r.author_name)
-                    .bind(&r.author_email)
-                    .bind(&r.author_login)
-                    .bind(&r.message)
-                    .bind(&r.url)
-                    .bind(ms(w.now))
-                    .bind(&r.alarm_override)
-                    .bind(&r.window_override)
-                    .bind(contributors_json(&people));
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                ids.insert((row.get(1), row.get(2)), row.get(0));
+                        None => r.all_contributors(),
+                    };
+                    q = q
+                        .bind(&r.pipeline)
+                        .bind(&r.sha)
+                        .bind(&r.branch)
+                        .bind(&r.author_name)
+                        .bind(&r.author_email)
+                        .bind(&r.author_login)
+                        .bind(&r.message)
+                        .bind(&r.url)
+                        .bind(ms(w.now))
+                        .bind(&r.alarm_override)
+                        .bind(&r.window_override)
+                        .bind(contributors_json(&people));
+                }
+                for row in q.fetch_all(&mut *tx).await? {
+                    ids.insert((row.get(1), row.get(2)), row.get(0));
+                }
             }
             let id_of = |w: &ReleaseWrite| -> Result<i64> {
                 ids.get(&(w.r.pipeline.clone(), w.r.sha.clone()))
@@ -367,43 +384,46 @@ impl Store {
                         detail: format!("no id returned for {} {}", w.r.pipeline, w.r.sha),
                     })
             };
-            let runs: usize = fresh.iter().map(|w| w.stages.len()).sum();
-            if runs > 0 {
-                let reason = reason_json(&Reason::PreviousStage);
+            let reason = reason_json(&Reason::PreviousStage);
+            let mut runs: Vec<(i64, &StageName, i64)> = Vec::new();
+            for w in &fresh {
+                let id = id_of(w)?;
+                runs.extend(w.stages.iter().map(|stage| (id, stage, ms(w.now))));
+            }
+            for part in runs.chunks(ROWS) {
                 let sql = format!(
                     "INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES {}",
-                    rows_with(runs, &["$", "$", "'waiting'", "$", "1", "$"])
+                    rows_with(part.len(), &["$", "$", "'waiting'", "$", "1", "$"])
                 );
                 let mut q = sqlx::query(&sql);
-                for w in &fresh {
-                    let id = id_of(w)?;
-                    for stage in &w.stages {
-                        q = q.bind(id).bind(stage).bind(&reason).bind(ms(w.now));
-                    }
+                for (id, stage, since) in part {
+                    q = q.bind(*id).bind(*stage).bind(&reason).bind(*since);
                 }
                 q.execute(&mut *tx).await?;
             }
-            let sql = format!(
-                "INSERT INTO events (pipeline, at, actor, kind, release_id, stage, detail) VALUES {}",
-                rows_with(fresh.len(), &["$", "$", "$", "'release'", "$", "NULL", "$"])
-            );
-            let mut q = sqlx::query(&sql);
-            for w in &fresh {
-                let id = id_of(w)?;
-                let detail = format!(
-                    "release r{id}: {} by {} — {}",
-                    crate::domain::short_sha(&w.r.sha),
-                    w.r.author_name,
-                    first_line(&w.r.message)
+            for part in fresh.chunks(ROWS) {
+                let sql = format!(
+                    "INSERT INTO events (pipeline, at, actor, kind, release_id, stage, detail) VALUES {}",
+                    rows_with(part.len(), &["$", "$", "$", "'release'", "$", "NULL", "$"])
                 );
-                q = q
-                    .bind(&w.r.pipeline)
-                    .bind(ms(w.now))
-                    .bind(actor_of(&w.d))
-                    .bind(Some(id))
-                    .bind(detail);
+                let mut q = sqlx::query(&sql);
+                for w in part {
+                    let id = id_of(w)?;
+                    let detail = format!(
+                        "release r{id}: {} by {} — {}",
+                        crate::domain::short_sha(&w.r.sha),
+                        w.r.author_name,
+                        first_line(&w.r.message)
+                    );
+                    q = q
+                        .bind(&w.r.pipeline)
+                        .bind(ms(w.now))
+                        .bind(actor_of(&w.d))
+                        .bind(Some(id))
+                        .bind(detail);
+                }
+                q.execute(&mut *tx).await?;
             }
-            q.execute(&mut *tx).await?;
             for (w, answer) in ws.iter().zip(answers.iter_mut()) {
                 if let Some(Ingested::Recorded(id)) = answer {
                     *id = ReleaseId(id_of(w)?);
@@ -637,6 +657,53 @@ mod tests {
     /// The newest release a controller knows is only a first guess: a release recorded by
     /// another controller makes the write checked against it refuse, and a fresh read knows
     /// the other one's release.
+    #[tokio::test]
+    async fn a_batch_larger_than_a_statement_is_written_in_parts_as_in_turn() {
+        // 100 pipelines' releases (3 runs each, 300 runs) take several statements per table;
+        // then duplicates of commits and deliveries from every part, and a stale check.
+        let mut ws: Vec<ReleaseWrite> = (0..100)
+            .map(|i| {
+                let p = format!("svc-{i}");
+                write(
+                    &p,
+                    100 + i,
+                    &format!("d-{i}"),
+                    Some(None),
+                    Some((i, 100 + i)),
+                )
+            })
+            .collect();
+        for i in [0, 31, 32, 63, 64, 99] {
+            ws.push(write(
+                &format!("svc-{i}"),
+                100 + i,
+                &format!("again-{i}"),
+                None,
+                None,
+            ));
+            ws.push(write("svc-x", 500 + i, &format!("d-{i}"), None, None));
+        }
+        ws.push(write("svc-7", 900, "late", Some(None), None));
+        assert!(ws.len() > 3 * ROWS);
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (together, in_turn) = (seeded(&one).await, seeded(&two).await);
+        let batched = together.record_releases(&ws).await.unwrap();
+        let mut each = Vec::new();
+        for w in &ws {
+            each.push(in_turn.record_release_alone(w).await.unwrap());
+        }
+        assert_eq!(batched, each);
+        let recorded = batched
+            .iter()
+            .filter(|a| matches!(a, Some(Ingested::Recorded(_))))
+            .count();
+        assert_eq!(recorded, 100, "{batched:?}");
+        assert_eq!(batched.last(), Some(&None), "svc-7 has a newer release now");
+        let (rows, expected) = (dump(&together).await, dump(&in_turn).await);
+        assert_eq!(rows, expected);
+        assert_eq!(rows.iter().filter(|r| r.starts_with("run ")).count(), 300);
+    }
+
     #[tokio::test]
     async fn a_stale_newest_release_is_refused_by_the_write_and_a_fresh_read_corrects_it() {
         let dir = tempfile::tempdir().unwrap();
