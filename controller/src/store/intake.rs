@@ -30,8 +30,7 @@ use tokio::sync::oneshot;
 
 use super::history::{Newest, PushLink};
 use super::rows::{contributors_json, contributors_of, reason_json};
-use super::{Result, Store, StoreError, actor_of, first_line, ms};
-use crate::domain::approval::contributor_set;
+use super::{Result, Store, StoreError, actor_of, first_line, ms, release_people};
 use crate::domain::{Reason, ReleaseId, StageName};
 use crate::engine::facts::{Delivery, Ingested, NewRelease};
 
@@ -203,20 +202,15 @@ impl Store {
         let shas: Vec<&str> = distinct(ws.iter().map(|w| w.r.sha.as_str()));
 
         // What the database holds already.
-        let mut newest: HashMap<String, i64> = HashMap::new();
-        for part in pipelines.chunks(ROWS) {
-            let sql = format!(
-                "SELECT pipeline, max(id) FROM releases WHERE pipeline IN ({}) GROUP BY pipeline",
-                params(1, part.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for p in part {
-                q = q.bind(*p);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                newest.insert(row.get(0), row.get(1));
-            }
-        }
+        let newest: HashMap<String, i64> = keyed(
+            &mut tx,
+            (
+                "SELECT pipeline, max(id) FROM releases WHERE pipeline IN (",
+                ") GROUP BY pipeline",
+            ),
+            &pipelines,
+        )
+        .await?;
         let mut seen_deliveries: HashSet<(String, String)> = HashSet::new();
         for source in distinct(ws.iter().map(|w| w.d.source.as_str())) {
             let ids: Vec<&str> = distinct(
@@ -262,20 +256,15 @@ impl Store {
                 seen_releases.insert((row.get(0), row.get(1)));
             }
         }
-        let mut pushed: HashMap<String, String> = HashMap::new();
-        for part in shas.chunks(ROWS) {
-            let sql = format!(
-                "SELECT sha, contributors FROM push_contributors WHERE sha IN ({})",
-                params(1, part.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for s in part {
-                q = q.bind(*s);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                pushed.insert(row.get(0), row.get(1));
-            }
-        }
+        let pushed: HashMap<String, String> = keyed(
+            &mut tx,
+            (
+                "SELECT sha, contributors FROM push_contributors WHERE sha IN (",
+                ")",
+            ),
+            &shas,
+        )
+        .await?;
 
         // Each write in turn, as the one-at-a-time path decides it.
         let mut answers = Vec::with_capacity(ws.len());
@@ -350,17 +339,11 @@ impl Store {
                 let mut q = sqlx::query(&sql);
                 for w in part {
                     let r = &w.r;
-                    let people = match pushed.get(&r.sha) {
-                        Some(json) => {
-                            let named = contributors_of(json)?;
-                            if named.is_empty() {
-                                r.all_contributors()
-                            } else {
-                                contributor_set(r.all_contributors().into_iter().chain(named))
-                            }
-                        }
-                        None => r.all_contributors(),
+                    let named = match pushed.get(&r.sha) {
+                        Some(json) => contributors_of(json)?,
+                        None => Vec::new(),
                     };
+                    let people = release_people(r, named);
                     q = q
                         .bind(&r.pipeline)
                         .bind(&r.sha)
@@ -450,6 +433,30 @@ impl Store {
         }
         answer
     }
+}
+
+/// Each `(key, value)` row of a query around an `IN` list (`head` … `tail`) whose list is
+/// `keys`, asked [`ROWS`] keys at a time.
+async fn keyed<V>(
+    c: &mut sqlx::AnyConnection,
+    (head, tail): (&str, &str),
+    keys: &[&str],
+) -> Result<HashMap<String, V>>
+where
+    V: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    let mut found = HashMap::new();
+    for part in keys.chunks(ROWS) {
+        let sql = format!("{head}{}{tail}", params(1, part.len()));
+        let mut q = sqlx::query(&sql);
+        for k in part {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut *c).await? {
+            found.insert(row.get(0), row.get(1));
+        }
+    }
+    Ok(found)
 }
 
 /// The distinct values of `it`, in first-seen order.

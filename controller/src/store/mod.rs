@@ -416,6 +416,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Some(Ingested::Duplicate));
         }
+        let people = release_people(r, pushed_people(&mut tx, &r.sha).await?);
         let id: i64 = sqlx::query(
             "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override, contributors)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
@@ -431,19 +432,10 @@ impl Store {
         .bind(ms(now))
         .bind(&r.alarm_override)
         .bind(&r.window_override)
-        .bind(rows::contributors_json(&r.all_contributors()))
+        .bind(rows::contributors_json(&people))
         .fetch_one(&mut *tx)
         .await?
         .get(0);
-        let pushed = pushed_people(&mut tx, &r.sha).await?;
-        if !pushed.is_empty() {
-            let all = contributor_set(r.all_contributors().into_iter().chain(pushed));
-            sqlx::query("UPDATE releases SET contributors = $1 WHERE id = $2")
-                .bind(rows::contributors_json(&all))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
         let reason = reason_json(&Reason::PreviousStage);
         for stage in stages {
             sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES ($1, $2, 'waiting', $3, 1, $4)")
@@ -1299,6 +1291,16 @@ async fn pushed_people(c: &mut sqlx::AnyConnection, sha: &str) -> Result<Vec<Con
     match row {
         Some(r) => rows::contributors_of(&r.get::<String, _>(0)),
         None => Ok(Vec::new()),
+    }
+}
+
+/// The people a new release is recorded with: those its commit names, and the people of
+/// its push (kept by `record_push_contributors` for a release built by a workflow).
+fn release_people(r: &NewRelease, pushed: Vec<Contributor>) -> Vec<Contributor> {
+    if pushed.is_empty() {
+        r.all_contributors()
+    } else {
+        contributor_set(r.all_contributors().into_iter().chain(pushed))
     }
 }
 
