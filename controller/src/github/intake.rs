@@ -360,11 +360,16 @@ async fn keep_push_people(
     engine.record_push_contributors(&push.after, &people).await
 }
 
+/// The decision of every pipeline the event concerns (those it is not about are left out:
+/// with many pipelines, most of them).
 fn each(config: &Config, decide: impl Fn(&Pipeline) -> Decision) -> Vec<(String, Decision)> {
     config
         .pipelines
         .iter()
-        .map(|p| (p.name.to_string(), decide(p)))
+        .filter_map(|p| match decide(p) {
+            Decision::NotMine => None,
+            d => Some((p.name.to_string(), d)),
+        })
         .collect()
 }
 

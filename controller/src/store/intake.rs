@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::history::{Newest, PushLink};
 use super::rows::{contributors_json, contributors_of, reason_json};
-use super::{Result, Store, StoreError, actor_of, first_line, ms, release_people};
+use super::{Backend, Result, Store, StoreError, actor_of, first_line, ms, release_people};
 use crate::domain::{Reason, ReleaseId, StageName};
 use crate::engine::facts::{Delivery, Ingested, NewRelease};
 
@@ -197,6 +197,7 @@ impl Store {
         &self,
         ws: &[ReleaseWrite],
     ) -> Result<Vec<Option<Ingested<ReleaseId>>>> {
+        let b = self.backend;
         let mut tx = self.write().await?;
         let pipelines: Vec<&str> = distinct(ws.iter().map(|w| w.r.pipeline.as_str()));
         let shas: Vec<&str> = distinct(ws.iter().map(|w| w.r.sha.as_str()));
@@ -204,6 +205,7 @@ impl Store {
         // What the database holds already.
         let newest: HashMap<String, i64> = keyed(
             &mut tx,
+            b,
             (
                 "SELECT pipeline, max(id) FROM releases WHERE pipeline IN (",
                 ") GROUP BY pipeline",
@@ -218,10 +220,11 @@ impl Store {
                     .filter(|w| w.d.source == source)
                     .map(|w| w.d.id.as_str()),
             );
-            for part in ids.chunks(ROWS) {
+            for part in parts(&ids) {
                 let sql = format!(
-                    "SELECT id FROM deliveries WHERE source = $1 AND id IN ({})",
-                    params(2, part.len())
+                    "SELECT id FROM deliveries WHERE source = {} AND id IN ({})",
+                    params(b, 1, 1),
+                    params(b, 2, part.len())
                 );
                 let mut q = sqlx::query(&sql).bind(source);
                 for id in part {
@@ -242,11 +245,11 @@ impl Store {
             .collect();
         pairs.sort_unstable();
         pairs.dedup();
-        for part in pairs.chunks(ROWS) {
+        for part in parts(&pairs) {
             let sql = format!(
                 "WITH w (p, s) AS (VALUES {}) \
                  SELECT r.pipeline, r.sha FROM w JOIN releases r ON r.pipeline = w.p AND r.sha = w.s",
-                rows(part.len(), 2)
+                rows(b, part.len(), 2)
             );
             let mut q = sqlx::query(&sql);
             for (p, s) in part {
@@ -258,6 +261,7 @@ impl Store {
         }
         let pushed: HashMap<String, String> = keyed(
             &mut tx,
+            b,
             (
                 "SELECT sha, contributors FROM push_contributors WHERE sha IN (",
                 ")",
@@ -299,11 +303,11 @@ impl Store {
             answers.push(Some(Ingested::Recorded(ReleaseId(0))));
         }
 
-        for part in links.chunks(ROWS) {
+        for part in parts(&links) {
             let sql = format!(
                 "INSERT INTO pushes (repository, branch, before, after, forced, received_at) \
                  VALUES {} ON CONFLICT DO NOTHING",
-                rows(part.len(), 6)
+                rows(b, part.len(), 6)
             );
             let mut q = sqlx::query(&sql);
             for (push, now) in part {
@@ -317,10 +321,10 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for part in deliveries.chunks(ROWS) {
+        for part in parts(&deliveries) {
             let sql = format!(
                 "INSERT INTO deliveries (source, id, received_at) VALUES {}",
-                rows(part.len(), 3)
+                rows(b, part.len(), 3)
             );
             let mut q = sqlx::query(&sql);
             for w in part {
@@ -330,11 +334,11 @@ impl Store {
         }
         let mut ids: HashMap<(String, String), i64> = HashMap::new();
         if !fresh.is_empty() {
-            for part in fresh.chunks(ROWS) {
+            for part in parts(&fresh) {
                 let sql = format!(
                     "INSERT INTO releases (pipeline, sha, branch, author_name, author_email, author_login, message, url, created_at, alarm_override, window_override, contributors) \
                      VALUES {} RETURNING id, pipeline, sha",
-                    rows(part.len(), 12)
+                    rows(b, part.len(), 12)
                 );
                 let mut q = sqlx::query(&sql);
                 for w in part {
@@ -376,10 +380,10 @@ impl Store {
                 let id = id_of(w)?;
                 runs.extend(w.stages.iter().map(|stage| (id, stage, ms(w.now))));
             }
-            for part in runs.chunks(ROWS) {
+            for part in parts(&runs) {
                 let sql = format!(
                     "INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES {}",
-                    rows_with(part.len(), &["$", "$", "'waiting'", "$", "1", "$"])
+                    rows_with(b, part.len(), &["$", "$", "'waiting'", "$", "1", "$"])
                 );
                 let mut q = sqlx::query(&sql);
                 for (id, stage, since) in part {
@@ -387,10 +391,14 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             }
-            for part in fresh.chunks(ROWS) {
+            for part in parts(&fresh) {
                 let sql = format!(
                     "INSERT INTO events (pipeline, at, actor, kind, release_id, stage, detail) VALUES {}",
-                    rows_with(part.len(), &["$", "$", "$", "'release'", "$", "NULL", "$"])
+                    rows_with(
+                        b,
+                        part.len(),
+                        &["$", "$", "$", "'release'", "$", "NULL", "$"]
+                    )
                 );
                 let mut q = sqlx::query(&sql);
                 for w in part {
@@ -439,6 +447,7 @@ impl Store {
 /// `keys`, asked [`ROWS`] keys at a time.
 async fn keyed<V>(
     c: &mut sqlx::AnyConnection,
+    b: Backend,
     (head, tail): (&str, &str),
     keys: &[&str],
 ) -> Result<HashMap<String, V>>
@@ -446,8 +455,8 @@ where
     V: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
     let mut found = HashMap::new();
-    for part in keys.chunks(ROWS) {
-        let sql = format!("{head}{}{tail}", params(1, part.len()));
+    for part in parts(keys) {
+        let sql = format!("{head}{}{tail}", params(b, 1, part.len()));
         let mut q = sqlx::query(&sql);
         for k in part {
             q = q.bind(*k);
@@ -465,22 +474,54 @@ fn distinct<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     it.filter(|v| seen.insert(*v)).collect()
 }
 
-/// `$from, $from+1, …` (`n` placeholders).
-fn params(from: usize, n: usize) -> String {
+/// `items` in the parts one statement takes: [`ROWS`] at a time, then what is left in parts
+/// of a power of two (at most six more), so that a statement has one of a few shapes whatever
+/// the batch's size and each is prepared once (a statement of every length from 1 to [`ROWS`]
+/// would not stay in the connection's cache of 100 prepared statements).
+fn parts<T>(items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let n = if rest.len() >= ROWS {
+            ROWS
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (part, more) = rest.split_at(n);
+        out.push(part);
+        rest = more;
+    }
+    out
+}
+
+/// The placeholder of parameter `n` (from 1). SQLite's is an anonymous `?`: SQLite looks a
+/// numbered `$N` up by a linear scan of the statement's parameter list, when it parses the
+/// statement and again when sqlx binds each parameter by name, so a statement with numbered
+/// parameters costs the square of their count; anonymous ones are numbered in order and never
+/// looked up. PostgreSQL's are numbered.
+fn placeholder(b: Backend, n: usize) -> String {
+    match b {
+        Backend::Sqlite => "?".to_string(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+/// The placeholders of parameters `from`, `from + 1`, … (`n` of them), comma-separated.
+fn params(b: Backend, from: usize, n: usize) -> String {
     (from..from + n)
-        .map(|i| format!("${i}"))
+        .map(|i| placeholder(b, i))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `($1, …, $cols), (…)`: `n` rows of `cols` placeholders.
-fn rows(n: usize, cols: usize) -> String {
-    rows_with(n, &vec!["$"; cols])
+/// `(…), (…)`: `n` rows of `cols` placeholders, numbered from 1.
+fn rows(b: Backend, n: usize, cols: usize) -> String {
+    rows_with(b, n, &vec!["$"; cols])
 }
 
 /// `n` rows of `shape`, where each `"$"` is the next placeholder and anything else is written
 /// as it is (a constant of every row).
-fn rows_with(n: usize, shape: &[&str]) -> String {
+fn rows_with(b: Backend, n: usize, shape: &[&str]) -> String {
     let mut next = 0;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -489,7 +530,7 @@ fn rows_with(n: usize, shape: &[&str]) -> String {
             .map(|c| {
                 if *c == "$" {
                     next += 1;
-                    format!("${next}")
+                    placeholder(b, next)
                 } else {
                     (*c).to_string()
                 }
@@ -819,11 +860,38 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_across_rows_and_constants_kept() {
-        assert_eq!(params(3, 2), "$3, $4");
-        assert_eq!(rows(2, 2), "($1, $2), ($3, $4)");
+        let pg = Backend::Postgres;
+        assert_eq!(params(pg, 3, 2), "$3, $4");
+        assert_eq!(rows(pg, 2, 2), "($1, $2), ($3, $4)");
         assert_eq!(
-            rows_with(2, &["$", "'waiting'", "$"]),
+            rows_with(pg, 2, &["$", "'waiting'", "$"]),
             "($1, 'waiting', $2), ($3, 'waiting', $4)"
         );
+        // SQLite's are anonymous, bound in the order they appear.
+        let lite = Backend::Sqlite;
+        assert_eq!(params(lite, 3, 2), "?, ?");
+        assert_eq!(
+            rows_with(lite, 2, &["$", "'waiting'", "$"]),
+            "(?, 'waiting', ?), (?, 'waiting', ?)"
+        );
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_full_statements_and_powers_of_two() {
+        let sizes = |n: usize| {
+            let items: Vec<usize> = (0..n).collect();
+            let cut = parts(&items);
+            // Nothing lost, nothing repeated, order kept.
+            assert_eq!(cut.concat(), items);
+            cut.iter().map(|p| p.len()).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(ROWS), [ROWS]);
+        assert_eq!(sizes(2 * ROWS + 7), [ROWS, ROWS, 4, 2, 1]);
+        assert_eq!(sizes(ROWS - 1).len(), (ROWS - 1).count_ones() as usize);
+        // Every part has one of a few lengths, whatever the batch.
+        let shapes: HashSet<usize> = (0..=500).flat_map(sizes).collect();
+        assert!(shapes.len() <= ROWS.ilog2() as usize + 1, "{shapes:?}");
     }
 }
