@@ -34,12 +34,12 @@ use super::{Backend, Result, Store, StoreError, actor_of, first_line, ms, releas
 use crate::domain::{Reason, ReleaseId, StageName};
 use crate::engine::facts::{Delivery, Ingested, NewRelease};
 
-/// The most rows one statement of a batch reads or writes. SQLite looks a `$N` parameter up
-/// by a linear scan of the statement's parameter list, both when it prepares the statement and
-/// when sqlx binds it, so a statement's cost grows with the square of its parameters: a batch
-/// of 200 releases in one statement per table (2,400 parameters for their stage runs) spent
-/// most of its time there. Statements of at most this many rows keep it linear in the batch,
-/// and a full chunk's SQL text is the same every time (prepared once, then cached).
+/// The most rows one statement of a batch reads or writes. With numbered `$N` parameters
+/// SQLite's cost per statement grows with the square of its parameters (see [`placeholder`]):
+/// one statement per table for a burst of 200 (2,400 parameters for the stage runs) spent most
+/// of its time there. SQLite's statements take anonymous parameters, and 128 rows measured
+/// no better than 32 (docs/benchmarks.md), so statements stay small, in the few shapes
+/// [`parts`] cuts.
 const ROWS: usize = 32;
 
 /// The most writes recorded in one batch, and the most stage runs their releases may have
