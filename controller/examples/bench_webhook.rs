@@ -180,7 +180,10 @@ async fn connect(port: u16) -> Result<Vec<TcpStream>> {
             tokio::spawn(async move {
                 let mut conn = TcpStream::connect(("127.0.0.1", port)).await?;
                 conn.set_nodelay(true)?;
-                let status = exchange(&mut conn, health.as_bytes()).await?;
+                let status =
+                    tokio::time::timeout(REQUEST_LIMIT, exchange(&mut conn, health.as_bytes()))
+                        .await
+                        .context("no answer to GET /healthz within 30 s")??;
                 ensure!(status == 200, "GET /healthz answered {status}");
                 anyhow::Ok(conn)
             })

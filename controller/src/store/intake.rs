@@ -475,7 +475,7 @@ fn distinct<'a>(it: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 }
 
 /// `items` in the parts one statement takes: [`ROWS`] at a time, then what is left in parts
-/// of a power of two (at most six more), so that a statement has one of a few shapes whatever
+/// of a power of two (at most five more), so that a statement has one of a few shapes whatever
 /// the batch's size and each is prepared once (a statement of every length from 1 to [`ROWS`]
 /// would not stay in the connection's cache of 100 prepared statements).
 fn parts<T>(items: &[T]) -> Vec<&[T]> {
