@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use support::measure::{cpu_ms, pick, tick_ms, verdict};
 use support::proxy::{Proxy, union};
-use support::{Controller, REPO, STEP_LIMIT, deliver_push, free_port, random_secret, serve_args};
+use support::{Controller, REPO, STEP_LIMIT, deliver_push, free_port};
 use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::store::Store;
 use tollgate_testkit::moto::MotoServer;
@@ -273,25 +273,14 @@ async fn run() -> Result<()> {
         .collect();
     let signer = TestSigner::new();
     let certs = world.seed_sns_certificates(&signer)?;
-    let state = format!("sqlite://{}", world.dir().join("tollgate.db").display());
-    let secret = random_secret();
-    let mut controller = Controller::start(
-        &tollgate,
-        &serve_args(&world, &state, port, &certs),
-        &env,
-        &secret,
-        &world.dir().join("tollgate.log"),
-    )?;
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    support::wait_ready(&http, &public_url, &mut controller).await?;
-    let store = Store::open(&state).await?;
+    let served = support::serve_world(&tollgate, &world, port, &certs, &env).await?;
     let mut bench = Bench {
-        http,
+        http: served.http,
         url: public_url,
-        secret,
-        store,
+        secret: served.secret,
+        store: served.store,
         pipeline: world.pipeline().to_owned(),
-        controller,
+        controller: served.controller,
         moto,
         moto_proxy,
         cloudwatch_proxy,

@@ -1,59 +1,57 @@
 //! Benchmark: how soon does a deploy see a slow stack finish, and how many looks does it cost?
 //!
-//! Drives the real CloudFormation deployer (`CloudFormationDeployer`, **with the production
-//! schedule `PollSettings::default()`** and the production retry settings) against scripted
-//! CloudFormation stubs on 127.0.0.1 whose change set is ready 20 s after `CreateChangeSet`
-//! and whose update completes 180 s after `ExecuteChangeSet` (moto 5.2.5 gap: its operations
-//! are instant). Several stacks deploy at once; half of them name a stack-events topic
-//! (`NotificationARNs`), and their stub posts the stack's events, signed as SNS signs them,
-//! to the real `POST /webhooks/sns` route served here in front of a real engine (SQLite file,
-//! fake ports), which wakes the deployer's waiter through the shared registry.
+//! Runs the real `tollgate serve` **as shipped** (no poll or timer setting is passed: the
+//! production schedule and retry settings) over pipelines of one CloudFormation stage each.
+//! Every AWS call of the controller goes through a loopback proxy of this program: the
+//! CloudFormation calls (SigV4 credential scope `cloudformation`) go to a scripted stub per
+//! stack, picked by the call's `StackName`, whose change set is ready 20 s after
+//! `CreateChangeSet` and whose update completes 180 s after `ExecuteChangeSet` (moto 5.2.5
+//! gap: its operations are instant); everything else (STS, ECR) goes to moto. Half of the
+//! stacks are in an account that names a stack-events topic (`stack_events_topic`): their
+//! stub posts the stack's events, signed as SNS signs them, to the controller's
+//! `POST /webhooks/sns`, verified against the pre-seeded certificate cache
+//! (`--sns-cert-cache`).
 //!
-//! Two rounds: the first deploy of every stack, without history; then the second, with the
-//! history the first one measured, written to and read back from a real store
-//! (`stack_timings`) as the engine does.
+//! Two rounds, each one signed GitHub `push` that every pipeline follows (one release each):
+//! the first deploy of every stack, without history; then the second, with the history the
+//! controller kept from the first (`stack_timings` in its own store).
 //!
 //! How each figure is taken:
 //! - **completion seen after**: from the moment the stub switched the stack to
-//!   `UPDATE_COMPLETE` to the moment the deployer returned (the read-back included).
+//!   `UPDATE_COMPLETE` to the moment this program, reading the controller's store every
+//!   10 ms, saw the stage `Succeeded` (so at most about 10 ms late, and including the step
+//!   from the deploy's end to the stage's).
 //! - **describe calls per stage**: `DescribeChangeSet` + `DescribeStacks` +
-//!   `DescribeStackEvents` the stub answered for that deploy (the look before the change set,
-//!   the waits, the read-back, and the one read of the stack's events that measures an update
-//!   seen on a long back-off step).
+//!   `DescribeStackEvents` the stub answered for that deploy (every look the controller made
+//!   at that stack in the round: before the change set, the waits, the read-back, and the one
+//!   read of the stack's events that measures an update seen on a long back-off step).
 //! - **DescribeStacks in the update wait**: those after `ExecuteChangeSet`.
 //!
 //! ```text
-//! cargo build --release -p tollgate --example bench_waiter
-//! target/release/examples/bench_waiter            # full scale, about 7 minutes
-//! target/release/examples/bench_waiter --scale 0.05   # a quick check (targets do not apply)
+//! cargo build --release -p tollgate --bin tollgate --example bench_waiter
+//! TOLLGATE_MOTO_SERVER=$PWD/.venv/bin/moto_server \
+//!     target/release/examples/bench_waiter --tollgate target/release/tollgate       # about 7 min
+//! … --scale 0.05   # a quick check (targets do not apply)
 //! ```
 //! Bounded: each round ends within twice its scripted time plus a minute; loopback only.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::provider::SharedCredentialsProvider;
-use chrono::Utc;
-use tollgate::aws::cloudformation::CloudFormationDeployer;
-use tollgate::aws::retry::{Limiter, PollSettings};
-use tollgate::aws::stack_waiters::StackWaiters;
-use tollgate::aws::sts::Credentials;
-use tollgate::config::{self, Account, Deploy, Target};
-use tollgate::domain::{
-    Effect, EffectKind, EffectOutput, ReleaseId, StackHistory, StackKey, StackTiming,
-};
-use tollgate::engine::{DeployRequest, Engine, SystemClock};
-use tollgate::http::sns::{PATH, SnsState, routes};
-use tollgate::http::sns_verify::CertCache;
-use tollgate::store::{EffectOutcome, Store};
+use support::measure::{pick, verdict};
+use support::proxy::{Divert, Proxy, form_value, service_of};
+use support::{Controller, REPO, deliver_push, free_port};
+use tollgate::domain::{ReleaseId, RunStatus, StackKey};
+use tollgate::store::Store;
 use tollgate_testkit::aws_stubs::cloudformation::{CloudFormationStub, Notifications, Script};
-use tollgate_testkit::fakes::Fakes;
+use tollgate_testkit::moto::MotoServer;
 use tollgate_testkit::sns::TestSigner;
+use tollgate_testkit::world::{GAMMA_ACCOUNT, IMAGE_PARAMETER, PROD_ACCOUNT, REGION, World};
 
 const CHANGE_SET_TAKES: Duration = Duration::from_secs(20);
 const UPDATE_TAKES: Duration = Duration::from_secs(180);
@@ -66,40 +64,20 @@ const DESCRIBES_TARGET: usize = 15;
 /// brings.
 const NOTIFIED_WAIT_TARGET: usize = 2;
 
-const ACCOUNT: &str = "444444444444";
-const REGION: &str = "eu-west-1";
-const TOPIC: &str = "arn:aws:sns:eu-west-1:444444444444:bench-stack-events";
-
-const STAGES_TOML: &str = r#"
-[controller]
-public_url = "https://tollgate.bench"
-
-[[pipelines]]
-name = "bench"
-[pipelines.source]
-repository = "acme/bench"
-[pipelines.artifact]
-repository = "bench"
-account = "build"
-region = "eu-west-1"
-
-[[pipelines.stages]]
-name = "prod"
-targets = [{ account = "prod" }]
-[pipelines.stages.deploy]
-kind = "cloudformation"
-stack = "bench-0"
-template = "service.json"
-image_parameter = "ImageUri"
-"#;
+/// The account whose stacks publish their events (`stack_events_topic`), and the one whose
+/// stacks do not.
+const NOTIFIED: &str = "prod";
+const POLLED: &str = "gamma";
 
 struct Args {
+    tollgate: PathBuf,
     scale: f64,
     stacks: usize,
 }
 
 fn args() -> Result<Args> {
     let mut out = Args {
+        tollgate: PathBuf::new(),
         scale: 1.0,
         stacks: 6,
     };
@@ -107,108 +85,97 @@ fn args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
+            "--tollgate" => out.tollgate = PathBuf::from(value),
             "--scale" => out.scale = value.parse().context("--scale")?,
             "--stacks" => out.stacks = value.parse().context("--stacks")?,
-            other => bail!("unknown flag {other} (use --scale F, --stacks N)"),
+            other => bail!("unknown flag {other} (use --tollgate PATH, --scale F, --stacks N)"),
         }
     }
+    ensure!(
+        !out.tollgate.as_os_str().is_empty(),
+        "usage: bench_waiter --tollgate PATH [--scale F] [--stacks N]"
+    );
+    out.tollgate = std::fs::canonicalize(&out.tollgate)
+        .with_context(|| format!("--tollgate {}", out.tollgate.display()))?;
     ensure!(out.scale > 0.0 && out.scale <= 1.0, "--scale is in (0, 1]");
     ensure!(
-        (2..=20).contains(&out.stacks),
-        "--stacks is between 2 and 20"
+        (2..=20).contains(&out.stacks) && out.stacks % 2 == 0,
+        "--stacks is an even number between 2 and 20"
     );
     Ok(out)
 }
 
-/// The SNS route on a loopback port in front of a real engine, with the waiters' registry.
-struct Intake {
-    _dir: tempfile::TempDir,
-    _certs: tempfile::TempDir,
-    waiters: Arc<StackWaiters>,
-    signer: Arc<TestSigner>,
-    url: String,
-    store: Store,
-    template: std::path::PathBuf,
+fn q(s: &str) -> String {
+    format!("{s:?}")
 }
 
-impl Intake {
-    async fn start() -> Result<Intake> {
-        let dir = tempfile::tempdir()?;
-        write_config(dir.path())?;
-        let config = config::load(&dir.path().join("stages.toml"))
-            .map_err(|e| anyhow!("{e}"))?
-            .config;
-        let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
-        let engine_store = Store::open(&db("engine.db")).await?;
-        let engine = Engine::new(
-            engine_store,
-            config,
-            Fakes::new().ports(),
-            Arc::new(SystemClock),
-        );
-        let signer = Arc::new(TestSigner::new());
-        let certs = tempfile::tempdir()?;
-        signer.seed_cache_dir(certs.path())?;
-        let cache = CertCache::new(Some(certs.path().into())).map_err(|e| anyhow!("{e}"))?;
-        let waiters = StackWaiters::new();
-        let state = SnsState::new(engine, Arc::new(cache))?.with_waiters(waiters.clone());
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let url = format!("http://{}{PATH}", listener.local_addr()?);
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, routes(state)).await;
-        });
-        let store = Store::open(&db("history.db")).await?;
-        sqlx::query("INSERT INTO releases (id, pipeline, sha, branch, author_name, author_email, message, created_at) VALUES (1, 'bench', 'abc', 'main', 'A', 'a@x', 'm', 0)")
-            .execute(store.pool())
-            .await?;
-        Ok(Intake {
-            template: dir.path().join("service.json"),
-            _dir: dir,
-            _certs: certs,
-            waiters,
-            signer,
-            url,
-            store,
-        })
-    }
-
-    /// Keeps what a deploy measured, as the engine does with the deploy's outcome.
-    async fn keep(&self, attempt: u32, timing: StackTiming) -> Result<()> {
-        let kind = EffectKind::Deploy { wave: 0 };
-        let e = Effect::new("bench", ReleaseId(1), "prod", attempt, kind);
-        self.store.begin_effect(&e, Utc::now()).await?;
-        let output = EffectOutput::Deployed {
-            image_uri: String::new(),
-            outputs: BTreeMap::new(),
-            applied: None,
-            timing: Some(timing),
-        };
-        let outcome = EffectOutcome::success("deployed").with(output);
-        self.store.finish_effect(&e, &outcome, Utc::now()).await?;
-        Ok(())
-    }
+fn topic() -> String {
+    format!("arn:aws:sns:{REGION}:{PROD_ACCOUNT}:bench-stack-events")
 }
 
-fn write_config(dir: &Path) -> Result<()> {
-    let accounts = format!(
-        "[accounts.build]\nid = \"111111111111\"\nregion = \"{REGION}\"\ncontroller = true\n\
-         [accounts.prod]\nid = \"{ACCOUNT}\"\nrole_arn = \"arn:aws:iam::{ACCOUNT}:role/deploy\"\n\
-         external_id = {{ env = \"BENCH_UNUSED_EXTERNAL_ID\" }}\nregion = \"{REGION}\"\n\
-         stack_events_topic = \"{TOPIC}\"\n"
+/// The world's accounts, the notified one naming the stack-events topic.
+fn accounts_toml(world: &World) -> String {
+    let mut out = format!(
+        "[accounts.build]\nid = {}\nregion = {}\ncontroller = true\n",
+        q(tollgate_testkit::world::BUILD_ACCOUNT),
+        q(REGION)
     );
-    std::fs::create_dir_all(dir.join("accounts"))?;
-    std::fs::write(dir.join("accounts/accounts.toml"), accounts)?;
-    std::fs::write(dir.join("service.json"), r#"{"Resources": {}}"#)?;
-    std::fs::write(dir.join("stages.toml"), STAGES_TOML)?;
-    Ok(())
+    for s in world.stages() {
+        out.push_str(&format!(
+            "\n[accounts.{}]\nid = {}\nrole_arn = {}\nexternal_id = {{ file = {} }}\nregion = {}\n",
+            s.name,
+            q(&s.account_id),
+            q(&s.role_arn),
+            q(&s.external_id_file.display().to_string()),
+            q(REGION)
+        ));
+        if s.name == NOTIFIED {
+            out.push_str(&format!("stack_events_topic = {}\n", q(&topic())));
+        }
+    }
+    out
 }
 
-/// One stack: its stub and a deployer pointed at it (the stack-events topic or not).
+/// One pipeline per stack, each following the same branch, with one stage deploying its
+/// stack: no tests, no bake, no approval.
+fn stages_toml(public_url: &str, stacks: usize) -> String {
+    let mut out = format!(
+        "accounts = \"accounts/accounts.toml\"\n\n[controller]\npublic_url = {}\n",
+        q(public_url)
+    );
+    for i in 0..stacks {
+        out.push_str(&format!(
+            "\n[[pipelines]]\nname = \"bench-{i}\"\n\n\
+             [pipelines.source]\nrepository = {}\nbranch = \"main\"\n\n\
+             [pipelines.artifact]\nrepository = \"bench\"\naccount = \"build\"\nregion = {}\n\
+             tag = \"{{sha}}\"\nwait = \"30s\"\n\n\
+             [[pipelines.stages]]\nname = \"prod\"\ntargets = [{{ account = {}, region = {} }}]\n\
+             bake = \"0ms\"\n\n\
+             [pipelines.stages.deploy]\nkind = \"cloudformation\"\nstack = \"bench-{i}\"\n\
+             template = \"service.json\"\nimage_parameter = {}\n",
+            q(REPO),
+            q(REGION),
+            q(account_of(i)),
+            q(REGION),
+            q(IMAGE_PARAMETER),
+        ));
+    }
+    out
+}
+
+fn account_of(i: usize) -> &'static str {
+    if notified(i) { NOTIFIED } else { POLLED }
+}
+
+fn notified(i: usize) -> bool {
+    i % 2 == 1
+}
+
+/// One stack: its pipeline and its stub.
 struct Stack {
     index: usize,
     stub: CloudFormationStub,
-    deployer: CloudFormationDeployer,
-    notified: bool,
+    account_id: &'static str,
 }
 
 impl Stack {
@@ -216,61 +183,58 @@ impl Stack {
         format!("bench-{}", self.index)
     }
 
+    fn notified(&self) -> bool {
+        notified(self.index)
+    }
+
     fn key(&self) -> StackKey {
         StackKey {
-            account: ACCOUNT.into(),
+            account: self.account_id.into(),
             region: REGION.into(),
             stack: self.name(),
         }
     }
-
-    fn account(&self) -> Account {
-        Account {
-            name: "prod".into(),
-            id: ACCOUNT.into(),
-            role_arn: None,
-            external_id: None,
-            region: REGION.into(),
-            controller: true,
-            session_duration: Duration::from_secs(3600),
-            stack_events_topic: self.notified.then(|| TOPIC.into()),
-        }
-    }
 }
 
-async fn stack(intake: &Intake, index: usize, scale: f64) -> Result<Stack> {
-    let notified = index % 2 == 1;
+async fn stack(index: usize, scale: f64, sns_url: &str, signer: &Arc<TestSigner>) -> Result<Stack> {
     let name = format!("bench-{index}");
+    let account_id = if notified(index) {
+        PROD_ACCOUNT
+    } else {
+        GAMMA_ACCOUNT
+    };
     let script = Script {
         statuses: vec!["UPDATE_COMPLETE".into()],
-        parameters: vec![("ImageUri".into(), "bench@sha256:0".into())],
+        parameters: vec![(IMAGE_PARAMETER.into(), "bench@sha256:0".into())],
         change_set_takes: Some(CHANGE_SET_TAKES.mul_f64(scale)),
         update_takes: Some(UPDATE_TAKES.mul_f64(scale)),
-        notifications: notified.then(|| Notifications {
-            endpoint: intake.url.clone(),
-            signer: intake.signer.clone(),
+        notifications: notified(index).then(|| Notifications {
+            endpoint: sns_url.to_owned(),
+            signer: signer.clone(),
         }),
         stack_id: Some(format!(
-            "arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{name}/b3f1e2d0"
+            "arn:aws:cloudformation:{REGION}:{account_id}:stack/{name}/b3f1e2d0"
         )),
         ..Script::default()
     };
-    let stub = CloudFormationStub::start(script).await?;
-    let credentials = aws_credential_types::Credentials::new("stub", "stub", None, None, "stub");
-    let sdk = SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(stub.endpoint())
-        .credentials_provider(SharedCredentialsProvider::new(credentials))
-        .build();
-    let creds = Credentials::new(sdk, Arc::new(Limiter::default()));
-    let deployer = CloudFormationDeployer::new(Arc::new(creds), PollSettings::default())
-        .with_waiters(intake.waiters.clone());
     Ok(Stack {
         index,
-        stub,
-        deployer,
-        notified,
+        stub: CloudFormationStub::start(script).await?,
+        account_id,
+    })
+}
+
+/// CloudFormation calls go to the stub of the stack they name; the rest to moto.
+fn divert(stacks: &[Arc<Stack>]) -> Divert {
+    let stubs: BTreeMap<String, String> = stacks
+        .iter()
+        .map(|s| (s.name(), s.stub.endpoint()))
+        .collect();
+    Arc::new(move |headers, body| {
+        if service_of(headers).as_deref() != Some("cloudformation") {
+            return None;
+        }
+        stubs.get(&form_value(body, "StackName")?).cloned()
     })
 }
 
@@ -281,7 +245,6 @@ struct Sample {
     seen_after: Duration,
     describes: usize,
     update_wait_describes: usize,
-    timing: Option<StackTiming>,
 }
 
 fn describes(calls: &[String]) -> usize {
@@ -289,93 +252,106 @@ fn describes(calls: &[String]) -> usize {
     count("DescribeChangeSet") + count("DescribeStacks") + count("DescribeStackEvents")
 }
 
-async fn deploy(
-    s: Arc<Stack>,
-    template: std::path::PathBuf,
-    round: usize,
-    history: StackHistory,
-) -> Result<Sample> {
-    let before = s.stub.accepted().len();
-    let req = DeployRequest {
-        key: format!("bench/r{round}/prod/1/deploy-0"),
-        pipeline: "bench".into(),
-        stage: "prod".into(),
-        release: ReleaseId(round as i64),
-        target: Target {
-            account: "prod".into(),
-            region: REGION.into(),
-        },
-        account: s.account(),
-        deploy: Deploy::CloudFormation {
-            stack: s.name(),
-            template,
-            parameters: BTreeMap::new(),
-            image_parameter: "ImageUri".into(),
-            capabilities: vec![],
-            execution_role: None,
-        },
-        image_uri: format!("bench@sha256:{round}"),
-        session_name: format!("tollgate-bench-{round}-prod"),
-        alarm_override: false,
-        restore: None,
-        history,
-    };
-    let result = s.deployer.deploy_stack(&req, &[]).await?;
-    let returned = Instant::now();
-    let completed = s
-        .stub
-        .completed_at()
-        .ok_or_else(|| anyhow!("{} never completed", s.name()))?;
-    let calls: Vec<String> = s.stub.accepted().split_off(before);
-    let execute = calls
-        .iter()
-        .position(|c| c == "ExecuteChangeSet")
-        .ok_or_else(|| anyhow!("{} executed nothing", s.name()))?;
-    let update_wait_describes = calls[execute..]
-        .iter()
-        .filter(|c| *c == "DescribeStacks")
-        .count();
-    Ok(Sample {
-        notified: s.notified,
-        seen_after: returned.saturating_duration_since(completed),
-        describes: describes(&calls),
-        update_wait_describes,
-        timing: result.timing,
-    })
+struct Bench {
+    world: World,
+    stacks: Vec<Arc<Stack>>,
+    controller: Controller,
+    store: Store,
+    http: reqwest::Client,
+    url: String,
+    secret: String,
 }
 
-async fn round(
-    intake: &Intake,
-    stacks: &[Arc<Stack>],
-    number: usize,
-    limit: Duration,
-) -> Result<Vec<Sample>> {
-    let mut set = tokio::task::JoinSet::new();
-    for s in stacks {
-        let history = if number == 1 {
-            StackHistory::default()
-        } else {
-            intake.store.stack_history(&s.key()).await?
-        };
-        let s = s.clone();
-        let template = intake.template.clone();
-        set.spawn(async move { deploy(s, template, number, history).await });
+impl Bench {
+    /// The release of `sha` in `pipeline`, once the controller recorded it.
+    async fn release_of(&self, pipeline: &str, sha: &str, deadline: Instant) -> Result<ReleaseId> {
+        loop {
+            for (r, _) in self.store.recent_runs(pipeline, 5).await? {
+                if r.sha == sha {
+                    return Ok(r.id);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no release of {sha} in {pipeline} in time"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    let all = tokio::time::timeout(limit, set.join_all())
-        .await
-        .map_err(|_| anyhow!("round {number} took longer than {limit:?}"))?;
-    all.into_iter().collect()
-}
 
-fn percentile(values: &[Duration], p: f64) -> Duration {
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "PASS" } else { "FAIL" }
+    /// One release of every pipeline, deployed at once; each stack's figures.
+    async fn round(&mut self, number: usize, limit: Duration) -> Result<Vec<Sample>> {
+        let started = Instant::now();
+        let deadline = started + limit;
+        let sha = format!("{number:040x}");
+        self.world.push_image(&sha).await?;
+        let before: Vec<usize> = self
+            .stacks
+            .iter()
+            .map(|s| s.stub.accepted().len())
+            .collect();
+        let delivery = format!("bench-waiter-{number}");
+        deliver_push(
+            &self.http,
+            &self.url,
+            &self.secret,
+            &sha,
+            "bench",
+            &delivery,
+        )
+        .await?;
+        let mut releases = Vec::new();
+        for s in &self.stacks {
+            releases.push(self.release_of(&s.name(), &sha, deadline).await?);
+        }
+        let mut seen: Vec<Option<Instant>> = vec![None; self.stacks.len()];
+        while seen.iter().any(Option::is_none) {
+            self.controller.check_alive()?;
+            for (i, release) in releases.iter().enumerate() {
+                if seen[i].is_some() {
+                    continue;
+                }
+                let Some(run) = self.store.stage_run(*release, "prod").await? else {
+                    continue;
+                };
+                if run.status == RunStatus::Succeeded {
+                    seen[i] = Some(Instant::now());
+                } else if run.status.is_terminal() {
+                    bail!("{release} of bench-{i} ended {:?}", run.status);
+                }
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "round {number} took longer than {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut samples = Vec::new();
+        for ((s, seen), before) in self.stacks.iter().zip(seen).zip(before) {
+            let seen = seen.ok_or_else(|| anyhow!("{} not seen", s.name()))?;
+            let completed = s
+                .stub
+                .completed_at()
+                .filter(|at| *at >= started)
+                .ok_or_else(|| anyhow!("{} did not complete in round {number}", s.name()))?;
+            let calls: Vec<String> = s.stub.accepted().split_off(before);
+            let execute = calls
+                .iter()
+                .position(|c| c == "ExecuteChangeSet")
+                .ok_or_else(|| anyhow!("{} executed nothing", s.name()))?;
+            let update_wait_describes = calls[execute..]
+                .iter()
+                .filter(|c| *c == "DescribeStacks")
+                .count();
+            samples.push(Sample {
+                notified: s.notified(),
+                seen_after: seen.saturating_duration_since(completed),
+                describes: describes(&calls),
+                update_wait_describes,
+            });
+        }
+        Ok(samples)
+    }
 }
 
 /// Prints the rows of one (history, notifications) group.
@@ -383,8 +359,8 @@ fn rows(label: &str, samples: &[&Sample], targets: bool) {
     if samples.is_empty() {
         return;
     }
-    let seen: Vec<Duration> = samples.iter().map(|s| s.seen_after).collect();
-    let (p50, p99) = (percentile(&seen, 50.0), percentile(&seen, 99.0));
+    let seen: Vec<f64> = samples.iter().map(|s| s.seen_after.as_secs_f64()).collect();
+    let (p50, p99) = (pick(&seen, 0.5), pick(&seen, 0.99));
     let most = samples.iter().map(|s| s.describes).max().unwrap_or(0);
     let mean = samples.iter().map(|s| s.describes).sum::<usize>() as f64 / samples.len() as f64;
     let wait = samples
@@ -401,10 +377,8 @@ fn rows(label: &str, samples: &[&Sample], targets: bool) {
         }
     };
     println!(
-        "| completion seen after, {label} | p50 {:.2} s, p99 {:.2} s | {} |",
-        p50.as_secs_f64(),
-        p99.as_secs_f64(),
-        check(p99 <= SEEN_P99_TARGET, "p99 ≤ 2 s")
+        "| completion seen after, {label} | p50 {p50:.2} s, p99 {p99:.2} s | {} |",
+        check(p99 <= SEEN_P99_TARGET.as_secs_f64(), "p99 ≤ 2 s")
     );
     println!(
         "| describe calls per stage, {label} | mean {mean:.1}, max {most} | {} |",
@@ -419,48 +393,95 @@ fn rows(label: &str, samples: &[&Sample], targets: bool) {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("benchmark failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
     let args = args()?;
-    let intake = Intake::start().await?;
+    let moto = tokio::task::spawn_blocking(MotoServer::start).await??;
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let world = World::builder()
+        .source(REPO)
+        .repository("bench")
+        .public_url(&url)
+        .prod_approval(false)
+        .stage_tests(false)
+        .bake_all(Duration::ZERO)
+        .build(&moto)
+        .await?;
+    std::fs::write(world.accounts_path(), accounts_toml(&world))?;
+    std::fs::write(world.stages_path(), stages_toml(&url, args.stacks))?;
+    let signer = Arc::new(TestSigner::new());
+    let certs = world.seed_sns_certificates(&signer)?;
+    let sns_url = format!("{url}/webhooks/sns");
     let mut stacks = Vec::new();
     for i in 0..args.stacks {
-        stacks.push(Arc::new(stack(&intake, i, args.scale).await?));
+        stacks.push(Arc::new(stack(i, args.scale, &sns_url, &signer).await?));
     }
+    let (_proxy, proxy_url) = Proxy::start_diverting(moto.endpoint(), divert(&stacks)).await?;
+    let cloudwatch = world.start_cloudwatch_stub().await?;
+    let env: Vec<(String, String)> = world
+        .serve_env(&moto, &cloudwatch)
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "AWS_ENDPOINT_URL" => (k, proxy_url.clone()),
+            _ => (k, v),
+        })
+        .collect();
+    let served = support::serve_world(&args.tollgate, &world, port, &certs, &env).await?;
+    let mut bench = Bench {
+        world,
+        stacks,
+        controller: served.controller,
+        store: served.store,
+        http: served.http,
+        url,
+        secret: served.secret,
+    };
     let scripted = (CHANGE_SET_TAKES + UPDATE_TAKES).mul_f64(args.scale);
     let limit = scripted * 2 + Duration::from_secs(60);
     let started = Instant::now();
     println!(
-        "{} stacks ({} with stack notifications); change set ready after {:.1} s, update complete after {:.1} s",
+        "tollgate serve over {} pipelines of one CloudFormation stage ({} stacks with stack notifications); change set ready after {:.1} s, update complete after {:.1} s",
         args.stacks,
         args.stacks / 2,
         CHANGE_SET_TAKES.mul_f64(args.scale).as_secs_f64(),
         UPDATE_TAKES.mul_f64(args.scale).as_secs_f64(),
     );
-    let first = round(&intake, &stacks, 1, limit).await?;
-    for (s, sample) in stacks.iter().zip(&first) {
-        let timing = sample
-            .timing
-            .clone()
-            .ok_or_else(|| anyhow!("nothing measured"))?;
-        intake.keep(s.index as u32 + 1, timing).await?;
+    let first = bench.round(1, limit).await?;
+    let second = bench.round(2, limit).await?;
+    let log = bench.world.dir().join("tollgate.log");
+    if let Err(e) = bench.controller.stop() {
+        support::print_log_errors(&log, 20);
+        return Err(e);
     }
-    let second = round(&intake, &stacks, 2, limit).await?;
-    for (s, sample) in stacks.iter().zip(&second) {
-        let t = sample.timing.as_ref();
-        let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.1} s", v as f64 / 1e3));
+    for s in &bench.stacks {
+        let history = bench.store.stack_history(&s.key()).await?;
+        let secs = |d: &[Duration]| {
+            let v: Vec<String> = d
+                .iter()
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .collect();
+            v.join(", ")
+        };
         println!(
-            "  {}: measured change set {}, update {} (notifications: {})",
+            "  {} (notifications: {}): the controller kept change set {}, update {}",
             s.name(),
-            ms(t.and_then(|t| t.change_set_ms)),
-            ms(t.and_then(|t| t.update_ms)),
-            s.notified
+            s.notified(),
+            secs(&history.change_set),
+            secs(&history.update)
         );
     }
     let targets = args.scale >= 1.0;
     println!();
     println!("| figure | measured | target | result |");
     println!("|---|---|---|---|");
-    let pick = |samples: &[Sample], notified: bool| -> Vec<Sample> {
+    let pick_group = |samples: &[Sample], notified: bool| -> Vec<Sample> {
         samples
             .iter()
             .filter(|s| s.notified == notified)
@@ -468,16 +489,20 @@ async fn main() -> Result<()> {
             .collect()
     };
     let groups = [
-        ("no history, polling only", pick(&first, false), false),
-        ("with history, polling only", pick(&second, false), targets),
+        ("no history, polling only", pick_group(&first, false), false),
+        (
+            "with history, polling only",
+            pick_group(&second, false),
+            targets,
+        ),
         (
             "no history, stack notifications",
-            pick(&first, true),
+            pick_group(&first, true),
             targets,
         ),
         (
             "with history, stack notifications",
-            pick(&second, true),
+            pick_group(&second, true),
             targets,
         ),
     ];

@@ -105,6 +105,46 @@ impl Drop for Controller {
     }
 }
 
+/// A ready `tollgate serve` over a world, with what a program needs to talk to it.
+pub struct Served {
+    pub controller: Controller,
+    /// The controller's state database, read from this process.
+    pub store: Store,
+    pub http: reqwest::Client,
+    /// The GitHub webhook secret it was started with.
+    pub secret: String,
+}
+
+/// Starts `tollgate serve` over `world` on `127.0.0.1:port` (SQLite state and log in the
+/// world's directory, a fresh webhook secret, the SNS certificates in `certs`, AWS as `env`
+/// says) and waits until it is ready.
+pub async fn serve_world(
+    tollgate: &Path,
+    world: &World,
+    port: u16,
+    certs: &Path,
+    env: &[(String, String)],
+) -> Result<Served> {
+    let state = format!("sqlite://{}", world.dir().join("tollgate.db").display());
+    let secret = random_secret();
+    let mut controller = Controller::start(
+        tollgate,
+        &serve_args(world, &state, port, certs),
+        env,
+        &secret,
+        &world.dir().join("tollgate.log"),
+    )?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    wait_ready(&http, &format!("http://127.0.0.1:{port}"), &mut controller).await?;
+    let store = Store::open(&state).await?;
+    Ok(Served {
+        controller,
+        store,
+        http,
+        secret,
+    })
+}
+
 /// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates.
 /// The emulators' endpoints go in the environment ([`World::serve_env`]).
 pub fn serve_args(world: &World, state: &str, port: u16, certs: &Path) -> Vec<String> {

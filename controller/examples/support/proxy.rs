@@ -16,6 +16,9 @@
 //! - server errors: `InternalFailure` 500 or `ServiceUnavailable` 503 in the same shapes.
 //!
 //! Never injects on moto's own `/moto-api` (the benchmarks' bookkeeping, not an AWS call).
+//!
+//! Given a [`Divert`], it forwards the calls that function picks to another endpoint (a
+//! scripted stub standing in for one service) and the rest to its target.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,12 +108,17 @@ impl Fault {
     }
 }
 
+/// Picks, from a call's headers and body, the endpoint to forward it to instead of the
+/// proxy's target (`None`: the target).
+pub type Divert = Arc<dyn Fn(&HeaderMap, &Bytes) -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Proxy {
     target: String,
     http: reqwest::Client,
     calls: Arc<Mutex<Vec<Call>>>,
     faults: Option<Arc<Faults>>,
+    divert: Option<Divert>,
 }
 
 impl Proxy {
@@ -124,6 +132,19 @@ impl Proxy {
         target: String,
         faults: Option<Arc<Faults>>,
     ) -> Result<(Proxy, String)> {
+        Proxy::launch(target, faults, None).await
+    }
+
+    /// A proxy that forwards the calls `divert` picks to the endpoint it names.
+    pub async fn start_diverting(target: String, divert: Divert) -> Result<(Proxy, String)> {
+        Proxy::launch(target, None, Some(divert)).await
+    }
+
+    async fn launch(
+        target: String,
+        faults: Option<Arc<Faults>>,
+        divert: Option<Divert>,
+    ) -> Result<(Proxy, String)> {
         let proxy = Proxy {
             target,
             http: reqwest::Client::builder()
@@ -132,6 +153,7 @@ impl Proxy {
                 .build()?,
             calls: Arc::default(),
             faults,
+            divert,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -192,9 +214,14 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         return answer;
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = match &proxy.divert {
+        Some(divert) => divert(&parts.headers, &body),
+        None => None,
+    };
+    let target = target.as_deref().unwrap_or(&proxy.target);
     let mut outbound = proxy
         .http
-        .request(parts.method.clone(), format!("{}{path}", proxy.target));
+        .request(parts.method.clone(), format!("{target}{path}"));
     for (k, v) in &parts.headers {
         if !HOP_BY_HOP.contains(&k.as_str()) {
             outbound = outbound.header(k, v);
@@ -298,6 +325,21 @@ pub fn action_of(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> String {
     form.or_else(target)
         .or_else(cbor)
         .unwrap_or_else(|| format!("{} {}", "other", uri.path()))
+}
+
+/// The service a SigV4-signed call is for: the fourth part of its `Authorization` header's
+/// credential scope (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`).
+pub fn service_of(headers: &HeaderMap) -> Option<String> {
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let (_, scope) = auth.split_once("Credential=")?;
+    scope.split(['/', ',']).nth(3).map(str::to_owned)
+}
+
+/// The value of `name` in a query-protocol form body.
+pub fn form_value(body: &Bytes, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The time covered by at least one call, clipped to `[from, to]`.
