@@ -1,7 +1,9 @@
 //! Benchmark: how soon does a deploy see a slow stack finish, and how many looks does it cost?
 //!
-//! Runs the real `tollgate serve` **as shipped** (no poll or timer setting is passed: the
-//! production schedule and retry settings) over pipelines of one CloudFormation stage each.
+//! Runs the real `tollgate serve` **as shipped** (no poll setting is passed: the production
+//! schedule and retry settings) over pipelines of one CloudFormation stage each (`bake =
+//! "0ms"`, no tests, no approval; the artifact `wait = "30s"` never applies, the image is
+//! pushed first).
 //! Every AWS call of the controller goes through a loopback proxy of this program: the
 //! CloudFormation calls (SigV4 credential scope `cloudformation`) go to a scripted stub per
 //! stack, picked by the call's `StackName`, whose change set is ready 20 s after
@@ -23,8 +25,12 @@
 //!   from the deploy's end to the stage's).
 //! - **describe calls per stage**: `DescribeChangeSet` + `DescribeStacks` +
 //!   `DescribeStackEvents` the stub answered for that deploy (every look the controller made
-//!   at that stack in the round: before the change set, the waits, the read-back, and the one
-//!   read of the stack's events that measures an update seen on a long back-off step).
+//!   at that stack in the round: before the change set, the waits, and the one read of the
+//!   stack's events that measures an update seen on a long back-off step).
+//!
+//! Each round also checks that every stack executed exactly one change set and completed
+//! before its stage was seen `Succeeded`; a CloudFormation call naming no known stack is sent
+//! to a closed port, so it fails the deploy instead of reaching moto uncounted.
 //! - **DescribeStacks in the update wait**: those after `ExecuteChangeSet`.
 //!
 //! ```text
@@ -224,8 +230,9 @@ async fn stack(index: usize, scale: f64, sns_url: &str, signer: &Arc<TestSigner>
     })
 }
 
-/// CloudFormation calls go to the stub of the stack they name; the rest to moto.
-fn divert(stacks: &[Arc<Stack>]) -> Divert {
+/// CloudFormation calls go to the stub of the stack they name; the rest to moto. One naming
+/// no known stack goes to `closed` (nothing listens there), so it fails loudly.
+fn divert(stacks: &[Arc<Stack>], closed: String) -> Divert {
     let stubs: BTreeMap<String, String> = stacks
         .iter()
         .map(|s| (s.name(), s.stub.endpoint()))
@@ -234,7 +241,8 @@ fn divert(stacks: &[Arc<Stack>]) -> Divert {
         if service_of(headers).as_deref() != Some("cloudformation") {
             return None;
         }
-        stubs.get(&form_value(body, "StackName")?).cloned()
+        let stub = form_value(body, "StackName").and_then(|name| stubs.get(&name).cloned());
+        Some(stub.unwrap_or_else(|| closed.clone()))
     })
 }
 
@@ -334,7 +342,18 @@ impl Bench {
                 .completed_at()
                 .filter(|at| *at >= started)
                 .ok_or_else(|| anyhow!("{} did not complete in round {number}", s.name()))?;
+            ensure!(
+                seen >= completed,
+                "{} was seen Succeeded before its update completed",
+                s.name()
+            );
             let calls: Vec<String> = s.stub.accepted().split_off(before);
+            let executes = calls.iter().filter(|c| *c == "ExecuteChangeSet").count();
+            ensure!(
+                executes == 1,
+                "{} executed {executes} change sets in round {number}",
+                s.name()
+            );
             let execute = calls
                 .iter()
                 .position(|c| c == "ExecuteChangeSet")
@@ -423,7 +442,9 @@ async fn run() -> Result<()> {
     for i in 0..args.stacks {
         stacks.push(Arc::new(stack(i, args.scale, &sns_url, &signer).await?));
     }
-    let (_proxy, proxy_url) = Proxy::start_diverting(moto.endpoint(), divert(&stacks)).await?;
+    let closed = format!("http://127.0.0.1:{}", free_port()?);
+    let (_proxy, proxy_url) =
+        Proxy::start_diverting(moto.endpoint(), divert(&stacks, closed)).await?;
     let cloudwatch = world.start_cloudwatch_stub().await?;
     let env: Vec<(String, String)> = world
         .serve_env(&moto, &cloudwatch)

@@ -28,6 +28,11 @@
 //! TOLLGATE_MOTO_SERVER=$PWD/.venv/bin/moto_server \
 //!     target/release/examples/bench_webhook --tollgate target/release/tollgate --rounds 5
 //! ```
+//! With `--no-release`, each push names a repository no pipeline follows: the delivery is
+//! verified, parsed and decided as usual and records only its dedupe, and nothing is
+//! reconciled after it. That measures the request path without a release (a reference, not
+//! the target's figure); the store is then checked for every delivery and no release.
+//!
 //! Bounded: at most 10 rounds, each request at most 30 s; loopback only.
 
 mod support;
@@ -64,10 +69,21 @@ async fn main() {
     }
 }
 
-fn args() -> Result<(PathBuf, usize)> {
-    let (mut tollgate, mut rounds) = (None, 5);
+struct Args {
+    tollgate: PathBuf,
+    rounds: usize,
+    /// Pushes to a repository no pipeline follows (see the module doc).
+    no_release: bool,
+}
+
+fn args() -> Result<Args> {
+    let (mut tollgate, mut rounds, mut no_release) = (None, 5, false);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
+        if a == "--no-release" {
+            no_release = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{a} needs a value"))?;
         match a.as_str() {
             "--tollgate" => tollgate = Some(PathBuf::from(value)),
@@ -80,7 +96,20 @@ fn args() -> Result<(PathBuf, usize)> {
         "--rounds must be 1..={MAX_ROUNDS}"
     );
     let tollgate = tollgate.ok_or_else(|| anyhow!("--tollgate PATH is required"))?;
-    Ok((std::fs::canonicalize(&tollgate)?, rounds))
+    Ok(Args {
+        tollgate: std::fs::canonicalize(&tollgate)?,
+        rounds,
+        no_release,
+    })
+}
+
+/// The repository push `i` names: pipeline `i`'s, or one no pipeline follows.
+fn repository(i: usize, no_release: bool) -> String {
+    if no_release {
+        format!("nobody/unfollowed-{i}")
+    } else {
+        fleet::repository(i)
+    }
 }
 
 /// The commit pushed to pipeline `i`'s branch in `round` (round 0: the branch's creation).
@@ -93,9 +122,9 @@ fn sha(round: usize, i: usize) -> String {
 
 /// Delivery `i` of `round`, built and signed, as the bytes of its HTTP/1.1 request: a push
 /// moving the branch on from the previous round's commit.
-fn request(port: u16, secret: &Secret, round: usize, i: usize) -> Vec<u8> {
+fn request(port: u16, secret: &Secret, round: usize, i: usize, no_release: bool) -> Vec<u8> {
     let body = push_body_after(
-        &fleet::repository(i),
+        &repository(i, no_release),
         &sha(round - 1, i),
         &sha(round, i),
         "bench",
@@ -197,7 +226,11 @@ async fn connect(port: u16) -> Result<Vec<TcpStream>> {
 }
 
 async fn run() -> Result<()> {
-    let (tollgate, rounds) = args()?;
+    let Args {
+        tollgate,
+        rounds,
+        no_release,
+    } = args()?;
     let moto = tokio::task::spawn_blocking(MotoServer::start).await??;
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
@@ -230,7 +263,7 @@ async fn run() -> Result<()> {
             .into_iter()
             .enumerate()
             .map(|(i, conn)| {
-                let r = request(port, &signing, round, i);
+                let r = request(port, &signing, round, i, no_release);
                 tokio::spawn(one(conn, r, ready.clone()))
             })
             .collect();
@@ -260,6 +293,9 @@ async fn run() -> Result<()> {
     for i in 0..CONCURRENT {
         recorded += store.recent_runs(&format!("svc-{i}"), 100).await?.len();
     }
+    let deliveries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+        .fetch_one(store.pool())
+        .await?;
     controller.stop()?;
     if !refused.is_empty() {
         support::print_log_errors(&dir.path().join("tollgate.log"), 5);
@@ -270,20 +306,41 @@ async fn run() -> Result<()> {
         latencies.len()
     );
     println!("|---|---|---|---|---|---|");
+    let (figure, target, result) = if no_release {
+        (
+            "webhook received → durable 2xx, no release made (`--no-release`)",
+            "(reference)".to_owned(),
+            "-",
+        )
+    } else {
+        (
+            "webhook received → durable 2xx",
+            format!("p99 ≤ {} ms", P99_TARGET.as_millis()),
+            verdict(refused.is_empty() && p99 <= P99_TARGET.as_secs_f64() * 1000.0),
+        )
+    };
     println!(
-        "| webhook received → durable 2xx | {:.1} ms | {:.1} ms | {p99:.1} ms | p99 ≤ {} ms | {} |",
+        "| {figure} | {:.1} ms | {:.1} ms | {p99:.1} ms | {target} | {result} |",
         pick(&latencies, 0.5),
         pick(&latencies, 0.95),
-        P99_TARGET.as_millis(),
-        verdict(refused.is_empty() && p99 <= P99_TARGET.as_secs_f64() * 1000.0)
     );
     println!(
         "\ncontroller CPU (utime + stime) while the rounds were answered: {cpu:.0} ms, {:.0} µs a delivery",
         cpu * 1000.0 / (rounds * CONCURRENT) as f64
     );
     println!(
-        "answers other than 2xx (status: count): {refused:?}; releases in the store afterwards: {recorded} (deliveries sent: {})",
+        "answers other than 2xx (status: count): {refused:?}; releases in the store afterwards: {recorded}; deliveries recorded: {deliveries} (deliveries sent: {})",
         rounds * CONCURRENT
+    );
+    let sent = rounds * CONCURRENT;
+    let expected = if no_release { 0 } else { sent };
+    ensure!(
+        recorded == expected,
+        "{recorded} releases in the store, {expected} expected"
+    );
+    ensure!(
+        usize::try_from(deliveries)? >= sent,
+        "only {deliveries} deliveries recorded of {sent} sent"
     );
     Ok(())
 }
