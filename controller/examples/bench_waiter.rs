@@ -27,11 +27,11 @@
 //!   `DescribeStackEvents` the stub answered for that deploy (every look the controller made
 //!   at that stack in the round: before the change set, the waits, and the one read of the
 //!   stack's events that measures an update seen on a long back-off step).
+//! - **DescribeStacks in the update wait**: those after `ExecuteChangeSet`.
 //!
 //! Each round also checks that every stack executed exactly one change set and completed
 //! before its stage was seen `Succeeded`; a CloudFormation call naming no known stack is sent
 //! to a closed port, so it fails the deploy instead of reaching moto uncounted.
-//! - **DescribeStacks in the update wait**: those after `ExecuteChangeSet`.
 //!
 //! ```text
 //! cargo build --release -p tollgate --bin tollgate --example bench_waiter
@@ -442,7 +442,8 @@ async fn run() -> Result<()> {
     for i in 0..args.stacks {
         stacks.push(Arc::new(stack(i, args.scale, &sns_url, &signer).await?));
     }
-    let closed = format!("http://127.0.0.1:{}", free_port()?);
+    // Port 1: privileged and unused, so nothing a test or benchmark starts can listen there.
+    let closed = "http://127.0.0.1:1".to_owned();
     let (_proxy, proxy_url) =
         Proxy::start_diverting(moto.endpoint(), divert(&stacks, closed)).await?;
     let cloudwatch = world.start_cloudwatch_stub().await?;
