@@ -96,19 +96,6 @@ struct Bench {
 }
 
 impl Bench {
-    async fn release_of(&self, sha: &str) -> Result<ReleaseId> {
-        let deadline = Instant::now() + STEP_LIMIT;
-        loop {
-            for (r, _) in self.store.recent_runs(&self.pipeline, 20).await? {
-                if r.sha == sha {
-                    return Ok(r.id);
-                }
-            }
-            ensure!(Instant::now() < deadline, "no release for {sha} in time");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// Waits, reading the store every 10 ms, until `release` succeeded in Prod.
     async fn until_prod(&mut self, release: ReleaseId) -> Result<()> {
         let deadline = Instant::now() + STEP_LIMIT;
@@ -147,7 +134,8 @@ impl Bench {
         let delivery = format!("bench-promote-{n}");
         let (http, url, secret) = (&self.http, &self.url, &self.secret);
         deliver_push(http, url, secret, &sha, "candidate", &delivery).await?;
-        let id = self.release_of(&sha).await?;
+        let deadline = Instant::now() + STEP_LIMIT;
+        let id = support::release_of(&self.store, &self.pipeline, &sha, deadline).await?;
         self.until_prod(id).await?;
         let end = Instant::now();
         let cpu_after = cpu_ms(self.controller.pid(), self.tick_ms)?;

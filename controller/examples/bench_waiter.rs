@@ -52,7 +52,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use support::measure::{pick, verdict};
 use support::proxy::{Divert, Proxy, form_value, service_of};
 use support::{Controller, REPO, deliver_push, free_port};
-use tollgate::domain::{ReleaseId, RunStatus, StackKey};
+use tollgate::domain::{RunStatus, StackKey};
 use tollgate::store::Store;
 use tollgate_testkit::aws_stubs::cloudformation::{CloudFormationStub, Notifications, Script};
 use tollgate_testkit::moto::MotoServer;
@@ -111,35 +111,13 @@ fn args() -> Result<Args> {
     Ok(out)
 }
 
+/// `s` as a TOML string.
 fn q(s: &str) -> String {
-    format!("{s:?}")
+    toml::Value::String(s.to_owned()).to_string()
 }
 
 fn topic() -> String {
     format!("arn:aws:sns:{REGION}:{PROD_ACCOUNT}:bench-stack-events")
-}
-
-/// The world's accounts, the notified one naming the stack-events topic.
-fn accounts_toml(world: &World) -> String {
-    let mut out = format!(
-        "[accounts.build]\nid = {}\nregion = {}\ncontroller = true\n",
-        q(tollgate_testkit::world::BUILD_ACCOUNT),
-        q(REGION)
-    );
-    for s in world.stages() {
-        out.push_str(&format!(
-            "\n[accounts.{}]\nid = {}\nrole_arn = {}\nexternal_id = {{ file = {} }}\nregion = {}\n",
-            s.name,
-            q(&s.account_id),
-            q(&s.role_arn),
-            q(&s.external_id_file.display().to_string()),
-            q(REGION)
-        ));
-        if s.name == NOTIFIED {
-            out.push_str(&format!("stack_events_topic = {}\n", q(&topic())));
-        }
-    }
-    out
 }
 
 /// One pipeline per stack, each following the same branch, with one stage deploying its
@@ -237,11 +215,11 @@ fn divert(stacks: &[Arc<Stack>], closed: String) -> Divert {
         .iter()
         .map(|s| (s.name(), s.stub.endpoint()))
         .collect();
-    Arc::new(move |headers, body| {
+    Arc::new(move |uri, headers, body| {
         if service_of(headers).as_deref() != Some("cloudformation") {
             return None;
         }
-        let stub = form_value(body, "StackName").and_then(|name| stubs.get(&name).cloned());
+        let stub = form_value(uri, body, "StackName").and_then(|name| stubs.get(&name).cloned());
         Some(stub.unwrap_or_else(|| closed.clone()))
     })
 }
@@ -271,22 +249,6 @@ struct Bench {
 }
 
 impl Bench {
-    /// The release of `sha` in `pipeline`, once the controller recorded it.
-    async fn release_of(&self, pipeline: &str, sha: &str, deadline: Instant) -> Result<ReleaseId> {
-        loop {
-            for (r, _) in self.store.recent_runs(pipeline, 5).await? {
-                if r.sha == sha {
-                    return Ok(r.id);
-                }
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "no release of {sha} in {pipeline} in time"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
     /// One release of every pipeline, deployed at once; each stack's figures.
     async fn round(&mut self, number: usize, limit: Duration) -> Result<Vec<Sample>> {
         let started = Instant::now();
@@ -310,7 +272,7 @@ impl Bench {
         .await?;
         let mut releases = Vec::new();
         for s in &self.stacks {
-            releases.push(self.release_of(&s.name(), &sha, deadline).await?);
+            releases.push(support::release_of(&self.store, &s.name(), &sha, deadline).await?);
         }
         let mut seen: Vec<Option<Instant>> = vec![None; self.stacks.len()];
         while seen.iter().any(Option::is_none) {
@@ -348,23 +310,23 @@ impl Bench {
                 s.name()
             );
             let calls: Vec<String> = s.stub.accepted().split_off(before);
-            let executes = calls.iter().filter(|c| *c == "ExecuteChangeSet").count();
-            ensure!(
-                executes == 1,
-                "{} executed {executes} change sets in round {number}",
-                s.name()
-            );
-            let execute = calls
-                .iter()
-                .position(|c| c == "ExecuteChangeSet")
-                .ok_or_else(|| anyhow!("{} executed nothing", s.name()))?;
+            let executes: Vec<usize> = (0..calls.len())
+                .filter(|&i| calls[i] == "ExecuteChangeSet")
+                .collect();
+            let [execute] = executes[..] else {
+                bail!(
+                    "{} executed {} change sets in round {number}",
+                    s.name(),
+                    executes.len()
+                );
+            };
             let update_wait_describes = calls[execute..]
                 .iter()
                 .filter(|c| *c == "DescribeStacks")
                 .count();
             samples.push(Sample {
                 notified: s.notified(),
-                seen_after: seen.saturating_duration_since(completed),
+                seen_after: seen.duration_since(completed),
                 describes: describes(&calls),
                 update_wait_describes,
             });
@@ -431,9 +393,9 @@ async fn run() -> Result<()> {
         .prod_approval(false)
         .stage_tests(false)
         .bake_all(Duration::ZERO)
+        .stack_events_topic(NOTIFIED, topic())
         .build(&moto)
         .await?;
-    std::fs::write(world.accounts_path(), accounts_toml(&world))?;
     std::fs::write(world.stages_path(), stages_toml(&url, args.stacks))?;
     let signer = Arc::new(TestSigner::new());
     let certs = world.seed_sns_certificates(&signer)?;

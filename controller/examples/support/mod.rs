@@ -145,6 +145,28 @@ pub async fn serve_world(
     })
 }
 
+/// The release of `sha` in `pipeline` once the controller recorded it (the store read every
+/// 10 ms), or an error at `deadline`.
+pub async fn release_of(
+    store: &Store,
+    pipeline: &str,
+    sha: &str,
+    deadline: Instant,
+) -> Result<ReleaseId> {
+    loop {
+        for (r, _) in store.recent_runs(pipeline, 20).await? {
+            if r.sha == sha {
+                return Ok(r.id);
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no release of {sha} in {pipeline} in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates.
 /// The emulators' endpoints go in the environment ([`World::serve_env`]).
 pub fn serve_args(world: &World, state: &str, port: u16, certs: &Path) -> Vec<String> {

@@ -110,7 +110,7 @@ impl Fault {
 
 /// Picks, from a call's headers and body, the endpoint to forward it to instead of the
 /// proxy's target (`None`: the target).
-pub type Divert = Arc<dyn Fn(&HeaderMap, &Bytes) -> Option<String> + Send + Sync>;
+pub type Divert = Arc<dyn Fn(&Uri, &HeaderMap, &Bytes) -> Option<String> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Proxy {
@@ -215,7 +215,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let target = match &proxy.divert {
-        Some(divert) => divert(&parts.headers, &body),
+        Some(divert) => divert(&parts.uri, &parts.headers, &body),
         None => None,
     };
     let target = target.as_deref().unwrap_or(&proxy.target);
@@ -304,12 +304,7 @@ fn cbor_error(code: &str) -> Vec<u8> {
 /// The operation: `Action=` of a query-protocol form, the JSON protocol's `X-Amz-Target`, or
 /// the RPCv2 CBOR path's `/operation/<Op>`.
 pub fn action_of(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> String {
-    let form = url::form_urlencoded::parse(body)
-        .chain(url::form_urlencoded::parse(
-            uri.query().unwrap_or_default().as_bytes(),
-        ))
-        .find(|(k, _)| k == "Action")
-        .map(|(_, v)| v.into_owned());
+    let form = form_value(uri, body, "Action");
     let target = || {
         headers
             .get("x-amz-target")
@@ -335,9 +330,12 @@ pub fn service_of(headers: &HeaderMap) -> Option<String> {
     scope.split(['/', ',']).nth(3).map(str::to_owned)
 }
 
-/// The value of `name` in a query-protocol form body.
-pub fn form_value(body: &Bytes, name: &str) -> Option<String> {
+/// The value of `name` in a query-protocol call: its form body, then its URL's query.
+pub fn form_value(uri: &Uri, body: &Bytes, name: &str) -> Option<String> {
     url::form_urlencoded::parse(body)
+        .chain(url::form_urlencoded::parse(
+            uri.query().unwrap_or_default().as_bytes(),
+        ))
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }

@@ -135,6 +135,8 @@ pub struct WorldBuilder {
     codepipelines: BTreeMap<String, (String, String)>,
     /// Every stage's `min_datapoints`.
     min_datapoints: u32,
+    /// Stage accounts that name a `stack_events_topic`: stage → topic ARN.
+    stack_events_topics: BTreeMap<String, String>,
     dir: Option<PathBuf>,
 }
 
@@ -156,6 +158,7 @@ impl Default for WorldBuilder {
             after_tests: Vec::new(),
             codepipelines: BTreeMap::new(),
             min_datapoints: 0,
+            stack_events_topics: BTreeMap::new(),
             dir: None,
         }
     }
@@ -210,6 +213,14 @@ impl WorldBuilder {
     /// ([`World::alarm_metric`]).
     pub fn min_datapoints(mut self, n: u32) -> WorldBuilder {
         self.min_datapoints = n;
+        self
+    }
+
+    /// Gives `stage`'s account a `stack_events_topic` (the topic its stacks' events are
+    /// published to).
+    pub fn stack_events_topic(mut self, stage: &str, topic: impl Into<String>) -> WorldBuilder {
+        self.stack_events_topics
+            .insert(stage.to_owned(), topic.into());
         self
     }
 
@@ -596,11 +607,11 @@ impl World {
         std::fs::create_dir_all(self.dir().join("accounts"))
             .with_context(|| format!("creating {}/accounts", self.dir().display()))?;
         write(&self.template_path(), TEMPLATE)?;
-        write(&self.accounts_path(), &self.accounts_toml())?;
+        write(&self.accounts_path(), &self.accounts_toml(spec))?;
         write(&self.stages_path(), &self.stages_toml(spec))
     }
 
-    fn accounts_toml(&self) -> String {
+    fn accounts_toml(&self, spec: &WorldBuilder) -> String {
         let mut out = String::from(
             "# Accounts of an emulated world (moto): the controller builds in `build` and\n\
              # assumes the deploy role in each stage account with the ExternalId in its file.\n",
@@ -620,6 +631,9 @@ impl World {
                 q(&file),
                 q(REGION)
             ));
+            if let Some(topic) = spec.stack_events_topics.get(&s.name) {
+                out.push_str(&format!("stack_events_topic = {}\n", q(topic)));
+            }
         }
         out
     }
