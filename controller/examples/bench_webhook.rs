@@ -33,6 +33,14 @@
 //! reconciled after it. That measures the request path without a release (a reference, not
 //! the target's figure); the store is then checked for every delivery and no release.
 //!
+//! With `--store-only`, no controller runs: each round's 200 pushes are parsed and decided by
+//! the controller's own code in this process, and their releases recorded at once through
+//! [`Store::record_release_after`], as the webhook route records them (the pipeline's newest
+//! release checked, the push's link kept, the batched write), in a SQLite file with the
+//! controller's settings, one round a second as above. It times each write from the round's
+//! start to its durable answer: the part of the webhook figure that the store's write path
+//! alone takes (a reference).
+//!
 //! Bounded: at most 10 rounds, each request at most 30 s; loopback only.
 
 mod support;
@@ -47,9 +55,12 @@ use support::{Controller, fleet, free_port, push_body_after, random_secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
-use tollgate::github::webhook::sign;
+use tollgate::domain::StageName;
+use tollgate::engine::{Delivery, Ingested};
+use tollgate::github::intake::{Decision, decide_push, pipeline_delivery};
+use tollgate::github::webhook::{GithubEvent, PushEvent, parse_event, sign};
 use tollgate::secret::Secret;
-use tollgate::store::Store;
+use tollgate::store::{PushLink, Store};
 use tollgate_testkit::moto::MotoServer;
 
 const CONCURRENT: usize = 200;
@@ -74,15 +85,24 @@ struct Args {
     rounds: usize,
     /// Pushes to a repository no pipeline follows (see the module doc).
     no_release: bool,
+    /// Only the store's write path, in this process (see the module doc).
+    store_only: bool,
 }
 
 fn args() -> Result<Args> {
-    let (mut tollgate, mut rounds, mut no_release) = (None, 5, false);
+    let (mut tollgate, mut rounds, mut no_release, mut store_only) = (None, 5, false, false);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        if a == "--no-release" {
-            no_release = true;
-            continue;
+        match a.as_str() {
+            "--no-release" => {
+                no_release = true;
+                continue;
+            }
+            "--store-only" => {
+                store_only = true;
+                continue;
+            }
+            _ => {}
         }
         let value = it.next().with_context(|| format!("{a} needs a value"))?;
         match a.as_str() {
@@ -95,11 +115,20 @@ fn args() -> Result<Args> {
         (1..=MAX_ROUNDS).contains(&rounds),
         "--rounds must be 1..={MAX_ROUNDS}"
     );
-    let tollgate = tollgate.ok_or_else(|| anyhow!("--tollgate PATH is required"))?;
+    ensure!(
+        !(store_only && no_release),
+        "--store-only and --no-release exclude each other"
+    );
+    let tollgate = match tollgate {
+        Some(path) => std::fs::canonicalize(&path)?,
+        None if store_only => PathBuf::new(),
+        None => return Err(anyhow!("--tollgate PATH is required")),
+    };
     Ok(Args {
-        tollgate: std::fs::canonicalize(&tollgate)?,
+        tollgate,
         rounds,
         no_release,
+        store_only,
     })
 }
 
@@ -120,15 +149,20 @@ fn sha(round: usize, i: usize) -> String {
     format!("{round:08x}{i:032x}")
 }
 
-/// Delivery `i` of `round`, built and signed, as the bytes of its HTTP/1.1 request: a push
-/// moving the branch on from the previous round's commit.
-fn request(port: u16, secret: &Secret, round: usize, i: usize, no_release: bool) -> Vec<u8> {
-    let body = push_body_after(
+/// The payload of push `i` in `round`: the branch moved on from the previous round's commit.
+fn push_body(round: usize, i: usize, no_release: bool) -> String {
+    push_body_after(
         &repository(i, no_release),
         &sha(round - 1, i),
         &sha(round, i),
         "bench",
-    );
+    )
+}
+
+/// Delivery `i` of `round`, built and signed, as the bytes of its HTTP/1.1 request: a push
+/// moving the branch on from the previous round's commit.
+fn request(port: u16, secret: &Secret, round: usize, i: usize, no_release: bool) -> Vec<u8> {
+    let body = push_body(round, i, no_release);
     let head = format!(
         "POST /webhooks/github HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
          content-type: application/json\r\nx-github-event: push\r\n\
@@ -230,7 +264,11 @@ async fn run() -> Result<()> {
         tollgate,
         rounds,
         no_release,
+        store_only,
     } = args()?;
+    if store_only {
+        return store_alone(rounds).await;
+    }
     let moto = tokio::task::spawn_blocking(MotoServer::start).await??;
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
@@ -342,6 +380,129 @@ async fn run() -> Result<()> {
     ensure!(
         usize::try_from(deliveries)? >= answered,
         "only {deliveries} deliveries recorded of {answered} answered 2xx"
+    );
+    Ok(())
+}
+
+/// Push `i` of `round` as the controller receives it: parsed from its payload by the webhook
+/// route's parser.
+fn parsed_push(round: usize, i: usize) -> Result<PushEvent> {
+    let body = push_body(round, i, false);
+    match parse_event("push", body.as_bytes())? {
+        GithubEvent::Push(push) => Ok(push),
+        other => Err(anyhow!("not parsed as a push: {other:?}")),
+    }
+}
+
+/// `--store-only`: the releases of each round's 200 pushes recorded at once through the
+/// store, as the webhook route records them (see the module doc).
+async fn store_alone(rounds: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stages = fleet::write(dir.path(), CONCURRENT, "http://127.0.0.1:1", HTTP)?;
+    let config = Arc::new(tollgate::config::load(&stages)?.config);
+    let state = format!("sqlite://{}", dir.path().join("tollgate.db").display());
+    let store = Store::open(&state).await?;
+    println!(
+        "the store alone: {rounds} rounds of {CONCURRENT} releases recorded at once, in this process"
+    );
+    let (tick, pid) = (tick_ms(), std::process::id());
+    let (mut latencies, mut cpu, mut walls) = (Vec::new(), 0.0, Vec::new());
+    for round in 1..=rounds {
+        // Decided before the round starts: what is timed is the store's part.
+        let mut writes = Vec::with_capacity(CONCURRENT);
+        for (i, p) in config.pipelines.iter().enumerate() {
+            let push = parsed_push(round, i)?;
+            let Decision::Release(r) = decide_push(p, &push) else {
+                return Err(anyhow!("push {i} of round {round} makes no release"));
+            };
+            let link = PushLink {
+                repository: push.repository.clone(),
+                branch: push.branch.clone().unwrap_or_default(),
+                before: push.before.clone(),
+                after: push.after.clone(),
+                forced: push.forced,
+            };
+            let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
+            let delivery = pipeline_delivery(
+                &Delivery {
+                    source: "github".into(),
+                    id: format!("bench-webhook-{round}-{i}"),
+                },
+                &p.name,
+            );
+            writes.push((r, stages, delivery, link));
+        }
+        let ready = Arc::new(Barrier::new(CONCURRENT + 1));
+        let tasks: Vec<_> = writes
+            .into_iter()
+            .map(|(r, stages, delivery, link)| {
+                let (store, ready) = (store.clone(), ready.clone());
+                tokio::spawn(async move {
+                    // As the route does: the newest release this controller knows, then the
+                    // batched write that checks it is still the newest.
+                    let newest = store.newest_of(&r.pipeline, false).await?.map(|n| n.id);
+                    ready.wait().await;
+                    let start = Instant::now();
+                    let out = store
+                        .record_release_after(
+                            &r,
+                            &stages,
+                            &delivery,
+                            chrono::Utc::now(),
+                            Some(newest),
+                            Some(&link),
+                        )
+                        .await?;
+                    ensure!(
+                        matches!(out, Some(Ingested::Recorded(_))),
+                        "{}: not recorded: {out:?}",
+                        r.pipeline
+                    );
+                    anyhow::Ok(start.elapsed())
+                })
+            })
+            .collect();
+        ready.wait().await;
+        let (start, cpu_before) = (Instant::now(), cpu_ms(pid, tick)?);
+        let mut this = Vec::with_capacity(CONCURRENT);
+        for t in tasks {
+            this.push(t.await??.as_secs_f64() * 1000.0);
+        }
+        let wall = start.elapsed().as_secs_f64() * 1000.0;
+        cpu += cpu_ms(pid, tick)? - cpu_before;
+        println!(
+            "round {round}: {CONCURRENT} recorded in {wall:.1} ms, p50 {:.1} ms, p99 {:.1} ms",
+            pick(&this, 0.5),
+            pick(&this, 0.99)
+        );
+        walls.push(wall);
+        latencies.extend(this);
+        // As between the webhook rounds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!(
+        "\n| figure ({} releases, {CONCURRENT} at once) | p50 | p95 | p99 | target | result |",
+        latencies.len()
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| the store alone: release recorded, durable (`--store-only`) | {:.1} ms | {:.1} ms | {:.1} ms | (reference) | - |",
+        pick(&latencies, 0.5),
+        pick(&latencies, 0.95),
+        pick(&latencies, 0.99)
+    );
+    println!(
+        "\nthis process's CPU (utime + stime) while the rounds were recorded: {cpu:.0} ms, {:.0} µs a release; a round took p50 {:.1} ms",
+        cpu * 1000.0 / (rounds * CONCURRENT) as f64,
+        pick(&walls, 0.5)
+    );
+    let releases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM releases")
+        .fetch_one(store.pool())
+        .await?;
+    ensure!(
+        usize::try_from(releases)? == rounds * CONCURRENT,
+        "{releases} releases in the store, {} expected",
+        rounds * CONCURRENT
     );
     Ok(())
 }

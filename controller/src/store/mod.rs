@@ -271,7 +271,9 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations-postgres").run(&pool).await?,
         }
-        let writer = writer::Writer::new(&pool, backend).await?;
+        // An in-memory database has one connection (the writer's) and no WAL.
+        let checkpoint = backend == Backend::Sqlite && !url.contains(":memory:");
+        let writer = writer::Writer::new(&pool, backend, checkpoint).await?;
         Ok(Store {
             reads: Reads {
                 pool,
