@@ -291,6 +291,9 @@ async fn checkpoints(shared: Arc<Shared>, pool: AnyPool) {
             return;
         }
         tokio::time::sleep(CHECKPOINT_DELAY).await;
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
         let done: std::result::Result<(i64, i64, i64), sqlx::Error> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_one(&pool)
