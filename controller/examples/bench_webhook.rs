@@ -37,9 +37,10 @@
 //! the controller's own code in this process, and their releases recorded at once through
 //! [`Store::record_release_after`], as the webhook route records them (the pipeline's newest
 //! release checked, the push's link kept, the batched write), in a SQLite file with the
-//! controller's settings, one round a second as above. It times each write from the round's
-//! start to its durable answer: the part of the webhook figure that the store's write path
-//! alone takes (a reference).
+//! controller's settings, one round a second as above. It times each write from the moment
+//! the round's barrier releases it to its durable answer (the newest-release read before it is
+//! not timed): the part of the webhook figure that the store's write path alone takes (a
+//! reference).
 //!
 //! Bounded: at most 10 rounds, each request at most 30 s; loopback only.
 
@@ -81,7 +82,8 @@ async fn main() {
 }
 
 struct Args {
-    tollgate: PathBuf,
+    /// The binary to serve with; `None` only with `--store-only`.
+    tollgate: Option<PathBuf>,
     rounds: usize,
     /// Pushes to a repository no pipeline follows (see the module doc).
     no_release: bool,
@@ -120,8 +122,8 @@ fn args() -> Result<Args> {
         "--store-only and --no-release exclude each other"
     );
     let tollgate = match tollgate {
-        Some(path) => std::fs::canonicalize(&path)?,
-        None if store_only => PathBuf::new(),
+        Some(path) => Some(std::fs::canonicalize(&path)?),
+        None if store_only => None,
         None => return Err(anyhow!("--tollgate PATH is required")),
     };
     Ok(Args {
@@ -266,9 +268,9 @@ async fn run() -> Result<()> {
         no_release,
         store_only,
     } = args()?;
-    if store_only {
+    let Some(tollgate) = tollgate.filter(|_| !store_only) else {
         return store_alone(rounds).await;
-    }
+    };
     let moto = tokio::task::spawn_blocking(MotoServer::start).await??;
     let dir = tempfile::tempdir()?;
     let port = free_port()?;

@@ -31,14 +31,16 @@
 //!   progress up to the busy timeout.
 //!
 //! # Checkpoints (SQLite)
-//! A commit never copies the WAL into the database file itself: with SQLite's default
-//! (`wal_autocheckpoint = 1000`) the commit that takes the WAL past 1,000 pages does, and every
-//! unit of its group waits about 10 ms longer for its answer (the 200-delivery burst of
-//! `docs/benchmarks.md`, one round in four or five). A checkpointer task does it instead on a
-//! connection of its own, [`CHECKPOINT_DELAY`] after the first commit since its last
-//! checkpoint, as a passive checkpoint (it waits for no reader or writer), so a burst of writes
-//! is answered before it runs. The writer's own automatic checkpoint stays as a backstop, at
-//! [`BACKSTOP_PAGES`], should the checkpointer fall behind.
+//! With SQLite's default (`wal_autocheckpoint = 1000`), the commit that takes the WAL past
+//! 1,000 pages copies it into the database file, and every unit of its group waits about 7–10 ms
+//! longer for its answer (the 200-delivery burst of `docs/benchmarks.md`, one round in four or
+//! five). Here a checkpointer task does it instead, on one of the pool's read connections,
+//! [`CHECKPOINT_DELAY`] after the first commit since its last run, as a passive checkpoint
+//! (it waits for no reader or writer). A burst shorter than that delay is answered before it
+//! runs; under steady writes it runs about every [`CHECKPOINT_DELAY`], beside the commits,
+//! never inside one. The writer's own automatic checkpoint stays as a backstop at
+//! [`BACKSTOP_PAGES`], the only case where a commit checkpoints; and the `-wal` file is cut
+//! back to [`WAL_LIMIT_BYTES`] whenever SQLite starts it over.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
@@ -74,6 +76,11 @@ pub(super) const CHECKPOINT_DELAY: std::time::Duration = std::time::Duration::fr
 /// only if the checkpointer falls that far behind does a commit checkpoint.
 const BACKSTOP_PAGES: u32 = 10_000;
 
+/// The writer connection's `journal_size_limit`: the size the `-wal` file is cut back to when
+/// SQLite starts it over, after steady writes (a checkpoint beside them rarely copies every
+/// frame before the next commit) let it grow.
+const WAL_LIMIT_BYTES: u32 = 4 * 1024 * 1024;
+
 /// A group's end: `None` while open, then whether its commit succeeded.
 type Outcome = Option<std::result::Result<(), String>>;
 
@@ -96,7 +103,6 @@ struct State {
 struct Shared {
     state: Arc<Mutex<State>>,
     begin: &'static [&'static str],
-    backend: Backend,
     wake: Notify,
     /// A group committed since the checkpointer last ran (SQLite files only).
     committed: Notify,
@@ -144,7 +150,6 @@ impl Writer {
                 checkpointer: checkpoint,
             })),
             begin: begin_sql(backend),
-            backend,
             wake: Notify::new(),
             committed: Notify::new(),
             closed: AtomicBool::new(false),
@@ -229,8 +234,10 @@ async fn poison(state: &mut State, why: &str) {
         match state.pool.acquire().await {
             Ok(fresh) => {
                 state.conn = fresh.detach();
-                if state.checkpointer {
-                    let _ = backstop(&mut state.conn).await;
+                if state.checkpointer
+                    && let Err(e) = backstop(&mut state.conn).await
+                {
+                    tracing::warn!(error = %e, "the state database's new writer connection may checkpoint in its commits");
                 }
             }
             Err(e) => {
@@ -271,20 +278,24 @@ async fn commit_groups(shared: Arc<Shared>) {
     }
 }
 
-/// Sets the writer connection's automatic checkpoint to the backstop ([`BACKSTOP_PAGES`]).
+/// Sets the writer connection's automatic checkpoint to the backstop ([`BACKSTOP_PAGES`]) and
+/// its `-wal` size limit ([`WAL_LIMIT_BYTES`]).
 async fn backstop(conn: &mut AnyConnection) -> Result<()> {
     sqlx::query(&format!("PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}"))
-        .execute(conn)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}"))
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
 /// Copies the WAL into the database file, [`CHECKPOINT_DELAY`] after the first commit since
 /// the last time, on a connection of `pool` (not the writer's: a commit never waits for it).
-/// Passive: frames a reader still needs stay for the next time. A failure is logged and
+/// Passive: frames a reader still needs, or written meanwhile, stay for the next run, which
+/// comes [`CHECKPOINT_DELAY`] later even without another commit. A failure is logged and
 /// retried after the next commit; the backstop bounds the WAL meanwhile.
 async fn checkpoints(shared: Arc<Shared>, pool: AnyPool) {
-    debug_assert_eq!(shared.backend, Backend::Sqlite);
     loop {
         shared.committed.notified().await;
         if shared.closed.load(Ordering::Acquire) {
@@ -300,7 +311,10 @@ async fn checkpoints(shared: Arc<Shared>, pool: AnyPool) {
                 .await;
         match done {
             Ok((busy, log, copied)) => {
-                tracing::debug!(busy, log, copied, "state database checkpointed")
+                tracing::debug!(busy, log, copied, "state database checkpointed");
+                if busy != 0 || copied < log {
+                    shared.committed.notify_one();
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the state database's checkpoint failed; retried after the next write")
@@ -513,6 +527,11 @@ mod tests {
                 i64::from(BACKSTOP_PAGES),
                 "the writer's own checkpoint"
             );
+            let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            assert_eq!(limit, i64::from(WAL_LIMIT_BYTES), "the -wal file's limit");
             for row in 0..100 {
                 sqlx::query("INSERT INTO big (v) VALUES ($1)")
                     .bind(format!("{unit}-{row}-{}", "x".repeat(4000)))
