@@ -154,10 +154,8 @@ pub async fn release_of(
     deadline: Instant,
 ) -> Result<ReleaseId> {
     loop {
-        for (r, _) in store.recent_runs(pipeline, 20).await? {
-            if r.sha == sha {
-                return Ok(r.id);
-            }
+        if let Some(id) = recorded_release(store, pipeline, sha).await? {
+            return Ok(id);
         }
         ensure!(
             Instant::now() < deadline,
@@ -165,6 +163,15 @@ pub async fn release_of(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The release of `sha` among `pipeline`'s 20 newest, if the controller recorded it.
+async fn recorded_release(store: &Store, pipeline: &str, sha: &str) -> Result<Option<ReleaseId>> {
+    let runs = store.recent_runs(pipeline, 20).await?;
+    Ok(runs
+        .into_iter()
+        .find(|(r, _)| r.sha == sha)
+        .map(|(r, _)| r.id))
 }
 
 /// `tollgate serve` over `world` on `127.0.0.1:port`, with the pre-seeded SNS certificates.
@@ -377,10 +384,8 @@ impl Story {
         let deadline = Instant::now() + STEP_LIMIT;
         loop {
             self.print_new().await?;
-            for (r, _) in self.store.recent_runs(&self.pipeline, 20).await? {
-                if r.sha == sha {
-                    return Ok(r.id);
-                }
+            if let Some(id) = recorded_release(&self.store, &self.pipeline, sha).await? {
+                return Ok(id);
             }
             ensure!(
                 Instant::now() < deadline,

@@ -68,9 +68,9 @@ fn begin_sql(backend: Backend) -> &'static [&'static str] {
     }
 }
 
-/// How long after a commit the checkpointer copies the WAL into the database file: writes
-/// arriving together (a burst of webhooks) are all answered before it runs.
-pub(super) const CHECKPOINT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long after a commit the checkpointer copies the WAL into the database file: a burst of
+/// writes (200 webhooks at once) shorter than this is answered before it runs.
+const CHECKPOINT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The writer connection's own `wal_autocheckpoint`, in pages (about 40 MiB with 4 KiB pages):
 /// only if the checkpointer falls that far behind does a commit checkpoint.
