@@ -33,6 +33,10 @@
 //! reconciled after it. That measures the request path without a release (a reference, not
 //! the target's figure); the store is then checked for every delivery and no release.
 //!
+//! With `--healthz`, each round sends `GET /healthz` on the same 200 connections instead of
+//! deliveries: no body, no signature, no store. That is the HTTP floor of this machine, the
+//! part of every answer that no change to the route can remove (a reference).
+//!
 //! With `--store-only`, no controller runs: each round's 200 pushes are parsed and decided by
 //! the controller's own code in this process, and their releases recorded at once through
 //! [`Store::record_release_after`], as the webhook route records them (the pipeline's newest
@@ -58,10 +62,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 use tollgate::domain::StageName;
 use tollgate::engine::{Delivery, Ingested};
-use tollgate::github::intake::{Decision, decide_push, pipeline_delivery};
+use tollgate::github::intake::{Decision, decide_push, pipeline_delivery, push_link};
 use tollgate::github::webhook::{GithubEvent, PushEvent, parse_event, sign};
 use tollgate::secret::Secret;
-use tollgate::store::{PushLink, Store};
+use tollgate::store::Store;
 use tollgate_testkit::moto::MotoServer;
 
 const CONCURRENT: usize = 200;
@@ -81,30 +85,43 @@ async fn main() {
     }
 }
 
+/// What each round sends (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Pushes that each make a release: the target's figure.
+    Release,
+    /// `--no-release`: pushes to a repository no pipeline follows.
+    NoRelease,
+    /// `--healthz`: `GET /healthz` instead of deliveries.
+    Healthz,
+    /// `--store-only`: the store's write path alone, in this process.
+    StoreOnly,
+}
+
 struct Args {
     /// The binary to serve with; `None` only with `--store-only`.
     tollgate: Option<PathBuf>,
     rounds: usize,
-    /// Pushes to a repository no pipeline follows (see the module doc).
-    no_release: bool,
-    /// Only the store's write path, in this process (see the module doc).
-    store_only: bool,
+    mode: Mode,
 }
 
 fn args() -> Result<Args> {
-    let (mut tollgate, mut rounds, mut no_release, mut store_only) = (None, 5, false, false);
+    let (mut tollgate, mut rounds, mut mode) = (None, 5, Mode::Release);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--no-release" => {
-                no_release = true;
-                continue;
-            }
-            "--store-only" => {
-                store_only = true;
-                continue;
-            }
-            _ => {}
+        let flag = match a.as_str() {
+            "--no-release" => Some(Mode::NoRelease),
+            "--healthz" => Some(Mode::Healthz),
+            "--store-only" => Some(Mode::StoreOnly),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            ensure!(
+                mode == Mode::Release,
+                "--no-release, --healthz and --store-only exclude each other"
+            );
+            mode = flag;
+            continue;
         }
         let value = it.next().with_context(|| format!("{a} needs a value"))?;
         match a.as_str() {
@@ -117,20 +134,15 @@ fn args() -> Result<Args> {
         (1..=MAX_ROUNDS).contains(&rounds),
         "--rounds must be 1..={MAX_ROUNDS}"
     );
-    ensure!(
-        !(store_only && no_release),
-        "--store-only and --no-release exclude each other"
-    );
     let tollgate = match tollgate {
         Some(path) => Some(std::fs::canonicalize(&path)?),
-        None if store_only => None,
+        None if mode == Mode::StoreOnly => None,
         None => return Err(anyhow!("--tollgate PATH is required")),
     };
     Ok(Args {
         tollgate,
         rounds,
-        no_release,
-        store_only,
+        mode,
     })
 }
 
@@ -161,10 +173,13 @@ fn push_body(round: usize, i: usize, no_release: bool) -> String {
     )
 }
 
-/// Delivery `i` of `round`, built and signed, as the bytes of its HTTP/1.1 request: a push
-/// moving the branch on from the previous round's commit.
-fn request(port: u16, secret: &Secret, round: usize, i: usize, no_release: bool) -> Vec<u8> {
-    let body = push_body(round, i, no_release);
+/// Request `i` of `round`, as the bytes of its HTTP/1.1 request: a signed delivery of a push
+/// moving the branch on from the previous round's commit, or (`--healthz`) `GET /healthz`.
+fn request(port: u16, secret: &Secret, round: usize, i: usize, mode: Mode) -> Vec<u8> {
+    if mode == Mode::Healthz {
+        return health_request(port).into_bytes();
+    }
+    let body = push_body(round, i, mode == Mode::NoRelease);
     let head = format!(
         "POST /webhooks/github HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
          content-type: application/json\r\nx-github-event: push\r\n\
@@ -235,10 +250,14 @@ async fn one(
     Ok((start.elapsed(), status))
 }
 
+fn health_request(port: u16) -> String {
+    format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n")
+}
+
 /// Opens `CONCURRENT` connections to the controller, each used once for `GET /healthz` so
 /// that the controller has accepted it before the round.
 async fn connect(port: u16) -> Result<Vec<TcpStream>> {
-    let health = format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\r\n");
+    let health = health_request(port);
     let tasks: Vec<_> = (0..CONCURRENT)
         .map(|_| {
             let health = health.clone();
@@ -265,10 +284,9 @@ async fn run() -> Result<()> {
     let Args {
         tollgate,
         rounds,
-        no_release,
-        store_only,
+        mode,
     } = args()?;
-    let Some(tollgate) = tollgate.filter(|_| !store_only) else {
+    let Some(tollgate) = tollgate.filter(|_| mode != Mode::StoreOnly) else {
         return store_alone(rounds).await;
     };
     let moto = tokio::task::spawn_blocking(MotoServer::start).await??;
@@ -289,8 +307,13 @@ async fn run() -> Result<()> {
     let http = reqwest::Client::builder().no_proxy().build()?;
     let signing = Secret::new(&secret);
     support::wait_ready(&http, &url, &mut controller).await?;
+    let what = if mode == Mode::Healthz {
+        "`GET /healthz` requests"
+    } else {
+        "signed push deliveries"
+    };
     println!(
-        "tollgate serve over {CONCURRENT} pipelines; {rounds} rounds of {CONCURRENT} concurrent signed push deliveries"
+        "tollgate serve over {CONCURRENT} pipelines; {rounds} rounds of {CONCURRENT} concurrent {what}"
     );
     let mut latencies = Vec::new();
     let (tick, mut cpu) = (tick_ms(), 0.0);
@@ -303,7 +326,7 @@ async fn run() -> Result<()> {
             .into_iter()
             .enumerate()
             .map(|(i, conn)| {
-                let r = request(port, &signing, round, i, no_release);
+                let r = request(port, &signing, round, i, mode);
                 tokio::spawn(one(conn, r, ready.clone()))
             })
             .collect();
@@ -346,18 +369,17 @@ async fn run() -> Result<()> {
         latencies.len()
     );
     println!("|---|---|---|---|---|---|");
-    let (figure, target, result) = if no_release {
-        (
-            "webhook received → durable 2xx, no release made (`--no-release`)",
-            "(reference)".to_owned(),
-            "-",
-        )
-    } else {
-        (
+    let reference = |figure| (figure, "(reference)".to_owned(), "-");
+    let (figure, target, result) = match mode {
+        Mode::NoRelease => {
+            reference("webhook received → durable 2xx, no release made (`--no-release`)")
+        }
+        Mode::Healthz => reference("`GET /healthz` → 200, the HTTP floor (`--healthz`)"),
+        Mode::Release | Mode::StoreOnly => (
             "webhook received → durable 2xx",
             format!("p99 ≤ {} ms", P99_TARGET.as_millis()),
             verdict(refused.is_empty() && p99 <= P99_TARGET.as_secs_f64() * 1000.0),
-        )
+        ),
     };
     println!(
         "| {figure} | {:.1} ms | {:.1} ms | {p99:.1} ms | {target} | {result} |",
@@ -365,23 +387,31 @@ async fn run() -> Result<()> {
         pick(&latencies, 0.95),
     );
     println!(
-        "\ncontroller CPU (utime + stime) while the rounds were answered: {cpu:.0} ms, {:.0} µs a delivery",
+        "\ncontroller CPU (utime + stime) while the rounds were answered: {cpu:.0} ms, {:.0} µs a request",
         cpu * 1000.0 / (rounds * CONCURRENT) as f64
     );
     println!(
         "answers other than 2xx (status: count): {refused:?}; releases in the store afterwards: {recorded}; deliveries recorded: {deliveries} (deliveries sent: {})",
-        rounds * CONCURRENT
+        if mode == Mode::Healthz {
+            0
+        } else {
+            rounds * CONCURRENT
+        }
     );
     // Refusals are a FAIL in the table above; what was answered 2xx must be in the store.
     let answered = latencies.len();
-    let expected = if no_release { 0 } else { answered };
+    let (expected, delivered) = match mode {
+        Mode::NoRelease => (0, answered),
+        Mode::Healthz => (0, 0),
+        Mode::Release | Mode::StoreOnly => (answered, answered),
+    };
     ensure!(
         recorded == expected,
         "{recorded} releases in the store, {expected} expected"
     );
     ensure!(
-        usize::try_from(deliveries)? >= answered,
-        "only {deliveries} deliveries recorded of {answered} answered 2xx"
+        usize::try_from(deliveries)? >= delivered,
+        "only {deliveries} deliveries recorded of {delivered} answered 2xx"
     );
     Ok(())
 }
@@ -401,7 +431,7 @@ fn parsed_push(round: usize, i: usize) -> Result<PushEvent> {
 async fn store_alone(rounds: usize) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let stages = fleet::write(dir.path(), CONCURRENT, "http://127.0.0.1:1", HTTP)?;
-    let config = Arc::new(tollgate::config::load(&stages)?.config);
+    let config = tollgate::config::load(&stages)?.config;
     let state = format!("sqlite://{}", dir.path().join("tollgate.db").display());
     let store = Store::open(&state).await?;
     println!(
@@ -417,13 +447,8 @@ async fn store_alone(rounds: usize) -> Result<()> {
             let Decision::Release(r) = decide_push(p, &push) else {
                 return Err(anyhow!("push {i} of round {round} makes no release"));
             };
-            let link = PushLink {
-                repository: push.repository.clone(),
-                branch: push.branch.clone().unwrap_or_default(),
-                before: push.before.clone(),
-                after: push.after.clone(),
-                forced: push.forced,
-            };
+            let link = push_link(&config, &push)
+                .ok_or_else(|| anyhow!("push {i} of round {round} keeps no link"))?;
             let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
             let delivery = pipeline_delivery(
                 &Delivery {

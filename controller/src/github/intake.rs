@@ -532,8 +532,9 @@ pub async fn order(
     }
 }
 
-/// The `before → after` link of a push to a branch some pipeline builds from, to keep.
-fn push_link(config: &Config, push: &PushEvent) -> Option<PushLink> {
+/// The `before → after` link of a push to a branch some pipeline builds from, to keep (none
+/// for a tag, a deleted branch or a repository no pipeline follows).
+pub fn push_link(config: &Config, push: &PushEvent) -> Option<PushLink> {
     let branch = push.branch.as_deref()?;
     let tracked = config
         .pipelines
