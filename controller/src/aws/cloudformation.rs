@@ -353,15 +353,18 @@ impl CloudFormationDeployer {
             other => other?,
         }
         let expected = Expected::from_past(&st.history.change_set);
+        let failing = Failing::default();
         let found = self
             .poll
-            .poll_expecting(expected, None, || self.change_set_state(st))
+            .poll_expecting(expected, None, || async {
+                failing.look(&st.name, self.change_set_state(st).await)
+            })
             .await?;
         let found = found.ok_or_else(|| {
-            PortError::Failed(format!(
+            failing.or_else(PortError::Failed(format!(
                 "change set {} was not ready in {:?}",
                 st.token, self.poll.timeout
-            ))
+            )))
         })?;
         st.measured().change_set = Some(found.lasted);
         Ok(found.value)
@@ -521,29 +524,40 @@ impl CloudFormationDeployer {
         expected: Option<Expected>,
         push: Option<Push<'_>>,
     ) -> PortResult<Waited<Option<Stack>>> {
+        let failing = Failing::default();
         let settled = self
             .poll
             .poll_expecting(expected, push, || async {
-                let now = self.describe(st).await?;
-                Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
+                let now = self.describe(st).await.map(|now| {
+                    (!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now)
+                });
+                failing.look(&st.name, now)
             })
             .await?;
         settled.ok_or_else(|| {
-            PortError::Failed(format!(
+            failing.or_else(PortError::Failed(format!(
                 "stack {} was still busy after {:?}",
                 st.name, self.poll.timeout
-            ))
+            )))
         })
     }
 
     /// Before a rollback: cancel an update in flight, finish a failed rollback, then settle.
+    ///
+    /// An update in flight that this rollback's own change set started (the same rollback run
+    /// again under its key: after a crash, by a new leader, or past its deadline) is waited for,
+    /// never cancelled: cancelling it would return the stack to the release being rolled back.
     async fn unstick(&self, st: &StackRef) -> PortResult<Option<Stack>> {
         let mut current = self.describe(st).await?;
         if current
             .as_ref()
             .is_some_and(|s| status(s) == "UPDATE_IN_PROGRESS")
         {
-            self.stack_action(st, "CancelUpdateStack").await?;
+            if self.own_change_set_executing(st).await? {
+                tracing::info!(stack = %st.name, change_set = %st.token, "the update in flight is this rollback's own change set; waiting for it");
+            } else {
+                self.stack_action(st, "CancelUpdateStack").await?;
+            }
         }
         current = self.settle(st, false).await?;
         if current
@@ -554,6 +568,29 @@ impl CloudFormationDeployer {
             current = self.settle(st, true).await?;
         }
         Ok(current)
+    }
+
+    /// Whether this attempt's change set is executing now (`EXECUTE_IN_PROGRESS`); false when
+    /// there is none.
+    async fn own_change_set_executing(&self, st: &StackRef) -> PortResult<bool> {
+        let cs = self
+            .limiter
+            .call(&st.account, "DescribeChangeSet", || {
+                sdk(st
+                    .client
+                    .describe_change_set()
+                    .stack_name(&st.name)
+                    .change_set_name(&st.token)
+                    .send())
+            })
+            .await;
+        match cs {
+            Ok(cs) => Ok(cs
+                .execution_status()
+                .is_some_and(|e| e.as_str() == "EXECUTE_IN_PROGRESS")),
+            Err(PortError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// `CancelUpdateStack` or `ContinueUpdateRollback`. A refusal because the stack already
@@ -736,6 +773,36 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Is the stack busy (wait before touching it)?
+/// The last look of a wait that failed for a reason that may pass (throttling, a 5xx, a
+/// timeout: each already retried by the [`Limiter`]). Such a look counts as one that saw
+/// nothing new, so a long wait (an update of up to an hour) goes on instead of failing the
+/// deploy, or a rollback, while the stack carries on; any other error ends the wait.
+#[derive(Default)]
+struct Failing(Mutex<Option<PortError>>);
+
+impl Failing {
+    fn look<T>(&self, stack: &str, looked: PortResult<Option<T>>) -> PortResult<Option<T>> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match looked {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(%stack, error = %e, "a look during the wait failed; looking again on the schedule");
+                *last = Some(e);
+                Ok(None)
+            }
+            other => {
+                *last = None;
+                other
+            }
+        }
+    }
+
+    /// What ends a wait that ran out of time: the failure of its last look, if it failed.
+    fn or_else(&self, timed_out: PortError) -> PortError {
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        last.unwrap_or(timed_out)
+    }
+}
+
 fn busy(status: &str, executing: bool) -> bool {
     match status {
         "REVIEW_IN_PROGRESS" => executing,

@@ -44,6 +44,16 @@ pub struct EcrArtifacts {
     wait: PollSettings,
 }
 
+/// What `PutImage` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Put {
+    /// The tag holds the image now (put, or already there).
+    Done,
+    /// The repository's tags are immutable and the tag is already taken, by this image or
+    /// another.
+    TagTaken,
+}
+
 /// One repository in one account and region.
 struct Repo {
     client: Client,
@@ -146,10 +156,18 @@ impl EcrArtifacts {
     }
 
     /// Puts `image`'s manifest under `tag`; the tag already on this image is success.
+    ///
+    /// ECR says the tag is already there in two ways: `ImageAlreadyExistsException` when the
+    /// same image was put with the same tag (a mutable repository), and
+    /// `ImageTagAlreadyExistsException` when the repository's tags are immutable, whichever
+    /// image holds the tag (the same one included, so a second wave, a retried attempt and a
+    /// rollback to an earlier release all meet it). The second is success only when the tag
+    /// holds `digest`; another image under it is an error naming both.
     async fn put(&self, repo: &Repo, image: &Image, digest: &str, tag: &str) -> PortResult<()> {
         let manifest = image.image_manifest().unwrap_or_default();
         let media_type = image.image_manifest_media_type().map(str::to_string);
-        self.limiter
+        let put = self
+            .limiter
             .call(&repo.account, "PutImage", || {
                 let request = repo
                     .client
@@ -160,9 +178,30 @@ impl EcrArtifacts {
                     .set_image_manifest_media_type(media_type.clone())
                     .image_tag(tag)
                     .image_digest(digest);
-                sdk_done_unless(request.send(), "ImageAlreadyExistsException")
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(Put::Done),
+                        Err(e) if has_code(&e, "ImageAlreadyExistsException") => Ok(Put::Done),
+                        Err(e) if has_code(&e, "ImageTagAlreadyExistsException") => {
+                            Ok(Put::TagTaken)
+                        }
+                        Err(e) => Err(classify(&e)),
+                    }
+                }
             })
-            .await
+            .await?;
+        if put == Put::Done {
+            return Ok(());
+        }
+        match self.digest_of(repo, tag).await? {
+            Some(held) if held == digest => Ok(()),
+            held => Err(PortError::Failed(format!(
+                "{}:{tag} in {} holds {}, not {digest}, and the repository's tags are immutable",
+                repo.name,
+                repo.account,
+                held.as_deref().unwrap_or("no image any more")
+            ))),
+        }
     }
 
     /// Creates the repository when it does not exist yet.

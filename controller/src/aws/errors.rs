@@ -21,6 +21,8 @@ const THROTTLING: &[&str] = &[
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
+    // ECR's, in its troubleshooting guide ("HTTP 429: Too Many Requests or ThrottleException").
+    "ThrottleException",
     "TooManyRequestsException",
     "RequestLimitExceeded",
     "RequestThrottled",
@@ -208,6 +210,7 @@ mod tests {
             "ThrottlingException",
             "TooManyRequestsException",
             "RequestLimitExceeded",
+            "ThrottleException",
         ] {
             assert!(
                 classify(&service_error(code, "Rate exceeded", 400)).is_retryable(),

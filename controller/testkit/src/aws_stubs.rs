@@ -1,7 +1,8 @@
 //! Scripted stub servers speaking AWS wire protocols for what moto cannot produce.
 //!
 //! Owns the stand-ins for moto's documented gaps (CloudWatch over RPCv2 CBOR, CloudFormation
-//! and CodePipeline behaviour moto does not model). Each stub follows the service's documented
+//! and CodePipeline behaviour moto does not model, ECR's answer for a tag in use in a
+//! repository with immutable tags). Each stub follows the service's documented
 //! rules, not only its wire format, and says in a comment which gap it covers. Must never: be
 //! linked into the controller's binary (this crate is a dev-dependency), or listen beyond
 //! loopback.
@@ -1587,7 +1588,12 @@ pub mod cloudformation {
     //! `CREATE_IN_PROGRESS`) from `ExecuteChangeSet` until that long after it, then
     //! `UPDATE_COMPLETE` (`CREATE_COMPLETE`)
     //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/view-stack-events.html>,
-    //! "Stack status codes"). [`CloudFormationStub::complete_now`] ends the update early. A
+    //! "Stack status codes"). [`CloudFormationStub::complete_now`] ends the update early.
+    //! While an executed change set's operation is in flight, `DescribeChangeSet` reports its
+    //! `ExecutionStatus` as `EXECUTE_IN_PROGRESS` (API_DescribeChangeSet). `CancelUpdateStack`
+    //! during an update in flight rolls it back: `UPDATE_ROLLBACK_IN_PROGRESS`, then
+    //! `UPDATE_ROLLBACK_COMPLETE` with the previous parameters, and the change set ends
+    //! `EXECUTE_FAILED` (API_CancelUpdateStack). A
     //! timed update's start and end are the stack's own events (`LogicalResourceId` the stack
     //! name, `AWS::CloudFormation::Stack`, the execute's `ClientRequestToken`, the time they
     //! happened), listed newest first by `DescribeStackEvents`.
@@ -1720,6 +1726,8 @@ pub mod cloudformation {
         change_sets: BTreeMap<String, ChangeSet>,
         /// The executed change set, watched until the stack reaches a final state.
         operation: Option<Operation>,
+        /// The name of the change set whose operation is in flight (`EXECUTE_IN_PROGRESS`).
+        executing: Option<String>,
         token: String,
         calls: Vec<Call>,
         change_set_takes: Option<Duration>,
@@ -2059,7 +2067,11 @@ pub mod cloudformation {
             }
             "ExecuteChangeSet" => execute_change_set(world, &name, form),
             "DescribeStackEvents" => Ok(events(world)),
-            "CancelUpdateStack" | "ContinueUpdateRollback" => Ok(String::new()),
+            "CancelUpdateStack" => {
+                cancel_update(world);
+                Ok(String::new())
+            }
+            "ContinueUpdateRollback" => Ok(String::new()),
             other => Err(("InvalidAction", format!("the stub does not serve {other}"))),
         }?;
         if let Some(next) = world.after.get(action) {
@@ -2071,6 +2083,30 @@ pub mod cloudformation {
             watch(world);
         }
         Ok(answer)
+    }
+
+    /// `CancelUpdateStack` during an update in flight: "the stack rolls back the update and
+    /// reverts to the previous stack configuration"
+    /// (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_CancelUpdateStack.html>);
+    /// the change set that started it ends `EXECUTE_FAILED`. With no operation in flight
+    /// (a scripted status), only a scripted [`Script::after`] changes anything.
+    fn cancel_update(world: &mut World) {
+        let Some(op) = &world.operation else { return };
+        if op.create {
+            return;
+        }
+        world.operation = None;
+        if let Some(cs) = world
+            .executing
+            .take()
+            .and_then(|name| world.change_sets.get_mut(&name))
+        {
+            cs.execution = "EXECUTE_FAILED".into();
+        }
+        world.statuses = ["UPDATE_ROLLBACK_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE"]
+            .map(String::from)
+            .into();
+        record_event(world, "UPDATE_ROLLBACK_IN_PROGRESS", "User Initiated");
     }
 
     /// Unscripted, an executed change set is in progress for one look, then complete.
@@ -2225,8 +2261,11 @@ pub mod cloudformation {
                 format!("ChangeSet [{name}] does not exist"),
             ));
         };
+        let running = world.operation.is_some() && world.executing.as_deref() == Some(name);
         let (status, execution) = if pending(cs) {
             ("CREATE_PENDING", "UNAVAILABLE")
+        } else if running {
+            ("CREATE_COMPLETE", "EXECUTE_IN_PROGRESS")
         } else {
             ("CREATE_COMPLETE", cs.execution.as_str())
         };
@@ -2265,6 +2304,7 @@ pub mod cloudformation {
                     triggers: triggers.unwrap_or_else(|| world.triggers.clone()),
                 };
                 world.operation = Some(operation);
+                world.executing = Some(name.to_string());
                 world.token = form.get("ClientRequestToken").cloned().unwrap_or_default();
                 world.executed += 1;
                 Ok(String::new())
@@ -2332,5 +2372,225 @@ pub mod cloudformation {
             .replace('<', "&lt;")
             .replace('>', "&gt;")
             .replace('"', "&quot;")
+    }
+}
+
+pub mod ecr {
+    //! A loopback proxy in front of moto that answers ECR's `PutImage` into a repository with
+    //! immutable tags as ECR does.
+    //!
+    //! Covers a moto 5.2.5 gap. In a repository whose `imageTagMutability` is `IMMUTABLE`,
+    //! moto refuses a tag already in use with `ImageAlreadyExistsException`. ECR refuses it with
+    //! `ImageTagAlreadyExistsException` ("The specified image is tagged with a tag that already
+    //! exists. The repository is configured for tag immutability.": `PutImage`'s errors in the
+    //! API reference, <https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_PutImage.html>),
+    //! and it does so when the tag already holds the very image being put, too
+    //! (<https://github.com/aws/containers-roadmap/issues/2179>: "when pushing an image to an
+    //! IMMUTABLE registry, even when the digest has not changed, it fails with
+    //! `ImageTagAlreadyExistsException`"). `ImageAlreadyExistsException` is left to mutable
+    //! repositories, where it means the same image was put under the same tag.
+    //!
+    //! So the proxy forwards every request to moto unchanged. When moto answers a `PutImage`
+    //! with `ImageAlreadyExistsException`, it asks moto for the repository
+    //! (`DescribeRepositories`, with the caller's credentials, so in the caller's account) and,
+    //! if its tags are immutable, answers `ImageTagAlreadyExistsException` instead. moto
+    //! already refuses every tag in use in such a repository, so nothing else changes. Never
+    //! used by the controller at run time; binds 127.0.0.1 only, forwards to loopback only.
+
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use anyhow::{Context as _, ensure};
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+
+    const TARGET: &str = "x-amz-target";
+    const PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
+
+    struct Shared {
+        upstream: String,
+        http: reqwest::Client,
+        rewritten: AtomicUsize,
+    }
+
+    /// The proxy; stopped when dropped.
+    pub struct ImmutableTags {
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl ImmutableTags {
+        /// Listens on a free loopback port, in the current tokio runtime, and forwards to
+        /// `upstream` (`http://127.0.0.1:<port>`, moto).
+        pub async fn start(upstream: &str) -> anyhow::Result<Self> {
+            ensure!(
+                upstream.starts_with("http://127.0.0.1:"),
+                "the proxy forwards to loopback only, not {upstream}"
+            );
+            let shared = Arc::new(Shared {
+                upstream: upstream.trim_end_matches('/').to_owned(),
+                http: reqwest::Client::builder().no_proxy().build()?,
+                rewritten: AtomicUsize::new(0),
+            });
+            let app = Router::new().fallback(forward).with_state(shared.clone());
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("binding the ECR proxy")?;
+            let addr = listener.local_addr()?;
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            Ok(Self {
+                addr,
+                shared,
+                server,
+            })
+        }
+
+        /// `http://127.0.0.1:<port>`.
+        pub fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// How many of moto's answers were rewritten to `ImageTagAlreadyExistsException`.
+        pub fn rewritten(&self) -> usize {
+            self.shared.rewritten.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for ImmutableTags {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    async fn forward(
+        State(shared): State<Arc<Shared>>,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        match answer(&shared, method, &uri, &headers, body).await {
+            Ok(response) => response,
+            Err(e) => (StatusCode::BAD_GATEWAY, format!("ECR proxy: {e:#}")).into_response(),
+        }
+    }
+
+    async fn answer(
+        shared: &Shared,
+        method: Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> anyhow::Result<Response> {
+        let target = headers
+            .get(TARGET)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let (status, answer_headers, answer) =
+            send(shared, method, uri, headers, body.clone()).await?;
+        let refused = status == StatusCode::BAD_REQUEST
+            && target == format!("{PREFIX}PutImage")
+            && error_type(&answer_headers, &answer).ends_with("ImageAlreadyExistsException");
+        if refused && let Some(message) = immutable_refusal(shared, uri, headers, &body).await? {
+            shared.rewritten.fetch_add(1, Ordering::SeqCst);
+            let mut out = answer_headers;
+            out.insert(
+                "x-amzn-errortype",
+                "ImageTagAlreadyExistsException".parse()?,
+            );
+            let body = serde_json::json!({
+                "__type": "ImageTagAlreadyExistsException",
+                "message": message,
+            });
+            return Ok((status, out, body.to_string()).into_response());
+        }
+        Ok((status, answer_headers, answer).into_response())
+    }
+
+    /// ECR's message when `PutImage`'s repository has immutable tags; `None` when it has not.
+    async fn immutable_refusal(
+        shared: &Shared,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> anyhow::Result<Option<String>> {
+        let put: serde_json::Value = serde_json::from_slice(body)?;
+        let repository = put["repositoryName"].as_str().unwrap_or_default();
+        let tag = put["imageTag"].as_str().unwrap_or_default();
+        let mut ask = serde_json::json!({ "repositoryNames": [repository] });
+        if let Some(registry) = put["registryId"].as_str() {
+            ask["registryId"] = registry.into();
+        }
+        let mut ask_headers = headers.clone();
+        ask_headers.insert(TARGET, format!("{PREFIX}DescribeRepositories").parse()?);
+        let (status, _, described) = send(
+            shared,
+            Method::POST,
+            uri,
+            &ask_headers,
+            Bytes::from(ask.to_string()),
+        )
+        .await?;
+        ensure!(
+            status.is_success(),
+            "DescribeRepositories {repository}: {status}"
+        );
+        let described: serde_json::Value = serde_json::from_slice(&described)?;
+        let immutable = described["repositories"][0]["imageTagMutability"] == "IMMUTABLE";
+        Ok(immutable.then(|| {
+            format!(
+                "The image tag '{tag}' already exists in the '{repository}' repository and cannot be overwritten because the repository is immutable."
+            )
+        }))
+    }
+
+    /// The error code of a JSON-protocol answer: its `x-amzn-errortype` header, else `__type`.
+    fn error_type(headers: &HeaderMap, body: &[u8]) -> String {
+        let code = headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| {
+                let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+                body["__type"].as_str().map(str::to_owned)
+            })
+            .unwrap_or_default();
+        // Either may carry a namespace (`…#Code`) or a suffix (`Code:http://…`).
+        let code = code.split(':').next().unwrap_or_default();
+        code.rsplit('#').next().unwrap_or_default().to_owned()
+    }
+
+    async fn send(
+        shared: &Shared,
+        method: Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut request = shared
+            .http
+            .request(method, format!("{}{path}", shared.upstream))
+            .body(body);
+        for (name, value) in headers {
+            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                request = request.header(name, value);
+            }
+        }
+        let response = request.send().await.context("forwarding to moto")?;
+        let status = response.status();
+        let mut out = response.headers().clone();
+        for name in ["content-length", "transfer-encoding", "connection"] {
+            out.remove(name);
+        }
+        Ok((status, out, response.bytes().await?))
     }
 }

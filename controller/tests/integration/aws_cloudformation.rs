@@ -543,6 +543,104 @@ async fn throttling_is_retried_and_never_deploys_twice() {
     assert_eq!(executes, 1, "the stub saw exactly one ExecuteChangeSet");
 }
 
+/// moto gap: moto cannot be told to throttle. Throttling of `DescribeStacks` that outlasts one
+/// call's retries (8 attempts) does not end the wait for the stack, which goes on looking on
+/// its schedule: a wait of up to an hour is not failed, nor a rollback started, by a few
+/// seconds of throttling while the stack carries on.
+#[tokio::test]
+async fn throttling_that_outlasts_a_calls_retries_does_not_end_a_wait() {
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            throttle: vec![("DescribeStacks".into(), 20)],
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    cfn.deploy_stack(
+        &request("k/throttled-wait", &own_account(), &f.deploy, NEW),
+        &[],
+    )
+    .await
+    .unwrap();
+
+    let throttled = stub.calls().iter().filter(|c| c.throttled).count();
+    assert_eq!(throttled, 20);
+    assert_eq!(stub.executed(), 1);
+    assert_eq!(stub.parameters()["ImageUri"], NEW);
+}
+
+/// moto gap: no update is ever in flight. A rollback run again under its key (after a crash,
+/// by a new leader, or past its deadline) while its own change set is still executing waits
+/// for it. Cancelling it would return the stack to the release being rolled back ("the stack
+/// rolls back the update and reverts to the previous stack configuration",
+/// API_CancelUpdateStack).
+#[tokio::test]
+async fn a_rollback_run_again_waits_for_its_own_update_instead_of_cancelling_it() {
+    let (stub, cfn) = running(
+        NEW,
+        Script {
+            update_takes: Some(Duration::from_secs(1)),
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    let req = request("k/rollback-again", &own_account(), &f.deploy, OLD);
+    // The first run stops (as at a crash) once its change set is executing.
+    tokio::select! {
+        r = cfn.rollback_stack(&req) => panic!("the first run outlived its update: {r:?}"),
+        () = async {
+            while stub.executed() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } => {}
+    }
+
+    cfn.rollback_stack(&req).await.unwrap();
+    assert_eq!(stub.count("CancelUpdateStack"), 0, "{:?}", stub.accepted());
+    assert_eq!(
+        stub.executed(),
+        1,
+        "the first run's change set did the rollback"
+    );
+    assert_eq!(stub.parameters()["ImageUri"], OLD);
+}
+
+/// Someone else's update in flight (another change set's) is cancelled, as before: the stub
+/// rolls it back as CloudFormation does, and the rollback's own change set runs after.
+#[tokio::test]
+async fn a_rollback_cancels_someone_elses_update_in_flight() {
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            update_takes: Some(Duration::from_secs(2)),
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    // Their deploy of NEW, still in progress.
+    let theirs = request("k/theirs", &own_account(), &f.deploy, NEW);
+    tokio::select! {
+        r = cfn.deploy_stack(&theirs, &[]) => {
+            panic!("their deploy outlived its update: {r:?}")
+        }
+        () = async {
+            while stub.executed() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } => {}
+    }
+
+    let req = request("k/rollback-theirs", &own_account(), &f.deploy, OLD);
+    cfn.rollback_stack(&req).await.unwrap();
+    assert_eq!(stub.count("CancelUpdateStack"), 1, "{:?}", stub.accepted());
+    assert_eq!(stub.executed(), 2, "theirs, then the rollback's own");
+    assert_eq!(stub.parameters()["ImageUri"], OLD);
+}
+
 // ---- rollback triggers (moto gap: RollbackConfiguration is accepted and ignored) ----
 
 const ALARMS: [&str; 3] = ["api-5xx", "latency-p99", "queue-depth"];

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
-use aws_sdk_ecr::types::ImageIdentifier;
+use aws_sdk_ecr::types::{ImageIdentifier, ImageTagMutability};
 use tollgate::aws::ecr::EcrArtifacts;
 use tollgate::aws::retry::{Limiter, PollSettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Artifact, Promote, SecretRef, Target};
 use tollgate::engine::ports::{Artifacts, PortError, PromoteRequest};
+use tollgate_testkit::aws_stubs::ecr::ImmutableTags;
 use tollgate_testkit::moto::{MotoServer, REGION};
 
 const BUILD: &str = "111111111111";
@@ -265,5 +266,86 @@ async fn copying_creates_the_stage_repository_with_the_same_digest() {
         ecr.promote(&req).await.unwrap(),
         uri,
         "a second copy changes nothing"
+    );
+}
+
+/// ECR refuses `PutImage` of a tag already in use in a repository with immutable tags with
+/// `ImageTagAlreadyExistsException`, even when the tag holds the same image (moto answers
+/// `ImageAlreadyExistsException`; the testkit's proxy answers as ECR does). Retagging the same
+/// digest again, as a second wave, a retried attempt or a rollback to an earlier release do,
+/// is success; a stage tag held by another image is an error naming both digests, and the tag
+/// keeps its image.
+#[tokio::test]
+async fn retagging_into_a_repository_with_immutable_tags_never_moves_a_tag() {
+    let moto = MotoServer::shared();
+    let proxy = ImmutableTags::start(&moto.endpoint()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    aws_sdk_ecr::Client::new(&build_cfg)
+        .create_repository()
+        .repository_name("ecr-immutable")
+        .image_tag_mutability(ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+    push(&build_cfg, "ecr-immutable", "abc").await;
+    push(&build_cfg, "ecr-immutable", "def").await;
+    let good = digest_of(&build_cfg, "ecr-immutable", "abc").await.unwrap();
+    let other = digest_of(&build_cfg, "ecr-immutable", "def").await.unwrap();
+    assert_ne!(good, other);
+    let creds = Credentials::new(
+        moto.sdk_config()
+            .to_builder()
+            .endpoint_url(proxy.endpoint())
+            .build(),
+        Arc::new(Limiter::default()),
+    );
+    let ecr = EcrArtifacts::new(Arc::new(creds), PollSettings::fast());
+    let build = account("build", BUILD, dir.path());
+    let gamma = account("gamma", GAMMA, dir.path());
+    let req = promote(&build, &gamma, "ecr-immutable", &good, Promote::Retag);
+
+    let first = ecr.promote(&req).await.unwrap();
+    assert_eq!(proxy.rewritten(), 0, "the first put tags the image");
+    let again = ecr.promote(&req).await.unwrap();
+    assert_eq!(again, first, "the same image under its own tag is success");
+    assert_eq!(proxy.rewritten(), 1, "ECR refused the second put");
+
+    // Someone else's image already holds the stage tag `other` would get.
+    let taken = format!("prod-{}", &other.strip_prefix("sha256:").unwrap()[..12]);
+    let layer = format!("{:0>64}", hex_of("someone-else"));
+    aws_sdk_ecr::Client::new(&build_cfg)
+        .put_image()
+        .repository_name("ecr-immutable")
+        .image_manifest(manifest(&layer))
+        .image_tag(&taken)
+        .send()
+        .await
+        .unwrap();
+    let theirs = digest_of(&build_cfg, "ecr-immutable", &taken)
+        .await
+        .unwrap();
+    let refused = ecr
+        .promote(&promote(
+            &build,
+            &gamma,
+            "ecr-immutable",
+            &other,
+            Promote::Retag,
+        ))
+        .await
+        .unwrap_err();
+    let PortError::Failed(message) = &refused else {
+        panic!("not a failure: {refused:?}");
+    };
+    assert!(
+        message.contains(&theirs) && message.contains(&other) && message.contains("immutable"),
+        "{message}"
+    );
+    assert_eq!(proxy.rewritten(), 2);
+    assert_eq!(
+        digest_of(&build_cfg, "ecr-immutable", &taken).await,
+        Some(theirs),
+        "the tag keeps its image"
     );
 }
