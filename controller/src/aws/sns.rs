@@ -40,8 +40,9 @@ use crate::engine::ports::{Message, Notifier, PortError, PortResult};
 
 /// How many publish keys the dedupe memory keeps.
 pub const DEDUPE_CAPACITY: usize = 10_000;
-/// SNS's limits: a subject is at most 100 ASCII characters; a message at most 256 KiB.
-const SUBJECT_MAX: usize = 100;
+/// SNS's limits: a subject "less than 100 characters long" (Publish, API reference), so 99
+/// here; a message at most 256 KiB.
+const SUBJECT_MAX: usize = 99;
 const BODY_MAX: usize = 256 * 1024 - 1024;
 /// Bounds the listing of a topic's subscriptions (100 per page).
 const MAX_PAGES: usize = 100;
@@ -461,7 +462,7 @@ fn message_attributes(msg: &Message) -> PortResult<HashMap<String, MessageAttrib
     Ok(attributes)
 }
 
-/// A subject SNS accepts: printable ASCII on one line, at most 100 characters.
+/// A subject SNS accepts: printable ASCII on one line, shorter than 100 characters.
 fn subject(raw: &str) -> String {
     let clean: String = raw
         .chars()
@@ -524,7 +525,7 @@ mod tests {
             "Prod: r12 ? approve? now"
         );
         let long = subject(&"x".repeat(300));
-        assert_eq!(long.len(), SUBJECT_MAX);
+        assert_eq!(long.len(), 99, "SNS takes less than 100 characters");
         assert!(long.ends_with("..."));
     }
 

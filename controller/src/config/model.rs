@@ -185,7 +185,7 @@ impl Default for SnsSettings {
             max_message_age: Duration::from_secs(3600),
             clock_skew: Duration::from_secs(300),
             require_signature_v2: false,
-            cert_failure_ttl: Duration::from_secs(300),
+            cert_failure_ttl: Duration::from_secs(10),
             cert_fetches_per_minute: 10,
         }
     }

@@ -332,8 +332,12 @@ fn form(link: &Link, token: &str) -> String {
         (Some(_), Ok(d)) if !allow_author => f.brought_by(&d).map(|role| (d, role)),
         _ => None,
     };
+    // Enter in a text field submits a form with its default button, the first submit button
+    // in tree order, and does nothing when that button is disabled (HTML, "Implicit
+    // submission"): so typing a name and pressing Enter never approves (or rejects).
     let mut html = format!(
         "<form method=\"post\" action=\"/approvals/{}\">\
+         <button type=\"submit\" disabled hidden aria-hidden=\"true\" tabindex=\"-1\"></button>\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         esc(token),
         esc(link.token.csrf.expose())

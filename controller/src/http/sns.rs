@@ -21,7 +21,7 @@
 //! | an alarm no stage watches, or a notification that is not an alarm | 202, delivery recorded |
 //! | a notification on an account's `stack_events_topic` | see [`super::stack_events`]: 200 `woken`, or 202; nothing recorded |
 //! | `SubscriptionConfirmation` confirmed | 200, `SubscribeURL` fetched once, logged |
-//! | the confirmation fetch failed | 502, logged |
+//! | the confirmation fetch failed | 502, logged, nothing recorded (a redelivery tries again) |
 //! | `UnsubscribeConfirmation` | 200, logged |
 //! | the store failed | 500 |
 //!
@@ -34,8 +34,9 @@
 //! - A stale message is refused before any certificate is looked up; certificate fetches are
 //!   bounded per minute and a failed one is not repeated within its TTL
 //!   ([`CertCache::with_limits`]).
-//! - A `SubscribeURL` is fetched only through a [`Confirmer`], only once per `MessageId`, and
-//!   only after [`confirmation_url`] pinned it to `https://sns.<topic region>.amazonaws.com/`.
+//! - A `SubscribeURL` is fetched only through a [`Confirmer`], never again once its
+//!   `MessageId` is recorded (after a successful confirmation), and only after
+//!   [`confirmation_url`] pinned it to `https://sns.<topic region>.amazonaws.com/`.
 //! - Each pipeline that receives an alarm gets an `sns-alarm` event whose detail carries
 //!   `received_at=` (the engine's clock when the request arrived), for latency measurement.
 //!
@@ -43,8 +44,10 @@
 //! - The `MessageId` is recorded before the per-stage alarm facts (each under
 //!   `<MessageId>/<pipeline>/<stage>`): a crash between the two loses this push, and the
 //!   bake-time CloudWatch poll is then what catches the alarm.
-//! - A failed confirmation is not retried on redelivery (its `MessageId` is recorded): ask SNS
-//!   for a new confirmation message.
+//! - A confirmation's `MessageId` is recorded only after the subscription is confirmed, so a
+//!   failed confirmation is tried again on redelivery (SNS retries a delivery answered 5xx);
+//!   two deliveries of it at once may both fetch the `SubscribeURL` (confirming twice is
+//!   harmless), and one records it.
 //!
 //! Must never: log a body, a signature or a `SubscribeURL` (it carries the token).
 
@@ -208,19 +211,21 @@ async fn receive(
     check_topic(&state.engine.config(), &msg)?;
     authenticate(state, &msg, arrived).await?;
     let subscribe_url = pinned_subscribe_url(&msg)?;
-    // An alarm notification is deduplicated with its fact, per stage, in the same transaction
-    // (a crash between a dedupe and the fact would lose the alarm on redelivery).
-    if msg.message_type == SnsType::Notification {
-        return notification(state, &msg, arrived).await;
-    }
-    if !first_delivery(state, &msg).await? {
-        return Ok(duplicate(&msg));
-    }
-    match (msg.message_type, subscribe_url) {
-        (SnsType::Notification, _) => notification(state, &msg, arrived).await,
-        (SnsType::UnsubscribeConfirmation, _) => unsubscribed(state, &msg).await,
-        (SnsType::SubscriptionConfirmation, Some(url)) => subscribe(state, &msg, &url).await,
-        (SnsType::SubscriptionConfirmation, None) => Err(Reply::forbidden("no SubscribeURL")),
+    match msg.message_type {
+        // An alarm notification is deduplicated with its fact, per stage, in the same
+        // transaction (a crash between a dedupe and the fact would lose the alarm on
+        // redelivery).
+        SnsType::Notification => notification(state, &msg, arrived).await,
+        SnsType::SubscriptionConfirmation => {
+            let url = subscribe_url.ok_or_else(|| Reply::forbidden("no SubscribeURL"))?;
+            subscribe(state, &msg, &url).await
+        }
+        SnsType::UnsubscribeConfirmation => {
+            if !first_delivery(state, &msg).await? {
+                return Ok(duplicate(&msg));
+            }
+            unsubscribed(state, &msg).await
+        }
     }
 }
 
@@ -488,10 +493,28 @@ async fn log_for_topic(state: &SnsState, msg: &SnsMessage, detail: &str) -> Resu
     Ok(())
 }
 
+/// A `SubscriptionConfirmation`. Its `MessageId` is recorded only once the subscription is
+/// confirmed: a confirmation that failed is tried again when SNS delivers the message again
+/// (it retries a delivery answered 5xx), and one that succeeded is not fetched again.
 async fn subscribe(state: &SnsState, msg: &SnsMessage, url: &Url) -> Result<Reply, Reply> {
     let topic = &msg.topic_arn;
+    let delivery = message_delivery(msg);
+    let seen = state
+        .engine
+        .reads()
+        .delivery_seen(&delivery.source, &delivery.id)
+        .await
+        .map_err(Reply::store_failed)?;
+    if seen {
+        return Ok(duplicate(msg));
+    }
     match state.confirmer.confirm(url).await {
         Ok(()) => {
+            // Two deliveries of the message at once may both have confirmed (harmless): one
+            // records and logs it.
+            if !first_delivery(state, msg).await? {
+                return Ok(duplicate(msg));
+            }
             tracing::info!(%topic, message = %msg.message_id, "SNS subscription confirmed");
             let detail = format!("subscription to {topic} confirmed");
             log_for_topic(state, msg, &detail).await?;
@@ -500,7 +523,7 @@ async fn subscribe(state: &SnsState, msg: &SnsMessage, url: &Url) -> Result<Repl
         Err(e) => {
             tracing::warn!(%topic, message = %msg.message_id, error = %e, "SNS subscription confirmation failed");
             let detail = format!(
-                "confirming the subscription to {topic} failed: {e}; have SNS send a new confirmation"
+                "confirming the subscription to {topic} failed: {e}; tried again when SNS delivers the confirmation again"
             );
             log_for_topic(state, msg, &detail).await?;
             Err(Reply::new(

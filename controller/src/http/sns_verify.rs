@@ -512,8 +512,12 @@ pub struct CertCache {
 
 type DirectRateLimiter = governor::DefaultDirectRateLimiter;
 
-/// How long a failed certificate fetch is remembered (see [`CertCache::with_limits`]).
-pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(300);
+/// How long a failed certificate fetch is remembered (see [`CertCache::with_limits`]): less
+/// than the 20 s SNS waits between retries of an HTTP delivery by default ("Amazon SNS
+/// message delivery retries", default delivery policy: 3 retries 20 s apart), so each retry
+/// of an alarm whose certificate fetch failed once fetches again instead of being refused
+/// until SNS gives up. The fetch budget per minute is what bounds fetches.
+pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(10);
 /// Certificate fetches per minute (see [`CertCache::with_limits`]).
 pub const DEFAULT_FETCHES_PER_MINUTE: u32 = 10;
 

@@ -127,6 +127,16 @@ impl Reads {
         Ok(watched != 0)
     }
 
+    /// Whether the delivery `source`/`id` was recorded (a dedupe seen before).
+    pub async fn delivery_seen(&self, source: &str, id: &str) -> Result<bool> {
+        let found = sqlx::query("SELECT 1 FROM deliveries WHERE source = $1 AND id = $2")
+            .bind(source)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// The id and commit of `pipeline`'s newest release, as the intake checks a new one
     /// against it: what this controller last recorded or read, unless `fresh` (then, or when
     /// it knows none, read from the database). A stale answer is safe: a release's write checks

@@ -1148,7 +1148,22 @@ async fn with_no_listed_approvers_one_shared_link_asks_for_a_name_recorded_unver
     let page = rig.get(&token).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("name=\"name\""));
+    // Enter in the name box submits the form with its default button, the first submit button
+    // in tree order (HTML, "Implicit submission"): a disabled one submits nothing, so no
+    // decision is made without pressing Approve or Reject.
+    let default = first_submit_button(&page.body);
+    assert!(
+        default.contains("disabled") && !default.contains("decision"),
+        "{default}"
+    );
     let csrf = csrf_of(&page.body);
+    let undecided = rig.post(&token, &[("csrf", &csrf), ("name", "Dave")]).await;
+    assert_eq!(
+        undecided.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        undecided.body
+    );
     let nameless = rig
         .post(&token, &[("csrf", &csrf), ("decision", "approve")])
         .await;
@@ -1184,6 +1199,15 @@ async fn with_no_listed_approvers_one_shared_link_asks_for_a_name_recorded_unver
     assert_eq!(again.status, StatusCode::CONFLICT, "single use");
     settle(&rig.engine).await.unwrap();
     assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
+}
+
+/// The form's first submit button, as its tag.
+fn first_submit_button(page: &str) -> &str {
+    let form = &page[page.find("<form").expect("a form")..];
+    let at = form.find("type=\"submit\"").expect("a submit button");
+    let start = form[..at].rfind('<').unwrap();
+    let end = at + form[at..].find('>').unwrap();
+    &form[start..=end]
 }
 
 fn request_for(id: ReleaseId, key: &str) -> ApprovalRequest {

@@ -108,21 +108,34 @@ fn loopback_client() -> reqwest::Client {
     builder.timeout(Duration::from_secs(2)).build().unwrap()
 }
 
-/// Records each `SubscribeURL` it is asked to confirm.
+/// Records each `SubscribeURL` it is asked to confirm; the first `failing` of them fail (as a
+/// fetch that timed out would).
 #[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
+struct Recorder {
+    urls: Mutex<Vec<String>>,
+    failing: Mutex<usize>,
+}
 
 #[async_trait]
 impl Confirmer for Recorder {
     async fn confirm(&self, url: &Url) -> Result<(), String> {
-        self.0.lock().unwrap().push(url.to_string());
+        self.urls.lock().unwrap().push(url.to_string());
+        let mut failing = self.failing.lock().unwrap();
+        if *failing > 0 {
+            *failing -= 1;
+            return Err("timed out".into());
+        }
         Ok(())
     }
 }
 
 impl Recorder {
     fn urls(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
+        self.urls.lock().unwrap().clone()
+    }
+
+    fn fail_next(&self, n: usize) {
+        *self.failing.lock().unwrap() = n;
     }
 }
 
@@ -691,6 +704,34 @@ async fn a_subscription_to_an_allowed_topic_is_confirmed_once() {
         logged[0].detail
     );
     assert!(!logged[0].detail.contains("Token"), "no token in the log");
+}
+
+/// SNS delivers a message again when it was answered 5xx: a confirmation that failed is tried
+/// again then, and once confirmed it is not fetched again.
+#[tokio::test]
+async fn a_failed_confirmation_is_tried_again_when_sns_delivers_it_again() {
+    let rig = Rig::new().await;
+    rig.confirmer.fail_next(1);
+    let msg = confirmation(&rig.signer, ALARM_TOPIC);
+    let failed = rig.post(body(&msg)).await;
+    assert_eq!(failed.status, StatusCode::BAD_GATEWAY, "{}", failed.json);
+    assert_eq!(rig.sns_deliveries().await, 0, "nothing recorded");
+
+    let again = rig.post(body(&msg)).await;
+    assert_eq!(
+        (again.status, again.result()),
+        (StatusCode::OK, "confirmed"),
+        "{}",
+        again.json
+    );
+    let third = rig.post(body(&msg)).await;
+    assert_eq!(third.result(), "duplicate");
+    assert_eq!(
+        rig.confirmer.urls().len(),
+        2,
+        "fetched until it worked, then never"
+    );
+    assert_eq!(rig.sns_deliveries().await, 1);
 }
 
 #[tokio::test]
