@@ -9,6 +9,9 @@
 //! # Guarantees
 //! - One session per (account id, role): concurrent callers share one `AssumeRole`; the
 //!   session is reused until [`REFRESH_BEFORE`] its expiry.
+//! - A config handed out never runs on an expired session: its credentials provider asks the
+//!   cache each time the SDK renews them, so a client built before a long wait keeps working
+//!   after its first session expired.
 //! - Derived configs keep everything else of the base config (endpoint, HTTP client), and
 //!   have the SDK's own retries off: every call retries through [`Limiter`] instead.
 //! - Every derived config carries the limiter's [`super::retry::CallTimeouts`] (connect, read,
@@ -24,7 +27,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
 use aws_config::{Region, SdkConfig};
-use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 
 use super::errors::{context, sdk};
 use super::observe::CallMetrics;
@@ -40,9 +44,15 @@ const CONTROLLER: &str = "controller";
 
 /// Hands out SDK configs per account; share one per controller (`Arc<Credentials>`).
 pub struct Credentials {
+    inner: Arc<Inner>,
+}
+
+/// What the configs handed out share: each assumes its account's role again through it.
+struct Inner {
     base: SdkConfig,
     cache: Mutex<HashMap<(String, String), SessionSlot>>,
     limiter: Arc<Limiter>,
+    refresh_before: Duration,
 }
 
 /// One cached session per (account id, role); the inner lock serialises refreshes.
@@ -50,13 +60,13 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 
 #[derive(Clone)]
 struct Session {
-    provider: SharedCredentialsProvider,
+    credentials: aws_credential_types::Credentials,
     expires: SystemTime,
 }
 
 impl Session {
-    fn fresh(&self) -> bool {
-        SystemTime::now() + REFRESH_BEFORE < self.expires
+    fn fresh(&self, refresh_before: Duration) -> bool {
+        SystemTime::now() + refresh_before < self.expires
     }
 }
 
@@ -64,17 +74,34 @@ impl Credentials {
     /// `base`: the controller's own config (its credentials, and the endpoint in tests).
     pub fn new(base: SdkConfig, limiter: Arc<Limiter>) -> Credentials {
         Credentials {
-            base,
-            cache: Mutex::new(HashMap::new()),
-            limiter,
+            inner: Arc::new(Inner {
+                base,
+                cache: Mutex::new(HashMap::new()),
+                limiter,
+                refresh_before: REFRESH_BEFORE,
+            }),
         }
     }
 
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
+    /// Renews sessions `before` their expiry instead of [`REFRESH_BEFORE`] (tests, which
+    /// cannot wait for a session's 15 minutes to run out).
+    pub fn with_refresh_before(base: SdkConfig, limiter: Arc<Limiter>, before: Duration) -> Self {
+        let mut creds = Credentials::new(base, limiter);
+        if let Some(inner) = Arc::get_mut(&mut creds.inner) {
+            inner.refresh_before = before;
+        }
+        creds
     }
 
-    /// A config for `account` in `region`.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.inner.limiter
+    }
+
+    /// A config for `account` in `region`. Its credentials stay valid however long it is
+    /// used: the SDK asks for them again before they expire, and gets the account's cached
+    /// session, renewed [`REFRESH_BEFORE`] its expiry (so a stack update waited on for an
+    /// hour never meets an expired token). An account whose role cannot be assumed is an
+    /// error here, before any call.
     pub async fn config_for(
         &self,
         account: &Account,
@@ -82,7 +109,7 @@ impl Credentials {
         session_name: &str,
     ) -> PortResult<SdkConfig> {
         if account.controller {
-            return Ok(self.derive(region, None));
+            return Ok(self.inner.derive(region, None));
         }
         let role = account.role_arn.as_deref().ok_or_else(|| {
             PortError::Invalid(format!(
@@ -90,10 +117,19 @@ impl Credentials {
                 account.name, account.id
             ))
         })?;
-        let provider = self.session(account, role, session_name).await?;
-        Ok(self.derive(region, Some(provider)))
+        let provider = RoleSession {
+            inner: self.inner.clone(),
+            account: account.clone(),
+            role: role.to_string(),
+            name: session_name.to_string(),
+        };
+        provider.current().await?;
+        let provider = SharedCredentialsProvider::new(provider);
+        Ok(self.inner.derive(region, Some(provider)))
     }
+}
 
+impl Inner {
     fn derive(&self, region: &str, provider: Option<SharedCredentialsProvider>) -> SdkConfig {
         let mut builder = self.base.to_builder();
         builder.set_region(Some(Region::new(region.to_string())));
@@ -103,30 +139,6 @@ impl Credentials {
             builder.set_credentials_provider(Some(p));
         }
         builder.build()
-    }
-
-    /// The cached session, or a new one when there is none or it is about to expire.
-    async fn session(
-        &self,
-        account: &Account,
-        role: &str,
-        name: &str,
-    ) -> PortResult<SharedCredentialsProvider> {
-        let slot = self.slot(&account.id, role);
-        let mut cached = slot.lock().await;
-        if let Some(s) = cached.as_ref().filter(|s| s.fresh()) {
-            return Ok(s.provider.clone());
-        }
-        let what = format!(
-            "cannot assume {role} for account {} ({})",
-            account.name, account.id
-        );
-        let session = self
-            .assume(account, role, name)
-            .await
-            .map_err(|e| context(e, &what))?;
-        *cached = Some(session.clone());
-        Ok(session.provider)
     }
 
     fn slot(&self, account_id: &str, role: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
@@ -162,8 +174,10 @@ impl Credentials {
             Some(expires),
             "tollgate-assume-role",
         );
-        let provider = SharedCredentialsProvider::new(credentials);
-        Ok(Session { provider, expires })
+        Ok(Session {
+            credentials,
+            expires,
+        })
     }
 
     /// The base config with SDK retries off, the timeouts on (and a region, in case the base
@@ -174,6 +188,63 @@ impl Credentials {
             .region()
             .map_or("us-east-1".to_string(), |r| r.to_string());
         self.derive(&region, None)
+    }
+}
+
+/// The credentials provider of a config for an assumed role: the account's cached session,
+/// or a new one when there is none or it is about to expire.
+struct RoleSession {
+    inner: Arc<Inner>,
+    account: Account,
+    role: String,
+    name: String,
+}
+
+impl std::fmt::Debug for RoleSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoleSession")
+            .field("account", &self.account.id)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoleSession {
+    async fn current(&self) -> PortResult<aws_credential_types::Credentials> {
+        let (account, role) = (&self.account, self.role.as_str());
+        let slot = self.inner.slot(&account.id, role);
+        let mut cached = slot.lock().await;
+        if let Some(s) = cached
+            .as_ref()
+            .filter(|s| s.fresh(self.inner.refresh_before))
+        {
+            return Ok(s.credentials.clone());
+        }
+        let what = format!(
+            "cannot assume {role} for account {} ({})",
+            account.name, account.id
+        );
+        let session = self
+            .inner
+            .assume(account, role, &self.name)
+            .await
+            .map_err(|e| context(e, &what))?;
+        let credentials = session.credentials.clone();
+        *cached = Some(session);
+        Ok(credentials)
+    }
+}
+
+impl ProvideCredentials for RoleSession {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            self.current()
+                .await
+                .map_err(|e| CredentialsError::provider_error(e.to_string()))
+        })
     }
 }
 

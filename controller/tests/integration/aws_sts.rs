@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_credential_types::provider::ProvideCredentials;
 use tollgate::aws::retry::Limiter;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, SecretRef};
@@ -193,4 +194,51 @@ async fn a_refused_assume_role_is_denied_and_says_what_was_refused() {
         "{message}"
     );
     assert!(!message.contains("beta-external-id"));
+}
+
+/// A config handed out keeps working past its first session: its credentials provider (which
+/// the SDK asks again before the credentials it holds expire) returns the cached session while
+/// it is fresh and assumes the role again once it is not. moto's sessions last the
+/// `DurationSeconds` asked, at least 900 s, so here a session counts as due for renewal
+/// 897 s before it expires: after about 3 s.
+#[tokio::test]
+async fn a_config_renews_its_session_when_the_old_one_is_due() {
+    let moto = MotoServer::start().unwrap(); // private: the recorder counts calls
+    let creds = Credentials::with_refresh_before(
+        moto.sdk_config(),
+        Arc::new(Limiter::default()),
+        Duration::from_secs(897),
+    );
+    let ext = id_file("gamma-external-id");
+    let gamma = Account {
+        session_duration: Duration::from_secs(900),
+        ..account("gamma", GAMMA, Some(SecretRef::File(ext.path().into())))
+    };
+    moto.recorder_start().await.unwrap();
+    let config = creds
+        .config_for(&gamma, REGION, "tollgate-long-wait")
+        .await
+        .unwrap();
+    let provider = config.credentials_provider().unwrap();
+    let first = provider.provide_credentials().await.unwrap();
+    let again = provider.provide_credentials().await.unwrap();
+    assert_eq!(
+        again.access_key_id(),
+        first.access_key_id(),
+        "fresh: reused"
+    );
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let renewed = provider.provide_credentials().await.unwrap();
+    moto.recorder_stop().await.unwrap();
+    assert_ne!(renewed.access_key_id(), first.access_key_id());
+    let assumes = moto
+        .recorded_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action.as_deref() == Some("AssumeRole"))
+        .count();
+    assert_eq!(assumes, 2, "one for config_for, one renewal");
+    assert_eq!(identity(&config).await.0, GAMMA);
 }
