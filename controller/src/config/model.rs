@@ -30,6 +30,25 @@ impl Config {
         self.accounts.get(name)
     }
 
+    /// The SNS topics the controller's own endpoint subscribes to: alarm topics and accounts'
+    /// stack-events topics. An approval or notification topic is for people: a subscription
+    /// of the endpoint to one is never confirmed (it would receive approval links, and count
+    /// as an exposure that withholds every approval request on that topic).
+    pub fn confirmable_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .accounts
+            .values()
+            .filter_map(|a| a.stack_events_topic.as_ref())
+            .map(Arn::to_string)
+            .collect();
+        for p in &self.pipelines {
+            topics.extend(p.alarm_topics.iter().map(Arn::to_string));
+        }
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
     /// Every SNS topic ARN a message may legitimately come from (alarm and approval topics).
     pub fn known_topics(&self) -> Vec<String> {
         let mut topics = Vec::new();

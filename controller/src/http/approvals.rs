@@ -335,8 +335,10 @@ fn form(link: &Link, token: &str) -> String {
     // Enter in a text field submits a form with its default button, the first submit button
     // in tree order, and does nothing when that button is disabled (HTML, "Implicit
     // submission"): so typing a name and pressing Enter never approves (or rejects).
+    // The action is relative to the page's own URL (`…/approvals/<token>`), so the form posts
+    // back to where the page came from even when `public_url` has a path behind a proxy.
     let mut html = format!(
-        "<form method=\"post\" action=\"/approvals/{}\">\
+        "<form method=\"post\" action=\"{}\">\
          <button type=\"submit\" disabled hidden aria-hidden=\"true\" tabindex=\"-1\"></button>\
          <input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         esc(token),

@@ -20,6 +20,7 @@
 //! | an alarm recorded for at least one stage | 200 |
 //! | an alarm no stage watches, or a notification that is not an alarm | 202, delivery recorded |
 //! | a notification on an account's `stack_events_topic` | see [`super::stack_events`]: 200 `woken`, or 202; nothing recorded |
+//! | `SubscriptionConfirmation` for an approval or notification topic | 403, nothing fetched or recorded |
 //! | `SubscriptionConfirmation` confirmed | 200, `SubscribeURL` fetched once, logged |
 //! | the confirmation fetch failed | 502, logged, nothing recorded (a redelivery tries again) |
 //! | `UnsubscribeConfirmation` | 200, logged |
@@ -498,6 +499,12 @@ async fn log_for_topic(state: &SnsState, msg: &SnsMessage, detail: &str) -> Resu
 /// (it retries a delivery answered 5xx), and one that succeeded is not fetched again.
 async fn subscribe(state: &SnsState, msg: &SnsMessage, url: &Url) -> Result<Reply, Reply> {
     let topic = &msg.topic_arn;
+    if !state.engine.config().confirmable_topics().contains(topic) {
+        tracing::warn!(%topic, message = %msg.message_id, "SNS subscription confirmation refused: not an alarm or stack-events topic");
+        return Err(Reply::forbidden(
+            "the controller confirms subscriptions to alarm topics and stack-events topics only",
+        ));
+    }
     let delivery = message_delivery(msg);
     let seen = state
         .engine
