@@ -134,7 +134,7 @@ struct StackRef {
     key: StackKey,
     /// How long this stack's recent change sets and updates took.
     history: StackHistory,
-    /// The account's stack-events topic, sent as `NotificationARNs`.
+    /// The account's stack-events topic, added to the stack's `NotificationARNs`.
     topic: Option<String>,
     /// What this attempt measured.
     measured: Mutex<Measured>,
@@ -325,7 +325,8 @@ impl CloudFormationDeployer {
             } else {
                 ChangeSetType::Update
             };
-            match self.change_set(st, spec, kind).await? {
+            let topics = notification_arns(st, current.as_ref())?;
+            match self.change_set(st, spec, kind, topics).await? {
                 ChangeSet::Empty => return Ok(Next::Nothing(current.map(Box::new))),
                 ChangeSet::Ready => return Ok(Next::Execute),
                 ChangeSet::Executed => return Ok(Next::Wait),
@@ -347,8 +348,9 @@ impl CloudFormationDeployer {
         st: &StackRef,
         spec: &Spec,
         kind: ChangeSetType,
+        topics: Option<Vec<String>>,
     ) -> PortResult<ChangeSet> {
-        match self.create_change_set(st, spec, kind).await {
+        match self.create_change_set(st, spec, kind, topics).await {
             Err(e) if no_changes(&e.to_string()) => return Ok(ChangeSet::Empty),
             other => other?,
         }
@@ -376,6 +378,7 @@ impl CloudFormationDeployer {
         st: &StackRef,
         spec: &Spec,
         kind: ChangeSetType,
+        topics: Option<Vec<String>>,
     ) -> PortResult<()> {
         self.limiter
             .call(&st.account, "CreateChangeSet", || {
@@ -395,7 +398,7 @@ impl CloudFormationDeployer {
                             .collect(),
                     ))
                     .set_role_arn(spec.role.clone())
-                    .set_notification_arns(st.topic.clone().map(|t| vec![t]))
+                    .set_notification_arns(topics.clone())
                     .rollback_configuration(spec.rollback.clone());
                 sdk_done_unless(request.send(), "AlreadyExistsException")
             })
@@ -801,6 +804,37 @@ impl Failing {
         let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
         last.unwrap_or(timed_out)
     }
+}
+
+/// The most `NotificationARNs` a stack takes (CreateChangeSet, `NotificationARNs`: "Maximum
+/// number of 5 items").
+const MAX_NOTIFICATION_ARNS: usize = 5;
+
+/// The `NotificationARNs` a change set sends: none without the account's stack-events topic
+/// (the stack keeps its own), else the stack's own topics with that one added.
+/// CloudFormation replaces the stack's topics with the list a change set gives, so sending
+/// ours alone would drop every topic someone else subscribed the stack to.
+fn notification_arns(st: &StackRef, current: Option<&Stack>) -> PortResult<Option<Vec<String>>> {
+    let Some(topic) = &st.topic else {
+        return Ok(None);
+    };
+    let mut topics: Vec<String> = current
+        .map(|s| s.notification_arns().to_vec())
+        .unwrap_or_default();
+    if !topics.contains(topic) {
+        topics.push(topic.clone());
+    }
+    if topics.len() > MAX_NOTIFICATION_ARNS {
+        return Err(PortError::Invalid(format!(
+            "stack {} already publishes to {} topics ({}); CloudFormation takes at most \
+             {MAX_NOTIFICATION_ARNS}, so the account's stack_events_topic {topic} cannot be added: \
+             remove one of them or the account's stack_events_topic",
+            st.name,
+            topics.len() - 1,
+            topics[..topics.len() - 1].join(", ")
+        )));
+    }
+    Ok(Some(topics))
 }
 
 fn busy(status: &str, executing: bool) -> bool {

@@ -1683,6 +1683,8 @@ pub mod cloudformation {
         pub notifications: Option<Notifications>,
         /// The stack's id (default: a fixed stack `stub` in account 123456789012, us-east-1).
         pub stack_id: Option<String>,
+        /// The topics the stack publishes its events to at the start (`NotificationARNs`).
+        pub notification_arns: Vec<String>,
     }
 
     /// An HTTPS subscription of the stack's notification topics: the endpoint SNS posts to
@@ -1793,6 +1795,7 @@ pub mod cloudformation {
                 update_takes: script.update_takes,
                 notifications: script.notifications,
                 stack_id: script.stack_id.unwrap_or_else(|| STACK_ID.to_string()),
+                notification_arns: script.notification_arns,
                 ..World::default()
             }));
             let app = Router::new()
@@ -1845,6 +1848,11 @@ pub mod cloudformation {
         /// The stack's parameters now.
         pub fn parameters(&self) -> BTreeMap<String, String> {
             self.lock().parameters.clone()
+        }
+
+        /// The topics the stack publishes its events to now.
+        pub fn notification_arns(&self) -> Vec<String> {
+            self.lock().notification_arns.clone()
         }
 
         /// When the last timed update completed (`None`: none did yet).
@@ -2212,10 +2220,16 @@ pub mod cloudformation {
                 )
             })
             .collect();
+        let topics: String = world
+            .notification_arns
+            .iter()
+            .map(|t| format!("<member>{}</member>", esc(t)))
+            .collect();
         Ok(format!(
             "<Stacks><member><StackName>stub</StackName><StackId>{STACK_ID}</StackId>\
              <CreationTime>2026-01-01T00:00:00Z</CreationTime><StackStatus>{status}</StackStatus>\
-             <Parameters>{parameters}</Parameters><Outputs>{outputs}</Outputs></member></Stacks>"
+             <Parameters>{parameters}</Parameters><Outputs>{outputs}</Outputs>\
+             <NotificationARNs>{topics}</NotificationARNs></member></Stacks>"
         ))
     }
 

@@ -641,6 +641,74 @@ async fn a_rollback_cancels_someone_elses_update_in_flight() {
     assert_eq!(stub.parameters()["ImageUri"], OLD);
 }
 
+/// CloudFormation replaces a stack's `NotificationARNs` with the list a change set gives
+/// (CreateChangeSet): the account's stack-events topic is added to the topics the stack
+/// already publishes to, never sent alone in their place.
+#[tokio::test]
+async fn the_stack_events_topic_is_added_to_the_stacks_own_topics() {
+    let ops = format!("arn:aws:sns:{REGION}:123456789012:ops-pager");
+    let ours = format!("arn:aws:sns:{REGION}:123456789012:tollgate-stack-events");
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            notification_arns: vec![ops.clone()],
+            ..Script::default()
+        },
+    )
+    .await;
+    let account = Account {
+        stack_events_topic: Some(ours.as_str().into()),
+        ..own_account()
+    };
+    let f = fixture("stub");
+    cfn.deploy_stack(&request("k/topics", &account, &f.deploy, NEW), &[])
+        .await
+        .unwrap();
+    assert_eq!(stub.notification_arns(), [ops.clone(), ours.clone()]);
+
+    // Deployed again: the list stays as it is.
+    cfn.deploy_stack(&request("k/topics-2", &account, &f.deploy, OLD), &[])
+        .await
+        .unwrap();
+    assert_eq!(stub.notification_arns(), [ops, ours]);
+}
+
+/// A stack that already publishes to five topics (CloudFormation's most) cannot take the
+/// account's stack-events topic: a clear error before any change set, the stack untouched.
+#[tokio::test]
+async fn a_stack_with_five_topics_is_an_error_naming_them() {
+    let theirs: Vec<String> = (1..=5)
+        .map(|n| format!("arn:aws:sns:{REGION}:123456789012:team-{n}"))
+        .collect();
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            notification_arns: theirs.clone(),
+            ..Script::default()
+        },
+    )
+    .await;
+    let ours = format!("arn:aws:sns:{REGION}:123456789012:tollgate-stack-events");
+    let account = Account {
+        stack_events_topic: Some(ours.as_str().into()),
+        ..own_account()
+    };
+    let f = fixture("stub");
+    let err = cfn
+        .deploy_stack(&request("k/too-many", &account, &f.deploy, NEW), &[])
+        .await
+        .unwrap_err();
+    let PortError::Invalid(message) = &err else {
+        panic!("not invalid: {err:?}");
+    };
+    assert!(
+        message.contains("team-5") && message.contains(&ours),
+        "{message}"
+    );
+    assert_eq!(stub.count("CreateChangeSet"), 0);
+    assert_eq!(stub.notification_arns(), theirs);
+}
+
 // ---- rollback triggers (moto gap: RollbackConfiguration is accepted and ignored) ----
 
 const ALARMS: [&str; 3] = ["api-5xx", "latency-p99", "queue-depth"];
