@@ -39,6 +39,9 @@ use crate::secret::Secret;
 
 /// A session is renewed this long before it expires.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// The longest session of a role assumed with a role's credentials ("role chaining"), in
+/// seconds (IAM user guide, "Methods to assume a role").
+const CHAINED_MAX: i32 = 3600;
 /// The limiter key for calls made with the controller's own credentials.
 const CONTROLLER: &str = "controller";
 
@@ -147,9 +150,31 @@ impl Inner {
         cache.entry(key).or_default().clone()
     }
 
+    /// `AssumeRole` for the account's `session_duration`. When AWS refuses a duration over an
+    /// hour because the controller's own credentials are a role's ("The requested
+    /// DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining"),
+    /// the role is assumed again for one hour, with a warning: sessions are renewed anyway.
     async fn assume(&self, account: &Account, role: &str, name: &str) -> PortResult<Session> {
-        let external_id = external_id(account.external_id.as_ref())?;
         let seconds = account.session_duration.as_secs().clamp(900, 43_200) as i32;
+        match self.assume_for(account, role, name, seconds).await {
+            Err(PortError::Invalid(m))
+                if seconds > CHAINED_MAX && m.contains("DurationSeconds") =>
+            {
+                tracing::warn!(account = %account.name, %role, session_duration = seconds, error = %m, "AWS refused a session over an hour (the controller runs as a role: role chaining); assuming it for one hour");
+                self.assume_for(account, role, name, CHAINED_MAX).await
+            }
+            other => other,
+        }
+    }
+
+    async fn assume_for(
+        &self,
+        account: &Account,
+        role: &str,
+        name: &str,
+        seconds: i32,
+    ) -> PortResult<Session> {
+        let external_id = external_id(account.external_id.as_ref())?;
         let conf = aws_sdk_sts::config::Builder::from(&self.derive_base()).interceptor(CallMetrics);
         let client = aws_sdk_sts::Client::from_conf(conf.build());
         let name = session_name(name);

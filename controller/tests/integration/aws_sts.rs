@@ -242,3 +242,63 @@ async fn a_config_renews_its_session_when_the_old_one_is_due() {
     assert_eq!(assumes, 2, "one for config_for, one renewal");
     assert_eq!(identity(&config).await.0, GAMMA);
 }
+
+/// AWS refuses a session over an hour when the controller's own credentials are a role's
+/// (role chaining: "The requested DurationSeconds exceeds the 1 hour session limit for roles
+/// assumed by role chaining."). The role is then assumed for one hour.
+#[tokio::test]
+async fn a_session_over_an_hour_refused_for_role_chaining_is_asked_for_one_hour() {
+    let sts = MockServer::start().await;
+    let refusal = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>ValidationError</Code>
+  <Message>The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.</Message></Error>
+  <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c8</RequestId>
+</ErrorResponse>"#;
+    let granted = r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <Credentials>
+      <AccessKeyId>ASIAEXAMPLECHAINED01</AccessKeyId>
+      <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>
+      <SessionToken>FwoGZXIvYXdzEXAMPLETOKEN</SessionToken>
+      <Expiration>2099-01-01T00:00:00Z</Expiration>
+    </Credentials>
+    <AssumedRoleUser>
+      <AssumedRoleId>AROAEXAMPLE:s</AssumedRoleId>
+      <Arn>arn:aws:sts::222222222222:assumed-role/tollgate-deploy/s</Arn>
+    </AssumedRoleUser>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c9</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#;
+    Mock::given(method("POST"))
+        .and(body_string_contains("DurationSeconds=7200"))
+        .respond_with(ResponseTemplate::new(400).set_body_raw(refusal, "text/xml"))
+        .expect(1)
+        .mount(&sts)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("DurationSeconds=3600"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(granted, "text/xml"))
+        .expect(1)
+        .mount(&sts)
+        .await;
+    let base = MotoServer::shared()
+        .sdk_config()
+        .into_builder()
+        .endpoint_url(sts.uri())
+        .build();
+    let creds = Credentials::new(base, Arc::new(Limiter::default()));
+    let ext = id_file("beta-external-id");
+    let beta = Account {
+        session_duration: Duration::from_secs(7200),
+        ..account("beta", BETA, Some(SecretRef::File(ext.path().into())))
+    };
+
+    let config = creds.config_for(&beta, REGION, "s").await.unwrap();
+    let key = config
+        .credentials_provider()
+        .unwrap()
+        .provide_credentials()
+        .await
+        .unwrap();
+    assert_eq!(key.access_key_id(), "ASIAEXAMPLECHAINED01");
+}
