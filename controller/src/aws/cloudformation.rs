@@ -775,7 +775,6 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..s.len().min(max)]
 }
 
-/// Is the stack busy (wait before touching it)?
 /// The last look of a wait that failed for a reason that may pass (throttling, a 5xx, a
 /// timeout: each already retried by the [`Limiter`]). Such a look counts as one that saw
 /// nothing new, so a long wait (an update of up to an hour) goes on instead of failing the
@@ -837,6 +836,7 @@ fn notification_arns(st: &StackRef, current: Option<&Stack>) -> PortResult<Optio
     Ok(Some(topics))
 }
 
+/// Is the stack busy (wait before touching it)?
 fn busy(status: &str, executing: bool) -> bool {
     match status {
         "REVIEW_IN_PROGRESS" => executing,

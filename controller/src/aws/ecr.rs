@@ -12,7 +12,9 @@
 //! # Caveats
 //! - `PutImage` copies only the manifest. Real ECR accepts it only when the layers are already
 //!   in the target registry: for `Copy`, set up ECR replication (or a registry policy and a
-//!   layer copy) between the build and stage accounts. moto does not check layers.
+//!   layer copy) between the build and stage accounts. Replication is asynchronous, so a
+//!   `Copy` puts the manifest again while ECR answers that the layers are missing, for at most
+//!   the artifact's `wait`. moto does not check layers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +54,17 @@ enum Put {
     /// The repository's tags are immutable and the tag is already taken, by this image or
     /// another.
     TagTaken,
+    /// The registry does not have the image's layers (or, for an index, its images) yet.
+    LayersMissing,
+}
+
+/// Where a manifest put ended: in place, or waiting for its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    Done,
+    /// `LayersNotFoundException` or `ReferencedImagesNotFoundException`: ECR takes a manifest
+    /// only when what it references is already in the registry (PutImage, API reference).
+    LayersMissing,
 }
 
 /// One repository in one account and region.
@@ -163,7 +176,7 @@ impl EcrArtifacts {
     /// image holds the tag (the same one included, so a second wave, a retried attempt and a
     /// rollback to an earlier release all meet it). The second is success only when the tag
     /// holds `digest`; another image under it is an error naming both.
-    async fn put(&self, repo: &Repo, image: &Image, digest: &str, tag: &str) -> PortResult<()> {
+    async fn put(&self, repo: &Repo, image: &Image, digest: &str, tag: &str) -> PortResult<Placed> {
         let manifest = image.image_manifest().unwrap_or_default();
         let media_type = image.image_manifest_media_type().map(str::to_string);
         let put = self
@@ -185,21 +198,32 @@ impl EcrArtifacts {
                         Err(e) if has_code(&e, "ImageTagAlreadyExistsException") => {
                             Ok(Put::TagTaken)
                         }
+                        Err(e)
+                            if has_code(&e, "LayersNotFoundException")
+                                || has_code(&e, "ReferencedImagesNotFoundException") =>
+                        {
+                            Ok(Put::LayersMissing)
+                        }
                         Err(e) => Err(classify(&e)),
                     }
                 }
             })
             .await?;
-        if put == Put::Done {
-            return Ok(());
+        match put {
+            Put::Done => return Ok(Placed::Done),
+            Put::LayersMissing => return Ok(Placed::LayersMissing),
+            Put::TagTaken => {}
         }
         match self.digest_of(repo, tag).await? {
-            Some(held) if held == digest => Ok(()),
-            held => Err(PortError::Failed(format!(
-                "{}:{tag} in {} holds {}, not {digest}, and the repository's tags are immutable",
-                repo.name,
-                repo.account,
-                held.as_deref().unwrap_or("no image any more")
+            Some(held) if held == digest => Ok(Placed::Done),
+            Some(held) => Err(PortError::Failed(format!(
+                "{}:{tag} in {} holds {held}, not {digest}, and the repository's tags are immutable",
+                repo.name, repo.account
+            ))),
+            // Deleted between the two calls: putting it again may work.
+            None => Err(PortError::Retryable(format!(
+                "{}:{tag} in {} was taken, then held no image",
+                repo.name, repo.account
             ))),
         }
     }
@@ -279,10 +303,14 @@ impl Artifacts for EcrArtifacts {
         let image = self.manifest(&build, &req.digest).await?;
         let tag = stage_tag(&req.stage, &req.digest);
         match req.mode {
-            Promote::Retag => {
-                self.put(&build, &image, &req.digest, &tag).await?;
-                Ok(build.uri(&req.digest))
-            }
+            Promote::Retag => match self.put(&build, &image, &req.digest, &tag).await? {
+                Placed::Done => Ok(build.uri(&req.digest)),
+                // In the repository the image was pushed to: not a wait, a broken image.
+                Placed::LayersMissing => Err(PortError::Failed(format!(
+                    "ECR refused to tag {}@{} in {}: its layers are not in the repository",
+                    build.name, req.digest, build.account
+                ))),
+            },
             Promote::Copy => {
                 let stage = self
                     .repo(
@@ -293,7 +321,28 @@ impl Artifacts for EcrArtifacts {
                     )
                     .await?;
                 self.ensure_repository(&stage).await?;
-                self.put(&stage, &image, &req.digest, &tag).await?;
+                // Replication copies the layers asynchronously: the manifest is put again on
+                // the artifact's wait schedule until they are there.
+                let placed = self
+                    .wait
+                    .with_timeout(a.wait)
+                    .poll(|| async {
+                        let placed = self.put(&stage, &image, &req.digest, &tag).await?;
+                        Ok((placed == Placed::Done).then_some(()))
+                    })
+                    .await?;
+                placed.ok_or_else(|| {
+                    PortError::Failed(format!(
+                        "the layers of {}@{} did not reach {} ({}) within {}: ECR takes a \
+                         manifest only when its layers are in the registry; set up replication \
+                         from the build account",
+                        a.repository,
+                        req.digest,
+                        req.target_account.name,
+                        stage.account,
+                        seconds(a.wait)
+                    ))
+                })?;
                 Ok(stage.uri(&req.digest))
             }
         }

@@ -68,6 +68,11 @@ where
     match err {
         SdkError::TimeoutError(_) => PortError::Retryable("the request to AWS timed out".into()),
         SdkError::DispatchFailure(f) => {
+            // Credentials that could not be had (an assumed role's session not renewed) fail
+            // before the request is sent, as a dispatch failure carrying the provider's error.
+            if let Some(port) = f.as_connector_error().and_then(|c| port_error_within(c)) {
+                return port;
+            }
             let source = f.as_connector_error().map(DisplayErrorContext);
             let detail = source.map_or_else(|| "no detail".to_string(), |s| s.to_string());
             PortError::Retryable(format!("could not reach AWS: {detail}"))
@@ -83,6 +88,18 @@ where
         ),
         _ => PortError::Failed("unexpected AWS SDK error".into()),
     }
+}
+
+/// The [`PortError`] in `err`'s chain of sources, if there is one.
+fn port_error_within(err: &(dyn std::error::Error + 'static)) -> Option<PortError> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(port) = e.downcast_ref::<PortError>() {
+            return Some(port.clone());
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Classifies a service error by its code, message and HTTP status (when known).
@@ -201,6 +218,19 @@ mod tests {
         let meta = ErrorMetadata::builder().code(code).message(message).build();
         let raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::empty());
         SdkError::service_error(AssumeRoleError::generic(meta), raw)
+    }
+
+    /// A session that could not be renewed fails the call before it is sent: its kind (here a
+    /// refusal) is kept, not turned into "could not reach AWS" and retried.
+    #[test]
+    fn a_credentials_failure_keeps_its_kind() {
+        use aws_credential_types::provider::error::CredentialsError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        let refused = PortError::Denied("cannot assume role: AccessDenied".into());
+        let credentials = CredentialsError::provider_error(refused.clone());
+        let err: SdkError<AssumeRoleError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::other(Box::new(credentials), None));
+        assert_eq!(classify(&err), refused);
     }
 
     #[test]

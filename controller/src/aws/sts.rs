@@ -18,13 +18,15 @@
 //!   attempt, operation), so no AWS call made through one can wait for ever.
 //!
 //! # Caveats
-//! - A cached session keeps the session name of the call that created it, so CloudTrail
-//!   names the first release and stage that used it.
+//! - A cached session keeps the session name of the call that created or renewed it, so
+//!   CloudTrail names the first release and stage that used it, or the client that renewed
+//!   it (often a long-lived one).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
 use aws_config::{Region, SdkConfig};
 use aws_credential_types::provider::error::CredentialsError;
@@ -65,6 +67,8 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 struct Session {
     credentials: aws_credential_types::Credentials,
     expires: SystemTime,
+    /// The `DurationSeconds` it was granted for (renewals ask for the same).
+    seconds: i32,
 }
 
 impl Session {
@@ -140,6 +144,10 @@ impl Inner {
         builder.set_timeout_config(Some(self.limiter.settings().timeouts.sdk()));
         if let Some(p) = provider {
             builder.set_credentials_provider(Some(p));
+            // The provider caches sessions itself and renews them REFRESH_BEFORE they expire;
+            // the SDK's own cache would keep a partition per provider for ever and give a
+            // renewal only 5 s.
+            builder.set_identity_cache(Some(IdentityCache::no_cache()));
         }
         builder.build()
     }
@@ -154,12 +162,20 @@ impl Inner {
     /// hour because the controller's own credentials are a role's ("The requested
     /// DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining"),
     /// the role is assumed again for one hour, with a warning: sessions are renewed anyway.
-    async fn assume(&self, account: &Account, role: &str, name: &str) -> PortResult<Session> {
-        let seconds = account.session_duration.as_secs().clamp(900, 43_200) as i32;
+    ///
+    /// `granted`: what the previous session of this account and role was granted, so a
+    /// renewal asks for one hour at once once AWS refused more.
+    async fn assume(
+        &self,
+        account: &Account,
+        role: &str,
+        name: &str,
+        granted: Option<i32>,
+    ) -> PortResult<Session> {
+        let wanted = account.session_duration.as_secs().clamp(900, 43_200) as i32;
+        let seconds = granted.map_or(wanted, |g| g.min(wanted));
         match self.assume_for(account, role, name, seconds).await {
-            Err(PortError::Invalid(m))
-                if seconds > CHAINED_MAX && m.contains("DurationSeconds") =>
-            {
+            Err(PortError::Invalid(m)) if seconds > CHAINED_MAX && m.contains("role chaining") => {
                 tracing::warn!(account = %account.name, %role, session_duration = seconds, error = %m, "AWS refused a session over an hour (the controller runs as a role: role chaining); assuming it for one hour");
                 self.assume_for(account, role, name, CHAINED_MAX).await
             }
@@ -202,6 +218,7 @@ impl Inner {
         Ok(Session {
             credentials,
             expires,
+            seconds,
         })
     }
 
@@ -249,9 +266,10 @@ impl RoleSession {
             "cannot assume {role} for account {} ({})",
             account.name, account.id
         );
+        let granted = cached.as_ref().map(|s| s.seconds);
         let session = self
             .inner
-            .assume(account, role, &self.name)
+            .assume(account, role, &self.name, granted)
             .await
             .map_err(|e| context(e, &what))?;
         let credentials = session.credentials.clone();
@@ -268,7 +286,7 @@ impl ProvideCredentials for RoleSession {
         future::ProvideCredentials::new(async move {
             self.current()
                 .await
-                .map_err(|e| CredentialsError::provider_error(e.to_string()))
+                .map_err(CredentialsError::provider_error)
         })
     }
 }

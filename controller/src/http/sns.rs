@@ -1,5 +1,5 @@
-//! `POST /webhooks/sns`: verified SNS deliveries — CloudWatch alarm notifications and the
-//! subscription (un)confirmations of the topics the configuration names.
+//! `POST /webhooks/sns`: verified SNS deliveries — CloudWatch alarm notifications, stack
+//! events, and the subscription (un)confirmations of alarm and stack-events topics.
 //!
 //! Owns the edge of SNS intake: body cap, parsing, the topic allow-list, signature verification
 //! ([`crate::http::sns_verify`]), deduplication on `MessageId`, and turning an alarm into one
@@ -22,7 +22,7 @@
 //! | a notification on an account's `stack_events_topic` | see [`super::stack_events`]: 200 `woken`, or 202; nothing recorded |
 //! | `SubscriptionConfirmation` for an approval or notification topic | 403, nothing fetched or recorded |
 //! | `SubscriptionConfirmation` confirmed | 200, `SubscribeURL` fetched once, logged |
-//! | the confirmation fetch failed | 502, logged, nothing recorded (a redelivery tries again) |
+//! | the confirmation fetch failed | 502, an `sns-subscription` event, no delivery recorded (a redelivery tries again) |
 //! | `UnsubscribeConfirmation` | 200, logged |
 //! | the store failed | 500 |
 //!

@@ -2408,8 +2408,15 @@ pub mod ecr {
     //! with `ImageAlreadyExistsException`, it asks moto for the repository
     //! (`DescribeRepositories`, with the caller's credentials, so in the caller's account) and,
     //! if its tags are immutable, answers `ImageTagAlreadyExistsException` instead. moto
-    //! already refuses every tag in use in such a repository, so nothing else changes. Never
-    //! used by the controller at run time; binds 127.0.0.1 only, forwards to loopback only.
+    //! already refuses every tag in use in such a repository, so nothing else changes.
+    //!
+    //! Replication lag, on request ([`EcrProxy::missing_layers`]): ECR takes a manifest only when
+    //! its layers are already in the registry, and answers `LayersNotFoundException` otherwise
+    //! (`PutImage`'s errors, same page); replication copies them asynchronously
+    //! (<https://docs.aws.amazon.com/AmazonECR/latest/userguide/replication.html>). moto does not
+    //! check layers, so the proxy answers the next `PutImage` calls that way itself, without
+    //! forwarding them. Never used by the controller at run time; binds 127.0.0.1 only,
+    //! forwards to loopback only.
 
     use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::Arc;
@@ -2429,16 +2436,20 @@ pub mod ecr {
         upstream: String,
         http: reqwest::Client,
         rewritten: AtomicUsize,
+        /// `PutImage` calls still to be answered `LayersNotFoundException`.
+        missing_layers: AtomicUsize,
+        /// How many were.
+        refused_layers: AtomicUsize,
     }
 
     /// The proxy; stopped when dropped.
-    pub struct ImmutableTags {
+    pub struct EcrProxy {
         addr: SocketAddr,
         shared: Arc<Shared>,
         server: tokio::task::JoinHandle<()>,
     }
 
-    impl ImmutableTags {
+    impl EcrProxy {
         /// Listens on a free loopback port, in the current tokio runtime, and forwards to
         /// `upstream` (`http://127.0.0.1:<port>`, moto).
         pub async fn start(upstream: &str) -> anyhow::Result<Self> {
@@ -2450,6 +2461,8 @@ pub mod ecr {
                 upstream: upstream.trim_end_matches('/').to_owned(),
                 http: reqwest::Client::builder().no_proxy().build()?,
                 rewritten: AtomicUsize::new(0),
+                missing_layers: AtomicUsize::new(0),
+                refused_layers: AtomicUsize::new(0),
             });
             let app = Router::new().fallback(forward).with_state(shared.clone());
             let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -2475,9 +2488,20 @@ pub mod ecr {
         pub fn rewritten(&self) -> usize {
             self.shared.rewritten.load(Ordering::SeqCst)
         }
+
+        /// The next `n` `PutImage` calls are answered `LayersNotFoundException`, as while
+        /// replication has not copied the image's layers yet.
+        pub fn missing_layers(&self, n: usize) {
+            self.shared.missing_layers.store(n, Ordering::SeqCst);
+        }
+
+        /// How many `PutImage` calls were answered `LayersNotFoundException`.
+        pub fn refused_layers(&self) -> usize {
+            self.shared.refused_layers.load(Ordering::SeqCst)
+        }
     }
 
-    impl Drop for ImmutableTags {
+    impl Drop for EcrProxy {
         fn drop(&mut self) {
             self.server.abort();
         }
@@ -2508,6 +2532,23 @@ pub mod ecr {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let lagging = target == format!("{PREFIX}PutImage")
+            && shared
+                .missing_layers
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if lagging {
+            shared.refused_layers.fetch_add(1, Ordering::SeqCst);
+            let body = serde_json::json!({
+                "__type": "LayersNotFoundException",
+                "message": "The specified layers could not be found, or the specified layer isn't valid for this repository.",
+            });
+            let headers = [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", "LayersNotFoundException"),
+            ];
+            return Ok((StatusCode::BAD_REQUEST, headers, body.to_string()).into_response());
+        }
         let (status, answer_headers, answer) =
             send(shared, method, uri, headers, body.clone()).await?;
         let refused = status == StatusCode::BAD_REQUEST

@@ -403,11 +403,6 @@ async fn the_confirmation_page_shows_the_release_escaped_with_the_token_only_in_
     // Relative to the page's URL: with `public_url = "https://host/tollgate"` the page is
     // `https://host/tollgate/approvals/<token>` and the form posts back there.
     assert!(body.contains(&format!("action=\"{token}\"")));
-    let page_url = url::Url::parse(&format!("https://host/tollgate/approvals/{token}")).unwrap();
-    assert_eq!(
-        page_url.join(&token).unwrap().as_str(),
-        format!("https://host/tollgate/approvals/{token}")
-    );
     let h = |name: &str| {
         page.headers
             .get(name)

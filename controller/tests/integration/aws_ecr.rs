@@ -17,7 +17,7 @@ use tollgate::aws::retry::{Limiter, PollSettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Artifact, Promote, SecretRef, Target};
 use tollgate::engine::ports::{Artifacts, PortError, PromoteRequest};
-use tollgate_testkit::aws_stubs::ecr::ImmutableTags;
+use tollgate_testkit::aws_stubs::ecr::EcrProxy;
 use tollgate_testkit::moto::{MotoServer, REGION};
 
 const BUILD: &str = "111111111111";
@@ -278,7 +278,7 @@ async fn copying_creates_the_stage_repository_with_the_same_digest() {
 #[tokio::test]
 async fn retagging_into_a_repository_with_immutable_tags_never_moves_a_tag() {
     let moto = MotoServer::shared();
-    let proxy = ImmutableTags::start(&moto.endpoint()).await.unwrap();
+    let proxy = EcrProxy::start(&moto.endpoint()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
     aws_sdk_ecr::Client::new(&build_cfg)
@@ -347,5 +347,64 @@ async fn retagging_into_a_repository_with_immutable_tags_never_moves_a_tag() {
         digest_of(&build_cfg, "ecr-immutable", &taken).await,
         Some(theirs),
         "the tag keeps its image"
+    );
+}
+
+/// ECR answers `LayersNotFoundException` to a manifest whose layers replication has not copied
+/// into the stage registry yet (the testkit's proxy answers so; moto does not check layers). A
+/// copy puts it again on the artifact's wait schedule until ECR takes it, and fails with a
+/// clear error when the wait runs out.
+#[tokio::test]
+async fn copying_waits_for_replicated_layers_within_the_artifacts_wait() {
+    let moto = MotoServer::shared();
+    let proxy = EcrProxy::start(&moto.endpoint()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    let gamma_cfg = moto.sdk_config_for_account(GAMMA).await.unwrap();
+    push(&build_cfg, "ecr-replicating", "abc").await;
+    let digest = digest_of(&build_cfg, "ecr-replicating", "abc")
+        .await
+        .unwrap();
+    let creds = Credentials::new(
+        moto.sdk_config()
+            .to_builder()
+            .endpoint_url(proxy.endpoint())
+            .build(),
+        Arc::new(Limiter::default()),
+    );
+    let ecr = EcrArtifacts::new(Arc::new(creds), PollSettings::fast());
+    let build = account("build", BUILD, dir.path());
+    let gamma = account("gamma", GAMMA, dir.path());
+    let req = promote(&build, &gamma, "ecr-replicating", &digest, Promote::Copy);
+
+    proxy.missing_layers(3);
+    let uri = ecr.promote(&req).await.unwrap();
+    assert_eq!(
+        uri,
+        format!("{GAMMA}.dkr.ecr.{REGION}.amazonaws.com/ecr-replicating@{digest}")
+    );
+    assert_eq!(proxy.refused_layers(), 3);
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    assert_eq!(
+        digest_of(
+            &gamma_cfg,
+            "ecr-replicating",
+            &format!("prod-{}", &hex[..12])
+        )
+        .await,
+        Some(digest.clone())
+    );
+
+    // Never replicated within the wait (1 s here): a failure that says what to set up.
+    proxy.missing_layers(usize::MAX);
+    let mut other = req.clone();
+    other.stage = "beta".into();
+    let err = ecr.promote(&other).await.unwrap_err();
+    let PortError::Failed(message) = &err else {
+        panic!("not a failure: {err:?}");
+    };
+    assert!(
+        message.contains("replication") && message.contains(&digest),
+        "{message}"
     );
 }

@@ -196,11 +196,11 @@ async fn a_refused_assume_role_is_denied_and_says_what_was_refused() {
     assert!(!message.contains("beta-external-id"));
 }
 
-/// A config handed out keeps working past its first session: its credentials provider (which
-/// the SDK asks again before the credentials it holds expire) returns the cached session while
-/// it is fresh and assumes the role again once it is not. moto's sessions last the
-/// `DurationSeconds` asked, at least 900 s, so here a session counts as due for renewal
-/// 897 s before it expires: after about 3 s.
+/// A client built from a config handed out keeps working past its first session: its
+/// credentials provider, asked on every call, returns the cached session while it is fresh and
+/// assumes the role again once it is not. moto's sessions last the `DurationSeconds` asked, at
+/// least 900 s, so here a session counts as due for renewal 897 s before it expires: after
+/// about 3 s.
 #[tokio::test]
 async fn a_config_renews_its_session_when_the_old_one_is_due() {
     let moto = MotoServer::start().unwrap(); // private: the recorder counts calls
@@ -219,28 +219,30 @@ async fn a_config_renews_its_session_when_the_old_one_is_due() {
         .config_for(&gamma, REGION, "tollgate-long-wait")
         .await
         .unwrap();
+    let client = aws_sdk_sts::Client::new(&config);
+    for _ in 0..2 {
+        client.get_caller_identity().send().await.unwrap();
+    }
+    assert_eq!(assumes(&moto).await, 1, "fresh: the session of config_for");
     let provider = config.credentials_provider().unwrap();
     let first = provider.provide_credentials().await.unwrap();
-    let again = provider.provide_credentials().await.unwrap();
-    assert_eq!(
-        again.access_key_id(),
-        first.access_key_id(),
-        "fresh: reused"
-    );
 
     tokio::time::sleep(Duration::from_millis(3500)).await;
+    let who = client.get_caller_identity().send().await.unwrap();
+    assert_eq!(who.account(), Some(GAMMA));
+    assert_eq!(assumes(&moto).await, 2, "renewed by the client's own call");
     let renewed = provider.provide_credentials().await.unwrap();
-    moto.recorder_stop().await.unwrap();
     assert_ne!(renewed.access_key_id(), first.access_key_id());
-    let assumes = moto
-        .recorded_requests()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.action.as_deref() == Some("AssumeRole"))
-        .count();
-    assert_eq!(assumes, 2, "one for config_for, one renewal");
-    assert_eq!(identity(&config).await.0, GAMMA);
+    moto.recorder_stop().await.unwrap();
+}
+
+/// How many `AssumeRole` calls moto's recorder holds.
+async fn assumes(moto: &MotoServer) -> usize {
+    let requests = moto.recorded_requests().await.unwrap();
+    let assumed = requests
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("AssumeRole"));
+    assumed.count()
 }
 
 /// AWS refuses a session over an hour when the controller's own credentials are a role's
