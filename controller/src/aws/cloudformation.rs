@@ -358,9 +358,7 @@ impl CloudFormationDeployer {
         let failing = Failing::default();
         let found = self
             .poll
-            .poll_expecting(expected, None, || async {
-                failing.look(&st.name, self.change_set_state(st).await)
-            })
+            .poll_expecting(expected, None, || self.change_set_state(st, &failing))
             .await?;
         let found = found.ok_or_else(|| {
             failing.or_else(PortError::Failed(format!(
@@ -405,9 +403,16 @@ impl CloudFormationDeployer {
             .await
     }
 
-    /// One look at the change set: `None` while it is still being made.
-    async fn change_set_state(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
-        let cs = self
+    /// One look at the change set: `None` while it is still being made, or when the look
+    /// failed for a reason that may pass (kept in `failing`).
+    async fn change_set_state(
+        &self,
+        st: &StackRef,
+        failing: &Failing,
+    ) -> PortResult<Option<ChangeSet>> {
+        // No async block around this call: in a debug build each poll frame is large, and
+        // the SDK's own chain under it is deep.
+        let looked = self
             .limiter
             .call(&st.account, "DescribeChangeSet", || {
                 sdk(st
@@ -417,7 +422,11 @@ impl CloudFormationDeployer {
                     .change_set_name(&st.token)
                     .send())
             })
-            .await?;
+            .await
+            .map(Some);
+        let Some(cs) = failing.look(&st.name, looked)? else {
+            return Ok(None);
+        };
         let reason = cs.status_reason().unwrap_or_default();
         let status = cs.status().map(|s| s.as_str()).unwrap_or_default();
         let execution = cs

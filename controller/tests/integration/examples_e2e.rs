@@ -1355,8 +1355,33 @@ fn executes(stack: &str) -> impl Fn(&RecordedRequest) -> bool + '_ {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ecs_fastapi_react_is_promoted_end_to_end_by_tollgate_serve() {
+/// Runs a story on a runtime of four workers, driven from a thread with a 16 MiB stack. The
+/// stories deploy through tollgate's CloudFormation deployer in this thread (the examples'
+/// prerequisites): in a debug build, that call's poll chain under the AWS SDK and hyper uses
+/// nearly all of a test thread's default 2 MiB. A panic in the story fails the test.
+fn on_a_large_stack<F: std::future::Future<Output = ()> + 'static>(story: fn() -> F) {
+    let thread = std::thread::Builder::new()
+        .stack_size(16 * 1024 * 1024)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(story());
+        })
+        .expect("a thread for the story");
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn ecs_fastapi_react_is_promoted_end_to_end_by_tollgate_serve() {
+    on_a_large_stack(ecs_fastapi_react_story);
+}
+
+async fn ecs_fastapi_react_story() {
     let h = Harness::start("ecs-fastapi-react").await;
     // The configured branch: a build of another branch starts nothing.
     let api = h.pipeline("shop-api");
@@ -1488,8 +1513,12 @@ async fn failed_test_halts_and_notifies(h: &Harness) {
     assert_eq!(h.executions().await, before, "nothing was deployed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn serverless_api_is_promoted_end_to_end_by_tollgate_serve() {
+#[test]
+fn serverless_api_is_promoted_end_to_end_by_tollgate_serve() {
+    on_a_large_stack(serverless_api_story);
+}
+
+async fn serverless_api_story() {
     let h = Harness::start("serverless-api").await;
     let releases = h.run_every_pipeline().await;
     let (first, _) = &releases["orders-api"];
@@ -1532,8 +1561,12 @@ async fn serverless_api_is_promoted_end_to_end_by_tollgate_serve() {
     assert_eq!(image.as_deref(), Some(first.image.as_str()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nextjs_fastapi_is_promoted_end_to_end_by_tollgate_serve() {
+#[test]
+fn nextjs_fastapi_is_promoted_end_to_end_by_tollgate_serve() {
+    on_a_large_stack(nextjs_fastapi_story);
+}
+
+async fn nextjs_fastapi_story() {
     let h = Harness::start("nextjs-fastapi").await;
     let releases = h.run_every_pipeline().await;
     for (name, (first, second)) in &releases {
