@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use support::measure::{pick, verdict};
 use support::proxy::{Faults, Proxy};
-use support::{Controller, deliver, free_port, push_body, random_secret};
+use support::{Controller, deliver, free_port, push_body, random_secret, recorded_release};
 use tollgate::domain::{ReleaseId, RunStatus};
 use tollgate::store::Store;
 use tollgate_testkit::aws_stubs::cloudwatch::{CloudWatchStub, Watches};
@@ -155,14 +155,6 @@ async fn outcome(store: &Store, release: ReleaseId) -> Result<(Option<bool>, Str
     Ok((None, String::new()))
 }
 
-async fn release_of(store: &Store, pipeline: &str, sha: &str) -> Result<Option<ReleaseId>> {
-    let runs = store.recent_runs(pipeline, 5).await?;
-    Ok(runs
-        .into_iter()
-        .find(|(r, _)| r.sha == sha)
-        .map(|(r, _)| r.id))
-}
-
 async fn run() -> Result<()> {
     let args = args()?;
     let moto = tokio::task::spawn_blocking(MotoServer::start).await??;
@@ -242,7 +234,7 @@ async fn run() -> Result<()> {
             let pipeline = format!("p{i}");
             let id = match releases.get(&i) {
                 Some(id) => *id,
-                None => match release_of(&store, &pipeline, &sha).await? {
+                None => match recorded_release(&store, &pipeline, &sha).await? {
                     Some(id) => *releases.entry(i).or_insert(id),
                     None => continue,
                 },

@@ -166,7 +166,11 @@ pub async fn release_of(
 }
 
 /// The release of `sha` among `pipeline`'s 20 newest, if the controller recorded it.
-async fn recorded_release(store: &Store, pipeline: &str, sha: &str) -> Result<Option<ReleaseId>> {
+pub async fn recorded_release(
+    store: &Store,
+    pipeline: &str,
+    sha: &str,
+) -> Result<Option<ReleaseId>> {
     let runs = store.recent_runs(pipeline, 20).await?;
     Ok(runs
         .into_iter()

@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_cloudformation::Client;
+use aws_sdk_cloudformation::operation::describe_change_set::DescribeChangeSetOutput;
 use aws_sdk_cloudformation::types::{
     Capability, ChangeSetType, Parameter, RollbackConfiguration, RollbackTrigger, Stack, StackEvent,
 };
@@ -412,18 +413,7 @@ impl CloudFormationDeployer {
     ) -> PortResult<Option<ChangeSet>> {
         // No async block around this call: in a debug build each poll frame is large, and
         // the SDK's own chain under it is deep.
-        let looked = self
-            .limiter
-            .call(&st.account, "DescribeChangeSet", || {
-                sdk(st
-                    .client
-                    .describe_change_set()
-                    .stack_name(&st.name)
-                    .change_set_name(&st.token)
-                    .send())
-            })
-            .await
-            .map(Some);
+        let looked = self.describe_change_set(st).await.map(Some);
         let Some(cs) = failing.look(&st.name, looked)? else {
             return Ok(None);
         };
@@ -449,6 +439,20 @@ impl CloudFormationDeployer {
             }
             _ => Ok(None),
         }
+    }
+
+    /// `DescribeChangeSet` of this attempt's change set.
+    async fn describe_change_set(&self, st: &StackRef) -> PortResult<DescribeChangeSetOutput> {
+        self.limiter
+            .call(&st.account, "DescribeChangeSet", || {
+                sdk(st
+                    .client
+                    .describe_change_set()
+                    .stack_name(&st.name)
+                    .change_set_name(&st.token)
+                    .send())
+            })
+            .await
     }
 
     /// The stack changed since the change set was made: delete it so a new one can be made.
@@ -585,18 +589,7 @@ impl CloudFormationDeployer {
     /// Whether this attempt's change set is executing now (`EXECUTE_IN_PROGRESS`); false when
     /// there is none.
     async fn own_change_set_executing(&self, st: &StackRef) -> PortResult<bool> {
-        let cs = self
-            .limiter
-            .call(&st.account, "DescribeChangeSet", || {
-                sdk(st
-                    .client
-                    .describe_change_set()
-                    .stack_name(&st.name)
-                    .change_set_name(&st.token)
-                    .send())
-            })
-            .await;
-        match cs {
+        match self.describe_change_set(st).await {
             Ok(cs) => Ok(cs
                 .execution_status()
                 .is_some_and(|e| e.as_str() == "EXECUTE_IN_PROGRESS")),

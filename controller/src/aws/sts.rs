@@ -10,8 +10,8 @@
 //! - One session per (account id, role): concurrent callers share one `AssumeRole`; the
 //!   session is reused until [`REFRESH_BEFORE`] its expiry.
 //! - A config handed out never runs on an expired session: its credentials provider asks the
-//!   cache each time the SDK renews them, so a client built before a long wait keeps working
-//!   after its first session expired.
+//!   cache on every call, so a client built before a long wait keeps working after its first
+//!   session expired.
 //! - Derived configs keep everything else of the base config (endpoint, HTTP client), and
 //!   have the SDK's own retries off: every call retries through [`Limiter`] instead.
 //! - Every derived config carries the limiter's [`super::retry::CallTimeouts`] (connect, read,
@@ -80,24 +80,20 @@ impl Session {
 impl Credentials {
     /// `base`: the controller's own config (its credentials, and the endpoint in tests).
     pub fn new(base: SdkConfig, limiter: Arc<Limiter>) -> Credentials {
-        Credentials {
-            inner: Arc::new(Inner {
-                base,
-                cache: Mutex::new(HashMap::new()),
-                limiter,
-                refresh_before: REFRESH_BEFORE,
-            }),
-        }
+        Credentials::with_refresh_before(base, limiter, REFRESH_BEFORE)
     }
 
     /// Renews sessions `before` their expiry instead of [`REFRESH_BEFORE`] (tests, which
     /// cannot wait for a session's 15 minutes to run out).
     pub fn with_refresh_before(base: SdkConfig, limiter: Arc<Limiter>, before: Duration) -> Self {
-        let mut creds = Credentials::new(base, limiter);
-        if let Some(inner) = Arc::get_mut(&mut creds.inner) {
-            inner.refresh_before = before;
+        Credentials {
+            inner: Arc::new(Inner {
+                base,
+                cache: Mutex::new(HashMap::new()),
+                limiter,
+                refresh_before: before,
+            }),
         }
-        creds
     }
 
     pub fn limiter(&self) -> &Arc<Limiter> {
@@ -105,7 +101,7 @@ impl Credentials {
     }
 
     /// A config for `account` in `region`. Its credentials stay valid however long it is
-    /// used: the SDK asks for them again before they expire, and gets the account's cached
+    /// used: its provider is asked on every call and answers with the account's cached
     /// session, renewed [`REFRESH_BEFORE`] its expiry (so a stack update waited on for an
     /// hour never meets an expired token). An account whose role cannot be assumed is an
     /// error here, before any call.
@@ -126,6 +122,7 @@ impl Credentials {
         })?;
         let provider = RoleSession {
             inner: self.inner.clone(),
+            slot: self.inner.slot(&account.id, role),
             account: account.clone(),
             role: role.to_string(),
             name: session_name.to_string(),
@@ -152,7 +149,7 @@ impl Inner {
         builder.build()
     }
 
-    fn slot(&self, account_id: &str, role: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
+    fn slot(&self, account_id: &str, role: &str) -> SessionSlot {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let key = (account_id.to_string(), role.to_string());
         cache.entry(key).or_default().clone()
@@ -237,6 +234,9 @@ impl Inner {
 /// or a new one when there is none or it is about to expire.
 struct RoleSession {
     inner: Arc<Inner>,
+    /// The account and role's slot in the cache, looked up once (the provider is asked on
+    /// every call).
+    slot: SessionSlot,
     account: Account,
     role: String,
     name: String,
@@ -254,8 +254,7 @@ impl std::fmt::Debug for RoleSession {
 impl RoleSession {
     async fn current(&self) -> PortResult<aws_credential_types::Credentials> {
         let (account, role) = (&self.account, self.role.as_str());
-        let slot = self.inner.slot(&account.id, role);
-        let mut cached = slot.lock().await;
+        let mut cached = self.slot.lock().await;
         if let Some(s) = cached
             .as_ref()
             .filter(|s| s.fresh(self.inner.refresh_before))

@@ -49,17 +49,12 @@ impl Config {
         topics
     }
 
-    /// Every SNS topic ARN a message may legitimately come from (alarm and approval topics).
+    /// Every SNS topic ARN a message may legitimately come from: the
+    /// [`Config::confirmable_topics`], and the notification and approval topics.
     pub fn known_topics(&self) -> Vec<String> {
-        let mut topics = Vec::new();
-        let stack_events = self
-            .accounts
-            .values()
-            .filter_map(|a| a.stack_events_topic.as_ref());
-        topics.extend(stack_events.map(Arn::to_string));
+        let mut topics = self.confirmable_topics();
         for p in &self.pipelines {
             topics.extend(p.notifications.topic.as_ref().map(Arn::to_string));
-            topics.extend(p.alarm_topics.iter().map(Arn::to_string));
             for s in &p.stages {
                 topics.extend(s.approval.as_ref().map(|a| a.topic.to_string()));
             }

@@ -571,6 +571,22 @@ async fn throttling_that_outlasts_a_calls_retries_does_not_end_a_wait() {
     assert_eq!(stub.parameters()["ImageUri"], NEW);
 }
 
+/// Runs `run` (a deploy or a rollback) until the stub has executed a change set, then drops
+/// it, as a crash would: its update goes on without it.
+async fn stop_once_executed<T: std::fmt::Debug>(
+    stub: &CloudFormationStub,
+    run: impl std::future::Future<Output = T>,
+) {
+    tokio::select! {
+        r = run => panic!("the run outlived its update: {r:?}"),
+        () = async {
+            while stub.executed() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } => {}
+    }
+}
+
 /// moto gap: no update is ever in flight. A rollback run again under its key (after a crash,
 /// by a new leader, or past its deadline) while its own change set is still executing waits
 /// for it. Cancelling it would return the stack to the release being rolled back ("the stack
@@ -589,14 +605,7 @@ async fn a_rollback_run_again_waits_for_its_own_update_instead_of_cancelling_it(
     let f = fixture("stub");
     let req = request("k/rollback-again", &own_account(), &f.deploy, OLD);
     // The first run stops (as at a crash) once its change set is executing.
-    tokio::select! {
-        r = cfn.rollback_stack(&req) => panic!("the first run outlived its update: {r:?}"),
-        () = async {
-            while stub.executed() == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        } => {}
-    }
+    stop_once_executed(&stub, cfn.rollback_stack(&req)).await;
 
     cfn.rollback_stack(&req).await.unwrap();
     assert_eq!(stub.count("CancelUpdateStack"), 0, "{:?}", stub.accepted());
@@ -623,16 +632,7 @@ async fn a_rollback_cancels_someone_elses_update_in_flight() {
     let f = fixture("stub");
     // Their deploy of NEW, still in progress.
     let theirs = request("k/theirs", &own_account(), &f.deploy, NEW);
-    tokio::select! {
-        r = cfn.deploy_stack(&theirs, &[]) => {
-            panic!("their deploy outlived its update: {r:?}")
-        }
-        () = async {
-            while stub.executed() == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        } => {}
-    }
+    stop_once_executed(&stub, cfn.deploy_stack(&theirs, &[])).await;
 
     let req = request("k/rollback-theirs", &own_account(), &f.deploy, OLD);
     cfn.rollback_stack(&req).await.unwrap();

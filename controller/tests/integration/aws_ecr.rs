@@ -53,6 +53,14 @@ fn artifacts(moto: &MotoServer) -> EcrArtifacts {
     EcrArtifacts::new(Arc::new(creds), PollSettings::fast())
 }
 
+/// [`artifacts`] with every AWS call through the testkit's ECR proxy in front of `moto`.
+fn artifacts_through(moto: &MotoServer, proxy: &EcrProxy) -> EcrArtifacts {
+    let base = moto.sdk_config().to_builder();
+    let base = base.endpoint_url(proxy.endpoint()).build();
+    let creds = Credentials::new(base, Arc::new(Limiter::default()));
+    EcrArtifacts::new(Arc::new(creds), PollSettings::fast())
+}
+
 fn manifest(layer: &str) -> String {
     format!(
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":7023,"digest":"sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":32654,"digest":"sha256:{layer}"}}]}}"#
@@ -293,14 +301,7 @@ async fn retagging_into_a_repository_with_immutable_tags_never_moves_a_tag() {
     let good = digest_of(&build_cfg, "ecr-immutable", "abc").await.unwrap();
     let other = digest_of(&build_cfg, "ecr-immutable", "def").await.unwrap();
     assert_ne!(good, other);
-    let creds = Credentials::new(
-        moto.sdk_config()
-            .to_builder()
-            .endpoint_url(proxy.endpoint())
-            .build(),
-        Arc::new(Limiter::default()),
-    );
-    let ecr = EcrArtifacts::new(Arc::new(creds), PollSettings::fast());
+    let ecr = artifacts_through(moto, &proxy);
     let build = account("build", BUILD, dir.path());
     let gamma = account("gamma", GAMMA, dir.path());
     let req = promote(&build, &gamma, "ecr-immutable", &good, Promote::Retag);
@@ -365,14 +366,7 @@ async fn copying_waits_for_replicated_layers_within_the_artifacts_wait() {
     let digest = digest_of(&build_cfg, "ecr-replicating", "abc")
         .await
         .unwrap();
-    let creds = Credentials::new(
-        moto.sdk_config()
-            .to_builder()
-            .endpoint_url(proxy.endpoint())
-            .build(),
-        Arc::new(Limiter::default()),
-    );
-    let ecr = EcrArtifacts::new(Arc::new(creds), PollSettings::fast());
+    let ecr = artifacts_through(moto, &proxy);
     let build = account("build", BUILD, dir.path());
     let gamma = account("gamma", GAMMA, dir.path());
     let req = promote(&build, &gamma, "ecr-replicating", &digest, Promote::Copy);

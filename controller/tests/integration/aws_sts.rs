@@ -162,6 +162,23 @@ async fn an_empty_external_id_file_is_an_error_naming_the_file() {
     );
 }
 
+/// `sts` answers exactly one request whose form contains `matching` with `status` and `body`.
+async fn answer(sts: &MockServer, matching: &str, status: u16, body: &str) {
+    Mock::given(method("POST"))
+        .and(body_string_contains(matching))
+        .respond_with(ResponseTemplate::new(status).set_body_raw(body.to_owned(), "text/xml"))
+        .expect(1)
+        .mount(sts)
+        .await;
+}
+
+/// Credentials whose AWS calls all go to `sts`.
+fn credentials_at(sts: &MockServer) -> Credentials {
+    let base = MotoServer::shared().sdk_config().into_builder();
+    let base = base.endpoint_url(sts.uri()).build();
+    Credentials::new(base, Arc::new(Limiter::default()))
+}
+
 #[tokio::test]
 async fn a_refused_assume_role_is_denied_and_says_what_was_refused() {
     let sts = MockServer::start().await;
@@ -170,18 +187,8 @@ async fn a_refused_assume_role_is_denied_and_says_what_was_refused() {
   <Message>User: arn:aws:iam::123456789012:user/tollgate is not authorized to perform: sts:AssumeRole</Message></Error>
   <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId>
 </ErrorResponse>"#;
-    Mock::given(method("POST"))
-        .and(body_string_contains("Action=AssumeRole"))
-        .respond_with(ResponseTemplate::new(403).set_body_raw(refusal, "text/xml"))
-        .expect(1)
-        .mount(&sts)
-        .await;
-    let base = MotoServer::shared()
-        .sdk_config()
-        .into_builder()
-        .endpoint_url(sts.uri())
-        .build();
-    let creds = Credentials::new(base, Arc::new(Limiter::default()));
+    answer(&sts, "Action=AssumeRole", 403, refusal).await;
+    let creds = credentials_at(&sts);
     let ext = id_file("beta-external-id");
     let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
 
@@ -271,24 +278,9 @@ async fn a_session_over_an_hour_refused_for_role_chaining_is_asked_for_one_hour(
   </AssumeRoleResult>
   <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c9</RequestId></ResponseMetadata>
 </AssumeRoleResponse>"#;
-    Mock::given(method("POST"))
-        .and(body_string_contains("DurationSeconds=7200"))
-        .respond_with(ResponseTemplate::new(400).set_body_raw(refusal, "text/xml"))
-        .expect(1)
-        .mount(&sts)
-        .await;
-    Mock::given(method("POST"))
-        .and(body_string_contains("DurationSeconds=3600"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(granted, "text/xml"))
-        .expect(1)
-        .mount(&sts)
-        .await;
-    let base = MotoServer::shared()
-        .sdk_config()
-        .into_builder()
-        .endpoint_url(sts.uri())
-        .build();
-    let creds = Credentials::new(base, Arc::new(Limiter::default()));
+    answer(&sts, "DurationSeconds=7200", 400, refusal).await;
+    answer(&sts, "DurationSeconds=3600", 200, granted).await;
+    let creds = credentials_at(&sts);
     let ext = id_file("beta-external-id");
     let beta = Account {
         session_duration: Duration::from_secs(7200),
