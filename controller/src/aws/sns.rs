@@ -21,6 +21,8 @@
 //!   account must be configured; its topic policy is not consulted.
 //! - A new email subscription stays `PendingConfirmation` until the approver confirms it; its
 //!   filter policy is set when it is created, and corrected later only once it is confirmed.
+//!   SNS delivers nothing to it meanwhile: [`SnsNotifier::audit_subscriptions`] names the
+//!   approvers in that state, so that nothing is published for them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -109,6 +111,16 @@ impl TopicArn {
     }
 }
 
+/// What an approval topic's subscriptions mean for the personal links of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionAudit {
+    /// Confirmed subscriptions that would receive links meant for others.
+    pub exposed: Vec<ExposedSubscription>,
+    /// The approvers (by name, in the order given) with no confirmed `email` subscription to
+    /// their own address: pending confirmation, or not made yet. SNS would deliver them nothing.
+    pub unconfirmed: Vec<String>,
+}
+
 /// One subscription of a topic, as listed.
 struct Subscription {
     protocol: String,
@@ -170,33 +182,36 @@ impl SnsNotifier {
         Ok(changed)
     }
 
-    /// The confirmed subscriptions of `topic` that would receive a message meant for one
-    /// approver: every one whose filter policy is not `{"approver": ["<name>"]}` for exactly
-    /// one of `approvers` (on the message attributes). A subscription still pending
-    /// confirmation receives nothing and is not counted. Any failure to list or read the
+    /// What the subscriptions of `topic` mean for personal links: the confirmed ones that
+    /// would receive a message meant for one approver (every one whose filter policy is not
+    /// `{"approver": ["<name>"]}` for exactly one of `approvers`, on the message attributes,
+    /// delivered to that approver's own address), and the approvers who have no confirmed
+    /// `email` subscription of their own. A subscription still pending confirmation receives
+    /// nothing: it exposes nothing, and reaches nobody. Any failure to list or read the
     /// subscriptions is an error: the caller then publishes nothing.
-    pub async fn exposed_subscriptions(
+    pub async fn audit_subscriptions(
         &self,
         topic: &str,
         approvers: &[Approver],
-    ) -> PortResult<Vec<ExposedSubscription>> {
+    ) -> PortResult<SubscriptionAudit> {
         let (client, account) = self.client(topic).await?;
+        let listed = self.subscriptions(&client, &account, topic).await?;
         let mut exposed = Vec::new();
-        for sub in self.subscriptions(&client, &account, topic).await? {
-            if !sub.confirmed() {
-                continue;
-            }
+        for sub in listed.iter().filter(|s| s.confirmed()) {
             let (policy, scope) = self.filter_of(&client, &account, &sub.arn).await?;
-            if let Some(exposure) = exposure(policy, scope, approvers, &sub) {
+            if let Some(exposure) = exposure(policy, scope, approvers, sub) {
                 exposed.push(ExposedSubscription {
-                    arn: sub.arn,
-                    protocol: sub.protocol,
-                    endpoint: sub.endpoint,
+                    arn: sub.arn.clone(),
+                    protocol: sub.protocol.clone(),
+                    endpoint: sub.endpoint.clone(),
                     exposure,
                 });
             }
         }
-        Ok(exposed)
+        Ok(SubscriptionAudit {
+            exposed,
+            unconfirmed: unconfirmed(&listed, approvers),
+        })
     }
 
     /// A subscription's `FilterPolicy` and `FilterPolicyScope` attributes.
@@ -431,6 +446,16 @@ fn exposure(
     }
 }
 
+/// The approvers none of whose own `email` subscriptions in `listed` is confirmed.
+fn unconfirmed(listed: &[Subscription], approvers: &[Approver]) -> Vec<String> {
+    let reached = |a: &Approver| listed.iter().any(|s| s.confirmed() && is_inbox_of(s, a));
+    approvers
+        .iter()
+        .filter(|a| !reached(a))
+        .map(|a| a.name.clone())
+        .collect()
+}
+
 fn is_inbox_of(sub: &Subscription, approver: &Approver) -> bool {
     sub.protocol == "email" && sub.endpoint.eq_ignore_ascii_case(&approver.email)
 }
@@ -622,6 +647,31 @@ mod tests {
             judge(Some(r#"{"approver":["alice"]}"#), Some("MessageBody")),
             Some(Exposure::BodyScoped { .. })
         ));
+    }
+
+    #[test]
+    fn only_a_confirmed_email_subscription_to_their_own_address_reaches_an_approver() {
+        let sub = |arn: &str, protocol: &str, endpoint: &str| Subscription {
+            arn: arn.into(),
+            protocol: protocol.into(),
+            endpoint: endpoint.into(),
+        };
+        let listed = [
+            sub(
+                "arn:aws:sns:eu-west-1:111111111111:approvals:1",
+                "email",
+                "Alice@Example.com",
+            ),
+            sub("PendingConfirmation", "email", "bob@example.com"),
+            sub(
+                "arn:aws:sns:eu-west-1:111111111111:approvals:2",
+                "http",
+                "carol@example.com",
+            ),
+        ];
+        let approvers = ["alice", "bob", "carol", "dave"].map(approver);
+        assert_eq!(unconfirmed(&listed, &approvers), ["bob", "carol", "dave"]);
+        assert!(unconfirmed(&listed, &approvers[..1]).is_empty());
     }
 
     #[test]

@@ -296,6 +296,9 @@ async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
         SendOutcome::Sent(sent) => Ok(EffectOutcome::success(format!(
             "approval request sent ({sent} message(s))"
         ))),
+        // A failure: the planner sends the request again on its resend schedule, and each
+        // approver who confirmed meanwhile gets their link then (the others keep theirs).
+        SendOutcome::Unconfirmed(links) => Ok(EffectOutcome::failure(describe_unconfirmed(&links))),
         SendOutcome::Withheld(exposed) => Ok(EffectOutcome::failure(describe_exposed(&exposed))
             .with(EffectOutput::ApprovalWithheld { exposed })),
     }

@@ -282,9 +282,63 @@ pub struct ApprovalRequest {
 pub enum SendOutcome {
     /// This many messages are out for the request.
     Sent(usize),
+    /// Not every listed approver has their link: one entry per listed approver, in the
+    /// stage's order. Approvers [`LinkDelivery::AwaitingConfirmation`] were sent nothing
+    /// (possibly nobody was); sending the request again sends them their link once they
+    /// confirmed.
+    Unconfirmed(Vec<ApproverLink>),
     /// Nothing was sent: these subscriptions would have received every approver's
     /// personal link.
     Withheld(Vec<ExposedSubscription>),
+}
+
+/// Where one listed approver's personal link stands after a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkDelivery {
+    /// Published to the topic, by this send or an earlier one under the same key.
+    Sent,
+    /// Not published: the approver has no confirmed email subscription to the topic (it is
+    /// pending confirmation, or was only just made), and SNS delivers nothing to a subscription
+    /// until the approver follows the link in AWS's confirmation email.
+    AwaitingConfirmation,
+}
+
+/// One listed approver and where their link stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApproverLink {
+    pub approver: String,
+    pub delivery: LinkDelivery,
+}
+
+/// One sentence for people: who was not sent a link and why, and who was. Names only (never
+/// email addresses).
+pub fn describe_unconfirmed(links: &[ApproverLink]) -> String {
+    let names = |d: LinkDelivery| -> Vec<&str> {
+        let of = links.iter().filter(|l| l.delivery == d);
+        of.map(|l| l.approver.as_str()).collect()
+    };
+    let (waiting, sent) = (
+        names(LinkDelivery::AwaitingConfirmation),
+        names(LinkDelivery::Sent),
+    );
+    let (subscriptions, are) = match waiting.len() {
+        1 => ("subscription", "is"),
+        _ => ("subscriptions", "are"),
+    };
+    let pending = "pending confirmation, and SNS delivers nothing until the approver follows \
+                   the link in AWS's confirmation email";
+    let waiting = waiting.join(", ");
+    if sent.is_empty() {
+        return format!(
+            "no approver can receive the request yet: the email {subscriptions} of {waiting} to \
+             the approval topic {are} {pending}"
+        );
+    }
+    format!(
+        "no link sent to {waiting}: their email {subscriptions} to the approval topic {are} \
+         {pending}; sent to {}",
+        sent.join(", ")
+    )
 }
 
 #[async_trait]
@@ -296,6 +350,33 @@ pub trait ApprovalSender: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unconfirmed_request_names_who_waits_and_who_has_a_link() {
+        let link = |approver: &str, delivery| ApproverLink {
+            approver: approver.into(),
+            delivery,
+        };
+        let partial = [
+            link("alice", LinkDelivery::Sent),
+            link("bob", LinkDelivery::AwaitingConfirmation),
+        ];
+        assert_eq!(
+            describe_unconfirmed(&partial),
+            "no link sent to bob: their email subscription to the approval topic is pending \
+             confirmation, and SNS delivers nothing until the approver follows the link in AWS's \
+             confirmation email; sent to alice"
+        );
+        let nobody = [link("bob", LinkDelivery::AwaitingConfirmation)];
+        assert!(
+            describe_unconfirmed(&nobody).starts_with(
+                "no approver can receive the request yet: the email subscription of bob to the \
+                 approval topic is pending confirmation"
+            ),
+            "{}",
+            describe_unconfirmed(&nobody)
+        );
+    }
 
     #[test]
     fn a_message_debug_print_never_shows_its_body() {

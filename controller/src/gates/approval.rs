@@ -6,8 +6,11 @@
 //!   ([`Store::issue_approval_token`]) and publishes one message to the stage's topic with the
 //!   message attribute `approver=<name>`, so that approver's subscription filter policy
 //!   (`{"approver":["<name>"]}`, kept by [`SnsNotifier::ensure_approver_subscriptions`]) routes
-//!   it to their inbox alone. With no listed approvers it publishes one shared link, and the
-//!   page asks for the approver's name (recorded, marked unverified).
+//!   it to their inbox alone. An approver with no confirmed email subscription (pending
+//!   confirmation: SNS would deliver nothing) gets no token and no message, and the outcome
+//!   says so per approver ([`SendOutcome::Unconfirmed`]); a later send under the same key
+//!   reaches them once confirmed. With no listed approvers it publishes one shared link, and
+//!   the page asks for the approver's name (recorded, marked unverified).
 //! - **Deciding**: the rules every decision goes through, whether it comes from a link
 //!   ([`decide_by_link`], used by `POST /approvals/{token}`) or from a caller that
 //!   authenticated the approver itself ([`decide`], for the CLI and the dashboard). A decision
@@ -52,17 +55,17 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::aws::sns::SnsNotifier;
+use crate::aws::sns::{SnsNotifier, SubscriptionAudit};
 use crate::backoff::Backoff;
 use crate::config::{Approval, Approver};
 use crate::domain::approval::{self as rules, Identity};
 use crate::domain::{
-    ApprovalRecord, ContributorRole, Decision, ExposedSubscription, Release, ReleaseId, RunStatus,
-    StageRun,
+    ApprovalRecord, ContributorRole, Decision, Release, ReleaseId, RunStatus, StageRun,
 };
 use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::ports::{
-    ApprovalRequest, ApprovalSender, Forge, Message, Notifier, PortError, PortResult, SendOutcome,
+    ApprovalRequest, ApprovalSender, ApproverLink, Forge, LinkDelivery, Message, Notifier,
+    PortError, PortResult, SendOutcome,
 };
 use crate::engine::{Delivery, Ingested, NewApproval};
 use crate::engine::{Engine, EngineResult};
@@ -132,21 +135,19 @@ impl SnsApprovalSender {
     }
 
     /// Subscribes the approvers, then checks that every confirmed subscription on the topic
-    /// is one listed approver's: personal links go out only then. Any failure to manage or
-    /// list the subscriptions stops the send (nothing is published).
-    async fn check_subscriptions(
-        &self,
-        req: &ApprovalRequest,
-    ) -> PortResult<Vec<ExposedSubscription>> {
+    /// is one listed approver's (personal links go out only then), and which approvers have
+    /// no confirmed subscription yet. Any failure to manage or list the subscriptions stops
+    /// the send (nothing is published).
+    async fn check_subscriptions(&self, req: &ApprovalRequest) -> PortResult<SubscriptionAudit> {
         let Some(subs) = &self.subscriptions else {
-            return Ok(Vec::new());
+            return Ok(SubscriptionAudit::default());
         };
         if req.approvers.is_empty() {
-            return Ok(Vec::new());
+            return Ok(SubscriptionAudit::default());
         }
         subs.ensure_approver_subscriptions(&req.topic, &req.approvers)
             .await?;
-        subs.exposed_subscriptions(&req.topic, &req.approvers).await
+        subs.audit_subscriptions(&req.topic, &req.approvers).await
     }
 
     /// Mints (or finds already sent) the link of one recipient and publishes it.
@@ -202,29 +203,70 @@ impl SnsApprovalSender {
 
 #[async_trait]
 impl ApprovalSender for SnsApprovalSender {
-    /// Returns how many links are out for this request: those sent now and those an earlier
-    /// attempt under the same key already sent.
+    /// Returns how many links are out for this request (those sent now and those an earlier
+    /// attempt under the same key already sent), or which approvers were sent nothing because
+    /// their subscription is not confirmed, or the subscriptions that withheld every link.
     async fn send(&self, req: &ApprovalRequest) -> PortResult<SendOutcome> {
         let release = self
             .stored("reading the release", || self.store.release(req.release))
             .await?
             .ok_or_else(|| PortError::NotFound(format!("release {}", req.release)))?;
         let release = self.with_pull_people(req, release).await?;
-        let exposed = self.check_subscriptions(req).await?;
-        if !exposed.is_empty() {
+        let audit = self.check_subscriptions(req).await?;
+        if !audit.exposed.is_empty() {
+            let exposed = audit.exposed;
             tracing::warn!(key = %req.key, topic = %req.topic, exposed = exposed.len(), "approval links withheld: the topic has subscriptions that would receive every link");
             return Ok(SendOutcome::Withheld(exposed));
         }
-        let recipients: Vec<Recipient> = if req.approvers.is_empty() {
-            vec![None]
-        } else {
-            req.approvers.iter().map(Some).collect()
-        };
-        for to in &recipients {
-            self.send_one(req, &release, *to).await?;
-        }
-        Ok(SendOutcome::Sent(recipients.len()))
+        self.send_reachable(req, &release, &audit.unconfirmed).await
     }
+}
+
+impl SnsApprovalSender {
+    /// Publishes the shared link, or the link of every listed approver but the `unconfirmed`
+    /// (SNS would deliver them nothing), and says who has theirs.
+    async fn send_reachable(
+        &self,
+        req: &ApprovalRequest,
+        release: &Release,
+        unconfirmed: &[String],
+    ) -> PortResult<SendOutcome> {
+        if req.approvers.is_empty() {
+            self.send_one(req, release, None).await?;
+            return Ok(SendOutcome::Sent(1));
+        }
+        for to in req
+            .approvers
+            .iter()
+            .filter(|a| !unconfirmed.contains(&a.name))
+        {
+            self.send_one(req, release, Some(to)).await?;
+        }
+        if unconfirmed.is_empty() {
+            return Ok(SendOutcome::Sent(req.approvers.len()));
+        }
+        let waiting = unconfirmed.join(", ");
+        tracing::warn!(key = %req.key, topic = %req.topic, approvers = %waiting, "approval links not sent: these approvers' email subscriptions are pending confirmation");
+        Ok(SendOutcome::Unconfirmed(links(req, unconfirmed)))
+    }
+}
+
+/// Each listed approver and whether their link went out: all but the `unconfirmed` did.
+fn links(req: &ApprovalRequest, unconfirmed: &[String]) -> Vec<ApproverLink> {
+    let delivery = |name: &String| {
+        if unconfirmed.contains(name) {
+            LinkDelivery::AwaitingConfirmation
+        } else {
+            LinkDelivery::Sent
+        }
+    };
+    req.approvers
+        .iter()
+        .map(|a| ApproverLink {
+            approver: a.name.clone(),
+            delivery: delivery(&a.name),
+        })
+        .collect()
 }
 
 impl SnsApprovalSender {

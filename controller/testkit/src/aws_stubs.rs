@@ -2,10 +2,10 @@
 //!
 //! Owns the stand-ins for moto's documented gaps (CloudWatch over RPCv2 CBOR, CloudFormation
 //! and CodePipeline behaviour moto does not model, ECR's answer for a tag in use in a
-//! repository with immutable tags). Each stub follows the service's documented
-//! rules, not only its wire format, and says in a comment which gap it covers. Must never: be
-//! linked into the controller's binary (this crate is a dev-dependency), or listen beyond
-//! loopback.
+//! repository with immutable tags, SNS email subscriptions pending confirmation). Each stub
+//! follows the service's documented rules, not only its wire format, and says in a comment
+//! which gap it covers. Must never: be linked into the controller's binary (this crate is a
+//! dev-dependency), or listen beyond loopback.
 
 pub mod cloudwatch {
     //! A scripted CloudWatch server on loopback: alarm states (`DescribeAlarms`) and metric
@@ -2649,3 +2649,5 @@ pub mod ecr {
         Ok((status, out, response.bytes().await?))
     }
 }
+
+pub mod sns;

@@ -65,6 +65,10 @@ pub struct FakeWorld {
     pub drifting_deploys: BTreeMap<String, String>,
     /// Messages to these approvers (the message's `approver` attribute) are refused.
     pub refused_approvers: BTreeSet<String>,
+    /// Approvers whose email subscription to the approval topic is pending confirmation: a
+    /// request sends them nothing and says so ([`SendOutcome::Unconfirmed`]), as the real
+    /// sender does.
+    pub unconfirmed_approvers: BTreeSet<String>,
     /// Alarms in ALARM now, by name.
     pub firing: BTreeSet<String>,
     /// Alarms in INSUFFICIENT_DATA now, by name (an alarm in `firing` is in ALARM instead).
@@ -339,7 +343,19 @@ impl ApprovalSender for Fakes {
             if w.ledger.call(&req.key) {
                 w.approval_requests.push(req.clone());
             }
-            Ok(SendOutcome::Sent(req.approvers.len().max(1)))
+            let waiting = |name: &String| w.unconfirmed_approvers.contains(name);
+            if !req.approvers.iter().any(|a| waiting(&a.name)) {
+                return Ok(SendOutcome::Sent(req.approvers.len().max(1)));
+            }
+            let links = req.approvers.iter().map(|a| ApproverLink {
+                approver: a.name.clone(),
+                delivery: if waiting(&a.name) {
+                    LinkDelivery::AwaitingConfirmation
+                } else {
+                    LinkDelivery::Sent
+                },
+            });
+            Ok(SendOutcome::Unconfirmed(links.collect()))
         })
     }
 }

@@ -7,6 +7,9 @@
 //! `sns.Subscription`; it stores no per-inbox copy of an email. So each approver's inbox is
 //! also stood in for by an HTTP subscription with the same filter policy (moto honours filter
 //! policies for HTTP deliveries), served by this test on 127.0.0.1.
+//!
+//! moto confirms an email subscription at once; the approvers whose subscription is pending
+//! confirmation are modelled by the testkit's SNS proxy in front of moto.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,10 +25,13 @@ use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Approver};
 use tollgate::domain::ReleaseId;
-use tollgate::engine::ports::{ApprovalRequest, ApprovalSender, SendOutcome};
+use tollgate::engine::ports::{
+    ApprovalRequest, ApprovalSender, ApproverLink, LinkDelivery, SendOutcome, describe_unconfirmed,
+};
 use tollgate::engine::{Delivery, Ingested, NewRelease};
 use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::store::Store;
+use tollgate_testkit::aws_stubs::sns::SnsProxy;
 use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
 const PUBLIC_URL: &str = "https://tollgate.example";
@@ -322,4 +328,113 @@ async fn with_no_listed_approvers_one_shared_message_goes_out() {
         .unwrap();
     assert!(stored.is_shared());
     assert!(subscriptions(moto, &topic).await.is_empty());
+}
+
+/// [`SnsNotifier`] through the testkit's SNS proxy, which keeps new email subscriptions
+/// pending confirmation as SNS does. moto gap: moto confirms an email subscription the moment
+/// it is made (`PendingConfirmation` false, its ARN listed by `ListSubscriptionsByTopic`), so
+/// a pending approver exists only behind the proxy.
+fn notifier_through(moto: &MotoServer, proxy: &SnsProxy) -> Arc<SnsNotifier> {
+    let limiter = Arc::new(Limiter::default());
+    let config = moto.sdk_config().to_builder();
+    let config = config.endpoint_url(proxy.endpoint()).build();
+    let creds = Arc::new(Credentials::new(config, limiter.clone()));
+    Arc::new(SnsNotifier::new(creds, limiter, controller_account()))
+}
+
+fn link(approver: &str, delivery: LinkDelivery) -> ApproverLink {
+    ApproverLink {
+        approver: approver.into(),
+        delivery,
+    }
+}
+
+/// Approvers named in the `approver` attribute of what `topic` received, in order.
+async fn addressed(moto: &MotoServer, topic: &str) -> Vec<String> {
+    sent_notifications(moto, topic)
+        .await
+        .iter()
+        .filter_map(|m| m[3]["approver"]["Value"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// SNS delivers nothing to an email subscription pending confirmation: bob, whom the request
+/// itself subscribes, is not sent a link (nor reported as sent) while alice, confirmed ahead
+/// of time, is; once bob confirms, the same request sends him his link and nobody a second one.
+#[tokio::test]
+async fn an_approver_whose_subscription_is_pending_confirmation_is_not_sent_a_link() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let proxy = SnsProxy::start(&moto.endpoint()).await.unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-pending").await;
+    let (alice, bob) = (approver("alice"), approver("bob"));
+    let sns = notifier_through(moto, &proxy);
+    sns.ensure_approver_subscriptions(&topic, std::slice::from_ref(&alice))
+        .await
+        .unwrap();
+    proxy.confirm(&alice.email);
+    let (_dir, store, id) = store_with_release().await;
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone());
+    let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
+
+    let outcome = sender.send(&req).await.unwrap();
+    assert_eq!(
+        proxy.pending(),
+        ["bob@example.com"],
+        "the request subscribed bob"
+    );
+    assert_eq!(
+        outcome,
+        SendOutcome::Unconfirmed(vec![
+            link("alice", LinkDelivery::Sent),
+            link("bob", LinkDelivery::AwaitingConfirmation),
+        ])
+    );
+    assert_eq!(
+        addressed(moto, &topic).await,
+        ["alice"],
+        "nothing published for bob"
+    );
+
+    // Sent again while bob has not confirmed: nothing new.
+    assert_eq!(sender.send(&req).await.unwrap(), outcome);
+    assert_eq!(addressed(moto, &topic).await, ["alice"]);
+
+    proxy.confirm(&bob.email);
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
+    assert_eq!(
+        addressed(moto, &topic).await,
+        ["alice", "bob"],
+        "bob's link once he confirmed, and alice's only once"
+    );
+    assert_eq!(subscriptions(moto, &topic).await.len(), 2);
+}
+
+/// No listed approver has a confirmed subscription: nothing is published, and the outcome
+/// names every approver as waiting, never as sent.
+#[tokio::test]
+async fn with_every_subscription_pending_nothing_is_published_and_nobody_counts_as_sent() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let proxy = SnsProxy::start(&moto.endpoint()).await.unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-all-pending").await;
+    let (_dir, store, id) = store_with_release().await;
+    let sns = notifier_through(moto, &proxy);
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone());
+    let req = request(id, &topic, APPROVERS.iter().map(|n| approver(n)).collect());
+
+    let outcome = sender.send(&req).await.unwrap();
+    let waiting = APPROVERS.map(|n| link(n, LinkDelivery::AwaitingConfirmation));
+    assert_eq!(outcome, SendOutcome::Unconfirmed(waiting.to_vec()));
+    assert!(sent_notifications(moto, &topic).await.is_empty());
+    assert_eq!(
+        describe_unconfirmed(&waiting),
+        "no approver can receive the request yet: the email subscriptions of alice, bob, carol \
+         to the approval topic are pending confirmation, and SNS delivers nothing until the \
+         approver follows the link in AWS's confirmation email"
+    );
 }

@@ -326,6 +326,51 @@ async fn a_newer_release_supersedes_one_waiting_for_approval() {
     );
 }
 
+/// Approvers whose email subscription is pending confirmation get nothing from SNS: the run
+/// says nobody can receive the request (never "sent"), and the request goes out again on the
+/// resend schedule to each approver once they confirmed.
+#[tokio::test]
+async fn a_request_no_approver_can_receive_says_so_and_reaches_them_once_they_confirm() {
+    let h = Harness::new();
+    let waiting = ["alice".to_string(), "bob".to_string()];
+    h.fakes.with(|w| w.unconfirmed_approvers.extend(waiting));
+    let engine = h.engine(None).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    let why = |run: tollgate::domain::StageRun| run.reason.describe(engine.now());
+    let said = why(run(&engine, id, "prod").await);
+    assert_eq!(
+        said,
+        "awaiting approval: 0 of 1, expires in 24h (request not sent: no approver can receive \
+         the request yet: the email subscriptions of alice, bob to the approval topic are \
+         pending confirmation, and SNS delivers nothing until the approver follows the link in \
+         AWS's confirmation email; trying again in 5m)"
+    );
+
+    h.fakes.with(|w| w.unconfirmed_approvers.remove("alice"));
+    h.clock.advance(Duration::minutes(5));
+    settle(&engine).await.unwrap();
+    let said = why(run(&engine, id, "prod").await);
+    assert!(
+        said.contains("(request not sent: no link sent to bob: their email subscription to the")
+            && said.contains("; sent to alice; trying again in 10m)"),
+        "{said}"
+    );
+
+    h.fakes.with(|w| w.unconfirmed_approvers.clear());
+    h.clock.advance(Duration::minutes(10));
+    settle(&engine).await.unwrap();
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::AwaitingApproval);
+    assert_eq!(why(prod), "awaiting approval: 0 of 1, expires in 23h45m");
+}
+
 #[tokio::test]
 async fn a_rejection_ends_the_request_and_a_redelivered_push_is_ignored() {
     let h = Harness::new();
