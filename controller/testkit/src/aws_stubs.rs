@@ -2415,8 +2415,11 @@ pub mod ecr {
     //! (`PutImage`'s errors, same page); replication copies them asynchronously
     //! (<https://docs.aws.amazon.com/AmazonECR/latest/userguide/replication.html>). moto does not
     //! check layers, so the proxy answers the next `PutImage` calls that way itself, without
-    //! forwarding them. Never used by the controller at run time; binds 127.0.0.1 only,
-    //! forwards to loopback only.
+    //! forwarding them.
+    //!
+    //! Throttling, on request ([`EcrProxy::throttle`]): the next calls of one operation are
+    //! answered `ThrottlingException`, which moto cannot be told to do. Never used by the
+    //! controller at run time; binds 127.0.0.1 only, forwards to loopback only.
 
     use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::Arc;
@@ -2440,6 +2443,8 @@ pub mod ecr {
         missing_layers: AtomicUsize,
         /// How many were.
         refused_layers: AtomicUsize,
+        /// An operation (`DescribeImages`) and how many of its next calls are throttled.
+        throttle: std::sync::Mutex<Option<(String, usize)>>,
     }
 
     /// The proxy; stopped when dropped.
@@ -2463,6 +2468,7 @@ pub mod ecr {
                 rewritten: AtomicUsize::new(0),
                 missing_layers: AtomicUsize::new(0),
                 refused_layers: AtomicUsize::new(0),
+                throttle: std::sync::Mutex::new(None),
             });
             let app = Router::new().fallback(forward).with_state(shared.clone());
             let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -2499,6 +2505,12 @@ pub mod ecr {
         pub fn refused_layers(&self) -> usize {
             self.shared.refused_layers.load(Ordering::SeqCst)
         }
+
+        /// The next `n` calls of `operation` (`DescribeImages`) are answered
+        /// `ThrottlingException` (HTTP 400), without being forwarded.
+        pub fn throttle(&self, operation: &str, n: usize) {
+            *self.shared.throttle.lock().unwrap() = Some((operation.to_owned(), n));
+        }
     }
 
     impl Drop for EcrProxy {
@@ -2520,6 +2532,18 @@ pub mod ecr {
         }
     }
 
+    /// Whether this call of `target` is one of the throttled ones (and counts it).
+    fn throttled(shared: &Shared, target: &str) -> bool {
+        let mut throttle = shared.throttle.lock().unwrap();
+        match throttle.as_mut() {
+            Some((operation, n)) if *n > 0 && target == format!("{PREFIX}{operation}") => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     async fn answer(
         shared: &Shared,
         method: Method,
@@ -2532,6 +2556,17 @@ pub mod ecr {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        if throttled(shared, &target) {
+            let body = serde_json::json!({
+                "__type": "ThrottlingException",
+                "message": "Rate exceeded",
+            });
+            let headers = [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", "ThrottlingException"),
+            ];
+            return Ok((StatusCode::BAD_REQUEST, headers, body.to_string()).into_response());
+        }
         let lagging = target == format!("{PREFIX}PutImage")
             && shared
                 .missing_layers
