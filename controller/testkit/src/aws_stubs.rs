@@ -133,6 +133,8 @@ pub mod cloudwatch {
         state: String,
         since: f64,
         watches: Watches,
+        /// `EvaluationPeriods` and `DatapointsToAlarm` (unset: the same as `EvaluationPeriods`).
+        evaluation: (i64, Option<i64>),
     }
 
     /// (namespace, metric name, dimensions).
@@ -207,12 +209,23 @@ pub mod cloudwatch {
 
         /// Creates or changes an alarm watching `watches`.
         pub fn set_alarm_watching(&self, name: &str, state: &str, watches: Watches) {
+            let mut script = self.lock();
+            let evaluation = script.alarms.get(name).map_or((1, None), |a| a.evaluation);
             let alarm = Alarm {
                 state: state.to_owned(),
                 since: epoch_now(),
                 watches,
+                evaluation,
             };
-            self.lock().alarms.insert(name.to_owned(), alarm);
+            script.alarms.insert(name.to_owned(), alarm);
+        }
+
+        /// Sets a metric alarm's `EvaluationPeriods` and `DatapointsToAlarm` (default 1 and
+        /// unset), as `PutMetricAlarm` would.
+        pub fn set_evaluation(&self, name: &str, periods: i64, datapoints_to_alarm: Option<i64>) {
+            if let Some(alarm) = self.lock().alarms.get_mut(name) {
+                alarm.evaluation = (periods, datapoints_to_alarm);
+            }
         }
 
         /// Records raw samples of a metric: (epoch seconds, value), as `PutMetricData` would.
@@ -489,7 +502,11 @@ pub mod cloudwatch {
             ];
             if alarm.watches != Watches::Alarms {
                 fields.extend(cbor_watches(&alarm.watches));
-                fields.push((text("EvaluationPeriods"), Value::Integer(1.into())));
+                let (periods, to_alarm) = alarm.evaluation;
+                fields.push((text("EvaluationPeriods"), Value::Integer(periods.into())));
+                if let Some(n) = to_alarm {
+                    fields.push((text("DatapointsToAlarm"), Value::Integer(n.into())));
+                }
                 fields.push((text("Threshold"), Value::Float(0.0)));
                 fields.push((text("ComparisonOperator"), text("GreaterThanThreshold")));
             }
