@@ -160,7 +160,10 @@ impl PollSettings {
     }
 
     /// Calls `check` at once and then on the schedule until it returns `Some`; `Ok(None)` once
-    /// `timeout` has passed. An error from `check` ends the wait.
+    /// `timeout` has passed. A look that failed with [`PortError::Retryable`] (its call's
+    /// retries already spent) counts as one that saw nothing new: the wait goes on, and if the
+    /// last look at the deadline failed so, that failure is the error. Any other error from
+    /// `check` ends the wait.
     pub async fn poll<T, F, Fut>(&self, check: F) -> Result<Option<T>, PortError>
     where
         F: FnMut() -> Fut,
@@ -190,17 +193,28 @@ impl PollSettings {
         let mut busy_at = Duration::ZERO;
         loop {
             let looked = start.elapsed();
-            if let Some(value) = check().await? {
-                return Ok(Some(Waited {
-                    value,
-                    lasted: busy_at,
-                    seen: looked,
-                }));
-            }
-            busy_at = looked;
+            let failed = match check().await {
+                Ok(Some(value)) => {
+                    return Ok(Some(Waited {
+                        value,
+                        lasted: busy_at,
+                        seen: looked,
+                    }));
+                }
+                Ok(None) => {
+                    busy_at = looked;
+                    None
+                }
+                // Saw nothing: not evidence that the operation was still going on.
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "a look during a wait failed after its retries; looking again on the schedule");
+                    Some(e)
+                }
+                Err(e) => return Err(e),
+            };
             let now = Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return failed.map_or(Ok(None), Err);
             }
             loop {
                 let heard = push.as_ref().is_some_and(Push::heard);
@@ -662,6 +676,59 @@ mod tests {
             .await;
         assert_eq!(got, Err(PortError::Failed("stack rolled back".into())));
         assert_eq!(looks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_that_failed_after_its_retries_does_not_end_the_wait() {
+        let looks = AtomicU32::new(0);
+        let settings = PollSettings::every(Duration::from_secs(1), Duration::from_secs(60));
+        let found = settings
+            .poll_expecting(None, None, || async {
+                match looks.fetch_add(1, Ordering::SeqCst) {
+                    0 => Ok(None),
+                    1..=3 => Err(PortError::Retryable("Throttling: Rate exceeded".into())),
+                    _ => Ok(Some("UPDATE_COMPLETE")),
+                }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.value, "UPDATE_COMPLETE");
+        assert_eq!(looks.load(Ordering::SeqCst), 5);
+        // Only the look that saw it in progress counts towards how long it lasted.
+        assert_eq!(found.lasted, Duration::ZERO);
+        assert_eq!(found.seen, Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_still_failing_at_the_deadline_is_the_waits_error() {
+        let looks = AtomicU32::new(0);
+        let start = Instant::now();
+        let settings = PollSettings::every(Duration::from_secs(1), Duration::from_secs(10));
+        let got: Result<Option<()>, _> = settings
+            .poll(|| async {
+                looks.fetch_add(1, Ordering::SeqCst);
+                Err(PortError::Retryable("Throttling: Rate exceeded".into()))
+            })
+            .await;
+        assert_eq!(
+            got,
+            Err(PortError::Retryable("Throttling: Rate exceeded".into()))
+        );
+        assert_eq!(looks.load(Ordering::SeqCst), 11);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+
+        // A wait whose last look succeeded times out as usual, even after failed looks.
+        let looks = AtomicU32::new(0);
+        let got: Result<Option<()>, _> = settings
+            .poll(|| async {
+                match looks.fetch_add(1, Ordering::SeqCst) {
+                    0..=3 => Err(PortError::Retryable("HTTP 503".into())),
+                    _ => Ok(None),
+                }
+            })
+            .await;
+        assert_eq!(got, Ok(None));
     }
 
     #[tokio::test(start_paused = true)]

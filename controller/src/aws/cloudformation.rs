@@ -356,16 +356,15 @@ impl CloudFormationDeployer {
             other => other?,
         }
         let expected = Expected::from_past(&st.history.change_set);
-        let failing = Failing::default();
         let found = self
             .poll
-            .poll_expecting(expected, None, || self.change_set_state(st, &failing))
+            .poll_expecting(expected, None, || self.change_set_state(st))
             .await?;
         let found = found.ok_or_else(|| {
-            failing.or_else(PortError::Failed(format!(
+            PortError::Failed(format!(
                 "change set {} was not ready in {:?}",
                 st.token, self.poll.timeout
-            )))
+            ))
         })?;
         st.measured().change_set = Some(found.lasted);
         Ok(found.value)
@@ -404,19 +403,9 @@ impl CloudFormationDeployer {
             .await
     }
 
-    /// One look at the change set: `None` while it is still being made, or when the look
-    /// failed for a reason that may pass (kept in `failing`).
-    async fn change_set_state(
-        &self,
-        st: &StackRef,
-        failing: &Failing,
-    ) -> PortResult<Option<ChangeSet>> {
-        // No async block around this call: in a debug build each poll frame is large, and
-        // the SDK's own chain under it is deep.
-        let looked = self.describe_change_set(st).await.map(Some);
-        let Some(cs) = failing.look(&st.name, looked)? else {
-            return Ok(None);
-        };
+    /// One look at the change set: `None` while it is still being made.
+    async fn change_set_state(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
+        let cs = self.describe_change_set(st).await?;
         let reason = cs.status_reason().unwrap_or_default();
         let status = cs.status().map(|s| s.as_str()).unwrap_or_default();
         let execution = cs
@@ -540,21 +529,18 @@ impl CloudFormationDeployer {
         expected: Option<Expected>,
         push: Option<Push<'_>>,
     ) -> PortResult<Waited<Option<Stack>>> {
-        let failing = Failing::default();
         let settled = self
             .poll
             .poll_expecting(expected, push, || async {
-                let now = self.describe(st).await.map(|now| {
-                    (!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now)
-                });
-                failing.look(&st.name, now)
+                let now = self.describe(st).await?;
+                Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
             })
             .await?;
         settled.ok_or_else(|| {
-            failing.or_else(PortError::Failed(format!(
+            PortError::Failed(format!(
                 "stack {} was still busy after {:?}",
                 st.name, self.poll.timeout
-            )))
+            ))
         })
     }
 
@@ -775,36 +761,6 @@ pub fn request_token(key: &str) -> String {
 
 fn truncate(s: &str, max: usize) -> &str {
     &s[..s.len().min(max)]
-}
-
-/// The last look of a wait that failed for a reason that may pass (throttling, a 5xx, a
-/// timeout: each already retried by the [`Limiter`]). Such a look counts as one that saw
-/// nothing new, so a long wait (an update of up to an hour) goes on instead of failing the
-/// deploy, or a rollback, while the stack carries on; any other error ends the wait.
-#[derive(Default)]
-struct Failing(Mutex<Option<PortError>>);
-
-impl Failing {
-    fn look<T>(&self, stack: &str, looked: PortResult<Option<T>>) -> PortResult<Option<T>> {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match looked {
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(%stack, error = %e, "a look during the wait failed; looking again on the schedule");
-                *last = Some(e);
-                Ok(None)
-            }
-            other => {
-                *last = None;
-                other
-            }
-        }
-    }
-
-    /// What ends a wait that ran out of time: the failure of its last look, if it failed.
-    fn or_else(&self, timed_out: PortError) -> PortError {
-        let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        last.unwrap_or(timed_out)
-    }
 }
 
 /// The most `NotificationARNs` a stack takes (CreateChangeSet, `NotificationARNs`: "Maximum

@@ -112,6 +112,7 @@ impl CloudWatchAlarms {
                     let watched = Watched {
                         state: s.clone(),
                         metric: watched_metric(a),
+                        reports_within: reports_within(a),
                     };
                     states.insert(n.to_string(), watched);
                 }
@@ -121,6 +122,7 @@ impl CloudWatchAlarms {
                     let watched = Watched {
                         state: s.clone(),
                         metric: None,
+                        reports_within: None,
                     };
                     states.insert(n.to_string(), watched);
                 }
@@ -263,6 +265,8 @@ struct Watched {
     state: StateValue,
     /// `None` for a composite alarm (it watches other alarms, not a metric).
     metric: Option<Watch>,
+    /// See [`reports_within`]; `None` for a composite alarm.
+    reports_within: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -271,6 +275,27 @@ enum Watch {
     Single(MetricStat),
     /// A metric-math alarm's own queries.
     Math(Vec<MetricDataQuery>),
+}
+
+/// How long, in seconds, CloudWatch may take from the start of a breach to putting a metric
+/// alarm in `ALARM`: the alarm goes to `ALARM` once `DatapointsToAlarm` of its last
+/// `EvaluationPeriods` data points breach ("Evaluating an alarm", CloudWatch User Guide;
+/// `DatapointsToAlarm` defaults to `EvaluationPeriods`), and a data point exists once its
+/// `Period` is over. So a breach that begins now is reported after `Period` ×
+/// `DatapointsToAlarm` at the earliest. A metric-math alarm has no `Period` of its own: its
+/// queries' longest is used. `None` when the alarm gives no period.
+fn reports_within(a: &MetricAlarm) -> Option<u64> {
+    let query_period =
+        |q: &MetricDataQuery| q.period().or(q.metric_stat().and_then(|m| m.period()));
+    let period = a
+        .period()
+        .or_else(|| a.metrics().iter().filter_map(query_period).max())?;
+    let points = a
+        .datapoints_to_alarm()
+        .or(a.evaluation_periods())
+        .unwrap_or(1);
+    let secs = i64::from(period.max(0)) * i64::from(points.max(1));
+    u64::try_from(secs).ok()
 }
 
 /// What a metric alarm watches, as `GetMetricData` asks for it.
@@ -376,14 +401,14 @@ impl Alarms for CloudWatchAlarms {
                 .map_err(|e| context(e, &what))?,
             None => BTreeMap::new(),
         };
-        Ok(readings(names, &states, &counts))
+        Ok(readings(names, &watched, &counts))
     }
 }
 
 /// One reading per name asked, in order, once each.
 fn readings(
     names: &[String],
-    states: &BTreeMap<String, StateValue>,
+    watched: &BTreeMap<String, Watched>,
     counts: &BTreeMap<String, u32>,
 ) -> Vec<AlarmReading> {
     let mut out: Vec<AlarmReading> = Vec::new();
@@ -391,7 +416,7 @@ fn readings(
         if out.iter().any(|r| &r.alarm == name) {
             continue;
         }
-        let state = match states.get(name) {
+        let state = match watched.get(name).map(|w| &w.state) {
             Some(StateValue::Ok) => AlarmState::Ok,
             Some(StateValue::Alarm) => AlarmState::Alarm,
             // INSUFFICIENT_DATA, and any state this SDK does not know: not clean.
@@ -401,6 +426,7 @@ fn readings(
             alarm: name.clone(),
             state,
             datapoints: counts.get(name).copied(),
+            reports_within_secs: watched.get(name).and_then(|w| w.reports_within),
         });
     }
     out

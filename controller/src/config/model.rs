@@ -317,9 +317,26 @@ pub struct Stage {
     pub insufficient_data: InsufficientData,
     /// How long past the bake time the stage waits for missing data.
     pub bake_max_wait: Duration,
+    /// How long past the bake time the bake holds for the alarms to report a breach that
+    /// began by its end.
+    pub alarm_delay: AlarmDelay,
     pub promote: Promote,
     pub approval: Option<Approval>,
     pub windows: Option<Windows>,
+}
+
+/// How long CloudWatch may take to put an alarm in `ALARM` after its metric starts to breach:
+/// the bake holds that long past its time, so a breach that began within the bake is judged
+/// by it rather than after the release has moved on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlarmDelay {
+    /// From each alarm, as `DescribeAlarms` gives it: `Period` × `DatapointsToAlarm`
+    /// (`EvaluationPeriods` when unset), the longest of the stage's alarms; nothing for a
+    /// composite alarm, which changes state as soon as the alarms it watches do.
+    #[default]
+    Auto,
+    /// This long, whatever the alarms say (`0s`: no hold).
+    Fixed(Duration),
 }
 
 /// What an alarm in `INSUFFICIENT_DATA`, or a metric short of data points, means to a bake.

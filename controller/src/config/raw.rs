@@ -247,6 +247,10 @@ pub struct RawStage {
     /// How long past the bake time the stage waits for missing data before treating it per
     /// `insufficient_data`. Default `1h`.
     pub bake_max_wait: Option<String>,
+    /// How long past the bake time the bake holds so the alarms can report a breach that
+    /// began by its end: `auto` (default: each alarm's `Period` × `DatapointsToAlarm`, the
+    /// longest) or a duration (`0s`: no hold).
+    pub alarm_delay: Option<String>,
     /// Replaced by `min_datapoints`; kept only to explain the change.
     #[schemars(skip)]
     pub min_alarm_evaluations: Option<toml::Value>,

@@ -23,6 +23,9 @@ pub const MAX_MIN_DATAPOINTS: u32 = 7 * 24 * 60;
 /// How long past the bake time a stage waits for missing data, by default and at most.
 pub const DEFAULT_BAKE_MAX_WAIT: Duration = Duration::from_secs(3600);
 pub const MAX_BAKE_MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest `alarm_delay`: CloudWatch evaluates an alarm over at most a day of data
+/// (`Period` × `EvaluationPeriods` ≤ 86 400 s).
+pub const MAX_ALARM_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Collects diagnostics for one file.
 pub(crate) struct Ctx<'a> {
@@ -598,6 +601,7 @@ fn stage(
         min_datapoints: min_datapoints(s, &p, cx),
         insufficient_data: insufficient_data(s, &p, cx),
         bake_max_wait: bake_max_wait(s, &p, cx),
+        alarm_delay: alarm_delay(s, &p, cx),
         promote,
         approval: s.approval.as_ref().map(|a| approval(i, j, a, cx)),
         windows: s.windows.as_ref().and_then(|w| windows(i, j, w, cx)),
@@ -655,6 +659,43 @@ fn insufficient_data(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -
         "use `wait`, `fail` or `pass`",
     )
     .unwrap_or_default()
+}
+
+/// `alarm_delay`: `auto`, or a duration up to a day, on a stage with alarms.
+fn alarm_delay(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> AlarmDelay {
+    let Some(text) = s.alarm_delay.as_deref() else {
+        return AlarmDelay::Auto;
+    };
+    if s.alarms.is_empty() {
+        cx.error(
+            p("alarm_delay"),
+            format!("alarm_delay is `{text}` but the stage has no alarms"),
+            "the bake holds for the stage's `alarms` to report; add alarms or remove alarm_delay",
+        );
+        return AlarmDelay::Auto;
+    }
+    if text == "auto" {
+        return AlarmDelay::Auto;
+    }
+    let Some(delay) = cx.check(
+        p("alarm_delay"),
+        values::duration(text),
+        "write `auto`, or a duration like `0s`, `5m` or `1h`",
+    ) else {
+        return AlarmDelay::Auto;
+    };
+    if delay > MAX_ALARM_DELAY {
+        cx.error(
+            p("alarm_delay"),
+            format!(
+                "alarm_delay is {}, more than 1d",
+                values::format_duration(delay)
+            ),
+            "CloudWatch evaluates an alarm over at most a day of data; use `auto` or at most `1d`",
+        );
+        return AlarmDelay::Auto;
+    }
+    AlarmDelay::Fixed(delay)
 }
 
 /// `bake_max_wait`: a duration up to a week.

@@ -5,9 +5,29 @@
 //! Alarms in ALARM are not looked at here: they roll the stage back before a bake is judged.
 //! Must never: do I/O or read the clock.
 
+use std::time::Duration;
+
 use super::reason::DataGap;
 use super::types::{AlarmReading, AlarmState};
-use crate::config::{InsufficientData, Stage};
+use crate::config::{AlarmDelay, InsufficientData, Stage};
+
+/// How long past its time the bake holds so the alarms can report a breach that began by its
+/// end (`alarm_delay`): fixed, or with `auto` the longest `reports_within_secs` of the latest
+/// read; nothing without alarms or before a read says.
+pub fn hold(stage: &Stage, readings: Option<&[AlarmReading]>) -> Duration {
+    if stage.alarms.is_empty() {
+        return Duration::ZERO;
+    }
+    match stage.alarm_delay {
+        AlarmDelay::Fixed(d) => d,
+        AlarmDelay::Auto => readings
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.reports_within_secs)
+            .max()
+            .map_or(Duration::ZERO, Duration::from_secs),
+    }
+}
 
 /// The first alarm, in the stage's order, short of data; `None` when the bake has what it
 /// needs. `readings` is the latest successful read (`None`: none yet). An alarm read in
@@ -62,11 +82,13 @@ mod tests {
                 alarm: "api-5xx".into(),
                 state: AlarmState::InsufficientData,
                 datapoints: Some(2),
+                reports_within_secs: Some(180),
             },
             AlarmReading {
                 alarm: "api-health".into(),
                 state: AlarmState::Alarm,
                 datapoints: None,
+                reports_within_secs: None,
             },
         ]);
         let text = serde_json::to_string(&read).unwrap();

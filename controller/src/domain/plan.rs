@@ -895,12 +895,12 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Bake: the time is over and each alarm's metric has had `min_datapoints` data points
-    /// since the deploy finished, none in ALARM (see [`super::bake`] for what is missing);
-    /// short of data, the stage waits up to `bake_max_wait` past the bake time and is then
+    /// Bake: the time is over, held for as long as the alarms may take to report a breach that
+    /// began by then ([`bake::hold`]), and each alarm's metric has had `min_datapoints` data
+    /// points since the deploy finished, none in ALARM (see [`super::bake`] for what is
+    /// missing); short of data, the stage waits up to `bake_max_wait` past that and is then
     /// judged by `insufficient_data`.
     fn baking(&mut self, stage: &Stage, run: &StageRun) {
-        let bake_end = run.since + chrono::Duration::from_std(stage.bake).unwrap_or_default();
         let reads = match self.bake_reads(stage, run) {
             Ok(reads) => reads,
             Err(why) => {
@@ -909,6 +909,8 @@ impl<'a> Planner<'a> {
             }
         };
         let last = reads.last_read.map(|r| r.output.readings());
+        let held = stage.bake + bake::hold(stage, last);
+        let bake_end = run.since + chrono::Duration::from_std(held).unwrap_or_default();
         let gap = bake::gap(stage, last);
         if self.now < bake_end {
             self.schedule_poll(stage, run, &reads);

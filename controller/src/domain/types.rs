@@ -438,6 +438,11 @@ pub struct AlarmReading {
     /// and a stage that asks for no data points is not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapoints: Option<u32>,
+    /// How long CloudWatch may take from the start of a breach to putting this alarm in
+    /// `ALARM`, in seconds: `Period` × `DatapointsToAlarm` (`EvaluationPeriods` when unset).
+    /// `None` for a composite alarm, and in reads stored before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reports_within_secs: Option<u64>,
 }
 
 impl Snapshot {

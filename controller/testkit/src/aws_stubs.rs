@@ -133,6 +133,8 @@ pub mod cloudwatch {
         state: String,
         since: f64,
         watches: Watches,
+        /// `EvaluationPeriods` and `DatapointsToAlarm` (unset: the same as `EvaluationPeriods`).
+        evaluation: (i64, Option<i64>),
     }
 
     /// (namespace, metric name, dimensions).
@@ -207,12 +209,23 @@ pub mod cloudwatch {
 
         /// Creates or changes an alarm watching `watches`.
         pub fn set_alarm_watching(&self, name: &str, state: &str, watches: Watches) {
+            let mut script = self.lock();
+            let evaluation = script.alarms.get(name).map_or((1, None), |a| a.evaluation);
             let alarm = Alarm {
                 state: state.to_owned(),
                 since: epoch_now(),
                 watches,
+                evaluation,
             };
-            self.lock().alarms.insert(name.to_owned(), alarm);
+            script.alarms.insert(name.to_owned(), alarm);
+        }
+
+        /// Sets a metric alarm's `EvaluationPeriods` and `DatapointsToAlarm` (default 1 and
+        /// unset), as `PutMetricAlarm` would.
+        pub fn set_evaluation(&self, name: &str, periods: i64, datapoints_to_alarm: Option<i64>) {
+            if let Some(alarm) = self.lock().alarms.get_mut(name) {
+                alarm.evaluation = (periods, datapoints_to_alarm);
+            }
         }
 
         /// Records raw samples of a metric: (epoch seconds, value), as `PutMetricData` would.
@@ -489,7 +502,11 @@ pub mod cloudwatch {
             ];
             if alarm.watches != Watches::Alarms {
                 fields.extend(cbor_watches(&alarm.watches));
-                fields.push((text("EvaluationPeriods"), Value::Integer(1.into())));
+                let (periods, to_alarm) = alarm.evaluation;
+                fields.push((text("EvaluationPeriods"), Value::Integer(periods.into())));
+                if let Some(n) = to_alarm {
+                    fields.push((text("DatapointsToAlarm"), Value::Integer(n.into())));
+                }
                 fields.push((text("Threshold"), Value::Float(0.0)));
                 fields.push((text("ComparisonOperator"), text("GreaterThanThreshold")));
             }
@@ -2415,8 +2432,11 @@ pub mod ecr {
     //! (`PutImage`'s errors, same page); replication copies them asynchronously
     //! (<https://docs.aws.amazon.com/AmazonECR/latest/userguide/replication.html>). moto does not
     //! check layers, so the proxy answers the next `PutImage` calls that way itself, without
-    //! forwarding them. Never used by the controller at run time; binds 127.0.0.1 only,
-    //! forwards to loopback only.
+    //! forwarding them.
+    //!
+    //! Throttling, on request ([`EcrProxy::throttle`]): the next calls of one operation are
+    //! answered `ThrottlingException`, which moto cannot be told to do. Never used by the
+    //! controller at run time; binds 127.0.0.1 only, forwards to loopback only.
 
     use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::Arc;
@@ -2440,6 +2460,8 @@ pub mod ecr {
         missing_layers: AtomicUsize,
         /// How many were.
         refused_layers: AtomicUsize,
+        /// An operation (`DescribeImages`) and how many of its next calls are throttled.
+        throttle: std::sync::Mutex<Option<(String, usize)>>,
     }
 
     /// The proxy; stopped when dropped.
@@ -2463,6 +2485,7 @@ pub mod ecr {
                 rewritten: AtomicUsize::new(0),
                 missing_layers: AtomicUsize::new(0),
                 refused_layers: AtomicUsize::new(0),
+                throttle: std::sync::Mutex::new(None),
             });
             let app = Router::new().fallback(forward).with_state(shared.clone());
             let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -2499,6 +2522,12 @@ pub mod ecr {
         pub fn refused_layers(&self) -> usize {
             self.shared.refused_layers.load(Ordering::SeqCst)
         }
+
+        /// The next `n` calls of `operation` (`DescribeImages`) are answered
+        /// `ThrottlingException` (HTTP 400), without being forwarded.
+        pub fn throttle(&self, operation: &str, n: usize) {
+            *self.shared.throttle.lock().unwrap() = Some((operation.to_owned(), n));
+        }
     }
 
     impl Drop for EcrProxy {
@@ -2520,6 +2549,18 @@ pub mod ecr {
         }
     }
 
+    /// Whether this call of `target` is one of the throttled ones (and counts it).
+    fn throttled(shared: &Shared, target: &str) -> bool {
+        let mut throttle = shared.throttle.lock().unwrap();
+        match throttle.as_mut() {
+            Some((operation, n)) if *n > 0 && target == format!("{PREFIX}{operation}") => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     async fn answer(
         shared: &Shared,
         method: Method,
@@ -2532,6 +2573,17 @@ pub mod ecr {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        if throttled(shared, &target) {
+            let body = serde_json::json!({
+                "__type": "ThrottlingException",
+                "message": "Rate exceeded",
+            });
+            let headers = [
+                ("content-type", "application/x-amz-json-1.1"),
+                ("x-amzn-errortype", "ThrottlingException"),
+            ];
+            return Ok((StatusCode::BAD_REQUEST, headers, body.to_string()).into_response());
+        }
         let lagging = target == format!("{PREFIX}PutImage")
             && shared
                 .missing_layers

@@ -76,6 +76,9 @@ pub struct FakeWorld {
     /// Data points each alarm's metric has had since the time a bake read asks from; an alarm
     /// not listed belongs to a busy service and has [`BUSY_DATAPOINTS`].
     pub datapoints: BTreeMap<String, u32>,
+    /// How long each alarm takes to report a breach, in seconds, as a bake read gives it
+    /// (`AlarmReading::reports_within_secs`); an alarm not listed gives none.
+    pub reports_within: BTreeMap<String, u64>,
     /// Every bake read: (alarm names, the time data points were counted from).
     pub bake_reads: Vec<(Vec<String>, Option<DateTime<Utc>>)>,
     /// Images that exist: tag → digest. A tag not here resolves to a digest made from it.
@@ -293,6 +296,7 @@ impl Alarms for Fakes {
                     AlarmState::Ok
                 },
                 datapoints: since.map(|_| *w.datapoints.get(name).unwrap_or(&BUSY_DATAPOINTS)),
+                reports_within_secs: w.reports_within.get(name).copied(),
             };
             Ok(names.iter().map(reading).collect())
         })

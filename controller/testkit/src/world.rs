@@ -135,6 +135,8 @@ pub struct WorldBuilder {
     codepipelines: BTreeMap<String, (String, String)>,
     /// Every stage's `min_datapoints`.
     min_datapoints: u32,
+    /// Every stage's `alarm_delay`.
+    alarm_delay: String,
     /// Stage accounts that name a `stack_events_topic`: stage → topic ARN.
     stack_events_topics: BTreeMap<String, String>,
     dir: Option<PathBuf>,
@@ -158,6 +160,7 @@ impl Default for WorldBuilder {
             after_tests: Vec::new(),
             codepipelines: BTreeMap::new(),
             min_datapoints: 0,
+            alarm_delay: "0s".into(),
             stack_events_topics: BTreeMap::new(),
             dir: None,
         }
@@ -213,6 +216,13 @@ impl WorldBuilder {
     /// ([`World::alarm_metric`]).
     pub fn min_datapoints(mut self, n: u32) -> WorldBuilder {
         self.min_datapoints = n;
+        self
+    }
+
+    /// Every stage's `alarm_delay`. Default `0s`: the stub's alarms are one-minute alarms, so
+    /// `auto` would hold every bake a minute past its time.
+    pub fn alarm_delay(mut self, delay: &str) -> WorldBuilder {
+        self.alarm_delay = delay.into();
         self
     }
 
@@ -695,14 +705,15 @@ impl World {
         };
         let mut out = format!(
             "\n[[pipelines.stages]]\nname = {}\ntargets = [{{ account = {}, region = {} }}]\n\
-             {before}{after}bake = \"{}ms\"\nalarms = [{}]\nmin_datapoints = {}\n\n\
-             [pipelines.stages.deploy]\n",
+             {before}{after}bake = \"{}ms\"\nalarms = [{}]\nmin_datapoints = {}\n\
+             alarm_delay = {}\n\n[pipelines.stages.deploy]\n",
             q(&s.name),
             q(&s.name),
             q(REGION),
             s.bake.as_millis(),
             q(&s.alarm),
             spec.min_datapoints,
+            q(&spec.alarm_delay),
         );
         match spec.codepipelines.get(&s.name) {
             Some((pipeline, rollback_stage)) => out.push_str(&format!(

@@ -253,6 +253,41 @@ async fn throttling_is_retried_and_a_missing_pipeline_is_not_found() {
     .await;
 }
 
+/// Throttling of `GetPipelineExecution` that outlasts one call's retries (8 attempts) does not
+/// end the wait for the execution: the look counts as one that saw nothing new, and the
+/// deploy is judged by the execution's outcome once the looks get through.
+#[tokio::test]
+async fn throttling_that_outlasts_a_calls_retries_does_not_end_the_wait() {
+    bounded(async {
+        let (stub, cp) = stub_deployer().await;
+        stub.script(
+            PIPELINE,
+            Run {
+                polls: 20,
+                outcome: Outcome::Succeeded,
+            },
+        );
+        let req = request("backend/r1/beta/a1/deploy-0", NEW);
+        let deploy = cp.deploy(&req);
+        let throttle = async {
+            while stub.count("GetPipelineExecution") == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            stub.throttle(20);
+        };
+        let (done, ()) = tokio::join!(deploy, throttle);
+        let done = done.unwrap();
+        assert!(done.summary.ends_with("succeeded"), "{}", done.summary);
+        assert_eq!(stub.execution_ids(PIPELINE).len(), 1);
+        assert!(
+            stub.count("GetPipelineExecution") >= 20 + 20,
+            "20 throttled looks and the 20 in progress: {}",
+            stub.count("GetPipelineExecution")
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_deploy_to_a_pipeline_without_the_rollback_stage_fails_before_it_starts() {
     bounded(async {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_ecr::types::{ImageIdentifier, ImageTagMutability};
 use tollgate::aws::ecr::EcrArtifacts;
-use tollgate::aws::retry::{Limiter, PollSettings};
+use tollgate::aws::retry::{Limiter, PollSettings, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Artifact, Promote, SecretRef, Target};
 use tollgate::engine::ports::{Artifacts, PortError, PromoteRequest};
@@ -165,6 +165,56 @@ async fn resolve_waits_for_a_tag_that_appears_later() {
         Some(digest),
         digest_of(&build_cfg, "ecr-later", "second").await
     );
+}
+
+/// moto gap: moto cannot be told to throttle. Throttling of `DescribeImages` that outlasts one
+/// call's retries (8 attempts) does not end the wait for the tag: that look counts as one that
+/// saw nothing, and the tag is resolved once the looks get through, within the artifact's wait.
+#[tokio::test]
+async fn throttling_that_outlasts_a_calls_retries_does_not_end_the_wait_for_a_tag() {
+    let moto = MotoServer::shared();
+    let proxy = EcrProxy::start(&moto.endpoint()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let build_cfg = moto.sdk_config_for_account(BUILD).await.unwrap();
+    push(&build_cfg, "ecr-throttled", "abc").await;
+    let limiter = Limiter::new(RetrySettings {
+        base: Duration::from_millis(5),
+        cap: Duration::from_millis(20),
+        ..RetrySettings::default()
+    });
+    let base = moto.sdk_config().to_builder();
+    let base = base.endpoint_url(proxy.endpoint()).build();
+    let creds = Credentials::new(base, Arc::new(limiter));
+    let ecr = EcrArtifacts::new(Arc::new(creds), PollSettings::fast());
+
+    // Two looks' worth of attempts, and four of a third.
+    proxy.throttle("DescribeImages", 20);
+    let build = account("build", BUILD, dir.path());
+    let digest = ecr
+        .resolve(
+            &artifact("ecr-throttled", Duration::from_secs(10)),
+            &build,
+            "abc",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        Some(digest),
+        digest_of(&build_cfg, "ecr-throttled", "abc").await
+    );
+
+    // Still throttled at the end of the wait: the throttling is the error, not "not found".
+    proxy.throttle("DescribeImages", usize::MAX);
+    let err = ecr
+        .resolve(
+            &artifact("ecr-throttled", Duration::from_millis(300)),
+            &build,
+            "abc",
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("Throttling"), "{err}");
 }
 
 #[tokio::test]

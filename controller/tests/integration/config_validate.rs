@@ -1261,6 +1261,50 @@ fn bake_data_defaults_depend_on_alarms() {
 }
 
 #[test]
+fn alarm_delay_is_auto_a_duration_up_to_a_day_and_only_with_alarms() {
+    let loaded = load(&beta_with_alarm(""), ACCOUNTS).unwrap_or_else(|e| panic!("{e}"));
+    let stages = &loaded.config.pipelines[0].stages;
+    assert_eq!(stages[0].alarm_delay, config::AlarmDelay::Auto);
+    let loaded = load(&beta_with_alarm("alarm_delay = \"auto\""), ACCOUNTS)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.config.pipelines[0].stages[0].alarm_delay,
+        config::AlarmDelay::Auto
+    );
+    let loaded =
+        load(&beta_with_alarm("alarm_delay = \"5m\""), ACCOUNTS).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.config.pipelines[0].stages[0].alarm_delay,
+        config::AlarmDelay::Fixed(std::time::Duration::from_secs(300))
+    );
+
+    let d = one_error(&beta_with_alarm("alarm_delay = \"soon\""), ACCOUNTS);
+    assert_at(&d, "stages.toml", 32, 15, "\"soon\"", "soon");
+    assert!(d.help.contains("`auto`"), "{d}");
+    let d = one_error(&beta_with_alarm("alarm_delay = \"2d\""), ACCOUNTS);
+    assert_at(
+        &d,
+        "stages.toml",
+        32,
+        15,
+        "\"2d\"",
+        "alarm_delay is 48h, more than 1d",
+    );
+    let d = one_error(
+        &stages_with("bake = \"10m\"", "bake = \"10m\"\nalarm_delay = \"1m\""),
+        ACCOUNTS,
+    );
+    assert_at(
+        &d,
+        "stages.toml",
+        31,
+        15,
+        "\"1m\"",
+        "alarm_delay is `1m` but the stage has no alarms",
+    );
+}
+
+#[test]
 fn unknown_insufficient_data_policy() {
     let d = one_error(&beta_with_alarm("insufficient_data = \"ignore\""), ACCOUNTS);
     assert_at(

@@ -27,8 +27,8 @@
 //!   `CreateStack` (and keeps them; change sets do not recompute them).
 //! - `HostedZoneId` → `""` and a regional `CertificateArn` → a certificate of moto's ACM (see
 //!   `examples.rs`: moto has no `CanonicalHostedZoneID`; an ELBv2 listener needs the certificate).
-//! - `bake` → 500 ms (5 s in Prod), `min_datapoints` → 0, and `bake_max_wait` / `windows`
-//!   removed: the examples bake for up to an hour, want data points from a service with traffic
+//! - `bake` → 500 ms (5 s in Prod), `min_datapoints` → 0, `alarm_delay` → `0s` (the stub's
+//!   alarms are one-minute alarms), and `bake_max_wait` / `windows` removed: the examples bake for up to an hour, want data points from a service with traffic
 //!   (3 per alarm by default, 30 in serverless-api's Prod) and deploy Prod only in office hours;
 //!   the test runs in seconds at any hour, and nothing sends the emulated alarms data. Windows
 //!   and data points have their own tests (`engine_bake_data.rs`, the window unit tests).
@@ -394,6 +394,10 @@ fn fast_stage(stage: &mut toml_edit::Table) {
     let prod = stage["name"].as_str() == Some("prod");
     stage["bake"] = toml_edit::value(if prod { "5s" } else { "500ms" });
     stage["min_datapoints"] = toml_edit::value(0);
+    // The stub's alarms are one-minute alarms: `auto` would hold each bake a minute longer.
+    if stage.contains_key("alarms") {
+        stage["alarm_delay"] = toml_edit::value("0s");
+    }
     for key in ["windows", "bake_max_wait"] {
         stage.remove(key);
     }

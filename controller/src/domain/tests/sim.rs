@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 
 use crate::config::{
-    Approval, Approver, Artifact, Deploy, InsufficientData, Notifications, Pipeline, Promote,
-    Source, Stage, Target, Window, Windows,
+    AlarmDelay, Approval, Approver, Artifact, Deploy, InsufficientData, Notifications, Pipeline,
+    Promote, Source, Stage, Target, Window, Windows,
 };
 use crate::domain::{
     Action, AlarmFact, AlarmReading, AlarmState, ApprovalRecord, BadMark, Contributor,
@@ -48,6 +48,7 @@ pub fn stage(name: &str) -> Stage {
         min_datapoints: 0,
         insufficient_data: InsufficientData::Wait,
         bake_max_wait: secs(3600),
+        alarm_delay: AlarmDelay::Auto,
         promote: Promote::Retag,
         approval: None,
         windows: None,
@@ -557,6 +558,7 @@ impl Sim {
             alarm: alarm.to_string(),
             state: AlarmState::Alarm,
             datapoints: Some(1),
+            reports_within_secs: None,
         });
         let out = EffectOutput::Alarms {
             in_alarm: vec![alarm.to_string()],
@@ -580,6 +582,7 @@ impl Sim {
             alarm: alarm.clone(),
             state: state.unwrap_or(AlarmState::Ok),
             datapoints: Some(datapoints),
+            reports_within_secs: None,
         };
         s.targets
             .iter()

@@ -3,7 +3,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::sim::*;
-use crate::config::InsufficientData;
+use crate::config::{AlarmDelay, InsufficientData};
 use crate::domain::{
     Action, AlarmProblem, AlarmState, DataGap, Effect, EffectKind, EffectOutput, EffectStatus,
     NotifyEvent, Phase, Reason, ReleaseId, ReportState, RequestState, RunStatus as S,
@@ -733,6 +733,123 @@ fn baking_to_succeeded_after_the_bake_time_and_a_clean_poll() {
         stage: "beta".into(),
         release: r
     }));
+}
+
+/// Finishes the pending bake poll of `r` in beta with a clean reading of `beta-5xx` whose alarm
+/// reports a breach within `reports_within_secs`.
+fn read_beta_reporting_within(sim: &mut Sim, r: ReleaseId, reports_within_secs: Option<u64>) {
+    let poll = sim
+        .pending()
+        .into_iter()
+        .find(|e| e.release == r && matches!(e.kind, EffectKind::PollAlarms { .. }))
+        .expect("a bake poll is running");
+    let mut readings = sim.readings("beta", 5, None);
+    for reading in &mut readings {
+        reading.reports_within_secs = reports_within_secs;
+    }
+    sim.succeed_with(&poll.key, readings);
+}
+
+/// CloudWatch puts an alarm in ALARM only once `DatapointsToAlarm` data points of `Period`
+/// breach, so a breach that began as the bake time ran out is reported after it: the bake
+/// holds that long (here 3 × 60 s, as the read says), and an alarm whose state changed within
+/// the hold rolls the stage back before the release moves on.
+#[test]
+fn the_bake_holds_until_the_alarms_can_report_a_breach_begun_by_its_end() {
+    let mut sim = baking_beta(|_| {});
+    let (r1, r2) = second_release_baking(&mut sim);
+    let since = sim.run(r2, "beta").since;
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r2, Some(180));
+    sim.advance(secs(600));
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r2, Some(180));
+    let p = sim.plan();
+    assert_eq!(
+        transition_of(&p, r2, "beta"),
+        None,
+        "held past the bake time"
+    );
+    sim.settle();
+    let held = since + chrono::Duration::minutes(13);
+    assert_eq!(sim.reason(r2, "beta"), Reason::Baking { until: held });
+    assert_eq!(sim.reason(r2, "beta").describe(sim.now), "baking, 3m left");
+
+    // The breach that began at the bake's end, reported 170 s later.
+    sim.advance(secs(170));
+    let changed = sim.now;
+    sim.alarm_changed_at("beta", "beta-5xx", true, changed);
+    let (to, why) = transition_of(&sim.plan(), r2, "beta").unwrap();
+    assert_eq!(to, S::RollingBack);
+    assert_eq!(
+        why,
+        Reason::AlarmFired {
+            alarm: "beta-5xx".into(),
+            at: changed
+        }
+    );
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r2, "beta"), S::RolledBack);
+    assert_eq!(sim.snap.last_good("beta"), Some(r1));
+}
+
+#[test]
+fn the_bake_passes_once_the_hold_is_over_and_a_fixed_delay_overrides_the_alarms() {
+    let mut sim = baking_beta(|_| {});
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    let since = sim.run(r, "beta").since;
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r, Some(180));
+    sim.advance(secs(600));
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r, Some(180));
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Baking);
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::Baking {
+            until: since + chrono::Duration::minutes(13)
+        }
+    );
+    sim.advance(secs(179));
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r, Some(180));
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Baking);
+    sim.advance(secs(1));
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Succeeded, Reason::Succeeded))
+    );
+
+    // `alarm_delay = "0s"`: no hold, whatever the alarms say.
+    let mut sim = baking_beta(|s| s.alarm_delay = AlarmDelay::Fixed(secs(0)));
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r, Some(180));
+    sim.advance(secs(600));
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((S::Succeeded, Reason::Succeeded))
+    );
+
+    // A fixed delay holds that long even when the alarms give none (a composite alarm).
+    let mut sim = baking_beta(|s| s.alarm_delay = AlarmDelay::Fixed(secs(300)));
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    let since = sim.run(r, "beta").since;
+    sim.settle();
+    read_beta_reporting_within(&mut sim, r, None);
+    sim.advance(secs(600));
+    sim.settle();
+    assert_eq!(
+        sim.reason(r, "beta"),
+        Reason::Baking {
+            until: since + chrono::Duration::minutes(15)
+        }
+    );
 }
 
 /// Beta baking r1 with `min_datapoints` 5 and `insufficient_data` as given: (sim, release,
