@@ -350,8 +350,14 @@ pub enum InsufficientData {
     /// at once; missing data points are waited for up to `bake_max_wait`, then fail it.
     Fail,
     /// Clean: an alarm in `INSUFFICIENT_DATA` counts as `OK`; missing data points are waited
-    /// for up to `bake_max_wait`, then the stage succeeds without them.
+    /// for up to `bake_max_wait`, then fail the stage (a quiet service never passes by having
+    /// no traffic).
     Pass,
+    /// Bad: an alarm in `INSUFFICIENT_DATA` once the bake time is over rolls the stage back at
+    /// once, as a service that stopped publishing its metrics (crashed, or not serving) does
+    /// under CloudWatch's default `TreatMissingData = missing`; missing data points are waited
+    /// for up to `bake_max_wait`, then fail it.
+    RollBack,
 }
 
 impl InsufficientData {
@@ -360,11 +366,12 @@ impl InsufficientData {
             InsufficientData::Wait => "wait",
             InsufficientData::Fail => "fail",
             InsufficientData::Pass => "pass",
+            InsufficientData::RollBack => "roll_back",
         }
     }
 
     pub fn parse(text: &str) -> Option<InsufficientData> {
-        [Self::Wait, Self::Fail, Self::Pass]
+        [Self::Wait, Self::Fail, Self::Pass, Self::RollBack]
             .into_iter()
             .find(|v| v.as_str() == text)
     }

@@ -241,8 +241,8 @@ pub struct RawStage {
     /// Data points each alarm's metric must have had since the deploy finished before the
     /// bake passes. Default 3 when alarms are set, 0 without alarms.
     pub min_datapoints: Option<u32>,
-    /// What an alarm in `INSUFFICIENT_DATA` means to the bake: `wait` (default), `fail` or
-    /// `pass`.
+    /// What an alarm in `INSUFFICIENT_DATA` means to the bake: `wait` (default), `fail`,
+    /// `pass` or `roll_back`.
     pub insufficient_data: Option<String>,
     /// How long past the bake time the stage waits for missing data before treating it per
     /// `insufficient_data`. Default `1h`.

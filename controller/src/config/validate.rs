@@ -648,7 +648,7 @@ fn min_datapoints(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> u
     n
 }
 
-/// `insufficient_data`: `wait`, `fail` or `pass`.
+/// `insufficient_data`: `wait`, `fail`, `pass` or `roll_back`.
 fn insufficient_data(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> InsufficientData {
     let Some(text) = s.insufficient_data.as_deref() else {
         return InsufficientData::default();
@@ -656,7 +656,7 @@ fn insufficient_data(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -
     cx.check(
         p("insufficient_data"),
         InsufficientData::parse(text).ok_or_else(|| format!("unknown insufficient_data `{text}`")),
-        "use `wait`, `fail` or `pass`",
+        "use `wait`, `fail`, `pass` or `roll_back`",
     )
     .unwrap_or_default()
 }

@@ -926,16 +926,22 @@ impl<'a> Planner<'a> {
         let gives_up =
             bake_end + chrono::Duration::from_std(stage.bake_max_wait).unwrap_or_default();
         let read_at = reads.last_read.and_then(|r| r.finished_at);
-        let fail_now = stage.insufficient_data == InsufficientData::Fail
-            && matches!(gap, DataGap::InsufficientData { .. })
+        let now = matches!(
+            stage.insufficient_data,
+            InsufficientData::Fail | InsufficientData::RollBack
+        ) && matches!(gap, DataGap::InsufficientData { .. })
             && self.judged_after(read_at, bake_end);
-        if fail_now {
+        if now {
             let why = Reason::NotEnoughData {
                 gap,
                 since,
                 waited_secs: 0,
             };
-            self.transition(run, RunStatus::Failed, why);
+            if stage.insufficient_data == InsufficientData::RollBack {
+                self.roll_back_or_fail(stage, run, why);
+            } else {
+                self.transition(run, RunStatus::Failed, why);
+            }
         } else if self.judged_after(read_at, gives_up) {
             // Too few data points fail the bake whatever `insufficient_data` says: that policy
             // only decides about alarms in INSUFFICIENT_DATA (which `pass` counts as clean), and

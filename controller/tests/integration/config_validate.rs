@@ -1315,7 +1315,10 @@ fn unknown_insufficient_data_policy() {
         "\"ignore\"",
         "unknown insufficient_data `ignore`",
     );
-    assert!(d.help.contains("`wait`, `fail` or `pass`"), "{d}");
+    assert!(
+        d.help.contains("`wait`, `fail`, `pass` or `roll_back`"),
+        "{d}"
+    );
 }
 
 #[test]

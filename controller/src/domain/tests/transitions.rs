@@ -999,6 +999,72 @@ fn insufficient_data_with_wait_waits_then_fails_after_bake_max_wait() {
     assert!(sim.history("beta").is_empty());
 }
 
+/// `insufficient_data = "roll_back"`: a service whose alarm has no data at the bake's end
+/// (it stopped publishing its metrics: crashed, or not serving) is rolled back like one in
+/// ALARM, and its release is stopped; with no known-good release to go back to it fails.
+#[test]
+fn insufficient_data_with_roll_back_rolls_the_stage_back_once_the_bake_time_is_over() {
+    let mut sim = baking_beta(|s| {
+        s.min_datapoints = 5;
+        s.insufficient_data = InsufficientData::RollBack;
+    });
+    let (r1, r2) = second_release_baking(&mut sim);
+    sim.settle();
+    let deployed = sim
+        .effect(&sim.key(r2, "beta", EffectKind::Deploy { wave: 0 }))
+        .and_then(|e| e.finished_at)
+        .unwrap();
+    read_beta(&mut sim, r2, AlarmState::InsufficientData, 9);
+    sim.advance(secs(300));
+    sim.settle();
+    assert_eq!(
+        sim.status(r2, "beta"),
+        S::Baking,
+        "during the bake time it waits"
+    );
+    sim.advance(secs(300));
+    sim.settle();
+    read_beta(&mut sim, r2, AlarmState::InsufficientData, 9);
+    let why = Reason::NotEnoughData {
+        gap: DataGap::InsufficientData {
+            alarm: "beta-5xx".into(),
+        },
+        since: deployed,
+        waited_secs: 0,
+    };
+    assert_eq!(
+        transition_of(&sim.plan(), r2, "beta"),
+        Some((S::RollingBack, why.clone()))
+    );
+    sim.drive_to_rest();
+    assert_eq!(sim.status(r2, "beta"), S::RolledBack);
+    assert_eq!(sim.snap.last_good("beta"), Some(r1));
+    assert!(sim.release(r2).bad.is_some(), "r2 is never promoted on");
+
+    // The first release of the stage: nothing to roll back to.
+    let (mut sim, r, deployed, _) = baking_for_data(InsufficientData::RollBack);
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 9);
+    sim.advance(secs(600));
+    sim.settle();
+    read_beta(&mut sim, r, AlarmState::InsufficientData, 9);
+    let why = Reason::NotEnoughData {
+        gap: DataGap::InsufficientData {
+            alarm: "beta-5xx".into(),
+        },
+        since: deployed,
+        waited_secs: 0,
+    };
+    assert_eq!(
+        transition_of(&sim.plan(), r, "beta"),
+        Some((
+            S::Failed,
+            Reason::NoKnownGood {
+                cause: Box::new(why)
+            }
+        ))
+    );
+}
+
 #[test]
 fn insufficient_data_with_fail_fails_once_the_bake_time_is_over() {
     let (mut sim, r, deployed, _) = baking_for_data(InsufficientData::Fail);
