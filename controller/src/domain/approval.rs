@@ -243,6 +243,30 @@ impl fmt::Display for ExposedSubscription {
 }
 
 /// One sentence naming every exposed subscription.
+/// One sentence for people: which approvers were sent no link because their email subscription
+/// awaits confirmation (`awaiting`), and who has theirs (`sent`). Names only (never email
+/// addresses).
+pub fn describe_unconfirmed(awaiting: &[String], sent: &[String]) -> String {
+    let (subscriptions, are) = match awaiting.len() {
+        1 => ("subscription", "is"),
+        _ => ("subscriptions", "are"),
+    };
+    let pending = "pending confirmation, and SNS delivers nothing until the approver follows \
+                   the link in AWS's confirmation email";
+    let waiting = awaiting.join(", ");
+    if sent.is_empty() {
+        return format!(
+            "no approver can receive the request yet: the email {subscriptions} of {waiting} to \
+             the approval topic {are} {pending}"
+        );
+    }
+    format!(
+        "no link sent to {waiting}: their email {subscriptions} to the approval topic {are} \
+         {pending}; sent to {}",
+        sent.join(", ")
+    )
+}
+
 pub fn describe_exposed(subs: &[ExposedSubscription]) -> String {
     let each: Vec<String> = subs.iter().map(ToString::to_string).collect();
     format!(

@@ -771,6 +771,13 @@ impl<'a> Planner<'a> {
                                 retry_at: at,
                             }
                         }
+                        EffectOutput::ApprovalUnconfirmed { awaiting, sent } => {
+                            RequestState::Unconfirmed {
+                                awaiting: awaiting.clone(),
+                                sent: sent.clone(),
+                                retry_at: at,
+                            }
+                        }
                         _ => RequestState::Failed {
                             detail: r.detail.clone(),
                             retry_at: at,

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::action::Phase;
-use super::approval::{ExposedSubscription, describe_exposed};
+use super::approval::{ExposedSubscription, describe_exposed, describe_unconfirmed};
 use super::names::StageName;
 use super::types::{ReleaseId, RunStatus};
 use crate::config::values::format_duration;
@@ -96,6 +96,13 @@ pub enum RequestState {
     /// approver's personal link. Checked again at `retry_at`.
     Withheld {
         exposed: Vec<ExposedSubscription>,
+        retry_at: DateTime<Utc>,
+    },
+    /// Not every listed approver has a link: `awaiting` have no confirmed email subscription
+    /// (see [`super::EffectOutput::ApprovalUnconfirmed`]). Sent again at `retry_at`.
+    Unconfirmed {
+        awaiting: Vec<String>,
+        sent: Vec<String>,
         retry_at: DateTime<Utc>,
     },
 }
@@ -336,6 +343,15 @@ impl Reason {
                     RequestState::Withheld { exposed, retry_at } => format!(
                         " (request not sent: {}; checking again in {})",
                         describe_exposed(exposed),
+                        minutes_left(*retry_at, now)
+                    ),
+                    RequestState::Unconfirmed {
+                        awaiting,
+                        sent,
+                        retry_at,
+                    } => format!(
+                        " (request not sent: {}; trying again in {})",
+                        describe_unconfirmed(awaiting, sent),
                         minutes_left(*retry_at, now)
                     ),
                 };

@@ -342,6 +342,13 @@ pub enum EffectOutput {
     /// An approval request not sent: these subscriptions would have received every
     /// approver's personal link.
     ApprovalWithheld { exposed: Vec<ExposedSubscription> },
+    /// An approval request not sent to every listed approver: `awaiting` have no confirmed
+    /// email subscription to the topic (SNS would deliver them nothing) and were sent nothing;
+    /// `sent` have their link. Each in the stage's order.
+    ApprovalUnconfirmed {
+        awaiting: Vec<String>,
+        sent: Vec<String>,
+    },
 }
 
 /// What a deploy applied to its target, recorded so a rollback to the release applies exactly

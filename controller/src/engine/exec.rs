@@ -11,7 +11,7 @@ use super::ports::*;
 use super::{Engine, Ports};
 use crate::config::{Account, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
-use crate::domain::approval::describe_exposed;
+use crate::domain::approval::{describe_exposed, describe_unconfirmed};
 use crate::domain::{
     AlarmFact, AppliedSpec, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot,
     StackHistory, StackKey, StageRun,
@@ -298,7 +298,12 @@ async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
         ))),
         // A failure: the planner sends the request again on its resend schedule, and each
         // approver who confirmed meanwhile gets their link then (the others keep theirs).
-        SendOutcome::Unconfirmed(links) => Ok(EffectOutcome::failure(describe_unconfirmed(&links))),
+        SendOutcome::Unconfirmed(links) => {
+            let (awaiting, sent) = awaiting_and_sent(&links);
+            let detail = describe_unconfirmed(&awaiting, &sent);
+            Ok(EffectOutcome::failure(detail)
+                .with(EffectOutput::ApprovalUnconfirmed { awaiting, sent }))
+        }
         SendOutcome::Withheld(exposed) => Ok(EffectOutcome::failure(describe_exposed(&exposed))
             .with(EffectOutput::ApprovalWithheld { exposed })),
     }

@@ -310,35 +310,24 @@ pub struct ApproverLink {
     pub delivery: LinkDelivery,
 }
 
-/// One sentence for people: who was not sent a link and why, and who was. Names only (never
-/// email addresses).
-pub fn describe_unconfirmed(links: &[ApproverLink]) -> String {
-    let names = |d: LinkDelivery| -> Vec<&str> {
+/// The approvers of `links` who were sent nothing (their subscription awaits confirmation)
+/// and those who have their link, each in the stage's order.
+pub fn awaiting_and_sent(links: &[ApproverLink]) -> (Vec<String>, Vec<String>) {
+    let names = |d: LinkDelivery| -> Vec<String> {
         let of = links.iter().filter(|l| l.delivery == d);
-        of.map(|l| l.approver.as_str()).collect()
+        of.map(|l| l.approver.clone()).collect()
     };
-    let (waiting, sent) = (
+    (
         names(LinkDelivery::AwaitingConfirmation),
         names(LinkDelivery::Sent),
-    );
-    let (subscriptions, are) = match waiting.len() {
-        1 => ("subscription", "is"),
-        _ => ("subscriptions", "are"),
-    };
-    let pending = "pending confirmation, and SNS delivers nothing until the approver follows \
-                   the link in AWS's confirmation email";
-    let waiting = waiting.join(", ");
-    if sent.is_empty() {
-        return format!(
-            "no approver can receive the request yet: the email {subscriptions} of {waiting} to \
-             the approval topic {are} {pending}"
-        );
-    }
-    format!(
-        "no link sent to {waiting}: their email {subscriptions} to the approval topic {are} \
-         {pending}; sent to {}",
-        sent.join(", ")
     )
+}
+
+/// One sentence for people: who was not sent a link and why, and who was (see
+/// [`crate::domain::approval::describe_unconfirmed`]).
+pub fn describe_unconfirmed(links: &[ApproverLink]) -> String {
+    let (awaiting, sent) = awaiting_and_sent(links);
+    crate::domain::approval::describe_unconfirmed(&awaiting, &sent)
 }
 
 #[async_trait]

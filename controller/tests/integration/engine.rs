@@ -352,6 +352,19 @@ async fn a_request_no_approver_can_receive_says_so_and_reaches_them_once_they_co
          pending confirmation, and SNS delivers nothing until the approver follows the link in \
          AWS's confirmation email; trying again in 5m)"
     );
+    // Kept as typed state, not only as text.
+    let prod = run(&engine, id, "prod").await;
+    let tollgate::domain::Reason::AwaitingApproval { request, .. } = &prod.reason else {
+        panic!("{:?}", prod.reason)
+    };
+    assert!(
+        matches!(
+            request,
+            tollgate::domain::RequestState::Unconfirmed { awaiting, sent, .. }
+                if awaiting == &["alice", "bob"] && sent.is_empty()
+        ),
+        "{request:?}"
+    );
 
     h.fakes.with(|w| w.unconfirmed_approvers.remove("alice"));
     h.clock.advance(Duration::minutes(5));
