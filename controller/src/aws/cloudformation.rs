@@ -13,6 +13,11 @@
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
 //!
+//! A failure's reason (the first resource that failed) and, after a wait that saw the end on a
+//! long step, the update's duration come from the stack's events: `DescribeStackEvents` pages
+//! (newest first) back to the first event of this attempt's token, at most
+//! 10 pages (`MAX_EVENT_PAGES`), usually one.
+//!
 //! Waits are shaped by the stack's recent timings (`DeployRequest::history`), and the adapter
 //! reports what this attempt measured (`DeployResult::timing`) for the store to keep: it
 //! never reads or writes the store itself. With the account's `stack_events_topic` (in the
@@ -42,6 +47,9 @@
 //!   watches every alarm of the stage during the bake anyway.
 //! - Stacks in `ROLLBACK_COMPLETE` (a failed first creation) are not deleted automatically:
 //!   the deploy fails and says so.
+//! - An operation with more events than 10 pages of `DescribeStackEvents` hold is read from
+//!   its newest events only: the failure reported is then the earliest among them, which may
+//!   be a resource cancelled after the first one failed.
 //! - The template's `Parameters` are read here (module `template`): from a template that
 //!   cannot be read (not JSON, or YAML this parser refuses) no parameter is kept, with a
 //!   warning, and the stack's parameters missing from the configuration take the template's
@@ -645,37 +653,49 @@ impl CloudFormationDeployer {
     /// How long this attempt's operation took by the stack's own events (see
     /// [`operation_span`]); `None` when they cannot be read or are not all there.
     async fn operation_took(&self, st: &StackRef) -> Option<Duration> {
-        let events = self
-            .limiter
-            .call(&st.account, "DescribeStackEvents", || {
-                sdk(st
-                    .client
-                    .describe_stack_events()
-                    .stack_name(&st.name)
-                    .send())
-            })
-            .await
-            .ok()?;
-        operation_span(events.stack_events(), &st.name, &st.token)
+        let events = self.attempt_events(st).await.ok()?;
+        operation_span(&events, &st.name, &st.token)
     }
 
     /// The first resource that failed in this attempt and why, from the stack's events.
     async fn failure(&self, st: &StackRef) -> String {
-        let events = self
-            .limiter
-            .call(&st.account, "DescribeStackEvents", || {
-                sdk(st
-                    .client
-                    .describe_stack_events()
-                    .stack_name(&st.name)
-                    .send())
-            })
-            .await;
-        match events {
-            Ok(out) => first_failure(out.stack_events(), &st.token)
+        match self.attempt_events(st).await {
+            Ok(events) => first_failure(&events, &st.token)
                 .unwrap_or_else(|| "no failed resource in the stack events".to_string()),
             Err(e) => format!("the stack events could not be read ({e})"),
         }
+    }
+
+    /// The stack's events back to this attempt's start, newest first: `DescribeStackEvents`
+    /// pages until one reaches past it (see [`past_start`]) or there is no next page, at most
+    /// [`MAX_EVENT_PAGES`]. Usually one page. A page after the first that cannot be read ends
+    /// the reading with what was read, with a warning.
+    async fn attempt_events(&self, st: &StackRef) -> PortResult<Vec<StackEvent>> {
+        let mut events = Vec::new();
+        let mut next: Option<String> = None;
+        for page in 1..=MAX_EVENT_PAGES {
+            let read = self
+                .limiter
+                .call(&st.account, "DescribeStackEvents", || {
+                    let request = st.client.describe_stack_events().stack_name(&st.name);
+                    sdk(request.set_next_token(next.clone()).send())
+                })
+                .await;
+            let out = match read {
+                Ok(out) => out,
+                Err(e) if page == 1 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(stack = %st.name, account = %st.account, page, error = %e, "stack events: a later page could not be read; using the pages read");
+                    break;
+                }
+            };
+            events.extend_from_slice(out.stack_events());
+            next = out.next_token().map(str::to_string);
+            if next.is_none() || past_start(&events, &st.token) {
+                break;
+            }
+        }
+        Ok(events)
     }
 }
 
@@ -972,9 +992,23 @@ fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> Depl
     }
 }
 
+/// At most this many pages of `DescribeStackEvents` are read for one look at an attempt's
+/// events, so a stack's long history is never read whole.
+const MAX_EVENT_PAGES: usize = 10;
+
+/// Whether `events` (newest first) reach past the start of the attempt with `token`: an
+/// older event of another token (or of none) follows this token's events. Every event of an
+/// operation carries the `ClientRequestToken` it was started with (API_StackEvent).
+fn past_start(events: &[StackEvent], token: &str) -> bool {
+    let ours = |e: &StackEvent| e.client_request_token() == Some(token);
+    events
+        .iter()
+        .position(ours)
+        .is_some_and(|first| events[first..].iter().any(|e| !ours(e)))
+}
+
 /// From the "User Initiated" `*_IN_PROGRESS` event of the stack `name` itself under `token`
-/// (its operation's start) to its last event that is not in progress; `None` without both
-/// (the start may be past the first page of a busy stack's events).
+/// (its operation's start) to its last event that is not in progress; `None` without both.
 fn operation_span(events: &[StackEvent], name: &str, token: &str) -> Option<Duration> {
     let ms = |e: &&StackEvent| e.timestamp().and_then(|t| t.to_millis().ok());
     let own: Vec<&StackEvent> = events
@@ -1175,6 +1209,21 @@ mod tests {
         let on_stack = ["ImageUri", "Env", "ByHand", "Dropped", "ByHand"];
         assert_eq!(kept_parameters(&set, &declared, on_stack), ["ByHand"]);
         assert!(kept_parameters(&set, &declared, []).is_empty());
+    }
+
+    #[test]
+    fn the_events_reach_past_an_attempts_start_at_an_older_event_of_another_token() {
+        let e = |token: Option<&str>| event("Service", "UPDATE_COMPLETE", "", token);
+        let newer = [e(Some("t3")), e(Some("t2")), e(Some("t2"))];
+        assert!(
+            !past_start(&newer, "t2"),
+            "its start may be on the next page"
+        );
+        assert!(!past_start(&newer[..1], "t2"), "not reached yet");
+        assert!(past_start(&[e(Some("t2")), e(Some("t1"))], "t2"));
+        assert!(past_start(&[e(Some("t2")), e(None)], "t2"));
+        assert!(!past_start(&[e(Some("t1")), e(None)], "t2"), "never seen");
+        assert!(!past_start(&[], "t2"));
     }
 
     #[test]

@@ -1598,6 +1598,12 @@ pub mod cloudformation {
     //! name, `AWS::CloudFormation::Stack`, the execute's `ClientRequestToken`, the time they
     //! happened), listed newest first by `DescribeStackEvents`.
     //!
+    //! `DescribeStackEvents` lists the stack's events newest first and, with
+    //! [`Script::events_per_page`], in pages as its API reference describes
+    //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_DescribeStackEvents.html>):
+    //! a response carries a `NextToken` when more events follow, and a request with that
+    //! `NextToken` gets the next page; the last page carries none.
+    //!
     //! A change set's `Parameters` are resolved when it is made, as the `Parameter` API
     //! reference describes (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_Parameter.html>):
     //! a `ParameterValue` is used; `UsePreviousValue` ("During a stack update, use the existing
@@ -1698,6 +1704,8 @@ pub mod cloudformation {
         pub stack_id: Option<String>,
         /// The topics the stack publishes its events to at the start (`NotificationARNs`).
         pub notification_arns: Vec<String>,
+        /// How many events one `DescribeStackEvents` page holds (`None`: all, one page).
+        pub events_per_page: Option<usize>,
     }
 
     /// An HTTPS subscription of the stack's notification topics: the endpoint SNS posts to
@@ -1751,6 +1759,7 @@ pub mod cloudformation {
         stack_id: String,
         /// The topics the stack publishes its events to (from its last executed change set).
         notification_arns: Vec<String>,
+        events_per_page: Option<usize>,
         /// Counts executed operations, so a timer ends only its own.
         operations: u64,
         /// When the last timed update completed.
@@ -1809,6 +1818,7 @@ pub mod cloudformation {
                 notifications: script.notifications,
                 stack_id: script.stack_id.unwrap_or_else(|| STACK_ID.to_string()),
                 notification_arns: script.notification_arns,
+                events_per_page: script.events_per_page,
                 ..World::default()
             }));
             let app = Router::new()
@@ -2087,7 +2097,7 @@ pub mod cloudformation {
                 Ok(String::new())
             }
             "ExecuteChangeSet" => execute_change_set(world, &name, form),
-            "DescribeStackEvents" => Ok(events(world)),
+            "DescribeStackEvents" => events(world, form),
             "CancelUpdateStack" => {
                 cancel_update(world);
                 Ok(String::new())
@@ -2419,12 +2429,30 @@ pub mod cloudformation {
         }
     }
 
-    fn events(world: &World) -> String {
-        let members: String = world
-            .events
+    /// One page of the stack's events, newest first, from the request's `NextToken` (the index
+    /// of the page's first event).
+    fn events(world: &World, form: &BTreeMap<String, String>) -> Answer {
+        let start = match form.get("NextToken") {
+            None => 0,
+            Some(token) => token
+                .strip_prefix("events-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|i| *i < world.events.len())
+                .ok_or(("ValidationError", format!("Invalid NextToken {token}")))?,
+        };
+        let end = world
+            .events_per_page
+            .map_or(world.events.len(), |n| (start + n).min(world.events.len()));
+        let next = if end < world.events.len() {
+            format!("<NextToken>events-{end}</NextToken>")
+        } else {
+            String::new()
+        };
+        let members: String = world.events[start..end]
             .iter()
             .enumerate()
             .map(|(i, e)| {
+                let i = start + i;
                 let token = if e.token == TOKEN { world.token.as_str() } else { e.token.as_str() };
                 let at = e.at.map_or("2026-01-01T00:00:00Z".to_string(), |t| {
                     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -2442,7 +2470,7 @@ pub mod cloudformation {
                 )
             })
             .collect();
-        format!("<StackEvents>{members}</StackEvents>")
+        Ok(format!("<StackEvents>{members}</StackEvents>{next}"))
     }
 
     fn ok(action: &str, result: &str) -> Response {

@@ -660,6 +660,104 @@ async fn a_failed_update_reports_the_first_failing_resource_of_this_attempt() {
     );
 }
 
+/// A busy stack's events: the failure that started the rollback is past `DescribeStackEvents`'s
+/// first page (moto gap: moto neither pages its events nor fails resources). Pages are read
+/// while they hold this attempt's events, and no further than the first older event of
+/// another token: 3 of the 10 pages.
+#[tokio::test]
+async fn the_first_failure_is_found_on_a_later_page_of_the_stack_events() {
+    let event = |id: &str, status: &str, reason: &str, token: &str| Event {
+        logical_id: id.into(),
+        resource_type: "AWS::ECS::Service".into(),
+        status: status.into(),
+        reason: reason.into(),
+        token: token.into(),
+        at: None,
+    };
+    let failed = "The following resource(s) failed to update: [Service]";
+    let mut events = vec![event("stub", "UPDATE_ROLLBACK_IN_PROGRESS", failed, TOKEN)];
+    for n in 1..=5 {
+        let cancelled = "Resource update cancelled";
+        events.push(event(
+            &format!("Worker{n}"),
+            "UPDATE_FAILED",
+            cancelled,
+            TOKEN,
+        ));
+    }
+    let reason = "Invalid request provided: image not found";
+    events.push(event("Service", "UPDATE_FAILED", reason, TOKEN));
+    events.push(event("stub", "UPDATE_IN_PROGRESS", "User Initiated", TOKEN));
+    for n in 1..=20 {
+        let older = format!("tollgate-older-{}", n / 4);
+        events.push(event(
+            "Service",
+            "UPDATE_FAILED",
+            "an older attempt",
+            &older,
+        ));
+    }
+    let (stub, cfn) = stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        after: vec![after(
+            "ExecuteChangeSet",
+            &["UPDATE_ROLLBACK_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE"],
+        )],
+        events,
+        events_per_page: Some(3),
+        ..Script::default()
+    })
+    .await;
+    let f = fixture("stub");
+    let err = cfn
+        .deploy_stack(&request("k/2", &own_account(), &f.deploy, NEW), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        PortError::Failed(format!(
+            "stack stub is UPDATE_ROLLBACK_COMPLETE: Service (AWS::ECS::Service) UPDATE_FAILED: \
+             {reason}"
+        ))
+    );
+    let pages: Vec<Option<String>> = stub
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DescribeStackEvents")
+        .map(|c| c.form.get("NextToken").cloned())
+        .collect();
+    let expected = [None, Some("events-3"), Some("events-6")];
+    assert_eq!(pages, expected.map(|t| t.map(String::from)));
+}
+
+/// However long the stack's history, at most 10 pages of its events are read for one failure.
+#[tokio::test]
+async fn at_most_ten_pages_of_stack_events_are_read() {
+    let cancelled = |n: usize| Event {
+        logical_id: format!("Worker{n}"),
+        resource_type: "AWS::ECS::Service".into(),
+        status: "UPDATE_FAILED".into(),
+        reason: "Resource update cancelled".into(),
+        token: TOKEN.into(),
+        at: None,
+    };
+    let (stub, cfn) = stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        after: vec![after("ExecuteChangeSet", &["UPDATE_ROLLBACK_COMPLETE"])],
+        events: (1..=50).map(cancelled).collect(),
+        events_per_page: Some(2),
+        ..Script::default()
+    })
+    .await;
+    let f = fixture("stub");
+    let err = cfn
+        .deploy_stack(&request("k/2", &own_account(), &f.deploy, NEW), &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Worker20 "), "{err}");
+    assert_eq!(stub.count("DescribeStackEvents"), 10);
+}
+
 /// moto gap: moto cannot be told to throttle.
 #[tokio::test]
 async fn throttling_is_retried_and_never_deploys_twice() {
