@@ -13,6 +13,11 @@
 //! execute `ClientRequestToken` all come from the key, and an executed change set is not
 //! executed again.
 //!
+//! A failure's reason (the first resource that failed) and, after a wait that saw the end on a
+//! long step, the update's duration come from the stack's events: `DescribeStackEvents` pages
+//! (newest first) back to the first event of this attempt's token, at most
+//! 10 pages (`MAX_EVENT_PAGES`), usually one.
+//!
 //! Waits are shaped by the stack's recent timings (`DeployRequest::history`), and the adapter
 //! reports what this attempt measured (`DeployResult::timing`) for the store to keep: it
 //! never reads or writes the store itself. With the account's `stack_events_topic` (in the
@@ -26,6 +31,11 @@
 //!   runs (API_ExecuteChangeSet). A stack that runs another image is `PortError::Drift`; one
 //!   that runs ours after the refusal is our own change set that already ran (a lost reply or a
 //!   repeat after a crash) and a success.
+//! - A stack's parameters missing from the configuration keep their value. An update's change
+//!   set names each parameter the stack has, that the new template declares and that the spec
+//!   does not set, with `UsePreviousValue` (as `aws cloudformation deploy` does); left out,
+//!   CloudFormation would reset it to the template's default. The same holds for a rollback.
+//!   The record kept for a rollback (`Applied`) holds the configured parameters only.
 //! - A rollback's change set carries an empty list of rollback triggers. CloudFormation rolls
 //!   an operation back when a trigger's alarm is in `ALARM` during it, and keeps a stack's
 //!   triggers for later operations unless a change set names new ones (an empty list removes
@@ -37,8 +47,17 @@
 //!   watches every alarm of the stage during the bake anyway.
 //! - Stacks in `ROLLBACK_COMPLETE` (a failed first creation) are not deleted automatically:
 //!   the deploy fails and says so.
+//! - An operation with more events than 10 pages of `DescribeStackEvents` hold is read from
+//!   its newest events only: the failure reported is then the earliest among them, which may
+//!   be a resource cancelled after the first one failed.
+//! - The template's `Parameters` are read here (module `template`): from a template that
+//!   cannot be read (not JSON, or YAML this parser refuses) no parameter is kept, with a
+//!   warning, and the stack's parameters missing from the configuration take the template's
+//!   defaults.
 
-use std::collections::BTreeMap;
+mod template;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +104,8 @@ struct Spec {
     rollback: RollbackConfiguration,
     /// The recorded spec was used (false: today's configuration with the image).
     restored: bool,
+    /// The parameters `template` declares, or why it could not be read here.
+    declared: Result<BTreeSet<String>, String>,
 }
 
 impl Spec {
@@ -94,14 +115,25 @@ impl Spec {
             .map_or("", String::as_str)
     }
 
-    fn sdk_parameters(&self) -> Vec<Parameter> {
+    /// A change set's `Parameters`: the spec's values, and `UsePreviousValue` for each of
+    /// `kept` (see [`kept_parameters`]). API_Parameter, `UsePreviousValue`: "During a stack
+    /// update, use the existing parameter value that the stack is using for a given parameter
+    /// key. If you specify true, do not specify a parameter value."
+    fn sdk_parameters(&self, kept: &[String]) -> Vec<Parameter> {
         let param = |(k, v): (&String, &String)| {
             Parameter::builder()
                 .parameter_key(k)
                 .parameter_value(v)
                 .build()
         };
-        self.parameters.iter().map(param).collect()
+        let previous = |k: &String| {
+            Parameter::builder()
+                .parameter_key(k)
+                .use_previous_value(true)
+                .build()
+        };
+        let values = self.parameters.iter().map(param);
+        values.chain(kept.iter().map(previous)).collect()
     }
 
     /// The record a rollback to this deploy applies again.
@@ -171,6 +203,15 @@ enum ChangeSet {
     Executed,
     /// Made against a stack that changed since; deleted, so a new one can be made.
     Obsolete,
+}
+
+/// What one `CreateChangeSet` sends beside the spec's template, capabilities, role and
+/// triggers.
+struct Request {
+    kind: ChangeSetType,
+    /// `NotificationARNs` (see [`notification_arns`]).
+    topics: Option<Vec<String>>,
+    parameters: Vec<Parameter>,
 }
 
 /// What is left to do once the change set is settled.
@@ -318,16 +359,8 @@ impl CloudFormationDeployer {
     ) -> PortResult<Next> {
         let backoff = self.limiter.backoff();
         for attempt in 1.. {
-            let create = current
-                .as_ref()
-                .is_none_or(|s| status(s) == "REVIEW_IN_PROGRESS");
-            let kind = if create {
-                ChangeSetType::Create
-            } else {
-                ChangeSetType::Update
-            };
-            let topics = notification_arns(st, current.as_ref())?;
-            match self.change_set(st, spec, kind, topics).await? {
+            let request = change_set_request(st, spec, current.as_ref())?;
+            match self.change_set(st, spec, request).await? {
                 ChangeSet::Empty => return Ok(Next::Nothing(current.map(Box::new))),
                 ChangeSet::Ready => return Ok(Next::Execute),
                 ChangeSet::Executed => return Ok(Next::Wait),
@@ -348,10 +381,9 @@ impl CloudFormationDeployer {
         &self,
         st: &StackRef,
         spec: &Spec,
-        kind: ChangeSetType,
-        topics: Option<Vec<String>>,
+        request: Request,
     ) -> PortResult<ChangeSet> {
-        match self.create_change_set(st, spec, kind, topics).await {
+        match self.create_change_set(st, spec, request).await {
             Err(e) if no_changes(&e.to_string()) => return Ok(ChangeSet::Empty),
             other => other?,
         }
@@ -375,8 +407,7 @@ impl CloudFormationDeployer {
         &self,
         st: &StackRef,
         spec: &Spec,
-        kind: ChangeSetType,
-        topics: Option<Vec<String>>,
+        request: Request,
     ) -> PortResult<()> {
         self.limiter
             .call(&st.account, "CreateChangeSet", || {
@@ -386,9 +417,9 @@ impl CloudFormationDeployer {
                     .stack_name(&st.name)
                     .change_set_name(&st.token)
                     .client_token(&st.token)
-                    .change_set_type(kind.clone())
+                    .change_set_type(request.kind.clone())
                     .template_body(&spec.template)
-                    .set_parameters(Some(spec.sdk_parameters()))
+                    .set_parameters(Some(request.parameters.clone()))
                     .set_capabilities(Some(
                         spec.capabilities
                             .iter()
@@ -396,7 +427,7 @@ impl CloudFormationDeployer {
                             .collect(),
                     ))
                     .set_role_arn(spec.role.clone())
-                    .set_notification_arns(topics.clone())
+                    .set_notification_arns(request.topics.clone())
                     .rollback_configuration(spec.rollback.clone());
                 sdk_done_unless(request.send(), "AlreadyExistsException")
             })
@@ -622,37 +653,49 @@ impl CloudFormationDeployer {
     /// How long this attempt's operation took by the stack's own events (see
     /// [`operation_span`]); `None` when they cannot be read or are not all there.
     async fn operation_took(&self, st: &StackRef) -> Option<Duration> {
-        let events = self
-            .limiter
-            .call(&st.account, "DescribeStackEvents", || {
-                sdk(st
-                    .client
-                    .describe_stack_events()
-                    .stack_name(&st.name)
-                    .send())
-            })
-            .await
-            .ok()?;
-        operation_span(events.stack_events(), &st.name, &st.token)
+        let events = self.attempt_events(st).await.ok()?;
+        operation_span(&events, &st.name, &st.token)
     }
 
     /// The first resource that failed in this attempt and why, from the stack's events.
     async fn failure(&self, st: &StackRef) -> String {
-        let events = self
-            .limiter
-            .call(&st.account, "DescribeStackEvents", || {
-                sdk(st
-                    .client
-                    .describe_stack_events()
-                    .stack_name(&st.name)
-                    .send())
-            })
-            .await;
-        match events {
-            Ok(out) => first_failure(out.stack_events(), &st.token)
+        match self.attempt_events(st).await {
+            Ok(events) => first_failure(&events, &st.token)
                 .unwrap_or_else(|| "no failed resource in the stack events".to_string()),
             Err(e) => format!("the stack events could not be read ({e})"),
         }
+    }
+
+    /// The stack's events back to this attempt's start, newest first: `DescribeStackEvents`
+    /// pages until one reaches past it (see [`past_start`]) or there is no next page, at most
+    /// [`MAX_EVENT_PAGES`]. Usually one page. A page after the first that cannot be read ends
+    /// the reading with what was read, with a warning.
+    async fn attempt_events(&self, st: &StackRef) -> PortResult<Vec<StackEvent>> {
+        let mut events = Vec::new();
+        let mut next: Option<String> = None;
+        for page in 1..=MAX_EVENT_PAGES {
+            let read = self
+                .limiter
+                .call(&st.account, "DescribeStackEvents", || {
+                    let request = st.client.describe_stack_events().stack_name(&st.name);
+                    sdk(request.set_next_token(next.clone()).send())
+                })
+                .await;
+            let out = match read {
+                Ok(out) => out,
+                Err(e) if page == 1 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(stack = %st.name, account = %st.account, page, error = %e, "stack events: a later page could not be read; using the pages read");
+                    break;
+                }
+            };
+            events.extend_from_slice(out.stack_events());
+            next = out.next_token().map(str::to_string);
+            if next.is_none() || past_start(&events, &st.token) {
+                break;
+            }
+        }
+        Ok(events)
     }
 }
 
@@ -679,6 +722,7 @@ async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
             role: execution_role.clone(),
             rollback: rollback_configuration(req, alarms),
             restored: true,
+            declared: template::declared_parameters(body),
         });
     }
     let Deploy::CloudFormation {
@@ -708,6 +752,7 @@ async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
     let mut values = parameters.clone();
     values.insert(image_parameter.clone(), req.image_uri.clone());
     Ok(Spec {
+        declared: template::declared_parameters(&body),
         template: body,
         parameters: values,
         image_parameter: image_parameter.clone(),
@@ -761,6 +806,74 @@ pub fn request_token(key: &str) -> String {
 
 fn truncate(s: &str, max: usize) -> &str {
     &s[..s.len().min(max)]
+}
+
+/// The change set to make against the stack as it is now (`None`: there is none): `CREATE`
+/// for a new stack (or one a change set made and nobody executed), else `UPDATE`.
+fn change_set_request(st: &StackRef, spec: &Spec, current: Option<&Stack>) -> PortResult<Request> {
+    let update = current.filter(|s| status(s) != "REVIEW_IN_PROGRESS");
+    let kind = match update {
+        Some(_) => ChangeSetType::Update,
+        None => ChangeSetType::Create,
+    };
+    // `UsePreviousValue` is refused on a CREATE change set (there is no previous value).
+    let kept = update.map_or_else(Vec::new, |s| kept(st, spec, s));
+    Ok(Request {
+        kind,
+        topics: notification_arns(st, current)?,
+        parameters: spec.sdk_parameters(&kept),
+    })
+}
+
+/// For an update, the stack's parameters that keep their value (see [`kept_parameters`]).
+/// With a template that cannot be read here none are kept, with a warning: CloudFormation then
+/// gives the stack's parameters missing from the configuration the template's defaults (or
+/// fails on one without).
+fn kept(st: &StackRef, spec: &Spec, current: &Stack) -> Vec<String> {
+    let on_stack = current
+        .parameters()
+        .iter()
+        .filter_map(|p| p.parameter_key());
+    let declared = match &spec.declared {
+        Ok(declared) => declared,
+        Err(why) => {
+            let unset: Vec<&str> = on_stack
+                .filter(|k| !spec.parameters.contains_key(*k))
+                .collect();
+            if !unset.is_empty() {
+                tracing::warn!(stack = %st.name, account = %st.account, parameters = ?unset, "cannot read the template's Parameters here ({why}): the stack's parameters missing from the configuration are not kept and take the template's defaults");
+            }
+            return Vec::new();
+        }
+    };
+    let kept = kept_parameters(&spec.parameters, declared, on_stack);
+    if !kept.is_empty() {
+        tracing::info!(stack = %st.name, account = %st.account, parameters = ?kept, "keeping the stack's values of parameters missing from the configuration");
+    }
+    kept
+}
+
+/// The parameters an update keeps at the stack's value (`UsePreviousValue`), as
+/// `aws cloudformation deploy` does: each one the stack has now (`on_stack`) that the new
+/// template declares and `set` does not give. Left out, CloudFormation would give it the
+/// template's default (API_Parameter, `ParameterKey`: "If you don't specify a key and value
+/// for a particular parameter, CloudFormation uses the default value that's specified in your
+/// template"), undoing a value set by hand or by another tool. Only those: `UsePreviousValue`
+/// is refused for a parameter the stack does not have ("Cannot specify usePreviousValue as
+/// true for a parameter key not in the previous template") and for one the new template does
+/// not declare ("Parameters: [KEY] do not exist in the template"), and together with a
+/// `ParameterValue` ("Cannot specify usePreviousValue as true and non empty value for a
+/// parameter").
+fn kept_parameters<'a>(
+    set: &BTreeMap<String, String>,
+    declared: &BTreeSet<String>,
+    on_stack: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let kept: BTreeSet<&str> = on_stack
+        .into_iter()
+        .filter(|k| declared.contains(*k) && !set.contains_key(*k))
+        .collect();
+    kept.into_iter().map(str::to_string).collect()
 }
 
 /// The most `NotificationARNs` a stack takes (CreateChangeSet, `NotificationARNs`: "Maximum
@@ -879,9 +992,23 @@ fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> Depl
     }
 }
 
+/// At most this many pages of `DescribeStackEvents` are read for one look at an attempt's
+/// events, so a stack's long history is never read whole.
+const MAX_EVENT_PAGES: usize = 10;
+
+/// Whether `events` (newest first) reach past the start of the attempt with `token`: an
+/// older event of another token (or of none) follows this token's events. Every event of an
+/// operation carries the `ClientRequestToken` it was started with (API_StackEvent).
+fn past_start(events: &[StackEvent], token: &str) -> bool {
+    let ours = |e: &StackEvent| e.client_request_token() == Some(token);
+    events
+        .iter()
+        .position(ours)
+        .is_some_and(|first| events[first..].iter().any(|e| !ours(e)))
+}
+
 /// From the "User Initiated" `*_IN_PROGRESS` event of the stack `name` itself under `token`
-/// (its operation's start) to its last event that is not in progress; `None` without both
-/// (the start may be past the first page of a busy stack's events).
+/// (its operation's start) to its last event that is not in progress; `None` without both.
 fn operation_span(events: &[StackEvent], name: &str, token: &str) -> Option<Duration> {
     let ms = |e: &&StackEvent| e.timestamp().and_then(|t| t.to_millis().ok());
     let own: Vec<&StackEvent> = events
@@ -1068,6 +1195,35 @@ mod tests {
         );
         assert_eq!(operation_span(&events, "app", "t3"), None);
         assert_eq!(operation_span(&events[..3], "app", "t2"), None, "no start");
+    }
+
+    #[test]
+    fn an_update_keeps_only_parameters_on_the_stack_declared_and_not_configured() {
+        let set = BTreeMap::from([
+            ("ImageUri".to_string(), "new".to_string()),
+            ("Env".to_string(), "beta".to_string()),
+        ]);
+        let declared: BTreeSet<String> = ["ImageUri", "Env", "ByHand", "Added"]
+            .map(String::from)
+            .into();
+        let on_stack = ["ImageUri", "Env", "ByHand", "Dropped", "ByHand"];
+        assert_eq!(kept_parameters(&set, &declared, on_stack), ["ByHand"]);
+        assert!(kept_parameters(&set, &declared, []).is_empty());
+    }
+
+    #[test]
+    fn the_events_reach_past_an_attempts_start_at_an_older_event_of_another_token() {
+        let e = |token: Option<&str>| event("Service", "UPDATE_COMPLETE", "", token);
+        let newer = [e(Some("t3")), e(Some("t2")), e(Some("t2"))];
+        assert!(
+            !past_start(&newer, "t2"),
+            "its start may be on the next page"
+        );
+        assert!(!past_start(&newer[..1], "t2"), "not reached yet");
+        assert!(past_start(&[e(Some("t2")), e(Some("t1"))], "t2"));
+        assert!(past_start(&[e(Some("t2")), e(None)], "t2"));
+        assert!(!past_start(&[e(Some("t1")), e(None)], "t2"), "never seen");
+        assert!(!past_start(&[], "t2"));
     }
 
     #[test]

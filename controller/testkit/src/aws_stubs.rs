@@ -1615,6 +1615,25 @@ pub mod cloudformation {
     //! name, `AWS::CloudFormation::Stack`, the execute's `ClientRequestToken`, the time they
     //! happened), listed newest first by `DescribeStackEvents`.
     //!
+    //! `DescribeStackEvents` lists the stack's events newest first and, with
+    //! [`Script::events_per_page`], in pages as its API reference describes
+    //! (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_DescribeStackEvents.html>):
+    //! a response carries a `NextToken` when more events follow, and a request with that
+    //! `NextToken` gets the next page; the last page carries none.
+    //!
+    //! A change set's `Parameters` are resolved when it is made, as the `Parameter` API
+    //! reference describes (<https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_Parameter.html>):
+    //! a `ParameterValue` is used; `UsePreviousValue` ("During a stack update, use the existing
+    //! parameter value that the stack is using for a given parameter key. If you specify true,
+    //! do not specify a parameter value.") takes the stack's value; a parameter the template
+    //! declares with a `Default` and the request leaves out takes that default ("If you don't
+    //! specify a key and value for a particular parameter, CloudFormation uses the default
+    //! value that's specified in your template"). `UsePreviousValue` is refused with AWS's
+    //! `ValidationError`s: with a value, on a `CREATE` change set, for a key the stack does not
+    //! have, and for a key the new template does not declare. Templates are read as JSON only
+    //! (another body declares nothing and sets no defaults), and a `ParameterValue` for an
+    //! undeclared key is not refused (the tests' templates are minimal).
+    //!
     //! Stack notifications: a change set's `NotificationARNs` are kept by the stack when it is
     //! executed (CreateChangeSet, `NotificationARNs`:
     //! <https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_CreateChangeSet.html>),
@@ -1702,6 +1721,8 @@ pub mod cloudformation {
         pub stack_id: Option<String>,
         /// The topics the stack publishes its events to at the start (`NotificationARNs`).
         pub notification_arns: Vec<String>,
+        /// How many events one `DescribeStackEvents` page holds (`None`: all, one page).
+        pub events_per_page: Option<usize>,
     }
 
     /// An HTTPS subscription of the stack's notification topics: the endpoint SNS posts to
@@ -1755,6 +1776,7 @@ pub mod cloudformation {
         stack_id: String,
         /// The topics the stack publishes its events to (from its last executed change set).
         notification_arns: Vec<String>,
+        events_per_page: Option<usize>,
         /// Counts executed operations, so a timer ends only its own.
         operations: u64,
         /// When the last timed update completed.
@@ -1813,6 +1835,7 @@ pub mod cloudformation {
                 notifications: script.notifications,
                 stack_id: script.stack_id.unwrap_or_else(|| STACK_ID.to_string()),
                 notification_arns: script.notification_arns,
+                events_per_page: script.events_per_page,
                 ..World::default()
             }));
             let app = Router::new()
@@ -2091,7 +2114,7 @@ pub mod cloudformation {
                 Ok(String::new())
             }
             "ExecuteChangeSet" => execute_change_set(world, &name, form),
-            "DescribeStackEvents" => Ok(events(world)),
+            "DescribeStackEvents" => events(world, form),
             "CancelUpdateStack" => {
                 cancel_update(world);
                 Ok(String::new())
@@ -2257,8 +2280,8 @@ pub mod cloudformation {
                 format!("ChangeSet {name} already exists"),
             ));
         }
-        let keys = members(form, "Parameters", "ParameterKey");
-        let values = members(form, "Parameters", "ParameterValue");
+        let create = form.get("ChangeSetType").map(String::as_str) == Some("CREATE");
+        let parameters = resolve_parameters(world, create, form)?;
         let list = "RollbackConfiguration.RollbackTriggers";
         let arns = members(form, list, "Arn");
         let named = form.contains_key(list) || !arns.is_empty();
@@ -2267,8 +2290,8 @@ pub mod cloudformation {
             .collect();
         let change_set = ChangeSet {
             execution: "AVAILABLE".into(),
-            create: form.get("ChangeSetType").map(String::as_str) == Some("CREATE"),
-            parameters: keys.into_iter().zip(values).collect(),
+            create,
+            parameters,
             triggers: named.then_some(arns),
             ready_at: world.change_set_takes.map(|t| Instant::now() + t),
             notification_arns,
@@ -2278,6 +2301,79 @@ pub mod cloudformation {
             "<Id>{STACK_ID}/changeSet/{}</Id><StackId>{STACK_ID}</StackId>",
             esc(name)
         ))
+    }
+
+    /// The parameters a change set asks for, resolved as the module doc says, or AWS's error.
+    fn resolve_parameters(
+        world: &World,
+        create: bool,
+        form: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, (&'static str, String)> {
+        let template = form.get("TemplateBody").map_or("", String::as_str);
+        let declared = declared_parameters(template);
+        let mut resolved: BTreeMap<String, String> = declared
+            .iter()
+            .filter_map(|(k, default)| Some((k.clone(), default.clone()?)))
+            .collect();
+        let invalid = |key: &str, why: &str| {
+            let message = format!("Invalid input for parameter key {key}. {why}");
+            Err(("ValidationError", message))
+        };
+        for n in 1.. {
+            let field = |f: &str| form.get(&format!("Parameters.member.{n}.{f}"));
+            let Some(key) = field("ParameterKey") else {
+                break;
+            };
+            let value = field("ParameterValue");
+            if field("UsePreviousValue").map(String::as_str) != Some("true") {
+                resolved.insert(key.clone(), value.cloned().unwrap_or_default());
+                continue;
+            }
+            if value.is_some_and(|v| !v.is_empty()) {
+                return invalid(
+                    key,
+                    "Cannot specify usePreviousValue as true and non empty value for a parameter",
+                );
+            }
+            if create {
+                return Err((
+                    "ValidationError",
+                    "Cannot specify UsePreviousValue on Parameters when ChangeSetType is CREATE"
+                        .into(),
+                ));
+            }
+            let Some(previous) = world.parameters.get(key) else {
+                return invalid(
+                    key,
+                    "Cannot specify usePreviousValue as true for a parameter key not in the \
+                     previous template",
+                );
+            };
+            if !declared.contains_key(key) {
+                let message = format!("Parameters: [{key}] do not exist in the template");
+                return Err(("ValidationError", message));
+            }
+            resolved.insert(key.clone(), previous.clone());
+        }
+        Ok(resolved)
+    }
+
+    /// The parameters a JSON template declares, with their `Default`s (none for another body).
+    fn declared_parameters(template: &str) -> BTreeMap<String, Option<String>> {
+        let parsed: Option<serde_json::Value> = serde_json::from_str(template).ok();
+        let Some(serde_json::Value::Object(declared)) =
+            parsed.as_ref().and_then(|t| t.get("Parameters"))
+        else {
+            return BTreeMap::new();
+        };
+        let default = |p: &serde_json::Value| match p.get("Default")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+        declared
+            .iter()
+            .map(|(k, p)| (k.clone(), default(p)))
+            .collect()
     }
 
     /// A change set still being made (`CREATE_PENDING`, not executable).
@@ -2350,12 +2446,30 @@ pub mod cloudformation {
         }
     }
 
-    fn events(world: &World) -> String {
-        let members: String = world
-            .events
+    /// One page of the stack's events, newest first, from the request's `NextToken` (the index
+    /// of the page's first event).
+    fn events(world: &World, form: &BTreeMap<String, String>) -> Answer {
+        let start = match form.get("NextToken") {
+            None => 0,
+            Some(token) => token
+                .strip_prefix("events-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|i| *i < world.events.len())
+                .ok_or(("ValidationError", format!("Invalid NextToken {token}")))?,
+        };
+        let end = world
+            .events_per_page
+            .map_or(world.events.len(), |n| (start + n).min(world.events.len()));
+        let next = if end < world.events.len() {
+            format!("<NextToken>events-{end}</NextToken>")
+        } else {
+            String::new()
+        };
+        let members: String = world.events[start..end]
             .iter()
             .enumerate()
             .map(|(i, e)| {
+                let i = start + i;
                 let token = if e.token == TOKEN { world.token.as_str() } else { e.token.as_str() };
                 let at = e.at.map_or("2026-01-01T00:00:00Z".to_string(), |t| {
                     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -2373,7 +2487,7 @@ pub mod cloudformation {
                 )
             })
             .collect();
-        format!("<StackEvents>{members}</StackEvents>")
+        Ok(format!("<StackEvents>{members}</StackEvents>{next}"))
     }
 
     fn ok(action: &str, result: &str) -> Response {

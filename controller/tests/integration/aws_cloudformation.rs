@@ -266,6 +266,156 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
     );
 }
 
+/// Parameters `Extra` (set by hand, not in the configuration), `Gone` (dropped by the next
+/// template) and `Fresh` (added by it), beside the two of [`TEMPLATE`].
+fn template_with(parameters: &[&str]) -> String {
+    let declared: Vec<String> = parameters
+        .iter()
+        .map(|p| format!("\"{p}\": {{\"Type\": \"String\", \"Default\": \"{p}-default\"}}"))
+        .collect();
+    TEMPLATE.replace(
+        "\"Env\": {\"Type\": \"String\", \"Default\": \"none\"}",
+        &format!(
+            "\"Env\": {{\"Type\": \"String\", \"Default\": \"none\"}}, {}",
+            declared.join(", ")
+        ),
+    )
+}
+
+async fn stack_parameters(config: &SdkConfig, stack: &str) -> BTreeMap<String, String> {
+    let out = aws_sdk_cloudformation::Client::new(config)
+        .describe_stacks()
+        .stack_name(stack)
+        .send()
+        .await
+        .unwrap();
+    let param = |p: &aws_sdk_cloudformation::types::Parameter| {
+        let key = p.parameter_key()?.to_string();
+        Some((key, p.parameter_value()?.to_string()))
+    };
+    out.stacks()[0]
+        .parameters()
+        .iter()
+        .filter_map(param)
+        .collect()
+}
+
+/// The `Parameters` of a recorded `CreateChangeSet`: key to value, or to `None` when it was
+/// sent as `UsePreviousValue=true` (and then must carry no value).
+fn sent_parameters(body: &[u8]) -> BTreeMap<String, Option<String>> {
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let field = |n: usize, f: &str| form.get(&format!("Parameters.member.{n}.{f}")).cloned();
+    (1..)
+        .map_while(|n| Some((n, field(n, "ParameterKey")?)))
+        .map(|(n, key)| {
+            let value = field(n, "ParameterValue");
+            let previous = field(n, "UsePreviousValue").as_deref() == Some("true");
+            assert!(
+                previous != value.is_some(),
+                "{key}: value {value:?}, previous {previous}"
+            );
+            (key, value)
+        })
+        .collect()
+}
+
+/// A parameter set on the stack outside tollgate keeps its value through a deploy and a
+/// rollback: CreateChangeSet names it with `UsePreviousValue` (API_Parameter: "During a stack
+/// update, use the existing parameter value that the stack is using"), where leaving it out
+/// would give it the template's default ("If you don't specify a key and value for a particular
+/// parameter, CloudFormation uses the default value that's specified in your template").
+///
+/// moto 5.2.5 does both (responses.py `create_change_set` takes a `UsePreviousValue` key's value
+/// from the stack's resolved parameters; parsing.py `load_parameters` gives every declared
+/// parameter not passed its `Default`), but it neither rejects `UsePreviousValue` for a key the
+/// new template does not declare (AWS: "Parameters: [X] do not exist in the template") nor
+/// answers one the stack does not have with AWS's error ("Cannot specify usePreviousValue as true
+/// for a parameter key not in the previous template"), and it keeps listing a parameter the
+/// new template dropped: what was sent is read from moto's request recorder.
+#[tokio::test]
+async fn parameters_set_outside_tollgate_survive_a_deploy_and_a_rollback() {
+    let moto = MotoServer::start().unwrap(); // private: the recorder
+    let f = fixture("cfn-kept");
+    let Deploy::CloudFormation { template, .. } = &f.deploy else {
+        unreachable!()
+    };
+    std::fs::write(template, template_with(&["Extra", "Gone"])).unwrap();
+    let beta = account("beta", BETA, external_id(f._dir.path()));
+    let cfn = deployer(moto.sdk_config(), Limiter::default());
+    let first = request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD);
+    let created = cfn.deploy_stack(&first, &[]).await.unwrap();
+    let config = moto.sdk_config_for_account(BETA).await.unwrap();
+    let by_hand = |k: &str, v: &str| {
+        aws_sdk_cloudformation::types::Parameter::builder()
+            .parameter_key(k)
+            .parameter_value(v)
+            .build()
+    };
+    aws_sdk_cloudformation::Client::new(&config)
+        .update_stack()
+        .stack_name("cfn-kept")
+        .use_previous_template(true)
+        .parameters(by_hand("ImageUri", OLD))
+        .parameters(by_hand("Env", "beta"))
+        .parameters(by_hand("Extra", "by-hand"))
+        .parameters(by_hand("Gone", "by-hand"))
+        .send()
+        .await
+        .unwrap();
+    std::fs::write(template, template_with(&["Extra", "Fresh"])).unwrap();
+
+    moto.recorder_start().await.unwrap();
+    let second = request("backend/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
+    let updated = cfn.deploy_stack(&second, &[]).await.unwrap();
+    assert!(updated.summary.contains("UPDATE_COMPLETE"), "{updated:?}");
+    let now = stack_parameters(&config, "cfn-kept").await;
+    assert_eq!(now["ImageUri"], NEW);
+    assert_eq!(now["Extra"], "by-hand", "{now:?}");
+    assert_eq!(now["Fresh"], "Fresh-default", "{now:?}");
+
+    let mut back = request("backend/2/beta/1/rollback-0", &beta, &f.deploy, OLD);
+    back.restore = created.applied.clone();
+    let rolled = cfn.rollback_stack(&back).await.unwrap();
+    moto.recorder_stop().await.unwrap();
+    assert!(rolled.summary.contains("recorded template"), "{rolled:?}");
+    let now = stack_parameters(&config, "cfn-kept").await;
+    assert_eq!(now["ImageUri"], OLD);
+    assert_eq!(now["Extra"], "by-hand", "{now:?}");
+
+    let requests = moto.recorded_requests().await.unwrap();
+    let sent: Vec<_> = requests
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("CreateChangeSet"))
+        .map(|r| sent_parameters(&r.body))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let deploy = &sent[0];
+    assert_eq!(deploy["ImageUri"].as_deref(), Some(NEW));
+    assert_eq!(deploy["Env"].as_deref(), Some("beta"));
+    assert_eq!(deploy["Extra"], None, "kept: {deploy:?}");
+    assert!(
+        !deploy.contains_key("Gone"),
+        "no longer declared: {deploy:?}"
+    );
+    assert!(
+        !deploy.contains_key("Fresh"),
+        "new, so not on the stack: {deploy:?}"
+    );
+    let rollback = &sent[1];
+    assert_eq!(rollback["ImageUri"].as_deref(), Some(OLD));
+    assert_eq!(rollback["Extra"], None, "kept: {rollback:?}");
+    assert!(
+        !rollback.contains_key("Fresh"),
+        "not in the recorded template: {rollback:?}"
+    );
+    let recorded = created.applied.unwrap();
+    assert_eq!(
+        rolled.applied.unwrap().spec,
+        recorded.spec,
+        "the record holds only the configured parameters"
+    );
+}
+
 // ---- the scripted stub, for what moto cannot do ----
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -508,6 +658,104 @@ async fn a_failed_update_reports_the_first_failing_resource_of_this_attempt() {
                 .into()
         )
     );
+}
+
+/// A busy stack's events: the failure that started the rollback is past `DescribeStackEvents`'s
+/// first page (moto gap: moto neither pages its events nor fails resources). Pages are read
+/// while they hold this attempt's events, and no further than the first older event of
+/// another token: 3 of the 10 pages.
+#[tokio::test]
+async fn the_first_failure_is_found_on_a_later_page_of_the_stack_events() {
+    let event = |id: &str, status: &str, reason: &str, token: &str| Event {
+        logical_id: id.into(),
+        resource_type: "AWS::ECS::Service".into(),
+        status: status.into(),
+        reason: reason.into(),
+        token: token.into(),
+        at: None,
+    };
+    let failed = "The following resource(s) failed to update: [Service]";
+    let mut events = vec![event("stub", "UPDATE_ROLLBACK_IN_PROGRESS", failed, TOKEN)];
+    for n in 1..=5 {
+        let cancelled = "Resource update cancelled";
+        events.push(event(
+            &format!("Worker{n}"),
+            "UPDATE_FAILED",
+            cancelled,
+            TOKEN,
+        ));
+    }
+    let reason = "Invalid request provided: image not found";
+    events.push(event("Service", "UPDATE_FAILED", reason, TOKEN));
+    events.push(event("stub", "UPDATE_IN_PROGRESS", "User Initiated", TOKEN));
+    for n in 1..=20 {
+        let older = format!("tollgate-older-{}", n / 4);
+        events.push(event(
+            "Service",
+            "UPDATE_FAILED",
+            "an older attempt",
+            &older,
+        ));
+    }
+    let (stub, cfn) = stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        after: vec![after(
+            "ExecuteChangeSet",
+            &["UPDATE_ROLLBACK_IN_PROGRESS", "UPDATE_ROLLBACK_COMPLETE"],
+        )],
+        events,
+        events_per_page: Some(3),
+        ..Script::default()
+    })
+    .await;
+    let f = fixture("stub");
+    let err = cfn
+        .deploy_stack(&request("k/2", &own_account(), &f.deploy, NEW), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        PortError::Failed(format!(
+            "stack stub is UPDATE_ROLLBACK_COMPLETE: Service (AWS::ECS::Service) UPDATE_FAILED: \
+             {reason}"
+        ))
+    );
+    let pages: Vec<Option<String>> = stub
+        .calls()
+        .iter()
+        .filter(|c| c.action == "DescribeStackEvents")
+        .map(|c| c.form.get("NextToken").cloned())
+        .collect();
+    let expected = [None, Some("events-3"), Some("events-6")];
+    assert_eq!(pages, expected.map(|t| t.map(String::from)));
+}
+
+/// However long the stack's history, at most 10 pages of its events are read for one failure.
+#[tokio::test]
+async fn at_most_ten_pages_of_stack_events_are_read() {
+    let cancelled = |n: usize| Event {
+        logical_id: format!("Worker{n}"),
+        resource_type: "AWS::ECS::Service".into(),
+        status: "UPDATE_FAILED".into(),
+        reason: "Resource update cancelled".into(),
+        token: TOKEN.into(),
+        at: None,
+    };
+    let (stub, cfn) = stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        after: vec![after("ExecuteChangeSet", &["UPDATE_ROLLBACK_COMPLETE"])],
+        events: (1..=50).map(cancelled).collect(),
+        events_per_page: Some(2),
+        ..Script::default()
+    })
+    .await;
+    let f = fixture("stub");
+    let err = cfn
+        .deploy_stack(&request("k/2", &own_account(), &f.deploy, NEW), &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Worker20 "), "{err}");
+    assert_eq!(stub.count("DescribeStackEvents"), 10);
 }
 
 /// moto gap: moto cannot be told to throttle.
@@ -888,6 +1136,45 @@ async fn running(image: &str, script: Script) -> (CloudFormationStub, CloudForma
         ..script
     })
     .await
+}
+
+/// The stub refuses `UsePreviousValue` where AWS does (see its module doc): for a parameter
+/// the new template no longer declares and for one the stack does not have yet. moto accepts
+/// both (the first silently, the second with an internal error), so the rule is checked here.
+#[tokio::test]
+async fn only_parameters_on_the_stack_and_in_the_new_template_keep_their_value() {
+    let (stub, cfn) = stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        parameters: [
+            ("Env", "beta"),
+            ("ImageUri", OLD),
+            ("Extra", "by-hand"),
+            ("Gone", "by-hand"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+        ..Script::default()
+    })
+    .await;
+    let f = fixture("stub");
+    let Deploy::CloudFormation { template, .. } = &f.deploy else {
+        unreachable!()
+    };
+    std::fs::write(template, template_with(&["Extra", "Fresh"])).unwrap();
+
+    let done = cfn
+        .deploy_stack(&request("k/kept", &own_account(), &f.deploy, NEW), &[])
+        .await
+        .unwrap();
+    assert!(done.summary.contains("UPDATE_COMPLETE"), "{done:?}");
+    let expected = [
+        ("Env", "beta"),
+        ("Extra", "by-hand"),
+        ("Fresh", "Fresh-default"),
+        ("ImageUri", NEW),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    assert_eq!(stub.parameters(), BTreeMap::from(expected));
 }
 
 /// Someone else's update lands between our change set and its execution: CloudFormation

@@ -28,6 +28,13 @@
 //!   [`MOTO_LEFT_OUT`] lists those, deployed from a copy of the template without them.
 //! - Stacks made through change sets report no Outputs (moto builds them before executing), so
 //!   the tests read the stack's resources and parameters instead.
+//! - `UsePreviousValue`, which tollgate's update sends for each parameter the stack has and the
+//!   stage does not set, goes wrong: for a Systems Manager parameter type moto looks the
+//!   stack's resolved value up as a parameter name (HTTP 500), and a parameter the stack's
+//!   creation did not pass counts as changed, so moto updates every resource that refers to
+//!   it and loses those whose type it cannot update (`AWS::Logs::LogGroup`). The stages deploy
+//!   with every parameter their template declares with a `Default` set to that default, which
+//!   is what CloudFormation would keep; `aws_cloudformation.rs` tests `UsePreviousValue` itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -139,6 +146,18 @@ struct Resource {
     id: String,
     kind: String,
     condition: Option<String>,
+}
+
+/// The template's parameters that have a `Default`, with it (unquoted).
+fn defaults(template: &str) -> BTreeMap<String, String> {
+    let default = |body: &[&str]| {
+        let value = body.iter().find_map(|l| l.strip_prefix("    Default: "))?;
+        Some(value.trim().trim_matches('"').to_string())
+    };
+    section(template, "Parameters")
+        .into_iter()
+        .filter_map(|(id, body)| Some((id.to_string(), default(&body)?)))
+        .collect()
 }
 
 fn resources(template: &str) -> Vec<Resource> {
@@ -651,11 +670,17 @@ impl Emulated {
         let Deploy::CloudFormation {
             template,
             parameters,
+            image_parameter,
             ..
         } = &mut deploy
         else {
             unreachable!()
         };
+        for (key, default) in defaults(&read(template)) {
+            if key != *image_parameter {
+                parameters.entry(key).or_insert(default);
+            }
+        }
         if let Some(zone) = parameters.get_mut("HostedZoneId") {
             zone.clear();
         }

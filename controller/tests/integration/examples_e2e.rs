@@ -27,8 +27,12 @@
 //!   `CreateStack` (and keeps them; change sets do not recompute them).
 //! - `HostedZoneId` → `""` and a regional `CertificateArn` → a certificate of moto's ACM (see
 //!   `examples.rs`: moto has no `CanonicalHostedZoneID`; an ELBv2 listener needs the certificate).
+//! - each stage's `parameters` → also every parameter its template declares with a `Default`,
+//!   set to it (see `examples.rs`: moto mishandles the `UsePreviousValue` tollgate sends for a
+//!   parameter the stack has and the stage does not set).
 //! - `bake` → 500 ms (5 s in Prod), `min_datapoints` → 0, `alarm_delay` → `0s` (the stub's
-//!   alarms are one-minute alarms), and `bake_max_wait` / `windows` removed: the examples bake for up to an hour, want data points from a service with traffic
+//!   alarms are one-minute alarms), and `bake_max_wait` / `windows` removed: the examples bake
+//!   for up to an hour, want data points from a service with traffic
 //!   (3 per alarm by default, 30 in serverless-api's Prod) and deploy Prod only in office hours;
 //!   the test runs in seconds at any hour, and nothing sends the emulated alarms data. Windows
 //!   and data points have their own tests (`engine_bake_data.rs`, the window unit tests).

@@ -1,0 +1,145 @@
+//! Reads which parameters a CloudFormation template declares (its top-level `Parameters`
+//! keys), from a JSON or YAML template body.
+//!
+//! Pure: no I/O, no AWS types. Must never guess: a body it cannot read is an error, and the
+//! caller decides what that means.
+//!
+//! # Caveats
+//! - YAML's short-form intrinsic functions (`!Ref`, `!Sub`, …) are custom tags: their values
+//!   are read as if untagged, which is all a look at the keys needs.
+//! - Only string keys count (CloudFormation's logical ids are alphanumeric; a key YAML reads as
+//!   a number, such as `2024`, is left out).
+
+use std::collections::BTreeSet;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// The names under the template's top-level `Parameters` (none when it has no such section),
+/// or why the body could not be read as a template.
+pub fn declared_parameters(body: &str) -> Result<BTreeSet<String>, String> {
+    if body.trim_start().starts_with('{') {
+        return from_json(body);
+    }
+    let docs = YamlLoader::load_from_str(body).map_err(|e| format!("not valid YAML: {e}"))?;
+    let [doc] = docs.as_slice() else {
+        return Err(format!("{} YAML documents, not one", docs.len()));
+    };
+    let Yaml::Hash(top) = doc else {
+        return Err("its top level is not a mapping".into());
+    };
+    match top.get(&Yaml::String("Parameters".into())) {
+        None | Some(Yaml::Null) => Ok(BTreeSet::new()),
+        Some(Yaml::Hash(parameters)) => Ok(parameters
+            .keys()
+            .filter_map(Yaml::as_str)
+            .map(str::to_string)
+            .collect()),
+        Some(_) => Err("its Parameters section is not a mapping".into()),
+    }
+}
+
+/// A JSON template (JSON may use tabs, which YAML does not allow for indentation).
+fn from_json(body: &str) -> Result<BTreeSet<String>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
+    let top = value.as_object().ok_or("its top level is not an object")?;
+    match top.get("Parameters") {
+        None | Some(serde_json::Value::Null) => Ok(BTreeSet::new()),
+        Some(serde_json::Value::Object(parameters)) => Ok(parameters.keys().cloned().collect()),
+        Some(_) => Err("its Parameters section is not an object".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn yaml_with_short_form_functions() {
+        let body = "AWSTemplateFormatVersion: '2010-09-09'\n\
+                    Parameters:\n  ImageUri:\n    Type: String\n  \"Env\":\n    Type: String\n    \
+                    Default: beta\n\
+                    Conditions:\n  Prod: !Equals [!Ref Env, prod]\n\
+                    Resources:\n  Image:\n    Type: AWS::SSM::Parameter\n    Properties:\n      \
+                    Name: !Sub \"/${AWS::StackName}/image\"\n      Value: !Ref ImageUri\n      \
+                    Tier: !If\n        - Prod\n        - Advanced\n        - Standard\n";
+        assert_eq!(declared_parameters(body), Ok(names(&["Env", "ImageUri"])));
+    }
+
+    #[test]
+    fn json_with_tabs() {
+        let body = "{\n\t\"Parameters\": {\"A\": {\"Type\": \"String\"}, \"B\": {}},\n\t\"Resources\": {}\n}";
+        assert_eq!(declared_parameters(body), Ok(names(&["A", "B"])));
+    }
+
+    #[test]
+    fn no_parameters_section() {
+        assert_eq!(declared_parameters("Resources: {}\n"), Ok(names(&[])));
+        assert_eq!(
+            declared_parameters("Parameters:\nResources: {}\n"),
+            Ok(names(&[]))
+        );
+        assert_eq!(declared_parameters("{\"Resources\": {}}"), Ok(names(&[])));
+    }
+
+    /// The keys indented two spaces under a top-level `Parameters:` line, as the templates
+    /// shipped in this repository are written.
+    fn by_indentation(body: &str) -> BTreeSet<String> {
+        let section = body
+            .split_once("\nParameters:\n")
+            .map_or("", |(_, rest)| rest);
+        section
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with(' ') || l.starts_with('#'))
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.ends_with(':'))
+            .map(|l| l.trim().trim_end_matches(':').to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_templates_shipped_here_are_read() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut read = 0;
+        for dir in ["accounts/bootstrap", "docs/examples"] {
+            let mut stack = vec![root.join(dir)];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let body = std::fs::read_to_string(&path).unwrap();
+                    let is_template = path.extension().is_some_and(|e| e == "yaml")
+                        && body.contains("\nResources:");
+                    if !is_template {
+                        continue;
+                    }
+                    let declared = declared_parameters(&body).unwrap();
+                    assert!(!declared.is_empty(), "{}", path.display());
+                    assert_eq!(declared, by_indentation(&body), "{}", path.display());
+                    read += 1;
+                }
+            }
+        }
+        assert!(read >= 10, "{read} templates");
+    }
+
+    #[test]
+    fn what_is_not_a_template_is_an_error() {
+        for body in [
+            "Parameters: [A, B]\n",
+            "- a\n- b\n",
+            "Parameters:\n  A: {}\n  A: {}\n",
+            "{\"Parameters\": ",
+            "a: 1\n---\nb: 2\n",
+            "",
+        ] {
+            assert!(declared_parameters(body).is_err(), "{body:?}");
+        }
+    }
+}
