@@ -245,7 +245,7 @@ impl CloudFormationDeployer {
     pub async fn deploy_stack(
         &self,
         req: &DeployRequest,
-        alarms: &[String],
+        alarms: &[Trigger],
     ) -> PortResult<DeployResult> {
         let spec = spec(req, alarms).await?;
         let stack = self.open(req).await?;
@@ -701,7 +701,7 @@ impl CloudFormationDeployer {
 
 /// The change set's inputs: the recorded spec of a rollback's target, or else the stage's
 /// template and parameters with the image; and the rollback triggers.
-async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
+async fn spec(req: &DeployRequest, alarms: &[Trigger]) -> PortResult<Spec> {
     if let Some(Applied {
         spec:
             AppliedSpec::CloudFormation {
@@ -765,20 +765,54 @@ async fn spec(req: &DeployRequest, alarms: &[String]) -> PortResult<Spec> {
 
 /// The triggers, always as a list: without one CloudFormation reuses the triggers the stack
 /// kept from its last operation, and an empty list is what removes them.
-fn rollback_configuration(req: &DeployRequest, alarms: &[String]) -> RollbackConfiguration {
+fn rollback_configuration(req: &DeployRequest, alarms: &[Trigger]) -> RollbackConfiguration {
     if alarms.len() > MAX_TRIGGERS {
         tracing::warn!(stage = %req.stage, count = alarms.len(), "only the first {MAX_TRIGGERS} alarms become rollback triggers");
     }
-    let triggers = alarms.iter().take(MAX_TRIGGERS).map(|name| {
-        let arn = alarm_arn(name, &req.target.region, &req.account.id);
-        RollbackTrigger::builder()
-            .arn(arn)
-            .r#type("AWS::CloudWatch::Alarm")
-            .build()
+    let triggers = alarms.iter().take(MAX_TRIGGERS).map(|t| {
+        let arn = alarm_arn(&t.alarm, &req.target.region, &req.account.id);
+        RollbackTrigger::builder().arn(arn).r#type(t.kind()).build()
     });
     RollbackConfiguration::builder()
         .set_rollback_triggers(Some(triggers.collect()))
         .build()
+}
+
+/// A stage alarm that becomes a rollback trigger, and whether it is a composite alarm: the
+/// trigger's `Type` must say which (API_RollbackTrigger: "Specify either
+/// AWS::CloudWatch::Alarm or AWS::CloudWatch::CompositeAlarm"; "If a specified trigger is
+/// missing, the entire stack operation fails and is rolled back").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub alarm: String,
+    pub composite: bool,
+}
+
+impl Trigger {
+    /// A metric alarm (one metric, or metric math).
+    pub fn metric(alarm: impl Into<String>) -> Trigger {
+        Trigger {
+            alarm: alarm.into(),
+            composite: false,
+        }
+    }
+
+    /// A composite alarm.
+    pub fn composite(alarm: impl Into<String>) -> Trigger {
+        Trigger {
+            alarm: alarm.into(),
+            composite: true,
+        }
+    }
+
+    /// The trigger's `Type`.
+    pub fn kind(&self) -> &'static str {
+        if self.composite {
+            "AWS::CloudWatch::CompositeAlarm"
+        } else {
+            "AWS::CloudWatch::Alarm"
+        }
+    }
 }
 
 /// `arn:aws:cloudwatch:REGION:ACCOUNT:alarm:NAME`; an ARN is kept as it is.

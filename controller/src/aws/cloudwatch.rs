@@ -21,8 +21,8 @@
 //! - The current SDK speaks RPCv2 CBOR to CloudWatch; tests use the stub in
 //!   `tollgate_testkit::aws_stubs::cloudwatch`, reached through [`CloudWatchAlarms::with_endpoint_url`].
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatch::Client;
@@ -53,6 +53,11 @@ pub struct CloudWatchAlarms {
     creds: Arc<Credentials>,
     limiter: Arc<Limiter>,
     endpoint_url: Option<String>,
+    /// Whether each alarm read so far is a composite alarm, by (account id, region, name):
+    /// every `DescribeAlarms` answer fills it, so the kinds a deploy's rollback triggers need
+    /// are known from the entry gate's read just before it. An alarm's kind is fixed at its
+    /// creation (`PutMetricAlarm` and `PutCompositeAlarm` make different alarms).
+    kinds: Mutex<HashMap<(String, String, String), bool>>,
 }
 
 impl CloudWatchAlarms {
@@ -61,6 +66,7 @@ impl CloudWatchAlarms {
             creds,
             limiter,
             endpoint_url: None,
+            kinds: Mutex::new(HashMap::new()),
         }
     }
 
@@ -111,6 +117,7 @@ impl CloudWatchAlarms {
                 if let (Some(n), Some(s)) = (a.alarm_name(), a.state_value()) {
                     let watched = Watched {
                         state: s.clone(),
+                        composite: false,
                         metric: watched_metric(a),
                         reports_within: reports_within(a),
                     };
@@ -121,6 +128,7 @@ impl CloudWatchAlarms {
                 if let (Some(n), Some(s)) = (a.alarm_name(), a.state_value()) {
                     let watched = Watched {
                         state: s.clone(),
+                        composite: true,
                         metric: None,
                         reports_within: None,
                     };
@@ -263,6 +271,7 @@ impl CloudWatchAlarms {
 #[derive(Debug, Clone)]
 struct Watched {
     state: StateValue,
+    composite: bool,
     /// `None` for a composite alarm (it watches other alarms, not a metric).
     metric: Option<Watch>,
     /// See [`reports_within`]; `None` for a composite alarm.
@@ -351,6 +360,12 @@ impl CloudWatchAlarms {
             .describe(&client, account, names)
             .await
             .map_err(|e| context(e, what))?;
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, w) in &watched {
+            let key = (account.id.to_string(), region.to_string(), name.clone());
+            kinds.insert(key, w.composite);
+        }
+        drop(kinds);
         let states = watched
             .iter()
             .map(|(n, w)| (n.clone(), w.state.clone()))
@@ -376,6 +391,41 @@ impl Alarms for CloudWatchAlarms {
         );
         let (_, _, states) = self.described(account, region, names, &what).await?;
         firing(names, &states).map_err(|e| context(e, &what))
+    }
+
+    /// From the kinds already read; only a name not read before costs a `DescribeAlarms`.
+    async fn composite(
+        &self,
+        account: &Account,
+        region: &str,
+        names: &[String],
+    ) -> PortResult<Vec<String>> {
+        let known = |kinds: &HashMap<(String, String, String), bool>, name: &String| {
+            let key = (account.id.to_string(), region.to_string(), name.clone());
+            kinds.get(&key).copied()
+        };
+        let unknown: Vec<String> = {
+            let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+            names
+                .iter()
+                .filter(|n| known(&kinds, n).is_none())
+                .cloned()
+                .collect()
+        };
+        if !unknown.is_empty() {
+            let what = format!(
+                "reading the kinds of alarms in account {} ({}) {region}",
+                account.name, account.id
+            );
+            let (_, _, states) = self.described(account, region, &unknown, &what).await?;
+            firing(&unknown, &states).map_err(|e| context(e, &what))?;
+        }
+        let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(names
+            .iter()
+            .filter(|n| known(&kinds, n) == Some(true))
+            .cloned()
+            .collect())
     }
 
     async fn read(

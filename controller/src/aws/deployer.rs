@@ -11,6 +11,9 @@
 //!   whose alarms are in `ALARM` when it starts, read through the [`Alarms`] port, and its
 //!   summary names them: CloudFormation would otherwise roll the overriding deploy back at
 //!   once. The other alarms stay triggers.
+//! - Each trigger has the type of its alarm (metric or composite), asked of the [`Alarms`]
+//!   port, which answers from the alarms it has read (the entry gate's read just before the
+//!   deploy) and reads only those it has not.
 //!
 //! Must never decide anything about the release: it deploys what it is asked to.
 
@@ -18,7 +21,7 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 
-use super::cloudformation::CloudFormationDeployer;
+use super::cloudformation::{CloudFormationDeployer, Trigger};
 use super::codepipeline::CodePipelineDeployer;
 use crate::config::{Config, Deploy};
 use crate::engine::ports::{Alarms, DeployRequest, DeployResult, Deployer, PortResult};
@@ -54,18 +57,30 @@ impl AwsDeployer {
         (self.alarms)(&req.pipeline, &req.stage)
     }
 
-    /// The stage's alarms as triggers, less those in ALARM now when the release overrides them.
+    /// The stage's alarms as triggers, each with its kind (read through the [`Alarms`] port,
+    /// which knows it from the entry gate's read just before), less those in ALARM now when
+    /// the release overrides them.
     async fn deploy_stack(&self, req: &DeployRequest) -> PortResult<DeployResult> {
-        let mut triggers = self.alarms_of(req);
+        let mut alarms = self.alarms_of(req);
+        let region = &req.target.region;
         let firing = if req.alarm_override {
-            let region = &req.target.region;
-            self.states
-                .in_alarm(&req.account, region, &triggers)
-                .await?
+            self.states.in_alarm(&req.account, region, &alarms).await?
         } else {
             Vec::new()
         };
-        triggers.retain(|a| !firing.contains(a));
+        alarms.retain(|a| !firing.contains(a));
+        let composite = if alarms.is_empty() {
+            Vec::new()
+        } else {
+            self.states.composite(&req.account, region, &alarms).await?
+        };
+        let triggers: Vec<Trigger> = alarms
+            .into_iter()
+            .map(|a| Trigger {
+                composite: composite.contains(&a),
+                alarm: a,
+            })
+            .collect();
         let mut result = self.cloudformation.deploy_stack(req, &triggers).await?;
         if !firing.is_empty() {
             result.summary = format!(

@@ -170,6 +170,15 @@ pub trait Alarms: Send + Sync {
         names: &[String],
     ) -> PortResult<Vec<String>>;
 
+    /// The names among `names` that are composite alarms in that account and region (a
+    /// rollback trigger's `Type` depends on it). An alarm that does not exist is an error.
+    async fn composite(
+        &self,
+        account: &Account,
+        region: &str,
+        names: &[String],
+    ) -> PortResult<Vec<String>>;
+
     /// Each alarm among `names` in that account and region, in the order asked: its state
     /// and, when `window` is given, the data points its metric (or metric-math expression) has
     /// had in it (`None` for a composite alarm). An alarm that does not exist is an error,

@@ -287,6 +287,15 @@ pub mod cloudwatch {
             let script = self.0.lock().unwrap_or_else(|e| e.into_inner());
             script.alarms.get(name).map(|a| a.state.clone())
         }
+
+        /// Whether the alarm is a composite alarm; `None` for an alarm that does not exist.
+        pub fn composite(&self, name: &str) -> Option<bool> {
+            let script = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            script
+                .alarms
+                .get(name)
+                .map(|a| a.watches == Watches::Alarms)
+        }
     }
 
     impl Drop for CloudWatchStub {
@@ -1577,7 +1586,9 @@ pub mod cloudformation {
     //! and the `RollbackConfiguration` / `RollbackTrigger` API reference: if a trigger's alarm is
     //! in `ALARM` during the operation, CloudFormation rolls the whole operation back (an update
     //! ends in `UPDATE_ROLLBACK_COMPLETE`, the stack keeping its previous parameters); a trigger
-    //! whose alarm does not exist fails and rolls back the operation too; the stack keeps the
+    //! whose alarm does not exist fails and rolls back the operation too (and so does one whose
+    //! `Type` names the other kind of alarm: `AWS::CloudWatch::Alarm` for a composite alarm or
+    //! the reverse, since the type says which alarm to look for); the stack keeps the
     //! triggers of its last operation, a change set without `RollbackTriggers` reuses them and an
     //! empty list removes them. Alarm states come from a [`CloudWatchStub`](super::cloudwatch)
     //! through [`Script::alarms`], read when the change set is executed and at every
@@ -1792,6 +1803,8 @@ pub mod cloudformation {
         parameters: BTreeMap<String, String>,
         /// `None`: the request named no triggers (the stack's saved ones apply).
         triggers: Option<Vec<String>>,
+        /// Each named trigger's `Type`, by ARN.
+        trigger_types: BTreeMap<String, String>,
         /// When it is ready to execute (`None`: at once).
         ready_at: Option<Instant>,
         /// `NotificationARNs` of the request (empty: the stack keeps its own).
@@ -1804,6 +1817,8 @@ pub mod cloudformation {
         create: bool,
         parameters: BTreeMap<String, String>,
         triggers: Vec<String>,
+        /// The `Type` the change set gave each trigger, by ARN (none for saved triggers).
+        trigger_types: BTreeMap<String, String>,
     }
 
     type Shared = Arc<Mutex<World>>;
@@ -2176,6 +2191,16 @@ pub mod cloudformation {
         };
         let fired = op.triggers.iter().find_map(|arn| {
             let name = arn.rsplit_once(":alarm:").map_or(arn.as_str(), |(_, n)| n);
+            // The trigger's `Type` says which kind of alarm to look for: one of the other kind
+            // is not found under it, so the trigger is missing.
+            let composite = op
+                .trigger_types
+                .get(arn)
+                .map(|t| t == "AWS::CloudWatch::CompositeAlarm");
+            let found = alarms.composite(name);
+            if composite.is_some() && found.is_some() && composite != found {
+                return Some(format!("Rollback trigger {arn} does not exist"));
+            }
             match alarms.state(name).as_deref() {
                 Some("ALARM") => Some(format!("Rollback trigger {arn} is in ALARM state")),
                 None => Some(format!("Rollback trigger {arn} does not exist")),
@@ -2284,6 +2309,8 @@ pub mod cloudformation {
         let parameters = resolve_parameters(world, create, form)?;
         let list = "RollbackConfiguration.RollbackTriggers";
         let arns = members(form, list, "Arn");
+        let types = members(form, list, "Type");
+        let trigger_types = arns.iter().cloned().zip(types).collect();
         let named = form.contains_key(list) || !arns.is_empty();
         let notification_arns = (1..)
             .map_while(|n| form.get(&format!("NotificationARNs.member.{n}")).cloned())
@@ -2293,6 +2320,7 @@ pub mod cloudformation {
             create,
             parameters,
             triggers: named.then_some(arns),
+            trigger_types,
             ready_at: world.change_set_takes.map(|t| Instant::now() + t),
             notification_arns,
         };
@@ -2429,6 +2457,7 @@ pub mod cloudformation {
                     create: cs.create,
                     parameters: cs.parameters.clone(),
                     triggers: triggers.unwrap_or_else(|| world.triggers.clone()),
+                    trigger_types: cs.trigger_types.clone(),
                 };
                 world.operation = Some(operation);
                 world.executing = Some(name.to_string());

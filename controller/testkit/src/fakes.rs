@@ -73,6 +73,8 @@ pub struct FakeWorld {
     pub firing: BTreeSet<String>,
     /// Alarms in INSUFFICIENT_DATA now, by name (an alarm in `firing` is in ALARM instead).
     pub insufficient: BTreeSet<String>,
+    /// Composite alarms, by name (any other is a metric alarm).
+    pub composite: BTreeSet<String>,
     /// Data points each alarm's metric has had since the time a bake read asks from; an alarm
     /// not listed belongs to a busy service and has [`BUSY_DATAPOINTS`].
     pub datapoints: BTreeMap<String, u32>,
@@ -271,6 +273,21 @@ impl Alarms for Fakes {
             Ok(names
                 .iter()
                 .filter(|n| w.firing.contains(*n))
+                .cloned()
+                .collect())
+        })
+    }
+
+    async fn composite(
+        &self,
+        _account: &Account,
+        _region: &str,
+        names: &[String],
+    ) -> PortResult<Vec<String>> {
+        self.with(|w| {
+            Ok(names
+                .iter()
+                .filter(|n| w.composite.contains(*n))
                 .cloned()
                 .collect())
         })

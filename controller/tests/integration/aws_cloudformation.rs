@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
-use tollgate::aws::cloudformation::{CloudFormationDeployer, alarm_arn};
+use tollgate::aws::cloudformation::{CloudFormationDeployer, Trigger, alarm_arn};
 use tollgate::aws::cloudwatch::CloudWatchAlarms;
 use tollgate::aws::codepipeline::{CodePipelineDeployer, Poll};
 use tollgate::aws::deployer::AwsDeployer;
@@ -23,9 +23,9 @@ use tollgate::aws::retry::{Limiter, PollSettings, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Deploy, SecretRef, Target};
 use tollgate::domain::ReleaseId;
-use tollgate::engine::ports::{DeployRequest, Deployer, PortError};
+use tollgate::engine::ports::{Alarms, DeployRequest, Deployer, PortError};
 use tollgate_testkit::aws_stubs::cloudformation::{CloudFormationStub, Event, Script, TOKEN};
-use tollgate_testkit::aws_stubs::cloudwatch::CloudWatchStub;
+use tollgate_testkit::aws_stubs::cloudwatch::{CloudWatchStub, Watches};
 use tollgate_testkit::moto::{MotoServer, REGION};
 
 const BETA: &str = "222222222222";
@@ -205,7 +205,10 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
     let f = fixture("cfn-repeat");
     let beta = account("beta", BETA, external_id(f._dir.path()));
     let cfn = deployer(moto.sdk_config(), Limiter::default());
-    let alarms = ["api-5xx".to_string()];
+    let alarms = [
+        Trigger::metric("api-5xx"),
+        Trigger::composite("service-health"),
+    ];
     cfn.deploy_stack(
         &request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD),
         &[],
@@ -254,6 +257,20 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
     assert_eq!(
         form["RollbackConfiguration.RollbackTriggers.member.1.Arn"],
         "arn:aws:cloudwatch:us-east-1:222222222222:alarm:api-5xx"
+    );
+    assert_eq!(
+        form["RollbackConfiguration.RollbackTriggers.member.1.Type"],
+        "AWS::CloudWatch::Alarm"
+    );
+    // A composite alarm is named as one: with the other type CloudFormation would not find
+    // the trigger and fail the whole operation (API_RollbackTrigger).
+    assert_eq!(
+        form["RollbackConfiguration.RollbackTriggers.member.2.Arn"],
+        "arn:aws:cloudwatch:us-east-1:222222222222:alarm:service-health"
+    );
+    assert_eq!(
+        form["RollbackConfiguration.RollbackTriggers.member.2.Type"],
+        "AWS::CloudWatch::CompositeAlarm"
     );
     let execute = requests
         .iter()
@@ -967,6 +984,8 @@ struct Triggered {
     cfn: CloudFormationStub,
     cloudwatch: CloudWatchStub,
     deployer: AwsDeployer,
+    /// The CloudWatch reader the deployer asks.
+    states: Arc<CloudWatchAlarms>,
 }
 
 /// The stage's alarms are [`ALARMS`], those in `firing` in ALARM and the others OK; the stack
@@ -995,18 +1014,21 @@ async fn triggered(image: &str, firing: &[&str]) -> Triggered {
     let cfn = CloudFormationStub::start(script).await.unwrap();
     let limiter = Arc::new(fast_retries());
     let creds = Arc::new(Credentials::new(stub_config(&cfn), limiter.clone()));
-    let states = CloudWatchAlarms::new(creds.clone(), limiter.clone())
-        .with_endpoint_url(cloudwatch.endpoint());
+    let states = Arc::new(
+        CloudWatchAlarms::new(creds.clone(), limiter.clone())
+            .with_endpoint_url(cloudwatch.endpoint()),
+    );
     let deployer = AwsDeployer::new(
         CloudFormationDeployer::new(creds.clone(), PollSettings::fast()),
         CodePipelineDeployer::new(creds, limiter, Poll::default()),
         Arc::new(|_: &str, _: &str| strings(&ALARMS)),
-        Arc::new(states),
+        states.clone(),
     );
     Triggered {
         cfn,
         cloudwatch,
         deployer,
+        states,
     }
 }
 
@@ -1114,10 +1136,55 @@ async fn a_deploy_while_a_trigger_alarm_fires_is_rolled_back_and_fails() {
             && reason.contains("api-5xx"),
         "{reason}"
     );
-    assert!(
-        t.cloudwatch.calls().is_empty(),
-        "no override, no alarm read"
+    // No override: the alarms are read only for their kinds (metric or composite), once.
+    let asked = t.cloudwatch.calls();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].alarm_names, strings(&ALARMS));
+}
+
+/// A composite alarm among the stage's alarms is sent as a trigger of type
+/// `AWS::CloudWatch::CompositeAlarm`: under `AWS::CloudWatch::Alarm` CloudFormation would not
+/// find it and fail every deploy of the stage (API_RollbackTrigger: "If a specified trigger is
+/// missing, the entire stack operation fails and is rolled back"). The kinds come from the
+/// alarms the deployer's CloudWatch reader already read (the entry gate's read in the
+/// controller), so a deploy after such a read costs no further `DescribeAlarms`.
+#[tokio::test]
+async fn a_composite_alarm_is_a_trigger_of_its_own_type() {
+    let t = triggered(OLD, &[]).await;
+    t.cloudwatch
+        .set_alarm_watching("queue-depth", "OK", Watches::Alarms);
+    let f = fixture("stub");
+    let own = own_account();
+    // The entry gate's read, through the same reader the deployer asks.
+    t.states
+        .in_alarm(&own, REGION, &strings(&ALARMS))
+        .await
+        .unwrap();
+
+    let req = request("k/composite", &own, &f.deploy, NEW);
+    t.deployer.deploy(&req).await.unwrap();
+    let (status, parameters) = t.stack().await;
+    assert_eq!(status, "UPDATE_COMPLETE");
+    assert_eq!(parameters["ImageUri"], NEW);
+    let calls = t.cfn.calls();
+    let create = calls
+        .iter()
+        .find(|c| c.action == "CreateChangeSet")
+        .unwrap();
+    let types: Vec<&str> = (1..=3)
+        .map(|n| {
+            create.form[&format!("RollbackConfiguration.RollbackTriggers.member.{n}.Type")].as_str()
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "AWS::CloudWatch::Alarm",
+            "AWS::CloudWatch::Alarm",
+            "AWS::CloudWatch::CompositeAlarm"
+        ]
     );
+    assert_eq!(t.cloudwatch.calls().len(), 1, "only the gate's read");
 }
 
 // ---- "deployed" is read back (moto gap: moto never refuses ExecuteChangeSet with
