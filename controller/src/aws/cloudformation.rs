@@ -205,6 +205,18 @@ enum ChangeSet {
     Obsolete,
 }
 
+/// What a look at the change set found. The deletes it calls for come after the wait, never
+/// in a look: a look may be made again after a temporary failure, and a change set already
+/// deleted would then be `NotFound`.
+enum Found {
+    Ready,
+    /// Failed for having no changes: deleted after the wait, then [`ChangeSet::Empty`].
+    NoChanges,
+    Executed,
+    /// Made against a stack that changed since: deleted after the wait.
+    Obsolete,
+}
+
 /// What one `CreateChangeSet` sends beside the spec's template, capabilities, role and
 /// triggers.
 struct Request {
@@ -399,7 +411,19 @@ impl CloudFormationDeployer {
             ))
         })?;
         st.measured().change_set = Some(found.lasted);
-        Ok(found.value)
+        match found.value {
+            Found::Ready => Ok(ChangeSet::Ready),
+            Found::Executed => Ok(ChangeSet::Executed),
+            Found::NoChanges => {
+                self.delete_change_set(st).await?;
+                Ok(ChangeSet::Empty)
+            }
+            Found::Obsolete => {
+                self.delete_change_set(st).await?;
+                tracing::info!(stack = %st.name, change_set = %st.token, "change set obsolete (the stack changed since); deleted it");
+                Ok(ChangeSet::Obsolete)
+            }
+        }
     }
 
     /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused.
@@ -435,7 +459,7 @@ impl CloudFormationDeployer {
     }
 
     /// One look at the change set: `None` while it is still being made.
-    async fn change_set_state(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
+    async fn change_set_state(&self, st: &StackRef) -> PortResult<Option<Found>> {
         let cs = self.describe_change_set(st).await?;
         let reason = cs.status_reason().unwrap_or_default();
         let status = cs.status().map(|s| s.as_str()).unwrap_or_default();
@@ -444,18 +468,15 @@ impl CloudFormationDeployer {
             .map(|s| s.as_str())
             .unwrap_or_default();
         match (status, execution) {
-            ("FAILED", _) if no_changes(reason) => self
-                .delete_change_set(st)
-                .await
-                .map(|()| Some(ChangeSet::Empty)),
+            ("FAILED", _) if no_changes(reason) => Ok(Some(Found::NoChanges)),
             ("FAILED", _) => Err(PortError::Invalid(format!(
                 "change set {} failed: {reason}",
                 st.token
             ))),
-            ("CREATE_COMPLETE", "AVAILABLE") => Ok(Some(ChangeSet::Ready)),
-            ("CREATE_COMPLETE", "OBSOLETE") => self.obsolete(st).await,
+            ("CREATE_COMPLETE", "AVAILABLE") => Ok(Some(Found::Ready)),
+            ("CREATE_COMPLETE", "OBSOLETE") => Ok(Some(Found::Obsolete)),
             ("CREATE_COMPLETE", "EXECUTE_IN_PROGRESS" | "EXECUTE_COMPLETE" | "EXECUTE_FAILED") => {
-                Ok(Some(ChangeSet::Executed))
+                Ok(Some(Found::Executed))
             }
             _ => Ok(None),
         }
@@ -473,13 +494,6 @@ impl CloudFormationDeployer {
                     .send())
             })
             .await
-    }
-
-    /// The stack changed since the change set was made: delete it so a new one can be made.
-    async fn obsolete(&self, st: &StackRef) -> PortResult<Option<ChangeSet>> {
-        self.delete_change_set(st).await?;
-        tracing::info!(stack = %st.name, change_set = %st.token, "change set obsolete (the stack changed since); deleted it");
-        Ok(Some(ChangeSet::Obsolete))
     }
 
     async fn delete_change_set(&self, st: &StackRef) -> PortResult<()> {

@@ -47,6 +47,8 @@ const QUERIES_PER_CALL: usize = 500;
 /// Bounds the pages read for one chunk of names (each type pages separately).
 const MAX_PAGES: usize = 10;
 const SESSION_NAME: &str = "tollgate-alarms";
+/// How often CloudWatch evaluates an alarm whose period is a minute or more.
+const EVALUATION_EVERY_SECS: i64 = 60;
 
 /// Reads alarm states; share one per controller.
 pub struct CloudWatchAlarms {
@@ -287,12 +289,14 @@ enum Watch {
 }
 
 /// How long, in seconds, CloudWatch may take from the start of a breach to putting a metric
-/// alarm in `ALARM`: the alarm goes to `ALARM` once `DatapointsToAlarm` of its last
-/// `EvaluationPeriods` data points breach ("Evaluating an alarm", CloudWatch User Guide;
-/// `DatapointsToAlarm` defaults to `EvaluationPeriods`), and a data point exists once its
-/// `Period` is over. So a breach that begins now is reported after `Period` ×
-/// `DatapointsToAlarm` at the earliest. A metric-math alarm has no `Period` of its own: its
-/// queries' longest is used. `None` when the alarm gives no period.
+/// alarm in `ALARM`: `(DatapointsToAlarm + 1) × Period + 60 s`. The alarm goes to `ALARM` once
+/// `DatapointsToAlarm` of its last `EvaluationPeriods` data points breach ("Evaluating an
+/// alarm", CloudWatch User Guide; `DatapointsToAlarm` defaults to `EvaluationPeriods`), and a
+/// data point exists once its `Period` is over; the period the breach begins in may not breach
+/// as a whole (one more period), and alarms are evaluated about once a minute (60 s). A
+/// metric published later than that still arrives after it (`alarm_delay` can be set longer).
+/// A metric-math alarm has no `Period` of its own: its queries' longest is used. `None` when
+/// the alarm gives no period.
 fn reports_within(a: &MetricAlarm) -> Option<u64> {
     let query_period =
         |q: &MetricDataQuery| q.period().or(q.metric_stat().and_then(|m| m.period()));
@@ -303,7 +307,8 @@ fn reports_within(a: &MetricAlarm) -> Option<u64> {
         .datapoints_to_alarm()
         .or(a.evaluation_periods())
         .unwrap_or(1);
-    let secs = i64::from(period.max(0)) * i64::from(points.max(1));
+    let periods = i64::from(points.max(1)) + 1;
+    let secs = i64::from(period.max(0)) * periods + EVALUATION_EVERY_SECS;
     u64::try_from(secs).ok()
 }
 

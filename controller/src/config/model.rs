@@ -325,6 +325,11 @@ pub struct Stage {
     pub windows: Option<Windows>,
 }
 
+/// The longest `alarm_delay` (and `auto` hold): CloudWatch evaluates an alarm over at most a
+/// week of data (PutMetricAlarm: `Period` × `EvaluationPeriods` ≤ 604 800 s for periods of
+/// an hour or more).
+pub const MAX_ALARM_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long CloudWatch may take to put an alarm in `ALARM` after its metric starts to breach:
 /// the bake holds that long past its time, so a breach that began within the bake is judged
 /// by it rather than after the release has moved on.

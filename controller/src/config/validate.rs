@@ -23,9 +23,6 @@ pub const MAX_MIN_DATAPOINTS: u32 = 7 * 24 * 60;
 /// How long past the bake time a stage waits for missing data, by default and at most.
 pub const DEFAULT_BAKE_MAX_WAIT: Duration = Duration::from_secs(3600);
 pub const MAX_BAKE_MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The longest `alarm_delay`: CloudWatch evaluates an alarm over at most a day of data
-/// (`Period` × `EvaluationPeriods` ≤ 86 400 s).
-pub const MAX_ALARM_DELAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Collects diagnostics for one file.
 pub(crate) struct Ctx<'a> {
@@ -661,7 +658,7 @@ fn insufficient_data(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -
     .unwrap_or_default()
 }
 
-/// `alarm_delay`: `auto`, or a duration up to a day, on a stage with alarms.
+/// `alarm_delay`: `auto`, or a duration up to a week, on a stage with alarms.
 fn alarm_delay(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> AlarmDelay {
     let Some(text) = s.alarm_delay.as_deref() else {
         return AlarmDelay::Auto;
@@ -688,10 +685,10 @@ fn alarm_delay(s: &RawStage, p: &dyn Fn(&str) -> Vec<Seg>, cx: &mut Ctx) -> Alar
         cx.error(
             p("alarm_delay"),
             format!(
-                "alarm_delay is {}, more than 1d",
+                "alarm_delay is {}, more than 7d",
                 values::format_duration(delay)
             ),
-            "CloudWatch evaluates an alarm over at most a day of data; use `auto` or at most `1d`",
+            "CloudWatch evaluates an alarm over at most a week of data; use `auto` or at most `7d`",
         );
         return AlarmDelay::Auto;
     }

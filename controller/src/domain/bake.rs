@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::reason::DataGap;
 use super::types::{AlarmReading, AlarmState};
-use crate::config::{AlarmDelay, InsufficientData, Stage};
+use crate::config::{AlarmDelay, InsufficientData, MAX_ALARM_DELAY, Stage};
 
 /// How long past its time the bake holds so the alarms can report a breach that began by its
 /// end (`alarm_delay`): fixed, or with `auto` the longest `reports_within_secs` of the latest
@@ -25,7 +25,8 @@ pub fn hold(stage: &Stage, readings: Option<&[AlarmReading]>) -> Duration {
             .iter()
             .filter_map(|r| r.reports_within_secs)
             .max()
-            .map_or(Duration::ZERO, Duration::from_secs),
+            .map_or(Duration::ZERO, Duration::from_secs)
+            .min(MAX_ALARM_DELAY),
     }
 }
 
@@ -44,6 +45,20 @@ pub fn gap(stage: &Stage, readings: Option<&[AlarmReading]>) -> Option<DataGap> 
         .alarms
         .iter()
         .find_map(|alarm| alarm_gap(stage, alarm, readings))
+}
+
+/// The first alarm, in the stage's order, in `INSUFFICIENT_DATA` by the latest read (in any of
+/// its targets), whatever the other alarms lack.
+pub fn insufficient(stage: &Stage, readings: Option<&[AlarmReading]>) -> Option<DataGap> {
+    let readings = readings?;
+    stage.alarms.iter().find_map(|alarm| {
+        let quiet = readings
+            .iter()
+            .any(|r| &r.alarm == alarm && r.state == AlarmState::InsufficientData);
+        quiet.then(|| DataGap::InsufficientData {
+            alarm: alarm.clone(),
+        })
+    })
 }
 
 fn alarm_gap(stage: &Stage, alarm: &str, readings: &[AlarmReading]) -> Option<DataGap> {

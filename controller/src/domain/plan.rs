@@ -25,7 +25,7 @@ use super::action::{Action, Effect, EffectKind, NotifyEvent, Phase, ReportState}
 use super::approval;
 use super::bake;
 use super::names::{EffectKey, StageName};
-use super::reason::{AlarmProblem, DataGap, Reason, RequestState};
+use super::reason::{AlarmProblem, Reason, RequestState};
 use super::retry::retry_from;
 use super::types::*;
 use super::window;
@@ -897,7 +897,9 @@ impl<'a> Planner<'a> {
 
     fn verifying(&mut self, stage: &Stage, run: &StageRun) {
         if self.tests(stage, run, Phase::After) == Some(true) {
-            let until = self.now + chrono::Duration::from_std(stage.bake).unwrap_or_default();
+            // A fixed alarm_delay is known now; `auto` once the alarms have been read.
+            let held = stage.bake + bake::hold(stage, None);
+            let until = self.now + chrono::Duration::from_std(held).unwrap_or_default();
             self.transition(run, RunStatus::Baking, Reason::Baking { until });
         }
     }
@@ -933,14 +935,18 @@ impl<'a> Planner<'a> {
         let gives_up =
             bake_end + chrono::Duration::from_std(stage.bake_max_wait).unwrap_or_default();
         let read_at = reads.last_read.and_then(|r| r.finished_at);
-        let now = matches!(
+        // `fail` and `roll_back` act on any alarm in INSUFFICIENT_DATA, even when an alarm
+        // before it in the stage's order is short of data points.
+        let quiet = matches!(
             stage.insufficient_data,
             InsufficientData::Fail | InsufficientData::RollBack
-        ) && matches!(gap, DataGap::InsufficientData { .. })
-            && self.judged_after(read_at, bake_end);
-        if now {
+        )
+        .then(|| bake::insufficient(stage, last))
+        .flatten()
+        .filter(|_| self.judged_after(read_at, bake_end));
+        if let Some(quiet) = quiet {
             let why = Reason::NotEnoughData {
-                gap,
+                gap: quiet,
                 since,
                 waited_secs: 0,
             };

@@ -188,13 +188,14 @@ fn ago_aligned() -> (f64, impl Fn(f64) -> chrono::DateTime<chrono::Utc>) {
     (m0 as f64, at)
 }
 
-/// A reading of a metric alarm over one 60 s period, in ALARM after one breaching data point.
+/// A reading of a metric alarm over one 60 s period, in ALARM after one breaching data point:
+/// it reports a breach within (1 + 1) × 60 s + 60 s.
 fn reading(alarm: &str, state: AlarmState, datapoints: Option<u32>) -> AlarmReading {
     AlarmReading {
         alarm: alarm.into(),
         state,
         datapoints,
-        reports_within_secs: Some(60),
+        reports_within_secs: Some(180),
     }
 }
 
@@ -227,9 +228,9 @@ async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
     );
     stub.set_alarm("queue-depth", "INSUFFICIENT_DATA");
     stub.set_alarm_watching("service-health", "OK", Watches::Alarms);
-    // In ALARM once 3 of its last 5 one-minute data points breach: 3 minutes to report.
+    // In ALARM once 3 of its last 5 one-minute data points breach: (3 + 1) × 60 s + 60 s.
     stub.set_evaluation("queue-depth", 5, Some(3));
-    // 10 of 10 one-minute data points (DatapointsToAlarm unset): 10 minutes.
+    // 10 of 10 one-minute data points (DatapointsToAlarm unset): (10 + 1) × 60 s + 60 s.
     stub.set_evaluation("api-latency", 10, None);
 
     let asked = names(&["api-5xx", "api-latency", "queue-depth", "service-health"]);
@@ -246,11 +247,11 @@ async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
         vec![
             reading("api-5xx", AlarmState::Ok, Some(3)),
             AlarmReading {
-                reports_within_secs: Some(600),
+                reports_within_secs: Some(720),
                 ..reading("api-latency", AlarmState::Ok, Some(2))
             },
             AlarmReading {
-                reports_within_secs: Some(180),
+                reports_within_secs: Some(300),
                 ..reading("queue-depth", AlarmState::InsufficientData, Some(0))
             },
             // A composite alarm changes state as the alarms it watches do.

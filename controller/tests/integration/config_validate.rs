@@ -1281,14 +1281,14 @@ fn alarm_delay_is_auto_a_duration_up_to_a_day_and_only_with_alarms() {
     let d = one_error(&beta_with_alarm("alarm_delay = \"soon\""), ACCOUNTS);
     assert_at(&d, "stages.toml", 32, 15, "\"soon\"", "soon");
     assert!(d.help.contains("`auto`"), "{d}");
-    let d = one_error(&beta_with_alarm("alarm_delay = \"2d\""), ACCOUNTS);
+    let d = one_error(&beta_with_alarm("alarm_delay = \"8d\""), ACCOUNTS);
     assert_at(
         &d,
         "stages.toml",
         32,
         15,
-        "\"2d\"",
-        "alarm_delay is 48h, more than 1d",
+        "\"8d\"",
+        "alarm_delay is 192h, more than 7d",
     );
     let d = one_error(
         &stages_with("bake = \"10m\"", "bake = \"10m\"\nalarm_delay = \"1m\""),

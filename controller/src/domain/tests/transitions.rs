@@ -1065,6 +1065,42 @@ fn insufficient_data_with_roll_back_rolls_the_stage_back_once_the_bake_time_is_o
     );
 }
 
+/// `roll_back` acts on an alarm in INSUFFICIENT_DATA even when an alarm listed before it is
+/// only short of data points (one with `TreatMissingData = notBreaching` stays OK, without data,
+/// while the service is down).
+#[test]
+fn insufficient_data_with_roll_back_acts_on_any_alarm_not_only_the_first_short_of_data() {
+    let mut sim = baking_beta(|s| {
+        s.alarms = vec!["beta-latency".into(), "beta-5xx".into()];
+        s.min_datapoints = 5;
+        s.insufficient_data = InsufficientData::RollBack;
+    });
+    let (r1, r2) = second_release_baking(&mut sim);
+    sim.settle();
+    sim.advance(secs(600));
+    sim.settle();
+    let poll = sim
+        .pending()
+        .into_iter()
+        .find(|e| e.release == r2 && matches!(e.kind, EffectKind::PollAlarms { .. }))
+        .expect("a bake poll is running");
+    let mut readings = sim.readings("beta", 0, None);
+    readings[1].state = AlarmState::InsufficientData;
+    sim.succeed_with(&poll.key, readings);
+    let (to, why) = transition_of(&sim.plan(), r2, "beta").unwrap();
+    assert_eq!(to, S::RollingBack);
+    assert!(
+        matches!(
+            why,
+            Reason::NotEnoughData { gap: DataGap::InsufficientData { ref alarm }, .. }
+                if alarm == "beta-5xx"
+        ),
+        "{why:?}"
+    );
+    sim.drive_to_rest();
+    assert_eq!(sim.snap.last_good("beta"), Some(r1));
+}
+
 #[test]
 fn insufficient_data_with_fail_fails_once_the_bake_time_is_over() {
     let (mut sim, r, deployed, _) = baking_for_data(InsufficientData::Fail);
