@@ -106,6 +106,10 @@ struct Spec {
     restored: bool,
     /// The parameters `template` declares, or why it could not be read here.
     declared: Result<BTreeSet<String>, String>,
+    /// Parameters never kept at the stack's value: in a rollback, those today's configuration
+    /// sets that the known-good deploy neither set nor recorded a value of (they take the
+    /// template's default, as they did before the configuration set them).
+    reset: BTreeSet<String>,
 }
 
 impl Spec {
@@ -136,8 +140,17 @@ impl Spec {
         values.chain(kept.iter().map(previous)).collect()
     }
 
-    /// The record a rollback to this deploy applies again.
-    fn applied(&self, stack: &str) -> Applied {
+    /// The record a rollback to this deploy applies again, with the parameter values of the
+    /// stack as it is after the deploy (`done`).
+    fn applied(&self, stack: &str, done: Option<&Stack>) -> Applied {
+        let observed = done
+            .map(|s| s.parameters())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| Some((p.parameter_key()?, p.parameter_value()?)))
+            .filter(|(_, v)| *v != NO_ECHO_MASK)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Applied {
             spec: AppliedSpec::CloudFormation {
                 stack: stack.to_string(),
@@ -146,6 +159,7 @@ impl Spec {
                 image_parameter: self.image_parameter.clone(),
                 capabilities: self.capabilities.clone(),
                 execution_role: self.role.clone(),
+                observed,
             },
             template_body: Some(self.template.clone()),
         }
@@ -723,20 +737,27 @@ async fn spec(req: &DeployRequest, alarms: &[Trigger]) -> PortResult<Spec> {
                 image_parameter,
                 capabilities,
                 execution_role,
+                observed,
                 ..
             },
         template_body: Some(body),
     }) = &req.restore
     {
+        let today: Vec<&String> = match &req.deploy {
+            Deploy::CloudFormation { parameters, .. } => parameters.keys().collect(),
+            Deploy::CodePipeline { .. } => Vec::new(),
+        };
+        let (parameters, reset) = restored_parameters(parameters, observed, today);
         return Ok(Spec {
             template: body.clone(),
-            parameters: parameters.clone(),
+            parameters,
             image_parameter: image_parameter.clone(),
             capabilities: capabilities.clone(),
             role: execution_role.clone(),
             rollback: rollback_configuration(req, alarms),
             restored: true,
             declared: template::declared_parameters(body),
+            reset,
         });
     }
     let Deploy::CloudFormation {
@@ -766,6 +787,7 @@ async fn spec(req: &DeployRequest, alarms: &[Trigger]) -> PortResult<Spec> {
     let mut values = parameters.clone();
     values.insert(image_parameter.clone(), req.image_uri.clone());
     Ok(Spec {
+        reset: BTreeSet::new(),
         declared: template::declared_parameters(&body),
         template: body,
         parameters: values,
@@ -894,6 +916,7 @@ fn kept(st: &StackRef, spec: &Spec, current: &Stack) -> Vec<String> {
             return Vec::new();
         }
     };
+    let on_stack = on_stack.filter(|k| !spec.reset.contains(*k));
     let kept = kept_parameters(&spec.parameters, declared, on_stack);
     if !kept.is_empty() {
         tracing::info!(stack = %st.name, account = %st.account, parameters = ?kept, "keeping the stack's values of parameters missing from the configuration");
@@ -922,6 +945,38 @@ fn kept_parameters<'a>(
         .filter(|k| declared.contains(*k) && !set.contains_key(*k))
         .collect();
     kept.into_iter().map(str::to_string).collect()
+}
+
+/// What `DescribeStacks` answers for the value of a `NoEcho` parameter.
+const NO_ECHO_MASK: &str = "****";
+
+/// A rollback's parameters: those the known-good deploy set (`recorded`), and each one
+/// today's configuration sets (`today`) that it did not, at the value the stack had after it
+/// (`observed`). Without that, a parameter the configuration set since (with the bad release)
+/// would keep the bad release's value through the rollback (`UsePreviousValue`). The second
+/// set: those of `today` with no recorded value (NoEcho, or a record from before values were
+/// kept), which are not kept either and take the template's default.
+fn restored_parameters<'a>(
+    recorded: &BTreeMap<String, String>,
+    observed: &BTreeMap<String, String>,
+    today: impl IntoIterator<Item = &'a String>,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut parameters = recorded.clone();
+    let mut reset = BTreeSet::new();
+    for key in today {
+        if parameters.contains_key(key) {
+            continue;
+        }
+        match observed.get(key) {
+            Some(value) => {
+                parameters.insert(key.clone(), value.clone());
+            }
+            None => {
+                reset.insert(key.clone());
+            }
+        }
+    }
+    (parameters, reset)
 }
 
 /// The most `NotificationARNs` a stack takes (CreateChangeSet, `NotificationARNs`: "Maximum
@@ -1035,7 +1090,7 @@ fn result(st: &StackRef, spec: &Spec, stack: Option<&Stack>, what: &str) -> Depl
     DeployResult {
         outputs,
         summary,
-        applied: Some(spec.applied(&st.name)),
+        applied: Some(spec.applied(&st.name, stack)),
         timing: st.timing(),
     }
 }
@@ -1118,6 +1173,26 @@ fn first_failure(events: &[StackEvent], token: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_sets_what_todays_configuration_added_to_its_value_after_the_known_good_deploy() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let recorded = map(&[("Env", "beta"), ("ImageUri", "old")]);
+        let observed = map(&[("Env", "beta"), ("Flag", "off"), ("Size", "3")]);
+        let today = ["Env".to_string(), "Flag".to_string(), "Secret".to_string()];
+        let (parameters, reset) = restored_parameters(&recorded, &observed, &today);
+        assert_eq!(
+            parameters,
+            map(&[("Env", "beta"), ("Flag", "off"), ("ImageUri", "old")]),
+            "Size is not configured today: it is left to UsePreviousValue"
+        );
+        assert_eq!(reset, BTreeSet::from(["Secret".to_string()]));
+    }
     use aws_sdk_cloudformation::types::ResourceStatus;
 
     fn event(id: &str, status: &str, reason: &str, token: Option<&str>) -> StackEvent {

@@ -335,9 +335,10 @@ pub const MAX_ALARM_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// by it rather than after the release has moved on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AlarmDelay {
-    /// From each alarm, as `DescribeAlarms` gives it: `Period` × `DatapointsToAlarm`
-    /// (`EvaluationPeriods` when unset), the longest of the stage's alarms; nothing for a
-    /// composite alarm, which changes state as soon as the alarms it watches do.
+    /// From each alarm, as `DescribeAlarms` gives it: `(DatapointsToAlarm + 1) × Period + 60 s`
+    /// (`EvaluationPeriods` when `DatapointsToAlarm` is unset), the longest of the stage's
+    /// alarms, at most [`MAX_ALARM_DELAY`]; nothing for a composite alarm, which changes state
+    /// as soon as the alarms it watches do.
     #[default]
     Auto,
     /// This long, whatever the alarms say (`0s`: no hold).

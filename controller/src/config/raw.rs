@@ -248,8 +248,8 @@ pub struct RawStage {
     /// `insufficient_data`. Default `1h`.
     pub bake_max_wait: Option<String>,
     /// How long past the bake time the bake holds so the alarms can report a breach that
-    /// began by its end: `auto` (default: each alarm's `Period` × `DatapointsToAlarm`, the
-    /// longest) or a duration (`0s`: no hold).
+    /// began by its end: `auto` (default: each alarm's `(DatapointsToAlarm + 1) × Period +
+    /// 60 s`, the longest) or a duration (`0s`: no hold).
     pub alarm_delay: Option<String>,
     /// Replaced by `min_datapoints`; kept only to explain the change.
     #[schemars(skip)]

@@ -242,7 +242,6 @@ impl fmt::Display for ExposedSubscription {
     }
 }
 
-/// One sentence naming every exposed subscription.
 /// One sentence for people: which approvers were sent no link because their email subscription
 /// awaits confirmation (`awaiting`), and who has theirs (`sent`). Names only (never email
 /// addresses).
@@ -267,6 +266,7 @@ pub fn describe_unconfirmed(awaiting: &[String], sent: &[String]) -> String {
     )
 }
 
+/// One sentence naming every exposed subscription.
 pub fn describe_exposed(subs: &[ExposedSubscription]) -> String {
     let each: Vec<String> = subs.iter().map(ToString::to_string).collect();
     format!(

@@ -350,7 +350,12 @@ impl Reason {
                         sent,
                         retry_at,
                     } => format!(
-                        " (request not sent: {}; trying again in {})",
+                        " ({}{}; trying again in {})",
+                        if sent.is_empty() {
+                            "request not sent: "
+                        } else {
+                            ""
+                        },
                         describe_unconfirmed(awaiting, sent),
                         minutes_left(*retry_at, now)
                     ),

@@ -366,6 +366,12 @@ pub enum AppliedSpec {
         image_parameter: String,
         capabilities: Vec<String>,
         execution_role: Option<String>,
+        /// The stack's parameter values once the deploy completed, as `DescribeStacks` gave
+        /// them; `NoEcho` parameters (masked) are left out. A rollback to this deploy gives a
+        /// parameter that today's configuration sets, and this deploy did not, its value from
+        /// here. Empty in deploys recorded before it was kept.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        observed: BTreeMap<String, String>,
     },
     /// The pipeline variables an execution was started with.
     CodePipeline {
@@ -446,7 +452,8 @@ pub struct AlarmReading {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapoints: Option<u32>,
     /// How long CloudWatch may take from the start of a breach to putting this alarm in
-    /// `ALARM`, in seconds: `Period` × `DatapointsToAlarm` (`EvaluationPeriods` when unset).
+    /// `ALARM`, in seconds: `(DatapointsToAlarm + 1) × Period + 60 s` (`EvaluationPeriods`
+    /// when `DatapointsToAlarm` is unset).
     /// `None` for a composite alarm, and in reads stored before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reports_within_secs: Option<u64>,

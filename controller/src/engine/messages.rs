@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Pipeline, Stage};
+use crate::config::{InsufficientData, Pipeline, Stage};
 use crate::domain::{NotifyEvent, Reason, Release, ReleaseId, RunStatus, Snapshot};
 
 /// One line per stage: where this release stands ("beta: succeeded — deployed and baked").
@@ -163,6 +163,22 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
         (_, Reason::ApprovalExpired { .. }) => vec![format!(
             "nobody approved in time: `tollgate retry {p} {r}` asks the approvers again"
         )],
+        // `roll_back` with no known-good release to return to: the stage's policy says an alarm
+        // without data is a bad sign, so the steps are about the service, not the policy.
+        (_, Reason::NotEnoughData { .. })
+            if n.stage.insufficient_data == InsufficientData::RollBack =>
+        {
+            vec![
+                format!(
+                    "{s} keeps running {r}: an alarm had no data once the bake time was over \
+                     (`insufficient_data = \"roll_back\"`), and {s} has no known-good release to \
+                     return to"
+                ),
+                "check whether the service is down or stopped publishing its metrics".into(),
+                retry,
+                fix,
+            ]
+        }
         (_, Reason::NotEnoughData { .. }) => vec![
             format!(
                 "{s} keeps running {r} but does not count it as known-good: no alarm found it bad, \

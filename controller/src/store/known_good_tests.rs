@@ -37,6 +37,7 @@ fn spec(body: &str, image: &str, env: &str) -> AppliedSpec {
         image_parameter: "ImageUri".into(),
         capabilities: vec!["CAPABILITY_IAM".into()],
         execution_role: Some("arn:aws:iam::222222222222:role/cfn-exec".into()),
+        observed: BTreeMap::new(),
     }
 }
 

@@ -425,12 +425,52 @@ async fn parameters_set_outside_tollgate_survive_a_deploy_and_a_rollback() {
         !rollback.contains_key("Fresh"),
         "not in the recorded template: {rollback:?}"
     );
-    let recorded = created.applied.unwrap();
+    let configured = |a: Option<tollgate::engine::ports::Applied>| match a.unwrap().spec {
+        tollgate::domain::AppliedSpec::CloudFormation { parameters, .. } => parameters,
+        other => panic!("{other:?}"),
+    };
     assert_eq!(
-        rolled.applied.unwrap().spec,
-        recorded.spec,
-        "the record holds only the configured parameters"
+        configured(rolled.applied),
+        configured(created.applied),
+        "the record's parameters are the configured ones"
     );
+}
+
+/// A parameter the configuration started to set with a bad release goes back, with the
+/// rollback, to the value the stack had after the known-good deploy (recorded then): kept at
+/// the stack's value instead, it would keep the bad release's setting.
+#[tokio::test]
+async fn a_rollback_restores_a_parameter_the_configuration_set_since_the_known_good_deploy() {
+    let moto = MotoServer::shared();
+    let f = fixture("cfn-reset");
+    let Deploy::CloudFormation { template, .. } = &f.deploy else {
+        unreachable!()
+    };
+    std::fs::write(template, template_with(&["Flag"])).unwrap();
+    let beta = account("beta", BETA, external_id(f._dir.path()));
+    let cfn = deployer(moto.sdk_config(), Limiter::default());
+    let good = request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD);
+    let known_good = cfn.deploy_stack(&good, &[]).await.unwrap();
+    let config = moto.sdk_config_for_account(BETA).await.unwrap();
+    assert_eq!(
+        stack_parameters(&config, "cfn-reset").await["Flag"],
+        "Flag-default"
+    );
+
+    // The configuration sets Flag with release 2.
+    let mut bad = request("backend/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
+    if let Deploy::CloudFormation { parameters, .. } = &mut bad.deploy {
+        parameters.insert("Flag".into(), "on".into());
+    }
+    cfn.deploy_stack(&bad, &[]).await.unwrap();
+    assert_eq!(stack_parameters(&config, "cfn-reset").await["Flag"], "on");
+
+    let mut back = request("backend/2/beta/1/rollback-0", &beta, &bad.deploy, OLD);
+    back.restore = known_good.applied.clone();
+    cfn.rollback_stack(&back).await.unwrap();
+    let now = stack_parameters(&config, "cfn-reset").await;
+    assert_eq!(now["ImageUri"], OLD);
+    assert_eq!(now["Flag"], "Flag-default", "{now:?}");
 }
 
 // ---- the scripted stub, for what moto cannot do ----
@@ -1347,6 +1387,7 @@ async fn a_rollback_applies_the_recorded_spec_not_todays_configuration() {
             image_parameter: "ImageUri".into(),
             capabilities: vec!["CAPABILITY_NAMED_IAM".into()],
             execution_role: Some("arn:aws:iam::123456789012:role/cfn-exec".into()),
+            observed: BTreeMap::new(),
         },
         template_body: Some(recorded_body.clone()),
     });

@@ -371,7 +371,7 @@ async fn a_request_no_approver_can_receive_says_so_and_reaches_them_once_they_co
     settle(&engine).await.unwrap();
     let said = why(run(&engine, id, "prod").await);
     assert!(
-        said.contains("(request not sent: no link sent to bob: their email subscription to the")
+        said.contains("(no link sent to bob: their email subscription to the")
             && said.contains("; sent to alice; trying again in 10m)"),
         "{said}"
     );
