@@ -17,6 +17,8 @@ use yaml_rust2::{Yaml, YamlLoader};
 /// The names under the template's top-level `Parameters` (none when it has no such section),
 /// or why the body could not be read as a template.
 pub fn declared_parameters(body: &str) -> Result<BTreeSet<String>, String> {
+    // A byte-order mark (editors on Windows write one) is not whitespace to `trim_start`.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     if body.trim_start().starts_with('{') {
         return from_json(body);
     }
@@ -53,6 +55,15 @@ fn from_json(body: &str) -> Result<BTreeSet<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_template_with_a_byte_order_mark_and_tabs_is_read_as_json() {
+        let body = "\u{feff}{\n\t\"Parameters\": {\"Env\": {\"Type\": \"String\"}}\n}";
+        assert_eq!(
+            declared_parameters(body),
+            Ok(BTreeSet::from(["Env".to_string()]))
+        );
+    }
 
     fn names(list: &[&str]) -> BTreeSet<String> {
         list.iter().map(|s| s.to_string()).collect()
