@@ -332,13 +332,6 @@ pub fn awaiting_and_sent(links: &[ApproverLink]) -> (Vec<String>, Vec<String>) {
     )
 }
 
-/// One sentence for people: who was not sent a link and why, and who was (see
-/// [`crate::domain::approval::describe_unconfirmed`]).
-pub fn describe_unconfirmed(links: &[ApproverLink]) -> String {
-    let (awaiting, sent) = awaiting_and_sent(links);
-    crate::domain::approval::describe_unconfirmed(&awaiting, &sent)
-}
-
 #[async_trait]
 pub trait ApprovalSender: Send + Sync {
     /// Issues the links and sends them, or withholds them all.
@@ -351,6 +344,10 @@ mod tests {
 
     #[test]
     fn an_unconfirmed_request_names_who_waits_and_who_has_a_link() {
+        let describe = |links: &[ApproverLink]| {
+            let (awaiting, sent) = awaiting_and_sent(links);
+            crate::domain::approval::describe_unconfirmed(&awaiting, &sent)
+        };
         let link = |approver: &str, delivery| ApproverLink {
             approver: approver.into(),
             delivery,
@@ -360,19 +357,19 @@ mod tests {
             link("bob", LinkDelivery::AwaitingConfirmation),
         ];
         assert_eq!(
-            describe_unconfirmed(&partial),
+            describe(&partial),
             "no link sent to bob: their email subscription to the approval topic is pending \
              confirmation, and SNS delivers nothing until the approver follows the link in AWS's \
              confirmation email; sent to alice"
         );
         let nobody = [link("bob", LinkDelivery::AwaitingConfirmation)];
         assert!(
-            describe_unconfirmed(&nobody).starts_with(
+            describe(&nobody).starts_with(
                 "no approver can receive the request yet: the email subscription of bob to the \
                  approval topic is pending confirmation"
             ),
             "{}",
-            describe_unconfirmed(&nobody)
+            describe(&nobody)
         );
     }
 

@@ -2581,23 +2581,24 @@ pub mod ecr {
     //! answered `ThrottlingException`, which moto cannot be told to do. Never used by the
     //! controller at run time; binds 127.0.0.1 only, forwards to loopback only.
 
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use anyhow::{Context as _, ensure};
+    use anyhow::ensure;
     use axum::Router;
     use axum::body::Bytes;
     use axum::extract::State;
     use axum::http::{HeaderMap, Method, StatusCode, Uri};
     use axum::response::{IntoResponse, Response};
 
+    use super::proxy::{Upstream, listen};
+
     const TARGET: &str = "x-amz-target";
     const PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
 
     struct Shared {
-        upstream: String,
-        http: reqwest::Client,
+        upstream: Upstream,
         rewritten: AtomicUsize,
         /// `PutImage` calls still to be answered `LayersNotFoundException`.
         missing_layers: AtomicUsize,
@@ -2618,26 +2619,15 @@ pub mod ecr {
         /// Listens on a free loopback port, in the current tokio runtime, and forwards to
         /// `upstream` (`http://127.0.0.1:<port>`, moto).
         pub async fn start(upstream: &str) -> anyhow::Result<Self> {
-            ensure!(
-                upstream.starts_with("http://127.0.0.1:"),
-                "the proxy forwards to loopback only, not {upstream}"
-            );
             let shared = Arc::new(Shared {
-                upstream: upstream.trim_end_matches('/').to_owned(),
-                http: reqwest::Client::builder().no_proxy().build()?,
+                upstream: Upstream::new(upstream)?,
                 rewritten: AtomicUsize::new(0),
                 missing_layers: AtomicUsize::new(0),
                 refused_layers: AtomicUsize::new(0),
                 throttle: std::sync::Mutex::new(None),
             });
             let app = Router::new().fallback(forward).with_state(shared.clone());
-            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .context("binding the ECR proxy")?;
-            let addr = listener.local_addr()?;
-            let server = tokio::spawn(async move {
-                let _ = axum::serve(listener, app).await;
-            });
+            let (addr, server) = listen(app, "ECR").await?;
             Ok(Self {
                 addr,
                 shared,
@@ -2744,8 +2734,10 @@ pub mod ecr {
             ];
             return Ok((StatusCode::BAD_REQUEST, headers, body.to_string()).into_response());
         }
-        let (status, answer_headers, answer) =
-            send(shared, method, uri, headers, body.clone()).await?;
+        let (status, answer_headers, answer) = shared
+            .upstream
+            .send(method, uri, headers, body.clone())
+            .await?;
         let refused = status == StatusCode::BAD_REQUEST
             && target == format!("{PREFIX}PutImage")
             && error_type(&answer_headers, &answer).ends_with("ImageAlreadyExistsException");
@@ -2781,14 +2773,15 @@ pub mod ecr {
         }
         let mut ask_headers = headers.clone();
         ask_headers.insert(TARGET, format!("{PREFIX}DescribeRepositories").parse()?);
-        let (status, _, described) = send(
-            shared,
-            Method::POST,
-            uri,
-            &ask_headers,
-            Bytes::from(ask.to_string()),
-        )
-        .await?;
+        let (status, _, described) = shared
+            .upstream
+            .send(
+                Method::POST,
+                uri,
+                &ask_headers,
+                Bytes::from(ask.to_string()),
+            )
+            .await?;
         ensure!(
             status.is_success(),
             "DescribeRepositories {repository}: {status}"
@@ -2817,32 +2810,7 @@ pub mod ecr {
         let code = code.split(':').next().unwrap_or_default();
         code.rsplit('#').next().unwrap_or_default().to_owned()
     }
-
-    async fn send(
-        shared: &Shared,
-        method: Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut request = shared
-            .http
-            .request(method, format!("{}{path}", shared.upstream))
-            .body(body);
-        for (name, value) in headers {
-            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
-                request = request.header(name, value);
-            }
-        }
-        let response = request.send().await.context("forwarding to moto")?;
-        let status = response.status();
-        let mut out = response.headers().clone();
-        for name in ["content-length", "transfer-encoding", "connection"] {
-            out.remove(name);
-        }
-        Ok((status, out, response.bytes().await?))
-    }
 }
 
+mod proxy;
 pub mod sns;

@@ -261,6 +261,11 @@ impl Notifier for Fakes {
     }
 }
 
+/// The names of `names` in `set`, in the order asked.
+fn among(names: &[String], set: &BTreeSet<String>) -> Vec<String> {
+    names.iter().filter(|n| set.contains(*n)).cloned().collect()
+}
+
 #[async_trait]
 impl Alarms for Fakes {
     async fn in_alarm(
@@ -269,13 +274,7 @@ impl Alarms for Fakes {
         _region: &str,
         names: &[String],
     ) -> PortResult<Vec<String>> {
-        self.with(|w| {
-            Ok(names
-                .iter()
-                .filter(|n| w.firing.contains(*n))
-                .cloned()
-                .collect())
-        })
+        self.with(|w| Ok(among(names, &w.firing)))
     }
 
     async fn composite(
@@ -284,13 +283,7 @@ impl Alarms for Fakes {
         _region: &str,
         names: &[String],
     ) -> PortResult<Vec<String>> {
-        self.with(|w| {
-            Ok(names
-                .iter()
-                .filter(|n| w.composite.contains(*n))
-                .cloned()
-                .collect())
-        })
+        self.with(|w| Ok(among(names, &w.composite)))
     }
 
     async fn read(

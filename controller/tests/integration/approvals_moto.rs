@@ -26,7 +26,7 @@ use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Approver};
 use tollgate::domain::ReleaseId;
 use tollgate::engine::ports::{
-    ApprovalRequest, ApprovalSender, ApproverLink, LinkDelivery, SendOutcome, describe_unconfirmed,
+    ApprovalRequest, ApprovalSender, ApproverLink, LinkDelivery, SendOutcome, awaiting_and_sent,
 };
 use tollgate::engine::{Delivery, Ingested, NewRelease};
 use tollgate::gates::approval::SnsApprovalSender;
@@ -431,8 +431,9 @@ async fn with_every_subscription_pending_nothing_is_published_and_nobody_counts_
     let waiting = APPROVERS.map(|n| link(n, LinkDelivery::AwaitingConfirmation));
     assert_eq!(outcome, SendOutcome::Unconfirmed(waiting.to_vec()));
     assert!(sent_notifications(moto, &topic).await.is_empty());
+    let (awaiting, sent) = awaiting_and_sent(&waiting);
     assert_eq!(
-        describe_unconfirmed(&waiting),
+        tollgate::domain::approval::describe_unconfirmed(&awaiting, &sent),
         "no approver can receive the request yet: the email subscriptions of alice, bob, carol \
          to the approval topic are pending confirmation, and SNS delivers nothing until the \
          approver follows the link in AWS's confirmation email"

@@ -738,11 +738,7 @@ fn baking_to_succeeded_after_the_bake_time_and_a_clean_poll() {
 /// Finishes the pending bake poll of `r` in beta with a clean reading of `beta-5xx` whose alarm
 /// reports a breach within `reports_within_secs`.
 fn read_beta_reporting_within(sim: &mut Sim, r: ReleaseId, reports_within_secs: Option<u64>) {
-    let poll = sim
-        .pending()
-        .into_iter()
-        .find(|e| e.release == r && matches!(e.kind, EffectKind::PollAlarms { .. }))
-        .expect("a bake poll is running");
+    let poll = bake_poll(sim, r);
     let mut readings = sim.readings("beta", 5, None);
     for reading in &mut readings {
         reading.reports_within_secs = reports_within_secs;
@@ -868,13 +864,17 @@ fn baking_for_data(policy: InsufficientData) -> (Sim, ReleaseId, DateTime<Utc>, 
     (sim, r, deployed, bake_end)
 }
 
-/// Finishes the pending bake poll of `r` in beta with one reading of `beta-5xx`.
-fn read_beta(sim: &mut Sim, r: ReleaseId, state: AlarmState, datapoints: u32) {
-    let poll = sim
-        .pending()
+/// The bake poll of `r` now running.
+fn bake_poll(sim: &Sim, r: ReleaseId) -> crate::domain::EffectRecord {
+    sim.pending()
         .into_iter()
         .find(|e| e.release == r && matches!(e.kind, EffectKind::PollAlarms { .. }))
-        .expect("a bake poll is running");
+        .expect("a bake poll is running")
+}
+
+/// Finishes the pending bake poll of `r` in beta with one reading of `beta-5xx`.
+fn read_beta(sim: &mut Sim, r: ReleaseId, state: AlarmState, datapoints: u32) {
+    let poll = bake_poll(sim, r);
     let readings = sim.readings("beta", datapoints, Some(state));
     sim.succeed_with(&poll.key, readings);
 }
@@ -1079,11 +1079,7 @@ fn insufficient_data_with_roll_back_acts_on_any_alarm_not_only_the_first_short_o
     sim.settle();
     sim.advance(secs(600));
     sim.settle();
-    let poll = sim
-        .pending()
-        .into_iter()
-        .find(|e| e.release == r2 && matches!(e.kind, EffectKind::PollAlarms { .. }))
-        .expect("a bake poll is running");
+    let poll = bake_poll(&sim, r2);
     let mut readings = sim.readings("beta", 0, None);
     readings[1].state = AlarmState::InsufficientData;
     sim.succeed_with(&poll.key, readings);

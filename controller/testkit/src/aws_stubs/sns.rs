@@ -21,22 +21,22 @@
 //! time; binds 127.0.0.1 only, forwards to loopback only.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, ensure};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+use super::proxy::{Upstream, listen};
+
 /// What `ListSubscriptionsByTopic` says instead of the ARN of a pending subscription.
 pub const PENDING: &str = "PendingConfirmation";
 
 struct Shared {
-    upstream: String,
-    http: reqwest::Client,
+    upstream: Upstream,
     /// `email` endpoints subscribed through the proxy and not confirmed, lowercased.
     pending: Mutex<BTreeSet<String>>,
 }
@@ -52,23 +52,12 @@ impl SnsProxy {
     /// Listens on a free loopback port, in the current tokio runtime, and forwards to
     /// `upstream` (`http://127.0.0.1:<port>`, moto).
     pub async fn start(upstream: &str) -> anyhow::Result<Self> {
-        ensure!(
-            upstream.starts_with("http://127.0.0.1:"),
-            "the proxy forwards to loopback only, not {upstream}"
-        );
         let shared = Arc::new(Shared {
-            upstream: upstream.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder().no_proxy().build()?,
+            upstream: Upstream::new(upstream)?,
             pending: Mutex::new(BTreeSet::new()),
         });
         let app = Router::new().fallback(forward).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .context("binding the SNS proxy")?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, server) = listen(app, "SNS").await?;
         Ok(Self {
             addr,
             shared,
@@ -141,7 +130,10 @@ async fn answer(
     let email = (action == "Subscribe" && param("Protocol") == Some("email"))
         .then(|| param("Endpoint").map(str::to_ascii_lowercase))
         .flatten();
-    let (status, out, answer) = send(shared, method, uri, headers, body.clone()).await?;
+    let (status, out, answer) = shared
+        .upstream
+        .send(method, uri, headers, body.clone())
+        .await?;
     if let Some(email) = email.filter(|_| status.is_success()) {
         shared.pending.lock().unwrap().insert(email);
     }
@@ -184,32 +176,6 @@ fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let from = xml.find(&open)? + open.len();
     let len = xml[from..].find(&format!("</{name}>"))?;
     Some(&xml[from..from + len])
-}
-
-async fn send(
-    shared: &Shared,
-    method: Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = shared
-        .http
-        .request(method, format!("{}{path}", shared.upstream))
-        .body(body);
-    for (name, value) in headers {
-        if !matches!(name.as_str(), "host" | "content-length" | "connection") {
-            request = request.header(name, value);
-        }
-    }
-    let response = request.send().await.context("forwarding to moto")?;
-    let status = response.status();
-    let mut out = response.headers().clone();
-    for name in ["content-length", "transfer-encoding", "connection"] {
-        out.remove(name);
-    }
-    Ok((status, out, response.bytes().await?))
 }
 
 #[cfg(test)]
