@@ -619,11 +619,28 @@ impl Sim {
             .map_or(1, |r| r.attempt)
     }
 
+    /// An approver's decision. Like the store (`record_approval`), the first decision an
+    /// approver gives for a run's attempt is the one kept: a second one records nothing.
     pub fn decide(&mut self, release: ReleaseId, stage: &str, approver: &str, d: Decision) {
+        let attempt = self.attempt_of(release, stage);
+        let given = self
+            .snap
+            .approvals
+            .iter()
+            .chain(&self.archive.approvals)
+            .any(|a| {
+                a.release == release
+                    && a.stage == stage
+                    && a.attempt == attempt
+                    && a.approver == approver
+            });
+        if given {
+            return;
+        }
         let a = ApprovalRecord {
             release,
             stage: stage.into(),
-            attempt: self.attempt_of(release, stage),
+            attempt,
             approver: approver.into(),
             verified: true,
             decision: d,
