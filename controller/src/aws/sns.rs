@@ -203,7 +203,7 @@ impl SnsNotifier {
                 exposed.push(ExposedSubscription {
                     arn: sub.arn.clone(),
                     protocol: sub.protocol.clone(),
-                    endpoint: sub.endpoint.clone(),
+                    endpoint: shown_endpoint(&sub.protocol, &sub.endpoint),
                     exposure,
                 });
             }
@@ -446,6 +446,29 @@ fn exposure(
     }
 }
 
+/// A subscription's endpoint as reasons, notifications and the store show it. The URL of an
+/// `http`/`https` subscription can carry credentials (basic authentication in its user info,
+/// a token in its path or query, as chat webhooks do; SNS returns it whole): only its scheme,
+/// host and port are kept, and `/…` says that more was left out. Other endpoints (an email
+/// address, a phone number, an ARN) are shown whole: they are what the operator looks for.
+fn shown_endpoint(protocol: &str, endpoint: &str) -> String {
+    if !matches!(protocol.to_ascii_lowercase().as_str(), "http" | "https") {
+        return endpoint.to_string();
+    }
+    let Ok(url) = url::Url::parse(endpoint) else {
+        return format!("({protocol} endpoint, not shown: not a URL)");
+    };
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let host = url.host_str().unwrap_or_default();
+    let whole = url.username().is_empty()
+        && url.password().is_none()
+        && matches!(url.path(), "" | "/")
+        && url.query().is_none()
+        && url.fragment().is_none();
+    let rest = if whole { "" } else { "/…" };
+    format!("{}://{host}{port}{rest}", url.scheme())
+}
+
 /// The approvers none of whose own `email` subscriptions in `listed` is confirmed.
 fn unconfirmed(listed: &[Subscription], approvers: &[Approver]) -> Vec<String> {
     let reached = |a: &Approver| listed.iter().any(|s| s.confirmed() && is_inbox_of(s, a));
@@ -672,6 +695,34 @@ mod tests {
         let approvers = ["alice", "bob", "carol", "dave"].map(approver);
         assert_eq!(unconfirmed(&listed, &approvers), ["bob", "carol", "dave"]);
         assert!(unconfirmed(&listed, &approvers[..1]).is_empty());
+    }
+
+    #[test]
+    fn an_http_endpoint_is_shown_without_its_credentials_path_or_query() {
+        let shown = |p, e| shown_endpoint(p, e);
+        assert_eq!(
+            shown(
+                "https",
+                "https://ops:hunter2@hooks.example.com/services/T0/B0/s3cr3t?token=t0k3n#x"
+            ),
+            "https://hooks.example.com/…"
+        );
+        assert_eq!(
+            shown("http", "http://127.0.0.1:8080/inbox?key=k"),
+            "http://127.0.0.1:8080/…"
+        );
+        assert_eq!(
+            shown("https", "https://approvals.example.com/"),
+            "https://approvals.example.com"
+        );
+        assert_eq!(
+            shown("https", "not a url with s3cr3t"),
+            "(https endpoint, not shown: not a URL)"
+        );
+        // What the operator looks for is kept whole.
+        assert_eq!(shown("email", "dana@example.com"), "dana@example.com");
+        let queue = "arn:aws:sqs:eu-west-1:111111111111:approvals";
+        assert_eq!(shown("sqs", queue), queue);
     }
 
     #[test]

@@ -216,6 +216,8 @@ pub enum Exposure {
 pub struct ExposedSubscription {
     pub arn: String,
     pub protocol: String,
+    /// Where it delivers, as the adapter shows it: an HTTP(S) URL only to its host (its user
+    /// info, path and query can hold credentials).
     pub endpoint: String,
     pub exposure: Exposure,
 }

@@ -284,11 +284,8 @@ async fn a_subscription_filtered_to_an_approver_but_not_their_inbox_withholds_ev
     };
     assert_eq!(exposed.len(), 1, "{exposed:?}");
     assert_eq!(exposed[0].protocol, "http");
-    assert!(
-        exposed[0]
-            .endpoint
-            .ends_with(&format!("/inbox/{}", APPROVERS[0]))
-    );
+    // Named by its host (the path of an HTTP endpoint can hold a token).
+    assert_eq!(exposed[0].endpoint, format!("{base}/…"));
     let said = exposed[0].to_string();
     assert!(
         said.contains("is not") && said.contains("own email address"),
@@ -299,6 +296,51 @@ async fn a_subscription_filtered_to_an_approver_but_not_their_inbox_withholds_ev
         "nothing published"
     );
     assert!(inboxes.of(APPROVERS[0]).is_empty());
+}
+
+/// An HTTPS subscription's URL can hold credentials (basic authentication, a chat webhook's
+/// token in its path, a key in its query). The exposure that withholds the links names the
+/// subscription by its ARN and host only: what reaches the run's reason, the notification and
+/// the store carries none of them.
+#[tokio::test]
+async fn an_exposed_https_subscription_is_named_without_the_credentials_in_its_url() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-secret-url").await;
+    let inboxes = Inboxes::default();
+    let base = inboxes.serve().await;
+    let host = base.trim_start_matches("http://");
+    let url = format!("http://ops:hunter2@{host}/services/T0/B0/s3cr3t-path?token=t0k3n");
+    aws_sdk_sns::Client::new(&moto.sdk_config())
+        .subscribe()
+        .topic_arn(&topic)
+        .protocol("http")
+        .endpoint(&url)
+        .send()
+        .await
+        .unwrap();
+    let (_dir, store, id) = store_with_release().await;
+    let sns = notifier(moto);
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone());
+    let req = request(id, &topic, APPROVERS.iter().map(|n| approver(n)).collect());
+
+    let SendOutcome::Withheld(exposed) = sender.send(&req).await.unwrap() else {
+        panic!("links were published")
+    };
+    assert_eq!(exposed.len(), 1, "{exposed:?}");
+    assert_eq!(exposed[0].endpoint, format!("http://{host}/…"));
+    let said = format!(
+        "{} {}",
+        tollgate::domain::approval::describe_exposed(&exposed),
+        serde_json::to_string(&exposed).unwrap()
+    );
+    assert!(said.contains(&exposed[0].arn), "{said}");
+    for secret in ["hunter2", "s3cr3t-path", "t0k3n", "services"] {
+        assert!(!said.contains(secret), "{secret} in {said}");
+    }
+    assert!(sent_notifications(moto, &topic).await.is_empty());
 }
 
 #[tokio::test]
