@@ -745,7 +745,14 @@ impl<'a> Planner<'a> {
         self.wake(expires);
         let request = match request {
             Some(r) if r.status == EffectStatus::Failed => {
-                let again = Self::resend_after(round);
+                // Waiting for approvers to confirm their subscriptions is waiting for people,
+                // not backing off from a failing service: the check (a listing of the topic's
+                // subscriptions) stays every `APPROVAL_RESEND`, so a late confirmer gets their
+                // link within minutes, not an hour.
+                let again = match &r.output {
+                    EffectOutput::ApprovalUnconfirmed { .. } => APPROVAL_RESEND,
+                    _ => Self::resend_after(round),
+                };
                 let at = r.finished_at.unwrap_or(self.now)
                     + chrono::Duration::from_std(again).unwrap_or_default();
                 if at <= self.now {
