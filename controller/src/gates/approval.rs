@@ -218,7 +218,20 @@ impl ApprovalSender for SnsApprovalSender {
             tracing::warn!(key = %req.key, topic = %req.topic, exposed = exposed.len(), "approval links withheld: the topic has subscriptions that would receive every link");
             return Ok(SendOutcome::Withheld(exposed));
         }
-        self.send_reachable(req, &release, &audit.unconfirmed).await
+        // An approver who had their link and whose subscription is gone or pending again
+        // (they unsubscribed, or it was made again) still has it: only those who never got
+        // one are waiting.
+        let sent = self
+            .stored("reading the links sent", || {
+                self.store.approvers_sent(&req.key)
+            })
+            .await?;
+        let unconfirmed: Vec<String> = audit
+            .unconfirmed
+            .into_iter()
+            .filter(|name| !sent.contains(name))
+            .collect();
+        self.send_reachable(req, &release, &unconfirmed).await
     }
 }
 

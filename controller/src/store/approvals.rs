@@ -230,6 +230,22 @@ impl Reads {
         self.approval_token_by_hash(&hash_token(token)).await
     }
 
+    /// The approvers whose link of approval request `request_key` went out: their live token
+    /// was marked published (or has been used).
+    pub async fn approvers_sent(&self, request_key: &str) -> Result<Vec<String>> {
+        let sql = token_query(
+            "t.request_key = $1 AND t.approver IS NOT NULL AND t.replaced_at IS NULL \
+             AND (t.published_at IS NOT NULL OR d.received_at IS NOT NULL)",
+        );
+        Ok(sqlx::query(&sql)
+            .bind(request_key)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .filter_map(|r| token_row(r).approver)
+            .collect())
+    }
+
     /// A token by its hash.
     pub async fn approval_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
         Ok(sqlx::query(&token_query("t.token_hash = $1"))

@@ -454,6 +454,64 @@ async fn an_approver_whose_subscription_is_pending_confirmation_is_not_sent_a_li
     assert_eq!(subscriptions(moto, &topic).await.len(), 2);
 }
 
+/// An approver who has their link keeps it when their subscription goes (they unsubscribed,
+/// and the next round subscribes them again, pending): the next round reports them as sent,
+/// not as waiting, and publishes them nothing.
+#[tokio::test]
+async fn an_approver_who_unsubscribed_after_their_link_went_out_is_still_counted_as_sent() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let proxy = SnsProxy::start(&moto.endpoint()).await.unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-unsubscribed").await;
+    let (alice, bob) = (approver("alice"), approver("bob"));
+    let sns = notifier_through(moto, &proxy);
+    sns.ensure_approver_subscriptions(&topic, std::slice::from_ref(&alice))
+        .await
+        .unwrap();
+    proxy.confirm(&alice.email);
+    let (_dir, store, id) = store_with_release().await;
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone());
+    let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
+    let first = sender.send(&req).await.unwrap();
+    let expected = SendOutcome::Unconfirmed(vec![
+        link("alice", LinkDelivery::Sent),
+        link("bob", LinkDelivery::AwaitingConfirmation),
+    ]);
+    assert_eq!(first, expected);
+
+    // Alice unsubscribes (the footer link of the email).
+    let client = aws_sdk_sns::Client::new(&moto.sdk_config());
+    let listed = client
+        .list_subscriptions_by_topic()
+        .topic_arn(&topic)
+        .send()
+        .await
+        .unwrap();
+    let hers = listed
+        .subscriptions()
+        .iter()
+        .find(|s| s.endpoint() == Some(alice.email.as_str()))
+        .and_then(|s| s.subscription_arn())
+        .unwrap()
+        .to_string();
+    client
+        .unsubscribe()
+        .subscription_arn(hers)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(sender.send(&req).await.unwrap(), expected);
+    assert_eq!(
+        proxy.pending(),
+        ["alice@example.com", "bob@example.com"],
+        "alice was subscribed again, and has not confirmed"
+    );
+    assert_eq!(addressed(moto, &topic).await, ["alice"], "one link, once");
+}
+
 /// No listed approver has a confirmed subscription: nothing is published, and the outcome
 /// names every approver as waiting, never as sent.
 #[tokio::test]
