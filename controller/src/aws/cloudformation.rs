@@ -588,16 +588,21 @@ impl CloudFormationDeployer {
         expected: Option<Expected>,
         push: Option<Push<'_>>,
     ) -> PortResult<Waited<Option<Stack>>> {
+        let last = std::sync::Mutex::new(String::new());
         let settled = self
             .poll
             .poll_expecting(expected, push, || async {
                 let now = self.describe(st).await?;
+                if let Some(s) = &now {
+                    *last.lock().unwrap_or_else(|e| e.into_inner()) = status(s).to_string();
+                }
                 Ok((!now.as_ref().is_some_and(|s| busy(status(s), executing))).then_some(now))
             })
             .await?;
         settled.ok_or_else(|| {
+            let last = last.into_inner().unwrap_or_else(|e| e.into_inner());
             PortError::Failed(format!(
-                "stack {} was still busy after {:?}",
+                "stack {} was still busy after {:?} ({last})",
                 st.name, self.poll.timeout
             ))
         })

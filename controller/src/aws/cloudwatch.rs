@@ -15,7 +15,9 @@
 //!   request's `StartTime` down, so the period the deploy finished in (old code's data) may
 //!   come back, and is left out.
 //! - One read makes one `DescribeAlarms` per 100 names and one `GetMetricData` per 500
-//!   single-metric alarms plus one per metric-math alarm (its query ids are its own).
+//!   single-metric alarms plus one per metric-math alarm (its query ids are its own); a bake
+//!   read of a composite alarm also reads, once per 15 minutes, the alarms under it (two
+//!   `DescribeAlarms` a level) for how long it may take to report a breach.
 //!
 //! # Caveats
 //! - The current SDK speaks RPCv2 CBOR to CloudWatch; tests use the stub in
@@ -49,6 +51,14 @@ const MAX_PAGES: usize = 10;
 const SESSION_NAME: &str = "tollgate-alarms";
 /// How often CloudWatch evaluates an alarm whose period is a minute or more.
 const EVALUATION_EVERY_SECS: i64 = 60;
+/// How deep composite alarms nested in composite alarms are followed for their delay.
+const MAX_NESTING: usize = 4;
+/// How long a composite alarm's delay, read from its children, is used before it is read
+/// again (a `PutCompositeAlarm` can change the rule).
+const COMPOSITE_DELAY_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// (account id, region, alarm name).
+type AlarmKey = (String, String, String);
 
 /// Reads alarm states; share one per controller.
 pub struct CloudWatchAlarms {
@@ -59,7 +69,10 @@ pub struct CloudWatchAlarms {
     /// every `DescribeAlarms` answer fills it, so the kinds a deploy's rollback triggers need
     /// are known from the entry gate's read just before it. An alarm's kind is fixed at its
     /// creation (`PutMetricAlarm` and `PutCompositeAlarm` make different alarms).
-    kinds: Mutex<HashMap<(String, String, String), bool>>,
+    kinds: Mutex<HashMap<AlarmKey, bool>>,
+    /// Each composite alarm's [`reports_within`], the longest of its children's, and when it
+    /// was read.
+    composite_delays: Mutex<HashMap<AlarmKey, (Option<u64>, std::time::Instant)>>,
 }
 
 impl CloudWatchAlarms {
@@ -69,6 +82,7 @@ impl CloudWatchAlarms {
             limiter,
             endpoint_url: None,
             kinds: Mutex::new(HashMap::new()),
+            composite_delays: Mutex::new(HashMap::new()),
         }
     }
 
@@ -276,7 +290,8 @@ struct Watched {
     composite: bool,
     /// `None` for a composite alarm (it watches other alarms, not a metric).
     metric: Option<Watch>,
-    /// See [`reports_within`]; `None` for a composite alarm.
+    /// See [`reports_within`]; for a composite alarm, filled in by a bake read from its
+    /// children ([`CloudWatchAlarms::composite_delay`]).
     reports_within: Option<u64>,
 }
 
@@ -405,7 +420,7 @@ impl Alarms for CloudWatchAlarms {
         region: &str,
         names: &[String],
     ) -> PortResult<Vec<String>> {
-        let known = |kinds: &HashMap<(String, String, String), bool>, name: &String| {
+        let known = |kinds: &HashMap<AlarmKey, bool>, name: &String| {
             let key = (account.id.to_string(), region.to_string(), name.clone());
             kinds.get(&key).copied()
         };
@@ -447,8 +462,14 @@ impl Alarms for CloudWatchAlarms {
             "reading alarms and their data points in account {} ({}) {region}",
             account.name, account.id
         );
-        let (client, watched, states) = self.described(account, region, names, &what).await?;
+        let (client, mut watched, states) = self.described(account, region, names, &what).await?;
         firing(names, &states).map_err(|e| context(e, &what))?;
+        for (name, w) in watched.iter_mut().filter(|(_, w)| w.composite) {
+            w.reports_within = self
+                .composite_delay(&client, account, region, name)
+                .await
+                .map_err(|e| context(e, &what))?;
+        }
         let counts = match window {
             Some(w) => self
                 .count(&client, &account.id, &watched, (w.from, w.until))
@@ -457,6 +478,108 @@ impl Alarms for CloudWatchAlarms {
             None => BTreeMap::new(),
         };
         Ok(readings(names, &watched, &counts))
+    }
+}
+
+impl CloudWatchAlarms {
+    /// How long a composite alarm may take to report a breach: the longest [`reports_within`]
+    /// of the metric alarms under it (a composite alarm is evaluated when one of its children
+    /// changes state, "Create a composite alarm", CloudWatch User Guide), nested composites
+    /// followed to [`MAX_NESTING`] levels. Its children are read with `DescribeAlarms`
+    /// `ChildrenOfAlarmName`, which gives their names only, then described by name: two calls
+    /// a level, once per [`COMPOSITE_DELAY_TTL`]. `None` when no metric alarm under it gives a
+    /// period.
+    async fn composite_delay(
+        &self,
+        client: &Client,
+        account: &Account,
+        region: &str,
+        name: &str,
+    ) -> PortResult<Option<u64>> {
+        let key = (account.id.to_string(), region.to_string(), name.to_string());
+        let cached = {
+            let delays = self
+                .composite_delays
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            delays.get(&key).copied()
+        };
+        if let Some((delay, _)) = cached.filter(|(_, at)| at.elapsed() < COMPOSITE_DELAY_TTL) {
+            return Ok(delay);
+        }
+        let mut delay: Option<u64> = None;
+        let mut seen: std::collections::HashSet<String> = [name.to_string()].into();
+        let mut parents = vec![name.to_string()];
+        for _ in 0..MAX_NESTING {
+            let mut children = Vec::new();
+            for parent in &parents {
+                for child in self.children(client, &account.id, parent).await? {
+                    if seen.insert(child.clone()) {
+                        children.push(child);
+                    }
+                }
+            }
+            if children.is_empty() {
+                break;
+            }
+            parents.clear();
+            for (child, w) in self.describe(client, account, &children).await? {
+                if w.composite {
+                    parents.push(child);
+                } else {
+                    delay = delay.max(w.reports_within);
+                }
+            }
+        }
+        let mut delays = self
+            .composite_delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        delays.insert(key, (delay, std::time::Instant::now()));
+        Ok(delay)
+    }
+
+    /// The names of the alarms a composite alarm's rule names (`DescribeAlarms`
+    /// `ChildrenOfAlarmName`; no other parameter but `MaxRecords` and `NextToken` may go with
+    /// it).
+    async fn children(
+        &self,
+        client: &Client,
+        account: &str,
+        parent: &str,
+    ) -> PortResult<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .limiter
+                .call(account, "DescribeAlarms", || {
+                    sdk(client
+                        .describe_alarms()
+                        .children_of_alarm_name(parent)
+                        .max_records(NAMES_PER_CALL as i32)
+                        .set_next_token(token.clone())
+                        .send())
+                })
+                .await
+                .map_err(|e| context(e, &format!("reading the alarms under `{parent}`")))?;
+            let metric = page.metric_alarms().iter().filter_map(|a| a.alarm_name());
+            let composite = page
+                .composite_alarms()
+                .iter()
+                .filter_map(|a| a.alarm_name());
+            names.extend(metric.chain(composite).map(str::to_string));
+            token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(names);
+            }
+        }
+        Err(PortError::Failed(format!(
+            "DescribeAlarms returned more than {MAX_PAGES} pages of the alarms under `{parent}`"
+        )))
     }
 }
 

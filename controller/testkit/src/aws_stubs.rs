@@ -16,7 +16,12 @@ pub mod cloudwatch {
     //!
     //! `DescribeAlarms` describes each metric alarm with what it watches (`Namespace`,
     //! `MetricName`, `Dimensions`, `Period`, `Statistic` or `ExtendedStatistic`), or with its
-    //! `Metrics` for a metric-math alarm. `GetMetricData` follows the API reference
+    //! `Metrics` for a metric-math alarm, and each composite alarm with its `AlarmRule`. With
+    //! `ChildrenOfAlarmName` it follows the API reference
+    //! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_DescribeAlarms.html>):
+    //! the alarms the composite's rule names, not the composite itself, with only their name,
+    //! ARN, `StateValue` and `StateUpdatedTimestamp`; any other parameter but `MaxRecords` and
+    //! `NextToken` beside it is a `ValidationError`. `GetMetricData` follows the API reference
     //! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_GetMetricData.html>):
     //! 1 to 500 queries, each `Id` unique and starting with a lowercase letter, each query
     //! either a `MetricStat` or an `Expression`; `EndTime` after `StartTime` (else
@@ -74,6 +79,8 @@ pub mod cloudwatch {
         /// The region of the SigV4 credential scope.
         pub region: Option<String>,
         pub alarm_names: Vec<String>,
+        /// `DescribeAlarms` `ChildrenOfAlarmName`.
+        pub children_of: Option<String>,
         /// `GetMetricData`: the query ids, and `StartTime` in epoch milliseconds.
         pub query_ids: Vec<String>,
         pub start_ms: Option<i64>,
@@ -124,8 +131,15 @@ pub mod cloudwatch {
     pub enum Watches {
         Metric(MetricSpec),
         Math(Vec<MathQuery>),
-        /// A composite alarm: other alarms, no metric.
-        Alarms,
+        /// A composite alarm: the alarms its `AlarmRule` names (served as `ALARM("a") OR
+        /// ALARM("b")`), no metric.
+        Alarms(Vec<String>),
+    }
+
+    impl Watches {
+        fn composite(&self) -> bool {
+            matches!(self, Watches::Alarms(_))
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -154,6 +168,8 @@ pub mod cloudwatch {
     /// What one call gets.
     enum Reply {
         Alarms(Vec<(String, Alarm)>),
+        /// `ChildrenOfAlarmName`: name, ARN, state and its time only.
+        Children(Vec<(String, Alarm)>),
         Data(Value),
         Invalid(String),
         Throttled,
@@ -291,10 +307,7 @@ pub mod cloudwatch {
         /// Whether the alarm is a composite alarm; `None` for an alarm that does not exist.
         pub fn composite(&self, name: &str) -> Option<bool> {
             let script = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            script
-                .alarms
-                .get(name)
-                .map(|a| a.watches == Watches::Alarms)
+            script.alarms.get(name).map(|a| a.watches.composite())
         }
     }
 
@@ -329,9 +342,41 @@ pub mod cloudwatch {
                 Err(e) => Reply::Invalid(e),
             };
         }
+        if let Some(parent) = &call.children_of {
+            return children(&script, parent, body);
+        }
         let wanted = |name: &String| call.alarm_names.is_empty() || call.alarm_names.contains(name);
         let found = script.alarms.iter().filter(|(name, _)| wanted(name));
         Reply::Alarms(found.map(|(n, a)| (n.clone(), a.clone())).collect())
+    }
+
+    /// `DescribeAlarms` with `ChildrenOfAlarmName`, as API_DescribeAlarms documents it: the
+    /// alarms the composite alarm's `AlarmRule` names (not the composite itself; none for a
+    /// metric alarm or a name that does not exist), and a `ValidationError` when the request
+    /// has any parameter but `MaxRecords` and `NextToken` besides.
+    fn children(script: &Script, parent: &str, body: Option<&Value>) -> Reply {
+        let allowed = ["ChildrenOfAlarmName", "MaxRecords", "NextToken"];
+        let others: Vec<&str> = body
+            .and_then(Value::as_map)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, _)| k.as_text())
+            .filter(|k| !allowed.contains(k))
+            .collect();
+        if !others.is_empty() {
+            return Reply::Invalid(format!(
+                "ChildrenOfAlarmName cannot be combined with {}",
+                others.join(", ")
+            ));
+        }
+        let named = match script.alarms.get(parent).map(|a| &a.watches) {
+            Some(Watches::Alarms(names)) => names.clone(),
+            _ => Vec::new(),
+        };
+        let found = named
+            .iter()
+            .filter_map(|n| script.alarms.get(n).map(|a| (n.clone(), a.clone())));
+        Reply::Children(found.collect())
     }
 
     /// `AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/monitoring/aws4_request, …`
@@ -385,13 +430,17 @@ pub mod cloudwatch {
             access_key_id,
             region: region.clone(),
             alarm_names: texts(field(&input, "AlarmNames")),
+            children_of: field(&input, "ChildrenOfAlarmName")
+                .and_then(Value::as_text)
+                .map(str::to_owned),
             query_ids: metric_data::query_ids(&input),
             start_ms: field(&input, "StartTime")
                 .and_then(metric_data::epoch)
                 .map(|t| (t * 1000.0).round() as i64),
         };
         match answer(&script, call, Some(&input)) {
-            Reply::Alarms(alarms) => cbor_alarms(region.as_deref(), &alarms),
+            Reply::Alarms(alarms) => cbor_alarms(region.as_deref(), &alarms, false),
+            Reply::Children(alarms) => cbor_alarms(region.as_deref(), &alarms, true),
             Reply::Data(v) => cbor_response(StatusCode::OK, &v, None),
             Reply::Invalid(e) => cbor_error("ValidationError", &e, "Sender"),
             Reply::Throttled => cbor_error("ThrottlingException", "Rate exceeded", "Sender"),
@@ -490,27 +539,34 @@ pub mod cloudwatch {
                 });
                 vec![(text("Metrics"), Value::Array(queries.collect()))]
             }
-            Watches::Alarms => Vec::new(),
+            Watches::Alarms(names) => {
+                let rule: Vec<String> = names.iter().map(|n| format!("ALARM(\"{n}\")")).collect();
+                vec![(text("AlarmRule"), text(&rule.join(" OR ")))]
+            }
         }
     }
 
-    fn cbor_alarms(region: Option<&str>, alarms: &[(String, Alarm)]) -> Response {
-        cbor_response(StatusCode::OK, &alarms_value(region, alarms), None)
+    fn cbor_alarms(region: Option<&str>, alarms: &[(String, Alarm)], brief: bool) -> Response {
+        cbor_response(StatusCode::OK, &alarms_value(region, alarms, brief), None)
     }
 
-    /// The `DescribeAlarms` output, in either protocol's shape.
-    fn alarms_value(region: Option<&str>, alarms: &[(String, Alarm)]) -> Value {
+    /// The `DescribeAlarms` output, in either protocol's shape; `brief`: name, ARN, state and
+    /// its time only (what `ChildrenOfAlarmName` returns).
+    fn alarms_value(region: Option<&str>, alarms: &[(String, Alarm)], brief: bool) -> Value {
         let one = |name: &String, alarm: &Alarm| {
             let since = Value::Tag(1, Box::new(Value::Float(alarm.since)));
             let mut fields = vec![
                 (text("AlarmName"), text(name)),
                 (text("AlarmArn"), text(&alarm_arn(region, name))),
                 (text("StateValue"), text(&alarm.state)),
-                (text("StateReason"), text(&reason(&alarm.state))),
                 (text("StateUpdatedTimestamp"), since),
             ];
-            if alarm.watches != Watches::Alarms {
-                fields.extend(cbor_watches(&alarm.watches));
+            if brief {
+                return Value::Map(fields);
+            }
+            fields.push((text("StateReason"), text(&reason(&alarm.state))));
+            fields.extend(cbor_watches(&alarm.watches));
+            if !alarm.watches.composite() {
                 let (periods, to_alarm) = alarm.evaluation;
                 fields.push((text("EvaluationPeriods"), Value::Integer(periods.into())));
                 if let Some(n) = to_alarm {
@@ -521,9 +577,8 @@ pub mod cloudwatch {
             }
             Value::Map(fields)
         };
-        let (composite, metric): (Vec<_>, Vec<_>) = alarms
-            .iter()
-            .partition(|(_, a)| a.watches == Watches::Alarms);
+        let (composite, metric): (Vec<_>, Vec<_>) =
+            alarms.iter().partition(|(_, a)| a.watches.composite());
         let metric_alarms = metric.iter().map(|(n, a)| one(n, a));
         let composite_alarms = composite.iter().map(|(n, a)| one(n, a));
         Value::Map(vec![
@@ -593,6 +648,9 @@ pub mod cloudwatch {
             access_key_id,
             region: region.clone(),
             alarm_names: texts(field(&input, "AlarmNames")),
+            children_of: field(&input, "ChildrenOfAlarmName")
+                .and_then(Value::as_text)
+                .map(str::to_owned),
             query_ids: metric_data::query_ids(&input),
             start_ms: field(&input, "StartTime")
                 .and_then(metric_data::epoch)
@@ -600,7 +658,11 @@ pub mod cloudwatch {
         };
         match answer(&script, call, Some(&input)) {
             Reply::Alarms(alarms) => {
-                let result = alarms_value(region.as_deref(), &alarms);
+                let result = alarms_value(region.as_deref(), &alarms, false);
+                xml_response(StatusCode::OK, query_result("DescribeAlarms", &result))
+            }
+            Reply::Children(alarms) => {
+                let result = alarms_value(region.as_deref(), &alarms, true);
                 xml_response(StatusCode::OK, query_result("DescribeAlarms", &result))
             }
             Reply::Data(v) => xml_response(StatusCode::OK, query_result("GetMetricData", &v)),

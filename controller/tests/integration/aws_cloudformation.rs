@@ -138,7 +138,7 @@ async fn a_stack_is_created_updated_and_left_alone_in_its_own_account_only() {
 
     let created = cfn
         .deploy_stack(
-            &request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD),
+            &request("lifecycle/1/beta/1/deploy-0", &beta, &f.deploy, OLD),
             &[],
         )
         .await
@@ -165,7 +165,7 @@ async fn a_stack_is_created_updated_and_left_alone_in_its_own_account_only() {
 
     let updated = cfn
         .deploy_stack(
-            &request("backend/2/beta/1/deploy-0", &beta, &f.deploy, NEW),
+            &request("lifecycle/2/beta/1/deploy-0", &beta, &f.deploy, NEW),
             &[],
         )
         .await
@@ -191,7 +191,7 @@ async fn a_stack_is_created_updated_and_left_alone_in_its_own_account_only() {
 
     let same = cfn
         .deploy_stack(
-            &request("backend/3/beta/1/deploy-0", &beta, &f.deploy, NEW),
+            &request("lifecycle/3/beta/1/deploy-0", &beta, &f.deploy, NEW),
             &[],
         )
         .await
@@ -210,14 +210,14 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
         Trigger::composite("service-health"),
     ];
     cfn.deploy_stack(
-        &request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD),
+        &request("repeat/1/beta/1/deploy-0", &beta, &f.deploy, OLD),
         &[],
     )
     .await
     .unwrap();
 
     moto.recorder_start().await.unwrap();
-    let req = request("backend/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
+    let req = request("repeat/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
     let first = cfn.deploy_stack(&req, &alarms).await.unwrap();
     let repeat = cfn.deploy_stack(&req, &alarms).await.unwrap(); // as after a crash
     moto.recorder_stop().await.unwrap();
@@ -253,7 +253,7 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
         .into_owned()
         .collect();
     assert_eq!(form["ChangeSetType"], "UPDATE");
-    assert_eq!(form["ChangeSetName"], "tollgate-backend-2-beta-1-deploy-0");
+    assert_eq!(form["ChangeSetName"], "tollgate-repeat-2-beta-1-deploy-0");
     assert_eq!(
         form["RollbackConfiguration.RollbackTriggers.member.1.Arn"],
         "arn:aws:cloudwatch:us-east-1:222222222222:alarm:api-5xx"
@@ -279,7 +279,7 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
     assert!(
         execute
             .body_text()
-            .contains("ClientRequestToken=tollgate-backend-2-beta-1-deploy-0")
+            .contains("ClientRequestToken=tollgate-repeat-2-beta-1-deploy-0")
     );
 }
 
@@ -359,7 +359,7 @@ async fn parameters_set_outside_tollgate_survive_a_deploy_and_a_rollback() {
     std::fs::write(template, template_with(&["Extra", "Gone"])).unwrap();
     let beta = account("beta", BETA, external_id(f._dir.path()));
     let cfn = deployer(moto.sdk_config(), Limiter::default());
-    let first = request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD);
+    let first = request("kept/1/beta/1/deploy-0", &beta, &f.deploy, OLD);
     let created = cfn.deploy_stack(&first, &[]).await.unwrap();
     let config = moto.sdk_config_for_account(BETA).await.unwrap();
     let by_hand = |k: &str, v: &str| {
@@ -382,7 +382,7 @@ async fn parameters_set_outside_tollgate_survive_a_deploy_and_a_rollback() {
     std::fs::write(template, template_with(&["Extra", "Fresh"])).unwrap();
 
     moto.recorder_start().await.unwrap();
-    let second = request("backend/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
+    let second = request("kept/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
     let updated = cfn.deploy_stack(&second, &[]).await.unwrap();
     assert!(updated.summary.contains("UPDATE_COMPLETE"), "{updated:?}");
     let now = stack_parameters(&config, "cfn-kept").await;
@@ -390,7 +390,7 @@ async fn parameters_set_outside_tollgate_survive_a_deploy_and_a_rollback() {
     assert_eq!(now["Extra"], "by-hand", "{now:?}");
     assert_eq!(now["Fresh"], "Fresh-default", "{now:?}");
 
-    let mut back = request("backend/2/beta/1/rollback-0", &beta, &f.deploy, OLD);
+    let mut back = request("kept/2/beta/1/rollback-0", &beta, &f.deploy, OLD);
     back.restore = created.applied.clone();
     let rolled = cfn.rollback_stack(&back).await.unwrap();
     moto.recorder_stop().await.unwrap();
@@ -449,7 +449,12 @@ async fn a_rollback_restores_a_parameter_the_configuration_set_since_the_known_g
     std::fs::write(template, template_with(&["Flag"])).unwrap();
     let beta = account("beta", BETA, external_id(f._dir.path()));
     let cfn = deployer(moto.sdk_config(), Limiter::default());
-    let good = request("backend/1/beta/1/deploy-0", &beta, &f.deploy, OLD);
+    // Keys (and so change set names) of their own: moto 5.2.5 finds a change set by its name
+    // among every stack of the account and region (`describe_change_set`,
+    // `execute_change_set` in `moto/cloudformation/models.py`), where CloudFormation looks in
+    // the named stack only, so the lifecycle test's change sets of the same name, made at the
+    // same time in the same account, would be executed instead.
+    let good = request("reset/1/beta/1/deploy-0", &beta, &f.deploy, OLD);
     let known_good = cfn.deploy_stack(&good, &[]).await.unwrap();
     let config = moto.sdk_config_for_account(BETA).await.unwrap();
     assert_eq!(
@@ -458,14 +463,14 @@ async fn a_rollback_restores_a_parameter_the_configuration_set_since_the_known_g
     );
 
     // The configuration sets Flag with release 2.
-    let mut bad = request("backend/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
+    let mut bad = request("reset/2/beta/1/deploy-0", &beta, &f.deploy, NEW);
     if let Deploy::CloudFormation { parameters, .. } = &mut bad.deploy {
         parameters.insert("Flag".into(), "on".into());
     }
     cfn.deploy_stack(&bad, &[]).await.unwrap();
     assert_eq!(stack_parameters(&config, "cfn-reset").await["Flag"], "on");
 
-    let mut back = request("backend/2/beta/1/rollback-0", &beta, &bad.deploy, OLD);
+    let mut back = request("reset/2/beta/1/rollback-0", &beta, &bad.deploy, OLD);
     back.restore = known_good.applied.clone();
     cfn.rollback_stack(&back).await.unwrap();
     let now = stack_parameters(&config, "cfn-reset").await;
@@ -1192,7 +1197,7 @@ async fn a_deploy_while_a_trigger_alarm_fires_is_rolled_back_and_fails() {
 async fn a_composite_alarm_is_a_trigger_of_its_own_type() {
     let t = triggered(OLD, &[]).await;
     t.cloudwatch
-        .set_alarm_watching("queue-depth", "OK", Watches::Alarms);
+        .set_alarm_watching("queue-depth", "OK", Watches::Alarms(vec!["api-5xx".into()]));
     let f = fixture("stub");
     let own = own_account();
     // The entry gate's read, through the same reader the deployer asks.

@@ -227,7 +227,8 @@ async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
         &[(m0 + 61.0, 0.2), (m0 + 62.0, 0.9), (m0 + 250.0, 0.3)],
     );
     stub.set_alarm("queue-depth", "INSUFFICIENT_DATA");
-    stub.set_alarm_watching("service-health", "OK", Watches::Alarms);
+    let children = names(&["api-latency", "queue-depth"]);
+    stub.set_alarm_watching("service-health", "OK", Watches::Alarms(children));
     // In ALARM once 3 of its last 5 one-minute data points breach: (3 + 1) × 60 s + 60 s.
     stub.set_evaluation("queue-depth", 5, Some(3));
     // 10 of 10 one-minute data points (DatapointsToAlarm unset): (10 + 1) × 60 s + 60 s.
@@ -254,9 +255,10 @@ async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
                 reports_within_secs: Some(300),
                 ..reading("queue-depth", AlarmState::InsufficientData, Some(0))
             },
-            // A composite alarm changes state as the alarms it watches do.
+            // A composite alarm changes state as soon as one of the alarms under it does: it
+            // reports within the longest of theirs.
             AlarmReading {
-                reports_within_secs: None,
+                reports_within_secs: Some(720),
                 ..reading("service-health", AlarmState::Ok, None)
             },
         ]
@@ -265,11 +267,114 @@ async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
     let ops: Vec<&str> = calls.iter().map(|c| c.operation.as_str()).collect();
     assert_eq!(
         ops,
-        ["DescribeAlarms", "GetMetricData"],
-        "one query per metric alarm, one call"
+        [
+            "DescribeAlarms",
+            "DescribeAlarms",
+            "DescribeAlarms",
+            "GetMetricData"
+        ],
+        "the alarms; the composite's children, then those by name; one query per metric alarm"
     );
-    assert_eq!(calls[1].query_ids.len(), 3, "{:?}", calls[1]);
-    assert_eq!(calls[1].start_ms, Some((since * 1000.0) as i64));
+    assert_eq!(calls[1].children_of.as_deref(), Some("service-health"));
+    assert_eq!(calls[2].alarm_names, names(&["api-latency", "queue-depth"]));
+    assert_eq!(calls[3].query_ids.len(), 3, "{:?}", calls[3]);
+    assert_eq!(calls[3].start_ms, Some((since * 1000.0) as i64));
+}
+
+/// A composite alarm under a composite alarm: the delay is the longest of every metric alarm
+/// under the one listed, read once and then kept; the entry check reads no children.
+#[tokio::test]
+async fn a_composite_alarm_reports_within_the_longest_of_the_metric_alarms_under_it() {
+    let (stub, alarms) = setup().await;
+    stub.set_alarm("api-5xx", "OK");
+    stub.set_alarm("db-errors", "OK");
+    // 10 of 10 one-minute data points: (10 + 1) × 60 s + 60 s.
+    stub.set_evaluation("db-errors", 10, None);
+    stub.set_alarm_watching("deps", "OK", Watches::Alarms(names(&["db-errors"])));
+    let under = names(&["api-5xx", "deps"]);
+    stub.set_alarm_watching("service-health", "OK", Watches::Alarms(under));
+    let asked = names(&["service-health"]);
+    let account = controller_account();
+
+    assert!(
+        alarms
+            .in_alarm(&account, REGION, &asked)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(stub.calls().len(), 1, "the entry check reads no children");
+
+    let read = alarms.read(&account, REGION, &asked, None).await.unwrap();
+    assert_eq!(
+        read,
+        vec![AlarmReading {
+            reports_within_secs: Some(720),
+            ..reading("service-health", AlarmState::Ok, None)
+        }]
+    );
+    let calls = stub.calls();
+    let asked_of = |c: &tollgate_testkit::aws_stubs::cloudwatch::Call| {
+        (c.children_of.clone(), c.alarm_names.clone())
+    };
+    let seen: Vec<_> = calls[1..].iter().map(asked_of).collect();
+    assert_eq!(
+        seen,
+        [
+            (None, names(&["service-health"])),
+            (Some("service-health".to_string()), vec![]),
+            (None, names(&["api-5xx", "deps"])),
+            (Some("deps".to_string()), vec![]),
+            (None, names(&["db-errors"])),
+        ]
+    );
+
+    // Read again: the composite's delay is kept, only its state is read.
+    alarms.read(&account, REGION, &asked, None).await.unwrap();
+    assert_eq!(stub.calls().len(), calls.len() + 1);
+}
+
+/// The stub follows API_DescribeAlarms: `ChildrenOfAlarmName` goes with no other parameter
+/// but `MaxRecords` and `NextToken`, and returns the children, not the composite.
+#[tokio::test]
+async fn the_stub_refuses_children_of_an_alarm_with_other_parameters() {
+    let (stub, _) = setup().await;
+    stub.set_alarm("api-5xx", "OK");
+    stub.set_alarm_watching("health", "OK", Watches::Alarms(names(&["api-5xx"])));
+    let config = MotoServer::shared()
+        .sdk_config()
+        .to_builder()
+        .endpoint_url(stub.endpoint())
+        .build();
+    let client = aws_sdk_cloudwatch::Client::new(&config);
+    let out = client
+        .describe_alarms()
+        .children_of_alarm_name("health")
+        .max_records(100)
+        .send()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = out
+        .metric_alarms()
+        .iter()
+        .filter_map(|a| a.alarm_name())
+        .collect();
+    assert_eq!(listed, ["api-5xx"]);
+    assert!(out.composite_alarms().is_empty());
+    assert_eq!(out.metric_alarms()[0].period(), None, "name and state only");
+
+    let refused = client
+        .describe_alarms()
+        .children_of_alarm_name("health")
+        .alarm_names("api-5xx")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_sdk_cloudwatch::error::ProvideErrorMetadata::code(&refused),
+        Some("ValidationError"),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

@@ -173,6 +173,19 @@ async fn the_bootstrap_templates_create_in_a_stage_account() {
         ["ApprovalTopicPolicy", "DeployRole"]
     );
 
+    // A stage with composite alarms gets DescribeAlarms on `*` (CloudWatch describes
+    // composite alarms only under that scope), in a policy of its own.
+    params.pop();
+    params.pop();
+    params.push(("CompositeAlarms", "true"));
+    params.push(("RoleName", "tollgate-deploy-composite"));
+    let stack = "tollgate-bootstrap-deploy-composite";
+    create_stack(&cfn, stack, "deploy-role.yaml", &params).await;
+    assert_eq!(
+        resources(&cfn, stack).await,
+        ["CompositeAlarmsPolicy", "DeployRole"]
+    );
+
     // With the controller's URL, the stack-events topic and its HTTPS subscription too.
     params.pop();
     params.pop();
