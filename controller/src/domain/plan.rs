@@ -41,10 +41,23 @@ pub const BAKE_POLL: Duration = Duration::from_secs(10);
 /// A verdict on a bake for lack of data waits this long past its deadline for a read taken
 /// after it, then is given on the latest read there is.
 pub const BAKE_VERDICT_GRACE: Duration = Duration::from_secs(60);
-/// A failed approval request is sent again after this long, doubling each time up to
-/// `APPROVAL_RESEND_MAX`, for as long as the request has not expired.
+/// A failed approval request is sent again after this long, doubling with each failure in a
+/// row up to `APPROVAL_RESEND_MAX`, for as long as the request has not expired.
 pub const APPROVAL_RESEND: Duration = Duration::from_secs(5 * 60);
 pub const APPROVAL_RESEND_MAX: Duration = Duration::from_secs(60 * 60);
+/// A request some approvers cannot receive yet (their subscription awaits confirmation) is
+/// sent again every `APPROVAL_RESEND` for this long after the run began waiting, then every
+/// `APPROVAL_UNCONFIRMED_LATER`: waiting for people, not backing off from a failing service.
+pub const APPROVAL_UNCONFIRMED_FAST: Duration = Duration::from_secs(60 * 60);
+pub const APPROVAL_UNCONFIRMED_LATER: Duration = Duration::from_secs(15 * 60);
+
+/// The round of an approval-request effect.
+fn request_round(kind: &EffectKind) -> Option<u32> {
+    match kind {
+        EffectKind::RequestApproval { round } => Some(*round),
+        _ => None,
+    }
+}
 
 fn grace() -> chrono::Duration {
     chrono::Duration::from_std(BAKE_VERDICT_GRACE).unwrap_or_default()
@@ -173,11 +186,23 @@ impl<'a> Planner<'a> {
         self.snap.releases.get(&id)
     }
 
-    /// How long after failed send number `round` (from 0) the approval request goes again.
-    fn resend_after(round: u32) -> Duration {
+    /// How long after the `failures`-th failed send in a row (from 1) the approval request
+    /// goes again.
+    fn resend_after(failures: u32) -> Duration {
         APPROVAL_RESEND
-            .saturating_mul(1 << round.min(16))
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
             .min(APPROVAL_RESEND_MAX)
+    }
+
+    /// How long after a send that some approvers could not receive yet, which ended at
+    /// `ended`, the request goes again: see [`APPROVAL_UNCONFIRMED_FAST`].
+    fn unconfirmed_resend(run: &StageRun, ended: DateTime<Utc>) -> Duration {
+        let fast = chrono::Duration::from_std(APPROVAL_UNCONFIRMED_FAST).unwrap_or_default();
+        if ended < run.since + fast {
+            APPROVAL_RESEND
+        } else {
+            APPROVAL_UNCONFIRMED_LATER
+        }
     }
 
     // ----- releases -------------------------------------------------------------------
@@ -559,7 +584,10 @@ impl<'a> Planner<'a> {
         if stage.alarms.is_empty() {
             return true;
         }
-        let round = self.latest_round(run, |r| EffectKind::CheckAlarms { round: r });
+        let round = self.latest_round(run, |k| match k {
+            EffectKind::CheckAlarms { round } => Some(*round),
+            _ => None,
+        });
         let Some(rec) = self
             .ensure(self.effect(run, EffectKind::CheckAlarms { round }))
             .cloned()
@@ -615,17 +643,23 @@ impl<'a> Planner<'a> {
         false
     }
 
-    /// The newest round of a repeated effect that has a record (0 when none has).
-    fn latest_round(&self, run: &StageRun, kind: impl Fn(u32) -> EffectKind) -> u32 {
-        let mut round = 0;
-        while self
-            .snap
-            .effect(&self.effect(run, kind(round + 1)).key)
-            .is_some()
-        {
-            round += 1;
-        }
-        round
+    /// The records of the effects of a run's current attempt.
+    fn run_effects(&self, run: &StageRun) -> impl Iterator<Item = &'a EffectRecord> {
+        let (release, stage, attempt) = (run.release, run.stage.clone(), run.attempt);
+        self.snap
+            .effects
+            .iter()
+            .filter(move |e| e.release == release && e.stage == stage && e.attempt == attempt)
+    }
+
+    /// The newest round of a repeated effect that has a record (0 when none has); `round_of`
+    /// gives the round of a record of that kind. One pass over the records, whatever the
+    /// number of rounds (a long bake polls hundreds of times).
+    fn latest_round(&self, run: &StageRun, round_of: impl Fn(&EffectKind) -> Option<u32>) -> u32 {
+        self.run_effects(run)
+            .filter_map(|e| round_of(&e.kind))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Runs a phase's tests in parallel. `Some(true)` all passed, `Some(false)` one failed
@@ -721,7 +755,7 @@ impl<'a> Planner<'a> {
             self.try_deploy(j, stage, run);
             return;
         };
-        let round = self.latest_round(run, |round| EffectKind::RequestApproval { round });
+        let round = self.latest_round(run, request_round);
         let request = self
             .ensure(self.effect(run, EffectKind::RequestApproval { round }))
             .cloned();
@@ -746,15 +780,16 @@ impl<'a> Planner<'a> {
         let request = match request {
             Some(r) if r.status == EffectStatus::Failed => {
                 // Waiting for approvers to confirm their subscriptions is waiting for people,
-                // not backing off from a failing service: the check (a listing of the topic's
-                // subscriptions) stays every `APPROVAL_RESEND`, so a late confirmer gets their
-                // link within minutes, not an hour.
+                // not backing off from a failing service; the back-off after failures counts
+                // only the failures in a row, not the rounds that waited for confirmation.
+                let ended = r.finished_at.unwrap_or(self.now);
                 let again = match &r.output {
-                    EffectOutput::ApprovalUnconfirmed { .. } => APPROVAL_RESEND,
-                    _ => Self::resend_after(round),
+                    EffectOutput::ApprovalUnconfirmed { .. } => {
+                        Self::unconfirmed_resend(run, ended)
+                    }
+                    _ => Self::resend_after(self.failures_in_a_row(run)),
                 };
-                let at = r.finished_at.unwrap_or(self.now)
-                    + chrono::Duration::from_std(again).unwrap_or_default();
+                let at = ended + chrono::Duration::from_std(again).unwrap_or_default();
                 if at <= self.now {
                     self.ensure(self.effect(run, EffectKind::RequestApproval { round: round + 1 }));
                     RequestState::Resending
@@ -801,6 +836,21 @@ impl<'a> Planner<'a> {
             request,
         };
         self.note(run, reason);
+    }
+
+    /// How many of the run's newest approval-request rounds failed, in a row, other than for
+    /// approvers awaiting confirmation.
+    fn failures_in_a_row(&self, run: &StageRun) -> u32 {
+        let mut rounds: Vec<(u32, &EffectRecord)> = self
+            .run_effects(run)
+            .filter_map(|e| Some((request_round(&e.kind)?, e)))
+            .collect();
+        rounds.sort_by_key(|(round, _)| std::cmp::Reverse(*round));
+        let failed = |e: &EffectRecord| {
+            e.status == EffectStatus::Failed
+                && !matches!(e.output, EffectOutput::ApprovalUnconfirmed { .. })
+        };
+        rounds.iter().take_while(|(_, e)| failed(e)).count() as u32
     }
 
     /// A withheld approval request is announced on the notification topic, once per attempt.
@@ -1090,7 +1140,10 @@ impl<'a> Planner<'a> {
         if stage.alarms.is_empty() {
             return Ok(reads);
         }
-        reads.latest = self.latest_round(run, |r| EffectKind::PollAlarms { round: r });
+        reads.latest = self.latest_round(run, |k| match k {
+            EffectKind::PollAlarms { round } => Some(*round),
+            _ => None,
+        });
         for round in 0..=reads.latest {
             let key = self.effect(run, EffectKind::PollAlarms { round }).key;
             let Some(rec) = self.snap.effect(&key) else {

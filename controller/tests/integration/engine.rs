@@ -377,24 +377,32 @@ async fn a_request_no_approver_can_receive_says_so_and_reaches_them_once_they_co
     );
 
     // Waiting for a person does not back off like a failing service: the request goes again
-    // every 5 minutes however long bob takes (the real sender gives alice no second link).
+    // every 5 minutes for the first hour, then every 15, however long bob takes (the real
+    // sender gives alice no second link).
     let key = h.fakes.with(|w| w.approval_requests[0].key.clone());
     let sent = || h.fakes.with(|w| w.ledger.calls[&key]);
     let before = sent();
-    for round in 1..=6 {
+    for round in 1..=11 {
         h.clock.advance(Duration::minutes(5));
         settle(&engine).await.unwrap();
         let said = why(run(&engine, id, "prod").await);
-        assert!(said.contains("; trying again in 5m)"), "{said}");
+        let next = if round < 11 { "5m" } else { "15m" };
+        assert!(
+            said.contains(&format!("; trying again in {next})")),
+            "{said}"
+        );
         assert_eq!(sent(), before + round);
     }
+    h.clock.advance(Duration::minutes(15));
+    settle(&engine).await.unwrap();
+    assert_eq!(sent(), before + 12);
 
     h.fakes.with(|w| w.unconfirmed_approvers.clear());
-    h.clock.advance(Duration::minutes(5));
+    h.clock.advance(Duration::minutes(15));
     settle(&engine).await.unwrap();
     let prod = run(&engine, id, "prod").await;
     assert_eq!(prod.status, RunStatus::AwaitingApproval);
-    assert_eq!(why(prod), "awaiting approval: 0 of 1, expires in 23h20m");
+    assert_eq!(why(prod), "awaiting approval: 0 of 1, expires in 22h30m");
 }
 
 #[tokio::test]

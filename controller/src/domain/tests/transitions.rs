@@ -411,7 +411,10 @@ fn awaiting_approval_to_deploying_with_enough_distinct_approvers() {
         sim.reason(r, "prod").describe(sim.now),
         "awaiting approval: 1 of 2, expires in 4h"
     );
-    sim.approve(r, "prod", "ana");
+    // The same person's decision twice (the store keeps one per attempt; were the record
+    // there twice, it still counts once).
+    let again = sim.snap.approvals.last().unwrap().clone();
+    sim.snap.approvals.push(again);
     assert_eq!(
         transition_of(&sim.plan(), r, "prod"),
         None,
@@ -1938,6 +1941,70 @@ fn approvals_of_an_earlier_attempt_do_not_count_after_a_retry() {
     sim.approve(r, "prod", "ana");
     sim.settle();
     assert_eq!(sim.status(r, "prod"), S::Deploying);
+}
+
+/// When the request goes again after a round, by what that round met.
+fn next_send(sim: &Sim, r: ReleaseId) -> chrono::Duration {
+    match sim.reason(r, "prod") {
+        Reason::AwaitingApproval {
+            request:
+                RequestState::Unconfirmed { retry_at, .. } | RequestState::Failed { retry_at, .. },
+            ..
+        } => retry_at - sim.now,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Ends the newest approval-request round with `output` (failed), then lets the next round
+/// start when it is due.
+fn request_round_fails(sim: &mut Sim, r: ReleaseId, output: EffectOutput) -> chrono::Duration {
+    let pending = sim
+        .snap
+        .effects
+        .iter()
+        .find(|e| {
+            matches!(e.kind, EffectKind::RequestApproval { .. })
+                && e.status == EffectStatus::Pending
+        })
+        .map(|e| e.key.clone())
+        .expect("a request round running");
+    sim.finish(&pending, EffectStatus::Failed, "not sent", output);
+    sim.settle();
+    let wait = next_send(sim, r);
+    sim.advance(wait.to_std().unwrap());
+    sim.settle();
+    wait
+}
+
+/// Approvers who have not confirmed their subscription are waited for every 5 minutes for
+/// the first hour, then every 15 (not on the failure back-off that grows to an hour); a real
+/// failure after such rounds backs off from 5 minutes, counting only failures in a row.
+#[test]
+fn a_request_waits_for_unconfirmed_approvers_on_a_schedule_of_its_own() {
+    let (mut sim, r) = awaiting_prod(1);
+    let unconfirmed = || EffectOutput::ApprovalUnconfirmed {
+        awaiting: vec!["bo".into()],
+        sent: vec!["ana".into()],
+    };
+    let minutes = |m| chrono::Duration::minutes(m);
+    let mut waits = Vec::new();
+    for _ in 0..14 {
+        waits.push(request_round_fails(&mut sim, r, unconfirmed()));
+    }
+    let mut expected = vec![minutes(5); 12];
+    expected.extend([minutes(15), minutes(15)]);
+    assert_eq!(waits, expected);
+
+    // SNS fails twice, then bo is still unconfirmed, then SNS fails again.
+    let failed = request_round_fails(&mut sim, r, EffectOutput::None);
+    let failed_again = request_round_fails(&mut sim, r, EffectOutput::None);
+    assert_eq!((failed, failed_again), (minutes(5), minutes(10)));
+    assert_eq!(request_round_fails(&mut sim, r, unconfirmed()), minutes(15));
+    assert_eq!(
+        request_round_fails(&mut sim, r, EffectOutput::None),
+        minutes(5)
+    );
+    assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
 }
 
 #[test]
