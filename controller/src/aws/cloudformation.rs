@@ -601,8 +601,13 @@ impl CloudFormationDeployer {
             .await?;
         settled.ok_or_else(|| {
             let last = last.into_inner().unwrap_or_else(|e| e.into_inner());
+            let last = if last.is_empty() {
+                String::new()
+            } else {
+                format!(" ({last})")
+            };
             PortError::Failed(format!(
-                "stack {} was still busy after {:?} ({last})",
+                "stack {} was still busy after {:?}{last}",
                 st.name, self.poll.timeout
             ))
         })

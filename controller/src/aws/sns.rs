@@ -448,8 +448,10 @@ fn exposure(
 
 /// A subscription's endpoint as reasons, notifications and the store show it. The URL of an
 /// `http`/`https` subscription can carry credentials (basic authentication in its user info,
-/// a token in its path or query, as chat webhooks do; SNS returns it whole): only its scheme,
-/// host and port are kept, and `/…` says that more was left out. Other endpoints (an email
+/// a token in its path or query, as chat webhooks do; or in its host name, as a Lambda
+/// function URL's random id; SNS returns it whole): only its scheme, the last two labels of
+/// its host name (an IP address whole) and its port are kept, and `…` marks what was left out.
+/// The subscription's ARN, shown beside it, names it exactly. Other endpoints (an email
 /// address, a phone number, an ARN) are shown whole: they are what the operator looks for.
 fn shown_endpoint(protocol: &str, endpoint: &str) -> String {
     if !matches!(protocol.to_ascii_lowercase().as_str(), "http" | "https") {
@@ -459,7 +461,17 @@ fn shown_endpoint(protocol: &str, endpoint: &str) -> String {
         return format!("({protocol} endpoint, not shown: not a URL)");
     };
     let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-    let host = url.host_str().unwrap_or_default();
+    let host = match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let labels: Vec<&str> = name.split('.').collect();
+            match labels.len() {
+                0..=2 => name.to_string(),
+                n => format!("….{}", labels[n - 2..].join(".")),
+            }
+        }
+        Some(ip) => ip.to_string(),
+        None => String::new(),
+    };
     let whole = url.username().is_empty()
         && url.password().is_none()
         && matches!(url.path(), "" | "/")
@@ -705,15 +717,24 @@ mod tests {
                 "https",
                 "https://ops:hunter2@hooks.example.com/services/T0/B0/s3cr3t?token=t0k3n#x"
             ),
-            "https://hooks.example.com/…"
+            "https://….example.com/…"
         );
+        // A Lambda function URL's id is its only secret when it takes no authentication.
+        assert_eq!(
+            shown(
+                "https",
+                "https://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-1.on.aws/"
+            ),
+            "https://….on.aws"
+        );
+        assert_eq!(shown("http", "http://[::1]:9000/x"), "http://[::1]:9000/…");
         assert_eq!(
             shown("http", "http://127.0.0.1:8080/inbox?key=k"),
             "http://127.0.0.1:8080/…"
         );
         assert_eq!(
-            shown("https", "https://approvals.example.com/"),
-            "https://approvals.example.com"
+            shown("https", "https://example.com/"),
+            "https://example.com"
         );
         assert_eq!(
             shown("https", "not a url with s3cr3t"),

@@ -160,6 +160,8 @@ pub mod cloudwatch {
         /// Raw samples per metric: (epoch seconds, value).
         samples: BTreeMap<MetricKey, Vec<(f64, f64)>>,
         throttles: u32,
+        /// The next this many `ChildrenOfAlarmName` calls throttle.
+        children_throttles: u32,
         calls: Vec<Call>,
     }
 
@@ -273,6 +275,12 @@ pub mod cloudwatch {
             self.lock().throttles = times;
         }
 
+        /// The next `times` `DescribeAlarms` calls with `ChildrenOfAlarmName` fail with a
+        /// throttling error (the others are answered).
+        pub fn throttle_children(&self, times: u32) {
+            self.lock().children_throttles = times;
+        }
+
         /// Every call so far, oldest first.
         pub fn calls(&self) -> Vec<Call> {
             self.lock().calls.clone()
@@ -343,6 +351,10 @@ pub mod cloudwatch {
             };
         }
         if let Some(parent) = &call.children_of {
+            if script.children_throttles > 0 {
+                script.children_throttles -= 1;
+                return Reply::Throttled;
+            }
             return children(&script, parent, body);
         }
         let wanted = |name: &String| call.alarm_names.is_empty() || call.alarm_names.contains(name);

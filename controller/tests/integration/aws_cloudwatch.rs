@@ -334,6 +334,33 @@ async fn a_composite_alarm_reports_within_the_longest_of_the_metric_alarms_under
     assert_eq!(stub.calls().len(), calls.len() + 1);
 }
 
+/// When what is under a composite alarm cannot be read (throttled past every retry), the bake
+/// read still returns the states it read: a composite alarm in ALARM is seen, only its part
+/// of the hold is missing.
+#[tokio::test]
+async fn a_composite_in_alarm_is_read_even_when_its_children_cannot_be() {
+    let (stub, alarms) = setup().await;
+    stub.set_alarm("api-5xx", "ALARM");
+    stub.set_alarm_watching(
+        "service-health",
+        "ALARM",
+        Watches::Alarms(names(&["api-5xx"])),
+    );
+    stub.throttle_children(100);
+    let asked = names(&["service-health"]);
+    let read = alarms
+        .read(&controller_account(), REGION, &asked, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        vec![AlarmReading {
+            reports_within_secs: None,
+            ..reading("service-health", AlarmState::Alarm, None)
+        }]
+    );
+}
+
 /// The stub follows API_DescribeAlarms: `ChildrenOfAlarmName` goes with no other parameter
 /// but `MaxRecords` and `NextToken`, and returns the children, not the composite.
 #[tokio::test]
