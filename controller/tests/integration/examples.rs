@@ -469,8 +469,18 @@ pub(crate) struct Emulated {
 }
 
 impl Emulated {
+    /// The example on a moto of its own. Not the shared server: the examples deploy Lambda
+    /// functions, and once moto holds one its `/moto-api/data.json` answers 500 (it reads
+    /// every attribute of every model, and a Lambda function's Docker client fails without a
+    /// Docker socket: `moto_api/_internal/responses.py`, `awslambda/models.py`), which the
+    /// tests that read that state on the shared server would meet. Leaked: the server stops
+    /// when the test process ends (its wrapper reads end of file on stdin).
     async fn start(name: &'static str) -> Emulated {
-        Emulated::start_on(MotoServer::shared(), name).await
+        let moto = tokio::task::spawn_blocking(MotoServer::start)
+            .await
+            .unwrap()
+            .expect("moto_server starts");
+        Emulated::start_on(Box::leak(Box::new(moto)), name).await
     }
 
     /// The example on `moto` (a server of its own, for a test that reads its recording).
