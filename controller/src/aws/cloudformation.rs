@@ -9,9 +9,12 @@
 //! were kept, today's configuration with its image), after cancelling an update in flight or
 //! finishing a failed rollback, and with no rollback triggers.
 //!
-//! Must never deploy twice under one key: the change set name, its `ClientToken` and the
-//! execute `ClientRequestToken` all come from the key, and an executed change set is not
-//! executed again.
+//! Must never deploy twice under one key: the change set name and the execute
+//! `ClientRequestToken` come from the key (a repeated `CreateChangeSet` finds the change set
+//! by its name: `AlreadyExistsException`), and an executed change set is not executed again.
+//! `CreateChangeSet` sends no `ClientToken`: a change set that went obsolete is deleted and made
+//! again under the same name with other parameters, and what CloudFormation answers to a
+//! token reused for another request after a delete is not documented.
 //!
 //! A failure's reason (the first resource that failed) and, after a wait that saw the end on a
 //! long step, the update's duration come from the stack's events: `DescribeStackEvents` pages
@@ -176,7 +179,7 @@ struct StackRef {
     client: Client,
     account: String,
     name: String,
-    /// Change set name, `ClientToken` and `ClientRequestToken`, all from the idempotency key.
+    /// Change set name and `ClientRequestToken`, both from the idempotency key.
     token: String,
     key: StackKey,
     /// How long this stack's recent change sets and updates took.
@@ -440,7 +443,8 @@ impl CloudFormationDeployer {
         }
     }
 
-    /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused.
+    /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused. No
+    /// `ClientToken` (see the module's guarantees): the name is what makes a repeat find it.
     async fn create_change_set(
         &self,
         st: &StackRef,
@@ -454,7 +458,6 @@ impl CloudFormationDeployer {
                     .create_change_set()
                     .stack_name(&st.name)
                     .change_set_name(&st.token)
-                    .client_token(&st.token)
                     .change_set_type(request.kind.clone())
                     .template_body(&spec.template)
                     .set_parameters(Some(request.parameters.clone()))

@@ -1793,6 +1793,10 @@ pub mod cloudformation {
         /// Someone else's update, applied just before the next `ExecuteChangeSet` is handled:
         /// the stack's parameters become these and unexecuted change sets become `OBSOLETE`.
         pub foreign_update: Option<Vec<(String, String)>>,
+        /// The action the foreign update lands just before (`None`: `ExecuteChangeSet`);
+        /// `DescribeChangeSet`: while our change set is being made, so that it is seen
+        /// `OBSOLETE`.
+        pub foreign_update_before: Option<String>,
         /// Actions that take effect once but answer HTTP 500 `InternalFailure` (a lost reply).
         pub lost_replies: Vec<String>,
         /// How long a change set takes to become ready (`None`: at once).
@@ -1845,6 +1849,7 @@ pub mod cloudformation {
         triggers: Vec<String>,
         alarms: Option<AlarmStates>,
         foreign_update: Option<Vec<(String, String)>>,
+        foreign_update_before: String,
         lost_replies: Vec<String>,
         /// How many `ExecuteChangeSet` requests took effect.
         executed: usize,
@@ -1918,6 +1923,9 @@ pub mod cloudformation {
                 triggers: script.triggers,
                 alarms: script.alarms,
                 foreign_update: script.foreign_update,
+                foreign_update_before: script
+                    .foreign_update_before
+                    .unwrap_or_else(|| "ExecuteChangeSet".into()),
                 lost_replies: script.lost_replies,
                 change_set_takes: script.change_set_takes,
                 update_takes: script.update_takes,
@@ -2027,7 +2035,7 @@ pub mod cloudformation {
         if throttled {
             return error("Throttling", "Rate exceeded");
         }
-        if action == "ExecuteChangeSet" {
+        if action == world.foreign_update_before {
             if let Some(parameters) = world.foreign_update.take() {
                 foreign_update(&mut world, parameters);
             }

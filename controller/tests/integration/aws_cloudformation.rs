@@ -254,6 +254,9 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
         .collect();
     assert_eq!(form["ChangeSetType"], "UPDATE");
     assert_eq!(form["ChangeSetName"], "tollgate-repeat-2-beta-1-deploy-0");
+    // The name makes a repeat find the change set; no ClientToken, which a change set made
+    // again after going obsolete would reuse for another request.
+    assert!(!form.contains_key("ClientToken"), "{form:?}");
     assert_eq!(
         form["RollbackConfiguration.RollbackTriggers.member.1.Arn"],
         "arn:aws:cloudwatch:us-east-1:222222222222:alarm:api-5xx"
@@ -1287,6 +1290,55 @@ async fn only_parameters_on_the_stack_and_in_the_new_template_keep_their_value()
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     assert_eq!(stub.parameters(), BTreeMap::from(expected));
+}
+
+/// Someone else's update lands while our change set is being made: the change set is seen
+/// `OBSOLETE`, deleted, and made again under the same name against the stack as it now is,
+/// with no `ClientToken` (a token reused for another request after a delete is not
+/// documented); the new one runs our image, once, with the configured parameters.
+#[tokio::test]
+async fn a_change_set_gone_obsolete_while_made_is_made_again_and_runs_once() {
+    let theirs = vec![
+        ("Env".to_string(), "beta-theirs".to_string()),
+        ("ImageUri".to_string(), OLD.to_string()),
+    ];
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            foreign_update: Some(theirs),
+            foreign_update_before: Some("DescribeChangeSet".into()),
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    let req = request("k/obsolete", &own_account(), &f.deploy, NEW);
+
+    let done = cfn.deploy_stack(&req, &[]).await.unwrap();
+    assert!(done.summary.contains("deployed"), "{done:?}");
+    assert_eq!(stub.count("CreateChangeSet"), 2, "{:?}", stub.accepted());
+    assert_eq!(stub.count("DeleteChangeSet"), 1);
+    assert_eq!(stub.count("ExecuteChangeSet"), 1);
+    assert_eq!(stub.executed(), 1);
+    assert_eq!(stub.parameters()["ImageUri"], NEW);
+    assert_eq!(
+        stub.parameters()["Env"],
+        "beta",
+        "the configuration's, over theirs"
+    );
+    let creates: Vec<_> = stub
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "CreateChangeSet")
+        .collect();
+    assert_eq!(
+        creates[0].form["ChangeSetName"],
+        creates[1].form["ChangeSetName"]
+    );
+    assert!(
+        creates.iter().all(|c| !c.form.contains_key("ClientToken")),
+        "{creates:?}"
+    );
 }
 
 /// Someone else's update lands between our change set and its execution: CloudFormation
