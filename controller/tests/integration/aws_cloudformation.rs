@@ -1341,6 +1341,29 @@ async fn a_change_set_gone_obsolete_while_made_is_made_again_and_runs_once() {
     );
 }
 
+/// `CreateChangeSet` takes effect but its reply is lost: the retry, with no `ClientToken`,
+/// meets `AlreadyExistsException` for the name (API_CreateChangeSet) and goes on with the
+/// change set the first request made. One change set, run once.
+#[tokio::test]
+async fn a_change_set_whose_creation_reply_was_lost_is_found_by_its_name() {
+    let (stub, cfn) = running(
+        OLD,
+        Script {
+            lost_replies: vec!["CreateChangeSet".into()],
+            ..Script::default()
+        },
+    )
+    .await;
+    let f = fixture("stub");
+    let req = request("k/lost-create", &own_account(), &f.deploy, NEW);
+
+    cfn.deploy_stack(&req, &[]).await.unwrap();
+    assert_eq!(stub.count("CreateChangeSet"), 2, "{:?}", stub.accepted());
+    assert_eq!(stub.count("ExecuteChangeSet"), 1);
+    assert_eq!(stub.executed(), 1);
+    assert_eq!(stub.parameters()["ImageUri"], NEW);
+}
+
 /// Someone else's update lands between our change set and its execution: CloudFormation
 /// refuses the now obsolete change set with `InvalidChangeSetStatus`. The stack runs their
 /// image, so this is drift, not a deploy.
