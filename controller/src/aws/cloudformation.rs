@@ -10,9 +10,10 @@
 //! finishing a failed rollback, and with no rollback triggers.
 //!
 //! Must never deploy twice under one key: the change set name and the execute
-//! `ClientRequestToken` come from the key (a repeated `CreateChangeSet` finds the change set
-//! by its name: `AlreadyExistsException`), and an executed change set is not executed again.
-//! `CreateChangeSet` sends no `ClientToken`: a change set that went obsolete is deleted and made
+//! `ClientRequestToken` come from the key (a repeated `CreateChangeSet`, after a restart, finds
+//! the change set by its name: `AlreadyExistsException`), and an executed change set is not
+//! executed again. `CreateChangeSet`'s `ClientToken` is new for each request and shared only by
+//! that request's retries (a lost reply): a change set that went obsolete is deleted and made
 //! again under the same name with other parameters, and what CloudFormation answers to a
 //! token reused for another request after a delete is not documented.
 //!
@@ -443,14 +444,16 @@ impl CloudFormationDeployer {
         }
     }
 
-    /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused. No
-    /// `ClientToken` (see the module's guarantees): the name is what makes a repeat find it.
+    /// `CreateChangeSet`; one that already exists under this name (a repeat) is reused. Its
+    /// `ClientToken` is this request's own, the same for its retries only (see the module's
+    /// guarantees): a retry after a lost reply is known as one, whatever the change set's type.
     async fn create_change_set(
         &self,
         st: &StackRef,
         spec: &Spec,
         request: Request,
     ) -> PortResult<()> {
+        let client_token = format!("tollgate-{:032x}", rand::random::<u128>());
         self.limiter
             .call(&st.account, "CreateChangeSet", || {
                 let request = st
@@ -458,6 +461,7 @@ impl CloudFormationDeployer {
                     .create_change_set()
                     .stack_name(&st.name)
                     .change_set_name(&st.token)
+                    .client_token(&client_token)
                     .change_set_type(request.kind.clone())
                     .template_body(&spec.template)
                     .set_parameters(Some(request.parameters.clone()))

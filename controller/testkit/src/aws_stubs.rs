@@ -1674,11 +1674,16 @@ pub mod cloudformation {
     //! a change set that cannot be used to update the stack — already executed, or `OBSOLETE`
     //! because the stack changed after it was made — is refused with `InvalidChangeSetStatus`
     //! (HTTP 400). [`Script::foreign_update`] models someone else's update landing just before
-    //! our `ExecuteChangeSet`: the stack takes its parameters and every change set not executed
-    //! yet becomes `OBSOLETE`, as "Update your stack with change sets" in the user guide
+    //! our `ExecuteChangeSet` (or the action [`Script::foreign_update_before`] names): the stack
+    //! takes its parameters and every change set not executed yet becomes `OBSOLETE`, as
+    //! "Update your stack with change sets" in the user guide
     //! describes (<https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/using-cfn-updating-stacks-changesets.html>).
     //! [`Script::lost_replies`] models a request that took effect but whose answer never came
     //! back (HTTP 500): the SDK's retry meets the state the first request left.
+    //! `CreateChangeSet` with the `ClientToken` of a change set it made is answered as that
+    //! request was (API_CreateChangeSet: the token lets CloudFormation know a retry is "not
+    //! attempting to create another change set with the same name"); without one, a change set
+    //! of the same name is `AlreadyExistsException`.
     //!
     //! Timed operations (moto's are instant) follow the API reference and the user guide's
     //! stack status codes: with [`Script::change_set_takes`], `DescribeChangeSet` reports
@@ -1790,12 +1795,13 @@ pub mod cloudformation {
         pub triggers: Vec<String>,
         /// Where trigger alarms are looked up; `None`: triggers are kept but never fire.
         pub alarms: Option<AlarmStates>,
-        /// Someone else's update, applied just before the next `ExecuteChangeSet` is handled:
-        /// the stack's parameters become these and unexecuted change sets become `OBSOLETE`.
+        /// Someone else's update, applied just before the next `ExecuteChangeSet` (or
+        /// [`Script::foreign_update_before`]) is handled: the stack's parameters become these
+        /// and unexecuted change sets become `OBSOLETE`.
         pub foreign_update: Option<Vec<(String, String)>>,
-        /// The action the foreign update lands just before (`None`: `ExecuteChangeSet`);
-        /// `DescribeChangeSet`: while our change set is being made, so that it is seen
-        /// `OBSOLETE`.
+        /// The action the foreign update lands just before (`None`: `ExecuteChangeSet`); on a
+        /// deploy, `DescribeChangeSet` makes it land while our change set is being made, so
+        /// that it is seen `OBSOLETE`.
         pub foreign_update_before: Option<String>,
         /// Actions that take effect once but answer HTTP 500 `InternalFailure` (a lost reply).
         pub lost_replies: Vec<String>,
@@ -1854,6 +1860,8 @@ pub mod cloudformation {
         /// How many `ExecuteChangeSet` requests took effect.
         executed: usize,
         change_sets: BTreeMap<String, ChangeSet>,
+        /// The `ClientToken` of each change set made with one: token → change set name.
+        client_tokens: BTreeMap<String, String>,
         /// The executed change set, watched until the stack reaches a final state.
         operation: Option<Operation>,
         /// The name of the change set whose operation is in flight (`EXECUTE_IN_PROGRESS`).
@@ -2381,6 +2389,14 @@ pub mod cloudformation {
     }
 
     fn create_change_set(world: &mut World, name: &str, form: &BTreeMap<String, String>) -> Answer {
+        let token = form.get("ClientToken");
+        let retried = token.and_then(|t| world.client_tokens.get(t)) == Some(&name.to_string());
+        if retried && world.change_sets.contains_key(name) {
+            return Ok(format!(
+                "<Id>{STACK_ID}/changeSet/{}</Id><StackId>{STACK_ID}</StackId>",
+                esc(name)
+            ));
+        }
         if world.change_sets.contains_key(name) {
             return Err((
                 "AlreadyExistsException",
@@ -2407,6 +2423,9 @@ pub mod cloudformation {
             notification_arns,
         };
         world.change_sets.insert(name.to_string(), change_set);
+        if let Some(token) = token {
+            world.client_tokens.insert(token.clone(), name.to_string());
+        }
         Ok(format!(
             "<Id>{STACK_ID}/changeSet/{}</Id><StackId>{STACK_ID}</StackId>",
             esc(name)

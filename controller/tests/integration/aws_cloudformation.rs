@@ -254,9 +254,10 @@ async fn a_deploy_repeated_under_its_key_executes_once() {
         .collect();
     assert_eq!(form["ChangeSetType"], "UPDATE");
     assert_eq!(form["ChangeSetName"], "tollgate-repeat-2-beta-1-deploy-0");
-    // The name makes a repeat find the change set; no ClientToken, which a change set made
-    // again after going obsolete would reuse for another request.
-    assert!(!form.contains_key("ClientToken"), "{form:?}");
+    // The name makes a repeat find the change set; the ClientToken is the request's own (a
+    // change set made again after going obsolete must not reuse it for another request).
+    assert!(form["ClientToken"].starts_with("tollgate-"), "{form:?}");
+    assert_ne!(form["ClientToken"], form["ChangeSetName"]);
     assert_eq!(
         form["RollbackConfiguration.RollbackTriggers.member.1.Arn"],
         "arn:aws:cloudwatch:us-east-1:222222222222:alarm:api-5xx"
@@ -1293,25 +1294,35 @@ async fn only_parameters_on_the_stack_and_in_the_new_template_keep_their_value()
 }
 
 /// Someone else's update lands while our change set is being made: the change set is seen
-/// `OBSOLETE`, deleted, and made again under the same name against the stack as it now is,
-/// with no `ClientToken` (a token reused for another request after a delete is not
-/// documented); the new one runs our image, once, with the configured parameters.
+/// `OBSOLETE`, deleted, and made again under the same name with a `ClientToken` of its own (a
+/// token reused for another request after a delete is not documented); the new one runs our
+/// image, once, with the configured parameters, and keeps the value their update gave a
+/// parameter the configuration does not set.
 #[tokio::test]
 async fn a_change_set_gone_obsolete_while_made_is_made_again_and_runs_once() {
+    let param = |k: &str, v: &str| (k.to_string(), v.to_string());
     let theirs = vec![
-        ("Env".to_string(), "beta-theirs".to_string()),
-        ("ImageUri".to_string(), OLD.to_string()),
+        param("Env", "beta-theirs"),
+        param("ImageUri", OLD),
+        param("Flag", "theirs"),
     ];
-    let (stub, cfn) = running(
-        OLD,
-        Script {
-            foreign_update: Some(theirs),
-            foreign_update_before: Some("DescribeChangeSet".into()),
-            ..Script::default()
-        },
-    )
+    let (stub, cfn) = stub_deployer(Script {
+        statuses: strings(&["UPDATE_COMPLETE"]),
+        parameters: vec![
+            param("Env", "beta"),
+            param("ImageUri", OLD),
+            param("Flag", "ours"),
+        ],
+        foreign_update: Some(theirs),
+        foreign_update_before: Some("DescribeChangeSet".into()),
+        ..Script::default()
+    })
     .await;
     let f = fixture("stub");
+    let Deploy::CloudFormation { template, .. } = &f.deploy else {
+        unreachable!()
+    };
+    std::fs::write(template, template_with(&["Flag"])).unwrap();
     let req = request("k/obsolete", &own_account(), &f.deploy, NEW);
 
     let done = cfn.deploy_stack(&req, &[]).await.unwrap();
@@ -1320,12 +1331,10 @@ async fn a_change_set_gone_obsolete_while_made_is_made_again_and_runs_once() {
     assert_eq!(stub.count("DeleteChangeSet"), 1);
     assert_eq!(stub.count("ExecuteChangeSet"), 1);
     assert_eq!(stub.executed(), 1);
-    assert_eq!(stub.parameters()["ImageUri"], NEW);
-    assert_eq!(
-        stub.parameters()["Env"],
-        "beta",
-        "the configuration's, over theirs"
-    );
+    let now = stub.parameters();
+    assert_eq!(now["ImageUri"], NEW);
+    assert_eq!(now["Env"], "beta", "the configuration's, over theirs");
+    assert_eq!(now["Flag"], "theirs", "kept as the stack has it now");
     let creates: Vec<_> = stub
         .calls()
         .into_iter()
@@ -1335,17 +1344,17 @@ async fn a_change_set_gone_obsolete_while_made_is_made_again_and_runs_once() {
         creates[0].form["ChangeSetName"],
         creates[1].form["ChangeSetName"]
     );
-    assert!(
-        creates.iter().all(|c| !c.form.contains_key("ClientToken")),
-        "{creates:?}"
+    assert_ne!(
+        creates[0].form["ClientToken"], creates[1].form["ClientToken"],
+        "a new request, a new token"
     );
 }
 
-/// `CreateChangeSet` takes effect but its reply is lost: the retry, with no `ClientToken`,
-/// meets `AlreadyExistsException` for the name (API_CreateChangeSet) and goes on with the
-/// change set the first request made. One change set, run once.
+/// `CreateChangeSet` takes effect but its reply is lost: the retry carries the request's
+/// `ClientToken`, which CloudFormation answers as that request (API_CreateChangeSet), and goes
+/// on with the change set the first request made. One change set, run once.
 #[tokio::test]
-async fn a_change_set_whose_creation_reply_was_lost_is_found_by_its_name() {
+async fn a_change_set_whose_creation_reply_was_lost_is_made_once() {
     let (stub, cfn) = running(
         OLD,
         Script {
@@ -1362,6 +1371,13 @@ async fn a_change_set_whose_creation_reply_was_lost_is_found_by_its_name() {
     assert_eq!(stub.count("ExecuteChangeSet"), 1);
     assert_eq!(stub.executed(), 1);
     assert_eq!(stub.parameters()["ImageUri"], NEW);
+    let tokens: Vec<String> = stub
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "CreateChangeSet")
+        .map(|c| c.form["ClientToken"].clone())
+        .collect();
+    assert_eq!(tokens[0], tokens[1], "the retry is the same request");
 }
 
 /// Someone else's update lands between our change set and its execution: CloudFormation
