@@ -162,6 +162,16 @@ pub enum EffectKind {
 }
 
 impl EffectKind {
+    /// The round of a repeated effect (alarm checks, approval requests, bake polls).
+    pub fn round(&self) -> Option<u32> {
+        match self {
+            EffectKind::CheckAlarms { round }
+            | EffectKind::RequestApproval { round }
+            | EffectKind::PollAlarms { round } => Some(*round),
+            _ => None,
+        }
+    }
+
     /// Every tag, in the order of the variants (the store's CHECK constraint lists the same).
     pub const TAGS: [&'static str; 9] = [
         "resolve_artifact",

@@ -216,8 +216,8 @@ pub enum Exposure {
 pub struct ExposedSubscription {
     pub arn: String,
     pub protocol: String,
-    /// Where it delivers, as the adapter shows it: an HTTP(S) URL only to its host (its user
-    /// info, path and query can hold credentials).
+    /// Where it delivers, as the adapter shows it: of an HTTP(S) URL only its scheme, the last
+    /// two labels of its host name and its port (any other part can hold credentials).
     pub endpoint: String,
     pub exposure: Exposure,
 }

@@ -52,13 +52,17 @@ pub fn gap(stage: &Stage, readings: Option<&[AlarmReading]>) -> Option<DataGap> 
 pub fn insufficient(stage: &Stage, readings: Option<&[AlarmReading]>) -> Option<DataGap> {
     let readings = readings?;
     stage.alarms.iter().find_map(|alarm| {
-        let quiet = readings
-            .iter()
-            .any(|r| &r.alarm == alarm && r.state == AlarmState::InsufficientData);
-        quiet.then(|| DataGap::InsufficientData {
+        quiet(alarm, readings).then(|| DataGap::InsufficientData {
             alarm: alarm.clone(),
         })
     })
+}
+
+/// Whether `alarm` read `INSUFFICIENT_DATA` in any of its targets.
+fn quiet(alarm: &str, readings: &[AlarmReading]) -> bool {
+    readings
+        .iter()
+        .any(|r| r.alarm == alarm && r.state == AlarmState::InsufficientData)
 }
 
 fn alarm_gap(stage: &Stage, alarm: &str, readings: &[AlarmReading]) -> Option<DataGap> {
@@ -71,14 +75,12 @@ fn alarm_gap(stage: &Stage, alarm: &str, readings: &[AlarmReading]) -> Option<Da
             needed,
         });
     }
-    let of: Vec<&AlarmReading> = of.collect();
-    let quiet = of.iter().any(|r| r.state == AlarmState::InsufficientData);
-    if quiet && stage.insufficient_data != InsufficientData::Pass {
+    if quiet(alarm, readings) && stage.insufficient_data != InsufficientData::Pass {
         return Some(DataGap::InsufficientData {
             alarm: alarm.to_string(),
         });
     }
-    let have = of.iter().filter_map(|r| r.datapoints).min()?;
+    let have = of.filter_map(|r| r.datapoints).min()?;
     (have < needed).then(|| DataGap::Datapoints {
         alarm: alarm.to_string(),
         have,

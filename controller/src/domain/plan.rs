@@ -51,14 +51,6 @@ pub const APPROVAL_RESEND_MAX: Duration = Duration::from_secs(60 * 60);
 pub const APPROVAL_UNCONFIRMED_FAST: Duration = Duration::from_secs(60 * 60);
 pub const APPROVAL_UNCONFIRMED_LATER: Duration = Duration::from_secs(15 * 60);
 
-/// The round of an approval-request effect.
-fn request_round(kind: &EffectKind) -> Option<u32> {
-    match kind {
-        EffectKind::RequestApproval { round } => Some(*round),
-        _ => None,
-    }
-}
-
 fn grace() -> chrono::Duration {
     chrono::Duration::from_std(BAKE_VERDICT_GRACE).unwrap_or_default()
 }
@@ -584,10 +576,7 @@ impl<'a> Planner<'a> {
         if stage.alarms.is_empty() {
             return true;
         }
-        let round = self.latest_round(run, |k| match k {
-            EffectKind::CheckAlarms { round } => Some(*round),
-            _ => None,
-        });
+        let round = self.latest_round(run, |r| EffectKind::CheckAlarms { round: r });
         let Some(rec) = self
             .ensure(self.effect(run, EffectKind::CheckAlarms { round }))
             .cloned()
@@ -652,12 +641,23 @@ impl<'a> Planner<'a> {
             .filter(move |e| e.release == release && e.stage == stage && e.attempt == attempt)
     }
 
-    /// The newest round of a repeated effect that has a record (0 when none has); `round_of`
-    /// gives the round of a record of that kind. One pass over the records, whatever the
-    /// number of rounds (a long bake polls hundreds of times).
-    fn latest_round(&self, run: &StageRun, round_of: impl Fn(&EffectKind) -> Option<u32>) -> u32 {
+    /// The run's records of the repeated effect `kind` makes, with their rounds, in no order.
+    fn rounds(
+        &self,
+        run: &StageRun,
+        kind: impl Fn(u32) -> EffectKind,
+    ) -> impl Iterator<Item = (u32, &'a EffectRecord)> {
+        let same = std::mem::discriminant(&kind(0));
         self.run_effects(run)
-            .filter_map(|e| round_of(&e.kind))
+            .filter(move |e| std::mem::discriminant(&e.kind) == same)
+            .filter_map(|e| Some((e.kind.round()?, e)))
+    }
+
+    /// The newest round of a repeated effect that has a record (0 when none has). One pass
+    /// over the records, whatever the number of rounds (a long bake polls hundreds of times).
+    fn latest_round(&self, run: &StageRun, kind: impl Fn(u32) -> EffectKind) -> u32 {
+        self.rounds(run, kind)
+            .map(|(round, _)| round)
             .max()
             .unwrap_or(0)
     }
@@ -755,7 +755,7 @@ impl<'a> Planner<'a> {
             self.try_deploy(j, stage, run);
             return;
         };
-        let round = self.latest_round(run, request_round);
+        let round = self.latest_round(run, |round| EffectKind::RequestApproval { round });
         let request = self
             .ensure(self.effect(run, EffectKind::RequestApproval { round }))
             .cloned();
@@ -842,8 +842,7 @@ impl<'a> Planner<'a> {
     /// approvers awaiting confirmation.
     fn failures_in_a_row(&self, run: &StageRun) -> u32 {
         let mut rounds: Vec<(u32, &EffectRecord)> = self
-            .run_effects(run)
-            .filter_map(|e| Some((request_round(&e.kind)?, e)))
+            .rounds(run, |round| EffectKind::RequestApproval { round })
             .collect();
         rounds.sort_by_key(|(round, _)| std::cmp::Reverse(*round));
         let failed = |e: &EffectRecord| {
@@ -1140,10 +1139,7 @@ impl<'a> Planner<'a> {
         if stage.alarms.is_empty() {
             return Ok(reads);
         }
-        reads.latest = self.latest_round(run, |k| match k {
-            EffectKind::PollAlarms { round } => Some(*round),
-            _ => None,
-        });
+        reads.latest = self.latest_round(run, |r| EffectKind::PollAlarms { round: r });
         for round in 0..=reads.latest {
             let key = self.effect(run, EffectKind::PollAlarms { round }).key;
             let Some(rec) = self.snap.effect(&key) else {
