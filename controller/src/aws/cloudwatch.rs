@@ -41,7 +41,7 @@ use super::retry::Limiter;
 use super::sts::Credentials;
 use crate::config::Account;
 use crate::domain::{AlarmReading, AlarmState};
-use crate::engine::ports::{Alarms, DataWindow, PortError, PortResult};
+use crate::engine::ports::{Alarms, BakeRead, PortError, PortResult};
 
 /// `DescribeAlarms` takes at most 100 names and returns at most 100 records per page.
 const NAMES_PER_CALL: usize = 100;
@@ -291,8 +291,8 @@ struct Watched {
     composite: bool,
     /// `None` for a composite alarm (it watches other alarms, not a metric).
     metric: Option<Watch>,
-    /// See [`reports_within`]; for a composite alarm, filled in by a bake read from its
-    /// children ([`CloudWatchAlarms::composite_delay`]).
+    /// See [`reports_within`]; for a composite alarm, filled in from its children by a bake
+    /// read that asks for it ([`CloudWatchAlarms::composite_delay`]).
     reports_within: Option<u64>,
 }
 
@@ -454,7 +454,7 @@ impl Alarms for CloudWatchAlarms {
         account: &Account,
         region: &str,
         names: &[String],
-        window: Option<DataWindow>,
+        asked: BakeRead,
     ) -> PortResult<Vec<AlarmReading>> {
         if names.is_empty() {
             return Ok(Vec::new());
@@ -467,7 +467,9 @@ impl Alarms for CloudWatchAlarms {
         firing(names, &states).map_err(|e| context(e, &what))?;
         // The states are read: a failure to read what is under a composite alarm costs only
         // its part of the hold, never the reading (an alarm in ALARM must still roll back).
-        for (name, w) in watched.iter_mut().filter(|(_, w)| w.composite) {
+        // Only `alarm_delay = "auto"` uses a composite's delay, and it costs calls of its own.
+        let composites = watched.iter_mut().filter(|(_, w)| w.composite);
+        for (name, w) in composites.take_while(|_| asked.composite_delays) {
             match self.composite_delay(&client, account, region, name).await {
                 Ok(delay) => w.reports_within = delay,
                 Err(e) => {
@@ -475,7 +477,7 @@ impl Alarms for CloudWatchAlarms {
                 }
             }
         }
-        let counts = match window {
+        let counts = match asked.window {
             Some(w) => self
                 .count(&client, &account.id, &watched, (w.from, w.until))
                 .await

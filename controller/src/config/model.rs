@@ -337,8 +337,8 @@ pub const MAX_ALARM_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 pub enum AlarmDelay {
     /// From each alarm, as `DescribeAlarms` gives it: `(DatapointsToAlarm + 1) × Period + 60 s`
     /// (`EvaluationPeriods` when `DatapointsToAlarm` is unset), the longest of the stage's
-    /// alarms, at most [`MAX_ALARM_DELAY`]; nothing for a composite alarm, which changes state
-    /// as soon as the alarms it watches do.
+    /// alarms, at most [`MAX_ALARM_DELAY`]; for a composite alarm, which changes state as soon
+    /// as one of the alarms it watches does, the longest of the metric alarms under it.
     #[default]
     Auto,
     /// This long, whatever the alarms say (`0s`: no hold).

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::messages;
 use super::ports::*;
 use super::{Engine, Ports};
-use crate::config::{Account, Deploy, Pipeline, Stage};
+use crate::config::{Account, AlarmDelay, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
 use crate::domain::approval::{describe_exposed, describe_unconfirmed};
 use crate::domain::{
@@ -206,13 +206,17 @@ async fn bake_read(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
             until: op.ctx.now,
         }
     });
+    let asked = BakeRead {
+        window,
+        composite_delays: s.alarm_delay == AlarmDelay::Auto,
+    };
     let mut readings = Vec::new();
     for t in &s.targets {
         let account = op.ctx.account(&t.account)?;
         let read = op
             .ports()
             .alarms
-            .read(account, &t.region, &s.alarms, window)
+            .read(account, &t.region, &s.alarms, asked)
             .await?;
         readings.extend(read);
     }

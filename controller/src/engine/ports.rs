@@ -180,16 +180,27 @@ pub trait Alarms: Send + Sync {
     ) -> PortResult<Vec<String>>;
 
     /// Each alarm among `names` in that account and region, in the order asked: its state
-    /// and, when `window` is given, the data points its metric (or metric-math expression) has
-    /// had in it (`None` for a composite alarm). An alarm that does not exist is an error,
-    /// never a reading.
+    /// and what `asked` asks for besides (see [`BakeRead`]). An alarm that does not exist is
+    /// an error, never a reading.
     async fn read(
         &self,
         account: &Account,
         region: &str,
         names: &[String],
-        window: Option<DataWindow>,
+        asked: BakeRead,
     ) -> PortResult<Vec<AlarmReading>>;
+}
+
+/// What a bake read needs besides the alarms' states.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BakeRead {
+    /// Count the data points each metric (or metric-math expression) has had in this range
+    /// (`None` for a composite alarm): the stage asks for `min_datapoints`.
+    pub window: Option<DataWindow>,
+    /// Work out how long a composite alarm may take to report a breach, from the alarms under
+    /// it (calls of their own): the stage's `alarm_delay` is `auto`. A metric alarm's comes
+    /// with its state either way.
+    pub composite_delays: bool,
 }
 
 /// The time range a bake read counts data points in: from when the deploy finished until

@@ -291,9 +291,9 @@ impl Alarms for Fakes {
         _account: &Account,
         _region: &str,
         names: &[String],
-        window: Option<DataWindow>,
+        asked: BakeRead,
     ) -> PortResult<Vec<AlarmReading>> {
-        let since = window.map(|w| w.from);
+        let since = asked.window.map(|w| w.from);
         self.with(|w| {
             w.bake_reads.push((names.to_vec(), since));
             let reading = |name: &String| AlarmReading {

@@ -12,7 +12,7 @@ use tollgate::aws::retry::{Limiter, RetrySettings};
 use tollgate::aws::sts::Credentials;
 use tollgate::config::Account;
 use tollgate::domain::{AlarmReading, AlarmState};
-use tollgate::engine::ports::{Alarms, DataWindow, PortError};
+use tollgate::engine::ports::{Alarms, BakeRead, DataWindow, PortError};
 use tollgate_testkit::aws_stubs::cloudwatch::{CloudWatchStub, MathQuery, MetricSpec, Watches};
 use tollgate_testkit::moto::{DEFAULT_ACCOUNT_ID, MotoServer, REGION};
 
@@ -190,6 +190,14 @@ fn ago_aligned() -> (f64, impl Fn(f64) -> chrono::DateTime<chrono::Utc>) {
 
 /// A reading of a metric alarm over one 60 s period, in ALARM after one breaching data point:
 /// it reports a breach within (1 + 1) × 60 s + 60 s.
+/// A bake read of a stage whose `alarm_delay` is `auto`.
+fn auto(window: Option<DataWindow>) -> BakeRead {
+    BakeRead {
+        window,
+        composite_delays: true,
+    }
+}
+
 fn reading(alarm: &str, state: AlarmState, datapoints: Option<u32>) -> AlarmReading {
     AlarmReading {
         alarm: alarm.into(),
@@ -240,7 +248,7 @@ async fn a_bake_read_counts_each_alarms_data_points_from_the_window_start() {
         until: chrono::Utc::now(),
     };
     let read = alarms
-        .read(&controller_account(), REGION, &asked, Some(window))
+        .read(&controller_account(), REGION, &asked, auto(Some(window)))
         .await
         .unwrap();
     assert_eq!(
@@ -305,7 +313,10 @@ async fn a_composite_alarm_reports_within_the_longest_of_the_metric_alarms_under
     );
     assert_eq!(stub.calls().len(), 1, "the entry check reads no children");
 
-    let read = alarms.read(&account, REGION, &asked, None).await.unwrap();
+    let read = alarms
+        .read(&account, REGION, &asked, auto(None))
+        .await
+        .unwrap();
     assert_eq!(
         read,
         vec![AlarmReading {
@@ -330,8 +341,53 @@ async fn a_composite_alarm_reports_within_the_longest_of_the_metric_alarms_under
     );
 
     // Read again: the composite's delay is kept, only its state is read.
-    alarms.read(&account, REGION, &asked, None).await.unwrap();
+    alarms
+        .read(&account, REGION, &asked, auto(None))
+        .await
+        .unwrap();
     assert_eq!(stub.calls().len(), calls.len() + 1);
+}
+
+/// With `alarm_delay` fixed the bake never uses a composite alarm's delay: a bake read reads
+/// the alarms' states and data points, and nothing under a composite.
+#[tokio::test]
+async fn a_bake_read_with_a_fixed_alarm_delay_reads_nothing_under_a_composite() {
+    let (stub, alarms) = setup().await;
+    let (m0, at) = ago_aligned();
+    stub.set_alarm("api-5xx", "OK");
+    stub.put_alarm_samples("api-5xx", &[m0 + 5.0]);
+    stub.set_evaluation("api-5xx", 10, None);
+    let under = names(&["api-5xx"]);
+    stub.set_alarm_watching("service-health", "ALARM", Watches::Alarms(under));
+    let asked = names(&["service-health", "api-5xx"]);
+    let fixed = BakeRead {
+        window: Some(DataWindow {
+            from: at(m0),
+            until: chrono::Utc::now(),
+        }),
+        composite_delays: false,
+    };
+    let read = alarms
+        .read(&controller_account(), REGION, &asked, fixed)
+        .await
+        .unwrap();
+    assert_eq!(
+        read,
+        vec![
+            AlarmReading {
+                reports_within_secs: None,
+                ..reading("service-health", AlarmState::Alarm, None)
+            },
+            AlarmReading {
+                reports_within_secs: Some(720),
+                ..reading("api-5xx", AlarmState::Ok, Some(1))
+            },
+        ]
+    );
+    let calls = stub.calls();
+    let ops: Vec<&str> = calls.iter().map(|c| c.operation.as_str()).collect();
+    assert_eq!(ops, ["DescribeAlarms", "GetMetricData"]);
+    assert!(calls.iter().all(|c| c.children_of.is_none()), "{calls:?}");
 }
 
 /// When what is under a composite alarm cannot be read (throttled past every retry), the bake
@@ -349,7 +405,7 @@ async fn a_composite_in_alarm_is_read_even_when_its_children_cannot_be() {
     stub.throttle_children(100);
     let asked = names(&["service-health"]);
     let read = alarms
-        .read(&controller_account(), REGION, &asked, None)
+        .read(&controller_account(), REGION, &asked, auto(None))
         .await
         .unwrap();
     assert_eq!(
@@ -449,7 +505,7 @@ async fn a_metric_math_alarm_counts_the_expression_it_evaluates() {
             &controller_account(),
             REGION,
             &names(&["error-rate", "api-5xx"]),
-            Some(window),
+            auto(Some(window)),
         )
         .await
         .unwrap();
@@ -478,7 +534,12 @@ async fn a_bake_read_without_a_window_reads_states_only() {
     let (stub, alarms) = setup().await;
     stub.set_alarm("api-5xx", "ALARM");
     let read = alarms
-        .read(&controller_account(), REGION, &names(&["api-5xx"]), None)
+        .read(
+            &controller_account(),
+            REGION,
+            &names(&["api-5xx"]),
+            BakeRead::default(),
+        )
         .await
         .unwrap();
     assert_eq!(read, vec![reading("api-5xx", AlarmState::Alarm, None)]);
@@ -499,7 +560,7 @@ async fn a_bake_read_of_an_alarm_that_does_not_exist_is_not_found() {
             &controller_account(),
             REGION,
             &names(&["api-5xx", "api-5xxx"]),
-            Some(window),
+            auto(Some(window)),
         )
         .await
         .unwrap_err();
