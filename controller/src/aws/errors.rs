@@ -149,12 +149,27 @@ where
 
 /// Prefixes the message with what was being attempted, keeping the kind.
 pub fn context(err: PortError, what: &str) -> PortError {
+    reworded(err, |m| format!("{what}: {m}"))
+}
+
+/// `err` with every appearance of `secret` in its message replaced by `…`: a service's
+/// validation error can quote the value it refused (STS: "Value '…' at 'externalId' failed to
+/// satisfy constraint").
+pub fn without_secret(err: PortError, secret: &str) -> PortError {
+    if secret.is_empty() {
+        return err;
+    }
+    reworded(err, |m| m.replace(secret, "…"))
+}
+
+/// `err` of the same kind, its message passed through `f`.
+fn reworded(err: PortError, f: impl FnOnce(String) -> String) -> PortError {
     match err {
-        PortError::Retryable(m) => PortError::Retryable(format!("{what}: {m}")),
-        PortError::Denied(m) => PortError::Denied(format!("{what}: {m}")),
-        PortError::NotFound(m) => PortError::NotFound(format!("{what}: {m}")),
-        PortError::Invalid(m) => PortError::Invalid(format!("{what}: {m}")),
-        PortError::Failed(m) => PortError::Failed(format!("{what}: {m}")),
+        PortError::Retryable(m) => PortError::Retryable(f(m)),
+        PortError::Denied(m) => PortError::Denied(f(m)),
+        PortError::NotFound(m) => PortError::NotFound(f(m)),
+        PortError::Invalid(m) => PortError::Invalid(f(m)),
+        PortError::Failed(m) => PortError::Failed(f(m)),
         drift @ PortError::Drift { .. } => drift,
     }
 }

@@ -32,7 +32,7 @@ use aws_config::{Region, SdkConfig};
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 
-use super::errors::{context, sdk};
+use super::errors::{context, sdk, without_secret};
 use super::observe::CallMetrics;
 use super::retry::Limiter;
 use crate::config::{Account, SecretRef};
@@ -199,7 +199,11 @@ impl Inner {
                     request.set_external_id(external_id.as_ref().map(|s| s.expose().to_string()));
                 sdk(request.duration_seconds(seconds).send())
             })
-            .await?;
+            .await
+            .map_err(|e| match &external_id {
+                Some(id) => without_secret(e, id.expose()),
+                None => e,
+            })?;
         let c = out
             .credentials()
             .ok_or_else(|| PortError::Failed("AssumeRole returned no credentials".into()))?;
@@ -307,17 +311,46 @@ fn external_id(source: Option<&SecretRef>) -> PortResult<Option<Secret>> {
         })?,
     };
     let value = value.trim();
+    let from = || match source {
+        Some(SecretRef::Env(var)) => format!("environment variable {var}"),
+        Some(SecretRef::File(path)) => format!("file {}", path.display()),
+        None => String::new(),
+    };
     if value.is_empty() {
-        let from = match source {
-            Some(SecretRef::Env(var)) => format!("environment variable {var}"),
-            Some(SecretRef::File(path)) => format!("file {}", path.display()),
-            None => String::new(),
-        };
         return Err(PortError::Invalid(format!(
-            "the ExternalId {from} is empty"
+            "the ExternalId {} is empty",
+            from()
+        )));
+    }
+    if let Some(problem) = external_id_problem(value) {
+        return Err(PortError::Invalid(format!(
+            "the ExternalId in {} {problem}: AssumeRole takes 2 to {EXTERNAL_ID_MAX} \
+             characters, each a letter, a digit or one of _+=,.@:/-",
+            from()
         )));
     }
     Ok(Some(Secret::new(value)))
+}
+
+/// The longest ExternalId AssumeRole takes.
+const EXTERNAL_ID_MAX: usize = 1224;
+
+/// Why AssumeRole would refuse `value` as an ExternalId (API_AssumeRole: length 2–1224,
+/// pattern `[\w+=,.@:\/-]*`), told without the value: STS's own refusal quotes it.
+fn external_id_problem(value: &str) -> Option<String> {
+    let len = value.chars().count();
+    if len < 2 {
+        return Some("is 1 character long".to_string());
+    }
+    if len > EXTERNAL_ID_MAX {
+        return Some(format!("is {len} characters long"));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c);
+    let at = value.chars().position(|c| !allowed(c))?;
+    Some(format!(
+        "has a character AssumeRole refuses (character {} of {len})",
+        at + 1
+    ))
 }
 
 /// A valid `RoleSessionName`: `[\w+=,.@-]{2,64}`, other characters replaced by `-`.
@@ -349,6 +382,25 @@ mod tests {
         assert_eq!(session_name(""), "tollgate-");
         assert_eq!(session_name("x"), "tollgate-x");
         assert_eq!(session_name(&"é".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn an_external_id_is_checked_against_what_assume_role_takes() {
+        assert_eq!(external_id_problem("ab"), None);
+        assert_eq!(external_id_problem("Ext_id+=,.@:/-9"), None);
+        assert_eq!(external_id_problem(&"a".repeat(1224)), None);
+        assert_eq!(
+            external_id_problem(&"a".repeat(1225)).as_deref(),
+            Some("is 1225 characters long")
+        );
+        assert_eq!(
+            external_id_problem("a").as_deref(),
+            Some("is 1 character long")
+        );
+        assert_eq!(
+            external_id_problem("abcé").as_deref(),
+            Some("has a character AssumeRole refuses (character 4 of 4)")
+        );
     }
 
     #[test]

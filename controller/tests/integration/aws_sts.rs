@@ -203,6 +203,58 @@ async fn a_refused_assume_role_is_denied_and_says_what_was_refused() {
     assert!(!message.contains("beta-external-id"));
 }
 
+/// An ExternalId AssumeRole would refuse (STS: 2 to 1,224 characters of `[\w+=,.@:/-]`) is
+/// an error naming the file and what is wrong, never the value, and nothing is sent: STS's own
+/// refusal would quote it.
+#[tokio::test]
+async fn an_external_id_sts_would_refuse_is_an_error_before_any_call() {
+    let sts = MockServer::start().await;
+    let creds = credentials_at(&sts);
+    for (value, problem) in [
+        ("hunter2 secret", "character 8 of 14"),
+        ("%", "1 character long"),
+    ] {
+        let ext = id_file(value);
+        let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
+        let err = creds.config_for(&beta, REGION, "s").await.unwrap_err();
+        let PortError::Invalid(message) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            message.contains(&ext.path().display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains(problem), "{message}");
+        assert!(!message.contains(value), "{message}");
+    }
+    let sent = sts.received_requests().await.unwrap_or_default();
+    assert!(sent.is_empty(), "{} requests sent", sent.len());
+}
+
+/// When STS refuses an ExternalId anyway and quotes it, the error keeps the refusal and drops
+/// the value.
+#[tokio::test]
+async fn a_refusal_quoting_the_external_id_never_shows_it() {
+    let sts = MockServer::start().await;
+    let refusal = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>ValidationError</Code>
+  <Message>1 validation error detected: Value 'beta-external-id' at 'externalId' failed to satisfy constraint: Member must satisfy regular expression pattern: [\w+=,.@:\/-]*</Message></Error>
+  <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId>
+</ErrorResponse>"#;
+    answer(&sts, "Action=AssumeRole", 400, refusal).await;
+    let creds = credentials_at(&sts);
+    let ext = id_file("beta-external-id");
+    let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
+
+    let err = creds.config_for(&beta, REGION, "s").await.unwrap_err();
+    let message = err.to_string();
+    assert!(!message.contains("beta-external-id"), "{message}");
+    assert!(
+        message.contains("ValidationError: 1 validation error detected: Value '…' at 'externalId'"),
+        "{message}"
+    );
+}
+
 /// A client built from a config handed out keeps working past its first session: its
 /// credentials provider, asked on every call, returns the cached session while it is fresh and
 /// assumes the role again once it is not. moto's sessions last the `DurationSeconds` asked, at
