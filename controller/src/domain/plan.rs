@@ -1204,14 +1204,28 @@ impl<'a> Planner<'a> {
             self.transition(run, RunStatus::Failed, reason);
             return;
         };
-        for wave in self.deployed_waves(stage, run) {
+        for wave in self.deployed_waves(run) {
             let e = self.effect(run, EffectKind::Rollback { wave, target });
             let Some(rec) = self.ensure(e).cloned() else {
                 return;
             };
             if rec.status == EffectStatus::Failed {
-                let t = &stage.targets[wave];
-                let why = drift(t, &rec, true).unwrap_or_else(|| Reason::RollbackFailed {
+                // Where the wave was deployed, or (a deploy recorded before that was kept)
+                // where the configuration puts it.
+                let t =
+                    match self.deployed_to(run, wave) {
+                        Some(to) => crate::config::Target {
+                            account: to.account.clone(),
+                            region: to.region.clone(),
+                        },
+                        None => stage.targets.get(wave).cloned().unwrap_or_else(|| {
+                            crate::config::Target {
+                                account: format!("wave {}", wave + 1),
+                                region: "(no longer configured)".into(),
+                            }
+                        }),
+                    };
+                let why = drift(&t, &rec, true).unwrap_or_else(|| Reason::RollbackFailed {
                     account: t.account.clone(),
                     region: t.region.clone(),
                     detail: rec.detail.clone(),
@@ -1248,15 +1262,32 @@ impl<'a> Planner<'a> {
         });
     }
 
-    /// Waves this run touched (a deploy was at least attempted there).
-    fn deployed_waves(&self, stage: &Stage, run: &StageRun) -> Vec<usize> {
-        (0..stage.targets.len())
-            .filter(|wave| {
-                self.snap
-                    .effect(&self.effect(run, EffectKind::Deploy { wave: *wave }).key)
-                    .is_some()
+    /// Waves this run touched (a deploy was at least attempted there), whether or not the
+    /// configuration still has them: a wave a reload dropped is still rolled back (its
+    /// rollback refuses to go elsewhere, and halts the stage, see `engine::exec`), never
+    /// skipped as if it had not run the release.
+    fn deployed_waves(&self, run: &StageRun) -> Vec<usize> {
+        let waves: BTreeSet<usize> = self
+            .run_effects(run)
+            .filter_map(|e| match e.kind {
+                EffectKind::Deploy { wave } => Some(wave),
+                _ => None,
             })
-            .collect()
+            .collect();
+        waves.into_iter().collect()
+    }
+
+    /// Where this run deployed `wave`, when its deploy recorded it.
+    fn deployed_to(&self, run: &StageRun, wave: usize) -> Option<&'a DeployedTo> {
+        self.run_effects(run)
+            .find_map(|e| match (&e.kind, &e.output) {
+                (EffectKind::Deploy { wave: w }, EffectOutput::Deployed { to, .. })
+                    if *w == wave =>
+                {
+                    to.as_deref()
+                }
+                _ => None,
+            })
     }
 
     // ----- reporting ---------------------------------------------------------------------

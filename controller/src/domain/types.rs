@@ -327,6 +327,11 @@ pub enum EffectOutput {
         /// How long the stack's change set and update took (CloudFormation only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timing: Option<super::StackTiming>,
+        /// Where the wave was deployed (`None` in deploys recorded before it was kept). A
+        /// rollback of the wave goes there only while the configuration still puts the wave
+        /// there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Box<DeployedTo>>,
     },
     /// A wave restored, and how long after the triggering alarm the deployer was called.
     RolledBack {
@@ -349,6 +354,36 @@ pub enum EffectOutput {
         awaiting: Vec<String>,
         sent: Vec<String>,
     },
+}
+
+/// Where a wave was deployed: the account (its name in the configuration then, and its id),
+/// the region and the stack or CodePipeline pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedTo {
+    pub account: String,
+    pub account_id: String,
+    pub region: String,
+    /// The stack's name, or the CodePipeline pipeline's.
+    pub name: String,
+}
+
+impl DeployedTo {
+    /// The same place: account id, region and name (an account renamed in the configuration
+    /// is still the same account).
+    pub fn same_place(&self, other: &DeployedTo) -> bool {
+        (&self.account_id, &self.region, &self.name)
+            == (&other.account_id, &other.region, &other.name)
+    }
+}
+
+impl std::fmt::Display for DeployedTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} in account {} ({}) {}",
+            self.name, self.account, self.account_id, self.region
+        )
+    }
 }
 
 /// What a deploy applied to its target, recorded so a rollback to the release applies exactly

@@ -13,8 +13,8 @@ use crate::config::{Account, AlarmDelay, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
 use crate::domain::approval::{describe_exposed, describe_unconfirmed};
 use crate::domain::{
-    AlarmFact, AppliedSpec, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId, Snapshot,
-    StackHistory, StackKey, StageRun,
+    AlarmFact, AppliedSpec, DeployedTo, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId,
+    Snapshot, StackHistory, StackKey, StageRun,
 };
 use crate::store::EffectOutcome;
 
@@ -28,6 +28,8 @@ pub(super) struct Context {
     /// What this run's deploys produced: the stack outputs, and the image they run.
     outputs: BTreeMap<String, String>,
     image_uri: String,
+    /// Where this run's deploys went, by wave (deploys recorded before that was kept: none).
+    deployed: BTreeMap<usize, DeployedTo>,
     /// What already passed, for people (approval requests, notifications).
     history: String,
     public_url: String,
@@ -45,6 +47,7 @@ impl Context {
         let config = engine.config();
         let mut outputs = BTreeMap::new();
         let mut image_uri = String::new();
+        let mut deployed = BTreeMap::new();
         let run = snap.run(e.release, &e.stage);
         for rec in run.iter().flat_map(|run| snap.effects_of(run)) {
             if let (
@@ -52,12 +55,16 @@ impl Context {
                 EffectOutput::Deployed {
                     image_uri: uri,
                     outputs: o,
+                    to,
                     ..
                 },
             ) = (rec.status, &rec.output)
             {
                 outputs.extend(o.clone());
                 image_uri = uri.clone();
+                if let (EffectKind::Deploy { wave }, Some(to)) = (&rec.kind, to) {
+                    deployed.insert(*wave, DeployedTo::clone(to));
+                }
             }
         }
         Context {
@@ -67,6 +74,7 @@ impl Context {
             releases: snap.releases.clone(),
             outputs,
             image_uri,
+            deployed,
             history: messages::progress(snap, e.release, engine.now()),
             public_url: config.controller.public_url.clone(),
             accounts: config.accounts.clone(),
@@ -325,14 +333,62 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
         Some(a) => keep_applied(op, a).await,
         None => None,
     };
+    let to = deployed_to(&req);
     Ok(
         EffectOutcome::success(result.summary).with(EffectOutput::Deployed {
             image_uri: req.image_uri,
             outputs: result.outputs,
             applied,
             timing: result.timing,
+            to: Some(Box::new(to)),
         }),
     )
+}
+
+/// Where a deploy request goes.
+fn deployed_to(req: &DeployRequest) -> DeployedTo {
+    let name = match &req.deploy {
+        Deploy::CloudFormation { stack, .. } => stack,
+        Deploy::CodePipeline { pipeline, .. } => pipeline,
+    };
+    DeployedTo {
+        account: req.target.account.clone(),
+        account_id: req.account.id.to_string(),
+        region: req.target.region.clone(),
+        name: name.clone(),
+    }
+}
+
+/// Refuses a rollback of `wave` that the configuration no longer puts where this run deployed
+/// it (a reload moved, replaced or dropped the wave, or gave its account another id): applied
+/// to today's target, it would change a place the release never reached, and leave the one it
+/// did reach running it. The stage is paused, and the error says what to restore by hand.
+fn rollback_goes_where_deployed(
+    op: &Op<'_>,
+    s: &Stage,
+    wave: usize,
+    target: ReleaseId,
+    here: Option<&DeployedTo>,
+) -> PortResult<()> {
+    let Some(there) = op.ctx.deployed.get(&wave) else {
+        return Ok(());
+    };
+    let release = op.effect.release;
+    let n = wave + 1;
+    match here {
+        Some(here) if here.same_place(there) => Ok(()),
+        Some(here) => Err(PortError::Invalid(format!(
+            "{release} was deployed as wave {n} of {} to {there}, and the configuration now \
+             puts wave {n} at {here}: not rolled back there; restore {there} to {target} by \
+             hand, then resume the stage",
+            s.name
+        ))),
+        None => Err(PortError::Invalid(format!(
+            "{release} was deployed as wave {n} of {} to {there}, and the configuration no \
+             longer has a wave {n}: restore {there} to {target} by hand, then resume the stage",
+            s.name
+        ))),
+    }
 }
 
 /// Stores the template body (once, by its sha256) so the typed record can name it. The deploy
@@ -356,16 +412,24 @@ async fn known_good(
     s: &Stage,
     target: ReleaseId,
     wave: usize,
+    here: &DeployedTo,
 ) -> PortResult<Option<Applied>> {
     let reads = op.engine.store().reads();
     let unreadable = |e: crate::store::StoreError| {
         PortError::Retryable(format!("cannot read the known-good deploy: {e}"))
     };
-    let Some(spec) = reads
-        .applied(target, &s.name, wave)
+    let Some(deployed) = reads
+        .deployed_wave(target, &s.name, wave)
         .await
         .map_err(unreadable)?
     else {
+        return Ok(None);
+    };
+    if deployed.to.is_some_and(|to| !to.same_place(here)) {
+        // The wave was elsewhere then: that spec was for another stack or account.
+        return Ok(None);
+    }
+    let Some(spec) = deployed.applied else {
         return Ok(None);
     };
     let same_kind = matches!(
@@ -415,8 +479,13 @@ async fn rollback(
         .get(&target)
         .and_then(|t| t.digest.clone())
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
+    if s.targets.get(wave).is_none() {
+        rollback_goes_where_deployed(op, s, wave, target, None)?;
+    }
     let mut req = deploy_request(op, s, target, &digest, wave).await?;
-    req.restore = known_good(op, s, target, wave).await?;
+    let here = deployed_to(&req);
+    rollback_goes_where_deployed(op, s, wave, target, Some(&here))?;
+    req.restore = known_good(op, s, target, wave, &here).await?;
     let exact = req.restore.is_some();
     let latency = op.ctx.trigger.as_ref().map(|t| {
         let ms = (engine.now() - t.at).num_milliseconds().max(0);

@@ -41,6 +41,15 @@ fn spec(body: &str, image: &str, env: &str) -> AppliedSpec {
     }
 }
 
+fn beta_stack() -> DeployedTo {
+    DeployedTo {
+        account: "beta".into(),
+        account_id: "222222222222".into(),
+        region: "eu-west-1".into(),
+        name: "shop-beta".into(),
+    }
+}
+
 async fn deployed(store: &Store, release: i64, attempt: u32, applied: Option<AppliedSpec>) {
     let e = Effect::new(
         "shop",
@@ -53,6 +62,7 @@ async fn deployed(store: &Store, release: i64, attempt: u32, applied: Option<App
     let output = EffectOutput::Deployed {
         image_uri: format!("repo@sha256:{release}"),
         outputs: BTreeMap::new(),
+        to: applied.as_ref().map(|_| Box::new(beta_stack())),
         applied,
         timing: None,
     };
@@ -114,6 +124,11 @@ async fn the_newest_succeeded_deploy_of_a_release_gives_its_applied_spec() {
     assert_eq!(store.applied(ReleaseId(1), "beta", 1).await.unwrap(), None);
     assert_eq!(store.applied(ReleaseId(1), "gamma", 0).await.unwrap(), None);
     assert_eq!(store.applied(ReleaseId(2), "beta", 0).await.unwrap(), None);
+    // Where it went comes with it; a deploy recorded before that was kept says nothing.
+    let wave = store.deployed_wave(ReleaseId(1), "beta", 0).await.unwrap();
+    assert_eq!(wave.and_then(|w| w.to), Some(beta_stack()));
+    let wave = store.deployed_wave(ReleaseId(2), "beta", 0).await.unwrap();
+    assert_eq!(wave.map(|w| (w.applied, w.to)), Some((None, None)));
 
     // A deploy row as the previous version wrote it (no `applied`) still decodes.
     sqlx::query(r#"UPDATE effects SET output = '{"kind":"deployed","image_uri":"repo@sha256:2","outputs":{}}' WHERE release_id = 2"#)

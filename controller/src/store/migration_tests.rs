@@ -80,6 +80,7 @@ async fn a_database_from_before_typed_facts_is_converted_once_and_reads_as_typed
                 outputs,
                 applied: None,
                 timing: None,
+                to: None,
             },
         ),
         (

@@ -1065,6 +1065,13 @@ impl Reads {
     }
 }
 
+/// What a succeeded deploy of a wave applied, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployedWave {
+    pub applied: Option<crate::domain::AppliedSpec>,
+    pub to: Option<crate::domain::DeployedTo>,
+}
+
 impl Reads {
     /// A template body stored by [`Store::put_template`], by its sha256.
     pub async fn template(&self, sha256: &str) -> Result<Option<String>> {
@@ -1083,6 +1090,18 @@ impl Reads {
         stage: &str,
         wave: usize,
     ) -> Result<Option<crate::domain::AppliedSpec>> {
+        let deployed = self.deployed_wave(release, stage, wave).await?;
+        Ok(deployed.and_then(|d| d.applied))
+    }
+
+    /// The newest succeeded deploy of `release` to `stage`'s wave `wave`: what it applied and
+    /// where (each `None` in deploys recorded before it was kept); `None`: never deployed there.
+    pub async fn deployed_wave(
+        &self,
+        release: ReleaseId,
+        stage: &str,
+        wave: usize,
+    ) -> Result<Option<DeployedWave>> {
         let effects = self.effects_of(release, stage).await?;
         Ok(effects
             .into_iter()
@@ -1090,10 +1109,12 @@ impl Reads {
             .filter(|e| e.status == EffectStatus::Succeeded)
             .filter(|e| matches!(e.kind, EffectKind::Deploy { wave: w } if w == wave))
             .find_map(|e| match e.output {
-                EffectOutput::Deployed { applied, .. } => Some(applied),
+                EffectOutput::Deployed { applied, to, .. } => Some(DeployedWave {
+                    applied,
+                    to: to.map(|to| *to),
+                }),
                 _ => None,
-            })
-            .flatten())
+            }))
     }
 
     /// Where the watch for facts from other processes stands: the newest event-log id, and the

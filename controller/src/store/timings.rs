@@ -103,6 +103,7 @@ mod tests {
             outputs: BTreeMap::new(),
             applied: None,
             timing: Some(timing),
+            to: None,
         };
         let outcome = EffectOutcome {
             ok,

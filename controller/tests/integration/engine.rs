@@ -278,6 +278,119 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
     );
 }
 
+/// Release 2 baking in prod (both waves deployed) when a reload changes prod's second wave to
+/// `second` (`None`: drops it), then prod's alarm fires.
+async fn alarm_after_prod_reload(
+    second: Option<&str>,
+) -> (Harness, tollgate::engine::Engine, ReleaseId) {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    engine
+        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+
+    let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
+    assert!(STAGES.contains(waves));
+    let now = match second {
+        Some(t) => format!(r#"targets = [{{ account = "prod" }}, {t}]"#),
+        None => r#"targets = [{ account = "prod" }]"#.to_string(),
+    };
+    std::fs::write(
+        h.dir.path().join("stages.toml"),
+        STAGES.replace(waves, &now),
+    )
+    .unwrap();
+    let reloaded = tollgate::config::load(&h.dir.path().join("stages.toml")).unwrap();
+    engine.replace_config(reloaded.config);
+    h.clock.advance(Duration::minutes(2));
+    engine
+        .record_alarm(&alarm("prod", "prod-5xx"), &delivery("sns-1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    (h, engine, id)
+}
+
+/// A reload moved prod's second wave to another region while release 2 baked there: its
+/// rollback would change a region the release never reached and leave the one it reached
+/// running it. Wave 1 is restored, wave 2 is not touched, and the stage halts saying where
+/// the release still runs.
+#[tokio::test]
+async fn a_rollback_never_goes_where_a_reload_moved_a_wave() {
+    let moved = r#"{ account = "prod", region = "ap-southeast-2" }"#;
+    let (h, engine, id) = alarm_after_prod_reload(Some(moved)).await;
+    let restored: Vec<String> = h
+        .fakes
+        .with(|w| w.rolled_back.iter().map(|(_, at, _)| at.clone()).collect());
+    assert_eq!(restored, ["prod/eu-west-1"], "only the wave still in place");
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::Failed);
+    let Reason::RollbackFailed {
+        account,
+        region,
+        detail,
+    } = &prod.reason
+    else {
+        panic!("{:?}", prod.reason)
+    };
+    assert_eq!((account.as_str(), region.as_str()), ("prod", "us-east-1"));
+    assert!(
+        detail.contains("r2 was deployed as wave 2 of prod to backend-prod in account prod (444444444444) us-east-1, and the configuration now puts wave 2 at backend-prod in account prod (444444444444) ap-southeast-2"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(
+            "restore backend-prod in account prod (444444444444) us-east-1 to r1 by hand"
+        ),
+        "{detail}"
+    );
+    let (_, paused) = engine.reads().paused("backend", "prod").await.unwrap();
+    assert!(
+        paused.is_some_and(|p| p.contains("ROLLBACK FAILED for prod/us-east-1")),
+        "the stage is paused"
+    );
+}
+
+/// A reload dropped prod's second wave while release 2 baked there: the wave is still rolled
+/// back, never skipped as if the release had not reached it; with nowhere configured to send
+/// it, the stage halts saying where the release still runs.
+#[tokio::test]
+async fn a_rollback_of_a_wave_a_reload_dropped_halts_instead_of_skipping_it() {
+    let (h, engine, id) = alarm_after_prod_reload(None).await;
+    let restored = h.fakes.with(|w| w.rolled_back.len());
+    assert_eq!(restored, 1, "wave 1 restored");
+    let prod = run(&engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::Failed, "{:?}", prod.reason);
+    let Reason::RollbackFailed { region, detail, .. } = &prod.reason else {
+        panic!("{:?}", prod.reason)
+    };
+    assert_eq!(region, "us-east-1");
+    assert!(
+        detail.contains("the configuration no longer has a wave 2: restore backend-prod in account prod (444444444444) us-east-1 to r1 by hand"),
+        "{detail}"
+    );
+    let good = engine.reads().last_good("backend", "prod").await.unwrap();
+    assert_ne!(
+        good.map(|r| r.id),
+        Some(id),
+        "release 2 is not prod's known-good"
+    );
+    let (_, paused) = engine.reads().paused("backend", "prod").await.unwrap();
+    assert!(paused.is_some(), "the stage is paused");
+}
+
 #[tokio::test]
 async fn a_newer_release_supersedes_one_waiting_for_approval() {
     let h = Harness::new();
