@@ -115,6 +115,12 @@ async fn start(args: ServeArgs) -> Result<()> {
     };
     let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
+    if let Some(why) = engine.refuse_config(&config).await {
+        return Err(anyhow!(
+            "the configuration from {} is refused: {why}",
+            args.config.display()
+        ));
+    }
     // The reconcilers and effects run on their own runtime, so the deploys a burst of
     // webhooks starts never queue ahead of the next deliveries on the HTTP runtime.
     let background =
@@ -260,7 +266,7 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
                     path.display()
                 )
             } else {
-                match reload(&engine, forge.as_deref(), &path) {
+                match reload(&engine, forge.as_deref(), &path).await {
                     Ok(()) => format!("configuration reloaded from {} (SIGHUP)", path.display()),
                     Err(why) => format!("configuration from {} refused: {why}", path.display()),
                 }
@@ -271,10 +277,13 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
     });
 }
 
-fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Result<(), String> {
+async fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if let Some(why) = engine.refuse_config(&loaded.config).await {
+        return Err(why);
     }
     if let Some(f) = forge {
         f.track_pipelines(&loaded.config);

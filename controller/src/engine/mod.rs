@@ -245,6 +245,31 @@ impl Engine {
         self.inner.ingest.store()
     }
 
+    /// Why `config` must not replace the one in force, if it must not: it drops a pipeline or
+    /// stage that a run is deploying, verifying, baking or rolling back in. Such a run would
+    /// stay there unplanned (a rollback never finished, its release never marked bad, and a
+    /// later stage then following the one before it), so the change waits until the run is
+    /// done. A store that cannot be read refuses too.
+    pub async fn refuse_config(&self, config: &Config) -> Option<String> {
+        let runs = match self.store().reads().changing_runs().await {
+            Ok(runs) => runs,
+            Err(e) => return Some(format!("cannot read the runs in flight: {e}")),
+        };
+        let dropped = dropped_changing(config, &runs);
+        (!dropped.is_empty()).then(|| {
+            format!(
+                "it drops {} while a release is being deployed or rolled back there ({}); \
+                 keep it until that run is done",
+                if dropped.len() == 1 {
+                    "a stage"
+                } else {
+                    "stages"
+                },
+                dropped.join("; ")
+            )
+        })
+    }
+
     /// Replaces the configuration (a validated one) and wakes every pipeline. Once
     /// [`Engine::spawn`] has run, pipelines the new configuration adds get their loops too.
     pub fn replace_config(&self, config: Config) {
@@ -703,4 +728,21 @@ impl Deref for Engine {
     fn deref(&self) -> &Ingest {
         &self.inner.ingest
     }
+}
+
+/// Each run in `runs` (pipeline, run) whose pipeline or stage `config` does not have, for
+/// people: `backend/gamma: r5 rolling back`.
+fn dropped_changing(config: &Config, runs: &[(String, crate::domain::StageRun)]) -> Vec<String> {
+    runs.iter()
+        .filter(|(pipeline, run)| {
+            config
+                .pipeline(pipeline)
+                .and_then(|p| p.stage(&run.stage))
+                .is_none()
+        })
+        .map(|(pipeline, run)| {
+            let status = run.status.as_str().replace('_', " ");
+            format!("{pipeline}/{}: {} {status}", run.stage, run.release)
+        })
+        .collect()
 }

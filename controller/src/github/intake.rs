@@ -673,7 +673,13 @@ pub async fn apply_config_change(
                 files,
                 applied_at: engine.now(),
             };
-            load_applied(&applied).map(|config| (config, applied))
+            match load_applied(&applied) {
+                Ok(config) => match engine.refuse_config(&config).await {
+                    Some(why) => Err(why),
+                    None => Ok((config, applied)),
+                },
+                Err(why) => Err(why),
+            }
         }
         Err(why) => Err(why),
     };

@@ -1188,6 +1188,23 @@ impl Reads {
         rows::last_good(&self.pool, pipeline, stage).await
     }
 
+    /// Every run of an active release whose stage's live system it is changing (deploying,
+    /// verifying, baking or rolling back), with its pipeline, in pipeline and stage order.
+    pub async fn changing_runs(&self) -> Result<Vec<(String, StageRun)>> {
+        let changing = RunStatus::sql_set(RunStatus::changes_stage);
+        let rows = sqlx::query(&format!(
+            "SELECT r.pipeline AS pipeline_name, s.* FROM stage_runs s \
+             JOIN releases r ON r.id = s.release_id \
+             WHERE r.active = 1 AND s.status IN ({changing}) \
+             ORDER BY r.pipeline, s.stage, s.release_id",
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.get("pipeline_name"), rows::run_row(r)?)))
+            .collect()
+    }
+
     /// The run in a stage that is past `waiting` and not finished, newest first.
     pub async fn in_flight(&self, pipeline: &str, stage: &str) -> Result<Vec<(Release, StageRun)>> {
         rows::in_flight(&self.pool, pipeline, stage).await

@@ -323,6 +323,51 @@ async fn alarm_after_prod_reload(
     (h, engine, id)
 }
 
+/// While a release bakes in prod, a configuration without prod (dropped, renamed, or its
+/// whole pipeline gone) is refused, naming the run; one that keeps prod is not, nor the same
+/// change once the bake is over.
+#[tokio::test]
+async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run_is_done() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    engine
+        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+
+    let load = |text: String| {
+        std::fs::write(h.dir.path().join("changed.toml"), text).unwrap();
+        tollgate::config::load(&h.dir.path().join("changed.toml"))
+            .unwrap()
+            .config
+    };
+    let renamed = load(STAGES.replace(r#"name = "prod""#, r#"name = "production""#));
+    let other_pipeline = load(STAGES.replace(r#"name = "backend""#, r#"name = "api""#));
+    let kept = load(STAGES.replace(r#"bake = "10m""#, r#"bake = "20m""#));
+    let held = format!("backend/prod: {id} baking");
+    for config in [&renamed, &other_pipeline] {
+        let why = engine.refuse_config(config).await.expect("refused");
+        assert!(why.contains(&held), "{why}");
+    }
+    assert_eq!(engine.refuse_config(&kept).await, None);
+
+    h.clock.advance(Duration::minutes(11));
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Succeeded);
+    assert_eq!(engine.refuse_config(&renamed).await, None);
+}
+
 /// A reload moved prod's second wave to another region while release 2 baked there: its
 /// rollback would change a region the release never reached and leave the one it reached
 /// running it. Wave 1 is restored, wave 2 is not touched, and the stage halts saying where

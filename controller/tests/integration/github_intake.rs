@@ -693,6 +693,79 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
     );
 }
 
+/// A configuration commit that drops a stage while a release bakes there is refused, like an
+/// invalid file: the run would stay unplanned there. The configuration in force stays, and the
+/// commit's status and the event log say which run holds the stage.
+#[tokio::test]
+async fn a_config_dropping_a_stage_a_release_bakes_in_is_refused() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let beta = "name = \"beta\"\ntargets = [{ account = \"beta\" }]";
+    assert!(STAGES.contains(beta));
+    let baking = STAGES.replacen(beta, &format!("{beta}\nbake = \"1h\""), 1);
+    put_config(&fake, &commit(1), &baking, &[]);
+    intake::apply_config_change(&c.engine, &forge, &commit(1))
+        .await
+        .unwrap();
+
+    let push = branch_push("acme/backend", "main");
+    let a = c.send(Delivery::of("push", "d-release", &push)).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.json);
+    crate::engine_support::settle(&c.engine).await.unwrap();
+    let runs = c.engine.reads().changing_runs().await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].1.status, tollgate::domain::RunStatus::Baking);
+
+    let renamed = baking.replacen("name = \"beta\"", "name = \"staging\"", 1);
+    put_config(&fake, &commit(2), &renamed, &[&commit(1)]);
+    let err = intake::apply_config_change(&c.engine, &forge, &commit(2))
+        .await
+        .unwrap_err();
+    let release = runs[0].1.release;
+    let held = format!("backend/beta: {release} baking");
+    assert!(
+        err.contains("it drops a stage while a release is being deployed or rolled back there"),
+        "{err}"
+    );
+    assert!(err.contains(&held), "{err}");
+    let stages: Vec<String> = c
+        .engine
+        .config()
+        .pipeline("backend")
+        .unwrap()
+        .stages
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(stages, ["beta"], "the configuration in force stays");
+    let status = fake.commit_statuses(&commit(2));
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0].state, "failure");
+    assert!(
+        status[0]
+            .description
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&held),
+        "{status:?}"
+    );
+    let notes = c.events("backend", "config").await;
+    assert!(
+        notes
+            .last()
+            .is_some_and(|n| n.contains("refused") && n.contains(&held)),
+        "{notes:?}"
+    );
+
+    let applied = c.engine.reads().applied_config().await.unwrap().unwrap();
+    assert_eq!(
+        applied.sha,
+        commit(1),
+        "the refused commit is not recorded as applied"
+    );
+}
+
 #[tokio::test]
 async fn try_reload_refuses_an_invalid_file_with_the_validation_message() {
     let c = controller().await;
