@@ -138,12 +138,21 @@ pub fn role_arn(text: &str) -> Result<Arn<'_>, String> {
     Ok(a)
 }
 
-/// An SNS topic ARN: `arn:aws:sns:eu-west-1:123456789012:name`.
+/// A standard SNS topic's ARN: `arn:aws:sns:eu-west-1:123456789012:name`. Every topic
+/// tollgate uses is standard: a FIFO topic (its name ends in `.fifo`) delivers only to SQS
+/// queues, never by email or to an HTTPS endpoint, and refuses a `Publish` without a
+/// `MessageGroupId` (SNS Developer Guide, "FIFO topics"; API_Publish).
 pub fn topic_arn(text: &str) -> Result<Arn<'_>, String> {
     let a = arn(text, "sns")?;
     if region(a.region).is_err() || a.resource.contains(['/', ':']) {
         return Err(format!(
             "`{text}` is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)"
+        ));
+    }
+    if a.resource.ends_with(".fifo") {
+        return Err(format!(
+            "`{text}` is a FIFO topic: SNS delivers its messages only to SQS queues (no email, \
+             no HTTPS) and refuses a publish without a message group; use a standard topic"
         ));
     }
     Ok(a)
@@ -250,6 +259,8 @@ mod tests {
         assert!(topic_arn("arn:aws:sns:eu-west-1:123456789012:alarms").is_ok());
         assert!(topic_arn("arn:aws:sqs:eu-west-1:123456789012:alarms").is_err());
         assert!(topic_arn("arn:aws:sns:eu-west-1:1234:alarms").is_err());
+        let fifo = topic_arn("arn:aws:sns:eu-west-1:123456789012:approvals.fifo").unwrap_err();
+        assert!(fifo.contains("is a FIFO topic"), "{fifo}");
     }
 
     #[test]

@@ -550,6 +550,22 @@ fn approval_topic_of_another_service() {
     );
 }
 
+#[test]
+fn approval_topic_that_is_fifo() {
+    let d = one_error(
+        &stages_with("111111111111:approvals\"", "111111111111:approvals.fifo\""),
+        ACCOUNTS,
+    );
+    assert_at(
+        &d,
+        "stages.toml",
+        50,
+        9,
+        "\"arn:aws:sns:eu-west-1:111111111111:approvals.fifo\"",
+        "is a FIFO topic: SNS delivers its messages only to SQS queues (no email, no HTTPS)",
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Approvals
 
