@@ -67,8 +67,9 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 struct Session {
     credentials: aws_credential_types::Credentials,
     expires: SystemTime,
-    /// The `DurationSeconds` it was granted for (renewals ask for the same).
-    seconds: i32,
+    /// AWS refused a session over an hour for this role (role chaining): renewals ask for
+    /// one hour at once.
+    chained: bool,
 }
 
 impl Session {
@@ -131,6 +132,46 @@ impl Credentials {
         let provider = SharedCredentialsProvider::new(provider);
         Ok(self.inner.derive(region, Some(provider)))
     }
+
+    /// The account's session for a process that is handed its keys and cannot renew them (a
+    /// `command` test with `stage_credentials`): the cached one when it lasts at least
+    /// `lasting` more, else a new one. When even a new one ends sooner (the account's
+    /// `session_duration`, or one hour for a controller that runs as a role, is shorter), it
+    /// is returned with a warning: the process's calls after its end are refused. The
+    /// controller's own account has no session: `None`, use its own credentials.
+    pub async fn session_lasting(
+        &self,
+        account: &Account,
+        session_name: &str,
+        lasting: Duration,
+    ) -> PortResult<Option<aws_credential_types::Credentials>> {
+        if account.controller {
+            return Ok(None);
+        }
+        let role = account.role_arn.as_deref().ok_or_else(|| {
+            PortError::Invalid(format!(
+                "account {} ({}) has no role_arn and is not the controller's account",
+                account.name, account.id
+            ))
+        })?;
+        let provider = RoleSession {
+            inner: self.inner.clone(),
+            slot: self.inner.slot(&account.id, role),
+            account: account.clone(),
+            role: role.to_string(),
+            name: session_name.to_string(),
+        };
+        let wanted = lasting.max(self.inner.refresh_before);
+        let (credentials, expires) = provider.lasting(wanted).await?;
+        if expires < SystemTime::now() + lasting {
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .as_secs();
+            tracing::warn!(account = %account.name, %role, session_left_secs = left, needed_secs = lasting.as_secs(), "the role's session ends before the process handed it may: its AWS calls after that are refused (raise the account's session_duration, or shorten the test's timeout)");
+        }
+        Ok(Some(credentials))
+    }
 }
 
 impl Inner {
@@ -160,22 +201,34 @@ impl Inner {
     /// DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining"),
     /// the role is assumed again for one hour, with a warning: sessions are renewed anyway.
     ///
-    /// `granted`: what the previous session of this account and role was granted, so a
-    /// renewal asks for one hour at once once AWS refused more.
+    /// `chained`: AWS refused the previous session of this account and role more than an hour,
+    /// so a renewal asks for one hour at once. Otherwise each session asks for the account's
+    /// `session_duration` as configured now (a reload may have changed it).
     async fn assume(
         &self,
         account: &Account,
         role: &str,
         name: &str,
-        granted: Option<i32>,
+        chained: bool,
     ) -> PortResult<Session> {
         let wanted = account.session_duration.as_secs().clamp(900, 43_200) as i32;
-        let seconds = granted.map_or(wanted, |g| g.min(wanted));
+        let seconds = if chained {
+            wanted.min(CHAINED_MAX)
+        } else {
+            wanted
+        };
+        let cut = |s: Session| Session {
+            chained: wanted > CHAINED_MAX,
+            ..s
+        };
         match self.assume_for(account, role, name, seconds).await {
             Err(PortError::Invalid(m)) if seconds > CHAINED_MAX && m.contains("role chaining") => {
                 tracing::warn!(account = %account.name, %role, session_duration = seconds, error = %m, "AWS refused a session over an hour (the controller runs as a role: role chaining); assuming it for one hour");
-                self.assume_for(account, role, name, CHAINED_MAX).await
+                self.assume_for(account, role, name, CHAINED_MAX)
+                    .await
+                    .map(cut)
             }
+            Ok(session) if chained => Ok(cut(session)),
             other => other,
         }
     }
@@ -219,7 +272,7 @@ impl Inner {
         Ok(Session {
             credentials,
             expires,
-            seconds,
+            chained: false,
         })
     }
 
@@ -257,27 +310,34 @@ impl std::fmt::Debug for RoleSession {
 
 impl RoleSession {
     async fn current(&self) -> PortResult<aws_credential_types::Credentials> {
+        let (credentials, _) = self.lasting(self.inner.refresh_before).await?;
+        Ok(credentials)
+    }
+
+    /// The cached session when it lasts more than `wanted`, else a new one (cached in its
+    /// place); with its expiry.
+    async fn lasting(
+        &self,
+        wanted: Duration,
+    ) -> PortResult<(aws_credential_types::Credentials, SystemTime)> {
         let (account, role) = (&self.account, self.role.as_str());
         let mut cached = self.slot.lock().await;
-        if let Some(s) = cached
-            .as_ref()
-            .filter(|s| s.fresh(self.inner.refresh_before))
-        {
-            return Ok(s.credentials.clone());
+        if let Some(s) = cached.as_ref().filter(|s| s.fresh(wanted)) {
+            return Ok((s.credentials.clone(), s.expires));
         }
         let what = format!(
             "cannot assume {role} for account {} ({})",
             account.name, account.id
         );
-        let granted = cached.as_ref().map(|s| s.seconds);
+        let chained = cached.as_ref().is_some_and(|s| s.chained);
         let session = self
             .inner
-            .assume(account, role, &self.name, granted)
+            .assume(account, role, &self.name, chained)
             .await
             .map_err(|e| context(e, &what))?;
-        let credentials = session.credentials.clone();
+        let out = (session.credentials.clone(), session.expires);
         *cached = Some(session);
-        Ok(credentials)
+        Ok(out)
     }
 }
 

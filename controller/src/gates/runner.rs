@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_credential_types::provider::ProvideCredentials;
@@ -59,8 +60,14 @@ impl StageTestRunner {
         self
     }
 
-    /// The stage account's session as environment variables for a command.
-    async fn stage_session(&self, ctx: &TestContext) -> Result<BTreeMap<String, String>, String> {
+    /// The stage account's session as environment variables for a command that may run for
+    /// `lasting`: the command cannot renew it, so it is one that lasts that long when the
+    /// account's sessions can.
+    async fn stage_session(
+        &self,
+        ctx: &TestContext,
+        lasting: Duration,
+    ) -> Result<BTreeMap<String, String>, String> {
         let aws = self.aws.as_ref().ok_or(
             "`stage_credentials` needs the controller's AWS credentials, which this runner \
              was not given",
@@ -75,18 +82,28 @@ impl StageTestRunner {
             "tollgate-{}-{}-{}-test",
             ctx.pipeline, ctx.release, ctx.stage
         );
-        let sdk = aws
+        let c = match aws
             .creds
-            .config_for(account, &ctx.region, &session)
+            .session_lasting(account, &session, lasting)
             .await
-            .map_err(|e| e.to_string())?;
-        let provider = sdk
-            .credentials_provider()
-            .ok_or("no credentials provider for the stage account")?;
-        let c = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| format!("cannot get the stage account's session: {e}"))?;
+            .map_err(|e| e.to_string())?
+        {
+            Some(c) => c,
+            None => {
+                let sdk = aws
+                    .creds
+                    .config_for(account, &ctx.region, &session)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let provider = sdk
+                    .credentials_provider()
+                    .ok_or("no credentials provider for the stage account")?;
+                provider
+                    .provide_credentials()
+                    .await
+                    .map_err(|e| format!("cannot get the stage account's session: {e}"))?
+            }
+        };
         let mut env = BTreeMap::from([
             ("AWS_ACCESS_KEY_ID".to_owned(), c.access_key_id().to_owned()),
             (
@@ -116,7 +133,9 @@ impl TestRunner for StageTestRunner {
             } => {
                 let mut vars = vars;
                 if *stage_credentials {
-                    match self.stage_session(ctx).await {
+                    // Its whole timeout, and a minute to stop in.
+                    let lasting = test.timeout + Duration::from_secs(60);
+                    match self.stage_session(ctx, lasting).await {
                         Ok(session) => vars.extend(session),
                         Err(why) => {
                             let summary = format!("test `{}` could not start: {why}", test.name);

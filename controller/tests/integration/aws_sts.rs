@@ -295,6 +295,71 @@ async fn a_config_renews_its_session_when_the_old_one_is_due() {
     moto.recorder_stop().await.unwrap();
 }
 
+/// A process handed a session cannot renew it: `session_lasting` gives the cached session
+/// only when it lasts long enough, else assumes the role again for the account's
+/// `session_duration`; a session that cannot last long enough is still given (with a warning).
+#[tokio::test]
+async fn a_session_handed_to_a_process_lasts_as_long_as_it_may_run() {
+    let moto = MotoServer::start().unwrap(); // private: the recorder counts calls
+    let creds = credentials(&moto);
+    let ext = id_file("gamma-external-id");
+    let short = Account {
+        session_duration: Duration::from_secs(900),
+        ..account("gamma", GAMMA, Some(SecretRef::File(ext.path().into())))
+    };
+    let long = Account {
+        session_duration: Duration::from_secs(1800),
+        ..short.clone()
+    };
+    moto.recorder_start().await.unwrap();
+    let config = creds.config_for(&short, REGION, "s").await.unwrap();
+    let cached = config.credentials_provider().unwrap();
+    let cached = cached.provide_credentials().await.unwrap();
+    assert_eq!(assumes(&moto).await, 1);
+
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    let ten = creds
+        .session_lasting(&long, "s", minutes(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        ten.map(|c| c.access_key_id().to_string()),
+        Some(cached.access_key_id().to_string()),
+        "15 minutes left: the cached session"
+    );
+    assert_eq!(assumes(&moto).await, 1);
+
+    let twenty = creds
+        .session_lasting(&long, "s", minutes(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(twenty.access_key_id(), cached.access_key_id());
+    assert_eq!(assumes(&moto).await, 2, "a new session of 30 minutes");
+    let expiry = twenty.expiry().unwrap();
+    let left = expiry.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left > minutes(29), "{left:?}");
+
+    // Longer than any session the account gets: a new one all the same, the longest it may.
+    let forty = creds
+        .session_lasting(&long, "s", minutes(40))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(forty.access_key_id(), twenty.access_key_id());
+    assert_eq!(assumes(&moto).await, 3);
+    moto.recorder_stop().await.unwrap();
+
+    assert!(
+        creds
+            .session_lasting(&controller_account(), "s", minutes(10))
+            .await
+            .unwrap()
+            .is_none(),
+        "the controller's account: its own credentials"
+    );
+}
+
 /// How many `AssumeRole` calls moto's recorder holds.
 async fn assumes(moto: &MotoServer) -> usize {
     let requests = moto.recorded_requests().await.unwrap();
