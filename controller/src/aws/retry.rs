@@ -165,6 +165,8 @@ impl RetrySettings {
 pub struct Limiter {
     settings: RetrySettings,
     buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
+    /// When a call in each account was last refused as denied (see [`Limiter::denied_at`]).
+    denied: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug)]
@@ -184,6 +186,7 @@ impl Limiter {
         Limiter {
             settings,
             buckets: Mutex::new(HashMap::new()),
+            denied: Mutex::new(HashMap::new()),
         }
     }
 
@@ -201,7 +204,8 @@ impl Limiter {
     {
         let what = format!("AWS {api} in {account}");
         let attempts = std::sync::atomic::AtomicU32::new(0);
-        self.settings
+        let result = self
+            .settings
             .backoff()
             .retry(&what, || {
                 if attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
@@ -217,7 +221,20 @@ impl Limiter {
                     attempt.await
                 }
             })
-            .await
+            .await;
+        if let Err(PortError::Denied(_)) = &result {
+            let mut denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
+            denied.insert(account.to_string(), Instant::now());
+        }
+        result
+    }
+
+    /// When a call in `account` was last refused as denied (access denied, an expired or
+    /// unknown token): the assumed-role session it used may have been revoked, and the next
+    /// call assumes the role again (`aws::sts`).
+    pub fn denied_at(&self, account: &str) -> Option<Instant> {
+        let denied = self.denied.lock().unwrap_or_else(|e| e.into_inner());
+        denied.get(account).copied()
     }
 
     /// Waits until the bucket has a token and takes it.

@@ -70,6 +70,9 @@ struct Session {
     /// AWS refused a session over an hour for this role (role chaining): renewals ask for
     /// one hour at once.
     chained: bool,
+    /// When it was assumed: a call refused as denied after that (see [`Limiter::denied_at`])
+    /// retires it.
+    obtained: tokio::time::Instant,
 }
 
 impl Session {
@@ -273,6 +276,7 @@ impl Inner {
             credentials,
             expires,
             chained: false,
+            obtained: tokio::time::Instant::now(),
         })
     }
 
@@ -322,7 +326,12 @@ impl RoleSession {
     ) -> PortResult<(aws_credential_types::Credentials, SystemTime)> {
         let (account, role) = (&self.account, self.role.as_str());
         let mut cached = self.slot.lock().await;
-        if let Some(s) = cached.as_ref().filter(|s| s.fresh(wanted)) {
+        // A call with it was denied since it was assumed: it may have been revoked (IAM's
+        // "Revoke active sessions" denies only sessions issued before it), and a new one is
+        // not. A role that really lacks a permission costs one AssumeRole per denied call.
+        let denied = self.inner.limiter.denied_at(&account.id);
+        let usable = |s: &&Session| s.fresh(wanted) && denied.is_none_or(|at| at < s.obtained);
+        if let Some(s) = cached.as_ref().filter(usable) {
             return Ok((s.credentials.clone(), s.expires));
         }
         let what = format!(

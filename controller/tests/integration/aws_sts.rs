@@ -360,6 +360,92 @@ async fn a_session_handed_to_a_process_lasts_as_long_as_it_may_run() {
     );
 }
 
+/// An AssumeRole answer granting `key`, valid for an hour.
+fn granted(key: &str) -> String {
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    format!(
+        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <Credentials><AccessKeyId>{key}</AccessKeyId><SecretAccessKey>secret</SecretAccessKey>
+      <SessionToken>token-{key}</SessionToken><Expiration>{expires}</Expiration></Credentials>
+    <AssumedRoleUser><Arn>arn:aws:sts::222222222222:assumed-role/tollgate-deploy/s</Arn>
+      <AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>1</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#
+    )
+}
+
+/// A session revoked in IAM ("Revoke active sessions" denies every session issued before it)
+/// is not kept until it expires: once a call with it is denied, the next call assumes the role
+/// again, and the new session works.
+#[tokio::test]
+async fn a_session_denied_after_it_was_assumed_is_replaced_on_the_next_call() {
+    use wiremock::matchers::header_regex;
+    let sts = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("Action=AssumeRole"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(granted("ASIAOLD"), "text/xml"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&sts)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("Action=AssumeRole"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(granted("ASIANEW"), "text/xml"))
+        .with_priority(2)
+        .mount(&sts)
+        .await;
+    let revoked = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>AccessDenied</Code>
+  <Message>User: arn:aws:sts::222222222222:assumed-role/tollgate-deploy/s is not authorized to perform: sts:GetCallerIdentity with an explicit deny in an identity-based policy</Message></Error>
+  <RequestId>2</RequestId>
+</ErrorResponse>"#;
+    Mock::given(method("POST"))
+        .and(body_string_contains("Action=GetCallerIdentity"))
+        .and(header_regex("authorization", "Credential=ASIAOLD/"))
+        .respond_with(ResponseTemplate::new(403).set_body_raw(revoked, "text/xml"))
+        .mount(&sts)
+        .await;
+    let identity = r#"<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <GetCallerIdentityResult><Arn>arn:aws:sts::222222222222:assumed-role/tollgate-deploy/s</Arn>
+    <UserId>AROA:s</UserId><Account>222222222222</Account></GetCallerIdentityResult>
+  <ResponseMetadata><RequestId>3</RequestId></ResponseMetadata>
+</GetCallerIdentityResponse>"#;
+    Mock::given(method("POST"))
+        .and(body_string_contains("Action=GetCallerIdentity"))
+        .and(header_regex("authorization", "Credential=ASIANEW/"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(identity, "text/xml"))
+        .mount(&sts)
+        .await;
+
+    let creds = credentials_at(&sts);
+    let ext = id_file("beta-external-id");
+    let beta = account("beta", BETA, Some(SecretRef::File(ext.path().into())));
+    let config = creds.config_for(&beta, REGION, "s").await.unwrap();
+    let client = aws_sdk_sts::Client::new(&config);
+    let who = || async {
+        creds
+            .limiter()
+            .call(BETA, "GetCallerIdentity", || {
+                tollgate::aws::errors::sdk(client.get_caller_identity().send())
+            })
+            .await
+    };
+    let first = who().await.unwrap_err();
+    assert!(matches!(first, PortError::Denied(_)), "{first:?}");
+    let second = who().await.unwrap();
+    assert_eq!(second.account(), Some(BETA));
+    let assumed = sts
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("Action=AssumeRole"))
+        .count();
+    assert_eq!(assumed, 2, "assumed again once, after the denial");
+}
+
 /// How many `AssumeRole` calls moto's recorder holds.
 async fn assumes(moto: &MotoServer) -> usize {
     let requests = moto.recorded_requests().await.unwrap();
