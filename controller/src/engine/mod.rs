@@ -47,7 +47,7 @@ use tracing::Instrument;
 
 use crate::backoff::PollSettings;
 use crate::config::Config;
-use crate::domain::{Action, Effect, StageName, plan};
+use crate::domain::{Action, DeployedTo, Effect, EffectKind, EffectOutput, StageName, plan};
 use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use facts::*;
@@ -246,26 +246,65 @@ impl Engine {
     }
 
     /// Why `config` must not replace the one in force, if it must not: it drops a pipeline or
-    /// stage that a run is deploying, verifying, baking or rolling back in. Such a run would
-    /// stay there unplanned (a rollback never finished, its release never marked bad, and a
-    /// later stage then following the one before it), so the change waits until the run is
-    /// done. A store that cannot be read refuses too.
+    /// stage that a run is deploying, verifying, baking or rolling back in, or puts a wave
+    /// that run has deployed somewhere else (another account or account id, region, stack or
+    /// pipeline: a wave moved, replaced, dropped or inserted before it). The run would stay
+    /// unplanned (a rollback never finished, its release never marked bad, and a later stage
+    /// then following the one before it), or finish without reaching a target, or roll back
+    /// where it never deployed; so the change waits until the run is done. A store that cannot
+    /// be read refuses too.
     pub async fn refuse_config(&self, config: &Config) -> Option<String> {
-        let runs = match self.store().reads().changing_runs().await {
+        let reads = self.store().reads();
+        let unreadable = |e: StoreError| Some(format!("cannot read the runs in flight: {e}"));
+        let runs = match reads.changing_runs().await {
             Ok(runs) => runs,
-            Err(e) => return Some(format!("cannot read the runs in flight: {e}")),
+            Err(e) => return unreadable(e),
         };
         let dropped = dropped_changing(config, &runs);
-        (!dropped.is_empty()).then(|| {
-            format!(
-                "it drops {} while a release is being deployed or rolled back there ({}); \
+        if !dropped.is_empty() {
+            let which = if dropped.len() == 1 {
+                "a stage"
+            } else {
+                "stages"
+            };
+            return Some(format!(
+                "it drops {which} while a release is being deployed or rolled back there ({}); \
                  keep it until that run is done",
-                if dropped.len() == 1 {
-                    "a stage"
-                } else {
-                    "stages"
-                },
                 dropped.join("; ")
+            ));
+        }
+        let mut moved = Vec::new();
+        for (pipeline, run) in &runs {
+            let effects = match reads.effects_of(run.release, &run.stage).await {
+                Ok(effects) => effects,
+                Err(e) => return unreadable(e),
+            };
+            let stage = config.pipeline(pipeline).and_then(|p| p.stage(&run.stage));
+            for e in effects.iter().filter(|e| e.attempt == run.attempt) {
+                let (EffectKind::Deploy { wave }, EffectOutput::Deployed { to: Some(to), .. }) =
+                    (&e.kind, &e.output)
+                else {
+                    continue;
+                };
+                let now = stage.and_then(|s| place(config, s, *wave));
+                if now.as_ref().is_some_and(|now| now.same_place(to)) {
+                    continue;
+                }
+                let status = run.status.as_str().replace('_', " ");
+                let now = now.map_or("nowhere".to_string(), |now| now.to_string());
+                moved.push(format!(
+                    "{pipeline}/{}: {} {status}, its wave {} deployed to {to}, now {now}",
+                    run.stage,
+                    run.release,
+                    wave + 1
+                ));
+            }
+        }
+        (!moved.is_empty()).then(|| {
+            format!(
+                "it changes where a release being deployed or rolled back has deployed ({}); \
+                 change the stage's targets once that run is done",
+                moved.join("; ")
             )
         })
     }
@@ -745,4 +784,20 @@ fn dropped_changing(config: &Config, runs: &[(String, crate::domain::StageRun)])
             format!("{pipeline}/{}: {} {status}", run.stage, run.release)
         })
         .collect()
+}
+
+/// Where `config` puts `stage`'s wave `wave`, as a deploy records it.
+fn place(config: &Config, stage: &crate::config::Stage, wave: usize) -> Option<DeployedTo> {
+    let target = stage.targets.get(wave)?;
+    let account = config.account(&target.account)?;
+    let name = match &stage.deploy {
+        crate::config::Deploy::CloudFormation { stack, .. } => stack,
+        crate::config::Deploy::CodePipeline { pipeline, .. } => pipeline,
+    };
+    Some(DeployedTo {
+        account: target.account.clone(),
+        account_id: account.id.to_string(),
+        region: target.region.clone(),
+        name: name.clone(),
+    })
 }

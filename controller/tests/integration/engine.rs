@@ -324,8 +324,8 @@ async fn alarm_after_prod_reload(
 }
 
 /// While a release bakes in prod, a configuration without prod (dropped, renamed, or its
-/// whole pipeline gone) is refused, naming the run; one that keeps prod is not, nor the same
-/// change once the bake is over.
+/// whole pipeline gone), or one that puts a wave it deployed elsewhere, is refused, naming the
+/// run; one that keeps prod where it is is not, nor any of them once the bake is over.
 #[tokio::test]
 async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run_is_done() {
     let h = Harness::new();
@@ -362,10 +362,40 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     }
     assert_eq!(engine.refuse_config(&kept).await, None);
 
+    // Where its waves went: moved to another region, a wave inserted before them, or the
+    // account given another id.
+    let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
+    let moved = load(STAGES.replace(
+        waves,
+        r#"targets = [{ account = "prod" }, { account = "prod", region = "ap-southeast-2" }]"#,
+    ));
+    let why = engine.refuse_config(&moved).await.expect("refused");
+    assert!(
+        why.contains(&format!("{held}, its wave 2 deployed to backend-prod in account prod (444444444444) us-east-1, now backend-prod in account prod (444444444444) ap-southeast-2")),
+        "{why}"
+    );
+    let inserted = load(STAGES.replace(
+        waves,
+        r#"targets = [{ account = "gamma" }, { account = "prod" }, { account = "prod", region = "us-east-1" }]"#,
+    ));
+    assert!(engine.refuse_config(&inserted).await.is_some());
+    let accounts = h.dir.path().join("accounts/accounts.toml");
+    let ids = std::fs::read_to_string(&accounts).unwrap();
+    std::fs::write(&accounts, ids.replace("444444444444", "555555555555")).unwrap();
+    let other_id = load(STAGES.to_string());
+    std::fs::write(&accounts, ids).unwrap();
+    let why = engine.refuse_config(&other_id).await.expect("refused");
+    assert!(
+        why.contains("now backend-prod in account prod (555555555555)"),
+        "{why}"
+    );
+
     h.clock.advance(Duration::minutes(11));
     settle(&engine).await.unwrap();
     assert_eq!(status(&engine, id, "prod").await, RunStatus::Succeeded);
-    assert_eq!(engine.refuse_config(&renamed).await, None);
+    for config in [&renamed, &moved, &inserted, &other_id] {
+        assert_eq!(engine.refuse_config(config).await, None);
+    }
 }
 
 /// A reload moved prod's second wave to another region while release 2 baked there: its
