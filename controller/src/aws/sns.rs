@@ -13,7 +13,9 @@
 //!   and concurrent publishes of one key publish once. (The engine records outcomes durably,
 //!   so a restart does not repeat a publish whose outcome was recorded.)
 //! - [`SnsNotifier::ensure_approver_subscriptions`] is idempotent: it lists the topic's
-//!   subscriptions first and subscribes only the approvers who are missing.
+//!   subscriptions first and subscribes only the approvers who are missing. It is
+//!   [`SnsNotifier::subscription_fixes`] then [`SnsNotifier::apply_fix`] for each, for a caller
+//!   that must note a fix before it is made.
 //!
 //! # Caveats
 //! - The dedupe memory holds the last [`DEDUPE_CAPACITY`] keys; older ones are forgotten.
@@ -23,6 +25,8 @@
 //!   filter policy is set when it is created, and corrected later only once it is confirmed.
 //!   SNS delivers nothing to it meanwhile: [`SnsNotifier::audit_subscriptions`] names the
 //!   approvers in that state, so that nothing is published for them.
+//! - SNS takes up to 15 minutes to apply a changed filter policy; this module does not know
+//!   when a policy changed. The approval sender keeps that ([`crate::domain::PolicyHistory`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -119,6 +123,54 @@ pub struct SubscriptionAudit {
     /// The approvers (by name, in the order given) with no confirmed `email` subscription to
     /// their own address: pending confirmation, or not made yet. SNS would deliver them nothing.
     pub unconfirmed: Vec<String>,
+    /// The other confirmed subscriptions: each one listed approver's own, filtered to them.
+    pub personal: Vec<PersonalSubscription>,
+}
+
+/// A confirmed subscription filtered to its approver, as the audit read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalSubscription {
+    pub arn: String,
+    pub protocol: String,
+    /// As [`ExposedSubscription::endpoint`] shows it.
+    pub endpoint: String,
+}
+
+impl PersonalSubscription {
+    /// This subscription, exposed until SNS has applied its filter policy at `until`.
+    pub fn settling(&self, until: chrono::DateTime<chrono::Utc>) -> ExposedSubscription {
+        ExposedSubscription {
+            arn: self.arn.clone(),
+            protocol: self.protocol.clone(),
+            endpoint: self.endpoint.clone(),
+            exposure: Exposure::PolicySettling { until },
+        }
+    }
+}
+
+/// A change that keeps an approver's email subscription theirs alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionFix {
+    /// They have none: subscribe their address with their filter policy.
+    Subscribe { approver: Approver },
+    /// Their confirmed subscription `arn` has another filter policy (`policy`), or one scoped
+    /// to the message body (`scope`).
+    Correct {
+        arn: String,
+        approver: String,
+        policy: bool,
+        scope: bool,
+    },
+}
+
+impl SubscriptionFix {
+    /// The subscription the fix changes, when it exists already.
+    pub fn arn(&self) -> Option<&str> {
+        match self {
+            SubscriptionFix::Subscribe { .. } => None,
+            SubscriptionFix::Correct { arn, .. } => Some(arn),
+        }
+    }
 }
 
 /// One subscription of a topic, as listed.
@@ -157,29 +209,76 @@ impl SnsNotifier {
     }
 
     /// Makes sure each approver has one `email` subscription to `topic` with the filter
-    /// policy `{"approver": ["<name>"]}`. Returns how many subscriptions were created or
-    /// had their filter policy corrected (0 when all were in place).
+    /// policy `{"approver": ["<name>"]}` on the message attributes. Returns how many
+    /// subscriptions were created or had their filter policy corrected (0 when all were in
+    /// place).
     pub async fn ensure_approver_subscriptions(
         &self,
         topic: &str,
         approvers: &[Approver],
     ) -> PortResult<usize> {
+        let fixes = self.subscription_fixes(topic, approvers).await?;
+        for fix in &fixes {
+            self.apply_fix(topic, fix).await?;
+        }
+        Ok(fixes.len())
+    }
+
+    /// What [`Self::ensure_approver_subscriptions`] would change, changing nothing: an email
+    /// subscription for each approver who has none, and a correction for each confirmed one
+    /// whose filter policy or its scope is not theirs. (A subscription pending confirmation
+    /// is corrected once confirmed.)
+    pub async fn subscription_fixes(
+        &self,
+        topic: &str,
+        approvers: &[Approver],
+    ) -> PortResult<Vec<SubscriptionFix>> {
         let (client, account) = self.client(topic).await?;
         let existing = self.subscriptions(&client, &account, topic).await?;
-        let mut changed = 0;
+        let mut fixes = Vec::new();
         for approver in approvers {
-            let policy = filter_policy(&approver.name);
-            let found = existing.iter().find(|s| is_inbox_of(s, approver));
-            let did = match found {
-                Some(sub) => self.correct_policy(&client, &account, sub, &policy).await?,
-                None => {
-                    self.subscribe(&client, &account, topic, approver, &policy)
-                        .await?
+            let fix = match existing.iter().find(|s| is_inbox_of(s, approver)) {
+                Some(sub) if sub.confirmed() => {
+                    let filter = self.filter_of(&client, &account, &sub.arn).await?;
+                    correction(sub, approver, filter)
                 }
+                Some(_) => None,
+                None => Some(SubscriptionFix::Subscribe {
+                    approver: approver.clone(),
+                }),
             };
-            changed += usize::from(did);
+            fixes.extend(fix);
         }
-        Ok(changed)
+        Ok(fixes)
+    }
+
+    /// Makes one fix; returns the ARN of the subscription whose filter policy it set (a new
+    /// email subscription has one while pending: `ReturnSubscriptionArn`).
+    pub async fn apply_fix(&self, topic: &str, fix: &SubscriptionFix) -> PortResult<String> {
+        let (client, account) = self.client(topic).await?;
+        match fix {
+            SubscriptionFix::Subscribe { approver } => {
+                self.subscribe(&client, &account, topic, approver).await
+            }
+            SubscriptionFix::Correct {
+                arn,
+                approver,
+                policy,
+                scope,
+            } => {
+                if *scope {
+                    self.set_attribute(&client, &account, arn, SCOPE, ATTRIBUTE_SCOPE)
+                        .await?;
+                }
+                if *policy {
+                    let value = filter_policy(approver);
+                    self.set_attribute(&client, &account, arn, "FilterPolicy", &value)
+                        .await?;
+                }
+                tracing::info!(topic, approver = %approver, "corrected an approver's filter policy");
+                Ok(arn.clone())
+            }
+        }
     }
 
     /// What the subscriptions of `topic` mean for personal links: the confirmed ones that
@@ -196,22 +295,29 @@ impl SnsNotifier {
     ) -> PortResult<SubscriptionAudit> {
         let (client, account) = self.client(topic).await?;
         let listed = self.subscriptions(&client, &account, topic).await?;
-        let mut exposed = Vec::new();
+        let mut audit = SubscriptionAudit {
+            unconfirmed: unconfirmed(&listed, approvers),
+            ..SubscriptionAudit::default()
+        };
         for sub in listed.iter().filter(|s| s.confirmed()) {
             let (policy, scope) = self.filter_of(&client, &account, &sub.arn).await?;
-            if let Some(exposure) = exposure(policy, scope, approvers, sub) {
-                exposed.push(ExposedSubscription {
-                    arn: sub.arn.clone(),
-                    protocol: sub.protocol.clone(),
-                    endpoint: shown_endpoint(&sub.protocol, &sub.endpoint),
+            let (arn, protocol) = (sub.arn.clone(), sub.protocol.clone());
+            let endpoint = shown_endpoint(&sub.protocol, &sub.endpoint);
+            match exposure(policy, scope, approvers, sub) {
+                Some(exposure) => audit.exposed.push(ExposedSubscription {
+                    arn,
+                    protocol,
+                    endpoint,
                     exposure,
-                });
+                }),
+                None => audit.personal.push(PersonalSubscription {
+                    arn,
+                    protocol,
+                    endpoint,
+                }),
             }
         }
-        Ok(SubscriptionAudit {
-            exposed,
-            unconfirmed: unconfirmed(&listed, approvers),
-        })
+        Ok(audit)
     }
 
     /// A subscription's `FilterPolicy` and `FilterPolicyScope` attributes.
@@ -323,16 +429,18 @@ impl SnsNotifier {
         )))
     }
 
-    /// Creates the approver's email subscription with its filter policy.
+    /// Creates the approver's email subscription with its filter policy; returns its ARN.
     async fn subscribe(
         &self,
         client: &Client,
         account: &str,
         topic: &str,
         approver: &Approver,
-        policy: &str,
-    ) -> PortResult<bool> {
-        self.limiter
+    ) -> PortResult<String> {
+        let policy = filter_policy(&approver.name);
+        let policy = policy.as_str();
+        let out = self
+            .limiter
             .call(account, "Subscribe", || {
                 let request = client
                     .subscribe()
@@ -352,48 +460,52 @@ impl SnsNotifier {
                 )
             })?;
         tracing::info!(topic, approver = %approver.name, "subscribed approver");
-        Ok(true)
+        Ok(out.subscription_arn().unwrap_or_default().to_string())
     }
 
-    /// Sets the filter policy of a confirmed subscription when it is not `policy`.
-    async fn correct_policy(
+    /// Sets one attribute of a subscription.
+    async fn set_attribute(
         &self,
         client: &Client,
         account: &str,
-        sub: &Subscription,
-        policy: &str,
-    ) -> PortResult<bool> {
-        if !sub.confirmed() {
-            return Ok(false);
-        }
-        let arn = sub.arn.as_str();
-        let attributes = self
-            .limiter
-            .call(account, "GetSubscriptionAttributes", || {
-                sdk(client
-                    .get_subscription_attributes()
-                    .subscription_arn(arn)
-                    .send())
-            })
-            .await
-            .map_err(|e| context(e, "reading an approver's subscription"))?;
-        let current = attributes.attributes().and_then(|a| a.get("FilterPolicy"));
-        if current.is_some_and(|c| same_json(c, policy)) {
-            return Ok(false);
-        }
+        arn: &str,
+        name: &str,
+        value: &str,
+    ) -> PortResult<()> {
         self.limiter
             .call(account, "SetSubscriptionAttributes", || {
                 let request = client.set_subscription_attributes().subscription_arn(arn);
-                sdk(request
-                    .attribute_name("FilterPolicy")
-                    .attribute_value(policy)
-                    .send())
+                sdk(request.attribute_name(name).attribute_value(value).send())
             })
             .await
-            .map_err(|e| context(e, "setting an approver's filter policy"))?;
-        Ok(true)
+            .map_err(|e| context(e, &format!("setting {name} of an approver's subscription")))?;
+        Ok(())
     }
 }
+
+/// The correction a confirmed subscription of `approver`'s needs, given its `FilterPolicy` and
+/// `FilterPolicyScope`: their policy when it has another, and the message attributes as its
+/// scope when it filters on the message body (which carries no approver attribute).
+fn correction(
+    sub: &Subscription,
+    approver: &Approver,
+    (policy, scope): (Option<String>, Option<String>),
+) -> Option<SubscriptionFix> {
+    let policy = !policy.is_some_and(|p| same_json(&p, &filter_policy(&approver.name)));
+    let scope = scope.as_deref() == Some(BODY_SCOPE);
+    (policy || scope).then(|| SubscriptionFix::Correct {
+        arn: sub.arn.clone(),
+        approver: approver.name.clone(),
+        policy,
+        scope,
+    })
+}
+
+/// The `FilterPolicyScope` attribute, and its values: approval messages are filtered on their
+/// attributes.
+const SCOPE: &str = "FilterPolicyScope";
+const ATTRIBUTE_SCOPE: &str = "MessageAttributes";
+const BODY_SCOPE: &str = "MessageBody";
 
 #[async_trait]
 impl Notifier for SnsNotifier {
@@ -427,7 +539,7 @@ fn exposure(
     let Some(policy) = policy.filter(|p| !p.trim().is_empty()) else {
         return Some(Exposure::Unfiltered);
     };
-    if scope.as_deref() == Some("MessageBody") {
+    if scope.as_deref() == Some(BODY_SCOPE) {
         return Some(Exposure::BodyScoped { policy });
     }
     let one = serde_json::from_str::<serde_json::Value>(&policy)
@@ -744,6 +856,43 @@ mod tests {
         assert_eq!(shown("email", "dana@example.com"), "dana@example.com");
         let queue = "arn:aws:sqs:eu-west-1:111111111111:approvals";
         assert_eq!(shown("sqs", queue), queue);
+    }
+
+    #[test]
+    fn an_approvers_subscription_is_corrected_to_their_policy_on_the_message_attributes() {
+        let alice = approver("alice");
+        let sub = Subscription {
+            arn: "arn:aws:sns:eu-west-1:111111111111:approvals:1".into(),
+            protocol: "email".into(),
+            endpoint: alice.email.clone(),
+        };
+        let fix = |policy: Option<&str>, scope: Option<&str>| {
+            correction(
+                &sub,
+                &alice,
+                (policy.map(Into::into), scope.map(Into::into)),
+            )
+        };
+        let correct = |policy, scope| {
+            Some(SubscriptionFix::Correct {
+                arn: sub.arn.clone(),
+                approver: "alice".into(),
+                policy,
+                scope,
+            })
+        };
+        let hers = r#"{ "approver": ["alice"] }"#;
+        assert_eq!(fix(Some(hers), None), None);
+        assert_eq!(fix(Some(hers), Some("MessageAttributes")), None);
+        assert_eq!(fix(Some(hers), Some("MessageBody")), correct(false, true));
+        assert_eq!(fix(None, None), correct(true, false));
+        assert_eq!(
+            fix(Some(r#"{"approver":["bob"]}"#), Some("MessageBody")),
+            correct(true, true)
+        );
+        assert_eq!(correct(true, true).unwrap().arn(), Some(sub.arn.as_str()));
+        let subscribe = SubscriptionFix::Subscribe { approver: alice };
+        assert_eq!(subscribe.arn(), None);
     }
 
     #[test]

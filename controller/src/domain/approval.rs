@@ -9,13 +9,17 @@
 //! email, both without regard to case.
 //!
 //! Also owns the typed account of an approval request that was withheld because a
-//! subscription on the approval topic would have received every approver's personal link.
+//! subscription on the approval topic would have received every approver's personal link, or
+//! may still receive them under a filter policy that changed less than
+//! [`FILTER_POLICY_SETTLE`] ago ([`PolicyHistory`]).
 //!
 //! Must never: do I/O, or match people by anything but login and email (a display name is
 //! only compared for a name typed on a shared link, which is unverified anyway).
 
 use std::fmt;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::types::{ApprovalRecord, Decision, Release};
@@ -209,6 +213,50 @@ pub enum Exposure {
     /// Filtered to one approver, but delivering somewhere other than that approver's own email
     /// address (an HTTP endpoint, a queue, another address): whoever reads it gets their link.
     NotTheirInbox { approver: String },
+    /// Filtered to its approver now, but its filter policy changed less than
+    /// [`FILTER_POLICY_SETTLE`] ago: SNS may still deliver under the old one until `until`.
+    PolicySettling { until: DateTime<Utc> },
+}
+
+/// How long SNS may go on delivering under a subscription's previous filter policy: "Additions
+/// or changes to a subscription filter policy require up to 15 minutes to fully take effect."
+/// (<https://docs.aws.amazon.com/sns/latest/dg/sns-subscription-filter-policies.html>)
+pub const FILTER_POLICY_SETTLE: Duration = Duration::from_secs(15 * 60);
+
+/// What tollgate knows of the last changes to one subscription's filter policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyHistory {
+    /// The subscription's ARN.
+    pub subscription: String,
+    /// The topic's ARN.
+    pub topic: String,
+    /// When tollgate last set its filter policy (created it with one, or corrected it).
+    pub policy_set_at: Option<DateTime<Utc>>,
+    /// When an audit last saw it exposed: whatever made it safe since changed after that.
+    pub exposed_seen_at: Option<DateTime<Utc>>,
+}
+
+/// A change to a subscription's filter policy, as tollgate learns of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Tollgate set the policy (or is about to: the time is taken before the call).
+    Set,
+    /// An audit saw the subscription exposed.
+    SeenExposed,
+}
+
+impl PolicyHistory {
+    /// When SNS has applied the subscription's current filter policy for sure.
+    pub fn settled_at(&self) -> Option<DateTime<Utc>> {
+        let changed = self.policy_set_at.max(self.exposed_seen_at)?;
+        Some(changed + chrono::Duration::from_std(FILTER_POLICY_SETTLE).unwrap_or_default())
+    }
+
+    /// Until when the subscription may still deliver under an earlier policy, seen at `now`;
+    /// `None` once settled.
+    pub fn settling_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.settled_at().filter(|until| *until > now)
+    }
 }
 
 /// A confirmed subscription that would receive approval links meant for others.
@@ -235,6 +283,12 @@ impl fmt::Display for ExposedSubscription {
             Exposure::NotTheirInbox { approver } => {
                 format!("receives {approver}'s links but is not {approver}'s own email address")
             }
+            Exposure::PolicySettling { until } => format!(
+                "had its filter policy changed less than {} minutes ago and may receive other \
+                 approvers' links until {}",
+                FILTER_POLICY_SETTLE.as_secs() / 60,
+                until.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
         };
         write!(
             f,
@@ -268,12 +322,129 @@ pub fn describe_unconfirmed(awaiting: &[String], sent: &[String]) -> String {
     )
 }
 
-/// One sentence naming every exposed subscription.
+/// One sentence naming every exposed subscription: those that would receive every
+/// approver's link, and those whose filter policy SNS may not have applied yet.
 pub fn describe_exposed(subs: &[ExposedSubscription]) -> String {
-    let each: Vec<String> = subs.iter().map(ToString::to_string).collect();
-    format!(
-        "personal approval links withheld: {} and would receive every approver's link; \
-         give it a filter policy {{\"approver\":[\"<name>\"]}} for one listed approver, or remove it",
+    let (settling, leaky): (Vec<&ExposedSubscription>, Vec<&ExposedSubscription>) = subs
+        .iter()
+        .partition(|s| matches!(s.exposure, Exposure::PolicySettling { .. }));
+    let each = |subs: &[&ExposedSubscription]| {
+        let each: Vec<String> = subs.iter().map(ToString::to_string).collect();
         each.join("; ")
-    )
+    };
+    let mut parts = Vec::new();
+    if !leaky.is_empty() {
+        parts.push(format!(
+            "{} and would receive every approver's link; give it a filter policy \
+             {{\"approver\":[\"<name>\"]}} for one listed approver, or remove it",
+            each(&leaky)
+        ));
+    }
+    if let Some(until) = settling_until(subs) {
+        parts.push(format!(
+            "{}: SNS takes up to {} minutes to apply a filter policy, so no link goes out \
+             before {}",
+            each(&settling),
+            FILTER_POLICY_SETTLE.as_secs() / 60,
+            until.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+    }
+    format!("personal approval links withheld: {}", parts.join("; and "))
+}
+
+/// The latest time until which a subscription in `subs` may deliver under an earlier filter
+/// policy (`None` when none may).
+pub fn settling_until(subs: &[ExposedSubscription]) -> Option<DateTime<Utc>> {
+    subs.iter()
+        .filter_map(|s| match s.exposure {
+            Exposure::PolicySettling { until } => Some(until),
+            _ => None,
+        })
+        .max()
+}
+
+/// When the links go out on their own: `Some` when every subscription in `subs` only waits
+/// for SNS to apply its filter policy (nothing for a person to fix).
+pub fn only_settling(subs: &[ExposedSubscription]) -> Option<DateTime<Utc>> {
+    let all = subs
+        .iter()
+        .all(|s| matches!(s.exposure, Exposure::PolicySettling { .. }));
+    settling_until(subs).filter(|_| all)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 10, minute, 0).unwrap()
+    }
+
+    fn history(set: Option<u32>, exposed: Option<u32>) -> PolicyHistory {
+        PolicyHistory {
+            subscription: "arn:aws:sns:eu-west-1:111111111111:approvals:1".into(),
+            topic: "arn:aws:sns:eu-west-1:111111111111:approvals".into(),
+            policy_set_at: set.map(at),
+            exposed_seen_at: exposed.map(at),
+        }
+    }
+
+    #[test]
+    fn a_policy_settles_fifteen_minutes_after_its_last_known_change() {
+        assert_eq!(history(None, None).settled_at(), None);
+        assert_eq!(history(Some(5), None).settled_at(), Some(at(20)));
+        assert_eq!(history(Some(5), Some(9)).settled_at(), Some(at(24)));
+        assert_eq!(history(Some(9), Some(5)).settled_at(), Some(at(24)));
+        let h = history(None, Some(9));
+        assert_eq!(h.settling_until(at(23)), Some(at(24)));
+        assert_eq!(h.settling_until(at(24)), None, "settled at the minute");
+        assert_eq!(history(None, None).settling_until(at(0)), None);
+    }
+
+    fn sub(exposure: Exposure) -> ExposedSubscription {
+        ExposedSubscription {
+            arn: "arn:aws:sns:eu-west-1:111111111111:approvals:1".into(),
+            protocol: "email".into(),
+            endpoint: "alice@example.com".into(),
+            exposure,
+        }
+    }
+
+    #[test]
+    fn a_settling_policy_is_explained_with_the_time_the_links_go_out() {
+        let settling = [sub(Exposure::PolicySettling { until: at(20) })];
+        let said = describe_exposed(&settling);
+        assert!(
+            said.contains("SNS takes up to 15 minutes to apply a filter policy")
+                && said.contains("no link goes out before 2026-03-01 10:20:00 UTC")
+                && !said.contains("remove it"),
+            "{said}"
+        );
+        assert_eq!(only_settling(&settling), Some(at(20)));
+        let both = [sub(Exposure::Unfiltered), settling[0].clone()];
+        let said = describe_exposed(&both);
+        assert!(
+            said.contains("has no filter policy") && said.contains("10:20:00"),
+            "{said}"
+        );
+        assert_eq!(only_settling(&both), None, "a person has to act");
+        assert_eq!(settling_until(&both), Some(at(20)));
+    }
+
+    #[test]
+    fn exposures_stored_before_settling_existed_still_read() {
+        let old =
+            r#"{"arn":"a","protocol":"email","endpoint":"e","exposure":{"kind":"unfiltered"}}"#;
+        let read: ExposedSubscription = serde_json::from_str(old).unwrap();
+        assert_eq!(read.exposure, Exposure::Unfiltered);
+        let new = sub(Exposure::PolicySettling { until: at(20) });
+        let json = serde_json::to_value(&new).unwrap();
+        assert_eq!(json["exposure"]["kind"], "policy_settling");
+        assert_eq!(
+            serde_json::from_value::<ExposedSubscription>(json).unwrap(),
+            new
+        );
+    }
 }

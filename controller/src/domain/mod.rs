@@ -21,7 +21,9 @@ pub mod window;
 pub(crate) mod tests;
 
 pub use action::*;
-pub use approval::{Contributor, ContributorRole, ExposedSubscription, Exposure};
+pub use approval::{
+    Contributor, ContributorRole, ExposedSubscription, Exposure, PolicyChange, PolicyHistory,
+};
 pub use names::*;
 pub use plan::{Plan, plan};
 pub use reason::{AlarmProblem, DataGap, Reason, RequestState};

@@ -6,7 +6,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::{InsufficientData, Pipeline, Stage};
-use crate::domain::{NotifyEvent, Reason, Release, ReleaseId, RunStatus, Snapshot};
+use crate::domain::approval::{FILTER_POLICY_SETTLE, only_settling};
+use crate::domain::{NotifyEvent, Reason, Release, ReleaseId, RequestState, RunStatus, Snapshot};
 
 /// One line per stage: where this release stands ("beta: succeeded — deployed and baked").
 pub fn progress(snap: &Snapshot, release: ReleaseId, now: DateTime<Utc>) -> String {
@@ -90,6 +91,10 @@ pub fn notification(n: &Notice<'_>) -> (String, String) {
             p.name, r.id, s.name
         ),
         NotifyEvent::RolledBack => format!("[tollgate] {} {}: {sha} ROLLED BACK", p.name, s.name),
+        NotifyEvent::ApprovalWithheld if links_go_out_at(n.reason).is_some() => format!(
+            "[tollgate] {} {}: approval request for {} delayed",
+            p.name, r.id, s.name
+        ),
         NotifyEvent::ApprovalWithheld => format!(
             "[tollgate] {} {}: approval request for {} NOT SENT",
             p.name, r.id, s.name
@@ -101,10 +106,20 @@ pub fn notification(n: &Notice<'_>) -> (String, String) {
             "Stage {} was rolled back: release {} was removed and the stage's last known-good release restored.",
             s.name, r.id
         ),
-        NotifyEvent::ApprovalWithheld => format!(
-            "The approval request of release {} for stage {} was not sent: a subscription on the approval topic would have received every approver's personal link.",
-            r.id, s.name
-        ),
+        NotifyEvent::ApprovalWithheld => match links_go_out_at(n.reason) {
+            Some(at) => format!(
+                "The approval request of release {} for stage {} was not sent yet: the filter policy of a subscription on the approval topic changed less than {} minutes ago, and SNS takes up to {} minutes to apply a filter policy, so until then it could receive other approvers' personal links. The links go out at {} without anyone doing anything.",
+                r.id,
+                s.name,
+                FILTER_POLICY_SETTLE.as_secs() / 60,
+                FILTER_POLICY_SETTLE.as_secs() / 60,
+                at.format("%Y-%m-%d %H:%M UTC")
+            ),
+            None => format!(
+                "The approval request of release {} for stage {} was not sent: a subscription on the approval topic would have received every approver's personal link.",
+                r.id, s.name
+            ),
+        },
     };
     let targets: Vec<String> = s
         .targets
@@ -136,6 +151,10 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
         "if this release is the fix for a firing alarm: `tollgate override {p} {r} --alarms --reason \"…\"` lets it past the alarm gate"
     );
     match (n.event, n.reason.root()) {
+        (NotifyEvent::ApprovalWithheld, _) if links_go_out_at(n.reason).is_some() => vec![
+            "nothing: the request is checked again on its own and sent once SNS has applied the filter policies".into(),
+            "`tollgate status` shows which subscriptions are settling, and until when".into(),
+        ],
         (NotifyEvent::ApprovalWithheld, _) => vec![
             format!(
                 "give each subscription on {s}'s approval topic the filter policy {{\"approver\":[\"<name>\"]}} of one listed approver, or remove it"
@@ -195,6 +214,18 @@ fn next_steps(n: &Notice<'_>) -> Vec<String> {
             vec![fix, override_alarms]
         }
         _ => vec![retry, fix, override_alarms],
+    }
+}
+
+/// When a withheld request's links go out on their own: every subscription in their way only
+/// waits for SNS to apply its changed filter policy.
+fn links_go_out_at(reason: &Reason) -> Option<DateTime<Utc>> {
+    match reason {
+        Reason::AwaitingApproval {
+            request: RequestState::Withheld { exposed, .. },
+            ..
+        } => only_settling(exposed),
+        _ => None,
     }
 }
 

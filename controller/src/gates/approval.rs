@@ -11,6 +11,12 @@
 //!   says so per approver ([`SendOutcome::Unconfirmed`]); a later send under the same key
 //!   reaches them once confirmed. With no listed approvers it publishes one shared link, and
 //!   the page asks for the approver's name (recorded, marked unverified).
+//!   Nothing is published ([`SendOutcome::Withheld`]) while a confirmed subscription on the
+//!   topic would receive others' links, or may still: SNS takes up to 15 minutes
+//!   ([`rules::FILTER_POLICY_SETTLE`]) to apply a changed filter policy, so a subscription
+//!   whose policy tollgate set (made it with one, or corrected it), or which an audit saw
+//!   exposed, counts as settled only that long after the later of the two. Both times are
+//!   kept in the store ([`Store::record_policy_change`]), so a restart does not forget them.
 //! - **Deciding**: the rules every decision goes through, whether it comes from a link
 //!   ([`decide_by_link`], used by `POST /approvals/{token}`) or from a caller that
 //!   authenticated the approver itself ([`decide`], for the CLI and the dashboard). A decision
@@ -60,7 +66,8 @@ use crate::backoff::Backoff;
 use crate::config::{Approval, Approver};
 use crate::domain::approval::{self as rules, Identity};
 use crate::domain::{
-    ApprovalRecord, ContributorRole, Decision, Release, ReleaseId, RunStatus, StageRun,
+    ApprovalRecord, ContributorRole, Decision, PolicyChange, Release, ReleaseId, RunStatus,
+    StageRun,
 };
 use crate::engine::clock::{Clock, SystemClock};
 use crate::engine::ports::{
@@ -135,9 +142,11 @@ impl SnsApprovalSender {
     }
 
     /// Subscribes the approvers, then checks that every confirmed subscription on the topic
-    /// is one listed approver's (personal links go out only then), and which approvers have
-    /// no confirmed subscription yet. Any failure to manage or list the subscriptions stops
-    /// the send (nothing is published).
+    /// is one listed approver's (personal links go out only then) and has been so for
+    /// [`rules::FILTER_POLICY_SETTLE`] (one whose policy changed since is in `exposed`,
+    /// settling), and which approvers have no confirmed subscription yet. Any failure to
+    /// manage or list the subscriptions, or to note their changes, stops the send (nothing is
+    /// published).
     async fn check_subscriptions(&self, req: &ApprovalRequest) -> PortResult<SubscriptionAudit> {
         let Some(subs) = &self.subscriptions else {
             return Ok(SubscriptionAudit::default());
@@ -145,9 +154,72 @@ impl SnsApprovalSender {
         if req.approvers.is_empty() {
             return Ok(SubscriptionAudit::default());
         }
-        subs.ensure_approver_subscriptions(&req.topic, &req.approvers)
+        self.fix_subscriptions(subs, req).await?;
+        let mut audit = subs.audit_subscriptions(&req.topic, &req.approvers).await?;
+        self.add_settling(&req.topic, &mut audit).await?;
+        Ok(audit)
+    }
+
+    /// Makes the approvers' subscriptions theirs alone, noting each policy set: a correction
+    /// before it is made (it may then be noted and not made, which only delays the links), a
+    /// new subscription once SNS gave its ARN.
+    async fn fix_subscriptions(&self, subs: &SnsNotifier, req: &ApprovalRequest) -> PortResult<()> {
+        let fixes = subs.subscription_fixes(&req.topic, &req.approvers).await?;
+        let known: Vec<String> = fixes
+            .iter()
+            .filter_map(|f| f.arn().map(str::to_string))
+            .collect();
+        self.note_policies(&req.topic, &known, PolicyChange::Set)
             .await?;
-        subs.audit_subscriptions(&req.topic, &req.approvers).await
+        for fix in &fixes {
+            let arn = subs.apply_fix(&req.topic, fix).await?;
+            // SNS returns the ARN of a new subscription, pending or not (`ReturnSubscriptionArn`).
+            if fix.arn().is_none() && arn.starts_with("arn:") {
+                self.note_policies(&req.topic, &[arn], PolicyChange::Set)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes the exposed subscriptions as seen exposed now, and adds to them every personal
+    /// one whose filter policy changed less than [`rules::FILTER_POLICY_SETTLE`] ago: SNS
+    /// may still deliver other approvers' links to it under its earlier policy.
+    async fn add_settling(&self, topic: &str, audit: &mut SubscriptionAudit) -> PortResult<()> {
+        let exposed: Vec<String> = audit.exposed.iter().map(|e| e.arn.clone()).collect();
+        self.note_policies(topic, &exposed, PolicyChange::SeenExposed)
+            .await?;
+        let history = self
+            .stored("reading when filter policies changed", || {
+                self.store.policy_history(topic)
+            })
+            .await?;
+        let now = self.clock.now();
+        for sub in &audit.personal {
+            let until = history
+                .iter()
+                .find(|h| h.subscription == sub.arn)
+                .and_then(|h| h.settling_until(now));
+            audit.exposed.extend(until.map(|until| sub.settling(until)));
+        }
+        Ok(())
+    }
+
+    /// Records that the filter policies of `arns` on `topic` changed now, as `change` says.
+    async fn note_policies(
+        &self,
+        topic: &str,
+        arns: &[String],
+        change: PolicyChange,
+    ) -> PortResult<()> {
+        if arns.is_empty() {
+            return Ok(());
+        }
+        self.stored("noting a filter policy change", || {
+            self.store
+                .record_policy_change(topic, arns, change, self.clock.now())
+        })
+        .await
     }
 
     /// Mints (or finds already sent) the link of one recipient and publishes it.
@@ -215,7 +287,7 @@ impl ApprovalSender for SnsApprovalSender {
         let audit = self.check_subscriptions(req).await?;
         if !audit.exposed.is_empty() {
             let exposed = audit.exposed;
-            tracing::warn!(key = %req.key, topic = %req.topic, exposed = exposed.len(), "approval links withheld: the topic has subscriptions that would receive every link");
+            tracing::warn!(key = %req.key, topic = %req.topic, exposed = exposed.len(), "approval links withheld: the topic has subscriptions that would receive every link, or may until SNS applies their filter policy");
             return Ok(SendOutcome::Withheld(exposed));
         }
         // An approver who had their link and whose subscription is gone or pending again

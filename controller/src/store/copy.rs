@@ -45,6 +45,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("api_idempotency", &["key_name", "idempotency_key"]),
     ("leader_lease", &["id"]),
     ("pruning", &["id"]),
+    ("subscription_policies", &["subscription_arn"]),
 ];
 
 /// Why a copy did not happen, or did not verify.

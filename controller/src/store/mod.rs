@@ -31,6 +31,7 @@ pub mod retention;
 mod rows;
 #[cfg(test)]
 mod scale_tests;
+mod subscriptions;
 mod timings;
 mod writer;
 

@@ -9,7 +9,9 @@
 //! policies for HTTP deliveries), served by this test on 127.0.0.1.
 //!
 //! moto confirms an email subscription at once; the approvers whose subscription is pending
-//! confirmation are modelled by the testkit's SNS proxy in front of moto.
+//! confirmation are modelled by the testkit's SNS proxy in front of moto. moto applies a filter
+//! policy at once too, where SNS takes up to 15 minutes: the sender's clock is a
+//! [`ManualClock`] that the tests move past [`FILTER_POLICY_SETTLE`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,11 +26,12 @@ use tollgate::aws::retry::Limiter;
 use tollgate::aws::sns::SnsNotifier;
 use tollgate::aws::sts::Credentials;
 use tollgate::config::{Account, Approver};
-use tollgate::domain::ReleaseId;
+use tollgate::domain::approval::FILTER_POLICY_SETTLE;
+use tollgate::domain::{ExposedSubscription, Exposure, ReleaseId};
 use tollgate::engine::ports::{
     ApprovalRequest, ApprovalSender, ApproverLink, LinkDelivery, SendOutcome, awaiting_and_sent,
 };
-use tollgate::engine::{Delivery, Ingested, NewRelease};
+use tollgate::engine::{Delivery, Ingested, ManualClock, NewRelease};
 use tollgate::gates::approval::SnsApprovalSender;
 use tollgate::store::Store;
 use tollgate_testkit::aws_stubs::sns::SnsProxy;
@@ -143,6 +146,19 @@ async fn subscriptions(moto: &MotoServer, topic: &str) -> Vec<Value> {
         .collect()
 }
 
+/// [`FILTER_POLICY_SETTLE`], as the clock counts.
+fn settle() -> chrono::Duration {
+    chrono::Duration::from_std(FILTER_POLICY_SETTLE).unwrap()
+}
+
+/// The exposures a person must fix: all but the subscriptions whose policy is settling.
+fn leaky(exposed: Vec<ExposedSubscription>) -> Vec<ExposedSubscription> {
+    exposed
+        .into_iter()
+        .filter(|e| !matches!(e.exposure, Exposure::PolicySettling { .. }))
+        .collect()
+}
+
 fn link_token(body: &str) -> String {
     let prefix = format!("{PUBLIC_URL}/approvals/");
     let at = body.find(&prefix).expect("a link") + prefix.len();
@@ -204,10 +220,20 @@ async fn each_approver_gets_one_message_with_their_own_link() {
     let topic = create_topic(moto, "tollgate-approvals-personal").await;
     let (_dir, store, id) = store_with_release().await;
     let sns = notifier(moto);
+    let clock = Arc::new(ManualClock::new(Utc::now()));
     let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
-        .with_subscriptions(sns.clone());
+        .with_subscriptions(sns.clone())
+        .with_clock(clock.clone());
     let req = request(id, &topic, APPROVERS.iter().map(|n| approver(n)).collect());
 
+    // moto confirms the new subscriptions at once: SNS may not apply their policies for 15
+    // minutes, and nothing goes out before.
+    let SendOutcome::Withheld(settling) = sender.send(&req).await.unwrap() else {
+        panic!("links published before SNS applied the new filter policies")
+    };
+    assert_eq!(settling.len(), 3, "{settling:?}");
+    assert!(sent_notifications(moto, &topic).await.is_empty());
+    clock.advance(settle());
     assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(3));
 
     // One email subscription per approver, filtered to their own messages.
@@ -282,6 +308,7 @@ async fn a_subscription_filtered_to_an_approver_but_not_their_inbox_withholds_ev
     let SendOutcome::Withheld(exposed) = sender.send(&req).await.unwrap() else {
         panic!("links were published")
     };
+    let exposed = leaky(exposed);
     assert_eq!(exposed.len(), 1, "{exposed:?}");
     assert_eq!(exposed[0].protocol, "http");
     // Named by its host (the path of an HTTP endpoint can hold a token).
@@ -329,6 +356,7 @@ async fn an_exposed_https_subscription_is_named_without_the_credentials_in_its_u
     let SendOutcome::Withheld(exposed) = sender.send(&req).await.unwrap() else {
         panic!("links were published")
     };
+    let exposed = leaky(exposed);
     assert_eq!(exposed.len(), 1, "{exposed:?}");
     assert_eq!(exposed[0].endpoint, format!("http://{host}/…"));
     let said = format!(
@@ -417,10 +445,14 @@ async fn an_approver_whose_subscription_is_pending_confirmation_is_not_sent_a_li
         .unwrap();
     proxy.confirm(&alice.email);
     let (_dir, store, id) = store_with_release().await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
     let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
-        .with_subscriptions(sns.clone());
+        .with_subscriptions(sns.clone())
+        .with_clock(clock.clone());
     let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
 
+    // Bob's subscription, made now with his policy, is pending: it receives nothing, so it
+    // holds nobody's link back while SNS applies its policy.
     let outcome = sender.send(&req).await.unwrap();
     assert_eq!(
         proxy.pending(),
@@ -444,7 +476,18 @@ async fn an_approver_whose_subscription_is_pending_confirmation_is_not_sent_a_li
     assert_eq!(sender.send(&req).await.unwrap(), outcome);
     assert_eq!(addressed(moto, &topic).await, ["alice"]);
 
+    // Bob confirms within 15 minutes of his subscription being made with its policy: SNS may
+    // not apply it before then.
     proxy.confirm(&bob.email);
+    let SendOutcome::Withheld(settling) = sender.send(&req).await.unwrap() else {
+        panic!("bob's link went out before SNS applied his filter policy")
+    };
+    assert!(
+        matches!(&settling[..], [e] if e.endpoint == bob.email && matches!(e.exposure, Exposure::PolicySettling { .. })),
+        "{settling:?}"
+    );
+    assert_eq!(addressed(moto, &topic).await, ["alice"]);
+    clock.advance(settle());
     assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
     assert_eq!(
         addressed(moto, &topic).await,
@@ -538,4 +581,231 @@ async fn with_every_subscription_pending_nothing_is_published_and_nobody_counts_
          to the approval topic are pending confirmation, and SNS delivers nothing until the \
          approver follows the link in AWS's confirmation email"
     );
+}
+
+/// The ARN of `topic`'s subscription to exactly `endpoint`.
+async fn subscription_arn(moto: &MotoServer, topic: &str, endpoint: &str) -> String {
+    let listed = aws_sdk_sns::Client::new(&moto.sdk_config())
+        .list_subscriptions_by_topic()
+        .topic_arn(topic)
+        .send()
+        .await
+        .unwrap();
+    let found = listed
+        .subscriptions()
+        .iter()
+        .find(|s| s.endpoint() == Some(endpoint));
+    found.unwrap().subscription_arn().unwrap().to_string()
+}
+
+/// A subscription attribute, as SNS answers `GetSubscriptionAttributes`.
+async fn attribute(moto: &MotoServer, arn: &str, name: &str) -> Option<String> {
+    let out = aws_sdk_sns::Client::new(&moto.sdk_config())
+        .get_subscription_attributes()
+        .subscription_arn(arn)
+        .send()
+        .await
+        .unwrap();
+    out.attributes().and_then(|a| a.get(name)).cloned()
+}
+
+/// An `email` subscription made by hand (confirmed at once by moto), with `attributes`.
+async fn subscribe_by_hand(
+    moto: &MotoServer,
+    topic: &str,
+    email: &str,
+    attributes: &[(&str, &str)],
+) {
+    let mut request = aws_sdk_sns::Client::new(&moto.sdk_config())
+        .subscribe()
+        .topic_arn(topic)
+        .protocol("email")
+        .endpoint(email);
+    for (name, value) in attributes {
+        request = request.attributes(*name, *value);
+    }
+    request.send().await.unwrap();
+}
+
+/// A clock on a whole second (the store keeps milliseconds).
+fn manual_clock() -> (Arc<ManualClock>, chrono::DateTime<Utc>) {
+    use chrono::SubsecRound;
+    let t0 = Utc::now().trunc_subsecs(0);
+    (Arc::new(ManualClock::new(t0)), t0)
+}
+
+fn settling(arn: &str, endpoint: &str, until: chrono::DateTime<Utc>) -> ExposedSubscription {
+    ExposedSubscription {
+        arn: arn.into(),
+        protocol: "email".into(),
+        endpoint: endpoint.into(),
+        exposure: Exposure::PolicySettling { until },
+    }
+}
+
+/// Alice's subscription had no filter policy. Tollgate gives it hers, but SNS may go on
+/// delivering under the old one for 15 minutes, so bob's link could still reach her: nothing
+/// is published until then, and the reason says when the links go out. A controller started
+/// again over the same store (a new sender and notifier) still knows.
+#[tokio::test]
+async fn a_corrected_policy_holds_every_link_until_sns_has_applied_it_even_across_a_restart() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-settle-corrected").await;
+    let (alice, bob) = (approver("alice"), approver("bob"));
+    subscribe_by_hand(moto, &topic, &alice.email, &[]).await;
+    let sns = notifier(moto);
+    sns.ensure_approver_subscriptions(&topic, std::slice::from_ref(&bob))
+        .await
+        .unwrap();
+    let hers = subscription_arn(moto, &topic, &alice.email).await;
+    let (dir, store, id) = store_with_release().await;
+    let (clock, t0) = manual_clock();
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone())
+        .with_clock(clock.clone());
+    let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
+
+    let until = t0 + settle();
+    let held = SendOutcome::Withheld(vec![settling(&hers, &alice.email, until)]);
+    assert_eq!(sender.send(&req).await.unwrap(), held);
+    let policy = attribute(moto, &hers, "FilterPolicy").await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&policy).unwrap(),
+        json!({"approver": ["alice"]}),
+        "corrected"
+    );
+    assert!(sent_notifications(moto, &topic).await.is_empty());
+    let SendOutcome::Withheld(exposed) = &held else {
+        unreachable!()
+    };
+    let said = tollgate::domain::approval::describe_exposed(exposed);
+    let when = until.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    assert!(
+        said.contains("SNS takes up to 15 minutes to apply a filter policy")
+            && said.contains(&when),
+        "{said}"
+    );
+
+    // A restart: a new store handle, notifier and sender.
+    drop((sender, store));
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let store = Store::open(&url).await.unwrap();
+    let sns = notifier(moto);
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns)
+        .with_clock(clock.clone());
+    clock.advance(settle() - chrono::Duration::seconds(1));
+    assert_eq!(sender.send(&req).await.unwrap(), held, "a second early");
+    assert!(sent_notifications(moto, &topic).await.is_empty());
+
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
+    assert_eq!(addressed(moto, &topic).await, ["alice", "bob"]);
+}
+
+/// A second subscription of alice's address had no filter policy: the round is withheld. The
+/// operator gives it alice's policy by hand; SNS may not apply it for 15 minutes after the
+/// round that last saw it exposed, so the next round is withheld too, until then.
+#[tokio::test]
+async fn a_subscription_fixed_by_hand_holds_the_links_for_fifteen_minutes_after_it_was_seen_exposed()
+ {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-settle-by-hand").await;
+    let (alice, bob) = (approver("alice"), approver("bob"));
+    let sns = notifier(moto);
+    sns.ensure_approver_subscriptions(&topic, &[alice.clone(), bob.clone()])
+        .await
+        .unwrap();
+    let second = "Alice@Example.com";
+    subscribe_by_hand(moto, &topic, second, &[]).await;
+    let arn = subscription_arn(moto, &topic, second).await;
+    let (_dir, store, id) = store_with_release().await;
+    let (clock, t0) = manual_clock();
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone())
+        .with_clock(clock.clone());
+    let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
+
+    let SendOutcome::Withheld(exposed) = sender.send(&req).await.unwrap() else {
+        panic!("links published to an unfiltered subscription")
+    };
+    assert_eq!(exposed.len(), 1, "{exposed:?}");
+    assert_eq!(
+        (exposed[0].arn.as_str(), &exposed[0].exposure),
+        (arn.as_str(), &Exposure::Unfiltered)
+    );
+
+    aws_sdk_sns::Client::new(&moto.sdk_config())
+        .set_subscription_attributes()
+        .subscription_arn(&arn)
+        .attribute_name("FilterPolicy")
+        .attribute_value(r#"{"approver":["alice"]}"#)
+        .send()
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::minutes(5));
+    assert_eq!(
+        sender.send(&req).await.unwrap(),
+        SendOutcome::Withheld(vec![settling(&arn, second, t0 + settle())])
+    );
+    assert!(sent_notifications(moto, &topic).await.is_empty());
+
+    clock.advance(chrono::Duration::minutes(10));
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
+    assert_eq!(addressed(moto, &topic).await, ["alice", "bob"]);
+}
+
+/// Alice's own subscription filters on the message body, where no approver attribute is:
+/// tollgate sets its scope back to the message attributes (a policy change: SNS may take 15
+/// minutes to apply it), then sends.
+#[tokio::test]
+async fn an_approvers_subscription_scoped_to_the_message_body_is_reset_and_then_settles() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-settle-scope").await;
+    let (alice, bob) = (approver("alice"), approver("bob"));
+    let policy = r#"{"approver":["alice"]}"#;
+    let body_scoped = [
+        ("FilterPolicy", policy),
+        ("FilterPolicyScope", "MessageBody"),
+    ];
+    subscribe_by_hand(moto, &topic, &alice.email, &body_scoped).await;
+    let hers = subscription_arn(moto, &topic, &alice.email).await;
+    assert_eq!(
+        attribute(moto, &hers, "FilterPolicyScope").await.as_deref(),
+        Some("MessageBody")
+    );
+    let sns = notifier(moto);
+    sns.ensure_approver_subscriptions(&topic, std::slice::from_ref(&bob))
+        .await
+        .unwrap();
+    let (_dir, store, id) = store_with_release().await;
+    let (clock, t0) = manual_clock();
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone())
+        .with_clock(clock.clone());
+    let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
+
+    assert_eq!(
+        sender.send(&req).await.unwrap(),
+        SendOutcome::Withheld(vec![settling(&hers, &alice.email, t0 + settle())])
+    );
+    assert_eq!(
+        attribute(moto, &hers, "FilterPolicyScope").await.as_deref(),
+        Some("MessageAttributes")
+    );
+    assert_eq!(
+        attribute(moto, &hers, "FilterPolicy").await.as_deref(),
+        Some(policy)
+    );
+    assert!(sent_notifications(moto, &topic).await.is_empty());
+
+    clock.advance(settle());
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
+    assert_eq!(addressed(moto, &topic).await, ["alice", "bob"]);
 }

@@ -51,6 +51,21 @@ pub(crate) struct Serve {
     _dir: tempfile::TempDir,
 }
 
+/// The approver's own email subscription, filtered to them, made before the controller starts
+/// (as the approver would have confirmed it long before). One the controller made itself would
+/// be confirmed at once by moto and then hold the links back for 15 minutes while SNS may not
+/// have applied its filter policy (`approvals_moto` shows that).
+async fn subscribe_approver(sns: &aws_sdk_sns::Client, topic: &str) {
+    sns.subscribe()
+        .topic_arn(topic)
+        .protocol("email")
+        .endpoint(format!("{APPROVER}@example.com"))
+        .attributes("FilterPolicy", format!(r#"{{"approver":["{APPROVER}"]}}"#))
+        .send()
+        .await
+        .expect("subscribed the approver");
+}
+
 impl Serve {
     /// The world, `before` (say, an extra subscription) run on moto, then `tollgate serve`.
     async fn start<F, Fut>(builder: WorldBuilder, before: F) -> Serve
@@ -108,6 +123,7 @@ impl Serve {
             .await
             .expect("CloudWatch stub");
         let sns = aws_sdk_sns::Client::new(&moto.sdk_config());
+        subscribe_approver(&sns, &world.topics().approvals).await;
         before(sns, world.topics().approvals.clone()).await;
         let github = GithubFake::start(TOKEN).await.unwrap();
         let state =
