@@ -127,6 +127,7 @@ async fn run() -> Result<()> {
     world
         .bootstrap_stacks(&moto, "bootstrap-placeholder")
         .await?;
+    world.subscribe_approver().await?;
     say("build account 123456789012 runs the controller and holds the ECR repository `backend`");
     for s in world.stages() {
         say(format!(

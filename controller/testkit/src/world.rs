@@ -401,6 +401,23 @@ impl World {
         &self.topics
     }
 
+    /// Subscribes [`APPROVER`]'s email address to the approval topic, filtered to them, as an
+    /// operator does ahead of time (moto confirms it at once). A subscription the controller
+    /// made itself would hold the links back for 15 minutes, the time SNS may take to apply
+    /// a new filter policy.
+    pub async fn subscribe_approver(&self) -> Result<()> {
+        aws_sdk_sns::Client::new(&self.build_config)
+            .subscribe()
+            .topic_arn(&self.topics.approvals)
+            .protocol("email")
+            .endpoint(format!("{APPROVER}@example.com"))
+            .attributes("FilterPolicy", format!(r#"{{"approver":["{APPROVER}"]}}"#))
+            .send()
+            .await
+            .context("subscribing the approver to the approval topic")?;
+        Ok(())
+    }
+
     /// The stages in order: beta, gamma, prod.
     pub fn stages(&self) -> &[WorldStage] {
         &self.stages
