@@ -1327,6 +1327,25 @@ async fn set_up_pipeline(configs: &BTreeMap<String, SdkConfig>, config: &Config,
         let made = create_topic(&in_region(&configs[&account.name], &region), &name).await;
         assert_eq!(made.unwrap(), topic);
     }
+    // Each approver's own email subscription, filtered to them, made ahead of time as the
+    // example's operator would (moto confirms it at once): one the controller made itself
+    // would hold the links back the 15 minutes SNS may take to apply its filter policy.
+    for approval in p.stages.iter().filter_map(|s| s.approval.as_ref()) {
+        let topic = approval.topic.to_string();
+        let (region, account, _) = topic_parts(&topic);
+        let account = config.accounts.values().find(|a| a.id == account).unwrap();
+        let sns = aws_sdk_sns::Client::new(&in_region(&configs[&account.name], &region));
+        for a in &approval.approvers {
+            sns.subscribe()
+                .topic_arn(&topic)
+                .protocol("email")
+                .endpoint(&a.email)
+                .attributes("FilterPolicy", format!(r#"{{"approver":["{}"]}}"#, a.name))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("subscribing {} to {topic}: {e:?}", a.name));
+        }
+    }
     let a = &p.artifact;
     let ecr = aws_sdk_ecr::Client::new(&in_region(&configs[&a.account], &a.region));
     let created = ecr
