@@ -827,6 +827,12 @@ impl<'a> Planner<'a> {
                     }
                 }
             }
+            // Sent, for other approvers, addresses, topic or expiry than the configuration's
+            // now (a reload): sent again, and only what changed goes out.
+            Some(r) if self.sent_for_other(&r, cfg, expires) => {
+                self.ensure(self.effect(run, EffectKind::RequestApproval { round: round + 1 }));
+                RequestState::Resending
+            }
             _ => RequestState::Sending,
         };
         let reason = Reason::AwaitingApproval {
@@ -836,6 +842,32 @@ impl<'a> Planner<'a> {
             request,
         };
         self.note(run, reason);
+    }
+
+    /// Whether the sent request `r` went out for other approvers, addresses, topic or expiry
+    /// than `cfg` and `expires` say now. A round recorded before that was kept says nothing.
+    fn sent_for_other(
+        &self,
+        r: &EffectRecord,
+        cfg: &crate::config::Approval,
+        expires: DateTime<Utc>,
+    ) -> bool {
+        let EffectOutput::ApprovalSent(sent) = &r.output else {
+            return false;
+        };
+        let mut now: Vec<(String, String)> = cfg
+            .approvers
+            .iter()
+            .map(|a| (a.name.clone(), a.email.to_ascii_lowercase()))
+            .collect();
+        let mut then: Vec<(String, String)> = sent
+            .approvers
+            .iter()
+            .map(|(n, e)| (n.clone(), e.to_ascii_lowercase()))
+            .collect();
+        now.sort();
+        then.sort();
+        now != then || *sent.topic != cfg.topic || sent.expires_at != expires
     }
 
     /// How many of the run's newest approval-request rounds failed, in a row, other than for

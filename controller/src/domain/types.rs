@@ -354,6 +354,20 @@ pub enum EffectOutput {
         awaiting: Vec<String>,
         sent: Vec<String>,
     },
+    /// An approval request whose links are all out, and what it was sent for: the listed
+    /// approvers with their addresses (empty: a shared link), the topic and the expiry. When
+    /// the configuration says otherwise later (a reload), the request is sent again: a new
+    /// address or approver gets a link, and every link the new expiry.
+    ApprovalSent(Box<ApprovalSent>),
+}
+
+/// See [`EffectOutput::ApprovalSent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalSent {
+    /// (name, email) of each listed approver, in the stage's order.
+    pub approvers: Vec<(String, String)>,
+    pub topic: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Where a wave was deployed: the account (its name in the configuration then, and its id),

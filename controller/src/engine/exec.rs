@@ -13,8 +13,8 @@ use crate::config::{Account, AlarmDelay, Deploy, Pipeline, Stage};
 use crate::domain::Effect;
 use crate::domain::approval::{describe_exposed, describe_unconfirmed};
 use crate::domain::{
-    AlarmFact, AppliedSpec, DeployedTo, EffectKind, EffectOutput, EffectStatus, Release, ReleaseId,
-    Snapshot, StackHistory, StackKey, StageRun,
+    AlarmFact, AppliedSpec, ApprovalSent, DeployedTo, EffectKind, EffectOutput, EffectStatus,
+    Release, ReleaseId, Snapshot, StackHistory, StackKey, StageRun,
 };
 use crate::store::EffectOutcome;
 
@@ -304,10 +304,20 @@ async fn approval(op: &Op<'_>, s: &Stage) -> PortResult<EffectOutcome> {
         expires_at: since + chrono::Duration::from_std(cfg.timeout).unwrap_or_default(),
         summary: messages::release_facts(p, r, &ctx.history, &ctx.public_url),
     };
+    let sent_for = ApprovalSent {
+        approvers: req
+            .approvers
+            .iter()
+            .map(|a| (a.name.clone(), a.email.clone()))
+            .collect(),
+        topic: req.topic.clone(),
+        expires_at: req.expires_at,
+    };
     match op.ports().approvals.send(&req).await? {
         SendOutcome::Sent(sent) => Ok(EffectOutcome::success(format!(
             "approval request sent ({sent} message(s))"
-        ))),
+        ))
+        .with(EffectOutput::ApprovalSent(Box::new(sent_for)))),
         // A failure: the planner sends the request again on its resend schedule, and each
         // approver who confirmed meanwhile gets their link then (the others keep theirs).
         SendOutcome::Unconfirmed(links) => {

@@ -236,6 +236,7 @@ impl SnsApprovalSender {
             stage: req.stage.clone(),
             attempt: req.attempt,
             approver: to.map(|a| a.name.clone()),
+            recipient: to.map(|a| a.email.clone()),
             expires_at: req.expires_at,
         };
         let issued = self
@@ -284,6 +285,22 @@ impl ApprovalSender for SnsApprovalSender {
             .await?
             .ok_or_else(|| PortError::NotFound(format!("release {}", req.release)))?;
         let release = self.with_pull_people(req, release).await?;
+        // An approver whose address changed (a reload) loses the link sent to the old one at
+        // once, whatever the subscriptions say; the new address gets one once it can.
+        let addresses: Vec<(String, String)> = req
+            .approvers
+            .iter()
+            .map(|a| (a.name.clone(), a.email.clone()))
+            .collect();
+        let retired = self
+            .stored("replacing links sent to old addresses", || {
+                self.store
+                    .retire_links_sent_elsewhere(&req.key, &addresses, self.clock.now())
+            })
+            .await?;
+        if !retired.is_empty() {
+            tracing::warn!(key = %req.key, approvers = %retired.join(", "), "approval links sent to an approver's previous address replaced");
+        }
         let audit = self.check_subscriptions(req).await?;
         if !audit.exposed.is_empty() {
             let exposed = audit.exposed;
@@ -1091,8 +1108,14 @@ impl Link {
             });
         }
         let name = self.token.approver.as_deref()?;
-        if self.approver().is_none() {
+        let Some(approver) = self.approver() else {
             return Some(Refusal::NotAnApprover { name: name.into() });
+        };
+        // Sent to an address that is no longer this approver's (a reload changed it): the
+        // next round replaces it with a link to the new one.
+        let sent_to = self.token.recipient.as_deref();
+        if sent_to.is_some_and(|to| !to.eq_ignore_ascii_case(&approver.email)) {
+            return Some(Refusal::Replaced);
         }
         self.facts
             .decision_of(name)

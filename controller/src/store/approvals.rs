@@ -54,6 +54,8 @@ pub struct NewToken {
     pub attempt: u32,
     /// The approver the link is for; `None` for a shared link.
     pub approver: Option<String>,
+    /// The approver's email address the link goes to; `None` for a shared link.
+    pub recipient: Option<String>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -70,6 +72,9 @@ pub struct TokenRecord {
     pub attempt: u32,
     /// `None` for a shared link.
     pub approver: Option<String>,
+    /// The approver's email address the link was sent to (`None` for a shared link, and for
+    /// links sent before it was kept).
+    pub recipient: Option<String>,
     /// The value the confirmation form must send back.
     pub csrf: Secret,
     pub created_at: DateTime<Utc>,
@@ -137,7 +142,7 @@ pub(super) fn random(n: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-const TOKEN_COLUMNS: &str = "t.token_hash, t.request_key, t.pipeline, t.release_id, t.stage, t.attempt, t.approver, t.csrf, t.created_at, t.expires_at, t.published_at, t.replaced_at, d.received_at AS used_at";
+const TOKEN_COLUMNS: &str = "t.token_hash, t.request_key, t.pipeline, t.release_id, t.stage, t.attempt, t.approver, t.recipient, t.csrf, t.created_at, t.expires_at, t.published_at, t.replaced_at, d.received_at AS used_at";
 
 fn token_query(filter: &str) -> String {
     format!(
@@ -157,6 +162,7 @@ fn token_row(r: &AnyRow) -> TokenRecord {
         stage: r.get("stage"),
         attempt: r.get::<i64, _>("attempt") as u32,
         approver: r.get("approver"),
+        recipient: r.get("recipient"),
         csrf: Secret::new(r.get::<String, _>("csrf")),
         created_at: from_ms(r.get("created_at")),
         expires_at: from_ms(r.get("expires_at")),
@@ -170,10 +176,22 @@ impl Store {
     /// Mints the token of one approval request for one approver (or the shared link), unless
     /// the live one was already published. In one transaction: a live token never marked
     /// published (a send that crashed or failed before publishing) is replaced by the new one.
+    /// A published one keeps its link, and takes the request's expiry when that changed (a
+    /// reload changed the approval's `timeout`); one sent to another address than `t`'s is
+    /// replaced ([`Store::retire_links_sent_elsewhere`] does that first).
     pub async fn issue_approval_token(&self, t: &NewToken, now: DateTime<Utc>) -> Result<Issued> {
         let mut tx = self.write_fenced().await?;
-        if let Some(live) = live_token(&mut tx, &t.request_key, t.approver.as_deref()).await? {
-            if live.published_at.is_some() || live.used_at.is_some() {
+        if let Some(mut live) = live_token(&mut tx, &t.request_key, t.approver.as_deref()).await? {
+            let elsewhere = live.used_at.is_none() && sent_elsewhere(&live, t.recipient.as_deref());
+            if (live.published_at.is_some() || live.used_at.is_some()) && !elsewhere {
+                if live.expires_at != t.expires_at {
+                    sqlx::query("UPDATE approval_tokens SET expires_at = $1 WHERE token_hash = $2")
+                        .bind(ms(t.expires_at))
+                        .bind(&live.hash)
+                        .execute(&mut *tx)
+                        .await?;
+                    live.expires_at = t.expires_at;
+                }
                 tx.commit().await?;
                 return Ok(Issued::AlreadyPublished(live));
             }
@@ -192,6 +210,7 @@ impl Store {
             stage: t.stage.clone(),
             attempt: t.attempt,
             approver: t.approver.clone(),
+            recipient: t.recipient.clone(),
             csrf: Secret::new(random(CSRF_BYTES)),
             created_at: now,
             expires_at: t.expires_at,
@@ -202,6 +221,37 @@ impl Store {
         insert_token(&mut tx, &record).await?;
         tx.commit().await?;
         Ok(Issued::New(IssuedToken { token, record }))
+    }
+
+    /// Replaces the unused links of approval request `request_key` that went to another
+    /// address than each approver's now (`approvers`: name and email): the old address no
+    /// longer decides (its link answers that it was replaced), and the approver is no longer
+    /// counted as sent ([`Reads::approvers_sent`]), so the new address gets a link of its own.
+    /// Returns the approvers whose links were replaced.
+    pub async fn retire_links_sent_elsewhere(
+        &self,
+        request_key: &str,
+        approvers: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.write_fenced().await?;
+        let mut retired = Vec::new();
+        for (name, email) in approvers {
+            let Some(live) = live_token(&mut tx, request_key, Some(name)).await? else {
+                continue;
+            };
+            if live.used_at.is_some() || !sent_elsewhere(&live, Some(email)) {
+                continue;
+            }
+            sqlx::query("UPDATE approval_tokens SET replaced_at = $1 WHERE token_hash = $2")
+                .bind(ms(now))
+                .bind(&live.hash)
+                .execute(&mut *tx)
+                .await?;
+            retired.push(name.clone());
+        }
+        tx.commit().await?;
+        Ok(retired)
     }
 
     /// Notes that the message carrying the token went out.
@@ -333,10 +383,19 @@ async fn live_token(
         .map(|r| token_row(&r)))
 }
 
+/// Whether `token` went to another address than `recipient` (a link sent before addresses
+/// were kept went, as far as is known, to the approver's).
+fn sent_elsewhere(token: &TokenRecord, recipient: Option<&str>) -> bool {
+    match (token.recipient.as_deref(), recipient) {
+        (Some(sent), Some(now)) => !sent.eq_ignore_ascii_case(now),
+        _ => false,
+    }
+}
+
 async fn insert_token(c: &mut AnyConnection, t: &TokenRecord) -> Result<()> {
     sqlx::query(
-        "INSERT INTO approval_tokens (token_hash, request_key, pipeline, release_id, stage, approver, csrf, created_at, expires_at, attempt)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO approval_tokens (token_hash, request_key, pipeline, release_id, stage, approver, csrf, created_at, expires_at, attempt, recipient)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&t.hash)
     .bind(&t.request_key)
@@ -348,6 +407,7 @@ async fn insert_token(c: &mut AnyConnection, t: &TokenRecord) -> Result<()> {
     .bind(ms(t.created_at))
     .bind(ms(t.expires_at))
     .bind(i64::from(t.attempt))
+    .bind(&t.recipient)
     .execute(&mut *c)
     .await?;
     Ok(())

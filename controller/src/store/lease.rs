@@ -391,6 +391,7 @@ mod tests {
             stage: "beta".into(),
             attempt: 1,
             approver: Some("ann".into()),
+            recipient: None,
             expires_at: at(3600),
         }
     }

@@ -264,6 +264,7 @@ mod tests {
             stage: "prod".into(),
             attempt: 1,
             approver: Some(approver.into()),
+            recipient: None,
             expires_at: expires,
         };
         match store.issue_approval_token(&t, created).await.unwrap() {

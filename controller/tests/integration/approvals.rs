@@ -1083,6 +1083,89 @@ async fn an_approval_from_an_approver_dropped_from_the_list_stops_counting() {
     assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
 }
 
+/// A reload that changes an approver's address while the request waits: the link sent to
+/// the old address stops deciding at once, the new address gets a link of its own, and nobody
+/// else is sent anything again.
+#[tokio::test]
+async fn an_approver_whose_address_changes_gets_a_new_link_and_the_old_one_stops() {
+    let rig = Rig::new(1, false).await;
+    let id = rig.awaiting(1).await;
+    let old = rig.token("alice", id);
+    let sent_before = rig.messages().len();
+    let csrf = csrf_of(&rig.get(&old).await.body);
+
+    let dir = tempfile::tempdir().unwrap();
+    let moved = stages(1, false, "").replace("alice@example.com", "alice@new.example.com");
+    rig.engine.replace_config(load(dir.path(), &moved));
+    // Until the next round, the old link already refuses: it went to another address.
+    let page = rig.get(&old).await;
+    assert_eq!(page.status, StatusCode::GONE, "{}", page.body);
+    settle(&rig.engine).await.unwrap();
+
+    let sent: Vec<Message> = rig.messages()[sent_before..].to_vec();
+    let to: Vec<&str> = sent
+        .iter()
+        .filter_map(|m| m.attributes.get("approver").map(String::as_str))
+        .collect();
+    assert_eq!(to, ["alice"], "only alice is sent a link again");
+    let new = rig.token("alice", id);
+    assert_ne!(new, old);
+    let refused = rig
+        .post(&old, &[("csrf", &csrf), ("decision", "approve")])
+        .await;
+    assert_eq!(refused.status, StatusCode::GONE, "{}", refused.body);
+    let answer = rig.decide(&new, "approve").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(status(&rig.engine, id, "prod").await, RunStatus::Succeeded);
+}
+
+/// A reload that adds an approver while the request waits sends them a link; one that
+/// lengthens the timeout keeps every link usable until the new expiry, without sending again.
+#[tokio::test]
+async fn a_reload_reaches_an_added_approver_and_a_longer_timeout_reaches_the_links() {
+    let rig = Rig::new(1, false).await;
+    let id = rig.awaiting(1).await;
+    let bob = rig.token("bob", id);
+    let sent_before = rig.messages().len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let dana = r#"  {{ name = "dana", email = "dana@example.com" }},
+]"#
+    .replace("{{", "{")
+    .replace("}}", "}");
+    let added = stages(1, false, "")
+        .replacen("\n]\n", &format!("\n{dana}\n"), 1)
+        .replace(r#"timeout = "24h""#, r#"timeout = "48h""#);
+    assert!(
+        added.contains("dana@example.com") && added.contains("48h"),
+        "{added}"
+    );
+    rig.engine.replace_config(load(dir.path(), &added));
+    settle(&rig.engine).await.unwrap();
+    let sent: Vec<String> = rig.messages()[sent_before..]
+        .iter()
+        .filter_map(|m| m.attributes.get("approver").cloned())
+        .collect();
+    assert_eq!(sent, ["dana"], "only the approver added is sent a link");
+
+    rig.clock.advance(chrono::Duration::hours(30));
+    settle(&rig.engine).await.unwrap();
+    assert_eq!(
+        status(&rig.engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    let page = rig.get(&bob).await;
+    assert_eq!(
+        page.status,
+        StatusCode::OK,
+        "past the old expiry: {}",
+        page.body
+    );
+    let answer = rig.decide(&bob, "approve").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+}
+
 #[tokio::test]
 async fn a_shared_link_never_decides_for_a_listed_approver() {
     let rig = Rig::with_config(|dir| {
@@ -1256,6 +1339,7 @@ async fn a_repeated_send_for_the_same_key_mints_no_second_live_link() {
         stage: "prod".into(),
         attempt: 2,
         approver: Some("alice".into()),
+        recipient: None,
         expires_at: start_time() + chrono::Duration::hours(24),
     };
     let tollgate::store::approvals::Issued::New(lost) = rig

@@ -62,6 +62,7 @@ async fn promoted(h: &Harness) -> ReleaseId {
         stage: "prod".into(),
         attempt: 1,
         approver: Some("bob".into()),
+        recipient: None,
         expires_at: Utc::now() + Duration::hours(4),
     };
     store
