@@ -60,8 +60,16 @@ pub struct SnsNotifier {
     limiter: Arc<Limiter>,
     controller_account: Account,
     /// Other configured accounts, for topics outside the controller's account.
-    accounts: Vec<Account>,
+    accounts: Accounts,
     sent: Mutex<Sent>,
+}
+
+/// Where the other accounts come from.
+enum Accounts {
+    Listed(Vec<Account>),
+    /// The configuration in force, read at each call: a reload that changes an account's role
+    /// or ExternalId, or adds an account owning a topic, applies at once.
+    InForce(crate::engine::SharedConfig),
 }
 
 /// Message ids by publish key, oldest key first in `order`.
@@ -197,14 +205,21 @@ impl SnsNotifier {
             creds,
             limiter,
             controller_account,
-            accounts: Vec::new(),
+            accounts: Accounts::Listed(Vec::new()),
             sent: Mutex::new(Sent::default()),
         }
     }
 
     /// The other configured accounts, whose credentials publish to topics they own.
     pub fn with_accounts(mut self, accounts: impl IntoIterator<Item = Account>) -> SnsNotifier {
-        self.accounts = accounts.into_iter().collect();
+        self.accounts = Accounts::Listed(accounts.into_iter().collect());
+        self
+    }
+
+    /// The accounts of the configuration in force, as it is at each call (`tollgate serve`:
+    /// reloads apply at once).
+    pub fn with_config(mut self, config: crate::engine::SharedConfig) -> SnsNotifier {
+        self.accounts = Accounts::InForce(config);
         self
     }
 
@@ -348,25 +363,33 @@ impl SnsNotifier {
         let account = self.account_for(&arn)?;
         let config = self
             .creds
-            .config_for(account, &arn.region, SESSION_NAME)
+            .config_for(&account, &arn.region, SESSION_NAME)
             .await?;
         let conf = aws_sdk_sns::config::Builder::from(&config).interceptor(CallMetrics);
         Ok((Client::from_conf(conf.build()), account.id.to_string()))
     }
 
-    fn account_for(&self, arn: &TopicArn) -> PortResult<&Account> {
+    fn account_for(&self, arn: &TopicArn) -> PortResult<Account> {
         if arn.account == self.controller_account.id {
-            return Ok(&self.controller_account);
+            return Ok(self.controller_account.clone());
         }
-        self.accounts
-            .iter()
-            .find(|a| a.id == arn.account)
-            .ok_or_else(|| {
-                PortError::Invalid(format!(
-                    "the SNS topic is in account {}, which is not a configured account",
-                    arn.account
-                ))
-            })
+        let found = match &self.accounts {
+            Accounts::Listed(accounts) => accounts.iter().find(|a| a.id == arn.account).cloned(),
+            Accounts::InForce(config) => {
+                let config = config.read().unwrap_or_else(|e| e.into_inner()).clone();
+                config
+                    .accounts
+                    .values()
+                    .find(|a| a.id == arn.account)
+                    .cloned()
+            }
+        };
+        found.ok_or_else(|| {
+            PortError::Invalid(format!(
+                "the SNS topic is in account {}, which is not a configured account",
+                arn.account
+            ))
+        })
     }
 
     async fn publish_once(&self, msg: &Message) -> PortResult<String> {

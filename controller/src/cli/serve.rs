@@ -323,10 +323,8 @@ async fn ports(
         alarms_from_config(shared.clone()),
         alarms.clone(),
     );
-    let notifier = Arc::new(
-        SnsNotifier::new(creds.clone(), limiter.clone(), own)
-            .with_accounts(config.accounts.values().cloned()),
-    );
+    let notifier =
+        Arc::new(SnsNotifier::new(creds.clone(), limiter.clone(), own).with_config(shared.clone()));
     let forge = match GithubForge::from_env() {
         Ok(f) => Some(Arc::new(f.with_pipelines(config))),
         Err(e) => {

@@ -143,6 +143,35 @@ async fn a_topic_in_a_stage_account_is_published_to_with_that_accounts_credentia
     assert_eq!(sent[0][0], json!(id));
 }
 
+/// `tollgate serve`'s notifier reads the accounts of the configuration in force at each
+/// call: a reload that adds the account owning a topic (or changes its role) applies to the
+/// next publish, with no restart.
+#[tokio::test]
+async fn a_reload_that_adds_a_topics_account_applies_to_the_next_publish() {
+    let moto = MotoServer::shared();
+    let beta = moto.sdk_config_for_account(BETA).await.unwrap();
+    let topic = create_topic(&beta, "tollgate-reloaded-notices").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tollgate_testkit::engine_world::config_in(dir.path());
+    config.accounts.clear();
+    let shared = tollgate::engine::shared_config(config.clone());
+    let limiter = Arc::new(Limiter::default());
+    let creds = Arc::new(Credentials::new(moto.sdk_config(), limiter.clone()));
+    let sns = SnsNotifier::new(creds, limiter, controller_account()).with_config(shared.clone());
+
+    let before = sns.publish(&message("k-reload-1", &topic)).await;
+    assert!(
+        matches!(&before, Err(PortError::Invalid(m)) if m.contains(BETA)),
+        "{before:?}"
+    );
+    config.accounts.insert("beta".into(), account("beta", BETA));
+    *shared.write().unwrap() = Arc::new(config);
+    let id = sns.publish(&message("k-reload-2", &topic)).await.unwrap();
+    let sent = sent_notifications(moto, &topic).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0][0], json!(id));
+}
+
 #[tokio::test]
 async fn a_topic_in_an_unconfigured_account_or_a_bad_arn_is_invalid() {
     let sns = notifier(MotoServer::shared());
