@@ -116,10 +116,12 @@ async fn start(args: ServeArgs) -> Result<()> {
     let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
     if let Some(why) = engine.refuse_config(&config).await {
-        return Err(anyhow!(
-            "the configuration from {} is refused: {why}",
-            args.config.display()
-        ));
+        let from = match &in_force {
+            // The repository's, or the file's with a note on why.
+            Some(note) => format!("({note})"),
+            None => format!("from {}", args.config.display()),
+        };
+        return Err(anyhow!("the configuration {from} is refused: {why}"));
     }
     // The reconcilers and effects run on their own runtime, so the deploys a burst of
     // webhooks starts never queue ahead of the next deliveries on the HTTP runtime.

@@ -355,6 +355,23 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
     )
 }
 
+/// Where the configuration puts `s`'s wave `wave` now; `None` when it has no such wave or
+/// its account is not configured.
+fn place_now(op: &Op<'_>, s: &Stage, wave: usize) -> Option<DeployedTo> {
+    let target = s.targets.get(wave)?;
+    let account = op.ctx.accounts.get(&target.account)?;
+    let name = match &s.deploy {
+        Deploy::CloudFormation { stack, .. } => stack,
+        Deploy::CodePipeline { pipeline, .. } => pipeline,
+    };
+    Some(DeployedTo {
+        account: target.account.clone(),
+        account_id: account.id.to_string(),
+        region: target.region.clone(),
+        name: name.clone(),
+    })
+}
+
 /// Where a deploy request goes.
 fn deployed_to(req: &DeployRequest) -> DeployedTo {
     let name = match &req.deploy {
@@ -489,12 +506,12 @@ async fn rollback(
         .get(&target)
         .and_then(|t| t.digest.clone())
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
-    if s.targets.get(wave).is_none() {
-        rollback_goes_where_deployed(op, s, wave, target, None)?;
-    }
+    // Checked before anything is done at the wave's place now (the image promoted there, its
+    // stack read): a wave the configuration moved or dropped is not touched at all.
+    let here = place_now(op, s, wave);
+    rollback_goes_where_deployed(op, s, wave, target, here.as_ref())?;
     let mut req = deploy_request(op, s, target, &digest, wave).await?;
     let here = deployed_to(&req);
-    rollback_goes_where_deployed(op, s, wave, target, Some(&here))?;
     req.restore = known_good(op, s, target, wave, &here).await?;
     let exact = req.restore.is_some();
     let latency = op.ctx.trigger.as_ref().map(|t| {
@@ -565,10 +582,13 @@ async fn deploy_request(
     wave: usize,
 ) -> PortResult<DeployRequest> {
     let (p, ctx) = (op.pipeline, op.ctx);
-    let target = s
-        .targets
-        .get(wave)
-        .ok_or_else(|| PortError::Invalid(format!("stage has no wave {wave}")))?;
+    let target = s.targets.get(wave).ok_or_else(|| {
+        PortError::Invalid(format!(
+            "{} has no wave {} in the configuration",
+            s.name,
+            wave + 1
+        ))
+    })?;
     let account = ctx.account(&target.account)?.clone();
     let promote = PromoteRequest {
         artifact: p.artifact.clone(),

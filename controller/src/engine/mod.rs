@@ -280,14 +280,25 @@ impl Engine {
                 Err(e) => return unreadable(e),
             };
             let stage = config.pipeline(pipeline).and_then(|p| p.stage(&run.stage));
+            let in_force = self.config();
+            let was = in_force
+                .pipeline(pipeline)
+                .and_then(|p| p.stage(&run.stage));
             for e in effects.iter().filter(|e| e.attempt == run.attempt) {
-                let (EffectKind::Deploy { wave }, EffectOutput::Deployed { to: Some(to), .. }) =
-                    (&e.kind, &e.output)
-                else {
+                let EffectKind::Deploy { wave } = &e.kind else {
+                    continue;
+                };
+                // Where it went; a deploy still running, or failed, recorded nothing: where
+                // the configuration in force puts it.
+                let to = match &e.output {
+                    EffectOutput::Deployed { to: Some(to), .. } => Some(DeployedTo::clone(to)),
+                    _ => was.and_then(|s| place(&in_force, s, *wave)),
+                };
+                let Some(to) = to else {
                     continue;
                 };
                 let now = stage.and_then(|s| place(config, s, *wave));
-                if now.as_ref().is_some_and(|now| now.same_place(to)) {
+                if now.as_ref().is_some_and(|now| now.same_place(&to)) {
                     continue;
                 }
                 let status = run.status.as_str().replace('_', " ");

@@ -683,9 +683,15 @@ pub async fn apply_config_change(
         }
         Err(why) => Err(why),
     };
+    // Applied as soon as it is recorded, before it is announced: a deploy that starts after
+    // the check above runs under one configuration or the other, never across the change.
     let loaded = match loaded {
         Ok((config, applied)) => match engine.record_applied_config(&applied).await {
-            Ok(()) => Ok(config),
+            Ok(()) => {
+                forge.track_pipelines(&config);
+                engine.replace_config(config);
+                Ok(())
+            }
             Err(e) => Err(format!("cannot record it in the state database: {e}")),
         },
         Err(why) => Err(why),
@@ -701,10 +707,7 @@ pub async fn apply_config_change(
     if let Err(e) = reported {
         tracing::warn!(%sha, error = %e, "cannot report the configuration outcome to GitHub");
     }
-    let config = loaded?;
-    forge.track_pipelines(&config);
-    engine.replace_config(config);
-    Ok(())
+    loaded
 }
 
 /// The configuration file at `sha` and every file it names, read at that same commit, by

@@ -457,10 +457,16 @@ async fn a_rollback_of_a_wave_a_reload_dropped_halts_instead_of_skipping_it() {
         "{detail}"
     );
     let good = engine.reads().last_good("backend", "prod").await.unwrap();
-    assert_ne!(
+    assert_eq!(
         good.map(|r| r.id),
-        Some(id),
-        "release 2 is not prod's known-good"
+        Some(ReleaseId(1)),
+        "prod's known-good stays r1"
+    );
+    let rel = engine.reads().release(id).await.unwrap().unwrap();
+    assert!(
+        rel.bad.is_none(),
+        "not recorded as rolled back: {:?}",
+        rel.bad
     );
     let (_, paused) = engine.reads().paused("backend", "prod").await.unwrap();
     assert!(paused.is_some(), "the stage is paused");
