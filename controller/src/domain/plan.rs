@@ -787,6 +787,13 @@ impl<'a> Planner<'a> {
                     EffectOutput::ApprovalUnconfirmed { .. } => {
                         Self::unconfirmed_resend(run, ended)
                     }
+                    // Waiting only for SNS to apply filter policies: again when it has.
+                    EffectOutput::ApprovalWithheld { exposed }
+                        if approval::only_settling(exposed).is_some() =>
+                    {
+                        let until = approval::only_settling(exposed).unwrap_or(ended);
+                        (until - ended).to_std().unwrap_or_default()
+                    }
                     _ => Self::resend_after(self.failures_in_a_row(run)),
                 };
                 let at = ended + chrono::Duration::from_std(again).unwrap_or_default();
@@ -805,7 +812,9 @@ impl<'a> Planner<'a> {
                                     ..
                                 }
                             );
-                            if noted {
+                            // A delay for SNS alone needs nobody: the one notice of the attempt
+                            // is kept for a subscription a person must fix.
+                            if noted && approval::only_settling(exposed).is_none() {
                                 self.withheld_notice(run);
                             }
                             RequestState::Withheld {
@@ -871,15 +880,21 @@ impl<'a> Planner<'a> {
     }
 
     /// How many of the run's newest approval-request rounds failed, in a row, other than for
-    /// approvers awaiting confirmation.
+    /// approvers awaiting confirmation or filter policies settling.
     fn failures_in_a_row(&self, run: &StageRun) -> u32 {
         let mut rounds: Vec<(u32, &EffectRecord)> = self
             .rounds(run, |round| EffectKind::RequestApproval { round })
             .collect();
         rounds.sort_by_key(|(round, _)| std::cmp::Reverse(*round));
         let failed = |e: &EffectRecord| {
-            e.status == EffectStatus::Failed
-                && !matches!(e.output, EffectOutput::ApprovalUnconfirmed { .. })
+            let waited = match &e.output {
+                EffectOutput::ApprovalUnconfirmed { .. } => true,
+                EffectOutput::ApprovalWithheld { exposed } => {
+                    approval::only_settling(exposed).is_some()
+                }
+                _ => false,
+            };
+            e.status == EffectStatus::Failed && !waited
         };
         rounds.iter().take_while(|(_, e)| failed(e)).count() as u32
     }

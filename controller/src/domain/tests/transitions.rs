@@ -1948,7 +1948,9 @@ fn next_send(sim: &Sim, r: ReleaseId) -> chrono::Duration {
     match sim.reason(r, "prod") {
         Reason::AwaitingApproval {
             request:
-                RequestState::Unconfirmed { retry_at, .. } | RequestState::Failed { retry_at, .. },
+                RequestState::Unconfirmed { retry_at, .. }
+                | RequestState::Failed { retry_at, .. }
+                | RequestState::Withheld { retry_at, .. },
             ..
         } => retry_at - sim.now,
         other => panic!("{other:?}"),
@@ -2005,6 +2007,53 @@ fn a_request_waits_for_unconfirmed_approvers_on_a_schedule_of_its_own() {
         minutes(5)
     );
     assert_eq!(sim.status(r, "prod"), S::AwaitingApproval);
+}
+
+/// A round withheld only while SNS applies a changed filter policy is sent again exactly when
+/// the policy has settled, is not a failure for the back-off, and sends no withheld notice
+/// (nobody has anything to do); a round withheld for a subscription a person must fix still
+/// does, and backs off as before.
+#[test]
+fn a_request_held_for_a_settling_filter_policy_goes_again_when_it_has_settled() {
+    use crate::domain::{ExposedSubscription, Exposure};
+    let (mut sim, r) = awaiting_prod(1);
+    let minutes = |m| chrono::Duration::minutes(m);
+    let sub = |exposure| ExposedSubscription {
+        arn: "arn:aws:sns:eu-west-1:111111111111:approvals:1".into(),
+        protocol: "email".into(),
+        endpoint: "ana@example.com".into(),
+        exposure,
+    };
+    let failed = request_round_fails(&mut sim, r, EffectOutput::None);
+    assert_eq!(failed, minutes(5));
+    let until = sim.now + minutes(12);
+    let settling = EffectOutput::ApprovalWithheld {
+        exposed: vec![sub(Exposure::PolicySettling { until })],
+    };
+    assert_eq!(request_round_fails(&mut sim, r, settling), minutes(12));
+    let notices = |sim: &Sim| {
+        sim.snap
+            .effects
+            .iter()
+            .filter(|e| matches!(e.kind, EffectKind::Notify { .. }))
+            .count()
+    };
+    assert_eq!(
+        notices(&sim),
+        0,
+        "no notice for a delay nobody has to act on"
+    );
+    // The wait broke the failures in a row, as a wait for confirmation does: a real failure
+    // after it backs off from 5 minutes again, the next from 10.
+    assert_eq!(
+        request_round_fails(&mut sim, r, EffectOutput::None),
+        minutes(5)
+    );
+    let exposed = EffectOutput::ApprovalWithheld {
+        exposed: vec![sub(Exposure::Unfiltered)],
+    };
+    assert_eq!(request_round_fails(&mut sim, r, exposed), minutes(10));
+    assert_eq!(notices(&sim), 1, "a subscription to fix is announced");
 }
 
 #[test]
