@@ -398,6 +398,47 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     }
 }
 
+/// A deploy still running has recorded nothing of where it went: it counts where the
+/// configuration in force puts it, so moving its wave is refused while it runs.
+#[tokio::test]
+async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    h.fakes.with(|w| w.hanging_deploys = 1);
+    engine
+        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
+        .await
+        .unwrap();
+    // The prod deploy starts and never answers.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), settle(&engine)).await;
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Deploying);
+    assert_eq!(h.fakes.with(|w| w.hung_deploys), 1);
+
+    let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
+    let moved = STAGES.replace(
+        waves,
+        r#"targets = [{ account = "prod", region = "ap-southeast-2" }, { account = "prod", region = "us-east-1" }]"#,
+    );
+    std::fs::write(h.dir.path().join("moved.toml"), moved).unwrap();
+    let moved = tollgate::config::load(&h.dir.path().join("moved.toml"))
+        .unwrap()
+        .config;
+    let why = engine.refuse_config(&moved).await.expect("refused");
+    assert!(
+        why.contains(&format!("backend/prod: {id} deploying, its wave 1 deployed to backend-prod in account prod (444444444444) eu-west-1, now backend-prod in account prod (444444444444) ap-southeast-2")),
+        "{why}"
+    );
+}
+
 /// A reload moved prod's second wave to another region while release 2 baked there: its
 /// rollback would change a region the release never reached and leave the one it reached
 /// running it. Wave 1 is restored, wave 2 is not touched, and the stage halts saying where
