@@ -169,13 +169,16 @@ pub enum SubscriptionFix {
         policy: bool,
         scope: bool,
     },
+    /// A confirmed email subscription `arn` filtered to `approver` that is not their address
+    /// (any more: a reload changed it): it would receive their links, so it goes.
+    Unsubscribe { arn: String, approver: String },
 }
 
 impl SubscriptionFix {
-    /// The subscription the fix changes, when it exists already.
+    /// The subscription whose filter policy the fix sets, when it exists already.
     pub fn arn(&self) -> Option<&str> {
         match self {
-            SubscriptionFix::Subscribe { .. } => None,
+            SubscriptionFix::Subscribe { .. } | SubscriptionFix::Unsubscribe { .. } => None,
             SubscriptionFix::Correct { arn, .. } => Some(arn),
         }
     }
@@ -224,9 +227,9 @@ impl SnsNotifier {
     }
 
     /// Makes sure each approver has one `email` subscription to `topic` with the filter
-    /// policy `{"approver": ["<name>"]}` on the message attributes. Returns how many
-    /// subscriptions were created or had their filter policy corrected (0 when all were in
-    /// place).
+    /// policy `{"approver": ["<name>"]}` on the message attributes, and no other address has
+    /// one filtered to them. Returns how many subscriptions were created, corrected or removed
+    /// (0 when all were in place).
     pub async fn ensure_approver_subscriptions(
         &self,
         topic: &str,
@@ -264,16 +267,59 @@ impl SnsNotifier {
             };
             fixes.extend(fix);
         }
+        // An approver's previous address (a reload changed it) still filtered to them.
+        let others = existing.iter().filter(|s| {
+            s.confirmed() && s.protocol == "email" && !approvers.iter().any(|a| is_inbox_of(s, a))
+        });
+        for sub in others {
+            let (policy, scope) = self.filter_of(&client, &account, &sub.arn).await?;
+            if scope.as_deref() == Some(BODY_SCOPE) {
+                continue;
+            }
+            let theirs = policy.as_deref().and_then(one_approver);
+            if let Some(a) = theirs.and_then(|name| approvers.iter().find(|a| a.name == name)) {
+                fixes.push(SubscriptionFix::Unsubscribe {
+                    arn: sub.arn.clone(),
+                    approver: a.name.clone(),
+                });
+            }
+        }
         Ok(fixes)
     }
 
     /// Makes one fix; returns the ARN of the subscription whose filter policy it set (a new
-    /// email subscription has one while pending: `ReturnSubscriptionArn`).
-    pub async fn apply_fix(&self, topic: &str, fix: &SubscriptionFix) -> PortResult<String> {
+    /// email subscription has one while pending: `ReturnSubscriptionArn`), `None` for a
+    /// removal.
+    pub async fn apply_fix(
+        &self,
+        topic: &str,
+        fix: &SubscriptionFix,
+    ) -> PortResult<Option<String>> {
         let (client, account) = self.client(topic).await?;
         match fix {
-            SubscriptionFix::Subscribe { approver } => {
-                self.subscribe(&client, &account, topic, approver).await
+            SubscriptionFix::Subscribe { approver } => self
+                .subscribe(&client, &account, topic, approver)
+                .await
+                .map(|arn| Some(arn).filter(|a| a.starts_with("arn:"))),
+            SubscriptionFix::Unsubscribe { arn, approver } => {
+                let removed = self
+                    .limiter
+                    .call(&account, "Unsubscribe", || {
+                        sdk(client.unsubscribe().subscription_arn(arn).send())
+                    })
+                    .await;
+                match removed {
+                    Ok(_) => {
+                        tracing::warn!(topic, approver = %approver, subscription = %arn, "removed an email subscription filtered to an approver that is not their address");
+                    }
+                    // Without sns:Unsubscribe (a deploy role from before it was granted) it
+                    // stays: the audit then withholds the links, naming it.
+                    Err(PortError::Denied(e)) => {
+                        tracing::warn!(topic, approver = %approver, subscription = %arn, error = %e, "cannot remove an email subscription filtered to an approver that is not their address");
+                    }
+                    Err(e) => return Err(context(e, "removing a subscription")),
+                }
+                Ok(None)
             }
             SubscriptionFix::Correct {
                 arn,
@@ -291,7 +337,7 @@ impl SnsNotifier {
                         .await?;
                 }
                 tracing::info!(topic, approver = %approver, "corrected an approver's filter policy");
-                Ok(arn.clone())
+                Ok(Some(arn.clone()))
             }
         }
     }
@@ -565,14 +611,7 @@ fn exposure(
     if scope.as_deref() == Some(BODY_SCOPE) {
         return Some(Exposure::BodyScoped { policy });
     }
-    let one = serde_json::from_str::<serde_json::Value>(&policy)
-        .ok()
-        .and_then(|v| {
-            let map = v.as_object()?.clone();
-            let values = map.get(APPROVER_KEY)?.as_array()?.clone();
-            (map.len() == 1 && values.len() == 1).then(|| values[0].as_str().map(str::to_string))?
-        });
-    match one.and_then(|name| approvers.iter().find(|a| a.name == name)) {
+    match one_approver(&policy).and_then(|name| approvers.iter().find(|a| a.name == name)) {
         Some(a) if is_inbox_of(sub, a) => None,
         Some(a) => Some(Exposure::NotTheirInbox {
             approver: a.name.clone(),
@@ -628,6 +667,14 @@ fn unconfirmed(listed: &[Subscription], approvers: &[Approver]) -> Vec<String> {
 
 fn is_inbox_of(sub: &Subscription, approver: &Approver) -> bool {
     sub.protocol == "email" && sub.endpoint.eq_ignore_ascii_case(&approver.email)
+}
+
+/// The one approver a filter policy `{"approver":["<name>"]}` selects; `None` for any other.
+fn one_approver(policy: &str) -> Option<String> {
+    let v = serde_json::from_str::<serde_json::Value>(policy).ok()?;
+    let map = v.as_object()?;
+    let values = map.get(APPROVER_KEY)?.as_array()?;
+    (map.len() == 1 && values.len() == 1).then(|| values[0].as_str().map(str::to_string))?
 }
 
 /// `{"approver":["<name>"]}`: only messages with that `approver` attribute reach the inbox.

@@ -172,9 +172,9 @@ impl SnsApprovalSender {
         self.note_policies(&req.topic, &known, PolicyChange::Set)
             .await?;
         for fix in &fixes {
-            let arn = subs.apply_fix(&req.topic, fix).await?;
+            let set = subs.apply_fix(&req.topic, fix).await?;
             // SNS returns the ARN of a new subscription, pending or not (`ReturnSubscriptionArn`).
-            if fix.arn().is_none() && arn.starts_with("arn:") {
+            if let (None, Some(arn)) = (fix.arn(), set) {
                 self.note_policies(&req.topic, &[arn], PolicyChange::Set)
                     .await?;
             }

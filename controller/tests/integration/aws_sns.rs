@@ -264,6 +264,50 @@ async fn each_approver_gets_one_filtered_email_subscription_and_asking_again_cha
     assert_eq!(email_subscriptions(&config, &topic).await, expected);
 }
 
+/// An approver's address changed (a reload): the subscription of the old address, still
+/// filtered to them, would receive their links; it is removed and the new address subscribed.
+/// Another email subscription (not filtered to a listed approver) is left to the audit.
+#[tokio::test]
+async fn an_approvers_previous_address_is_unsubscribed_when_their_address_changes() {
+    let moto = MotoServer::shared();
+    let config = moto.sdk_config();
+    let topic = create_topic(&config, "tollgate-approvers-moved").await;
+    let sns = notifier(moto);
+    sns.ensure_approver_subscriptions(&topic, &[approver("alice"), approver("bob")])
+        .await
+        .unwrap();
+    aws_sdk_sns::Client::new(&config)
+        .subscribe()
+        .topic_arn(&topic)
+        .protocol("email")
+        .endpoint("team@example.com")
+        .send()
+        .await
+        .unwrap();
+
+    let moved = Approver {
+        email: "alice@new.example.com".into(),
+        ..approver("alice")
+    };
+    let changed = sns
+        .ensure_approver_subscriptions(&topic, &[moved, approver("bob")])
+        .await
+        .unwrap();
+    assert_eq!(
+        changed, 2,
+        "the old address removed, the new one subscribed"
+    );
+    let expected = BTreeMap::from([
+        (
+            "alice@new.example.com".to_string(),
+            json!({"approver": ["alice"]}),
+        ),
+        ("bob@example.com".to_string(), json!({"approver": ["bob"]})),
+        ("team@example.com".to_string(), Value::Null),
+    ]);
+    assert_eq!(email_subscriptions(&config, &topic).await, expected);
+}
+
 #[tokio::test]
 async fn a_wrong_filter_policy_is_corrected() {
     let moto = MotoServer::shared();
