@@ -249,6 +249,7 @@ pub(crate) fn pipelines(
             "add a `[[pipelines]]` table",
         );
     }
+    approvers_agree_per_topic(&raw, cx);
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (i, p) in raw.into_iter().enumerate() {
@@ -262,6 +263,64 @@ pub(crate) fn pipelines(
         out.push(pipeline(i, p, accounts, base, cx));
     }
     out
+}
+
+/// On one approval topic an approver's name is one address, and an address one approver's,
+/// across every stage that uses the topic: the controller keeps one email subscription per
+/// approver on it, filtered to their name at their address, and removes one filtered to them
+/// at another address, so two stages that disagree would undo each other's subscriptions (and
+/// two approvers at one address would each receive the other's links).
+fn approvers_agree_per_topic(raw: &[RawPipeline], cx: &mut Ctx) {
+    // (topic, name) → address; (topic, address) → name. Addresses compared ignoring case.
+    let mut address_of: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    let mut name_at: BTreeMap<(&str, String), &str> = BTreeMap::new();
+    for (i, p) in raw.iter().enumerate() {
+        for (j, s) in p.stages.iter().enumerate() {
+            let Some(a) = &s.approval else {
+                continue;
+            };
+            for (k, ap) in a.approvers.iter().enumerate() {
+                let at = cfg_path![
+                    "pipelines",
+                    i,
+                    "stages",
+                    j,
+                    "approval",
+                    "approvers",
+                    k,
+                    "email"
+                ];
+                let topic = a.topic.as_str();
+                let known = *address_of.entry((topic, &ap.name)).or_insert(&ap.email);
+                if !known.eq_ignore_ascii_case(&ap.email) {
+                    cx.error(
+                        at.clone(),
+                        format!(
+                            "approver `{}` is `{}` here and `{known}` on another stage with the \
+                             same approval topic",
+                            ap.name, ap.email
+                        ),
+                        "give an approver the same address on every stage of a topic",
+                    );
+                    continue;
+                }
+                let other = *name_at
+                    .entry((topic, ap.email.to_ascii_lowercase()))
+                    .or_insert(&ap.name);
+                if other != ap.name {
+                    cx.error(
+                        at,
+                        format!(
+                            "`{}` is approver `{other}`'s address too on this approval topic",
+                            ap.email
+                        ),
+                        "give each approver an address of their own: each would receive the \
+                         other's links",
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn pipeline(

@@ -683,8 +683,9 @@ pub async fn apply_config_change(
         }
         Err(why) => Err(why),
     };
-    // Applied as soon as it is recorded, before it is announced: a deploy that starts after
-    // the check above runs under one configuration or the other, never across the change.
+    // Applied as soon as it is recorded, before it is announced, to keep the time between the
+    // check above and the change short (a deploy that starts in it is caught by the rollback's
+    // own place check).
     let loaded = match loaded {
         Ok((config, applied)) => match engine.record_applied_config(&applied).await {
             Ok(()) => {

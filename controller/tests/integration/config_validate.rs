@@ -569,6 +569,48 @@ fn approval_topic_that_is_fifo() {
 // ---------------------------------------------------------------------------------------------
 // Approvals
 
+/// Two approvers at one address would each receive the other's links.
+#[test]
+fn two_approvers_at_one_address_on_a_topic() {
+    let d = one_error(
+        &stages_with(
+            r#"{ name = "bob", email = "bob@example.com" }"#,
+            r#"{ name = "bob", email = "Alice@example.com" }"#,
+        ),
+        ACCOUNTS,
+    );
+    assert_at(
+        &d,
+        "stages.toml",
+        54,
+        27,
+        "\"Alice@example.com\"",
+        "`Alice@example.com` is approver `alice`'s address too on this approval topic",
+    );
+}
+
+/// Two stages of one approval topic must agree on an approver's address: the controller keeps
+/// one subscription per approver on the topic and removes one at another address, so they
+/// would undo each other's subscriptions.
+#[test]
+fn an_approver_with_two_addresses_on_one_topic() {
+    let beta_deploy =
+        "stack = \"svc-beta\"\ntemplate = \"service.yaml\"\nimage_parameter = \"ImageUri\"\n";
+    let approval = "\n[pipelines.stages.approval]\ntopic = \"arn:aws:sns:eu-west-1:111111111111:approvals\"\napprovers = [{ name = \"alice\", email = \"alice@old.example.com\" }]\n";
+    let d = one_error(
+        &stages_with(beta_deploy, &format!("{beta_deploy}{approval}")),
+        ACCOUNTS,
+    );
+    assert_at(
+        &d,
+        "stages.toml",
+        57,
+        29,
+        "\"alice@example.com\"",
+        "approver `alice` is `alice@example.com` here and `alice@old.example.com` on another stage with the same approval topic",
+    );
+}
+
 #[test]
 fn min_approvals_above_the_approvers() {
     let d = one_error(
