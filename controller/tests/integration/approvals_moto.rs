@@ -705,6 +705,77 @@ async fn a_corrected_policy_holds_every_link_until_sns_has_applied_it_even_acros
     assert_eq!(addressed(moto, &topic).await, ["alice", "bob"]);
 }
 
+/// Alice's address changes (a reload) after her link went out: her old link is replaced at
+/// once, the old address's subscription (still filtered to her) is removed, the new address is
+/// subscribed, and once SNS has had its 15 minutes for the new policy, only alice is sent a new
+/// link, to the new address; bob keeps his.
+#[tokio::test]
+async fn an_approvers_new_address_gets_the_link_and_the_old_one_loses_it() {
+    let moto = tokio::task::spawn_blocking(MotoServer::shared)
+        .await
+        .unwrap();
+    let topic = create_topic(moto, "tollgate-approvals-moved").await;
+    let (alice, bob) = (approver("alice"), approver("bob"));
+    let sns = notifier(moto);
+    sns.ensure_approver_subscriptions(&topic, &[alice.clone(), bob.clone()])
+        .await
+        .unwrap();
+    let (_dir, store, id) = store_with_release().await;
+    let (clock, _) = manual_clock();
+    clock.advance(settle());
+    let sender = SnsApprovalSender::new(store.clone(), sns.clone(), PUBLIC_URL)
+        .with_subscriptions(sns.clone())
+        .with_clock(clock.clone());
+    let req = request(id, &topic, vec![alice.clone(), bob.clone()]);
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
+    let sent = sent_notifications(moto, &topic).await;
+    let old = sent
+        .iter()
+        .find(|m| m[3]["approver"]["Value"] == "alice")
+        .map(|m| link_token(m[1].as_str().unwrap()))
+        .unwrap();
+
+    let moved = Approver {
+        email: "alice@new.example.com".into(),
+        ..alice.clone()
+    };
+    let req = request(id, &topic, vec![moved.clone(), bob.clone()]);
+    let SendOutcome::Withheld(settling) = sender.send(&req).await.unwrap() else {
+        panic!("a link went out before SNS applied the new subscription's policy")
+    };
+    assert_eq!(settling.len(), 1, "{settling:?}");
+    assert_eq!(settling[0].endpoint, moved.email);
+    let old_link = store.approval_token(&old).await.unwrap().unwrap();
+    assert!(
+        old_link.replaced_at.is_some(),
+        "the old address's link is replaced"
+    );
+    let listed = aws_sdk_sns::Client::new(&moto.sdk_config())
+        .list_subscriptions_by_topic()
+        .topic_arn(&topic)
+        .send()
+        .await
+        .unwrap();
+    let endpoints: Vec<String> = listed
+        .subscriptions()
+        .iter()
+        .filter_map(|s| s.endpoint().map(str::to_string))
+        .collect();
+    assert!(
+        !endpoints.contains(&alice.email) && endpoints.contains(&moved.email),
+        "{endpoints:?}"
+    );
+
+    clock.advance(settle());
+    assert_eq!(sender.send(&req).await.unwrap(), SendOutcome::Sent(2));
+    let sent = sent_notifications(moto, &topic).await;
+    assert_eq!(sent.len(), 3, "only alice is sent again");
+    assert_eq!(sent[2][3]["approver"]["Value"], "alice");
+    let new = link_token(sent[2][1].as_str().unwrap());
+    let record = store.approval_token(&new).await.unwrap().unwrap();
+    assert_eq!(record.recipient.as_deref(), Some(moved.email.as_str()));
+}
+
 /// A second subscription of alice's address had no filter policy: the round is withheld. The
 /// operator gives it alice's policy by hand; SNS may not apply it for 15 minutes after the
 /// round that last saw it exposed, so the next round is withheld too, until then.
