@@ -115,8 +115,23 @@ impl Credentials {
         region: &str,
         session_name: &str,
     ) -> PortResult<SdkConfig> {
-        if account.controller {
+        let Some(provider) = self.role_session(account, session_name)? else {
             return Ok(self.inner.derive(region, None));
+        };
+        provider.current().await?;
+        let provider = SharedCredentialsProvider::new(provider);
+        Ok(self.inner.derive(region, Some(provider)))
+    }
+
+    /// The provider of `account`'s cached role session; `None` for the controller's own
+    /// account, which assumes nothing.
+    fn role_session(
+        &self,
+        account: &Account,
+        session_name: &str,
+    ) -> PortResult<Option<RoleSession>> {
+        if account.controller {
+            return Ok(None);
         }
         let role = account.role_arn.as_deref().ok_or_else(|| {
             PortError::Invalid(format!(
@@ -124,16 +139,13 @@ impl Credentials {
                 account.name, account.id
             ))
         })?;
-        let provider = RoleSession {
+        Ok(Some(RoleSession {
             inner: self.inner.clone(),
             slot: self.inner.slot(&account.id, role),
             account: account.clone(),
             role: role.to_string(),
             name: session_name.to_string(),
-        };
-        provider.current().await?;
-        let provider = SharedCredentialsProvider::new(provider);
-        Ok(self.inner.derive(region, Some(provider)))
+        }))
     }
 
     /// The account's session for a process that is handed its keys and cannot renew them (a
@@ -148,22 +160,10 @@ impl Credentials {
         session_name: &str,
         lasting: Duration,
     ) -> PortResult<Option<aws_credential_types::Credentials>> {
-        if account.controller {
+        let Some(provider) = self.role_session(account, session_name)? else {
             return Ok(None);
-        }
-        let role = account.role_arn.as_deref().ok_or_else(|| {
-            PortError::Invalid(format!(
-                "account {} ({}) has no role_arn and is not the controller's account",
-                account.name, account.id
-            ))
-        })?;
-        let provider = RoleSession {
-            inner: self.inner.clone(),
-            slot: self.inner.slot(&account.id, role),
-            account: account.clone(),
-            role: role.to_string(),
-            name: session_name.to_string(),
         };
+        let role = provider.role.as_str();
         let wanted = lasting.max(self.inner.refresh_before);
         let (credentials, expires) = provider.lasting(wanted).await?;
         if expires < SystemTime::now() + lasting {

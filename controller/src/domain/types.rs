@@ -382,6 +382,36 @@ pub struct DeployedTo {
 }
 
 impl DeployedTo {
+    /// Where `deploy` goes at `target`, in `account`.
+    pub fn at(
+        target: &crate::config::Target,
+        account: &crate::config::Account,
+        deploy: &crate::config::Deploy,
+    ) -> DeployedTo {
+        let name = match deploy {
+            crate::config::Deploy::CloudFormation { stack, .. } => stack,
+            crate::config::Deploy::CodePipeline { pipeline, .. } => pipeline,
+        };
+        DeployedTo {
+            account: target.account.clone(),
+            account_id: account.id.to_string(),
+            region: target.region.clone(),
+            name: name.clone(),
+        }
+    }
+
+    /// Where `stage`'s wave `wave` goes with `accounts`; `None` when the stage has no such wave
+    /// or its account is not among them.
+    pub fn of_wave(
+        accounts: &BTreeMap<String, crate::config::Account>,
+        stage: &crate::config::Stage,
+        wave: usize,
+    ) -> Option<DeployedTo> {
+        let target = stage.targets.get(wave)?;
+        let account = accounts.get(&target.account)?;
+        Some(DeployedTo::at(target, account, &stage.deploy))
+    }
+
     /// The same place: account id, region and name (an account renamed in the configuration
     /// is still the same account).
     pub fn same_place(&self, other: &DeployedTo) -> bool {

@@ -355,35 +355,9 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
     )
 }
 
-/// Where the configuration puts `s`'s wave `wave` now; `None` when it has no such wave or
-/// its account is not configured.
-fn place_now(op: &Op<'_>, s: &Stage, wave: usize) -> Option<DeployedTo> {
-    let target = s.targets.get(wave)?;
-    let account = op.ctx.accounts.get(&target.account)?;
-    let name = match &s.deploy {
-        Deploy::CloudFormation { stack, .. } => stack,
-        Deploy::CodePipeline { pipeline, .. } => pipeline,
-    };
-    Some(DeployedTo {
-        account: target.account.clone(),
-        account_id: account.id.to_string(),
-        region: target.region.clone(),
-        name: name.clone(),
-    })
-}
-
 /// Where a deploy request goes.
 fn deployed_to(req: &DeployRequest) -> DeployedTo {
-    let name = match &req.deploy {
-        Deploy::CloudFormation { stack, .. } => stack,
-        Deploy::CodePipeline { pipeline, .. } => pipeline,
-    };
-    DeployedTo {
-        account: req.target.account.clone(),
-        account_id: req.account.id.to_string(),
-        region: req.target.region.clone(),
-        name: name.clone(),
-    }
+    DeployedTo::at(&req.target, &req.account, &req.deploy)
 }
 
 /// Refuses a rollback of `wave` that the configuration no longer puts where this run deployed
@@ -508,7 +482,7 @@ async fn rollback(
         .ok_or_else(|| PortError::Invalid(format!("rollback target {target} has no digest")))?;
     // Checked before anything is done at the wave's place now (the image promoted there, its
     // stack read): a wave the configuration moved or dropped is not touched at all.
-    let here = place_now(op, s, wave);
+    let here = DeployedTo::of_wave(&op.ctx.accounts, s, wave);
     rollback_goes_where_deployed(op, s, wave, target, here.as_ref())?;
     let mut req = deploy_request(op, s, target, &digest, wave).await?;
     let here = deployed_to(&req);

@@ -799,16 +799,5 @@ fn dropped_changing(config: &Config, runs: &[(String, crate::domain::StageRun)])
 
 /// Where `config` puts `stage`'s wave `wave`, as a deploy records it.
 fn place(config: &Config, stage: &crate::config::Stage, wave: usize) -> Option<DeployedTo> {
-    let target = stage.targets.get(wave)?;
-    let account = config.account(&target.account)?;
-    let name = match &stage.deploy {
-        crate::config::Deploy::CloudFormation { stack, .. } => stack,
-        crate::config::Deploy::CodePipeline { pipeline, .. } => pipeline,
-    };
-    Some(DeployedTo {
-        account: target.account.clone(),
-        account_id: account.id.to_string(),
-        region: target.region.clone(),
-        name: name.clone(),
-    })
+    DeployedTo::of_wave(&config.accounts, stage, wave)
 }

@@ -37,6 +37,26 @@ async fn promote_fully(h: &Harness, engine: &tollgate::engine::Engine, n: u32) -
     id
 }
 
+/// Release 2, recorded after release 1 went all the way, approved by `approver` and baking
+/// in prod.
+async fn second_baking_in_prod(engine: &tollgate::engine::Engine, approver: &str) -> ReleaseId {
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!("release 2 not recorded")
+    };
+    settle(engine).await.unwrap();
+    engine
+        .record_approval(&approval(id, approver, Decision::Approve), &delivery("a2"))
+        .await
+        .unwrap();
+    settle(engine).await.unwrap();
+    assert_eq!(status(engine, id, "prod").await, RunStatus::Baking);
+    id
+}
+
 #[tokio::test]
 async fn a_release_goes_beta_gamma_approval_prod() {
     let h = Harness::new();
@@ -191,20 +211,7 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
     let h = Harness::new();
     let engine = h.engine(None).await;
     let first = promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    settle(&engine).await.unwrap();
-    engine
-        .record_approval(&approval(id, "bob", Decision::Approve), &delivery("a2"))
-        .await
-        .unwrap();
-    settle(&engine).await.unwrap();
-    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+    let id = second_baking_in_prod(&engine, "bob").await;
 
     h.clock.advance(Duration::minutes(2));
     engine
@@ -286,20 +293,7 @@ async fn alarm_after_prod_reload(
     let h = Harness::new();
     let engine = h.engine(None).await;
     promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    settle(&engine).await.unwrap();
-    engine
-        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
-        .await
-        .unwrap();
-    settle(&engine).await.unwrap();
-    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+    let id = second_baking_in_prod(&engine, "alice").await;
 
     let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
     assert!(STAGES.contains(waves));
@@ -331,20 +325,7 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     let h = Harness::new();
     let engine = h.engine(None).await;
     promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
-    settle(&engine).await.unwrap();
-    engine
-        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
-        .await
-        .unwrap();
-    settle(&engine).await.unwrap();
-    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+    let id = second_baking_in_prod(&engine, "alice").await;
 
     let load = |text: String| {
         std::fs::write(h.dir.path().join("changed.toml"), text).unwrap();
