@@ -302,6 +302,12 @@ pub enum Action {
         stage: StageName,
         reason: Reason,
     },
+    /// A stage the configuration added after the release was recorded (a reload): the
+    /// release goes through it, from a waiting run as a release recorded now would.
+    AddRun {
+        release: ReleaseId,
+        stage: StageName,
+    },
     /// The release could not be promoted at all (e.g. its image never appeared).
     FailRelease { release: ReleaseId, reason: String },
     /// The stage now runs `release` and trusts it.
@@ -363,6 +369,9 @@ impl Action {
                 stage,
                 reason,
             } => format!("{release} marked bad in {stage}: {}", reason.describe(now)),
+            Action::AddRun { release, stage } => {
+                format!("{release} goes through {stage}, a stage added after it was recorded")
+            }
             Action::FailRelease { release, reason } => format!("{release} failed: {reason}"),
             Action::RecordGood { stage, release } => format!("{stage} now runs {release}"),
             Action::PauseStage { stage, reason } => format!("{stage} paused: {reason}"),

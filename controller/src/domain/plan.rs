@@ -84,6 +84,7 @@ pub fn plan(pipeline: &Pipeline, snap: &Snapshot, now: DateTime<Utc>) -> Plan {
     };
     p.retry_requests();
     p.resolve_artifacts();
+    p.add_runs();
     for (j, stage) in pipeline.stages.iter().enumerate() {
         p.rollback_request(j, stage);
         p.propagate_bad(j, stage);
@@ -247,6 +248,43 @@ impl<'a> Planner<'a> {
                     self.out.actions.push(Action::FailRelease {
                         release: r.id,
                         reason: format!("artifact not resolved: {detail}"),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A stage the configuration added after a release was recorded (a reload) has no run of
+    /// it, and the stage after it would wait for that run forever. The release goes through
+    /// the added stage when it has not entered the stage that follows (that run still
+    /// waiting), or, for a stage added last, while it is still on its way through the one
+    /// before. A release past that point, stopped or failed keeps its course.
+    fn add_runs(&mut self) {
+        let releases: BTreeSet<ReleaseId> = self.snap.runs.iter().map(|r| r.release).collect();
+        let stages = &self.cfg.stages;
+        for release in releases {
+            let stopped = self.release(release).is_none_or(|r| r.failed.is_some())
+                || self.bad_mark(release).is_some();
+            if stopped {
+                continue;
+            }
+            let run = |s: &Stage| self.snap.run(release, &s.name);
+            for (j, stage) in stages.iter().enumerate() {
+                if run(stage).is_some() {
+                    continue;
+                }
+                let add = match stages[j + 1..].iter().find_map(run) {
+                    Some(next) => next.status == RunStatus::Waiting,
+                    None => stages[..j]
+                        .iter()
+                        .rev()
+                        .find_map(run)
+                        .is_some_and(|prev| !prev.status.is_terminal()),
+                };
+                if add {
+                    self.out.actions.push(Action::AddRun {
+                        release,
+                        stage: stage.name.clone(),
                     });
                 }
             }

@@ -1382,6 +1382,7 @@ fn action_kind(a: &Action) -> &'static str {
         Action::Transition { .. } => "transition",
         Action::Note { .. } => "note",
         Action::MarkBad { .. } => "mark-bad",
+        Action::AddRun { .. } => "run-added",
         Action::FailRelease { .. } => "release-failed",
         Action::RecordGood { .. } => "known-good",
         Action::PauseStage { .. } => "pause",
@@ -1399,6 +1400,7 @@ fn action_release(a: &Action) -> Option<i64> {
         Action::Transition { release, .. }
         | Action::Note { release, .. }
         | Action::MarkBad { release, .. }
+        | Action::AddRun { release, .. }
         | Action::FailRelease { release, .. }
         | Action::RecordGood { release, .. }
         | Action::Retry { release, .. }
@@ -1414,6 +1416,7 @@ fn action_stage(a: &Action) -> Option<&str> {
         Action::Transition { stage, .. }
         | Action::Note { stage, .. }
         | Action::MarkBad { stage, .. }
+        | Action::AddRun { stage, .. }
         | Action::RecordGood { stage, .. }
         | Action::PauseStage { stage, .. }
         | Action::ConsumeRollbackRequest { stage, .. } => Some(stage),

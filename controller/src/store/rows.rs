@@ -363,6 +363,15 @@ pub(super) async fn apply_one(
                 .execute(&mut *tx)
                 .await?;
         }
+        Action::AddRun { release, stage } => {
+            sqlx::query("INSERT INTO stage_runs (release_id, stage, status, reason, attempt, since) VALUES ($1, $2, 'waiting', $3, 1, $4) ON CONFLICT DO NOTHING")
+                .bind(release.0)
+                .bind(stage)
+                .bind(reason_json(&Reason::PreviousStage))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+        }
         Action::Retry {
             request,
             release,

@@ -1214,3 +1214,56 @@ async fn a_stacks_measured_timings_reach_its_next_deploy() {
         ]
     );
 }
+
+/// A reload adds gamma between beta and prod while release 1 is on its way (recorded under
+/// beta → prod, so it has no gamma run): it goes through gamma before prod, as a release
+/// recorded now does. Without a gamma run, prod would wait for it forever.
+#[tokio::test]
+async fn a_release_on_its_way_goes_through_a_stage_a_reload_added() {
+    let h = Harness::new();
+    let full = config_in(h.dir.path());
+    let gamma = STAGES
+        .split("[[pipelines.stages]]")
+        .find(|s| s.contains(r#"name = "gamma""#))
+        .unwrap();
+    let without = STAGES.replace(&format!("[[pipelines.stages]]{gamma}"), "");
+    std::fs::write(h.dir.path().join("two.toml"), without).unwrap();
+    let two = tollgate::config::load(&h.dir.path().join("two.toml"))
+        .unwrap()
+        .config;
+    assert_eq!(two.pipeline("backend").unwrap().stages.len(), 2);
+    let store = tollgate::store::Store::open(&h.db_url()).await.unwrap();
+    let engine = tollgate::engine::Engine::new(store, two, h.fakes.ports(), h.clock.clone());
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("not recorded")
+    };
+    let runs = engine.reads().recent_runs("backend", 5).await.unwrap();
+    let stages: Vec<String> = runs[0].1.iter().map(|r| r.stage.to_string()).collect();
+    assert_eq!(stages, ["beta", "prod"]);
+
+    engine.replace_config(full);
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "gamma").await, RunStatus::Succeeded);
+    assert_eq!(
+        status(&engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    let deployed: Vec<String> = h.fakes.with(|w| {
+        w.deployed
+            .iter()
+            .map(|(stage, _, _)| stage.clone())
+            .collect()
+    });
+    assert_eq!(deployed, ["beta", "gamma"]);
+    let events = engine.reads().events("backend", 200).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "run-added"
+            && e.stage.as_deref() == Some("gamma")
+            && e.detail == format!("{id} goes through gamma, a stage added after it was recorded")),
+        "{events:?}"
+    );
+}

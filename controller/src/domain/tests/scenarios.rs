@@ -335,3 +335,100 @@ fn every_effect_of_a_full_promotion_has_its_own_key_and_replanning_adds_none() {
     assert!(sim.all_effects().all(|e| e.status != EffectStatus::Pending));
     assert_eq!(deploys_of(&sim, r2, "prod"), 2, "each wave deployed once");
 }
+
+// ----- a stage added by a reload ------------------------------------------------------------
+
+/// beta → prod, then (a reload) beta → gamma → prod with the same beta and prod.
+fn two_then_three() -> (Pipeline, Pipeline) {
+    let three = three_stages();
+    let mut two = three.clone();
+    two.stages.retain(|s| s.name != "gamma");
+    (two, three)
+}
+
+/// The order in which `release` began deploying in each stage.
+fn deploy_order(sim: &Sim, release: ReleaseId) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    for e in &sim.started {
+        if e.release == release
+            && matches!(e.kind, EffectKind::Deploy { .. })
+            && !order.contains(&e.stage.to_string())
+        {
+            order.push(e.stage.to_string());
+        }
+    }
+    order
+}
+
+#[test]
+fn a_release_on_its_way_goes_through_a_stage_added_before_the_one_it_waits_for() {
+    let (two, three) = two_then_three();
+    let mut sim = Sim::new(two);
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    sim.reload(three);
+    let plan = sim.plan();
+    assert!(
+        plan.actions.contains(&Action::AddRun {
+            release: r,
+            stage: "gamma".into()
+        }),
+        "{:?}",
+        plan.actions
+    );
+    // Without the run, prod would wait for gamma forever (the driver stops: stuck).
+    sim.drive_to(r, "prod", S::Succeeded);
+    assert_eq!(deploy_order(&sim, r), ["beta", "gamma", "prod"]);
+    assert_eq!(sim.history("gamma"), vec![r]);
+    assert_eq!(sim.status(r, "gamma"), S::Succeeded);
+}
+
+#[test]
+fn a_release_past_the_added_stage_keeps_its_course_and_one_stopped_gets_no_run() {
+    let (two, three) = two_then_three();
+    let mut sim = Sim::new(two);
+    let bad = sim.new_release();
+    sim.drive_to(bad, "beta", S::Deploying);
+    sim.settle();
+    let deploy = sim.key(bad, "beta", EffectKind::Deploy { wave: 0 });
+    sim.fail(&deploy, "stack update failed");
+    sim.settle();
+    assert!(
+        sim.status(bad, "prod").is_terminal(),
+        "{:?}",
+        sim.status(bad, "prod")
+    );
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::Deploying);
+    sim.reload(three);
+    let plan = sim.plan();
+    let added: Vec<&Action> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::AddRun { .. }))
+        .collect();
+    assert!(added.is_empty(), "{added:?}");
+    sim.drive_to(r, "prod", S::Succeeded);
+    sim.drive_to_rest();
+    assert_eq!(deploy_order(&sim, r), ["beta", "prod"]);
+    assert!(sim.snap.runs.iter().all(|x| x.stage != "gamma"));
+}
+
+#[test]
+fn a_release_still_in_the_last_stage_goes_on_to_a_stage_added_after_it() {
+    let (two, _) = two_then_three();
+    let mut sim = Sim::new(two.clone());
+    let done = sim.promote();
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::Baking);
+    let mut more = two;
+    more.stages.push(stage("prod-eu"));
+    sim.reload(more);
+    sim.settle();
+    sim.drive_to(r, "prod-eu", S::Succeeded);
+    assert_eq!(deploy_order(&sim, r), ["beta", "prod", "prod-eu"]);
+    // The release that had already finished is not sent to the new stage.
+    assert_eq!(deploy_order(&sim, done), ["beta", "prod"]);
+    sim.drive_to_rest();
+    assert_eq!(sim.history("prod-eu"), vec![r]);
+}

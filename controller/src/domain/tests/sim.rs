@@ -338,6 +338,25 @@ impl Sim {
                     });
                 }
             }
+            Action::AddRun { release, stage } => {
+                let exists = self
+                    .snap
+                    .runs
+                    .iter()
+                    .any(|r| r.release == *release && r.stage == *stage);
+                if !exists {
+                    self.snap.runs.push(StageRun {
+                        release: *release,
+                        stage: stage.clone(),
+                        status: RunStatus::Waiting,
+                        reason: Reason::PreviousStage,
+                        attempt: 1,
+                        since: now,
+                        rollback_alarm: None,
+                        deploy_started: None,
+                    });
+                }
+            }
             Action::FailRelease { release, reason } => {
                 let r = self.release_mut(*release);
                 if r.failed.is_none() {
@@ -683,6 +702,20 @@ impl Sim {
             at: self.now,
             changed_at,
         });
+    }
+
+    /// A configuration reload: the pipeline becomes `cfg`; a stage it adds gets its (empty)
+    /// state, as the store's snapshot gives every configured stage.
+    pub fn reload(&mut self, cfg: Pipeline) {
+        for s in &cfg.stages {
+            if !self.snap.stages.iter().any(|x| x.name == s.name) {
+                self.snap.stages.push(StageState {
+                    name: s.name.clone(),
+                    ..StageState::default()
+                });
+            }
+        }
+        self.cfg = cfg;
     }
 
     pub fn pause_pipeline(&mut self, why: &str) {
