@@ -225,6 +225,12 @@ impl Pipeline {
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.name == name)
     }
+
+    /// `runs` in the order of the stages (the store lists a release's runs in the order they
+    /// were made, and a reload can add a stage's run later); stages no longer configured last.
+    pub fn sort_runs(&self, runs: &mut [crate::domain::StageRun]) {
+        runs.sort_by_key(|run| self.stage_index(&run.stage).unwrap_or(usize::MAX));
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -256,10 +256,27 @@ impl<'a> Planner<'a> {
 
     /// A stage the configuration added after a release was recorded (a reload) has no run of
     /// it, and the stage after it would wait for that run forever. The release goes through
-    /// the added stage when it has not entered the stage that follows (that run still
-    /// waiting), or, for a stage added last, while it is still on its way through the one
-    /// before. A release past that point, stopped or failed keeps its course.
+    /// the added stage when it has not started deploying in the stage that follows (that run
+    /// waiting, queued, checking or awaiting approval: it goes on only once the added stage
+    /// succeeded, as [`Planner::eligible`] asks before any deploy), or, for a stage added last,
+    /// while it is still on its way through the one before. A release that has deployed past
+    /// that point, stopped or failed keeps its course.
+    ///
+    /// A run in a stage the configuration no longer has (dropped or renamed; a reload refuses
+    /// that while the run deploys, verifies, bakes or rolls back there) is no stage's any more:
+    /// one that had not started deploying is ended (superseded), so that the release can
+    /// finish and leave the working set.
     fn add_runs(&mut self) {
+        let gone: Vec<StageRun> = self
+            .snap
+            .runs
+            .iter()
+            .filter(|r| self.cfg.stage(&r.stage).is_none() && r.status.supersedable())
+            .cloned()
+            .collect();
+        for run in &gone {
+            self.transition(run, RunStatus::Superseded, Reason::StageRemoved);
+        }
         let releases: BTreeSet<ReleaseId> = self.snap.runs.iter().map(|r| r.release).collect();
         let stages = &self.cfg.stages;
         for release in releases {
@@ -274,7 +291,7 @@ impl<'a> Planner<'a> {
                     continue;
                 }
                 let add = match stages[j + 1..].iter().find_map(run) {
-                    Some(next) => next.status == RunStatus::Waiting,
+                    Some(next) => next.status.supersedable(),
                     None => stages[..j]
                         .iter()
                         .rev()

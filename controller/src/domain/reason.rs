@@ -114,6 +114,9 @@ pub enum Reason {
     // ----- waiting to enter -------------------------------------------------------------
     /// Waits for the previous stage to succeed with this release.
     PreviousStage,
+    /// The configuration no longer has the stage (dropped or renamed by a reload) and the run
+    /// had not started deploying.
+    StageRemoved,
     /// A person asked for the release to go again (`tollgate retry`).
     RetryRequested {
         by: String,
@@ -311,6 +314,7 @@ impl Reason {
         use Reason as R;
         Some(match self {
             R::PreviousStage => "waiting for the previous stage".into(),
+            R::StageRemoved => "the configuration no longer has this stage".into(),
             R::RetryRequested { by } => format!("retry requested by {by}"),
             R::Queued => "queued".into(),
             R::PipelinePaused { reason } => format!("pipeline paused: {reason}"),

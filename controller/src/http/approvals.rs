@@ -228,7 +228,10 @@ fn csrf_matches(link: &Link, sent: Option<&str>) -> bool {
 async fn confirmation(engine: &Engine, link: &Link, token: &str, notice: Option<&str>) -> Response {
     let f = &link.facts;
     let r = &f.release;
-    let runs = engine.reads().stage_runs_of(r.id).await.unwrap_or_default();
+    let mut runs = engine.reads().stage_runs_of(r.id).await.unwrap_or_default();
+    if let Some(p) = engine.config().pipeline(&f.pipeline) {
+        p.sort_runs(&mut runs);
+    }
     let mut html = String::new();
     if let Some(n) = notice {
         let _ = write!(html, "<p class=\"notice\">{}</p>", esc(n));

@@ -88,7 +88,11 @@ async fn render(
     html.push_str(
         "<h2>Stages</h2><table><tr><th>stage</th><th>status</th><th>since</th><th>why</th></tr>",
     );
-    for run in store.stage_runs_of(id).await? {
+    let mut runs = store.stage_runs_of(id).await?;
+    if let Some(p) = engine.config().pipeline(pipeline) {
+        p.sort_runs(&mut runs);
+    }
+    for run in runs {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&run.stage),

@@ -1215,9 +1215,10 @@ async fn a_stacks_measured_timings_reach_its_next_deploy() {
     );
 }
 
-/// A reload adds gamma between beta and prod while release 1 is on its way (recorded under
-/// beta → prod, so it has no gamma run): it goes through gamma before prod, as a release
-/// recorded now does. Without a gamma run, prod would wait for it forever.
+/// A reload adds gamma between beta and prod after release 1 was recorded under beta → prod
+/// (so it has no gamma run) and before it started: it goes through gamma before prod, as a
+/// release recorded now does. Without a gamma run, prod would wait for it forever. (The
+/// planner's tests cover releases further along: checking, awaiting approval, deploying.)
 #[tokio::test]
 async fn a_release_on_its_way_goes_through_a_stage_a_reload_added() {
     let h = Harness::new();

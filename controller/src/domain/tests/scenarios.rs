@@ -384,20 +384,15 @@ fn a_release_on_its_way_goes_through_a_stage_added_before_the_one_it_waits_for()
 }
 
 #[test]
-fn a_release_past_the_added_stage_keeps_its_course_and_one_stopped_gets_no_run() {
+fn a_release_deploying_past_the_added_stage_keeps_its_course_and_a_failed_one_gets_no_run() {
     let (two, three) = two_then_three();
     let mut sim = Sim::new(two);
-    let bad = sim.new_release();
-    sim.drive_to(bad, "beta", S::Deploying);
+    // A release whose image never appeared: failed, its runs still waiting.
+    let failed = sim.new_release();
     sim.settle();
-    let deploy = sim.key(bad, "beta", EffectKind::Deploy { wave: 0 });
-    sim.fail(&deploy, "stack update failed");
+    sim.fail(&sim.resolve_key(failed), "no image");
     sim.settle();
-    assert!(
-        sim.status(bad, "prod").is_terminal(),
-        "{:?}",
-        sim.status(bad, "prod")
-    );
+    assert!(sim.release(failed).failed.is_some());
     let r = sim.new_release();
     sim.drive_to(r, "prod", S::Deploying);
     sim.reload(three);
@@ -412,6 +407,71 @@ fn a_release_past_the_added_stage_keeps_its_course_and_one_stopped_gets_no_run()
     sim.drive_to_rest();
     assert_eq!(deploy_order(&sim, r), ["beta", "prod"]);
     assert!(sim.snap.runs.iter().all(|x| x.stage != "gamma"));
+}
+
+/// Prod awaited approval when gamma was added before it: the approval given then does not
+/// send the release to prod before gamma has run and succeeded.
+#[test]
+fn a_release_awaiting_approval_goes_through_a_stage_added_before_it_first() {
+    let (two, three) = two_then_three();
+    let mut sim = Sim::new(two);
+    sim.auto_approve = false;
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::AwaitingApproval);
+    sim.settle();
+    sim.reload(three);
+    sim.settle();
+    let gamma = sim.status(r, "gamma");
+    assert!(
+        matches!(gamma, S::Queued | S::Checking | S::Deploying),
+        "{gamma:?}"
+    );
+    sim.approve(r, "prod", "ana");
+    sim.settle();
+    assert_eq!(deploys_of(&sim, r, "prod"), 0, "prod before gamma");
+    sim.auto_approve = true;
+    sim.drive_to(r, "prod", S::Succeeded);
+    assert_eq!(deploy_order(&sim, r), ["beta", "gamma", "prod"]);
+}
+
+/// Gamma was checking when a stage was inserted before it: gamma deploys only after it.
+#[test]
+fn a_release_checking_in_the_next_stage_goes_through_a_stage_added_before_it_first() {
+    let three = three_stages();
+    let mut sim = Sim::new(three.clone());
+    let r = sim.new_release();
+    sim.drive_to(r, "gamma", S::Checking);
+    let mut four = three;
+    four.stages.insert(1, stage("staging"));
+    sim.reload(four);
+    sim.drive_to(r, "prod", S::Succeeded);
+    assert_eq!(deploy_order(&sim, r), ["beta", "staging", "gamma", "prod"]);
+}
+
+/// Gamma renamed to staging while the release waits in gamma for approval: the release goes
+/// through staging, its run in the stage that is gone ends, and the release finishes.
+#[test]
+fn a_run_in_a_stage_a_reload_removed_ends_and_the_release_finishes() {
+    let mut cfg = three_stages();
+    cfg.stages[1].approval = Some(approval(1));
+    let mut sim = Sim::new(cfg.clone());
+    sim.auto_approve = false;
+    let r = sim.new_release();
+    sim.drive_to(r, "gamma", S::AwaitingApproval);
+    sim.settle();
+    let mut renamed = cfg;
+    renamed.stages[1].name = "staging".into();
+    sim.reload(renamed);
+    sim.settle();
+    assert_eq!(sim.status(r, "gamma"), S::Superseded);
+    assert_eq!(sim.reason(r, "gamma"), Reason::StageRemoved);
+    sim.auto_approve = true;
+    sim.drive_to(r, "prod", S::Succeeded);
+    sim.drive_to_rest();
+    assert_eq!(deploy_order(&sim, r), ["beta", "staging", "prod"]);
+    // Once prod runs a newer release, this one has nothing left to do.
+    sim.promote();
+    assert!(sim.retired.contains(&r), "the release finished");
 }
 
 #[test]

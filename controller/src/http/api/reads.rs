@@ -169,13 +169,7 @@ pub async fn release(State(api): State<ApiState>, Path(id): Path<String>) -> Ans
     let mut runs = reads.stage_runs_of(id).await.map_err(Problem::internal)?;
     let config = api.engine.config();
     if let Some(p) = config.pipeline(&r.pipeline) {
-        let order = |s: &str| {
-            p.stages
-                .iter()
-                .position(|x| x.name == s)
-                .unwrap_or(usize::MAX)
-        };
-        runs.sort_by_key(|run| order(&run.stage));
+        p.sort_runs(&mut runs);
     }
     let now = api.engine.now();
     let mut out = Vec::with_capacity(runs.len());
