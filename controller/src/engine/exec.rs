@@ -30,6 +30,9 @@ pub(super) struct Context {
     image_uri: String,
     /// Where this run's deploys went, by wave (deploys recorded before that was kept: none).
     deployed: BTreeMap<usize, DeployedTo>,
+    /// A deploy: where the configuration in force puts its wave (what its intent records when
+    /// it begins, and where it deploys).
+    place: Option<DeployedTo>,
     /// What already passed, for people (approval requests, notifications).
     history: String,
     public_url: String,
@@ -67,14 +70,22 @@ impl Context {
                 }
             }
         }
+        let pipeline = config.pipeline(&e.pipeline);
+        let place = match (&e.kind, pipeline.and_then(|p| p.stage(&e.stage))) {
+            (EffectKind::Deploy { wave }, Some(s)) => {
+                DeployedTo::of_wave(&config.accounts, s, *wave)
+            }
+            _ => None,
+        };
         Context {
-            pipeline: config.pipeline(&e.pipeline).cloned(),
+            pipeline: pipeline.cloned(),
             release: snap.releases.get(&e.release).cloned(),
             run: snap.run(e.release, &e.stage).cloned(),
             releases: snap.releases.clone(),
             outputs,
             image_uri,
             deployed,
+            place,
             history: messages::progress(snap, e.release, engine.now()),
             public_url: config.controller.public_url.clone(),
             accounts: config.accounts.clone(),
@@ -82,6 +93,12 @@ impl Context {
             deploy_finished: run.and_then(|run| snap.deploy_finished(run)),
             now: engine.now(),
         }
+    }
+
+    /// For a deploy, where the configuration in force puts its wave: the place its intent
+    /// records ([`super::Engine`] begins it with this), and the one it deploys to.
+    pub(super) fn place(&self) -> Option<&DeployedTo> {
+        self.place.as_ref()
     }
 
     fn account(&self, name: &str) -> Result<&Account, PortError> {

@@ -11,9 +11,9 @@
 //! - One pipeline is never reconciled concurrently with itself (one task per pipeline);
 //!   different pipelines run in parallel, and long effects run as their own tasks, so a
 //!   deploy in Beta never delays a rollback in Prod.
-//! - Before a side effect its intent is recorded under an idempotency key; after it, its
-//!   outcome. After a crash, a pending effect is performed again under the same key, which
-//!   the adapters make harmless.
+//! - Before a side effect its intent is recorded under an idempotency key (a deploy's with
+//!   the place it goes to); after it, its outcome. After a crash, a pending effect is
+//!   performed again under the same key, which the adapters make harmless.
 //! - No effect holds its stage for ever: one that runs past the effect deadline
 //!   ([`Engine::set_effect_deadline`], by default [`default_effect_deadline`]) is cancelled,
 //!   its record left pending, and it is started again under the same key, as after a crash.
@@ -598,15 +598,27 @@ impl Engine {
                 return Err(err.into());
             }
         }
+        // Taken before the intent is recorded: a deploy's intent records the place this
+        // context deploys to.
+        let ctx = exec::Context::capture(self, &e, snap);
         let recorded = snap.effect(&e.key).is_some();
         if !recorded {
-            if let Err(err) = self.begin(&e).await {
-                self.unmark(&e.key);
-                return Err(err);
+            match self.begin(&e, ctx.place()).await {
+                Ok(true) => {}
+                // Recorded since the snapshot was read: performed from the next one, which
+                // has its record (and where a deploy began).
+                Ok(false) => {
+                    self.unmark(&e.key);
+                    self.wake(&e.pipeline);
+                    return Ok(());
+                }
+                Err(err) => {
+                    self.unmark(&e.key);
+                    return Err(err);
+                }
             }
         }
         let engine = self.clone();
-        let ctx = exec::Context::capture(self, &e, snap);
         // Its own span, not the reconcile's: the effect outlives the reconcile that started it.
         let span = tracing::info_span!(
             parent: None,
@@ -621,10 +633,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn begin(&self, e: &Effect) -> EngineResult<()> {
+    /// Records the effect's intent (a deploy's with `place`, where it is about to go); false
+    /// if it was recorded before.
+    async fn begin(&self, e: &Effect, place: Option<&DeployedTo>) -> EngineResult<bool> {
         self.step()?;
-        self.store().begin_effect(e, self.now()).await?;
-        Ok(())
+        Ok(self.store().begin_effect(e, place, self.now()).await?)
     }
 
     fn unmark(&self, key: &str) {
