@@ -47,7 +47,7 @@ use tracing::Instrument;
 
 use crate::backoff::PollSettings;
 use crate::config::Config;
-use crate::domain::{Action, DeployedTo, Effect, EffectKind, EffectOutput, StageName, plan};
+use crate::domain::{Action, DeployedTo, Effect, EffectKind, EffectStatus, StageName, plan};
 use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use facts::*;
@@ -247,12 +247,17 @@ impl Engine {
 
     /// Why `config` must not replace the one in force, if it must not: it drops a pipeline or
     /// stage that a run is deploying, verifying, baking or rolling back in, or puts a wave
-    /// that run has deployed somewhere else (another account or account id, region, stack or
-    /// pipeline: a wave moved, replaced, dropped or inserted before it). The run would stay
-    /// unplanned (a rollback never finished, its release never marked bad, and a later stage
-    /// then following the one before it), or finish without reaching a target, or roll back
-    /// where it never deployed; so the change waits until the run is done. A store that cannot
-    /// be read refuses too.
+    /// that run has deployed, or began deploying, somewhere else (another account or account
+    /// id, region, stack or pipeline: a wave moved, replaced, dropped or inserted before it).
+    /// The run would stay unplanned (a rollback never finished, its release never marked bad,
+    /// and a later stage then following the one before it), or finish without reaching a
+    /// target, or roll back where it never deployed; so the change waits until the run is
+    /// done. A store that cannot be read refuses too.
+    ///
+    /// Where a deploy began is its intent's recorded place, not the configuration in force:
+    /// at start-up the configuration in force is the new one, and a deploy interrupted by a
+    /// crash began under the old. Only a deploy begun before places were recorded counts
+    /// where the configuration in force puts it.
     pub async fn refuse_config(&self, config: &Config) -> Option<String> {
         let reads = self.store().reads();
         let unreadable = |e: StoreError| Some(format!("cannot read the runs in flight: {e}"));
@@ -288,11 +293,12 @@ impl Engine {
                 let EffectKind::Deploy { wave } = &e.kind else {
                     continue;
                 };
-                // Where it went; a deploy still running, or failed, recorded nothing: where
-                // the configuration in force puts it.
-                let to = match &e.output {
-                    EffectOutput::Deployed { to: Some(to), .. } => Some(DeployedTo::clone(to)),
-                    _ => was.and_then(|s| place(&in_force, s, *wave)),
+                // Where it went or, still running or failed, where its intent recorded it
+                // began; a deploy begun before that was kept: where the configuration in
+                // force puts it.
+                let to = match e.deploy_place() {
+                    Some(to) => Some(DeployedTo::clone(to)),
+                    None => was.and_then(|s| place(&in_force, s, *wave)),
                 };
                 let Some(to) = to else {
                     continue;
@@ -303,8 +309,13 @@ impl Engine {
                 }
                 let status = run.status.as_str().replace('_', " ");
                 let now = now.map_or("nowhere".to_string(), |now| now.to_string());
+                let went = if e.status == EffectStatus::Succeeded {
+                    "deployed to"
+                } else {
+                    "began deploying to"
+                };
                 moved.push(format!(
-                    "{pipeline}/{}: {} {status}, its wave {} deployed to {to}, now {now}",
+                    "{pipeline}/{}: {} {status}, its wave {} {went} {to}, now {now}",
                     run.stage,
                     run.release,
                     wave + 1

@@ -379,13 +379,10 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     }
 }
 
-/// A deploy still running has recorded nothing of where it went: it counts where the
-/// configuration in force puts it, so moving its wave is refused while it runs.
-#[tokio::test]
-async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
-    let h = Harness::new();
-    let engine = h.engine(None).await;
-    promote_fully(&h, &engine, 1).await;
+/// Release 2 approved for prod after release 1 went all the way, its prod deploy (wave 1)
+/// started and never answering.
+async fn prod_deploy_hanging(h: &Harness, engine: &tollgate::engine::Engine) -> ReleaseId {
+    promote_fully(h, engine, 1).await;
     let Ingested::Recorded(id) = engine
         .record_release(&release(2), &delivery("push-2"))
         .await
@@ -393,31 +390,80 @@ async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
     else {
         panic!()
     };
-    settle(&engine).await.unwrap();
+    settle(engine).await.unwrap();
     h.fakes.with(|w| w.hanging_deploys = 1);
     engine
         .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
         .await
         .unwrap();
-    // The prod deploy starts and never answers.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), settle(&engine)).await;
-    assert_eq!(status(&engine, id, "prod").await, RunStatus::Deploying);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), settle(engine)).await;
+    assert_eq!(status(engine, id, "prod").await, RunStatus::Deploying);
     assert_eq!(h.fakes.with(|w| w.hung_deploys), 1);
+    id
+}
 
+/// The engine tests' configuration with prod's first wave in ap-southeast-2 instead of
+/// eu-west-1.
+fn prod_wave_1_moved(h: &Harness) -> tollgate::config::Config {
     let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
+    assert!(STAGES.contains(waves));
     let moved = STAGES.replace(
         waves,
         r#"targets = [{ account = "prod", region = "ap-southeast-2" }, { account = "prod", region = "us-east-1" }]"#,
     );
     std::fs::write(h.dir.path().join("moved.toml"), moved).unwrap();
-    let moved = tollgate::config::load(&h.dir.path().join("moved.toml"))
+    tollgate::config::load(&h.dir.path().join("moved.toml"))
         .unwrap()
-        .config;
-    let why = engine.refuse_config(&moved).await.expect("refused");
+        .config
+}
+
+/// prod's first wave where the engine tests' configuration puts it, and where
+/// [`prod_wave_1_moved`] does.
+const PROD_EU: &str = "backend-prod in account prod (444444444444) eu-west-1";
+const PROD_AP: &str = "backend-prod in account prod (444444444444) ap-southeast-2";
+
+/// A deploy still running has recorded where it began: moving its wave is refused while it
+/// runs.
+#[tokio::test]
+async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let id = prod_deploy_hanging(&h, &engine).await;
+
+    let why = engine
+        .refuse_config(&prod_wave_1_moved(&h))
+        .await
+        .expect("refused");
     assert!(
-        why.contains(&format!("backend/prod: {id} deploying, its wave 1 deployed to backend-prod in account prod (444444444444) eu-west-1, now backend-prod in account prod (444444444444) ap-southeast-2")),
+        why.contains(&format!(
+            "backend/prod: {id} deploying, its wave 1 began deploying to {PROD_EU}, now {PROD_AP}"
+        )),
         "{why}"
     );
+}
+
+/// The controller is killed while prod's deploy runs, and restarted with a file that moves
+/// that deploy's wave. At start-up the configuration in force is the new file, so only the
+/// place the deploy's intent recorded shows the move: it is refused, naming where the deploy
+/// began; the file it began under is not.
+#[tokio::test]
+async fn a_restart_with_a_file_moving_a_wave_whose_deploy_was_interrupted_is_refused() {
+    let h = Harness::new();
+    let before = h.engine(None).await;
+    let id = prod_deploy_hanging(&h, &before).await;
+    drop(before);
+
+    let moved = prod_wave_1_moved(&h);
+    let restarted = engine_with(&h, moved.clone()).await;
+    let why = restarted.refuse_config(&moved).await.expect("refused");
+    assert!(
+        why.contains(&format!(
+            "backend/prod: {id} deploying, its wave 1 began deploying to {PROD_EU}, now {PROD_AP}"
+        )),
+        "{why}"
+    );
+    let kept = config_in(h.dir.path());
+    assert_eq!(restarted.refuse_config(&kept).await, None);
 }
 
 /// A reload moved prod's second wave to another region while release 2 baked there: its
