@@ -13,7 +13,8 @@
 //!   deploy in Beta never delays a rollback in Prod.
 //! - Before a side effect its intent is recorded under an idempotency key (a deploy's with
 //!   the place it goes to); after it, its outcome. After a crash, a pending effect is
-//!   performed again under the same key, which the adapters make harmless.
+//!   performed again under the same key, which the adapters make harmless; a deploy is
+//!   performed again only where it began (else it fails, naming both places).
 //! - No effect holds its stage for ever: one that runs past the effect deadline
 //!   ([`Engine::set_effect_deadline`], by default [`default_effect_deadline`]) is cancelled,
 //!   its record left pending, and it is started again under the same key, as after a crash.
