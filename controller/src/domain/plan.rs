@@ -1379,17 +1379,12 @@ impl<'a> Planner<'a> {
         waves.into_iter().collect()
     }
 
-    /// Where this run deployed `wave`, when its deploy recorded it.
+    /// Where this run deployed `wave` (or, a deploy that did not succeed, where it began),
+    /// when its deploy recorded it.
     fn deployed_to(&self, run: &StageRun, wave: usize) -> Option<&'a DeployedTo> {
         self.run_effects(run)
-            .find_map(|e| match (&e.kind, &e.output) {
-                (EffectKind::Deploy { wave: w }, EffectOutput::Deployed { to, .. })
-                    if *w == wave =>
-                {
-                    to.as_deref()
-                }
-                _ => None,
-            })
+            .filter(|e| e.kind == EffectKind::Deploy { wave })
+            .find_map(EffectRecord::deploy_place)
     }
 
     // ----- reporting ---------------------------------------------------------------------

@@ -295,8 +295,26 @@ pub struct EffectRecord {
     pub detail: String,
     /// What the effect produced, typed by its kind.
     pub output: EffectOutput,
+    /// Where a deploy goes, recorded with its intent before it began (`None` for other
+    /// effects, and for deploys begun before it was kept).
+    pub place: Option<DeployedTo>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl EffectRecord {
+    /// Where a deploy went, or (still running, failed or interrupted) where it began; `None`
+    /// for other effects, and for a deploy recorded before either was kept that has not
+    /// succeeded.
+    pub fn deploy_place(&self) -> Option<&DeployedTo> {
+        if !matches!(self.kind, EffectKind::Deploy { .. }) {
+            return None;
+        }
+        match &self.output {
+            EffectOutput::Deployed { to: Some(to), .. } => Some(to),
+            _ => self.place.as_ref(),
+        }
+    }
 }
 
 /// What a finished effect produced, one variant per kind of result.

@@ -28,8 +28,15 @@ pub(super) struct Context {
     /// What this run's deploys produced: the stack outputs, and the image they run.
     outputs: BTreeMap<String, String>,
     image_uri: String,
-    /// Where this run's deploys went, by wave (deploys recorded before that was kept: none).
-    deployed: BTreeMap<usize, DeployedTo>,
+    /// Where this run's deploys went or, not succeeded, began, by wave (deploys recorded
+    /// before either was kept: none).
+    deployed: BTreeMap<usize, Reached>,
+    /// A deploy: where the configuration in force puts its wave (what its intent records when
+    /// it begins, and where it deploys).
+    place: Option<DeployedTo>,
+    /// A deploy resumed under its key (after a crash, or past its deadline): where its intent
+    /// recorded it began (`None`: a new deploy, or one begun before that was kept).
+    began: Option<DeployedTo>,
     /// What already passed, for people (approval requests, notifications).
     history: String,
     public_url: String,
@@ -42,6 +49,13 @@ pub(super) struct Context {
     now: chrono::DateTime<chrono::Utc>,
 }
 
+/// Where a run's deploy of a wave went, or began.
+struct Reached {
+    to: DeployedTo,
+    /// The deploy succeeded (else it failed, or is still running or interrupted).
+    succeeded: bool,
+}
+
 impl Context {
     pub(super) fn capture(engine: &Engine, e: &Effect, snap: &Snapshot) -> Context {
         let config = engine.config();
@@ -50,31 +64,42 @@ impl Context {
         let mut deployed = BTreeMap::new();
         let run = snap.run(e.release, &e.stage);
         for rec in run.iter().flat_map(|run| snap.effects_of(run)) {
+            let succeeded = rec.status == EffectStatus::Succeeded;
+            if let (EffectKind::Deploy { wave }, Some(to)) = (&rec.kind, rec.deploy_place()) {
+                let to = DeployedTo::clone(to);
+                deployed.insert(*wave, Reached { to, succeeded });
+            }
             if let (
-                EffectStatus::Succeeded,
+                true,
                 EffectOutput::Deployed {
                     image_uri: uri,
                     outputs: o,
-                    to,
                     ..
                 },
-            ) = (rec.status, &rec.output)
+            ) = (succeeded, &rec.output)
             {
                 outputs.extend(o.clone());
                 image_uri = uri.clone();
-                if let (EffectKind::Deploy { wave }, Some(to)) = (&rec.kind, to) {
-                    deployed.insert(*wave, DeployedTo::clone(to));
-                }
             }
         }
+        let pipeline = config.pipeline(&e.pipeline);
+        let place = match (&e.kind, pipeline.and_then(|p| p.stage(&e.stage))) {
+            (EffectKind::Deploy { wave }, Some(s)) => {
+                DeployedTo::of_wave(&config.accounts, s, *wave)
+            }
+            _ => None,
+        };
+        let began = snap.effect(&e.key).and_then(|rec| rec.place.clone());
         Context {
-            pipeline: config.pipeline(&e.pipeline).cloned(),
+            pipeline: pipeline.cloned(),
             release: snap.releases.get(&e.release).cloned(),
             run: snap.run(e.release, &e.stage).cloned(),
             releases: snap.releases.clone(),
             outputs,
             image_uri,
             deployed,
+            place,
+            began,
             history: messages::progress(snap, e.release, engine.now()),
             public_url: config.controller.public_url.clone(),
             accounts: config.accounts.clone(),
@@ -82,6 +107,12 @@ impl Context {
             deploy_finished: run.and_then(|run| snap.deploy_finished(run)),
             now: engine.now(),
         }
+    }
+
+    /// For a deploy, where the configuration in force puts its wave: the place its intent
+    /// records ([`super::Engine`] begins it with this), and the one it deploys to.
+    pub(super) fn place(&self) -> Option<&DeployedTo> {
+        self.place.as_ref()
     }
 
     fn account(&self, name: &str) -> Result<&Account, PortError> {
@@ -337,6 +368,7 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
         .digest
         .clone()
         .ok_or_else(|| PortError::Invalid("release has no digest".into()))?;
+    deploy_goes_where_it_began(op, s, wave)?;
     let req = deploy_request(op, s, r.id, &digest, wave).await?;
     let result = op.ports().deployer.deploy(&req).await?;
     let applied = match result.applied {
@@ -360,10 +392,45 @@ fn deployed_to(req: &DeployRequest) -> DeployedTo {
     DeployedTo::at(&req.target, &req.account, &req.deploy)
 }
 
+/// Refuses a deploy resumed under its key (after a crash, or past its deadline) whose intent
+/// recorded that it began at a place the configuration in force no longer puts its wave at
+/// (`Engine::refuse_config` refuses such a configuration, but a reload's check can race the
+/// deploy's start): part of the release may have reached where it began, and deploying at the
+/// new place would leave that part out of the run, its bake and its rollback. Nothing is done at either place; the error
+/// names both and says what to do (the run's rollback then refuses the new place too, and the
+/// stage halts).
+fn deploy_goes_where_it_began(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<()> {
+    let Some(there) = &op.ctx.began else {
+        return Ok(());
+    };
+    let release = op.effect.release;
+    let n = wave + 1;
+    let began = format!(
+        "{release}'s deploy of wave {n} of {} began at {there} and was interrupted",
+        s.name
+    );
+    let todo = format!(
+        "restore the configuration that puts wave {n} at {there}, or finish or undo the \
+         deploy at {there} by hand, then resume the stage"
+    );
+    match op.ctx.place() {
+        Some(here) if here.same_place(there) => Ok(()),
+        Some(here) => Err(PortError::Invalid(format!(
+            "{began}, and the configuration now puts wave {n} at {here}: not deployed there; \
+             {todo}"
+        ))),
+        None => Err(PortError::Invalid(format!(
+            "{began}, and the configuration no longer has a wave {n}: not deployed anywhere; \
+             {todo}"
+        ))),
+    }
+}
+
 /// Refuses a rollback of `wave` that the configuration no longer puts where this run deployed
-/// it (a reload moved, replaced or dropped the wave, or gave its account another id): applied
-/// to today's target, it would change a place the release never reached, and leave the one it
-/// did reach running it. The stage is paused, and the error says what to restore by hand.
+/// it, or where its deploy began when that did not succeed (a reload, or a restart with another
+/// file, moved, replaced or dropped the wave, or gave its account another id): applied to
+/// today's target, it would change a place the release never reached, and leave the one it did
+/// reach running it. The stage is paused, and the error says what to restore by hand.
 fn rollback_goes_where_deployed(
     op: &Op<'_>,
     s: &Stage,
@@ -371,23 +438,35 @@ fn rollback_goes_where_deployed(
     target: ReleaseId,
     here: Option<&DeployedTo>,
 ) -> PortResult<()> {
-    let Some(there) = op.ctx.deployed.get(&wave) else {
+    let Some(Reached {
+        to: there,
+        succeeded,
+    }) = op.ctx.deployed.get(&wave)
+    else {
         return Ok(());
     };
     let release = op.effect.release;
     let n = wave + 1;
+    let went = if *succeeded {
+        format!(
+            "{release} was deployed as wave {n} of {} to {there}",
+            s.name
+        )
+    } else {
+        format!(
+            "{release}'s deploy of wave {n} of {} began at {there} and did not finish",
+            s.name
+        )
+    };
     match here {
         Some(here) if here.same_place(there) => Ok(()),
         Some(here) => Err(PortError::Invalid(format!(
-            "{release} was deployed as wave {n} of {} to {there}, and the configuration now \
-             puts wave {n} at {here}: not rolled back there; restore {there} to {target} by \
-             hand, then resume the stage",
-            s.name
+            "{went}, and the configuration now puts wave {n} at {here}: not rolled back there; \
+             restore {there} to {target} by hand, then resume the stage"
         ))),
         None => Err(PortError::Invalid(format!(
-            "{release} was deployed as wave {n} of {} to {there}, and the configuration no \
-             longer has a wave {n}: restore {there} to {target} by hand, then resume the stage",
-            s.name
+            "{went}, and the configuration no longer has a wave {n}: restore {there} to \
+             {target} by hand, then resume the stage"
         ))),
     }
 }

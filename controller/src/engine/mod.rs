@@ -11,9 +11,10 @@
 //! - One pipeline is never reconciled concurrently with itself (one task per pipeline);
 //!   different pipelines run in parallel, and long effects run as their own tasks, so a
 //!   deploy in Beta never delays a rollback in Prod.
-//! - Before a side effect its intent is recorded under an idempotency key; after it, its
-//!   outcome. After a crash, a pending effect is performed again under the same key, which
-//!   the adapters make harmless.
+//! - Before a side effect its intent is recorded under an idempotency key (a deploy's with
+//!   the place it goes to); after it, its outcome. After a crash, a pending effect is
+//!   performed again under the same key, which the adapters make harmless; a deploy is
+//!   performed again only where it began (else it fails, naming both places).
 //! - No effect holds its stage for ever: one that runs past the effect deadline
 //!   ([`Engine::set_effect_deadline`], by default [`default_effect_deadline`]) is cancelled,
 //!   its record left pending, and it is started again under the same key, as after a crash.
@@ -47,7 +48,7 @@ use tracing::Instrument;
 
 use crate::backoff::PollSettings;
 use crate::config::Config;
-use crate::domain::{Action, DeployedTo, Effect, EffectKind, EffectOutput, StageName, plan};
+use crate::domain::{Action, DeployedTo, Effect, EffectKind, EffectStatus, StageName, plan};
 use crate::store::{Store, StoreError};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use facts::*;
@@ -247,12 +248,17 @@ impl Engine {
 
     /// Why `config` must not replace the one in force, if it must not: it drops a pipeline or
     /// stage that a run is deploying, verifying, baking or rolling back in, or puts a wave
-    /// that run has deployed somewhere else (another account or account id, region, stack or
-    /// pipeline: a wave moved, replaced, dropped or inserted before it). The run would stay
-    /// unplanned (a rollback never finished, its release never marked bad, and a later stage
-    /// then following the one before it), or finish without reaching a target, or roll back
-    /// where it never deployed; so the change waits until the run is done. A store that cannot
-    /// be read refuses too.
+    /// that run has deployed, or began deploying, somewhere else (another account or account
+    /// id, region, stack or pipeline: a wave moved, replaced, dropped or inserted before it).
+    /// The run would stay unplanned (a rollback never finished, its release never marked bad,
+    /// and a later stage then following the one before it), or finish without reaching a
+    /// target, or roll back where it never deployed; so the change waits until the run is
+    /// done. A store that cannot be read refuses too.
+    ///
+    /// Where a deploy began is its intent's recorded place, not the configuration in force:
+    /// at start-up the configuration in force is the new one, and a deploy interrupted by a
+    /// crash began under the old. Only a deploy begun before places were recorded counts
+    /// where the configuration in force puts it.
     pub async fn refuse_config(&self, config: &Config) -> Option<String> {
         let reads = self.store().reads();
         let unreadable = |e: StoreError| Some(format!("cannot read the runs in flight: {e}"));
@@ -288,11 +294,12 @@ impl Engine {
                 let EffectKind::Deploy { wave } = &e.kind else {
                     continue;
                 };
-                // Where it went; a deploy still running, or failed, recorded nothing: where
-                // the configuration in force puts it.
-                let to = match &e.output {
-                    EffectOutput::Deployed { to: Some(to), .. } => Some(DeployedTo::clone(to)),
-                    _ => was.and_then(|s| place(&in_force, s, *wave)),
+                // Where it went or, still running or failed, where its intent recorded it
+                // began; a deploy begun before that was kept: where the configuration in
+                // force puts it.
+                let to = match e.deploy_place() {
+                    Some(to) => Some(DeployedTo::clone(to)),
+                    None => was.and_then(|s| place(&in_force, s, *wave)),
                 };
                 let Some(to) = to else {
                     continue;
@@ -303,8 +310,13 @@ impl Engine {
                 }
                 let status = run.status.as_str().replace('_', " ");
                 let now = now.map_or("nowhere".to_string(), |now| now.to_string());
+                let went = if e.status == EffectStatus::Succeeded {
+                    "deployed to"
+                } else {
+                    "began deploying to"
+                };
                 moved.push(format!(
-                    "{pipeline}/{}: {} {status}, its wave {} deployed to {to}, now {now}",
+                    "{pipeline}/{}: {} {status}, its wave {} {went} {to}, now {now}",
                     run.stage,
                     run.release,
                     wave + 1
@@ -598,15 +610,27 @@ impl Engine {
                 return Err(err.into());
             }
         }
+        // Taken before the intent is recorded: a deploy's intent records the place this
+        // context deploys to.
+        let ctx = exec::Context::capture(self, &e, snap);
         let recorded = snap.effect(&e.key).is_some();
         if !recorded {
-            if let Err(err) = self.begin(&e).await {
-                self.unmark(&e.key);
-                return Err(err);
+            match self.begin(&e, ctx.place()).await {
+                Ok(true) => {}
+                // Recorded since the snapshot was read: performed from the next one, which
+                // has its record (and where a deploy began).
+                Ok(false) => {
+                    self.unmark(&e.key);
+                    self.wake(&e.pipeline);
+                    return Ok(());
+                }
+                Err(err) => {
+                    self.unmark(&e.key);
+                    return Err(err);
+                }
             }
         }
         let engine = self.clone();
-        let ctx = exec::Context::capture(self, &e, snap);
         // Its own span, not the reconcile's: the effect outlives the reconcile that started it.
         let span = tracing::info_span!(
             parent: None,
@@ -621,10 +645,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn begin(&self, e: &Effect) -> EngineResult<()> {
+    /// Records the effect's intent (a deploy's with `place`, where it is about to go); false
+    /// if it was recorded before.
+    async fn begin(&self, e: &Effect, place: Option<&DeployedTo>) -> EngineResult<bool> {
         self.step()?;
-        self.store().begin_effect(e, self.now()).await?;
-        Ok(())
+        Ok(self.store().begin_effect(e, place, self.now()).await?)
     }
 
     fn unmark(&self, key: &str) {

@@ -1,5 +1,6 @@
 //! What a deploy applied is kept for its rollback: template bodies stored once by their
-//! sha256, the typed spec on the deploy effect, and deploys recorded before it was kept.
+//! sha256, the typed spec on the deploy effect, where a deploy began (recorded with its
+//! intent), and deploys recorded before either was kept.
 
 use std::collections::BTreeMap;
 
@@ -58,7 +59,7 @@ async fn deployed(store: &Store, release: i64, attempt: u32, applied: Option<App
         attempt,
         EffectKind::Deploy { wave: 0 },
     );
-    store.begin_effect(&e, Utc::now()).await.unwrap();
+    store.begin_effect(&e, None, Utc::now()).await.unwrap();
     let output = EffectOutput::Deployed {
         image_uri: format!("repo@sha256:{release}"),
         outputs: BTreeMap::new(),
@@ -142,4 +143,125 @@ async fn the_newest_succeeded_deploy_of_a_release_gives_its_applied_spec() {
         old[0].output
     );
     assert_eq!(store.applied(ReleaseId(2), "beta", 0).await.unwrap(), None);
+}
+
+fn deploy(release: i64, wave: usize) -> Effect {
+    Effect::new(
+        "shop",
+        ReleaseId(release),
+        "beta",
+        1,
+        EffectKind::Deploy { wave },
+    )
+}
+
+/// The place a deploy's intent records reads back typed, stays while the deploy is pending or
+/// failed, and yields to where a succeeded deploy went; a second begin under the key changes
+/// nothing.
+#[tokio::test]
+async fn a_deploy_records_where_it_begins_and_keeps_it_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    release(&store, 1).await;
+    let (first, second) = (deploy(1, 0), deploy(1, 1));
+    let began = beta_stack();
+    let elsewhere = DeployedTo {
+        region: "ap-southeast-2".into(),
+        ..beta_stack()
+    };
+    assert!(
+        store
+            .begin_effect(&first, Some(&began), Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .begin_effect(&second, Some(&began), Utc::now())
+            .await
+            .unwrap()
+    );
+    let again = store.begin_effect(&first, Some(&elsewhere), Utc::now());
+    assert!(!again.await.unwrap(), "recorded before");
+
+    let read = |key: String| {
+        let store = store.clone();
+        async move {
+            let all = store.effects_of(ReleaseId(1), "beta").await.unwrap();
+            all.into_iter().find(|e| e.key == key).unwrap()
+        }
+    };
+    let pending = read(first.key.to_string()).await;
+    assert_eq!(
+        pending.place,
+        Some(began.clone()),
+        "the first begin's place stays"
+    );
+    assert_eq!(pending.deploy_place(), Some(&began));
+
+    let failed = EffectOutcome::failure("resource Service failed to stabilize");
+    store
+        .finish_effect(&first, &failed, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        read(first.key.to_string()).await.deploy_place(),
+        Some(&began)
+    );
+
+    let went = EffectOutput::Deployed {
+        image_uri: "repo@sha256:1".into(),
+        outputs: BTreeMap::new(),
+        applied: None,
+        timing: None,
+        to: Some(Box::new(elsewhere.clone())),
+    };
+    let ok = EffectOutcome::success("deployed").with(went);
+    store.finish_effect(&second, &ok, Utc::now()).await.unwrap();
+    let succeeded = read(second.key.to_string()).await;
+    assert_eq!(succeeded.place, Some(began));
+    assert_eq!(succeeded.deploy_place(), Some(&elsewhere), "where it went");
+}
+
+/// Only a deploy has a place: the store refuses one for another effect, and so does the
+/// database (and a place that is not a JSON object). A deploy row as the previous version
+/// wrote it, with no place, reads as none.
+#[tokio::test]
+async fn only_a_deploy_has_a_place_and_deploys_begun_before_it_was_kept_have_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    release(&store, 1).await;
+    let alarms = Effect::new(
+        "shop",
+        ReleaseId(1),
+        "beta",
+        1,
+        EffectKind::CheckAlarms { round: 0 },
+    );
+    let place = beta_stack();
+    let refused = store.begin_effect(&alarms, Some(&place), Utc::now());
+    assert!(refused.await.is_err());
+    assert!(store.begin_effect(&alarms, None, Utc::now()).await.unwrap());
+    let forged =
+        sqlx::query(r#"UPDATE effects SET place = '{"account":"beta"}' WHERE kind <> 'deploy'"#)
+            .execute(store.pool())
+            .await;
+    assert!(forged.is_err(), "a place on an alarm read");
+
+    let old = deploy(1, 0);
+    sqlx::query("INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ($1, 'shop', 1, 'beta', 1, 'deploy', $2, 'pending', 0)")
+        .bind(&old.key)
+        .bind(serde_json::to_string(&old.kind).unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let not_json = sqlx::query("UPDATE effects SET place = 'eu-west-1' WHERE kind = 'deploy'")
+        .execute(store.pool())
+        .await;
+    assert!(not_json.is_err(), "a place that is not JSON");
+
+    let effects = store.effects_of(ReleaseId(1), "beta").await.unwrap();
+    assert_eq!(effects.len(), 2);
+    assert!(effects.iter().all(|e| e.place.is_none()), "{effects:?}");
+    assert!(effects.iter().all(|e| e.deploy_place().is_none()));
 }

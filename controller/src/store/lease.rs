@@ -428,11 +428,11 @@ mod tests {
         let e = deploy(id);
 
         taken_over(&s).await;
-        refused(&s, a.begin_effect(&e, at(12))).await;
+        refused(&s, a.begin_effect(&e, None, at(12))).await;
         assert_eq!(s.effects_of(id, "beta").await.unwrap(), vec![]);
         assert_eq!(count(&s, "effects").await, 0);
         // The same intent through the new leader's store is recorded.
-        assert!(s.begin_effect(&e, at(13)).await.unwrap());
+        assert!(s.begin_effect(&e, None, at(13)).await.unwrap());
     }
 
     #[tokio::test]
@@ -440,7 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, a, id) = leading(&dir).await;
         let e = deploy(id);
-        assert!(a.begin_effect(&e, at(2)).await.unwrap());
+        assert!(a.begin_effect(&e, None, at(2)).await.unwrap());
         let pending = s.effects_of(id, "beta").await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].status, EffectStatus::Pending);

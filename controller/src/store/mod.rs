@@ -930,12 +930,26 @@ impl Store {
         Ok(())
     }
 
-    /// Records the intent to perform an effect; false if it was recorded before.
-    pub async fn begin_effect(&self, e: &Effect, now: DateTime<Utc>) -> Result<bool> {
+    /// Records the intent to perform an effect, with the place a deploy is about to go to
+    /// (`None` for any other effect: a place given for one is refused); false if it was
+    /// recorded before (its first record, place included, stays).
+    pub async fn begin_effect(
+        &self,
+        e: &Effect,
+        place: Option<&crate::domain::DeployedTo>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        if place.is_some() && !matches!(e.kind, EffectKind::Deploy { .. }) {
+            return Err(StoreError::Invalid(format!(
+                "{}: only a deploy records a place",
+                e.key
+            )));
+        }
         let spec = serde_json::to_string(&e.kind).unwrap_or_default();
+        let place = place.map(|p| serde_json::to_string(p).unwrap_or_default());
         let mut tx = self.write_fenced().await?;
         let r = sqlx::query(
-            "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
+            "INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, started_at, place) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(&e.key)
         .bind(&e.pipeline)
@@ -945,6 +959,7 @@ impl Store {
         .bind(e.kind.tag())
         .bind(spec)
         .bind(ms(now))
+        .bind(place)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -114,11 +114,12 @@ async fn seed(store: &Store, b: &Before) -> Result<()> {
         .iter()
         .chain(b.retired.iter().flat_map(|x| &x.2));
     for e in effects {
-        sqlx::query("INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, detail, output, started_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+        sqlx::query("INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, detail, output, started_at, finished_at, place) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
             .bind(&e.key).bind(PIPELINE).bind(e.release.0).bind(&e.stage).bind(i64::from(e.attempt)).bind(e.kind.tag())
             .bind(serde_json::to_string(&e.kind).unwrap()).bind(e.status.as_str()).bind(&e.detail)
             .bind(serde_json::to_string(&e.output).unwrap()).bind(ms(e.started_at))
             .bind(e.finished_at.map(ms))
+            .bind(e.place.as_ref().map(|p| serde_json::to_string(p).unwrap()))
             .execute(&mut *c).await?;
     }
     let approvals = b
@@ -222,7 +223,7 @@ async fn replay(
     seed(store, b).await?;
     for step in journal {
         for e in &step.begun {
-            store.begin_effect(e, step.at).await?;
+            store.begin_effect(e, None, step.at).await?;
         }
         store.apply(PIPELINE, &step.changes, step.at).await?;
     }

@@ -93,6 +93,23 @@ fn json_column<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// [`json_column`] of a nullable column: NULL reads as `None`.
+fn optional_json_column<T: serde::de::DeserializeOwned>(
+    r: &AnyRow,
+    table: &'static str,
+    column: &str,
+) -> Result<Option<T>> {
+    let Some(text) = r.get::<Option<String>, _>(column) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            table,
+            detail: format!("{column} `{text}`: {e}"),
+        })
+}
+
 pub(super) fn run_row(r: &AnyRow) -> Result<StageRun> {
     let status: String = r.get("status");
     Ok(StageRun {
@@ -124,6 +141,7 @@ fn effect_row(r: &AnyRow) -> Result<EffectRecord> {
         })?,
         detail: r.get("detail"),
         output: json_column(r, "effects", "output")?,
+        place: optional_json_column(r, "effects", "place")?,
         started_at: from_ms(r.get("started_at")),
         finished_at: r.get::<Option<i64>, _>("finished_at").map(from_ms),
     })

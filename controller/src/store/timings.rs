@@ -97,7 +97,7 @@ mod tests {
     async fn deployed(store: &Store, stack: &str, attempt: u32, ok: bool, timing: StackTiming) {
         let kind = EffectKind::Deploy { wave: 0 };
         let e = Effect::new("shop", ReleaseId(1), "beta", attempt, kind);
-        store.begin_effect(&e, Utc::now()).await.unwrap();
+        store.begin_effect(&e, None, Utc::now()).await.unwrap();
         let output = EffectOutput::Deployed {
             image_uri: format!("repo@sha256:{stack}"),
             outputs: BTreeMap::new(),

@@ -5,7 +5,9 @@ use crate::engine_support;
 
 use chrono::Duration;
 use engine_support::*;
-use tollgate::domain::{DataGap, Decision, Phase, Reason, ReleaseId, RunStatus};
+use tollgate::domain::{
+    DataGap, Decision, EffectKind, EffectStatus, Phase, Reason, ReleaseId, RunStatus,
+};
 use tollgate::engine::Ingested;
 use tollgate_testkit::fakes::fake_digest;
 
@@ -379,13 +381,10 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     }
 }
 
-/// A deploy still running has recorded nothing of where it went: it counts where the
-/// configuration in force puts it, so moving its wave is refused while it runs.
-#[tokio::test]
-async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
-    let h = Harness::new();
-    let engine = h.engine(None).await;
-    promote_fully(&h, &engine, 1).await;
+/// Release 2 approved for prod after release 1 went all the way, its prod deploy (wave 1)
+/// started and never answering.
+async fn prod_deploy_hanging(h: &Harness, engine: &tollgate::engine::Engine) -> ReleaseId {
+    promote_fully(h, engine, 1).await;
     let Ingested::Recorded(id) = engine
         .record_release(&release(2), &delivery("push-2"))
         .await
@@ -393,31 +392,168 @@ async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
     else {
         panic!()
     };
-    settle(&engine).await.unwrap();
+    settle(engine).await.unwrap();
     h.fakes.with(|w| w.hanging_deploys = 1);
     engine
         .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
         .await
         .unwrap();
-    // The prod deploy starts and never answers.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), settle(&engine)).await;
-    assert_eq!(status(&engine, id, "prod").await, RunStatus::Deploying);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), settle(engine)).await;
+    assert_eq!(status(engine, id, "prod").await, RunStatus::Deploying);
     assert_eq!(h.fakes.with(|w| w.hung_deploys), 1);
+    id
+}
 
+/// The engine tests' configuration with prod's first wave in ap-southeast-2 instead of
+/// eu-west-1.
+fn prod_wave_1_moved(h: &Harness) -> tollgate::config::Config {
     let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
+    assert!(STAGES.contains(waves));
     let moved = STAGES.replace(
         waves,
         r#"targets = [{ account = "prod", region = "ap-southeast-2" }, { account = "prod", region = "us-east-1" }]"#,
     );
     std::fs::write(h.dir.path().join("moved.toml"), moved).unwrap();
-    let moved = tollgate::config::load(&h.dir.path().join("moved.toml"))
+    tollgate::config::load(&h.dir.path().join("moved.toml"))
         .unwrap()
-        .config;
-    let why = engine.refuse_config(&moved).await.expect("refused");
+        .config
+}
+
+/// prod's first wave where the engine tests' configuration puts it, and where
+/// [`prod_wave_1_moved`] does.
+const PROD_EU: &str = "backend-prod in account prod (444444444444) eu-west-1";
+const PROD_AP: &str = "backend-prod in account prod (444444444444) ap-southeast-2";
+
+/// A deploy still running has recorded where it began: moving its wave is refused while it
+/// runs.
+#[tokio::test]
+async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let id = prod_deploy_hanging(&h, &engine).await;
+
+    let why = engine
+        .refuse_config(&prod_wave_1_moved(&h))
+        .await
+        .expect("refused");
     assert!(
-        why.contains(&format!("backend/prod: {id} deploying, its wave 1 deployed to backend-prod in account prod (444444444444) eu-west-1, now backend-prod in account prod (444444444444) ap-southeast-2")),
+        why.contains(&format!(
+            "backend/prod: {id} deploying, its wave 1 began deploying to {PROD_EU}, now {PROD_AP}"
+        )),
         "{why}"
     );
+}
+
+/// Release 2's prod deploy hanging when the controller is dropped, and a controller started on
+/// its state with [`prod_wave_1_moved`] in force.
+async fn restarted_with_prod_wave_1_moved() -> (Harness, tollgate::engine::Engine, ReleaseId) {
+    let h = Harness::new();
+    let before = h.engine(None).await;
+    let id = prod_deploy_hanging(&h, &before).await;
+    drop(before);
+    let restarted = engine_with(&h, prod_wave_1_moved(&h)).await;
+    (h, restarted, id)
+}
+
+/// The controller is killed while prod's deploy runs, and restarted with a file that moves
+/// that deploy's wave. At start-up the configuration in force is the new file, so only the
+/// place the deploy's intent recorded shows the move: it is refused, naming where the deploy
+/// began; the file it began under is not.
+#[tokio::test]
+async fn a_restart_with_a_file_moving_a_wave_whose_deploy_was_interrupted_is_refused() {
+    let (h, restarted, id) = restarted_with_prod_wave_1_moved().await;
+    let moved = prod_wave_1_moved(&h);
+    let why = restarted.refuse_config(&moved).await.expect("refused");
+    assert!(
+        why.contains(&format!(
+            "backend/prod: {id} deploying, its wave 1 began deploying to {PROD_EU}, now {PROD_AP}"
+        )),
+        "{why}"
+    );
+    let kept = config_in(h.dir.path());
+    assert_eq!(restarted.refuse_config(&kept).await, None);
+}
+
+/// Restarted with prod's first wave moved anyway, the interrupted deploy is not performed
+/// again at the new place: it fails naming both places and what to do, the deployer is not
+/// called again, and the run's rollback refuses the new place too, so the stage halts with
+/// nothing done in ap-southeast-2.
+#[tokio::test]
+async fn an_interrupted_deploy_never_resumes_where_a_restart_moved_its_wave() {
+    let (h, restarted, id) = restarted_with_prod_wave_1_moved().await;
+    settle(&restarted).await.unwrap();
+
+    let effects = restarted.reads().effects_of(id, "prod").await.unwrap();
+    let deploy = effects
+        .iter()
+        .find(|e| e.kind == EffectKind::Deploy { wave: 0 })
+        .expect("the prod deploy");
+    assert_eq!(deploy.status, EffectStatus::Failed);
+    for wanted in [
+        format!("{id}'s deploy of wave 1 of prod began at {PROD_EU} and was interrupted"),
+        format!("the configuration now puts wave 1 at {PROD_AP}: not deployed there"),
+        format!(
+            "restore the configuration that puts wave 1 at {PROD_EU}, or finish or undo the deploy at {PROD_EU} by hand, then resume the stage"
+        ),
+    ] {
+        assert!(deploy.detail.contains(&wanted), "{}", deploy.detail);
+    }
+    let second = fake_digest(&sha(2));
+    let (calls, hung, prod) = h.fakes.with(|w| {
+        let deployed = w
+            .deployed
+            .iter()
+            .filter(|(_, _, uri)| uri.ends_with(&second));
+        let prod: Vec<_> = deployed
+            .chain(&w.rolled_back)
+            .filter(|(stage, _, _)| stage == "prod")
+            .cloned()
+            .collect();
+        (
+            w.ledger.calls.get(deploy.key.as_str()).copied(),
+            w.hung_deploys,
+            prod,
+        )
+    });
+    assert_eq!(
+        (calls, hung),
+        (None, 1),
+        "the deployer was not called again"
+    );
+    assert_eq!(
+        prod,
+        [],
+        "release 2 neither deployed nor rolled back in prod"
+    );
+
+    let refused = format!(
+        "{id}'s deploy of wave 1 of prod began at {PROD_EU} and did not finish, and the configuration now puts wave 1 at {PROD_AP}: not rolled back there; restore {PROD_EU} to r1 by hand"
+    );
+    rollback_refused(&restarted, id, "eu-west-1", &refused).await;
+}
+
+/// prod's run of `id` failed on a rollback refused in `region`, saying `wanted`, and the stage
+/// is paused.
+async fn rollback_refused(
+    engine: &tollgate::engine::Engine,
+    id: ReleaseId,
+    region: &str,
+    wanted: &str,
+) {
+    let prod = run(engine, id, "prod").await;
+    assert_eq!(prod.status, RunStatus::Failed, "{:?}", prod.reason);
+    let Reason::RollbackFailed {
+        region: refused_in,
+        detail,
+        ..
+    } = &prod.reason
+    else {
+        panic!("{:?}", prod.reason)
+    };
+    assert_eq!(refused_in, region);
+    assert!(detail.contains(wanted), "{detail}");
+    let (_, paused) = engine.reads().paused("backend", "prod").await.unwrap();
+    assert!(paused.is_some(), "the stage is paused");
 }
 
 /// A reload moved prod's second wave to another region while release 2 baked there: its
@@ -468,16 +604,8 @@ async fn a_rollback_of_a_wave_a_reload_dropped_halts_instead_of_skipping_it() {
     let (h, engine, id) = alarm_after_prod_reload(None).await;
     let restored = h.fakes.with(|w| w.rolled_back.len());
     assert_eq!(restored, 1, "wave 1 restored");
-    let prod = run(&engine, id, "prod").await;
-    assert_eq!(prod.status, RunStatus::Failed, "{:?}", prod.reason);
-    let Reason::RollbackFailed { region, detail, .. } = &prod.reason else {
-        panic!("{:?}", prod.reason)
-    };
-    assert_eq!(region, "us-east-1");
-    assert!(
-        detail.contains("the configuration no longer has a wave 2: restore backend-prod in account prod (444444444444) us-east-1 to r1 by hand"),
-        "{detail}"
-    );
+    let refused = "the configuration no longer has a wave 2: restore backend-prod in account prod (444444444444) us-east-1 to r1 by hand";
+    rollback_refused(&engine, id, "us-east-1", refused).await;
     let good = engine.reads().last_good("backend", "prod").await.unwrap();
     assert_eq!(
         good.map(|r| r.id),
@@ -490,8 +618,6 @@ async fn a_rollback_of_a_wave_a_reload_dropped_halts_instead_of_skipping_it() {
         "not recorded as rolled back: {:?}",
         rel.bad
     );
-    let (_, paused) = engine.reads().paused("backend", "prod").await.unwrap();
-    assert!(paused.is_some(), "the stage is paused");
 }
 
 #[tokio::test]

@@ -65,6 +65,13 @@ impl Harness {
     }
 }
 
+/// An engine on `h`'s state with `config` in force, as `tollgate serve` starts with the file
+/// it is given.
+pub async fn engine_with(h: &Harness, config: tollgate::config::Config) -> Engine {
+    let store = Store::open(&h.db_url()).await.unwrap();
+    Engine::new(store, config, h.fakes.ports(), h.clock.clone())
+}
+
 /// Reconciles until nothing changes and no effect is running (bounded).
 pub async fn settle(engine: &Engine) -> Result<(), tollgate::engine::EngineError> {
     for _ in 0..400 {

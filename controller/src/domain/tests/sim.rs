@@ -293,6 +293,7 @@ impl Sim {
             status: EffectStatus::Pending,
             detail: String::new(),
             output: EffectOutput::None,
+            place: None,
             started_at: self.now,
             finished_at: None,
         });
