@@ -1019,6 +1019,9 @@ impl<'a> Planner<'a> {
     }
 
     fn deploying(&mut self, stage: &Stage, run: &StageRun) {
+        if self.misplaced_deploys(stage, run) {
+            return;
+        }
         for wave in 0..stage.targets.len() {
             let deploy = self.effect(run, EffectKind::Deploy { wave });
             let next_wave = wave > 0 && self.snap.effect(&deploy.key).is_none();
@@ -1051,6 +1054,48 @@ impl<'a> Planner<'a> {
             }
         }
         self.transition(run, RunStatus::Verifying, Reason::Verifying);
+    }
+
+    /// Deploys of this run that began somewhere the configuration no longer puts their wave
+    /// (a reload that raced their start, or a controller started with another file): one
+    /// still pending for a wave the configuration no longer has is performed again (it then
+    /// refuses, see `engine::exec`), never abandoned as if it had not begun; one refused
+    /// ([`EffectOutput::Misplaced`]) sends the run into rollback, or, with nothing to roll back
+    /// to, halts the stage, naming where it began. True when the run waits on them.
+    fn misplaced_deploys(&mut self, stage: &Stage, run: &StageRun) -> bool {
+        let records: Vec<&'a EffectRecord> = self.run_effects(run).collect();
+        for rec in &records {
+            let (
+                EffectKind::Deploy { .. },
+                EffectStatus::Failed,
+                EffectOutput::Misplaced { began, .. },
+            ) = (&rec.kind, rec.status, &rec.output)
+            else {
+                continue;
+            };
+            let why = Reason::DeployFailed {
+                account: began.account.clone(),
+                region: began.region.clone(),
+                detail: rec.detail.clone(),
+            };
+            if self.rollback_target(stage, run).is_some() {
+                self.transition(run, RunStatus::RollingBack, why);
+            } else {
+                self.halt(stage, run, why);
+            }
+            return true;
+        }
+        let mut waiting = false;
+        for rec in records {
+            if let EffectKind::Deploy { wave } = rec.kind {
+                let dropped = wave >= stage.targets.len();
+                if dropped && rec.status == EffectStatus::Pending && rec.place.is_some() {
+                    self.ensure(self.effect(run, EffectKind::Deploy { wave }));
+                    waiting = true;
+                }
+            }
+        }
+        waiting
     }
 
     fn verifying(&mut self, stage: &Stage, run: &StageRun) {

@@ -362,6 +362,14 @@ pub enum EffectOutput {
     /// A deploy or rollback whose target, read back afterwards, does not run what was asked
     /// (someone else's update, or an update that never ran): never a success.
     Drift { expected: String, found: String },
+    /// A deploy performed again under its key (after a crash, or past its deadline) that was
+    /// not done: it began at `began`, and the configuration now puts its wave at `now`
+    /// (`None`: it has no such wave any more). Nothing was done at either place; the stage
+    /// halts (after rolling back what it can) naming `began`.
+    Misplaced {
+        began: Box<DeployedTo>,
+        now: Option<Box<DeployedTo>>,
+    },
     /// An approval request not sent: these subscriptions would have received every
     /// approver's personal link.
     ApprovalWithheld { exposed: Vec<ExposedSubscription> },

@@ -368,7 +368,16 @@ async fn deploy(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<EffectOutcome
         .digest
         .clone()
         .ok_or_else(|| PortError::Invalid("release has no digest".into()))?;
-    deploy_goes_where_it_began(op, s, wave)?;
+    if let Some(refused) = deploy_goes_where_it_began(op, s, wave) {
+        return Ok(refused);
+    }
+    if s.targets.get(wave).is_none() {
+        return Err(PortError::Invalid(format!(
+            "the configuration no longer has a wave {} in {}",
+            wave + 1,
+            s.name
+        )));
+    }
     let req = deploy_request(op, s, r.id, &digest, wave).await?;
     let result = op.ports().deployer.deploy(&req).await?;
     let applied = match result.applied {
@@ -399,10 +408,8 @@ fn deployed_to(req: &DeployRequest) -> DeployedTo {
 /// new place would leave that part out of the run, its bake and its rollback. Nothing is done at either place; the error
 /// names both and says what to do (the run's rollback then refuses the new place too, and the
 /// stage halts).
-fn deploy_goes_where_it_began(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult<()> {
-    let Some(there) = &op.ctx.began else {
-        return Ok(());
-    };
+fn deploy_goes_where_it_began(op: &Op<'_>, s: &Stage, wave: usize) -> Option<EffectOutcome> {
+    let there = op.ctx.began.as_ref()?;
     let release = op.effect.release;
     let n = wave + 1;
     let began = format!(
@@ -413,17 +420,24 @@ fn deploy_goes_where_it_began(op: &Op<'_>, s: &Stage, wave: usize) -> PortResult
         "restore the configuration that puts wave {n} at {there}, or finish or undo the \
          deploy at {there} by hand, then resume the stage"
     );
-    match op.ctx.place() {
-        Some(here) if here.same_place(there) => Ok(()),
-        Some(here) => Err(PortError::Invalid(format!(
+    let here = op.ctx.place();
+    let detail = match here {
+        Some(here) if here.same_place(there) => return None,
+        Some(here) => format!(
             "{began}, and the configuration now puts wave {n} at {here}: not deployed there; \
              {todo}"
-        ))),
-        None => Err(PortError::Invalid(format!(
+        ),
+        None => format!(
             "{began}, and the configuration no longer has a wave {n}: not deployed anywhere; \
              {todo}"
-        ))),
-    }
+        ),
+    };
+    Some(
+        EffectOutcome::failure(detail).with(EffectOutput::Misplaced {
+            began: Box::new(there.clone()),
+            now: here.cloned().map(Box::new),
+        }),
+    )
 }
 
 /// Refuses a rollback of `wave` that the configuration no longer puts where this run deployed

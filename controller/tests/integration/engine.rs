@@ -6,7 +6,7 @@ use crate::engine_support;
 use chrono::Duration;
 use engine_support::*;
 use tollgate::domain::{
-    DataGap, Decision, EffectKind, EffectStatus, Phase, Reason, ReleaseId, RunStatus,
+    DataGap, Decision, EffectKind, EffectOutput, EffectStatus, Phase, Reason, ReleaseId, RunStatus,
 };
 use tollgate::engine::Ingested;
 use tollgate_testkit::fakes::fake_digest;
@@ -489,6 +489,14 @@ async fn an_interrupted_deploy_never_resumes_where_a_restart_moved_its_wave() {
         .find(|e| e.kind == EffectKind::Deploy { wave: 0 })
         .expect("the prod deploy");
     assert_eq!(deploy.status, EffectStatus::Failed);
+    let EffectOutput::Misplaced { began, now } = &deploy.output else {
+        panic!("{:?}", deploy.output)
+    };
+    assert_eq!(began.to_string(), PROD_EU);
+    assert_eq!(
+        now.as_ref().map(|p| p.to_string()).as_deref(),
+        Some(PROD_AP)
+    );
     for wanted in [
         format!("{id}'s deploy of wave 1 of prod began at {PROD_EU} and was interrupted"),
         format!("the configuration now puts wave 1 at {PROD_AP}: not deployed there"),

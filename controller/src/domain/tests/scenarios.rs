@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::sim::*;
 use crate::config::Pipeline;
 use crate::domain::{
-    Action, BadMark, Effect, EffectKind, EffectStatus, Phase, Reason, ReleaseId, ReportState,
-    RunStatus as S, idempotency_key,
+    Action, BadMark, Effect, EffectKind, EffectOutput, EffectStatus, Phase, Reason, ReleaseId,
+    ReportState, RunStatus as S, idempotency_key,
 };
 
 /// Tests, alarms, bakes and two waves where it matters; prod needs two of three approvals.
@@ -491,4 +491,103 @@ fn a_release_still_in_the_last_stage_goes_on_to_a_stage_added_after_it() {
     assert_eq!(deploy_order(&sim, done), ["beta", "prod"]);
     sim.drive_to_rest();
     assert_eq!(sim.history("prod-eu"), vec![r]);
+}
+
+// ----- a deploy that began somewhere the configuration no longer puts its wave -------------
+
+/// Where wave `wave` of `stage` began, as the engine records it with the deploy's intent.
+fn began(sim: &mut Sim, release: ReleaseId, stage: &str, wave: usize) -> crate::domain::DeployedTo {
+    let key = sim.key(release, stage, EffectKind::Deploy { wave });
+    let t = target(stage, wave);
+    let place = crate::domain::DeployedTo {
+        account: t.account,
+        account_id: "444444444444".into(),
+        region: t.region,
+        name: format!("{stage}-deploy"),
+    };
+    let rec = sim.snap.effects.iter_mut().find(|e| e.key == key).unwrap();
+    rec.place = Some(place.clone());
+    place
+}
+
+/// The first release in beta (nothing to roll back to): its deploy, performed again after a
+/// restart, refused to go where the configuration now puts the wave. The stage halts naming
+/// where the deploy began (without the halt, beta failed unpaused and the next release went
+/// on to deploy at the new place).
+#[test]
+fn a_refused_resumed_deploy_with_nothing_to_roll_back_to_halts_the_stage() {
+    let mut sim = Sim::new(three_stages());
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.settle();
+    let there = began(&mut sim, r, "beta", 0);
+    let key = sim.key(r, "beta", EffectKind::Deploy { wave: 0 });
+    let output = EffectOutput::Misplaced {
+        began: Box::new(there),
+        now: None,
+    };
+    sim.finish(
+        &key,
+        EffectStatus::Failed,
+        "began at … and was interrupted",
+        output,
+    );
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Failed);
+    let Reason::DeployFailed { region, .. } = sim.reason(r, "beta") else {
+        panic!("{:?}", sim.reason(r, "beta"))
+    };
+    assert_eq!(region, "eu-west-1");
+    assert!(sim.snap.stages[0].paused.is_some(), "beta is paused");
+}
+
+/// Prod's second wave was being deployed when a controller started with a file without it:
+/// that deploy is performed again (to refuse), not abandoned while the run goes on to verify
+/// and bake as if the wave had never begun; refused, the run rolls back.
+#[test]
+fn a_deploy_begun_in_a_wave_the_configuration_dropped_is_not_abandoned() {
+    let mut cfg = three_stages();
+    cfg.stages[2].targets = vec![target("prod", 0), target("prod", 1)];
+    let mut sim = Sim::new(cfg.clone());
+    sim.promote();
+    let r = sim.new_release();
+    sim.drive_to(r, "prod", S::Deploying);
+    sim.settle();
+    let wave0 = sim.key(r, "prod", EffectKind::Deploy { wave: 0 });
+    sim.succeed(&wave0);
+    sim.settle();
+    let wave1 = sim.key(r, "prod", EffectKind::Deploy { wave: 1 });
+    assert!(sim.is_pending(&wave1));
+    let there = began(&mut sim, r, "prod", 1);
+    let mut one = cfg;
+    one.stages[2].targets.truncate(1);
+    sim.reload(one);
+    let plan = sim.plan();
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Start(e) if e.key.as_str() == wave1)),
+        "{:?}",
+        plan.actions
+    );
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Abandon { .. }))
+    );
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::Deploying);
+    let output = EffectOutput::Misplaced {
+        began: Box::new(there),
+        now: None,
+    };
+    sim.finish(
+        &wave1,
+        EffectStatus::Failed,
+        "no longer has a wave 2",
+        output,
+    );
+    sim.settle();
+    assert_eq!(sim.status(r, "prod"), S::RollingBack);
 }
