@@ -135,7 +135,7 @@ async fn start(args: ServeArgs) -> Result<()> {
         move || leads.may_act(),
     ));
     if let Some(note) = &in_force {
-        intake::note_config(&engine, &engine.config(), "controller", note).await;
+        intake::note_config(&engine, &[&engine.config()], "controller", note).await;
     }
 
     let mut state = AppState::new(engine.clone(), secrets);
@@ -255,6 +255,7 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
+            let before = engine.config();
             let applied = engine.reads().applied_config().await;
             let managed = applied.ok().flatten().filter(|a| {
                 engine.config().controller.config_repository.as_deref() == Some(&a.repository)
@@ -274,7 +275,8 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
                 }
             };
             tracing::info!("{detail}");
-            intake::note_config(&engine, &engine.config(), "signal:SIGHUP", &detail).await;
+            let after = engine.config();
+            intake::note_config(&engine, &[&before, &after], "signal:SIGHUP", &detail).await;
         }
     });
 }

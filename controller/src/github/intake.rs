@@ -660,7 +660,7 @@ pub async fn apply_config_change(
         };
         if let Some(why) = why {
             let detail = format!("configuration from {repo}@{short} refused: {why}");
-            note_config(engine, &current, "controller", &detail).await;
+            note_config(engine, &[&current], "controller", &detail).await;
             return Err(why);
         }
     }
@@ -701,7 +701,7 @@ pub async fn apply_config_change(
         Ok(_) => format!("configuration reloaded from {repo}@{short}"),
         Err(why) => format!("configuration from {repo}@{short} refused: {why}"),
     };
-    note_config(engine, &current, "controller", &detail).await;
+    note_config(engine, &[&current, &engine.config()], "controller", &detail).await;
     let reported = forge
         .post_config_status(repo, sha, loaded.as_ref().map(drop).map_err(String::as_str))
         .await;
@@ -816,14 +816,17 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<Config, String> {
 }
 
 /// Writes a configuration change (applied or refused) to the event log of every pipeline of
-/// `config`, as `actor`.
-pub async fn note_config(engine: &Engine, config: &Config, actor: &str, detail: &str) {
-    for p in &config.pipelines {
-        let logged = engine
-            .log_event(&p.name, actor, "config", None, detail)
-            .await;
+/// `configs` (the one in force before it and, once applied, the new one: a pipeline it adds
+/// or removes has the entry too), once each, as `actor`.
+pub async fn note_config(engine: &Engine, configs: &[&Config], actor: &str, detail: &str) {
+    let names: std::collections::BTreeSet<&str> = configs
+        .iter()
+        .flat_map(|c| c.pipelines.iter().map(|p| p.name.as_str()))
+        .collect();
+    for name in names {
+        let logged = engine.log_event(name, actor, "config", None, detail).await;
         if let Err(e) = logged {
-            tracing::error!(pipeline = %p.name, error = %e, "cannot write the event log");
+            tracing::error!(pipeline = %name, error = %e, "cannot write the event log");
         }
     }
 }

@@ -782,6 +782,41 @@ async fn try_reload_refuses_an_invalid_file_with_the_validation_message() {
 
 /// Puts a configuration commit `sha` (child of `parents`) into the fake: `stages` with the
 /// accounts file and the template it names.
+/// A configuration from the repository that adds a pipeline writes its `config` entry in the
+/// added pipeline's event log too, and one that removes a pipeline in the removed one's.
+#[tokio::test]
+async fn a_pipeline_a_config_from_github_adds_or_removes_has_its_config_entry() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let web = &STAGES[STAGES.find("[[pipelines]]\nname = \"web\"").unwrap()..];
+    let api = web
+        .replace("name = \"web\"", "name = \"api\"")
+        .replace("acme/web", "acme/api")
+        .replace("repository = \"web\"", "repository = \"api\"")
+        .replace("web-beta", "api-beta");
+    let with_api = format!("{STAGES}\n{api}");
+    let without_web = STAGES.replace(web, "");
+    put_config(&fake, &"a".repeat(40), &with_api, &[]);
+    put_config(&fake, &"b".repeat(40), &without_web, &[&"a".repeat(40)]);
+
+    intake::apply_config_change(&c.engine, &forge, &"a".repeat(40))
+        .await
+        .unwrap();
+    assert!(c.engine.config().pipeline("api").is_some());
+    let notes = c.events("api", "config").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].starts_with("configuration reloaded from acme/deploy-config@aaaaaaaaaaaa"));
+
+    intake::apply_config_change(&c.engine, &forge, &"b".repeat(40))
+        .await
+        .unwrap();
+    assert!(c.engine.config().pipeline("web").is_none());
+    let notes = c.events("web", "config").await;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[1].starts_with("configuration reloaded from acme/deploy-config@bbbbbbbbbbbb"));
+}
+
 fn put_config(fake: &GithubFake, sha: &str, stages: &str, parents: &[&str]) {
     let repo = "acme/deploy-config";
     fake.add_commit(repo, sha, parents);
