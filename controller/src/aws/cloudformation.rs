@@ -59,7 +59,7 @@
 //!   warning, and the stack's parameters missing from the configuration take the template's
 //!   defaults.
 
-mod template;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

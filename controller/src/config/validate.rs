@@ -390,6 +390,7 @@ fn pipeline(
         stages.push(stage(i, j, s, &tests, &p.tests, accounts, base, cx));
     }
     warn_unguarded_approvals(i, &stages, cx);
+    warn_image_functions_away_from_the_image(i, &artifact, &stages, cx);
     Pipeline {
         name: p.name.into(),
         source: Source {
@@ -1099,6 +1100,51 @@ fn windows(i: usize, j: usize, w: &RawWindows, cx: &mut Ctx) -> Option<Windows> 
         allow,
         blackouts,
     })
+}
+
+/// A stage promoting by `retag` deploys the image from the artifact's repository, in the
+/// artifact's region, and a Lambda function takes an image only from a repository in its own
+/// region ("The Amazon ECR repository must be in the same AWS Region as the Lambda function",
+/// AWS Lambda Developer Guide, container images): a wave in another region whose template has
+/// such a function would fail every deploy there. A template that cannot be read is left to
+/// the deploy (and `cfn-lint`) to report.
+fn warn_image_functions_away_from_the_image(
+    i: usize,
+    artifact: &Artifact,
+    stages: &[Stage],
+    cx: &mut Ctx,
+) {
+    for (j, s) in stages.iter().enumerate() {
+        let Deploy::CloudFormation { template, .. } = &s.deploy else {
+            continue;
+        };
+        let away = s.targets.iter().position(|t| t.region != artifact.region);
+        let (Promote::Retag, Some(k)) = (s.promote, away) else {
+            continue;
+        };
+        let Ok(body) = std::fs::read_to_string(template) else {
+            continue;
+        };
+        let functions = crate::aws::cloudformation::template::image_functions(&body);
+        let Some(function) = functions.ok().and_then(|f| f.into_iter().next()) else {
+            continue;
+        };
+        let region = &s.targets[k].region;
+        cx.warn(
+            cfg_path!["pipelines", i, "stages", j, "targets", k],
+            format!(
+                "stage `{}` deploys to {region}, and its template's Lambda function `{function}` \
+                 runs the image; with `promote = \"retag\"` the image stays in `{}` in {}, and \
+                 Lambda takes an image only from a repository in its own region",
+                s.name, artifact.repository, artifact.region
+            ),
+            &format!(
+                "set `promote = \"copy\"` on the stage and replicate the repository to {region} \
+                 (ECR replication), or deploy the function in {}",
+                artifact.region
+            ),
+        );
+    }
 }
 
 fn warn_unguarded_approvals(i: usize, stages: &[Stage], cx: &mut Ctx) {

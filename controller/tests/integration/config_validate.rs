@@ -1001,6 +1001,50 @@ fn approval_without_tests_before_it_is_a_warning() {
     );
 }
 
+/// Beta's template runs the image in a Lambda function and beta deploys to `region`, with the
+/// artifact in eu-west-1; the template and the suite are written to a scratch directory.
+fn lambda_beta_in(region: &str, promote: &str) -> Result<Loaded, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let lambda = "Parameters:\n  ImageUri:\n    Type: String\nResources:\n  Api:\n    Type: AWS::Lambda::Function\n    Properties:\n      PackageType: Image\n      Role: arn:aws:iam::222222222222:role/api\n      Code:\n        ImageUri: !Ref ImageUri\n";
+    std::fs::write(dir.path().join("lambda.yaml"), lambda).unwrap();
+    for f in ["service.yaml", "smoke.toml"] {
+        std::fs::copy(Path::new(FIXTURES).join(f), dir.path().join(f)).unwrap();
+    }
+    let stages = edit(
+        STAGES,
+        "targets = [{ account = \"beta\", region = \"eu-west-1\" }]",
+        &format!("targets = [{{ account = \"beta\", region = \"{region}\" }}]{promote}"),
+    );
+    let stages = edit(
+        &stages,
+        "stack = \"svc-beta\"\ntemplate = \"service.yaml\"",
+        "stack = \"svc-beta\"\ntemplate = \"lambda.yaml\"",
+    );
+    load_at(dir.path(), &stages, ACCOUNTS)
+}
+
+#[test]
+fn a_lambda_image_in_another_region_than_a_retagged_artifact_is_a_warning() {
+    let loaded = lambda_beta_in("us-east-1", "").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert_eq!(w.severity, Severity::Warning);
+    assert!(
+        w.message.contains("stage `beta` deploys to us-east-1, and its template's Lambda function `Api` runs the image; with `promote = \"retag\"` the image stays in `svc` in eu-west-1"),
+        "{w}"
+    );
+    assert!(w.help.contains("promote = \"copy\""), "{w}");
+    // The artifact's own region, or the image copied into the stage's region: no warning.
+    for (region, promote) in [("eu-west-1", ""), ("us-east-1", "\npromote = \"copy\"")] {
+        let loaded = lambda_beta_in(region, promote).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            loaded.warnings.is_empty(),
+            "{region}{promote}: {:?}",
+            loaded.warnings
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The binary: exit codes
 

@@ -1,5 +1,6 @@
 //! Reads which parameters a CloudFormation template declares (its top-level `Parameters`
-//! keys), from a JSON or YAML template body.
+//! keys), and which of its Lambda functions run a container image, from a JSON or YAML
+//! template body.
 //!
 //! Pure: no I/O, no AWS types. Must never guess: a body it cannot read is an error, and the
 //! caller decides what that means.
@@ -40,6 +41,48 @@ pub fn declared_parameters(body: &str) -> Result<BTreeSet<String>, String> {
     }
 }
 
+/// The logical ids of the template's Lambda functions packaged as a container image: resources
+/// of type `AWS::Lambda::Function` or `AWS::Serverless::Function` whose `PackageType` is
+/// `Image` (a value written with an intrinsic function is not counted), in the template's order.
+pub fn image_functions(body: &str) -> Result<Vec<String>, String> {
+    const LAMBDA: [&str; 2] = ["AWS::Lambda::Function", "AWS::Serverless::Function"];
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
+    if body.trim_start().starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
+        let resources = value.get("Resources").and_then(|r| r.as_object());
+        return Ok(resources
+            .into_iter()
+            .flatten()
+            .filter(|(_, r)| {
+                let kind = r.get("Type").and_then(|t| t.as_str());
+                let package = r
+                    .pointer("/Properties/PackageType")
+                    .and_then(|t| t.as_str());
+                kind.is_some_and(|k| LAMBDA.contains(&k)) && package == Some("Image")
+            })
+            .map(|(id, _)| id.clone())
+            .collect());
+    }
+    let docs = YamlLoader::load_from_str(body).map_err(|e| format!("not valid YAML: {e}"))?;
+    let [Yaml::Hash(top)] = docs.as_slice() else {
+        return Err("not one YAML mapping".into());
+    };
+    let key = |k: &str| Yaml::String(k.into());
+    let Some(Yaml::Hash(resources)) = top.get(&key("Resources")) else {
+        return Ok(Vec::new());
+    };
+    Ok(resources
+        .iter()
+        .filter(|(_, r)| {
+            let kind = r["Type"].as_str();
+            let package = r["Properties"]["PackageType"].as_str();
+            kind.is_some_and(|k| LAMBDA.contains(&k)) && package == Some("Image")
+        })
+        .filter_map(|(id, _)| id.as_str().map(str::to_string))
+        .collect())
+}
+
 /// A JSON template (JSON may use tabs, which YAML does not allow for indentation).
 fn from_json(body: &str) -> Result<BTreeSet<String>, String> {
     let value: serde_json::Value =
@@ -55,6 +98,16 @@ fn from_json(body: &str) -> Result<BTreeSet<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_functions_are_found_in_yaml_and_json_and_zip_functions_are_not() {
+        let yaml = "Resources:\n  Api:\n    Type: AWS::Lambda::Function\n    Properties:\n      PackageType: Image\n      Code:\n        ImageUri: !Ref ImageUri\n  Zip:\n    Type: AWS::Lambda::Function\n    Properties:\n      Runtime: python3.12\n  Sam:\n    Type: AWS::Serverless::Function\n    Properties:\n      PackageType: Image\n  Bucket:\n    Type: AWS::S3::Bucket\n";
+        assert_eq!(image_functions(yaml).unwrap(), ["Api", "Sam"]);
+        let json = r#"{"Resources": {"Worker": {"Type": "AWS::Lambda::Function", "Properties": {"PackageType": "Image"}}, "Svc": {"Type": "AWS::ECS::Service", "Properties": {}}}}"#;
+        assert_eq!(image_functions(json).unwrap(), ["Worker"]);
+        assert!(image_functions("Parameters: {}\n").unwrap().is_empty());
+        assert!(image_functions("a: [\n").is_err());
+    }
 
     #[test]
     fn a_json_template_with_a_byte_order_mark_and_tabs_is_read_as_json() {
