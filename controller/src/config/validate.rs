@@ -1118,7 +1118,11 @@ fn warn_image_functions_away_from_the_image(
         let Deploy::CloudFormation { template, .. } = &s.deploy else {
             continue;
         };
-        let away = s.targets.iter().position(|t| t.region != artifact.region);
+        // A target whose account is unknown has no region (an error of its own).
+        let away = s
+            .targets
+            .iter()
+            .position(|t| !t.region.is_empty() && t.region != artifact.region);
         let (Promote::Retag, Some(k)) = (s.promote, away) else {
             continue;
         };
@@ -1133,14 +1137,16 @@ fn warn_image_functions_away_from_the_image(
         cx.warn(
             cfg_path!["pipelines", i, "stages", j, "targets", k],
             format!(
-                "stage `{}` deploys to {region}, and its template's Lambda function `{function}` \
-                 runs the image; with `promote = \"retag\"` the image stays in `{}` in {}, and \
-                 Lambda takes an image only from a repository in its own region",
+                "stage `{}` deploys to {region}, and its template has a Lambda function \
+                 packaged as an image (`{function}`); with `promote = \"retag\"` the image \
+                 stays in `{}` in {}, and Lambda takes an image only from a repository in its \
+                 own region",
                 s.name, artifact.repository, artifact.region
             ),
             &format!(
-                "set `promote = \"copy\"` on the stage and replicate the repository to {region} \
-                 (ECR replication), or deploy the function in {}",
+                "if the function runs the pipeline's image, set `promote = \"copy\"` on the \
+                 stage and replicate the repository to {region} (ECR replication), or deploy \
+                 the function in {}",
                 artifact.region
             ),
         );

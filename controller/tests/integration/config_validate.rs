@@ -1030,7 +1030,7 @@ fn a_lambda_image_in_another_region_than_a_retagged_artifact_is_a_warning() {
     let w = &loaded.warnings[0];
     assert_eq!(w.severity, Severity::Warning);
     assert!(
-        w.message.contains("stage `beta` deploys to us-east-1, and its template's Lambda function `Api` runs the image; with `promote = \"retag\"` the image stays in `svc` in eu-west-1"),
+        w.message.contains("stage `beta` deploys to us-east-1, and its template has a Lambda function packaged as an image (`Api`); with `promote = \"retag\"` the image stays in `svc` in eu-west-1"),
         "{w}"
     );
     assert!(w.help.contains("promote = \"copy\""), "{w}");

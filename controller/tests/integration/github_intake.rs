@@ -780,8 +780,6 @@ async fn try_reload_refuses_an_invalid_file_with_the_validation_message() {
     assert_eq!(ok.pipelines.len(), 2);
 }
 
-/// Puts a configuration commit `sha` (child of `parents`) into the fake: `stages` with the
-/// accounts file and the template it names.
 /// A configuration from the repository that adds a pipeline writes its `config` entry in the
 /// added pipeline's event log too, and one that removes a pipeline in the removed one's.
 #[tokio::test]
@@ -817,6 +815,8 @@ async fn a_pipeline_a_config_from_github_adds_or_removes_has_its_config_entry() 
     assert!(notes[1].starts_with("configuration reloaded from acme/deploy-config@bbbbbbbbbbbb"));
 }
 
+/// Puts a configuration commit `sha` (child of `parents`) into the fake: `stages` with the
+/// accounts file and the template it names.
 fn put_config(fake: &GithubFake, sha: &str, stages: &str, parents: &[&str]) {
     let repo = "acme/deploy-config";
     fake.add_commit(repo, sha, parents);
