@@ -280,8 +280,9 @@ impl<'a> Planner<'a> {
         let releases: BTreeSet<ReleaseId> = self.snap.runs.iter().map(|r| r.release).collect();
         let stages = &self.cfg.stages;
         for release in releases {
-            let stopped = self.release(release).is_none_or(|r| r.failed.is_some())
-                || self.bad_mark(release).is_some();
+            let stopped = self
+                .release(release)
+                .is_none_or(|r| self.stop_reason(r).is_some());
             if stopped {
                 continue;
             }
@@ -507,23 +508,26 @@ impl<'a> Planner<'a> {
         let Some(r) = self.release(run.release) else {
             return true;
         };
-        let why = if let Some(bad) = self.bad_mark(run.release) {
-            Some(Reason::BadRelease {
-                stage: bad.stage,
-                cause: Box::new(bad.reason),
-            })
-        } else {
-            r.failed
-                .as_ref()
-                .map(|f| Reason::ReleaseFailed { why: f.clone() })
-        };
-        match why {
+        match self.stop_reason(r) {
             Some(reason) => {
                 self.transition(run, RunStatus::Failed, reason);
                 true
             }
             None => false,
         }
+    }
+
+    /// Why the release cannot continue, if it cannot: marked bad, or failed.
+    fn stop_reason(&self, r: &Release) -> Option<Reason> {
+        if let Some(bad) = self.bad_mark(r.id) {
+            return Some(Reason::BadRelease {
+                stage: bad.stage,
+                cause: Box::new(bad.reason),
+            });
+        }
+        r.failed
+            .as_ref()
+            .map(|f| Reason::ReleaseFailed { why: f.clone() })
     }
 
     fn waiting(&mut self, j: usize, run: &StageRun) {

@@ -86,11 +86,7 @@ fn json_column<T: serde::de::DeserializeOwned>(
     table: &'static str,
     column: &str,
 ) -> Result<T> {
-    let text: String = r.get(column);
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-        table,
-        detail: format!("{column} `{text}`: {e}"),
-    })
+    parse_json(table, column, &r.get::<String, _>(column))
 }
 
 /// [`json_column`] of a nullable column: NULL reads as `None`.
@@ -99,15 +95,20 @@ fn optional_json_column<T: serde::de::DeserializeOwned>(
     table: &'static str,
     column: &str,
 ) -> Result<Option<T>> {
-    let Some(text) = r.get::<Option<String>, _>(column) else {
-        return Ok(None);
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt {
-            table,
-            detail: format!("{column} `{text}`: {e}"),
-        })
+    r.get::<Option<String>, _>(column)
+        .map(|text| parse_json(table, column, &text))
+        .transpose()
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    column: &str,
+    text: &str,
+) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        table,
+        detail: format!("{column} `{text}`: {e}"),
+    })
 }
 
 pub(super) fn run_row(r: &AnyRow) -> Result<StageRun> {

@@ -15,29 +15,53 @@ use std::collections::BTreeSet;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+/// A template's top-level mapping, as read from JSON or YAML.
+enum Top {
+    Json(serde_json::Map<String, serde_json::Value>),
+    Yaml(yaml_rust2::yaml::Hash),
+}
+
+/// The template's top-level mapping, or why the body could not be read as a template.
+fn top_level(body: &str) -> Result<Top, String> {
+    // A byte-order mark (editors on Windows write one) is not whitespace to `trim_start`.
+    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
+    // JSON may use tabs, which YAML does not allow for indentation.
+    if body.trim_start().starts_with('{') {
+        let value: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
+        return match value {
+            serde_json::Value::Object(top) => Ok(Top::Json(top)),
+            _ => Err("its top level is not an object".into()),
+        };
+    }
+    let mut docs = YamlLoader::load_from_str(body).map_err(|e| format!("not valid YAML: {e}"))?;
+    if docs.len() != 1 {
+        return Err(format!("{} YAML documents, not one", docs.len()));
+    }
+    match docs.pop() {
+        Some(Yaml::Hash(top)) => Ok(Top::Yaml(top)),
+        _ => Err("its top level is not a mapping".into()),
+    }
+}
+
 /// The names under the template's top-level `Parameters` (none when it has no such section),
 /// or why the body could not be read as a template.
 pub fn declared_parameters(body: &str) -> Result<BTreeSet<String>, String> {
-    // A byte-order mark (editors on Windows write one) is not whitespace to `trim_start`.
-    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
-    if body.trim_start().starts_with('{') {
-        return from_json(body);
-    }
-    let docs = YamlLoader::load_from_str(body).map_err(|e| format!("not valid YAML: {e}"))?;
-    let [doc] = docs.as_slice() else {
-        return Err(format!("{} YAML documents, not one", docs.len()));
-    };
-    let Yaml::Hash(top) = doc else {
-        return Err("its top level is not a mapping".into());
-    };
-    match top.get(&Yaml::String("Parameters".into())) {
-        None | Some(Yaml::Null) => Ok(BTreeSet::new()),
-        Some(Yaml::Hash(parameters)) => Ok(parameters
-            .keys()
-            .filter_map(Yaml::as_str)
-            .map(str::to_string)
-            .collect()),
-        Some(_) => Err("its Parameters section is not a mapping".into()),
+    match top_level(body)? {
+        Top::Json(top) => match top.get("Parameters") {
+            None | Some(serde_json::Value::Null) => Ok(BTreeSet::new()),
+            Some(serde_json::Value::Object(parameters)) => Ok(parameters.keys().cloned().collect()),
+            Some(_) => Err("its Parameters section is not an object".into()),
+        },
+        Top::Yaml(top) => match top.get(&Yaml::String("Parameters".into())) {
+            None | Some(Yaml::Null) => Ok(BTreeSet::new()),
+            Some(Yaml::Hash(parameters)) => Ok(parameters
+                .keys()
+                .filter_map(Yaml::as_str)
+                .map(str::to_string)
+                .collect()),
+            Some(_) => Err("its Parameters section is not a mapping".into()),
+        },
     }
 }
 
@@ -45,54 +69,35 @@ pub fn declared_parameters(body: &str) -> Result<BTreeSet<String>, String> {
 /// of type `AWS::Lambda::Function` or `AWS::Serverless::Function` whose `PackageType` is
 /// `Image` (a value written with an intrinsic function is not counted), in the template's order.
 pub fn image_functions(body: &str) -> Result<Vec<String>, String> {
-    const LAMBDA: [&str; 2] = ["AWS::Lambda::Function", "AWS::Serverless::Function"];
-    let body = body.strip_prefix('\u{feff}').unwrap_or(body);
-    if body.trim_start().starts_with('{') {
-        let value: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
-        let resources = value.get("Resources").and_then(|r| r.as_object());
-        return Ok(resources
+    let image = |kind: Option<&str>, package: Option<&str>| {
+        let lambda = ["AWS::Lambda::Function", "AWS::Serverless::Function"];
+        kind.is_some_and(|k| lambda.contains(&k)) && package == Some("Image")
+    };
+    Ok(match top_level(body)? {
+        Top::Json(top) => top
+            .get("Resources")
+            .and_then(|r| r.as_object())
             .into_iter()
             .flatten()
             .filter(|(_, r)| {
                 let kind = r.get("Type").and_then(|t| t.as_str());
-                let package = r
-                    .pointer("/Properties/PackageType")
-                    .and_then(|t| t.as_str());
-                kind.is_some_and(|k| LAMBDA.contains(&k)) && package == Some("Image")
+                image(
+                    kind,
+                    r.pointer("/Properties/PackageType")
+                        .and_then(|t| t.as_str()),
+                )
             })
             .map(|(id, _)| id.clone())
-            .collect());
-    }
-    let docs = YamlLoader::load_from_str(body).map_err(|e| format!("not valid YAML: {e}"))?;
-    let [Yaml::Hash(top)] = docs.as_slice() else {
-        return Err("not one YAML mapping".into());
-    };
-    let key = |k: &str| Yaml::String(k.into());
-    let Some(Yaml::Hash(resources)) = top.get(&key("Resources")) else {
-        return Ok(Vec::new());
-    };
-    Ok(resources
-        .iter()
-        .filter(|(_, r)| {
-            let kind = r["Type"].as_str();
-            let package = r["Properties"]["PackageType"].as_str();
-            kind.is_some_and(|k| LAMBDA.contains(&k)) && package == Some("Image")
-        })
-        .filter_map(|(id, _)| id.as_str().map(str::to_string))
-        .collect())
-}
-
-/// A JSON template (JSON may use tabs, which YAML does not allow for indentation).
-fn from_json(body: &str) -> Result<BTreeSet<String>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
-    let top = value.as_object().ok_or("its top level is not an object")?;
-    match top.get("Parameters") {
-        None | Some(serde_json::Value::Null) => Ok(BTreeSet::new()),
-        Some(serde_json::Value::Object(parameters)) => Ok(parameters.keys().cloned().collect()),
-        Some(_) => Err("its Parameters section is not an object".into()),
-    }
+            .collect(),
+        Top::Yaml(top) => match top.get(&Yaml::String("Resources".into())) {
+            Some(Yaml::Hash(resources)) => resources
+                .iter()
+                .filter(|(_, r)| image(r["Type"].as_str(), r["Properties"]["PackageType"].as_str()))
+                .filter_map(|(id, _)| id.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        },
+    })
 }
 
 #[cfg(test)]
