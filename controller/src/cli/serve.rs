@@ -286,13 +286,15 @@ async fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Re
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
+    // No effect starts between the check and the change.
+    let held = engine.hold_starts().await;
     if let Some(why) = engine.refuse_config(&loaded.config).await {
         return Err(why);
     }
     if let Some(f) = forge {
         f.track_pipelines(&loaded.config);
     }
-    engine.replace_config(loaded.config);
+    engine.replace_config(loaded.config, &held);
     Ok(())
 }
 

@@ -403,8 +403,9 @@ fn deployed_to(req: &DeployRequest) -> DeployedTo {
 
 /// Refuses a deploy resumed under its key (after a crash, or past its deadline) whose intent
 /// recorded that it began at a place the configuration in force no longer puts its wave at
-/// (`Engine::refuse_config` refuses such a configuration, but a reload's check can race the
-/// deploy's start): part of the release may have reached where it began, and deploying at the
+/// (`Engine::refuse_config` refuses such a configuration, and no deploy starts between that
+/// check and the change; this is the check of last resort, for a state written otherwise): part
+/// of the release may have reached where it began, and deploying at the
 /// new place would leave that part out of the run, its bake and its rollback. Nothing is done at either place; the error
 /// names both and says what to do (the run's rollback then refuses the new place too, and the
 /// stage halts).

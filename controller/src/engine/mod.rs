@@ -122,6 +122,16 @@ struct Inner {
     /// Where the loops and their effects run: the runtime given to [`Engine::spawn_on`], or
     /// the caller's.
     background: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Read while an effect takes its place from the configuration and records its intent,
+    /// written while a configuration change is checked and put in force
+    /// ([`Engine::hold_starts`]).
+    starts: tokio::sync::RwLock<()>,
+}
+
+/// The start of effects held back while a configuration change is checked and put in force
+/// ([`Engine::hold_starts`]).
+pub struct StartsHeld<'a> {
+    _held: tokio::sync::RwLockWriteGuard<'a, ()>,
 }
 
 /// How often the event log is checked for facts another process wrote into the state
@@ -227,6 +237,7 @@ impl Engine {
                 effect_deadline: AtomicU64::new(millis(default_effect_deadline())),
                 leadership,
                 background: std::sync::OnceLock::new(),
+                starts: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -332,9 +343,24 @@ impl Engine {
         })
     }
 
-    /// Replaces the configuration (a validated one) and wakes every pipeline. Once
+    /// Holds back the start of effects until the guard is dropped, and waits for those
+    /// starting to have recorded their intent. A configuration change holds it from its
+    /// [`Engine::refuse_config`] until its [`Engine::replace_config`]: a deploy that starts
+    /// between the two would take its place from the configuration being replaced after the
+    /// check had read the store without it, and go where the new configuration no longer puts
+    /// its wave (the check cannot refuse what it did not see). With the guard, such a deploy
+    /// either began before the check, which sees where, or starts under the new
+    /// configuration. Hold it no longer than the change takes: no effect starts meanwhile.
+    pub async fn hold_starts(&self) -> StartsHeld<'_> {
+        StartsHeld {
+            _held: self.inner.starts.write().await,
+        }
+    }
+
+    /// Replaces the configuration (a validated one, which [`Engine::refuse_config`] did not
+    /// refuse under the same `held`) and wakes every pipeline. Once
     /// [`Engine::spawn`] has run, pipelines the new configuration adds get their loops too.
-    pub fn replace_config(&self, config: Config) {
+    pub fn replace_config(&self, config: Config, _held: &StartsHeld<'_>) {
         match self.inner.ingest.config_cell().write() {
             Ok(mut c) => *c = Arc::new(config),
             Err(e) => *e.into_inner() = Arc::new(config),
@@ -611,7 +637,8 @@ impl Engine {
             }
         }
         // Taken before the intent is recorded: a deploy's intent records the place this
-        // context deploys to.
+        // context deploys to. No configuration change comes between the two (`hold_starts`).
+        let starting = self.inner.starts.read().await;
         let ctx = exec::Context::capture(self, &e, snap);
         let recorded = snap.effect(&e.key).is_some();
         if !recorded {
@@ -630,6 +657,7 @@ impl Engine {
                 }
             }
         }
+        drop(starting);
         let engine = self.clone();
         // Its own span, not the reconcile's: the effect outlives the reconcile that started it.
         let span = tracing::info_span!(

@@ -664,7 +664,11 @@ pub async fn apply_config_change(
             return Err(why);
         }
     }
-    let loaded = match fetch_config(forge, repo, sha, &c.config_path).await {
+    let fetched = fetch_config(forge, repo, sha, &c.config_path).await;
+    // No effect starts between the check and the change (held from here until the change is
+    // in force or refused).
+    let held = engine.hold_starts().await;
+    let loaded = match fetched {
         Ok(files) => {
             let applied = AppliedConfig {
                 repository: repo.to_owned(),
@@ -683,20 +687,19 @@ pub async fn apply_config_change(
         }
         Err(why) => Err(why),
     };
-    // Applied as soon as it is recorded, before it is announced, to keep the time between the
-    // check above and the change short (a deploy that starts in it is caught by the rollback's
-    // own place check).
+    // Applied as soon as it is recorded, before it is announced: no effect starts meanwhile.
     let loaded = match loaded {
         Ok((config, applied)) => match engine.record_applied_config(&applied).await {
             Ok(()) => {
                 forge.track_pipelines(&config);
-                engine.replace_config(config);
+                engine.replace_config(config, &held);
                 Ok(())
             }
             Err(e) => Err(format!("cannot record it in the state database: {e}")),
         },
         Err(why) => Err(why),
     };
+    drop(held);
     let detail = match &loaded {
         Ok(_) => format!("configuration reloaded from {repo}@{short}"),
         Err(why) => format!("configuration from {repo}@{short} refused: {why}"),

@@ -1061,7 +1061,8 @@ async fn an_approval_from_an_approver_dropped_from_the_list_stops_counting() {
         .find(|s| s.name == "prod");
     let approval = prod.unwrap().approval.as_mut().unwrap();
     approval.approvers.retain(|a| a.name != "alice");
-    rig.engine.replace_config(cfg);
+    rig.engine
+        .replace_config(cfg, &rig.engine.hold_starts().await);
     settle(&rig.engine).await.unwrap();
     let run = engine_support::run(&rig.engine, id, "prod").await;
     assert_eq!(run.status, RunStatus::AwaitingApproval, "{:?}", run.reason);
@@ -1096,7 +1097,9 @@ async fn an_approver_whose_address_changes_gets_a_new_link_and_the_old_one_stops
 
     let dir = tempfile::tempdir().unwrap();
     let moved = stages(1, false, "").replace("alice@example.com", "alice@new.example.com");
-    rig.engine.replace_config(load(dir.path(), &moved));
+    let held = rig.engine.hold_starts().await;
+    rig.engine.replace_config(load(dir.path(), &moved), &held);
+    drop(held);
     // Until the next round, the old link already refuses: it went to another address.
     let page = rig.get(&old).await;
     assert_eq!(page.status, StatusCode::GONE, "{}", page.body);
@@ -1141,7 +1144,9 @@ async fn a_reload_reaches_an_added_approver_and_a_longer_timeout_reaches_the_lin
         added.contains("dana@example.com") && added.contains("48h"),
         "{added}"
     );
-    rig.engine.replace_config(load(dir.path(), &added));
+    let held = rig.engine.hold_starts().await;
+    rig.engine.replace_config(load(dir.path(), &added), &held);
+    drop(held);
     settle(&rig.engine).await.unwrap();
     let sent: Vec<String> = rig.messages()[sent_before..]
         .iter()
@@ -1183,8 +1188,10 @@ async fn a_shared_link_never_decides_for_a_listed_approver() {
     let csrf = csrf_of(&rig.get(&token).await.body);
     // Approvers are listed now: the shared link no longer decides, whatever name is typed.
     let dir = tempfile::tempdir().unwrap();
+    let held = rig.engine.hold_starts().await;
     rig.engine
-        .replace_config(load(dir.path(), &stages(1, false, "")));
+        .replace_config(load(dir.path(), &stages(1, false, "")), &held);
+    drop(held);
     let page = rig.get(&token).await;
     assert_eq!(page.status, StatusCode::FORBIDDEN);
     assert!(page.body.contains("personal links"), "{}", page.body);

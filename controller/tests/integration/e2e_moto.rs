@@ -822,13 +822,9 @@ async fn exact_restore() {
         tiered_template("release two template"),
     )
     .unwrap();
-    rig.engine.replace_config(beta_config(
-        &rig,
-        &original,
-        "service-a.json",
-        "one",
-        "300ms",
-    ));
+    let config = beta_config(&rig, &original, "service-a.json", "one", "300ms");
+    rig.engine
+        .replace_config(config, &rig.engine.hold_starts().await);
 
     let (first, first_digest) = rig.release(&sha(1)).await;
     wait_status(&rig.engine, first, "beta", RunStatus::Succeeded).await;
@@ -837,13 +833,9 @@ async fn exact_restore() {
     assert!(body.contains("release one template"), "{body}");
     assert_eq!(parameters.get("Tier").map(String::as_str), Some("one"));
 
-    rig.engine.replace_config(beta_config(
-        &rig,
-        &original,
-        "service-b.json",
-        "two",
-        "120s",
-    ));
+    let config = beta_config(&rig, &original, "service-b.json", "two", "120s");
+    rig.engine
+        .replace_config(config, &rig.engine.hold_starts().await);
     let (second, second_digest) = rig.release(&sha(2)).await;
     wait_status(&rig.engine, second, "beta", RunStatus::Baking).await;
     let new = rig.world.image_uri(&second_digest);

@@ -309,7 +309,7 @@ async fn alarm_after_prod_reload(
     )
     .unwrap();
     let reloaded = tollgate::config::load(&h.dir.path().join("stages.toml")).unwrap();
-    engine.replace_config(reloaded.config);
+    engine.replace_config(reloaded.config, &engine.hold_starts().await);
     h.clock.advance(Duration::minutes(2));
     engine
         .record_alarm(&alarm("prod", "prod-5xx"), &delivery("sns-1"))
@@ -442,6 +442,74 @@ async fn moving_a_wave_whose_deploy_is_still_running_is_refused() {
         )),
         "{why}"
     );
+}
+
+/// A configuration change holds back the start of deploys from its check until it is in
+/// force: release 2's prod deploy, approved while a change moving prod's first wave is being
+/// checked, does not begin under the configuration being replaced (where the check, having
+/// read no deploy there, could not refuse the move); it begins once the change is in force,
+/// and goes where the new configuration puts the wave.
+#[tokio::test]
+async fn a_deploy_approved_during_a_configuration_change_starts_under_the_new_one() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    assert_eq!(
+        status(&engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+
+    let moved = prod_wave_1_moved(&h);
+    let held = engine.hold_starts().await;
+    engine
+        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a2"))
+        .await
+        .unwrap();
+    let reconciling = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.reconcile("backend").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let begun = engine.reads().effects_of(id, "prod").await.unwrap();
+    assert!(
+        !begun
+            .iter()
+            .any(|e| matches!(e.kind, EffectKind::Deploy { .. })),
+        "a deploy began during the change: {begun:?}"
+    );
+    assert_eq!(engine.refuse_config(&moved).await, None);
+    engine.replace_config(moved, &held);
+    drop(held);
+    reconciling.await.unwrap().unwrap();
+    settle(&engine).await.unwrap();
+
+    let effects = engine.reads().effects_of(id, "prod").await.unwrap();
+    let deploy = effects
+        .iter()
+        .find(|e| e.kind == EffectKind::Deploy { wave: 0 })
+        .expect("the prod deploy");
+    assert_eq!(deploy.status, EffectStatus::Succeeded, "{}", deploy.detail);
+    assert_eq!(
+        deploy.deploy_place().map(|p| p.to_string()).as_deref(),
+        Some(PROD_AP)
+    );
+    let second = fake_digest(&sha(2));
+    let places: Vec<String> = h.fakes.with(|w| {
+        w.deployed
+            .iter()
+            .filter(|(stage, _, uri)| stage == "prod" && uri.ends_with(&second))
+            .map(|(_, at, _)| at.clone())
+            .collect()
+    });
+    assert_eq!(places, ["prod/ap-southeast-2", "prod/us-east-1"]);
 }
 
 /// Release 2's prod deploy hanging when the controller is dropped, and a controller started on
@@ -1380,7 +1448,7 @@ async fn a_release_on_its_way_goes_through_a_stage_a_reload_added() {
     let stages: Vec<String> = runs[0].1.iter().map(|r| r.stage.to_string()).collect();
     assert_eq!(stages, ["beta", "prod"]);
 
-    engine.replace_config(full);
+    engine.replace_config(full, &engine.hold_starts().await);
     settle(&engine).await.unwrap();
     assert_eq!(status(&engine, id, "gamma").await, RunStatus::Succeeded);
     assert_eq!(
