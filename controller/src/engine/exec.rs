@@ -175,7 +175,9 @@ pub(super) async fn perform(engine: &Engine, e: &Effect, ctx: &Context) -> Effec
         (EffectKind::Deploy { wave }, Some(s)) => deploy(&op, s, *wave).await,
         (EffectKind::Rollback { wave, target }, Some(s)) => rollback(&op, s, *wave, *target).await,
         (EffectKind::Notify { event }, Some(s)) => notify(&op, s, *event).await,
-        (EffectKind::Report { state }, Some(s)) => report(&op, s, *state).await,
+        // The stage's name is its environment: a run in a stage a reload removed (ended
+        // superseded) still tells GitHub its deployment is over.
+        (EffectKind::Report { state }, _) => report(&op, *state).await,
         (_, None) => Err(PortError::Invalid(format!(
             "stage `{}` is no longer configured",
             e.stage
@@ -744,11 +746,7 @@ async fn notify(
     Ok(EffectOutcome::success(format!("published message {id}")))
 }
 
-async fn report(
-    op: &Op<'_>,
-    s: &Stage,
-    state: crate::domain::ReportState,
-) -> PortResult<EffectOutcome> {
+async fn report(op: &Op<'_>, state: crate::domain::ReportState) -> PortResult<EffectOutcome> {
     let (p, r, ctx) = (op.pipeline, op.release, op.ctx);
     let rep = DeploymentReport {
         key: op.effect.key.to_string(),
@@ -756,7 +754,7 @@ async fn report(
         repository: p.source.repository.clone(),
         sha: r.sha.to_string(),
         release: r.id,
-        environment: s.name.to_string(),
+        environment: op.effect.stage.to_string(),
         state,
         description: ctx.reason(),
         log_url: format!(

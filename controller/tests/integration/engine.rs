@@ -1417,6 +1417,58 @@ async fn a_stacks_measured_timings_reach_its_next_deploy() {
     );
 }
 
+/// A reload removes prod while release 2 awaits approval there: its run ends superseded, and
+/// GitHub hears that the deployment GitHub was told was queued in prod is over (`inactive`),
+/// although the stage is no longer configured.
+#[tokio::test]
+async fn a_run_ended_by_a_reload_removing_its_stage_is_reported_to_github() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    promote_fully(&h, &engine, 1).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    settle(&engine).await.unwrap();
+    assert_eq!(
+        status(&engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    let prod = STAGES
+        .split("[[pipelines.stages]]")
+        .find(|s| s.contains(r#"name = "prod""#))
+        .unwrap();
+    let without = STAGES.replace(&format!("[[pipelines.stages]]{prod}"), "");
+    std::fs::write(h.dir.path().join("two.toml"), without).unwrap();
+    let two = tollgate::config::load(&h.dir.path().join("two.toml"))
+        .unwrap()
+        .config;
+    let held = engine.hold_starts().await;
+    assert_eq!(engine.refuse_config(&two).await, None);
+    engine.replace_config(two, &held);
+    drop(held);
+    settle(&engine).await.unwrap();
+
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Superseded);
+    let states: Vec<&str> = h.fakes.with(|w| {
+        w.reports
+            .iter()
+            .filter(|r| r.release == id && r.environment == "prod")
+            .map(|r| r.state.as_str())
+            .collect()
+    });
+    assert_eq!(states, ["queued", "inactive"]);
+    let effects = engine.reads().effects_of(id, "prod").await.unwrap();
+    let failed: Vec<_> = effects
+        .iter()
+        .filter(|e| e.status != EffectStatus::Succeeded)
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
 /// A reload adds gamma between beta and prod after release 1 was recorded under beta → prod
 /// (so it has no gamma run) and before it started: it goes through gamma before prod, as a
 /// release recorded now does. Without a gamma run, prod would wait for it forever. (The
