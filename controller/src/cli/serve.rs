@@ -270,7 +270,10 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
                 )
             } else {
                 match reload(&engine, forge.as_deref(), &path).await {
-                    Ok(()) => format!("configuration reloaded from {} (SIGHUP)", path.display()),
+                    Ok(warnings) => intake::with_warnings(
+                        format!("configuration reloaded from {} (SIGHUP)", path.display()),
+                        &warnings,
+                    ),
                     Err(why) => format!("configuration from {} refused: {why}", path.display()),
                 }
             };
@@ -281,7 +284,12 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
     });
 }
 
-async fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Result<(), String> {
+/// Puts the file at `path` in force unless it is invalid or refused; its warnings, if any.
+async fn reload(
+    engine: &Engine,
+    forge: Option<&GithubForge>,
+    path: &Path,
+) -> Result<Vec<config::diag::Diagnostic>, String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -295,7 +303,7 @@ async fn reload(engine: &Engine, forge: Option<&GithubForge>, path: &Path) -> Re
         f.track_pipelines(&loaded.config);
     }
     engine.replace_config(loaded.config, &held);
-    Ok(())
+    Ok(loaded.warnings)
 }
 
 fn controller_account(config: &Config) -> Result<Account> {

@@ -736,16 +736,28 @@ impl GithubForge {
 
 impl GithubForge {
     /// Reports on the configuration commit `sha` whether the controller took it: the
-    /// `tollgate/config` commit status, `success` or `failure` with the first validation
-    /// message (GitHub keeps 140 characters of a description).
+    /// `tollgate/config` commit status, `success` (saying how many warnings it has: `Ok(n)`) or
+    /// `failure` with the first validation message (GitHub keeps 140 characters of a
+    /// description).
     pub async fn post_config_status(
         &self,
         repo: &str,
         sha: &str,
-        accepted: Result<(), &str>,
+        accepted: Result<usize, &str>,
     ) -> PortResult<()> {
         let (state, description) = match accepted {
-            Ok(()) => ("success", "configuration applied".to_owned()),
+            Ok(0) => ("success", "configuration applied".to_owned()),
+            Ok(1) => (
+                "success",
+                "configuration applied with 1 warning (in the event log; tollgate validate shows it)"
+                    .to_owned(),
+            ),
+            Ok(n) => (
+                "success",
+                format!(
+                    "configuration applied with {n} warnings (in the event log; tollgate validate shows them)"
+                ),
+            ),
             Err(why) => ("failure", format!("refused: {}", first_message(why))),
         };
         let body = json!({

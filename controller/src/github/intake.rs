@@ -678,9 +678,9 @@ pub async fn apply_config_change(
                 applied_at: engine.now(),
             };
             match load_applied(&applied) {
-                Ok(config) => match engine.refuse_config(&config).await {
+                Ok(loaded) => match engine.refuse_config(&loaded.config).await {
                     Some(why) => Err(why),
-                    None => Ok((config, applied)),
+                    None => Ok((loaded, applied)),
                 },
                 Err(why) => Err(why),
             }
@@ -689,11 +689,11 @@ pub async fn apply_config_change(
     };
     // Applied as soon as it is recorded, before it is announced: no effect starts meanwhile.
     let loaded = match loaded {
-        Ok((config, applied)) => match engine.record_applied_config(&applied).await {
+        Ok((loaded, applied)) => match engine.record_applied_config(&applied).await {
             Ok(()) => {
-                forge.track_pipelines(&config);
-                engine.replace_config(config, &held);
-                Ok(())
+                forge.track_pipelines(&loaded.config);
+                engine.replace_config(loaded.config, &held);
+                Ok(loaded.warnings)
             }
             Err(e) => Err(format!("cannot record it in the state database: {e}")),
         },
@@ -701,17 +701,22 @@ pub async fn apply_config_change(
     };
     drop(held);
     let detail = match &loaded {
-        Ok(_) => format!("configuration reloaded from {repo}@{short}"),
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!(warning = %w, "configuration warning");
+            }
+            let detail = format!("configuration reloaded from {repo}@{short}");
+            with_warnings(detail, warnings)
+        }
         Err(why) => format!("configuration from {repo}@{short} refused: {why}"),
     };
     note_config(engine, &[&current, &engine.config()], "controller", &detail).await;
-    let reported = forge
-        .post_config_status(repo, sha, loaded.as_ref().map(drop).map_err(String::as_str))
-        .await;
+    let outcome = loaded.as_ref().map(Vec::len).map_err(String::as_str);
+    let reported = forge.post_config_status(repo, sha, outcome).await;
     if let Err(e) = reported {
         tracing::warn!(%sha, error = %e, "cannot report the configuration outcome to GitHub");
     }
-    loaded
+    loaded.map(drop)
 }
 
 /// The configuration file at `sha` and every file it names, read at that same commit, by
@@ -771,12 +776,15 @@ pub async fn config_in_force(
         return (from_disk, Some(note));
     }
     match load_applied(&applied) {
-        Ok(config) => {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                tracing::warn!(warning = %w, "configuration warning");
+            }
             let note = format!(
                 "configuration from {at} (applied {}) in force; the file on disk is not read",
                 applied.applied_at.format("%Y-%m-%d %H:%M:%S UTC")
             );
-            (config, Some(note))
+            (loaded.config, Some(note))
         }
         Err(why) => {
             let note = format!(
@@ -789,8 +797,9 @@ pub async fn config_in_force(
 
 /// Validates an applied configuration from its own files: they are written under a directory
 /// of their commit in the system's temporary directory (templates and suites are read from
-/// there when deploying and testing), and loaded from there.
-pub fn load_applied(applied: &AppliedConfig) -> Result<Config, String> {
+/// there when deploying and testing), and loaded from there. Its warnings name the files by
+/// their path in the repository; they are the caller's to show (nothing is logged here).
+pub fn load_applied(applied: &AppliedConfig) -> Result<config::Loaded, String> {
     let root = std::env::temp_dir().join(format!(
         "tollgate-config-{}-{}",
         applied.repository.replace('/', "_"),
@@ -811,11 +820,31 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<Config, String> {
         }
         std::fs::write(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     }
-    let loaded = config::load(&root.join(&applied.path)).map_err(|e| e.to_string())?;
-    for w in &loaded.warnings {
-        tracing::warn!(warning = %w, "configuration warning");
+    let mut loaded = config::load(&root.join(&applied.path)).map_err(|e| e.to_string())?;
+    for w in &mut loaded.warnings {
+        if let Ok(inside) = w.file.strip_prefix(&root) {
+            w.file = inside.to_path_buf();
+        }
     }
-    Ok(loaded.config)
+    Ok(loaded)
+}
+
+/// What a configuration's warnings add to the note of its change: nothing without any, else
+/// each, on its own line, located in the repository (or the file on disk) with its help.
+pub fn with_warnings(detail: String, warnings: &[config::diag::Diagnostic]) -> String {
+    if warnings.is_empty() {
+        return detail;
+    }
+    let n = warnings.len();
+    let mut out = format!(
+        "{detail}, with {n} warning{}:",
+        if n == 1 { "" } else { "s" }
+    );
+    for w in warnings {
+        out.push('\n');
+        out.push_str(&w.to_string());
+    }
+    out
 }
 
 /// Writes a configuration change (applied or refused) to the event log of every pipeline of

@@ -36,7 +36,7 @@ pub(crate) struct Served {
 
 impl Served {
     /// Starts the binary with `http` as the body of `[controller.http]`.
-    fn start(http: &str) -> Served {
+    pub(crate) fn start(http: &str) -> Served {
         Served::launch(tempfile::tempdir().unwrap(), &stages_toml(http))
     }
 
@@ -65,6 +65,11 @@ impl Served {
             dir,
             signer,
         }
+    }
+
+    /// The binary's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The state database's URL.

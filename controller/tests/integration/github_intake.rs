@@ -693,6 +693,77 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
     );
 }
 
+/// A configuration commit with a warning (an approval with no tests before it) is applied, and
+/// its warning, located in the repository's file, reaches whoever looks: the event log's
+/// `config` entry, the commit's status, and `GET /api/v1/config`; not only the log.
+#[tokio::test]
+async fn a_config_from_github_with_warnings_is_applied_and_its_warnings_shown() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let stack =
+        "stack = \"web-beta\"\ntemplate = \"service.yaml\"\nimage_parameter = \"ImageUri\"\n";
+    assert!(STAGES.contains(stack));
+    let approval = "[pipelines.stages.approval]\n\
+                    topic = \"arn:aws:sns:eu-west-1:111111111111:approvals\"\n\
+                    approvers = [{ name = \"alice\", email = \"alice@example.com\" }]\n";
+    let warned = STAGES.replace(stack, &format!("{stack}{approval}"));
+    let line = warned
+        .lines()
+        .position(|l| l == "[pipelines.stages.approval]")
+        .unwrap()
+        + 1;
+    put_config(&fake, &commit(1), &warned, &[]);
+    intake::apply_config_change(&c.engine, &forge, &commit(1))
+        .await
+        .unwrap();
+    assert!(
+        c.engine.config().pipeline("web").unwrap().stages[0]
+            .approval
+            .is_some()
+    );
+
+    let wanted = format!(
+        "warning: stages.toml:{line}:1: stage `beta` asks for approval but no tests run before it"
+    );
+    let notes = c.events("web", "config").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with(&format!(
+            "configuration reloaded from acme/deploy-config@111111111111, with 1 warning:\n{wanted}"
+        )),
+        "{}",
+        notes[0]
+    );
+    let statuses = fake.commit_statuses(&commit(1));
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].state, "success");
+    assert!(
+        statuses[0]
+            .description
+            .as_deref()
+            .is_some_and(|d| d.starts_with("configuration applied with 1 warning")),
+        "{statuses:?}"
+    );
+
+    let api = tollgate::http::api::ApiState::new(
+        c.engine.clone(),
+        None,
+        &tollgate::config::HttpSettings::default(),
+    );
+    let axum::Json(view) = tollgate::http::api::reads::config(axum::extract::State(api))
+        .await
+        .unwrap();
+    assert_eq!(view.source, "repository");
+    assert!(view.validation.valid);
+    assert_eq!(view.validation.warnings.len(), 1, "{:?}", view.validation);
+    assert!(
+        view.validation.warnings[0].starts_with(&wanted),
+        "{:?}",
+        view.validation.warnings
+    );
+}
+
 /// A configuration commit that drops a stage while a release bakes there is refused, like an
 /// invalid file: the run would stay unplanned there. The configuration in force stays, and the
 /// commit's status and the event log say which run holds the stage.

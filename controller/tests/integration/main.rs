@@ -36,6 +36,7 @@ mod moto_sts;
 mod nohang;
 mod observability_serve;
 mod release_page;
+mod reload_serve;
 mod sns_intake;
 mod sns_verify;
 mod stack_notifications;

@@ -260,10 +260,10 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
         .filter(|a| config.controller.config_repository.as_deref() == Some(&a.repository));
     let validation = match &applied {
         Some(a) => match crate::github::intake::load_applied(a) {
-            Ok(_) => Validation {
+            Ok(l) => Validation {
                 valid: true,
                 errors: vec![],
-                warnings: vec![],
+                warnings: l.warnings.iter().map(ToString::to_string).collect(),
             },
             Err(e) => Validation {
                 valid: false,
