@@ -308,6 +308,13 @@ pub enum Action {
         release: ReleaseId,
         stage: StageName,
     },
+    /// A stage a reload removed, then one added back under the same name: the release's run
+    /// there, ended by the removal (superseded, [`super::Reason::StageRemoved`]), waits again
+    /// under its next attempt, and the release goes through the stage.
+    ReopenRun {
+        release: ReleaseId,
+        stage: StageName,
+    },
     /// The release could not be promoted at all (e.g. its image never appeared).
     FailRelease { release: ReleaseId, reason: String },
     /// The stage now runs `release` and trusts it.
@@ -372,6 +379,10 @@ impl Action {
             Action::AddRun { release, stage } => {
                 format!("{release} goes through {stage}, a stage added after it was recorded")
             }
+            Action::ReopenRun { release, stage } => format!(
+                "{release} goes through {stage}, a stage added back after a reload removed it \
+                 and ended its run there"
+            ),
             Action::FailRelease { release, reason } => format!("{release} failed: {reason}"),
             Action::RecordGood { stage, release } => format!("{stage} now runs {release}"),
             Action::PauseStage { stage, reason } => format!("{stage} paused: {reason}"),

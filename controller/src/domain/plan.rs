@@ -265,7 +265,8 @@ impl<'a> Planner<'a> {
     /// A run in a stage the configuration no longer has (dropped or renamed; a reload refuses
     /// that while the run deploys, verifies, bakes or rolls back there) is no stage's any more:
     /// one that had not started deploying is ended (superseded), so that the release can
-    /// finish and leave the working set.
+    /// finish and leave the working set. Should a later reload add the stage back under the
+    /// same name, that run waits again (its next attempt) on the same terms as a run added.
     fn add_runs(&mut self) {
         let gone: Vec<StageRun> = self
             .snap
@@ -288,9 +289,11 @@ impl<'a> Planner<'a> {
             }
             let run = |s: &Stage| self.snap.run(release, &s.name);
             for (j, stage) in stages.iter().enumerate() {
-                if run(stage).is_some() {
-                    continue;
-                }
+                let again = match run(stage) {
+                    None => false,
+                    Some(r) if ended_by_removal(r) => true,
+                    Some(_) => continue,
+                };
                 let add = match stages[j + 1..].iter().find_map(run) {
                     Some(next) => next.status.supersedable(),
                     None => stages[..j]
@@ -299,14 +302,22 @@ impl<'a> Planner<'a> {
                         .find_map(run)
                         .is_some_and(|prev| !prev.status.is_terminal()),
                 };
-                if add {
-                    self.out.actions.push(Action::AddRun {
-                        release,
-                        stage: stage.name.clone(),
-                    });
+                let stage = stage.name.clone();
+                match (add, again) {
+                    (false, _) => {}
+                    (true, false) => self.out.actions.push(Action::AddRun { release, stage }),
+                    (true, true) => self.out.actions.push(Action::ReopenRun { release, stage }),
                 }
             }
         }
+    }
+
+    /// The release's run in `stage` waits again in this plan ([`Action::ReopenRun`]): the
+    /// stage after it must not take it as ended.
+    fn reopening(&self, release: ReleaseId, stage: &str) -> bool {
+        self.out.actions.iter().any(|a| {
+            matches!(a, Action::ReopenRun { release: r, stage: s } if *r == release && s == stage)
+        })
     }
 
     /// Is the release allowed to enter stage `j` at all (previous stage done with it)?
@@ -539,7 +550,7 @@ impl<'a> Planner<'a> {
             if let Some(p) = self
                 .snap
                 .run(run.release, prev)
-                .filter(|p| p.status.is_terminal())
+                .filter(|p| p.status.is_terminal() && !self.reopening(run.release, prev))
             {
                 match p.status {
                     RunStatus::Succeeded => {}
@@ -1594,6 +1605,11 @@ impl<'a> Planner<'a> {
 
 /// A deploy or rollback whose target, read back, runs something else: drift, not a failure
 /// to roll back from (rolling back would overwrite what someone else put there).
+/// A run a reload ended by removing its stage ([`Reason::StageRemoved`]).
+fn ended_by_removal(run: &StageRun) -> bool {
+    run.status == RunStatus::Superseded && run.reason == Reason::StageRemoved
+}
+
 fn drift(t: &crate::config::Target, rec: &EffectRecord, rollback: bool) -> Option<Reason> {
     let EffectOutput::Drift { expected, found } = &rec.output else {
         return None;

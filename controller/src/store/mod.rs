@@ -1398,6 +1398,7 @@ fn action_kind(a: &Action) -> &'static str {
         Action::Note { .. } => "note",
         Action::MarkBad { .. } => "mark-bad",
         Action::AddRun { .. } => "run-added",
+        Action::ReopenRun { .. } => "run-reopened",
         Action::FailRelease { .. } => "release-failed",
         Action::RecordGood { .. } => "known-good",
         Action::PauseStage { .. } => "pause",
@@ -1416,6 +1417,7 @@ fn action_release(a: &Action) -> Option<i64> {
         | Action::Note { release, .. }
         | Action::MarkBad { release, .. }
         | Action::AddRun { release, .. }
+        | Action::ReopenRun { release, .. }
         | Action::FailRelease { release, .. }
         | Action::RecordGood { release, .. }
         | Action::Retry { release, .. }
@@ -1432,6 +1434,7 @@ fn action_stage(a: &Action) -> Option<&str> {
         | Action::Note { stage, .. }
         | Action::MarkBad { stage, .. }
         | Action::AddRun { stage, .. }
+        | Action::ReopenRun { stage, .. }
         | Action::RecordGood { stage, .. }
         | Action::PauseStage { stage, .. }
         | Action::ConsumeRollbackRequest { stage, .. } => Some(stage),

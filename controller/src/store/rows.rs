@@ -391,6 +391,15 @@ pub(super) async fn apply_one(
                 .execute(&mut *tx)
                 .await?;
         }
+        Action::ReopenRun { release, stage } => {
+            sqlx::query("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2, rollback_alarm = NULL, deploy_started = NULL WHERE release_id = $3 AND stage = $4 AND status = 'superseded'")
+                .bind(reason_json(&Reason::PreviousStage))
+                .bind(ms(now))
+                .bind(release.0)
+                .bind(stage)
+                .execute(&mut *tx)
+                .await?;
+        }
         Action::Retry {
             request,
             release,

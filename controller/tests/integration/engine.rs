@@ -1417,6 +1417,20 @@ async fn a_stacks_measured_timings_reach_its_next_deploy() {
     );
 }
 
+/// The engine tests' configuration without `stage` (a file written in the harness's
+/// directory).
+fn without_stage(h: &Harness, stage: &str) -> tollgate::config::Config {
+    let name = format!(r#"name = "{stage}""#);
+    let section = STAGES
+        .split("[[pipelines.stages]]")
+        .find(|s| s.contains(&name))
+        .unwrap();
+    let without = STAGES.replace(&format!("[[pipelines.stages]]{section}"), "");
+    let path = h.dir.path().join(format!("without-{stage}.toml"));
+    std::fs::write(&path, without).unwrap();
+    tollgate::config::load(&path).unwrap().config
+}
+
 /// A reload removes prod while release 2 awaits approval there: its run ends superseded, and
 /// GitHub hears that the deployment GitHub was told was queued in prod is over (`inactive`),
 /// although the stage is no longer configured.
@@ -1437,15 +1451,7 @@ async fn a_run_ended_by_a_reload_removing_its_stage_is_reported_to_github() {
         status(&engine, id, "prod").await,
         RunStatus::AwaitingApproval
     );
-    let prod = STAGES
-        .split("[[pipelines.stages]]")
-        .find(|s| s.contains(r#"name = "prod""#))
-        .unwrap();
-    let without = STAGES.replace(&format!("[[pipelines.stages]]{prod}"), "");
-    std::fs::write(h.dir.path().join("two.toml"), without).unwrap();
-    let two = tollgate::config::load(&h.dir.path().join("two.toml"))
-        .unwrap()
-        .config;
+    let two = without_stage(&h, "prod");
     let held = engine.hold_starts().await;
     assert_eq!(engine.refuse_config(&two).await, None);
     engine.replace_config(two, &held);
@@ -1469,6 +1475,68 @@ async fn a_run_ended_by_a_reload_removing_its_stage_is_reported_to_github() {
     assert!(failed.is_empty(), "{failed:?}");
 }
 
+/// A reload removes gamma before release 1 reached it (its gamma run ends: superseded, the
+/// stage removed), and a later one adds gamma back while the release awaits approval for prod:
+/// the gamma run waits again under its next attempt, and the release goes through gamma before
+/// prod, as the configuration says. Without it, prod would have taken the ended run as the
+/// release's end.
+#[tokio::test]
+async fn a_release_on_its_way_goes_through_a_stage_removed_and_added_back() {
+    let h = Harness::new();
+    let full = config_in(h.dir.path());
+    let two = without_stage(&h, "gamma");
+    let engine = h.engine(None).await;
+    let Ingested::Recorded(id) = engine
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap()
+    else {
+        panic!("not recorded")
+    };
+
+    engine.replace_config(two, &engine.hold_starts().await);
+    settle(&engine).await.unwrap();
+    let ended = run(&engine, id, "gamma").await;
+    assert_eq!(
+        (ended.status, &ended.reason),
+        (RunStatus::Superseded, &Reason::StageRemoved)
+    );
+    assert_eq!(
+        status(&engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+
+    engine.replace_config(full, &engine.hold_starts().await);
+    settle(&engine).await.unwrap();
+    let gamma = run(&engine, id, "gamma").await;
+    assert_eq!((gamma.status, gamma.attempt), (RunStatus::Succeeded, 2));
+    assert_eq!(
+        status(&engine, id, "prod").await,
+        RunStatus::AwaitingApproval
+    );
+    engine
+        .record_approval(&approval(id, "alice", Decision::Approve), &delivery("a1"))
+        .await
+        .unwrap();
+    settle(&engine).await.unwrap();
+    assert_eq!(status(&engine, id, "prod").await, RunStatus::Baking);
+    let deployed: Vec<String> = h.fakes.with(|w| {
+        w.deployed
+            .iter()
+            .map(|(stage, _, _)| stage.clone())
+            .collect()
+    });
+    assert_eq!(deployed, ["beta", "gamma", "prod", "prod"]);
+    let events = engine.reads().events("backend", 200).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "run-reopened"
+            && e.stage.as_deref() == Some("gamma")
+            && e.detail
+                .starts_with(&format!("{id} goes through gamma, a stage added back"))),
+        "{events:?}"
+    );
+}
+
 /// A reload adds gamma between beta and prod after release 1 was recorded under beta → prod
 /// (so it has no gamma run) and before it started: it goes through gamma before prod, as a
 /// release recorded now does. Without a gamma run, prod would wait for it forever. (The
@@ -1477,15 +1545,7 @@ async fn a_run_ended_by_a_reload_removing_its_stage_is_reported_to_github() {
 async fn a_release_on_its_way_goes_through_a_stage_a_reload_added() {
     let h = Harness::new();
     let full = config_in(h.dir.path());
-    let gamma = STAGES
-        .split("[[pipelines.stages]]")
-        .find(|s| s.contains(r#"name = "gamma""#))
-        .unwrap();
-    let without = STAGES.replace(&format!("[[pipelines.stages]]{gamma}"), "");
-    std::fs::write(h.dir.path().join("two.toml"), without).unwrap();
-    let two = tollgate::config::load(&h.dir.path().join("two.toml"))
-        .unwrap()
-        .config;
+    let two = without_stage(&h, "gamma");
     assert_eq!(two.pipeline("backend").unwrap().stages.len(), 2);
     let store = tollgate::store::Store::open(&h.db_url()).await.unwrap();
     let engine = tollgate::engine::Engine::new(store, two, h.fakes.ports(), h.clock.clone());

@@ -474,6 +474,39 @@ fn a_run_in_a_stage_a_reload_removed_ends_and_the_release_finishes() {
     assert!(sim.retired.contains(&r), "the release finished");
 }
 
+/// Gamma removed while the release bakes in beta (its gamma run ends), then added back before
+/// the release leaves beta: the run waits again, and the release goes through gamma to prod.
+/// Without it, prod would take gamma's ended run as the release's end there.
+#[test]
+fn a_release_on_its_way_goes_through_a_stage_removed_and_added_back() {
+    let (two, three) = two_then_three();
+    let mut sim = Sim::new(three.clone());
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Baking);
+    sim.reload(two);
+    sim.settle();
+    assert_eq!(sim.status(r, "gamma"), S::Superseded);
+    assert_eq!(sim.reason(r, "gamma"), Reason::StageRemoved);
+    sim.reload(three);
+    let plan = sim.plan();
+    assert!(
+        plan.actions.contains(&Action::ReopenRun {
+            release: r,
+            stage: "gamma".into()
+        }),
+        "{:?}",
+        plan.actions
+    );
+    let prod_ended = plan.actions.iter().any(|a| {
+        matches!(a, Action::Transition { release, stage, .. } if *release == r && stage == "prod")
+    });
+    assert!(!prod_ended, "{:?}", plan.actions);
+    sim.drive_to(r, "prod", S::Succeeded);
+    assert_eq!(deploy_order(&sim, r), ["beta", "gamma", "prod"]);
+    assert_eq!(sim.status(r, "gamma"), S::Succeeded);
+    assert_eq!(sim.run(r, "gamma").attempt, 2);
+}
+
 #[test]
 fn a_release_still_in_the_last_stage_goes_on_to_a_stage_added_after_it() {
     let (two, _) = two_then_three();

@@ -339,6 +339,19 @@ impl Sim {
                     });
                 }
             }
+            Action::ReopenRun { release, stage } => {
+                let run = self.snap.runs.iter_mut().find(|r| {
+                    r.release == *release && r.stage == *stage && r.status == RunStatus::Superseded
+                });
+                if let Some(run) = run {
+                    run.status = RunStatus::Waiting;
+                    run.reason = Reason::PreviousStage;
+                    run.attempt += 1;
+                    run.since = now;
+                    run.rollback_alarm = None;
+                    run.deploy_started = None;
+                }
+            }
             Action::AddRun { release, stage } => {
                 let exists = self
                     .snap
