@@ -11,6 +11,7 @@ use super::diag::{Diagnostic, Locator, Seg, Severity};
 use super::model::*;
 use super::raw::*;
 use super::values;
+use crate::aws::cloudformation::template;
 use crate::cfg_path;
 use crate::domain::names::Arn;
 
@@ -1105,9 +1106,12 @@ fn windows(i: usize, j: usize, w: &RawWindows, cx: &mut Ctx) -> Option<Windows> 
 /// A stage promoting by `retag` deploys the image from the artifact's repository, in the
 /// artifact's region, and a Lambda function takes an image only from a repository in its own
 /// region ("The Amazon ECR repository must be in the same AWS Region as the Lambda function",
-/// AWS Lambda Developer Guide, container images): a wave in another region whose template has
-/// such a function would fail every deploy there. A template that cannot be read is left to
-/// the deploy (and `cfn-lint`) to report.
+/// AWS Lambda Developer Guide, container images): a wave in another region whose template has a
+/// function running the stage's image would fail every deploy there. Only a function whose
+/// image refers to the stage's `image_parameter` counts (`!Ref`, `!Sub`, `!Join`, `!If`: see
+/// [`template::image_functions`]); one with a literal image, or another parameter's, runs some
+/// other image. A template that cannot be read is left to the deploy (and `cfn-lint`) to
+/// report.
 fn warn_image_functions_away_from_the_image(
     i: usize,
     artifact: &Artifact,
@@ -1115,7 +1119,12 @@ fn warn_image_functions_away_from_the_image(
     cx: &mut Ctx,
 ) {
     for (j, s) in stages.iter().enumerate() {
-        let Deploy::CloudFormation { template, .. } = &s.deploy else {
+        let Deploy::CloudFormation {
+            template,
+            image_parameter,
+            ..
+        } = &s.deploy
+        else {
             continue;
         };
         // A target whose account is unknown has no region (an error of its own).
@@ -1129,7 +1138,7 @@ fn warn_image_functions_away_from_the_image(
         let Ok(body) = std::fs::read_to_string(template) else {
             continue;
         };
-        let functions = crate::aws::cloudformation::template::image_functions(&body);
+        let functions = template::image_functions(&body, image_parameter);
         let Some(function) = functions.ok().and_then(|f| f.into_iter().next()) else {
             continue;
         };
@@ -1137,16 +1146,15 @@ fn warn_image_functions_away_from_the_image(
         cx.warn(
             cfg_path!["pipelines", i, "stages", j, "targets", k],
             format!(
-                "stage `{}` deploys to {region}, and its template has a Lambda function \
-                 packaged as an image (`{function}`); with `promote = \"retag\"` the image \
-                 stays in `{}` in {}, and Lambda takes an image only from a repository in its \
-                 own region",
+                "stage `{}` deploys to {region}, and its template runs the image in a Lambda \
+                 function (`{function}`, from parameter `{image_parameter}`); with \
+                 `promote = \"retag\"` the image stays in `{}` in {}, and Lambda takes an \
+                 image only from a repository in its own region",
                 s.name, artifact.repository, artifact.region
             ),
             &format!(
-                "if the function runs the pipeline's image, set `promote = \"copy\"` on the \
-                 stage and replicate the repository to {region} (ECR replication), or deploy \
-                 the function in {}",
+                "set `promote = \"copy\"` on the stage and replicate the repository to {region} \
+                 (ECR replication), or deploy the function in {}",
                 artifact.region
             ),
         );

@@ -397,7 +397,7 @@ pub struct ApprovalSent {
 }
 
 /// Where a wave was deployed: the account (its name in the configuration then, and its id),
-/// the region and the stack or CodePipeline pipeline.
+/// the region, and the CloudFormation stack or CodePipeline pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployedTo {
     pub account: String,
@@ -405,6 +405,20 @@ pub struct DeployedTo {
     pub region: String,
     /// The stack's name, or the CodePipeline pipeline's.
     pub name: String,
+    /// Whether `name` is a stack or a pipeline: the same name in the same account and region
+    /// is two different places. `None` in places recorded before it was kept; see
+    /// [`DeployedTo::same_place`] for what such a place matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<DeployKind>,
+}
+
+/// What a place is: the two things a stage deploys to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeployKind {
+    #[serde(rename = "cloudformation")]
+    CloudFormation,
+    #[serde(rename = "codepipeline")]
+    CodePipeline,
 }
 
 impl DeployedTo {
@@ -414,15 +428,20 @@ impl DeployedTo {
         account: &crate::config::Account,
         deploy: &crate::config::Deploy,
     ) -> DeployedTo {
-        let name = match deploy {
-            crate::config::Deploy::CloudFormation { stack, .. } => stack,
-            crate::config::Deploy::CodePipeline { pipeline, .. } => pipeline,
+        let (kind, name) = match deploy {
+            crate::config::Deploy::CloudFormation { stack, .. } => {
+                (DeployKind::CloudFormation, stack)
+            }
+            crate::config::Deploy::CodePipeline { pipeline, .. } => {
+                (DeployKind::CodePipeline, pipeline)
+            }
         };
         DeployedTo {
             account: target.account.clone(),
             account_id: account.id.to_string(),
             region: target.region.clone(),
             name: name.clone(),
+            kind: Some(kind),
         }
     }
 
@@ -438,16 +457,34 @@ impl DeployedTo {
         Some(DeployedTo::at(target, account, &stage.deploy))
     }
 
-    /// The same place: account id, region and name (an account renamed in the configuration
-    /// is still the same account).
+    /// The same place: account id, region, name and kind (an account renamed in the
+    /// configuration is still the same account; a stack and a CodePipeline pipeline of one
+    /// name are not the same place).
+    ///
+    /// A place recorded before its kind was kept (no `kind`) matches either kind: which one it
+    /// was cannot be known for certain from the record, and it was written by a controller that
+    /// compared names only. Treating it as another place would refuse every reload, halt every
+    /// resumed deploy and refuse every rollback of a run in flight across the upgrade, though
+    /// nothing moved; treated as matching, such a run is checked as before the upgrade, and
+    /// every deploy begun after it records its kind.
     pub fn same_place(&self, other: &DeployedTo) -> bool {
-        (&self.account_id, &self.region, &self.name)
-            == (&other.account_id, &other.region, &other.name)
+        let same_kind = match (self.kind, other.kind) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        same_kind
+            && (&self.account_id, &self.region, &self.name)
+                == (&other.account_id, &other.region, &other.name)
     }
 }
 
 impl std::fmt::Display for DeployedTo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Some(DeployKind::CloudFormation) => write!(f, "stack ")?,
+            Some(DeployKind::CodePipeline) => write!(f, "CodePipeline pipeline ")?,
+            None => {}
+        }
         write!(
             f,
             "{} in account {} ({}) {}",
@@ -701,5 +738,68 @@ impl Snapshot {
         self.effects.iter().filter(move |e| {
             e.release == run.release && e.stage == run.stage && e.attempt == run.attempt
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DeployKind, DeployedTo};
+
+    fn prod(kind: Option<DeployKind>) -> DeployedTo {
+        DeployedTo {
+            account: "prod".into(),
+            account_id: "444444444444".into(),
+            region: "eu-west-1".into(),
+            name: "backend-prod".into(),
+            kind,
+        }
+    }
+
+    /// A stack and a CodePipeline pipeline of one name, in one account and region, are two
+    /// places, and each says which it is.
+    #[test]
+    fn a_stack_and_a_pipeline_of_one_name_are_not_the_same_place() {
+        let stack = prod(Some(DeployKind::CloudFormation));
+        let pipeline = prod(Some(DeployKind::CodePipeline));
+        assert!(!stack.same_place(&pipeline));
+        assert!(!pipeline.same_place(&stack));
+        let renamed = DeployedTo {
+            account: "production".into(),
+            ..stack.clone()
+        };
+        assert!(stack.same_place(&renamed), "the account's id decides");
+        assert_eq!(
+            stack.to_string(),
+            "stack backend-prod in account prod (444444444444) eu-west-1"
+        );
+        assert_eq!(
+            pipeline.to_string(),
+            "CodePipeline pipeline backend-prod in account prod (444444444444) eu-west-1"
+        );
+    }
+
+    /// A place as the previous version wrote it (no kind) still reads, matches a stack or a
+    /// pipeline of its name (see `same_place`), and is written back without a kind.
+    #[test]
+    fn a_place_recorded_before_its_kind_was_kept_reads_and_matches_either_kind() {
+        let old = r#"{"account":"prod","account_id":"444444444444","region":"eu-west-1","name":"backend-prod"}"#;
+        let read: DeployedTo = serde_json::from_str(old).unwrap();
+        assert_eq!(read, prod(None));
+        assert!(read.same_place(&prod(Some(DeployKind::CloudFormation))));
+        assert!(prod(Some(DeployKind::CodePipeline)).same_place(&read));
+        assert!(!read.same_place(&DeployedTo {
+            region: "us-east-1".into(),
+            ..prod(Some(DeployKind::CloudFormation))
+        }));
+        assert_eq!(
+            read.to_string(),
+            "backend-prod in account prod (444444444444) eu-west-1"
+        );
+        assert_eq!(serde_json::to_string(&read).unwrap(), old);
+
+        let new = serde_json::to_string(&prod(Some(DeployKind::CodePipeline))).unwrap();
+        assert!(new.contains(r#""kind":"codepipeline""#), "{new}");
+        let back: DeployedTo = serde_json::from_str(&new).unwrap();
+        assert_eq!(back, prod(Some(DeployKind::CodePipeline)));
     }
 }

@@ -48,6 +48,7 @@ fn beta_stack() -> DeployedTo {
         account_id: "222222222222".into(),
         region: "eu-west-1".into(),
         name: "shop-beta".into(),
+        kind: Some(DeployKind::CloudFormation),
     }
 }
 
@@ -264,4 +265,58 @@ async fn only_a_deploy_has_a_place_and_deploys_begun_before_it_was_kept_have_non
     assert_eq!(effects.len(), 2);
     assert!(effects.iter().all(|e| e.place.is_none()), "{effects:?}");
     assert!(effects.iter().all(|e| e.deploy_place().is_none()));
+}
+
+/// Deploy rows as the previous version wrote them, with places that do not say whether they
+/// are a stack or a pipeline, still read (no migration rewrites them): the intent's place and
+/// the succeeded deploy's `to` come back without a kind, and match the stack of their name
+/// in their account and region, or a pipeline of that name (which of the two it was is not
+/// recorded), and nothing elsewhere.
+#[tokio::test]
+async fn places_recorded_before_their_kind_was_kept_still_read_and_match_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir).await;
+    release(&store, 1).await;
+    let old =
+        r#"{"account":"beta","account_id":"222222222222","region":"eu-west-1","name":"shop-beta"}"#;
+    let output =
+        format!(r#"{{"kind":"deployed","image_uri":"repo@sha256:1","outputs":{{}},"to":{old}}}"#);
+    for (e, status, output) in [
+        (deploy(1, 0), "pending", r#"{"kind":"none"}"#.to_string()),
+        (deploy(1, 1), "succeeded", output),
+    ] {
+        sqlx::query("INSERT INTO effects (key, pipeline, release_id, stage, attempt, kind, spec, status, output, started_at, place) VALUES ($1, 'shop', 1, 'beta', 1, 'deploy', $2, $3, $4, 0, $5)")
+            .bind(e.key.to_string())
+            .bind(serde_json::to_string(&e.kind).unwrap())
+            .bind(status)
+            .bind(output)
+            .bind(old)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+
+    let effects = store.effects_of(ReleaseId(1), "beta").await.unwrap();
+    let kindless = DeployedTo {
+        kind: None,
+        ..beta_stack()
+    };
+    let pipeline = DeployedTo {
+        kind: Some(DeployKind::CodePipeline),
+        ..beta_stack()
+    };
+    let elsewhere = DeployedTo {
+        region: "ap-southeast-2".into(),
+        ..beta_stack()
+    };
+    assert_eq!(effects.len(), 2);
+    for e in &effects {
+        let place = e.deploy_place().unwrap();
+        assert_eq!(place, &kindless, "{e:?}");
+        assert!(place.same_place(&beta_stack()));
+        assert!(place.same_place(&pipeline));
+        assert!(!place.same_place(&elsewhere));
+    }
+    let deployed = store.reads().deployed_wave(ReleaseId(1), "beta", 1).await;
+    assert_eq!(deployed.unwrap().unwrap().to, Some(kindless));
 }

@@ -1001,12 +1001,34 @@ fn approval_without_tests_before_it_is_a_warning() {
     );
 }
 
-/// Beta's template runs the image in a Lambda function and beta deploys to `region`, with the
-/// artifact in eu-west-1; the template and the suite are written to a scratch directory.
-fn lambda_beta_in(region: &str, promote: &str) -> Result<Loaded, ConfigError> {
+/// A Lambda function packaged as an image, running `uri`.
+fn image_function(id: &str, uri: &str) -> String {
+    format!(
+        "  {id}:\n    Type: AWS::Lambda::Function\n    Properties:\n      PackageType: Image\n      \
+         Role: arn:aws:iam::222222222222:role/api\n      Code:\n        ImageUri: {uri}\n"
+    )
+}
+
+/// A template with a sidecar function running a fixed image and, with `runs_image`, a
+/// function `Api` running the stage's image (parameter `ImageUri`).
+fn lambda_template(runs_image: bool) -> String {
+    let sidecar = "111111111111.dkr.ecr.eu-west-1.amazonaws.com/sidecar:1";
+    let mut body =
+        "Parameters:\n  ImageUri:\n    Type: String\n  Other:\n    Type: String\nResources:\n"
+            .to_string();
+    body += &image_function("Sidecar", sidecar);
+    body += &image_function("Worker", "!Ref Other");
+    if runs_image {
+        body += &image_function("Api", "!Sub \"${ImageUri}\"");
+    }
+    body
+}
+
+/// Beta's template is `template` and beta deploys to `region`, with the artifact in
+/// eu-west-1; the template and the suite are written to a scratch directory.
+fn lambda_beta_in(region: &str, promote: &str, template: &str) -> Result<Loaded, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
-    let lambda = "Parameters:\n  ImageUri:\n    Type: String\nResources:\n  Api:\n    Type: AWS::Lambda::Function\n    Properties:\n      PackageType: Image\n      Role: arn:aws:iam::222222222222:role/api\n      Code:\n        ImageUri: !Ref ImageUri\n";
-    std::fs::write(dir.path().join("lambda.yaml"), lambda).unwrap();
+    std::fs::write(dir.path().join("lambda.yaml"), template).unwrap();
     for f in ["service.yaml", "smoke.toml"] {
         std::fs::copy(Path::new(FIXTURES).join(f), dir.path().join(f)).unwrap();
     }
@@ -1023,26 +1045,44 @@ fn lambda_beta_in(region: &str, promote: &str) -> Result<Loaded, ConfigError> {
     load_at(dir.path(), &stages, ACCOUNTS)
 }
 
+/// The warning points at the target in another region and names the function that runs the
+/// stage's image parameter, not the ones before it that run a fixed image or another
+/// parameter's.
 #[test]
 fn a_lambda_image_in_another_region_than_a_retagged_artifact_is_a_warning() {
-    let loaded = lambda_beta_in("us-east-1", "").unwrap_or_else(|e| panic!("{e}"));
+    let loaded =
+        lambda_beta_in("us-east-1", "", &lambda_template(true)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
     let w = &loaded.warnings[0];
     assert_eq!(w.severity, Severity::Warning);
-    assert!(
-        w.message.contains("stage `beta` deploys to us-east-1, and its template has a Lambda function packaged as an image (`Api`); with `promote = \"retag\"` the image stays in `svc` in eu-west-1"),
-        "{w}"
+    assert_at(
+        w,
+        "stages.toml",
+        27,
+        12,
+        "{ account = \"beta\", region = \"us-east-1\" }",
+        "stage `beta` deploys to us-east-1, and its template runs the image in a Lambda function (`Api`, from parameter `ImageUri`); with `promote = \"retag\"` the image stays in `svc` in eu-west-1",
     );
     assert!(w.help.contains("promote = \"copy\""), "{w}");
     // The artifact's own region, or the image copied into the stage's region: no warning.
     for (region, promote) in [("eu-west-1", ""), ("us-east-1", "\npromote = \"copy\"")] {
-        let loaded = lambda_beta_in(region, promote).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = lambda_beta_in(region, promote, &lambda_template(true))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             loaded.warnings.is_empty(),
             "{region}{promote}: {:?}",
             loaded.warnings
         );
     }
+}
+
+/// Image functions that run a fixed image or another parameter's are not warned about: the
+/// stage's image does not go to them.
+#[test]
+fn a_lambda_image_function_not_running_the_stages_image_is_no_warning() {
+    let loaded =
+        lambda_beta_in("us-east-1", "", &lambda_template(false)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 
 // ---------------------------------------------------------------------------------------------

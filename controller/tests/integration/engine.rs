@@ -354,7 +354,7 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     ));
     let why = engine.refuse_config(&moved).await.expect("refused");
     assert!(
-        why.contains(&format!("{held}, its wave 2 deployed to backend-prod in account prod (444444444444) us-east-1, now backend-prod in account prod (444444444444) ap-southeast-2")),
+        why.contains(&format!("{held}, its wave 2 deployed to stack backend-prod in account prod (444444444444) us-east-1, now stack backend-prod in account prod (444444444444) ap-southeast-2")),
         "{why}"
     );
     let inserted = load(STAGES.replace(
@@ -369,7 +369,7 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
     std::fs::write(&accounts, ids).unwrap();
     let why = engine.refuse_config(&other_id).await.expect("refused");
     assert!(
-        why.contains("now backend-prod in account prod (555555555555)"),
+        why.contains("now stack backend-prod in account prod (555555555555)"),
         "{why}"
     );
 
@@ -421,8 +421,8 @@ fn prod_wave_1_moved(h: &Harness) -> tollgate::config::Config {
 
 /// prod's first wave where the engine tests' configuration puts it, and where
 /// [`prod_wave_1_moved`] does.
-const PROD_EU: &str = "backend-prod in account prod (444444444444) eu-west-1";
-const PROD_AP: &str = "backend-prod in account prod (444444444444) ap-southeast-2";
+const PROD_EU: &str = "stack backend-prod in account prod (444444444444) eu-west-1";
+const PROD_AP: &str = "stack backend-prod in account prod (444444444444) ap-southeast-2";
 
 /// A deploy still running has recorded where it began: moving its wave is refused while it
 /// runs.
@@ -510,6 +510,37 @@ async fn a_deploy_approved_during_a_configuration_change_starts_under_the_new_on
             .collect()
     });
     assert_eq!(places, ["prod/ap-southeast-2", "prod/us-east-1"]);
+}
+
+/// A deploy still running in a CloudFormation stack: a reload that deploys the stage with a
+/// CodePipeline pipeline of the same name, in the same account and region, is refused while
+/// it runs, naming both (the stack's deploy would be left out of the run, its bake and its
+/// rollback).
+#[tokio::test]
+async fn switching_a_deploying_stage_to_a_pipeline_of_the_same_name_is_refused() {
+    let h = Harness::new();
+    let engine = h.engine(None).await;
+    let id = prod_deploy_hanging(&h, &engine).await;
+
+    let stack = "kind = \"cloudformation\"\nstack = \"backend-prod\"\ntemplate = \"service.yaml\"\nimage_parameter = \"ImageUri\"";
+    assert_eq!(STAGES.matches(stack).count(), 1);
+    let pipeline = "kind = \"codepipeline\"\npipeline = \"backend-prod\"\nvariable = \"ImageUri\"\nrollback_stage = \"Deploy\"";
+    std::fs::write(
+        h.dir.path().join("switched.toml"),
+        STAGES.replace(stack, pipeline),
+    )
+    .unwrap();
+    let switched = tollgate::config::load(&h.dir.path().join("switched.toml"))
+        .unwrap()
+        .config;
+    let why = engine.refuse_config(&switched).await.expect("refused");
+    let now = "CodePipeline pipeline backend-prod in account prod (444444444444) eu-west-1";
+    assert!(
+        why.contains(&format!(
+            "backend/prod: {id} deploying, its wave 1 began deploying to {PROD_EU}, now {now}"
+        )),
+        "{why}"
+    );
 }
 
 /// Release 2's prod deploy hanging when the controller is dropped, and a controller started on
@@ -656,12 +687,12 @@ async fn a_rollback_never_goes_where_a_reload_moved_a_wave() {
     };
     assert_eq!((account.as_str(), region.as_str()), ("prod", "us-east-1"));
     assert!(
-        detail.contains("r2 was deployed as wave 2 of prod to backend-prod in account prod (444444444444) us-east-1, and the configuration now puts wave 2 at backend-prod in account prod (444444444444) ap-southeast-2"),
+        detail.contains("r2 was deployed as wave 2 of prod to stack backend-prod in account prod (444444444444) us-east-1, and the configuration now puts wave 2 at stack backend-prod in account prod (444444444444) ap-southeast-2"),
         "{detail}"
     );
     assert!(
         detail.contains(
-            "restore backend-prod in account prod (444444444444) us-east-1 to r1 by hand"
+            "restore stack backend-prod in account prod (444444444444) us-east-1 to r1 by hand"
         ),
         "{detail}"
     );
@@ -680,7 +711,7 @@ async fn a_rollback_of_a_wave_a_reload_dropped_halts_instead_of_skipping_it() {
     let (h, engine, id) = alarm_after_prod_reload(None).await;
     let restored = h.fakes.with(|w| w.rolled_back.len());
     assert_eq!(restored, 1, "wave 1 restored");
-    let refused = "the configuration no longer has a wave 2: restore backend-prod in account prod (444444444444) us-east-1 to r1 by hand";
+    let refused = "the configuration no longer has a wave 2: restore stack backend-prod in account prod (444444444444) us-east-1 to r1 by hand";
     rollback_refused(&engine, id, "us-east-1", refused).await;
     let good = engine.reads().last_good("backend", "prod").await.unwrap();
     assert_eq!(

@@ -1,24 +1,30 @@
 //! Reads which parameters a CloudFormation template declares (its top-level `Parameters`
-//! keys), and which of its Lambda functions run a container image, from a JSON or YAML
-//! template body.
+//! keys), and which of its Lambda functions run the image a parameter gives them, from a JSON
+//! or YAML template body.
 //!
 //! Pure: no I/O, no AWS types. Must never guess: a body it cannot read is an error, and the
 //! caller decides what that means.
 //!
+//! YAML is read into the JSON a JSON template would hold, as CloudFormation does: a short-form
+//! intrinsic function (a local tag: `!Ref X`, `!Sub s`, `!Join [d, l]`, …) becomes its long
+//! form (`{"Ref": "X"}`, `{"Fn::Sub": s}`, `{"Fn::Join": [d, l]}`), so one reading serves both.
+//!
 //! # Caveats
-//! - YAML's short-form intrinsic functions (`!Ref`, `!Sub`, …) are custom tags: their values
-//!   are read as if untagged, which is all a look at the keys needs.
 //! - Only string keys count (CloudFormation's logical ids are alphanumeric; a key YAML reads as
 //!   a number, such as `2024`, is left out).
+//! - A YAML alias is read as a copy of its anchor's value.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use yaml_rust2::{Yaml, YamlLoader};
+use serde_json::{Map, Value};
+use yaml_rust2::Yaml;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// A template's top-level mapping, as read from JSON or YAML.
-enum Top {
-    Json(serde_json::Map<String, serde_json::Value>),
-    Yaml(yaml_rust2::yaml::Hash),
+/// A template's top-level mapping, and what its format calls a mapping (for messages).
+struct Top {
+    map: Map<String, Value>,
+    mapping: &'static str,
 }
 
 /// The template's top-level mapping, or why the body could not be read as a template.
@@ -26,78 +32,250 @@ fn top_level(body: &str) -> Result<Top, String> {
     // A byte-order mark (editors on Windows write one) is not whitespace to `trim_start`.
     let body = body.strip_prefix('\u{feff}').unwrap_or(body);
     // JSON may use tabs, which YAML does not allow for indentation.
-    if body.trim_start().starts_with('{') {
-        let value: serde_json::Value =
-            serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
-        return match value {
-            serde_json::Value::Object(top) => Ok(Top::Json(top)),
-            _ => Err("its top level is not an object".into()),
-        };
-    }
-    let mut docs = YamlLoader::load_from_str(body).map_err(|e| format!("not valid YAML: {e}"))?;
-    if docs.len() != 1 {
-        return Err(format!("{} YAML documents, not one", docs.len()));
-    }
-    match docs.pop() {
-        Some(Yaml::Hash(top)) => Ok(Top::Yaml(top)),
-        _ => Err("its top level is not a mapping".into()),
+    let (value, mapping) = if body.trim_start().starts_with('{') {
+        let value = serde_json::from_str(body).map_err(|e| format!("not valid JSON: {e}"))?;
+        (value, "an object")
+    } else {
+        let mut docs = yaml_documents(body)?;
+        if docs.len() != 1 {
+            return Err(format!("{} YAML documents, not one", docs.len()));
+        }
+        (docs.pop().unwrap_or_default(), "a mapping")
+    };
+    match value {
+        Value::Object(map) => Ok(Top { map, mapping }),
+        _ => Err(format!("its top level is not {mapping}")),
     }
 }
 
 /// The names under the template's top-level `Parameters` (none when it has no such section),
 /// or why the body could not be read as a template.
 pub fn declared_parameters(body: &str) -> Result<BTreeSet<String>, String> {
-    match top_level(body)? {
-        Top::Json(top) => match top.get("Parameters") {
-            None | Some(serde_json::Value::Null) => Ok(BTreeSet::new()),
-            Some(serde_json::Value::Object(parameters)) => Ok(parameters.keys().cloned().collect()),
-            Some(_) => Err("its Parameters section is not an object".into()),
-        },
-        Top::Yaml(top) => match top.get(&Yaml::String("Parameters".into())) {
-            None | Some(Yaml::Null) => Ok(BTreeSet::new()),
-            Some(Yaml::Hash(parameters)) => Ok(parameters
-                .keys()
-                .filter_map(Yaml::as_str)
-                .map(str::to_string)
-                .collect()),
-            Some(_) => Err("its Parameters section is not a mapping".into()),
-        },
+    let Top { map, mapping } = top_level(body)?;
+    match map.get("Parameters") {
+        None | Some(Value::Null) => Ok(BTreeSet::new()),
+        Some(Value::Object(parameters)) => Ok(parameters.keys().cloned().collect()),
+        Some(_) => Err(format!("its Parameters section is not {mapping}")),
     }
 }
 
-/// The logical ids of the template's Lambda functions packaged as a container image: resources
-/// of type `AWS::Lambda::Function` or `AWS::Serverless::Function` whose `PackageType` is
-/// `Image` (a value written with an intrinsic function is not counted), in the template's order.
-pub fn image_functions(body: &str) -> Result<Vec<String>, String> {
-    let image = |kind: Option<&str>, package: Option<&str>| {
-        let lambda = ["AWS::Lambda::Function", "AWS::Serverless::Function"];
-        kind.is_some_and(|k| lambda.contains(&k)) && package == Some("Image")
+/// The logical ids of the template's Lambda functions packaged as a container image that run
+/// the image given in parameter `image`, in the template's order: resources of type
+/// `AWS::Lambda::Function` whose `PackageType` is `Image` and whose `Code.ImageUri` refers to
+/// `image`, or of type `AWS::Serverless::Function` whose `PackageType` is `Image` and whose
+/// `ImageUri` does.
+///
+/// An `ImageUri` refers to `image` when it is
+/// - `{"Ref": image}` (`!Ref image`);
+/// - `Fn::Sub` (`!Sub`) of a string with `${image}` in it; in the `[string, variables]` form,
+///   when `image` is not one of its variables, or a variable the string uses has a value that
+///   refers to `image`;
+/// - `Fn::Join` (`!Join`) with an element of its list that refers to `image`;
+/// - `Fn::If` (`!If`) with either value referring to `image`.
+///
+/// Anything else is not counted: a literal URI, another parameter, an import, a mapping's
+/// value (such a function runs another image, or one this cannot know), and a `PackageType`
+/// written with an intrinsic function.
+pub fn image_functions(body: &str, image: &str) -> Result<Vec<String>, String> {
+    let Top { map, .. } = top_level(body)?;
+    let runs_image = |r: &Value| {
+        let uri = match r.get("Type").and_then(Value::as_str) {
+            Some("AWS::Lambda::Function") => "/Properties/Code/ImageUri",
+            Some("AWS::Serverless::Function") => "/Properties/ImageUri",
+            _ => return false,
+        };
+        let package = r.pointer("/Properties/PackageType").and_then(Value::as_str);
+        package == Some("Image") && r.pointer(uri).is_some_and(|uri| refers_to(uri, image))
     };
-    Ok(match top_level(body)? {
-        Top::Json(top) => top
-            .get("Resources")
-            .and_then(|r| r.as_object())
-            .into_iter()
-            .flatten()
-            .filter(|(_, r)| {
-                let kind = r.get("Type").and_then(|t| t.as_str());
-                image(
-                    kind,
-                    r.pointer("/Properties/PackageType")
-                        .and_then(|t| t.as_str()),
-                )
-            })
+    Ok(match map.get("Resources") {
+        Some(Value::Object(resources)) => resources
+            .iter()
+            .filter(|(_, r)| runs_image(r))
             .map(|(id, _)| id.clone())
             .collect(),
-        Top::Yaml(top) => match top.get(&Yaml::String("Resources".into())) {
-            Some(Yaml::Hash(resources)) => resources
-                .iter()
-                .filter(|(_, r)| image(r["Type"].as_str(), r["Properties"]["PackageType"].as_str()))
-                .filter_map(|(id, _)| id.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        },
+        _ => Vec::new(),
     })
+}
+
+/// Whether `value` refers to parameter `p` (see [`image_functions`] for the forms read).
+fn refers_to(value: &Value, p: &str) -> bool {
+    let function = value.as_object().filter(|o| o.len() == 1);
+    let Some((name, args)) = function.and_then(|o| o.iter().next()) else {
+        return false;
+    };
+    let any = |values: &[Value]| values.iter().any(|v| refers_to(v, p));
+    match (name.as_str(), args) {
+        ("Ref", Value::String(name)) => name == p,
+        ("Fn::Sub", Value::String(text)) => uses(text, p),
+        ("Fn::Sub", Value::Array(form)) => {
+            let Some(text) = form.first().and_then(Value::as_str) else {
+                return false;
+            };
+            let variables = form.get(1).and_then(Value::as_object);
+            let own = variables.is_some_and(|v| v.contains_key(p));
+            let through = |(name, v): (&String, &Value)| uses(text, name) && refers_to(v, p);
+            (!own && uses(text, p)) || variables.into_iter().flatten().any(through)
+        }
+        ("Fn::Join", Value::Array(form)) => {
+            let list = form.get(1).and_then(Value::as_array);
+            list.is_some_and(|l| any(l))
+        }
+        ("Fn::If", Value::Array(form)) => form.get(1..).is_some_and(any),
+        _ => false,
+    }
+}
+
+/// Whether `Fn::Sub` string `text` substitutes variable `name` (`${name}`; `${!name}` is the
+/// literal text `${name}`).
+fn uses(text: &str, name: &str) -> bool {
+    text.contains(&format!("${{{name}}}"))
+}
+
+/// The YAML documents in `body`, each as JSON (see the module's doc), or why it is not YAML.
+fn yaml_documents(body: &str) -> Result<Vec<Value>, String> {
+    let mut reader = YamlToJson::default();
+    Parser::new_from_str(body)
+        .load(&mut reader, true)
+        .map_err(|e| format!("not valid YAML: {e}"))?;
+    match reader.error {
+        Some(e) => Err(format!("not valid YAML: {e}")),
+        None => Ok(reader.docs),
+    }
+}
+
+/// Builds JSON values from YAML parser events. Scalars are typed as YAML's core schema types
+/// them (`true`, `12`, `~`; quoted or tagged: a string); a mapping keeps its string keys; a
+/// key twice in one mapping is an error.
+#[derive(Default)]
+struct YamlToJson {
+    docs: Vec<Value>,
+    /// The current document's top node, once read.
+    root: Option<Value>,
+    /// Sequences and mappings being read, innermost last.
+    open: Vec<Open>,
+    /// Anchored values by anchor id, for aliases.
+    anchors: HashMap<usize, Value>,
+    error: Option<String>,
+}
+
+/// A sequence or mapping being read, with its anchor (0: none) and tag.
+struct Open {
+    node: Node,
+    anchor: usize,
+    tag: Option<Tag>,
+}
+
+enum Node {
+    Sequence(Vec<Value>),
+    /// The entries so far, and a key read whose value is next.
+    Mapping(Map<String, Value>, Option<Value>),
+}
+
+impl MarkedEventReceiver for YamlToJson {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.error.is_some() {
+            return;
+        }
+        match ev {
+            Event::DocumentEnd => {
+                let root = self.root.take().unwrap_or_default();
+                self.docs.push(root);
+            }
+            Event::SequenceStart(anchor, tag) => self.open.push(Open {
+                node: Node::Sequence(Vec::new()),
+                anchor,
+                tag,
+            }),
+            Event::MappingStart(anchor, tag) => self.open.push(Open {
+                node: Node::Mapping(Map::new(), None),
+                anchor,
+                tag,
+            }),
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some(Open { node, anchor, tag }) = self.open.pop() {
+                    let value = match node {
+                        Node::Sequence(items) => Value::Array(items),
+                        Node::Mapping(entries, _) => Value::Object(entries),
+                    };
+                    self.add(long_form(tag.as_ref(), value), anchor, mark);
+                }
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = scalar(text, style, tag.as_ref());
+                self.add(long_form(tag.as_ref(), value), anchor, mark);
+            }
+            Event::Alias(id) => {
+                let value = self.anchors.get(&id).cloned().unwrap_or_default();
+                self.add(value, 0, mark);
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart => {}
+        }
+    }
+}
+
+impl YamlToJson {
+    /// Puts a node read into the sequence or mapping it is in (as a key, or as the value of the
+    /// key before it), or makes it the document's top node.
+    fn add(&mut self, value: Value, anchor: usize, mark: Marker) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, value.clone());
+        }
+        let twice = match self.open.last_mut().map(|o| &mut o.node) {
+            None => {
+                self.root = Some(value);
+                None
+            }
+            Some(Node::Sequence(items)) => {
+                items.push(value);
+                None
+            }
+            Some(Node::Mapping(_, key @ None)) => {
+                *key = Some(value);
+                None
+            }
+            Some(Node::Mapping(entries, key)) => match key.take() {
+                Some(Value::String(k)) => entries.insert(k.clone(), value).map(|_| k),
+                // A key that is not a string is left out, with its value.
+                _ => None,
+            },
+        };
+        if let Some(k) = twice {
+            self.error = Some(format!("`{k}` twice in one mapping (line {})", mark.line()));
+        }
+    }
+}
+
+/// A scalar's value: quoted, or tagged other than by YAML's core schema, a string; otherwise
+/// typed as that schema types its text.
+fn scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Value {
+    let core = tag.is_none_or(|t| t.handle == "tag:yaml.org,2002:" && t.suffix != "str");
+    if style != TScalarStyle::Plain || !core {
+        return Value::String(text);
+    }
+    match Yaml::from_str(&text) {
+        Yaml::Integer(i) => Value::from(i),
+        Yaml::Real(r) => r
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::String(r), Value::Number),
+        Yaml::Boolean(b) => Value::Bool(b),
+        Yaml::Null => Value::Null,
+        _ => Value::String(text),
+    }
+}
+
+/// A node with a local tag (`!Ref`, `!Sub`, …) as CloudFormation's long form: `Ref` and
+/// `Condition` keep their name, every other function is `Fn::` and its name.
+fn long_form(tag: Option<&Tag>, value: Value) -> Value {
+    let Some(name) = tag.filter(|t| t.handle == "!" && !t.suffix.is_empty()) else {
+        return value;
+    };
+    let function = match name.suffix.as_str() {
+        "Ref" | "Condition" => name.suffix.clone(),
+        other => format!("Fn::{other}"),
+    };
+    Value::Object(Map::from_iter([(function, value)]))
 }
 
 #[cfg(test)]
@@ -106,12 +284,122 @@ mod tests {
 
     #[test]
     fn image_functions_are_found_in_yaml_and_json_and_zip_functions_are_not() {
-        let yaml = "Resources:\n  Api:\n    Type: AWS::Lambda::Function\n    Properties:\n      PackageType: Image\n      Code:\n        ImageUri: !Ref ImageUri\n  Zip:\n    Type: AWS::Lambda::Function\n    Properties:\n      Runtime: python3.12\n  Sam:\n    Type: AWS::Serverless::Function\n    Properties:\n      PackageType: Image\n  Bucket:\n    Type: AWS::S3::Bucket\n";
-        assert_eq!(image_functions(yaml).unwrap(), ["Api", "Sam"]);
-        let json = r#"{"Resources": {"Worker": {"Type": "AWS::Lambda::Function", "Properties": {"PackageType": "Image"}}, "Svc": {"Type": "AWS::ECS::Service", "Properties": {}}}}"#;
-        assert_eq!(image_functions(json).unwrap(), ["Worker"]);
-        assert!(image_functions("Parameters: {}\n").unwrap().is_empty());
-        assert!(image_functions("a: [\n").is_err());
+        let yaml = "Resources:\n  Api:\n    Type: AWS::Lambda::Function\n    Properties:\n      PackageType: Image\n      Code:\n        ImageUri: !Ref ImageUri\n  Zip:\n    Type: AWS::Lambda::Function\n    Properties:\n      Runtime: python3.12\n      Code:\n        ImageUri: !Ref ImageUri\n  Sam:\n    Type: AWS::Serverless::Function\n    Properties:\n      PackageType: Image\n      ImageUri: !Ref ImageUri\n  Bucket:\n    Type: AWS::S3::Bucket\n";
+        assert_eq!(image_functions(yaml, "ImageUri").unwrap(), ["Api", "Sam"]);
+        let json = r#"{"Resources": {"Worker": {"Type": "AWS::Lambda::Function", "Properties": {"PackageType": "Image", "Code": {"ImageUri": {"Ref": "ImageUri"}}}}, "Svc": {"Type": "AWS::ECS::Service", "Properties": {}}}}"#;
+        assert_eq!(image_functions(json, "ImageUri").unwrap(), ["Worker"]);
+        assert!(
+            image_functions("Parameters: {}\n", "ImageUri")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(image_functions("a: [\n", "ImageUri").is_err());
+    }
+
+    /// A template with one Lambda function of each type (`Code.ImageUri`, and a SAM function's
+    /// `ImageUri`), each given `uri` as its image (YAML, indented as a property's value).
+    fn yaml_functions(uri: &str) -> String {
+        // A value on more than one line goes on indented under its key.
+        let under = |indent: &str| uri.replace('\n', &format!("\n{indent}"));
+        format!(
+            "Parameters:\n  Image:\n    Type: String\n  Other:\n    Type: String\n\
+             Resources:\n  Fn:\n    Type: AWS::Lambda::Function\n    Properties:\n      \
+             PackageType: Image\n      Code:\n        ImageUri: {}\n  Sam:\n    \
+             Type: AWS::Serverless::Function\n    Properties:\n      PackageType: Image\n      \
+             ImageUri: {}\n",
+            under("        "),
+            under("      "),
+        )
+    }
+
+    /// The same, in JSON, `uri` being the image's JSON.
+    fn json_functions(uri: &str) -> String {
+        format!(
+            r#"{{"Parameters": {{"Image": {{"Type": "String"}}}}, "Resources": {{
+              "Fn": {{"Type": "AWS::Lambda::Function", "Properties": {{"PackageType": "Image", "Code": {{"ImageUri": {uri}}}}}}},
+              "Sam": {{"Type": "AWS::Serverless::Function", "Properties": {{"PackageType": "Image", "ImageUri": {uri}}}}}}}}}"#
+        )
+    }
+
+    /// The templates of [`yaml_functions`] for each of `yaml` and of [`json_functions`] for each
+    /// of `json`.
+    fn templates(yaml: &[&str], json: &[&str]) -> Vec<String> {
+        let yaml = yaml.iter().map(|uri| yaml_functions(uri));
+        yaml.chain(json.iter().map(|uri| json_functions(uri)))
+            .collect()
+    }
+
+    #[test]
+    fn a_function_counts_when_its_image_uri_refers_to_the_image_parameter() {
+        let yaml = [
+            "!Ref Image",
+            "{ Ref: Image }",
+            "!Sub \"${Image}\"",
+            "!Sub \"${AWS::AccountId}.dkr.ecr.${AWS::Region}.amazonaws.com/${Image}\"",
+            "!Sub [\"${Repo}@${Image}\", { Repo: app }]",
+            "!Sub\n  - \"${Uri}\"\n  - Uri: !Ref Image",
+            "{ \"Fn::Sub\": \"${Image}\" }",
+            "!Join [\"\", [!Ref Image]]",
+            "!Join\n  - \"\"\n  - - !Sub \"${Image}\"",
+            "{ \"Fn::Join\": [\"\", [{ Ref: Image }]] }",
+            "!If [Prod, !Ref Image, !Ref Other]",
+        ];
+        let json = [
+            r#"{"Ref": "Image"}"#,
+            r#"{"Fn::Sub": "${AWS::AccountId}.dkr.ecr.${AWS::Region}.amazonaws.com/${Image}"}"#,
+            r#"{"Fn::Sub": ["${Repo}@${Image}", {"Repo": "app"}]}"#,
+            r#"{"Fn::Sub": ["${Uri}", {"Uri": {"Ref": "Image"}}]}"#,
+            r#"{"Fn::Join": ["", [{"Ref": "Image"}]]}"#,
+            r#"{"Fn::Join": [":", ["app", {"Fn::Sub": "${Image}"}]]}"#,
+            r#"{"Fn::If": ["Prod", "fixed", {"Ref": "Image"}]}"#,
+        ];
+        for body in templates(&yaml, &json) {
+            let counted = image_functions(&body, "Image");
+            assert_eq!(counted, Ok(vec!["Fn".into(), "Sam".into()]), "{body}");
+        }
+    }
+
+    /// A literal URI (even one that reads like the parameter's name or a `${…}`), another
+    /// parameter, an escaped `${!Image}`, a `Sub` variable of the same name, or an import does
+    /// not run the stage's image.
+    #[test]
+    fn a_function_whose_image_uri_does_not_refer_to_the_image_parameter_is_not_counted() {
+        let yaml = [
+            "111111111111.dkr.ecr.us-east-1.amazonaws.com/sidecar:1",
+            "Image",
+            "\"${Image}\"",
+            "!Ref Other",
+            "!Ref ImageUri",
+            "!Sub \"${Other}\"",
+            "!Sub \"${!Image}\"",
+            "!Sub [\"${Image}\", { Image: fixed }]",
+            "!Sub [\"${Uri}\", { Uri: !Ref Other }]",
+            "!Join [\"\", [!Ref Other, \":1\"]]",
+            "!ImportValue Image",
+            "!GetAtt Image.Uri",
+            "!FindInMap [Images, !Ref Image, Uri]",
+        ];
+        let json = [
+            r#""Image""#,
+            r#""${Image}""#,
+            r#"{"Ref": "Other"}"#,
+            r#"{"Fn::Sub": "${!Image}"}"#,
+            r#"{"Fn::ImportValue": "Image"}"#,
+        ];
+        for body in templates(&yaml, &json) {
+            assert_eq!(image_functions(&body, "Image"), Ok(vec![]), "{body}");
+        }
+    }
+
+    /// A YAML alias reads as its anchor's value, tag included.
+    #[test]
+    fn an_alias_of_a_reference_to_the_image_parameter_counts() {
+        let body = "Resources:\n  Api:\n    Type: AWS::Lambda::Function\n    Properties:\n      \
+                    PackageType: Image\n      Code:\n        ImageUri: &image !Ref Image\n  \
+                    Worker:\n    Type: AWS::Serverless::Function\n    Properties:\n      \
+                    PackageType: Image\n      ImageUri: *image\n";
+        let counted = image_functions(body, "Image");
+        assert_eq!(counted, Ok(vec!["Api".into(), "Worker".into()]));
     }
 
     #[test]

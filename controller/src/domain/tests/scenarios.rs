@@ -537,6 +537,7 @@ fn began(sim: &mut Sim, release: ReleaseId, stage: &str, wave: usize) -> crate::
         account_id: "444444444444".into(),
         region: t.region,
         name: format!("{stage}-deploy"),
+        kind: Some(crate::domain::DeployKind::CloudFormation),
     };
     let rec = sim.snap.effects.iter_mut().find(|e| e.key == key).unwrap();
     rec.place = Some(place.clone());
