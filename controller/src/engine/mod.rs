@@ -36,6 +36,7 @@ pub mod leader;
 pub mod messages;
 pub mod ports;
 pub mod runtime;
+mod takeover;
 
 use std::collections::HashSet;
 use std::ops::Deref;
@@ -55,6 +56,7 @@ pub use facts::*;
 pub use ingest::{Ingest, ReceivingGuard, RetryVerdict};
 pub use leader::{Leadership, Standing};
 pub use ports::*;
+pub use takeover::ConfigSource;
 
 /// The configuration in force, replaceable while running (self-update, SIGHUP).
 pub type SharedConfig = Arc<RwLock<Arc<Config>>>;
@@ -122,6 +124,10 @@ struct Inner {
     /// Where the loops and their effects run: the runtime given to [`Engine::spawn_on`], or
     /// the caller's.
     background: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Where the configuration to act with is found on taking the lead ([`takeover`]).
+    config_source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
+    /// Why this controller last declined the lead, until it leads again ([`takeover`]).
+    declined: Mutex<Option<String>>,
 }
 
 /// How often the event log is checked for facts another process wrote into the state
@@ -227,6 +233,8 @@ impl Engine {
                 effect_deadline: AtomicU64::new(millis(default_effect_deadline())),
                 leadership,
                 background: std::sync::OnceLock::new(),
+                config_source: std::sync::OnceLock::new(),
+                declined: Mutex::new(None),
             }),
         }
     }
@@ -419,7 +427,7 @@ impl Engine {
     /// over at its next claim instead of when the lease runs out.
     pub async fn step_down(&self) {
         let l = &self.inner.leadership;
-        if let Standing::Leading { epoch, .. } = l.standing() {
+        if let Standing::Leading { epoch, .. } | Standing::Taking { epoch, .. } = l.standing() {
             if let Some(fence) = l.fence() {
                 fence.clear();
             }
@@ -442,24 +450,31 @@ impl Engine {
     }
 
     /// Claims the leader lease every fifth of its length: renews it while leading, takes it
-    /// over once it expired. On becoming the leader every pipeline is woken, so effects the
-    /// previous leader left pending are taken up at once.
+    /// over once it expired. On taking it, the configuration to act with is checked first
+    /// ([`takeover`]); once it passes every pipeline is woken, so effects the previous leader
+    /// left pending are taken up at once. Declined, the next try waits a whole lease, so
+    /// another controller can take the lease up.
     async fn hold_lease(&self) {
         let l = &self.inner.leadership;
         loop {
             let started = std::time::Instant::now();
+            let mut next = l.claim_every();
             match self
                 .store()
                 .claim_lease(l.holder(), l.ttl(), self.now())
                 .await
             {
                 Ok(claim) => {
-                    if l.record(&claim, started) {
-                        if let crate::store::lease::Claim::Held { epoch, .. } = claim {
+                    if l.record(&claim, started)
+                        && let crate::store::lease::Claim::Held { epoch, .. } = claim
+                    {
+                        if self.take_lead(epoch).await {
                             tracing::info!(holder = l.holder(), epoch, "this controller leads");
-                        }
-                        for p in self.config().pipelines.iter() {
-                            self.wake(&p.name);
+                            for p in self.config().pipelines.iter() {
+                                self.wake(&p.name);
+                            }
+                        } else {
+                            next = l.ttl().max(next);
                         }
                     }
                 }
@@ -469,7 +484,7 @@ impl Engine {
                 }
             }
             crate::metrics::global().leadership(&l.standing());
-            tokio::time::sleep(l.claim_every()).await;
+            tokio::time::sleep(next).await;
         }
     }
 
@@ -573,6 +588,11 @@ impl Engine {
             }
             if changes.is_empty() {
                 return Ok(plan.wake_at);
+            }
+            // A controller that does not act (its lease ran out, or it is checking the
+            // configuration after taking it) applies nothing planned from this one.
+            if !self.inner.leadership.may_act() {
+                return Ok(None);
             }
             self.step()?;
             self.store().apply(name, &changes, now).await?;

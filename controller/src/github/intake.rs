@@ -784,6 +784,22 @@ pub async fn config_in_force(
     }
 }
 
+/// The configuration a controller taking the lead acts with: [`config_in_force`], the one the
+/// process runs standing for the file (a configuration applied from the repository since it
+/// started wins, as at start-up).
+pub struct AppliedConfigWins;
+
+#[async_trait::async_trait]
+impl crate::engine::ConfigSource for AppliedConfigWins {
+    async fn in_force(
+        &self,
+        reads: &crate::store::Reads,
+        current: Config,
+    ) -> (Config, Option<String>) {
+        config_in_force(reads, current).await
+    }
+}
+
 /// Validates an applied configuration from its own files: they are written under a directory
 /// of their commit in the system's temporary directory (templates and suites are read from
 /// there when deploying and testing), and loaded from there.
@@ -816,19 +832,9 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<Config, String> {
 }
 
 /// Writes a configuration change (applied or refused) to the event log of every pipeline of
-/// `configs` (the one in force before it and, once applied, the new one: a pipeline it adds
-/// or removes has the entry too), once each, as `actor`.
+/// `configs`, once each, as `actor` ([`crate::engine::Ingest::note_config`]).
 pub async fn note_config(engine: &Engine, configs: &[&Config], actor: &str, detail: &str) {
-    let names: std::collections::BTreeSet<&str> = configs
-        .iter()
-        .flat_map(|c| c.pipelines.iter().map(|p| p.name.as_str()))
-        .collect();
-    for name in names {
-        let logged = engine.log_event(name, actor, "config", None, detail).await;
-        if let Err(e) = logged {
-            tracing::error!(pipeline = %name, error = %e, "cannot write the event log");
-        }
-    }
+    engine.note_config(configs, actor, detail).await;
 }
 
 /// Applies configuration changes as they arrive on `changes` (shas), one at a time, until
