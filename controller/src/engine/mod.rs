@@ -128,6 +128,8 @@ struct Inner {
     config_source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
     /// Why this controller last declined the lead, until it leads again ([`takeover`]).
     declined: Mutex<Option<String>>,
+    /// Why the leader last kept its configuration over an applied one, until it follows one.
+    kept: Mutex<Option<String>>,
 }
 
 /// How often the event log is checked for facts another process wrote into the state
@@ -235,6 +237,7 @@ impl Engine {
                 background: std::sync::OnceLock::new(),
                 config_source: std::sync::OnceLock::new(),
                 declined: Mutex::new(None),
+                kept: Mutex::new(None),
             }),
         }
     }
@@ -450,12 +453,15 @@ impl Engine {
     }
 
     /// Claims the leader lease every fifth of its length: renews it while leading, takes it
-    /// over once it expired. On taking it, the configuration to act with is checked first
+    /// over once it expired, and follows the configuration applied from the configuration
+    /// repository by any controller ([`takeover`]). On taking it, the configuration to act with is checked first
     /// ([`takeover`]); once it passes every pipeline is woken, so effects the previous leader
     /// left pending are taken up at once. Declined, the next try waits a whole lease, so
     /// another controller can take the lease up.
     async fn hold_lease(&self) {
         let l = &self.inner.leadership;
+        // The applied configuration's commit this controller last followed.
+        let mut seen = None;
         loop {
             let started = std::time::Instant::now();
             let mut next = l.claim_every();
@@ -484,6 +490,7 @@ impl Engine {
                 }
             }
             crate::metrics::global().leadership(&l.standing());
+            self.follow_applied(&mut seen).await;
             tokio::time::sleep(next).await;
         }
     }

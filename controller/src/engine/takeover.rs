@@ -22,6 +22,14 @@
 //! - A configuration put in force on taking the lead that differs from the one this process
 //!   ran (another source: another applied commit, or the file) gets a `config` entry too.
 //!
+//! - Every controller follows the configuration applied from the configuration repository,
+//!   whichever controller applied it (the one a push to the repository reached): at each lease
+//!   claim it looks at the commit recorded ([`Engine::follow_applied`]) and, when it changed,
+//!   puts the configuration in force as at start-up. A standby does so at once (its intake and
+//!   pages follow it; it is checked again before it acts); the leader only once the
+//!   configuration passes [`Engine::refuse_config`]: refused, it acts on with the one it has,
+//!   logs an error, writes a `config` entry (once per reason) and tries again at each claim.
+//!
 //! Caveats: when every controller's configuration is refused, none acts (nothing deploys,
 //! nothing rolls back) until the runs' configuration is restored on one of them (SIGHUP with
 //! the file they began under, or a controller started with it).
@@ -38,6 +46,10 @@ use crate::store::Reads;
 #[async_trait]
 pub trait ConfigSource: Send + Sync {
     async fn in_force(&self, reads: &Reads, current: Config) -> (Config, Option<String>);
+
+    /// `config` is about to be put in force: what else follows the configuration (the GitHub
+    /// forge's pipelines) learns it here.
+    fn putting_in_force(&self, _config: &Config) {}
 }
 
 impl Engine {
@@ -88,11 +100,70 @@ impl Engine {
             tracing::warn!("{detail}");
             let after = config.clone();
             // Before it acts: every loop waits for `act` below.
+            if let Some(source) = self.inner.config_source.get() {
+                source.putting_in_force(&config);
+            }
             self.replace_config(config);
             self.note_config(&[&current, &after], "controller", &detail)
                 .await;
         }
         self.inner.leadership.act(epoch)
+    }
+
+    /// Puts in force the configuration applied from the configuration repository since `seen`
+    /// (the commit this controller last followed), if it changed: at once on a standby, once
+    /// it passes [`Engine::refuse_config`] on the leader (refused: `seen` stays, so it is
+    /// tried again at the next claim).
+    pub(super) async fn follow_applied(&self, seen: &mut Option<(String, String)>) {
+        let Some(source) = self.inner.config_source.get() else {
+            return;
+        };
+        let version = match self.reads().applied_config_version().await {
+            Ok(Some((repo, sha))) => Some((repo, sha.to_string())),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the applied configuration");
+                return;
+            }
+        };
+        if version == *seen {
+            return;
+        }
+        let current = self.config();
+        let (config, note) = source.in_force(self.reads(), (*current).clone()).await;
+        if config.source_file != current.source_file {
+            let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
+            if self.inner.leadership.may_act()
+                && let Some(why) = self.refuse_config(&config).await
+            {
+                return self.keep_config(&current, &from, &why).await;
+            }
+            tracing::info!("configuration applied by another controller followed: {from}");
+            source.putting_in_force(&config);
+            self.replace_config(config);
+        }
+        *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *seen = version;
+    }
+
+    /// The leader keeps acting with `current`: the configuration applied since, `from`, is
+    /// refused (`why`).
+    async fn keep_config(&self, current: &Config, from: &str, why: &str) {
+        let detail = format!(
+            "the leader keeps the configuration it acts with ({}): the one applied since ({from}) is refused: {why}; \
+             it is put in force once that passes",
+            current.source_file.display()
+        );
+        tracing::error!("{detail}");
+        let new = {
+            let mut last = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let new = last.as_deref() != Some(detail.as_str());
+            *last = Some(detail.clone());
+            new
+        };
+        if new {
+            self.note_config(&[current], "controller", &detail).await;
+        }
     }
 
     /// The configuration to act with, `from` (where it comes from), is refused (`why`): this

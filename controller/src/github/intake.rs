@@ -784,10 +784,14 @@ pub async fn config_in_force(
     }
 }
 
-/// The configuration a controller taking the lead acts with: [`config_in_force`], the one the
-/// process runs standing for the file (a configuration applied from the repository since it
-/// started wins, as at start-up).
-pub struct AppliedConfigWins;
+/// The configuration a controller taking the lead acts with, and that every controller follows
+/// when another applied it: [`config_in_force`], the one the process runs standing for the
+/// file (a configuration applied from the repository since it started wins, as at start-up).
+/// The GitHub forge, when there is one, learns the pipelines of each put in force.
+#[derive(Default)]
+pub struct AppliedConfigWins {
+    pub forge: Option<Arc<GithubForge>>,
+}
 
 #[async_trait::async_trait]
 impl crate::engine::ConfigSource for AppliedConfigWins {
@@ -797,6 +801,12 @@ impl crate::engine::ConfigSource for AppliedConfigWins {
         current: Config,
     ) -> (Config, Option<String>) {
         config_in_force(reads, current).await
+    }
+
+    fn putting_in_force(&self, config: &Config) {
+        if let Some(f) = &self.forge {
+            f.track_pipelines(config);
+        }
     }
 }
 
@@ -822,13 +832,30 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<Config, String> {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot write {}: {e}", parent.display()))?;
         }
-        std::fs::write(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        write_whole(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     }
     let loaded = config::load(&root.join(&applied.path)).map_err(|e| e.to_string())?;
     for w in &loaded.warnings {
         tracing::warn!(warning = %w, "configuration warning");
     }
     Ok(loaded.config)
+}
+
+/// Writes `text` to `file` in one step (a file of its own renamed over it): a reader sees the
+/// old text or the new, never a part. Two controllers on one host, or one applying a commit
+/// while it follows the same, write the same files at once.
+fn write_whole(file: &Path, text: &str) -> std::io::Result<()> {
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(
+        ".{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let part = std::path::PathBuf::from(name);
+    std::fs::write(&part, text)?;
+    std::fs::rename(&part, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&part);
+    })
 }
 
 /// Writes a configuration change (applied or refused) to the event log of every pipeline of

@@ -65,7 +65,7 @@ async fn standing_by(
     let l = Leadership::elected(name, LEASE);
     let ports = h.fakes.ports();
     let engine = Engine::elected(store, shared_config(config), ports, h.clock.clone(), l);
-    engine.take_lead_with(Arc::new(AppliedConfigWins));
+    engine.take_lead_with(Arc::new(AppliedConfigWins::default()));
     let tasks = engine.spawn();
     (engine, tasks)
 }
@@ -140,7 +140,14 @@ async fn ha_a_standby_whose_file_moves_a_deploy_in_flight_declines_the_lead() {
     .await;
 
     leader_dies(&h);
-    until("b declining the lead", async || b.lead_declined().is_some()).await;
+    until("b declining the lead in the event log", async || {
+        config_entries(&b)
+            .await
+            .iter()
+            .any(|n| n.contains("declined the lead"))
+    })
+    .await;
+    assert!(b.lead_declined().is_some());
     let notes = config_entries(&b).await;
     let declined = notes
         .iter()
@@ -204,6 +211,14 @@ fn managed(stages: &str) -> String {
     )
 }
 
+/// [`managed`] `STAGES` with beta in us-east-1 instead of eu-west-1.
+fn beta_in_us_east_1() -> String {
+    let beta = r#"targets = [{ account = "beta" }]"#;
+    assert!(STAGES.contains(beta));
+    let moved = r#"targets = [{ account = "beta", region = "us-east-1" }]"#;
+    managed(&STAGES.replace(beta, moved))
+}
+
 /// The configuration `text` as applied from `acme/config` at commit `sha`, with the files it
 /// names read from `dir`.
 fn applied(dir: &std::path::Path, text: &str, sha: &str) -> AppliedConfig {
@@ -228,7 +243,7 @@ fn applied(dir: &std::path::Path, text: &str, sha: &str) -> AppliedConfig {
 /// leader applies a commit of it that moves beta to us-east-1 (recorded in the state, as a
 /// push to the repository does), then dies with nothing in flight. The controller taking the
 /// lease acts with that commit, not with the file it started with: the next release deploys
-/// beta in us-east-1, and the event log says which configuration it put in force.
+/// beta in us-east-1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_a_standby_taking_the_lease_acts_with_the_configuration_applied_since_it_started() {
     if !on_postgres() {
@@ -242,12 +257,7 @@ async fn ha_a_standby_taking_the_lease_acts_with_the_configuration_applied_since
     let a = leading(&h, load(), "a").await;
     let (b, b_tasks) = standing_by(&h, load(), "b").await;
 
-    let beta = r#"targets = [{ account = "beta" }]"#;
-    assert!(STAGES.contains(beta));
-    let moved = managed(&STAGES.replace(
-        beta,
-        r#"targets = [{ account = "beta", region = "us-east-1" }]"#,
-    ));
+    let moved = beta_in_us_east_1();
     let commit = applied(h.dir.path(), &moved, &"c2".repeat(20));
     a.record_applied_config(&commit).await.unwrap();
     a.replace_config(tollgate::github::intake::load_applied(&commit).unwrap());
@@ -259,13 +269,170 @@ async fn ha_a_standby_taking_the_lease_acts_with_the_configuration_applied_since
         .unwrap();
     until("beta deployed", async || !deployed(&h, "beta").is_empty()).await;
     assert_eq!(deployed(&h, "beta"), ["beta/us-east-1"]);
-    let notes = config_entries(&b).await;
-    assert!(
-        notes.iter().any(|n| n.contains("took the lead")
-            && n.contains(&format!("acme/config@{}", "c2".repeat(20)))),
-        "{notes:?}"
-    );
     for t in b_tasks {
         t.abort();
     }
+}
+
+/// Two controllers on the state, both started with the same file naming the configuration
+/// repository: `a` leads, `b` stands by.
+async fn two_managed(h: &Harness) -> (Engine, Engine, Vec<tokio::task::JoinHandle<()>>) {
+    config_in(h.dir.path());
+    let file = h.dir.path().join("stages.toml");
+    std::fs::write(&file, managed(STAGES)).unwrap();
+    let load = || tollgate::config::load(&file).unwrap().config;
+    let (a, mut tasks) = standing_by(h, load(), "a").await;
+    until("a leading", async || a.leadership().may_act()).await;
+    let (b, b_tasks) = standing_by(h, load(), "b").await;
+    tasks.extend(b_tasks);
+    (a, b, tasks)
+}
+
+/// `a` leads and `b` stands by still; their tasks stop.
+fn still_leads(a: &Engine, b: &Engine, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    assert!(a.leadership().may_act() && !b.leadership().may_act());
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// `engine` applies `text` as commit `sha` of the configuration repository, as a push to it
+/// that reached this controller does: recorded in the state, then put in force.
+async fn applies(h: &Harness, engine: &Engine, text: &str, sha: &str) {
+    let commit = applied(h.dir.path(), text, sha);
+    engine.record_applied_config(&commit).await.unwrap();
+    engine.replace_config(tollgate::github::intake::load_applied(&commit).unwrap());
+}
+
+/// The push to the configuration repository reached the controller standing by, which applied
+/// it (moving beta to us-east-1). The leader follows it: the next release deploys beta in
+/// us-east-1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_the_leader_follows_a_configuration_a_standby_applied() {
+    if !on_postgres() {
+        return;
+    }
+    let h = Harness::new();
+    let (a, b, tasks) = two_managed(&h).await;
+    let moved = beta_in_us_east_1();
+    applies(&h, &b, &moved, &"b3".repeat(20)).await;
+
+    let followed = b.config().source_file.clone();
+    until("the leader following", async || {
+        a.config().source_file == followed
+    })
+    .await;
+    b.record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap();
+    until("beta deployed", async || !deployed(&h, "beta").is_empty()).await;
+    assert_eq!(deployed(&h, "beta"), ["beta/us-east-1"]);
+    still_leads(&a, &b, tasks);
+}
+
+/// The leader applied a commit adding the pipeline `web`. The controller standing by follows
+/// it: a release of `web` it receives is recorded (not refused as an unknown pipeline), and the
+/// leader deploys it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_a_standby_follows_a_configuration_the_leader_applied() {
+    if !on_postgres() {
+        return;
+    }
+    let h = Harness::new();
+    let (a, b, tasks) = two_managed(&h).await;
+    let start = STAGES.find("[[pipelines]]").unwrap();
+    let web = STAGES[start..]
+        .replace(r#"name = "backend""#, r#"name = "web""#)
+        .replace("acme/backend", "acme/web")
+        .replace(r#"repository = "backend""#, r#"repository = "web""#)
+        .replace("backend-", "web-");
+    let added = managed(&format!("{STAGES}\n{web}"));
+    applies(&h, &a, &added, &"a4".repeat(20)).await;
+
+    let mut web_release = release(1);
+    web_release.pipeline = "web".into();
+    until("the standby recording a release of web", async || {
+        b.record_release(&web_release, &delivery("push-web-1"))
+            .await
+            .is_ok()
+    })
+    .await;
+    until("web deployed in beta", async || {
+        h.fakes.with(|w| {
+            w.deployed
+                .iter()
+                .any(|(s, _, i)| s == "beta" && i.contains("web"))
+        })
+    })
+    .await;
+    still_leads(&a, &b, tasks);
+}
+
+/// A commit moving beta is recorded as applied while the leader deploys beta (the standby's
+/// check ran just before the deploy began). The leader keeps its configuration while that
+/// deploy runs, says so in the event log, and finishes it where it began; once beta's run is
+/// done it follows the commit, and the next release deploys beta in us-east-1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothing_in_flight() {
+    if !on_postgres() {
+        return;
+    }
+    let h = Harness::new();
+    let (a, b, tasks) = two_managed(&h).await;
+    h.fakes
+        .with(|w| w.deploy_delay = std::time::Duration::from_secs(2));
+    let first = b
+        .record_release(&release(1), &delivery("push-1"))
+        .await
+        .unwrap();
+    let tollgate::engine::Ingested::Recorded(first) = first else {
+        panic!("{first:?}")
+    };
+    until("beta deploying", async || {
+        let effects = a.reads().effects_of(first, "beta").await.unwrap();
+        effects
+            .iter()
+            .any(|e| e.kind == EffectKind::Deploy { wave: 0 })
+    })
+    .await;
+    let moved = beta_in_us_east_1();
+    applies(&h, &b, &moved, &"b5".repeat(20)).await;
+
+    until("the leader saying it keeps its configuration", async || {
+        config_entries(&a)
+            .await
+            .iter()
+            .any(|n| n.contains("the leader keeps the configuration"))
+    })
+    .await;
+    let notes = config_entries(&a).await;
+    let kept = notes.iter().find(|n| n.contains("keeps")).unwrap();
+    assert!(
+        kept.contains(&format!(
+            "backend/beta: {first} deploying, its wave 1 began deploying to"
+        )),
+        "{kept}"
+    );
+    until("beta deployed", async || !deployed(&h, "beta").is_empty()).await;
+    assert_eq!(deployed(&h, "beta"), ["beta/eu-west-1"]);
+
+    until("release 1 through beta", async || {
+        status(&a, first, "beta").await == RunStatus::Succeeded
+    })
+    .await;
+    // Followed at the leader's next lease claim after that.
+    let followed = b.config().source_file.clone();
+    until("the leader following", async || {
+        a.config().source_file == followed
+    })
+    .await;
+    b.record_release(&release(2), &delivery("push-2"))
+        .await
+        .unwrap();
+    until("release 2 deployed in beta", async || {
+        deployed(&h, "beta").len() == 2
+    })
+    .await;
+    assert_eq!(deployed(&h, "beta"), ["beta/eu-west-1", "beta/us-east-1"]);
+    still_leads(&a, &b, tasks);
 }
