@@ -21,7 +21,6 @@
 //!   This is the refusal a controller started with that configuration would meet at start-up.
 //! - A configuration put in force on taking the lead that differs from the one this process
 //!   ran (another source: another applied commit, or the file) gets a `config` entry too.
-//!
 //! - Every controller follows the configuration applied from the configuration repository,
 //!   whichever controller applied it (the one a push to the repository reached): at each lease
 //!   claim it looks at the commit recorded ([`Engine::follow_applied`]) and, when it changed,
@@ -32,7 +31,9 @@
 //!
 //! Caveats: when every controller's configuration is refused, none acts (nothing deploys,
 //! nothing rolls back) until the runs' configuration is restored on one of them (SIGHUP with
-//! the file they began under, or a controller started with it).
+//! the file they began under, or a controller started with it) or those runs are otherwise
+//! done. The check is the reload's, so it races a deploy that starts during a reload on the
+//! leader just as a reload does.
 
 use async_trait::async_trait;
 
@@ -53,8 +54,10 @@ pub trait ConfigSource: Send + Sync {
 }
 
 impl Engine {
-    /// Finds the configuration in force with `source` when this controller takes the lead
-    /// (without one: the configuration this process runs). Set before [`Engine::spawn`].
+    /// Finds the configuration in force with `source` when this controller takes the lead and
+    /// when it follows a commit another controller applied (without one: it takes the lead
+    /// with the configuration this process runs, and follows nothing). Set before
+    /// [`Engine::spawn`].
     pub fn take_lead_with(&self, source: std::sync::Arc<dyn ConfigSource>) {
         if self.inner.config_source.set(source).is_err() {
             tracing::warn!("the configuration source for taking the lead was set already");
