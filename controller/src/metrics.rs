@@ -192,6 +192,9 @@ pub struct Metrics {
     leader: Gauge,
     /// The leader lease's epoch as this controller last saw it (absent when sole).
     leader_epoch: Family<[(&'static str, &'static str); 0], Gauge>,
+    /// 1 while this controller declines the lead because the configuration it would act with
+    /// is refused against the work in flight, else 0.
+    lead_declined: Gauge,
 }
 
 /// The process's metrics.
@@ -233,6 +236,7 @@ impl Metrics {
             pending_since: Mutex::default(),
             leader: Gauge::default(),
             leader_epoch: Family::default(),
+            lead_declined: Gauge::default(),
         };
         m.register();
         m
@@ -320,7 +324,18 @@ impl Metrics {
             "The leader lease's epoch as this controller last saw it (one more at every change of leader; absent on a SQLite state)",
             self.leader_epoch.clone(),
         );
+        r.register(
+            "lead_declined",
+            "1 while this controller declines the leader lease it took because the configuration it would act with moves or drops work in flight (the reason is in the log and in the event logs' config entries), else 0",
+            self.lead_declined.clone(),
+        );
         self.leader.set(1);
+    }
+
+    /// Whether this controller declines the lead over its configuration (see
+    /// [`crate::engine::Engine`]'s lease holding).
+    pub fn lead_declined(&self, declined: bool) {
+        self.lead_declined.set(i64::from(declined));
     }
 
     /// This controller's standing after a lease claim.
@@ -331,6 +346,7 @@ impl Metrics {
             Standing::Leading { epoch, until } => {
                 (std::time::Instant::now() < *until, Some(*epoch))
             }
+            Standing::Taking { epoch, .. } => (false, Some(*epoch)),
             Standing::Following { epoch, .. } => (false, *epoch),
         };
         self.leader.set(i64::from(acts));

@@ -115,6 +115,12 @@ async fn start(args: ServeArgs) -> Result<()> {
     };
     let (ports, forge) = ports(&config, &shared, &store, waiters.clone()).await?;
     let engine = Engine::elected(store, shared, ports, Arc::new(SystemClock), leadership);
+    // On taking the lead it acts with the configuration in force then, checked then; and it
+    // follows a configuration another controller applied.
+    let source = intake::AppliedConfigWins {
+        forge: forge.clone(),
+    };
+    engine.take_lead_with(Arc::new(source));
     if let Some(why) = engine.refuse_config(&config).await {
         let from = match &in_force {
             // The repository's, or the file's with a note on why.

@@ -344,6 +344,23 @@ impl Ingest {
             .await?)
     }
 
+    /// Writes a configuration change (applied, refused, or put in force by a controller taking
+    /// the lead) to the event log of every pipeline of `configs` (the one in force before it
+    /// and, once applied, the new one: a pipeline it adds or removes has the entry too), once
+    /// each, as `actor`. A pipeline whose log cannot be written is logged and skipped.
+    pub async fn note_config(&self, configs: &[&Config], actor: &str, detail: &str) {
+        let names: std::collections::BTreeSet<&str> = configs
+            .iter()
+            .flat_map(|c| c.pipelines.iter().map(|p| p.name.as_str()))
+            .collect();
+        for name in names {
+            let logged = self.log_event(name, actor, "config", None, detail).await;
+            if let Err(e) = logged {
+                tracing::error!(pipeline = %name, error = %e, "cannot write the event log");
+            }
+        }
+    }
+
     /// Claims an `Idempotency-Key` of an API request (see [`crate::store::keys`]).
     pub async fn claim_idempotency(
         &self,

@@ -3,7 +3,9 @@
 //! PostgreSQL state, the holder of the leader lease ([`crate::store::lease`]).
 //!
 //! Guarantees: an elected controller acts only while its last successful claim is younger
-//! than the lease's length minus a margin ([`Leadership::may_act`]), judged by the monotonic
+//! than the lease's length minus a margin ([`Leadership::may_act`]), and only once it has
+//! checked, after taking the lease, the configuration it is to act with
+//! ([`Standing::Taking`], [`Leadership::act`]); judged by the monotonic
 //! clock, which runs on while the process is stopped: a leader paused past its lease stops
 //! acting the moment it resumes, before its next claim. Its reconciler's writes are fenced by
 //! the lease's epoch besides ([`Leadership::fence`]). Followers record facts (webhooks, SNS,
@@ -24,6 +26,10 @@ pub enum Standing {
     Sole,
     /// Holds the lease at `epoch`; acts until `until` unless the lease is renewed first.
     Leading { epoch: i64, until: Instant },
+    /// Has just taken the lease at `epoch` (held until `until`) and does not act yet: the
+    /// configuration it is to act with is being checked against the work in flight
+    /// ([`Leadership::act`] once it passes, [`Leadership::decline`] if it is refused).
+    Taking { epoch: i64, until: Instant },
     /// Does not act: `leader` holds the lease at `epoch` (both `None` until the first claim).
     Following {
         leader: Option<String>,
@@ -114,7 +120,7 @@ impl Leadership {
         match &*self.inner.standing.borrow() {
             Standing::Sole => true,
             Standing::Leading { until, .. } => Instant::now() < *until,
-            Standing::Following { .. } => false,
+            Standing::Taking { .. } | Standing::Following { .. } => false,
         }
     }
 
@@ -142,7 +148,8 @@ impl Leadership {
     }
 
     /// Takes in a claim's outcome, `started` when the claim was sent. Returns true when this
-    /// controller has just become the leader.
+    /// controller has just taken the lease: it is then [`Standing::Taking`], and acts only
+    /// once [`Leadership::act`] says so. A leader that renews its lease in time leads on.
     pub fn record(&self, claim: &Claim, started: Instant) -> bool {
         let Some(fence) = &self.inner.fence else {
             return false;
@@ -153,9 +160,11 @@ impl Leadership {
                 fence.set(&self.inner.holder, *epoch);
                 // A margin of a fifth of the lease: the leader stops before another may start.
                 let until = started + self.inner.ttl - self.inner.ttl / 5;
-                self.inner.standing.send_replace(Standing::Leading {
-                    epoch: *epoch,
-                    until,
+                let epoch = *epoch;
+                self.inner.standing.send_replace(if was_leading {
+                    Standing::Leading { epoch, until }
+                } else {
+                    Standing::Taking { epoch, until }
                 });
                 !was_leading
             }
@@ -168,6 +177,31 @@ impl Leadership {
                 false
             }
         }
+    }
+
+    /// The configuration checked after taking the lease at `epoch` passed: this controller
+    /// acts from now on (while the lease lasts). False, and nothing changes, unless it is
+    /// still taking the lease at that epoch.
+    pub fn act(&self, epoch: i64) -> bool {
+        self.inner.standing.send_if_modified(|s| match *s {
+            Standing::Taking { epoch: e, until } if e == epoch => {
+                *s = Standing::Leading { epoch, until };
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// The configuration checked after taking the lease at `epoch` was refused: this
+    /// controller does not act and stands by again (the caller gives the lease up).
+    pub fn decline(&self, epoch: i64) {
+        if let Some(fence) = &self.inner.fence {
+            fence.clear();
+        }
+        self.inner.standing.send_replace(Standing::Following {
+            leader: None,
+            epoch: Some(epoch),
+        });
     }
 
     /// A claim failed (the database unreachable): the standing stays, and a leader stops
@@ -204,7 +238,10 @@ mod tests {
     fn an_elected_controller_acts_only_while_its_last_claim_is_fresh() {
         let l = Leadership::elected("a", Duration::from_secs(10));
         assert!(!l.may_act(), "nothing claimed yet");
-        assert!(l.record(&held(3), Instant::now()), "just became the leader");
+        assert!(l.record(&held(3), Instant::now()), "just took the lease");
+        assert!(!l.may_act(), "not before its configuration is checked");
+        assert!(!l.act(2), "another epoch");
+        assert!(l.act(3));
         assert!(l.may_act());
         assert_eq!(l.fence().unwrap().current(), Some(("a".into(), 3)));
         assert!(!l.record(&held(3), Instant::now()), "a renewal is no news");
@@ -212,6 +249,11 @@ mod tests {
         let stale = Instant::now() - Duration::from_secs(9);
         l.record(&held(3), stale);
         assert!(!l.may_act(), "a leader whose lease ran out stops acting");
+        assert!(
+            l.record(&held(3), Instant::now()),
+            "retaking it is taking it again: the configuration is checked again"
+        );
+        assert!(!l.may_act());
         let other = Claim::Other(Lease {
             holder: "b".into(),
             epoch: 4,
@@ -231,6 +273,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_controller_declining_the_lease_it_took_stands_by_without_a_fence() {
+        let l = Leadership::elected("a", Duration::from_secs(10));
+        assert!(l.record(&held(5), Instant::now()));
+        l.decline(5);
+        assert!(!l.act(5), "declined: nothing to act on");
+        assert!(!l.may_act());
+        assert_eq!(l.fence().unwrap().current(), None);
+        assert_eq!(
+            l.standing(),
+            Standing::Following {
+                leader: None,
+                epoch: Some(5)
+            }
+        );
+    }
+
     #[tokio::test]
     async fn a_follower_waiting_to_act_starts_when_it_takes_the_lease() {
         let l = Leadership::elected("a", Duration::from_secs(10));
@@ -241,6 +300,12 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         l.record(&held(1), Instant::now());
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "not while its configuration is checked"
+        );
+        l.act(1);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken")

@@ -36,6 +36,7 @@ pub mod leader;
 pub mod messages;
 pub mod ports;
 pub mod runtime;
+mod takeover;
 
 use std::collections::HashSet;
 use std::ops::Deref;
@@ -55,6 +56,7 @@ pub use facts::*;
 pub use ingest::{Ingest, ReceivingGuard, RetryVerdict};
 pub use leader::{Leadership, Standing};
 pub use ports::*;
+pub use takeover::ConfigSource;
 
 /// The configuration in force, replaceable while running (self-update, SIGHUP).
 pub type SharedConfig = Arc<RwLock<Arc<Config>>>;
@@ -126,6 +128,12 @@ struct Inner {
     /// written while a configuration change is checked and put in force
     /// ([`Engine::hold_starts`]).
     starts: tokio::sync::RwLock<()>,
+    /// Where the configuration to act with is found on taking the lead ([`takeover`]).
+    config_source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
+    /// Why this controller last declined the lead, until it leads again ([`takeover`]).
+    declined: Mutex<Option<String>>,
+    /// Why the leader last kept its configuration over an applied one, until it follows one.
+    kept: Mutex<Option<String>>,
 }
 
 /// The start of effects held back while a configuration change is checked and put in force
@@ -238,6 +246,9 @@ impl Engine {
                 leadership,
                 background: std::sync::OnceLock::new(),
                 starts: tokio::sync::RwLock::new(()),
+                config_source: std::sync::OnceLock::new(),
+                declined: Mutex::new(None),
+                kept: Mutex::new(None),
             }),
         }
     }
@@ -445,7 +456,7 @@ impl Engine {
     /// over at its next claim instead of when the lease runs out.
     pub async fn step_down(&self) {
         let l = &self.inner.leadership;
-        if let Standing::Leading { epoch, .. } = l.standing() {
+        if let Standing::Leading { epoch, .. } | Standing::Taking { epoch, .. } = l.standing() {
             if let Some(fence) = l.fence() {
                 fence.clear();
             }
@@ -468,24 +479,34 @@ impl Engine {
     }
 
     /// Claims the leader lease every fifth of its length: renews it while leading, takes it
-    /// over once it expired. On becoming the leader every pipeline is woken, so effects the
-    /// previous leader left pending are taken up at once.
+    /// over once it expired, and follows the configuration applied from the configuration
+    /// repository by any controller ([`takeover`]). On taking it, the configuration to act with is checked first
+    /// ([`takeover`]); once it passes every pipeline is woken, so effects the previous leader
+    /// left pending are taken up at once. Declined, the next try waits a whole lease, so
+    /// another controller can take the lease up.
     async fn hold_lease(&self) {
         let l = &self.inner.leadership;
+        // The applied configuration's commit this controller last followed.
+        let mut seen = None;
         loop {
             let started = std::time::Instant::now();
+            let mut next = l.claim_every();
             match self
                 .store()
                 .claim_lease(l.holder(), l.ttl(), self.now())
                 .await
             {
                 Ok(claim) => {
-                    if l.record(&claim, started) {
-                        if let crate::store::lease::Claim::Held { epoch, .. } = claim {
+                    if l.record(&claim, started)
+                        && let crate::store::lease::Claim::Held { epoch, .. } = claim
+                    {
+                        if self.take_lead(epoch).await {
                             tracing::info!(holder = l.holder(), epoch, "this controller leads");
-                        }
-                        for p in self.config().pipelines.iter() {
-                            self.wake(&p.name);
+                            for p in self.config().pipelines.iter() {
+                                self.wake(&p.name);
+                            }
+                        } else {
+                            next = l.ttl().max(next);
                         }
                     }
                 }
@@ -495,7 +516,8 @@ impl Engine {
                 }
             }
             crate::metrics::global().leadership(&l.standing());
-            tokio::time::sleep(l.claim_every()).await;
+            self.follow_applied(&mut seen).await;
+            tokio::time::sleep(next).await;
         }
     }
 
@@ -599,6 +621,11 @@ impl Engine {
             }
             if changes.is_empty() {
                 return Ok(plan.wake_at);
+            }
+            // A controller that does not act (its lease ran out, or it is checking the
+            // configuration after taking it) applies nothing planned from this one.
+            if !self.inner.leadership.may_act() {
+                return Ok(None);
             }
             self.step()?;
             self.store().apply(name, &changes, now).await?;

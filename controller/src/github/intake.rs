@@ -795,6 +795,32 @@ pub async fn config_in_force(
     }
 }
 
+/// The configuration a controller taking the lead acts with, and that every controller follows
+/// when another applied it: [`config_in_force`], the one the process runs standing for the
+/// file (a configuration applied from the repository since it started wins, as at start-up).
+/// The GitHub forge, when there is one, learns the pipelines of each put in force.
+#[derive(Default)]
+pub struct AppliedConfigWins {
+    pub forge: Option<Arc<GithubForge>>,
+}
+
+#[async_trait::async_trait]
+impl crate::engine::ConfigSource for AppliedConfigWins {
+    async fn in_force(
+        &self,
+        reads: &crate::store::Reads,
+        current: Config,
+    ) -> (Config, Option<String>) {
+        config_in_force(reads, current).await
+    }
+
+    fn putting_in_force(&self, config: &Config) {
+        if let Some(f) = &self.forge {
+            f.track_pipelines(config);
+        }
+    }
+}
+
 /// Validates an applied configuration from its own files: they are written under a directory
 /// of their commit in the system's temporary directory (templates and suites are read from
 /// there when deploying and testing), and loaded from there. Its warnings name the files by
@@ -818,7 +844,7 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<config::Loaded, String> {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("cannot write {}: {e}", parent.display()))?;
         }
-        std::fs::write(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        write_whole(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     }
     let mut loaded = config::load(&root.join(&applied.path)).map_err(|e| e.to_string())?;
     for w in &mut loaded.warnings {
@@ -847,20 +873,27 @@ pub fn with_warnings(detail: String, warnings: &[config::diag::Diagnostic]) -> S
     out
 }
 
+/// Writes `text` to `file` in one step (a file of its own renamed over it): a reader sees the
+/// old text or the new, never a part. Two controllers on one host, or one applying a commit
+/// while it follows the same, write the same files at once.
+fn write_whole(file: &Path, text: &str) -> std::io::Result<()> {
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(
+        ".{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let part = std::path::PathBuf::from(name);
+    std::fs::write(&part, text)?;
+    std::fs::rename(&part, file).inspect_err(|_| {
+        let _ = std::fs::remove_file(&part);
+    })
+}
+
 /// Writes a configuration change (applied or refused) to the event log of every pipeline of
-/// `configs` (the one in force before it and, once applied, the new one: a pipeline it adds
-/// or removes has the entry too), once each, as `actor`.
+/// `configs`, once each, as `actor` ([`crate::engine::Ingest::note_config`]).
 pub async fn note_config(engine: &Engine, configs: &[&Config], actor: &str, detail: &str) {
-    let names: std::collections::BTreeSet<&str> = configs
-        .iter()
-        .flat_map(|c| c.pipelines.iter().map(|p| p.name.as_str()))
-        .collect();
-    for name in names {
-        let logged = engine.log_event(name, actor, "config", None, detail).await;
-        if let Err(e) = logged {
-            tracing::error!(pipeline = %name, error = %e, "cannot write the event log");
-        }
-    }
+    engine.note_config(configs, actor, detail).await;
 }
 
 /// Applies configuration changes as they arrive on `changes` (shas), one at a time, until

@@ -122,11 +122,20 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
                 "follower: the lease of this controller (epoch {epoch}) ran out before its renewal\n"
             )
         }
+        Standing::Taking { epoch, .. } => format!(
+            "taking the lead: this controller holds the lease (epoch {epoch}) and checks its configuration against the work in flight before it acts\n"
+        ),
         Standing::Following {
             leader: Some(l),
             epoch: Some(e),
         } => format!("follower: {l} leads (epoch {e})\n"),
         Standing::Following { .. } => "follower: no leader known yet\n".to_string(),
+    };
+    let lead = match state.engine.lead_declined() {
+        Some(why) => format!(
+            "{lead}declines the lead: the configuration it would act with is refused ({why})\n"
+        ),
+        None => lead,
     };
     (StatusCode::OK, format!("ready\n{source}\n{lead}"))
 }

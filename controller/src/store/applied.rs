@@ -50,6 +50,16 @@ impl Store {
 }
 
 impl Reads {
+    /// The repository and commit of the configuration applied from the configuration
+    /// repository, if one ever was: what every controller looks at each lease claim, without
+    /// its files.
+    pub async fn applied_config_version(&self) -> Result<Option<(String, CommitSha)>> {
+        let row = sqlx::query("SELECT repository, sha FROM applied_config WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get("repository"), r.get("sha"))))
+    }
+
     /// The configuration applied from the configuration repository, if one ever was.
     pub async fn applied_config(&self) -> Result<Option<AppliedConfig>> {
         let row = sqlx::query(

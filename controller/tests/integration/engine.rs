@@ -383,7 +383,10 @@ async fn a_configuration_dropping_a_stage_being_changed_is_refused_until_the_run
 
 /// Release 2 approved for prod after release 1 went all the way, its prod deploy (wave 1)
 /// started and never answering.
-async fn prod_deploy_hanging(h: &Harness, engine: &tollgate::engine::Engine) -> ReleaseId {
+pub(crate) async fn prod_deploy_hanging(
+    h: &Harness,
+    engine: &tollgate::engine::Engine,
+) -> ReleaseId {
     promote_fully(h, engine, 1).await;
     let Ingested::Recorded(id) = engine
         .record_release(&release(2), &delivery("push-2"))
@@ -406,7 +409,7 @@ async fn prod_deploy_hanging(h: &Harness, engine: &tollgate::engine::Engine) -> 
 
 /// The engine tests' configuration with prod's first wave in ap-southeast-2 instead of
 /// eu-west-1.
-fn prod_wave_1_moved(h: &Harness) -> tollgate::config::Config {
+pub(crate) fn prod_wave_1_moved(h: &Harness) -> tollgate::config::Config {
     let waves = r#"targets = [{ account = "prod" }, { account = "prod", region = "us-east-1" }]"#;
     assert!(STAGES.contains(waves));
     let moved = STAGES.replace(
@@ -421,8 +424,8 @@ fn prod_wave_1_moved(h: &Harness) -> tollgate::config::Config {
 
 /// prod's first wave where the engine tests' configuration puts it, and where
 /// [`prod_wave_1_moved`] does.
-const PROD_EU: &str = "stack backend-prod in account prod (444444444444) eu-west-1";
-const PROD_AP: &str = "stack backend-prod in account prod (444444444444) ap-southeast-2";
+pub(crate) const PROD_EU: &str = "stack backend-prod in account prod (444444444444) eu-west-1";
+pub(crate) const PROD_AP: &str = "stack backend-prod in account prod (444444444444) ap-southeast-2";
 
 /// A deploy still running has recorded where it began: moving its wave is refused while it
 /// runs.

@@ -32,6 +32,7 @@ mod github_forge;
 mod github_intake;
 mod github_webhook;
 mod ha_serve;
+mod ha_takeover;
 mod moto_sts;
 mod nohang;
 mod observability_serve;

@@ -1,0 +1,214 @@
+//! What a controller does with its configuration when it takes the leader lease, before it
+//! acts ([`super::leader::Standing::Taking`]).
+//!
+//! A standby checked its configuration only at its own start-up. By the time it takes the
+//! lease the leader may have begun deploys under the leader's configuration (a rolling
+//! upgrade can give the two different files), and may have applied a newer configuration from
+//! the configuration repository, which the standby never loaded. So on taking (or retaking) the
+//! lease a controller first finds the configuration in force as the state says
+//! ([`ConfigSource`]: a newer applied repository configuration wins, as at start-up), then
+//! checks it against the work in flight ([`Engine::refuse_config`]), and only then puts it in
+//! force and acts.
+//!
+//! Guarantees:
+//! - No reconcile, effect or pruning runs before the check has passed: until then the
+//!   controller is taking the lead, which does not act ([`super::Leadership::may_act`]).
+//! - A configuration that is refused is never acted with: the controller declines the lead,
+//!   gives the lease up at once (another controller, whose configuration keeps the work in
+//!   flight where it began, takes it over), and tries again only after a whole lease
+//!   ([`Engine::hold_lease`]). Declining is written to the log (error), to every pipeline's
+//!   event log (a `config` entry, once per reason), and to the `tollgate_lead_declined` gauge.
+//!   This is the refusal a controller started with that configuration would meet at start-up.
+//! - A configuration put in force on taking the lead that differs from the one this process
+//!   ran (another source: another applied commit, or the file) gets a `config` entry too.
+//! - Every controller follows the configuration applied from the configuration repository,
+//!   whichever controller applied it (the one a push to the repository reached): at each lease
+//!   claim it looks at the commit recorded ([`Engine::follow_applied`]) and, when it changed,
+//!   puts the configuration in force as at start-up. A standby does so at once (its intake and
+//!   pages follow it; it is checked again before it acts); the leader only once the
+//!   configuration passes [`Engine::refuse_config`]: refused, it acts on with the one it has,
+//!   logs an error, writes a `config` entry (once per reason) and tries again at each claim.
+//!
+//! Caveats: when every controller's configuration is refused, none acts (nothing deploys,
+//! nothing rolls back) until the runs' configuration is restored on one of them (SIGHUP with
+//! the file they began under, or a controller started with it) or those runs are otherwise
+//! done. The check is the reload's, so it races a deploy that starts during a reload on the
+//! leader just as a reload does.
+
+use async_trait::async_trait;
+
+use super::Engine;
+use crate::config::Config;
+use crate::store::Reads;
+
+/// Where a controller taking the lead finds the configuration to act with, given the one this
+/// process runs (`current`): the configuration in force and, when it does not come from
+/// `current` or `current` was passed over, a note on where it comes from.
+#[async_trait]
+pub trait ConfigSource: Send + Sync {
+    async fn in_force(&self, reads: &Reads, current: Config) -> (Config, Option<String>);
+
+    /// `config` is about to be put in force: what else follows the configuration (the GitHub
+    /// forge's pipelines) learns it here.
+    fn putting_in_force(&self, _config: &Config) {}
+}
+
+impl Engine {
+    /// Finds the configuration in force with `source` when this controller takes the lead and
+    /// when it follows a commit another controller applied (without one: it takes the lead
+    /// with the configuration this process runs, and follows nothing). Set before
+    /// [`Engine::spawn`].
+    pub fn take_lead_with(&self, source: std::sync::Arc<dyn ConfigSource>) {
+        if self.inner.config_source.set(source).is_err() {
+            tracing::warn!("the configuration source for taking the lead was set already");
+        }
+    }
+
+    /// Why this controller declines the lead, while it does: where the configuration it would
+    /// act with comes from, and why it is refused.
+    pub fn lead_declined(&self) -> Option<String> {
+        self.inner
+            .declined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Having just taken the lease at `epoch`: checks the configuration in force against the
+    /// work in flight and, if it passes, puts it in force and acts; if not, declines the lead
+    /// and gives the lease up. True when this controller now acts.
+    pub(super) async fn take_lead(&self, epoch: i64) -> bool {
+        let current = self.config();
+        let (config, note) = match self.inner.config_source.get() {
+            Some(source) => source.in_force(self.reads(), (*current).clone()).await,
+            None => ((*current).clone(), None),
+        };
+        // No effect starts while Taking; held all the same, as every change is.
+        let held = self.hold_starts().await;
+        if let Some(why) = self.refuse_config(&config).await {
+            drop(held);
+            let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
+            self.decline_lead(epoch, &current, &from, &why).await;
+            return false;
+        }
+        *self
+            .inner
+            .declined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        crate::metrics::global().lead_declined(false);
+        if config.source_file != current.source_file {
+            let detail = format!(
+                "this controller took the lead (epoch {epoch}) and put a configuration in force other than the one it ran ({}): {}",
+                current.source_file.display(),
+                note.as_deref().unwrap_or("the configuration from its file")
+            );
+            tracing::warn!("{detail}");
+            let after = config.clone();
+            // Before it acts: every loop waits for `act` below.
+            if let Some(source) = self.inner.config_source.get() {
+                source.putting_in_force(&config);
+            }
+            self.replace_config(config, &held);
+            drop(held);
+            self.note_config(&[&current, &after], "controller", &detail)
+                .await;
+        }
+        self.inner.leadership.act(epoch)
+    }
+
+    /// Puts in force the configuration applied from the configuration repository since `seen`
+    /// (the commit this controller last followed), if it changed: at once on a standby, once
+    /// it passes [`Engine::refuse_config`] on the leader (refused: `seen` stays, so it is
+    /// tried again at the next claim).
+    pub(super) async fn follow_applied(&self, seen: &mut Option<(String, String)>) {
+        let Some(source) = self.inner.config_source.get() else {
+            return;
+        };
+        let version = match self.reads().applied_config_version().await {
+            Ok(Some((repo, sha))) => Some((repo, sha.to_string())),
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the applied configuration");
+                return;
+            }
+        };
+        if version == *seen {
+            return;
+        }
+        let current = self.config();
+        let (config, note) = source.in_force(self.reads(), (*current).clone()).await;
+        if config.source_file != current.source_file {
+            let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
+            let held = self.hold_starts().await;
+            if self.inner.leadership.may_act()
+                && let Some(why) = self.refuse_config(&config).await
+            {
+                drop(held);
+                return self.keep_config(&current, &from, &why).await;
+            }
+            tracing::info!("configuration applied by another controller followed: {from}");
+            source.putting_in_force(&config);
+            self.replace_config(config, &held);
+        }
+        *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *seen = version;
+    }
+
+    /// The leader keeps acting with `current`: the configuration applied since, `from`, is
+    /// refused (`why`).
+    async fn keep_config(&self, current: &Config, from: &str, why: &str) {
+        let detail = format!(
+            "the leader keeps the configuration it acts with ({}): the one applied since ({from}) is refused: {why}; \
+             it is put in force once that passes",
+            current.source_file.display()
+        );
+        tracing::error!("{detail}");
+        let new = {
+            let mut last = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let new = last.as_deref() != Some(detail.as_str());
+            *last = Some(detail.clone());
+            new
+        };
+        if new {
+            self.note_config(&[current], "controller", &detail).await;
+        }
+    }
+
+    /// The configuration to act with, `from` (where it comes from), is refused (`why`): this
+    /// controller stands by again and releases the lease it took at `epoch`.
+    async fn decline_lead(&self, epoch: i64, current: &Config, from: &str, why: &str) {
+        let l = &self.inner.leadership;
+        l.decline(epoch);
+        crate::metrics::global().lead_declined(true);
+        let detail = format!(
+            "this controller ({}) declined the lead (epoch {epoch}): the configuration it would act with ({from}) is refused: {why}; \
+             it stands by and tries again in {} s",
+            l.holder(),
+            l.ttl().as_secs_f64()
+        );
+        tracing::error!("{detail}");
+        if let Err(e) = self
+            .store()
+            .release_lease(l.holder(), epoch, self.now())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot release the leader lease; it runs out");
+        }
+        let reason = format!("{from}: {why}");
+        let new = {
+            let mut last = self
+                .inner
+                .declined
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let new = last.as_deref() != Some(reason.as_str());
+            *last = Some(reason);
+            new
+        };
+        // Once per reason: a controller declining at every try writes it once.
+        if new {
+            self.note_config(&[current], "controller", &detail).await;
+        }
+    }
+}
