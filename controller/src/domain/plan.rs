@@ -288,18 +288,21 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let run = |s: &Stage| self.snap.run(release, &s.name);
+            // The runs the release goes on with: one a removal ended counts as none (stages
+            // removed together and added back together are reopened together).
+            let live = |s: &Stage| run(s).filter(|r| !ended_by_removal(r));
             for (j, stage) in stages.iter().enumerate() {
                 let again = match run(stage) {
                     None => false,
                     Some(r) if ended_by_removal(r) => true,
                     Some(_) => continue,
                 };
-                let add = match stages[j + 1..].iter().find_map(run) {
+                let add = match stages[j + 1..].iter().find_map(live) {
                     Some(next) => next.status.supersedable(),
                     None => stages[..j]
                         .iter()
                         .rev()
-                        .find_map(run)
+                        .find_map(live)
                         .is_some_and(|prev| !prev.status.is_terminal()),
                 };
                 let stage = stage.name.clone();
@@ -1605,11 +1608,6 @@ impl<'a> Planner<'a> {
 
 /// A deploy or rollback whose target, read back, runs something else: drift, not a failure
 /// to roll back from (rolling back would overwrite what someone else put there).
-/// A run a reload ended by removing its stage ([`Reason::StageRemoved`]).
-fn ended_by_removal(run: &StageRun) -> bool {
-    run.status == RunStatus::Superseded && run.reason == Reason::StageRemoved
-}
-
 fn drift(t: &crate::config::Target, rec: &EffectRecord, rollback: bool) -> Option<Reason> {
     let EffectOutput::Drift { expected, found } = &rec.output else {
         return None;
@@ -1621,4 +1619,9 @@ fn drift(t: &crate::config::Target, rec: &EffectRecord, rollback: bool) -> Optio
         found: found.clone(),
         rollback,
     })
+}
+
+/// A run a reload ended by removing its stage ([`Reason::StageRemoved`]).
+fn ended_by_removal(run: &StageRun) -> bool {
+    run.status == RunStatus::Superseded && run.reason == Reason::StageRemoved
 }

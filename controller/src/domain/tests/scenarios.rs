@@ -507,6 +507,27 @@ fn a_release_on_its_way_goes_through_a_stage_removed_and_added_back() {
     assert_eq!(sim.run(r, "gamma").attempt, 2);
 }
 
+/// Gamma and prod, the last two stages, removed together while the release deploys in beta
+/// (a configuration pushed by mistake), then added back together: both runs wait again, and
+/// the release goes through both.
+#[test]
+fn a_release_goes_through_the_last_stages_removed_and_added_back_together() {
+    let three = three_stages();
+    let mut one = three.clone();
+    one.stages.retain(|s| s.name == "beta");
+    let mut sim = Sim::new(three.clone());
+    let r = sim.new_release();
+    sim.drive_to(r, "beta", S::Deploying);
+    sim.reload(one);
+    sim.settle();
+    assert_eq!(sim.status(r, "beta"), S::Deploying);
+    assert_eq!(sim.reason(r, "gamma"), Reason::StageRemoved);
+    assert_eq!(sim.reason(r, "prod"), Reason::StageRemoved);
+    sim.reload(three);
+    sim.drive_to(r, "prod", S::Succeeded);
+    assert_eq!(deploy_order(&sim, r), ["beta", "gamma", "prod"]);
+}
+
 #[test]
 fn a_release_still_in_the_last_stage_goes_on_to_a_stage_added_after_it() {
     let (two, _) = two_then_three();
