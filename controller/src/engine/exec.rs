@@ -761,6 +761,7 @@ async fn report(op: &Op<'_>, state: crate::domain::ReportState) -> PortResult<Ef
             "{}/ui/pipelines/{}/releases/{}",
             ctx.public_url, p.name, r.id.0
         ),
+        summary: p.stage(&op.effect.stage).is_some(),
     };
     let forge = &op.ports().forge;
     if !forge.enabled() {

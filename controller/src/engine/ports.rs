@@ -223,6 +223,10 @@ pub struct DeploymentReport {
     pub state: ReportState,
     pub description: String,
     pub log_url: String,
+    /// Whether the report moves the commit's `tollgate/<pipeline>` status: not for a stage the
+    /// configuration no longer has (its run ended by the removal says nothing of the release,
+    /// which goes on through the stages configured).
+    pub summary: bool,
 }
 
 #[async_trait]

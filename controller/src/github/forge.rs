@@ -619,7 +619,9 @@ impl GithubForge {
     async fn report_once(&self, r: &DeploymentReport) -> PortResult<()> {
         let id = self.deployment_for(r).await?;
         self.post_deployment_status(id, r).await?;
-        self.post_commit_status(r).await?;
+        if r.summary {
+            self.post_commit_status(r).await?;
+        }
         self.reported
             .lock()
             .unwrap_or_else(|e| e.into_inner())

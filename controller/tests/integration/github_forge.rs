@@ -607,6 +607,7 @@ fn report(release: i64, environment: &str, state: ReportState) -> DeploymentRepo
         state,
         description: String::new(),
         log_url: release_page(release),
+        summary: true,
     }
 }
 
@@ -694,6 +695,35 @@ async fn a_long_failure_reason_is_cut_to_githubs_limit() {
             "{text}"
         );
         assert_eq!(text.chars().count(), 140);
+    })
+    .await;
+}
+
+/// The report of a run a reload ended by removing its stage (`summary: false`) updates the
+/// stage's deployment but leaves the commit's status to the stages the release goes on
+/// through: it would otherwise read "error: superseded in prod by a newer release", which no
+/// newer release did.
+#[tokio::test]
+async fn a_removed_stages_report_leaves_the_commit_status_alone() {
+    bounded(async {
+        let (fake, forge, _dir) = github().await;
+        forge
+            .report(&report(3, "prod", ReportState::Queued))
+            .await
+            .unwrap();
+        let mut ended = report(3, "prod", ReportState::Inactive);
+        ended.summary = false;
+        forge.report(&ended).await.unwrap();
+        let d = &fake.deployments()[0];
+        let states: Vec<String> = fake
+            .statuses_of(d.id)
+            .into_iter()
+            .map(|s| s.state)
+            .collect();
+        assert_eq!(states, ["queued", "inactive"]);
+        let summaries = fake.commit_statuses(&sha(7));
+        assert_eq!(summaries.len(), 1, "{summaries:?}");
+        assert_eq!(summaries[0].state, "pending");
     })
     .await;
 }
