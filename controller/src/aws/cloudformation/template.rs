@@ -131,15 +131,35 @@ fn uses(text: &str, name: &str) -> bool {
     text.contains(&format!("${{{name}}}"))
 }
 
+/// How deep a YAML template's sequences and mappings may nest: JSON's limit when read
+/// (serde_json refuses deeper), far beyond any template's.
+const MAX_DEPTH: usize = 128;
+
 /// The YAML documents in `body`, each as JSON (see the module's doc), or why it is not YAML.
+/// The parser's events are taken one by one, not through its recursive `load`: nesting deeper
+/// than [`MAX_DEPTH`] is refused instead of exhausting the stack and aborting the process (a
+/// template of a few kilobytes, `- - - - …`, would).
 fn yaml_documents(body: &str) -> Result<Vec<Value>, String> {
     let mut reader = YamlToJson::default();
-    Parser::new_from_str(body)
-        .load(&mut reader, true)
-        .map_err(|e| format!("not valid YAML: {e}"))?;
-    match reader.error {
-        Some(e) => Err(format!("not valid YAML: {e}")),
-        None => Ok(reader.docs),
+    let mut parser = Parser::new_from_str(body);
+    loop {
+        let (event, mark) = parser
+            .next_token()
+            .map_err(|e| format!("not valid YAML: {e}"))?;
+        let end = event == Event::StreamEnd;
+        reader.on_event(event, mark);
+        if let Some(e) = reader.error.take() {
+            return Err(format!("not valid YAML: {e}"));
+        }
+        if reader.open.len() > MAX_DEPTH {
+            return Err(format!(
+                "nested more than {MAX_DEPTH} levels deep (line {})",
+                mark.line()
+            ));
+        }
+        if end {
+            return Ok(reader.docs);
+        }
     }
 }
 
@@ -281,6 +301,22 @@ fn long_form(tag: Option<&Tag>, value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small template nested thousands of levels deep is refused, not read by recursion
+    /// (which overflowed the stack and aborted the process); one nested as deep as allowed
+    /// reads.
+    #[test]
+    fn a_template_nested_too_deep_is_refused_without_overflowing_the_stack() {
+        let deep = format!("Parameters:\n  X:\n    {}x\n", "- ".repeat(5_000));
+        let why = declared_parameters(&deep).unwrap_err();
+        assert!(why.contains("nested more than 128 levels deep"), "{why}");
+        let flow = format!(
+            "Parameters: {{}}\nX: {}{}\n",
+            "[".repeat(120),
+            "]".repeat(120)
+        );
+        assert!(declared_parameters(&flow).unwrap().is_empty());
+    }
 
     #[test]
     fn image_functions_are_found_in_yaml_and_json_and_zip_functions_are_not() {
