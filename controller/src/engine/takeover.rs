@@ -32,8 +32,9 @@
 //! Caveats: when every controller's configuration is refused, none acts (nothing deploys,
 //! nothing rolls back) until the runs' configuration is restored on one of them (SIGHUP with
 //! the file they began under, or a controller started with it) or those runs are otherwise
-//! done. The check is the reload's, so it races a deploy that starts during a reload on the
-//! leader just as a reload does.
+//! done. Like a reload's, the check and the change hold back the start of effects
+//! ([`Engine::hold_starts`]); a commit a standby applied, checked there against the state it
+//! read, is checked again by the leader before the leader follows it.
 
 use async_trait::async_trait;
 

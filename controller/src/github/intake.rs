@@ -664,12 +664,9 @@ pub async fn apply_config_change(
             return Err(why);
         }
     }
-    let fetched = fetch_config(forge, repo, sha, &c.config_path).await;
-    // No effect starts between the check and the change (held from here until the change is
-    // in force or refused).
-    let held = engine.hold_starts().await;
-    let loaded = match fetched {
-        Ok(files) => {
+    let validated = fetch_config(forge, repo, sha, &c.config_path)
+        .await
+        .and_then(|files| {
             let applied = AppliedConfig {
                 repository: repo.to_owned(),
                 sha: sha.into(),
@@ -677,14 +674,16 @@ pub async fn apply_config_change(
                 files,
                 applied_at: engine.now(),
             };
-            match load_applied(&applied) {
-                Ok(loaded) => match engine.refuse_config(&loaded.config).await {
-                    Some(why) => Err(why),
-                    None => Ok((loaded, applied)),
-                },
-                Err(why) => Err(why),
-            }
-        }
+            load_applied(&applied).map(|loaded| (loaded, applied))
+        });
+    // No effect starts between the check and the change (held from here until the change is
+    // in force or refused).
+    let held = engine.hold_starts().await;
+    let loaded = match validated {
+        Ok((loaded, applied)) => match engine.refuse_config(&loaded.config).await {
+            Some(why) => Err(why),
+            None => Ok((loaded, applied)),
+        },
         Err(why) => Err(why),
     };
     // Applied as soon as it is recorded, before it is announced: no effect starts meanwhile.
@@ -846,13 +845,25 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<config::Loaded, String> {
         }
         write_whole(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     }
-    let mut loaded = config::load(&root.join(&applied.path)).map_err(|e| e.to_string())?;
-    for w in &mut loaded.warnings {
-        if let Ok(inside) = w.file.strip_prefix(&root) {
-            w.file = inside.to_path_buf();
+    // Located by their path in the repository, not the directory written here.
+    let in_repository = |diags: &mut [config::diag::Diagnostic]| {
+        for d in diags {
+            if let Ok(inside) = d.file.strip_prefix(&root) {
+                d.file = inside.to_path_buf();
+            }
         }
+    };
+    match config::load(&root.join(&applied.path)) {
+        Ok(mut loaded) => {
+            in_repository(&mut loaded.warnings);
+            Ok(loaded)
+        }
+        Err(config::ConfigError::Invalid(mut diags)) => {
+            in_repository(&mut diags);
+            Err(config::ConfigError::Invalid(diags).to_string())
+        }
+        Err(e) => Err(e.to_string()),
     }
-    Ok(loaded)
 }
 
 /// What a configuration's warnings add to the note of its change: nothing without any, else

@@ -688,8 +688,20 @@ async fn a_valid_config_from_github_is_applied_and_an_invalid_one_refused() {
     let (state, description) = reported(&"b".repeat(40));
     assert_eq!(state, "failure");
     assert!(
-        description.starts_with("refused: ") && description.contains("stages.toml"),
-        "the status carries the validation message: {description}"
+        description.starts_with("refused: ")
+            && description.contains("stages.toml")
+            && !description.contains("tollgate-config-"),
+        "the status carries the validation message, located in the repository: {description}"
+    );
+    // A file that parses but names an unknown account: located by its path in the repository.
+    let unknown = good.replacen("account = \"beta\"", "account = \"nope\"", 1);
+    put_config(&fake, &"c".repeat(40), &unknown, &[&"a".repeat(40)]);
+    let err = intake::apply_config_change(&c.engine, &forge, &"c".repeat(40))
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("error: stages.toml:") && !err.contains("tollgate-config-"),
+        "the refusal names the repository's file, not the directory it was written to: {err}"
     );
 }
 
