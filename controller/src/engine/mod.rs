@@ -134,7 +134,14 @@ struct Inner {
     declined: Mutex<Option<String>>,
     /// Why the leader last kept its configuration over an applied one, until it follows one.
     kept: Mutex<Option<String>>,
+    /// The configurations this process ran before the one in force, newest first (at most
+    /// [`EARLIER_CONFIGS`]): on taking the lead, the one a run in flight began under may be
+    /// among them ([`takeover`]).
+    earlier: Mutex<Vec<Arc<Config>>>,
 }
+
+/// How many configurations replaced in this process [`Engine::replace_config`] keeps.
+const EARLIER_CONFIGS: usize = 4;
 
 /// The start of effects held back while a configuration change is checked and put in force
 /// ([`Engine::hold_starts`]).
@@ -249,6 +256,7 @@ impl Engine {
                 config_source: std::sync::OnceLock::new(),
                 declined: Mutex::new(None),
                 kept: Mutex::new(None),
+                earlier: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -372,9 +380,17 @@ impl Engine {
     /// refuse under the same `held`) and wakes every pipeline. Once
     /// [`Engine::spawn`] has run, pipelines the new configuration adds get their loops too.
     pub fn replace_config(&self, config: Config, _held: &StartsHeld<'_>) {
-        match self.inner.ingest.config_cell().write() {
-            Ok(mut c) => *c = Arc::new(config),
-            Err(e) => *e.into_inner() = Arc::new(config),
+        let before = {
+            let mut cell = match self.inner.ingest.config_cell().write() {
+                Ok(c) => c,
+                Err(e) => e.into_inner(),
+            };
+            std::mem::replace(&mut *cell, Arc::new(config))
+        };
+        {
+            let mut earlier = self.inner.earlier.lock().unwrap_or_else(|p| p.into_inner());
+            earlier.insert(0, before);
+            earlier.truncate(EARLIER_CONFIGS);
         }
         let spawned = !self
             .inner
@@ -497,6 +513,13 @@ impl Engine {
                 .await
             {
                 Ok(claim) => {
+                    // Renewed since it was taken: its holder passed its check and acts (one
+                    // that declines gives the lease up without renewing it).
+                    if let crate::store::lease::Claim::Other(lease) = &claim
+                        && lease.renewed_at > lease.acquired_at
+                    {
+                        self.another_leads();
+                    }
                     if l.record(&claim, started)
                         && let crate::store::lease::Claim::Held { epoch, .. } = claim
                     {

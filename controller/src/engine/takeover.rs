@@ -13,7 +13,10 @@
 //! Guarantees:
 //! - No reconcile, effect or pruning runs before the check has passed: until then the
 //!   controller is taking the lead, which does not act ([`super::Leadership::may_act`]).
-//! - A configuration that is refused is never acted with: the controller declines the lead,
+//! - A configuration that is refused is never acted with. When one this process ran passes
+//!   (the one in force, or one it ran before following the commit refused), it acts with that
+//!   one and keeps it, as a leader keeps its configuration over a refused commit. Else it
+//!   declines the lead,
 //!   gives the lease up at once (another controller, whose configuration keeps the work in
 //!   flight where it began, takes it over), and tries again only after a whole lease
 //!   ([`Engine::hold_lease`]). Declining is written to the log (error), to every pipeline's
@@ -37,6 +40,8 @@
 //! read, is checked again by the leader before the leader follows it.
 
 use async_trait::async_trait;
+
+use std::sync::Arc;
 
 use super::Engine;
 use crate::config::Config;
@@ -86,18 +91,37 @@ impl Engine {
         };
         // No effect starts while Taking; held all the same, as every change is.
         let held = self.hold_starts().await;
+        // A change this process put in force while the state was read (a push it received)
+        // is newer than what it read: that is the configuration to check.
+        let (current, config, note) = match self.config() {
+            now if Arc::ptr_eq(&now, &current) => (current, config, note),
+            now => (now.clone(), (*now).clone(), None),
+        };
         if let Some(why) = self.refuse_config(&config).await {
-            drop(held);
             let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
+            // One this process ran may still pass: the one it acts with (a leader that kept it
+            // over a commit refused for a run it began, and lost the lease for a moment), or
+            // one it ran before following that commit (a standby, now replacing the leader
+            // that kept it). It acts with that one and keeps it, as the leader it replaces did:
+            // declining would leave the run, and every other stage, with no controller.
+            if let Some(kept) = self.passing_earlier(&config, &current).await {
+                if !Arc::ptr_eq(&kept, &current) {
+                    tracing::warn!(
+                        "taking the lead with a configuration this controller ran before: {}",
+                        kept.source_file.display()
+                    );
+                    self.replace_config((*kept).clone(), &held);
+                }
+                drop(held);
+                self.led_again();
+                self.keep_config(&kept, &from, &why).await;
+                return self.inner.leadership.act(epoch);
+            }
+            drop(held);
             self.decline_lead(epoch, &current, &from, &why).await;
             return false;
         }
-        *self
-            .inner
-            .declined
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = None;
-        crate::metrics::global().lead_declined(false);
+        self.led_again();
         if config.source_file != current.source_file {
             let detail = format!(
                 "this controller took the lead (epoch {epoch}) and put a configuration in force other than the one it ran ({}): {}",
@@ -142,6 +166,12 @@ impl Engine {
         if config.source_file != current.source_file {
             let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
             let held = self.hold_starts().await;
+            // A change put in force meanwhile (a push this process received) is newer than
+            // the commit read: nothing is followed now (never backwards), and the commit
+            // recorded is looked at again at the next claim.
+            if !Arc::ptr_eq(&self.config(), &current) {
+                return;
+            }
             if self.inner.leadership.may_act()
                 && let Some(why) = self.refuse_config(&config).await
             {
@@ -154,6 +184,52 @@ impl Engine {
         }
         *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *seen = version;
+    }
+
+    /// The newest configuration this process ran, other than `refused` (by its source), that
+    /// moves nothing in flight: the one in force, else one it ran before.
+    async fn passing_earlier(
+        &self,
+        refused: &Config,
+        current: &Arc<Config>,
+    ) -> Option<Arc<Config>> {
+        let earlier = self
+            .inner
+            .earlier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for c in std::iter::once(current.clone()).chain(earlier) {
+            if c.source_file != refused.source_file && self.refuse_config(&c).await.is_none() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// This controller leads: it no longer declines (the gauge and `/readyz` say so).
+    fn led_again(&self) {
+        *self
+            .inner
+            .declined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        crate::metrics::global().lead_declined(false);
+    }
+
+    /// Another controller leads (it renewed the lease it took): this one's refusal no longer
+    /// leaves the stages without a leader, so it no longer counts as declining (the gauge and
+    /// `/readyz`); a refusal at its next try is noted again.
+    pub(super) fn another_leads(&self) {
+        let declined = self
+            .inner
+            .declined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if declined.is_some() {
+            crate::metrics::global().lead_declined(false);
+        }
     }
 
     /// The leader keeps acting with `current`: the configuration applied since, `from`, is

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate::config::Config;
-use tollgate::domain::{EffectKind, EffectStatus, RunStatus};
+use tollgate::domain::{EffectKind, EffectStatus, ReleaseId, RunStatus};
 use tollgate::engine::{Clock, Engine, Leadership, shared_config};
 use tollgate::github::intake::AppliedConfigWins;
 use tollgate::store::lease::Claim;
@@ -22,7 +22,7 @@ use crate::engine::{PROD_AP, PROD_EU, prod_deploy_hanging, prod_wave_1_moved};
 use crate::engine_support::*;
 
 /// The lease of the controllers that stand by and take over.
-const LEASE: Duration = Duration::from_secs(1);
+const LEASE: Duration = Duration::from_secs(3);
 /// The lease of the first leader, which the test drives by hand: long enough never to run
 /// out while it works; it "dies" when the clock of the state passes it.
 const LONG_LEASE: Duration = Duration::from_secs(60);
@@ -374,19 +374,10 @@ async fn ha_a_standby_follows_a_configuration_the_leader_applied() {
     still_leads(&a, &b, tasks);
 }
 
-/// A commit moving beta is recorded as applied while the leader deploys beta (the standby's
-/// check ran just before the deploy began). The leader keeps its configuration while that
-/// deploy runs, says so in the event log, and finishes it where it began; once beta's run is
-/// done it follows the commit, and the next release deploys beta in us-east-1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothing_in_flight() {
-    if !on_postgres() {
-        return;
-    }
-    let h = Harness::new();
-    let (a, b, tasks) = two_managed(&h).await;
+/// Release 1, received by `b`, deploying in beta on the leader `a`, each deploy taking `secs`.
+async fn beta_deploying(h: &Harness, a: &Engine, b: &Engine, secs: u64) -> ReleaseId {
     h.fakes
-        .with(|w| w.deploy_delay = std::time::Duration::from_secs(2));
+        .with(|w| w.deploy_delay = std::time::Duration::from_secs(secs));
     let first = b
         .record_release(&release(1), &delivery("push-1"))
         .await
@@ -401,6 +392,21 @@ async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothi
             .any(|e| e.kind == EffectKind::Deploy { wave: 0 })
     })
     .await;
+    first
+}
+
+/// A commit moving beta is recorded as applied while the leader deploys beta (the standby's
+/// check ran just before the deploy began). The leader keeps its configuration while that
+/// deploy runs, says so in the event log, and finishes it where it began; once beta's run is
+/// done it follows the commit, and the next release deploys beta in us-east-1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothing_in_flight() {
+    if !on_postgres() {
+        return;
+    }
+    let h = Harness::new();
+    let (a, b, tasks) = two_managed(&h).await;
+    let first = beta_deploying(&h, &a, &b, 2).await;
     let moved = beta_in_us_east_1();
     applies(&h, &b, &moved, &"b5".repeat(20)).await;
 
@@ -441,4 +447,59 @@ async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothi
     .await;
     assert_eq!(deployed(&h, "beta"), ["beta/eu-west-1", "beta/us-east-1"]);
     still_leads(&a, &b, tasks);
+}
+
+/// As above, the leader keeps its configuration over a commit moving beta while its beta
+/// deploy runs; the controller standing by has followed that commit. The leader then dies:
+/// the standby, taking the lease, finds the commit refused for the deploy in flight, and acts
+/// with the configuration it ran before following it (the one the deploy began under), keeping
+/// it as the leader did, instead of declining and leaving every stage with no controller. The
+/// deploy finishes in eu-west-1, and the commit is followed once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_too() {
+    if !on_postgres() {
+        return;
+    }
+    let h = Harness::new();
+    config_in(h.dir.path());
+    let file = h.dir.path().join("stages.toml");
+    std::fs::write(&file, managed(STAGES)).unwrap();
+    let load = || tollgate::config::load(&file).unwrap().config;
+    let (a, a_tasks) = standing_by(&h, load(), "a").await;
+    until("a leading", async || a.leadership().may_act()).await;
+    let (b, b_tasks) = standing_by(&h, load(), "b").await;
+    let first = beta_deploying(&h, &a, &b, 3).await;
+    applies(&h, &b, &beta_in_us_east_1(), &"b6".repeat(20)).await;
+    let keeps = async || {
+        let notes = config_entries(&a).await;
+        notes
+            .iter()
+            .filter(|n| n.contains("the leader keeps the configuration"))
+            .count()
+    };
+    until("the leader keeping its configuration", async || {
+        keeps().await == 1
+    })
+    .await;
+
+    for t in a_tasks {
+        t.abort();
+    }
+    leader_dies(&h);
+    until("the standby leading", async || b.leadership().may_act()).await;
+    assert_eq!(b.config().source_file, file, "b acts with the file's");
+    assert!(b.lead_declined().is_none());
+    until("the new leader keeping it too", async || keeps().await == 2).await;
+    until("release 1 through beta", async || {
+        status(&b, first, "beta").await == RunStatus::Succeeded
+    })
+    .await;
+    assert_eq!(deployed(&h, "beta"), ["beta/eu-west-1"]);
+    until("the commit followed", async || {
+        b.config().source_file != file
+    })
+    .await;
+    for t in b_tasks {
+        t.abort();
+    }
 }
