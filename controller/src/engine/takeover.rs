@@ -240,14 +240,15 @@ impl Engine {
              it is put in force once that passes",
             current.source_file.display()
         );
-        tracing::error!("{detail}");
         let new = {
             let mut last = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
             let new = last.as_deref() != Some(detail.as_str());
             *last = Some(detail.clone());
             new
         };
+        // Once per reason, in the log as in the event log: it is tried again at every claim.
         if new {
+            tracing::error!("{detail}");
             self.note_config(&[current], "controller", &detail).await;
         }
     }
