@@ -47,12 +47,24 @@ use super::Engine;
 use crate::config::Config;
 use crate::store::Reads;
 
+/// The applied commit a controller last followed, and the configuration in force after it (its
+/// source file).
+pub(super) struct Followed {
+    version: Option<(String, String)>,
+    source: std::path::PathBuf,
+}
+
 /// Where a controller taking the lead finds the configuration to act with, given the one this
 /// process runs (`current`): the configuration in force and, when it does not come from
 /// `current` or `current` was passed over, a note on where it comes from.
 #[async_trait]
 pub trait ConfigSource: Send + Sync {
-    async fn in_force(&self, reads: &Reads, current: Config) -> (Config, Option<String>);
+    /// Err: a configuration the state says is in force cannot be used here, and why.
+    async fn in_force(
+        &self,
+        reads: &Reads,
+        current: Config,
+    ) -> Result<(Config, Option<String>), String>;
 
     /// `config` is about to be put in force: what else follows the configuration (the GitHub
     /// forge's pipelines) learns it here.
@@ -86,7 +98,15 @@ impl Engine {
     pub(super) async fn take_lead(&self, epoch: i64) -> bool {
         let current = self.config();
         let (config, note) = match self.inner.config_source.get() {
-            Some(source) => source.in_force(self.reads(), (*current).clone()).await,
+            Some(source) => match source.in_force(self.reads(), (*current).clone()).await {
+                Ok(found) => found,
+                // Checked like any other: it acts with the one it runs if that passes.
+                Err(why) => {
+                    tracing::warn!("taking the lead with the configuration it runs: {why}");
+                    let note = format!("{why}; the configuration this controller runs");
+                    ((*current).clone(), Some(note))
+                }
+            },
             None => ((*current).clone(), None),
         };
         // No effect starts while Taking; held all the same, as every change is.
@@ -146,7 +166,7 @@ impl Engine {
     /// (the commit this controller last followed), if it changed: at once on a standby, once
     /// it passes [`Engine::refuse_config`] on the leader (refused: `seen` stays, so it is
     /// tried again at the next claim).
-    pub(super) async fn follow_applied(&self, seen: &mut Option<(String, String)>) {
+    pub(super) async fn follow_applied(&self, seen: &mut Option<Followed>) {
         let Some(source) = self.inner.config_source.get() else {
             return;
         };
@@ -158,11 +178,20 @@ impl Engine {
                 return;
             }
         };
-        if version == *seen {
+        // Followed already, and still in force: a configuration put in force since by other
+        // means (taking the lead with one it ran before, a push received) looks again.
+        let current = self.config();
+        if seen
+            .as_ref()
+            .is_some_and(|f| f.version == version && f.source == current.source_file)
+        {
             return;
         }
-        let current = self.config();
-        let (config, note) = source.in_force(self.reads(), (*current).clone()).await;
+        let (config, note) = match source.in_force(self.reads(), (*current).clone()).await {
+            Ok(found) => found,
+            // Not marked as followed: tried again at the next claim.
+            Err(why) => return self.cannot_follow(&current, &why).await,
+        };
         if config.source_file != current.source_file {
             let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
             let held = self.hold_starts().await;
@@ -183,7 +212,36 @@ impl Engine {
             self.replace_config(config, &held);
         }
         *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *seen = version;
+        *seen = Some(Followed {
+            version,
+            source: self.config().source_file.clone(),
+        });
+    }
+
+    /// The commit applied cannot be used here (`why`): this controller keeps the configuration
+    /// it runs, says so once per reason (log and event log), and tries again at every claim.
+    async fn cannot_follow(&self, current: &Config, why: &str) {
+        let detail = format!(
+            "this controller ({}) keeps the configuration it runs ({}): {why}; it tries again at every lease claim",
+            self.inner.leadership.holder(),
+            current.source_file.display()
+        );
+        self.note_kept(current, detail).await;
+    }
+
+    /// Logs and notes (once per reason: it is tried again at every claim) why this controller
+    /// keeps the configuration it runs.
+    async fn note_kept(&self, current: &Config, detail: String) {
+        let new = {
+            let mut last = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let new = last.as_deref() != Some(detail.as_str());
+            *last = Some(detail.clone());
+            new
+        };
+        if new {
+            tracing::error!("{detail}");
+            self.note_config(&[current], "controller", &detail).await;
+        }
     }
 
     /// The newest configuration this process ran, other than `refused` (by its source), that
@@ -240,17 +298,7 @@ impl Engine {
              it is put in force once that passes",
             current.source_file.display()
         );
-        let new = {
-            let mut last = self.inner.kept.lock().unwrap_or_else(|p| p.into_inner());
-            let new = last.as_deref() != Some(detail.as_str());
-            *last = Some(detail.clone());
-            new
-        };
-        // Once per reason, in the log as in the event log: it is tried again at every claim.
-        if new {
-            tracing::error!("{detail}");
-            self.note_config(&[current], "controller", &detail).await;
-        }
+        self.note_kept(current, detail).await;
     }
 
     /// The configuration to act with, `from` (where it comes from), is refused (`why`): this

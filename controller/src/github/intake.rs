@@ -750,29 +750,33 @@ async fn fetch_config(
     Ok(files)
 }
 
-/// The configuration to run with, and what to log about it: the one applied from the
-/// configuration repository when one was and that repository is still configured (a restart
-/// or SIGHUP never goes back to the file on disk), else `from_disk`.
-pub async fn config_in_force(
-    reads: &crate::store::Reads,
-    from_disk: Config,
-) -> (Config, Option<String>) {
+/// What the state says of the configuration in force, beside the file on disk.
+pub enum InForce {
+    /// The file's: no commit applied, or (with why) the file no longer names the repository a
+    /// commit was applied from.
+    File(Option<String>),
+    /// The commit applied from the configuration repository the file names, loaded, with a
+    /// note saying which.
+    Applied(Box<Config>, String),
+    /// A commit applied from the repository the file names that cannot be used here (the
+    /// state unreadable, or the commit no longer validating), and why.
+    Unusable(String),
+}
+
+/// Whether the commit last applied from the configuration repository is in force over
+/// `from_disk` (the file, or the configuration the process runs standing for it).
+pub async fn applied_in_force(reads: &crate::store::Reads, from_disk: &Config) -> InForce {
     let applied = match reads.applied_config().await {
         Ok(Some(a)) => a,
-        Ok(None) => return (from_disk, None),
-        Err(e) => {
-            let note =
-                format!("cannot read the applied configuration ({e}); running the file on disk");
-            return (from_disk, Some(note));
-        }
+        Ok(None) => return InForce::File(None),
+        Err(e) => return InForce::Unusable(format!("cannot read the applied configuration ({e})")),
     };
     let repo = applied.repository.as_str();
     let at = format!("{repo}@{}", applied.sha);
     if from_disk.controller.config_repository.as_deref() != Some(repo) {
-        let note = format!(
+        return InForce::File(Some(format!(
             "the configuration applied from {at} is not used: the file on disk no longer names {repo} as the configuration repository"
-        );
-        return (from_disk, Some(note));
+        )));
     }
     match load_applied(&applied) {
         Ok(loaded) => {
@@ -783,14 +787,25 @@ pub async fn config_in_force(
                 "configuration from {at} (applied {}) in force; the file on disk is not read",
                 applied.applied_at.format("%Y-%m-%d %H:%M:%S UTC")
             );
-            (loaded.config, Some(note))
+            InForce::Applied(Box::new(loaded.config), note)
         }
-        Err(why) => {
-            let note = format!(
-                "the configuration applied from {at} no longer validates ({why}); running the file on disk"
-            );
-            (from_disk, Some(note))
-        }
+        Err(why) => InForce::Unusable(format!(
+            "the configuration applied from {at} no longer validates ({why})"
+        )),
+    }
+}
+
+/// The configuration to run with, and what to log about it: the one applied from the
+/// configuration repository when one was and that repository is still configured (a restart
+/// or SIGHUP never goes back to the file on disk), else `from_disk`.
+pub async fn config_in_force(
+    reads: &crate::store::Reads,
+    from_disk: Config,
+) -> (Config, Option<String>) {
+    match applied_in_force(reads, &from_disk).await {
+        InForce::File(note) => (from_disk, note),
+        InForce::Applied(config, note) => (*config, Some(note)),
+        InForce::Unusable(why) => (from_disk, Some(format!("{why}; running the file on disk"))),
     }
 }
 
@@ -809,8 +824,12 @@ impl crate::engine::ConfigSource for AppliedConfigWins {
         &self,
         reads: &crate::store::Reads,
         current: Config,
-    ) -> (Config, Option<String>) {
-        config_in_force(reads, current).await
+    ) -> Result<(Config, Option<String>), String> {
+        match applied_in_force(reads, &current).await {
+            InForce::File(note) => Ok((current, note)),
+            InForce::Applied(config, note) => Ok((*config, Some(note))),
+            InForce::Unusable(why) => Err(why),
+        }
     }
 
     fn putting_in_force(&self, config: &Config) {

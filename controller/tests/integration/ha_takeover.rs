@@ -468,7 +468,7 @@ async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_to
     let (a, a_tasks) = standing_by(&h, load(), "a").await;
     until("a leading", async || a.leadership().may_act()).await;
     let (b, b_tasks) = standing_by(&h, load(), "b").await;
-    let first = beta_deploying(&h, &a, &b, 3).await;
+    let first = beta_deploying(&h, &a, &b, 8).await;
     applies(&h, &b, &beta_in_us_east_1(), &"b6".repeat(20)).await;
     let keeps = async || {
         let notes = config_entries(&a).await;
@@ -481,6 +481,8 @@ async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_to
         keeps().await == 1
     })
     .await;
+    // The standby has looked at the commit at its claims meanwhile (one a fifth of a lease).
+    tokio::time::sleep(LEASE).await;
 
     for t in a_tasks {
         t.abort();
@@ -502,4 +504,40 @@ async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_to
     for t in b_tasks {
         t.abort();
     }
+}
+
+/// A commit recorded as applied that this controller cannot use (it no longer validates: here
+/// it names an unknown account) is not followed in silence: the leader keeps the configuration
+/// it runs, says so in the event log with the reason, and follows the next commit that it can
+/// use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_a_commit_a_controller_cannot_use_is_reported_and_the_next_is_followed() {
+    if !on_postgres() {
+        return;
+    }
+    let h = Harness::new();
+    let (a, b, tasks) = two_managed(&h).await;
+    let file = a.config().source_file.clone();
+    let unknown = managed(&STAGES.replacen(
+        r#"targets = [{ account = "beta" }]"#,
+        r#"targets = [{ account = "nope" }]"#,
+        1,
+    ));
+    let commit = applied(h.dir.path(), &unknown, &"c7".repeat(20));
+    b.record_applied_config(&commit).await.unwrap();
+    until("the leader saying it cannot use the commit", async || {
+        config_entries(&a).await.iter().any(|n| {
+            n.contains("keeps the configuration it runs") && n.contains("no longer validates")
+        })
+    })
+    .await;
+    assert_eq!(a.config().source_file, file);
+
+    applies(&h, &b, &beta_in_us_east_1(), &"c8".repeat(20)).await;
+    let followed = b.config().source_file.clone();
+    until("the leader following the next commit", async || {
+        a.config().source_file == followed
+    })
+    .await;
+    still_leads(&a, &b, tasks);
 }
