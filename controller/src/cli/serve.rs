@@ -141,7 +141,9 @@ async fn start(args: ServeArgs) -> Result<()> {
         move || leads.may_act(),
     ));
     if let Some(note) = &in_force {
-        intake::note_config(&engine, &[&engine.config()], "controller", note).await;
+        engine
+            .note_config(&[&engine.config()], "controller", note)
+            .await;
     }
 
     let mut state = AppState::new(engine.clone(), secrets);
@@ -285,7 +287,9 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
             };
             tracing::info!("{detail}");
             let after = engine.config();
-            intake::note_config(&engine, &[&before, &after], "signal:SIGHUP", &detail).await;
+            engine
+                .note_config(&[&before, &after], "signal:SIGHUP", &detail)
+                .await;
         }
     });
 }

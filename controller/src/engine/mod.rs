@@ -132,7 +132,8 @@ struct Inner {
     config_source: std::sync::OnceLock<Arc<dyn ConfigSource>>,
     /// Why this controller last declined the lead, until it leads again ([`takeover`]).
     declined: Mutex<Option<String>>,
-    /// Why the leader last kept its configuration over an applied one, until it follows one.
+    /// Why this controller last kept its configuration over an applied one (refused on the
+    /// leader, or unusable here), until it follows one: each reason is noted once.
     kept: Mutex<Option<String>>,
     /// The configurations this process ran before the one in force, newest first (at most
     /// [`EARLIER_CONFIGS`]): on taking the lead, the one a run in flight began under may be

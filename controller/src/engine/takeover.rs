@@ -130,7 +130,7 @@ impl Engine {
                         "taking the lead with a configuration this controller ran before: {}",
                         kept.source_file.display()
                     );
-                    self.replace_config((*kept).clone(), &held);
+                    self.put_in_force((*kept).clone(), &held);
                 }
                 drop(held);
                 self.led_again();
@@ -151,10 +151,7 @@ impl Engine {
             tracing::warn!("{detail}");
             let after = config.clone();
             // Before it acts: every loop waits for `act` below.
-            if let Some(source) = self.inner.config_source.get() {
-                source.putting_in_force(&config);
-            }
-            self.replace_config(config, &held);
+            self.put_in_force(config, &held);
             drop(held);
             self.note_config(&[&current, &after], "controller", &detail)
                 .await;
@@ -208,14 +205,22 @@ impl Engine {
                 return self.keep_config(&current, &from, &why).await;
             }
             tracing::info!("configuration applied by another controller followed: {from}");
-            source.putting_in_force(&config);
-            self.replace_config(config, &held);
+            self.put_in_force(config, &held);
         }
         *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *seen = Some(Followed {
             version,
             source: self.config().source_file.clone(),
         });
+    }
+
+    /// Puts `config` in force, telling what else follows the configuration (the GitHub forge's
+    /// pipelines) first.
+    fn put_in_force(&self, config: Config, held: &super::StartsHeld<'_>) {
+        if let Some(source) = self.inner.config_source.get() {
+            source.putting_in_force(&config);
+        }
+        self.replace_config(config, held);
     }
 
     /// The commit applied cannot be used here (`why`): this controller keeps the configuration

@@ -660,7 +660,7 @@ pub async fn apply_config_change(
         };
         if let Some(why) = why {
             let detail = format!("configuration from {repo}@{short} refused: {why}");
-            note_config(engine, &[&current], "controller", &detail).await;
+            engine.note_config(&[&current], "controller", &detail).await;
             return Err(why);
         }
     }
@@ -709,7 +709,9 @@ pub async fn apply_config_change(
         }
         Err(why) => format!("configuration from {repo}@{short} refused: {why}"),
     };
-    note_config(engine, &[&current, &engine.config()], "controller", &detail).await;
+    engine
+        .note_config(&[&current, &engine.config()], "controller", &detail)
+        .await;
     let outcome = loaded.as_ref().map(Vec::len).map_err(String::as_str);
     let reported = forge.post_config_status(repo, sha, outcome).await;
     if let Err(e) = reported {
@@ -918,12 +920,6 @@ fn write_whole(file: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&part, file).inspect_err(|_| {
         let _ = std::fs::remove_file(&part);
     })
-}
-
-/// Writes a configuration change (applied or refused) to the event log of every pipeline of
-/// `configs`, once each, as `actor` ([`crate::engine::Ingest::note_config`]).
-pub async fn note_config(engine: &Engine, configs: &[&Config], actor: &str, detail: &str) {
-    engine.note_config(configs, actor, detail).await;
 }
 
 /// Applies configuration changes as they arrive on `changes` (shas), one at a time, until
