@@ -46,6 +46,8 @@ use crate::engine::{Delivery, Ingested, NewRelease};
 use crate::engine::{Engine, EngineError};
 use crate::store::{AppliedConfig, EventNote, Newest, PushLink};
 
+pub use super::commit_files::load_applied;
+
 /// What one delivery led to, per pipeline concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -841,52 +843,6 @@ impl crate::engine::ConfigSource for AppliedConfigWins {
     }
 }
 
-/// Validates an applied configuration from its own files: they are written under a directory
-/// of their commit in the system's temporary directory (templates and suites are read from
-/// there when deploying and testing), and loaded from there. Its warnings name the files by
-/// their path in the repository; they are the caller's to show (nothing is logged here).
-pub fn load_applied(applied: &AppliedConfig) -> Result<config::Loaded, String> {
-    let root = std::env::temp_dir().join(format!(
-        "tollgate-config-{}-{}",
-        applied.repository.replace('/', "_"),
-        applied.sha
-    ));
-    for (path, text) in &applied.files {
-        let name = Path::new(path);
-        let inside = name
-            .components()
-            .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !inside {
-            return Err(format!("`{path}` is not a path inside the repository"));
-        }
-        let file = root.join(name);
-        if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot write {}: {e}", parent.display()))?;
-        }
-        write_whole(&file, text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    }
-    // Located by their path in the repository, not the directory written here.
-    let in_repository = |diags: &mut [config::diag::Diagnostic]| {
-        for d in diags {
-            if let Ok(inside) = d.file.strip_prefix(&root) {
-                d.file = inside.to_path_buf();
-            }
-        }
-    };
-    match config::load(&root.join(&applied.path)) {
-        Ok(mut loaded) => {
-            in_repository(&mut loaded.warnings);
-            Ok(loaded)
-        }
-        Err(config::ConfigError::Invalid(mut diags)) => {
-            in_repository(&mut diags);
-            Err(config::ConfigError::Invalid(diags).to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// What a configuration's warnings add to the note of its change: nothing without any, else
 /// each, on its own line, located in the repository (or the file on disk) with its help.
 pub fn with_warnings(detail: String, warnings: &[config::diag::Diagnostic]) -> String {
@@ -903,23 +859,6 @@ pub fn with_warnings(detail: String, warnings: &[config::diag::Diagnostic]) -> S
         out.push_str(&w.to_string());
     }
     out
-}
-
-/// Writes `text` to `file` in one step (a file of its own renamed over it): a reader sees the
-/// old text or the new, never a part. Two controllers on one host, or one applying a commit
-/// while it follows the same, write the same files at once.
-fn write_whole(file: &Path, text: &str) -> std::io::Result<()> {
-    let mut name = file.as_os_str().to_owned();
-    name.push(format!(
-        ".{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let part = std::path::PathBuf::from(name);
-    std::fs::write(&part, text)?;
-    std::fs::rename(&part, file).inspect_err(|_| {
-        let _ = std::fs::remove_file(&part);
-    })
 }
 
 /// Applies configuration changes as they arrive on `changes` (shas), one at a time, until
