@@ -27,6 +27,8 @@ mod migration_tests;
 #[cfg(test)]
 mod model_tests;
 mod names;
+#[cfg(test)]
+mod reopen_tests;
 pub mod retention;
 mod rows;
 #[cfg(test)]

@@ -391,15 +391,7 @@ pub(super) async fn apply_one(
                 .execute(&mut *tx)
                 .await?;
         }
-        Action::ReopenRun { release, stage } => {
-            sqlx::query("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2, rollback_alarm = NULL, deploy_started = NULL WHERE release_id = $3 AND stage = $4 AND status = 'superseded'")
-                .bind(reason_json(&Reason::PreviousStage))
-                .bind(ms(now))
-                .bind(release.0)
-                .bind(stage)
-                .execute(&mut *tx)
-                .await?;
-        }
+        Action::ReopenRun { release, stage } => reopen_run(tx, *release, stage, now).await?,
         Action::Retry {
             request,
             release,
@@ -451,6 +443,51 @@ pub(super) async fn apply_one(
                 .await?;
         }
         Action::Start(_) => {}
+    }
+    Ok(())
+}
+
+/// Reopens `release`'s run in `stage` ([`Action::ReopenRun`]): only a run the removal of its
+/// stage ended (superseded, [`Reason::StageRemoved`], both read as typed values) waits again,
+/// under its next attempt. Any other run, or none, is refused ([`StoreError::Invalid`]) and
+/// nothing is written.
+async fn reopen_run(
+    tx: &mut AnyConnection,
+    release: ReleaseId,
+    stage: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let refused =
+        |why: String| StoreError::Invalid(format!("cannot reopen {release} in {stage}: {why}"));
+    let row =
+        sqlx::query("SELECT status, reason FROM stage_runs WHERE release_id = $1 AND stage = $2")
+            .bind(release.0)
+            .bind(stage)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| refused("it has no run there".into()))?;
+    let status: String = row.get("status");
+    let stored: String = row.get("reason");
+    let reason = reason_of(stored.clone());
+    if RunStatus::parse(&status) != Some(RunStatus::Superseded) || reason != Reason::StageRemoved {
+        let why = format!(
+            "only a run the removal of its stage ended waits again, and this one is {status} ({})",
+            reason.describe(now)
+        );
+        return Err(refused(why));
+    }
+    // The row as read: nothing changed it in between.
+    let reopened = sqlx::query("UPDATE stage_runs SET status = 'waiting', reason = $1, attempt = attempt + 1, since = $2, rollback_alarm = NULL, deploy_started = NULL WHERE release_id = $3 AND stage = $4 AND status = $5 AND reason = $6")
+        .bind(reason_json(&Reason::PreviousStage))
+        .bind(ms(now))
+        .bind(release.0)
+        .bind(stage)
+        .bind(&status)
+        .bind(&stored)
+        .execute(&mut *tx)
+        .await?;
+    if reopened.rows_affected() != 1 {
+        return Err(refused("the run changed while it was reopened".into()));
     }
     Ok(())
 }
