@@ -98,7 +98,8 @@ pub struct Source {
 
 impl Source {
     /// `client`'s controller; asks once where its configuration comes from (`GET
-    /// /api/v1/config`, which validates the source again, so not at every watch tick).
+    /// /api/v1/config`, which reads and validates the file again, so not at every watch
+    /// tick).
     pub async fn remote(client: Client) -> Result<Source, Failure> {
         let config: ConfigView = client.get("/api/v1/config").await?;
         let mut source = source_line(&config);

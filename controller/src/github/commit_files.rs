@@ -14,6 +14,9 @@
 //!   controllers on one host, or a controller and the one before its restart, never share one.
 //! - A commit loaded again is written again (over the same files, each in one step): a file a
 //!   temporary-files cleaner removed is back at the next load.
+//! - What loading each commit gave (its warnings, or why it was refused) is kept for the
+//!   process's life and answered by [`validation`], which writes nothing for a commit this
+//!   process loaded: a read (`GET /api/v1/config`) never writes the files again.
 //!
 //! # Caveats
 //! - Nothing here removes a directory: a configuration in force, or one kept or put back in
@@ -38,7 +41,46 @@ use crate::store::AppliedConfig;
 /// there. Its warnings name the files by their path in the repository; they are the caller's
 /// to show (nothing is logged here).
 pub fn load_applied(applied: &AppliedConfig) -> Result<config::Loaded, String> {
-    let root = private_root()?.join(commit_dir(applied));
+    let name = commit_dir(applied);
+    let loaded = write_and_load(applied, &name);
+    let found = loaded.as_ref().map(shown).map_err(Clone::clone);
+    LOADED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name, found);
+    loaded
+}
+
+/// What loading `applied` gave when this process last loaded it, without writing anything:
+/// its warnings, as shown, or why it was refused. A commit this process has not loaded (one
+/// another controller recorded, which this one follows at its next lease claim) is loaded
+/// now, once.
+pub fn validation(applied: &AppliedConfig) -> Result<Vec<String>, String> {
+    let name = commit_dir(applied);
+    let found = LOADED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .cloned();
+    found.unwrap_or_else(|| {
+        load_applied(applied)
+            .as_ref()
+            .map(shown)
+            .map_err(Clone::clone)
+    })
+}
+
+/// What loading each commit gave this process ([`validation`]), by its directory's name.
+static LOADED: Mutex<BTreeMap<String, Result<Vec<String>, String>>> = Mutex::new(BTreeMap::new());
+
+/// A loaded configuration's warnings, as shown.
+fn shown(loaded: &config::Loaded) -> Vec<String> {
+    loaded.warnings.iter().map(ToString::to_string).collect()
+}
+
+/// Writes `applied`'s files under `name` in the private directory and loads them.
+fn write_and_load(applied: &AppliedConfig, name: &str) -> Result<config::Loaded, String> {
+    let root = private_root()?.join(name);
     for (path, text) in &applied.files {
         let name = Path::new(path);
         let inside = name
@@ -248,6 +290,36 @@ mod tests {
 
         std::fs::remove_dir_all(&planted).unwrap();
         std::fs::remove_file(&link).unwrap();
+    }
+
+    /// Once a commit was loaded, what loading it gave is answered without writing: its
+    /// directory removed stays removed. One never loaded is loaded at the first question only.
+    #[test]
+    fn the_validation_of_a_commit_loaded_writes_nothing() {
+        let loaded = applied(
+            &format!("{:040x}", rand::random::<u128>()),
+            "Resources: {}\n",
+        );
+        let warnings = shown(&load_applied(&loaded).unwrap());
+        let dir = private_root().unwrap().join(commit_dir(&loaded));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(validation(&loaded), Ok(warnings.clone()));
+        assert!(!dir.exists(), "written again: {}", dir.display());
+
+        let unseen = applied(
+            &format!("{:040x}", rand::random::<u128>()),
+            "Resources: {}\n",
+        );
+        assert_eq!(validation(&unseen), Ok(warnings));
+        let dir = private_root().unwrap().join(commit_dir(&unseen));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(validation(&unseen).is_ok());
+        assert!(!dir.exists(), "written again: {}", dir.display());
+
+        let mut invalid = applied(&format!("{:040x}", rand::random::<u128>()), "");
+        invalid.files.remove("accounts/accounts.toml");
+        let why = load_applied(&invalid).unwrap_err();
+        assert_eq!(validation(&invalid), Err(why));
     }
 
     /// The private directory never takes a path that exists: a symbolic link to a directory,

@@ -758,14 +758,7 @@ async fn a_config_from_github_with_warnings_is_applied_and_its_warnings_shown() 
         "{statuses:?}"
     );
 
-    let api = tollgate::http::api::ApiState::new(
-        c.engine.clone(),
-        None,
-        &tollgate::config::HttpSettings::default(),
-    );
-    let axum::Json(view) = tollgate::http::api::reads::config(axum::extract::State(api))
-        .await
-        .unwrap();
+    let view = config_view(&c).await;
     assert_eq!(view.source, "repository");
     assert!(view.validation.valid);
     assert_eq!(view.validation.warnings.len(), 1, "{:?}", view.validation);
@@ -774,6 +767,49 @@ async fn a_config_from_github_with_warnings_is_applied_and_its_warnings_shown() 
         "{:?}",
         view.validation.warnings
     );
+}
+
+/// `GET /api/v1/config` answers what loading the applied commit found and writes none of its
+/// files: the commit's directory, removed after the commit was applied, stays removed, and the
+/// answer is the same.
+#[tokio::test]
+async fn reading_the_config_writes_none_of_the_commits_files() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    put_config(&fake, &commit(1), STAGES, &[]);
+    intake::apply_config_change(&c.engine, &forge, &commit(1))
+        .await
+        .unwrap();
+    let before = serde_json::to_value(config_view(&c).await).unwrap();
+    assert_eq!(before["source"], "repository");
+    assert_eq!(before["validation"]["valid"], true);
+    let dir = c
+        .engine
+        .config()
+        .source_file
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(dir.join("service.yaml").is_file(), "{}", dir.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let after = serde_json::to_value(config_view(&c).await).unwrap();
+    assert!(!dir.exists(), "written again: {}", dir.display());
+    assert_eq!(after, before);
+}
+
+/// What `GET /api/v1/config` answers.
+async fn config_view(c: &Controller) -> tollgate::http::api::views::ConfigView {
+    let api = tollgate::http::api::ApiState::new(
+        c.engine.clone(),
+        None,
+        &tollgate::config::HttpSettings::default(),
+    );
+    let axum::Json(view) = tollgate::http::api::reads::config(axum::extract::State(api))
+        .await
+        .unwrap();
+    view
 }
 
 /// A configuration commit that drops a stage while a release bakes there is refused, like an

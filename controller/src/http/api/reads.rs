@@ -246,7 +246,11 @@ pub async fn history(
     Ok(Json(events.collect()))
 }
 
-/// The configuration in force, and whether its source validates now.
+/// The configuration in force, and whether its source validates.
+///
+/// The file is read and validated again; a commit of the configuration repository is answered
+/// as this controller found it when it loaded the commit (a commit never changes), and a read
+/// writes nothing.
 #[utoipa::path(get, path = "/api/v1/config", tag = "read",
     responses((status = 200, description = "The configuration in force", body = ConfigView)))]
 pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
@@ -259,11 +263,11 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
         .map_err(Problem::internal)?
         .filter(|a| config.controller.config_repository.as_deref() == Some(&a.repository));
     let validation = match &applied {
-        Some(a) => match crate::github::intake::load_applied(a) {
-            Ok(l) => Validation {
+        Some(a) => match crate::github::commit_files::validation(a) {
+            Ok(warnings) => Validation {
                 valid: true,
                 errors: vec![],
-                warnings: l.warnings.iter().map(ToString::to_string).collect(),
+                warnings,
             },
             Err(e) => Validation {
                 valid: false,

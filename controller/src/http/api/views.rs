@@ -254,7 +254,7 @@ pub struct EventPage {
     pub next_after: Option<i64>,
 }
 
-/// The configuration in force and whether its source validates now.
+/// The configuration in force and whether its source validates.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ConfigView {
     /// `file` or `repository`.
