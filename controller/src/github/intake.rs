@@ -617,9 +617,10 @@ pub fn try_reload(text: &str, base_dir: &Path, file_name: &str) -> Result<Config
 }
 
 /// Fetches the configuration at `sha` with every file it names (accounts, templates, smoke
-/// suites) at that same commit, validates it and, if valid, makes the engine and the forge use
-/// it and records it in the state store. Either way the outcome is written to every pipeline's
-/// event log.
+/// suites) at that same commit, validates it and, if valid, records it in the state store and
+/// makes the engine and the forge use it; a controller standing by only records it, and
+/// follows it once the leader acts with it (`engine::takeover`). Either way the
+/// outcome is written to every pipeline's event log.
 ///
 /// Never goes backwards: once a commit has been applied, a commit that does not descend from
 /// it (an older push redelivered or replayed, a build of a diverged branch) is refused, and so
@@ -687,8 +688,13 @@ pub async fn apply_config_change(
         Err(why) => Err(why),
     };
     // Applied as soon as it is recorded, before it is announced: no effect starts meanwhile.
+    // A controller standing by only records it: it records facts (alarms, pushes) by the
+    // configuration the leader acts with, and follows the commit once the leader does
+    // ([`crate::engine::takeover`]).
+    let standing_by = !engine.leadership().may_act();
     let loaded = match loaded {
         Ok((loaded, applied)) => match engine.record_applied_config(&applied).await {
+            Ok(()) if standing_by => Ok(loaded.warnings),
             Ok(()) => {
                 forge.track_pipelines(&loaded.config);
                 engine.replace_config(loaded.config, &held);
@@ -704,7 +710,12 @@ pub async fn apply_config_change(
             for w in warnings {
                 tracing::warn!(warning = %w, "configuration warning");
             }
-            let detail = format!("configuration reloaded from {repo}@{short}");
+            let detail = match standing_by {
+                true => format!(
+                    "configuration from {repo}@{short} recorded as applied; this controller stands by and puts it in force once the leader acts with it"
+                ),
+                false => format!("configuration reloaded from {repo}@{short}"),
+            };
             with_warnings(detail, warnings)
         }
         Err(why) => format!("configuration from {repo}@{short} refused: {why}"),
@@ -877,6 +888,7 @@ pub fn load_applied(applied: &AppliedConfig) -> Result<config::Loaded, String> {
     match config::load(&root.join(&applied.path)) {
         Ok(mut loaded) => {
             in_repository(&mut loaded.warnings);
+            loaded.config.applied_from = Some(applied.commit());
             Ok(loaded)
         }
         Err(config::ConfigError::Invalid(mut diags)) => {
