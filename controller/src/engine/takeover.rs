@@ -142,8 +142,9 @@ impl Engine {
         };
         // No effect starts while Taking; held all the same, as every change is.
         let held = self.hold_starts().await;
-        // A change this process put in force while the state was read (a push it received)
-        // is newer than what it read: that is the configuration to check.
+        // A change this process put in force while the state was read (a SIGHUP reload; a
+        // push received while taking the lead is only recorded, and followed after) is newer
+        // than what it read: that is the configuration to check.
         let (current, config, note) = match self.config() {
             now if Arc::ptr_eq(&now, &current) => (current, config, note),
             now => (now.clone(), (*now).clone(), None),
