@@ -269,8 +269,14 @@ fn spawn_sighup_reloader(engine: Engine, forge: Option<Arc<GithubForge>>, path: 
                 engine.config().controller.config_repository.as_deref() == Some(&a.repository)
             });
             let detail = if let Some(a) = managed {
+                let state = match engine.config().applied_from == Some(a.commit()) {
+                    true => "the configuration in force is",
+                    // A standby waiting for the leader to act with it, or a leader keeping its
+                    // configuration over it while runs it would move are in flight.
+                    false => "not yet in force here, the configuration last applied is",
+                };
                 format!(
-                    "SIGHUP: the configuration in force is {}@{}, applied from the configuration repository; \
+                    "SIGHUP: {state} {}@{}, applied from the configuration repository; \
                      the file {} is not read (push a commit to change the configuration)",
                     a.repository,
                     a.sha,

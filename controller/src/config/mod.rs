@@ -110,6 +110,7 @@ pub fn load_str(
         accounts,
         controller,
         source_file: path.to_path_buf(),
+        applied_from: None,
     };
     Ok(Loaded {
         config,

@@ -3,7 +3,7 @@
 //! Every value here has passed [`super::validate`]: account references resolve, durations,
 //! regions, ARNs, time zones and windows are parsed, paths exist. Nothing here can fail.
 
-use crate::domain::names::{AccountId, Arn, PipelineName, StageName};
+use crate::domain::names::{AccountId, Arn, CommitSha, PipelineName, StageName};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +19,17 @@ pub struct Config {
     pub controller: ControllerSettings,
     /// The stages.toml this came from.
     pub source_file: PathBuf,
+    /// The commit of the configuration repository this was applied from; `None` for a file
+    /// on disk.
+    pub applied_from: Option<ConfigCommit>,
+}
+
+/// A commit of the configuration repository (`controller.config_repository`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigCommit {
+    /// `owner/name` of the configuration repository.
+    pub repository: String,
+    pub sha: CommitSha,
 }
 
 impl Config {

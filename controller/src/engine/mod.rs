@@ -503,8 +503,9 @@ impl Engine {
     /// another controller can take the lease up.
     async fn hold_lease(&self) {
         let l = &self.inner.leadership;
-        // The applied configuration's commit this controller last followed.
-        let mut seen = None;
+        // The applied configuration's commit this controller last followed, and what it last
+        // recorded it acts with while leading.
+        let mut following = takeover::Following::default();
         loop {
             let started = std::time::Instant::now();
             let mut next = l.claim_every();
@@ -540,7 +541,8 @@ impl Engine {
                 }
             }
             crate::metrics::global().leadership(&l.standing());
-            self.follow_applied(&mut seen).await;
+            self.follow_applied(&mut following).await;
+            self.record_acting(&mut following).await;
             tokio::time::sleep(next).await;
         }
     }

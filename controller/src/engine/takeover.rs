@@ -27,31 +27,62 @@
 //! - Every controller follows the configuration applied from the configuration repository,
 //!   whichever controller applied it (the one a push to the repository reached): at each lease
 //!   claim it looks at the commit recorded ([`Engine::follow_applied`]) and, when it changed,
-//!   puts the configuration in force as at start-up. A standby does so at once (its intake and
-//!   pages follow it; it is checked again before it acts); the leader only once the
+//!   puts the configuration in force as at start-up. The leader does so only once the
 //!   configuration passes [`Engine::refuse_config`]: refused, it acts on with the one it has,
 //!   logs an error, writes a `config` entry (once per reason) and tries again at each claim.
+//! - A standby follows what the leader acts with, not merely the newest commit: it records
+//!   facts by its configuration (an SNS alarm is matched against its stages' alarms, accounts
+//!   and regions, a push against its pipelines), so a commit the leader keeps its
+//!   configuration over must not decide them. The leader records what it acts with
+//!   ([`Engine::record_acting`]: the applied commit, or its file, with its epoch, in
+//!   [`crate::store::leader_config`]) at each claim where that changed; a standby puts an
+//!   applied commit in force only once the live leader's record at the lease's epoch names it,
+//!   or at once when no controller holds a live lease (whoever takes the lease checks the
+//!   commit first, above). Until then it keeps its configuration, and says why in its log once
+//!   per commit. A standby that received the push itself only records the commit
+//!   ([`crate::github::intake::apply_config_change`]) and follows it the same way.
+//! - The sole controller (no lease) is unaffected: it puts a commit in force as it applies it.
 //!
 //! Caveats: when every controller's configuration is refused, none acts (nothing deploys,
 //! nothing rolls back) until the runs' configuration is restored on one of them (SIGHUP with
 //! the file they began under, or a controller started with it) or those runs are otherwise
 //! done. Like a reload's, the check and the change hold back the start of effects
 //! ([`Engine::hold_starts`]); a commit a standby applied, checked there against the state it
-//! read, is checked again by the leader before the leader follows it.
+//! read, is checked again by the leader before the leader follows it. A standby follows the
+//! leader's record at its next claim: for up to a claim after the leader follows a commit, the
+//! standby still records facts by the configuration before it. A pipeline a commit adds is
+//! known to a standby only once the leader acts with the commit (a push for it reaching the
+//! standby before then is ignored, as by any standby that had not looked at the commit yet).
+//! A leader of an earlier version records nothing: standbys wait for it. A standby started
+//! while the leader keeps its configuration over the applied commit starts with the commit, as
+//! at start-up (it cannot know the leader's file, or an earlier commit whose files the state no
+//! longer holds), and waits for the leader before it follows a newer one.
 
 use async_trait::async_trait;
 
 use std::sync::Arc;
 
-use super::Engine;
-use crate::config::Config;
-use crate::store::Reads;
+use chrono::{DateTime, Utc};
 
-/// The applied commit a controller last followed, and the configuration in force after it (its
-/// source file).
-pub(super) struct Followed {
-    version: Option<(String, String)>,
-    source: std::path::PathBuf,
+use super::Engine;
+use super::leader::Standing;
+use crate::config::{Config, ConfigCommit};
+use crate::store::Reads;
+use crate::store::leader_config::{ActsWith, LeaderConfig};
+use crate::store::lease::Lease;
+
+/// What the lease loop keeps between claims about the configuration applied from the
+/// configuration repository ([`Engine::follow_applied`], [`Engine::record_acting`]).
+#[derive(Default)]
+pub(super) struct Following {
+    /// The applied commit this controller last followed, and the configuration in force after
+    /// it (its source file).
+    followed: Option<(ConfigCommit, std::path::PathBuf)>,
+    /// The applied commit this controller, standing by, waits to follow until the leader acts
+    /// with it: logged once.
+    waiting: Option<ConfigCommit>,
+    /// What this controller, leading, last recorded it acts with, and at which epoch.
+    recorded: Option<(i64, ActsWith)>,
 }
 
 /// Where a controller taking the lead finds the configuration to act with, given the one this
@@ -111,8 +142,9 @@ impl Engine {
         };
         // No effect starts while Taking; held all the same, as every change is.
         let held = self.hold_starts().await;
-        // A change this process put in force while the state was read (a push it received)
-        // is newer than what it read: that is the configuration to check.
+        // A change this process put in force while the state was read (a SIGHUP reload; a
+        // push received while taking the lead is only recorded, and followed after) is newer
+        // than what it read: that is the configuration to check.
         let (current, config, note) = match self.config() {
             now if Arc::ptr_eq(&now, &current) => (current, config, note),
             now => (now.clone(), (*now).clone(), None),
@@ -159,16 +191,16 @@ impl Engine {
         self.inner.leadership.act(epoch)
     }
 
-    /// Puts in force the configuration applied from the configuration repository since `seen`
-    /// (the commit this controller last followed), if it changed: at once on a standby, once
-    /// it passes [`Engine::refuse_config`] on the leader (refused: `seen` stays, so it is
-    /// tried again at the next claim).
-    pub(super) async fn follow_applied(&self, seen: &mut Option<Followed>) {
+    /// Puts in force the configuration applied from the configuration repository since the
+    /// commit this controller last followed (`f`), if it changed: on the leader once it passes
+    /// [`Engine::refuse_config`] (refused: it is tried again at the next claim); on a standby
+    /// once the leader acts with it, or at once when no controller holds a live lease.
+    pub(super) async fn follow_applied(&self, f: &mut Following) {
         let Some(source) = self.inner.config_source.get() else {
             return;
         };
         let version = match self.reads().applied_config_version().await {
-            Ok(Some((repo, sha))) => Some((repo, sha.to_string())),
+            Ok(Some(version)) => version,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the applied configuration");
@@ -178,10 +210,15 @@ impl Engine {
         // Followed already, and still in force: a configuration put in force since by other
         // means (taking the lead with one it ran before, a push received) looks again.
         let current = self.config();
-        if seen
+        if f.followed
             .as_ref()
-            .is_some_and(|f| f.version == version && f.source == current.source_file)
+            .is_some_and(|(v, source)| *v == version && *source == current.source_file)
         {
+            return;
+        }
+        // A standby records facts (alarms, pushes) by its configuration: by the leader's, not
+        // by a commit the leader keeps its configuration over.
+        if !self.inner.leadership.may_act() && !self.leader_acts_with(&version, f).await {
             return;
         }
         let (config, note) = match source.in_force(self.reads(), (*current).clone()).await {
@@ -208,10 +245,57 @@ impl Engine {
             self.put_in_force(config, &held);
         }
         *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        *seen = Some(Followed {
-            version,
-            source: self.config().source_file.clone(),
-        });
+        f.waiting = None;
+        f.followed = Some((version, self.config().source_file.clone()));
+    }
+
+    /// Whether this controller, standing by, may follow the applied commit `applied` now (see
+    /// [`may_follow`]). When it may not, it says so in its log once per commit.
+    async fn leader_acts_with(&self, applied: &ConfigCommit, f: &mut Following) -> bool {
+        let reads = self.reads();
+        let (lease, record) = match (reads.lease().await, reads.leader_config().await) {
+            (Ok(lease), Ok(record)) => (lease, record),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot read what the leader acts with");
+                return false;
+            }
+        };
+        let Some(why) = may_follow(applied, lease.as_ref(), record.as_ref(), self.now()) else {
+            return true;
+        };
+        if f.waiting.as_ref() != Some(applied) {
+            tracing::info!(
+                "the configuration applied from {}@{} is put in force here once the leader acts with it: {why}",
+                applied.repository,
+                applied.sha
+            );
+            f.waiting = Some(applied.clone());
+        }
+        false
+    }
+
+    /// Leading: records what this controller acts with (the configuration in force), for the
+    /// controllers standing by, when it changed since it last did (`f`) or the epoch did.
+    pub(super) async fn record_acting(&self, f: &mut Following) {
+        let l = &self.inner.leadership;
+        let Standing::Leading { epoch, .. } = l.standing() else {
+            return;
+        };
+        let acts = ActsWith::of(&self.config());
+        if !l.may_act() || f.recorded.as_ref() == Some(&(epoch, acts.clone())) {
+            return;
+        }
+        let now = self.now();
+        match self
+            .store()
+            .record_leader_config(l.holder(), epoch, &acts, now)
+            .await
+        {
+            Ok(true) => f.recorded = Some((epoch, acts)),
+            // The lease moved meanwhile: whoever holds it records its own.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot record what the leader acts with"),
+        }
     }
 
     /// Puts `config` in force, telling what else follows the configuration (the GitHub forge's
@@ -341,5 +425,101 @@ impl Engine {
         if new {
             self.note_config(&[current], "controller", &detail).await;
         }
+    }
+}
+
+/// Whether a controller standing by may follow the applied commit `applied`, given the lease
+/// and what its holder recorded it acts with, at `now`: `None` when no controller holds a live
+/// lease (whoever takes it checks the configuration before it acts) or when the holder recorded,
+/// at its epoch, that it acts with `applied`; else why not.
+fn may_follow(
+    applied: &ConfigCommit,
+    lease: Option<&Lease>,
+    record: Option<&LeaderConfig>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let lease = lease.filter(|l| l.expires_at > now)?;
+    let leader = format!("the leader {} (epoch {})", lease.holder, lease.epoch);
+    let record = record.filter(|r| r.holder == lease.holder && r.epoch == lease.epoch);
+    match record.map(|r| &r.acts_with) {
+        Some(ActsWith::Applied(c)) if c == applied => None,
+        Some(ActsWith::Applied(c)) => Some(format!(
+            "{leader} acts with the one applied from {}@{}",
+            c.repository, c.sha
+        )),
+        Some(ActsWith::File) => Some(format!("{leader} acts with its file")),
+        None => Some(format!("{leader} has not recorded what it acts with")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap() + chrono::Duration::seconds(s)
+    }
+
+    fn commit(sha: &str) -> ConfigCommit {
+        ConfigCommit {
+            repository: "acme/config".into(),
+            sha: sha.repeat(20).into(),
+        }
+    }
+
+    fn lease(holder: &str, epoch: i64, expires: i64) -> Lease {
+        Lease {
+            holder: holder.into(),
+            epoch,
+            acquired_at: at(0),
+            renewed_at: at(0),
+            expires_at: at(expires),
+        }
+    }
+
+    fn record(holder: &str, epoch: i64, acts_with: ActsWith) -> LeaderConfig {
+        LeaderConfig {
+            holder: holder.into(),
+            epoch,
+            acts_with,
+            recorded_at: at(0),
+        }
+    }
+
+    #[test]
+    fn a_standby_follows_a_commit_once_the_live_leader_acts_with_it() {
+        let y = commit("b5");
+        let live = lease("a", 2, 10);
+        let acts = |with| Some(record("a", 2, with));
+        let follows = |r: Option<LeaderConfig>| may_follow(&y, Some(&live), r.as_ref(), at(5));
+        assert_eq!(follows(acts(ActsWith::Applied(y.clone()))), None);
+        let kept = follows(acts(ActsWith::File)).unwrap();
+        assert!(
+            kept.contains("the leader a (epoch 2) acts with its file"),
+            "{kept}"
+        );
+        let earlier = follows(acts(ActsWith::Applied(commit("a4")))).unwrap();
+        assert!(
+            earlier.contains(&format!("acme/config@{}", "a4".repeat(20))),
+            "{earlier}"
+        );
+        // Recorded at an earlier epoch, or by another holder: it says nothing of the leader now.
+        let stale = follows(Some(record("a", 1, ActsWith::Applied(y.clone())))).unwrap();
+        assert!(stale.contains("has not recorded"), "{stale}");
+        let other = follows(Some(record("b", 2, ActsWith::Applied(y.clone()))));
+        assert!(other.is_some());
+        assert!(follows(None).is_some());
+    }
+
+    #[test]
+    fn a_standby_follows_a_commit_at_once_when_no_controller_leads() {
+        let y = commit("b5");
+        let kept = record("a", 2, ActsWith::File);
+        assert_eq!(may_follow(&y, None, None, at(5)), None);
+        let expired = lease("a", 2, 5);
+        assert_eq!(may_follow(&y, Some(&expired), Some(&kept), at(5)), None);
+        assert!(may_follow(&y, Some(&expired), Some(&kept), at(4)).is_some());
     }
 }

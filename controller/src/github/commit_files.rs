@@ -107,6 +107,7 @@ fn write_and_load(applied: &AppliedConfig, name: &str) -> Result<config::Loaded,
     match config::load(&root.join(&applied.path)) {
         Ok(mut loaded) => {
             in_repository(&mut loaded.warnings);
+            loaded.config.applied_from = Some(applied.commit());
             Ok(loaded)
         }
         Err(config::ConfigError::Invalid(mut diags)) => {

@@ -619,9 +619,10 @@ pub fn try_reload(text: &str, base_dir: &Path, file_name: &str) -> Result<Config
 }
 
 /// Fetches the configuration at `sha` with every file it names (accounts, templates, smoke
-/// suites) at that same commit, validates it and, if valid, makes the engine and the forge use
-/// it and records it in the state store. Either way the outcome is written to every pipeline's
-/// event log.
+/// suites) at that same commit, validates it and, if valid, records it in the state store and
+/// makes the engine and the forge use it; a controller standing by only records it, and
+/// follows it once the leader acts with it (`engine::takeover`). Either way the
+/// outcome is written to every pipeline's event log.
 ///
 /// Never goes backwards: once a commit has been applied, a commit that does not descend from
 /// it (an older push redelivered or replayed, a build of a diverged branch) is refused, and so
@@ -689,8 +690,13 @@ pub async fn apply_config_change(
         Err(why) => Err(why),
     };
     // Applied as soon as it is recorded, before it is announced: no effect starts meanwhile.
+    // A controller standing by only records it: it records facts (alarms, pushes) by the
+    // configuration the leader acts with, and follows the commit once the leader does
+    // ([`crate::engine::takeover`]).
+    let standing_by = !engine.leadership().may_act();
     let loaded = match loaded {
         Ok((loaded, applied)) => match engine.record_applied_config(&applied).await {
+            Ok(()) if standing_by => Ok(loaded.warnings),
             Ok(()) => {
                 forge.track_pipelines(&loaded.config);
                 engine.replace_config(loaded.config, &held);
@@ -706,7 +712,12 @@ pub async fn apply_config_change(
             for w in warnings {
                 tracing::warn!(warning = %w, "configuration warning");
             }
-            let detail = format!("configuration reloaded from {repo}@{short}");
+            let detail = match standing_by {
+                true => format!(
+                    "configuration from {repo}@{short} recorded as applied; this controller stands by and puts it in force once the leader acts with it"
+                ),
+                false => format!("configuration reloaded from {repo}@{short}"),
+            };
             with_warnings(detail, warnings)
         }
         Err(why) => format!("configuration from {repo}@{short} refused: {why}"),

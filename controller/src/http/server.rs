@@ -101,15 +101,12 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
         let down = "state database unreachable".to_owned();
         return (StatusCode::SERVICE_UNAVAILABLE, down);
     }
+    // What this controller runs: a standby waiting for the leader to act with a newer commit,
+    // or a leader keeping its configuration over one, does not run the commit recorded.
     let config = state.engine.config();
-    let applied = tokio::time::timeout(READY_TIMEOUT, reads.applied_config()).await;
-    let source = match applied {
-        Ok(Ok(Some(a)))
-            if config.controller.config_repository.as_deref() == Some(&a.repository) =>
-        {
-            format!("configuration {}@{}", a.repository, a.sha)
-        }
-        _ => format!("configuration file {}", config.source_file.display()),
+    let source = match &config.applied_from {
+        Some(c) => format!("configuration {}@{}", c.repository, c.sha),
+        None => format!("configuration file {}", config.source_file.display()),
     };
     let leadership = state.engine.leadership();
     let lead = match leadership.standing() {

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::{Reads, Result, Store, StoreError, from_ms, ms};
+use crate::config::ConfigCommit;
 use crate::domain::CommitSha;
 
 /// A configuration applied from a commit of the configuration repository.
@@ -21,6 +22,16 @@ pub struct AppliedConfig {
     /// Every file the configuration read at `sha`, by repository path.
     pub files: BTreeMap<String, String>,
     pub applied_at: DateTime<Utc>,
+}
+
+impl AppliedConfig {
+    /// The commit it was applied from.
+    pub fn commit(&self) -> ConfigCommit {
+        ConfigCommit {
+            repository: self.repository.clone(),
+            sha: self.sha.clone(),
+        }
+    }
 }
 
 impl Store {
@@ -53,11 +64,14 @@ impl Reads {
     /// The repository and commit of the configuration applied from the configuration
     /// repository, if one ever was: what every controller looks at each lease claim, without
     /// its files.
-    pub async fn applied_config_version(&self) -> Result<Option<(String, CommitSha)>> {
+    pub async fn applied_config_version(&self) -> Result<Option<ConfigCommit>> {
         let row = sqlx::query("SELECT repository, sha FROM applied_config WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| (r.get("repository"), r.get("sha"))))
+        Ok(row.map(|r| ConfigCommit {
+            repository: r.get("repository"),
+            sha: r.get("sha"),
+        }))
     }
 
     /// The configuration applied from the configuration repository, if one ever was.

@@ -44,6 +44,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("api_keys", &["name"]),
     ("api_idempotency", &["key_name", "idempotency_key"]),
     ("leader_lease", &["id"]),
+    ("leader_config", &["id"]),
     ("pruning", &["id"]),
     ("subscription_policies", &["subscription_arn"]),
 ];

@@ -195,7 +195,7 @@ impl Reads {
     }
 }
 
-async fn lease_row(c: &mut sqlx::AnyConnection) -> Result<Option<Lease>> {
+pub(super) async fn lease_row(c: &mut sqlx::AnyConnection) -> Result<Option<Lease>> {
     let row = sqlx::query(
         "SELECT holder, epoch, acquired_at, renewed_at, expires_at FROM leader_lease WHERE id = 1",
     )

@@ -20,6 +20,7 @@ mod intake;
 pub mod keys;
 #[cfg(test)]
 mod known_good_tests;
+pub mod leader_config;
 pub mod lease;
 pub mod lock;
 #[cfg(test)]

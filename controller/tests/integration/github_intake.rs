@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use tollgate::config::{self, Config, ConfigError};
-use tollgate::engine::{Engine, SystemClock};
+use tollgate::engine::{Engine, Leadership, SystemClock, shared_config};
 use tollgate::github::forge::GithubForge;
 use tollgate::github::intake;
 use tollgate::github::webhook::{WebhookSecrets, sign};
@@ -932,6 +932,52 @@ async fn a_pipeline_a_config_from_github_adds_or_removes_has_its_config_entry() 
     let notes = c.events("web", "config").await;
     assert_eq!(notes.len(), 2, "{notes:?}");
     assert!(notes[1].starts_with("configuration reloaded from acme/deploy-config@bbbbbbbbbbbb"));
+}
+
+/// A controller standing by (another one leads, or may take the lease) that the push to the
+/// configuration repository reaches checks the commit, records it as applied and reports it to
+/// GitHub, but does not put it in force: it records facts by the configuration the leader acts
+/// with, and follows the commit once the leader does.
+#[tokio::test]
+async fn a_standby_records_a_config_from_github_and_follows_it_only_after_the_leader() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let good = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v2\"");
+    put_config(&fake, &commit(1), &good, &[]);
+    let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
+    let standby = Engine::elected(
+        Store::open(&url).await.unwrap(),
+        shared_config((*c.engine.config()).clone()),
+        Fakes::new().ports(),
+        Arc::new(SystemClock),
+        Leadership::elected("standby", std::time::Duration::from_secs(10)),
+    );
+    assert!(!standby.leadership().may_act());
+
+    intake::apply_config_change(&standby, &forge, &commit(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        web_stack(&standby.config()),
+        "web-beta",
+        "not in force here"
+    );
+    let recorded = standby.reads().applied_config_version().await.unwrap();
+    assert_eq!(recorded.map(|v| v.sha.to_string()), Some(commit(1)));
+    let notes = c.events("web", "config").await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with(
+            "configuration from acme/deploy-config@111111111111 recorded as applied; \
+             this controller stands by and puts it in force once the leader acts with it"
+        ),
+        "{}",
+        notes[0]
+    );
+    let statuses = fake.commit_statuses(&commit(1));
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].state, "success");
 }
 
 /// Puts a configuration commit `sha` (child of `parents`) into the fake: `stages` with the

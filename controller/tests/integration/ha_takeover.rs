@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate::config::Config;
+use tollgate::config::{Config, ConfigCommit};
 use tollgate::domain::{EffectKind, EffectStatus, ReleaseId, RunStatus};
 use tollgate::engine::{Clock, Engine, Leadership, shared_config};
 use tollgate::github::intake::AppliedConfigWins;
@@ -22,13 +22,13 @@ use crate::engine::{PROD_AP, PROD_EU, prod_deploy_hanging, prod_wave_1_moved};
 use crate::engine_support::*;
 
 /// The lease of the controllers that stand by and take over.
-const LEASE: Duration = Duration::from_secs(3);
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
 /// The lease of the first leader, which the test drives by hand: long enough never to run
 /// out while it works; it "dies" when the clock of the state passes it.
 const LONG_LEASE: Duration = Duration::from_secs(60);
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn on_postgres() -> bool {
+pub(crate) fn on_postgres() -> bool {
     let on = tollgate_testkit::state::postgres_server().is_some();
     if !on {
         eprintln!("skipped: no PostgreSQL server (set TOLLGATE_TEST_POSTGRES; scripts/test does)");
@@ -56,7 +56,7 @@ async fn leading(h: &Harness, config: Config, name: &str) -> Engine {
 
 /// Controller `name` on `h`'s state with `config`, as `tollgate serve` starts one on
 /// PostgreSQL: claiming the lease, and acting with the configuration in force once it holds it.
-async fn standing_by(
+pub(crate) async fn standing_by(
     h: &Harness,
     config: Config,
     name: &str,
@@ -86,7 +86,7 @@ fn leader_dies(h: &Harness) {
     h.clock.advance(chrono::Duration::seconds(61));
 }
 
-async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + LIMIT;
     while !ok().await {
         assert!(Instant::now() < deadline, "no {what}");
@@ -94,7 +94,7 @@ async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn config_entries(engine: &Engine) -> Vec<String> {
+pub(crate) async fn config_entries(engine: &Engine) -> Vec<String> {
     let events = engine.reads().events("backend", 200).await.unwrap();
     events
         .into_iter()
@@ -103,7 +103,7 @@ async fn config_entries(engine: &Engine) -> Vec<String> {
         .collect()
 }
 
-fn deployed(h: &Harness, stage: &str) -> Vec<String> {
+pub(crate) fn deployed(h: &Harness, stage: &str) -> Vec<String> {
     h.fakes.with(|w| {
         w.deployed
             .iter()
@@ -204,7 +204,7 @@ async fn ha_a_standby_whose_file_moves_a_deploy_in_flight_declines_the_lead() {
 }
 
 /// `STAGES` with the configuration repository `acme/config` named.
-fn managed(stages: &str) -> String {
+pub(crate) fn managed(stages: &str) -> String {
     stages.replace(
         "[controller]\n",
         "[controller]\nconfig_repository = \"acme/config\"\n",
@@ -212,7 +212,7 @@ fn managed(stages: &str) -> String {
 }
 
 /// [`managed`] `STAGES` with beta in us-east-1 instead of eu-west-1.
-fn beta_in_us_east_1() -> String {
+pub(crate) fn beta_in_us_east_1() -> String {
     let beta = r#"targets = [{ account = "beta" }]"#;
     assert!(STAGES.contains(beta));
     let moved = r#"targets = [{ account = "beta", region = "us-east-1" }]"#;
@@ -221,7 +221,7 @@ fn beta_in_us_east_1() -> String {
 
 /// The configuration `text` as applied from `acme/config` at commit `sha`, with the files it
 /// names read from `dir`.
-fn applied(dir: &std::path::Path, text: &str, sha: &str) -> AppliedConfig {
+pub(crate) fn applied(dir: &std::path::Path, text: &str, sha: &str) -> AppliedConfig {
     let mut files = BTreeMap::new();
     for name in tollgate::config::referenced_files(text).unwrap() {
         files.insert(
@@ -280,9 +280,17 @@ async fn ha_a_standby_taking_the_lease_acts_with_the_configuration_applied_since
 /// Two controllers on the state, both started with the same file naming the configuration
 /// repository: `a` leads, `b` stands by.
 async fn two_managed(h: &Harness) -> (Engine, Engine, Vec<tokio::task::JoinHandle<()>>) {
+    two_managed_with(h, &managed(STAGES)).await
+}
+
+/// [`two_managed`] with the file `stages` (naming the configuration repository).
+pub(crate) async fn two_managed_with(
+    h: &Harness,
+    stages: &str,
+) -> (Engine, Engine, Vec<tokio::task::JoinHandle<()>>) {
     config_in(h.dir.path());
     let file = h.dir.path().join("stages.toml");
-    std::fs::write(&file, managed(STAGES)).unwrap();
+    std::fs::write(&file, stages).unwrap();
     let load = || tollgate::config::load(&file).unwrap().config;
     let (a, mut tasks) = standing_by(h, load(), "a").await;
     until("a leading", async || a.leadership().may_act()).await;
@@ -292,7 +300,7 @@ async fn two_managed(h: &Harness) -> (Engine, Engine, Vec<tokio::task::JoinHandl
 }
 
 /// `a` leads and `b` stands by still; their tasks stop.
-fn still_leads(a: &Engine, b: &Engine, tasks: Vec<tokio::task::JoinHandle<()>>) {
+pub(crate) fn still_leads(a: &Engine, b: &Engine, tasks: Vec<tokio::task::JoinHandle<()>>) {
     assert!(a.leadership().may_act() && !b.leadership().may_act());
     for t in tasks {
         t.abort();
@@ -300,19 +308,28 @@ fn still_leads(a: &Engine, b: &Engine, tasks: Vec<tokio::task::JoinHandle<()>>) 
 }
 
 /// `engine` applies `text` as commit `sha` of the configuration repository, as a push to it
-/// that reached this controller does: recorded in the state, then put in force.
-async fn applies(h: &Harness, engine: &Engine, text: &str, sha: &str) {
+/// that reached this controller does: recorded in the state, then put in force if it acts (a
+/// controller standing by follows it once the leader acts with it). The commit.
+pub(crate) async fn applies(h: &Harness, engine: &Engine, text: &str, sha: &str) -> ConfigCommit {
     let commit = applied(h.dir.path(), text, sha);
     engine.record_applied_config(&commit).await.unwrap();
     let config = tollgate::github::intake::load_applied(&commit)
         .unwrap()
         .config;
-    engine.replace_config(config, &engine.hold_starts().await);
+    if engine.leadership().may_act() {
+        engine.replace_config(config, &engine.hold_starts().await);
+    }
+    commit.commit()
+}
+
+/// Whether `engine` runs the configuration applied from `commit`.
+pub(crate) fn runs(engine: &Engine, commit: &ConfigCommit) -> bool {
+    engine.config().applied_from.as_ref() == Some(commit)
 }
 
 /// The push to the configuration repository reached the controller standing by, which applied
-/// it (moving beta to us-east-1). The leader follows it: the next release deploys beta in
-/// us-east-1.
+/// it (moving beta to us-east-1): recorded, not yet in force there. The leader follows it, and
+/// the standby once the leader acts with it: the next release deploys beta in us-east-1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_the_leader_follows_a_configuration_a_standby_applied() {
     if !on_postgres() {
@@ -321,13 +338,10 @@ async fn ha_the_leader_follows_a_configuration_a_standby_applied() {
     let h = Harness::new();
     let (a, b, tasks) = two_managed(&h).await;
     let moved = beta_in_us_east_1();
-    applies(&h, &b, &moved, &"b3".repeat(20)).await;
+    let commit = applies(&h, &b, &moved, &"b3".repeat(20)).await;
 
-    let followed = b.config().source_file.clone();
-    until("the leader following", async || {
-        a.config().source_file == followed
-    })
-    .await;
+    until("the leader following", async || runs(&a, &commit)).await;
+    until("the standby following", async || runs(&b, &commit)).await;
     b.record_release(&release(1), &delivery("push-1"))
         .await
         .unwrap();
@@ -375,7 +389,7 @@ async fn ha_a_standby_follows_a_configuration_the_leader_applied() {
 }
 
 /// Release 1, received by `b`, deploying in beta on the leader `a`, each deploy taking `secs`.
-async fn beta_deploying(h: &Harness, a: &Engine, b: &Engine, secs: u64) -> ReleaseId {
+pub(crate) async fn beta_deploying(h: &Harness, a: &Engine, b: &Engine, secs: u64) -> ReleaseId {
     h.fakes
         .with(|w| w.deploy_delay = std::time::Duration::from_secs(secs));
     let first = b
@@ -408,7 +422,7 @@ async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothi
     let (a, b, tasks) = two_managed(&h).await;
     let first = beta_deploying(&h, &a, &b, 2).await;
     let moved = beta_in_us_east_1();
-    applies(&h, &b, &moved, &"b5".repeat(20)).await;
+    let commit = applies(&h, &b, &moved, &"b5".repeat(20)).await;
 
     until("the leader saying it keeps its configuration", async || {
         config_entries(&a)
@@ -433,11 +447,7 @@ async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothi
     })
     .await;
     // Followed at the leader's next lease claim after that.
-    let followed = b.config().source_file.clone();
-    until("the leader following", async || {
-        a.config().source_file == followed
-    })
-    .await;
+    until("the leader following", async || runs(&a, &commit)).await;
     b.record_release(&release(2), &delivery("push-2"))
         .await
         .unwrap();
@@ -450,11 +460,11 @@ async fn ha_the_leader_follows_an_applied_configuration_only_once_it_moves_nothi
 }
 
 /// As above, the leader keeps its configuration over a commit moving beta while its beta
-/// deploy runs; the controller standing by has followed that commit. The leader then dies:
-/// the standby, taking the lease, finds the commit refused for the deploy in flight, and acts
-/// with the configuration it ran before following it (the one the deploy began under), keeping
-/// it as the leader did, instead of declining and leaving every stage with no controller. The
-/// deploy finishes in eu-west-1, and the commit is followed once it has.
+/// deploy runs; the controller standing by, which received the commit, waits for the leader to
+/// act with it. The leader then dies: the standby, taking the lease, finds the commit refused
+/// for the deploy in flight, and acts with the configuration it runs (the one the deploy began
+/// under), keeping it as the leader did, instead of declining and leaving every stage with no
+/// controller. The deploy finishes in eu-west-1, and the commit is followed once it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_too() {
     if !on_postgres() {
@@ -469,7 +479,7 @@ async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_to
     until("a leading", async || a.leadership().may_act()).await;
     let (b, b_tasks) = standing_by(&h, load(), "b").await;
     let first = beta_deploying(&h, &a, &b, 8).await;
-    applies(&h, &b, &beta_in_us_east_1(), &"b6".repeat(20)).await;
+    let commit = applies(&h, &b, &beta_in_us_east_1(), &"b6".repeat(20)).await;
     let keeps = async || {
         let notes = config_entries(&a).await;
         notes
@@ -481,8 +491,10 @@ async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_to
         keeps().await == 1
     })
     .await;
-    // The standby has looked at the commit at its claims meanwhile (one a fifth of a lease).
+    // The standby has looked at the commit at its claims meanwhile (one a fifth of a lease),
+    // and waits: the leader does not act with it.
     tokio::time::sleep(LEASE).await;
+    assert_eq!(b.config().source_file, file, "b waits for the leader");
 
     for t in a_tasks {
         t.abort();
@@ -497,10 +509,7 @@ async fn ha_a_standby_replacing_a_leader_that_kept_its_configuration_keeps_it_to
     })
     .await;
     assert_eq!(deployed(&h, "beta"), ["beta/eu-west-1"]);
-    until("the commit followed", async || {
-        b.config().source_file != file
-    })
-    .await;
+    until("the commit followed", async || runs(&b, &commit)).await;
     for t in b_tasks {
         t.abort();
     }
@@ -533,10 +542,9 @@ async fn ha_a_commit_a_controller_cannot_use_is_reported_and_the_next_is_followe
     .await;
     assert_eq!(a.config().source_file, file);
 
-    applies(&h, &b, &beta_in_us_east_1(), &"c8".repeat(20)).await;
-    let followed = b.config().source_file.clone();
+    let commit = applies(&h, &b, &beta_in_us_east_1(), &"c8".repeat(20)).await;
     until("the leader following the next commit", async || {
-        a.config().source_file == followed
+        runs(&a, &commit)
     })
     .await;
     still_leads(&a, &b, tasks);

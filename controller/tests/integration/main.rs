@@ -33,6 +33,7 @@ mod github_intake;
 mod github_webhook;
 mod ha_serve;
 mod ha_takeover;
+mod ha_takeover_alarms;
 mod moto_sts;
 mod nohang;
 mod observability_serve;

@@ -102,7 +102,7 @@ impl reqwest::dns::Resolve for LoopbackOnly {
     }
 }
 
-fn loopback_client() -> reqwest::Client {
+pub(crate) fn loopback_client() -> reqwest::Client {
     let builder = fetch_client_builder().no_proxy();
     let builder = builder.dns_resolver(Arc::new(LoopbackOnly));
     builder.timeout(Duration::from_secs(2)).build().unwrap()
@@ -149,13 +149,13 @@ struct Rig {
     _certs: tempfile::TempDir,
 }
 
-struct Answer {
-    status: StatusCode,
-    json: Value,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) json: Value,
 }
 
 impl Answer {
-    fn result(&self) -> &str {
+    pub(crate) fn result(&self) -> &str {
         self.json["result"].as_str().unwrap_or_default()
     }
 }
@@ -189,17 +189,7 @@ impl Rig {
     }
 
     async fn post(&self, body: impl Into<Body>) -> Answer {
-        let request = Request::post(PATH)
-            .header("content-type", "text/plain; charset=UTF-8")
-            .header("x-amz-sns-message-type", "Notification")
-            .body(body.into())
-            .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Answer { status, json }
+        post_notification(&self.app, body).await
     }
 
     async fn count(&self, sql: &str) -> i64 {
@@ -255,6 +245,21 @@ impl Rig {
     fn rolled_back(&self) -> Vec<(String, String, String)> {
         self.harness.fakes.with(|w| w.rolled_back.clone())
     }
+}
+
+/// Posts an SNS `Notification` delivery to `app`'s SNS route.
+pub(crate) async fn post_notification(app: &Router, body: impl Into<Body>) -> Answer {
+    let request = Request::post(PATH)
+        .header("content-type", "text/plain; charset=UTF-8")
+        .header("x-amz-sns-message-type", "Notification")
+        .body(body.into())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Answer { status, json }
 }
 
 /// A CloudWatch alarm notification on [`ALARM_TOPIC`], signed with `version`.

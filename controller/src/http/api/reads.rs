@@ -261,7 +261,9 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
         .applied_config()
         .await
         .map_err(Problem::internal)?
-        .filter(|a| config.controller.config_repository.as_deref() == Some(&a.repository));
+        // The commit recorded, if it is the one in force here (a standby waiting for the
+        // leader, or a leader keeping its configuration over it, runs another).
+        .filter(|a| config.applied_from.as_ref() == Some(&a.commit()));
     let validation = match &applied {
         Some(a) => match crate::github::commit_files::validation(a) {
             Ok(warnings) => Validation {
