@@ -777,7 +777,10 @@ async fn reading_the_config_writes_none_of_the_commits_files() {
     let c = controller().await;
     let fake = GithubFake::start("gh-token").await.unwrap();
     let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
-    put_config(&fake, &commit(1), STAGES, &[]);
+    // Files of their own: the commit's directory is shared by every test of this process that
+    // applies the same files, and this one removes it.
+    let own = format!("{STAGES}\n# reading the config writes nothing\n");
+    put_config(&fake, &commit(1), &own, &[]);
     intake::apply_config_change(&c.engine, &forge, &commit(1))
         .await
         .unwrap();
@@ -801,8 +804,13 @@ async fn reading_the_config_writes_none_of_the_commits_files() {
 
 /// What `GET /api/v1/config` answers.
 async fn config_view(c: &Controller) -> tollgate::http::api::views::ConfigView {
+    engine_config_view(&c.engine).await
+}
+
+/// What `GET /api/v1/config` answers on `engine`'s controller.
+async fn engine_config_view(engine: &Engine) -> tollgate::http::api::views::ConfigView {
     let api = tollgate::http::api::ApiState::new(
-        c.engine.clone(),
+        engine.clone(),
         None,
         &tollgate::config::HttpSettings::default(),
     );
@@ -978,6 +986,50 @@ async fn a_standby_records_a_config_from_github_and_follows_it_only_after_the_le
     let statuses = fake.commit_statuses(&commit(1));
     assert_eq!(statuses.len(), 1, "{statuses:?}");
     assert_eq!(statuses[0].state, "success");
+}
+
+/// A controller standing by that keeps running the commit before the one recorded (it waits
+/// for the leader to act with the newer) says so on `GET /api/v1/config`: the repository and
+/// the commit it runs, not the file it was started with nor the commit it does not run yet.
+#[tokio::test]
+async fn the_config_read_names_the_commit_a_standby_runs_not_the_one_recorded() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    put_config(&fake, &commit(1), STAGES, &[]);
+    intake::apply_config_change(&c.engine, &forge, &commit(1))
+        .await
+        .unwrap();
+    let v2 = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v2\"");
+    put_config(&fake, &commit(2), &v2, &[&commit(1)]);
+    let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
+    let standby = Engine::elected(
+        Store::open(&url).await.unwrap(),
+        shared_config((*c.engine.config()).clone()),
+        Fakes::new().ports(),
+        Arc::new(SystemClock),
+        Leadership::elected("standby", std::time::Duration::from_secs(10)),
+    );
+    intake::apply_config_change(&standby, &forge, &commit(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        web_stack(&standby.config()),
+        "web-beta",
+        "not in force here"
+    );
+
+    let view = serde_json::to_value(engine_config_view(&standby).await).unwrap();
+    assert_eq!(view["source"], "repository", "{view}");
+    assert_eq!(view["repository"], "acme/deploy-config", "{view}");
+    assert_eq!(view["commit"], commit(1), "{view}");
+    assert_eq!(view["validation"]["valid"], true, "{view}");
+    let leader = serde_json::to_value(config_view(&c).await).unwrap();
+    assert_eq!(
+        leader["commit"],
+        commit(1),
+        "the sole controller runs commit 1 too"
+    );
 }
 
 /// Puts a configuration commit `sha` (child of `parents`) into the fake: `stages` with the

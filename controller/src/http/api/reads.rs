@@ -248,9 +248,11 @@ pub async fn history(
 
 /// The configuration in force, and whether its source validates.
 ///
-/// The file is read and validated again; a commit of the configuration repository is answered
-/// as this controller found it when it loaded the commit (a commit never changes), and a read
-/// writes nothing.
+/// The source is the one this controller runs: the file, or the commit it carries (the one
+/// recorded, or an earlier one it keeps while it waits for the leader or keeps its
+/// configuration over a commit refused). The file is read and validated again; the commit
+/// recorded is answered as this controller found it when it loaded the commit (a commit never
+/// changes), an earlier one from its files as written then; a read writes nothing.
 #[utoipa::path(get, path = "/api/v1/config", tag = "read",
     responses((status = 200, description = "The configuration in force", body = ConfigView)))]
 pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
@@ -290,8 +292,11 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
             },
         },
     };
+    // The commit this controller runs, when it runs one: the one recorded, or one it keeps
+    // over it (its path and time of applying are no longer in the state).
+    let commit = config.applied_from.as_ref();
     Ok(Json(ConfigView {
-        source: if applied.is_some() {
+        source: if commit.is_some() {
             "repository"
         } else {
             "file"
@@ -305,8 +310,8 @@ pub async fn config(State(api): State<ApiState>) -> Answer<ConfigView> {
             .map_err(Problem::internal)?
             .map(LeaderView::from),
         file: config.source_file.display().to_string(),
-        repository: applied.as_ref().map(|a| a.repository.clone()),
-        commit: applied.as_ref().map(|a| a.sha.to_string()),
+        repository: commit.map(|c| c.repository.clone()),
+        commit: commit.map(|c| c.sha.to_string()),
         path: applied.as_ref().map(|a| a.path.clone()),
         applied_at: applied.as_ref().map(|a| a.applied_at),
         pipelines: config
