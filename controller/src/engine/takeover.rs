@@ -36,10 +36,10 @@
 //!   configuration over must not decide them. The leader records what it acts with
 //!   ([`Engine::record_acting`]: the applied commit, or its file, with its epoch, in
 //!   [`crate::store::leader_config`]) at each claim where that changed; a standby puts an
-//!   applied commit in force only once the live leader's record at the lease's epoch names it,
-//!   or at once when no controller holds a live lease (whoever takes the lease checks the
-//!   commit first, above). Until then it keeps its configuration, and says why in its log once
-//!   per commit. A standby that received the push itself only records the commit
+//!   applied commit in force only once the live leader's record at the lease's epoch names it
+//!   (with no live lease it waits for the next leader's record: whoever takes the lease checks
+//!   the commit first, above, and may keep another configuration over it). Until then it keeps
+//!   its configuration, and says why in its log once per commit. A standby that received the push itself only records the commit
 //!   ([`crate::github::intake::apply_config_change`]) and follows it the same way.
 //! - The sole controller (no lease) is unaffected: it puts a commit in force as it applies it.
 //!
@@ -48,9 +48,10 @@
 //! the file they began under, or a controller started with it) or those runs are otherwise
 //! done. Like a reload's, the check and the change hold back the start of effects
 //! ([`Engine::hold_starts`]); a commit a standby applied, checked there against the state it
-//! read, is checked again by the leader before the leader follows it. A standby follows the
-//! leader's record at its next claim: for up to a claim after the leader follows a commit, the
-//! standby still records facts by the configuration before it. A pipeline a commit adds is
+//! read, is checked again by the leader before the leader follows it. The leader records what
+//! it acts with at its claims, and a standby follows the record at its own: for up to two
+//! claims after the leader puts a commit in force, the standby still records facts by the
+//! configuration before it. A pipeline a commit adds is
 //! known to a standby only once the leader acts with the commit (a push for it reaching the
 //! standby before then is ignored, as by any standby that had not looked at the commit yet).
 //! A leader of an earlier version records nothing: standbys wait for it. A standby started
@@ -194,7 +195,7 @@ impl Engine {
     /// Puts in force the configuration applied from the configuration repository since the
     /// commit this controller last followed (`f`), if it changed: on the leader once it passes
     /// [`Engine::refuse_config`] (refused: it is tried again at the next claim); on a standby
-    /// once the leader acts with it, or at once when no controller holds a live lease.
+    /// once the live leader records that it acts with it.
     pub(super) async fn follow_applied(&self, f: &mut Following) {
         let Some(source) = self.inner.config_source.get() else {
             return;
@@ -226,6 +227,11 @@ impl Engine {
             // Not marked as followed: tried again at the next claim.
             Err(why) => return self.cannot_follow(&current, &why).await,
         };
+        // A newer commit recorded between the two reads: not the one checked above (a standby
+        // may follow only what the leader acts with); looked at again at the next claim.
+        if config.applied_from.as_ref().is_some_and(|c| *c != version) {
+            return;
+        }
         if config.source_file != current.source_file {
             let from = note.unwrap_or_else(|| format!("from {}", config.source_file.display()));
             let held = self.hold_starts().await;
@@ -429,16 +435,20 @@ impl Engine {
 }
 
 /// Whether a controller standing by may follow the applied commit `applied`, given the lease
-/// and what its holder recorded it acts with, at `now`: `None` when no controller holds a live
-/// lease (whoever takes it checks the configuration before it acts) or when the holder recorded,
-/// at its epoch, that it acts with `applied`; else why not.
+/// and what its holder recorded it acts with, at `now`: `None` when the holder of a live lease
+/// recorded, at its epoch, that it acts with `applied`; else why not. With no live lease it
+/// waits too: whoever takes the lease next checks the commit, may keep another configuration
+/// over it, and records which (a standby that followed the commit then would match facts by a
+/// configuration nobody acts with, and would not go back).
 fn may_follow(
     applied: &ConfigCommit,
     lease: Option<&Lease>,
     record: Option<&LeaderConfig>,
     now: DateTime<Utc>,
 ) -> Option<String> {
-    let lease = lease.filter(|l| l.expires_at > now)?;
+    let Some(lease) = lease.filter(|l| l.expires_at > now) else {
+        return Some("no controller holds the lease now".into());
+    };
     let leader = format!("the leader {} (epoch {})", lease.holder, lease.epoch);
     let record = record.filter(|r| r.holder == lease.holder && r.epoch == lease.epoch);
     match record.map(|r| &r.acts_with) {
@@ -514,12 +524,14 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_follows_a_commit_at_once_when_no_controller_leads() {
+    fn a_standby_waits_for_the_next_leader_when_none_leads() {
         let y = commit("b5");
-        let kept = record("a", 2, ActsWith::File);
-        assert_eq!(may_follow(&y, None, None, at(5)), None);
+        let acts = record("a", 2, ActsWith::Applied(y.clone()));
+        let none = may_follow(&y, None, None, at(5)).unwrap();
+        assert!(none.contains("no controller holds the lease"), "{none}");
         let expired = lease("a", 2, 5);
-        assert_eq!(may_follow(&y, Some(&expired), Some(&kept), at(5)), None);
-        assert!(may_follow(&y, Some(&expired), Some(&kept), at(4)).is_some());
+        let lapsed = may_follow(&y, Some(&expired), Some(&acts), at(5)).unwrap();
+        assert!(lapsed.contains("no controller holds the lease"), "{lapsed}");
+        assert_eq!(may_follow(&y, Some(&expired), Some(&acts), at(4)), None);
     }
 }

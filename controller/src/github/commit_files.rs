@@ -250,7 +250,7 @@ mod tests {
         f.as_file().metadata().unwrap().uid()
     }
 
-    /// Someone else made the directory a commit's files used to go to
+    /// Someone else made a directory at a name that could be guessed from the commit
     /// (`$TMPDIR/tollgate-config-<repo>-<sha>`), with their own template in it, and a symbolic
     /// link beside it: the commit's files go elsewhere, to a directory of mode 0700 this
     /// process's user owns, and the template the configuration names (the one deploys read) is

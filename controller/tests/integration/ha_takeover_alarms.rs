@@ -147,8 +147,8 @@ async fn received(b: &Engine, n: u32) -> ReleaseId {
 /// while the leader keeps its configuration over a commit moving beta to us-east-1. CloudWatch's
 /// alarm for beta in eu-west-1, delivered by SNS to the controller standing by, is recorded
 /// there (by the configuration the leader acts with, not the commit), and the leader rolls beta
-/// back in eu-west-1. Before standbys waited for the leader, the standby ran the commit and
-/// answered 202 `ignored`, leaving the rollback to the leader's slower CloudWatch poll.
+/// back in eu-west-1. A standby running the commit would answer 202 `ignored`, leaving the
+/// rollback to the leader's slower CloudWatch poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ha_takeover_an_alarm_a_standby_receives_is_matched_by_what_the_leader_acts_with() {
     if !on_postgres() {
