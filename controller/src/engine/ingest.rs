@@ -221,6 +221,16 @@ impl Ingest {
         d: &Delivery,
     ) -> EngineResult<Ingested<ReleaseId>> {
         let p = self.pipeline(&r.pipeline)?;
+        self.record_release_in(&p, r, d).await
+    }
+
+    /// [`Ingest::record_release`] for `p` (see [`Ingest::record_release_after_in`]).
+    pub async fn record_release_in(
+        &self,
+        p: &Pipeline,
+        r: &NewRelease,
+        d: &Delivery,
+    ) -> EngineResult<Ingested<ReleaseId>> {
         let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
         let out = self.store.record_release(r, &stages, d, self.now()).await?;
         self.wake(&r.pipeline);
@@ -238,6 +248,20 @@ impl Ingest {
         push: Option<&PushLink>,
     ) -> EngineResult<Option<Ingested<ReleaseId>>> {
         let p = self.pipeline(&r.pipeline)?;
+        self.record_release_after_in(&p, r, d, newest, push).await
+    }
+
+    /// [`Ingest::record_release_after`] for `p`, which need not be in the configuration in
+    /// force: a pipeline of the applied commit a controller standing by waits to follow (its
+    /// runs are those of `p`'s stages).
+    pub async fn record_release_after_in(
+        &self,
+        p: &Pipeline,
+        r: &NewRelease,
+        d: &Delivery,
+        newest: Option<ReleaseId>,
+        push: Option<&PushLink>,
+    ) -> EngineResult<Option<Ingested<ReleaseId>>> {
         let stages: Vec<StageName> = p.stages.iter().map(|s| s.name.clone()).collect();
         let now = self.now();
         let out = (self.store)

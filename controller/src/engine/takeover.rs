@@ -52,8 +52,8 @@
 //! it acts with at its claims, and a standby follows the record at its own: for up to two
 //! claims after the leader puts a commit in force, the standby still records facts by the
 //! configuration before it. A pipeline a commit adds is
-//! known to a standby only once the leader acts with the commit (a push for it reaching the
-//! standby before then is ignored, as by any standby that had not looked at the commit yet).
+//! in force on a standby only once the leader acts with the commit; meanwhile its pushes and
+//! builds are decided by the commit (`github::intake`), so none is lost.
 //! A leader of an earlier version records nothing: standbys wait for it. A standby started
 //! while the leader keeps its configuration over the applied commit starts with the commit, as
 //! at start-up (it cannot know the leader's file, or an earlier commit whose files the state no
@@ -112,6 +112,17 @@ impl Engine {
         if self.inner.config_source.set(source).is_err() {
             tracing::warn!("the configuration source for taking the lead was set already");
         }
+    }
+
+    /// Whether this controller keeps the configuration it runs over the one applied from the
+    /// configuration repository (refused while it leads, or unusable here), until it follows
+    /// one.
+    pub fn keeps_config(&self) -> bool {
+        self.inner
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Why this controller declines the lead, while it does: where the configuration it would

@@ -285,6 +285,31 @@ pub async fn handle(
         GithubEvent::Push(push) => each(&config, |p| decide_push(p, push)),
         GithubEvent::WorkflowRun(run) => each(&config, |p| decide_run(p, run)),
     };
+    // The pipelines only a commit this controller does not run yet has (it stands by until the
+    // leader acts with it, or keeps its configuration over it) decide by that commit: their
+    // releases are recorded now, and planned once the commit is in force.
+    let waiting = waiting_config(engine, &config).await;
+    let mut decisions = decisions;
+    if let Some(w) = &waiting {
+        let only_there = |p: &Pipeline| config.pipeline(&p.name).is_none();
+        decisions.extend(match &event {
+            GithubEvent::Push(push) => each(w, |p| match only_there(p) {
+                true => decide_push(p, push),
+                false => Decision::NotMine,
+            }),
+            GithubEvent::WorkflowRun(run) => each(w, |p| match only_there(p) {
+                true => decide_run(p, run),
+                false => Decision::NotMine,
+            }),
+            _ => vec![],
+        });
+    }
+    let pipeline_of = |name: &str| {
+        config
+            .pipeline(name)
+            .or_else(|| waiting.as_ref().and_then(|w| w.pipeline(name)))
+            .cloned()
+    };
     if let GithubEvent::Push(push) = &event {
         keep_push_people(engine, &config, push).await?;
     }
@@ -296,7 +321,9 @@ pub async fn handle(
             Decision::Skip(reason) => skipped.push(format!("{pipeline}: {reason}")),
             Decision::Release(r) => {
                 let pending = link.as_ref().filter(|_| !linked);
-                let (outcome, written) = release(engine, forge, delivery, &r, pending).await?;
+                let p = pipeline_of(&pipeline)
+                    .ok_or_else(|| EngineError::UnknownPipeline(pipeline.clone()))?;
+                let (outcome, written) = release(engine, forge, delivery, &p, &r, pending).await?;
                 linked |= written;
                 outcomes.push(outcome);
             }
@@ -362,6 +389,33 @@ async fn keep_push_people(
     engine.record_push_contributors(&push.after, &people).await
 }
 
+/// The configuration of the commit applied from the configuration repository when this
+/// controller does not run it: it stands by until the leader acts with it, or keeps its
+/// configuration over it ([`crate::engine::takeover`]). `None` on a controller that acts
+/// without keeping (nothing is read), when it runs the commit recorded, or when the commit
+/// cannot be loaded here. Loaded once per commit.
+async fn waiting_config(engine: &Engine, config: &Config) -> Option<Arc<Config>> {
+    static LOADED: std::sync::Mutex<Option<(crate::config::ConfigCommit, Arc<Config>)>> =
+        std::sync::Mutex::new(None);
+    if engine.leadership().may_act() && !engine.keeps_config() {
+        return None;
+    }
+    let version = engine.reads().applied_config_version().await.ok()??;
+    if config.applied_from.as_ref() == Some(&version)
+        || config.controller.config_repository.as_deref() != Some(version.repository.as_str())
+    {
+        return None;
+    }
+    let cached = LOADED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some((_, loaded)) = cached.filter(|(c, _)| *c == version) {
+        return Some(loaded);
+    }
+    let applied = engine.reads().applied_config().await.ok()??;
+    let loaded = Arc::new(load_applied(&applied).ok()?.config);
+    *LOADED.lock().unwrap_or_else(|p| p.into_inner()) = Some((applied.commit(), loaded.clone()));
+    Some(loaded)
+}
+
 /// The decision of every pipeline the event concerns (those it is not about are left out:
 /// with many pipelines, most of them).
 fn each(config: &Config, decide: impl Fn(&Pipeline) -> Decision) -> Vec<(String, Decision)> {
@@ -402,16 +456,13 @@ async fn release(
     engine: &Engine,
     forge: Option<&GithubForge>,
     delivery: &Delivery,
+    p: &Pipeline,
     r: &NewRelease,
     push: Option<&PushLink>,
 ) -> Result<(Outcome, bool), EngineError> {
     let d = pipeline_delivery(delivery, &r.pipeline);
     let pipeline = r.pipeline.clone();
-    let repo = engine
-        .config()
-        .pipeline(&r.pipeline)
-        .map(|p| p.source.repository.clone())
-        .unwrap_or_default();
+    let repo = p.source.repository.clone();
     let mut recorded = None;
     for attempt in 0..RACE_RETRIES {
         // What this controller knows first; the database after a refusal.
@@ -428,14 +479,17 @@ async fn release(
             }
         }
         let newest = newest.map(|n| n.id);
-        if let Some(out) = engine.record_release_after(r, &d, newest, push).await? {
+        if let Some(out) = engine
+            .record_release_after_in(p, r, &d, newest, push)
+            .await?
+        {
             recorded = Some(out);
             break;
         }
     }
     let (recorded, written) = match recorded {
         Some(out) => (out, push.is_some()),
-        None => (engine.record_release(r, &d).await?, false),
+        None => (engine.record_release_in(p, r, &d).await?, false),
     };
     let outcome = match recorded {
         Ingested::Recorded(release) => {
@@ -465,7 +519,7 @@ pub async fn promote(
         source: "api".into(),
         id: format!("promote/{sha}"),
     };
-    Ok(release(engine, forge, &delivery, &r, None).await?.0)
+    Ok(release(engine, forge, &delivery, p, &r, None).await?.0)
 }
 
 /// How often a release is decided again when another was recorded meanwhile.

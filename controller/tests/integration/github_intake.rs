@@ -242,28 +242,7 @@ struct Answer {
 
 impl Controller {
     async fn send(&self, d: Delivery<'_>) -> Answer {
-        let mut req = Request::post("/webhooks/github").header("content-type", "application/json");
-        let headers = [
-            ("x-github-event", d.event.map(str::to_owned)),
-            ("x-github-delivery", d.id.map(str::to_owned)),
-            ("x-hub-signature-256", d.signature),
-        ];
-        for (name, value) in headers {
-            if let Some(v) = value {
-                req = req.header(name, v);
-            }
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(req.body(Body::from(d.body)).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&body)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
-        Answer { status, json }
+        send_to(&self.app, d).await
     }
 
     async fn releases(&self, pipeline: &str) -> Vec<tollgate::domain::Release> {
@@ -286,6 +265,31 @@ impl Controller {
             .map(|e| e.detail)
             .collect()
     }
+}
+
+/// `d`, sent to `app` as GitHub sends it.
+async fn send_to(app: &axum::Router, d: Delivery<'_>) -> Answer {
+    let mut req = Request::post("/webhooks/github").header("content-type", "application/json");
+    let headers = [
+        ("x-github-event", d.event.map(str::to_owned)),
+        ("x-github-delivery", d.id.map(str::to_owned)),
+        ("x-hub-signature-256", d.signature),
+    ];
+    for (name, value) in headers {
+        if let Some(v) = value {
+            req = req.header(name, v);
+        }
+    }
+    let response = app
+        .clone()
+        .oneshot(req.body(Body::from(d.body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+    Answer { status, json }
 }
 
 fn detail(a: &Answer) -> String {
@@ -986,6 +990,63 @@ async fn a_standby_records_a_config_from_github_and_follows_it_only_after_the_le
     let statuses = fake.commit_statuses(&commit(1));
     assert_eq!(statuses.len(), 1, "{statuses:?}");
     assert_eq!(statuses[0].state, "success");
+}
+
+/// A controller standing by that waits for the leader to act with a commit adding a pipeline
+/// records that pipeline's releases meanwhile, with the commit's stages: a build reaching it is
+/// not answered "no pipeline" and lost, and the release waits in the state for the leader to
+/// plan once it acts with the commit.
+#[tokio::test]
+async fn a_standby_waiting_for_a_commit_records_releases_of_the_pipeline_it_adds() {
+    let c = controller().await;
+    let fake = GithubFake::start("gh-token").await.unwrap();
+    let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
+    let web = &STAGES[STAGES.find("[[pipelines]]\nname = \"web\"").unwrap()..];
+    let api = web
+        .replace("name = \"web\"", "name = \"api\"")
+        .replace("acme/web", "acme/api")
+        .replace("repository = \"web\"", "repository = \"api\"")
+        .replace("web-beta", "api-beta");
+    put_config(&fake, &commit(1), &format!("{STAGES}\n{api}"), &[]);
+    let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
+    let standby = Engine::elected(
+        Store::open(&url).await.unwrap(),
+        shared_config((*c.engine.config()).clone()),
+        Fakes::new().ports(),
+        Arc::new(SystemClock),
+        Leadership::elected("standby", std::time::Duration::from_secs(10)),
+    );
+    let secrets = WebhookSecrets::from_env_value(SECRET).unwrap();
+    let app = router(AppState::new(standby.clone(), secrets));
+    let build = build_run("acme/api", "build.yml", "main");
+
+    // Before the commit is recorded, no pipeline builds with it.
+    let before = send_to(&app, Delivery::of("workflow_run", "d-0", &build)).await;
+    assert_eq!(before.status, StatusCode::ACCEPTED, "{:?}", before.json);
+    assert!(c.releases("api").await.is_empty());
+
+    intake::apply_config_change(&standby, &forge, &commit(1))
+        .await
+        .unwrap();
+    assert!(
+        standby.config().pipeline("api").is_none(),
+        "not in force here"
+    );
+    let answer = send_to(&app, Delivery::of("workflow_run", "d-1", &build)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.json);
+    let releases = c.releases("api").await;
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    let runs = c.engine.reads().recent_runs("api", 10).await.unwrap();
+    let stages: Vec<String> = runs[0].1.iter().map(|r| r.stage.to_string()).collect();
+    assert_eq!(stages, ["beta"], "the commit's stages");
+    // The same build again is a duplicate, as for any pipeline.
+    let again = send_to(&app, Delivery::of("workflow_run", "d-1", &build)).await;
+    assert_eq!(c.releases("api").await.len(), 1, "{:?}", again.json);
+    // The pipelines it runs still decide by the configuration in force.
+    let web_build = build_run("acme/web", "build.yml", "main");
+    let web = send_to(&app, Delivery::of("workflow_run", "d-2", &web_build)).await;
+    assert_eq!(web.status, StatusCode::OK, "{:?}", web.json);
+    assert_eq!(c.releases("web").await.len(), 1);
 }
 
 /// A controller standing by that keeps running the commit before the one recorded (it waits
