@@ -395,8 +395,9 @@ async fn keep_push_people(
 /// without keeping (nothing is read), when it runs the commit recorded, or when the commit
 /// cannot be loaded here. Loaded once per commit.
 async fn waiting_config(engine: &Engine, config: &Config) -> Option<Arc<Config>> {
-    static LOADED: std::sync::Mutex<Option<(crate::config::ConfigCommit, Arc<Config>)>> =
-        std::sync::Mutex::new(None);
+    type Loaded = (crate::config::ConfigCommit, Option<Arc<Config>>);
+    // A commit that cannot be loaded here is tried once, not at every delivery.
+    static LOADED: std::sync::Mutex<Option<Loaded>> = std::sync::Mutex::new(None);
     if engine.leadership().may_act() && !engine.keeps_config() {
         return None;
     }
@@ -408,12 +409,12 @@ async fn waiting_config(engine: &Engine, config: &Config) -> Option<Arc<Config>>
     }
     let cached = LOADED.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some((_, loaded)) = cached.filter(|(c, _)| *c == version) {
-        return Some(loaded);
+        return loaded;
     }
     let applied = engine.reads().applied_config().await.ok()??;
-    let loaded = Arc::new(load_applied(&applied).ok()?.config);
+    let loaded = load_applied(&applied).ok().map(|l| Arc::new(l.config));
     *LOADED.lock().unwrap_or_else(|p| p.into_inner()) = Some((applied.commit(), loaded.clone()));
-    Some(loaded)
+    loaded
 }
 
 /// The decision of every pipeline the event concerns (those it is not about are left out:

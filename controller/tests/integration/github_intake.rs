@@ -1007,7 +1007,9 @@ async fn a_standby_waiting_for_a_commit_records_releases_of_the_pipeline_it_adds
         .replace("acme/web", "acme/api")
         .replace("repository = \"web\"", "repository = \"api\"")
         .replace("web-beta", "api-beta");
-    put_config(&fake, &commit(1), &format!("{STAGES}\n{api}"), &[]);
+    // A commit of its own: what a controller loads for a commit it waits for is kept per
+    // commit, for the whole process.
+    put_config(&fake, &commit(0xd), &format!("{STAGES}\n{api}"), &[]);
     let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
     let standby = Engine::elected(
         Store::open(&url).await.unwrap(),
@@ -1025,7 +1027,7 @@ async fn a_standby_waiting_for_a_commit_records_releases_of_the_pipeline_it_adds
     assert_eq!(before.status, StatusCode::ACCEPTED, "{:?}", before.json);
     assert!(c.releases("api").await.is_empty());
 
-    intake::apply_config_change(&standby, &forge, &commit(1))
+    intake::apply_config_change(&standby, &forge, &commit(0xd))
         .await
         .unwrap();
     assert!(
