@@ -259,7 +259,19 @@ impl Engine {
                 return self.keep_config(&current, &from, &why).await;
             }
             tracing::info!("configuration applied by another controller followed: {from}");
+            let after = config.clone();
             self.put_in_force(config, &held);
+            drop(held);
+            // The leader's event log says when a commit another controller applied took
+            // effect (followers say nothing: they act with it only once they lead).
+            if self.inner.leadership.may_act() {
+                let detail = format!(
+                    "the leader {} put in force the configuration another controller applied: {from}",
+                    self.inner.leadership.holder()
+                );
+                self.note_config(&[&current, &after], "controller", &detail)
+                    .await;
+            }
         }
         *self.inner.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
         f.waiting = None;

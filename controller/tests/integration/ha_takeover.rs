@@ -342,6 +342,20 @@ async fn ha_the_leader_follows_a_configuration_a_standby_applied() {
 
     until("the leader following", async || runs(&a, &commit)).await;
     until("the standby following", async || runs(&b, &commit)).await;
+    // The event log says when the commit took effect, once, by the leader.
+    let marker = "put in force the configuration another controller applied";
+    let took = async || {
+        let entries = config_entries(&a).await.into_iter();
+        entries.filter(|d| d.contains(marker)).collect::<Vec<_>>()
+    };
+    until("the leader's config entry", async || {
+        !took().await.is_empty()
+    })
+    .await;
+    let entries = took().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let by = format!("the leader {} ", a.leadership().holder());
+    assert!(entries[0].starts_with(&by), "{}", entries[0]);
     b.record_release(&release(1), &delivery("push-1"))
         .await
         .unwrap();
