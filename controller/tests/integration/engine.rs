@@ -12,13 +12,7 @@ use tollgate::engine::Ingested;
 use tollgate_testkit::fakes::fake_digest;
 
 async fn promote_fully(h: &Harness, engine: &tollgate::engine::Engine, n: u32) -> ReleaseId {
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(n), &delivery(&format!("push-{n}")))
-        .await
-        .unwrap()
-    else {
-        panic!("release {n} not recorded");
-    };
+    let id = recorded(engine, n).await;
     settle(engine).await.unwrap();
     assert_eq!(
         status(engine, id, "prod").await,
@@ -139,13 +133,7 @@ async fn a_failing_gamma_test_stops_the_release_before_prod() {
     let first = promote_fully(&h, &engine, 1).await;
     h.fakes
         .with(|w| w.failing_tests.insert("gamma:smoke".into()));
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
 
     let gamma = run(&engine, id, "gamma").await;
@@ -267,13 +255,7 @@ async fn an_alarm_during_prod_bake_rolls_prod_back_to_the_previous_release() {
     );
 
     // The previous release is prod's known-good again: a third release rolls back to it too.
-    let Ingested::Recorded(third) = engine
-        .record_release(&release(3), &delivery("push-3"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let third = recorded(&engine, 3).await;
     settle(&engine).await.unwrap();
     assert_eq!(
         status(&engine, third, "prod").await,
@@ -388,13 +370,7 @@ pub(crate) async fn prod_deploy_hanging(
     engine: &tollgate::engine::Engine,
 ) -> ReleaseId {
     promote_fully(h, engine, 1).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(engine, 2).await;
     settle(engine).await.unwrap();
     h.fakes.with(|w| w.hanging_deploys = 1);
     engine
@@ -457,13 +433,7 @@ async fn a_deploy_approved_during_a_configuration_change_starts_under_the_new_on
     let h = Harness::new();
     let engine = h.engine(None).await;
     promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
     assert_eq!(
         status(&engine, id, "prod").await,
@@ -734,25 +704,13 @@ async fn a_rollback_of_a_wave_a_reload_dropped_halts_instead_of_skipping_it() {
 async fn a_newer_release_supersedes_one_waiting_for_approval() {
     let h = Harness::new();
     let engine = h.engine(None).await;
-    let Ingested::Recorded(old) = engine
-        .record_release(&release(1), &delivery("push-1"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let old = recorded(&engine, 1).await;
     settle(&engine).await.unwrap();
     assert_eq!(
         status(&engine, old, "prod").await,
         RunStatus::AwaitingApproval
     );
-    let Ingested::Recorded(new) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let new = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
 
     let old_prod = run(&engine, old, "prod").await;
@@ -787,13 +745,7 @@ async fn a_request_no_approver_can_receive_says_so_and_reaches_them_once_they_co
     let waiting = ["alice".to_string(), "bob".to_string()];
     h.fakes.with(|w| w.unconfirmed_approvers.extend(waiting));
     let engine = h.engine(None).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(1), &delivery("push-1"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 1).await;
     settle(&engine).await.unwrap();
     let why = |run: tollgate::domain::StageRun| run.reason.describe(engine.now());
     let said = why(run(&engine, id, "prod").await);
@@ -861,13 +813,7 @@ async fn a_request_no_approver_can_receive_says_so_and_reaches_them_once_they_co
 async fn a_rejection_ends_the_request_and_a_redelivered_push_is_ignored() {
     let h = Harness::new();
     let engine = h.engine(None).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(1), &delivery("push-1"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 1).await;
     assert_eq!(
         engine
             .record_release(&release(1), &delivery("push-1"))
@@ -911,13 +857,7 @@ async fn a_paused_pipeline_starts_nothing_until_resumed() {
         .pause("backend", None, "incident 42", "api-key:ops")
         .await
         .unwrap();
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(1), &delivery("push-1"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 1).await;
     settle(&engine).await.unwrap();
     let beta = run(&engine, id, "beta").await;
     assert_eq!(beta.status, RunStatus::Queued);
@@ -972,13 +912,7 @@ async fn status_shows_known_good_in_flight_and_why_it_waits() {
     let h = Harness::new();
     let engine = h.engine(None).await;
     let first = promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(second) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let second = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
     engine
         .pause(
@@ -1224,13 +1158,7 @@ async fn a_deploy_that_reads_back_another_image_halts_the_stage_as_drift() {
     let theirs = "444444444444.dkr.ecr.eu-west-1.amazonaws.com/backend@sha256:feed";
     h.fakes
         .with(|w| w.drifting_deploys.insert("gamma".into(), theirs.into()));
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
 
     assert_eq!(status(&engine, id, "beta").await, RunStatus::Succeeded);
@@ -1296,13 +1224,7 @@ async fn a_rollback_to_a_deploy_recorded_without_its_spec_falls_back_and_says_so
     let first = promote_fully(&h, &engine, 1).await;
     h.fakes
         .with(|w| w.failing_tests.insert("gamma:smoke".into()));
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
 
     assert_eq!(status(&engine, id, "gamma").await, RunStatus::RolledBack);
@@ -1473,13 +1395,7 @@ async fn a_run_ended_by_a_reload_removing_its_stage_is_reported_to_github() {
     let h = Harness::new();
     let engine = h.engine(None).await;
     promote_fully(&h, &engine, 1).await;
-    let Ingested::Recorded(id) = engine
-        .record_release(&release(2), &delivery("push-2"))
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let id = recorded(&engine, 2).await;
     settle(&engine).await.unwrap();
     assert_eq!(
         status(&engine, id, "prod").await,
@@ -1616,4 +1532,16 @@ async fn a_release_on_its_way_goes_through_a_stage_a_reload_added() {
             && e.detail == format!("{id} goes through gamma, a stage added after it was recorded")),
         "{events:?}"
     );
+}
+
+/// Records release `n` (delivery `push-n`), which must be new.
+async fn recorded(engine: &tollgate::engine::Engine, n: u32) -> ReleaseId {
+    match engine
+        .record_release(&release(n), &delivery(&format!("push-{n}")))
+        .await
+        .unwrap()
+    {
+        Ingested::Recorded(id) => id,
+        Ingested::Duplicate => panic!("release {n} was recorded before"),
+    }
 }

@@ -241,6 +241,19 @@ struct Answer {
 }
 
 impl Controller {
+    /// Another controller on this one's state, standing by (it never claims the lease), with
+    /// the configuration this one runs.
+    async fn standby(&self) -> Engine {
+        let url = format!("sqlite://{}", self.dir.path().join("s.db").display());
+        Engine::elected(
+            Store::open(&url).await.unwrap(),
+            shared_config((*self.engine.config()).clone()),
+            Fakes::new().ports(),
+            Arc::new(SystemClock),
+            Leadership::elected("standby", std::time::Duration::from_secs(10)),
+        )
+    }
+
     async fn send(&self, d: Delivery<'_>) -> Answer {
         send_to(&self.app, d).await
     }
@@ -918,12 +931,8 @@ async fn a_pipeline_a_config_from_github_adds_or_removes_has_its_config_entry() 
     let c = controller().await;
     let fake = GithubFake::start("gh-token").await.unwrap();
     let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
-    let web = &STAGES[STAGES.find("[[pipelines]]\nname = \"web\"").unwrap()..];
-    let api = web
-        .replace("name = \"web\"", "name = \"api\"")
-        .replace("acme/web", "acme/api")
-        .replace("repository = \"web\"", "repository = \"api\"")
-        .replace("web-beta", "api-beta");
+    let web = web_pipeline();
+    let api = api_pipeline();
     let with_api = format!("{STAGES}\n{api}");
     let without_web = STAGES.replace(web, "");
     put_config(&fake, &"a".repeat(40), &with_api, &[]);
@@ -957,14 +966,7 @@ async fn a_standby_records_a_config_from_github_and_follows_it_only_after_the_le
     let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
     let good = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v2\"");
     put_config(&fake, &commit(1), &good, &[]);
-    let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
-    let standby = Engine::elected(
-        Store::open(&url).await.unwrap(),
-        shared_config((*c.engine.config()).clone()),
-        Fakes::new().ports(),
-        Arc::new(SystemClock),
-        Leadership::elected("standby", std::time::Duration::from_secs(10)),
-    );
+    let standby = c.standby().await;
     assert!(!standby.leadership().may_act());
 
     intake::apply_config_change(&standby, &forge, &commit(1))
@@ -1001,23 +1003,11 @@ async fn a_standby_waiting_for_a_commit_records_releases_of_the_pipeline_it_adds
     let c = controller().await;
     let fake = GithubFake::start("gh-token").await.unwrap();
     let forge = GithubForge::new(&Secret::new("gh-token"), fake.url()).unwrap();
-    let web = &STAGES[STAGES.find("[[pipelines]]\nname = \"web\"").unwrap()..];
-    let api = web
-        .replace("name = \"web\"", "name = \"api\"")
-        .replace("acme/web", "acme/api")
-        .replace("repository = \"web\"", "repository = \"api\"")
-        .replace("web-beta", "api-beta");
+    let api = api_pipeline();
     // A commit of its own: what a controller loads for a commit it waits for is kept per
     // commit, for the whole process.
     put_config(&fake, &commit(0xd), &format!("{STAGES}\n{api}"), &[]);
-    let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
-    let standby = Engine::elected(
-        Store::open(&url).await.unwrap(),
-        shared_config((*c.engine.config()).clone()),
-        Fakes::new().ports(),
-        Arc::new(SystemClock),
-        Leadership::elected("standby", std::time::Duration::from_secs(10)),
-    );
+    let standby = c.standby().await;
     let secrets = WebhookSecrets::from_env_value(SECRET).unwrap();
     let app = router(AppState::new(standby.clone(), secrets));
     let build = build_run("acme/api", "build.yml", "main");
@@ -1065,14 +1055,7 @@ async fn the_config_read_names_the_commit_a_standby_runs_not_the_one_recorded() 
         .unwrap();
     let v2 = STAGES.replace("stack = \"web-beta\"", "stack = \"web-beta-v2\"");
     put_config(&fake, &commit(2), &v2, &[&commit(1)]);
-    let url = format!("sqlite://{}", c.dir.path().join("s.db").display());
-    let standby = Engine::elected(
-        Store::open(&url).await.unwrap(),
-        shared_config((*c.engine.config()).clone()),
-        Fakes::new().ports(),
-        Arc::new(SystemClock),
-        Leadership::elected("standby", std::time::Duration::from_secs(10)),
-    );
+    let standby = c.standby().await;
     intake::apply_config_change(&standby, &forge, &commit(2))
         .await
         .unwrap();
@@ -1104,6 +1087,20 @@ fn put_config(fake: &GithubFake, sha: &str, stages: &str, parents: &[&str]) {
     fake.put_file(repo, sha, "accounts/accounts.toml", ACCOUNTS);
     let template = format!("Resources: {{}}\n# template at {sha}\n");
     fake.put_file(repo, sha, "service.yaml", &template);
+}
+
+/// The `web` pipeline's section of [`STAGES`].
+fn web_pipeline() -> &'static str {
+    &STAGES[STAGES.find("[[pipelines]]\nname = \"web\"").unwrap()..]
+}
+
+/// A pipeline `api` like `web`, building `acme/api` into its own stack.
+fn api_pipeline() -> String {
+    web_pipeline()
+        .replace("name = \"web\"", "name = \"api\"")
+        .replace("acme/web", "acme/api")
+        .replace("repository = \"web\"", "repository = \"api\"")
+        .replace("web-beta", "api-beta")
 }
 
 fn web_stack(config: &Config) -> String {
